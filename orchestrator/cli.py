@@ -1,0 +1,199 @@
+"""The ``orchestrator`` command. Every command exits non-zero with a one-line reason on failure."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from orchestrator.errors import OrchestratorError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+budgets_app = typer.Typer(no_args_is_help=True, help="Create, update and list budgets.")
+app.add_typer(budgets_app, name="budgets")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def one_line_errors(fn: F) -> F:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OrchestratorError as exc:
+            fail(exc.message)
+        except ValueError as exc:
+            fail(str(exc))
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _database_url(data_dir: Path | None = None) -> str:
+    from orchestrator.settings import get_settings
+
+    settings = get_settings()
+    if settings.database_url:
+        return settings.database_url
+    creds = (data_dir or settings.data_dir) / "credentials.json"
+    if creds.exists():
+        return str(json.loads(creds.read_text())["database_url"])
+    fail(f"ORCH_DATABASE_URL is not set and no `orchestrator up` has written {creds}")
+    raise AssertionError  # unreachable
+
+
+@app.command()
+@one_line_errors
+def migrate(
+    revision: Annotated[str, typer.Option(help="target revision")] = "head",
+) -> None:
+    """Apply database migrations (ORCH_DATABASE_URL, or the running embedded database)."""
+    from orchestrator.store.migrate import upgrade
+
+    upgrade(_database_url(), revision)
+    typer.echo(f"migrated to {revision}")
+
+
+@app.command()
+@one_line_errors
+def up(
+    data_dir: Annotated[Path, typer.Option(help="where embedded services keep data")] = Path(
+        ".orchestrator"
+    ),
+    port: Annotated[int, typer.Option(help="API port")] = 8000,
+    no_simulator: Annotated[bool, typer.Option("--no-simulator")] = False,
+) -> None:
+    """Run the system on the embedded PostgreSQL and Redis (or the configured URLs)."""
+    from orchestrator.embedded import EmbeddedPostgres, EmbeddedRedis
+    from orchestrator.settings import get_settings
+    from orchestrator.store.migrate import upgrade
+
+    settings = get_settings()
+    stoppers: list[Callable[[], None]] = []
+    try:
+        db_url = settings.database_url
+        if not db_url:
+            pg = EmbeddedPostgres(data_dir / "postgres")
+            db_url = pg.start()
+            stoppers.append(pg.stop)
+        redis_url = settings.redis_url
+        if not redis_url:
+            rd = EmbeddedRedis(data_dir)
+            redis_url = rd.start()
+            stoppers.append(rd.stop)
+        upgrade(db_url)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        creds = {"database_url": db_url, "redis_url": redis_url}
+        (data_dir / "credentials.json").write_text(json.dumps(creds, indent=2))
+        typer.echo(f"database: {db_url}\nredis:    {redis_url}")
+        _print_budgets(db_url)
+        typer.echo("running; Ctrl-C or SIGTERM stops every service")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+    finally:
+        for s in reversed(stoppers):
+            s()
+        typer.echo("stopped")
+
+
+def _print_budgets(db_url: str, as_json: bool = False) -> None:
+    from orchestrator.domain.money import format_usd, micros_to_usd
+    from orchestrator.ledger.budgets import list_budgets
+    from orchestrator.store.engine import make_engine
+
+    engine = make_engine(db_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            views = list_budgets(conn, now=datetime.now(UTC))
+    finally:
+        engine.dispose()
+    if as_json:
+        typer.echo(json.dumps({"budgets": [
+            {"scope": v.scope, "period": v.period, "period_start": v.period_start.isoformat(),
+             "limit_usd": micros_to_usd(v.limit_micros),
+             "committed_usd": micros_to_usd(v.committed_micros),
+             "held_usd": micros_to_usd(v.held_micros),
+             "remaining_usd": micros_to_usd(v.remaining_micros),
+             "alert_thresholds": [bp / 10000 for bp in v.alert_thresholds_bp]}
+            for v in views]}, indent=2))
+        return
+    if not views:
+        typer.echo("no budgets yet (orchestrator budgets set --scope tenant:T --period month "
+                   "--limit-usd 100)")
+        return
+    typer.echo(f"{'scope':32} {'period':6} {'limit':>14} {'committed':>14} {'held':>14} "
+               f"{'remaining':>14}")
+    for v in views:
+        typer.echo(
+            f"{v.scope:32} {v.period:6} {format_usd(v.limit_micros):>14} "
+            f"{format_usd(v.committed_micros):>14} {format_usd(v.held_micros):>14} "
+            f"{format_usd(v.remaining_micros):>14}"
+        )
+
+
+@budgets_app.command("set")
+@one_line_errors
+def budgets_set(
+    scope: Annotated[str, typer.Option(help="global | tenant:T | tenant:T/project:P")],
+    period: Annotated[str, typer.Option(help="day | month | total")],
+    limit_usd: Annotated[float, typer.Option(help="limit in USD")],
+    thresholds: Annotated[
+        str, typer.Option(help="alert thresholds as fractions, comma-separated")
+    ] = "0.5,0.8,1.0",
+) -> None:
+    """Create or update a budget."""
+    from orchestrator.domain.budgets import thresholds_to_bp
+    from orchestrator.domain.money import usd_to_micros
+    from orchestrator.ledger.budgets import set_budget
+    from orchestrator.store.engine import make_engine
+
+    if limit_usd < 0:
+        fail("--limit-usd must be >= 0")
+    try:
+        bps = thresholds_to_bp([float(x) for x in thresholds.split(",") if x.strip()])
+    except ValueError as exc:
+        fail(f"--thresholds: {exc}")
+    engine = make_engine(_database_url(), pool_size=1)
+    try:
+        with engine.begin() as conn:
+            set_budget(conn, scope=scope, period=period, limit_micros=usd_to_micros(limit_usd),
+                       now=datetime.now(UTC), thresholds_bp=bps)
+    finally:
+        engine.dispose()
+    typer.echo(f"budget {scope} {period} set to ${limit_usd:.2f}")
+
+
+@budgets_app.command("list")
+@one_line_errors
+def budgets_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List budgets with the current period's spend."""
+    _print_budgets(_database_url(), as_json=json_out)
+
+
+def main() -> None:
+    try:
+        app()
+    except OrchestratorError as exc:  # settings errors raised before a command runs
+        typer.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Money is integer micro-USD inside; USD only at the edges."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+MICROS_PER_USD = 1_000_000
+
+
+def usd_to_micros(usd: float | int | str | Decimal) -> int:
+    """Convert a USD amount to integer micro-USD, rounding half up at the micro-dollar.
+
+    Goes through ``Decimal(str(x))`` so that 0.1 becomes exactly 100000, not 99999.
+    """
+    try:
+        value = Decimal(str(usd))
+    except InvalidOperation as exc:
+        raise ValueError(f"not a USD amount: {usd!r}") from exc
+    if not value.is_finite():
+        raise ValueError(f"not a finite USD amount: {usd!r}")
+    return int((value * MICROS_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def micros_to_usd(micros: int) -> float:
+    return micros / MICROS_PER_USD
+
+
+def format_usd(micros: int) -> str:
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), MICROS_PER_USD)
+    return f"{sign}${whole}.{frac:06d}"

@@ -1,0 +1,83 @@
+"""The one error tree of the orchestrator.
+
+    OrchestratorError
+    ├── ConfigurationError          a setting or catalogue is invalid (names the setting)
+    ├── EmbeddedServiceError        the embedded PostgreSQL or Redis could not start
+    └── LedgerError                 the budget ledger refused a step
+        ├── BudgetExceeded          a hold would push a budget past its limit
+        ├── HoldNotFound            no hold exists for that job
+        ├── HoldNotActive           the hold was already settled, released or expired
+        └── InvalidAmount           negative amount, or a settle/charge above the hold
+
+Every error carries a stable ``code`` (used by the HTTP API's error envelope) and a
+``details`` mapping that is safe to show to the caller: it never contains prompts or keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OrchestratorError(Exception):
+    code = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details
+
+
+class ConfigurationError(OrchestratorError):
+    code = "configuration_error"
+
+
+class EmbeddedServiceError(OrchestratorError):
+    code = "embedded_service_error"
+
+
+class LedgerError(OrchestratorError):
+    code = "ledger_error"
+
+
+class BudgetExceeded(LedgerError):
+    """A hold was refused: ``budget`` would go past its limit."""
+
+    code = "budget_exceeded"
+
+    def __init__(
+        self, *, scope: str, period: str, period_start: str, remaining_micros: int,
+        requested_micros: int,
+    ) -> None:
+        from orchestrator.domain.money import format_usd
+
+        super().__init__(
+            f"budget {scope} ({period} from {period_start}) has {format_usd(remaining_micros)} "
+            f"remaining; this job needs up to {format_usd(requested_micros)}",
+            scope=scope,
+            period=period,
+            period_start=period_start,
+            remaining_micros=remaining_micros,
+            requested_micros=requested_micros,
+        )
+        self.scope = scope
+        self.period = period
+        self.remaining_micros = remaining_micros
+        self.requested_micros = requested_micros
+
+
+class HoldNotFound(LedgerError):
+    code = "not_found"
+
+
+class HoldNotActive(LedgerError):
+    """The hold is already final (settled, released or expired)."""
+
+    code = "conflict"
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message, status=status)
+        self.status = status
+
+
+class InvalidAmount(LedgerError):
+    code = "invalid_request"

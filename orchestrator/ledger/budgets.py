@@ -1,0 +1,121 @@
+"""Creating, updating and reading budgets (admin side of the ledger)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from orchestrator.domain.budgets import (
+    DEFAULT_THRESHOLDS_BP,
+    Period,
+    period_window,
+    validate_scope,
+)
+from orchestrator.errors import InvalidAmount
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetView:
+    id: int
+    scope: str
+    period: str
+    period_start: datetime
+    limit_micros: int
+    committed_micros: int
+    held_micros: int
+    alert_thresholds_bp: tuple[int, ...]
+    channels: tuple[dict[str, Any], ...]
+
+    @property
+    def remaining_micros(self) -> int:
+        return max(0, self.limit_micros - self.committed_micros - self.held_micros)
+
+
+_UPSERT = text(
+    """
+    INSERT INTO budgets (scope, period, limit_micros, alert_thresholds_bp, channels)
+    VALUES (:scope, :period, :limit, CAST(:thresholds AS jsonb), CAST(:channels AS jsonb))
+    ON CONFLICT (scope, period) DO UPDATE SET
+        limit_micros = EXCLUDED.limit_micros,
+        alert_thresholds_bp = EXCLUDED.alert_thresholds_bp,
+        channels = EXCLUDED.channels,
+        updated_at = now()
+    RETURNING id
+    """
+)
+# A lowered limit applies at once to the open period; it cannot go below what is already
+# committed or held there (the CHECK forbids it), so it clamps and blocks new holds instead.
+_RELIMIT_OPEN_PERIODS = text(
+    """
+    UPDATE budget_periods
+    SET limit_micros = GREATEST(:limit, committed_micros + held_micros)
+    WHERE budget_id = :id AND (period_end IS NULL OR period_end > :now)
+    """
+)
+_LIST = text(
+    """
+    SELECT b.id, b.scope, b.period, b.limit_micros AS budget_limit, b.alert_thresholds_bp,
+           b.channels, bp.period_start, bp.limit_micros, bp.committed_micros, bp.held_micros
+    FROM budgets b
+    LEFT JOIN LATERAL (
+        SELECT * FROM budget_periods p
+        WHERE p.budget_id = b.id AND p.period_start <= :now
+          AND (p.period_end IS NULL OR p.period_end > :now)
+        ORDER BY p.period_start DESC LIMIT 1
+    ) bp ON true
+    WHERE (CAST(:scopes AS text[]) IS NULL OR b.scope = ANY(CAST(:scopes AS text[])))
+    ORDER BY b.scope, b.period
+    """
+)
+
+
+def set_budget(
+    conn: Connection,
+    *,
+    scope: str,
+    period: str,
+    limit_micros: int,
+    now: datetime,
+    thresholds_bp: tuple[int, ...] = DEFAULT_THRESHOLDS_BP,
+    channels: list[dict[str, Any]] | None = None,
+) -> int:
+    """Create or update the budget (scope, period). Returns its id."""
+    validate_scope(scope)
+    Period(period)  # ValueError names the bad period
+    if limit_micros < 0:
+        raise InvalidAmount(f"budget limit must be >= 0, got {limit_micros}")
+    budget_id: int = conn.execute(
+        _UPSERT,
+        {"scope": scope, "period": period, "limit": limit_micros,
+         "thresholds": json.dumps(list(thresholds_bp)), "channels": json.dumps(channels or [])},
+    ).scalar_one()
+    conn.execute(_RELIMIT_OPEN_PERIODS, {"limit": limit_micros, "id": budget_id, "now": now})
+    return budget_id
+
+
+def list_budgets(
+    conn: Connection, *, now: datetime, scopes: tuple[str, ...] | None = None
+) -> list[BudgetView]:
+    """Every budget (or those in ``scopes``) with its current period's counters."""
+    rows = conn.execute(
+        _LIST, {"now": now, "scopes": list(scopes) if scopes is not None else None}
+    ).all()
+    out = []
+    for r in rows:
+        has_period = r.period_start is not None
+        out.append(
+            BudgetView(
+                id=r.id, scope=r.scope, period=r.period,
+                period_start=r.period_start if has_period else period_window(r.period, now).start,
+                limit_micros=r.limit_micros if has_period else r.budget_limit,
+                committed_micros=r.committed_micros if has_period else 0,
+                held_micros=r.held_micros if has_period else 0,
+                alert_thresholds_bp=tuple(r.alert_thresholds_bp),
+                channels=tuple(r.channels),
+            )
+        )
+    return out

@@ -1,0 +1,77 @@
+"""Lazily created budget period rows.
+
+A period row is created the first time a step needs it, in its own short committed
+transaction, so that creating it never holds a lock inside a ledger step (no reset races
+and no deadlocks: nothing ever resets a counter, a new period is a new row).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, text
+
+from orchestrator.domain.budgets import period_window
+
+
+@dataclass(frozen=True, slots=True)
+class CoveringBudget:
+    budget_id: int
+    scope: str
+    period: str
+    limit_micros: int
+
+
+_SELECT_BUDGETS = text(
+    "SELECT id, scope, period, limit_micros FROM budgets WHERE scope = ANY(:scopes)"
+)
+_ENSURE_PERIOD = text(
+    """
+    INSERT INTO budget_periods (budget_id, period_start, period_end, limit_micros)
+    VALUES (:budget_id, :start, :end, :limit)
+    ON CONFLICT (budget_id, period_start) DO NOTHING
+    """
+)
+_PERIOD_ID = text(
+    "SELECT id FROM budget_periods WHERE budget_id = :budget_id AND period_start = :start"
+)
+
+
+class PeriodResolver:
+    """Maps the budgets covering a job to the ids of their current period rows."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._cache: dict[tuple[int, datetime], int] = {}
+        self._lock = threading.Lock()
+
+    def covering_budgets(self, conn: Connection, scopes: tuple[str, ...]) -> list[CoveringBudget]:
+        rows = conn.execute(_SELECT_BUDGETS, {"scopes": list(scopes)}).all()
+        return [CoveringBudget(r.id, r.scope, r.period, r.limit_micros) for r in rows]
+
+    def current_period_ids(self, budgets: list[CoveringBudget], at: datetime) -> list[int]:
+        ids: list[int] = []
+        missing: list[tuple[CoveringBudget, datetime, datetime | None]] = []
+        for b in budgets:
+            window = period_window(b.period, at)
+            cached = self._cache.get((b.budget_id, window.start))
+            if cached is None:
+                missing.append((b, window.start, window.end))
+            else:
+                ids.append(cached)
+        if missing:
+            with self._engine.begin() as conn:
+                for b, start, end in missing:
+                    params = {"budget_id": b.budget_id, "start": start}
+                    conn.execute(_ENSURE_PERIOD, {**params, "end": end, "limit": b.limit_micros})
+                    pid = conn.execute(_PERIOD_ID, params).scalar_one()
+                    with self._lock:
+                        self._cache[(b.budget_id, start)] = pid
+                    ids.append(pid)
+        return sorted(ids)
+
+    def forget(self) -> None:
+        with self._lock:
+            self._cache.clear()

@@ -1,0 +1,365 @@
+"""Hold, settle, release and expire: the four ledger steps (DESIGN §6).
+
+Each step is one PostgreSQL transaction. Holds check the limit with a conditional
+``UPDATE … WHERE committed + held + :x <= limit``, which PostgreSQL re-evaluates after
+waiting for the row lock, so the check is exact under any concurrency. Period rows are
+always locked in ascending id order, and a hold's own row before any period row, so steps
+never deadlock each other. Every step appends ledger entries under a unique idempotency key
+(``hold:<job>``, ``settle:<job>``, ``release:<job>``, ``expire:<job>``) and moves the hold
+through a guarded status transition, so a replayed step changes nothing and, of a settle
+and an expiry racing for one hold, exactly one wins.
+
+Each public method takes an optional ``conn``: given one, the step joins the caller's
+transaction (the API writes the job row and its hold together); on a refusal the caller
+must roll that transaction back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from orchestrator.domain.budgets import crossed_thresholds
+from orchestrator.domain.money import micros_to_usd
+from orchestrator.errors import BudgetExceeded, HoldNotActive, HoldNotFound, InvalidAmount
+from orchestrator.ledger.periods import PeriodResolver
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldReceipt:
+    job_id: uuid.UUID
+    amount_micros: int
+    budget_period_ids: tuple[int, ...]
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StepReceipt:
+    """Outcome of settle / release / expire of one hold."""
+
+    job_id: uuid.UUID
+    status: str
+    charged_micros: int
+    released_micros: int
+    alert_ids: tuple[uuid.UUID, ...] = field(default_factory=tuple)
+    replayed: bool = False
+
+
+_INSERT_HOLD = text(
+    """
+    INSERT INTO holds (job_id, amount_micros, expires_at)
+    VALUES (:job_id, :amount, :expires_at)
+    ON CONFLICT (job_id) DO NOTHING
+    RETURNING id
+    """
+)
+_RESERVE = text(
+    """
+    UPDATE budget_periods SET held_micros = held_micros + :amount
+    WHERE id = :pid AND committed_micros + held_micros + :amount <= limit_micros
+    RETURNING id
+    """
+)
+_REFUSAL_INFO = text(
+    """
+    SELECT b.scope, b.period, bp.period_start,
+           bp.limit_micros - bp.committed_micros - bp.held_micros AS remaining
+    FROM budget_periods bp JOIN budgets b ON b.id = bp.budget_id WHERE bp.id = :pid
+    """
+)
+_INSERT_LINES_AND_ENTRIES = text(
+    """
+    WITH lines AS (
+        INSERT INTO hold_lines (hold_id, budget_period_id, amount_micros)
+        SELECT :hold_id, pid, :amount FROM unnest(CAST(:pids AS bigint[])) AS pid
+        RETURNING budget_period_id
+    )
+    INSERT INTO ledger_entries
+        (budget_period_id, job_id, kind, idempotency_key, held_delta_micros,
+         committed_delta_micros)
+    SELECT budget_period_id, :job_id, 'hold', :key, :amount, 0 FROM lines
+    """
+)
+_SELECT_HOLD = text(
+    "SELECT id, amount_micros, charged_micros, status FROM holds WHERE job_id = :job_id"
+)
+_FINISH_HOLD = text(
+    """
+    UPDATE holds SET status = :status, charged_micros = :charge, finished_at = :now
+    WHERE job_id = :job_id AND status = 'held' AND amount_micros >= :charge
+    RETURNING id, amount_micros
+    """
+)
+_HOLD_LINES = text(
+    """
+    SELECT hold_id, budget_period_id, amount_micros FROM hold_lines
+    WHERE hold_id = ANY(:hold_ids) ORDER BY budget_period_id
+    """
+)
+_APPLY = text(
+    """
+    UPDATE budget_periods bp
+    SET held_micros = bp.held_micros - :release, committed_micros = bp.committed_micros + :charge
+    FROM budgets b
+    WHERE bp.id = :pid AND b.id = bp.budget_id
+    RETURNING bp.id, bp.budget_id, bp.period_start, bp.limit_micros, bp.committed_micros,
+              bp.held_micros, b.scope, b.period, b.alert_thresholds_bp
+    """
+)
+_INSERT_ENTRIES = text(
+    """
+    INSERT INTO ledger_entries
+        (budget_period_id, job_id, kind, idempotency_key, held_delta_micros,
+         committed_delta_micros)
+    SELECT pid, :job_id, :kind, :key, -held, committed
+    FROM unnest(CAST(:pids AS bigint[]), CAST(:helds AS bigint[]), CAST(:commits AS bigint[]))
+         AS t(pid, held, committed)
+    """
+)
+_INSERT_ALERT = text(
+    """
+    INSERT INTO alerts (budget_id, budget_period_id, kind, threshold_bp, payload)
+    VALUES (:budget_id, :pid, 'threshold', :bp, CAST(:payload AS jsonb))
+    ON CONFLICT (budget_period_id, kind, threshold_bp) DO NOTHING
+    RETURNING id
+    """
+)
+_LOCK_EXPIRED = text(
+    """
+    SELECT id, job_id, amount_micros FROM holds
+    WHERE status = 'held' AND expires_at <= :now
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+    LIMIT :limit
+    """
+)
+_MARK_EXPIRED = text(
+    """
+    UPDATE holds SET status = 'expired', charged_micros = 0, finished_at = :now
+    WHERE id = ANY(:ids)
+    """
+)
+
+
+class Ledger:
+    """The budget ledger over one SQLAlchemy engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        hold_ttl: timedelta = timedelta(hours=6),
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.hold_ttl = hold_ttl
+        self.periods = PeriodResolver(engine)
+
+    @contextmanager
+    def _tx(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+            return
+        with self.engine.begin() as own:
+            yield own
+
+    # -- hold --------------------------------------------------------------------------------
+    def hold(
+        self,
+        job_id: uuid.UUID,
+        scopes: tuple[str, ...],
+        amount_micros: int,
+        *,
+        ttl: timedelta | None = None,
+        conn: Connection | None = None,
+    ) -> HoldReceipt:
+        """Reserve ``amount_micros`` in every budget whose scope is in ``scopes``.
+
+        Raises ``BudgetExceeded`` naming the first budget that cannot take it; then nothing
+        is held anywhere. Replaying the same job id returns the existing hold unchanged.
+        """
+        if amount_micros < 0:
+            raise InvalidAmount(f"hold amount must be >= 0, got {amount_micros}")
+        now = self.clock()
+        with self._tx(conn) as tx:
+            budgets = self.periods.covering_budgets(tx, scopes)
+            pids = self.periods.current_period_ids(budgets, now)
+            hold_id = tx.execute(
+                _INSERT_HOLD,
+                {"job_id": job_id, "amount": amount_micros,
+                 "expires_at": now + (ttl or self.hold_ttl)},
+            ).scalar()
+            if hold_id is None:
+                return self._replayed_hold(tx, job_id, amount_micros)
+            for pid in pids:
+                if tx.execute(_RESERVE, {"amount": amount_micros, "pid": pid}).first() is None:
+                    info = tx.execute(_REFUSAL_INFO, {"pid": pid}).one()
+                    raise BudgetExceeded(
+                        scope=info.scope, period=info.period,
+                        period_start=info.period_start.isoformat(),
+                        remaining_micros=max(0, info.remaining),
+                        requested_micros=amount_micros,
+                    )
+            if pids:
+                tx.execute(
+                    _INSERT_LINES_AND_ENTRIES,
+                    {"hold_id": hold_id, "pids": pids, "amount": amount_micros,
+                     "job_id": job_id, "key": f"hold:{job_id}"},
+                )
+        return HoldReceipt(job_id, amount_micros, tuple(pids))
+
+    def _replayed_hold(self, tx: Connection, job_id: uuid.UUID, amount: int) -> HoldReceipt:
+        row = tx.execute(_SELECT_HOLD, {"job_id": job_id}).one()
+        if row.amount_micros != amount:
+            raise HoldNotActive(
+                f"job {job_id} already holds {row.amount_micros} micro-USD, not {amount}",
+                status=row.status,
+            )
+        lines = tx.execute(_HOLD_LINES, {"hold_ids": [row.id]}).all()
+        return HoldReceipt(
+            job_id, row.amount_micros, tuple(r.budget_period_id for r in lines), replayed=True
+        )
+
+    # -- settle / release ------------------------------------------------------------------
+    def settle(
+        self, job_id: uuid.UUID, actual_micros: int, *, conn: Connection | None = None
+    ) -> StepReceipt:
+        """Charge the actual cost (at most the hold) and release the rest of the hold."""
+        return self._finish(job_id, "settled", "settle", actual_micros, conn)
+
+    def release(
+        self, job_id: uuid.UUID, *, charge_micros: int = 0, conn: Connection | None = None
+    ) -> StepReceipt:
+        """Give the hold back; charge ``charge_micros`` where the backend billed a partial cost."""
+        return self._finish(job_id, "released", "release", charge_micros, conn)
+
+    def _finish(
+        self, job_id: uuid.UUID, status: str, kind: str, charge: int, conn: Connection | None
+    ) -> StepReceipt:
+        if charge < 0:
+            raise InvalidAmount(f"charge must be >= 0, got {charge}")
+        now = self.clock()
+        with self._tx(conn) as tx:
+            row = tx.execute(
+                _FINISH_HOLD, {"status": status, "charge": charge, "now": now, "job_id": job_id}
+            ).first()
+            if row is None:
+                return self._refused_finish(tx, job_id, status, charge)
+            lines = tx.execute(_HOLD_LINES, {"hold_ids": [row.id]}).all()
+            alert_ids = self._apply(
+                tx, job_id, kind, [(ln.budget_period_id, ln.amount_micros, charge) for ln in lines],
+                now,
+            )
+        return StepReceipt(job_id, status, charge, row.amount_micros - charge, tuple(alert_ids))
+
+    def _refused_finish(
+        self, tx: Connection, job_id: uuid.UUID, status: str, charge: int
+    ) -> StepReceipt:
+        existing = tx.execute(_SELECT_HOLD, {"job_id": job_id}).first()
+        if existing is None:
+            raise HoldNotFound(f"no hold for job {job_id}", job_id=str(job_id))
+        if existing.status == "held":
+            raise InvalidAmount(
+                f"charge {charge} exceeds the hold of {existing.amount_micros} for job {job_id}",
+                hold_micros=existing.amount_micros, charge_micros=charge,
+            )
+        if existing.status == status and existing.charged_micros == charge:
+            return StepReceipt(
+                job_id, status, charge, existing.amount_micros - charge, replayed=True
+            )
+        raise HoldNotActive(
+            f"hold for job {job_id} is already {existing.status}", status=existing.status
+        )
+
+    def _apply(
+        self,
+        tx: Connection,
+        job_id: uuid.UUID,
+        kind: str,
+        moves: list[tuple[int, int, int]],
+        now: datetime,
+    ) -> list[uuid.UUID]:
+        """Move (period id, release held, add committed) in ascending period id order."""
+        alert_ids: list[uuid.UUID] = []
+        for pid, release, charge in sorted(moves):
+            p = tx.execute(_APPLY, {"release": release, "charge": charge, "pid": pid}).one()
+            for bp in crossed_thresholds(
+                p.limit_micros, p.committed_micros - charge, p.committed_micros,
+                tuple(p.alert_thresholds_bp),
+            ):
+                alert_id = tx.execute(
+                    _INSERT_ALERT,
+                    {"budget_id": p.budget_id, "pid": pid, "bp": bp,
+                     "payload": _alert_payload(p, bp, now)},
+                ).scalar()
+                if alert_id is not None:
+                    alert_ids.append(alert_id)
+        if moves:
+            tx.execute(
+                _INSERT_ENTRIES,
+                {"job_id": job_id, "kind": kind, "key": f"{kind}:{job_id}",
+                 "pids": [m[0] for m in moves], "helds": [m[1] for m in moves],
+                 "commits": [m[2] for m in moves]},
+            )
+        return alert_ids
+
+    # -- expire ------------------------------------------------------------------------------
+    def expire_stale(self, *, limit: int = 500, conn: Connection | None = None) -> list[uuid.UUID]:
+        """Release every hold past its expiry (SKIP LOCKED: sweepers never block each other).
+
+        Returns the job ids whose holds expired.
+        """
+        now = self.clock()
+        with self._tx(conn) as tx:
+            holds = tx.execute(_LOCK_EXPIRED, {"now": now, "limit": limit}).all()
+            if not holds:
+                return []
+            tx.execute(_MARK_EXPIRED, {"ids": [h.id for h in holds], "now": now})
+            job_of = {h.id: h.job_id for h in holds}
+            by_job: dict[uuid.UUID, list[tuple[int, int, int]]] = {h.job_id: [] for h in holds}
+            for ln in tx.execute(_HOLD_LINES, {"hold_ids": list(job_of)}):
+                by_job[job_of[ln.hold_id]].append((ln.budget_period_id, ln.amount_micros, 0))
+            # Apply per period in ascending id order across the whole batch (no deadlock).
+            totals: dict[int, int] = {}
+            for moves in by_job.values():
+                for pid, release, _ in moves:
+                    totals[pid] = totals.get(pid, 0) + release
+            for pid in sorted(totals):
+                tx.execute(_APPLY, {"release": totals[pid], "charge": 0, "pid": pid})
+            for job_id, moves in by_job.items():
+                if moves:
+                    tx.execute(
+                        _INSERT_ENTRIES,
+                        {"job_id": job_id, "kind": "expire", "key": f"expire:{job_id}",
+                         "pids": [m[0] for m in moves], "helds": [m[1] for m in moves],
+                         "commits": [0 for _ in moves]},
+                    )
+            return list(by_job)
+
+
+def _alert_payload(p: Any, threshold_bp: int, now: datetime) -> str:
+    import json
+
+    return json.dumps(
+        {
+            "scope": p.scope,
+            "period": p.period,
+            "period_start": p.period_start.isoformat(),
+            "threshold": threshold_bp / 10000,
+            "limit_usd": micros_to_usd(p.limit_micros),
+            "committed_usd": micros_to_usd(p.committed_micros),
+            "held_usd": micros_to_usd(p.held_micros),
+            "at": now.isoformat(),
+        }
+    )

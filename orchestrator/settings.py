@@ -1,0 +1,98 @@
+"""Configuration from the environment (prefix ``ORCH_``), on pydantic-settings.
+
+A bad value fails at start with one line naming the setting, e.g.::
+
+    ORCH_DATABASE_URL: must be a postgresql+psycopg:// URL, got 'mysql://…'
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator.errors import ConfigurationError
+
+ENV_PREFIX = "ORCH_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="postgresql+psycopg://… ; unset = embedded PostgreSQL"
+    )
+    redis_url: str | None = Field(default=None, description="redis://… ; unset = embedded Redis")
+    data_dir: Path = Path(".orchestrator")
+    backends_file: Path = Path("config/backends.yaml")
+    simulator_url: str = "http://127.0.0.1:8100"
+    gcp_project: str | None = None
+    gcp_monitoring_endpoint: str | None = None
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    hold_ttl_s: int = Field(default=6 * 3600, gt=0, description="a hold not settled by then expires")
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("postgresql+psycopg://", "postgresql://", "postgres://")):
+            raise ValueError(f"must be a postgresql+psycopg:// URL, got {_redact(v)!r}")
+        return normalize_database_url(v)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"must be a redis:// URL, got {_redact(v)!r}")
+        return v
+
+    @field_validator("simulator_url", "api_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s):// URL, got {v!r}")
+        return v.rstrip("/")
+
+
+def normalize_database_url(url: str) -> str:
+    """Always talk psycopg 3, whatever scheme spelling the user gave."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL before it reaches an error message."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    return url
+
+
+def load_settings() -> Settings:
+    """Read settings; turn a validation failure into one clear line naming the setting."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else "ORCH_*"
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigurationError(f"{name}: {msg}", setting=name) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

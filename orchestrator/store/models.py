@@ -1,0 +1,245 @@
+"""Tables. The migrations in ``migrations/versions`` create exactly these (a test checks it).
+
+Money columns are BIGINT micro-USD. Ledger entries are append-only (a trigger refuses
+UPDATE and DELETE); budget period counters are backed by a CHECK that
+``committed + held <= limit``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB}
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Budget(Base):
+    __tablename__ = "budgets"
+    __table_args__ = (
+        UniqueConstraint("scope", "period", name="scope_period"),
+        CheckConstraint("period IN ('day', 'month', 'total')", name="period_kind"),
+        CheckConstraint("limit_micros >= 0", name="limit_nonnegative"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(160), nullable=False)
+    period: Mapped[str] = mapped_column(String(8), nullable=False)
+    limit_micros: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    alert_thresholds_bp: Mapped[list[Any]] = mapped_column(
+        nullable=False, server_default=text("'[5000, 8000, 10000]'::jsonb")
+    )
+    channels: Mapped[list[Any]] = mapped_column(nullable=False, server_default=text("'[]'::jsonb"))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class BudgetPeriod(Base):
+    __tablename__ = "budget_periods"
+    __table_args__ = (
+        UniqueConstraint("budget_id", "period_start", name="budget_start"),
+        CheckConstraint("committed_micros >= 0", name="committed_nonnegative"),
+        CheckConstraint("held_micros >= 0", name="held_nonnegative"),
+        CheckConstraint("committed_micros + held_micros <= limit_micros", name="within_limit"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"))
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    limit_micros: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    committed_micros: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    held_micros: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    created_at: Mapped[datetime] = _now()
+
+
+class Hold(Base):
+    """One two-phase reservation per job, across every budget period that covers it."""
+
+    __tablename__ = "holds"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('held', 'settled', 'released', 'expired')", name="status_kind"
+        ),
+        CheckConstraint("amount_micros >= 0", name="amount_nonnegative"),
+        Index("ix_holds_expiry", "expires_at", postgresql_where=text("status = 'held'")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), unique=True, nullable=False)
+    amount_micros: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    charged_micros: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(10), nullable=False, server_default="held")
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    created_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class HoldLine(Base):
+    __tablename__ = "hold_lines"
+
+    hold_id: Mapped[int] = mapped_column(
+        ForeignKey("holds.id", ondelete="CASCADE"), primary_key=True
+    )
+    budget_period_id: Mapped[int] = mapped_column(
+        ForeignKey("budget_periods.id"), primary_key=True
+    )
+    amount_micros: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class LedgerEntry(Base):
+    """Append-only: each step's effect on one budget period's counters."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", "budget_period_id", name="key_period"),
+        CheckConstraint(
+            "kind IN ('hold', 'settle', 'release', 'expire')", name="entry_kind"
+        ),
+        Index("ix_ledger_entries_period", "budget_period_id"),
+        Index("ix_ledger_entries_job", "job_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    budget_period_id: Mapped[int] = mapped_column(ForeignKey("budget_periods.id"))
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    kind: Mapped[str] = mapped_column(String(10), nullable=False)
+    idempotency_key: Mapped[str] = mapped_column(String(200), nullable=False)
+    held_delta_micros: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    committed_delta_micros: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+
+class Alert(Base):
+    """Transactional outbox: written in the same transaction as the ledger step."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("budget_period_id", "kind", "threshold_bp", name="once"),
+        CheckConstraint("kind IN ('threshold', 'forecast', 'refusal')", name="alert_kind"),
+        Index("ix_alerts_pending", "created_at", postgresql_where=text("status = 'pending'")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"))
+    budget_period_id: Mapped[int] = mapped_column(ForeignKey("budget_periods.id"))
+    kind: Mapped[str] = mapped_column(String(10), nullable=False)
+    threshold_bp: Mapped[int] = mapped_column(Integer, nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(nullable=False)
+    status: Mapped[str] = mapped_column(String(10), nullable=False, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    created_at: Mapped[datetime] = _now()
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), nullable=False)
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    admin: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
+    created_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')",
+            name="status_kind",
+        ),
+        UniqueConstraint("tenant", "idempotency_key", name="tenant_idempotency"),
+        Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
+        Index(
+            "ix_jobs_owed_work", "updated_at",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[str] = mapped_column(String(10), nullable=False, server_default="queued")
+    kind: Mapped[str] = mapped_column(String(10), nullable=False)
+    tier: Mapped[str] = mapped_column(String(10), nullable=False)
+    spec: Mapped[dict[str, Any]] = mapped_column(nullable=False)
+    route: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    backend: Mapped[str | None] = mapped_column(String(64))
+    estimated_cost_micros: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cost_micros: Mapped[int | None] = mapped_column(BigInteger)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Attempt(Base):
+    __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_job", "job_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    backend: Mapped[str] = mapped_column(String(64), nullable=False)
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    cost_micros: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+APPEND_ONLY_FUNCTION = """
+CREATE OR REPLACE FUNCTION ledger_entries_append_only() RETURNS trigger AS $$
+BEGIN
+    RAISE EXCEPTION 'ledger_entries is append-only (% refused)', TG_OP;
+END;
+$$ LANGUAGE plpgsql
+"""
+APPEND_ONLY_TRIGGER = """
+CREATE TRIGGER ledger_entries_append_only BEFORE UPDATE OR DELETE ON ledger_entries
+FOR EACH ROW EXECUTE FUNCTION ledger_entries_append_only()
+"""

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, text
+
+from orchestrator.ledger.audit import audit
+from orchestrator.ledger.budgets import set_budget
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    """Injected time: tests move it, they never sleep."""
+
+    def __init__(self, at: datetime = T0) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+def make_budget(engine: Engine, scope: str, period: str, limit: int, **kw: object) -> int:
+    with engine.begin() as conn:
+        return set_budget(
+            conn, scope=scope, period=period, limit_micros=limit, now=T0, **kw  # type: ignore[arg-type]
+        )
+
+
+def counters(engine: Engine) -> dict[int, tuple[int, int, int]]:
+    """budget id -> (limit, committed, held) summed over its periods."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT budget_id, SUM(limit_micros) l, SUM(committed_micros) c, "
+                "SUM(held_micros) h FROM budget_periods GROUP BY budget_id"
+            )
+        ).all()
+    return {r.budget_id: (int(r.l), int(r.c), int(r.h)) for r in rows}
+
+
+def assert_sound(engine: Engine) -> None:
+    with engine.connect() as conn:
+        problems = audit(conn)
+    assert problems == []
+
+
+def entry_count(engine: Engine, kind: str | None = None) -> int:
+    with engine.connect() as conn:
+        if kind is None:
+            return int(conn.execute(text("SELECT count(*) FROM ledger_entries")).scalar_one())
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM ledger_entries WHERE kind = :k"), {"k": kind}
+            ).scalar_one()
+        )
