@@ -1,0 +1,195 @@
+"""The job spec: what a producer asks for (the CONTRACT job body), validated per kind.
+
+``JobSpec.input`` stays a plain dict (backends may take extra parameters) but the known keys
+are checked and normalised per kind, with defaults filled in::
+
+    video: prompt, duration_s (1..600), resolution (480p|720p|1080p, default 720p)
+    image: prompt, n (1..10, default 1), size ("WxH", default 1024x1024)
+    text:  prompt, max_tokens (1..32768, default 512)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.domain.money import usd_to_micros
+
+
+class Kind(StrEnum):
+    VIDEO = "video"
+    IMAGE = "image"
+    TEXT = "text"
+
+
+class Tier(StrEnum):
+    """Quality tiers, ordered: draft < standard < premium."""
+
+    DRAFT = "draft"
+    STANDARD = "standard"
+    PREMIUM = "premium"
+
+    @property
+    def rank(self) -> int:
+        return _TIER_RANK[self]
+
+
+_TIER_RANK = {Tier.DRAFT: 0, Tier.STANDARD: 1, Tier.PREMIUM: 2}
+
+
+class Strategy(StrEnum):
+    CHEAPEST = "cheapest"
+    FASTEST = "fastest"
+    BALANCED = "balanced"
+
+
+class Priority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+
+RESOLUTIONS = ("480p", "720p", "1080p")
+MAX_VIDEO_SECONDS = 600
+_SIZE_RE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
+_PROJECT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = Field(min_length=1, max_length=100_000)
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("prompt must not be blank")
+        return v
+
+
+class VideoInput(_Input):
+    duration_s: float = Field(ge=1, le=MAX_VIDEO_SECONDS)
+    resolution: str = "720p"
+
+    @field_validator("duration_s")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("duration_s must be a finite number")
+        return v
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution(cls, v: str) -> str:
+        if v not in RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {v!r}")
+        return v
+
+
+class ImageInput(_Input):
+    n: int = Field(default=1, ge=1, le=10)
+    size: str = "1024x1024"
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        if not _SIZE_RE.match(v):
+            raise ValueError(f"size must look like 1024x1024, got {v!r}")
+        return v
+
+
+class TextInput(_Input):
+    max_tokens: int = Field(default=512, ge=1, le=32_768)
+
+
+_INPUT_MODELS: dict[Kind, type[_Input]] = {
+    Kind.VIDEO: VideoInput,
+    Kind.IMAGE: ImageInput,
+    Kind.TEXT: TextInput,
+}
+
+
+class JobSpec(BaseModel):
+    """The job body of ``POST /v1/jobs`` and ``POST /v1/quotes``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Kind
+    input: dict[str, Any]
+    tier: Tier = Tier.STANDARD
+    strategy: Strategy = Strategy.CHEAPEST
+    max_cost_usd: float | None = Field(default=None, gt=0, le=1_000_000)
+    backend: str | None = None
+    deadline_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    priority: Priority = Priority.NORMAL
+    webhook_url: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("max_cost_usd")
+    @classmethod
+    def _finite_cost(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("max_cost_usd must be a finite number")
+        return v
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not _NAME_RE.match(v):
+            raise ValueError(f"backend must be a catalogue name ([a-z0-9-]+), got {v!r}")
+        return v
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("http://", "https://")) or len(v) > 2048:
+            raise ValueError("webhook_url must be an http(s):// URL")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        project = v.get("project")
+        if project is not None and (not isinstance(project, str) or not _PROJECT_RE.match(project)):
+            raise ValueError(
+                "metadata.project must be 1-64 letters, digits, '_', '.' or '-'"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _check_input(self) -> JobSpec:
+        model = _INPUT_MODELS[self.kind]
+        try:
+            parsed = model.model_validate(self.input)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            msg = str(first["msg"]).removeprefix("Value error, ")
+            raise ValueError(f"input.{where}: {msg} (for a {self.kind.value} job)") from None
+        # frozen model: write the normalised input (defaults filled in) through __dict__
+        self.__dict__["input"] = parsed.model_dump()
+        return self
+
+    @property
+    def project(self) -> str | None:
+        p = self.metadata.get("project")
+        return p if isinstance(p, str) else None
+
+    @property
+    def max_cost_micros(self) -> int | None:
+        return None if self.max_cost_usd is None else usd_to_micros(self.max_cost_usd)
+
+    def typed_input(self) -> VideoInput | ImageInput | TextInput:
+        parsed = _INPUT_MODELS[self.kind].model_validate(self.input)
+        assert isinstance(parsed, VideoInput | ImageInput | TextInput)
+        return parsed

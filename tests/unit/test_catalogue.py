@@ -1,0 +1,137 @@
+"""Catalogue schema: the shipped file is valid and matches CONTRACT; a bad one names the file,
+the backend and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orchestrator.domain.catalogue import load_catalogue, parse_catalogue
+from orchestrator.domain.jobs import Kind, Tier
+from orchestrator.errors import ConfigurationError
+
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "backends.yaml"
+
+
+def _good() -> dict[str, Any]:
+    return {
+        "defaults": {"timeouts": {"connect_s": 2.0, "read_s": 30.0}, "max_concurrency": 7},
+        "backends": [
+            {
+                "name": "vid-a", "protocol": "predictions", "base_url": "${SIM}/vid-a",
+                "kinds": ["video"], "tier": "draft",
+                "price": {"model": "per_second", "usd_per_second": 0.05,
+                          "resolution_multipliers": {"480p": 1, "720p": 1.5}},
+                "timeouts": {"read_s": 10},
+            },
+            {
+                "name": "txt-a", "protocol": "openai", "base_url": "http://127.0.0.1:1/t",
+                "api_key_env": "TXT_KEY", "kinds": ["text"], "tier": "premium",
+                "price": {"model": "per_token", "usd_per_1k_input": 0.001,
+                          "usd_per_1k_output": 0.002},
+                "max_concurrency": 3,
+            },
+        ],
+    }
+
+
+def _write(tmp_path: Path, doc: Any) -> Path:
+    p = tmp_path / "backends.yaml"
+    p.write_text(yaml.safe_dump(doc) if not isinstance(doc, str) else doc)
+    return p
+
+
+def _error(tmp_path: Path, doc: Any) -> ConfigurationError:
+    p = _write(tmp_path, doc)
+    with pytest.raises(ConfigurationError) as info:
+        load_catalogue(p, env={"SIM": "http://127.0.0.1:9"})
+    assert str(p) in str(info.value)
+    assert info.value.details["file"] == str(p)
+    return info.value
+
+
+def test_shipped_catalogue_matches_contract() -> None:
+    cat = load_catalogue(SHIPPED, env={})
+    video = cat.for_kind(Kind.VIDEO)
+    assert len(video) >= 3
+    assert {b.tier for b in video} == set(Tier)
+    by_tier = {t: [b for b in video if b.tier is t] for t in Tier}
+    # a higher tier is dearer: compare the per-second rates
+    cheapest = {t: min(b.price.usd_per_second for b in bs) for t, bs in by_tier.items()}  # type: ignore[union-attr]
+    assert cheapest[Tier.DRAFT] < cheapest[Tier.STANDARD] < cheapest[Tier.PREMIUM]
+    assert len(cat.for_kind(Kind.IMAGE)) == 2 and len(cat.for_kind(Kind.TEXT)) == 2
+    std, std_b = cat.get("vid-standard"), cat.get("vid-standard-b")
+    assert std.price.usd_per_second < std_b.price.usd_per_second  # type: ignore[union-attr]
+    assert all(b.base_url.startswith("http://127.0.0.1:8100/") for b in cat)
+    assert {b.protocol.value for b in cat.for_kind(Kind.TEXT)} == {"openai"}
+
+
+def test_env_expansion_defaults_and_merge(tmp_path: Path) -> None:
+    cat = load_catalogue(_write(tmp_path, _good()), env={"SIM": "http://127.0.0.1:9/"})
+    vid = cat.get("vid-a")
+    assert vid.base_url == "http://127.0.0.1:9//vid-a".rstrip("/")
+    assert (vid.timeouts.connect_s, vid.timeouts.read_s) == (2.0, 10.0)
+    assert vid.max_concurrency == 7  # from defaults
+    assert cat.get("txt-a").max_concurrency == 3
+    assert cat.get("txt-a").api_key({"TXT_KEY": "k"}) == "k"
+    assert "vid-a" in cat and "nope" not in cat
+    with pytest.raises(KeyError, match="nope"):
+        cat.get("nope")
+    shipped = load_catalogue(SHIPPED, env={"ORCH_SIMULATOR_URL": "http://127.0.0.1:7777"})
+    assert shipped.get("img-pro").base_url == "http://127.0.0.1:7777/img-pro"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "backend", "field", "words"),
+    [
+        (lambda d: d["backends"][0]["price"].update(usd_per_second=-1), "vid-a",
+         "price.usd_per_second", "greater than or equal to 0"),
+        (lambda d: d["backends"][1].update(tier="gold"), "txt-a", "tier", "draft"),
+        (lambda d: d["backends"][1].update(kinds=["text", "video"]), "txt-a", "price",
+         "cannot price video"),
+        (lambda d: d["backends"][0].update(protocol="grpc"), "vid-a", "protocol", "predictions"),
+        (lambda d: d["backends"][0]["timeouts"].update(read_s=0), "vid-a", "timeouts.read_s",
+         "greater than 0"),
+        (lambda d: d["backends"][1].update(max_concurrency=0), "txt-a", "max_concurrency",
+         "greater than or equal to 1"),
+        (lambda d: d["backends"][1].pop("base_url"), "txt-a", "base_url", "required"),
+        (lambda d: d["backends"][1].update(base_url="ftp://x"), "txt-a", "base_url", "http"),
+        (lambda d: d["backends"][0].update(base_url="${MISSING}/x"), "vid-a", "base_url",
+         "MISSING is not set"),
+        (lambda d: d["backends"][0]["price"].update(model="per_gram"), "vid-a", "price",
+         "per_second"),
+        (lambda d: d["backends"][0]["price"]["resolution_multipliers"].update({"4k": 3}),
+         "vid-a", "price.resolution_multipliers", "4k"),
+        (lambda d: d["backends"][1].update(name="Bad Name"), "Bad Name", "name", "pattern"),
+        (lambda d: d["backends"][1].update(name="vid-a"), "vid-a", "name", "duplicate"),
+        (lambda d: d["backends"][0].update(colour="red"), "vid-a", "colour", "not permitted"),
+        (lambda d: d["backends"][1]["price"].update(usd_per_1k_input=1e-13), "txt-a", "price",
+         "12 decimal places"),
+    ],
+)
+def test_bad_backend_names_file_backend_and_field(
+    tmp_path: Path, mutate: Any, backend: str, field: str, words: str
+) -> None:
+    doc = _good()
+    mutate(doc)
+    err = _error(tmp_path, doc)
+    assert err.details["backend"] == backend
+    assert err.details["field"] == field
+    assert f"backend {backend!r}" in err.message and field in err.message
+    assert words in err.message
+
+
+def test_bad_documents(tmp_path: Path) -> None:
+    assert "not valid YAML at line" in _error(tmp_path, "backends:\n  - [unclosed\n").message
+    assert _error(tmp_path, {"backends": []}).details["field"] == "backends"
+    assert _error(tmp_path, {"backend": []}).details["field"] == "backend"
+    doc = _good()
+    doc["defaults"]["timeouts"]["connect_s"] = -1
+    assert _error(tmp_path, doc).details["field"] == "defaults.timeouts.connect_s"
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        load_catalogue(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigurationError, match="mapping"):
+        parse_catalogue(["x"], source="inline")

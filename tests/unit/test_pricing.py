@@ -1,0 +1,124 @@
+"""Pricing arithmetic, exact to the micro-dollar."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.domain.catalogue import BackendSpec
+from orchestrator.domain.jobs import JobSpec, Kind
+from orchestrator.domain.pricing import NotPriceable, Usage, actual_micros, estimate_micros
+
+
+def backend(name: str, kinds: list[str], price: dict[str, Any]) -> BackendSpec:
+    return BackendSpec.model_validate({
+        "name": name, "protocol": "openai", "base_url": "http://127.0.0.1:1",
+        "kinds": kinds, "tier": "standard", "price": price,
+    })
+
+
+VIDEO = backend("v", ["video"], {
+    "model": "per_second", "usd_per_second": "0.05",
+    "resolution_multipliers": {"480p": 1, "720p": 1.5, "1080p": 2.5}, "max_duration_s": 60,
+})
+IMAGE = backend("i", ["image"], {
+    "model": "per_image", "usd_per_image": {"512x512": 0.01, "1024x1024": 0.04},
+})
+TEXT = backend("t", ["text"], {
+    "model": "per_token", "usd_per_1k_input": 0.0005, "usd_per_1k_output": 0.0015,
+})
+FLAT = backend("f", ["video", "image", "text"], {
+    "model": "per_request", "usd_per_request": 0.0123456,
+})
+
+
+def video(duration: float, resolution: str = "720p") -> JobSpec:
+    return JobSpec(kind=Kind.VIDEO, input={"prompt": "p", "duration_s": duration,
+                                        "resolution": resolution})
+
+
+@pytest.mark.parametrize(
+    ("duration", "resolution", "micros"),
+    [
+        (8, "720p", 600_000),         # 8 x 0.05 x 1.5
+        (8, "480p", 400_000),
+        (8, "1080p", 1_000_000),
+        (1, "720p", 75_000),
+        (8.5, "720p", 637_500),
+        (0.1 + 2, "1080p", 262_500),   # 2.1 s exactly, not 2.1000000000000000888
+        (1.0000001, "480p", 50_001),  # 50000.005 rounds up
+        (60, "1080p", 7_500_000),
+    ],
+)
+def test_video_estimate(duration: float, resolution: str, micros: int) -> None:
+    assert estimate_micros(VIDEO, video(duration, resolution)) == micros
+
+
+def test_video_limits_and_actual() -> None:
+    with pytest.raises(NotPriceable, match="at most 60 s"):
+        estimate_micros(VIDEO, video(61))
+    four_res = backend("v2", ["video"], {"model": "per_second", "usd_per_second": 1,
+                                          "resolution_multipliers": {"480p": 1}})
+    with pytest.raises(NotPriceable, match="resolution 720p"):
+        estimate_micros(four_res, video(5))
+    assert actual_micros(VIDEO, Usage(video_seconds=7.25, resolution="720p")) == 543_750
+    assert actual_micros(four_res, Usage(video_seconds=2.5)) == 2_500_000  # sole resolution
+    with pytest.raises(NotPriceable):
+        actual_micros(VIDEO, Usage(video_seconds=3))  # which resolution?
+    with pytest.raises(NotPriceable):
+        actual_micros(VIDEO, Usage(resolution="720p"))
+
+
+def test_image() -> None:
+    spec = JobSpec(kind=Kind.IMAGE, input={"prompt": "p", "n": 3, "size": "512x512"})
+    assert estimate_micros(IMAGE, spec) == 30_000
+    assert estimate_micros(IMAGE, JobSpec(kind=Kind.IMAGE, input={"prompt": "p"})) == 40_000
+    assert actual_micros(IMAGE, Usage(images=2, image_size="1024x1024")) == 80_000
+    with pytest.raises(NotPriceable, match="image size 256x256"):
+        estimate_micros(IMAGE, JobSpec(kind=Kind.IMAGE, input={"prompt": "p", "size": "256x256"}))
+    with pytest.raises(NotPriceable, match="does not run video"):
+        estimate_micros(IMAGE, video(3))
+
+
+def test_text() -> None:
+    # "héllo wörld!" is 14 UTF-8 bytes -> ceil(14/3) = 5 input tokens; 100 output tokens
+    spec = JobSpec(kind=Kind.TEXT, input={"prompt": "héllo wörld!", "max_tokens": 100})
+    # 5 x 0.0005/1000 + 100 x 0.0015/1000 = 0.0000025 + 0.00015 = 152.5 micro -> 153
+    assert estimate_micros(TEXT, spec) == 153
+    # default max_tokens 512: 5 x 0.5 + 512 x 1.5 = 770.5 -> 771
+    assert estimate_micros(TEXT, JobSpec(kind=Kind.TEXT, input={"prompt": "héllo wörld!"})) == 771
+    assert actual_micros(TEXT, Usage(input_tokens=1000, output_tokens=2000)) == 3_500
+    assert actual_micros(TEXT, Usage(input_tokens=1, output_tokens=0)) == 1  # 0.5 -> 1
+    with pytest.raises(NotPriceable):
+        actual_micros(TEXT, Usage(input_tokens=3))
+
+
+def test_flat() -> None:
+    assert estimate_micros(FLAT, video(600, "1080p")) == 12_346  # 12345.6 -> 12346
+    assert actual_micros(FLAT, Usage()) == 12_346
+
+
+@given(
+    duration=st.floats(min_value=1, max_value=60, allow_nan=False),
+    used=st.floats(min_value=0, max_value=1),
+    resolution=st.sampled_from(["480p", "720p", "1080p"]),
+)
+def test_actual_never_exceeds_worst_case(duration: float, used: float, resolution: str) -> None:
+    spec = video(duration, resolution)
+    estimate = estimate_micros(VIDEO, spec)
+    assert actual_micros(VIDEO, Usage(video_seconds=duration * used, resolution=resolution)) <= (
+        estimate
+    )
+    assert actual_micros(VIDEO, Usage(video_seconds=duration, resolution=resolution)) == estimate
+
+
+@given(prompt=st.text(min_size=1, max_size=300).filter(str.strip),
+       max_tokens=st.integers(1, 4096), out=st.integers(0, 4096))
+def test_text_actual_within_estimate(prompt: str, max_tokens: int, out: int) -> None:
+    spec = JobSpec(kind=Kind.TEXT, input={"prompt": prompt, "max_tokens": max_tokens})
+    tokens_in = -(-len(prompt.encode()) // 3)
+    usage = Usage(input_tokens=tokens_in, output_tokens=min(out, max_tokens))
+    assert actual_micros(TEXT, usage) <= estimate_micros(TEXT, spec)
