@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+import orchestrator.notify.models  # noqa: F401  (alert_deliveries on Base.metadata)
 from orchestrator.store.models import Base
 
 config = context.config

@@ -1,0 +1,29 @@
+"""SMTP settings of the email channel (``ORCH_SMTP_*``).
+
+Field names match ``orchestrator.settings.Settings`` (prefix ``ORCH_``), so they can be merged
+there as they are.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SmtpSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore")
+
+    smtp_host: str | None = Field(default=None, description="unset = email channel disabled")
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "orchestrator@localhost"
+    smtp_starttls: bool = True
+    smtp_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("smtp_from")
+    @classmethod
+    def _from(cls, v: str) -> str:
+        if "@" not in v or any(c in v for c in "\r\n"):
+            raise ValueError(f"must be an email address, got {v!r}")
+        return v
