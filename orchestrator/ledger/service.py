@@ -202,6 +202,14 @@ class Ledger:
             ).scalar()
             if hold_id is None:
                 return self._replayed_hold(tx, job_id, amount_micros)
+            # Entries first, counters last: the hot period row stays locked for one UPDATE
+            # and the COMMIT only. A refusal below rolls all of it back.
+            if pids:
+                tx.execute(
+                    _INSERT_LINES_AND_ENTRIES,
+                    {"hold_id": hold_id, "pids": pids, "amount": amount_micros,
+                     "job_id": job_id, "key": f"hold:{job_id}"},
+                )
             for pid in pids:
                 if tx.execute(_RESERVE, {"amount": amount_micros, "pid": pid}).first() is None:
                     info = tx.execute(_REFUSAL_INFO, {"pid": pid}).one()
@@ -211,12 +219,6 @@ class Ledger:
                         remaining_micros=max(0, info.remaining),
                         requested_micros=amount_micros,
                     )
-            if pids:
-                tx.execute(
-                    _INSERT_LINES_AND_ENTRIES,
-                    {"hold_id": hold_id, "pids": pids, "amount": amount_micros,
-                     "job_id": job_id, "key": f"hold:{job_id}"},
-                )
         return HoldReceipt(job_id, amount_micros, tuple(pids))
 
     def _replayed_hold(self, tx: Connection, job_id: uuid.UUID, amount: int) -> HoldReceipt:
@@ -290,9 +292,21 @@ class Ledger:
         moves: list[tuple[int, int, int]],
         now: datetime,
     ) -> list[uuid.UUID]:
-        """Move (period id, release held, add committed) in ascending period id order."""
+        """Move (period id, release held, add committed) in ascending period id order.
+
+        Entries are written before the counters move, so the period rows stay locked only
+        for their UPDATEs and the COMMIT.
+        """
+        moves = sorted(moves)
+        if moves:
+            tx.execute(
+                _INSERT_ENTRIES,
+                {"job_id": job_id, "kind": kind, "key": f"{kind}:{job_id}",
+                 "pids": [m[0] for m in moves], "helds": [m[1] for m in moves],
+                 "commits": [m[2] for m in moves]},
+            )
         alert_ids: list[uuid.UUID] = []
-        for pid, release, charge in sorted(moves):
+        for pid, release, charge in moves:
             p = tx.execute(_APPLY, {"release": release, "charge": charge, "pid": pid}).one()
             for bp in crossed_thresholds(
                 p.limit_micros, p.committed_micros - charge, p.committed_micros,
@@ -305,13 +319,6 @@ class Ledger:
                 ).scalar()
                 if alert_id is not None:
                     alert_ids.append(alert_id)
-        if moves:
-            tx.execute(
-                _INSERT_ENTRIES,
-                {"job_id": job_id, "kind": kind, "key": f"{kind}:{job_id}",
-                 "pids": [m[0] for m in moves], "helds": [m[1] for m in moves],
-                 "commits": [m[2] for m in moves]},
-            )
         return alert_ids
 
     # -- expire ------------------------------------------------------------------------------
@@ -330,13 +337,6 @@ class Ledger:
             by_job: dict[uuid.UUID, list[tuple[int, int, int]]] = {h.job_id: [] for h in holds}
             for ln in tx.execute(_HOLD_LINES, {"hold_ids": list(job_of)}):
                 by_job[job_of[ln.hold_id]].append((ln.budget_period_id, ln.amount_micros, 0))
-            # Apply per period in ascending id order across the whole batch (no deadlock).
-            totals: dict[int, int] = {}
-            for moves in by_job.values():
-                for pid, release, _ in moves:
-                    totals[pid] = totals.get(pid, 0) + release
-            for pid in sorted(totals):
-                tx.execute(_APPLY, {"release": totals[pid], "charge": 0, "pid": pid})
             for job_id, moves in by_job.items():
                 if moves:
                     tx.execute(
@@ -345,6 +345,13 @@ class Ledger:
                          "pids": [m[0] for m in moves], "helds": [m[1] for m in moves],
                          "commits": [0 for _ in moves]},
                     )
+            # Apply per period in ascending id order across the whole batch (no deadlock).
+            totals: dict[int, int] = {}
+            for moves in by_job.values():
+                for pid, release, _ in moves:
+                    totals[pid] = totals.get(pid, 0) + release
+            for pid in sorted(totals):
+                tx.execute(_APPLY, {"release": totals[pid], "charge": 0, "pid": pid})
             return list(by_job)
 
 

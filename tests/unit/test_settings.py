@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.errors import ConfigurationError
+from orchestrator.settings import load_settings
+
+
+def test_defaults_follow_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ORCH_DATABASE_URL", "ORCH_REDIS_URL", "ORCH_SIMULATOR_URL"):
+        monkeypatch.delenv(name, raising=False)
+    s = load_settings()
+    assert s.database_url is None and s.redis_url is None
+    assert s.simulator_url == "http://127.0.0.1:8100"
+    assert str(s.backends_file) == "config/backends.yaml"
+
+
+def test_postgres_urls_are_normalised_to_psycopg(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_DATABASE_URL", "postgresql://u@h/db")
+    assert load_settings().database_url == "postgresql+psycopg://u@h/db"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("ORCH_DATABASE_URL", "mysql://root:hunter2@h/db", "ORCH_DATABASE_URL: must be a postgresql"),
+        ("ORCH_REDIS_URL", "http://x", "ORCH_REDIS_URL: must be a redis:// URL"),
+        ("ORCH_HOLD_TTL_S", "-3", "ORCH_HOLD_TTL_S:"),
+        ("ORCH_LOG_LEVEL", "LOUD", "ORCH_LOG_LEVEL:"),
+    ],
+)
+def test_a_bad_setting_fails_with_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as err:
+        load_settings()
+    assert str(err.value).startswith(expected)
+    assert "\n" not in str(err.value)
+    assert "hunter2" not in str(err.value)  # no password in the message
