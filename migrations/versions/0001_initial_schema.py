@@ -88,6 +88,9 @@ def upgrade() -> None:
     sa.Column('idempotency_key', sa.String(length=200), nullable=True),
     sa.Column('request_hash', sa.String(length=64), nullable=True),
     sa.Column('deadline_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('chain_token', sa.UUID(), nullable=True),
+    sa.Column('wake_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('cancel_requested', sa.Boolean(), server_default='false', nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
@@ -96,23 +99,26 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_jobs')),
     sa.UniqueConstraint('tenant', 'idempotency_key', name='tenant_idempotency')
     )
-    op.create_index('ix_jobs_owed_work', 'jobs', ['updated_at'], unique=False, postgresql_where=sa.text("status IN ('queued', 'running')"))
+    op.create_index('ix_jobs_owed_work', 'jobs', ['wake_at'], unique=False, postgresql_where=sa.text("status IN ('queued', 'running')"))
     op.create_index('ix_jobs_tenant_created', 'jobs', ['tenant', 'created_at', 'id'], unique=False)
     op.create_table('attempts',
     sa.Column('id', sa.BigInteger(), nullable=False),
     sa.Column('job_id', sa.UUID(), nullable=False),
+    sa.Column('number', sa.Integer(), nullable=False),
     sa.Column('backend', sa.String(length=64), nullable=False),
     sa.Column('external_id', sa.String(length=200), nullable=True),
     sa.Column('outcome', sa.String(length=16), nullable=True),
+    sa.Column('fault', sa.String(length=16), nullable=True),
     sa.Column('error_code', sa.String(length=64), nullable=True),
     sa.Column('error_message', sa.Text(), nullable=True),
     sa.Column('cost_micros', sa.BigInteger(), nullable=True),
     sa.Column('started_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_attempts_job_id_jobs'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_attempts'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_attempts')),
+    sa.UniqueConstraint('job_id', 'number', name='job_number')
     )
-    op.create_index('ix_attempts_job', 'attempts', ['job_id'], unique=False)
+    op.create_index('ix_attempts_in_flight', 'attempts', ['backend'], unique=False, postgresql_where=sa.text('outcome IS NULL'))
     op.create_table('budget_periods',
     sa.Column('id', sa.BigInteger(), nullable=False),
     sa.Column('budget_id', sa.BigInteger(), nullable=False),
@@ -185,7 +191,7 @@ def downgrade() -> None:
     op.drop_index('ix_alerts_pending', table_name='alerts', postgresql_where=sa.text("status = 'pending'"))
     op.drop_table('alerts')
     op.drop_table('budget_periods')
-    op.drop_index('ix_attempts_job', table_name='attempts')
+    op.drop_index('ix_attempts_in_flight', table_name='attempts', postgresql_where=sa.text('outcome IS NULL'))
     op.drop_table('attempts')
     op.drop_index('ix_jobs_tenant_created', table_name='jobs')
     op.drop_index('ix_jobs_owed_work', table_name='jobs', postgresql_where=sa.text("status IN ('queued', 'running')"))

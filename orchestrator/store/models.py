@@ -189,7 +189,7 @@ class Job(Base):
         UniqueConstraint("tenant", "idempotency_key", name="tenant_idempotency"),
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         Index(
-            "ix_jobs_owed_work", "updated_at",
+            "ix_jobs_owed_work", "wake_at",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
     )
@@ -210,6 +210,13 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The live task chain: a task carrying another token stops; the sweeper revives a job
+    # whose chain has not shown a sign of life by wake_at with a new token.
+    chain_token: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    wake_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default="false"
+    )
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -217,14 +224,22 @@ class Job(Base):
 
 
 class Attempt(Base):
+    """One try of a job on one backend. ``outcome`` is NULL while it is in flight; the row is
+    written (checkpoint) before the backend is called, and ``external_id`` right after."""
+
     __tablename__ = "attempts"
-    __table_args__ = (Index("ix_attempts_job", "job_id"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "number", name="job_number"),
+        Index("ix_attempts_in_flight", "backend", postgresql_where=text("outcome IS NULL")),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
     backend: Mapped[str] = mapped_column(String(64), nullable=False)
     external_id: Mapped[str | None] = mapped_column(String(200))
     outcome: Mapped[str | None] = mapped_column(String(16))
+    fault: Mapped[str | None] = mapped_column(String(16))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     cost_micros: Mapped[int | None] = mapped_column(BigInteger)
