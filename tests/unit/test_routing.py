@@ -1,0 +1,227 @@
+"""Routing: property tests over random catalogues and health, plus worked examples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.domain.breaker import BackendHealth, BreakerState, BreakerStatus, refusal
+from orchestrator.domain.catalogue import BackendSpec, load_catalogue
+from orchestrator.domain.jobs import JobSpec, Kind, Strategy, Tier
+from orchestrator.domain.pricing import NotPriceable, estimate_micros
+from orchestrator.domain.routing import ExclusionCode, RoutePlan, plan_route
+
+NOW = 1_000_000.0
+SHIPPED = load_catalogue(Path(__file__).resolve().parents[2] / "config" / "backends.yaml", env={})
+
+_PRICES = {
+    Kind.VIDEO: st.builds(
+        lambda r, m: {"model": "per_second", "usd_per_second": r,
+                      "resolution_multipliers": m},
+        st.integers(0, 500).map(lambda c: c / 1000),
+        st.dictionaries(st.sampled_from(["480p", "720p", "1080p"]),
+                        st.sampled_from([1, 1.5, 2, 2.5]), min_size=1),
+    ),
+    Kind.IMAGE: st.builds(
+        lambda p: {"model": "per_image", "usd_per_image": p},
+        st.dictionaries(st.sampled_from(["512x512", "1024x1024"]),
+                        st.integers(0, 100).map(lambda c: c / 1000), min_size=1),
+    ),
+    Kind.TEXT: st.builds(
+        lambda i, o: {"model": "per_token", "usd_per_1k_input": i, "usd_per_1k_output": o},
+        st.integers(0, 50).map(lambda c: c / 10000), st.integers(0, 50).map(lambda c: c / 10000),
+    ),
+}
+
+
+@st.composite
+def backend_st(draw: st.DrawFn, i: int) -> BackendSpec:
+    kind = draw(st.sampled_from(list(Kind)))
+    flat = draw(st.booleans()) and draw(st.booleans())
+    price = ({"model": "per_request", "usd_per_request": draw(st.integers(0, 3000)) / 1000}
+             if flat else draw(_PRICES[kind]))
+    kinds = list(Kind) if flat else [kind]
+    return BackendSpec.model_validate({
+        "name": f"b{i}", "protocol": "openai", "base_url": "http://127.0.0.1:1",
+        "kinds": kinds, "tier": draw(st.sampled_from(list(Tier))), "price": price,
+        "max_concurrency": draw(st.integers(1, 5)),
+        "expected_latency_ms": draw(st.none() | st.floats(1, 5000)),
+    })
+
+
+@st.composite
+def health_st(draw: st.DrawFn) -> BackendHealth:
+    status = draw(st.sampled_from(list(BreakerStatus)))
+    return BackendHealth(
+        breaker=BreakerState(status, draw(st.integers(0, 5)), draw(st.integers(0, 3)),
+                             NOW + draw(st.sampled_from([-10.0, 0.0, 10.0])),
+                             NOW + draw(st.sampled_from([-10.0, 0.0, 10.0]))),
+        success_rate=draw(st.none() | st.floats(0, 1)),
+        latency_ms=draw(st.none() | st.floats(1, 5000)),
+        in_flight=draw(st.integers(0, 6)),
+    )
+
+
+@st.composite
+def world(draw: st.DrawFn) -> tuple[JobSpec, list[BackendSpec], dict[str, BackendHealth]]:
+    n = draw(st.integers(1, 12))
+    backends = [draw(backend_st(i)) for i in range(n)]
+    health = {b.name: draw(health_st()) for b in backends if draw(st.booleans())}
+    kind = draw(st.sampled_from(list(Kind)))
+    inp: dict[str, Any] = {"prompt": draw(st.text(min_size=1, max_size=40).filter(str.strip))}
+    if kind is Kind.VIDEO:
+        inp |= {"duration_s": draw(st.integers(1, 60)),
+                "resolution": draw(st.sampled_from(["480p", "720p", "1080p"]))}
+    elif kind is Kind.IMAGE:
+        inp |= {"n": draw(st.integers(1, 4)), "size": draw(st.sampled_from(["512x512",
+                                                                             "1024x1024"]))}
+    else:
+        inp |= {"max_tokens": draw(st.integers(1, 4000))}
+    spec = JobSpec(
+        kind=kind, input=inp, tier=draw(st.sampled_from(list(Tier))),
+        strategy=draw(st.sampled_from(list(Strategy))),
+        max_cost_usd=draw(st.none() | st.integers(1, 3000).map(lambda c: c / 1000)),
+        backend=draw(st.none() | st.sampled_from([*(b.name for b in backends), "ghost"])),
+    )
+    return spec, backends, health
+
+
+def first_failure(spec: JobSpec, b: BackendSpec, h: BackendHealth) -> ExclusionCode | None:
+    """An independent statement of the filters, in order."""
+    if spec.backend is not None and b.name != spec.backend:
+        return ExclusionCode.NOT_PINNED
+    if spec.kind not in b.kinds:
+        return ExclusionCode.WRONG_KIND
+    if spec.backend is None and b.tier.rank < spec.tier.rank:
+        return ExclusionCode.TIER_TOO_LOW
+    try:
+        est = estimate_micros(b, spec)
+    except NotPriceable:
+        return ExclusionCode.NOT_PRICEABLE
+    if spec.max_cost_micros is not None and est > spec.max_cost_micros:
+        return ExclusionCode.OVER_MAX_COST
+    if refusal(h.breaker, NOW) is not None:
+        return ExclusionCode(refusal(h.breaker, NOW).value)  # type: ignore[union-attr]
+    if h.in_flight >= b.max_concurrency:
+        return ExclusionCode.AT_CAPACITY
+    return None
+
+
+@settings(max_examples=200, deadline=None)
+@given(world())
+def test_plan_respects_every_filter_and_names_every_exclusion(
+    w: tuple[JobSpec, list[BackendSpec], dict[str, BackendHealth]],
+) -> None:
+    spec, backends, health = w
+    plan = plan_route(spec, backends, health, now=NOW)
+    by_name = {b.name: b for b in backends}
+    cand = {c.backend for c in plan.candidates}
+    excl = {e.backend: e for e in plan.excluded}
+    assert len(cand) == len(plan.candidates)
+    assert not cand & set(excl)
+    expected_excl = set(by_name) - cand
+    if spec.backend == "ghost":
+        expected_excl.add("ghost")
+        assert excl["ghost"].code is ExclusionCode.UNKNOWN_BACKEND
+    assert set(excl) == expected_excl  # every backend is accounted for exactly once
+    for c in plan.candidates:
+        b = by_name[c.backend]
+        assert first_failure(spec, b, health.get(b.name, BackendHealth())) is None
+        assert c.estimate_micros == estimate_micros(b, spec)
+    for name, e in excl.items():
+        if name in by_name:
+            assert e.code == first_failure(spec, by_name[name], health.get(name, BackendHealth()))
+        assert e.reason and name in json.dumps(plan.to_quote())
+    if spec.backend is not None:
+        assert cand <= {spec.backend}
+        assert all(e.code is ExclusionCode.NOT_PINNED for n, e in excl.items()
+                   if n != spec.backend)
+    if spec.strategy is Strategy.CHEAPEST and plan.candidates:
+        ests = [c.estimate_micros for c in plan.candidates]
+        assert ests[0] == min(ests) and ests == sorted(ests)
+    assert plan.worst_case_micros == max((c.estimate_micros for c in plan.candidates),
+                                         default=0)
+    quote = json.loads(json.dumps(plan.to_quote()))
+    assert [c["backend"] for c in quote["candidates"]] == [c.backend for c in plan.candidates]
+    assert RoutePlan.from_quote(quote).backends == plan.backends
+    assert [c.estimate_micros for c in RoutePlan.from_quote(quote).candidates] == [
+        c.estimate_micros for c in plan.candidates]
+
+
+def video(**kw: Any) -> JobSpec:
+    return JobSpec.model_validate({"kind": "video", "input": {"prompt": "a cat", "duration_s": 8,
+                                                              "resolution": "720p"}, **kw})
+
+
+def test_shipped_catalogue_cheapest_standard_video() -> None:
+    plan = plan_route(video(), SHIPPED, {}, now=NOW)
+    assert plan.backends == ("vid-standard", "vid-standard-b", "vid-premium")
+    assert [c.estimate_micros for c in plan.candidates] == [1_200_000, 1_440_000, 3_600_000]
+    assert plan.worst_case_micros == 3_600_000
+    codes = {e.backend: e.code for e in plan.excluded}
+    assert codes["vid-draft"] is ExclusionCode.TIER_TOO_LOW
+    assert codes["txt-small"] is ExclusionCode.WRONG_KIND
+    quote = plan.to_quote()
+    first = quote["candidates"][0]
+    assert first["estimated_cost_usd"] == 1.2 and first["score"] == 1.0
+    assert "estimate $1.200000 (worst case)" in first["reasons"]
+    vid_draft = next(e for e in quote["excluded"] if e["backend"] == "vid-draft")
+    assert vid_draft["reason"] == "tier draft is below standard"
+
+
+def test_max_cost_breaker_and_capacity() -> None:
+    health = {
+        "vid-standard": BackendHealth(BreakerState(BreakerStatus.OPEN, 3, 1, NOW + 30)),
+        "vid-standard-b": BackendHealth(in_flight=50),
+    }
+    plan = plan_route(video(max_cost_usd=3), SHIPPED, health, now=NOW)
+    assert plan.backends == ()
+    reasons = {e.backend: e.reason for e in plan.excluded}
+    assert reasons["vid-standard"] == "breaker open (3 strikes) for 30.0 s more"
+    assert reasons["vid-standard-b"] == "at capacity: 50/50 in flight"
+    assert reasons["vid-premium"] == "estimate $3.600000 is over max_cost_usd $3.000000"
+    # once the cooldown is over the backend is a candidate again (for the probe)
+    later = plan_route(video(max_cost_usd=3), SHIPPED, health, now=NOW + 30)
+    assert later.backends == ("vid-standard",)
+
+
+def test_pin_overrides_tier_but_not_breaker() -> None:
+    plan = plan_route(video(backend="vid-draft"), SHIPPED, {}, now=NOW)
+    assert plan.backends == ("vid-draft",) and plan.pinned == "vid-draft"
+    assert len(plan.excluded) == len(SHIPPED) - 1
+    opened = {"vid-draft": BackendHealth(BreakerState(BreakerStatus.OPEN, 3, 1, NOW + 5))}
+    plan = plan_route(video(backend="vid-draft"), SHIPPED, opened, now=NOW)
+    assert plan.backends == ()
+    assert {e.code for e in plan.excluded} == {ExclusionCode.NOT_PINNED,
+                                               ExclusionCode.BREAKER_OPEN}
+
+
+def test_fastest_and_balanced() -> None:
+    health = {
+        "vid-standard": BackendHealth(success_rate=0.5, latency_ms=900.0),
+        "vid-standard-b": BackendHealth(success_rate=1.0, latency_ms=300.0),
+        "vid-premium": BackendHealth(success_rate=1.0, latency_ms=600.0),
+    }
+    fastest = plan_route(video(strategy="fastest"), SHIPPED, health, now=NOW)
+    assert fastest.backends == ("vid-standard-b", "vid-premium", "vid-standard")
+    assert fastest.candidates[0].latency_source == "observed"
+    balanced = plan_route(video(strategy="balanced"), SHIPPED, health, now=NOW)
+    # vid-standard is cheapest but fails half its calls and is slow: b wins on balance
+    assert balanced.backends[0] == "vid-standard-b"
+    top = balanced.candidates[0]
+    assert top.components == {"cost": 1_200_000 / 1_440_000, "reliability": 1.0, "speed": 1.0,
+                              "quality": 0.0}
+    assert abs(top.score - (0.55 * 1_200_000 / 1_440_000 + 0.25 + 0.10)) < 1e-12
+    assert balanced.candidates[-1].components["quality"] == 0.5  # premium over standard
+    assert any("score" in r and "reliability" in r
+               for r in balanced.to_quote()["candidates"][0]["reasons"])
+
+
+def test_unknown_pin() -> None:
+    plan = plan_route(video(backend="nope"), SHIPPED, {}, now=NOW)
+    assert plan.backends == () and plan.worst_case_micros == 0
+    assert plan.excluded[-1].code is ExclusionCode.UNKNOWN_BACKEND
