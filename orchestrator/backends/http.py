@@ -1,0 +1,315 @@
+"""What every HTTP adapter shares: the transport seam, timeouts, auth, retries, error mapping
+and cost.
+
+The one transport seam is the ``httpx.Client`` an adapter is given (tests pass one built on
+``httpx.MockTransport``, or point a real one at the simulator). Transient errors are retried
+inside one call by tenacity (exponential backoff with full jitter, Retry-After honoured, bounded
+by attempts and total time); whatever is left is raised to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    wait_random_exponential,
+)
+
+from orchestrator.backends.base import PollResult, Submission
+from orchestrator.backends.errors import BackendError, BackendFault, JobFault, TransientError
+from orchestrator.domain.catalogue import BackendSpec
+from orchestrator.domain.jobs import JobSpec
+from orchestrator.domain.money import usd_to_micros
+from orchestrator.domain.pricing import Usage, actual_micros
+
+log = logging.getLogger("orchestrator.backends")
+
+JOB_FAULT_STATUSES = frozenset({400, 422})
+CONTENT_POLICY_MARKERS = ("content_policy", "content_filter", "safety", "nsfw", "moderation")
+_SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_.\-\[\]]")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """In-call retries of transient errors. ``attempts`` counts the first try.
+
+    A Retry-After longer than ``max_retry_after_s`` is not slept on: the TransientError (with
+    ``retry_after_s``) goes straight to the caller, which can reschedule instead of blocking.
+    ``sleep`` and ``clock`` are the time seam (tests record the waits instead of taking them;
+    a fake clock advanced by the fake sleep keeps the ``total_s`` budget exact).
+    """
+
+    attempts: int = 4
+    initial_s: float = 0.25
+    max_wait_s: float = 4.0
+    total_s: float = 20.0
+    max_retry_after_s: float = 10.0
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def safe_token(value: Any, limit: int = 64) -> str | None:
+    """A provider-supplied code or parameter name, reduced to something safe to log."""
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        return None
+    text = _SAFE_TOKEN.sub("", str(value))[:limit]
+    return text or None
+
+
+def parse_retry_after(value: str | None, now: Callable[[], datetime] | None = None) -> float | None:
+    """Retry-After as seconds (``"3"``, ``"1.5"``) or an HTTP date; None when absent/invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now() if now is not None else datetime.now(UTC)
+    return max(0.0, (when - current).total_seconds())
+
+
+class HttpAdapter(ABC):
+    """Base of the protocol adapters. Subclasses implement submit/poll/cancel."""
+
+    synchronous = False
+
+    def __init__(
+        self,
+        backend: BackendSpec,
+        client: httpx.Client | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.backend = backend
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.Client()
+        self._retry = retry or RetryPolicy()
+        t = backend.timeouts
+        self._timeout = httpx.Timeout(
+            connect=t.connect_s, read=t.read_s, write=t.read_s, pool=t.connect_s
+        )
+        self._base = backend.base_url.rstrip("/")
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    @abstractmethod
+    def submit(self, spec: JobSpec, idempotency_key: str) -> Submission: ...
+
+    @abstractmethod
+    def poll(self, external_id: str) -> PollResult: ...
+
+    @abstractmethod
+    def cancel(self, external_id: str) -> bool: ...
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def _headers(self, idempotency_key: str | None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        key = self.backend.api_key()  # read per call from the environment; never logged
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        return headers
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """One logical call: retried while transient, then the parsed JSON object or an error."""
+        url = f"{self._base}{path}"
+        headers = self._headers(idempotency_key)
+        policy = self._retry
+
+        def once() -> dict[str, Any]:
+            try:
+                resp = self._client.request(
+                    method, url, json=json, headers=headers, timeout=self._timeout
+                )
+            except httpx.TimeoutException:
+                raise TransientError(
+                    f"{self.name}: no answer within the timeout",
+                    code="backend_timeout", backend=self.name,
+                ) from None
+            except httpx.TransportError as exc:
+                raise TransientError(
+                    f"{self.name}: connection failed ({type(exc).__name__})",
+                    code="backend_connection", backend=self.name,
+                ) from None
+            return self._parse(resp)
+
+        backoff = wait_random_exponential(multiplier=policy.initial_s, max=policy.max_wait_s)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, TransientError) and exc.retry_after_s is not None:
+                return exc.retry_after_s
+            return float(backoff(state))
+
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, TransientError) and (
+                exc.retry_after_s is None or exc.retry_after_s <= policy.max_retry_after_s
+            )
+
+        started = policy.clock()
+
+        def stop(state: RetryCallState) -> bool:
+            """Out of attempts, or the next wait would end past the total time budget."""
+            if state.attempt_number >= policy.attempts:
+                return True
+            return policy.clock() - started + (state.upcoming_sleep or 0.0) > policy.total_s
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.info(
+                "backend call retrying backend=%s method=%s code=%s attempt=%d wait_s=%.3f",
+                self.name, method, getattr(exc, "code", "?"), state.attempt_number,
+                state.upcoming_sleep,
+            )
+
+        retrying = Retrying(
+            stop=stop,
+            wait=wait,
+            retry=retry_if_exception(retryable),
+            sleep=policy.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(once)
+        except BackendError as exc:
+            exc.attempts = int(retrying.statistics.get("attempt_number", 1))
+            log.warning(
+                "backend call failed backend=%s method=%s code=%s attempts=%d",
+                self.name, method, exc.code, exc.attempts,
+            )
+            raise
+
+    def _parse(self, resp: httpx.Response) -> dict[str, Any]:
+        status = resp.status_code
+        if 200 <= status < 300:
+            try:
+                body = resp.json()
+            except ValueError:
+                raise self.malformed("the answer is not JSON", status) from None
+            if not isinstance(body, dict):
+                raise self.malformed("the answer is not a JSON object", status)
+            return body
+        raise self._error_for(resp)
+
+    def malformed(self, what: str, status_code: int | None = None) -> BackendFault:
+        return BackendFault(
+            f"{self.name}: malformed response: {what}",
+            code="malformed_response", backend=self.name, status_code=status_code,
+        )
+
+    def _error_for(self, resp: httpx.Response) -> BackendError:
+        status = resp.status_code
+        provider_code, param = _provider_error(resp)
+        common: dict[str, Any] = {"backend": self.name, "status_code": status}
+        if provider_code:
+            common["provider_code"] = provider_code
+        if status == 429:
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            return TransientError(
+                f"{self.name}: rate limited (HTTP 429)", code="rate_limited",
+                retry_after_s=retry_after, **common,
+            )
+        if status == 408:
+            return TransientError(f"{self.name}: request timeout (HTTP 408)",
+                                  code="backend_timeout", **common)
+        if status >= 500:
+            code = "backend_unavailable" if status in (502, 503, 504) else "backend_server_error"
+            return TransientError(f"{self.name}: server error (HTTP {status})", code=code, **common)
+        if status in JOB_FAULT_STATUSES:
+            policy = provider_code is not None and any(
+                m in provider_code.lower() for m in CONTENT_POLICY_MARKERS
+            )
+            code = "content_policy" if policy else "invalid_input"
+            what = "refused by content policy" if policy else "rejected the input"
+            where = f" (parameter {param})" if param else ""
+            if param:
+                common["param"] = param
+            return JobFault(f"{self.name} {what}{where}", code=code, **common)
+        if status in (401, 403):
+            return BackendFault(f"{self.name}: not authorised (HTTP {status}); check the API key",
+                                code="backend_auth", **common)
+        if status == 404:
+            return BackendFault(f"{self.name}: not found (HTTP 404)",
+                                code="backend_not_found", **common)
+        return BackendFault(f"{self.name}: request rejected (HTTP {status})",
+                            code="backend_rejected", **common)
+
+    # -- cost -------------------------------------------------------------------------------
+
+    def cost(self, usage: Usage | None, reported_usd: Any) -> tuple[int | None, int | None]:
+        """(actual cost from usage via the catalogue's price, the provider's own figure)."""
+        reported: int | None = None
+        if isinstance(reported_usd, int | float | str) and not isinstance(reported_usd, bool):
+            try:
+                reported = usd_to_micros(reported_usd)
+            except ValueError:
+                raise self.malformed("cost_usd is not a number") from None
+            if reported < 0:
+                raise self.malformed("cost_usd is negative")
+        elif reported_usd is not None:
+            raise self.malformed("cost_usd is not a number")
+        if usage is None:
+            return reported, reported
+        try:
+            computed = actual_micros(self.backend, usage)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise self.malformed(f"usage cannot be priced ({type(exc).__name__})") from None
+        if reported is not None and computed != reported:
+            log.warning(
+                "backend cost mismatch backend=%s computed_micros=%d reported_micros=%d",
+                self.name, computed, reported,
+            )
+        return computed, reported
+
+
+def _provider_error(resp: httpx.Response) -> tuple[str | None, str | None]:
+    """(error code or type, offending parameter) from an OpenAI- or Replicate-style body."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    err = body.get("error")
+    if isinstance(err, dict):
+        code = safe_token(err.get("code")) or safe_token(err.get("type"))
+        return code, safe_token(err.get("param"))
+    return safe_token(body.get("code")) or safe_token(body.get("type")), None

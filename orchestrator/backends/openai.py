@@ -1,0 +1,110 @@
+"""OpenAI-compatible protocol: ``POST {base}/v1/chat/completions`` (text) and
+``POST {base}/v1/images/generations`` (image). Synchronous: one call returns the final result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.backends.base import PollResult, Submission
+from orchestrator.backends.errors import BackendFault
+from orchestrator.backends.http import HttpAdapter
+from orchestrator.domain.jobs import JobSpec
+from orchestrator.domain.pricing import Usage
+
+DEFAULT_MAX_TOKENS = 512
+DEFAULT_IMAGE_SIZE = "1024x1024"
+
+
+class OpenAIAdapter(HttpAdapter):
+    synchronous = True
+
+    def submit(self, spec: JobSpec, idempotency_key: str) -> Submission:
+        kind = str(spec.kind)
+        if kind == "text":
+            return self._chat(spec.input, idempotency_key)
+        if kind == "image":
+            return self._images(spec.input, idempotency_key)
+        raise BackendFault(
+            f"{self.name}: the openai protocol does not serve {kind} jobs",
+            code="unsupported_kind", backend=self.name,
+        )
+
+    def poll(self, external_id: str) -> PollResult:
+        raise BackendFault(
+            f"{self.name}: synchronous backend, nothing to poll; submit again with the same "
+            "idempotency key to fetch the result",
+            code="poll_unsupported", backend=self.name,
+        )
+
+    def cancel(self, external_id: str) -> bool:
+        return False
+
+    # -- text -------------------------------------------------------------------------------
+
+    def _chat(self, inp: dict[str, Any], key: str) -> Submission:
+        # the prompt only: the budget hold's token estimate is computed from it
+        messages = [{"role": "user", "content": str(inp.get("prompt", ""))}]
+        body: dict[str, Any] = {
+            "model": self.name,
+            "messages": messages,
+            "max_tokens": int(inp.get("max_tokens") or DEFAULT_MAX_TOKENS),
+        }
+        if inp.get("temperature") is not None:
+            body["temperature"] = inp["temperature"]
+        data = self.request("POST", "/v1/chat/completions", json=body, idempotency_key=key)
+        ext_id = data.get("id")
+        choices = data.get("choices")
+        usage = data.get("usage")
+        if not isinstance(ext_id, str) or not ext_id:
+            raise self.malformed("no id")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise self.malformed("no choices")
+        message = choices[0].get("message")
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise self.malformed("no message content")
+        if not isinstance(usage, dict):
+            raise self.malformed("no usage")
+        prompt_tokens = usage.get("prompt_tokens")
+        completion_tokens = usage.get("completion_tokens")
+        if not _count(prompt_tokens) or not _count(completion_tokens):
+            raise self.malformed("usage token counts are not non-negative integers")
+        used = Usage(input_tokens=prompt_tokens, output_tokens=completion_tokens)
+        cost, reported = self.cost(used, data.get("cost_usd"))
+        output = {"text": message["content"], "finish_reason": choices[0].get("finish_reason")}
+        result = PollResult(
+            status="succeeded", output=output, usage=used, cost_micros=cost,
+            reported_cost_micros=reported, provider_status="succeeded",
+        )
+        return Submission(external_id=ext_id, result=result)
+
+    # -- images -----------------------------------------------------------------------------
+
+    def _images(self, inp: dict[str, Any], key: str) -> Submission:
+        size = str(inp.get("size") or DEFAULT_IMAGE_SIZE)
+        n = int(inp.get("n") or 1)
+        body = {"model": self.name, "prompt": str(inp.get("prompt", "")), "n": n, "size": size}
+        data = self.request("POST", "/v1/images/generations", json=body, idempotency_key=key)
+        items = data.get("data")
+        if not isinstance(items, list) or not items:
+            raise self.malformed("no data")
+        urls: list[str] = []
+        for item in items:
+            url = item.get("url") if isinstance(item, dict) else None
+            if not isinstance(url, str):
+                raise self.malformed("an image has no url")
+            urls.append(url)
+        ext_id = data.get("id")
+        if ext_id is not None and not isinstance(ext_id, str):
+            raise self.malformed("id is not a string")
+        used = Usage(images=len(urls), image_size=size)
+        cost, reported = self.cost(used, data.get("cost_usd"))
+        result = PollResult(
+            status="succeeded", output={"images": urls}, usage=used, cost_micros=cost,
+            reported_cost_micros=reported, provider_status="succeeded",
+        )
+        # The images API has no id of its own; the idempotency key names the call instead.
+        return Submission(external_id=ext_id or key, result=result)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

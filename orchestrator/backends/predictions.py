@@ -1,0 +1,129 @@
+"""Create-then-poll predictions protocol (the shape of Replicate-like hosted-model APIs):
+
+    POST {base}/v1/predictions              {"input": {...}}  -> {"id", "status": "starting"}
+    GET  {base}/v1/predictions/{id}         -> {"status": starting|processing|succeeded|failed|
+                                                canceled, "output", "error", "metrics", "cost_usd"}
+    POST {base}/v1/predictions/{id}/cancel  -> the prediction
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from orchestrator.backends.base import PollResult, Status, Submission
+from orchestrator.backends.errors import BackendError, BackendFault, JobFault
+from orchestrator.backends.http import CONTENT_POLICY_MARKERS, HttpAdapter, safe_token
+from orchestrator.domain.jobs import JobSpec
+from orchestrator.domain.pricing import Usage
+
+STATUS_MAP: dict[str, Status] = {
+    "starting": "running",
+    "processing": "running",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "canceled": "cancelled",
+    "cancelled": "cancelled",
+}
+JOB_FAULT_CODES = frozenset({"invalid_input", "bad_input", "validation_error"})
+_USAGE_INT = ("images", "input_tokens", "output_tokens")
+_USAGE_STR = ("resolution", "image_size")
+
+
+class PredictionsAdapter(HttpAdapter):
+    synchronous = False
+
+    def submit(self, spec: JobSpec, idempotency_key: str) -> Submission:
+        data = self.request(
+            "POST", "/v1/predictions", json={"input": dict(spec.input)},
+            idempotency_key=idempotency_key,
+        )
+        ext_id = data.get("id")
+        if not isinstance(ext_id, str) or not ext_id:
+            raise self.malformed("no prediction id")
+        self._status(data)  # a create answer must carry a known status too
+        return Submission(external_id=ext_id)
+
+    def poll(self, external_id: str) -> PollResult:
+        data = self.request("GET", f"/v1/predictions/{quote(external_id, safe='')}")
+        return self._result(data)
+
+    def cancel(self, external_id: str) -> bool:
+        """True when the provider reports the prediction canceled; False when it had already
+        finished (succeeded or failed) so the cancel changed nothing."""
+        data = self.request("POST", f"/v1/predictions/{quote(external_id, safe='')}/cancel")
+        return self._status(data)[0] == "cancelled"
+
+    # -- parsing ----------------------------------------------------------------------------
+
+    def _status(self, data: dict[str, Any]) -> tuple[Status, str]:
+        raw = data.get("status")
+        status = STATUS_MAP.get(raw) if isinstance(raw, str) else None
+        if status is None:
+            raise self.malformed(f"unknown status {safe_token(raw)!r}")
+        return status, str(raw)
+
+    def _result(self, data: dict[str, Any]) -> PollResult:
+        status, raw = self._status(data)
+        if status == "running":
+            return PollResult(status="running", provider_status=raw)
+        if status == "succeeded":
+            if data.get("output") is None:
+                raise self.malformed("succeeded without output")
+            used = self._usage(data.get("metrics"))
+            if used is None and data.get("cost_usd") is None:
+                raise self.malformed("succeeded without metrics or cost")
+            cost, reported = self.cost(used, data.get("cost_usd"))
+            return PollResult(
+                status="succeeded", output=data["output"], usage=used, cost_micros=cost,
+                reported_cost_micros=reported, provider_status=raw,
+            )
+        # failed or canceled: billed only if the provider says so
+        used = self._usage(data.get("metrics"))
+        cost, reported = self.cost(used, data.get("cost_usd"))
+        error = self._failure(data.get("error")) if status == "failed" else None
+        return PollResult(
+            status=status, usage=used, cost_micros=cost or 0, reported_cost_micros=reported,
+            error=error, provider_status=raw,
+        )
+
+    def _usage(self, metrics: Any) -> Usage | None:
+        if metrics is None:
+            return None
+        if not isinstance(metrics, dict):
+            raise self.malformed("metrics is not an object")
+        fields: dict[str, Any] = {}
+        seconds = metrics.get("video_seconds")
+        if seconds is not None:
+            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+                raise self.malformed("video_seconds is not a non-negative number")
+            fields["video_seconds"] = float(seconds)
+        for name in _USAGE_INT:
+            value = metrics.get(name)
+            if value is not None:
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise self.malformed(f"{name} is not a non-negative integer")
+                fields[name] = value
+        for name in _USAGE_STR:
+            value = metrics.get(name)
+            if value is not None:
+                if not isinstance(value, str):
+                    raise self.malformed(f"{name} is not a string")
+                fields[name] = value
+        return Usage(**fields) if fields else None
+
+    def _failure(self, error: Any) -> BackendError:
+        code = None
+        if isinstance(error, dict):
+            code = safe_token(error.get("code")) or safe_token(error.get("type"))
+        if code and any(m in code.lower() for m in CONTENT_POLICY_MARKERS):
+            return JobFault(f"{self.name}: refused by content policy", code="content_policy",
+                            backend=self.name, provider_code=code)
+        if code and code.lower() in JOB_FAULT_CODES:
+            return JobFault(f"{self.name} rejected the input", code="invalid_input",
+                            backend=self.name, provider_code=code)
+        fault = BackendFault(f"{self.name}: prediction failed", code="prediction_failed",
+                             backend=self.name)
+        if code:
+            fault.details["provider_code"] = code
+        return fault

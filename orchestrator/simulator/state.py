@@ -1,0 +1,147 @@
+"""In-memory state of the simulator: per-backend control knobs, counters, predictions and
+idempotency keys. Everything is touched from the event loop only (async handlers), so no locks.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["up", "down", "slow"]
+InjectedError = Literal["job_fault", "content_policy", "malformed", "prediction_failed"]
+
+
+class Control(BaseModel):
+    """The knobs of one simulated backend (``POST /_control/{backend}`` sets any subset).
+
+    - ``mode``: up; down (503 for every request); slow (``slow_ms`` more latency).
+    - ``latency_ms``: added to every request; ``fail_rate``: share of requests answered 500,
+      drawn from a RNG seeded by ``seed`` (default: from the backend name).
+    - ``duration_ms``: how long a prediction runs before it ends (fixed at creation).
+    - ``error``: submissions are answered with job_fault (422 invalid input), content_policy
+      (400), malformed (200 with a body that is not JSON), or prediction_failed (the prediction
+      is created and then ends ``failed``).
+    - ``status_code`` (+ ``retry_after_s`` as a Retry-After header): every request answered
+      with that HTTP status, e.g. 429 or 502.
+    - ``times``: how many more requests the ``error``/``status_code`` injection applies to
+      (null: until changed); when it runs out both are cleared.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Mode = "up"
+    fail_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    latency_ms: int = Field(default=0, ge=0, le=600_000)
+    slow_ms: int = Field(default=2000, ge=0, le=600_000)
+    duration_ms: int = Field(default=1000, ge=0, le=86_400_000)
+    error: InjectedError | None = None
+    status_code: int | None = Field(default=None, ge=400, le=599)
+    retry_after_s: float | None = Field(default=None, ge=0)
+    times: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+
+
+class ControlUpdate(BaseModel):
+    """A partial update of Control: only the fields sent are changed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Mode | None = None
+    fail_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    latency_ms: int | None = Field(default=None, ge=0, le=600_000)
+    slow_ms: int | None = Field(default=None, ge=0, le=600_000)
+    duration_ms: int | None = Field(default=None, ge=0, le=86_400_000)
+    error: InjectedError | None = None
+    status_code: int | None = Field(default=None, ge=400, le=599)
+    retry_after_s: float | None = Field(default=None, ge=0)
+    times: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+
+
+@dataclass(slots=True)
+class Counters:
+    submissions: int = 0  # submit requests received (any answer)
+    polls: int = 0
+    cancels: int = 0
+    created: int = 0  # provider jobs actually created (replays excluded)
+    replays: int = 0  # submissions answered from an earlier one with the same Idempotency-Key
+    injected: int = 0  # requests answered with an injected error (down, status_code, fail_rate)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "submissions": self.submissions, "polls": self.polls, "cancels": self.cancels,
+            "created": self.created, "replays": self.replays, "injected": self.injected,
+        }
+
+
+@dataclass(slots=True)
+class Prediction:
+    id: str
+    created: float  # monotonic seconds
+    created_at: str
+    duration_s: float
+    metrics: dict[str, Any]
+    cost_usd: float
+    output: str
+    failure: dict[str, str] | None = None
+    canceled_at: float | None = None
+
+    def status(self, now: float) -> str:
+        if self.canceled_at is not None:
+            return "canceled"
+        elapsed = now - self.created
+        if elapsed >= self.duration_s:
+            return "failed" if self.failure else "succeeded"
+        return "starting" if elapsed < self.duration_s * 0.1 else "processing"
+
+
+@dataclass(slots=True)
+class BackendState:
+    name: str
+    control: Control = field(default_factory=Control)
+    counters: Counters = field(default_factory=Counters)
+    predictions: dict[str, Prediction] = field(default_factory=dict)
+    replies: dict[str, Any] = field(default_factory=dict)  # Idempotency-Key -> id or response
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        seed = self.control.seed
+        self.rng.seed(seed if seed is not None else zlib.crc32(self.name.encode()))
+
+    def update(self, change: ControlUpdate) -> None:
+        """Apply the fields sent; pydantic ValidationError if the result is invalid."""
+        sent = change.model_dump(exclude_unset=True)
+        self.control = Control.model_validate({**self.control.model_dump(), **sent})
+        if "seed" in sent:
+            self.reseed()
+
+    def take_injection(self) -> None:
+        """Count one use of the error/status_code injection; clear it when ``times`` runs out."""
+        times = self.control.times
+        if times is None:
+            return
+        times -= 1
+        update: dict[str, Any] = {"times": times}
+        if times <= 0:
+            update.update(times=None, error=None, status_code=None, retry_after_s=None)
+        self.control = self.control.model_copy(update=update)
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        in_flight = sum(
+            1 for p in self.predictions.values()
+            if p.status(now) in ("starting", "processing")
+        )
+        return {
+            "backend": self.name,
+            **self.control.model_dump(),
+            "counters": self.counters.as_dict(),
+            "predictions": len(self.predictions),
+            "in_flight": in_flight,
+        }

@@ -1,0 +1,114 @@
+"""What a simulated backend does with a request: validate it as the provider would, and derive
+the usage (hence the cost) deterministically from the request alone.
+
+    video  video_seconds = duration_s requested, resolution as requested (default 720p)
+    image  images = n, image_size = size
+    text   input_tokens = ceil(UTF-8 bytes of the prompt / 4) (never above the orchestrator's
+           worst case of bytes/3); output_tokens = a hash of (backend, prompt, max_tokens)
+           mapped into [max(1, max_tokens // 4), max_tokens]
+
+Prompt markers, for end-to-end tests: a prompt containing ``[[content-policy]]`` is refused
+by content policy (openai: HTTP 400 at once; predictions: the prediction ends ``failed`` with a
+content-policy error); ``[[fail]]`` makes a prediction end ``failed`` with a generic error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import fields
+from typing import Any
+
+from pydantic import ValidationError
+
+from orchestrator.domain.catalogue import BackendSpec
+from orchestrator.domain.jobs import JobSpec, Kind
+from orchestrator.domain.money import MICROS_PER_USD
+from orchestrator.domain.pricing import NotPriceable, Usage, actual_micros, estimate_micros
+
+CONTENT_POLICY_MARKER = "[[content-policy]]"
+FAIL_MARKER = "[[fail]]"
+_PARAM_RE = re.compile(r"^input\.([A-Za-z0-9_]+)")
+
+
+class Rejected(Exception):
+    """The provider refuses the request (answered 400/422 with an OpenAI-style error body)."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+
+    def body(self) -> dict[str, Any]:
+        kind = "invalid_request_error"
+        return {"error": {"code": self.code, "type": kind, "param": self.param,
+                          "message": self.message}}
+
+
+def content_policy() -> Rejected:
+    return Rejected(400, "content_policy_violation",
+                    "the request was rejected by the content policy")
+
+
+def parse_job(backend: BackendSpec, kind: Kind, raw: Any) -> JobSpec:
+    """The request as a validated job this backend can run; Rejected(422) otherwise."""
+    if not isinstance(raw, dict):
+        raise Rejected(422, "invalid_input", "input must be an object", "input")
+    if kind not in backend.kinds:
+        raise Rejected(422, "invalid_input", f"this model does not make {kind.value}")
+    try:
+        spec = JobSpec(kind=kind, input=raw)
+    except ValidationError as exc:
+        msg = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        m = _PARAM_RE.match(msg)
+        raise Rejected(422, "invalid_input", msg, m.group(1) if m else None) from None
+    try:
+        estimate_micros(backend, spec)
+    except NotPriceable as exc:
+        raise Rejected(422, "invalid_input", str(exc)) from None
+    return spec
+
+
+def infer_kind(backend: BackendSpec, raw: Any) -> Kind:
+    """The kind of a predictions request: the backend's only kind, or guessed from the input."""
+    if len(backend.kinds) == 1:
+        return backend.kinds[0]
+    if isinstance(raw, dict) and "duration_s" in raw:
+        return Kind.VIDEO
+    if isinstance(raw, dict) and ("size" in raw or "n" in raw):
+        return Kind.IMAGE
+    return Kind.TEXT
+
+
+def text_tokens(backend: str, prompt: str, max_tokens: int) -> tuple[int, int]:
+    input_tokens = max(1, -(-len(prompt.encode("utf-8")) // 4))
+    digest = hashlib.sha256(f"{backend}\x00{max_tokens}\x00{prompt}".encode()).digest()
+    low = max(1, max_tokens // 4)
+    output_tokens = low + int.from_bytes(digest[:8], "big") % (max_tokens - low + 1)
+    return input_tokens, output_tokens
+
+
+def usage_for(backend: BackendSpec, spec: JobSpec) -> Usage:
+    inp = spec.input
+    if spec.kind is Kind.VIDEO:
+        return Usage(video_seconds=float(inp["duration_s"]), resolution=str(inp["resolution"]))
+    if spec.kind is Kind.IMAGE:
+        return Usage(images=int(inp["n"]), image_size=str(inp["size"]))
+    tin, tout = text_tokens(backend.name, str(inp["prompt"]), int(inp["max_tokens"]))
+    return Usage(input_tokens=tin, output_tokens=tout)
+
+
+def cost_usd(backend: BackendSpec, usage: Usage) -> float:
+    """The reported cost: exactly ``actual_micros`` micro-dollars (exact through JSON)."""
+    return actual_micros(backend, usage) / MICROS_PER_USD
+
+
+def metrics_of(usage: Usage) -> dict[str, Any]:
+    values = {f.name: getattr(usage, f.name) for f in fields(usage)}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def digest_id(prefix: str, *parts: str) -> str:
+    return prefix + hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]

@@ -1,0 +1,283 @@
+"""Adapter behaviour the simulator cannot produce (malformed or odd provider answers), through
+the adapters' one transport seam: an httpx.Client on httpx.MockTransport."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.backends import (
+    BackendAdapter,
+    BackendError,
+    BackendFault,
+    JobFault,
+    RetryPolicy,
+    TransientError,
+    make_adapter,
+)
+from orchestrator.backends.http import parse_retry_after, safe_token
+from orchestrator.domain.catalogue import BackendSpec, parse_catalogue
+from orchestrator.domain.jobs import JobSpec
+
+CATALOGUE = parse_catalogue({
+    "backends": [
+        {"name": "vid", "protocol": "predictions", "kinds": ["video"], "tier": "draft",
+         "base_url": "http://provider.test/vid", "api_key_env": "ORCH_TEST_MOCK_KEY",
+         "timeouts": {"connect_s": 1.5, "read_s": 7.0},
+         "price": {"model": "per_second", "usd_per_second": 0.1,
+                   "resolution_multipliers": {"720p": 1.0, "1080p": 2.0}}},
+        {"name": "txt", "protocol": "openai", "kinds": ["text"], "tier": "standard",
+         "base_url": "http://provider.test/txt",
+         "price": {"model": "per_token", "usd_per_1k_input": 0.001, "usd_per_1k_output": 0.002}},
+        {"name": "img", "protocol": "openai", "kinds": ["image"], "tier": "standard",
+         "base_url": "http://provider.test/img",
+         "price": {"model": "per_image", "usd_per_image": {"1024x1024": 0.04}}},
+    ]
+})
+VIDEO = JobSpec.model_validate(
+    {"kind": "video", "input": {"prompt": "top secret prompt", "duration_s": 4}}
+)
+TEXT = JobSpec.model_validate({"kind": "text", "input": {"prompt": "top secret prompt"}})
+IMAGE = JobSpec.model_validate({"kind": "image", "input": {"prompt": "top secret prompt"}})
+
+Handler = Callable[[httpx.Request], httpx.Response]
+NO_SLEEP = RetryPolicy(attempts=3, initial_s=0.0, max_wait_s=0.0, sleep=lambda s: None)
+
+
+def mock(name: str, handler: Handler, retry: RetryPolicy = NO_SLEEP) -> BackendAdapter:
+    spec: BackendSpec = CATALOGUE.get(name)
+    return make_adapter(spec, httpx.Client(transport=httpx.MockTransport(handler)), retry=retry)
+
+
+def answer(body: Any, status: int = 200, **headers: str) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if isinstance(body, bytes):
+            return httpx.Response(status, content=body, headers=headers)
+        return httpx.Response(status, json=body, headers=headers)
+
+    return handler
+
+
+def prediction(**fields: Any) -> dict[str, Any]:
+    return {"id": "p1", "status": "succeeded", "output": "http://x/v.mp4",
+            "metrics": {"video_seconds": 4, "resolution": "720p"}, "cost_usd": 0.4, **fields}
+
+
+CHAT = {"id": "c1", "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 20}, "cost_usd": 0.00005}
+
+
+@pytest.mark.parametrize(
+    ("name", "job", "body", "what"),
+    [
+        ("vid", VIDEO, b"<html>bad gateway</html>", "not JSON"),
+        ("vid", VIDEO, [1, 2], "not a JSON object"),
+        ("vid", VIDEO, {"status": "starting"}, "no prediction id"),
+        ("vid", VIDEO, {"id": "p1", "status": "warming"}, "unknown status"),
+        ("txt", TEXT, {**CHAT, "choices": []}, "no choices"),
+        ("txt", TEXT, {k: v for k, v in CHAT.items() if k != "usage"}, "no usage"),
+        ("txt", TEXT, {**CHAT, "usage": {"prompt_tokens": "10", "completion_tokens": 2}},
+         "token counts"),
+        ("txt", TEXT, {**CHAT, "cost_usd": "lots"}, "cost_usd"),
+        ("txt", TEXT, {**CHAT, "cost_usd": -1}, "negative"),
+        ("img", IMAGE, {"data": [{"b64": "..."}], "cost_usd": 0.04}, "no url"),
+        ("img", IMAGE, {"data": [], "cost_usd": 0.04}, "no data"),
+    ],
+)
+def test_malformed_submit_answers_are_backend_faults_not_retried(
+    name: str, job: JobSpec, body: Any, what: str
+) -> None:
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return answer(body)(request)
+
+    with pytest.raises(BackendFault) as info:
+        mock(name, handler).submit(job, "k1")
+    assert info.value.code == "malformed_response" and what in info.value.message
+    assert info.value.strike is True and len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [
+        (prediction(output=None), "without output"),
+        (prediction(metrics=None, cost_usd=None), "without metrics or cost"),
+        (prediction(metrics={"video_seconds": "4"}), "video_seconds"),
+        (prediction(metrics={"video_seconds": 4, "resolution": "8k"}), "cannot be priced"),
+        (prediction(metrics=[4]), "metrics"),
+    ],
+)
+def test_malformed_poll_answers(body: dict[str, Any], what: str) -> None:
+    with pytest.raises(BackendFault) as info:
+        mock("vid", answer(body)).poll("p1")
+    assert info.value.code == "malformed_response" and what in info.value.message
+
+
+def test_cost_mismatch_is_flagged_and_usage_wins(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
+        res = mock("vid", answer(prediction(cost_usd=0.5))).poll("p1")
+    assert res.cost_micros == 400_000 and res.reported_cost_micros == 500_000
+    assert res.cost_mismatch
+    assert "computed_micros=400000 reported_micros=500000" in caplog.text
+
+
+def test_reported_cost_is_used_when_no_usage_is_reported() -> None:
+    res = mock("vid", answer(prediction(metrics=None, cost_usd=0.123456))).poll("p1")
+    assert res.status == "succeeded" and res.usage is None
+    assert res.cost_micros == res.reported_cost_micros == 123_456
+
+
+def test_request_carries_key_idempotency_and_catalogue_timeouts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("ORCH_TEST_MOCK_KEY", "sk-live-123")
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            return httpx.Response(503)
+        return httpx.Response(201, json={"id": "p9", "status": "starting"})
+
+    with caplog.at_level(logging.DEBUG):
+        sub = mock("vid", handler).submit(VIDEO, "job-42:1")
+    assert sub.external_id == "p9" and sub.result is None
+    req = seen[-1]
+    assert req.url == "http://provider.test/vid/v1/predictions"
+    assert req.headers["Authorization"] == "Bearer sk-live-123"
+    assert req.headers["Idempotency-Key"] == "job-42:1"
+    assert json.loads(req.content) == {"input": VIDEO.input}
+    assert req.extensions["timeout"] == {"connect": 1.5, "read": 7.0, "write": 7.0, "pool": 1.5}
+    assert "sk-live-123" not in caplog.text and "top secret" not in caplog.text
+    assert "retrying backend=vid" in caplog.text
+
+
+def test_no_authorization_header_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ORCH_TEST_MOCK_KEY", raising=False)
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json={"id": "p9", "status": "starting"})
+
+    mock("vid", handler).submit(VIDEO, "k")
+    assert "Authorization" not in seen[0].headers
+
+
+def test_provider_messages_never_reach_our_errors() -> None:
+    body = {"error": {"code": "content_policy_violation", "param": "prompt",
+                      "message": "Your prompt 'top secret prompt' was flagged"}}
+    with pytest.raises(JobFault) as info:
+        mock("txt", answer(body, status=400)).submit(TEXT, "k")
+    err = info.value
+    assert err.code == "content_policy"
+    assert err.details["provider_code"] == "content_policy_violation"
+    assert "top secret" not in str(err) and "top secret" not in repr(err.details)
+    assert err.details["param"] == "prompt"
+
+
+@pytest.mark.parametrize(
+    ("status", "cls", "code"),
+    [
+        (401, BackendFault, "backend_auth"),
+        (403, BackendFault, "backend_auth"),
+        (404, BackendFault, "backend_not_found"),
+        (418, BackendFault, "backend_rejected"),
+        (422, JobFault, "invalid_input"),
+        (408, TransientError, "backend_timeout"),
+        (500, TransientError, "backend_server_error"),
+        (504, TransientError, "backend_unavailable"),
+    ],
+)
+def test_status_codes_map_to_the_taxonomy(
+    status: int, cls: type[BackendError], code: str
+) -> None:
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(status, json={"detail": "nope"})
+
+    with pytest.raises(cls) as info:
+        mock("vid", handler).poll("p1")
+    assert info.value.code == code
+    assert len(calls) == (3 if cls is TransientError else 1)
+
+
+def test_transport_errors_are_transient_and_retried() -> None:
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) < 3:
+            raise httpx.ReadTimeout("slow", request=request)
+        return httpx.Response(200, json=CHAT)
+
+    res = mock("txt", handler).submit(TEXT, "k").result
+    assert res is not None and res.cost_micros == 50 and len(calls) == 3
+    with pytest.raises(TransientError) as info:
+        mock("txt", lambda r: (_ for _ in ()).throw(httpx.ConnectError("refused"))).submit(
+            TEXT, "k")
+    assert info.value.code == "backend_connection" and info.value.attempts == 3
+
+
+def test_retry_stops_at_the_total_time_budget() -> None:
+    waits: list[float] = []
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    policy = RetryPolicy(attempts=10, total_s=5.0, max_retry_after_s=10.0, sleep=sleep,
+                         clock=lambda: now[0])
+    handler = answer({}, status=429, **{"Retry-After": "2"})
+    with pytest.raises(TransientError) as info:
+        mock("vid", handler, policy).poll("p1")
+    # 2 s waits: after two of them (t=4 s) a third would end past the 5 s budget
+    assert waits == [2.0, 2.0] and info.value.attempts == 3 and info.value.retry_after_s == 2.0
+
+
+def test_failed_status_without_a_code_is_a_prediction_failure() -> None:
+    res = mock("vid", answer(prediction(status="failed", error="CUDA out of memory",
+                                         metrics=None, cost_usd=None))).poll("p1")
+    assert res.status == "failed" and res.cost_micros == 0
+    assert isinstance(res.error, BackendFault) and res.error.code == "prediction_failed"
+    assert "CUDA" not in res.error.message
+
+
+def test_injected_client_is_left_open_by_close() -> None:
+    client = httpx.Client(transport=httpx.MockTransport(answer({})))
+    make_adapter(CATALOGUE.get("vid"), client).close()
+    assert not client.is_closed
+    own = make_adapter(CATALOGUE.get("vid"))
+    own.close()
+
+
+def test_openai_adapter_refuses_video_jobs() -> None:
+    with pytest.raises(BackendFault) as info:
+        mock("txt", answer(CHAT)).submit(VIDEO, "k")
+    assert info.value.code == "unsupported_kind"
+
+
+def test_parse_retry_after_forms() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.25") == 0.25
+    assert parse_retry_after("-4") == 0.0
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:09 GMT", now=lambda: now) == 9.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_safe_token_strips_free_text() -> None:
+    assert safe_token("content_policy_violation") == "content_policy_violation"
+    assert safe_token("a b'c\"<d>") == "abcd"
+    assert safe_token(True) is None and safe_token({"x": 1}) is None and safe_token("  ") is None
