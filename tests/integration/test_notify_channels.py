@@ -63,6 +63,7 @@ class Receiver:
     hang: threading.Event | None = None
     clock: Callable[[], float] = time.time
     hits: list[Hit] = field(default_factory=list)
+    arrived: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
 
@@ -94,6 +95,7 @@ def _handler(rx: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            rx.arrived.set()
             if rx.hang is not None:
                 rx.hang.wait(10)
             status = rx.decide(dict(self.headers.items()), body)
