@@ -1,0 +1,117 @@
+"""Prometheus exposition of the recorder's figures (same series as Cloud Monitoring).
+
+* API: ``GET /metrics`` returns :func:`prometheus_payload` (body, content type).
+* Workers: one HTTP port per worker *process* — :func:`start_worker_metrics_server`. The
+  recorder aggregates in the memory of the process that records, so each recording process
+  needs its own exposition. Celery workers should run ``--pool threads`` (tasks are short,
+  I/O-bound HTTP calls, DESIGN §3), which makes one worker = one process = one port. With the
+  prefork pool, call it from ``worker_process_init`` with ``base_port + child index`` (or rely
+  on Cloud Monitoring, whose ``task_id`` is already per process). A multiprocess directory
+  (``PROMETHEUS_MULTIPROC_DIR``) is not used: it only works with prometheus_client's own
+  metric objects, whose per-event mmap writes would cost more than the recorder's budget.
+
+Names: ``orchestrator_<name>`` with ``_total`` for counters, ``_seconds``/``_usd`` units;
+histogram buckets are the catalogue's explicit bounds (a sample equal to a bound counts in the
+next bucket, as in Cloud Monitoring).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from itertools import accumulate
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import start_http_server as _start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from orchestrator.metrics.catalogue import Kind, MetricDef
+from orchestrator.metrics.recorder import DistributionValue, Point, Recorder, get_recorder
+
+log = logging.getLogger("orchestrator.metrics.prometheus")
+
+
+class RecorderCollector(Collector):
+    """A prometheus_client collector reading a :class:`Recorder` snapshot at scrape time."""
+
+    def __init__(self, recorder: Recorder | None = None) -> None:
+        self._recorder = recorder
+
+    def collect(self) -> Iterable[Metric]:
+        recorder = self._recorder or get_recorder()
+        by_metric: dict[str, list[Point]] = {}
+        catalogue: dict[str, MetricDef] = {}
+        for p in recorder.snapshot():
+            by_metric.setdefault(p.metric.name, []).append(p)
+            catalogue[p.metric.name] = p.metric
+        for name in sorted(by_metric):
+            yield _family(catalogue[name], by_metric[name])
+
+
+def _family(m: MetricDef, points: list[Point]) -> Metric:
+    keys = list(m.labels)
+    fam: Any
+    if m.kind is Kind.CUMULATIVE:
+        fam = CounterMetricFamily(m.prom_name, m.description, labels=keys)
+    elif m.kind is Kind.GAUGE:
+        fam = GaugeMetricFamily(m.prom_name, m.description, labels=keys)
+    else:
+        fam = HistogramMetricFamily(m.prom_name, m.description, labels=keys)
+    for p in points:
+        values = [v for _, v in p.labels]
+        if isinstance(p.value, DistributionValue):
+            d = p.value
+            cum = list(accumulate(d.bucket_counts))
+            buckets = [(_le(b), float(c)) for b, c in zip(d.bounds, cum, strict=False)]
+            buckets.append(("+Inf", float(d.count)))
+            fam.add_metric(values, buckets, d.sum)
+        else:
+            fam.add_metric(values, float(p.value))
+    return fam  # type: ignore[no-any-return]
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def registry_for(recorder: Recorder | None = None) -> CollectorRegistry:
+    """A registry exposing ``recorder`` (default: the process-wide one) and nothing else."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RecorderCollector(recorder))
+    return registry
+
+
+_default_registry: CollectorRegistry | None = None
+
+
+def prometheus_payload(recorder: Recorder | None = None) -> tuple[bytes, str]:
+    """The ``/metrics`` body and its content type, for the API route."""
+    global _default_registry
+    if recorder is None:
+        if _default_registry is None:
+            _default_registry = registry_for(None)
+        registry = _default_registry
+    else:
+        registry = registry_for(recorder)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def start_worker_metrics_server(port: int, addr: str = "127.0.0.1",
+                                recorder: Recorder | None = None) -> int:
+    """Serve ``/metrics`` for this process on ``addr:port`` (0 = any free port) from a daemon
+    thread; returns the bound port."""
+    server, _thread = _start_http_server(port, addr=addr, registry=registry_for(recorder))
+    bound = int(server.server_address[1])
+    log.info("worker metrics on http://%s:%d/metrics", addr, bound)
+    return bound
+
+
+def iter_families(recorder: Recorder | None = None) -> Iterator[Metric]:
+    yield from RecorderCollector(recorder).collect()
