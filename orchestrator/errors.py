@@ -3,6 +3,12 @@
     OrchestratorError
     ├── ConfigurationError          a setting or catalogue is invalid (names the setting)
     ├── EmbeddedServiceError        the embedded PostgreSQL or Redis could not start
+    ├── RequestError                a caller's request cannot be done as asked
+    │   ├── InvalidRequest          malformed or out-of-range input
+    │   ├── NotFound                no such job (or not yours)
+    │   ├── Conflict                same idempotency key, another body; or a final job
+    │   └── NoEligibleBackend       routing left no candidate (the reasons are in details)
+    ├── BackendError                a backend call failed (orchestrator.backends.errors)
     └── LedgerError                 the budget ledger refused a step
         ├── BudgetExceeded          a hold would push a budget past its limit
         ├── HoldNotFound            no hold exists for that job
@@ -33,6 +39,26 @@ class ConfigurationError(OrchestratorError):
 
 class EmbeddedServiceError(OrchestratorError):
     code = "embedded_service_error"
+
+
+class RequestError(OrchestratorError):
+    code = "invalid_request"
+
+
+class InvalidRequest(RequestError):
+    code = "invalid_request"
+
+
+class NotFound(RequestError):
+    code = "not_found"
+
+
+class Conflict(RequestError):
+    code = "conflict"
+
+
+class NoEligibleBackend(RequestError):
+    code = "no_eligible_backend"
 
 
 class LedgerError(OrchestratorError):

@@ -109,6 +109,8 @@ def upgrade() -> None:
     sa.Column('external_id', sa.String(length=200), nullable=True),
     sa.Column('outcome', sa.String(length=16), nullable=True),
     sa.Column('fault', sa.String(length=16), nullable=True),
+    sa.Column('slot', sa.String(length=40), nullable=True),
+    sa.Column('probe', sa.Boolean(), server_default='false', nullable=False),
     sa.Column('error_code', sa.String(length=64), nullable=True),
     sa.Column('error_message', sa.Text(), nullable=True),
     sa.Column('cost_micros', sa.BigInteger(), nullable=True),

@@ -240,6 +240,9 @@ class Attempt(Base):
     external_id: Mapped[str | None] = mapped_column(String(200))
     outcome: Mapped[str | None] = mapped_column(String(16))
     fault: Mapped[str | None] = mapped_column(String(16))
+    # the breaker ticket: the concurrency slot to give back and whether this is the probe
+    slot: Mapped[str | None] = mapped_column(String(40))
+    probe: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     cost_micros: Mapped[int | None] = mapped_column(BigInteger)
