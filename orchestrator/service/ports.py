@@ -1,0 +1,34 @@
+"""The small interfaces the use cases need from the edges (implemented in health/, workers/)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Protocol
+
+from orchestrator.domain.breaker import BackendHealth, BreakerState
+from orchestrator.domain.outcomes import Outcome
+from orchestrator.health.store import Ticket
+
+
+class HealthPort(Protocol):
+    """Implemented by orchestrator.health.HealthStore (shared breaker state in Redis)."""
+
+    def snapshot(self, names: Iterable[str]) -> dict[str, BackendHealth]: ...
+
+    def acquire(self, name: str, *, max_concurrency: int, lease_s: float) -> Ticket: ...
+
+    def record(
+        self, name: str, outcome: Outcome, *, latency_ms: float | None = None,
+        probe: bool = False, slot: str | None = None,
+    ) -> BreakerState: ...
+
+
+class EnqueuePort(Protocol):
+    """Schedules the next step of a job's chain (Celery in production)."""
+
+    def start(self, job_id: uuid.UUID, token: uuid.UUID, priority: str) -> None: ...
+
+    def poll(
+        self, job_id: uuid.UUID, token: uuid.UUID, priority: str, countdown_s: float
+    ) -> None: ...

@@ -1,0 +1,118 @@
+"""Submit and quote: route, then job row + budget hold in one transaction, then enqueue.
+
+The job row is its own outbox: if the enqueue after the commit fails (or the message is lost),
+the sweeper finds the queued job past its ``wake_at`` and starts it (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from orchestrator.domain.budgets import covering_scopes
+from orchestrator.domain.catalogue import Catalogue
+from orchestrator.domain.jobs import JobSpec
+from orchestrator.domain.routing import RoutePlan, plan_route
+from orchestrator.errors import Conflict, NoEligibleBackend
+from orchestrator.ledger import Ledger
+from orchestrator.service.ports import EnqueuePort, HealthPort
+from orchestrator.store import jobs as repo
+
+log = logging.getLogger(__name__)
+
+# A queued job whose start message has not run by then is started by the sweeper.
+START_GRACE = timedelta(seconds=60)
+# Holds outlive the job's deadline by this much; the sweeper fails the job first.
+HOLD_MARGIN = timedelta(hours=1)
+
+
+def request_hash(spec: JobSpec) -> str:
+    body = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class Submitter:
+    def __init__(
+        self,
+        engine: Engine,
+        ledger: Ledger,
+        catalogue: Callable[[], Catalogue],
+        health: HealthPort,
+        enqueue: EnqueuePort,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.engine = engine
+        self.ledger = ledger
+        self.catalogue = catalogue
+        self.health = health
+        self.enqueue = enqueue
+        self.clock = clock
+
+    def quote(self, spec: JobSpec) -> RoutePlan:
+        """The ranked plan with reasons. Reads health; changes nothing."""
+        cat = self.catalogue()
+        return plan_route(spec, cat.backends, self.health.snapshot(cat.names), now=time.time())
+
+    def submit(
+        self, tenant: str, spec: JobSpec, idempotency_key: str | None = None
+    ) -> tuple[repo.JobRow, bool]:
+        """Returns (job, created). Raises NoEligibleBackend, BudgetExceeded, Conflict."""
+        rhash = request_hash(spec)
+        if idempotency_key is not None:
+            with self.engine.connect() as conn:
+                existing = repo.get_by_idempotency_key(conn, tenant, idempotency_key)
+            if existing is not None:
+                return self._same_request(existing, rhash), False
+
+        plan = self.quote(spec)
+        if not plan.candidates:
+            raise NoEligibleBackend(
+                "no backend can run this job", excluded=plan.to_quote()["excluded"]
+            )
+        now = self.clock()
+        job_id, token = uuid.uuid4(), uuid.uuid4()
+        deadline = now + timedelta(seconds=spec.deadline_s)
+        with self.engine.begin() as tx:
+            inserted = repo.insert_job(
+                tx, job_id=job_id, tenant=tenant, kind=spec.kind.value, tier=spec.tier.value,
+                spec=spec.model_dump(mode="json"), route=plan.to_quote(),
+                estimated_cost_micros=plan.worst_case_micros, deadline_at=deadline,
+                chain_token=token, wake_at=now + START_GRACE,
+                idempotency_key=idempotency_key, request_hash=rhash,
+            )
+            if inserted:
+                self.ledger.hold(
+                    job_id, covering_scopes(tenant, spec.project), plan.worst_case_micros,
+                    ttl=timedelta(seconds=spec.deadline_s) + HOLD_MARGIN, conn=tx,
+                )
+        if not inserted:  # a concurrent request with the same key won the insert
+            assert idempotency_key is not None
+            with self.engine.connect() as conn:
+                existing = repo.get_by_idempotency_key(conn, tenant, idempotency_key)
+            assert existing is not None
+            return self._same_request(existing, rhash), False
+        try:
+            self.enqueue.start(job_id, token, spec.priority.value)
+        except Exception as exc:  # the sweeper will start it; the job is safe in PostgreSQL
+            log.warning("enqueue failed; the sweeper will start the job",
+                        extra={"job_id": str(job_id), "error": type(exc).__name__})
+        with self.engine.connect() as conn:
+            job = repo.get_job(conn, job_id)
+        assert job is not None
+        return job, True
+
+    @staticmethod
+    def _same_request(existing: repo.JobRow, rhash: str) -> repo.JobRow:
+        if existing.request_hash != rhash:
+            raise Conflict(
+                "this Idempotency-Key was used with a different request body",
+                job_id=str(existing.id),
+            )
+        return existing

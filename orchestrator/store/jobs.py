@@ -1,0 +1,305 @@
+"""Jobs and attempts in PostgreSQL: guarded transitions, checkpoints, chain bookkeeping.
+
+Every status change is ``UPDATE … WHERE status IN (…)`` so two workers can never both move
+one job; a call that loses the race gets ``False``/``None`` and must re-read.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+FINAL = ("succeeded", "failed", "cancelled")
+LIVE = ("queued", "running")
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    id: int
+    job_id: uuid.UUID
+    number: int
+    backend: str
+    external_id: str | None
+    outcome: str | None
+    fault: str | None
+    slot: str | None
+    probe: bool
+    error_code: str | None
+    error_message: str | None
+    cost_micros: int | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    id: uuid.UUID
+    tenant: str
+    status: str
+    kind: str
+    tier: str
+    spec: dict[str, Any]
+    route: dict[str, Any] | None
+    backend: str | None
+    estimated_cost_micros: int
+    cost_micros: int | None
+    result: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    idempotency_key: str | None
+    request_hash: str | None
+    deadline_at: datetime | None
+    chain_token: uuid.UUID | None
+    wake_at: datetime | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL
+
+
+_JOB_COLS = ", ".join(JobRow.__slots__)  # type: ignore[attr-defined]
+_ATTEMPT_COLS = ", ".join(AttemptRow.__slots__)  # type: ignore[attr-defined]
+
+
+def insert_job(
+    conn: Connection,
+    *,
+    job_id: uuid.UUID,
+    tenant: str,
+    kind: str,
+    tier: str,
+    spec: dict[str, Any],
+    route: dict[str, Any],
+    estimated_cost_micros: int,
+    deadline_at: datetime,
+    chain_token: uuid.UUID,
+    wake_at: datetime,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> bool:
+    """Insert a queued job; False when (tenant, idempotency_key) already exists."""
+    row = conn.execute(
+        text(
+            """
+            INSERT INTO jobs (id, tenant, status, kind, tier, spec, route,
+                              estimated_cost_micros, deadline_at, chain_token, wake_at,
+                              idempotency_key, request_hash)
+            VALUES (:id, :tenant, 'queued', :kind, :tier, CAST(:spec AS jsonb),
+                    CAST(:route AS jsonb), :est, :deadline, :token, :wake, :ikey, :rhash)
+            ON CONFLICT (tenant, idempotency_key) DO NOTHING
+            RETURNING id
+            """
+        ),
+        {"id": job_id, "tenant": tenant, "kind": kind, "tier": tier, "spec": json.dumps(spec),
+         "route": json.dumps(route), "est": estimated_cost_micros, "deadline": deadline_at,
+         "token": chain_token, "wake": wake_at, "ikey": idempotency_key, "rhash": request_hash},
+    ).first()
+    return row is not None
+
+
+def get_job(conn: Connection, job_id: uuid.UUID, *, for_update: bool = False) -> JobRow | None:
+    sql = f"SELECT {_JOB_COLS} FROM jobs WHERE id = :id" + (" FOR UPDATE" if for_update else "")
+    row = conn.execute(text(sql), {"id": job_id}).first()
+    return JobRow(**row._mapping) if row is not None else None
+
+
+def get_by_idempotency_key(conn: Connection, tenant: str, key: str) -> JobRow | None:
+    row = conn.execute(
+        text(f"SELECT {_JOB_COLS} FROM jobs WHERE tenant = :t AND idempotency_key = :k"),
+        {"t": tenant, "k": key},
+    ).first()
+    return JobRow(**row._mapping) if row is not None else None
+
+
+def list_jobs(
+    conn: Connection,
+    tenant: str,
+    *,
+    status: str | None = None,
+    limit: int = 50,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[JobRow]:
+    """Newest first; ``before`` is the (created_at, id) of the last row of the previous page."""
+    rows = conn.execute(
+        text(
+            f"""
+            SELECT {_JOB_COLS} FROM jobs
+            WHERE tenant = :t
+              AND (CAST(:status AS text) IS NULL OR status = :status)
+              AND (CAST(:b_at AS timestamptz) IS NULL OR (created_at, id) < (:b_at, :b_id))
+            ORDER BY created_at DESC, id DESC
+            LIMIT :limit
+            """
+        ),
+        {"t": tenant, "status": status, "limit": limit,
+         "b_at": before[0] if before else None, "b_id": before[1] if before else None},
+    ).all()
+    return [JobRow(**r._mapping) for r in rows]
+
+
+def claim(conn: Connection, job_id: uuid.UUID, now: datetime) -> bool:
+    """queued → running."""
+    return conn.execute(
+        text(
+            "UPDATE jobs SET status = 'running', started_at = :now, updated_at = :now "
+            "WHERE id = :id AND status = 'queued' RETURNING id"
+        ),
+        {"id": job_id, "now": now},
+    ).first() is not None
+
+
+def finish(
+    conn: Connection,
+    job_id: uuid.UUID,
+    status: str,
+    now: datetime,
+    *,
+    from_statuses: tuple[str, ...] = LIVE,
+    backend: str | None = None,
+    cost_micros: int | None = None,
+    result: dict[str, Any] | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """running/queued → succeeded | failed | cancelled, exactly once."""
+    assert status in FINAL
+    return conn.execute(
+        text(
+            """
+            UPDATE jobs SET status = :status, finished_at = :now, updated_at = :now,
+                backend = COALESCE(:backend, backend), cost_micros = :cost,
+                result = CAST(:result AS jsonb), error_code = :code, error_message = :msg,
+                wake_at = NULL
+            WHERE id = :id AND status = ANY(:froms) RETURNING id
+            """
+        ),
+        {"status": status, "now": now, "backend": backend, "cost": cost_micros,
+         "result": json.dumps(result) if result is not None else None, "code": error_code,
+         "msg": error_message, "id": job_id, "froms": list(from_statuses)},
+    ).first() is not None
+
+
+def request_cancel(conn: Connection, job_id: uuid.UUID) -> bool:
+    return conn.execute(
+        text("UPDATE jobs SET cancel_requested = true WHERE id = :id AND status = ANY(:s) "
+             "RETURNING id"),
+        {"id": job_id, "s": list(LIVE)},
+    ).first() is not None
+
+
+def set_wake(conn: Connection, job_id: uuid.UUID, token: uuid.UUID, wake_at: datetime) -> bool:
+    """Record when the live chain will next run; False if ``token`` is no longer the chain."""
+    return conn.execute(
+        text("UPDATE jobs SET wake_at = :w, updated_at = now() "
+             "WHERE id = :id AND chain_token = :t AND status = ANY(:s) RETURNING id"),
+        {"w": wake_at, "id": job_id, "t": token, "s": list(LIVE)},
+    ).first() is not None
+
+
+def revive_overdue(conn: Connection, now: datetime, wake_at: datetime, limit: int) -> list[
+    tuple[uuid.UUID, uuid.UUID, str]
+]:
+    """Give every live job whose chain is overdue a new chain token; returns (id, token, priority).
+
+    SKIP LOCKED: concurrent sweepers share the work and never revive one job twice.
+    """
+    rows = conn.execute(
+        text(
+            """
+            WITH overdue AS (
+                SELECT id FROM jobs
+                WHERE status IN ('queued', 'running') AND wake_at < :now
+                ORDER BY wake_at LIMIT :limit FOR UPDATE SKIP LOCKED
+            )
+            UPDATE jobs j SET chain_token = gen_random_uuid(), wake_at = :wake
+            FROM overdue WHERE j.id = overdue.id
+            RETURNING j.id, j.chain_token, j.spec->>'priority' AS priority
+            """
+        ),
+        {"now": now, "wake": wake_at, "limit": limit},
+    ).all()
+    return [(r.id, r.chain_token, r.priority or "normal") for r in rows]
+
+
+# -- attempts --------------------------------------------------------------------------------
+def attempts(conn: Connection, job_id: uuid.UUID) -> list[AttemptRow]:
+    rows = conn.execute(
+        text(f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE job_id = :id ORDER BY number"),
+        {"id": job_id},
+    ).all()
+    return [AttemptRow(**r._mapping) for r in rows]
+
+
+def attempts_for(conn: Connection, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[AttemptRow]]:
+    out: dict[uuid.UUID, list[AttemptRow]] = {j: [] for j in job_ids}
+    rows = conn.execute(
+        text(f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE job_id = ANY(:ids) "
+             "ORDER BY job_id, number"),
+        {"ids": job_ids},
+    ).all()
+    for r in rows:
+        out[r.job_id].append(AttemptRow(**r._mapping))
+    return out
+
+
+def open_attempt(
+    conn: Connection, job_id: uuid.UUID, number: int, backend: str, now: datetime,
+    *, slot: str | None = None, probe: bool = False,
+) -> int | None:
+    """Checkpoint before calling a backend; None if attempt ``number`` already exists."""
+    row = conn.execute(
+        text(
+            "INSERT INTO attempts (job_id, number, backend, started_at, slot, probe) "
+            "VALUES (:j, :n, :b, :now, :slot, :probe) "
+            "ON CONFLICT (job_id, number) DO NOTHING RETURNING id"
+        ),
+        {"j": job_id, "n": number, "b": backend, "now": now, "slot": slot, "probe": probe},
+    ).first()
+    return int(row.id) if row is not None else None
+
+
+def record_external_id(conn: Connection, attempt_id: int, external_id: str) -> None:
+    conn.execute(
+        text("UPDATE attempts SET external_id = :e WHERE id = :id AND outcome IS NULL"),
+        {"e": external_id, "id": attempt_id},
+    )
+
+
+def close_attempt(
+    conn: Connection,
+    attempt_id: int,
+    outcome: str,
+    now: datetime,
+    *,
+    fault: str | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    cost_micros: int | None = None,
+) -> bool:
+    return conn.execute(
+        text(
+            """
+            UPDATE attempts SET outcome = :o, fault = :f, error_code = :c, error_message = :m,
+                cost_micros = :cost, finished_at = :now
+            WHERE id = :id AND outcome IS NULL RETURNING id
+            """
+        ),
+        {"o": outcome, "f": fault, "c": error_code, "m": error_message, "cost": cost_micros,
+         "now": now, "id": attempt_id},
+    ).first() is not None
+
+
+def in_flight_by_backend(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(
+        text("SELECT backend, count(*) n FROM attempts WHERE outcome IS NULL GROUP BY backend")
+    ).all()
+    return {r.backend: int(r.n) for r in rows}
