@@ -11,14 +11,17 @@ Stable codes (``exc.code``):
     TransientError  rate_limited (429, ``retry_after_s`` from Retry-After), backend_timeout,
                     backend_connection, backend_unavailable (502/503/504), backend_server_error
                     (500 and other 5xx)
-    BackendFault    malformed_response, backend_auth (401/403), backend_not_found (404),
-                    backend_rejected (other 4xx), prediction_failed (a prediction ended
-                    ``failed`` without a job-fault code), poll_unsupported
-    JobFault        invalid_input (400/422), content_policy
+    BackendFault    malformed_response, backend_auth (401/403), backend_not_found (404: an id
+                    the backend gave us and lost, or a wrong base URL), prediction_failed (a
+                    prediction ended ``failed`` without a job-fault code), unsupported_kind,
+                    poll_unsupported
+    JobFault        invalid_input (400/422), content_policy, rejected (any other 4xx)
 
-``strike`` says whether the error counts towards the backend's three-strike breaker (DESIGN §4):
-true for everything that is the backend's fault; false for ``JobFault`` and for ``rate_limited``
-(the backend is healthy, only busy).
+``outcome`` is the domain's ``orchestrator.domain.outcomes.Outcome`` (JobFault: job_fault;
+rate_limited: transient; everything else: backend_fault), and ``strike`` is
+``outcome.is_strike``: whether the error counts towards the backend's three-strike breaker
+(DESIGN §4). The HTTP status classes follow ``outcomes.classify_http`` except 404, which is the
+backend's fault here.
 
 Messages and ``details`` are safe to show and log: they carry the backend name, HTTP status,
 the provider's error code and offending parameter name — never a prompt, a provider's free-text
@@ -29,12 +32,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.domain.outcomes import Outcome
 from orchestrator.errors import OrchestratorError
 
 
 class BackendError(OrchestratorError):
     code = "backend_error"
-    strike = True
+    outcome = Outcome.BACKEND_FAULT
 
     def __init__(
         self,
@@ -56,6 +60,10 @@ class BackendError(OrchestratorError):
         self.status_code = status_code
         self.attempts = 1
 
+    @property
+    def strike(self) -> bool:
+        return self.outcome.is_strike
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
 
@@ -72,7 +80,8 @@ class TransientError(BackendError):
             kwargs["retry_after_s"] = retry_after_s
         super().__init__(message, **kwargs)
         self.retry_after_s = retry_after_s
-        self.strike = self.code != "rate_limited"
+        if self.code == "rate_limited":
+            self.outcome = Outcome.TRANSIENT
 
 
 class BackendFault(BackendError):
@@ -85,4 +94,4 @@ class JobFault(BackendError):
     """The job is at fault: failing over would only be refused again. Not a strike."""
 
     code = "invalid_input"
-    strike = False
+    outcome = Outcome.JOB_FAULT

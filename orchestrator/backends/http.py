@@ -269,8 +269,8 @@ class HttpAdapter(ABC):
         if status == 404:
             return BackendFault(f"{self.name}: not found (HTTP 404)",
                                 code="backend_not_found", **common)
-        return BackendFault(f"{self.name}: request rejected (HTTP {status})",
-                            code="backend_rejected", **common)
+        return JobFault(f"{self.name}: request rejected (HTTP {status})", code="rejected",
+                        **common)
 
     # -- cost -------------------------------------------------------------------------------
 

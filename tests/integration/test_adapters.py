@@ -22,6 +22,7 @@ from orchestrator.backends import (
     make_adapter,
 )
 from orchestrator.domain.jobs import JobSpec
+from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
 from tests.integration.simulator_fixture import (  # noqa: F401
     AUTH_ENV,
@@ -276,7 +277,7 @@ def test_long_retry_after_goes_back_to_the_caller(
         adapter(sim, "vid-a", http, sleeps).submit(video(), "job-19:1")
     err = info.value
     assert err.code == "rate_limited" and err.retry_after_s == 30 and err.attempts == 1
-    assert err.strike is False and sleeps.waits == []
+    assert err.strike is False and err.outcome is Outcome.TRANSIENT and sleeps.waits == []
 
 
 def test_slow_backend_times_out_as_transient(

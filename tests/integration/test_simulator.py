@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +264,48 @@ def test_shipped_catalogue_is_served_and_priced_within_estimates() -> None:
                 assert 0 < charged <= estimate_micros(backend, spec), backend.name
     finally:
         running.stop()
+
+
+def test_thousands_of_predictions_in_flight(sim: Sim) -> None:
+    sim.control("vid-a", duration_ms=600_000)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        made = list(pool.map(
+            lambda i: create(sim, "vid-a", {"prompt": f"p{i}", "duration_s": 5}, key=f"k{i}"),
+            range(1000),
+        ))
+    assert {r.status_code for r in made} == {201}
+    ids = [r.json()["id"] for r in made]
+    state = sim.state("vid-a")
+    assert state["in_flight"] == 1000 and state["counters"]["created"] == 1000
+    assert get(sim, "vid-a", ids[789])["status"] in ("starting", "processing")
+
+
+def test_serve_runs_the_configured_catalogue(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ORCH_BACKENDS_FILE": str(REPO / "config" / "backends.yaml"),
+           "ORCH_SIMULATOR_URL": f"http://127.0.0.1:{port}"}
+    env.pop("SIMULATOR_API_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from orchestrator.simulator import serve; serve()"],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        health = None
+        while health is None and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"{url}/healthz", timeout=1.0).json()
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert health is not None, proc.stderr.read().decode() if proc.stderr else ""
+        shipped = load_catalogue(REPO / "config" / "backends.yaml")
+        assert health["backends"] == list(shipped.names)
+        chat = httpx.post(f"{url}/txt-small/v1/chat/completions",
+                          json={"messages": [{"role": "user", "content": "hi"}]})
+        assert chat.status_code == 200 and chat.json()["cost_usd"] > 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -24,6 +24,7 @@ from orchestrator.backends import (
 from orchestrator.backends.http import parse_retry_after, safe_token
 from orchestrator.domain.catalogue import BackendSpec, parse_catalogue
 from orchestrator.domain.jobs import JobSpec
+from orchestrator.domain.outcomes import Outcome
 
 CATALOGUE = parse_catalogue({
     "backends": [
@@ -190,7 +191,7 @@ def test_provider_messages_never_reach_our_errors() -> None:
         (401, BackendFault, "backend_auth"),
         (403, BackendFault, "backend_auth"),
         (404, BackendFault, "backend_not_found"),
-        (418, BackendFault, "backend_rejected"),
+        (409, JobFault, "rejected"),
         (422, JobFault, "invalid_input"),
         (408, TransientError, "backend_timeout"),
         (500, TransientError, "backend_server_error"),
@@ -209,6 +210,8 @@ def test_status_codes_map_to_the_taxonomy(
     with pytest.raises(cls) as info:
         mock("vid", handler).poll("p1")
     assert info.value.code == code
+    assert info.value.strike is (status != 422 and status != 409)
+    assert info.value.outcome is (Outcome.JOB_FAULT if cls is JobFault else Outcome.BACKEND_FAULT)
     assert len(calls) == (3 if cls is TransientError else 1)
 
 
