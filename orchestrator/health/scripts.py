@@ -1,0 +1,104 @@
+"""Lua scripts applying the breaker transitions of ``orchestrator.domain.breaker`` atomically.
+
+They mirror ``admit``/``record``/``observe`` line for line (a test runs random sequences
+through both and compares). Floats are written with ``%.17g`` so they round-trip exactly.
+
+Keys per backend: ``<prefix>:breaker:<name>`` (hash: status, strikes, trips, retry_at,
+probe_until), ``<prefix>:health:<name>`` (hash: success_rate, latency_ms),
+``<prefix>:slots:<name>`` (sorted set: slot id -> lease expiry).
+"""
+
+from __future__ import annotations
+
+# KEYS: breaker, slots. ARGV: now, max_concurrency, lease_s, slot_id, probe_lease_s
+# -> {allowed 0|1, probe 0|1 or refusal, detail}
+ACQUIRE = """
+local now = tonumber(ARGV[1])
+local b = redis.call('HMGET', KEYS[1], 'status', 'retry_at', 'probe_until')
+local status = b[1] or 'closed'
+local probe = 0
+if status == 'open' then
+  if now < (tonumber(b[2]) or 0) then return {0, 'breaker_open', b[2]} end
+  probe = 1
+elseif status == 'half_open' then
+  if now < (tonumber(b[3]) or 0) then return {0, 'probe_in_flight', b[3]} end
+  probe = 1
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+local n = redis.call('ZCARD', KEYS[2])
+if n >= tonumber(ARGV[2]) then return {0, 'at_capacity', tostring(n)} end
+redis.call('ZADD', KEYS[2], string.format('%.17g', now + tonumber(ARGV[3])), ARGV[4])
+if probe == 1 then
+  redis.call('HSET', KEYS[1], 'status', 'half_open',
+             'probe_until', string.format('%.17g', now + tonumber(ARGV[5])))
+end
+return {1, tostring(probe), tostring(n + 1)}
+"""
+
+# KEYS: breaker, health, slots. ARGV: now, outcome, latency_ms or '', probe 0|1, threshold,
+# cooldown_base_s, cooldown_cap_s, alpha, slot_id or ''
+# -> {status, strikes, trips, retry_at, probe_until}
+RECORD = """
+local now = tonumber(ARGV[1])
+local outcome = ARGV[2]
+local probe = ARGV[4] == '1'
+local threshold = tonumber(ARGV[5])
+local base = tonumber(ARGV[6])
+local cap = tonumber(ARGV[7])
+local alpha = tonumber(ARGV[8])
+local function fmt(x) return string.format('%.17g', x) end
+local b = redis.call('HMGET', KEYS[1], 'status', 'strikes', 'trips', 'retry_at', 'probe_until')
+local status = b[1] or 'closed'
+local strikes = tonumber(b[2]) or 0
+local trips = tonumber(b[3]) or 0
+local retry_at = b[4] or '0'
+local probe_until = b[5] or '0'
+local function trip()
+  trips = trips + 1
+  strikes = strikes + 1
+  status = 'open'
+  retry_at = fmt(now + math.min(cap, base * 2 ^ math.min(trips - 1, 60)))
+  probe_until = '0'
+end
+local function closed()
+  status = 'closed'; strikes = 0; trips = 0; retry_at = '0'; probe_until = '0'
+end
+if status == 'closed' then
+  if outcome == 'success' then
+    if strikes ~= 0 then closed() end
+  elseif outcome == 'backend_fault' then
+    if strikes + 1 >= threshold then trip() else strikes = strikes + 1 end
+  end
+elseif status == 'half_open' and probe then
+  if outcome == 'success' then closed()
+  elseif outcome == 'backend_fault' then trip()
+  else probe_until = '0' end
+end
+redis.call('HSET', KEYS[1], 'status', status, 'strikes', strikes, 'trips', trips,
+           'retry_at', retry_at, 'probe_until', probe_until)
+if outcome == 'success' or outcome == 'backend_fault' then
+  local h = redis.call('HMGET', KEYS[2], 'success_rate', 'latency_ms')
+  local sample = 0
+  if outcome == 'success' then sample = 1 end
+  local sr = tonumber(h[1])
+  if sr == nil then sr = sample else sr = sr + alpha * (sample - sr) end
+  redis.call('HSET', KEYS[2], 'success_rate', fmt(sr))
+  local lat = tonumber(ARGV[3])
+  if outcome == 'success' and lat ~= nil and lat >= 0 then
+    local prev = tonumber(h[2])
+    if prev == nil then prev = lat else prev = prev + alpha * (lat - prev) end
+    redis.call('HSET', KEYS[2], 'latency_ms', fmt(prev))
+  end
+end
+if ARGV[9] ~= '' then redis.call('ZREM', KEYS[3], ARGV[9]) end
+return {status, tostring(strikes), tostring(trips), retry_at, probe_until}
+"""
+
+# KEYS: slots. ARGV: now, slot_id, lease_s -> 1 renewed, 0 already expired or released
+RENEW = """
+local exp = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2]))
+if exp == nil or exp <= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', string.format('%.17g', tonumber(ARGV[1]) + tonumber(ARGV[3])),
+           ARGV[2])
+return 1
+"""

@@ -1,0 +1,184 @@
+"""Shared breaker and health state in Redis, for every API and worker process.
+
+Each step is one Lua script (atomic on the server): ``acquire`` asks the breaker and takes a
+concurrency slot together; ``record`` reports an outcome (strike/reset, probe verdict, the
+EWMAs) and can release the slot in the same call. ``snapshot`` reads many backends in one
+pipelined round trip, ready for ``orchestrator.domain.routing.plan_route``.
+
+Concurrency slots are leases (a sorted set of slot id -> expiry): a worker that dies while
+holding one loses it after ``lease_s`` instead of leaking it forever.
+
+Time comes from ``clock`` (default ``time.time``), so tests inject it and never sleep.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+
+from orchestrator.domain.breaker import (
+    DEFAULT_ALPHA,
+    BackendHealth,
+    BreakerPolicy,
+    BreakerState,
+    BreakerStatus,
+    Refusal,
+)
+from orchestrator.domain.outcomes import Outcome
+from orchestrator.health.scripts import ACQUIRE, RECORD, RENEW
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """The answer to ``acquire``: admitted (with a slot, maybe as the probe) or refused."""
+
+    backend: str
+    allowed: bool
+    probe: bool = False
+    slot: str | None = None
+    refusal: Refusal | None = None
+    retry_at: float | None = None  # breaker refusals: when to ask again
+    in_flight: int = 0
+
+
+def _s(v: Any) -> str | None:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _f(v: Any, default: float = 0.0) -> float:
+    s = _s(v)
+    return default if s is None or s == "" else float(s)
+
+
+def _breaker(fields: list[Any]) -> BreakerState:
+    status = _s(fields[0])
+    if status is None:
+        return BreakerState()
+    return BreakerState(
+        BreakerStatus(status), int(_f(fields[1])), int(_f(fields[2])), _f(fields[3]),
+        _f(fields[4]),
+    )
+
+
+_BREAKER_FIELDS = ("status", "strikes", "trips", "retry_at", "probe_until")
+
+
+class HealthStore:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "orch",
+        policy: BreakerPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        alpha: float = DEFAULT_ALPHA,
+    ) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError("alpha must be in (0, 1]")
+        self.redis = redis
+        self.prefix = prefix
+        self.policy = policy or BreakerPolicy()
+        self.clock = clock
+        self.alpha = alpha
+        self._acquire = redis.register_script(ACQUIRE)
+        self._record = redis.register_script(RECORD)
+        self._renew = redis.register_script(RENEW)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> HealthStore:
+        return cls(Redis.from_url(url, decode_responses=True), **kwargs)
+
+    def _keys(self, name: str) -> tuple[str, str, str]:
+        p = self.prefix
+        return f"{p}:breaker:{name}", f"{p}:health:{name}", f"{p}:slots:{name}"
+
+    def acquire(self, name: str, *, max_concurrency: int, lease_s: float) -> Ticket:
+        """Ask the breaker and take one of ``max_concurrency`` slots, atomically."""
+        breaker, _, slots = self._keys(name)
+        slot = uuid.uuid4().hex
+        res = self._acquire(
+            keys=[breaker, slots],
+            args=[repr(float(self.clock())), max_concurrency, repr(float(lease_s)), slot,
+                  repr(float(self.policy.probe_lease_s))],
+        )
+        allowed, second, detail = int(res[0]), _s(res[1]), _s(res[2])
+        if allowed:
+            return Ticket(name, True, probe=second == "1", slot=slot, in_flight=int(detail or 0))
+        why = Refusal(second or "")
+        if why is Refusal.AT_CAPACITY:
+            return Ticket(name, False, refusal=why, in_flight=int(detail or 0))
+        return Ticket(name, False, refusal=why, retry_at=_f(detail))
+
+    def record(
+        self,
+        name: str,
+        outcome: Outcome,
+        *,
+        latency_ms: float | None = None,
+        probe: bool = False,
+        slot: str | None = None,
+    ) -> BreakerState:
+        """Report a call's outcome (``probe`` as its ticket said); release ``slot`` if given."""
+        breaker, health, slots = self._keys(name)
+        p = self.policy
+        res = self._record(
+            keys=[breaker, health, slots],
+            args=[
+                repr(float(self.clock())), Outcome(outcome).value,
+                "" if latency_ms is None else repr(float(latency_ms)), "1" if probe else "0",
+                p.threshold, repr(float(p.cooldown_base_s)), repr(float(p.cooldown_cap_s)),
+                repr(float(self.alpha)), slot or "",
+            ],
+        )
+        return _breaker(list(res))
+
+    def report(self, ticket: Ticket, outcome: Outcome, *, latency_ms: float | None = None
+               ) -> BreakerState:
+        """``record`` for an admitted ticket: its probe flag, and its slot released."""
+        if not ticket.allowed:
+            raise ValueError("a refused ticket has nothing to report")
+        return self.record(ticket.backend, outcome, latency_ms=latency_ms, probe=ticket.probe,
+                           slot=ticket.slot)
+
+    def release(self, name: str, slot: str) -> bool:
+        """Give a slot back without reporting (e.g. the job was cancelled before the call)."""
+        return bool(self.redis.zrem(self._keys(name)[2], slot))
+
+    def renew(self, name: str, slot: str, lease_s: float) -> bool:
+        """Extend a held slot's lease (long jobs); False if it had already expired."""
+        res = self._renew(keys=[self._keys(name)[2]],
+                          args=[repr(float(self.clock())), slot, repr(float(lease_s))])
+        return bool(int(res))
+
+    def breaker(self, name: str) -> BreakerState:
+        return _breaker(list(self.redis.hmget(self._keys(name)[0], _BREAKER_FIELDS)))
+
+    def snapshot(self, names: Iterable[str]) -> dict[str, BackendHealth]:
+        """Breaker, EWMAs and in-flight count of every backend in ``names``: one round trip."""
+        names = list(names)
+        now = self.clock()
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            breaker, health, slots = self._keys(name)
+            pipe.hmget(breaker, _BREAKER_FIELDS)
+            pipe.hmget(health, ("success_rate", "latency_ms"))
+            pipe.zcount(slots, f"({now!r}", "+inf")
+        res = pipe.execute()
+        out: dict[str, BackendHealth] = {}
+        for i, name in enumerate(names):
+            b, h, n = res[3 * i : 3 * i + 3]
+            sr, lat = _s(h[0]), _s(h[1])
+            out[name] = BackendHealth(
+                _breaker(list(b)), None if sr is None else float(sr),
+                None if lat is None else float(lat), int(n),
+            )
+        return out
+
+    def reset(self, name: str) -> None:
+        """Forget everything about ``name`` (admin action; tests)."""
+        self.redis.delete(*self._keys(name))
