@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     hold_ttl_s: int = Field(default=6 * 3600, gt=0, description="a hold not settled by then expires")
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    poll_min_s: float = Field(default=1.0, gt=0, description="shortest gap between polls")
+    poll_max_s: float = Field(default=10.0, gt=0, description="longest gap between polls")
+    chain_grace_s: float = Field(
+        default=60.0, gt=0, description="a job chain silent this long past its step is revived"
+    )
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    breaker_cooldown_cap_s: float = Field(default=600.0, gt=0)
+    worker_concurrency: int = Field(default=16, ge=1, le=1000)
 
     @field_validator("database_url")
     @classmethod

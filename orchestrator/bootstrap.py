@@ -1,0 +1,119 @@
+"""The composition root: one place that builds the engine, ledger, catalogue, health store,
+adapters, runner and submitter from settings. Entry points (API, workers, CLI) call
+``container()`` and nothing else wires dependencies."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+
+import httpx
+from sqlalchemy import Engine
+
+from orchestrator.backends.base import BackendAdapter
+from orchestrator.backends.registry import make_adapter
+from orchestrator.domain.breaker import BreakerPolicy
+from orchestrator.domain.catalogue import Catalogue, load_catalogue
+from orchestrator.errors import ConfigurationError
+from orchestrator.health.store import HealthStore
+from orchestrator.ledger import Ledger
+from orchestrator.service.ports import EnqueuePort
+from orchestrator.service.runner import JobRunner, PollPolicy
+from orchestrator.service.submission import Submitter
+from orchestrator.settings import Settings, get_settings
+from orchestrator.store.engine import make_engine
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def resolve_urls(settings: Settings) -> tuple[str, str]:
+    """The configured URLs, else those ``orchestrator up`` wrote to its credentials file."""
+    db, redis = settings.database_url, settings.redis_url
+    if db and redis:
+        return db, redis
+    creds = settings.data_dir / "credentials.json"
+    if creds.exists():
+        data = json.loads(creds.read_text())
+        return db or data["database_url"], redis or data["redis_url"]
+    missing = "ORCH_DATABASE_URL" if not db else "ORCH_REDIS_URL"
+    raise ConfigurationError(
+        f"{missing} is not set and no `orchestrator up` has written {creds}", setting=missing
+    )
+
+
+class Container:
+    def __init__(self, settings: Settings, enqueue: EnqueuePort | None = None) -> None:
+        self.settings = settings
+        self.database_url, self.redis_url = resolve_urls(settings)
+        self._enqueue = enqueue
+        self._adapters: dict[str, BackendAdapter] = {}
+        self._lock = threading.Lock()
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.database_url, pool_size=self.settings.db_pool_size,
+                           max_overflow=self.settings.db_pool_size)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(self.engine, clock=utcnow)
+
+    @cached_property
+    def catalogue_value(self) -> Catalogue:
+        return load_catalogue(Path(self.settings.backends_file))
+
+    def catalogue(self) -> Catalogue:
+        return self.catalogue_value
+
+    @cached_property
+    def health(self) -> HealthStore:
+        policy = BreakerPolicy(cooldown_base_s=self.settings.breaker_cooldown_s,
+                               cooldown_cap_s=self.settings.breaker_cooldown_cap_s)
+        return HealthStore.from_url(self.redis_url, policy=policy)
+
+    @cached_property
+    def http(self) -> httpx.Client:
+        return httpx.Client(limits=httpx.Limits(max_connections=200,
+                                                max_keepalive_connections=50))
+
+    def adapter(self, name: str) -> BackendAdapter:
+        with self._lock:
+            if name not in self._adapters:
+                self._adapters[name] = make_adapter(self.catalogue().get(name), self.http)
+            return self._adapters[name]
+
+    @cached_property
+    def runner(self) -> JobRunner:
+        s = self.settings
+        return JobRunner(self.engine, self.ledger, self.catalogue, self.health, self.adapter,
+                         utcnow, PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s))
+
+    @cached_property
+    def enqueue(self) -> EnqueuePort:
+        if self._enqueue is None:
+            from workers.enqueue import CeleryEnqueue
+
+            self._enqueue = CeleryEnqueue()
+        return self._enqueue
+
+    @cached_property
+    def submitter(self) -> Submitter:
+        return Submitter(self.engine, self.ledger, self.catalogue, self.health, self.enqueue,
+                         utcnow)
+
+
+_container: Container | None = None
+_container_lock = threading.Lock()
+
+
+def container() -> Container:
+    global _container
+    with _container_lock:
+        if _container is None:
+            _container = Container(get_settings())
+        return _container

@@ -1,0 +1,171 @@
+"""End-to-end rig: the simulator over real HTTP, real Celery worker processes on real Redis,
+real PostgreSQL. The test process submits through the Submitter (the API's use case)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import yaml
+from celery import Celery
+from sqlalchemy import Engine, text
+
+from orchestrator.bootstrap import Container
+from orchestrator.domain.catalogue import parse_catalogue
+from orchestrator.settings import Settings
+from orchestrator.simulator import RunningSimulator, start_in_thread
+from orchestrator.store import jobs as repo
+from orchestrator.store.models import Base
+from workers.enqueue import CeleryEnqueue
+
+ROOT = Path(__file__).resolve().parents[2]
+
+E2E_CATALOGUE: dict[str, Any] = {
+    "defaults": {"timeouts": {"connect_s": 2.0, "read_s": 5.0, "start_to_close_s": 120}},
+    "backends": [
+        {"name": "vid-cheap", "protocol": "predictions", "kinds": ["video"], "tier": "draft",
+         "base_url": "${ORCH_SIMULATOR_URL}/vid-cheap",
+         "price": {"model": "per_second", "usd_per_second": 0.03,
+                   "resolution_multipliers": {"480p": 1.0, "720p": 1.5}}},
+        {"name": "vid-mid", "protocol": "predictions", "kinds": ["video"], "tier": "standard",
+         "base_url": "${ORCH_SIMULATOR_URL}/vid-mid",
+         "price": {"model": "per_second", "usd_per_second": 0.07,
+                   "resolution_multipliers": {"480p": 1.0, "720p": 1.5}}},
+        {"name": "txt-one", "protocol": "openai", "kinds": ["text"], "tier": "standard",
+         "base_url": "${ORCH_SIMULATOR_URL}/txt-one",
+         "price": {"model": "per_token", "usd_per_1k_input": 0.5, "usd_per_1k_output": 1.5}},
+    ],
+}
+
+
+@dataclass
+class Rig:
+    sim_url: str
+    env: dict[str, str]
+    engine: Engine
+    redis_url: str
+    container: Container
+    http: httpx.Client
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    # -- simulator --------------------------------------------------------------------------
+    def control(self, backend: str, **knobs: Any) -> None:
+        self.http.post(f"{self.sim_url}/_control/{backend}", json=knobs).raise_for_status()
+
+    def counters(self, backend: str) -> dict[str, int]:
+        r = self.http.get(f"{self.sim_url}/_control/{backend}")
+        r.raise_for_status()
+        counters: dict[str, int] = r.json()["counters"]
+        return counters
+
+    # -- workers ----------------------------------------------------------------------------
+    def start_worker(self, concurrency: int = 8) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+             "--pool", "threads", "-c", str(concurrency), "--without-gossip",
+             "--without-mingle", "--without-heartbeat", "-Q",
+             "jobs.high,jobs.normal,jobs.low,maintenance", "--loglevel", "WARNING"],
+            cwd=ROOT, env=self.env, start_new_session=True,
+        )
+        self.workers.append(proc)
+        return proc
+
+    def kill_workers(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        self.workers.clear()
+
+    # -- jobs -------------------------------------------------------------------------------
+    def job(self, job_id: uuid.UUID) -> repo.JobRow:
+        with self.engine.connect() as conn:
+            job = repo.get_job(conn, job_id)
+        assert job is not None
+        return job
+
+    def attempts(self, job_id: uuid.UUID) -> list[repo.AttemptRow]:
+        with self.engine.connect() as conn:
+            return repo.attempts(conn, job_id)
+
+    def wait_for(self, what: str, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            for proc in self.workers:
+                assert proc.poll() is None, f"worker exited with {proc.returncode}"
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            time.sleep(0.1)  # polling interval of a condition wait, not a race fix
+
+    def wait_final(self, job_ids: list[uuid.UUID], timeout: float = 60.0) -> list[repo.JobRow]:
+        def all_final() -> bool:
+            with self.engine.connect() as conn:
+                n = conn.execute(
+                    text("SELECT count(*) FROM jobs WHERE id = ANY(:ids) "
+                         "AND status IN ('succeeded', 'failed', 'cancelled')"),
+                    {"ids": job_ids},
+                ).scalar_one()
+            return int(n) == len(job_ids)
+
+        self.wait_for(f"{len(job_ids)} jobs to finish", all_final, timeout)
+        return [self.job(j) for j in job_ids]
+
+
+@pytest.fixture(scope="session")
+def e2e_sim() -> Iterator[RunningSimulator]:
+    running = start_in_thread(parse_catalogue(E2E_CATALOGUE,
+                                              env={"ORCH_SIMULATOR_URL": "http://127.0.0.1:1"}))
+    yield running
+    running.stop()
+
+
+@pytest.fixture()
+def rig(db: Engine, database_url: str, redis_url: str, e2e_sim: RunningSimulator,
+        tmp_path: Path) -> Iterator[Rig]:
+    redis.Redis.from_url(redis_url).flushdb()
+    catalogue_file = tmp_path / "backends.yaml"
+    catalogue_file.write_text(yaml.safe_dump(E2E_CATALOGUE))
+    env = {
+        **os.environ,
+        "ORCH_DATABASE_URL": database_url,
+        "ORCH_REDIS_URL": redis_url,
+        "ORCH_BACKENDS_FILE": str(catalogue_file),
+        "ORCH_SIMULATOR_URL": e2e_sim.url,
+        "ORCH_POLL_MIN_S": "0.2",
+        "ORCH_POLL_MAX_S": "0.5",
+        "ORCH_CHAIN_GRACE_S": "3",
+        "ORCH_BREAKER_COOLDOWN_S": "2",
+        "ORCH_DATA_DIR": str(tmp_path / "data"),
+    }
+    settings = Settings(database_url=database_url, redis_url=redis_url,
+                        backends_file=catalogue_file, simulator_url=e2e_sim.url,
+                        poll_min_s=0.2, poll_max_s=0.5, chain_grace_s=3,
+                        breaker_cooldown_s=2)
+    old = os.environ.get("ORCH_SIMULATOR_URL")
+    os.environ["ORCH_SIMULATOR_URL"] = e2e_sim.url  # for the catalogue loaded in this process
+    broker = Celery("e2e-producer", broker=redis_url)
+    container = Container(settings, enqueue=CeleryEnqueue(broker))
+    with httpx.Client(timeout=10.0) as http:
+        r = Rig(e2e_sim.url, env, db, redis_url, container, http)
+        http.post(f"{e2e_sim.url}/_control/_reset").raise_for_status()
+        try:
+            yield r
+        finally:
+            r.kill_workers()
+            container.engine.dispose()
+            if old is None:
+                os.environ.pop("ORCH_SIMULATOR_URL", None)
+            else:
+                os.environ["ORCH_SIMULATOR_URL"] = old
+    assert Base.metadata  # keep the import: the db fixture truncates these tables

@@ -1,0 +1,45 @@
+"""Celery tasks: thin wrappers over the use cases in orchestrator.service."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
+
+from orchestrator.bootstrap import container, utcnow
+from orchestrator.service.sweeper import sweep as sweep_jobs
+from workers.celery_app import app
+
+log = logging.getLogger(__name__)
+
+# Infrastructure hiccups are retried by Celery; anything else is left for the sweeper.
+_INFRA = (OperationalError, RedisError, ConnectionError)
+
+
+@app.task(name="orchestrator.advance", autoretry_for=_INFRA, retry_backoff=True,
+          retry_backoff_max=30, max_retries=None)
+def advance(job_id: str, token: str, priority: str = "normal") -> None:
+    c = container()
+    nxt = c.runner.advance(uuid.UUID(job_id), uuid.UUID(token))
+    if not nxt.done:
+        assert nxt.poll_in_s is not None
+        c.enqueue.poll(uuid.UUID(job_id), uuid.UUID(token), priority, nxt.poll_in_s)
+
+
+@app.task(name="orchestrator.sweep", autoretry_for=_INFRA, max_retries=3)
+def sweep() -> None:
+    c = container()
+    sweep_jobs(c.engine, c.ledger, c.enqueue, utcnow, grace_s=c.settings.chain_grace_s)
+
+
+@app.task(name="orchestrator.deliver_alerts", autoretry_for=_INFRA, max_retries=3)
+def deliver_alerts() -> None:
+    from orchestrator.notify import ChannelFactory, deliver_pending
+    from orchestrator.notify.settings import SmtpSettings
+
+    c = container()
+    with ChannelFactory(smtp=SmtpSettings()) as factory:
+        deliver_pending(c.engine, factory, datetime.now(UTC))
