@@ -72,17 +72,20 @@ class CloudMonitoringSink:
         self._recorder: Recorder | None = None
         self._state: dict[SeriesKey, tuple[float, int]] = {}  # key -> (last attempt, version)
         self._created: set[str] = set()
+        self._templates: dict[SeriesKey, Any] = {}
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_log = -1e18
         self._failing = False
+        self._closed = False
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, recorder: Recorder) -> None:
         """Attach to ``recorder`` and start the one flush thread."""
         self._recorder = recorder
         self._stop.clear()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="orch-metrics-gcm", daemon=True)
         self._thread.start()
 
@@ -91,13 +94,21 @@ class CloudMonitoringSink:
         self._recorder = recorder
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the thread after one last flush, waiting at most ``timeout_s``."""
+        """Stop the thread after one last flush, waiting at most ``timeout_s``; then close the
+        channel (which also cancels a call still hanging in an abandoned flush)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout_s)
+            if thread.is_alive():
                 log.warning("cloud monitoring exporter still busy at close; abandoning it")
-            self._thread = None
+        self._closed = True
+        transport = getattr(self._client, "transport", None)
+        if transport is not None:
+            try:
+                transport.close()
+            except Exception:  # best effort
+                log.debug("closing the monitoring channel failed", exc_info=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -108,7 +119,7 @@ class CloudMonitoringSink:
         try:
             self.flush_once()
         except Exception as exc:  # never let the thread die
-            self._failed("error", exc, 0)
+            self._failed("error", exc, "flush")
 
     # -- flushing ---------------------------------------------------------------------------
     def flush_once(self) -> FlushResult:
@@ -134,17 +145,14 @@ class CloudMonitoringSink:
                     self._state[p.key] = (now, old[1] if old else -1)
                 if time.monotonic() >= deadline:
                     result.failed_requests += 1
-                    self._failed("DEADLINE", None, len(pts))
+                    self._failed("DEADLINE", None, f"{len(pts)} series")
                     continue
-                request = conv.CreateTimeSeriesRequestPb(
-                    name=f"projects/{self.project}",
-                    time_series=[conv.time_series_pb(p, self._resource_pb, now) for p in pts],
-                )
+                request = self._request(pts, now)
                 try:
                     self._call(client.create_time_series, request, deadline)
                 except Exception as exc:
                     result.failed_requests += 1
-                    self._failed(_reason(exc), exc, len(pts))
+                    self._failed(_reason(exc), exc, f"{len(pts)} series")
                     continue
                 result.requests += 1
                 result.written += len(pts)
@@ -154,6 +162,17 @@ class CloudMonitoringSink:
                 self._failing = False
                 log.info("cloud monitoring export recovered")
         return result
+
+    def _request(self, points: list[Point], now: float) -> Any:
+        request = conv.CreateTimeSeriesRequestPb(name=f"projects/{self.project}")
+        for p in points:
+            tpl = self._templates.get(p.key)
+            if tpl is None:
+                tpl = self._templates[p.key] = conv.series_template(p, self._resource_pb)
+            ts = request.time_series.add()
+            ts.CopyFrom(tpl)
+            conv.add_point(ts, p, now)
+        return request
 
     def _due(self, points: list[Point], now: float, result: FlushResult) -> list[Point]:
         due: list[Point] = []
@@ -170,11 +189,13 @@ class CloudMonitoringSink:
         return due
 
     def _get_client(self) -> Any:
+        if self._closed:
+            return None
         if self._client is None:
             try:
                 self._client = self._client_factory()
             except Exception as exc:
-                self._failed("client", exc, 0)
+                self._failed("client", exc, "client setup")
                 return None
         return self._client
 
@@ -191,7 +212,9 @@ class CloudMonitoringSink:
             except gexc.AlreadyExists:
                 pass
             except Exception as exc:
-                self._failed(_reason(exc), exc, 0)
+                self._failed(_reason(exc), exc, f"metric descriptor {metric.name}")
+                if is_transient(exc):
+                    return  # the service is down or slow: don't spend the deadline here
                 continue
             self._created.add(name)
 
@@ -210,15 +233,17 @@ class CloudMonitoringSink:
         )
         return retrying(attempt)
 
-    def _failed(self, reason: str, exc: BaseException | None, series: int) -> None:
+    def _failed(self, reason: str, exc: BaseException | None, what: str) -> None:
+        """Count a failure; log it (status code and what was lost, never payloads) on the
+        first failure and then at most once a minute while failures go on."""
         if self._recorder is not None:
             self._recorder.counter(EXPORTER_FAILURES, 1, sink=self.name, reason=reason)
         now = time.monotonic()
         if not self._failing or now - self._last_log >= 60.0:
             self._failing = True
             self._last_log = now
-            log.warning("cloud monitoring export failed (%s, %s): %d series not written; "
-                        "will retry", reason, type(exc).__name__ if exc else "-", series)
+            log.warning("cloud monitoring export failed (%s, %s): %s not written; will retry",
+                        reason, type(exc).__name__ if exc else "-", what)
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,7 +1,7 @@
 """Pure conversions from the catalogue and recorder points to Cloud Monitoring protobufs.
 
 Messages are built as raw ``*_pb2`` objects (proto-plus wrappers cost ~10x more per series);
-the GAPIC client accepts them as requests.
+the GAPIC client accepts them as requests (it wraps a raw request without copying).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import socket
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from google.api import distribution_pb2, label_pb2, metric_pb2, monitored_resource_pb2
+from google.api import label_pb2, metric_pb2, monitored_resource_pb2
 from google.cloud import monitoring_v3
 from google.protobuf import timestamp_pb2
 
@@ -25,9 +26,6 @@ _KIND = {"CUMULATIVE": _MK.CUMULATIVE, "GAUGE": _MK.GAUGE, "DISTRIBUTION": _MK.C
 _VTYPE = {"INT64": _VT.INT64, "DOUBLE": _VT.DOUBLE, "DISTRIBUTION": _VT.DISTRIBUTION}
 
 TimeSeriesPb = monitoring_v3.TimeSeries.pb()
-PointPb = monitoring_v3.Point.pb()
-IntervalPb = monitoring_v3.TimeInterval.pb()
-TypedValuePb = monitoring_v3.TypedValue.pb()
 CreateTimeSeriesRequestPb = monitoring_v3.CreateTimeSeriesRequest.pb()
 
 
@@ -71,43 +69,52 @@ def descriptor_pb(project: str, metric: MetricDef) -> metric_pb2.MetricDescripto
     )
 
 
-def _ts(t: float) -> timestamp_pb2.Timestamp:
+def _set_time(ts: timestamp_pb2.Timestamp, t: float) -> None:
     seconds = int(t)
-    return timestamp_pb2.Timestamp(seconds=seconds, nanos=int((t - seconds) * 1e9))
+    ts.seconds = seconds
+    ts.nanos = int((t - seconds) * 1e9)
 
 
-def _typed_value(metric: MetricDef, value: int | float | DistributionValue) -> object:
-    if isinstance(value, DistributionValue):
-        return TypedValuePb(distribution_value=distribution_pb2.Distribution(
-            count=value.count,
-            mean=value.mean if value.count else 0.0,
-            sum_of_squared_deviation=value.sum_of_squared_deviation,
-            bucket_options=distribution_pb2.Distribution.BucketOptions(
-                explicit_buckets=distribution_pb2.Distribution.BucketOptions.Explicit(
-                    bounds=list(value.bounds))),
-            bucket_counts=list(value.bucket_counts),
-        ))
-    if metric.value_type is ValueType.INT64:
-        return TypedValuePb(int64_value=round(value))
-    return TypedValuePb(double_value=float(value))
-
-
-def time_series_pb(point: Point, resource: monitored_resource_pb2.MonitoredResource,
-                   now: float) -> object:
-    """One TimeSeries with one point; CUMULATIVE keeps its fixed start time."""
+def series_template(point: Point, resource: monitored_resource_pb2.MonitoredResource) -> Any:
+    """The parts of a TimeSeries that never change for one series (cache it: copying a
+    template is ~6x cheaper than building metric and resource maps again)."""
     metric = point.metric
-    if metric.kind.value == "GAUGE":
-        interval = IntervalPb(end_time=_ts(now))
-    else:  # the start time never moves; the end must come after it
-        interval = IntervalPb(start_time=_ts(point.start_time),
-                              end_time=_ts(max(now, point.start_time + 0.001)))
     return TimeSeriesPb(
         metric=metric_pb2.Metric(type=metric.metric_type, labels=dict(point.labels)),
         resource=resource,
         metric_kind=_KIND[metric.kind.value],
         value_type=_VTYPE[metric.value_type.value],
-        points=[PointPb(interval=interval, value=_typed_value(metric, point.value))],
     )
+
+
+def add_point(ts: Any, point: Point, now: float) -> None:
+    """Append the one point of ``point`` at ``now``; CUMULATIVE keeps its fixed start time."""
+    metric, value = point.metric, point.value
+    p = ts.points.add()
+    if metric.kind.value == "GAUGE":
+        _set_time(p.interval.end_time, now)
+    else:  # the start time never moves; the end must come after it
+        _set_time(p.interval.start_time, point.start_time)
+        _set_time(p.interval.end_time, max(now, point.start_time + 0.001))
+    if isinstance(value, DistributionValue):
+        d = p.value.distribution_value
+        d.count = value.count
+        d.mean = value.mean if value.count else 0.0
+        d.sum_of_squared_deviation = value.sum_of_squared_deviation
+        d.bucket_options.explicit_buckets.bounds.extend(value.bounds)
+        d.bucket_counts.extend(value.bucket_counts)
+    elif metric.value_type is ValueType.INT64:
+        p.value.int64_value = round(value)
+    else:
+        p.value.double_value = float(value)
+
+
+def time_series_pb(point: Point, resource: monitored_resource_pb2.MonitoredResource,
+                   now: float) -> Any:
+    """One TimeSeries with one point."""
+    ts = series_template(point, resource)
+    add_point(ts, point, now)
+    return ts
 
 
 def batches(items: Sequence[object], size: int) -> Iterable[Sequence[object]]:

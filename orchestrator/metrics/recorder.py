@@ -26,6 +26,7 @@ log = logging.getLogger("orchestrator.metrics")
 
 Clock = Callable[[], float]
 DEFAULT_MAX_SERIES = 20_000
+_SNAPSHOT_SLICE = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,18 +203,21 @@ class Recorder:
 
     # -- reading ----------------------------------------------------------------------------
     def snapshot(self) -> list[Point]:
-        """A consistent copy of every series (safe to call from any thread)."""
+        """A copy of every series, each one consistent (safe from any thread). The lock is
+        taken in short slices so recording callers never wait for a whole large copy."""
         out: list[Point] = []
         with self._lock:
             series = list(self._by_norm.values())
-            for s in series:
-                value: int | float | DistributionValue
-                if s.kind is Kind.DISTRIBUTION:
-                    value = DistributionValue(s.count, s.mean, s.total, s.m2, tuple(s.buckets),
-                                              s.bounds)
-                else:
-                    value = s.value
-                out.append(Point(s.metric, s.labels, s.start, value, s.version))
+        for i in range(0, len(series), _SNAPSHOT_SLICE):
+            with self._lock:
+                for s in series[i : i + _SNAPSHOT_SLICE]:
+                    value: int | float | DistributionValue
+                    if s.kind is Kind.DISTRIBUTION:
+                        value = DistributionValue(s.count, s.mean, s.total, s.m2,
+                                                  tuple(s.buckets), s.bounds)
+                    else:
+                        value = s.value
+                    out.append(Point(s.metric, s.labels, s.start, value, s.version))
         return out
 
     def value(self, name: str, /, **labels: Any) -> int | float | DistributionValue | None:

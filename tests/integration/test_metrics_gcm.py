@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import threading
 import time
@@ -206,7 +207,7 @@ def test_background_thread_flushes_and_close_stops_it(fake: FakeMonitoringServer
     rec.configure([])  # closes the sink (last flush, bounded)
     n = len(fake.calls("CreateTimeSeries"))
     rec.counter(m.JOBS_SUBMITTED, kind="text", tier="draft", backend="x", status="accepted")
-    threading.Event().wait(0.1)  # nothing should happen now; give it a chance to misbehave
+    assert sink.flush_once().written == 0  # a closed sink writes nothing more
     assert len(fake.calls("CreateTimeSeries")) == n
 
 
@@ -279,3 +280,39 @@ def test_unresponsive_socket_times_out_and_is_counted() -> None:
     finally:
         rec.configure([], close_timeout_s=2.0)
         listener.close()
+
+
+def test_configure_from_settings_exports_as_this_process(fake: FakeMonitoringServer) -> None:
+    from orchestrator.metrics.setup import configure_from_settings
+    from orchestrator.settings import Settings
+
+    rec = Recorder()
+    settings = Settings(gcp_project="proj-9", gcp_monitoring_endpoint=fake.endpoint)
+    (sink,) = configure_from_settings("api", settings, recorder=rec)
+    try:
+        assert isinstance(sink, CloudMonitoringSink)
+        rec.counter(m.JOBS_SUBMITTED, kind="text", tier="draft", backend="x", status="accepted")
+        assert sink.flush_once().written == 1
+        (ts,) = fake.series.values()
+        assert ts.resource.labels["job"] == "api"
+        assert ts.resource.labels["project_id"] == "proj-9"
+        assert str(os.getpid()) in ts.resource.labels["task_id"]
+        assert fake.calls("CreateTimeSeries")[0].name == "projects/proj-9"
+    finally:
+        rec.close()
+    assert configure_from_settings("api", Settings(gcp_project=None), recorder=rec) == []
+
+
+def test_export_failures_are_logged_without_payloads(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    rec, sink = make_sink(f"127.0.0.1:{_closed_port()}", clock, request_timeout_s=0.5,
+                          flush_deadline_s=1.0, max_attempts=1)
+    rec.gauge(m.BUDGET_SPEND, 3.5, scope="tenant:secret-tenant", period="day")
+    with caplog.at_level("WARNING", logger="orchestrator.metrics.gcm"):
+        assert sink.flush_once().failed_requests == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "orchestrator.metrics.gcm"]
+    assert lines == ["cloud monitoring export failed (UNAVAILABLE, ServiceUnavailable): "
+                     "metric descriptor budget/spend not written; will retry"]
+    assert failures(rec, "UNAVAILABLE") == 2  # the descriptor and the series
+    assert "secret-tenant" not in lines[0]
+    sink.close()

@@ -163,3 +163,27 @@ def test_catalogue_is_consistent() -> None:
         assert (d.kind is m.Kind.DISTRIBUTION) == bool(d.buckets)
         assert list(d.buckets) == sorted(set(d.buckets))
         assert (d.kind is m.Kind.CUMULATIVE) == d.prom_name.endswith("_total")
+
+
+def test_a_forked_child_starts_with_an_empty_default_recorder() -> None:
+    import os
+
+    metrics.gauge(m.QUEUE_DEPTH, 5, queue="fork-test")
+    assert metrics.get_recorder().value(m.QUEUE_DEPTH, queue="fork-test") == 5
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: inherited series are gone, recording works
+        try:
+            rec = metrics.get_recorder()
+            ok = rec.value(m.QUEUE_DEPTH, queue="fork-test") is None and not rec.sinks
+            metrics.gauge(m.QUEUE_DEPTH, 9, queue="fork-test")
+            ok = ok and rec.value(m.QUEUE_DEPTH, queue="fork-test") == 9
+            os.write(write_fd, b"ok" if ok else b"no")
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    answer = os.read(read_fd, 2)
+    os.waitpid(pid, 0)
+    os.close(read_fd)
+    assert answer == b"ok"
+    assert metrics.get_recorder().value(m.QUEUE_DEPTH, queue="fork-test") == 5
