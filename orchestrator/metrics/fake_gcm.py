@@ -120,7 +120,7 @@ class FakeMonitoringServer:
 
     # -- plumbing ---------------------------------------------------------------------------
     def _handlers(self) -> list[grpc.GenericRpcHandler]:
-        def h(req: Any, resp: Any, fn: Callable[[Any, grpc.ServicerContext], Message],
+        def h(req: Any, fn: Callable[[Any, grpc.ServicerContext], Message],
               name: str) -> grpc.RpcMethodHandler:
             req_pb = req.pb() if hasattr(req, "pb") else req
 
@@ -131,24 +131,19 @@ class FakeMonitoringServer:
                 behaviour, request_deserializer=req_pb.FromString,
                 response_serializer=lambda m: m.SerializeToString())
 
-        E = empty_pb2.Empty
-        metric = {
-            "CreateMetricDescriptor": h(t.CreateMetricDescriptorRequest, None,
-                                        self._create_descriptor, "CreateMetricDescriptor"),
-            "GetMetricDescriptor": h(t.GetMetricDescriptorRequest, None, self._get_descriptor,
-                                     "GetMetricDescriptor"),
-            "ListMetricDescriptors": h(t.ListMetricDescriptorsRequest, None,
-                                       self._list_descriptors, "ListMetricDescriptors"),
-            "CreateTimeSeries": h(t.CreateTimeSeriesRequest, E, self._create_time_series,
-                                  "CreateTimeSeries"),
-        }
-        alert = {n: h(r, None, f, n) for n, r, f in (
+        metric = {n: h(r, f, n) for n, r, f in (
+            ("CreateMetricDescriptor", t.CreateMetricDescriptorRequest, self._create_descriptor),
+            ("GetMetricDescriptor", t.GetMetricDescriptorRequest, self._get_descriptor),
+            ("ListMetricDescriptors", t.ListMetricDescriptorsRequest, self._list_descriptors),
+            ("CreateTimeSeries", t.CreateTimeSeriesRequest, self._create_time_series),
+        )}
+        alert = {n: h(r, f, n) for n, r, f in (
             ("ListAlertPolicies", t.ListAlertPoliciesRequest, self._list_policies),
             ("GetAlertPolicy", t.GetAlertPolicyRequest, self._get_policy),
             ("CreateAlertPolicy", t.CreateAlertPolicyRequest, self._create_policy),
             ("UpdateAlertPolicy", t.UpdateAlertPolicyRequest, self._update_policy),
         )}
-        svc = {n: h(r, None, f, n) for n, r, f in (
+        svc = {n: h(r, f, n) for n, r, f in (
             ("GetService", t.GetServiceRequest, self._get_service),
             ("CreateService", t.CreateServiceRequest, self._create_service),
             ("UpdateService", t.UpdateServiceRequest, self._update_service),
