@@ -148,6 +148,42 @@ def _print_budgets(db_url: str, as_json: bool = False) -> None:
         )
 
 
+@app.command()
+@one_line_errors
+def worker(
+    concurrency: Annotated[int, typer.Option(help="threads (the work is I/O-bound)")] = 0,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run a Celery worker (thread pool) on every job queue and the maintenance queue."""
+    from orchestrator.settings import get_settings
+    from workers.celery_app import QUEUES, app as celery
+
+    n = concurrency or get_settings().worker_concurrency
+    celery.worker_main(["worker", "--pool", "threads", "-c", str(n), "-Q", ",".join(QUEUES),
+                        "--loglevel", loglevel])
+
+
+@app.command()
+@one_line_errors
+def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
+    """Run Celery beat: the sweeper and alert delivery every 10 s."""
+    from workers.celery_app import app as celery
+
+    celery.start(["beat", "--loglevel", loglevel])
+
+
+@app.command()
+@one_line_errors
+def simulator(
+    host: Annotated[str | None, typer.Option(help="default: from ORCH_SIMULATOR_URL")] = None,
+    port: Annotated[int | None, typer.Option(help="default: from ORCH_SIMULATOR_URL")] = None,
+) -> None:
+    """Serve the simulated providers of the catalogue (ORCH_BACKENDS_FILE)."""
+    from orchestrator.simulator import serve
+
+    serve(host, port)
+
+
 @budgets_app.command("set")
 @one_line_errors
 def budgets_set(
