@@ -32,7 +32,9 @@ SCOPES = ("tenant:bench",)
 AMOUNT, CHARGE = 1_000_000, 600_000
 
 
-def run_threads(n: int, seconds: float, step: Callable[[], int], setup: Callable[[], None]) -> float:
+def run_threads(
+    n: int, seconds: float, step: Callable[[], int], setup: Callable[[], None]
+) -> float:
     counts = [0] * n
     stop = threading.Event()
     barrier = threading.Barrier(n + 1)

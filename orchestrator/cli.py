@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -103,10 +104,8 @@ def up(
         typer.echo("running; Ctrl-C or SIGTERM stops every service")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     finally:
         for s in reversed(stoppers):
             s()
@@ -156,7 +155,8 @@ def worker(
 ) -> None:
     """Run a Celery worker (thread pool) on every job queue and the maintenance queue."""
     from orchestrator.settings import get_settings
-    from workers.celery_app import QUEUES, app as celery
+    from workers.celery_app import QUEUES
+    from workers.celery_app import app as celery
 
     n = concurrency or get_settings().worker_concurrency
     celery.worker_main(["worker", "--pool", "threads", "-c", str(n), "-Q", ",".join(QUEUES),

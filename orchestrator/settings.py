@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     api_key: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
-    hold_ttl_s: int = Field(default=6 * 3600, gt=0, description="a hold not settled by then expires")
+    hold_ttl_s: int = Field(
+        default=6 * 3600, gt=0, description="a hold not settled by then expires"
+    )
     db_pool_size: int = Field(default=10, ge=1, le=200)
     poll_min_s: float = Field(default=1.0, gt=0, description="shortest gap between polls")
     poll_max_s: float = Field(default=10.0, gt=0, description="longest gap between polls")

@@ -8,7 +8,7 @@ a hard time limit below it, JSON only, and task arguments that are ids only (Flo
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from orchestrator.bootstrap import resolve_urls
 from orchestrator.settings import get_settings
@@ -35,7 +35,7 @@ app.conf.update(
     accept_content=["json"],
     task_ignore_result=True,
     task_default_queue="jobs.normal",
-    task_queues=[Queue(q) for q in QUEUES],
+    task_queues=[Queue(q) for q in QUEUES],  # type: ignore[no-untyped-call]
     task_routes={"orchestrator.sweep": {"queue": "maintenance"},
                  "orchestrator.deliver_alerts": {"queue": "maintenance"}},
     worker_hijack_root_logger=False,

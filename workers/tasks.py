@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 _INFRA = (OperationalError, RedisError, ConnectionError)
 
 
-@app.task(name="orchestrator.advance", autoretry_for=_INFRA, retry_backoff=True,
+@app.task(  # type: ignore[untyped-decorator]
+    name="orchestrator.advance", autoretry_for=_INFRA, retry_backoff=True,
           retry_backoff_max=30, max_retries=None)
 def advance(job_id: str, token: str, priority: str = "normal") -> None:
     c = container()
@@ -29,13 +30,15 @@ def advance(job_id: str, token: str, priority: str = "normal") -> None:
         c.enqueue.poll(uuid.UUID(job_id), uuid.UUID(token), priority, nxt.poll_in_s)
 
 
-@app.task(name="orchestrator.sweep", autoretry_for=_INFRA, max_retries=3)
+@app.task(  # type: ignore[untyped-decorator]
+    name="orchestrator.sweep", autoretry_for=_INFRA, max_retries=3)
 def sweep() -> None:
     c = container()
     sweep_jobs(c.engine, c.ledger, c.enqueue, utcnow, grace_s=c.settings.chain_grace_s)
 
 
-@app.task(name="orchestrator.deliver_alerts", autoretry_for=_INFRA, max_retries=3)
+@app.task(  # type: ignore[untyped-decorator]
+    name="orchestrator.deliver_alerts", autoretry_for=_INFRA, max_retries=3)
 def deliver_alerts() -> None:
     from orchestrator.notify import ChannelFactory, deliver_pending
     from orchestrator.notify.settings import SmtpSettings

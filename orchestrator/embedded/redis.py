@@ -56,8 +56,9 @@ class EmbeddedRedis:
         deadline = time.monotonic() + 20
         while not self._ping():
             if time.monotonic() > deadline:
+                log = self.dir / "redis.log"
                 raise EmbeddedServiceError(
-                    f"embedded Redis did not answer on port {self.port}; see {self.dir / 'redis.log'}"
+                    f"embedded Redis did not answer on port {self.port}; see {log}"
                 )
             time.sleep(0.05)
         return self.url()
@@ -106,6 +107,7 @@ class EmbeddedRedis:
 
     def _ping(self) -> bool:
         try:
-            return bool(redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1).ping())
+            port = self.port or 6379
+            return bool(redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping())
         except redis.RedisError:
             return False

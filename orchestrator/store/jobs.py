@@ -66,8 +66,8 @@ class JobRow:
         return self.status in FINAL
 
 
-_JOB_COLS = ", ".join(JobRow.__slots__)  # type: ignore[attr-defined]
-_ATTEMPT_COLS = ", ".join(AttemptRow.__slots__)  # type: ignore[attr-defined]
+_JOB_COLS = ", ".join(JobRow.__slots__)
+_ATTEMPT_COLS = ", ".join(AttemptRow.__slots__)
 
 
 def insert_job(

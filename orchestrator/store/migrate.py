@@ -8,7 +8,6 @@ from alembic import command
 from alembic.config import Config
 
 import migrations
-
 from orchestrator.settings import normalize_database_url
 
 

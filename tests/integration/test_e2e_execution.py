@@ -17,7 +17,7 @@ from orchestrator.ledger.budgets import set_budget
 from orchestrator.service.sweeper import sweep
 from orchestrator.store import jobs as repo
 
-from .e2e_support import Rig, e2e_sim, rig  # noqa: F401
+from .e2e_support import Rig
 
 TENANT = "acme"
 

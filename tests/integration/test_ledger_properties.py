@@ -19,7 +19,7 @@ from orchestrator.ledger import Ledger
 from orchestrator.ledger.audit import audit
 from orchestrator.store.models import Base
 
-from .ledger_helpers import T0, FakeClock, counters, make_budget
+from .ledger_helpers import FakeClock, counters, make_budget
 
 LIMITS = {"global": 40_000_000, "tenant:acme": 25_000_000, "tenant:acme/project:p1": 12_000_000}
 

@@ -23,7 +23,8 @@ def test_postgres_urls_are_normalised_to_psycopg(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
-        ("ORCH_DATABASE_URL", "mysql://root:hunter2@h/db", "ORCH_DATABASE_URL: must be a postgresql"),
+        ("ORCH_DATABASE_URL", "mysql://root:hunter2@h/db",
+         "ORCH_DATABASE_URL: must be a postgresql"),
         ("ORCH_REDIS_URL", "http://x", "ORCH_REDIS_URL: must be a redis:// URL"),
         ("ORCH_HOLD_TTL_S", "-3", "ORCH_HOLD_TTL_S:"),
         ("ORCH_LOG_LEVEL", "LOUD", "ORCH_LOG_LEVEL:"),
