@@ -30,6 +30,7 @@ from orchestrator.domain.catalogue import (
 from orchestrator.domain.jobs import JobSpec, Kind
 
 PICO_PER_MICRO = 10**6
+_VIDEO_DIV = MULT_SCALE * PICO_PER_MICRO
 
 
 class NotPriceable(ValueError):
@@ -70,6 +71,8 @@ def _ceil_div(a: int, b: int) -> int:
 def _exact(x: float | int) -> Fraction:
     if isinstance(x, int):
         return Fraction(x)
+    if x.is_integer():
+        return Fraction(int(x))
     if not math.isfinite(x):
         raise NotPriceable(f"not a finite quantity: {x!r}")
     return Fraction(Decimal(repr(x)))
@@ -83,11 +86,11 @@ def quantities(spec: JobSpec) -> Quantities:
     """The worst-case quantities of ``spec`` (its input was normalised by JobSpec)."""
     inp = spec.input
     if spec.kind is Kind.VIDEO:
-        secs = _exact(inp["duration_s"])
-        return Quantities(
-            kind=Kind.VIDEO, seconds_num=secs.numerator, seconds_den=secs.denominator,
-            resolution=inp["resolution"],
-        )
+        d = inp["duration_s"]
+        if isinstance(d, int) or d.is_integer():  # the common case, without a Fraction
+            return Quantities(Kind.VIDEO, int(d), 1, inp["resolution"])
+        secs = _exact(d)
+        return Quantities(Kind.VIDEO, secs.numerator, secs.denominator, inp["resolution"])
     if spec.kind is Kind.IMAGE:
         return Quantities(kind=Kind.IMAGE, images=inp["n"], image_size=inp["size"])
     return Quantities(
@@ -98,28 +101,33 @@ def quantities(spec: JobSpec) -> Quantities:
 
 
 def price_quantities(backend: BackendSpec, q: Quantities) -> int:
-    """Micro-USD for ``q`` on ``backend``; NotPriceable if the backend cannot run it."""
+    """Micro-USD for ``q`` on ``backend``; NotPriceable if the backend cannot run it.
+
+    On the routing hot path: the arithmetic is inlined (ceil(a / b) == -(-a // b))."""
     if q.kind not in backend.kinds:
         raise NotPriceable(f"{backend.name} does not run {q.kind.value} jobs")
     price = backend.price
     if isinstance(price, PerSecondPrice):
+        mult = price.mults.get(q.resolution)
+        if mult is None:
+            raise NotPriceable(f"{backend.name} has no price for resolution {q.resolution}")
         if price.max_duration_s is not None and (
             q.seconds_num > price.max_duration_s * q.seconds_den
         ):
             raise NotPriceable(
                 f"{backend.name} runs at most {price.max_duration_s:g} s of video"
             )
-        return _video(backend, price, q.seconds_num, q.seconds_den, q.resolution)
+        return -(-(q.seconds_num * price.rate_pico * mult) // (q.seconds_den * _VIDEO_DIV))
     if isinstance(price, PerImagePrice):
         rate = price.rate_pico.get(q.image_size)
         if rate is None:
             raise NotPriceable(f"{backend.name} has no price for image size {q.image_size}")
-        return _ceil_div(q.images * rate, PICO_PER_MICRO)
+        return -(-(q.images * rate) // PICO_PER_MICRO)
     if isinstance(price, PerTokenPrice):
         pico_x_1k = q.input_tokens * price.in_pico_1k + q.output_tokens * price.out_pico_1k
-        return _ceil_div(pico_x_1k, 1000 * PICO_PER_MICRO)
+        return -(-pico_x_1k // (1000 * PICO_PER_MICRO))
     assert isinstance(price, PerRequestPrice)
-    return _ceil_div(price.rate_pico, PICO_PER_MICRO)
+    return -(-price.rate_pico // PICO_PER_MICRO)
 
 
 def estimate_micros(backend: BackendSpec, spec: JobSpec) -> int:
@@ -162,7 +170,7 @@ def _video(
     mult = price.mults.get(resolution)
     if mult is None:
         raise NotPriceable(f"{backend.name} has no price for resolution {resolution}")
-    return _ceil_div(num * price.rate_pico * mult, den * MULT_SCALE * PICO_PER_MICRO)
+    return _ceil_div(num * price.rate_pico * mult, den * _VIDEO_DIV)
 
 
 def _only(mults: dict[str, int]) -> str:

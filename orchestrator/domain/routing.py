@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
-from orchestrator.domain.breaker import UNKNOWN, BackendHealth, Refusal, refusal
-from orchestrator.domain.catalogue import BackendSpec
+from orchestrator.domain.breaker import UNKNOWN, BackendHealth, BreakerStatus, Refusal, refusal
+from orchestrator.domain.catalogue import BackendSpec, Catalogue
 from orchestrator.domain.jobs import JobSpec, Strategy
 from orchestrator.domain.money import format_usd, micros_to_usd, usd_to_micros
 from orchestrator.domain.pricing import NotPriceable, price_quantities, quantities
@@ -49,18 +49,25 @@ class BalancedWeights:
     quality: float = 0.10
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     backend: str
     estimate_micros: int
     score: float
-    components: dict[str, float]
+    cost: float = 0.0  # score components, each in [0, 1]
+    reliability: float = 0.0
+    speed: float = 0.0
+    quality: float = 0.0
     success_rate: float | None = None  # observed (None: no data yet)
     latency_ms: float | None = None  # observed EWMA or the catalogue's hint
     latency_source: str = "unknown"  # observed | hint | unknown
     quality_surplus: int = 0
     in_flight: int = 0
     max_concurrency: int = 0
+
+    @property
+    def components(self) -> dict[str, float]:
+        return {"cost": self.cost, "reliability": self.reliability, "speed": self.speed,
+                "quality": self.quality}
 
     def reasons(self, strategy: Strategy, weights: BalancedWeights) -> list[str]:
         c = self.components
@@ -74,6 +81,8 @@ class Candidate:
                           else f"{self.latency_ms:.0f} ms ({self.latency_source})"),
             f"in flight {self.in_flight}/{self.max_concurrency}",
         ]
+        if self.max_concurrency == 0:  # read back from a stored quote: figures only
+            return out[:1]
         if strategy is Strategy.BALANCED:
             out.append(
                 f"score {self.score:.4f} = {weights.cost}*cost {c['cost']:.3f} + "
@@ -87,11 +96,35 @@ class Candidate:
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class Exclusion:
+class Exclusion(NamedTuple):
+    """An excluded backend. ``info`` holds the figures; ``reason`` renders them (lazily, so
+    routing itself formats no strings)."""
+
     backend: str
     code: ExclusionCode
-    reason: str
+    info: tuple[Any, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        code, i = self.code, self.info
+        if code is ExclusionCode.NOT_PINNED:
+            return f"job is pinned to {i[0]}"
+        if code is ExclusionCode.WRONG_KIND:
+            return f"does not run {i[0]} jobs"
+        if code is ExclusionCode.TIER_TOO_LOW:
+            return f"tier {i[0]} is below {i[1]}"
+        if code is ExclusionCode.OVER_MAX_COST:
+            return (f"estimate {format_usd(i[0])} is over max_cost_usd {format_usd(i[1])}")
+        if code is ExclusionCode.BREAKER_OPEN:
+            return f"breaker open ({i[0]} strikes) for {i[1]:.1f} s more"
+        if code is ExclusionCode.PROBE_IN_FLIGHT:
+            return (f"breaker half-open with its probe in flight ({i[0]} strikes) "
+                    f"for {i[1]:.1f} s more")
+        if code is ExclusionCode.AT_CAPACITY:
+            return f"at capacity: {i[0]}/{i[1]} in flight"
+        if code is ExclusionCode.UNKNOWN_BACKEND:
+            return f"no backend {i[0]!r} in the catalogue"
+        return str(i[0]) if i else code.value  # not_priceable, or a reason read back
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,21 +178,62 @@ class RoutePlan:
                 estimate_micros=int(c["estimated_cost_micros"])
                 if "estimated_cost_micros" in c else usd_to_micros(c["estimated_cost_usd"]),
                 score=float(c.get("score", 0.0)),
-                components=dict(c.get("components", {})),
+                cost=float(c.get("components", {}).get("cost", 0.0)),
+                reliability=float(c.get("components", {}).get("reliability", 0.0)),
+                speed=float(c.get("components", {}).get("speed", 0.0)),
+                quality=float(c.get("components", {}).get("quality", 0.0)),
             )
             for c in data.get("candidates", [])
         )
         excl = tuple(
-            Exclusion(e["backend"], ExclusionCode(e.get("code", "not_priceable")), e["reason"])
+            Exclusion(e["backend"], ExclusionCode.NOT_PRICEABLE, (e["reason"],))
+            if e.get("code") in (None, ExclusionCode.NOT_PRICEABLE.value) else
+            _Readback(e["backend"], ExclusionCode(e["code"]), (e["reason"],))
             for e in data.get("excluded", [])
         )
         return cls(Strategy(data.get("strategy", "cheapest")), cands, excl, data.get("pinned"))
 
 
-_REFUSAL_CODE = {
-    Refusal.BREAKER_OPEN: ExclusionCode.BREAKER_OPEN,
-    Refusal.PROBE_IN_FLIGHT: ExclusionCode.PROBE_IN_FLIGHT,
-}
+class _Readback(Exclusion):
+    """An exclusion read back from a stored quote: its reason is the stored text."""
+
+    @property
+    def reason(self) -> str:
+        return str(self.info[0])
+
+
+class _Row:
+    """A backend's routing facts, precomputed once per catalogue."""
+
+    __slots__ = ("hint", "kinds", "max_conc", "name", "rank", "spec", "tier")
+
+    def __init__(self, b: BackendSpec) -> None:
+        self.name = b.name
+        self.kinds = frozenset(b.kinds)
+        self.rank = b.tier.rank
+        self.tier = b.tier.value
+        self.spec = b
+        self.max_conc = b.max_concurrency
+        self.hint = b.expected_latency_ms
+
+
+_ROWS: dict[int, tuple[tuple[BackendSpec, ...], list[_Row]]] = {}
+
+
+def _rows(backends: Iterable[BackendSpec]) -> list[_Row]:
+    """Rows for ``backends``; memoised for immutable tuples (a Catalogue's ``backends``)."""
+    if isinstance(backends, Catalogue):
+        backends = backends.backends
+    if not isinstance(backends, tuple):
+        return [_Row(b) for b in backends]
+    hit = _ROWS.get(id(backends))
+    if hit is not None and hit[0] is backends:
+        return hit[1]
+    rows = [_Row(b) for b in backends]
+    if len(_ROWS) >= 64:
+        _ROWS.clear()
+    _ROWS[id(backends)] = (backends, rows)
+    return rows
 
 
 def plan_route(
@@ -173,99 +247,100 @@ def plan_route(
     """The ranked plan for ``spec`` over ``backends`` given their ``health`` at ``now``."""
     health = health or {}
     pin = spec.backend
-    want_rank = spec.tier.rank
+    tier = spec.tier
+    want_rank = tier.rank
     max_cost = spec.max_cost_micros
     q = quantities(spec)
     kind = spec.kind
     excluded: list[Exclusion] = []
-    passed: list[tuple[BackendSpec, int, BackendHealth]] = []
+    passed: list[tuple[_Row, int, BackendHealth]] = []
     pin_seen = False
-    for b in backends:
-        name = b.name
+    for r in _rows(backends):
+        name = r.name
         if pin is not None and name != pin:
-            excluded.append(Exclusion(name, ExclusionCode.NOT_PINNED, f"job is pinned to {pin}"))
+            excluded.append(Exclusion(name, ExclusionCode.NOT_PINNED, (pin,)))
             continue
         pin_seen = True
-        if kind not in b.kinds:
-            excluded.append(Exclusion(name, ExclusionCode.WRONG_KIND,
-                                      f"does not run {kind.value} jobs"))
+        if kind not in r.kinds:
+            excluded.append(Exclusion(name, ExclusionCode.WRONG_KIND, (kind.value,)))
             continue
-        if pin is None and b.tier.rank < want_rank:
-            excluded.append(Exclusion(name, ExclusionCode.TIER_TOO_LOW,
-                                      f"tier {b.tier.value} is below {spec.tier.value}"))
+        if pin is None and r.rank < want_rank:
+            excluded.append(Exclusion(name, ExclusionCode.TIER_TOO_LOW, (r.tier, tier.value)))
             continue
         try:
-            est = price_quantities(b, q)
+            est = price_quantities(r.spec, q)
         except NotPriceable as exc:
-            excluded.append(Exclusion(name, ExclusionCode.NOT_PRICEABLE, str(exc)))
+            excluded.append(Exclusion(name, ExclusionCode.NOT_PRICEABLE, (str(exc),)))
             continue
         if max_cost is not None and est > max_cost:
-            excluded.append(Exclusion(
-                name, ExclusionCode.OVER_MAX_COST,
-                f"estimate {format_usd(est)} is over max_cost_usd {format_usd(max_cost)}",
-            ))
+            excluded.append(Exclusion(name, ExclusionCode.OVER_MAX_COST, (est, max_cost)))
             continue
         h = health.get(name, UNKNOWN)
-        why = refusal(h.breaker, now)
-        if why is not None:
-            until = h.breaker.retry_at if why is Refusal.BREAKER_OPEN else h.breaker.probe_until
-            text = ("breaker open" if why is Refusal.BREAKER_OPEN else
-                    "breaker half-open with its probe in flight")
-            excluded.append(Exclusion(name, _REFUSAL_CODE[why],
-                                      f"{text} ({h.breaker.strikes} strikes) for "
-                                      f"{max(0.0, until - now):.1f} s more"))
+        br = h.breaker
+        if br.status is not BreakerStatus.CLOSED:
+            why = refusal(br, now)
+            if why is not None:
+                if why is Refusal.BREAKER_OPEN:
+                    code, until = ExclusionCode.BREAKER_OPEN, br.retry_at
+                else:
+                    code, until = ExclusionCode.PROBE_IN_FLIGHT, br.probe_until
+                excluded.append(Exclusion(name, code, (br.strikes, max(0.0, until - now))))
+                continue
+        if h.in_flight >= r.max_conc:
+            excluded.append(Exclusion(name, ExclusionCode.AT_CAPACITY, (h.in_flight, r.max_conc)))
             continue
-        if h.in_flight >= b.max_concurrency:
-            excluded.append(Exclusion(name, ExclusionCode.AT_CAPACITY,
-                                      f"at capacity: {h.in_flight}/{b.max_concurrency} in flight"))
-            continue
-        passed.append((b, est, h))
+        passed.append((r, est, h))
     if pin is not None and not pin_seen:
-        excluded.append(Exclusion(pin, ExclusionCode.UNKNOWN_BACKEND,
-                                  f"no backend {pin!r} in the catalogue"))
+        excluded.append(Exclusion(pin, ExclusionCode.UNKNOWN_BACKEND, (pin,)))
     return RoutePlan(spec.strategy, _rank(spec, passed, weights), tuple(excluded), pin, weights)
 
 
 def _rank(
-    spec: JobSpec, passed: list[tuple[BackendSpec, int, BackendHealth]], w: BalancedWeights
+    spec: JobSpec, passed: list[tuple[_Row, int, BackendHealth]], w: BalancedWeights
 ) -> tuple[Candidate, ...]:
     if not passed:
         return ()
     min_est = min(est for _, est, _ in passed)
-    lats: list[tuple[float | None, str]] = []
-    for b, _, h in passed:
-        if h.latency_ms is not None:
-            lats.append((h.latency_ms, "observed"))
-        elif b.expected_latency_ms is not None:
-            lats.append((b.expected_latency_ms, "hint"))
-        else:
-            lats.append((None, "unknown"))
-    known = [lat for lat, _ in lats if lat is not None]
-    min_lat = min(known) if known else None
+    min_lat: float | None = None
+    for r, _, h in passed:
+        lat = h.latency_ms if h.latency_ms is not None else r.hint
+        if lat is not None and (min_lat is None or lat < min_lat):
+            min_lat = lat
     strategy = spec.strategy
     want_rank = spec.tier.rank
+    inf = float("inf")
     out: list[tuple[tuple[Any, ...], Candidate]] = []
-    for (b, est, h), (lat, source) in zip(passed, lats, strict=True):
+    for r, est, h in passed:
+        lat = h.latency_ms
+        if lat is not None:
+            source = "observed"
+        elif r.hint is not None:
+            lat, source = r.hint, "hint"
+        else:
+            source = "unknown"
         cost = 1.0 if est <= min_est else min_est / est
         rel = 1.0 if h.success_rate is None else h.success_rate
         speed = 0.5 if lat is None or min_lat is None else min(1.0, min_lat / lat)
-        surplus = max(0, b.tier.rank - want_rank)
+        surplus = r.rank - want_rank if r.rank > want_rank else 0
         quality = surplus / 2.0
-        comps = {"cost": cost, "reliability": rel, "speed": speed, "quality": quality}
-        lat_key = float("inf") if lat is None else lat
+        lat_key = inf if lat is None else lat
         if strategy is Strategy.CHEAPEST:
             score = cost
-            key: tuple[Any, ...] = (est, -rel, lat_key, b.name)
+            key: tuple[Any, ...] = (est, -rel, lat_key, r.name)
         elif strategy is Strategy.FASTEST:
             score = speed
-            key = (lat_key, est, -rel, b.name)
+            key = (lat_key, est, -rel, r.name)
         else:
             score = (w.cost * cost + w.reliability * rel + w.speed * speed
                      + w.quality * quality)
-            key = (-score, est, b.name)
+            key = (-score, est, r.name)
         out.append((key, Candidate(
-            b.name, est, score, comps, h.success_rate, lat, source, surplus, h.in_flight,
-            b.max_concurrency,
+            r.name, est, score, cost, rel, speed, quality,
+            h.success_rate, lat, source, surplus, h.in_flight, r.max_conc,
         )))
-    out.sort(key=lambda kc: kc[0])
+    out.sort(key=_first)
     return tuple(c for _, c in out)
+
+
+def _first(kc: tuple[tuple[Any, ...], Candidate]) -> tuple[Any, ...]:
+    return kc[0]

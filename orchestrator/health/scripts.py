@@ -3,9 +3,10 @@
 They mirror ``admit``/``record``/``observe`` line for line (a test runs random sequences
 through both and compares). Floats are written with ``%.17g`` so they round-trip exactly.
 
-Keys per backend: ``<prefix>:breaker:<name>`` (hash: status, strikes, trips, retry_at,
-probe_until), ``<prefix>:health:<name>`` (hash: success_rate, latency_ms),
-``<prefix>:slots:<name>`` (sorted set: slot id -> lease expiry).
+Keys per backend: ``<prefix>:backend:<name>`` (hash: status, strikes, trips, retry_at,
+probe_until, success_rate, latency_ms) and ``<prefix>:slots:<name>`` (sorted set: slot id ->
+lease expiry). The scripts take the breaker and health hashes as separate keys; the store
+passes the same hash for both, so a snapshot reads one hash per backend.
 """
 
 from __future__ import annotations
@@ -101,4 +102,21 @@ if exp == nil or exp <= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], 'XX', string.format('%.17g', tonumber(ARGV[1]) + tonumber(ARGV[3])),
            ARGV[2])
 return 1
+"""
+
+# ARGV: now, key prefix, backend names joined by ',' (names are [a-z0-9-]+). Keys are built
+# here so the request stays three short arguments whatever the number of backends.
+# -> one JSON string: [[status, strikes, trips, retry_at, probe_until, success_rate,
+#    latency_ms, in_flight], ...] (false where a field is missing): one small reply to parse.
+SNAPSHOT = """
+local out = {}
+local from = '(' .. ARGV[1]
+local p = ARGV[2]
+for name in string.gmatch(ARGV[3], '[^,]+') do
+  local b = redis.call('HMGET', p .. ':backend:' .. name, 'status', 'strikes', 'trips',
+                       'retry_at', 'probe_until', 'success_rate', 'latency_ms')
+  b[8] = redis.call('ZCOUNT', p .. ':slots:' .. name, from, '+inf')
+  out[#out + 1] = b
+end
+return cjson.encode(out)
 """

@@ -13,6 +13,7 @@ Time comes from ``clock`` (default ``time.time``), so tests inject it and never 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from typing import Any
 from redis import Redis
 
 from orchestrator.domain.breaker import (
+    CLOSED,
     DEFAULT_ALPHA,
     BackendHealth,
     BreakerPolicy,
@@ -30,7 +32,7 @@ from orchestrator.domain.breaker import (
     Refusal,
 )
 from orchestrator.domain.outcomes import Outcome
-from orchestrator.health.scripts import ACQUIRE, RECORD, RENEW
+from orchestrator.health.scripts import ACQUIRE, RECORD, RENEW, SNAPSHOT
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ class Ticket:
 
 
 def _s(v: Any) -> str | None:
+    if v is False:  # a missing field, as Lua/cjson report it
+        return None
     return v.decode() if isinstance(v, bytes) else v
 
 
@@ -65,6 +69,7 @@ def _breaker(fields: list[Any]) -> BreakerState:
     )
 
 
+_STATUS = {s.value: s for s in BreakerStatus}
 _BREAKER_FIELDS = ("status", "strikes", "trips", "retry_at", "probe_until")
 
 
@@ -88,14 +93,18 @@ class HealthStore:
         self._acquire = redis.register_script(ACQUIRE)
         self._record = redis.register_script(RECORD)
         self._renew = redis.register_script(RENEW)
+        self._snapshot = redis.register_script(SNAPSHOT)
+        self._joined: dict[tuple[str, ...], str] = {}
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> HealthStore:
         return cls(Redis.from_url(url, decode_responses=True), **kwargs)
 
     def _keys(self, name: str) -> tuple[str, str, str]:
+        """(breaker hash, health hash, slots): breaker and health share one hash."""
         p = self.prefix
-        return f"{p}:breaker:{name}", f"{p}:health:{name}", f"{p}:slots:{name}"
+        state = f"{p}:backend:{name}"
+        return state, state, f"{p}:slots:{name}"
 
     def acquire(self, name: str, *, max_concurrency: int, lease_s: float) -> Ticket:
         """Ask the breaker and take one of ``max_concurrency`` slots, atomically."""
@@ -159,26 +168,29 @@ class HealthStore:
         return _breaker(list(self.redis.hmget(self._keys(name)[0], _BREAKER_FIELDS)))
 
     def snapshot(self, names: Iterable[str]) -> dict[str, BackendHealth]:
-        """Breaker, EWMAs and in-flight count of every backend in ``names``: one round trip."""
-        names = list(names)
-        now = self.clock()
-        pipe = self.redis.pipeline(transaction=False)
-        for name in names:
-            breaker, health, slots = self._keys(name)
-            pipe.hmget(breaker, _BREAKER_FIELDS)
-            pipe.hmget(health, ("success_rate", "latency_ms"))
-            pipe.zcount(slots, f"({now!r}", "+inf")
-        res = pipe.execute()
+        """Breaker, EWMAs and in-flight count of every backend in ``names``: one round trip
+        (one read-only script returning one JSON string)."""
+        names = tuple(names)
+        if not names:
+            return {}
+        joined = self._joined.get(names)
+        if joined is None:
+            if any("," in n for n in names):
+                raise ValueError("backend names cannot contain ','")
+            joined = self._joined[names] = ",".join(names)
+        raw = self._snapshot(args=[repr(float(self.clock())), self.prefix, joined])
         out: dict[str, BackendHealth] = {}
-        for i, name in enumerate(names):
-            b, h, n = res[3 * i : 3 * i + 3]
-            sr, lat = _s(h[0]), _s(h[1])
+        for name, row in zip(names, json.loads(raw), strict=True):
+            status, strikes, trips, retry_at, probe_until, sr, lat, n = row
+            breaker = CLOSED if not status or (status == "closed" and strikes == "0") else (
+                BreakerState(_STATUS[status], int(strikes), int(trips), float(retry_at),
+                             float(probe_until))
+            )
             out[name] = BackendHealth(
-                _breaker(list(b)), None if sr is None else float(sr),
-                None if lat is None else float(lat), int(n),
+                breaker, float(sr) if sr else None, float(lat) if lat else None, n
             )
         return out
 
     def reset(self, name: str) -> None:
         """Forget everything about ``name`` (admin action; tests)."""
-        self.redis.delete(*self._keys(name))
+        self.redis.delete(*set(self._keys(name)))

@@ -147,7 +147,12 @@ def test_plan_respects_every_filter_and_names_every_exclusion(
                                          default=0)
     quote = json.loads(json.dumps(plan.to_quote()))
     assert [c["backend"] for c in quote["candidates"]] == [c.backend for c in plan.candidates]
-    assert RoutePlan.from_quote(quote).backends == plan.backends
+    back = RoutePlan.from_quote(quote)
+    assert back.backends == plan.backends
+    assert [(e.backend, e.code, e.reason) for e in back.excluded] == [
+        (e.backend, e.code, e.reason) for e in plan.excluded]
+    assert [c.components for c in back.candidates] == [
+        {k: round(v, 6) for k, v in c.components.items()} for c in plan.candidates]
     assert [c.estimate_micros for c in RoutePlan.from_quote(quote).candidates] == [
         c.estimate_micros for c in plan.candidates]
 
