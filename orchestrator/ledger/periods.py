@@ -62,14 +62,16 @@ class PeriodResolver:
             else:
                 ids.append(cached)
         if missing:
+            created: dict[tuple[int, datetime], int] = {}
             with self._engine.begin() as conn:
                 for b, start, end in missing:
                     params = {"budget_id": b.budget_id, "start": start}
                     conn.execute(_ENSURE_PERIOD, {**params, "end": end, "limit": b.limit_micros})
-                    pid = conn.execute(_PERIOD_ID, params).scalar_one()
-                    with self._lock:
-                        self._cache[(b.budget_id, start)] = pid
-                    ids.append(pid)
+                    created[(b.budget_id, start)] = conn.execute(_PERIOD_ID, params).scalar_one()
+            # Only after the commit: another thread must never see an id it cannot reference.
+            with self._lock:
+                self._cache.update(created)
+            ids.extend(created.values())
         return sorted(ids)
 
     def forget(self) -> None:
