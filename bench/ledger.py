@@ -96,9 +96,9 @@ RAW_SETTLE = [
     "bp.period_start, bp.limit_micros, bp.committed_micros, bp.held_micros, b.scope, b.period, "
     "b.alert_thresholds_bp",
     "INSERT INTO ledger_entries (budget_period_id, job_id, kind, idempotency_key, "
-    "held_delta_micros, committed_delta_micros) SELECT pid, %(job)s, 'settle', %(key)s, -held, "
-    "committed FROM unnest(%(pids)s::bigint[], %(helds)s::bigint[], %(commits)s::bigint[]) "
-    "AS t(pid, held, committed)",
+    "held_delta_micros, committed_delta_micros) SELECT pid, job, CAST(%(kind)s AS text), "
+    "CAST(%(kind)s AS text) || ':' || job, -held, committed FROM unnest(%(pids)s::bigint[], "
+    "%(jobs)s::uuid[], %(helds)s::bigint[], %(commits)s::bigint[]) AS t(pid, job, held, committed)",
 ]
 
 
@@ -127,7 +127,7 @@ def bench_raw(url: str, threads: int, seconds: float, period_id: int) -> float:
             row = conn.execute(RAW_SETTLE[0], {"charge": CHARGE, "now": now, "job": job}).fetchone()
             assert row is not None
             lines = conn.execute(RAW_SETTLE[1], {"hold_ids": [row[0]]}).fetchall()
-            conn.execute(RAW_SETTLE[3], {"job": job, "key": f"settle:{job}",
+            conn.execute(RAW_SETTLE[3], {"kind": "settle", "jobs": [job for _ in lines],
                                          "pids": [ln[1] for ln in lines],
                                          "helds": [ln[2] for ln in lines],
                                          "commits": [CHARGE for _ in lines]})

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import UTC, datetime
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from orchestrator.domain.catalogue import Catalogue, load_catalogue
 from orchestrator.errors import ConfigurationError
 from orchestrator.health.store import HealthStore
 from orchestrator.ledger import Ledger
+from orchestrator.ledger.service import utcnow
 from orchestrator.service.ports import EnqueuePort
 from orchestrator.service.runner import JobRunner, PollPolicy
 from orchestrator.service.submission import Submitter
@@ -27,23 +28,26 @@ from orchestrator.settings import Settings, get_settings
 from orchestrator.store.engine import make_engine
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+def _resolve(settings: Settings, key: str) -> str:
+    """A configured URL, else the one ``orchestrator up`` wrote to its credentials file."""
+    value: str | None = getattr(settings, key)
+    if value:
+        return value
+    creds = settings.data_dir / "credentials.json"
+    if creds.exists():
+        return str(json.loads(creds.read_text())[key])
+    setting = f"ORCH_{key.upper()}"
+    raise ConfigurationError(
+        f"{setting} is not set and no `orchestrator up` has written {creds}", setting=setting
+    )
+
+
+def resolve_database_url(settings: Settings) -> str:
+    return _resolve(settings, "database_url")
 
 
 def resolve_urls(settings: Settings) -> tuple[str, str]:
-    """The configured URLs, else those ``orchestrator up`` wrote to its credentials file."""
-    db, redis = settings.database_url, settings.redis_url
-    if db and redis:
-        return db, redis
-    creds = settings.data_dir / "credentials.json"
-    if creds.exists():
-        data = json.loads(creds.read_text())
-        return db or data["database_url"], redis or data["redis_url"]
-    missing = "ORCH_DATABASE_URL" if not db else "ORCH_REDIS_URL"
-    raise ConfigurationError(
-        f"{missing} is not set and no `orchestrator up` has written {creds}", setting=missing
-    )
+    return _resolve(settings, "database_url"), _resolve(settings, "redis_url")
 
 
 class Container:
@@ -61,7 +65,8 @@ class Container:
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger(self.engine, clock=utcnow)
+        return Ledger(self.engine, clock=utcnow,
+                      hold_ttl=timedelta(seconds=self.settings.hold_ttl_s))
 
     @cached_property
     def catalogue_value(self) -> Catalogue:

@@ -43,17 +43,11 @@ def one_line_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _database_url(data_dir: Path | None = None) -> str:
+def _database_url() -> str:
+    from orchestrator.bootstrap import resolve_database_url
     from orchestrator.settings import get_settings
 
-    settings = get_settings()
-    if settings.database_url:
-        return settings.database_url
-    creds = (data_dir or settings.data_dir) / "credentials.json"
-    if creds.exists():
-        return str(json.loads(creds.read_text())["database_url"])
-    fail(f"ORCH_DATABASE_URL is not set and no `orchestrator up` has written {creds}")
-    raise AssertionError  # unreachable
+    return resolve_database_url(get_settings())
 
 
 @app.command()

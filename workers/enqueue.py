@@ -26,11 +26,10 @@ class CeleryEnqueue:
         self.app = app
 
     def start(self, job_id: uuid.UUID, token: uuid.UUID, priority: str) -> None:
-        self.app.send_task(ADVANCE, (str(job_id), str(token), priority),
-                           queue=queue_for(priority))
+        self.poll(job_id, token, priority, 0.0)
 
     def poll(
         self, job_id: uuid.UUID, token: uuid.UUID, priority: str, countdown_s: float
     ) -> None:
         self.app.send_task(ADVANCE, (str(job_id), str(token), priority),
-                           queue=queue_for(priority), countdown=countdown_s)
+                           queue=queue_for(priority), countdown=countdown_s or None)

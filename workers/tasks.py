@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
-from orchestrator.bootstrap import container, utcnow
+from orchestrator.bootstrap import container
+from orchestrator.ledger.service import utcnow
 from orchestrator.service.sweeper import sweep as sweep_jobs
 from workers.celery_app import app
 
@@ -45,4 +45,4 @@ def deliver_alerts() -> None:
 
     c = container()
     with ChannelFactory(smtp=SmtpSettings()) as factory:
-        deliver_pending(c.engine, factory, datetime.now(UTC))
+        deliver_pending(c.engine, factory, utcnow())

@@ -73,7 +73,3 @@ class PeriodResolver:
                 self._cache.update(created)
             ids.extend(created.values())
         return sorted(ids)
-
-    def forget(self) -> None:
-        with self._lock:
-            self._cache.clear()

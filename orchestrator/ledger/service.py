@@ -16,6 +16,7 @@ must roll that transaction back.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,9 +122,9 @@ _INSERT_ENTRIES = text(
     INSERT INTO ledger_entries
         (budget_period_id, job_id, kind, idempotency_key, held_delta_micros,
          committed_delta_micros)
-    SELECT pid, :job_id, :kind, :key, -held, committed
-    FROM unnest(CAST(:pids AS bigint[]), CAST(:helds AS bigint[]), CAST(:commits AS bigint[]))
-         AS t(pid, held, committed)
+    SELECT pid, job, CAST(:kind AS text), CAST(:kind AS text) || ':' || job, -held, committed
+    FROM unnest(CAST(:pids AS bigint[]), CAST(:jobs AS uuid[]), CAST(:helds AS bigint[]),
+                CAST(:commits AS bigint[])) AS t(pid, job, held, committed)
     """
 )
 _INSERT_ALERT = text(
@@ -298,13 +299,8 @@ class Ledger:
         for their UPDATEs and the COMMIT.
         """
         moves = sorted(moves)
-        if moves:
-            tx.execute(
-                _INSERT_ENTRIES,
-                {"job_id": job_id, "kind": kind, "key": f"{kind}:{job_id}",
-                 "pids": [m[0] for m in moves], "helds": [m[1] for m in moves],
-                 "commits": [m[2] for m in moves]},
-            )
+        _insert_entries(tx, kind, [(pid, job_id, held, committed)
+                                   for pid, held, committed in moves])
         alert_ids: list[uuid.UUID] = []
         for pid, release, charge in moves:
             p = tx.execute(_APPLY, {"release": release, "charge": charge, "pid": pid}).one()
@@ -337,14 +333,9 @@ class Ledger:
             by_job: dict[uuid.UUID, list[tuple[int, int, int]]] = {h.job_id: [] for h in holds}
             for ln in tx.execute(_HOLD_LINES, {"hold_ids": list(job_of)}):
                 by_job[job_of[ln.hold_id]].append((ln.budget_period_id, ln.amount_micros, 0))
-            for job_id, moves in by_job.items():
-                if moves:
-                    tx.execute(
-                        _INSERT_ENTRIES,
-                        {"job_id": job_id, "kind": "expire", "key": f"expire:{job_id}",
-                         "pids": [m[0] for m in moves], "helds": [m[1] for m in moves],
-                         "commits": [0 for _ in moves]},
-                    )
+            _insert_entries(tx, "expire", [(pid, job_id, held, 0)
+                                           for job_id, moves in by_job.items()
+                                           for pid, held, _ in moves])
             # Apply per period in ascending id order across the whole batch (no deadlock).
             totals: dict[int, int] = {}
             for moves in by_job.values():
@@ -355,9 +346,19 @@ class Ledger:
             return list(by_job)
 
 
-def _alert_payload(p: Any, threshold_bp: int, now: datetime) -> str:
-    import json
+def _insert_entries(
+    tx: Connection, kind: str, rows: list[tuple[int, uuid.UUID, int, int]]
+) -> None:
+    """Append (period id, job id, held released, committed added) entries in one statement;
+    each is keyed ``<kind>:<job>`` (unique per period, so a replayed step adds nothing)."""
+    if rows:
+        tx.execute(_INSERT_ENTRIES, {
+            "kind": kind, "pids": [r[0] for r in rows], "jobs": [r[1] for r in rows],
+            "helds": [r[2] for r in rows], "commits": [r[3] for r in rows],
+        })
 
+
+def _alert_payload(p: Any, threshold_bp: int, now: datetime) -> str:
     return json.dumps(
         {
             "scope": p.scope,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from orchestrator.backends.base import BackendAdapter, PollResult
 from orchestrator.backends.errors import BackendError, JobFault, TransientError
@@ -87,8 +87,6 @@ class JobRunner:
                 repo.claim(tx, job_id, now)
             attempts = repo.attempts(tx, job_id)
         open_ = next((a for a in attempts if a.outcome is None), None)
-        if job.cancel_requested:
-            return self._finish_cancelled(job, open_)
         if job.deadline_at is not None and now >= job.deadline_at:
             return self._deadline(job, open_)
         if open_ is None:
@@ -117,15 +115,13 @@ class JobRunner:
                 refused.append(f"{name}: {ticket.refusal}")
                 continue
             with self.engine.begin() as tx:
-                attempt_id = repo.open_attempt(
+                attempt = repo.open_attempt(
                     tx, job.id, len(attempts) + 1, name, self.clock(),
                     slot=ticket.slot, probe=ticket.probe,
                 )
-            if attempt_id is None:  # a duplicate step opened it first; let it run
+            if attempt is None:  # a duplicate step opened it first; let it run
                 self.health.record(name, Outcome.CANCELLED, probe=ticket.probe, slot=ticket.slot)
                 return Next(self.poll_policy.min_s)
-            with self.engine.connect() as conn:
-                attempt = next(a for a in repo.attempts(conn, job.id) if a.id == attempt_id)
             return self._submit(job, attempt, token)
         last = attempts[-1] if attempts else None
         if last is not None and last.error_code:
@@ -261,7 +257,7 @@ class JobRunner:
                            error_message=message):
                 self._charge(tx, job, total, settle=False)
 
-    def _charge(self, tx: object, job: repo.JobRow, total: int, *, settle: bool) -> None:
+    def _charge(self, tx: Connection, job: repo.JobRow, total: int, *, settle: bool) -> None:
         charge = min(total, job.estimated_cost_micros)
         if charge < total:
             log.error("job cost more than its hold; charging the hold",
@@ -269,9 +265,9 @@ class JobRunner:
                              "hold_micros": job.estimated_cost_micros})
         try:
             if settle:
-                self.ledger.settle(job.id, charge, conn=tx)  # type: ignore[arg-type]
+                self.ledger.settle(job.id, charge, conn=tx)
             else:
-                self.ledger.release(job.id, charge_micros=charge, conn=tx)  # type: ignore[arg-type]
+                self.ledger.release(job.id, charge_micros=charge, conn=tx)
         except HoldNotActive as exc:
             log.error("hold already %s; job finished without a charge", exc.status,
                       extra={"job_id": str(job.id)})
@@ -309,10 +305,6 @@ class JobRunner:
             self._close(open_, "cancelled", Outcome.CANCELLED)
         with self.engine.connect() as conn:
             return repo.get_job(conn, job_id)
-
-    def _finish_cancelled(self, job: repo.JobRow, open_: repo.AttemptRow | None) -> Next:
-        self.cancel(job.id)
-        return DONE
 
     def _cancel_at_backend(self, adapter: BackendAdapter, external_id: str) -> None:
         try:

@@ -80,19 +80,19 @@ class Submitter:
         job_id, token = uuid.uuid4(), uuid.uuid4()
         deadline = now + timedelta(seconds=spec.deadline_s)
         with self.engine.begin() as tx:
-            inserted = repo.insert_job(
+            job = repo.insert_job(
                 tx, job_id=job_id, tenant=tenant, kind=spec.kind.value, tier=spec.tier.value,
                 spec=spec.model_dump(mode="json"), route=plan.to_quote(),
                 estimated_cost_micros=plan.worst_case_micros, deadline_at=deadline,
                 chain_token=token, wake_at=now + START_GRACE,
                 idempotency_key=idempotency_key, request_hash=rhash,
             )
-            if inserted:
+            if job is not None:
                 self.ledger.hold(
                     job_id, covering_scopes(tenant, spec.project), plan.worst_case_micros,
                     ttl=timedelta(seconds=spec.deadline_s) + HOLD_MARGIN, conn=tx,
                 )
-        if not inserted:  # a concurrent request with the same key won the insert
+        if job is None:  # a concurrent request with the same key won the insert
             assert idempotency_key is not None
             with self.engine.connect() as conn:
                 existing = repo.get_by_idempotency_key(conn, tenant, idempotency_key)
@@ -103,9 +103,6 @@ class Submitter:
         except Exception as exc:  # the sweeper will start it; the job is safe in PostgreSQL
             log.warning("enqueue failed; the sweeper will start the job",
                         extra={"job_id": str(job_id), "error": type(exc).__name__})
-        with self.engine.connect() as conn:
-            job = repo.get_job(conn, job_id)
-        assert job is not None
         return job, True
 
     @staticmethod

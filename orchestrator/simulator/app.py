@@ -103,6 +103,15 @@ def create_app(catalogue: Catalogue, *, clock: Callable[[], float] = time.monoto
             out.update(error=p.failure, cost_usd=0.0)
         return out
 
+    def raise_injected_rejection(injected: str) -> None:
+        """The injected errors both protocols answer at submission."""
+        if injected == "job_fault":
+            raise Rejected(422, "invalid_input", "injected: invalid input", "prompt")
+        if injected == "content_policy":
+            raise content_policy()
+        if injected == "malformed":
+            raise malformed()
+
     @app.post("/{backend}/v1/predictions", status_code=201)
     async def create_prediction(backend: str, request: Request) -> dict[str, Any]:
         spec, st = sim.backend(backend, "predictions")
@@ -116,12 +125,7 @@ def create_app(catalogue: Catalogue, *, clock: Callable[[], float] = time.monoto
         injected = st.control.error
         if injected is not None:
             st.take_injection()
-            if injected == "job_fault":
-                raise Rejected(422, "invalid_input", "injected: invalid input", "prompt")
-            if injected == "content_policy":
-                raise content_policy()
-            if injected == "malformed":
-                raise malformed()
+            raise_injected_rejection(injected)
         job = parse_job(spec, infer_kind(spec, body.get("input")), body.get("input"))
         prompt = str(job.input["prompt"])
         failure = None
@@ -179,12 +183,7 @@ def create_app(catalogue: Catalogue, *, clock: Callable[[], float] = time.monoto
         injected = st.control.error
         if injected is not None:
             st.take_injection()
-            if injected == "job_fault":
-                raise Rejected(422, "invalid_input", "injected: invalid input", "prompt")
-            if injected == "content_policy":
-                raise content_policy()
-            if injected == "malformed":
-                raise malformed()
+            raise_injected_rejection(injected)
             raise error(500, "server_error", "injected: the model crashed")
         return spec, st, body, key
 

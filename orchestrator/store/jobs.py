@@ -56,7 +56,6 @@ class JobRow:
     deadline_at: datetime | None
     chain_token: uuid.UUID | None
     wake_at: datetime | None
-    cancel_requested: bool
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -85,25 +84,25 @@ def insert_job(
     wake_at: datetime,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
-) -> bool:
-    """Insert a queued job; False when (tenant, idempotency_key) already exists."""
+) -> JobRow | None:
+    """Insert a queued job; None when (tenant, idempotency_key) already exists."""
     row = conn.execute(
         text(
-            """
+            f"""
             INSERT INTO jobs (id, tenant, status, kind, tier, spec, route,
                               estimated_cost_micros, deadline_at, chain_token, wake_at,
                               idempotency_key, request_hash)
             VALUES (:id, :tenant, 'queued', :kind, :tier, CAST(:spec AS jsonb),
                     CAST(:route AS jsonb), :est, :deadline, :token, :wake, :ikey, :rhash)
             ON CONFLICT (tenant, idempotency_key) DO NOTHING
-            RETURNING id
+            RETURNING {_JOB_COLS}
             """
         ),
         {"id": job_id, "tenant": tenant, "kind": kind, "tier": tier, "spec": json.dumps(spec),
          "route": json.dumps(route), "est": estimated_cost_micros, "deadline": deadline_at,
          "token": chain_token, "wake": wake_at, "ikey": idempotency_key, "rhash": request_hash},
     ).first()
-    return row is not None
+    return JobRow(**row._mapping) if row is not None else None
 
 
 def get_job(conn: Connection, job_id: uuid.UUID, *, for_update: bool = False) -> JobRow | None:
@@ -188,14 +187,6 @@ def finish(
     ).first() is not None
 
 
-def request_cancel(conn: Connection, job_id: uuid.UUID) -> bool:
-    return conn.execute(
-        text("UPDATE jobs SET cancel_requested = true WHERE id = :id AND status = ANY(:s) "
-             "RETURNING id"),
-        {"id": job_id, "s": list(LIVE)},
-    ).first() is not None
-
-
 def set_wake(conn: Connection, job_id: uuid.UUID, token: uuid.UUID, wake_at: datetime) -> bool:
     """Record when the live chain will next run; False if ``token`` is no longer the chain."""
     return conn.execute(
@@ -239,32 +230,20 @@ def attempts(conn: Connection, job_id: uuid.UUID) -> list[AttemptRow]:
     return [AttemptRow(**r._mapping) for r in rows]
 
 
-def attempts_for(conn: Connection, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[AttemptRow]]:
-    out: dict[uuid.UUID, list[AttemptRow]] = {j: [] for j in job_ids}
-    rows = conn.execute(
-        text(f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE job_id = ANY(:ids) "
-             "ORDER BY job_id, number"),
-        {"ids": job_ids},
-    ).all()
-    for r in rows:
-        out[r.job_id].append(AttemptRow(**r._mapping))
-    return out
-
-
 def open_attempt(
     conn: Connection, job_id: uuid.UUID, number: int, backend: str, now: datetime,
     *, slot: str | None = None, probe: bool = False,
-) -> int | None:
+) -> AttemptRow | None:
     """Checkpoint before calling a backend; None if attempt ``number`` already exists."""
     row = conn.execute(
         text(
             "INSERT INTO attempts (job_id, number, backend, started_at, slot, probe) "
             "VALUES (:j, :n, :b, :now, :slot, :probe) "
-            "ON CONFLICT (job_id, number) DO NOTHING RETURNING id"
+            f"ON CONFLICT (job_id, number) DO NOTHING RETURNING {_ATTEMPT_COLS}"
         ),
         {"j": job_id, "n": number, "b": backend, "now": now, "slot": slot, "probe": probe},
     ).first()
-    return int(row.id) if row is not None else None
+    return AttemptRow(**row._mapping) if row is not None else None
 
 
 def record_external_id(conn: Connection, attempt_id: int, external_id: str) -> None:
@@ -296,10 +275,3 @@ def close_attempt(
         {"o": outcome, "f": fault, "c": error_code, "m": error_message, "cost": cost_micros,
          "now": now, "id": attempt_id},
     ).first() is not None
-
-
-def in_flight_by_backend(conn: Connection) -> dict[str, int]:
-    rows = conn.execute(
-        text("SELECT backend, count(*) n FROM attempts WHERE outcome IS NULL GROUP BY backend")
-    ).all()
-    return {r.backend: int(r.n) for r in rows}

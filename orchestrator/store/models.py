@@ -214,9 +214,6 @@ class Job(Base):
     # whose chain has not shown a sign of life by wake_at with a new token.
     chain_token: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     wake_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    cancel_requested: Mapped[bool] = mapped_column(
-        Boolean, nullable=False, server_default="false"
-    )
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

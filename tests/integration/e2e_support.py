@@ -26,7 +26,6 @@ from orchestrator.domain.catalogue import parse_catalogue
 from orchestrator.settings import Settings
 from orchestrator.simulator import RunningSimulator, start_in_thread
 from orchestrator.store import jobs as repo
-from orchestrator.store.models import Base
 from workers.enqueue import CeleryEnqueue
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,4 +167,3 @@ def rig(db: Engine, database_url: str, redis_url: str, e2e_sim: RunningSimulator
                 os.environ.pop("ORCH_SIMULATOR_URL", None)
             else:
                 os.environ["ORCH_SIMULATOR_URL"] = old
-    assert Base.metadata  # keep the import: the db fixture truncates these tables
