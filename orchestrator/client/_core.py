@@ -1,0 +1,189 @@
+"""What ``Client`` and ``AsyncClient`` share, free of I/O: configuration from the environment,
+the retry policy, and one ``Call`` per API operation (method, path, body, how to parse the
+answer, whether a retry is safe). The two clients only differ in how they run a ``Call``."""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote as _quote
+
+import httpx
+from pydantic import ValidationError
+
+from orchestrator.client.errors import ApiConnectionError, ApiError, RateLimited, ServerError
+from orchestrator.client.models import ApiKey, Backend, Budget, Job, Page, Quote
+
+T = TypeVar("T")
+
+USER_AGENT = "orchestrator-sdk/0.1"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_RETRIES = 3
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    url = base_url or os.environ.get("ORCH_API_URL")
+    if not url:
+        raise ValueError("no API URL: pass base_url= or set ORCH_API_URL")
+    return url.rstrip("/")
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    return api_key or os.environ.get("ORCH_API_KEY") or None
+
+
+def headers(api_key: str | None) -> dict[str, str]:
+    h = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+    if api_key:
+        h["Authorization"] = f"Bearer {api_key}"
+    return h
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """At most ``retries`` retries after the first try; exponential backoff with jitter
+    (``base * 2**n``, capped at ``cap``, times a factor in [0.5, 1]); a 429's ``Retry-After`` is
+    honoured as given, unless it is longer than ``max_retry_after`` (then the error is raised)."""
+
+    retries: int = DEFAULT_RETRIES
+    base: float = 0.5
+    cap: float = 8.0
+    max_retry_after: float = 60.0
+    rng: Callable[[], float] = field(default=random.random, compare=False)
+
+    def delay(self, attempt: int, error: ApiError) -> float | None:
+        """Seconds to wait before retry number ``attempt + 1``; None = give up."""
+        if attempt >= self.retries:
+            return None
+        if isinstance(error, RateLimited) and error.retry_after is not None:
+            wait: float = error.retry_after
+            return wait if wait <= self.max_retry_after else None
+        return min(self.cap, self.base * 2.0**attempt) * (0.5 + self.rng() / 2)
+
+
+def is_retryable(error: ApiError, *, idempotent: bool, sent: bool) -> bool:
+    """A 429 and a request that never reached the server are always safe to resend; 5xx and
+    broken responses only when the call is idempotent (GET/PUT, a quote, or a submission that
+    carries its Idempotency-Key)."""
+    if isinstance(error, RateLimited):
+        return True
+    if isinstance(error, ApiConnectionError):
+        return idempotent or not sent
+    return idempotent and isinstance(error, ServerError) and error.status in RETRY_STATUSES
+
+
+def connection_error(exc: httpx.TransportError, base_url: str) -> tuple[ApiConnectionError, bool]:
+    """The SDK error for a transport failure, and whether the request may have been sent."""
+    sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    reason = str(exc) or type(exc).__name__
+    return ApiConnectionError(f"cannot reach {base_url}: {reason}"), sent
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    method: str
+    path: str
+    parse: Callable[[Any], T]
+    json: Any = None
+    params: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
+    idempotent: bool = True
+
+
+def parse_response(call: Call[T], response: httpx.Response) -> T:
+    try:
+        data = response.json()
+    except ValueError:
+        raise ApiError(f"{call.method} {call.path}: the server sent no JSON",
+                       status=response.status_code, code="invalid_response") from None
+    try:
+        return call.parse(data)
+    except (ValidationError, KeyError, TypeError) as exc:
+        raise ApiError(f"{call.method} {call.path}: unexpected response shape ({exc})",
+                       status=response.status_code, code="invalid_response") from None
+
+
+def _path_id(job_id: str) -> str:
+    if not str(job_id):
+        raise ValueError("job id must not be empty")
+    return _quote(str(job_id), safe="")
+
+
+def job_body(
+    *, kind: str, input: Mapping[str, Any], tier: str | None, strategy: str | None,
+    max_cost_usd: float | None, backend: str | None, deadline_s: int | None,
+    priority: str | None, webhook_url: str | None, metadata: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The CONTRACT job body; unset fields are left out so the server's defaults apply."""
+    body: dict[str, Any] = {"kind": kind, "input": dict(input)}
+    optional = {"tier": tier, "strategy": strategy, "max_cost_usd": max_cost_usd,
+                "backend": backend, "deadline_s": deadline_s, "priority": priority,
+                "webhook_url": webhook_url,
+                "metadata": dict(metadata) if metadata is not None else None}
+    body.update({k: v for k, v in optional.items() if v is not None})
+    return body
+
+
+def _unwrap(data: Any, key: str) -> Any:
+    return data[key] if isinstance(data, dict) and key in data else data
+
+
+def submit(body: dict[str, Any], idempotency_key: str | None) -> Call[Job]:
+    key = idempotency_key or str(uuid.uuid4())
+    return Call("POST", "/v1/jobs", Job.model_validate, json=body,
+                headers={"Idempotency-Key": key}, idempotent=True)
+
+
+def quote(body: dict[str, Any]) -> Call[Quote]:
+    return Call("POST", "/v1/quotes", Quote.model_validate, json=body)
+
+
+def get(job_id: str) -> Call[Job]:
+    return Call("GET", f"/v1/jobs/{_path_id(job_id)}", Job.model_validate)
+
+
+def list_jobs(status: str | None, limit: int | None, cursor: str | None) -> Call[Page]:
+    params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items()
+              if v is not None}
+    return Call("GET", "/v1/jobs", Page.model_validate, params=params)
+
+
+def cancel(job_id: str) -> Call[Job]:
+    return Call("POST", f"/v1/jobs/{_path_id(job_id)}/cancel", Job.model_validate,
+                idempotent=False)
+
+
+def backends() -> Call[list[Backend]]:
+    return Call("GET", "/v1/backends",
+                lambda d: [Backend.model_validate(b) for b in d["backends"]])
+
+
+def budgets() -> Call[list[Budget]]:
+    return Call("GET", "/v1/budgets", lambda d: [Budget.model_validate(b) for b in d["budgets"]])
+
+
+def create_key(tenant: str, admin: bool) -> Call[ApiKey]:
+    return Call("POST", "/v1/keys", ApiKey.model_validate,
+                json={"tenant": tenant, "admin": admin}, idempotent=False)
+
+
+def set_budget(
+    scope: str, period: str, limit_usd: float, alert_thresholds: list[float] | None,
+    channels: list[dict[str, Any]] | None,
+) -> Call[Budget]:
+    body: dict[str, Any] = {"scope": scope, "period": period, "limit_usd": limit_usd}
+    if alert_thresholds is not None:
+        body["alert_thresholds"] = list(alert_thresholds)
+    if channels is not None:
+        body["channels"] = list(channels)
+    return Call("PUT", "/v1/budgets", lambda d: Budget.model_validate(_unwrap(d, "budget")),
+                json=body)
+
+
+def next_poll_interval(current: float, cap: float) -> float:
+    return min(cap, current * 1.5)

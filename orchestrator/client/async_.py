@@ -1,0 +1,177 @@
+"""The asynchronous SDK client: the same methods as ``Client``, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import httpx
+
+from orchestrator.client import _core
+from orchestrator.client.errors import ApiError, WaitTimeout, error_from_response
+from orchestrator.client.models import ApiKey, Backend, Budget, Job, Page, Quote
+
+T = TypeVar("T")
+log = logging.getLogger("orchestrator.client")
+
+
+class AsyncClient:
+    """An asyncio client of the orchestrator HTTP API (the same methods as ``Client``).
+
+    ``base_url`` and ``api_key`` default to ``ORCH_API_URL`` and ``ORCH_API_KEY``. 429s (after
+    their ``Retry-After``), 5xx and connection errors are retried up to ``retries`` times with
+    backoff; a submission always carries an ``Idempotency-Key`` (a fresh uuid4 unless given), so
+    a retried submission never creates a second job. ``sleep`` and ``clock`` are injectable.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = _core.DEFAULT_TIMEOUT,
+        retries: int = _core.DEFAULT_RETRIES,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry_policy: _core.RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.base_url = _core.resolve_base_url(base_url)
+        self._policy = retry_policy or _core.RetryPolicy(retries=retries)
+        self._sleep = sleep
+        self._clock = clock
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=_core.headers(_core.resolve_api_key(api_key)),
+            timeout=timeout, transport=transport,
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _run(self, call: _core.Call[T]) -> T:
+        attempt = 0
+        while True:
+            error: ApiError
+            try:
+                response = await self._http.request(call.method, call.path, json=call.json,
+                                              params=call.params, headers=call.headers)
+            except httpx.TransportError as exc:
+                error, sent = _core.connection_error(exc, self.base_url)
+                status = "no response"
+            else:
+                if response.is_success:
+                    return _core.parse_response(call, response)
+                error, sent = error_from_response(response), True
+                status = str(response.status_code)
+            retry = _core.is_retryable(error, idempotent=call.idempotent, sent=sent)
+            delay = self._policy.delay(attempt, error) if retry else None
+            log.debug("%s %s -> %s (try %d)%s", call.method, call.path, status, attempt + 1,
+                      "" if delay is None else f"; retrying in {delay:.2f}s")
+            if delay is None:
+                raise error
+            await self._sleep(delay)
+            attempt += 1
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def submit(
+        self, *, kind: str, input: Mapping[str, Any], tier: str | None = None,
+        strategy: str | None = None, max_cost_usd: float | None = None,
+        backend: str | None = None, deadline_s: int | None = None, priority: str | None = None,
+        webhook_url: str | None = None, metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Submit a job (202). Raises BudgetExceeded, InvalidRequest, NoEligibleBackend, ..."""
+        body = _core.job_body(kind=kind, input=input, tier=tier, strategy=strategy,
+                              max_cost_usd=max_cost_usd, backend=backend, deadline_s=deadline_s,
+                              priority=priority, webhook_url=webhook_url, metadata=metadata)
+        return await self._run(_core.submit(body, idempotency_key))
+
+    async def quote(
+        self, *, kind: str, input: Mapping[str, Any], tier: str | None = None,
+        strategy: str | None = None, max_cost_usd: float | None = None,
+        backend: str | None = None, deadline_s: int | None = None, priority: str | None = None,
+        webhook_url: str | None = None, metadata: Mapping[str, Any] | None = None,
+    ) -> Quote:
+        """Dry-run routing for a job body: ranked candidates and exclusions, no side effects."""
+        body = _core.job_body(kind=kind, input=input, tier=tier, strategy=strategy,
+                              max_cost_usd=max_cost_usd, backend=backend, deadline_s=deadline_s,
+                              priority=priority, webhook_url=webhook_url, metadata=metadata)
+        return await self._run(_core.quote(body))
+
+    async def get(self, id: str) -> Job:
+        return await self._run(_core.get(id))
+
+    async def list(
+        self, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> Page:
+        """One page of own jobs, newest first; pass ``page.next_cursor`` for the next one."""
+        return await self._run(_core.list_jobs(status, limit, cursor))
+
+    async def iter_jobs(
+        self, status: str | None = None, page_size: int | None = None
+    ) -> AsyncIterator[Job]:
+        """Every own job (newest first), fetching pages as needed."""
+        cursor: str | None = None
+        while True:
+            page = await self.list(status=status, limit=page_size, cursor=cursor)
+            for job in page.items:
+                yield job
+            if not page.next_cursor or not page.items:
+                return
+            cursor = page.next_cursor
+
+    async def cancel(self, id: str) -> Job:
+        return await self._run(_core.cancel(id))
+
+    async def wait(
+        self, id: str, timeout: float = 600, poll_interval: float = 1.0,
+        max_poll_interval: float = 15.0,
+    ) -> Job:
+        """Poll until the job is final (succeeded, failed or cancelled) and return it; the
+        interval grows by 1.5x up to ``max_poll_interval``. Raises WaitTimeout."""
+        deadline = self._clock() + timeout
+        interval = poll_interval
+        while True:
+            job = await self.get(id)
+            if job.is_final:
+                return job
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise WaitTimeout(f"job {id} still {job.status} after {timeout:g}s", job=job)
+            await self._sleep(min(interval, remaining))
+            interval = _core.next_poll_interval(interval, max_poll_interval)
+
+    # -- catalogue, budgets, admin -------------------------------------------------------------
+
+    async def backends(self) -> builtins.list[Backend]:
+        return await self._run(_core.backends())
+
+    async def budgets(self) -> builtins.list[Budget]:
+        return await self._run(_core.budgets())
+
+    async def create_key(self, tenant: str, admin: bool = False) -> ApiKey:
+        """Admin: a new API key for ``tenant`` (the key is in the answer only)."""
+        return await self._run(_core.create_key(tenant, admin))
+
+    async def set_budget(
+        self, scope: str, period: str, limit_usd: float,
+        alert_thresholds: builtins.list[float] | None = None,
+        channels: builtins.list[dict[str, Any]] | None = None,
+    ) -> Budget:
+        """Admin: create or update a budget."""
+        call = _core.set_budget(scope, period, limit_usd, alert_thresholds, channels)
+        return await self._run(call)
+
+
+__all__ = ["ApiError", "AsyncClient"]

@@ -1,0 +1,206 @@
+"""The SDK's error tree. Every error the SDK raises is an ``ApiError``::
+
+    ApiError                     status, code, message, details
+    ├── InvalidRequest           400/422 invalid_request: the job spec or a parameter is wrong
+    ├── Unauthorized             401 unauthorized: missing or unknown API key
+    ├── BudgetExceeded           402 budget_exceeded: a budget cannot cover this job
+    ├── Forbidden                403 forbidden: the key may not do this (admin only)
+    ├── NotFound                 404 not_found: no such job (or not yours)
+    ├── Conflict                 409 conflict: idempotency key reused with another body, ...
+    ├── NoEligibleBackend        no_eligible_backend: routing left no candidate
+    ├── RateLimited              429 rate_limited: ``retry_after`` seconds (or None)
+    ├── ServerError              5xx: the server failed (after the SDK's own retries)
+    ├── ApiConnectionError       no HTTP response at all (after the SDK's own retries)
+    └── WaitTimeout              ``wait()`` gave up; also a ``TimeoutError``; ``job`` = last seen
+
+Errors are built from the API's envelope ``{"error": {"code", "message", "details"}}``; the
+``code`` picks the class, the HTTP status is the fallback when the body is not an envelope.
+Messages never contain the API key.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from orchestrator.client.models import Job
+
+
+class ApiError(Exception):
+    """Base of every SDK error. ``status`` is the HTTP status (0 when there was no response)."""
+
+    default_code = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code or self.default_code
+        self.details: dict[str, Any] = details or {}
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status}, code={self.code!r}, " \
+               f"message={self.message!r})"
+
+
+class InvalidRequest(ApiError):
+    default_code = "invalid_request"
+
+
+class Unauthorized(ApiError):
+    default_code = "unauthorized"
+
+
+class BudgetExceeded(ApiError):
+    default_code = "budget_exceeded"
+
+    @property
+    def scope(self) -> str | None:
+        v = self.details.get("scope")
+        return v if isinstance(v, str) else None
+
+    @property
+    def period(self) -> str | None:
+        v = self.details.get("period")
+        return v if isinstance(v, str) else None
+
+    @property
+    def remaining_usd(self) -> float | None:
+        v = self.details.get("remaining_usd")
+        return float(v) if isinstance(v, int | float) else None
+
+    @property
+    def requested_usd(self) -> float | None:
+        v = self.details.get("requested_usd")
+        return float(v) if isinstance(v, int | float) else None
+
+
+class Forbidden(ApiError):
+    default_code = "forbidden"
+
+
+class NotFound(ApiError):
+    default_code = "not_found"
+
+
+class Conflict(ApiError):
+    default_code = "conflict"
+
+
+class NoEligibleBackend(ApiError):
+    default_code = "no_eligible_backend"
+
+
+class RateLimited(ApiError):
+    default_code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class ServerError(ApiError):
+    default_code = "server_error"
+
+
+class ApiConnectionError(ApiError):
+    default_code = "connection_error"
+
+
+class WaitTimeout(ApiError, TimeoutError):
+    default_code = "wait_timeout"
+
+    def __init__(self, message: str, *, job: Job | None = None) -> None:
+        super().__init__(message)
+        self.job = job
+
+
+_BY_CODE: dict[str, type[ApiError]] = {
+    "invalid_request": InvalidRequest,
+    "unauthorized": Unauthorized,
+    "budget_exceeded": BudgetExceeded,
+    "forbidden": Forbidden,
+    "not_found": NotFound,
+    "conflict": Conflict,
+    "no_eligible_backend": NoEligibleBackend,
+    "rate_limited": RateLimited,
+}
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    402: BudgetExceeded,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    422: InvalidRequest,
+    429: RateLimited,
+}
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _envelope(response: httpx.Response) -> tuple[str | None, str | None, dict[str, Any]]:
+    try:
+        body = response.json()
+    except ValueError:
+        return None, None, {}
+    if not isinstance(body, dict):
+        return None, None, {}
+    err = body.get("error")
+    if isinstance(err, dict):
+        code, message, details = err.get("code"), err.get("message"), err.get("details")
+        return (code if isinstance(code, str) else None,
+                message if isinstance(message, str) else None,
+                details if isinstance(details, dict) else {})
+    # FastAPI's own {"detail": ...} (e.g. an unrouted path) — keep it readable
+    detail = body.get("detail")
+    if isinstance(detail, str):
+        return None, detail, {}
+    return None, None, {}
+
+
+def error_from_response(response: httpx.Response) -> ApiError:
+    """The typed error for a non-2xx response."""
+    status = response.status_code
+    code, message, details = _envelope(response)
+    cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status)
+    if cls is None:
+        cls = ServerError if status >= 500 else ApiError
+    if not message:
+        message = f"HTTP {status} {response.reason_phrase}".strip()
+    if cls is RateLimited:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if retry_after is None and isinstance(details.get("retry_after"), int | float):
+            retry_after = float(details["retry_after"])
+        return RateLimited(message, retry_after=retry_after, status=status, code=code,
+                           details=details)
+    return cls(message, status=status, code=code, details=details)

@@ -1,0 +1,119 @@
+"""Typed resources of the HTTP API. Every model tolerates fields added by newer servers
+(``extra="allow"``: they are kept and reachable as attributes and in ``model_dump()``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+Kind = Literal["video", "image", "text"]
+Tier = Literal["draft", "standard", "premium"]
+Strategy = Literal["cheapest", "fastest", "balanced"]
+Priority = Literal["low", "normal", "high"]
+Period = Literal["day", "month", "total"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ErrorInfo(_Model):
+    code: str | None = None
+    message: str | None = None
+
+
+class Attempt(_Model):
+    backend: str | None = None
+    external_id: str | None = None
+    outcome: str | None = None
+    error: ErrorInfo | None = None
+    cost_usd: float | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Candidate(_Model):
+    backend: str
+    estimated_cost_usd: float | None = None
+    score: float | None = None
+    reasons: list[Any] = Field(default_factory=list)
+
+
+class Excluded(_Model):
+    backend: str
+    reason: str | None = None
+
+
+class Quote(_Model):
+    """Ranked candidates (best first) with estimates and reasons, and the excluded backends."""
+
+    candidates: list[Candidate] = Field(default_factory=list)
+    excluded: list[Excluded] = Field(default_factory=list)
+
+
+class Job(_Model):
+    id: str
+    status: str
+    kind: str | None = None
+    tier: str | None = None
+    backend: str | None = None
+    estimated_cost_usd: float | None = None
+    cost_usd: float | None = None
+    result: Any = None
+    error: ErrorInfo | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+    route: Quote | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class Page(_Model):
+    items: list[Job] = Field(default_factory=list)
+    next_cursor: str | None = None
+
+
+class Breaker(_Model):
+    state: str = "closed"
+    strikes: int = 0
+    retry_at: datetime | float | None = None
+
+
+class Backend(_Model):
+    name: str
+    protocol: str | None = None
+    kinds: list[str] = Field(default_factory=list)
+    tier: str | None = None
+    breaker: Breaker = Field(default_factory=Breaker)
+    success_rate: float | None = None
+    latency_ms: float | None = None
+    in_flight: int | None = None
+
+
+class Budget(_Model):
+    scope: str
+    period: str
+    period_start: datetime | None = None
+    limit_usd: float
+    committed_usd: float = 0.0
+    held_usd: float = 0.0
+    remaining_usd: float | None = None
+    forecast_usd: float | None = None
+    alert_thresholds: list[float] = Field(default_factory=list)
+
+
+class ApiKey(_Model):
+    """A new API key; ``key`` is shown only once, by the response that created it."""
+
+    key: str = Field(repr=False)  # never printed by accident
+    tenant: str
+    admin: bool = False

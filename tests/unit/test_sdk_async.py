@@ -1,0 +1,124 @@
+"""The AsyncClient against scripted HTTP answers: same behaviour as the sync client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from orchestrator.client import (
+    ApiConnectionError,
+    AsyncClient,
+    BudgetExceeded,
+    NotFound,
+    RateLimited,
+    RetryPolicy,
+    WaitTimeout,
+)
+
+from .sdk_fakes import BASE, FakeClock, Script, envelope, job_json
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def make(script: Script, clock: FakeClock, **kw: Any) -> AsyncClient:
+    return AsyncClient(BASE, "orch_secret_key", transport=script.transport(),
+                       sleep=clock.asleep, clock=clock, **kw)
+
+
+def test_async_submit_retries_429_and_503_with_one_idempotency_key() -> None:
+    clock = FakeClock()
+    script = Script([envelope(429, "rate_limited", "slow", {"Retry-After": "3"}),
+                     envelope(503, "unavailable", "busy"),
+                     httpx.Response(202, json=job_json("j-9"))])
+
+    async def go() -> str:
+        async with make(script, clock, retry_policy=RetryPolicy(rng=lambda: 1.0)) as c:
+            job = await c.submit(kind="video", input={"prompt": "x", "duration_s": 8},
+                                 tier="premium", deadline_s=60)
+            return job.id
+
+    assert run(go()) == "j-9"
+    assert clock.sleeps == [3.0, 1.0]
+    keys = {r.headers["Idempotency-Key"] for r in script.requests}
+    assert len(script.requests) == 3 and len(keys) == 1
+    assert script.body(2) == {"kind": "video", "input": {"prompt": "x", "duration_s": 8},
+                              "tier": "premium", "deadline_s": 60}
+
+
+def test_async_errors_are_typed() -> None:
+    clock = FakeClock()
+    script = Script([envelope(402, "budget_exceeded", "no money", scope="tenant:a"),
+                     envelope(404, "not_found", "no such job"),
+                     envelope(429, "rate_limited", "slow", {"Retry-After": "1"})])
+
+    async def go() -> None:
+        async with make(script, clock, retries=0) as c:
+            with pytest.raises(BudgetExceeded) as b:
+                await c.submit(kind="text", input={"prompt": "x"})
+            assert b.value.scope == "tenant:a" and b.value.status == 402
+            with pytest.raises(NotFound):
+                await c.get("nope")
+            with pytest.raises(RateLimited) as r:
+                await c.cancel("j-1")
+            assert r.value.retry_after == 1.0
+
+    run(go())
+    assert clock.sleeps == []
+
+
+def test_async_connection_error_after_retries() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    clock = FakeClock()
+    script = Script([refuse])
+
+    async def go() -> None:
+        async with make(script, clock, retries=2) as c:
+            await c.backends()
+
+    with pytest.raises(ApiConnectionError):
+        run(go())
+    assert len(script.requests) == 3 and len(clock.sleeps) == 2
+
+
+def test_async_wait_backs_off_and_times_out() -> None:
+    clock = FakeClock()
+    done = Script([httpx.Response(200, json=job_json(status=s))
+                   for s in ("queued", "running", "failed")])
+    stuck = Script([httpx.Response(200, json=job_json(status="queued"))])
+
+    async def go() -> str:
+        async with make(done, clock) as c:
+            job = await c.wait("j-1", poll_interval=2.0)
+        async with make(stuck, clock) as c2:
+            with pytest.raises(WaitTimeout) as info:
+                await c2.wait("j-1", timeout=5, poll_interval=2.0)
+            assert info.value.job is not None and info.value.job.status == "queued"
+        return job.status
+
+    assert run(go()) == "failed"
+    assert clock.sleeps == [2.0, 3.0, 2.0, 3.0]
+
+
+def test_async_iterates_over_all_pages() -> None:
+    clock = FakeClock()
+    pages = {None: {"items": [job_json("a")], "next_cursor": "c1"},
+             "c1": {"items": [job_json("b")], "next_cursor": "c2"},
+             "c2": {"items": [], "next_cursor": None}}
+    script = Script([lambda r: httpx.Response(200, json=pages[r.url.params.get("cursor")])])
+
+    async def go() -> list[str]:
+        async with make(script, clock) as c:
+            return [j.id async for j in c.iter_jobs(status="succeeded")]
+
+    assert run(go()) == ["a", "b"]
+    assert all(r.url.params["status"] == "succeeded" for r in script.requests)

@@ -1,0 +1,305 @@
+"""SDK (sync Client) against scripted HTTP answers: request shape, error mapping, retries,
+idempotency keys and wait() backoff. Nothing really sleeps: sleep and clock are injected."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.client import (
+    ApiConnectionError,
+    ApiError,
+    BudgetExceeded,
+    Client,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NoEligibleBackend,
+    NotFound,
+    RateLimited,
+    RetryPolicy,
+    ServerError,
+    Unauthorized,
+    WaitTimeout,
+)
+
+from .sdk_fakes import BASE, FakeClock, Script, envelope, job_json
+
+
+def make(script: Script, clock: FakeClock | None = None, **kw: Any) -> Client:
+    clock = clock or FakeClock()
+    return Client(BASE, "orch_secret_key", transport=script.transport(), sleep=clock.sleep,
+                  clock=clock, **kw)
+
+
+def test_submit_sends_the_job_body_auth_and_a_fresh_idempotency_key() -> None:
+    script = Script([httpx.Response(202, json=job_json())])
+    c = make(script)
+    job = c.submit(kind="video", input={"prompt": "a cat", "duration_s": 8}, tier="standard",
+                   max_cost_usd=2.5, metadata={"project": "p1"})
+    c.submit(kind="text", input={"prompt": "hi"})
+    assert job.id == "j-1" and job.status == "queued" and not job.is_final
+    first, _ = script.requests
+    assert first.method == "POST" and first.url.path == "/v1/jobs"
+    assert first.headers["Authorization"] == "Bearer orch_secret_key"
+    assert script.body(0) == {"kind": "video", "input": {"prompt": "a cat", "duration_s": 8},
+                              "tier": "standard", "max_cost_usd": 2.5,
+                              "metadata": {"project": "p1"}}
+    assert script.body(1) == {"kind": "text", "input": {"prompt": "hi"}}
+    keys = {r.headers["Idempotency-Key"] for r in script.requests}
+    assert len(keys) == 2 and all(len(k) == 36 for k in keys)
+
+
+def test_explicit_idempotency_key_is_sent_as_given() -> None:
+    script = Script([httpx.Response(202, json=job_json())])
+    make(script).submit(kind="text", input={"prompt": "x"}, idempotency_key="order-42")
+    assert script.requests[0].headers["Idempotency-Key"] == "order-42"
+
+
+def test_base_url_and_key_default_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_API_URL", BASE + "/")
+    monkeypatch.setenv("ORCH_API_KEY", "orch_env_key")
+    script = Script([httpx.Response(200, json={"backends": []})])
+    c = Client(transport=script.transport())
+    assert c.backends() == []
+    assert str(script.requests[0].url) == BASE + "/v1/backends"
+    assert script.requests[0].headers["Authorization"] == "Bearer orch_env_key"
+    monkeypatch.delenv("ORCH_API_URL")
+    with pytest.raises(ValueError, match="ORCH_API_URL"):
+        Client()
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "cls"),
+    [
+        (422, "invalid_request", InvalidRequest),
+        (401, "unauthorized", Unauthorized),
+        (402, "budget_exceeded", BudgetExceeded),
+        (403, "forbidden", Forbidden),
+        (404, "not_found", NotFound),
+        (409, "conflict", Conflict),
+        (422, "no_eligible_backend", NoEligibleBackend),
+        (429, "rate_limited", RateLimited),
+        (500, "internal_error", ServerError),
+        (418, "teapot", ApiError),
+    ],
+)
+def test_error_envelope_maps_to_typed_errors(status: int, code: str, cls: type[ApiError]) -> None:
+    script = Script([envelope(status, code, f"the {code} message", field="x")])
+    with pytest.raises(cls) as info:
+        make(script, retries=0).get("j-1")
+    err = info.value
+    assert type(err) is cls
+    assert (err.status, err.code, err.message) == (status, code, f"the {code} message")
+    assert err.details == {"field": "x"}
+    assert str(err) == f"the {code} message"
+
+
+def test_status_is_the_fallback_when_the_body_is_not_an_envelope() -> None:
+    script = Script([httpx.Response(404, text="<html>nope</html>")])
+    with pytest.raises(NotFound) as info:
+        make(script).get("j-1")
+    assert info.value.message == "HTTP 404 Not Found" and info.value.code == "not_found"
+
+
+def test_budget_exceeded_carries_the_budget_figures() -> None:
+    script = Script([envelope(402, "budget_exceeded", "budget tenant:acme has $0.50 remaining",
+                              scope="tenant:acme", period="month", remaining_usd=0.5,
+                              requested_usd=1.2)])
+    with pytest.raises(BudgetExceeded) as info:
+        make(script).submit(kind="text", input={"prompt": "x"})
+    e = info.value
+    assert (e.scope, e.period, e.remaining_usd, e.requested_usd) == ("tenant:acme", "month",
+                                                                      0.5, 1.2)
+    assert len(script.requests) == 1  # a 402 is final: never retried
+
+
+def test_429_is_retried_after_retry_after_then_succeeds() -> None:
+    clock = FakeClock()
+    script = Script([envelope(429, "rate_limited", "slow down", {"Retry-After": "7"}),
+                     httpx.Response(202, json=job_json())])
+    job = make(script, clock).submit(kind="text", input={"prompt": "x"})
+    assert job.id == "j-1"
+    assert clock.sleeps == [7.0]
+    keys = [r.headers["Idempotency-Key"] for r in script.requests]
+    assert len(keys) == 2 and keys[0] == keys[1]
+
+
+def test_429_gives_up_with_retry_after_when_retries_run_out() -> None:
+    clock = FakeClock()
+    script = Script([envelope(429, "rate_limited", "slow down", {"Retry-After": "2"})])
+    with pytest.raises(RateLimited) as info:
+        make(script, clock, retries=2).backends()
+    assert info.value.retry_after == 2.0
+    assert len(script.requests) == 3 and clock.sleeps == [2.0, 2.0]
+
+
+def test_a_retry_after_longer_than_the_policy_allows_is_raised_at_once() -> None:
+    clock = FakeClock()
+    script = Script([envelope(429, "rate_limited", "slow down", {"Retry-After": "3600"})])
+    with pytest.raises(RateLimited) as info:
+        make(script, clock).backends()
+    assert info.value.retry_after == 3600.0 and clock.sleeps == []
+
+
+def test_503_then_success_resends_the_same_idempotency_key_and_yields_one_job() -> None:
+    jobs: dict[str, dict[str, Any]] = {}
+    calls = {"n": 0}
+
+    def server(request: httpx.Request) -> httpx.Response:
+        # the first request is processed, then its answer is lost behind a 503
+        key = request.headers["Idempotency-Key"]
+        job = jobs.setdefault(key, job_json(f"j-{len(jobs) + 1}"))
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return envelope(503, "unavailable", "try again")
+        return httpx.Response(202, json=job)
+
+    clock = FakeClock()
+    script = Script([server])
+    job = make(script, clock, retry_policy=RetryPolicy(retries=3, rng=lambda: 1.0)).submit(
+        kind="text", input={"prompt": "x"})
+    assert job.id == "j-1" and len(jobs) == 1
+    assert len(script.requests) == 2 and clock.sleeps == [0.5]
+
+
+def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
+    clock = FakeClock()
+    script = Script([envelope(502, "bad_gateway", "upstream")])
+    policy = RetryPolicy(retries=6, base=0.5, cap=4.0, rng=lambda: 1.0)
+    with pytest.raises(ServerError):
+        make(script, clock, retry_policy=policy).budgets()
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    low = RetryPolicy(retries=1, base=1.0, rng=lambda: 0.0)
+    assert low.delay(0, ServerError("x", status=503)) == 0.5
+
+
+def test_connection_errors_are_retried_and_raised_typed() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    clock = FakeClock()
+    script = Script([refuse, refuse, httpx.Response(200, json={"budgets": []})])
+    assert make(script, clock).budgets() == []
+    assert len(clock.sleeps) == 2
+
+    script = Script([refuse])
+    with pytest.raises(ApiConnectionError, match="connection refused"):
+        make(script, retries=1).get("j-1")
+    assert len(script.requests) == 2
+
+
+def test_cancel_is_not_resent_after_a_5xx_or_a_lost_response() -> None:
+    def lost(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError("connection reset", request=request)
+
+    script = Script([envelope(503, "unavailable", "x"), httpx.Response(200, json=job_json())])
+    with pytest.raises(ServerError):
+        make(script).cancel("j-1")
+    assert len(script.requests) == 1
+
+    script = Script([lost, httpx.Response(200, json=job_json())])
+    with pytest.raises(ApiConnectionError):
+        make(script).cancel("j-1")
+    assert len(script.requests) == 1
+
+    # a 429 was refused before any work, so even a cancel is resent
+    script = Script([envelope(429, "rate_limited", "x", {"Retry-After": "1"}),
+                     httpx.Response(200, json=job_json(status="cancelled"))])
+    assert make(script).cancel("j-1").status == "cancelled"
+    assert script.requests[1].url.path == "/v1/jobs/j-1/cancel"
+
+
+def test_wait_polls_with_growing_interval_until_final() -> None:
+    clock = FakeClock()
+    statuses = ["queued", "running", "running", "running", "succeeded"]
+    script = Script([httpx.Response(200, json=job_json(status=s, cost_usd=0.3 if
+                                                       s == "succeeded" else None))
+                     for s in statuses])
+    job = make(script, clock).wait("j-1", timeout=600, poll_interval=1.0, max_poll_interval=2.0)
+    assert job.status == "succeeded" and job.is_final and job.cost_usd == 0.3
+    assert clock.sleeps == [1.0, 1.5, 2.0, 2.0]
+    assert all(r.url.path == "/v1/jobs/j-1" for r in script.requests)
+
+
+def test_wait_raises_a_typed_timeout_with_the_last_job() -> None:
+    clock = FakeClock()
+    script = Script([httpx.Response(200, json=job_json(status="running"))])
+    with pytest.raises(WaitTimeout) as info:
+        make(script, clock).wait("j-1", timeout=10, poll_interval=4.0, max_poll_interval=4.0)
+    assert isinstance(info.value, TimeoutError)
+    assert info.value.job is not None and info.value.job.status == "running"
+    assert clock.sleeps == [4.0, 4.0, 2.0]  # never sleeps past the deadline
+    assert clock.now == 1010.0
+
+
+def test_list_pages_and_iterates_over_every_page() -> None:
+    pages = {None: {"items": [job_json("a"), job_json("b")], "next_cursor": "c1"},
+             "c1": {"items": [job_json("c")], "next_cursor": None}}
+    script = Script([lambda r: httpx.Response(200, json=pages[r.url.params.get("cursor")])])
+    c = make(script)
+    page = c.list(status="queued", limit=2)
+    assert [j.id for j in page.items] == ["a", "b"] and page.next_cursor == "c1"
+    assert dict(script.requests[0].url.params) == {"status": "queued", "limit": "2"}
+    assert [j.id for j in c.iter_jobs(page_size=2)] == ["a", "b", "c"]
+
+
+def test_resources_parse_and_keep_unknown_fields() -> None:
+    backend = {"name": "sim-video-std", "protocol": "predictions", "kinds": ["video"],
+               "tier": "standard", "breaker": {"state": "open", "strikes": 3,
+                                               "retry_at": "2024-05-01T00:00:30Z"},
+               "success_rate": 0.9, "latency_ms": 120.0, "in_flight": 2, "region": "eu"}
+    budget = {"scope": "tenant:acme", "period": "month", "period_start": "2024-05-01T00:00:00Z",
+              "limit_usd": 10.0, "committed_usd": 1.0, "held_usd": 0.5, "remaining_usd": 8.5,
+              "forecast_usd": None, "alert_thresholds": [0.5, 0.8, 1.0], "channels": []}
+    quote = {"candidates": [{"backend": "b1", "estimated_cost_usd": 0.4, "score": 0.1,
+                             "reasons": ["cheapest"]}],
+             "excluded": [{"backend": "b2", "reason": "tier draft < standard"}]}
+    script = Script([httpx.Response(200, json={"backends": [backend]}),
+                     httpx.Response(200, json={"budgets": [budget]}),
+                     httpx.Response(200, json=quote),
+                     httpx.Response(200, json=budget),
+                     httpx.Response(201, json={"key": "orch_abc_SECRET", "tenant": "acme",
+                                               "admin": True, "prefix": "abc"})])
+    c = make(script)
+    [b] = c.backends()
+    assert b.breaker.state == "open" and b.breaker.strikes == 3 and b.region == "eu"  # type: ignore[attr-defined]
+    [bu] = c.budgets()
+    assert bu.remaining_usd == 8.5 and bu.alert_thresholds == [0.5, 0.8, 1.0]
+    q = c.quote(kind="video", input={"prompt": "x", "duration_s": 4})
+    assert [x.backend for x in q.candidates] == ["b1"] and q.excluded[0].reason
+    assert "Idempotency-Key" not in script.requests[2].headers
+    assert c.set_budget("tenant:acme", "month", 10.0, alert_thresholds=[0.9]).limit_usd == 10.0
+    assert script.requests[3].method == "PUT"
+    assert script.body(3) == {"scope": "tenant:acme", "period": "month", "limit_usd": 10.0,
+                              "alert_thresholds": [0.9]}
+    key = c.create_key("acme", admin=True)
+    assert key.key == "orch_abc_SECRET" and key.admin
+    assert "SECRET" not in repr(key) and "SECRET" not in str(key)
+
+
+def test_unexpected_response_shapes_raise_api_error() -> None:
+    script = Script([httpx.Response(200, text="not json"), httpx.Response(200, json={"x": 1})])
+    c = make(script)
+    with pytest.raises(ApiError, match="no JSON"):
+        c.get("j-1")
+    with pytest.raises(ApiError, match="unexpected response shape"):
+        c.get("j-1")
+
+
+def test_job_ids_are_escaped_into_the_path() -> None:
+    script = Script([httpx.Response(200, json=job_json())])
+    make(script).get("../keys")
+    assert script.requests[0].url.raw_path == b"/v1/jobs/..%2Fkeys"
+
+
+def test_logs_never_contain_the_key_or_the_prompt(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    script = Script([envelope(503, "unavailable", "x"), httpx.Response(202, json=job_json())])
+    make(script).submit(kind="text", input={"prompt": "my secret prompt"})
+    text = caplog.text
+    assert "POST /v1/jobs -> 503" in text
+    assert "orch_secret_key" not in text and "my secret prompt" not in text
