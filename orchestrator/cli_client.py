@@ -1,0 +1,303 @@
+"""Client commands of the ``orchestrator`` CLI: ``submit``, ``jobs get|list|cancel``,
+``backends`` (through the SDK and the HTTP API) and ``keys create`` (straight to the database,
+like ``budgets set``). ``orchestrator.cli`` mounts them with ``register(app)``.
+
+The API URL and key come from ``--api-url``/``--api-key``, else ``ORCH_API_URL``/``ORCH_API_KEY``,
+else the ``credentials.json`` that ``orchestrator up`` wrote (its tenant key). Every command
+exits non-zero with one line ``error: <reason>`` on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from functools import wraps
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from orchestrator.client import ApiError, Backend, Client, Job
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+jobs_app = typer.Typer(no_args_is_help=True, help="Show, list and cancel jobs.")
+keys_app = typer.Typer(no_args_is_help=True, help="Create API keys (talks to the database).")
+
+ApiUrl = Annotated[str | None, typer.Option(
+    "--api-url", help="API base URL (default: ORCH_API_URL, else `orchestrator up`'s)",
+    show_default=False)]
+ApiKeyOpt = Annotated[str | None, typer.Option(
+    "--api-key", help="API key (default: ORCH_API_KEY, else `orchestrator up`'s tenant key)",
+    show_default=False)]
+JsonOut = Annotated[bool, typer.Option("--json", help="print the resource as JSON")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``submit``, ``backends``, ``jobs …`` and ``keys create`` to the ``orchestrator`` app."""
+    app.command("submit")(submit)
+    app.command("backends")(backends)
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(keys_app, name="keys")
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _one_line_errors(fn: F) -> F:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from orchestrator.errors import OrchestratorError
+
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            _fail(exc.message)
+        except OrchestratorError as exc:
+            _fail(exc.message)
+        except ValueError as exc:
+            _fail(str(exc))
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _client(api_url: str | None, api_key: str | None) -> Client:
+    from orchestrator.settings import load_settings
+
+    settings = load_settings()
+    creds: dict[str, Any] = {}
+    path = settings.data_dir / "credentials.json"
+    if path.exists():
+        try:
+            creds = json.loads(path.read_text())
+        except (OSError, ValueError):
+            creds = {}
+    url = (api_url or (settings.api_url if "api_url" in settings.model_fields_set else None)
+           or creds.get("api_url") or settings.api_url)
+    key = api_key or settings.api_key or creds.get("tenant_key")
+    return Client(base_url=url, api_key=key)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def usd(value: float | None) -> str:
+    """$1.20, $0.0042 (cents, or up to 4 decimals for small amounts); "-" for none."""
+    if value is None:
+        return "-"
+    text = f"{value:,.4f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"${whole}.{frac.ljust(2, '0')}"
+
+
+_INT_RE = re.compile(r"^[+-]?[0-9]+$")
+_FLOAT_RE = re.compile(r"^[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?$")
+
+
+def parse_value(raw: str) -> Any:
+    """A ``--param`` value: true/false/null, an int, a finite float, a JSON object, array or
+    quoted string where unambiguous; anything else stays the string it is."""
+    if raw in ("true", "false"):
+        return raw == "true"
+    if raw == "null":
+        return None
+    if _INT_RE.match(raw):
+        return int(raw)
+    if _FLOAT_RE.match(raw):
+        f = float(raw)
+        if math.isfinite(f):
+            return f
+    if raw[:1] in ("{", "[", '"'):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def parse_params(params: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in params:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--param {item!r}: expected key=value")
+        if key in out:
+            raise ValueError(f"--param {key} given twice")
+        out[key] = parse_value(raw)
+    return out
+
+
+def _job_summary(job: Job) -> list[str]:
+    lines = [
+        f"job        {job.id}",
+        f"status     {job.status}",
+        f"kind/tier  {job.kind or '-'} / {job.tier or '-'}",
+        f"backend    {job.backend or '-'}",
+        f"estimate   {usd(job.estimated_cost_usd)}",
+        f"cost       {usd(job.cost_usd)}",
+    ]
+    if job.error is not None:
+        lines.append(f"error      {job.error.code}: {job.error.message or ''}".rstrip())
+    if job.attempts:
+        tries = ", ".join(f"{a.backend}: {a.outcome or 'running'}" for a in job.attempts)
+        lines.append(f"attempts   {tries}")
+    for label, when in (("created", job.created_at), ("started", job.started_at),
+                        ("finished", job.finished_at)):
+        if when is not None:
+            lines.append(f"{label:<10} {when.isoformat()}")
+    return lines
+
+
+def _show_job(job: Job, as_json: bool) -> None:
+    if as_json:
+        _print_json(job.model_dump(mode="json"))
+    else:
+        typer.echo("\n".join(_job_summary(job)))
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+@_one_line_errors
+def submit(
+    kind: Annotated[str, typer.Option(help="video | image | text")],
+    prompt: Annotated[str, typer.Option(help="the prompt (never logged)")],
+    tier: Annotated[str | None, typer.Option(help="draft | standard | premium")] = None,
+    strategy: Annotated[str | None, typer.Option(help="cheapest | fastest | balanced")] = None,
+    max_cost_usd: Annotated[float | None, typer.Option(help="refuse backends dearer than this")]
+    = None,
+    backend: Annotated[str | None, typer.Option(help="pin one backend by name")] = None,
+    project: Annotated[str | None, typer.Option(help="metadata.project (a project budget)")]
+    = None,
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", help="input parameter key=value, repeatable (duration_s=8 resolution=720p)")]
+    = None,
+    idempotency_key: Annotated[str | None, typer.Option(
+        help="resubmitting with the same key returns the same job")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait until the job is final")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 600.0,
+    json_out: JsonOut = False,
+    api_url: ApiUrl = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Submit a job. With --wait, exits non-zero unless it succeeds."""
+    params = parse_params(param or [])
+    if "prompt" in params:
+        raise ValueError("give the prompt with --prompt, not --param prompt=…")
+    with _client(api_url, api_key) as c:
+        job = c.submit(kind=kind, input={"prompt": prompt, **params}, tier=tier,
+                       strategy=strategy, max_cost_usd=max_cost_usd, backend=backend,
+                       metadata={"project": project} if project else None,
+                       idempotency_key=idempotency_key)
+        if wait:
+            job = c.wait(job.id, timeout=timeout)
+    _show_job(job, json_out)
+    if wait and job.status != "succeeded":
+        reason = f": {job.error.code}: {job.error.message}" if job.error else ""
+        _fail(f"job {job.id} {job.status}{reason}")
+
+
+@jobs_app.command("get")
+@_one_line_errors
+def jobs_get(
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyOpt = None,
+) -> None:
+    """Show one job."""
+    with _client(api_url, api_key) as c:
+        _show_job(c.get(job_id), json_out)
+
+
+@jobs_app.command("list")
+@_one_line_errors
+def jobs_list(
+    status: Annotated[str | None, typer.Option(
+        help="queued | running | succeeded | failed | cancelled")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many (newest first)")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor of a previous page")] = None,
+    json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyOpt = None,
+) -> None:
+    """List own jobs, newest first."""
+    with _client(api_url, api_key) as c:
+        page = c.list(status=status, limit=limit, cursor=cursor)
+    if json_out:
+        _print_json(page.model_dump(mode="json"))
+        return
+    if not page.items:
+        typer.echo("no jobs")
+        return
+    typer.echo(f"{'id':36}  {'status':9}  {'kind':5}  {'tier':8}  {'backend':20}  "
+               f"{'estimate':>10}  {'cost':>10}")
+    for j in page.items:
+        typer.echo(f"{j.id:36}  {j.status:9}  {j.kind or '-':5}  {j.tier or '-':8}  "
+                   f"{j.backend or '-':20}  {usd(j.estimated_cost_usd):>10}  "
+                   f"{usd(j.cost_usd):>10}")
+    if page.next_cursor:
+        typer.echo(f"more: --cursor {page.next_cursor}")
+
+
+@jobs_app.command("cancel")
+@_one_line_errors
+def jobs_cancel(
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyOpt = None,
+) -> None:
+    """Cancel a job (its budget hold is released)."""
+    with _client(api_url, api_key) as c:
+        job = c.cancel(job_id)
+    if json_out:
+        _print_json(job.model_dump(mode="json"))
+    else:
+        typer.echo(f"job {job.id} {job.status}")
+
+
+def _backend_row(b: Backend) -> str:
+    breaker = b.breaker.state + (f" ({b.breaker.strikes})" if b.breaker.strikes else "")
+    success = "-" if b.success_rate is None else f"{b.success_rate:.0%}"
+    latency = "-" if b.latency_ms is None else f"{b.latency_ms:.0f}ms"
+    return (f"{b.name:24}  {','.join(b.kinds):12}  {b.tier or '-':8}  {breaker:14}  "
+            f"{success:>7}  {latency:>9}  {b.in_flight if b.in_flight is not None else '-':>9}")
+
+
+@_one_line_errors
+def backends(json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyOpt = None) -> None:
+    """The backend catalogue with breaker state and observed health."""
+    with _client(api_url, api_key) as c:
+        items = c.backends()
+    if json_out:
+        _print_json({"backends": [b.model_dump(mode="json") for b in items]})
+        return
+    typer.echo(f"{'name':24}  {'kinds':12}  {'tier':8}  {'breaker':14}  {'success':>7}  "
+               f"{'latency':>9}  {'in_flight':>9}")
+    for b in items:
+        typer.echo(_backend_row(b))
+
+
+@keys_app.command("create")
+@_one_line_errors
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="the tenant the key acts for")],
+    admin: Annotated[bool, typer.Option("--admin", help="may create keys and budgets")] = False,
+) -> None:
+    """Create an API key in the database (ORCH_DATABASE_URL or `orchestrator up`'s) and print
+    it once: it is stored only as a hash."""
+    from orchestrator.bootstrap import resolve_database_url
+    from orchestrator.settings import load_settings
+    from orchestrator.store.engine import make_engine
+    from orchestrator.store.keys import create_key
+
+    engine = make_engine(resolve_database_url(load_settings()), pool_size=1)
+    try:
+        with engine.begin() as conn:
+            key = create_key(conn, tenant, admin)
+    finally:
+        engine.dispose()
+    typer.echo(f"{'admin' if admin else 'tenant'} key for {tenant} (shown once):", err=True)
+    typer.echo(key)
