@@ -1,0 +1,85 @@
+"""The FastAPI application: ``create_app(container)``.
+
+Routes (CONTRACT "HTTP API"): jobs and quotes (:mod:`.routes_jobs`), backends, budgets and
+keys (:mod:`.routes_admin`), and the unauthenticated ``/healthz``, ``/readyz``, ``/metrics``.
+Errors are the envelope of :mod:`.errors`. Request bodies are never logged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from orchestrator import metrics
+from orchestrator.api import errors, routes_admin, routes_jobs
+from orchestrator.api.config import ApiConfig
+from orchestrator.api.context import ApiContext, _err
+from orchestrator.api.errors import error_response
+from orchestrator.api.middleware import BodySizeLimit
+from orchestrator.api.schemas import HealthOut, ReadyOut
+from orchestrator.api.security import Authenticator, RateLimiter
+from orchestrator.bootstrap import Container
+
+DESCRIPTION = """Cost-aware orchestrator for long-running generation jobs.
+
+Authenticate with `Authorization: Bearer <API key>`. Errors are
+`{"error": {"code", "message", "details"}}`; see the responses of each route.
+"""
+
+
+def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI:
+    """The API over ``container``. ``config`` defaults to the limits in its settings."""
+    cfg = config or ApiConfig.from_settings(container.settings)
+    rds = Redis.from_url(container.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    ctx = ApiContext(container=container, config=cfg,
+                     auth=Authenticator(container.engine, cfg.key_cache_s),
+                     limiter=RateLimiter(rds, cfg), redis=rds)
+    app = FastAPI(title="orchestrator", version="1", description=DESCRIPTION)
+    app.state.ctx = ctx
+    errors.install(app)
+    app.include_router(routes_jobs.router(ctx))
+    app.include_router(routes_admin.router(ctx))
+    _ops(app, ctx)
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
+    return app
+
+
+def _ops(app: FastAPI, ctx: ApiContext) -> None:
+    @app.get("/healthz", response_model=HealthOut, tags=["ops"], summary="Liveness")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=ReadyOut, tags=["ops"],
+             summary="Readiness: PostgreSQL and Redis answer",
+             responses={503: _err("a dependency is down")})
+    def readyz() -> Any:
+        checks: dict[str, str] = {}
+        try:
+            with ctx.container.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except SQLAlchemyError as exc:
+            checks["database"] = f"error: {type(exc).__name__}"
+        try:
+            ctx.redis.ping()
+            checks["redis"] = "ok"
+        except RedisError as exc:
+            checks["redis"] = f"error: {type(exc).__name__}"
+        if all(v == "ok" for v in checks.values()):
+            return JSONResponse({"status": "ready", "checks": checks})
+        return error_response(503, "not_ready", "a dependency is not reachable",
+                              {"checks": checks})
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus exposition",
+             response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text format"}})
+    def prometheus() -> Response:
+        body, content_type = metrics.prometheus_payload()
+        return Response(content=body, media_type=content_type)

@@ -1,0 +1,148 @@
+"""The error envelope ``{"error": {"code", "message", "details"}}`` and the code → HTTP status map.
+
+    invalid_request       422   malformed body, query or path (names the field)
+    unauthorized          401   no, malformed, unknown or revoked API key
+    forbidden             403   an admin route called with a tenant key
+    not_found             404   no such job, or another tenant's job; unknown route
+    conflict              409   same Idempotency-Key with another body; a hold already final
+    budget_exceeded       402   a covering budget cannot hold the job's worst case
+    no_eligible_backend   422   routing left no candidate: the job *as asked* cannot run
+                                (kind/tier/max_cost/pinned backend); the reasons are in details
+    rate_limited          429   per-tenant request rate exceeded (``Retry-After`` header)
+    payload_too_large     413   request body above the configured limit
+    method_not_allowed    405
+    not_ready             503   /readyz: database or Redis unreachable
+    internal_error        500   anything else; no details, never a stack trace
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orchestrator.domain.money import micros_to_usd
+from orchestrator.errors import BudgetExceeded, OrchestratorError, RequestError
+
+log = logging.getLogger("orchestrator.api")
+
+STATUS_BY_CODE: dict[str, int] = {
+    "invalid_request": 422,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "budget_exceeded": 402,
+    "no_eligible_backend": 422,
+    "rate_limited": 429,
+    "payload_too_large": 413,
+    "method_not_allowed": 405,
+    "not_ready": 503,
+}
+
+
+class Unauthorized(RequestError):
+    code = "unauthorized"
+
+
+class Forbidden(RequestError):
+    code = "forbidden"
+
+
+class RateLimited(RequestError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, limit: int, window_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, limit=limit, window_s=window_s)
+        self.retry_after_s = retry_after_s
+
+
+def envelope(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(envelope(code, message, details), status_code=status, headers=headers)
+
+
+def _budget_details(exc: BudgetExceeded) -> dict[str, Any]:
+    d = exc.details
+    return {
+        "budget": {"scope": exc.scope, "period": exc.period,
+                   "period_start": d.get("period_start")},
+        "scope": exc.scope,
+        "period": exc.period,
+        "period_start": d.get("period_start"),
+        "remaining_usd": micros_to_usd(exc.remaining_micros),
+        "requested_usd": micros_to_usd(exc.requested_micros),
+    }
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        where = parts[0]
+        rest = parts[1:]
+        if where == "body":
+            return ".".join(rest) or "body"
+        return f"{where}." + ".".join(rest) if rest else where
+    return ".".join(parts)
+
+
+def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
+    """One readable line naming the first bad field, and every field's error (never the
+    submitted value: it may hold a prompt)."""
+    items = []
+    for e in errors:
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if e.get("type") == "json_invalid":
+            msg = "the body is not valid JSON"
+        items.append({"field": _field(e.get("loc", ())), "message": msg})
+    if not items:
+        return "invalid request", []
+    first = items[0]
+    return f"{first['field']}: {first['message']}", items
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every failure into the envelope."""
+
+    @app.exception_handler(OrchestratorError)
+    async def _orchestrator(_: Request, exc: OrchestratorError) -> JSONResponse:
+        status = STATUS_BY_CODE.get(exc.code)
+        if status is None:
+            log.error("unhandled orchestrator error", extra={"error": type(exc).__name__,
+                                                             "code": exc.code})
+            return error_response(500, "internal_error", "internal error")
+        headers = None
+        details = dict(exc.details)
+        if isinstance(exc, BudgetExceeded):
+            details = _budget_details(exc)
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+        return error_response(status, exc.code, exc.message, details, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, items = validation_message(list(exc.errors()))
+        return error_response(422, "invalid_request", message, {"errors": items})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
+                403: "forbidden", 413: "payload_too_large"}.get(exc.status_code, "http_error")
+        message = str(exc.detail) if exc.detail else code.replace("_", " ")
+        return error_response(exc.status_code, code, message, None,
+                              dict(exc.headers) if exc.headers else None)
+
+    @app.exception_handler(Exception)
+    async def _unknown(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", extra={"error": type(exc).__name__})
+        return error_response(500, "internal_error", "internal error")

@@ -1,0 +1,71 @@
+"""/v1/backends, /v1/budgets (read: own; write: admin) and /v1/keys (admin)."""
+
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+
+from orchestrator.api.context import ADMIN_ERRORS, AUTH_ERRORS, ApiContext
+from orchestrator.api.schemas import BackendsOut, BudgetIn, BudgetOut, BudgetsOut, KeyIn, KeyOut
+from orchestrator.api.security import Principal
+from orchestrator.api.views import backend_resource, budget_resource, visible_to
+from orchestrator.domain.budgets import thresholds_to_bp, validate_scope
+from orchestrator.domain.money import usd_to_micros
+from orchestrator.errors import InvalidRequest
+from orchestrator.ledger.budgets import list_budgets, set_budget
+from orchestrator.ledger.service import utcnow
+from orchestrator.notify import parse_channels
+from orchestrator.store import keys as key_repo
+
+
+def router(ctx: ApiContext) -> APIRouter:
+    r = APIRouter(prefix="/v1")
+    Caller = Annotated[Principal, Depends(ctx.principal_dep())]
+    Admin = Annotated[Principal, Depends(ctx.admin_dep())]
+    c = ctx.container
+
+    @r.get("/backends", response_model=BackendsOut, tags=["backends"], responses=AUTH_ERRORS,
+           summary="Catalogue with breaker state and observed health")
+    def backends(p: Caller) -> dict[str, Any]:
+        cat = c.catalogue()
+        health = c.health.snapshot(cat.names)
+        now = time.time()
+        return {"backends": [backend_resource(b, health[b.name], now) for b in cat.backends]}
+
+    @r.get("/budgets", response_model=BudgetsOut, tags=["budgets"], responses=AUTH_ERRORS,
+           summary="Budgets covering the caller's tenant (admin: all)")
+    def budgets(p: Caller) -> dict[str, Any]:
+        now = utcnow()
+        with c.engine.connect() as conn:
+            views = list_budgets(conn, now=now)
+        shown = [v for v in views if p.admin or visible_to(v.scope, p.tenant)]
+        return {"budgets": [budget_resource(v, now) for v in shown]}
+
+    @r.put("/budgets", response_model=BudgetOut, tags=["budgets"], responses=ADMIN_ERRORS,
+           summary="Create or update a budget (admin)")
+    def put_budget(body: BudgetIn, p: Admin) -> dict[str, Any]:
+        try:
+            scope = validate_scope(body.scope)
+            thresholds = thresholds_to_bp(body.alert_thresholds)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        channels = [ch.model_dump(mode="json") for ch in parse_channels(body.channels)]
+        now = utcnow()
+        with c.engine.begin() as tx:
+            set_budget(tx, scope=scope, period=body.period,
+                       limit_micros=usd_to_micros(body.limit_usd), now=now,
+                       thresholds_bp=thresholds, channels=channels)
+            views = list_budgets(tx, now=now, scopes=(scope,))
+        view = next(v for v in views if v.period == body.period)
+        return budget_resource(view, now)
+
+    @r.post("/keys", response_model=KeyOut, status_code=201, tags=["keys"],
+            responses=ADMIN_ERRORS, summary="Create an API key (admin); shown once")
+    def create_key(body: KeyIn, p: Admin) -> dict[str, Any]:
+        with c.engine.begin() as tx:
+            key = key_repo.create_key(tx, body.tenant, admin=body.admin)
+        prefix = key.split("_", 2)[1]
+        return {"key": key, "tenant": body.tenant, "admin": body.admin, "prefix": prefix}
+
+    return r

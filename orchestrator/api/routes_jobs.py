@@ -1,0 +1,117 @@
+"""/v1/jobs and /v1/quotes.
+
+Idempotency: ``POST /v1/jobs`` with an ``Idempotency-Key`` the tenant already used answers
+**200** with the existing job (and ``Idempotent-Replayed: true``) when the body is the same,
+**409 conflict** when it differs; a new job answers **202**.
+"""
+
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi.responses import JSONResponse
+
+from orchestrator import metrics
+from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
+from orchestrator.api.schemas import JobListOut, JobOut, JobStatus, QuoteOut
+from orchestrator.api.security import Principal
+from orchestrator.api.views import decode_cursor, encode_cursor
+from orchestrator.domain.jobs import JobSpec
+from orchestrator.errors import BudgetExceeded, Conflict, NoEligibleBackend, NotFound
+from orchestrator.metrics import catalogue as m
+from orchestrator.service.views import job_resource
+from orchestrator.store import jobs as repo
+
+JobId = Annotated[uuid.UUID, Path(description="the job id")]
+
+
+def _record_submit(spec: JobSpec, backend: str, status: str) -> None:
+    metrics.counter(m.JOBS_SUBMITTED, kind=spec.kind.value, tier=spec.tier.value,
+                    backend=backend, status=status)
+
+
+def router(ctx: ApiContext) -> APIRouter:
+    r = APIRouter(prefix="/v1", tags=["jobs"], responses=AUTH_ERRORS)
+    principal = ctx.principal_dep()
+    Caller = Annotated[Principal, Depends(principal)]
+    c = ctx.container
+
+    def load(job_id: uuid.UUID, tenant: str) -> dict[str, Any]:
+        with c.engine.connect() as conn:
+            job = repo.get_job(conn, job_id)
+            if job is None or job.tenant != tenant:
+                raise NotFound(f"no job {job_id}", job_id=str(job_id))
+            return job_resource(job, repo.attempts(conn, job_id))
+
+    @r.post(
+        "/jobs", status_code=202, response_model=JobOut,
+        summary="Submit a job",
+        responses={
+            200: {"model": JobOut, "description": "replay of an Idempotency-Key: the same job"},
+            402: _err("a covering budget cannot hold the job's worst-case cost"),
+            409: _err("Idempotency-Key reused with a different body"),
+        },
+    )
+    def submit(
+        spec: JobSpec,
+        p: Caller,
+        idempotency_key: Annotated[
+            str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
+                               pattern=r"^[\x21-\x7e]+$")
+        ] = None,
+    ) -> JSONResponse:
+        try:
+            job, created = c.submitter.submit(p.tenant, spec, idempotency_key)
+        except BudgetExceeded:
+            _record_submit(spec, "none", "budget_exceeded")
+            raise
+        except NoEligibleBackend:
+            _record_submit(spec, "none", "no_eligible_backend")
+            raise
+        if created:
+            first = (job.route or {}).get("candidates") or [{"backend": "none"}]
+            _record_submit(spec, str(first[0]["backend"]), "accepted")
+            return JSONResponse(job_resource(job, []), status_code=202)
+        return JSONResponse(load(job.id, p.tenant), status_code=200,
+                            headers={"Idempotent-Replayed": "true"})
+
+    @r.get("/jobs/{job_id}", response_model=JobOut, summary="One job",
+           responses={404: _err("no such job (or not yours)")})
+    def get_job(job_id: JobId, p: Caller) -> dict[str, Any]:
+        return load(job_id, p.tenant)
+
+    @r.get("/jobs", response_model=JobListOut, summary="Own jobs, newest first")
+    def list_jobs(
+        p: Caller,
+        status: Annotated[JobStatus | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Query(max_length=400)] = None,
+    ) -> dict[str, Any]:
+        before = decode_cursor(cursor) if cursor else None
+        with c.engine.connect() as conn:
+            rows = repo.list_jobs(conn, p.tenant, status=status, limit=limit + 1,
+                                  before=before)
+            page = rows[:limit]
+            items = [job_resource(j, repo.attempts(conn, j.id)) for j in page]
+        nxt = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+        return {"items": items, "next_cursor": nxt}
+
+    @r.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a job",
+            responses={404: _err("no such job (or not yours)"),
+                       409: _err("the job already finished otherwise")})
+    def cancel(job_id: JobId, p: Caller) -> dict[str, Any]:
+        job = c.runner.cancel(job_id, p.tenant)
+        if job is None:
+            raise NotFound(f"no job {job_id}", job_id=str(job_id))
+        if job.status != "cancelled" and job.is_final:
+            raise Conflict(f"job {job_id} already {job.status}", job_id=str(job_id),
+                           status=job.status)
+        return load(job_id, p.tenant)
+
+    @r.post("/quotes", response_model=QuoteOut, summary="Dry-run routing (no side effects)",
+            tags=["quotes"])
+    def quote(spec: JobSpec, p: Caller) -> dict[str, Any]:
+        return c.submitter.quote(spec).to_quote()
+
+    return r

@@ -1,0 +1,179 @@
+"""Request and response models of the HTTP API (they shape /openapi.json)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from orchestrator.store.keys import TENANT_RE
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# -- errors ----------------------------------------------------------------------------------
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+# -- jobs ------------------------------------------------------------------------------------
+class ErrorInfo(_Out):
+    code: str
+    message: str | None
+
+
+class AttemptOut(_Out):
+    backend: str
+    external_id: str | None
+    outcome: str | None
+    error: ErrorInfo | None
+    cost_usd: float | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class CandidateOut(_Out):
+    backend: str
+    estimated_cost_usd: float
+    score: float
+    reasons: list[str] = Field(default_factory=list)
+
+
+class ExcludedOut(_Out):
+    backend: str
+    reason: str
+
+
+class QuoteOut(_Out):
+    candidates: list[CandidateOut]
+    excluded: list[ExcludedOut]
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobOut(_Out):
+    id: str
+    status: JobStatus
+    kind: str
+    tier: str
+    backend: str | None
+    estimated_cost_usd: float
+    cost_usd: float | None
+    result: dict[str, Any] | None
+    error: ErrorInfo | None
+    attempts: list[AttemptOut]
+    route: QuoteOut | None
+    metadata: dict[str, Any]
+    deadline_at: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class JobListOut(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+# -- backends --------------------------------------------------------------------------------
+class BreakerOut(_Out):
+    state: Literal["closed", "open", "half_open"]
+    strikes: int
+    retry_at: str | None
+
+
+class BackendOut(_Out):
+    name: str
+    protocol: str
+    kinds: list[str]
+    tier: str
+    breaker: BreakerOut
+    success_rate: float | None
+    latency_ms: float | None
+    in_flight: int
+
+
+class BackendsOut(BaseModel):
+    backends: list[BackendOut]
+
+
+# -- budgets ---------------------------------------------------------------------------------
+Period = Literal["day", "month", "total"]
+
+
+class ChannelOut(BaseModel):
+    type: str
+    label: str
+
+
+class BudgetOut(_Out):
+    scope: str
+    period: Period
+    period_start: str
+    period_end: str | None
+    limit_usd: float
+    committed_usd: float
+    held_usd: float
+    remaining_usd: float
+    forecast_usd: float | None
+    alert_thresholds: list[float]
+    channels: list[ChannelOut]
+
+
+class BudgetsOut(BaseModel):
+    budgets: list[BudgetOut]
+
+
+class BudgetIn(BaseModel):
+    """``PUT /v1/budgets``: create or update the budget (scope, period)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scope: str = Field(max_length=160, examples=["tenant:acme"])
+    period: Period
+    limit_usd: float = Field(ge=0, le=1_000_000_000)
+    alert_thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0],
+                                          max_length=20)
+    channels: list[dict[str, Any]] = Field(default_factory=list, max_length=20)
+
+    @field_validator("limit_usd")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("limit_usd must be a finite number")
+        return v
+
+
+# -- keys ------------------------------------------------------------------------------------
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = Field(pattern=TENANT_RE.pattern, examples=["acme"])
+    admin: bool = False
+
+
+class KeyOut(BaseModel):
+    key: str
+    tenant: str
+    admin: bool
+    prefix: str
+
+
+# -- health ----------------------------------------------------------------------------------
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, str]

@@ -1,0 +1,101 @@
+"""Resources of the API that are not jobs: budgets (with a run-rate forecast), backends,
+and the opaque list cursor."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from orchestrator.domain.breaker import BackendHealth
+from orchestrator.domain.budgets import period_window
+from orchestrator.domain.catalogue import BackendSpec
+from orchestrator.domain.money import micros_to_usd
+from orchestrator.errors import InvalidRequest
+from orchestrator.ledger.budgets import BudgetView
+from orchestrator.notify import ChannelConfigError, parse_channel
+
+# A period younger than this is projected as if this much had passed, so one early job does
+# not forecast a spend hundreds of times the limit.
+MIN_ELAPSED = timedelta(hours=1)
+
+
+def forecast_micros(view: BudgetView, now: datetime) -> int | None:
+    """Run-rate projection of committed spend to the period end; None for ``total``."""
+    window = period_window(view.period, now)
+    if window.end is None:
+        return None
+    length = (window.end - window.start).total_seconds()
+    elapsed = max((now - window.start).total_seconds(), MIN_ELAPSED.total_seconds())
+    fraction = min(1.0, elapsed / length)
+    return round(view.committed_micros / fraction)
+
+
+def _channels(raw: tuple[dict[str, Any], ...]) -> list[dict[str, str]]:
+    """Type and a safe label per channel: never a URL path, token or secret."""
+    out = []
+    for i, item in enumerate(raw):
+        try:
+            cfg = parse_channel(item, i)
+        except ChannelConfigError:
+            out.append({"type": str(item.get("type", "unknown")), "label": "invalid channel"})
+            continue
+        out.append({"type": cfg.type, "label": cfg.label})
+    return out
+
+
+def budget_resource(view: BudgetView, now: datetime) -> dict[str, Any]:
+    forecast = forecast_micros(view, now)
+    window = period_window(view.period, now)
+    return {
+        "scope": view.scope,
+        "period": view.period,
+        "period_start": view.period_start.isoformat(),
+        "period_end": window.end.isoformat() if window.end is not None else None,
+        "limit_usd": micros_to_usd(view.limit_micros),
+        "committed_usd": micros_to_usd(view.committed_micros),
+        "held_usd": micros_to_usd(view.held_micros),
+        "remaining_usd": micros_to_usd(view.remaining_micros),
+        "forecast_usd": micros_to_usd(forecast) if forecast is not None else None,
+        "alert_thresholds": [bp / 10000 for bp in view.alert_thresholds_bp],
+        "channels": _channels(view.channels),
+    }
+
+
+def visible_to(scope: str, tenant: str) -> bool:
+    """Budgets a tenant may see: global, its own, and its projects'."""
+    own = f"tenant:{tenant}"
+    return scope in ("global", own) or scope.startswith(own + "/project:")
+
+
+def backend_resource(spec: BackendSpec, health: BackendHealth, now: float) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "protocol": spec.protocol.value,
+        "kinds": [k.value for k in spec.kinds],
+        "tier": spec.tier.value,
+        "max_concurrency": spec.max_concurrency,
+        **health.to_dict(now),
+    }
+
+
+# -- cursor ----------------------------------------------------------------------------------
+def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
+    raw = json.dumps({"t": created_at.isoformat(), "id": str(job_id)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        at = datetime.fromisoformat(data["t"])
+        if at.tzinfo is None:
+            raise ValueError("naive")
+        return at, uuid.UUID(data["id"])
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError) as exc:
+        raise InvalidRequest("query.cursor: not a cursor returned by this API",
+                             field="query.cursor") from exc

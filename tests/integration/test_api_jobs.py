@@ -1,0 +1,161 @@
+"""POST/GET /v1/jobs, cancel, quotes: over real HTTP against the real stack (no worker
+running: jobs stay queued unless a test cancels them)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import text
+
+from .api_fixture import Api, api, video  # noqa: F401
+
+NO_JOB = "00000000-0000-4000-8000-000000000000"
+
+
+def _count(a: Api, table: str) -> int:
+    with a.rig.engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+def test_submit_returns_202_and_the_job_resource(api: Api) -> None:
+    r = api.tenant().post("/v1/jobs", json=video(metadata={"project": "p1"}))
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["kind"] == "video" and job["tier"] == "draft"
+    assert job["estimated_cost_usd"] > 0 and job["cost_usd"] is None
+    assert job["route"]["candidates"][0]["backend"] == "vid-cheap"
+    assert job["attempts"] == [] and job["metadata"] == {"project": "p1"}
+    assert "prompt" not in r.text  # the resource never echoes the input
+
+    got = api.tenant().get(f"/v1/jobs/{job['id']}")
+    assert got.status_code == 200 and got.json()["id"] == job["id"]
+    with api.rig.engine.connect() as conn:
+        tenant = conn.execute(text("SELECT tenant FROM jobs WHERE id = :i"),
+                              {"i": job["id"]}).scalar_one()
+    assert tenant == "acme"
+
+
+def test_another_tenants_job_is_not_found(api: Api) -> None:
+    job = api.tenant("acme").post("/v1/jobs", json=video()).json()
+    for path in (f"/v1/jobs/{job['id']}", NO_JOB):
+        r = (api.tenant("globex").get(path) if path.startswith("/")
+             else api.tenant("globex").get(f"/v1/jobs/{path}"))
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "not_found"
+    r = api.tenant("globex").post(f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 404
+    assert api.tenant("acme").get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    assert api.tenant("globex").get("/v1/jobs").json() == {"items": [], "next_cursor": None}
+
+
+def test_list_is_newest_first_with_cursor_paging_and_status_filter(api: Api) -> None:
+    c = api.tenant()
+    ids = [c.post("/v1/jobs", json=video(duration=d)).json()["id"] for d in range(1, 6)]
+    c.post(f"/v1/jobs/{ids[0]}/cancel").raise_for_status()
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, str | int] = {"limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = c.get("/v1/jobs", params=params).json()
+        pages += 1
+        seen += [j["id"] for j in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1] and pages == 3
+    queued = c.get("/v1/jobs", params={"status": "queued"}).json()["items"]
+    assert [j["id"] for j in queued] == ids[:0:-1]
+    cancelled = c.get("/v1/jobs", params={"status": "cancelled"}).json()["items"]
+    assert [j["id"] for j in cancelled] == [ids[0]]
+
+    bad = c.get("/v1/jobs", params={"cursor": "not-a-cursor"})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
+    assert "cursor" in bad.json()["error"]["message"]
+    bad = c.get("/v1/jobs", params={"status": "bogus"})
+    assert bad.status_code == 422 and "status" in bad.json()["error"]["message"]
+
+
+def test_idempotency_same_body_same_job_different_body_conflict(api: Api) -> None:
+    c = api.tenant()
+    key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    first = c.post("/v1/jobs", json=video(), headers=key)
+    again = c.post("/v1/jobs", json=video(), headers=key)
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    other = c.post("/v1/jobs", json=video(duration=9), headers=key)
+    assert other.status_code == 409
+    err = other.json()["error"]
+    assert err["code"] == "conflict" and err["details"]["job_id"] == first.json()["id"]
+    # the same key belongs to each tenant separately
+    theirs = api.tenant("globex").post("/v1/jobs", json=video(), headers=key)
+    assert theirs.status_code == 202 and theirs.json()["id"] != first.json()["id"]
+    assert _count(api, "jobs") == 2 and _count(api, "holds") == 2
+
+
+def test_cancel_releases_the_hold_and_is_repeatable(api: Api) -> None:
+    api.budget("tenant:acme", 10_000_000)
+    c = api.tenant()
+    job = c.post("/v1/jobs", json=video()).json()
+    with api.rig.engine.connect() as conn:
+        held = conn.execute(text("SELECT held_micros FROM budget_periods")).scalar_one()
+    assert held > 0
+    r = c.post(f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert r.json()["error"]["code"] == "cancelled"
+    with api.rig.engine.connect() as conn:
+        held = conn.execute(text("SELECT held_micros FROM budget_periods")).scalar_one()
+    assert held == 0
+    again = c.post(f"/v1/jobs/{job['id']}/cancel")
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+    assert c.post(f"/v1/jobs/{NO_JOB}/cancel").status_code == 404
+
+
+def test_invalid_specs_are_422_naming_the_field(api: Api) -> None:
+    c = api.tenant()
+    cases = [
+        ({**video(), "kind": "hologram"}, "kind"),
+        (video(duration=0), "duration_s"),
+        ({**video(), "max_cost_usd": -1}, "max_cost_usd"),
+        ({**video(), "surprise": 1}, "surprise"),
+        ({"kind": "video"}, "input"),
+    ]
+    for body, field in cases:
+        r = c.post("/v1/jobs", json=body)
+        assert r.status_code == 422, (body, r.text)
+        err = r.json()["error"]
+        assert err["code"] == "invalid_request" and field in err["message"], err
+        assert "Traceback" not in r.text and "a lighthouse" not in r.text
+    r = c.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["error"]["message"]
+    r = c.post("/v1/jobs", json=video(), headers={"Idempotency-Key": "x" * 201})
+    assert r.status_code == 422 and "Idempotency-Key" in r.json()["error"]["message"]
+    assert _count(api, "jobs") == 0
+
+
+def test_no_eligible_backend_is_422_with_the_reasons(api: Api) -> None:
+    r = api.tenant().post("/v1/jobs", json=video(tier="premium"))
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "no_eligible_backend"
+    assert {e["backend"] for e in err["details"]["excluded"]} >= {"vid-cheap", "vid-mid"}
+    assert _count(api, "jobs") == 0
+
+
+def test_quote_ranks_candidates_and_changes_nothing(api: Api) -> None:
+    api.budget("tenant:acme", 10_000_000)
+    before = (_count(api, "jobs"), _count(api, "holds"), _count(api, "ledger_entries"))
+    r = api.tenant().post("/v1/quotes", json=video(tier="draft"))
+    assert r.status_code == 200, r.text
+    q = r.json()
+    assert [c["backend"] for c in q["candidates"]] == ["vid-cheap", "vid-mid"]
+    assert q["candidates"][0]["estimated_cost_usd"] == 0.18  # 4 s x $0.03 x 1.5
+    assert q["candidates"][0]["reasons"]
+    assert {e["backend"] for e in q["excluded"]} == {"txt-one"}
+    assert all(e["reason"] for e in q["excluded"])
+    assert (_count(api, "jobs"), _count(api, "holds"), _count(api, "ledger_entries")) == before
+    bad = api.tenant().post("/v1/quotes", json={"kind": "video", "input": {}})
+    assert bad.status_code == 422 and "prompt" in bad.json()["error"]["message"]
