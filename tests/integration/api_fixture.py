@@ -74,8 +74,10 @@ def start_api(rig: Rig, config: ApiConfig | None = None) -> Api:
     return Api(rig, running, admin_key, keys)
 
 
-@pytest.fixture()
-def api(rig: Rig) -> Iterator[Api]:
+# Registered under the names ``api`` / ``limited_api``; test modules import these objects
+# (``from .api_fixture import api_fixture, limited_api_fixture``) without shadowing the names.
+@pytest.fixture(name="api")
+def api_fixture(rig: Rig) -> Iterator[Api]:
     a = start_api(rig, ApiConfig(key_cache_s=0))
     try:
         yield a
@@ -83,8 +85,8 @@ def api(rig: Rig) -> Iterator[Api]:
         a.close()
 
 
-@pytest.fixture()
-def limited_api(rig: Rig) -> Iterator[Api]:
+@pytest.fixture(name="limited_api")
+def limited_api_fixture(rig: Rig) -> Iterator[Api]:
     """Three requests per tenant per minute, bodies up to 4 KiB."""
     a = start_api(rig, ApiConfig(rate_limit=3, rate_window_s=60, max_body_bytes=4096))
     try:

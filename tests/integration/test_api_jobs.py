@@ -7,7 +7,7 @@ import uuid
 
 from sqlalchemy import text
 
-from .api_fixture import Api, api, video  # noqa: F401
+from .api_fixture import Api, api_fixture, video  # noqa: F401
 
 NO_JOB = "00000000-0000-4000-8000-000000000000"
 

@@ -1,0 +1,150 @@
+"""Budgets, keys and backends over real HTTP: admin vs tenant keys, 402 naming the budget."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import text
+
+from orchestrator.api.views import MIN_ELAPSED
+from orchestrator.domain.budgets import period_window
+from orchestrator.domain.outcomes import Outcome
+
+from .api_fixture import ADMIN_TENANT, Api, api_fixture, video  # noqa: F401
+
+WEBHOOK = {"type": "webhook", "url": "https://hooks.example.com/t/SECRETPATH",
+           "secret": "s" * 24}
+
+
+def test_402_names_the_budget_and_the_remaining_amount(api: Api) -> None:
+    api.budget("tenant:acme/project:p1", 250_000, period="day")  # $0.25
+    c = api.tenant()
+    # a draft job may fail over to vid-mid, so it holds that worst case: $0.07 x s x 1.5
+    ok = c.post("/v1/jobs", json=video(duration=2, metadata={"project": "p1"}))  # $0.21
+    assert ok.status_code == 202
+    r = c.post("/v1/jobs", json=video(duration=4, metadata={"project": "p1"}))  # $0.42
+    assert r.status_code == 402
+    err = r.json()["error"]
+    assert err["code"] == "budget_exceeded"
+    assert err["details"]["scope"] == "tenant:acme/project:p1"
+    assert err["details"]["budget"]["period"] == "day"
+    assert err["details"]["remaining_usd"] == 0.04 and err["details"]["requested_usd"] == 0.42
+    assert "tenant:acme/project:p1" in err["message"] and "$0.040000" in err["message"]
+    # another project of the same tenant is not bound by that budget
+    assert c.post("/v1/jobs", json=video(duration=4, metadata={"project": "p2"})).status_code \
+        == 202
+
+
+def test_tenant_sees_its_budgets_admin_sees_all(api: Api) -> None:
+    for scope in ("global", "tenant:acme", "tenant:acme/project:p1", "tenant:globex",
+                  "tenant:acmex"):
+        api.budget(scope, 5_000_000)
+    api.tenant().post("/v1/jobs", json=video()).raise_for_status()
+    mine = api.tenant().get("/v1/budgets").json()["budgets"]
+    assert {b["scope"] for b in mine} == {"global", "tenant:acme", "tenant:acme/project:p1"}
+    acme = next(b for b in mine if b["scope"] == "tenant:acme")
+    assert acme["limit_usd"] == 5.0 and acme["held_usd"] == 0.42
+    assert acme["remaining_usd"] == 4.58 and acme["committed_usd"] == 0.0
+    assert acme["forecast_usd"] == 0.0 and acme["alert_thresholds"] == [0.5, 0.8, 1.0]
+    everything = api.admin().get("/v1/budgets").json()["budgets"]
+    assert len(everything) == 5
+
+
+def test_forecast_is_the_run_rate_of_committed_spend(api: Api) -> None:
+    api.budget("tenant:acme", 100_000_000, period="month")
+    api.budget("tenant:acme", 100_000_000, period="total")
+    # periods are created lazily, by the first hold; then pretend $3 was spent this month
+    api.tenant().post("/v1/jobs", json=video()).raise_for_status()
+    with api.rig.engine.begin() as conn:
+        n = conn.execute(text("UPDATE budget_periods SET committed_micros = 3000000")).rowcount
+    assert n == 2
+    now = datetime.now(UTC)
+    budgets = {b["period"]: b for b in api.tenant().get("/v1/budgets").json()["budgets"]}
+    assert budgets["total"]["forecast_usd"] is None
+    w = period_window("month", now)
+    elapsed = max((now - w.start).total_seconds(), MIN_ELAPSED.total_seconds())
+    assert w.end is not None
+    expected = 3.0 * (w.end - w.start).total_seconds() / elapsed
+    assert abs(budgets["month"]["forecast_usd"] - expected) < 0.01 * expected
+    assert budgets["month"]["forecast_usd"] >= 3.0
+
+
+def test_put_budget_is_admin_only_and_validated(api: Api) -> None:
+    body = {"scope": "tenant:acme", "period": "month", "limit_usd": 12.5,
+            "alert_thresholds": [0.8, 0.5], "channels": [WEBHOOK]}
+    denied = api.tenant().put("/v1/budgets", json=body)
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
+    assert api.admin().get("/v1/budgets").json()["budgets"] == []
+
+    r = api.admin().put("/v1/budgets", json=body)
+    assert r.status_code == 200, r.text
+    b = r.json()
+    assert b["scope"] == "tenant:acme" and b["limit_usd"] == 12.5
+    assert b["alert_thresholds"] == [0.5, 0.8]
+    assert b["channels"] == [{"type": "webhook", "label": "webhook https://hooks.example.com"}]
+    assert "SECRETPATH" not in r.text and "s" * 24 not in r.text
+    listed = api.tenant().get("/v1/budgets").json()["budgets"]
+    assert [x["limit_usd"] for x in listed] == [12.5]
+    assert "SECRETPATH" not in api.tenant().get("/v1/budgets").text
+    with api.rig.engine.connect() as conn:
+        stored = conn.execute(text("SELECT channels FROM budgets")).scalar_one()
+    assert stored[0]["secret"] == "s" * 24  # kept for delivery, never shown
+
+    r = api.admin().put("/v1/budgets", json={**body, "limit_usd": 20})
+    assert r.status_code == 200 and r.json()["limit_usd"] == 20.0
+
+    bad = [
+        ({**body, "scope": "team:x"}, "scope"),
+        ({**body, "period": "week"}, "period"),
+        ({**body, "limit_usd": -1}, "limit_usd"),
+        ({**body, "alert_thresholds": [0]}, "threshold"),
+        ({**body, "channels": [{"type": "webhook", "url": "ftp://x", "secret": "s" * 20}]},
+         "channels[0].url"),
+        ({**body, "channels": [{"type": "pager"}]}, "channels[0].type"),
+    ]
+    for payload, field in bad:
+        r = api.admin().put("/v1/budgets", json=payload)
+        assert r.status_code == 422, (payload, r.text)
+        assert r.json()["error"]["code"] == "invalid_request"
+        assert field in r.json()["error"]["message"], r.json()
+
+
+def test_keys_are_created_by_admins_only_and_work(api: Api) -> None:
+    denied = api.tenant().post("/v1/keys", json={"tenant": "newco"})
+    assert denied.status_code == 403
+    r = api.admin().post("/v1/keys", json={"tenant": "newco", "admin": False})
+    assert r.status_code == 201
+    out = r.json()
+    assert out["tenant"] == "newco" and out["admin"] is False
+    assert out["key"].startswith(f"orch_{out['prefix']}_")
+    with api.rig.engine.connect() as conn:
+        hashes = conn.execute(text("SELECT key_hash FROM api_keys")).scalars().all()
+    assert out["key"] not in hashes and all(out["key"] not in h for h in hashes)
+
+    newco = api.client(out["key"])
+    job = newco.post("/v1/jobs", json=video()).json()
+    assert api.tenant("acme").get(f"/v1/jobs/{job['id']}").status_code == 404
+    assert newco.get(f"/v1/jobs/{job['id']}").status_code == 200
+    assert newco.post("/v1/keys", json={"tenant": "x"}).status_code == 403
+
+    admin2 = api.admin().post("/v1/keys", json={"tenant": ADMIN_TENANT, "admin": True}).json()
+    assert api.client(admin2["key"]).post("/v1/keys", json={"tenant": "y"}).status_code == 201
+    bad = api.admin().post("/v1/keys", json={"tenant": "no spaces"})
+    assert bad.status_code == 422 and "tenant" in bad.json()["error"]["message"]
+
+
+def test_backends_show_catalogue_and_breaker_state(api: Api) -> None:
+    health = api.rig.container.health
+    for _ in range(3):
+        health.record("vid-mid", Outcome.BACKEND_FAULT)
+    r = api.tenant().get("/v1/backends")
+    assert r.status_code == 200
+    by_name = {b["name"]: b for b in r.json()["backends"]}
+    assert set(by_name) == {"vid-cheap", "vid-mid", "txt-one"}
+    cheap = by_name["vid-cheap"]
+    assert cheap["protocol"] == "predictions" and cheap["kinds"] == ["video"]
+    assert cheap["tier"] == "draft" and cheap["breaker"]["state"] == "closed"
+    assert cheap["in_flight"] == 0
+    mid = by_name["vid-mid"]
+    assert mid["breaker"]["state"] == "open" and mid["breaker"]["strikes"] >= 3
+    assert mid["breaker"]["retry_at"] is not None and mid["success_rate"] is not None

@@ -1,0 +1,162 @@
+"""Authentication, rate limits, body limits, error envelopes and ops routes over real HTTP."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from celery import Celery
+from sqlalchemy import text
+
+from orchestrator.api import ApiConfig, start_in_thread
+from orchestrator.bootstrap import Container
+from orchestrator.store.keys import revoke_key
+from workers.enqueue import CeleryEnqueue
+
+from .api_fixture import Api, api_fixture, limited_api_fixture, video  # noqa: F401
+
+PROMPT = "a secret storyboard about a lighthouse"
+
+
+def _error(r: httpx.Response, status: int, code: str) -> dict[str, object]:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == code
+    assert "Traceback" not in r.text
+    err: dict[str, object] = body["error"]
+    return err
+
+
+def test_requests_without_a_valid_key_are_401(api: Api) -> None:
+    unknown = "orch_deadbeef_" + "A" * 43
+    for headers in ({}, {"Authorization": "Bearer nonsense"},
+                    {"Authorization": f"Bearer {unknown}"},
+                    {"Authorization": f"Basic {api.keys['acme']}"},
+                    {"Authorization": f"Bearer {api.keys['acme']}x"}):
+        with httpx.Client(base_url=api.url, headers=headers) as c:
+            for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs"),
+                                 ("GET", "/v1/budgets"), ("PUT", "/v1/budgets"),
+                                 ("POST", "/v1/keys"), ("GET", "/v1/backends")):
+                r = c.request(method, path, json=video())
+                _error(r, 401, "unauthorized")
+    with api.rig.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 0
+
+
+def test_a_revoked_key_stops_working(api: Api) -> None:
+    key = api.new_key("acme")
+    c = api.client(key)
+    assert c.get("/v1/jobs").status_code == 200
+    with api.rig.engine.begin() as conn:
+        assert revoke_key(conn, key.split("_")[1])
+    _error(c.get("/v1/jobs"), 401, "unauthorized")
+    assert api.tenant().get("/v1/jobs").status_code == 200
+
+
+def test_rate_limit_is_per_tenant_with_retry_after(limited_api: Api) -> None:
+    acme = limited_api.tenant("acme")
+    for _ in range(3):
+        assert acme.get("/v1/jobs").status_code == 200
+    r = acme.post("/v1/jobs", json=video())
+    err = _error(r, 429, "rate_limited")
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    assert err["details"] == {"retry_after_s": int(r.headers["Retry-After"]), "limit": 3,
+                              "window_s": 60}
+    assert limited_api.tenant("globex").get("/v1/jobs").status_code == 200
+    assert httpx.get(f"{limited_api.url}/healthz").status_code == 200  # not limited
+    with limited_api.rig.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 0
+
+
+def test_bodies_above_the_limit_are_413(limited_api: Api) -> None:
+    c = limited_api.tenant()
+    big = video()
+    big["input"]["prompt"] = "x" * 5000
+    err = _error(c.post("/v1/jobs", json=big), 413, "payload_too_large")
+    assert "4096" in str(err["message"])
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+        yield b'{"kind": "video", "input": {"prompt": "'
+        for _ in range(10):
+            yield b"y" * 1000
+        yield b'"}}'
+
+    r = c.post("/v1/jobs", content=chunks(), headers={"Content-Type": "application/json"})
+    _error(r, 413, "payload_too_large")
+    assert c.post("/v1/jobs", json=video()).status_code == 202
+
+
+def test_unknown_routes_and_methods_use_the_envelope(api: Api) -> None:
+    _error(api.tenant().get("/v1/nothing"), 404, "not_found")
+    _error(api.tenant().delete("/v1/jobs"), 405, "method_not_allowed")
+
+
+def test_health_ready_and_metrics_need_no_key(api: Api) -> None:
+    assert httpx.get(f"{api.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{api.url}/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "redis": "ok"}}
+    api.tenant().post("/v1/jobs", json=video()).raise_for_status()
+    api.tenant().post("/v1/jobs", json=video(tier="premium"))
+    m = httpx.get(f"{api.url}/metrics")
+    assert m.status_code == 200 and m.headers["content-type"].startswith("text/plain")
+    lines = m.text.splitlines()
+    assert any(ln.startswith("orchestrator_jobs_submitted_total{") and 'status="accepted"' in ln
+               and 'backend="vid-cheap"' in ln for ln in lines), m.text[:2000]
+    assert any('status="no_eligible_backend"' in ln for ln in lines)
+
+
+def test_redis_down_readyz_503_and_requests_still_served(api: Api, tmp_path: Path) -> None:
+    settings = api.rig.container.settings.model_copy(
+        update={"redis_url": "redis://127.0.0.1:1/0"})
+    container = Container(settings, enqueue=CeleryEnqueue(Celery("dead", broker="memory://")))
+    running = start_in_thread(container, config=ApiConfig(key_cache_s=0))
+    try:
+        r = httpx.get(f"{running.url}/readyz", timeout=10)
+        err = _error(r, 503, "not_ready")
+        checks = err["details"]["checks"]  # type: ignore[index]
+        assert checks["database"] == "ok" and checks["redis"].startswith("error")
+        # the rate limiter fails open: losing Redis does not stop the API
+        listed = httpx.get(f"{running.url}/v1/jobs", timeout=10,
+                           headers={"Authorization": f"Bearer {api.keys['acme']}"})
+        assert listed.status_code == 200
+    finally:
+        running.stop()
+        container.engine.dispose()
+
+
+def test_unexpected_failures_are_500_without_details(api: Api, tmp_path: Path) -> None:
+    settings = api.rig.container.settings.model_copy(
+        update={"backends_file": tmp_path / "missing.yaml"})
+    container = Container(settings, enqueue=api.rig.container.enqueue)
+    running = start_in_thread(container)
+    try:
+        r = httpx.get(f"{running.url}/v1/backends", timeout=10,
+                      headers={"Authorization": f"Bearer {api.keys['acme']}"})
+        err = _error(r, 500, "internal_error")
+        assert err["details"] == {} and "missing.yaml" not in r.text
+    finally:
+        running.stop()
+        container.engine.dispose()
+
+
+def test_keys_and_prompts_never_reach_the_logs(api: Api, caplog: pytest.LogCaptureFixture
+                                               ) -> None:
+    caplog.set_level(logging.DEBUG)
+    c = api.tenant()
+    spec = video()
+    spec["input"]["prompt"] = PROMPT
+    c.post("/v1/jobs", json=spec).raise_for_status()
+    c.post("/v1/jobs", json={**spec, "tier": "premium"})
+    c.post("/v1/jobs", json={**spec, "bogus": True})
+    c.post("/v1/quotes", json=spec).raise_for_status()
+    api.client(api.keys["acme"] + "x").get("/v1/jobs")
+    api.admin().post("/v1/keys", json={"tenant": "newco"}).raise_for_status()
+    text_logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert PROMPT not in text_logged
+    for key in (api.keys["acme"], api.admin_key):
+        assert key not in text_logged and key.split("_", 2)[2] not in text_logged
