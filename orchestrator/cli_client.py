@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from orchestrator.client import ApiError, Backend, Client, Job
+from orchestrator.client import ApiError, Backend, BudgetExceeded, Client, Job
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,6 +56,8 @@ def _one_line_errors(fn: F) -> F:
 
         try:
             return fn(*args, **kwargs)
+        except BudgetExceeded as exc:
+            _fail(_budget_message(exc))
         except ApiError as exc:
             _fail(exc.message)
         except OrchestratorError as exc:
@@ -65,6 +67,16 @@ def _one_line_errors(fn: F) -> F:
         return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _budget_message(exc: BudgetExceeded) -> str:
+    """The refusal in dollars and cents, from the error's details (else the server's text)."""
+    start = exc.details.get("period_start")
+    if exc.scope is None or exc.remaining_usd is None or exc.requested_usd is None:
+        return exc.message
+    since = f" from {str(start)[:10]}" if start else ""
+    return (f"budget {exc.scope} ({exc.period}{since}) has {usd(exc.remaining_usd)} remaining; "
+            f"this job needs up to {usd(exc.requested_usd)}")
 
 
 def _client(api_url: str | None, api_key: str | None) -> Client:
