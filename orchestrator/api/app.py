@@ -21,7 +21,7 @@ from orchestrator.api import errors, routes_admin, routes_jobs
 from orchestrator.api.config import ApiConfig
 from orchestrator.api.context import ApiContext, _err
 from orchestrator.api.errors import error_response
-from orchestrator.api.middleware import BodySizeLimit
+from orchestrator.api.middleware import BodySizeLimit, CatchAll
 from orchestrator.api.schemas import HealthOut, ReadyOut
 from orchestrator.api.security import Authenticator, RateLimiter
 from orchestrator.bootstrap import Container
@@ -46,6 +46,7 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     app.include_router(routes_jobs.router(ctx))
     app.include_router(routes_admin.router(ctx))
     _ops(app, ctx)
+    app.add_middleware(CatchAll)  # innermost of the two: inside it, handlers have run
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
     return app
 

@@ -104,7 +104,10 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
         if e.get("type") == "json_invalid":
             msg = "the body is not valid JSON"
-        items.append({"field": _field(e.get("loc", ())), "message": msg})
+        field = _field(e.get("loc", ()))
+        if field == "body" and ": " in msg:  # a model-level check that names its own field
+            field, msg = msg.split(": ", 1)
+        items.append({"field": field, "message": msg})
     if not items:
         return "invalid request", []
     first = items[0]
@@ -136,13 +139,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI: a body it could not decode (e.g. not UTF-8)
+            return error_response(422, "invalid_request",
+                                  "body: not valid UTF-8 JSON", {"errors": [
+                                      {"field": "body", "message": "not valid UTF-8 JSON"}]})
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
                 403: "forbidden", 413: "payload_too_large"}.get(exc.status_code, "http_error")
         message = str(exc.detail) if exc.detail else code.replace("_", " ")
         return error_response(exc.status_code, code, message, None,
                               dict(exc.headers) if exc.headers else None)
-
-    @app.exception_handler(Exception)
-    async def _unknown(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", extra={"error": type(exc).__name__})
-        return error_response(500, "internal_error", "internal error")

@@ -7,12 +7,15 @@ body is counted as it streams and refused as soon as it passes the limit.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.api.errors import envelope
+
+log = logging.getLogger("orchestrator.api")
 
 
 class _TooLarge(HTTPException):
@@ -73,3 +76,37 @@ class BodySizeLimit:
                               (b"connection", b"close")]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class CatchAll:
+    """The last line: an exception no handler took becomes a 500 ``internal_error`` without
+    details, and only its type is logged (its message may quote a prompt, e.g. a SQL error
+    echoing parameters), so nothing reaches the server's traceback log."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.error("unhandled error in %s %s: %s", scope.get("method"), scope.get("path"),
+                      type(exc).__name__)
+            if started:
+                return
+            body = json.dumps(envelope("internal_error", "internal error")).encode()
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})

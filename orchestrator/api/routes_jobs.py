@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from orchestrator import metrics
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
-from orchestrator.api.schemas import JobListOut, JobOut, JobStatus, QuoteOut
+from orchestrator.api.schemas import JobBody, JobListOut, JobOut, JobStatus, QuoteOut
 from orchestrator.api.security import Principal
 from orchestrator.api.views import decode_cursor, encode_cursor
 from orchestrator.domain.jobs import JobSpec
@@ -54,7 +54,7 @@ def router(ctx: ApiContext) -> APIRouter:
         },
     )
     def submit(
-        spec: JobSpec,
+        spec: JobBody,
         p: Caller,
         idempotency_key: Annotated[
             str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
@@ -111,7 +111,7 @@ def router(ctx: ApiContext) -> APIRouter:
 
     @r.post("/quotes", response_model=QuoteOut, summary="Dry-run routing (no side effects)",
             tags=["quotes"])
-    def quote(spec: JobSpec, p: Caller) -> dict[str, Any]:
+    def quote(spec: JobBody, p: Caller) -> dict[str, Any]:
         return c.submitter.quote(spec).to_quote()
 
     return r

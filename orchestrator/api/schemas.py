@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
+from orchestrator.domain.jobs import ImageInput, JobSpec, TextInput, VideoInput
 from orchestrator.store.keys import TENANT_RE
+
+
+def _find_nul(value: Any, where: str) -> str | None:
+    """The path of the first string (or key) holding a NUL character, which PostgreSQL's jsonb
+    and text types cannot store."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _find_nul(k, where) or _find_nul(v, f"{where}.{k}" if where else str(k))
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _find_nul(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _reject_nul(model: BaseModel) -> None:
+    where = _find_nul(model.model_dump(mode="json"), "")
+    if where is not None:
+        raise ValueError(f"{where}: text may not contain NUL (\\u0000) characters")
 
 
 class _Out(BaseModel):
@@ -26,6 +51,37 @@ class ErrorOut(BaseModel):
 
 
 # -- jobs ------------------------------------------------------------------------------------
+def _input_schema() -> dict[str, Any]:
+    shapes = []
+    for kind, model in (("video", VideoInput), ("image", ImageInput), ("text", TextInput)):
+        shape = model.model_json_schema()
+        shape["title"] = f"{kind} input"
+        shapes.append(shape)
+    return {"type": "object", "anyOf": shapes,
+            "description": "per kind: video {prompt, duration_s, resolution}, "
+                           "image {prompt, n, size}, text {prompt, max_tokens}"}
+
+
+_EXAMPLE: dict[str, Any] = {
+    "kind": "video",
+    "input": {"prompt": "a lighthouse at dusk", "duration_s": 8, "resolution": "720p"},
+    "tier": "standard", "max_cost_usd": 2.5, "metadata": {"project": "p1"},
+}
+
+
+class JobBody(JobSpec):
+    """The job body (CONTRACT): :class:`JobSpec` with its ``input`` documented per kind."""
+
+    model_config = ConfigDict(title="JobSpec", json_schema_extra={"examples": [_EXAMPLE]})
+
+    input: Annotated[dict[str, Any], WithJsonSchema(_input_schema())]
+
+    @model_validator(mode="after")
+    def _storable(self) -> JobBody:
+        _reject_nul(self)
+        return self
+
+
 class ErrorInfo(_Out):
     code: str
     message: str | None
@@ -152,6 +208,11 @@ class BudgetIn(BaseModel):
         if not math.isfinite(v):
             raise ValueError("limit_usd must be a finite number")
         return v
+
+    @model_validator(mode="after")
+    def _storable(self) -> BudgetIn:
+        _reject_nul(self)
+        return self
 
 
 # -- keys ------------------------------------------------------------------------------------

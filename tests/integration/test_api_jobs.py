@@ -122,6 +122,7 @@ def test_invalid_specs_are_422_naming_the_field(api: Api) -> None:
         ({**video(), "max_cost_usd": -1}, "max_cost_usd"),
         ({**video(), "surprise": 1}, "surprise"),
         ({"kind": "video"}, "input"),
+        (video(metadata={"note": "a\x00b"}), "metadata.note"),
     ]
     for body, field in cases:
         r = c.post("/v1/jobs", json=body)
@@ -129,8 +130,9 @@ def test_invalid_specs_are_422_naming_the_field(api: Api) -> None:
         err = r.json()["error"]
         assert err["code"] == "invalid_request" and field in err["message"], err
         assert "Traceback" not in r.text and "a lighthouse" not in r.text
-    r = c.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
-    assert r.status_code == 422 and "JSON" in r.json()["error"]["message"]
+    for raw in (b"{not json", b'{"kind": "\xff\xfe"}'):
+        r = c.post("/v1/jobs", content=raw, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and "JSON" in r.json()["error"]["message"], r.text
     r = c.post("/v1/jobs", json=video(), headers={"Idempotency-Key": "x" * 201})
     assert r.status_code == 422 and "Idempotency-Key" in r.json()["error"]["message"]
     assert _count(api, "jobs") == 0

@@ -144,6 +144,31 @@ def test_unexpected_failures_are_500_without_details(api: Api, tmp_path: Path) -
         container.engine.dispose()
 
 
+def test_a_database_failure_is_500_without_details_or_prompt(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    caplog.set_level(logging.DEBUG)
+    url = make_url(api.rig.container.database_url).set(database="no_such_database")
+    settings = api.rig.container.settings.model_copy(
+        update={"database_url": url.render_as_string(hide_password=False)})
+    container = Container(settings, enqueue=api.rig.container.enqueue)
+    running = start_in_thread(container)
+    try:
+        spec = video()
+        spec["input"]["prompt"] = PROMPT
+        r = httpx.post(f"{running.url}/v1/jobs", json=spec, timeout=10,
+                       headers={"Authorization": f"Bearer {api.keys['acme']}"})
+        err = _error(r, 500, "internal_error")
+        assert err["details"] == {} and "no_such_database" not in r.text
+    finally:
+        running.stop()
+        container.engine.dispose()
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "OperationalError" in logged and api.keys["acme"] not in logged
+
+
 def test_keys_and_prompts_never_reach_the_logs(api: Api, caplog: pytest.LogCaptureFixture
                                                ) -> None:
     caplog.set_level(logging.DEBUG)

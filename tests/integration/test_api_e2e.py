@@ -1,0 +1,38 @@
+"""One job submitted over HTTP runs to `succeeded` on a real Celery worker (simulator backend),
+and the API shows the result, the attempt and the settled budget."""
+
+from __future__ import annotations
+
+import time
+
+from .api_fixture import Api, api_fixture, video  # noqa: F401
+
+
+def test_a_job_submitted_over_http_succeeds_on_a_real_worker(api: Api) -> None:
+    api.budget("tenant:acme", 10_000_000)
+    api.rig.control("vid-cheap", duration_ms=200)
+    api.rig.start_worker()
+    c = api.tenant()
+    r = c.post("/v1/jobs", json=video(duration=8), headers={"Idempotency-Key": "e2e-1"})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+
+    deadline = time.monotonic() + 60
+    job = c.get(f"/v1/jobs/{job_id}").json()
+    while job["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"job still {job['status']} after 60 s"
+        time.sleep(0.1)  # polling interval of a condition wait
+        job = c.get(f"/v1/jobs/{job_id}").json()
+
+    assert job["status"] == "succeeded", job
+    assert job["backend"] == "vid-cheap" and job["cost_usd"] == 0.36  # 8 s x $0.03 x 1.5
+    assert job["result"] and job["error"] is None and job["finished_at"]
+    (attempt,) = job["attempts"]
+    assert attempt["outcome"] == "succeeded" and attempt["external_id"]
+    (budget,) = c.get("/v1/budgets").json()["budgets"]
+    assert budget["committed_usd"] == 0.36 and budget["held_usd"] == 0.0
+    # a replay of the submission still answers with the same, now finished, job
+    again = c.post("/v1/jobs", json=video(duration=8), headers={"Idempotency-Key": "e2e-1"})
+    assert again.status_code == 200 and again.json()["status"] == "succeeded"
+    done = c.post(f"/v1/jobs/{job_id}/cancel")
+    assert done.status_code == 409 and done.json()["error"]["details"]["status"] == "succeeded"
