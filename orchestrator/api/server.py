@@ -21,7 +21,9 @@ def serve(
     port: int = 8000,
     *,
     container: Container | None = None,
+    config: ApiConfig | None = None,
     log_level: str = "info",
+    access_log: bool = True,
 ) -> None:
     """Serve the API until stopped. Builds the default container from settings, and starts the
     metric sinks for the ``api`` role. Access logs carry method, path and status only."""
@@ -31,8 +33,8 @@ def serve(
     c = container or default_container()
     metrics.configure_from_settings("api", c.settings)
     try:
-        uvicorn.run(create_app(c), host=host, port=port, log_level=log_level,
-                    access_log=True, proxy_headers=False, server_header=False)
+        uvicorn.run(create_app(c, config), host=host, port=port, log_level=log_level,
+                    access_log=access_log, proxy_headers=False, server_header=False)
     finally:
         metrics.shutdown()
 
