@@ -85,11 +85,11 @@ RAW_HOLD = [
     "%(job)s, 'hold', %(key)s, %(amount)s, 0 FROM lines",
 ]
 RAW_SETTLE = [
-    "UPDATE holds SET status = 'settled', charged_micros = %(charge)s, finished_at = %(now)s "
-    "WHERE job_id = %(job)s AND status = 'held' AND amount_micros >= %(charge)s "
-    "RETURNING id, amount_micros",
-    "SELECT hold_id, budget_period_id, amount_micros FROM hold_lines "
-    "WHERE hold_id = ANY(%(hold_ids)s) ORDER BY budget_period_id",
+    "WITH h AS (UPDATE holds SET status = 'settled', charged_micros = %(charge)s, "
+    "finished_at = %(now)s WHERE job_id = %(job)s AND status = 'held' "
+    "AND amount_micros >= %(charge)s RETURNING id, amount_micros) "
+    "SELECT h.amount_micros, hl.budget_period_id, hl.amount_micros AS line_micros "
+    "FROM h LEFT JOIN hold_lines hl ON hl.hold_id = h.id ORDER BY hl.budget_period_id",
     "UPDATE budget_periods bp SET held_micros = bp.held_micros - %(release)s, "
     "committed_micros = bp.committed_micros + %(charge)s FROM budgets b "
     "WHERE bp.id = %(pid)s AND b.id = bp.budget_id RETURNING bp.id, bp.budget_id, "
@@ -124,16 +124,18 @@ def bench_raw(url: str, threads: int, seconds: float, period_id: int) -> float:
                                        "amount": AMOUNT, "job": job, "key": f"hold:{job}"})
             assert conn.execute(RAW_HOLD[2], {"amount": AMOUNT, "pid": period_id}).fetchone()
         with conn.transaction():
-            row = conn.execute(RAW_SETTLE[0], {"charge": CHARGE, "now": now, "job": job}).fetchone()
-            assert row is not None
-            lines = conn.execute(RAW_SETTLE[1], {"hold_ids": [row[0]]}).fetchall()
-            conn.execute(RAW_SETTLE[3], {"kind": "settle", "jobs": [job for _ in lines],
+            rows = conn.execute(
+                RAW_SETTLE[0], {"charge": CHARGE, "now": now, "job": job}
+            ).fetchall()
+            assert rows
+            lines = [(None, r[1], r[2]) for r in rows if r[1] is not None]
+            conn.execute(RAW_SETTLE[2], {"kind": "settle", "jobs": [job for _ in lines],
                                          "pids": [ln[1] for ln in lines],
                                          "helds": [ln[2] for ln in lines],
                                          "commits": [CHARGE for _ in lines]})
             for _, pid, amount in lines:
                 p = conn.execute(
-                    RAW_SETTLE[2], {"release": amount, "charge": CHARGE, "pid": pid}
+                    RAW_SETTLE[1], {"release": amount, "charge": CHARGE, "pid": pid}
                 ).fetchone()
                 assert p is not None
                 crossed_thresholds(p[3], p[4] - CHARGE, p[4], tuple(p[8]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 
+from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
@@ -46,3 +47,20 @@ def deliver_alerts() -> None:
     c = container()
     with ChannelFactory(smtp=SmtpSettings()) as factory:
         deliver_pending(c.engine, factory, utcnow())
+
+
+@app.task(name="orchestrator.noop")  # type: ignore[untyped-decorator]
+def noop(counter_key: str) -> None:
+    """Does nothing but count itself: the baseline of bench/throughput.py and a liveness
+    probe for a worker (the counter is how the sender sees it ran)."""
+    _counter_redis().incr(counter_key)
+
+
+_redis_client: Redis | None = None
+
+
+def _counter_redis() -> Redis:
+    global _redis_client
+    if _redis_client is None:
+        _redis_client = Redis.from_url(container().redis_url)
+    return _redis_client

@@ -94,11 +94,18 @@ _INSERT_LINES_AND_ENTRIES = text(
 _SELECT_HOLD = text(
     "SELECT id, amount_micros, charged_micros, status FROM holds WHERE job_id = :job_id"
 )
+# Finish the hold (guarded) and read its lines in one statement: one row per line, or one
+# row with NULL line columns for a hold no budget covers; no row when the guard refused.
 _FINISH_HOLD = text(
     """
-    UPDATE holds SET status = :status, charged_micros = :charge, finished_at = :now
-    WHERE job_id = :job_id AND status = 'held' AND amount_micros >= :charge
-    RETURNING id, amount_micros
+    WITH h AS (
+        UPDATE holds SET status = :status, charged_micros = :charge, finished_at = :now
+        WHERE job_id = :job_id AND status = 'held' AND amount_micros >= :charge
+        RETURNING id, amount_micros
+    )
+    SELECT h.amount_micros, hl.budget_period_id, hl.amount_micros AS line_micros
+    FROM h LEFT JOIN hold_lines hl ON hl.hold_id = h.id
+    ORDER BY hl.budget_period_id
     """
 )
 _HOLD_LINES = text(
@@ -254,17 +261,17 @@ class Ledger:
             raise InvalidAmount(f"charge must be >= 0, got {charge}")
         now = self.clock()
         with self._tx(conn) as tx:
-            row = tx.execute(
+            rows = tx.execute(
                 _FINISH_HOLD, {"status": status, "charge": charge, "now": now, "job_id": job_id}
-            ).first()
-            if row is None:
+            ).all()
+            if not rows:
                 return self._refused_finish(tx, job_id, status, charge)
-            lines = tx.execute(_HOLD_LINES, {"hold_ids": [row.id]}).all()
-            alert_ids = self._apply(
-                tx, job_id, kind, [(ln.budget_period_id, ln.amount_micros, charge) for ln in lines],
-                now,
-            )
-        return StepReceipt(job_id, status, charge, row.amount_micros - charge, tuple(alert_ids))
+            moves = [(r.budget_period_id, r.line_micros, charge)
+                     for r in rows if r.budget_period_id is not None]
+            alert_ids = self._apply(tx, job_id, kind, moves, now)
+        return StepReceipt(
+            job_id, status, charge, rows[0].amount_micros - charge, tuple(alert_ids)
+        )
 
     def _refused_finish(
         self, tx: Connection, job_id: uuid.UUID, status: str, charge: int

@@ -46,14 +46,31 @@ DONE = Next()
 
 
 @dataclass(frozen=True, slots=True)
+class Opened:
+    """What ``_open_next`` did: opened ``attempt``; found it opened by a duplicate step; or
+    found no backend that would take the job (``refused`` says why)."""
+
+    attempt: repo.AttemptRow | None = None
+    duplicate: bool = False
+    refused: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PollPolicy:
-    """How often to poll a running attempt: every age/10 s, clamped to [min_s, max_s]."""
+    """How often to poll a running attempt.
+
+    Before the backend's expected latency (catalogue ``expected_latency_ms``) has passed, the
+    next look is when the job should be done; after it (or with no expectation), every
+    age/10 s, clamped to [min_s, max_s]. Minute-long video jobs then cost a few polls each.
+    """
 
     min_s: float = 1.0
     max_s: float = 10.0
     grace_s: float = 60.0  # a chain silent this long past its next step is revived
 
-    def interval(self, age_s: float) -> float:
+    def interval(self, age_s: float, expected_s: float | None = None) -> float:
+        if expected_s is not None and age_s < expected_s:
+            return max(self.min_s, expected_s - age_s)
         return min(self.max_s, max(self.min_s, age_s / 10))
 
 
@@ -79,15 +96,24 @@ class JobRunner:
     # -- the one step --------------------------------------------------------------------------
     def advance(self, job_id: uuid.UUID, token: uuid.UUID) -> Next:
         now = self.clock()
+        opened: Opened | None = None
+        attempts: list[repo.AttemptRow] = []  # a queued job has no attempts yet
         with self.engine.begin() as tx:
-            job = repo.get_job(tx, job_id)
-            if job is None or job.is_final or job.chain_token != token:
-                return DONE
-            if job.status == "queued":
-                repo.claim(tx, job_id, now)
-            attempts = repo.attempts(tx, job_id)
+            claimed = repo.claim(tx, job_id, token, now)
+            if claimed is not None:
+                job = claimed
+                if not self._past_deadline(job, now):
+                    # its first attempt is checkpointed in the claiming transaction
+                    opened = self._open_next(tx, job, attempts)
+            else:
+                current = repo.get_job(tx, job_id)
+                if current is None or current.is_final or current.chain_token != token:
+                    return DONE
+                job, attempts = current, repo.attempts(tx, job_id)
+        if opened is not None:  # committed: now the backend may be called
+            return self._start(job, attempts, opened, token)
         open_ = next((a for a in attempts if a.outcome is None), None)
-        if job.deadline_at is not None and now >= job.deadline_at:
+        if self._past_deadline(job, now):
             return self._deadline(job, open_)
         if open_ is None:
             return self._next_attempt(job, attempts, token)
@@ -95,10 +121,23 @@ class JobRunner:
             return self._submit(job, open_, token)
         return self._poll(job, open_, token)
 
+    @staticmethod
+    def _past_deadline(job: repo.JobRow, now: datetime) -> bool:
+        return job.deadline_at is not None and now >= job.deadline_at
+
     # -- attempts ------------------------------------------------------------------------------
     def _next_attempt(
         self, job: repo.JobRow, attempts: list[repo.AttemptRow], token: uuid.UUID
     ) -> Next:
+        with self.engine.begin() as tx:
+            opened = self._open_next(tx, job, attempts)
+        return self._start(job, attempts, opened, token)
+
+    def _open_next(
+        self, tx: Connection, job: repo.JobRow, attempts: list[repo.AttemptRow]
+    ) -> Opened:
+        """Take a breaker ticket for the next untried backend of the plan and write its
+        attempt row in ``tx`` (the checkpoint before any backend call)."""
         plan = RoutePlan.from_quote(job.route or {})
         cat = self.catalogue()
         tried = {a.backend for a in attempts}
@@ -114,15 +153,25 @@ class JobRunner:
             if not ticket.allowed:
                 refused.append(f"{name}: {ticket.refusal}")
                 continue
-            with self.engine.begin() as tx:
-                attempt = repo.open_attempt(
-                    tx, job.id, len(attempts) + 1, name, self.clock(),
-                    slot=ticket.slot, probe=ticket.probe,
-                )
+            attempt = repo.open_attempt(
+                tx, job.id, len(attempts) + 1, name, self.clock(),
+                slot=ticket.slot, probe=ticket.probe,
+            )
             if attempt is None:  # a duplicate step opened it first; let it run
                 self.health.record(name, Outcome.CANCELLED, probe=ticket.probe, slot=ticket.slot)
-                return Next(self.poll_policy.min_s)
-            return self._submit(job, attempt, token)
+                return Opened(duplicate=True)
+            return Opened(attempt=attempt)
+        return Opened(refused=tuple(refused))
+
+    def _start(
+        self, job: repo.JobRow, attempts: list[repo.AttemptRow], opened: Opened,
+        token: uuid.UUID,
+    ) -> Next:
+        """After the checkpoint committed: call the backend, or end the job if none is left."""
+        if opened.attempt is not None:
+            return self._submit(job, opened.attempt, token)
+        if opened.duplicate:
+            return Next(self.poll_policy.min_s)
         last = attempts[-1] if attempts else None
         if last is not None and last.error_code:
             code, message = "all_backends_failed", (
@@ -131,7 +180,7 @@ class JobRunner:
         else:
             code, message = "no_eligible_backend", (
                 "no backend in the plan would take the job"
-                + (f" ({'; '.join(refused)})" if refused else "")
+                + (f" ({'; '.join(opened.refused)})" if opened.refused else "")
             )
         self._fail(job, code, message)
         return DONE
@@ -144,17 +193,33 @@ class JobRunner:
             sub = adapter.submit(spec, idempotency_key=f"{job.id}:{attempt.number}")
         except BackendError as exc:
             return self._attempt_failed(job, attempt, exc, token)
-        with self.engine.begin() as tx:
-            repo.record_external_id(tx, attempt.id, sub.external_id)
-            current = repo.get_job(tx, job.id)
-        if current is not None and current.is_final:  # cancelled while we were submitting
+        if sub.result is not None and sub.result.status == "succeeded":
+            # synchronous backend: the checkpoint and the settle share one transaction
+            latency = (time.monotonic() - started) * 1000
+            self._succeed(job, attempt, sub.result, latency, external_id=sub.external_id)
+            return DONE
+        if sub.result is None:
+            # create-then-poll: the external id and the chain's next wake in one transaction;
+            # set_wake fails if the job was cancelled (or revived) while we were submitting
+            delay = self._poll_delay(attempt, 0.0)
+            with self.engine.begin() as tx:
+                repo.record_external_id(tx, attempt.id, sub.external_id)
+                alive = repo.set_wake(tx, job.id, token, self._wake_at(delay))
+            if alive:
+                return Next(delay)
+        else:
+            with self.engine.begin() as tx:
+                repo.record_external_id(tx, attempt.id, sub.external_id)
+        with self.engine.connect() as conn:
+            current = repo.get_job(conn, job.id)
+        if current is None or current.is_final:  # cancelled while we were submitting
             self._cancel_at_backend(adapter, sub.external_id)
             self._close(attempt, "cancelled", Outcome.CANCELLED)
             return DONE
-        if sub.result is not None:
-            latency = (time.monotonic() - started) * 1000
-            return self._concluded(job, attempt, sub.result, token, latency)
-        return self._schedule_poll(job, token, 0.0)
+        if sub.result is None or current.chain_token != token:
+            return DONE  # the sweeper gave the job a new chain, which will poll it
+        latency = (time.monotonic() - started) * 1000
+        return self._concluded(job, attempt, sub.result, token, latency)
 
     def _poll(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID) -> Next:
         backend = self.catalogue().get(attempt.backend)
@@ -172,11 +237,11 @@ class JobRunner:
         try:
             res = adapter.poll(attempt.external_id)
         except TransientError:  # the provider is still working; ask again later
-            return self._schedule_poll(job, token, age)
+            return self._schedule_poll(job, attempt, token, age)
         except BackendError as exc:
             return self._attempt_failed(job, attempt, exc, token)
         if not res.done:
-            return self._schedule_poll(job, token, age)
+            return self._schedule_poll(job, attempt, token, age)
         return self._concluded(job, attempt, res, token, age * 1000)
 
     def _concluded(
@@ -231,19 +296,20 @@ class JobRunner:
         return closed
 
     def _succeed(
-        self, job: repo.JobRow, attempt: repo.AttemptRow, res: PollResult, latency_ms: float
+        self, job: repo.JobRow, attempt: repo.AttemptRow, res: PollResult, latency_ms: float,
+        *, external_id: str | None = None,
     ) -> None:
         now = self.clock()
-        cost = res.cost_micros or 0
         with self.engine.begin() as tx:
+            if external_id is not None:
+                repo.record_external_id(tx, attempt.id, external_id)
             if not repo.close_attempt(tx, attempt.id, "succeeded", now,
-                                      fault=Outcome.SUCCESS.value, cost_micros=cost):
+                                      fault=Outcome.SUCCESS.value,
+                                      cost_micros=res.cost_micros or 0):
                 return  # a duplicate step concluded it
-            total = cost + sum(
-                a.cost_micros or 0 for a in repo.attempts(tx, job.id) if a.id != attempt.id
-            )
-            if not repo.finish(tx, job.id, "succeeded", now, backend=attempt.backend,
-                               cost_micros=total, result={"output": res.output}):
+            total = repo.finish(tx, job.id, "succeeded", now, backend=attempt.backend,
+                                result={"output": res.output})
+            if total is None:
                 return
             self._charge(tx, job, total, settle=True)
         self.health.record(attempt.backend, Outcome.SUCCESS, latency_ms=latency_ms,
@@ -252,9 +318,9 @@ class JobRunner:
     def _fail(self, job: repo.JobRow, code: str, message: str) -> None:
         now = self.clock()
         with self.engine.begin() as tx:
-            total = sum(a.cost_micros or 0 for a in repo.attempts(tx, job.id))
-            if repo.finish(tx, job.id, "failed", now, cost_micros=total, error_code=code,
-                           error_message=message):
+            total = repo.finish(tx, job.id, "failed", now, error_code=code,
+                                error_message=message)
+            if total is not None:
                 self._charge(tx, job, total, settle=False)
 
     def _charge(self, tx: Connection, job: repo.JobRow, total: int, *, settle: bool) -> None:
@@ -294,10 +360,10 @@ class JobRunner:
             if job.is_final:
                 return job
             attempts = repo.attempts(tx, job_id)
-            total = sum(a.cost_micros or 0 for a in attempts)
-            repo.finish(tx, job_id, "cancelled", now, cost_micros=total,
-                        error_code="cancelled", error_message="cancelled by request")
-            self._charge(tx, job, total, settle=False)
+            total = repo.finish(tx, job_id, "cancelled", now, error_code="cancelled",
+                                error_message="cancelled by request")
+            if total is not None:
+                self._charge(tx, job, total, settle=False)
         open_ = next((a for a in attempts if a.outcome is None), None)
         if open_ is not None:
             if open_.external_id is not None:
@@ -313,10 +379,17 @@ class JobRunner:
             log.warning("cancel at backend failed", extra={"backend": adapter.name,
                                                            "error": exc.code})
 
-    def _schedule_poll(self, job: repo.JobRow, token: uuid.UUID, age_s: float) -> Next:
-        delay = self.poll_policy.interval(age_s)
-        wake = self.clock() + timedelta(seconds=delay + self.poll_policy.grace_s)
+    def _poll_delay(self, attempt: repo.AttemptRow, age_s: float) -> float:
+        expected = self.catalogue().get(attempt.backend).expected_latency_ms
+        return self.poll_policy.interval(age_s, None if expected is None else expected / 1000)
+
+    def _wake_at(self, delay_s: float) -> datetime:
+        return self.clock() + timedelta(seconds=delay_s + self.poll_policy.grace_s)
+
+    def _schedule_poll(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID,
+                       age_s: float) -> Next:
+        delay = self._poll_delay(attempt, age_s)
         with self.engine.begin() as tx:
-            if not repo.set_wake(tx, job.id, token, wake):
+            if not repo.set_wake(tx, job.id, token, self._wake_at(delay)):
                 return DONE  # the sweeper gave the job a new chain; this one stops
         return Next(delay)

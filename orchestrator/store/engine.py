@@ -12,6 +12,10 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> Eng
         normalize_database_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per checkout on the hot path. A connection that
+        # died is reported by its first use; SQLAlchemy then invalidates the whole pool and
+        # the caller retries (Celery tasks autoretry on OperationalError).
+        pool_pre_ping=False,
+        pool_recycle=1800,
         future=True,
     )

@@ -1,7 +1,8 @@
 """Jobs and attempts in PostgreSQL: guarded transitions, checkpoints, chain bookkeeping.
 
 Every status change is ``UPDATE … WHERE status IN (…)`` so two workers can never both move
-one job; a call that loses the race gets ``False``/``None`` and must re-read.
+one job; a call that loses the race gets ``False``/``None`` and must re-read. Statements are
+built once at import (they run on every step of every job).
 """
 
 from __future__ import annotations
@@ -69,6 +70,84 @@ _JOB_COLS = ", ".join(JobRow.__slots__)
 _ATTEMPT_COLS = ", ".join(AttemptRow.__slots__)
 
 
+_INSERT_JOB = text(
+    f"""
+    INSERT INTO jobs (id, tenant, status, kind, tier, spec, route, estimated_cost_micros,
+                      deadline_at, chain_token, wake_at, idempotency_key, request_hash)
+    VALUES (:id, :tenant, 'queued', :kind, :tier, CAST(:spec AS jsonb), CAST(:route AS jsonb),
+            :est, :deadline, :token, :wake, :ikey, :rhash)
+    ON CONFLICT (tenant, idempotency_key) DO NOTHING
+    RETURNING {_JOB_COLS}
+    """
+)
+_GET_JOB = text(f"SELECT {_JOB_COLS} FROM jobs WHERE id = :id")
+_GET_JOB_FOR_UPDATE = text(f"SELECT {_JOB_COLS} FROM jobs WHERE id = :id FOR UPDATE")
+_GET_BY_KEY = text(f"SELECT {_JOB_COLS} FROM jobs WHERE tenant = :t AND idempotency_key = :k")
+_LIST_JOBS = text(
+    f"""
+    SELECT {_JOB_COLS} FROM jobs
+    WHERE tenant = :t
+      AND (CAST(:status AS text) IS NULL OR status = :status)
+      AND (CAST(:b_at AS timestamptz) IS NULL OR (created_at, id) < (:b_at, :b_id))
+    ORDER BY created_at DESC, id DESC
+    LIMIT :limit
+    """
+)
+_CLAIM = text(
+    f"""
+    UPDATE jobs SET status = 'running', started_at = :now, updated_at = :now
+    WHERE id = :id AND status = 'queued' AND chain_token = :token
+    RETURNING {_JOB_COLS}
+    """
+)
+# The job's cost is the sum of its attempts' costs, computed in the same statement.
+_FINISH = text(
+    """
+    UPDATE jobs SET status = :status, finished_at = :now, updated_at = :now,
+        backend = COALESCE(:backend, backend),
+        cost_micros = (SELECT COALESCE(SUM(cost_micros), 0) FROM attempts WHERE job_id = :id),
+        result = CAST(:result AS jsonb), error_code = :code, error_message = :msg, wake_at = NULL
+    WHERE id = :id AND status = ANY(:froms)
+    RETURNING cost_micros
+    """
+)
+_SET_WAKE = text(
+    "UPDATE jobs SET wake_at = :w, updated_at = now() "
+    "WHERE id = :id AND chain_token = :t AND status = ANY(:s) RETURNING id"
+)
+_REVIVE = text(
+    """
+    WITH overdue AS (
+        SELECT id FROM jobs
+        WHERE status IN ('queued', 'running') AND wake_at < :now
+        ORDER BY wake_at LIMIT :limit FOR UPDATE SKIP LOCKED
+    )
+    UPDATE jobs j SET chain_token = gen_random_uuid(), wake_at = :wake
+    FROM overdue WHERE j.id = overdue.id
+    RETURNING j.id, j.chain_token, j.spec->>'priority' AS priority
+    """
+)
+_ATTEMPTS = text(f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE job_id = :id ORDER BY number")
+_OPEN_ATTEMPT = text(
+    f"""
+    INSERT INTO attempts (job_id, number, backend, started_at, slot, probe)
+    VALUES (:j, :n, :b, :now, :slot, :probe)
+    ON CONFLICT (job_id, number) DO NOTHING
+    RETURNING {_ATTEMPT_COLS}
+    """
+)
+_RECORD_EXTERNAL_ID = text(
+    "UPDATE attempts SET external_id = :e WHERE id = :id AND outcome IS NULL"
+)
+_CLOSE_ATTEMPT = text(
+    """
+    UPDATE attempts SET outcome = :o, fault = :f, error_code = :c, error_message = :m,
+        cost_micros = :cost, finished_at = :now
+    WHERE id = :id AND outcome IS NULL RETURNING id
+    """
+)
+
+
 def insert_job(
     conn: Connection,
     *,
@@ -87,17 +166,7 @@ def insert_job(
 ) -> JobRow | None:
     """Insert a queued job; None when (tenant, idempotency_key) already exists."""
     row = conn.execute(
-        text(
-            f"""
-            INSERT INTO jobs (id, tenant, status, kind, tier, spec, route,
-                              estimated_cost_micros, deadline_at, chain_token, wake_at,
-                              idempotency_key, request_hash)
-            VALUES (:id, :tenant, 'queued', :kind, :tier, CAST(:spec AS jsonb),
-                    CAST(:route AS jsonb), :est, :deadline, :token, :wake, :ikey, :rhash)
-            ON CONFLICT (tenant, idempotency_key) DO NOTHING
-            RETURNING {_JOB_COLS}
-            """
-        ),
+        _INSERT_JOB,
         {"id": job_id, "tenant": tenant, "kind": kind, "tier": tier, "spec": json.dumps(spec),
          "route": json.dumps(route), "est": estimated_cost_micros, "deadline": deadline_at,
          "token": chain_token, "wake": wake_at, "ikey": idempotency_key, "rhash": request_hash},
@@ -106,16 +175,12 @@ def insert_job(
 
 
 def get_job(conn: Connection, job_id: uuid.UUID, *, for_update: bool = False) -> JobRow | None:
-    sql = f"SELECT {_JOB_COLS} FROM jobs WHERE id = :id" + (" FOR UPDATE" if for_update else "")
-    row = conn.execute(text(sql), {"id": job_id}).first()
+    row = conn.execute(_GET_JOB_FOR_UPDATE if for_update else _GET_JOB, {"id": job_id}).first()
     return JobRow(**row._mapping) if row is not None else None
 
 
 def get_by_idempotency_key(conn: Connection, tenant: str, key: str) -> JobRow | None:
-    row = conn.execute(
-        text(f"SELECT {_JOB_COLS} FROM jobs WHERE tenant = :t AND idempotency_key = :k"),
-        {"t": tenant, "k": key},
-    ).first()
+    row = conn.execute(_GET_BY_KEY, {"t": tenant, "k": key}).first()
     return JobRow(**row._mapping) if row is not None else None
 
 
@@ -129,31 +194,17 @@ def list_jobs(
 ) -> list[JobRow]:
     """Newest first; ``before`` is the (created_at, id) of the last row of the previous page."""
     rows = conn.execute(
-        text(
-            f"""
-            SELECT {_JOB_COLS} FROM jobs
-            WHERE tenant = :t
-              AND (CAST(:status AS text) IS NULL OR status = :status)
-              AND (CAST(:b_at AS timestamptz) IS NULL OR (created_at, id) < (:b_at, :b_id))
-            ORDER BY created_at DESC, id DESC
-            LIMIT :limit
-            """
-        ),
+        _LIST_JOBS,
         {"t": tenant, "status": status, "limit": limit,
          "b_at": before[0] if before else None, "b_id": before[1] if before else None},
     ).all()
     return [JobRow(**r._mapping) for r in rows]
 
 
-def claim(conn: Connection, job_id: uuid.UUID, now: datetime) -> bool:
-    """queued → running."""
-    return conn.execute(
-        text(
-            "UPDATE jobs SET status = 'running', started_at = :now, updated_at = :now "
-            "WHERE id = :id AND status = 'queued' RETURNING id"
-        ),
-        {"id": job_id, "now": now},
-    ).first() is not None
+def claim(conn: Connection, job_id: uuid.UUID, token: uuid.UUID, now: datetime) -> JobRow | None:
+    """queued → running for the chain holding ``token``; the claimed job, or None."""
+    row = conn.execute(_CLAIM, {"id": job_id, "token": token, "now": now}).first()
+    return JobRow(**row._mapping) if row is not None else None
 
 
 def finish(
@@ -164,35 +215,29 @@ def finish(
     *,
     from_statuses: tuple[str, ...] = LIVE,
     backend: str | None = None,
-    cost_micros: int | None = None,
     result: dict[str, Any] | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
-) -> bool:
-    """running/queued → succeeded | failed | cancelled, exactly once."""
+) -> int | None:
+    """running/queued → succeeded | failed | cancelled, exactly once.
+
+    Returns the job's cost (the sum of its attempts' costs), or None if the job had already
+    left ``from_statuses``.
+    """
     assert status in FINAL
-    return conn.execute(
-        text(
-            """
-            UPDATE jobs SET status = :status, finished_at = :now, updated_at = :now,
-                backend = COALESCE(:backend, backend), cost_micros = :cost,
-                result = CAST(:result AS jsonb), error_code = :code, error_message = :msg,
-                wake_at = NULL
-            WHERE id = :id AND status = ANY(:froms) RETURNING id
-            """
-        ),
-        {"status": status, "now": now, "backend": backend, "cost": cost_micros,
+    row = conn.execute(
+        _FINISH,
+        {"status": status, "now": now, "backend": backend,
          "result": json.dumps(result) if result is not None else None, "code": error_code,
          "msg": error_message, "id": job_id, "froms": list(from_statuses)},
-    ).first() is not None
+    ).first()
+    return int(row.cost_micros) if row is not None else None
 
 
 def set_wake(conn: Connection, job_id: uuid.UUID, token: uuid.UUID, wake_at: datetime) -> bool:
     """Record when the live chain will next run; False if ``token`` is no longer the chain."""
     return conn.execute(
-        text("UPDATE jobs SET wake_at = :w, updated_at = now() "
-             "WHERE id = :id AND chain_token = :t AND status = ANY(:s) RETURNING id"),
-        {"w": wake_at, "id": job_id, "t": token, "s": list(LIVE)},
+        _SET_WAKE, {"w": wake_at, "id": job_id, "t": token, "s": list(LIVE)}
     ).first() is not None
 
 
@@ -203,31 +248,13 @@ def revive_overdue(conn: Connection, now: datetime, wake_at: datetime, limit: in
 
     SKIP LOCKED: concurrent sweepers share the work and never revive one job twice.
     """
-    rows = conn.execute(
-        text(
-            """
-            WITH overdue AS (
-                SELECT id FROM jobs
-                WHERE status IN ('queued', 'running') AND wake_at < :now
-                ORDER BY wake_at LIMIT :limit FOR UPDATE SKIP LOCKED
-            )
-            UPDATE jobs j SET chain_token = gen_random_uuid(), wake_at = :wake
-            FROM overdue WHERE j.id = overdue.id
-            RETURNING j.id, j.chain_token, j.spec->>'priority' AS priority
-            """
-        ),
-        {"now": now, "wake": wake_at, "limit": limit},
-    ).all()
+    rows = conn.execute(_REVIVE, {"now": now, "wake": wake_at, "limit": limit}).all()
     return [(r.id, r.chain_token, r.priority or "normal") for r in rows]
 
 
 # -- attempts --------------------------------------------------------------------------------
 def attempts(conn: Connection, job_id: uuid.UUID) -> list[AttemptRow]:
-    rows = conn.execute(
-        text(f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE job_id = :id ORDER BY number"),
-        {"id": job_id},
-    ).all()
-    return [AttemptRow(**r._mapping) for r in rows]
+    return [AttemptRow(**r._mapping) for r in conn.execute(_ATTEMPTS, {"id": job_id}).all()]
 
 
 def open_attempt(
@@ -236,21 +263,14 @@ def open_attempt(
 ) -> AttemptRow | None:
     """Checkpoint before calling a backend; None if attempt ``number`` already exists."""
     row = conn.execute(
-        text(
-            "INSERT INTO attempts (job_id, number, backend, started_at, slot, probe) "
-            "VALUES (:j, :n, :b, :now, :slot, :probe) "
-            f"ON CONFLICT (job_id, number) DO NOTHING RETURNING {_ATTEMPT_COLS}"
-        ),
+        _OPEN_ATTEMPT,
         {"j": job_id, "n": number, "b": backend, "now": now, "slot": slot, "probe": probe},
     ).first()
     return AttemptRow(**row._mapping) if row is not None else None
 
 
 def record_external_id(conn: Connection, attempt_id: int, external_id: str) -> None:
-    conn.execute(
-        text("UPDATE attempts SET external_id = :e WHERE id = :id AND outcome IS NULL"),
-        {"e": external_id, "id": attempt_id},
-    )
+    conn.execute(_RECORD_EXTERNAL_ID, {"e": external_id, "id": attempt_id})
 
 
 def close_attempt(
@@ -265,13 +285,7 @@ def close_attempt(
     cost_micros: int | None = None,
 ) -> bool:
     return conn.execute(
-        text(
-            """
-            UPDATE attempts SET outcome = :o, fault = :f, error_code = :c, error_message = :m,
-                cost_micros = :cost, finished_at = :now
-            WHERE id = :id AND outcome IS NULL RETURNING id
-            """
-        ),
+        _CLOSE_ATTEMPT,
         {"o": outcome, "f": fault, "c": error_code, "m": error_message, "cost": cost_micros,
          "now": now, "id": attempt_id},
     ).first() is not None
