@@ -95,7 +95,7 @@ def _children(pid: int) -> list[int]:
 
 @contextmanager
 def stack(catalogue: dict[str, Any], *, env: dict[str, str] | None = None,
-          concurrency: int = 16) -> Iterator[Stack]:
+          concurrency: int = 8) -> Iterator[Stack]:
     with ExitStack() as es:
         server, redis_url = es.enter_context(server_urls())
         db_url = es.enter_context(scratch_database(server))

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stack import TENANT, Stack, stack
 
 from orchestrator.domain.jobs import JobSpec
+from orchestrator.settings import Settings
 
 CATALOGUE = {
     "backends": [
@@ -84,7 +85,8 @@ def bare_rate(s: Stack, n: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2000)
-    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--concurrency", type=int,
+                    default=Settings.model_fields["worker_concurrency"].default)
     args = ap.parse_args()
     with stack(CATALOGUE, concurrency=args.concurrency) as s:
         orchestrator_rate(s, 200)  # warm-up: connections, caches, prepared statements

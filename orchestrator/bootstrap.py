@@ -8,7 +8,6 @@ import json
 import threading
 from datetime import timedelta
 from functools import cached_property
-from pathlib import Path
 
 import httpx
 from sqlalchemy import Engine
@@ -70,7 +69,7 @@ class Container:
 
     @cached_property
     def catalogue_value(self) -> Catalogue:
-        return load_catalogue(Path(self.settings.backends_file))
+        return load_catalogue(self.settings.backends_path())
 
     def catalogue(self) -> Catalogue:
         return self.catalogue_value

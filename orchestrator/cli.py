@@ -6,7 +6,6 @@ import contextlib
 import json
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -15,11 +14,14 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from orchestrator.cli_client import register as register_client_commands
 from orchestrator.errors import OrchestratorError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 budgets_app = typer.Typer(no_args_is_help=True, help="Create, update and list budgets.")
 app.add_typer(budgets_app, name="budgets")
+monitoring_app = typer.Typer(no_args_is_help=True, help="Cloud Monitoring as code.")
+app.add_typer(monitoring_app, name="monitoring")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,39 +73,57 @@ def up(
     port: Annotated[int, typer.Option(help="API port")] = 8000,
     no_simulator: Annotated[bool, typer.Option("--no-simulator")] = False,
 ) -> None:
-    """Run the system on the embedded PostgreSQL and Redis (or the configured URLs)."""
-    from orchestrator.embedded import EmbeddedPostgres, EmbeddedRedis
+    """Run the whole system: embedded PostgreSQL and Redis (or the configured URLs), API,
+    worker, beat and simulator. Ctrl-C or SIGTERM stops every process."""
+    from orchestrator.runtime import System
     from orchestrator.settings import get_settings
-    from orchestrator.store.migrate import upgrade
 
-    settings = get_settings()
-    stoppers: list[Callable[[], None]] = []
+    system = System(get_settings(), data_dir, port, not no_simulator, typer.echo)
+    signal.signal(signal.SIGTERM, lambda *_: system.stop_event.set())
     try:
-        db_url = settings.database_url
-        if not db_url:
-            pg = EmbeddedPostgres(data_dir / "postgres")
-            db_url = pg.start()
-            stoppers.append(pg.stop)
-        redis_url = settings.redis_url
-        if not redis_url:
-            rd = EmbeddedRedis(data_dir)
-            redis_url = rd.start()
-            stoppers.append(rd.stop)
-        upgrade(db_url)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        creds = {"database_url": db_url, "redis_url": redis_url}
-        (data_dir / "credentials.json").write_text(json.dumps(creds, indent=2))
-        typer.echo(f"database: {db_url}\nredis:    {redis_url}")
-        _print_budgets(db_url)
-        typer.echo("running; Ctrl-C or SIGTERM stops every service")
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        creds = system.start()
+        typer.echo(f"API:        {creds['api_url']}  (docs at {creds['api_url']}/docs)")
+        typer.echo(f"admin key:  {creds['admin_key']}")
+        typer.echo(f"tenant key: {creds['tenant_key']}  (tenant {creds['tenant']})")
+        typer.echo(f"simulator:  {creds['simulator_url']}" if not no_simulator else
+                   "simulator:  off")
+        typer.echo(f"credentials in {data_dir / 'credentials.json'}; logs in {data_dir / 'logs'}")
+        typer.echo("running; Ctrl-C or SIGTERM stops every process")
         with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
+            system.supervise()
     finally:
-        for s in reversed(stoppers):
-            s()
+        system.stop()
         typer.echo("stopped")
+
+
+@app.command()
+@one_line_errors
+def api(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Serve the HTTP API."""
+    from orchestrator.api import serve
+    from orchestrator.api.config import ApiConfig
+    from orchestrator.settings import get_settings
+
+    serve(host, port, config=ApiConfig.from_settings(get_settings()))
+
+
+@monitoring_app.command("apply")
+@one_line_errors
+def monitoring_apply(
+    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+) -> None:
+    """Create or update metric descriptors, alert policies and SLOs in Cloud Monitoring."""
+    from orchestrator.metrics import apply_monitoring
+    from orchestrator.settings import get_settings
+
+    s = get_settings()
+    if not s.gcp_project:
+        fail("ORCH_GCP_PROJECT is not set")
+    report = apply_monitoring(s.gcp_project, endpoint=s.gcp_monitoring_endpoint, dry_run=dry_run)
+    typer.echo(report.summary())
 
 
 def _print_budgets(db_url: str, as_json: bool = False) -> None:
@@ -159,11 +179,14 @@ def worker(
 
 @app.command()
 @one_line_errors
-def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
+def beat(
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+    schedule: Annotated[str, typer.Option(help="beat's schedule file")] = "celerybeat-schedule",
+) -> None:
     """Run Celery beat: the sweeper and alert delivery every 10 s."""
     from workers.celery_app import app as celery
 
-    celery.start(["beat", "--loglevel", loglevel])
+    celery.start(["beat", "--loglevel", loglevel, "--schedule", schedule])
 
 
 @app.command()
@@ -215,6 +238,9 @@ def budgets_set(
 def budgets_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List budgets with the current period's spend."""
     _print_budgets(_database_url(), as_json=json_out)
+
+
+register_client_commands(app)
 
 
 def main() -> None:

@@ -46,7 +46,24 @@ class Settings(BaseSettings):
     )
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
     breaker_cooldown_cap_s: float = Field(default=600.0, gt=0)
-    worker_concurrency: int = Field(default=16, ge=1, le=1000)
+    worker_concurrency: int = Field(
+        default=8, ge=1, le=1000,
+        description="worker threads; I/O-bound, but more threads mostly add GIL contention",
+    )
+    api_rate_limit: int = Field(default=6000, ge=1, description="requests per tenant per window")
+    api_rate_window_s: int = Field(default=60, ge=1)
+    api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    api_key_cache_s: float = Field(default=5.0, ge=0)
+
+    def backends_path(self) -> Path:
+        """``backends_file``; a relative path missing from the working directory falls back to
+        the project's own copy (so commands work from any directory in a source checkout)."""
+        path = self.backends_file
+        if not path.is_absolute() and not path.exists():
+            shipped = Path(__file__).resolve().parents[1] / path
+            if shipped.exists():
+                return shipped
+        return path
 
     @field_validator("database_url")
     @classmethod

@@ -39,8 +39,9 @@ app.conf.update(
     task_routes={"orchestrator.sweep": {"queue": "maintenance"},
                  "orchestrator.deliver_alerts": {"queue": "maintenance"}},
     worker_hijack_root_logger=False,
-    worker_send_task_events=True,
-    task_send_sent_event=True,
+    # Task events cost three Redis publishes per task; Flower switches them on in the workers
+    # while it runs (its --enable_events default), so nobody pays for them unwatched.
+    worker_send_task_events=False,
     beat_schedule={
         "sweep": {"task": "orchestrator.sweep", "schedule": 10.0},
         "deliver-alerts": {"task": "orchestrator.deliver_alerts", "schedule": 10.0},

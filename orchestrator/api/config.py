@@ -1,4 +1,4 @@
-"""API limits, read from settings (with defaults until the settings declare them).
+"""API limits, read from settings.
 
     ORCH_API_RATE_LIMIT         requests per tenant per window (default 6000)
     ORCH_API_RATE_WINDOW_S      window length in seconds (default 60)
@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from orchestrator.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,11 +22,10 @@ class ApiConfig:
     key_cache_s: float = 5.0
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ApiConfig:
-        d = cls()
+    def from_settings(cls, settings: Settings) -> ApiConfig:
         return cls(
-            rate_limit=int(getattr(settings, "api_rate_limit", d.rate_limit)),
-            rate_window_s=int(getattr(settings, "api_rate_window_s", d.rate_window_s)),
-            max_body_bytes=int(getattr(settings, "api_max_body_bytes", d.max_body_bytes)),
-            key_cache_s=float(getattr(settings, "api_key_cache_s", d.key_cache_s)),
+            rate_limit=settings.api_rate_limit,
+            rate_window_s=settings.api_rate_window_s,
+            max_body_bytes=settings.api_max_body_bytes,
+            key_cache_s=settings.api_key_cache_s,
         )

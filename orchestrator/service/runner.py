@@ -60,8 +60,9 @@ class PollPolicy:
     """How often to poll a running attempt.
 
     Before the backend's expected latency (catalogue ``expected_latency_ms``) has passed, the
-    next look is when the job should be done; after it (or with no expectation), every
-    age/10 s, clamped to [min_s, max_s]. Minute-long video jobs then cost a few polls each.
+    next look is ``min_s`` after the job should be done (a look right at that instant tends to
+    find it still finishing); after it (or with no expectation), every age/10 s, clamped to
+    [min_s, max_s]. Minute-long video jobs then cost a few polls each.
     """
 
     min_s: float = 1.0
@@ -70,7 +71,7 @@ class PollPolicy:
 
     def interval(self, age_s: float, expected_s: float | None = None) -> float:
         if expected_s is not None and age_s < expected_s:
-            return max(self.min_s, expected_s - age_s)
+            return expected_s - age_s + self.min_s
         return min(self.max_s, max(self.min_s, age_s / 10))
 
 

@@ -32,7 +32,7 @@ def _catalogue(catalogue: Catalogue | None, backends_file: str | Path | None) ->
     if backends_file is None:
         from orchestrator.settings import get_settings
 
-        backends_file = get_settings().backends_file
+        backends_file = get_settings().backends_path()
     return load_catalogue(backends_file)
 
 

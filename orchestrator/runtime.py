@@ -1,0 +1,191 @@
+"""``orchestrator up``: the whole system in one command.
+
+Starts the embedded PostgreSQL and Redis (or uses the configured URLs), migrates, makes an
+admin key and a tenant key on first run, then runs the API, a worker, beat and the simulator
+as child processes, restarting a child that dies. SIGINT or SIGTERM stops every child
+(SIGTERM, then SIGKILL after a grace period) and then the embedded servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from orchestrator.embedded import EmbeddedPostgres, EmbeddedRedis
+from orchestrator.embedded._ports import port_is_free
+from orchestrator.errors import ConfigurationError
+from orchestrator.settings import Settings
+
+DEMO_TENANT = "demo"
+DEMO_BUDGET_MICROS = 100_000_000  # $100 a month for the demo tenant, first run only
+STOP_GRACE_S = 15.0
+MAX_RESTARTS_PER_MINUTE = 5
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self, env: dict[str, str], log_dir: Path) -> None:
+        log = (log_dir / f"{self.name}.log").open("ab")
+        self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator.cli", *args]
+
+
+class System:
+    def __init__(self, settings: Settings, data_dir: Path, port: int, simulator: bool,
+                 echo: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.data_dir = data_dir.absolute()
+        self.port = port
+        self.simulator = simulator
+        self.echo = echo
+        self.stoppers: list[Callable[[], None]] = []
+        self.children: list[Child] = []
+        self.stop_event = threading.Event()
+
+    # -- start -------------------------------------------------------------------------------
+    def check_ports(self) -> None:
+        if not port_is_free(self.port):
+            raise ConfigurationError(f"port {self.port} is already in use (choose another "
+                                     "with --port)", setting="--port")
+        sim = urlsplit(self.settings.simulator_url)
+        if self.simulator and not port_is_free(sim.port or 80):
+            raise ConfigurationError(
+                f"the simulator's port {sim.port} (ORCH_SIMULATOR_URL) is already in use; set "
+                "ORCH_SIMULATOR_URL to a free port or pass --no-simulator",
+                setting="ORCH_SIMULATOR_URL")
+
+    def start(self) -> dict[str, str]:
+        self.check_ports()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        db_url = self.settings.database_url
+        if not db_url:
+            pg = EmbeddedPostgres(self.data_dir / "postgres")
+            db_url = pg.start()
+            self.stoppers.append(pg.stop)
+        redis_url = self.settings.redis_url
+        if not redis_url:
+            rd = EmbeddedRedis(self.data_dir)
+            redis_url = rd.start()
+            self.stoppers.append(rd.stop)
+        from orchestrator.store.migrate import upgrade
+
+        upgrade(db_url)
+        creds = self._credentials(db_url, redis_url)
+        env = {**os.environ, "ORCH_DATABASE_URL": db_url, "ORCH_REDIS_URL": redis_url,
+               "ORCH_SIMULATOR_URL": self.settings.simulator_url,
+               "ORCH_DATA_DIR": str(self.data_dir)}
+        log_dir = self.data_dir / "logs"
+        log_dir.mkdir(exist_ok=True)
+        self.children = [
+            Child("api", _command("api", "--port", str(self.port))),
+            Child("worker", _command("worker", "--loglevel", "WARNING")),
+            Child("beat", _command("beat", "--loglevel", "WARNING",
+                                   "--schedule", str(self.data_dir / "beat-schedule"))),
+        ]
+        if self.simulator:
+            self.children.append(Child("simulator", _command("simulator")))
+        for child in self.children:
+            child.start(env, log_dir)
+        self._env, self._log_dir = env, log_dir
+        self._wait_ready(creds["api_url"])
+        return creds
+
+    def _credentials(self, db_url: str, redis_url: str) -> dict[str, str]:
+        """Keys are made once per data dir and kept (mode 0600) in credentials.json."""
+        path = self.data_dir / "credentials.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        if old.get("database_url") != db_url or not old.get("admin_key"):
+            old = {**old, **self._first_run(db_url)}
+        creds = {**old, "api_url": f"http://127.0.0.1:{self.port}", "database_url": db_url,
+                 "redis_url": redis_url, "simulator_url": self.settings.simulator_url}
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(creds, indent=2))
+        return creds
+
+    @staticmethod
+    def _first_run(db_url: str) -> dict[str, str]:
+        from orchestrator.ledger.budgets import set_budget
+        from orchestrator.store.engine import make_engine
+        from orchestrator.store.keys import create_key
+
+        engine = make_engine(db_url, pool_size=1)
+        try:
+            with engine.begin() as conn:
+                admin = create_key(conn, "admin", admin=True)
+                tenant = create_key(conn, DEMO_TENANT, admin=False)
+                set_budget(conn, scope=f"tenant:{DEMO_TENANT}", period="month",
+                           limit_micros=DEMO_BUDGET_MICROS, now=datetime.now(UTC))
+        finally:
+            engine.dispose()
+        return {"admin_key": admin, "tenant_key": tenant, "tenant": DEMO_TENANT}
+
+    def _wait_ready(self, api_url: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            for child in self.children:
+                if child.proc is not None and child.proc.poll() is not None:
+                    raise ConfigurationError(
+                        f"{child.name} exited with {child.proc.returncode} while starting; "
+                        f"see {self._log_dir / (child.name + '.log')}")
+            if time.monotonic() > deadline:
+                raise ConfigurationError(f"the API did not become ready within {timeout:.0f} s; "
+                                         f"see {self._log_dir / 'api.log'}")
+            time.sleep(0.2)
+
+    # -- run and stop ------------------------------------------------------------------------
+    def supervise(self) -> None:
+        """Until stop_event: restart a child that died (at most 5 times a minute)."""
+        while not self.stop_event.wait(0.5):
+            for child in self.children:
+                if child.proc is None or child.proc.poll() is None:
+                    continue
+                now = time.monotonic()
+                child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+                if len(child.restarts) > MAX_RESTARTS_PER_MINUTE:
+                    raise ConfigurationError(
+                        f"{child.name} keeps dying; see {self._log_dir / (child.name + '.log')}")
+                self.echo(f"{child.name} exited with {child.proc.returncode}; restarting")
+                child.start(self._env, self._log_dir)
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        for stopper in reversed(self.stoppers):
+            stopper()

@@ -1,0 +1,111 @@
+"""`orchestrator up` as a user runs it: a subprocess in a temporary data dir, on embedded
+PostgreSQL and Redis; submit with the CLI (--wait) and the SDK; SIGTERM; nothing left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from orchestrator.client import Client
+from orchestrator.embedded._ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def processes_mentioning(marker: str) -> list[int]:
+    """Live processes whose command line or environment names ``marker`` (our data dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in blob:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(what: str, predicate: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_up_runs_the_system_and_stops_cleanly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    port, sim_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ORCH_DATABASE_URL", "ORCH_REDIS_URL", "ORCH_API_URL", "ORCH_API_KEY")}
+    env.update(ORCH_SIMULATOR_URL=f"http://127.0.0.1:{sim_port}", ORCH_DATA_DIR=str(data))
+    up = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "up", "--data-dir", str(data),
+         "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(up.stdout or []), daemon=True)
+    reader.start()
+    try:
+        wait_for("`up` to say it is running", lambda: any("running;" in ln for ln in lines)
+                 or up.poll() is not None, timeout=180)
+        assert up.poll() is None, "".join(lines)
+        creds = json.loads((data / "credentials.json").read_text())
+        assert creds["api_url"] == f"http://127.0.0.1:{port}"
+        assert {"admin_key", "tenant_key", "tenant", "database_url", "redis_url",
+                "simulator_url"} <= creds.keys()
+        assert any(creds["tenant_key"] in ln for ln in lines)  # printed once for the user
+
+        cli = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "submit", "--kind", "video", "--prompt",
+             "a red kite over hills", "--param", "duration_s=4", "--wait", "--json"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+        )
+        assert cli.returncode == 0, cli.stderr
+        job = json.loads(cli.stdout)
+        assert job["status"] == "succeeded" and job["cost_usd"] > 0
+
+        with Client(base_url=creds["api_url"], api_key=creds["tenant_key"]) as sdk:
+            submitted = sdk.submit(kind="text", input={"prompt": "hello", "max_tokens": 20})
+            done = sdk.wait(submitted.id, timeout=120)
+            assert done.status == "succeeded"
+            (budget,) = [b for b in sdk.budgets() if b.scope == f"tenant:{creds['tenant']}"]
+            assert budget.committed_usd > 0
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(timeout=120)
+        reader.join(timeout=10)
+    assert code == 0, "".join(lines)
+    assert any("stopped" in ln for ln in lines)
+    wait_for("every child to exit", lambda: processes_mentioning(str(data)) == [], timeout=30)
+
+
+def test_up_refuses_a_taken_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "up", "--data-dir",
+             str(tmp_path / "data"), "--port", str(port)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: port {port} is already in use (choose another with --port)"
+    )
+    assert not (tmp_path / "data").exists()  # refused before starting anything
