@@ -20,6 +20,7 @@ from orchestrator.errors import ConfigurationError
 from orchestrator.health.store import HealthStore
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.service import utcnow
+from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import EnqueuePort
 from orchestrator.service.runner import JobRunner, PollPolicy
 from orchestrator.service.submission import Submitter
@@ -95,7 +96,13 @@ class Container:
     def runner(self) -> JobRunner:
         s = self.settings
         return JobRunner(self.engine, self.ledger, self.catalogue, self.health, self.adapter,
-                         utcnow, PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s))
+                         utcnow, PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s),
+                         observer=self.observer)
+
+    @cached_property
+    def observer(self) -> JobObserver:
+        """Metrics and log events of the job chain (the process-wide recorder)."""
+        return JobObserver()
 
     @cached_property
     def enqueue(self) -> EnqueuePort:

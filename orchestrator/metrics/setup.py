@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 from typing import Any
 
-from orchestrator.metrics.cloud_monitoring import CloudMonitoringSink
+from orchestrator.metrics.cloud_monitoring import MIN_SPACING_S, CloudMonitoringSink
 from orchestrator.metrics.recorder import Recorder, Sink, get_recorder
 
 log = logging.getLogger("orchestrator.metrics")
@@ -20,8 +21,10 @@ def configure_from_settings(role: str, settings: Any = None, *,
     ``role`` ("api", "worker", "beat"...) becomes the ``job`` label of the ``generic_task``
     resource; ``task_id`` is unique per process. Cloud Monitoring runs when
     ``ORCH_GCP_PROJECT`` is set (plain gRPC to ``ORCH_GCP_MONITORING_ENDPOINT`` when that is
-    set). Prometheus needs no sink: it reads the recorder at scrape time. Call it in each
-    process after forking (Celery: ``worker_process_init``), never before.
+    set). ``ORCH_GCP_FLUSH_INTERVAL_S`` (default 10) is how often the exporter thread wakes
+    up; a series is still written at most every 10 s. Prometheus needs no sink: it reads the
+    recorder at scrape time. Call it in each process after forking (Celery:
+    ``worker_process_init``), never before.
     """
     global _atexit_registered
     if settings is None:
@@ -31,8 +34,10 @@ def configure_from_settings(role: str, settings: Any = None, *,
     rec = recorder or get_recorder()
     sinks: list[Sink] = []
     if settings.gcp_project:
-        sinks.append(CloudMonitoringSink(settings.gcp_project,
-                                         endpoint=settings.gcp_monitoring_endpoint, job=role))
+        interval = _setting(settings, "gcp_flush_interval_s")
+        sinks.append(CloudMonitoringSink(
+            settings.gcp_project, endpoint=settings.gcp_monitoring_endpoint, job=role,
+            flush_interval_s=float(interval) if interval else MIN_SPACING_S))
         log.info("cloud monitoring export on for project %s (%s)", settings.gcp_project,
                  "custom endpoint" if settings.gcp_monitoring_endpoint else "googleapis")
     rec.configure(sinks)
@@ -40,6 +45,14 @@ def configure_from_settings(role: str, settings: Any = None, *,
         atexit.register(shutdown)
         _atexit_registered = True
     return sinks
+
+
+def _setting(settings: Any, name: str) -> Any:
+    """A setting, or (while settings.py does not declare it) its ORCH_ environment variable."""
+    value = getattr(settings, name, None)
+    if value is None:
+        value = os.environ.get(f"ORCH_{name.upper()}", "").strip() or None
+    return value
 
 
 def shutdown(timeout_s: float = 5.0) -> None:

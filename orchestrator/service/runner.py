@@ -27,6 +27,7 @@ from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.routing import RoutePlan
 from orchestrator.errors import HoldNotActive
 from orchestrator.ledger import Ledger
+from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import HealthPort
 from orchestrator.store import jobs as repo
 
@@ -85,6 +86,7 @@ class JobRunner:
         adapter: Callable[[str], BackendAdapter],
         clock: Callable[[], datetime],
         poll: PollPolicy = PollPolicy(),
+        observer: JobObserver | None = None,
     ) -> None:
         self.engine = engine
         self.ledger = ledger
@@ -93,6 +95,7 @@ class JobRunner:
         self.adapter = adapter
         self.clock = clock
         self.poll_policy = poll
+        self.observe = observer or JobObserver()
 
     # -- the one step --------------------------------------------------------------------------
     def advance(self, job_id: uuid.UUID, token: uuid.UUID) -> Next:
@@ -111,6 +114,8 @@ class JobRunner:
                 if current is None or current.is_final or current.chain_token != token:
                     return DONE
                 job, attempts = current, repo.attempts(tx, job_id)
+        if claimed is not None:
+            self.observe.job_started(claimed)
         if opened is not None:  # committed: now the backend may be called
             return self._start(job, attempts, opened, token)
         open_ = next((a for a in attempts if a.outcome is None), None)
@@ -170,6 +175,9 @@ class JobRunner:
     ) -> Next:
         """After the checkpoint committed: call the backend, or end the job if none is left."""
         if opened.attempt is not None:
+            if attempts:
+                self.observe.failover(job, attempts[-1].backend, opened.attempt.backend,
+                                      opened.attempt.number)
             return self._submit(job, opened.attempt, token)
         if opened.duplicate:
             return Next(self.poll_policy.min_s)
@@ -183,7 +191,7 @@ class JobRunner:
                 "no backend in the plan would take the job"
                 + (f" ({'; '.join(opened.refused)})" if opened.refused else "")
             )
-        self._fail(job, code, message)
+        self._fail(job, code, message, backend=last.backend if last else None)
         return DONE
 
     def _submit(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID) -> Next:
@@ -215,7 +223,7 @@ class JobRunner:
             current = repo.get_job(conn, job.id)
         if current is None or current.is_final:  # cancelled while we were submitting
             self._cancel_at_backend(adapter, sub.external_id)
-            self._close(attempt, "cancelled", Outcome.CANCELLED)
+            self._close(job, attempt, "cancelled", Outcome.CANCELLED)
             return DONE
         if sub.result is None or current.chain_token != token:
             return DONE  # the sweeper gave the job a new chain, which will poll it
@@ -237,7 +245,8 @@ class JobRunner:
             return self._attempt_failed(job, attempt, timeout, token)
         try:
             res = adapter.poll(attempt.external_id)
-        except TransientError:  # the provider is still working; ask again later
+        except TransientError as exc:  # the provider is still working; ask again later
+            self.observe.retry(attempt.backend, exc.code)
             return self._schedule_poll(job, attempt, token, age)
         except BackendError as exc:
             return self._attempt_failed(job, attempt, exc, token)
@@ -269,31 +278,33 @@ class JobRunner:
         *, cost: int | None = None,
     ) -> Next:
         if isinstance(exc, JobFault):
-            self._close(attempt, "failed", Outcome.JOB_FAULT, exc=exc, cost=cost)
-            self._fail(job, exc.code, exc.message)
+            self._close(job, attempt, "failed", Outcome.JOB_FAULT, exc=exc, cost=cost)
+            self._fail(job, exc.code, exc.message, backend=attempt.backend)
             return DONE
         outcome = Outcome.BACKEND_FAULT if exc.strike else Outcome.TRANSIENT
-        self._close(attempt, "failed", outcome, exc=exc, cost=cost)
-        log.info("attempt failed; failing over", extra={
-            "job_id": str(job.id), "backend": attempt.backend, "error": exc.code})
+        self._close(job, attempt, "failed", outcome, exc=exc, cost=cost)
         with self.engine.connect() as conn:
             attempts = repo.attempts(conn, job.id)
         return self._next_attempt(job, attempts, token)
 
     # -- endings -------------------------------------------------------------------------------
     def _close(
-        self, attempt: repo.AttemptRow, status: str, outcome: Outcome, *,
+        self, job: repo.JobRow, attempt: repo.AttemptRow, status: str, outcome: Outcome, *,
         exc: BackendError | None = None, cost: int | None = None, latency_ms: float | None = None,
     ) -> bool:
+        now = self.clock()
         with self.engine.begin() as tx:
             closed = repo.close_attempt(
-                tx, attempt.id, status, self.clock(), fault=outcome.value,
+                tx, attempt.id, status, now, fault=outcome.value,
                 error_code=exc.code if exc else None, error_message=exc.message if exc else None,
                 cost_micros=cost,
             )
         if closed:
             self.health.record(attempt.backend, outcome, latency_ms=latency_ms,
                                probe=attempt.probe, slot=attempt.slot)
+            self.observe.attempt_ended(job, attempt, status, fault=outcome.value,
+                                       error_code=exc.code if exc else None, cost_micros=cost,
+                                       now=now)
         return closed
 
     def _succeed(
@@ -312,19 +323,28 @@ class JobRunner:
                                 result={"output": res.output})
             if total is None:
                 return
-            self._charge(tx, job, total, settle=True)
+            charged = self._charge(tx, job, total, settle=True)
         self.health.record(attempt.backend, Outcome.SUCCESS, latency_ms=latency_ms,
                            probe=attempt.probe, slot=attempt.slot)
+        self.observe.attempt_ended(job, attempt, "succeeded", fault=Outcome.SUCCESS.value,
+                                   cost_micros=res.cost_micros or 0, now=now)
+        self.observe.job_finished(job, "succeeded", backend=attempt.backend,
+                                  charged_micros=charged, now=now)
 
-    def _fail(self, job: repo.JobRow, code: str, message: str) -> None:
+    def _fail(self, job: repo.JobRow, code: str, message: str, *,
+              backend: str | None = None) -> None:
         now = self.clock()
         with self.engine.begin() as tx:
             total = repo.finish(tx, job.id, "failed", now, error_code=code,
                                 error_message=message)
-            if total is not None:
-                self._charge(tx, job, total, settle=False)
+            if total is None:
+                return
+            charged = self._charge(tx, job, total, settle=False)
+        self.observe.job_finished(job, "failed", backend=backend, charged_micros=charged,
+                                  now=now, error_code=code)
 
-    def _charge(self, tx: Connection, job: repo.JobRow, total: int, *, settle: bool) -> None:
+    def _charge(self, tx: Connection, job: repo.JobRow, total: int, *, settle: bool) -> int:
+        """Settle or release the job's hold; returns what was charged."""
         charge = min(total, job.estimated_cost_micros)
         if charge < total:
             log.error("job cost more than its hold; charging the hold",
@@ -338,6 +358,8 @@ class JobRunner:
         except HoldNotActive as exc:
             log.error("hold already %s; job finished without a charge", exc.status,
                       extra={"job_id": str(job.id)})
+            return 0
+        return charge
 
     def _deadline(self, job: repo.JobRow, open_: repo.AttemptRow | None) -> Next:
         if open_ is not None:
@@ -345,9 +367,10 @@ class JobRunner:
                 self._cancel_at_backend(self.adapter(open_.backend), open_.external_id)
             exc = TransientError("the job's deadline passed", code="deadline_exceeded",
                                  backend=open_.backend)
-            self._close(open_, "timeout", Outcome.CANCELLED, exc=exc)
+            self._close(job, open_, "timeout", Outcome.CANCELLED, exc=exc)
         self._fail(job, "deadline_exceeded",
-                   f"the job did not finish within its deadline of {job.spec.get('deadline_s')} s")
+                   f"the job did not finish within its deadline of {job.spec.get('deadline_s')} s",
+                   backend=open_.backend if open_ is not None else None)
         return DONE
 
     def cancel(self, job_id: uuid.UUID, tenant: str | None = None) -> repo.JobRow | None:
@@ -363,13 +386,15 @@ class JobRunner:
             attempts = repo.attempts(tx, job_id)
             total = repo.finish(tx, job_id, "cancelled", now, error_code="cancelled",
                                 error_message="cancelled by request")
-            if total is not None:
-                self._charge(tx, job, total, settle=False)
+            charged = None if total is None else self._charge(tx, job, total, settle=False)
         open_ = next((a for a in attempts if a.outcome is None), None)
+        if charged is not None:
+            self.observe.job_finished(job, "cancelled", charged_micros=charged, now=now,
+                                      backend=open_.backend if open_ else job.backend)
         if open_ is not None:
             if open_.external_id is not None:
                 self._cancel_at_backend(self.adapter(open_.backend), open_.external_id)
-            self._close(open_, "cancelled", Outcome.CANCELLED)
+            self._close(job, open_, "cancelled", Outcome.CANCELLED)
         with self.engine.connect() as conn:
             return repo.get_job(conn, job_id)
 

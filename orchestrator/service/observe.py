@@ -1,0 +1,239 @@
+"""What the job chain tells the outside world: metrics (DESIGN §7) and structured log events.
+
+:class:`JobObserver` is injected into :class:`~orchestrator.service.runner.JobRunner`; the
+runner calls it at the few moments that matter (job started, attempt ended, fail-over, job
+finished, poll retried) and it turns each into the catalogue's metrics and one JSON log event.
+Recording is in memory (the recorder's sinks export from their own threads), and no method of
+an observer ever raises into the runner.
+
+:func:`publish_gauges` sets the periodic gauges (budgets, breakers, queues); beat runs it every
+15 s through the ``orchestrator.publish_gauges`` task. :func:`observe_submissions` decorates
+``Submitter.submit`` to count accepted and refused submissions.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from sqlalchemy import Connection, text
+
+from orchestrator.domain.breaker import shown_status
+from orchestrator.errors import BudgetExceeded, NoEligibleBackend
+from orchestrator.ledger.budgets import list_budgets
+from orchestrator.metrics import catalogue as m
+from orchestrator.metrics.recorder import Recorder, get_recorder
+from orchestrator.service.ports import HealthPort
+from orchestrator.store.jobs import AttemptRow, JobRow
+
+log = logging.getLogger("orchestrator.jobs")
+P = ParamSpec("P")
+R = TypeVar("R")
+NONE = "none"  # label value when a job ended on no backend
+
+
+def _never_raises(fn: Callable[P, None]) -> Callable[P, None]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            log.debug("observer %s failed", fn.__name__, exc_info=True)
+
+    return wrapper
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+class JobObserver:
+    """Metrics and log events of the job chain. ``recorder`` defaults to the process-wide one."""
+
+    def __init__(self, recorder: Recorder | None = None, logger: logging.Logger = log) -> None:
+        self._recorder = recorder
+        self.log = logger
+
+    @property
+    def recorder(self) -> Recorder:
+        return self._recorder or get_recorder()
+
+    @_never_raises
+    def job_started(self, job: JobRow) -> None:
+        """A worker claimed a queued job: submit-to-start (schedule_to_start) latency."""
+        wait = _seconds(job.created_at, job.started_at)
+        if wait is not None:
+            self.recorder.distribution(m.JOB_QUEUE_LATENCY, wait, kind=job.kind, tier=job.tier)
+        self.log.info("job started", extra={
+            "event": "job_started", "job_id": str(job.id), "tenant": job.tenant,
+            "kind": job.kind, "tier": job.tier, "queue_ms": _ms(wait)})
+
+    @_never_raises
+    def attempt_ended(self, job: JobRow, attempt: AttemptRow, status: str, *, fault: str,
+                      error_code: str | None = None, cost_micros: int | None = None,
+                      now: datetime | None = None) -> None:
+        """One event per attempt outcome (succeeded, failed, cancelled, timeout)."""
+        self.log.log(logging.INFO if status == "succeeded" else logging.WARNING,
+                     "attempt %s", status, extra={
+                         "event": "attempt_ended", "job_id": str(job.id), "tenant": job.tenant,
+                         "backend": attempt.backend, "attempt": attempt.number,
+                         "outcome": status, "fault": fault, "error_code": error_code,
+                         "cost_micros": cost_micros,
+                         "duration_ms": _ms(_seconds(attempt.started_at, now))})
+
+    @_never_raises
+    def retry(self, backend: str, reason: str) -> None:
+        """A transient error on ``backend`` that will be retried on the same backend."""
+        self.recorder.counter(m.JOB_RETRIES, 1, backend=backend, reason=reason)
+
+    @_never_raises
+    def failover(self, job: JobRow, from_backend: str, to_backend: str, attempt: int) -> None:
+        self.recorder.counter(m.JOB_FAILOVERS, 1, kind=job.kind, from_backend=from_backend,
+                              to_backend=to_backend)
+        self.log.info("failing over", extra={
+            "event": "failover", "job_id": str(job.id), "tenant": job.tenant,
+            "from_backend": from_backend, "backend": to_backend, "attempt": attempt})
+
+    @_never_raises
+    def job_finished(self, job: JobRow, status: str, *, backend: str | None,
+                     charged_micros: int, now: datetime, error_code: str | None = None) -> None:
+        """A job reached its final state (the transition committed): counts, latency, cost."""
+        backend = backend or NONE
+        labels = {"kind": job.kind, "tier": job.tier, "backend": backend, "status": status}
+        self.recorder.counter(m.JOBS_FINISHED, 1, **labels)
+        latency = _seconds(job.created_at, now)
+        if latency is not None:
+            self.recorder.distribution(m.JOB_LATENCY, latency, **labels)
+        if status == "succeeded" or charged_micros > 0:
+            self.recorder.distribution(m.JOB_COST, charged_micros / 1_000_000, kind=job.kind,
+                                       tier=job.tier, backend=backend)
+        self.log.log(logging.INFO if status == "succeeded" else logging.WARNING,
+                     "job %s", status, extra={
+                         "event": "job_finished", "job_id": str(job.id), "tenant": job.tenant,
+                         "kind": job.kind, "tier": job.tier, "backend": backend,
+                         "outcome": status, "error_code": error_code,
+                         "cost_micros": charged_micros, "duration_ms": _ms(latency),
+                         "queue_ms": _ms(_seconds(job.created_at, job.started_at))})
+
+
+class _Spec(Protocol):
+    @property
+    def kind(self) -> Any: ...
+
+    @property
+    def tier(self) -> Any: ...
+
+
+def submission_status(exc: BaseException | None) -> str:
+    if exc is None:
+        return "accepted"
+    if isinstance(exc, BudgetExceeded):
+        return "refused_budget"
+    if isinstance(exc, NoEligibleBackend):
+        return "refused_no_backend"
+    return "error"
+
+
+def record_submission(spec: _Spec, status: str, backend: str | None = None,
+                      recorder: Recorder | None = None) -> None:
+    """Count one submission (``jobs/submitted``); never raises."""
+    try:
+        (recorder or get_recorder()).counter(
+            m.JOBS_SUBMITTED, 1, kind=str(getattr(spec.kind, "value", spec.kind)),
+            tier=str(getattr(spec.tier, "value", spec.tier)), backend=backend or NONE,
+            status=status)
+    except Exception:
+        log.debug("recording a submission failed", exc_info=True)
+
+
+Submit = Callable[P, tuple[JobRow, bool]]
+
+
+def observe_submissions(submit: Submit[P]) -> Submit[P]:
+    """Decorate ``Submitter.submit(self, tenant, spec, ...)``: a new job counts as
+    ``accepted`` (on its first-choice backend), a budget or routing refusal as
+    ``refused_budget`` / ``refused_no_backend``; an idempotent replay counts nothing."""
+
+    @functools.wraps(submit)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> tuple[JobRow, bool]:
+        spec = kwargs.get("spec", args[2] if len(args) > 2 else None)
+        try:
+            job, created = submit(*args, **kwargs)
+        except (BudgetExceeded, NoEligibleBackend) as exc:
+            if spec is not None:
+                record_submission(spec, submission_status(exc))  # type: ignore[arg-type]
+            raise
+        if created and spec is not None:
+            first = ((job.route or {}).get("candidates") or [{}])[0].get("backend")
+            record_submission(spec, "accepted", first)  # type: ignore[arg-type]
+        return job, created
+
+    return wrapper
+
+
+# -- periodic gauges ---------------------------------------------------------------------------
+
+_OLDEST_QUEUED = text(
+    "SELECT COALESCE(spec->>'priority', 'normal') AS priority, min(created_at) AS oldest "
+    "FROM jobs WHERE status = 'queued' GROUP BY 1"
+)
+# kombu's Redis transport keeps a queue's messages in the list named like the queue, plus one
+# list per priority step ("<queue>\x06\x16<step>") when message priorities are used.
+_PRIORITY_STEPS = (3, 6, 9)
+
+
+def queue_keys(queue: str) -> list[str]:
+    return [queue, *(f"{queue}\x06\x16{p}" for p in _PRIORITY_STEPS)]
+
+
+class _Redis(Protocol):
+    def pipeline(self, transaction: bool = ...) -> Any: ...
+
+
+def publish_gauges(conn: Connection, redis: _Redis, health: HealthPort,
+                   backends: Iterable[str], queues: Iterable[str], now: datetime,
+                   queue_for: Callable[[str], str], recorder: Recorder | None = None) -> int:
+    """Set every periodic gauge once; returns how many were set. Budgets of the current
+    period, breaker state and strikes per backend, depth per Celery queue (Redis LLEN) and the
+    age of the oldest queued job per queue (PostgreSQL, the source of truth)."""
+    rec = recorder or get_recorder()
+    n = 0
+    for b in list_budgets(conn, now=now):
+        labels = {"scope": b.scope, "period": b.period}
+        rec.gauge(m.BUDGET_SPEND, b.committed_micros / 1e6, **labels)
+        rec.gauge(m.BUDGET_HELD, b.held_micros / 1e6, **labels)
+        rec.gauge(m.BUDGET_REMAINING, b.remaining_micros / 1e6, **labels)
+        util = b.committed_micros / b.limit_micros if b.limit_micros else float(
+            b.committed_micros > 0)
+        rec.gauge(m.BUDGET_UTILIZATION, util, **labels)
+        n += 4
+    clock = getattr(health, "clock", None)
+    t = float(clock()) if callable(clock) else now.timestamp()
+    for name, h in health.snapshot(tuple(backends)).items():
+        state = m.BREAKER_STATE_VALUES[shown_status(h.breaker, t).value]
+        rec.gauge(m.BREAKER_STATE, state, backend=name)
+        rec.gauge(m.BREAKER_STRIKES, h.breaker.strikes, backend=name)
+        n += 2
+    queues = tuple(queues)
+    pipe = redis.pipeline(transaction=False)
+    for q in queues:
+        for key in queue_keys(q):
+            pipe.llen(key)
+    lengths = pipe.execute()
+    per = len(_PRIORITY_STEPS) + 1
+    oldest = {queue_for(str(r.priority)): r.oldest for r in conn.execute(_OLDEST_QUEUED)}
+    for i, q in enumerate(queues):
+        rec.gauge(m.QUEUE_DEPTH, int(sum(lengths[i * per:(i + 1) * per])), queue=q)
+        age = _seconds(oldest.get(q), now)
+        rec.gauge(m.QUEUE_OLDEST_AGE, age or 0.0, queue=q)
+        n += 2
+    return n
