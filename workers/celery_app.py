@@ -7,13 +7,20 @@ a hard time limit below it, JSON only, and task arguments that are ids only (Flo
 
 from __future__ import annotations
 
-from celery import Celery
+import logging
+import os
+from typing import Any
+
+from celery import Celery, signals
 from kombu.entity import Queue
 
 from orchestrator.bootstrap import resolve_urls
 from orchestrator.settings import get_settings
 
+log = logging.getLogger(__name__)
+
 QUEUES = ("jobs.high", "jobs.normal", "jobs.low", "maintenance")
+GAUGES_EVERY_S = 15.0
 VISIBILITY_TIMEOUT_S = 3600
 TASK_TIME_LIMIT_S = 300  # one task never waits on a backend longer than one HTTP request
 
@@ -37,7 +44,8 @@ app.conf.update(
     task_default_queue="jobs.normal",
     task_queues=[Queue(q) for q in QUEUES],  # type: ignore[no-untyped-call]
     task_routes={"orchestrator.sweep": {"queue": "maintenance"},
-                 "orchestrator.deliver_alerts": {"queue": "maintenance"}},
+                 "orchestrator.deliver_alerts": {"queue": "maintenance"},
+                 "orchestrator.publish_gauges": {"queue": "maintenance"}},
     worker_hijack_root_logger=False,
     # Task events cost three Redis publishes per task; Flower switches them on in the workers
     # while it runs (its --enable_events default), so nobody pays for them unwatched.
@@ -45,5 +53,81 @@ app.conf.update(
     beat_schedule={
         "sweep": {"task": "orchestrator.sweep", "schedule": 10.0},
         "deliver-alerts": {"task": "orchestrator.deliver_alerts", "schedule": 10.0},
+        "publish-gauges": {"task": "orchestrator.publish_gauges", "schedule": GAUGES_EVERY_S,
+                           "options": {"expires": GAUGES_EVERY_S}},
     },
 )
+
+
+# -- per-process start-up: logs and metrics (DESIGN §7) ---------------------------------------
+
+@signals.setup_logging.connect  # type: ignore[untyped-decorator]
+def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Celery leaves logging to us: structured (JSON) lines with secrets redacted."""
+    from orchestrator.logs import configure_logging
+
+    s = get_settings()
+    configure_logging(loglevel or s.log_level, s.log_format)
+
+
+def _is_prefork(worker: Any) -> bool:
+    pool = getattr(worker, "pool_cls", None)
+    return "prefork" in f"{getattr(pool, '__module__', '')}.{pool}"
+
+
+def _setting(s: Any, name: str) -> Any:
+    """A setting, or (until settings.py declares it) its ORCH_ environment variable."""
+    value = getattr(s, name, None)
+    if value is None:
+        value = os.environ.get(f"ORCH_{name.upper()}", "").strip() or None
+    return value
+
+
+def configure_worker_metrics(index: int | None = None) -> int | None:
+    """Attach this process's metric sinks (Cloud Monitoring when ORCH_GCP_PROJECT is set) and,
+    when ``ORCH_WORKER_METRICS_PORT`` is set, serve Prometheus ``/metrics`` on that port plus
+    ``index`` (a prefork child's index; 0 picks a free port). Returns the bound port."""
+    from orchestrator import metrics
+
+    s = get_settings()
+    metrics.configure_from_settings("worker", s)
+    raw = _setting(s, "worker_metrics_port")
+    if raw is None:
+        return None
+    base = int(raw)
+    try:
+        return metrics.start_worker_metrics_server(
+            base + (index or 0) if base else 0,
+            addr=str(_setting(s, "worker_metrics_addr") or "127.0.0.1"))
+    except OSError as exc:  # a busy port must not stop the worker
+        log.warning("worker metrics port %s unavailable: %s", base, exc)
+        return None
+
+
+@signals.worker_init.connect  # type: ignore[untyped-decorator]
+def _worker_init(sender: Any = None, **_: Any) -> None:
+    """Thread (or solo) pool: this process runs the tasks. Prefork: the children do, and
+    configure themselves in ``worker_process_init`` (threads do not survive a fork)."""
+    if not _is_prefork(sender):
+        configure_worker_metrics()
+
+
+@signals.worker_process_init.connect  # type: ignore[untyped-decorator]
+def _worker_process_init(**_: Any) -> None:
+    from billiard.process import current_process
+
+    configure_worker_metrics(int(getattr(current_process(), "index", 0) or 0))
+
+
+@signals.worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _worker_shutdown(**_: Any) -> None:
+    from orchestrator import metrics
+
+    metrics.shutdown()
+
+
+@signals.worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _worker_process_shutdown(**_: Any) -> None:
+    from orchestrator import metrics
+
+    metrics.shutdown(timeout_s=2.0)

@@ -11,8 +11,10 @@ from sqlalchemy.exc import OperationalError
 
 from orchestrator.bootstrap import container
 from orchestrator.ledger.service import utcnow
+from orchestrator.service import observe
 from orchestrator.service.sweeper import sweep as sweep_jobs
-from workers.celery_app import app
+from workers.celery_app import QUEUES, app
+from workers.enqueue import queue_for
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,16 @@ def deliver_alerts() -> None:
     c = container()
     with ChannelFactory(smtp=SmtpSettings()) as factory:
         deliver_pending(c.engine, factory, utcnow())
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    name="orchestrator.publish_gauges", autoretry_for=_INFRA, max_retries=1)
+def publish_gauges() -> int:
+    """Budgets, breakers and queues as gauges (beat, every 15 s); returns how many were set."""
+    c = container()
+    with c.engine.connect() as conn:
+        return observe.publish_gauges(conn, _counter_redis(), c.health, c.catalogue().names,
+                                      QUEUES, utcnow(), queue_for)
 
 
 @app.task(name="orchestrator.noop")  # type: ignore[untyped-decorator]

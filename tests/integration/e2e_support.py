@@ -69,13 +69,14 @@ class Rig:
         return counters
 
     # -- workers ----------------------------------------------------------------------------
-    def start_worker(self, concurrency: int = 8) -> subprocess.Popen[bytes]:
+    def start_worker(self, concurrency: int = 8,
+                     env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
              "--pool", "threads", "-c", str(concurrency), "--without-gossip",
              "--without-mingle", "--without-heartbeat", "-Q",
              "jobs.high,jobs.normal,jobs.low,maintenance", "--loglevel", "WARNING"],
-            cwd=ROOT, env=self.env, start_new_session=True,
+            cwd=ROOT, env={**self.env, **(env_extra or {})}, start_new_session=True,
         )
         self.workers.append(proc)
         return proc
