@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import metrics
-from orchestrator.api import errors, routes_admin, routes_jobs
+from orchestrator.api import errors, routes_admin, routes_jobs, routes_reports
 from orchestrator.api.config import ApiConfig
 from orchestrator.api.context import ApiContext, _err
 from orchestrator.api.errors import error_response
@@ -45,6 +45,7 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     errors.install(app)
     app.include_router(routes_jobs.router(ctx))
     app.include_router(routes_admin.router(ctx))
+    app.include_router(routes_reports.router(ctx))
     _ops(app, ctx)
     app.add_middleware(CatchAll)  # innermost of the two: inside it, handlers have run
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)

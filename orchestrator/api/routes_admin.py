@@ -48,6 +48,7 @@ def router(ctx: ApiContext) -> APIRouter:
         try:
             scope = validate_scope(body.scope)
             thresholds = thresholds_to_bp(body.alert_thresholds)
+            forecast_thresholds = thresholds_to_bp(body.forecast_thresholds)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         channels = [ch.model_dump(mode="json") for ch in parse_channels(body.channels)]
@@ -55,7 +56,8 @@ def router(ctx: ApiContext) -> APIRouter:
         with c.engine.begin() as tx:
             set_budget(tx, scope=scope, period=body.period,
                        limit_micros=usd_to_micros(body.limit_usd), now=now,
-                       thresholds_bp=thresholds, channels=channels)
+                       thresholds_bp=thresholds, channels=channels,
+                       forecast_thresholds_bp=forecast_thresholds)
             views = list_budgets(tx, now=now, scopes=(scope,))
         view = next(v for v in views if v.period == body.period)
         return budget_resource(view, now)

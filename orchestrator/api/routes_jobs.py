@@ -6,11 +6,13 @@ Idempotency: ``POST /v1/jobs`` with an ``Idempotency-Key`` the tenant already us
 """
 
 
+import logging
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import metrics
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
@@ -23,6 +25,8 @@ from orchestrator.metrics import catalogue as m
 from orchestrator.service.views import job_resource
 from orchestrator.store import jobs as repo
 
+log = logging.getLogger("orchestrator.api")
+
 JobId = Annotated[uuid.UUID, Path(description="the job id")]
 
 
@@ -32,10 +36,18 @@ def _record_submit(spec: JobSpec, backend: str, status: str) -> None:
 
 
 def router(ctx: ApiContext) -> APIRouter:
+    c = ctx.container
+
+    def _alert_refusal(exc: BudgetExceeded) -> None:
+        """The budget's ``refusal`` alert, at most once per window; never changes the 402."""
+        try:
+            c.ledger.record_refusal(exc)
+        except SQLAlchemyError as err:
+            log.warning("refusal alert not recorded", extra={"error": type(err).__name__})
+
     r = APIRouter(prefix="/v1", tags=["jobs"], responses=AUTH_ERRORS)
     principal = ctx.principal_dep()
     Caller = Annotated[Principal, Depends(principal)]
-    c = ctx.container
 
     def load(job_id: uuid.UUID, tenant: str) -> dict[str, Any]:
         with c.engine.connect() as conn:
@@ -63,8 +75,9 @@ def router(ctx: ApiContext) -> APIRouter:
     ) -> JSONResponse:
         try:
             job, created = c.submitter.submit(p.tenant, spec, idempotency_key)
-        except BudgetExceeded:
+        except BudgetExceeded as exc:
             _record_submit(spec, "none", "budget_exceeded")
+            _alert_refusal(exc)
             raise
         except NoEligibleBackend:
             _record_submit(spec, "none", "no_eligible_backend")

@@ -183,6 +183,7 @@ class BudgetOut(_Out):
     remaining_usd: float
     forecast_usd: float | None
     alert_thresholds: list[float]
+    forecast_thresholds: list[float] = Field(default_factory=list)
     channels: list[ChannelOut]
 
 
@@ -200,6 +201,10 @@ class BudgetIn(BaseModel):
     limit_usd: float = Field(ge=0, le=1_000_000_000)
     alert_thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0],
                                           max_length=20)
+    forecast_thresholds: list[float] = Field(
+        default_factory=list, max_length=20,
+        description="opt-in: alert when the run-rate forecast of the period's spend passes "
+                    "these fractions of the limit (e.g. [1.0])")
     channels: list[dict[str, Any]] = Field(default_factory=list, max_length=20)
 
     @field_validator("limit_usd")

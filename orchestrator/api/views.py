@@ -7,31 +7,21 @@ import base64
 import binascii
 import json
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from orchestrator.domain.breaker import BackendHealth
 from orchestrator.domain.budgets import period_window
 from orchestrator.domain.catalogue import BackendSpec
+from orchestrator.domain.forecast import MIN_ELAPSED, forecast_micros
 from orchestrator.domain.money import micros_to_usd
 from orchestrator.errors import InvalidRequest
 from orchestrator.ledger.budgets import BudgetView
 from orchestrator.notify import ChannelConfigError, parse_channel
 
-# A period younger than this is projected as if this much had passed, so one early job does
-# not forecast a spend hundreds of times the limit.
-MIN_ELAPSED = timedelta(hours=1)
-
-
-def forecast_micros(view: BudgetView, now: datetime) -> int | None:
-    """Run-rate projection of committed spend to the period end; None for ``total``."""
-    window = period_window(view.period, now)
-    if window.end is None:
-        return None
-    length = (window.end - window.start).total_seconds()
-    elapsed = max((now - window.start).total_seconds(), MIN_ELAPSED.total_seconds())
-    fraction = min(1.0, elapsed / length)
-    return round(view.committed_micros / fraction)
+# MIN_ELAPSED and forecast_micros are re-exported: the forecast lives in domain.forecast.
+__all__ = ["MIN_ELAPSED", "backend_resource", "budget_resource", "decode_cursor",
+           "encode_cursor", "forecast_micros", "visible_to"]
 
 
 def _channels(raw: tuple[dict[str, Any], ...]) -> list[dict[str, str]]:
@@ -48,7 +38,7 @@ def _channels(raw: tuple[dict[str, Any], ...]) -> list[dict[str, str]]:
 
 
 def budget_resource(view: BudgetView, now: datetime) -> dict[str, Any]:
-    forecast = forecast_micros(view, now)
+    forecast = forecast_micros(view.committed_micros, view.period, now)
     window = period_window(view.period, now)
     return {
         "scope": view.scope,
@@ -61,6 +51,7 @@ def budget_resource(view: BudgetView, now: datetime) -> dict[str, Any]:
         "remaining_usd": micros_to_usd(view.remaining_micros),
         "forecast_usd": micros_to_usd(forecast) if forecast is not None else None,
         "alert_thresholds": [bp / 10000 for bp in view.alert_thresholds_bp],
+        "forecast_thresholds": [bp / 10000 for bp in view.forecast_thresholds_bp],
         "channels": _channels(view.channels),
     }
 

@@ -29,6 +29,7 @@ class BudgetView:
     held_micros: int
     alert_thresholds_bp: tuple[int, ...]
     channels: tuple[dict[str, Any], ...]
+    forecast_thresholds_bp: tuple[int, ...] = ()
 
     @property
     def remaining_micros(self) -> int:
@@ -37,11 +38,14 @@ class BudgetView:
 
 _UPSERT = text(
     """
-    INSERT INTO budgets (scope, period, limit_micros, alert_thresholds_bp, channels)
-    VALUES (:scope, :period, :limit, CAST(:thresholds AS jsonb), CAST(:channels AS jsonb))
+    INSERT INTO budgets (scope, period, limit_micros, alert_thresholds_bp, channels,
+                         forecast_thresholds_bp)
+    VALUES (:scope, :period, :limit, CAST(:thresholds AS jsonb), CAST(:channels AS jsonb),
+            CAST(:forecast AS jsonb))
     ON CONFLICT (scope, period) DO UPDATE SET
         limit_micros = EXCLUDED.limit_micros,
         alert_thresholds_bp = EXCLUDED.alert_thresholds_bp,
+        forecast_thresholds_bp = EXCLUDED.forecast_thresholds_bp,
         channels = EXCLUDED.channels,
         updated_at = now()
     RETURNING id
@@ -59,7 +63,8 @@ _RELIMIT_OPEN_PERIODS = text(
 _LIST = text(
     """
     SELECT b.id, b.scope, b.period, b.limit_micros AS budget_limit, b.alert_thresholds_bp,
-           b.channels, bp.period_start, bp.limit_micros, bp.committed_micros, bp.held_micros
+           b.forecast_thresholds_bp, b.channels, bp.period_start, bp.limit_micros,
+           bp.committed_micros, bp.held_micros
     FROM budgets b
     LEFT JOIN LATERAL (
         SELECT * FROM budget_periods p
@@ -82,8 +87,13 @@ def set_budget(
     now: datetime,
     thresholds_bp: tuple[int, ...] = DEFAULT_THRESHOLDS_BP,
     channels: list[dict[str, Any]] | None = None,
+    forecast_thresholds_bp: tuple[int, ...] = (),
 ) -> int:
-    """Create or update the budget (scope, period). Returns its id."""
+    """Create or update the budget (scope, period). Returns its id.
+
+    ``forecast_thresholds_bp`` (opt-in, e.g. ``(10000,)``): alert when the run-rate forecast
+    of the period's spend passes these fractions of the limit (DESIGN §6).
+    """
     validate_scope(scope)
     Period(period)  # ValueError names the bad period
     if limit_micros < 0:
@@ -91,7 +101,8 @@ def set_budget(
     budget_id: int = conn.execute(
         _UPSERT,
         {"scope": scope, "period": period, "limit": limit_micros,
-         "thresholds": json.dumps(list(thresholds_bp)), "channels": json.dumps(channels or [])},
+         "thresholds": json.dumps(list(thresholds_bp)), "channels": json.dumps(channels or []),
+         "forecast": json.dumps(list(forecast_thresholds_bp))},
     ).scalar_one()
     conn.execute(_RELIMIT_OPEN_PERIODS, {"limit": limit_micros, "id": budget_id, "now": now})
     return budget_id
@@ -116,6 +127,7 @@ def list_budgets(
                 held_micros=r.held_micros if has_period else 0,
                 alert_thresholds_bp=tuple(r.alert_thresholds_bp),
                 channels=tuple(r.channels),
+                forecast_thresholds_bp=tuple(r.forecast_thresholds_bp),
             )
         )
     return out

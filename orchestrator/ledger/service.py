@@ -16,19 +16,17 @@ must roll that transaction back.
 
 from __future__ import annotations
 
-import json
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from orchestrator.domain.budgets import crossed_thresholds
-from orchestrator.domain.money import micros_to_usd
 from orchestrator.errors import BudgetExceeded, HoldNotActive, HoldNotFound, InvalidAmount
+from orchestrator.ledger.alerts import insert_refusal, refusal_bucket, step_alerts
 from orchestrator.ledger.periods import PeriodResolver
 
 
@@ -87,8 +85,8 @@ _INSERT_LINES_AND_ENTRIES = text(
     )
     INSERT INTO ledger_entries
         (budget_period_id, job_id, kind, idempotency_key, held_delta_micros,
-         committed_delta_micros)
-    SELECT budget_period_id, :job_id, 'hold', :key, :amount, 0 FROM lines
+         committed_delta_micros, created_at)
+    SELECT budget_period_id, :job_id, 'hold', :key, :amount, 0, :now FROM lines
     """
 )
 _SELECT_HOLD = text(
@@ -120,26 +118,20 @@ _APPLY = text(
     SET held_micros = bp.held_micros - :release, committed_micros = bp.committed_micros + :charge
     FROM budgets b
     WHERE bp.id = :pid AND b.id = bp.budget_id
-    RETURNING bp.id, bp.budget_id, bp.period_start, bp.limit_micros, bp.committed_micros,
-              bp.held_micros, b.scope, b.period, b.alert_thresholds_bp
+    RETURNING bp.id, bp.budget_id, bp.period_start, bp.period_end, bp.limit_micros,
+              bp.committed_micros, bp.held_micros, b.scope, b.period, b.alert_thresholds_bp,
+              b.forecast_thresholds_bp
     """
 )
 _INSERT_ENTRIES = text(
     """
     INSERT INTO ledger_entries
         (budget_period_id, job_id, kind, idempotency_key, held_delta_micros,
-         committed_delta_micros)
-    SELECT pid, job, CAST(:kind AS text), CAST(:kind AS text) || ':' || job, -held, committed
+         committed_delta_micros, created_at)
+    SELECT pid, job, CAST(:kind AS text), CAST(:kind AS text) || ':' || job, -held, committed,
+           :now
     FROM unnest(CAST(:pids AS bigint[]), CAST(:jobs AS uuid[]), CAST(:helds AS bigint[]),
                 CAST(:commits AS bigint[])) AS t(pid, job, held, committed)
-    """
-)
-_INSERT_ALERT = text(
-    """
-    INSERT INTO alerts (budget_id, budget_period_id, kind, threshold_bp, payload)
-    VALUES (:budget_id, :pid, 'threshold', :bp, CAST(:payload AS jsonb))
-    ON CONFLICT (budget_period_id, kind, threshold_bp) DO NOTHING
-    RETURNING id
     """
 )
 _LOCK_EXPIRED = text(
@@ -168,11 +160,17 @@ class Ledger:
         *,
         clock: Callable[[], datetime] = utcnow,
         hold_ttl: timedelta = timedelta(hours=6),
+        refusal_window: timedelta = timedelta(hours=1),
     ) -> None:
         self.engine = engine
         self.clock = clock
         self.hold_ttl = hold_ttl
+        self.refusal_window = refusal_window
         self.periods = PeriodResolver(engine)
+        # (scope, period, period start, bucket) already alerted: a refusal storm costs no
+        # round trip after the first refusal of a window (the database key is the authority)
+        self._refused: set[tuple[str, str, str, int]] = set()
+        self._refused_lock = threading.Lock()
 
     @contextmanager
     def _tx(self, conn: Connection | None) -> Iterator[Connection]:
@@ -216,7 +214,7 @@ class Ledger:
                 tx.execute(
                     _INSERT_LINES_AND_ENTRIES,
                     {"hold_id": hold_id, "pids": pids, "amount": amount_micros,
-                     "job_id": job_id, "key": f"hold:{job_id}"},
+                     "job_id": job_id, "key": f"hold:{job_id}", "now": now},
                 )
             for pid in pids:
                 if tx.execute(_RESERVE, {"amount": amount_micros, "pid": pid}).first() is None:
@@ -306,23 +304,43 @@ class Ledger:
         for their UPDATEs and the COMMIT.
         """
         moves = sorted(moves)
-        _insert_entries(tx, kind, [(pid, job_id, held, committed)
-                                   for pid, held, committed in moves])
+        _insert_entries(tx, kind, now, [(pid, job_id, held, committed)
+                                        for pid, held, committed in moves])
         alert_ids: list[uuid.UUID] = []
         for pid, release, charge in moves:
             p = tx.execute(_APPLY, {"release": release, "charge": charge, "pid": pid}).one()
-            for bp in crossed_thresholds(
-                p.limit_micros, p.committed_micros - charge, p.committed_micros,
-                tuple(p.alert_thresholds_bp),
-            ):
-                alert_id = tx.execute(
-                    _INSERT_ALERT,
-                    {"budget_id": p.budget_id, "pid": pid, "bp": bp,
-                     "payload": _alert_payload(p, bp, now)},
-                ).scalar()
-                if alert_id is not None:
-                    alert_ids.append(alert_id)
+            alert_ids += step_alerts(tx, p, charge, now)
         return alert_ids
+
+    # -- refusal alerts ----------------------------------------------------------------------
+    def record_refusal(
+        self, exc: BudgetExceeded, *, conn: Connection | None = None
+    ) -> uuid.UUID | None:
+        """Write the ``refusal`` alert for the budget that refused a hold, at most once per
+        budget period per ``refusal_window`` (by the ledger clock). Call it after the refused
+        hold's transaction rolled back: without ``conn`` it runs its own short transaction.
+
+        Returns the new alert's id, or None when this window already has one.
+        """
+        now = self.clock()
+        bucket = refusal_bucket(now, self.refusal_window)
+        start = str(exc.details.get("period_start"))
+        key = (exc.scope, exc.period, start, bucket)
+        with self._refused_lock:
+            if key in self._refused:
+                return None
+        with self._tx(conn) as tx:
+            alert_id = insert_refusal(
+                tx, scope=exc.scope, period=exc.period,
+                period_start=datetime.fromisoformat(start), now=now, bucket=bucket,
+                requested_micros=exc.requested_micros, remaining_micros=exc.remaining_micros,
+            )
+        if conn is None:  # committed: later refusals of this window skip the database
+            with self._refused_lock:
+                if len(self._refused) > 10_000:
+                    self._refused.clear()
+                self._refused.add(key)
+        return alert_id
 
     # -- expire ------------------------------------------------------------------------------
     def expire_stale(self, *, limit: int = 500, conn: Connection | None = None) -> list[uuid.UUID]:
@@ -340,9 +358,9 @@ class Ledger:
             by_job: dict[uuid.UUID, list[tuple[int, int, int]]] = {h.job_id: [] for h in holds}
             for ln in tx.execute(_HOLD_LINES, {"hold_ids": list(job_of)}):
                 by_job[job_of[ln.hold_id]].append((ln.budget_period_id, ln.amount_micros, 0))
-            _insert_entries(tx, "expire", [(pid, job_id, held, 0)
-                                           for job_id, moves in by_job.items()
-                                           for pid, held, _ in moves])
+            _insert_entries(tx, "expire", now, [(pid, job_id, held, 0)
+                                                for job_id, moves in by_job.items()
+                                                for pid, held, _ in moves])
             # Apply per period in ascending id order across the whole batch (no deadlock).
             totals: dict[int, int] = {}
             for moves in by_job.values():
@@ -354,27 +372,12 @@ class Ledger:
 
 
 def _insert_entries(
-    tx: Connection, kind: str, rows: list[tuple[int, uuid.UUID, int, int]]
+    tx: Connection, kind: str, now: datetime, rows: list[tuple[int, uuid.UUID, int, int]]
 ) -> None:
     """Append (period id, job id, held released, committed added) entries in one statement;
     each is keyed ``<kind>:<job>`` (unique per period, so a replayed step adds nothing)."""
     if rows:
         tx.execute(_INSERT_ENTRIES, {
-            "kind": kind, "pids": [r[0] for r in rows], "jobs": [r[1] for r in rows],
+            "kind": kind, "now": now, "pids": [r[0] for r in rows], "jobs": [r[1] for r in rows],
             "helds": [r[2] for r in rows], "commits": [r[3] for r in rows],
         })
-
-
-def _alert_payload(p: Any, threshold_bp: int, now: datetime) -> str:
-    return json.dumps(
-        {
-            "scope": p.scope,
-            "period": p.period,
-            "period_start": p.period_start.isoformat(),
-            "threshold": threshold_bp / 10000,
-            "limit_usd": micros_to_usd(p.limit_micros),
-            "committed_usd": micros_to_usd(p.committed_micros),
-            "held_usd": micros_to_usd(p.held_micros),
-            "at": now.isoformat(),
-        }
-    )

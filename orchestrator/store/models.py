@@ -63,6 +63,10 @@ class Budget(Base):
         nullable=False, server_default=text("'[5000, 8000, 10000]'::jsonb")
     )
     channels: Mapped[list[Any]] = mapped_column(nullable=False, server_default=text("'[]'::jsonb"))
+    # opt-in forecast alerts (migration 0003): fractions of the limit, in basis points
+    forecast_thresholds_bp: Mapped[list[Any]] = mapped_column(
+        nullable=False, server_default=text("'[]'::jsonb")
+    )
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
 
@@ -148,7 +152,9 @@ class Alert(Base):
 
     __tablename__ = "alerts"
     __table_args__ = (
-        UniqueConstraint("budget_period_id", "kind", "threshold_bp", name="once"),
+        # bucket: 0 for threshold and forecast alerts (once per period); a refusal alert's
+        # window start in unix seconds (at most once per budget per window), migration 0003
+        UniqueConstraint("budget_period_id", "kind", "threshold_bp", "bucket", name="once"),
         CheckConstraint("kind IN ('threshold', 'forecast', 'refusal')", name="alert_kind"),
         Index("ix_alerts_pending", "created_at", postgresql_where=text("status = 'pending'")),
     )
@@ -160,6 +166,7 @@ class Alert(Base):
     budget_period_id: Mapped[int] = mapped_column(ForeignKey("budget_periods.id"))
     kind: Mapped[str] = mapped_column(String(10), nullable=False)
     threshold_bp: Mapped[int] = mapped_column(Integer, nullable=False)
+    bucket: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     payload: Mapped[dict[str, Any]] = mapped_column(nullable=False)
     status: Mapped[str] = mapped_column(String(10), nullable=False, server_default="pending")
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")

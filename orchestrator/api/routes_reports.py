@@ -1,0 +1,115 @@
+"""``GET /v1/reports/costs``: spend from the ledger grouped by backend, tier, project or day,
+exact to the micro-dollar, with the estimate-vs-actual accuracy per backend
+(:mod:`orchestrator.reports`).
+
+A tenant key sees its own tenant (``tenant=`` may only name it). An admin key sees every
+tenant, or the one ``tenant=`` names.
+"""
+
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+
+from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
+from orchestrator.api.errors import Forbidden
+from orchestrator.api.security import Principal
+from orchestrator.domain.money import micros_to_usd
+from orchestrator.errors import InvalidRequest
+from orchestrator.reports import CostReport, GroupBy, cost_report
+
+
+class CostGroupOut(BaseModel):
+    key: str | None
+    cost_micros: int
+    cost_usd: float
+    jobs: int
+
+
+class AccuracyOut(BaseModel):
+    backend: str
+    jobs: int
+    actual_micros: int
+    estimate_micros: int
+    mean_ratio: float
+    p50_ratio: float
+    p95_ratio: float
+    within_5pct: int
+    within_5pct_share: float
+
+
+class CostReportOut(BaseModel):
+    group_by: GroupBy
+    tenant: str | None
+    from_: str | None = Field(alias="from")
+    to: str | None
+    groups: list[CostGroupOut]
+    total_micros: int
+    total_usd: float
+    jobs: int
+    accuracy: list[AccuracyOut]
+
+
+def report_resource(rep: CostReport) -> dict[str, Any]:
+    return {
+        "group_by": rep.group_by.value,
+        "tenant": rep.tenant,
+        "from": rep.start.isoformat() if rep.start else None,
+        "to": rep.end.isoformat() if rep.end else None,
+        "groups": [{"key": g.key, "cost_micros": g.cost_micros,
+                    "cost_usd": micros_to_usd(g.cost_micros), "jobs": g.jobs}
+                   for g in rep.groups],
+        "total_micros": rep.total_micros,
+        "total_usd": micros_to_usd(rep.total_micros),
+        "jobs": rep.jobs,
+        "accuracy": [{"backend": a.backend, "jobs": a.jobs, "actual_micros": a.actual_micros,
+                      "estimate_micros": a.estimate_micros,
+                      "mean_ratio": round(a.mean_ratio, 6), "p50_ratio": round(a.p50_ratio, 6),
+                      "p95_ratio": round(a.p95_ratio, 6), "within_5pct": a.within_tolerance,
+                      "within_5pct_share": round(a.within_share, 6)}
+                     for a in rep.accuracy],
+    }
+
+
+def _aware(at: datetime | None) -> datetime | None:
+    if at is not None and at.tzinfo is None:
+        return at.replace(tzinfo=UTC)
+    return at
+
+
+def router(ctx: ApiContext) -> APIRouter:
+    r = APIRouter(prefix="/v1", tags=["reports"])
+    Caller = Annotated[Principal, Depends(ctx.principal_dep())]
+    c = ctx.container
+
+    @r.get("/reports/costs", response_model=CostReportOut,
+           summary="Spend from the ledger, grouped; estimate accuracy",
+           responses={**AUTH_ERRORS, 403: _err("tenant= names another tenant (admin only)")})
+    def costs(
+        p: Caller,
+        group_by: Annotated[GroupBy, Query()] = GroupBy.BACKEND,
+        start: Annotated[datetime | None, Query(
+            alias="from", description="charges at or after (UTC if no offset)")] = None,
+        end: Annotated[datetime | None, Query(
+            alias="to", description="charges before (UTC if no offset)")] = None,
+        tenant: Annotated[str | None, Query(
+            pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+            description="admin: one tenant (default: all); others: their own")] = None,
+    ) -> dict[str, Any]:
+        if not p.admin:
+            if tenant is not None and tenant != p.tenant:
+                raise Forbidden("a tenant key reports on its own tenant only")
+            tenant = p.tenant
+        start, end = _aware(start), _aware(end)
+        if start is not None and end is not None and end <= start:
+            raise InvalidRequest("query.to: must be after query.from", field="query.to")
+        with c.engine.connect() as conn:
+            # one snapshot for the costs and the accuracy
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                rep = cost_report(conn, group_by, tenant=tenant, start=start, end=end)
+        return report_resource(rep)
+
+    return r

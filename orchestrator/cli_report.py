@@ -1,0 +1,123 @@
+"""``orchestrator report``: spend from the ledger grouped by backend, tier, project or day,
+and how close the estimates were (``GET /v1/reports/costs``). ``orchestrator.cli`` mounts it
+with ``register(app)``.
+
+The API URL and key resolve like the other client commands: ``--api-url``/``--api-key``, else
+``ORCH_API_URL``/``ORCH_API_KEY``, else the ``credentials.json`` of ``orchestrator up``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from orchestrator.domain.money import format_usd
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``report`` to the ``orchestrator`` app."""
+    app.command("report")(report)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str | None]:
+    from orchestrator.settings import load_settings
+
+    settings = load_settings()
+    creds: dict[str, Any] = {}
+    path = settings.data_dir / "credentials.json"
+    if path.exists():
+        try:
+            creds = json.loads(path.read_text())
+        except (OSError, ValueError):
+            creds = {}
+    url = (api_url or (settings.api_url if "api_url" in settings.model_fields_set else None)
+           or creds.get("api_url") or settings.api_url)
+    key = api_key or settings.api_key or creds.get("tenant_key")
+    return str(url).rstrip("/"), key
+
+
+def fetch_report(
+    api_url: str, api_key: str | None, params: dict[str, str], timeout: float = 30.0
+) -> dict[str, Any]:
+    """The report as the API returns it; ``ValueError`` with the API's one-line reason."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.get(f"{api_url}/v1/reports/costs", params=params, headers=headers,
+                      timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise ValueError(f"cannot reach the API at {api_url}: {type(exc).__name__}") from None
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if r.status_code != 200:
+        err = body.get("error", {}) if isinstance(body, dict) else {}
+        raise ValueError(f"{err.get('code', r.status_code)}: {err.get('message', r.text[:200])}")
+    if not isinstance(body, dict):
+        raise ValueError("the API answered something that is not a report")
+    return body
+
+
+def render(rep: dict[str, Any]) -> list[str]:
+    """The report as text: exact amounts (micro-dollars shown as $x.xxxxxx)."""
+    scope = rep.get("tenant") or "all tenants"
+    span = f"{rep.get('from') or 'start'} .. {rep.get('to') or 'now'}"
+    lines = [f"costs by {rep['group_by']} for {scope} ({span})",
+             f"{rep['group_by']:<24} {'jobs':>6} {'cost':>16}"]
+    for g in rep["groups"]:
+        key = g["key"] if g["key"] is not None else "(none)"
+        lines.append(f"{key:<24} {g['jobs']:>6} {format_usd(g['cost_micros']):>16}")
+    lines.append(f"{'total':<24} {rep['jobs']:>6} {format_usd(rep['total_micros']):>16}")
+    if rep["accuracy"]:
+        lines += ["", "estimate accuracy (actual / estimate, succeeded jobs)",
+                  f"{'backend':<24} {'jobs':>6} {'mean':>7} {'p50':>7} {'p95':>7} "
+                  f"{'within 5%':>10}"]
+        for a in rep["accuracy"]:
+            lines.append(
+                f"{a['backend']:<24} {a['jobs']:>6} {a['mean_ratio']:>7.3f} "
+                f"{a['p50_ratio']:>7.3f} {a['p95_ratio']:>7.3f} "
+                f"{a['within_5pct_share']:>9.0%} "
+            )
+    return lines
+
+
+def report(
+    group_by: Annotated[str, typer.Option(
+        "--group-by", help="backend | tier | project | day")] = "backend",
+    start: Annotated[str | None, typer.Option(
+        "--from", help="charges at or after this ISO time (UTC if no offset)")] = None,
+    end: Annotated[str | None, typer.Option(
+        "--to", help="charges before this ISO time")] = None,
+    tenant: Annotated[str | None, typer.Option(
+        help="admin key: one tenant (default: all)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    api_url: Annotated[str | None, typer.Option(
+        "--api-url", help="API base URL (default: ORCH_API_URL, else `orchestrator up`'s)",
+        show_default=False)] = None,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", help="API key (default: ORCH_API_KEY, else `orchestrator up`'s)",
+        show_default=False)] = None,
+) -> None:
+    """Spend from the budget ledger, grouped, with estimate-vs-actual accuracy per backend."""
+    params = {"group_by": group_by}
+    for name, value in (("from", start), ("to", end), ("tenant", tenant)):
+        if value is not None:
+            params[name] = value
+    url, key = _endpoint(api_url, api_key)
+    try:
+        rep = fetch_report(url, key, params)
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    if json_out:
+        typer.echo(json.dumps(rep, indent=2))
+    else:
+        typer.echo("\n".join(render(rep)))

@@ -1,0 +1,144 @@
+"""Alert rows of the ledger's transactional outbox (DESIGN §6).
+
+- ``threshold``: committed spend crossed a threshold of the limit (once per period and
+  threshold), written in the settle/release transaction.
+- ``forecast``: the charge moves the run-rate projection of committed spend to the period
+  end (:mod:`orchestrator.domain.forecast`) past one of the budget's
+  ``forecast_thresholds_bp`` (opt-in; ``[10000]``: "forecast over 100 % of the limit"); once
+  per period and threshold, written in the same transaction.
+- ``refusal``: a hold was refused (402); at most once per budget per window (``bucket`` =
+  the window start in unix seconds), written in its own short transaction since the refused
+  hold's transaction was rolled back.
+
+Uniqueness is ``(budget_period_id, kind, threshold_bp, bucket)`` and every insert is
+``ON CONFLICT DO NOTHING``: concurrent steps crossing one line write one row.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from orchestrator.domain.budgets import PeriodWindow, crossed_thresholds
+from orchestrator.domain.forecast import project_window
+from orchestrator.domain.money import micros_to_usd
+
+REFUSAL_BP = 10000  # a refusal: the limit is reached for this job
+
+_INSERT_ALERT = text(
+    """
+    INSERT INTO alerts (budget_id, budget_period_id, kind, threshold_bp, bucket, payload)
+    VALUES (:budget_id, :pid, :kind, :bp, :bucket, CAST(:payload AS jsonb))
+    ON CONFLICT (budget_period_id, kind, threshold_bp, bucket) DO NOTHING
+    RETURNING id
+    """
+)
+_REFUSED_PERIOD = text(
+    """
+    SELECT bp.id, bp.budget_id, bp.period_start, bp.period_end, bp.limit_micros,
+           bp.committed_micros, bp.held_micros, b.scope, b.period
+    FROM budget_periods bp JOIN budgets b ON b.id = bp.budget_id
+    WHERE b.scope = :scope AND b.period = :period AND bp.period_start = :start
+    """
+)
+
+
+def _window(p: Any) -> PeriodWindow:
+    return PeriodWindow(p.period_start, p.period_end)
+
+
+def alert_payload(
+    p: Any, threshold_bp: int, now: datetime, forecast_micros: int | None,
+    **extra: Any,
+) -> str:
+    """The JSON an alert row carries (``p``: a budget period row joined to its budget)."""
+    return json.dumps(
+        {
+            "scope": p.scope,
+            "period": p.period,
+            "period_start": p.period_start.isoformat(),
+            "threshold": threshold_bp / 10000,
+            "limit_usd": micros_to_usd(p.limit_micros),
+            "committed_usd": micros_to_usd(p.committed_micros),
+            "held_usd": micros_to_usd(p.held_micros),
+            "forecast_usd": micros_to_usd(forecast_micros) if forecast_micros is not None
+            else None,
+            "at": now.isoformat(),
+            **extra,
+        }
+    )
+
+
+def _insert(
+    tx: Connection, p: Any, kind: str, bp: int, payload: str, bucket: int = 0
+) -> uuid.UUID | None:
+    alert_id: uuid.UUID | None = tx.execute(
+        _INSERT_ALERT,
+        {"budget_id": p.budget_id, "pid": p.id, "kind": kind, "bp": bp, "bucket": bucket,
+         "payload": payload},
+    ).scalar()
+    return alert_id
+
+
+def step_alerts(tx: Connection, p: Any, charge: int, now: datetime) -> list[uuid.UUID]:
+    """Threshold and forecast alerts owed after ``charge`` was committed to period ``p``
+    (its row as updated, joined to its budget), in the caller's transaction."""
+    if charge <= 0:
+        return []
+    forecast = project_window(p.committed_micros, _window(p), now)
+    ids: list[uuid.UUID] = []
+    for bp in crossed_thresholds(
+        p.limit_micros, p.committed_micros - charge, p.committed_micros,
+        tuple(p.alert_thresholds_bp),
+    ):
+        alert_id = _insert(tx, p, "threshold", bp, alert_payload(p, bp, now, forecast))
+        if alert_id is not None:
+            ids.append(alert_id)
+    forecast_bps = tuple(p.forecast_thresholds_bp)
+    if forecast is None or not forecast_bps:
+        return ids
+    # Crossing, like thresholds: for a fixed committed spend the projection only falls as
+    # time passes, so it passes a threshold only through a charge; while it stays past,
+    # later steps cost no INSERT while they hold the period row (a re-crossing after it fell
+    # back meets the unique key: still one row per period and threshold).
+    before = project_window(p.committed_micros - charge, _window(p), now)
+    assert before is not None
+    for bp in crossed_thresholds(p.limit_micros, before, forecast, forecast_bps):
+        alert_id = _insert(tx, p, "forecast", bp, alert_payload(p, bp, now, forecast))
+        if alert_id is not None:
+            ids.append(alert_id)
+    return ids
+
+
+def refusal_bucket(now: datetime, window: timedelta) -> int:
+    """The start of the window holding ``now``, in unix seconds (the refusal's ``bucket``)."""
+    seconds = int(window.total_seconds())
+    if seconds <= 0:
+        raise ValueError("the refusal window must be at least one second")
+    at = int(now.astimezone(UTC).timestamp())
+    return at - at % seconds
+
+
+def insert_refusal(
+    tx: Connection, *, scope: str, period: str, period_start: datetime, now: datetime,
+    bucket: int, requested_micros: int, remaining_micros: int,
+) -> uuid.UUID | None:
+    """The refusal alert of this budget period and window; None when the window already has
+    one (or the period row is gone)."""
+    p = tx.execute(
+        _REFUSED_PERIOD, {"scope": scope, "period": period, "start": period_start}
+    ).first()
+    if p is None:
+        return None
+    forecast = project_window(p.committed_micros, _window(p), now)
+    payload = alert_payload(
+        p, REFUSAL_BP, now, forecast,
+        requested_usd=micros_to_usd(requested_micros),
+        remaining_usd=micros_to_usd(remaining_micros),
+        window_start=datetime.fromtimestamp(bucket, UTC).isoformat(),
+    )
+    return _insert(tx, p, "refusal", REFUSAL_BP, payload, bucket)

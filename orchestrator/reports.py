@@ -1,0 +1,179 @@
+"""Cost reports from the ledger, and how good the estimates were (the query layer of
+``GET /v1/reports/costs`` and ``orchestrator report``).
+
+**Costs** come from the ledger: the committed deltas of ``ledger_entries`` (settle, and a
+release that charged a partial cost), joined to ``jobs`` for backend, tier and project. Each
+step writes the same charge into every budget period that covers the job (global, tenant,
+project), so a job's charge is counted once: one value per (job, step). The groups therefore
+add up, to the micro-dollar, to the committed sum of any one budget that covers all the jobs
+reported (e.g. the tenant's budget). Spend under no budget writes no ledger entry and is not
+in the report. A charge is dated by its ledger entry (``created_at``, the ledger's clock);
+``start`` is inclusive, ``end`` exclusive; ``day`` groups by UTC day.
+
+**Accuracy** compares, per backend, each succeeded job's actual cost (``jobs.cost_micros``)
+with the estimate routing made for the backend that ran it (its candidate in ``jobs.route``;
+the job's worst-case estimate where the route has none): mean, p50 and p95 of
+actual / estimate, and the share within ±5 % of the estimate. Jobs are dated by
+``finished_at``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Connection, text
+
+
+class GroupBy(StrEnum):
+    BACKEND = "backend"
+    TIER = "tier"
+    PROJECT = "project"
+    DAY = "day"
+
+
+_KEY_SQL: dict[GroupBy, str] = {
+    GroupBy.BACKEND: "j.backend",
+    GroupBy.TIER: "j.tier",
+    GroupBy.PROJECT: "j.spec -> 'metadata' ->> 'project'",
+    GroupBy.DAY: "to_char(c.charged_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+}
+
+_CHARGES = """
+    WITH charges AS (
+        SELECT e.job_id, MAX(e.committed_delta_micros) AS micros, MIN(e.created_at) AS charged_at
+        FROM ledger_entries e
+        WHERE e.committed_delta_micros <> 0
+          AND (CAST(:start AS timestamptz) IS NULL OR e.created_at >= CAST(:start AS timestamptz))
+          AND (CAST(:end AS timestamptz) IS NULL OR e.created_at < CAST(:end AS timestamptz))
+        GROUP BY e.job_id, e.idempotency_key
+    )
+    SELECT {key} AS key, SUM(c.micros) AS micros, COUNT(DISTINCT c.job_id) AS jobs
+    FROM charges c JOIN jobs j ON j.id = c.job_id
+    WHERE (CAST(:tenant AS text) IS NULL OR j.tenant = CAST(:tenant AS text))
+    GROUP BY 1
+    ORDER BY 1 NULLS LAST
+"""
+
+_ACCURACY = text(
+    """
+    WITH done AS (
+        SELECT j.backend, j.cost_micros AS actual,
+               COALESCE(
+                   (SELECT CAST(c ->> 'estimated_cost_micros' AS bigint)
+                    FROM jsonb_array_elements(
+                        CASE WHEN jsonb_typeof(j.route -> 'candidates') = 'array'
+                             THEN j.route -> 'candidates' ELSE '[]'::jsonb END) AS c
+                    WHERE c ->> 'backend' = j.backend
+                      AND c ->> 'estimated_cost_micros' ~ '^[0-9]+$'
+                    LIMIT 1),
+                   j.estimated_cost_micros) AS estimate
+        FROM jobs j
+        WHERE j.status = 'succeeded' AND j.backend IS NOT NULL AND j.cost_micros IS NOT NULL
+          AND (CAST(:tenant AS text) IS NULL OR j.tenant = CAST(:tenant AS text))
+          AND (CAST(:start AS timestamptz) IS NULL OR j.finished_at >= CAST(:start AS timestamptz))
+          AND (CAST(:end AS timestamptz) IS NULL OR j.finished_at < CAST(:end AS timestamptz))
+    )
+    SELECT backend, COUNT(*) AS jobs,
+           SUM(actual) AS actual_micros, SUM(estimate) AS estimate_micros,
+           AVG(CAST(actual AS double precision) / estimate) AS mean_ratio,
+           percentile_cont(0.5) WITHIN GROUP
+               (ORDER BY CAST(actual AS double precision) / estimate) AS p50_ratio,
+           percentile_cont(0.95) WITHIN GROUP
+               (ORDER BY CAST(actual AS double precision) / estimate) AS p95_ratio,
+           COUNT(*) FILTER (WHERE :den * ABS(actual - estimate) <= :num * estimate)
+               AS within
+    FROM done WHERE estimate > 0
+    GROUP BY backend ORDER BY backend
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CostGroup:
+    key: str | None  # None: jobs without that attribute (no backend yet, no project)
+    cost_micros: int
+    jobs: int
+
+
+@dataclass(frozen=True, slots=True)
+class BackendAccuracy:
+    backend: str
+    jobs: int
+    actual_micros: int
+    estimate_micros: int
+    mean_ratio: float
+    p50_ratio: float
+    p95_ratio: float
+    within_tolerance: int  # jobs whose actual is within the tolerance of the estimate
+
+    @property
+    def within_share(self) -> float:
+        return self.within_tolerance / self.jobs if self.jobs else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CostReport:
+    group_by: GroupBy
+    tenant: str | None
+    start: datetime | None
+    end: datetime | None
+    groups: tuple[CostGroup, ...]
+    accuracy: tuple[BackendAccuracy, ...]
+    tolerance_bp: int
+
+    @property
+    def total_micros(self) -> int:
+        return sum(g.cost_micros for g in self.groups)
+
+    @property
+    def jobs(self) -> int:
+        return sum(g.jobs for g in self.groups)
+
+
+def costs_by(
+    conn: Connection, group_by: GroupBy | str, *, tenant: str | None = None,
+    start: datetime | None = None, end: datetime | None = None,
+) -> list[CostGroup]:
+    """Ledger charges grouped by ``group_by`` (tenant None: every tenant)."""
+    sql = text(_CHARGES.format(key=_KEY_SQL[GroupBy(group_by)]))
+    rows = conn.execute(sql, {"tenant": tenant, "start": start, "end": end}).all()
+    return [CostGroup(r.key, int(r.micros), int(r.jobs)) for r in rows]
+
+
+def estimate_accuracy(
+    conn: Connection, *, tenant: str | None = None, start: datetime | None = None,
+    end: datetime | None = None, tolerance_bp: int = 500,
+) -> list[BackendAccuracy]:
+    """Per backend: actual vs estimated cost of succeeded jobs (``tolerance_bp`` 500 = ±5 %)."""
+    rows = conn.execute(
+        _ACCURACY,
+        {"tenant": tenant, "start": start, "end": end, "num": tolerance_bp, "den": 10000},
+    ).all()
+    return [
+        BackendAccuracy(
+            backend=r.backend, jobs=int(r.jobs), actual_micros=int(r.actual_micros),
+            estimate_micros=int(r.estimate_micros), mean_ratio=float(r.mean_ratio),
+            p50_ratio=float(r.p50_ratio), p95_ratio=float(r.p95_ratio),
+            within_tolerance=int(r.within),
+        )
+        for r in rows
+    ]
+
+
+def cost_report(
+    conn: Connection, group_by: GroupBy | str, *, tenant: str | None = None,
+    start: datetime | None = None, end: datetime | None = None, tolerance_bp: int = 500,
+) -> CostReport:
+    """Both halves, read in one snapshot when ``conn`` is in a REPEATABLE READ transaction."""
+    if start is not None and end is not None and end <= start:
+        raise ValueError("the report's end must be after its start")
+    g = GroupBy(group_by)
+    return CostReport(
+        group_by=g, tenant=tenant, start=start, end=end,
+        groups=tuple(costs_by(conn, g, tenant=tenant, start=start, end=end)),
+        accuracy=tuple(estimate_accuracy(conn, tenant=tenant, start=start, end=end,
+                                         tolerance_bp=tolerance_bp)),
+        tolerance_bp=tolerance_bp,
+    )

@@ -1,0 +1,256 @@
+"""Cost reports from the ledger against real PostgreSQL: every grouping adds up, to the
+micro-dollar, to the ledger's committed totals; estimate accuracy per backend; the HTTP route
+(tenant scoping) and the `orchestrator report` command against the live API."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from sqlalchemy import Engine, text
+from typer.testing import CliRunner
+
+from orchestrator.cli_report import register
+from orchestrator.domain.budgets import covering_scopes
+from orchestrator.ledger import Ledger
+from orchestrator.reports import GroupBy, cost_report, estimate_accuracy
+from orchestrator.store import jobs as repo
+
+from .api_fixture import Api, api_fixture  # noqa: F401
+from .ledger_helpers import FakeClock, assert_sound, make_budget
+
+NOV_1 = datetime(2026, 11, 1, tzinfo=UTC)
+BIG = 10**12
+BACKENDS = ("vid-a", "vid-b", "img-a")
+
+
+@dataclass
+class Charged:
+    tenant: str
+    project: str | None
+    backend: str | None
+    tier: str
+    day: str
+    micros: int
+
+
+def insert_job(
+    engine: Engine, job_id: uuid.UUID, tenant: str, *, tier: str = "draft",
+    project: str | None = None, candidates: dict[str, int], worst: int | None = None,
+    at: datetime = NOV_1,
+) -> None:
+    route = {"candidates": [{"backend": b, "estimated_cost_micros": e,
+                             "estimated_cost_usd": e / 1e6} for b, e in candidates.items()]}
+    spec = {"kind": "video", "metadata": {"project": project} if project else {}}
+    with engine.begin() as tx:
+        repo.insert_job(tx, job_id=job_id, tenant=tenant, kind="video", tier=tier, spec=spec,
+                        route=route, estimated_cost_micros=worst or max(candidates.values()),
+                        deadline_at=at + timedelta(hours=1), chain_token=uuid.uuid4(),
+                        wake_at=at)
+
+
+def finish_job(engine: Engine, job_id: uuid.UUID, status: str, backend: str | None,
+               cost: int | None, at: datetime) -> None:
+    with engine.begin() as tx:
+        tx.execute(text("UPDATE jobs SET status = :s, backend = :b, cost_micros = :c, "
+                        "finished_at = :at WHERE id = :id"),
+                   {"s": status, "b": backend, "c": cost, "at": at, "id": job_id})
+
+
+def run_workload(db: Engine, seed: int = 11, n: int = 60) -> list[Charged]:
+    """Jobs through the real ledger across tenants, projects, backends, tiers and days
+    (two months); returns what each job was charged."""
+    for scope in ("global", "tenant:acme", "tenant:acme/project:p1", "tenant:globex"):
+        make_budget(db, scope, "month", BIG)
+    rng = random.Random(seed)
+    clock = FakeClock(NOV_1)
+    ledger = Ledger(db, clock=clock)
+    charged: list[Charged] = []
+    for _ in range(n):
+        tenant = rng.choice(["acme", "acme", "globex"])
+        project = rng.choice([None, "p1", "p2"])
+        tier = rng.choice(["draft", "standard"])
+        backend = rng.choice(BACKENDS)
+        clock.at = NOV_1 + timedelta(days=rng.choice([0, 1, 2, 29, 30, 31]),
+                                     seconds=rng.randrange(86_400))
+        estimates = {b: rng.randrange(100_000, 5_000_000) for b in BACKENDS}
+        worst = max(estimates.values())
+        job = uuid.uuid4()
+        insert_job(db, job, tenant, tier=tier, project=project, candidates=estimates,
+                   at=clock.at)
+        ledger.hold(job, covering_scopes(tenant, project), worst)
+        outcome = rng.choice(["settle", "settle", "settle", "partial", "release", "held"])
+        micros = 0
+        if outcome == "settle":
+            micros = min(worst, round(estimates[backend] * rng.uniform(0.9, 1.1)))
+            ledger.settle(job, micros)
+            finish_job(db, job, "succeeded", backend, micros, clock.at)
+        elif outcome == "partial":
+            micros = rng.randrange(1, worst)
+            ledger.release(job, charge_micros=micros)
+            finish_job(db, job, "failed", backend, micros, clock.at)
+        elif outcome == "release":
+            ledger.release(job)
+            finish_job(db, job, "cancelled", None, 0, clock.at)
+        if micros:
+            charged.append(Charged(tenant, project, backend, tier,
+                                   clock.at.date().isoformat(), micros))
+    assert_sound(db)
+    return charged
+
+
+def ledger_committed(db: Engine, scope: str) -> int:
+    """sum(committed) of the ledger entries of one budget, over all its periods."""
+    with db.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT COALESCE(SUM(e.committed_delta_micros), 0) FROM ledger_entries e "
+            "JOIN budget_periods bp ON bp.id = e.budget_period_id "
+            "JOIN budgets b ON b.id = bp.budget_id WHERE b.scope = :s"), {"s": scope}
+        ).scalar_one())
+
+
+def expected(charged: list[Charged], group_by: GroupBy, tenant: str | None) -> dict[Any, int]:
+    out: dict[Any, int] = defaultdict(int)
+    for c in charged:
+        if tenant is None or c.tenant == tenant:
+            out[getattr(c, group_by.value)] += c.micros
+    return dict(out)
+
+
+@pytest.mark.parametrize("group_by", list(GroupBy))
+def test_every_grouping_adds_up_to_the_ledger_to_the_micro_dollar(
+    db: Engine, group_by: GroupBy
+) -> None:
+    charged = run_workload(db)
+    with db.connect() as conn:
+        every = cost_report(conn, group_by)
+        acme = cost_report(conn, group_by, tenant="acme")
+        globex = cost_report(conn, group_by, tenant="globex")
+    # each job once, though its charge sits in 2-3 budgets: equal to any one covering budget
+    assert every.total_micros == ledger_committed(db, "global") > 0
+    assert acme.total_micros == ledger_committed(db, "tenant:acme") > 0
+    assert globex.total_micros == ledger_committed(db, "tenant:globex") > 0
+    assert acme.total_micros + globex.total_micros == every.total_micros
+    for rep, tenant in ((every, None), (acme, "acme"), (globex, "globex")):
+        assert {g.key: g.cost_micros for g in rep.groups} == expected(charged, group_by, tenant)
+        assert rep.jobs == sum(1 for c in charged if tenant in (None, c.tenant))
+    p1 = next(g for g in acme.groups if g.key == "p1") if group_by is GroupBy.PROJECT else None
+    if p1 is not None:
+        assert p1.cost_micros == ledger_committed(db, "tenant:acme/project:p1")
+
+
+def test_from_and_to_select_charges_by_ledger_time(db: Engine) -> None:
+    charged = run_workload(db)
+    start, end = NOV_1 + timedelta(days=1), NOV_1 + timedelta(days=30)
+    with db.connect() as conn:
+        rep = cost_report(conn, GroupBy.DAY, start=start, end=end)
+    want = {c.day for c in charged if "2026-11-02" <= c.day < "2026-12-01"}
+    assert {g.key for g in rep.groups} == want and want
+    assert rep.total_micros == sum(c.micros for c in charged if c.day in want)
+    with pytest.raises(ValueError, match="after"), db.connect() as conn:
+        cost_report(conn, GroupBy.DAY, start=end, end=start)
+
+
+def test_accuracy_compares_each_backends_own_estimate_with_the_actual(db: Engine) -> None:
+    # vid-a estimated $1.00 (the worst case was $3.00 on vid-b): actual / estimate
+    ratios = {"vid-a": [0.9, 0.95, 1.0, 1.04, 1.06], "vid-b": [1.0, 1.2]}
+    for backend, rs in ratios.items():
+        for r in rs:
+            job = uuid.uuid4()
+            est = 1_000_000 if backend == "vid-a" else 3_000_000
+            insert_job(db, job, "acme", candidates={"vid-a": 1_000_000, "vid-b": 3_000_000})
+            finish_job(db, job, "succeeded", backend, round(est * r), NOV_1)
+    other = uuid.uuid4()  # no candidate for its backend: the job's estimate is used
+    insert_job(db, other, "globex", candidates={"vid-a": 2_000_000})
+    finish_job(db, other, "succeeded", "img-a", 2_100_000, NOV_1)
+    failed = uuid.uuid4()  # only succeeded jobs count
+    insert_job(db, failed, "acme", candidates={"vid-a": 1_000_000})
+    finish_job(db, failed, "failed", "vid-a", 10, NOV_1)
+
+    with db.connect() as conn:
+        acc = {a.backend: a for a in estimate_accuracy(conn)}
+        mine = {a.backend for a in estimate_accuracy(conn, tenant="acme")}
+        later = estimate_accuracy(conn, start=NOV_1 + timedelta(seconds=1))
+    assert mine == {"vid-a", "vid-b"} and later == []
+    a = acc["vid-a"]
+    assert a.jobs == 5 and a.within_tolerance == 3 and a.within_share == 0.6  # 0.95 counts
+    assert a.estimate_micros == 5_000_000 and a.actual_micros == 4_950_000
+    assert a.mean_ratio == pytest.approx(0.99)
+    assert a.p50_ratio == pytest.approx(1.0) and a.p95_ratio == pytest.approx(1.056)
+    b = acc["vid-b"]
+    assert (b.jobs, b.within_tolerance) == (2, 1) and b.p50_ratio == pytest.approx(1.1)
+    assert acc["img-a"].within_tolerance == 1 and acc["img-a"].mean_ratio == pytest.approx(1.05)
+
+
+# -- over HTTP ---------------------------------------------------------------------------------
+
+def test_the_route_is_tenant_scoped_and_exact(api: Api) -> None:
+    charged = run_workload(api.rig.engine, n=30)
+    acme = api.tenant("acme").get("/v1/reports/costs", params={"group_by": "tier"})
+    assert acme.status_code == 200, acme.text
+    body = acme.json()
+    assert body["tenant"] == "acme" and body["group_by"] == "tier"
+    assert {g["key"]: g["cost_micros"] for g in body["groups"]} == expected(
+        charged, GroupBy.TIER, "acme")
+    assert body["total_micros"] == ledger_committed(api.rig.engine, "tenant:acme")
+    assert body["total_usd"] == body["total_micros"] / 1e6
+    assert all(g["cost_usd"] == g["cost_micros"] / 1e6 for g in body["groups"])
+
+    denied = api.tenant("acme").get("/v1/reports/costs", params={"tenant": "globex"})
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
+    everyone = api.admin().get("/v1/reports/costs", params={"group_by": "backend"}).json()
+    assert everyone["tenant"] is None
+    assert everyone["total_micros"] == ledger_committed(api.rig.engine, "global")
+    one = api.admin().get("/v1/reports/costs", params={"tenant": "globex"}).json()
+    assert one["total_micros"] == ledger_committed(api.rig.engine, "tenant:globex")
+
+    bad = api.tenant().get("/v1/reports/costs", params={"group_by": "colour"})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
+    backwards = api.tenant().get("/v1/reports/costs",
+                                 params={"from": "2026-11-05", "to": "2026-11-01"})
+    assert backwards.status_code == 422
+    window = api.tenant().get("/v1/reports/costs", params={
+        "group_by": "day", "from": "2026-11-02T00:00:00", "to": "2026-12-01T00:00:00Z"}).json()
+    assert all("2026-11-02" <= g["key"] < "2026-12-01" for g in window["groups"])
+    assert window["from"] == "2026-11-02T00:00:00+00:00"
+
+
+@pytest.fixture()
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> typer.Typer:
+    for var in ("ORCH_API_URL", "ORCH_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ORCH_DATA_DIR", str(tmp_path / "no-credentials"))
+    app = typer.Typer()
+
+    @app.callback()
+    def root() -> None:
+        """orchestrator"""
+
+    register(app)
+    return app
+
+
+def test_the_report_command_prints_the_same_numbers(api: Api, cli: typer.Typer) -> None:
+    run_workload(api.rig.engine, n=20)
+    opts = ["--api-url", api.url, "--api-key", api.keys["acme"]]
+    as_json = CliRunner().invoke(cli, ["report", "--group-by", "project", "--json", *opts])
+    assert as_json.exit_code == 0, as_json.output
+    data = json.loads(as_json.stdout)
+    assert data == api.tenant().get("/v1/reports/costs",
+                                    params={"group_by": "project"}).json()
+    shown = CliRunner().invoke(cli, ["report", "--group-by", "project", *opts])
+    assert shown.exit_code == 0, shown.output
+    total_micros = data["total_micros"]
+    assert f"${total_micros // 10**6}.{total_micros % 10**6:06d}" in shown.stdout
+    assert "costs by project for acme" in shown.stdout and "(none)" in shown.stdout
+    bad = CliRunner().invoke(cli, ["report", "--tenant", "globex", *opts])
+    assert bad.exit_code == 1
+    assert bad.stderr.strip().startswith("error: forbidden: ")
