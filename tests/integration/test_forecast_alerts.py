@@ -19,6 +19,7 @@ from orchestrator.domain.money import micros_to_usd
 from orchestrator.ledger import Ledger
 from orchestrator.notify import ChannelFactory, DeliveryReport, deliver_pending
 
+from .api_fixture import Api, api_fixture  # noqa: F401
 from .ledger_helpers import FakeClock, assert_sound, make_budget
 from .test_notify_channels import SECRET, Receiver, serve
 
@@ -168,3 +169,18 @@ def test_day_budgets_forecast_and_total_budgets_never_do(db: Engine, period: str
     kinds = [r.kind for r in alerts(db)]
     assert kinds == (["forecast"] if period == "day" else [])
     assert len(written) == len(kinds)
+
+
+def test_forecast_thresholds_are_set_and_shown_through_the_api(api: Api) -> None:
+    body = {"scope": "tenant:acme", "period": "month", "limit_usd": 50,
+            "forecast_thresholds": [1.0, 0.9]}
+    put = api.admin().put("/v1/budgets", json=body)
+    assert put.status_code == 200, put.text
+    assert put.json()["forecast_thresholds"] == [0.9, 1.0]
+    [shown] = api.tenant().get("/v1/budgets").json()["budgets"]
+    assert shown["forecast_thresholds"] == [0.9, 1.0]
+    with api.rig.engine.connect() as conn:
+        assert conn.execute(text("SELECT forecast_thresholds_bp FROM budgets")).scalar_one() == [
+            9000, 10000]
+    bad = api.admin().put("/v1/budgets", json={**body, "forecast_thresholds": [0]})
+    assert bad.status_code == 422
