@@ -103,6 +103,9 @@ def api(
     port: Annotated[int, typer.Option()] = 8000,
 ) -> None:
     """Serve the HTTP API."""
+    from orchestrator.logs import configure_logging_from_settings
+
+    configure_logging_from_settings()
     from orchestrator.api import serve
     from orchestrator.api.config import ApiConfig
     from orchestrator.settings import get_settings
@@ -168,6 +171,9 @@ def worker(
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Run a Celery worker (thread pool) on every job queue and the maintenance queue."""
+    from orchestrator.logs import configure_logging_from_settings
+
+    configure_logging_from_settings()
     from orchestrator.settings import get_settings
     from workers.celery_app import QUEUES
     from workers.celery_app import app as celery
@@ -183,7 +189,10 @@ def beat(
     loglevel: Annotated[str, typer.Option()] = "INFO",
     schedule: Annotated[str, typer.Option(help="beat's schedule file")] = "celerybeat-schedule",
 ) -> None:
-    """Run Celery beat: the sweeper and alert delivery every 10 s."""
+    """Run Celery beat: the sweeper, alert delivery and metric gauges."""
+    from orchestrator.logs import configure_logging_from_settings
+
+    configure_logging_from_settings()
     from workers.celery_app import app as celery
 
     celery.start(["beat", "--loglevel", loglevel, "--schedule", schedule])

@@ -130,3 +130,12 @@ def configure_logging(level: str | int = "INFO", fmt: str = "json",
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     return handler
+
+
+def configure_logging_from_settings(settings: Any = None) -> logging.Handler:
+    """``configure_logging`` with ``ORCH_LOG_LEVEL`` and ``ORCH_LOG_FORMAT``."""
+    if settings is None:
+        from orchestrator.settings import get_settings
+
+        settings = get_settings()
+    return configure_logging(settings.log_level, settings.log_format)
