@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from orchestrator.cli_client import register as register_client_commands
+from orchestrator.cli_report import register as register_report_command
 from orchestrator.errors import OrchestratorError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -250,6 +251,7 @@ def budgets_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> N
 
 
 register_client_commands(app)
+register_report_command(app)
 
 
 def main() -> None:

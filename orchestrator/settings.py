@@ -50,6 +50,16 @@ class Settings(BaseSettings):
         default=8, ge=1, le=1000,
         description="worker threads; I/O-bound, but more threads mostly add GIL contention",
     )
+    worker_metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Prometheus /metrics port per worker process (prefork: + child index; "
+        "0 = any free)",
+    )
+    worker_metrics_addr: str = "127.0.0.1"
+    gcp_flush_interval_s: float | None = Field(
+        default=None, gt=0,
+        description="exporter wake-up interval; a series is still written at most every 10 s",
+    )
     api_rate_limit: int = Field(default=6000, ge=1, description="requests per tenant per window")
     api_rate_window_s: int = Field(default=60, ge=1)
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024)

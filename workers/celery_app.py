@@ -8,7 +8,6 @@ a hard time limit below it, JSON only, and task arguments that are ids only (Flo
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from celery import Celery, signals
@@ -75,14 +74,6 @@ def _is_prefork(worker: Any) -> bool:
     return "prefork" in f"{getattr(pool, '__module__', '')}.{pool}"
 
 
-def _setting(s: Any, name: str) -> Any:
-    """A setting, or (until settings.py declares it) its ORCH_ environment variable."""
-    value = getattr(s, name, None)
-    if value is None:
-        value = os.environ.get(f"ORCH_{name.upper()}", "").strip() or None
-    return value
-
-
 def configure_worker_metrics(index: int | None = None) -> int | None:
     """Attach this process's metric sinks (Cloud Monitoring when ORCH_GCP_PROJECT is set) and,
     when ``ORCH_WORKER_METRICS_PORT`` is set, serve Prometheus ``/metrics`` on that port plus
@@ -91,14 +82,12 @@ def configure_worker_metrics(index: int | None = None) -> int | None:
 
     s = get_settings()
     metrics.configure_from_settings("worker", s)
-    raw = _setting(s, "worker_metrics_port")
-    if raw is None:
+    base = s.worker_metrics_port
+    if base is None:
         return None
-    base = int(raw)
     try:
         return metrics.start_worker_metrics_server(
-            base + (index or 0) if base else 0,
-            addr=str(_setting(s, "worker_metrics_addr") or "127.0.0.1"))
+            base + (index or 0) if base else 0, addr=s.worker_metrics_addr)
     except OSError as exc:  # a busy port must not stop the worker
         log.warning("worker metrics port %s unavailable: %s", base, exc)
         return None

@@ -12,16 +12,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import SQLAlchemyError
 
-from orchestrator import metrics
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
 from orchestrator.api.schemas import JobBody, JobListOut, JobOut, JobStatus, QuoteOut
 from orchestrator.api.security import Principal
 from orchestrator.api.views import decode_cursor, encode_cursor
-from orchestrator.domain.jobs import JobSpec
-from orchestrator.errors import BudgetExceeded, Conflict, NoEligibleBackend, NotFound
-from orchestrator.metrics import catalogue as m
+from orchestrator.errors import Conflict, NotFound
 from orchestrator.service.views import job_resource
 from orchestrator.store import jobs as repo
 
@@ -30,20 +26,8 @@ log = logging.getLogger("orchestrator.api")
 JobId = Annotated[uuid.UUID, Path(description="the job id")]
 
 
-def _record_submit(spec: JobSpec, backend: str, status: str) -> None:
-    metrics.counter(m.JOBS_SUBMITTED, kind=spec.kind.value, tier=spec.tier.value,
-                    backend=backend, status=status)
-
-
 def router(ctx: ApiContext) -> APIRouter:
     c = ctx.container
-
-    def _alert_refusal(exc: BudgetExceeded) -> None:
-        """The budget's ``refusal`` alert, at most once per window; never changes the 402."""
-        try:
-            c.ledger.record_refusal(exc)
-        except SQLAlchemyError as err:
-            log.warning("refusal alert not recorded", extra={"error": type(err).__name__})
 
     r = APIRouter(prefix="/v1", tags=["jobs"], responses=AUTH_ERRORS)
     principal = ctx.principal_dep()
@@ -73,18 +57,8 @@ def router(ctx: ApiContext) -> APIRouter:
                                pattern=r"^[\x21-\x7e]+$")
         ] = None,
     ) -> JSONResponse:
-        try:
-            job, created = c.submitter.submit(p.tenant, spec, idempotency_key)
-        except BudgetExceeded as exc:
-            _record_submit(spec, "none", "budget_exceeded")
-            _alert_refusal(exc)
-            raise
-        except NoEligibleBackend:
-            _record_submit(spec, "none", "no_eligible_backend")
-            raise
+        job, created = c.submitter.submit(p.tenant, spec, idempotency_key)
         if created:
-            first = (job.route or {}).get("candidates") or [{"backend": "none"}]
-            _record_submit(spec, str(first[0]["backend"]), "accepted")
             return JSONResponse(job_resource(job, []), status_code=202)
         return JSONResponse(load(job.id, p.tenant), status_code=200,
                             headers={"Idempotent-Replayed": "true"})

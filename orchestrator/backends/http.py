@@ -27,12 +27,14 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from orchestrator import metrics
 from orchestrator.backends.base import PollResult, Submission
 from orchestrator.backends.errors import BackendError, BackendFault, JobFault, TransientError
 from orchestrator.domain.catalogue import BackendSpec
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.money import usd_to_micros
 from orchestrator.domain.pricing import Usage, actual_micros
+from orchestrator.metrics.catalogue import JOB_RETRIES
 
 log = logging.getLogger("orchestrator.backends")
 
@@ -198,6 +200,7 @@ class HttpAdapter(ABC):
                 self.name, method, getattr(exc, "code", "?"), state.attempt_number,
                 state.upcoming_sleep,
             )
+            metrics.counter(JOB_RETRIES, backend=self.name, reason=getattr(exc, "code", "unknown"))
 
         retrying = Retrying(
             stop=stop,

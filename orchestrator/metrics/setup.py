@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 from typing import Any
 
 from orchestrator.metrics.cloud_monitoring import MIN_SPACING_S, CloudMonitoringSink
@@ -34,10 +33,9 @@ def configure_from_settings(role: str, settings: Any = None, *,
     rec = recorder or get_recorder()
     sinks: list[Sink] = []
     if settings.gcp_project:
-        interval = _setting(settings, "gcp_flush_interval_s")
         sinks.append(CloudMonitoringSink(
             settings.gcp_project, endpoint=settings.gcp_monitoring_endpoint, job=role,
-            flush_interval_s=float(interval) if interval else MIN_SPACING_S))
+            flush_interval_s=settings.gcp_flush_interval_s or MIN_SPACING_S))
         log.info("cloud monitoring export on for project %s (%s)", settings.gcp_project,
                  "custom endpoint" if settings.gcp_monitoring_endpoint else "googleapis")
     rec.configure(sinks)
@@ -45,14 +43,6 @@ def configure_from_settings(role: str, settings: Any = None, *,
         atexit.register(shutdown)
         _atexit_registered = True
     return sinks
-
-
-def _setting(settings: Any, name: str) -> Any:
-    """A setting, or (while settings.py does not declare it) its ORCH_ environment variable."""
-    value = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(f"ORCH_{name.upper()}", "").strip() or None
-    return value
 
 
 def shutdown(timeout_s: float = 5.0) -> None:

@@ -7,8 +7,8 @@ Recording is in memory (the recorder's sinks export from their own threads), and
 an observer ever raises into the runner.
 
 :func:`publish_gauges` sets the periodic gauges (budgets, breakers, queues); beat runs it every
-15 s through the ``orchestrator.publish_gauges`` task. :func:`observe_submissions` decorates
-``Submitter.submit`` to count accepted and refused submissions.
+15 s through the ``orchestrator.publish_gauges`` task. Submissions are counted by
+``Submitter.submit`` through :func:`record_submission`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from sqlalchemy import Connection, text
 
 from orchestrator.domain.breaker import shown_status
-from orchestrator.errors import BudgetExceeded, NoEligibleBackend
 from orchestrator.ledger.budgets import list_budgets
 from orchestrator.metrics import catalogue as m
 from orchestrator.metrics.recorder import Recorder, get_recorder
@@ -133,19 +132,10 @@ class _Spec(Protocol):
     def tier(self) -> Any: ...
 
 
-def submission_status(exc: BaseException | None) -> str:
-    if exc is None:
-        return "accepted"
-    if isinstance(exc, BudgetExceeded):
-        return "refused_budget"
-    if isinstance(exc, NoEligibleBackend):
-        return "refused_no_backend"
-    return "error"
-
-
 def record_submission(spec: _Spec, status: str, backend: str | None = None,
                       recorder: Recorder | None = None) -> None:
-    """Count one submission (``jobs/submitted``); never raises."""
+    """Count one submission (``jobs/submitted``) as ``accepted`` or the refusal's error code;
+    never raises."""
     try:
         (recorder or get_recorder()).counter(
             m.JOBS_SUBMITTED, 1, kind=str(getattr(spec.kind, "value", spec.kind)),
@@ -153,31 +143,6 @@ def record_submission(spec: _Spec, status: str, backend: str | None = None,
             status=status)
     except Exception:
         log.debug("recording a submission failed", exc_info=True)
-
-
-Submit = Callable[P, tuple[JobRow, bool]]
-
-
-def observe_submissions(submit: Submit[P]) -> Submit[P]:
-    """Decorate ``Submitter.submit(self, tenant, spec, ...)``: a new job counts as
-    ``accepted`` (on its first-choice backend), a budget or routing refusal as
-    ``refused_budget`` / ``refused_no_backend``; an idempotent replay counts nothing."""
-
-    @functools.wraps(submit)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> tuple[JobRow, bool]:
-        spec = kwargs.get("spec", args[2] if len(args) > 2 else None)
-        try:
-            job, created = submit(*args, **kwargs)
-        except (BudgetExceeded, NoEligibleBackend) as exc:
-            if spec is not None:
-                record_submission(spec, submission_status(exc))  # type: ignore[arg-type]
-            raise
-        if created and spec is not None:
-            first = ((job.route or {}).get("candidates") or [{}])[0].get("backend")
-            record_submission(spec, "accepted", first)  # type: ignore[arg-type]
-        return job, created
-
-    return wrapper
 
 
 # -- periodic gauges ---------------------------------------------------------------------------

@@ -15,13 +15,15 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.domain.budgets import covering_scopes
 from orchestrator.domain.catalogue import Catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.routing import RoutePlan, plan_route
-from orchestrator.errors import Conflict, NoEligibleBackend
+from orchestrator.errors import BudgetExceeded, Conflict, NoEligibleBackend
 from orchestrator.ledger import Ledger
+from orchestrator.service.observe import record_submission
 from orchestrator.service.ports import EnqueuePort, HealthPort
 from orchestrator.store import jobs as repo
 
@@ -73,11 +75,38 @@ class Submitter:
 
         plan = self.quote(spec)
         if not plan.candidates:
+            record_submission(spec, NoEligibleBackend.code)
             raise NoEligibleBackend(
                 "no backend can run this job", excluded=plan.to_quote()["excluded"]
             )
-        now = self.clock()
         job_id, token = uuid.uuid4(), uuid.uuid4()
+        try:
+            job = self._insert_and_hold(tenant, spec, plan, job_id, token, idempotency_key,
+                                        rhash)
+        except BudgetExceeded as exc:
+            record_submission(spec, BudgetExceeded.code)
+            self._alert_refusal(exc)
+            raise
+        if job is None:  # a concurrent request with the same key won the insert
+            assert idempotency_key is not None
+            with self.engine.connect() as conn:
+                existing = repo.get_by_idempotency_key(conn, tenant, idempotency_key)
+            assert existing is not None
+            return self._same_request(existing, rhash), False
+        record_submission(spec, "accepted", plan.backends[0])
+        try:
+            self.enqueue.start(job_id, token, spec.priority.value)
+        except Exception as exc:  # the sweeper will start it; the job is safe in PostgreSQL
+            log.warning("enqueue failed; the sweeper will start the job",
+                        extra={"job_id": str(job_id), "error": type(exc).__name__})
+        return job, True
+
+    def _insert_and_hold(
+        self, tenant: str, spec: JobSpec, plan: RoutePlan, job_id: uuid.UUID,
+        token: uuid.UUID, idempotency_key: str | None, rhash: str,
+    ) -> repo.JobRow | None:
+        """Job row and budget hold in one transaction; None if the idempotency key is taken."""
+        now = self.clock()
         deadline = now + timedelta(seconds=spec.deadline_s)
         with self.engine.begin() as tx:
             job = repo.insert_job(
@@ -92,18 +121,14 @@ class Submitter:
                     job_id, covering_scopes(tenant, spec.project), plan.worst_case_micros,
                     ttl=timedelta(seconds=spec.deadline_s) + HOLD_MARGIN, conn=tx,
                 )
-        if job is None:  # a concurrent request with the same key won the insert
-            assert idempotency_key is not None
-            with self.engine.connect() as conn:
-                existing = repo.get_by_idempotency_key(conn, tenant, idempotency_key)
-            assert existing is not None
-            return self._same_request(existing, rhash), False
+        return job
+
+    def _alert_refusal(self, exc: BudgetExceeded) -> None:
+        """The budget's ``refusal`` alert, at most once per window; never hides the 402."""
         try:
-            self.enqueue.start(job_id, token, spec.priority.value)
-        except Exception as exc:  # the sweeper will start it; the job is safe in PostgreSQL
-            log.warning("enqueue failed; the sweeper will start the job",
-                        extra={"job_id": str(job_id), "error": type(exc).__name__})
-        return job, True
+            self.ledger.record_refusal(exc)
+        except SQLAlchemyError as err:
+            log.warning("refusal alert not recorded", extra={"error": type(err).__name__})
 
     @staticmethod
     def _same_request(existing: repo.JobRow, rhash: str) -> repo.JobRow:

@@ -21,7 +21,7 @@ from orchestrator.ledger.budgets import set_budget
 from orchestrator.logs import configure_logging
 from orchestrator.metrics import catalogue as m
 from orchestrator.metrics.recorder import DistributionValue, Recorder, get_recorder
-from orchestrator.service.observe import JobObserver, observe_submissions
+from orchestrator.service.observe import JobObserver
 from orchestrator.service.runner import JobRunner
 from orchestrator.service.submission import Submitter
 
@@ -189,12 +189,12 @@ def test_transient_poll_errors_count_as_retries_of_that_backend(observed: Observ
 
 
 def test_submissions_are_counted_accepted_and_refused(observed: Observed) -> None:
-    """``observe_submissions`` (the decorator for ``Submitter.submit``) counts into the
-    process-wide recorder; the counts are compared before and after."""
+    """``Submitter.submit`` counts into the process-wide recorder; the counts are compared
+    before and after."""
     c = observed.rig.container
     rec = get_recorder()
-    submit = observe_submissions(Submitter.submit)
     submitter = Submitter(c.engine, c.ledger, c.catalogue, c.health, c.enqueue, c.runner.clock)
+    submit = Submitter.submit
     def video(tier: str = "draft", duration_s: int = 8) -> JobSpec:
         return JobSpec.model_validate({"kind": "video", "tier": tier,
                                        "input": {"prompt": PROMPT, "duration_s": duration_s}})
@@ -207,8 +207,8 @@ def test_submissions_are_counted_accepted_and_refused(observed: Observed) -> Non
         assert not isinstance(value, DistributionValue)
         return value or 0
 
-    before = (count("accepted"), count("refused_budget", "none"),
-              count("refused_no_backend", "none", "premium"))
+    before = (count("accepted"), count("budget_exceeded", "none"),
+              count("no_eligible_backend", "none", "premium"))
     submit(submitter, TENANT, spec)
     submit(submitter, TENANT, spec, idempotency_key="k1")
     submit(submitter, TENANT, spec, idempotency_key="k1")  # a replay: not a new submission
@@ -216,6 +216,6 @@ def test_submissions_are_counted_accepted_and_refused(observed: Observed) -> Non
         submit(submitter, TENANT, big)  # worst case 600 s x $0.07 x 1.5 > the $50 budget
     with pytest.raises(NoEligibleBackend):
         submit(submitter, TENANT, premium)  # no premium video backend in the catalogue
-    after = (count("accepted"), count("refused_budget", "none"),
-             count("refused_no_backend", "none", "premium"))
+    after = (count("accepted"), count("budget_exceeded", "none"),
+             count("no_eligible_backend", "none", "premium"))
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1]
