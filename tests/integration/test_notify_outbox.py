@@ -275,3 +275,46 @@ def test_no_lock_is_held_while_a_channel_is_slow(
     sender.join(10)
     assert [o.status for o in done[0].outcomes] == ["delivered"]
     assert alert_status(db) == {alert: "delivered", other[0]: "pending"}
+
+
+def test_fifty_settles_crossing_80_percent_together_give_one_delivery_per_channel(
+    db: Engine, serve: Callable[..., Receiver], smtp: tuple[SmtpSink, SmtpSettings],
+) -> None:
+    """Issue 7: the ledger writes one alert row however many settles race over the
+    threshold, and delivery sends that one alert once to each channel."""
+    sink, settings = smtp
+    hook, chat = serve(secret=SECRET), serve()
+    make_budget(db, "tenant:acme", "month", LIMIT, thresholds_bp=(8000,),
+                channels=[webhook(hook), slack(chat), {"type": "email", "to": ["ops@x.test"]}])
+    ledger = Ledger(db, clock=FakeClock())
+    before = [uuid.uuid4() for _ in range(75)]  # 75 % spent first
+    for job in before:
+        ledger.hold(job, ("tenant:acme",), LIMIT // 100)
+        ledger.settle(job, LIMIT // 100)
+    racers = [uuid.uuid4() for _ in range(50)]
+    for job in racers:
+        ledger.hold(job, ("tenant:acme",), LIMIT // 200)
+    barrier = threading.Barrier(len(racers))
+    errors: list[BaseException] = []
+
+    def settle(job: uuid.UUID) -> None:
+        barrier.wait(timeout=60)
+        try:
+            ledger.settle(job, LIMIT // 200)
+        except BaseException as exc:  # collected and asserted empty below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=settle, args=(j,)) for j in racers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    (alert,) = rows(db, "SELECT id, threshold_bp FROM alerts WHERE kind = 'threshold'")
+    assert alert.threshold_bp == 8000
+
+    with ChannelFactory(smtp=settings) as f:
+        drain(db, f, T0 + timedelta(minutes=1))
+    one = Counter({str(alert.id): 1})
+    assert ids_of(hook) == one and ids_of(chat) == one
+    assert Counter(m["X-Orchestrator-Alert-Id"] for _, m in sink.messages) == one
