@@ -131,25 +131,20 @@ def monitoring_apply(
 
 
 def _print_budgets(db_url: str, as_json: bool = False) -> None:
-    from orchestrator.domain.money import format_usd, micros_to_usd
+    from orchestrator.api.views import budget_resource
+    from orchestrator.domain.money import format_usd
     from orchestrator.ledger.budgets import list_budgets
     from orchestrator.store.engine import make_engine
 
     engine = make_engine(db_url, pool_size=1)
+    now = datetime.now(UTC)
     try:
         with engine.connect() as conn:
-            views = list_budgets(conn, now=datetime.now(UTC))
+            views = list_budgets(conn, now=now)
     finally:
         engine.dispose()
-    if as_json:
-        typer.echo(json.dumps({"budgets": [
-            {"scope": v.scope, "period": v.period, "period_start": v.period_start.isoformat(),
-             "limit_usd": micros_to_usd(v.limit_micros),
-             "committed_usd": micros_to_usd(v.committed_micros),
-             "held_usd": micros_to_usd(v.held_micros),
-             "remaining_usd": micros_to_usd(v.remaining_micros),
-             "alert_thresholds": [bp / 10000 for bp in v.alert_thresholds_bp]}
-            for v in views]}, indent=2))
+    if as_json:  # the API's budget resource, so scripts see one shape
+        typer.echo(json.dumps({"budgets": [budget_resource(v, now) for v in views]}, indent=2))
         return
     if not views:
         typer.echo("no budgets yet (orchestrator budgets set --scope tenant:T --period month "
@@ -220,24 +215,38 @@ def budgets_set(
     thresholds: Annotated[
         str, typer.Option(help="alert thresholds as fractions, comma-separated")
     ] = "0.5,0.8,1.0",
+    forecast: Annotated[
+        str | None, typer.Option(help="forecast alert thresholds as fractions, e.g. 1.0 "
+                                      "(default: keep the budget's; none for a new one)")
+    ] = None,
 ) -> None:
-    """Create or update a budget."""
+    """Create or update a budget. Its alert channels (set through PUT /v1/budgets) are kept."""
     from orchestrator.domain.budgets import thresholds_to_bp
     from orchestrator.domain.money import usd_to_micros
-    from orchestrator.ledger.budgets import set_budget
+    from orchestrator.ledger.budgets import list_budgets, set_budget
     from orchestrator.store.engine import make_engine
 
     if limit_usd < 0:
         fail("--limit-usd must be >= 0")
     try:
         bps = thresholds_to_bp([float(x) for x in thresholds.split(",") if x.strip()])
+        forecast_bps = None if forecast is None else thresholds_to_bp(
+            [float(x) for x in forecast.split(",") if x.strip()])
     except ValueError as exc:
-        fail(f"--thresholds: {exc}")
+        fail(f"--thresholds/--forecast: {exc}")
     engine = make_engine(_database_url(), pool_size=1)
+    now = datetime.now(UTC)
     try:
         with engine.begin() as conn:
-            set_budget(conn, scope=scope, period=period, limit_micros=usd_to_micros(limit_usd),
-                       now=datetime.now(UTC), thresholds_bp=bps)
+            existing = next((v for v in list_budgets(conn, now=now, scopes=(scope,))
+                             if v.period == period), None)
+            set_budget(
+                conn, scope=scope, period=period, limit_micros=usd_to_micros(limit_usd),
+                now=now, thresholds_bp=bps,
+                channels=list(existing.channels) if existing else None,
+                forecast_thresholds_bp=forecast_bps if forecast_bps is not None
+                else (existing.forecast_thresholds_bp if existing else ()),
+            )
     finally:
         engine.dispose()
     typer.echo(f"budget {scope} {period} set to ${limit_usd:.2f}")

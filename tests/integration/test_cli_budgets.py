@@ -1,0 +1,55 @@
+"""`orchestrator budgets set/list` against the real database, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from orchestrator.ledger.budgets import list_budgets, set_budget
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOK = {"type": "webhook", "url": "http://127.0.0.1:9/hook", "secret": "s3cret-value"}
+
+
+def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ORCH_DATABASE_URL": database_url}
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_budgets_set_updates_the_limit_and_keeps_channels_and_forecast(
+    db: Engine, database_url: str
+) -> None:
+    with db.begin() as conn:
+        set_budget(conn, scope="tenant:acme", period="month", limit_micros=5_000_000,
+                   now=datetime.now(UTC), channels=[HOOK], forecast_thresholds_bp=(10000,))
+    done = cli(database_url, "budgets", "set", "--scope", "tenant:acme", "--period", "month",
+               "--limit-usd", "12.5")
+    assert done.returncode == 0, done.stderr
+    with db.connect() as conn:
+        (view,) = list_budgets(conn, now=datetime.now(UTC))
+    assert view.limit_micros == 12_500_000
+    assert list(view.channels) == [HOOK] and view.forecast_thresholds_bp == (10000,)
+
+    listed = cli(database_url, "budgets", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (shown,) = json.loads(listed.stdout)["budgets"]
+    assert (shown["scope"], shown["limit_usd"]) == ("tenant:acme", 12.5)
+
+
+def test_budgets_set_refuses_bad_input_with_one_line_and_changes_nothing(
+    db: Engine, database_url: str
+) -> None:
+    bad = cli(database_url, "budgets", "set", "--scope", "project:x", "--period", "month",
+              "--limit-usd", "1")
+    assert bad.returncode == 1
+    assert bad.stderr.strip().startswith("error: invalid budget scope 'project:x'")
+    assert len(bad.stderr.strip().splitlines()) == 1
+    with db.connect() as conn:
+        assert list_budgets(conn, now=datetime.now(UTC)) == []
