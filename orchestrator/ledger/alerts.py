@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, text
 
@@ -28,6 +28,22 @@ from orchestrator.domain.forecast import project_window
 from orchestrator.domain.money import micros_to_usd
 
 REFUSAL_BP = 10000  # a refusal: the limit is reached for this job
+
+
+class PeriodAfterStep(NamedTuple):
+    """A budget period row as a ledger step left it, joined to its budget."""
+
+    id: int
+    budget_id: int
+    period_start: datetime
+    period_end: datetime | None
+    limit_micros: int
+    committed_micros: int
+    held_micros: int
+    scope: str
+    period: str
+    alert_thresholds_bp: list[int]
+    forecast_thresholds_bp: list[int]
 
 _INSERT_ALERT = text(
     """
@@ -84,7 +100,9 @@ def _insert(
     return alert_id
 
 
-def step_alerts(tx: Connection, p: Any, charge: int, now: datetime) -> list[uuid.UUID]:
+def step_alerts(
+    tx: Connection, p: PeriodAfterStep, charge: int, now: datetime
+) -> list[uuid.UUID]:
     """Threshold and forecast alerts owed after ``charge`` was committed to period ``p``
     (its row as updated, joined to its budget), in the caller's transaction."""
     if charge <= 0:

@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, text
 
 from orchestrator.domain.budgets import period_window
+from orchestrator.store.statement import Statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +25,7 @@ class CoveringBudget:
     limit_micros: int
 
 
-_SELECT_BUDGETS = text(
+_SELECT_BUDGETS = Statement(
     "SELECT id, scope, period, limit_micros FROM budgets WHERE scope = ANY(:scopes)"
 )
 _ENSURE_PERIOD = text(
@@ -48,8 +49,7 @@ class PeriodResolver:
         self._lock = threading.Lock()
 
     def covering_budgets(self, conn: Connection, scopes: tuple[str, ...]) -> list[CoveringBudget]:
-        rows = conn.execute(_SELECT_BUDGETS, {"scopes": list(scopes)}).all()
-        return [CoveringBudget(r.id, r.scope, r.period, r.limit_micros) for r in rows]
+        return [CoveringBudget(*r) for r in _SELECT_BUDGETS.all(conn, {"scopes": list(scopes)})]
 
     def current_period_ids(self, budgets: list[CoveringBudget], at: datetime) -> list[int]:
         ids: list[int] = []

@@ -26,8 +26,14 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, Engine, text
 
 from orchestrator.errors import BudgetExceeded, HoldNotActive, HoldNotFound, InvalidAmount
-from orchestrator.ledger.alerts import insert_refusal, refusal_bucket, step_alerts
+from orchestrator.ledger.alerts import (
+    PeriodAfterStep,
+    insert_refusal,
+    refusal_bucket,
+    step_alerts,
+)
 from orchestrator.ledger.periods import PeriodResolver
+from orchestrator.store.statement import Statement
 
 
 def utcnow() -> datetime:
@@ -54,7 +60,7 @@ class StepReceipt:
     replayed: bool = False
 
 
-_INSERT_HOLD = text(
+_INSERT_HOLD = Statement(
     """
     INSERT INTO holds (job_id, amount_micros, expires_at)
     VALUES (:job_id, :amount, :expires_at)
@@ -62,7 +68,7 @@ _INSERT_HOLD = text(
     RETURNING id
     """
 )
-_RESERVE = text(
+_RESERVE = Statement(
     """
     UPDATE budget_periods SET held_micros = held_micros + :amount
     WHERE id = :pid AND committed_micros + held_micros + :amount <= limit_micros
@@ -76,7 +82,7 @@ _REFUSAL_INFO = text(
     FROM budget_periods bp JOIN budgets b ON b.id = bp.budget_id WHERE bp.id = :pid
     """
 )
-_INSERT_LINES_AND_ENTRIES = text(
+_INSERT_LINES_AND_ENTRIES = Statement(
     """
     WITH lines AS (
         INSERT INTO hold_lines (hold_id, budget_period_id, amount_micros)
@@ -94,7 +100,7 @@ _SELECT_HOLD = text(
 )
 # Finish the hold (guarded) and read its lines in one statement: one row per line, or one
 # row with NULL line columns for a hold no budget covers; no row when the guard refused.
-_FINISH_HOLD = text(
+_FINISH_HOLD = Statement(
     """
     WITH h AS (
         UPDATE holds SET status = :status, charged_micros = :charge, finished_at = :now
@@ -112,7 +118,7 @@ _HOLD_LINES = text(
     WHERE hold_id = ANY(:hold_ids) ORDER BY budget_period_id
     """
 )
-_APPLY = text(
+_APPLY = Statement(
     """
     UPDATE budget_periods bp
     SET held_micros = bp.held_micros - :release, committed_micros = bp.committed_micros + :charge
@@ -123,7 +129,7 @@ _APPLY = text(
               b.forecast_thresholds_bp
     """
 )
-_INSERT_ENTRIES = text(
+_INSERT_ENTRIES = Statement(
     """
     INSERT INTO ledger_entries
         (budget_period_id, job_id, kind, idempotency_key, held_delta_micros,
@@ -201,23 +207,23 @@ class Ledger:
         with self._tx(conn) as tx:
             budgets = self.periods.covering_budgets(tx, scopes)
             pids = self.periods.current_period_ids(budgets, now)
-            hold_id = tx.execute(
-                _INSERT_HOLD,
+            hold_id = _INSERT_HOLD.scalar(
+                tx,
                 {"job_id": job_id, "amount": amount_micros,
                  "expires_at": now + (ttl or self.hold_ttl)},
-            ).scalar()
+            )
             if hold_id is None:
                 return self._replayed_hold(tx, job_id, amount_micros)
             # Entries first, counters last: the hot period row stays locked for one UPDATE
             # and the COMMIT only. A refusal below rolls all of it back.
             if pids:
-                tx.execute(
-                    _INSERT_LINES_AND_ENTRIES,
+                _INSERT_LINES_AND_ENTRIES.run(
+                    tx,
                     {"hold_id": hold_id, "pids": pids, "amount": amount_micros,
                      "job_id": job_id, "key": f"hold:{job_id}", "now": now},
                 )
             for pid in pids:
-                if tx.execute(_RESERVE, {"amount": amount_micros, "pid": pid}).first() is None:
+                if _RESERVE.first(tx, {"amount": amount_micros, "pid": pid}) is None:
                     info = tx.execute(_REFUSAL_INFO, {"pid": pid}).one()
                     raise BudgetExceeded(
                         scope=info.scope, period=info.period,
@@ -259,17 +265,15 @@ class Ledger:
             raise InvalidAmount(f"charge must be >= 0, got {charge}")
         now = self.clock()
         with self._tx(conn) as tx:
-            rows = tx.execute(
-                _FINISH_HOLD, {"status": status, "charge": charge, "now": now, "job_id": job_id}
-            ).all()
+            # (hold amount, period id, line amount) per line
+            rows = _FINISH_HOLD.all(
+                tx, {"status": status, "charge": charge, "now": now, "job_id": job_id}
+            )
             if not rows:
                 return self._refused_finish(tx, job_id, status, charge)
-            moves = [(r.budget_period_id, r.line_micros, charge)
-                     for r in rows if r.budget_period_id is not None]
+            moves = [(pid, line, charge) for _, pid, line in rows if pid is not None]
             alert_ids = self._apply(tx, job_id, kind, moves, now)
-        return StepReceipt(
-            job_id, status, charge, rows[0].amount_micros - charge, tuple(alert_ids)
-        )
+        return StepReceipt(job_id, status, charge, rows[0][0] - charge, tuple(alert_ids))
 
     def _refused_finish(
         self, tx: Connection, job_id: uuid.UUID, status: str, charge: int
@@ -308,8 +312,9 @@ class Ledger:
                                         for pid, held, committed in moves])
         alert_ids: list[uuid.UUID] = []
         for pid, release, charge in moves:
-            p = tx.execute(_APPLY, {"release": release, "charge": charge, "pid": pid}).one()
-            alert_ids += step_alerts(tx, p, charge, now)
+            row = _APPLY.first(tx, {"release": release, "charge": charge, "pid": pid})
+            assert row is not None  # a hold line's period row is never deleted
+            alert_ids += step_alerts(tx, PeriodAfterStep(*row), charge, now)
         return alert_ids
 
     # -- refusal alerts ----------------------------------------------------------------------
@@ -367,7 +372,7 @@ class Ledger:
                 for pid, release, _ in moves:
                     totals[pid] = totals.get(pid, 0) + release
             for pid in sorted(totals):
-                tx.execute(_APPLY, {"release": totals[pid], "charge": 0, "pid": pid})
+                _APPLY.run(tx, {"release": totals[pid], "charge": 0, "pid": pid})
             return list(by_job)
 
 
@@ -377,7 +382,7 @@ def _insert_entries(
     """Append (period id, job id, held released, committed added) entries in one statement;
     each is keyed ``<kind>:<job>`` (unique per period, so a replayed step adds nothing)."""
     if rows:
-        tx.execute(_INSERT_ENTRIES, {
+        _INSERT_ENTRIES.run(tx, {
             "kind": kind, "now": now, "pids": [r[0] for r in rows], "jobs": [r[1] for r in rows],
             "helds": [r[2] for r in rows], "commits": [r[3] for r in rows],
         })

@@ -313,11 +313,9 @@ class JobRunner:
     ) -> None:
         now = self.clock()
         with self.engine.begin() as tx:
-            if external_id is not None:
-                repo.record_external_id(tx, attempt.id, external_id)
             if not repo.close_attempt(tx, attempt.id, "succeeded", now,
                                       fault=Outcome.SUCCESS.value,
-                                      cost_micros=res.cost_micros or 0):
+                                      cost_micros=res.cost_micros or 0, external_id=external_id):
                 return  # a duplicate step concluded it
             total = repo.finish(tx, job.id, "succeeded", now, backend=attempt.backend,
                                 result={"output": res.output})

@@ -15,6 +15,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from orchestrator.store.statement import Statement
+
 FINAL = ("succeeded", "failed", "cancelled")
 LIVE = ("queued", "running")
 
@@ -70,7 +72,7 @@ _JOB_COLS = ", ".join(JobRow.__slots__)
 _ATTEMPT_COLS = ", ".join(AttemptRow.__slots__)
 
 
-_INSERT_JOB = text(
+_INSERT_JOB = Statement(
     f"""
     INSERT INTO jobs (id, tenant, status, kind, tier, spec, route, estimated_cost_micros,
                       deadline_at, chain_token, wake_at, idempotency_key, request_hash)
@@ -80,9 +82,9 @@ _INSERT_JOB = text(
     RETURNING {_JOB_COLS}
     """
 )
-_GET_JOB = text(f"SELECT {_JOB_COLS} FROM jobs WHERE id = :id")
-_GET_JOB_FOR_UPDATE = text(f"SELECT {_JOB_COLS} FROM jobs WHERE id = :id FOR UPDATE")
-_GET_BY_KEY = text(f"SELECT {_JOB_COLS} FROM jobs WHERE tenant = :t AND idempotency_key = :k")
+_GET_JOB = Statement(f"SELECT {_JOB_COLS} FROM jobs WHERE id = :id")
+_GET_JOB_FOR_UPDATE = Statement(f"SELECT {_JOB_COLS} FROM jobs WHERE id = :id FOR UPDATE")
+_GET_BY_KEY = Statement(f"SELECT {_JOB_COLS} FROM jobs WHERE tenant = :t AND idempotency_key = :k")
 _LIST_JOBS = text(
     f"""
     SELECT {_JOB_COLS} FROM jobs
@@ -93,7 +95,7 @@ _LIST_JOBS = text(
     LIMIT :limit
     """
 )
-_CLAIM = text(
+_CLAIM = Statement(
     f"""
     UPDATE jobs SET status = 'running', started_at = :now, updated_at = :now
     WHERE id = :id AND status = 'queued' AND chain_token = :token
@@ -101,7 +103,7 @@ _CLAIM = text(
     """
 )
 # The job's cost is the sum of its attempts' costs, computed in the same statement.
-_FINISH = text(
+_FINISH = Statement(
     """
     UPDATE jobs SET status = :status, finished_at = :now, updated_at = :now,
         backend = COALESCE(:backend, backend),
@@ -111,7 +113,7 @@ _FINISH = text(
     RETURNING cost_micros
     """
 )
-_SET_WAKE = text(
+_SET_WAKE = Statement(
     "UPDATE jobs SET wake_at = :w, updated_at = now() "
     "WHERE id = :id AND chain_token = :t AND status = ANY(:s) RETURNING id"
 )
@@ -127,8 +129,8 @@ _REVIVE = text(
     RETURNING j.id, j.chain_token, j.spec->>'priority' AS priority
     """
 )
-_ATTEMPTS = text(f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE job_id = :id ORDER BY number")
-_OPEN_ATTEMPT = text(
+_ATTEMPTS = Statement(f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE job_id = :id ORDER BY number")
+_OPEN_ATTEMPT = Statement(
     f"""
     INSERT INTO attempts (job_id, number, backend, started_at, slot, probe)
     VALUES (:j, :n, :b, :now, :slot, :probe)
@@ -136,13 +138,13 @@ _OPEN_ATTEMPT = text(
     RETURNING {_ATTEMPT_COLS}
     """
 )
-_RECORD_EXTERNAL_ID = text(
+_RECORD_EXTERNAL_ID = Statement(
     "UPDATE attempts SET external_id = :e WHERE id = :id AND outcome IS NULL"
 )
-_CLOSE_ATTEMPT = text(
+_CLOSE_ATTEMPT = Statement(
     """
     UPDATE attempts SET outcome = :o, fault = :f, error_code = :c, error_message = :m,
-        cost_micros = :cost, finished_at = :now
+        cost_micros = :cost, finished_at = :now, external_id = COALESCE(:e, external_id)
     WHERE id = :id AND outcome IS NULL RETURNING id
     """
 )
@@ -165,23 +167,23 @@ def insert_job(
     request_hash: str | None = None,
 ) -> JobRow | None:
     """Insert a queued job; None when (tenant, idempotency_key) already exists."""
-    row = conn.execute(
-        _INSERT_JOB,
+    row = _INSERT_JOB.first(
+        conn,
         {"id": job_id, "tenant": tenant, "kind": kind, "tier": tier, "spec": json.dumps(spec),
          "route": json.dumps(route), "est": estimated_cost_micros, "deadline": deadline_at,
          "token": chain_token, "wake": wake_at, "ikey": idempotency_key, "rhash": request_hash},
-    ).first()
-    return JobRow(**row._mapping) if row is not None else None
+    )
+    return JobRow(*row) if row is not None else None
 
 
 def get_job(conn: Connection, job_id: uuid.UUID, *, for_update: bool = False) -> JobRow | None:
-    row = conn.execute(_GET_JOB_FOR_UPDATE if for_update else _GET_JOB, {"id": job_id}).first()
-    return JobRow(**row._mapping) if row is not None else None
+    row = (_GET_JOB_FOR_UPDATE if for_update else _GET_JOB).first(conn, {"id": job_id})
+    return JobRow(*row) if row is not None else None
 
 
 def get_by_idempotency_key(conn: Connection, tenant: str, key: str) -> JobRow | None:
-    row = conn.execute(_GET_BY_KEY, {"t": tenant, "k": key}).first()
-    return JobRow(**row._mapping) if row is not None else None
+    row = _GET_BY_KEY.first(conn, {"t": tenant, "k": key})
+    return JobRow(*row) if row is not None else None
 
 
 def list_jobs(
@@ -203,8 +205,8 @@ def list_jobs(
 
 def claim(conn: Connection, job_id: uuid.UUID, token: uuid.UUID, now: datetime) -> JobRow | None:
     """queued → running for the chain holding ``token``; the claimed job, or None."""
-    row = conn.execute(_CLAIM, {"id": job_id, "token": token, "now": now}).first()
-    return JobRow(**row._mapping) if row is not None else None
+    row = _CLAIM.first(conn, {"id": job_id, "token": token, "now": now})
+    return JobRow(*row) if row is not None else None
 
 
 def finish(
@@ -225,20 +227,20 @@ def finish(
     left ``from_statuses``.
     """
     assert status in FINAL
-    row = conn.execute(
-        _FINISH,
+    row = _FINISH.first(
+        conn,
         {"status": status, "now": now, "backend": backend,
          "result": json.dumps(result) if result is not None else None, "code": error_code,
          "msg": error_message, "id": job_id, "froms": list(from_statuses)},
-    ).first()
-    return int(row.cost_micros) if row is not None else None
+    )
+    return int(row[0]) if row is not None else None
 
 
 def set_wake(conn: Connection, job_id: uuid.UUID, token: uuid.UUID, wake_at: datetime) -> bool:
     """Record when the live chain will next run; False if ``token`` is no longer the chain."""
-    return conn.execute(
-        _SET_WAKE, {"w": wake_at, "id": job_id, "t": token, "s": list(LIVE)}
-    ).first() is not None
+    return _SET_WAKE.first(
+        conn, {"w": wake_at, "id": job_id, "t": token, "s": list(LIVE)}
+    ) is not None
 
 
 def revive_overdue(conn: Connection, now: datetime, wake_at: datetime, limit: int) -> list[
@@ -254,7 +256,7 @@ def revive_overdue(conn: Connection, now: datetime, wake_at: datetime, limit: in
 
 # -- attempts --------------------------------------------------------------------------------
 def attempts(conn: Connection, job_id: uuid.UUID) -> list[AttemptRow]:
-    return [AttemptRow(**r._mapping) for r in conn.execute(_ATTEMPTS, {"id": job_id}).all()]
+    return [AttemptRow(*r) for r in _ATTEMPTS.all(conn, {"id": job_id})]
 
 
 def open_attempt(
@@ -262,15 +264,14 @@ def open_attempt(
     *, slot: str | None = None, probe: bool = False,
 ) -> AttemptRow | None:
     """Checkpoint before calling a backend; None if attempt ``number`` already exists."""
-    row = conn.execute(
-        _OPEN_ATTEMPT,
-        {"j": job_id, "n": number, "b": backend, "now": now, "slot": slot, "probe": probe},
-    ).first()
-    return AttemptRow(**row._mapping) if row is not None else None
+    row = _OPEN_ATTEMPT.first(
+        conn, {"j": job_id, "n": number, "b": backend, "now": now, "slot": slot, "probe": probe}
+    )
+    return AttemptRow(*row) if row is not None else None
 
 
 def record_external_id(conn: Connection, attempt_id: int, external_id: str) -> None:
-    conn.execute(_RECORD_EXTERNAL_ID, {"e": external_id, "id": attempt_id})
+    _RECORD_EXTERNAL_ID.run(conn, {"e": external_id, "id": attempt_id})
 
 
 def close_attempt(
@@ -283,9 +284,12 @@ def close_attempt(
     error_code: str | None = None,
     error_message: str | None = None,
     cost_micros: int | None = None,
+    external_id: str | None = None,
 ) -> bool:
-    return conn.execute(
-        _CLOSE_ATTEMPT,
+    """Record an open attempt's outcome (and, for a backend that answered at once, its
+    external id); False if it was already closed."""
+    return _CLOSE_ATTEMPT.first(
+        conn,
         {"o": outcome, "f": fault, "c": error_code, "m": error_message, "cost": cost_micros,
-         "now": now, "id": attempt_id},
-    ).first() is not None
+         "now": now, "id": attempt_id, "e": external_id},
+    ) is not None

@@ -1,0 +1,61 @@
+"""Hot-path statements, run on the psycopg connection under a SQLAlchemy ``Connection``.
+
+Every step of every job runs a handful of short, fixed statements. For those, SQLAlchemy's
+result layer (cursor description, column metadata, ``Row`` objects) cost more worker CPU than
+the statements themselves (bench/throughput.py). A :class:`Statement` keeps the SQL text with
+its ``:name`` parameters, runs it server-side prepared on the driver connection, and returns
+plain tuples. The transaction is still the SQLAlchemy connection's: a statement autobegins
+one, as ``Connection.execute`` does, so commit, rollback and pool reset cover it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, cast
+
+from psycopg import Connection as DriverConnection
+from sqlalchemy import Connection
+
+# ``:name`` but not ``::type`` casts or a colon inside a word
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def _pyformat(sql: str) -> str:
+    return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
+class Statement:
+    """One SQL statement with ``:name`` parameters, for :meth:`all`, :meth:`first`,
+    :meth:`scalar` or :meth:`run` on a SQLAlchemy connection."""
+
+    __slots__ = ("sql",)
+
+    def __init__(self, sql: str) -> None:
+        self.sql = _pyformat(sql)
+
+    def __repr__(self) -> str:
+        return f"Statement({self.sql.split()[0]} …)"
+
+    def _cursor(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+        if not conn.in_transaction():
+            conn.begin()
+        driver = cast(DriverConnection[Any], conn.connection.driver_connection)
+        return driver.execute(self.sql, params, prepare=True)
+
+    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._cursor(conn, params).fetchall()
+        return rows
+
+    def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self._cursor(conn, params).fetchone()
+        return row
+
+    def scalar(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+        row = self.first(conn, params)
+        return None if row is None else row[0]
+
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        """Execute for effect; returns the row count."""
+        count: int = self._cursor(conn, params).rowcount
+        return count
