@@ -1,14 +1,17 @@
 """Benchmark: HTTP submit latency (POST /v1/jobs -> 202) at a fixed open-loop rate.
 
-    .venv/bin/python bench/submit.py [--rate 100] [--seconds 30] [--no-worker]
+    .venv/bin/python bench/submit.py [--rate 100] [--seconds 30] [--stack [--no-worker]]
 
-Starts its own stack (bench/_stack.py: embedded or ORCH_TEST_* PostgreSQL and Redis, a scratch
-database, the simulator, one Celery worker that runs the submitted jobs) and the API
-(``orchestrator.api.serve``, uvicorn) in its own process on 127.0.0.1, so the load generator
-and the simulator in this process do not share its interpreter lock. Requests are fired on a
-fixed schedule (open loop: a slow answer does not slow the offered load), each with its own
-Idempotency-Key; latency is measured from the scheduled send time. An error is any answer
-other than 202, or a transport error. ``--no-worker`` pauses the worker: the API alone.
+By default it runs ``orchestrator up`` as a user does (a subprocess in a temporary data
+directory: embedded PostgreSQL and Redis, the API, one worker, beat and the simulator, each its
+own process, with the shipped catalogue), raises the demo tenant's budget with the admin key so
+no submission meets a 402, and submits video jobs with the demo tenant's key while the worker
+runs them. ``--stack`` instead uses bench/_stack.py (the simulator in this process, the API in
+its own); with ``--no-worker`` it pauses the worker there: the API alone.
+
+Requests are fired on a fixed schedule (open loop: a slow answer does not slow the offered
+load), each with its own Idempotency-Key; latency is measured from the scheduled send time.
+An error is any answer other than 202, or a transport error.
 Last line: ``submit_p50_ms=... submit_p99_ms=... errors=...``.
 """
 
@@ -16,16 +19,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -136,13 +142,74 @@ def api_process(s: Stack) -> Iterator[tuple[str, int]]:
         proc.wait(timeout=30)
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in
+                open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+@contextmanager
+def up_process(budget_usd: float) -> Iterator[tuple[str, str, int]]:
+    """``orchestrator up`` in a temporary data dir; yields (API URL, tenant key, API pid)."""
+    with tempfile.TemporaryDirectory(prefix="orch-bench-up-") as tmp:
+        data = Path(tmp) / "data"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+        env.update(ORCH_DATA_DIR=str(data),
+                   ORCH_SIMULATOR_URL=f"http://127.0.0.1:{_free_port()}")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "up", "--data-dir", str(data),
+             "--port", str(_free_port())],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # until `up` says it runs (or exits)
+                if line.startswith("running;"):
+                    break
+            else:
+                raise RuntimeError(f"`orchestrator up` exited with {proc.wait()}")
+            creds = json.loads((data / "credentials.json").read_text())
+            url = creds["api_url"]
+            httpx.put(f"{url}/v1/budgets", json={
+                "scope": f"tenant:{creds['tenant']}", "period": "month",
+                "limit_usd": budget_usd}, headers={"Authorization": f"Bearer {creds['admin_key']}"},
+                timeout=30).raise_for_status()
+            api = [pid for pid in _children(proc.pid)
+                   if b"\0api\0" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            yield url, creds["tenant_key"], api[0]
+        finally:
+            os.kill(proc.pid, signal.SIGTERM)  # `up` stops its children itself
+            proc.wait(timeout=120)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=float, default=100.0, help="submissions per second")
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--stack", action="store_true",
+                    help="bench/_stack.py instead of `orchestrator up`")
     ap.add_argument("--no-worker", action="store_true",
-                    help="pause the worker once ready: measure the API alone (jobs stay queued)")
+                    help="with --stack: pause the worker once ready (the API alone)")
     args = ap.parse_args()
+    if args.stack:
+        latencies, errors, api_cpu, worker = on_stack(args)
+    else:
+        with up_process(budget_usd=10_000_000) as (url, key, pid):
+            cpu0 = cpu_s(pid)
+            latencies, errors = asyncio.run(offer(url, key, args.rate, args.seconds))
+            api_cpu, worker = cpu_s(pid) - cpu0, "up"
+    n = len(latencies) + errors
+    print(f"submissions={n} rate={args.rate:g}/s duration_s={args.seconds:g} "
+          f"target={'stack' if args.stack else 'orchestrator up'} worker={worker} "
+          f"mean_ms={statistics.fmean(latencies):.2f} max_ms={max(latencies):.2f} "
+          f"api_cpu_ms_per_submit={api_cpu * 1000 / max(1, n):.2f}")
+    print(f"submit_p50_ms={pct(latencies, 50):.2f} submit_p99_ms={pct(latencies, 99):.2f} "
+          f"errors={errors}")
+
+
+def on_stack(args: argparse.Namespace) -> tuple[list[float], int, float, str]:
     with stack(CATALOGUE, concurrency=16) as s:
         if args.no_worker:
             os.killpg(s.worker.pid, signal.SIGSTOP)  # the stack kills it at exit
@@ -151,14 +218,7 @@ def main() -> None:
         with api_process(s) as (url, pid):
             cpu0 = cpu_s(pid)
             latencies, errors = asyncio.run(offer(url, key, args.rate, args.seconds))
-            api_cpu = cpu_s(pid) - cpu0
-    n = len(latencies) + errors
-    print(f"submissions={n} rate={args.rate:g}/s duration_s={args.seconds:g} "
-          f"worker={'off' if args.no_worker else 'on'} "
-          f"mean_ms={statistics.fmean(latencies):.2f} max_ms={max(latencies):.2f} "
-          f"api_cpu_ms_per_submit={api_cpu * 1000 / max(1, n):.2f}")
-    print(f"submit_p50_ms={pct(latencies, 50):.2f} submit_p99_ms={pct(latencies, 99):.2f} "
-          f"errors={errors}")
+            return latencies, errors, cpu_s(pid) - cpu0, "off" if args.no_worker else "on"
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def router(ctx: ApiContext) -> APIRouter:
     Caller = Annotated[Principal, Depends(principal)]
 
     def load(job_id: uuid.UUID, tenant: str) -> dict[str, Any]:
-        with c.engine.connect() as conn:
+        with c.engine.begin() as conn:
             job = repo.get_job(conn, job_id)
             if job is None or job.tenant != tenant:
                 raise NotFound(f"no job {job_id}", job_id=str(job_id))
@@ -76,7 +76,7 @@ def router(ctx: ApiContext) -> APIRouter:
         cursor: Annotated[str | None, Query(max_length=400)] = None,
     ) -> dict[str, Any]:
         before = decode_cursor(cursor) if cursor else None
-        with c.engine.connect() as conn:
+        with c.engine.begin() as conn:
             rows = repo.list_jobs(conn, p.tenant, status=status, limit=limit + 1,
                                   before=before)
             page = rows[:limit]

@@ -62,7 +62,7 @@ class Authenticator:
             hit = self._cache.get(digest)
         if hit is not None and hit[1] > now:
             return hit[0]
-        with self.engine.connect() as conn:
+        with self.engine.begin() as conn:
             rec = key_repo.authenticate(conn, token)
         if rec is None:
             raise Unauthorized("invalid API key")

@@ -219,7 +219,7 @@ class JobRunner:
         else:
             with self.engine.begin() as tx:
                 repo.record_external_id(tx, attempt.id, sub.external_id)
-        with self.engine.connect() as conn:
+        with self.engine.begin() as conn:
             current = repo.get_job(conn, job.id)
         if current is None or current.is_final:  # cancelled while we were submitting
             self._cancel_at_backend(adapter, sub.external_id)
@@ -283,7 +283,7 @@ class JobRunner:
             return DONE
         outcome = Outcome.BACKEND_FAULT if exc.strike else Outcome.TRANSIENT
         self._close(job, attempt, "failed", outcome, exc=exc, cost=cost)
-        with self.engine.connect() as conn:
+        with self.engine.begin() as conn:
             attempts = repo.attempts(conn, job.id)
         return self._next_attempt(job, attempts, token)
 
@@ -393,7 +393,7 @@ class JobRunner:
             if open_.external_id is not None:
                 self._cancel_at_backend(self.adapter(open_.backend), open_.external_id)
             self._close(job, open_, "cancelled", Outcome.CANCELLED)
-        with self.engine.connect() as conn:
+        with self.engine.begin() as conn:
             return repo.get_job(conn, job_id)
 
     def _cancel_at_backend(self, adapter: BackendAdapter, external_id: str) -> None:

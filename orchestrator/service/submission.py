@@ -68,7 +68,7 @@ class Submitter:
         """Returns (job, created). Raises NoEligibleBackend, BudgetExceeded, Conflict."""
         rhash = request_hash(spec)
         if idempotency_key is not None:
-            with self.engine.connect() as conn:
+            with self.engine.begin() as conn:
                 existing = repo.get_by_idempotency_key(conn, tenant, idempotency_key)
             if existing is not None:
                 return self._same_request(existing, rhash), False
@@ -89,7 +89,7 @@ class Submitter:
             raise
         if job is None:  # a concurrent request with the same key won the insert
             assert idempotency_key is not None
-            with self.engine.connect() as conn:
+            with self.engine.begin() as conn:
                 existing = repo.get_by_idempotency_key(conn, tenant, idempotency_key)
             assert existing is not None
             return self._same_request(existing, rhash), False

@@ -3,9 +3,14 @@
 Every step of every job runs a handful of short, fixed statements. For those, SQLAlchemy's
 result layer (cursor description, column metadata, ``Row`` objects) cost more worker CPU than
 the statements themselves (bench/throughput.py). A :class:`Statement` keeps the SQL text with
-its ``:name`` parameters, runs it server-side prepared on the driver connection, and returns
-plain tuples. The transaction is still the SQLAlchemy connection's: a statement autobegins
-one, as ``Connection.execute`` does, so commit, rollback and pool reset cover it.
+its ``:name`` parameters, runs it on the driver connection (psycopg prepares it server-side
+from its fifth use), and returns plain tuples. The transaction is still the SQLAlchemy
+connection's: a statement autobegins one, as ``Connection.execute`` does, so commit, rollback
+and pool reset cover it.
+
+psycopg forgets a connection's prepared statements on every ROLLBACK (and sends DEALLOCATE
+ALL). Hot read paths therefore read in ``engine.begin()`` blocks, which end in a COMMIT,
+rather than ``engine.connect()`` blocks, which end in a ROLLBACK.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ class Statement:
         if not conn.in_transaction():
             conn.begin()
         driver = cast(DriverConnection[Any], conn.connection.driver_connection)
-        return driver.execute(self.sql, params, prepare=True)
+        return driver.execute(self.sql, params)
 
     def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = self._cursor(conn, params).fetchall()
