@@ -38,13 +38,18 @@ MAX_RESTARTS_PER_MINUTE = 5
 class Child:
     name: str
     argv: list[str]
+    nice: int = 0  # added CPU niceness (background children yield the CPU to the API)
     proc: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
 
     def start(self, env: dict[str, str], log_dir: Path) -> None:
         log = (log_dir / f"{self.name}.log").open("ab")
-        self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        increment = self.nice
+        self.proc = subprocess.Popen(
+            self.argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # before exec, so every thread of the child inherits it
+            preexec_fn=(lambda: os.nice(increment) and None) if increment else None,
+        )
         log.close()
 
     def stop(self) -> None:
@@ -108,11 +113,12 @@ class System:
                "ORCH_DATA_DIR": str(self.data_dir)}
         log_dir = self.data_dir / "logs"
         log_dir.mkdir(exist_ok=True)
+        background = self.settings.up_background_nice
         self.children = [
             Child("api", _command("api", "--port", str(self.port))),
-            Child("worker", _command("worker", "--loglevel", "WARNING")),
-            Child("beat", _command("beat", "--loglevel", "WARNING",
-                                   "--schedule", str(self.data_dir / "beat-schedule"))),
+            Child("worker", _command("worker", "--loglevel", "WARNING"), nice=background),
+            Child("beat", _command("beat", "--loglevel", "WARNING", "--schedule",
+                                   str(self.data_dir / "beat-schedule")), nice=background),
         ]
         if self.simulator:
             self.children.append(Child("simulator", _command("simulator")))

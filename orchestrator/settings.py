@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         "0 = any free)",
     )
     worker_metrics_addr: str = "127.0.0.1"
+    up_background_nice: int = Field(
+        default=10, ge=0, le=19,
+        description="`orchestrator up`: CPU niceness of the worker and beat, so that on a "
+        "shared machine the API answers first and the queue absorbs the backlog",
+    )
     gcp_flush_interval_s: float | None = Field(
         default=None, gt=0,
         description="exporter wake-up interval; a series is still written at most every 10 s",

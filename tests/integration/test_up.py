@@ -36,6 +36,20 @@ def processes_mentioning(marker: str) -> list[int]:
     return found
 
 
+def niceness_of(marker: str, command: str) -> set[int]:
+    """The nice values of the `orchestrator <command>` processes under data dir ``marker``."""
+    found = set()
+    for pid in processes_mentioning(marker):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if argv[1:4] == [b"-m", b"orchestrator.cli", command.encode()]:
+            found.add(int(stat.rsplit(")", 1)[1].split()[16]))
+    return found
+
+
 def wait_for(what: str, predicate: object, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
@@ -67,6 +81,9 @@ def test_up_runs_the_system_and_stops_cleanly(tmp_path: Path) -> None:
         assert {"admin_key", "tenant_key", "tenant", "database_url", "redis_url",
                 "simulator_url"} <= creds.keys()
         assert any(creds["tenant_key"] in ln for ln in lines)  # printed once for the user
+        # the API keeps the CPU first; the worker and beat yield it (ORCH_UP_BACKGROUND_NICE)
+        assert niceness_of(str(data), "api") == {0}
+        assert niceness_of(str(data), "worker") == niceness_of(str(data), "beat") == {10}
 
         cli = subprocess.run(
             [sys.executable, "-m", "orchestrator.cli", "submit", "--kind", "video", "--prompt",
