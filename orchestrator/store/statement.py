@@ -19,8 +19,10 @@ import re
 from collections.abc import Mapping
 from typing import Any, cast
 
+import psycopg
 from psycopg import Connection as DriverConnection
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 # ``:name`` but not ``::type`` casts or a colon inside a word
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -46,7 +48,18 @@ class Statement:
         if not conn.in_transaction():
             conn.begin()
         driver = cast(DriverConnection[Any], conn.connection.driver_connection)
-        return driver.execute(self.sql, params)
+        try:
+            return driver.execute(self.sql, params)
+        except psycopg.Error as exc:
+            # as Connection.execute would: SQLAlchemy's exception types (callers and Celery's
+            # autoretry catch those), a dead connection invalidated, and no parameters in
+            # the message (they can hold a prompt)
+            lost = conn.dialect.is_disconnect(cast(Any, exc), conn.connection, None)
+            if lost:
+                conn.invalidate(exc)
+            raise DBAPIError.instance(self.sql, params, exc, psycopg.Error, hide_parameters=True,
+                                      connection_invalidated=lost, dialect=conn.dialect
+                                      ) from exc
 
     def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = self._cursor(conn, params).fetchall()
