@@ -3,17 +3,13 @@ real uvicorn server on 127.0.0.1 in a background thread, for tests, benches and 
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-from dataclasses import dataclass
-
-import httpx
 import uvicorn
 
+from orchestrator import serving
 from orchestrator.api.app import create_app
 from orchestrator.api.config import ApiConfig
 from orchestrator.bootstrap import Container
+from orchestrator.serving import ThreadedServer
 
 
 def serve(
@@ -39,15 +35,7 @@ def serve(
         metrics.shutdown()
 
 
-@dataclass
-class RunningApi:
-    url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout)
+RunningApi = ThreadedServer
 
 
 def start_in_thread(
@@ -59,29 +47,5 @@ def start_in_thread(
     ready_timeout: float = 10.0,
 ) -> RunningApi:
     """Start the API on ``host:port`` (0: a free port) and return once /healthz answers."""
-    app = create_app(container, config)
-    # IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections (no Nagle stalls)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    bound = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           lifespan="off", server_header=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="api",
-                              daemon=True)
-    thread.start()
-    running = RunningApi(url=f"http://{host}:{bound}", server=server, thread=thread)
-    deadline = time.monotonic() + ready_timeout
-    with httpx.Client(timeout=1.0) as client:
-        while True:
-            if not thread.is_alive():
-                raise RuntimeError("the API server thread exited during start-up")
-            try:
-                if server.started and client.get(f"{running.url}/healthz").status_code == 200:
-                    return running
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                running.stop()
-                raise RuntimeError(f"the API did not answer at {running.url}")
-            time.sleep(0.01)
+    return serving.start_in_thread(create_app(container, config), name="API", host=host,
+                                   port=port, ready_timeout=ready_timeout, server_header=False)

@@ -4,17 +4,14 @@ benches and in-process use)."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import uvicorn
 
+from orchestrator import serving
 from orchestrator.domain.catalogue import Catalogue, load_catalogue
+from orchestrator.serving import ThreadedServer
 from orchestrator.simulator.app import create_app
 
 
@@ -53,15 +50,7 @@ def serve(
     uvicorn.run(create_app(cat), host=host, port=port, log_level=log_level, access_log=False)
 
 
-@dataclass
-class RunningSimulator:
-    url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout)
+RunningSimulator = ThreadedServer
 
 
 def start_in_thread(
@@ -73,32 +62,6 @@ def start_in_thread(
     ready_timeout: float = 10.0,
 ) -> RunningSimulator:
     """Start a real simulator server (port 0: a free one) and return once it answers."""
-    app = create_app(_catalogue(catalogue, backends_file))
-    # proto=IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections (else ~40 ms
-    # per request from Nagle + delayed ACK)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="simulator", daemon=True
-    )
-    thread.start()
-    url = f"http://{host}:{bound_port}"
-    running = RunningSimulator(url=url, server=server, thread=thread)
-    deadline = time.monotonic() + ready_timeout
-    with httpx.Client(timeout=1.0) as client:
-        while True:
-            if not thread.is_alive():
-                raise RuntimeError("the simulator server thread exited during start-up")
-            try:
-                if server.started and client.get(f"{url}/healthz").status_code == 200:
-                    return running
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                running.stop()
-                raise RuntimeError(f"the simulator did not answer at {url} within {ready_timeout}s")
-            time.sleep(0.01)
+    return serving.start_in_thread(create_app(_catalogue(catalogue, backends_file)),
+                                   name="simulator", host=host, port=port,
+                                   ready_timeout=ready_timeout)
