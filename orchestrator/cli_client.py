@@ -79,7 +79,9 @@ def _budget_message(exc: BudgetExceeded) -> str:
             f"this job needs up to {usd(exc.requested_usd)}")
 
 
-def _client(api_url: str | None, api_key: str | None) -> Client:
+def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str | None]:
+    """The API URL and key a client command uses: the options, else ``ORCH_API_URL`` /
+    ``ORCH_API_KEY``, else what ``orchestrator up`` wrote to its credentials file."""
     from orchestrator.settings import load_settings
 
     settings = load_settings()
@@ -93,6 +95,11 @@ def _client(api_url: str | None, api_key: str | None) -> Client:
     url = (api_url or (settings.api_url if "api_url" in settings.model_fields_set else None)
            or creds.get("api_url") or settings.api_url)
     key = api_key or settings.api_key or creds.get("tenant_key")
+    return str(url).rstrip("/"), key
+
+
+def _client(api_url: str | None, api_key: str | None) -> Client:
+    url, key = endpoint(api_url, api_key)
     return Client(base_url=url, api_key=key)
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from orchestrator.cli_client import endpoint
 from orchestrator.domain.money import format_usd
 
 
@@ -25,23 +26,6 @@ def register(app: typer.Typer) -> None:
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
-
-
-def _endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str | None]:
-    from orchestrator.settings import load_settings
-
-    settings = load_settings()
-    creds: dict[str, Any] = {}
-    path = settings.data_dir / "credentials.json"
-    if path.exists():
-        try:
-            creds = json.loads(path.read_text())
-        except (OSError, ValueError):
-            creds = {}
-    url = (api_url or (settings.api_url if "api_url" in settings.model_fields_set else None)
-           or creds.get("api_url") or settings.api_url)
-    key = api_key or settings.api_key or creds.get("tenant_key")
-    return str(url).rstrip("/"), key
 
 
 def fetch_report(
@@ -111,7 +95,7 @@ def report(
     for name, value in (("from", start), ("to", end), ("tenant", tenant)):
         if value is not None:
             params[name] = value
-    url, key = _endpoint(api_url, api_key)
+    url, key = endpoint(api_url, api_key)
     try:
         rep = fetch_report(url, key, params)
     except ValueError as exc:

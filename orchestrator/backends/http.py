@@ -15,8 +15,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -35,6 +33,7 @@ from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.money import usd_to_micros
 from orchestrator.domain.pricing import Usage, actual_micros
 from orchestrator.metrics.catalogue import JOB_RETRIES
+from orchestrator.retry_after import parse_retry_after
 
 log = logging.getLogger("orchestrator.backends")
 
@@ -71,25 +70,6 @@ def safe_token(value: Any, limit: int = 64) -> str | None:
         return None
     text = _SAFE_TOKEN.sub("", str(value))[:limit]
     return text or None
-
-
-def parse_retry_after(value: str | None, now: Callable[[], datetime] | None = None) -> float | None:
-    """Retry-After as seconds (``"3"``, ``"1.5"``) or an HTTP date; None when absent/invalid."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = now() if now is not None else datetime.now(UTC)
-    return max(0.0, (when - current).total_seconds())
 
 
 class HttpAdapter(ABC):

@@ -20,11 +20,11 @@ Messages never contain the API key.
 
 from __future__ import annotations
 
-import email.utils
-import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
+
+from orchestrator.retry_after import parse_retry_after
 
 if TYPE_CHECKING:
     from orchestrator.client.models import Job
@@ -150,22 +150,6 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     422: InvalidRequest,
     429: RateLimited,
 }
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _envelope(response: httpx.Response) -> tuple[str | None, str | None, dict[str, Any]]:

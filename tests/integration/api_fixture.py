@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import typer
 
+from orchestrator import cli_client, cli_report
 from orchestrator.api import ApiConfig, RunningApi, start_in_thread
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.store.keys import create_key
@@ -93,3 +96,21 @@ def limited_api_fixture(rig: Rig) -> Iterator[Api]:
         yield a
     finally:
         a.close()
+
+
+@pytest.fixture()
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> typer.Typer:
+    """The client commands (``submit`` … ``report``) on a Typer app, with no ``ORCH_API_*`` in
+    the environment and no credentials file: only the options say where the API is."""
+    for var in ("ORCH_API_URL", "ORCH_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ORCH_DATA_DIR", str(tmp_path / "no-credentials"))
+    app = typer.Typer()
+
+    @app.callback()
+    def root() -> None:
+        """orchestrator"""
+
+    cli_client.register(app)
+    cli_report.register(app)
+    return app

@@ -12,26 +12,11 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from orchestrator.cli_client import parse_params, parse_value, register, usd
+from orchestrator.cli_client import parse_params, parse_value, usd
 from orchestrator.client import Client
 from orchestrator.store import jobs as repo
 
 from .api_fixture import Api, api_fixture  # noqa: F401
-
-
-@pytest.fixture()
-def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> typer.Typer:
-    for var in ("ORCH_API_URL", "ORCH_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("ORCH_DATA_DIR", str(tmp_path / "no-credentials"))
-    app = typer.Typer()
-
-    @app.callback()
-    def root() -> None:
-        """orchestrator"""
-
-    register(app)
-    return app
 
 
 def run(app: typer.Typer, api: Api, *args: str, key: str | None = "acme") -> Result:

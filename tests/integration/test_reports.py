@@ -10,7 +10,6 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +17,6 @@ import typer
 from sqlalchemy import Engine, text
 from typer.testing import CliRunner
 
-from orchestrator.cli_report import register
 from orchestrator.domain.budgets import covering_scopes
 from orchestrator.ledger import Ledger
 from orchestrator.reports import GroupBy, cost_report, estimate_accuracy
@@ -221,21 +219,6 @@ def test_the_route_is_tenant_scoped_and_exact(api: Api) -> None:
         "group_by": "day", "from": "2026-11-02T00:00:00", "to": "2026-12-01T00:00:00Z"}).json()
     assert all("2026-11-02" <= g["key"] < "2026-12-01" for g in window["groups"])
     assert window["from"] == "2026-11-02T00:00:00+00:00"
-
-
-@pytest.fixture()
-def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> typer.Typer:
-    for var in ("ORCH_API_URL", "ORCH_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("ORCH_DATA_DIR", str(tmp_path / "no-credentials"))
-    app = typer.Typer()
-
-    @app.callback()
-    def root() -> None:
-        """orchestrator"""
-
-    register(app)
-    return app
 
 
 def test_the_report_command_prints_the_same_numbers(api: Api, cli: typer.Typer) -> None:
