@@ -55,13 +55,12 @@ class Stack:
 
     def worker_cpu_s(self) -> float:
         """User + system CPU seconds of the worker process (thread pool: one process)."""
-        fields = Path(f"/proc/{self.worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.worker.pid)
 
     def worker_rss_mb(self) -> float:
         """Resident memory of the worker process and its children (the pool)."""
         total = 0
-        for pid in [self.worker.pid, *_children(self.worker.pid)]:
+        for pid in [self.worker.pid, *children(self.worker.pid)]:
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
@@ -85,7 +84,14 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def _children(pid: int) -> list[int]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes."""
     try:
         out = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:

@@ -22,7 +22,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _stack import ROOT, TENANT, Stack, stack
+from _stack import ROOT, TENANT, Stack, children, cpu_seconds, stack
 
+from orchestrator.embedded._ports import free_port
 from orchestrator.store.keys import create_key
 
 SERVE = ("from orchestrator.api import ApiConfig, serve; "
@@ -128,25 +128,11 @@ def offer(url: str, key: str, rate: float, seconds: float, senders: int = 32
     return latencies, errors
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid``."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @contextmanager
 def api_process(s: Stack) -> Iterator[tuple[str, int]]:
     """``orchestrator.api.serve`` in a child process over the stack's database and Redis."""
     settings = s.container.settings
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "ORCH_DATABASE_URL": s.container.database_url,
            "ORCH_REDIS_URL": s.container.redis_url,
            "ORCH_BACKENDS_FILE": str(settings.backends_file), "ORCH_SIMULATOR_URL": s.sim_url,
@@ -173,14 +159,6 @@ def api_process(s: Stack) -> Iterator[tuple[str, int]]:
         proc.wait(timeout=30)
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in
-                open(f"/proc/{pid}/task/{pid}/children").read().split()]
-    except OSError:
-        return []
-
-
 @contextmanager
 def up_process(budget_usd: float) -> Iterator[tuple[str, str, int]]:
     """``orchestrator up`` in a temporary data dir; yields (API URL, tenant key, API pid)."""
@@ -188,10 +166,10 @@ def up_process(budget_usd: float) -> Iterator[tuple[str, str, int]]:
         data = Path(tmp) / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
         env.update(ORCH_DATA_DIR=str(data),
-                   ORCH_SIMULATOR_URL=f"http://127.0.0.1:{_free_port()}")
+                   ORCH_SIMULATOR_URL=f"http://127.0.0.1:{free_port()}")
         proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", "up", "--data-dir", str(data),
-             "--port", str(_free_port())],
+             "--port", str(free_port())],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True)
         try:
@@ -207,7 +185,7 @@ def up_process(budget_usd: float) -> Iterator[tuple[str, str, int]]:
                 "scope": f"tenant:{creds['tenant']}", "period": "month",
                 "limit_usd": budget_usd}, headers={"Authorization": f"Bearer {creds['admin_key']}"},
                 timeout=30).raise_for_status()
-            api = [pid for pid in _children(proc.pid)
+            api = [pid for pid in children(proc.pid)
                    if b"\0api\0" in Path(f"/proc/{pid}/cmdline").read_bytes()]
             yield url, creds["tenant_key"], api[0]
         finally:
@@ -233,9 +211,9 @@ def main() -> None:
         latencies, errors, api_cpu, worker = on_stack(args)
     else:
         with up_process(budget_usd=10_000_000) as (url, key, pid):
-            cpu0 = cpu_s(pid)
+            cpu0 = cpu_seconds(pid)
             latencies, errors = offer(url, key, args.rate, args.seconds)
-            api_cpu, worker = cpu_s(pid) - cpu0, "up"
+            api_cpu, worker = cpu_seconds(pid) - cpu0, "up"
     n = len(latencies) + errors
     print(f"submissions={n} rate={args.rate:g}/s duration_s={args.seconds:g} "
           f"target={'stack' if args.stack else 'orchestrator up'} worker={worker} kind={args.kind} "
@@ -254,9 +232,9 @@ def on_stack(args: argparse.Namespace) -> tuple[list[float], int, float, str]:
         with s.container.engine.begin() as conn:
             key = create_key(conn, TENANT)
         with api_process(s) as (url, pid):
-            cpu0 = cpu_s(pid)
+            cpu0 = cpu_seconds(pid)
             latencies, errors = offer(url, key, args.rate, args.seconds)
-            return latencies, errors, cpu_s(pid) - cpu0, "off" if args.no_worker else "on"
+            return latencies, errors, cpu_seconds(pid) - cpu0, "off" if args.no_worker else "on"
 
 
 if __name__ == "__main__":
