@@ -87,6 +87,9 @@ class Container:
                                                 max_keepalive_connections=50))
 
     def adapter(self, name: str) -> BackendAdapter:
+        found = self._adapters.get(name)  # every job step asks: no lock once it exists
+        if found is not None:
+            return found
         with self._lock:
             if name not in self._adapters:
                 self._adapters[name] = make_adapter(self.catalogue().get(name), self.http)
@@ -124,6 +127,8 @@ _container_lock = threading.Lock()
 
 def container() -> Container:
     global _container
+    if _container is not None:  # every task asks: no lock once it exists
+        return _container
     with _container_lock:
         if _container is None:
             _container = Container(get_settings())
