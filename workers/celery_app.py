@@ -15,6 +15,7 @@ from kombu.entity import Queue
 
 from orchestrator.bootstrap import resolve_urls
 from orchestrator.settings import get_settings
+from workers.broker import transport_for
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,10 @@ def _broker_url() -> str:
     return resolve_urls(get_settings())[1]
 
 
-app = Celery("orchestrator", broker=_broker_url(), include=["workers.tasks"])
+BROKER_URL = _broker_url()
+app = Celery("orchestrator", broker=BROKER_URL, include=["workers.tasks"])
 app.conf.update(
+    broker_transport=transport_for(BROKER_URL),  # one redis client per channel, not per message
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
