@@ -67,14 +67,14 @@ class Submitter:
     ) -> tuple[repo.JobRow, bool]:
         """Returns (job, created). Raises NoEligibleBackend, BudgetExceeded, Conflict."""
         rhash = request_hash(spec)
-        if idempotency_key is not None:
-            with self.engine.begin() as conn:
-                existing = repo.get_by_idempotency_key(conn, tenant, idempotency_key)
-            if existing is not None:
-                return self._same_request(existing, rhash), False
-
+        # A replayed Idempotency-Key is found by the job insert (ON CONFLICT DO NOTHING), not
+        # by a lookup before it: the common, first-time submission reads nothing extra.
         plan = self.quote(spec)
         if not plan.candidates:
+            if idempotency_key is not None:  # a replay still gets its job, routable or not
+                replay = self._replay(tenant, idempotency_key, rhash)
+                if replay is not None:
+                    return replay, False
             record_submission(spec, NoEligibleBackend.code)
             raise NoEligibleBackend(
                 "no backend can run this job", excluded=plan.to_quote()["excluded"]
@@ -87,12 +87,11 @@ class Submitter:
             record_submission(spec, BudgetExceeded.code)
             self._alert_refusal(exc)
             raise
-        if job is None:  # a concurrent request with the same key won the insert
+        if job is None:  # the key is taken: a replay, or a concurrent twin that won
             assert idempotency_key is not None
-            with self.engine.begin() as conn:
-                existing = repo.get_by_idempotency_key(conn, tenant, idempotency_key)
-            assert existing is not None
-            return self._same_request(existing, rhash), False
+            replay = self._replay(tenant, idempotency_key, rhash)
+            assert replay is not None  # keys are never deleted
+            return replay, False
         record_submission(spec, "accepted", plan.backends[0])
         try:
             self.enqueue.start(job_id, token, spec.priority.value)
@@ -120,6 +119,7 @@ class Submitter:
                 self.ledger.hold(
                     job_id, covering_scopes(tenant, spec.project), plan.worst_case_micros,
                     ttl=timedelta(seconds=spec.deadline_s) + HOLD_MARGIN, conn=tx,
+                    commit=True,  # the hold is the last step: the hot budget rows unlock sooner
                 )
         return job
 
@@ -129,6 +129,13 @@ class Submitter:
             self.ledger.record_refusal(exc)
         except SQLAlchemyError as err:
             log.warning("refusal alert not recorded", extra={"error": type(err).__name__})
+
+    def _replay(self, tenant: str, idempotency_key: str, rhash: str) -> repo.JobRow | None:
+        """The job already submitted under this key (None: none is); Conflict if it was
+        submitted with another body."""
+        with self.engine.begin() as conn:
+            existing = repo.get_by_idempotency_key(conn, tenant, idempotency_key)
+        return None if existing is None else self._same_request(existing, rhash)
 
     @staticmethod
     def _same_request(existing: repo.JobRow, rhash: str) -> repo.JobRow:
