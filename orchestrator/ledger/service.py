@@ -16,6 +16,7 @@ must roll that transaction back.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from orchestrator.errors import BudgetExceeded, HoldNotActive, HoldNotFound, InvalidAmount
 from orchestrator.ledger.alerts import (
@@ -68,20 +70,11 @@ _INSERT_HOLD = Statement(
     RETURNING id
     """
 )
-_RESERVE = Statement(
-    """
-    UPDATE budget_periods SET held_micros = held_micros + :amount
-    WHERE id = :pid AND committed_micros + held_micros + :amount <= limit_micros
-    RETURNING id
-    """
-)
-_REFUSAL_INFO = text(
-    """
-    SELECT b.scope, b.period, bp.period_start,
-           bp.limit_micros - bp.committed_micros - bp.held_micros AS remaining
-    FROM budget_periods bp JOIN budgets b ON b.id = bp.budget_id WHERE bp.id = :pid
-    """
-)
+# Adds the amount to each period (ascending ids) under the conditional UPDATE
+# ``committed + held + amount <= limit``; a period that cannot take it raises SQLSTATE OR402
+# with the refusing budget as JSON in DETAIL (migration 0004).
+_RESERVE = Statement("SELECT orch_reserve(CAST(:pids AS bigint[]), :amount)")
+REFUSED = "OR402"
 _INSERT_LINES_AND_ENTRIES = Statement(
     """
     WITH lines AS (
@@ -195,11 +188,17 @@ class Ledger:
         *,
         ttl: timedelta | None = None,
         conn: Connection | None = None,
+        commit: bool = False,
     ) -> HoldReceipt:
         """Reserve ``amount_micros`` in every budget whose scope is in ``scopes``.
 
         Raises ``BudgetExceeded`` naming the first budget that cannot take it; then nothing
         is held anywhere. Replaying the same job id returns the existing hold unchanged.
+
+        The reservation is the step's last statement. Without ``conn``, or with
+        ``commit=True`` (the hold ends the caller's transaction), it goes to PostgreSQL
+        together with the COMMIT: the period rows every hold and settle of a budget must
+        lock stay locked for the server's work only.
         """
         if amount_micros < 0:
             raise InvalidAmount(f"hold amount must be >= 0, got {amount_micros}")
@@ -222,15 +221,18 @@ class Ledger:
                     {"hold_id": hold_id, "pids": pids, "amount": amount_micros,
                      "job_id": job_id, "key": f"hold:{job_id}", "now": now},
                 )
-            for pid in pids:
-                if _RESERVE.first(tx, {"amount": amount_micros, "pid": pid}) is None:
-                    info = tx.execute(_REFUSAL_INFO, {"pid": pid}).one()
-                    raise BudgetExceeded(
-                        scope=info.scope, period=info.period,
-                        period_start=info.period_start.isoformat(),
-                        remaining_micros=max(0, info.remaining),
-                        requested_micros=amount_micros,
-                    )
+            if pids:
+                params = {"pids": pids, "amount": amount_micros}
+                try:
+                    if conn is None or commit:
+                        _RESERVE.run_and_commit(tx, params)
+                    else:
+                        _RESERVE.run(tx, params)
+                except DBAPIError as exc:
+                    refused = _refusal(exc, amount_micros)
+                    if refused is None:
+                        raise
+                    raise refused from None
         return HoldReceipt(job_id, amount_micros, tuple(pids))
 
     def _replayed_hold(self, tx: Connection, job_id: uuid.UUID, amount: int) -> HoldReceipt:
@@ -374,6 +376,20 @@ class Ledger:
             for pid in sorted(totals):
                 _APPLY.run(tx, {"release": totals[pid], "charge": 0, "pid": pid})
             return list(by_job)
+
+
+def _refusal(exc: DBAPIError, requested: int) -> BudgetExceeded | None:
+    """The BudgetExceeded that ``orch_reserve`` raised as SQLSTATE OR402 (None: another
+    error). Its DETAIL is the refusing budget as JSON."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) != REFUSED:
+        return None
+    info = json.loads(orig.diag.message_detail)  # type: ignore[union-attr]
+    start = datetime.fromisoformat(info["period_start"]).astimezone(UTC)
+    return BudgetExceeded(
+        scope=info["scope"], period=info["period"], period_start=start.isoformat(),
+        remaining_micros=max(0, int(info["remaining"])), requested_micros=requested,
+    )
 
 
 def _insert_entries(

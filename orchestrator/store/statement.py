@@ -51,15 +51,37 @@ class Statement:
         try:
             return driver.execute(self.sql, params)
         except psycopg.Error as exc:
-            # as Connection.execute would: SQLAlchemy's exception types (callers and Celery's
-            # autoretry catch those), a dead connection invalidated, and no parameters in
-            # the message (they can hold a prompt)
-            lost = conn.dialect.is_disconnect(cast(Any, exc), conn.connection, None)
-            if lost:
-                conn.invalidate(exc)
-            raise DBAPIError.instance(self.sql, params, exc, psycopg.Error, hide_parameters=True,
-                                      connection_invalidated=lost, dialect=conn.dialect
-                                      ) from exc
+            raise self._error(conn, params, exc) from exc
+
+    def run_and_commit(self, conn: Connection, params: Mapping[str, Any]) -> None:
+        """Execute for effect and COMMIT the transaction, both in one message to the server:
+        whatever the statement locks stays locked only while the server works, however long
+        this client then takes to be scheduled. If the statement fails, the COMMIT does not
+        run and the error is raised; the transaction is left to roll back.
+
+        The two go as one simple query, with the parameters bound by psycopg on this side (a
+        pipeline would not do: it sends the statement before the COMMIT is queued). It must
+        be the transaction's last statement: SQLAlchemy's COMMIT at the end of the block then
+        finds nothing to commit."""
+        if not conn.in_transaction():
+            conn.begin()
+        driver = cast(DriverConnection[Any], conn.connection.driver_connection)
+        try:
+            psycopg.ClientCursor(driver).execute(self.sql + "; COMMIT", params)
+        except psycopg.Error as exc:
+            raise self._error(conn, params, exc) from exc
+
+    def _error(self, conn: Connection, params: Mapping[str, Any], exc: psycopg.Error
+               ) -> DBAPIError:
+        """As Connection.execute would: SQLAlchemy's exception types (callers and Celery's
+        autoretry catch those), a dead connection invalidated, and no parameters in the
+        message (they can hold a prompt). The driver's error stays in ``.orig``."""
+        lost = conn.dialect.is_disconnect(cast(Any, exc), conn.connection, None)
+        if lost:
+            conn.invalidate(exc)
+        return cast(DBAPIError, DBAPIError.instance(
+            self.sql, params, exc, psycopg.Error, hide_parameters=True,
+            connection_invalidated=lost, dialect=conn.dialect))
 
     def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = self._cursor(conn, params).fetchall()
