@@ -26,6 +26,7 @@ from orchestrator.domain.catalogue import parse_catalogue
 from orchestrator.settings import Settings
 from orchestrator.simulator import RunningSimulator, start_in_thread
 from orchestrator.store import jobs as repo
+from workers.broker import transport_for
 from workers.enqueue import CeleryEnqueue
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,6 +81,16 @@ class Rig:
         )
         self.workers.append(proc)
         return proc
+
+    def wait_worker_ready(self, timeout: float = 60.0) -> None:
+        """Until a started worker consumes: a no-op task's counter is the sign (a job whose
+        clock matters, such as a short deadline, must not count the worker's start-up)."""
+        key = f"e2e:ready:{uuid.uuid4().hex}"
+        enqueue = self.container.enqueue
+        assert isinstance(enqueue, CeleryEnqueue)
+        enqueue.app.send_task("orchestrator.noop", (key,), queue="jobs.normal")
+        r = redis.Redis.from_url(self.redis_url)
+        self.wait_for("a worker to consume", lambda: bool(r.get(key)), timeout)
 
     def kill_workers(self) -> None:
         for proc in self.workers:
@@ -155,6 +166,7 @@ def rig(db: Engine, database_url: str, redis_url: str, e2e_sim: RunningSimulator
     old = os.environ.get("ORCH_SIMULATOR_URL")
     os.environ["ORCH_SIMULATOR_URL"] = e2e_sim.url  # for the catalogue loaded in this process
     broker = Celery("e2e-producer", broker=redis_url)
+    broker.conf.broker_transport = transport_for(redis_url)
     container = Container(settings, enqueue=CeleryEnqueue(broker))
     with httpx.Client(timeout=10.0) as http:
         r = Rig(e2e_sim.url, env, db, redis_url, container, http)

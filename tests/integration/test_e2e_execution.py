@@ -163,6 +163,7 @@ def test_deadline_fails_the_job_cancels_at_backend_and_releases_the_hold(rig: Ri
     budget(rig)
     rig.control("vid-cheap", duration_ms=60_000)
     rig.start_worker()
+    rig.wait_worker_ready()  # the 2 s deadline must not be spent on the worker's start-up
     (job,) = rig.wait_final([submit(rig, video(deadline_s=2))], timeout=30)
     assert job.status == "failed" and job.error_code == "deadline_exceeded"
     assert rig.counters("vid-cheap")["cancels"] == 1
