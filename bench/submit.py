@@ -56,6 +56,9 @@ CATALOGUE: dict[str, Any] = {
         {"name": "vid-prem", "protocol": "predictions", "kinds": ["video"], "tier": "premium",
          "base_url": "${ORCH_SIMULATOR_URL}/vid-prem",
          "price": {"model": "per_second", "usd_per_second": 0.2}},
+        {"name": "txt-std", "protocol": "openai", "kinds": ["text"], "tier": "standard",
+         "base_url": "${ORCH_SIMULATOR_URL}/txt-std",
+         "price": {"model": "per_token", "usd_per_1k_input": 0.5, "usd_per_1k_output": 1.5}},
     ],
 }
 
