@@ -7,6 +7,8 @@ import uuid
 
 from sqlalchemy import text
 
+from orchestrator.domain.outcomes import Outcome
+
 from .api_fixture import Api, api_fixture, video  # noqa: F401
 
 NO_JOB = "00000000-0000-4000-8000-000000000000"
@@ -94,6 +96,23 @@ def test_idempotency_same_body_same_job_different_body_conflict(api: Api) -> Non
     theirs = api.tenant("globex").post("/v1/jobs", json=video(), headers=key)
     assert theirs.status_code == 202 and theirs.json()["id"] != first.json()["id"]
     assert _count(api, "jobs") == 2 and _count(api, "holds") == 2
+
+
+def test_a_replay_gets_its_job_even_when_nothing_would_route_it_now(api: Api) -> None:
+    c = api.tenant()
+    key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    first = c.post("/v1/jobs", json=video(), headers=key)
+    assert first.status_code == 202
+    container = api.rig.container
+    for name in container.catalogue().names:  # every breaker open
+        for _ in range(5):
+            container.health.record(name, Outcome.BACKEND_FAULT)
+    fresh = c.post("/v1/jobs", json=video())
+    assert fresh.status_code == 422 and fresh.json()["error"]["code"] == "no_eligible_backend"
+    again = c.post("/v1/jobs", json=video(), headers=key)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert c.post("/v1/jobs", json=video(duration=9), headers=key).status_code == 409
+    assert _count(api, "jobs") == 1 and _count(api, "holds") == 1
 
 
 def test_cancel_releases_the_hold_and_is_repeatable(api: Api) -> None:
