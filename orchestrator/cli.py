@@ -6,15 +6,14 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
 from orchestrator.cli_client import register as register_client_commands
+from orchestrator.cli_errors import fail, one_line_errors
 from orchestrator.cli_report import register as register_report_command
 from orchestrator.errors import OrchestratorError
 
@@ -23,28 +22,6 @@ budgets_app = typer.Typer(no_args_is_help=True, help="Create, update and list bu
 app.add_typer(budgets_app, name="budgets")
 monitoring_app = typer.Typer(no_args_is_help=True, help="Cloud Monitoring as code.")
 app.add_typer(monitoring_app, name="monitoring")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def one_line_errors(fn: F) -> F:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except OrchestratorError as exc:
-            fail(exc.message)
-        except ValueError as exc:
-            fail(str(exc))
-        return None
-
-    return wrapper  # type: ignore[return-value]
-
 
 def _database_url() -> str:
     from orchestrator.bootstrap import resolve_database_url

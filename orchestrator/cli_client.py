@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from orchestrator.cli_errors import fail, one_line_errors
 from orchestrator.client import ApiError, Backend, BudgetExceeded, Client, Job
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,29 +45,19 @@ def register(app: typer.Typer) -> None:
 
 # -- plumbing ---------------------------------------------------------------------------------
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
 def _one_line_errors(fn: F) -> F:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from orchestrator.errors import OrchestratorError
+    """``one_line_errors``, and the SDK's errors (a 402 in dollars and cents) as one line too."""
 
+    @wraps(fn)
+    def api_errors(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except BudgetExceeded as exc:
-            _fail(_budget_message(exc))
+            fail(_budget_message(exc))
         except ApiError as exc:
-            _fail(exc.message)
-        except OrchestratorError as exc:
-            _fail(exc.message)
-        except ValueError as exc:
-            _fail(str(exc))
-        return None
+            fail(exc.message)
 
-    return wrapper  # type: ignore[return-value]
+    return one_line_errors(api_errors)  # type: ignore[return-value]
 
 
 def _budget_message(exc: BudgetExceeded) -> str:
@@ -220,7 +211,7 @@ def submit(
     _show_job(job, json_out)
     if wait and job.status != "succeeded":
         reason = f": {job.error.code}: {job.error.message}" if job.error else ""
-        _fail(f"job {job.id} {job.status}{reason}")
+        fail(f"job {job.id} {job.status}{reason}")
 
 
 @jobs_app.command("get")

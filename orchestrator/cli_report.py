@@ -15,17 +15,13 @@ import httpx
 import typer
 
 from orchestrator.cli_client import endpoint
+from orchestrator.cli_errors import fail
 from orchestrator.domain.money import format_usd
 
 
 def register(app: typer.Typer) -> None:
     """Add ``report`` to the ``orchestrator`` app."""
     app.command("report")(report)
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
 
 
 def fetch_report(
@@ -99,7 +95,7 @@ def report(
     try:
         rep = fetch_report(url, key, params)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     if json_out:
         typer.echo(json.dumps(rep, indent=2))
