@@ -32,6 +32,14 @@ def _pyformat(sql: str) -> str:
     return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
 
 
+def _driver(conn: Connection) -> DriverConnection[Any]:
+    """The psycopg connection under ``conn``, in a transaction (autobegun, as
+    ``Connection.execute`` does)."""
+    if not conn.in_transaction():
+        conn.begin()
+    return cast(DriverConnection[Any], conn.connection.driver_connection)
+
+
 class Statement:
     """One SQL statement with ``:name`` parameters, for :meth:`all`, :meth:`first`,
     :meth:`scalar` or :meth:`run` on a SQLAlchemy connection."""
@@ -45,11 +53,8 @@ class Statement:
         return f"Statement({self.sql.split()[0]} …)"
 
     def _cursor(self, conn: Connection, params: Mapping[str, Any]) -> Any:
-        if not conn.in_transaction():
-            conn.begin()
-        driver = cast(DriverConnection[Any], conn.connection.driver_connection)
         try:
-            return driver.execute(self.sql, params)
+            return _driver(conn).execute(self.sql, params)
         except psycopg.Error as exc:
             raise self._error(conn, params, exc) from exc
 
@@ -63,11 +68,8 @@ class Statement:
         pipeline would not do: it sends the statement before the COMMIT is queued). It must
         be the transaction's last statement: SQLAlchemy's COMMIT at the end of the block then
         finds nothing to commit."""
-        if not conn.in_transaction():
-            conn.begin()
-        driver = cast(DriverConnection[Any], conn.connection.driver_connection)
         try:
-            psycopg.ClientCursor(driver).execute(self.sql + "; COMMIT", params)
+            psycopg.ClientCursor(_driver(conn)).execute(self.sql + "; COMMIT", params)
         except psycopg.Error as exc:
             raise self._error(conn, params, exc) from exc
 
