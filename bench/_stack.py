@@ -30,7 +30,7 @@ from orchestrator.embedded.scratch import scratch_database, server_urls
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.settings import Settings
 from orchestrator.simulator import start_in_thread
-from workers.broker import transport_for
+from workers.broker import producer_app
 from workers.enqueue import CeleryEnqueue
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,8 +128,7 @@ def stack(catalogue: dict[str, Any], *, env: dict[str, str] | None = None,
         es.callback(_kill, worker)
         settings = Settings(database_url=db_url, redis_url=redis_url, backends_file=cat_file,
                             simulator_url=sim.url, db_pool_size=20)
-        broker = Celery("bench-producer", broker=redis_url)  # the API's producer, as in up
-        broker.conf.broker_transport = transport_for(redis_url)
+        broker = producer_app("bench-producer", redis_url)  # the API's producer, as in up
         container = Container(settings, enqueue=CeleryEnqueue(broker))
         es.callback(container.engine.dispose)
         with container.engine.begin() as conn:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import Celery
 from kombu.transport import redis as kombu_redis
 
 SCHEMES = ("redis", "rediss", "unix")
@@ -24,6 +25,14 @@ def transport_for(url: str) -> str | None:
     """This transport for a Redis broker URL; None (kombu's choice by scheme) otherwise."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     return TRANSPORT if scheme in SCHEMES else None
+
+
+def producer_app(name: str, url: str) -> Celery:
+    """A Celery app that only sends (an API's producer, a bench's or a test's), on the
+    transport ``workers.celery_app`` uses for the same URL."""
+    app = Celery(name, broker=url)
+    app.conf.broker_transport = transport_for(url)
+    return app
 
 
 class Channel(kombu_redis.Channel):

@@ -18,7 +18,6 @@ import httpx
 import pytest
 import redis
 import yaml
-from celery import Celery
 from sqlalchemy import Engine, text
 
 from orchestrator.bootstrap import Container
@@ -26,7 +25,7 @@ from orchestrator.domain.catalogue import parse_catalogue
 from orchestrator.settings import Settings
 from orchestrator.simulator import RunningSimulator, start_in_thread
 from orchestrator.store import jobs as repo
-from workers.broker import transport_for
+from workers.broker import producer_app
 from workers.enqueue import CeleryEnqueue
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,8 +164,7 @@ def rig(db: Engine, database_url: str, redis_url: str, e2e_sim: RunningSimulator
                         breaker_cooldown_s=2)
     old = os.environ.get("ORCH_SIMULATOR_URL")
     os.environ["ORCH_SIMULATOR_URL"] = e2e_sim.url  # for the catalogue loaded in this process
-    broker = Celery("e2e-producer", broker=redis_url)
-    broker.conf.broker_transport = transport_for(redis_url)
+    broker = producer_app("e2e-producer", redis_url)
     container = Container(settings, enqueue=CeleryEnqueue(broker))
     with httpx.Client(timeout=10.0) as http:
         r = Rig(e2e_sim.url, env, db, redis_url, container, http)
