@@ -23,6 +23,20 @@ class _TooLarge(HTTPException):
     so the app's handler answers 413 with the envelope."""
 
 
+class _TrackedSend:
+    """``send`` that remembers whether the response has started: after that, an error can no
+    longer be answered with a response of its own."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -42,7 +56,6 @@ class BodySizeLimit:
                     await self._refuse(send)
                     return
         seen = 0
-        started = False
 
         async def limited_receive() -> Message:
             nonlocal seen
@@ -53,16 +66,11 @@ class BodySizeLimit:
                     raise _TooLarge(413, self._message())
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, tracked)
         except _TooLarge:
-            if not started:
+            if not tracked.started:
                 await self._refuse(send)
 
     def _message(self) -> str:
@@ -90,20 +98,13 @@ class CatchAll:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except Exception as exc:
             log.error("unhandled error in %s %s: %s", scope.get("method"), scope.get("path"),
                       type(exc).__name__)
-            if started:
+            if tracked.started:
                 return
             body = json.dumps(envelope("internal_error", "internal error")).encode()
             await send({"type": "http.response.start", "status": 500,
