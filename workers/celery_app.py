@@ -111,6 +111,15 @@ def _worker_process_init(**_: Any) -> None:
     configure_worker_metrics(int(getattr(current_process(), "index", 0) or 0))
 
 
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _worker_ready(**_: Any) -> None:
+    """Consuming from now on: what start-up built lives as long as the worker (see
+    orchestrator.heap)."""
+    from orchestrator.heap import freeze_startup_heap
+
+    freeze_startup_heap()
+
+
 @signals.worker_shutdown.connect  # type: ignore[untyped-decorator]
 def _worker_shutdown(**_: Any) -> None:
     from orchestrator import metrics

@@ -9,6 +9,7 @@ from orchestrator import serving
 from orchestrator.api.app import create_app
 from orchestrator.api.config import ApiConfig
 from orchestrator.bootstrap import Container
+from orchestrator.heap import freeze_startup_heap
 from orchestrator.serving import ThreadedServer
 
 
@@ -28,8 +29,10 @@ def serve(
 
     c = container or default_container()
     metrics.configure_from_settings("api", c.settings)
+    app = create_app(c, config)
+    freeze_startup_heap()
     try:
-        uvicorn.run(create_app(c, config), host=host, port=port, log_level=log_level,
+        uvicorn.run(app, host=host, port=port, log_level=log_level,
                     access_log=access_log, proxy_headers=False, server_header=False)
     finally:
         metrics.shutdown()
