@@ -18,6 +18,7 @@ Last line: ``submit_p50_ms=... submit_p99_ms=... errors=...``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import queue
@@ -75,6 +76,7 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+WARM_UP_PER_SENDER = 1
 ERRORS: Counter[str] = Counter()  # what the errors were, printed with the summary
 
 
@@ -91,17 +93,18 @@ def offer(url: str, key: str, rate: float, seconds: float, senders: int = 32
     errors = 0
     lock = threading.Lock()
     headers = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=30.0) as warm:
-        for _ in range(20):  # the server's caches and prepared statements (not measured)
-            warm.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": uuid.uuid4().hex})
-    start = time.perf_counter() + 0.2
     schedule: queue.SimpleQueue[float] = queue.SimpleQueue()
-    for i in range(n):
-        schedule.put(start + i / rate)
+    # every sender's connection is open and used once before the clock starts
+    connected = threading.Barrier(senders + 1)
+    go = threading.Barrier(senders + 1)
 
     def sender() -> None:
         nonlocal errors
         with httpx.Client(base_url=url, headers=headers, timeout=30.0) as client:
+            for _ in range(WARM_UP_PER_SENDER):  # not measured: connection, server caches
+                client.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": uuid.uuid4().hex})
+            connected.wait()
+            go.wait()
             while True:
                 try:
                     at = schedule.get_nowait()
@@ -126,8 +129,22 @@ def offer(url: str, key: str, rate: float, seconds: float, senders: int = 32
     threads = [threading.Thread(target=sender) for _ in range(senders)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    connected.wait()
+    # This process's own full collections would stall every sender at once and count as
+    # server latency (a 63 ms pause of the load generator was seen as 16 late answers).
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        start = time.perf_counter() + 0.2
+        for i in range(n):
+            schedule.put(start + i / rate)
+        go.wait()
+        for t in threads:
+            t.join()
+    finally:
+        gc.enable()
+        gc.unfreeze()
     return latencies, errors
 
 
