@@ -27,7 +27,13 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from orchestrator.errors import BudgetExceeded, HoldNotActive, HoldNotFound, InvalidAmount
+from orchestrator.errors import (
+    AlertsOwed,
+    BudgetExceeded,
+    HoldNotActive,
+    HoldNotFound,
+    InvalidAmount,
+)
 from orchestrator.ledger.alerts import (
     PeriodAfterStep,
     insert_refusal,
@@ -73,10 +79,9 @@ _INSERT_HOLD = Statement(
 # Adds the amount to each period (ascending ids) under the conditional UPDATE
 # ``committed + held + amount <= limit``; a period that cannot take it raises SQLSTATE OR402
 # with the refusing budget as JSON in DETAIL (migration 0004).
-_RESERVE = Statement("SELECT orch_reserve(CAST(:pids AS bigint[]), :amount)")
+_RESERVE_SQL = "SELECT orch_reserve(CAST(:pids AS bigint[]), :amount)"
 REFUSED = "OR402"
-_INSERT_LINES_AND_ENTRIES = Statement(
-    """
+_LINES_AND_ENTRIES_SQL = """
     WITH lines AS (
         INSERT INTO hold_lines (hold_id, budget_period_id, amount_micros)
         SELECT :hold_id, pid, :amount FROM unnest(CAST(:pids AS bigint[])) AS pid
@@ -87,7 +92,13 @@ _INSERT_LINES_AND_ENTRIES = Statement(
          committed_delta_micros, created_at)
     SELECT budget_period_id, :job_id, 'hold', :key, :amount, 0, :now FROM lines
     """
-)
+# The reservation first: the lines' and entries' foreign keys then lock period rows this
+# transaction has already updated, never one another transaction is about to update
+# (PostgreSQL 18 was seen failing such an UPDATE with "new multixact has more than one
+# updating member" under concurrent holds).
+_RESERVE = Statement(_RESERVE_SQL)
+_INSERT_LINES_AND_ENTRIES = Statement(_LINES_AND_ENTRIES_SQL)
+_RESERVE_AND_RECORD = Statement(f"{_RESERVE_SQL}; {_LINES_AND_ENTRIES_SQL}")  # one message
 _SELECT_HOLD = text(
     "SELECT id, amount_micros, charged_micros, status FROM holds WHERE job_id = :job_id"
 )
@@ -111,6 +122,16 @@ _HOLD_LINES = text(
     WHERE hold_id = ANY(:hold_ids) ORDER BY budget_period_id
     """
 )
+# Appends a settle's or release's entries and moves its periods (ascending ids); returns each
+# period row as updated, joined to its budget. With guard true it raises SQLSTATE OR2AL
+# instead when the step may owe an alert (migration 0005).
+_APPLY_STEP = Statement(
+    """
+    SELECT * FROM orch_apply(:job, :kind, :now, CAST(:pids AS bigint[]),
+                             CAST(:releases AS bigint[]), CAST(:charges AS bigint[]), :guard)
+    """
+)
+ALERTS_OWED = "OR2AL"
 _APPLY = Statement(
     """
     UPDATE budget_periods bp
@@ -141,6 +162,9 @@ _LOCK_EXPIRED = text(
     FOR UPDATE SKIP LOCKED
     LIMIT :limit
     """
+)
+_LOCK_PERIODS = text(
+    "SELECT id FROM budget_periods WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE"
 )
 _MARK_EXPIRED = text(
     """
@@ -195,10 +219,10 @@ class Ledger:
         Raises ``BudgetExceeded`` naming the first budget that cannot take it; then nothing
         is held anywhere. Replaying the same job id returns the existing hold unchanged.
 
-        The reservation is the step's last statement. Without ``conn``, or with
-        ``commit=True`` (the hold ends the caller's transaction), it goes to PostgreSQL
-        together with the COMMIT: the period rows every hold and settle of a budget must
-        lock stay locked for the server's work only.
+        The reservation, its lines and its entries are the step's last statements. Without
+        ``conn``, or with ``commit=True`` (the hold ends the caller's transaction), they go to
+        PostgreSQL together with the COMMIT in one message: the period rows every hold and
+        settle of a budget must lock stay locked for the server's work only.
         """
         if amount_micros < 0:
             raise InvalidAmount(f"hold amount must be >= 0, got {amount_micros}")
@@ -213,21 +237,15 @@ class Ledger:
             )
             if hold_id is None:
                 return self._replayed_hold(tx, job_id, amount_micros)
-            # Entries first, counters last: the hot period row stays locked for one UPDATE
-            # and the COMMIT only. A refusal below rolls all of it back.
             if pids:
-                _INSERT_LINES_AND_ENTRIES.run(
-                    tx,
-                    {"hold_id": hold_id, "pids": pids, "amount": amount_micros,
-                     "job_id": job_id, "key": f"hold:{job_id}", "now": now},
-                )
-            if pids:
-                params = {"pids": pids, "amount": amount_micros}
+                params = {"pids": pids, "amount": amount_micros, "hold_id": hold_id,
+                          "job_id": job_id, "key": f"hold:{job_id}", "now": now}
                 try:
                     if conn is None or commit:
-                        _RESERVE.run_and_commit(tx, params)
+                        _RESERVE_AND_RECORD.run_and_commit(tx, params)
                     else:
                         _RESERVE.run(tx, params)
+                        _INSERT_LINES_AND_ENTRIES.run(tx, params)
                 except DBAPIError as exc:
                     refused = _refusal(exc, amount_micros)
                     if refused is None:
@@ -249,22 +267,43 @@ class Ledger:
 
     # -- settle / release ------------------------------------------------------------------
     def settle(
-        self, job_id: uuid.UUID, actual_micros: int, *, conn: Connection | None = None
+        self, job_id: uuid.UUID, actual_micros: int, *, conn: Connection | None = None,
+        commit: bool = False,
     ) -> StepReceipt:
-        """Charge the actual cost (at most the hold) and release the rest of the hold."""
-        return self._finish(job_id, "settled", "settle", actual_micros, conn)
+        """Charge the actual cost (at most the hold) and release the rest of the hold.
+
+        Without ``conn``, or with ``commit=True`` (the step ends the caller's transaction),
+        the budget moves go to PostgreSQL together with the COMMIT, as a hold's do, unless
+        they may owe an alert. With ``conn`` that case raises ``AlertsOwed``: the caller's
+        transaction is gone and must be run again with ``commit=False``.
+        """
+        return self._finish(job_id, "settled", "settle", actual_micros, conn, commit)
 
     def release(
-        self, job_id: uuid.UUID, *, charge_micros: int = 0, conn: Connection | None = None
+        self, job_id: uuid.UUID, *, charge_micros: int = 0, conn: Connection | None = None,
+        commit: bool = False,
     ) -> StepReceipt:
-        """Give the hold back; charge ``charge_micros`` where the backend billed a partial cost."""
-        return self._finish(job_id, "released", "release", charge_micros, conn)
+        """Give the hold back; charge ``charge_micros`` where the backend billed a partial cost.
+        ``conn`` and ``commit`` as for :meth:`settle`."""
+        return self._finish(job_id, "released", "release", charge_micros, conn, commit)
 
     def _finish(
-        self, job_id: uuid.UUID, status: str, kind: str, charge: int, conn: Connection | None
+        self, job_id: uuid.UUID, status: str, kind: str, charge: int, conn: Connection | None,
+        commit: bool,
     ) -> StepReceipt:
         if charge < 0:
             raise InvalidAmount(f"charge must be >= 0, got {charge}")
+        if conn is not None:
+            return self._finish_in(conn, job_id, status, kind, charge, commit)
+        try:
+            return self._finish_in(None, job_id, status, kind, charge, True)
+        except AlertsOwed:  # rolled back: the same step again, writing its alerts
+            return self._finish_in(None, job_id, status, kind, charge, False)
+
+    def _finish_in(
+        self, conn: Connection | None, job_id: uuid.UUID, status: str, kind: str, charge: int,
+        commit: bool,
+    ) -> StepReceipt:
         now = self.clock()
         with self._tx(conn) as tx:
             # (hold amount, period id, line amount) per line
@@ -274,7 +313,7 @@ class Ledger:
             if not rows:
                 return self._refused_finish(tx, job_id, status, charge)
             moves = [(pid, line, charge) for _, pid, line in rows if pid is not None]
-            alert_ids = self._apply(tx, job_id, kind, moves, now)
+            alert_ids = self._apply(tx, job_id, kind, moves, now, commit)
         return StepReceipt(job_id, status, charge, rows[0][0] - charge, tuple(alert_ids))
 
     def _refused_finish(
@@ -303,19 +342,30 @@ class Ledger:
         kind: str,
         moves: list[tuple[int, int, int]],
         now: datetime,
+        commit: bool,
     ) -> list[uuid.UUID]:
-        """Move (period id, release held, add committed) in ascending period id order.
+        """Append the entries and move (period id, release held, add committed) in ascending
+        period id order, in one statement (``orch_apply``); then the alerts the charge owes.
 
-        Entries are written before the counters move, so the period rows stay locked only
-        for their UPDATEs and the COMMIT.
+        With ``commit`` the statement goes with the COMMIT and the server refuses it
+        (``AlertsOwed``) when an alert may be owed, so a committed step never skipped one.
         """
+        if not moves:
+            return []
         moves = sorted(moves)
-        _insert_entries(tx, kind, now, [(pid, job_id, held, committed)
-                                        for pid, held, committed in moves])
+        params = {"job": job_id, "kind": kind, "now": now, "pids": [m[0] for m in moves],
+                  "releases": [m[1] for m in moves], "charges": [m[2] for m in moves]}
+        if commit:
+            try:
+                _APPLY_STEP.run_and_commit(tx, {**params, "guard": True})
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) == ALERTS_OWED:
+                    raise AlertsOwed() from None
+                raise
+            return []
         alert_ids: list[uuid.UUID] = []
-        for pid, release, charge in moves:
-            row = _APPLY.first(tx, {"release": release, "charge": charge, "pid": pid})
-            assert row is not None  # a hold line's period row is never deleted
+        for row, (_, _, charge) in zip(_APPLY_STEP.all(tx, {**params, "guard": False}), moves,
+                                       strict=True):
             alert_ids += step_alerts(tx, PeriodAfterStep(*row), charge, now)
         return alert_ids
 
@@ -365,6 +415,10 @@ class Ledger:
             by_job: dict[uuid.UUID, list[tuple[int, int, int]]] = {h.job_id: [] for h in holds}
             for ln in tx.execute(_HOLD_LINES, {"hold_ids": list(job_of)}):
                 by_job[job_of[ln.hold_id]].append((ln.budget_period_id, ln.amount_micros, 0))
+            # the periods locked (ascending) before the entries' foreign keys lock them, as
+            # orch_apply does
+            tx.execute(_LOCK_PERIODS, {"ids": sorted({pid for moves in by_job.values()
+                                                      for pid, _, _ in moves})})
             _insert_entries(tx, "expire", now, [(pid, job_id, held, 0)
                                                 for job_id, moves in by_job.items()
                                                 for pid, held, _ in moves])

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
 
@@ -25,13 +26,14 @@ from orchestrator.domain.catalogue import Catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.routing import RoutePlan
-from orchestrator.errors import HoldNotActive
+from orchestrator.errors import AlertsOwed, HoldNotActive
 from orchestrator.ledger import Ledger
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import HealthPort
 from orchestrator.store import jobs as repo
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,17 @@ class PollPolicy:
         if expected_s is not None and age_s < expected_s:
             return expected_s - age_s + self.min_s
         return min(self.max_s, max(self.min_s, age_s / 10))
+
+
+def _ending(conclude: Callable[[bool], _T]) -> _T:
+    """Run a transaction that ends a job, its ledger step sent together with the COMMIT, so
+    the budget rows every job of a tenant touches stay locked for the server's work only.
+    When the charge may owe a budget alert the database refuses that (the transaction rolls
+    back) and it runs again with the alerts written before an ordinary COMMIT."""
+    try:
+        return conclude(True)
+    except AlertsOwed:
+        return conclude(False)
 
 
 class JobRunner:
@@ -312,16 +325,23 @@ class JobRunner:
         *, external_id: str | None = None,
     ) -> None:
         now = self.clock()
-        with self.engine.begin() as tx:
-            if not repo.close_attempt(tx, attempt.id, "succeeded", now,
-                                      fault=Outcome.SUCCESS.value,
-                                      cost_micros=res.cost_micros or 0, external_id=external_id):
-                return  # a duplicate step concluded it
-            total = repo.finish(tx, job.id, "succeeded", now, backend=attempt.backend,
-                                result={"output": res.output})
-            if total is None:
-                return
-            charged = self._charge(tx, job, total, settle=True)
+
+        def conclude(commit: bool) -> int | None:
+            with self.engine.begin() as tx:
+                if not repo.close_attempt(tx, attempt.id, "succeeded", now,
+                                          fault=Outcome.SUCCESS.value,
+                                          cost_micros=res.cost_micros or 0,
+                                          external_id=external_id):
+                    return None  # a duplicate step concluded it
+                total = repo.finish(tx, job.id, "succeeded", now, backend=attempt.backend,
+                                    result={"output": res.output})
+                if total is None:
+                    return None
+                return self._charge(tx, job, total, settle=True, commit=commit)
+
+        charged = _ending(conclude)
+        if charged is None:
+            return
         self.health.record(attempt.backend, Outcome.SUCCESS, latency_ms=latency_ms,
                            probe=attempt.probe, slot=attempt.slot)
         self.observe.attempt_ended(job, attempt, "succeeded", fault=Outcome.SUCCESS.value,
@@ -332,17 +352,25 @@ class JobRunner:
     def _fail(self, job: repo.JobRow, code: str, message: str, *,
               backend: str | None = None) -> None:
         now = self.clock()
-        with self.engine.begin() as tx:
-            total = repo.finish(tx, job.id, "failed", now, error_code=code,
-                                error_message=message)
-            if total is None:
-                return
-            charged = self._charge(tx, job, total, settle=False)
+
+        def conclude(commit: bool) -> int | None:
+            with self.engine.begin() as tx:
+                total = repo.finish(tx, job.id, "failed", now, error_code=code,
+                                    error_message=message)
+                if total is None:
+                    return None
+                return self._charge(tx, job, total, settle=False, commit=commit)
+
+        charged = _ending(conclude)
+        if charged is None:
+            return
         self.observe.job_finished(job, "failed", backend=backend, charged_micros=charged,
                                   now=now, error_code=code)
 
-    def _charge(self, tx: Connection, job: repo.JobRow, total: int, *, settle: bool) -> int:
-        """Settle or release the job's hold; returns what was charged."""
+    def _charge(self, tx: Connection, job: repo.JobRow, total: int, *, settle: bool,
+                commit: bool) -> int:
+        """Settle or release the job's hold as the last step of ``tx``; returns what was
+        charged. With ``commit`` the ledger commits ``tx`` itself (see ``_ending``)."""
         charge = min(total, job.estimated_cost_micros)
         if charge < total:
             log.error("job cost more than its hold; charging the hold",
@@ -350,9 +378,9 @@ class JobRunner:
                              "hold_micros": job.estimated_cost_micros})
         try:
             if settle:
-                self.ledger.settle(job.id, charge, conn=tx)
+                self.ledger.settle(job.id, charge, conn=tx, commit=commit)
             else:
-                self.ledger.release(job.id, charge_micros=charge, conn=tx)
+                self.ledger.release(job.id, charge_micros=charge, conn=tx, commit=commit)
         except HoldNotActive as exc:
             log.error("hold already %s; job finished without a charge", exc.status,
                       extra={"job_id": str(job.id)})
@@ -375,16 +403,25 @@ class JobRunner:
         """Cancel a live job now: final status and hold released in one transaction, then the
         backend is asked to stop. Returns the job (None: not found / not the tenant's)."""
         now = self.clock()
-        with self.engine.begin() as tx:
-            job = repo.get_job(tx, job_id, for_update=True)
-            if job is None or (tenant is not None and job.tenant != tenant):
-                return None
-            if job.is_final:
-                return job
-            attempts = repo.attempts(tx, job_id)
-            total = repo.finish(tx, job_id, "cancelled", now, error_code="cancelled",
-                                error_message="cancelled by request")
-            charged = None if total is None else self._charge(tx, job, total, settle=False)
+
+        def conclude(commit: bool) -> tuple[repo.JobRow | None, list[repo.AttemptRow],
+                                            int | None]:
+            with self.engine.begin() as tx:
+                job = repo.get_job(tx, job_id, for_update=True)
+                if job is None or (tenant is not None and job.tenant != tenant):
+                    return None, [], None
+                if job.is_final:
+                    return job, [], None
+                attempts = repo.attempts(tx, job_id)
+                total = repo.finish(tx, job_id, "cancelled", now, error_code="cancelled",
+                                    error_message="cancelled by request")
+                charged = None if total is None else self._charge(
+                    tx, job, total, settle=False, commit=commit)
+                return job, attempts, charged
+
+        job, attempts, charged = _ending(conclude)
+        if job is None or job.is_final:
+            return job
         open_ = next((a for a in attempts if a.outcome is None), None)
         if charged is not None:
             self.observe.job_finished(job, "cancelled", charged_micros=charged, now=now,
