@@ -1,14 +1,17 @@
 """Routing (pure): which backends may run a job, in which order, and why (DESIGN §4).
 
 1. Filter: supports the kind, tier >= requested, priceable, estimate <= max_cost_usd, breaker
-   not open (nor a probe in flight), under its concurrency limit.
+   not open (nor a probe in flight). A backend at its concurrency limit stays a candidate
+   (its ``in_flight``/``max_concurrency`` are shown): capacity is taken when the job runs,
+   where a job that finds every candidate full waits in the queue for a slot instead of
+   being refused at the door (``service.runner``).
 2. Rank by the strategy:
    - ``cheapest`` (default): lowest estimate first (ties: more reliable, then faster);
    - ``fastest``: lowest latency first (observed EWMA, else the catalogue's hint; unknown last);
    - ``balanced``: highest weighted score of cost, reliability, speed and quality surplus.
 3. Return a plan with every candidate's estimate and score components and every excluded
    backend's reason. A pinned backend is the only candidate (its tier is the caller's choice)
-   but the breaker, capacity and max_cost_usd still apply.
+   but the breaker and max_cost_usd still apply.
 
 Score components are all in [0, 1], higher is better: ``cost`` = cheapest estimate / this
 estimate, ``reliability`` = observed success rate (1.0 with no data), ``speed`` = fastest
@@ -38,7 +41,7 @@ class ExclusionCode(StrEnum):
     OVER_MAX_COST = "over_max_cost"
     BREAKER_OPEN = "breaker_open"
     PROBE_IN_FLIGHT = "probe_in_flight"
-    AT_CAPACITY = "at_capacity"
+    AT_CAPACITY = "at_capacity"  # no longer produced; read back from plans stored before
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,9 +289,6 @@ def plan_route(
                     code, until = ExclusionCode.PROBE_IN_FLIGHT, br.probe_until
                 excluded.append(Exclusion(name, code, (br.strikes, max(0.0, until - now))))
                 continue
-        if h.in_flight >= r.max_conc:
-            excluded.append(Exclusion(name, ExclusionCode.AT_CAPACITY, (h.in_flight, r.max_conc)))
-            continue
         passed.append((r, est, h))
     if pin is not None and not pin_seen:
         excluded.append(Exclusion(pin, ExclusionCode.UNKNOWN_BACKEND, (pin,)))

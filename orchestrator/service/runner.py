@@ -11,6 +11,7 @@ right after, and a re-submission reuses the attempt's idempotency key, so a back
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from sqlalchemy import Connection, Engine
 
 from orchestrator.backends.base import BackendAdapter, PollResult
 from orchestrator.backends.errors import BackendError, JobFault, TransientError
+from orchestrator.domain.breaker import Refusal
 from orchestrator.domain.catalogue import Catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
@@ -51,11 +53,13 @@ DONE = Next()
 @dataclass(frozen=True, slots=True)
 class Opened:
     """What ``_open_next`` did: opened ``attempt``; found it opened by a duplicate step; or
-    found no backend that would take the job (``refused`` says why)."""
+    found no backend that would take the job (``refused`` says why; ``full``: at least one
+    of them only for want of a free slot, so the job waits for one)."""
 
     attempt: repo.AttemptRow | None = None
     duplicate: bool = False
     refused: tuple[str, ...] = ()
+    full: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,12 @@ class PollPolicy:
         if expected_s is not None and age_s < expected_s:
             return expected_s - age_s + self.min_s
         return min(self.max_s, max(self.min_s, age_s / 10))
+
+    def slot_wait(self, waited_s: float, jitter: float) -> float:
+        """The next look for a free slot after ``waited_s`` in the queue: every waited/10 s,
+        clamped to [min_s, max_s], spread by ``jitter`` (uniform in [0, 1)) over +-20 % so
+        the jobs a full backend turned away do not all come back at one instant."""
+        return self.interval(waited_s) * (0.8 + 0.4 * jitter)
 
 
 def _ending(conclude: Callable[[bool], _T]) -> _T:
@@ -122,6 +132,10 @@ class JobRunner:
                 if not self._past_deadline(job, now):
                     # its first attempt is checkpointed in the claiming transaction
                     opened = self._open_next(tx, job, attempts)
+                    if opened.full:  # back to the queue until a slot frees
+                        delay = self._slot_wait(job, now)
+                        repo.requeue(tx, job_id, token, self._wake_at(delay))
+                        return Next(delay)
             else:
                 current = repo.get_job(tx, job_id)
                 if current is None or current.is_final or current.chain_token != token:
@@ -150,6 +164,11 @@ class JobRunner:
     ) -> Next:
         with self.engine.begin() as tx:
             opened = self._open_next(tx, job, attempts)
+            if opened.full:  # failing over, but every backend left is full: wait for a slot
+                delay = self._slot_wait(job, self.clock())
+                if not repo.set_wake(tx, job.id, token, self._wake_at(delay)):
+                    return DONE
+                return Next(delay)
         return self._start(job, attempts, opened, token)
 
     def _open_next(
@@ -161,6 +180,7 @@ class JobRunner:
         cat = self.catalogue()
         tried = {a.backend for a in attempts}
         refused: list[str] = []
+        full = False
         for name in plan.backends:
             if name in tried or name not in cat:
                 continue
@@ -171,6 +191,7 @@ class JobRunner:
             )
             if not ticket.allowed:
                 refused.append(f"{name}: {ticket.refusal}")
+                full = full or ticket.refusal is Refusal.AT_CAPACITY
                 continue
             attempt = repo.open_attempt(
                 tx, job.id, len(attempts) + 1, name, self.clock(),
@@ -180,7 +201,7 @@ class JobRunner:
                 self.health.record(name, Outcome.CANCELLED, probe=ticket.probe, slot=ticket.slot)
                 return Opened(duplicate=True)
             return Opened(attempt=attempt)
-        return Opened(refused=tuple(refused))
+        return Opened(refused=tuple(refused), full=full)
 
     def _start(
         self, job: repo.JobRow, attempts: list[repo.AttemptRow], opened: Opened,
@@ -443,6 +464,12 @@ class JobRunner:
     def _poll_delay(self, attempt: repo.AttemptRow, age_s: float) -> float:
         expected = self.catalogue().get(attempt.backend).expected_latency_ms
         return self.poll_policy.interval(age_s, None if expected is None else expected / 1000)
+
+    def _slot_wait(self, job: repo.JobRow, now: datetime) -> float:
+        waited = (now - job.created_at).total_seconds()
+        log.debug("every backend left is full; waiting for a slot",
+                  extra={"job_id": str(job.id)})
+        return self.poll_policy.slot_wait(waited, random.random())
 
     def _wake_at(self, delay_s: float) -> datetime:
         return self.clock() + timedelta(seconds=delay_s + self.poll_policy.grace_s)

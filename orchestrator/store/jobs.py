@@ -113,6 +113,10 @@ _FINISH = Statement(
     RETURNING cost_micros
     """
 )
+_REQUEUE = Statement(
+    "UPDATE jobs SET status = 'queued', started_at = NULL, wake_at = :w, updated_at = now() "
+    "WHERE id = :id AND chain_token = :t AND status = 'running' RETURNING id"
+)
 _SET_WAKE = Statement(
     "UPDATE jobs SET wake_at = :w, updated_at = now() "
     "WHERE id = :id AND chain_token = :t AND status = ANY(:s) RETURNING id"
@@ -241,6 +245,12 @@ def set_wake(conn: Connection, job_id: uuid.UUID, token: uuid.UUID, wake_at: dat
     return _SET_WAKE.first(
         conn, {"w": wake_at, "id": job_id, "t": token, "s": list(LIVE)}
     ) is not None
+
+
+def requeue(conn: Connection, job_id: uuid.UUID, token: uuid.UUID, wake_at: datetime) -> bool:
+    """running → queued for the chain holding ``token`` (its claim found no free slot), with
+    its next wake; False if ``token`` is no longer the chain or the job is not running."""
+    return _REQUEUE.first(conn, {"w": wake_at, "id": job_id, "t": token}) is not None
 
 
 def revive_overdue(conn: Connection, now: datetime, wake_at: datetime, limit: int) -> list[

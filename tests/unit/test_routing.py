@@ -106,9 +106,7 @@ def first_failure(spec: JobSpec, b: BackendSpec, h: BackendHealth) -> ExclusionC
         return ExclusionCode.OVER_MAX_COST
     if refusal(h.breaker, NOW) is not None:
         return ExclusionCode(refusal(h.breaker, NOW).value)  # type: ignore[union-attr]
-    if h.in_flight >= b.max_concurrency:
-        return ExclusionCode.AT_CAPACITY
-    return None
+    return None  # at capacity or not: a full backend is waited for, not excluded
 
 
 @settings(max_examples=200, deadline=None)
@@ -178,20 +176,23 @@ def test_shipped_catalogue_cheapest_standard_video() -> None:
     assert vid_draft["reason"] == "tier draft is below standard"
 
 
-def test_max_cost_breaker_and_capacity() -> None:
+def test_max_cost_and_breaker_exclude_but_capacity_does_not() -> None:
     health = {
         "vid-standard": BackendHealth(BreakerState(BreakerStatus.OPEN, 3, 1, NOW + 30)),
         "vid-standard-b": BackendHealth(in_flight=50),
     }
     plan = plan_route(video(max_cost_usd=3), SHIPPED, health, now=NOW)
-    assert plan.backends == ()
+    # a full backend stays a candidate (the job waits for a slot when it runs)
+    assert plan.backends == ("vid-standard-b",)
+    full = plan.candidates[0]
+    assert (full.in_flight, full.max_concurrency) == (50, 50)
+    assert "in flight 50/50" in full.reasons(plan.strategy, plan.weights)
     reasons = {e.backend: e.reason for e in plan.excluded}
     assert reasons["vid-standard"] == "breaker open (3 strikes) for 30.0 s more"
-    assert reasons["vid-standard-b"] == "at capacity: 50/50 in flight"
     assert reasons["vid-premium"] == "estimate $3.600000 is over max_cost_usd $3.000000"
     # once the cooldown is over the backend is a candidate again (for the probe)
     later = plan_route(video(max_cost_usd=3), SHIPPED, health, now=NOW + 30)
-    assert later.backends == ("vid-standard",)
+    assert later.backends == ("vid-standard", "vid-standard-b")
 
 
 def test_pin_overrides_tier_but_not_breaker() -> None:

@@ -1,0 +1,147 @@
+"""A job that finds every backend of its plan full waits in the queue for a slot: accepted at
+the door, never more attempts in flight than a backend's ``max_concurrency``, run when a slot
+frees, failed only by its own deadline."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import text
+
+from orchestrator.bootstrap import Container
+from orchestrator.domain.jobs import JobSpec
+from orchestrator.ledger.budgets import set_budget
+from orchestrator.store import jobs as repo
+
+from .e2e_support import E2E_CATALOGUE, Rig
+
+TENANT = "acme"
+
+
+@dataclass
+class Capped:
+    """The rig with vid-cheap and vid-mid each limited to one job in flight."""
+
+    rig: Rig
+    container: Container
+    catalogue_file: Path
+
+    def submit(self, **spec: Any) -> repo.JobRow:
+        job, created = self.container.submitter.submit(TENANT, JobSpec.model_validate({
+            "kind": "video", "tier": "draft",
+            "input": {"prompt": "a lighthouse", "duration_s": 4, "resolution": "480p"},
+            **spec}))
+        assert created
+        return job
+
+    def run(self, job: repo.JobRow, timeout: float = 30.0) -> None:
+        """The job's chain to its end in this process, as the worker's tasks would."""
+        assert job.chain_token is not None
+        deadline = time.monotonic() + timeout
+        while not (nxt := self.container.runner.advance(job.id, job.chain_token)).done:
+            assert time.monotonic() < deadline, "the chain did not end"
+            assert nxt.poll_in_s is not None
+            time.sleep(nxt.poll_in_s)  # the countdown the chain asked for, as Celery would
+
+    def held(self, job_id: uuid.UUID) -> str:
+        with self.rig.engine.connect() as conn:
+            return str(conn.execute(text("SELECT status FROM holds WHERE job_id = :j"),
+                                    {"j": job_id}).scalar_one())
+
+
+@pytest.fixture()
+def capped(rig: Rig, tmp_path: Path) -> Iterator[Capped]:
+    catalogue = {**E2E_CATALOGUE, "backends": [
+        {**b, "max_concurrency": 1} for b in E2E_CATALOGUE["backends"]
+        if b["name"] in ("vid-cheap", "vid-mid")]}
+    path = tmp_path / "capped.yaml"
+    path.write_text(yaml.safe_dump(catalogue))
+    settings = rig.container.settings.model_copy(update={"backends_file": path})
+    container = Container(settings, enqueue=rig.container.enqueue)
+    with rig.engine.begin() as conn:
+        set_budget(conn, scope=f"tenant:{TENANT}", period="month", limit_micros=10**12,
+                   now=datetime.now(UTC))
+    for name in ("vid-cheap", "vid-mid"):
+        rig.control(name, duration_ms=200)
+    try:
+        yield Capped(rig, container, path)
+    finally:
+        container.engine.dispose()
+
+
+def test_a_job_that_finds_every_backend_full_goes_back_to_the_queue_until_a_slot_frees(
+    capped: Capped,
+) -> None:
+    first, second, third = capped.submit(), capped.submit(), capped.submit()
+    runner = capped.container.runner
+    for job in (first, second):  # one slot on each backend: both now taken
+        assert job.chain_token is not None
+        assert not runner.advance(job.id, job.chain_token).done
+    assert [a.backend for a in capped.rig.attempts(second.id)] == ["vid-mid"]
+
+    assert third.chain_token is not None
+    wait = runner.advance(third.id, third.chain_token)
+    assert wait.poll_in_s is not None and 0 < wait.poll_in_s <= 1.2
+    waiting = capped.rig.job(third.id)
+    assert waiting.status == "queued" and waiting.started_at is None
+    assert capped.rig.attempts(third.id) == []
+    assert waiting.wake_at is not None and waiting.wake_at > datetime.now(UTC)
+    assert capped.held(third.id) == "held"
+
+    capped.run(first)  # its slot frees when its attempt closes
+    capped.run(third)
+    done = capped.rig.job(third.id)
+    assert done.status == "succeeded" and done.backend == "vid-cheap"
+    assert [a.number for a in capped.rig.attempts(third.id)] == [1]
+    assert capped.held(third.id) == "settled"
+    capped.run(second)
+
+
+def test_a_job_waiting_for_a_slot_fails_at_its_deadline_and_its_hold_is_released(
+    capped: Capped,
+) -> None:
+    busy = [capped.submit(), capped.submit()]
+    runner = capped.container.runner
+    for job in busy:
+        assert job.chain_token is not None
+        runner.advance(job.id, job.chain_token)
+    late = capped.submit(deadline_s=1)
+    assert late.chain_token is not None and late.deadline_at is not None
+    assert not runner.advance(late.id, late.chain_token).done  # waiting
+    capped.rig.wait_for("the deadline to pass",
+                        lambda: datetime.now(UTC) > late.deadline_at + timedelta(seconds=0.05),
+                        timeout=10)
+    assert runner.advance(late.id, late.chain_token).done
+    failed = capped.rig.job(late.id)
+    assert (failed.status, failed.error_code) == ("failed", "deadline_exceeded")
+    assert capped.held(late.id) == "released"
+    for job in busy:
+        capped.run(job)
+
+
+def test_a_real_worker_runs_a_burst_one_at_a_time_per_backend_and_loses_none(
+    capped: Capped,
+) -> None:
+    """Eight jobs on two backends of one slot each, through Celery: all accepted, all
+    succeed, one attempt each (no job turned away, none run past a full backend)."""
+    def created() -> int:
+        return sum(capped.rig.counters(b)["created"] for b in ("vid-cheap", "vid-mid"))
+
+    before = created()
+    capped.rig.start_worker(env_extra={"ORCH_BACKENDS_FILE": str(capped.catalogue_file)})
+    jobs = [capped.submit() for _ in range(8)]
+    for job in jobs:
+        assert job.chain_token is not None
+        capped.container.enqueue.start(job.id, job.chain_token, "normal")
+    done = capped.rig.wait_final([j.id for j in jobs], timeout=120)
+    assert {j.status for j in done} == {"succeeded"}
+    assert all(len(capped.rig.attempts(j.id)) == 1 for j in jobs)
+    assert created() - before == 8  # one submission per job
