@@ -100,7 +100,7 @@ class Container:
         s = self.settings
         return JobRunner(self.engine, self.ledger, self.catalogue, self.health, self.adapter,
                          utcnow, PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s),
-                         observer=self.observer)
+                         observer=self.observer, enqueue=self.enqueue)
 
     @cached_property
     def observer(self) -> JobObserver:

@@ -33,3 +33,9 @@ class CeleryEnqueue:
     ) -> None:
         self.app.send_task(ADVANCE, (str(job_id), str(token), priority),
                            queue=queue_for(priority), countdown=countdown_s or None)
+
+    def resume(
+        self, job_id: uuid.UUID, token: uuid.UUID, priority: str, countdown_s: float = 0.0
+    ) -> None:
+        self.app.send_task(ADVANCE, (str(job_id), str(token), priority, True),
+                           queue=queue_for(priority), countdown=countdown_s or None)

@@ -25,12 +25,17 @@ _INFRA = (OperationalError, RedisError, ConnectionError)
 @app.task(  # type: ignore[untyped-decorator]
     name="orchestrator.advance", autoretry_for=_INFRA, retry_backoff=True,
           retry_backoff_max=30, max_retries=None)
-def advance(job_id: str, token: str, priority: str = "normal") -> None:
+def advance(job_id: str, token: str, priority: str = "normal", resume: bool = False) -> None:
+    """One step of the job's chain. ``resume``: the job was waiting for a slot; the step
+    does nothing if it has one by now (it was woken twice)."""
     c = container()
-    nxt = c.runner.advance(uuid.UUID(job_id), uuid.UUID(token))
+    nxt = c.runner.advance(uuid.UUID(job_id), uuid.UUID(token), resume=resume)
     if not nxt.done:
         assert nxt.poll_in_s is not None
-        c.enqueue.poll(uuid.UUID(job_id), uuid.UUID(token), priority, nxt.poll_in_s)
+        if nxt.resume:
+            c.enqueue.resume(uuid.UUID(job_id), uuid.UUID(token), priority, nxt.poll_in_s)
+        else:
+            c.enqueue.poll(uuid.UUID(job_id), uuid.UUID(token), priority, nxt.poll_in_s)
 
 
 @app.task(  # type: ignore[untyped-decorator]

@@ -4,9 +4,10 @@ They mirror ``admit``/``record``/``observe`` line for line (a test runs random s
 through both and compares). Floats are written with ``%.17g`` so they round-trip exactly.
 
 Keys per backend: ``<prefix>:backend:<name>`` (hash: status, strikes, trips, retry_at,
-probe_until, success_rate, latency_ms) and ``<prefix>:slots:<name>`` (sorted set: slot id ->
-lease expiry). The scripts take the breaker and health hashes as separate keys; the store
-passes the same hash for both, so a snapshot reads one hash per backend.
+probe_until, success_rate, latency_ms), ``<prefix>:slots:<name>`` (sorted set: slot id ->
+lease expiry) and ``<prefix>:waiters:<name>`` (sorted set: a job waiting for a slot -> when
+it was submitted, oldest first). The scripts take the breaker and health hashes as separate
+keys; the store passes the same hash for both, so a snapshot reads one hash per backend.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ end
 return {1, tostring(probe), tostring(n + 1)}
 """
 
-# KEYS: breaker, health, slots. ARGV: now, outcome, latency_ms or '', probe 0|1, threshold,
-# cooldown_base_s, cooldown_cap_s, alpha, slot_id or ''
-# -> {status, strikes, trips, retry_at, probe_until}
+# KEYS: breaker, health, slots, waiters. ARGV: now, outcome, latency_ms or '', probe 0|1,
+# threshold, cooldown_base_s, cooldown_cap_s, alpha, slot_id or '', wake 0|1
+# -> {status, strikes, trips, retry_at, probe_until, woken waiter or false}
+# A released slot with wake '1' pops the longest-waiting job of the backend's waiting list.
 RECORD = """
 local now = tonumber(ARGV[1])
 local outcome = ARGV[2]
@@ -91,8 +93,12 @@ if outcome == 'success' or outcome == 'backend_fault' then
     redis.call('HSET', KEYS[2], 'latency_ms', fmt(prev))
   end
 end
-if ARGV[9] ~= '' then redis.call('ZREM', KEYS[3], ARGV[9]) end
-return {status, tostring(strikes), tostring(trips), retry_at, probe_until}
+local woken = false
+if ARGV[9] ~= '' and redis.call('ZREM', KEYS[3], ARGV[9]) == 1 and ARGV[10] == '1' then
+  local w = redis.call('ZPOPMIN', KEYS[4])
+  if w[1] then woken = w[1] end
+end
+return {status, tostring(strikes), tostring(trips), retry_at, probe_until, woken}
 """
 
 # KEYS: slots. ARGV: now, slot_id, lease_s -> 1 renewed, 0 already expired or released

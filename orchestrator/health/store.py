@@ -133,18 +133,47 @@ class HealthStore:
         slot: str | None = None,
     ) -> BreakerState:
         """Report a call's outcome (``probe`` as its ticket said); release ``slot`` if given."""
+        return self.record_and_wake(name, outcome, latency_ms=latency_ms, probe=probe,
+                                    slot=slot, wake=False)[0]
+
+    def record_and_wake(
+        self,
+        name: str,
+        outcome: Outcome,
+        *,
+        latency_ms: float | None = None,
+        probe: bool = False,
+        slot: str | None = None,
+        wake: bool = True,
+    ) -> tuple[BreakerState, str | None]:
+        """``record``; and when it released ``slot`` (and ``wake``), take the longest-waiting
+        job off the backend's waiting list (:meth:`wait_for_slot`) in the same step. Returns
+        the breaker and that job's member string (None: nobody waits)."""
         breaker, health, slots = self._keys(name)
         p = self.policy
         res = self._record(
-            keys=[breaker, health, slots],
+            keys=[breaker, health, slots, self._waiters(name)],
             args=[
                 repr(float(self.clock())), Outcome(outcome).value,
                 "" if latency_ms is None else repr(float(latency_ms)), "1" if probe else "0",
                 p.threshold, repr(float(p.cooldown_base_s)), repr(float(p.cooldown_cap_s)),
-                repr(float(self.alpha)), slot or "",
+                repr(float(self.alpha)), slot or "", "1" if wake else "0",
             ],
         )
-        return _breaker(list(res))
+        fields = list(res)
+        return _breaker(fields), _s(fields[5]) if len(fields) > 5 else None
+
+    def wait_for_slot(self, names: Iterable[str], member: str, since: float) -> None:
+        """Put ``member`` (a job's wake-up: see the runner) on the waiting list of each of
+        ``names``, in the order of ``since`` (its submission time; a job already listed keeps
+        its place)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.zadd(self._waiters(name), {member: since}, nx=True)
+        pipe.execute()
+
+    def _waiters(self, name: str) -> str:
+        return f"{self.prefix}:waiters:{name}"
 
     def report(self, ticket: Ticket, outcome: Outcome, *, latency_ms: float | None = None
                ) -> BreakerState:

@@ -23,6 +23,13 @@ class HealthPort(Protocol):
         probe: bool = False, slot: str | None = None,
     ) -> BreakerState: ...
 
+    def record_and_wake(
+        self, name: str, outcome: Outcome, *, latency_ms: float | None = None,
+        probe: bool = False, slot: str | None = None, wake: bool = True,
+    ) -> tuple[BreakerState, str | None]: ...
+
+    def wait_for_slot(self, names: Iterable[str], member: str, since: float) -> None: ...
+
 
 class EnqueuePort(Protocol):
     """Schedules the next step of a job's chain (Celery in production)."""
@@ -32,3 +39,9 @@ class EnqueuePort(Protocol):
     def poll(
         self, job_id: uuid.UUID, token: uuid.UUID, priority: str, countdown_s: float
     ) -> None: ...
+
+    def resume(
+        self, job_id: uuid.UUID, token: uuid.UUID, priority: str, countdown_s: float = 0.0
+    ) -> None:
+        """A step for a job waiting for a slot, that does nothing once the job has one."""
+        ...

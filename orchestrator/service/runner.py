@@ -31,7 +31,7 @@ from orchestrator.domain.routing import RoutePlan
 from orchestrator.errors import AlertsOwed, HoldNotActive
 from orchestrator.ledger import Ledger
 from orchestrator.service.observe import JobObserver
-from orchestrator.service.ports import HealthPort
+from orchestrator.service.ports import EnqueuePort, HealthPort
 from orchestrator.store import jobs as repo
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ _T = TypeVar("_T")
 @dataclass(frozen=True, slots=True)
 class Next:
     poll_in_s: float | None = None  # None: the chain is over
+    resume: bool = False  # the job waits for a slot: the next step is a resume (see advance)
 
     @property
     def done(self) -> bool:
@@ -53,13 +54,13 @@ DONE = Next()
 @dataclass(frozen=True, slots=True)
 class Opened:
     """What ``_open_next`` did: opened ``attempt``; found it opened by a duplicate step; or
-    found no backend that would take the job (``refused`` says why; ``full``: at least one
-    of them only for want of a free slot, so the job waits for one)."""
+    found no backend that would take the job (``refused`` says why; when ``full`` names
+    backends that only lacked a free slot, the job waits for one)."""
 
     attempt: repo.AttemptRow | None = None
     duplicate: bool = False
     refused: tuple[str, ...] = ()
-    full: bool = False
+    full: tuple[str, ...] = ()  # the backends that refused for want of a slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +82,11 @@ class PollPolicy:
             return expected_s - age_s + self.min_s
         return min(self.max_s, max(self.min_s, age_s / 10))
 
-    def slot_wait(self, waited_s: float, jitter: float) -> float:
-        """The next look for a free slot after ``waited_s`` in the queue: every waited/10 s,
-        clamped to [min_s, max_s], spread by ``jitter`` (uniform in [0, 1)) over +-20 % so
-        the jobs a full backend turned away do not all come back at one instant."""
-        return self.interval(waited_s) * (0.8 + 0.4 * jitter)
+    def slot_wait(self, jitter: float) -> float:
+        """How long a job waiting for a slot sleeps if no freed slot wakes it first (a wake
+        lost to a crash, a slot that expired instead of being released): ``max_s``, spread by
+        ``jitter`` (uniform in [0, 1)) over +-20 % so such jobs do not all come back at once."""
+        return self.max_s * (0.8 + 0.4 * jitter)
 
 
 def _ending(conclude: Callable[[bool], _T]) -> _T:
@@ -110,6 +111,7 @@ class JobRunner:
         clock: Callable[[], datetime],
         poll: PollPolicy = PollPolicy(),
         observer: JobObserver | None = None,
+        enqueue: EnqueuePort | None = None,
     ) -> None:
         self.engine = engine
         self.ledger = ledger
@@ -119,9 +121,12 @@ class JobRunner:
         self.clock = clock
         self.poll_policy = poll
         self.observe = observer or JobObserver()
+        self.enqueue = enqueue  # wakes a job waiting for the slot a step released
 
     # -- the one step --------------------------------------------------------------------------
-    def advance(self, job_id: uuid.UUID, token: uuid.UUID) -> Next:
+    def advance(self, job_id: uuid.UUID, token: uuid.UUID, *, resume: bool = False) -> Next:
+        """One step. ``resume``: the step wakes a job that waited for a slot; it does nothing
+        if the job has left that wait (a freed slot and its own timer can both wake it)."""
         now = self.clock()
         opened: Opened | None = None
         attempts: list[repo.AttemptRow] = []  # a queued job has no attempts yet
@@ -133,9 +138,9 @@ class JobRunner:
                     # its first attempt is checkpointed in the claiming transaction
                     opened = self._open_next(tx, job, attempts)
                     if opened.full:  # back to the queue until a slot frees
-                        delay = self._slot_wait(job, now)
+                        delay = self._wait_for_slot(job, token, opened.full)
                         repo.requeue(tx, job_id, token, self._wake_at(delay))
-                        return Next(delay)
+                        return Next(delay, resume=True)
             else:
                 current = repo.get_job(tx, job_id)
                 if current is None or current.is_final or current.chain_token != token:
@@ -146,10 +151,12 @@ class JobRunner:
         if opened is not None:  # committed: now the backend may be called
             return self._start(job, attempts, opened, token)
         open_ = next((a for a in attempts if a.outcome is None), None)
+        if resume and open_ is not None:
+            return DONE  # no longer waiting: its own chain runs it
         if self._past_deadline(job, now):
             return self._deadline(job, open_)
         if open_ is None:
-            return self._next_attempt(job, attempts, token)
+            return self._next_attempt(job, attempts, token, resume=resume)
         if open_.external_id is None:
             return self._submit(job, open_, token)
         return self._poll(job, open_, token)
@@ -160,15 +167,18 @@ class JobRunner:
 
     # -- attempts ------------------------------------------------------------------------------
     def _next_attempt(
-        self, job: repo.JobRow, attempts: list[repo.AttemptRow], token: uuid.UUID
+        self, job: repo.JobRow, attempts: list[repo.AttemptRow], token: uuid.UUID,
+        *, resume: bool = False,
     ) -> Next:
         with self.engine.begin() as tx:
             opened = self._open_next(tx, job, attempts)
             if opened.full:  # failing over, but every backend left is full: wait for a slot
-                delay = self._slot_wait(job, self.clock())
+                delay = self._wait_for_slot(job, token, opened.full)
                 if not repo.set_wake(tx, job.id, token, self._wake_at(delay)):
                     return DONE
-                return Next(delay)
+                return Next(delay, resume=True)
+        if opened.duplicate and resume:
+            return DONE  # woken twice: the other step opened the attempt and runs it
         return self._start(job, attempts, opened, token)
 
     def _open_next(
@@ -180,7 +190,7 @@ class JobRunner:
         cat = self.catalogue()
         tried = {a.backend for a in attempts}
         refused: list[str] = []
-        full = False
+        full: list[str] = []
         for name in plan.backends:
             if name in tried or name not in cat:
                 continue
@@ -191,17 +201,18 @@ class JobRunner:
             )
             if not ticket.allowed:
                 refused.append(f"{name}: {ticket.refusal}")
-                full = full or ticket.refusal is Refusal.AT_CAPACITY
+                if ticket.refusal is Refusal.AT_CAPACITY:
+                    full.append(name)
                 continue
             attempt = repo.open_attempt(
                 tx, job.id, len(attempts) + 1, name, self.clock(),
                 slot=ticket.slot, probe=ticket.probe,
             )
             if attempt is None:  # a duplicate step opened it first; let it run
-                self.health.record(name, Outcome.CANCELLED, probe=ticket.probe, slot=ticket.slot)
+                self._released(name, Outcome.CANCELLED, probe=ticket.probe, slot=ticket.slot)
                 return Opened(duplicate=True)
             return Opened(attempt=attempt)
-        return Opened(refused=tuple(refused), full=full)
+        return Opened(refused=tuple(refused), full=tuple(full))
 
     def _start(
         self, job: repo.JobRow, attempts: list[repo.AttemptRow], opened: Opened,
@@ -334,8 +345,8 @@ class JobRunner:
                 cost_micros=cost,
             )
         if closed:
-            self.health.record(attempt.backend, outcome, latency_ms=latency_ms,
-                               probe=attempt.probe, slot=attempt.slot)
+            self._released(attempt.backend, outcome, latency_ms=latency_ms,
+                           probe=attempt.probe, slot=attempt.slot)
             self.observe.attempt_ended(job, attempt, status, fault=outcome.value,
                                        error_code=exc.code if exc else None, cost_micros=cost,
                                        now=now)
@@ -363,8 +374,8 @@ class JobRunner:
         charged = _ending(conclude)
         if charged is None:
             return
-        self.health.record(attempt.backend, Outcome.SUCCESS, latency_ms=latency_ms,
-                           probe=attempt.probe, slot=attempt.slot)
+        self._released(attempt.backend, Outcome.SUCCESS, latency_ms=latency_ms,
+                       probe=attempt.probe, slot=attempt.slot)
         self.observe.attempt_ended(job, attempt, "succeeded", fault=Outcome.SUCCESS.value,
                                    cost_micros=res.cost_micros or 0, now=now)
         self.observe.job_finished(job, "succeeded", backend=attempt.backend,
@@ -465,11 +476,33 @@ class JobRunner:
         expected = self.catalogue().get(attempt.backend).expected_latency_ms
         return self.poll_policy.interval(age_s, None if expected is None else expected / 1000)
 
-    def _slot_wait(self, job: repo.JobRow, now: datetime) -> float:
-        waited = (now - job.created_at).total_seconds()
+    # -- waiting for a slot ------------------------------------------------------------------
+    def _wait_for_slot(self, job: repo.JobRow, token: uuid.UUID, full: tuple[str, ...]
+                       ) -> float:
+        """Queue the job on the waiting list of each full backend (oldest job first); the
+        step that frees a slot there wakes it. Returns how long it sleeps if none does."""
+        priority = str(job.spec.get("priority") or "normal")
+        self.health.wait_for_slot(full, f"{job.id} {token} {priority}",
+                                  job.created_at.timestamp())
         log.debug("every backend left is full; waiting for a slot",
-                  extra={"job_id": str(job.id)})
-        return self.poll_policy.slot_wait(waited, random.random())
+                  extra={"job_id": str(job.id), "backends": list(full)})
+        return self.poll_policy.slot_wait(random.random())
+
+    def _released(self, backend: str, outcome: Outcome, *, latency_ms: float | None = None,
+                  probe: bool = False, slot: str | None = None) -> None:
+        """Record an outcome that gives the attempt's slot back, and wake the job that has
+        waited longest for a slot of that backend."""
+        _, waiter = self.health.record_and_wake(
+            backend, outcome, latency_ms=latency_ms, probe=probe, slot=slot,
+            wake=self.enqueue is not None)
+        if waiter is None or self.enqueue is None:
+            return
+        job_id, token, priority = waiter.split(" ")
+        try:
+            self.enqueue.resume(uuid.UUID(job_id), uuid.UUID(token), priority)
+        except Exception as exc:  # its own timer wakes it (PollPolicy.slot_wait)
+            log.warning("waking a job waiting for a slot failed",
+                        extra={"job_id": job_id, "error": type(exc).__name__})
 
     def _wake_at(self, delay_s: float) -> datetime:
         return self.clock() + timedelta(seconds=delay_s + self.poll_policy.grace_s)

@@ -26,6 +26,24 @@ from .e2e_support import E2E_CATALOGUE, Rig
 TENANT = "acme"
 
 
+class RecordingEnqueue:
+    """The chain's next steps, recorded instead of sent (this process drives the runner)."""
+
+    def __init__(self) -> None:
+        self.resumed: list[tuple[uuid.UUID, uuid.UUID, str]] = []
+
+    def start(self, job_id: uuid.UUID, token: uuid.UUID, priority: str) -> None:
+        pass
+
+    def poll(self, job_id: uuid.UUID, token: uuid.UUID, priority: str,
+             countdown_s: float) -> None:
+        pass
+
+    def resume(self, job_id: uuid.UUID, token: uuid.UUID, priority: str,
+               countdown_s: float = 0.0) -> None:
+        self.resumed.append((job_id, token, priority))
+
+
 @dataclass
 class Capped:
     """The rig with vid-cheap and vid-mid each limited to one job in flight."""
@@ -33,6 +51,7 @@ class Capped:
     rig: Rig
     container: Container
     catalogue_file: Path
+    woken: RecordingEnqueue
 
     def submit(self, **spec: Any) -> repo.JobRow:
         job, created = self.container.submitter.submit(TENANT, JobSpec.model_validate({
@@ -65,14 +84,15 @@ def capped(rig: Rig, tmp_path: Path) -> Iterator[Capped]:
     path = tmp_path / "capped.yaml"
     path.write_text(yaml.safe_dump(catalogue))
     settings = rig.container.settings.model_copy(update={"backends_file": path})
-    container = Container(settings, enqueue=rig.container.enqueue)
+    woken = RecordingEnqueue()
+    container = Container(settings, enqueue=woken)
     with rig.engine.begin() as conn:
         set_budget(conn, scope=f"tenant:{TENANT}", period="month", limit_micros=10**12,
                    now=datetime.now(UTC))
     for name in ("vid-cheap", "vid-mid"):
         rig.control(name, duration_ms=200)
     try:
-        yield Capped(rig, container, path)
+        yield Capped(rig, container, path, woken)
     finally:
         container.engine.dispose()
 
@@ -89,18 +109,25 @@ def test_a_job_that_finds_every_backend_full_goes_back_to_the_queue_until_a_slot
 
     assert third.chain_token is not None
     wait = runner.advance(third.id, third.chain_token)
-    assert wait.poll_in_s is not None and 0 < wait.poll_in_s <= 1.2
+    assert wait.resume and wait.poll_in_s is not None and 0 < wait.poll_in_s <= 1.2
     waiting = capped.rig.job(third.id)
     assert waiting.status == "queued" and waiting.started_at is None
     assert capped.rig.attempts(third.id) == []
     assert waiting.wake_at is not None and waiting.wake_at > datetime.now(UTC)
     assert capped.held(third.id) == "held"
 
-    capped.run(first)  # its slot frees when its attempt closes
+    capped.run(first)  # its attempt closes: the slot it frees wakes the waiting job
+    assert capped.woken.resumed == [(third.id, third.chain_token, "normal")]
+    step = runner.advance(third.id, third.chain_token, resume=True)
+    assert not step.done and not step.resume  # it has the slot: polling now
+    assert [a.backend for a in capped.rig.attempts(third.id)] == ["vid-cheap"]
+    # a second wake (its own timer) finds it no longer waiting and does nothing
+    assert runner.advance(third.id, third.chain_token, resume=True).done
+    assert len(capped.rig.attempts(third.id)) == 1
+
     capped.run(third)
     done = capped.rig.job(third.id)
     assert done.status == "succeeded" and done.backend == "vid-cheap"
-    assert [a.number for a in capped.rig.attempts(third.id)] == [1]
     assert capped.held(third.id) == "settled"
     capped.run(second)
 
@@ -140,7 +167,7 @@ def test_a_real_worker_runs_a_burst_one_at_a_time_per_backend_and_loses_none(
     jobs = [capped.submit() for _ in range(8)]
     for job in jobs:
         assert job.chain_token is not None
-        capped.container.enqueue.start(job.id, job.chain_token, "normal")
+        capped.rig.container.enqueue.start(job.id, job.chain_token, "normal")
     done = capped.rig.wait_final([j.id for j in jobs], timeout=120)
     assert {j.status for j in done} == {"succeeded"}
     assert all(len(capped.rig.attempts(j.id)) == 1 for j in jobs)

@@ -147,6 +147,30 @@ def test_slots_respect_max_concurrency_and_expire(redis_url: str) -> None:
                                                              lease_s=30)) if t.allowed]) == 9
 
 
+def test_a_released_slot_wakes_the_longest_waiting_job_once(redis_url: str) -> None:
+    store = make_store(redis_url, Clock(100.0))
+    held = [store.acquire("vid", max_concurrency=2, lease_s=30) for _ in range(2)]
+    assert all(t.allowed for t in held)
+    store.wait_for_slot(["vid", "img"], "late", since=20.0)
+    store.wait_for_slot(["vid"], "early", since=10.0)
+    store.wait_for_slot(["vid"], "late", since=5.0)  # already listed: keeps its place
+
+    # record() alone never takes a waiter off
+    assert store.record("vid", Outcome.SUCCESS) == BreakerState()
+    _, woken = store.record_and_wake("vid", Outcome.SUCCESS, slot=held[0].slot)
+    assert woken == "early"
+    # the same slot again, or no slot: nothing was freed, nobody is woken
+    assert store.record_and_wake("vid", Outcome.SUCCESS, slot=held[0].slot)[1] is None
+    assert store.record_and_wake("vid", Outcome.BACKEND_FAULT)[1] is None
+    state, woken = store.record_and_wake("vid", Outcome.BACKEND_FAULT, slot=held[1].slot)
+    assert woken == "late" and state.strikes == 2
+    assert store.record_and_wake("img", Outcome.SUCCESS,
+                                 slot=store.acquire("img", max_concurrency=1, lease_s=30).slot
+                                 )[1] == "late"  # listed on both: each list wakes it once
+    again = store.acquire("vid", max_concurrency=2, lease_s=30)
+    assert store.record_and_wake("vid", Outcome.SUCCESS, slot=again.slot)[1] is None
+
+
 def test_snapshot_feeds_routing(redis_url: str) -> None:
     clock = Clock(10_000.0)
     store = make_store(redis_url, clock)
