@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from orchestrator.backends.base import BackendAdapter
 from orchestrator.backends.registry import make_adapter
+from orchestrator.backends.transport import StdlibTransport
 from orchestrator.domain.breaker import BreakerPolicy
 from orchestrator.domain.catalogue import Catalogue, load_catalogue
 from orchestrator.errors import ConfigurationError
@@ -82,9 +83,9 @@ class Container:
         return HealthStore.from_url(self.redis_url, policy=policy)
 
     @cached_property
-    def http(self) -> httpx.Client:
-        return httpx.Client(limits=httpx.Limits(max_connections=200,
-                                                max_keepalive_connections=50))
+    def transport(self) -> httpx.BaseTransport:
+        """The backends' HTTP wire, shared by every adapter (keep-alive per origin)."""
+        return StdlibTransport()
 
     def adapter(self, name: str) -> BackendAdapter:
         found = self._adapters.get(name)  # every job step asks: no lock once it exists
@@ -92,7 +93,7 @@ class Container:
             return found
         with self._lock:
             if name not in self._adapters:
-                self._adapters[name] = make_adapter(self.catalogue().get(name), self.http)
+                self._adapters[name] = make_adapter(self.catalogue().get(name), self.transport)
             return self._adapters[name]
 
     @cached_property

@@ -95,5 +95,6 @@ class BackendAdapter(Protocol):
         ...
 
     def close(self) -> None:
-        """Release the HTTP client if the adapter created it (an injected one is left open)."""
+        """Release the HTTP transport if the adapter created it (an injected one is left
+        open)."""
         ...

@@ -1,8 +1,11 @@
 """What every HTTP adapter shares: the transport seam, timeouts, auth, retries, error mapping
 and cost.
 
-The one transport seam is the ``httpx.Client`` an adapter is given (tests pass one built on
-``httpx.MockTransport``, or point a real one at the simulator). Transient errors are retried
+The one transport seam is the ``httpx.BaseTransport`` an adapter is given: tests pass an
+``httpx.MockTransport``; production shares one ``StdlibTransport`` (orchestrator.backends.
+transport); without one, an adapter makes its own. Requests go straight to the transport: an
+adapter builds every URL and header itself and follows no redirect, so an ``httpx.Client``
+around it only added CPU to every call. Transient errors are retried
 inside one call by tenacity (exponential backoff with full jitter, Retry-After honoured, bounded
 by attempts and total time); whatever is left is raised to the caller.
 """
@@ -28,6 +31,7 @@ from tenacity import (
 from orchestrator import metrics
 from orchestrator.backends.base import PollResult, Submission
 from orchestrator.backends.errors import BackendError, BackendFault, JobFault, TransientError
+from orchestrator.backends.transport import StdlibTransport
 from orchestrator.domain.catalogue import BackendSpec
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.money import usd_to_micros
@@ -39,6 +43,7 @@ log = logging.getLogger("orchestrator.backends")
 
 JOB_FAULT_STATUSES = frozenset({400, 422})
 CONTENT_POLICY_MARKERS = ("content_policy", "content_filter", "safety", "nsfw", "moderation")
+USER_AGENT = "orchestrator"
 _SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_.\-\[\]]")
 
 
@@ -80,18 +85,18 @@ class HttpAdapter(ABC):
     def __init__(
         self,
         backend: BackendSpec,
-        client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
         *,
         retry: RetryPolicy | None = None,
     ) -> None:
         self.backend = backend
-        self._owns_client = client is None
-        self._client = client if client is not None else httpx.Client()
+        self._owns_transport = transport is None
+        self._transport = transport if transport is not None else StdlibTransport()
         self._retry = retry or RetryPolicy()
         t = backend.timeouts
-        self._timeout = httpx.Timeout(
+        self._extensions = {"timeout": httpx.Timeout(
             connect=t.connect_s, read=t.read_s, write=t.read_s, pool=t.connect_s
-        )
+        ).as_dict()}
         self._base = backend.base_url.rstrip("/")
 
     @property
@@ -99,8 +104,8 @@ class HttpAdapter(ABC):
         return self.backend.name
 
     def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
+        if self._owns_transport:
+            self._transport.close()
 
     @abstractmethod
     def submit(self, spec: JobSpec, idempotency_key: str) -> Submission: ...
@@ -114,7 +119,7 @@ class HttpAdapter(ABC):
     # -- HTTP -------------------------------------------------------------------------------
 
     def _headers(self, idempotency_key: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         key = self.backend.api_key()  # read per call from the environment; never logged
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -137,9 +142,9 @@ class HttpAdapter(ABC):
 
         def once() -> dict[str, Any]:
             try:
-                resp = self._client.request(
-                    method, url, json=json, headers=headers, timeout=self._timeout
-                )
+                resp = self._transport.handle_request(httpx.Request(
+                    method, url, json=json, headers=headers, extensions=self._extensions))
+                resp.read()
             except httpx.TimeoutException:
                 raise TransientError(
                     f"{self.name}: no answer within the timeout",

@@ -19,12 +19,13 @@ ADAPTERS: dict[str, type[HttpAdapter]] = {
 
 def make_adapter(
     backend: BackendSpec,
-    client: httpx.Client | None = None,
+    transport: httpx.BaseTransport | None = None,
     *,
     retry: RetryPolicy | None = None,
 ) -> BackendAdapter:
-    """An adapter for ``backend``. Pass a shared ``client`` (its connection pool is reused; the
-    adapter never closes it) or none (the adapter makes its own; ``close()`` releases it)."""
+    """An adapter for ``backend``. Pass a shared ``transport`` (its connections are reused;
+    the adapter never closes it) or none (the adapter makes its own; ``close()`` releases
+    it)."""
     cls = ADAPTERS.get(str(backend.protocol))
     if cls is None:
         raise ConfigurationError(
@@ -32,5 +33,5 @@ def make_adapter(
             f"(known: {', '.join(sorted(ADAPTERS))})",
             backend=backend.name, field="protocol",
         )
-    adapter: BackendAdapter = cls(backend, client, retry=retry)
+    adapter: BackendAdapter = cls(backend, transport, retry=retry)
     return adapter

@@ -21,6 +21,7 @@ from orchestrator.backends import (
     TransientError,
     make_adapter,
 )
+from orchestrator.backends.transport import StdlibTransport
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
@@ -44,9 +45,10 @@ class RecordingSleep:
 
 
 @pytest.fixture()
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client() as client:
-        yield client
+def http() -> Iterator[httpx.BaseTransport]:
+    transport = StdlibTransport()  # production's wire, against the simulator
+    yield transport
+    transport.close()
 
 
 @pytest.fixture()
@@ -59,7 +61,7 @@ def fast_retry(sleep: RecordingSleep, attempts: int = 3, **kw: Any) -> RetryPoli
                        max_retry_after_s=1.0, sleep=sleep, **kw)
 
 
-def adapter(sim: Sim, name: str, http: httpx.Client, sleeps: RecordingSleep,
+def adapter(sim: Sim, name: str, http: httpx.BaseTransport, sleeps: RecordingSleep,
             **kw: Any) -> BackendAdapter:
     return make_adapter(sim.backend(name), http, retry=fast_retry(sleeps, **kw))
 
@@ -82,7 +84,7 @@ def poll_until_done(a: BackendAdapter, external_id: str, timeout: float = 5.0) -
         time.sleep(0.01)
 
 
-def test_make_adapter_picks_by_protocol(sim: Sim, http: httpx.Client) -> None:
+def test_make_adapter_picks_by_protocol(sim: Sim, http: httpx.BaseTransport) -> None:
     assert isinstance(make_adapter(sim.backend("vid-a"), http), PredictionsAdapter)
     assert isinstance(make_adapter(sim.backend("txt-a"), http), OpenAIAdapter)
     assert make_adapter(sim.backend("img-a"), http).synchronous is True
@@ -90,7 +92,7 @@ def test_make_adapter_picks_by_protocol(sim: Sim, http: httpx.Client) -> None:
 
 
 def test_predictions_submit_poll_and_cost_to_the_micro_dollar(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     sim.control("vid-b", duration_ms=100)
     a = adapter(sim, "vid-b", http, sleeps)
@@ -113,7 +115,9 @@ def test_predictions_submit_poll_and_cost_to_the_micro_dollar(
     assert sleeps.waits == []
 
 
-def test_cancel_reaches_the_simulator(sim: Sim, http: httpx.Client, sleeps: RecordingSleep) -> None:
+def test_cancel_reaches_the_simulator(
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
+) -> None:
     sim.control("vid-a", duration_ms=60_000)
     a = adapter(sim, "vid-a", http, sleeps)
     sub = a.submit(video(), "job-2:1")
@@ -124,7 +128,7 @@ def test_cancel_reaches_the_simulator(sim: Sim, http: httpx.Client, sleeps: Reco
 
 
 def test_cancel_of_a_finished_prediction_reports_false(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     sim.control("vid-a", duration_ms=0)
     a = adapter(sim, "vid-a", http, sleeps)
@@ -134,7 +138,7 @@ def test_cancel_of_a_finished_prediction_reports_false(
 
 
 def test_resubmitting_with_the_same_key_creates_one_provider_job(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     a = adapter(sim, "vid-a", http, sleeps)
     first, again = a.submit(video(), "job-4:1"), a.submit(video(), "job-4:1")
@@ -147,7 +151,7 @@ def test_resubmitting_with_the_same_key_creates_one_provider_job(
 
 
 def test_text_is_synchronous_and_priced_from_reported_tokens(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     a = adapter(sim, "txt-a", http, sleeps)
     job = spec_of("text", {"prompt": "Summarise double-entry bookkeeping",
@@ -167,7 +171,9 @@ def test_text_is_synchronous_and_priced_from_reported_tokens(
     assert info.value.code == "poll_unsupported"
 
 
-def test_images_and_flat_priced_text(sim: Sim, http: httpx.Client, sleeps: RecordingSleep) -> None:
+def test_images_and_flat_priced_text(
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
+) -> None:
     img = adapter(sim, "img-a", http, sleeps).submit(
         spec_of("image", {"prompt": "a fox", "n": 3, "size": "512x512"}), "job-7:1"
     ).result
@@ -180,7 +186,7 @@ def test_images_and_flat_priced_text(sim: Sim, http: httpx.Client, sleeps: Recor
 
 
 def test_cost_is_deterministic_across_submissions(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     t = adapter(sim, "txt-a", http, sleeps)
     job = spec_of("text", {"prompt": "the same prompt", "max_tokens": 900})
@@ -196,7 +202,7 @@ def test_cost_is_deterministic_across_submissions(
 
 
 def test_down_backend_raises_transient_after_bounded_retries(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     sim.control("vid-a", mode="down")
     a = adapter(sim, "vid-a", http, sleeps, attempts=3)
@@ -210,7 +216,7 @@ def test_down_backend_raises_transient_after_bounded_retries(
 
 
 def test_transient_5xx_is_retried_through(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     sim.control("txt-a", status_code=502, times=2)
     res = adapter(sim, "txt-a", http, sleeps, attempts=4).submit(
@@ -222,7 +228,7 @@ def test_transient_5xx_is_retried_through(
 
 
 def test_job_fault_is_not_retried_and_not_a_strike(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     sim.control("vid-a", error="job_fault")
     with pytest.raises(JobFault) as info:
@@ -240,7 +246,7 @@ def test_job_fault_is_not_retried_and_not_a_strike(
 
 
 def test_provider_validation_becomes_a_job_fault_naming_the_parameter(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     with pytest.raises(JobFault) as info:
         adapter(sim, "vid-a", http, sleeps).submit(video(duration_s=300), "job-15:1")
@@ -248,7 +254,7 @@ def test_provider_validation_becomes_a_job_fault_naming_the_parameter(
 
 
 def test_failed_predictions_carry_a_classified_error(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     sim.control("vid-a", duration_ms=0)
     a = adapter(sim, "vid-a", http, sleeps)
@@ -260,7 +266,9 @@ def test_failed_predictions_carry_a_classified_error(
     assert crash.error.code == "prediction_failed" and crash.error.strike is True
 
 
-def test_retry_after_is_honoured(sim: Sim, http: httpx.Client, sleeps: RecordingSleep) -> None:
+def test_retry_after_is_honoured(
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
+) -> None:
     sim.control("vid-a", status_code=429, retry_after_s=0.3, times=1)
     sub = adapter(sim, "vid-a", http, sleeps).submit(video(), "job-18:1")
     assert sub.external_id
@@ -270,7 +278,7 @@ def test_retry_after_is_honoured(sim: Sim, http: httpx.Client, sleeps: Recording
 
 
 def test_long_retry_after_goes_back_to_the_caller(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     sim.control("vid-a", status_code=429, retry_after_s=30)
     with pytest.raises(TransientError) as info:
@@ -281,7 +289,7 @@ def test_long_retry_after_goes_back_to_the_caller(
 
 
 def test_slow_backend_times_out_as_transient(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     spec = sim.backend("txt-a")
     quick = spec.model_copy(update={"timeouts": spec.timeouts.model_copy(update={"read_s": 0.2})})
@@ -293,7 +301,7 @@ def test_slow_backend_times_out_as_transient(
 
 
 def test_connection_refused_is_transient(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -305,7 +313,7 @@ def test_connection_refused_is_transient(
 
 
 def test_malformed_answer_is_a_backend_fault(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     sim.control("img-a", error="malformed")
     with pytest.raises(BackendFault) as info:
@@ -317,7 +325,7 @@ def test_malformed_answer_is_a_backend_fault(
 
 
 def test_unknown_prediction_is_a_backend_fault(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     with pytest.raises(BackendFault) as info:
         adapter(sim, "vid-a", http, sleeps).poll("no-such-id")
@@ -325,7 +333,7 @@ def test_unknown_prediction_is_a_backend_fault(
 
 
 def test_api_key_from_the_named_env_var(
-    sim: Sim, http: httpx.Client, sleeps: RecordingSleep, monkeypatch: pytest.MonkeyPatch
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(AUTH_ENV, "sk-right")
     assert adapter(sim, "vid-auth", http, sleeps).submit(video(), "job-23:1").external_id

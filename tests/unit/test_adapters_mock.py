@@ -1,5 +1,5 @@
 """Adapter behaviour the simulator cannot produce (malformed or odd provider answers), through
-the adapters' one transport seam: an httpx.Client on httpx.MockTransport."""
+the adapters' one transport seam: an httpx.MockTransport."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from orchestrator.backends import (
     TransientError,
     make_adapter,
 )
-from orchestrator.backends.http import parse_retry_after, safe_token
+from orchestrator.backends.http import HttpAdapter, parse_retry_after, safe_token
 from orchestrator.domain.catalogue import BackendSpec, parse_catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
@@ -53,7 +53,7 @@ NO_SLEEP = RetryPolicy(attempts=3, initial_s=0.0, max_wait_s=0.0, sleep=lambda s
 
 def mock(name: str, handler: Handler, retry: RetryPolicy = NO_SLEEP) -> BackendAdapter:
     spec: BackendSpec = CATALOGUE.get(name)
-    return make_adapter(spec, httpx.Client(transport=httpx.MockTransport(handler)), retry=retry)
+    return make_adapter(spec, httpx.MockTransport(handler), retry=retry)
 
 
 def answer(body: Any, status: int = 200, **headers: str) -> Handler:
@@ -257,12 +257,22 @@ def test_failed_status_without_a_code_is_a_prediction_failure() -> None:
     assert "CUDA" not in res.error.message
 
 
-def test_injected_client_is_left_open_by_close() -> None:
-    client = httpx.Client(transport=httpx.MockTransport(answer({})))
-    make_adapter(CATALOGUE.get("vid"), client).close()
-    assert not client.is_closed
+class CountingTransport(httpx.MockTransport):
+    closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_an_injected_transport_is_left_open_by_close_and_an_own_one_closed() -> None:
+    shared = CountingTransport(answer({}))
+    make_adapter(CATALOGUE.get("vid"), shared).close()
+    assert shared.closed == 0
     own = make_adapter(CATALOGUE.get("vid"))
+    assert isinstance(own, HttpAdapter)
+    own._transport = mine = CountingTransport(answer({}))  # the one it made, observed
     own.close()
+    assert mine.closed == 1
 
 
 def test_openai_adapter_refuses_video_jobs() -> None:

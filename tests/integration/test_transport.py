@@ -1,0 +1,156 @@
+"""StdlibTransport against a real local HTTP/1.1 server: keep-alive, a connection the server
+dropped while idle, timeouts and refusals as httpx's exceptions, bodies and headers intact."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.backends.transport import StdlibTransport
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.connections = 0
+        self.closed = threading.Event()  # a connection has ended, server side
+        self.release = threading.Event()  # lets /hang answer nothing and return
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections += 1
+
+    def finish(self) -> None:
+        super().finish()
+        self.server.closed.set()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self._send(200, {"path": self.path, "body": json.loads(body),
+                         "key": self.headers.get("Idempotency-Key")})
+
+    def do_GET(self) -> None:
+        if self.path == "/hang":
+            self.server.release.wait(10)
+            return
+        if self.path == "/gzip":
+            data = gzip.compress(b'{"zipped": true}')
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self._send(200, {"path": self.path})
+        if self.path == "/then-drop":  # the server ends an idle keep-alive connection
+            self.close_connection = True
+
+    def _send(self, status: int, obj: dict[str, Any]) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture()
+def server() -> Iterator[Server]:
+    srv = Server()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.release.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture()
+def transport() -> Iterator[StdlibTransport]:
+    t = StdlibTransport()
+    yield t
+    t.close()
+
+
+def url(srv: Server, path: str) -> str:
+    return f"http://127.0.0.1:{srv.server_address[1]}{path}"
+
+
+def send(t: httpx.BaseTransport, method: str, target: str, **kw: Any) -> httpx.Response:
+    resp = t.handle_request(httpx.Request(method, target, **kw))
+    resp.read()
+    return resp
+
+
+def test_requests_reuse_one_keep_alive_connection(server: Server,
+                                                  transport: StdlibTransport) -> None:
+    for i in range(5):
+        r = send(transport, "POST", url(server, f"/v1/x?n={i}"), json={"i": i},
+                 headers={"Idempotency-Key": f"k{i}"})
+        assert r.status_code == 200
+        assert r.json() == {"path": f"/v1/x?n={i}", "body": {"i": i}, "key": f"k{i}"}
+    assert server.connections == 1
+
+
+def test_a_connection_the_server_dropped_while_idle_is_not_reused(
+    server: Server, transport: StdlibTransport
+) -> None:
+    assert send(transport, "GET", url(server, "/then-drop")).status_code == 200
+    assert server.closed.wait(5)  # the server has hung up on the idle connection
+    assert send(transport, "GET", url(server, "/after")).json() == {"path": "/after"}
+    assert server.connections == 2
+
+
+def test_a_compressed_answer_is_decoded(server: Server, transport: StdlibTransport) -> None:
+    assert send(transport, "GET", url(server, "/gzip")).json() == {"zipped": True}
+
+
+def test_no_answer_within_the_read_timeout_is_a_read_timeout(
+    server: Server, transport: StdlibTransport
+) -> None:
+    timeout = httpx.Timeout(connect=1.0, read=0.2, write=0.2, pool=1.0)
+    with pytest.raises(httpx.ReadTimeout):
+        send(transport, "GET", url(server, "/hang"), extensions={"timeout": timeout.as_dict()})
+    server.release.set()
+    assert send(transport, "GET", url(server, "/fine")).json() == {"path": "/fine"}
+
+
+def test_a_refused_connection_is_a_connect_error(transport: StdlibTransport) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    with pytest.raises(httpx.ConnectError):
+        send(transport, "GET", f"http://127.0.0.1:{port}/")
+
+
+def test_an_unknown_scheme_is_refused(transport: StdlibTransport) -> None:
+    with pytest.raises(httpx.UnsupportedProtocol):
+        send(transport, "GET", "ftp://127.0.0.1/x")
+
+
+def test_an_adapter_call_through_it_reaches_the_server_once(
+    server: Server, transport: StdlibTransport
+) -> None:
+    """Through httpx.Client too (what the SDK-style callers use), the same wire."""
+    with httpx.Client(transport=transport) as client:
+        r = client.post(url(server, "/v1/y"), json={"a": 1})
+    assert r.json()["body"] == {"a": 1}
+    assert server.connections == 1
