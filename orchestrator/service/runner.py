@@ -131,7 +131,11 @@ class JobRunner:
         opened: Opened | None = None
         attempts: list[repo.AttemptRow] = []  # a queued job has no attempts yet
         with self.engine.begin() as tx:
-            claimed = repo.claim(tx, job_id, token, now)
+            found = repo.claim_or_get(tx, job_id, token, now)
+            if found is None:
+                return DONE
+            current, claimed_now = found
+            claimed = current if claimed_now else None
             if claimed is not None:
                 job = claimed
                 if not self._past_deadline(job, now):
@@ -142,8 +146,7 @@ class JobRunner:
                         repo.requeue(tx, job_id, token, self._wake_at(delay))
                         return Next(delay, resume=True)
             else:
-                current = repo.get_job(tx, job_id)
-                if current is None or current.is_final or current.chain_token != token:
+                if current.is_final or current.chain_token != token:
                     return DONE
                 job, attempts = current, repo.attempts(tx, job_id)
         if claimed is not None:
@@ -257,8 +260,8 @@ class JobRunner:
             # set_wake fails if the job was cancelled (or revived) while we were submitting
             delay = self._poll_delay(attempt, 0.0)
             with self.engine.begin() as tx:
-                repo.record_external_id(tx, attempt.id, sub.external_id)
-                alive = repo.set_wake(tx, job.id, token, self._wake_at(delay))
+                alive = repo.record_external_id_and_wake(
+                    tx, attempt.id, sub.external_id, job.id, token, self._wake_at(delay))
             if alive:
                 return Next(delay)
         else:

@@ -95,11 +95,18 @@ _LIST_JOBS = text(
     LIMIT :limit
     """
 )
-_CLAIM = Statement(
+# The claim, or (a chain step after the first) the job as it is: one statement either way.
+_CLAIM_OR_GET = Statement(
     f"""
-    UPDATE jobs SET status = 'running', started_at = :now, updated_at = :now
-    WHERE id = :id AND status = 'queued' AND chain_token = :token
-    RETURNING {_JOB_COLS}
+    WITH claimed AS (
+        UPDATE jobs SET status = 'running', started_at = :now, updated_at = :now
+        WHERE id = :id AND status = 'queued' AND chain_token = :token
+        RETURNING {_JOB_COLS}
+    )
+    SELECT {_JOB_COLS}, true FROM claimed
+    UNION ALL
+    SELECT {_JOB_COLS}, false FROM jobs
+    WHERE id = :id AND NOT EXISTS (SELECT 1 FROM claimed)
     """
 )
 # The job's cost is the sum of its attempts' costs, computed in the same statement.
@@ -140,6 +147,17 @@ _OPEN_ATTEMPT = Statement(
     VALUES (:j, :n, :b, :now, :slot, :probe)
     ON CONFLICT (job_id, number) DO NOTHING
     RETURNING {_ATTEMPT_COLS}
+    """
+)
+# The checkpoint after a create-then-poll submission: the external id and the chain's next
+# wake in one statement.
+_RECORD_EXTERNAL_ID_AND_WAKE = Statement(
+    """
+    WITH checkpoint AS (
+        UPDATE attempts SET external_id = :e WHERE id = :aid AND outcome IS NULL
+    )
+    UPDATE jobs SET wake_at = :w, updated_at = now()
+    WHERE id = :id AND chain_token = :t AND status = ANY(:s) RETURNING id
     """
 )
 _RECORD_EXTERNAL_ID = Statement(
@@ -207,10 +225,12 @@ def list_jobs(
     return [JobRow(**r._mapping) for r in rows]
 
 
-def claim(conn: Connection, job_id: uuid.UUID, token: uuid.UUID, now: datetime) -> JobRow | None:
-    """queued → running for the chain holding ``token``; the claimed job, or None."""
-    row = _CLAIM.first(conn, {"id": job_id, "token": token, "now": now})
-    return JobRow(*row) if row is not None else None
+def claim_or_get(conn: Connection, job_id: uuid.UUID, token: uuid.UUID, now: datetime
+                 ) -> tuple[JobRow, bool] | None:
+    """queued → running for the chain holding ``token``: (the claimed job, True); else
+    (the job as it is, False); None if there is no such job."""
+    row = _CLAIM_OR_GET.first(conn, {"id": job_id, "token": token, "now": now})
+    return None if row is None else (JobRow(*row[:-1]), bool(row[-1]))
 
 
 def finish(
@@ -282,6 +302,17 @@ def open_attempt(
 
 def record_external_id(conn: Connection, attempt_id: int, external_id: str) -> None:
     _RECORD_EXTERNAL_ID.run(conn, {"e": external_id, "id": attempt_id})
+
+
+def record_external_id_and_wake(
+    conn: Connection, attempt_id: int, external_id: str, job_id: uuid.UUID, token: uuid.UUID,
+    wake_at: datetime,
+) -> bool:
+    """``record_external_id`` and ``set_wake`` in one statement; the latter's answer."""
+    return _RECORD_EXTERNAL_ID_AND_WAKE.first(
+        conn, {"e": external_id, "aid": attempt_id, "w": wake_at, "id": job_id, "t": token,
+               "s": list(LIVE)},
+    ) is not None
 
 
 def close_attempt(
