@@ -68,9 +68,11 @@ class PollPolicy:
     """How often to poll a running attempt.
 
     Before the backend's expected latency (catalogue ``expected_latency_ms``) has passed, the
-    next look is ``min_s`` after the job should be done (a look right at that instant tends to
-    find it still finishing); after it (or with no expectation), every age/10 s, clamped to
-    [min_s, max_s]. Minute-long video jobs then cost a few polls each.
+    next look is a margin after the job should be done (a look right at that instant tends to
+    find it still finishing): a quarter of the expected latency, at least 50 ms and at most
+    ``min_s``. A job expected in 400 ms is looked at after 500 ms, not 1.4 s: the attempt's
+    concurrency slot is held until that look. After it (or with no expectation), every
+    age/10 s, clamped to [min_s, max_s]. Minute-long video jobs then cost a few polls each.
     """
 
     min_s: float = 1.0
@@ -79,7 +81,7 @@ class PollPolicy:
 
     def interval(self, age_s: float, expected_s: float | None = None) -> float:
         if expected_s is not None and age_s < expected_s:
-            return expected_s - age_s + self.min_s
+            return expected_s - age_s + min(self.min_s, max(0.05, expected_s / 4))
         return min(self.max_s, max(self.min_s, age_s / 10))
 
     def slot_wait(self, jitter: float) -> float:

@@ -12,7 +12,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from orchestrator.domain.catalogue import BackendSpec, Catalogue
-from orchestrator.simulator.state import BackendState
+from orchestrator.simulator.state import BackendState, Control
 
 RequestKind = Literal["submit", "poll", "cancel"]
 
@@ -48,7 +48,13 @@ class Simulator:
         self.reset()
 
     def reset(self) -> None:
-        self.states = {b.name: BackendState(b.name) for b in self.catalogue}
+        """Every backend back to its defaults: a prediction runs for the catalogue's
+        ``expected_latency_ms`` where it gives one (the backend behaves as its entry says)."""
+        self.states = {
+            b.name: BackendState(b.name, Control(duration_ms=round(b.expected_latency_ms))
+                                 if b.expected_latency_ms is not None else Control())
+            for b in self.catalogue
+        }
 
     def state(self, name: str) -> BackendState:
         st = self.states.get(name)

@@ -309,3 +309,23 @@ def test_serve_runs_the_configured_catalogue(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_backend_runs_its_predictions_for_its_catalogued_expected_latency() -> None:
+    """The shipped catalogue's backends behave as their entries say (vid-draft: 400 ms),
+    also after a reset; a backend without an expectation runs 1 s."""
+    shipped = load_catalogue(Path(__file__).resolve().parents[2] / "config" / "backends.yaml")
+    running = start_in_thread(shipped)
+    try:
+        with httpx.Client(base_url=running.url) as http:
+            assert http.get("/_control/vid-draft").json()["duration_ms"] == 400
+            http.post("/_control/vid-draft", json={"duration_ms": 5}).raise_for_status()
+            http.post("/_control/_reset").raise_for_status()
+            assert http.get("/_control/vid-draft").json()["duration_ms"] == 400
+            assert http.get("/_control/vid-premium").json()["duration_ms"] == 900
+    finally:
+        running.stop()
+
+
+def test_without_an_expected_latency_a_prediction_runs_one_second(sim: Sim) -> None:
+    assert sim.http.get(f"{sim.url}/_control/vid-a").json()["duration_ms"] == 1000
