@@ -93,9 +93,10 @@ class StdlibTransport(httpx.BaseTransport):
         scheme, host, port = origin
         conn: http.client.HTTPConnection
         if scheme == "https":
-            context = self._ssl or ssl.create_default_context()
+            if self._ssl is None:  # loading the trust store costs milliseconds: once
+                self._ssl = ssl.create_default_context()
             conn = http.client.HTTPSConnection(host, port, timeout=connect_timeout,
-                                               context=context)
+                                               context=self._ssl)
         else:
             conn = http.client.HTTPConnection(host, port, timeout=connect_timeout)
         try:

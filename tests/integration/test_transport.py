@@ -1,18 +1,27 @@
 """StdlibTransport against a real local HTTP/1.1 server: keep-alive, a connection the server
-dropped while idle, timeouts and refusals as httpx's exceptions, bodies and headers intact."""
+dropped while idle, timeouts and refusals as httpx's exceptions, bodies and headers intact,
+and HTTPS with a certificate the client trusts (and one it does not)."""
 
 from __future__ import annotations
 
 import gzip
+import ipaddress
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from orchestrator.backends.transport import StdlibTransport
 
@@ -154,3 +163,46 @@ def test_an_adapter_call_through_it_reaches_the_server_once(
         r = client.post(url(server, "/v1/y"), json={"a": 1})
     assert r.json()["body"] == {"a": 1}
     assert server.connections == 1
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, signed by itself."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(
+                ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp / "cert.pem", tmp / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_https_with_a_trusted_certificate_and_a_refusal_without(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    srv = Server()
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    srv.socket = server_side.wrap_socket(srv.socket, server_side=True)
+    port = srv.server_address[1]
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    trusting = StdlibTransport(ssl_context=ssl.create_default_context(cafile=str(cert)))
+    untrusting = StdlibTransport()
+    try:
+        for i in range(3):
+            r = send(trusting, "POST", f"https://127.0.0.1:{port}/v1/s", json={"i": i})
+            assert r.json()["body"] == {"i": i}
+        assert srv.connections == 1
+        with pytest.raises(httpx.ConnectError):  # the system's trust store knows no such CA
+            send(untrusting, "GET", f"https://127.0.0.1:{port}/x")
+    finally:
+        trusting.close()
+        untrusting.close()
+        srv.shutdown()
+        srv.server_close()
