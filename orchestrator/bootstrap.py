@@ -17,13 +17,14 @@ from orchestrator.backends.registry import make_adapter
 from orchestrator.backends.transport import StdlibTransport
 from orchestrator.domain.breaker import BreakerPolicy
 from orchestrator.domain.catalogue import Catalogue, load_catalogue
+from orchestrator.domain.polling import PollPolicy
 from orchestrator.errors import ConfigurationError
 from orchestrator.health.store import HealthStore
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.service import utcnow
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import EnqueuePort
-from orchestrator.service.runner import JobRunner, PollPolicy
+from orchestrator.service.runner import JobRunner
 from orchestrator.service.submission import Submitter
 from orchestrator.settings import Settings, get_settings
 from orchestrator.store.engine import make_engine

@@ -11,13 +11,12 @@ right after, and a re-submission reuses the attempt's idempotency key, so a back
 from __future__ import annotations
 
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
@@ -27,11 +26,13 @@ from orchestrator.domain.breaker import Refusal
 from orchestrator.domain.catalogue import Catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
+from orchestrator.domain.polling import PollPolicy
 from orchestrator.domain.routing import RoutePlan
 from orchestrator.errors import AlertsOwed, HoldNotActive
 from orchestrator.ledger import Ledger
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import EnqueuePort, HealthPort
+from orchestrator.service.slots import SlotWaits
 from orchestrator.store import jobs as repo
 
 log = logging.getLogger(__name__)
@@ -61,34 +62,6 @@ class Opened:
     duplicate: bool = False
     refused: tuple[str, ...] = ()
     full: tuple[str, ...] = ()  # the backends that refused for want of a slot
-
-
-@dataclass(frozen=True, slots=True)
-class PollPolicy:
-    """How often to poll a running attempt.
-
-    Before the backend's expected latency (catalogue ``expected_latency_ms``) has passed, the
-    next look is a margin after the job should be done (a look right at that instant tends to
-    find it still finishing): a quarter of the expected latency, at least 50 ms and at most
-    ``min_s``. A job expected in 400 ms is looked at after 500 ms, not 1.4 s: the attempt's
-    concurrency slot is held until that look. After it (or with no expectation), every
-    age/10 s, clamped to [min_s, max_s]. Minute-long video jobs then cost a few polls each.
-    """
-
-    min_s: float = 1.0
-    max_s: float = 10.0
-    grace_s: float = 60.0  # a chain silent this long past its next step is revived
-
-    def interval(self, age_s: float, expected_s: float | None = None) -> float:
-        if expected_s is not None and age_s < expected_s:
-            return expected_s - age_s + min(self.min_s, max(0.05, expected_s / 4))
-        return min(self.max_s, max(self.min_s, age_s / 10))
-
-    def slot_wait(self, jitter: float) -> float:
-        """How long a job waiting for a slot sleeps if no freed slot wakes it first (a wake
-        lost to a crash, a slot that expired instead of being released): ``max_s``, spread by
-        ``jitter`` (uniform in [0, 1)) over +-20 % so such jobs do not all come back at once."""
-        return self.max_s * (0.8 + 0.4 * jitter)
 
 
 def _ending(conclude: Callable[[bool], _T]) -> _T:
@@ -123,7 +96,7 @@ class JobRunner:
         self.clock = clock
         self.poll_policy = poll
         self.observe = observer or JobObserver()
-        self.enqueue = enqueue  # wakes a job waiting for the slot a step released
+        self.slots = SlotWaits(health, enqueue, poll)
 
     # -- the one step --------------------------------------------------------------------------
     def advance(self, job_id: uuid.UUID, token: uuid.UUID, *, resume: bool = False) -> Next:
@@ -144,7 +117,7 @@ class JobRunner:
                     # its first attempt is checkpointed in the claiming transaction
                     opened = self._open_next(tx, job, attempts)
                     if opened.full:  # back to the queue until a slot frees
-                        delay = self._wait_for_slot(job, token, opened.full)
+                        delay = self.slots.wait(job, token, opened.full)
                         repo.requeue(tx, job_id, token, self._wake_at(delay))
                         return Next(delay, resume=True)
             else:
@@ -178,7 +151,7 @@ class JobRunner:
         with self.engine.begin() as tx:
             opened = self._open_next(tx, job, attempts)
             if opened.full:  # failing over, but every backend left is full: wait for a slot
-                delay = self._wait_for_slot(job, token, opened.full)
+                delay = self.slots.wait(job, token, opened.full)
                 if not repo.set_wake(tx, job.id, token, self._wake_at(delay)):
                     return DONE
                 return Next(delay, resume=True)
@@ -214,7 +187,7 @@ class JobRunner:
                 slot=ticket.slot, probe=ticket.probe,
             )
             if attempt is None:  # a duplicate step opened it first; let it run
-                self._released(name, Outcome.CANCELLED, probe=ticket.probe, slot=ticket.slot)
+                self.slots.released(name, Outcome.CANCELLED, probe=ticket.probe, slot=ticket.slot)
                 return Opened(duplicate=True)
             return Opened(attempt=attempt)
         return Opened(refused=tuple(refused), full=tuple(full))
@@ -350,7 +323,7 @@ class JobRunner:
                 cost_micros=cost,
             )
         if closed:
-            self._released(attempt.backend, outcome, latency_ms=latency_ms,
+            self.slots.released(attempt.backend, outcome, latency_ms=latency_ms,
                            probe=attempt.probe, slot=attempt.slot)
             self.observe.attempt_ended(job, attempt, status, fault=outcome.value,
                                        error_code=exc.code if exc else None, cost_micros=cost,
@@ -370,16 +343,14 @@ class JobRunner:
                                           cost_micros=res.cost_micros or 0,
                                           external_id=external_id):
                     return None  # a duplicate step concluded it
-                total = repo.finish(tx, job.id, "succeeded", now, backend=attempt.backend,
-                                    result={"output": res.output})
-                if total is None:
-                    return None
-                return self._charge(tx, job, total, settle=True, commit=commit)
+                return self._finish_and_charge(tx, job, "succeeded", now, commit=commit,
+                                               backend=attempt.backend,
+                                               result={"output": res.output})
 
         charged = _ending(conclude)
         if charged is None:
             return
-        self._released(attempt.backend, Outcome.SUCCESS, latency_ms=latency_ms,
+        self.slots.released(attempt.backend, Outcome.SUCCESS, latency_ms=latency_ms,
                        probe=attempt.probe, slot=attempt.slot)
         self.observe.attempt_ended(job, attempt, "succeeded", fault=Outcome.SUCCESS.value,
                                    cost_micros=res.cost_micros or 0, now=now)
@@ -392,17 +363,24 @@ class JobRunner:
 
         def conclude(commit: bool) -> int | None:
             with self.engine.begin() as tx:
-                total = repo.finish(tx, job.id, "failed", now, error_code=code,
-                                    error_message=message)
-                if total is None:
-                    return None
-                return self._charge(tx, job, total, settle=False, commit=commit)
+                return self._finish_and_charge(tx, job, "failed", now, commit=commit,
+                                               error_code=code, error_message=message)
 
         charged = _ending(conclude)
         if charged is None:
             return
         self.observe.job_finished(job, "failed", backend=backend, charged_micros=charged,
                                   now=now, error_code=code)
+
+    def _finish_and_charge(self, tx: Connection, job: repo.JobRow, status: str,
+                           now: datetime, *, commit: bool, **fields: Any) -> int | None:
+        """The job's final ``status`` (``fields`` as for ``repo.finish``) and its hold settled
+        (succeeded) or released (otherwise) in ``tx``; what was charged, or None if the job
+        had already ended."""
+        total = repo.finish(tx, job.id, status, now, **fields)
+        if total is None:
+            return None
+        return self._charge(tx, job, total, settle=status == "succeeded", commit=commit)
 
     def _charge(self, tx: Connection, job: repo.JobRow, total: int, *, settle: bool,
                 commit: bool) -> int:
@@ -450,10 +428,9 @@ class JobRunner:
                 if job.is_final:
                     return job, [], None
                 attempts = repo.attempts(tx, job_id)
-                total = repo.finish(tx, job_id, "cancelled", now, error_code="cancelled",
-                                    error_message="cancelled by request")
-                charged = None if total is None else self._charge(
-                    tx, job, total, settle=False, commit=commit)
+                charged = self._finish_and_charge(tx, job, "cancelled", now, commit=commit,
+                                                  error_code="cancelled",
+                                                  error_message="cancelled by request")
                 return job, attempts, charged
 
         job, attempts, charged = _ending(conclude)
@@ -480,34 +457,6 @@ class JobRunner:
     def _poll_delay(self, attempt: repo.AttemptRow, age_s: float) -> float:
         expected = self.catalogue().get(attempt.backend).expected_latency_ms
         return self.poll_policy.interval(age_s, None if expected is None else expected / 1000)
-
-    # -- waiting for a slot ------------------------------------------------------------------
-    def _wait_for_slot(self, job: repo.JobRow, token: uuid.UUID, full: tuple[str, ...]
-                       ) -> float:
-        """Queue the job on the waiting list of each full backend (oldest job first); the
-        step that frees a slot there wakes it. Returns how long it sleeps if none does."""
-        priority = str(job.spec.get("priority") or "normal")
-        self.health.wait_for_slot(full, f"{job.id} {token} {priority}",
-                                  job.created_at.timestamp())
-        log.debug("every backend left is full; waiting for a slot",
-                  extra={"job_id": str(job.id), "backends": list(full)})
-        return self.poll_policy.slot_wait(random.random())
-
-    def _released(self, backend: str, outcome: Outcome, *, latency_ms: float | None = None,
-                  probe: bool = False, slot: str | None = None) -> None:
-        """Record an outcome that gives the attempt's slot back, and wake the job that has
-        waited longest for a slot of that backend."""
-        _, waiter = self.health.record_and_wake(
-            backend, outcome, latency_ms=latency_ms, probe=probe, slot=slot,
-            wake=self.enqueue is not None)
-        if waiter is None or self.enqueue is None:
-            return
-        job_id, token, priority = waiter.split(" ")
-        try:
-            self.enqueue.resume(uuid.UUID(job_id), uuid.UUID(token), priority)
-        except Exception as exc:  # its own timer wakes it (PollPolicy.slot_wait)
-            log.warning("waking a job waiting for a slot failed",
-                        extra={"job_id": job_id, "error": type(exc).__name__})
 
     def _wake_at(self, delay_s: float) -> datetime:
         return self.clock() + timedelta(seconds=delay_s + self.poll_policy.grace_s)

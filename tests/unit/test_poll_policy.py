@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.service.runner import PollPolicy
+from orchestrator.domain.polling import PollPolicy
 
 POLICY = PollPolicy(min_s=1.0, max_s=10.0)
 
