@@ -158,17 +158,20 @@ def test_a_real_worker_runs_a_burst_one_at_a_time_per_backend_and_loses_none(
     capped: Capped,
 ) -> None:
     """Eight jobs on two backends of one slot each, through Celery: all accepted, all
-    succeed, one attempt each (no job turned away, none run past a full backend)."""
+    succeed, one attempt each (no job turned away, none run past a full backend). The
+    waiting jobs' own timers are set to a minute or more, so finishing well within that
+    shows each freed slot woke a waiting job."""
     def created() -> int:
         return sum(capped.rig.counters(b)["created"] for b in ("vid-cheap", "vid-mid"))
 
     before = created()
-    capped.rig.start_worker(env_extra={"ORCH_BACKENDS_FILE": str(capped.catalogue_file)})
+    capped.rig.start_worker(env_extra={"ORCH_BACKENDS_FILE": str(capped.catalogue_file),
+                                       "ORCH_POLL_MAX_S": "75"})  # timers: 60 to 90 s
     jobs = [capped.submit() for _ in range(8)]
     for job in jobs:
         assert job.chain_token is not None
         capped.rig.container.enqueue.start(job.id, job.chain_token, "normal")
-    done = capped.rig.wait_final([j.id for j in jobs], timeout=120)
+    done = capped.rig.wait_final([j.id for j in jobs], timeout=50)
     assert {j.status for j in done} == {"succeeded"}
     assert all(len(capped.rig.attempts(j.id)) == 1 for j in jobs)
     assert created() - before == 8  # one submission per job
