@@ -29,7 +29,8 @@ def advance(job_id: str, token: str, priority: str = "normal", resume: bool = Fa
     """One step of the job's chain. ``resume``: the job was waiting for a slot; the step
     does nothing if it has one by now (it was woken twice)."""
     c = container()
-    nxt = c.runner.advance(uuid.UUID(job_id), uuid.UUID(token), resume=resume)
+    nxt = c.runner.advance(uuid.UUID(job_id), uuid.UUID(token), resume=resume,
+                           priority=priority)
     if not nxt.done:
         assert nxt.poll_in_s is not None
         if nxt.resume:

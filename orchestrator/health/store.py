@@ -172,6 +172,14 @@ class HealthStore:
             pipe.zadd(self._waiters(name), {member: since}, nx=True)
         pipe.execute()
 
+    def stop_waiting(self, names: Iterable[str], member: str) -> None:
+        """Take ``member`` off the waiting list of each of ``names`` (it has a slot, or
+        will never need one)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.zrem(self._waiters(name), member)
+        pipe.execute()
+
     def _waiters(self, name: str) -> str:
         return f"{self.prefix}:waiters:{name}"
 

@@ -30,6 +30,8 @@ class HealthPort(Protocol):
 
     def wait_for_slot(self, names: Iterable[str], member: str, since: float) -> None: ...
 
+    def stop_waiting(self, names: Iterable[str], member: str) -> None: ...
+
 
 class EnqueuePort(Protocol):
     """Schedules the next step of a job's chain (Celery in production)."""

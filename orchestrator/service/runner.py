@@ -96,12 +96,21 @@ class JobRunner:
         self.clock = clock
         self.poll_policy = poll
         self.observe = observer or JobObserver()
-        self.slots = SlotWaits(health, enqueue, poll)
+        self.slots = SlotWaits(health, enqueue, poll, lambda: self.catalogue().names)
 
     # -- the one step --------------------------------------------------------------------------
-    def advance(self, job_id: uuid.UUID, token: uuid.UUID, *, resume: bool = False) -> Next:
+    def advance(self, job_id: uuid.UUID, token: uuid.UUID, *, resume: bool = False,
+                priority: str = "normal") -> Next:
         """One step. ``resume``: the step wakes a job that waited for a slot; it does nothing
-        if the job has left that wait (a freed slot and its own timer can both wake it)."""
+        if the job has left that wait (a freed slot and its own timer can both wake it). A
+        resumed job that does not wait again leaves every waiting list (``priority`` is part
+        of its entry there)."""
+        nxt = self._step(job_id, token, resume)
+        if resume and not nxt.resume:
+            self.slots.stop_waiting(job_id, token, priority)
+        return nxt
+
+    def _step(self, job_id: uuid.UUID, token: uuid.UUID, resume: bool) -> Next:
         now = self.clock()
         opened: Opened | None = None
         attempts: list[repo.AttemptRow] = []  # a queued job has no attempts yet
@@ -437,6 +446,9 @@ class JobRunner:
         if job is None or job.is_final:
             return job
         open_ = next((a for a in attempts if a.outcome is None), None)
+        if open_ is None and job.chain_token is not None:  # it may have waited for a slot
+            self.slots.stop_waiting(job.id, job.chain_token,
+                                    str(job.spec.get("priority") or "normal"))
         if charged is not None:
             self.observe.job_finished(job, "cancelled", charged_micros=charged, now=now,
                                       backend=open_.backend if open_ else job.backend)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
+from collections.abc import Callable, Iterable
 
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.polling import PollPolicy
@@ -23,21 +24,26 @@ log = logging.getLogger(__name__)
 
 
 class SlotWaits:
-    def __init__(self, health: HealthPort, enqueue: EnqueuePort | None,
-                 poll: PollPolicy) -> None:
+    def __init__(self, health: HealthPort, enqueue: EnqueuePort | None, poll: PollPolicy,
+                 backends: Callable[[], Iterable[str]]) -> None:
         self.health = health
         self.enqueue = enqueue  # None: released slots wake nobody (the timers still do)
         self.poll = poll
+        self.backends = backends  # every catalogued backend's name
 
     def wait(self, job: repo.JobRow, token: uuid.UUID, full: tuple[str, ...]) -> float:
         """Queue the job (its chain ``token``) on the waiting list of each backend in
         ``full``; returns how long it sleeps if no released slot wakes it first."""
-        priority = str(job.spec.get("priority") or "normal")
-        self.health.wait_for_slot(full, f"{job.id} {token} {priority}",
+        self.health.wait_for_slot(full, _member(job.id, token, _priority(job)),
                                   job.created_at.timestamp())
         log.debug("every backend left is full; waiting for a slot",
                   extra={"job_id": str(job.id), "backends": list(full)})
         return self.poll.slot_wait(random.random())
+
+    def stop_waiting(self, job_id: uuid.UUID, token: uuid.UUID, priority: str) -> None:
+        """The job got a slot (or ended) after waiting: off every waiting list, so a slot
+        freed later wakes a job that still waits rather than this one."""
+        self.health.stop_waiting(self.backends(), _member(job_id, token, priority))
 
     def released(self, backend: str, outcome: Outcome, *, latency_ms: float | None = None,
                  probe: bool = False, slot: str | None = None) -> None:
@@ -54,3 +60,11 @@ class SlotWaits:
         except Exception as exc:  # its own timer wakes it
             log.warning("waking a job waiting for a slot failed",
                         extra={"job_id": job_id, "error": type(exc).__name__})
+
+
+def _priority(job: repo.JobRow) -> str:
+    return str(job.spec.get("priority") or "normal")
+
+
+def _member(job_id: uuid.UUID, token: uuid.UUID, priority: str) -> str:
+    return f"{job_id} {token} {priority}"

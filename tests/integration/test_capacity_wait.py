@@ -132,6 +132,32 @@ def test_a_job_that_finds_every_backend_full_goes_back_to_the_queue_until_a_slot
     capped.run(second)
 
 
+def test_a_job_that_got_its_slot_leaves_every_waiting_list(capped: Capped) -> None:
+    """Waiting, a job is listed on every full backend; once a freed slot on one of them
+    wakes it and it runs, the other's freed slot wakes the next waiting job, not it."""
+    busy = [capped.submit(), capped.submit()]
+    runner = capped.container.runner
+    for job in busy:
+        assert job.chain_token is not None
+        runner.advance(job.id, job.chain_token)
+    early, late = capped.submit(), capped.submit()
+    for job in (early, late):
+        assert job.chain_token is not None
+        assert runner.advance(job.id, job.chain_token).resume  # both wait on both backends
+
+    capped.run(busy[0])  # frees vid-cheap: wakes the earlier job
+    assert [w[0] for w in capped.woken.resumed] == [early.id]
+    assert early.chain_token is not None
+    assert not runner.advance(early.id, early.chain_token, resume=True).resume  # runs
+    capped.run(busy[1])  # frees vid-mid: the earlier job is no longer listed there
+    assert [w[0] for w in capped.woken.resumed] == [early.id, late.id]
+    assert late.chain_token is not None
+    capped.run(early)
+    assert not runner.advance(late.id, late.chain_token, resume=True).resume
+    capped.run(late)
+    assert {capped.rig.job(j.id).status for j in (*busy, early, late)} == {"succeeded"}
+
+
 def test_a_job_waiting_for_a_slot_fails_at_its_deadline_and_its_hold_is_released(
     capped: Capped,
 ) -> None:

@@ -171,6 +171,15 @@ def test_a_released_slot_wakes_the_longest_waiting_job_once(redis_url: str) -> N
     assert store.record_and_wake("vid", Outcome.SUCCESS, slot=again.slot)[1] is None
 
 
+def test_a_job_that_stops_waiting_is_not_woken_and_the_next_one_is(redis_url: str) -> None:
+    store = make_store(redis_url, Clock(100.0))
+    for member, since in (("served", 1.0), ("next", 2.0)):
+        store.wait_for_slot(["vid", "img"], member, since)
+    store.stop_waiting(["vid", "img", "txt"], "served")  # lists it was never on: no error
+    slot = store.acquire("vid", max_concurrency=1, lease_s=30).slot
+    assert store.record_and_wake("vid", Outcome.SUCCESS, slot=slot)[1] == "next"
+
+
 def test_snapshot_feeds_routing(redis_url: str) -> None:
     clock = Clock(10_000.0)
     store = make_store(redis_url, clock)
