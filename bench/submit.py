@@ -218,8 +218,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=100.0, help="submissions per second")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--kind", choices=sorted(BODIES), default="video",
-                    help="the jobs submitted (video: vid-draft, at most 50 in flight in the "
-                    "shipped catalogue, so 100/s of them meet at_capacity refusals)")
+                    help="the jobs submitted (video: draft tier; the shipped catalogue's four "
+                    "video backends hold 170 in flight, beyond which jobs wait in the queue)")
     ap.add_argument("--stack", action="store_true",
                     help="bench/_stack.py instead of `orchestrator up`")
     ap.add_argument("--no-worker", action="store_true",
