@@ -273,7 +273,8 @@ def _backend_row(b: Backend) -> str:
     success = "-" if b.success_rate is None else f"{b.success_rate:.0%}"
     latency = "-" if b.latency_ms is None else f"{b.latency_ms:.0f}ms"
     return (f"{b.name:24}  {','.join(b.kinds):12}  {b.tier or '-':8}  {breaker:14}  "
-            f"{success:>7}  {latency:>9}  {b.in_flight if b.in_flight is not None else '-':>9}")
+            f"{success:>7}  {latency:>9}  {b.in_flight if b.in_flight is not None else '-':>9}  "
+            f"{b.waiting if b.waiting is not None else '-':>7}")
 
 
 @_one_line_errors
@@ -285,7 +286,7 @@ def backends(json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyO
         _print_json({"backends": [b.model_dump(mode="json") for b in items]})
         return
     typer.echo(f"{'name':24}  {'kinds':12}  {'tier':8}  {'breaker':14}  {'success':>7}  "
-               f"{'latency':>9}  {'in_flight':>9}")
+               f"{'latency':>9}  {'in_flight':>9}  {'waiting':>7}")
     for b in items:
         typer.echo(_backend_row(b))
 

@@ -157,6 +157,7 @@ class BackendOut(_Out):
     success_rate: float | None
     latency_ms: float | None
     in_flight: int
+    waiting: int = Field(description="jobs waiting for one of its concurrency slots")
 
 
 class BackendsOut(BaseModel):

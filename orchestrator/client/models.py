@@ -97,6 +97,7 @@ class Backend(_Model):
     success_rate: float | None = None
     latency_ms: float | None = None
     in_flight: int | None = None
+    waiting: int | None = None
 
 
 class Budget(_Model):

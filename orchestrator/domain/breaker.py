@@ -177,6 +177,7 @@ class BackendHealth:
     success_rate: float | None = None
     latency_ms: float | None = None
     in_flight: int = 0
+    waiting: int = 0  # jobs waiting for one of its slots
 
     def to_dict(self, now: float) -> dict[str, Any]:
         """The health part of the CONTRACT backend resource."""
@@ -194,6 +195,7 @@ class BackendHealth:
             "success_rate": None if self.success_rate is None else round(self.success_rate, 4),
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
             "in_flight": self.in_flight,
+            "waiting": self.waiting,
         }
 
 

@@ -113,7 +113,8 @@ return 1
 # ARGV: now, key prefix, backend names joined by ',' (names are [a-z0-9-]+). Keys are built
 # here so the request stays three short arguments whatever the number of backends.
 # -> one JSON string: [[status, strikes, trips, retry_at, probe_until, success_rate,
-#    latency_ms, in_flight], ...] (false where a field is missing): one small reply to parse.
+#    latency_ms, in_flight, waiting], ...] (false where a field is missing): one small reply
+#    to parse.
 SNAPSHOT = """
 local out = {}
 local from = '(' .. ARGV[1]
@@ -122,6 +123,7 @@ for name in string.gmatch(ARGV[3], '[^,]+') do
   local b = redis.call('HMGET', p .. ':backend:' .. name, 'status', 'strikes', 'trips',
                        'retry_at', 'probe_until', 'success_rate', 'latency_ms')
   b[8] = redis.call('ZCOUNT', p .. ':slots:' .. name, from, '+inf')
+  b[9] = redis.call('ZCARD', p .. ':waiters:' .. name)
   out[#out + 1] = b
 end
 return cjson.encode(out)

@@ -205,8 +205,8 @@ class HealthStore:
         return _breaker(list(self.redis.hmget(self._keys(name)[0], _BREAKER_FIELDS)))
 
     def snapshot(self, names: Iterable[str]) -> dict[str, BackendHealth]:
-        """Breaker, EWMAs and in-flight count of every backend in ``names``: one round trip
-        (one read-only script returning one JSON string)."""
+        """Breaker, EWMAs, in-flight and waiting counts of every backend in ``names``: one
+        round trip (one read-only script returning one JSON string)."""
         names = tuple(names)
         if not names:
             return {}
@@ -218,13 +218,13 @@ class HealthStore:
         raw = self._snapshot(args=[repr(float(self.clock())), self.prefix, joined])
         out: dict[str, BackendHealth] = {}
         for name, row in zip(names, json.loads(raw), strict=True):
-            status, strikes, trips, retry_at, probe_until, sr, lat, n = row
+            status, strikes, trips, retry_at, probe_until, sr, lat, n, waiting = row
             breaker = CLOSED if not status or (status == "closed" and strikes == "0") else (
                 BreakerState(_STATUS[status], int(strikes), int(trips), float(retry_at),
                              float(probe_until))
             )
             out[name] = BackendHealth(
-                breaker, float(sr) if sr else None, float(lat) if lat else None, n
+                breaker, float(sr) if sr else None, float(lat) if lat else None, n, waiting
             )
         return out
 

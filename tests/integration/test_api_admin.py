@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import text
@@ -137,6 +138,7 @@ def test_backends_show_catalogue_and_breaker_state(api: Api) -> None:
     health = api.rig.container.health
     for _ in range(3):
         health.record("vid-mid", Outcome.BACKEND_FAULT)
+    health.wait_for_slot(["vid-cheap"], f"{uuid.uuid4()} {uuid.uuid4()} normal", since=1.0)
     r = api.tenant().get("/v1/backends")
     assert r.status_code == 200
     by_name = {b["name"]: b for b in r.json()["backends"]}
@@ -144,7 +146,8 @@ def test_backends_show_catalogue_and_breaker_state(api: Api) -> None:
     cheap = by_name["vid-cheap"]
     assert cheap["protocol"] == "predictions" and cheap["kinds"] == ["video"]
     assert cheap["tier"] == "draft" and cheap["breaker"]["state"] == "closed"
-    assert cheap["in_flight"] == 0
+    assert cheap["in_flight"] == 0 and cheap["waiting"] == 1
+    assert by_name["txt-one"]["waiting"] == 0
     mid = by_name["vid-mid"]
     assert mid["breaker"]["state"] == "open" and mid["breaker"]["strikes"] >= 3
     assert mid["breaker"]["retry_at"] is not None and mid["success_rate"] is not None

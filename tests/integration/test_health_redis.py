@@ -154,6 +154,7 @@ def test_a_released_slot_wakes_the_longest_waiting_job_once(redis_url: str) -> N
     store.wait_for_slot(["vid", "img"], "late", since=20.0)
     store.wait_for_slot(["vid"], "early", since=10.0)
     store.wait_for_slot(["vid"], "late", since=5.0)  # already listed: keeps its place
+    assert store.snapshot(["vid", "img"])["vid"].waiting == 2
 
     # record() alone never takes a waiter off
     assert store.record("vid", Outcome.SUCCESS) == BreakerState()

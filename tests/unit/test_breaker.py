@@ -138,10 +138,10 @@ def test_ewma_and_observe() -> None:
 
 def test_health_to_dict() -> None:
     s = fail(fail(fail(CLOSED, 0), 0), 0)
-    d = BackendHealth(s, 0.25, 123.456, 4).to_dict(now=10)
+    d = BackendHealth(s, 0.25, 123.456, 4, 7).to_dict(now=10)
     assert d == {"breaker": {"state": "open", "strikes": 3, "retry_at": "1970-01-01T00:00:30Z",
                              "trips": 1, "probe_in_flight": False},
-                 "success_rate": 0.25, "latency_ms": 123.5, "in_flight": 4}
+                 "success_rate": 0.25, "latency_ms": 123.5, "in_flight": 4, "waiting": 7}
     assert BackendHealth(s).to_dict(now=30)["breaker"]["state"] == "half_open"
     assert BackendHealth().to_dict(now=0)["breaker"] == {
         "state": "closed", "strikes": 0, "retry_at": None, "trips": 0, "probe_in_flight": False}
