@@ -61,6 +61,7 @@ BUDGET_UTILIZATION = "budget/utilization"
 BUDGET_FORECAST_RATIO = "budget/forecast_ratio"
 BREAKER_STATE = "backend/breaker_state"
 BREAKER_STRIKES = "backend/breaker_strikes"
+BACKEND_WAITING = "backend/waiting"
 QUEUE_DEPTH = "queue/depth"
 QUEUE_OLDEST_AGE = "queue/oldest_age"
 EXPORTER_FAILURES = "exporter/failures"
@@ -129,6 +130,9 @@ CATALOGUE: dict[str, MetricDef] = {
         _d(BREAKER_STRIKES, G, I64, "1", ("backend",),
            "Consecutive backend-fault failures counted by the breaker.",
            "backend_breaker_strikes"),
+        _d(BACKEND_WAITING, G, I64, "1", ("backend",),
+           "Jobs waiting for one of the backend's concurrency slots.",
+           "backend_waiting"),
         _d(QUEUE_DEPTH, G, I64, "1", ("queue",), "Jobs queued and not yet started.",
            "queue_depth"),
         _d(QUEUE_OLDEST_AGE, G, F64, "s", ("queue",),

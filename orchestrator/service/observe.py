@@ -168,8 +168,9 @@ def publish_gauges(conn: Connection, redis: _Redis, health: HealthPort,
                    backends: Iterable[str], queues: Iterable[str], now: datetime,
                    queue_for: Callable[[str], str], recorder: Recorder | None = None) -> int:
     """Set every periodic gauge once; returns how many were set. Budgets of the current
-    period, breaker state and strikes per backend, depth per Celery queue (Redis LLEN) and the
-    age of the oldest queued job per queue (PostgreSQL, the source of truth)."""
+    period, breaker state, strikes and jobs waiting for a slot per backend, depth per Celery
+    queue (Redis LLEN) and the age of the oldest queued job per queue (PostgreSQL, the source
+    of truth)."""
     rec = recorder or get_recorder()
     n = 0
     for b in list_budgets(conn, now=now):
@@ -187,7 +188,8 @@ def publish_gauges(conn: Connection, redis: _Redis, health: HealthPort,
         state = m.BREAKER_STATE_VALUES[shown_status(h.breaker, t).value]
         rec.gauge(m.BREAKER_STATE, state, backend=name)
         rec.gauge(m.BREAKER_STRIKES, h.breaker.strikes, backend=name)
-        n += 2
+        rec.gauge(m.BACKEND_WAITING, h.waiting, backend=name)
+        n += 3
     queues = tuple(queues)
     pipe = redis.pipeline(transaction=False)
     for q in queues:

@@ -54,12 +54,12 @@ class SlotWaits:
             wake=self.enqueue is not None)
         if waiter is None or self.enqueue is None:
             return
-        job_id, token, priority = waiter.split(" ")
         try:
+            job_id, token, priority = waiter.split(" ")
             self.enqueue.resume(uuid.UUID(job_id), uuid.UUID(token), priority)
-        except Exception as exc:  # its own timer wakes it
+        except Exception as exc:  # the step that freed the slot goes on; timers wake jobs
             log.warning("waking a job waiting for a slot failed",
-                        extra={"job_id": job_id, "error": type(exc).__name__})
+                        extra={"waiter": waiter[:80], "error": type(exc).__name__})
 
 
 def _priority(job: repo.JobRow) -> str:

@@ -67,6 +67,8 @@ def test_gauges_read_budgets_breakers_and_queues(rig: Rig) -> None:
         set_budget(conn, scope=f"tenant:{TENANT}", period="month", limit_micros=LIMIT,
                    now=datetime.now(UTC))
     open_breaker(rig, "vid-mid")
+    rig.container.health.wait_for_slot(["vid-cheap"], f"{uuid.uuid4()} {uuid.uuid4()} normal",
+                                       since=1.0)
     ids = [submit(rig), submit(rig), submit(rig, "high")]  # no worker: all stay queued
     held = sum(rig.job(j).estimated_cost_micros for j in ids)
     rec = Recorder()
@@ -74,7 +76,7 @@ def test_gauges_read_budgets_breakers_and_queues(rig: Rig) -> None:
     with rig.engine.connect() as conn:
         n = publish_gauges(conn, redis.Redis.from_url(rig.redis_url), c.health,
                            c.catalogue().names, QUEUES, datetime.now(UTC), queue_for, rec)
-    assert n == 4 + 2 * 3 + 2 * len(QUEUES)
+    assert n == 4 + 3 * 3 + 2 * len(QUEUES)
     budget = {"scope": f"tenant:{TENANT}", "period": "month"}
     assert rec.value(m.BUDGET_SPEND, **budget) == 0
     assert rec.value(m.BUDGET_HELD, **budget) == held / 1e6
@@ -83,6 +85,8 @@ def test_gauges_read_budgets_breakers_and_queues(rig: Rig) -> None:
     assert rec.value(m.BREAKER_STATE, backend="vid-mid") == m.BREAKER_OPEN
     assert rec.value(m.BREAKER_STRIKES, backend="vid-mid") == 3
     assert rec.value(m.BREAKER_STATE, backend="vid-cheap") == m.BREAKER_CLOSED
+    assert rec.value(m.BACKEND_WAITING, backend="vid-cheap") == 1
+    assert rec.value(m.BACKEND_WAITING, backend="vid-mid") == 0
     assert rec.value(m.QUEUE_DEPTH, queue="jobs.normal") == 2
     assert rec.value(m.QUEUE_DEPTH, queue="jobs.high") == 1
     assert rec.value(m.QUEUE_DEPTH, queue="jobs.low") == 0
