@@ -32,8 +32,12 @@ class Server(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.connections = 0
-        self.closed = threading.Event()  # a connection has ended, server side
+        self.closed = threading.Event()  # a connection's socket is closed, server side
         self.release = threading.Event()  # lets /hang answer nothing and return
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        self.closed.set()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -43,10 +47,6 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.server.connections += 1
-
-    def finish(self) -> None:
-        super().finish()
-        self.server.closed.set()
 
     def log_message(self, *args: Any) -> None:
         pass
