@@ -12,16 +12,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
-from functools import wraps
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli_errors import fail, one_line_errors
+from orchestrator.cli_errors import errors_as_one_line, fail
 from orchestrator.client import ApiError, Backend, BudgetExceeded, Client, Job
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Show, list and cancel jobs.")
 keys_app = typer.Typer(no_args_is_help=True, help="Create API keys (talks to the database).")
@@ -45,21 +41,6 @@ def register(app: typer.Typer) -> None:
 
 # -- plumbing ---------------------------------------------------------------------------------
 
-def _one_line_errors(fn: F) -> F:
-    """``one_line_errors``, and the SDK's errors (a 402 in dollars and cents) as one line too."""
-
-    @wraps(fn)
-    def api_errors(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except BudgetExceeded as exc:
-            fail(_budget_message(exc))
-        except ApiError as exc:
-            fail(exc.message)
-
-    return one_line_errors(api_errors)  # type: ignore[return-value]
-
-
 def _budget_message(exc: BudgetExceeded) -> str:
     """The refusal in dollars and cents, from the error's details (else the server's text)."""
     start = exc.details.get("period_start")
@@ -68,6 +49,11 @@ def _budget_message(exc: BudgetExceeded) -> str:
     since = f" from {str(start)[:10]}" if start else ""
     return (f"budget {exc.scope} ({exc.period}{since}) has {usd(exc.remaining_usd)} remaining; "
             f"this job needs up to {usd(exc.requested_usd)}")
+
+
+# ``one_line_errors``, and the SDK's errors (a 402 in dollars and cents) as one line too
+_one_line_errors = errors_as_one_line((BudgetExceeded, _budget_message),
+                                      (ApiError, lambda e: e.message))
 
 
 def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str | None]:

@@ -11,6 +11,7 @@ import typer
 from orchestrator.errors import OrchestratorError
 
 F = TypeVar("F", bound=Callable[..., Any])
+Said = tuple[type[Exception], Callable[[Any], str]]  # an error type and its one line
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -18,16 +19,23 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def one_line_errors(fn: F) -> F:
-    """The command's ``OrchestratorError`` or ``ValueError`` as one line, not a traceback."""
+def errors_as_one_line(*first: Said) -> Callable[[F], F]:
+    """A decorator: the command's errors of the ``first`` types (checked in order), then any
+    ``OrchestratorError`` or ``ValueError``, as one line, not a traceback."""
+    said: tuple[Said, ...] = (*first, (OrchestratorError, lambda e: e.message), (ValueError, str))
+    types = tuple(t for t, _ in said)
 
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except OrchestratorError as exc:
-            fail(exc.message)
-        except ValueError as exc:
-            fail(str(exc))
+    def decorate(fn: F) -> F:
+        @wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except types as exc:
+                fail(next(line(exc) for t, line in said if isinstance(exc, t)))
 
-    return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+one_line_errors = errors_as_one_line()

@@ -31,11 +31,13 @@ class CeleryEnqueue:
     def poll(
         self, job_id: uuid.UUID, token: uuid.UUID, priority: str, countdown_s: float
     ) -> None:
-        self.app.send_task(ADVANCE, (str(job_id), str(token), priority),
-                           queue=queue_for(priority), countdown=countdown_s or None)
+        self._send((str(job_id), str(token), priority), priority, countdown_s)
 
     def resume(
         self, job_id: uuid.UUID, token: uuid.UUID, priority: str, countdown_s: float = 0.0
     ) -> None:
-        self.app.send_task(ADVANCE, (str(job_id), str(token), priority, True),
-                           queue=queue_for(priority), countdown=countdown_s or None)
+        self._send((str(job_id), str(token), priority, True), priority, countdown_s)
+
+    def _send(self, args: tuple[str | bool, ...], priority: str, countdown_s: float) -> None:
+        self.app.send_task(ADVANCE, args, queue=queue_for(priority),
+                           countdown=countdown_s or None)

@@ -161,7 +161,7 @@ class HealthStore:
             ],
         )
         fields = list(res)
-        return _breaker(fields), _s(fields[5]) if len(fields) > 5 else None
+        return _breaker(fields), _s(fields[5])
 
     def wait_for_slot(self, names: Iterable[str], member: str, since: float) -> None:
         """Put ``member`` (a job's wake-up: see the runner) on the waiting list of each of

@@ -359,7 +359,7 @@ class Ledger:
             try:
                 _APPLY_STEP.run_and_commit(tx, {**params, "guard": True})
             except DBAPIError as exc:
-                if getattr(exc.orig, "sqlstate", None) == ALERTS_OWED:
+                if _sqlstate(exc) == ALERTS_OWED:
                     raise AlertsOwed() from None
                 raise
             return []
@@ -432,13 +432,17 @@ class Ledger:
             return list(by_job)
 
 
+def _sqlstate(exc: DBAPIError) -> str | None:
+    """The SQLSTATE the server raised (our functions' OR402 and OR2AL among them)."""
+    return getattr(exc.orig, "sqlstate", None)
+
+
 def _refusal(exc: DBAPIError, requested: int) -> BudgetExceeded | None:
     """The BudgetExceeded that ``orch_reserve`` raised as SQLSTATE OR402 (None: another
     error). Its DETAIL is the refusing budget as JSON."""
-    orig = exc.orig
-    if getattr(orig, "sqlstate", None) != REFUSED:
+    if _sqlstate(exc) != REFUSED:
         return None
-    info = json.loads(orig.diag.message_detail)  # type: ignore[union-attr]
+    info = json.loads(exc.orig.diag.message_detail)  # type: ignore[union-attr]
     start = datetime.fromisoformat(info["period_start"]).astimezone(UTC)
     return BudgetExceeded(
         scope=info["scope"], period=info["period"], period_start=start.isoformat(),

@@ -447,8 +447,7 @@ class JobRunner:
             return job
         open_ = next((a for a in attempts if a.outcome is None), None)
         if open_ is None and job.chain_token is not None:  # it may have waited for a slot
-            self.slots.stop_waiting(job.id, job.chain_token,
-                                    str(job.spec.get("priority") or "normal"))
+            self.slots.stop_waiting(job.id, job.chain_token, job.priority)
         if charged is not None:
             self.observe.job_finished(job, "cancelled", charged_micros=charged, now=now,
                                       backend=open_.backend if open_ else job.backend)

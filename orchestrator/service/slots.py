@@ -34,7 +34,7 @@ class SlotWaits:
     def wait(self, job: repo.JobRow, token: uuid.UUID, full: tuple[str, ...]) -> float:
         """Queue the job (its chain ``token``) on the waiting list of each backend in
         ``full``; returns how long it sleeps if no released slot wakes it first."""
-        self.health.wait_for_slot(full, _member(job.id, token, _priority(job)),
+        self.health.wait_for_slot(full, _member(job.id, token, job.priority),
                                   job.created_at.timestamp())
         log.debug("every backend left is full; waiting for a slot",
                   extra={"job_id": str(job.id), "backends": list(full)})
@@ -60,10 +60,6 @@ class SlotWaits:
         except Exception as exc:  # the step that freed the slot goes on; timers wake jobs
             log.warning("waking a job waiting for a slot failed",
                         extra={"waiter": waiter[:80], "error": type(exc).__name__})
-
-
-def _priority(job: repo.JobRow) -> str:
-    return str(job.spec.get("priority") or "normal")
 
 
 def _member(job_id: uuid.UUID, token: uuid.UUID, priority: str) -> str:

@@ -67,6 +67,10 @@ class JobRow:
     def is_final(self) -> bool:
         return self.status in FINAL
 
+    @property
+    def priority(self) -> str:
+        return str(self.spec.get("priority") or "normal")
+
 
 _JOB_COLS = ", ".join(JobRow.__slots__)
 _ATTEMPT_COLS = ", ".join(AttemptRow.__slots__)
