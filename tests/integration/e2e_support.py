@@ -22,6 +22,7 @@ from sqlalchemy import Engine, text
 
 from orchestrator.bootstrap import Container
 from orchestrator.domain.catalogue import parse_catalogue
+from orchestrator.service.runner import JobRunner
 from orchestrator.settings import Settings
 from orchestrator.simulator import RunningSimulator, start_in_thread
 from orchestrator.store import jobs as repo
@@ -130,6 +131,17 @@ class Rig:
 
         self.wait_for(f"{len(job_ids)} jobs to finish", all_final, timeout)
         return [self.job(j) for j in job_ids]
+
+
+def run_chain(runner: JobRunner, job_id: uuid.UUID, token: uuid.UUID,
+              timeout: float = 30.0) -> None:
+    """Run a job's chain to its end in this process, as the worker's tasks would (a step,
+    then the next after the delay the step asked for)."""
+    deadline = time.monotonic() + timeout
+    while not (nxt := runner.advance(job_id, token)).done:
+        assert time.monotonic() < deadline, "the chain did not end"
+        assert nxt.poll_in_s is not None
+        time.sleep(nxt.poll_in_s)  # the countdown the chain asked for, as Celery would
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, text
@@ -54,3 +55,10 @@ def entry_count(engine: Engine, kind: str | None = None) -> int:
                 text("SELECT count(*) FROM ledger_entries WHERE kind = :k"), {"k": kind}
             ).scalar_one()
         )
+
+
+def hold_status(engine: Engine, job_id: uuid.UUID) -> str:
+    """held | settled | released | expired."""
+    with engine.connect() as conn:
+        return str(conn.execute(text("SELECT status FROM holds WHERE job_id = :j"),
+                                {"j": job_id}).scalar_one())

@@ -4,7 +4,6 @@ frees, failed only by its own deadline."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,14 +13,14 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import text
 
 from orchestrator.bootstrap import Container
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.store import jobs as repo
 
-from .e2e_support import E2E_CATALOGUE, Rig
+from .e2e_support import E2E_CATALOGUE, Rig, run_chain
+from .ledger_helpers import hold_status
 
 TENANT = "acme"
 
@@ -64,16 +63,10 @@ class Capped:
     def run(self, job: repo.JobRow, timeout: float = 30.0) -> None:
         """The job's chain to its end in this process, as the worker's tasks would."""
         assert job.chain_token is not None
-        deadline = time.monotonic() + timeout
-        while not (nxt := self.container.runner.advance(job.id, job.chain_token)).done:
-            assert time.monotonic() < deadline, "the chain did not end"
-            assert nxt.poll_in_s is not None
-            time.sleep(nxt.poll_in_s)  # the countdown the chain asked for, as Celery would
+        run_chain(self.container.runner, job.id, job.chain_token, timeout)
 
     def held(self, job_id: uuid.UUID) -> str:
-        with self.rig.engine.connect() as conn:
-            return str(conn.execute(text("SELECT status FROM holds WHERE job_id = :j"),
-                                    {"j": job_id}).scalar_one())
+        return hold_status(self.rig.engine, job_id)
 
 
 @pytest.fixture()
@@ -168,10 +161,9 @@ def test_a_job_waiting_for_a_slot_fails_at_its_deadline_and_its_hold_is_released
         runner.advance(job.id, job.chain_token)
     late = capped.submit(deadline_s=1)
     assert late.chain_token is not None and late.deadline_at is not None
+    past = late.deadline_at + timedelta(seconds=0.05)
     assert not runner.advance(late.id, late.chain_token).done  # waiting
-    capped.rig.wait_for("the deadline to pass",
-                        lambda: datetime.now(UTC) > late.deadline_at + timedelta(seconds=0.05),
-                        timeout=10)
+    capped.rig.wait_for("the deadline to pass", lambda: datetime.now(UTC) > past, timeout=10)
     assert runner.advance(late.id, late.chain_token).done
     failed = capped.rig.job(late.id)
     assert (failed.status, failed.error_code) == ("failed", "deadline_exceeded")

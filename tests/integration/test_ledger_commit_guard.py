@@ -7,7 +7,6 @@ shortcut it writes the alert.
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -23,8 +22,8 @@ from orchestrator.ledger import Ledger
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.store.models import Base
 
-from .e2e_support import Rig
-from .ledger_helpers import FakeClock, assert_sound, counters, make_budget
+from .e2e_support import Rig, run_chain
+from .ledger_helpers import FakeClock, assert_sound, counters, hold_status, make_budget
 
 SCOPES = ("tenant:acme",)
 
@@ -40,12 +39,6 @@ def _alerts(db: Engine) -> list[tuple[str, int]]:
     with db.connect() as conn:
         return sorted((r.kind, r.threshold_bp) for r in conn.execute(
             text("SELECT kind, threshold_bp FROM alerts")))
-
-
-def _hold_status(db: Engine, job: uuid.UUID) -> str:
-    with db.connect() as conn:
-        return str(conn.execute(text("SELECT status FROM holds WHERE job_id = :j"),
-                                {"j": job}).scalar_one())
 
 
 @st.composite
@@ -81,7 +74,7 @@ def test_the_server_refuses_the_shortcut_exactly_when_a_threshold_is_crossed(
     except AlertsOwed:
         assert owed, "refused although no threshold is crossed"
         # nothing of the refused transaction is left
-        assert _hold_status(db, job) == "held"
+        assert hold_status(db, job) == "held"
         assert counters(db)[budget] == (limit, before, charge)
         assert _alerts(db) == alerts_before
         ledger.settle(job, charge)  # the ledger's own retry: the alerts are written
@@ -89,7 +82,7 @@ def test_the_server_refuses_the_shortcut_exactly_when_a_threshold_is_crossed(
     else:
         assert not owed, f"committed without the alerts for {owed}"
         assert _alerts(db) == alerts_before
-    assert _hold_status(db, job) == "settled"
+    assert hold_status(db, job) == "settled"
     assert counters(db)[budget] == (limit, before + charge, 0)
     assert_sound(db)
 
@@ -105,12 +98,12 @@ def test_any_charge_to_a_budget_with_forecast_thresholds_takes_the_long_way(
         ledger.hold(job, SCOPES, 1_000)
     with db.begin() as tx:  # charging nothing owes nothing: committed with the step
         ledger.release(free, conn=tx, commit=True)
-    assert _hold_status(db, free) == "released"
+    assert hold_status(db, free) == "released"
     with pytest.raises(AlertsOwed), db.begin() as tx:
         ledger.settle(charged, 1_000, conn=tx, commit=True)
-    assert _hold_status(db, charged) == "held"
+    assert hold_status(db, charged) == "held"
     ledger.settle(charged, 1_000)
-    assert _hold_status(db, charged) == "settled"
+    assert hold_status(db, charged) == "settled"
 
 
 def test_a_refused_shortcut_rolls_back_the_callers_whole_transaction(db: Engine) -> None:
@@ -148,15 +141,12 @@ def test_a_job_whose_charge_crosses_a_threshold_settles_with_its_alert(rig: Rig)
                    limit_micros=job.estimated_cost_micros, now=datetime.now(UTC))
     runner, token = rig.container.runner, job.chain_token
     assert token is not None
-    deadline = time.monotonic() + 30
-    while not (nxt := runner.advance(job.id, token)).done:
-        assert time.monotonic() < deadline and nxt.poll_in_s is not None
-        time.sleep(nxt.poll_in_s)  # the countdown the chain asked for, as Celery would
+    run_chain(runner, job.id, token)
     done = rig.job(job.id)
     assert done.status == "succeeded" and done.cost_micros
     charged = min(done.cost_micros, job.estimated_cost_micros)
     owed = crossed_thresholds(job.estimated_cost_micros, 0, charged, thresholds)
     assert owed, "the test needs a charge that crosses a threshold"
     assert _alerts(rig.engine) == [("threshold", bp) for bp in owed]
-    assert _hold_status(rig.engine, job.id) == "settled"
+    assert hold_status(rig.engine, job.id) == "settled"
     assert_sound(rig.engine)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from orchestrator.service.observe import JobObserver
 from orchestrator.service.runner import JobRunner
 from orchestrator.service.submission import Submitter
 
-from .e2e_support import Rig
+from .e2e_support import Rig, run_chain
 
 TENANT = "acme"
 PROMPT = "a lighthouse at dusk, secret storyboard"
@@ -62,11 +61,7 @@ class Observed:
         next after the delay the step asked for)."""
         token = self.rig.job(job_id).chain_token
         assert token is not None
-        deadline = time.monotonic() + timeout
-        while not (nxt := self.runner.advance(job_id, token)).done:
-            assert time.monotonic() < deadline, "the chain did not end"
-            assert nxt.poll_in_s is not None
-            time.sleep(nxt.poll_in_s)  # the countdown the chain asked for, as Celery would
+        run_chain(self.runner, job_id, token, timeout)
 
 
 @pytest.fixture()
