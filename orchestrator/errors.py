@@ -14,8 +14,8 @@
         ├── HoldNotFound            no hold exists for that job
         ├── HoldNotActive           the hold was already settled, released or expired
         ├── InvalidAmount           negative amount, or a settle/charge above the hold
-        └── AlertsOwed              (internal) a step sent with its COMMIT may owe an alert:
-                                    the transaction rolled back; run it again without commit
+        └── AlertsOwed              (internal) a guarded step that commits on its own may owe
+                                    an alert: nothing changed; run it in a transaction
 
 Every error carries a stable ``code`` (used by the HTTP API's error envelope) and a
 ``details`` mapping that is safe to show to the caller: it never contains prompts or keys.
@@ -112,12 +112,13 @@ class InvalidAmount(LedgerError):
 
 
 class AlertsOwed(LedgerError):
-    """A settle or release sent together with its COMMIT (``commit=True``) was refused by
-    the database because the charge may owe a budget alert, which must be written in the
-    same transaction. Nothing of that transaction is kept: its owner runs it again with
-    ``commit=False``. Never reaches a caller of the API."""
+    """A settle, release or job ending run with the alert guard, as one statement that
+    commits on its own, was refused by the database because the charge may owe a budget
+    alert, which must be written in the same transaction. Nothing of it was kept: the
+    ledger runs it again in a transaction that writes the alerts. Never reaches a caller of
+    the API."""
 
     code = "internal_error"
 
     def __init__(self) -> None:
-        super().__init__("the ledger step may owe a budget alert; run it without commit")
+        super().__init__("the ledger step may owe a budget alert; run it in a transaction")

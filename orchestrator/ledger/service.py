@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
@@ -40,8 +41,11 @@ from orchestrator.ledger.alerts import (
     refusal_bucket,
     step_alerts,
 )
+from orchestrator.ledger.endings import ClosingAttempt, JobEnd, end_job
 from orchestrator.ledger.periods import PeriodResolver
 from orchestrator.store.statement import Statement
+
+_T = TypeVar("_T")
 
 
 def utcnow() -> datetime:
@@ -102,33 +106,17 @@ _RESERVE_AND_RECORD = Statement(f"{_RESERVE_SQL}; {_LINES_AND_ENTRIES_SQL}")  # 
 _SELECT_HOLD = text(
     "SELECT id, amount_micros, charged_micros, status FROM holds WHERE job_id = :job_id"
 )
-# Finish the hold (guarded) and read its lines in one statement: one row per line, or one
-# row with NULL line columns for a hold no budget covers; no row when the guard refused.
+# Finish the hold (guarded) and move its periods (migration 0006): one row per period as
+# updated, joined to its budget, after the hold's amount; one row with NULL period columns for
+# a hold no budget covers; no row when the guard refused. With guard true it raises SQLSTATE
+# OR2AL instead when the step may owe an alert.
 _FINISH_HOLD = Statement(
-    """
-    WITH h AS (
-        UPDATE holds SET status = :status, charged_micros = :charge, finished_at = :now
-        WHERE job_id = :job_id AND status = 'held' AND amount_micros >= :charge
-        RETURNING id, amount_micros
-    )
-    SELECT h.amount_micros, hl.budget_period_id, hl.amount_micros AS line_micros
-    FROM h LEFT JOIN hold_lines hl ON hl.hold_id = h.id
-    ORDER BY hl.budget_period_id
-    """
+    "SELECT * FROM orch_finish_hold(:job_id, :status, :kind, :charge, :now, :guard)"
 )
 _HOLD_LINES = text(
     """
     SELECT hold_id, budget_period_id, amount_micros FROM hold_lines
     WHERE hold_id = ANY(:hold_ids) ORDER BY budget_period_id
-    """
-)
-# Appends a settle's or release's entries and moves its periods (ascending ids); returns each
-# period row as updated, joined to its budget. With guard true it raises SQLSTATE OR2AL
-# instead when the step may owe an alert (migration 0005).
-_APPLY_STEP = Statement(
-    """
-    SELECT * FROM orch_apply(:job, :kind, :now, CAST(:pids AS bigint[]),
-                             CAST(:releases AS bigint[]), CAST(:charges AS bigint[]), :guard)
     """
 )
 ALERTS_OWED = "OR2AL"
@@ -190,6 +178,7 @@ class Ledger:
         self.hold_ttl = hold_ttl
         self.refusal_window = refusal_window
         self.periods = PeriodResolver(engine)
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         # (scope, period, period start, bucket) already alerted: a refusal storm costs no
         # round trip after the first refusal of a window (the database key is the authority)
         self._refused: set[tuple[str, str, str, int]] = set()
@@ -267,53 +256,48 @@ class Ledger:
 
     # -- settle / release ------------------------------------------------------------------
     def settle(
-        self, job_id: uuid.UUID, actual_micros: int, *, conn: Connection | None = None,
-        commit: bool = False,
+        self, job_id: uuid.UUID, actual_micros: int, *, conn: Connection | None = None
     ) -> StepReceipt:
         """Charge the actual cost (at most the hold) and release the rest of the hold.
 
-        Without ``conn``, or with ``commit=True`` (the step ends the caller's transaction),
-        the budget moves go to PostgreSQL together with the COMMIT, as a hold's do, unless
-        they may owe an alert. With ``conn`` that case raises ``AlertsOwed``: the caller's
-        transaction is gone and must be run again with ``commit=False``.
+        Without ``conn`` the step is one statement that commits on its own (see
+        :meth:`_guarded`); with ``conn`` it joins the caller's transaction.
         """
-        return self._finish(job_id, "settled", "settle", actual_micros, conn, commit)
+        return self._finish(job_id, "settled", "settle", actual_micros, conn)
 
     def release(
-        self, job_id: uuid.UUID, *, charge_micros: int = 0, conn: Connection | None = None,
-        commit: bool = False,
+        self, job_id: uuid.UUID, *, charge_micros: int = 0, conn: Connection | None = None
     ) -> StepReceipt:
         """Give the hold back; charge ``charge_micros`` where the backend billed a partial cost.
-        ``conn`` and ``commit`` as for :meth:`settle`."""
-        return self._finish(job_id, "released", "release", charge_micros, conn, commit)
+        ``conn`` as for :meth:`settle`."""
+        return self._finish(job_id, "released", "release", charge_micros, conn)
 
     def _finish(
-        self, job_id: uuid.UUID, status: str, kind: str, charge: int, conn: Connection | None,
-        commit: bool,
+        self, job_id: uuid.UUID, status: str, kind: str, charge: int, conn: Connection | None
     ) -> StepReceipt:
         if charge < 0:
             raise InvalidAmount(f"charge must be >= 0, got {charge}")
-        if conn is not None:
-            return self._finish_in(conn, job_id, status, kind, charge, commit)
-        try:
-            return self._finish_in(None, job_id, status, kind, charge, True)
-        except AlertsOwed:  # rolled back: the same step again, writing its alerts
-            return self._finish_in(None, job_id, status, kind, charge, False)
+        now = self.clock()
+
+        def step(tx: Connection, guard: bool) -> StepReceipt:
+            return self._finish_in(tx, job_id, status, kind, charge, now, guard)
+
+        return step(conn, False) if conn is not None else self._guarded(step)
 
     def _finish_in(
-        self, conn: Connection | None, job_id: uuid.UUID, status: str, kind: str, charge: int,
-        commit: bool,
+        self, tx: Connection, job_id: uuid.UUID, status: str, kind: str, charge: int,
+        now: datetime, guard: bool,
     ) -> StepReceipt:
-        now = self.clock()
-        with self._tx(conn) as tx:
-            # (hold amount, period id, line amount) per line
-            rows = _FINISH_HOLD.all(
-                tx, {"status": status, "charge": charge, "now": now, "job_id": job_id}
-            )
-            if not rows:
-                return self._refused_finish(tx, job_id, status, charge)
-            moves = [(pid, line, charge) for _, pid, line in rows if pid is not None]
-            alert_ids = self._apply(tx, job_id, kind, moves, now, commit)
+        rows = _guard_refusal(lambda: _FINISH_HOLD.all(tx, {
+            "job_id": job_id, "status": status, "kind": kind, "charge": charge, "now": now,
+            "guard": guard}))
+        if not rows:
+            return self._refused_finish(tx, job_id, status, charge)
+        alert_ids: list[uuid.UUID] = []
+        if not guard:
+            for row in rows:
+                if row[1] is not None:  # a period the hold covered
+                    alert_ids += step_alerts(tx, PeriodAfterStep(*row[1:]), charge, now)
         return StepReceipt(job_id, status, charge, rows[0][0] - charge, tuple(alert_ids))
 
     def _refused_finish(
@@ -335,39 +319,36 @@ class Ledger:
             f"hold for job {job_id} is already {existing.status}", status=existing.status
         )
 
-    def _apply(
-        self,
-        tx: Connection,
-        job_id: uuid.UUID,
-        kind: str,
-        moves: list[tuple[int, int, int]],
-        now: datetime,
-        commit: bool,
-    ) -> list[uuid.UUID]:
-        """Append the entries and move (period id, release held, add committed) in ascending
-        period id order, in one statement (``orch_apply``); then the alerts the charge owes.
+    # -- a job's ending ----------------------------------------------------------------------
+    def end_job(
+        self, job_id: uuid.UUID, status: str, now: datetime, *,
+        attempt: ClosingAttempt | None = None, backend: str | None = None,
+        result: dict[str, Any] | None = None, error_code: str | None = None,
+        error_message: str | None = None,
+    ) -> JobEnd | None:
+        """The job's last attempt closed (``attempt``), its final ``status`` and cost, and its
+        hold settled (succeeded) or released, charging the cost up to the hold: one statement
+        that commits on its own (see :meth:`_guarded` and ``ledger.endings``)."""
 
-        With ``commit`` the statement goes with the COMMIT and the server refuses it
-        (``AlertsOwed``) when an alert may be owed, so a committed step never skipped one.
-        """
-        if not moves:
-            return []
-        moves = sorted(moves)
-        params = {"job": job_id, "kind": kind, "now": now, "pids": [m[0] for m in moves],
-                  "releases": [m[1] for m in moves], "charges": [m[2] for m in moves]}
-        if commit:
-            try:
-                _APPLY_STEP.run_and_commit(tx, {**params, "guard": True})
-            except DBAPIError as exc:
-                if _sqlstate(exc) == ALERTS_OWED:
-                    raise AlertsOwed() from None
-                raise
-            return []
-        alert_ids: list[uuid.UUID] = []
-        for row, (_, _, charge) in zip(_APPLY_STEP.all(tx, {**params, "guard": False}), moves,
-                                       strict=True):
-            alert_ids += step_alerts(tx, PeriodAfterStep(*row), charge, now)
-        return alert_ids
+        def step(tx: Connection, guard: bool) -> JobEnd | None:
+            return _guard_refusal(lambda: end_job(
+                tx, job_id, status, now, guard=guard, attempt=attempt, backend=backend,
+                result=result, error_code=error_code, error_message=error_message))
+
+        return self._guarded(step)
+
+    def _guarded(self, step: Callable[[Connection, bool], _T]) -> _T:
+        """Run a settle-like ``step`` as one statement outside any transaction, so it commits
+        on its own and the period rows every job of a tenant touches stay locked for the
+        server's work only; with the guard on, the server refuses it (``AlertsOwed``, nothing
+        changed) when the charge may owe an alert. Then it runs again in a transaction
+        without the guard and writes its alerts before the COMMIT."""
+        try:
+            with self._autocommit.connect() as conn:
+                return step(conn, True)
+        except AlertsOwed:
+            with self.engine.begin() as tx:
+                return step(tx, False)
 
     # -- refusal alerts ----------------------------------------------------------------------
     def record_refusal(
@@ -435,6 +416,16 @@ class Ledger:
 def _sqlstate(exc: DBAPIError) -> str | None:
     """The SQLSTATE the server raised (our functions' OR402 and OR2AL among them)."""
     return getattr(exc.orig, "sqlstate", None)
+
+
+def _guard_refusal(run: Callable[[], _T]) -> _T:
+    """``run()``, with the guard's SQLSTATE OR2AL raised as ``AlertsOwed``."""
+    try:
+        return run()
+    except DBAPIError as exc:
+        if _sqlstate(exc) == ALERTS_OWED:
+            raise AlertsOwed() from None
+        raise
 
 
 def _refusal(exc: DBAPIError, requested: int) -> BudgetExceeded | None:

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
@@ -28,15 +27,14 @@ from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.polling import PollPolicy
 from orchestrator.domain.routing import RoutePlan
-from orchestrator.errors import AlertsOwed, HoldNotActive
 from orchestrator.ledger import Ledger
+from orchestrator.ledger.endings import ClosingAttempt, JobEnd
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import EnqueuePort, HealthPort
 from orchestrator.service.slots import SlotWaits
 from orchestrator.store import jobs as repo
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +62,6 @@ class Opened:
     full: tuple[str, ...] = ()  # the backends that refused for want of a slot
 
 
-def _ending(conclude: Callable[[bool], _T]) -> _T:
-    """Run a transaction that ends a job, its ledger step sent together with the COMMIT, so
-    the budget rows every job of a tenant touches stay locked for the server's work only.
-    When the charge may owe a budget alert the database refuses that (the transaction rolls
-    back) and it runs again with the alerts written before an ordinary COMMIT."""
-    try:
-        return conclude(True)
-    except AlertsOwed:
-        return conclude(False)
-
-
 class JobRunner:
     def __init__(
         self,
@@ -89,6 +76,9 @@ class JobRunner:
         enqueue: EnqueuePort | None = None,
     ) -> None:
         self.engine = engine
+        # single statements that commit on their own: a step's claim and checkpoint are two
+        # round trips, not four (BEGIN and COMMIT), and lock nothing between them
+        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.ledger = ledger
         self.catalogue = catalogue
         self.health = health
@@ -114,8 +104,8 @@ class JobRunner:
         now = self.clock()
         opened: Opened | None = None
         attempts: list[repo.AttemptRow] = []  # a queued job has no attempts yet
-        with self.engine.begin() as tx:
-            found = repo.claim_or_get(tx, job_id, token, now)
+        with self.autocommit.connect() as conn:
+            found = repo.claim_or_get(conn, job_id, token, now)
             if found is None:
                 return DONE
             current, claimed_now = found
@@ -123,16 +113,16 @@ class JobRunner:
             if claimed is not None:
                 job = claimed
                 if not self._past_deadline(job, now):
-                    # its first attempt is checkpointed in the claiming transaction
-                    opened = self._open_next(tx, job, attempts)
+                    # its first attempt is checkpointed before any backend call
+                    opened = self._open_next(conn, job, attempts, token)
                     if opened.full:  # back to the queue until a slot frees
                         delay = self.slots.wait(job, token, opened.full)
-                        repo.requeue(tx, job_id, token, self._wake_at(delay))
+                        repo.requeue(conn, job_id, token, self._wake_at(delay))
                         return Next(delay, resume=True)
             else:
                 if current.is_final or current.chain_token != token:
                     return DONE
-                job, attempts = current, repo.attempts(tx, job_id)
+                job, attempts = current, repo.attempts(conn, job_id)
         if claimed is not None:
             self.observe.job_started(claimed)
         if opened is not None:  # committed: now the backend may be called
@@ -158,7 +148,7 @@ class JobRunner:
         *, resume: bool = False,
     ) -> Next:
         with self.engine.begin() as tx:
-            opened = self._open_next(tx, job, attempts)
+            opened = self._open_next(tx, job, attempts, token)
             if opened.full:  # failing over, but every backend left is full: wait for a slot
                 delay = self.slots.wait(job, token, opened.full)
                 if not repo.set_wake(tx, job.id, token, self._wake_at(delay)):
@@ -169,10 +159,12 @@ class JobRunner:
         return self._start(job, attempts, opened, token)
 
     def _open_next(
-        self, tx: Connection, job: repo.JobRow, attempts: list[repo.AttemptRow]
+        self, tx: Connection, job: repo.JobRow, attempts: list[repo.AttemptRow],
+        token: uuid.UUID,
     ) -> Opened:
         """Take a breaker ticket for the next untried backend of the plan and write its
-        attempt row in ``tx`` (the checkpoint before any backend call)."""
+        attempt row in ``tx`` (the checkpoint before any backend call), if the chain holding
+        ``token`` still runs the job."""
         plan = RoutePlan.from_quote(job.route or {})
         cat = self.catalogue()
         tried = {a.backend for a in attempts}
@@ -192,10 +184,10 @@ class JobRunner:
                     full.append(name)
                 continue
             attempt = repo.open_attempt(
-                tx, job.id, len(attempts) + 1, name, self.clock(),
+                tx, job.id, token, len(attempts) + 1, name, self.clock(),
                 slot=ticket.slot, probe=ticket.probe,
             )
-            if attempt is None:  # a duplicate step opened it first; let it run
+            if attempt is None:  # a duplicate step opened it first (let it run), or it ended
                 self.slots.released(name, Outcome.CANCELLED, probe=ticket.probe, slot=ticket.slot)
                 return Opened(duplicate=True)
             return Opened(attempt=attempt)
@@ -344,72 +336,42 @@ class JobRunner:
         *, external_id: str | None = None,
     ) -> None:
         now = self.clock()
-
-        def conclude(commit: bool) -> int | None:
-            with self.engine.begin() as tx:
-                if not repo.close_attempt(tx, attempt.id, "succeeded", now,
-                                          fault=Outcome.SUCCESS.value,
-                                          cost_micros=res.cost_micros or 0,
-                                          external_id=external_id):
-                    return None  # a duplicate step concluded it
-                return self._finish_and_charge(tx, job, "succeeded", now, commit=commit,
-                                               backend=attempt.backend,
-                                               result={"output": res.output})
-
-        charged = _ending(conclude)
-        if charged is None:
-            return
+        cost = res.cost_micros or 0
+        end = self.ledger.end_job(
+            job.id, "succeeded", now, backend=attempt.backend, result={"output": res.output},
+            attempt=ClosingAttempt(attempt.id, "succeeded", Outcome.SUCCESS.value, cost,
+                                   external_id))
+        if end is None:
+            return  # a duplicate step concluded it
         self.slots.released(attempt.backend, Outcome.SUCCESS, latency_ms=latency_ms,
-                       probe=attempt.probe, slot=attempt.slot)
+                            probe=attempt.probe, slot=attempt.slot)
         self.observe.attempt_ended(job, attempt, "succeeded", fault=Outcome.SUCCESS.value,
-                                   cost_micros=res.cost_micros or 0, now=now)
-        self.observe.job_finished(job, "succeeded", backend=attempt.backend,
-                                  charged_micros=charged, now=now)
+                                   cost_micros=cost, now=now)
+        if end.ended:  # else it was cancelled meanwhile: only the attempt was ours to close
+            self.observe.job_finished(job, "succeeded", backend=attempt.backend,
+                                      charged_micros=self._charged(job, end), now=now)
 
     def _fail(self, job: repo.JobRow, code: str, message: str, *,
               backend: str | None = None) -> None:
         now = self.clock()
-
-        def conclude(commit: bool) -> int | None:
-            with self.engine.begin() as tx:
-                return self._finish_and_charge(tx, job, "failed", now, commit=commit,
-                                               error_code=code, error_message=message)
-
-        charged = _ending(conclude)
-        if charged is None:
+        end = self.ledger.end_job(job.id, "failed", now, error_code=code, error_message=message)
+        if end is None or not end.ended:
             return
-        self.observe.job_finished(job, "failed", backend=backend, charged_micros=charged,
-                                  now=now, error_code=code)
+        self.observe.job_finished(job, "failed", backend=backend,
+                                  charged_micros=self._charged(job, end), now=now,
+                                  error_code=code)
 
-    def _finish_and_charge(self, tx: Connection, job: repo.JobRow, status: str,
-                           now: datetime, *, commit: bool, **fields: Any) -> int | None:
-        """The job's final ``status`` (``fields`` as for ``repo.finish``) and its hold settled
-        (succeeded) or released (otherwise) in ``tx``; what was charged, or None if the job
-        had already ended."""
-        total = repo.finish(tx, job.id, status, now, **fields)
-        if total is None:
-            return None
-        return self._charge(tx, job, total, settle=status == "succeeded", commit=commit)
-
-    def _charge(self, tx: Connection, job: repo.JobRow, total: int, *, settle: bool,
-                commit: bool) -> int:
-        """Settle or release the job's hold as the last step of ``tx``; returns what was
-        charged. With ``commit`` the ledger commits ``tx`` itself (see ``_ending``)."""
-        charge = min(total, job.estimated_cost_micros)
-        if charge < total:
-            log.error("job cost more than its hold; charging the hold",
-                      extra={"job_id": str(job.id), "cost_micros": total,
-                             "hold_micros": job.estimated_cost_micros})
-        try:
-            if settle:
-                self.ledger.settle(job.id, charge, conn=tx, commit=commit)
-            else:
-                self.ledger.release(job.id, charge_micros=charge, conn=tx, commit=commit)
-        except HoldNotActive as exc:
-            log.error("hold already %s; job finished without a charge", exc.status,
+    @staticmethod
+    def _charged(job: repo.JobRow, end: JobEnd) -> int:
+        """What the ending charged, after logging why it charged less than the cost."""
+        if end.hold_status is not None:
+            log.error("hold already %s; job finished without a charge", end.hold_status,
                       extra={"job_id": str(job.id)})
-            return 0
-        return charge
+        elif end.charged_micros < end.cost_micros:
+            log.error("job cost more than its hold; charging the hold",
+                      extra={"job_id": str(job.id), "cost_micros": end.cost_micros,
+                             "hold_micros": end.charged_micros})
+        return end.charged_micros
 
     def _deadline(self, job: repo.JobRow, open_: repo.AttemptRow | None) -> Next:
         if open_ is not None:
@@ -424,38 +386,31 @@ class JobRunner:
         return DONE
 
     def cancel(self, job_id: uuid.UUID, tenant: str | None = None) -> repo.JobRow | None:
-        """Cancel a live job now: final status and hold released in one transaction, then the
+        """Cancel a live job now: final status and hold released in one statement, then the
         backend is asked to stop. Returns the job (None: not found / not the tenant's)."""
         now = self.clock()
-
-        def conclude(commit: bool) -> tuple[repo.JobRow | None, list[repo.AttemptRow],
-                                            int | None]:
-            with self.engine.begin() as tx:
-                job = repo.get_job(tx, job_id, for_update=True)
-                if job is None or (tenant is not None and job.tenant != tenant):
-                    return None, [], None
-                if job.is_final:
-                    return job, [], None
-                attempts = repo.attempts(tx, job_id)
-                charged = self._finish_and_charge(tx, job, "cancelled", now, commit=commit,
-                                                  error_code="cancelled",
-                                                  error_message="cancelled by request")
-                return job, attempts, charged
-
-        job, attempts, charged = _ending(conclude)
-        if job is None or job.is_final:
+        with self.autocommit.connect() as conn:
+            job = repo.get_job(conn, job_id)
+        if job is None or (tenant is not None and job.tenant != tenant):
+            return None
+        if job.is_final:
             return job
-        open_ = next((a for a in attempts if a.outcome is None), None)
-        if open_ is None and job.chain_token is not None:  # it may have waited for a slot
-            self.slots.stop_waiting(job.id, job.chain_token, job.priority)
-        if charged is not None:
-            self.observe.job_finished(job, "cancelled", charged_micros=charged, now=now,
-                                      backend=open_.backend if open_ else job.backend)
-        if open_ is not None:
-            if open_.external_id is not None:
-                self._cancel_at_backend(self.adapter(open_.backend), open_.external_id)
-            self._close(job, open_, "cancelled", Outcome.CANCELLED)
-        with self.engine.begin() as conn:
+        end = self.ledger.end_job(job_id, "cancelled", now, error_code="cancelled",
+                                  error_message="cancelled by request")
+        with self.autocommit.connect() as conn:
+            # after the ending: no attempt opens once the job has left running
+            attempts = [] if end is None or not end.ended else repo.attempts(conn, job_id)
+        if end is not None and end.ended:
+            open_ = next((a for a in attempts if a.outcome is None), None)
+            if open_ is None and job.chain_token is not None:  # it may have waited for a slot
+                self.slots.stop_waiting(job.id, job.chain_token, job.priority)
+            self.observe.job_finished(job, "cancelled", charged_micros=self._charged(job, end),
+                                      now=now, backend=open_.backend if open_ else job.backend)
+            if open_ is not None:
+                if open_.external_id is not None:
+                    self._cancel_at_backend(self.adapter(open_.backend), open_.external_id)
+                self._close(job, open_, "cancelled", Outcome.CANCELLED)
+        with self.autocommit.connect() as conn:
             return repo.get_job(conn, job_id)
 
     def _cancel_at_backend(self, adapter: BackendAdapter, external_id: str) -> None:

@@ -145,10 +145,16 @@ _REVIVE = text(
     """
 )
 _ATTEMPTS = Statement(f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE job_id = :id ORDER BY number")
+# Only while the chain holding the token runs the job: the job row is locked as an update
+# would, so a cancel or an ending that commits first is seen, and one that comes later waits.
 _OPEN_ATTEMPT = Statement(
     f"""
+    WITH running AS (
+        SELECT id FROM jobs WHERE id = :j AND status = 'running' AND chain_token = :t
+        FOR NO KEY UPDATE
+    )
     INSERT INTO attempts (job_id, number, backend, started_at, slot, probe)
-    VALUES (:j, :n, :b, :now, :slot, :probe)
+    SELECT id, :n, :b, :now, :slot, :probe FROM running
     ON CONFLICT (job_id, number) DO NOTHING
     RETURNING {_ATTEMPT_COLS}
     """
@@ -294,13 +300,13 @@ def attempts(conn: Connection, job_id: uuid.UUID) -> list[AttemptRow]:
 
 
 def open_attempt(
-    conn: Connection, job_id: uuid.UUID, number: int, backend: str, now: datetime,
-    *, slot: str | None = None, probe: bool = False,
+    conn: Connection, job_id: uuid.UUID, token: uuid.UUID, number: int, backend: str,
+    now: datetime, *, slot: str | None = None, probe: bool = False,
 ) -> AttemptRow | None:
-    """Checkpoint before calling a backend; None if attempt ``number`` already exists."""
-    row = _OPEN_ATTEMPT.first(
-        conn, {"j": job_id, "n": number, "b": backend, "now": now, "slot": slot, "probe": probe}
-    )
+    """Checkpoint before calling a backend; None if attempt ``number`` already exists, or
+    the chain holding ``token`` no longer runs the job (it ended, or has a new chain)."""
+    row = _OPEN_ATTEMPT.first(conn, {"j": job_id, "t": token, "n": number, "b": backend,
+                                     "now": now, "slot": slot, "probe": probe})
     return AttemptRow(*row) if row is not None else None
 
 

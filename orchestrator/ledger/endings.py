@@ -1,0 +1,95 @@
+"""A job's ending in one statement: its last attempt closed, its final status and cost, and
+its hold settled or released (``orch_end_job``, migration 0006).
+
+The runner ends every job through here. Run on a connection without an open transaction the
+statement commits on its own; with ``guard`` it is refused (``AlertsOwed``, nothing changed)
+when the charge may owe a budget alert, and run again inside a transaction that writes the
+alerts from the period rows it returns (see ``Ledger.end_job``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from orchestrator.ledger.alerts import PeriodAfterStep, step_alerts
+from orchestrator.store.statement import Statement
+
+
+@dataclass(frozen=True, slots=True)
+class ClosingAttempt:
+    """The open attempt a success closes in the same statement."""
+
+    attempt_id: int
+    outcome: str
+    fault: str
+    cost_micros: int
+    external_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobEnd:
+    """What ``end_job`` did. ``ended`` False: the job had already ended (another step or a
+    cancel), so only the attempt was closed. ``hold_status`` is set when the hold was no
+    longer held (the job ended without a charge)."""
+
+    ended: bool
+    cost_micros: int = 0
+    charged_micros: int = 0
+    hold_status: str | None = None
+    alert_ids: tuple[uuid.UUID, ...] = ()
+
+
+_END_JOB = Statement(
+    """
+    SELECT * FROM orch_end_job(:job, :status, :now, :attempt, :outcome, :fault, :cost, :ext,
+                               :backend, CAST(:result AS jsonb), :code, :msg, :guard)
+    """
+)
+
+
+def end_job(
+    conn: Connection,
+    job_id: uuid.UUID,
+    status: str,
+    now: datetime,
+    *,
+    guard: bool,
+    attempt: ClosingAttempt | None = None,
+    backend: str | None = None,
+    result: dict[str, Any] | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> JobEnd | None:
+    """End the job (``status``: succeeded, failed or cancelled). None: ``attempt`` had
+    already been closed by a duplicate step, and nothing changed. Without ``guard`` the
+    alerts the charge owes are written in ``conn``'s transaction."""
+    rows = _END_JOB.all(conn, {
+        "job": job_id, "status": status, "now": now,
+        "attempt": attempt.attempt_id if attempt else None,
+        "outcome": attempt.outcome if attempt else None,
+        "fault": attempt.fault if attempt else None,
+        "cost": attempt.cost_micros if attempt else None,
+        "ext": attempt.external_id if attempt else None,
+        "backend": backend, "result": json.dumps(result) if result is not None else None,
+        "code": error_code, "msg": error_message, "guard": guard,
+    })
+    if not rows:
+        return None
+    ended, cost, charged, hold_status = rows[0][:4]
+    if ended != "ended":
+        return JobEnd(ended=False)
+    if charged is None:
+        return JobEnd(ended=True, cost_micros=cost, hold_status=hold_status)
+    alert_ids: list[uuid.UUID] = []
+    if not guard:
+        for row in rows:
+            if row[5] is not None:  # a period the hold covered
+                alert_ids += step_alerts(conn, PeriodAfterStep(*row[5:]), charged, now)
+    return JobEnd(ended=True, cost_micros=cost, charged_micros=charged,
+                  alert_ids=tuple(alert_ids))
