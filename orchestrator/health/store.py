@@ -32,6 +32,7 @@ from orchestrator.domain.breaker import (
     Refusal,
 )
 from orchestrator.domain.outcomes import Outcome
+from orchestrator.health.direct import DirectScripts
 from orchestrator.health.scripts import ACQUIRE, RECORD, RENEW, SNAPSHOT
 
 
@@ -94,6 +95,7 @@ class HealthStore:
         self._record = redis.register_script(RECORD)
         self._renew = redis.register_script(RENEW)
         self._snapshot = redis.register_script(SNAPSHOT)
+        self._scripts = DirectScripts(redis)
         self._joined: dict[tuple[str, ...], str] = {}
 
     @classmethod
@@ -110,10 +112,10 @@ class HealthStore:
         """Ask the breaker and take one of ``max_concurrency`` slots, atomically."""
         breaker, _, slots = self._keys(name)
         slot = uuid.uuid4().hex
-        res = self._acquire(
-            keys=[breaker, slots],
-            args=[repr(float(self.clock())), max_concurrency, repr(float(lease_s)), slot,
-                  repr(float(self.policy.probe_lease_s))],
+        res = self._scripts.run(
+            self._acquire, [breaker, slots],
+            [repr(float(self.clock())), max_concurrency, repr(float(lease_s)), slot,
+             repr(float(self.policy.probe_lease_s))],
         )
         allowed, second, detail = int(res[0]), _s(res[1]), _s(res[2])
         if allowed:
@@ -151,9 +153,9 @@ class HealthStore:
         the breaker and that job's member string (None: nobody waits)."""
         breaker, health, slots = self._keys(name)
         p = self.policy
-        res = self._record(
-            keys=[breaker, health, slots, self._waiters(name)],
-            args=[
+        res = self._scripts.run(
+            self._record, [breaker, health, slots, self._waiters(name)],
+            [
                 repr(float(self.clock())), Outcome(outcome).value,
                 "" if latency_ms is None else repr(float(latency_ms)), "1" if probe else "0",
                 p.threshold, repr(float(p.cooldown_base_s)), repr(float(p.cooldown_cap_s)),
@@ -197,8 +199,8 @@ class HealthStore:
 
     def renew(self, name: str, slot: str, lease_s: float) -> bool:
         """Extend a held slot's lease (long jobs); False if it had already expired."""
-        res = self._renew(keys=[self._keys(name)[2]],
-                          args=[repr(float(self.clock())), slot, repr(float(lease_s))])
+        res = self._scripts.run(self._renew, [self._keys(name)[2]],
+                                [repr(float(self.clock())), slot, repr(float(lease_s))])
         return bool(int(res))
 
     def breaker(self, name: str) -> BreakerState:
@@ -215,7 +217,8 @@ class HealthStore:
             if any("," in n for n in names):
                 raise ValueError("backend names cannot contain ','")
             joined = self._joined[names] = ",".join(names)
-        raw = self._snapshot(args=[repr(float(self.clock())), self.prefix, joined])
+        raw = self._scripts.run(self._snapshot, [],
+                                [repr(float(self.clock())), self.prefix, joined])
         out: dict[str, BackendHealth] = {}
         for name, row in zip(names, json.loads(raw), strict=True):
             status, strikes, trips, retry_at, probe_until, sr, lat, n, waiting = row
