@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from orchestrator.backends.base import BackendAdapter
 from orchestrator.backends.registry import make_adapter
-from orchestrator.backends.transport import StdlibTransport
+from orchestrator.backends.transport import Http11Transport
 from orchestrator.domain.breaker import BreakerPolicy
 from orchestrator.domain.catalogue import Catalogue, load_catalogue
 from orchestrator.domain.polling import PollPolicy
@@ -86,7 +86,7 @@ class Container:
     @cached_property
     def transport(self) -> httpx.BaseTransport:
         """The backends' HTTP wire, shared by every adapter (keep-alive per origin)."""
-        return StdlibTransport()
+        return Http11Transport()
 
     def adapter(self, name: str) -> BackendAdapter:
         found = self._adapters.get(name)  # every job step asks: no lock once it exists

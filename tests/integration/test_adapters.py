@@ -21,7 +21,7 @@ from orchestrator.backends import (
     TransientError,
     make_adapter,
 )
-from orchestrator.backends.transport import StdlibTransport
+from orchestrator.backends.transport import Http11Transport
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
@@ -46,7 +46,7 @@ class RecordingSleep:
 
 @pytest.fixture()
 def http() -> Iterator[httpx.BaseTransport]:
-    transport = StdlibTransport()  # production's wire, against the simulator
+    transport = Http11Transport()  # production's wire, against the simulator
     yield transport
     transport.close()
 

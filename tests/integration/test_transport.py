@@ -1,4 +1,4 @@
-"""StdlibTransport against a real local HTTP/1.1 server: keep-alive, a connection the server
+"""Http11Transport against a real local HTTP/1.1 server: keep-alive, a connection the server
 dropped while idle, timeouts and refusals as httpx's exceptions, bodies and headers intact,
 and HTTPS with a certificate the client trusts (and one it does not)."""
 
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from orchestrator.backends.transport import StdlibTransport
+from orchestrator.backends.transport import Http11Transport
 
 
 class Server(ThreadingHTTPServer):
@@ -56,6 +56,11 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, {"path": self.path, "body": json.loads(body),
                          "key": self.headers.get("Idempotency-Key")})
 
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "1234")
+        self.end_headers()
+
     def do_GET(self) -> None:
         if self.path == "/hang":
             self.server.release.wait(10)
@@ -67,6 +72,28 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+            return
+        if self.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b'{"parts": ', b'[1, 2, ', b"3]}"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if self.path == "/until-close":  # no length: the body ends with the connection
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b'{"until": "close"}')
+            self.close_connection = True
+            return
+        if self.path == "/cut-short":  # promises 100 bytes, sends 10, hangs up
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b'{"cut": tr')
+            self.close_connection = True
             return
         self._send(200, {"path": self.path})
         if self.path == "/then-drop":  # the server ends an idle keep-alive connection
@@ -93,8 +120,8 @@ def server() -> Iterator[Server]:
 
 
 @pytest.fixture()
-def transport() -> Iterator[StdlibTransport]:
-    t = StdlibTransport()
+def transport() -> Iterator[Http11Transport]:
+    t = Http11Transport()
     yield t
     t.close()
 
@@ -110,7 +137,7 @@ def send(t: httpx.BaseTransport, method: str, target: str, **kw: Any) -> httpx.R
 
 
 def test_requests_reuse_one_keep_alive_connection(server: Server,
-                                                  transport: StdlibTransport) -> None:
+                                                  transport: Http11Transport) -> None:
     for i in range(5):
         r = send(transport, "POST", url(server, f"/v1/x?n={i}"), json={"i": i},
                  headers={"Idempotency-Key": f"k{i}"})
@@ -120,7 +147,7 @@ def test_requests_reuse_one_keep_alive_connection(server: Server,
 
 
 def test_a_connection_the_server_dropped_while_idle_is_not_reused(
-    server: Server, transport: StdlibTransport
+    server: Server, transport: Http11Transport
 ) -> None:
     assert send(transport, "GET", url(server, "/then-drop")).status_code == 200
     assert server.closed.wait(5)  # the server has hung up on the idle connection
@@ -128,12 +155,36 @@ def test_a_connection_the_server_dropped_while_idle_is_not_reused(
     assert server.connections == 2
 
 
-def test_a_compressed_answer_is_decoded(server: Server, transport: StdlibTransport) -> None:
+def test_a_compressed_answer_is_decoded(server: Server, transport: Http11Transport) -> None:
     assert send(transport, "GET", url(server, "/gzip")).json() == {"zipped": True}
 
 
+def test_chunked_and_until_close_bodies_are_read_whole(
+    server: Server, transport: Http11Transport
+) -> None:
+    assert send(transport, "GET", url(server, "/chunked")).json() == {"parts": [1, 2, 3]}
+    assert send(transport, "GET", url(server, "/until-close")).json() == {"until": "close"}
+    assert send(transport, "GET", url(server, "/after")).json() == {"path": "/after"}
+    assert server.connections == 2  # the chunked answer's connection was kept, not the other
+
+
+def test_an_answer_cut_short_is_a_protocol_error(server: Server,
+                                                 transport: Http11Transport) -> None:
+    with pytest.raises(httpx.RemoteProtocolError):
+        send(transport, "GET", url(server, "/cut-short"))
+    assert send(transport, "GET", url(server, "/after")).json() == {"path": "/after"}
+
+
+def test_a_head_answer_ends_with_its_headers(server: Server,
+                                             transport: Http11Transport) -> None:
+    r = send(transport, "HEAD", url(server, "/h"))
+    assert r.status_code == 200 and r.headers["content-length"] == "1234"
+    assert send(transport, "GET", url(server, "/after")).json() == {"path": "/after"}
+    assert server.connections == 1
+
+
 def test_no_answer_within_the_read_timeout_is_a_read_timeout(
-    server: Server, transport: StdlibTransport
+    server: Server, transport: Http11Transport
 ) -> None:
     timeout = httpx.Timeout(connect=1.0, read=0.2, write=0.2, pool=1.0)
     with pytest.raises(httpx.ReadTimeout):
@@ -142,7 +193,7 @@ def test_no_answer_within_the_read_timeout_is_a_read_timeout(
     assert send(transport, "GET", url(server, "/fine")).json() == {"path": "/fine"}
 
 
-def test_a_refused_connection_is_a_connect_error(transport: StdlibTransport) -> None:
+def test_a_refused_connection_is_a_connect_error(transport: Http11Transport) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once the socket is closed
@@ -150,13 +201,13 @@ def test_a_refused_connection_is_a_connect_error(transport: StdlibTransport) -> 
         send(transport, "GET", f"http://127.0.0.1:{port}/")
 
 
-def test_an_unknown_scheme_is_refused(transport: StdlibTransport) -> None:
+def test_an_unknown_scheme_is_refused(transport: Http11Transport) -> None:
     with pytest.raises(httpx.UnsupportedProtocol):
         send(transport, "GET", "ftp://127.0.0.1/x")
 
 
 def test_an_adapter_call_through_it_reaches_the_server_once(
-    server: Server, transport: StdlibTransport
+    server: Server, transport: Http11Transport
 ) -> None:
     """Through httpx.Client too (what the SDK-style callers use), the same wire."""
     with httpx.Client(transport=transport) as client:
@@ -192,8 +243,8 @@ def test_https_with_a_trusted_certificate_and_a_refusal_without(tmp_path: Path) 
     srv.socket = server_side.wrap_socket(srv.socket, server_side=True)
     port = srv.server_address[1]
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    trusting = StdlibTransport(ssl_context=ssl.create_default_context(cafile=str(cert)))
-    untrusting = StdlibTransport()
+    trusting = Http11Transport(ssl_context=ssl.create_default_context(cafile=str(cert)))
+    untrusting = Http11Transport()
     try:
         for i in range(3):
             r = send(trusting, "POST", f"https://127.0.0.1:{port}/v1/s", json={"i": i})
