@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from orchestrator.ledger.alerts import PeriodAfterStep, step_alerts
-from orchestrator.store.statement import Statement
+from orchestrator.store.statement import Conn, Statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ _END_JOB = Statement(
 
 
 def end_job(
-    conn: Connection,
+    conn: Conn,
     job_id: uuid.UUID,
     status: str,
     now: datetime,
@@ -88,6 +88,7 @@ def end_job(
         return JobEnd(ended=True, cost_micros=cost, hold_status=hold_status)
     alert_ids: list[uuid.UUID] = []
     if not guard:
+        assert isinstance(conn, Connection), "alerts are written in a SQLAlchemy transaction"
         for row in rows:
             if row[5] is not None:  # a period the hold covered
                 alert_ids += step_alerts(conn, PeriodAfterStep(*row[5:]), charged, now)

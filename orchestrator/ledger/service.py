@@ -43,7 +43,8 @@ from orchestrator.ledger.alerts import (
 )
 from orchestrator.ledger.endings import ClosingAttempt, JobEnd, end_job
 from orchestrator.ledger.periods import PeriodResolver
-from orchestrator.store.statement import Statement
+from orchestrator.store.engine import autocommit
+from orchestrator.store.statement import Conn, Statement
 
 _T = TypeVar("_T")
 
@@ -103,7 +104,7 @@ _LINES_AND_ENTRIES_SQL = """
 _RESERVE = Statement(_RESERVE_SQL)
 _INSERT_LINES_AND_ENTRIES = Statement(_LINES_AND_ENTRIES_SQL)
 _RESERVE_AND_RECORD = Statement(f"{_RESERVE_SQL}; {_LINES_AND_ENTRIES_SQL}")  # one message
-_SELECT_HOLD = text(
+_SELECT_HOLD = Statement(
     "SELECT id, amount_micros, charged_micros, status FROM holds WHERE job_id = :job_id"
 )
 # Finish the hold (guarded) and move its periods (migration 0006): one row per period as
@@ -178,7 +179,7 @@ class Ledger:
         self.hold_ttl = hold_ttl
         self.refusal_window = refusal_window
         self.periods = PeriodResolver(engine)
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._autocommit = autocommit(engine)
         # (scope, period, period start, bucket) already alerted: a refusal storm costs no
         # round trip after the first refusal of a window (the database key is the authority)
         self._refused: set[tuple[str, str, str, int]] = set()
@@ -243,15 +244,16 @@ class Ledger:
         return HoldReceipt(job_id, amount_micros, tuple(pids))
 
     def _replayed_hold(self, tx: Connection, job_id: uuid.UUID, amount: int) -> HoldReceipt:
-        row = tx.execute(_SELECT_HOLD, {"job_id": job_id}).one()
-        if row.amount_micros != amount:
+        row = _SELECT_HOLD.first(tx, {"job_id": job_id})
+        assert row is not None, "a replayed hold exists"
+        hold_id, held, _, status = row
+        if held != amount:
             raise HoldNotActive(
-                f"job {job_id} already holds {row.amount_micros} micro-USD, not {amount}",
-                status=row.status,
+                f"job {job_id} already holds {held} micro-USD, not {amount}", status=status
             )
-        lines = tx.execute(_HOLD_LINES, {"hold_ids": [row.id]}).all()
+        lines = tx.execute(_HOLD_LINES, {"hold_ids": [hold_id]}).all()
         return HoldReceipt(
-            job_id, row.amount_micros, tuple(r.budget_period_id for r in lines), replayed=True
+            job_id, held, tuple(r.budget_period_id for r in lines), replayed=True
         )
 
     # -- settle / release ------------------------------------------------------------------
@@ -279,13 +281,13 @@ class Ledger:
             raise InvalidAmount(f"charge must be >= 0, got {charge}")
         now = self.clock()
 
-        def step(tx: Connection, guard: bool) -> StepReceipt:
+        def step(tx: Conn, guard: bool) -> StepReceipt:
             return self._finish_in(tx, job_id, status, kind, charge, now, guard)
 
         return step(conn, False) if conn is not None else self._guarded(step)
 
     def _finish_in(
-        self, tx: Connection, job_id: uuid.UUID, status: str, kind: str, charge: int,
+        self, tx: Conn, job_id: uuid.UUID, status: str, kind: str, charge: int,
         now: datetime, guard: bool,
     ) -> StepReceipt:
         rows = _guard_refusal(lambda: _FINISH_HOLD.all(tx, {
@@ -295,29 +297,28 @@ class Ledger:
             return self._refused_finish(tx, job_id, status, charge)
         alert_ids: list[uuid.UUID] = []
         if not guard:
+            assert isinstance(tx, Connection), "alerts are written in a SQLAlchemy transaction"
             for row in rows:
                 if row[1] is not None:  # a period the hold covered
                     alert_ids += step_alerts(tx, PeriodAfterStep(*row[1:]), charge, now)
         return StepReceipt(job_id, status, charge, rows[0][0] - charge, tuple(alert_ids))
 
     def _refused_finish(
-        self, tx: Connection, job_id: uuid.UUID, status: str, charge: int
+        self, tx: Conn, job_id: uuid.UUID, status: str, charge: int
     ) -> StepReceipt:
-        existing = tx.execute(_SELECT_HOLD, {"job_id": job_id}).first()
+        existing = _SELECT_HOLD.first(tx, {"job_id": job_id})
         if existing is None:
             raise HoldNotFound(f"no hold for job {job_id}", job_id=str(job_id))
-        if existing.status == "held":
+        _, held, charged, now_status = existing
+        if now_status == "held":
             raise InvalidAmount(
-                f"charge {charge} exceeds the hold of {existing.amount_micros} for job {job_id}",
-                hold_micros=existing.amount_micros, charge_micros=charge,
+                f"charge {charge} exceeds the hold of {held} for job {job_id}",
+                hold_micros=held, charge_micros=charge,
             )
-        if existing.status == status and existing.charged_micros == charge:
-            return StepReceipt(
-                job_id, status, charge, existing.amount_micros - charge, replayed=True
-            )
-        raise HoldNotActive(
-            f"hold for job {job_id} is already {existing.status}", status=existing.status
-        )
+        if now_status == status and charged == charge:
+            return StepReceipt(job_id, status, charge, held - charge, replayed=True)
+        raise HoldNotActive(f"hold for job {job_id} is already {now_status}",
+                            status=now_status)
 
     # -- a job's ending ----------------------------------------------------------------------
     def end_job(
@@ -330,21 +331,21 @@ class Ledger:
         hold settled (succeeded) or released, charging the cost up to the hold: one statement
         that commits on its own (see :meth:`_guarded` and ``ledger.endings``)."""
 
-        def step(tx: Connection, guard: bool) -> JobEnd | None:
+        def step(tx: Conn, guard: bool) -> JobEnd | None:
             return _guard_refusal(lambda: end_job(
                 tx, job_id, status, now, guard=guard, attempt=attempt, backend=backend,
                 result=result, error_code=error_code, error_message=error_message))
 
         return self._guarded(step)
 
-    def _guarded(self, step: Callable[[Connection, bool], _T]) -> _T:
+    def _guarded(self, step: Callable[[Conn, bool], _T]) -> _T:
         """Run a settle-like ``step`` as one statement outside any transaction, so it commits
         on its own and the period rows every job of a tenant touches stay locked for the
         server's work only; with the guard on, the server refuses it (``AlertsOwed``, nothing
         changed) when the charge may owe an alert. Then it runs again in a transaction
         without the guard and writes its alerts before the COMMIT."""
         try:
-            with self._autocommit.connect() as conn:
+            with self._autocommit.connection() as conn:
                 return step(conn, True)
         except AlertsOwed:
             with self.engine.begin() as tx:

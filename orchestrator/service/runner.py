@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from orchestrator.backends.base import BackendAdapter, PollResult
 from orchestrator.backends.errors import BackendError, JobFault, TransientError
@@ -33,6 +33,8 @@ from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import EnqueuePort, HealthPort
 from orchestrator.service.slots import SlotWaits
 from orchestrator.store import jobs as repo
+from orchestrator.store.engine import autocommit
+from orchestrator.store.statement import Conn
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +78,9 @@ class JobRunner:
         enqueue: EnqueuePort | None = None,
     ) -> None:
         self.engine = engine
-        # single statements that commit on their own: a step's claim and checkpoint are two
-        # round trips, not four (BEGIN and COMMIT), and lock nothing between them
-        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Every step's statements stand alone and commit on their own (a claim, a checkpoint,
+        # an ending): no BEGIN and COMMIT round trips, nothing locked between them.
+        self.db = autocommit(engine)
         self.ledger = ledger
         self.catalogue = catalogue
         self.health = health
@@ -104,7 +106,7 @@ class JobRunner:
         now = self.clock()
         opened: Opened | None = None
         attempts: list[repo.AttemptRow] = []  # a queued job has no attempts yet
-        with self.autocommit.connect() as conn:
+        with self.db.connection() as conn:
             found = repo.claim_or_get(conn, job_id, token, now)
             if found is None:
                 return DONE
@@ -147,11 +149,11 @@ class JobRunner:
         self, job: repo.JobRow, attempts: list[repo.AttemptRow], token: uuid.UUID,
         *, resume: bool = False,
     ) -> Next:
-        with self.engine.begin() as tx:
-            opened = self._open_next(tx, job, attempts, token)
+        with self.db.connection() as conn:
+            opened = self._open_next(conn, job, attempts, token)
             if opened.full:  # failing over, but every backend left is full: wait for a slot
                 delay = self.slots.wait(job, token, opened.full)
-                if not repo.set_wake(tx, job.id, token, self._wake_at(delay)):
+                if not repo.set_wake(conn, job.id, token, self._wake_at(delay)):
                     return DONE
                 return Next(delay, resume=True)
         if opened.duplicate and resume:
@@ -159,11 +161,11 @@ class JobRunner:
         return self._start(job, attempts, opened, token)
 
     def _open_next(
-        self, tx: Connection, job: repo.JobRow, attempts: list[repo.AttemptRow],
+        self, conn: Conn, job: repo.JobRow, attempts: list[repo.AttemptRow],
         token: uuid.UUID,
     ) -> Opened:
         """Take a breaker ticket for the next untried backend of the plan and write its
-        attempt row in ``tx`` (the checkpoint before any backend call), if the chain holding
+        attempt row (the checkpoint before any backend call), if the chain holding
         ``token`` still runs the job."""
         plan = RoutePlan.from_quote(job.route or {})
         cat = self.catalogue()
@@ -184,7 +186,7 @@ class JobRunner:
                     full.append(name)
                 continue
             attempt = repo.open_attempt(
-                tx, job.id, token, len(attempts) + 1, name, self.clock(),
+                conn, job.id, token, len(attempts) + 1, name, self.clock(),
                 slot=ticket.slot, probe=ticket.probe,
             )
             if attempt is None:  # a duplicate step opened it first (let it run), or it ended
@@ -235,15 +237,15 @@ class JobRunner:
             # create-then-poll: the external id and the chain's next wake in one transaction;
             # set_wake fails if the job was cancelled (or revived) while we were submitting
             delay = self._poll_delay(attempt, 0.0)
-            with self.engine.begin() as tx:
+            with self.db.connection() as conn:
                 alive = repo.record_external_id_and_wake(
-                    tx, attempt.id, sub.external_id, job.id, token, self._wake_at(delay))
+                    conn, attempt.id, sub.external_id, job.id, token, self._wake_at(delay))
             if alive:
                 return Next(delay)
         else:
-            with self.engine.begin() as tx:
-                repo.record_external_id(tx, attempt.id, sub.external_id)
-        with self.engine.begin() as conn:
+            with self.db.connection() as conn:
+                repo.record_external_id(conn, attempt.id, sub.external_id)
+        with self.db.connection() as conn:
             current = repo.get_job(conn, job.id)
         if current is None or current.is_final:  # cancelled while we were submitting
             self._cancel_at_backend(adapter, sub.external_id)
@@ -307,7 +309,7 @@ class JobRunner:
             return DONE
         outcome = Outcome.BACKEND_FAULT if exc.strike else Outcome.TRANSIENT
         self._close(job, attempt, "failed", outcome, exc=exc, cost=cost)
-        with self.engine.begin() as conn:
+        with self.db.connection() as conn:
             attempts = repo.attempts(conn, job.id)
         return self._next_attempt(job, attempts, token)
 
@@ -317,9 +319,9 @@ class JobRunner:
         exc: BackendError | None = None, cost: int | None = None, latency_ms: float | None = None,
     ) -> bool:
         now = self.clock()
-        with self.engine.begin() as tx:
+        with self.db.connection() as conn:
             closed = repo.close_attempt(
-                tx, attempt.id, status, now, fault=outcome.value,
+                conn, attempt.id, status, now, fault=outcome.value,
                 error_code=exc.code if exc else None, error_message=exc.message if exc else None,
                 cost_micros=cost,
             )
@@ -389,7 +391,7 @@ class JobRunner:
         """Cancel a live job now: final status and hold released in one statement, then the
         backend is asked to stop. Returns the job (None: not found / not the tenant's)."""
         now = self.clock()
-        with self.autocommit.connect() as conn:
+        with self.db.connection() as conn:
             job = repo.get_job(conn, job_id)
         if job is None or (tenant is not None and job.tenant != tenant):
             return None
@@ -397,7 +399,7 @@ class JobRunner:
             return job
         end = self.ledger.end_job(job_id, "cancelled", now, error_code="cancelled",
                                   error_message="cancelled by request")
-        with self.autocommit.connect() as conn:
+        with self.db.connection() as conn:
             # after the ending: no attempt opens once the job has left running
             attempts = [] if end is None or not end.ended else repo.attempts(conn, job_id)
         if end is not None and end.ended:
@@ -410,7 +412,7 @@ class JobRunner:
                 if open_.external_id is not None:
                     self._cancel_at_backend(self.adapter(open_.backend), open_.external_id)
                 self._close(job, open_, "cancelled", Outcome.CANCELLED)
-        with self.autocommit.connect() as conn:
+        with self.db.connection() as conn:
             return repo.get_job(conn, job_id)
 
     def _cancel_at_backend(self, adapter: BackendAdapter, external_id: str) -> None:
@@ -430,7 +432,7 @@ class JobRunner:
     def _schedule_poll(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID,
                        age_s: float) -> Next:
         delay = self._poll_delay(attempt, age_s)
-        with self.engine.begin() as tx:
-            if not repo.set_wake(tx, job.id, token, self._wake_at(delay)):
+        with self.db.connection() as conn:
+            if not repo.set_wake(conn, job.id, token, self._wake_at(delay)):
                 return DONE  # the sweeper gave the job a new chain; this one stops
         return Next(delay)

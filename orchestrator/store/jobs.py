@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from orchestrator.store.statement import Statement
+from orchestrator.store.statement import Conn, Statement
 
 FINAL = ("succeeded", "failed", "cancelled")
 LIVE = ("queued", "running")
@@ -113,17 +113,6 @@ _CLAIM_OR_GET = Statement(
     WHERE id = :id AND NOT EXISTS (SELECT 1 FROM claimed)
     """
 )
-# The job's cost is the sum of its attempts' costs, computed in the same statement.
-_FINISH = Statement(
-    """
-    UPDATE jobs SET status = :status, finished_at = :now, updated_at = :now,
-        backend = COALESCE(:backend, backend),
-        cost_micros = (SELECT COALESCE(SUM(cost_micros), 0) FROM attempts WHERE job_id = :id),
-        result = CAST(:result AS jsonb), error_code = :code, error_message = :msg, wake_at = NULL
-    WHERE id = :id AND status = ANY(:froms)
-    RETURNING cost_micros
-    """
-)
 _REQUEUE = Statement(
     "UPDATE jobs SET status = 'queued', started_at = NULL, wake_at = :w, updated_at = now() "
     "WHERE id = :id AND chain_token = :t AND status = 'running' RETURNING id"
@@ -208,12 +197,12 @@ def insert_job(
     return JobRow(*row) if row is not None else None
 
 
-def get_job(conn: Connection, job_id: uuid.UUID, *, for_update: bool = False) -> JobRow | None:
+def get_job(conn: Conn, job_id: uuid.UUID, *, for_update: bool = False) -> JobRow | None:
     row = (_GET_JOB_FOR_UPDATE if for_update else _GET_JOB).first(conn, {"id": job_id})
     return JobRow(*row) if row is not None else None
 
 
-def get_by_idempotency_key(conn: Connection, tenant: str, key: str) -> JobRow | None:
+def get_by_idempotency_key(conn: Conn, tenant: str, key: str) -> JobRow | None:
     row = _GET_BY_KEY.first(conn, {"t": tenant, "k": key})
     return JobRow(*row) if row is not None else None
 
@@ -235,7 +224,7 @@ def list_jobs(
     return [JobRow(**r._mapping) for r in rows]
 
 
-def claim_or_get(conn: Connection, job_id: uuid.UUID, token: uuid.UUID, now: datetime
+def claim_or_get(conn: Conn, job_id: uuid.UUID, token: uuid.UUID, now: datetime
                  ) -> tuple[JobRow, bool] | None:
     """queued → running for the chain holding ``token``: (the claimed job, True); else
     (the job as it is, False); None if there is no such job."""
@@ -243,41 +232,14 @@ def claim_or_get(conn: Connection, job_id: uuid.UUID, token: uuid.UUID, now: dat
     return None if row is None else (JobRow(*row[:-1]), bool(row[-1]))
 
 
-def finish(
-    conn: Connection,
-    job_id: uuid.UUID,
-    status: str,
-    now: datetime,
-    *,
-    from_statuses: tuple[str, ...] = LIVE,
-    backend: str | None = None,
-    result: dict[str, Any] | None = None,
-    error_code: str | None = None,
-    error_message: str | None = None,
-) -> int | None:
-    """running/queued → succeeded | failed | cancelled, exactly once.
-
-    Returns the job's cost (the sum of its attempts' costs), or None if the job had already
-    left ``from_statuses``.
-    """
-    assert status in FINAL
-    row = _FINISH.first(
-        conn,
-        {"status": status, "now": now, "backend": backend,
-         "result": json.dumps(result) if result is not None else None, "code": error_code,
-         "msg": error_message, "id": job_id, "froms": list(from_statuses)},
-    )
-    return int(row[0]) if row is not None else None
-
-
-def set_wake(conn: Connection, job_id: uuid.UUID, token: uuid.UUID, wake_at: datetime) -> bool:
+def set_wake(conn: Conn, job_id: uuid.UUID, token: uuid.UUID, wake_at: datetime) -> bool:
     """Record when the live chain will next run; False if ``token`` is no longer the chain."""
     return _SET_WAKE.first(
         conn, {"w": wake_at, "id": job_id, "t": token, "s": list(LIVE)}
     ) is not None
 
 
-def requeue(conn: Connection, job_id: uuid.UUID, token: uuid.UUID, wake_at: datetime) -> bool:
+def requeue(conn: Conn, job_id: uuid.UUID, token: uuid.UUID, wake_at: datetime) -> bool:
     """running → queued for the chain holding ``token`` (its claim found no free slot), with
     its next wake; False if ``token`` is no longer the chain or the job is not running."""
     return _REQUEUE.first(conn, {"w": wake_at, "id": job_id, "t": token}) is not None
@@ -295,12 +257,12 @@ def revive_overdue(conn: Connection, now: datetime, wake_at: datetime, limit: in
 
 
 # -- attempts --------------------------------------------------------------------------------
-def attempts(conn: Connection, job_id: uuid.UUID) -> list[AttemptRow]:
+def attempts(conn: Conn, job_id: uuid.UUID) -> list[AttemptRow]:
     return [AttemptRow(*r) for r in _ATTEMPTS.all(conn, {"id": job_id})]
 
 
 def open_attempt(
-    conn: Connection, job_id: uuid.UUID, token: uuid.UUID, number: int, backend: str,
+    conn: Conn, job_id: uuid.UUID, token: uuid.UUID, number: int, backend: str,
     now: datetime, *, slot: str | None = None, probe: bool = False,
 ) -> AttemptRow | None:
     """Checkpoint before calling a backend; None if attempt ``number`` already exists, or
@@ -310,12 +272,12 @@ def open_attempt(
     return AttemptRow(*row) if row is not None else None
 
 
-def record_external_id(conn: Connection, attempt_id: int, external_id: str) -> None:
+def record_external_id(conn: Conn, attempt_id: int, external_id: str) -> None:
     _RECORD_EXTERNAL_ID.run(conn, {"e": external_id, "id": attempt_id})
 
 
 def record_external_id_and_wake(
-    conn: Connection, attempt_id: int, external_id: str, job_id: uuid.UUID, token: uuid.UUID,
+    conn: Conn, attempt_id: int, external_id: str, job_id: uuid.UUID, token: uuid.UUID,
     wake_at: datetime,
 ) -> bool:
     """``record_external_id`` and ``set_wake`` in one statement; the latter's answer."""
@@ -326,7 +288,7 @@ def record_external_id_and_wake(
 
 
 def close_attempt(
-    conn: Connection,
+    conn: Conn,
     attempt_id: int,
     outcome: str,
     now: datetime,

@@ -32,9 +32,16 @@ def _pyformat(sql: str) -> str:
     return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
 
 
-def _driver(conn: Connection) -> DriverConnection[Any]:
-    """The psycopg connection under ``conn``, in a transaction (autobegun, as
-    ``Connection.execute`` does)."""
+# A SQLAlchemy connection, or a psycopg one from an engine's autocommit pool
+# (orchestrator.store.engine.autocommit): there each statement commits on its own.
+Conn = Connection | DriverConnection[Any]
+
+
+def _driver(conn: Conn) -> DriverConnection[Any]:
+    """The psycopg connection under ``conn``; a SQLAlchemy one in a transaction (autobegun,
+    as ``Connection.execute`` does)."""
+    if isinstance(conn, DriverConnection):
+        return conn
     if not conn.in_transaction():
         conn.begin()
     return cast(DriverConnection[Any], conn.connection.driver_connection)
@@ -52,7 +59,7 @@ class Statement:
     def __repr__(self) -> str:
         return f"Statement({self.sql.split()[0]} …)"
 
-    def _cursor(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+    def _cursor(self, conn: Conn, params: Mapping[str, Any]) -> Any:
         try:
             return _driver(conn).execute(self.sql, params)
         except psycopg.Error as exc:
@@ -73,11 +80,16 @@ class Statement:
         except psycopg.Error as exc:
             raise self._error(conn, params, exc) from exc
 
-    def _error(self, conn: Connection, params: Mapping[str, Any], exc: psycopg.Error
+    def _error(self, conn: Conn, params: Mapping[str, Any], exc: psycopg.Error
                ) -> DBAPIError:
         """As Connection.execute would: SQLAlchemy's exception types (callers and Celery's
         autoretry catch those), a dead connection invalidated, and no parameters in the
-        message (they can hold a prompt). The driver's error stays in ``.orig``."""
+        message (they can hold a prompt). The driver's error stays in ``.orig``. (A dead
+        autocommit-pool connection is dropped by its pool when it goes back.)"""
+        if isinstance(conn, DriverConnection):
+            return cast(DBAPIError, DBAPIError.instance(
+                self.sql, params, exc, psycopg.Error, hide_parameters=True,
+                connection_invalidated=conn.broken))
         lost = conn.dialect.is_disconnect(cast(Any, exc), conn.connection, None)
         if lost:
             conn.invalidate(exc)
@@ -85,19 +97,19 @@ class Statement:
             self.sql, params, exc, psycopg.Error, hide_parameters=True,
             connection_invalidated=lost, dialect=conn.dialect))
 
-    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    def all(self, conn: Conn, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = self._cursor(conn, params).fetchall()
         return rows
 
-    def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    def first(self, conn: Conn, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         row: tuple[Any, ...] | None = self._cursor(conn, params).fetchone()
         return row
 
-    def scalar(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+    def scalar(self, conn: Conn, params: Mapping[str, Any]) -> Any:
         row = self.first(conn, params)
         return None if row is None else row[0]
 
-    def run(self, conn: Connection, params: Mapping[str, Any]) -> int:
+    def run(self, conn: Conn, params: Mapping[str, Any]) -> int:
         """Execute for effect; returns the row count."""
         count: int = self._cursor(conn, params).rowcount
         return count
