@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 
+import redis
 from kombu import Connection
 
-from workers.broker import TRANSPORT, Transport, transport_for
+from workers.broker import TRANSPORT, Transport, producer_app, transport_for
+from workers.enqueue import CeleryEnqueue
 
 
 def test_it_is_chosen_for_redis_urls_only() -> None:
@@ -45,3 +49,23 @@ def test_messages_go_through_and_are_acked(redis_url: str) -> None:
             assert client.llen(name) == 0
             assert client.hlen(channel.unacked_key) == 0  # every delivery acked
     assert sorted(got) == [0, 1, 2]
+
+
+def test_an_enqueued_step_lands_on_its_queue_with_its_ids_as_argsrepr(redis_url: str) -> None:
+    """CeleryEnqueue skips Celery's per-message queue declare on Redis: the message is still
+    a plain LPUSH on the priority's list, in Celery's task protocol, ids only."""
+    base, _, db = redis_url.rpartition("/")
+    url = f"{base}/13" if db.isdigit() else f"{redis_url.rstrip('/')}/13"  # no worker reads it
+    app = producer_app(f"enqueue-test-{uuid.uuid4().hex}", url)
+    client = redis.Redis.from_url(url)
+    client.delete("jobs.low")
+    job, token = uuid.uuid4(), uuid.uuid4()
+    CeleryEnqueue(app).poll(job, token, "low", 0.0)
+    raw = client.rpop("jobs.low")
+    assert raw is not None
+    message = json.loads(raw)
+    headers = message["headers"]
+    assert headers["task"] == "orchestrator.advance"
+    assert headers["argsrepr"] == repr((str(job), str(token), "low"))
+    args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert args == [str(job), str(token), "low"] and kwargs == {}
