@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 
 from orchestrator.api.config import ApiConfig
 from orchestrator.api.errors import Forbidden, RateLimited, Unauthorized
+from orchestrator.health.direct import DirectScripts
 from orchestrator.store import keys as key_repo
 
 log = logging.getLogger("orchestrator.api")
@@ -89,11 +90,12 @@ class RateLimiter:
         self.window_s = config.rate_window_s
         self.prefix = prefix
         self._script = redis.register_script(_FIXED_WINDOW)
+        self._scripts = DirectScripts(redis)  # every request runs it: the lean path
 
     def check(self, tenant: str) -> None:
         """Count one request of ``tenant``; raise RateLimited past the limit."""
         try:
-            n, ttl_ms = self._script(keys=[self.prefix + tenant], args=[self.window_ms])
+            n, ttl_ms = self._scripts.run(self._script, [self.prefix + tenant], [self.window_ms])
         except RedisError as exc:
             log.warning("rate limit check skipped: redis unavailable",
                         extra={"error": type(exc).__name__})

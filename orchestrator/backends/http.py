@@ -19,7 +19,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 from tenacity import (
@@ -165,6 +165,28 @@ class HttpAdapter(ABC):
                 ) from None
             return self._parse(resp)
 
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, TransientError) and (
+                exc.retry_after_s is None or exc.retry_after_s <= policy.max_retry_after_s
+            )
+
+        started = policy.clock()
+        # The first try runs outside tenacity: nearly every call succeeds at once, and setting
+        # up the retry loop cost about a tenth of a call's CPU. A first failure that may be
+        # retried goes into the loop as its first attempt, so waits, stops and the attempt
+        # count are exactly tenacity's.
+        try:
+            return once()
+        except BackendError as exc:
+            if not retryable(exc):
+                return self._failed(method, exc, 1)
+            first: list[BackendError] = [exc]
+
+        def attempt() -> dict[str, Any]:
+            if first:
+                raise first.pop()
+            return once()
+
         backoff = wait_random_exponential(multiplier=policy.initial_s, max=policy.max_wait_s)
 
         def wait(state: RetryCallState) -> float:
@@ -172,13 +194,6 @@ class HttpAdapter(ABC):
             if isinstance(exc, TransientError) and exc.retry_after_s is not None:
                 return exc.retry_after_s
             return float(backoff(state))
-
-        def retryable(exc: BaseException) -> bool:
-            return isinstance(exc, TransientError) and (
-                exc.retry_after_s is None or exc.retry_after_s <= policy.max_retry_after_s
-            )
-
-        started = policy.clock()
 
         def stop(state: RetryCallState) -> bool:
             """Out of attempts, or the next wait would end past the total time budget."""
@@ -204,14 +219,17 @@ class HttpAdapter(ABC):
             reraise=True,
         )
         try:
-            return retrying(once)
+            return retrying(attempt)
         except BackendError as exc:
-            exc.attempts = int(retrying.statistics.get("attempt_number", 1))
-            log.warning(
-                "backend call failed backend=%s method=%s code=%s attempts=%d",
-                self.name, method, exc.code, exc.attempts,
-            )
-            raise
+            return self._failed(method, exc, int(retrying.statistics.get("attempt_number", 1)))
+
+    def _failed(self, method: str, exc: BackendError, attempts: int) -> NoReturn:
+        exc.attempts = attempts
+        log.warning(
+            "backend call failed backend=%s method=%s code=%s attempts=%d",
+            self.name, method, exc.code, exc.attempts,
+        )
+        raise exc
 
     def _parse(self, resp: httpx.Response) -> dict[str, Any]:
         status = resp.status_code
