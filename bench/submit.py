@@ -96,8 +96,9 @@ def offer(url: str, key: str, rate: float, seconds: float, senders: int = 32
     headers = {"Authorization": f"Bearer {key}"}
     schedule: queue.SimpleQueue[float] = queue.SimpleQueue()
     # every sender's connection is open and used once before the clock starts
-    connected = threading.Barrier(senders + 1)
-    go = threading.Barrier(senders + 1)
+    # (with a timeout: a sender that died must fail the run, not hang it)
+    connected = threading.Barrier(senders + 1, timeout=120)
+    go = threading.Barrier(senders + 1, timeout=120)
 
     def sender() -> None:
         nonlocal errors
@@ -105,8 +106,13 @@ def offer(url: str, key: str, rate: float, seconds: float, senders: int = 32
         # so less of the machine's two cores goes to the load generator
         with httpx.Client(base_url=url, headers=headers, timeout=30.0,
                           transport=Http11Transport()) as client:
-            for _ in range(WARM_UP_PER_SENDER):  # not measured: connection, server caches
-                client.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": uuid.uuid4().hex})
+            try:
+                for _ in range(WARM_UP_PER_SENDER):  # not measured: connection, server caches
+                    client.post("/v1/jobs", json=BODY,
+                                headers={"Idempotency-Key": uuid.uuid4().hex})
+            except httpx.HTTPError as exc:  # reported with the summary; the run goes on
+                with lock:
+                    ERRORS[f"warm-up: {type(exc).__name__}: {exc}"] += 1
             connected.wait()
             go.wait()
             while True:
