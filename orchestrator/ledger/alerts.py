@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -130,6 +131,20 @@ def step_alerts(
         if alert_id is not None:
             ids.append(alert_id)
     return ids
+
+
+def period_alerts(
+    conn: object, periods: Iterable[Sequence[Any]], charge: int, now: datetime
+) -> tuple[uuid.UUID, ...]:
+    """``step_alerts`` for each period row a settle-like step returned (``orch_apply``'s
+    columns; a NULL id stands for a hold no budget covers), in ``conn``'s transaction, which
+    must be a SQLAlchemy one: the alerts commit with the step or not at all."""
+    assert isinstance(conn, Connection), "alerts are written in a SQLAlchemy transaction"
+    ids: list[uuid.UUID] = []
+    for row in periods:
+        if row[0] is not None:
+            ids += step_alerts(conn, PeriodAfterStep(*row), charge, now)
+    return tuple(ids)
 
 
 def refusal_bucket(now: datetime, window: timedelta) -> int:

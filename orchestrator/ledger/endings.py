@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
-
-from orchestrator.ledger.alerts import PeriodAfterStep, step_alerts
+from orchestrator.ledger.alerts import period_alerts
 from orchestrator.store.statement import Conn, Statement
 
 
@@ -86,11 +84,5 @@ def end_job(
         return JobEnd(ended=False)
     if charged is None:
         return JobEnd(ended=True, cost_micros=cost, hold_status=hold_status)
-    alert_ids: list[uuid.UUID] = []
-    if not guard:
-        assert isinstance(conn, Connection), "alerts are written in a SQLAlchemy transaction"
-        for row in rows:
-            if row[5] is not None:  # a period the hold covered
-                alert_ids += step_alerts(conn, PeriodAfterStep(*row[5:]), charged, now)
-    return JobEnd(ended=True, cost_micros=cost, charged_micros=charged,
-                  alert_ids=tuple(alert_ids))
+    alert_ids = () if guard else period_alerts(conn, (r[5:] for r in rows), charged, now)
+    return JobEnd(ended=True, cost_micros=cost, charged_micros=charged, alert_ids=alert_ids)

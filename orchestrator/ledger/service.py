@@ -35,12 +35,7 @@ from orchestrator.errors import (
     HoldNotFound,
     InvalidAmount,
 )
-from orchestrator.ledger.alerts import (
-    PeriodAfterStep,
-    insert_refusal,
-    refusal_bucket,
-    step_alerts,
-)
+from orchestrator.ledger.alerts import insert_refusal, period_alerts, refusal_bucket
 from orchestrator.ledger.endings import ClosingAttempt, JobEnd, end_job
 from orchestrator.ledger.periods import PeriodResolver
 from orchestrator.store.engine import autocommit
@@ -295,13 +290,8 @@ class Ledger:
             "guard": guard}))
         if not rows:
             return self._refused_finish(tx, job_id, status, charge)
-        alert_ids: list[uuid.UUID] = []
-        if not guard:
-            assert isinstance(tx, Connection), "alerts are written in a SQLAlchemy transaction"
-            for row in rows:
-                if row[1] is not None:  # a period the hold covered
-                    alert_ids += step_alerts(tx, PeriodAfterStep(*row[1:]), charge, now)
-        return StepReceipt(job_id, status, charge, rows[0][0] - charge, tuple(alert_ids))
+        alert_ids = () if guard else period_alerts(tx, (r[1:] for r in rows), charge, now)
+        return StepReceipt(job_id, status, charge, rows[0][0] - charge, alert_ids)
 
     def _refused_finish(
         self, tx: Conn, job_id: uuid.UUID, status: str, charge: int

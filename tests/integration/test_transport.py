@@ -57,9 +57,7 @@ class Handler(BaseHTTPRequestHandler):
                          "key": self.headers.get("Idempotency-Key")})
 
     def do_HEAD(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "1234")
-        self.end_headers()
+        self._answer({"Content-Length": "1234"}, b"")
 
     def do_GET(self) -> None:
         if self.path == "/hang":
@@ -67,33 +65,18 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path == "/gzip":
             data = gzip.compress(b'{"zipped": true}')
-            self.send_response(200)
-            self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._answer({"Content-Encoding": "gzip", "Content-Length": str(len(data))}, data)
             return
         if self.path == "/chunked":
-            self.send_response(200)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            for part in (b'{"parts": ', b'[1, 2, ', b"3]}"):
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-            self.wfile.write(b"0\r\n\r\n")
+            parts = (b'{"parts": ', b'[1, 2, ', b"3]}")
+            self._answer({"Transfer-Encoding": "chunked"}, b"".join(
+                b"%x\r\n%s\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n")
             return
         if self.path == "/until-close":  # no length: the body ends with the connection
-            self.send_response(200)
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(b'{"until": "close"}')
-            self.close_connection = True
+            self._answer({"Connection": "close"}, b'{"until": "close"}', close=True)
             return
         if self.path == "/cut-short":  # promises 100 bytes, sends 10, hangs up
-            self.send_response(200)
-            self.send_header("Content-Length", "100")
-            self.end_headers()
-            self.wfile.write(b'{"cut": tr')
-            self.close_connection = True
+            self._answer({"Content-Length": "100"}, b'{"cut": tr', close=True)
             return
         self._send(200, {"path": self.path})
         if self.path == "/then-drop":  # the server ends an idle keep-alive connection
@@ -101,11 +84,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, obj: dict[str, Any]) -> None:
         data = json.dumps(obj).encode()
+        self._answer({"Content-Type": "application/json", "Content-Length": str(len(data))},
+                     data, status=status)
+
+    def _answer(self, headers: dict[str, str], body: bytes, *, status: int = 200,
+                close: bool = False) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(body)
+        self.close_connection = close or self.close_connection
+
 
 
 @pytest.fixture()
