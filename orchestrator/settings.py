@@ -38,7 +38,11 @@ class Settings(BaseSettings):
     hold_ttl_s: int = Field(
         default=6 * 3600, gt=0, description="a hold not settled by then expires"
     )
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_pool_size: int = Field(
+        default=10, ge=1, le=200,
+        description="PostgreSQL connections per process, and as many again for overflow; the "
+                    "job steps' autocommit pool may open up to twice this number more",
+    )
     poll_min_s: float = Field(default=1.0, gt=0, description="shortest gap between polls")
     poll_max_s: float = Field(default=10.0, gt=0, description="longest gap between polls")
     chain_grace_s: float = Field(
