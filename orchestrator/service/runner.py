@@ -77,7 +77,6 @@ class JobRunner:
         observer: JobObserver | None = None,
         enqueue: EnqueuePort | None = None,
     ) -> None:
-        self.engine = engine
         # Every step's statements stand alone and commit on their own (a claim, a checkpoint,
         # an ending): no BEGIN and COMMIT round trips, nothing locked between them.
         self.db = autocommit(engine)
