@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 
+import psycopg
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
@@ -19,7 +20,9 @@ from workers.enqueue import queue_for
 log = logging.getLogger(__name__)
 
 # Infrastructure hiccups are retried by Celery; anything else is left for the sweeper.
-_INFRA = (OperationalError, RedisError, ConnectionError)
+# psycopg's own OperationalError: the job steps' autocommit pool could not hand out a
+# connection in time (PoolTimeout); a statement's errors arrive as SQLAlchemy's.
+_INFRA = (OperationalError, psycopg.OperationalError, RedisError, ConnectionError)
 
 
 @app.task(  # type: ignore[untyped-decorator]
