@@ -174,7 +174,6 @@ class Ledger:
         self.hold_ttl = hold_ttl
         self.refusal_window = refusal_window
         self.periods = PeriodResolver(engine)
-        self._autocommit = autocommit(engine)
         # (scope, period, period start, bucket) already alerted: a refusal storm costs no
         # round trip after the first refusal of a window (the database key is the authority)
         self._refused: set[tuple[str, str, str, int]] = set()
@@ -335,7 +334,7 @@ class Ledger:
         changed) when the charge may owe an alert. Then it runs again in a transaction
         without the guard and writes its alerts before the COMMIT."""
         try:
-            with self._autocommit.connection() as conn:
+            with autocommit(self.engine).connection() as conn:
                 return step(conn, True)
         except AlertsOwed:
             with self.engine.begin() as tx:

@@ -16,7 +16,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
+from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine
 
 from orchestrator.backends.base import BackendAdapter, PollResult
@@ -77,9 +79,7 @@ class JobRunner:
         observer: JobObserver | None = None,
         enqueue: EnqueuePort | None = None,
     ) -> None:
-        # Every step's statements stand alone and commit on their own (a claim, a checkpoint,
-        # an ending): no BEGIN and COMMIT round trips, nothing locked between them.
-        self.db = autocommit(engine)
+        self.engine = engine
         self.ledger = ledger
         self.catalogue = catalogue
         self.health = health
@@ -88,6 +88,13 @@ class JobRunner:
         self.poll_policy = poll
         self.observe = observer or JobObserver()
         self.slots = SlotWaits(health, enqueue, poll, lambda: self.catalogue().names)
+
+    @property
+    def db(self) -> ConnectionPool[Any]:
+        """Every step's statements stand alone and commit on their own (a claim, a checkpoint,
+        an ending): no BEGIN and COMMIT round trips, nothing locked between them. (Looked up
+        per use: an engine disposed and used again gets a new pool.)"""
+        return autocommit(self.engine)
 
     # -- the one step --------------------------------------------------------------------------
     def advance(self, job_id: uuid.UUID, token: uuid.UUID, *, resume: bool = False,

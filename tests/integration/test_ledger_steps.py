@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from orchestrator.errors import BudgetExceeded, HoldNotActive, HoldNotFound, InvalidAmount
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.budgets import list_budgets
+from orchestrator.store.engine import autocommit, make_engine
 
 from .ledger_helpers import T0, FakeClock, assert_sound, counters, entry_count, make_budget
 
@@ -212,3 +213,26 @@ def test_a_job_no_budget_covers_still_gets_a_hold_record(db: Engine) -> None:
     assert ledger.hold(job, ("tenant:nobody",), 5).budget_period_ids == ()
     assert ledger.settle(job, 5).charged_micros == 5
     assert entry_count(db) == 0
+
+
+def test_an_engine_disposed_and_used_again_gets_a_new_autocommit_pool(
+    db: Engine, database_url: str
+) -> None:
+    """Settles commit through the engine's autocommit pool; ``dispose()`` closes that pool,
+    and the next step opens a new one instead of failing on the closed one."""
+    engine = make_engine(database_url, pool_size=2)
+    try:
+        b = make_budget(engine, "tenant:acme", "month", 10_000_000)
+        ledger = Ledger(engine, clock=FakeClock())
+        first, second = uuid.uuid4(), uuid.uuid4()
+        for job in (first, second):
+            ledger.hold(job, SCOPES, 1_000)
+        ledger.settle(first, 600)
+        closed = autocommit(engine)
+        engine.dispose()
+        assert closed.closed
+        ledger.settle(second, 400)
+        assert autocommit(engine) is not closed
+        assert counters(engine)[b] == (10_000_000, 1_000, 0)
+    finally:
+        engine.dispose()
