@@ -36,10 +36,8 @@ def advance(job_id: str, token: str, priority: str = "normal", resume: bool = Fa
                            priority=priority)
     if not nxt.done:
         assert nxt.poll_in_s is not None
-        if nxt.resume:
-            c.enqueue.resume(uuid.UUID(job_id), uuid.UUID(token), priority, nxt.poll_in_s)
-        else:
-            c.enqueue.poll(uuid.UUID(job_id), uuid.UUID(token), priority, nxt.poll_in_s)
+        send = c.enqueue.resume if nxt.resume else c.enqueue.poll
+        send(uuid.UUID(job_id), uuid.UUID(token), priority, nxt.poll_in_s)
 
 
 @app.task(  # type: ignore[untyped-decorator]

@@ -18,11 +18,6 @@ class HealthPort(Protocol):
 
     def acquire(self, name: str, *, max_concurrency: int, lease_s: float) -> Ticket: ...
 
-    def record(
-        self, name: str, outcome: Outcome, *, latency_ms: float | None = None,
-        probe: bool = False, slot: str | None = None,
-    ) -> BreakerState: ...
-
     def record_and_wake(
         self, name: str, outcome: Outcome, *, latency_ms: float | None = None,
         probe: bool = False, slot: str | None = None, wake: bool = True,

@@ -235,13 +235,14 @@ class JobRunner:
         except BackendError as exc:
             return self._attempt_failed(job, attempt, exc, token)
         if sub.result is not None and sub.result.status == "succeeded":
-            # synchronous backend: the checkpoint and the settle share one transaction
+            # synchronous backend: its external id, the attempt's close and the settle are
+            # one statement (ledger.end_job)
             latency = (time.monotonic() - started) * 1000
             self._succeed(job, attempt, sub.result, latency, external_id=sub.external_id)
             return DONE
         if sub.result is None:
-            # create-then-poll: the external id and the chain's next wake in one transaction;
-            # set_wake fails if the job was cancelled (or revived) while we were submitting
+            # create-then-poll: the external id and the chain's next wake in one statement; the
+            # wake is refused if the job was cancelled (or revived) while we were submitting
             delay = self._poll_delay(attempt, 0.0)
             with self.db.connection() as conn:
                 alive = repo.record_external_id_and_wake(

@@ -87,7 +87,6 @@ _INSERT_JOB = Statement(
     """
 )
 _GET_JOB = Statement(f"SELECT {_JOB_COLS} FROM jobs WHERE id = :id")
-_GET_JOB_FOR_UPDATE = Statement(f"SELECT {_JOB_COLS} FROM jobs WHERE id = :id FOR UPDATE")
 _GET_BY_KEY = Statement(f"SELECT {_JOB_COLS} FROM jobs WHERE tenant = :t AND idempotency_key = :k")
 _LIST_JOBS = text(
     f"""
@@ -197,8 +196,8 @@ def insert_job(
     return JobRow(*row) if row is not None else None
 
 
-def get_job(conn: Conn, job_id: uuid.UUID, *, for_update: bool = False) -> JobRow | None:
-    row = (_GET_JOB_FOR_UPDATE if for_update else _GET_JOB).first(conn, {"id": job_id})
+def get_job(conn: Conn, job_id: uuid.UUID) -> JobRow | None:
+    row = _GET_JOB.first(conn, {"id": job_id})
     return JobRow(*row) if row is not None else None
 
 
