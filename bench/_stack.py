@@ -54,6 +54,13 @@ class Stack:
                 "SELECT count(*) FROM jobs WHERE created_at >= :s "
                 "AND status IN ('succeeded', 'failed', 'cancelled')"), {"s": since}).scalar_one())
 
+    def count_owed(self) -> int:
+        """Jobs still owed work (queued or running): a count over the partial index of live
+        jobs, so polling it costs the database little while the system is measured."""
+        with self.container.engine.connect() as conn:
+            return int(conn.execute(text(
+                "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")).scalar_one())
+
     def worker_cpu_s(self) -> float:
         """User + system CPU seconds of the worker process (thread pool: one process)."""
         return cpu_seconds(self.worker.pid)
