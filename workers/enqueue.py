@@ -33,8 +33,12 @@ class CeleryEnqueue:
         self._options: dict[str, Any] = (
             {"declare": []} if app.conf.broker_transport == TRANSPORT else {})
 
-    def start(self, job_id: uuid.UUID, token: uuid.UUID, priority: str) -> None:
-        self.poll(job_id, token, priority, 0.0)
+    def start(self, job_id: uuid.UUID, token: uuid.UUID, priority: str,
+              backend: str | None = None) -> None:
+        if backend is None:
+            self.poll(job_id, token, priority, 0.0)
+        else:  # a catalogue name, not a prompt: an id like the others
+            self._send((str(job_id), str(token), priority, False, backend), priority, 0.0)
 
     def poll(
         self, job_id: uuid.UUID, token: uuid.UUID, priority: str, countdown_s: float

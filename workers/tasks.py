@@ -28,12 +28,14 @@ _INFRA = (OperationalError, psycopg.OperationalError, RedisError, ConnectionErro
 @app.task(  # type: ignore[untyped-decorator]
     name="orchestrator.advance", autoretry_for=_INFRA, retry_backoff=True,
           retry_backoff_max=30, max_retries=None)
-def advance(job_id: str, token: str, priority: str = "normal", resume: bool = False) -> None:
+def advance(job_id: str, token: str, priority: str = "normal", resume: bool = False,
+            backend: str | None = None) -> None:
     """One step of the job's chain. ``resume``: the job was waiting for a slot; the step
-    does nothing if it has one by now (it was woken twice)."""
+    does nothing if it has one by now (it was woken twice). ``backend``: the start message's
+    first choice of the job's plan."""
     c = container()
     nxt = c.runner.advance(uuid.UUID(job_id), uuid.UUID(token), resume=resume,
-                           priority=priority)
+                           priority=priority, backend=backend)
     if not nxt.done:
         assert nxt.poll_in_s is not None
         send = c.enqueue.resume if nxt.resume else c.enqueue.poll

@@ -31,7 +31,11 @@ class HealthPort(Protocol):
 class EnqueuePort(Protocol):
     """Schedules the next step of a job's chain (Celery in production)."""
 
-    def start(self, job_id: uuid.UUID, token: uuid.UUID, priority: str) -> None: ...
+    def start(self, job_id: uuid.UUID, token: uuid.UUID, priority: str,
+              backend: str | None = None) -> None:
+        """The chain's first step. ``backend``: the first choice of the job's plan, where
+        that step may claim the job and open its attempt in one statement."""
+        ...
 
     def poll(
         self, job_id: uuid.UUID, token: uuid.UUID, priority: str, countdown_s: float

@@ -24,11 +24,12 @@ from sqlalchemy import Engine
 from orchestrator.backends.base import BackendAdapter, PollResult
 from orchestrator.backends.errors import BackendError, JobFault, TransientError
 from orchestrator.domain.breaker import Refusal
-from orchestrator.domain.catalogue import Catalogue
+from orchestrator.domain.catalogue import BackendSpec, Catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.polling import PollPolicy
 from orchestrator.domain.routing import RoutePlan
+from orchestrator.health.store import Ticket
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.endings import ClosingAttempt, JobEnd
 from orchestrator.service.observe import JobObserver
@@ -98,15 +99,50 @@ class JobRunner:
 
     # -- the one step --------------------------------------------------------------------------
     def advance(self, job_id: uuid.UUID, token: uuid.UUID, *, resume: bool = False,
-                priority: str = "normal") -> Next:
+                priority: str = "normal", backend: str | None = None) -> Next:
         """One step. ``resume``: the step wakes a job that waited for a slot; it does nothing
         if the job has left that wait (a freed slot and its own timer can both wake it). A
         resumed job that does not wait again leaves every waiting list (``priority`` is part
-        of its entry there)."""
+        of its entry there). ``backend``: the first choice of the job's plan, named by the
+        message that starts the chain (see ``_claim_and_open``)."""
+        if backend is not None and not resume:
+            started = self._claim_and_open(job_id, token, backend)
+            if started is not None:
+                return started
         nxt = self._step(job_id, token, resume)
         if resume and not nxt.resume:
             self.slots.stop_waiting(job_id, token, priority)
         return nxt
+
+    def _claim_and_open(self, job_id: uuid.UUID, token: uuid.UUID, name: str) -> Next | None:
+        """A start step's short way: a slot on the plan's first backend, then the claim and
+        the attempt's checkpoint in one statement, then the backend call. None: take the long
+        way (``_step``), because the backend has no slot or no longer exists, or the job was
+        not there to claim (a duplicate start, a cancel, its deadline passed). A slot taken
+        for nothing is given back first."""
+        cat = self.catalogue()
+        if name not in cat:
+            return None
+        ticket = self._acquire(cat.get(name))
+        if not ticket.allowed:
+            return None
+        with self.db.connection() as conn:
+            found = repo.claim_and_open(conn, job_id, token, self.clock(), name,
+                                        slot=ticket.slot, probe=ticket.probe)
+        if found is None:
+            self.slots.released(name, Outcome.CANCELLED, probe=ticket.probe, slot=ticket.slot)
+            return None
+        job, attempt = found
+        self.observe.job_started(job)
+        return self._submit(job, attempt, token)
+
+    def _acquire(self, backend: BackendSpec) -> Ticket:
+        """A breaker ticket and concurrency slot on ``backend``, leased for its longest
+        attempt plus the chain's grace."""
+        return self.health.acquire(
+            backend.name, max_concurrency=backend.max_concurrency,
+            lease_s=backend.timeouts.start_to_close_s + self.poll_policy.grace_s,
+        )
 
     def _step(self, job_id: uuid.UUID, token: uuid.UUID, resume: bool) -> Next:
         now = self.clock()
@@ -181,11 +217,7 @@ class JobRunner:
         for name in plan.backends:
             if name in tried or name not in cat:
                 continue
-            backend = cat.get(name)
-            ticket = self.health.acquire(
-                name, max_concurrency=backend.max_concurrency,
-                lease_s=backend.timeouts.start_to_close_s + self.poll_policy.grace_s,
-            )
+            ticket = self._acquire(cat.get(name))
             if not ticket.allowed:
                 refused.append(f"{name}: {ticket.refusal}")
                 if ticket.refusal is Refusal.AT_CAPACITY:

@@ -94,7 +94,7 @@ class Submitter:
             return replay, False
         record_submission(spec, "accepted", plan.backends[0])
         try:
-            self.enqueue.start(job_id, token, spec.priority.value)
+            self.enqueue.start(job_id, token, spec.priority.value, plan.backends[0])
         except Exception as exc:  # the sweeper will start it; the job is safe in PostgreSQL
             log.warning("enqueue failed; the sweeper will start the job",
                         extra={"job_id": str(job_id), "error": type(exc).__name__})

@@ -112,6 +112,26 @@ _CLAIM_OR_GET = Statement(
     WHERE id = :id AND NOT EXISTS (SELECT 1 FROM claimed)
     """
 )
+# A start step's claim and its first attempt's checkpoint, on the backend where it already
+# holds a slot: one statement, so nothing else can see the job running with no attempt.
+_CLAIM_AND_OPEN = Statement(
+    f"""
+    WITH claimed AS (
+        UPDATE jobs SET status = 'running', started_at = :now, updated_at = :now
+        WHERE id = :id AND status = 'queued' AND chain_token = :token
+          AND (deadline_at IS NULL OR deadline_at > :now)
+        RETURNING {_JOB_COLS}
+    ), opened AS (
+        INSERT INTO attempts (job_id, number, backend, started_at, slot, probe)
+        SELECT id, 1, :b, :now, :slot, :probe FROM claimed
+        ON CONFLICT (job_id, number) DO NOTHING
+        RETURNING {_ATTEMPT_COLS}
+    )
+    SELECT {", ".join(f"c.{c}" for c in JobRow.__slots__)},
+           {", ".join(f"o.{c}" for c in AttemptRow.__slots__)}
+    FROM claimed c JOIN opened o ON o.job_id = c.id
+    """
+)
 _REQUEUE = Statement(
     "UPDATE jobs SET status = 'queued', started_at = NULL, wake_at = :w, updated_at = now() "
     "WHERE id = :id AND chain_token = :t AND status = 'running' RETURNING id"
@@ -229,6 +249,22 @@ def claim_or_get(conn: Conn, job_id: uuid.UUID, token: uuid.UUID, now: datetime
     (the job as it is, False); None if there is no such job."""
     row = _CLAIM_OR_GET.first(conn, {"id": job_id, "token": token, "now": now})
     return None if row is None else (JobRow(*row[:-1]), bool(row[-1]))
+
+
+def claim_and_open(
+    conn: Conn, job_id: uuid.UUID, token: uuid.UUID, now: datetime, backend: str, *,
+    slot: str | None = None, probe: bool = False,
+) -> tuple[JobRow, AttemptRow] | None:
+    """queued → running for the chain holding ``token`` with its first attempt opened on
+    ``backend``, if the job's deadline has not passed: (the job, the attempt). None: nothing
+    was claimed (the job is not queued for this chain, or is past its deadline), or (never
+    for a job that was queued) the attempt already existed."""
+    row = _CLAIM_AND_OPEN.first(conn, {"id": job_id, "token": token, "now": now, "b": backend,
+                                       "slot": slot, "probe": probe})
+    if row is None:
+        return None
+    n = len(JobRow.__slots__)
+    return JobRow(*row[:n]), AttemptRow(*row[n:])
 
 
 def set_wake(conn: Conn, job_id: uuid.UUID, token: uuid.UUID, wake_at: datetime) -> bool:

@@ -69,3 +69,18 @@ def test_an_enqueued_step_lands_on_its_queue_with_its_ids_as_argsrepr(redis_url:
     assert headers["argsrepr"] == repr((str(job), str(token), "low"))
     args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
     assert args == [str(job), str(token), "low"] and kwargs == {}
+
+
+def test_a_start_names_the_plans_first_backend_after_the_ids(redis_url: str) -> None:
+    base, _, db = redis_url.rpartition("/")
+    url = f"{base}/13" if db.isdigit() else f"{redis_url.rstrip('/')}/13"
+    app = producer_app(f"enqueue-test-{uuid.uuid4().hex}", url)
+    client = redis.Redis.from_url(url)
+    client.delete("jobs.high")
+    job, token = uuid.uuid4(), uuid.uuid4()
+    CeleryEnqueue(app).start(job, token, "high", "vid-cheap")
+    raw = client.rpop("jobs.high")
+    assert raw is not None
+    args, kwargs, _ = json.loads(base64.b64decode(json.loads(raw)["body"]))
+    # as workers.tasks.advance takes them: job, token, priority, resume, backend
+    assert args == [str(job), str(token), "high", False, "vid-cheap"] and kwargs == {}

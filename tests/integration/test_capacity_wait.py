@@ -31,7 +31,8 @@ class RecordingEnqueue:
     def __init__(self) -> None:
         self.resumed: list[tuple[uuid.UUID, uuid.UUID, str]] = []
 
-    def start(self, job_id: uuid.UUID, token: uuid.UUID, priority: str) -> None:
+    def start(self, job_id: uuid.UUID, token: uuid.UUID, priority: str,
+              backend: str | None = None) -> None:
         pass
 
     def poll(self, job_id: uuid.UUID, token: uuid.UUID, priority: str,
@@ -67,6 +68,9 @@ class Capped:
 
     def held(self, job_id: uuid.UUID) -> str:
         return hold_status(self.rig.engine, job_id)
+
+    def in_flight(self, backend: str) -> int:
+        return self.container.health.snapshot([backend])[backend].in_flight
 
 
 @pytest.fixture()
@@ -193,3 +197,76 @@ def test_a_real_worker_runs_a_burst_one_at_a_time_per_backend_and_loses_none(
     assert {j.status for j in done} == {"succeeded"}
     assert all(len(capped.rig.attempts(j.id)) == 1 for j in jobs)
     assert created() - before == 8  # one submission per job
+
+
+# -- the start step's short way: a slot on the plan's first backend, then the claim and the
+# -- checkpoint in one statement ------------------------------------------------------------
+
+def test_a_start_naming_the_first_backend_claims_and_checkpoints_there(capped: Capped) -> None:
+    job = capped.submit()
+    assert job.chain_token is not None
+    step = capped.container.runner.advance(job.id, job.chain_token, backend="vid-cheap")
+    assert not step.done and not step.resume  # submitted: it polls now
+    running = capped.rig.job(job.id)
+    assert running.status == "running" and running.started_at is not None
+    [attempt] = capped.rig.attempts(job.id)
+    assert (attempt.number, attempt.backend) == (1, "vid-cheap")
+    assert attempt.slot is not None and attempt.external_id is not None
+    assert capped.in_flight("vid-cheap") == 1
+    capped.run(job)
+    assert capped.rig.job(job.id).status == "succeeded"
+    assert capped.held(job.id) == "settled"
+    assert capped.in_flight("vid-cheap") == 0
+
+
+def test_a_start_whose_first_backend_is_full_goes_the_long_way(capped: Capped) -> None:
+    busy, job = capped.submit(), capped.submit()
+    runner = capped.container.runner
+    assert busy.chain_token is not None and job.chain_token is not None
+    runner.advance(busy.id, busy.chain_token, backend="vid-cheap")  # its only slot
+    step = runner.advance(job.id, job.chain_token, backend="vid-cheap")
+    assert not step.done and not step.resume
+    assert [a.backend for a in capped.rig.attempts(job.id)] == ["vid-mid"]  # next in the plan
+    assert (capped.in_flight("vid-cheap"), capped.in_flight("vid-mid")) == (1, 1)
+    for j in (busy, job):
+        capped.run(j)
+        assert capped.rig.job(j.id).status == "succeeded"
+
+
+def test_a_start_with_nothing_to_claim_gives_its_slot_back(capped: Capped) -> None:
+    """A start delivered again after its job ended: the slot it took is returned and no
+    attempt is opened."""
+    job = capped.submit()
+    assert job.chain_token is not None
+    runner = capped.container.runner
+    runner.advance(job.id, job.chain_token, backend="vid-cheap")
+    capped.run(job)
+    assert capped.in_flight("vid-cheap") == 0
+    assert runner.advance(job.id, job.chain_token, backend="vid-cheap").done
+    assert capped.in_flight("vid-cheap") == 0
+    assert len(capped.rig.attempts(job.id)) == 1
+    assert capped.rig.job(job.id).status == "succeeded"
+
+
+def test_a_start_past_the_deadline_fails_the_job_and_keeps_no_slot(capped: Capped) -> None:
+    job = capped.submit(deadline_s=1)
+    assert job.chain_token is not None and job.deadline_at is not None
+    past = job.deadline_at + timedelta(seconds=0.05)
+    capped.rig.wait_for("the deadline to pass", lambda: datetime.now(UTC) > past, timeout=10)
+    assert capped.container.runner.advance(job.id, job.chain_token, backend="vid-cheap").done
+    failed = capped.rig.job(job.id)
+    assert (failed.status, failed.error_code) == ("failed", "deadline_exceeded")
+    assert capped.rig.attempts(job.id) == []
+    assert capped.held(job.id) == "released"
+    assert capped.in_flight("vid-cheap") == 0
+
+
+def test_a_start_naming_a_backend_no_longer_in_the_catalogue_goes_the_long_way(
+    capped: Capped,
+) -> None:
+    job = capped.submit()
+    assert job.chain_token is not None
+    step = capped.container.runner.advance(job.id, job.chain_token, backend="vid-gone")
+    assert not step.done
+    assert [a.backend for a in capped.rig.attempts(job.id)] == ["vid-cheap"]
+    capped.run(job)
