@@ -3,16 +3,17 @@ and cost.
 
 The one transport seam is the ``httpx.BaseTransport`` an adapter is given: tests pass an
 ``httpx.MockTransport``; production shares one ``Http11Transport`` (orchestrator.backends.
-transport); without one, an adapter makes its own. Requests go straight to the transport: an
-adapter builds every URL and header itself and follows no redirect, so an ``httpx.Client``
-around it only added CPU to every call. Transient errors are retried
+transport); without one, an adapter makes its own. Requests go straight to the transport's
+wire (``Wire.exchange``: bytes in, a ``Reply`` out): an adapter builds every URL and header
+itself and follows no redirect, so an ``httpx.Client`` around it only added CPU to every
+call. Transient errors are retried
 inside one call by tenacity (exponential backoff with full jitter, Retry-After honoured, bounded
 by attempts and total time); whatever is left is raised to the caller.
 """
 
 from __future__ import annotations
 
-import functools
+import json as jsonlib
 import logging
 import re
 import time
@@ -32,7 +33,7 @@ from tenacity import (
 from orchestrator import metrics
 from orchestrator.backends.base import PollResult, Submission
 from orchestrator.backends.errors import BackendError, BackendFault, JobFault, TransientError
-from orchestrator.backends.transport import Http11Transport
+from orchestrator.backends.transport import Http11Transport, Reply, target, wire_for
 from orchestrator.domain.catalogue import BackendSpec
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.money import usd_to_micros
@@ -44,7 +45,7 @@ log = logging.getLogger("orchestrator.backends")
 
 JOB_FAULT_STATUSES = frozenset({400, 422})
 CONTENT_POLICY_MARKERS = ("content_policy", "content_filter", "safety", "nsfw", "moderation")
-USER_AGENT = "orchestrator"
+USER_AGENT = b"orchestrator"
 _SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_.\-\[\]]")
 
 
@@ -70,13 +71,6 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(attempts=1)
 
 
-@functools.lru_cache(maxsize=4096)
-def _url(url: str) -> httpx.URL:
-    """The parsed URL: parsing costs about 30 µs a call, and most calls go to a few URLs
-    (each backend's submit endpoint, a prediction polled several times)."""
-    return httpx.URL(url)
-
-
 def safe_token(value: Any, limit: int = 64) -> str | None:
     """A provider-supplied code or parameter name, reduced to something safe to log."""
     if not isinstance(value, str | int) or isinstance(value, bool):
@@ -100,11 +94,12 @@ class HttpAdapter(ABC):
         self.backend = backend
         self._owns_transport = transport is None
         self._transport = transport if transport is not None else Http11Transport()
+        self._wire = wire_for(self._transport)
         self._retry = retry or RetryPolicy()
         t = backend.timeouts
-        self._extensions = {"timeout": httpx.Timeout(
+        self._timeouts = httpx.Timeout(
             connect=t.connect_s, read=t.read_s, write=t.read_s, pool=t.connect_s
-        ).as_dict()}
+        ).as_dict()
         self._base = backend.base_url.rstrip("/")
 
     @property
@@ -126,13 +121,15 @@ class HttpAdapter(ABC):
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    def _headers(self, idempotency_key: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+    def _headers(self, idempotency_key: str | None, has_body: bool) -> list[tuple[bytes, bytes]]:
+        headers = [(b"Accept", b"application/json"), (b"User-Agent", USER_AGENT)]
         key = self.backend.api_key()  # read per call from the environment; never logged
         if key:
-            headers["Authorization"] = f"Bearer {key}"
+            headers.append((b"Authorization", b"Bearer " + key.encode("latin-1")))
         if idempotency_key:
-            headers["Idempotency-Key"] = idempotency_key
+            headers.append((b"Idempotency-Key", idempotency_key.encode("latin-1")))
+        if has_body:
+            headers.append((b"Content-Type", b"application/json"))
         return headers
 
     def request(
@@ -144,15 +141,16 @@ class HttpAdapter(ABC):
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """One logical call: retried while transient, then the parsed JSON object or an error."""
-        url = _url(f"{self._base}{path}")
-        headers = self._headers(idempotency_key)
+        to = target(f"{self._base}{path}")
+        # as httpx encodes ``json=``
+        body = b"" if json is None else jsonlib.dumps(
+            json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        headers = self._headers(idempotency_key, json is not None)
         policy = self._retry
 
         def once() -> dict[str, Any]:
             try:
-                resp = self._transport.handle_request(httpx.Request(
-                    method, url, json=json, headers=headers, extensions=self._extensions))
-                resp.read()
+                resp = self._wire.exchange(method, to, headers, body, self._timeouts)
             except httpx.TimeoutException:
                 raise TransientError(
                     f"{self.name}: no answer within the timeout",
@@ -231,7 +229,7 @@ class HttpAdapter(ABC):
         )
         raise exc
 
-    def _parse(self, resp: httpx.Response) -> dict[str, Any]:
+    def _parse(self, resp: Reply) -> dict[str, Any]:
         status = resp.status_code
         if 200 <= status < 300:
             try:
@@ -249,14 +247,14 @@ class HttpAdapter(ABC):
             code="malformed_response", backend=self.name, status_code=status_code,
         )
 
-    def _error_for(self, resp: httpx.Response) -> BackendError:
+    def _error_for(self, resp: Reply) -> BackendError:
         status = resp.status_code
         provider_code, param = _provider_error(resp)
         common: dict[str, Any] = {"backend": self.name, "status_code": status}
         if provider_code:
             common["provider_code"] = provider_code
         if status == 429:
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            retry_after = parse_retry_after(resp.header("Retry-After"))
             return TransientError(
                 f"{self.name}: rate limited (HTTP 429)", code="rate_limited",
                 retry_after_s=retry_after, **common,
@@ -314,7 +312,7 @@ class HttpAdapter(ABC):
         return computed, reported
 
 
-def _provider_error(resp: httpx.Response) -> tuple[str | None, str | None]:
+def _provider_error(resp: Reply) -> tuple[str | None, str | None]:
     """(error code or type, offending parameter) from an OpenAI- or Replicate-style body."""
     try:
         body = resp.json()

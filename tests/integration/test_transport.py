@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from orchestrator.backends.transport import Http11Transport
+from orchestrator.backends.transport import Http11Transport, HttpxWire, target
 
 
 class Server(ThreadingHTTPServer):
@@ -54,7 +54,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self._send(200, {"path": self.path, "body": json.loads(body),
-                         "key": self.headers.get("Idempotency-Key")})
+                         "key": self.headers.get("Idempotency-Key"),
+                         "host": self.headers.get("Host")})
 
     def do_HEAD(self) -> None:
         self._answer({"Content-Length": "1234"}, b"")
@@ -132,7 +133,8 @@ def test_requests_reuse_one_keep_alive_connection(server: Server,
         r = send(transport, "POST", url(server, f"/v1/x?n={i}"), json={"i": i},
                  headers={"Idempotency-Key": f"k{i}"})
         assert r.status_code == 200
-        assert r.json() == {"path": f"/v1/x?n={i}", "body": {"i": i}, "key": f"k{i}"}
+        assert r.json() == {"path": f"/v1/x?n={i}", "body": {"i": i}, "key": f"k{i}",
+                            "host": f"127.0.0.1:{server.server_address[1]}"}
     assert server.connections == 1
 
 
@@ -204,6 +206,43 @@ def test_an_adapter_call_through_it_reaches_the_server_once(
         r = client.post(url(server, "/v1/y"), json={"a": 1})
     assert r.json()["body"] == {"a": 1}
     assert server.connections == 1
+
+
+def test_exchange_sends_host_and_length_and_reads_a_reply(
+    server: Server, transport: Http11Transport
+) -> None:
+    """The adapters' seam: their own headers plus Host and Content-Length go out; the
+    answer comes back whole, headers as sent, on the same keep-alive connection."""
+    to = target(url(server, "/v1/x?q=1"))
+    own = [(b"Idempotency-Key", b"k-1"), (b"Content-Type", b"application/json")]
+    for _ in range(2):
+        reply = transport.exchange("POST", to, own, b'{"a": 1}', {"read": 5.0})
+        assert reply.status_code == 200
+        assert reply.json() == {"path": "/v1/x?q=1", "body": {"a": 1}, "key": "k-1",
+                                "host": f"127.0.0.1:{server.server_address[1]}"}
+        assert reply.header("CONTENT-TYPE") == "application/json"
+        assert reply.header("Retry-After") is None
+    assert server.connections == 1
+    got = transport.exchange("GET", target(url(server, "/chunked")), [], b"", {"read": 5.0})
+    assert got.json() == {"parts": [1, 2, 3]}  # a GET carries no Content-Length
+
+
+def test_any_httpx_transport_is_a_wire_that_sees_httpx_requests() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(429, headers={"Retry-After": "3"}, json={"busy": True})
+
+    reply = HttpxWire(httpx.MockTransport(handler)).exchange(
+        "POST", target("http://example.test/v1/y"), [(b"Idempotency-Key", b"k-2")], b"{}",
+        {"read": 1.0})
+    assert (reply.status_code, reply.header("retry-after"), reply.json()) == (
+        429, "3", {"busy": True})
+    [request] = seen
+    assert request.url == "http://example.test/v1/y" and request.content == b"{}"
+    assert request.headers["Idempotency-Key"] == "k-2"
+    assert request.extensions["timeout"] == {"read": 1.0}
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
