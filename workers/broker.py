@@ -1,4 +1,5 @@
-"""kombu's Redis transport, with one redis client per channel instead of one per message.
+"""kombu's Redis transport, with one redis client per channel and the unacked bookkeeping
+written off the consumer's thread.
 
 kombu's Redis channel builds a new ``redis.Redis`` for every publish, every delivered message
 (the unacked index) and every ack. With redis-py 8 each one copies the whole response-callback
@@ -6,16 +7,41 @@ table: about as much CPU as the Redis command it is built for (bench/throughput.
 bench/submit.py). A client is only a thread-safe handle on the channel's connection pool, so
 this channel keeps one per pool and hands it out again.
 
+kombu's QoS also writes each delivered message into the unacked hash and index, and removes
+it on ack, as a blocking MULTI/EXEC round trip on the worker's event-loop thread: the one
+thread that fetches every message. In a thread-pool worker whose tasks do real work, each of
+those waits ends in a wait for the GIL, and the pool's threads sat idle for want of messages
+(bench/throughput.py). :class:`QoS` queues those writes, in order, for a thread of its own that
+sends whatever has queued as one pipeline. What that changes:
+
+- A message's unacked record is written a moment after delivery, not before its task starts.
+  A worker killed in that moment loses the message, as kombu's own window between the pop
+  and the write already could: the sweeper revives the job (DESIGN §3; the job table decides
+  what is owed work, not Redis).
+- An ack is written a moment after the task. A worker killed in that moment leaves the
+  message to be restored after the visibility timeout: a step delivered twice, which the
+  chain's guarded steps make harmless.
+- A reject, a restore (warm shutdown) and closing the channel first wait for the queued
+  writes, so they see every delivered message.
+
 ``workers.celery_app`` selects this transport for ``redis://``, ``rediss://`` and
 ``unix://`` broker URLs; any other URL keeps the transport its scheme names.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
+import time
 from typing import Any
 
 from celery import Celery
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps
+
+log = logging.getLogger(__name__)
 
 SCHEMES = ("redis", "rediss", "unix")
 TRANSPORT = "workers.broker:Transport"
@@ -35,7 +61,110 @@ def producer_app(name: str, url: str) -> Celery:
     return app
 
 
+_STOP = object()
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS whose unacked-hash writes (delivery, ack) go to a writer thread, in
+    order, batched into one pipeline per wake-up (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        info = message.delivery_info
+        raw = dumps([message._raw, info["exchange"], info["routing_key"]])  # type: ignore[no-untyped-call]
+        self._queue(("append", delivery_tag, time.time(), raw))
+        virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def ack(self, delivery_tag: Any) -> None:
+        self._queue(("ack", delivery_tag))
+        virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        self.flush()
+        super().reject(delivery_tag, requeue)  # type: ignore[no-untyped-call]
+
+    def restore_unacked(self, client: Any = None) -> None:
+        self.flush()
+        super().restore_unacked(client)  # type: ignore[no-untyped-call]
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        self.flush()
+        super().restore_by_tag(tag, client, leftmost)  # type: ignore[no-untyped-call]
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every write queued so far has been sent; False on timeout."""
+        if self._writer is None or threading.current_thread() is self._writer:
+            return True
+        done = threading.Event()
+        self._writes.put(done)
+        return done.wait(timeout)
+
+    def stop(self) -> None:
+        """Send what is queued, then end the writer thread."""
+        if self._writer is not None:
+            self._writes.put(_STOP)
+            self._writer.join(30)
+            self._writer = None
+
+    def _queue(self, write: tuple[Any, ...]) -> None:
+        if self._writer is None:
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                                    name="kombu-unacked-writer")
+                    self._writer.start()
+        self._writes.put(write)
+
+    def _write_loop(self) -> None:
+        while True:
+            batch = [self._writes.get()]
+            while True:
+                try:
+                    batch.append(self._writes.get_nowait())
+                except queue.Empty:
+                    break
+            writes = [w for w in batch if isinstance(w, tuple)]
+            if writes:
+                self._send(writes)
+            for w in batch:
+                if isinstance(w, threading.Event):
+                    w.set()
+            if any(w is _STOP for w in batch):
+                return
+
+    def _send(self, writes: list[tuple[Any, ...]]) -> None:
+        try:
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+                for w in writes:
+                    if w[0] == "append":
+                        pipe.zadd(self.unacked_index_key, {w[1]: w[2]})
+                        pipe.hset(self.unacked_key, w[1], w[3])
+                    else:
+                        pipe.zrem(self.unacked_index_key, w[1])
+                        pipe.hdel(self.unacked_key, w[1])
+                pipe.execute()
+        except Exception as exc:  # the thread must live on; see the module docstring
+            log.warning("unacked bookkeeping not written (%d writes): %s", len(writes),
+                        type(exc).__name__)
+
+
 class Channel(kombu_redis.Channel):
+    QoS = QoS
+
+    def close(self) -> None:
+        qos = self._qos
+        if isinstance(qos, QoS):
+            qos.flush()  # before the pools close and unacked messages are restored
+        super().close()  # type: ignore[no-untyped-call]
+        if isinstance(qos, QoS):
+            qos.stop()
+
     def _create_client(self, asynchronous: bool = False) -> Any:
         pool = self.async_pool if asynchronous else self.pool
         slot = "_orch_async_client" if asynchronous else "_orch_client"

@@ -21,9 +21,10 @@ exceptions, so callers handle them as before:
     RemoteProtocolError             the answer was not HTTP/1.1, or ended early
 
 The adapters call :meth:`Http11Transport.exchange` (the :class:`Wire` seam): bytes in, a
-:class:`Reply` out, without building httpx's ``Request`` and ``Response`` (about 50 µs of CPU
-per call, a twentieth of a text job's step). Any other httpx transport (``MockTransport`` in
-tests) becomes a Wire through :class:`HttpxWire`, so tests still see httpx requests.
+:class:`Reply` out, without building httpx's ``Request`` and ``Response``: a chat completion
+through an adapter to the simulator took 209-244 µs of CPU with them, 136-147 µs without. Any
+other httpx transport (``MockTransport`` in tests) becomes a Wire through :class:`HttpxWire`,
+so tests still see httpx requests.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import uuid
 import redis
 from kombu import Connection
 
-from workers.broker import TRANSPORT, Transport, producer_app, transport_for
+from workers.broker import TRANSPORT, QoS, Transport, producer_app, transport_for
 from workers.enqueue import CeleryEnqueue
 
 
@@ -45,10 +45,72 @@ def test_messages_go_through_and_are_acked(redis_url: str) -> None:
                 got.append(message.payload["n"])
                 message.ack()
             channel = queue.channel
+            assert channel.qos.flush()
             client = channel._create_client()
             assert client.llen(name) == 0
             assert client.hlen(channel.unacked_key) == 0  # every delivery acked
     assert sorted(got) == [0, 1, 2]
+
+
+def test_a_delivery_is_recorded_as_unacked_until_its_ack_is_written(redis_url: str) -> None:
+    name = f"broker-test-{uuid.uuid4().hex}"
+    with Connection(redis_url, transport=Transport) as conn, conn.SimpleQueue(name) as queue:
+        queue.put({"n": 1}, serializer="json")
+        message = queue.get(timeout=10)
+        channel = queue.channel
+        assert isinstance(channel.qos, QoS) and channel.qos.flush()
+        client = channel._create_client()
+        tag = message.delivery_tag
+        assert client.hexists(channel.unacked_key, tag)
+        assert client.zscore(channel.unacked_index_key, tag) is not None
+        message.ack()
+        assert channel.qos.flush()
+        assert not client.hexists(channel.unacked_key, tag)
+        assert client.zscore(channel.unacked_index_key, tag) is None
+
+
+def test_deliveries_acked_at_once_leave_nothing_behind(redis_url: str) -> None:
+    """Each record and its removal are queued in order, so a message acked before the writer
+    ran never leaves a stale record (which would be restored as a duplicate later)."""
+    name = f"broker-test-{uuid.uuid4().hex}"
+    with Connection(redis_url, transport=Transport) as conn, conn.SimpleQueue(name) as queue:
+        for i in range(50):
+            queue.put({"n": i}, serializer="json")
+        for _ in range(50):
+            queue.get(timeout=10).ack()
+        channel = queue.channel
+        assert channel.qos.flush()
+        client = channel._create_client()
+        assert client.hlen(channel.unacked_key) == 0
+        assert client.zcard(channel.unacked_index_key) == 0
+
+
+def test_a_delivered_unacked_message_is_restored_when_the_channel_closes(
+    redis_url: str,
+) -> None:
+    """What a warm shutdown does: even just after delivery (its record possibly still
+    queued), closing restores the message to its queue, and no record is left."""
+    name = f"broker-test-{uuid.uuid4().hex}"
+    with Connection(redis_url, transport=Transport) as conn, conn.SimpleQueue(name) as queue:
+        queue.put({"n": 7}, serializer="json")
+        assert queue.get(timeout=10).payload == {"n": 7}
+        unacked_key = queue.channel.unacked_key
+    with Connection(redis_url, transport=Transport) as conn, conn.SimpleQueue(name) as queue:
+        again = queue.get(timeout=10)
+        assert again.payload == {"n": 7}
+        again.ack()
+        assert queue.channel.qos.flush()
+        assert queue.channel._create_client().hlen(unacked_key) == 0
+
+
+def test_a_rejected_message_goes_back_on_its_queue(redis_url: str) -> None:
+    name = f"broker-test-{uuid.uuid4().hex}"
+    with Connection(redis_url, transport=Transport) as conn, conn.SimpleQueue(name) as queue:
+        queue.put({"n": 3}, serializer="json")
+        queue.get(timeout=10).reject(requeue=True)
+        again = queue.get(timeout=10)
+        assert again.payload == {"n": 3}
+        again.ack()
 
 
 def test_an_enqueued_step_lands_on_its_queue_with_its_ids_as_argsrepr(redis_url: str) -> None:
