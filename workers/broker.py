@@ -12,7 +12,8 @@ it on ack, as a blocking MULTI/EXEC round trip on the worker's event-loop thread
 thread that fetches every message. In a thread-pool worker whose tasks do real work, each of
 those waits ends in a wait for the GIL, and the pool's threads sat idle for want of messages
 (bench/throughput.py). :class:`QoS` queues those writes, in order, for a thread of its own that
-sends whatever has queued as one pipeline. What that changes:
+sends whatever queued while its last batch was sent as one pipeline of at most four commands
+(a message delivered and acked within one batch is never written). What that changes:
 
 - A message's unacked record is written a moment after delivery, not before its task starts.
   A worker killed in that moment loses the message, as kombu's own window between the pop
@@ -122,12 +123,7 @@ class QoS(kombu_redis.QoS):
 
     def _write_loop(self) -> None:
         while True:
-            batch = [self._writes.get()]
-            while True:
-                try:
-                    batch.append(self._writes.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._take()
             writes = [w for w in batch if isinstance(w, tuple)]
             if writes:
                 self._send(writes)
@@ -137,17 +133,38 @@ class QoS(kombu_redis.QoS):
             if any(w is _STOP for w in batch):
                 return
 
+    def _take(self) -> list[Any]:
+        """The next write and whatever queued behind it while the last batch was sent."""
+        batch = [self._writes.get()]
+        while True:
+            try:
+                batch.append(self._writes.get_nowait())
+            except queue.Empty:
+                return batch
+
     def _send(self, writes: list[tuple[Any, ...]]) -> None:
+        """At most four commands for the whole batch; a message both delivered and acked in
+        it is not written at all."""
+        records: dict[Any, tuple[float, str]] = {}
+        acked: list[Any] = []
+        for w in writes:
+            if w[0] == "append":
+                records[w[1]] = (w[2], w[3])
+            elif records.pop(w[1], None) is None:  # its record was written in an earlier batch
+                acked.append(w[1])
+        if not records and not acked:
+            return
         try:
             with self.channel.conn_or_acquire() as client:
                 pipe = client.pipeline(transaction=False)
-                for w in writes:
-                    if w[0] == "append":
-                        pipe.zadd(self.unacked_index_key, {w[1]: w[2]})
-                        pipe.hset(self.unacked_key, w[1], w[3])
-                    else:
-                        pipe.zrem(self.unacked_index_key, w[1])
-                        pipe.hdel(self.unacked_key, w[1])
+                if records:
+                    pipe.zadd(self.unacked_index_key,
+                              {tag: score for tag, (score, _) in records.items()})
+                    pipe.hset(self.unacked_key,
+                              mapping={tag: raw for tag, (_, raw) in records.items()})
+                if acked:
+                    pipe.zrem(self.unacked_index_key, *acked)
+                    pipe.hdel(self.unacked_key, *acked)
                 pipe.execute()
         except Exception as exc:  # the thread must live on; see the module docstring
             log.warning("unacked bookkeeping not written (%d writes): %s", len(writes),
