@@ -35,12 +35,14 @@ import logging
 import queue
 import threading
 import time
+from itertools import chain
 from typing import Any
 
 from celery import Celery
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class QoS(kombu_redis.QoS):
         self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        self._conn: Any = None  # the writer's redis.connection.Connection
+        self._conn_pool: Any = None
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         info = message.delivery_info
@@ -106,11 +110,14 @@ class QoS(kombu_redis.QoS):
         return done.wait(timeout)
 
     def stop(self) -> None:
-        """Send what is queued, then end the writer thread."""
+        """Send what is queued, then end the writer thread and close its connection."""
         if self._writer is not None:
             self._writes.put(_STOP)
             self._writer.join(30)
             self._writer = None
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._conn = None
 
     def _queue(self, write: tuple[Any, ...]) -> None:
         if self._writer is None:
@@ -154,21 +161,52 @@ class QoS(kombu_redis.QoS):
                 acked.append(w[1])
         if not records and not acked:
             return
+        prefix = getattr(self.channel, "global_keyprefix", "") or ""  # as kombu's client adds
+        index, table = prefix + self.unacked_index_key, prefix + self.unacked_key
+        commands: list[tuple[Any, ...]] = []
+        if records:
+            commands.append(("ZADD", index, *chain.from_iterable(
+                (score, tag) for tag, (score, _) in records.items())))
+            commands.append(("HSET", table, *chain.from_iterable(
+                (tag, raw) for tag, (_, raw) in records.items())))
+        if acked:
+            commands += [("ZREM", index, *acked), ("HDEL", table, *acked)]
         try:
-            with self.channel.conn_or_acquire() as client:
-                pipe = client.pipeline(transaction=False)
-                if records:
-                    pipe.zadd(self.unacked_index_key,
-                              {tag: score for tag, (score, _) in records.items()})
-                    pipe.hset(self.unacked_key,
-                              mapping={tag: raw for tag, (_, raw) in records.items()})
-                if acked:
-                    pipe.zrem(self.unacked_index_key, *acked)
-                    pipe.hdel(self.unacked_key, *acked)
-                pipe.execute()
+            self._pipeline(commands)
         except Exception as exc:  # the thread must live on; see the module docstring
             log.warning("unacked bookkeeping not written (%d writes): %s", len(writes),
                         type(exc).__name__)
+
+    def _pipeline(self, commands: list[tuple[Any, ...]]) -> None:
+        """The commands as one pipeline on the writer's own connection, made as the channel's
+        pool makes its own: redis-py's Pipeline (pool checkout, per-command callbacks) cost
+        about as much CPU as the rest of a job's bookkeeping. An idle connection the server
+        closed is made again, and a failure on the wire retried under the connection's
+        ``Retry`` policy, as the client's path does."""
+        pool = self.channel.pool
+        conn = self._conn
+        if conn is None or self._conn_pool is not pool:  # a reconnect gives a new pool
+            if conn is not None:
+                conn.disconnect()
+            conn = self._conn = pool.connection_class(**pool.connection_kwargs)
+            self._conn_pool = pool
+        try:
+            stale = conn.can_read()  # an idle connection has nothing to say unless closed
+        except RedisConnectionError:
+            stale = True
+        if stale:
+            conn.disconnect()
+
+        def send() -> None:
+            try:
+                conn.send_packed_command(conn.pack_commands(commands))
+                for _ in commands:
+                    conn.read_response()
+            except BaseException:
+                conn.disconnect()  # unread replies would answer the next batch's commands
+                raise
+
+        conn.retry.call_with_retry(send, lambda _error: conn.disconnect())
 
 
 class Channel(kombu_redis.Channel):
