@@ -42,7 +42,8 @@ from celery import Celery
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps
-from redis.exceptions import ConnectionError as RedisConnectionError
+
+from orchestrator.health.direct import drop_if_closed
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +191,7 @@ class QoS(kombu_redis.QoS):
                 conn.disconnect()
             conn = self._conn = pool.connection_class(**pool.connection_kwargs)
             self._conn_pool = pool
-        try:
-            stale = conn.can_read()  # an idle connection has nothing to say unless closed
-        except RedisConnectionError:
-            stale = True
-        if stale:
-            conn.disconnect()
+        drop_if_closed(conn)
 
         def send() -> None:
             try:

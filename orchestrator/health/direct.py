@@ -36,12 +36,7 @@ class DirectScripts:
 
     def run(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         conn = self._connection()
-        try:
-            stale = conn.can_read()  # an idle connection has nothing to say unless closed
-        except RedisConnectionError:
-            stale = True
-        if stale:
-            conn.disconnect()
+        drop_if_closed(conn)
         return conn.retry.call_with_retry(
             lambda: self._call(conn, script, keys, args), lambda _error: conn.disconnect()
         )
@@ -64,3 +59,15 @@ class DirectScripts:
             conn = self._local.conn = self._pool.connection_class(
                 **self._pool.connection_kwargs)
         return conn
+
+
+def drop_if_closed(conn: Any) -> None:
+    """Disconnect an idle ``redis.connection.Connection`` the server has closed (it polls
+    readable: an idle connection has nothing to say otherwise), so its next command makes
+    it again, as the client's pool does at checkout."""
+    try:
+        stale = conn.can_read()
+    except RedisConnectionError:
+        stale = True
+    if stale:
+        conn.disconnect()
