@@ -257,8 +257,9 @@ def claim_and_open(
 ) -> tuple[JobRow, AttemptRow] | None:
     """queued → running for the chain holding ``token`` with its first attempt opened on
     ``backend``, if the job's deadline has not passed: (the job, the attempt). None: nothing
-    was claimed (the job is not queued for this chain, or is past its deadline), or (never
-    for a job that was queued) the attempt already existed."""
+    was claimed (the job is not queued for this chain, or is past its deadline), or its
+    first attempt already existed (never, for a job that was queued: it is then claimed and
+    the runner's long way finds the attempt)."""
     row = _CLAIM_AND_OPEN.first(conn, {"id": job_id, "token": token, "now": now, "b": backend,
                                        "slot": slot, "probe": probe})
     if row is None:
