@@ -438,10 +438,10 @@ class JobRunner:
             return job
         end = self.ledger.end_job(job_id, "cancelled", now, error_code="cancelled",
                                   error_message="cancelled by request")
-        with self.db.connection() as conn:
-            # after the ending: no attempt opens once the job has left running
-            attempts = [] if end is None or not end.ended else repo.attempts(conn, job_id)
         if end is not None and end.ended:
+            with self.db.connection() as conn:
+                # after the ending: no attempt opens once the job has left running
+                attempts = repo.attempts(conn, job_id)
             open_ = next((a for a in attempts if a.outcome is None), None)
             if open_ is None and job.chain_token is not None:  # it may have waited for a slot
                 self.slots.stop_waiting(job.id, job.chain_token, job.priority)
