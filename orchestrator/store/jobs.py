@@ -98,12 +98,14 @@ _LIST_JOBS = text(
     LIMIT :limit
     """
 )
+# queued → running for the chain holding :token (the guarded transition of both claims)
+_CLAIM = """
+    UPDATE jobs SET status = 'running', started_at = :now, updated_at = :now
+    WHERE id = :id AND status = 'queued' AND chain_token = :token"""
 # The claim, or (a chain step after the first) the job as it is: one statement either way.
 _CLAIM_OR_GET = Statement(
     f"""
-    WITH claimed AS (
-        UPDATE jobs SET status = 'running', started_at = :now, updated_at = :now
-        WHERE id = :id AND status = 'queued' AND chain_token = :token
+    WITH claimed AS ({_CLAIM}
         RETURNING {_JOB_COLS}
     )
     SELECT {_JOB_COLS}, true FROM claimed
@@ -116,9 +118,7 @@ _CLAIM_OR_GET = Statement(
 # holds a slot: one statement, so nothing else can see the job running with no attempt.
 _CLAIM_AND_OPEN = Statement(
     f"""
-    WITH claimed AS (
-        UPDATE jobs SET status = 'running', started_at = :now, updated_at = :now
-        WHERE id = :id AND status = 'queued' AND chain_token = :token
+    WITH claimed AS ({_CLAIM}
           AND (deadline_at IS NULL OR deadline_at > :now)
         RETURNING {_JOB_COLS}
     ), opened AS (
