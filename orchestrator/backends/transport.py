@@ -103,11 +103,14 @@ class Target:
 def target(url: str) -> Target:
     """Parsing costs about 30 µs a call, and most calls go to a few URLs (each backend's
     submit endpoint, a prediction polled several times)."""
-    parsed = httpx.URL(url)
-    scheme = parsed.scheme
-    origin = ((scheme, parsed.host, parsed.port or _DEFAULT_PORTS[scheme])
+    return _target_of(httpx.URL(url))
+
+
+def _target_of(url: httpx.URL) -> Target:
+    scheme = url.scheme
+    origin = ((scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
               if scheme in _DEFAULT_PORTS else None)
-    return Target(parsed, origin, parsed.netloc, parsed.raw_path)
+    return Target(url, origin, url.netloc, url.raw_path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +175,7 @@ class Http11Transport(httpx.BaseTransport):
         """httpx's interface (an ``httpx.Client`` over this wire): its request as it is."""
         head = _head(request.method, request.url.raw_path, request.headers.raw)
         try:
-            reply = self._send(request.method, target(str(request.url)), head, request.read(),
+            reply = self._send(request.method, _target_of(request.url), head, request.read(),
                                request.extensions.get("timeout", {}))
         except httpx.RequestError as exc:
             exc.request = request
