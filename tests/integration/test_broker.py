@@ -7,6 +7,7 @@ import json
 import uuid
 
 import redis
+from celery import Celery
 from kombu import Connection
 
 from workers.broker import TRANSPORT, QoS, Transport, producer_app, transport_for
@@ -113,14 +114,20 @@ def test_a_rejected_message_goes_back_on_its_queue(redis_url: str) -> None:
         again.ack()
 
 
+def _unread_producer(redis_url: str, queue: str) -> tuple[Celery, redis.Redis]:
+    """A producer on database 13 of the test Redis (no worker reads it), and a client there
+    with ``queue`` emptied."""
+    base, _, db = redis_url.rpartition("/")
+    url = f"{base}/13" if db.isdigit() else f"{redis_url.rstrip('/')}/13"
+    client = redis.Redis.from_url(url)
+    client.delete(queue)
+    return producer_app(f"enqueue-test-{uuid.uuid4().hex}", url), client
+
+
 def test_an_enqueued_step_lands_on_its_queue_with_its_ids_as_argsrepr(redis_url: str) -> None:
     """CeleryEnqueue skips Celery's per-message queue declare on Redis: the message is still
     a plain LPUSH on the priority's list, in Celery's task protocol, ids only."""
-    base, _, db = redis_url.rpartition("/")
-    url = f"{base}/13" if db.isdigit() else f"{redis_url.rstrip('/')}/13"  # no worker reads it
-    app = producer_app(f"enqueue-test-{uuid.uuid4().hex}", url)
-    client = redis.Redis.from_url(url)
-    client.delete("jobs.low")
+    app, client = _unread_producer(redis_url, "jobs.low")
     job, token = uuid.uuid4(), uuid.uuid4()
     CeleryEnqueue(app).poll(job, token, "low", 0.0)
     raw = client.rpop("jobs.low")
@@ -134,11 +141,7 @@ def test_an_enqueued_step_lands_on_its_queue_with_its_ids_as_argsrepr(redis_url:
 
 
 def test_a_start_names_the_plans_first_backend_after_the_ids(redis_url: str) -> None:
-    base, _, db = redis_url.rpartition("/")
-    url = f"{base}/13" if db.isdigit() else f"{redis_url.rstrip('/')}/13"
-    app = producer_app(f"enqueue-test-{uuid.uuid4().hex}", url)
-    client = redis.Redis.from_url(url)
-    client.delete("jobs.high")
+    app, client = _unread_producer(redis_url, "jobs.high")
     job, token = uuid.uuid4(), uuid.uuid4()
     CeleryEnqueue(app).start(job, token, "high", "vid-cheap")
     raw = client.rpop("jobs.high")
