@@ -98,10 +98,6 @@ class QoS(kombu_redis.QoS):
         self.flush()
         super().restore_unacked(client)  # type: ignore[no-untyped-call]
 
-    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
-        self.flush()
-        super().restore_by_tag(tag, client, leftmost)  # type: ignore[no-untyped-call]
-
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every write queued so far has been sent; False on timeout."""
         if self._writer is None or threading.current_thread() is self._writer:
@@ -209,11 +205,11 @@ class Channel(kombu_redis.Channel):
     QoS = QoS
 
     def close(self) -> None:
-        qos = self._qos
-        if isinstance(qos, QoS):
+        qos = self._qos if isinstance(self._qos, QoS) else None
+        if qos is not None:
             qos.flush()  # before the pools close and unacked messages are restored
         super().close()  # type: ignore[no-untyped-call]
-        if isinstance(qos, QoS):
+        if qos is not None:
             qos.stop()
 
     def _create_client(self, asynchronous: bool = False) -> Any:
