@@ -35,10 +35,12 @@ from orchestrator.errors import (
     HoldNotFound,
     InvalidAmount,
 )
+from orchestrator.ledger.admission import PERIOD_MISSING, NewJob, admit_job
 from orchestrator.ledger.alerts import insert_refusal, period_alerts, refusal_bucket
 from orchestrator.ledger.endings import ClosingAttempt, JobEnd, end_job
 from orchestrator.ledger.periods import PeriodResolver
 from orchestrator.store.engine import autocommit
+from orchestrator.store.jobs import JobRow
 from orchestrator.store.statement import Conn, Statement
 
 _T = TypeVar("_T")
@@ -68,37 +70,15 @@ class StepReceipt:
     replayed: bool = False
 
 
-_INSERT_HOLD = Statement(
-    """
-    INSERT INTO holds (job_id, amount_micros, expires_at)
-    VALUES (:job_id, :amount, :expires_at)
-    ON CONFLICT (job_id) DO NOTHING
-    RETURNING id
-    """
+# The hold row, the reservation (SQLSTATE OR402 with the refusing budget as JSON in DETAIL
+# when a period cannot take it), the lines and the entries; NULL when the job already has a
+# hold (migrations 0004 and 0007).
+_HOLD = Statement(
+    "SELECT orch_hold(:job_id, CAST(:pids AS bigint[]), :amount, :expires_at, :now)"
 )
-# Adds the amount to each period (ascending ids) under the conditional UPDATE
-# ``committed + held + amount <= limit``; a period that cannot take it raises SQLSTATE OR402
-# with the refusing budget as JSON in DETAIL (migration 0004).
-_RESERVE_SQL = "SELECT orch_reserve(CAST(:pids AS bigint[]), :amount)"
 REFUSED = "OR402"
-_LINES_AND_ENTRIES_SQL = """
-    WITH lines AS (
-        INSERT INTO hold_lines (hold_id, budget_period_id, amount_micros)
-        SELECT :hold_id, pid, :amount FROM unnest(CAST(:pids AS bigint[])) AS pid
-        RETURNING budget_period_id
-    )
-    INSERT INTO ledger_entries
-        (budget_period_id, job_id, kind, idempotency_key, held_delta_micros,
-         committed_delta_micros, created_at)
-    SELECT budget_period_id, :job_id, 'hold', :key, :amount, 0, :now FROM lines
-    """
-# The reservation first: the lines' and entries' foreign keys then lock period rows this
-# transaction has already updated, never one another transaction is about to update
-# (PostgreSQL 18 was seen failing such an UPDATE with "new multixact has more than one
-# updating member" under concurrent holds).
-_RESERVE = Statement(_RESERVE_SQL)
-_INSERT_LINES_AND_ENTRIES = Statement(_LINES_AND_ENTRIES_SQL)
-_RESERVE_AND_RECORD = Statement(f"{_RESERVE_SQL}; {_LINES_AND_ENTRIES_SQL}")  # one message
+# a job admission that meets a period row created only now calls again (at most this often)
+_PERIOD_TRIES = 3
 _SELECT_HOLD = Statement(
     "SELECT id, amount_micros, charged_micros, status FROM holds WHERE job_id = :job_id"
 )
@@ -203,10 +183,11 @@ class Ledger:
         Raises ``BudgetExceeded`` naming the first budget that cannot take it; then nothing
         is held anywhere. Replaying the same job id returns the existing hold unchanged.
 
-        The reservation, its lines and its entries are the step's last statements. Without
-        ``conn``, or with ``commit=True`` (the hold ends the caller's transaction), they go to
-        PostgreSQL together with the COMMIT in one message: the period rows every hold and
-        settle of a budget must lock stay locked for the server's work only.
+        The hold row, the reservation, its lines and its entries are one statement
+        (``orch_hold``), the step's last. Without ``conn``, or with ``commit=True`` (the hold
+        ends the caller's transaction), it goes to PostgreSQL together with the COMMIT in one
+        message: the period rows every hold and settle of a budget must lock stay locked for
+        the server's work only.
         """
         if amount_micros < 0:
             raise InvalidAmount(f"hold amount must be >= 0, got {amount_micros}")
@@ -214,27 +195,18 @@ class Ledger:
         with self._tx(conn) as tx:
             budgets = self.periods.covering_budgets(tx, scopes)
             pids = self.periods.current_period_ids(budgets, now)
-            hold_id = _INSERT_HOLD.scalar(
-                tx,
-                {"job_id": job_id, "amount": amount_micros,
-                 "expires_at": now + (ttl or self.hold_ttl)},
-            )
-            if hold_id is None:
+            params = {"job_id": job_id, "pids": pids, "amount": amount_micros,
+                      "expires_at": now + (ttl or self.hold_ttl), "now": now}
+            try:
+                row = (_HOLD.first_and_commit(tx, params) if conn is None or commit
+                       else _HOLD.first(tx, params))
+            except DBAPIError as exc:
+                refused = refusal(exc, amount_micros)
+                if refused is None:
+                    raise
+                raise refused from None
+            if row is None or row[0] is None:
                 return self._replayed_hold(tx, job_id, amount_micros)
-            if pids:
-                params = {"pids": pids, "amount": amount_micros, "hold_id": hold_id,
-                          "job_id": job_id, "key": f"hold:{job_id}", "now": now}
-                try:
-                    if conn is None or commit:
-                        _RESERVE_AND_RECORD.run_and_commit(tx, params)
-                    else:
-                        _RESERVE.run(tx, params)
-                        _INSERT_LINES_AND_ENTRIES.run(tx, params)
-                except DBAPIError as exc:
-                    refused = _refusal(exc, amount_micros)
-                    if refused is None:
-                        raise
-                    raise refused from None
         return HoldReceipt(job_id, amount_micros, tuple(pids))
 
     def _replayed_hold(self, tx: Connection, job_id: uuid.UUID, amount: int) -> HoldReceipt:
@@ -249,6 +221,37 @@ class Ledger:
         return HoldReceipt(
             job_id, held, tuple(r.budget_period_id for r in lines), replayed=True
         )
+
+    # -- a job's admission -----------------------------------------------------------------
+    def admit_job(self, job: NewJob, scopes: tuple[str, ...], hold_ttl: timedelta
+                  ) -> JobRow | None:
+        """Write the queued ``job`` and hold its estimate in every budget whose scope is in
+        ``scopes``: one statement that commits on its own (``ledger.admission``). None: the
+        tenant's idempotency key is taken, and nothing changed.
+
+        Raises ``BudgetExceeded`` naming the first budget that cannot take the estimate;
+        then neither the job nor any hold was written.
+        """
+        amount = job.estimated_cost_micros
+        if amount < 0:
+            raise InvalidAmount(f"hold amount must be >= 0, got {amount}")
+        now = self.clock()
+        for tries_left in range(_PERIOD_TRIES, 0, -1):
+            try:
+                with autocommit(self.engine).connection() as conn:
+                    return admit_job(conn, job, scopes, now + hold_ttl, now)
+            except DBAPIError as exc:
+                if _sqlstate(exc) == PERIOD_MISSING and tries_left > 1:
+                    # a new period (or a budget created meanwhile): its row, then again
+                    with self.engine.begin() as tx:
+                        budgets = self.periods.covering_budgets(tx, scopes)
+                    self.periods.current_period_ids(budgets, now)
+                    continue
+                refused = refusal(exc, amount)
+                if refused is None:
+                    raise
+                raise refused from None
+        raise AssertionError("unreachable: the last try returns or raises")
 
     # -- settle / release ------------------------------------------------------------------
     def settle(
@@ -418,7 +421,7 @@ def _guard_refusal(run: Callable[[], _T]) -> _T:
         raise
 
 
-def _refusal(exc: DBAPIError, requested: int) -> BudgetExceeded | None:
+def refusal(exc: DBAPIError, requested: int) -> BudgetExceeded | None:
     """The BudgetExceeded that ``orch_reserve`` raised as SQLSTATE OR402 (None: another
     error). Its DETAIL is the refusing budget as JSON."""
     if _sqlstate(exc) != REFUSED:

@@ -1,4 +1,4 @@
-"""Submit and quote: route, then job row + budget hold in one transaction, then enqueue.
+"""Submit and quote: route, then job row + budget hold in one statement, then enqueue.
 
 The job row is its own outbox: if the enqueue after the commit fails (or the message is lost),
 the sweeper finds the queued job past its ``wake_at`` and starts it (DESIGN §3).
@@ -23,6 +23,7 @@ from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.routing import RoutePlan, plan_route
 from orchestrator.errors import BudgetExceeded, Conflict, NoEligibleBackend
 from orchestrator.ledger import Ledger
+from orchestrator.ledger.admission import NewJob
 from orchestrator.service.observe import record_submission
 from orchestrator.service.ports import EnqueuePort, HealthPort
 from orchestrator.store import jobs as repo
@@ -104,24 +105,18 @@ class Submitter:
         self, tenant: str, spec: JobSpec, plan: RoutePlan, job_id: uuid.UUID,
         token: uuid.UUID, idempotency_key: str | None, rhash: str,
     ) -> repo.JobRow | None:
-        """Job row and budget hold in one transaction; None if the idempotency key is taken."""
+        """Job row and budget hold in one statement; None if the idempotency key is taken."""
         now = self.clock()
-        deadline = now + timedelta(seconds=spec.deadline_s)
-        with self.engine.begin() as tx:
-            job = repo.insert_job(
-                tx, job_id=job_id, tenant=tenant, kind=spec.kind.value, tier=spec.tier.value,
-                spec=spec.model_dump(mode="json"), route=plan.to_quote(),
-                estimated_cost_micros=plan.worst_case_micros, deadline_at=deadline,
-                chain_token=token, wake_at=now + START_GRACE,
-                idempotency_key=idempotency_key, request_hash=rhash,
-            )
-            if job is not None:
-                self.ledger.hold(
-                    job_id, covering_scopes(tenant, spec.project), plan.worst_case_micros,
-                    ttl=timedelta(seconds=spec.deadline_s) + HOLD_MARGIN, conn=tx,
-                    commit=True,  # the hold is the last step: the hot budget rows unlock sooner
-                )
-        return job
+        return self.ledger.admit_job(
+            NewJob(id=job_id, tenant=tenant, kind=spec.kind.value, tier=spec.tier.value,
+                   spec=spec.model_dump(mode="json"), route=plan.to_quote(),
+                   estimated_cost_micros=plan.worst_case_micros,
+                   deadline_at=now + timedelta(seconds=spec.deadline_s), chain_token=token,
+                   wake_at=now + START_GRACE, idempotency_key=idempotency_key,
+                   request_hash=rhash),
+            covering_scopes(tenant, spec.project),
+            hold_ttl=timedelta(seconds=spec.deadline_s) + HOLD_MARGIN,
+        )
 
     def _alert_refusal(self, exc: BudgetExceeded) -> None:
         """The budget's ``refusal`` alert, at most once per window; never hides the 402."""

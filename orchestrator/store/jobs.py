@@ -72,7 +72,7 @@ class JobRow:
         return str(self.spec.get("priority") or "normal")
 
 
-_JOB_COLS = ", ".join(JobRow.__slots__)
+JOB_COLUMNS = ", ".join(JobRow.__slots__)
 _ATTEMPT_COLS = ", ".join(AttemptRow.__slots__)
 
 
@@ -83,14 +83,15 @@ _INSERT_JOB = Statement(
     VALUES (:id, :tenant, 'queued', :kind, :tier, CAST(:spec AS jsonb), CAST(:route AS jsonb),
             :est, :deadline, :token, :wake, :ikey, :rhash)
     ON CONFLICT (tenant, idempotency_key) DO NOTHING
-    RETURNING {_JOB_COLS}
+    RETURNING {JOB_COLUMNS}
     """
 )
-_GET_JOB = Statement(f"SELECT {_JOB_COLS} FROM jobs WHERE id = :id")
-_GET_BY_KEY = Statement(f"SELECT {_JOB_COLS} FROM jobs WHERE tenant = :t AND idempotency_key = :k")
+_GET_JOB = Statement(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id")
+_GET_BY_KEY = Statement(
+    f"SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = :t AND idempotency_key = :k")
 _LIST_JOBS = text(
     f"""
-    SELECT {_JOB_COLS} FROM jobs
+    SELECT {JOB_COLUMNS} FROM jobs
     WHERE tenant = :t
       AND (CAST(:status AS text) IS NULL OR status = :status)
       AND (CAST(:b_at AS timestamptz) IS NULL OR (created_at, id) < (:b_at, :b_id))
@@ -106,11 +107,11 @@ _CLAIM = """
 _CLAIM_OR_GET = Statement(
     f"""
     WITH claimed AS ({_CLAIM}
-        RETURNING {_JOB_COLS}
+        RETURNING {JOB_COLUMNS}
     )
-    SELECT {_JOB_COLS}, true FROM claimed
+    SELECT {JOB_COLUMNS}, true FROM claimed
     UNION ALL
-    SELECT {_JOB_COLS}, false FROM jobs
+    SELECT {JOB_COLUMNS}, false FROM jobs
     WHERE id = :id AND NOT EXISTS (SELECT 1 FROM claimed)
     """
 )
@@ -120,7 +121,7 @@ _CLAIM_AND_OPEN = Statement(
     f"""
     WITH claimed AS ({_CLAIM}
           AND (deadline_at IS NULL OR deadline_at > :now)
-        RETURNING {_JOB_COLS}
+        RETURNING {JOB_COLUMNS}
     ), opened AS (
         INSERT INTO attempts (job_id, number, backend, started_at, slot, probe)
         SELECT id, 1, :b, :now, :slot, :probe FROM claimed

@@ -65,20 +65,25 @@ class Statement:
         except psycopg.Error as exc:
             raise self._error(conn, params, exc) from exc
 
-    def run_and_commit(self, conn: Connection, params: Mapping[str, Any]) -> None:
-        """Execute for effect and COMMIT the transaction, both in one message to the server:
-        whatever the statement locks stays locked only while the server works, however long
-        this client then takes to be scheduled. If the statement fails, the COMMIT does not
-        run and the error is raised; the transaction is left to roll back.
+    def first_and_commit(self, conn: Connection, params: Mapping[str, Any]
+                         ) -> tuple[Any, ...] | None:
+        """Execute, then COMMIT the transaction, both in one message to the server, and
+        return the statement's first row (None: it returned none): whatever the statement
+        locks stays locked only while the server works, however long this client then takes
+        to be scheduled. If the statement fails, the COMMIT does not run and the error is
+        raised; the transaction is left to roll back.
 
         The two go as one simple query, with the parameters bound by psycopg on this side (a
         pipeline would not do: it sends the statement before the COMMIT is queued). It must
         be the transaction's last statement: SQLAlchemy's COMMIT at the end of the block then
         finds nothing to commit."""
         try:
-            psycopg.ClientCursor(_driver(conn)).execute(self.sql + "; COMMIT", params)
+            cursor = psycopg.ClientCursor(_driver(conn))
+            cursor.execute(self.sql + "; COMMIT", params)
         except psycopg.Error as exc:
             raise self._error(conn, params, exc) from exc
+        row: tuple[Any, ...] | None = cursor.fetchone() if cursor.description else None
+        return row
 
     def _error(self, conn: Conn, params: Mapping[str, Any], exc: psycopg.Error
                ) -> DBAPIError:

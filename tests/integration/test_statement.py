@@ -43,7 +43,8 @@ def test_errors_are_sqlalchemy_errors_without_parameters(db: Engine) -> None:
     assert "424242" not in str(caught.value)
 
 
-_BUMP = Statement("UPDATE holds SET amount_micros = amount_micros + :by WHERE job_id = :job")
+_BUMP_RETURNING = Statement("UPDATE holds SET amount_micros = amount_micros + :by "
+                            "WHERE job_id = :job RETURNING amount_micros")
 
 
 def _amount(db: Engine, job: uuid.UUID) -> int:
@@ -52,12 +53,12 @@ def _amount(db: Engine, job: uuid.UUID) -> int:
                                 {"j": job}).scalar_one())
 
 
-def test_run_and_commit_commits_and_unlocks_before_the_block_ends(db: Engine) -> None:
+def test_first_and_commit_commits_and_unlocks_before_the_block_ends(db: Engine) -> None:
     job = uuid.uuid4()
     with db.begin() as conn:
         _INSERT.first(conn, {"job": job, "amount": 5})
     with db.begin() as conn:
-        _BUMP.run_and_commit(conn, {"by": 1, "job": job})
+        assert _BUMP_RETURNING.first_and_commit(conn, {"by": 1, "job": job}) == (6,)
         # still inside the block: the row is committed and no longer locked
         with db.connect() as other:
             other.execute(text("SET lock_timeout = '2s'"))
@@ -67,14 +68,14 @@ def test_run_and_commit_commits_and_unlocks_before_the_block_ends(db: Engine) ->
     assert _amount(db, job) == 16
 
 
-def test_run_and_commit_commits_nothing_when_the_statement_fails(db: Engine) -> None:
+def test_first_and_commit_commits_nothing_when_the_statement_fails(db: Engine) -> None:
     job, other_job = uuid.uuid4(), uuid.uuid4()
     with db.begin() as conn:
         _INSERT.first(conn, {"job": job, "amount": 5})
     fails = Statement("UPDATE holds SET amount_micros = amount_micros / 0 WHERE job_id = :job")
     with pytest.raises(DBAPIError), db.begin() as conn:
         _INSERT.first(conn, {"job": other_job, "amount": 7})
-        fails.run_and_commit(conn, {"job": job})
+        fails.first_and_commit(conn, {"job": job})
     with db.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM holds WHERE job_id = :j"),
                             {"j": other_job}).scalar_one() == 0
