@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
 
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
 from orchestrator.api.schemas import JobBody, JobListOut, JobOut, JobStatus, QuoteOut
@@ -57,10 +58,14 @@ def router(ctx: ApiContext) -> APIRouter:
                                pattern=r"^[\x21-\x7e]+$")
         ] = None,
     ) -> JSONResponse:
-        job, created = c.submitter.submit(p.tenant, spec, idempotency_key)
-        if created:
-            return JSONResponse(job_resource(job, []), status_code=202)
-        return JSONResponse(load(job.id, p.tenant), status_code=200,
+        admission = c.submitter.admit(p.tenant, spec, idempotency_key)
+        if admission.created:
+            # The start message goes once the answer has, so the producer does not wait for
+            # the broker: the job row is its outbox (the sweeper starts a job whose message
+            # never went).
+            return JSONResponse(job_resource(admission.job, []), status_code=202,
+                                background=BackgroundTask(c.submitter.start, admission))
+        return JSONResponse(load(admission.job.id, p.tenant), status_code=200,
                             headers={"Idempotent-Replayed": "true"})
 
     @r.get("/jobs/{job_id}", response_model=JobOut, summary="One job",

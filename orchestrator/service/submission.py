@@ -1,7 +1,8 @@
 """Submit and quote: route, then job row + budget hold in one statement, then enqueue.
 
-The job row is its own outbox: if the enqueue after the commit fails (or the message is lost),
-the sweeper finds the queued job past its ``wake_at`` and starts it (DESIGN §3).
+The job row is its own outbox: if the enqueue after the commit fails (or the message is lost,
+or the process stops before sending it), the sweeper finds the queued job past its
+``wake_at`` and starts it (DESIGN §3).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -41,6 +44,19 @@ def request_hash(spec: JobSpec) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A submission's job. ``first_backend`` is the plan's first backend for a job created
+    now, None for the replay of an Idempotency-Key."""
+
+    job: repo.JobRow
+    first_backend: str | None
+
+    @property
+    def created(self) -> bool:
+        return self.first_backend is not None
+
+
 class Submitter:
     def __init__(
         self,
@@ -66,7 +82,18 @@ class Submitter:
     def submit(
         self, tenant: str, spec: JobSpec, idempotency_key: str | None = None
     ) -> tuple[repo.JobRow, bool]:
-        """Returns (job, created). Raises NoEligibleBackend, BudgetExceeded, Conflict."""
+        """Returns (job, created), the new job's start message sent. Raises
+        NoEligibleBackend, BudgetExceeded, Conflict."""
+        admission = self.admit(tenant, spec, idempotency_key)
+        self.start(admission)
+        return admission.job, admission.created
+
+    def admit(
+        self, tenant: str, spec: JobSpec, idempotency_key: str | None = None
+    ) -> Admission:
+        """Route the job and write it with its budget hold; its start message is for
+        :meth:`start` to send (the API sends it after answering: the job row is its outbox).
+        Raises NoEligibleBackend, BudgetExceeded, Conflict."""
         rhash = request_hash(spec)
         # A replayed Idempotency-Key is found by the job insert (ON CONFLICT DO NOTHING), not
         # by a lookup before it: the common, first-time submission reads nothing extra.
@@ -75,7 +102,7 @@ class Submitter:
             if idempotency_key is not None:  # a replay still gets its job, routable or not
                 replay = self._replay(tenant, idempotency_key, rhash)
                 if replay is not None:
-                    return replay, False
+                    return Admission(replay, None)
             record_submission(spec, NoEligibleBackend.code)
             raise NoEligibleBackend(
                 "no backend can run this job", excluded=plan.to_quote()["excluded"]
@@ -92,14 +119,21 @@ class Submitter:
             assert idempotency_key is not None
             replay = self._replay(tenant, idempotency_key, rhash)
             assert replay is not None  # keys are never deleted
-            return replay, False
+            return Admission(replay, None)
         record_submission(spec, "accepted", plan.backends[0])
+        return Admission(job, plan.backends[0])
+
+    def start(self, admission: Admission) -> None:
+        """Send a newly admitted job's start message (nothing for a replay). A failure is
+        logged, not raised: the sweeper starts the job (DESIGN §3)."""
+        job, backend = admission.job, admission.first_backend
+        if backend is None:
+            return
         try:
-            self.enqueue.start(job_id, token, spec.priority.value, plan.backends[0])
+            self.enqueue.start(job.id, cast(uuid.UUID, job.chain_token), job.priority, backend)
         except Exception as exc:  # the sweeper will start it; the job is safe in PostgreSQL
             log.warning("enqueue failed; the sweeper will start the job",
-                        extra={"job_id": str(job_id), "error": type(exc).__name__})
-        return job, True
+                        extra={"job_id": str(job.id), "error": type(exc).__name__})
 
     def _insert_and_hold(
         self, tenant: str, spec: JobSpec, plan: RoutePlan, job_id: uuid.UUID,
