@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,9 +38,11 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     """The API over ``container``. ``config`` defaults to the limits in its settings."""
     cfg = config or ApiConfig.from_settings(container.settings)
     rds = Redis.from_url(container.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    limiter_redis = AsyncRedis.from_url(container.redis_url, socket_timeout=2.0,
+                                        socket_connect_timeout=2.0)
     ctx = ApiContext(container=container, config=cfg,
                      auth=Authenticator(container.engine, cfg.key_cache_s),
-                     limiter=RateLimiter(rds, cfg), redis=rds)
+                     limiter=RateLimiter(limiter_redis, cfg), redis=rds)
     app = FastAPI(title="orchestrator", version="1", description=DESCRIPTION)
     app.state.ctx = ctx
     errors.install(app)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.config import ApiConfig
 from orchestrator.api.schemas import ErrorOut
@@ -42,11 +43,16 @@ class ApiContext:
     redis: Redis
 
     def principal_dep(self) -> Any:
-        def principal(
+        async def principal(
             creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         ) -> Principal:
-            p = self.auth.principal(creds.credentials if creds is not None else None)
-            self.limiter.check(p.tenant)
+            # On the event loop: a key verified lately and the rate limit need no thread of
+            # the pool, so a request's only thread switch is its route's own.
+            token = creds.credentials if creds is not None else None
+            p = self.auth.cached(token)
+            if p is None:
+                p = await run_in_threadpool(self.auth.principal, token)
+            await self.limiter.check(p.tenant)
             return p
 
         return principal

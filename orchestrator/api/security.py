@@ -1,9 +1,10 @@
 """Bearer authentication, admin checks and the per-tenant rate limit (Redis, fixed window).
 
-The rate limit is one Lua script per request: ``INCR`` the tenant's counter, start its window
-(``PEXPIRE``) on the first hit, and return the count and the time left, so every API replica
-shares one exact count and the window is timed by the Redis server's clock. If Redis cannot be
-reached the request is let through (fail open): losing Redis must not stop the API.
+The rate limit is one Lua script per request, sent from the event loop: ``INCR`` the
+tenant's counter, start its window (``PEXPIRE``) on the first hit, and return the count and
+the time left, so every API replica shares one exact count and the window is timed by the
+Redis server's clock. If Redis cannot be reached the request is let through (fail open):
+losing Redis must not stop the API.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from sqlalchemy import Engine
 
 from orchestrator.api.config import ApiConfig
 from orchestrator.api.errors import Forbidden, RateLimited, Unauthorized
-from orchestrator.health.direct import DirectScripts
 from orchestrator.store import keys as key_repo
 
 log = logging.getLogger("orchestrator.api")
@@ -52,17 +52,25 @@ class Authenticator:
         self._cache: dict[str, tuple[Principal, float]] = {}
         self._lock = threading.Lock()
 
-    def principal(self, token: str | None) -> Principal:
+    def cached(self, token: str | None) -> Principal | None:
+        """The principal of a key verified within the last ``cache_s`` seconds, without the
+        database; None: :meth:`principal` must verify it. Raises Unauthorized for a missing
+        or malformed key."""
         if not token:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         if not key_repo.looks_like_key(token):
             raise Unauthorized("invalid API key")
-        digest = key_repo.hash_key(token)
-        now = time.monotonic()
         with self._lock:
-            hit = self._cache.get(digest)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+            hit = self._cache.get(key_repo.hash_key(token))
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
+    def principal(self, token: str | None) -> Principal:
+        """The key's principal, verified against the database unless it is cached."""
+        p = self.cached(token)
+        if p is not None:
+            return p
+        assert token is not None  # cached() refused a missing one
+        now = time.monotonic()
         with self.engine.begin() as conn:
             rec = key_repo.authenticate(conn, token)
         if rec is None:
@@ -72,7 +80,7 @@ class Authenticator:
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
-                self._cache[digest] = (p, now + self.cache_s)
+                self._cache[key_repo.hash_key(token)] = (p, now + self.cache_s)
         return p
 
 
@@ -83,19 +91,22 @@ def require_admin(p: Principal) -> Principal:
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis, config: ApiConfig, prefix: str = "orch:ratelimit:") -> None:
+    """Counts on the event loop (``redis.asyncio``): a request's dependency then needs no
+    thread of the pool."""
+
+    def __init__(self, redis: AsyncRedis, config: ApiConfig,
+                 prefix: str = "orch:ratelimit:") -> None:
         self.redis = redis
         self.limit = config.rate_limit
         self.window_ms = config.rate_window_s * 1000
         self.window_s = config.rate_window_s
         self.prefix = prefix
         self._script = redis.register_script(_FIXED_WINDOW)
-        self._scripts = DirectScripts(redis)  # every request runs it: the lean path
 
-    def check(self, tenant: str) -> None:
+    async def check(self, tenant: str) -> None:
         """Count one request of ``tenant``; raise RateLimited past the limit."""
         try:
-            n, ttl_ms = self._scripts.run(self._script, [self.prefix + tenant], [self.window_ms])
+            n, ttl_ms = await self._script(keys=[self.prefix + tenant], args=[self.window_ms])
         except RedisError as exc:
             log.warning("rate limit check skipped: redis unavailable",
                         extra={"error": type(exc).__name__})
