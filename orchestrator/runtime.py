@@ -39,10 +39,15 @@ class Child:
     name: str
     argv: list[str]
     nice: int = 0  # added CPU niceness (background children yield the CPU to the API)
+    # a child that has no address to ask writes this file (ORCH_READY_FILE) once it works
+    ready_file: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
 
     def start(self, env: dict[str, str], log_dir: Path) -> None:
+        if self.ready_file is not None:
+            self.ready_file.unlink(missing_ok=True)
+            env = {**env, "ORCH_READY_FILE": str(self.ready_file)}
         log = (log_dir / f"{self.name}.log").open("ab")
         increment = self.nice
         self.proc = subprocess.Popen(
@@ -61,6 +66,13 @@ class Child:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def _command(*args: str) -> list[str]:
@@ -114,11 +126,15 @@ class System:
         log_dir = self.data_dir / "logs"
         log_dir.mkdir(exist_ok=True)
         background = self.settings.up_background_nice
+        run_dir = self.data_dir / "run"
+        run_dir.mkdir(exist_ok=True)
         self.children = [
             Child("api", _command("api", "--port", str(self.port))),
-            Child("worker", _command("worker", "--loglevel", "WARNING"), nice=background),
+            Child("worker", _command("worker", "--loglevel", "WARNING"), nice=background,
+                  ready_file=run_dir / "worker.ready"),
             Child("beat", _command("beat", "--loglevel", "WARNING", "--schedule",
-                                   str(self.data_dir / "beat-schedule")), nice=background),
+                                   str(self.data_dir / "beat-schedule")), nice=background,
+                  ready_file=run_dir / "beat.ready"),
         ]
         if self.simulator:
             self.children.append(Child("simulator", _command("simulator")))
@@ -158,21 +174,31 @@ class System:
         return {"admin_key": admin, "tenant_key": tenant, "tenant": DEMO_TENANT}
 
     def _wait_ready(self, api_url: str, timeout: float = 60.0) -> None:
+        """Until every child works: the API's /readyz and the simulator's /healthz answer,
+        the worker consumes and beat schedules (their ready files). Only then does ``up``
+        print its keys, so a job submitted at once is picked up at once."""
+        checks: dict[str, Callable[[], bool]] = {"api": lambda: _answers(f"{api_url}/readyz")}
+        if self.simulator:
+            sim_url = self.settings.simulator_url.rstrip("/")
+            checks["simulator"] = lambda: _answers(f"{sim_url}/healthz")
+        for child in self.children:
+            if child.ready_file is not None:
+                checks[child.name] = child.ready_file.exists
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                if httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+            checks = {name: ready for name, ready in checks.items() if not ready()}
+            if not checks:
+                return
             for child in self.children:
                 if child.proc is not None and child.proc.poll() is not None:
                     raise ConfigurationError(
                         f"{child.name} exited with {child.proc.returncode} while starting; "
                         f"see {self._log_dir / (child.name + '.log')}")
             if time.monotonic() > deadline:
-                raise ConfigurationError(f"the API did not become ready within {timeout:.0f} s; "
-                                         f"see {self._log_dir / 'api.log'}")
+                names = ", ".join(sorted(checks))
+                raise ConfigurationError(
+                    f"not ready within {timeout:.0f} s: {names}; see the logs in "
+                    f"{self._log_dir}")
             time.sleep(0.2)
 
     # -- run and stop ------------------------------------------------------------------------

@@ -8,6 +8,8 @@ a hard time limit below it, JSON only, and task arguments that are ids only (Flo
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
@@ -111,6 +113,13 @@ def _worker_process_init(**_: Any) -> None:
     configure_worker_metrics(int(getattr(current_process(), "index", 0) or 0))
 
 
+def _say_ready() -> None:
+    """Touch ORCH_READY_FILE, if set: how ``orchestrator up`` knows this process works."""
+    path = os.environ.get("ORCH_READY_FILE")
+    if path:
+        Path(path).touch()
+
+
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _worker_ready(**_: Any) -> None:
     """Consuming from now on: what start-up built lives as long as the worker (see
@@ -118,6 +127,12 @@ def _worker_ready(**_: Any) -> None:
     from orchestrator.heap import freeze_startup_heap
 
     freeze_startup_heap()
+    _say_ready()
+
+
+@signals.beat_init.connect  # type: ignore[untyped-decorator]
+def _beat_init(**_: Any) -> None:
+    _say_ready()
 
 
 @signals.worker_shutdown.connect  # type: ignore[untyped-decorator]

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+
 from orchestrator.client import Client
 from orchestrator.embedded._ports import free_port
 
@@ -84,6 +86,9 @@ def test_up_runs_the_system_and_stops_cleanly(tmp_path: Path) -> None:
         # the API keeps the CPU first; the worker and beat yield it (ORCH_UP_BACKGROUND_NICE)
         assert niceness_of(str(data), "api") == {0}
         assert niceness_of(str(data), "worker") == niceness_of(str(data), "beat") == {10}
+        # "running" once every child works: the worker consumes and beat schedules
+        assert {p.name for p in (data / "run").iterdir()} == {"worker.ready", "beat.ready"}
+        assert httpx.get(f"{env['ORCH_SIMULATOR_URL']}/healthz", timeout=5).status_code == 200
 
         cli = subprocess.run(
             [sys.executable, "-m", "orchestrator.cli", "submit", "--kind", "video", "--prompt",
