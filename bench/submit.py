@@ -11,7 +11,9 @@ its own); with ``--no-worker`` it pauses the worker there: the API alone.
 
 Requests are fired on a fixed schedule (open loop: a slow answer does not slow the offered
 load), each with its own Idempotency-Key; latency is measured from the scheduled send time.
-An error is any answer other than 202, or a transport error.
+An error is any answer other than 202, or a transport error. Before the clock starts, each
+sender submits one job (not measured: connections, server caches), and those jobs run to
+their end.
 Last line: ``submit_p50_ms=... submit_p99_ms=... errors=...``.
 """
 
@@ -78,6 +80,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 WARM_UP_PER_SENDER = 1
+FINAL = ("succeeded", "failed", "cancelled")
 ERRORS: Counter[str] = Counter()  # what the errors were, printed with the summary
 
 
@@ -99,6 +102,7 @@ def offer(url: str, key: str, rate: float, seconds: float, senders: int = 32
     # (with a timeout: a sender that died must fail the run, not hang it)
     connected = threading.Barrier(senders + 1, timeout=120)
     go = threading.Barrier(senders + 1, timeout=120)
+    warm_up_jobs: list[str] = []
 
     def sender() -> None:
         nonlocal errors
@@ -108,8 +112,13 @@ def offer(url: str, key: str, rate: float, seconds: float, senders: int = 32
                           transport=Http11Transport()) as client:
             try:
                 for _ in range(WARM_UP_PER_SENDER):  # not measured: connection, server caches
-                    client.post("/v1/jobs", json=BODY,
-                                headers={"Idempotency-Key": uuid.uuid4().hex})
+                    r = client.post("/v1/jobs", json=BODY,
+                                    headers={"Idempotency-Key": uuid.uuid4().hex})
+                    with lock:
+                        if r.status_code == 202:
+                            warm_up_jobs.append(r.json()["id"])
+                        else:
+                            ERRORS[f"warm-up: HTTP {r.status_code}"] += 1
             except httpx.HTTPError as exc:  # reported with the summary; the run goes on
                 with lock:
                     ERRORS[f"warm-up: {type(exc).__name__}: {exc}"] += 1
@@ -140,6 +149,9 @@ def offer(url: str, key: str, rate: float, seconds: float, senders: int = 32
     for t in threads:
         t.start()
     connected.wait()
+    # The warm-up's jobs, sent all at once, run to their end before the clock starts: their
+    # polls and settlements would otherwise land together in the first second measured.
+    settled(url, headers, warm_up_jobs)
     # This process's own full collections would stall every sender at once and count as
     # server latency (a 63 ms pause of the load generator was seen as 16 late answers).
     gc.collect()
@@ -156,6 +168,18 @@ def offer(url: str, key: str, rate: float, seconds: float, senders: int = 32
         gc.enable()
         gc.unfreeze()
     return latencies, errors
+
+
+def settled(url: str, headers: dict[str, str], job_ids: list[str],
+            timeout_s: float = 120.0) -> None:
+    """Until every job in ``job_ids`` has ended (or raise after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=url, headers=headers, timeout=30.0) as client:
+        for job_id in job_ids:
+            while client.get(f"/v1/jobs/{job_id}").json()["status"] not in FINAL:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"warm-up job {job_id} did not end in {timeout_s:g} s")
+                time.sleep(0.05)  # a poll interval, not a race: the loop checks the status
 
 
 @contextmanager
