@@ -9,9 +9,10 @@ never deadlock each other. Every step appends ledger entries under a unique idem
 through a guarded status transition, so a replayed step changes nothing and, of a settle
 and an expiry racing for one hold, exactly one wins.
 
-Each public method takes an optional ``conn``: given one, the step joins the caller's
-transaction (the API writes the job row and its hold together); on a refusal the caller
-must roll that transaction back.
+Each public step takes an optional ``conn``: given one, the step joins the caller's
+transaction; on a refusal the caller must roll that transaction back. A job's admission
+(``admit_job``: the job row and its hold, as the API writes them) is one statement that
+commits on its own.
 """
 
 from __future__ import annotations
@@ -176,7 +177,6 @@ class Ledger:
         *,
         ttl: timedelta | None = None,
         conn: Connection | None = None,
-        commit: bool = False,
     ) -> HoldReceipt:
         """Reserve ``amount_micros`` in every budget whose scope is in ``scopes``.
 
@@ -184,10 +184,9 @@ class Ledger:
         is held anywhere. Replaying the same job id returns the existing hold unchanged.
 
         The hold row, the reservation, its lines and its entries are one statement
-        (``orch_hold``), the step's last. Without ``conn``, or with ``commit=True`` (the hold
-        ends the caller's transaction), it goes to PostgreSQL together with the COMMIT in one
-        message: the period rows every hold and settle of a budget must lock stay locked for
-        the server's work only.
+        (``orch_hold``), the step's last. Without ``conn`` it goes to PostgreSQL together
+        with the COMMIT in one message: the period rows every hold and settle of a budget
+        must lock stay locked for the server's work only.
         """
         if amount_micros < 0:
             raise InvalidAmount(f"hold amount must be >= 0, got {amount_micros}")
@@ -198,7 +197,7 @@ class Ledger:
             params = {"job_id": job_id, "pids": pids, "amount": amount_micros,
                       "expires_at": now + (ttl or self.hold_ttl), "now": now}
             try:
-                row = (_HOLD.first_and_commit(tx, params) if conn is None or commit
+                row = (_HOLD.first_and_commit(tx, params) if conn is None
                        else _HOLD.first(tx, params))
             except DBAPIError as exc:
                 refused = refusal(exc, amount_micros)

@@ -74,9 +74,9 @@ class Statement:
         raised; the transaction is left to roll back.
 
         The two go as one simple query, with the parameters bound by psycopg on this side (a
-        pipeline would not do: it sends the statement before the COMMIT is queued). It must
-        be the transaction's last statement: SQLAlchemy's COMMIT at the end of the block then
-        finds nothing to commit."""
+        pipeline would not do: it sends the statement before the COMMIT is queued). Whatever
+        runs on ``conn`` after it is a new transaction, which SQLAlchemy's COMMIT at the end of
+        the block ends."""
         try:
             cursor = psycopg.ClientCursor(_driver(conn))
             cursor.execute(self.sql + "; COMMIT", params)
