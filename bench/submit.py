@@ -84,8 +84,8 @@ FINAL = ("succeeded", "failed", "cancelled")
 ERRORS: Counter[str] = Counter()  # what the errors were, printed with the summary
 
 
-def offer(url: str, key: str, rate: float, seconds: float, senders: int = 32
-          ) -> tuple[list[float], int]:
+def offer(url: str, key: str, rate: float, seconds: float, senders: int = 32,
+          warm_up_runs: bool = True) -> tuple[list[float], int]:
     """Send ``rate * seconds`` submissions on a fixed schedule from ``senders`` threads, each
     with its own keep-alive connection; a late send counts from its scheduled time.
 
@@ -151,7 +151,8 @@ def offer(url: str, key: str, rate: float, seconds: float, senders: int = 32
     connected.wait()
     # The warm-up's jobs, sent all at once, run to their end before the clock starts: their
     # polls and settlements would otherwise land together in the first second measured.
-    settled(url, headers, warm_up_jobs)
+    if warm_up_runs:
+        settled(url, headers, warm_up_jobs)
     # This process's own full collections would stall every sender at once and count as
     # server latency (a 63 ms pause of the load generator was seen as 16 late answers).
     gc.collect()
@@ -287,7 +288,8 @@ def on_stack(args: argparse.Namespace) -> tuple[list[float], int, float, str]:
             key = create_key(conn, TENANT)
         with api_process(s) as (url, pid):
             cpu0 = cpu_seconds(pid)
-            latencies, errors = offer(url, key, args.rate, args.seconds)
+            latencies, errors = offer(url, key, args.rate, args.seconds,
+                                      warm_up_runs=not args.no_worker)
             return latencies, errors, cpu_seconds(pid) - cpu0, "off" if args.no_worker else "on"
 
 
