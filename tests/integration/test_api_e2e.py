@@ -3,7 +3,18 @@ and the API shows the result, the attempt and the settled budget."""
 
 from __future__ import annotations
 
+import logging
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from orchestrator.api import ApiConfig, start_in_thread
+from orchestrator.bootstrap import Container
+from orchestrator.service.submission import START_GRACE
+from orchestrator.service.sweeper import sweep
 
 from .api_fixture import Api, api_fixture, video  # noqa: F401
 
@@ -36,3 +47,43 @@ def test_a_job_submitted_over_http_succeeds_on_a_real_worker(api: Api) -> None:
     assert again.status_code == 200 and again.json()["status"] == "succeeded"
     done = c.post(f"/v1/jobs/{job_id}/cancel")
     assert done.status_code == 409 and done.json()["error"]["details"]["status"] == "succeeded"
+
+
+class _BrokerDown:
+    """An EnqueuePort whose broker cannot be reached: every send fails."""
+
+    def start(self, *_: object, **__: object) -> None:
+        raise ConnectionError("broker unreachable")
+
+    poll = resume = start
+
+
+def test_a_submission_whose_start_message_fails_is_202_and_the_sweeper_runs_it(
+    api: Api, caplog: pytest.LogCaptureFixture,
+) -> None:
+    api.budget("tenant:acme", 10_000_000)
+    api.rig.control("vid-cheap", duration_ms=200)
+    container = Container(api.rig.container.settings, enqueue=_BrokerDown())
+    running = start_in_thread(container, config=ApiConfig(key_cache_s=0))
+    try:
+        with caplog.at_level(logging.WARNING, logger="orchestrator.service.submission"):
+            r = httpx.post(f"{running.url}/v1/jobs", json=video(duration=8), timeout=10,
+                           headers={"Authorization": f"Bearer {api.keys['acme']}"})
+            assert r.status_code == 202, r.text
+            job_id = uuid.UUID(r.json()["id"])
+            # the answer went first; the failed send is logged right after it
+            api.rig.wait_for("the failed send to be logged", lambda: any(
+                rec.getMessage().startswith("enqueue failed") for rec in caplog.records))
+    finally:
+        running.stop()
+        container.engine.dispose()
+    assert api.rig.job(job_id).status == "queued"
+    assert "lighthouse" not in caplog.text
+
+    api.rig.start_worker()
+    c = api.rig.container
+    past_grace = datetime.now(UTC) + START_GRACE + timedelta(seconds=1)
+    assert sweep(c.engine, c.ledger, c.enqueue, lambda: past_grace).revived == 1
+    api.rig.wait_for("the swept job to succeed",
+                     lambda: api.rig.job(job_id).status == "succeeded", timeout=60)
+    assert api.rig.counters("vid-cheap")["submissions"] == 1
