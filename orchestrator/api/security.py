@@ -56,20 +56,15 @@ class Authenticator:
         """The principal of a key verified within the last ``cache_s`` seconds, without the
         database; None: :meth:`principal` must verify it. Raises Unauthorized for a missing
         or malformed key."""
-        if not token:
-            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        if not key_repo.looks_like_key(token):
-            raise Unauthorized("invalid API key")
-        with self._lock:
-            hit = self._cache.get(key_repo.hash_key(token))
-        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+        return self._cached(self._digest(token))
 
     def principal(self, token: str | None) -> Principal:
         """The key's principal, verified against the database unless it is cached."""
-        p = self.cached(token)
+        digest = self._digest(token)
+        p = self._cached(digest)
         if p is not None:
             return p
-        assert token is not None  # cached() refused a missing one
+        assert token is not None  # _digest() refused a missing one
         now = time.monotonic()
         with self.engine.begin() as conn:
             rec = key_repo.authenticate(conn, token)
@@ -80,8 +75,21 @@ class Authenticator:
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
-                self._cache[key_repo.hash_key(token)] = (p, now + self.cache_s)
+                self._cache[digest] = (p, now + self.cache_s)
         return p
+
+    @staticmethod
+    def _digest(token: str | None) -> str:
+        if not token:
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        if not key_repo.looks_like_key(token):
+            raise Unauthorized("invalid API key")
+        return key_repo.hash_key(token)
+
+    def _cached(self, digest: str) -> Principal | None:
+        with self._lock:
+            hit = self._cache.get(digest)
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
 
 
 def require_admin(p: Principal) -> Principal:

@@ -51,6 +51,11 @@ class PeriodResolver:
     def covering_budgets(self, conn: Connection, scopes: tuple[str, ...]) -> list[CoveringBudget]:
         return [CoveringBudget(*r) for r in _SELECT_BUDGETS.all(conn, {"scopes": list(scopes)})]
 
+    def covering_period_ids(self, conn: Connection, scopes: tuple[str, ...], at: datetime
+                            ) -> list[int]:
+        """The current period rows of every budget covering ``scopes`` (made if missing)."""
+        return self.current_period_ids(self.covering_budgets(conn, scopes), at)
+
     def current_period_ids(self, budgets: list[CoveringBudget], at: datetime) -> list[int]:
         ids: list[int] = []
         missing: list[tuple[CoveringBudget, datetime, datetime | None]] = []

@@ -192,8 +192,7 @@ class Ledger:
             raise InvalidAmount(f"hold amount must be >= 0, got {amount_micros}")
         now = self.clock()
         with self._tx(conn) as tx:
-            budgets = self.periods.covering_budgets(tx, scopes)
-            pids = self.periods.current_period_ids(budgets, now)
+            pids = self.periods.covering_period_ids(tx, scopes, now)
             params = {"job_id": job_id, "pids": pids, "amount": amount_micros,
                       "expires_at": now + (ttl or self.hold_ttl), "now": now}
             try:
@@ -243,8 +242,7 @@ class Ledger:
                 if _sqlstate(exc) == PERIOD_MISSING and tries_left > 1:
                     # a new period (or a budget created meanwhile): its row, then again
                     with self.engine.begin() as tx:
-                        budgets = self.periods.covering_budgets(tx, scopes)
-                    self.periods.current_period_ids(budgets, now)
+                        self.periods.covering_period_ids(tx, scopes, now)
                     continue
                 refused = refusal(exc, amount)
                 if refused is None:
