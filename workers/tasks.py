@@ -46,7 +46,7 @@ def advance(job_id: str, token: str, priority: str = "normal", resume: bool = Fa
     name="orchestrator.sweep", autoretry_for=_INFRA, max_retries=3)
 def sweep() -> None:
     c = container()
-    sweep_jobs(c.engine, c.ledger, c.enqueue, utcnow, grace_s=c.settings.chain_grace_s)
+    sweep_jobs(c.engine, c.ledger, c.enqueue, grace_s=c.settings.chain_grace_s)
 
 
 @app.task(  # type: ignore[untyped-decorator]

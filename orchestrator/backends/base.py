@@ -9,9 +9,11 @@ A worker drives an adapter in short steps (DESIGN §3)::
     else:                                # create-then-poll backend
         res = adapter.poll(sub.external_id)  # a later task; again while res.status == "running"
 
-``submit`` with the same idempotency key twice creates one provider job (the key is sent as the
-``Idempotency-Key`` header): a redelivered task can always call it again safely, and that is also
-how a synchronous backend's result is fetched again after a crash (``poll`` is not available there).
+The idempotency key is sent as the ``Idempotency-Key`` header. What a repeat of it gets
+depends on the provider (catalogue ``idempotency``: inflight, completed or none), so the job
+chain repeats a submission only where that is safe, and otherwise asks the provider what became
+of it (``lookup`` by that key, where the protocol can) before anything else is sent
+(``orchestrator.service.reconcile``).
 
 Errors are raised as ``orchestrator.backends.errors.BackendError`` subclasses. A provider job that
 ran and *ended* failed is not an exception: ``poll`` returns ``status="failed"`` with ``error`` set.
@@ -81,6 +83,16 @@ class BackendAdapter(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def call_window_s(self) -> float:
+        """The longest one call can take, in-call retries included."""
+        ...
+
+    def lookup(self, reference: str) -> Submission | None:
+        """The submission made with idempotency key ``reference``, as it stands now (None:
+        the provider has none). Raises LookupUnsupported where that cannot be asked."""
+        ...
+
     def submit(self, spec: JobSpec, idempotency_key: str) -> Submission:
         """Start the job (and, for synchronous backends, finish it). Raises BackendError."""
         ...
@@ -90,8 +102,9 @@ class BackendAdapter(Protocol):
         synchronous backend)."""
         ...
 
-    def cancel(self, external_id: str) -> bool:
-        """Ask the provider to stop the job; False where the protocol cannot cancel."""
+    def cancel(self, external_id: str) -> PollResult | None:
+        """Ask the provider to stop the job: where it stands then, with what it billed (a
+        finished job stays as it was); None where the protocol cannot cancel."""
         ...
 
     def close(self) -> None:

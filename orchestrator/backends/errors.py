@@ -3,7 +3,9 @@
     OrchestratorError            (orchestrator.errors)
     └── BackendError             a backend call did not give a usable answer
         ├── TransientError       worth retrying: 429, 408, 5xx, timeouts, connection errors
+        ├── OutcomeUnknown       a submission reached the provider and its answer was lost
         ├── BackendFault         the backend misbehaved: malformed answer, auth, 404, other 4xx
+        │   └── LookupUnsupported  the provider cannot find work by our reference
         └── JobFault             the job itself was refused: invalid input, content policy
 
 Stable codes (``exc.code``):
@@ -15,7 +17,17 @@ Stable codes (``exc.code``):
                     the backend gave us and lost, or a wrong base URL), prediction_failed (a
                     prediction ended ``failed`` without a job-fault code), unsupported_kind,
                     poll_unsupported
+    OutcomeUnknown  outcome_unknown (the request was sent, then the connection broke or no
+                    answer came in time, and a repeat could be paid twice: see below)
     JobFault        invalid_input (400/422), content_policy, rejected (any other 4xx)
+
+A TransientError says whether the request was ``delivered``: False when it never reached the
+provider whole (no connection, or the connection broke while sending it) or the provider
+answered it (429, 5xx: nothing was done); True when it was sent and no answer came. A
+delivered submission may have created paid work, so it is repeated within the call only on a
+backend that de-duplicates requests still in flight (catalogue ``idempotency: inflight``);
+elsewhere the call ends in OutcomeUnknown and the job chain reconciles the attempt with the
+provider (``orchestrator.service.reconcile``).
 
 ``outcome`` is the domain's ``orchestrator.domain.outcomes.Outcome`` (JobFault: job_fault;
 rate_limited: transient; everything else: backend_fault), and ``strike`` is
@@ -74,20 +86,35 @@ class TransientError(BackendError):
     code = "backend_unavailable"
 
     def __init__(
-        self, message: str, *, retry_after_s: float | None = None, **kwargs: Any
+        self, message: str, *, retry_after_s: float | None = None, delivered: bool = False,
+        **kwargs: Any,
     ) -> None:
         if retry_after_s is not None:
             kwargs["retry_after_s"] = retry_after_s
         super().__init__(message, **kwargs)
         self.retry_after_s = retry_after_s
+        self.delivered = delivered
         if self.code == "rate_limited":
             self.outcome = Outcome.TRANSIENT
+
+
+class OutcomeUnknown(BackendError):
+    """A submission was sent and its answer lost: the provider may have created (and will
+    bill) the work. Never repeated blindly; the chain asks the provider what happened."""
+
+    code = "outcome_unknown"
 
 
 class BackendFault(BackendError):
     """Not retryable on this backend, but another backend may well do the job."""
 
     code = "malformed_response"
+
+
+class LookupUnsupported(BackendFault):
+    """The protocol (or this provider) cannot find a submission by our reference."""
+
+    code = "lookup_unsupported"
 
 
 class JobFault(BackendError):

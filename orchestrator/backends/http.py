@@ -32,7 +32,14 @@ from tenacity import (
 
 from orchestrator import metrics
 from orchestrator.backends.base import PollResult, Submission
-from orchestrator.backends.errors import BackendError, BackendFault, JobFault, TransientError
+from orchestrator.backends.errors import (
+    BackendError,
+    BackendFault,
+    JobFault,
+    LookupUnsupported,
+    OutcomeUnknown,
+    TransientError,
+)
 from orchestrator.backends.transport import Http11Transport, Reply, target, wire_for
 from orchestrator.domain.catalogue import BackendSpec
 from orchestrator.domain.jobs import JobSpec
@@ -97,14 +104,33 @@ class HttpAdapter(ABC):
         self._wire = wire_for(self._transport)
         self._retry = retry or RetryPolicy()
         t = backend.timeouts
-        self._timeouts = httpx.Timeout(
-            connect=t.connect_s, read=t.read_s, write=t.read_s, pool=t.connect_s
-        ).as_dict()
+        self._timeouts: dict[str, float | None] = {
+            **httpx.Timeout(connect=t.connect_s, read=t.read_s, write=t.read_s,
+                            pool=t.connect_s).as_dict(),
+            "total": t.read_s,  # once connected, the whole exchange (see transport)
+        }
         self._base = backend.base_url.rstrip("/")
+        # in-flight repeats of a submission are safe only where the provider joins them
+        self._replay_inflight = backend.idempotency == "inflight"
 
     @property
     def name(self) -> str:
         return self.backend.name
+
+    @property
+    def call_window_s(self) -> float:
+        """The longest one call can take, its in-call retries included: every try may spend
+        its connect and read timeouts, and no wait between tries starts once the retry
+        budget is spent. The job chain's lease on a call in flight is this plus grace."""
+        t = self.backend.timeouts
+        return self._retry.attempts * (t.connect_s + t.read_s) + self._retry.total_s
+
+    def lookup(self, reference: str) -> Submission | None:
+        """The submission made with idempotency key ``reference`` (None: the provider has
+        none). Raises LookupUnsupported where the protocol cannot look it up."""
+        raise LookupUnsupported(f"{self.name}: the {self.backend.protocol} protocol cannot "
+                                "look a submission up by its reference",
+                                backend=self.name)
 
     def close(self) -> None:
         if self._owns_transport:
@@ -117,7 +143,7 @@ class HttpAdapter(ABC):
     def poll(self, external_id: str) -> PollResult: ...
 
     @abstractmethod
-    def cancel(self, external_id: str) -> bool: ...
+    def cancel(self, external_id: str) -> PollResult | None: ...
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -139,8 +165,14 @@ class HttpAdapter(ABC):
         *,
         json: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        creates: bool = False,
     ) -> dict[str, Any]:
-        """One logical call: retried while transient, then the parsed JSON object or an error."""
+        """One logical call: retried while transient, then the parsed JSON object or an error.
+
+        ``creates``: the call may create paid work (a submission). Once such a request may
+        have reached the provider (sent, then no answer), it is repeated only where the
+        provider joins in-flight repeats of a key; elsewhere the call raises OutcomeUnknown.
+        """
         to = target(f"{self._base}{path}")
         # as httpx encodes ``json=``
         body = b"" if json is None else jsonlib.dumps(
@@ -151,20 +183,23 @@ class HttpAdapter(ABC):
         def once() -> dict[str, Any]:
             try:
                 resp = self._wire.exchange(method, to, headers, body, self._timeouts)
-            except httpx.TimeoutException:
+            except httpx.TimeoutException as exc:
                 raise TransientError(
                     f"{self.name}: no answer within the timeout",
-                    code="backend_timeout", backend=self.name,
+                    code="backend_timeout", backend=self.name, delivered=_sent(exc),
                 ) from None
             except httpx.TransportError as exc:
                 raise TransientError(
                     f"{self.name}: connection failed ({type(exc).__name__})",
-                    code="backend_connection", backend=self.name,
+                    code="backend_connection", backend=self.name, delivered=_sent(exc),
                 ) from None
             return self._parse(resp)
 
+        unsafe_repeat = creates and not self._replay_inflight
+
         def retryable(exc: BaseException) -> bool:
-            return isinstance(exc, TransientError) and (
+            return isinstance(exc, TransientError) and not (
+                unsafe_repeat and exc.delivered) and (
                 exc.retry_after_s is None or exc.retry_after_s <= policy.max_retry_after_s
             )
 
@@ -177,7 +212,7 @@ class HttpAdapter(ABC):
             return once()
         except BackendError as exc:
             if not retryable(exc):
-                return self._failed(method, exc, 1)
+                return self._failed(method, exc, 1, creates)
             first: list[BackendError] = [exc]
 
         def attempt() -> dict[str, Any]:
@@ -219,9 +254,16 @@ class HttpAdapter(ABC):
         try:
             return retrying(attempt)
         except BackendError as exc:
-            return self._failed(method, exc, int(retrying.statistics.get("attempt_number", 1)))
+            tries = int(retrying.statistics.get("attempt_number", 1))
+            return self._failed(method, exc, tries, creates)
 
-    def _failed(self, method: str, exc: BackendError, attempts: int) -> NoReturn:
+    def _failed(self, method: str, exc: BackendError, attempts: int,
+                creates: bool = False) -> NoReturn:
+        if creates and isinstance(exc, TransientError) and exc.delivered:
+            exc = OutcomeUnknown(
+                f"{self.name}: the submission was sent and its answer lost ({exc.code})",
+                backend=self.name, cause=exc.code,
+            )
         exc.attempts = attempts
         log.warning(
             "backend call failed backend=%s method=%s code=%s attempts=%d",
@@ -310,6 +352,12 @@ class HttpAdapter(ABC):
                 self.name, computed, reported,
             )
         return computed, reported
+
+
+def _sent(exc: httpx.TransportError) -> bool:
+    """Whether the request may have reached the provider whole before ``exc``."""
+    return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
+                          | httpx.WriteError | httpx.WriteTimeout | httpx.UnsupportedProtocol)
 
 
 def _provider_error(resp: Reply) -> tuple[str | None, str | None]:

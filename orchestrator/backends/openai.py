@@ -36,8 +36,8 @@ class OpenAIAdapter(HttpAdapter):
             code="poll_unsupported", backend=self.name,
         )
 
-    def cancel(self, external_id: str) -> bool:
-        return False
+    def cancel(self, external_id: str) -> PollResult | None:
+        return None  # a synchronous call cannot be stopped once sent
 
     # -- text -------------------------------------------------------------------------------
 
@@ -51,7 +51,8 @@ class OpenAIAdapter(HttpAdapter):
         }
         if inp.get("temperature") is not None:
             body["temperature"] = inp["temperature"]
-        data = self.request("POST", "/v1/chat/completions", json=body, idempotency_key=key)
+        data = self.request("POST", "/v1/chat/completions", json=body, idempotency_key=key,
+                            creates=True)
         ext_id = data.get("id")
         choices = data.get("choices")
         usage = data.get("usage")
@@ -83,7 +84,8 @@ class OpenAIAdapter(HttpAdapter):
         size = str(inp.get("size") or DEFAULT_IMAGE_SIZE)
         n = int(inp.get("n") or 1)
         body = {"model": self.name, "prompt": str(inp.get("prompt", "")), "n": n, "size": size}
-        data = self.request("POST", "/v1/images/generations", json=body, idempotency_key=key)
+        data = self.request("POST", "/v1/images/generations", json=body, idempotency_key=key,
+                            creates=True)
         items = data.get("data")
         if not isinstance(items, list) or not items:
             raise self.malformed("no data")

@@ -4,6 +4,12 @@
     GET  {base}/v1/predictions/{id}         -> {"status": starting|processing|succeeded|failed|
                                                 canceled, "output", "error", "metrics", "cost_usd"}
     POST {base}/v1/predictions/{id}/cancel  -> the prediction
+    GET  {base}/v1/predictions?idempotency_key=K -> {"results": [predictions created with the
+                                                Idempotency-Key K, each naming it as
+                                                "idempotency_key", newest first]}
+
+The listing is how a submission whose answer was lost is found again (``lookup``); a
+provider without it is still served, and such an attempt is reconciled by other means.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from orchestrator.backends.base import PollResult, Status, Submission
-from orchestrator.backends.errors import BackendError, BackendFault, JobFault
+from orchestrator.backends.errors import BackendError, BackendFault, JobFault, LookupUnsupported
 from orchestrator.backends.http import CONTENT_POLICY_MARKERS, HttpAdapter, safe_token
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage
@@ -36,7 +42,7 @@ class PredictionsAdapter(HttpAdapter):
     def submit(self, spec: JobSpec, idempotency_key: str) -> Submission:
         data = self.request(
             "POST", "/v1/predictions", json={"input": dict(spec.input)},
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, creates=True,
         )
         ext_id = data.get("id")
         if not isinstance(ext_id, str) or not ext_id:
@@ -44,15 +50,44 @@ class PredictionsAdapter(HttpAdapter):
         self._status(data)  # a create answer must carry a known status too
         return Submission(external_id=ext_id)
 
+    def lookup(self, reference: str) -> Submission | None:
+        """``GET /v1/predictions?idempotency_key=…``: the newest prediction the provider
+        lists as created with that key, with where it stands. Only a listed prediction that
+        names the key as its own counts (a provider that ignores the filter and lists
+        everything must not hand us another job's work): a provider with no such listing
+        raises LookupUnsupported."""
+        try:
+            data = self.request("GET", f"/v1/predictions?idempotency_key={quote(reference)}")
+        except (BackendFault, JobFault) as exc:  # 4xx: no such listing here
+            raise LookupUnsupported(
+                f"{self.name}: the provider cannot list predictions by idempotency key "
+                f"({exc.code})", backend=self.name) from None
+        results = data.get("results")
+        if not isinstance(results, list):
+            raise LookupUnsupported(f"{self.name}: the prediction listing has no results",
+                                    backend=self.name)
+        for item in results:
+            if isinstance(item, dict) and item.get("idempotency_key") == reference:
+                ext_id = item.get("id")
+                if not isinstance(ext_id, str) or not ext_id:
+                    raise self.malformed("a listed prediction has no id")
+                return Submission(external_id=ext_id, result=self._result(item))
+        if results and not any(isinstance(i, dict) and "idempotency_key" in i
+                               for i in results):
+            raise LookupUnsupported(f"{self.name}: listed predictions do not name their "
+                                    "idempotency key", backend=self.name)
+        return None
+
     def poll(self, external_id: str) -> PollResult:
         data = self.request("GET", f"/v1/predictions/{quote(external_id, safe='')}")
         return self._result(data)
 
-    def cancel(self, external_id: str) -> bool:
-        """True when the provider reports the prediction canceled; False when it had already
-        finished (succeeded or failed) so the cancel changed nothing."""
+    def cancel(self, external_id: str) -> PollResult:
+        """The prediction as the cancel left it: ``cancelled`` (with what the provider billed
+        for the part it ran), or as it had already finished, or still running while it
+        stops."""
         data = self.request("POST", f"/v1/predictions/{quote(external_id, safe='')}/cancel")
-        return self._status(data)[0] == "cancelled"
+        return self._result(data)
 
     # -- parsing ----------------------------------------------------------------------------
 

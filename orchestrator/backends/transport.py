@@ -16,9 +16,18 @@ exceptions, so callers handle them as before:
 
     UnsupportedProtocol             not http or https
     ConnectTimeout / ConnectError   the connection (or its TLS handshake) could not be made
-    ReadTimeout                     no progress within the request's read timeout
-    ReadError                       the connection broke
+    WriteTimeout / WriteError       the request could not be sent whole: the server cannot
+                                    have acted on it
+    ReadTimeout                     the request was sent; no progress within the read
+                                    timeout, or no whole answer by the request's deadline
+    ReadError                       the request was sent, then the connection broke
     RemoteProtocolError             the answer was not HTTP/1.1, or ended early
+
+So a failure says whether the server may have acted on the request: the Connect* and Write*
+ones never; the Read* ones and RemoteProtocolError may (the adapters must not repeat a paid
+submission blindly after them). A timeout mapping may carry ``total``: the most seconds the
+whole exchange may take once connected (sending and the whole answer), so that a server
+trickling its answer cannot hold a call past what the job chain's lease allows for it.
 
 The adapters call :meth:`Http11Transport.exchange` (the :class:`Wire` seam): bytes in, a
 :class:`Reply` out, without building httpx's ``Request`` and ``Response``: a chat completion
@@ -35,6 +44,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -197,10 +207,19 @@ class Http11Transport(httpx.BaseTransport):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {to.url.scheme!r}")
         origin = to.origin
         sock = self._reuse(origin) or self._connect(origin, timeout.get("connect"))
+        read = timeout.get("read")
+        total = timeout.get("total")
+        deadline = None if total is None else time.monotonic() + total
         try:
-            sock.settimeout(timeout.get("read"))
+            sock.settimeout(timeout.get("write", read))
             sock.sendall(head + body)
-            answer, parser = _read_answer(sock, head_only=method == "HEAD")
+        except OSError as exc:  # TimeoutError among them: not sent whole, so not acted on
+            sock.close()
+            if isinstance(exc, TimeoutError):
+                raise httpx.WriteTimeout("the request could not be sent in time") from None
+            raise httpx.WriteError(f"{type(exc).__name__}: {exc}") from None
+        try:
+            answer, parser = _read_answer(sock, read, deadline, head_only=method == "HEAD")
         except TimeoutError as exc:
             sock.close()
             raise httpx.ReadTimeout(f"no answer within the read timeout ({exc})") from None
@@ -282,12 +301,21 @@ def _head(method: str, path: bytes, headers: Headers) -> bytes:
     return b"\r\n".join(lines)
 
 
-def _read_answer(sock: socket.socket, *, head_only: bool) -> tuple[_Answer, Any]:
-    """Read one whole answer (for HEAD, its head); raise RemoteProtocolError if the
-    connection ends before it does."""
+def _read_answer(sock: socket.socket, read: float | None, deadline: float | None, *,
+                 head_only: bool) -> tuple[_Answer, Any]:
+    """Read one whole answer (for HEAD, its head) with ``read`` seconds for each piece and
+    everything by ``deadline`` (monotonic; TimeoutError); raise RemoteProtocolError if the
+    connection ends before the answer does."""
     answer = _Answer()
     parser = answer.parser = httptools.HttpResponseParser(answer)
     while not answer.complete:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the whole answer did not come by the request's deadline")
+            sock.settimeout(left if read is None else min(read, left))
+        else:
+            sock.settimeout(read)
         data = sock.recv(_RECV)
         if not data:
             if answer.headers_done and answer.ends_at_close():

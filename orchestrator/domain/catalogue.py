@@ -55,7 +55,16 @@ class Protocol(StrEnum):
     OPENAI = "openai"
 
 
+Idempotency = Literal["inflight", "completed", "none"]
+"""What the provider does with a repeated request carrying the same Idempotency-Key:
+``inflight``: answers it from the first, even while the first still runs; ``completed``: only
+once the first has finished (a repeat while it runs is new, paid work); ``none``: every
+request is new, paid work. Unknown providers are taken at their worst: ``none``."""
+
+
 class Timeouts(BaseModel):
+    """``read_s``: the longest one request may take to answer, its whole answer included."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connect_s: float = Field(default=2.0, gt=0, le=300)
@@ -192,6 +201,7 @@ class BackendSpec(BaseModel):
     tier: Tier
     price: Price
     timeouts: Timeouts = Timeouts()
+    idempotency: Idempotency = "none"
     max_concurrency: int = Field(default=100, ge=1, le=1_000_000)
     expected_latency_ms: float | None = Field(
         default=None, gt=0, description="prior for routing until latency has been observed"
@@ -318,7 +328,7 @@ def parse_catalogue(
     except ValidationError as exc:
         field, msg = _first_error(exc)
         raise _fail(source, None, f"defaults.timeouts.{field}", msg) from None
-    unknown = set(defaults) - {"timeouts", "max_concurrency"}
+    unknown = set(defaults) - {"timeouts", "max_concurrency", "idempotency"}
     if unknown:
         raise _fail(source, None, f"defaults.{sorted(unknown)[0]}", "unknown key")
     raw = data.get("backends")
@@ -333,8 +343,9 @@ def parse_catalogue(
             raise _fail(source, label, None, "must be a mapping")
         doc = dict(item)
         doc["timeouts"] = {**base_timeouts.model_dump(), **(doc.get("timeouts") or {})}
-        if "max_concurrency" not in doc and "max_concurrency" in defaults:
-            doc["max_concurrency"] = defaults["max_concurrency"]
+        for key in ("max_concurrency", "idempotency"):
+            if key not in doc and key in defaults:
+                doc[key] = defaults[key]
         if isinstance(doc.get("base_url"), str):
             try:
                 doc["base_url"] = expand_vars(doc["base_url"], env)

@@ -1,5 +1,9 @@
 """A job's ending in one statement: its last attempt closed, its final status and cost, and
-its hold settled or released (``orch_end_job``, migration 0006).
+its hold settled or released (``orch_end_job``, migrations 0006 and 0008).
+
+A job that ends (a cancel, its deadline) while an attempt may still be billed keeps its hold:
+the chain concludes that attempt later through here too, and only then is the hold finished
+with what the provider billed (``JobEnd.concluded``).
 
 The runner ends every job through here. Run on a connection without an open transaction the
 statement commits on its own; with ``guard`` it is refused (``AlertsOwed``, nothing changed)
@@ -21,32 +25,42 @@ from orchestrator.store.statement import Conn, Statement
 
 @dataclass(frozen=True, slots=True)
 class ClosingAttempt:
-    """The open attempt a success closes in the same statement."""
+    """The open attempt the ending closes in the same statement."""
 
     attempt_id: int
     outcome: str
     fault: str
-    cost_micros: int
+    cost_micros: int | None
     external_id: str | None = None
+    possible_cost_micros: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class JobEnd:
-    """What ``end_job`` did. ``ended`` False: the job had already ended (another step or a
-    cancel), so only the attempt was closed. ``hold_status`` is set when the hold was no
-    longer held (the job ended without a charge)."""
+    """What ``end_job`` did. ``ended``: the job ended now. ``concluded``: it had ended with an
+    attempt still open, and this closed the last such attempt and finished the hold. Neither:
+    the job had already ended (another step or a cancel), so only the attempt was closed.
+    ``pending``: it ended now, but an attempt is still open, so its hold waits for that
+    attempt's conclusion. ``hold_status`` is set when the hold was no longer held (the job
+    ended without a charge)."""
 
     ended: bool
     cost_micros: int = 0
     charged_micros: int = 0
     hold_status: str | None = None
     alert_ids: tuple[uuid.UUID, ...] = ()
+    concluded: bool = False
+    pending: bool = False
 
 
 _END_JOB = Statement(
     """
     SELECT * FROM orch_end_job(:job, :status, :now, :attempt, :outcome, :fault, :cost, :ext,
-                               :backend, CAST(:result AS jsonb), :code, :msg, :guard)
+                               :a_code, :a_msg, :possible,
+                               :backend, CAST(:result AS jsonb), :code, :msg, :guard,
+                               CAST(:conclude_in AS float8))
     """
 )
 
@@ -63,10 +77,13 @@ def end_job(
     result: dict[str, Any] | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
+    conclude_in_s: float = 0.0,
 ) -> JobEnd | None:
-    """End the job (``status``: succeeded, failed or cancelled). None: ``attempt`` had
-    already been closed by a duplicate step, and nothing changed. Without ``guard`` the
-    alerts the charge owes are written in ``conn``'s transaction."""
+    """End the job (``status``: succeeded, failed or cancelled), or conclude an attempt that
+    outlived its job's end. None: ``attempt`` had already been closed by a duplicate step,
+    and nothing changed. ``conclude_in_s``: when an attempt is still open after the ending,
+    how soon the chain should look at it again. Without ``guard`` the alerts the charge owes
+    are written in ``conn``'s transaction."""
     rows = _END_JOB.all(conn, {
         "job": job_id, "status": status, "now": now,
         "attempt": attempt.attempt_id if attempt else None,
@@ -74,15 +91,22 @@ def end_job(
         "fault": attempt.fault if attempt else None,
         "cost": attempt.cost_micros if attempt else None,
         "ext": attempt.external_id if attempt else None,
+        "possible": attempt.possible_cost_micros if attempt else None,
+        "a_code": attempt.error_code if attempt else None,
+        "a_msg": attempt.error_message if attempt else None,
         "backend": backend, "result": json.dumps(result) if result is not None else None,
         "code": error_code, "msg": error_message, "guard": guard,
+        "conclude_in": conclude_in_s,
     })
     if not rows:
         return None
-    ended, cost, charged, hold_status = rows[0][:4]
-    if ended != "ended":
+    what, cost, charged, hold_status = rows[0][:4]
+    if what == "job_final":
         return JobEnd(ended=False)
+    ended, concluded = what == "ended", what == "concluded"
     if charged is None:
-        return JobEnd(ended=True, cost_micros=cost, hold_status=hold_status)
+        return JobEnd(ended=ended, concluded=concluded, cost_micros=cost,
+                      hold_status=hold_status, pending=ended and hold_status == "held")
     alert_ids = () if guard else period_alerts(conn, (r[5:] for r in rows), charged, now)
-    return JobEnd(ended=True, cost_micros=cost, charged_micros=charged, alert_ids=alert_ids)
+    return JobEnd(ended=ended, concluded=concluded, cost_micros=cost, charged_micros=charged,
+                  alert_ids=alert_ids)

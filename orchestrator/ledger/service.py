@@ -314,16 +314,18 @@ class Ledger:
         self, job_id: uuid.UUID, status: str, now: datetime, *,
         attempt: ClosingAttempt | None = None, backend: str | None = None,
         result: dict[str, Any] | None = None, error_code: str | None = None,
-        error_message: str | None = None,
+        error_message: str | None = None, conclude_in_s: float = 0.0,
     ) -> JobEnd | None:
         """The job's last attempt closed (``attempt``), its final ``status`` and cost, and its
-        hold settled (succeeded) or released, charging the cost up to the hold: one statement
-        that commits on its own (see :meth:`_guarded` and ``ledger.endings``)."""
+        hold settled (succeeded) or released, charging the cost: one statement that commits
+        on its own (see :meth:`_guarded` and ``ledger.endings``). An attempt still open
+        keeps the hold until it concludes (``conclude_in_s``: when to look at it again)."""
 
         def step(tx: Conn, guard: bool) -> JobEnd | None:
             return _guard_refusal(lambda: end_job(
                 tx, job_id, status, now, guard=guard, attempt=attempt, backend=backend,
-                result=result, error_code=error_code, error_message=error_message))
+                result=result, error_code=error_code, error_message=error_message,
+                conclude_in_s=conclude_in_s))
 
         return self._guarded(step)
 

@@ -54,6 +54,8 @@ JOB_QUEUE_LATENCY = "jobs/queue_latency"
 JOB_COST = "jobs/cost"
 JOB_FAILOVERS = "jobs/failovers"
 JOB_RETRIES = "jobs/retries"
+ATTEMPTS_UNCERTAIN = "attempts/uncertain"
+UNCERTAIN_SPEND = "attempts/uncertain_spend"
 BUDGET_SPEND = "budget/spend"
 BUDGET_HELD = "budget/held"
 BUDGET_REMAINING = "budget/remaining"
@@ -110,6 +112,12 @@ CATALOGUE: dict[str, MetricDef] = {
         _d(JOB_RETRIES, C, I64, "1", ("backend", "reason"),
            "Retried backend calls within one backend (429, 5xx, timeout...).",
            "job_retries_total"),
+        _d(ATTEMPTS_UNCERTAIN, C, I64, "1", ("backend", "reason"),
+           "Attempts whose outcome nothing could tell: the provider may have billed them.",
+           "attempts_uncertain_total"),
+        _d(UNCERTAIN_SPEND, C, F64, "{USD}", ("backend",),
+           "Possible charges of uncertain attempts (their worst case), USD.",
+           "attempts_uncertain_spend_usd_total"),
         _d(BUDGET_SPEND, G, F64, "{USD}", _BUDGET,
            "Committed spend in the current budget period, USD.", "budget_spend_usd"),
         _d(BUDGET_HELD, G, F64, "{USD}", _BUDGET,

@@ -90,6 +90,30 @@ class JobObserver:
                          "duration_ms": _ms(_seconds(attempt.started_at, now))})
 
     @_never_raises
+    def uncertain(self, job: JobRow, attempt: AttemptRow, reason: str,
+                  possible_micros: int) -> None:
+        """An attempt closed without its outcome known: the provider may have billed up to
+        ``possible_micros`` for it, and nothing we can ask will say (DESIGN: reconcile)."""
+        self.recorder.counter(m.ATTEMPTS_UNCERTAIN, 1, backend=attempt.backend, reason=reason)
+        self.recorder.counter(m.UNCERTAIN_SPEND, possible_micros / 1_000_000,
+                              backend=attempt.backend)
+        self.log.warning("attempt outcome uncertain: the provider may have billed it", extra={
+            "event": "attempt_uncertain", "job_id": str(job.id), "tenant": job.tenant,
+            "backend": attempt.backend, "attempt": attempt.number, "error_code": reason,
+            "possible_cost_micros": possible_micros})
+
+    @_never_raises
+    def concluded(self, job: JobRow, *, backend: str | None, charged_micros: int) -> None:
+        """An attempt that outlived its job's end (a cancel, a deadline) concluded, and the
+        job's hold was finished with what the provider billed."""
+        if charged_micros > 0:
+            self.recorder.distribution(m.JOB_COST, charged_micros / 1_000_000, kind=job.kind,
+                                       tier=job.tier, backend=backend or NONE)
+        self.log.info("job charged after its end", extra={
+            "event": "job_concluded", "job_id": str(job.id), "tenant": job.tenant,
+            "backend": backend or NONE, "outcome": job.status, "cost_micros": charged_micros})
+
+    @_never_raises
     def retry(self, backend: str, reason: str) -> None:
         """A transient error on ``backend`` that will be retried on the same backend."""
         self.recorder.counter(m.JOB_RETRIES, 1, backend=backend, reason=reason)

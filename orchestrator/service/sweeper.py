@@ -1,16 +1,17 @@
 """The sweeper (beat): revive jobs whose chain went silent, expire holds nobody will settle.
 
-The job table, not Redis, decides what is still owed work: a live job whose ``wake_at`` has
-passed lost its task (Redis restart, enqueue failure after commit, a killed worker). It gets a
-new chain token, so an old chain that wakes up later stops at its next step.
+The job table, not Redis, decides what is still owed work: a job whose ``wake_at`` has passed
+(by PostgreSQL's clock) lost its task (Redis restart, enqueue failure after commit, a killed
+worker). That is a live job, or one that ended while an attempt could still be billed and
+whose attempt is still to be concluded. A call in flight moves ``wake_at`` past the longest
+it can take (its lease), so no chain is revived while its call may still run. A revived job
+gets a new chain token, so an old chain that wakes up later stops at its next step.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
@@ -28,12 +29,11 @@ class SweepReport:
 
 
 def sweep(
-    engine: Engine, ledger: Ledger, enqueue: EnqueuePort, clock: Callable[[], datetime],
-    *, grace_s: float = 60.0, batch: int = 500,
+    engine: Engine, ledger: Ledger, enqueue: EnqueuePort, *, grace_s: float = 60.0,
+    batch: int = 500,
 ) -> SweepReport:
-    now = clock()
-    with engine.begin() as tx:
-        revived = repo.revive_overdue(tx, now, now + timedelta(seconds=grace_s), batch)
+    with engine.begin() as tx:  # overdue by PostgreSQL's clock, never a process's
+        revived = repo.revive_overdue(tx, grace_s, batch)
     for job_id, token, priority in revived:
         try:
             enqueue.start(job_id, token, priority)

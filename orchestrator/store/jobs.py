@@ -37,6 +37,13 @@ class AttemptRow:
     cost_micros: int | None
     started_at: datetime
     finished_at: datetime | None
+    sent_at: datetime | None = None  # the submission's last sending (None: at started_at)
+    cancel_requested_at: datetime | None = None
+    possible_cost_micros: int | None = None  # an uncertain attempt's possible charge
+
+    @property
+    def last_sent_at(self) -> datetime:
+        return self.sent_at or self.started_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +110,8 @@ _LIST_JOBS = text(
 _CLAIM = """
     UPDATE jobs SET status = 'running', started_at = :now, updated_at = :now
     WHERE id = :id AND status = 'queued' AND chain_token = :token"""
+# A wake :s seconds from now by PostgreSQL's clock, the one the sweeper compares with.
+_IN = "now() + CAST(:{} AS float8) * interval '1 second'"
 # The claim, or (a chain step after the first) the job as it is: one statement either way.
 _CLAIM_OR_GET = Statement(
     f"""
@@ -116,10 +125,14 @@ _CLAIM_OR_GET = Statement(
     """
 )
 # A start step's claim and its first attempt's checkpoint, on the backend where it already
-# holds a slot: one statement, so nothing else can see the job running with no attempt.
+# holds a slot: one statement, so nothing else can see the job running with no attempt. The
+# chain's wake moves past the attempt's call (its lease).
 _CLAIM_AND_OPEN = Statement(
     f"""
-    WITH claimed AS ({_CLAIM}
+    WITH claimed AS (
+        UPDATE jobs SET status = 'running', started_at = :now, updated_at = :now,
+            wake_at = {_IN.format("lease")}
+        WHERE id = :id AND status = 'queued' AND chain_token = :token
           AND (deadline_at IS NULL OR deadline_at > :now)
         RETURNING {JOB_COLUMNS}
     ), opened AS (
@@ -134,33 +147,40 @@ _CLAIM_AND_OPEN = Statement(
     """
 )
 _REQUEUE = Statement(
-    "UPDATE jobs SET status = 'queued', started_at = NULL, wake_at = :w, updated_at = now() "
-    "WHERE id = :id AND chain_token = :t AND status = 'running' RETURNING id"
+    f"UPDATE jobs SET status = 'queued', started_at = NULL, wake_at = {_IN.format('w')}, "
+    "updated_at = now() WHERE id = :id AND chain_token = :t AND status = 'running' "
+    "RETURNING id"
 )
+# Live jobs, and an ended job whose attempt is still to be concluded (its wake is set).
 _SET_WAKE = Statement(
-    "UPDATE jobs SET wake_at = :w, updated_at = now() "
-    "WHERE id = :id AND chain_token = :t AND status = ANY(:s) RETURNING id"
+    f"UPDATE jobs SET wake_at = {_IN.format('w')}, updated_at = now() "
+    "WHERE id = :id AND chain_token = :t AND (status = ANY(:s) OR wake_at IS NOT NULL) "
+    "RETURNING id"
 )
+# Every job whose wake has passed by PostgreSQL's clock: work is owed exactly while wake_at
+# is set (a live job, or an ended one with an attempt to conclude).
 _REVIVE = text(
-    """
+    f"""
     WITH overdue AS (
         SELECT id FROM jobs
-        WHERE status IN ('queued', 'running') AND wake_at < :now
+        WHERE wake_at IS NOT NULL AND wake_at < now()
         ORDER BY wake_at LIMIT :limit FOR UPDATE SKIP LOCKED
     )
-    UPDATE jobs j SET chain_token = gen_random_uuid(), wake_at = :wake
+    UPDATE jobs j SET chain_token = gen_random_uuid(), wake_at = {_IN.format("grace")}
     FROM overdue WHERE j.id = overdue.id
     RETURNING j.id, j.chain_token, j.spec->>'priority' AS priority
     """
 )
 _ATTEMPTS = Statement(f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE job_id = :id ORDER BY number")
-# Only while the chain holding the token runs the job: the job row is locked as an update
-# would, so a cancel or an ending that commits first is seen, and one that comes later waits.
+# Only while the chain holding the token runs the job: the job row is updated (and so
+# locked), so a cancel or an ending that commits first is seen, and one that comes later
+# waits. The chain's wake moves past the attempt's call (its lease).
 _OPEN_ATTEMPT = Statement(
     f"""
     WITH running AS (
-        SELECT id FROM jobs WHERE id = :j AND status = 'running' AND chain_token = :t
-        FOR NO KEY UPDATE
+        UPDATE jobs SET wake_at = {_IN.format("lease")}
+        WHERE id = :j AND status = 'running' AND chain_token = :t
+        RETURNING id
     )
     INSERT INTO attempts (job_id, number, backend, started_at, slot, probe)
     SELECT id, :n, :b, :now, :slot, :probe FROM running
@@ -171,11 +191,11 @@ _OPEN_ATTEMPT = Statement(
 # The checkpoint after a create-then-poll submission: the external id and the chain's next
 # wake in one statement.
 _RECORD_EXTERNAL_ID_AND_WAKE = Statement(
-    """
+    f"""
     WITH checkpoint AS (
         UPDATE attempts SET external_id = :e WHERE id = :aid AND outcome IS NULL
     )
-    UPDATE jobs SET wake_at = :w, updated_at = now()
+    UPDATE jobs SET wake_at = {_IN.format("w")}, updated_at = now()
     WHERE id = :id AND chain_token = :t AND status = ANY(:s) RETURNING id
     """
 )
@@ -185,9 +205,24 @@ _RECORD_EXTERNAL_ID = Statement(
 _CLOSE_ATTEMPT = Statement(
     """
     UPDATE attempts SET outcome = :o, fault = :f, error_code = :c, error_message = :m,
-        cost_micros = :cost, finished_at = :now, external_id = COALESCE(:e, external_id)
+        cost_micros = :cost, finished_at = :now, external_id = COALESCE(:e, external_id),
+        possible_cost_micros = :possible
     WHERE id = :id AND outcome IS NULL RETURNING id
     """
+)
+# A repeat of a submission whose answer was lost, claimed by one step only: the attempt must
+# still be open, with no external id, and last sent when the caller saw it.
+_MARK_SENT = Statement(
+    """
+    UPDATE attempts SET sent_at = :now
+    WHERE id = :id AND outcome IS NULL AND external_id IS NULL
+      AND COALESCE(sent_at, started_at) = :prev
+    RETURNING id
+    """
+)
+_MARK_CANCEL_REQUESTED = Statement(
+    "UPDATE attempts SET cancel_requested_at = :now "
+    "WHERE id = :id AND outcome IS NULL AND cancel_requested_at IS NULL"
 )
 
 
@@ -254,7 +289,7 @@ def claim_or_get(conn: Conn, job_id: uuid.UUID, token: uuid.UUID, now: datetime
 
 def claim_and_open(
     conn: Conn, job_id: uuid.UUID, token: uuid.UUID, now: datetime, backend: str, *,
-    slot: str | None = None, probe: bool = False,
+    lease_s: float, slot: str | None = None, probe: bool = False,
 ) -> tuple[JobRow, AttemptRow] | None:
     """queued → running for the chain holding ``token`` with its first attempt opened on
     ``backend``, if the job's deadline has not passed: (the job, the attempt). None: nothing
@@ -262,34 +297,36 @@ def claim_and_open(
     first attempt already existed (never, for a job that was queued: it is then claimed and
     the runner's long way finds the attempt)."""
     row = _CLAIM_AND_OPEN.first(conn, {"id": job_id, "token": token, "now": now, "b": backend,
-                                       "slot": slot, "probe": probe})
+                                       "slot": slot, "probe": probe, "lease": lease_s})
     if row is None:
         return None
     n = len(JobRow.__slots__)
     return JobRow(*row[:n]), AttemptRow(*row[n:])
 
 
-def set_wake(conn: Conn, job_id: uuid.UUID, token: uuid.UUID, wake_at: datetime) -> bool:
-    """Record when the live chain will next run; False if ``token`` is no longer the chain."""
+def set_wake(conn: Conn, job_id: uuid.UUID, token: uuid.UUID, wake_in_s: float) -> bool:
+    """Record that the chain will next run within ``wake_in_s`` seconds (by PostgreSQL's
+    clock); False if ``token`` is no longer the chain, or no work is owed any more."""
     return _SET_WAKE.first(
-        conn, {"w": wake_at, "id": job_id, "t": token, "s": list(LIVE)}
+        conn, {"w": wake_in_s, "id": job_id, "t": token, "s": list(LIVE)}
     ) is not None
 
 
-def requeue(conn: Conn, job_id: uuid.UUID, token: uuid.UUID, wake_at: datetime) -> bool:
+def requeue(conn: Conn, job_id: uuid.UUID, token: uuid.UUID, wake_in_s: float) -> bool:
     """running → queued for the chain holding ``token`` (its claim found no free slot), with
     its next wake; False if ``token`` is no longer the chain or the job is not running."""
-    return _REQUEUE.first(conn, {"w": wake_at, "id": job_id, "t": token}) is not None
+    return _REQUEUE.first(conn, {"w": wake_in_s, "id": job_id, "t": token}) is not None
 
 
-def revive_overdue(conn: Connection, now: datetime, wake_at: datetime, limit: int) -> list[
+def revive_overdue(conn: Connection, grace_s: float, limit: int) -> list[
     tuple[uuid.UUID, uuid.UUID, str]
 ]:
-    """Give every live job whose chain is overdue a new chain token; returns (id, token, priority).
+    """Give every job whose chain is overdue by PostgreSQL's clock a new chain token, and
+    ``grace_s`` to show a sign of life; returns (id, token, priority).
 
     SKIP LOCKED: concurrent sweepers share the work and never revive one job twice.
     """
-    rows = conn.execute(_REVIVE, {"now": now, "wake": wake_at, "limit": limit}).all()
+    rows = conn.execute(_REVIVE, {"grace": grace_s, "limit": limit}).all()
     return [(r.id, r.chain_token, r.priority or "normal") for r in rows]
 
 
@@ -300,12 +337,14 @@ def attempts(conn: Conn, job_id: uuid.UUID) -> list[AttemptRow]:
 
 def open_attempt(
     conn: Conn, job_id: uuid.UUID, token: uuid.UUID, number: int, backend: str,
-    now: datetime, *, slot: str | None = None, probe: bool = False,
+    now: datetime, *, lease_s: float, slot: str | None = None, probe: bool = False,
 ) -> AttemptRow | None:
-    """Checkpoint before calling a backend; None if attempt ``number`` already exists, or
+    """Checkpoint before calling a backend, with the chain's wake ``lease_s`` ahead (the
+    longest the call can take, and grace); None if attempt ``number`` already exists, or
     the chain holding ``token`` no longer runs the job (it ended, or has a new chain)."""
     row = _OPEN_ATTEMPT.first(conn, {"j": job_id, "t": token, "n": number, "b": backend,
-                                     "now": now, "slot": slot, "probe": probe})
+                                     "now": now, "slot": slot, "probe": probe,
+                                     "lease": lease_s})
     return AttemptRow(*row) if row is not None else None
 
 
@@ -315,13 +354,24 @@ def record_external_id(conn: Conn, attempt_id: int, external_id: str) -> None:
 
 def record_external_id_and_wake(
     conn: Conn, attempt_id: int, external_id: str, job_id: uuid.UUID, token: uuid.UUID,
-    wake_at: datetime,
+    wake_in_s: float,
 ) -> bool:
-    """``record_external_id`` and ``set_wake`` in one statement; the latter's answer."""
+    """``record_external_id`` and ``set_wake`` (of a live job) in one statement; the
+    latter's answer."""
     return _RECORD_EXTERNAL_ID_AND_WAKE.first(
-        conn, {"e": external_id, "aid": attempt_id, "w": wake_at, "id": job_id, "t": token,
+        conn, {"e": external_id, "aid": attempt_id, "w": wake_in_s, "id": job_id, "t": token,
                "s": list(LIVE)},
     ) is not None
+
+
+def mark_sent(conn: Conn, attempt_id: int, prev: datetime, now: datetime) -> bool:
+    """Claim the repeat of a submission whose answer was lost (last sent at ``prev``);
+    False: another step repeated it, or it concluded, meanwhile."""
+    return _MARK_SENT.first(conn, {"id": attempt_id, "prev": prev, "now": now}) is not None
+
+
+def mark_cancel_requested(conn: Conn, attempt_id: int, now: datetime) -> None:
+    _MARK_CANCEL_REQUESTED.run(conn, {"id": attempt_id, "now": now})
 
 
 def close_attempt(
@@ -335,11 +385,12 @@ def close_attempt(
     error_message: str | None = None,
     cost_micros: int | None = None,
     external_id: str | None = None,
+    possible_cost_micros: int | None = None,
 ) -> bool:
     """Record an open attempt's outcome (and, for a backend that answered at once, its
     external id); False if it was already closed."""
     return _CLOSE_ATTEMPT.first(
         conn,
         {"o": outcome, "f": fault, "c": error_code, "m": error_message, "cost": cost_micros,
-         "now": now, "id": attempt_id, "e": external_id},
+         "now": now, "id": attempt_id, "e": external_id, "possible": possible_cost_micros},
     ) is not None

@@ -195,10 +195,9 @@ class Job(Base):
         ),
         UniqueConstraint("tenant", "idempotency_key", name="tenant_idempotency"),
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
-        Index(
-            "ix_jobs_owed_work", "wake_at",
-            postgresql_where=text("status IN ('queued', 'running')"),
-        ),
+        # wake_at is set exactly while work is owed: a live job, or an ended one whose
+        # attempt is still to be concluded (migration 0008)
+        Index("ix_jobs_owed_work", "wake_at", postgresql_where=text("wake_at IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -229,7 +228,9 @@ class Job(Base):
 
 class Attempt(Base):
     """One try of a job on one backend. ``outcome`` is NULL while it is in flight; the row is
-    written (checkpoint) before the backend is called, and ``external_id`` right after."""
+    written (checkpoint) before the backend is called, and ``external_id`` right after.
+    Outcomes: succeeded, failed, cancelled, timeout, uncertain (the provider may have done
+    and billed it, and nothing could tell us: see ``possible_cost_micros``)."""
 
     __tablename__ = "attempts"
     __table_args__ = (
@@ -252,6 +253,12 @@ class Attempt(Base):
     cost_micros: Mapped[int | None] = mapped_column(BigInteger)
     started_at: Mapped[datetime] = _now()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # reconciliation (migration 0008): when the submission was last sent (NULL: at
+    # started_at), when the provider was asked to stop it, and an uncertain attempt's
+    # possible charge (nothing could tell whether the provider billed it)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    possible_cost_micros: Mapped[int | None] = mapped_column(BigInteger)
 
 
 APPEND_ONLY_FUNCTION = """

@@ -32,7 +32,8 @@ from workers.enqueue import CeleryEnqueue
 ROOT = Path(__file__).resolve().parents[2]
 
 E2E_CATALOGUE: dict[str, Any] = {
-    "defaults": {"timeouts": {"connect_s": 2.0, "read_s": 5.0, "start_to_close_s": 120}},
+    "defaults": {"timeouts": {"connect_s": 2.0, "read_s": 5.0, "start_to_close_s": 120},
+                 "idempotency": "completed"},
     "backends": [
         {"name": "vid-cheap", "protocol": "predictions", "kinds": ["video"], "tier": "draft",
          "base_url": "${ORCH_SIMULATOR_URL}/vid-cheap",

@@ -21,6 +21,7 @@ from orchestrator.backends import (
     TransientError,
     make_adapter,
 )
+from orchestrator.backends.errors import OutcomeUnknown
 from orchestrator.backends.transport import Http11Transport
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
@@ -121,20 +122,22 @@ def test_cancel_reaches_the_simulator(
     sim.control("vid-a", duration_ms=60_000)
     a = adapter(sim, "vid-a", http, sleeps)
     sub = a.submit(video(), "job-2:1")
-    assert a.cancel(sub.external_id) is True
+    stopped = a.cancel(sub.external_id)
+    assert stopped.status == "cancelled" and stopped.cost_micros == 0
     res = a.poll(sub.external_id)
     assert res.status == "cancelled" and res.cost_micros == 0 and res.error is None
     assert sim.counters("vid-a")["cancels"] == 1
 
 
-def test_cancel_of_a_finished_prediction_reports_false(
+def test_cancel_of_a_finished_prediction_reports_it_finished(
     sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     sim.control("vid-a", duration_ms=0)
     a = adapter(sim, "vid-a", http, sleeps)
     sub = a.submit(video(), "job-3:1")
-    assert a.cancel(sub.external_id) is False
-    assert a.poll(sub.external_id).status == "succeeded"
+    stopped = a.cancel(sub.external_id)
+    assert stopped.status == "succeeded" and stopped.cost_micros
+    assert a.poll(sub.external_id) == stopped
 
 
 def test_resubmitting_with_the_same_key_creates_one_provider_job(
@@ -165,7 +168,7 @@ def test_text_is_synchronous_and_priced_from_reported_tokens(
     assert res.cost_micros == actual_micros(sim.backend("txt-a"), res.usage)
     assert res.cost_micros == res.reported_cost_micros
     assert res.cost_micros <= estimate_micros(sim.backend("txt-a"), job)
-    assert a.cancel(sub.external_id) is False
+    assert a.cancel(sub.external_id) is None
     with pytest.raises(BackendFault) as info:
         a.poll(sub.external_id)
     assert info.value.code == "poll_unsupported"
@@ -288,15 +291,26 @@ def test_long_retry_after_goes_back_to_the_caller(
     assert err.strike is False and err.outcome is Outcome.TRANSIENT and sleeps.waits == []
 
 
-def test_slow_backend_times_out_as_transient(
+def test_a_slow_submission_is_an_unknown_outcome_and_a_slow_poll_transient(
     sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
+    """A submission sent and not answered in time may have created paid work: it is not
+    sent again within the call. A poll that times out is simply asked again."""
     spec = sim.backend("txt-a")
     quick = spec.model_copy(update={"timeouts": spec.timeouts.model_copy(update={"read_s": 0.2})})
     sim.control("txt-a", mode="slow", slow_ms=1000)
     a = make_adapter(quick, http, retry=fast_retry(sleeps, attempts=2))
-    with pytest.raises(TransientError) as info:
+    with pytest.raises(OutcomeUnknown) as unknown:
         a.submit(spec_of("text", {"prompt": "hi"}), "job-20:1")
+    assert unknown.value.details["cause"] == "backend_timeout"
+    assert unknown.value.attempts == 1 and sim.counters("txt-a")["submissions"] == 1
+
+    vid = sim.backend("vid-a")
+    sub = make_adapter(vid, http, retry=fast_retry(sleeps)).submit(video(), "job-20:2")
+    sim.control("vid-a", mode="slow", slow_ms=1000)
+    slow = vid.model_copy(update={"timeouts": vid.timeouts.model_copy(update={"read_s": 0.2})})
+    with pytest.raises(TransientError) as info:
+        make_adapter(slow, http, retry=fast_retry(sleeps, attempts=2)).poll(sub.external_id)
     assert info.value.code == "backend_timeout" and info.value.attempts == 2
 
 

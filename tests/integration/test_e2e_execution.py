@@ -53,7 +53,7 @@ def ledger_totals(r: Rig) -> tuple[int, int]:
 
 def sweeping(r: Rig) -> None:
     c = r.container
-    sweep(c.engine, c.ledger, c.enqueue, lambda: datetime.now(UTC), grace_s=3)
+    sweep(c.engine, c.ledger, c.enqueue, grace_s=3)
 
 
 def test_a_job_succeeds_and_is_settled_at_the_reported_cost(rig: Rig) -> None:

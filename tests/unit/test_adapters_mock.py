@@ -21,6 +21,7 @@ from orchestrator.backends import (
     TransientError,
     make_adapter,
 )
+from orchestrator.backends.errors import LookupUnsupported, OutcomeUnknown
 from orchestrator.backends.http import HttpAdapter, parse_retry_after, safe_token
 from orchestrator.domain.catalogue import BackendSpec, parse_catalogue
 from orchestrator.domain.jobs import JobSpec
@@ -35,6 +36,9 @@ CATALOGUE = parse_catalogue({
                    "resolution_multipliers": {"720p": 1.0, "1080p": 2.0}}},
         {"name": "txt", "protocol": "openai", "kinds": ["text"], "tier": "standard",
          "base_url": "http://provider.test/txt",
+         "price": {"model": "per_token", "usd_per_1k_input": 0.001, "usd_per_1k_output": 0.002}},
+        {"name": "txt-joins", "protocol": "openai", "kinds": ["text"], "tier": "standard",
+         "base_url": "http://provider.test/txt-joins", "idempotency": "inflight",
          "price": {"model": "per_token", "usd_per_1k_input": 0.001, "usd_per_1k_output": 0.002}},
         {"name": "img", "protocol": "openai", "kinds": ["image"], "tier": "standard",
          "base_url": "http://provider.test/img",
@@ -156,7 +160,8 @@ def test_request_carries_key_idempotency_and_catalogue_timeouts(
     assert req.headers["Authorization"] == "Bearer sk-live-123"
     assert req.headers["Idempotency-Key"] == "job-42:1"
     assert json.loads(req.content) == {"input": VIDEO.input}
-    assert req.extensions["timeout"] == {"connect": 1.5, "read": 7.0, "write": 7.0, "pool": 1.5}
+    assert req.extensions["timeout"] == {"connect": 1.5, "read": 7.0, "write": 7.0, "pool": 1.5,
+                                          "total": 7.0}
     assert "sk-live-123" not in caplog.text and "top secret" not in caplog.text
     assert "retrying backend=vid" in caplog.text
 
@@ -215,13 +220,13 @@ def test_status_codes_map_to_the_taxonomy(
     assert len(calls) == (3 if cls is TransientError else 1)
 
 
-def test_transport_errors_are_transient_and_retried() -> None:
+def test_a_request_that_never_reached_the_provider_is_retried() -> None:
     calls: list[int] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(1)
         if len(calls) < 3:
-            raise httpx.ReadTimeout("slow", request=request)
+            raise httpx.ConnectError("refused", request=request)
         return httpx.Response(200, json=CHAT)
 
     res = mock("txt", handler).submit(TEXT, "k").result
@@ -230,6 +235,86 @@ def test_transport_errors_are_transient_and_retried() -> None:
         mock("txt", lambda r: (_ for _ in ()).throw(httpx.ConnectError("refused"))).submit(
             TEXT, "k")
     assert info.value.code == "backend_connection" and info.value.attempts == 3
+    assert not info.value.delivered
+
+
+@pytest.mark.parametrize("lost", [httpx.ReadTimeout, httpx.RemoteProtocolError,
+                                  httpx.ReadError])
+def test_a_sent_submission_whose_answer_is_lost_is_never_repeated_blindly(
+    lost: type[httpx.TransportError],
+) -> None:
+    """Sent, then no answer: the provider may have created (and will bill) the work, so a
+    backend that does not join in-flight repeats of a key is not sent it again."""
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        raise lost("gone", request=request)
+
+    with pytest.raises(OutcomeUnknown) as info:
+        mock("txt", handler).submit(TEXT, "k")
+    assert len(calls) == 1 and info.value.code == "outcome_unknown"
+    assert info.value.details["cause"] in ("backend_timeout", "backend_connection")
+    calls.clear()
+    with pytest.raises(OutcomeUnknown):
+        mock("vid", handler).submit(VIDEO, "k")
+    assert len(calls) == 1
+
+
+def test_a_provider_that_joins_inflight_repeats_is_asked_again_with_the_same_key() -> None:
+    keys: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers.get("idempotency-key"))
+        if len(keys) < 3:
+            raise httpx.ReadTimeout("slow", request=request)
+        return httpx.Response(200, json=CHAT)
+
+    res = mock("txt-joins", handler).submit(TEXT, "job:1").result
+    assert res is not None and keys == ["job:1"] * 3
+
+
+def test_polls_are_retried_after_a_lost_answer() -> None:
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) < 2:
+            raise httpx.ReadTimeout("slow", request=request)
+        return httpx.Response(200, json={"id": "p1", "status": "processing"})
+
+    assert mock("vid", handler).poll("p1").status == "running" and len(calls) == 2
+
+
+def test_lookup_finds_the_prediction_created_under_the_key() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={"results": [
+            {"id": "p9", "status": "processing", "idempotency_key": "job:1"}]})
+
+    found = mock("vid", handler).lookup("job:1")
+    assert found is not None and found.external_id == "p9"
+    assert found.result is not None and found.result.status == "running"
+    assert seen == ["http://provider.test/vid/v1/predictions?idempotency_key=job%3A1"]
+    assert mock("vid", answer({"results": []})).lookup("job:1") is None
+
+
+@pytest.mark.parametrize("reply", [
+    answer({"detail": "Method Not Allowed"}, status=405),
+    answer({"error": {"code": "not_found"}}, status=404),
+    # a provider that ignores the filter and lists everyone's predictions
+    answer({"results": [{"id": "other", "status": "succeeded"}]}),
+    answer({"predictions": []}),
+])
+def test_lookup_is_unsupported_where_the_provider_cannot_answer_it_safely(
+    reply: Handler,
+) -> None:
+    with pytest.raises(LookupUnsupported):
+        mock("vid", reply).lookup("job:1")
+    with pytest.raises(LookupUnsupported):
+        mock("txt", reply).lookup("job:1")
 
 
 def test_retry_stops_at_the_total_time_budget() -> None:
