@@ -120,7 +120,7 @@ class Container:
     @cached_property
     def submitter(self) -> Submitter:
         return Submitter(self.engine, self.ledger, self.catalogue, self.health, self.enqueue,
-                         utcnow)
+                         utcnow, timedelta(seconds=self.settings.start_grace_s))
 
 
 _container: Container | None = None

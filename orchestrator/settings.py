@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     chain_grace_s: float = Field(
         default=60.0, gt=0, description="a job chain silent this long past its step is revived"
     )
+    start_grace_s: float = Field(
+        default=60.0, gt=0, le=3600,
+        description="a queued job whose start message has not run by then is started by "
+        "the sweeper",
+    )
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
     breaker_cooldown_cap_s: float = Field(default=600.0, gt=0)
     worker_concurrency: int = Field(

@@ -90,9 +90,13 @@ class ErrorInfo(_Out):
 class AttemptOut(_Out):
     backend: str
     external_id: str | None
-    outcome: str | None
+    outcome: str | None = Field(
+        description="null while in flight; succeeded, failed, cancelled, timeout, or "
+        "uncertain: the provider may have done (and billed) it and nothing could tell")
     error: ErrorInfo | None
     cost_usd: float | None
+    possible_cost_usd: float | None = Field(
+        default=None, description="an uncertain attempt's possible charge (its worst case)")
     started_at: str | None
     finished_at: str | None
 

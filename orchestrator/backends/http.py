@@ -119,11 +119,12 @@ class HttpAdapter(ABC):
 
     @property
     def call_window_s(self) -> float:
-        """The longest one call can take, its in-call retries included: every try may spend
-        its connect and read timeouts, and no wait between tries starts once the retry
-        budget is spent. The job chain's lease on a call in flight is this plus grace."""
+        """The longest one call can take, its in-call retries included: no try starts once
+        the retry budget (``total_s``) is spent, and a try takes at most its connect and
+        read timeouts (the transport bounds the whole exchange by ``read_s``). The job
+        chain's lease on a call in flight is this plus grace."""
         t = self.backend.timeouts
-        return self._retry.attempts * (t.connect_s + t.read_s) + self._retry.total_s
+        return self._retry.total_s + t.connect_s + t.read_s
 
     def lookup(self, reference: str) -> Submission | None:
         """The submission made with idempotency key ``reference`` (None: the provider has

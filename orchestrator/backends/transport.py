@@ -210,8 +210,11 @@ class Http11Transport(httpx.BaseTransport):
         read = timeout.get("read")
         total = timeout.get("total")
         deadline = None if total is None else time.monotonic() + total
+        write = timeout.get("write", read)
+        if total is not None:
+            write = total if write is None else min(write, total)
         try:
-            sock.settimeout(timeout.get("write", read))
+            sock.settimeout(write)  # sendall's whole duration, since Python 3.5
             sock.sendall(head + body)
         except OSError as exc:  # TimeoutError among them: not sent whole, so not acted on
             sock.close()

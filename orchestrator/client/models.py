@@ -32,6 +32,7 @@ class Attempt(_Model):
     outcome: str | None = None
     error: ErrorInfo | None = None
     cost_usd: float | None = None
+    possible_cost_usd: float | None = None  # an uncertain attempt's possible charge
     started_at: datetime | None = None
     finished_at: datetime | None = None
 

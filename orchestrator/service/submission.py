@@ -66,6 +66,7 @@ class Submitter:
         health: HealthPort,
         enqueue: EnqueuePort,
         clock: Callable[[], datetime],
+        start_grace: timedelta = START_GRACE,
     ) -> None:
         self.engine = engine
         self.ledger = ledger
@@ -73,6 +74,7 @@ class Submitter:
         self.health = health
         self.enqueue = enqueue
         self.clock = clock
+        self.start_grace = start_grace  # a job not started by then is the sweeper's
 
     def quote(self, spec: JobSpec) -> RoutePlan:
         """The ranked plan with reasons. Reads health; changes nothing."""
@@ -146,7 +148,7 @@ class Submitter:
                    spec=spec.model_dump(mode="json"), route=plan.to_quote(),
                    estimated_cost_micros=plan.worst_case_micros,
                    deadline_at=now + timedelta(seconds=spec.deadline_s), chain_token=token,
-                   wake_at=now + START_GRACE, idempotency_key=idempotency_key,
+                   wake_at=now + self.start_grace, idempotency_key=idempotency_key,
                    request_hash=rhash),
             covering_scopes(tenant, spec.project),
             hold_ttl=timedelta(seconds=spec.deadline_s) + HOLD_MARGIN,

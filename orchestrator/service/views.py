@@ -35,6 +35,8 @@ def job_resource(job: JobRow, attempts: list[AttemptRow]) -> dict[str, Any]:
                     {"code": a.error_code, "message": a.error_message} if a.error_code else None
                 ),
                 "cost_usd": micros_to_usd(a.cost_micros) if a.cost_micros is not None else None,
+                "possible_cost_usd": (micros_to_usd(a.possible_cost_micros)
+                                      if a.possible_cost_micros is not None else None),
                 "started_at": _iso(a.started_at),
                 "finished_at": _iso(a.finished_at),
             }

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,32 +157,41 @@ def e2e_sim() -> Iterator[RunningSimulator]:
 @pytest.fixture()
 def rig(db: Engine, database_url: str, redis_url: str, e2e_sim: RunningSimulator,
         tmp_path: Path) -> Iterator[Rig]:
+    with rig_for(E2E_CATALOGUE, db, database_url, redis_url, e2e_sim, tmp_path) as r:
+        yield r
+
+
+@contextmanager
+def rig_for(catalogue: dict[str, Any], db: Engine, database_url: str, redis_url: str,
+            sim: RunningSimulator, tmp_path: Path, **settings: Any) -> Iterator[Rig]:
+    """A rig whose workers read ``catalogue`` (the simulator ``sim`` serves its backends);
+    ``settings`` override the rig's Settings of this process."""
     redis.Redis.from_url(redis_url).flushdb()
     catalogue_file = tmp_path / "backends.yaml"
-    catalogue_file.write_text(yaml.safe_dump(E2E_CATALOGUE))
+    catalogue_file.write_text(yaml.safe_dump(catalogue))
     env = {
         **os.environ,
         "ORCH_DATABASE_URL": database_url,
         "ORCH_REDIS_URL": redis_url,
         "ORCH_BACKENDS_FILE": str(catalogue_file),
-        "ORCH_SIMULATOR_URL": e2e_sim.url,
+        "ORCH_SIMULATOR_URL": sim.url,
         "ORCH_POLL_MIN_S": "0.2",
         "ORCH_POLL_MAX_S": "0.5",
         "ORCH_CHAIN_GRACE_S": "3",
         "ORCH_BREAKER_COOLDOWN_S": "2",
         "ORCH_DATA_DIR": str(tmp_path / "data"),
     }
-    settings = Settings(database_url=database_url, redis_url=redis_url,
-                        backends_file=catalogue_file, simulator_url=e2e_sim.url,
-                        poll_min_s=0.2, poll_max_s=0.5, chain_grace_s=3,
-                        breaker_cooldown_s=2)
+    config = Settings(database_url=database_url, redis_url=redis_url,
+                      backends_file=catalogue_file, simulator_url=sim.url,
+                      **{"poll_min_s": 0.2, "poll_max_s": 0.5, "chain_grace_s": 3,
+                         "breaker_cooldown_s": 2, **settings})
     old = os.environ.get("ORCH_SIMULATOR_URL")
-    os.environ["ORCH_SIMULATOR_URL"] = e2e_sim.url  # for the catalogue loaded in this process
+    os.environ["ORCH_SIMULATOR_URL"] = sim.url  # for the catalogue loaded in this process
     broker = producer_app("e2e-producer", redis_url)
-    container = Container(settings, enqueue=CeleryEnqueue(broker))
+    container = Container(config, enqueue=CeleryEnqueue(broker))
     with httpx.Client(timeout=10.0) as http:
-        r = Rig(e2e_sim.url, env, db, redis_url, container, http)
-        http.post(f"{e2e_sim.url}/_control/_reset").raise_for_status()
+        r = Rig(sim.url, env, db, redis_url, container, http)
+        http.post(f"{sim.url}/_control/_reset").raise_for_status()
         try:
             yield r
         finally:

@@ -79,6 +79,16 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/cut-short":  # promises 100 bytes, sends 10, hangs up
             self._answer({"Content-Length": "100"}, b'{"cut": tr', close=True)
             return
+        if self.path == "/trickle":  # a byte every 50 ms: never idle for a read timeout
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            for _ in range(100):
+                if self.server.release.wait(0.05):
+                    return
+                self.wfile.write(b" ")
+                self.wfile.flush()
+            return
         self._send(200, {"path": self.path})
         if self.path == "/then-drop":  # the server ends an idle keep-alive connection
             self.close_connection = True
@@ -183,6 +193,17 @@ def test_no_answer_within_the_read_timeout_is_a_read_timeout(
         send(transport, "GET", url(server, "/hang"), extensions={"timeout": timeout.as_dict()})
     server.release.set()
     assert send(transport, "GET", url(server, "/fine")).json() == {"path": "/fine"}
+
+
+def test_an_answer_trickling_past_the_total_deadline_is_a_read_timeout(
+    server: Server, transport: Http11Transport,
+) -> None:
+    """Each piece comes well within the read timeout, but the whole answer is due within
+    ``total`` (without it, the 5 s answer would be read whole): a call never outlives the
+    lease the job chain gave it."""
+    with pytest.raises(httpx.ReadTimeout):
+        send(transport, "GET", url(server, "/trickle"),
+             extensions={"timeout": {"connect": 1.0, "read": 1.0, "total": 0.5}})
 
 
 def test_a_refused_connection_is_a_connect_error(transport: Http11Transport) -> None:
