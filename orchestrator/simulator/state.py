@@ -1,9 +1,11 @@
-"""In-memory state of the simulator: per-backend control knobs, counters, predictions and
-idempotency keys. Everything is touched from the event loop only (async handlers), so no locks.
+"""In-memory state of the simulator: per-backend control knobs, counters, predictions,
+idempotency keys and the submissions being processed. Everything is touched from the event
+loop only (async handlers and the tasks they start), so no locks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import zlib
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Mode = Literal["up", "down", "slow"]
 InjectedError = Literal["job_fault", "content_policy", "malformed", "prediction_failed"]
+Idempotency = Literal["inflight", "completed", "none"]
 
 
 class Control(BaseModel):
@@ -29,6 +32,11 @@ class Control(BaseModel):
       with that HTTP status, e.g. 429 or 502.
     - ``times``: how many more requests the ``error``/``status_code`` injection applies to
       (null: until changed); when it runs out both are cleared.
+    - ``idempotency``: what a submission whose ``Idempotency-Key`` was already seen on this
+      backend gets, decided when it arrives: ``inflight`` replays the first (waiting for it
+      while it is still being processed); ``completed`` replays it once it completed but
+      processes a repeat that arrives meanwhile as a new request (created and billed again);
+      ``none`` processes every request as new.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -43,6 +51,7 @@ class Control(BaseModel):
     retry_after_s: float | None = Field(default=None, ge=0)
     times: int | None = Field(default=None, ge=0)
     seed: int | None = None
+    idempotency: Idempotency = "completed"
 
 
 class ControlUpdate(BaseModel):
@@ -60,6 +69,7 @@ class ControlUpdate(BaseModel):
     retry_after_s: float | None = Field(default=None, ge=0)
     times: int | None = Field(default=None, ge=0)
     seed: int | None = None
+    idempotency: Idempotency | None = None
 
 
 @dataclass(slots=True)
@@ -68,7 +78,7 @@ class Counters:
     polls: int = 0
     cancels: int = 0
     created: int = 0  # provider jobs actually created (replays excluded)
-    replays: int = 0  # submissions answered from an earlier one with the same Idempotency-Key
+    replays: int = 0  # submissions answered with an earlier one's job (same Idempotency-Key)
     injected: int = 0  # requests answered with an injected error (down, status_code, fail_rate)
 
     def as_dict(self) -> dict[str, int]:
@@ -105,7 +115,13 @@ class BackendState:
     control: Control = field(default_factory=Control)
     counters: Counters = field(default_factory=Counters)
     predictions: dict[str, Prediction] = field(default_factory=dict)
-    replies: dict[str, Any] = field(default_factory=dict)  # Idempotency-Key -> id or response
+    # Idempotency-Key -> what a replay answers from (a prediction id, or a reply body): the
+    # first submission with that key that completed and created a job
+    replies: dict[str, Any] = field(default_factory=dict)
+    # Idempotency-Key -> the first submission with that key still being processed
+    processing: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    # every submission being processed (referenced so that none is collected half-way)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
@@ -144,4 +160,5 @@ class BackendState:
             "counters": self.counters.as_dict(),
             "predictions": len(self.predictions),
             "in_flight": in_flight,
+            "submissions_in_flight": len(self.tasks),
         }

@@ -1,0 +1,111 @@
+"""The create-then-poll predictions protocol (Replicate-like) of the simulator:
+
+    POST /<name>/v1/predictions               {"input": {...}}  -> 201, the prediction
+    GET  /<name>/v1/predictions/{id}          -> the prediction
+    POST /<name>/v1/predictions/{id}/cancel   -> the prediction
+
+A create is quick (its processing time is the backend's latency); the prediction then runs
+``duration_ms``, progressing by wall time since creation (no background work).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from orchestrator.domain.catalogue import BackendSpec
+from orchestrator.domain.jobs import Kind
+from orchestrator.simulator.core import (
+    Outcome,
+    Simulator,
+    error,
+    prefix_url,
+    raise_injected_rejection,
+)
+from orchestrator.simulator.state import BackendState, Prediction
+from orchestrator.simulator.work import (
+    CONTENT_POLICY_MARKER,
+    FAIL_MARKER,
+    cost_usd,
+    infer_kind,
+    metrics_of,
+    parse_job,
+    usage_for,
+)
+
+
+def add_routes(app: FastAPI, sim: Simulator) -> None:
+    def view(st: BackendState, p: Prediction, base: str) -> dict[str, Any]:
+        status = p.status(sim.clock())
+        out: dict[str, Any] = {
+            "id": p.id, "model": st.name, "status": status, "created_at": p.created_at,
+            "output": None, "error": None, "metrics": None,
+            "urls": {"get": f"{base}/v1/predictions/{p.id}",
+                     "cancel": f"{base}/v1/predictions/{p.id}/cancel"},
+        }
+        if status == "succeeded":
+            out.update(output=p.output, cost_usd=p.cost_usd,
+                       metrics={**p.metrics, "predict_time": p.duration_s})
+        elif status in ("failed", "canceled"):
+            out.update(error=p.failure, cost_usd=0.0)
+        return out
+
+    def create(spec: BackendSpec, st: BackendState, base: str, body: dict[str, Any],
+               key: str | None) -> Outcome:
+        injected = st.control.error
+        if injected is not None:
+            st.take_injection()
+            raise_injected_rejection(injected)
+        job = parse_job(spec, infer_kind(spec, body.get("input")), body.get("input"))
+        prompt = str(job.input["prompt"])
+        failure = None
+        if CONTENT_POLICY_MARKER in prompt:
+            failure = {"code": "content_policy_violation",
+                       "message": "the output was flagged by the content policy"}
+        elif FAIL_MARKER in prompt or injected == "prediction_failed":
+            failure = {"code": "internal_error", "message": "the model crashed"}
+        usage = usage_for(spec, job)
+        pid = uuid.uuid4().hex
+        ext = "mp4" if job.kind is Kind.VIDEO else "png" if job.kind is Kind.IMAGE else "txt"
+        pred = Prediction(
+            id=pid, created=sim.clock(), created_at=datetime.now(UTC).isoformat(),
+            duration_s=st.control.duration_ms / 1000, metrics=metrics_of(usage),
+            cost_usd=cost_usd(spec, usage), output=f"{base}/files/{pid}.{ext}", failure=failure,
+        )
+        st.predictions[pid] = pred
+        return Outcome(JSONResponse(view(st, pred, base), status_code=201), job=pid)
+
+    @app.post("/{backend}/v1/predictions")
+    async def create_prediction(backend: str, request: Request) -> Response:
+        spec, st = sim.backend(backend, "predictions")
+        base = prefix_url(request, backend)
+        return await sim.submit(
+            spec, st, request,
+            lambda body, key: create(spec, st, base, body, key),
+            lambda pid: JSONResponse(view(st, st.predictions[pid], base), status_code=201),
+        )
+
+    def find(st: BackendState, pid: str) -> Prediction:
+        pred = st.predictions.get(pid)
+        if pred is None:
+            raise error(404, "not_found", "no such prediction")
+        return pred
+
+    @app.get("/{backend}/v1/predictions/{pid}")
+    async def get_prediction(backend: str, pid: str, request: Request) -> dict[str, Any]:
+        spec, st = sim.backend(backend, "predictions")
+        await sim.guard(spec, st, request, "poll")
+        return view(st, find(st, pid), prefix_url(request, backend))
+
+    @app.post("/{backend}/v1/predictions/{pid}/cancel")
+    async def cancel_prediction(backend: str, pid: str, request: Request) -> dict[str, Any]:
+        spec, st = sim.backend(backend, "predictions")
+        await sim.guard(spec, st, request, "cancel")
+        pred = find(st, pid)
+        if pred.status(sim.clock()) in ("starting", "processing"):
+            pred.canceled_at = sim.clock()
+        return view(st, pred, prefix_url(request, backend))
