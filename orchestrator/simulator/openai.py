@@ -3,8 +3,8 @@
     POST /<name>/v1/chat/completions    {"messages": [...], "max_tokens"}
     POST /<name>/v1/images/generations  {"prompt", "n", "size"}
 
-A call's processing time is the backend's latency; the job is created when the call
-completes.
+A call's processing time is the backend's latency; the job is created, and billed the
+``cost_usd`` its answer reports, when the call completes (even if the client has gone away).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from orchestrator.domain.catalogue import BackendSpec
 from orchestrator.domain.jobs import Kind
+from orchestrator.domain.pricing import actual_micros
 from orchestrator.simulator.core import (
     Outcome,
     Simulator,
@@ -25,15 +26,15 @@ from orchestrator.simulator.core import (
     prefix_url,
     raise_injected_rejection,
 )
-from orchestrator.simulator.state import BackendState
+from orchestrator.simulator.state import BackendState, Bill
 from orchestrator.simulator.work import (
     CONTENT_POLICY_MARKER,
     Rejected,
     content_policy,
-    cost_usd,
     digest_id,
     parse_job,
     usage_for,
+    usd,
 )
 
 
@@ -45,7 +46,9 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
             raise_injected_rejection(kind)
             raise error(500, "server_error", "injected: the model crashed")
 
-    def made(answer: dict[str, Any]) -> Outcome:
+    def made(st: BackendState, key: str | None, micros: int, answer: dict[str, Any]) -> Outcome:
+        answer["cost_usd"] = usd(micros)
+        st.bills.append(Bill(sim.clock(), key, str(answer["id"]), micros))
         return Outcome(JSONResponse(answer), job=answer)
 
     def chat(spec: BackendSpec, st: BackendState, body: dict[str, Any],
@@ -65,14 +68,13 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
         max_tokens = int(job.input["max_tokens"])
         tin, tout = int(usage.input_tokens or 0), int(usage.output_tokens or 0)
         text = f"[{st.name}] simulated reply {digest_id('', st.name, prompt)[:16]} ({tout} tokens)"
-        return made({
+        return made(st, key, actual_micros(spec, usage), {
             "id": "chatcmpl-" + uuid.uuid4().hex, "object": "chat.completion",
             "created": int(time.time()), "model": str(body.get("model") or st.name),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": "length" if tout >= max_tokens else "stop"}],
             "usage": {"prompt_tokens": tin, "completion_tokens": tout,
                       "total_tokens": tin + tout},
-            "cost_usd": cost_usd(spec, usage),
         })
 
     def images(spec: BackendSpec, st: BackendState, base: str, body: dict[str, Any],
@@ -85,10 +87,9 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
         job = parse_job(spec, Kind.IMAGE, raw)
         usage = usage_for(spec, job)
         iid = "img-" + uuid.uuid4().hex
-        return made({
+        return made(st, key, actual_micros(spec, usage), {
             "id": iid, "created": int(time.time()),
             "data": [{"url": f"{base}/files/{iid}-{i}.png"} for i in range(int(job.input["n"]))],
-            "cost_usd": cost_usd(spec, usage),
         })
 
     def replay(answer: Any) -> Response:

@@ -5,7 +5,12 @@
     POST /<name>/v1/predictions/{id}/cancel   -> the prediction
 
 A create is quick (its processing time is the backend's latency); the prediction then runs
-``duration_ms``, progressing by wall time since creation (no background work).
+``duration_ms``, progressing by wall time since creation (no background work). Its answer
+reports ``cost_usd`` and ``metrics`` (the usage) once it ended: succeeded, the full run;
+failed, ``cost_usd`` 0 without metrics; canceled while running with ``cancel_bill_fraction``
+f > 0, the partial usage (video_seconds x f; images, output tokens rounded down) and its price,
+so that pricing the reported metrics with ``actual_micros`` gives exactly ``cost_usd``; with
+f = 0, ``cost_usd`` 0 without metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from fastapi.responses import JSONResponse, Response
 
 from orchestrator.domain.catalogue import BackendSpec
 from orchestrator.domain.jobs import Kind
+from orchestrator.domain.pricing import actual_micros
 from orchestrator.simulator.core import (
     Outcome,
     Simulator,
@@ -30,11 +36,12 @@ from orchestrator.simulator.state import BackendState, Prediction
 from orchestrator.simulator.work import (
     CONTENT_POLICY_MARKER,
     FAIL_MARKER,
-    cost_usd,
     infer_kind,
     metrics_of,
     parse_job,
+    partial_usage,
     usage_for,
+    usd,
 )
 
 
@@ -48,10 +55,15 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
                      "cancel": f"{base}/v1/predictions/{p.id}/cancel"},
         }
         if status == "succeeded":
-            out.update(output=p.output, cost_usd=p.cost_usd,
-                       metrics={**p.metrics, "predict_time": p.duration_s})
-        elif status in ("failed", "canceled"):
+            out.update(output=p.output, cost_usd=usd(p.cost_micros),
+                       metrics={**metrics_of(p.usage), "predict_time": p.duration_s})
+        elif status == "failed":
             out.update(error=p.failure, cost_usd=0.0)
+        elif status == "canceled":
+            out.update(error=p.failure, cost_usd=usd(p.canceled_micros))
+            if p.canceled_usage is not None:
+                out["metrics"] = {**metrics_of(p.canceled_usage),
+                                  "predict_time": p.ended() - p.created}
         return out
 
     def create(spec: BackendSpec, st: BackendState, base: str, body: dict[str, Any],
@@ -73,8 +85,9 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
         ext = "mp4" if job.kind is Kind.VIDEO else "png" if job.kind is Kind.IMAGE else "txt"
         pred = Prediction(
             id=pid, created=sim.clock(), created_at=datetime.now(UTC).isoformat(),
-            duration_s=st.control.duration_ms / 1000, metrics=metrics_of(usage),
-            cost_usd=cost_usd(spec, usage), output=f"{base}/files/{pid}.{ext}", failure=failure,
+            duration_s=st.control.duration_ms / 1000, usage=usage,
+            cost_micros=actual_micros(spec, usage), output=f"{base}/files/{pid}.{ext}",
+            reference=key, failure=failure,
         )
         st.predictions[pid] = pred
         return Outcome(JSONResponse(view(st, pred, base), status_code=201), job=pid)
@@ -106,6 +119,11 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
         spec, st = sim.backend(backend, "predictions")
         await sim.guard(spec, st, request, "cancel")
         pred = find(st, pid)
-        if pred.status(sim.clock()) in ("starting", "processing"):
-            pred.canceled_at = sim.clock()
+        now = sim.clock()
+        if pred.status(now) in ("starting", "processing"):
+            pred.canceled_at = now
+            fraction = st.control.cancel_bill_fraction
+            if fraction > 0:
+                pred.canceled_usage = partial_usage(pred.usage, fraction)
+                pred.canceled_micros = actual_micros(spec, pred.canceled_usage)
         return view(st, pred, prefix_url(request, backend))

@@ -1,6 +1,12 @@
 """In-memory state of the simulator: per-backend control knobs, counters, predictions,
-idempotency keys and the submissions being processed. Everything is touched from the event
-loop only (async handlers and the tasks they start), so no locks.
+idempotency keys, the submissions being processed and the provider's bills. Everything is
+touched from the event loop only (async handlers and the tasks they start), so no locks.
+
+Bills: every provider job created is billed what the provider charges, in integer micro-USD
+equal to the ``cost_usd`` its answer reports (x 1e6): an OpenAI call when it completes (even
+if its client has gone away); a prediction when it ends: succeeded, its full cost; failed, 0;
+canceled while running, ``cancel_bill_fraction`` of its usage priced by the catalogue. A
+running prediction is not billed yet. ``snapshot`` lists them, in the order they were billed.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.domain.pricing import Usage
 
 Mode = Literal["up", "down", "slow"]
 InjectedError = Literal["job_fault", "content_policy", "malformed", "prediction_failed"]
@@ -37,6 +45,8 @@ class Control(BaseModel):
       while it is still being processed); ``completed`` replays it once it completed but
       processes a repeat that arrives meanwhile as a new request (created and billed again);
       ``none`` processes every request as new.
+    - ``cancel_bill_fraction``: the share of its usage a prediction canceled while running is
+      billed (0: nothing, as before; a per-request price bills the whole request if above 0).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -52,6 +62,7 @@ class Control(BaseModel):
     times: int | None = Field(default=None, ge=0)
     seed: int | None = None
     idempotency: Idempotency = "completed"
+    cancel_bill_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class ControlUpdate(BaseModel):
@@ -70,6 +81,7 @@ class ControlUpdate(BaseModel):
     times: int | None = Field(default=None, ge=0)
     seed: int | None = None
     idempotency: Idempotency | None = None
+    cancel_bill_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 @dataclass(slots=True)
@@ -88,17 +100,42 @@ class Counters:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Bill:
+    at: float  # monotonic seconds: when it was billed
+    reference: str | None  # the Idempotency-Key the job was created with
+    id: str  # the provider's job id
+    cost_micros: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference, "id": self.id, "cost_micros": self.cost_micros}
+
+
 @dataclass(slots=True)
 class Prediction:
     id: str
     created: float  # monotonic seconds
     created_at: str
     duration_s: float
-    metrics: dict[str, Any]
-    cost_usd: float
+    usage: Usage  # of a full run
+    cost_micros: int  # of a full run
     output: str
+    reference: str | None = None
     failure: dict[str, str] | None = None
     canceled_at: float | None = None
+    canceled_usage: Usage | None = None  # what a cancel billed (None: nothing)
+    canceled_micros: int = 0
+
+    def ended(self) -> float:
+        """When it ended (or will end, if it is running)."""
+        return self.canceled_at if self.canceled_at is not None else self.created + self.duration_s
+
+    def bill(self, now: float) -> Bill | None:
+        """The provider's bill for it: None while it runs."""
+        status = self.status(now)
+        cost = {"succeeded": self.cost_micros, "failed": 0,
+                "canceled": self.canceled_micros}.get(status)
+        return None if cost is None else Bill(self.ended(), self.reference, self.id, cost)
 
     def status(self, now: float) -> str:
         if self.canceled_at is not None:
@@ -122,6 +159,7 @@ class BackendState:
     processing: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
     # every submission being processed (referenced so that none is collected half-way)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    bills: list[Bill] = field(default_factory=list)  # OpenAI calls' (predictions: see bill())
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
@@ -149,11 +187,17 @@ class BackendState:
             update.update(times=None, error=None, status_code=None, retry_after_s=None)
         self.control = self.control.model_copy(update=update)
 
+    def all_bills(self, now: float) -> list[Bill]:
+        """Every bill so far, in the order they were billed (predictions' from their state)."""
+        ended = (p.bill(now) for p in self.predictions.values())
+        return sorted([*self.bills, *(b for b in ended if b is not None)], key=lambda b: b.at)
+
     def snapshot(self, now: float) -> dict[str, Any]:
         in_flight = sum(
             1 for p in self.predictions.values()
             if p.status(now) in ("starting", "processing")
         )
+        bills = self.all_bills(now)
         return {
             "backend": self.name,
             **self.control.model_dump(),
@@ -161,4 +205,6 @@ class BackendState:
             "predictions": len(self.predictions),
             "in_flight": in_flight,
             "submissions_in_flight": len(self.tasks),
+            "billed_micros": sum(b.cost_micros for b in bills),
+            "bills": [b.as_dict() for b in bills],
         }

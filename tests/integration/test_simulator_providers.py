@@ -13,10 +13,26 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestrator.backends import make_adapter
+from orchestrator.backends.transport import Http11Transport
+from orchestrator.domain.jobs import JobSpec
+from orchestrator.domain.pricing import Usage, actual_micros
+from orchestrator.simulator.work import partial_usage
 from tests.integration.simulator_fixture import Sim, sim_fixture, sim_server_fixture  # noqa: F401
 
 CHAT = {"max_tokens": 64, "messages": [{"role": "user", "content": "a haiku on ledgers"}]}
 VIDEO = {"prompt": "a red kite", "duration_s": 5, "resolution": "720p"}
+
+
+def micros(answer: dict[str, Any]) -> int:
+    """The cost an answer reports, in micro-USD (exact: the simulator reports micros / 1e6)."""
+    value = round(answer["cost_usd"] * 1_000_000)
+    assert value / 1_000_000 == answer["cost_usd"]
+    return value
+
+
+def usage_of(metrics: dict[str, Any]) -> Usage:
+    return Usage(**{k: v for k, v in metrics.items() if k != "predict_time"})
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -24,6 +40,18 @@ def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.005)
+
+
+def get(sim: Sim, name: str, pid: str) -> dict[str, Any]:
+    resp = sim.http.get(f"{sim.url}/{name}/v1/predictions/{pid}")
+    assert resp.status_code == 200, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def wait_status(sim: Sim, name: str, pid: str, wanted: str) -> dict[str, Any]:
+    wait_until(lambda: get(sim, name, pid)["status"] == wanted)
+    return get(sim, name, pid)
 
 
 def submit(sim: Sim, backend: str, key: str | None) -> httpx.Response:
@@ -67,8 +95,10 @@ def test_completed_mode_makes_a_repeat_in_flight_a_new_job(sim: Sim, backend: st
     sim.control(backend, latency_ms=400, duration_ms=0)
     one, two = twice_while_first_in_flight(sim, backend, "job-1")
     assert one.json()["id"] != two.json()["id"]
-    counters = sim.counters(backend)
-    assert (counters["created"], counters["replays"]) == (2, 0)
+    state = sim.state(backend)
+    assert (state["counters"]["created"], state["counters"]["replays"]) == (2, 0)
+    assert [b["reference"] for b in state["bills"]] == ["job-1", "job-1"]  # both paid for
+    assert state["billed_micros"] == micros(one.json()) + micros(two.json())
     three = submit(sim, backend, "job-1")  # after completion: the first one's job
     assert three.json()["id"] == one.json()["id"]
     assert sim.counters(backend)["created"] == 2 and sim.counters(backend)["replays"] == 1
@@ -107,3 +137,119 @@ def test_bad_knobs_are_refused_as_invalid_control(sim: Sim, knobs: dict[str, Any
     resp = sim.http.post(f"{sim.url}/_control/vid-a", json=knobs)
     assert resp.status_code == 422
     assert resp.json()["error"]["code"] == "invalid_control"
+
+
+# -- bills --------------------------------------------------------------------------------
+
+
+def test_billed_micros_is_the_sum_of_the_costs_the_answers_reported(sim: Sim) -> None:
+    sim.control("vid-a", duration_ms=50)
+    answers: dict[str, list[dict[str, Any]]] = {"txt-a": [], "txt-flat": [], "img-a": []}
+    for i in range(3):
+        for name in ("txt-a", "txt-flat"):
+            body = {"max_tokens": 50 + i, "messages": [{"role": "user", "content": f"q{i}"}]}
+            headers = {"Idempotency-Key": f"{name}-{i}"} if i else {}
+            resp = sim.http.post(f"{sim.url}/{name}/v1/chat/completions", json=body,
+                                 headers=headers)
+            answers[name].append(resp.json())
+        resp = sim.http.post(f"{sim.url}/img-a/v1/images/generations",
+                             json={"prompt": "a fox", "n": i + 1, "size": "1024x1024"})
+        answers["img-a"].append(resp.json())
+    pids = [submit(sim, "vid-a", f"v{i}").json()["id"] for i in range(3)]
+    videos = [wait_status(sim, "vid-a", pid, "succeeded") for pid in pids]
+    for name, done in [*answers.items(), ("vid-a", videos)]:
+        state = sim.state(name)
+        assert state["billed_micros"] == sum(micros(a) for a in done) > 0, name
+        assert [b["id"] for b in state["bills"]] == [a["id"] for a in done], name
+        assert [b["cost_micros"] for b in state["bills"]] == [micros(a) for a in done], name
+    refs = [b["reference"] for b in sim.state("txt-a")["bills"]]
+    assert refs == [None, "txt-a-1", "txt-a-2"]
+    assert [b["reference"] for b in sim.state("vid-a")["bills"]] == ["v0", "v1", "v2"]
+    for video in videos:
+        assert micros(video) == actual_micros(sim.backend("vid-a"), usage_of(video["metrics"]))
+
+
+def test_a_running_prediction_is_billed_once_it_ends_and_a_failed_one_bills_nothing(
+    sim: Sim,
+) -> None:
+    sim.control("vid-a", duration_ms=300)
+    ok = submit(sim, "vid-a", "ok").json()["id"]
+    failed = sim.http.post(f"{sim.url}/vid-a/v1/predictions",
+                           json={"input": {**VIDEO, "prompt": "x [[fail]]"}}).json()["id"]
+    assert sim.state("vid-a")["bills"] == []  # both running
+    done = wait_status(sim, "vid-a", ok, "succeeded")
+    assert wait_status(sim, "vid-a", failed, "failed")["cost_usd"] == 0.0
+    state = sim.state("vid-a")
+    assert {b["id"]: b["cost_micros"] for b in state["bills"]} == {ok: micros(done), failed: 0}
+    assert state["billed_micros"] == micros(done)
+    assert sim.state("vid-a")["bills"] == state["bills"]  # read twice, billed once
+
+
+def test_a_call_is_billed_even_when_its_client_went_away(sim: Sim) -> None:
+    sim.control("txt-a", latency_ms=400)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{sim.url}/txt-a/v1/chat/completions", json=CHAT,
+                   headers={"Idempotency-Key": "gone"}, timeout=httpx.Timeout(10.0, read=0.1))
+    wait_until(lambda: sim.state("txt-a")["billed_micros"] > 0)
+    state = sim.state("txt-a")
+    assert state["counters"]["created"] == 1 and state["bills"][0]["reference"] == "gone"
+    replay = submit(sim, "txt-a", "gone").json()  # the answer it lost, replayed
+    assert replay["id"] == state["bills"][0]["id"] and micros(replay) == state["billed_micros"]
+
+
+@pytest.mark.parametrize(("fraction", "seconds"), [(0.5, 4.25), (0.3, 2.55), (1.0, 8.5)])
+def test_a_canceled_prediction_bills_its_fraction_priced_as_its_metrics_say(
+    sim: Sim, fraction: float, seconds: float,
+) -> None:
+    sim.control("vid-a", duration_ms=60_000, cancel_bill_fraction=fraction)
+    inp = {"prompt": "p", "duration_s": 8.5, "resolution": "1080p"}
+    pid = sim.http.post(f"{sim.url}/vid-a/v1/predictions", json={"input": inp},
+                        headers={"Idempotency-Key": "c1"}).json()["id"]
+    canceled = sim.http.post(f"{sim.url}/vid-a/v1/predictions/{pid}/cancel").json()
+    assert canceled["status"] == "canceled"
+    assert canceled["metrics"]["video_seconds"] == seconds
+    assert canceled["metrics"]["resolution"] == "1080p"
+    cost = micros(canceled)
+    assert cost == actual_micros(sim.backend("vid-a"), usage_of(canceled["metrics"])) > 0
+    full = actual_micros(sim.backend("vid-a"), Usage(video_seconds=8.5, resolution="1080p"))
+    if fraction == 0.5:
+        assert cost == full // 2  # 531_250
+    assert get(sim, "vid-a", pid) == canceled  # the same on every read
+    state = sim.state("vid-a")
+    assert state["bills"] == [{"reference": "c1", "id": pid, "cost_micros": cost}]
+    assert state["billed_micros"] == cost
+
+
+def test_the_engine_adapter_prices_a_partial_cancel_as_billed(sim: Sim) -> None:
+    sim.control("vid-b", duration_ms=60_000, cancel_bill_fraction=0.25)
+    transport = Http11Transport()
+    try:
+        a = make_adapter(sim.backend("vid-b"), transport)
+        job = JobSpec.model_validate({"kind": "video", "input": {
+            "prompt": "p", "duration_s": 7.3, "resolution": "1080p"}})
+        sub = a.submit(job, "job-1:1")
+        assert a.cancel(sub.external_id) is True
+        res = a.poll(sub.external_id)
+    finally:
+        transport.close()
+    assert res.status == "cancelled" and not res.cost_mismatch
+    assert res.usage == Usage(video_seconds=1.825, resolution="1080p")
+    bill = sim.state("vid-b")["bills"][0]
+    assert res.cost_micros == res.reported_cost_micros == bill["cost_micros"] > 0
+    assert bill["reference"] == "job-1:1"
+
+
+def test_without_a_cancel_bill_fraction_a_cancel_bills_nothing(sim: Sim) -> None:
+    sim.control("vid-a", duration_ms=60_000)
+    pid = submit(sim, "vid-a", None).json()["id"]
+    canceled = sim.http.post(f"{sim.url}/vid-a/v1/predictions/{pid}/cancel").json()
+    assert (canceled["cost_usd"], canceled["metrics"]) == (0.0, None)
+    assert sim.state("vid-a")["bills"] == [{"reference": None, "id": pid, "cost_micros": 0}]
+
+
+def test_partial_usage_rounds_whole_units_down() -> None:
+    assert partial_usage(Usage(images=3, image_size="512x512"), 0.5).images == 1
+    assert partial_usage(Usage(images=10, image_size="512x512"), 0.7).images == 7
+    tokens = partial_usage(Usage(input_tokens=40, output_tokens=99), 0.5)
+    assert (tokens.input_tokens, tokens.output_tokens) == (40, 49)
+    assert partial_usage(Usage(video_seconds=5.0, resolution="720p"), 0.0).video_seconds == 0.0
