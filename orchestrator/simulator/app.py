@@ -19,7 +19,9 @@ errors that create nothing, then the work: an OpenAI call's result, or a predict
 runs ``duration_ms``. Processing runs to its end even when the client has gone away. Only a
 submission that created a job claims its key (the first one to complete, if several did); a
 repeat of one that ended in an error is processed anew (repeats waiting on it in mode inflight
-get the same error).
+get the same error). ``drop_answers`` then loses the answers of the next successful
+submissions after their work was done: the connection closes before the answer's body (see
+drop.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pydantic import ValidationError
 from orchestrator.domain.catalogue import Catalogue
 from orchestrator.simulator import openai, predictions
 from orchestrator.simulator.core import Answer, Simulator, error, json_body
+from orchestrator.simulator.drop import DropAnswers, quiet_uvicorn
 from orchestrator.simulator.state import ControlUpdate
 from orchestrator.simulator.work import Rejected
 
@@ -84,4 +87,6 @@ def create_app(catalogue: Catalogue, *, clock: Callable[[], float] = time.monoto
 
     predictions.add_routes(app, sim)
     openai.add_routes(app, sim)
+    app.add_middleware(DropAnswers)
+    quiet_uvicorn()
     return app

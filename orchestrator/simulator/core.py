@@ -14,6 +14,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from orchestrator.domain.catalogue import BackendSpec, Catalogue
+from orchestrator.simulator.drop import drop_answer
 from orchestrator.simulator.state import BackendState, Control
 from orchestrator.simulator.work import Rejected, content_policy
 
@@ -141,21 +142,29 @@ class Simulator:
         whether it is a replay (answered from the first job made with that key, counted in
         ``replays``) or new. A new one is processed in a task of its own (processing time, then
         injected errors, then ``work``), so that it completes, creates and bills even if its
-        client goes away."""
+        client goes away. A successful answer (new or replayed) may then be dropped
+        (``drop_answers``)."""
         self.arrive(spec, st, request, "submit")
         body = await json_body(request)
         key = request.headers.get("idempotency-key") or None
+        response, ok = await self._answer(st, body, key, work, replay)
+        if ok and st.take_drop():
+            drop_answer(request, st.name)
+        return response
+
+    async def _answer(self, st: BackendState, body: dict[str, Any], key: str | None,
+                      work: Work, replay: Replay) -> tuple[Response, bool]:
         mode = st.control.idempotency
         if key is not None and mode != "none":
             if key in st.replies:
                 st.counters.replays += 1
-                return replay(st.replies[key])
+                return replay(st.replies[key]), True
             first = st.processing.get(key)
             if first is not None and mode == "inflight":
                 outcome: Outcome = await asyncio.shield(first)
                 if outcome.job is not None:
                     st.counters.replays += 1
-                return outcome.response
+                return outcome.response, outcome.job is not None
         task = asyncio.create_task(self._process(st, body, key, work))
         st.tasks.add(task)
         task.add_done_callback(st.tasks.discard)
@@ -164,7 +173,7 @@ class Simulator:
             task.add_done_callback(lambda t: _forget(st, key, t))
         # shielded: a client that goes away cancels its handler, never the provider's work
         outcome = await asyncio.shield(task)
-        return outcome.response
+        return outcome.response, outcome.job is not None
 
     async def _process(self, st: BackendState, body: dict[str, Any], key: str | None,
                        work: Work) -> Outcome:

@@ -47,6 +47,10 @@ class Control(BaseModel):
       ``none`` processes every request as new.
     - ``cancel_bill_fraction``: the share of its usage a prediction canceled while running is
       billed (0: nothing, as before; a per-request price bills the whole request if above 0).
+    - ``drop_answers``: how many of the next submissions answered with success (a new job or a
+      replay) lose their answer: processed in full (created, billed, remembered under their
+      key), then the connection is closed after the answer's head, before its body (null or
+      0: none). Counts down; null when it runs out.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -63,6 +67,7 @@ class Control(BaseModel):
     seed: int | None = None
     idempotency: Idempotency = "completed"
     cancel_bill_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    drop_answers: int | None = Field(default=None, ge=0)
 
 
 class ControlUpdate(BaseModel):
@@ -82,6 +87,7 @@ class ControlUpdate(BaseModel):
     seed: int | None = None
     idempotency: Idempotency | None = None
     cancel_bill_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    drop_answers: int | None = Field(default=None, ge=0)
 
 
 @dataclass(slots=True)
@@ -92,11 +98,13 @@ class Counters:
     created: int = 0  # provider jobs actually created (replays excluded)
     replays: int = 0  # submissions answered with an earlier one's job (same Idempotency-Key)
     injected: int = 0  # requests answered with an injected error (down, status_code, fail_rate)
+    dropped: int = 0  # submissions whose answer was dropped (drop_answers)
 
     def as_dict(self) -> dict[str, int]:
         return {
             "submissions": self.submissions, "polls": self.polls, "cancels": self.cancels,
             "created": self.created, "replays": self.replays, "injected": self.injected,
+            "dropped": self.dropped,
         }
 
 
@@ -186,6 +194,15 @@ class BackendState:
         if times <= 0:
             update.update(times=None, error=None, status_code=None, retry_after_s=None)
         self.control = self.control.model_copy(update=update)
+
+    def take_drop(self) -> bool:
+        """Whether to drop this answer (``drop_answers`` counts down; counted in dropped)."""
+        left = self.control.drop_answers
+        if not left:
+            return False
+        self.control = self.control.model_copy(update={"drop_answers": left - 1 or None})
+        self.counters.dropped += 1
+        return True
 
     def all_bills(self, now: float) -> list[Bill]:
         """Every bill so far, in the order they were billed (predictions' from their state)."""

@@ -5,15 +5,16 @@ All over real HTTP, concurrency driven by threads and the latency knob."""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
-from orchestrator.backends import make_adapter
+from orchestrator.backends import RetryPolicy, TransientError, make_adapter
 from orchestrator.backends.transport import Http11Transport
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage, actual_micros
@@ -253,3 +254,80 @@ def test_partial_usage_rounds_whole_units_down() -> None:
     tokens = partial_usage(Usage(input_tokens=40, output_tokens=99), 0.5)
     assert (tokens.input_tokens, tokens.output_tokens) == (40, 49)
     assert partial_usage(Usage(video_seconds=5.0, resolution="720p"), 0.0).video_seconds == 0.0
+
+
+# -- dropped answers ----------------------------------------------------------------------
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture()
+def uvicorn_errors() -> Iterator[list[logging.LogRecord]]:
+    handler = Records()
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    yield handler.records
+    logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("mode", ["inflight", "completed", "none"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_dropped_answer_was_created_and_billed_once(
+    sim: Sim, backend: str, mode: str, uvicorn_errors: list[logging.LogRecord],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sim.control(backend, idempotency=mode, drop_answers=1, duration_ms=0)
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        submit(sim, backend, "job-1")
+    state = sim.state(backend)
+    assert state["counters"]["created"] == state["counters"]["dropped"] == 1
+    assert state["drop_answers"] is None  # used up
+    [bill] = state["bills"]
+    assert bill["reference"] == "job-1" and bill["cost_micros"] == state["billed_micros"] > 0
+    again = submit(sim, backend, "job-1")  # the next answer arrives
+    assert again.status_code in (200, 201)
+    if mode == "none":
+        assert again.json()["id"] != bill["id"]
+        assert sim.counters(backend)["created"] == 2
+    else:
+        assert again.json()["id"] == bill["id"] and micros(again.json()) == bill["cost_micros"]
+        assert sim.counters(backend)["created"] == 1
+        assert sim.counters(backend)["replays"] == 1
+    assert not [r for r in uvicorn_errors if r.levelno >= logging.ERROR]
+    drops = [r for r in caplog.records if "dropped an answer" in r.getMessage()]
+    assert len(drops) == 1 and drops[0].levelno == logging.WARNING
+
+
+def test_the_engine_wire_sees_a_dropped_answer_as_a_broken_connection(sim: Sim) -> None:
+    sim.control("txt-a", drop_answers=2)
+    transport = Http11Transport()
+    try:
+        a = make_adapter(sim.backend("txt-a"), transport, retry=RetryPolicy(attempts=1))
+        job = JobSpec.model_validate({"kind": "text", "input": {"prompt": "hello"}})
+        for _ in range(2):
+            with pytest.raises(TransientError) as info:
+                a.submit(job, "job-1:1")
+            assert info.value.code == "backend_connection"
+        sub = a.submit(job, "job-1:1")  # the third answer arrives: the first call, replayed
+    finally:
+        transport.close()
+    state = sim.state("txt-a")
+    counters = state["counters"]
+    assert (counters["created"], counters["replays"], counters["dropped"]) == (1, 2, 2)
+    assert sub.result is not None and sub.result.cost_micros == state["billed_micros"] > 0
+    assert [b["id"] for b in state["bills"]] == [sub.external_id]
+
+
+def test_errors_are_not_dropped(sim: Sim) -> None:
+    sim.control("vid-a", drop_answers=1, status_code=503, times=1)
+    assert submit(sim, "vid-a", "k").status_code == 503
+    assert sim.state("vid-a")["drop_answers"] == 1
+    with pytest.raises(httpx.RemoteProtocolError):
+        submit(sim, "vid-a", "k")
