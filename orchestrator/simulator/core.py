@@ -18,7 +18,7 @@ from orchestrator.simulator.drop import drop_answer
 from orchestrator.simulator.state import BackendState, Control
 from orchestrator.simulator.work import Rejected, content_policy
 
-RequestKind = Literal["submit", "poll", "cancel"]
+RequestKind = Literal["submit", "poll", "cancel", "lookup"]
 
 
 class Answer(Exception):
@@ -101,8 +101,10 @@ class Simulator:
             c.submissions += 1
         elif kind == "poll":
             c.polls += 1
-        else:
+        elif kind == "cancel":
             c.cancels += 1
+        else:
+            c.lookups += 1
         key = spec.api_key()
         if key and request.headers.get("authorization") != f"Bearer {key}":
             raise error(401, "invalid_api_key", "missing or wrong API key")

@@ -3,6 +3,14 @@
     POST /<name>/v1/predictions               {"input": {...}}  -> 201, the prediction
     GET  /<name>/v1/predictions/{id}          -> the prediction
     POST /<name>/v1/predictions/{id}/cancel   -> the prediction
+    GET  /<name>/v1/predictions?idempotency_key=<key>
+                                              -> {"results": [the predictions created with that
+                                                 Idempotency-Key, newest first]}
+    GET  /<name>/v1/predictions               -> {"results": [the latest 100, newest first]}
+
+The lookup by client reference answers whatever the ``idempotency`` mode (a client finds the
+work whose create answer it lost); it is counted in ``lookups`` and otherwise treated as a poll
+(latency, injected errors).
 
 A create is quick (its processing time is the backend's latency); the prediction then runs
 ``duration_ms``, progressing by wall time since creation (no background work). Its answer
@@ -16,7 +24,9 @@ f = 0, ``cost_usd`` 0 without metrics.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,6 +53,8 @@ from orchestrator.simulator.work import (
     usage_for,
     usd,
 )
+
+LIST_LIMIT = 100  # predictions listed without a filter
 
 
 def add_routes(app: FastAPI, sim: Simulator) -> None:
@@ -90,6 +102,8 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
             reference=key, failure=failure,
         )
         st.predictions[pid] = pred
+        if key is not None:
+            st.references.setdefault(key, []).append(pid)
         return Outcome(JSONResponse(view(st, pred, base), status_code=201), job=pid)
 
     @app.post("/{backend}/v1/predictions")
@@ -101,6 +115,18 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
             lambda body, key: create(spec, st, base, body, key),
             lambda pid: JSONResponse(view(st, st.predictions[pid], base), status_code=201),
         )
+
+    @app.get("/{backend}/v1/predictions")
+    async def list_predictions(backend: str, request: Request,
+                               idempotency_key: str | None = None) -> dict[str, Any]:
+        spec, st = sim.backend(backend, "predictions")
+        await sim.guard(spec, st, request, "lookup")
+        base = prefix_url(request, backend)
+        if idempotency_key is None:
+            newest: Iterable[str] = islice(reversed(st.predictions), LIST_LIMIT)
+        else:
+            newest = reversed(st.references.get(idempotency_key, []))
+        return {"results": [view(st, st.predictions[pid], base) for pid in newest]}
 
     def find(st: BackendState, pid: str) -> Prediction:
         pred = st.predictions.get(pid)

@@ -99,12 +99,13 @@ class Counters:
     replays: int = 0  # submissions answered with an earlier one's job (same Idempotency-Key)
     injected: int = 0  # requests answered with an injected error (down, status_code, fail_rate)
     dropped: int = 0  # submissions whose answer was dropped (drop_answers)
+    lookups: int = 0  # prediction list requests (by idempotency_key or not)
 
     def as_dict(self) -> dict[str, int]:
         return {
             "submissions": self.submissions, "polls": self.polls, "cancels": self.cancels,
             "created": self.created, "replays": self.replays, "injected": self.injected,
-            "dropped": self.dropped,
+            "dropped": self.dropped, "lookups": self.lookups,
         }
 
 
@@ -159,7 +160,9 @@ class BackendState:
     name: str
     control: Control = field(default_factory=Control)
     counters: Counters = field(default_factory=Counters)
-    predictions: dict[str, Prediction] = field(default_factory=dict)
+    predictions: dict[str, Prediction] = field(default_factory=dict)  # in creation order
+    # Idempotency-Key -> every prediction created with it, oldest first (whatever the mode)
+    references: dict[str, list[str]] = field(default_factory=dict)
     # Idempotency-Key -> what a replay answers from (a prediction id, or a reply body): the
     # first submission with that key that completed and created a job
     replies: dict[str, Any] = field(default_factory=dict)

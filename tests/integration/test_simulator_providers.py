@@ -256,6 +256,51 @@ def test_partial_usage_rounds_whole_units_down() -> None:
     assert partial_usage(Usage(video_seconds=5.0, resolution="720p"), 0.0).video_seconds == 0.0
 
 
+# -- lookup by client reference ------------------------------------------------------------
+
+
+def lookup(sim: Sim, backend: str, key: str | None = None) -> list[dict[str, Any]]:
+    params = {"idempotency_key": key} if key is not None else {}
+    resp = sim.http.get(f"{sim.url}/{backend}/v1/predictions", params=params)
+    assert resp.status_code == 200, resp.text
+    results: list[dict[str, Any]] = resp.json()["results"]
+    return results
+
+
+@pytest.mark.parametrize("mode", ["inflight", "completed", "none"])
+def test_predictions_are_found_by_idempotency_key_newest_first(sim: Sim, mode: str) -> None:
+    sim.control("vid-a", idempotency=mode, duration_ms=60_000)
+    first = submit(sim, "vid-a", "job-1").json()["id"]
+    other = submit(sim, "vid-a", "job-2").json()["id"]
+    again = submit(sim, "vid-a", "job-1").json()["id"]
+    plain = submit(sim, "vid-a", None).json()["id"]
+    expected = [again, first] if mode == "none" else [first]
+    assert [p["id"] for p in lookup(sim, "vid-a", "job-1")] == expected
+    assert lookup(sim, "vid-a", "job-1")[0]["status"] in ("starting", "processing")
+    assert lookup(sim, "vid-a", "nobody") == []
+    everything = [plain, again, other, first] if mode == "none" else [plain, other, first]
+    assert [p["id"] for p in lookup(sim, "vid-a")] == everything
+    assert sim.counters("vid-a")["lookups"] == 4
+
+
+def test_a_lookup_shows_what_the_engine_must_reconcile(sim: Sim) -> None:
+    """Two creates with one key while the first is in flight (mode completed): both paid for,
+    both found by the key."""
+    sim.control("vid-a", latency_ms=300, duration_ms=0)
+    one, two = twice_while_first_in_flight(sim, "vid-a", "job-1")
+    found = lookup(sim, "vid-a", "job-1")
+    assert [p["id"] for p in found] == [two.json()["id"], one.json()["id"]]
+    assert sum(micros(p) for p in found) == sim.state("vid-a")["billed_micros"]
+
+
+def test_the_unfiltered_list_is_capped(sim: Sim) -> None:
+    sim.control("vid-a", duration_ms=60_000)
+    made = [sim.http.post(f"{sim.url}/vid-a/v1/predictions", json={"input": VIDEO}).json()["id"]
+            for _ in range(105)]
+    listed = lookup(sim, "vid-a")
+    assert [p["id"] for p in listed] == made[::-1][:100]
+
+
 # -- dropped answers ----------------------------------------------------------------------
 
 
@@ -291,6 +336,9 @@ def test_a_dropped_answer_was_created_and_billed_once(
     assert state["drop_answers"] is None  # used up
     [bill] = state["bills"]
     assert bill["reference"] == "job-1" and bill["cost_micros"] == state["billed_micros"] > 0
+    if backend == "vid-a":  # the work whose answer was lost, found by its client reference
+        found = lookup(sim, "vid-a", key="job-1")
+        assert [p["id"] for p in found] == [bill["id"]] and found[0]["status"] == "succeeded"
     again = submit(sim, backend, "job-1")  # the next answer arrives
     assert again.status_code in (200, 201)
     if mode == "none":
