@@ -2,12 +2,13 @@
 
     openai       POST /<name>/v1/chat/completions, POST /<name>/v1/images/generations
     predictions  POST /<name>/v1/predictions, GET /<name>/v1/predictions/{id},
-                 POST /<name>/v1/predictions/{id}/cancel
+                 POST /<name>/v1/predictions/{id}/cancel,
+                 GET /<name>/v1/predictions[?idempotency_key=<key>] (lookup, newest first)
     control      POST|GET /_control/{backend}, GET /_control, POST /_control/_reset
     health       GET /healthz
 
 Successful answers carry ``cost_usd`` = ``actual_micros(backend, usage) / 1e6`` (predictions
-also ``metrics`` with the usage).
+also ``metrics`` with the usage; see predictions.py for canceled ones).
 
 A submission (a chat completion, an image generation, a prediction create) is decided on
 arrival: auth and mode down are answered at once; then its ``Idempotency-Key``, if it was
@@ -22,6 +23,13 @@ repeat of one that ended in an error is processed anew (repeats waiting on it in
 get the same error). ``drop_answers`` then loses the answers of the next successful
 submissions after their work was done: the connection closes before the answer's body (see
 drop.py).
+
+``GET /_control/{backend}`` answers its knobs (state.Control) and ``counters`` (submissions,
+polls, cancels, lookups, created, replays, injected, dropped), ``predictions`` (created so
+far), ``in_flight`` (predictions running), ``submissions_in_flight`` (submissions being
+processed), ``billed_micros`` and ``bills`` (``[{reference, id, cost_micros}]``, see state.py).
+A bad knob is answered 422 ``invalid_control``. ``POST /_control/_reset`` puts every backend
+back to its defaults and forgets its jobs, keys and bills.
 """
 
 from __future__ import annotations

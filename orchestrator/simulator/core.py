@@ -136,7 +136,6 @@ class Simulator:
             c.injected += 1
             raise error(500, "server_error", "the backend had an internal error")
 
-
     async def submit(self, spec: BackendSpec, st: BackendState, request: Request, work: Work,
                      replay: Replay) -> Response:
         """Answer a submission. On arrival: count it, refuse it without auth or while down, read

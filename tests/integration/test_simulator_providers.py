@@ -23,6 +23,8 @@ from tests.integration.simulator_fixture import Sim, sim_fixture, sim_server_fix
 
 CHAT = {"max_tokens": 64, "messages": [{"role": "user", "content": "a haiku on ledgers"}]}
 VIDEO = {"prompt": "a red kite", "duration_s": 5, "resolution": "720p"}
+# a submission's processing time: ample for a second one to arrive while the first is in flight
+IN_FLIGHT_MS = 500
 
 
 def micros(answer: dict[str, Any]) -> int:
@@ -78,7 +80,7 @@ BACKENDS = ["txt-a", "vid-a"]
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_inflight_mode_waits_for_the_first_and_replays_it(sim: Sim, backend: str) -> None:
-    sim.control(backend, idempotency="inflight", latency_ms=400, duration_ms=0)
+    sim.control(backend, idempotency="inflight", latency_ms=IN_FLIGHT_MS, duration_ms=0)
     one, two = twice_while_first_in_flight(sim, backend, "job-1")
     assert one.status_code == two.status_code and one.status_code in (200, 201)
     assert one.json() == two.json()
@@ -93,7 +95,7 @@ def test_inflight_mode_waits_for_the_first_and_replays_it(sim: Sim, backend: str
 def test_completed_mode_makes_a_repeat_in_flight_a_new_job(sim: Sim, backend: str) -> None:
     state = sim.state(backend)
     assert state["idempotency"] == "completed"  # the default, as many real providers do
-    sim.control(backend, latency_ms=400, duration_ms=0)
+    sim.control(backend, latency_ms=IN_FLIGHT_MS, duration_ms=0)
     one, two = twice_while_first_in_flight(sim, backend, "job-1")
     assert one.json()["id"] != two.json()["id"]
     state = sim.state(backend)
@@ -107,7 +109,7 @@ def test_completed_mode_makes_a_repeat_in_flight_a_new_job(sim: Sim, backend: st
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_none_mode_makes_every_submission_a_new_job(sim: Sim, backend: str) -> None:
-    sim.control(backend, idempotency="none", latency_ms=400, duration_ms=0)
+    sim.control(backend, idempotency="none", latency_ms=IN_FLIGHT_MS, duration_ms=0)
     one, two = twice_while_first_in_flight(sim, backend, "job-1")
     three = submit(sim, backend, "job-1")
     assert len({one.json()["id"], two.json()["id"], three.json()["id"]}) == 3
@@ -124,7 +126,8 @@ def test_a_repeat_of_an_error_is_processed_anew(sim: Sim) -> None:
 
 
 def test_errors_in_flight_are_shared_with_repeats_in_inflight_mode(sim: Sim) -> None:
-    sim.control("vid-a", idempotency="inflight", latency_ms=400, status_code=502, times=1)
+    sim.control("vid-a", idempotency="inflight", latency_ms=IN_FLIGHT_MS, status_code=502,
+                times=1)
     one, two = twice_while_first_in_flight(sim, "vid-a", "job-1")
     assert one.status_code == two.status_code == 502
     counters = sim.counters("vid-a")
@@ -286,7 +289,7 @@ def test_predictions_are_found_by_idempotency_key_newest_first(sim: Sim, mode: s
 def test_a_lookup_shows_what_the_engine_must_reconcile(sim: Sim) -> None:
     """Two creates with one key while the first is in flight (mode completed): both paid for,
     both found by the key."""
-    sim.control("vid-a", latency_ms=300, duration_ms=0)
+    sim.control("vid-a", latency_ms=IN_FLIGHT_MS, duration_ms=0)
     one, two = twice_while_first_in_flight(sim, "vid-a", "job-1")
     found = lookup(sim, "vid-a", "job-1")
     assert [p["id"] for p in found] == [two.json()["id"], one.json()["id"]]
