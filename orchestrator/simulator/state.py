@@ -1,9 +1,17 @@
-"""In-memory state of the simulator: per-backend control knobs, counters, predictions and
-idempotency keys. Everything is touched from the event loop only (async handlers), so no locks.
+"""In-memory state of the simulator: per-backend control knobs, counters, predictions,
+idempotency keys, the submissions being processed and the provider's bills. Everything is
+touched from the event loop only (async handlers and the tasks they start), so no locks.
+
+Bills: every provider job created is billed what the provider charges, in integer micro-USD
+equal to the ``cost_usd`` its answer reports (x 1e6): an OpenAI call when it completes (even
+if its client has gone away); a prediction when it ends: succeeded, its full cost; failed, 0;
+canceled while running, ``cancel_bill_fraction`` of its usage priced by the catalogue. A
+running prediction is not billed yet. ``snapshot`` lists them, in the order they were billed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import zlib
 from dataclasses import dataclass, field
@@ -11,8 +19,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.domain.pricing import Usage
+
 Mode = Literal["up", "down", "slow"]
 InjectedError = Literal["job_fault", "content_policy", "malformed", "prediction_failed"]
+Idempotency = Literal["inflight", "completed", "none"]
 
 
 class Control(BaseModel):
@@ -29,6 +40,17 @@ class Control(BaseModel):
       with that HTTP status, e.g. 429 or 502.
     - ``times``: how many more requests the ``error``/``status_code`` injection applies to
       (null: until changed); when it runs out both are cleared.
+    - ``idempotency``: what a submission whose ``Idempotency-Key`` was already seen on this
+      backend gets, decided when it arrives: ``inflight`` replays the first (waiting for it
+      while it is still being processed); ``completed`` replays it once it completed but
+      processes a repeat that arrives meanwhile as a new request (created and billed again);
+      ``none`` processes every request as new.
+    - ``cancel_bill_fraction``: the share of its usage a prediction canceled while running is
+      billed (0: nothing, as before; a per-request price bills the whole request if above 0).
+    - ``drop_answers``: how many of the next submissions answered with success (a new job or a
+      replay) lose their answer: processed in full (created, billed, remembered under their
+      key), then the connection is closed after the answer's head, before its body (null or
+      0: none). Counts down; null when it runs out.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -43,6 +65,9 @@ class Control(BaseModel):
     retry_after_s: float | None = Field(default=None, ge=0)
     times: int | None = Field(default=None, ge=0)
     seed: int | None = None
+    idempotency: Idempotency = "completed"
+    cancel_bill_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    drop_answers: int | None = Field(default=None, ge=0)
 
 
 class ControlUpdate(BaseModel):
@@ -60,6 +85,9 @@ class ControlUpdate(BaseModel):
     retry_after_s: float | None = Field(default=None, ge=0)
     times: int | None = Field(default=None, ge=0)
     seed: int | None = None
+    idempotency: Idempotency | None = None
+    cancel_bill_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    drop_answers: int | None = Field(default=None, ge=0)
 
 
 @dataclass(slots=True)
@@ -68,14 +96,28 @@ class Counters:
     polls: int = 0
     cancels: int = 0
     created: int = 0  # provider jobs actually created (replays excluded)
-    replays: int = 0  # submissions answered from an earlier one with the same Idempotency-Key
+    replays: int = 0  # submissions answered with an earlier one's job (same Idempotency-Key)
     injected: int = 0  # requests answered with an injected error (down, status_code, fail_rate)
+    dropped: int = 0  # submissions whose answer was dropped (drop_answers)
+    lookups: int = 0  # prediction list requests (by idempotency_key or not)
 
     def as_dict(self) -> dict[str, int]:
         return {
             "submissions": self.submissions, "polls": self.polls, "cancels": self.cancels,
             "created": self.created, "replays": self.replays, "injected": self.injected,
+            "dropped": self.dropped, "lookups": self.lookups,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    at: float  # monotonic seconds: when it was billed
+    reference: str | None  # the Idempotency-Key the job was created with
+    id: str  # the provider's job id
+    cost_micros: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference, "id": self.id, "cost_micros": self.cost_micros}
 
 
 @dataclass(slots=True)
@@ -84,11 +126,25 @@ class Prediction:
     created: float  # monotonic seconds
     created_at: str
     duration_s: float
-    metrics: dict[str, Any]
-    cost_usd: float
+    usage: Usage  # of a full run
+    cost_micros: int  # of a full run
     output: str
+    reference: str | None = None
     failure: dict[str, str] | None = None
     canceled_at: float | None = None
+    canceled_usage: Usage | None = None  # what a cancel billed (None: nothing)
+    canceled_micros: int = 0
+
+    def ended(self) -> float:
+        """When it ended (or will end, if it is running)."""
+        return self.canceled_at if self.canceled_at is not None else self.created + self.duration_s
+
+    def bill(self, now: float) -> Bill | None:
+        """The provider's bill for it: None while it runs."""
+        status = self.status(now)
+        cost = {"succeeded": self.cost_micros, "failed": 0,
+                "canceled": self.canceled_micros}.get(status)
+        return None if cost is None else Bill(self.ended(), self.reference, self.id, cost)
 
     def status(self, now: float) -> str:
         if self.canceled_at is not None:
@@ -104,8 +160,17 @@ class BackendState:
     name: str
     control: Control = field(default_factory=Control)
     counters: Counters = field(default_factory=Counters)
-    predictions: dict[str, Prediction] = field(default_factory=dict)
-    replies: dict[str, Any] = field(default_factory=dict)  # Idempotency-Key -> id or response
+    predictions: dict[str, Prediction] = field(default_factory=dict)  # in creation order
+    # Idempotency-Key -> every prediction created with it, oldest first (whatever the mode)
+    references: dict[str, list[str]] = field(default_factory=dict)
+    # Idempotency-Key -> what a replay answers from (a prediction id, or a reply body): the
+    # first submission with that key that completed and created a job
+    replies: dict[str, Any] = field(default_factory=dict)
+    # Idempotency-Key -> the first submission with that key still being processed
+    processing: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    # every submission being processed (referenced so that none is collected half-way)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    bills: list[Bill] = field(default_factory=list)  # OpenAI calls' (predictions: see bill())
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
@@ -133,15 +198,33 @@ class BackendState:
             update.update(times=None, error=None, status_code=None, retry_after_s=None)
         self.control = self.control.model_copy(update=update)
 
+    def take_drop(self) -> bool:
+        """Whether to drop this answer (``drop_answers`` counts down; counted in dropped)."""
+        left = self.control.drop_answers
+        if not left:
+            return False
+        self.control = self.control.model_copy(update={"drop_answers": left - 1 or None})
+        self.counters.dropped += 1
+        return True
+
+    def all_bills(self, now: float) -> list[Bill]:
+        """Every bill so far, in the order they were billed (predictions' from their state)."""
+        ended = (p.bill(now) for p in self.predictions.values())
+        return sorted([*self.bills, *(b for b in ended if b is not None)], key=lambda b: b.at)
+
     def snapshot(self, now: float) -> dict[str, Any]:
         in_flight = sum(
             1 for p in self.predictions.values()
             if p.status(now) in ("starting", "processing")
         )
+        bills = self.all_bills(now)
         return {
             "backend": self.name,
             **self.control.model_dump(),
             "counters": self.counters.as_dict(),
             "predictions": len(self.predictions),
             "in_flight": in_flight,
+            "submissions_in_flight": len(self.tasks),
+            "billed_micros": sum(b.cost_micros for b in bills),
+            "bills": [b.as_dict() for b in bills],
         }

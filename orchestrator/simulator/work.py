@@ -15,8 +15,10 @@ content-policy error); ``[[fail]]`` makes a prediction end ``failed`` with a gen
 from __future__ import annotations
 
 import hashlib
+import math
 import re
-from dataclasses import fields
+from dataclasses import fields, replace
+from fractions import Fraction
 from typing import Any
 
 from pydantic import ValidationError
@@ -102,7 +104,28 @@ def usage_for(backend: BackendSpec, spec: JobSpec) -> Usage:
 
 def cost_usd(backend: BackendSpec, usage: Usage) -> float:
     """The reported cost: exactly ``actual_micros`` micro-dollars (exact through JSON)."""
-    return actual_micros(backend, usage) / MICROS_PER_USD
+    return usd(actual_micros(backend, usage))
+
+
+def usd(micros: int) -> float:
+    """Micro-USD as the reported ``cost_usd`` (``round(usd * 1e6) == micros``)."""
+    return micros / MICROS_PER_USD
+
+
+def partial_usage(usage: Usage, fraction: float) -> Usage:
+    """``fraction`` of a run's usage, as a cancel bills it: video seconds x fraction, whole
+    images and output tokens rounded down (the input tokens were all read)."""
+    # decimal as written (0.7 is 7/10, not the float just below it: 10 images x 0.7 are 7)
+    share = Fraction(repr(fraction))
+    out = usage
+    if usage.video_seconds is not None:
+        seconds = Fraction(repr(usage.video_seconds)) * share
+        out = replace(out, video_seconds=float(seconds))
+    if usage.images is not None:
+        out = replace(out, images=math.floor(usage.images * share))
+    if usage.output_tokens is not None:
+        out = replace(out, output_tokens=math.floor(usage.output_tokens * share))
+    return out
 
 
 def metrics_of(usage: Usage) -> dict[str, Any]:

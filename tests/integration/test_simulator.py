@@ -190,12 +190,17 @@ def test_unknown_backend_wrong_protocol_and_bad_control(sim: Sim) -> None:
 
 
 def test_reset_clears_knobs_counters_and_predictions(sim: Sim) -> None:
+    sim.control("vid-a", duration_ms=0)
     pid = create(sim, "vid-a", {"prompt": "p", "duration_s": 5}).json()["id"]
-    sim.control("vid-a", mode="slow", fail_rate=0.3, latency_ms=5)
+    assert sim.state("vid-a")["billed_micros"] > 0
+    sim.control("vid-a", mode="slow", fail_rate=0.3, latency_ms=5, idempotency="none",
+                cancel_bill_fraction=0.5)
     sim.reset()
     state = sim.state("vid-a")
     assert (state["mode"], state["fail_rate"], state["latency_ms"]) == ("up", 0.0, 0)
+    assert (state["idempotency"], state["cancel_bill_fraction"]) == ("completed", 0.0)
     assert state["counters"]["submissions"] == 0 and state["predictions"] == 0
+    assert (state["billed_micros"], state["bills"]) == (0, [])
     assert sim.http.get(f"{sim.url}/vid-a/v1/predictions/{pid}").status_code == 404
     everything = sim.http.get(f"{sim.url}/_control").json()
     assert set(everything) == set(sim.catalogue.names)
