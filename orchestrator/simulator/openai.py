@@ -33,6 +33,7 @@ from orchestrator.simulator.work import (
     content_policy,
     digest_id,
     parse_job,
+    scaled_usage,
     usage_for,
     usd,
 )
@@ -64,7 +65,7 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
             raise content_policy()
         raw = {"prompt": prompt, "max_tokens": body.get("max_tokens", 512)}
         job = parse_job(spec, Kind.TEXT, raw)
-        usage = usage_for(spec, job)
+        usage = scaled_usage(usage_for(spec, job), st.control.usage_factor)
         max_tokens = int(job.input["max_tokens"])
         tin, tout = int(usage.input_tokens or 0), int(usage.output_tokens or 0)
         text = f"[{st.name}] simulated reply {digest_id('', st.name, prompt)[:16]} ({tout} tokens)"
@@ -85,11 +86,11 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
             raise content_policy()
         raw = {k: body[k] for k in ("prompt", "n", "size") if k in body}
         job = parse_job(spec, Kind.IMAGE, raw)
-        usage = usage_for(spec, job)
+        usage = scaled_usage(usage_for(spec, job), st.control.usage_factor)
         iid = "img-" + uuid.uuid4().hex
         return made(st, key, actual_micros(spec, usage), {
             "id": iid, "created": int(time.time()),
-            "data": [{"url": f"{base}/files/{iid}-{i}.png"} for i in range(int(job.input["n"]))],
+            "data": [{"url": f"{base}/files/{iid}-{i}.png"} for i in range(usage.images or 0)],
         })
 
     def replay(answer: Any) -> Response:

@@ -6,6 +6,9 @@
     GET  /<name>/v1/predictions?idempotency_key=<key>
                                               -> {"results": [the predictions created with that
                                                  Idempotency-Key, newest first]}
+
+Every prediction names the Idempotency-Key it was created with (``idempotency_key``), so a
+client can tell its own work from another's in a listing.
     GET  /<name>/v1/predictions               -> {"results": [the latest 100, newest first]}
 
 The lookup by client reference answers whatever the ``idempotency`` mode (a client finds the
@@ -50,6 +53,7 @@ from orchestrator.simulator.work import (
     metrics_of,
     parse_job,
     partial_usage,
+    scaled_usage,
     usage_for,
     usd,
 )
@@ -62,7 +66,7 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
         status = p.status(sim.clock())
         out: dict[str, Any] = {
             "id": p.id, "model": st.name, "status": status, "created_at": p.created_at,
-            "output": None, "error": None, "metrics": None,
+            "idempotency_key": p.reference, "output": None, "error": None, "metrics": None,
             "urls": {"get": f"{base}/v1/predictions/{p.id}",
                      "cancel": f"{base}/v1/predictions/{p.id}/cancel"},
         }
@@ -92,7 +96,7 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
                        "message": "the output was flagged by the content policy"}
         elif FAIL_MARKER in prompt or injected == "prediction_failed":
             failure = {"code": "internal_error", "message": "the model crashed"}
-        usage = usage_for(spec, job)
+        usage = scaled_usage(usage_for(spec, job), st.control.usage_factor)
         pid = uuid.uuid4().hex
         ext = "mp4" if job.kind is Kind.VIDEO else "png" if job.kind is Kind.IMAGE else "txt"
         pred = Prediction(

@@ -47,6 +47,10 @@ class Control(BaseModel):
       ``none`` processes every request as new.
     - ``cancel_bill_fraction``: the share of its usage a prediction canceled while running is
       billed (0: nothing, as before; a per-request price bills the whole request if above 0).
+    - ``usage_factor``: the provider reports (and bills) this times the usage the request
+      asked for: video seconds x f, images, input and output tokens rounded up (1.0: as
+      asked). Above 1 it bills more than the orchestrator's worst-case estimate, as a
+      provider that bills in coarser units or raised its prices does.
     - ``drop_answers``: how many of the next submissions answered with success (a new job or a
       replay) lose their answer: processed in full (created, billed, remembered under their
       key), then the connection is closed after the answer's head, before its body (null or
@@ -67,6 +71,7 @@ class Control(BaseModel):
     seed: int | None = None
     idempotency: Idempotency = "completed"
     cancel_bill_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    usage_factor: float = Field(default=1.0, ge=0.0, le=100.0)
     drop_answers: int | None = Field(default=None, ge=0)
 
 
@@ -87,6 +92,7 @@ class ControlUpdate(BaseModel):
     seed: int | None = None
     idempotency: Idempotency | None = None
     cancel_bill_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    usage_factor: float | None = Field(default=None, ge=0.0, le=100.0)
     drop_answers: int | None = Field(default=None, ge=0)
 
 

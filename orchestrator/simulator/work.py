@@ -112,6 +112,24 @@ def usd(micros: int) -> float:
     return micros / MICROS_PER_USD
 
 
+def scaled_usage(usage: Usage, factor: float) -> Usage:
+    """``factor`` times the usage asked for, as a provider reports and bills it (whole
+    images and tokens rounded up)."""
+    if factor == 1.0:
+        return usage
+    share = Fraction(repr(factor))
+    out = usage
+    if usage.video_seconds is not None:
+        out = replace(out, video_seconds=float(Fraction(repr(usage.video_seconds)) * share))
+    if usage.images is not None:
+        out = replace(out, images=math.ceil(usage.images * share))
+    if usage.input_tokens is not None:
+        out = replace(out, input_tokens=math.ceil(usage.input_tokens * share))
+    if usage.output_tokens is not None:
+        out = replace(out, output_tokens=math.ceil(usage.output_tokens * share))
+    return out
+
+
 def partial_usage(usage: Usage, fraction: float) -> Usage:
     """``fraction`` of a run's usage, as a cancel bills it: video seconds x fraction, whole
     images and output tokens rounded down (the input tokens were all read)."""

@@ -14,11 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.backends import RetryPolicy, TransientError, make_adapter
+from orchestrator.backends import RetryPolicy, make_adapter
+from orchestrator.backends.errors import OutcomeUnknown
 from orchestrator.backends.transport import Http11Transport
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage, actual_micros
-from orchestrator.simulator.work import partial_usage
+from orchestrator.simulator.work import partial_usage, text_tokens
 from tests.integration.simulator_fixture import Sim, sim_fixture, sim_server_fixture  # noqa: F401
 
 CHAT = {"max_tokens": 64, "messages": [{"role": "user", "content": "a haiku on ledgers"}]}
@@ -173,6 +174,37 @@ def test_billed_micros_is_the_sum_of_the_costs_the_answers_reported(sim: Sim) ->
         assert micros(video) == actual_micros(sim.backend("vid-a"), usage_of(video["metrics"]))
 
 
+def test_a_usage_factor_bills_more_than_was_asked_priced_as_reported(sim: Sim) -> None:
+    """A provider that reports (and bills) more usage than the request asked for: the
+    engine's adapter prices the reported usage to exactly the bill."""
+    sim.control("vid-a", duration_ms=0, usage_factor=1.5)
+    sim.control("txt-a", usage_factor=2.0)
+    sim.control("img-a", usage_factor=2.0)
+    http = Http11Transport()
+    try:
+        vid = make_adapter(sim.backend("vid-a"), http)
+        sub = vid.submit(JobSpec.model_validate({"kind": "video", "input": VIDEO}), "u-1")
+        done = vid.poll(sub.external_id)
+        assert done.usage is not None and done.usage.video_seconds == 7.5
+        assert done.cost_micros == sim.state("vid-a")["billed_micros"]
+        assert done.cost_micros == actual_micros(sim.backend("vid-a"),
+                                                 Usage(video_seconds=7.5, resolution="720p"))
+        img = make_adapter(sim.backend("img-a"), http).submit(
+            JobSpec.model_validate({"kind": "image", "input": {"prompt": "a fox", "n": 2}}),
+            "u-2").result
+        assert img is not None and img.usage is not None and img.usage.images == 4
+        assert img.cost_micros == sim.state("img-a")["billed_micros"]
+        txt = make_adapter(sim.backend("txt-a"), http).submit(
+            JobSpec.model_validate({"kind": "text", "input": {"prompt": "hi", "max_tokens": 8}}),
+            "u-3").result
+        asked = text_tokens("txt-a", "hi", 8)
+        assert txt is not None and txt.usage is not None
+        assert (txt.usage.input_tokens, txt.usage.output_tokens) == (2 * asked[0], 2 * asked[1])
+        assert txt.cost_micros == sim.state("txt-a")["billed_micros"]
+    finally:
+        http.close()
+
+
 def test_a_running_prediction_is_billed_once_it_ends_and_a_failed_one_bills_nothing(
     sim: Sim,
 ) -> None:
@@ -232,8 +264,9 @@ def test_the_engine_adapter_prices_a_partial_cancel_as_billed(sim: Sim) -> None:
         job = JobSpec.model_validate({"kind": "video", "input": {
             "prompt": "p", "duration_s": 7.3, "resolution": "1080p"}})
         sub = a.submit(job, "job-1:1")
-        assert a.cancel(sub.external_id) is True
+        stopped = a.cancel(sub.external_id)
         res = a.poll(sub.external_id)
+        assert stopped == res
     finally:
         transport.close()
     assert res.status == "cancelled" and not res.cost_mismatch
@@ -278,12 +311,14 @@ def test_predictions_are_found_by_idempotency_key_newest_first(sim: Sim, mode: s
     again = submit(sim, "vid-a", "job-1").json()["id"]
     plain = submit(sim, "vid-a", None).json()["id"]
     expected = [again, first] if mode == "none" else [first]
-    assert [p["id"] for p in lookup(sim, "vid-a", "job-1")] == expected
-    assert lookup(sim, "vid-a", "job-1")[0]["status"] in ("starting", "processing")
+    found = lookup(sim, "vid-a", "job-1")
+    assert [p["id"] for p in found] == expected
+    assert {p["idempotency_key"] for p in found} == {"job-1"}
+    assert found[0]["status"] in ("starting", "processing")
     assert lookup(sim, "vid-a", "nobody") == []
     everything = [plain, again, other, first] if mode == "none" else [plain, other, first]
     assert [p["id"] for p in lookup(sim, "vid-a")] == everything
-    assert sim.counters("vid-a")["lookups"] == 4
+    assert sim.counters("vid-a")["lookups"] == 3
 
 
 def test_a_lookup_shows_what_the_engine_must_reconcile(sim: Sim) -> None:
@@ -356,16 +391,18 @@ def test_a_dropped_answer_was_created_and_billed_once(
     assert len(drops) == 1 and drops[0].levelno == logging.WARNING
 
 
-def test_the_engine_wire_sees_a_dropped_answer_as_a_broken_connection(sim: Sim) -> None:
+def test_the_engine_wire_sees_a_dropped_answer_as_an_unknown_outcome(sim: Sim) -> None:
+    """The answer was lost after the work was created: the adapter says so (it does not
+    repeat it itself); a later repeat with the same key is the engine's choice."""
     sim.control("txt-a", drop_answers=2)
     transport = Http11Transport()
     try:
         a = make_adapter(sim.backend("txt-a"), transport, retry=RetryPolicy(attempts=1))
         job = JobSpec.model_validate({"kind": "text", "input": {"prompt": "hello"}})
         for _ in range(2):
-            with pytest.raises(TransientError) as info:
+            with pytest.raises(OutcomeUnknown) as info:
                 a.submit(job, "job-1:1")
-            assert info.value.code == "backend_connection"
+            assert info.value.details["cause"] == "backend_connection"
         sub = a.submit(job, "job-1:1")  # the third answer arrives: the first call, replayed
     finally:
         transport.close()

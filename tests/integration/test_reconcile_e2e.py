@@ -1,0 +1,304 @@
+"""Every paid call ends in the provider's word, end to end: real Celery worker processes on
+real Redis, real PostgreSQL, the simulator over HTTP behaving as real providers do (no
+de-duplication of requests in flight, partial bills for cancelled work, answers lost after the
+work was created and billed, bills above the estimate).
+
+Each test compares the ledger with the provider's own bills (the simulator's billing ledger,
+``GET /_control/{backend}``), not with our bookkeeping.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import Engine, text
+
+from orchestrator.domain.catalogue import parse_catalogue
+from orchestrator.domain.jobs import JobSpec
+from orchestrator.ledger.audit import audit
+from orchestrator.ledger.budgets import set_budget
+from orchestrator.service.sweeper import sweep
+from orchestrator.simulator import RunningSimulator, start_in_thread
+
+from .e2e_support import Rig, rig_for
+
+TENANT = "acme"
+_PRICE_TXT = {"model": "per_token", "usd_per_1k_input": 0.5, "usd_per_1k_output": 1.5}
+CATALOGUE: dict[str, Any] = {
+    "defaults": {"timeouts": {"connect_s": 2.0, "read_s": 20.0, "start_to_close_s": 120}},
+    "backends": [
+        {"name": "txt-none", "protocol": "openai", "kinds": ["text"], "tier": "standard",
+         "base_url": "${ORCH_SIMULATOR_URL}/txt-none", "idempotency": "none",
+         "price": _PRICE_TXT},
+        {"name": "txt-backup", "protocol": "openai", "kinds": ["text"], "tier": "standard",
+         "base_url": "${ORCH_SIMULATOR_URL}/txt-backup", "idempotency": "completed",
+         "price": {**_PRICE_TXT, "usd_per_1k_output": 2.0}},
+        {"name": "img-none", "protocol": "openai", "kinds": ["image"], "tier": "standard",
+         "base_url": "${ORCH_SIMULATOR_URL}/img-none", "idempotency": "none",
+         "price": {"model": "per_image", "usd_per_image": {"1024x1024": 0.04}}},
+        {"name": "vid-a", "protocol": "predictions", "kinds": ["video"], "tier": "draft",
+         "base_url": "${ORCH_SIMULATOR_URL}/vid-a", "idempotency": "none",
+         "price": {"model": "per_second", "usd_per_second": 0.03}},
+        {"name": "vid-b", "protocol": "predictions", "kinds": ["video"], "tier": "draft",
+         "base_url": "${ORCH_SIMULATOR_URL}/vid-b", "idempotency": "completed",
+         "price": {"model": "per_second", "usd_per_second": 0.05}},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[RunningSimulator]:
+    running = start_in_thread(parse_catalogue(CATALOGUE,
+                                              env={"ORCH_SIMULATOR_URL": "http://127.0.0.1:1"}))
+    yield running
+    running.stop()
+
+
+@pytest.fixture()
+def rig(db: Engine, database_url: str, redis_url: str, sim: RunningSimulator,
+        tmp_path: Path) -> Iterator[Rig]:
+    # start_grace_s: a job not started within 2 s is the sweeper's (not 60 s), so a sweep
+    # during a call shows whether the call's lease holds
+    with rig_for(CATALOGUE, db, database_url, redis_url, sim, tmp_path,
+                 start_grace_s=2.0) as r:
+        yield r
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+def budget(r: Rig, limit_micros: int = 100_000_000) -> None:
+    with r.engine.begin() as conn:
+        set_budget(conn, scope=f"tenant:{TENANT}", period="month", limit_micros=limit_micros,
+                   now=datetime.now(UTC))
+
+
+def text_job(prompt: str = "an honest ledger", **kw: Any) -> JobSpec:
+    return JobSpec.model_validate({"kind": "text", "input": {"prompt": prompt,
+                                                              "max_tokens": 200}, **kw})
+
+
+def image_job(**kw: Any) -> JobSpec:
+    return JobSpec.model_validate({"kind": "image", "input": {"prompt": "a red kite"}, **kw})
+
+
+def video_job(duration: int = 8, **kw: Any) -> JobSpec:
+    return JobSpec.model_validate({"kind": "video", "tier": "draft", "input": {
+        "prompt": "a lighthouse at dusk", "duration_s": duration, "resolution": "720p"}, **kw})
+
+
+def submit(r: Rig, spec: JobSpec) -> uuid.UUID:
+    job, created = r.container.submitter.submit(TENANT, spec)
+    assert created
+    return job.id
+
+
+def provider(r: Rig, backend: str) -> dict[str, Any]:
+    """The simulated provider's own view: knobs, counters, and its bills."""
+    got = r.http.get(f"{r.sim_url}/_control/{backend}")
+    got.raise_for_status()
+    state: dict[str, Any] = got.json()
+    return state
+
+
+def bills_of(r: Rig, *backends: str) -> dict[str, int]:
+    """What the providers billed, by the reference (Idempotency-Key) each job was sent with."""
+    out: dict[str, int] = {}
+    for b in backends:
+        for bill in provider(r, b)["bills"]:
+            ref = str(bill["reference"])
+            out[ref] = out.get(ref, 0) + int(bill["cost_micros"])
+    return out
+
+
+def ledger(r: Rig) -> tuple[int, int]:
+    """(committed, held) over every budget period; the audit must be clean."""
+    with r.engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT COALESCE(SUM(committed_micros), 0) c, COALESCE(SUM(held_micros), 0) h "
+            "FROM budget_periods")).one()
+        assert audit(conn) == []
+    return int(row.c), int(row.h)
+
+
+def hold_status(r: Rig, job_id: uuid.UUID) -> str:
+    with r.engine.connect() as conn:
+        return str(conn.execute(text("SELECT status FROM holds WHERE job_id = :j"),
+                                {"j": job_id}).scalar_one())
+
+
+def sweep_until(r: Rig, job_ids: list[uuid.UUID], timeout: float = 60.0) -> None:
+    """Sweep as beat would, every pass of the wait, until the jobs have ended."""
+    c = r.container
+
+    def ended() -> bool:
+        sweep(c.engine, c.ledger, c.enqueue, grace_s=3)
+        with r.engine.connect() as conn:
+            n = conn.execute(text(
+                "SELECT count(*) FROM jobs WHERE id = ANY(:ids) AND wake_at IS NULL "
+                "AND status IN ('succeeded', 'failed', 'cancelled')"), {"ids": job_ids})
+            return int(n.scalar_one()) == len(job_ids)
+
+    r.wait_for("the jobs to end, swept meanwhile", ended, timeout)
+
+
+# -- a long call to a provider that does not de-duplicate ----------------------------------------
+
+def test_a_long_synchronous_call_to_a_provider_without_dedup_is_paid_once(rig: Rig) -> None:
+    """Two text calls take 6 s each (the catalogue allows 20 s) at a provider that answers
+    every request, key or not, as new paid work. The sweeper runs all along: it must not
+    revive a chain whose call may still be running, so each job is paid exactly once."""
+    budget(rig)
+    rig.control("txt-none", idempotency="none", latency_ms=6000)
+    rig.start_worker()
+    jobs = [submit(rig, text_job(f"job {i}")) for i in range(2)]
+    rig.wait_for("both calls in flight",
+                 lambda: provider(rig, "txt-none")["submissions_in_flight"] == 2, 30)
+    sweep_until(rig, jobs)
+
+    state = provider(rig, "txt-none")
+    assert state["counters"]["created"] == 2 and len(state["bills"]) == 2
+    bills = bills_of(rig, "txt-none")
+    for job_id in jobs:
+        job = rig.job(job_id)
+        (attempt,) = rig.attempts(job_id)
+        assert job.status == "succeeded" and job.backend == "txt-none"
+        assert job.cost_micros == attempt.cost_micros == bills[f"{job_id}:1"]
+    assert ledger(rig) == (sum(bills.values()), 0)
+
+
+# -- a cancel while a synchronous call runs ------------------------------------------------------
+
+def test_a_cancel_during_a_synchronous_call_charges_what_the_provider_billed(rig: Rig) -> None:
+    budget(rig)
+    rig.control("img-none", idempotency="none", latency_ms=3000)
+    rig.start_worker()
+    job_id = submit(rig, image_job())
+    rig.wait_for("the call in flight",
+                 lambda: provider(rig, "img-none")["submissions_in_flight"] == 1, 30)
+
+    cancelled = rig.container.runner.cancel(job_id, TENANT)
+    assert cancelled is not None and cancelled.status == "cancelled"
+    assert hold_status(rig, job_id) == "held"  # the call may still be billed
+    rig.wait_for("the call's conclusion to settle the hold",
+                 lambda: hold_status(rig, job_id) != "held", 30)
+
+    bill = bills_of(rig, "img-none")[f"{job_id}:1"]
+    job = rig.job(job_id)
+    assert bill == 40_000 and job.status == "cancelled" and job.cost_micros == bill
+    (attempt,) = rig.attempts(job_id)
+    assert attempt.outcome == "succeeded" and attempt.cost_micros == bill
+    assert ledger(rig) == (bill, 0)
+    assert rig.job(job_id).wake_at is None
+
+
+# -- a deadline that falls just after the provider finished ---------------------------------------
+
+def test_a_deadline_just_after_the_provider_finished_adopts_the_result(rig: Rig) -> None:
+    """The prediction ends after 1.5 s, the deadline passes at 3 s, the chain's first poll
+    comes at 4 s: the finished work is adopted and charged, not thrown away."""
+    budget(rig)
+    rig.control("vid-a", duration_ms=1500)
+    rig.start_worker(env_extra={"ORCH_POLL_MIN_S": "4", "ORCH_POLL_MAX_S": "4"})
+    job_id = submit(rig, video_job(deadline_s=3))
+    (job,) = rig.wait_final([job_id], timeout=30)
+
+    bill = bills_of(rig, "vid-a")[f"{job_id}:1"]
+    assert job.status == "succeeded" and job.cost_micros == bill == 240_000
+    assert job.deadline_at is not None and job.finished_at is not None
+    assert job.finished_at > job.deadline_at
+    assert ledger(rig) == (bill, 0)
+
+
+def test_a_deadline_while_the_provider_still_works_charges_its_partial_bill(rig: Rig) -> None:
+    budget(rig)
+    rig.control("vid-a", duration_ms=60_000, cancel_bill_fraction=0.5)
+    rig.start_worker(env_extra={"ORCH_POLL_MIN_S": "4", "ORCH_POLL_MAX_S": "4"})
+    job_id = submit(rig, video_job(deadline_s=3))
+    rig.wait_for("the hold to be finished", lambda: hold_status(rig, job_id) != "held", 30)
+
+    bill = bills_of(rig, "vid-a")[f"{job_id}:1"]
+    job = rig.job(job_id)
+    assert job.status == "failed" and job.error_code == "deadline_exceeded"
+    assert bill == 120_000 and job.cost_micros == bill  # half of 8 s at $0.03
+    (attempt,) = rig.attempts(job_id)
+    assert attempt.outcome == "timeout" and attempt.cost_micros == bill
+    assert provider(rig, "vid-a")["counters"]["cancels"] == 1
+    assert ledger(rig) == (bill, 0)
+
+
+# -- an answer lost after the provider created the work -------------------------------------------
+
+def test_a_lost_answer_from_a_provider_without_dedup_fails_over_as_uncertain(rig: Rig) -> None:
+    budget(rig)
+    rig.control("txt-none", idempotency="none", drop_answers=1)
+    rig.start_worker()
+    job_id = submit(rig, text_job())
+    (job,) = rig.wait_final([job_id], timeout=30)
+
+    assert provider(rig, "txt-none")["counters"]["created"] == 1  # never sent again
+    first, second = rig.attempts(job_id)
+    assert first.backend == "txt-none" and first.outcome == "uncertain"
+    assert first.error_code == "outcome_unknown" and first.cost_micros is None
+    lost = bills_of(rig, "txt-none")[f"{job_id}:1"]
+    assert first.possible_cost_micros is not None and first.possible_cost_micros >= lost
+    assert second.backend == "txt-backup" and second.outcome == "succeeded"
+    paid = bills_of(rig, "txt-backup")[f"{job_id}:2"]
+    assert job.status == "succeeded" and job.cost_micros == second.cost_micros == paid
+    assert ledger(rig) == (paid, 0)
+
+
+def test_a_lost_create_answer_is_found_by_its_key_and_not_paid_twice(rig: Rig) -> None:
+    budget(rig)
+    rig.control("vid-a", idempotency="none", drop_answers=1, duration_ms=500)
+    rig.start_worker()
+    job_id = submit(rig, video_job())
+    (job,) = rig.wait_final([job_id], timeout=30)
+
+    state = provider(rig, "vid-a")
+    assert state["counters"]["created"] == 1 and state["counters"]["lookups"] >= 1
+    (attempt,) = rig.attempts(job_id)
+    assert attempt.outcome == "succeeded" and attempt.external_id
+    bill = bills_of(rig, "vid-a")[f"{job_id}:1"]
+    assert job.status == "succeeded" and job.cost_micros == bill
+    assert ledger(rig) == (bill, 0)
+
+
+# -- a backend removed from the catalogue while a job runs there ----------------------------------
+
+def test_a_job_on_a_backend_removed_from_the_catalogue_ends_within_one_sweep(
+    rig: Rig, tmp_path: Path,
+) -> None:
+    budget(rig)
+    rig.control("vid-a", duration_ms=120_000)
+    rig.control("vid-b", duration_ms=300)
+    rig.start_worker()
+    job_id = submit(rig, video_job())
+    rig.wait_for("the prediction to be created",
+                 lambda: bool(rig.attempts(job_id) and rig.attempts(job_id)[0].external_id))
+    rig.kill_workers()
+    smaller = {**CATALOGUE, "backends": [b for b in CATALOGUE["backends"]
+                                         if b["name"] != "vid-a"]}
+    Path(rig.env["ORCH_BACKENDS_FILE"]).write_text(yaml.safe_dump(smaller))
+    rig.start_worker()
+    rig.wait_worker_ready()
+    with rig.engine.begin() as conn:  # as if the chain had gone silent past its grace
+        conn.execute(text("UPDATE jobs SET wake_at = now() - interval '1 second' "
+                          "WHERE id = :id"), {"id": job_id})
+    c = rig.container
+    assert sweep(c.engine, c.ledger, c.enqueue, grace_s=3).revived == 1
+    (job,) = rig.wait_final([job_id], timeout=30)  # no second sweep
+
+    removed, replacement = rig.attempts(job_id)
+    assert removed.backend == "vid-a" and removed.outcome == "uncertain"
+    assert removed.error_code == "backend_removed"
+    assert removed.possible_cost_micros == 240_000
+    assert replacement.backend == "vid-b" and replacement.outcome == "succeeded"
+    assert job.status == "succeeded" and job.cost_micros == replacement.cost_micros
+    assert ledger(rig) == (replacement.cost_micros, 0)
+    assert rig.job(job_id).wake_at is None
