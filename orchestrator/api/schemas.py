@@ -59,7 +59,10 @@ def _input_schema() -> dict[str, Any]:
         shapes.append(shape)
     return {"type": "object", "anyOf": shapes,
             "description": "per kind: video {prompt, duration_s, resolution}, "
-                           "image {prompt, n, size}, text {prompt, max_tokens}"}
+                           "image {prompt, n, size}, text {prompt, max_tokens}; other fields "
+                           "as the catalogue's backends declare them (GET /v1/backends "
+                           "params): a field none of the kind's backends declares is 422 "
+                           "invalid_request naming it (details.field = input.<name>)"}
 
 
 _EXAMPLE: dict[str, Any] = {

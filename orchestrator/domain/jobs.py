@@ -1,11 +1,17 @@
 """The job spec: what a producer asks for (the CONTRACT job body), validated per kind.
 
-``JobSpec.input`` stays a plain dict (backends may take extra parameters) but the known keys
-are checked and normalised per kind, with defaults filled in::
+``JobSpec.input`` stays a plain dict, its kind's standard keys checked and normalised, with
+defaults filled in::
 
     video: prompt, duration_s (1..600), resolution (480p|720p|1080p, default 720p)
     image: prompt, n (1..10, default 1), size ("WxH", default 1024x1024)
     text:  prompt, max_tokens (1..32768, default 512)
+
+Other keys are kept here: whether they are allowed depends on the catalogue, whose backends
+declare the parameters they accept (``domain.params``). Quotes and jobs refuse a field no
+backend that could run the job declares (``domain.inputs.check_input``), routing leaves out a
+backend that does not accept the input, and an adapter sends its backend's declared
+parameters only.
 """
 
 from __future__ import annotations
