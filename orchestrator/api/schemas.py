@@ -161,6 +161,10 @@ class BackendOut(_Out):
     latency_ms: float | None
     in_flight: int
     waiting: int = Field(description="jobs waiting for one of its concurrency slots")
+    params: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="per kind, the input parameters it accepts: {name: {type, min, max, "
+                    "max_length, choices, required, default, priced}}")
 
 
 class BackendsOut(BaseModel):
