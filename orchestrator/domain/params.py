@@ -1,11 +1,12 @@
 """Declared input parameters (a catalogue backend's ``params``): the inputs it accepts, with
 their types and ranges, and which ones its price depends on.
 
-    params:
+    params:                      # a text backend, priced per token
       prompt:      {type: string, required: true, max_length: 4000, priced: true}
-      resolution:  {type: enum, choices: ["480p", "720p"], priced: true}
-      seed:        {type: integer, min: 0, max: 4294967295}
+      max_tokens:  {type: integer, min: 1, max: 4096, priced: true}
       temperature: {type: number, min: 0, max: 2, default: 1}
+      seed:        {type: integer, min: 0, max: 4294967295}
+      style:       {type: enum, choices: [terse, chatty]}
 
 Fields: ``type`` (string | integer | number | boolean | enum); ``min``/``max`` (integer and
 number); ``max_length`` (string); ``choices`` (enum, strings); ``required`` (default false);
@@ -39,6 +40,8 @@ from pydantic import (
 PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:+-]{1,32}$")
 _BIG = 1.7976931348623157e308  # an open bound still refuses inf and NaN
+
+
 class ParamType(StrEnum):
     STRING = "string"
     INTEGER = "integer"
