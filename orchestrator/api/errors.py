@@ -1,6 +1,7 @@
 """The error envelope ``{"error": {"code", "message", "details"}}`` and the code → HTTP status map.
 
-    invalid_request       422   malformed body, query or path (names the field)
+    invalid_request       422   malformed body, query or path; an input field no backend that
+                                could run the job accepts (``details.field`` names the field)
     unauthorized          401   no, malformed, unknown or revoked API key
     forbidden             403   an admin route called with a tenant key
     not_found             404   no such job, or another tenant's job; unknown route
@@ -135,7 +136,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, items = validation_message(list(exc.errors()))
-        return error_response(422, "invalid_request", message, {"errors": items})
+        details: dict[str, Any] = {"errors": items}
+        if items:  # the first bad field, as an input field refused at the door names it
+            details = {"field": items[0]["field"], **details}
+        return error_response(422, "invalid_request", message, details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

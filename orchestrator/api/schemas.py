@@ -59,7 +59,10 @@ def _input_schema() -> dict[str, Any]:
         shapes.append(shape)
     return {"type": "object", "anyOf": shapes,
             "description": "per kind: video {prompt, duration_s, resolution}, "
-                           "image {prompt, n, size}, text {prompt, max_tokens}"}
+                           "image {prompt, n, size}, text {prompt, max_tokens}; other fields "
+                           "as the catalogue's backends declare them (GET /v1/backends "
+                           "params): a field none of the kind's backends declares is 422 "
+                           "invalid_request naming it (details.field = input.<name>)"}
 
 
 _EXAMPLE: dict[str, Any] = {
@@ -162,6 +165,10 @@ class BackendOut(_Out):
     latency_ms: float | None
     in_flight: int
     waiting: int = Field(description="jobs waiting for one of its concurrency slots")
+    params: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="per kind, the input parameters it accepts: {name: {type, min, max, "
+                    "max_length, choices, required, default, priced}}")
 
 
 class BackendsOut(BaseModel):

@@ -69,6 +69,9 @@ def backend_resource(spec: BackendSpec, health: BackendHealth, now: float) -> di
         "kinds": [k.value for k in spec.kinds],
         "tier": spec.tier.value,
         "max_concurrency": spec.max_concurrency,
+        # what a job may send it (only these reach its provider), per kind
+        "params": {k.value: {n: p.model_dump(mode="json", exclude_none=True)
+                             for n, p in t.items()} for k, t in spec.accepts.items()},
         **health.to_dict(now),
     }
 

@@ -1,5 +1,7 @@
 """OpenAI-compatible protocol: ``POST {base}/v1/chat/completions`` (text) and
-``POST {base}/v1/images/generations`` (image). Synchronous: one call returns the final result."""
+``POST {base}/v1/images/generations`` (image). Synchronous: one call returns the final result.
+The request carries the backend's declared parameters only (catalogue ``params``): the prompt
+as the user message (chat) or ``prompt`` (images), the others as top-level fields."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 from orchestrator.backends.base import PollResult, Submission
 from orchestrator.backends.errors import BackendFault
 from orchestrator.backends.http import HttpAdapter
+from orchestrator.domain.inputs import provider_input
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage
 
@@ -21,9 +24,11 @@ class OpenAIAdapter(HttpAdapter):
     def submit(self, spec: JobSpec, idempotency_key: str) -> Submission:
         kind = str(spec.kind)
         if kind == "text":
-            return self._chat(spec.input, idempotency_key)
+            return self._chat(provider_input(self.backend, spec.kind, spec.input),
+                              idempotency_key)
         if kind == "image":
-            return self._images(spec.input, idempotency_key)
+            return self._images(provider_input(self.backend, spec.kind, spec.input),
+                                idempotency_key)
         raise BackendFault(
             f"{self.name}: the openai protocol does not serve {kind} jobs",
             code="unsupported_kind", backend=self.name,
@@ -49,8 +54,7 @@ class OpenAIAdapter(HttpAdapter):
             "messages": messages,
             "max_tokens": int(inp.get("max_tokens") or DEFAULT_MAX_TOKENS),
         }
-        if inp.get("temperature") is not None:
-            body["temperature"] = inp["temperature"]
+        body.update(_extra(inp, body, "prompt"))
         data = self.request("POST", "/v1/chat/completions", json=body, idempotency_key=key,
                             creates=True)
         ext_id = data.get("id")
@@ -84,6 +88,7 @@ class OpenAIAdapter(HttpAdapter):
         size = str(inp.get("size") or DEFAULT_IMAGE_SIZE)
         n = int(inp.get("n") or 1)
         body = {"model": self.name, "prompt": str(inp.get("prompt", "")), "n": n, "size": size}
+        body.update(_extra(inp, body))
         data = self.request("POST", "/v1/images/generations", json=body, idempotency_key=key,
                             creates=True)
         items = data.get("data")
@@ -106,6 +111,12 @@ class OpenAIAdapter(HttpAdapter):
         )
         # The images API has no id of its own; the idempotency key names the call instead.
         return Submission(external_id=ext_id or key, result=result)
+
+
+def _extra(inp: dict[str, Any], body: dict[str, Any], *mapped: str) -> dict[str, Any]:
+    """The declared parameters (``inp`` holds nothing else) the body does not carry yet, as
+    top-level fields of the request (temperature, seed, quality, ...)."""
+    return {k: v for k, v in inp.items() if k not in body and k not in mapped}
 
 
 def _count(value: Any) -> bool:

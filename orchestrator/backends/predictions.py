@@ -1,6 +1,6 @@
 """Create-then-poll predictions protocol (the shape of Replicate-like hosted-model APIs):
 
-    POST {base}/v1/predictions              {"input": {...}}  -> {"id", "status": "starting"}
+    POST {base}/v1/predictions              {"input": {declared params}} -> {"id", "status"}
     GET  {base}/v1/predictions/{id}         -> {"status": starting|processing|succeeded|failed|
                                                 canceled, "output", "error", "metrics", "cost_usd"}
     POST {base}/v1/predictions/{id}/cancel  -> the prediction
@@ -20,6 +20,7 @@ from urllib.parse import quote
 from orchestrator.backends.base import PollResult, Status, Submission
 from orchestrator.backends.errors import BackendError, BackendFault, JobFault, LookupUnsupported
 from orchestrator.backends.http import CONTENT_POLICY_MARKERS, HttpAdapter, safe_token
+from orchestrator.domain.inputs import provider_input
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage
 
@@ -40,9 +41,11 @@ class PredictionsAdapter(HttpAdapter):
     synchronous = False
 
     def submit(self, spec: JobSpec, idempotency_key: str) -> Submission:
+        # only the parameters this backend declares: nothing else a caller sent is forwarded
+        inp = provider_input(self.backend, spec.kind, spec.input)
         data = self.request(
-            "POST", "/v1/predictions", json={"input": dict(spec.input)},
-            idempotency_key=idempotency_key, creates=True,
+            "POST", "/v1/predictions", json={"input": inp}, idempotency_key=idempotency_key,
+            creates=True,
         )
         ext_id = data.get("id")
         if not isinstance(ext_id, str) or not ext_id:

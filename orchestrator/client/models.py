@@ -99,6 +99,8 @@ class Backend(_Model):
     latency_ms: float | None = None
     in_flight: int | None = None
     waiting: int | None = None
+    # per kind, the input parameters it accepts: {name: {type, min, max, ..., priced}}
+    params: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
 
 
 class Budget(_Model):

@@ -6,6 +6,11 @@ A bad catalogue fails at start with one line naming the file, the backend and th
 
 Prices are written in USD in the file and kept as exact decimals; pricing turns them into
 integer pico-USD rates (``rate_pico``) so that estimates are exact integer arithmetic.
+
+``params`` declares the inputs a backend accepts (name: type, range, required, default,
+priced): ``orchestrator.domain.params``. Without it a backend accepts its kinds' standard
+parameters, narrowed to what its price can price (``orchestrator.domain.accepts``). Only
+accepted inputs reach the provider.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.domain.accepts import resolve
 from orchestrator.domain.jobs import RESOLUTIONS, Kind, Tier
+from orchestrator.domain.params import PARAM_NAME_RE, FieldError, ParamSpec
 from orchestrator.errors import ConfigurationError
 
 PICO_PER_USD = 10**12
@@ -206,6 +213,9 @@ class BackendSpec(BaseModel):
     expected_latency_ms: float | None = Field(
         default=None, gt=0, description="prior for routing until latency has been observed"
     )
+    params: dict[str, ParamSpec] = Field(
+        default_factory=dict, description="declared input parameters (domain.params)"
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -229,6 +239,25 @@ class BackendSpec(BaseModel):
         if bad:
             raise ValueError(f"model {v.model} cannot price {', '.join(bad)} jobs")
         return v
+
+    @field_validator("params")
+    @classmethod
+    def _param_names(cls, v: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        for name in v:
+            if not PARAM_NAME_RE.match(name):
+                raise FieldError(name, "a parameter name is a letter or _, then letters, "
+                                       "digits or _ (at most 64)")
+        return v
+
+    @model_validator(mode="after")
+    def _params_fit(self) -> BackendSpec:
+        _ = self.accepts  # a contradiction with the job spec or the price fails the load
+        return self
+
+    @cached_property
+    def accepts(self) -> dict[Kind, dict[str, ParamSpec]]:
+        """Per kind, the input parameters this backend accepts (``priced`` filled in)."""
+        return resolve(self.kinds, self.protocol.value, self.price, self.params)
 
     def api_key(self, env: Mapping[str, str] | None = None) -> str | None:
         """The key from the environment variable named by ``api_key_env`` (never logged)."""
@@ -307,6 +336,9 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
     err = exc.errors()[0]
     # drop the discriminator tag pydantic puts in the location of a tagged union member
     loc = [str(p) for p in err["loc"] if p not in _PRICE_KINDS]
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldError):  # a check that knows the field better than its location
+        return ".".join([*loc, cause.path]), cause.message
     return ".".join(loc), str(err["msg"]).removeprefix("Value error, ")
 
 

@@ -1,11 +1,17 @@
 """The job spec: what a producer asks for (the CONTRACT job body), validated per kind.
 
-``JobSpec.input`` stays a plain dict (backends may take extra parameters) but the known keys
-are checked and normalised per kind, with defaults filled in::
+``JobSpec.input`` stays a plain dict, its kind's standard keys checked and normalised, with
+defaults filled in::
 
     video: prompt, duration_s (1..600), resolution (480p|720p|1080p, default 720p)
     image: prompt, n (1..10, default 1), size ("WxH", default 1024x1024)
     text:  prompt, max_tokens (1..32768, default 512)
+
+Other keys are kept here: whether they are allowed depends on the catalogue, whose backends
+declare the parameters they accept (``domain.params``). Quotes and jobs refuse a field no
+backend that could run the job declares (``domain.inputs.check_input``), routing leaves out a
+backend that does not accept the input, and an adapter sends its backend's declared
+parameters only.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ class Priority(StrEnum):
 
 RESOLUTIONS = ("480p", "720p", "1080p")
 MAX_VIDEO_SECONDS = 600
+MAX_PROMPT_CHARS = 100_000
+MAX_IMAGES = 10
+MAX_OUTPUT_TOKENS = 32_768
 _SIZE_RE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 _PROJECT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -63,7 +72,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 class _Input(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    prompt: str = Field(min_length=1, max_length=100_000)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
 
     @field_validator("prompt")
     @classmethod
@@ -93,7 +102,7 @@ class VideoInput(_Input):
 
 
 class ImageInput(_Input):
-    n: int = Field(default=1, ge=1, le=10)
+    n: int = Field(default=1, ge=1, le=MAX_IMAGES)
     size: str = "1024x1024"
 
     @field_validator("size")
@@ -105,7 +114,7 @@ class ImageInput(_Input):
 
 
 class TextInput(_Input):
-    max_tokens: int = Field(default=512, ge=1, le=32_768)
+    max_tokens: int = Field(default=512, ge=1, le=MAX_OUTPUT_TOKENS)
 
 
 _INPUT_MODELS: dict[Kind, type[_Input]] = {

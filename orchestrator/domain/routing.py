@@ -1,7 +1,9 @@
 """Routing (pure): which backends may run a job, in which order, and why (DESIGN §4).
 
-1. Filter: supports the kind, tier >= requested, priceable, estimate <= max_cost_usd, breaker
-   not open (nor a probe in flight). A backend at its concurrency limit stays a candidate
+1. Filter: supports the kind, tier >= requested, accepts the job's input (declares every
+   field, with a range that admits its value, and the job sets every field it requires:
+   ``domain.params``), priceable, estimate <= max_cost_usd, breaker not open (nor a probe in
+   flight). A backend at its concurrency limit stays a candidate
    (its ``in_flight``/``max_concurrency`` are shown): capacity is taken when the job runs,
    where a job that finds every candidate full waits in the queue for a slot instead of
    being refused at the door (``service.runner``).
@@ -20,15 +22,16 @@ latency / this latency (0.5 unknown), ``quality`` = tiers above the requested on
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
 from orchestrator.domain.breaker import UNKNOWN, BackendHealth, BreakerStatus, Refusal, refusal
 from orchestrator.domain.catalogue import BackendSpec, Catalogue
-from orchestrator.domain.jobs import JobSpec, Strategy
+from orchestrator.domain.jobs import JobSpec, Kind, Strategy
 from orchestrator.domain.money import format_usd, micros_to_usd, usd_to_micros
+from orchestrator.domain.params import checker
 from orchestrator.domain.pricing import NotPriceable, price_quantities, quantities
 
 
@@ -37,6 +40,9 @@ class ExclusionCode(StrEnum):
     NOT_PINNED = "not_pinned"
     WRONG_KIND = "wrong_kind"
     TIER_TOO_LOW = "tier_too_low"
+    INPUT_NOT_ACCEPTED = "input_not_accepted"
+    INPUT_REFUSED = "input_refused"
+    INPUT_MISSING = "input_missing"
     NOT_PRICEABLE = "not_priceable"
     OVER_MAX_COST = "over_max_cost"
     BREAKER_OPEN = "breaker_open"
@@ -116,6 +122,12 @@ class Exclusion(NamedTuple):
             return f"does not run {i[0]} jobs"
         if code is ExclusionCode.TIER_TOO_LOW:
             return f"tier {i[0]} is below {i[1]}"
+        if code is ExclusionCode.INPUT_NOT_ACCEPTED:
+            return f"does not accept input.{i[0]}"
+        if code is ExclusionCode.INPUT_REFUSED:
+            return str(i[2].refusal(i[0], i[1]))
+        if code is ExclusionCode.INPUT_MISSING:
+            return f"requires input.{i[0]}"
         if code is ExclusionCode.OVER_MAX_COST:
             return (f"estimate {format_usd(i[0])} is over max_cost_usd {format_usd(i[1])}")
         if code is ExclusionCode.BREAKER_OPEN:
@@ -208,7 +220,7 @@ class _Readback(Exclusion):
 class _Row:
     """A backend's routing facts, precomputed once per catalogue."""
 
-    __slots__ = ("hint", "kinds", "max_conc", "name", "rank", "spec", "tier")
+    __slots__ = ("hint", "inputs", "kinds", "max_conc", "name", "rank", "spec", "tier")
 
     def __init__(self, b: BackendSpec) -> None:
         self.name = b.name
@@ -218,6 +230,29 @@ class _Row:
         self.spec = b
         self.max_conc = b.max_concurrency
         self.hint = b.expected_latency_ms
+        # per kind: a predicate per accepted parameter, and the names a job must set
+        self.inputs: dict[Kind, tuple[dict[str, Callable[[Any], bool]], tuple[str, ...]]] = {
+            k: ({n: checker(p) for n, p in t.items()},
+                tuple(n for n, p in t.items() if p.required))
+            for k, t in b.accepts.items()
+        }
+
+
+def _input_refusal(
+    r: _Row, kind: Kind, inp: dict[str, Any]
+) -> tuple[ExclusionCode, tuple[Any, ...]] | None:
+    """Why ``r`` refuses the job's input (the first field it refuses), or None."""
+    checks, required = r.inputs[kind]
+    for key, value in inp.items():
+        ok = checks.get(key)
+        if ok is None:
+            return ExclusionCode.INPUT_NOT_ACCEPTED, (key,)
+        if not ok(value):
+            return ExclusionCode.INPUT_REFUSED, (key, value, r.spec.accepts[kind][key])
+    for key in required:
+        if key not in inp:
+            return ExclusionCode.INPUT_MISSING, (key,)
+    return None
 
 
 _ROWS: dict[int, tuple[tuple[BackendSpec, ...], list[_Row]]] = {}
@@ -255,6 +290,7 @@ def plan_route(
     max_cost = spec.max_cost_micros
     q = quantities(spec)
     kind = spec.kind
+    inp = spec.input
     excluded: list[Exclusion] = []
     passed: list[tuple[_Row, int, BackendHealth]] = []
     pin_seen = False
@@ -269,6 +305,10 @@ def plan_route(
             continue
         if pin is None and r.rank < want_rank:
             excluded.append(Exclusion(name, ExclusionCode.TIER_TOO_LOW, (r.tier, tier.value)))
+            continue
+        refused = _input_refusal(r, kind, inp)
+        if refused is not None:
+            excluded.append(Exclusion(name, *refused))
             continue
         try:
             est = price_quantities(r.spec, q)

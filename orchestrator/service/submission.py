@@ -1,4 +1,5 @@
-"""Submit and quote: route, then job row + budget hold in one statement, then enqueue.
+"""Submit and quote: check the input against the catalogue, route, then job row + budget hold
+in one statement, then enqueue.
 
 The job row is its own outbox: if the enqueue after the commit fails (or the message is lost,
 or the process stops before sending it), the sweeper finds the queued job past its
@@ -22,9 +23,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.domain.budgets import covering_scopes
 from orchestrator.domain.catalogue import Catalogue
+from orchestrator.domain.inputs import check_input
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.routing import RoutePlan, plan_route
-from orchestrator.errors import BudgetExceeded, Conflict, NoEligibleBackend
+from orchestrator.errors import BudgetExceeded, Conflict, InvalidRequest, NoEligibleBackend
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.admission import NewJob
 from orchestrator.service.observe import record_submission
@@ -77,15 +79,17 @@ class Submitter:
         self.start_grace = start_grace  # a job not started by then is the sweeper's
 
     def quote(self, spec: JobSpec) -> RoutePlan:
-        """The ranked plan with reasons. Reads health; changes nothing."""
+        """The ranked plan with reasons. Reads health; changes nothing. InvalidRequest
+        naming the field when no backend that could run the job accepts its input."""
         cat = self.catalogue()
+        check_input(spec, cat)
         return plan_route(spec, cat.backends, self.health.snapshot(cat.names), now=time.time())
 
     def submit(
         self, tenant: str, spec: JobSpec, idempotency_key: str | None = None
     ) -> tuple[repo.JobRow, bool]:
         """Returns (job, created), the new job's start message sent. Raises
-        NoEligibleBackend, BudgetExceeded, Conflict."""
+        InvalidRequest, NoEligibleBackend, BudgetExceeded, Conflict."""
         admission = self.admit(tenant, spec, idempotency_key)
         self.start(admission)
         return admission.job, admission.created
@@ -95,11 +99,19 @@ class Submitter:
     ) -> Admission:
         """Route the job and write it with its budget hold; its start message is for
         :meth:`start` to send (the API sends it after answering: the job row is its outbox).
-        Raises NoEligibleBackend, BudgetExceeded, Conflict."""
+        Raises InvalidRequest, NoEligibleBackend, BudgetExceeded, Conflict."""
         rhash = request_hash(spec)
         # A replayed Idempotency-Key is found by the job insert (ON CONFLICT DO NOTHING), not
         # by a lookup before it: the common, first-time submission reads nothing extra.
-        plan = self.quote(spec)
+        try:
+            plan = self.quote(spec)
+        except InvalidRequest:
+            # a job accepted before the catalogue changed is still its key's job
+            replay = None if idempotency_key is None else self._replay(
+                tenant, idempotency_key, rhash)
+            if replay is None:
+                raise
+            return Admission(replay, None)
         if not plan.candidates:
             if idempotency_key is not None:  # a replay still gets its job, routable or not
                 replay = self._replay(tenant, idempotency_key, rhash)

@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.domain.breaker import BackendHealth, BreakerState, BreakerStatus, refusal
-from orchestrator.domain.catalogue import BackendSpec, load_catalogue
+from orchestrator.domain.catalogue import (
+    BackendSpec,
+    PerImagePrice,
+    PerSecondPrice,
+    load_catalogue,
+)
 from orchestrator.domain.jobs import JobSpec, Kind, Strategy, Tier
 from orchestrator.domain.pricing import NotPriceable, estimate_micros
 from orchestrator.domain.routing import ExclusionCode, RoutePlan, plan_route
@@ -98,6 +103,13 @@ def first_failure(spec: JobSpec, b: BackendSpec, h: BackendHealth) -> ExclusionC
         return ExclusionCode.WRONG_KIND
     if spec.backend is None and b.tier.rank < spec.tier.rank:
         return ExclusionCode.TIER_TOO_LOW
+    # no declared params: a backend accepts the resolutions and sizes its price lists
+    price = b.price
+    if isinstance(price, PerSecondPrice) and (
+            spec.input["resolution"] not in price.resolution_multipliers):
+        return ExclusionCode.INPUT_REFUSED
+    if isinstance(price, PerImagePrice) and spec.input["size"] not in price.usd_per_image:
+        return ExclusionCode.INPUT_REFUSED
     try:
         est = estimate_micros(b, spec)
     except NotPriceable:
