@@ -52,11 +52,12 @@ _UPSERT = text(
     """
 )
 # A lowered limit applies at once to the open period; it cannot go below what is already
-# committed or held there (the CHECK forbids it), so it clamps and blocks new holds instead.
+# committed or held there, so it clamps and blocks new holds instead. Nothing is then past
+# the limit: no excess.
 _RELIMIT_OPEN_PERIODS = text(
     """
     UPDATE budget_periods
-    SET limit_micros = GREATEST(:limit, committed_micros + held_micros)
+    SET limit_micros = GREATEST(:limit, committed_micros + held_micros), excess_micros = 0
     WHERE budget_id = :id AND (period_end IS NULL OR period_end > :now)
     """
 )

@@ -1,5 +1,6 @@
 """A job's ending in one statement: its last attempt closed, its final status and cost, and
-its hold settled or released (``orch_end_job``, migration 0006).
+its hold settled or released, charging the cost in full (``orch_end_job``, migrations 0006
+and 0008: a cost above the hold is charged too, the rest as an overage).
 
 The runner ends every job through here. Run on a connection without an open transaction the
 statement commits on its own; with ``guard`` it is refused (``AlertsOwed``, nothing changed)
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from orchestrator.ledger.alerts import period_alerts
+from orchestrator.ledger.alerts import Overage, period_alerts
 from orchestrator.store.statement import Conn, Statement
 
 
@@ -34,13 +35,17 @@ class ClosingAttempt:
 class JobEnd:
     """What ``end_job`` did. ``ended`` False: the job had already ended (another step or a
     cancel), so only the attempt was closed. ``hold_status`` is set when the hold was no
-    longer held (the job ended without a charge)."""
+    longer held (the job ended without a charge). Otherwise ``charged_micros`` is the job's
+    whole cost, ``hold_micros`` its hold, and ``overage_micros`` what the cost went past the
+    hold (charged too; callers count it: ``JobObserver.overage``)."""
 
     ended: bool
     cost_micros: int = 0
     charged_micros: int = 0
     hold_status: str | None = None
     alert_ids: tuple[uuid.UUID, ...] = ()
+    hold_micros: int = 0
+    overage_micros: int = 0
 
 
 _END_JOB = Statement(
@@ -79,10 +84,12 @@ def end_job(
     })
     if not rows:
         return None
-    ended, cost, charged, hold_status = rows[0][:4]
+    ended, cost, charged, hold_status, hold = rows[0][:5]
     if ended != "ended":
         return JobEnd(ended=False)
     if charged is None:
         return JobEnd(ended=True, cost_micros=cost, hold_status=hold_status)
-    alert_ids = () if guard else period_alerts(conn, (r[5:] for r in rows), charged, now)
-    return JobEnd(ended=True, cost_micros=cost, charged_micros=charged, alert_ids=alert_ids)
+    over = Overage(job_id, hold, charged)
+    alert_ids = () if guard else period_alerts(conn, (r[5:] for r in rows), charged, now, over)
+    return JobEnd(ended=True, cost_micros=cost, charged_micros=charged, alert_ids=alert_ids,
+                  hold_micros=hold, overage_micros=over.overage_micros)
