@@ -1,8 +1,10 @@
-"""Random sequences of hold / settle / release / expire keep every invariant of DESIGN §6.
+"""Random sequences of hold / settle / release / expire / limit changes keep every invariant
+of DESIGN §6.
 
 A pure model of the counters runs beside the real ledger on PostgreSQL; after every step the
 database must agree with the model and pass the audit. Charges go up to 1.5 times the hold
-(a bill above it is charged in full: an overage, which may take a budget past its limit).
+(a bill above it is charged in full: an overage, which may take a budget past its limit),
+and limits are lowered and raised under open holds.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.ledger.hold(job, scopes, amount)
         except BudgetExceeded as exc:
             assert not fits
-            # (a period past its limit by an overage refuses even a hold of nothing)
+            # (a period past a lowered limit refuses even a hold of nothing)
             assert exc.remaining_micros < amount or exc.remaining_micros == amount == 0
             return
         assert fits
@@ -111,6 +113,11 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         raise AssertionError("a finished hold accepted a second, different step")
 
+    @rule(scope=st.sampled_from(sorted(LIMITS)), limit=st.integers(0, 45_000_000))
+    def set_limit(self, scope: str, limit: int) -> None:
+        make_budget(self.engine, scope, "total", limit)
+        self.limits[scope] = limit
+
     @rule(minutes=st.integers(1, 40))
     def expire(self, minutes: int) -> None:
         self.clock.at += timedelta(minutes=minutes)
@@ -130,7 +137,7 @@ class LedgerMachine(RuleBasedStateMachine):
             limit, committed, held = got.get(bid, (self.limits[scope], 0, 0))
             assert limit == self.limits[scope]
             assert (committed, held) == (self.model_committed[scope], self.model_held[scope])
-            # past the limit only by what an overage put there
+            # past the limit only by what an overage or a lowered limit put there
             assert excess.get(bid, 0) == max(0, committed + held - limit)
         with self.engine.connect() as conn:
             assert audit(conn) == []
