@@ -131,12 +131,21 @@ _INSERT_ENTRIES = Statement(
                 CAST(:commits AS bigint[])) AS t(pid, job, held, committed)
     """
 )
+# A hold past its expiry, unless its job is still live: queued or running, or final with an
+# attempt still open (it may yet be billed); such a hold is its chain's to settle. A hold whose
+# job row is gone (or never was: a bare ``Ledger.hold``) expires.
 _LOCK_EXPIRED = text(
     """
-    SELECT id, job_id, amount_micros FROM holds
-    WHERE status = 'held' AND expires_at <= :now
-    ORDER BY id
-    FOR UPDATE SKIP LOCKED
+    SELECT h.id, h.job_id, h.amount_micros FROM holds h
+    WHERE h.status = 'held' AND h.expires_at <= :now
+      AND NOT EXISTS (
+          SELECT 1 FROM jobs j
+          WHERE j.id = h.job_id
+            AND (j.status IN ('queued', 'running')
+                 OR EXISTS (SELECT 1 FROM attempts a
+                            WHERE a.job_id = j.id AND a.outcome IS NULL)))
+    ORDER BY h.id
+    FOR UPDATE OF h SKIP LOCKED
     LIMIT :limit
     """
 )
@@ -386,7 +395,9 @@ class Ledger:
 
     # -- expire ------------------------------------------------------------------------------
     def expire_stale(self, *, limit: int = 500, conn: Connection | None = None) -> list[uuid.UUID]:
-        """Release every hold past its expiry (SKIP LOCKED: sweepers never block each other).
+        """Release every hold past its expiry whose job is no longer live (SKIP LOCKED:
+        sweepers never block each other). A queued or running job's hold, or a final job's
+        with an attempt still open, stays held for its chain to settle, however old.
 
         Returns the job ids whose holds expired.
         """
