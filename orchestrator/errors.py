@@ -13,7 +13,7 @@
         ├── BudgetExceeded          a hold would push a budget past its limit
         ├── HoldNotFound            no hold exists for that job
         ├── HoldNotActive           the hold was already settled, released or expired
-        ├── InvalidAmount           negative amount, or a settle/charge above the hold
+        ├── InvalidAmount           a negative amount, charge or limit
         └── AlertsOwed              (internal) a guarded step that commits on its own may owe
                                     an alert: nothing changed; run it in a transaction
 

@@ -1,8 +1,9 @@
 """Cost reports from the ledger, and how good the estimates were (the query layer of
 ``GET /v1/reports/costs`` and ``orchestrator report``).
 
-**Costs** come from the ledger: the committed deltas of ``ledger_entries`` (settle, and a
-release that charged a partial cost), joined to ``jobs`` for backend, tier and project. Each
+**Costs** come from the ledger: the committed deltas of ``ledger_entries`` (settle, a
+release that charged a partial cost, and the overage of a bill above its hold), joined to
+``jobs`` for backend, tier and project. Each
 step writes the same charge into every budget period that covers the job (global, tenant,
 project), so a job's charge is counted once: one value per (job, step). The groups therefore
 add up, to the micro-dollar, to the committed sum of any one budget that covers all the jobs

@@ -44,8 +44,44 @@ _NO_PERIOD = ("NULL::bigint, NULL::bigint, NULL::timestamptz, NULL::timestamptz,
               "NULL::bigint, NULL::bigint, NULL::text, NULL::text, NULL::jsonb, NULL::jsonb")
 
 
-# kept whole: migration 0008 replaces it, and its downgrade puts this one back
-END_JOB_SQL = f"""
+def upgrade() -> None:
+    op.execute(
+        f"""
+        CREATE FUNCTION orch_finish_hold(
+            p_job uuid, p_status text, p_kind text, p_charge bigint, p_now timestamptz,
+            p_guard boolean
+        ) RETURNS TABLE (hold_micros bigint, {_PERIOD_COLUMNS})
+        LANGUAGE plpgsql AS $$
+        #variable_conflict use_column
+        DECLARE
+            v_hold bigint;
+            v_amount bigint;
+            v_pids bigint[];
+            v_lines bigint[];
+        BEGIN
+            UPDATE holds h SET status = p_status, charged_micros = p_charge, finished_at = p_now
+            WHERE h.job_id = p_job AND h.status = 'held' AND h.amount_micros >= p_charge
+            RETURNING h.id, h.amount_micros INTO v_hold, v_amount;
+            IF NOT FOUND THEN
+                RETURN;
+            END IF;
+            SELECT array_agg(hl.budget_period_id ORDER BY hl.budget_period_id),
+                   array_agg(hl.amount_micros ORDER BY hl.budget_period_id)
+            INTO v_pids, v_lines
+            FROM hold_lines hl WHERE hl.hold_id = v_hold;
+            IF v_pids IS NULL THEN
+                RETURN QUERY SELECT v_amount, {_NO_PERIOD};
+                RETURN;
+            END IF;
+            RETURN QUERY SELECT v_amount, a.*
+            FROM orch_apply(p_job, p_kind, p_now, v_pids, v_lines,
+                            array_fill(p_charge, ARRAY[cardinality(v_pids)]), p_guard) a;
+        END
+        $$
+        """
+    )
+    op.execute(
+        f"""
         CREATE FUNCTION orch_end_job(
             p_job uuid, p_status text, p_now timestamptz,
             p_attempt bigint, p_outcome text, p_fault text, p_attempt_cost bigint,
@@ -100,45 +136,7 @@ END_JOB_SQL = f"""
         END
         $$
         """
-
-
-def upgrade() -> None:
-    op.execute(
-        f"""
-        CREATE FUNCTION orch_finish_hold(
-            p_job uuid, p_status text, p_kind text, p_charge bigint, p_now timestamptz,
-            p_guard boolean
-        ) RETURNS TABLE (hold_micros bigint, {_PERIOD_COLUMNS})
-        LANGUAGE plpgsql AS $$
-        #variable_conflict use_column
-        DECLARE
-            v_hold bigint;
-            v_amount bigint;
-            v_pids bigint[];
-            v_lines bigint[];
-        BEGIN
-            UPDATE holds h SET status = p_status, charged_micros = p_charge, finished_at = p_now
-            WHERE h.job_id = p_job AND h.status = 'held' AND h.amount_micros >= p_charge
-            RETURNING h.id, h.amount_micros INTO v_hold, v_amount;
-            IF NOT FOUND THEN
-                RETURN;
-            END IF;
-            SELECT array_agg(hl.budget_period_id ORDER BY hl.budget_period_id),
-                   array_agg(hl.amount_micros ORDER BY hl.budget_period_id)
-            INTO v_pids, v_lines
-            FROM hold_lines hl WHERE hl.hold_id = v_hold;
-            IF v_pids IS NULL THEN
-                RETURN QUERY SELECT v_amount, {_NO_PERIOD};
-                RETURN;
-            END IF;
-            RETURN QUERY SELECT v_amount, a.*
-            FROM orch_apply(p_job, p_kind, p_now, v_pids, v_lines,
-                            array_fill(p_charge, ARRAY[cardinality(v_pids)]), p_guard) a;
-        END
-        $$
-        """
     )
-    op.execute(END_JOB_SQL)
 
 
 def downgrade() -> None:

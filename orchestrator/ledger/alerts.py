@@ -9,6 +9,11 @@
 - ``refusal``: a hold was refused (402); at most once per budget per window (``bucket`` =
   the window start in unix seconds), written in its own short transaction since the refused
   hold's transaction was rolled back.
+- ``overage``: a job's bill was above its hold and was charged in full, the rest as an
+  ``overage:<job>`` entry that may take the period past its limit; once per job and period
+  (``bucket`` = the hold's id, ``threshold_bp`` 0), written in the settle/release transaction.
+  Its payload adds ``job_id``, ``hold_usd``, ``charge_usd``, ``overage_usd`` (and the exact
+  amounts in micro-USD).
 
 Uniqueness is ``(budget_period_id, kind, threshold_bp, bucket)`` and every insert is
 ``ON CONFLICT DO NOTHING``: concurrent steps crossing one line write one row.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -50,6 +56,16 @@ _INSERT_ALERT = text(
     """
     INSERT INTO alerts (budget_id, budget_period_id, kind, threshold_bp, bucket, payload)
     VALUES (:budget_id, :pid, :kind, :bp, :bucket, CAST(:payload AS jsonb))
+    ON CONFLICT (budget_period_id, kind, threshold_bp, bucket) DO NOTHING
+    RETURNING id
+    """
+)
+# The bucket is the job's hold id: one overage alert per job and period.
+_INSERT_OVERAGE_ALERT = text(
+    """
+    INSERT INTO alerts (budget_id, budget_period_id, kind, threshold_bp, bucket, payload)
+    SELECT :budget_id, :pid, 'overage', 0, h.id, CAST(:payload AS jsonb)
+    FROM holds h WHERE h.job_id = :job
     ON CONFLICT (budget_period_id, kind, threshold_bp, bucket) DO NOTHING
     RETURNING id
     """
@@ -133,17 +149,61 @@ def step_alerts(
     return ids
 
 
+@dataclass(frozen=True, slots=True)
+class Overage:
+    """A job charged above its hold: ``charge_micros`` in full, ``hold_micros`` of it from the
+    hold, the rest (``overage_micros``) past it."""
+
+    job_id: uuid.UUID
+    hold_micros: int
+    charge_micros: int
+
+    @property
+    def overage_micros(self) -> int:
+        return max(0, self.charge_micros - self.hold_micros)
+
+
+def overage_alert(
+    tx: Connection, p: PeriodAfterStep, overage: Overage, now: datetime
+) -> uuid.UUID | None:
+    """The ``overage`` alert of this job in period ``p`` (its row as updated, joined to its
+    budget); None when the job already has one there."""
+    forecast = project_window(p.committed_micros, _window(p), now)
+    payload = alert_payload(
+        p, 0, now, forecast, job_id=str(overage.job_id),
+        hold_usd=micros_to_usd(overage.hold_micros),
+        charge_usd=micros_to_usd(overage.charge_micros),
+        overage_usd=micros_to_usd(overage.overage_micros),
+        hold_micros=overage.hold_micros, charge_micros=overage.charge_micros,
+        overage_micros=overage.overage_micros,
+    )
+    alert_id: uuid.UUID | None = tx.execute(
+        _INSERT_OVERAGE_ALERT,
+        {"budget_id": p.budget_id, "pid": p.id, "job": overage.job_id, "payload": payload},
+    ).scalar()
+    return alert_id
+
+
 def period_alerts(
-    conn: object, periods: Iterable[Sequence[Any]], charge: int, now: datetime
+    conn: object, periods: Iterable[Sequence[Any]], charge: int, now: datetime,
+    overage: Overage | None = None,
 ) -> tuple[uuid.UUID, ...]:
     """``step_alerts`` for each period row a settle-like step returned (``orch_apply``'s
-    columns; a NULL id stands for a hold no budget covers), in ``conn``'s transaction, which
-    must be a SQLAlchemy one: the alerts commit with the step or not at all."""
+    columns; a NULL id stands for a hold no budget covers), and the ``overage`` alert where
+    the charge went past the hold, in ``conn``'s transaction, which must be a SQLAlchemy one:
+    the alerts commit with the step or not at all. ``charge`` is all that the step added to
+    committed (an overage included)."""
     assert isinstance(conn, Connection), "alerts are written in a SQLAlchemy transaction"
     ids: list[uuid.UUID] = []
     for row in periods:
-        if row[0] is not None:
-            ids += step_alerts(conn, PeriodAfterStep(*row), charge, now)
+        if row[0] is None:
+            continue
+        p = PeriodAfterStep(*row)
+        ids += step_alerts(conn, p, charge, now)
+        if overage is not None and overage.overage_micros > 0:
+            alert_id = overage_alert(conn, p, overage, now)
+            if alert_id is not None:
+                ids.append(alert_id)
     return tuple(ids)
 
 

@@ -1,5 +1,19 @@
 """Check the ledger's invariants (DESIGN §6) against the database; an empty list means sound.
 
+- **Counters are their entries**: each period's committed and held equal the sums of its
+  ledger entries' deltas (``hold``, ``settle``, ``release``, ``expire`` and ``overage``).
+- **Within the limit, but for the excess**: ``committed + held <= limit + excess`` (what the
+  CHECK ``within_limit`` enforces), and the excess is exactly what is past the limit,
+  ``GREATEST(0, committed + held - limit)``: only an overage or a lowered limit put it there,
+  and it drains as the period's holds finish.
+- **Charged at most once**: per job and period at most one settle, release or expire entry,
+  and at most one overage entry, which comes with the settle or release it completes.
+- **Charged as billed**: per hold and covered period, the committed deltas of the job's
+  entries there sum to the hold's ``charged_micros`` (0 while it is held): a bill above the
+  hold is never capped.
+- **Held is the open holds**: each period's held equals the sum of its lines of holds still
+  ``held``.
+
 Used by the tests after every concurrent run and by operators (``orchestrator ledger audit``).
 """
 
@@ -19,13 +33,39 @@ _COUNTERS_VS_ENTRIES = text(
     """
 )
 _OVER_LIMIT = text(
-    "SELECT id FROM budget_periods WHERE committed_micros + held_micros > limit_micros"
+    """
+    SELECT id, committed_micros, held_micros, limit_micros, excess_micros FROM budget_periods
+    WHERE committed_micros + held_micros > limit_micros + excess_micros
+       OR excess_micros <> GREATEST(0, committed_micros + held_micros - limit_micros)
+    """
 )
 _CHARGED_TWICE = text(
     """
-    SELECT job_id, budget_period_id, COUNT(*) AS n FROM ledger_entries
-    WHERE kind IN ('settle', 'release', 'expire')
-    GROUP BY job_id, budget_period_id HAVING COUNT(*) > 1
+    SELECT job_id, budget_period_id, CASE WHEN kind = 'overage' THEN 'overage' ELSE 'ending'
+           END AS what, COUNT(*) AS n
+    FROM ledger_entries
+    WHERE kind IN ('settle', 'release', 'expire', 'overage')
+    GROUP BY job_id, budget_period_id, what HAVING COUNT(*) > 1
+    """
+)
+_OVERAGE_ALONE = text(
+    """
+    SELECT o.job_id, o.budget_period_id FROM ledger_entries o
+    WHERE o.kind = 'overage' AND NOT EXISTS (
+        SELECT 1 FROM ledger_entries e
+        WHERE e.job_id = o.job_id AND e.budget_period_id = o.budget_period_id
+          AND e.kind IN ('settle', 'release'))
+    """
+)
+_CHARGED_AS_BILLED = text(
+    """
+    SELECT h.job_id, hl.budget_period_id, COALESCE(h.charged_micros, 0) AS charged,
+           COALESCE(e.committed, 0) AS committed
+    FROM holds h JOIN hold_lines hl ON hl.hold_id = h.id
+    LEFT JOIN (SELECT job_id, budget_period_id, SUM(committed_delta_micros) AS committed
+               FROM ledger_entries GROUP BY job_id, budget_period_id) e
+        ON e.job_id = h.job_id AND e.budget_period_id = hl.budget_period_id
+    WHERE COALESCE(h.charged_micros, 0) <> COALESCE(e.committed, 0)
     """
 )
 _OPEN_HELD = text(
@@ -47,9 +87,25 @@ def audit(conn: Connection) -> list[str]:
             f"but entries sum to committed={r.committed_sum} held={r.held_sum}"
         )
     for r in conn.execute(_OVER_LIMIT):
-        problems.append(f"period {r.id}: committed + held exceeds the limit")
+        problems.append(
+            f"period {r.id}: committed={r.committed_micros} + held={r.held_micros} against "
+            f"limit={r.limit_micros}, but excess={r.excess_micros} (must be exactly what is "
+            "past the limit)"
+        )
     for r in conn.execute(_CHARGED_TWICE):
-        problems.append(f"job {r.job_id} finished {r.n} times in period {r.budget_period_id}")
+        problems.append(
+            f"job {r.job_id}: {r.n} {r.what} entries in period {r.budget_period_id}"
+        )
+    for r in conn.execute(_OVERAGE_ALONE):
+        problems.append(
+            f"job {r.job_id}: an overage in period {r.budget_period_id} without its settle or "
+            "release"
+        )
+    for r in conn.execute(_CHARGED_AS_BILLED):
+        problems.append(
+            f"job {r.job_id}: charged {r.charged} but committed {r.committed} in period "
+            f"{r.budget_period_id}"
+        )
     for r in conn.execute(_OPEN_HELD):
         if r.held_micros != r.open_sum:
             problems.append(

@@ -51,12 +51,17 @@ _UPSERT = text(
     RETURNING id
     """
 )
-# A lowered limit applies at once to the open period; it cannot go below what is already
-# committed or held there (the CHECK forbids it), so it clamps and blocks new holds instead.
+# A new limit, lowered or raised, applies at once to the open periods: their limit becomes
+# exactly the budget's, so every later hold is checked against it. What a lowered limit
+# leaves above it (committed + held already there) is the period's excess, which the CHECK
+# allows and no hold may use; it drains as those holds finish. (Same transaction as the
+# budget row: a period row created meanwhile reads the limit under a share lock of that row,
+# see ``ledger.periods``.)
 _RELIMIT_OPEN_PERIODS = text(
     """
     UPDATE budget_periods
-    SET limit_micros = GREATEST(:limit, committed_micros + held_micros)
+    SET limit_micros = :limit,
+        excess_micros = GREATEST(0, committed_micros + held_micros - :limit)
     WHERE budget_id = :id AND (period_end IS NULL OR period_end > :now)
     """
 )

@@ -1,5 +1,6 @@
 """A job's ending in one statement: its last attempt closed, its final status and cost, and
-its hold settled or released (``orch_end_job``, migrations 0006 and 0008).
+its hold settled or released, charging the cost in full (``orch_end_job``, migrations 0006,
+0008 and 0009: a cost above the hold is charged too, the rest as an overage).
 
 A job that ends (a cancel, its deadline) while an attempt may still be billed keeps its hold:
 the chain concludes that attempt later through here too, and only then is the hold finished
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from orchestrator.ledger.alerts import period_alerts
+from orchestrator.ledger.alerts import Overage, period_alerts
 from orchestrator.store.statement import Conn, Statement
 
 
@@ -44,7 +45,9 @@ class JobEnd:
     the job had already ended (another step or a cancel), so only the attempt was closed.
     ``pending``: it ended now, but an attempt is still open, so its hold waits for that
     attempt's conclusion. ``hold_status`` is set when the hold was no longer held (the job
-    ended without a charge)."""
+    ended without a charge). Otherwise ``charged_micros`` is the job's whole cost,
+    ``hold_micros`` its hold, and ``overage_micros`` what the cost went past the hold (charged
+    too; callers count it: ``JobObserver.overage``)."""
 
     ended: bool
     cost_micros: int = 0
@@ -53,6 +56,8 @@ class JobEnd:
     alert_ids: tuple[uuid.UUID, ...] = ()
     concluded: bool = False
     pending: bool = False
+    hold_micros: int = 0
+    overage_micros: int = 0
 
 
 _END_JOB = Statement(
@@ -100,13 +105,14 @@ def end_job(
     })
     if not rows:
         return None
-    what, cost, charged, hold_status = rows[0][:4]
+    what, cost, charged, hold_status, hold = rows[0][:5]
     if what == "job_final":
         return JobEnd(ended=False)
     ended, concluded = what == "ended", what == "concluded"
     if charged is None:
         return JobEnd(ended=ended, concluded=concluded, cost_micros=cost,
                       hold_status=hold_status, pending=ended and hold_status == "held")
-    alert_ids = () if guard else period_alerts(conn, (r[5:] for r in rows), charged, now)
+    over = Overage(job_id, hold, charged)
+    alert_ids = () if guard else period_alerts(conn, (r[5:] for r in rows), charged, now, over)
     return JobEnd(ended=ended, concluded=concluded, cost_micros=cost, charged_micros=charged,
-                  alert_ids=alert_ids)
+                  alert_ids=alert_ids, hold_micros=hold, overage_micros=over.overage_micros)

@@ -3,6 +3,12 @@
 A period row is created the first time a step needs it, in its own short committed
 transaction, so that creating it never holds a lock inside a ledger step (no reset races
 and no deadlocks: nothing ever resets a counter, a new period is a new row).
+
+The new row copies its budget's limit in the INSERT itself, reading the budget row under
+``FOR SHARE``. A limit change (``set_budget``: the budget row, then its open periods, in one
+transaction) either commits first, and the new row carries the new limit, or it waits on that
+share lock until the new row has committed, and then its update of the open periods sees the
+row and sets its limit too. Either way an open period's limit is the budget's current one.
 """
 
 from __future__ import annotations
@@ -22,16 +28,15 @@ class CoveringBudget:
     budget_id: int
     scope: str
     period: str
-    limit_micros: int
 
 
-_SELECT_BUDGETS = Statement(
-    "SELECT id, scope, period, limit_micros FROM budgets WHERE scope = ANY(:scopes)"
-)
+# No limit here: a new period row reads it from the budget row itself (below).
+_SELECT_BUDGETS = Statement("SELECT id, scope, period FROM budgets WHERE scope = ANY(:scopes)")
 _ENSURE_PERIOD = text(
     """
     INSERT INTO budget_periods (budget_id, period_start, period_end, limit_micros)
-    VALUES (:budget_id, :start, :end, :limit)
+    SELECT b.id, :start, :end, b.limit_micros FROM budgets b WHERE b.id = :budget_id
+    FOR SHARE
     ON CONFLICT (budget_id, period_start) DO NOTHING
     """
 )
@@ -69,9 +74,11 @@ class PeriodResolver:
         if missing:
             created: dict[tuple[int, datetime], int] = {}
             with self._engine.begin() as conn:
-                for b, start, end in missing:
+                # the budget rows share-locked in ascending id order, like every lock the
+                # ledger takes on several rows
+                for b, start, end in sorted(missing, key=lambda m: m[0].budget_id):
                     params = {"budget_id": b.budget_id, "start": start}
-                    conn.execute(_ENSURE_PERIOD, {**params, "end": end, "limit": b.limit_micros})
+                    conn.execute(_ENSURE_PERIOD, {**params, "end": end})
                     created[(b.budget_id, start)] = conn.execute(_PERIOD_ID, params).scalar_one()
             # Only after the commit: another thread must never see an id it cannot reference.
             with self._lock:

@@ -9,6 +9,11 @@ never deadlock each other. Every step appends ledger entries under a unique idem
 through a guarded status transition, so a replayed step changes nothing and, of a settle
 and an expiry racing for one hold, exactly one wins.
 
+A settle or release charges the provider's bill in full. Up to the hold it is the step's own
+entry; above it, an ``overage:<job>`` entry in each period (the only thing that may take a
+period past its limit: its ``excess``, backed by the CHECK ``committed + held <= limit +
+excess``) and an ``overage`` alert in the same transaction. Holds never use the excess.
+
 Each public step takes an optional ``conn``: given one, the step joins the caller's
 transaction; on a refusal the caller must roll that transaction back. A job's admission
 (``admit_job``: the job row and its hold, as the API writes them) is one statement that
@@ -37,7 +42,7 @@ from orchestrator.errors import (
     InvalidAmount,
 )
 from orchestrator.ledger.admission import PERIOD_MISSING, NewJob, admit_job
-from orchestrator.ledger.alerts import insert_refusal, period_alerts, refusal_bucket
+from orchestrator.ledger.alerts import Overage, insert_refusal, period_alerts, refusal_bucket
 from orchestrator.ledger.endings import ClosingAttempt, JobEnd, end_job
 from orchestrator.ledger.periods import PeriodResolver
 from orchestrator.store.engine import autocommit
@@ -61,7 +66,9 @@ class HoldReceipt:
 
 @dataclass(frozen=True, slots=True)
 class StepReceipt:
-    """Outcome of settle / release / expire of one hold."""
+    """Outcome of settle / release / expire of one hold. ``charged_micros`` is the whole
+    charge; ``released_micros`` what of the hold it did not use; ``overage_micros`` what it
+    charged above the hold (callers count it: ``JobObserver.overage``)."""
 
     job_id: uuid.UUID
     status: str
@@ -69,6 +76,7 @@ class StepReceipt:
     released_micros: int
     alert_ids: tuple[uuid.UUID, ...] = field(default_factory=tuple)
     replayed: bool = False
+    overage_micros: int = 0
 
 
 # The hold row, the reservation (SQLSTATE OR402 with the refusing budget as JSON in DETAIL
@@ -97,10 +105,14 @@ _HOLD_LINES = text(
     """
 )
 ALERTS_OWED = "OR2AL"
+# an expiry's move (it never adds to committed + held): the excess shrinks with what is past
+# the limit, as in orch_apply
 _APPLY = Statement(
     """
     UPDATE budget_periods bp
-    SET held_micros = bp.held_micros - :release, committed_micros = bp.committed_micros + :charge
+    SET held_micros = bp.held_micros - :release, committed_micros = bp.committed_micros + :charge,
+        excess_micros = GREATEST(0, LEAST(bp.excess_micros, bp.committed_micros + :charge
+                                          + bp.held_micros - :release - bp.limit_micros))
     FROM budgets b
     WHERE bp.id = :pid AND b.id = bp.budget_id
     RETURNING bp.id, bp.budget_id, bp.period_start, bp.period_end, bp.limit_micros,
@@ -119,12 +131,21 @@ _INSERT_ENTRIES = Statement(
                 CAST(:commits AS bigint[])) AS t(pid, job, held, committed)
     """
 )
+# A hold past its expiry, unless its job is still live: queued or running, or final with an
+# attempt still open (it may yet be billed); such a hold is its chain's to settle. A hold whose
+# job row is gone (or never was: a bare ``Ledger.hold``) expires.
 _LOCK_EXPIRED = text(
     """
-    SELECT id, job_id, amount_micros FROM holds
-    WHERE status = 'held' AND expires_at <= :now
-    ORDER BY id
-    FOR UPDATE SKIP LOCKED
+    SELECT h.id, h.job_id, h.amount_micros FROM holds h
+    WHERE h.status = 'held' AND h.expires_at <= :now
+      AND NOT EXISTS (
+          SELECT 1 FROM jobs j
+          WHERE j.id = h.job_id
+            AND (j.status IN ('queued', 'running')
+                 OR EXISTS (SELECT 1 FROM attempts a
+                            WHERE a.job_id = j.id AND a.outcome IS NULL)))
+    ORDER BY h.id
+    FOR UPDATE OF h SKIP LOCKED
     LIMIT :limit
     """
 )
@@ -254,7 +275,9 @@ class Ledger:
     def settle(
         self, job_id: uuid.UUID, actual_micros: int, *, conn: Connection | None = None
     ) -> StepReceipt:
-        """Charge the actual cost (at most the hold) and release the rest of the hold.
+        """Charge the actual cost and release the hold. A cost above the hold is charged in
+        full: the rest is an ``overage:<job>`` entry and an ``overage`` alert per covering
+        period (``StepReceipt.overage_micros``), and may take a period past its limit.
 
         Without ``conn`` the step is one statement that commits on its own (see
         :meth:`_guarded`); with ``conn`` it joins the caller's transaction.
@@ -264,8 +287,8 @@ class Ledger:
     def release(
         self, job_id: uuid.UUID, *, charge_micros: int = 0, conn: Connection | None = None
     ) -> StepReceipt:
-        """Give the hold back; charge ``charge_micros`` where the backend billed a partial cost.
-        ``conn`` as for :meth:`settle`."""
+        """Give the hold back; charge ``charge_micros`` where the backend billed a cost (in
+        full, as :meth:`settle` does). ``conn`` as for :meth:`settle`."""
         return self._finish(job_id, "released", "release", charge_micros, conn)
 
     def _finish(
@@ -289,8 +312,11 @@ class Ledger:
             "guard": guard}))
         if not rows:
             return self._refused_finish(tx, job_id, status, charge)
-        alert_ids = () if guard else period_alerts(tx, (r[1:] for r in rows), charge, now)
-        return StepReceipt(job_id, status, charge, rows[0][0] - charge, alert_ids)
+        over = Overage(job_id, rows[0][0], charge)
+        alert_ids = () if guard else period_alerts(tx, (r[1:] for r in rows), charge, now,
+                                                   over)
+        return StepReceipt(job_id, status, charge, max(0, over.hold_micros - charge), alert_ids,
+                           overage_micros=over.overage_micros)
 
     def _refused_finish(
         self, tx: Conn, job_id: uuid.UUID, status: str, charge: int
@@ -299,13 +325,9 @@ class Ledger:
         if existing is None:
             raise HoldNotFound(f"no hold for job {job_id}", job_id=str(job_id))
         _, held, charged, now_status = existing
-        if now_status == "held":
-            raise InvalidAmount(
-                f"charge {charge} exceeds the hold of {held} for job {job_id}",
-                hold_micros=held, charge_micros=charge,
-            )
         if now_status == status and charged == charge:
-            return StepReceipt(job_id, status, charge, held - charge, replayed=True)
+            return StepReceipt(job_id, status, charge, max(0, held - charge), replayed=True,
+                               overage_micros=max(0, charge - held))
         raise HoldNotActive(f"hold for job {job_id} is already {now_status}",
                             status=now_status)
 
@@ -317,9 +339,10 @@ class Ledger:
         error_message: str | None = None, conclude_in_s: float = 0.0,
     ) -> JobEnd | None:
         """The job's last attempt closed (``attempt``), its final ``status`` and cost, and its
-        hold settled (succeeded) or released, charging the cost: one statement that commits
-        on its own (see :meth:`_guarded` and ``ledger.endings``). An attempt still open
-        keeps the hold until it concludes (``conclude_in_s``: when to look at it again)."""
+        hold settled (succeeded) or released, charging the cost in full (above the hold: an
+        overage, ``JobEnd.overage_micros``): one statement that commits on its own (see
+        :meth:`_guarded` and ``ledger.endings``). An attempt still open keeps the hold until
+        it concludes (``conclude_in_s``: when to look at it again)."""
 
         def step(tx: Conn, guard: bool) -> JobEnd | None:
             return _guard_refusal(lambda: end_job(
@@ -374,7 +397,9 @@ class Ledger:
 
     # -- expire ------------------------------------------------------------------------------
     def expire_stale(self, *, limit: int = 500, conn: Connection | None = None) -> list[uuid.UUID]:
-        """Release every hold past its expiry (SKIP LOCKED: sweepers never block each other).
+        """Release every hold past its expiry whose job is no longer live (SKIP LOCKED:
+        sweepers never block each other). A queued or running job's hold, or a final job's
+        with an attempt still open, stays held for its chain to settle, however old.
 
         Returns the job ids whose holds expired.
         """

@@ -52,6 +52,7 @@ JOBS_FINISHED = "jobs/finished"
 JOB_LATENCY = "jobs/latency"
 JOB_QUEUE_LATENCY = "jobs/queue_latency"
 JOB_COST = "jobs/cost"
+JOB_OVERAGE = "jobs/overage"
 JOB_FAILOVERS = "jobs/failovers"
 JOB_RETRIES = "jobs/retries"
 ATTEMPTS_UNCERTAIN = "attempts/uncertain"
@@ -107,6 +108,9 @@ CATALOGUE: dict[str, MetricDef] = {
            "job_queue_latency_seconds", QUEUE_BUCKETS_S),
         _d(JOB_COST, D, DIST, "{USD}", ("kind", "tier", "backend"),
            "Actual cost charged per settled job, USD.", "job_cost_usd", COST_BUCKETS_USD),
+        _d(JOB_OVERAGE, D, DIST, "{USD}", ("kind", "tier", "backend"),
+           "Per job billed above its budget hold: the amount above it (charged in full), USD.",
+           "job_overage_usd", COST_BUCKETS_USD),
         _d(JOB_FAILOVERS, C, I64, "1", ("kind", "from_backend", "to_backend"),
            "Fail-overs of a job from one backend to the next.", "job_failovers_total"),
         _d(JOB_RETRIES, C, I64, "1", ("backend", "reason"),

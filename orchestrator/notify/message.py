@@ -1,4 +1,9 @@
-"""What a channel sends: one budget alert, built from an ``alerts`` row."""
+"""What a channel sends: one budget alert, built from an ``alerts`` row.
+
+An ``overage`` alert (a job billed above its hold, charged in full) carries one more key,
+``overage``: the job id and the hold, charge and overage in USD. Every other kind's webhook
+payload is exactly the CONTRACT's keys.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-AlertKind = Literal["threshold", "forecast", "refusal"]
+AlertKind = Literal["threshold", "forecast", "refusal", "overage"]
 
 
 class BudgetRef(BaseModel):
@@ -15,6 +20,17 @@ class BudgetRef(BaseModel):
 
     id: int
     period: str
+
+
+class OverageRef(BaseModel):
+    """The job an ``overage`` alert is about: its hold, its whole charge, and the rest."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    hold_usd: float
+    charge_usd: float
+    overage_usd: float
 
 
 class AlertMessage(BaseModel):
@@ -31,6 +47,7 @@ class AlertMessage(BaseModel):
     held_usd: float
     forecast_usd: float | None = None
     at: str
+    overage: OverageRef | None = None  # kind "overage" only
 
     @classmethod
     def from_alert(
@@ -51,12 +68,20 @@ class AlertMessage(BaseModel):
                 "held_usd": payload["held_usd"],
                 "forecast_usd": payload.get("forecast_usd"),
                 "at": payload["at"],
+                "overage": {
+                    "job_id": payload["job_id"], "hold_usd": payload["hold_usd"],
+                    "charge_usd": payload["charge_usd"], "overage_usd": payload["overage_usd"],
+                } if kind == "overage" else None,
             }
         )
 
     def webhook_payload(self) -> dict[str, Any]:
-        """Exactly the CONTRACT's keys, in the CONTRACT's order."""
-        return self.model_dump(mode="json")
+        """Exactly the CONTRACT's keys, in the CONTRACT's order (an overage alert: and
+        ``overage`` last)."""
+        body = self.model_dump(mode="json")
+        if self.overage is None:
+            del body["overage"]
+        return body
 
     @property
     def title(self) -> str:
@@ -68,6 +93,9 @@ class AlertMessage(BaseModel):
             return f"forecast to exceed {_pct(self.threshold)} of its limit"
         if self.kind == "refusal":
             return "a job was refused: limit reached"
+        if self.kind == "overage" and self.overage is not None:
+            return (f"a job was billed {usd(self.overage.overage_usd)} above its hold, "
+                    "charged in full")
         return f"reached {_pct(self.threshold)} of its limit"
 
     def facts(self) -> list[tuple[str, str]]:
@@ -81,6 +109,13 @@ class AlertMessage(BaseModel):
         ]
         if self.forecast_usd is not None:
             rows.append(("Forecast", usd(self.forecast_usd)))
+        if self.overage is not None:
+            rows += [
+                ("Job", self.overage.job_id),
+                ("Hold", usd(self.overage.hold_usd)),
+                ("Charged", usd(self.overage.charge_usd)),
+                ("Overage", usd(self.overage.overage_usd)),
+            ]
         rows += [("At", self.at), ("Alert id", str(self.alert_id))]
         return rows
 

@@ -11,7 +11,8 @@ from orchestrator.notify.base import post
 from orchestrator.notify.config import SlackConfig
 from orchestrator.notify.message import AlertMessage, usd
 
-_ICON = {"threshold": ":warning:", "forecast": ":crystal_ball:", "refusal": ":no_entry:"}
+_ICON = {"threshold": ":warning:", "forecast": ":crystal_ball:", "refusal": ":no_entry:",
+         "overage": ":money_with_wings:"}
 
 
 def _esc(text: str) -> str:

@@ -2,7 +2,8 @@
 
 :class:`JobObserver` is injected into :class:`~orchestrator.service.runner.JobRunner`; the
 runner calls it at the few moments that matter (job started, attempt ended, fail-over, job
-finished, poll retried) and it turns each into the catalogue's metrics and one JSON log event.
+finished, poll retried, a bill above the job's hold) and it turns each into the catalogue's
+metrics and one JSON log event.
 Recording is in memory (the recorder's sinks export from their own threads), and no method of
 an observer ever raises into the runner.
 
@@ -146,6 +147,25 @@ class JobObserver:
                          "outcome": status, "error_code": error_code,
                          "cost_micros": charged_micros, "duration_ms": _ms(latency),
                          "queue_ms": _ms(_seconds(job.created_at, job.started_at))})
+
+
+    @_never_raises
+    def overage(self, job: JobRow, backend: str | None, overage_micros: int, *,
+                charged_micros: int | None = None, hold_micros: int | None = None) -> None:
+        """The job's bill went ``overage_micros`` past its hold and was charged in full
+        (``JobEnd.overage_micros``): one warning (no prompt: amounts and ids only) and one
+        sample of ``jobs/overage``."""
+        if overage_micros <= 0:
+            return
+        backend = backend or NONE
+        self.recorder.distribution(m.JOB_OVERAGE, overage_micros / 1_000_000, kind=job.kind,
+                                   tier=job.tier, backend=backend)
+        hold = hold_micros if hold_micros is not None else job.estimated_cost_micros
+        self.log.warning("job billed above its hold; charged in full", extra={
+            "event": "job_overage", "job_id": str(job.id), "tenant": job.tenant,
+            "kind": job.kind, "tier": job.tier, "backend": backend,
+            "hold_micros": hold, "cost_micros": charged_micros,
+            "overage_micros": overage_micros})
 
 
 class _Spec(Protocol):

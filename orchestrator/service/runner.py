@@ -476,11 +476,15 @@ class JobRunner:
 
     def _wake_in(self, job: repo.JobRow, token: uuid.UUID, situation: Unanswered, *,
                  at_most: float | None = None) -> Next:
-        """The next step when the first request's call window has passed (or sooner)."""
-        delay = max(self.poll_policy.min_s,
-                    (situation.window_end - situation.now).total_seconds())
+        """The next step when the first request's call window has passed, or sooner: by
+        ``at_most``, and by the job's deadline while it is live (its deadline step ends the
+        job then, and the attempt is concluded after)."""
+        delay = (situation.window_end - situation.now).total_seconds()
         if at_most is not None:
             delay = min(delay, at_most)
+        if situation.job_live and job.deadline_at is not None:
+            delay = min(delay, (job.deadline_at - situation.now).total_seconds())
+        delay = max(self.poll_policy.min_s, delay)
         with self.db.connection() as conn:
             if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
                 return DONE
@@ -553,10 +557,11 @@ class JobRunner:
         self._attempt_closed(job, attempt, closing, now, latency_ms)
         if end.ended:
             self.observe.job_finished(job, "succeeded", backend=attempt.backend,
-                                      charged_micros=self._charged(job, end), now=now)
+                                      charged_micros=self._charged(job, end, attempt.backend),
+                                      now=now)
         elif end.concluded:  # it had been cancelled meanwhile: charged what it billed
             self.observe.concluded(job, backend=attempt.backend,
-                                   charged_micros=self._charged(job, end))
+                                   charged_micros=self._charged(job, end, attempt.backend))
 
     def _fail(self, job: repo.JobRow, code: str, message: str, *,
               backend: str | None = None,
@@ -572,22 +577,21 @@ class JobRunner:
             self._attempt_closed(job, closing[0], closing[1], now)
         if end.ended:
             self.observe.job_finished(job, "failed", backend=backend,
-                                      charged_micros=self._charged(job, end), now=now,
+                                      charged_micros=self._charged(job, end, backend), now=now,
                                       error_code=code)
         return end
 
-    @staticmethod
-    def _charged(job: repo.JobRow, end: JobEnd) -> int:
-        """What the ending charged, after logging why it charged less than the cost."""
+    def _charged(self, job: repo.JobRow, end: JobEnd, backend: str | None) -> int:
+        """What the ending charged: the job's whole cost, a bill above its hold included
+        (counted as an overage); logged when the hold was gone and nothing was charged."""
         if end.pending:
             return 0  # charged when its last attempt concludes
         if end.hold_status is not None:
             log.error("hold already %s; job finished without a charge", end.hold_status,
                       extra={"job_id": str(job.id)})
-        elif end.charged_micros < end.cost_micros:
-            log.error("job cost more than its hold; charging the hold",
-                      extra={"job_id": str(job.id), "cost_micros": end.cost_micros,
-                             "hold_micros": end.charged_micros})
+        elif end.overage_micros > 0:
+            self.observe.overage(job, backend, end.overage_micros,
+                                 charged_micros=end.charged_micros, hold_micros=end.hold_micros)
         return end.charged_micros
 
     def _deadline(self, job: repo.JobRow, open_: repo.AttemptRow | None,
@@ -696,8 +700,9 @@ class JobRunner:
                                        else "outcome_unknown", closing.possible)
             self._attempt_closed(job, attempt, closing, now)
         if end.concluded:
-            self.observe.concluded(job, backend=attempt.backend if attempt else job.backend,
-                                   charged_micros=self._charged(job, end))
+            backend = attempt.backend if attempt else job.backend
+            self.observe.concluded(job, backend=backend,
+                                   charged_micros=self._charged(job, end, backend))
 
     def cancel(self, job_id: uuid.UUID, tenant: str | None = None) -> repo.JobRow | None:
         """Cancel a live job now. Its final status comes at once; its hold is released in
@@ -723,8 +728,9 @@ class JobRunner:
             open_ = next((a for a in attempts if a.outcome is None), None)
             if open_ is None and job.chain_token is not None:  # it may have waited for a slot
                 self.slots.stop_waiting(job.id, job.chain_token, job.priority)
-            self.observe.job_finished(job, "cancelled", charged_micros=self._charged(job, end),
-                                      now=now, backend=open_.backend if open_ else job.backend)
+            backend = open_.backend if open_ else job.backend
+            self.observe.job_finished(job, "cancelled", now=now, backend=backend,
+                                      charged_micros=self._charged(job, end, backend))
             if (open_ is not None and open_.external_id is not None
                     and open_.backend in self.catalogue()):
                 answer = self._cancel_at_backend(self.adapter(open_.backend), open_)

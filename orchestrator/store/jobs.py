@@ -112,6 +112,9 @@ _CLAIM = """
     WHERE id = :id AND status = 'queued' AND chain_token = :token"""
 # A wake :s seconds from now by PostgreSQL's clock, the one the sweeper compares with.
 _IN = "now() + CAST(:{} AS float8) * interval '1 second'"
+# A call's lease, but no later than the job's deadline: a chain whose worker died is revived
+# by then, and its deadline step (which sends nothing) ends the job on time.
+_LEASE = f"LEAST({_IN.format('lease')}, deadline_at)"
 # The claim, or (a chain step after the first) the job as it is: one statement either way.
 _CLAIM_OR_GET = Statement(
     f"""
@@ -131,7 +134,7 @@ _CLAIM_AND_OPEN = Statement(
     f"""
     WITH claimed AS (
         UPDATE jobs SET status = 'running', started_at = :now, updated_at = :now,
-            wake_at = {_IN.format("lease")}
+            wake_at = {_LEASE}
         WHERE id = :id AND status = 'queued' AND chain_token = :token
           AND (deadline_at IS NULL OR deadline_at > :now)
         RETURNING {JOB_COLUMNS}
@@ -178,7 +181,7 @@ _ATTEMPTS = Statement(f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE job_id = :id 
 _OPEN_ATTEMPT = Statement(
     f"""
     WITH running AS (
-        UPDATE jobs SET wake_at = {_IN.format("lease")}
+        UPDATE jobs SET wake_at = {_LEASE}
         WHERE id = :j AND status = 'running' AND chain_token = :t
         RETURNING id
     )

@@ -2,7 +2,9 @@
 
 Money columns are BIGINT micro-USD. Ledger entries are append-only (a trigger refuses
 UPDATE and DELETE); budget period counters are backed by a CHECK that
-``committed + held <= limit``.
+``committed + held <= limit + excess``, where ``excess`` is what the period carries past its
+limit through overage charges or a limit lowered below what it already held (migration 0008;
+holds themselves never go past the limit).
 """
 
 from __future__ import annotations
@@ -77,7 +79,10 @@ class BudgetPeriod(Base):
         UniqueConstraint("budget_id", "period_start", name="budget_start"),
         CheckConstraint("committed_micros >= 0", name="committed_nonnegative"),
         CheckConstraint("held_micros >= 0", name="held_nonnegative"),
-        CheckConstraint("committed_micros + held_micros <= limit_micros", name="within_limit"),
+        CheckConstraint("excess_micros >= 0", name="excess_nonnegative"),
+        CheckConstraint(
+            "committed_micros + held_micros <= limit_micros + excess_micros", name="within_limit"
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -87,6 +92,10 @@ class BudgetPeriod(Base):
     limit_micros: Mapped[int] = mapped_column(BigInteger, nullable=False)
     committed_micros: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     held_micros: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    # What the period carries past its limit (migration 0008): only an overage charge (a bill
+    # above its hold) or a limit lowered below committed + held puts anything here, and every
+    # step keeps it at exactly GREATEST(0, committed + held - limit). Holds never use it.
+    excess_micros: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     created_at: Mapped[datetime] = _now()
 
 
@@ -131,7 +140,7 @@ class LedgerEntry(Base):
     __table_args__ = (
         UniqueConstraint("idempotency_key", "budget_period_id", name="key_period"),
         CheckConstraint(
-            "kind IN ('hold', 'settle', 'release', 'expire')", name="entry_kind"
+            "kind IN ('hold', 'settle', 'release', 'expire', 'overage')", name="entry_kind"
         ),
         Index("ix_ledger_entries_period", "budget_period_id"),
         Index("ix_ledger_entries_job", "job_id"),
@@ -153,9 +162,12 @@ class Alert(Base):
     __tablename__ = "alerts"
     __table_args__ = (
         # bucket: 0 for threshold and forecast alerts (once per period); a refusal alert's
-        # window start in unix seconds (at most once per budget per window), migration 0003
+        # window start in unix seconds (at most once per budget per window), migration 0003;
+        # an overage alert's hold id (once per job per period), migration 0008
         UniqueConstraint("budget_period_id", "kind", "threshold_bp", "bucket", name="once"),
-        CheckConstraint("kind IN ('threshold', 'forecast', 'refusal')", name="alert_kind"),
+        CheckConstraint(
+            "kind IN ('threshold', 'forecast', 'refusal', 'overage')", name="alert_kind"
+        ),
         Index("ix_alerts_pending", "created_at", postgresql_where=text("status = 'pending'")),
     )
 
@@ -196,7 +208,7 @@ class Job(Base):
         UniqueConstraint("tenant", "idempotency_key", name="tenant_idempotency"),
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         # wake_at is set exactly while work is owed: a live job, or an ended one whose
-        # attempt is still to be concluded (migration 0008)
+        # attempt is still to be concluded (migration 0009)
         Index("ix_jobs_owed_work", "wake_at", postgresql_where=text("wake_at IS NOT NULL")),
     )
 
@@ -253,7 +265,7 @@ class Attempt(Base):
     cost_micros: Mapped[int | None] = mapped_column(BigInteger)
     started_at: Mapped[datetime] = _now()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # reconciliation (migration 0008): when the submission was last sent (NULL: at
+    # reconciliation (migration 0009): when the submission was last sent (NULL: at
     # started_at), when the provider was asked to stop it, and an uncertain attempt's
     # possible charge (nothing could tell whether the provider billed it)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

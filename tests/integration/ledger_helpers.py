@@ -40,6 +40,15 @@ def counters(engine: Engine) -> dict[int, tuple[int, int, int]]:
     return {r.budget_id: (int(r.l), int(r.c), int(r.h)) for r in rows}
 
 
+def excesses(engine: Engine) -> dict[int, int]:
+    """budget id -> excess (what is past the limit) summed over its periods."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT budget_id, SUM(excess_micros) e FROM budget_periods GROUP BY budget_id")
+        ).all()
+    return {r.budget_id: int(r.e) for r in rows}
+
+
 def assert_sound(engine: Engine) -> None:
     with engine.connect() as conn:
         problems = audit(conn)

@@ -205,3 +205,33 @@ def test_fifty_settles_crossing_eighty_percent_together_write_one_alert(db: Engi
         ).all()
     assert [(r.threshold_bp, r.n) for r in rows] == [(5000, 1), (8000, 1), (10000, 1)]
     assert_sound(db)
+
+
+def test_overages_racing_holds_keep_the_books_exact_and_never_make_room(db: Engine) -> None:
+    """40 settles billed 1.5 times their hold race 40 new holds: every bill is charged in
+    full, each once, with one overage alert per job; holds take only the room there was
+    (overages only ever add to committed + held here), nothing deadlocks."""
+    n, amount, limit = 40, 1_000_000, 50_000_000
+    budget = make_budget(db, "tenant:acme", "month", limit, thresholds_bp=(10000,))
+    ledger = Ledger(db, clock=FakeClock())
+    old = [uuid.uuid4() for _ in range(n)]
+    for j in old:
+        ledger.hold(j, ("tenant:acme",), amount)  # 40 of 50 held: room for 10 more
+
+    def step(i: int) -> None:
+        if i % 2:
+            assert ledger.settle(old[i // 2], amount * 3 // 2).overage_micros == amount // 2
+        else:
+            ledger.hold(uuid.uuid4(), ("tenant:acme",), amount)
+
+    accepted, unexpected = race(2 * n, step)
+    assert [repr(e) for e in unexpected] == []
+    new_holds = accepted - n
+    assert 0 <= new_holds <= 10
+    assert counters(db)[budget] == (limit, n * amount * 3 // 2, new_holds * amount)
+    with db.connect() as conn:
+        rows = conn.execute(
+            text("SELECT kind, count(*) n FROM alerts GROUP BY 1 ORDER BY 1")
+        ).all()
+    assert [(r.kind, r.n) for r in rows] == [("overage", n), ("threshold", 1)]
+    assert_sound(db)

@@ -1,7 +1,10 @@
-"""Random sequences of hold / settle / release / expire keep every invariant of DESIGN §6.
+"""Random sequences of hold / settle / release / expire / limit changes keep every invariant
+of DESIGN §6.
 
 A pure model of the counters runs beside the real ledger on PostgreSQL; after every step the
-database must agree with the model and pass the audit.
+database must agree with the model and pass the audit. Charges go up to 1.5 times the hold
+(a bill above it is charged in full: an overage, which may take a budget past its limit),
+and limits are lowered and raised under open holds.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from orchestrator.ledger import Ledger
 from orchestrator.ledger.audit import audit
 from orchestrator.store.models import Base
 
-from .ledger_helpers import FakeClock, counters, make_budget
+from .ledger_helpers import FakeClock, counters, excesses, make_budget
 
 LIMITS = {"global": 40_000_000, "tenant:acme": 25_000_000, "tenant:acme/project:p1": 12_000_000}
 
@@ -36,6 +39,7 @@ class LedgerMachine(RuleBasedStateMachine):
             scope: make_budget(self.engine, scope, "total", limit)
             for scope, limit in LIMITS.items()
         }
+        self.limits = dict(LIMITS)
         self.clock = FakeClock()
         self.ledger = Ledger(self.engine, clock=self.clock, hold_ttl=timedelta(minutes=30))
         self.model_committed = dict.fromkeys(LIMITS, 0)
@@ -53,7 +57,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def hold(self, amount: int, with_project: bool) -> None:
         scopes = self._scopes(with_project)
         fits = all(
-            self.model_committed[s] + self.model_held[s] + amount <= LIMITS[s] for s in scopes
+            self.model_committed[s] + self.model_held[s] + amount <= self.limits[s]
+            for s in scopes
         )
         self.next_job += 1
         job = uuid.UUID(int=self.next_job)
@@ -61,7 +66,8 @@ class LedgerMachine(RuleBasedStateMachine):
             self.ledger.hold(job, scopes, amount)
         except BudgetExceeded as exc:
             assert not fits
-            assert exc.remaining_micros < amount
+            # (a period past a lowered limit refuses even a hold of nothing)
+            assert exc.remaining_micros < amount or exc.remaining_micros == amount == 0
             return
         assert fits
         for s in scopes:
@@ -69,15 +75,17 @@ class LedgerMachine(RuleBasedStateMachine):
         self.open[job] = (scopes, amount, self.clock.at + timedelta(minutes=30))
 
     @precondition(lambda self: bool(self.open))
-    @rule(data=st.data(), fraction=st.floats(0, 1), release=st.booleans())
+    @rule(data=st.data(), fraction=st.floats(0, 1.5), release=st.booleans())
     def finish(self, data: st.DataObject, fraction: float, release: bool) -> None:
         job = data.draw(st.sampled_from(sorted(self.open)))
         scopes, amount, _ = self.open.pop(job)
         charge = int(amount * fraction)
         if release:
-            self.ledger.release(job, charge_micros=charge)
+            receipt = self.ledger.release(job, charge_micros=charge)
         else:
-            self.ledger.settle(job, charge)
+            receipt = self.ledger.settle(job, charge)
+        assert receipt.charged_micros == charge  # in full, never capped at the hold
+        assert receipt.overage_micros == max(0, charge - amount)
         for s in scopes:
             self.model_held[s] -= amount
             self.model_committed[s] += charge
@@ -105,6 +113,11 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         raise AssertionError("a finished hold accepted a second, different step")
 
+    @rule(scope=st.sampled_from(sorted(LIMITS)), limit=st.integers(0, 45_000_000))
+    def set_limit(self, scope: str, limit: int) -> None:
+        make_budget(self.engine, scope, "total", limit)
+        self.limits[scope] = limit
+
     @rule(minutes=st.integers(1, 40))
     def expire(self, minutes: int) -> None:
         self.clock.at += timedelta(minutes=minutes)
@@ -119,11 +132,13 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def books_match_the_model_and_the_audit(self) -> None:
-        got = counters(self.engine)
+        got, excess = counters(self.engine), excesses(self.engine)
         for scope, bid in self.budget.items():
-            limit, committed, held = got.get(bid, (LIMITS[scope], 0, 0))
+            limit, committed, held = got.get(bid, (self.limits[scope], 0, 0))
+            assert limit == self.limits[scope]
             assert (committed, held) == (self.model_committed[scope], self.model_held[scope])
-            assert committed + held <= limit
+            # past the limit only by what an overage or a lowered limit put there
+            assert excess.get(bid, 0) == max(0, committed + held - limit)
         with self.engine.connect() as conn:
             assert audit(conn) == []
 

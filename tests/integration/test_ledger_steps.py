@@ -107,8 +107,8 @@ def test_bad_amounts_are_refused_and_change_nothing(db: Engine) -> None:
         ledger.hold(job, SCOPES, -1)
     ledger.hold(job, SCOPES, 1_000_000)
     before = counters(db)
-    with pytest.raises(InvalidAmount, match="exceeds the hold"):
-        ledger.settle(job, 1_000_001)
+    with pytest.raises(InvalidAmount):
+        ledger.settle(job, -1)
     with pytest.raises(InvalidAmount):
         ledger.release(job, charge_micros=-5)
     with pytest.raises(HoldNotFound):
@@ -194,14 +194,15 @@ def test_ledger_entries_are_append_only(db: Engine) -> None:
             conn.execute(text(stmt))
 
 
-def test_lowering_a_limit_clamps_the_open_period_and_blocks_new_holds(db: Engine) -> None:
+def test_lowering_a_limit_below_what_is_held_blocks_new_holds(db: Engine) -> None:
     make_budget(db, "tenant:acme", "month", 10_000_000)
     ledger = Ledger(db, clock=FakeClock())
     ledger.hold(uuid.uuid4(), SCOPES, 4_000_000)
     make_budget(db, "tenant:acme", "month", 1_000_000)
     with db.connect() as conn:
         (view,) = list_budgets(conn, now=T0)
-    assert (view.limit_micros, view.held_micros, view.remaining_micros) == (4_000_000, 4_000_000, 0)
+    # the open period takes the new limit itself; what is held above it is its excess
+    assert (view.limit_micros, view.held_micros, view.remaining_micros) == (1_000_000, 4_000_000, 0)
     with pytest.raises(BudgetExceeded):
         ledger.hold(uuid.uuid4(), SCOPES, 1)
     assert_sound(db)

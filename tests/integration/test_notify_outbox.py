@@ -318,3 +318,36 @@ def test_fifty_settles_crossing_80_percent_together_give_one_delivery_per_channe
     one = Counter({str(alert.id): 1})
     assert ids_of(hook) == one and ids_of(chat) == one
     assert Counter(m["X-Orchestrator-Alert-Id"] for _, m in sink.messages) == one
+
+
+def test_an_overage_alert_written_by_the_ledger_reaches_every_channel(
+    db: Engine, serve: Callable[..., Receiver],
+    smtp: tuple[SmtpSink, SmtpSettings],
+) -> None:
+    sink, settings = smtp
+    hook, chat = serve(secret=SECRET), serve()
+    make_budget(db, "tenant:acme", "month", LIMIT, thresholds_bp=(10000,),
+                channels=[webhook(hook), slack(chat),
+                          {"type": "email", "to": ["ops@example.test"]}])
+    ledger = Ledger(db, clock=FakeClock())
+    job = uuid.uuid4()
+    ledger.hold(job, ("tenant:acme",), 1_000_000)
+    (alert,) = ledger.settle(job, 1_250_000).alert_ids
+
+    with ChannelFactory(smtp=settings) as f:
+        report = deliver_pending(db, f, T0 + timedelta(minutes=1), policy=POLICY)
+    assert len(report.delivered) == 3 and not report.failed
+
+    (body,) = hook.accepted
+    assert (body["alert_id"], body["kind"], body["committed_usd"]) == (
+        str(alert), "overage", 1.25)
+    assert body["overage"] == {"job_id": str(job), "hold_usd": 1.0, "charge_usd": 1.25,
+                               "overage_usd": 0.25}
+    (chat_body,) = chat.accepted
+    assert ":money_with_wings:" in chat_body["text"] and "$0.25 above its hold" in (
+        chat_body["text"])
+    ((_, mail),) = sink.messages
+    plain = mail.get_body(("plain",))
+    assert plain is not None
+    assert "above its hold" in mail["Subject"] and f"Job: {job}" in plain.get_content()
+    assert "Overage: $0.25" in plain.get_content()

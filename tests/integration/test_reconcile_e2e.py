@@ -21,6 +21,7 @@ from sqlalchemy import Engine, text
 
 from orchestrator.domain.catalogue import parse_catalogue
 from orchestrator.domain.jobs import JobSpec
+from orchestrator.errors import BudgetExceeded
 from orchestrator.ledger.audit import audit
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.service.sweeper import sweep
@@ -302,3 +303,46 @@ def test_a_job_on_a_backend_removed_from_the_catalogue_ends_within_one_sweep(
     assert job.status == "succeeded" and job.cost_micros == replacement.cost_micros
     assert ledger(rig) == (replacement.cost_micros, 0)
     assert rig.job(job_id).wake_at is None
+
+
+# -- real spend is always recorded ----------------------------------------------------------------
+
+def test_a_bill_above_the_hold_is_charged_in_full_and_raises_an_alert(rig: Rig) -> None:
+    """The provider reports (and bills) twice the seconds asked for: the whole bill is
+    charged, past the hold, as an overage with its budget alert."""
+    budget(rig)
+    rig.control("vid-a", duration_ms=300, usage_factor=2.0)
+    rig.start_worker()
+    job_id = submit(rig, video_job())
+    (job,) = rig.wait_final([job_id])
+
+    bill = bills_of(rig, "vid-a")[f"{job_id}:1"]
+    assert job.status == "succeeded" and bill == 480_000 > job.estimated_cost_micros
+    assert job.cost_micros == bill
+    assert ledger(rig) == (bill, 0)
+    with rig.engine.connect() as conn:
+        overage = conn.execute(text(
+            "SELECT committed_delta_micros FROM ledger_entries "
+            "WHERE job_id = :j AND kind = 'overage'"), {"j": job_id}).scalar_one()
+        alert = conn.execute(text(
+            "SELECT payload FROM alerts WHERE kind = 'overage'")).scalar_one()
+    assert overage == bill - job.estimated_cost_micros
+    assert alert["job_id"] == str(job_id) and alert["overage_micros"] == overage
+
+
+def test_a_lowered_limit_refuses_the_next_hold_after_earlier_holds_drained(rig: Rig) -> None:
+    budget(rig, 2_000_000)
+    rig.control("vid-a", duration_ms=60_000)
+    rig.start_worker()
+    first = submit(rig, video_job())  # holds 400 000 (vid-b's worst case)
+    rig.wait_for("the prediction to run",
+                 lambda: bool(rig.attempts(first) and rig.attempts(first)[0].external_id))
+    budget(rig, 100_000)  # below what is held
+    rig.container.runner.cancel(first, TENANT)
+    rig.wait_for("the hold to drain", lambda: hold_status(rig, first) != "held")
+    assert ledger(rig) == (0, 0)
+
+    with pytest.raises(BudgetExceeded):  # 300 000 against the limit of 100 000
+        rig.container.submitter.submit(TENANT, video_job(duration=6))
+    budget(rig, 2_000_000)
+    submit(rig, video_job(duration=6))

@@ -88,7 +88,8 @@ def run_workload(db: Engine, seed: int = 11, n: int = 60) -> list[Charged]:
         outcome = rng.choice(["settle", "settle", "settle", "partial", "release", "held"])
         micros = 0
         if outcome == "settle":
-            micros = min(worst, round(estimates[backend] * rng.uniform(0.9, 1.1)))
+            # up to 10 % above the worst case: an overage, charged in full and reported
+            micros = round(estimates[backend] * rng.uniform(0.9, 1.1))
             ledger.settle(job, micros)
             finish_job(db, job, "succeeded", backend, micros, clock.at)
         elif outcome == "partial":
@@ -102,6 +103,9 @@ def run_workload(db: Engine, seed: int = 11, n: int = 60) -> list[Charged]:
             charged.append(Charged(tenant, project, backend, tier,
                                    clock.at.date().isoformat(), micros))
     assert_sound(db)
+    with db.connect() as conn:  # some bills went past their hold
+        assert conn.execute(text(
+            "SELECT count(*) FROM ledger_entries WHERE kind = 'overage'")).scalar_one() > 0
     return charged
 
 

@@ -53,6 +53,31 @@ def test_forecast_alert_text() -> None:
     assert "$2.00 committed" in slack_message(msg)["text"]
 
 
+def test_an_overage_alert_adds_its_job_and_amounts_after_the_contract_keys() -> None:
+    job = str(uuid.uuid4())
+    msg = AlertMessage.from_alert(
+        alert_id=uuid.uuid4(), kind="overage", budget_id=4, threshold_bp=0,
+        payload={**LEDGER_PAYLOAD, "threshold": 0.0, "committed_usd": 5.5, "job_id": job,
+                 "hold_usd": 2.0, "charge_usd": 2.5, "overage_usd": 0.5,
+                 "hold_micros": 2_000_000, "charge_micros": 2_500_000,
+                 "overage_micros": 500_000},
+    )
+    body = json.loads(webhook_body(msg))
+    assert list(body) == [*CONTRACT_KEYS, "overage"]
+    assert body["kind"] == "overage"
+    assert body["overage"] == {"job_id": job, "hold_usd": 2.0, "charge_usd": 2.5,
+                               "overage_usd": 0.5}
+    assert "billed $0.50 above its hold, charged in full" in msg.title
+    assert ("Job", job) in msg.facts() and ("Overage", "$0.50") in msg.facts()
+    assert slack_message(msg)["text"].startswith(":money_with_wings:")
+
+
+def test_an_overage_alert_without_its_amounts_is_refused() -> None:
+    with pytest.raises(KeyError):
+        AlertMessage.from_alert(alert_id=uuid.uuid4(), kind="overage", budget_id=1,
+                                threshold_bp=0, payload=LEDGER_PAYLOAD)
+
+
 def test_malformed_payload_is_refused() -> None:
     with pytest.raises(KeyError):
         AlertMessage.from_alert(alert_id=uuid.uuid4(), kind="threshold", budget_id=1,

@@ -13,7 +13,8 @@ Columns of ``attempts``:
 ``jobs.wake_at`` is set exactly while work is owed (a live job, or an ended one whose attempt
 is still to be concluded), so the sweeper's index covers every non-NULL ``wake_at``.
 
-``orch_end_job`` (migration 0006) gains ``p_conclude_in_s``:
+``orch_end_job`` (migrations 0006 and 0008) gains the attempt's error and possible charge, and
+``p_conclude_in_s``:
 
 1. closes the open ``attempt`` if one is given (no row back: a duplicate step closed it);
 2. ends a live job (``ended``). When another attempt is still open (a cancel or a deadline
@@ -24,21 +25,24 @@ is still to be concluded), so the sweeper's index covers every non-NULL ``wake_a
    (``concluded``: the attempt closed now, or by another statement, was the last), sets the
    job's cost to the sum of its attempts' costs and finishes the hold with it; otherwise
    (``job_final``) nothing else changes;
-4. charges the job's whole cost: a bill above the hold is the ledger's to record in full.
+4. charges the job's whole cost, as migration 0008 does: what the hold does not cover is its
+   overage (``orch_finish_hold``).
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 
 from __future__ import annotations
 
-from importlib import import_module
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
@@ -149,13 +153,22 @@ def upgrade() -> None:
     )
 
 
+def _earlier(filename: str) -> ModuleType:
+    """An earlier migration's module (they never change), for the function it created."""
+    path = Path(__file__).with_name(filename)
+    spec = importlib.util.spec_from_file_location(f"_orch_migration_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def downgrade() -> None:
     op.execute(
         "DROP FUNCTION orch_end_job(uuid, text, timestamptz, bigint, text, text, bigint, text, "
         "text, text, bigint, text, jsonb, text, text, boolean, double precision)"
     )
-    # the function of migration 0006, as it was
-    op.execute(import_module("migrations.versions.0006_end_job_function").END_JOB_SQL)
+    op.execute(_earlier("0008_overage_and_excess.py")._END_JOB_SQL)  # as 0008 left it
     op.drop_index("ix_jobs_owed_work", table_name="jobs")
     op.create_index("ix_jobs_owed_work", "jobs", ["wake_at"],
                     postgresql_where=sa.text("status IN ('queued', 'running')"))
