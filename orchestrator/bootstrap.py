@@ -1,10 +1,11 @@
 """The composition root: one place that builds the engine, ledger, catalogue, health store,
 adapters, runner and submitter from settings. Entry points (API, workers, CLI) call
-``container()`` and nothing else wires dependencies."""
+``container()`` and nothing else wires dependencies. (The Celery enqueue adapter is imported
+only when first needed: ``workers`` depends on ``orchestrator``, never the other way round at
+import time.)"""
 
 from __future__ import annotations
 
-import json
 import threading
 from datetime import timedelta
 from functools import cached_property
@@ -18,7 +19,6 @@ from orchestrator.backends.transport import Http11Transport
 from orchestrator.domain.breaker import BreakerPolicy
 from orchestrator.domain.catalogue import Catalogue, load_catalogue
 from orchestrator.domain.polling import PollPolicy
-from orchestrator.errors import ConfigurationError
 from orchestrator.health.store import HealthStore
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.service import utcnow
@@ -26,30 +26,8 @@ from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import EnqueuePort
 from orchestrator.service.runner import JobRunner
 from orchestrator.service.submission import Submitter
-from orchestrator.settings import Settings, get_settings
+from orchestrator.settings import Settings, get_settings, resolve_urls
 from orchestrator.store.engine import make_engine
-
-
-def _resolve(settings: Settings, key: str) -> str:
-    """A configured URL, else the one ``orchestrator up`` wrote to its credentials file."""
-    value: str | None = getattr(settings, key)
-    if value:
-        return value
-    creds = settings.data_dir / "credentials.json"
-    if creds.exists():
-        return str(json.loads(creds.read_text())[key])
-    setting = f"ORCH_{key.upper()}"
-    raise ConfigurationError(
-        f"{setting} is not set and no `orchestrator up` has written {creds}", setting=setting
-    )
-
-
-def resolve_database_url(settings: Settings) -> str:
-    return _resolve(settings, "database_url")
-
-
-def resolve_urls(settings: Settings) -> tuple[str, str]:
-    return _resolve(settings, "database_url"), _resolve(settings, "redis_url")
 
 
 class Container:

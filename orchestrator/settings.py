@@ -7,6 +7,7 @@ A bad value fails at start with one line naming the setting, e.g.::
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -142,6 +143,28 @@ def load_settings() -> Settings:
         name = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else "ORCH_*"
         msg = str(first["msg"]).removeprefix("Value error, ")
         raise ConfigurationError(f"{name}: {msg}", setting=name) from None
+
+
+def _resolve(settings: Settings, key: str) -> str:
+    """A configured URL, else the one ``orchestrator up`` wrote to its credentials file."""
+    value: str | None = getattr(settings, key)
+    if value:
+        return value
+    creds = settings.data_dir / "credentials.json"
+    if creds.exists():
+        return str(json.loads(creds.read_text())[key])
+    setting = f"ORCH_{key.upper()}"
+    raise ConfigurationError(
+        f"{setting} is not set and no `orchestrator up` has written {creds}", setting=setting
+    )
+
+
+def resolve_database_url(settings: Settings) -> str:
+    return _resolve(settings, "database_url")
+
+
+def resolve_urls(settings: Settings) -> tuple[str, str]:
+    return _resolve(settings, "database_url"), _resolve(settings, "redis_url")
 
 
 @lru_cache(maxsize=1)

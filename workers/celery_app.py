@@ -15,8 +15,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu.entity import Queue
 
-from orchestrator.bootstrap import resolve_urls
-from orchestrator.settings import get_settings
+from orchestrator.settings import get_settings, resolve_urls
 from workers.broker import transport_for
 
 log = logging.getLogger(__name__)
@@ -123,8 +122,8 @@ def _say_ready() -> None:
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _worker_ready(**_: Any) -> None:
     """Consuming from now on: what start-up built lives as long as the worker (see
-    orchestrator.heap)."""
-    from orchestrator.heap import freeze_startup_heap
+    orchestrator.runtime.heap)."""
+    from orchestrator.runtime.heap import freeze_startup_heap
 
     freeze_startup_heap()
     _say_ready()

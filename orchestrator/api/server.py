@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import uvicorn
 
-from orchestrator import serving
 from orchestrator.api.app import create_app
 from orchestrator.api.config import ApiConfig
 from orchestrator.bootstrap import Container
-from orchestrator.heap import freeze_startup_heap
-from orchestrator.serving import ThreadedServer
+from orchestrator.runtime import serving
+from orchestrator.runtime.heap import freeze_startup_heap
+from orchestrator.runtime.serving import ThreadedServer
 
 
 def serve(

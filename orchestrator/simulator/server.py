@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
-from orchestrator import serving
 from orchestrator.domain.catalogue import Catalogue, load_catalogue
-from orchestrator.serving import ThreadedServer
+from orchestrator.runtime import serving
+from orchestrator.runtime.serving import ThreadedServer
 from orchestrator.simulator.app import create_app
 
 

@@ -13,8 +13,9 @@ import httpx
 import pytest
 import typer
 
-from orchestrator import cli_client, cli_report
 from orchestrator.api import ApiConfig, RunningApi, start_in_thread
+from orchestrator.cli import client as cli_client
+from orchestrator.cli import report as cli_report
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.store.keys import create_key
 

@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from orchestrator.cli_client import parse_params, parse_value, usd
+from orchestrator.cli.client import parse_params, parse_value, usd
 from orchestrator.client import Client
 from orchestrator.store import jobs as repo
 

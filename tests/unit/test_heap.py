@@ -1,4 +1,4 @@
-"""orchestrator.heap: start-up objects leave the collector's generations."""
+"""orchestrator.runtime.heap: start-up objects leave the collector's generations."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from orchestrator.heap import freeze_startup_heap
+from orchestrator.runtime.heap import freeze_startup_heap
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from orchestrator.cli_client import endpoint
-from orchestrator.cli_errors import fail
+from orchestrator.cli.client import endpoint
+from orchestrator.cli.errors import fail
 from orchestrator.domain.money import format_usd
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli_errors import errors_as_one_line, fail
+from orchestrator.cli.errors import errors_as_one_line, fail
 from orchestrator.client import ApiError, Backend, BudgetExceeded, Client, Job
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Show, list and cancel jobs.")
@@ -285,8 +285,7 @@ def keys_create(
 ) -> None:
     """Create an API key in the database (ORCH_DATABASE_URL or `orchestrator up`'s) and print
     it once: it is stored only as a hash."""
-    from orchestrator.bootstrap import resolve_database_url
-    from orchestrator.settings import load_settings
+    from orchestrator.settings import load_settings, resolve_database_url
     from orchestrator.store.engine import make_engine
     from orchestrator.store.keys import create_key
 

@@ -12,9 +12,9 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli_client import register as register_client_commands
-from orchestrator.cli_errors import fail, one_line_errors
-from orchestrator.cli_report import register as register_report_command
+from orchestrator.cli.client import register as register_client_commands
+from orchestrator.cli.errors import fail, one_line_errors
+from orchestrator.cli.report import register as register_report_command
 from orchestrator.errors import OrchestratorError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -24,8 +24,7 @@ monitoring_app = typer.Typer(no_args_is_help=True, help="Cloud Monitoring as cod
 app.add_typer(monitoring_app, name="monitoring")
 
 def _database_url() -> str:
-    from orchestrator.bootstrap import resolve_database_url
-    from orchestrator.settings import get_settings
+    from orchestrator.settings import get_settings, resolve_database_url
 
     return resolve_database_url(get_settings())
 
@@ -53,7 +52,7 @@ def up(
 ) -> None:
     """Run the whole system: embedded PostgreSQL and Redis (or the configured URLs), API,
     worker, beat and simulator. Ctrl-C or SIGTERM stops every process."""
-    from orchestrator.runtime import System
+    from orchestrator.runtime.up import System
     from orchestrator.settings import get_settings
 
     system = System(get_settings(), data_dir, port, not no_simulator, typer.echo)
@@ -247,6 +246,3 @@ def main() -> None:
         typer.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
 
-
-if __name__ == "__main__":
-    main()
