@@ -27,6 +27,7 @@ from orchestrator.service.runner import JobRunner
 from orchestrator.settings import Settings
 from orchestrator.simulator import RunningSimulator, start_in_thread
 from orchestrator.store import jobs as repo
+from tests.logscan import worker_log
 from workers.broker import producer_app
 from workers.enqueue import CeleryEnqueue
 
@@ -74,13 +75,20 @@ class Rig:
     # -- workers ----------------------------------------------------------------------------
     def start_worker(self, concurrency: int = 8,
                      env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-             "--pool", "threads", "-c", str(concurrency), "--without-gossip",
-             "--without-mingle", "--without-heartbeat", "-Q",
-             "jobs.high,jobs.normal,jobs.low,maintenance", "--loglevel", "WARNING"],
-            cwd=ROOT, env={**self.env, **(env_extra or {})}, start_new_session=True,
-        )
+        # its log lines (at production's level) go where the session's log scan reads them
+        out = worker_log("worker")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+                 "--pool", "threads", "-c", str(concurrency), "--without-gossip",
+                 "--without-mingle", "--without-heartbeat", "-Q",
+                 "jobs.high,jobs.normal,jobs.low,maintenance", "--loglevel", "INFO"],
+                cwd=ROOT, env={**self.env, **(env_extra or {})}, start_new_session=True,
+                stdout=out, stderr=subprocess.STDOUT if out else None,
+            )
+        finally:
+            if out is not None:
+                out.close()  # the child has its own
         self.workers.append(proc)
         return proc
 

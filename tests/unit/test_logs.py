@@ -65,18 +65,18 @@ def test_prompt_input_and_credentials_are_never_written(out: io.StringIO) -> Non
 
 def test_key_looking_strings_are_redacted_everywhere(out: io.StringIO) -> None:
     log = logging.getLogger("x")
-    log.warning("key %s rejected for %s", KEY, "acme", extra={"note": f"was {KEY}",
-                                                              "urls": ["redis://u:pw@h:6379/0"]})
+    log.warning("key %s rejected for %s", KEY, "acme", extra={
+        "note": f"was {KEY}", "urls": ["redis://u:pw@h:6379/0", "redis://:pw2@h:6379/0"]})
     try:
         raise ValueError(f"bad key {KEY}")
     except ValueError:
         log.exception("failed")
     text = out.getvalue()
-    assert KEY not in text and "pw@" not in text
+    assert KEY not in text and "pw@" not in text and "pw2" not in text
     first, second = lines(out)
     assert first["message"] == f"key {REDACTED} rejected for acme"
     assert first["note"] == f"was {REDACTED}"
-    assert first["urls"] == [f"redis://{REDACTED}@h:6379/0"]
+    assert first["urls"] == [f"redis://{REDACTED}@h:6379/0", f"redis://{REDACTED}@h:6379/0"]
     assert second["exc_type"] == "ValueError" and REDACTED in str(second["exc"])
 
 
