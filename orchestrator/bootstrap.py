@@ -100,7 +100,8 @@ class Container:
     @cached_property
     def submitter(self) -> Submitter:
         return Submitter(self.engine, self.ledger, self.catalogue, self.health, self.enqueue,
-                         utcnow, timedelta(seconds=self.settings.start_grace_s))
+                         utcnow, timedelta(seconds=self.settings.start_grace_s),
+                         egress=self.egress)
 
     @cached_property
     def egress(self) -> EgressPolicy:
