@@ -13,6 +13,7 @@ never read: only the status and headers come back.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 
 import httpx
@@ -20,15 +21,18 @@ import httpx
 from orchestrator.egress.policy import EgressPolicy
 
 
-def egress_client(timeout: httpx.Timeout) -> httpx.Client:
-    """An httpx client fit for :func:`post_pinned`.
+def egress_client(timeout: httpx.Timeout, verify: ssl.SSLContext | None = None) -> httpx.Client:
+    """An httpx client fit for :func:`post_pinned`; ``verify``: the TLS trust (default: the
+    system's, or ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set).
 
     No keep-alive: the pool is keyed by the address connected to, and one address may serve
     several names, so a connection verified for one name must not carry another's request.
-    ``trust_env=False``: a proxy from the environment would resolve the name itself.
+    ``trust_env=False``: a proxy from the environment would resolve the name itself (the CA
+    variables are read into ``verify`` instead).
     """
+    context = verify if verify is not None else httpx.create_ssl_context(trust_env=True)
     return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False,
-                        limits=httpx.Limits(max_keepalive_connections=0))
+                        verify=context, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 def post_pinned(

@@ -158,9 +158,6 @@ class EgressPolicy:
     def check(self, url: str, field: str = "url") -> Checked:
         target = parse_url(url, field)
         explicit = self.host_allowed(target)
-        if target.url.scheme != "https" and not explicit:
-            raise EgressRefused(field, f"must use https ({target.host} is not in "
-                                       f"{ALLOW_SETTING})")
         addresses = self._addresses(target, field)
         if not explicit:
             for ip in addresses:
@@ -170,6 +167,9 @@ class EgressPolicy:
                     raise EgressRefused(field, f"{target.host} {what} a {why} address; only "
                                                "public receivers are called unless "
                                                f"{ALLOW_SETTING} admits it")
+        if target.url.scheme != "https" and not explicit:
+            raise EgressRefused(field, f"must use https ({target.host} is not in "
+                                       f"{ALLOW_SETTING})")
         return Checked(target, addresses)
 
     def _addresses(self, target: Target, field: str) -> tuple[IPAddress, ...]:

@@ -56,7 +56,8 @@ class Receiver:
     """A real HTTP server. With ``secret`` it verifies signatures like a customer would.
 
     ``fail_first``: answer ``fail_status`` to the first K requests; ``always_status``: answer
-    that to every request; ``hang``: hold each request until released (client timeouts).
+    that to every request; ``hang``: hold each request until released (client timeouts);
+    ``reply``: the body of a non-2xx answer; ``location``: a Location header on every answer.
     """
 
     secret: str | None = None
@@ -64,6 +65,8 @@ class Receiver:
     fail_status: int = 503
     always_status: int | None = None
     hang: threading.Event | None = None
+    reply: bytes = b"no_service"
+    location: str | None = None
     clock: Callable[[], float] = time.time
     hits: list[Hit] = field(default_factory=list)
     arrived: threading.Event = field(default_factory=threading.Event)
@@ -102,8 +105,10 @@ def _handler(rx: Receiver) -> type[BaseHTTPRequestHandler]:
             if rx.hang is not None:
                 rx.hang.wait(10)
             status = rx.decide(dict(self.headers.items()), body)
-            out = b"ok" if status < 300 else b"no_service"
+            out = b"ok" if status < 300 else rx.reply
             self.send_response(status)
+            if rx.location is not None:
+                self.send_header("Location", rx.location)
             self.send_header("Content-Length", str(len(out)))
             self.end_headers()
             self.wfile.write(out)
@@ -118,11 +123,11 @@ def _handler(rx: Receiver) -> type[BaseHTTPRequestHandler]:
 def serve() -> Iterator[Callable[..., Receiver]]:
     servers: list[tuple[ThreadingHTTPServer, Receiver]] = []
 
-    def start(**kw: Any) -> Receiver:
+    def start(host: str = "127.0.0.1", **kw: Any) -> Receiver:
         rx = Receiver(**kw)
-        srv = ThreadingHTTPServer(("127.0.0.1", 0), _handler(rx))
+        srv = ThreadingHTTPServer((host, 0), _handler(rx))
         srv.daemon_threads = True
-        rx.url = f"http://127.0.0.1:{srv.server_address[1]}/hooks/T000/B000/tok3n"
+        rx.url = f"http://{host}:{srv.server_address[1]}/hooks/T000/B000/tok3n"
         threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True).start()
         servers.append((srv, rx))
         return rx
