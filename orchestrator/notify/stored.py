@@ -214,7 +214,7 @@ def seal_legacy(conn: Connection, box: SecretBox, *, rotate: bool = False) -> Se
                     raise SecretUnreadable(f"budget {row.scope} ({row.period}) channels[{i}]: "
                                            f"{exc.message}; nothing was changed") from None
                 rotated, changed = rotated + 1, True
-            elif has_plaintext_secret(raw):
+            if has_plaintext_secret(raw):
                 raw, valid = seal_entry(raw, i, box)
                 sealed, invalid, changed = sealed + 1, invalid + (not valid), True
             out.append(raw)
@@ -231,7 +231,7 @@ def seal_entry(raw: dict[str, Any], index: int, box: SecretBox) -> tuple[dict[st
     try:
         return seal(parse_channel(_without_extras(raw), index), box), True
     except Exception:  # an old row of any shape: its secrets are sealed as they are
-        out = _without_extras(raw)
+        out = dict(raw)
         for name in _fields(raw):
             if isinstance(out.get(name), str):
                 out[name] = {SEALED: box.encrypt(out[name])}
