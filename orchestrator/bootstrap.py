@@ -19,9 +19,11 @@ from orchestrator.backends.transport import Http11Transport
 from orchestrator.domain.breaker import BreakerPolicy
 from orchestrator.domain.catalogue import Catalogue, load_catalogue
 from orchestrator.domain.polling import PollPolicy
+from orchestrator.egress import EgressPolicy
 from orchestrator.health.store import HealthStore
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.service import utcnow
+from orchestrator.secrets import SecretBox, load_keys
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import EnqueuePort
 from orchestrator.service.runner import JobRunner
@@ -98,7 +100,19 @@ class Container:
     @cached_property
     def submitter(self) -> Submitter:
         return Submitter(self.engine, self.ledger, self.catalogue, self.health, self.enqueue,
-                         utcnow, timedelta(seconds=self.settings.start_grace_s))
+                         utcnow, timedelta(seconds=self.settings.start_grace_s),
+                         egress=self.egress)
+
+    @cached_property
+    def egress(self) -> EgressPolicy:
+        """What user-supplied URLs may reach (ORCH_EGRESS_ALLOW)."""
+        return EgressPolicy.from_settings(self.settings)
+
+    @cached_property
+    def secrets(self) -> SecretBox | None:
+        """The keys of channel secrets (ORCH_SECRET_KEY or <data_dir>/secret.key); None when
+        neither is set."""
+        return load_keys(self.settings)
 
 
 _container: Container | None = None

@@ -129,6 +129,10 @@ def configure_logging(level: str | int = "INFO", fmt: str = "json",
     handler.addFilter(RedactingFilter())
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    # httpx logs every request's full URL at INFO: a Slack URL, a webhook's token path or a
+    # provider's query key is a secret. Our callers log what matters (origin, status) instead.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return handler
 
 

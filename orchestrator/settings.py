@@ -12,9 +12,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orchestrator.egress.policy import parse_allow
 from orchestrator.errors import ConfigurationError
 
 ENV_PREFIX = "ORCH_"
@@ -79,6 +80,17 @@ class Settings(BaseSettings):
     api_rate_window_s: int = Field(default=60, ge=1)
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
     api_key_cache_s: float = Field(default=5.0, ge=0)
+    egress_allow: str = Field(
+        default="",
+        description="hostnames and CIDRs, comma-separated, that user-supplied URLs (alert "
+        "webhooks, Slack, job webhooks) may reach although internal; a listed hostname may "
+        "also use plain http (orchestrator.egress)",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet keys, comma-separated: the first encrypts channel secrets, all "
+        "decrypt; unset = <data_dir>/secret.key (orchestrator.secrets)",
+    )
 
     def backends_path(self) -> Path:
         """``backends_file``; a relative path missing from the working directory falls back to
@@ -106,6 +118,12 @@ class Settings(BaseSettings):
             return None
         if not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"must be a redis:// URL, got {_redact(v)!r}")
+        return v
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _egress_allow(cls, v: str) -> str:
+        parse_allow(v)  # ValueError names the bad entry
         return v
 
     @field_validator("simulator_url", "api_url")

@@ -52,12 +52,22 @@ def sweep() -> None:
 @app.task(  # type: ignore[untyped-decorator]
     name="orchestrator.deliver_alerts", autoretry_for=_INFRA, max_retries=3)
 def deliver_alerts() -> None:
+    """Seal channel secrets still stored in plain text (written before encryption), then
+    deliver what is due."""
     from orchestrator.notify import ChannelFactory, deliver_pending
     from orchestrator.notify.settings import SmtpSettings
+    from orchestrator.notify.stored import seal_legacy
 
     c = container()
-    with ChannelFactory(smtp=SmtpSettings()) as factory:
-        deliver_pending(c.engine, factory, utcnow())
+    box = c.secrets
+    if box is not None:
+        with c.engine.begin() as tx:
+            sealed = seal_legacy(tx, box)
+        if sealed.sealed:
+            log.info("sealed %d plain-text channel secret(s) in %d budget(s)", sealed.sealed,
+                     sealed.budgets)
+    with ChannelFactory(smtp=SmtpSettings(), policy=c.egress) as factory:
+        deliver_pending(c.engine, factory, utcnow(), secrets=box)
 
 
 @app.task(  # type: ignore[untyped-decorator]

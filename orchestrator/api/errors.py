@@ -13,6 +13,8 @@
     payload_too_large     413   request body above the configured limit
     method_not_allowed    405
     not_ready             503   /readyz: database or Redis unreachable
+    secret_key_missing    503   a channel secret must be stored and no ORCH_SECRET_KEY (or key
+                                file) is configured: nothing is stored in plain text
     internal_error        500   anything else; no details, never a stack trace
 """
 
@@ -43,6 +45,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "payload_too_large": 413,
     "method_not_allowed": 405,
     "not_ready": 503,
+    "secret_key_missing": 503,
 }
 
 

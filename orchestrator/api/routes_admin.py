@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from orchestrator.api.context import ADMIN_ERRORS, AUTH_ERRORS, ApiContext
+from orchestrator.api.context import ADMIN_ERRORS, AUTH_ERRORS, ApiContext, _err
 from orchestrator.api.schemas import BackendsOut, BudgetIn, BudgetOut, BudgetsOut, KeyIn, KeyOut
 from orchestrator.api.security import Principal
 from orchestrator.api.views import backend_resource, budget_resource, visible_to
@@ -15,7 +15,7 @@ from orchestrator.domain.money import usd_to_micros
 from orchestrator.errors import InvalidRequest
 from orchestrator.ledger.budgets import list_budgets, set_budget
 from orchestrator.ledger.service import utcnow
-from orchestrator.notify import parse_channels
+from orchestrator.notify.stored import prepare_channels
 from orchestrator.store import keys as key_repo
 
 
@@ -24,6 +24,7 @@ def router(ctx: ApiContext) -> APIRouter:
     Caller = Annotated[Principal, Depends(ctx.principal_dep())]
     Admin = Annotated[Principal, Depends(ctx.admin_dep())]
     c = ctx.container
+    _ = c.secrets  # a bad ORCH_SECRET_KEY or key file stops the API at start, not at a PUT
 
     @r.get("/backends", response_model=BackendsOut, tags=["backends"], responses=AUTH_ERRORS,
            summary="Catalogue with breaker state and observed health")
@@ -42,7 +43,9 @@ def router(ctx: ApiContext) -> APIRouter:
         shown = [v for v in views if p.admin or visible_to(v.scope, p.tenant)]
         return {"budgets": [budget_resource(v, now) for v in shown]}
 
-    @r.put("/budgets", response_model=BudgetOut, tags=["budgets"], responses=ADMIN_ERRORS,
+    @r.put("/budgets", response_model=BudgetOut, tags=["budgets"],
+           responses={**ADMIN_ERRORS, 503: _err(
+               "secret_key_missing: a channel secret cannot be stored without a key")},
            summary="Create or update a budget (admin)")
     def put_budget(body: BudgetIn, p: Admin) -> dict[str, Any]:
         try:
@@ -51,7 +54,9 @@ def router(ctx: ApiContext) -> APIRouter:
             forecast_thresholds = thresholds_to_bp(body.forecast_thresholds)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-        channels = [ch.model_dump(mode="json") for ch in parse_channels(body.channels)]
+        # validated, egress-checked and sealed before anything is written: a refusal (422
+        # naming the field) or a missing key (503 secret_key_missing) changes nothing
+        channels = prepare_channels(body.channels, c.egress, c.secrets)
         now = utcnow()
         with c.engine.begin() as tx:
             set_budget(tx, scope=scope, period=body.period,

@@ -17,7 +17,7 @@ from orchestrator.domain.forecast import MIN_ELAPSED, forecast_micros
 from orchestrator.domain.money import micros_to_usd
 from orchestrator.errors import InvalidRequest
 from orchestrator.ledger.budgets import BudgetView
-from orchestrator.notify import ChannelConfigError, parse_channel
+from orchestrator.notify.stored import describe
 
 # MIN_ELAPSED and forecast_micros are re-exported: the forecast lives in domain.forecast.
 __all__ = ["MIN_ELAPSED", "backend_resource", "budget_resource", "decode_cursor",
@@ -25,16 +25,9 @@ __all__ = ["MIN_ELAPSED", "backend_resource", "budget_resource", "decode_cursor"
 
 
 def _channels(raw: tuple[dict[str, Any], ...]) -> list[dict[str, str]]:
-    """Type and a safe label per channel: never a URL path, token or secret."""
-    out = []
-    for i, item in enumerate(raw):
-        try:
-            cfg = parse_channel(item, i)
-        except ChannelConfigError:
-            out.append({"type": str(item.get("type", "unknown")), "label": "invalid channel"})
-            continue
-        out.append({"type": cfg.type, "label": cfg.label})
-    return out
+    """Type and a safe label per channel: never a URL path, token or secret; a stored entry
+    that cannot be read is shown as "invalid channel", never a 500."""
+    return [describe(item, i) for i, item in enumerate(raw)]
 
 
 def budget_resource(view: BudgetView, now: datetime) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import typer
 from orchestrator.cli.client import register as register_client_commands
 from orchestrator.cli.errors import fail, one_line_errors
 from orchestrator.cli.report import register as register_report_command
+from orchestrator.cli.secrets import register as register_secrets_commands
 from orchestrator.errors import OrchestratorError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -237,6 +238,7 @@ def budgets_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> N
 
 register_client_commands(app)
 register_report_command(app)
+register_secrets_commands(app)
 
 
 def main() -> None:

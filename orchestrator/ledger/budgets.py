@@ -131,7 +131,8 @@ def list_budgets(
                 committed_micros=r.committed_micros if has_period else 0,
                 held_micros=r.held_micros if has_period else 0,
                 alert_thresholds_bp=tuple(r.alert_thresholds_bp),
-                channels=tuple(r.channels),
+                # an old row may hold anything: only a list is channels
+                channels=tuple(r.channels) if isinstance(r.channels, list) else (),
                 forecast_thresholds_bp=tuple(r.forecast_thresholds_bp),
             )
         )

@@ -4,10 +4,13 @@ Public API::
 
     from orchestrator.notify import ChannelFactory, deliver_pending, parse_channels
 
-    with ChannelFactory(smtp=SmtpSettings()) as factory:
-        report = deliver_pending(engine, factory, now=datetime.now(UTC))
+    with ChannelFactory(smtp=SmtpSettings(), policy=EgressPolicy.from_settings(s)) as factory:
+        report = deliver_pending(engine, factory, now=datetime.now(UTC),
+                                 secrets=load_keys(s))
 
-Webhook receivers verify requests with :func:`verify_signature`.
+Webhook and Slack URLs go through the egress policy (``orchestrator.egress``); how channels
+are stored, secrets sealed, is ``notify.stored``. Webhook receivers verify requests with
+:func:`verify_signature`.
 """
 
 from orchestrator.notify.base import Channel, ChannelFactoryFn

@@ -7,6 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import httpx
 
+from orchestrator.egress import EgressPolicy, EgressRefused, post_pinned
 from orchestrator.notify.config import ChannelConfig
 from orchestrator.notify.errors import DeliveryError
 from orchestrator.notify.message import AlertMessage
@@ -36,40 +37,40 @@ def default_timeout(seconds: float = 10.0) -> httpx.Timeout:
 
 
 def post(
-    client: httpx.Client, url: str, body: bytes, headers: dict[str, str], label: str
+    client: httpx.Client, policy: EgressPolicy, url: str, body: bytes,
+    headers: dict[str, str], label: str,
 ) -> None:
-    """POST ``body``; classify failures. Never puts ``url`` into an error or log."""
+    """POST ``body`` through the egress policy (checked now, connected to the checked
+    address, no redirect); classify failures by our own codes. Never puts ``url``, or
+    anything the receiver answered but its status, into an error or log."""
     try:
-        resp = client.post(
-            url,
-            content=body,
-            headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
+        resp = post_pinned(
+            client, policy, url, body,
+            {"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
         )
-    except httpx.TimeoutException as exc:
-        raise DeliveryError(f"{label}: timed out ({type(exc).__name__})", transient=True) from None
+    except EgressRefused as exc:
+        raise DeliveryError(exc.reason, detail=exc.problem, label=label,
+                            transient=exc.reason == "dns_failed") from None
+    except httpx.TimeoutException:
+        raise DeliveryError("timeout", label=label, transient=True) from None
+    except httpx.ConnectError:  # refused, unreachable, TLS handshake or certificate
+        raise DeliveryError("connect_failed", label=label, transient=True) from None
     except httpx.TransportError as exc:
-        raise DeliveryError(f"{label}: {type(exc).__name__}", transient=True) from None
+        raise DeliveryError("transport_error", detail=type(exc).__name__, label=label,
+                            transient=True) from None
     status = resp.status_code
     if 200 <= status < 300:
         return
-    detail = f"{label}: HTTP {status}{_snippet(resp)}"
+    reason = f"http_{status}"
     if status in (408, 429) or status >= 500:
-        raise DeliveryError(detail, transient=True, retry_after_s=_retry_after(resp))
-    raise DeliveryError(detail, transient=False)
-
-
-def _snippet(resp: httpx.Response) -> str:
-    """A short printable excerpt of an error body (Slack answers e.g. ``invalid_token``)."""
-    try:
-        text = resp.text[:80]
-    except Exception:  # undecodable body: say nothing about it
-        return ""
-    text = "".join(c if c.isprintable() else " " for c in text).strip()
-    return f" {text}" if text else ""
+        raise DeliveryError(reason, label=label, transient=True,
+                            retry_after_s=_retry_after(resp))
+    # 3xx included: a redirect is never followed (it could point anywhere, inside too)
+    raise DeliveryError(reason, label=label, transient=False)
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
     value = resp.headers.get("Retry-After", "")
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return min(float(value), MAX_RETRY_AFTER_S)
     return None

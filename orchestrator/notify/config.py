@@ -2,8 +2,11 @@
 
 ``parse_channels`` turns the ``channels`` list of a budget into typed configs, or raises
 :class:`ChannelConfigError` naming the entry, e.g. ``channels[0].url: must be an http(s) URL``.
-Configs know a stable ``key`` (identity of a delivery target across retries, without the
-secret) and a ``label`` safe to log (no path, query or token).
+A URL's shape (scheme, host, port 1-65535) is checked here, without DNS; whether it may be
+called is the egress policy's business (``orchestrator.egress``). Configs know a stable ``key``
+(identity of a delivery target across retries, without the secret) and a ``label`` safe to log
+(no path, query or token). They hold secrets in plain text: in memory only (``notify.stored``
+is how they are kept).
 """
 
 from __future__ import annotations
@@ -11,19 +14,20 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from orchestrator.egress import EgressRefused, parse_url
 from orchestrator.notify.errors import ChannelConfigError
 
 _EMAIL = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.?[^@\s<>,;\"]*$")
 
 
 def _http_url(v: str) -> str:
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
-        raise ValueError("must be an http(s) URL")
+    try:
+        parse_url(v)
+    except EgressRefused as exc:
+        raise ValueError(exc.problem) from None
     return v
 
 
@@ -34,9 +38,8 @@ def _email(v: str) -> str:
 
 
 def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}"
+    """``scheme://host[:port]`` of a URL the validator accepted (so this cannot fail)."""
+    return parse_url(url).origin
 
 
 def _digest(*parts: str) -> str:
@@ -59,8 +62,12 @@ class WebhookConfig(_Config):
         return "webhook:" + _digest(self.url)
 
     @property
+    def origin(self) -> str:
+        return _origin(self.url)
+
+    @property
     def label(self) -> str:
-        return f"webhook {_origin(self.url)}"
+        return f"webhook {self.origin}"
 
 
 class SlackConfig(_Config):
@@ -74,8 +81,12 @@ class SlackConfig(_Config):
         return "slack:" + _digest(self.url)
 
     @property
+    def origin(self) -> str:
+        return _origin(self.url)
+
+    @property
     def label(self) -> str:
-        return f"slack {_origin(self.url)}"
+        return f"slack {self.origin}"
 
 
 class EmailConfig(_Config):

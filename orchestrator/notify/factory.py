@@ -8,6 +8,7 @@ from types import TracebackType
 
 import httpx
 
+from orchestrator.egress import EgressPolicy, egress_client
 from orchestrator.notify.base import Channel, default_timeout
 from orchestrator.notify.config import ChannelConfig, EmailConfig, SlackConfig, WebhookConfig
 from orchestrator.notify.mail import EmailChannel
@@ -19,29 +20,31 @@ from orchestrator.notify.webhook import WebhookChannel
 class ChannelFactory:
     """``factory(config) -> Channel``. Use as a context manager (closes the HTTP client).
 
-    Redirects are not followed (a webhook that moved is a configuration error).
+    Webhook and Slack URLs go through ``policy`` (default: public receivers only, over https):
+    checked again before every request and connected to at the checked address. Redirects
+    are not followed (a webhook that moved is a configuration error).
     """
 
     def __init__(
         self,
         *,
         smtp: SmtpSettings | None = None,
+        policy: EgressPolicy | None = None,
         http_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
         client: httpx.Client | None = None,
     ) -> None:
         self._smtp = smtp if smtp is not None else SmtpSettings()
+        self._policy = policy if policy is not None else EgressPolicy()
         self._clock = clock
         self._owns_client = client is None
-        self._client = client or httpx.Client(
-            timeout=default_timeout(http_timeout_s), follow_redirects=False
-        )
+        self._client = client or egress_client(default_timeout(http_timeout_s))
 
     def __call__(self, config: ChannelConfig) -> Channel:
         if isinstance(config, WebhookConfig):
-            return WebhookChannel(config, self._client, self._clock)
+            return WebhookChannel(config, self._client, self._policy, self._clock)
         if isinstance(config, SlackConfig):
-            return SlackChannel(config, self._client)
+            return SlackChannel(config, self._client, self._policy)
         if isinstance(config, EmailConfig):
             return EmailChannel(config, self._smtp)
         raise TypeError(f"unknown channel config {type(config).__name__}")

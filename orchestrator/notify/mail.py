@@ -55,7 +55,8 @@ class EmailChannel:
     def send(self, alert: AlertMessage) -> None:
         s = self._smtp
         if not s.smtp_host:
-            raise DeliveryError(f"{self.label}: ORCH_SMTP_HOST is not set", transient=False)
+            raise DeliveryError("smtp_not_configured", detail="ORCH_SMTP_HOST is not set",
+                                label=self.label, transient=False)
         msg = email_message(alert, s.smtp_from, list(self._config.to))
         try:
             with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s) as conn:
@@ -68,15 +69,16 @@ class EmailChannel:
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             raise DeliveryError(
-                f"{self.label}: all recipients refused (SMTP {codes[0] if codes else '?'})",
+                f"smtp_{codes[0]}" if codes else "smtp_refused",
+                detail="all recipients refused", label=self.label,
                 transient=bool(codes) and all(400 <= c < 500 for c in codes),
             ) from None
-        except smtplib.SMTPResponseException as exc:
-            raise DeliveryError(
-                f"{self.label}: SMTP {exc.smtp_code}", transient=400 <= exc.smtp_code < 500
-            ) from None
+        except smtplib.SMTPResponseException as exc:  # the server's text is never kept
+            raise DeliveryError(f"smtp_{exc.smtp_code}", label=self.label,
+                                transient=400 <= exc.smtp_code < 500) from None
         except (smtplib.SMTPException, OSError) as exc:  # connection, TLS, timeout
-            raise DeliveryError(f"{self.label}: {type(exc).__name__}", transient=True) from None
+            raise DeliveryError("connect_failed", detail=type(exc).__name__, label=self.label,
+                                transient=True) from None
         if refused:
             # Some recipients accepted it: delivered (a retry would duplicate it for them).
             log.warning(

@@ -35,9 +35,10 @@ from sqlalchemy import Connection, Engine, text
 
 from orchestrator.notify.backoff import retry_delay_s
 from orchestrator.notify.base import ChannelFactoryFn
-from orchestrator.notify.config import ChannelConfig, parse_channel
-from orchestrator.notify.errors import ChannelConfigError, DeliveryError
+from orchestrator.notify.errors import DeliveryError
 from orchestrator.notify.message import AlertMessage
+from orchestrator.notify.stored import Opened, open_for_delivery
+from orchestrator.secrets import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class _Claimed:
     label: str
     attempts: int
     message: AlertMessage | None
-    config: ChannelConfig | None
+    opened: Opened | None  # None: no longer a channel of the budget
     error: DeliveryError | None = None
 
 
@@ -175,13 +176,15 @@ def deliver_pending(
     *,
     policy: RetryPolicy | None = None,
     max_workers: int = 8,
+    secrets: SecretBox | None = None,
 ) -> DeliveryReport:
-    """Send what is due at ``now`` (timezone-aware) for up to ``batch`` pending alerts."""
+    """Send what is due at ``now`` (timezone-aware) for up to ``batch`` pending alerts.
+    ``secrets`` opens the channels' sealed secrets (``notify.stored``)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     policy = policy or RetryPolicy()
     token = uuid.uuid4()
-    claimed, finished = _claim(engine, now, batch, policy, token)
+    claimed, finished = _claim(engine, now, batch, policy, token, secrets)
     if claimed:
         workers = max(1, min(max_workers, len(claimed)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="notify") as pool:
@@ -205,16 +208,17 @@ def deliver_pending(
 
 
 def _claim(
-    engine: Engine, now: datetime, batch: int, policy: RetryPolicy, token: uuid.UUID
+    engine: Engine, now: datetime, batch: int, policy: RetryPolicy, token: uuid.UUID,
+    secrets: SecretBox | None,
 ) -> tuple[list[_Claimed], list[tuple[uuid.UUID, str]]]:
     with engine.begin() as tx:
         rows = tx.execute(_CLAIM_ALERTS, {"now": now, "batch": batch}).all()
         if not rows:
             return [], []
-        configs: dict[uuid.UUID, dict[str, ChannelConfig]] = {}
+        configs: dict[uuid.UUID, dict[str, Opened]] = {}
         messages: dict[uuid.UUID, AlertMessage | None] = {}
         for r in rows:
-            configs[r.id] = _configs(tx, r, now, create=not r.started)
+            configs[r.id] = _configs(tx, r, now, secrets, create=not r.started)
             messages[r.id] = _message(r)
         leased = tx.execute(
             _LEASE,
@@ -238,33 +242,29 @@ def _claim(
         return claimed, finished
 
 
-def _configs(tx: Connection, row: Any, now: datetime, *, create: bool) -> dict[str, ChannelConfig]:
-    """The budget's valid channels by key; on first sight, one delivery row per channel
-    (an invalid entry gets a row that is failed at once, so it is reported, not skipped)."""
-    out: dict[str, ChannelConfig] = {}
+def _configs(
+    tx: Connection, row: Any, now: datetime, secrets: SecretBox | None, *, create: bool
+) -> dict[str, Opened]:
+    """The budget's channels by key; on first sight, one delivery row per channel (an
+    invalid entry gets a row that is failed at once, so it is reported, not skipped). One
+    entry's trouble (unreadable, refused, undecryptable) is that entry's alone."""
+    out: dict[str, Opened] = {}
     raw: Sequence[Any] = row.channels if isinstance(row.channels, list) else []
     for i, item in enumerate(raw):
-        try:
-            cfg = parse_channel(item, i)
-        except ChannelConfigError as exc:
-            if create:
-                kind = item.get("type") if isinstance(item, dict) else None
-                tx.execute(
-                    _INSERT_DELIVERY,
-                    {"alert_id": row.id, "key": f"invalid:{i}", "index": i,
-                     "type": str(kind)[:10] if isinstance(kind, str) else "unknown",
-                     "target": f"channels[{i}]", "status": "failed", "error": exc.message,
-                     "now": now},
-                )
-                log.error("alert %s: channels[%d] is invalid: %s", row.id, i, exc.message)
-            continue
-        out.setdefault(cfg.key, cfg)
+        o = open_for_delivery(item, i, secrets)
+        if not o.invalid:
+            out.setdefault(o.key, o)
         if create:
+            failed = o.invalid and o.error is not None
             tx.execute(
                 _INSERT_DELIVERY,
-                {"alert_id": row.id, "key": cfg.key, "index": i, "type": cfg.type,
-                 "target": cfg.label, "status": "pending", "error": None, "now": now},
+                {"alert_id": row.id, "key": o.key, "index": i, "type": o.type,
+                 "target": o.target[:200], "status": "failed" if failed else "pending",
+                 "error": o.error.summary[:500] if failed and o.error else None, "now": now},
             )
+            if failed and o.error is not None:
+                log.error("alert %s: channels[%d] cannot be delivered: %s", row.id, i,
+                          o.error.summary)
     return out
 
 
@@ -281,18 +281,23 @@ def _message(row: Any) -> AlertMessage | None:
 
 def _send(c: _Claimed, factory: ChannelFactoryFn) -> None:
     if c.message is None:
-        c.error = DeliveryError("malformed alert payload", transient=False)
+        c.error = DeliveryError("malformed_alert", label=c.label, transient=False)
         return
-    if c.config is None:
-        c.error = DeliveryError(f"{c.label}: no longer a channel of the budget", transient=False)
+    if c.opened is None:
+        c.error = DeliveryError("channel_removed", detail="no longer a channel of the budget",
+                                label=c.label, transient=False)
+        return
+    if c.opened.config is None:  # its secret cannot be opened now (see notify.stored)
+        c.error = c.opened.error or DeliveryError("invalid_channel", transient=False)
         return
     try:
-        factory(c.config).send(c.message)
+        factory(c.opened.config).send(c.message)
     except DeliveryError as exc:
         c.error = exc
     except Exception as exc:  # a bug in a channel must not sink the batch; say only its type
         log.error("alert %s: %s raised %s", c.alert_id, c.label, type(exc).__name__)
-        c.error = DeliveryError(f"{c.label}: {type(exc).__name__}", transient=True)
+        c.error = DeliveryError("internal_error", detail=type(exc).__name__, label=c.label,
+                                transient=True)
 
 
 def _record(
@@ -303,15 +308,15 @@ def _record(
         tx.execute(_RECORD_SUCCESS, ids)
         log.info("alert %s delivered to %s (attempt %d)", c.alert_id, c.label, c.attempts)
         return ChannelOutcome(c.alert_id, c.label, "delivered", c.attempts)
-    err = c.error.message[:500]
+    err = c.error.summary[:500]  # our own code (and detail): never a remote body or secret
     if c.error.transient and c.attempts < policy.max_attempts:
         nxt = now + policy.delay(c.attempts, c.error.retry_after_s)
         tx.execute(
             _RECORD_FAILURE,
             {**ids, "status": "pending", "next": nxt, "error": err, "token": token},
         )
-        log.warning("alert %s: %s (attempt %d), retry at %s", c.alert_id, err, c.attempts,
-                    nxt.isoformat())
+        log.warning("alert %s: %s: %s (attempt %d), retry at %s", c.alert_id, c.label, err,
+                    c.attempts, nxt.isoformat())
         return ChannelOutcome(c.alert_id, c.label, "retrying", c.attempts, err, nxt)
     tx.execute(
         _RECORD_FAILURE, {**ids, "status": "failed", "next": now, "error": err, "token": token}

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from orchestrator.egress import EgressPolicy
 from orchestrator.notify.base import post
 from orchestrator.notify.config import SlackConfig
 from orchestrator.notify.message import AlertMessage, usd
@@ -47,9 +48,10 @@ def slack_message(alert: AlertMessage) -> dict[str, Any]:
 
 
 class SlackChannel:
-    def __init__(self, config: SlackConfig, client: httpx.Client) -> None:
+    def __init__(self, config: SlackConfig, client: httpx.Client, policy: EgressPolicy) -> None:
         self._config = config
         self._client = client
+        self._policy = policy
 
     @property
     def label(self) -> str:
@@ -57,4 +59,4 @@ class SlackChannel:
 
     def send(self, alert: AlertMessage) -> None:
         body = json.dumps(slack_message(alert)).encode()
-        post(self._client, self._config.url, body, {}, self.label)
+        post(self._client, self._policy, self._config.url, body, {}, self.label)

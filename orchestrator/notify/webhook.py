@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import httpx
 
+from orchestrator.egress import EgressPolicy
 from orchestrator.notify.base import post
 from orchestrator.notify.config import WebhookConfig
 from orchestrator.notify.message import AlertMessage
@@ -21,11 +22,12 @@ def webhook_body(alert: AlertMessage) -> bytes:
 
 class WebhookChannel:
     def __init__(
-        self, config: WebhookConfig, client: httpx.Client,
+        self, config: WebhookConfig, client: httpx.Client, policy: EgressPolicy,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
         self._client = client
+        self._policy = policy
         self._clock = clock
 
     @property
@@ -39,4 +41,4 @@ class WebhookChannel:
             TIMESTAMP_HEADER: ts,
             SIGNATURE_HEADER: sign(self._config.secret, ts, body),
         }
-        post(self._client, self._config.url, body, headers, self.label)
+        post(self._client, self._policy, self._config.url, body, headers, self.label)

@@ -26,6 +26,7 @@ from orchestrator.domain.catalogue import Catalogue
 from orchestrator.domain.inputs import check_input
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.routing import RoutePlan, plan_route
+from orchestrator.egress import EgressPolicy
 from orchestrator.errors import BudgetExceeded, Conflict, InvalidRequest, NoEligibleBackend
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.admission import NewJob
@@ -69,6 +70,7 @@ class Submitter:
         enqueue: EnqueuePort,
         clock: Callable[[], datetime],
         start_grace: timedelta = START_GRACE,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.engine = engine
         self.ledger = ledger
@@ -77,6 +79,7 @@ class Submitter:
         self.enqueue = enqueue
         self.clock = clock
         self.start_grace = start_grace  # a job not started by then is the sweeper's
+        self.egress = egress if egress is not None else EgressPolicy()
 
     def quote(self, spec: JobSpec) -> RoutePlan:
         """The ranked plan with reasons. Reads health; changes nothing. InvalidRequest
@@ -104,6 +107,8 @@ class Submitter:
         # A replayed Idempotency-Key is found by the job insert (ON CONFLICT DO NOTHING), not
         # by a lookup before it: the common, first-time submission reads nothing extra.
         try:
+            if spec.webhook_url is not None:  # it will be called: only where egress may go
+                self.egress.check(spec.webhook_url, field="webhook_url")
             plan = self.quote(spec)
         except InvalidRequest:
             # a job accepted before the catalogue changed is still its key's job

@@ -19,10 +19,12 @@ import httpx
 import pytest
 import redis
 import yaml
+from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
 from orchestrator.bootstrap import Container
 from orchestrator.domain.catalogue import parse_catalogue
+from orchestrator.secrets import new_key
 from orchestrator.service.runner import JobRunner
 from orchestrator.settings import Settings
 from orchestrator.simulator import RunningSimulator, start_in_thread
@@ -61,6 +63,7 @@ class Rig:
     container: Container
     http: httpx.Client
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    secret_key: str = ""  # ORCH_SECRET_KEY of this process's container and of the workers
 
     # -- simulator --------------------------------------------------------------------------
     def control(self, backend: str, **knobs: Any) -> None:
@@ -175,6 +178,7 @@ def rig_for(catalogue: dict[str, Any], db: Engine, database_url: str, redis_url:
     """A rig whose workers read ``catalogue`` (the simulator ``sim`` serves its backends);
     ``settings`` override the rig's Settings of this process."""
     redis.Redis.from_url(redis_url).flushdb()
+    secret_key = new_key()
     catalogue_file = tmp_path / "backends.yaml"
     catalogue_file.write_text(yaml.safe_dump(catalogue))
     env = {
@@ -188,9 +192,11 @@ def rig_for(catalogue: dict[str, Any], db: Engine, database_url: str, redis_url:
         "ORCH_CHAIN_GRACE_S": "3",
         "ORCH_BREAKER_COOLDOWN_S": "2",
         "ORCH_DATA_DIR": str(tmp_path / "data"),
+        "ORCH_SECRET_KEY": secret_key,
     }
     config = Settings(database_url=database_url, redis_url=redis_url,
                       backends_file=catalogue_file, simulator_url=sim.url,
+                      data_dir=tmp_path / "data", secret_key=SecretStr(secret_key),
                       **{"poll_min_s": 0.2, "poll_max_s": 0.5, "chain_grace_s": 3,
                          "breaker_cooldown_s": 2, **settings})
     old = os.environ.get("ORCH_SIMULATOR_URL")
@@ -198,7 +204,7 @@ def rig_for(catalogue: dict[str, Any], db: Engine, database_url: str, redis_url:
     broker = producer_app("e2e-producer", redis_url)
     container = Container(config, enqueue=CeleryEnqueue(broker))
     with httpx.Client(timeout=10.0) as http:
-        r = Rig(sim.url, env, db, redis_url, container, http)
+        r = Rig(sim.url, env, db, redis_url, container, http, secret_key=secret_key)
         http.post(f"{sim.url}/_control/_reset").raise_for_status()
         try:
             yield r

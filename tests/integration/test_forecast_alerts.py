@@ -21,7 +21,7 @@ from orchestrator.notify import ChannelFactory, DeliveryReport, deliver_pending
 
 from .api_fixture import Api, api_fixture  # noqa: F401
 from .ledger_helpers import FakeClock, assert_sound, make_budget
-from .test_notify_channels import SECRET, Receiver, serve
+from .test_notify_channels import LOCAL, SECRET, Receiver, serve
 
 __all__ = ["serve"]
 
@@ -147,7 +147,7 @@ def test_a_forecast_alert_is_delivered_once_to_a_signed_webhook(
                                             "secret": SECRET}])
     clock = FakeClock(NOV_1 + timedelta(days=1))
     [alert_id] = spend(Ledger(db, clock=clock), 5_000_000)  # projects $150
-    with ChannelFactory(http_timeout_s=5) as factory:
+    with ChannelFactory(policy=LOCAL, http_timeout_s=5) as factory:
         report = deliver_pending(db, factory, clock.at + timedelta(seconds=5))
         assert report.alerts_delivered == (alert_id,) and len(report.delivered) == 1
         again = deliver_pending(db, factory, clock.at + timedelta(hours=2))

@@ -1,5 +1,6 @@
 """Each channel against a real local receiver: a signed-webhook HTTP server, a Slack-like
-HTTP server and an SMTP server (aiosmtpd), all on 127.0.0.1.
+HTTP server and an SMTP server (aiosmtpd), all on 127.0.0.1 (which the egress policy admits
+only because ``LOCAL`` lists it, as ORCH_EGRESS_ALLOW would).
 
 The fakes here are also used by test_notify_outbox.py.
 """
@@ -22,6 +23,7 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
+from orchestrator.egress import EgressPolicy
 from orchestrator.notify import (
     AlertMessage,
     ChannelFactory,
@@ -33,6 +35,7 @@ from orchestrator.notify import (
 from orchestrator.notify.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 SECRET = "s3cret-webhook-key-0123456789"
+LOCAL = EgressPolicy("127.0.0.1")  # the receivers below are internal on purpose
 
 
 def free_port() -> int:
@@ -53,7 +56,8 @@ class Receiver:
     """A real HTTP server. With ``secret`` it verifies signatures like a customer would.
 
     ``fail_first``: answer ``fail_status`` to the first K requests; ``always_status``: answer
-    that to every request; ``hang``: hold each request until released (client timeouts).
+    that to every request; ``hang``: hold each request until released (client timeouts);
+    ``reply``: the body of a non-2xx answer; ``location``: a Location header on every answer.
     """
 
     secret: str | None = None
@@ -61,6 +65,8 @@ class Receiver:
     fail_status: int = 503
     always_status: int | None = None
     hang: threading.Event | None = None
+    reply: bytes = b"no_service"
+    location: str | None = None
     clock: Callable[[], float] = time.time
     hits: list[Hit] = field(default_factory=list)
     arrived: threading.Event = field(default_factory=threading.Event)
@@ -99,8 +105,10 @@ def _handler(rx: Receiver) -> type[BaseHTTPRequestHandler]:
             if rx.hang is not None:
                 rx.hang.wait(10)
             status = rx.decide(dict(self.headers.items()), body)
-            out = b"ok" if status < 300 else b"no_service"
+            out = b"ok" if status < 300 else rx.reply
             self.send_response(status)
+            if rx.location is not None:
+                self.send_header("Location", rx.location)
             self.send_header("Content-Length", str(len(out)))
             self.end_headers()
             self.wfile.write(out)
@@ -115,11 +123,11 @@ def _handler(rx: Receiver) -> type[BaseHTTPRequestHandler]:
 def serve() -> Iterator[Callable[..., Receiver]]:
     servers: list[tuple[ThreadingHTTPServer, Receiver]] = []
 
-    def start(**kw: Any) -> Receiver:
+    def start(host: str = "127.0.0.1", **kw: Any) -> Receiver:
         rx = Receiver(**kw)
-        srv = ThreadingHTTPServer(("127.0.0.1", 0), _handler(rx))
+        srv = ThreadingHTTPServer((host, 0), _handler(rx))
         srv.daemon_threads = True
-        rx.url = f"http://127.0.0.1:{srv.server_address[1]}/hooks/T000/B000/tok3n"
+        rx.url = f"http://{host}:{srv.server_address[1]}/hooks/T000/B000/tok3n"
         threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True).start()
         servers.append((srv, rx))
         return rx
@@ -190,7 +198,7 @@ def make_alert(**over: Any) -> AlertMessage:
 def test_webhook_posts_the_contract_payload_signed(serve: Callable[..., Receiver]) -> None:
     rx = serve(secret=SECRET)
     alert = make_alert()
-    with ChannelFactory() as factory:
+    with ChannelFactory(policy=LOCAL) as factory:
         factory(parse_channel({"type": "webhook", "url": rx.url, "secret": SECRET})).send(alert)
     assert len(rx.accepted) == 1
     body = rx.accepted[0]
@@ -211,7 +219,7 @@ def test_receiver_rejects_altered_replayed_and_wrongly_signed(
     serve: Callable[..., Receiver],
 ) -> None:
     rx = serve(secret=SECRET)
-    with ChannelFactory() as factory:
+    with ChannelFactory(policy=LOCAL) as factory:
         factory(parse_channel({"type": "webhook", "url": rx.url, "secret": SECRET})).send(
             make_alert()
         )
@@ -229,7 +237,7 @@ def test_receiver_rejects_altered_replayed_and_wrongly_signed(
     rx.clock = time.time
 
     other = serve(secret="another-secret-of-the-receiver")
-    with ChannelFactory() as factory, pytest.raises(DeliveryError) as err:
+    with ChannelFactory(policy=LOCAL) as factory, pytest.raises(DeliveryError) as err:
         factory(parse_channel({"type": "webhook", "url": other.url, "secret": SECRET})).send(
             make_alert()
         )
@@ -245,17 +253,18 @@ def test_http_status_classification(
     serve: Callable[..., Receiver], status: int, transient: bool
 ) -> None:
     rx = serve(always_status=status)
-    with ChannelFactory() as factory, pytest.raises(DeliveryError) as err:
+    with ChannelFactory(policy=LOCAL) as factory, pytest.raises(DeliveryError) as err:
         factory(parse_channel({"type": "slack", "url": rx.url})).send(make_alert())
     assert err.value.transient is transient
-    assert f"HTTP {status}" in err.value.message
+    assert err.value.summary == f"http_{status}"
+    assert "no_service" not in err.value.message  # the reply body is never kept
     assert "tok3n" not in err.value.message and "/hooks" not in err.value.message
 
 
 def test_connection_refused_and_timeout_are_transient(serve: Callable[..., Receiver]) -> None:
     dead = f"http://127.0.0.1:{free_port()}/hook?token=tok3n"
     rx = serve(hang=threading.Event())
-    with ChannelFactory(http_timeout_s=0.3) as factory:
+    with ChannelFactory(policy=LOCAL, http_timeout_s=0.3) as factory:
         for url in (dead, rx.url):
             with pytest.raises(DeliveryError) as err:
                 factory(parse_channel({"type": "slack", "url": url})).send(make_alert())
@@ -272,7 +281,7 @@ def test_slack_message_is_readable_and_carries_the_alert_id(
 ) -> None:
     rx = serve()
     alert = make_alert(scope="tenant:<acme&co>")
-    with ChannelFactory() as factory:
+    with ChannelFactory(policy=LOCAL) as factory:
         channel = factory(parse_channel({"type": "slack", "url": rx.url}))
         assert "tok3n" not in channel.label and "/hooks" not in channel.label
         channel.send(alert)

@@ -26,7 +26,7 @@ from orchestrator.notify import (
 )
 
 from .ledger_helpers import T0, FakeClock, make_budget
-from .test_notify_channels import SECRET, Receiver, SmtpSink, serve, smtp
+from .test_notify_channels import LOCAL, SECRET, Receiver, SmtpSink, serve, smtp
 
 __all__ = ["serve", "smtp"]  # fixtures shared with test_notify_channels
 
@@ -36,7 +36,7 @@ POLICY = RetryPolicy(max_attempts=4, base_s=30, cap_s=600, rng=random.Random(7))
 
 @pytest.fixture()
 def factory() -> Iterator[ChannelFactory]:
-    with ChannelFactory(http_timeout_s=5) as f:
+    with ChannelFactory(policy=LOCAL, http_timeout_s=5) as f:
         yield f
 
 
@@ -107,7 +107,7 @@ def test_each_alert_reaches_every_channel_once(
         db, [webhook(hook), slack(chat), {"type": "email", "to": ["ops@example.test"]}]
     )
     now = T0 + timedelta(minutes=1)
-    with ChannelFactory(smtp=settings) as f:
+    with ChannelFactory(smtp=settings, policy=LOCAL) as f:
         report = deliver_pending(db, f, now, policy=POLICY)
         assert len(report.delivered) == 9 and not report.retrying and not report.failed
         assert sorted(report.alerts_delivered) == sorted(alerts)
@@ -136,7 +136,7 @@ def test_channel_down_for_a_while_is_retried_nothing_lost_nothing_duplicated(
 
     first = deliver_pending(db, factory, now, policy=POLICY)
     assert len(first.retrying) == 5 and len(first.delivered) == 5  # Slack got all five
-    assert all(o.error and "HTTP 503" in o.error for o in first.retrying)
+    assert all(o.error == "http_503" for o in first.retrying)
     for o in first.retrying:  # attempt 1 -> retry in [base/2, base]
         assert o.next_attempt_at is not None
         assert now + timedelta(seconds=15) <= o.next_attempt_at <= now + timedelta(seconds=30)
@@ -164,12 +164,12 @@ def test_permanent_failure_is_final_and_does_not_block_other_channels(
     alerts = make_alerts(db, [slack(gone), slack(chat)], n_thresholds=2)
     report = deliver_pending(db, factory, T0, policy=POLICY)
     assert len(report.failed) == 2 and len(report.delivered) == 2
-    assert all(o.attempts == 1 and o.error and "HTTP 410" in o.error for o in report.failed)
+    assert all(o.attempts == 1 and o.error == "http_410" for o in report.failed)
     assert sorted(report.alerts_delivered) == sorted(alerts)  # Slack #2 got them
     assert deliver_pending(db, factory, T0 + timedelta(days=1), policy=POLICY).outcomes == ()
     assert len(gone.hits) == 2 and len(chat.accepted) == 2
     states = rows(db, "SELECT status, last_error FROM alert_deliveries WHERE status = 'failed'")
-    assert len(states) == 2 and all("HTTP 410" in s.last_error for s in states)
+    assert len(states) == 2 and all(s.last_error == "http_410" for s in states)
 
 
 def test_channel_that_keeps_failing_is_failed_after_max_attempts(
@@ -198,7 +198,7 @@ def test_invalid_and_removed_channels_are_reported_and_do_not_block(
     invalid = rows(db, "SELECT status, target, last_error FROM alert_deliveries "
                        "WHERE channel_key LIKE 'invalid:%'")
     assert [(r.status, r.target, r.last_error) for r in invalid] == [
-        ("failed", "channels[0]", "channels[0].secret: is required")
+        ("failed", "channels[0]", "invalid_channel: channels[0].secret: is required")
     ]
     assert len(first.retrying) == 1 and len(first.delivered) == 1
 
@@ -207,9 +207,9 @@ def test_invalid_and_removed_channels_are_reported_and_do_not_block(
         conn.execute(text("UPDATE budgets SET channels = CAST(:c AS jsonb)"),
                      {"c": f'[{{"type": "slack", "url": "{chat.url}"}}]'})
     second = deliver_pending(db, factory, T0 + timedelta(hours=1), policy=POLICY)
-    assert [o.error for o in second.failed] == [
-        f"slack http://127.0.0.1:{flaky.url.split(':')[2].split('/')[0]}: "
-        "no longer a channel of the budget"
+    assert [(o.channel, o.error) for o in second.failed] == [
+        (f"slack http://127.0.0.1:{flaky.url.split(':')[2].split('/')[0]}",
+         "channel_removed: no longer a channel of the budget")
     ]
     assert second.alerts_delivered == (alert,)
     assert len(flaky.hits) == 1 and len(chat.hits) == 1
@@ -313,7 +313,7 @@ def test_fifty_settles_crossing_80_percent_together_give_one_delivery_per_channe
     (alert,) = rows(db, "SELECT id, threshold_bp FROM alerts WHERE kind = 'threshold'")
     assert alert.threshold_bp == 8000
 
-    with ChannelFactory(smtp=settings) as f:
+    with ChannelFactory(smtp=settings, policy=LOCAL) as f:
         drain(db, f, T0 + timedelta(minutes=1))
     one = Counter({str(alert.id): 1})
     assert ids_of(hook) == one and ids_of(chat) == one
@@ -334,7 +334,7 @@ def test_an_overage_alert_written_by_the_ledger_reaches_every_channel(
     ledger.hold(job, ("tenant:acme",), 1_000_000)
     (alert,) = ledger.settle(job, 1_250_000).alert_ids
 
-    with ChannelFactory(smtp=settings) as f:
+    with ChannelFactory(smtp=settings, policy=LOCAL) as f:
         report = deliver_pending(db, f, T0 + timedelta(minutes=1), policy=POLICY)
     assert len(report.delivered) == 3 and not report.failed
 
