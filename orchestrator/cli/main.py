@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from orchestrator.cli.backup import register as register_backup_commands
 from orchestrator.cli.client import register as register_client_commands
 from orchestrator.cli.errors import fail, one_line_errors
 from orchestrator.cli.report import register as register_report_command
@@ -239,6 +240,7 @@ def budgets_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> N
 register_client_commands(app)
 register_report_command(app)
 register_secrets_commands(app)
+register_backup_commands(app)
 
 
 def main() -> None:

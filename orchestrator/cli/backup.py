@@ -1,0 +1,102 @@
+"""``orchestrator backup create|restore``: the database to a pg_dump archive and back.
+
+The database is ``ORCH_DATABASE_URL``'s, or the embedded one of ``orchestrator up``
+(``ORCH_DATA_DIR``, default ``.orchestrator``). When the embedded server is not running (the
+system is stopped, or this is a new machine), the command starts it for its own run and
+stops it afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import psycopg
+import typer
+
+from orchestrator.cli.errors import fail, one_line_errors
+
+backup_app = typer.Typer(
+    no_args_is_help=True,
+    help="Back up the database to a pg_dump archive (consistent while the system runs) and "
+    "restore one.",
+)
+
+
+@contextmanager
+def database(*, create_if_missing: bool) -> Iterator[tuple[str, bool]]:
+    """The database URL and whether the server is external (``ORCH_DATABASE_URL``)."""
+    from orchestrator.settings import get_settings, resolve_database_url
+
+    settings = get_settings()
+    if settings.database_url:
+        yield settings.database_url, True
+        return
+    creds = settings.data_dir / "credentials.json"
+    url = resolve_database_url(settings) if creds.exists() else None
+    if url is not None and _answers(url):
+        yield url, False
+        return
+    from orchestrator.embedded import EmbeddedPostgres
+
+    pgdata = settings.data_dir / "postgres" / "pgdata"
+    if not (pgdata / "PG_VERSION").exists() and not create_if_missing:
+        fail(f"ORCH_DATABASE_URL is not set and there is no embedded database in {pgdata}")
+    pg = EmbeddedPostgres(settings.data_dir / "postgres")
+    started = pg.start()
+    try:
+        yield url or started, False
+    finally:
+        pg.stop()
+
+
+def _answers(url: str) -> bool:
+    from orchestrator.backup import Target
+
+    try:
+        with psycopg.connect(Target(url).conninfo(), connect_timeout=5):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@backup_app.command("create")
+@one_line_errors
+def create(
+    path: Annotated[Path, typer.Argument(help="the archive to write (mode 0600)")],
+    force: Annotated[bool, typer.Option("--force", help="replace an existing file")] = False,
+) -> None:
+    """Dump the whole database (pg_dump, custom format) from one consistent snapshot; safe
+    while the system runs."""
+    from orchestrator.backup import PgTools, create_backup
+
+    with database(create_if_missing=False) as (url, external):
+        report = create_backup(url, path, PgTools.locate(external=external), force=force)
+    typer.echo(report.summary())
+
+
+@backup_app.command("restore")
+@one_line_errors
+def restore(
+    path: Annotated[Path, typer.Argument(help="an archive written by `backup create`")],
+    force: Annotated[
+        bool, typer.Option("--force", help="replace everything in a database that is not empty")
+    ] = False,
+) -> None:
+    """Load an archive into the database in one transaction: refused for a database that is
+    not empty (unless --force), while other sessions are connected, or for an archive of a
+    newer schema; an older one is migrated afterwards. Ends with the ledger audit."""
+    from orchestrator.backup import PgTools, restore_backup
+
+    with database(create_if_missing=True) as (url, external):
+        report = restore_backup(url, path, PgTools.locate(external=external), force=force)
+    if report.problems:
+        fail(f"restored into {report.where}, but the ledger audit found "
+             f"{len(report.problems)} problem(s), first: {report.problems[0]}")
+    typer.echo(report.summary())
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(backup_app, name="backup")
