@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import ConfigurationError
@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     api_rate_window_s: int = Field(default=60, ge=1)
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
     api_key_cache_s: float = Field(default=5.0, ge=0)
+    flower_user: str = Field(default="flower", min_length=1)
+    flower_password: SecretStr | None = Field(
+        default=None, description="Flower's basic auth; unset = generated into the data dir"
+    )
 
     def backends_path(self) -> Path:
         """``backends_file``; a relative path missing from the working directory falls back to
