@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     api_rate_window_s: int = Field(default=60, ge=1)
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
     api_key_cache_s: float = Field(default=5.0, ge=0)
+    metrics_addr: str | None = Field(
+        default=None, description="host:port: the API serves /metrics there, not on its port"
+    )
     flower_user: str = Field(default="flower", min_length=1)
     flower_password: SecretStr | None = Field(
         default=None, description="Flower's basic auth; unset = generated into the data dir"
@@ -112,12 +115,29 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a redis:// URL, got {_redact(v)!r}")
         return v
 
+    @field_validator("metrics_addr")
+    @classmethod
+    def _metrics_addr(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        split_address(v)
+        return v
+
     @field_validator("simulator_url", "api_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s):// URL, got {v!r}")
         return v.rstrip("/")
+
+
+def split_address(addr: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) as (host, port); ValueError if it is not one."""
+    host, sep, port = addr.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port, got {addr!r}")
+    return host, int(port)
 
 
 def normalize_database_url(url: str) -> str:
