@@ -32,7 +32,7 @@ REDACTED = "[REDACTED]"
 _SECRET_RE = re.compile(
     r"orch_[0-9a-fA-F]{8}_[A-Za-z0-9_\-]{8,}"  # our API keys
     r"|(?i:bearer)\s+[A-Za-z0-9._~+/\-]+=*"  # bearer tokens
-    r"|(?<=://)[^/\s:@]*:[^/\s@]+(?=@)"  # user:password@ (or :password@) in URLs
+    r"|(?<=://)[^/\s:@]*:[^/\s@]+(?=@)"  # user:password@ in URLs (Redis: no user)
 )
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {

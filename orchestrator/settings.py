@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         description="Fernet keys, comma-separated: the first encrypts channel secrets, all "
         "decrypt; unset = <data_dir>/secret.key (orchestrator.secrets)",
     )
+    metrics_addr: str | None = Field(
+        default=None, description="host:port: the API serves /metrics there, not on its port"
+    )
+    flower_user: str = Field(default="flower", min_length=1)
+    flower_password: SecretStr | None = Field(
+        default=None, description="Flower's basic auth; unset = generated into the data dir"
+    )
 
     def backends_path(self) -> Path:
         """``backends_file``; a relative path missing from the working directory falls back to
@@ -126,12 +133,29 @@ class Settings(BaseSettings):
         parse_allow(v)  # ValueError names the bad entry
         return v
 
+    @field_validator("metrics_addr")
+    @classmethod
+    def _metrics_addr(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        split_address(v)
+        return v
+
     @field_validator("simulator_url", "api_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s):// URL, got {v!r}")
         return v.rstrip("/")
+
+
+def split_address(addr: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) as (host, port); ValueError if it is not one."""
+    host, sep, port = addr.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port, got {addr!r}")
+    return host, int(port)
 
 
 def normalize_database_url(url: str) -> str:

@@ -1,4 +1,5 @@
-"""The Celery app (DESIGN §3). ``celery -A workers.celery_app worker|beat|flower``.
+"""The Celery app (DESIGN §3). ``celery -A workers.celery_app worker|beat|flower`` (Flower on
+127.0.0.1 behind basic auth by default: workers.flower_defaults).
 
 Settings that make "no job lost, never paid twice" hold: late acks and reject on worker loss
 (a killed worker's task is redelivered), prefetch 1, a visibility timeout far above any task,
@@ -17,6 +18,7 @@ from kombu.entity import Queue
 
 from orchestrator.settings import get_settings, resolve_urls
 from workers.broker import transport_for
+from workers.flower_defaults import for_flower_command
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,9 @@ app.conf.update(
                            "options": {"expires": GAUGES_EVERY_S}},
     },
 )
+
+# ``celery -A workers.celery_app flower``: 127.0.0.1 and basic auth unless told otherwise
+for_flower_command(get_settings())
 
 
 # -- per-process start-up: logs and metrics (DESIGN §7) ---------------------------------------

@@ -81,6 +81,9 @@ def _ops(app: FastAPI, ctx: ApiContext) -> None:
         return error_response(503, "not_ready", "a dependency is not reachable",
                               {"checks": checks})
 
+    if ctx.container.settings.metrics_addr:  # served there instead (api.server.serve)
+        return
+
     @app.get("/metrics", tags=["ops"], summary="Prometheus exposition",
              response_class=Response,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},

@@ -11,6 +11,7 @@ from orchestrator.bootstrap import Container
 from orchestrator.runtime import serving
 from orchestrator.runtime.heap import freeze_startup_heap
 from orchestrator.runtime.serving import ThreadedServer
+from orchestrator.settings import split_address
 
 
 def serve(
@@ -23,12 +24,16 @@ def serve(
     access_log: bool = True,
 ) -> None:
     """Serve the API until stopped. Builds the default container from settings, and starts the
-    metric sinks for the ``api`` role. Access logs carry method, path and status only."""
+    metric sinks for the ``api`` role (and ``/metrics`` on ``ORCH_METRICS_ADDR`` when set).
+    Access logs carry method, path and status only."""
     from orchestrator import metrics
     from orchestrator.bootstrap import container as default_container
 
     c = container or default_container()
     metrics.configure_from_settings("api", c.settings)
+    if c.settings.metrics_addr:  # /metrics there, and not on the API's port (create_app)
+        metrics_host, metrics_port = split_address(c.settings.metrics_addr)
+        metrics.start_metrics_server(metrics_port, addr=metrics_host)
     app = create_app(c, config)
     freeze_startup_heap()
     try:

@@ -29,6 +29,18 @@ submission blindly after them). A timeout mapping may carry ``total``: the most 
 whole exchange may take once connected (sending and the whole answer), so that a server
 trickling its answer cannot hold a call past what the job chain's lease allows for it.
 
+Proxies and trust, as httpx has them by default: ``HTTP_PROXY`` / ``HTTPS_PROXY`` /
+``ALL_PROXY`` / ``NO_PROXY`` (:mod:`orchestrator.backends.proxy`) and ``SSL_CERT_FILE`` /
+``SSL_CERT_DIR`` (else certifi's bundle; ``httpx.create_ssl_context``). Through a proxy, an
+http origin's requests go to the proxy with the absolute URL as their target; an https origin
+is reached by ``CONNECT host:port``, then TLS with the origin's name inside that tunnel. A
+proxy URL's ``user:password@`` goes as ``Proxy-Authorization: Basic``. Kept-alive connections
+are pooled per (origin, proxy). Which proxy an origin takes is decided once and kept; with no
+proxy in the environment nothing is asked at all. The classification above holds through a
+proxy: not reaching the proxy, the proxy refusing the CONNECT, and the tunnel's TLS
+handshake are Connect* failures (nothing was sent to the origin); after that, the same as
+direct.
+
 The adapters call :meth:`Http11Transport.exchange` (the :class:`Wire` seam): bytes in, a
 :class:`Reply` out, without building httpx's ``Request`` and ``Response``: a chat completion
 through an adapter to the simulator took 209-244 µs of CPU with them, 136-147 µs without. Any
@@ -53,7 +65,10 @@ from typing import Any, Protocol
 import httptools
 import httpx
 
+from orchestrator.backends.proxy import Proxy, ProxyRules, open_connection, open_tunnel
+
 _Origin = tuple[str, str, int]
+_PoolKey = _Origin | tuple[_Origin, Proxy]  # direct: the origin; proxied: (origin, proxy)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _RECV = 65536
 
@@ -172,21 +187,25 @@ def wire_for(transport: httpx.BaseTransport) -> Wire:
 
 
 class Http11Transport(httpx.BaseTransport):
-    """HTTP/1.1 with per-origin keep-alive (``max_idle`` idle connections per origin)."""
+    """HTTP/1.1 with per-origin keep-alive (``max_idle`` idle connections per origin), through
+    the environment's proxies and trust store unless ``trust_env`` is False (as httpx)."""
 
-    def __init__(self, *, max_idle: int = 64, ssl_context: ssl.SSLContext | None = None
-                 ) -> None:
+    def __init__(self, *, max_idle: int = 64, ssl_context: ssl.SSLContext | None = None,
+                 trust_env: bool = True) -> None:
         self._max_idle = max_idle
         self._ssl = ssl_context
-        self._idle: dict[_Origin, deque[socket.socket]] = {}
+        self._trust_env = trust_env
+        self._idle: dict[_PoolKey, deque[socket.socket]] = {}
         self._lock = threading.Lock()
+        # None: no proxy configured, every origin direct without asking
+        self._proxies = ProxyRules.from_environment() if trust_env else None
+        self._routes: dict[_Origin, Proxy | None] = {}
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """httpx's interface (an ``httpx.Client`` over this wire): its request as it is."""
-        head = _head(request.method, request.url.raw_path, request.headers.raw)
         try:
-            reply = self._send(request.method, _target_of(request.url), head, request.read(),
-                               request.extensions.get("timeout", {}))
+            reply = self._send(request.method, _target_of(request.url), request.headers.raw,
+                               request.read(), request.extensions.get("timeout", {}))
         except httpx.RequestError as exc:
             exc.request = request
             raise
@@ -199,14 +218,28 @@ class Http11Transport(httpx.BaseTransport):
         own = [(b"Host", to.host), *headers]
         if body or method in ("POST", "PUT", "PATCH"):
             own.append((b"Content-Length", b"%d" % len(body)))
-        return self._send(method, to, _head(method, to.path, own), body, timeout)
+        return self._send(method, to, own, body, timeout)
 
-    def _send(self, method: str, to: Target, head: bytes, body: bytes, timeout: Timeouts
-              ) -> Reply:
+    def _send(self, method: str, to: Target, headers: Headers, body: bytes,
+              timeout: Timeouts) -> Reply:
         if to.origin is None:
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {to.url.scheme!r}")
         origin = to.origin
-        sock = self._reuse(origin) or self._connect(origin, timeout.get("connect"))
+        proxy = None if self._proxies is None else self._proxy_for(origin)
+        if proxy is None:
+            key: _PoolKey = origin
+            head = _head(method, to.path, headers)
+            sock = self._reuse(origin) or self._connect(origin, timeout.get("connect"))
+        else:
+            key = (origin, proxy)
+            if origin[0] == "http":  # to the proxy, naming the whole URL
+                target_url = b"http://%s%s" % (to.host, to.path)
+                extra = [] if proxy.authorization is None else [
+                    (b"Proxy-Authorization", proxy.authorization)]
+                head = _head(method, target_url, [*headers, *extra])
+            else:  # inside a CONNECT tunnel: as direct
+                head = _head(method, to.path, headers)
+            sock = self._reuse(key) or self._connect_via(proxy, origin, timeout.get("connect"))
         read = timeout.get("read")
         total = timeout.get("total")
         deadline = None if total is None else time.monotonic() + total
@@ -236,10 +269,19 @@ class Http11Transport(httpx.BaseTransport):
             sock.close()
             raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from None
         if answer.complete and answer.keep_alive:
-            self._park(origin, sock)
+            self._park(key, sock)
         else:
             sock.close()
         return Reply(parser.get_status_code(), answer.headers, b"".join(answer.body))
+
+    def _proxy_for(self, origin: _Origin) -> Proxy | None:
+        """The environment's proxy for ``origin``, decided once (a miss costs a pattern walk)."""
+        try:
+            return self._routes[origin]
+        except KeyError:
+            assert self._proxies is not None
+            proxy = self._routes[origin] = self._proxies.proxy_for(origin)
+            return proxy
 
     def close(self) -> None:
         with self._lock:
@@ -251,18 +293,21 @@ class Http11Transport(httpx.BaseTransport):
     # -- connections ---------------------------------------------------------------------------
     def _connect(self, origin: _Origin, connect_timeout: float | None) -> socket.socket:
         scheme, host, port = origin
-        try:
-            sock = socket.create_connection((host, port), timeout=connect_timeout)
-        except TimeoutError:
-            raise httpx.ConnectTimeout(f"could not connect to {host}:{port} in time") from None
-        except OSError as exc:
-            raise httpx.ConnectError(f"could not connect to {host}:{port} "
-                                     f"({type(exc).__name__})") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = open_connection(host, port, connect_timeout)
+        return sock if scheme != "https" else self._tls(sock, host, port)
+
+    def _connect_via(self, proxy: Proxy, origin: _Origin, connect_timeout: float | None
+                     ) -> socket.socket:
+        """A connection to ``proxy`` for ``origin``: as it is for http; for https, a CONNECT
+        tunnel with TLS to the origin inside. Every failure here is a Connect* one."""
+        scheme, host, port = origin
         if scheme != "https":
-            return sock
+            return open_connection(proxy.host, proxy.port, connect_timeout, "proxy ")
+        return self._tls(open_tunnel(proxy, host, port, connect_timeout), host, port)
+
+    def _tls(self, sock: socket.socket, host: str, port: int) -> socket.socket:
         if self._ssl is None:  # loading the trust store costs milliseconds: once
-            self._ssl = ssl.create_default_context()
+            self._ssl = httpx.create_ssl_context(trust_env=self._trust_env)
         try:
             return self._ssl.wrap_socket(sock, server_hostname=host)
         except TimeoutError:
@@ -273,8 +318,8 @@ class Http11Transport(httpx.BaseTransport):
             raise httpx.ConnectError(f"TLS with {host}:{port} failed "
                                      f"({type(exc).__name__})") from None
 
-    def _reuse(self, origin: _Origin) -> socket.socket | None:
-        stack = self._idle.get(origin)
+    def _reuse(self, key: _PoolKey) -> socket.socket | None:
+        stack = self._idle.get(key)
         while stack:
             try:
                 sock = stack.pop()
@@ -285,11 +330,11 @@ class Http11Transport(httpx.BaseTransport):
             sock.close()
         return None
 
-    def _park(self, origin: _Origin, sock: socket.socket) -> None:
-        stack = self._idle.get(origin)
+    def _park(self, key: _PoolKey, sock: socket.socket) -> None:
+        stack = self._idle.get(key)
         if stack is None:
             with self._lock:
-                stack = self._idle.setdefault(origin, deque())
+                stack = self._idle.setdefault(key, deque())
         if len(stack) >= self._max_idle:
             sock.close()
         else:

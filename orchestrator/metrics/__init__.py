@@ -51,6 +51,7 @@ __all__ = [
     "get_recorder",
     "prometheus_payload",
     "shutdown",
+    "start_metrics_server",
     "start_worker_metrics_server",
 ]
 
@@ -58,6 +59,7 @@ from orchestrator.metrics.apply import apply_monitoring
 from orchestrator.metrics.cloud_monitoring import CloudMonitoringSink
 from orchestrator.metrics.prometheus import (
     prometheus_payload,
+    start_metrics_server,
     start_worker_metrics_server,
 )
 from orchestrator.metrics.setup import configure_from_settings, shutdown

@@ -1,6 +1,7 @@
 """Prometheus exposition of the recorder's figures (same series as Cloud Monitoring).
 
-* API: ``GET /metrics`` returns :func:`prometheus_payload` (body, content type).
+* API: ``GET /metrics`` returns :func:`prometheus_payload` (body, content type); with
+  ``ORCH_METRICS_ADDR`` the API serves it on that address instead (:func:`start_metrics_server`).
 * Workers: one HTTP port per worker *process* — :func:`start_worker_metrics_server`. The
   recorder aggregates in the memory of the process that records, so each recording process
   needs its own exposition. Celery workers should run ``--pool threads`` (tasks are short,
@@ -103,14 +104,18 @@ def prometheus_payload(recorder: Recorder | None = None) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def start_worker_metrics_server(port: int, addr: str = "127.0.0.1",
-                                recorder: Recorder | None = None) -> int:
+def start_metrics_server(port: int, addr: str = "127.0.0.1",
+                         recorder: Recorder | None = None) -> int:
     """Serve ``/metrics`` for this process on ``addr:port`` (0 = any free port) from a daemon
-    thread; returns the bound port."""
+    thread; returns the bound port. A worker's own port, and the API's when
+    ``ORCH_METRICS_ADDR`` moves its ``/metrics`` off the API's port."""
     server, _thread = _start_http_server(port, addr=addr, registry=registry_for(recorder))
     bound = int(server.server_address[1])
-    log.info("worker metrics on http://%s:%d/metrics", addr, bound)
+    log.info("metrics on http://%s:%d/metrics", addr, bound)
     return bound
+
+
+start_worker_metrics_server = start_metrics_server
 
 
 def iter_families(recorder: Recorder | None = None) -> Iterator[Metric]:

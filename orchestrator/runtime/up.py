@@ -25,6 +25,8 @@ import httpx
 
 from orchestrator.embedded import EmbeddedPostgres, EmbeddedRedis
 from orchestrator.embedded._ports import port_is_free
+from orchestrator.embedded.postgres import server_gid
+from orchestrator.embedded.private import private_dir, read_private, write_private
 from orchestrator.errors import ConfigurationError
 from orchestrator.settings import Settings
 
@@ -68,6 +70,27 @@ class Child:
             self.proc.wait()
 
 
+def secret_key_file(data_dir: Path) -> Path:
+    """The key file that encrypts secrets at rest, made once (``orchestrator.secrets``) and
+    always its owner's alone: the children read it through ``ORCH_DATA_DIR`` unless
+    ``ORCH_SECRET_KEY`` is set."""
+    from orchestrator.secrets import ensure_key_file
+
+    path = ensure_key_file(data_dir)
+    path.chmod(0o600)
+    return path
+
+
+def _without_password(url: str | None) -> str | None:
+    """The URL naming the same database, its password left out (the password of a data dir
+    made before passwords is new, its database the same)."""
+    if not url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(password=None).render_as_string()
+
+
 def _answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == 200
@@ -105,7 +128,7 @@ class System:
 
     def start(self) -> dict[str, str]:
         self.check_ports()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir, traverse_gid=server_gid())
         db_url = self.settings.database_url
         if not db_url:
             pg = EmbeddedPostgres(self.data_dir / "postgres")
@@ -123,11 +146,12 @@ class System:
         env = {**os.environ, "ORCH_DATABASE_URL": db_url, "ORCH_REDIS_URL": redis_url,
                "ORCH_SIMULATOR_URL": self.settings.simulator_url,
                "ORCH_DATA_DIR": str(self.data_dir)}
+        secret_key_file(self.data_dir)
         log_dir = self.data_dir / "logs"
-        log_dir.mkdir(exist_ok=True)
+        private_dir(log_dir)
         background = self.settings.up_background_nice
         run_dir = self.data_dir / "run"
-        run_dir.mkdir(exist_ok=True)
+        private_dir(run_dir)
         self.children = [
             Child("api", _command("api", "--port", str(self.port))),
             Child("worker", _command("worker", "--loglevel", "WARNING"), nice=background,
@@ -145,15 +169,17 @@ class System:
         return creds
 
     def _credentials(self, db_url: str, redis_url: str) -> dict[str, str]:
-        """Keys are made once per data dir and kept (mode 0600) in credentials.json."""
+        """Keys are made once per data dir and kept in credentials.json: always 0600, written
+        whole through a 0600 temporary file (one that existed with another mode ends 0600)."""
         path = self.data_dir / "credentials.json"
-        old = json.loads(path.read_text()) if path.exists() else {}
-        if old.get("database_url") != db_url or not old.get("admin_key"):
+        kept = read_private(path)
+        old = json.loads(kept) if kept else {}
+        if (not old.get("admin_key")
+                or _without_password(old.get("database_url")) != _without_password(db_url)):
             old = {**old, **self._first_run(db_url)}
         creds = {**old, "api_url": f"http://127.0.0.1:{self.port}", "database_url": db_url,
                  "redis_url": redis_url, "simulator_url": self.settings.simulator_url}
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(creds, indent=2))
+        write_private(path, json.dumps(creds, indent=2))
         return creds
 
     @staticmethod

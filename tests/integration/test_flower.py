@@ -1,5 +1,6 @@
-"""Flower for Celery itself: ``celery -A workers.celery_app flower --basic-auth=user:pass``
-against the test Redis and a real worker. Workers run with task events off
+"""Flower for Celery itself: ``celery -A workers.celery_app flower`` as the README documents it
+(127.0.0.1 and basic auth by default), and with ``--basic-auth=user:pass`` against the test
+Redis and a real worker. Workers run with task events off
 (``worker_send_task_events=False``); Flower switches them on remotely while it runs (its
 ``--enable_events`` default, re-sent every 5 s), then shows our tasks — with ids only as
 arguments — behind basic auth."""
@@ -8,11 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,31 +28,32 @@ from orchestrator.embedded._ports import free_port
 from orchestrator.ledger.budgets import set_budget
 
 from .e2e_support import ROOT, Rig
+from .host_support import listening
 
 AUTH = ("flower-user", "flower-pass")
 PROMPT = "a very private storyboard about a lighthouse"
 
 
-@pytest.fixture()
-def flower(rig: Rig) -> Iterator[str]:
-    port = free_port()
+@contextmanager
+def running_flower(args: list[str], env: dict[str, str], port: int,
+                   stderr: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """``celery -A workers.celery_app flower <args>``, until its /healthcheck answers."""
+    err = stderr.open("wb") if stderr is not None else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower",
-         "--address=127.0.0.1", f"--port={port}", f"--basic-auth={AUTH[0]}:{AUTH[1]}"],
-        cwd=ROOT, env=rig.env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower", *args],
+        cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
 
     def up() -> bool:
         assert proc.poll() is None, f"flower exited with {proc.returncode}"
         try:
-            return httpx.get(f"{url}/healthcheck", timeout=2).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2
+                             ).status_code == 200
         except httpx.TransportError:
             return False
 
     try:
-        rig.wait_for("flower to serve", up, timeout=30)
-        yield url
+        wait_for("flower to serve", up, timeout=30)
+        yield proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -55,6 +61,52 @@ def flower(rig: Rig) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if stderr is not None:
+            err.close()  # type: ignore[union-attr]
+
+
+def wait_for(what: str, predicate: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)  # polling interval of a condition wait
+
+
+@pytest.fixture()
+def flower(rig: Rig) -> Iterator[str]:
+    port = free_port()
+    with running_flower(["--address=127.0.0.1", f"--port={port}",
+                         f"--basic-auth={AUTH[0]}:{AUTH[1]}"], rig.env, port):
+        yield f"http://127.0.0.1:{port}"
+
+
+def test_flower_as_documented_is_on_loopback_only_behind_basic_auth(
+    database_url: str, redis_url: str, tmp_path: Path,
+) -> None:
+    """The README's command, nothing added (the port through FLOWER_PORT, so that tests run
+    side by side): it listens on 127.0.0.1 only, and every page wants the user and the
+    password generated into the data dir."""
+    port = free_port()
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("FLOWER_", "ORCH_FLOWER_"))}
+    env.update(ORCH_DATABASE_URL=database_url, ORCH_REDIS_URL=redis_url,
+               ORCH_DATA_DIR=str(data), FLOWER_PORT=str(port))
+    url = f"http://127.0.0.1:{port}"
+    with running_flower([], env, port, stderr=tmp_path / "flower.err") as proc:
+        assert listening(proc.pid) == {("127.0.0.1", port)}
+        password = (data / "flower.password").read_text().strip()
+        assert stat.S_IMODE((data / "flower.password").stat().st_mode) == 0o600
+        for page in ("/", "/tasks", "/api/tasks", "/api/workers"):
+            assert httpx.get(f"{url}{page}", timeout=5).status_code == 401, page
+            assert httpx.get(f"{url}{page}", auth=("flower", "guess"),
+                             timeout=5).status_code == 401, page
+        assert httpx.get(f"{url}/", auth=("flower", password), timeout=5).status_code == 200
+        assert httpx.get(f"{url}/api/tasks", auth=("flower", password),
+                         timeout=5).status_code == 200
+    said = (tmp_path / "flower.err").read_text()
+    assert str(data / "flower.password") in said and password not in said
 
 
 def start_worker_with_heartbeats(rig: Rig) -> None:

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy.engine import make_url
 
 from orchestrator.client import Client
 from orchestrator.embedded._ports import free_port
@@ -52,6 +59,10 @@ def niceness_of(marker: str, command: str) -> set[int]:
     return found
 
 
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
 def wait_for(what: str, predicate: object, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
@@ -60,8 +71,39 @@ def wait_for(what: str, predicate: object, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def test_up_runs_the_system_and_stops_cleanly(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+def child_env(marker: str, command: str) -> dict[str, str]:
+    """The environment of the `orchestrator <command>` process under data dir ``marker``."""
+    for pid in processes_mentioning(marker):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:4] == [b"-m", b"orchestrator.cli", command.encode()]:
+            pairs = (item.decode().partition("=") for item in environ if item)
+            return {name: value for name, _, value in pairs}
+    raise AssertionError(f"no `orchestrator {command}` under {marker}")
+
+
+@pytest.fixture()
+def root() -> Iterator[Path]:
+    """Not under tmp_path: a pytest session starting elsewhere on the machine takes the group
+    and other bits off /tmp/pytest-of-<user>, and a root run's PostgreSQL (its own system
+    user) must traverse down to its data whenever `up` runs pg_ctl."""
+    with tempfile.TemporaryDirectory(prefix="orch-up-") as tmp:
+        yield Path(tmp)
+
+
+def test_up_runs_the_system_and_stops_cleanly(root: Path) -> None:
+    data = root / "data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    # left by an earlier run with modes too open: `up` makes them the owner's alone
+    (data / "credentials.json").write_text("{}")
+    (data / "credentials.json").chmod(0o644)
+    key = Fernet.generate_key().decode()
+    (data / "secret.key").write_text(key + "\n")
+    (data / "secret.key").chmod(0o644)
     port, sim_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items()
            if k not in ("ORCH_DATABASE_URL", "ORCH_REDIS_URL", "ORCH_API_URL", "ORCH_API_KEY")}
@@ -83,6 +125,18 @@ def test_up_runs_the_system_and_stops_cleanly(tmp_path: Path) -> None:
         assert {"admin_key", "tenant_key", "tenant", "database_url", "redis_url",
                 "simulator_url"} <= creds.keys()
         assert any(creds["tenant_key"] in ln for ln in lines)  # printed once for the user
+        # the owner's alone: the data dir (a root run lets PostgreSQL's own group traverse
+        # it), the credentials (with the servers' passwords in their URLs) and the secret key
+        assert mode(data) in (0o700, 0o710)
+        if mode(data) == 0o710:
+            assert data.stat().st_gid == pwd.getpwnam("embedded_postgres").pw_gid
+        assert mode(data / "credentials.json") == mode(data / "secret.key") == 0o600
+        assert make_url(creds["database_url"]).password
+        assert creds["redis_url"].startswith("redis://:") and "@127.0.0.1:" in creds["redis_url"]
+        # the key kept; the children read it from the data dir they are given
+        assert (data / "secret.key").read_text().strip() == key
+        assert child_env(str(data), "api")["ORCH_DATA_DIR"] == str(data)
+        assert not any(make_url(creds["database_url"]).password in ln for ln in lines)
         # the API keeps the CPU first; the worker and beat yield it (ORCH_UP_BACKGROUND_NICE)
         assert niceness_of(str(data), "api") == {0}
         assert niceness_of(str(data), "worker") == niceness_of(str(data), "beat") == {10}

@@ -110,3 +110,11 @@ def test_redact_text_leaves_ordinary_text_alone() -> None:
     assert redact_text("job 5f1c ended on vid-cheap") == "job 5f1c ended on vid-cheap"
     assert redact_text("orchestrator_jobs_total") == "orchestrator_jobs_total"
     assert redact_text(f"x {KEY} y") == f"x {REDACTED} y"
+
+
+def test_a_password_without_a_user_is_redacted_too() -> None:
+    """The embedded Redis's URL has a password and no user."""
+    url = "redis://:Zx9-secret_pw@127.0.0.1:6379/0"
+    assert redact_text(f"broker {url}") == f"broker redis://{REDACTED}@127.0.0.1:6379/0"
+    assert redact_text("postgresql+psycopg://postgres:pw@127.0.0.1:5/db") == (
+        f"postgresql+psycopg://{REDACTED}@127.0.0.1:5/db")

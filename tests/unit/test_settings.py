@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.errors import ConfigurationError
-from orchestrator.settings import load_settings
+from orchestrator.settings import load_settings, split_address
 
 
 def test_defaults_follow_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,6 +28,10 @@ def test_postgres_urls_are_normalised_to_psycopg(monkeypatch: pytest.MonkeyPatch
         ("ORCH_REDIS_URL", "http://x", "ORCH_REDIS_URL: must be a redis:// URL"),
         ("ORCH_HOLD_TTL_S", "-3", "ORCH_HOLD_TTL_S:"),
         ("ORCH_LOG_LEVEL", "LOUD", "ORCH_LOG_LEVEL:"),
+        ("ORCH_METRICS_ADDR", "9100", "ORCH_METRICS_ADDR: must be host:port"),
+        ("ORCH_METRICS_ADDR", "0.0.0.0:http", "ORCH_METRICS_ADDR: must be host:port"),
+        ("ORCH_REDIS_URL", "memcached://:hunter2@127.0.0.1:1/0",
+         "ORCH_REDIS_URL: must be a redis:// URL"),
     ],
 )
 def test_a_bad_setting_fails_with_one_line_naming_it(
@@ -39,3 +43,11 @@ def test_a_bad_setting_fails_with_one_line_naming_it(
     assert str(err.value).startswith(expected)
     assert "\n" not in str(err.value)
     assert "hunter2" not in str(err.value)  # no password in the message
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("127.0.0.1:9100", ("127.0.0.1", 9100)), ("[::1]:9100", ("::1", 9100)),
+    ("0.0.0.0:1", ("0.0.0.0", 1)),
+])
+def test_the_metrics_address_is_host_and_port(value: str, expected: tuple[str, int]) -> None:
+    assert split_address(value) == expected
