@@ -13,7 +13,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
@@ -147,9 +149,16 @@ def test_the_command_keeps_the_password_out_of_its_output_and_errors_are_one_lin
 ) -> None:
     secret = "pa:ss\\w0rd-not-for-logs"
     with scratch_database(servers[0]) as url:
-        # the embedded server trusts local connections: the password goes through the
-        # passfile unchecked, which is enough to see where it shows
-        with_password = make_url(url).set(password=secret).render_as_string(hide_password=False)
+        # a role of its own whose password has the passfile's special characters, so the
+        # server really checks what the command hands pg_dump
+        admin = make_url(url).set(drivername="postgresql")
+        with psycopg.connect(admin.render_as_string(hide_password=False),
+                             autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS backup_tester"))
+            conn.execute(sql.SQL("CREATE ROLE backup_tester LOGIN SUPERUSER PASSWORD {}")
+                         .format(sql.Literal(secret)))
+        with_password = make_url(url).set(username="backup_tester", password=secret) \
+            .render_as_string(hide_password=False)
         env = {"ORCH_DATABASE_URL": with_password, "ORCH_PG_BIN_DIR": str(TOOLS.bin_dir)}
         dump = tmp_path / "cli.dump"
         made = cli(env, "create", str(dump))
@@ -164,6 +173,9 @@ def test_the_command_keeps_the_password_out_of_its_output_and_errors_are_one_lin
         refused = cli(env, "restore", str(dump))
         assert refused.returncode == 1 and refused.stderr.count("\n") == 1
         assert "is not empty" in refused.stderr and secret not in refused.stderr
+    with psycopg.connect(admin.set(database="postgres").render_as_string(hide_password=False),
+                         autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE backup_tester"))  # a superuser nobody should keep
 
     with Target(with_password).environment() as pg_env:
         passfile = Path(pg_env["PGPASSFILE"])
