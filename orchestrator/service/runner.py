@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,12 +40,24 @@ from orchestrator.domain.catalogue import BackendSpec, Catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.polling import PollPolicy
-from orchestrator.domain.pricing import NotPriceable, estimate_micros
 from orchestrator.domain.reconcile import Move, Unanswered, after_lookup_missed, without_lookup
 from orchestrator.domain.routing import RoutePlan
 from orchestrator.health.store import Ticket
 from orchestrator.ledger import Ledger
-from orchestrator.ledger.endings import ClosingAttempt, JobEnd
+from orchestrator.ledger.endings import JobEnd
+from orchestrator.service.attempts import (
+    DONE,
+    Closing,
+    Next,
+    Opened,
+    closing_of,
+    failure,
+    overrun,
+    possible_cost,
+    reference,
+    removed,
+    unknown,
+)
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import EnqueuePort, HealthPort
 from orchestrator.service.slots import SlotWaits
@@ -53,48 +65,9 @@ from orchestrator.store import jobs as repo
 from orchestrator.store.engine import autocommit
 from orchestrator.store.statement import Conn
 
+__all__ = ["DONE", "JobRunner", "Next"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Next:
-    poll_in_s: float | None = None  # None: the chain is over
-    resume: bool = False  # the job waits for a slot: the next step is a resume (see advance)
-
-    @property
-    def done(self) -> bool:
-        return self.poll_in_s is None
-
-
-DONE = Next()
-
-
-@dataclass(frozen=True, slots=True)
-class Opened:
-    """What ``_open_next`` did: opened ``attempt``; found it opened by a duplicate step (or
-    the job no longer running); or found no backend that would take the job (``refused``
-    says why; when ``full`` names backends that only lacked a free slot, the job waits)."""
-
-    attempt: repo.AttemptRow | None = None
-    duplicate: bool = False
-    refused: tuple[str, ...] = ()
-    full: tuple[str, ...] = ()  # the backends that refused for want of a slot
-
-
-@dataclass(frozen=True, slots=True)
-class Closing:
-    """How an attempt ends: its row's outcome, the breaker's outcome, the error and cost."""
-
-    status: str  # succeeded | failed | cancelled | timeout | uncertain
-    outcome: Outcome
-    cost: int | None = None
-    error: BackendError | None = None
-    possible: int | None = None  # an uncertain attempt's possible charge
-
-    def row(self, attempt: repo.AttemptRow, external_id: str | None = None) -> ClosingAttempt:
-        return ClosingAttempt(
-            attempt.id, self.status, self.outcome.value, self.cost, external_id, self.possible,
-            self.error.code if self.error else None, self.error.message if self.error else None)
 
 
 class JobRunner:
@@ -305,7 +278,7 @@ class JobRunner:
         spec = JobSpec.model_validate(job.spec)
         started = time.monotonic()
         try:
-            sub = adapter.submit(spec, idempotency_key=_reference(attempt))
+            sub = adapter.submit(spec, idempotency_key=reference(attempt))
         except OutcomeUnknown as exc:
             log.warning("submission answer lost; asking the provider", extra={
                 "job_id": str(job.id), "backend": attempt.backend, "error": exc.code,
@@ -365,7 +338,7 @@ class JobRunner:
         except BackendError as exc:
             return self._attempt_failed(job, attempt, exc, token)
         if res.done:
-            stopped = _overrun(attempt, backend) if attempt.cancel_requested_at else None
+            stopped = overrun(attempt, backend) if attempt.cancel_requested_at else None
             return self._concluded(job, attempt, res, token, age * 1000, error=stopped)
         if overran:
             return self._overran(job, attempt, adapter, token, age)
@@ -373,7 +346,7 @@ class JobRunner:
 
     def _overran(self, job: repo.JobRow, attempt: repo.AttemptRow, adapter: BackendAdapter,
                  token: uuid.UUID, age: float) -> Next:
-        timeout = _overrun(attempt, adapter.backend)
+        timeout = overrun(attempt, adapter.backend)
         assert attempt.external_id is not None
         now = self.clock()
         if attempt.cancel_requested_at is None:
@@ -393,7 +366,7 @@ class JobRunner:
         if res.status == "succeeded":
             self._succeed(job, attempt, res, latency_ms)
             return DONE
-        err = error or _failure(attempt, res)
+        err = error or failure(attempt, res)
         return self._attempt_failed(job, attempt, err, token, cost=res.cost_micros)
 
     def _attempt_failed(
@@ -430,7 +403,7 @@ class JobRunner:
         if isinstance(move, Submission):
             return self._submitted(job, attempt, move, token, 0.0)
         if move is Move.UNCERTAIN:
-            return self._uncertain(job, attempt, token, _unknown(attempt))
+            return self._uncertain(job, attempt, token, unknown(attempt))
         if move is Move.WAIT:
             return self._wake_in(job, token, situation)
         if after_call:  # a repeat, but not in this step: it just failed the same way
@@ -453,7 +426,7 @@ class JobRunner:
         if situation.now >= situation.give_up_at:
             return Move.UNCERTAIN
         try:
-            found = adapter.lookup(_reference(attempt))
+            found = adapter.lookup(reference(attempt))
         except LookupUnsupported:
             return without_lookup(situation)
         except BackendError as exc:
@@ -494,29 +467,15 @@ class JobRunner:
                    error: BackendError) -> Next:
         """Nothing can tell what became of the attempt: it may be billed. Its possible
         charge is reported; the backend is not sent the job again; the job fails over."""
-        possible = self._possible_cost(job, attempt.backend)
+        possible = possible_cost(self.catalogue(), job, attempt.backend)
         self.observe.uncertain(job, attempt, error.code, possible)
         return self._failover(job, attempt, token,
                               Closing("uncertain", Outcome.BACKEND_FAULT, None, error, possible))
 
-    def _possible_cost(self, job: repo.JobRow, backend: str) -> int:
-        """The attempt's worst case on ``backend``: priced now, or as the job's route
-        priced it (a backend gone from the catalogue), or the job's own estimate."""
-        cat = self.catalogue()
-        if backend in cat:
-            try:
-                return estimate_micros(cat.get(backend), JobSpec.model_validate(job.spec))
-            except NotPriceable:
-                pass
-        for c in (job.route or {}).get("candidates", []):
-            if c.get("backend") == backend and c.get("estimated_cost_usd") is not None:
-                return round(float(c["estimated_cost_usd"]) * 1_000_000)
-        return job.estimated_cost_micros
-
     def _backend_removed(self, job: repo.JobRow, attempt: repo.AttemptRow,
                          token: uuid.UUID) -> Next:
         """The attempt's backend left the catalogue: nothing here can ask it any more."""
-        return self._uncertain(job, attempt, token, _removed(attempt))
+        return self._uncertain(job, attempt, token, removed(attempt))
 
     # -- endings -------------------------------------------------------------------------------
     def _close(self, job: repo.JobRow, attempt: repo.AttemptRow, closing: Closing,
@@ -614,7 +573,7 @@ class JobRunner:
             if res is None or not res.done:
                 res = self._cancel_at_backend(adapter, open_)
             if res is not None and res.done:
-                closing = _closing_of(open_, res)
+                closing = closing_of(open_, res)
                 if res.status == "cancelled":
                     closing = replace(closing, status="timeout", error=timeout)
                 self._fail(job, "deadline_exceeded", message, backend=open_.backend,
@@ -640,8 +599,8 @@ class JobRunner:
             return DONE
         if attempt.backend not in self.catalogue():
             self._end_concluded(job, attempt, Closing(
-                "uncertain", Outcome.BACKEND_FAULT, None, _removed(attempt),
-                self._possible_cost(job, attempt.backend)))
+                "uncertain", Outcome.BACKEND_FAULT, None, removed(attempt),
+                possible_cost(self.catalogue(), job, attempt.backend)))
             return DONE
         adapter = self.adapter(attempt.backend)
         if attempt.external_id is None:
@@ -660,8 +619,8 @@ class JobRunner:
                 return DONE
             else:
                 self._end_concluded(job, attempt, Closing(
-                    "uncertain", Outcome.BACKEND_FAULT, None, _unknown(attempt),
-                    self._possible_cost(job, attempt.backend)))
+                    "uncertain", Outcome.BACKEND_FAULT, None, unknown(attempt),
+                    possible_cost(self.catalogue(), job, attempt.backend)))
                 return DONE
         assert attempt.external_id is not None
         res = self._peek(adapter, attempt.external_id)
@@ -669,14 +628,14 @@ class JobRunner:
             res = self._cancel_at_backend(adapter, attempt) or res
             attempt = replace(attempt, cancel_requested_at=self.clock())
         if res is not None and res.done:
-            self._end_concluded(job, attempt, _closing_of(attempt, res))
+            self._end_concluded(job, attempt, closing_of(attempt, res))
             return DONE
         asked = attempt.cancel_requested_at
         if asked is not None and self.clock() - asked > timedelta(
                 seconds=self.poll_policy.grace_s + adapter.call_window_s):
             self._end_concluded(job, attempt, Closing(
-                "uncertain", Outcome.BACKEND_FAULT, None, _unknown(attempt),
-                self._possible_cost(job, attempt.backend)))
+                "uncertain", Outcome.BACKEND_FAULT, None, unknown(attempt),
+                possible_cost(self.catalogue(), job, attempt.backend)))
             return DONE
         delay = self._poll_delay(attempt, (self.clock() - attempt.started_at).total_seconds())
         with self.db.connection() as conn:
@@ -738,7 +697,7 @@ class JobRunner:
                     with self.db.connection() as conn:
                         ended = repo.get_job(conn, job_id)
                     if ended is not None:
-                        self._end_concluded(ended, open_, _closing_of(open_, answer))
+                        self._end_concluded(ended, open_, closing_of(open_, answer))
         with self.db.connection() as conn:
             return repo.get_job(conn, job_id)
 
@@ -786,42 +745,3 @@ class JobRunner:
                 return DONE  # the sweeper gave the job a new chain; this one stops
         return Next(delay)
 
-
-def _reference(attempt: repo.AttemptRow) -> str:
-    """The attempt's idempotency key at the provider: the same for every repeat."""
-    return f"{attempt.job_id}:{attempt.number}"
-
-
-def _failure(attempt: repo.AttemptRow, res: PollResult) -> BackendError:
-    if res.status == "cancelled":
-        return TransientError(f"{attempt.backend} cancelled the job",
-                              code="cancelled_by_backend", backend=attempt.backend)
-    return res.error or TransientError(f"{attempt.backend} reported failure",
-                                       code="prediction_failed", backend=attempt.backend)
-
-
-def _closing_of(attempt: repo.AttemptRow, res: PollResult) -> Closing:
-    """An ended job's attempt as the provider last reported it, with its bill."""
-    if res.status == "succeeded":
-        return Closing("succeeded", Outcome.SUCCESS, res.cost_micros or 0)
-    if res.status == "cancelled":
-        return Closing("cancelled", Outcome.CANCELLED, res.cost_micros or 0)
-    return Closing("failed", Outcome.CANCELLED, res.cost_micros or 0, _failure(attempt, res))
-
-
-def _overrun(attempt: repo.AttemptRow, backend: BackendSpec) -> BackendError:
-    return TransientError(
-        f"attempt on {attempt.backend} ran past start_to_close "
-        f"({backend.timeouts.start_to_close_s:.0f} s)",
-        code="start_to_close_timeout", backend=attempt.backend)
-
-
-def _unknown(attempt: repo.AttemptRow) -> BackendError:
-    return TransientError(
-        f"{attempt.backend}: the submission's answer was lost and the provider cannot say "
-        "what became of it", code="outcome_unknown", backend=attempt.backend)
-
-
-def _removed(attempt: repo.AttemptRow) -> BackendError:
-    return TransientError(f"{attempt.backend} is no longer in the catalogue",
-                          code="backend_removed", backend=attempt.backend)
