@@ -44,7 +44,6 @@ from orchestrator.domain.reconcile import Move, Unanswered, after_lookup_missed,
 from orchestrator.domain.routing import RoutePlan
 from orchestrator.health.store import Ticket
 from orchestrator.ledger import Ledger
-from orchestrator.ledger.endings import JobEnd
 from orchestrator.service.attempts import (
     DONE,
     Closing,
@@ -58,6 +57,7 @@ from orchestrator.service.attempts import (
     removed,
     unknown,
 )
+from orchestrator.service.endings import Endings
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import EnqueuePort, HealthPort
 from orchestrator.service.slots import SlotWaits
@@ -92,6 +92,7 @@ class JobRunner:
         self.poll_policy = poll
         self.observe = observer or JobObserver()
         self.slots = SlotWaits(health, enqueue, poll, lambda: self.catalogue().names)
+        self.endings = Endings(engine, ledger, catalogue, self.slots, self.observe, clock)
 
     @property
     def db(self) -> ConnectionPool[Any]:
@@ -270,7 +271,7 @@ class JobRunner:
                 "no backend in the plan would take the job"
                 + (f" ({'; '.join(opened.refused)})" if opened.refused else "")
             )
-        self._fail(job, code, message, backend=last.backend if last else None)
+        self.endings.fail(job, code, message, backend=last.backend if last else None)
         return DONE
 
     def _submit(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID) -> Next:
@@ -295,7 +296,7 @@ class JobRunner:
         res = sub.result
         if res is not None and res.status == "succeeded":
             # its external id, the attempt's close and the settle are one statement
-            self._succeed(job, attempt, res, latency_ms, external_id=sub.external_id)
+            self.endings.succeed(job, attempt, res, latency_ms, external_id=sub.external_id)
             return DONE
         if res is None or not res.done:  # running: the next step polls it
             delay = self._poll_delay(attempt, 0.0)
@@ -364,7 +365,7 @@ class JobRunner:
         latency_ms: float, *, error: BackendError | None = None,
     ) -> Next:
         if res.status == "succeeded":
-            self._succeed(job, attempt, res, latency_ms)
+            self.endings.succeed(job, attempt, res, latency_ms)
             return DONE
         err = error or failure(attempt, res)
         return self._attempt_failed(job, attempt, err, token, cost=res.cost_micros)
@@ -374,8 +375,8 @@ class JobRunner:
         *, cost: int | None = None,
     ) -> Next:
         if isinstance(exc, JobFault):
-            self._fail(job, exc.code, exc.message, backend=attempt.backend,
-                       closing=(attempt, Closing("failed", Outcome.JOB_FAULT, cost, exc)))
+            self.endings.fail(job, exc.code, exc.message, backend=attempt.backend,
+                              closing=(attempt, Closing("failed", Outcome.JOB_FAULT, cost, exc)))
             return DONE
         outcome = Outcome.BACKEND_FAULT if exc.strike else Outcome.TRANSIENT
         status = "timeout" if exc.code == "start_to_close_timeout" else "failed"
@@ -383,7 +384,7 @@ class JobRunner:
 
     def _failover(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID,
                   closing: Closing) -> Next:
-        self._close(job, attempt, closing)
+        self.endings.close(job, attempt, closing)
         with self.db.connection() as conn:
             attempts = repo.attempts(conn, job.id)
         return self._next_attempt(job, attempts, token)
@@ -477,82 +478,6 @@ class JobRunner:
         """The attempt's backend left the catalogue: nothing here can ask it any more."""
         return self._uncertain(job, attempt, token, removed(attempt))
 
-    # -- endings -------------------------------------------------------------------------------
-    def _close(self, job: repo.JobRow, attempt: repo.AttemptRow, closing: Closing,
-               latency_ms: float | None = None) -> bool:
-        now = self.clock()
-        exc = closing.error
-        with self.db.connection() as conn:
-            closed = repo.close_attempt(
-                conn, attempt.id, closing.status, now, fault=closing.outcome.value,
-                error_code=exc.code if exc else None, error_message=exc.message if exc else None,
-                cost_micros=closing.cost, possible_cost_micros=closing.possible,
-            )
-        if closed:
-            self._attempt_closed(job, attempt, closing, now, latency_ms)
-        return closed
-
-    def _attempt_closed(self, job: repo.JobRow, attempt: repo.AttemptRow, closing: Closing,
-                        now: datetime, latency_ms: float | None = None) -> None:
-        if attempt.backend in self.catalogue():
-            self.slots.released(attempt.backend, closing.outcome, latency_ms=latency_ms,
-                                probe=attempt.probe, slot=attempt.slot)
-        exc = closing.error
-        self.observe.attempt_ended(job, attempt, closing.status, fault=closing.outcome.value,
-                                   error_code=exc.code if exc else None,
-                                   cost_micros=closing.cost, now=now)
-
-    def _succeed(
-        self, job: repo.JobRow, attempt: repo.AttemptRow, res: PollResult, latency_ms: float,
-        *, external_id: str | None = None,
-    ) -> None:
-        now = self.clock()
-        closing = Closing("succeeded", Outcome.SUCCESS, res.cost_micros or 0)
-        end = self.ledger.end_job(
-            job.id, "succeeded", now, backend=attempt.backend, result={"output": res.output},
-            attempt=closing.row(attempt, external_id))
-        if end is None:
-            return  # a duplicate step concluded it
-        self._attempt_closed(job, attempt, closing, now, latency_ms)
-        if end.ended:
-            self.observe.job_finished(job, "succeeded", backend=attempt.backend,
-                                      charged_micros=self._charged(job, end, attempt.backend),
-                                      now=now)
-        elif end.concluded:  # it had been cancelled meanwhile: charged what it billed
-            self.observe.concluded(job, backend=attempt.backend,
-                                   charged_micros=self._charged(job, end, attempt.backend))
-
-    def _fail(self, job: repo.JobRow, code: str, message: str, *,
-              backend: str | None = None,
-              closing: tuple[repo.AttemptRow, Closing] | None = None,
-              conclude_in_s: float = 0.0) -> JobEnd | None:
-        now = self.clock()
-        end = self.ledger.end_job(
-            job.id, "failed", now, error_code=code, error_message=message,
-            attempt=closing[1].row(closing[0]) if closing else None, conclude_in_s=conclude_in_s)
-        if end is None:
-            return None
-        if closing is not None:
-            self._attempt_closed(job, closing[0], closing[1], now)
-        if end.ended:
-            self.observe.job_finished(job, "failed", backend=backend,
-                                      charged_micros=self._charged(job, end, backend), now=now,
-                                      error_code=code)
-        return end
-
-    def _charged(self, job: repo.JobRow, end: JobEnd, backend: str | None) -> int:
-        """What the ending charged: the job's whole cost, a bill above its hold included
-        (counted as an overage); logged when the hold was gone and nothing was charged."""
-        if end.pending:
-            return 0  # charged when its last attempt concludes
-        if end.hold_status is not None:
-            log.error("hold already %s; job finished without a charge", end.hold_status,
-                      extra={"job_id": str(job.id)})
-        elif end.overage_micros > 0:
-            self.observe.overage(job, backend, end.overage_micros,
-                                 charged_micros=end.charged_micros, hold_micros=end.hold_micros)
-        return end.charged_micros
-
     def _deadline(self, job: repo.JobRow, open_: repo.AttemptRow | None,
                   token: uuid.UUID) -> Next:
         """The job's deadline passed. A running attempt is looked at once more first: a
@@ -560,7 +485,7 @@ class JobRunner:
         asked to stop, and the job fails, its hold kept until the attempt concludes."""
         message = f"the job did not finish within its deadline of {job.spec.get('deadline_s')} s"
         if open_ is None:
-            self._fail(job, "deadline_exceeded", message)
+            self.endings.fail(job, "deadline_exceeded", message)
             return DONE
         adapter = self.adapter(open_.backend)
         timeout = TransientError("the job's deadline passed", code="deadline_exceeded",
@@ -568,7 +493,7 @@ class JobRunner:
         if open_.external_id is not None:
             res = self._peek(adapter, open_.external_id)
             if res is not None and res.status == "succeeded":
-                self._succeed(job, open_, res, 0.0)
+                self.endings.succeed(job, open_, res, 0.0)
                 return DONE
             if res is None or not res.done:
                 res = self._cancel_at_backend(adapter, open_)
@@ -576,16 +501,16 @@ class JobRunner:
                 closing = closing_of(open_, res)
                 if res.status == "cancelled":
                     closing = replace(closing, status="timeout", error=timeout)
-                self._fail(job, "deadline_exceeded", message, backend=open_.backend,
-                           closing=(open_, closing))
+                self.endings.fail(job, "deadline_exceeded", message, backend=open_.backend,
+                                  closing=(open_, closing))
                 return DONE
             delay = self._poll_delay(open_, 0.0)
         else:  # its call may still be running: the attempt concludes once it cannot be
             situation = self._unanswered(job, open_, adapter, live=False)
             delay = max(self.poll_policy.min_s,
                         (situation.window_end - situation.now).total_seconds())
-        end = self._fail(job, "deadline_exceeded", message, backend=open_.backend,
-                         conclude_in_s=delay + self.poll_policy.grace_s)
+        end = self.endings.fail(job, "deadline_exceeded", message, backend=open_.backend,
+                                conclude_in_s=delay + self.poll_policy.grace_s)
         return Next(delay) if end is not None and end.pending else DONE
 
     # -- an attempt that outlived its job's end -------------------------------------------------
@@ -595,10 +520,10 @@ class JobRunner:
         Learn what the provider did with it, asking it to stop where it still runs; then its
         bill settles the hold. Nothing new is ever sent for an ended job."""
         if attempt is None:  # closed by a step that did not finish the hold
-            self._end_concluded(job, None, None)
+            self.endings.end_concluded(job, None, None)
             return DONE
         if attempt.backend not in self.catalogue():
-            self._end_concluded(job, attempt, Closing(
+            self.endings.end_concluded(job, attempt, Closing(
                 "uncertain", Outcome.BACKEND_FAULT, None, removed(attempt),
                 possible_cost(self.catalogue(), job, attempt.backend)))
             return DONE
@@ -615,10 +540,11 @@ class JobRunner:
             elif move is Move.WAIT:
                 return self._wake_in(job, token, situation)
             elif move is Move.NOT_CREATED:
-                self._end_concluded(job, attempt, Closing("cancelled", Outcome.CANCELLED, 0))
+                self.endings.end_concluded(job, attempt,
+                                           Closing("cancelled", Outcome.CANCELLED, 0))
                 return DONE
             else:
-                self._end_concluded(job, attempt, Closing(
+                self.endings.end_concluded(job, attempt, Closing(
                     "uncertain", Outcome.BACKEND_FAULT, None, unknown(attempt),
                     possible_cost(self.catalogue(), job, attempt.backend)))
                 return DONE
@@ -628,12 +554,12 @@ class JobRunner:
             res = self._cancel_at_backend(adapter, attempt) or res
             attempt = replace(attempt, cancel_requested_at=self.clock())
         if res is not None and res.done:
-            self._end_concluded(job, attempt, closing_of(attempt, res))
+            self.endings.end_concluded(job, attempt, closing_of(attempt, res))
             return DONE
         asked = attempt.cancel_requested_at
         if asked is not None and self.clock() - asked > timedelta(
                 seconds=self.poll_policy.grace_s + adapter.call_window_s):
-            self._end_concluded(job, attempt, Closing(
+            self.endings.end_concluded(job, attempt, Closing(
                 "uncertain", Outcome.BACKEND_FAULT, None, unknown(attempt),
                 possible_cost(self.catalogue(), job, attempt.backend)))
             return DONE
@@ -642,26 +568,6 @@ class JobRunner:
             if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
                 return DONE
         return Next(delay)
-
-    def _end_concluded(self, job: repo.JobRow, attempt: repo.AttemptRow | None,
-                       closing: Closing | None) -> None:
-        """Close the attempt and, once none is open, finish the ended job's hold with
-        what its attempts cost (one statement)."""
-        now = self.clock()
-        end = self.ledger.end_job(
-            job.id, job.status, now,
-            attempt=closing.row(attempt) if attempt is not None and closing else None)
-        if end is None:
-            return
-        if attempt is not None and closing is not None:
-            if closing.status == "uncertain" and closing.possible is not None:
-                self.observe.uncertain(job, attempt, closing.error.code if closing.error
-                                       else "outcome_unknown", closing.possible)
-            self._attempt_closed(job, attempt, closing, now)
-        if end.concluded:
-            backend = attempt.backend if attempt else job.backend
-            self.observe.concluded(job, backend=backend,
-                                   charged_micros=self._charged(job, end, backend))
 
     def cancel(self, job_id: uuid.UUID, tenant: str | None = None) -> repo.JobRow | None:
         """Cancel a live job now. Its final status comes at once; its hold is released in
@@ -689,7 +595,7 @@ class JobRunner:
                 self.slots.stop_waiting(job.id, job.chain_token, job.priority)
             backend = open_.backend if open_ else job.backend
             self.observe.job_finished(job, "cancelled", now=now, backend=backend,
-                                      charged_micros=self._charged(job, end, backend))
+                                      charged_micros=self.endings.charged(job, end, backend))
             if (open_ is not None and open_.external_id is not None
                     and open_.backend in self.catalogue()):
                 answer = self._cancel_at_backend(self.adapter(open_.backend), open_)
@@ -697,7 +603,7 @@ class JobRunner:
                     with self.db.connection() as conn:
                         ended = repo.get_job(conn, job_id)
                     if ended is not None:
-                        self._end_concluded(ended, open_, closing_of(open_, answer))
+                        self.endings.end_concluded(ended, open_, closing_of(open_, answer))
         with self.db.connection() as conn:
             return repo.get_job(conn, job_id)
 
@@ -744,4 +650,3 @@ class JobRunner:
             if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
                 return DONE  # the sweeper gave the job a new chain; this one stops
         return Next(delay)
-
