@@ -28,19 +28,13 @@ from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine
 
 from orchestrator.backends.base import BackendAdapter, PollResult, Submission
-from orchestrator.backends.errors import (
-    BackendError,
-    JobFault,
-    LookupUnsupported,
-    OutcomeUnknown,
-    TransientError,
-)
+from orchestrator.backends.errors import BackendError, JobFault, OutcomeUnknown, TransientError
 from orchestrator.domain.breaker import Refusal
 from orchestrator.domain.catalogue import BackendSpec, Catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.polling import PollPolicy
-from orchestrator.domain.reconcile import Move, Unanswered, after_lookup_missed, without_lookup
+from orchestrator.domain.reconcile import Move
 from orchestrator.domain.routing import RoutePlan
 from orchestrator.health.store import Ticket
 from orchestrator.ledger import Ledger
@@ -60,6 +54,7 @@ from orchestrator.service.attempts import (
 from orchestrator.service.endings import Endings
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import EnqueuePort, HealthPort
+from orchestrator.service.reconcile import Reconciler
 from orchestrator.service.slots import SlotWaits
 from orchestrator.store import jobs as repo
 from orchestrator.store.engine import autocommit
@@ -93,6 +88,8 @@ class JobRunner:
         self.observe = observer or JobObserver()
         self.slots = SlotWaits(health, enqueue, poll, lambda: self.catalogue().names)
         self.endings = Endings(engine, ledger, catalogue, self.slots, self.observe, clock)
+        self.reconciler = Reconciler(self, engine, catalogue, adapter, clock, poll,
+                                     self.observe)
 
     @property
     def db(self) -> ConnectionPool[Any]:
@@ -187,13 +184,13 @@ class JobRunner:
         if resume and open_ is not None:
             return DONE  # no longer waiting: its own chain runs it
         if open_ is not None and open_.backend not in self.catalogue():
-            return self._backend_removed(job, open_, token)
+            return self.reconciler.backend_removed(job, open_, token)
         if self._past_deadline(job, now):
             return self._deadline(job, open_, token)
         if open_ is None:
             return self._next_attempt(job, attempts, token, resume=resume)
         if open_.external_id is None:
-            return self._reconcile(job, open_, token)
+            return self.reconciler.reconcile(job, open_, token)
         return self._poll(job, open_, token)
 
     @staticmethod
@@ -284,7 +281,7 @@ class JobRunner:
             log.warning("submission answer lost; asking the provider", extra={
                 "job_id": str(job.id), "backend": attempt.backend, "error": exc.code,
                 "cause": exc.details.get("cause")})
-            return self._reconcile(job, attempt, token, after_call=True)
+            return self.reconciler.reconcile(job, attempt, token, after_call=True)
         except BackendError as exc:
             return self._attempt_failed(job, attempt, exc, token)
         return self._submitted(job, attempt, sub, token, (time.monotonic() - started) * 1000)
@@ -357,7 +354,7 @@ class JobRunner:
             return self._schedule_poll(job, attempt, token, age)
         if now - attempt.cancel_requested_at > timedelta(seconds=self.poll_policy.grace_s):
             # asked to stop and never said it did: what it billed cannot be known
-            return self._uncertain(job, attempt, token, timeout)
+            return self.reconciler.uncertain(job, attempt, token, timeout)
         return self._schedule_poll(job, attempt, token, age)
 
     def _concluded(
@@ -389,95 +386,6 @@ class JobRunner:
             attempts = repo.attempts(conn, job.id)
         return self._next_attempt(job, attempts, token)
 
-    # -- reconciliation ----------------------------------------------------------------------
-    def _reconcile(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID, *,
-                   after_call: bool = False) -> Next:
-        """A live job's open attempt whose submission went unanswered (no external id): ask
-        the provider, then repeat it, wait, or close it uncertain and fail over
-        (``domain.reconcile``). ``after_call``: this step's own call just lost its answer,
-        so a repeat goes to a later step."""
-        adapter = self.adapter(attempt.backend)
-        situation = self._unanswered(job, attempt, adapter, live=True)
-        move = self._ask_provider(job, attempt, adapter, situation, token)
-        if isinstance(move, Next):
-            return move
-        if isinstance(move, Submission):
-            return self._submitted(job, attempt, move, token, 0.0)
-        if move is Move.UNCERTAIN:
-            return self._uncertain(job, attempt, token, unknown(attempt))
-        if move is Move.WAIT:
-            return self._wake_in(job, token, situation)
-        if after_call:  # a repeat, but not in this step: it just failed the same way
-            return self._wake_in(job, token, situation, at_most=self.poll_policy.min_s)
-        return self._repeat(job, attempt, token)
-
-    def _unanswered(self, job: repo.JobRow, attempt: repo.AttemptRow, adapter: BackendAdapter,
-                    *, live: bool) -> Unanswered:
-        window = timedelta(seconds=adapter.call_window_s)
-        patience = max(timedelta(seconds=adapter.backend.timeouts.start_to_close_s), window)
-        return Unanswered(adapter.backend.idempotency, live, self.clock(),
-                          attempt.last_sent_at + window, attempt.started_at + patience)
-
-    def _ask_provider(self, job: repo.JobRow, attempt: repo.AttemptRow,
-                      adapter: BackendAdapter, situation: Unanswered, token: uuid.UUID
-                      ) -> Submission | Move | Next:
-        """The provider's word on an unanswered submission: what it created under the
-        attempt's key (a Submission), or the move its guarantee allows; a Next when it
-        cannot be asked right now (asked again at the next step)."""
-        if situation.now >= situation.give_up_at:
-            return Move.UNCERTAIN
-        try:
-            found = adapter.lookup(reference(attempt))
-        except LookupUnsupported:
-            return without_lookup(situation)
-        except BackendError as exc:
-            log.warning("looking a submission up failed", extra={
-                "job_id": str(job.id), "backend": attempt.backend, "error": exc.code})
-            return self._wake_in(job, token, situation, at_most=self.poll_policy.min_s)
-        return found if found is not None else after_lookup_missed(situation)
-
-    def _repeat(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID) -> Next:
-        """Send the attempt's submission again, with its key, once no step else has."""
-        now = self.clock()
-        with self.db.connection() as conn:
-            if not repo.mark_sent(conn, attempt.id, attempt.last_sent_at, now):
-                return DONE  # another step repeated or concluded it
-            if not repo.set_wake(conn, job.id, token, self._lease_s(attempt.backend)):
-                return DONE
-        log.info("repeating a submission whose answer was lost", extra={
-            "job_id": str(job.id), "backend": attempt.backend, "attempt": attempt.number})
-        return self._submit(job, replace(attempt, sent_at=now), token)
-
-    def _wake_in(self, job: repo.JobRow, token: uuid.UUID, situation: Unanswered, *,
-                 at_most: float | None = None) -> Next:
-        """The next step when the first request's call window has passed, or sooner: by
-        ``at_most``, and by the job's deadline while it is live (its deadline step ends the
-        job then, and the attempt is concluded after)."""
-        delay = (situation.window_end - situation.now).total_seconds()
-        if at_most is not None:
-            delay = min(delay, at_most)
-        if situation.job_live and job.deadline_at is not None:
-            delay = min(delay, (job.deadline_at - situation.now).total_seconds())
-        delay = max(self.poll_policy.min_s, delay)
-        with self.db.connection() as conn:
-            if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
-                return DONE
-        return Next(delay)
-
-    def _uncertain(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID,
-                   error: BackendError) -> Next:
-        """Nothing can tell what became of the attempt: it may be billed. Its possible
-        charge is reported; the backend is not sent the job again; the job fails over."""
-        possible = possible_cost(self.catalogue(), job, attempt.backend)
-        self.observe.uncertain(job, attempt, error.code, possible)
-        return self._failover(job, attempt, token,
-                              Closing("uncertain", Outcome.BACKEND_FAULT, None, error, possible))
-
-    def _backend_removed(self, job: repo.JobRow, attempt: repo.AttemptRow,
-                         token: uuid.UUID) -> Next:
-        """The attempt's backend left the catalogue: nothing here can ask it any more."""
-        return self._uncertain(job, attempt, token, removed(attempt))
-
     def _deadline(self, job: repo.JobRow, open_: repo.AttemptRow | None,
                   token: uuid.UUID) -> Next:
         """The job's deadline passed. A running attempt is looked at once more first: a
@@ -506,7 +414,7 @@ class JobRunner:
                 return DONE
             delay = self._poll_delay(open_, 0.0)
         else:  # its call may still be running: the attempt concludes once it cannot be
-            situation = self._unanswered(job, open_, adapter, live=False)
+            situation = self.reconciler.unanswered(job, open_, adapter, live=False)
             delay = max(self.poll_policy.min_s,
                         (situation.window_end - situation.now).total_seconds())
         end = self.endings.fail(job, "deadline_exceeded", message, backend=open_.backend,
@@ -529,8 +437,8 @@ class JobRunner:
             return DONE
         adapter = self.adapter(attempt.backend)
         if attempt.external_id is None:
-            situation = self._unanswered(job, attempt, adapter, live=False)
-            move = self._ask_provider(job, attempt, adapter, situation, token)
+            situation = self.reconciler.unanswered(job, attempt, adapter, live=False)
+            move = self.reconciler.ask_provider(job, attempt, adapter, situation, token)
             if isinstance(move, Next):
                 return move
             if isinstance(move, Submission):
@@ -538,7 +446,7 @@ class JobRunner:
                     repo.record_external_id(conn, attempt.id, move.external_id)
                 attempt = replace(attempt, external_id=move.external_id)
             elif move is Move.WAIT:
-                return self._wake_in(job, token, situation)
+                return self.reconciler.wake_in(job, token, situation)
             elif move is Move.NOT_CREATED:
                 self.endings.end_concluded(job, attempt,
                                            Closing("cancelled", Outcome.CANCELLED, 0))
