@@ -2,16 +2,27 @@
 
 ``JobRunner.advance`` is the one step every task runs. It reads the job and its attempts from
 PostgreSQL, does at most one backend call's worth of work, and says what should happen next
-(``Next.done`` or ``Next.poll_in(seconds)``). A redelivered or duplicated step is harmless:
-transitions are guarded, an attempt row is written before its backend call (moving the
-chain's wake past the longest that call can take: its lease) and its external id right
-after, and a step carrying an old chain token does nothing.
+(``Next.done``, or ``Next.poll_in_s``: the seconds until the next step). A redelivered or
+duplicated step is harmless: transitions are guarded, an attempt row is written before its
+backend call (moving the chain's wake past the longest that call can take: its lease) and its
+external id right after, and a step carrying an old chain token does nothing.
 
-Every paid call ends in the provider's word (``orchestrator.domain.reconcile``): a
-submission whose answer was lost is looked up, repeated where the provider's guarantee makes
-that safe, or closed ``uncertain`` and failed over; a cancel or a deadline while an attempt
-runs keeps the job's hold until that attempt concludes, so what the provider billed is what
-the ledger charges (``orchestrator.service.conclude``).
+This module is the chain's own steps: the claim, opening the next attempt on the plan's next
+untried backend (or waiting for a slot), the submission, polling, and failing over. JobRunner
+builds and shares what it hands off, each a small class in its own module:
+
+* ``service.endings`` (``Endings``): the one ledger statement that ends a job or closes an
+  attempt, and what it tells the breaker, the slot waits and the observer.
+* ``service.reconcile`` (``Reconciler``): every paid call ends in the provider's word
+  (``orchestrator.domain.reconcile``): a submission whose answer was lost is looked up,
+  repeated where the provider's guarantee makes that safe, or closed ``uncertain`` and failed
+  over.
+* ``service.conclude`` (``Concluder``): a cancel or a deadline while an attempt runs keeps the
+  job's hold until that attempt concludes, so what the provider billed is what the ledger
+  charges.
+
+They pass the values of ``service.attempts`` around, and call the chain back through
+``ports.Chain``.
 """
 
 from __future__ import annotations
