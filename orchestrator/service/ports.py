@@ -1,4 +1,5 @@
-"""The small interfaces the use cases need from the edges (implemented in health/, workers/)."""
+"""The small interfaces the use cases need from the edges (implemented in health/, workers/),
+and the chain's steps its helpers call back (implemented by ``runner.JobRunner``)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import uuid
 from collections.abc import Iterable
 from typing import Protocol
 
+from orchestrator.backends.base import Submission
 from orchestrator.domain.breaker import BackendHealth, BreakerState
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.health.store import Ticket
+from orchestrator.service.attempts import Closing, Next
+from orchestrator.store import jobs as repo
 
 
 class HealthPort(Protocol):
@@ -45,4 +49,31 @@ class EnqueuePort(Protocol):
         self, job_id: uuid.UUID, token: uuid.UUID, priority: str, countdown_s: float = 0.0
     ) -> None:
         """A step for a job waiting for a slot, that does nothing once the job has one."""
+        ...
+
+
+class Chain(Protocol):
+    """The job chain's own steps that reconciliation and conclusion call back: the runner's,
+    not for other callers (hence their names)."""
+
+    def _submit(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID) -> Next:
+        """Call the backend with the attempt (checkpointed) and go on from its answer."""
+        ...
+
+    def _submitted(self, job: repo.JobRow, attempt: repo.AttemptRow, sub: Submission,
+                   token: uuid.UUID, latency_ms: float) -> Next:
+        """The provider named the attempt's work: record it, then conclude or poll it."""
+        ...
+
+    def _failover(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID,
+                  closing: Closing) -> Next:
+        """Close the attempt and open the job's next one (or end the job)."""
+        ...
+
+    def _lease_s(self, backend: str) -> float:
+        """How far the chain's wake moves when a call to ``backend`` starts."""
+        ...
+
+    def _poll_delay(self, attempt: repo.AttemptRow, age_s: float) -> float:
+        """How long until the attempt, ``age_s`` old, is looked at again."""
         ...

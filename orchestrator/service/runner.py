@@ -2,16 +2,27 @@
 
 ``JobRunner.advance`` is the one step every task runs. It reads the job and its attempts from
 PostgreSQL, does at most one backend call's worth of work, and says what should happen next
-(``Next.done`` or ``Next.poll_in(seconds)``). A redelivered or duplicated step is harmless:
-transitions are guarded, an attempt row is written before its backend call (moving the
-chain's wake past the longest that call can take: its lease) and its external id right
-after, and a step carrying an old chain token does nothing.
+(``Next.done``, or ``Next.poll_in_s``: the seconds until the next step). A redelivered or
+duplicated step is harmless: transitions are guarded, an attempt row is written before its
+backend call (moving the chain's wake past the longest that call can take: its lease) and its
+external id right after, and a step carrying an old chain token does nothing.
 
-Every paid call ends in the provider's word (``orchestrator.domain.reconcile``): a
-submission whose answer was lost is looked up, repeated where the provider's guarantee makes
-that safe, or closed ``uncertain`` and failed over; a cancel or a deadline while an attempt
-runs keeps the job's hold until that attempt concludes, so what the provider billed is what
-the ledger charges (``orchestrator.service.conclude``).
+This module is the chain's own steps: the claim, opening the next attempt on the plan's next
+untried backend (or waiting for a slot), the submission, polling, and failing over. JobRunner
+builds and shares what it hands off, each a small class in its own module:
+
+* ``service.endings`` (``Endings``): the one ledger statement that ends a job or closes an
+  attempt, and what it tells the breaker, the slot waits and the observer.
+* ``service.reconcile`` (``Reconciler``): every paid call ends in the provider's word
+  (``orchestrator.domain.reconcile``): a submission whose answer was lost is looked up,
+  repeated where the provider's guarantee makes that safe, or closed ``uncertain`` and failed
+  over.
+* ``service.conclude`` (``Concluder``): a cancel or a deadline while an attempt runs keeps the
+  job's hold until that attempt concludes, so what the provider billed is what the ledger
+  charges.
+
+They pass the values of ``service.attempts`` around, and call the chain back through
+``ports.Chain``.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,73 +39,29 @@ from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine
 
 from orchestrator.backends.base import BackendAdapter, PollResult, Submission
-from orchestrator.backends.errors import (
-    BackendError,
-    JobFault,
-    LookupUnsupported,
-    OutcomeUnknown,
-    TransientError,
-)
+from orchestrator.backends.errors import BackendError, JobFault, OutcomeUnknown, TransientError
 from orchestrator.domain.breaker import Refusal
 from orchestrator.domain.catalogue import BackendSpec, Catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.polling import PollPolicy
-from orchestrator.domain.pricing import NotPriceable, estimate_micros
-from orchestrator.domain.reconcile import Move, Unanswered, after_lookup_missed, without_lookup
 from orchestrator.domain.routing import RoutePlan
 from orchestrator.health.store import Ticket
 from orchestrator.ledger import Ledger
-from orchestrator.ledger.endings import ClosingAttempt, JobEnd
+from orchestrator.service.attempts import DONE, Closing, Next, Opened, failure, overrun, reference
+from orchestrator.service.conclude import Concluder
+from orchestrator.service.endings import Endings
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import EnqueuePort, HealthPort
+from orchestrator.service.reconcile import Reconciler
 from orchestrator.service.slots import SlotWaits
 from orchestrator.store import jobs as repo
 from orchestrator.store.engine import autocommit
 from orchestrator.store.statement import Conn
 
+__all__ = ["DONE", "JobRunner", "Next"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Next:
-    poll_in_s: float | None = None  # None: the chain is over
-    resume: bool = False  # the job waits for a slot: the next step is a resume (see advance)
-
-    @property
-    def done(self) -> bool:
-        return self.poll_in_s is None
-
-
-DONE = Next()
-
-
-@dataclass(frozen=True, slots=True)
-class Opened:
-    """What ``_open_next`` did: opened ``attempt``; found it opened by a duplicate step (or
-    the job no longer running); or found no backend that would take the job (``refused``
-    says why; when ``full`` names backends that only lacked a free slot, the job waits)."""
-
-    attempt: repo.AttemptRow | None = None
-    duplicate: bool = False
-    refused: tuple[str, ...] = ()
-    full: tuple[str, ...] = ()  # the backends that refused for want of a slot
-
-
-@dataclass(frozen=True, slots=True)
-class Closing:
-    """How an attempt ends: its row's outcome, the breaker's outcome, the error and cost."""
-
-    status: str  # succeeded | failed | cancelled | timeout | uncertain
-    outcome: Outcome
-    cost: int | None = None
-    error: BackendError | None = None
-    possible: int | None = None  # an uncertain attempt's possible charge
-
-    def row(self, attempt: repo.AttemptRow, external_id: str | None = None) -> ClosingAttempt:
-        return ClosingAttempt(
-            attempt.id, self.status, self.outcome.value, self.cost, external_id, self.possible,
-            self.error.code if self.error else None, self.error.message if self.error else None)
 
 
 class JobRunner:
@@ -119,6 +86,13 @@ class JobRunner:
         self.poll_policy = poll
         self.observe = observer or JobObserver()
         self.slots = SlotWaits(health, enqueue, poll, lambda: self.catalogue().names)
+        self.endings = Endings(engine, ledger, catalogue, self.slots, self.observe, clock)
+        self.reconciler = Reconciler(self, engine, catalogue, adapter, clock, poll,
+                                     self.observe)
+        self.concluder = Concluder(
+            self, reconciler=self.reconciler, endings=self.endings, engine=engine,
+            ledger=ledger, catalogue=catalogue, adapter=adapter, clock=clock, poll=poll,
+            observer=self.observe, slots=self.slots)
 
     @property
     def db(self) -> ConnectionPool[Any]:
@@ -126,6 +100,11 @@ class JobRunner:
         an ending): no BEGIN and COMMIT round trips, nothing locked between them. (Looked up
         per use: an engine disposed and used again gets a new pool.)"""
         return autocommit(self.engine)
+
+    def cancel(self, job_id: uuid.UUID, tenant: str | None = None) -> repo.JobRow | None:
+        """Cancel a live job now (``Concluder.cancel``: its hold is kept while an attempt may
+        still be billed). Returns the job (None: not found / not the tenant's)."""
+        return self.concluder.cancel(job_id, tenant)
 
     # -- the one step --------------------------------------------------------------------------
     def advance(self, job_id: uuid.UUID, token: uuid.UUID, *, resume: bool = False,
@@ -209,17 +188,17 @@ class JobRunner:
             return self._start(job, attempts, opened, token)
         open_ = next((a for a in attempts if a.outcome is None), None)
         if job.is_final:  # it ended (a cancel, its deadline) while an attempt could be billed
-            return self._conclude(job, open_, token)
+            return self.concluder.conclude(job, open_, token)
         if resume and open_ is not None:
             return DONE  # no longer waiting: its own chain runs it
         if open_ is not None and open_.backend not in self.catalogue():
-            return self._backend_removed(job, open_, token)
+            return self.reconciler.backend_removed(job, open_, token)
         if self._past_deadline(job, now):
-            return self._deadline(job, open_, token)
+            return self.concluder.deadline(job, open_, token)
         if open_ is None:
             return self._next_attempt(job, attempts, token, resume=resume)
         if open_.external_id is None:
-            return self._reconcile(job, open_, token)
+            return self.reconciler.reconcile(job, open_, token)
         return self._poll(job, open_, token)
 
     @staticmethod
@@ -297,7 +276,7 @@ class JobRunner:
                 "no backend in the plan would take the job"
                 + (f" ({'; '.join(opened.refused)})" if opened.refused else "")
             )
-        self._fail(job, code, message, backend=last.backend if last else None)
+        self.endings.fail(job, code, message, backend=last.backend if last else None)
         return DONE
 
     def _submit(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID) -> Next:
@@ -305,12 +284,12 @@ class JobRunner:
         spec = JobSpec.model_validate(job.spec)
         started = time.monotonic()
         try:
-            sub = adapter.submit(spec, idempotency_key=_reference(attempt))
+            sub = adapter.submit(spec, idempotency_key=reference(attempt))
         except OutcomeUnknown as exc:
             log.warning("submission answer lost; asking the provider", extra={
                 "job_id": str(job.id), "backend": attempt.backend, "error": exc.code,
                 "cause": exc.details.get("cause")})
-            return self._reconcile(job, attempt, token, after_call=True)
+            return self.reconciler.reconcile(job, attempt, token, after_call=True)
         except BackendError as exc:
             return self._attempt_failed(job, attempt, exc, token)
         return self._submitted(job, attempt, sub, token, (time.monotonic() - started) * 1000)
@@ -322,7 +301,7 @@ class JobRunner:
         res = sub.result
         if res is not None and res.status == "succeeded":
             # its external id, the attempt's close and the settle are one statement
-            self._succeed(job, attempt, res, latency_ms, external_id=sub.external_id)
+            self.endings.succeed(job, attempt, res, latency_ms, external_id=sub.external_id)
             return DONE
         if res is None or not res.done:  # running: the next step polls it
             delay = self._poll_delay(attempt, 0.0)
@@ -341,7 +320,7 @@ class JobRunner:
             return DONE
         known = replace(attempt, external_id=sub.external_id)
         if current.is_final:  # it ended (a cancel, its deadline) while we were submitting
-            return self._conclude(current, known, token)
+            return self.concluder.conclude(current, known, token)
         if res is None or not res.done or current.chain_token != token:
             return DONE  # the sweeper gave the job a new chain, which will poll it
         return self._concluded(job, known, res, token, latency_ms)
@@ -365,7 +344,7 @@ class JobRunner:
         except BackendError as exc:
             return self._attempt_failed(job, attempt, exc, token)
         if res.done:
-            stopped = _overrun(attempt, backend) if attempt.cancel_requested_at else None
+            stopped = overrun(attempt, backend) if attempt.cancel_requested_at else None
             return self._concluded(job, attempt, res, token, age * 1000, error=stopped)
         if overran:
             return self._overran(job, attempt, adapter, token, age)
@@ -373,17 +352,17 @@ class JobRunner:
 
     def _overran(self, job: repo.JobRow, attempt: repo.AttemptRow, adapter: BackendAdapter,
                  token: uuid.UUID, age: float) -> Next:
-        timeout = _overrun(attempt, adapter.backend)
+        timeout = overrun(attempt, adapter.backend)
         assert attempt.external_id is not None
         now = self.clock()
         if attempt.cancel_requested_at is None:
-            answer = self._cancel_at_backend(adapter, attempt)
+            answer = self.concluder.cancel_at_backend(adapter, attempt)
             if answer is not None and answer.done:
                 return self._concluded(job, attempt, answer, token, age * 1000, error=timeout)
             return self._schedule_poll(job, attempt, token, age)
         if now - attempt.cancel_requested_at > timedelta(seconds=self.poll_policy.grace_s):
             # asked to stop and never said it did: what it billed cannot be known
-            return self._uncertain(job, attempt, token, timeout)
+            return self.reconciler.uncertain(job, attempt, token, timeout)
         return self._schedule_poll(job, attempt, token, age)
 
     def _concluded(
@@ -391,9 +370,9 @@ class JobRunner:
         latency_ms: float, *, error: BackendError | None = None,
     ) -> Next:
         if res.status == "succeeded":
-            self._succeed(job, attempt, res, latency_ms)
+            self.endings.succeed(job, attempt, res, latency_ms)
             return DONE
-        err = error or _failure(attempt, res)
+        err = error or failure(attempt, res)
         return self._attempt_failed(job, attempt, err, token, cost=res.cost_micros)
 
     def _attempt_failed(
@@ -401,8 +380,8 @@ class JobRunner:
         *, cost: int | None = None,
     ) -> Next:
         if isinstance(exc, JobFault):
-            self._fail(job, exc.code, exc.message, backend=attempt.backend,
-                       closing=(attempt, Closing("failed", Outcome.JOB_FAULT, cost, exc)))
+            self.endings.fail(job, exc.code, exc.message, backend=attempt.backend,
+                              closing=(attempt, Closing("failed", Outcome.JOB_FAULT, cost, exc)))
             return DONE
         outcome = Outcome.BACKEND_FAULT if exc.strike else Outcome.TRANSIENT
         status = "timeout" if exc.code == "start_to_close_timeout" else "failed"
@@ -410,369 +389,10 @@ class JobRunner:
 
     def _failover(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID,
                   closing: Closing) -> Next:
-        self._close(job, attempt, closing)
+        self.endings.close(job, attempt, closing)
         with self.db.connection() as conn:
             attempts = repo.attempts(conn, job.id)
         return self._next_attempt(job, attempts, token)
-
-    # -- reconciliation ----------------------------------------------------------------------
-    def _reconcile(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID, *,
-                   after_call: bool = False) -> Next:
-        """A live job's open attempt whose submission went unanswered (no external id): ask
-        the provider, then repeat it, wait, or close it uncertain and fail over
-        (``domain.reconcile``). ``after_call``: this step's own call just lost its answer,
-        so a repeat goes to a later step."""
-        adapter = self.adapter(attempt.backend)
-        situation = self._unanswered(job, attempt, adapter, live=True)
-        move = self._ask_provider(job, attempt, adapter, situation, token)
-        if isinstance(move, Next):
-            return move
-        if isinstance(move, Submission):
-            return self._submitted(job, attempt, move, token, 0.0)
-        if move is Move.UNCERTAIN:
-            return self._uncertain(job, attempt, token, _unknown(attempt))
-        if move is Move.WAIT:
-            return self._wake_in(job, token, situation)
-        if after_call:  # a repeat, but not in this step: it just failed the same way
-            return self._wake_in(job, token, situation, at_most=self.poll_policy.min_s)
-        return self._repeat(job, attempt, token)
-
-    def _unanswered(self, job: repo.JobRow, attempt: repo.AttemptRow, adapter: BackendAdapter,
-                    *, live: bool) -> Unanswered:
-        window = timedelta(seconds=adapter.call_window_s)
-        patience = max(timedelta(seconds=adapter.backend.timeouts.start_to_close_s), window)
-        return Unanswered(adapter.backend.idempotency, live, self.clock(),
-                          attempt.last_sent_at + window, attempt.started_at + patience)
-
-    def _ask_provider(self, job: repo.JobRow, attempt: repo.AttemptRow,
-                      adapter: BackendAdapter, situation: Unanswered, token: uuid.UUID
-                      ) -> Submission | Move | Next:
-        """The provider's word on an unanswered submission: what it created under the
-        attempt's key (a Submission), or the move its guarantee allows; a Next when it
-        cannot be asked right now (asked again at the next step)."""
-        if situation.now >= situation.give_up_at:
-            return Move.UNCERTAIN
-        try:
-            found = adapter.lookup(_reference(attempt))
-        except LookupUnsupported:
-            return without_lookup(situation)
-        except BackendError as exc:
-            log.warning("looking a submission up failed", extra={
-                "job_id": str(job.id), "backend": attempt.backend, "error": exc.code})
-            return self._wake_in(job, token, situation, at_most=self.poll_policy.min_s)
-        return found if found is not None else after_lookup_missed(situation)
-
-    def _repeat(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID) -> Next:
-        """Send the attempt's submission again, with its key, once no step else has."""
-        now = self.clock()
-        with self.db.connection() as conn:
-            if not repo.mark_sent(conn, attempt.id, attempt.last_sent_at, now):
-                return DONE  # another step repeated or concluded it
-            if not repo.set_wake(conn, job.id, token, self._lease_s(attempt.backend)):
-                return DONE
-        log.info("repeating a submission whose answer was lost", extra={
-            "job_id": str(job.id), "backend": attempt.backend, "attempt": attempt.number})
-        return self._submit(job, replace(attempt, sent_at=now), token)
-
-    def _wake_in(self, job: repo.JobRow, token: uuid.UUID, situation: Unanswered, *,
-                 at_most: float | None = None) -> Next:
-        """The next step when the first request's call window has passed, or sooner: by
-        ``at_most``, and by the job's deadline while it is live (its deadline step ends the
-        job then, and the attempt is concluded after)."""
-        delay = (situation.window_end - situation.now).total_seconds()
-        if at_most is not None:
-            delay = min(delay, at_most)
-        if situation.job_live and job.deadline_at is not None:
-            delay = min(delay, (job.deadline_at - situation.now).total_seconds())
-        delay = max(self.poll_policy.min_s, delay)
-        with self.db.connection() as conn:
-            if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
-                return DONE
-        return Next(delay)
-
-    def _uncertain(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID,
-                   error: BackendError) -> Next:
-        """Nothing can tell what became of the attempt: it may be billed. Its possible
-        charge is reported; the backend is not sent the job again; the job fails over."""
-        possible = self._possible_cost(job, attempt.backend)
-        self.observe.uncertain(job, attempt, error.code, possible)
-        return self._failover(job, attempt, token,
-                              Closing("uncertain", Outcome.BACKEND_FAULT, None, error, possible))
-
-    def _possible_cost(self, job: repo.JobRow, backend: str) -> int:
-        """The attempt's worst case on ``backend``: priced now, or as the job's route
-        priced it (a backend gone from the catalogue), or the job's own estimate."""
-        cat = self.catalogue()
-        if backend in cat:
-            try:
-                return estimate_micros(cat.get(backend), JobSpec.model_validate(job.spec))
-            except NotPriceable:
-                pass
-        for c in (job.route or {}).get("candidates", []):
-            if c.get("backend") == backend and c.get("estimated_cost_usd") is not None:
-                return round(float(c["estimated_cost_usd"]) * 1_000_000)
-        return job.estimated_cost_micros
-
-    def _backend_removed(self, job: repo.JobRow, attempt: repo.AttemptRow,
-                         token: uuid.UUID) -> Next:
-        """The attempt's backend left the catalogue: nothing here can ask it any more."""
-        return self._uncertain(job, attempt, token, _removed(attempt))
-
-    # -- endings -------------------------------------------------------------------------------
-    def _close(self, job: repo.JobRow, attempt: repo.AttemptRow, closing: Closing,
-               latency_ms: float | None = None) -> bool:
-        now = self.clock()
-        exc = closing.error
-        with self.db.connection() as conn:
-            closed = repo.close_attempt(
-                conn, attempt.id, closing.status, now, fault=closing.outcome.value,
-                error_code=exc.code if exc else None, error_message=exc.message if exc else None,
-                cost_micros=closing.cost, possible_cost_micros=closing.possible,
-            )
-        if closed:
-            self._attempt_closed(job, attempt, closing, now, latency_ms)
-        return closed
-
-    def _attempt_closed(self, job: repo.JobRow, attempt: repo.AttemptRow, closing: Closing,
-                        now: datetime, latency_ms: float | None = None) -> None:
-        if attempt.backend in self.catalogue():
-            self.slots.released(attempt.backend, closing.outcome, latency_ms=latency_ms,
-                                probe=attempt.probe, slot=attempt.slot)
-        exc = closing.error
-        self.observe.attempt_ended(job, attempt, closing.status, fault=closing.outcome.value,
-                                   error_code=exc.code if exc else None,
-                                   cost_micros=closing.cost, now=now)
-
-    def _succeed(
-        self, job: repo.JobRow, attempt: repo.AttemptRow, res: PollResult, latency_ms: float,
-        *, external_id: str | None = None,
-    ) -> None:
-        now = self.clock()
-        closing = Closing("succeeded", Outcome.SUCCESS, res.cost_micros or 0)
-        end = self.ledger.end_job(
-            job.id, "succeeded", now, backend=attempt.backend, result={"output": res.output},
-            attempt=closing.row(attempt, external_id))
-        if end is None:
-            return  # a duplicate step concluded it
-        self._attempt_closed(job, attempt, closing, now, latency_ms)
-        if end.ended:
-            self.observe.job_finished(job, "succeeded", backend=attempt.backend,
-                                      charged_micros=self._charged(job, end, attempt.backend),
-                                      now=now)
-        elif end.concluded:  # it had been cancelled meanwhile: charged what it billed
-            self.observe.concluded(job, backend=attempt.backend,
-                                   charged_micros=self._charged(job, end, attempt.backend))
-
-    def _fail(self, job: repo.JobRow, code: str, message: str, *,
-              backend: str | None = None,
-              closing: tuple[repo.AttemptRow, Closing] | None = None,
-              conclude_in_s: float = 0.0) -> JobEnd | None:
-        now = self.clock()
-        end = self.ledger.end_job(
-            job.id, "failed", now, error_code=code, error_message=message,
-            attempt=closing[1].row(closing[0]) if closing else None, conclude_in_s=conclude_in_s)
-        if end is None:
-            return None
-        if closing is not None:
-            self._attempt_closed(job, closing[0], closing[1], now)
-        if end.ended:
-            self.observe.job_finished(job, "failed", backend=backend,
-                                      charged_micros=self._charged(job, end, backend), now=now,
-                                      error_code=code)
-        return end
-
-    def _charged(self, job: repo.JobRow, end: JobEnd, backend: str | None) -> int:
-        """What the ending charged: the job's whole cost, a bill above its hold included
-        (counted as an overage); logged when the hold was gone and nothing was charged."""
-        if end.pending:
-            return 0  # charged when its last attempt concludes
-        if end.hold_status is not None:
-            log.error("hold already %s; job finished without a charge", end.hold_status,
-                      extra={"job_id": str(job.id)})
-        elif end.overage_micros > 0:
-            self.observe.overage(job, backend, end.overage_micros,
-                                 charged_micros=end.charged_micros, hold_micros=end.hold_micros)
-        return end.charged_micros
-
-    def _deadline(self, job: repo.JobRow, open_: repo.AttemptRow | None,
-                  token: uuid.UUID) -> Next:
-        """The job's deadline passed. A running attempt is looked at once more first: a
-        finished one is adopted (succeeded, charged), a billed one charged; only then is it
-        asked to stop, and the job fails, its hold kept until the attempt concludes."""
-        message = f"the job did not finish within its deadline of {job.spec.get('deadline_s')} s"
-        if open_ is None:
-            self._fail(job, "deadline_exceeded", message)
-            return DONE
-        adapter = self.adapter(open_.backend)
-        timeout = TransientError("the job's deadline passed", code="deadline_exceeded",
-                                 backend=open_.backend)
-        if open_.external_id is not None:
-            res = self._peek(adapter, open_.external_id)
-            if res is not None and res.status == "succeeded":
-                self._succeed(job, open_, res, 0.0)
-                return DONE
-            if res is None or not res.done:
-                res = self._cancel_at_backend(adapter, open_)
-            if res is not None and res.done:
-                closing = _closing_of(open_, res)
-                if res.status == "cancelled":
-                    closing = replace(closing, status="timeout", error=timeout)
-                self._fail(job, "deadline_exceeded", message, backend=open_.backend,
-                           closing=(open_, closing))
-                return DONE
-            delay = self._poll_delay(open_, 0.0)
-        else:  # its call may still be running: the attempt concludes once it cannot be
-            situation = self._unanswered(job, open_, adapter, live=False)
-            delay = max(self.poll_policy.min_s,
-                        (situation.window_end - situation.now).total_seconds())
-        end = self._fail(job, "deadline_exceeded", message, backend=open_.backend,
-                         conclude_in_s=delay + self.poll_policy.grace_s)
-        return Next(delay) if end is not None and end.pending else DONE
-
-    # -- an attempt that outlived its job's end -------------------------------------------------
-    def _conclude(self, job: repo.JobRow, attempt: repo.AttemptRow | None,
-                  token: uuid.UUID) -> Next:
-        """The job ended (a cancel, its deadline) while ``attempt`` could still be billed.
-        Learn what the provider did with it, asking it to stop where it still runs; then its
-        bill settles the hold. Nothing new is ever sent for an ended job."""
-        if attempt is None:  # closed by a step that did not finish the hold
-            self._end_concluded(job, None, None)
-            return DONE
-        if attempt.backend not in self.catalogue():
-            self._end_concluded(job, attempt, Closing(
-                "uncertain", Outcome.BACKEND_FAULT, None, _removed(attempt),
-                self._possible_cost(job, attempt.backend)))
-            return DONE
-        adapter = self.adapter(attempt.backend)
-        if attempt.external_id is None:
-            situation = self._unanswered(job, attempt, adapter, live=False)
-            move = self._ask_provider(job, attempt, adapter, situation, token)
-            if isinstance(move, Next):
-                return move
-            if isinstance(move, Submission):
-                with self.db.connection() as conn:
-                    repo.record_external_id(conn, attempt.id, move.external_id)
-                attempt = replace(attempt, external_id=move.external_id)
-            elif move is Move.WAIT:
-                return self._wake_in(job, token, situation)
-            elif move is Move.NOT_CREATED:
-                self._end_concluded(job, attempt, Closing("cancelled", Outcome.CANCELLED, 0))
-                return DONE
-            else:
-                self._end_concluded(job, attempt, Closing(
-                    "uncertain", Outcome.BACKEND_FAULT, None, _unknown(attempt),
-                    self._possible_cost(job, attempt.backend)))
-                return DONE
-        assert attempt.external_id is not None
-        res = self._peek(adapter, attempt.external_id)
-        if (res is None or not res.done) and attempt.cancel_requested_at is None:
-            res = self._cancel_at_backend(adapter, attempt) or res
-            attempt = replace(attempt, cancel_requested_at=self.clock())
-        if res is not None and res.done:
-            self._end_concluded(job, attempt, _closing_of(attempt, res))
-            return DONE
-        asked = attempt.cancel_requested_at
-        if asked is not None and self.clock() - asked > timedelta(
-                seconds=self.poll_policy.grace_s + adapter.call_window_s):
-            self._end_concluded(job, attempt, Closing(
-                "uncertain", Outcome.BACKEND_FAULT, None, _unknown(attempt),
-                self._possible_cost(job, attempt.backend)))
-            return DONE
-        delay = self._poll_delay(attempt, (self.clock() - attempt.started_at).total_seconds())
-        with self.db.connection() as conn:
-            if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
-                return DONE
-        return Next(delay)
-
-    def _end_concluded(self, job: repo.JobRow, attempt: repo.AttemptRow | None,
-                       closing: Closing | None) -> None:
-        """Close the attempt and, once none is open, finish the ended job's hold with
-        what its attempts cost (one statement)."""
-        now = self.clock()
-        end = self.ledger.end_job(
-            job.id, job.status, now,
-            attempt=closing.row(attempt) if attempt is not None and closing else None)
-        if end is None:
-            return
-        if attempt is not None and closing is not None:
-            if closing.status == "uncertain" and closing.possible is not None:
-                self.observe.uncertain(job, attempt, closing.error.code if closing.error
-                                       else "outcome_unknown", closing.possible)
-            self._attempt_closed(job, attempt, closing, now)
-        if end.concluded:
-            backend = attempt.backend if attempt else job.backend
-            self.observe.concluded(job, backend=backend,
-                                   charged_micros=self._charged(job, end, backend))
-
-    def cancel(self, job_id: uuid.UUID, tenant: str | None = None) -> repo.JobRow | None:
-        """Cancel a live job now. Its final status comes at once; its hold is released in
-        the same statement unless an attempt may still be billed: then the provider is asked
-        to stop it, and the attempt's conclusion (what the provider billed, in full or in
-        part) settles the hold. Returns the job (None: not found / not the tenant's)."""
-        now = self.clock()
-        with self.db.connection() as conn:
-            job = repo.get_job(conn, job_id)
-            attempts = repo.attempts(conn, job_id) if job is not None else []
-        if job is None or (tenant is not None and job.tenant != tenant):
-            return None
-        if job.is_final:
-            return job
-        running = next((a for a in attempts if a.outcome is None), None)
-        end = self.ledger.end_job(job_id, "cancelled", now, error_code="cancelled",
-                                  error_message="cancelled by request",
-                                  conclude_in_s=self._conclude_in_s(running))
-        if end is not None and end.ended:
-            with self.db.connection() as conn:
-                # after the ending: no attempt opens once the job has left running
-                attempts = repo.attempts(conn, job_id)
-            open_ = next((a for a in attempts if a.outcome is None), None)
-            if open_ is None and job.chain_token is not None:  # it may have waited for a slot
-                self.slots.stop_waiting(job.id, job.chain_token, job.priority)
-            backend = open_.backend if open_ else job.backend
-            self.observe.job_finished(job, "cancelled", now=now, backend=backend,
-                                      charged_micros=self._charged(job, end, backend))
-            if (open_ is not None and open_.external_id is not None
-                    and open_.backend in self.catalogue()):
-                answer = self._cancel_at_backend(self.adapter(open_.backend), open_)
-                if answer is not None and answer.done:
-                    with self.db.connection() as conn:
-                        ended = repo.get_job(conn, job_id)
-                    if ended is not None:
-                        self._end_concluded(ended, open_, _closing_of(open_, answer))
-        with self.db.connection() as conn:
-            return repo.get_job(conn, job_id)
-
-    def _conclude_in_s(self, attempt: repo.AttemptRow | None) -> float:
-        """When the chain should look at an attempt its job's ending left open: at its next
-        poll, or once its call (perhaps still running) must have ended."""
-        grace = self.poll_policy.grace_s
-        if attempt is None or attempt.backend not in self.catalogue():
-            return grace
-        if attempt.external_id is not None:
-            return self.poll_policy.min_s + grace
-        return self.adapter(attempt.backend).call_window_s + grace
-
-    def _cancel_at_backend(self, adapter: BackendAdapter, attempt: repo.AttemptRow
-                           ) -> PollResult | None:
-        """Ask the provider to stop the attempt's work; where it stands after that, when the
-        protocol says (None: it cannot cancel, or the call failed)."""
-        assert attempt.external_id is not None
-        with self.db.connection() as conn:
-            repo.mark_cancel_requested(conn, attempt.id, self.clock())
-        try:
-            return adapter.cancel(attempt.external_id)
-        except BackendError as exc:
-            log.warning("cancel at backend failed", extra={"backend": adapter.name,
-                                                           "error": exc.code})
-            return None
-
-    @staticmethod
-    def _peek(adapter: BackendAdapter, external_id: str) -> PollResult | None:
-        """One poll whose failure means only that we do not know yet."""
-        try:
-            return adapter.poll(external_id)
-        except BackendError:
-            return None
 
     def _poll_delay(self, attempt: repo.AttemptRow, age_s: float) -> float:
         expected = self.catalogue().get(attempt.backend).expected_latency_ms
@@ -785,43 +405,3 @@ class JobRunner:
             if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
                 return DONE  # the sweeper gave the job a new chain; this one stops
         return Next(delay)
-
-
-def _reference(attempt: repo.AttemptRow) -> str:
-    """The attempt's idempotency key at the provider: the same for every repeat."""
-    return f"{attempt.job_id}:{attempt.number}"
-
-
-def _failure(attempt: repo.AttemptRow, res: PollResult) -> BackendError:
-    if res.status == "cancelled":
-        return TransientError(f"{attempt.backend} cancelled the job",
-                              code="cancelled_by_backend", backend=attempt.backend)
-    return res.error or TransientError(f"{attempt.backend} reported failure",
-                                       code="prediction_failed", backend=attempt.backend)
-
-
-def _closing_of(attempt: repo.AttemptRow, res: PollResult) -> Closing:
-    """An ended job's attempt as the provider last reported it, with its bill."""
-    if res.status == "succeeded":
-        return Closing("succeeded", Outcome.SUCCESS, res.cost_micros or 0)
-    if res.status == "cancelled":
-        return Closing("cancelled", Outcome.CANCELLED, res.cost_micros or 0)
-    return Closing("failed", Outcome.CANCELLED, res.cost_micros or 0, _failure(attempt, res))
-
-
-def _overrun(attempt: repo.AttemptRow, backend: BackendSpec) -> BackendError:
-    return TransientError(
-        f"attempt on {attempt.backend} ran past start_to_close "
-        f"({backend.timeouts.start_to_close_s:.0f} s)",
-        code="start_to_close_timeout", backend=attempt.backend)
-
-
-def _unknown(attempt: repo.AttemptRow) -> BackendError:
-    return TransientError(
-        f"{attempt.backend}: the submission's answer was lost and the provider cannot say "
-        "what became of it", code="outcome_unknown", backend=attempt.backend)
-
-
-def _removed(attempt: repo.AttemptRow) -> BackendError:
-    return TransientError(f"{attempt.backend} is no longer in the catalogue",
-                          code="backend_removed", backend=attempt.backend)

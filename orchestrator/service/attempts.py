@@ -1,0 +1,116 @@
+"""The job chain's vocabulary (pure): what a step says should happen next (``Next``), what
+opening an attempt found (``Opened``), how an attempt ends (``Closing``), and the helpers that
+name an attempt's key at the provider, its errors, its bill and its worst case.
+
+Shared by the chain (``service.runner``), the reconciliation of unanswered submissions
+(``service.reconcile``), the conclusion of attempts that outlived their job's end
+(``service.conclude``) and the ledger endings (``service.endings``). Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.backends.base import PollResult
+from orchestrator.backends.errors import BackendError, TransientError
+from orchestrator.domain.catalogue import BackendSpec, Catalogue
+from orchestrator.domain.jobs import JobSpec
+from orchestrator.domain.outcomes import Outcome
+from orchestrator.domain.pricing import NotPriceable, estimate_micros
+from orchestrator.ledger.endings import ClosingAttempt
+from orchestrator.store import jobs as repo
+
+
+@dataclass(frozen=True, slots=True)
+class Next:
+    poll_in_s: float | None = None  # None: the chain is over
+    resume: bool = False  # the job waits for a slot: the next step is a resume (see advance)
+
+    @property
+    def done(self) -> bool:
+        return self.poll_in_s is None
+
+
+DONE = Next()
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What ``_open_next`` did: opened ``attempt``; found it opened by a duplicate step (or
+    the job no longer running); or found no backend that would take the job (``refused``
+    says why; when ``full`` names backends that only lacked a free slot, the job waits)."""
+
+    attempt: repo.AttemptRow | None = None
+    duplicate: bool = False
+    refused: tuple[str, ...] = ()
+    full: tuple[str, ...] = ()  # the backends that refused for want of a slot
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """How an attempt ends: its row's outcome, the breaker's outcome, the error and cost."""
+
+    status: str  # succeeded | failed | cancelled | timeout | uncertain
+    outcome: Outcome
+    cost: int | None = None
+    error: BackendError | None = None
+    possible: int | None = None  # an uncertain attempt's possible charge
+
+    def row(self, attempt: repo.AttemptRow, external_id: str | None = None) -> ClosingAttempt:
+        return ClosingAttempt(
+            attempt.id, self.status, self.outcome.value, self.cost, external_id, self.possible,
+            self.error.code if self.error else None, self.error.message if self.error else None)
+
+
+def reference(attempt: repo.AttemptRow) -> str:
+    """The attempt's idempotency key at the provider: the same for every repeat."""
+    return f"{attempt.job_id}:{attempt.number}"
+
+
+def failure(attempt: repo.AttemptRow, res: PollResult) -> BackendError:
+    if res.status == "cancelled":
+        return TransientError(f"{attempt.backend} cancelled the job",
+                              code="cancelled_by_backend", backend=attempt.backend)
+    return res.error or TransientError(f"{attempt.backend} reported failure",
+                                       code="prediction_failed", backend=attempt.backend)
+
+
+def closing_of(attempt: repo.AttemptRow, res: PollResult) -> Closing:
+    """An ended job's attempt as the provider last reported it, with its bill."""
+    if res.status == "succeeded":
+        return Closing("succeeded", Outcome.SUCCESS, res.cost_micros or 0)
+    if res.status == "cancelled":
+        return Closing("cancelled", Outcome.CANCELLED, res.cost_micros or 0)
+    return Closing("failed", Outcome.CANCELLED, res.cost_micros or 0, failure(attempt, res))
+
+
+def overrun(attempt: repo.AttemptRow, backend: BackendSpec) -> BackendError:
+    return TransientError(
+        f"attempt on {attempt.backend} ran past start_to_close "
+        f"({backend.timeouts.start_to_close_s:.0f} s)",
+        code="start_to_close_timeout", backend=attempt.backend)
+
+
+def unknown(attempt: repo.AttemptRow) -> BackendError:
+    return TransientError(
+        f"{attempt.backend}: the submission's answer was lost and the provider cannot say "
+        "what became of it", code="outcome_unknown", backend=attempt.backend)
+
+
+def removed(attempt: repo.AttemptRow) -> BackendError:
+    return TransientError(f"{attempt.backend} is no longer in the catalogue",
+                          code="backend_removed", backend=attempt.backend)
+
+
+def possible_cost(cat: Catalogue, job: repo.JobRow, backend: str) -> int:
+    """An attempt's worst case on ``backend``: priced now, or as the job's route priced it (a
+    backend gone from the catalogue), or the job's own estimate."""
+    if backend in cat:
+        try:
+            return estimate_micros(cat.get(backend), JobSpec.model_validate(job.spec))
+        except NotPriceable:
+            pass
+    for c in (job.route or {}).get("candidates", []):
+        if c.get("backend") == backend and c.get("estimated_cost_usd") is not None:
+            return round(float(c["estimated_cost_usd"]) * 1_000_000)
+    return job.estimated_cost_micros
