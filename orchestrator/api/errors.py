@@ -2,17 +2,22 @@
 
     invalid_request       422   malformed body, query or path; an input field no backend that
                                 could run the job accepts (``details.field`` names the field)
-    unauthorized          401   no, malformed, unknown or revoked API key
+    unauthorized          401   no, malformed, unknown or revoked API key (answered before the
+                                body is read; ``WWW-Authenticate: Bearer``)
     forbidden             403   an admin route called with a tenant key
     not_found             404   no such job, or another tenant's job; unknown route
     conflict              409   same Idempotency-Key with another body; a hold already final
     budget_exceeded       402   a covering budget cannot hold the job's worst case
     no_eligible_backend   422   routing left no candidate: the job *as asked* cannot run
                                 (kind/tier/max_cost/pinned backend); the reasons are in details
-    rate_limited          429   per-tenant request rate exceeded (``Retry-After`` header)
+    rate_limited          429   per-tenant request rate, or failed authentications per client
+                                address, exceeded (``Retry-After`` header)
     payload_too_large     413   request body above the configured limit
+    request_timeout       408   the body (or the request head) did not arrive in time
+    headers_too_large     431   request line and headers above the configured limit
     method_not_allowed    405
     not_ready             503   /readyz: database or Redis unreachable
+    unavailable           503   the API is at its connection limit (``Retry-After``)
     internal_error        500   anything else; no details, never a stack trace
 """
 
@@ -41,8 +46,11 @@ STATUS_BY_CODE: dict[str, int] = {
     "no_eligible_backend": 422,
     "rate_limited": 429,
     "payload_too_large": 413,
+    "request_timeout": 408,
+    "headers_too_large": 431,
     "method_not_allowed": 405,
     "not_ready": 503,
+    "unavailable": 503,
 }
 
 
@@ -148,7 +156,8 @@ def install(app: FastAPI) -> None:
                                   "body: not valid UTF-8 JSON", {"errors": [
                                       {"field": "body", "message": "not valid UTF-8 JSON"}]})
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
-                403: "forbidden", 413: "payload_too_large"}.get(exc.status_code, "http_error")
+                403: "forbidden", 408: "request_timeout",
+                413: "payload_too_large"}.get(exc.status_code, "http_error")
         message = str(exc.detail) if exc.detail else code.replace("_", " ")
         return error_response(exc.status_code, code, message, None,
                               dict(exc.headers) if exc.headers else None)
