@@ -1,7 +1,7 @@
 """The FastAPI application: ``create_app(container)``.
 
-Routes (CONTRACT "HTTP API"): jobs and quotes (:mod:`.routes_jobs`), backends, budgets
-and keys (:mod:`.routes_admin`), cost reports (:mod:`.routes_reports`), all
+Routes (CONTRACT "HTTP API"): jobs and quotes (:mod:`.routes_jobs`), backends and budgets
+(:mod:`.routes_admin`), keys (:mod:`.routes_keys`), cost reports (:mod:`.routes_reports`), all
 under ``/v1`` and authenticated by :class:`.gate.Gate` before their body is read; and the
 unauthenticated ``/healthz``, ``/readyz``, ``/metrics`` and docs. Errors are the envelope of
 :mod:`.errors`. Request bodies are never logged.
@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import metrics
-from orchestrator.api import errors, routes_admin, routes_jobs, routes_reports
+from orchestrator.api import errors, routes_admin, routes_jobs, routes_keys, routes_reports
 from orchestrator.api.config import ApiConfig
 from orchestrator.api.context import ApiContext, _err
 from orchestrator.api.errors import error_response
@@ -56,6 +56,7 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     errors.install(app)
     app.include_router(routes_jobs.router(ctx))
     app.include_router(routes_admin.router(ctx))
+    app.include_router(routes_keys.router(ctx))
     app.include_router(routes_reports.router(ctx))
     _ops(app, ctx)
     # add_middleware wraps: the last added is the outermost

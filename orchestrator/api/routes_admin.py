@@ -1,4 +1,4 @@
-"""/v1/backends, /v1/budgets (read: own; write: admin) and /v1/keys (admin)."""
+"""/v1/backends and /v1/budgets (read: own; write: admin)."""
 
 
 import time
@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from orchestrator.api.context import ADMIN_ERRORS, AUTH_ERRORS, ApiContext
-from orchestrator.api.schemas import BackendsOut, BudgetIn, BudgetOut, BudgetsOut, KeyIn, KeyOut
+from orchestrator.api.schemas import BackendsOut, BudgetIn, BudgetOut, BudgetsOut
 from orchestrator.api.security import Principal
 from orchestrator.api.views import backend_resource, budget_resource, visible_to
 from orchestrator.domain.budgets import thresholds_to_bp, validate_scope
@@ -16,7 +16,6 @@ from orchestrator.errors import InvalidRequest
 from orchestrator.ledger.budgets import list_budgets, set_budget
 from orchestrator.ledger.service import utcnow
 from orchestrator.notify import parse_channels
-from orchestrator.store import keys as key_repo
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -61,13 +60,5 @@ def router(ctx: ApiContext) -> APIRouter:
             views = list_budgets(tx, now=now, scopes=(scope,))
         view = next(v for v in views if v.period == body.period)
         return budget_resource(view, now)
-
-    @r.post("/keys", response_model=KeyOut, status_code=201, tags=["keys"],
-            responses=ADMIN_ERRORS, summary="Create an API key (admin); shown once")
-    def create_key(body: KeyIn, p: Admin) -> dict[str, Any]:
-        with c.engine.begin() as tx:
-            key = key_repo.create_key(tx, body.tenant, admin=body.admin)
-        prefix = key.split("_", 2)[1]
-        return {"key": key, "tenant": body.tenant, "admin": body.admin, "prefix": prefix}
 
     return r
