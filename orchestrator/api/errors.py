@@ -7,7 +7,8 @@
     forbidden             403   an admin route called with a tenant key
     not_found             404   no such job, or another tenant's job; unknown route
     conflict              409   same Idempotency-Key with another body; a hold already final
-    budget_exceeded       402   a covering budget cannot hold the job's worst case
+    budget_exceeded       402   a covering budget cannot hold the job's worst case (a tenant
+                                key sees the remaining amount of its own budgets only)
     no_eligible_backend   422   routing left no candidate: the job *as asked* cannot run
                                 (kind/tier/max_cost/pinned backend); the reasons are in details
     rate_limited          429   per-tenant request rate, or failed authentications per client
@@ -31,7 +32,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from orchestrator.domain.money import micros_to_usd
+from orchestrator.api.principal import principal_of, sees_budget
+from orchestrator.domain.money import format_usd, micros_to_usd
 from orchestrator.errors import BudgetExceeded, OrchestratorError, RequestError
 
 log = logging.getLogger("orchestrator.api")
@@ -81,15 +83,20 @@ def error_response(
     return JSONResponse(envelope(code, message, details), status_code=status, headers=headers)
 
 
-def _budget_details(exc: BudgetExceeded) -> dict[str, Any]:
+def _budget_refusal(exc: BudgetExceeded, shown: bool) -> tuple[str, dict[str, Any]]:
+    """The 402's message and details. ``shown`` False (a tenant refused by a budget it may not
+    see, e.g. ``global``): the budget is named, but not what remains of it."""
     d = exc.details
-    return {
-        "budget": {"scope": exc.scope, "period": exc.period,
-                   "period_start": d.get("period_start")},
+    start = d.get("period_start")
+    message = exc.message if shown else (
+        f"budget {exc.scope} ({exc.period} from {start}) cannot hold this job's worst case "
+        f"of {format_usd(exc.requested_micros)}")
+    return message, {
+        "budget": {"scope": exc.scope, "period": exc.period, "period_start": start},
         "scope": exc.scope,
         "period": exc.period,
-        "period_start": d.get("period_start"),
-        "remaining_usd": micros_to_usd(exc.remaining_micros),
+        "period_start": start,
+        "remaining_usd": micros_to_usd(exc.remaining_micros) if shown else None,
         "requested_usd": micros_to_usd(exc.requested_micros),
     }
 
@@ -127,19 +134,20 @@ def install(app: FastAPI) -> None:
     """Register the handlers that turn every failure into the envelope."""
 
     @app.exception_handler(OrchestratorError)
-    async def _orchestrator(_: Request, exc: OrchestratorError) -> JSONResponse:
+    async def _orchestrator(request: Request, exc: OrchestratorError) -> JSONResponse:
         status = STATUS_BY_CODE.get(exc.code)
         if status is None:
             log.error("unhandled orchestrator error", extra={"error": type(exc).__name__,
                                                              "code": exc.code})
             return error_response(500, "internal_error", "internal error")
         headers = None
-        details = dict(exc.details)
+        message, details = exc.message, dict(exc.details)
         if isinstance(exc, BudgetExceeded):
-            details = _budget_details(exc)
+            p = principal_of(request.scope)
+            message, details = _budget_refusal(exc, p is not None and sees_budget(p, exc.scope))
         if isinstance(exc, RateLimited):
             headers = {"Retry-After": str(exc.retry_after_s)}
-        return error_response(status, exc.code, exc.message, details, headers)
+        return error_response(status, exc.code, message, details, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,4 +1,5 @@
-"""/v1/backends and /v1/budgets (read: own; write: admin)."""
+"""/v1/backends and /v1/budgets (read: a tenant its own scopes, an admin all and their alert
+channels; write: admin)."""
 
 
 import time
@@ -7,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from orchestrator.api.context import ADMIN_ERRORS, AUTH_ERRORS, ApiContext
+from orchestrator.api.principal import Principal, sees_budget
 from orchestrator.api.schemas import BackendsOut, BudgetIn, BudgetOut, BudgetsOut
-from orchestrator.api.security import Principal
-from orchestrator.api.views import backend_resource, budget_resource, visible_to
+from orchestrator.api.views import backend_resource, budget_resource
 from orchestrator.domain.budgets import thresholds_to_bp, validate_scope
 from orchestrator.domain.money import usd_to_micros
 from orchestrator.errors import InvalidRequest
@@ -33,13 +34,13 @@ def router(ctx: ApiContext) -> APIRouter:
         return {"backends": [backend_resource(b, health[b.name], now) for b in cat.backends]}
 
     @r.get("/budgets", response_model=BudgetsOut, tags=["budgets"], responses=AUTH_ERRORS,
-           summary="Budgets covering the caller's tenant (admin: all)")
+           summary="The caller's tenant and project budgets (admin: all, with channels)")
     def budgets(p: Caller) -> dict[str, Any]:
         now = utcnow()
         with c.engine.connect() as conn:
             views = list_budgets(conn, now=now)
-        shown = [v for v in views if p.admin or visible_to(v.scope, p.tenant)]
-        return {"budgets": [budget_resource(v, now) for v in shown]}
+        return {"budgets": [budget_resource(v, now, channels=p.admin) for v in views
+                            if sees_budget(p, v.scope)]}
 
     @r.put("/budgets", response_model=BudgetOut, tags=["budgets"], responses=ADMIN_ERRORS,
            summary="Create or update a budget (admin)")

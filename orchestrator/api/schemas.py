@@ -196,7 +196,8 @@ class BudgetOut(_Out):
     forecast_usd: float | None
     alert_thresholds: list[float]
     forecast_thresholds: list[float] = Field(default_factory=list)
-    channels: list[ChannelOut]
+    channels: list[ChannelOut] | None = Field(
+        default=None, description="alert channels (type and host): admin keys only, else null")
 
 
 class BudgetsOut(BaseModel):
