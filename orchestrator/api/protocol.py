@@ -137,6 +137,9 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self._head_pending or self.transport.is_closing():
             return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm()  # a pipelined head behind a running request: no answer may cut in
+            return
         if self._head_begun:
             self._refuse(408, "request_timeout",
                          f"the request line and headers did not arrive within "
