@@ -79,7 +79,49 @@ class Settings(BaseSettings):
     api_rate_limit: int = Field(default=6000, ge=1, description="requests per tenant per window")
     api_rate_window_s: int = Field(default=60, ge=1)
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    api_key_cache_s: float = Field(default=5.0, ge=0)
+    api_key_cache_s: float = Field(
+        default=5.0, ge=0,
+        description="a verified key is trusted this long without the database; a revoked key "
+        "stops working on every replica within it",
+    )
+    api_body_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="a request body not fully received this long after the API starts "
+        "reading it is refused with 408",
+    )
+    api_header_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="a connection whose request head (line and headers) is not complete this "
+        "long after it opened or its request began is closed",
+    )
+    api_max_header_bytes: int = Field(
+        default=32_768, ge=1024, le=1_048_576,
+        description="largest request line plus headers; above it the answer is 431",
+    )
+    api_auth_fail_limit: int = Field(
+        default=30, ge=1,
+        description="failed authentications (no, malformed, unknown or revoked key) per client "
+        "address per window; past it, 429",
+    )
+    api_auth_fail_window_s: int = Field(default=60, ge=1, le=86_400)
+    api_limit_concurrency: int = Field(
+        default=1000, ge=1,
+        description="uvicorn: connections plus running requests past which a new request is "
+        "answered 503 at once",
+    )
+    api_timeout_keep_alive_s: int = Field(
+        default=65, ge=1, le=3600,
+        description="idle keep-alive connections are closed after this; longer than the idle "
+        "timeout of clients and load balancers (often 60 s), so that they close first and never "
+        "send a request on a connection the API is closing",
+    )
+    api_backlog: int = Field(default=2048, ge=1, le=65_535)
+    api_forwarded_allow_ips: str = Field(
+        default="",
+        description="proxies whose X-Forwarded-For/-Proto are believed (uvicorn's "
+        "forwarded_allow_ips: comma-separated addresses or networks, or *); empty: none, the "
+        "client address is the TCP peer's",
+    )
     egress_allow: str = Field(
         default="",
         description="hostnames and CIDRs, comma-separated, that user-supplied URLs (alert "

@@ -1,8 +1,13 @@
 """The FastAPI application: ``create_app(container)``.
 
-Routes (CONTRACT "HTTP API"): jobs and quotes (:mod:`.routes_jobs`), backends, budgets and
-keys (:mod:`.routes_admin`), and the unauthenticated ``/healthz``, ``/readyz``, ``/metrics``.
-Errors are the envelope of :mod:`.errors`. Request bodies are never logged.
+Routes (CONTRACT "HTTP API"): jobs and quotes (:mod:`.routes_jobs`), backends and budgets
+(:mod:`.routes_admin`), keys (:mod:`.routes_keys`), cost reports (:mod:`.routes_reports`), all
+under ``/v1`` and authenticated by :class:`.gate.Gate` before their body is read; and the
+unauthenticated ``/healthz``, ``/readyz``, ``/metrics`` and docs. Errors are the envelope of
+:mod:`.errors`. Request bodies are never logged.
+
+The ASGI stack, outermost first: CatchAll (a 500 envelope for anything unhandled) → Gate
+(auth, failed-auth and tenant limits) → BodyDeadline (408) → BodySizeLimit (413) → FastAPI.
 """
 
 from __future__ import annotations
@@ -18,18 +23,20 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import metrics
-from orchestrator.api import errors, routes_admin, routes_jobs, routes_reports
+from orchestrator.api import errors, routes_admin, routes_jobs, routes_keys, routes_reports
 from orchestrator.api.config import ApiConfig
 from orchestrator.api.context import ApiContext, _err
 from orchestrator.api.errors import error_response
-from orchestrator.api.middleware import BodySizeLimit, CatchAll
+from orchestrator.api.gate import Gate
+from orchestrator.api.limits import AuthFailures, RateLimiter
+from orchestrator.api.middleware import BodyDeadline, BodySizeLimit, CatchAll
 from orchestrator.api.schemas import HealthOut, ReadyOut
-from orchestrator.api.security import Authenticator, RateLimiter
+from orchestrator.api.security import Authenticator
 from orchestrator.bootstrap import Container
 
 DESCRIPTION = """Cost-aware orchestrator for long-running generation jobs.
 
-Authenticate with `Authorization: Bearer <API key>`. Errors are
+Authenticate with `Authorization: Bearer <API key>` (every route under `/v1`). Errors are
 `{"error": {"code", "message", "details"}}`; see the responses of each route.
 """
 
@@ -42,16 +49,21 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
                                         socket_connect_timeout=2.0)
     ctx = ApiContext(container=container, config=cfg,
                      auth=Authenticator(container.engine, cfg.key_cache_s),
-                     limiter=RateLimiter(limiter_redis, cfg), redis=rds)
+                     limiter=RateLimiter(limiter_redis, cfg),
+                     failures=AuthFailures(limiter_redis, cfg), redis=rds)
     app = FastAPI(title="orchestrator", version="1", description=DESCRIPTION)
     app.state.ctx = ctx
     errors.install(app)
     app.include_router(routes_jobs.router(ctx))
     app.include_router(routes_admin.router(ctx))
+    app.include_router(routes_keys.router(ctx))
     app.include_router(routes_reports.router(ctx))
     _ops(app, ctx)
-    app.add_middleware(CatchAll)  # innermost of the two: inside it, handlers have run
+    # add_middleware wraps: the last added is the outermost
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(BodyDeadline, timeout_s=cfg.body_timeout_s)
+    app.add_middleware(Gate, auth=ctx.auth, limiter=ctx.limiter, failures=ctx.failures)
+    app.add_middleware(CatchAll)
     return app
 
 

@@ -1,18 +1,24 @@
-"""What the routes share: the container, the authenticator, the rate limiter, and the two
-dependencies every authenticated route uses (``principal`` and ``admin``)."""
+"""What the routes share: the container, the authenticator, the limiters, and the two
+dependencies every authenticated route uses (``principal`` and ``admin``).
+
+Authentication itself is done before the route, by :class:`orchestrator.api.gate.Gate`, from
+the headers alone; the dependencies only take the principal it admitted (and document the
+bearer scheme in the OpenAPI document)."""
 
 
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
-from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.config import ApiConfig
+from orchestrator.api.errors import Unauthorized
+from orchestrator.api.limits import AuthFailures, RateLimiter
+from orchestrator.api.principal import Principal, principal_of
 from orchestrator.api.schemas import ErrorOut
-from orchestrator.api.security import Authenticator, Principal, RateLimiter, require_admin
+from orchestrator.api.security import Authenticator, require_admin
 from orchestrator.bootstrap import Container
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `orch_<prefix>_<secret>`")
@@ -23,13 +29,15 @@ def _err(description: str) -> dict[str, Any]:
 
 
 # Documented on every authenticated route, so the OpenAPI document matches what can happen.
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: _err("missing or invalid API key"),
+    401: _err("missing or invalid API key (answered before the body is read)"),
+    408: _err("the request body did not arrive in time"),
     413: _err("request body too large"),
     422: _err("invalid request (the message names the field)"),
-    429: {**_err("rate limited"),
-          "headers": {"Retry-After": {"description": "seconds to wait",
-                                      "schema": {"type": "integer"}}}},
+    429: {**_err("rate limited: the tenant's requests, or the client address's failed "
+                 "authentications"), "headers": _RETRY_AFTER},
+    503: {**_err("the API is at its connection limit"), "headers": _RETRY_AFTER},
 }
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {**AUTH_ERRORS, 403: _err("admin key needed")}
 
@@ -40,19 +48,17 @@ class ApiContext:
     config: ApiConfig
     auth: Authenticator
     limiter: RateLimiter
+    failures: AuthFailures
     redis: Redis
 
     def principal_dep(self) -> Any:
         async def principal(
+            request: Request,
             creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         ) -> Principal:
-            # On the event loop: a key verified lately and the rate limit need no thread of
-            # the pool, so a request's only thread switch is its route's own.
-            token = creds.credentials if creds is not None else None
-            p = self.auth.cached(token)
-            if p is None:
-                p = await run_in_threadpool(self.auth.principal, token)
-            await self.limiter.check(p.tenant)
+            p = principal_of(request.scope)
+            if p is None:  # a route outside /v1 the gate does not guard: refuse, never admit
+                raise Unauthorized("this route is not behind authentication")
             return p
 
         return principal

@@ -2,19 +2,25 @@
 
     invalid_request       422   malformed body, query or path; an input field no backend that
                                 could run the job accepts (``details.field`` names the field)
-    unauthorized          401   no, malformed, unknown or revoked API key
+    unauthorized          401   no, malformed, unknown or revoked API key (answered before the
+                                body is read; ``WWW-Authenticate: Bearer``)
     forbidden             403   an admin route called with a tenant key
     not_found             404   no such job, or another tenant's job; unknown route
     conflict              409   same Idempotency-Key with another body; a hold already final
-    budget_exceeded       402   a covering budget cannot hold the job's worst case
+    budget_exceeded       402   a covering budget cannot hold the job's worst case (a tenant
+                                key sees the remaining amount of its own budgets only)
     no_eligible_backend   422   routing left no candidate: the job *as asked* cannot run
                                 (kind/tier/max_cost/pinned backend); the reasons are in details
-    rate_limited          429   per-tenant request rate exceeded (``Retry-After`` header)
+    rate_limited          429   per-tenant request rate, or failed authentications per client
+                                address, exceeded (``Retry-After`` header)
     payload_too_large     413   request body above the configured limit
+    request_timeout       408   the body (or the request head) did not arrive in time
+    headers_too_large     431   request line and headers above the configured limit
     method_not_allowed    405
     not_ready             503   /readyz: database or Redis unreachable
     secret_key_missing    503   a channel secret must be stored and no ORCH_SECRET_KEY (or key
                                 file) is configured: nothing is stored in plain text
+    unavailable           503   the API is at its connection limit (``Retry-After``)
     internal_error        500   anything else; no details, never a stack trace
 """
 
@@ -28,7 +34,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from orchestrator.domain.money import micros_to_usd
+from orchestrator.api.principal import principal_of, sees_budget
+from orchestrator.domain.money import format_usd, micros_to_usd
 from orchestrator.errors import BudgetExceeded, OrchestratorError, RequestError
 
 log = logging.getLogger("orchestrator.api")
@@ -43,9 +50,12 @@ STATUS_BY_CODE: dict[str, int] = {
     "no_eligible_backend": 422,
     "rate_limited": 429,
     "payload_too_large": 413,
+    "request_timeout": 408,
+    "headers_too_large": 431,
     "method_not_allowed": 405,
     "not_ready": 503,
     "secret_key_missing": 503,
+    "unavailable": 503,
 }
 
 
@@ -76,15 +86,20 @@ def error_response(
     return JSONResponse(envelope(code, message, details), status_code=status, headers=headers)
 
 
-def _budget_details(exc: BudgetExceeded) -> dict[str, Any]:
+def _budget_refusal(exc: BudgetExceeded, shown: bool) -> tuple[str, dict[str, Any]]:
+    """The 402's message and details. ``shown`` False (a tenant refused by a budget it may not
+    see, e.g. ``global``): the budget is named, but not what remains of it."""
     d = exc.details
-    return {
-        "budget": {"scope": exc.scope, "period": exc.period,
-                   "period_start": d.get("period_start")},
+    start = d.get("period_start")
+    message = exc.message if shown else (
+        f"budget {exc.scope} ({exc.period} from {start}) cannot hold this job's worst case "
+        f"of {format_usd(exc.requested_micros)}")
+    return message, {
+        "budget": {"scope": exc.scope, "period": exc.period, "period_start": start},
         "scope": exc.scope,
         "period": exc.period,
-        "period_start": d.get("period_start"),
-        "remaining_usd": micros_to_usd(exc.remaining_micros),
+        "period_start": start,
+        "remaining_usd": micros_to_usd(exc.remaining_micros) if shown else None,
         "requested_usd": micros_to_usd(exc.requested_micros),
     }
 
@@ -122,19 +137,20 @@ def install(app: FastAPI) -> None:
     """Register the handlers that turn every failure into the envelope."""
 
     @app.exception_handler(OrchestratorError)
-    async def _orchestrator(_: Request, exc: OrchestratorError) -> JSONResponse:
+    async def _orchestrator(request: Request, exc: OrchestratorError) -> JSONResponse:
         status = STATUS_BY_CODE.get(exc.code)
         if status is None:
             log.error("unhandled orchestrator error", extra={"error": type(exc).__name__,
                                                              "code": exc.code})
             return error_response(500, "internal_error", "internal error")
         headers = None
-        details = dict(exc.details)
+        message, details = exc.message, dict(exc.details)
         if isinstance(exc, BudgetExceeded):
-            details = _budget_details(exc)
+            p = principal_of(request.scope)
+            message, details = _budget_refusal(exc, p is not None and sees_budget(p, exc.scope))
         if isinstance(exc, RateLimited):
             headers = {"Retry-After": str(exc.retry_after_s)}
-        return error_response(status, exc.code, exc.message, details, headers)
+        return error_response(status, exc.code, message, details, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -151,7 +167,8 @@ def install(app: FastAPI) -> None:
                                   "body: not valid UTF-8 JSON", {"errors": [
                                       {"field": "body", "message": "not valid UTF-8 JSON"}]})
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
-                403: "forbidden", 413: "payload_too_large"}.get(exc.status_code, "http_error")
+                403: "forbidden", 408: "request_timeout",
+                413: "payload_too_large"}.get(exc.status_code, "http_error")
         message = str(exc.detail) if exc.detail else code.replace("_", " ")
         return error_response(exc.status_code, code, message, None,
                               dict(exc.headers) if exc.headers else None)

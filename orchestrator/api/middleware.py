@@ -1,13 +1,19 @@
-"""ASGI middleware: refuse request bodies above a size limit with 413 and the error envelope.
+"""ASGI middleware: bound request bodies in size (413) and time (408); the last-line 500.
 
-A declared ``Content-Length`` above the limit is refused before any byte is read; a chunked
-body is counted as it streams and refused as soon as it passes the limit.
+``BodySizeLimit``: a declared ``Content-Length`` above the limit is refused before any byte
+is read; a chunked body is counted as it streams and refused as soon as it passes the limit.
+
+``BodyDeadline``: the whole body must arrive within ``timeout_s`` of the app's first read of
+it, else ``408 request_timeout`` and the connection is closed, so a client trickling a body
+holds neither a worker thread nor a connection for long.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -18,9 +24,27 @@ from orchestrator.api.errors import envelope
 log = logging.getLogger("orchestrator.api")
 
 
+async def send_error(send: Send, status: int, code: str, message: str,
+                     details: dict[str, Any] | None = None,
+                     headers: Iterable[tuple[bytes, bytes]] = (), close: bool = True) -> None:
+    """Answer with the error envelope from ASGI middleware; ``close``: the connection is closed
+    after it (a body that was not read must not be taken for the next request)."""
+    body = json.dumps(envelope(code, message, details)).encode()
+    head: list[Any] = [(b"content-type", b"application/json"),
+                       (b"content-length", str(len(body)).encode()), *headers]
+    if close:
+        head.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
 class _TooLarge(HTTPException):
     """Raised from ``receive``: FastAPI re-raises HTTPExceptions met while reading the body,
     so the app's handler answers 413 with the envelope."""
+
+
+class _TooSlow(HTTPException):
+    """Raised from ``receive`` when the body's deadline passes; answered 408 like _TooLarge."""
 
 
 class _TrackedSend:
@@ -77,13 +101,47 @@ class BodySizeLimit:
         return f"request body is larger than the limit of {self.max_bytes} bytes"
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(envelope("payload_too_large", self._message(),
-                                   {"max_bytes": self.max_bytes})).encode()
-        headers: list[Any] = [(b"content-type", b"application/json"),
-                              (b"content-length", str(len(body)).encode()),
-                              (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, "payload_too_large", self._message(),
+                         {"max_bytes": self.max_bytes})
+
+
+class BodyDeadline:
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal deadline, complete
+            if complete:  # the body is in: later reads wait for a disconnect, untimed
+                return await receive()
+            if deadline is None:
+                deadline = loop.time() + self.timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise _TooSlow(408, self._message(), headers={"Connection": "close"}) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            return message
+
+        tracked = _TrackedSend(send)
+        try:
+            await self.app(scope, timed_receive, tracked)
+        except _TooSlow:
+            if not tracked.started:
+                await send_error(send, 408, "request_timeout", self._message())
+
+    def _message(self) -> str:
+        return f"the request body did not arrive within {self.timeout_s:g} s"
 
 
 class CatchAll:
@@ -106,8 +164,4 @@ class CatchAll:
                       type(exc).__name__)
             if tracked.started:
                 return
-            body = json.dumps(envelope("internal_error", "internal error")).encode()
-            await send({"type": "http.response.start", "status": 500,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await send_error(send, 500, "internal_error", "internal error", close=False)

@@ -1,4 +1,5 @@
-"""/v1/backends, /v1/budgets (read: own; write: admin) and /v1/keys (admin)."""
+"""/v1/backends and /v1/budgets (read: a tenant its own scopes, an admin all and their alert
+channels; write: admin)."""
 
 
 import time
@@ -7,16 +8,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from orchestrator.api.context import ADMIN_ERRORS, AUTH_ERRORS, ApiContext, _err
-from orchestrator.api.schemas import BackendsOut, BudgetIn, BudgetOut, BudgetsOut, KeyIn, KeyOut
-from orchestrator.api.security import Principal
-from orchestrator.api.views import backend_resource, budget_resource, visible_to
+from orchestrator.api.principal import Principal, sees_budget
+from orchestrator.api.schemas import BackendsOut, BudgetIn, BudgetOut, BudgetsOut
+from orchestrator.api.views import backend_resource, budget_resource
 from orchestrator.domain.budgets import thresholds_to_bp, validate_scope
 from orchestrator.domain.money import usd_to_micros
 from orchestrator.errors import InvalidRequest
 from orchestrator.ledger.budgets import list_budgets, set_budget
 from orchestrator.ledger.service import utcnow
 from orchestrator.notify.stored import prepare_channels
-from orchestrator.store import keys as key_repo
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -35,13 +35,13 @@ def router(ctx: ApiContext) -> APIRouter:
         return {"backends": [backend_resource(b, health[b.name], now) for b in cat.backends]}
 
     @r.get("/budgets", response_model=BudgetsOut, tags=["budgets"], responses=AUTH_ERRORS,
-           summary="Budgets covering the caller's tenant (admin: all)")
+           summary="The caller's tenant and project budgets (admin: all, with channels)")
     def budgets(p: Caller) -> dict[str, Any]:
         now = utcnow()
         with c.engine.connect() as conn:
             views = list_budgets(conn, now=now)
-        shown = [v for v in views if p.admin or visible_to(v.scope, p.tenant)]
-        return {"budgets": [budget_resource(v, now) for v in shown]}
+        return {"budgets": [budget_resource(v, now, channels=p.admin) for v in views
+                            if sees_budget(p, v.scope)]}
 
     @r.put("/budgets", response_model=BudgetOut, tags=["budgets"],
            responses={**ADMIN_ERRORS, 503: _err(
@@ -66,13 +66,5 @@ def router(ctx: ApiContext) -> APIRouter:
             views = list_budgets(tx, now=now, scopes=(scope,))
         view = next(v for v in views if v.period == body.period)
         return budget_resource(view, now)
-
-    @r.post("/keys", response_model=KeyOut, status_code=201, tags=["keys"],
-            responses=ADMIN_ERRORS, summary="Create an API key (admin); shown once")
-    def create_key(body: KeyIn, p: Admin) -> dict[str, Any]:
-        with c.engine.begin() as tx:
-            key = key_repo.create_key(tx, body.tenant, admin=body.admin)
-        prefix = key.split("_", 2)[1]
-        return {"key": key, "tenant": body.tenant, "admin": body.admin, "prefix": prefix}
 
     return r

@@ -196,7 +196,8 @@ class BudgetOut(_Out):
     forecast_usd: float | None
     alert_thresholds: list[float]
     forecast_thresholds: list[float] = Field(default_factory=list)
-    channels: list[ChannelOut]
+    channels: list[ChannelOut] | None = Field(
+        default=None, description="alert channels (type and host): admin keys only, else null")
 
 
 class BudgetsOut(BaseModel):
@@ -241,10 +242,26 @@ class KeyIn(BaseModel):
 
 
 class KeyOut(BaseModel):
-    key: str
+    id: int = Field(description="names the key from now on (GET/DELETE /v1/keys)")
+    key: str = Field(description="the key itself: shown this once, stored only as a hash")
+    tenant: str
+    admin: bool
+    prefix: str = Field(description="the key's second part: not secret, tells keys apart")
+
+
+class KeyItemOut(BaseModel):
+    id: int
     tenant: str
     admin: bool
     prefix: str
+    created_at: str
+    last_used_at: str | None = Field(
+        description="when the key last authenticated, to within a minute (null: never)")
+    revoked_at: str | None
+
+
+class KeysOut(BaseModel):
+    items: list[KeyItemOut]
 
 
 # -- health ----------------------------------------------------------------------------------

@@ -25,20 +25,22 @@ def serve(
 ) -> None:
     """Serve the API until stopped. Builds the default container from settings, and starts the
     metric sinks for the ``api`` role (and ``/metrics`` on ``ORCH_METRICS_ADDR`` when set).
-    Access logs carry method, path and status only."""
+    uvicorn's limits come from ``config`` (default: from settings;
+    :meth:`ApiConfig.uvicorn_options`). Access logs carry method, path and status only."""
     from orchestrator import metrics
     from orchestrator.bootstrap import container as default_container
 
     c = container or default_container()
+    cfg = config or ApiConfig.from_settings(c.settings)
     metrics.configure_from_settings("api", c.settings)
     if c.settings.metrics_addr:  # /metrics there, and not on the API's port (create_app)
         metrics_host, metrics_port = split_address(c.settings.metrics_addr)
         metrics.start_metrics_server(metrics_port, addr=metrics_host)
-    app = create_app(c, config)
+    app = create_app(c, cfg)
     freeze_startup_heap()
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level,
-                    access_log=access_log, proxy_headers=False, server_header=False)
+                    access_log=access_log, **cfg.uvicorn_options())
     finally:
         metrics.shutdown()
 
@@ -54,6 +56,9 @@ def start_in_thread(
     port: int = 0,
     ready_timeout: float = 10.0,
 ) -> RunningApi:
-    """Start the API on ``host:port`` (0: a free port) and return once /healthz answers."""
-    return serving.start_in_thread(create_app(container, config), name="API", host=host,
-                                   port=port, ready_timeout=ready_timeout, server_header=False)
+    """Start the API on ``host:port`` (0: a free port) and return once /healthz answers, with
+    the same uvicorn limits as :func:`serve`."""
+    cfg = config or ApiConfig.from_settings(container.settings)
+    return serving.start_in_thread(create_app(container, cfg), name="API", host=host,
+                                   port=port, ready_timeout=ready_timeout,
+                                   options=cfg.uvicorn_options())

@@ -21,7 +21,7 @@ from orchestrator.notify.stored import describe
 
 # MIN_ELAPSED and forecast_micros are re-exported: the forecast lives in domain.forecast.
 __all__ = ["MIN_ELAPSED", "backend_resource", "budget_resource", "decode_cursor",
-           "encode_cursor", "forecast_micros", "visible_to"]
+           "encode_cursor", "forecast_micros"]
 
 
 def _channels(raw: tuple[dict[str, Any], ...]) -> list[dict[str, str]]:
@@ -30,7 +30,9 @@ def _channels(raw: tuple[dict[str, Any], ...]) -> list[dict[str, str]]:
     return [describe(item, i) for i, item in enumerate(raw)]
 
 
-def budget_resource(view: BudgetView, now: datetime) -> dict[str, Any]:
+def budget_resource(view: BudgetView, now: datetime, *, channels: bool = True
+                    ) -> dict[str, Any]:
+    """The budget as the API shows it; ``channels`` False (a tenant's view): no channels."""
     forecast = forecast_micros(view.committed_micros, view.period, now)
     window = period_window(view.period, now)
     return {
@@ -45,14 +47,8 @@ def budget_resource(view: BudgetView, now: datetime) -> dict[str, Any]:
         "forecast_usd": micros_to_usd(forecast) if forecast is not None else None,
         "alert_thresholds": [bp / 10000 for bp in view.alert_thresholds_bp],
         "forecast_thresholds": [bp / 10000 for bp in view.forecast_thresholds_bp],
-        "channels": _channels(view.channels),
+        "channels": _channels(view.channels) if channels else None,
     }
-
-
-def visible_to(scope: str, tenant: str) -> bool:
-    """Budgets a tenant may see: global, its own, and its projects'."""
-    own = f"tenant:{tenant}"
-    return scope in ("global", own) or scope.startswith(own + "/project:")
 
 
 def backend_resource(spec: BackendSpec, health: BackendHealth, now: float) -> dict[str, Any]:

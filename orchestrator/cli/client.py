@@ -1,6 +1,7 @@
 """Client commands of the ``orchestrator`` CLI: ``submit``, ``jobs get|list|cancel``,
-``backends`` (through the SDK and the HTTP API) and ``keys create`` (straight to the database,
-like ``budgets set``). ``orchestrator.cli`` mounts them with ``register(app)``.
+``backends`` (through the SDK and the HTTP API), and ``keys create|list|revoke`` (straight to
+the database, like ``budgets set``: :mod:`orchestrator.cli.keys`). ``orchestrator.cli`` mounts
+them with ``register(app)``.
 
 The API URL and key come from ``--api-url``/``--api-key``, else ``ORCH_API_URL``/``ORCH_API_KEY``,
 else the ``credentials.json`` that ``orchestrator up`` wrote (its tenant key). Every command
@@ -17,10 +18,10 @@ from typing import Annotated, Any
 import typer
 
 from orchestrator.cli.errors import errors_as_one_line, fail
+from orchestrator.cli.keys import keys_app
 from orchestrator.client import ApiError, Backend, BudgetExceeded, Client, Job
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Show, list and cancel jobs.")
-keys_app = typer.Typer(no_args_is_help=True, help="Create API keys (talks to the database).")
 
 ApiUrl = Annotated[str | None, typer.Option(
     "--api-url", help="API base URL (default: ORCH_API_URL, else `orchestrator up`'s)",
@@ -32,7 +33,7 @@ JsonOut = Annotated[bool, typer.Option("--json", help="print the resource as JSO
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``submit``, ``backends``, ``jobs …`` and ``keys create`` to the ``orchestrator`` app."""
+    """Add ``submit``, ``backends``, ``jobs …`` and ``keys …`` to the ``orchestrator`` app."""
     app.command("submit")(submit)
     app.command("backends")(backends)
     app.add_typer(jobs_app, name="jobs")
@@ -275,25 +276,3 @@ def backends(json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyO
                f"{'latency':>9}  {'in_flight':>9}  {'waiting':>7}")
     for b in items:
         typer.echo(_backend_row(b))
-
-
-@keys_app.command("create")
-@_one_line_errors
-def keys_create(
-    tenant: Annotated[str, typer.Option(help="the tenant the key acts for")],
-    admin: Annotated[bool, typer.Option("--admin", help="may create keys and budgets")] = False,
-) -> None:
-    """Create an API key in the database (ORCH_DATABASE_URL or `orchestrator up`'s) and print
-    it once: it is stored only as a hash."""
-    from orchestrator.settings import load_settings, resolve_database_url
-    from orchestrator.store.engine import make_engine
-    from orchestrator.store.keys import create_key
-
-    engine = make_engine(resolve_database_url(load_settings()), pool_size=1)
-    try:
-        with engine.begin() as conn:
-            key = create_key(conn, tenant, admin)
-    finally:
-        engine.dispose()
-    typer.echo(f"{'admin' if admin else 'tenant'} key for {tenant} (shown once):", err=True)
-    typer.echo(key)

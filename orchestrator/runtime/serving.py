@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import uvicorn
@@ -27,16 +28,19 @@ class ThreadedServer:
 def start_in_thread(
     app: ASGIApp, *, name: str, host: str = "127.0.0.1", port: int = 0,
     ready_timeout: float = 10.0, server_header: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> ThreadedServer:
-    """Serve ``app`` on ``host:port`` (0: a free port); return once its /healthz answers 200."""
+    """Serve ``app`` on ``host:port`` (0: a free port); return once its /healthz answers 200.
+    ``options``: more ``uvicorn.Config`` arguments (limits, protocol)."""
     # proto=IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections (else ~40 ms
     # per request from Nagle + delayed ACK)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     url = f"http://{host}:{sock.getsockname()[1]}"
+    config = {"server_header": server_header, **(options or {})}
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           lifespan="off", server_header=server_header))
+                                           lifespan="off", **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=name,
                               daemon=True)
     thread.start()

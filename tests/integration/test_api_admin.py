@@ -43,7 +43,7 @@ def test_tenant_sees_its_budgets_admin_sees_all(api: Api) -> None:
         api.budget(scope, 5_000_000)
     api.tenant().post("/v1/jobs", json=video()).raise_for_status()
     mine = api.tenant().get("/v1/budgets").json()["budgets"]
-    assert {b["scope"] for b in mine} == {"global", "tenant:acme", "tenant:acme/project:p1"}
+    assert {b["scope"] for b in mine} == {"tenant:acme", "tenant:acme/project:p1"}
     acme = next(b for b in mine if b["scope"] == "tenant:acme")
     assert acme["limit_usd"] == 5.0 and acme["held_usd"] == 0.42
     assert acme["remaining_usd"] == 4.58 and acme["committed_usd"] == 0.0

@@ -49,4 +49,5 @@ def test_fuzzed_requests_get_no_5xx_and_match_the_schema(api: Api) -> None:
     seen += _fuzz(api, GenerationMode.NEGATIVE, 80, api.keys["acme"])
     operations = {k.rsplit(" ", 1)[0] for k in seen}
     assert len(operations) >= 10, seen  # every route was exercised
+    assert {"GET /v1/keys", "POST /v1/keys", "DELETE /v1/keys/{key_id}"} <= operations, seen
     assert any(k.startswith("POST /v1/jobs ") and k.endswith(" 202") for k in seen), seen

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from orchestrator.api import ApiConfig, start_in_thread
 from orchestrator.bootstrap import Container
-from orchestrator.store.keys import revoke_key
+from orchestrator.store.keys import hash_key, revoke_key
 from workers.enqueue import CeleryEnqueue
 
 from .api_fixture import Api, api_fixture, limited_api_fixture, video  # noqa: F401
@@ -52,7 +52,9 @@ def test_a_revoked_key_stops_working(api: Api) -> None:
     c = api.client(key)
     assert c.get("/v1/jobs").status_code == 200
     with api.rig.engine.begin() as conn:
-        assert revoke_key(conn, key.split("_")[1])
+        key_id = conn.execute(text("SELECT id FROM api_keys WHERE key_hash = :h"),
+                              {"h": hash_key(key)}).scalar_one()
+        assert revoke_key(conn, key_id).revoked_at is not None
     _error(c.get("/v1/jobs"), 401, "unauthorized")
     assert api.tenant().get("/v1/jobs").status_code == 200
 

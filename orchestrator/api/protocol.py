@@ -1,0 +1,166 @@
+"""The API's HTTP/1.1 protocol: uvicorn's httptools protocol with the limits it lacks.
+
+uvicorn bounds neither the time nor the size of a request head (request line and headers):
+a connection that opens and sends nothing, or a header a byte at a time, is held forever, and
+httptools buffers a header of any length. So, per connection:
+
+- **head deadline**: the head must be complete within ``header_timeout_s`` of the connection
+  opening (on a kept-alive connection, of the request's first byte; idleness between requests
+  stays uvicorn's ``timeout_keep_alive``); else ``408 request_timeout`` (or, if no byte came,
+  just a close);
+- **head size**: a head larger than ``max_header_bytes`` is ``431 headers_too_large``
+  (checked when it is complete, and after each read while it is not, so at most one read
+  past the limit is ever buffered);
+- **connection cap**: a request that arrives while more than ``limit_concurrency`` connections
+  are open, or as many requests run, is answered ``503 unavailable`` at once, with the
+  error envelope (uvicorn's own cap answers in plain text, so it is left off and done here).
+
+Every refusal closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from orchestrator.api.errors import envelope
+
+log = logging.getLogger("orchestrator.api")
+
+
+def _response(status: int, code: str, message: str,
+              extra: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
+    body = json.dumps(envelope(code, message)).encode()
+    head = [STATUS_LINE[status], b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n"]
+    head += [name + b": " + value + b"\r\n" for name, value in extra]
+    return b"".join([*head, b"\r\n", body])
+
+
+async def _unavailable(scope: Any, receive: Any, send: Any) -> None:
+    body = json.dumps(envelope("unavailable", "the API is at its connection limit; retry")
+                      ).encode()
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Refused(Exception):
+    """Raised from a parser callback after answering: the parser stops (uvicorn then calls
+    ``send_400_response``, which sees the connection closing and sends nothing more)."""
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    """Set the class attributes through :func:`edge_protocol`."""
+
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 32 * 1024
+    connection_cap: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_pending = True  # a request head is due (or under way)
+        self._head_begun = False
+        self._head_bytes = 0
+
+    # -- head deadline and size ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        was_pending = self._head_pending
+        super().data_received(data)
+        if not self._head_pending or self.transport.is_closing():
+            return
+        # A head is still incomplete. A read that began inside it is all head; a read in which
+        # it began (after the end of an earlier request) is not counted: at most one read.
+        if was_pending:
+            self._head_bytes += len(data)
+        if self._head_bytes > self.max_header_bytes:
+            self._refuse(431, "headers_too_large",
+                         f"request line and headers are larger than {self.max_header_bytes} "
+                         "bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._head_pending:  # a later request on the connection
+            self._head_pending = True
+            self._head_bytes = 0
+        self._head_begun = True
+        if self._head_timer is None:
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._head_pending = False
+        self._head_begun = False
+        self._disarm()
+        size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        if size > self.max_header_bytes:  # a head that came whole in one read
+            self._refuse(431, "headers_too_large",
+                         f"request line and headers are larger than {self.max_header_bytes} "
+                         "bytes")
+            raise _Refused  # stops the parser: nothing of this request reaches the app
+        cap = self.connection_cap
+        if cap is not None and (len(self.connections) > cap or len(self.tasks) >= cap):
+            log.warning("connection limit reached: request answered 503",
+                        extra={"connections": len(self.connections), "requests": len(self.tasks)})
+            app, self.app = self.app, _unavailable
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+            return
+        super().on_headers_complete()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timeout)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if not self._head_pending or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm()  # a pipelined head behind a running request: no answer may cut in
+            return
+        if self._head_begun:
+            self._refuse(408, "request_timeout",
+                         f"the request line and headers did not arrive within "
+                         f"{self.header_timeout_s:g} s")
+        else:
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        if not self.transport.is_closing():  # else: refused above, the answer is sent
+            super().send_400_response(msg)
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        self._head_pending = False
+        self._disarm()
+        self.transport.write(_response(status, code, message))
+        self.transport.close()
+
+
+def edge_protocol(header_timeout_s: float, max_header_bytes: int,
+                  connection_cap: int | None) -> type[EdgeProtocol]:
+    """:class:`EdgeProtocol` with these limits (uvicorn's ``http=`` takes a class)."""
+    return type("EdgeProtocol", (EdgeProtocol,), {
+        "header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes,
+        "connection_cap": connection_cap})
