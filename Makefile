@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint bench clean
+.PHONY: up test lint bench loadtest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -24,11 +24,18 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestrator workers tests bench
+	$(BIN)/ruff check orchestrator workers tests bench loadtests
 	$(BIN)/mypy orchestrator workers
 
 bench: $(STAMP)
 	$(BIN)/python bench/ledger.py
+
+# make loadtest [SHAPE=ramp|spike|soak|failover] [USERS=500] [RUN_TIME=5m] [LOADTEST_ARGS=...]
+SHAPE ?= ramp
+USERS ?= 500
+loadtest: $(STAMP)
+	$(BIN)/python loadtests/run.py --shape $(SHAPE) --users $(USERS) \
+		$(if $(RUN_TIME),--run-time $(RUN_TIME)) $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .orchestrator .pytest_cache .mypy_cache .hypothesis
