@@ -344,6 +344,13 @@ class JobRunner:
         except BackendError as exc:
             return self._attempt_failed(job, attempt, exc, token)
         if res.done:
+            if attempt.cancel_requested_at is not None and not overran:
+                # not our stop: the job ended (a cancel, its deadline) after this step read it,
+                # and the provider stopped as asked; that ending concludes the attempt
+                with self.db.connection() as conn:
+                    current = repo.get_job(conn, job.id)
+                if current is not None and current.is_final:
+                    return self.concluder.conclude(current, attempt, token)
             stopped = overrun(attempt, backend) if attempt.cancel_requested_at else None
             return self._concluded(job, attempt, res, token, age * 1000, error=stopped)
         if overran:
