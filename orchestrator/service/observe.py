@@ -23,6 +23,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from sqlalchemy import Connection, text
 
 from orchestrator.domain.breaker import shown_status
+from orchestrator.domain.forecast import forecast_micros
 from orchestrator.ledger.budgets import list_budgets
 from orchestrator.metrics import catalogue as m
 from orchestrator.metrics.recorder import Recorder, get_recorder
@@ -226,6 +227,12 @@ def publish_gauges(conn: Connection, redis: _Redis, health: HealthPort,
             b.committed_micros > 0)
         rec.gauge(m.BUDGET_UTILIZATION, util, **labels)
         n += 4
+        # the run-rate projection to the period end over the limit: the alert policy
+        # "budget forecast overrun" reads it (none for a `total` budget or too early to tell)
+        forecast = forecast_micros(b.committed_micros, b.period, now)
+        if forecast is not None and b.limit_micros:
+            rec.gauge(m.BUDGET_FORECAST_RATIO, forecast / b.limit_micros, **labels)
+            n += 1
     clock = getattr(health, "clock", None)
     t = float(clock()) if callable(clock) else now.timestamp()
     for name, h in health.snapshot(tuple(backends)).items():

@@ -73,15 +73,18 @@ def test_gauges_read_budgets_breakers_and_queues(rig: Rig) -> None:
     held = sum(rig.job(j).estimated_cost_micros for j in ids)
     rec = Recorder()
     c = rig.container
+    # late enough in the month for a run-rate forecast, still inside the budget's period
+    now = max(datetime.now(UTC), datetime.now(UTC).replace(day=15, hour=12))
     with rig.engine.connect() as conn:
         n = publish_gauges(conn, redis.Redis.from_url(rig.redis_url), c.health,
-                           c.catalogue().names, QUEUES, datetime.now(UTC), queue_for, rec)
-    assert n == 4 + 3 * 3 + 2 * len(QUEUES)
+                           c.catalogue().names, QUEUES, now, queue_for, rec)
+    assert n == 5 + 3 * 3 + 2 * len(QUEUES)
     budget = {"scope": f"tenant:{TENANT}", "period": "month"}
     assert rec.value(m.BUDGET_SPEND, **budget) == 0
     assert rec.value(m.BUDGET_HELD, **budget) == held / 1e6
     assert rec.value(m.BUDGET_REMAINING, **budget) == (LIMIT - held) / 1e6
     assert rec.value(m.BUDGET_UTILIZATION, **budget) == 0
+    assert rec.value(m.BUDGET_FORECAST_RATIO, **budget) == 0  # nothing spent yet
     assert rec.value(m.BREAKER_STATE, backend="vid-mid") == m.BREAKER_OPEN
     assert rec.value(m.BREAKER_STRIKES, backend="vid-mid") == 3
     assert rec.value(m.BREAKER_STATE, backend="vid-cheap") == m.BREAKER_CLOSED
@@ -91,7 +94,7 @@ def test_gauges_read_budgets_breakers_and_queues(rig: Rig) -> None:
     assert rec.value(m.QUEUE_DEPTH, queue="jobs.high") == 1
     assert rec.value(m.QUEUE_DEPTH, queue="jobs.low") == 0
     oldest = rec.value(m.QUEUE_OLDEST_AGE, queue="jobs.normal")
-    assert isinstance(oldest, float) and 0 < oldest < 600
+    assert isinstance(oldest, float) and oldest > 0
     assert rec.value(m.QUEUE_OLDEST_AGE, queue="jobs.low") == 0
 
 
