@@ -28,11 +28,11 @@ the stack removed (COMPOSE_TEST_KEEP=1 leaves it up) and a last line
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -329,7 +329,7 @@ class Stack:
         found = re.findall(r"\borch_[A-Za-z0-9]+_[A-Za-z0-9_-]+", out.stdout)
         if len(found) != 1:
             raise Fail(f"keys create {' '.join(args)}: expected one key in its output")
-        return found[0]
+        return str(found[0])
 
     def diagnose(self) -> None:
         sys.stderr.write(self.cmd("ps", check=False, timeout=60).stdout)
@@ -384,7 +384,10 @@ def micros(usd: float | None) -> int:
     return round((usd or 0) * 1_000_000)
 
 
-def run_jobs(stack: Stack, key: str, specs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+Job = dict[str, Any]
+
+
+def run_jobs(stack: Stack, key: str, specs: list[tuple[str, dict[str, Any]]]) -> list[Job]:
     ids = []
     for kind, inp in specs:
         job = expect(*http("POST", f"{stack.api}/v1/jobs", key=key,
@@ -460,7 +463,8 @@ def main() -> int:
         if not ok(["docker", "info"], timeout=30):
             raise Fail("no Docker daemon answers (`docker info` failed)")
         compose, has_wait = compose_command()
-        say(f"compose: {' '.join(compose)} ({'up --wait' if has_wait else 'no up --wait: polling health'})")
+        waits = "up --wait" if has_wait else "no up --wait: polling health"
+        say(f"compose: {' '.join(compose)} ({waits})")
         images = resolve_images()
         ca = ca_bundle()
         build_s = build(images["BASE_IMAGE"], ca)
@@ -520,18 +524,14 @@ def main() -> int:
     except (Fail, KeyboardInterrupt) as exc:
         reason = str(exc) if isinstance(exc, Fail) else "interrupted"
         if stack is not None:
-            try:
+            with contextlib.suppress(Fail):
                 stack.diagnose()
-            except Fail:
-                pass
             if os.environ.get("COMPOSE_TEST_KEEP") == "1":
                 sys.stderr.write(f"left running: compose project {PROJECT}, env file "
                                  f"{stack.env_file}\n")
             else:
-                try:
+                with contextlib.suppress(Fail):
                     stack.down()
-                except Fail:
-                    pass
         sys.stderr.flush()
         print(f"compose_test: FAIL: {reason}", flush=True)
         return 1
