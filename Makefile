@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint bench loadtest clean
+.PHONY: up test lint bench loadtest compose-test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -36,6 +36,11 @@ USERS ?= 500
 loadtest: $(STAMP)
 	$(BIN)/python loadtests/run.py --shape $(SHAPE) --users $(USERS) \
 		$(if $(RUN_TIME),--run-time $(RUN_TIME)) $(LOADTEST_ARGS)
+
+# The compose stack for real (Docker and compose needed; no .venv): builds the image, runs
+# compose.yaml, submits jobs through it, scales workers, stops it. See deploy/compose_test.py.
+compose-test:
+	$(PYTHON) deploy/compose_test.py
 
 clean:
 	rm -rf $(VENV) .orchestrator .pytest_cache .mypy_cache .hypothesis
