@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.domain.events import EVENT_TYPES, TERMINAL_EVENTS
 from orchestrator.domain.money import usd_to_micros
 
 
@@ -138,6 +139,8 @@ class JobSpec(BaseModel):
     deadline_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     priority: Priority = Priority.NORMAL
     webhook_url: str | None = None
+    # which of the job's events its webhook_url is sent (orchestrator.events.types)
+    webhook_events: tuple[str, ...] = TERMINAL_EVENTS
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("max_cost_usd")
@@ -164,6 +167,15 @@ class JobSpec(BaseModel):
         if not v.startswith(("http://", "https://")) or len(v) > 2048:
             raise ValueError("webhook_url must be an http(s):// URL")
         return v
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _webhook_events(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [e for e in v if e not in EVENT_TYPES]
+        if unknown:
+            raise ValueError(f"webhook_events: unknown event {unknown[0]!r}; one of "
+                             f"{', '.join(EVENT_TYPES)}")
+        return tuple(dict.fromkeys(v))  # each once, in the order given
 
     @field_validator("metadata")
     @classmethod

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.domain.budgets import covering_scopes
 from orchestrator.domain.catalogue import Catalogue
+from orchestrator.domain.events import TERMINAL_EVENTS
 from orchestrator.domain.inputs import check_input
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.routing import RoutePlan, plan_route
@@ -43,7 +44,10 @@ HOLD_MARGIN = timedelta(hours=1)
 
 
 def request_hash(spec: JobSpec) -> str:
-    body = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = spec.model_dump(mode="json")
+    if tuple(data["webhook_events"]) == TERMINAL_EVENTS:  # as bodies hashed before it existed
+        del data["webhook_events"]
+    body = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
 
 

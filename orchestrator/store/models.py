@@ -238,6 +238,8 @@ class Job(Base):
     updated_at: Mapped[datetime] = _now()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # when the retention sweeper dropped the result (migration 0012); the ledger stays
+    result_expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Attempt(Base):
@@ -273,6 +275,84 @@ class Attempt(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     possible_cost_micros: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class JobEvent(Base):
+    """What happened to a job, written by triggers in the transaction of the change
+    (migration 0012). ``seq`` counts a job's events from 1 without gaps; ``txid`` (the
+    writing transaction) orders a tenant's feed; ``position`` is the insertion order."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq", name="uq_job_events_job_seq"),
+        Index("ix_job_events_feed", "tenant", "txid", "position"),
+        Index("ix_job_events_created", "created_at"),
+    )
+
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), unique=True, nullable=False, server_default=text("gen_random_uuid()")
+    )
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"),
+                                              nullable=False)
+    tenant: Mapped[str] = mapped_column(String(64), nullable=False)
+    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    type: Mapped[str] = mapped_column(String(20), nullable=False)
+    data: Mapped[dict[str, Any]] = mapped_column(nullable=False)
+    txid: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+
+class WebhookEndpoint(Base):
+    """A tenant's default webhook endpoint (``PUT /v1/webhooks``). ``url`` and ``secret``
+    are sealed (``{"fernet": …}``, orchestrator.secrets); ``origin`` is what may be shown."""
+
+    __tablename__ = "webhook_endpoints"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    origin: Mapped[str | None] = mapped_column(String(300))
+    secret: Mapped[dict[str, Any]] = mapped_column(nullable=False)
+    events: Mapped[list[Any]] = mapped_column(
+        nullable=False,
+        server_default=text("""'["job.succeeded", "job.failed", "job.cancelled"]'::jsonb"""),
+    )
+    failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class WebhookDelivery(Base):
+    """One event to one endpoint (``target``: the job's ``webhook_url`` or the tenant's
+    endpoint), queued by the event's trigger; sent by ``orchestrator.events.delivery``."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "target", name="uq_webhook_deliveries_event_target"),
+        CheckConstraint("target IN ('job', 'tenant')", name="target_kind"),
+        CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status_kind"),
+        Index("ix_webhook_deliveries_pending", "next_attempt_at",
+              postgresql_where=text("status = 'pending'")),
+        Index("ix_webhook_deliveries_job", "job_id", "target", "seq"),
+        Index("ix_webhook_deliveries_tenant", "tenant", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("job_events.id", ondelete="CASCADE"), nullable=False)
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    tenant: Mapped[str] = mapped_column(String(64), nullable=False)
+    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    target: Mapped[str] = mapped_column(String(8), nullable=False)
+    status: Mapped[str] = mapped_column(String(10), nullable=False, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    next_attempt_at: Mapped[datetime] = _now()
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    claim_token: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 APPEND_ONLY_FUNCTION = """
