@@ -136,6 +136,36 @@ class Settings(BaseSettings):
     metrics_addr: str | None = Field(
         default=None, description="host:port: the API serves /metrics there, not on its port"
     )
+    api_max_streams: int = Field(
+        default=500, ge=1, le=100_000,
+        description="open event streams (SSE) per API process; past it 503 with Retry-After",
+    )
+    events_ping_s: float = Field(
+        default=15.0, gt=0, le=300,
+        description="an idle event stream gets a comment line this often (keeps proxies "
+        "from closing it) and looks at the events table again",
+    )
+    webhook_retry_window_s: float = Field(
+        default=86_400.0, gt=0,
+        description="a webhook delivery is retried for this long after its event, then failed",
+    )
+    webhook_backoff_s: float = Field(
+        default=5.0, gt=0, description="the first retry's delay; doubles per attempt (jitter)"
+    )
+    webhook_backoff_cap_s: float = Field(
+        default=600.0, gt=0, description="the longest delay between two tries of a delivery"
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=60, description="one webhook POST's whole time limit"
+    )
+    webhook_interval_s: float = Field(
+        default=2.0, gt=0, le=60, description="how often beat sends due webhook deliveries"
+    )
+    result_retention_days: float = Field(
+        default=30.0, ge=0,
+        description="a finished job's result (the provider's output) is dropped this long "
+        "after the job ended, and its events with it; 0 keeps them; the ledger is kept forever",
+    )
     flower_user: str = Field(default="flower", min_length=1)
     flower_password: SecretStr | None = Field(
         default=None, description="Flower's basic auth; unset = generated into the data dir"

@@ -50,6 +50,8 @@ app.conf.update(
     task_queues=[Queue(q) for q in QUEUES],  # type: ignore[no-untyped-call]
     task_routes={"orchestrator.sweep": {"queue": "maintenance"},
                  "orchestrator.deliver_alerts": {"queue": "maintenance"},
+                 "orchestrator.deliver_webhooks": {"queue": "maintenance"},
+                 "orchestrator.expire_results": {"queue": "maintenance"},
                  "orchestrator.publish_gauges": {"queue": "maintenance"}},
     worker_hijack_root_logger=False,
     # Task events cost three Redis publishes per task; Flower switches them on in the workers
@@ -58,6 +60,12 @@ app.conf.update(
     beat_schedule={
         "sweep": {"task": "orchestrator.sweep", "schedule": 10.0},
         "deliver-alerts": {"task": "orchestrator.deliver_alerts", "schedule": 10.0},
+        # a run sends for up to one interval; a run not started by the next is dropped
+        "deliver-webhooks": {"task": "orchestrator.deliver_webhooks",
+                             "schedule": get_settings().webhook_interval_s,
+                             "options": {"expires": get_settings().webhook_interval_s}},
+        "expire-results": {"task": "orchestrator.expire_results", "schedule": 300.0,
+                           "options": {"expires": 300.0}},
         "publish-gauges": {"task": "orchestrator.publish_gauges", "schedule": GAUGES_EVERY_S,
                            "options": {"expires": GAUGES_EVERY_S}},
     },

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
+import httpx
 import psycopg
 from redis import Redis
 from redis.exceptions import RedisError
@@ -71,6 +73,40 @@ def deliver_alerts() -> None:
 
 
 @app.task(  # type: ignore[untyped-decorator]
+    name="orchestrator.deliver_webhooks", autoretry_for=_INFRA, max_retries=1)
+def deliver_webhooks() -> int:
+    """Send the job webhooks that are due (beat, every ORCH_WEBHOOK_INTERVAL_S), batch after
+    batch for up to one interval; returns how many were tried."""
+    from orchestrator.events.delivery import WebhookPolicy, deliver_due
+
+    c = container()
+    s = c.settings
+    rules = WebhookPolicy(retry_window_s=s.webhook_retry_window_s,
+                          backoff_s=s.webhook_backoff_s, backoff_cap_s=s.webhook_backoff_cap_s)
+    stop = time.monotonic() + s.webhook_interval_s
+    tried = 0
+    while True:
+        report = deliver_due(c.engine, c.egress, c.secrets, _webhook_client(), rules, utcnow())
+        n = report.delivered + report.retrying + report.failed
+        tried += n
+        if n < 100 or time.monotonic() > stop:
+            return tried
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    name="orchestrator.expire_results", autoretry_for=_INFRA, max_retries=1)
+def expire_results() -> int:
+    """Drop results (and events) past ORCH_RESULT_RETENTION_DAYS; the ledger stays."""
+    from orchestrator.events.retention import expire
+
+    c = container()
+    done = expire(c.engine, c.settings.result_retention_days, utcnow())
+    if done.results or done.events:
+        log.info("expired %d result(s) and %d event(s)", done.results, done.events)
+    return done.results
+
+
+@app.task(  # type: ignore[untyped-decorator]
     name="orchestrator.publish_gauges", autoretry_for=_INFRA, max_retries=1)
 def publish_gauges() -> int:
     """Budgets, breakers and queues as gauges (beat, every 15 s); returns how many were set."""
@@ -88,6 +124,18 @@ def noop(counter_key: str) -> None:
 
 
 _redis_client: Redis | None = None
+_http: httpx.Client | None = None
+
+
+def _webhook_client() -> httpx.Client:
+    """One egress client per worker process (no keep-alive: see orchestrator.egress.http)."""
+    global _http
+    if _http is None:
+        from orchestrator.egress import egress_client
+        from orchestrator.notify.base import default_timeout
+
+        _http = egress_client(default_timeout(container().settings.webhook_timeout_s))
+    return _http
 
 
 def _counter_redis() -> Redis:

@@ -1,6 +1,7 @@
 """The FastAPI application: ``create_app(container)``.
 
-Routes (CONTRACT "HTTP API"): jobs and quotes (:mod:`.routes_jobs`), backends and budgets
+Routes (CONTRACT "HTTP API"): jobs and quotes (:mod:`.routes_jobs`), job events as
+Server-Sent Events (:mod:`.routes_events`), webhooks (:mod:`.routes_webhooks`), backends and budgets
 (:mod:`.routes_admin`), keys (:mod:`.routes_keys`), cost reports (:mod:`.routes_reports`), all
 under ``/v1`` and authenticated by :class:`.gate.Gate` before their body is read; and the
 unauthenticated ``/healthz``, ``/readyz``, ``/metrics`` and docs. Errors are the envelope of
@@ -12,6 +13,8 @@ The ASGI stack, outermost first: CatchAll (a 500 envelope for anything unhandled
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -23,7 +26,15 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import metrics
-from orchestrator.api import errors, routes_admin, routes_jobs, routes_keys, routes_reports
+from orchestrator.api import (
+    errors,
+    routes_admin,
+    routes_events,
+    routes_jobs,
+    routes_keys,
+    routes_reports,
+    routes_webhooks,
+)
 from orchestrator.api.config import ApiConfig
 from orchestrator.api.context import ApiContext, _err
 from orchestrator.api.errors import error_response
@@ -33,6 +44,7 @@ from orchestrator.api.middleware import BodyDeadline, BodySizeLimit, CatchAll
 from orchestrator.api.schemas import HealthOut, ReadyOut
 from orchestrator.api.security import Authenticator
 from orchestrator.bootstrap import Container
+from orchestrator.events.hub import EventHub
 
 DESCRIPTION = """Cost-aware orchestrator for long-running generation jobs.
 
@@ -51,10 +63,21 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
                      auth=Authenticator(container.engine, cfg.key_cache_s),
                      limiter=RateLimiter(limiter_redis, cfg),
                      failures=AuthFailures(limiter_redis, cfg), redis=rds)
-    app = FastAPI(title="orchestrator", version="1", description=DESCRIPTION)
+    hub = EventHub(container.engine, ping_s=container.settings.events_ping_s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await hub.close()
+
+    app = FastAPI(title="orchestrator", version="1", description=DESCRIPTION,
+                  lifespan=lifespan)
     app.state.ctx = ctx
+    app.state.hub = hub
     errors.install(app)
     app.include_router(routes_jobs.router(ctx))
+    app.include_router(routes_events.router(ctx, hub))
+    app.include_router(routes_webhooks.router(ctx))
     app.include_router(routes_admin.router(ctx))
     app.include_router(routes_keys.router(ctx))
     app.include_router(routes_reports.router(ctx))

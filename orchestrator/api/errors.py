@@ -20,7 +20,10 @@
     not_ready             503   /readyz: database or Redis unreachable
     secret_key_missing    503   a channel secret must be stored and no ORCH_SECRET_KEY (or key
                                 file) is configured: nothing is stored in plain text
-    unavailable           503   the API is at its connection limit (``Retry-After``)
+    unavailable           503   the API is at its connection limit, or this process at its
+                                event streams' (``Retry-After``)
+    not_ready_yet         409   a job's result asked for before the job succeeded
+    result_expired        410   a result dropped after ``ORCH_RESULT_RETENTION_DAYS``
     internal_error        500   anything else; no details, never a stack trace
 """
 
@@ -56,6 +59,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_ready": 503,
     "secret_key_missing": 503,
     "unavailable": 503,
+    "not_ready_yet": 409,
+    "result_expired": 410,
 }
 
 
@@ -73,6 +78,25 @@ class RateLimited(RequestError):
     def __init__(self, message: str, *, retry_after_s: int, limit: int, window_s: int) -> None:
         super().__init__(message, retry_after_s=retry_after_s, limit=limit, window_s=window_s)
         self.retry_after_s = retry_after_s
+
+
+class Unavailable(RequestError):
+    """This process is at a limit of its own (event streams): retry in a second."""
+
+    code = "unavailable"
+    retry_after_s = 1
+
+
+class ResultNotReady(RequestError):
+    """``GET /v1/jobs/{id}/result`` of a job that has not succeeded (yet)."""
+
+    code = "not_ready_yet"
+
+
+class ResultExpired(RequestError):
+    """The result was dropped by the retention sweeper (``ORCH_RESULT_RETENTION_DAYS``)."""
+
+    code = "result_expired"
 
 
 def envelope(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -148,7 +172,7 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, BudgetExceeded):
             p = principal_of(request.scope)
             message, details = _budget_refusal(exc, p is not None and sees_budget(p, exc.scope))
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited | Unavailable):
             headers = {"Retry-After": str(exc.retry_after_s)}
         return error_response(status, exc.code, message, details, headers)
 

@@ -8,22 +8,26 @@ Idempotency: ``POST /v1/jobs`` with an ``Idempotency-Key`` the tenant already us
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse
+from sqlalchemy import text
 from starlette.background import BackgroundTask
 
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
-from orchestrator.api.schemas import JobBody, JobListOut, JobOut, JobStatus, QuoteOut
+from orchestrator.api.errors import ResultExpired, ResultNotReady
+from orchestrator.api.schemas import JobBody, JobListOut, JobOut, JobStatus, QuoteOut, ResultOut
 from orchestrator.api.security import Principal
 from orchestrator.api.views import decode_cursor, encode_cursor
 from orchestrator.errors import Conflict, NotFound
-from orchestrator.service.views import job_resource
+from orchestrator.service.views import job_resource, result_resource
 from orchestrator.store import jobs as repo
 
 log = logging.getLogger("orchestrator.api")
 
+_EXPIRED = text("SELECT result_expired_at FROM jobs WHERE id = :id")
 JobId = Annotated[uuid.UUID, Path(description="the job id")]
 
 
@@ -72,6 +76,29 @@ def router(ctx: ApiContext) -> APIRouter:
            responses={404: _err("no such job (or not yours)")})
     def get_job(job_id: JobId, p: Caller) -> dict[str, Any]:
         return load(job_id, p.tenant)
+
+    @r.get("/jobs/{job_id}/result", response_model=ResultOut,
+           summary="A succeeded job's output and cost breakdown",
+           responses={404: _err("no such job (or not yours)"),
+                      409: _err("the job has not succeeded (yet): details.status"),
+                      410: _err("the result was dropped after the retention period")})
+    def get_result(job_id: JobId, p: Caller) -> dict[str, Any]:
+        with c.engine.begin() as conn:
+            job = repo.get_job(conn, job_id)
+            if job is None or job.tenant != p.tenant:
+                raise NotFound(f"no job {job_id}", job_id=str(job_id))
+            if job.status != "succeeded":
+                raise ResultNotReady(f"job {job_id} is {job.status}; a result comes with "
+                                     "success", job_id=str(job_id), status=job.status)
+            expired = conn.execute(_EXPIRED, {"id": job_id}).scalar()
+            if expired is not None:
+                raise ResultExpired(f"the result of job {job_id} was dropped on "
+                                    f"{expired.isoformat()} (retention)", job_id=str(job_id))
+            attempts = repo.attempts(conn, job_id)
+        keep = c.settings.result_retention_days
+        expires = (job.finished_at + timedelta(days=keep)
+                   if keep > 0 and job.finished_at is not None else None)
+        return result_resource(job, attempts, expires)
 
     @r.get("/jobs", response_model=JobListOut, summary="Own jobs, newest first")
     def list_jobs(

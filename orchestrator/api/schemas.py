@@ -143,6 +143,32 @@ class JobOut(_Out):
     finished_at: str | None
 
 
+class AttemptCostOut(_Out):
+    attempt: int
+    backend: str
+    outcome: str | None
+    cost_usd: float | None
+
+
+class CostOut(_Out):
+    total_usd: float
+    total_micros: int
+    estimated_usd: float = Field(description="the hold: the worst case over the plan")
+    attempts: list[AttemptCostOut]
+
+
+class ResultOut(_Out):
+    job_id: str
+    status: JobStatus
+    backend: str | None
+    output: dict[str, Any] | None = Field(description="the provider's output: URLs, text, "
+                                                      "usage")
+    cost: CostOut
+    finished_at: str | None
+    expires_at: str | None = Field(description="when the retention sweeper drops it (null: "
+                                               "kept)")
+
+
 class JobListOut(BaseModel):
     items: list[JobOut]
     next_cursor: str | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from orchestrator.domain.money import micros_to_usd
@@ -48,4 +49,32 @@ def job_resource(job: JobRow, attempts: list[AttemptRow]) -> dict[str, Any]:
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
+    }
+
+
+def cost_breakdown(job: JobRow, attempts: list[AttemptRow]) -> dict[str, Any]:
+    """What the job cost, attempt by attempt (the same shape as the events' ``cost``)."""
+    total = job.cost_micros or 0
+    return {
+        "total_usd": micros_to_usd(total),
+        "total_micros": total,
+        "estimated_usd": micros_to_usd(job.estimated_cost_micros),
+        "attempts": [
+            {"attempt": a.number, "backend": a.backend, "outcome": a.outcome,
+             "cost_usd": micros_to_usd(a.cost_micros) if a.cost_micros is not None else None}
+            for a in attempts
+        ],
+    }
+
+
+def result_resource(job: JobRow, attempts: list[AttemptRow],
+                    expires_at: datetime | None) -> dict[str, Any]:
+    return {
+        "job_id": str(job.id),
+        "status": job.status,
+        "backend": job.backend,
+        "output": job.result,
+        "cost": cost_breakdown(job, attempts),
+        "finished_at": _iso(job.finished_at),
+        "expires_at": _iso(expires_at),
     }

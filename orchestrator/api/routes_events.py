@@ -1,0 +1,169 @@
+"""Server-Sent Events: ``GET /v1/jobs/{id}/events`` (one job, ends after its terminal event)
+and ``GET /v1/events`` (the tenant's feed, open until the client leaves).
+
+Each message is ``id: <cursor>``, ``event: <type>``, ``data: <the event as JSON>``. A job
+stream's cursor is the event's ``seq``; the feed's is ``<txid>-<position>``. A client that
+reconnects with ``Last-Event-ID`` (or ``?after=`` / ``?since=``) gets every event after it,
+none twice. The events table is read on each wake-up (``orchestrator.events.hub``), so a
+stream shows only what committed.
+
+Streams and the API's edge: a GET has no body, so the body deadline never cuts a stream; an
+open stream is one of uvicorn's connections (``ORCH_API_LIMIT_CONCURRENCY``) and one of the
+process's ``ORCH_API_MAX_STREAMS`` (past it: 503 ``unavailable`` with ``Retry-After``); a
+comment line every ``ORCH_EVENTS_PING_S`` keeps proxies and load balancers from closing an
+idle one.
+"""
+
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends, Header, Path, Query
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
+from orchestrator.api.errors import Unavailable
+from orchestrator.api.security import Principal
+from orchestrator.errors import InvalidRequest, NotFound
+from orchestrator.events.hub import EventHub
+from orchestrator.events.store import (
+    Event,
+    FeedCursor,
+    feed_events,
+    job_events,
+    job_owner,
+    parse_feed_cursor,
+)
+
+JobId = Annotated[uuid.UUID, Path(description="the job id")]
+LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)]
+_FINAL = ("succeeded", "failed", "cancelled")
+_SSE_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                  "description": "Server-Sent Events, one per job event"}}
+
+
+def _message(ev: Event, cursor: str) -> ServerSentEvent:
+    return ServerSentEvent(data=ev.body().decode(), event=ev.type, id=cursor)
+
+
+def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
+    c = ctx.container
+    ping_s = c.settings.events_ping_s
+    r = APIRouter(prefix="/v1", tags=["events"], responses=AUTH_ERRORS)
+    Caller = Annotated[Principal, Depends(ctx.principal_dep())]
+
+    def admit_stream() -> None:
+        if hub.streams >= c.settings.api_max_streams:
+            raise Unavailable("this API process has as many event streams open as it may; "
+                              "retry, or poll GET /v1/jobs/{id}")
+
+    def read_job(job_id: uuid.UUID, after: int) -> tuple[str | None, list[Event]]:
+        with c.engine.connect() as conn:
+            owner = job_owner(conn, job_id)  # the status first: a final one means the
+            events = job_events(conn, job_id, after)  # terminal event is visible here
+        return (None if owner is None else owner[1]), events
+
+    def owned(job_id: uuid.UUID, tenant: str) -> None:
+        with c.engine.connect() as conn:
+            owner = job_owner(conn, job_id)
+        if owner is None or owner[0] != tenant:
+            raise NotFound(f"no job {job_id}", job_id=str(job_id))
+
+    @r.get("/jobs/{job_id}/events", summary="A job's events as Server-Sent Events",
+           response_class=EventSourceResponse,
+           responses={**_SSE_DOC, 404: _err("no such job (or not yours)"),
+                      503: _err("too many streams open on this API process")})
+    async def job_stream(
+        job_id: JobId, p: Caller, last_event_id: LastEventId = None,
+        after: Annotated[int | None, Query(ge=0, description="resume after this seq")] = None,
+    ) -> EventSourceResponse:
+        start = after or 0
+        if last_event_id is not None:
+            if not last_event_id.strip().isdigit():
+                raise InvalidRequest("Last-Event-ID must be the seq of a job event",
+                                     field="Last-Event-ID")
+            start = int(last_event_id.strip())
+        await to_thread.run_sync(owned, job_id, p.tenant)
+        admit_stream()
+
+        async def events() -> AsyncIterator[ServerSentEvent]:
+            cursor = start
+            hub.streams += 1
+            try:
+                with hub.watch_job(job_id) as wake:
+                    while True:
+                        wake.clear()
+                        status, batch = await to_thread.run_sync(read_job, job_id, cursor)
+                        for ev in batch:
+                            cursor = ev.seq
+                            yield _message(ev, str(ev.seq))
+                            if ev.terminal:
+                                return
+                        if not batch and status in _FINAL:
+                            return  # its terminal event is behind the cursor
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(wake.wait(), ping_s)
+            finally:
+                hub.streams -= 1
+
+        return EventSourceResponse(events(), ping=ping_s, headers=_NO_BUFFERING)
+
+    @r.get("/events", summary="The tenant's job events as Server-Sent Events",
+           response_class=EventSourceResponse,
+           responses={**_SSE_DOC, 503: _err("too many streams open on this API process")})
+    async def tenant_stream(
+        p: Caller, last_event_id: LastEventId = None,
+        since: Annotated[str | None, Query(
+            max_length=100,
+            description="0: from the oldest kept event; an event id of this feed: after it; "
+                        "absent: from now")] = None,
+    ) -> EventSourceResponse:
+        given = last_event_id if last_event_id is not None else since
+        field = "Last-Event-ID" if last_event_id is not None else "since"
+        cursor: FeedCursor | None = None
+        if given is not None:
+            try:
+                cursor = parse_feed_cursor(given)
+            except ValueError as exc:
+                raise InvalidRequest(f"{field}: {exc}", field=field) from None
+        admit_stream()
+
+        def catch_up(after: FeedCursor) -> list[Event]:
+            with c.engine.connect() as conn:
+                return feed_events(conn, p.tenant, after)
+
+        async def events() -> AsyncIterator[ServerSentEvent]:
+            hub.streams += 1
+            try:
+                async with hub.watch_tenant(p.tenant) as queue:
+                    at = cursor if cursor is not None else await to_thread.run_sync(
+                        hub.read_head, p.tenant)
+                    while batch := await to_thread.run_sync(catch_up, at):
+                        for ev in batch:
+                            at = (ev.txid, ev.position)
+                            yield _message(ev, ev.feed_cursor)
+                    while True:
+                        try:
+                            item = await asyncio.wait_for(queue.get(), ping_s)
+                        except TimeoutError:
+                            continue
+                        if item is None:
+                            return  # fell behind: the client resumes from its last id
+                        if (item.txid, item.position) <= at:
+                            continue  # read already by the catch-up
+                        at = (item.txid, item.position)
+                        yield _message(item, item.feed_cursor)
+            finally:
+                hub.streams -= 1
+
+        return EventSourceResponse(events(), ping=ping_s, headers=_NO_BUFFERING)
+
+    return r
+
+
+# a reverse proxy (nginx) must pass each event on as it comes
+_NO_BUFFERING = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}

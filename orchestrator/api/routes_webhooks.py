@@ -1,0 +1,155 @@
+"""/v1/webhooks: a tenant's default endpoint and signing secret, and what was delivered.
+
+``PUT /v1/webhooks`` (the tenant's own key, or an admin key naming ``tenant``) sets the URL
+(optional: without one only jobs' ``webhook_url`` are called), the events it receives and the
+secret that signs every webhook of the tenant's jobs. The secret is sealed at rest and never
+shown; the URL is shown as its origin only. ``GET /v1/webhooks/deliveries`` lists deliveries,
+newest first, failing ones included (``status=failed``, or ``pending`` with ``last_error``).
+"""
+
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import text
+
+from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
+from orchestrator.api.errors import Forbidden
+from orchestrator.api.principal import Principal
+from orchestrator.domain.events import EVENT_TYPES, TERMINAL_EVENTS
+from orchestrator.errors import InvalidRequest, NotFound
+from orchestrator.events import endpoints
+from orchestrator.store.keys import TENANT_RE
+
+
+class WebhookBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str | None = Field(default=None, description="admin keys: whose endpoint")
+    url: str | None = Field(default=None, max_length=2048,
+                            description="where the tenant's events go; null: jobs' own only")
+    secret: str | None = Field(default=None, min_length=16, max_length=256,
+                               description="signs every webhook; required the first time")
+    events: list[str] = Field(default_factory=lambda: list(TERMINAL_EVENTS))
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, v: list[str]) -> list[str]:
+        for e in v:
+            if e not in EVENT_TYPES:
+                raise ValueError(f"unknown event {e!r}; one of {', '.join(EVENT_TYPES)}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
+        return v
+
+
+class WebhookOut(BaseModel):
+    tenant: str
+    origin: str | None
+    url_set: bool
+    events: list[str]
+    secret_set: bool
+    failing_since: str | None
+    last_error: str | None
+    updated_at: str
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    event_id: str
+    event_type: str
+    job_id: str
+    seq: int
+    target: Literal["job", "tenant"]
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_error: str | None
+    next_attempt_at: str | None
+    created_at: str
+    delivered_at: str | None
+
+
+class DeliveriesOut(BaseModel):
+    items: list[DeliveryOut]
+
+
+_DELIVERIES = text(
+    """
+    SELECT d.id, d.event_id, e.type, d.job_id, d.seq, d.target, d.status, d.attempts,
+           d.last_error, d.next_attempt_at, d.created_at, d.delivered_at
+    FROM webhook_deliveries d JOIN job_events e ON e.id = d.event_id
+    WHERE d.tenant = :t AND (CAST(:s AS text) IS NULL OR d.status = :s)
+      AND (CAST(:j AS uuid) IS NULL OR d.job_id = :j)
+    ORDER BY d.created_at DESC, d.id DESC LIMIT :n
+    """
+)
+
+
+def _iso(v: Any) -> str | None:
+    return None if v is None else v.isoformat()
+
+
+def _whose(p: Principal, tenant: str | None) -> str:
+    if tenant is None or tenant == p.tenant:
+        return p.tenant
+    if not p.admin:
+        raise Forbidden("a tenant key manages its own tenant's webhooks only")
+    if not TENANT_RE.match(tenant):
+        raise InvalidRequest("tenant: 1-64 of [A-Za-z0-9_.-]", field="tenant")
+    return tenant
+
+
+def router(ctx: ApiContext) -> APIRouter:
+    c = ctx.container
+    r = APIRouter(prefix="/v1", tags=["webhooks"], responses={
+        **AUTH_ERRORS, 403: _err("another tenant's, with a tenant key")})
+    Caller = Annotated[Principal, Depends(ctx.principal_dep())]
+    Tenant = Annotated[str | None, Query(max_length=64, description="admin keys: whose")]
+
+    @r.put("/webhooks", response_model=WebhookOut,
+           summary="Set the tenant's webhook endpoint and signing secret")
+    def put_webhook(body: WebhookBody, p: Caller) -> dict[str, Any]:
+        tenant = _whose(p, body.tenant)
+        with c.engine.begin() as conn:
+            ep = endpoints.put(conn, tenant, url=body.url, secret=body.secret,
+                               events=body.events, policy=c.egress, box=c.secrets)
+        return ep.view()
+
+    @r.get("/webhooks", response_model=WebhookOut, summary="The tenant's webhook endpoint",
+           responses={404: _err("none set")})
+    def get_webhook(p: Caller, tenant: Tenant = None) -> dict[str, Any]:
+        who = _whose(p, tenant)
+        with c.engine.connect() as conn:
+            ep = endpoints.get(conn, who)
+        if ep is None:
+            raise NotFound(f"tenant {who} has no webhook endpoint", tenant=who)
+        return ep.view()
+
+    @r.get("/webhooks/deliveries", response_model=DeliveriesOut,
+           summary="Webhook deliveries, newest first (failing ones show last_error)")
+    def deliveries(
+        p: Caller, tenant: Tenant = None,
+        status: Annotated[Literal["pending", "delivered", "failed"] | None, Query()] = None,
+        job_id: Annotated[uuid.UUID | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> dict[str, Any]:
+        who = _whose(p, tenant)
+        with c.engine.connect() as conn:
+            rows = conn.execute(_DELIVERIES, {"t": who, "s": status, "j": job_id,
+                                              "n": limit}).all()
+        return {"items": [
+            {"id": r.id, "event_id": str(r.event_id), "event_type": r.type,
+             "job_id": str(r.job_id), "seq": r.seq, "target": r.target, "status": r.status,
+             "attempts": r.attempts, "last_error": r.last_error,
+             "next_attempt_at": _iso(r.next_attempt_at) if r.status == "pending" else None,
+             "created_at": _iso(r.created_at), "delivered_at": _iso(r.delivered_at)}
+            for r in rows]}
+
+    return r

@@ -1,0 +1,214 @@
+"""Sending job webhooks: the consumer side of the events outbox (migration 0012 queues a
+``webhook_deliveries`` row per event and endpoint in the transition's transaction).
+
+Modelled on the budget alerts' delivery (``orchestrator.notify.outbox``), in three short steps
+that hold no lock while a receiver is called, so a slow receiver never slows a job:
+
+1. **claim** (one transaction): due deliveries whose job has no earlier delivery to the same
+   target still pending (in order per job), ``FOR UPDATE SKIP LOCKED``; each is leased
+   (``attempts + 1``, ``next_attempt_at = now + lease``, a fresh ``claim_token``);
+2. **send** each, outside any transaction, through the egress policy (checked and pinned at
+   connection time), signed as alerts are: ``X-Orchestrator-Timestamp``,
+   ``X-Orchestrator-Signature: sha256=HMAC(secret, "<timestamp>.<body>")``, plus
+   ``X-Orchestrator-Event-Id`` (the event's id, to de-duplicate on);
+3. **record**: ``delivered``; or ``pending`` again after a backoff (exponential with jitter,
+   ``ORCH_WEBHOOK_BACKOFF_S`` doubling up to ``ORCH_WEBHOOK_BACKOFF_CAP_S``) while the event
+   is younger than ``ORCH_WEBHOOK_RETRY_WINDOW_S``; else ``failed``. The tenant endpoint's
+   ``failing_since`` and ``last_error`` mark it failing until a delivery succeeds.
+
+At least once: a crash between a send and its record sends it again after the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine, text
+
+from orchestrator.egress import EgressPolicy
+from orchestrator.events import endpoints
+from orchestrator.events.store import Event
+from orchestrator.notify.backoff import retry_delay_s
+from orchestrator.notify.base import post
+from orchestrator.notify.errors import DeliveryError
+from orchestrator.notify.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from orchestrator.secrets import SecretBox, SecretUnreadable
+
+log = logging.getLogger(__name__)
+
+EVENT_ID_HEADER = "X-Orchestrator-Event-Id"
+USER_AGENT = "orchestrator-webhooks/1"
+
+_CLAIM = text(
+    """
+    WITH due AS (
+        SELECT d.id FROM webhook_deliveries d
+        WHERE d.status = 'pending' AND d.next_attempt_at <= :now
+          AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p
+                          WHERE p.job_id = d.job_id AND p.target = d.target
+                            AND p.seq < d.seq AND p.status = 'pending')
+        ORDER BY d.next_attempt_at, d.id LIMIT :batch
+        FOR UPDATE OF d SKIP LOCKED
+    )
+    UPDATE webhook_deliveries d
+    SET attempts = d.attempts + 1, next_attempt_at = :lease_until, claim_token = :token,
+        updated_at = :now
+    FROM due WHERE d.id = due.id
+    RETURNING d.id, d.target, d.attempts, d.tenant, d.event_id
+    """
+)
+_EVENTS = text(
+    """
+    SELECT e.id, e.job_id, e.tenant, e.seq, e.type, e.data, e.txid, e.position, e.created_at,
+           j.spec->>'webhook_url' AS job_url
+    FROM job_events e JOIN jobs j ON j.id = e.job_id WHERE e.id = ANY(:ids)
+    """
+)
+_SUCCESS = text(
+    """
+    UPDATE webhook_deliveries SET status = 'delivered', delivered_at = :now, last_error = NULL,
+        claim_token = NULL, updated_at = :now
+    WHERE id = :id AND claim_token = :token
+    """
+)
+_FAILURE = text(
+    """
+    UPDATE webhook_deliveries SET status = :status, next_attempt_at = :next, last_error = :err,
+        claim_token = NULL, updated_at = :now
+    WHERE id = :id AND claim_token = :token
+    """
+)
+_ENDPOINT_OK = text("UPDATE webhook_endpoints SET failing_since = NULL, last_error = NULL "
+                    "WHERE tenant = :t AND failing_since IS NOT NULL")
+_ENDPOINT_FAILING = text(
+    "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, :now), "
+    "last_error = :err WHERE tenant = :t"
+)
+
+
+@dataclass(frozen=True)
+class WebhookPolicy:
+    retry_window_s: float = 86_400.0
+    backoff_s: float = 5.0
+    backoff_cap_s: float = 600.0
+    lease_s: float = 120.0  # a leased delivery is not leased again before this (crash cover)
+
+
+@dataclass(slots=True)
+class _Claimed:
+    id: int
+    target: str
+    attempts: int
+    tenant: str
+    event: Event | None
+    url: str | None = None
+    secret: str | None = None
+    error: DeliveryError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    delivered: int = 0
+    retrying: int = 0
+    failed: int = 0
+
+
+def deliver_due(engine: Engine, policy: EgressPolicy, box: SecretBox | None,
+                client: httpx.Client, rules: WebhookPolicy, now: datetime,
+                batch: int = 100, max_workers: int = 8) -> Report:
+    """Send what is due at ``now`` (at most ``batch``)."""
+    token = uuid.uuid4()
+    claimed = _claim(engine, box, now, batch, rules, token)
+    if claimed:
+        with ThreadPoolExecutor(max_workers=min(max_workers, len(claimed)),
+                                thread_name_prefix="webhooks") as pool:
+            list(pool.map(lambda c: _send(c, client, policy), claimed))
+    counts = {"delivered": 0, "retrying": 0, "failed": 0}
+    with engine.begin() as tx:
+        for c in claimed:
+            counts[_record(tx, c, now, rules, token)] += 1
+    return Report(**counts)
+
+
+def _claim(engine: Engine, box: SecretBox | None, now: datetime, batch: int,
+           rules: WebhookPolicy, token: uuid.UUID) -> list[_Claimed]:
+    with engine.begin() as tx:
+        rows = tx.execute(_CLAIM, {"now": now, "batch": batch, "token": token,
+                                   "lease_until": now + timedelta(seconds=rules.lease_s)}).all()
+        if not rows:
+            return []
+        events = {r.id: r for r in tx.execute(_EVENTS, {"ids": [r.event_id for r in rows]})}
+        ends = {t: endpoints.get(tx, t) for t in {r.tenant for r in rows}}
+    out: list[_Claimed] = []
+    for r in rows:
+        e = events.get(r.event_id)
+        c = _Claimed(r.id, r.target, r.attempts, r.tenant,
+                     None if e is None else Event(e.id, e.job_id, e.tenant, e.seq, e.type,
+                                                  dict(e.data), e.txid, e.position,
+                                                  e.created_at))
+        try:
+            c.secret = endpoints.open_secret(ends[r.tenant], box)
+            c.url = (e.job_url if e is not None else None) if r.target == "job" \
+                else endpoints.open_url(ends[r.tenant], box)
+        except SecretUnreadable:
+            c.error = DeliveryError("secret_unreadable", transient=True)
+        out.append(c)
+    return out
+
+
+def _send(c: _Claimed, client: httpx.Client, policy: EgressPolicy) -> None:
+    if c.error is not None:
+        return
+    if c.event is None:
+        c.error = DeliveryError("event_gone", transient=False)
+        return
+    if c.url is None:
+        c.error = DeliveryError("endpoint_removed", transient=False)
+        return
+    if c.secret is None:  # set one with PUT /v1/webhooks: then it goes out
+        c.error = DeliveryError("no_signing_secret", transient=True)
+        return
+    body = c.event.body()
+    ts = str(int(time.time()))
+    headers = {TIMESTAMP_HEADER: ts, SIGNATURE_HEADER: sign(c.secret, ts, body),
+               EVENT_ID_HEADER: str(c.event.id), "User-Agent": USER_AGENT}
+    field = "webhook_url" if c.target == "job" else "url"
+    try:
+        post(client, policy, c.url, body, headers, field)
+    except DeliveryError as exc:
+        c.error = exc
+    except Exception as exc:  # a bug must not sink the batch; say only its type
+        c.error = DeliveryError("internal_error", detail=type(exc).__name__, transient=True)
+
+
+def _record(tx: Any, c: _Claimed, now: datetime, rules: WebhookPolicy,
+            token: uuid.UUID) -> str:
+    ids = {"id": c.id, "token": token, "now": now}
+    if c.error is None:
+        tx.execute(_SUCCESS, ids)
+        if c.target == "tenant":
+            tx.execute(_ENDPOINT_OK, {"t": c.tenant})
+        return "delivered"
+    err = c.error.summary[:200]  # our own code: never a remote body, a URL or a secret
+    if c.target == "tenant":
+        tx.execute(_ENDPOINT_FAILING, {"t": c.tenant, "now": now, "err": err})
+    delay = max(retry_delay_s(c.attempts, base_s=rules.backoff_s, cap_s=rules.backoff_cap_s),
+                c.error.retry_after_s or 0.0)
+    nxt = now + timedelta(seconds=delay)
+    born = c.event.created_at if c.event is not None else now
+    if c.error.transient and nxt < born + timedelta(seconds=rules.retry_window_s):
+        tx.execute(_FAILURE, {**ids, "status": "pending", "next": nxt, "err": err})
+        log.warning("webhook delivery %d (%s): %s (attempt %d), retry at %s", c.id, c.target,
+                    err, c.attempts, nxt.isoformat())
+        return "retrying"
+    tx.execute(_FAILURE, {**ids, "status": "failed", "next": now, "err": err})
+    log.error("webhook delivery %d (%s) failed for good after %d attempt(s): %s", c.id,
+              c.target, c.attempts, err)
+    return "failed"

@@ -1,0 +1,101 @@
+"""A tenant's webhook endpoint (``PUT /v1/webhooks``): its URL and signing secret sealed at
+rest with the channel secrets' keys (``orchestrator.secrets``), never shown again.
+
+The secret signs every webhook of the tenant's jobs: those to the endpoint's own URL and those
+to a job's ``webhook_url``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from orchestrator.egress import EgressPolicy
+from orchestrator.egress.policy import parse_url
+from orchestrator.notify.stored import SEALED
+from orchestrator.secrets import SecretBox, SecretKeyMissing
+
+_UPSERT = text(
+    """
+    INSERT INTO webhook_endpoints (tenant, url, origin, secret, events)
+    VALUES (:t, CAST(:url AS jsonb), :origin, CAST(:secret AS jsonb), CAST(:events AS jsonb))
+    ON CONFLICT (tenant) DO UPDATE SET
+        url = EXCLUDED.url, origin = EXCLUDED.origin,
+        secret = COALESCE(CAST(:new_secret AS jsonb), webhook_endpoints.secret),
+        events = EXCLUDED.events, failing_since = NULL, last_error = NULL, updated_at = now()
+    RETURNING tenant
+    """
+)
+_GET = text("SELECT tenant, url, origin, secret, events, failing_since, last_error, "
+            "updated_at FROM webhook_endpoints WHERE tenant = :t")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    tenant: str
+    url: dict[str, Any] | None
+    origin: str | None
+    secret: dict[str, Any]
+    events: list[str]
+    failing_since: datetime | None
+    last_error: str | None
+    updated_at: datetime
+
+    def view(self) -> dict[str, Any]:
+        """What ``GET /v1/webhooks`` shows: never the URL's path or the secret."""
+        return {"tenant": self.tenant, "origin": self.origin, "url_set": self.url is not None,
+                "events": list(self.events), "secret_set": True,
+                "failing_since": self.failing_since.isoformat() if self.failing_since else None,
+                "last_error": self.last_error, "updated_at": self.updated_at.isoformat()}
+
+
+def get(conn: Connection, tenant: str) -> Endpoint | None:
+    row = conn.execute(_GET, {"t": tenant}).first()
+    return None if row is None else Endpoint(*row)
+
+
+def _seal(box: SecretBox | None, value: str) -> dict[str, str]:
+    if box is None:
+        raise SecretKeyMissing()
+    return {SEALED: box.encrypt(value)}
+
+
+def put(conn: Connection, tenant: str, *, url: str | None, secret: str | None,
+        events: list[str], policy: EgressPolicy, box: SecretBox | None) -> Endpoint:
+    """Create or replace the endpoint. The URL is checked by the egress policy now (a 422
+    naming ``url``); ``secret`` None keeps the stored one (required the first time)."""
+    import json
+
+    from orchestrator.errors import InvalidRequest
+
+    origin = None
+    if url is not None:
+        policy.check(url, field="url")
+        origin = parse_url(url, "url").origin
+    if secret is None and get(conn, tenant) is None:
+        raise InvalidRequest("secret: required when the tenant has no webhook endpoint yet",
+                             field="secret")
+    sealed_secret = None if secret is None else json.dumps(_seal(box, secret))
+    conn.execute(_UPSERT, {
+        "t": tenant, "url": None if url is None else json.dumps(_seal(box, url)),
+        "origin": origin, "secret": sealed_secret or json.dumps({}),
+        "new_secret": sealed_secret, "events": json.dumps(events)})
+    found = get(conn, tenant)
+    assert found is not None
+    return found
+
+
+def open_secret(endpoint: Endpoint | None, box: SecretBox | None) -> str | None:
+    """The plain signing secret, None when there is none to be had."""
+    if endpoint is None or box is None or not isinstance(endpoint.secret.get(SEALED), str):
+        return None
+    return box.decrypt(endpoint.secret[SEALED])
+
+
+def open_url(endpoint: Endpoint | None, box: SecretBox | None) -> str | None:
+    if (endpoint is None or endpoint.url is None or box is None
+            or not isinstance(endpoint.url.get(SEALED), str)):
+        return None
+    return box.decrypt(endpoint.url[SEALED])

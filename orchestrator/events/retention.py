@@ -1,0 +1,52 @@
+"""Result retention (beat's ``orchestrator.expire_results``): a finished job's result (the
+provider's output) is dropped ``ORCH_RESULT_RETENTION_DAYS`` after the job ended, with the
+job's events (a ``job.succeeded`` event carries the result too) once none of their webhook
+deliveries is still pending. The job row, its attempts and the ledger stay for ever: costs
+and reports never depend on a result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, text
+
+_RESULTS = text(
+    """
+    WITH old AS (
+        SELECT id FROM jobs
+        WHERE result IS NOT NULL AND finished_at < :cutoff
+        ORDER BY finished_at LIMIT :limit FOR UPDATE SKIP LOCKED
+    )
+    UPDATE jobs j SET result = NULL, result_expired_at = :now FROM old WHERE j.id = old.id
+    """
+)
+_EVENTS = text(
+    """
+    DELETE FROM job_events e WHERE e.position IN (
+        SELECT position FROM job_events x
+        WHERE x.created_at < :cutoff
+          AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                          WHERE d.event_id = x.id AND d.status = 'pending')
+        ORDER BY x.created_at LIMIT :limit)
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    results: int
+    events: int
+
+
+def expire(engine: Engine, retention_days: float, now: datetime,
+           limit: int = 5000) -> Expired:
+    """One pass: at most ``limit`` results and ``limit`` events. 0 days keeps everything."""
+    if retention_days <= 0:
+        return Expired(0, 0)
+    cutoff = now - timedelta(days=retention_days)
+    with engine.begin() as tx:
+        results = tx.execute(_RESULTS, {"cutoff": cutoff, "now": now, "limit": limit}).rowcount
+    with engine.begin() as tx:
+        events = tx.execute(_EVENTS, {"cutoff": cutoff, "limit": limit}).rowcount
+    return Expired(int(results or 0), int(events or 0))

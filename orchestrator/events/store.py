@@ -1,0 +1,113 @@
+"""Reading job events (written by migration 0012's triggers) and their wire form.
+
+A job's events are read by ``seq`` (gap free, in commit order: every event-writing statement
+holds the job's row lock). A tenant's feed is read in (``txid``, ``position``) order, and only
+events whose transaction is older than every transaction still running
+(``pg_snapshot_xmin``): a transaction still open can only commit events that sort after
+them, so a reader that moves its cursor forward never skips one.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+_COLS = "id, job_id, tenant, seq, type, data, txid, position, created_at"
+_JOB = text(
+    f"SELECT {_COLS} FROM job_events WHERE job_id = :j AND seq > :after ORDER BY seq LIMIT :n"
+)
+_FEED = text(
+    f"""
+    SELECT {_COLS} FROM job_events
+    WHERE tenant = :t AND (txid, position) > (:x, :p)
+      AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+    ORDER BY txid, position LIMIT :n
+    """
+)
+_FEED_HEAD = text(
+    """
+    SELECT txid, position FROM job_events
+    WHERE tenant = :t AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+    ORDER BY txid DESC, position DESC LIMIT 1
+    """
+)
+_JOB_OWNER = text("SELECT tenant, status FROM jobs WHERE id = :j")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: uuid.UUID
+    job_id: uuid.UUID
+    tenant: str
+    seq: int
+    type: str
+    data: dict[str, Any]
+    txid: int
+    position: int
+    created_at: datetime
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in ("job.succeeded", "job.failed", "job.cancelled")
+
+    @property
+    def feed_cursor(self) -> str:
+        """The tenant feed's position of this event (``GET /v1/events?since=``)."""
+        return f"{self.txid}-{self.position}"
+
+    def payload(self) -> dict[str, Any]:
+        """The event as webhooks and streams carry it (never the job's input)."""
+        return {"id": str(self.id), "type": self.type, "job_id": str(self.job_id),
+                "tenant": self.tenant, "seq": self.seq,
+                "created_at": self.created_at.isoformat(), "data": self.data}
+
+    def body(self) -> bytes:
+        return json.dumps(self.payload(), separators=(",", ":")).encode()
+
+
+def _event(row: Any) -> Event:
+    return Event(row.id, row.job_id, row.tenant, row.seq, row.type, dict(row.data), row.txid,
+                 row.position, row.created_at)
+
+
+def job_events(conn: Connection, job_id: uuid.UUID, after_seq: int = 0,
+               limit: int = 500) -> list[Event]:
+    rows = conn.execute(_JOB, {"j": job_id, "after": after_seq, "n": limit}).all()
+    return [_event(r) for r in rows]
+
+
+def job_owner(conn: Connection, job_id: uuid.UUID) -> tuple[str, str] | None:
+    """(tenant, status) of the job, None when there is no such job."""
+    row = conn.execute(_JOB_OWNER, {"j": job_id}).first()
+    return None if row is None else (row.tenant, row.status)
+
+
+FeedCursor = tuple[int, int]
+
+
+def parse_feed_cursor(value: str) -> FeedCursor:
+    """``<txid>-<position>`` (an event's ``id:`` in the feed) or ``0`` (from the start).
+    Raises ValueError."""
+    if value.strip() == "0":
+        return (0, 0)
+    txid, sep, position = value.strip().partition("-")
+    if not sep or not txid.isdigit() or not position.isdigit():
+        raise ValueError("since must be 0 or an event id of the feed (<txid>-<position>)")
+    return (int(txid), int(position))
+
+
+def feed_events(conn: Connection, tenant: str, after: FeedCursor,
+                limit: int = 500) -> list[Event]:
+    rows = conn.execute(_FEED, {"t": tenant, "x": after[0], "p": after[1], "n": limit}).all()
+    return [_event(r) for r in rows]
+
+
+def feed_head(conn: Connection, tenant: str) -> FeedCursor:
+    """The tenant feed's cursor now: a reader starting here sees what comes next."""
+    row = conn.execute(_FEED_HEAD, {"t": tenant}).first()
+    return (0, 0) if row is None else (int(row.txid), int(row.position))
