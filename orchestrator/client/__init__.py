@@ -36,6 +36,8 @@ from orchestrator.client.models import (
     ErrorInfo,
     Excluded,
     Job,
+    JobEvent,
+    JobResult,
     Page,
     Quote,
 )
@@ -60,6 +62,8 @@ __all__ = [
     "Forbidden",
     "InvalidRequest",
     "Job",
+    "JobEvent",
+    "JobResult",
     "NoEligibleBackend",
     "NotFound",
     "Page",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote as _quote
@@ -16,7 +16,16 @@ import httpx
 from pydantic import ValidationError
 
 from orchestrator.client.errors import ApiConnectionError, ApiError, RateLimited, ServerError
-from orchestrator.client.models import ApiKey, Backend, Budget, Job, Page, Quote
+from orchestrator.client.models import (
+    ApiKey,
+    Backend,
+    Budget,
+    Job,
+    JobEvent,
+    JobResult,
+    Page,
+    Quote,
+)
 
 T = TypeVar("T")
 
@@ -118,12 +127,14 @@ def job_body(
     *, kind: str, input: Mapping[str, Any], tier: str | None, strategy: str | None,
     max_cost_usd: float | None, backend: str | None, deadline_s: int | None,
     priority: str | None, webhook_url: str | None, metadata: Mapping[str, Any] | None,
+    webhook_events: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The CONTRACT job body; unset fields are left out so the server's defaults apply."""
     body: dict[str, Any] = {"kind": kind, "input": dict(input)}
     optional = {"tier": tier, "strategy": strategy, "max_cost_usd": max_cost_usd,
                 "backend": backend, "deadline_s": deadline_s, "priority": priority,
                 "webhook_url": webhook_url,
+                "webhook_events": list(webhook_events) if webhook_events is not None else None,
                 "metadata": dict(metadata) if metadata is not None else None}
     body.update({k: v for k, v in optional.items() if v is not None})
     return body
@@ -183,6 +194,31 @@ def set_budget(
         body["channels"] = list(channels)
     return Call("PUT", "/v1/budgets", lambda d: Budget.model_validate(_unwrap(d, "budget")),
                 json=body)
+
+
+def result(job_id: str) -> Call[JobResult]:
+    return Call("GET", f"/v1/jobs/{_path_id(job_id)}/result", JobResult.model_validate)
+
+
+TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.cancelled"})
+STREAM_READ_TIMEOUT_S = 60.0  # the server sends a comment at least every ORCH_EVENTS_PING_S
+
+
+def events_path(job_id: str) -> str:
+    return f"/v1/jobs/{_path_id(job_id)}/events"
+
+
+def stream_headers(last_seq: int) -> dict[str, str]:
+    return {"Accept": "text/event-stream", **({"Last-Event-ID": str(last_seq)} if last_seq
+                                               else {})}
+
+
+def stream_timeout(remaining_s: float) -> httpx.Timeout:
+    return httpx.Timeout(10.0, read=max(0.05, min(remaining_s, STREAM_READ_TIMEOUT_S)))
+
+
+def parse_event(data: str) -> JobEvent:
+    return JobEvent.model_validate_json(data)
 
 
 def next_poll_interval(current: float, cap: float) -> float:

@@ -6,14 +6,24 @@ import asyncio
 import builtins
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
+import httpx_sse
 
 from orchestrator.client import _core
 from orchestrator.client.errors import ApiError, WaitTimeout, error_from_response
-from orchestrator.client.models import ApiKey, Backend, Budget, Job, Page, Quote
+from orchestrator.client.models import (
+    ApiKey,
+    Backend,
+    Budget,
+    Job,
+    JobEvent,
+    JobResult,
+    Page,
+    Quote,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("orchestrator.client")
@@ -89,12 +99,13 @@ class AsyncClient:
         strategy: str | None = None, max_cost_usd: float | None = None,
         backend: str | None = None, deadline_s: int | None = None, priority: str | None = None,
         webhook_url: str | None = None, metadata: Mapping[str, Any] | None = None,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, webhook_events: Sequence[str] | None = None,
     ) -> Job:
         """Submit a job (202). Raises BudgetExceeded, InvalidRequest, NoEligibleBackend, ..."""
         body = _core.job_body(kind=kind, input=input, tier=tier, strategy=strategy,
                               max_cost_usd=max_cost_usd, backend=backend, deadline_s=deadline_s,
-                              priority=priority, webhook_url=webhook_url, metadata=metadata)
+                              priority=priority, webhook_url=webhook_url, metadata=metadata,
+                              webhook_events=webhook_events)
         return await self._run(_core.submit(body, idempotency_key))
 
     async def quote(
@@ -136,11 +147,15 @@ class AsyncClient:
 
     async def wait(
         self, id: str, timeout: float = 600, poll_interval: float = 1.0,
-        max_poll_interval: float = 15.0,
+        max_poll_interval: float = 15.0, stream: bool = True,
     ) -> Job:
-        """Poll until the job is final (succeeded, failed or cancelled) and return it; the
-        interval grows by 1.5x up to ``max_poll_interval``. Raises WaitTimeout."""
+        """As ``Client.wait``: follows the job's event stream, polls when it cannot be had.
+        Raises WaitTimeout."""
         deadline = self._clock() + timeout
+        if stream:
+            job = await self._wait_streaming(id, deadline)
+            if job is not None:
+                return job
         interval = poll_interval
         while True:
             job = await self.get(id)
@@ -151,6 +166,42 @@ class AsyncClient:
                 raise WaitTimeout(f"job {id} still {job.status} after {timeout:g}s", job=job)
             await self._sleep(min(interval, remaining))
             interval = _core.next_poll_interval(interval, max_poll_interval)
+
+    async def _wait_streaming(self, id: str, deadline: float) -> Job | None:
+        try:
+            async for event in self.events(id, timeout=deadline - self._clock()):
+                if event.is_terminal:
+                    return await self.get(id)
+        except (httpx.TransportError, httpx_sse.SSEError, ApiError, ValueError) as exc:
+            log.debug("event stream of %s unavailable (%s); polling", id, type(exc).__name__)
+        return None
+
+    async def events(self, id: str, after: int = 0, timeout: float | None = None
+                     ) -> AsyncIterator[JobEvent]:
+        """As ``Client.events``: the job's events until its terminal one."""
+        stop = None if timeout is None else self._clock() + timeout
+        last, quiet = after, 0
+        while quiet < 3:
+            remaining = _core.STREAM_READ_TIMEOUT_S if stop is None else stop - self._clock()
+            if remaining <= 0:
+                raise httpx.ReadTimeout("no terminal event in time")
+            async with httpx_sse.aconnect_sse(
+                self._http, "GET", _core.events_path(id),
+                headers=_core.stream_headers(last), timeout=_core.stream_timeout(remaining),
+            ) as source:
+                if not source.response.is_success:
+                    await source.response.aread()
+                    raise error_from_response(source.response)
+                quiet += 1
+                async for sse in source.aiter_sse():
+                    event = _core.parse_event(sse.data)
+                    last, quiet = event.seq, 0
+                    yield event
+                    if event.is_terminal:
+                        return
+
+    async def result(self, id: str) -> JobResult:
+        return await self._run(_core.result(id))
 
     # -- catalogue, budgets, admin -------------------------------------------------------------
 

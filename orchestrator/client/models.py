@@ -121,3 +121,33 @@ class ApiKey(_Model):
     key: str = Field(repr=False)  # never printed by accident
     tenant: str
     admin: bool = False
+
+
+class JobEvent(_Model):
+    """One event of a job (``GET /v1/jobs/{id}/events``, webhooks): ``type`` is
+    ``job.queued``, ``job.started``, ``job.failover``, ``job.succeeded``, ``job.failed`` or
+    ``job.cancelled``; ``seq`` counts the job's events from 1."""
+
+    id: str
+    type: str
+    job_id: str
+    tenant: str | None = None
+    seq: int
+    created_at: datetime
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.type in ("job.succeeded", "job.failed", "job.cancelled")
+
+
+class JobResult(_Model):
+    """``GET /v1/jobs/{id}/result``: the provider's output and what the job cost."""
+
+    job_id: str
+    status: str
+    backend: str | None = None
+    output: dict[str, Any] | None = None
+    cost: dict[str, Any] = Field(default_factory=dict)
+    finished_at: datetime | None = None
+    expires_at: datetime | None = None

@@ -5,14 +5,24 @@ from __future__ import annotations
 import builtins
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
+import httpx_sse
 
 from orchestrator.client import _core
 from orchestrator.client.errors import ApiError, WaitTimeout, error_from_response
-from orchestrator.client.models import ApiKey, Backend, Budget, Job, Page, Quote
+from orchestrator.client.models import (
+    ApiKey,
+    Backend,
+    Budget,
+    Job,
+    JobEvent,
+    JobResult,
+    Page,
+    Quote,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("orchestrator.client")
@@ -88,12 +98,13 @@ class Client:
         strategy: str | None = None, max_cost_usd: float | None = None,
         backend: str | None = None, deadline_s: int | None = None, priority: str | None = None,
         webhook_url: str | None = None, metadata: Mapping[str, Any] | None = None,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, webhook_events: Sequence[str] | None = None,
     ) -> Job:
         """Submit a job (202). Raises BudgetExceeded, InvalidRequest, NoEligibleBackend, ..."""
         body = _core.job_body(kind=kind, input=input, tier=tier, strategy=strategy,
                               max_cost_usd=max_cost_usd, backend=backend, deadline_s=deadline_s,
-                              priority=priority, webhook_url=webhook_url, metadata=metadata)
+                              priority=priority, webhook_url=webhook_url, metadata=metadata,
+                              webhook_events=webhook_events)
         return self._run(_core.submit(body, idempotency_key))
 
     def quote(
@@ -132,11 +143,17 @@ class Client:
 
     def wait(
         self, id: str, timeout: float = 600, poll_interval: float = 1.0,
-        max_poll_interval: float = 15.0,
+        max_poll_interval: float = 15.0, stream: bool = True,
     ) -> Job:
-        """Poll until the job is final (succeeded, failed or cancelled) and return it; the
-        interval grows by 1.5x up to ``max_poll_interval``. Raises WaitTimeout."""
+        """Until the job is final (succeeded, failed or cancelled); returns it. Follows the
+        job's event stream (``stream``), and polls when the stream cannot be had (a proxy
+        refusing it, an older server): every ``poll_interval`` growing by 1.5x up to
+        ``max_poll_interval``. Raises WaitTimeout."""
         deadline = self._clock() + timeout
+        if stream:
+            job = self._wait_streaming(id, deadline)
+            if job is not None:
+                return job
         interval = poll_interval
         while True:
             job = self.get(id)
@@ -147,6 +164,47 @@ class Client:
                 raise WaitTimeout(f"job {id} still {job.status} after {timeout:g}s", job=job)
             self._sleep(min(interval, remaining))
             interval = _core.next_poll_interval(interval, max_poll_interval)
+
+    def _wait_streaming(self, id: str, deadline: float) -> Job | None:
+        """The job once its terminal event came; None when the stream failed or ended
+        without one (the caller polls: a final job is seen at once)."""
+        try:
+            for event in self.events(id, timeout=deadline - self._clock()):
+                if event.is_terminal:
+                    return self.get(id)
+        except (httpx.TransportError, httpx_sse.SSEError, ApiError, ValueError) as exc:
+            log.debug("event stream of %s unavailable (%s); polling", id, type(exc).__name__)
+        return None
+
+    def events(self, id: str, after: int = 0, timeout: float | None = None
+               ) -> Iterator[JobEvent]:
+        """The job's events as they come (``GET /v1/jobs/{id}/events``), after ``seq``
+        ``after``, until its terminal event; reconnects with ``Last-Event-ID`` when the
+        stream is cut. ``timeout``: stop after this many seconds (httpx.ReadTimeout)."""
+        stop = None if timeout is None else self._clock() + timeout
+        last, quiet = after, 0
+        while quiet < 3:  # a stream that ends three times with nothing new: give up
+            remaining = _core.STREAM_READ_TIMEOUT_S if stop is None else stop - self._clock()
+            if remaining <= 0:
+                raise httpx.ReadTimeout("no terminal event in time")
+            with httpx_sse.connect_sse(
+                self._http, "GET", _core.events_path(id),
+                headers=_core.stream_headers(last), timeout=_core.stream_timeout(remaining),
+            ) as source:
+                if not source.response.is_success:
+                    source.response.read()
+                    raise error_from_response(source.response)
+                quiet += 1
+                for sse in source.iter_sse():
+                    event = _core.parse_event(sse.data)
+                    last, quiet = event.seq, 0
+                    yield event
+                    if event.is_terminal:
+                        return
+
+    def result(self, id: str) -> JobResult:
+        """A succeeded job's output and cost breakdown (``GET /v1/jobs/{id}/result``)."""
+        return self._run(_core.result(id))
 
     # -- catalogue, budgets, admin -------------------------------------------------------------
 

@@ -98,10 +98,10 @@ def test_async_wait_backs_off_and_times_out() -> None:
 
     async def go() -> str:
         async with make(done, clock) as c:
-            job = await c.wait("j-1", poll_interval=2.0)
+            job = await c.wait("j-1", poll_interval=2.0, stream=False)
         async with make(stuck, clock) as c2:
             with pytest.raises(WaitTimeout) as info:
-                await c2.wait("j-1", timeout=5, poll_interval=2.0)
+                await c2.wait("j-1", timeout=5, poll_interval=2.0, stream=False)
             assert info.value.job is not None and info.value.job.status == "queued"
         return job.status
 

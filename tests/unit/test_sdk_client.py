@@ -219,7 +219,8 @@ def test_wait_polls_with_growing_interval_until_final() -> None:
     script = Script([httpx.Response(200, json=job_json(status=s, cost_usd=0.3 if
                                                        s == "succeeded" else None))
                      for s in statuses])
-    job = make(script, clock).wait("j-1", timeout=600, poll_interval=1.0, max_poll_interval=2.0)
+    job = make(script, clock).wait("j-1", timeout=600, poll_interval=1.0, max_poll_interval=2.0,
+                                     stream=False)
     assert job.status == "succeeded" and job.is_final and job.cost_usd == 0.3
     assert clock.sleeps == [1.0, 1.5, 2.0, 2.0]
     assert all(r.url.path == "/v1/jobs/j-1" for r in script.requests)
@@ -229,7 +230,8 @@ def test_wait_raises_a_typed_timeout_with_the_last_job() -> None:
     clock = FakeClock()
     script = Script([httpx.Response(200, json=job_json(status="running"))])
     with pytest.raises(WaitTimeout) as info:
-        make(script, clock).wait("j-1", timeout=10, poll_interval=4.0, max_poll_interval=4.0)
+        make(script, clock).wait("j-1", timeout=10, poll_interval=4.0, max_poll_interval=4.0,
+                              stream=False)
     assert isinstance(info.value, TimeoutError)
     assert info.value.job is not None and info.value.job.status == "running"
     assert clock.sleeps == [4.0, 4.0, 2.0]  # never sleeps past the deadline
