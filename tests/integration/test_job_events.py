@@ -1,0 +1,252 @@
+"""Job events over real HTTP: the tenant feed and job streams (SSE), resumption with
+Last-Event-ID, results, and the SDK's wait() on the stream and, when a proxy refuses the
+stream, by polling. Real PostgreSQL, Redis, Celery worker processes and the simulator."""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import httpx_sse
+import pytest
+from sqlalchemy import text
+
+from orchestrator.client import Client
+
+from .api_fixture import Api, api_fixture, video  # noqa: F401
+from .e2e_support import Rig, e2e_sim, rig  # noqa: F401
+
+
+def _feed(api: Api, out: queue.Queue[Any], ready: threading.Event, stop: threading.Event,
+          since: str | None = None) -> None:
+    """Read the tenant feed into ``out`` (each SSE) until ``stop``."""
+    params = {} if since is None else {"since": since}
+    with api.tenant() as client, httpx_sse.connect_sse(
+            client, "GET", "/v1/events", params=params,
+            timeout=httpx.Timeout(10.0, read=60.0)) as source:
+        assert source.response.status_code == 200
+        ready.set()
+        for sse in source.iter_sse():
+            out.put(sse)
+            if stop.is_set():
+                return
+
+
+def _take(q: queue.Queue[Any], until: Any, timeout: float = 60.0) -> list[Any]:
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while not until(got):
+        got.append(q.get(timeout=max(0.1, deadline - time.monotonic())))
+    return got
+
+
+def test_a_feed_opened_before_submission_sees_queued_started_succeeded(api: Api) -> None:
+    rig = api.rig
+    rig.start_worker()
+    out: queue.Queue[Any] = queue.Queue()
+    ready, stop = threading.Event(), threading.Event()
+    reader = threading.Thread(target=_feed, args=(api, out, ready, stop), daemon=True)
+    reader.start()
+    assert ready.wait(15)
+    r = api.tenant().post("/v1/jobs", json=video(webhook_events=["job.started"]))
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    events = _take(out, lambda got: any(e.event == "job.succeeded" for e in got))
+    stop.set()
+    mine = [json.loads(e.data) for e in events if json.loads(e.data)["job_id"] == job_id]
+    assert [e["type"] for e in mine] == ["job.queued", "job.started", "job.succeeded"]
+    assert [e["seq"] for e in mine] == [1, 2, 3]
+    assert all(e["tenant"] == "acme" for e in mine)
+    # never the prompt, anywhere in an event
+    assert not any("lighthouse" in e.data for e in events)
+    # the cursor of each message is its place in the feed, and increases
+    cursors = [tuple(int(x) for x in e.id.split("-")) for e in events]
+    assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
+    done = mine[-1]["data"]
+    assert done["backend"] == mine[1]["data"]["backend"] == "vid-cheap"
+    assert done["result"] and done["cost"]["total_micros"] > 0
+    assert done["cost"]["attempts"][0]["backend"] == "vid-cheap"
+    # the result route says the same as the event, and the job row
+    res = api.tenant().get(f"/v1/jobs/{job_id}/result").json()
+    assert res["output"] == done["result"]
+    assert res["cost"]["total_usd"] == done["cost"]["total_usd"] == rig.job(
+        uuid.UUID(job_id)).cost_micros / 1e6
+    # a feed resumed from an event's cursor gets exactly what came after it
+    again: queue.Queue[Any] = queue.Queue()
+    ready2, stop2 = threading.Event(), threading.Event()
+    stop2.set()  # returns after the first event it reads
+    threading.Thread(target=_feed, args=(api, again, ready2, stop2, events[0].id),
+                     daemon=True).start()
+    assert again.get(timeout=15).id == events[1].id
+
+
+def _job_stream(api: Api, job_id: str, last: int | None, n: int | None) -> list[Any]:
+    headers = {} if last is None else {"Last-Event-ID": str(last)}
+    got = []
+    with api.tenant() as client, httpx_sse.connect_sse(
+            client, "GET", f"/v1/jobs/{job_id}/events", headers=headers,
+            timeout=httpx.Timeout(10.0, read=60.0)) as source:
+        assert source.response.status_code == 200
+        for sse in source.iter_sse():
+            got.append(sse)
+            if n is not None and len(got) == n:
+                break
+    return got
+
+
+def test_a_job_stream_resumes_with_last_event_id_without_gaps(api: Api) -> None:
+    rig = api.rig
+    rig.control("vid-cheap", mode="down")  # attempt 1 fails: a failover, two starts
+    rig.start_worker()
+    job_id = api.tenant().post("/v1/jobs", json=video()).json()["id"]
+    first = _job_stream(api, job_id, None, 2)  # then the client goes away
+    assert [e.id for e in first] == ["1", "2"]
+    rest = _job_stream(api, job_id, int(first[-1].id), None)  # ends after the terminal one
+    seen = first + rest
+    assert [int(e.id) for e in seen] == list(range(1, len(seen) + 1))
+    assert [e.event for e in seen] == [
+        "job.queued", "job.started", "job.failover", "job.started", "job.succeeded"]
+    failover = json.loads(seen[2].data)["data"]
+    assert failover["from"] == "vid-cheap" and failover["to"] == "vid-mid"
+    assert failover["why"] and failover["attempt"] == 2
+    # resumed after the terminal event: nothing more, and the stream ends
+    assert _job_stream(api, job_id, len(seen), None) == []
+    # the events table holds the same, once each
+    with rig.engine.connect() as conn:
+        rows = conn.execute(text("SELECT seq, type FROM job_events WHERE job_id = :j "
+                                 "ORDER BY seq"), {"j": job_id}).all()
+    assert [(r.seq, r.type) for r in rows] == [(int(e.id), e.event) for e in seen]
+    # another tenant's job is not there
+    assert api.tenant("globex").get(f"/v1/jobs/{job_id}/events").status_code == 404
+    bad = api.tenant().get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "x"})
+    assert bad.status_code == 422 and bad.json()["error"]["details"]["field"] == "Last-Event-ID"
+
+
+def _terminal_at(rig: Rig, job_id: str) -> datetime:
+    with rig.engine.connect() as conn:
+        at = conn.execute(text("SELECT created_at FROM job_events WHERE job_id = :j AND type "
+                               "IN ('job.succeeded', 'job.failed', 'job.cancelled')"),
+                          {"j": job_id}).scalar_one()
+    assert isinstance(at, datetime)
+    return at
+
+
+def test_sdk_wait_returns_within_100_ms_of_the_terminal_event_by_the_stream(api: Api) -> None:
+    rig = api.rig
+    rig.control("vid-cheap", latency_ms=1500)
+    rig.start_worker()
+    rig.wait_worker_ready()
+    counting = Counting()
+    with Client(base_url=api.url, api_key=api.keys["acme"], transport=counting) as sdk:
+        job = sdk.submit(kind="video", input={"prompt": "fog", "duration_s": 4}, tier="draft")
+        done = sdk.wait(job.id, timeout=60, poll_interval=30)  # polling would be 30 s late
+        returned = time.time()
+    assert done.status == "succeeded"
+    lag = returned - _terminal_at(rig, job.id).timestamp()
+    assert 0 <= lag < 0.1, lag
+    # submit, one stream, one GET of the final job: no polling
+    assert counting.paths == ["/v1/jobs", f"/v1/jobs/{job.id}/events", f"/v1/jobs/{job.id}"]
+
+
+class Counting(httpx.HTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return super().handle_request(request)
+
+
+class RefusingProxy:
+    """A tiny HTTP proxy in front of the API that refuses every ``/events`` request (as a
+    proxy that buffers or blocks streams would) and forwards the rest."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = httpx.Client(base_url=upstream, timeout=15.0)
+        self.refused = 0
+        self.forwarded: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                if "/events" in self.path:
+                    proxy.refused += 1
+                    self.send_response(502)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self._forward("GET", b"")
+
+            def do_POST(self) -> None:
+                self._forward("POST", self.rfile.read(int(self.headers["Content-Length"])))
+
+            def _forward(self, method: str, body: bytes) -> None:
+                proxy.forwarded.append(f"{method} {self.path}")
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() in ("authorization", "content-type",
+                                            "idempotency-key")}
+                r = proxy.upstream.request(method, self.path, content=body, headers=headers)
+                self.send_response(r.status_code)
+                self.send_header("Content-Type", r.headers.get("content-type", ""))
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.sock.close()
+        self.server = ThreadingHTTPServer(("127.0.0.1", int(self.url.rsplit(":", 1)[1])),
+                                          Handler)
+        self.server.serve_forever()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.upstream.close()
+
+
+@pytest.fixture()
+def refusing_proxy(api: Api) -> Iterator[RefusingProxy]:
+    p = RefusingProxy(api.url)
+    deadline = time.monotonic() + 10
+    while not hasattr(p, "server"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)  # until its thread has bound the port again
+    yield p
+    p.close()
+
+
+def test_sdk_wait_falls_back_to_polling_when_the_stream_is_blocked(
+        api: Api, refusing_proxy: RefusingProxy) -> None:
+    rig = api.rig
+    rig.control("vid-cheap", latency_ms=1500)
+    rig.start_worker()
+    rig.wait_worker_ready()
+    with Client(base_url=refusing_proxy.url, api_key=api.keys["acme"], retries=0) as sdk:
+        job = sdk.submit(kind="video", input={"prompt": "fog", "duration_s": 4}, tier="draft")
+        done = sdk.wait(job.id, timeout=60, poll_interval=0.02, max_poll_interval=0.02)
+        returned = time.time()
+    assert done.status == "succeeded"
+    assert refusing_proxy.refused >= 1  # the stream was tried, and refused
+    polls = [f for f in refusing_proxy.forwarded if f == f"GET /v1/jobs/{job.id}"]
+    assert len(polls) >= 2  # it polled
+    lag = returned - _terminal_at(rig, job.id).timestamp()
+    assert 0 <= lag < 0.1, lag
