@@ -215,8 +215,10 @@ def api_process(s: Stack) -> Iterator[tuple[str, int]]:
 
 
 @contextmanager
-def up_process(budget_usd: float) -> Iterator[tuple[str, str, int]]:
-    """``orchestrator up`` in a temporary data dir; yields (API URL, tenant key, API pid)."""
+def up_process(budget_usd: float, info: dict[str, str] | None = None
+               ) -> Iterator[tuple[str, str, int]]:
+    """``orchestrator up`` in a temporary data dir; yields (API URL, tenant key, API pid).
+    ``info`` (if given) gets the simulator's URL and the admin key."""
     with tempfile.TemporaryDirectory(prefix="orch-bench-up-") as tmp:
         data = Path(tmp) / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
@@ -236,6 +238,8 @@ def up_process(budget_usd: float) -> Iterator[tuple[str, str, int]]:
                 raise RuntimeError(f"`orchestrator up` exited with {proc.wait()}")
             creds = json.loads((data / "credentials.json").read_text())
             url = creds["api_url"]
+            if info is not None:
+                info.update(sim_url=env["ORCH_SIMULATOR_URL"], admin_key=creds["admin_key"])
             httpx.put(f"{url}/v1/budgets", json={
                 "scope": f"tenant:{creds['tenant']}", "period": "month",
                 "limit_usd": budget_usd}, headers={"Authorization": f"Bearer {creds['admin_key']}"},

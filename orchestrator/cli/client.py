@@ -21,7 +21,8 @@ from orchestrator.cli.errors import errors_as_one_line, fail
 from orchestrator.cli.keys import keys_app
 from orchestrator.client import ApiError, Backend, BudgetExceeded, Client, Job
 
-jobs_app = typer.Typer(no_args_is_help=True, help="Show, list and cancel jobs.")
+jobs_app = typer.Typer(no_args_is_help=True,
+                       help="Show, list, watch and cancel jobs; a job's result.")
 
 ApiUrl = Annotated[str | None, typer.Option(
     "--api-url", help="API base URL (default: ORCH_API_URL, else `orchestrator up`'s)",
@@ -36,6 +37,8 @@ def register(app: typer.Typer) -> None:
     """Add ``submit``, ``backends``, ``jobs …`` and ``keys …`` to the ``orchestrator`` app."""
     app.command("submit")(submit)
     app.command("backends")(backends)
+    from orchestrator.cli import watch  # noqa: F401  (adds jobs watch and jobs result)
+
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(keys_app, name="keys")
 
@@ -178,7 +181,8 @@ def submit(
     = None,
     idempotency_key: Annotated[str | None, typer.Option(
         help="resubmitting with the same key returns the same job")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="wait until the job is final")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="wait until the job is final (its event stream, else polling)")] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 600.0,
     json_out: JsonOut = False,
     api_url: ApiUrl = None,

@@ -1,0 +1,85 @@
+"""``orchestrator jobs watch ID`` (each event of a job as it comes, from its event stream)
+and ``orchestrator jobs result ID`` (a succeeded job's output and cost breakdown)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from orchestrator.cli.client import (
+    ApiKeyOpt,
+    ApiUrl,
+    JsonOut,
+    _client,
+    _one_line_errors,
+    _print_json,
+    jobs_app,
+    usd,
+)
+from orchestrator.cli.errors import fail
+from orchestrator.client import JobEvent
+
+
+def describe(e: JobEvent) -> str:
+    """One line per event: what happened, never the job's input."""
+    d: dict[str, Any] = e.data
+    cost = d.get("cost") or {}
+    error = d.get("error") or {}
+    what = {
+        "job.queued": f"estimate {usd(d.get('estimated_cost_usd'))}",
+        "job.started": f"on {d.get('backend')} (attempt {d.get('attempt')})",
+        "job.failover": f"{d.get('from')} -> {d.get('to')}: {d.get('why')}",
+        "job.succeeded": f"on {d.get('backend')}, cost {usd(cost.get('total_usd'))}",
+        "job.failed": f"{error.get('code')}: {error.get('message')}",
+    }.get(e.type, "")
+    return f"{e.created_at.isoformat()}  #{e.seq:<3} {e.type:14} {what}".rstrip()
+
+
+@jobs_app.command("watch")
+@_one_line_errors
+def jobs_watch(
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    after: Annotated[int, typer.Option(help="start after this event number (seq)")] = 0,
+    timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 3600.0,
+    json_out: Annotated[bool, typer.Option("--json", help="each event as a JSON line")]
+    = False,
+    api_url: ApiUrl = None, api_key: ApiKeyOpt = None,
+) -> None:
+    """Print each event of a job as it comes, until it ends; exit non-zero unless it
+    succeeded."""
+    last = None
+    with _client(api_url, api_key) as c:
+        try:
+            for event in c.events(job_id, after=after, timeout=timeout):
+                last = event
+                typer.echo(json.dumps(event.model_dump(mode="json")) if json_out
+                           else describe(event))
+        except httpx.TimeoutException:
+            fail(f"job {job_id}: no end within {timeout:g} s")
+        except httpx.TransportError as exc:
+            fail(f"job {job_id}: event stream unavailable ({type(exc).__name__})")
+    if last is not None and last.type != "job.succeeded":
+        fail(f"job {job_id} {last.type.removeprefix('job.')}")
+
+
+@jobs_app.command("result")
+@_one_line_errors
+def jobs_result(
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyOpt = None,
+) -> None:
+    """A succeeded job's output and what it cost, attempt by attempt."""
+    with _client(api_url, api_key) as c:
+        res = c.result(job_id)
+    if json_out:
+        _print_json(res.model_dump(mode="json"))
+        return
+    typer.echo(f"job {res.job_id} {res.status} on {res.backend}: "
+               f"{usd(res.cost.get('total_usd'))}")
+    for a in res.cost.get("attempts", []):
+        typer.echo(f"  attempt {a.get('attempt')} {a.get('backend')}: {a.get('outcome')} "
+                   f"{usd(a.get('cost_usd'))}")
+    typer.echo(json.dumps(res.output, indent=2))
