@@ -1,0 +1,69 @@
+"""Results and the command line's view of events: ``orchestrator jobs watch`` prints each
+event as it comes, ``submit --wait`` ends with the job, ``jobs result`` shows the output and
+cost; the retention sweeper drops results (and events) and keeps the ledger."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import typer
+from sqlalchemy import text
+
+from orchestrator.events.retention import expire
+
+from .api_fixture import Api, api_fixture, video  # noqa: F401
+from .e2e_support import e2e_sim, rig  # noqa: F401
+from .test_cli_client import VIDEO, run
+
+
+def test_watch_prints_each_event_and_result_shows_output_and_cost(
+        cli: typer.Typer, api: Api) -> None:
+    api.rig.start_worker()
+    submitted = run(cli, api, *VIDEO, "--json")
+    assert submitted.exit_code == 0, submitted.output
+    job_id = json.loads(submitted.output)["id"]
+    watched = run(cli, api, "jobs", "watch", job_id)
+    assert watched.exit_code == 0, watched.output
+    lines = watched.output.strip().splitlines()
+    assert [ln.split()[2] for ln in lines] == ["job.queued", "job.started", "job.succeeded"]
+    assert "lighthouse" not in watched.output
+    # resumed after the first event: the rest only, as JSON lines
+    rest = run(cli, api, "jobs", "watch", job_id, "--after", "1", "--json")
+    assert [json.loads(x)["seq"] for x in rest.output.strip().splitlines()] == [2, 3]
+    shown = run(cli, api, "jobs", "result", job_id, "--json")
+    assert shown.exit_code == 0, shown.output
+    res = json.loads(shown.output)
+    assert res["output"] and res["cost"]["attempts"][0]["backend"] == res["backend"]
+    waited = run(cli, api, *VIDEO, "--wait", "--json")
+    assert waited.exit_code == 0 and json.loads(waited.output)["status"] == "succeeded"
+
+
+def test_results_expire_after_the_retention_and_the_ledger_stays(api: Api) -> None:
+    rig = api.rig
+    api.budget("tenant:acme", 100_000_000)  # the ledger has entries to keep
+    rig.start_worker()
+    t = api.tenant()
+    job_id = t.post("/v1/jobs", json=video()).json()["id"]
+    assert t.get(f"/v1/jobs/{job_id}/result").json()["error"]["code"] == "not_ready_yet"
+    rig.wait_final([uuid.UUID(job_id)])
+    before = t.get(f"/v1/jobs/{job_id}/result")
+    assert before.status_code == 200 and before.json()["output"]
+    with rig.engine.connect() as conn:
+        ledger = conn.execute(text("SELECT count(*) FROM ledger_entries WHERE job_id = :j"),
+                              {"j": job_id}).scalar_one()
+    # a pass now keeps it (it is younger than a day); a pass two days on drops it
+    assert expire(rig.engine, 1, datetime.now(UTC)).results == 0
+    done = expire(rig.engine, 1, datetime.now(UTC) + timedelta(days=2))
+    assert done.results == 1 and done.events == 3
+    gone = t.get(f"/v1/jobs/{job_id}/result")
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "result_expired"
+    job = t.get(f"/v1/jobs/{job_id}").json()
+    assert job["result"] is None and job["cost_usd"] > 0
+    with rig.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ledger_entries WHERE job_id = :j"),
+                            {"j": job_id}).scalar_one() == ledger > 0
+        assert conn.execute(text("SELECT count(*) FROM job_events WHERE job_id = :j"),
+                            {"j": job_id}).scalar_one() == 0
+    assert expire(rig.engine, 0, datetime.now(UTC) + timedelta(days=999)).results == 0
