@@ -42,8 +42,9 @@ from orchestrator.events.store import (
 JobId = Annotated[uuid.UUID, Path(description="the job id")]
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)]
 _FINAL = ("succeeded", "failed", "cancelled")
-_SSE_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                  "description": "Server-Sent Events, one per job event"}}
+_SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+          "description": "Server-Sent Events, one per job event"}}
 
 
 def _message(ev: Event, cursor: str) -> ServerSentEvent:

@@ -32,8 +32,10 @@ def new_key_command() -> None:
 @secrets_app.command("rotate")
 @one_line_errors
 def rotate() -> None:
-    """Re-encrypt every stored channel secret with the first key of ORCH_SECRET_KEY (or of
-    <data_dir>/secret.key), and encrypt any still stored in plain text. All or nothing."""
+    """Re-encrypt every stored channel secret and tenant webhook endpoint with the first key
+    of ORCH_SECRET_KEY (or of <data_dir>/secret.key), and encrypt any channel secret still
+    stored in plain text. All or nothing."""
+    from orchestrator.events.endpoints import rotate_all
     from orchestrator.notify.stored import seal_legacy
     from orchestrator.secrets import SecretKeyMissing, load_keys
     from orchestrator.settings import get_settings, resolve_database_url
@@ -47,9 +49,11 @@ def rotate() -> None:
     try:
         with engine.begin() as tx:
             report = seal_legacy(tx, box, rotate=True)
+            endpoints = rotate_all(tx, box)
     finally:
         engine.dispose()
     invalid = f" ({report.invalid} of them not valid channels)" if report.invalid else ""
     typer.echo(f"re-encrypted {report.rotated} channel(s) and encrypted {report.sealed} "
                f"stored in plain text{invalid}, in {report.budgets} budget(s), with key 1 of "
                f"{box.key_count}")
+    typer.echo(f"re-encrypted {endpoints} tenant webhook endpoint(s)")

@@ -6,6 +6,7 @@ to a job's ``webhook_url``."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy import Connection, text
 
 from orchestrator.egress import EgressPolicy
 from orchestrator.egress.policy import parse_url
+from orchestrator.errors import InvalidRequest
 from orchestrator.notify.stored import SEALED
 from orchestrator.secrets import SecretBox, SecretKeyMissing
 
@@ -66,10 +68,6 @@ def put(conn: Connection, tenant: str, *, url: str | None, secret: str | None,
         events: list[str], policy: EgressPolicy, box: SecretBox | None) -> Endpoint:
     """Create or replace the endpoint. The URL is checked by the egress policy now (a 422
     naming ``url``); ``secret`` None keeps the stored one (required the first time)."""
-    import json
-
-    from orchestrator.errors import InvalidRequest
-
     origin = None
     if url is not None:
         policy.check(url, field="url")
@@ -99,3 +97,25 @@ def open_url(endpoint: Endpoint | None, box: SecretBox | None) -> str | None:
             or not isinstance(endpoint.url.get(SEALED), str)):
         return None
     return box.decrypt(endpoint.url[SEALED])
+
+
+_ALL = text("SELECT tenant, url, secret FROM webhook_endpoints ORDER BY tenant FOR UPDATE")
+_RESEAL = text("UPDATE webhook_endpoints SET url = CAST(:url AS jsonb), "
+               "secret = CAST(:secret AS jsonb) WHERE tenant = :t")
+
+
+def rotate_all(conn: Connection, box: SecretBox) -> int:
+    """Re-encrypt every endpoint's URL and secret with the first key (``orchestrator secrets
+    rotate``, in its transaction); returns how many endpoints. ``SecretUnreadable`` if one
+    does not decrypt with any key: nothing is changed then (the caller's transaction)."""
+    n = 0
+    for row in conn.execute(_ALL).all():
+        fields = {}
+        for name in ("url", "secret"):
+            value = getattr(row, name)
+            fields[name] = (json.dumps({SEALED: box.rotate(value[SEALED])})
+                            if isinstance(value, dict) and SEALED in value
+                            else (None if value is None else json.dumps(value)))
+        conn.execute(_RESEAL, {"t": row.tenant, **fields})
+        n += 1
+    return n

@@ -13,6 +13,8 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import Engine, text
 
+from orchestrator.egress import EgressPolicy
+from orchestrator.events import endpoints
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.notify import parse_channels
 from orchestrator.notify.stored import seal_all
@@ -56,12 +58,21 @@ def test_rotate_re_encrypts_everything_with_the_first_key_and_seals_plain_rows(
     old = Fernet.generate_key().decode()
     budget(db, "tenant:acme", seal_all(parse_channels([HOOK, SLACK]), SecretBox([old])))
     budget(db, "tenant:old", [HOOK, {"type": "email", "to": ["ops@example.com"]}])  # plain
+    with db.begin() as conn:  # a tenant webhook endpoint, sealed with the old key
+        endpoints.put(conn, "acme", url="https://93.184.216.34/hook", secret=SECRET,
+                      events=["job.succeeded"], policy=EgressPolicy(),
+                      box=SecretBox([old]))
 
     done = cli(database_url, tmp_path, f"{new},{old}", "rotate")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == (
+    assert done.stdout.strip().splitlines() == [
         "re-encrypted 2 channel(s) and encrypted 1 stored in plain text, in 2 budget(s), "
-        "with key 1 of 2")
+        "with key 1 of 2", "re-encrypted 1 tenant webhook endpoint(s)"]
+    with db.connect() as conn:
+        ep = endpoints.get(conn, "acme")
+    assert ep is not None
+    assert endpoints.open_secret(ep, SecretBox([new])) == SECRET
+    assert endpoints.open_url(ep, SecretBox([new])) == "https://93.184.216.34/hook"
     stored = channels(db)
     assert "tok3n" not in str(stored) and SECRET not in str(stored)
     only_new = Fernet(new.encode())

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from orchestrator.client import Client
 
 from .api_fixture import Api, api_fixture, video  # noqa: F401
-from .e2e_support import Rig, e2e_sim, rig  # noqa: F401
+from .e2e_support import Rig
 
 
 def _feed(api: Api, out: queue.Queue[Any], ready: threading.Event, stop: threading.Event,
@@ -49,8 +49,8 @@ def _take(q: queue.Queue[Any], until: Any, timeout: float = 60.0) -> list[Any]:
 
 
 def test_a_feed_opened_before_submission_sees_queued_started_succeeded(api: Api) -> None:
-    rig = api.rig
-    rig.start_worker()
+    sut = api.rig
+    sut.start_worker()
     out: queue.Queue[Any] = queue.Queue()
     ready, stop = threading.Event(), threading.Event()
     reader = threading.Thread(target=_feed, args=(api, out, ready, stop), daemon=True)
@@ -77,7 +77,7 @@ def test_a_feed_opened_before_submission_sees_queued_started_succeeded(api: Api)
     # the result route says the same as the event, and the job row
     res = api.tenant().get(f"/v1/jobs/{job_id}/result").json()
     assert res["output"] == done["result"]
-    assert res["cost"]["total_usd"] == done["cost"]["total_usd"] == rig.job(
+    assert res["cost"]["total_usd"] == done["cost"]["total_usd"] == sut.job(
         uuid.UUID(job_id)).cost_micros / 1e6
     # a feed resumed from an event's cursor gets exactly what came after it
     again: queue.Queue[Any] = queue.Queue()
@@ -103,9 +103,9 @@ def _job_stream(api: Api, job_id: str, last: int | None, n: int | None) -> list[
 
 
 def test_a_job_stream_resumes_with_last_event_id_without_gaps(api: Api) -> None:
-    rig = api.rig
-    rig.control("vid-cheap", mode="down")  # attempt 1 fails: a failover, two starts
-    rig.start_worker()
+    sut = api.rig
+    sut.control("vid-cheap", mode="down")  # attempt 1 fails: a failover, two starts
+    sut.start_worker()
     job_id = api.tenant().post("/v1/jobs", json=video()).json()["id"]
     first = _job_stream(api, job_id, None, 2)  # then the client goes away
     assert [e.id for e in first] == ["1", "2"]
@@ -120,7 +120,7 @@ def test_a_job_stream_resumes_with_last_event_id_without_gaps(api: Api) -> None:
     # resumed after the terminal event: nothing more, and the stream ends
     assert _job_stream(api, job_id, len(seen), None) == []
     # the events table holds the same, once each
-    with rig.engine.connect() as conn:
+    with sut.engine.connect() as conn:
         rows = conn.execute(text("SELECT seq, type FROM job_events WHERE job_id = :j "
                                  "ORDER BY seq"), {"j": job_id}).all()
     assert [(r.seq, r.type) for r in rows] == [(int(e.id), e.event) for e in seen]
@@ -130,8 +130,8 @@ def test_a_job_stream_resumes_with_last_event_id_without_gaps(api: Api) -> None:
     assert bad.status_code == 422 and bad.json()["error"]["details"]["field"] == "Last-Event-ID"
 
 
-def _terminal_at(rig: Rig, job_id: str) -> datetime:
-    with rig.engine.connect() as conn:
+def _terminal_at(sut: Rig, job_id: str) -> datetime:
+    with sut.engine.connect() as conn:
         at = conn.execute(text("SELECT created_at FROM job_events WHERE job_id = :j AND type "
                                "IN ('job.succeeded', 'job.failed', 'job.cancelled')"),
                           {"j": job_id}).scalar_one()
@@ -140,17 +140,17 @@ def _terminal_at(rig: Rig, job_id: str) -> datetime:
 
 
 def test_sdk_wait_returns_within_100_ms_of_the_terminal_event_by_the_stream(api: Api) -> None:
-    rig = api.rig
-    rig.control("vid-cheap", latency_ms=1500)
-    rig.start_worker()
-    rig.wait_worker_ready()
+    sut = api.rig
+    sut.control("vid-cheap", latency_ms=1500)
+    sut.start_worker()
+    sut.wait_worker_ready()
     counting = Counting()
     with Client(base_url=api.url, api_key=api.keys["acme"], transport=counting) as sdk:
         job = sdk.submit(kind="video", input={"prompt": "fog", "duration_s": 4}, tier="draft")
         done = sdk.wait(job.id, timeout=60, poll_interval=30)  # polling would be 30 s late
         returned = time.time()
     assert done.status == "succeeded"
-    lag = returned - _terminal_at(rig, job.id).timestamp()
+    lag = returned - _terminal_at(sut, job.id).timestamp()
     assert 0 <= lag < 0.1, lag
     # submit, one stream, one GET of the final job: no polling
     assert counting.paths == ["/v1/jobs", f"/v1/jobs/{job.id}/events", f"/v1/jobs/{job.id}"]
@@ -236,10 +236,10 @@ def refusing_proxy(api: Api) -> Iterator[RefusingProxy]:
 
 def test_sdk_wait_falls_back_to_polling_when_the_stream_is_blocked(
         api: Api, refusing_proxy: RefusingProxy) -> None:
-    rig = api.rig
-    rig.control("vid-cheap", latency_ms=1500)
-    rig.start_worker()
-    rig.wait_worker_ready()
+    sut = api.rig
+    sut.control("vid-cheap", latency_ms=1500)
+    sut.start_worker()
+    sut.wait_worker_ready()
     with Client(base_url=refusing_proxy.url, api_key=api.keys["acme"], retries=0) as sdk:
         job = sdk.submit(kind="video", input={"prompt": "fog", "duration_s": 4}, tier="draft")
         done = sdk.wait(job.id, timeout=60, poll_interval=0.02, max_poll_interval=0.02)
@@ -248,5 +248,5 @@ def test_sdk_wait_falls_back_to_polling_when_the_stream_is_blocked(
     assert refusing_proxy.refused >= 1  # the stream was tried, and refused
     polls = [f for f in refusing_proxy.forwarded if f == f"GET /v1/jobs/{job.id}"]
     assert len(polls) >= 2  # it polled
-    lag = returned - _terminal_at(rig, job.id).timestamp()
+    lag = returned - _terminal_at(sut, job.id).timestamp()
     assert 0 <= lag < 0.1, lag

@@ -14,7 +14,6 @@ from sqlalchemy import text
 from orchestrator.events.retention import expire
 
 from .api_fixture import Api, api_fixture, video  # noqa: F401
-from .e2e_support import e2e_sim, rig  # noqa: F401
 from .test_cli_client import VIDEO, run
 
 
@@ -41,29 +40,29 @@ def test_watch_prints_each_event_and_result_shows_output_and_cost(
 
 
 def test_results_expire_after_the_retention_and_the_ledger_stays(api: Api) -> None:
-    rig = api.rig
+    sut = api.rig
     api.budget("tenant:acme", 100_000_000)  # the ledger has entries to keep
-    rig.start_worker()
+    sut.start_worker()
     t = api.tenant()
     job_id = t.post("/v1/jobs", json=video()).json()["id"]
     assert t.get(f"/v1/jobs/{job_id}/result").json()["error"]["code"] == "not_ready_yet"
-    rig.wait_final([uuid.UUID(job_id)])
+    sut.wait_final([uuid.UUID(job_id)])
     before = t.get(f"/v1/jobs/{job_id}/result")
     assert before.status_code == 200 and before.json()["output"]
-    with rig.engine.connect() as conn:
+    with sut.engine.connect() as conn:
         ledger = conn.execute(text("SELECT count(*) FROM ledger_entries WHERE job_id = :j"),
                               {"j": job_id}).scalar_one()
     # a pass now keeps it (it is younger than a day); a pass two days on drops it
-    assert expire(rig.engine, 1, datetime.now(UTC)).results == 0
-    done = expire(rig.engine, 1, datetime.now(UTC) + timedelta(days=2))
+    assert expire(sut.engine, 1, datetime.now(UTC)).results == 0
+    done = expire(sut.engine, 1, datetime.now(UTC) + timedelta(days=2))
     assert done.results == 1 and done.events == 3
     gone = t.get(f"/v1/jobs/{job_id}/result")
     assert gone.status_code == 410 and gone.json()["error"]["code"] == "result_expired"
     job = t.get(f"/v1/jobs/{job_id}").json()
     assert job["result"] is None and job["cost_usd"] > 0
-    with rig.engine.connect() as conn:
+    with sut.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM ledger_entries WHERE job_id = :j"),
                             {"j": job_id}).scalar_one() == ledger > 0
         assert conn.execute(text("SELECT count(*) FROM job_events WHERE job_id = :j"),
                             {"j": job_id}).scalar_one() == 0
-    assert expire(rig.engine, 0, datetime.now(UTC) + timedelta(days=999)).results == 0
+    assert expire(sut.engine, 0, datetime.now(UTC) + timedelta(days=999)).results == 0

@@ -28,7 +28,7 @@ from orchestrator.simulator import RunningSimulator
 from tests.logscan import worker_log
 
 from .api_fixture import Api, start_api, video
-from .e2e_support import E2E_CATALOGUE, ROOT, Rig, e2e_sim, rig_for  # noqa: F401
+from .e2e_support import E2E_CATALOGUE, ROOT, Rig, rig_for
 
 SECRET = "whsec-0123456789abcdef"
 TERMINAL = ("job.succeeded", "job.failed", "job.cancelled")
