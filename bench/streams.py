@@ -11,9 +11,10 @@ for a slot): the jobs the streams watch. Then, against the same running system:
 2. with one ``GET /v1/jobs/{id}/events`` stream open per watched job (all opened, answered
    200 and held through the measurement, read by one asyncio thread here), the same again.
 
-Each phase prints ``streams=N submit_p50_ms=… submit_p99_ms=… errors=…``; the last line is the
-phase with streams. ``errors`` counts failed submissions and streams that were refused,
-broke or ended during the measurement.
+Before each phase it waits until only the watched jobs are live (the worker has finished the
+jobs submitted before). Each phase prints ``streams=N submit_p50_ms=… submit_p99_ms=…
+errors=…``; the last line is the phase with streams. ``errors`` counts failed submissions
+and streams that were refused, broke or ended during the measurement.
 """
 
 from __future__ import annotations
@@ -99,7 +100,24 @@ def watched_jobs(url: str, key: str, sim_url: str, n: int) -> list[str]:
     return ids
 
 
+def settle(url: str, key: str, timeout_s: float = 600.0) -> None:
+    """Until only the watched (premium) jobs are live: the previous phase's jobs, still run by
+    the worker, would otherwise load the next phase's machine."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                      timeout=30.0) as client:
+        while True:
+            live = [j for status in ("queued", "running") for j in client.get(
+                "/v1/jobs", params={"status": status, "limit": 200}).json()["items"]]
+            if all(j["tier"] == "premium" for j in live):
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit("the previous phase's jobs did not end in time")
+            time.sleep(1.0)  # a poll interval: the loop checks the jobs
+
+
 def phase(url: str, key: str, rate: float, seconds: float) -> tuple[str, int]:
+    settle(url, key)
     ERRORS.clear()
     latencies, errors = offer(url, key, rate, seconds)
     for what, count in ERRORS.most_common(5):
