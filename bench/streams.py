@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import httpx_sse
+from _stack import cpu_seconds
 from submit import ERRORS, offer, pct, up_process
 
 WATCHED_BODY: dict[str, Any] = {
@@ -116,12 +117,15 @@ def settle(url: str, key: str, timeout_s: float = 600.0) -> None:
             time.sleep(1.0)  # a poll interval: the loop checks the jobs
 
 
-def phase(url: str, key: str, rate: float, seconds: float) -> tuple[str, int]:
+def phase(url: str, key: str, rate: float, seconds: float, pid: int) -> tuple[str, int]:
     settle(url, key)
     ERRORS.clear()
+    cpu0 = cpu_seconds(pid)
     latencies, errors = offer(url, key, rate, seconds)
+    api_ms = (cpu_seconds(pid) - cpu0) * 1000 / max(1, len(latencies) + errors)
     for what, count in ERRORS.most_common(5):
         print(f"error x{count}: {what}")
+    print(f"api_cpu_ms_per_submit={api_ms:.2f}")
     return (f"submit_p50_ms={pct(latencies, 50):.2f} submit_p99_ms={pct(latencies, 99):.2f}",
             errors)
 
@@ -131,26 +135,34 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=200)
     ap.add_argument("--rate", type=float, default=100.0)
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--streams-first", action="store_true",
+                    help="measure with the streams first, then without (order effects)")
     args = ap.parse_args()
     info: dict[str, str] = {}
-    with up_process(budget_usd=10_000_000, info=info) as (url, key, _pid):
+    with up_process(budget_usd=10_000_000, info=info) as (url, key, pid):
         ids = watched_jobs(url, key, info["sim_url"], args.streams)
-        figures, errors = phase(url, key, args.rate, args.seconds)
-        print(f"streams=0 {figures} errors={errors}", flush=True)
+        if not args.streams_first:
+            figures, errors = phase(url, key, args.rate, args.seconds, pid)
+            print(f"streams=0 {figures} errors={errors}", flush=True)
         streams = Streams(url, key, ids)
         streams.thread.start()
         if not streams.all_open.wait(60):
             raise SystemExit(f"only {streams.open} of {args.streams} streams opened: "
                              f"{streams.errors[:5]}")
         opened = time.monotonic()
-        figures, errors = phase(url, key, args.rate, args.seconds)
+        figures, errors = phase(url, key, args.rate, args.seconds, pid)
         held = time.monotonic() - opened
         broken = len(streams.errors)
         still_open = streams.open
         streams.stop()
         print(f"streams held {held:.0f} s, {streams.events} events read, "
               f"stream errors: {streams.errors[:5]}")
-        print(f"streams={still_open} {figures} errors={errors + broken}")
+        with_streams = f"streams={still_open} {figures} errors={errors + broken}"
+        if args.streams_first:
+            print(with_streams, flush=True)
+            figures, errors = phase(url, key, args.rate, args.seconds, pid)
+            print(f"streams=0 {figures} errors={errors}")
+        print(with_streams)
 
 
 if __name__ == "__main__":
