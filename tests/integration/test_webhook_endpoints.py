@@ -1,0 +1,102 @@
+"""The tenant webhook endpoint's bad input (a clear 422 naming the field, nothing changed),
+who may set it, and the per-process cap on open event streams."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import httpx_sse
+import pytest
+from sqlalchemy import Engine, text
+
+from orchestrator.api import ApiConfig
+from orchestrator.simulator import RunningSimulator
+
+from .api_fixture import Api, api_fixture, start_api, video  # noqa: F401
+from .e2e_support import E2E_CATALOGUE, rig_for
+
+GOOD = {"url": "https://93.184.216.34/hook", "secret": "0123456789abcdef"}
+
+
+def _field(r: httpx.Response) -> str:
+    assert r.status_code == 422, r.text
+    field: str = r.json()["error"]["details"]["field"]
+    return field
+
+
+def test_bad_webhook_input_is_refused_naming_the_field_and_changes_nothing(api: Api) -> None:
+    t = api.tenant()
+    assert _field(t.put("/v1/webhooks", json={"url": GOOD["url"]})) == "secret"  # first time
+    assert _field(t.put("/v1/webhooks", json={**GOOD, "secret": "short"})) == "secret"
+    assert _field(t.put("/v1/webhooks", json={**GOOD, "events": ["job.done"]})) == "events"
+    assert _field(t.put("/v1/webhooks", json={**GOOD, "url": "http://127.0.0.1/x"})) == "url"
+    assert _field(t.put("/v1/webhooks", json={**GOOD, "url": "ftp://x"})) == "url"
+    assert t.get("/v1/webhooks").status_code == 404  # nothing was stored
+    with api.rig.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM webhook_endpoints")).scalar_one() == 0
+    bad_job = t.post("/v1/jobs", json=video(webhook_events=["job.nope"]))
+    assert _field(bad_job) == "webhook_events"
+    # a tenant key sets its own endpoint only; an admin may name any tenant
+    assert t.put("/v1/webhooks", json={**GOOD, "tenant": "globex"}).status_code == 403
+    made = api.admin().put("/v1/webhooks", json={**GOOD, "tenant": "globex"})
+    assert made.status_code == 200, made.text
+    shown = api.tenant("globex").get("/v1/webhooks").json()
+    assert shown["origin"] == "https://93.184.216.34" and shown["url_set"]
+    assert GOOD["secret"] not in made.text and "/hook" not in made.text
+    # the secret is kept when left out later; the events change
+    again = api.tenant("globex").put("/v1/webhooks", json={"url": None,
+                                                           "events": ["job.failed"]})
+    assert again.status_code == 200 and again.json()["events"] == ["job.failed"]
+    assert again.json()["secret_set"] and not again.json()["url_set"]
+
+
+@pytest.fixture(name="one_stream_api")
+def one_stream_api_fixture(db: Engine, database_url: str, redis_url: str,
+                           e2e_sim: RunningSimulator, tmp_path: Path) -> Iterator[Api]:
+    with rig_for(E2E_CATALOGUE, db, database_url, redis_url, e2e_sim, tmp_path,
+                 api_max_streams=1) as rig:
+        a = start_api(rig, ApiConfig(key_cache_s=0))
+        try:
+            yield a
+        finally:
+            a.close()
+
+
+def test_past_the_stream_cap_a_stream_is_refused_with_retry_after(one_stream_api: Api) -> None:
+    api = one_stream_api
+    job_id = api.tenant().post("/v1/jobs", json=video()).json()["id"]  # no worker: it waits
+    opened, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with httpx.Client(base_url=api.url, timeout=httpx.Timeout(10.0, read=60.0),
+                          headers={"Authorization": f"Bearer {api.keys['acme']}"}) as c, \
+                httpx_sse.connect_sse(c, "GET", f"/v1/jobs/{job_id}/events") as source:
+            for sse in source.iter_sse():
+                assert sse.event == "job.queued"
+                opened.set()
+                done.wait(30)
+                return
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert opened.wait(15)
+    refused = api.tenant().get("/v1/events")
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert refused.json()["error"]["code"] == "unavailable"
+    done.set()
+    holder.join(30)
+    # the slot is given back when the stream ends
+    api.rig.wait_for("the stream's slot to be free", lambda: _readable(api, job_id), 15)
+
+
+def _readable(api: Api, job_id: str) -> bool:
+    """A new stream is admitted again (its first event read, then let go)."""
+    with httpx.Client(base_url=api.url, timeout=httpx.Timeout(5.0, read=5.0),
+                      headers={"Authorization": f"Bearer {api.keys['acme']}"}) as c, \
+            httpx_sse.connect_sse(c, "GET", f"/v1/jobs/{job_id}/events") as source:
+        if source.response.status_code != 200:
+            return False
+        return next(source.iter_sse()).event == "job.queued"
