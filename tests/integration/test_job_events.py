@@ -4,6 +4,7 @@ stream, by polling. Real PostgreSQL, Redis, Celery worker processes and the simu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import socket
@@ -19,7 +20,7 @@ import httpx_sse
 import pytest
 from sqlalchemy import text
 
-from orchestrator.client import Client
+from orchestrator.client import AsyncClient, Client
 
 from .api_fixture import Api, api_fixture, video  # noqa: F401
 from .e2e_support import Rig
@@ -254,3 +255,34 @@ def test_sdk_wait_falls_back_to_polling_when_the_stream_is_blocked(
     assert len(polls) >= 2  # it polled
     lag = returned - _terminal_at(sut, job.id).timestamp()
     assert 0 <= lag < 0.1, lag
+
+
+class AsyncCounting(httpx.AsyncHTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return await super().handle_async_request(request)
+
+
+def test_async_sdk_wait_follows_the_stream_too(api: Api) -> None:
+    sut = api.rig
+    sut.control("vid-cheap", latency_ms=1000)
+    sut.start_worker()
+    sut.wait_worker_ready()
+    counting = AsyncCounting()
+
+    async def go() -> tuple[str, float, str]:
+        async with AsyncClient(base_url=api.url, api_key=api.keys["acme"],
+                               transport=counting) as sdk:
+            job = await sdk.submit(kind="video", input={"prompt": "fog", "duration_s": 4},
+                                   tier="draft")
+            done = await sdk.wait(job.id, timeout=60, poll_interval=30)
+            return job.id, time.time(), done.status
+
+    job_id, returned, status = asyncio.run(go())
+    assert status == "succeeded"
+    assert 0 <= returned - _terminal_at(sut, job_id).timestamp() < 0.1
+    assert counting.paths == ["/v1/jobs", f"/v1/jobs/{job_id}/events", f"/v1/jobs/{job_id}"]
