@@ -85,7 +85,8 @@ def router(ctx: ApiContext) -> APIRouter:
             rows = repo.list_jobs(conn, p.tenant, status=status, limit=limit + 1,
                                   before=before)
             page = rows[:limit]
-            items = [job_resource(j, repo.attempts(conn, j.id)) for j in page]
+            attempts = repo.attempts_of_jobs(conn, [j.id for j in page])
+            items = [job_resource(j, attempts[j.id]) for j in page]
         nxt = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
         return {"items": items, "next_cursor": nxt}
 
