@@ -6,7 +6,8 @@ under ``/v1`` and authenticated by :class:`.gate.Gate` before their body is read
 unauthenticated ``/healthz``, ``/readyz``, ``/metrics`` and docs. Errors are the envelope of
 :mod:`.errors`. Request bodies are never logged.
 
-The ASGI stack, outermost first: CatchAll (a 500 envelope for anything unhandled) → Gate
+The ASGI stack, outermost first: RequestMetrics (count and time every request by route
+template) → CatchAll (a 500 envelope for anything unhandled) → Gate
 (auth, failed-auth and tenant limits) → BodyDeadline (408) → BodySizeLimit (413) → FastAPI.
 """
 
@@ -29,7 +30,7 @@ from orchestrator.api.context import ApiContext, _err
 from orchestrator.api.errors import error_response
 from orchestrator.api.gate import Gate
 from orchestrator.api.limits import AuthFailures, RateLimiter
-from orchestrator.api.middleware import BodyDeadline, BodySizeLimit, CatchAll
+from orchestrator.api.middleware import BodyDeadline, BodySizeLimit, CatchAll, RequestMetrics
 from orchestrator.api.schemas import HealthOut, ReadyOut
 from orchestrator.api.security import Authenticator
 from orchestrator.bootstrap import Container
@@ -64,6 +65,7 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     app.add_middleware(BodyDeadline, timeout_s=cfg.body_timeout_s)
     app.add_middleware(Gate, auth=ctx.auth, limiter=ctx.limiter, failures=ctx.failures)
     app.add_middleware(CatchAll)
+    app.add_middleware(RequestMetrics, routes=app.router.routes)
     return app
 
 
