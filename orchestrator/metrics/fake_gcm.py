@@ -9,8 +9,9 @@ Implemented: MetricService (Create/Get/List MetricDescriptors, CreateTimeSeries)
 AlertPolicyService (List/Get/Create/Update), ServiceMonitoringService (Get/Create/Update
 Service, List/Get/Create/Update ServiceLevelObjective), DashboardsService (List/Get/Create/
 Update Dashboard, with etags: an update carrying a stale etag is ABORTED, as in the real
-API). CreateTimeSeries enforces the real rules that matter to an exporter: <= 200 series per request, one point per series, a series at
-most once per request, points in time order, no more than one point per 5 s per series.
+API). CreateTimeSeries enforces the real rules that matter to an exporter: <= 200 series per
+request, one point per series, a series at most once per request, points in time order, no
+more than one point per 5 s per series.
 
 Faults: :meth:`FakeMonitoringServer.hang` (handlers never answer until :meth:`release` or
 stop), :meth:`FakeMonitoringServer.fail_next` (answer with a gRPC status).
