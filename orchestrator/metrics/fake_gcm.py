@@ -328,9 +328,9 @@ class FakeMonitoringServer:
         return self._store_dashboard(req.dashboard, name)
 
     def _update_dashboard(self, req: Any, ctx: grpc.ServicerContext) -> Message:
-        have = self.dashboards.get(req.dashboard.name)
-        if have is None:
+        if req.dashboard.name not in self.dashboards:
             ctx.abort(grpc.StatusCode.NOT_FOUND, "no such dashboard")
+        have = self.dashboards[req.dashboard.name]
         if req.dashboard.etag and req.dashboard.etag != have.etag:
             ctx.abort(grpc.StatusCode.ABORTED, "etag mismatch: the dashboard changed")
         return self._store_dashboard(req.dashboard, req.dashboard.name)
