@@ -33,7 +33,8 @@ JobId = Annotated[uuid.UUID, Path(description="the job id")]
 TenantQuery = Annotated[str | None, Query(
     pattern=r"^[A-Za-z0-9_.-]{1,64}$",
     description="admin: whose jobs (default: the key's own tenant); others: their own only")]
-FORBIDDEN = {403: _err("tenant= names another tenant (admin only)")}
+FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: _err("tenant= names another tenant (admin only)")}
 
 
 def acting_tenant(p: Principal, tenant: str | None) -> str:
