@@ -39,7 +39,8 @@ function costVsEstimate(job) {
     ? ` (${(job.cost_usd / job.estimated_cost_usd * 100).toFixed(1)} % of the estimate)` : "";
   return h("div", { class: "vs", role: "group", "aria-label": `Cost ${usd(job.cost_usd)} against the estimate ${usd(job.estimated_cost_usd)}${ratio}` },
     h("span", {}, "Estimate"), bar(job.estimated_cost_usd, "bar est"), h("span", { class: "num" }, usd(job.estimated_cost_usd)),
-    h("span", {}, "Cost"), bar(job.cost_usd, "bar"), h("span", { class: "num", id: "job-cost" }, usd(job.cost_usd) + ratio));
+    h("span", {}, "Cost"), bar(job.cost_usd, "bar"), h("span", { class: "num", id: "job-cost" }, usd(job.cost_usd)),
+    ratio ? h("span", { class: "muted ratio" }, ratio.trim()) : null);
 }
 
 function route(job) {
@@ -88,7 +89,7 @@ export function jobView(ctx, id, tenant) {
     const cancelBtn = FINAL.has(job.status) ? null
       : h("button", { type: "button", class: "danger", id: "cancel-job" }, "Cancel job");
     if (cancelBtn) cancelBtn.addEventListener("click", () => cancel(cancelBtn));
-    body.replaceChildren(
+    body.replaceChildren(...[
       h("h2", {}, "Job ", h("span", { class: "mono" }, job.id), " ", badge(job.status)),
       h("p", {}, `${job.kind} · tier ${job.tier}${job.backend ? ` · on ${job.backend}` : ""}`,
         job.metadata && job.metadata.project ? ` · project ${job.metadata.project}` : "",
@@ -97,7 +98,7 @@ export function jobView(ctx, id, tenant) {
       h("div", { class: "split" },
         h("section", { "aria-labelledby": "tl" }, h("h3", { id: "tl" }, "Timeline"), timeline(job)),
         h("section", { "aria-labelledby": "cv" }, h("h3", { id: "cv" }, "Cost against the estimate"),
-          costVsEstimate(job), h("h3", {}, "Route"), route(job))));
+          costVsEstimate(job), h("h3", {}, "Route"), route(job)))].filter(Boolean));
     ctx.setStatus(`job updated ${new Date().toLocaleTimeString()}`);
     return FINAL.has(job.status);
   }

@@ -42,7 +42,7 @@ export function jobsView(ctx) {
     for (const j of rows) j.__attrs = { "data-job": j.id, "data-status": j.status };
     const cols = [
       { label: "Created", cell: j => when(j.created_at) },
-      { label: "Job", cell: j => h("a", { href: jobHref(j.id, ctx.me.admin ? j.tenant : ""), class: "mono" }, j.id.slice(0, 8)) },
+      { label: "Job", cell: j => h("a", { href: jobHref(j.id, ctx.me.admin ? j.tenant : ""), class: "mono", "aria-label": `job ${j.id}`, title: j.id }, j.id.slice(0, 8)) },
       ...(ctx.me.admin ? [{ label: "Tenant", cell: j => j.tenant }] : []),
       { label: "Kind", cell: j => `${j.kind} · ${j.tier}` },
       { label: "Status", cell: j => badge(j.status) },
