@@ -36,7 +36,8 @@ export function s(tag, attrs = {}, ...children) {
 
 export function usd(v) {
   if (v === null || v === undefined) return "–";
-  const digits = Math.abs(v) >= 100 ? 2 : Math.abs(v) >= 1 ? 2 : 4;
+  const a = Math.abs(v);
+  const digits = a >= 1 || a === 0 ? 2 : a >= 0.01 ? 4 : 6;
   return "$" + Number(v).toLocaleString("en-US", {
     minimumFractionDigits: 2, maximumFractionDigits: digits });
 }
