@@ -48,8 +48,9 @@ class Stack:
                             headers={"Authorization": f"Bearer {self.creds['admin_key']}"})
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+# fixtures under their own names, so a test module imports them without shadowing the names
+@pytest.fixture(scope="module", name="stack")
+def stack_fixture() -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="orch-console-") as tmp:
         data = Path(tmp) / "data"
         port, sim_port = free_port(), free_port()
@@ -79,8 +80,8 @@ def stack() -> Iterator[Stack]:
             reader.join(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def browser(request: pytest.FixtureRequest) -> Iterator[Browser]:
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture(request: pytest.FixtureRequest) -> Iterator[Browser]:
     assert CHROMIUM.exists(), (
         "the console tests need Debian's chromium: apt-get install chromium "
         "(make test installs it when run as root)")
@@ -94,8 +95,8 @@ def browser(request: pytest.FixtureRequest) -> Iterator[Browser]:
         reporter.write_line(f"console screenshots: {ARTIFACTS}")
 
 
-@pytest.fixture()
-def page(browser: Browser) -> Iterator[Page]:
+@pytest.fixture(name="page")
+def page_fixture(browser: Browser) -> Iterator[Page]:
     """A fresh tab in a fresh context (its own sessionStorage), laptop-sized."""
     context = browser.new_context(viewport={"width": 1366, "height": 800})
     context.set_default_timeout(15_000)

@@ -12,7 +12,15 @@ from playwright.sync_api import Page, expect
 
 from orchestrator.client import Client
 
-from .console_support import Stack, browser, page, shot, sign_in, stack, view  # noqa: F401
+from .console_support import (  # noqa: F401
+    Stack,
+    browser_fixture,
+    page_fixture,
+    shot,
+    sign_in,
+    stack_fixture,
+    view,
+)
 
 VIDEO = {"prompt": "a lighthouse at dusk", "duration_s": 4}
 
