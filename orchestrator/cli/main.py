@@ -97,7 +97,8 @@ def api(
 def monitoring_apply(
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
 ) -> None:
-    """Create or update metric descriptors, alert policies and SLOs in Cloud Monitoring."""
+    """Create or update metric descriptors, alert policies, SLOs and the dashboard in Cloud
+    Monitoring (config/monitoring/); a second run changes nothing."""
     from orchestrator.metrics import apply_monitoring
     from orchestrator.settings import get_settings
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from orchestrator.metrics.apply import (
 )
 from orchestrator.metrics.clients import make_clients
 from orchestrator.metrics.fake_gcm import FakeMonitoringServer
+
+from .e2e_support import ROOT
 
 WRITES = {"CreateMetricDescriptor", "CreateAlertPolicy", "UpdateAlertPolicy", "CreateService",
           "UpdateService", "CreateServiceLevelObjective", "UpdateServiceLevelObjective",
@@ -167,3 +172,20 @@ def test_missing_project_or_bad_config_is_a_configuration_error(tmp_path: Path) 
 ])
 def test_is_subset(want: object, have: object, expected: bool) -> None:
     assert is_subset(want, have) is expected
+
+
+def test_the_command_twice_creates_the_dashboard_once(fake: FakeMonitoringServer) -> None:
+    env = {**os.environ, "ORCH_GCP_PROJECT": "proj-cli",
+           "ORCH_GCP_MONITORING_ENDPOINT": fake.endpoint}
+    runs = [subprocess.run([sys.executable, "-m", "orchestrator.cli", "monitoring", "apply"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+            for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr + runs[1].stderr
+    total = len(m.CATALOGUE) + 5 + 1 + 2 + 1
+    assert runs[0].stdout.strip() == f"{total} created, 0 updated, 0 unchanged"
+    assert runs[1].stdout.strip() == f"0 created, 0 updated, {total} unchanged"
+    assert [r.method for r in fake.requests].count("CreateDashboard") == 1
+    assert fake.calls("UpdateDashboard") == []
+    (dashboard,) = fake.dashboards.values()
+    assert dashboard.name.startswith("projects/proj-cli/dashboards/")
+    assert dashboard.display_name == "orchestrator"
