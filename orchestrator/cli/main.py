@@ -62,6 +62,8 @@ def up(
     try:
         creds = system.start()
         typer.echo(f"API:        {creds['api_url']}  (docs at {creds['api_url']}/docs)")
+        if system.settings.console_enabled:
+            typer.echo(f"console:    {creds['api_url']}/console  (sign in with a key below)")
         typer.echo(f"admin key:  {creds['admin_key']}")
         typer.echo(f"tenant key: {creds['tenant_key']}  (tenant {creds['tenant']})")
         typer.echo(f"simulator:  {creds['simulator_url']}" if not no_simulator else

@@ -73,6 +73,7 @@ def stack_fixture() -> Iterator[Stack]:
                      timeout=180)
             assert up.poll() is None, "".join(lines)
             creds = json.loads((data / "credentials.json").read_text())
+            assert f"console:    {creds['api_url']}/console" in "".join(lines)
             yield Stack(creds["api_url"], env["ORCH_SIMULATOR_URL"], creds, env)
         finally:
             up.send_signal(signal.SIGTERM)
