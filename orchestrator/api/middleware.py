@@ -234,6 +234,9 @@ class RequestMetrics:
             return
         started = time.perf_counter()
         status = 500  # an exception past CatchAll (none expected) counts as a 500
+        # routing rewrites the scope (a mount moves its prefix into root_path): a request no
+        # route marked is matched as it arrived
+        arrived = dict(scope)
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -245,7 +248,7 @@ class RequestMetrics:
             await self.app(scope, receive, send_status)
         finally:
             method = str(scope.get("method", ""))
-            route = route_template(scope, self.routes)
+            route = route_template({**arrived, "route": scope.get("route")}, self.routes)
             metrics.distribution(m.HTTP_LATENCY, time.perf_counter() - started,
                                  method=method, route=route)
             metrics.counter(m.HTTP_REQUESTS, method=method, route=route, status=status)
