@@ -30,6 +30,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 ARTIFACTS = ROOT / "test-artifacts" / "console"
+SAVED: list[Path] = []  # the screenshots of this session (named at the end of the run)
 
 
 @dataclass
@@ -82,7 +83,7 @@ def stack_fixture() -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module", name="browser")
-def browser_fixture(request: pytest.FixtureRequest) -> Iterator[Browser]:
+def browser_fixture() -> Iterator[Browser]:
     assert CHROMIUM.exists(), (
         "the console tests need Debian's chromium: apt-get install chromium "
         "(make test installs it when run as root)")
@@ -91,9 +92,6 @@ def browser_fixture(request: pytest.FixtureRequest) -> Iterator[Browser]:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield b
         b.close()
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"console screenshots: {ARTIFACTS}")
 
 
 @pytest.fixture(name="page")
@@ -112,6 +110,7 @@ def page_fixture(browser: Browser) -> Iterator[Page]:
 def shot(page: Page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
+    SAVED.append(path)
     return path
 
 
