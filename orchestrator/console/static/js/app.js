@@ -13,24 +13,29 @@ const ctx = { me: null, tenant: "", tenants: [], timers: [], main: $("main") };
 const TENANT = "orchestrator.console.tenant";
 
 ctx.setStatus = text => { $("status").textContent = text; };
+// Run `fn` now and every `ms` while its view is shown; a hidden tab skips the fetch (it
+// catches up at the next tick once shown again). `fn` returning true means nothing more will change.
 ctx.every = (ms, fn) => {
-  let stopped = false;
+  const handle = { stopped: false, timer: null };
   const run = async () => {
-    if (stopped) return;
-    try {
-      if ((await fn()) === true) return; // the view says nothing more will change
-    } catch (e) {
-      ctx.setStatus(`error: ${e.message}`);
+    if (handle.stopped) return;
+    if (!document.hidden) {
+      try {
+        if ((await fn()) === true) return;
+      } catch (e) {
+        ctx.setStatus(`error: ${e.message}`);
+      }
     }
-    if (!stopped) ctx.timers.push(setTimeout(run, ms));
+    if (!handle.stopped) handle.timer = setTimeout(run, ms);
   };
-  ctx.timers.push({ stop: () => { stopped = true; } });
+  ctx.timers.push(handle);
   run();
 };
 
 function stopTimers() {
-  for (const t of ctx.timers) {
-    if (typeof t === "object" && t.stop) t.stop(); else clearTimeout(t);
+  for (const handle of ctx.timers) {
+    handle.stopped = true;
+    clearTimeout(handle.timer);
   }
   ctx.timers = [];
 }
