@@ -238,18 +238,24 @@ class RequestMetrics:
         # route marked is matched as it arrived
         arrived = dict(scope)
 
+        answered: float | None = None
+
         async def send_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = int(message["status"])
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                # the answer is out: a background task after it (a job's start message) is
+                # not the client's wait
+                answered = time.perf_counter()
 
         try:
             await self.app(scope, receive, send_status)
         finally:
             method = str(scope.get("method", ""))
             route = route_template({**arrived, "route": scope.get("route")}, self.routes)
-            metrics.distribution(m.HTTP_LATENCY, time.perf_counter() - started,
+            metrics.distribution(m.HTTP_LATENCY, (answered or time.perf_counter()) - started,
                                  method=method, route=route)
             metrics.counter(m.HTTP_REQUESTS, method=method, route=route, status=status)
             if status >= 400:

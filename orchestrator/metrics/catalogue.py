@@ -160,7 +160,7 @@ CATALOGUE: dict[str, MetricDef] = {
            "HTTP requests answered by the API, by method, route template and status.",
            "http_requests_total"),
         _d(HTTP_LATENCY, D, DIST, "s", ("method", "route"),
-           "Time from a request's arrival to the end of its answer, seconds.",
+           "Time from a request's arrival to the last byte of its answer, seconds.",
            "http_request_duration_seconds", HTTP_BUCKETS_S),
         _d(HTTP_ERRORS, C, I64, "1", ("method", "route", "status"),
            "HTTP requests answered with a 4xx or 5xx status, by route template and status.",
