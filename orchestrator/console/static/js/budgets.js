@@ -48,6 +48,7 @@ function card(b) {
       h("dt", {}, "Forecast at period end"), h("dd", { class: over ? "s-failed" : undefined },
         b.forecast_usd === null ? "not enough data yet" : `${usd(b.forecast_usd)}${over ? " (over the limit)" : ""}`),
       h("dt", {}, "Alerts at"), h("dd", {}, b.alert_thresholds.map(pct).join(", ") || "none"),
+      h("dt", {}, "Forecast alerts at"), h("dd", {}, b.forecast_thresholds.map(pct).join(", ") || "none"),
       h("dt", {}, "Period"), h("dd", {}, `${when(b.period_start)} → ${b.period_end ? when(b.period_end) : "open"}`)));
 }
 
