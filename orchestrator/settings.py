@@ -166,6 +166,9 @@ class Settings(BaseSettings):
         description="a finished job's result (the provider's output) is dropped this long "
         "after the job ended, and its events with it; 0 keeps them; the ledger is kept forever",
     )
+    console_enabled: bool = Field(
+        default=True, description="serve the web console at /console (static files that call "
+        "the public /v1 API); false: /console is 404")
     flower_user: str = Field(default="flower", min_length=1)
     flower_password: SecretStr | None = Field(
         default=None, description="Flower's basic auth; unset = generated into the data dir"
