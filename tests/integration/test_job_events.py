@@ -190,6 +190,9 @@ class RefusingProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # head and body go out as two writes: without TCP_NODELAY, Nagle and the
+            # client's delayed ACK hold every answer back some 40 ms
+            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:
                 if "/events" in self.path:
