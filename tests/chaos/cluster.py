@@ -250,6 +250,12 @@ class Cluster:
             httpx.post(f"{self.sim_url}/_control/{b['name']}", json=knobs,
                        timeout=10).raise_for_status()
 
+    def flush_queues(self) -> None:
+        """Lose every queued job message, as a Redis that lost its data would."""
+        r = redis.Redis.from_url(self.servers.redis_url)
+        with r:
+            r.delete("jobs.high", "jobs.normal", "jobs.low")
+
     def queue_lengths(self) -> int:
         r = redis.Redis.from_url(self.servers.redis_url)
         with r:
