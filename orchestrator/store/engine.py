@@ -19,7 +19,11 @@ is back (``docs/operations.md``, "Failure behaviour"):
   a query per checkout;
 - psycopg_pool retries a failed connect with a growing backoff for ``reconnect_timeout``:
   set to ``connect_timeout_s`` here, so that after an outage the next request tries again at
-  once rather than after a backoff of many seconds.
+  once rather than after a backoff of many seconds;
+- psycopg_pool keeps a caller waiting for a connection until ``timeout`` even when making
+  one has just failed: :class:`FailFastPool` hands that failure to the callers waiting at
+  once, so that an outage is a 503 in milliseconds, not one per ``pool_timeout_s`` per
+  API thread.
 """
 
 from __future__ import annotations
@@ -101,6 +105,27 @@ def _check_pooled(conn: DriverConnection[Any]) -> None:
         ConnectionPool.check_connection(conn)
 
 
+class FailFastPool(ConnectionPool[DriverConnection[Any]]):
+    """psycopg_pool's pool, except that a connection attempt that fails (the server is down,
+    restarting, or refusing more clients) fails the callers then waiting for a connection
+    with its error, instead of leaving them to wait out their timeout while the pool retries
+    in the background. (It overrides the pool's ``_connect``; without the private attributes
+    it relies on, it behaves as the plain pool.)"""
+
+    def _connect(self, timeout: float | None = None) -> DriverConnection[Any]:
+        try:
+            return super()._connect(timeout)
+        except DriverOperationalError as exc:
+            lock, waiting = getattr(self, "_lock", None), getattr(self, "_waiting", None)
+            if lock is not None and waiting is not None:
+                with lock:
+                    callers = list(waiting)
+                    waiting.clear()
+                for caller in callers:
+                    caller.fail(exc)
+            raise
+
+
 def autocommit(engine: Engine) -> ConnectionPool[DriverConnection[Any]]:
     """The engine's pool of autocommit psycopg connections (made on first use, as large as
     the engine's own pool with its overflow, closed by ``engine.dispose()``). A connection
@@ -114,7 +139,7 @@ def autocommit(engine: Engine) -> ConnectionPool[DriverConnection[Any]]:
             size = getattr(engine.pool, "size", lambda: 5)() + max(
                 0, getattr(engine.pool, "_max_overflow", 0))
             connect_s, wait_s = _timeouts.get(engine, (CONNECT_TIMEOUT_S, POOL_TIMEOUT_S))
-            pool = ConnectionPool(
+            pool = FailFastPool(
                 engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
                 min_size=0, max_size=max(1, size), open=True, name="orch-autocommit",
                 kwargs={"autocommit": True, "connect_timeout": _whole_seconds(connect_s)},

@@ -219,7 +219,9 @@ class Cluster:
         def answered() -> bool:
             for p in procs:
                 assert p.alive(), f"worker {p.name} exited with {p.popen.returncode}"
-            replies = app.control.ping(timeout=1.0) or []
+            # a connection of its own: kombu's shared pool may hold one from before a restart
+            with app.connection_for_write() as conn:
+                replies = app.control.ping(timeout=1.0, connection=conn) or []
             return want <= {name for reply in replies for name in reply}
 
         wait_for(f"workers {sorted(want)} to consume", answered, timeout, poll_s=0.2)
