@@ -23,6 +23,7 @@ from orchestrator.client.errors import (
     RateLimited,
     ServerError,
     Unauthorized,
+    Unavailable,
     WaitTimeout,
 )
 from orchestrator.client.models import (
@@ -68,5 +69,6 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "Unauthorized",
+    "Unavailable",
     "WaitTimeout",
 ]
