@@ -146,7 +146,7 @@ def test_two_beats_at_once_no_double_sweep_effects(cluster: Cluster, figures: Fi
     wait_for("each beat to have sent two sweeps",
              lambda: min(_sweeps_sent(b) for b in beats) >= 2, 60, poll_s=0.5)
     with cluster.engine.connect() as conn:
-        attempts = dict(conn.execute(text(
+        attempts: dict[uuid.UUID, int] = dict(conn.execute(text(
             "SELECT a.job_id, count(*) FROM attempts a JOIN jobs j ON j.id = a.job_id"
             " WHERE j.tenant = :t GROUP BY 1"), {"t": tenant}).all())
         expire_entries = conn.execute(text(

@@ -63,6 +63,8 @@ def _outage(cluster: Cluster, figures: Figures, which: str, tenant: str) -> None
         jobs_accepted=len(load.accepted), jobs=v.jobs, lost=len(v.lost),
         paid_twice=v.paid_twice, audit_problems=len(v.audit), drained_s=v.drained_s)
     assert_kept(v)
+    # the API, the worker and beat lived through it: nobody restarted them
+    assert [p.name for p in cluster.procs if not p.alive()] == []
 
 
 def test_postgres_restart_is_503_with_retry_after_and_recovers(

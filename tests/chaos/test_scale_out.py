@@ -30,7 +30,7 @@ def job_cost_micros() -> int:
     """What one job holds and is charged: 4 s of 720p video on vid-cheap, from its price in
     the catalogue (not from the code under test)."""
     price = next(b for b in E2E_CATALOGUE["backends"] if b["name"] == BACKEND)["price"]
-    usd = price["usd_per_second"] * 4 * price["resolution_multipliers"]["720p"]
+    usd = float(price["usd_per_second"]) * 4 * float(price["resolution_multipliers"]["720p"])
     return round(usd * 1_000_000)
 
 
@@ -107,3 +107,4 @@ def test_two_apis_three_workers_a_burst_of_2000_jobs(
     assert dict(admitted) == expected
     assert v.jobs == len(accepted) == sum(expected.values())
     assert_kept(v)
+    assert [p.name for p in cluster.procs if not p.alive()] == []
