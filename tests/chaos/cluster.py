@@ -166,7 +166,7 @@ class Cluster:
     def _spawn(self, role: str, argv: list[str], port: int | None = None,
                env: dict[str, str] | None = None) -> Proc:
         self._n += 1
-        name = f"chaos-{role}-{self._n}"
+        name = f"chaos-{role}-{self._n}-{uuid.uuid4().hex[:6]}"  # a log file of its own
         log = self.tmp / f"{name}.log"
         out: IO[bytes] = worker_log(name) or log.open("ab")
         log = Path(out.name)

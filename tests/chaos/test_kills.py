@@ -5,6 +5,7 @@ audit is clean."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import threading
@@ -53,11 +54,13 @@ def test_workers_sigkilled_every_3_s_every_job_ends_paid_once(
             " AND EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = jobs.id"
             "             AND a.outcome IS DISTINCT FROM 'succeeded')"), {"t": tenant}
         ).scalar_one()
+    swept = _revived(cluster)
     figures.record("worker_sigkill", kills=kills, every_s=3, jobs_accepted=len(load.accepted),
                    jobs=v.jobs, lost=len(v.lost), paid_twice=v.paid_twice,
-                   audit_problems=len(v.audit), jobs_with_an_extra_attempt=revived,
-                   drained_s=v.drained_s)
+                   audit_problems=len(v.audit), revived_by_sweeper=swept,
+                   jobs_with_an_extra_attempt=revived, drained_s=v.drained_s)
     assert kills >= 5
+    assert swept > 0, "no kill interrupted a chain: the scenario did not happen"
     assert len(load.accepted) >= 50
     assert_kept(v)
 
@@ -112,6 +115,17 @@ def test_an_api_replica_killed_sdk_retries_succeed_on_the_other(
     # one job per submission: a retried submission (its Idempotency-Key) made no second job
     assert v.jobs == len(submitted) == len(set(submitted))
     assert_kept(v)
+
+
+def _revived(cluster: Cluster) -> int:
+    """Jobs the sweeper revived, from the workers' ``swept`` log lines."""
+    n = 0
+    for p in cluster.procs:
+        if p.role == "worker":
+            for line in p.log.read_text(errors="replace").splitlines():
+                if '"message": "swept"' in line:
+                    n += int(json.loads(line).get("revived", 0))
+    return n
 
 
 def _sweeps_sent(beat: Proc) -> int:
