@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test chromium lint bench loadtest compose-test clean
+.PHONY: up test chaos chromium lint bench loadtest compose-test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -22,6 +22,11 @@ up: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# The chaos suite alone (also part of `make test`), its figures printed: restarts of PostgreSQL
+# and Redis, killed workers and API replicas, two beats, the 2,000-job scale-out burst.
+chaos: $(STAMP)
+	$(BIN)/python -m pytest -m chaos -s tests/chaos
 
 # The console's browser tests drive Debian's chromium (playwright never downloads a browser):
 # installed here when missing and we are root, else one line says what to do.

@@ -42,8 +42,10 @@ class Container:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.database_url, pool_size=self.settings.db_pool_size,
-                           max_overflow=self.settings.db_pool_size)
+        s = self.settings
+        return make_engine(self.database_url, pool_size=s.db_pool_size,
+                           max_overflow=s.db_pool_size, connect_timeout_s=s.db_connect_timeout_s,
+                           pool_timeout_s=s.db_pool_timeout_s)
 
     @cached_property
     def ledger(self) -> Ledger:
@@ -61,7 +63,9 @@ class Container:
     def health(self) -> HealthStore:
         policy = BreakerPolicy(cooldown_base_s=self.settings.breaker_cooldown_s,
                                cooldown_cap_s=self.settings.breaker_cooldown_cap_s)
-        return HealthStore.from_url(self.redis_url, policy=policy)
+        t = self.settings.redis_timeout_s  # a Redis down fails the step fast (retried)
+        return HealthStore.from_url(self.redis_url, policy=policy, socket_timeout=t,
+                                    socket_connect_timeout=t)
 
     @cached_property
     def transport(self) -> httpx.BaseTransport:

@@ -3,6 +3,8 @@
     OrchestratorError
     ├── ConfigurationError          a setting or catalogue is invalid (names the setting)
     ├── EmbeddedServiceError        the embedded PostgreSQL or Redis could not start
+    ├── Unavailable                 PostgreSQL or Redis cannot be reached now: retry later
+                                    (what counts as such: orchestrator.outage)
     ├── RequestError                a caller's request cannot be done as asked
     │   ├── InvalidRequest          malformed or out-of-range input
     │   ├── NotFound                no such job (or not yours)
@@ -41,6 +43,20 @@ class ConfigurationError(OrchestratorError):
 
 class EmbeddedServiceError(OrchestratorError):
     code = "embedded_service_error"
+
+
+class Unavailable(OrchestratorError):
+    """``dependency`` (``database`` or ``redis``) cannot be reached: down, restarting, or
+    out of connections. Answered ``503 unavailable`` with ``Retry-After``; the request may be
+    sent again (a submission with its Idempotency-Key, so that it is never taken twice)."""
+
+    code = "unavailable"
+
+    def __init__(self, dependency: str, *, retry_after_s: int = 2) -> None:
+        super().__init__(f"the {dependency} is unavailable; retry in {retry_after_s} s",
+                         dependency=dependency)
+        self.dependency = dependency
+        self.retry_after_s = retry_after_s
 
 
 class RequestError(OrchestratorError):

@@ -45,6 +45,21 @@ class Settings(BaseSettings):
         description="PostgreSQL connections per process, and as many again for overflow; the "
                     "job steps' autocommit pool may open up to twice this number more",
     )
+    db_connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=300,
+        description="a new PostgreSQL connection not made by then fails (the request is "
+        "answered 503, the job step retried); the pools also give up reconnecting after it "
+        "and try again at the next request",
+    )
+    db_pool_timeout_s: float = Field(
+        default=5.0, gt=0, le=300,
+        description="longest wait for a pooled PostgreSQL connection; past it, 503 "
+        "unavailable (a job step is retried)",
+    )
+    redis_timeout_s: float = Field(
+        default=5.0, gt=0, le=300,
+        description="connect and reply timeout of the API's and the job steps' Redis calls",
+    )
     poll_min_s: float = Field(default=1.0, gt=0, description="shortest gap between polls")
     poll_max_s: float = Field(default=10.0, gt=0, description="longest gap between polls")
     chain_grace_s: float = Field(

@@ -96,6 +96,16 @@ class QoS(kombu_redis.QoS):
 
     def restore_unacked(self, client: Any = None) -> None:
         self.flush()
+        if client is None and getattr(self.channel.connection, "client", None) is None:
+            # The broker connection was lost and its transport already let go of its
+            # settings: kombu would build a pool from nothing and raise AttributeError, which
+            # stopped the worker for good ("Unrecoverable error") on a Redis restart. The
+            # messages' unacked records stay in Redis (restored after the visibility timeout)
+            # and the sweeper revives their jobs: give them up here and let Celery reconnect.
+            log.warning("broker connection lost: %d unacked message(s) left to the sweeper",
+                        len(self._delivered))
+            self._delivered.clear()
+            return
         super().restore_unacked(client)  # type: ignore[no-untyped-call]
 
     def flush(self, timeout: float | None = 30.0) -> bool:

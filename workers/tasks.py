@@ -7,13 +7,12 @@ import time
 import uuid
 
 import httpx
-import psycopg
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy.exc import OperationalError
 
 from orchestrator.bootstrap import container
 from orchestrator.ledger.service import utcnow
+from orchestrator.outage import TRANSIENT
 from orchestrator.service import observe
 from orchestrator.service.sweeper import sweep as sweep_jobs
 from workers.celery_app import QUEUES, app
@@ -21,10 +20,9 @@ from workers.enqueue import queue_for
 
 log = logging.getLogger(__name__)
 
-# Infrastructure hiccups are retried by Celery; anything else is left for the sweeper.
-# psycopg's own OperationalError: the job steps' autocommit pool could not hand out a
-# connection in time (PoolTimeout); a statement's errors arrive as SQLAlchemy's.
-_INFRA = (OperationalError, psycopg.OperationalError, RedisError, ConnectionError)
+# Infrastructure hiccups (PostgreSQL or Redis down or restarting: orchestrator.outage) are
+# retried by Celery; anything else is left for the sweeper.
+_INFRA = (*TRANSIENT, RedisError, ConnectionError)
 
 
 @app.task(  # type: ignore[untyped-decorator]
@@ -141,5 +139,7 @@ def _webhook_client() -> httpx.Client:
 def _counter_redis() -> Redis:
     global _redis_client
     if _redis_client is None:
-        _redis_client = Redis.from_url(container().redis_url)
+        c = container()
+        t = c.settings.redis_timeout_s
+        _redis_client = Redis.from_url(c.redis_url, socket_timeout=t, socket_connect_timeout=t)
     return _redis_client

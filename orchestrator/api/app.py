@@ -58,9 +58,10 @@ Authenticate with `Authorization: Bearer <API key>` (every route under `/v1`). E
 def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI:
     """The API over ``container``. ``config`` defaults to the limits in its settings."""
     cfg = config or ApiConfig.from_settings(container.settings)
-    rds = Redis.from_url(container.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
-    limiter_redis = AsyncRedis.from_url(container.redis_url, socket_timeout=2.0,
-                                        socket_connect_timeout=2.0)
+    t = min(2.0, container.settings.redis_timeout_s)  # readiness and limits: never wait long
+    rds = Redis.from_url(container.redis_url, socket_timeout=t, socket_connect_timeout=t)
+    limiter_redis = AsyncRedis.from_url(container.redis_url, socket_timeout=t,
+                                        socket_connect_timeout=t)
     ctx = ApiContext(container=container, config=cfg,
                      auth=Authenticator(container.engine, cfg.key_cache_s),
                      limiter=RateLimiter(limiter_redis, cfg),

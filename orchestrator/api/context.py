@@ -37,7 +37,8 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     422: _err("invalid request (the message names the field)"),
     429: {**_err("rate limited: the tenant's requests, or the client address's failed "
                  "authentications"), "headers": _RETRY_AFTER},
-    503: {**_err("the API is at its connection limit"), "headers": _RETRY_AFTER},
+    503: {**_err("unavailable: PostgreSQL or Redis cannot be reached now, or the API is at "
+                 "its connection limit"), "headers": _RETRY_AFTER},
 }
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {**AUTH_ERRORS, 403: _err("admin key needed")}
 

@@ -20,8 +20,10 @@
     not_ready             503   /readyz: database or Redis unreachable
     secret_key_missing    503   a channel secret must be stored and no ORCH_SECRET_KEY (or key
                                 file) is configured: nothing is stored in plain text
-    unavailable           503   the API is at its connection limit, or this process at its
-                                event streams' (``Retry-After``)
+    unavailable           503   PostgreSQL or Redis cannot be reached now (``details.dependency``
+                                names which), the API is at its connection limit, or this
+                                process at its event streams' (``ORCH_API_MAX_STREAMS``);
+                                always with ``Retry-After`` (orchestrator.outage)
     not_ready_yet         409   a job's result asked for before the job succeeded
     result_expired        410   a result dropped after ``ORCH_RESULT_RETENTION_DAYS``
     internal_error        500   anything else; no details, never a stack trace
@@ -39,7 +41,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.api.principal import principal_of, sees_budget
 from orchestrator.domain.money import format_usd, micros_to_usd
-from orchestrator.errors import BudgetExceeded, OrchestratorError, RequestError
+from orchestrator.errors import BudgetExceeded, OrchestratorError, RequestError, Unavailable
+from orchestrator.outage import TRANSIENT, unavailable
 
 log = logging.getLogger("orchestrator.api")
 
@@ -80,8 +83,8 @@ class RateLimited(RequestError):
         self.retry_after_s = retry_after_s
 
 
-class Unavailable(RequestError):
-    """This process is at a limit of its own (event streams): retry in a second."""
+class StreamsFull(RequestError):
+    """This process holds ``ORCH_API_MAX_STREAMS`` event streams: retry in a second."""
 
     code = "unavailable"
     retry_after_s = 1
@@ -108,6 +111,19 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(envelope(code, message, details), status_code=status, headers=headers)
+
+
+def log_outage(down: Unavailable, cause: BaseException) -> None:
+    log.warning("%s unavailable: %s", down.dependency, type(cause).__name__,
+                extra={"dependency": down.dependency, "error": type(cause).__name__})
+
+
+def unavailable_response(down: Unavailable, cause: BaseException) -> JSONResponse:
+    """503 ``unavailable`` with ``Retry-After``; only the cause's type is logged (a driver's
+    message may quote a statement's parameters)."""
+    log_outage(down, cause)
+    return error_response(503, down.code, down.message, dict(down.details),
+                          {"Retry-After": str(down.retry_after_s)})
 
 
 def _budget_refusal(exc: BudgetExceeded, shown: bool) -> tuple[str, dict[str, Any]]:
@@ -172,9 +188,17 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, BudgetExceeded):
             p = principal_of(request.scope)
             message, details = _budget_refusal(exc, p is not None and sees_budget(p, exc.scope))
-        if isinstance(exc, RateLimited | Unavailable):
+        if isinstance(exc, RateLimited | Unavailable | StreamsFull):
             headers = {"Retry-After": str(exc.retry_after_s)}
         return error_response(status, exc.code, message, details, headers)
+
+    async def _outage(_: Request, exc: Exception) -> JSONResponse:
+        down = unavailable(exc)
+        assert down is not None  # registered for TRANSIENT only
+        return unavailable_response(down, exc)
+
+    for cls in TRANSIENT:  # PostgreSQL or Redis down: 503, never 500
+        app.add_exception_handler(cls, _outage)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -26,8 +26,9 @@ from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator import metrics
-from orchestrator.api.errors import envelope
+from orchestrator.api.errors import envelope, log_outage
 from orchestrator.metrics import catalogue as m
+from orchestrator.outage import unavailable
 
 log = logging.getLogger("orchestrator.api")
 
@@ -155,7 +156,9 @@ class BodyDeadline:
 class CatchAll:
     """The last line: an exception no handler took becomes a 500 ``internal_error`` without
     details, and only its type is logged (its message may quote a prompt, e.g. a SQL error
-    echoing parameters), so nothing reaches the server's traceback log."""
+    echoing parameters), so nothing reaches the server's traceback log. An outage of
+    PostgreSQL or Redis met outside the routes (the gate's key lookup) is ``503 unavailable``
+    with ``Retry-After``, as the routes answer it (orchestrator.outage)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -168,6 +171,14 @@ class CatchAll:
         try:
             await self.app(scope, receive, tracked)
         except Exception as exc:
+            down = unavailable(exc)
+            if down is not None:
+                log_outage(down, exc)
+                if not tracked.started:
+                    await send_error(send, 503, down.code, down.message, dict(down.details),
+                                     [(b"retry-after", str(down.retry_after_s).encode())],
+                                     close=False)
+                return
             log.error("unhandled error in %s %s: %s", scope.get("method"), scope.get("path"),
                       type(exc).__name__)
             if tracked.started:

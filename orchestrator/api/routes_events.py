@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
-from orchestrator.api.errors import Unavailable
+from orchestrator.api.errors import StreamsFull
 from orchestrator.api.security import Principal
 from orchestrator.errors import InvalidRequest, NotFound
 from orchestrator.events.hub import EventHub
@@ -59,7 +59,7 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
 
     def admit_stream() -> None:
         if hub.streams >= c.settings.api_max_streams:
-            raise Unavailable("this API process has as many event streams open as it may; "
+            raise StreamsFull("this API process has as many event streams open as it may; "
                               "retry, or poll GET /v1/jobs/{id}")
 
     def read_job(job_id: uuid.UUID, after: int) -> tuple[str | None, list[Event]]:

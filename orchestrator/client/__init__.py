@@ -23,6 +23,7 @@ from orchestrator.client.errors import (
     RateLimited,
     ServerError,
     Unauthorized,
+    Unavailable,
     WaitTimeout,
 )
 from orchestrator.client.models import (
@@ -72,5 +73,6 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "Unauthorized",
+    "Unavailable",
     "WaitTimeout",
 ]

@@ -15,7 +15,13 @@ from urllib.parse import quote as _quote
 import httpx
 from pydantic import ValidationError
 
-from orchestrator.client.errors import ApiConnectionError, ApiError, RateLimited, ServerError
+from orchestrator.client.errors import (
+    ApiConnectionError,
+    ApiError,
+    RateLimited,
+    ServerError,
+    Unavailable,
+)
 from orchestrator.client.models import (
     ApiKey,
     Backend,
@@ -56,8 +62,9 @@ def headers(api_key: str | None) -> dict[str, str]:
 @dataclass(frozen=True)
 class RetryPolicy:
     """At most ``retries`` retries after the first try; exponential backoff with jitter
-    (``base * 2**n``, capped at ``cap``, times a factor in [0.5, 1]); a 429's ``Retry-After`` is
-    honoured as given, unless it is longer than ``max_retry_after`` (then the error is raised)."""
+    (``base * 2**n``, capped at ``cap``, times a factor in [0.5, 1]); the ``Retry-After`` of a
+    429 or a 503 ``unavailable`` is honoured as given, unless it is longer than
+    ``max_retry_after`` (then the error is raised)."""
 
     retries: int = DEFAULT_RETRIES
     base: float = 0.5
@@ -69,7 +76,7 @@ class RetryPolicy:
         """Seconds to wait before retry number ``attempt + 1``; None = give up."""
         if attempt >= self.retries:
             return None
-        if isinstance(error, RateLimited) and error.retry_after is not None:
+        if isinstance(error, RateLimited | Unavailable) and error.retry_after is not None:
             wait: float = error.retry_after
             return wait if wait <= self.max_retry_after else None
         return min(self.cap, self.base * 2.0**attempt) * (0.5 + self.rng() / 2)

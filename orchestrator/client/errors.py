@@ -10,6 +10,8 @@
     ├── NoEligibleBackend        no_eligible_backend: routing left no candidate
     ├── RateLimited              429 rate_limited: ``retry_after`` seconds (or None)
     ├── ServerError              5xx: the server failed (after the SDK's own retries)
+    │   └── Unavailable          503 unavailable: its database or Redis cannot be reached
+    │                            now; ``retry_after`` seconds (or None)
     ├── ApiConnectionError       no HTTP response at all (after the SDK's own retries)
     └── WaitTimeout              ``wait()`` gave up; also a ``TimeoutError``; ``job`` = last seen
 
@@ -117,6 +119,17 @@ class ServerError(ApiError):
     default_code = "server_error"
 
 
+class Unavailable(ServerError):
+    """503 ``unavailable``: the API's PostgreSQL or Redis is down or restarting (or the API is
+    at its connection limit); ``retry_after`` is the server's ``Retry-After``."""
+
+    default_code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
 class ApiConnectionError(ApiError):
     default_code = "connection_error"
 
@@ -138,6 +151,7 @@ _BY_CODE: dict[str, type[ApiError]] = {
     "conflict": Conflict,
     "no_eligible_backend": NoEligibleBackend,
     "rate_limited": RateLimited,
+    "unavailable": Unavailable,
 }
 
 _BY_STATUS: dict[int, type[ApiError]] = {
@@ -181,10 +195,10 @@ def error_from_response(response: httpx.Response) -> ApiError:
         cls = ServerError if status >= 500 else ApiError
     if not message:
         message = f"HTTP {status} {response.reason_phrase}".strip()
-    if cls is RateLimited:
+    if cls is RateLimited or cls is Unavailable:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if retry_after is None and isinstance(details.get("retry_after"), int | float):
             retry_after = float(details["retry_after"])
-        return RateLimited(message, retry_after=retry_after, status=status, code=code,
-                           details=details)
+        return cls(message, retry_after=retry_after, status=status, code=code,
+                   details=details)
     return cls(message, status=status, code=code, details=details)

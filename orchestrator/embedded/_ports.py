@@ -11,7 +11,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nothing listens on ``port``. Bound as the servers bind theirs (SO_REUSEADDR), so that
+    the connections a server just closed (TIME_WAIT) do not count: a restarted server gets
+    its port back."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -132,6 +132,17 @@ class EmbeddedPostgres:
             self._run_as(),
         )
 
+    def restart(self) -> str:
+        """Stop and start again on the same port (what its clients reconnect to); an
+        EmbeddedServiceError if the port was taken meanwhile."""
+        port = self.port
+        self.stop()
+        url = self.start()
+        if port is not None and self.port != port:
+            self.stop()
+            raise EmbeddedServiceError(f"port {port} was taken while the server was down")
+        return url
+
     def url(self, database: str = DATABASE) -> str:
         if self.port is None:
             raise EmbeddedServiceError("embedded PostgreSQL is not started")

@@ -99,8 +99,10 @@ class HealthStore:
         self._joined: dict[tuple[str, ...], str] = {}
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> HealthStore:
-        return cls(Redis.from_url(url, decode_responses=True), **kwargs)
+    def from_url(cls, url: str, *, socket_timeout: float | None = None,
+                 socket_connect_timeout: float | None = None, **kwargs: Any) -> HealthStore:
+        return cls(Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout,
+                                  socket_connect_timeout=socket_connect_timeout), **kwargs)
 
     def _keys(self, name: str) -> tuple[str, str, str]:
         """(breaker hash, health hash, slots): breaker and health share one hash."""

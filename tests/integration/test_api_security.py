@@ -146,7 +146,7 @@ def test_unexpected_failures_are_500_without_details(api: Api, tmp_path: Path) -
         container.engine.dispose()
 
 
-def test_a_database_failure_is_500_without_details_or_prompt(
+def test_a_database_it_cannot_reach_is_503_without_its_error_or_prompt(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
     from sqlalchemy.engine import make_url
@@ -162,8 +162,11 @@ def test_a_database_failure_is_500_without_details_or_prompt(
         spec["input"]["prompt"] = PROMPT
         r = httpx.post(f"{running.url}/v1/jobs", json=spec, timeout=10,
                        headers={"Authorization": f"Bearer {api.keys['acme']}"})
-        err = _error(r, 500, "internal_error")
-        assert err["details"] == {} and "no_such_database" not in r.text
+        # the gate's key lookup cannot connect: unavailable, never 500, and not why
+        err = _error(r, 503, "unavailable")
+        assert err["details"] == {"dependency": "database"}
+        assert r.headers["Retry-After"] == "2"
+        assert "no_such_database" not in r.text and PROMPT not in r.text
     finally:
         running.stop()
         container.engine.dispose()

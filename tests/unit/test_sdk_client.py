@@ -23,6 +23,7 @@ from orchestrator.client import (
     RetryPolicy,
     ServerError,
     Unauthorized,
+    Unavailable,
     WaitTimeout,
 )
 
@@ -84,6 +85,7 @@ def test_base_url_and_key_default_to_the_environment(monkeypatch: pytest.MonkeyP
         (422, "no_eligible_backend", NoEligibleBackend),
         (429, "rate_limited", RateLimited),
         (500, "internal_error", ServerError),
+        (503, "unavailable", Unavailable),
         (418, "teapot", ApiError),
     ],
 )
@@ -143,6 +145,30 @@ def test_a_retry_after_longer_than_the_policy_allows_is_raised_at_once() -> None
     with pytest.raises(RateLimited) as info:
         make(script, clock).backends()
     assert info.value.retry_after == 3600.0 and clock.sleeps == []
+
+
+def test_503_unavailable_is_retried_after_its_retry_after() -> None:
+    clock = FakeClock()
+    script = Script([envelope(503, "unavailable", "the database is unavailable",
+                              {"Retry-After": "2"}, dependency="database"),
+                     envelope(503, "unavailable", "the database is unavailable",
+                              {"Retry-After": "2"}, dependency="database"),
+                     httpx.Response(202, json=job_json())])
+    job = make(script, clock).submit(kind="text", input={"prompt": "x"})
+    assert job.id == "j-1" and clock.sleeps == [2.0, 2.0]
+    keys = {r.headers["Idempotency-Key"] for r in script.requests}
+    assert len(script.requests) == 3 and len(keys) == 1
+
+
+def test_503_unavailable_gives_up_as_unavailable_when_retries_run_out() -> None:
+    clock = FakeClock()
+    script = Script([envelope(503, "unavailable", "the redis is unavailable",
+                              {"Retry-After": "2"}, dependency="redis")])
+    with pytest.raises(Unavailable) as info:
+        make(script, clock, retries=1).backends()
+    e = info.value
+    assert isinstance(e, ServerError) and e.retry_after == 2.0
+    assert e.details == {"dependency": "redis"} and clock.sleeps == [2.0]
 
 
 def test_503_then_success_resends_the_same_idempotency_key_and_yields_one_job() -> None:
