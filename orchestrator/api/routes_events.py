@@ -16,7 +16,6 @@ idle one.
 
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -106,8 +105,10 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                                 return
                         if not batch and status in _FINAL:
                             return  # its terminal event is behind the cursor
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(wake.wait(), ping_s)
+                        # no timed re-read: PostgreSQL loses no notification while the
+                        # listener is connected, and a reconnection wakes every stream;
+                        # 200 streams opened together would otherwise read together
+                        await wake.wait()
             finally:
                 hub.streams -= 1
 

@@ -10,8 +10,9 @@ The events table stays the source of truth; a notification only says "look again
   200 streams of one tenant cost one query per wake-up, not 200.
 
 A lost notification (the LISTEN connection dropped) costs latency, not an event: after a
-reconnection every stream is woken, and every stream looks again at least every
-``ORCH_EVENTS_PING_S`` seconds.
+reconnection every stream is woken and reads again. A tenant feed also reads every
+``ORCH_EVENTS_PING_S`` seconds (one query per tenant); a job stream only when woken, so that
+streams opened together do not query together for ever.
 """
 
 from __future__ import annotations
