@@ -289,3 +289,34 @@ def test_async_sdk_wait_follows_the_stream_too(api: Api) -> None:
     assert status == "succeeded"
     assert 0 <= returned - _terminal_at(sut, job_id).timestamp() < 0.1
     assert counting.paths == ["/v1/jobs", f"/v1/jobs/{job_id}/events", f"/v1/jobs/{job_id}"]
+
+
+def test_a_stream_gets_its_events_across_a_dropped_listen_connection(api: Api) -> None:
+    sut = api.rig
+    job_id = api.tenant().post("/v1/jobs", json=video()).json()["id"]  # no worker: queued
+    got: queue.Queue[Any] = queue.Queue()
+
+    def read() -> None:
+        with api.tenant() as client, httpx_sse.connect_sse(
+                client, "GET", f"/v1/jobs/{job_id}/events",
+                timeout=httpx.Timeout(10.0, read=60.0)) as source:
+            for sse in source.iter_sse():  # the stream ends after the terminal event
+                got.put(sse.event)
+
+    threading.Thread(target=read, daemon=True).start()
+    assert got.get(timeout=15) == "job.queued"
+    # the API's LISTEN connection is cut (a PostgreSQL restart, a proxy timeout)
+    listeners = text("SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN orch_job_events' "
+                     "AND datname = current_database()")
+
+    def listening() -> list[Any]:
+        with sut.engine.connect() as conn:
+            return list(conn.execute(listeners).scalars())
+
+    sut.wait_for("the API to listen", lambda: bool(listening()), timeout=15)
+    with sut.engine.connect() as conn:
+        for pid in listening():
+            assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+    # the job ends while nobody listens, or just after: the stream gets it either way
+    assert api.tenant().post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    assert got.get(timeout=15) == "job.cancelled"
