@@ -8,16 +8,26 @@
    where a job that finds every candidate full waits in the queue for a slot instead of
    being refused at the door (``service.runner``).
 2. Rank by the strategy:
-   - ``cheapest`` (default): lowest estimate first (ties: more reliable, then faster);
+   - ``cheapest`` (default): lowest *expected* cost first (the worst-case estimate times the
+     backend's calibration, ``domain.calibration``; the estimate itself while a backend has
+     none; ties: lower estimate, more reliable, then faster);
    - ``fastest``: lowest latency first (observed EWMA, else the catalogue's hint; unknown last);
-   - ``balanced``: highest weighted score of cost, reliability, speed and quality surplus.
+   - ``balanced``: highest weighted score of cost, reliability, speed and quality surplus,
+     where cost and speed are *effective*: a backend that fails with probability 1 - s sends
+     that share of its jobs on to the failover (the cheapest other candidate), so its
+     expected cost is s x expected + (1 - s) x the failover's expected cost, and its
+     latency its own plus (1 - s) x the failover's.
 3. Return a plan with every candidate's estimate and score components and every excluded
    backend's reason. A pinned backend is the only candidate (its tier is the caller's choice)
    but the breaker and max_cost_usd still apply.
 
-Score components are all in [0, 1], higher is better: ``cost`` = cheapest estimate / this
-estimate, ``reliability`` = observed success rate (1.0 with no data), ``speed`` = fastest
-latency / this latency (0.5 unknown), ``quality`` = tiers above the requested one / 2.
+Holds stay on the worst case: ``RoutePlan.worst_case_micros`` is the highest *estimate* of the
+plan, whatever the calibration says.
+
+Score components are all in [0, 1], higher is better: ``cost`` = cheapest expected cost / this
+expected cost (effective costs under ``balanced``), ``reliability`` = observed success rate
+(1.0 with no data), ``speed`` = fastest latency / this latency (effective under
+``balanced``; 0.5 unknown), ``quality`` = tiers above the requested one / 2.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from orchestrator.domain.breaker import UNKNOWN, BackendHealth, BreakerStatus, Refusal, refusal
+from orchestrator.domain.calibration import Factor, expected_micros
 from orchestrator.domain.catalogue import BackendSpec, Catalogue
 from orchestrator.domain.jobs import JobSpec, Kind, Strategy
 from orchestrator.domain.money import format_usd, micros_to_usd, usd_to_micros
@@ -72,6 +83,16 @@ class Candidate(NamedTuple):
     quality_surplus: int = 0
     in_flight: int = 0
     max_concurrency: int = 0
+    expected_micros: int = -1  # calibrated expected cost (-1: none recorded: the estimate)
+    calibration_ppm: int | None = None  # actual / estimate learnt, in ppm (None: none yet)
+    calibration_samples: int = 0
+    price_model: str = ""
+    effective_micros: int = -1  # balanced: the expected cost with the failover it causes
+
+    @property
+    def expected(self) -> int:
+        """The calibrated expected cost (the estimate when none was recorded)."""
+        return self.estimate_micros if self.expected_micros < 0 else self.expected_micros
 
     @property
     def components(self) -> dict[str, float]:
@@ -82,6 +103,11 @@ class Candidate(NamedTuple):
         c = self.components
         out = [
             f"estimate {format_usd(self.estimate_micros)} (worst case)",
+            f"expected {format_usd(self.expected)} ("
+            + ("no calibration yet" if self.calibration_ppm is None else
+               f"x {self.calibration_ppm / 1e6:.4f}, median actual/estimate of "
+               f"{self.calibration_samples} settled jobs")
+            + ")",
             f"quality surplus {self.quality_surplus} tier(s) over the request",
             "success rate "
             + ("no data (prior 1.0)" if self.success_rate is None
@@ -91,8 +117,10 @@ class Candidate(NamedTuple):
             f"in flight {self.in_flight}/{self.max_concurrency}",
         ]
         if self.max_concurrency == 0:  # read back from a stored quote: figures only
-            return out[:1]
+            return out[:2]
         if strategy is Strategy.BALANCED:
+            out.append(f"effective cost {format_usd(self.effective_micros)} "
+                       "(with the failover its failures cause)")
             out.append(
                 f"score {self.score:.4f} = {weights.cost}*cost {c['cost']:.3f} + "
                 f"{weights.reliability}*reliability {c['reliability']:.3f} + "
@@ -172,6 +200,11 @@ class RoutePlan:
                     "backend": c.backend,
                     "estimated_cost_usd": micros_to_usd(c.estimate_micros),
                     "estimated_cost_micros": c.estimate_micros,
+                    "expected_cost_usd": micros_to_usd(c.expected),
+                    "expected_cost_micros": c.expected,
+                    "calibration": None if c.calibration_ppm is None else {
+                        "ratio": c.calibration_ppm / 1e6, "samples": c.calibration_samples},
+                    "price_model": c.price_model,
                     "score": round(c.score, 6),
                     "components": {k: round(v, 6) for k, v in c.components.items()},
                     "reasons": c.reasons(self.strategy, self.weights),
@@ -197,6 +230,8 @@ class RoutePlan:
                 reliability=float(c.get("components", {}).get("reliability", 0.0)),
                 speed=float(c.get("components", {}).get("speed", 0.0)),
                 quality=float(c.get("components", {}).get("quality", 0.0)),
+                expected_micros=int(c.get("expected_cost_micros", -1)),
+                price_model=str(c.get("price_model", "")),
             )
             for c in data.get("candidates", [])
         )
@@ -281,9 +316,12 @@ def plan_route(
     *,
     now: float,
     weights: BalancedWeights = BalancedWeights(),
+    calibration: Mapping[str, Factor] | None = None,
 ) -> RoutePlan:
-    """The ranked plan for ``spec`` over ``backends`` given their ``health`` at ``now``."""
+    """The ranked plan for ``spec`` over ``backends`` given their ``health`` at ``now`` and
+    their ``calibration`` (backend -> learnt factor; a missing one ranks on the estimate)."""
     health = health or {}
+    calibration = calibration or {}
     pin = spec.backend
     tier = spec.tier
     want_rank = tier.rank
@@ -292,7 +330,7 @@ def plan_route(
     kind = spec.kind
     inp = spec.input
     excluded: list[Exclusion] = []
-    passed: list[tuple[_Row, int, BackendHealth]] = []
+    passed: list[tuple[_Row, int, BackendHealth, Factor | None]] = []
     pin_seen = False
     for r in _rows(backends):
         name = r.name
@@ -329,57 +367,87 @@ def plan_route(
                     code, until = ExclusionCode.PROBE_IN_FLIGHT, br.probe_until
                 excluded.append(Exclusion(name, code, (br.strikes, max(0.0, until - now))))
                 continue
-        passed.append((r, est, h))
+        factor = calibration.get(name)
+        if factor is not None and factor.price_model != r.spec.price.model:
+            factor = None  # learnt under another price model
+        passed.append((r, est, h, factor))
     if pin is not None and not pin_seen:
         excluded.append(Exclusion(pin, ExclusionCode.UNKNOWN_BACKEND, (pin,)))
     return RoutePlan(spec.strategy, _rank(spec, passed, weights), tuple(excluded), pin, weights)
 
 
 def _rank(
-    spec: JobSpec, passed: list[tuple[_Row, int, BackendHealth]], w: BalancedWeights
+    spec: JobSpec, passed: list[tuple[_Row, int, BackendHealth, Factor | None]],
+    w: BalancedWeights,
 ) -> tuple[Candidate, ...]:
     if not passed:
         return ()
-    min_est = min(est for _, est, _ in passed)
-    min_lat: float | None = None
-    for r, _, h in passed:
-        lat = h.latency_ms if h.latency_ms is not None else r.hint
-        if lat is not None and (min_lat is None or lat < min_lat):
-            min_lat = lat
+    rows = [(r, est, h, f, expected_micros(est, f), _latency(r, h)) for r, est, h, f in passed]
     strategy = spec.strategy
+    balanced = strategy is Strategy.BALANCED
+    effective = _effective(rows) if balanced else {}
+    min_exp = min((effective[r.name][0] if balanced else exp) for r, _, _, _, exp, _ in rows)
+    lats = [(effective[r.name][1] if balanced else lat[0]) for r, *_, lat in rows]
+    known = [x for x in lats if x is not None]
+    min_lat = min(known) if known else None
     want_rank = spec.tier.rank
     inf = float("inf")
     out: list[tuple[tuple[Any, ...], Candidate]] = []
-    for r, est, h in passed:
-        lat = h.latency_ms
-        if lat is not None:
-            source = "observed"
-        elif r.hint is not None:
-            lat, source = r.hint, "hint"
-        else:
-            source = "unknown"
-        cost = 1.0 if est <= min_est else min_est / est
+    for (r, est, h, f, exp, (lat, source)), eff_lat in zip(rows, lats, strict=True):
+        eff = effective[r.name][0] if balanced else exp
+        cost = 1.0 if eff <= min_exp else min_exp / eff
         rel = 1.0 if h.success_rate is None else h.success_rate
-        speed = 0.5 if lat is None or min_lat is None else min(1.0, min_lat / lat)
+        speed = 0.5 if eff_lat is None or min_lat is None else min(1.0, min_lat / eff_lat)
         surplus = r.rank - want_rank if r.rank > want_rank else 0
         quality = surplus / 2.0
         lat_key = inf if lat is None else lat
         if strategy is Strategy.CHEAPEST:
             score = cost
-            key: tuple[Any, ...] = (est, -rel, lat_key, r.name)
+            key: tuple[Any, ...] = (exp, est, -rel, lat_key, r.name)
         elif strategy is Strategy.FASTEST:
             score = speed
-            key = (lat_key, est, -rel, r.name)
+            key = (lat_key, exp, -rel, r.name)
         else:
             score = (w.cost * cost + w.reliability * rel + w.speed * speed
                      + w.quality * quality)
-            key = (-score, est, r.name)
+            key = (-score, exp, r.name)
         out.append((key, Candidate(
             r.name, est, score, cost, rel, speed, quality,
             h.success_rate, lat, source, surplus, h.in_flight, r.max_conc,
+            exp, None if f is None else f.ppm, 0 if f is None else f.samples,
+            r.spec.price.model, eff if balanced else -1,
         )))
     out.sort(key=_first)
     return tuple(c for _, c in out)
+
+
+def _latency(r: _Row, h: BackendHealth) -> tuple[float | None, str]:
+    if h.latency_ms is not None:
+        return h.latency_ms, "observed"
+    if r.hint is not None:
+        return r.hint, "hint"
+    return None, "unknown"
+
+
+def _effective(
+    rows: list[tuple[_Row, int, BackendHealth, Factor | None, int, tuple[float | None, str]]],
+) -> dict[str, tuple[int, float | None]]:
+    """Per backend: (expected cost, latency) counting the failover its failures cause. A job
+    that fails there (probability 1 - observed success rate; 0 with no data) goes on to the
+    cheapest other candidate, paying that one's expected cost and adding its latency to the
+    time already spent. A lone candidate has no failover: its figures are its own."""
+    out: dict[str, tuple[int, float | None]] = {}
+    for r, _, h, _, exp, (lat, _) in rows:
+        others = [(o_exp, o_lat) for o, _, _, _, o_exp, (o_lat, _) in rows if o is not r]
+        s = 1.0 if h.success_rate is None else min(1.0, max(0.0, h.success_rate))
+        if not others or s >= 1.0:
+            out[r.name] = (exp, lat)
+            continue
+        f_exp, f_lat = min(others, key=lambda o: o[0])
+        eff = round(s * exp + (1.0 - s) * f_exp)
+        eff_lat = None if lat is None else lat + (1.0 - s) * (f_lat if f_lat is not None else lat)
+        out[r.name] = (eff, eff_lat)
+    return out
 
 
 def _first(kc: tuple[tuple[Any, ...], Candidate]) -> tuple[Any, ...]:
