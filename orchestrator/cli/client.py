@@ -178,6 +178,9 @@ def submit(
     = None,
     idempotency_key: Annotated[str | None, typer.Option(
         help="resubmitting with the same key returns the same job")] = None,
+    cache: Annotated[bool | None, typer.Option(
+        "--cache/--no-cache", help="use the result cache (default: the tenant's default)")]
+    = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait until the job is final")] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 600.0,
     json_out: JsonOut = False,
@@ -192,7 +195,7 @@ def submit(
         job = c.submit(kind=kind, input={"prompt": prompt, **params}, tier=tier,
                        strategy=strategy, max_cost_usd=max_cost_usd, backend=backend,
                        metadata={"project": project} if project else None,
-                       idempotency_key=idempotency_key)
+                       idempotency_key=idempotency_key, cache=cache)
         if wait:
             job = c.wait(job.id, timeout=timeout)
     _show_job(job, json_out)
