@@ -112,9 +112,10 @@ class ResultCache:
     def locked(self, tenant: str, key: str) -> Iterator[Connection]:
         """A transaction holding the key's advisory lock: identical submissions are admitted
         one at a time, so of concurrent ones exactly one becomes the leader."""
+        # the key hashes the tenant too: its first 64 bits name the lock
+        lock_id = int.from_bytes(bytes.fromhex(key[:16]), "big", signed=True)
         with self.engine.begin() as tx:
-            tx.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                       {"k": f"{tenant}\x00{key}"})
+            tx.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id})
             yield tx
 
     def lookup(self, conn: Connection, tenant: str, key: str) -> Match | None:
