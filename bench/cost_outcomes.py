@@ -74,8 +74,9 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.ledger.audit import audit
 from orchestrator.ledger.budgets import set_budget
 
-WORDS = ("tide harbour lantern fog granite orchard comet meadow ember quartz willow falcon "
-         "canyon ripple saffron glacier thimble mosaic velvet beacon").split()
+WORDS = ["tide", "harbour", "lantern", "fog", "granite", "orchard", "comet", "meadow", "ember",
+         "quartz", "willow", "falcon", "canyon", "ripple", "saffron", "glacier", "thimble",
+         "mosaic", "velvet", "beacon"]
 STRATEGIES = ("ours", "premium", "roundrobin", "random")
 
 
@@ -259,7 +260,7 @@ def main() -> None:
     settings = {"calibration_refresh_s": 1.0, "calibration_min_samples": 5,
                 "calibration_window": 50, "breaker_cooldown_s": 5.0}
     runs: dict[str, Run] = {}
-    with stack(catalogue, env=env, concurrency=16, settings=settings) as s:
+    with stack(catalogue, env=env, concurrency=16, overrides=settings) as s:
         for name in STRATEGIES:
             r = runs[name] = run(s, name, bodies, args.seed, args.rate)
             print(f"{name}: {r.submitted} jobs in {r.seconds:.1f} s, billed "
@@ -273,8 +274,9 @@ def main() -> None:
         with s.container.engine.connect() as conn:
             problems = audit(conn)
     print("ledger audit: " + ("clean" if not problems else f"{len(problems)} problems"))
-    print("estimate error p95 (ours, calibrated backends) before -> after calibration: " + ", ".join(
-        f"{k} {b:.2%} -> {a:.2%} ({n} jobs)" for k, (n, b, a) in sorted(errors.items())))
+    print("estimate error p95 (ours, calibrated backends) before -> after calibration: "
+          + ", ".join(f"{k} {b:.2%} -> {a:.2%} ({n} jobs)"
+                      for k, (n, b, a) in sorted(errors.items())))
     usd = {k: r.billed_micros / 1e6 for k, r in runs.items()}
     err = errors.get("all", (0, float("nan"), float("nan")))[2]
     print(f"ours_usd={usd['ours']:.4f} premium_usd={usd['premium']:.4f} "
