@@ -32,7 +32,7 @@ from orchestrator.ledger import Ledger
 from orchestrator.ledger.admission import NewJob
 from orchestrator.service.cache import Found, Match, ResultCache, record_lookup, record_saved
 from orchestrator.service.calibration import Calibrator
-from orchestrator.service.observe import record_submission
+from orchestrator.service.observe import JobObserver, record_submission
 from orchestrator.service.ports import EnqueuePort, HealthPort
 from orchestrator.store import jobs as repo
 
@@ -78,6 +78,7 @@ class Submitter:
         egress: EgressPolicy | None = None,
         cache: ResultCache | None = None,
         calibrator: Calibrator | None = None,
+        observer: JobObserver | None = None,
     ) -> None:
         self.engine = engine
         self.ledger = ledger
@@ -89,6 +90,7 @@ class Submitter:
         self.egress = egress if egress is not None else EgressPolicy()
         self.cache = cache
         self.calibrator = calibrator
+        self.observe = observer or JobObserver()
 
     def quote(self, spec: JobSpec) -> RoutePlan:
         """The ranked plan with reasons. Reads health; changes nothing. InvalidRequest
@@ -214,10 +216,13 @@ class Submitter:
             origin = repo.get_job(conn, match.job_id)
             assert job.chain_token is not None and origin is not None
             ResultCache.adopt(conn, job.id, job.chain_token, origin.id)
-        end = self.ledger.end_job(job.id, "succeeded", self.clock(), backend=origin.backend,
+        now = self.clock()
+        end = self.ledger.end_job(job.id, "succeeded", now, backend=origin.backend,
                                   result=origin.result)
         if end is not None and end.ended:
             record_saved(job.kind, match.cost_micros)
+            self.observe.job_finished(job, "succeeded", backend=origin.backend,
+                                      charged_micros=end.charged_micros, now=now)
         with self.engine.begin() as conn:
             served = repo.get_job(conn, job.id)
         assert served is not None
