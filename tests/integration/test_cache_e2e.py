@@ -15,6 +15,8 @@ from sqlalchemy import Engine, text
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.ledger.audit import audit
 from orchestrator.ledger.budgets import set_budget
+from orchestrator.metrics import catalogue as m
+from orchestrator.metrics.recorder import get_recorder
 from orchestrator.reports import cache_summary
 from orchestrator.simulator import RunningSimulator
 
@@ -71,8 +73,16 @@ def test_a_hit_gets_the_result_at_zero_with_cached_from(crig: Rig) -> None:
     assert paid.status == "succeeded" and paid.cost_micros == 360_000
     assert paid.cached_from is None
 
+    def counted(name: str, **labels: str) -> float:
+        value = get_recorder().value(name, kind="video", **labels)
+        assert value is None or isinstance(value, int | float)
+        return float(value or 0)
+
+    hits, saved = counted(m.CACHE_LOOKUPS, outcome="hit"), counted(m.CACHE_SAVED)
     job, created = crig.container.submitter.submit(TENANT, video())
     assert created and job.status == "succeeded"  # served at submission, no worker step
+    assert counted(m.CACHE_LOOKUPS, outcome="hit") == hits + 1
+    assert counted(m.CACHE_SAVED) == pytest.approx(saved + 0.36)
     assert job.cached_from == first and job.cost_micros == 0
     assert job.result == paid.result and job.backend == "vid-cheap"
     assert crig.counters("vid-cheap")["submissions"] == 1  # one provider call for both
