@@ -224,9 +224,19 @@ def p95(values: list[float]) -> float:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
-def estimate_errors(s: Stack, tenant: str) -> dict[str, tuple[int, float, float]]:
-    """Per kind (and 'all'): (jobs, p95 error before, p95 error after calibration) over the
-    succeeded, uncached jobs whose backend had a factor when routed."""
+def spend_by_tier(s: Stack, tenant: str) -> dict[str, int]:
+    """What the tenant's jobs were charged, per requested tier (micro-USD)."""
+    with s.container.engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT spec ->> 'tier' AS tier, COALESCE(SUM(cost_micros), 0) AS micros "
+            "FROM jobs WHERE tenant = :t GROUP BY 1"), {"t": tenant}).all()
+    return {r.tier: int(r.micros) for r in rows}
+
+
+def estimate_errors(s: Stack, tenant: str) -> dict[str, tuple[int, float, float, float, float]]:
+    """Per kind (and 'all'), over the succeeded, uncached jobs whose backend had a factor
+    when routed: (jobs, p95 error before, p95 error after calibration, and the error of
+    their total: |sum predicted - sum actual| / sum actual, before and after)."""
     with s.container.engine.connect() as conn:
         rows = conn.execute(text(
             """
@@ -238,12 +248,18 @@ def estimate_errors(s: Stack, tenant: str) -> dict[str, tuple[int, float, float]
               AND c ->> 'backend' = j.backend AND jsonb_typeof(c -> 'calibration') = 'object'
             """), {"t": tenant}).all()
     by: dict[str, tuple[list[float], list[float]]] = {}
+    sums: dict[str, list[int]] = {}
     for r in rows:
         for k in (r.kind, "all"):
             before, after = by.setdefault(k, ([], []))
             before.append(abs(r.actual - r.estimate) / r.estimate)
             after.append(abs(r.actual - r.expected) / r.expected)
-    return {k: (len(b), p95(b), p95(a)) for k, (b, a) in by.items()}
+            tot = sums.setdefault(k, [0, 0, 0])
+            tot[0] += r.actual
+            tot[1] += r.estimate
+            tot[2] += r.expected
+    return {k: (len(b), p95(b), p95(a), abs(sums[k][1] - sums[k][0]) / sums[k][0],
+                abs(sums[k][2] - sums[k][0]) / sums[k][0]) for k, (b, a) in by.items()}
 
 
 def main() -> None:
@@ -267,6 +283,9 @@ def main() -> None:
                   f"${r.billed_micros / 1e6:.4f} (charged ${r.charged_micros / 1e6:.4f}), "
                   f"succeeded {r.succeeded} ({r.success:.1%}), refused {r.refused}, "
                   f"from cache {r.cached}", flush=True)
+            tiers = spend_by_tier(s, f"bench-{name}")
+            print("  charged by requested tier: " + ", ".join(
+                f"{t} ${v / 1e6:.4f}" for t, v in sorted(tiers.items())), flush=True)
             if r.billed_micros != r.charged_micros:
                 print(f"  note: {name}'s providers billed {r.billed_micros} micro-USD, the "
                       f"ledger charged {r.charged_micros}", flush=True)
@@ -276,9 +295,12 @@ def main() -> None:
     print("ledger audit: " + ("clean" if not problems else f"{len(problems)} problems"))
     print("estimate error p95 (ours, calibrated backends) before -> after calibration: "
           + ", ".join(f"{k} {b:.2%} -> {a:.2%} ({n} jobs)"
-                      for k, (n, b, a) in sorted(errors.items())))
+                      for k, (n, b, a, _, _) in sorted(errors.items())))
+    print("error of the total (sum predicted vs sum billed), before -> after: "
+          + ", ".join(f"{k} {tb:.2%} -> {ta:.2%}"
+                      for k, (_, _, _, tb, ta) in sorted(errors.items())))
     usd = {k: r.billed_micros / 1e6 for k, r in runs.items()}
-    err = errors.get("all", (0, float("nan"), float("nan")))[2]
+    err = errors["all"][2] if "all" in errors else float("nan")
     print(f"ours_usd={usd['ours']:.4f} premium_usd={usd['premium']:.4f} "
           f"roundrobin_usd={usd['roundrobin']:.4f} random_usd={usd['random']:.4f} "
           f"ours_vs_premium={usd['ours'] / usd['premium']:.3f} "
