@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from orchestrator.domain.jobs import JobSpec
+from orchestrator.errors import BudgetExceeded
 from orchestrator.ledger.audit import audit
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.metrics import catalogue as m
@@ -195,3 +196,28 @@ def test_followers_run_themselves_when_the_leader_is_cancelled(crig: Rig) -> Non
     (job,) = crig.wait_final([follower], timeout=60)
     assert job.status == "succeeded" and job.cached_from is None
     assert job.cost_micros == 360_000
+
+
+def test_a_hit_needs_no_budget_left_and_a_refused_job_writes_nothing(
+        db: Engine, database_url: str, redis_url: str, e2e_sim: RunningSimulator,
+        tmp_path: Path) -> None:
+    """A hit holds 0, so it is served from a budget that could not hold its worst case;
+    a cache-enabled job the budget refuses leaves no job and no link behind."""
+    with rig_for(E2E_CATALOGUE, db, database_url, redis_url, e2e_sim, tmp_path) as r:
+        with r.engine.begin() as conn:  # room for one draft job's worst case (0.84), not two
+            set_budget(conn, scope=f"tenant:{TENANT}", period="month", limit_micros=1_000_000,
+                       now=datetime.now(UTC))
+        r.control("vid-cheap", duration_ms=100)
+        r.start_worker()
+        first = submit(r, video(cache=True))
+        r.wait_final([first])  # charged 0.36: 0.64 left, under the 0.84 worst case
+        hit, created = r.container.submitter.submit(TENANT, video(cache=True))
+        assert created and hit.cached_from == first and hit.cost_micros == 0
+        with r.engine.connect() as conn:
+            before = conn.execute(text("SELECT count(*) FROM jobs")).scalar_one()
+        for spec in (video("another prompt", cache=True), video(cache=False)):
+            with pytest.raises(BudgetExceeded):
+                r.container.submitter.submit(TENANT, spec)
+        with r.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == before
+        assert committed(r) == 360_000
