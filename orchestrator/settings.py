@@ -8,6 +8,7 @@ A bad value fails at start with one line naming the setting, e.g.::
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,7 @@ from orchestrator.egress.policy import parse_allow
 from orchestrator.errors import ConfigurationError
 
 ENV_PREFIX = "ORCH_"
+_TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class Settings(BaseSettings):
@@ -195,6 +197,14 @@ class Settings(BaseSettings):
             return None
         if not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"must be a redis:// URL, got {_redact(v)!r}")
+        return v
+
+    @field_validator("cache_default_tenants")
+    @classmethod
+    def _cache_tenants(cls, v: str) -> str:
+        for name in (t.strip() for t in v.split(",")):
+            if name and name != "*" and not _TENANT_RE.match(name):
+                raise ValueError(f"not a tenant name (1-64 of A-Z a-z 0-9 _ . -): {name!r}")
         return v
 
     @field_validator("egress_allow")
