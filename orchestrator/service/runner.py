@@ -183,10 +183,9 @@ class JobRunner:
                 if verdict is not None:
                     leader = verdict
                 current = replace(current, cache_leader=None)
+            # a follower taking its leader's result is ended below, off this connection
             claimed = current if claimed_now and leader is None else None
-            if leader is not None:
-                pass  # adopted below, once this connection's work is done
-            elif claimed is not None:
+            if claimed is not None:
                 job = claimed
                 if not self._past_deadline(job, now):
                     # its first attempt is checkpointed before any backend call
@@ -195,7 +194,7 @@ class JobRunner:
                         delay = self.slots.wait(job, token, opened.full)
                         repo.requeue(conn, job_id, token, delay + self.poll_policy.grace_s)
                         return Next(delay, resume=True)
-            else:
+            elif leader is None:
                 if current.chain_token != token or (current.is_final and current.wake_at is None):
                     return DONE
                 job, attempts = current, repo.attempts(conn, job_id)
