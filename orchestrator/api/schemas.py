@@ -174,6 +174,10 @@ class BackendOut(_Out):
     latency_ms: float | None
     in_flight: int
     waiting: int = Field(description="jobs waiting for one of its concurrency slots")
+    price_model: str | None = None
+    calibration: dict[str, Any] | None = Field(
+        default=None, description="{ratio, samples}: the median actual / estimate of its "
+        "recent settled jobs, which cheapest multiplies its estimates by; null: none yet")
     params: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict,
         description="per kind, the input parameters it accepts: {name: {type, min, max, "

@@ -101,6 +101,8 @@ class Backend(_Model):
     latency_ms: float | None = None
     in_flight: int | None = None
     waiting: int | None = None
+    price_model: str | None = None
+    calibration: dict[str, Any] | None = None  # {ratio, samples}; None: none yet
     # per kind, the input parameters it accepts: {name: {type, min, max, ..., priced}}
     params: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
 

@@ -4,6 +4,7 @@ Real Celery worker processes, the simulator over HTTP, real PostgreSQL and Redis
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from orchestrator.api.views import backend_resource
 from orchestrator.domain.catalogue import parse_catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.ledger.audit import audit
@@ -89,6 +91,11 @@ def test_settled_jobs_change_the_ranking_and_holds_stay_worst_case(crig: Rig) ->
     b = after.candidates[0]
     assert (b.calibration_ppm, b.calibration_samples) == (500_000, 3)
     assert b.estimate_micros == 350_000 and b.expected == 175_000
+    # GET /v1/backends shows the factor too
+    cat, c = crig.container.catalogue(), crig.container
+    shown = [backend_resource(cat.get(n), c.health.snapshot([n])[n], time.time(),
+                              c.calibrator.factors().get(n)) for n in ("vid-a", "vid-b")]
+    assert [x["calibration"] for x in shown] == [None, {"ratio": 0.5, "samples": 3}]
 
     job = crig.job(run(crig, video()))
     assert job.status == "succeeded" and job.backend == "vid-b"
