@@ -1,9 +1,10 @@
 """The calibration factors routing ranks on, read from the settled jobs in PostgreSQL.
 
 A backend's samples are its newest succeeded jobs that ran there and paid for it (a cached
-job's $0 is not a bill): what each was charged (``jobs.cost_micros``) against the worst-case
-estimate its route made for that backend, with that estimate's price model (both in the
-job's ``route``). One query reads the window of every backend in the catalogue (an index
+job's $0 is not a bill): what its succeeded attempt there was billed (not the job's whole
+cost, which includes what earlier attempts elsewhere billed before a failover) against the
+worst-case estimate its route made for that backend, with that estimate's price model (both
+in the job's ``route``). One query reads the window of every backend in the catalogue (an index
 scan per backend, ``ix_jobs_settled_by_backend``); ``domain.calibration.learn`` turns them
 into factors. A process keeps the factors it read for ``refresh_s``: routing runs on every
 quote and submission, the factors move only as jobs settle. A failed read keeps the last
@@ -30,7 +31,11 @@ _WINDOW = text(
     SELECT b.name, x.price_model, x.estimate, x.actual
     FROM unnest(CAST(:names AS text[])) AS b(name)
     CROSS JOIN LATERAL (
-        SELECT j.cost_micros AS actual,
+        SELECT COALESCE(
+                   (SELECT a.cost_micros FROM attempts a
+                    WHERE a.job_id = j.id AND a.backend = j.backend
+                      AND a.outcome = 'succeeded' AND a.cost_micros IS NOT NULL
+                    LIMIT 1), j.cost_micros) AS actual,
                CAST(c.cand ->> 'estimated_cost_micros' AS bigint) AS estimate,
                c.cand ->> 'price_model' AS price_model
         FROM jobs j
