@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint bench loadtest compose-test clean
+.PHONY: up test chromium lint bench loadtest compose-test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -20,8 +20,19 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/orchestrator up
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# The console's browser tests drive Debian's chromium (playwright never downloads a browser):
+# installed here when missing and we are root, else one line says what to do.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else \
+	    echo "error: the console tests need Debian's chromium: sudo apt-get install chromium" >&2; \
+	    exit 1; \
+	  fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check orchestrator workers tests bench loadtests

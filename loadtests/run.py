@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from contextlib import AbstractContextManager
@@ -33,6 +34,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the orchestrator package of this tree
 
+import cpu  # noqa: E402
 from checks import (  # noqa: E402
     BudgetSampler,
     bills,
@@ -75,6 +77,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     ap.add_argument("--max-fail-ratio", type=float, default=0.01)
     ap.add_argument("--drain-timeout", type=float, default=300.0,
                     help="seconds to wait after the run for every job to end")
+    ap.add_argument("--profile", action="store_true",
+                    help="sample the API with py-spy for the run (api-profile.svg)")
     ap.add_argument("--sample-every", type=float, default=1.0,
                     help="seconds between two reads of every budget period")
     args = ap.parse_args(argv)
@@ -128,12 +132,19 @@ def check(args: argparse.Namespace, target: Target, out: Path, extra: list[str])
     misses: list[str] = []
     load_before = os.getloadavg()
     api_cpu0 = _cpu_s(target.api_pid)
+    roots = cpu.system_roots(target.up_pid, target.credentials.parent, creds.get("redis_url"))
+    tree0, locust0, wall0 = cpu.tree_cpu(roots), cpu.children_cpu(), time.monotonic()
+    profiler = _profile(args, target, out)
     sampler.start()
     try:
         code = run_locust(args, target, out, extra)
     finally:
         sampler.stop()
+        if profiler is not None:
+            profiler.wait(timeout=60)
     api_cpu = _cpu_s(target.api_pid) - api_cpu0
+    cpu_line = cpu.line(tree0, cpu.tree_cpu(roots), cpu.children_cpu() - locust0,
+                        time.monotonic() - wall0, os.cpu_count() or 1)
     load_after = os.getloadavg()
     summary_path = out / "summary.json"
     if code != 0 or not summary_path.exists():
@@ -162,6 +173,7 @@ def check(args: argparse.Namespace, target: Target, out: Path, extra: list[str])
           f"loadavg_after={load_after[0]:.2f} api_cpu_s={api_cpu:.1f}"
           + (f" api_cpu_ms_per_request={api_cpu * 1000 / s['requests']:.2f}"
              if target.api_pid and s["requests"] else ""))
+    print(cpu_line)
     print(f"load: shape={s['shape']} peak_users={s['peak_users']} duration_s={s['duration_s']} "
           f"requests={s['requests']} failures={s['failures']} rate_limited={s['rate_limited']}")
     print("outcomes: " + " ".join(f"{k}={v}" for k, v in sorted(said.items())))
@@ -214,6 +226,32 @@ def check(args: argparse.Namespace, target: Target, out: Path, extra: list[str])
                "jobs": len(accepted), "lost": len(d.lost), "paid_twice": paid,
                "overrun": overrun}
     return Outcome(figures, misses)
+
+
+def _profile(args: argparse.Namespace, target: Target, out: Path
+             ) -> subprocess.Popen[bytes] | None:
+    """With ``--profile``: py-spy samples the API process for the run (a flame graph in
+    ``api-profile.svg``; py-spy needs ptrace, i.e. root or CAP_SYS_PTRACE)."""
+    if not args.profile or target.api_pid is None:
+        return None
+    seconds = _seconds(args.run_time)
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+         str(target.api_pid), "--duration", str(seconds), "--rate", "50", "--nonblocking",
+         "--output", str(out / "api-profile.svg")],
+        stdout=(out / "py-spy.log").open("wb"), stderr=subprocess.STDOUT)
+
+
+def _seconds(run_time: str) -> int:
+    """Locust's ``-t`` (``90``, ``90s``, ``5m``, ``1h30m``) in seconds."""
+    total, number = 0, ""
+    for ch in run_time:
+        if ch.isdigit():
+            number += ch
+        else:
+            total += int(number or 0) * {"s": 1, "m": 60, "h": 3600}[ch]
+            number = ""
+    return total + int(number or 0)
 
 
 def _cpu_s(pid: int | None) -> float:

@@ -40,6 +40,7 @@ class Target:
     api_url: str
     credentials: Path  # credentials.json: admin_key, database_url, simulator_url, ...
     api_pid: int | None  # the API process, when this run started it
+    up_pid: int | None = None  # `orchestrator up`, whose process tree is the whole system
 
     def creds(self) -> dict[str, str]:
         loaded: dict[str, str] = json.loads(self.credentials.read_text())
@@ -90,7 +91,7 @@ def orchestrator_up(logs_to: Path | None, timeout_s: float = 180.0,
                                        f"lines:\n{''.join(tail)}")
             creds = data / "credentials.json"
             api = json.loads(creds.read_text())["api_url"]
-            yield Target(api, creds, _child_pid(proc.pid, "api"))
+            yield Target(api, creds, _child_pid(proc.pid, "api"), proc.pid)
         finally:
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGTERM)  # `up` stops its children itself

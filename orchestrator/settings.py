@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     metrics_addr: str | None = Field(
         default=None, description="host:port: the API serves /metrics there, not on its port"
     )
+    console_enabled: bool = Field(
+        default=True, description="serve the web console at /console (static files that call "
+        "the public /v1 API); false: /console is 404")
     flower_user: str = Field(default="flower", min_length=1)
     flower_password: SecretStr | None = Field(
         default=None, description="Flower's basic auth; unset = generated into the data dir"

@@ -3,10 +3,12 @@
 Routes (CONTRACT "HTTP API"): jobs and quotes (:mod:`.routes_jobs`), backends and budgets
 (:mod:`.routes_admin`), keys (:mod:`.routes_keys`), cost reports (:mod:`.routes_reports`), all
 under ``/v1`` and authenticated by :class:`.gate.Gate` before their body is read; and the
-unauthenticated ``/healthz``, ``/readyz``, ``/metrics`` and docs. Errors are the envelope of
-:mod:`.errors`. Request bodies are never logged.
+unauthenticated ``/healthz``, ``/readyz``, ``/metrics``, docs and the web console's static
+files at ``/console`` (:mod:`orchestrator.console`; its data comes from ``/v1``). Errors are
+the envelope of :mod:`.errors`. Request bodies are never logged.
 
-The ASGI stack, outermost first: CatchAll (a 500 envelope for anything unhandled) → Gate
+The ASGI stack, outermost first: RequestMetrics (count and time every request by route
+template) → CatchAll (a 500 envelope for anything unhandled) → Gate
 (auth, failed-auth and tenant limits) → BodyDeadline (408) → BodySizeLimit (413) → FastAPI.
 """
 
@@ -22,14 +24,14 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from orchestrator import metrics
+from orchestrator import console, metrics
 from orchestrator.api import errors, routes_admin, routes_jobs, routes_keys, routes_reports
 from orchestrator.api.config import ApiConfig
 from orchestrator.api.context import ApiContext, _err
 from orchestrator.api.errors import error_response
 from orchestrator.api.gate import Gate
 from orchestrator.api.limits import AuthFailures, RateLimiter
-from orchestrator.api.middleware import BodyDeadline, BodySizeLimit, CatchAll
+from orchestrator.api.middleware import BodyDeadline, BodySizeLimit, CatchAll, RequestMetrics
 from orchestrator.api.schemas import HealthOut, ReadyOut
 from orchestrator.api.security import Authenticator
 from orchestrator.bootstrap import Container
@@ -59,11 +61,14 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     app.include_router(routes_keys.router(ctx))
     app.include_router(routes_reports.router(ctx))
     _ops(app, ctx)
+    if container.settings.console_enabled:
+        console.mount(app)  # static files; they call /v1 like any client
     # add_middleware wraps: the last added is the outermost
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
     app.add_middleware(BodyDeadline, timeout_s=cfg.body_timeout_s)
     app.add_middleware(Gate, auth=ctx.auth, limiter=ctx.limiter, failures=ctx.failures)
     app.add_middleware(CatchAll)
+    app.add_middleware(RequestMetrics, routes=app.router.routes)
     return app
 
 

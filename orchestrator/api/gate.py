@@ -2,7 +2,7 @@
 with a valid key, before anything of its body is read or parsed.
 
 Every route under ``/v1`` is authenticated and nothing outside it is (``/healthz``,
-``/readyz``, ``/metrics``, ``/docs``, ``/openapi.json``, a future ``/console``). For a ``/v1``
+``/readyz``, ``/metrics``, ``/docs``, ``/openapi.json``, the ``/console`` files). For a ``/v1``
 request the gate, from the headers alone:
 
 1. takes the bearer key; none or a malformed one is a failure (no hash, no query);

@@ -3,6 +3,10 @@
 ``BodySizeLimit``: a declared ``Content-Length`` above the limit is refused before any byte
 is read; a chunked body is counted as it streams and refused as soon as it passes the limit.
 
+``RequestMetrics``: every request counted and timed by method, route *template* and status
+(``orchestrator_http_*``), whatever answered it: a route, the gate's 401/429, a limit's
+413/408 or the last-line 500.
+
 ``BodyDeadline``: the whole body must arrive within ``timeout_s`` of the app's first read of
 it, else ``408 request_timeout`` and the connection is closed, so a client trickling a body
 holds neither a worker thread nor a connection for long.
@@ -13,13 +17,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orchestrator import metrics
 from orchestrator.api.errors import envelope
+from orchestrator.metrics import catalogue as m
 
 log = logging.getLogger("orchestrator.api")
 
@@ -165,3 +173,90 @@ class CatchAll:
             if tracked.started:
                 return
             await send_error(send, 500, "internal_error", "internal error", close=False)
+
+
+UNMATCHED = "unmatched"
+
+
+def flat_routes(routes: Iterable[BaseRoute]) -> list[BaseRoute]:
+    """The routes themselves: an included router (FastAPI keeps ``include_router``'s routers
+    as one entry that matches for all of them) is replaced by its own routes."""
+    out: list[BaseRoute] = []
+    for route in routes:
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if isinstance(route, Mount) or inner is None:
+            out.append(route)
+        else:
+            out.extend(flat_routes(inner))
+    return out
+
+
+def route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
+    """The template of the route that serves ``scope`` (``/v1/jobs/{job_id}``), never the raw
+    path: a label per job id would grow a series per job. A request answered before routing
+    (the gate's 401, a 413) is matched against ``routes`` (:func:`flat_routes`) here; no
+    route: ``unmatched``."""
+    route = scope.get("route")
+    if route is None:
+        partial = None
+        for candidate in routes:
+            match, _ = candidate.matches(scope)
+            if match is Match.FULL:
+                route = candidate
+                break
+            if match is Match.PARTIAL and partial is None:
+                partial = candidate  # the path matches, the method does not (405)
+        route = route or partial
+    if isinstance(route, Mount):
+        return route.path + "/{path}"
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+class RequestMetrics:
+    """Outermost: counts and times every HTTP request (``metrics`` recorder, so the figures
+    reach Prometheus and Cloud Monitoring alike). Recording never raises."""
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self._routes = routes
+        self._flat: list[BaseRoute] | None = None
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        if self._flat is None:  # on the first request: every route is there by then
+            self._flat = flat_routes(self._routes)
+        return self._flat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # an exception past CatchAll (none expected) counts as a 500
+        # routing rewrites the scope (a mount moves its prefix into root_path): a request no
+        # route marked is matched as it arrived
+        arrived = dict(scope)
+
+        answered: float | None = None
+
+        async def send_status(message: Message) -> None:
+            nonlocal status, answered
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                # the answer is out: a background task after it (a job's start message) is
+                # not the client's wait
+                answered = time.perf_counter()
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            method = str(scope.get("method", ""))
+            route = route_template({**arrived, "route": scope.get("route")}, self.routes)
+            metrics.distribution(m.HTTP_LATENCY, (answered or time.perf_counter()) - started,
+                                 method=method, route=route)
+            metrics.counter(m.HTTP_REQUESTS, method=method, route=route, status=status)
+            if status >= 400:
+                metrics.counter(m.HTTP_ERRORS, method=method, route=route, status=status)

@@ -1,5 +1,9 @@
 """/v1/jobs and /v1/quotes.
 
+Visibility: a key sees its own tenant's jobs. An admin key may name another tenant with
+``?tenant=`` on the reads and the cancel (the console's admin view); a tenant key naming
+another tenant is ``403``, as for cost reports.
+
 Idempotency: ``POST /v1/jobs`` with an ``Idempotency-Key`` the tenant already used answers
 **200** with the existing job (and ``Idempotent-Replayed: true``) when the body is the same,
 **409 conflict** when it differs; a new job answers **202**.
@@ -15,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
+from orchestrator.api.errors import Forbidden
 from orchestrator.api.schemas import JobBody, JobListOut, JobOut, JobStatus, QuoteOut
 from orchestrator.api.security import Principal
 from orchestrator.api.views import decode_cursor, encode_cursor
@@ -25,6 +30,21 @@ from orchestrator.store import jobs as repo
 log = logging.getLogger("orchestrator.api")
 
 JobId = Annotated[uuid.UUID, Path(description="the job id")]
+TenantQuery = Annotated[str | None, Query(
+    pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+    description="admin: whose jobs (default: the key's own tenant); others: their own only")]
+FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: _err("tenant= names another tenant (admin only)")}
+
+
+def acting_tenant(p: Principal, tenant: str | None) -> str:
+    """The tenant whose jobs a request reads or cancels: the key's own, or for an admin key
+    the one ``tenant=`` names."""
+    if tenant is None or tenant == p.tenant:
+        return p.tenant
+    if not p.admin:
+        raise Forbidden("a tenant key sees its own tenant's jobs only")
+    return tenant
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -69,37 +89,42 @@ def router(ctx: ApiContext) -> APIRouter:
                             headers={"Idempotent-Replayed": "true"})
 
     @r.get("/jobs/{job_id}", response_model=JobOut, summary="One job",
-           responses={404: _err("no such job (or not yours)")})
-    def get_job(job_id: JobId, p: Caller) -> dict[str, Any]:
-        return load(job_id, p.tenant)
+           responses={404: _err("no such job (or not yours)"), **FORBIDDEN})
+    def get_job(job_id: JobId, p: Caller, tenant: TenantQuery = None) -> dict[str, Any]:
+        return load(job_id, acting_tenant(p, tenant))
 
-    @r.get("/jobs", response_model=JobListOut, summary="Own jobs, newest first")
+    @r.get("/jobs", response_model=JobListOut, summary="Own jobs, newest first",
+           responses=FORBIDDEN)
     def list_jobs(
         p: Caller,
         status: Annotated[JobStatus | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Query(max_length=400)] = None,
+        tenant: TenantQuery = None,
     ) -> dict[str, Any]:
+        owner = acting_tenant(p, tenant)
         before = decode_cursor(cursor) if cursor else None
         with c.engine.begin() as conn:
-            rows = repo.list_jobs(conn, p.tenant, status=status, limit=limit + 1,
+            rows = repo.list_jobs(conn, owner, status=status, limit=limit + 1,
                                   before=before)
             page = rows[:limit]
-            items = [job_resource(j, repo.attempts(conn, j.id)) for j in page]
+            attempts = repo.attempts_of_jobs(conn, [j.id for j in page])
+            items = [job_resource(j, attempts[j.id]) for j in page]
         nxt = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
         return {"items": items, "next_cursor": nxt}
 
     @r.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a job",
             responses={404: _err("no such job (or not yours)"),
-                       409: _err("the job already finished otherwise")})
-    def cancel(job_id: JobId, p: Caller) -> dict[str, Any]:
-        job = c.runner.cancel(job_id, p.tenant)
+                       409: _err("the job already finished otherwise"), **FORBIDDEN})
+    def cancel(job_id: JobId, p: Caller, tenant: TenantQuery = None) -> dict[str, Any]:
+        owner = acting_tenant(p, tenant)
+        job = c.runner.cancel(job_id, owner)
         if job is None:
             raise NotFound(f"no job {job_id}", job_id=str(job_id))
         if job.status != "cancelled" and job.is_final:
             raise Conflict(f"job {job_id} already {job.status}", job_id=str(job_id),
                            status=job.status)
-        return load(job_id, p.tenant)
+        return load(job_id, owner)
 
     @r.post("/quotes", response_model=QuoteOut, summary="Dry-run routing (no side effects)",
             tags=["quotes"])

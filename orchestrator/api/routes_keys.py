@@ -1,4 +1,6 @@
-"""/v1/keys: create (admin), list (admin: every tenant's or ``?tenant=``; tenant key: its
+"""/v1/whoami: who the calling key is (its tenant, whether admin, its id and prefix).
+
+/v1/keys: create (admin), list (admin: every tenant's or ``?tenant=``; tenant key: its
 own tenant's) and revoke (admin) API keys. A key is named by its ``id``; no answer ever holds
 a key except the one that created it, and none holds a hash.
 
@@ -15,7 +17,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from orchestrator.api.context import ADMIN_ERRORS, AUTH_ERRORS, ApiContext, _err
 from orchestrator.api.errors import Forbidden
 from orchestrator.api.principal import Principal
-from orchestrator.api.schemas import KeyIn, KeyOut, KeysOut
+from orchestrator.api.schemas import KeyIn, KeyOut, KeysOut, WhoAmIOut
 from orchestrator.store import keys as key_repo
 
 KeyId = Annotated[int, Path(ge=1, le=2**63 - 1, description="the key's id")]
@@ -26,6 +28,13 @@ def router(ctx: ApiContext) -> APIRouter:
     Caller = Annotated[Principal, Depends(ctx.principal_dep())]
     Admin = Annotated[Principal, Depends(ctx.admin_dep())]
     c = ctx.container
+
+    @r.get("/whoami", response_model=WhoAmIOut, responses=AUTH_ERRORS,
+           summary="The calling key: its tenant, admin or not, id and prefix")
+    def whoami(p: Caller) -> dict[str, Any]:
+        # what a client (the console) shows and offers: never the key itself
+        return {"tenant": p.tenant, "admin": p.admin, "key_id": p.key_id,
+                "prefix": p.key_prefix}
 
     @r.post("/keys", response_model=KeyOut, status_code=201, responses=ADMIN_ERRORS,
             summary="Create an API key (admin); the key is shown once")

@@ -254,6 +254,13 @@ class KeyIn(BaseModel):
     admin: bool = False
 
 
+class WhoAmIOut(BaseModel):
+    tenant: str
+    admin: bool
+    key_id: int
+    prefix: str
+
+
 class KeyOut(BaseModel):
     id: int = Field(description="names the key from now on (GET/DELETE /v1/keys)")
     key: str = Field(description="the key itself: shown this once, stored only as a hash")

@@ -62,6 +62,8 @@ def up(
     try:
         creds = system.start()
         typer.echo(f"API:        {creds['api_url']}  (docs at {creds['api_url']}/docs)")
+        if system.settings.console_enabled:
+            typer.echo(f"console:    {creds['api_url']}/console  (sign in with a key below)")
         typer.echo(f"admin key:  {creds['admin_key']}")
         typer.echo(f"tenant key: {creds['tenant_key']}  (tenant {creds['tenant']})")
         typer.echo(f"simulator:  {creds['simulator_url']}" if not no_simulator else
@@ -97,7 +99,8 @@ def api(
 def monitoring_apply(
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
 ) -> None:
-    """Create or update metric descriptors, alert policies and SLOs in Cloud Monitoring."""
+    """Create or update metric descriptors, alert policies, SLOs and the dashboard in Cloud
+    Monitoring (config/monitoring/); a second run changes nothing."""
     from orchestrator.metrics import apply_monitoring
     from orchestrator.settings import get_settings
 

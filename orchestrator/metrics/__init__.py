@@ -18,7 +18,7 @@ Export, once per process at start-up (after any fork)::
     metrics.shutdown()                             # at exit: last flush, bounded
 
 Sinks: :class:`CloudMonitoringSink` (background flush thread), Prometheus exposition
-(:func:`prometheus_payload`, :func:`start_worker_metrics_server`). Policies and SLOs:
+(:func:`prometheus_payload`, :func:`start_worker_metrics_server`). Policies, SLOs, dashboard:
 :func:`apply_monitoring` (``orchestrator monitoring apply``).
 """
 

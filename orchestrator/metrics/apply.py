@@ -1,5 +1,6 @@
 """``orchestrator monitoring apply``: metric descriptors (from the catalogue), alert policies
-and SLOs (from ``config/monitoring/*.yaml``) in Cloud Monitoring — idempotently.
+and SLOs (from ``config/monitoring/*.yaml``) and the dashboard
+(``config/monitoring/cloud-monitoring-dashboard.json``) in Cloud Monitoring — idempotently.
 
 Every object is compared with what the project already has and written only when a field we
 manage differs (fields the server adds — names, mutation records, defaults — are ignored), so
@@ -8,6 +9,7 @@ a second run changes nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from typing import Any
 
 import yaml
 from google.api_core import exceptions as gexc
+from google.cloud import monitoring_dashboard_v1 as md1
 from google.cloud import monitoring_v3 as mv3
 from google.protobuf import json_format
 
@@ -32,6 +35,8 @@ ClientFactory = Callable[[], MonitoringClients]
 AlertPolicyPb = mv3.AlertPolicy.pb()
 ServicePb = mv3.Service.pb()
 SloPb = mv3.ServiceLevelObjective.pb()
+DashboardPb = md1.Dashboard.pb()
+DASHBOARD_FILE = "cloud-monitoring-dashboard.json"
 
 
 @dataclass
@@ -55,6 +60,7 @@ class MonitoringConfig:
     service_id: str
     service: Any  # Service pb2
     slos: list[tuple[str, Any]]  # (slo id, ServiceLevelObjective pb2)
+    dashboards: list[Any] = field(default_factory=list)  # Dashboard pb2, by displayName
 
 
 def load_config(config_dir: Path = DEFAULT_CONFIG_DIR) -> MonitoringConfig:
@@ -71,12 +77,18 @@ def load_config(config_dir: Path = DEFAULT_CONFIG_DIR) -> MonitoringConfig:
             raw = dict(raw)
             slo_id = str(raw.pop("id"))
             slos.append((slo_id, json_format.ParseDict(raw, SloPb())))
-    except (OSError, KeyError, TypeError, yaml.YAMLError, json_format.ParseError) as exc:
+        dashboard = json_format.ParseDict(
+            json.loads((config_dir / DASHBOARD_FILE).read_text()), DashboardPb())
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError,
+            json_format.ParseError) as exc:
         raise ConfigurationError(f"monitoring config in {config_dir}: {exc}") from None
     names = [p.display_name for p in policies]
     if len(set(names)) != len(names) or not all(names):
         raise ConfigurationError("alert policies need unique, non-empty displayName values")
-    return MonitoringConfig(policies, service_id, service, slos)
+    if not dashboard.display_name or dashboard.name:
+        raise ConfigurationError(f"{DASHBOARD_FILE}: needs a displayName (it is matched by it) "
+                                 "and no name (the project's is given at apply)")
+    return MonitoringConfig(policies, service_id, service, slos, [dashboard])
 
 
 def _dict(msg: Any) -> dict[str, Any]:
@@ -119,6 +131,7 @@ def apply_monitoring(
     _apply_descriptors(clients, parent, project, catalogue or CATALOGUE, report, dry_run)
     _apply_policies(clients, parent, config, list(notification_channels), report, dry_run)
     _apply_slos(clients, parent, config, report, dry_run)
+    _apply_dashboards(clients, parent, config, report, dry_run)
     log.info("monitoring apply for %s: %s", project, report.summary())
     return report
 
@@ -218,6 +231,32 @@ def _apply_slos(c: MonitoringClients, parent: str, config: MonitoringConfig,
                 c.services.update_service_level_objective(
                     request=mv3.UpdateServiceLevelObjectiveRequest(
                         service_level_objective=mv3.ServiceLevelObjective.wrap(want)))
+
+
+def _apply_dashboards(c: MonitoringClients, parent: str, config: MonitoringConfig,
+                      report: ApplyReport, dry_run: bool) -> None:
+    """Matched by displayName, as the policies are; an update carries the etag it read, so a
+    dashboard edited meanwhile (in the console) is refused rather than silently lost."""
+    existing: dict[str, Any] = {}
+    for d in c.dashboards.list_dashboards(request={"parent": parent}):
+        existing.setdefault(d.display_name, d)
+    for dashboard in config.dashboards:
+        want = _copy(dashboard, "")
+        label = f"dashboard {want.display_name!r}"
+        have = existing.get(want.display_name)
+        if have is not None and is_subset(_dict(want), _dict(have)):
+            report.unchanged.append(label)
+        elif have is None:
+            report.created.append(label)
+            if not dry_run:
+                c.dashboards.create_dashboard(request=md1.CreateDashboardRequest(
+                    parent=parent, dashboard=md1.Dashboard.wrap(want)))
+        else:
+            report.updated.append(label)
+            want.name, want.etag = have.name, have.etag
+            if not dry_run:
+                c.dashboards.update_dashboard(request=md1.UpdateDashboardRequest(
+                    dashboard=md1.Dashboard.wrap(want)))
 
 
 def _copy(msg: Any, name: str) -> Any:

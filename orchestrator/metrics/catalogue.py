@@ -69,6 +69,9 @@ BREAKER_STRIKES = "backend/breaker_strikes"
 BACKEND_WAITING = "backend/waiting"
 QUEUE_DEPTH = "queue/depth"
 QUEUE_OLDEST_AGE = "queue/oldest_age"
+HTTP_REQUESTS = "http/requests"
+HTTP_LATENCY = "http/latency"
+HTTP_ERRORS = "http/errors"
 EXPORTER_FAILURES = "exporter/failures"
 RECORDER_DROPPED = "recorder/dropped"
 
@@ -78,6 +81,7 @@ BREAKER_STATE_VALUES = {"closed": BREAKER_CLOSED, "half_open": BREAKER_HALF_OPEN
 
 LATENCY_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 QUEUE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
+HTTP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 COST_BUCKETS_USD = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100)
 
 _JOB = ("kind", "tier", "backend", "status")
@@ -158,6 +162,17 @@ CATALOGUE: dict[str, MetricDef] = {
         _d(QUEUE_OLDEST_AGE, G, F64, "s", ("queue",),
            "Age of the oldest queued job, seconds (0 when the queue is empty).",
            "queue_oldest_age_seconds"),
+        # HTTP requests of the API, by route *template* (``/v1/jobs/{job_id}``, never a raw
+        # path: ids would make a series per job); ``unmatched`` for paths no route serves
+        _d(HTTP_REQUESTS, C, I64, "1", ("method", "route", "status"),
+           "HTTP requests answered by the API, by method, route template and status.",
+           "http_requests_total"),
+        _d(HTTP_LATENCY, D, DIST, "s", ("method", "route"),
+           "Time from a request's arrival to the last byte of its answer, seconds.",
+           "http_request_duration_seconds", HTTP_BUCKETS_S),
+        _d(HTTP_ERRORS, C, I64, "1", ("method", "route", "status"),
+           "HTTP requests answered with a 4xx or 5xx status, by route template and status.",
+           "http_request_errors_total"),
         _d(EXPORTER_FAILURES, C, I64, "1", ("sink", "reason"),
            "Metric export attempts that failed (points dropped or delayed).",
            "exporter_failures_total"),

@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-from google.cloud import monitoring_v3
+from google.cloud import monitoring_dashboard_v1, monitoring_v3
+from google.cloud.monitoring_dashboard_v1.services.dashboards_service.transports import (
+    DashboardsServiceGrpcTransport,
+)
 from google.cloud.monitoring_v3.services.alert_policy_service.transports import (
     AlertPolicyServiceGrpcTransport,
 )
@@ -41,15 +44,17 @@ class MonitoringClients:
     metrics: monitoring_v3.MetricServiceClient
     alerts: monitoring_v3.AlertPolicyServiceClient
     services: monitoring_v3.ServiceMonitoringServiceClient
+    dashboards: monitoring_dashboard_v1.DashboardsServiceClient
 
 
 def make_clients(endpoint: str | None = None) -> MonitoringClients:
-    """The three clients ``apply_monitoring`` uses; with ``endpoint``, one insecure channel and
+    """The four clients ``apply_monitoring`` uses; with ``endpoint``, one insecure channel and
     no credentials at all (a transport given a channel ignores credentials)."""
     if not endpoint:
         return MonitoringClients(monitoring_v3.MetricServiceClient(),
                                  monitoring_v3.AlertPolicyServiceClient(),
-                                 monitoring_v3.ServiceMonitoringServiceClient())
+                                 monitoring_v3.ServiceMonitoringServiceClient(),
+                                 monitoring_dashboard_v1.DashboardsServiceClient())
     channel = _channel(endpoint)
     return MonitoringClients(
         monitoring_v3.MetricServiceClient(transport=MetricServiceGrpcTransport(channel=channel)),
@@ -57,6 +62,8 @@ def make_clients(endpoint: str | None = None) -> MonitoringClients:
             transport=AlertPolicyServiceGrpcTransport(channel=channel)),
         monitoring_v3.ServiceMonitoringServiceClient(
             transport=ServiceMonitoringServiceGrpcTransport(channel=channel)),
+        monitoring_dashboard_v1.DashboardsServiceClient(
+            transport=DashboardsServiceGrpcTransport(channel=channel)),
     )
 
 

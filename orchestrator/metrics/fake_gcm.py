@@ -7,9 +7,11 @@ it over plain gRPC exactly as it would to monitoring.googleapis.com (point it th
 
 Implemented: MetricService (Create/Get/List MetricDescriptors, CreateTimeSeries),
 AlertPolicyService (List/Get/Create/Update), ServiceMonitoringService (Get/Create/Update
-Service, List/Get/Create/Update ServiceLevelObjective). CreateTimeSeries enforces the real
-rules that matter to an exporter: <= 200 series per request, one point per series, a series at
-most once per request, points in time order, no more than one point per 5 s per series.
+Service, List/Get/Create/Update ServiceLevelObjective), DashboardsService (List/Get/Create/
+Update Dashboard, with etags: an update carrying a stale etag is ABORTED, as in the real
+API). CreateTimeSeries enforces the real rules that matter to an exporter: <= 200 series per
+request, one point per series, a series at most once per request, points in time order, no
+more than one point per 5 s per series.
 
 Faults: :meth:`FakeMonitoringServer.hang` (handlers never answer until :meth:`release` or
 stop), :meth:`FakeMonitoringServer.fail_next` (answer with a gRPC status).
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.cloud.monitoring_dashboard_v1 import types as dt
 from google.cloud.monitoring_v3 import types as t
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
@@ -38,6 +41,7 @@ MIN_SAMPLING_S = 5.0
 _M = "google.monitoring.v3.MetricService"
 _A = "google.monitoring.v3.AlertPolicyService"
 _S = "google.monitoring.v3.ServiceMonitoringService"
+_D = "google.monitoring.dashboard.v1.DashboardsService"
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class FakeMonitoringServer:
         self.policies: dict[str, Any] = {}
         self.services: dict[str, Any] = {}
         self.slos: dict[str, Any] = {}
+        self.dashboards: dict[str, Any] = {}
         self._ids = itertools.count(1)
         self._hang = threading.Event()
         self._release = threading.Event()
@@ -154,9 +159,16 @@ class FakeMonitoringServer:
             ("UpdateServiceLevelObjective", t.UpdateServiceLevelObjectiveRequest,
              self._update_slo),
         )}
+        dash = {n: h(r, f, n) for n, r, f in (
+            ("ListDashboards", dt.ListDashboardsRequest, self._list_dashboards),
+            ("GetDashboard", dt.GetDashboardRequest, self._get_dashboard),
+            ("CreateDashboard", dt.CreateDashboardRequest, self._create_dashboard),
+            ("UpdateDashboard", dt.UpdateDashboardRequest, self._update_dashboard),
+        )}
         return [grpc.method_handlers_generic_handler(_M, metric),
                 grpc.method_handlers_generic_handler(_A, alert),
-                grpc.method_handlers_generic_handler(_S, svc)]
+                grpc.method_handlers_generic_handler(_S, svc),
+                grpc.method_handlers_generic_handler(_D, dash)]
 
     def _dispatch(self, name: str, fn: Callable[[Any, grpc.ServicerContext], Message],
                   request: Any, context: grpc.ServicerContext) -> Message:
@@ -295,6 +307,41 @@ class FakeMonitoringServer:
         if name not in self.slos:
             ctx.abort(grpc.StatusCode.NOT_FOUND, "no such slo")
         return self._copy_into(self.slos, req.service_level_objective, name)
+
+    # -- DashboardsService -----------------------------------------------------------------
+    def _list_dashboards(self, req: Any, ctx: grpc.ServicerContext) -> Message:
+        out = dt.ListDashboardsResponse.pb()()
+        out.dashboards.extend(d for n, d in sorted(self.dashboards.items())
+                              if n.startswith(req.parent + "/"))
+        return out
+
+    def _get_dashboard(self, req: Any, ctx: grpc.ServicerContext) -> Message:
+        if req.name not in self.dashboards:
+            ctx.abort(grpc.StatusCode.NOT_FOUND, "no such dashboard")
+        return self.dashboards[req.name]
+
+    def _create_dashboard(self, req: Any, ctx: grpc.ServicerContext) -> Message:
+        # like the real API: the caller may choose the id in ``dashboard.name``
+        name = req.dashboard.name or f"{req.parent}/dashboards/{next(self._ids)}"
+        if name in self.dashboards:
+            ctx.abort(grpc.StatusCode.ALREADY_EXISTS, "dashboard exists")
+        return self._store_dashboard(req.dashboard, name)
+
+    def _update_dashboard(self, req: Any, ctx: grpc.ServicerContext) -> Message:
+        if req.dashboard.name not in self.dashboards:
+            ctx.abort(grpc.StatusCode.NOT_FOUND, "no such dashboard")
+        have = self.dashboards[req.dashboard.name]
+        if req.dashboard.etag and req.dashboard.etag != have.etag:
+            ctx.abort(grpc.StatusCode.ABORTED, "etag mismatch: the dashboard changed")
+        return self._store_dashboard(req.dashboard, req.dashboard.name)
+
+    def _store_dashboard(self, dashboard: Any, name: str) -> Message:
+        d = type(dashboard)()
+        d.CopyFrom(dashboard)
+        d.name = name
+        d.etag = f"etag-{next(self._ids)}"
+        self.dashboards[name] = d
+        return d
 
     @staticmethod
     def _copy_into(store: dict[str, Any], msg: Any, name: str) -> Message:

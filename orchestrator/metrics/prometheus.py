@@ -23,7 +23,14 @@ from collections.abc import Iterable, Iterator
 from itertools import accumulate
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client import start_http_server as _start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -46,14 +53,16 @@ class RecorderCollector(Collector):
         self._recorder = recorder
 
     def collect(self) -> Iterable[Metric]:
+        """Every family of the catalogue, with or without samples: a scraper (and a dashboard
+        checked against it) sees each name with its HELP and TYPE from the process's start,
+        not only after the first job."""
         recorder = self._recorder or get_recorder()
         by_metric: dict[str, list[Point]] = {}
-        catalogue: dict[str, MetricDef] = {}
         for p in recorder.snapshot():
             by_metric.setdefault(p.metric.name, []).append(p)
-            catalogue[p.metric.name] = p.metric
-        for name in sorted(by_metric):
-            yield _family(catalogue[name], by_metric[name])
+        catalogue = recorder.catalogue
+        for name in sorted(catalogue):
+            yield _family(catalogue[name], by_metric.get(name, []))
 
 
 def _family(m: MetricDef, points: list[Point]) -> Metric:
@@ -83,9 +92,14 @@ def _le(bound: float) -> str:
 
 
 def registry_for(recorder: Recorder | None = None) -> CollectorRegistry:
-    """A registry exposing ``recorder`` (default: the process-wide one) and nothing else."""
+    """A registry exposing ``recorder`` (default: the process-wide one) and the process's own
+    figures: CPU, memory, open file descriptors (``process_*``), garbage collections
+    (``python_gc_*``) and the interpreter (``python_info``), read at scrape time."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RecorderCollector(recorder))
+    ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
+    PlatformCollector(registry=registry)
     return registry
 
 

@@ -231,6 +231,11 @@ class Recorder:
                 return p.value
         return None
 
+    @property
+    def catalogue(self) -> dict[str, MetricDef]:
+        """The metric definitions this recorder accepts (every family an exposition lists)."""
+        return self._catalogue
+
     def series_count(self) -> int:
         return len(self._by_norm)
 

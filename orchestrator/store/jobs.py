@@ -178,6 +178,8 @@ _REVIVE = text(
     """
 )
 _ATTEMPTS = Statement(f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE job_id = :id ORDER BY number")
+_ATTEMPTS_OF_JOBS = Statement(
+    f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE job_id = ANY(:ids) ORDER BY job_id, number")
 # Only while the chain holding the token runs the job: the job row is updated (and so
 # locked), so a cancel or an ending that commits first is seen, and one that comes later
 # waits. The chain's wake moves past the attempt's call (its lease).
@@ -339,6 +341,17 @@ def revive_overdue(conn: Connection, grace_s: float, limit: int) -> list[
 # -- attempts --------------------------------------------------------------------------------
 def attempts(conn: Conn, job_id: uuid.UUID) -> list[AttemptRow]:
     return [AttemptRow(*r) for r in _ATTEMPTS.all(conn, {"id": job_id})]
+
+
+def attempts_of_jobs(conn: Conn, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[AttemptRow]]:
+    """Every attempt of ``job_ids`` in one query (a page of a job list is one round trip,
+    not one per job), by job, in attempt order; a job without attempts maps to []."""
+    found: dict[uuid.UUID, list[AttemptRow]] = {job_id: [] for job_id in job_ids}
+    if job_ids:
+        for r in _ATTEMPTS_OF_JOBS.all(conn, {"ids": job_ids}):
+            row = AttemptRow(*r)
+            found[row.job_id].append(row)
+    return found
 
 
 def open_attempt(

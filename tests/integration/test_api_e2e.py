@@ -39,6 +39,12 @@ def test_a_job_submitted_over_http_succeeds_on_a_real_worker(api: Api) -> None:
     assert job["result"] and job["error"] is None and job["finished_at"]
     (attempt,) = job["attempts"]
     assert attempt["outcome"] == "succeeded" and attempt["external_id"]
+    # the list reads every attempt of its page in one query: each item as GET shows it
+    queued = c.post("/v1/jobs", json=video(duration=4), headers={"Idempotency-Key": "e2e-2"})
+    listed = c.get("/v1/jobs", params={"limit": 5}).json()["items"]
+    assert [item["id"] for item in listed] == [queued.json()["id"], job_id]
+    assert listed[1] == job
+    c.post(f"/v1/jobs/{queued.json()['id']}/cancel")
     (budget,) = c.get("/v1/budgets").json()["budgets"]
     assert budget["committed_usd"] == 0.36 and budget["held_usd"] == 0.0
     # a replay of the submission still answers with the same, now finished, job

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,12 +15,20 @@ import yaml
 
 from orchestrator.errors import ConfigurationError
 from orchestrator.metrics import catalogue as m
-from orchestrator.metrics.apply import DEFAULT_CONFIG_DIR, apply_monitoring, is_subset
+from orchestrator.metrics.apply import (
+    DASHBOARD_FILE,
+    DEFAULT_CONFIG_DIR,
+    apply_monitoring,
+    is_subset,
+)
 from orchestrator.metrics.clients import make_clients
 from orchestrator.metrics.fake_gcm import FakeMonitoringServer
 
+from .e2e_support import ROOT
+
 WRITES = {"CreateMetricDescriptor", "CreateAlertPolicy", "UpdateAlertPolicy", "CreateService",
-          "UpdateService", "CreateServiceLevelObjective", "UpdateServiceLevelObjective"}
+          "UpdateService", "CreateServiceLevelObjective", "UpdateServiceLevelObjective",
+          "CreateDashboard", "UpdateDashboard"}
 
 
 @pytest.fixture
@@ -32,7 +44,7 @@ def writes(fake: FakeMonitoringServer) -> list[str]:
 def test_apply_creates_everything_then_changes_nothing(fake: FakeMonitoringServer) -> None:
     first = apply_monitoring("proj-1", lambda: make_clients(fake.endpoint))
     assert first.updated == [] and first.unchanged == []
-    assert len(first.created) == len(m.CATALOGUE) + 5 + 1 + 2
+    assert len(first.created) == len(m.CATALOGUE) + 5 + 1 + 2 + 1
 
     assert set(fake.descriptors) == {d.metric_type for d in m.CATALOGUE.values()}
     lat = fake.descriptors[m.METRIC_PREFIX + "jobs/latency"]
@@ -92,6 +104,43 @@ def test_a_changed_definition_updates_only_that_object(fake: FakeMonitoringServe
                                 config_dir=cfg).changed
 
 
+def test_the_dashboard_is_created_once_and_unchanged_after(fake: FakeMonitoringServer,
+                                                           tmp_path: Path) -> None:
+    first = apply_monitoring("proj-1", endpoint=fake.endpoint)
+    assert "dashboard 'orchestrator'" in first.created
+    (name,) = fake.dashboards
+    assert name.startswith("projects/proj-1/dashboards/")
+    made = fake.dashboards[name]
+    shipped = json.loads((DEFAULT_CONFIG_DIR / DASHBOARD_FILE).read_text())
+    assert len(made.mosaic_layout.tiles) == len(shipped["mosaicLayout"]["tiles"]) >= 6
+    titles = {tile.widget.title for tile in made.mosaic_layout.tiles}
+    assert {"Committed spend by budget (USD)", "Breaker state (0 closed, 1 half open, 2 open)",
+            "Jobs finished by status (per second)"} <= titles
+    # every tile charts a metric of the catalogue (the names the exporter writes)
+    filters = [ds.time_series_query.time_series_filter.filter
+               for tile in made.mosaic_layout.tiles for ds in tile.widget.xy_chart.data_sets]
+    types = {d.metric_type for d in m.CATALOGUE.values()}
+    assert all(f.split('metric.type="', 1)[1].split('"', 1)[0] in types for f in filters)
+
+    second = apply_monitoring("proj-1", endpoint=fake.endpoint)
+    assert "dashboard 'orchestrator'" in second.unchanged and not second.changed
+    assert [r.method for r in fake.requests].count("CreateDashboard") == 1
+    assert fake.calls("UpdateDashboard") == []
+    assert list(fake.dashboards) == [name] and fake.dashboards[name] == made  # etag too
+
+    # a changed tile: updated in place with the etag read, nothing created
+    cfg = tmp_path / "monitoring"
+    shutil.copytree(DEFAULT_CONFIG_DIR, cfg)
+    shipped["mosaicLayout"]["tiles"][0]["widget"]["title"] = "Spend (USD)"
+    (cfg / DASHBOARD_FILE).write_text(json.dumps(shipped))
+    third = apply_monitoring("proj-1", endpoint=fake.endpoint, config_dir=cfg)
+    assert third.updated == ["dashboard 'orchestrator'"] and third.created == []
+    (update,) = fake.calls("UpdateDashboard")
+    assert update.dashboard.etag == made.etag and update.dashboard.name == name
+    assert list(fake.dashboards) == [name]
+    assert fake.dashboards[name].mosaic_layout.tiles[0].widget.title == "Spend (USD)"
+
+
 def test_notification_channels_are_attached(fake: FakeMonitoringServer) -> None:
     chan = "projects/proj-1/notificationChannels/42"
     apply_monitoring("proj-1", endpoint=fake.endpoint, notification_channels=[chan])
@@ -123,3 +172,20 @@ def test_missing_project_or_bad_config_is_a_configuration_error(tmp_path: Path) 
 ])
 def test_is_subset(want: object, have: object, expected: bool) -> None:
     assert is_subset(want, have) is expected
+
+
+def test_the_command_twice_creates_the_dashboard_once(fake: FakeMonitoringServer) -> None:
+    env = {**os.environ, "ORCH_GCP_PROJECT": "proj-cli",
+           "ORCH_GCP_MONITORING_ENDPOINT": fake.endpoint}
+    runs = [subprocess.run([sys.executable, "-m", "orchestrator.cli", "monitoring", "apply"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+            for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr + runs[1].stderr
+    total = len(m.CATALOGUE) + 5 + 1 + 2 + 1
+    assert runs[0].stdout.strip() == f"{total} created, 0 updated, 0 unchanged"
+    assert runs[1].stdout.strip() == f"0 created, 0 updated, {total} unchanged"
+    assert [r.method for r in fake.requests].count("CreateDashboard") == 1
+    assert fake.calls("UpdateDashboard") == []
+    (dashboard,) = fake.dashboards.values()
+    assert dashboard.name.startswith("projects/proj-cli/dashboards/")
+    assert dashboard.display_name == "orchestrator"

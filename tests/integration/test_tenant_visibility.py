@@ -48,3 +48,27 @@ def test_cost_reports_are_scoped_to_the_tenant(api: Api) -> None:
     r = api.tenant("acme").get("/v1/reports/costs", params={"tenant": "globex"})
     assert r.status_code == 403
     assert api.tenant("acme").get("/v1/reports/costs").json()["tenant"] == "acme"
+
+
+def test_jobs_of_another_tenant_for_admin_keys_only(api: Api) -> None:
+    globex_job = api.tenant("globex").post("/v1/jobs", json=video()).json()["id"]
+    acme = api.tenant("acme")
+    # a tenant key: naming another tenant is refused, and nothing of its jobs shows
+    for method, path in (("GET", "/v1/jobs"), ("GET", f"/v1/jobs/{globex_job}"),
+                         ("POST", f"/v1/jobs/{globex_job}/cancel")):
+        r = acme.request(method, path, params={"tenant": "globex"})
+        assert r.status_code == 403 and globex_job not in r.text
+    assert acme.get(f"/v1/jobs/{globex_job}").status_code == 404
+    assert acme.get("/v1/jobs", params={"tenant": "acme"}).json()["items"] == []
+    # an admin key: its own tenant by default, any tenant it names
+    admin = api.admin()
+    assert admin.get("/v1/jobs").json()["items"] == []
+    listed = admin.get("/v1/jobs", params={"tenant": "globex"}).json()["items"]
+    assert [j["id"] for j in listed] == [globex_job]
+    assert admin.get(f"/v1/jobs/{globex_job}").status_code == 404
+    assert admin.get(f"/v1/jobs/{globex_job}",
+                     params={"tenant": "globex"}).json()["id"] == globex_job
+    cancelled = admin.post(f"/v1/jobs/{globex_job}/cancel", params={"tenant": "globex"})
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    bad = admin.get("/v1/jobs", params={"tenant": "no spaces"})
+    assert bad.status_code == 422 and "tenant" in bad.text

@@ -1,0 +1,39 @@
+// The public API, with the key from sessionStorage (never a URL, never localStorage).
+const KEY = "orchestrator.console.key";
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export function storedKey() { return sessionStorage.getItem(KEY); }
+export function storeKey(key) { sessionStorage.setItem(KEY, key); }
+export function forgetKey() { sessionStorage.removeItem(KEY); }
+
+let onUnauthorized = () => {};
+export function whenUnauthorized(fn) { onUnauthorized = fn; }
+
+// GET or POST a /v1 path; `params` become the query string (undefined/"" left out).
+export async function call(path, { method = "GET", params = {}, body } = {}) {
+  const url = new URL(path, window.location.origin);
+  for (const [k, v] of Object.entries(params)) {
+    if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, v);
+  }
+  const headers = { Authorization: `Bearer ${storedKey()}`, Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const resp = await fetch(url, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: "omit", cache: "no-store",
+  });
+  let data = null;
+  try { data = await resp.json(); } catch { data = null; }
+  if (!resp.ok) {
+    const err = (data && data.error) || {};
+    if (resp.status === 401) onUnauthorized();
+    throw new ApiError(resp.status, err.code || "error", err.message || resp.statusText);
+  }
+  return data;
+}

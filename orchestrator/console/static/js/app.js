@@ -1,0 +1,132 @@
+// The console's shell: sign-in, who the key is (GET /v1/whoami), the admin's tenant choice,
+// and a hash router whose views poll the API while they are shown.
+import { call, storedKey, storeKey, forgetKey, whenUnauthorized } from "./api.js";
+import { h } from "./dom.js";
+import { spendView } from "./spend.js";
+import { budgetsView } from "./budgets.js";
+import { backendsView } from "./backends.js";
+import { jobsView } from "./jobs.js";
+import { jobView } from "./job.js";
+
+const $ = id => document.getElementById(id);
+const ctx = { me: null, tenant: "", tenants: [], timers: [], main: $("main") };
+const TENANT = "orchestrator.console.tenant";
+
+ctx.setStatus = text => { $("status").textContent = text; };
+// Run `fn` now and every `ms` while its view is shown; a hidden tab skips the fetch (it
+// catches up at the next tick once shown again). `fn` returning true means nothing more will change.
+ctx.every = (ms, fn) => {
+  const handle = { stopped: false, timer: null };
+  const run = async () => {
+    if (handle.stopped) return;
+    if (!document.hidden) {
+      try {
+        if ((await fn()) === true) return;
+      } catch (e) {
+        ctx.setStatus(`error: ${e.message}`);
+      }
+    }
+    if (!handle.stopped) handle.timer = setTimeout(run, ms);
+  };
+  ctx.timers.push(handle);
+  run();
+};
+
+function stopTimers() {
+  for (const handle of ctx.timers) {
+    handle.stopped = true;
+    clearTimeout(handle.timer);
+  }
+  ctx.timers = [];
+}
+
+const VIEWS = { spend: spendView, budgets: budgetsView, backends: backendsView, jobs: jobsView };
+
+function route() {
+  if (!ctx.me) return;
+  stopTimers();
+  const hash = window.location.hash.replace(/^#\/?/, "") || "spend";
+  const [path, query = ""] = hash.split("?");
+  const [name, id] = path.split("/");
+  ctx.main.replaceChildren();
+  for (const a of document.querySelectorAll("nav a")) {
+    const current = a.dataset.view === name || (name === "job" && a.dataset.view === "jobs");
+    if (current) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  }
+  if (name === "job" && id) {
+    const tenant = new URLSearchParams(query).get("tenant") || "";
+    jobView(ctx, decodeURIComponent(id), ctx.me.admin ? tenant : "");
+  } else {
+    (VIEWS[name] || spendView)(ctx);
+  }
+}
+
+async function identify() {
+  ctx.me = await call("/v1/whoami");
+  $("identity").textContent = ctx.me.admin
+    ? `admin (${ctx.me.tenant}) · key ${ctx.me.prefix}` : `tenant ${ctx.me.tenant} · key ${ctx.me.prefix}`;
+  if (ctx.me.admin) {
+    const { items } = await call("/v1/keys");
+    ctx.tenants = [...new Set(items.map(k => k.tenant))].sort();
+    const select = $("tenant");
+    select.replaceChildren(h("option", { value: "" }, "All tenants"),
+      ...ctx.tenants.map(t => h("option", { value: t }, t)));
+    ctx.tenant = ctx.tenants.includes(sessionStorage.getItem(TENANT)) ? sessionStorage.getItem(TENANT) : "";
+    select.value = ctx.tenant;
+    $("tenant-pick").hidden = false;
+  } else {
+    ctx.tenants = [ctx.me.tenant];
+    ctx.tenant = "";
+    $("tenant-pick").hidden = true;
+  }
+}
+
+function show(signedIn) {
+  $("signin").hidden = signedIn;
+  $("who").hidden = !signedIn;
+  $("nav").hidden = !signedIn;
+  ctx.main.hidden = !signedIn;
+}
+
+function signOut(message = "") {
+  stopTimers();
+  forgetKey();
+  sessionStorage.removeItem(TENANT);
+  ctx.me = null;
+  ctx.main.replaceChildren();
+  show(false);
+  $("signin-error").textContent = message;
+  $("key").value = "";
+  $("key").focus();
+}
+
+async function start() {
+  try {
+    await identify();
+  } catch (e) {
+    signOut(e.status === 401 ? "That key was not accepted." : `Cannot sign in: ${e.message}`);
+    return;
+  }
+  show(true);
+  route();
+  ctx.main.focus();
+}
+
+whenUnauthorized(() => signOut("The key is no longer accepted; sign in again."));
+$("signin-form").addEventListener("submit", e => {
+  e.preventDefault();
+  const key = $("key").value.trim();
+  if (!key) return;
+  storeKey(key);
+  $("key").value = "";
+  start();
+});
+$("signout").addEventListener("click", () => signOut());
+$("tenant").addEventListener("change", e => {
+  ctx.tenant = e.target.value;
+  sessionStorage.setItem(TENANT, ctx.tenant);
+  route();
+});
+window.addEventListener("hashchange", () => { route(); ctx.main.focus(); });
+
+if (storedKey()) start(); else show(false);

@@ -1,0 +1,106 @@
+// One job (GET /v1/jobs/{id}): its timeline (submitted, attempts, fail-overs, end), its
+// route's reasons, cost against the estimate; cancel (POST /v1/jobs/{id}/cancel).
+import { call, ApiError } from "./api.js";
+import { h, usd, when, badge, table } from "./dom.js";
+
+const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+function timeline(job) {
+  const items = [h("li", {}, h("time", { datetime: job.created_at }, when(job.created_at)),
+    `Submitted: ${job.kind}, tier ${job.tier}; ${usd(job.estimated_cost_usd)} held (the worst case of its plan)`)];
+  job.attempts.forEach((a, i) => {
+    const prev = job.attempts[i - 1];
+    if (prev && prev.backend !== a.backend) {
+      const why = prev.error ? `${prev.error.code}: ${prev.error.message}` : prev.outcome || "no answer";
+      items.push(h("li", { class: "ev-failover" }, h("time", { datetime: a.started_at }, when(a.started_at)),
+        `Failed over from ${prev.backend} to ${a.backend} (${why})`));
+    }
+    const outcome = a.outcome || "in flight";
+    const cost = a.cost_usd !== null ? `, charged ${usd(a.cost_usd)}`
+      : a.possible_cost_usd !== null ? `, may have cost up to ${usd(a.possible_cost_usd)}` : "";
+    items.push(h("li", { class: a.outcome && a.outcome !== "succeeded" ? "ev-bad" : undefined },
+      h("time", { datetime: a.started_at }, when(a.started_at)),
+      `Attempt ${i + 1} on ${a.backend}: `, badge(a.outcome || "running", outcome), cost,
+      a.error ? ` — ${a.error.code}: ${a.error.message}` : "",
+      a.finished_at ? h("span", { class: "muted" }, ` (ended ${when(a.finished_at)})`) : ""));
+  });
+  if (job.finished_at) {
+    items.push(h("li", { class: job.status === "succeeded" ? undefined : "ev-bad" },
+      h("time", { datetime: job.finished_at }, when(job.finished_at)),
+      `Finished `, badge(job.status), job.error ? ` — ${job.error.code}: ${job.error.message}` : ""));
+  }
+  return h("ol", { class: "timeline", "aria-label": "Timeline" }, items);
+}
+
+function costVsEstimate(job) {
+  const max = Math.max(job.estimated_cost_usd || 0, job.cost_usd || 0) || 1;
+  const bar = (v, cls) => { const b = h("div", { class: cls }); b.style.width = `${(v || 0) / max * 100}%`; return b; };
+  const ratio = job.cost_usd !== null && job.estimated_cost_usd
+    ? ` (${(job.cost_usd / job.estimated_cost_usd * 100).toFixed(1)} % of the estimate)` : "";
+  return h("div", { class: "vs", role: "group", "aria-label": `Cost ${usd(job.cost_usd)} against the estimate ${usd(job.estimated_cost_usd)}${ratio}` },
+    h("span", {}, "Estimate"), bar(job.estimated_cost_usd, "bar est"), h("span", { class: "num" }, usd(job.estimated_cost_usd)),
+    h("span", {}, "Cost"), bar(job.cost_usd, "bar"), h("span", { class: "num", id: "job-cost" }, usd(job.cost_usd)),
+    ratio ? h("span", { class: "muted ratio" }, ratio.trim()) : null);
+}
+
+function route(job) {
+  const r = job.route;
+  if (!r) return h("p", {}, "No route recorded.");
+  return h("div", {},
+    h("p", {}, `Strategy ${r.strategy}; worst case ${usd(r.worst_case_usd)}.`),
+    table("Candidates, in the order tried", [
+      { label: "Backend", cell: c => c.backend },
+      { label: "Estimate", num: true, cell: c => usd(c.estimated_cost_usd) },
+      { label: "Score", num: true, cell: c => c.score.toFixed(3) },
+      { label: "Why", cell: c => c.reasons.join("; ") },
+    ], r.candidates),
+    r.excluded.length ? table("Left out", [
+      { label: "Backend", cell: x => x.backend },
+      { label: "Reason", cell: x => x.reason },
+    ], r.excluded) : null);
+}
+
+export function jobView(ctx, id, tenant) {
+  const params = tenant ? { tenant } : {};
+  const body = h("div", { id: "job-body" });
+  ctx.main.append(h("p", {}, h("a", { href: "#/jobs" }, "← All jobs")), body);
+  async function cancel(btn) {
+    if (!window.confirm("Cancel this job? What its provider already billed is still charged.")) return;
+    btn.disabled = true;
+    try {
+      await call(`/v1/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST", params });
+      ctx.setStatus("cancel asked");
+    } catch (e) {
+      ctx.setStatus(`cancel refused: ${e.message}`);
+    }
+    await load();
+  }
+  async function load() {
+    let job;
+    try {
+      job = await call(`/v1/jobs/${encodeURIComponent(id)}`, { params });
+    } catch (e) {
+      if (e instanceof ApiError && (e.status === 404 || e.status === 403 || e.status === 422)) {
+        body.replaceChildren(h("h2", {}, "Job not found"), h("p", { role: "alert" }, e.message));
+        return true;
+      }
+      throw e;
+    }
+    const cancelBtn = FINAL.has(job.status) ? null
+      : h("button", { type: "button", class: "danger", id: "cancel-job" }, "Cancel job");
+    if (cancelBtn) cancelBtn.addEventListener("click", () => cancel(cancelBtn));
+    body.replaceChildren(...[
+      h("h2", {}, "Job ", h("span", { class: "mono" }, job.id), " ", badge(job.status)),
+      h("p", {}, `${job.kind} · tier ${job.tier}${job.backend ? ` · on ${job.backend}` : ""}`,
+        job.metadata && job.metadata.project ? ` · project ${job.metadata.project}` : "",
+        tenant ? ` · tenant ${tenant}` : ""),
+      cancelBtn,
+      h("div", { class: "split" },
+        h("section", { "aria-labelledby": "tl" }, h("h3", { id: "tl" }, "Timeline"), timeline(job)),
+        h("section", { "aria-labelledby": "cv" }, h("h3", { id: "cv" }, "Cost against the estimate"),
+          costVsEstimate(job), h("h3", {}, "Route"), route(job)))].filter(Boolean));
+    ctx.setStatus(`job updated ${new Date().toLocaleTimeString()}`);
+    return FINAL.has(job.status);
+  }
+  ctx.every(2000, load);
+}

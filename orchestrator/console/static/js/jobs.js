@@ -1,0 +1,67 @@
+// Jobs (GET /v1/jobs): status filtered by the API, kind and backend here; every 3 s. An admin
+// sees the chosen tenant's jobs, or every tenant's (one list per tenant, merged).
+import { call } from "./api.js";
+import { h, usd, when, badge, table } from "./dom.js";
+
+const STATUSES = ["", "queued", "running", "succeeded", "failed", "cancelled"];
+
+export function jobHref(id, tenant) {
+  return `#/job/${encodeURIComponent(id)}${tenant ? `?tenant=${encodeURIComponent(tenant)}` : ""}`;
+}
+
+async function fetchJobs(ctx, status, limit) {
+  if (!ctx.me.admin || ctx.tenant) {
+    const tenant = ctx.me.admin ? ctx.tenant : undefined;
+    const { items } = await call("/v1/jobs", { params: { status, limit, tenant } });
+    return items.map(j => ({ ...j, tenant: tenant || ctx.me.tenant }));
+  }
+  const lists = await Promise.all(ctx.tenants.map(t =>
+    call("/v1/jobs", { params: { status, limit, tenant: t } })
+      .then(r => r.items.map(j => ({ ...j, tenant: t })))));
+  return lists.flat().sort((a, b) => b.created_at.localeCompare(a.created_at)).slice(0, limit);
+}
+
+export function jobsView(ctx) {
+  const status = h("select", { id: "job-status" }, STATUSES.map(s => h("option", { value: s }, s || "any")));
+  const kind = h("select", { id: "job-kind" }, ["", "video", "image", "text"].map(k => h("option", { value: k }, k || "any")));
+  const backend = h("input", { id: "job-backend", type: "search", placeholder: "e.g. vid-draft" });
+  const limit = h("select", { id: "job-limit" }, ["50", "100", "200"].map(n => h("option", { value: n }, n)));
+  const body = h("div", { id: "jobs-body" });
+  ctx.main.append(h("h2", {}, "Jobs"),
+    h("form", { class: "toolbar", role: "search", "aria-label": "Filter jobs", onsubmit: e => e.preventDefault() },
+      h("label", { for: "job-status" }, "Status", status),
+      h("label", { for: "job-kind" }, "Kind", kind),
+      h("label", { for: "job-backend" }, "Backend", backend),
+      h("label", { for: "job-limit" }, "Newest", limit)),
+    body);
+  let last = [];
+  function render() {
+    const b = backend.value.trim();
+    const rows = last.filter(j => (!kind.value || j.kind === kind.value)
+      && (!b || (j.backend || "").includes(b) || j.attempts.some(a => a.backend.includes(b))));
+    for (const j of rows) j.__attrs = { "data-job": j.id, "data-status": j.status };
+    const cols = [
+      { label: "Created", cell: j => when(j.created_at) },
+      { label: "Job", cell: j => h("a", { href: jobHref(j.id, ctx.me.admin ? j.tenant : ""), class: "mono", "aria-label": `job ${j.id}`, title: j.id }, j.id.slice(0, 8)) },
+      ...(ctx.me.admin ? [{ label: "Tenant", cell: j => j.tenant }] : []),
+      { label: "Kind", cell: j => `${j.kind} · ${j.tier}` },
+      { label: "Status", cell: j => badge(j.status) },
+      { label: "Backend", cell: j => j.backend || "–" },
+      { label: "Attempts", num: true, cell: j => j.attempts.length },
+      { label: "Estimate", num: true, cell: j => usd(j.estimated_cost_usd) },
+      { label: "Cost", num: true, cell: j => usd(j.cost_usd) },
+    ];
+    body.replaceChildren(rows.length ? table(`${rows.length} jobs, newest first`, cols, rows)
+      : h("p", {}, "No job matches."));
+  }
+  async function load() {
+    last = await fetchJobs(ctx, status.value, Number(limit.value));
+    render();
+    ctx.setStatus(`jobs updated ${new Date().toLocaleTimeString()}`);
+  }
+  status.addEventListener("change", load);
+  limit.addEventListener("change", load);
+  kind.addEventListener("change", render);
+  backend.addEventListener("input", render);
+  ctx.every(3000, load);
+}
