@@ -163,11 +163,27 @@ class Submitter:
         logged, not raised: the sweeper starts the job (DESIGN §3)."""
         job, backend = admission.job, admission.first_backend
         if backend is None:
+            if admission.from_cache and not admission.job.is_final:
+                self._start_if_leader_ended(job)
             return
         try:
             self.enqueue.start(job.id, cast(uuid.UUID, job.chain_token), job.priority, backend)
         except Exception as exc:  # the sweeper will start it; the job is safe in PostgreSQL
             log.warning("enqueue failed; the sweeper will start the job",
+                        extra={"job_id": str(job.id), "error": type(exc).__name__})
+
+    def _start_if_leader_ended(self, job: repo.JobRow) -> None:
+        """A follower's leader that ended between the follower's look-up and its commit
+        woke the followers it saw, not this one: start it now (it takes the result or
+        runs itself). Otherwise the leader's end wakes it. A failure leaves it to its wake
+        (the sweeper)."""
+        try:
+            with self.engine.begin() as conn:
+                leader = repo.get_job(conn, job.cache_leader) if job.cache_leader else None
+            if leader is None or leader.is_final:
+                self.enqueue.start(job.id, cast(uuid.UUID, job.chain_token), job.priority)
+        except Exception as exc:  # its wake is in PostgreSQL; the sweeper starts it
+            log.warning("cache follower not started; the sweeper will",
                         extra={"job_id": str(job.id), "error": type(exc).__name__})
 
     def _admit_cacheable(

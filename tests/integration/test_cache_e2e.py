@@ -221,3 +221,23 @@ def test_a_hit_needs_no_budget_left_and_a_refused_job_writes_nothing(
         with r.engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == before
         assert committed(r) == 360_000
+
+
+def test_a_follower_whose_leader_ended_before_it_was_admitted_is_started(crig: Rig) -> None:
+    """The leader ends between a follower's look-up and its commit, so the leader's end
+    woke followers without it: the follower's own start (sent after its answer) sees the
+    leader final and starts it; no sweeper runs here."""
+    crig.control("vid-cheap", duration_ms=100)
+    submitter = crig.container.submitter
+    leader = submitter.admit(TENANT, video())  # no worker yet: it stays queued
+    submitter.start(leader)
+    follower = submitter.admit(TENANT, video())
+    assert follower.from_cache and follower.job.cache_leader == leader.job.id
+    # the leader ends without waking anyone (as if its wake had read before this commit)
+    crig.container.ledger.end_job(leader.job.id, "cancelled", datetime.now(UTC),
+                                  error_code="cancelled", error_message="test")
+    submitter.start(follower)
+    crig.start_worker()
+    (job,) = crig.wait_final([follower.job.id], timeout=30)
+    assert job.status == "succeeded" and job.cached_from is None  # it ran itself
+    assert crig.counters("vid-cheap")["submissions"] == 1
