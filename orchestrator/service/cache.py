@@ -76,12 +76,14 @@ _LOOKUP = text(
     """
 )
 _LINK = Statement(
-    f"UPDATE jobs SET cache_key = :k, cache_leader = :leader WHERE id = :id "
-    f"RETURNING {JOB_COLUMNS}"
+    f"UPDATE jobs SET cache_key = :k, cache_leader = :leader, cached_from = :hit "
+    f"WHERE id = :id RETURNING {JOB_COLUMNS}"
 )
+# a hit (cached_from set from the start) is served by its own submission: not woken
 _FOLLOWERS = Statement(
     "SELECT id, chain_token, COALESCE(spec ->> 'priority', 'normal') FROM jobs "
-    "WHERE cache_leader = :leader AND status = 'queued' AND chain_token IS NOT NULL"
+    "WHERE cache_leader = :leader AND status = 'queued' AND chain_token IS NOT NULL "
+    "AND cached_from IS NULL"
 )
 # the job's result from its leader: set before the ending, by the chain holding the token
 _ADOPT = Statement(
@@ -126,8 +128,12 @@ class ResultCache:
         return Match(Found.LEADER, rows[0].id, 0) if rows else None
 
     @staticmethod
-    def link(conn: Conn, job_id: uuid.UUID, key: str, leader: uuid.UUID | None) -> JobRow:
-        row = _LINK.first(conn, {"k": key, "leader": leader, "id": job_id})
+    def link(conn: Conn, job_id: uuid.UUID, key: str, match: Match | None) -> JobRow:
+        """Record the job's key and what it waits for: a hit's job is ``cached_from`` it
+        from the start (its submission serves it); a follower's is set when it adopts."""
+        leader = match.job_id if match is not None else None
+        hit = leader if match is not None and match.found is Found.HIT else None
+        row = _LINK.first(conn, {"k": key, "leader": leader, "hit": hit, "id": job_id})
         assert row is not None  # written in this transaction
         return JobRow(*row)
 

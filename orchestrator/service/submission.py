@@ -204,7 +204,7 @@ class Submitter:
                                             idempotency_key, rhash, hold=0 if hit else None,
                                             conn=tx)
                 if job is not None:
-                    job = cache.link(tx, job.id, key, match.job_id if match else None)
+                    job = cache.link(tx, job.id, key, match)
         except BudgetExceeded as exc:
             record_submission(spec, BudgetExceeded.code)
             self._alert_refusal(exc)
