@@ -139,6 +139,8 @@ class JobSpec(BaseModel):
     priority: Priority = Priority.NORMAL
     webhook_url: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # the result cache: true, false, or None for the tenant's default (service.cache)
+    cache: bool | None = None
 
     @field_validator("max_cost_usd")
     @classmethod
