@@ -109,7 +109,9 @@ def children(pid: int) -> list[int]:
 
 @contextmanager
 def stack(catalogue: dict[str, Any], *, env: dict[str, str] | None = None,
-          concurrency: int = 8) -> Iterator[Stack]:
+          concurrency: int = 8, overrides: dict[str, Any] | None = None) -> Iterator[Stack]:
+    """``env``: the worker's extra environment; ``overrides``: this process's extra Settings
+    (its Submitter's)."""
     with ExitStack() as es:
         server, redis_url = es.enter_context(server_urls())
         db_url = es.enter_context(scratch_database(server))
@@ -134,7 +136,7 @@ def stack(catalogue: dict[str, Any], *, env: dict[str, str] | None = None,
         )
         es.callback(_kill, worker)
         settings = Settings(database_url=db_url, redis_url=redis_url, backends_file=cat_file,
-                            simulator_url=sim.url, db_pool_size=20)
+                            simulator_url=sim.url, db_pool_size=20, **(overrides or {}))
         broker = producer_app("bench-producer", redis_url)  # the API's producer, as in up
         container = Container(settings, enqueue=CeleryEnqueue(broker))
         es.callback(container.engine.dispose)

@@ -24,6 +24,8 @@ from orchestrator.health.store import HealthStore
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.service import utcnow
 from orchestrator.secrets import SecretBox, load_keys
+from orchestrator.service.cache import ResultCache
+from orchestrator.service.calibration import Calibrator
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import EnqueuePort
 from orchestrator.service.runner import JobRunner
@@ -86,7 +88,7 @@ class Container:
         s = self.settings
         return JobRunner(self.engine, self.ledger, self.catalogue, self.health, self.adapter,
                          utcnow, PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s),
-                         observer=self.observer, enqueue=self.enqueue)
+                         observer=self.observer, enqueue=self.enqueue, cache=self.cache)
 
     @cached_property
     def observer(self) -> JobObserver:
@@ -105,7 +107,22 @@ class Container:
     def submitter(self) -> Submitter:
         return Submitter(self.engine, self.ledger, self.catalogue, self.health, self.enqueue,
                          utcnow, timedelta(seconds=self.settings.start_grace_s),
-                         egress=self.egress)
+                         egress=self.egress, cache=self.cache, calibrator=self.calibrator)
+
+    @cached_property
+    def cache(self) -> ResultCache:
+        """The result cache (ORCH_CACHE_TTL_S, ORCH_CACHE_DEFAULT_TENANTS)."""
+        s = self.settings
+        return ResultCache(self.engine, ttl_s=s.cache_ttl_s,
+                           default_tenants=s.cache_tenants(), enqueue=self.enqueue)
+
+    @cached_property
+    def calibrator(self) -> Calibrator:
+        """Routing's calibration factors (ORCH_CALIBRATION_*)."""
+        s = self.settings
+        return Calibrator(self.engine, self.catalogue, window=s.calibration_window,
+                          min_samples=s.calibration_min_samples,
+                          refresh_s=s.calibration_refresh_s)
 
     @cached_property
     def egress(self) -> EgressPolicy:

@@ -14,8 +14,16 @@ in the report. A charge is dated by its ledger entry (``created_at``, the ledger
 **Accuracy** compares, per backend, each succeeded job's actual cost (``jobs.cost_micros``)
 with the estimate routing made for the backend that ran it (its candidate in ``jobs.route``;
 the job's worst-case estimate where the route has none): mean, p50 and p95 of
-actual / estimate, and the share within ±5 % of the estimate. Jobs are dated by
-``finished_at``.
+actual / estimate, and the share within ±5 % of the estimate. The same figures *after
+calibration* compare the actual cost with the candidate's calibrated expected cost
+(``domain.calibration``; the estimate for a job routed before calibration existed or
+without a factor yet), and ``err_p95`` / ``calibrated_err_p95`` are the p95 of
+|actual - predicted| / predicted before and after. Jobs served from the result cache ($0,
+nothing was estimated for them) are left out. Jobs are dated by ``finished_at``.
+
+**Cache** counts, over the jobs created in the window, those that used the result cache
+(``cache_key`` set), those served from it (``cached_from`` set and succeeded: a hit or a
+coalesced follower) and what they saved: the cost of the jobs whose results they got.
 """
 
 from __future__ import annotations
@@ -62,6 +70,15 @@ _ACCURACY = text(
     WITH done AS (
         SELECT j.backend, j.cost_micros AS actual,
                COALESCE(
+                   (SELECT CAST(c ->> 'expected_cost_micros' AS bigint)
+                    FROM jsonb_array_elements(
+                        CASE WHEN jsonb_typeof(j.route -> 'candidates') = 'array'
+                             THEN j.route -> 'candidates' ELSE '[]'::jsonb END) AS c
+                    WHERE c ->> 'backend' = j.backend
+                      AND c ->> 'expected_cost_micros' ~ '^[0-9]+$'
+                    LIMIT 1),
+                   -1) AS expected,
+               COALESCE(
                    (SELECT CAST(c ->> 'estimated_cost_micros' AS bigint)
                     FROM jsonb_array_elements(
                         CASE WHEN jsonb_typeof(j.route -> 'candidates') = 'array'
@@ -72,9 +89,14 @@ _ACCURACY = text(
                    j.estimated_cost_micros) AS estimate
         FROM jobs j
         WHERE j.status = 'succeeded' AND j.backend IS NOT NULL AND j.cost_micros IS NOT NULL
+          AND j.cached_from IS NULL
           AND (CAST(:tenant AS text) IS NULL OR j.tenant = CAST(:tenant AS text))
           AND (CAST(:start AS timestamptz) IS NULL OR j.finished_at >= CAST(:start AS timestamptz))
           AND (CAST(:end AS timestamptz) IS NULL OR j.finished_at < CAST(:end AS timestamptz))
+    ), rated AS (
+        SELECT backend, actual, estimate,
+               CASE WHEN expected > 0 THEN expected ELSE estimate END AS expected
+        FROM done WHERE estimate > 0
     )
     SELECT backend, COUNT(*) AS jobs,
            SUM(actual) AS actual_micros, SUM(estimate) AS estimate_micros,
@@ -84,8 +106,21 @@ _ACCURACY = text(
            percentile_cont(0.95) WITHIN GROUP
                (ORDER BY CAST(actual AS double precision) / estimate) AS p95_ratio,
            COUNT(*) FILTER (WHERE :den * ABS(actual - estimate) <= :num * estimate)
-               AS within
-    FROM done WHERE estimate > 0
+               AS within,
+           percentile_cont(0.95) WITHIN GROUP
+               (ORDER BY ABS(actual - estimate) / CAST(estimate AS double precision))
+               AS err_p95,
+           SUM(expected) AS expected_micros,
+           percentile_cont(0.5) WITHIN GROUP
+               (ORDER BY CAST(actual AS double precision) / expected) AS c_p50_ratio,
+           percentile_cont(0.95) WITHIN GROUP
+               (ORDER BY CAST(actual AS double precision) / expected) AS c_p95_ratio,
+           COUNT(*) FILTER (WHERE :den * ABS(actual - expected) <= :num * expected)
+               AS c_within,
+           percentile_cont(0.95) WITHIN GROUP
+               (ORDER BY ABS(actual - expected) / CAST(expected AS double precision))
+               AS c_err_p95
+    FROM rated
     GROUP BY backend ORDER BY backend
     """
 )
@@ -108,10 +143,47 @@ class BackendAccuracy:
     p50_ratio: float
     p95_ratio: float
     within_tolerance: int  # jobs whose actual is within the tolerance of the estimate
+    err_p95: float = 0.0  # p95 of |actual - estimate| / estimate
+    # after calibration: against the calibrated expected cost
+    expected_micros: int = 0
+    calibrated_p50_ratio: float = 0.0
+    calibrated_p95_ratio: float = 0.0
+    calibrated_within: int = 0
+    calibrated_err_p95: float = 0.0
 
     @property
     def within_share(self) -> float:
         return self.within_tolerance / self.jobs if self.jobs else 0.0
+
+    @property
+    def calibrated_within_share(self) -> float:
+        return self.calibrated_within / self.jobs if self.jobs else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSummary:
+    cacheable_jobs: int  # created with the cache on
+    served: int  # served from it (hits and coalesced followers that succeeded)
+    saved_micros: int  # what the jobs whose results they got cost
+
+    @property
+    def hit_rate(self) -> float:
+        return self.served / self.cacheable_jobs if self.cacheable_jobs else 0.0
+
+
+_CACHE = text(
+    """
+    SELECT COUNT(*) FILTER (WHERE j.cache_key IS NOT NULL) AS cacheable,
+           COUNT(*) FILTER (WHERE j.cached_from IS NOT NULL AND j.status = 'succeeded')
+               AS served,
+           COALESCE(SUM(o.cost_micros) FILTER (
+               WHERE j.cached_from IS NOT NULL AND j.status = 'succeeded'), 0) AS saved
+    FROM jobs j LEFT JOIN jobs o ON o.id = j.cached_from
+    WHERE (CAST(:tenant AS text) IS NULL OR j.tenant = CAST(:tenant AS text))
+      AND (CAST(:start AS timestamptz) IS NULL OR j.created_at >= CAST(:start AS timestamptz))
+      AND (CAST(:end AS timestamptz) IS NULL OR j.created_at < CAST(:end AS timestamptz))
+    """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +195,7 @@ class CostReport:
     groups: tuple[CostGroup, ...]
     accuracy: tuple[BackendAccuracy, ...]
     tolerance_bp: int
+    cache: CacheSummary = CacheSummary(0, 0, 0)
 
     @property
     def total_micros(self) -> int:
@@ -157,10 +230,20 @@ def estimate_accuracy(
             backend=r.backend, jobs=int(r.jobs), actual_micros=int(r.actual_micros),
             estimate_micros=int(r.estimate_micros), mean_ratio=float(r.mean_ratio),
             p50_ratio=float(r.p50_ratio), p95_ratio=float(r.p95_ratio),
-            within_tolerance=int(r.within),
+            within_tolerance=int(r.within), err_p95=float(r.err_p95),
+            expected_micros=int(r.expected_micros),
+            calibrated_p50_ratio=float(r.c_p50_ratio), calibrated_p95_ratio=float(r.c_p95_ratio),
+            calibrated_within=int(r.c_within), calibrated_err_p95=float(r.c_err_p95),
         )
         for r in rows
     ]
+
+
+def cache_summary(conn: Connection, *, tenant: str | None = None,
+                  start: datetime | None = None, end: datetime | None = None) -> CacheSummary:
+    """The result cache's use over the jobs created in [start, end)."""
+    r = conn.execute(_CACHE, {"tenant": tenant, "start": start, "end": end}).one()
+    return CacheSummary(int(r.cacheable), int(r.served), int(r.saved))
 
 
 def cost_report(
@@ -177,4 +260,5 @@ def cost_report(
         accuracy=tuple(estimate_accuracy(conn, tenant=tenant, start=start, end=end,
                                          tolerance_bp=tolerance_bp)),
         tolerance_bp=tolerance_bp,
+        cache=cache_summary(conn, tenant=tenant, start=start, end=end),
     )

@@ -8,6 +8,7 @@ A bad value fails at start with one line naming the setting, e.g.::
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,7 @@ from orchestrator.egress.policy import parse_allow
 from orchestrator.errors import ConfigurationError
 
 ENV_PREFIX = "ORCH_"
+_TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class Settings(BaseSettings):
@@ -90,6 +92,30 @@ class Settings(BaseSettings):
     gcp_flush_interval_s: float | None = Field(
         default=None, gt=0,
         description="exporter wake-up interval; a series is still written at most every 10 s",
+    )
+    cache_ttl_s: float = Field(
+        default=86_400.0, gt=0, le=365 * 86_400,
+        description="the result cache: a succeeded job's result serves identical jobs of its "
+        "tenant for this long after it finished",
+    )
+    cache_default_tenants: str = Field(
+        default="",
+        description="tenants (comma-separated, or *) whose jobs use the result cache unless "
+        "they say cache: false; the others' only with cache: true",
+    )
+    calibration_window: int = Field(
+        default=50, ge=1, le=10_000,
+        description="calibration: the newest settled jobs per backend whose actual / estimate "
+        "ratios are kept (their median is the factor)",
+    )
+    calibration_min_samples: int = Field(
+        default=5, ge=1, le=10_000,
+        description="calibration: fewer settled jobs than this on a backend: no factor yet",
+    )
+    calibration_refresh_s: float = Field(
+        default=10.0, ge=0, le=3600,
+        description="how long a process uses the factors it read before reading them again "
+        "(0: on every quote)",
     )
     api_rate_limit: int = Field(default=6000, ge=1, description="requests per tenant per window")
     api_rate_window_s: int = Field(default=60, ge=1)
@@ -189,6 +215,10 @@ class Settings(BaseSettings):
         default=None, description="Flower's basic auth; unset = generated into the data dir"
     )
 
+    def cache_tenants(self) -> frozenset[str]:
+        """``cache_default_tenants`` as a set (``*``: every tenant)."""
+        return frozenset(t.strip() for t in self.cache_default_tenants.split(",") if t.strip())
+
     def backends_path(self) -> Path:
         """``backends_file``; a relative path missing from the working directory falls back to
         the project's own copy (so commands work from any directory in a source checkout)."""
@@ -215,6 +245,14 @@ class Settings(BaseSettings):
             return None
         if not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"must be a redis:// URL, got {_redact(v)!r}")
+        return v
+
+    @field_validator("cache_default_tenants")
+    @classmethod
+    def _cache_tenants(cls, v: str) -> str:
+        for name in (t.strip() for t in v.split(",")):
+            if name and name != "*" and not _TENANT_RE.match(name):
+                raise ValueError(f"not a tenant name (1-64 of A-Z a-z 0-9 _ . -): {name!r}")
         return v
 
     @field_validator("egress_allow")

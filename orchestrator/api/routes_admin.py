@@ -32,7 +32,9 @@ def router(ctx: ApiContext) -> APIRouter:
         cat = c.catalogue()
         health = c.health.snapshot(cat.names)
         now = time.time()
-        return {"backends": [backend_resource(b, health[b.name], now) for b in cat.backends]}
+        factors = c.calibrator.factors()
+        return {"backends": [backend_resource(b, health[b.name], now, factors.get(b.name))
+                             for b in cat.backends]}
 
     @r.get("/budgets", response_model=BudgetsOut, tags=["budgets"], responses=AUTH_ERRORS,
            summary="The caller's tenant and project budgets (admin: all, with channels)")

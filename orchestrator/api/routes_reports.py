@@ -28,6 +28,15 @@ class CostGroupOut(BaseModel):
     jobs: int
 
 
+class CalibratedAccuracyOut(BaseModel):
+    expected_micros: int
+    p50_ratio: float
+    p95_ratio: float
+    within_5pct: int
+    within_5pct_share: float
+    err_p95: float
+
+
 class AccuracyOut(BaseModel):
     backend: str
     jobs: int
@@ -38,6 +47,17 @@ class AccuracyOut(BaseModel):
     p95_ratio: float
     within_5pct: int
     within_5pct_share: float
+    err_p95: float = Field(description="p95 of |actual - estimate| / estimate")
+    calibrated: CalibratedAccuracyOut = Field(
+        description="the same against the calibrated expected cost")
+
+
+class CacheOut(BaseModel):
+    cacheable_jobs: int = Field(description="jobs created with the result cache on")
+    served: int = Field(description="jobs served from it (hits and coalesced), succeeded")
+    hit_rate: float
+    saved_micros: int = Field(description="what the jobs whose results they got cost")
+    saved_usd: float
 
 
 class CostReportOut(BaseModel):
@@ -50,6 +70,7 @@ class CostReportOut(BaseModel):
     total_usd: float
     jobs: int
     accuracy: list[AccuracyOut]
+    cache: CacheOut
 
 
 def report_resource(rep: CostReport) -> dict[str, Any]:
@@ -68,8 +89,20 @@ def report_resource(rep: CostReport) -> dict[str, Any]:
                       "estimate_micros": a.estimate_micros,
                       "mean_ratio": round(a.mean_ratio, 6), "p50_ratio": round(a.p50_ratio, 6),
                       "p95_ratio": round(a.p95_ratio, 6), "within_5pct": a.within_tolerance,
-                      "within_5pct_share": round(a.within_share, 6)}
+                      "within_5pct_share": round(a.within_share, 6),
+                      "err_p95": round(a.err_p95, 6),
+                      "calibrated": {
+                          "expected_micros": a.expected_micros,
+                          "p50_ratio": round(a.calibrated_p50_ratio, 6),
+                          "p95_ratio": round(a.calibrated_p95_ratio, 6),
+                          "within_5pct": a.calibrated_within,
+                          "within_5pct_share": round(a.calibrated_within_share, 6),
+                          "err_p95": round(a.calibrated_err_p95, 6)}}
                      for a in rep.accuracy],
+        "cache": {"cacheable_jobs": rep.cache.cacheable_jobs, "served": rep.cache.served,
+                  "hit_rate": round(rep.cache.hit_rate, 6),
+                  "saved_micros": rep.cache.saved_micros,
+                  "saved_usd": micros_to_usd(rep.cache.saved_micros)},
     }
 
 

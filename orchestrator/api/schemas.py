@@ -106,7 +106,13 @@ class AttemptOut(_Out):
 
 class CandidateOut(_Out):
     backend: str
-    estimated_cost_usd: float
+    estimated_cost_usd: float = Field(description="the worst case (what a hold covers)")
+    expected_cost_usd: float | None = Field(
+        default=None, description="the calibrated expected cost (the estimate x the "
+        "backend's learnt actual / estimate; the estimate while it has none)")
+    calibration: dict[str, Any] | None = Field(
+        default=None, description="{ratio, samples}: the factor and the settled jobs it "
+        "rests on; null: none yet")
     score: float
     reasons: list[str] = Field(default_factory=list)
 
@@ -136,6 +142,9 @@ class JobOut(_Out):
     error: ErrorInfo | None
     attempts: list[AttemptOut]
     route: QuoteOut | None
+    cached_from: str | None = Field(
+        default=None, description="the job whose result this one got from the result "
+        "cache, at $0")
     metadata: dict[str, Any]
     deadline_at: str | None
     created_at: str
@@ -191,6 +200,10 @@ class BackendOut(_Out):
     latency_ms: float | None
     in_flight: int
     waiting: int = Field(description="jobs waiting for one of its concurrency slots")
+    price_model: str | None = None
+    calibration: dict[str, Any] | None = Field(
+        default=None, description="{ratio, samples}: the median actual / estimate of its "
+        "recent settled jobs, which cheapest multiplies its estimates by; null: none yet")
     params: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict,
         description="per kind, the input parameters it accepts: {name: {type, min, max, "

@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator.domain.breaker import BackendHealth
 from orchestrator.domain.budgets import period_window
+from orchestrator.domain.calibration import Factor
 from orchestrator.domain.catalogue import BackendSpec
 from orchestrator.domain.forecast import MIN_ELAPSED, forecast_micros
 from orchestrator.domain.money import micros_to_usd
@@ -51,7 +52,8 @@ def budget_resource(view: BudgetView, now: datetime, *, channels: bool = True
     }
 
 
-def backend_resource(spec: BackendSpec, health: BackendHealth, now: float) -> dict[str, Any]:
+def backend_resource(spec: BackendSpec, health: BackendHealth, now: float,
+                     factor: Factor | None = None) -> dict[str, Any]:
     return {
         "name": spec.name,
         "protocol": spec.protocol.value,
@@ -62,6 +64,10 @@ def backend_resource(spec: BackendSpec, health: BackendHealth, now: float) -> di
         "params": {k.value: {n: p.model_dump(mode="json", exclude_none=True)
                              for n, p in t.items()} for k, t in spec.accepts.items()},
         **health.to_dict(now),
+        "price_model": spec.price.model,
+        # what routing's cheapest multiplies the estimate by (domain.calibration)
+        "calibration": None if factor is None or factor.price_model != spec.price.model
+        else {"ratio": factor.ratio, "samples": factor.samples},
     }
 
 

@@ -181,6 +181,9 @@ def submit(
     = None,
     idempotency_key: Annotated[str | None, typer.Option(
         help="resubmitting with the same key returns the same job")] = None,
+    cache: Annotated[bool | None, typer.Option(
+        "--cache/--no-cache", help="use the result cache (default: the tenant's default)")]
+    = None,
     wait: Annotated[bool, typer.Option(
         "--wait", help="wait until the job is final (its event stream, else polling)")] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 600.0,
@@ -196,7 +199,7 @@ def submit(
         job = c.submit(kind=kind, input={"prompt": prompt, **params}, tier=tier,
                        strategy=strategy, max_cost_usd=max_cost_usd, backend=backend,
                        metadata={"project": project} if project else None,
-                       idempotency_key=idempotency_key)
+                       idempotency_key=idempotency_key, cache=cache)
         if wait:
             job = c.wait(job.id, timeout=timeout)
     _show_job(job, json_out)
@@ -263,9 +266,10 @@ def _backend_row(b: Backend) -> str:
     breaker = b.breaker.state + (f" ({b.breaker.strikes})" if b.breaker.strikes else "")
     success = "-" if b.success_rate is None else f"{b.success_rate:.0%}"
     latency = "-" if b.latency_ms is None else f"{b.latency_ms:.0f}ms"
+    cal = "-" if not b.calibration else f"x{float(b.calibration.get('ratio', 0)):.3f}"
     return (f"{b.name:24}  {','.join(b.kinds):12}  {b.tier or '-':8}  {breaker:14}  "
             f"{success:>7}  {latency:>9}  {b.in_flight if b.in_flight is not None else '-':>9}  "
-            f"{b.waiting if b.waiting is not None else '-':>7}")
+            f"{b.waiting if b.waiting is not None else '-':>7}  {cal:>11}")
 
 
 @_one_line_errors
@@ -277,6 +281,6 @@ def backends(json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyO
         _print_json({"backends": [b.model_dump(mode="json") for b in items]})
         return
     typer.echo(f"{'name':24}  {'kinds':12}  {'tier':8}  {'breaker':14}  {'success':>7}  "
-               f"{'latency':>9}  {'in_flight':>9}  {'waiting':>7}")
+               f"{'latency':>9}  {'in_flight':>9}  {'waiting':>7}  {'calibration':>11}")
     for b in items:
         typer.echo(_backend_row(b))

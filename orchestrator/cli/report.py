@@ -66,6 +66,18 @@ def render(rep: dict[str, Any]) -> list[str]:
                 f"{a['p50_ratio']:>7.3f} {a['p95_ratio']:>7.3f} "
                 f"{a['within_5pct_share']:>9.0%} "
             )
+        lines += ["", "error p95 |actual - predicted| / predicted: worst-case estimate -> "
+                  "calibrated expected cost"]
+        for a in rep["accuracy"]:
+            cal = a.get("calibrated") or {}
+            lines.append(f"{a['backend']:<24} {a.get('err_p95', 0.0):>8.2%} -> "
+                         f"{cal.get('err_p95', 0.0):>8.2%}  (within 5%: "
+                         f"{cal.get('within_5pct_share', 0.0):.0%})")
+    cache = rep.get("cache")
+    if cache and cache.get("cacheable_jobs"):
+        lines += ["", f"result cache: {cache['served']} of {cache['cacheable_jobs']} "
+                  f"cache-enabled jobs served ({cache['hit_rate']:.1%}), saved "
+                  f"{format_usd(cache['saved_micros'])}"]
     return lines
 
 

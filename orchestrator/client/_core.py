@@ -134,13 +134,13 @@ def job_body(
     *, kind: str, input: Mapping[str, Any], tier: str | None, strategy: str | None,
     max_cost_usd: float | None, backend: str | None, deadline_s: int | None,
     priority: str | None, webhook_url: str | None, metadata: Mapping[str, Any] | None,
-    webhook_events: Sequence[str] | None = None,
+    webhook_events: Sequence[str] | None = None, cache: bool | None = None,
 ) -> dict[str, Any]:
     """The CONTRACT job body; unset fields are left out so the server's defaults apply."""
     body: dict[str, Any] = {"kind": kind, "input": dict(input)}
     optional = {"tier": tier, "strategy": strategy, "max_cost_usd": max_cost_usd,
                 "backend": backend, "deadline_s": deadline_s, "priority": priority,
-                "webhook_url": webhook_url,
+                "webhook_url": webhook_url, "cache": cache,
                 "webhook_events": list(webhook_events) if webhook_events is not None else None,
                 "metadata": dict(metadata) if metadata is not None else None}
     body.update({k: v for k, v in optional.items() if v is not None})

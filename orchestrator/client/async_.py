@@ -99,13 +99,14 @@ class AsyncClient:
         strategy: str | None = None, max_cost_usd: float | None = None,
         backend: str | None = None, deadline_s: int | None = None, priority: str | None = None,
         webhook_url: str | None = None, metadata: Mapping[str, Any] | None = None,
+        cache: bool | None = None,
         idempotency_key: str | None = None, webhook_events: Sequence[str] | None = None,
     ) -> Job:
         """Submit a job (202). Raises BudgetExceeded, InvalidRequest, NoEligibleBackend, ..."""
         body = _core.job_body(kind=kind, input=input, tier=tier, strategy=strategy,
                               max_cost_usd=max_cost_usd, backend=backend, deadline_s=deadline_s,
                               priority=priority, webhook_url=webhook_url, metadata=metadata,
-                              webhook_events=webhook_events)
+                              webhook_events=webhook_events, cache=cache)
         return await self._run(_core.submit(body, idempotency_key))
 
     async def quote(
@@ -113,11 +114,13 @@ class AsyncClient:
         strategy: str | None = None, max_cost_usd: float | None = None,
         backend: str | None = None, deadline_s: int | None = None, priority: str | None = None,
         webhook_url: str | None = None, metadata: Mapping[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> Quote:
         """Dry-run routing for a job body: ranked candidates and exclusions, no side effects."""
         body = _core.job_body(kind=kind, input=input, tier=tier, strategy=strategy,
                               max_cost_usd=max_cost_usd, backend=backend, deadline_s=deadline_s,
-                              priority=priority, webhook_url=webhook_url, metadata=metadata)
+                              priority=priority, webhook_url=webhook_url, metadata=metadata,
+                              cache=cache)
         return await self._run(_core.quote(body))
 
     async def get(self, id: str) -> Job:

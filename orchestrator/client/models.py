@@ -39,7 +39,8 @@ class Attempt(_Model):
 
 class Candidate(_Model):
     backend: str
-    estimated_cost_usd: float | None = None
+    estimated_cost_usd: float | None = None  # the worst case
+    expected_cost_usd: float | None = None  # calibrated
     score: float | None = None
     reasons: list[Any] = Field(default_factory=list)
 
@@ -68,6 +69,7 @@ class Job(_Model):
     error: ErrorInfo | None = None
     attempts: list[Attempt] = Field(default_factory=list)
     route: Quote | None = None
+    cached_from: str | None = None  # the job whose result this one got at $0
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = None
     started_at: datetime | None = None
@@ -99,6 +101,8 @@ class Backend(_Model):
     latency_ms: float | None = None
     in_flight: int | None = None
     waiting: int | None = None
+    price_model: str | None = None
+    calibration: dict[str, Any] | None = None  # {ratio, samples}; None: none yet
     # per kind, the input parameters it accepts: {name: {type, min, max, ..., priced}}
     params: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
 

@@ -142,6 +142,8 @@ class JobSpec(BaseModel):
     # which of the job's events its webhook_url is sent (orchestrator.events.types)
     webhook_events: tuple[str, ...] = TERMINAL_EVENTS
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # the result cache: true, false, or None for the tenant's default (service.cache)
+    cache: bool | None = None
 
     @field_validator("max_cost_usd")
     @classmethod

@@ -7,17 +7,27 @@
    (its ``in_flight``/``max_concurrency`` are shown): capacity is taken when the job runs,
    where a job that finds every candidate full waits in the queue for a slot instead of
    being refused at the door (``service.runner``).
-2. Rank by the strategy:
-   - ``cheapest`` (default): lowest estimate first (ties: more reliable, then faster);
+2. Rank by the strategy (``domain.ranking``):
+   - ``cheapest`` (default): lowest *expected* cost first (the worst-case estimate times the
+     backend's calibration, ``domain.calibration``; the estimate itself while a backend has
+     none; ties: lower estimate, more reliable, then faster);
    - ``fastest``: lowest latency first (observed EWMA, else the catalogue's hint; unknown last);
-   - ``balanced``: highest weighted score of cost, reliability, speed and quality surplus.
+   - ``balanced``: highest weighted score of cost, reliability, speed and quality surplus,
+     where cost and speed are *effective*: a backend that fails with probability 1 - s sends
+     that share of its jobs on to the failover (the cheapest other candidate), so its
+     expected cost is s x expected + (1 - s) x the failover's expected cost, and its
+     latency its own plus (1 - s) x the failover's.
 3. Return a plan with every candidate's estimate and score components and every excluded
    backend's reason. A pinned backend is the only candidate (its tier is the caller's choice)
    but the breaker and max_cost_usd still apply.
 
-Score components are all in [0, 1], higher is better: ``cost`` = cheapest estimate / this
-estimate, ``reliability`` = observed success rate (1.0 with no data), ``speed`` = fastest
-latency / this latency (0.5 unknown), ``quality`` = tiers above the requested one / 2.
+Holds stay on the worst case: ``RoutePlan.worst_case_micros`` is the highest *estimate* of the
+plan, whatever the calibration says.
+
+Score components are all in [0, 1], higher is better: ``cost`` = cheapest expected cost / this
+expected cost (effective costs under ``balanced``), ``reliability`` = observed success rate
+(1.0 with no data), ``speed`` = fastest latency / this latency (effective under
+``balanced``; 0.5 unknown), ``quality`` = tiers above the requested one / 2.
 """
 
 from __future__ import annotations
@@ -28,11 +38,16 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from orchestrator.domain.breaker import UNKNOWN, BackendHealth, BreakerStatus, Refusal, refusal
+from orchestrator.domain.calibration import Factor
 from orchestrator.domain.catalogue import BackendSpec, Catalogue
 from orchestrator.domain.jobs import JobSpec, Kind, Strategy
 from orchestrator.domain.money import format_usd, micros_to_usd, usd_to_micros
 from orchestrator.domain.params import checker
 from orchestrator.domain.pricing import NotPriceable, price_quantities, quantities
+from orchestrator.domain.ranking import BalancedWeights, Candidate, rank
+
+__all__ = ["BalancedWeights", "Candidate", "Exclusion", "ExclusionCode", "RoutePlan",
+           "plan_route"]
 
 
 class ExclusionCode(StrEnum):
@@ -48,61 +63,6 @@ class ExclusionCode(StrEnum):
     BREAKER_OPEN = "breaker_open"
     PROBE_IN_FLIGHT = "probe_in_flight"
     AT_CAPACITY = "at_capacity"  # no longer produced; read back from plans stored before
-
-
-@dataclass(frozen=True, slots=True)
-class BalancedWeights:
-    cost: float = 0.55
-    reliability: float = 0.25
-    speed: float = 0.10
-    quality: float = 0.10
-
-
-class Candidate(NamedTuple):
-    backend: str
-    estimate_micros: int
-    score: float
-    cost: float = 0.0  # score components, each in [0, 1]
-    reliability: float = 0.0
-    speed: float = 0.0
-    quality: float = 0.0
-    success_rate: float | None = None  # observed (None: no data yet)
-    latency_ms: float | None = None  # observed EWMA or the catalogue's hint
-    latency_source: str = "unknown"  # observed | hint | unknown
-    quality_surplus: int = 0
-    in_flight: int = 0
-    max_concurrency: int = 0
-
-    @property
-    def components(self) -> dict[str, float]:
-        return {"cost": self.cost, "reliability": self.reliability, "speed": self.speed,
-                "quality": self.quality}
-
-    def reasons(self, strategy: Strategy, weights: BalancedWeights) -> list[str]:
-        c = self.components
-        out = [
-            f"estimate {format_usd(self.estimate_micros)} (worst case)",
-            f"quality surplus {self.quality_surplus} tier(s) over the request",
-            "success rate "
-            + ("no data (prior 1.0)" if self.success_rate is None
-               else f"{self.success_rate:.3f} observed"),
-            "latency " + ("unknown" if self.latency_ms is None
-                          else f"{self.latency_ms:.0f} ms ({self.latency_source})"),
-            f"in flight {self.in_flight}/{self.max_concurrency}",
-        ]
-        if self.max_concurrency == 0:  # read back from a stored quote: figures only
-            return out[:1]
-        if strategy is Strategy.BALANCED:
-            out.append(
-                f"score {self.score:.4f} = {weights.cost}*cost {c['cost']:.3f} + "
-                f"{weights.reliability}*reliability {c['reliability']:.3f} + "
-                f"{weights.speed}*speed {c['speed']:.3f} + "
-                f"{weights.quality}*quality {c['quality']:.3f}"
-            )
-        else:
-            key = "cost" if strategy is Strategy.CHEAPEST else "speed"
-            out.append(f"score {self.score:.4f} = {key} {c[key]:.3f} ({strategy.value})")
-        return out
 
 
 class Exclusion(NamedTuple):
@@ -172,6 +132,11 @@ class RoutePlan:
                     "backend": c.backend,
                     "estimated_cost_usd": micros_to_usd(c.estimate_micros),
                     "estimated_cost_micros": c.estimate_micros,
+                    "expected_cost_usd": micros_to_usd(c.expected),
+                    "expected_cost_micros": c.expected,
+                    "calibration": None if c.calibration_ppm is None else {
+                        "ratio": c.calibration_ppm / 1e6, "samples": c.calibration_samples},
+                    "price_model": c.price_model,
                     "score": round(c.score, 6),
                     "components": {k: round(v, 6) for k, v in c.components.items()},
                     "reasons": c.reasons(self.strategy, self.weights),
@@ -197,6 +162,8 @@ class RoutePlan:
                 reliability=float(c.get("components", {}).get("reliability", 0.0)),
                 speed=float(c.get("components", {}).get("speed", 0.0)),
                 quality=float(c.get("components", {}).get("quality", 0.0)),
+                expected_micros=int(c.get("expected_cost_micros", -1)),
+                price_model=str(c.get("price_model", "")),
             )
             for c in data.get("candidates", [])
         )
@@ -281,9 +248,12 @@ def plan_route(
     *,
     now: float,
     weights: BalancedWeights = BalancedWeights(),
+    calibration: Mapping[str, Factor] | None = None,
 ) -> RoutePlan:
-    """The ranked plan for ``spec`` over ``backends`` given their ``health`` at ``now``."""
+    """The ranked plan for ``spec`` over ``backends`` given their ``health`` at ``now`` and
+    their ``calibration`` (backend -> learnt factor; a missing one ranks on the estimate)."""
     health = health or {}
+    calibration = calibration or {}
     pin = spec.backend
     tier = spec.tier
     want_rank = tier.rank
@@ -292,7 +262,7 @@ def plan_route(
     kind = spec.kind
     inp = spec.input
     excluded: list[Exclusion] = []
-    passed: list[tuple[_Row, int, BackendHealth]] = []
+    passed: list[tuple[_Row, int, BackendHealth, Factor | None]] = []
     pin_seen = False
     for r in _rows(backends):
         name = r.name
@@ -329,58 +299,10 @@ def plan_route(
                     code, until = ExclusionCode.PROBE_IN_FLIGHT, br.probe_until
                 excluded.append(Exclusion(name, code, (br.strikes, max(0.0, until - now))))
                 continue
-        passed.append((r, est, h))
+        factor = calibration.get(name)
+        if factor is not None and factor.price_model != r.spec.price.model:
+            factor = None  # learnt under another price model
+        passed.append((r, est, h, factor))
     if pin is not None and not pin_seen:
         excluded.append(Exclusion(pin, ExclusionCode.UNKNOWN_BACKEND, (pin,)))
-    return RoutePlan(spec.strategy, _rank(spec, passed, weights), tuple(excluded), pin, weights)
-
-
-def _rank(
-    spec: JobSpec, passed: list[tuple[_Row, int, BackendHealth]], w: BalancedWeights
-) -> tuple[Candidate, ...]:
-    if not passed:
-        return ()
-    min_est = min(est for _, est, _ in passed)
-    min_lat: float | None = None
-    for r, _, h in passed:
-        lat = h.latency_ms if h.latency_ms is not None else r.hint
-        if lat is not None and (min_lat is None or lat < min_lat):
-            min_lat = lat
-    strategy = spec.strategy
-    want_rank = spec.tier.rank
-    inf = float("inf")
-    out: list[tuple[tuple[Any, ...], Candidate]] = []
-    for r, est, h in passed:
-        lat = h.latency_ms
-        if lat is not None:
-            source = "observed"
-        elif r.hint is not None:
-            lat, source = r.hint, "hint"
-        else:
-            source = "unknown"
-        cost = 1.0 if est <= min_est else min_est / est
-        rel = 1.0 if h.success_rate is None else h.success_rate
-        speed = 0.5 if lat is None or min_lat is None else min(1.0, min_lat / lat)
-        surplus = r.rank - want_rank if r.rank > want_rank else 0
-        quality = surplus / 2.0
-        lat_key = inf if lat is None else lat
-        if strategy is Strategy.CHEAPEST:
-            score = cost
-            key: tuple[Any, ...] = (est, -rel, lat_key, r.name)
-        elif strategy is Strategy.FASTEST:
-            score = speed
-            key = (lat_key, est, -rel, r.name)
-        else:
-            score = (w.cost * cost + w.reliability * rel + w.speed * speed
-                     + w.quality * quality)
-            key = (-score, est, r.name)
-        out.append((key, Candidate(
-            r.name, est, score, cost, rel, speed, quality,
-            h.success_rate, lat, source, surplus, h.in_flight, r.max_conc,
-        )))
-    out.sort(key=_first)
-    return tuple(c for _, c in out)
-
-
-def _first(kc: tuple[tuple[Any, ...], Candidate]) -> tuple[Any, ...]:
-    return kc[0]
+    return RoutePlan(spec.strategy, rank(spec, passed, weights), tuple(excluded), pin, weights)

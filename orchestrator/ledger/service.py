@@ -242,11 +242,15 @@ class Ledger:
         )
 
     # -- a job's admission -----------------------------------------------------------------
-    def admit_job(self, job: NewJob, scopes: tuple[str, ...], hold_ttl: timedelta
-                  ) -> JobRow | None:
+    def admit_job(self, job: NewJob, scopes: tuple[str, ...], hold_ttl: timedelta, *,
+                  conn: Connection | None = None) -> JobRow | None:
         """Write the queued ``job`` and hold its estimate in every budget whose scope is in
         ``scopes``: one statement that commits on its own (``ledger.admission``). None: the
         tenant's idempotency key is taken, and nothing changed.
+
+        With ``conn`` the statement joins the caller's transaction (under a savepoint), so
+        the caller can write more with the job before anything commits (the result cache
+        links a job to the one it waits for).
 
         Raises ``BudgetExceeded`` naming the first budget that cannot take the estimate;
         then neither the job nor any hold was written.
@@ -257,8 +261,11 @@ class Ledger:
         now = self.clock()
         for tries_left in range(_PERIOD_TRIES, 0, -1):
             try:
-                with autocommit(self.engine).connection() as conn:
-                    return admit_job(conn, job, scopes, now + hold_ttl, now)
+                if conn is not None:
+                    with conn.begin_nested():
+                        return admit_job(conn, job, scopes, now + hold_ttl, now)
+                with autocommit(self.engine).connection() as auto:
+                    return admit_job(auto, job, scopes, now + hold_ttl, now)
             except DBAPIError as exc:
                 if _sqlstate(exc) == PERIOD_MISSING and tries_left > 1:
                     # a new period (or a budget created meanwhile): its row, then again

@@ -57,6 +57,8 @@ JOB_FAILOVERS = "jobs/failovers"
 JOB_RETRIES = "jobs/retries"
 ATTEMPTS_UNCERTAIN = "attempts/uncertain"
 UNCERTAIN_SPEND = "attempts/uncertain_spend"
+CACHE_LOOKUPS = "cache/lookups"
+CACHE_SAVED = "cache/saved"
 BUDGET_SPEND = "budget/spend"
 BUDGET_HELD = "budget/held"
 BUDGET_REMAINING = "budget/remaining"
@@ -126,6 +128,12 @@ CATALOGUE: dict[str, MetricDef] = {
         _d(UNCERTAIN_SPEND, C, F64, "{USD}", ("backend",),
            "Possible charges of uncertain attempts (their worst case), USD.",
            "attempts_uncertain_spend_usd_total"),
+        _d(CACHE_LOOKUPS, C, I64, "1", ("kind", "outcome"),
+           "Cache-enabled submissions; outcome hit (a result at $0), coalesced (waits for an "
+           "identical job in flight) or miss (runs itself).", "cache_lookups_total"),
+        _d(CACHE_SAVED, C, F64, "{USD}", ("kind",),
+           "What jobs served from the result cache would have cost: the cost of the job "
+           "whose result they got, USD.", "cache_saved_usd_total"),
         _d(BUDGET_SPEND, G, F64, "{USD}", _BUDGET,
            "Committed spend in the current budget period, USD.", "budget_spend_usd"),
         _d(BUDGET_HELD, G, F64, "{USD}", _BUDGET,

@@ -190,6 +190,7 @@ class Concluder:
             backend = open_.backend if open_ else job.backend
             self.observe.job_finished(job, "cancelled", now=now, backend=backend,
                                       charged_micros=self.endings.charged(job, end, backend))
+            self.endings.notify_ended(job)  # its cache followers run themselves
             if (open_ is not None and open_.external_id is not None
                     and open_.backend in self.catalogue()):
                 answer = self.cancel_at_backend(self.adapter(open_.backend), open_)

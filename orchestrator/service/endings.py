@@ -38,13 +38,16 @@ log = logging.getLogger("orchestrator.service.runner")
 class Endings:
     def __init__(self, engine: Engine, ledger: Ledger, catalogue: Callable[[], Catalogue],
                  slots: SlotWaits, observer: JobObserver,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime],
+                 on_end: Callable[[repo.JobRow], object] | None = None) -> None:
         self.engine = engine
         self.ledger = ledger
         self.catalogue = catalogue
         self.slots = slots
         self.observe = observer
         self.clock = clock
+        # told when a job with a cache key ends: its followers wait for it (service.cache)
+        self.on_end = on_end
 
     @property
     def db(self) -> ConnectionPool[Any]:
@@ -93,6 +96,7 @@ class Endings:
             self.observe.job_finished(job, "succeeded", backend=attempt.backend,
                                       charged_micros=self.charged(job, end, attempt.backend),
                                       now=now)
+            self.notify_ended(job)
         elif end.concluded:  # it had been cancelled meanwhile: charged what it billed
             self.observe.concluded(job, backend=attempt.backend,
                                    charged_micros=self.charged(job, end, attempt.backend))
@@ -113,7 +117,12 @@ class Endings:
             self.observe.job_finished(job, "failed", backend=backend,
                                       charged_micros=self.charged(job, end, backend), now=now,
                                       error_code=code)
+            self.notify_ended(job)
         return end
+
+    def notify_ended(self, job: repo.JobRow) -> None:
+        if job.cache_key is not None and self.on_end is not None:
+            self.on_end(job)
 
     def end_concluded(self, job: repo.JobRow, attempt: repo.AttemptRow | None,
                       closing: Closing | None) -> None:

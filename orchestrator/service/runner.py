@@ -49,8 +49,10 @@ from orchestrator.domain.routing import RoutePlan
 from orchestrator.health.store import Ticket
 from orchestrator.ledger import Ledger
 from orchestrator.service.attempts import DONE, Closing, Next, Opened, failure, overrun, reference
+from orchestrator.service.cache import ResultCache
 from orchestrator.service.conclude import Concluder
 from orchestrator.service.endings import Endings
+from orchestrator.service.follow import Follower
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import EnqueuePort, HealthPort
 from orchestrator.service.reconcile import Reconciler
@@ -76,6 +78,7 @@ class JobRunner:
         poll: PollPolicy = PollPolicy(),
         observer: JobObserver | None = None,
         enqueue: EnqueuePort | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         self.engine = engine
         self.ledger = ledger
@@ -86,7 +89,9 @@ class JobRunner:
         self.poll_policy = poll
         self.observe = observer or JobObserver()
         self.slots = SlotWaits(health, enqueue, poll, lambda: self.catalogue().names)
-        self.endings = Endings(engine, ledger, catalogue, self.slots, self.observe, clock)
+        self.endings = Endings(engine, ledger, catalogue, self.slots, self.observe, clock,
+                               on_end=cache.wake if cache is not None else None)
+        self.follower = Follower(ledger, self.observe, poll, clock)
         self.reconciler = Reconciler(self, engine, catalogue, adapter, clock, poll,
                                      self.observe)
         self.concluder = Concluder(
@@ -163,12 +168,23 @@ class JobRunner:
         now = self.clock()
         opened: Opened | None = None
         attempts: list[repo.AttemptRow] = []  # a queued job has no attempts yet
+        leader: repo.JobRow | None = None
         with self.db.connection() as conn:
             found = repo.claim_or_get(conn, job_id, token, now)
             if found is None:
                 return DONE
             current, claimed_now = found
-            claimed = current if claimed_now else None
+            if (current.cache_leader is not None and current.chain_token == token
+                    and not current.is_final and not self._past_deadline(current, now)):
+                # it waits for an identical job in flight (service.follow)
+                verdict = self.follower.check(conn, current, token)
+                if isinstance(verdict, Next):
+                    return verdict
+                if verdict is not None:
+                    leader = verdict
+                current = replace(current, cache_leader=None)
+            # a follower taking its leader's result is ended below, off this connection
+            claimed = current if claimed_now and leader is None else None
             if claimed is not None:
                 job = claimed
                 if not self._past_deadline(job, now):
@@ -178,10 +194,12 @@ class JobRunner:
                         delay = self.slots.wait(job, token, opened.full)
                         repo.requeue(conn, job_id, token, delay + self.poll_policy.grace_s)
                         return Next(delay, resume=True)
-            else:
+            elif leader is None:
                 if current.chain_token != token or (current.is_final and current.wake_at is None):
                     return DONE
                 job, attempts = current, repo.attempts(conn, job_id)
+        if leader is not None:
+            return self.follower.adopt(current, leader)
         if claimed is not None:
             self.observe.job_started(claimed)
         if opened is not None:  # committed: now the backend may be called

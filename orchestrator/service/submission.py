@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.domain.budgets import covering_scopes
@@ -31,7 +31,9 @@ from orchestrator.egress import EgressPolicy
 from orchestrator.errors import BudgetExceeded, Conflict, InvalidRequest, NoEligibleBackend
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.admission import NewJob
-from orchestrator.service.observe import record_submission
+from orchestrator.service.cache import Found, Match, ResultCache, record_lookup, record_saved
+from orchestrator.service.calibration import Calibrator
+from orchestrator.service.observe import JobObserver, record_submission
 from orchestrator.service.ports import EnqueuePort, HealthPort
 from orchestrator.store import jobs as repo
 
@@ -54,14 +56,17 @@ def request_hash(spec: JobSpec) -> str:
 @dataclass(frozen=True, slots=True)
 class Admission:
     """A submission's job. ``first_backend`` is the plan's first backend for a job created
-    now, None for the replay of an Idempotency-Key."""
+    now that starts now; None for the replay of an Idempotency-Key, and for a job created
+    from the result cache (served at once, or waiting for an identical job in flight:
+    ``service.cache``), which is sent no start message."""
 
     job: repo.JobRow
     first_backend: str | None
+    from_cache: bool = False
 
     @property
     def created(self) -> bool:
-        return self.first_backend is not None
+        return self.first_backend is not None or self.from_cache
 
 
 class Submitter:
@@ -75,6 +80,9 @@ class Submitter:
         clock: Callable[[], datetime],
         start_grace: timedelta = START_GRACE,
         egress: EgressPolicy | None = None,
+        cache: ResultCache | None = None,
+        calibrator: Calibrator | None = None,
+        observer: JobObserver | None = None,
     ) -> None:
         self.engine = engine
         self.ledger = ledger
@@ -84,13 +92,18 @@ class Submitter:
         self.clock = clock
         self.start_grace = start_grace  # a job not started by then is the sweeper's
         self.egress = egress if egress is not None else EgressPolicy()
+        self.cache = cache
+        self.calibrator = calibrator
+        self.observe = observer or JobObserver()
 
     def quote(self, spec: JobSpec) -> RoutePlan:
         """The ranked plan with reasons. Reads health; changes nothing. InvalidRequest
         naming the field when no backend that could run the job accepts its input."""
         cat = self.catalogue()
         check_input(spec, cat)
-        return plan_route(spec, cat.backends, self.health.snapshot(cat.names), now=time.time())
+        factors = self.calibrator.factors() if self.calibrator is not None else None
+        return plan_route(spec, cat.backends, self.health.snapshot(cat.names), now=time.time(),
+                          calibration=factors)
 
     def submit(
         self, tenant: str, spec: JobSpec, idempotency_key: str | None = None
@@ -130,6 +143,9 @@ class Submitter:
             raise NoEligibleBackend(
                 "no backend can run this job", excluded=plan.to_quote()["excluded"]
             )
+        key = self.cache.key_for(tenant, spec) if self.cache is not None else None
+        if key is not None:
+            return self._admit_cacheable(tenant, spec, plan, key, idempotency_key, rhash)
         job_id, token = uuid.uuid4(), uuid.uuid4()
         try:
             job = self._insert_and_hold(tenant, spec, plan, job_id, token, idempotency_key,
@@ -151,6 +167,8 @@ class Submitter:
         logged, not raised: the sweeper starts the job (DESIGN §3)."""
         job, backend = admission.job, admission.first_backend
         if backend is None:
+            if admission.from_cache and not admission.job.is_final:
+                self._start_if_leader_ended(job)
             return
         try:
             self.enqueue.start(job.id, cast(uuid.UUID, job.chain_token), job.priority, backend)
@@ -158,21 +176,96 @@ class Submitter:
             log.warning("enqueue failed; the sweeper will start the job",
                         extra={"job_id": str(job.id), "error": type(exc).__name__})
 
+    def _start_if_leader_ended(self, job: repo.JobRow) -> None:
+        """A follower's leader that ended between the follower's look-up and its commit
+        woke the followers it saw, not this one: start it now (it takes the result or
+        runs itself). Otherwise the leader's end wakes it. A failure leaves it to its wake
+        (the sweeper)."""
+        try:
+            with self.engine.begin() as conn:
+                leader = repo.get_job(conn, job.cache_leader) if job.cache_leader else None
+            if leader is None or leader.is_final:
+                self.enqueue.start(job.id, cast(uuid.UUID, job.chain_token), job.priority)
+        except Exception as exc:  # its wake is in PostgreSQL; the sweeper starts it
+            log.warning("cache follower not started; the sweeper will",
+                        extra={"job_id": str(job.id), "error": type(exc).__name__})
+
+    def _admit_cacheable(
+        self, tenant: str, spec: JobSpec, plan: RoutePlan, key: str,
+        idempotency_key: str | None, rhash: str,
+    ) -> Admission:
+        """A cache-enabled job (``service.cache``): under the key's lock, a hit is admitted
+        with a hold of 0 and served at once, a job identical to one in flight waits for it
+        on its own worst-case hold, and any other is the key's leader and starts."""
+        cache = self.cache
+        assert cache is not None
+        job_id, token = uuid.uuid4(), uuid.uuid4()
+        try:
+            with cache.locked(tenant, key) as tx:
+                match = cache.lookup(tx, tenant, key)
+                hit = match is not None and match.found is Found.HIT
+                job = self._insert_and_hold(tenant, spec, plan, job_id, token,
+                                            idempotency_key, rhash, hold=0 if hit else None,
+                                            conn=tx)
+                if job is not None:
+                    job = cache.link(tx, job.id, key, match)
+        except BudgetExceeded as exc:
+            record_submission(spec, BudgetExceeded.code)
+            self._alert_refusal(exc)
+            raise
+        if job is None:  # the key is taken: a replay, or a concurrent twin that won
+            assert idempotency_key is not None
+            replay = self._replay(tenant, idempotency_key, rhash)
+            assert replay is not None  # keys are never deleted
+            return Admission(replay, None)
+        record_submission(spec, "accepted", plan.backends[0])
+        if match is None:
+            record_lookup(spec, "miss")
+            return Admission(job, plan.backends[0])
+        if match.found is Found.HIT:
+            record_lookup(spec, "hit")
+            return Admission(self.serve_hit(job, match), None, from_cache=True)
+        record_lookup(spec, "coalesced")
+        return Admission(job, None, from_cache=True)
+
+    def serve_hit(self, job: repo.JobRow, match: Match) -> repo.JobRow:
+        """End a job admitted on a cache hit: succeeded, the hit's result, cost 0. Should
+        this process stop first, the sweeper starts the job and its chain does the same
+        (``JobRunner``: a follower whose leader succeeded)."""
+        with self.engine.begin() as conn:
+            origin = repo.get_job(conn, match.job_id)
+            assert job.chain_token is not None and origin is not None
+            ResultCache.adopt(conn, job.id, job.chain_token, origin.id)
+        now = self.clock()
+        end = self.ledger.end_job(job.id, "succeeded", now, backend=origin.backend,
+                                  result=origin.result)
+        if end is not None and end.ended:
+            record_saved(job.kind, match.cost_micros)
+            self.observe.job_finished(job, "succeeded", backend=origin.backend,
+                                      charged_micros=end.charged_micros, now=now)
+        with self.engine.begin() as conn:
+            served = repo.get_job(conn, job.id)
+        assert served is not None
+        return served
+
     def _insert_and_hold(
         self, tenant: str, spec: JobSpec, plan: RoutePlan, job_id: uuid.UUID,
-        token: uuid.UUID, idempotency_key: str | None, rhash: str,
+        token: uuid.UUID, idempotency_key: str | None, rhash: str, *,
+        hold: int | None = None, conn: Connection | None = None,
     ) -> repo.JobRow | None:
-        """Job row and budget hold in one statement; None if the idempotency key is taken."""
+        """Job row and budget hold in one statement; None if the idempotency key is taken.
+        ``hold``: another amount than the plan's worst case (a cache hit's 0); ``conn``: in
+        the caller's transaction."""
         now = self.clock()
         return self.ledger.admit_job(
             NewJob(id=job_id, tenant=tenant, kind=spec.kind.value, tier=spec.tier.value,
                    spec=spec.model_dump(mode="json"), route=plan.to_quote(),
-                   estimated_cost_micros=plan.worst_case_micros,
+                   estimated_cost_micros=plan.worst_case_micros if hold is None else hold,
                    deadline_at=now + timedelta(seconds=spec.deadline_s), chain_token=token,
                    wake_at=now + self.start_grace, idempotency_key=idempotency_key,
                    request_hash=rhash),
             covering_scopes(tenant, spec.project),
-            hold_ttl=timedelta(seconds=spec.deadline_s) + HOLD_MARGIN,
+            hold_ttl=timedelta(seconds=spec.deadline_s) + HOLD_MARGIN, conn=conn,
         )
 
     def _alert_refusal(self, exc: BudgetExceeded) -> None:

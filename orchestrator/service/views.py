@@ -44,6 +44,7 @@ def job_resource(job: JobRow, attempts: list[AttemptRow]) -> dict[str, Any]:
             for a in attempts
         ],
         "route": job.route,
+        "cached_from": str(job.cached_from) if job.cached_from is not None else None,
         "metadata": job.spec.get("metadata", {}),
         "deadline_at": _iso(job.deadline_at),
         "created_at": _iso(job.created_at),

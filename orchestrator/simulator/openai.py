@@ -46,6 +46,8 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
             st.take_injection()
             raise_injected_rejection(kind)
             raise error(500, "server_error", "injected: the model crashed")
+        if st.fails_job():
+            raise error(500, "server_error", "the model crashed")
 
     def made(st: BackendState, key: str | None, micros: int, answer: dict[str, Any]) -> Outcome:
         answer["cost_usd"] = usd(micros)

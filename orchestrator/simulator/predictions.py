@@ -94,7 +94,7 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
         if CONTENT_POLICY_MARKER in prompt:
             failure = {"code": "content_policy_violation",
                        "message": "the output was flagged by the content policy"}
-        elif FAIL_MARKER in prompt or injected == "prediction_failed":
+        elif FAIL_MARKER in prompt or injected == "prediction_failed" or st.fails_job():
             failure = {"code": "internal_error", "message": "the model crashed"}
         usage = scaled_usage(usage_for(spec, job), st.control.usage_factor)
         pid = uuid.uuid4().hex

@@ -51,6 +51,10 @@ class Control(BaseModel):
       asked for: video seconds x f, images, input and output tokens rounded up (1.0: as
       asked). Above 1 it bills more than the orchestrator's worst-case estimate, as a
       provider that bills in coarser units or raised its prices does.
+    - ``fail_job_rate``: share of the jobs a submission would create that fail instead (drawn
+      from the backend's RNG): a prediction is created and ends ``failed``, unbilled; an
+      OpenAI call is answered 500 after its processing time. Unlike ``fail_rate`` it spares
+      polls and cancels: the provider is up, its model fails that often.
     - ``drop_answers``: how many of the next submissions answered with success (a new job or a
       replay) lose their answer: processed in full (created, billed, remembered under their
       key), then the connection is closed after the answer's head, before its body (null or
@@ -73,6 +77,7 @@ class Control(BaseModel):
     cancel_bill_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     usage_factor: float = Field(default=1.0, ge=0.0, le=100.0)
     drop_answers: int | None = Field(default=None, ge=0)
+    fail_job_rate: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class ControlUpdate(BaseModel):
@@ -94,6 +99,7 @@ class ControlUpdate(BaseModel):
     cancel_bill_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
     usage_factor: float | None = Field(default=None, ge=0.0, le=100.0)
     drop_answers: int | None = Field(default=None, ge=0)
+    fail_job_rate: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 @dataclass(slots=True)
@@ -203,6 +209,11 @@ class BackendState:
         if times <= 0:
             update.update(times=None, error=None, status_code=None, retry_after_s=None)
         self.control = self.control.model_copy(update=update)
+
+    def fails_job(self) -> bool:
+        """Whether the job this submission creates fails (``fail_job_rate``)."""
+        rate = self.control.fail_job_rate
+        return bool(rate) and self.rng.random() < rate
 
     def take_drop(self) -> bool:
         """Whether to drop this answer (``drop_answers`` counts down; counted in dropped)."""

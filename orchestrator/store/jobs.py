@@ -69,6 +69,9 @@ class JobRow:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    cache_key: str | None = None  # the result cache (service.cache)
+    cache_leader: uuid.UUID | None = None
+    cached_from: uuid.UUID | None = None
 
     @property
     def is_final(self) -> bool:
@@ -136,7 +139,7 @@ _CLAIM_AND_OPEN = Statement(
         UPDATE jobs SET status = 'running', started_at = :now, updated_at = :now,
             wake_at = {_LEASE}
         WHERE id = :id AND status = 'queued' AND chain_token = :token
-          AND (deadline_at IS NULL OR deadline_at > :now)
+          AND (deadline_at IS NULL OR deadline_at > :now) AND cache_leader IS NULL
         RETURNING {JOB_COLUMNS}
     ), opened AS (
         INSERT INTO attempts (job_id, number, backend, started_at, slot, probe)

@@ -95,3 +95,41 @@ def test_a_submission_whose_start_message_fails_is_202_and_the_sweeper_runs_it(
     api.rig.wait_for("the swept job to succeed",
                      lambda: api.rig.job(job_id).status == "succeeded", timeout=60)
     assert api.rig.counters("vid-cheap")["submissions"] == 1
+
+
+def test_the_result_cache_over_http(api: Api) -> None:
+    """A repeat with cache on is answered succeeded at $0 naming the job it came from; the
+    quote shows worst case and expected cost; the report counts what the cache saved."""
+    api.budget("tenant:acme", 10_000_000)
+    api.rig.control("vid-cheap", duration_ms=200)
+    api.rig.start_worker()
+    c = api.tenant()
+    body = {**video(duration=8), "cache": True}
+    first = c.post("/v1/jobs", json=body).json()["id"]
+    deadline = time.monotonic() + 60
+    while c.get(f"/v1/jobs/{first}").json()["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, "the first job did not finish"
+        time.sleep(0.1)  # polling interval of a condition wait
+    r = c.post("/v1/jobs", json=body)
+    assert r.status_code == 202, r.text
+    hit = r.json()
+    assert hit["status"] == "succeeded" and hit["cached_from"] == first
+    assert hit["cost_usd"] == 0.0 and hit["estimated_cost_usd"] == 0.0
+    assert hit["attempts"] == [] and hit["result"] == c.get(f"/v1/jobs/{first}").json()["result"]
+    assert c.get(f"/v1/jobs/{hit['id']}").json()["cached_from"] == first
+
+    quote = c.post("/v1/quotes", json=video(duration=8)).json()
+    top = quote["candidates"][0]
+    assert top["estimated_cost_usd"] == 0.36 and top["expected_cost_usd"] == 0.36
+    assert top["calibration"] is None  # one settled job: below the minimum sample
+
+    report = c.get("/v1/reports/costs").json()
+    assert report["total_usd"] == 0.36  # paid once
+    assert report["cache"] == {"cacheable_jobs": 2, "served": 1, "hit_rate": 0.5,
+                               "saved_micros": 360_000, "saved_usd": 0.36}
+    (acc,) = report["accuracy"]  # the hit is not an estimate's outcome
+    assert acc["jobs"] == 1 and acc["calibrated"]["err_p95"] == 0.0
+
+    bad = c.post("/v1/jobs", json={**video(duration=8), "cache": "sometimes"})
+    assert bad.status_code == 422
+    assert bad.json()["error"]["details"]["field"].endswith("cache")

@@ -419,3 +419,19 @@ def test_errors_are_not_dropped(sim: Sim) -> None:
     assert sim.state("vid-a")["drop_answers"] == 1
     with pytest.raises(httpx.RemoteProtocolError):
         submit(sim, "vid-a", "k")
+
+
+def test_fail_job_rate_fails_that_share_of_jobs_and_bills_none_of_them(sim: Sim) -> None:
+    """A flaky model: predictions are created and end failed, OpenAI calls answer 500; polls
+    are spared (the provider is up). Drawn from the backend's seeded RNG."""
+    sim.control("vid-a", duration_ms=0, fail_job_rate=0.5, seed=3)
+    sim.control("txt-a", fail_job_rate=1.0)
+    ids = [submit(sim, "vid-a", f"f{i}").json()["id"] for i in range(40)]
+    statuses = [get(sim, "vid-a", pid)["status"] for pid in ids]  # duration 0: ended
+    failed = statuses.count("failed")
+    assert statuses.count("succeeded") + failed == 40 and 10 <= failed <= 30
+    state = sim.state("vid-a")
+    assert len([b for b in state["bills"] if b["cost_micros"] > 0]) == 40 - failed
+    assert state["counters"]["injected"] == 0  # no request was refused
+    assert submit(sim, "txt-a", None).status_code == 500
+    assert sim.state("txt-a")["bills"] == []

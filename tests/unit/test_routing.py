@@ -228,12 +228,15 @@ def test_fastest_and_balanced() -> None:
     assert fastest.backends == ("vid-standard-b", "vid-premium", "vid-standard")
     assert fastest.candidates[0].latency_source == "observed"
     balanced = plan_route(video(strategy="balanced"), SHIPPED, health, now=NOW)
-    # vid-standard is cheapest but fails half its calls and is slow: b wins on balance
+    # vid-standard is cheapest but fails half its calls and is slow: b wins on balance.
+    # vid-standard's effective cost counts the failover to b its failures cause:
+    # 0.5 x 1.20 + 0.5 x 1.44 = 1.32
     assert balanced.backends[0] == "vid-standard-b"
     top = balanced.candidates[0]
-    assert top.components == {"cost": 1_200_000 / 1_440_000, "reliability": 1.0, "speed": 1.0,
+    assert balanced.candidates[1].effective_micros == 1_320_000
+    assert top.components == {"cost": 1_320_000 / 1_440_000, "reliability": 1.0, "speed": 1.0,
                               "quality": 0.0}
-    assert abs(top.score - (0.55 * 1_200_000 / 1_440_000 + 0.25 + 0.10)) < 1e-12
+    assert abs(top.score - (0.55 * 1_320_000 / 1_440_000 + 0.25 + 0.10)) < 1e-12
     assert balanced.candidates[-1].components["quality"] == 0.5  # premium over standard
     assert any("score" in r and "reliability" in r
                for r in balanced.to_quote()["candidates"][0]["reasons"])

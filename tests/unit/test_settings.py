@@ -32,6 +32,9 @@ def test_postgres_urls_are_normalised_to_psycopg(monkeypatch: pytest.MonkeyPatch
         ("ORCH_METRICS_ADDR", "0.0.0.0:http", "ORCH_METRICS_ADDR: must be host:port"),
         ("ORCH_REDIS_URL", "memcached://:hunter2@127.0.0.1:1/0",
          "ORCH_REDIS_URL: must be a redis:// URL"),
+        ("ORCH_CACHE_DEFAULT_TENANTS", "acme, no spaces", "ORCH_CACHE_DEFAULT_TENANTS: "),
+        ("ORCH_CACHE_TTL_S", "0", "ORCH_CACHE_TTL_S:"),
+        ("ORCH_CALIBRATION_WINDOW", "0", "ORCH_CALIBRATION_WINDOW:"),
     ],
 )
 def test_a_bad_setting_fails_with_one_line_naming_it(
@@ -43,6 +46,13 @@ def test_a_bad_setting_fails_with_one_line_naming_it(
     assert str(err.value).startswith(expected)
     assert "\n" not in str(err.value)
     assert "hunter2" not in str(err.value)  # no password in the message
+
+
+def test_cache_default_tenants(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_CACHE_DEFAULT_TENANTS", " acme , demo.1,")
+    assert load_settings().cache_tenants() == frozenset({"acme", "demo.1"})
+    monkeypatch.setenv("ORCH_CACHE_DEFAULT_TENANTS", "*")
+    assert load_settings().cache_tenants() == frozenset({"*"})
 
 
 @pytest.mark.parametrize(("value", "expected"), [
