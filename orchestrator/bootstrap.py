@@ -20,6 +20,7 @@ from orchestrator.domain.breaker import BreakerPolicy
 from orchestrator.domain.catalogue import Catalogue, load_catalogue
 from orchestrator.domain.polling import PollPolicy
 from orchestrator.egress import EgressPolicy
+from orchestrator.events.endpoints import SigningSecrets
 from orchestrator.health.store import HealthStore
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.service import utcnow
@@ -107,7 +108,13 @@ class Container:
     def submitter(self) -> Submitter:
         return Submitter(self.engine, self.ledger, self.catalogue, self.health, self.enqueue,
                          utcnow, timedelta(seconds=self.settings.start_grace_s),
-                         egress=self.egress, cache=self.cache, calibrator=self.calibrator)
+                         egress=self.egress, cache=self.cache, calibrator=self.calibrator,
+                         signing_secret=lambda t: self.signing_secrets.ensure(t))
+
+    @cached_property
+    def signing_secrets(self) -> SigningSecrets:
+        """Tenants' webhook signing secrets, made on first need (orchestrator.events)."""
+        return SigningSecrets(self.engine, self.secrets)
 
     @cached_property
     def cache(self) -> ResultCache:

@@ -2,16 +2,19 @@
 
 ``PUT /v1/webhooks`` (the tenant's own key, or an admin key naming ``tenant``) sets the URL
 (optional: without one only jobs' ``webhook_url`` are called), the events it receives and the
-secret that signs every webhook of the tenant's jobs. The secret is sealed at rest and never
-shown; the URL is shown as its origin only. ``GET /v1/webhooks/deliveries`` lists deliveries,
-newest first, failing ones included (``status=failed``, or ``pending`` with ``last_error``).
+secret that signs every webhook of the tenant's jobs. The secret is sealed at rest; the URL is
+shown as its origin only. A tenant that set no secret has one made on first need (its default
+secret, ``whsec_…``); ``GET /v1/webhooks/secret`` returns the tenant's secret, made now if
+missing, so a receiver can verify signatures: the only route that shows it (``PUT`` replaces
+it). ``GET /v1/webhooks/deliveries`` lists deliveries, newest first, failing ones included
+(``status=failed``, or ``pending`` with ``last_error``).
 """
 
 
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import text
 
@@ -59,6 +62,11 @@ class WebhookOut(BaseModel):
     failing_since: str | None
     last_error: str | None
     updated_at: str
+
+
+class SecretOut(BaseModel):
+    tenant: str
+    secret: str = Field(description="verifies X-Orchestrator-Signature; keep it private")
 
 
 class DeliveryOut(BaseModel):
@@ -131,6 +139,18 @@ def router(ctx: ApiContext) -> APIRouter:
         if ep is None:
             raise NotFound(f"tenant {who} has no webhook endpoint", tenant=who)
         return ep.view()
+
+    @r.get("/webhooks/secret", response_model=SecretOut,
+           summary="The tenant's webhook signing secret (made now if it has none)",
+           responses={503: _err("secret_key_missing: no key to seal a new secret with")})
+    def get_secret(p: Caller, response: Response, tenant: Tenant = None) -> dict[str, Any]:
+        who = _whose(p, tenant)
+        with c.engine.begin() as conn:
+            ep = endpoints.ensure_secret(conn, who, c.secrets)
+        secret = endpoints.open_secret(ep, c.secrets)
+        assert secret is not None  # ensure_secret stored one, sealed with this box
+        response.headers["Cache-Control"] = "no-store"  # no proxy or cache keeps a copy
+        return {"tenant": who, "secret": secret}
 
     @r.get("/webhooks/deliveries", response_model=DeliveriesOut,
            summary="Webhook deliveries, newest first (failing ones show last_error)")

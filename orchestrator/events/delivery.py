@@ -146,6 +146,10 @@ def _claim(engine: Engine, box: SecretBox | None, now: datetime, batch: int,
             return []
         events = {r.id: r for r in tx.execute(_EVENTS, {"ids": [r.event_id for r in rows]})}
         ends = {t: endpoints.get(tx, t) for t in {r.tenant for r in rows}}
+        if box is not None:  # a tenant that never set a secret gets one now, not a wait
+            for t, ep in ends.items():
+                if not endpoints.has_secret(ep):
+                    ends[t] = endpoints.ensure_secret(tx, t, box)
     out: list[_Claimed] = []
     for r in rows:
         e = events.get(r.event_id)
@@ -153,6 +157,10 @@ def _claim(engine: Engine, box: SecretBox | None, now: datetime, batch: int,
                      None if e is None else Event(e.id, e.job_id, e.tenant, e.seq, e.type,
                                                   dict(e.data), e.txid, e.position,
                                                   e.created_at))
+        if box is None:  # nothing can be signed: it goes out once a key is configured
+            c.error = DeliveryError("secret_key_missing", transient=True)
+            out.append(c)
+            continue
         try:
             c.secret = endpoints.open_secret(ends[r.tenant], box)
             c.url = (e.job_url if e is not None else None) if r.target == "job" \
@@ -172,7 +180,7 @@ def _send(c: _Claimed, client: httpx.Client, policy: EgressPolicy) -> None:
     if c.url is None:
         c.error = DeliveryError("endpoint_removed", transient=False)
         return
-    if c.secret is None:  # set one with PUT /v1/webhooks: then it goes out
+    if c.secret is None:  # not after _claim made one; kept should a secret be unreadable
         c.error = DeliveryError("no_signing_secret", transient=True)
         return
     body = c.event.body()

@@ -2,16 +2,21 @@
 rest with the channel secrets' keys (``orchestrator.secrets``), never shown again.
 
 The secret signs every webhook of the tenant's jobs: those to the endpoint's own URL and those
-to a job's ``webhook_url``."""
+to a job's ``webhook_url``. A tenant that never set one gets one made for it the first time one
+is needed (:func:`ensure_secret`: a job with ``webhook_url`` admitted, a delivery due, or
+``GET /v1/webhooks/secret``), kept as an endpoint row without a URL: a producer who only sets
+``webhook_url`` still hears back, and fetches the secret to verify with."""
 
 from __future__ import annotations
 
 import json
+import secrets
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 from orchestrator.egress import EgressPolicy
 from orchestrator.egress.policy import parse_url
@@ -85,6 +90,11 @@ def put(conn: Connection, tenant: str, *, url: str | None, secret: str | None,
     return found
 
 
+def has_secret(endpoint: Endpoint | None) -> bool:
+    """Whether a sealed secret is stored (not decrypted: no key needed)."""
+    return endpoint is not None and isinstance(endpoint.secret.get(SEALED), str)
+
+
 def open_secret(endpoint: Endpoint | None, box: SecretBox | None) -> str | None:
     """The plain signing secret, None when there is none to be had."""
     if endpoint is None or box is None or not isinstance(endpoint.secret.get(SEALED), str):
@@ -97,6 +107,59 @@ def open_url(endpoint: Endpoint | None, box: SecretBox | None) -> str | None:
             or not isinstance(endpoint.url.get(SEALED), str)):
         return None
     return box.decrypt(endpoint.url[SEALED])
+
+
+SECRET_PREFIX = "whsec_"  # so a made secret is recognisable (and found by the log scan)
+# The made secret is inserted only where the tenant has no row; a row without a sealed secret
+# (none is written so, but a value unreadable as one must not block deliveries) gets it too.
+_INSERT_MADE = text(
+    "INSERT INTO webhook_endpoints (tenant, url, origin, secret) "
+    "VALUES (:t, NULL, NULL, CAST(:secret AS jsonb)) ON CONFLICT (tenant) DO NOTHING"
+)
+_FILL_MADE = text(
+    f"UPDATE webhook_endpoints SET secret = CAST(:secret AS jsonb), updated_at = now() "
+    f"WHERE tenant = :t AND NOT (secret ? '{SEALED}')"
+)
+
+
+def make_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def ensure_secret(conn: Connection, tenant: str, box: SecretBox | None) -> Endpoint:
+    """The tenant's endpoint, with a signing secret made for it if it had none. Two callers
+    at once end with one secret: the insert does nothing where a row already is (the loser
+    waits for the winner's commit), and both read the row afterwards.
+    :class:`SecretKeyMissing` without a key."""
+    found = get(conn, tenant)
+    if found is not None and has_secret(found):
+        return found
+    sealed = json.dumps(_seal(box, make_secret()))
+    conn.execute(_INSERT_MADE, {"t": tenant, "secret": sealed})
+    conn.execute(_FILL_MADE, {"t": tenant, "secret": sealed})
+    found = get(conn, tenant)
+    assert found is not None
+    return found
+
+
+class SigningSecrets:
+    """``ensure_secret`` in its own short transaction, remembered per tenant (no route
+    removes a secret), so admitting the tenant's next webhook job costs no query."""
+
+    def __init__(self, engine: Engine, box: SecretBox | None) -> None:
+        self._engine = engine
+        self._box = box
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+
+    def ensure(self, tenant: str) -> None:
+        with self._lock:
+            if tenant in self._known:
+                return
+        with self._engine.begin() as conn:
+            ensure_secret(conn, tenant, self._box)
+        with self._lock:
+            self._known.add(tenant)
 
 
 _ALL = text("SELECT tenant, url, secret FROM webhook_endpoints ORDER BY tenant FOR UPDATE")

@@ -83,6 +83,7 @@ class Submitter:
         cache: ResultCache | None = None,
         calibrator: Calibrator | None = None,
         observer: JobObserver | None = None,
+        signing_secret: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
         self.ledger = ledger
@@ -95,6 +96,9 @@ class Submitter:
         self.cache = cache
         self.calibrator = calibrator
         self.observe = observer or JobObserver()
+        # makes the tenant's webhook signing secret if it has none (events.endpoints), so a
+        # job's webhook_url is called without PUT /v1/webhooks first
+        self.signing_secret = signing_secret
 
     def quote(self, spec: JobSpec) -> RoutePlan:
         """The ranked plan with reasons. Reads health; changes nothing. InvalidRequest
@@ -119,7 +123,8 @@ class Submitter:
     ) -> Admission:
         """Route the job and write it with its budget hold; its start message is for
         :meth:`start` to send (the API sends it after answering: the job row is its outbox).
-        Raises InvalidRequest, NoEligibleBackend, BudgetExceeded, Conflict."""
+        Raises InvalidRequest, NoEligibleBackend, BudgetExceeded, Conflict, SecretKeyMissing
+        (a ``webhook_url`` and no key to seal the tenant's new signing secret with)."""
         rhash = request_hash(spec)
         # A replayed Idempotency-Key is found by the job insert (ON CONFLICT DO NOTHING), not
         # by a lookup before it: the common, first-time submission reads nothing extra.
@@ -143,6 +148,8 @@ class Submitter:
             raise NoEligibleBackend(
                 "no backend can run this job", excluded=plan.to_quote()["excluded"]
             )
+        if spec.webhook_url is not None and self.signing_secret is not None:
+            self.signing_secret(tenant)  # SecretKeyMissing (503) if it could never be signed
         key = self.cache.key_for(tenant, spec) if self.cache is not None else None
         if key is not None:
             return self._admit_cacheable(tenant, spec, plan, key, idempotency_key, rhash)
