@@ -185,6 +185,11 @@ def budgets() -> Call[list[Budget]]:
     return Call("GET", "/v1/budgets", lambda d: [Budget.model_validate(b) for b in d["budgets"]])
 
 
+def webhook_secret(tenant: str | None) -> Call[str]:
+    return Call("GET", "/v1/webhooks/secret", lambda d: str(d["secret"]),
+                params=None if tenant is None else {"tenant": tenant})
+
+
 def create_key(tenant: str, admin: bool) -> Call[ApiKey]:
     return Call("POST", "/v1/keys", ApiKey.model_validate,
                 json={"tenant": tenant, "admin": admin}, idempotent=False)

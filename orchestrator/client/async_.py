@@ -214,6 +214,11 @@ class AsyncClient:
     async def budgets(self) -> builtins.list[Budget]:
         return await self._run(_core.budgets())
 
+    async def webhook_secret(self, tenant: str | None = None) -> str:
+        """The secret that signs this tenant's webhooks (made now if it had none), to verify
+        ``X-Orchestrator-Signature`` with; ``tenant``: admin keys, another tenant's."""
+        return await self._run(_core.webhook_secret(tenant))
+
     async def create_key(self, tenant: str, admin: bool = False) -> ApiKey:
         """Admin: a new API key for ``tenant`` (the key is in the answer only)."""
         return await self._run(_core.create_key(tenant, admin))

@@ -217,6 +217,11 @@ class Client:
     def budgets(self) -> builtins.list[Budget]:
         return self._run(_core.budgets())
 
+    def webhook_secret(self, tenant: str | None = None) -> str:
+        """The secret that signs this tenant's webhooks (made now if it had none), to verify
+        ``X-Orchestrator-Signature`` with; ``tenant``: admin keys, another tenant's."""
+        return self._run(_core.webhook_secret(tenant))
+
     def create_key(self, tenant: str, admin: bool = False) -> ApiKey:
         """Admin: a new API key for ``tenant`` (the key is in the answer only)."""
         return self._run(_core.create_key(tenant, admin))

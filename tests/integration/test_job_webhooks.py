@@ -51,6 +51,8 @@ class Receiver:
     event once. (Each path stands for an endpoint of its own.)"""
 
     port: int
+    secret: str | None = SECRET  # what it verifies with; None: not known yet (answers 503)
+    unverified: list[tuple[str | None, bytes, str | None]] = field(default_factory=list)
     accepted: list[Received] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     signatures: set[str] = field(default_factory=set)
@@ -76,7 +78,12 @@ class Receiver:
                 sig = self.headers.get("X-Orchestrator-Signature")
                 status = 200
                 with receiver.lock:
-                    if not verify_signature(SECRET, ts, body, sig, now=time.time()):
+                    if receiver.secret is None:  # kept to check later; sent again
+                        receiver.unverified.append((ts, body, sig))
+                        receiver.rejected.append("no secret yet")
+                        status = 503
+                    elif not verify_signature(receiver.secret, ts, body, sig,
+                                              now=time.time()):
                         receiver.rejected.append("signature")
                         status = 401
                     elif f"{self.path} {sig}" in receiver.signatures:
