@@ -32,7 +32,7 @@ FORBIDDEN: dict[str, re.Pattern[str]] = {
     "prompt": re.compile(
         r"lighthouse|haiku on ledgers|an honest ledger|a red kite|secret storyboard|"
         r"secret plan|soak 0\.\d{6}|top secret prompt"),
-    "channel secret": re.compile(r"s3cret-value|s{20,}|whsec_[A-Za-z0-9]"),
+    "channel secret": re.compile(r"s3cret-value|s{20,}|whsec_[A-Za-z0-9_\-]"),
     # (a password Celery's banner masks as ** is not one)
     "password in a URL": re.compile(r"://[^/\s:@\"']*:(?!\*+@)[^/\s@\"']+@"),
     "reply body": re.compile(REPLY_CANARY),

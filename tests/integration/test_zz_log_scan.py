@@ -4,7 +4,8 @@ output) is searched after every other test has run (``tests/logscan.py``).
 
 So that the search means something even when this test runs alone, it first drives the paths
 that handle those things: a job with a prompt through the API and a worker, an unknown key,
-and a budget alert delivered to a webhook receiver that fails with a recognisable body.
+a budget alert and the job's webhook (signed with the tenant's secret, made for it and
+fetched) delivered to a receiver that fails with a recognisable body.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Engine
 
 from orchestrator.api import ApiConfig
+from orchestrator.events.delivery import WebhookPolicy, deliver_due
 from orchestrator.ledger.service import utcnow
 from orchestrator.notify import ChannelFactory, deliver_pending
 from orchestrator.notify.settings import SmtpSettings
 from orchestrator.simulator import RunningSimulator
-from tests.logscan import REPLY_CANARY, findings, log_dir
+from tests.logscan import FORBIDDEN, REPLY_CANARY, findings, log_dir
 
 from .api_fixture import Api, start_api, video
 from .e2e_support import E2E_CATALOGUE, rig_for
@@ -75,15 +78,21 @@ def drive_the_sensitive_paths(api: Api, receiver: str) -> None:
     assert put.status_code == 200, put.text
     api.rig.start_worker()
     tenant = api.tenant("acme")
-    r = tenant.post("/v1/jobs", json=video(), headers={"Idempotency-Key": str(uuid.uuid4())})
+    r = tenant.post("/v1/jobs", json=video(webhook_url=receiver),
+                    headers={"Idempotency-Key": str(uuid.uuid4())})
     assert r.status_code == 202, r.text
     job_id = uuid.UUID(r.json()["id"])
+    secret = tenant.get("/v1/webhooks/secret").json()["secret"]
+    assert FORBIDDEN["channel secret"].search(secret), "the scan would miss this secret"
     api.rig.wait_final([job_id])
     assert api.client("orch_0badc0de_" + "x" * 40).get("/v1/jobs").status_code == 401
     c = api.rig.container
     with ChannelFactory(smtp=SmtpSettings(), policy=c.egress) as factory:
         report = deliver_pending(c.engine, factory, utcnow(), secrets=c.secrets)
     assert report.outcomes, "the charge crossed a threshold: an alert was due"
+    with httpx.Client() as client:
+        sent = deliver_due(c.engine, c.egress, c.secrets, client, WebhookPolicy(), utcnow())
+    assert sent.retrying == 1, sent  # signed, sent, answered 500 with the canary
 
 
 @pytest.mark.log_scan
