@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,8 +20,14 @@ from sqlalchemy import Engine, text
 
 from orchestrator.api import ApiConfig
 from orchestrator.client import AsyncClient, Client
+from orchestrator.egress import EgressPolicy
+from orchestrator.events import endpoints
+from orchestrator.events.delivery import Report, WebhookPolicy, deliver_due
+from orchestrator.events.endpoints import SigningSecrets
 from orchestrator.notify.signing import verify_signature
+from orchestrator.secrets import SecretBox, SecretKeyMissing, new_key
 from orchestrator.simulator import RunningSimulator
+from orchestrator.store import jobs as repo
 
 from .api_fixture import Api, start_api, video
 from .e2e_support import E2E_CATALOGUE, rig_for
@@ -191,3 +198,46 @@ def test_the_async_sdk_fetches_the_same_secret(bare: tuple[Api, Receiver, Path])
             return await sdk.webhook_secret(tenant="acme")
 
     assert asyncio.run(go()) == mine
+
+
+def test_without_a_key_nothing_is_made_and_deliveries_wait_until_there_is_one(
+        db: Engine) -> None:
+    """No ``ORCH_SECRET_KEY`` and no key file: a secret cannot be stored, so admitting a
+    webhook job is refused (``SecretKeyMissing``: 503) and a queued delivery waits, saying
+    why; once a key is there the next run makes the secret and sends it, signed."""
+    with pytest.raises(SecretKeyMissing):
+        SigningSecrets(db, None).ensure("acme")
+    receiver = Receiver(free_port(), secret=None)
+    receiver.start()
+    try:
+        with db.begin() as conn:
+            now = datetime.now(UTC)
+            job = uuid.uuid4()
+            repo.insert_job(conn, job_id=job, tenant="acme", kind="text", tier="standard",
+                            spec={"kind": "text", "input": {"prompt": "a red kite"},
+                                  "webhook_url": f"{receiver.url}/job",
+                                  "webhook_events": ["job.queued"]},
+                            route={}, estimated_cost_micros=1, deadline_at=now,
+                            chain_token=uuid.uuid4(), wake_at=now)
+        egress = EgressPolicy("127.0.0.1/32")
+        with httpx.Client() as client:
+            first = deliver_due(db, egress, None, client, WebhookPolicy(), datetime.now(UTC))
+            assert first == Report(retrying=1)
+            with db.connect() as conn:
+                assert conn.execute(text("SELECT last_error FROM webhook_deliveries")
+                                    ).scalar_one() == "secret_key_missing"
+                assert conn.execute(text("SELECT count(*) FROM webhook_endpoints")
+                                    ).scalar_one() == 0
+            box = SecretBox([new_key()])
+            later = datetime.now(UTC) + timedelta(hours=1)  # past the backoff
+            assert deliver_due(db, egress, box, client, WebhookPolicy(), later).retrying == 1
+        with db.connect() as conn:
+            assert conn.execute(text("SELECT last_error FROM webhook_deliveries")
+                                ).scalar_one() == "http_503"  # sent: the receiver is not set
+            ep = endpoints.get(conn, "acme")
+        secret = endpoints.open_secret(ep, box)
+        assert secret is not None and secret.startswith(endpoints.SECRET_PREFIX)
+        [(ts, body, sig)] = receiver.unverified
+        assert verify_signature(secret, ts, body, sig, now=time.time())
+    finally:
+        receiver.stop()
