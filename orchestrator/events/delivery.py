@@ -6,7 +6,9 @@ that hold no lock while a receiver is called, so a slow receiver never slows a j
 
 1. **claim** (one transaction): due deliveries whose job has no earlier delivery to the same
    target still pending (in order per job), ``FOR UPDATE SKIP LOCKED``; each is leased
-   (``attempts + 1``, ``next_attempt_at = now + lease``, a fresh ``claim_token``);
+   (``attempts + 1``, ``next_attempt_at = now + lease``, a fresh ``claim_token``); a tenant
+   with no signing secret gets one made here (``endpoints.ensure_secret``), so nothing waits
+   for one unless no key is configured to seal it with (``secret_key_missing``);
 2. **send** each, outside any transaction, through the egress policy (checked and pinned at
    connection time), signed as alerts are: ``X-Orchestrator-Timestamp``,
    ``X-Orchestrator-Signature: sha256=HMAC(secret, "<timestamp>.<body>")``, plus

@@ -1,5 +1,6 @@
 """A tenant's webhook endpoint (``PUT /v1/webhooks``): its URL and signing secret sealed at
-rest with the channel secrets' keys (``orchestrator.secrets``), never shown again.
+rest with the channel secrets' keys (``orchestrator.secrets``); the URL is never shown again,
+the secret only to the tenant (``GET /v1/webhooks/secret``).
 
 The secret signs every webhook of the tenant's jobs: those to the endpoint's own URL and those
 to a job's ``webhook_url``. A tenant that never set one gets one made for it the first time one
