@@ -136,3 +136,34 @@ def test_an_admin_follows_its_own_tenant_and_polls_the_others(stack: Stack,
     expect(status).to_have_attribute("data-updates", "polling")
     page.get_by_label("Tenant").select_option(own)
     expect(status).to_have_attribute("data-updates", "live")
+
+
+# ids, names, multi-line data, a comment (the keep-alive ping), "\r\n" line ends as
+# sse-starlette sends them, and a message without "event:"
+STREAM = ("id: 7-1\r\nevent: job.queued\r\ndata: {\"a\":1}\r\n\r\n"
+          ": ping - now\r\n\r\n"
+          "id: 7-2\r\nevent: job.started\r\ndata: line one\r\ndata:line two\r\n\r\n"
+          "data: no id\n\n")
+PARSED = [{"id": "7-1", "event": "job.queued", "data": '{"a":1}'},
+          {"id": "7-2", "event": "job.started", "data": "line one\nline two"},
+          {"data": "no id"}]
+
+
+def test_the_console_parses_an_event_stream_cut_anywhere(stack: Stack, page: Page) -> None:
+    page.goto(f"{stack.url}/console/")
+    # the stream in two chunks cut at every place (inside "\r\n" too), in the console's parser
+    got = page.evaluate(
+        """async ([text]) => {
+          const { readEvents } = await import("./js/live.js");
+          const bytes = new TextEncoder().encode(text);
+          const results = [];
+          for (let cut = 0; cut <= bytes.length; cut++) {
+            const body = new ReadableStream({ start(c) {
+              c.enqueue(bytes.slice(0, cut)); c.enqueue(bytes.slice(cut)); c.close(); } });
+            const seen = [];
+            await readEvents(body, m => seen.push(m));
+            results.push(JSON.stringify(seen));
+          }
+          return [...new Set(results)].map(r => JSON.parse(r));
+        }""", [STREAM])
+    assert got == [PARSED]

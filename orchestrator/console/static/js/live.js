@@ -88,7 +88,9 @@ export function follow(ctx, path, { ms, load, onEvent }) {
       ended = true;
     } catch (e) {
       active = false;
-      if (handle.stopped || e.name === "AbortError") return;
+      if (handle.stopped) return;
+      // closed for a hidden tab; if it was shown again meanwhile, connect() found this one active
+      if (e.name === "AbortError") { connect(); return; }
       if (e instanceof ApiError && e.status === 401) return; // signed out
       poll();
       if (e instanceof ApiError && GONE.has(e.status)) { over = true; return; }
