@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
 
 import pytest
-from playwright.sync_api import Page, Request, expect
+from playwright.sync_api import Page, Request, Route, expect
 
 from orchestrator.client import Client
 
@@ -168,3 +168,24 @@ def test_the_console_parses_an_event_stream_cut_anywhere(stack: Stack, page: Pag
           return [...new Set(results)].map(r => JSON.parse(r));
         }""", [STREAM])
     assert got == [PARSED]
+
+
+def test_a_stream_that_cannot_connect_is_polled_then_retried(stack: Stack, page: Page) -> None:
+    # the browser's network fails every feed request (a network error, not an answer)
+    tries: list[str] = []
+
+    def fail(route: Route) -> None:
+        tries.append(route.request.url)
+        route.abort("connectionfailed")
+
+    page.route(re.compile(r"/v1/events(\?|$)"), fail)
+    sign_in(page, stack, stack.creds["tenant_key"], "tenant demo")
+    view(page, "Jobs")
+    status = page.locator("#status")
+    expect(status).to_have_attribute("data-updates", "polling")
+    expect(page.locator("#jobs-body > *")).to_have_count(1)  # the list is polled meanwhile
+    page.wait_for_function(f"({FETCHED})(['/v1/jobs']) >= 2")  # … more than once
+    assert tries  # and the stream was tried
+    # once the network lets it through, a retry (1, 2, 5 … s apart) makes the view live
+    page.unroute(re.compile(r"/v1/events(\?|$)"), fail)
+    expect(status).to_have_attribute("data-updates", "live")
