@@ -78,11 +78,11 @@ export function follow(ctx, path, { ms, load, onEvent }) {
     try {
       const resp = await openStream(path, { lastId, signal: handle.ctrl.signal });
       unpoll();
-      failures = 0;
       ctx.setUpdates("live");
       if (lastId === null) safeLoad();
       await readEvents(resp.body, msg => {
         if (msg.id !== undefined) lastId = msg.id;
+        failures = 0; // the backoff starts again only once a stream has carried something
         onEvent(msg);
       });
       ended = true;
@@ -98,6 +98,7 @@ export function follow(ctx, path, { ms, load, onEvent }) {
     active = false;
     if (handle.stopped) return;
     if (ended && (await safeLoad()) === true) { over = true; return; }
+    if (ended) poll(); // until the stream is back
     handle.retry = setTimeout(connect, BACKOFF_MS[Math.min(failures++, BACKOFF_MS.length - 1)]);
   }
 
