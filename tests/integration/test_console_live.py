@@ -2,7 +2,8 @@
 polling set to 10 minutes (``?poll=600``) a job the SDK submits still appears and finishes in
 the jobs list and on its page, so the event streams drive them; a hidden tab closes its stream
 and resumes with Last-Event-ID; with the ``/events`` routes answering 404 (a proxy in front of
-the API) the console says "polling" and still shows the job finish. Screenshots:
+the API) the console says "polling" and still shows the job finish; a feed that cannot connect is
+polled and retried until live; the SSE parser takes a stream cut anywhere. Screenshots:
 ``test-artifacts/console/``."""
 
 from __future__ import annotations
