@@ -86,7 +86,8 @@ def test_the_event_streams_drive_the_jobs_list_and_the_job_page(
     with page.expect_request(path_is("/v1/events")) as resumed:
         page.evaluate(VISIBILITY, [False])
     assert re.fullmatch(r"\d+-\d+", resumed.value.headers.get("last-event-id", ""))
-    assert resumed.value.response().status == 200  # the API took it up from there
+    answer = resumed.value.response()
+    assert answer is not None and answer.status == 200  # the API took it up from there
     expect(status).to_have_attribute("data-updates", "live")
 
     # the job page: leaving the list closes its feed; the job's own stream re-renders it
