@@ -13,6 +13,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,11 @@ def shot(page: Page, name: str) -> Path:
     return path
 
 
-def sign_in(page: Page, stack: Stack, key: str, identity: str) -> None:
-    page.goto(f"{stack.url}/console")
+def sign_in(page: Page, stack: Stack, key: str, identity: str, *, base: str | None = None,
+            query: str = "") -> None:
+    """Sign in at ``base`` (the API, or a proxy in front of it); ``query``: the console's own
+    options, e.g. ``?poll=600``."""
+    page.goto(f"{base or stack.url}/console/{query}")
     page.get_by_label("API key").fill(key)
     page.get_by_role("button", name="Sign in").click()
     expect(page.locator("#identity")).to_contain_text(identity)
@@ -126,3 +130,61 @@ def sign_in(page: Page, stack: Stack, key: str, identity: str) -> None:
 def view(page: Page, name: str) -> None:
     page.get_by_role("link", name=name, exact=True).click()
     expect(page.get_by_role("heading", level=2).first).to_contain_text(name)
+
+
+class EventsBlockingProxy:
+    """A small HTTP proxy in front of the API that answers 404 to every ``/events`` path (an
+    API from before the event streams, or a proxy that does not pass them) and forwards the
+    rest, headers included (the console's Content-Security-Policy)."""
+
+    HOP = frozenset({"host", "connection", "accept-encoding", "keep-alive",
+                     "transfer-encoding", "content-length", "content-encoding"})
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = httpx.Client(base_url=upstream, timeout=30.0)
+        self.refused: list[str] = []
+        self.forwarded: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # no 40 ms Nagle/delayed-ACK stall per answer
+
+            def do_GET(self) -> None:
+                if "/events" in self.path.split("?")[0]:
+                    proxy.refused.append(self.path)
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self._forward(b"")
+
+            def do_POST(self) -> None:
+                self._forward(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+            def _forward(self, body: bytes) -> None:
+                proxy.forwarded.append(f"{self.command} {self.path}")
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in proxy.HOP}
+                r = proxy.upstream.request(self.command, self.path, content=body,
+                                           headers=headers)
+                self.send_response(r.status_code)
+                for k, v in r.headers.multi_items():
+                    if k.lower() not in proxy.HOP:
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.upstream.close()

@@ -37,3 +37,20 @@ export async function call(path, { method = "GET", params = {}, body } = {}) {
   }
   return data;
 }
+
+// Open a Server-Sent Events stream with fetch(): EventSource cannot send the Authorization
+// header, and the key must never be in a URL. Resolves to the response once it is a stream.
+export async function openStream(path, { params = {}, lastId = null, signal } = {}) {
+  const url = new URL(path, window.location.origin);
+  for (const [k, v] of Object.entries(params)) if (v) url.searchParams.set(k, v);
+  const headers = { Authorization: `Bearer ${storedKey()}`, Accept: "text/event-stream" };
+  if (lastId !== null) headers["Last-Event-ID"] = lastId;
+  const resp = await fetch(url, { headers, signal, credentials: "omit", cache: "no-store" });
+  if (resp.status === 401) onUnauthorized();
+  const type = resp.headers.get("Content-Type") || "";
+  if (!resp.ok || !type.startsWith("text/event-stream")) {
+    resp.body?.cancel().catch(() => {});
+    throw new ApiError(resp.status, "no_stream", `no event stream (HTTP ${resp.status})`);
+  }
+  return resp;
+}

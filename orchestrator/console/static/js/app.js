@@ -1,5 +1,5 @@
 // The console's shell: sign-in, who the key is (GET /v1/whoami), the admin's tenant choice,
-// and a hash router whose views poll the API while they are shown.
+// and a hash router whose views poll the API (or follow its event stream) while shown.
 import { call, storedKey, storeKey, forgetKey, whenUnauthorized } from "./api.js";
 import { h } from "./dom.js";
 import { spendView } from "./spend.js";
@@ -12,11 +12,28 @@ const $ = id => document.getElementById(id);
 const ctx = { me: null, tenant: "", tenants: [], timers: [], main: $("main") };
 const TENANT = "orchestrator.console.tenant";
 
-ctx.setStatus = text => { $("status").textContent = text; };
-// Run `fn` now and every `ms` while its view is shown; a hidden tab skips the fetch (it
-// catches up at the next tick once shown again). `fn` returning true means nothing more will change.
+// `?poll=<seconds>` in the console's URL (before the #) sets every view's polling interval
+const POLL_S = Number(new URLSearchParams(window.location.search).get("poll"));
+ctx.pollMs = POLL_S >= 1 ? POLL_S * 1000 : null;
+
+// The status line: the last update, and whether the view is updated "live" (from the API's
+// event stream) or by "polling" (data-updates says the same to scripts and tests).
+let statusText = "";
+ctx.setStatus = text => {
+  statusText = text;
+  const mode = $("status").dataset.updates;
+  $("status").textContent = mode ? `${text} · ${mode === "live" ? "live updates" : "polling"}` : text;
+};
+ctx.setUpdates = mode => {
+  if (mode) $("status").dataset.updates = mode; else delete $("status").dataset.updates;
+  ctx.setStatus(statusText);
+};
+// Run `fn` now and every `ms` (or `?poll=`) while its view is shown; a hidden tab skips the
+// fetch (it catches up at the next tick once shown again). `fn` returning true means nothing
+// more will change. Returns a handle whose stop() ends it.
 ctx.every = (ms, fn) => {
   const handle = { stopped: false, timer: null };
+  handle.stop = () => { handle.stopped = true; clearTimeout(handle.timer); };
   const run = async () => {
     if (handle.stopped) return;
     if (!document.hidden) {
@@ -26,17 +43,16 @@ ctx.every = (ms, fn) => {
         ctx.setStatus(`error: ${e.message}`);
       }
     }
-    if (!handle.stopped) handle.timer = setTimeout(run, ms);
+    if (!handle.stopped) handle.timer = setTimeout(run, ctx.pollMs || ms);
   };
   ctx.timers.push(handle);
   run();
+  return handle;
 };
 
+// stops the view's polls and streams (live.js's follow() handles are in the same list)
 function stopTimers() {
-  for (const handle of ctx.timers) {
-    handle.stopped = true;
-    clearTimeout(handle.timer);
-  }
+  for (const handle of ctx.timers) handle.stop();
   ctx.timers = [];
 }
 
@@ -45,6 +61,7 @@ const VIEWS = { spend: spendView, budgets: budgetsView, backends: backendsView, 
 function route() {
   if (!ctx.me) return;
   stopTimers();
+  ctx.setUpdates("polling"); // a view that follows a stream says "live" once it is open
   const hash = window.location.hash.replace(/^#\/?/, "") || "spend";
   const [path, query = ""] = hash.split("?");
   const [name, id] = path.split("/");

@@ -9,7 +9,7 @@ export function backendsView(ctx) {
   async function load() {
     const { backends } = await call("/v1/backends");
     for (const b of backends) b.__attrs = { "data-backend": b.name, "data-breaker": b.breaker.state };
-    body.replaceChildren(table(`${backends.length} backends, live (every 3 s)`, [
+    body.replaceChildren(table(`${backends.length} backends, polled`, [
       { label: "Backend", cell: b => h("span", { class: "mono" }, b.name) },
       { label: "Kinds", cell: b => b.kinds.join(", ") },
       { label: "Tier", cell: b => b.tier },

@@ -1,6 +1,8 @@
 // One job (GET /v1/jobs/{id}): its timeline (submitted, attempts, fail-overs, end), its
-// route's reasons, cost against the estimate; cancel (POST /v1/jobs/{id}/cancel).
+// route's reasons, cost against the estimate; cancel (POST /v1/jobs/{id}/cancel). Re-read at
+// each of its events (GET /v1/jobs/{id}/events), polled every 2 s when there is no stream.
 import { call, ApiError } from "./api.js";
+import { follow, serially } from "./live.js";
 import { h, usd, when, badge, table } from "./dom.js";
 
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -75,7 +77,9 @@ export function jobView(ctx, id, tenant) {
     }
     await load();
   }
-  async function load() {
+  const inTurn = serially(ctx);
+  const load = () => inTurn("job", loadNow);
+  async function loadNow() {
     let job;
     try {
       job = await call(`/v1/jobs/${encodeURIComponent(id)}`, { params });
@@ -102,5 +106,7 @@ export function jobView(ctx, id, tenant) {
     ctx.setStatus(`job updated ${new Date().toLocaleTimeString()}`);
     return FINAL.has(job.status);
   }
-  ctx.every(2000, load);
+  // the job's stream is its owner's: an admin looking at another tenant's job polls
+  if (tenant && tenant !== ctx.me.tenant) ctx.every(2000, load);
+  else follow(ctx, `/v1/jobs/${encodeURIComponent(id)}/events`, { ms: 2000, load, onEvent: load });
 }

@@ -1,6 +1,10 @@
-// Jobs (GET /v1/jobs): status filtered by the API, kind and backend here; every 3 s. An admin
-// sees the chosen tenant's jobs, or every tenant's (one list per tenant, merged).
-import { call } from "./api.js";
+// Jobs (GET /v1/jobs): status filtered by the API, kind and backend here. Live from the
+// tenant's event feed (GET /v1/events: each event refreshes its job's row, GET /v1/jobs/{id}),
+// polled every 3 s when there is none. An admin sees the chosen tenant's jobs, or every
+// tenant's (one list per tenant, merged); the feed is the caller's own tenant's, so an admin
+// looking at other tenants is polled.
+import { call, ApiError } from "./api.js";
+import { follow, serially } from "./live.js";
 import { h, usd, when, badge, table } from "./dom.js";
 
 const STATUSES = ["", "queued", "running", "succeeded", "failed", "cancelled"];
@@ -54,14 +58,40 @@ export function jobsView(ctx) {
     body.replaceChildren(rows.length ? table(`${rows.length} jobs, newest first`, cols, rows)
       : h("p", {}, "No job matches."));
   }
-  async function load() {
+  const inTurn = serially(ctx);
+  const load = () => inTurn("", async () => {
     last = await fetchJobs(ctx, status.value, Number(limit.value));
     render();
     ctx.setStatus(`jobs updated ${new Date().toLocaleTimeString()}`);
-  }
+  });
+  // one job's row from GET /v1/jobs/{id}: replaced, inserted (newest first) or, when it no
+  // longer matches the status filter, taken out
+  const refreshRow = id => inTurn(id, async () => {
+    const tenant = ctx.me.admin ? ctx.tenant : undefined;
+    let job = null;
+    try {
+      job = { ...await call(`/v1/jobs/${encodeURIComponent(id)}`, { params: { tenant } }),
+              tenant: tenant || ctx.me.tenant };
+    } catch (e) {
+      if (!(e instanceof ApiError && e.status === 404)) throw e;
+    }
+    const rest = last.filter(j => j.id !== id);
+    last = job && (!status.value || job.status === status.value) ? [job, ...rest] : rest;
+    last.sort((a, b) => b.created_at.localeCompare(a.created_at));
+    last = last.slice(0, Number(limit.value));
+    render();
+    ctx.setStatus(`job ${id.slice(0, 8)} updated ${new Date().toLocaleTimeString()}`);
+  });
   status.addEventListener("change", load);
   limit.addEventListener("change", load);
   kind.addEventListener("change", render);
   backend.addEventListener("input", render);
-  ctx.every(3000, load);
+  if (ctx.me.admin && ctx.tenant !== ctx.me.tenant) {
+    ctx.every(3000, load);
+  } else {
+    follow(ctx, "/v1/events", { ms: 3000, load, onEvent: msg => {
+      const ev = JSON.parse(msg.data);
+      if (ev.job_id) refreshRow(ev.job_id);
+    } });
+  }
 }

@@ -1,0 +1,120 @@
+// Live updates: a Server-Sent Events stream read with fetch() (see openStream), polling
+// while there is none (an API without the route, a proxy that blocks it, a network error).
+import { openStream, ApiError } from "./api.js";
+
+const GONE = new Set([404, 405, 501]); // no such route here: poll for as long as the view is shown
+const BACKOFF_MS = [1000, 2000, 5000, 10000, 30000];
+
+// Read a text/event-stream body, calling onMessage({ id, event, data }) for each message.
+export async function readEvents(body, onMessage) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  let msg = {};
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value;
+    // a "\r" at the very end may be the first half of a "\r\n": it waits for the next chunk
+    const lines = buf.split(/\r\n|\n|\r(?!$)/);
+    buf = lines.pop();
+    for (const line of lines) {
+      if (line === "") {
+        if (msg.data !== undefined) onMessage(msg);
+        msg = {};
+      } else if (!line.startsWith(":")) { // ":" starts a comment (the server's keep-alive)
+        const i = line.indexOf(":");
+        const field = i < 0 ? line : line.slice(0, i);
+        const value = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+        if (field === "data") msg.data = msg.data === undefined ? value : `${msg.data}\n${value}`;
+        else if (field === "id" || field === "event") msg[field] = value;
+      }
+    }
+  }
+}
+
+// Run `fn`s one after another, so an older answer never lands after a newer one; a key
+// already waiting its turn is not queued twice. Errors go to the status line.
+export function serially(ctx) {
+  let chain = Promise.resolve();
+  const waiting = new Set();
+  return (key, fn) => {
+    if (waiting.has(key)) return chain;
+    waiting.add(key);
+    chain = chain.then(() => { waiting.delete(key); return fn(); })
+      .catch(e => { ctx.setStatus(`error: ${e.message}`); });
+    return chain;
+  };
+}
+
+// While the view is shown, keep the stream at `path` open: `onEvent(message)` for each event;
+// `load()` when it opens with nothing to resume from (what happened before it), and every `ms`
+// while there is no stream. A drop is resumed with Last-Event-ID after a backoff. A stream that
+// ends on its own (a job's, after its terminal event) is reopened only while `load()` is not
+// true (the job is not final). A hidden tab closes the stream (the API caps connections).
+export function follow(ctx, path, { ms, load, onEvent }) {
+  const handle = { stopped: false, ctrl: null, retry: null, poll: null };
+  let lastId = null;
+  let failures = 0;
+  let active = false;  // connecting or connected
+  let over = false;    // no stream route, or the stream ended for good
+  const safeLoad = async () => {
+    try { return await load(); } catch (e) { ctx.setStatus(`error: ${e.message}`); return false; }
+  };
+  const poll = () => {
+    if (!handle.poll) handle.poll = ctx.every(ms, load);
+    ctx.setUpdates("polling");
+  };
+  const unpoll = () => {
+    if (handle.poll) handle.poll.stop();
+    handle.poll = null;
+  };
+
+  async function connect() {
+    if (handle.stopped || over || active || document.hidden) return;
+    active = true;
+    clearTimeout(handle.retry);
+    handle.ctrl = new AbortController();
+    let ended = false;
+    try {
+      const resp = await openStream(path, { lastId, signal: handle.ctrl.signal });
+      unpoll();
+      ctx.setUpdates("live");
+      if (lastId === null) safeLoad();
+      await readEvents(resp.body, msg => {
+        if (msg.id !== undefined) lastId = msg.id;
+        failures = 0; // the backoff starts again only once a stream has carried something
+        onEvent(msg);
+      });
+      ended = true;
+    } catch (e) {
+      active = false;
+      if (handle.stopped) return;
+      // closed for a hidden tab; if it was shown again meanwhile, connect() found this one active
+      if (e.name === "AbortError") { connect(); return; }
+      if (e instanceof ApiError && e.status === 401) return; // signed out
+      poll();
+      if (e instanceof ApiError && GONE.has(e.status)) { over = true; return; }
+    }
+    active = false;
+    if (handle.stopped) return;
+    if (ended && (await safeLoad()) === true) { over = true; return; }
+    if (ended) poll(); // until the stream is back
+    handle.retry = setTimeout(connect, BACKOFF_MS[Math.min(failures++, BACKOFF_MS.length - 1)]);
+  }
+
+  const onVisibility = () => {
+    if (document.hidden) { clearTimeout(handle.retry); handle.ctrl?.abort(); } else connect();
+  };
+  document.addEventListener("visibilitychange", onVisibility);
+  handle.stop = () => {
+    handle.stopped = true;
+    clearTimeout(handle.retry);
+    handle.ctrl?.abort();
+    unpoll();
+    document.removeEventListener("visibilitychange", onVisibility);
+  };
+  ctx.timers.push(handle);
+  safeLoad();
+  connect();
+  return handle;
+}

@@ -1,0 +1,197 @@
+"""The console's live updates in real headless Chromium against ``orchestrator up``: with
+polling set to 10 minutes (``?poll=600``) a job the SDK submits still appears and finishes in
+the jobs list and on its page, so the event streams drive them; a hidden tab closes its stream
+and resumes with Last-Event-ID; with the ``/events`` routes answering 404 (a proxy in front of
+the API) the console says "polling" and still shows the job finish; a feed that cannot connect is
+polled and retried until live; the SSE parser takes a stream cut anywhere. Screenshots:
+``test-artifacts/console/``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from urllib.parse import urlparse
+
+import pytest
+from playwright.sync_api import Page, Request, Route, expect
+
+from orchestrator.client import Client
+
+from .console_support import (  # noqa: F401
+    EventsBlockingProxy,
+    Stack,
+    browser_fixture,
+    page_fixture,
+    shot,
+    sign_in,
+    stack_fixture,
+    view,
+)
+
+VIDEO = {"prompt": "a lighthouse at dusk", "duration_s": 4}
+SLOW = "vid-standard"
+# in-page: how many answers the console has had from one API path (Resource Timing)
+FETCHED = ("([path]) => performance.getEntriesByType('resource')"
+           ".filter(e => new URL(e.name).pathname === path).length")
+# the same, waited for in-page: a function and its argument (a string expression would be
+# evaluated by the page, which its Content-Security-Policy forbids)
+AT_LEAST = ("([path, n]) => performance.getEntriesByType('resource')"
+            ".filter(e => new URL(e.name).pathname === path).length >= n")
+VISIBILITY = """([hidden]) => {
+  Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def path_is(path: str) -> Callable[[Request], bool]:
+    return lambda r: urlparse(r.url).path == path
+
+
+@pytest.fixture(name="slow")
+def slow_fixture(stack: Stack) -> Iterator[None]:
+    """Jobs on SLOW run 8 s: long enough to see them before they end."""
+    stack.control(SLOW, duration_ms=8000)
+    yield
+    stack.control(SLOW, duration_ms=1000)
+
+
+def submit(stack: Stack) -> str:
+    with Client(base_url=stack.url, api_key=stack.creds["tenant_key"]) as sdk:
+        return sdk.submit(kind="video", tier="standard", input=VIDEO, backend=SLOW).id
+
+
+def test_the_event_streams_drive_the_jobs_list_and_the_job_page(
+        stack: Stack, page: Page, slow: None) -> None:
+    sign_in(page, stack, stack.creds["tenant_key"], "tenant demo", query="?poll=600")
+    view(page, "Jobs")
+    status = page.locator("#status")
+    expect(status).to_have_attribute("data-updates", "live")
+    expect(status).to_contain_text("live updates")
+    # the list was read at the start and when the stream opened; nothing polls it after that
+    page.wait_for_function(AT_LEAST, arg=["/v1/jobs", 2])
+    lists = page.evaluate(FETCHED, ["/v1/jobs"])
+
+    job_id = submit(stack)
+    row = page.locator(f'tr[data-job="{job_id}"]')
+    expect(row).to_be_visible()
+    expect(row).to_have_attribute("data-status", "succeeded", timeout=90_000)
+    expect(row).to_contain_text(SLOW)
+    assert page.evaluate(FETCHED, ["/v1/jobs"]) == lists  # no poll: the feed's events did it
+    assert page.evaluate(FETCHED, [f"/v1/jobs/{job_id}"]) >= 1
+    shot(page, "live-jobs")
+
+    # a hidden tab closes the stream; shown again, it resumes after the last event it had
+    with page.expect_event("requestfailed", predicate=path_is("/v1/events")):
+        page.evaluate(VISIBILITY, [True])
+    with page.expect_request(path_is("/v1/events")) as resumed:
+        page.evaluate(VISIBILITY, [False])
+    assert re.fullmatch(r"\d+-\d+", resumed.value.headers.get("last-event-id", ""))
+    answer = resumed.value.response()
+    assert answer is not None and answer.status == 200  # the API took it up from there
+    expect(status).to_have_attribute("data-updates", "live")
+
+    # the job page: leaving the list closes its feed; the job's own stream re-renders it
+    second = submit(stack)
+    with page.expect_event("requestfailed", predicate=path_is("/v1/events")):
+        page.goto(f"{stack.url}/console/?poll=600#/job/{second}")
+    timeline = page.get_by_role("list", name="Timeline")
+    expect(timeline).to_contain_text(f"Attempt 1 on {SLOW}", timeout=30_000)
+    expect(timeline).to_contain_text("in flight")
+    expect(status).to_have_attribute("data-updates", "live")
+    expect(timeline).to_contain_text("Finished", timeout=90_000)
+    expect(page.locator("#job-body h2")).to_contain_text("succeeded")
+    expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
+    assert page.evaluate(FETCHED, [f"/v1/jobs/{second}"]) >= 3  # start, open, its events
+    # the job's stream ended after its terminal event (a finished fetch has a timing entry)
+    page.wait_for_function(AT_LEAST, arg=[f"/v1/jobs/{second}/events", 1])
+    shot(page, "live-job")
+
+
+def test_the_console_polls_when_the_event_routes_are_missing(stack: Stack, page: Page) -> None:
+    proxy = EventsBlockingProxy(stack.url)
+    try:
+        sign_in(page, stack, stack.creds["tenant_key"], "tenant demo", base=proxy.url,
+                query="?poll=1")
+        view(page, "Jobs")
+        status = page.locator("#status")
+        expect(status).to_have_attribute("data-updates", "polling")
+        expect(status).to_contain_text("polling")
+        with Client(base_url=stack.url, api_key=stack.creds["tenant_key"]) as sdk:
+            job_id = sdk.submit(kind="video", tier="draft", input=VIDEO).id
+        row = page.locator(f'tr[data-job="{job_id}"]')
+        expect(row).to_have_attribute("data-status", "succeeded", timeout=90_000)
+        assert "/v1/events" in proxy.refused  # the stream was tried, and refused
+        shot(page, "polling-jobs")
+
+        page.get_by_role("link", name=f"job {job_id}").click()
+        expect(page.get_by_role("list", name="Timeline")).to_contain_text("Finished")
+        expect(status).to_have_attribute("data-updates", "polling")
+        assert f"/v1/jobs/{job_id}/events" in proxy.refused
+        shot(page, "polling-job")
+    finally:
+        proxy.close()
+
+
+def test_an_admin_follows_its_own_tenant_and_polls_the_others(stack: Stack,
+                                                              page: Page) -> None:
+    with stack.admin() as admin:
+        own = admin.get("/v1/whoami").json()["tenant"]
+    sign_in(page, stack, stack.creds["admin_key"], "admin")
+    view(page, "Jobs")
+    status = page.locator("#status")
+    # the feed is the caller's own tenant's: "All tenants" can only be polled
+    expect(status).to_have_attribute("data-updates", "polling")
+    page.get_by_label("Tenant").select_option(own)
+    expect(status).to_have_attribute("data-updates", "live")
+
+
+# ids, names, multi-line data, a comment (the keep-alive ping), "\r\n" line ends as
+# sse-starlette sends them, and a message without "event:"
+STREAM = ("id: 7-1\r\nevent: job.queued\r\ndata: {\"a\":1}\r\n\r\n"
+          ": ping - now\r\n\r\n"
+          "id: 7-2\r\nevent: job.started\r\ndata: line one\r\ndata:line two\r\n\r\n"
+          "data: no id\n\n")
+PARSED = [{"id": "7-1", "event": "job.queued", "data": '{"a":1}'},
+          {"id": "7-2", "event": "job.started", "data": "line one\nline two"},
+          {"data": "no id"}]
+
+
+def test_the_console_parses_an_event_stream_cut_anywhere(stack: Stack, page: Page) -> None:
+    page.goto(f"{stack.url}/console/")
+    # the stream in two chunks cut at every place (inside "\r\n" too), in the console's parser
+    got = page.evaluate(
+        """async ([text]) => {
+          const { readEvents } = await import("./js/live.js");
+          const bytes = new TextEncoder().encode(text);
+          const results = [];
+          for (let cut = 0; cut <= bytes.length; cut++) {
+            const body = new ReadableStream({ start(c) {
+              c.enqueue(bytes.slice(0, cut)); c.enqueue(bytes.slice(cut)); c.close(); } });
+            const seen = [];
+            await readEvents(body, m => seen.push(m));
+            results.push(JSON.stringify(seen));
+          }
+          return [...new Set(results)].map(r => JSON.parse(r));
+        }""", [STREAM])
+    assert got == [PARSED]
+
+
+def test_a_stream_that_cannot_connect_is_polled_then_retried(stack: Stack, page: Page) -> None:
+    # the browser's network fails every feed request (a network error, not an answer)
+    tries: list[str] = []
+
+    def fail(route: Route) -> None:
+        tries.append(route.request.url)
+        route.abort("connectionfailed")
+
+    page.route(re.compile(r"/v1/events(\?|$)"), fail)
+    sign_in(page, stack, stack.creds["tenant_key"], "tenant demo")
+    view(page, "Jobs")
+    status = page.locator("#status")
+    expect(status).to_have_attribute("data-updates", "polling")
+    expect(page.locator("#jobs-body > *")).to_have_count(1)  # the list is polled meanwhile
+    page.wait_for_function(AT_LEAST, arg=["/v1/jobs", 2])  # … more than once
+    assert tries  # and the stream was tried
+    # once the network lets it through, a retry (1, 2, 5 … s apart) makes the view live
+    page.unroute(re.compile(r"/v1/events(\?|$)"), fail)
+    expect(status).to_have_attribute("data-updates", "live")
