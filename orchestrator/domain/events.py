@@ -1,4 +1,4 @@
-"""Job event types (migration 0014 writes them; ``orchestrator.events`` reads and sends them)."""
+"""Job event types (migration 0013 writes them; ``orchestrator.events`` reads and sends them)."""
 
 from __future__ import annotations
 

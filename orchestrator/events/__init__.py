@@ -1,2 +1,2 @@
 """Job events: read (``store``), streamed (``hub``), sent as webhooks (``delivery``,
-``endpoints``) and expired with results (``retention``). Migration 0014 writes them."""
+``endpoints``) and expired with results (``retention``). Migration 0013 writes them."""

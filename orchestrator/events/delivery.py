@@ -1,4 +1,4 @@
-"""Sending job webhooks: the consumer side of the events outbox (migration 0014 queues a
+"""Sending job webhooks: the consumer side of the events outbox (migration 0013 queues a
 ``webhook_deliveries`` row per event and endpoint in the transition's transaction).
 
 Modelled on the budget alerts' delivery (``orchestrator.notify.outbox``), in three short steps

@@ -1,5 +1,5 @@
 """Wake-ups of the API's event streams: one ``LISTEN orch_job_events`` connection per API
-process (the triggers of migration 0014 ``pg_notify`` at commit).
+process (the triggers of migration 0013 ``pg_notify`` at commit).
 
 The events table stays the source of truth; a notification only says "look again":
 

@@ -1,4 +1,4 @@
-"""Reading job events (written by migration 0014's triggers) and their wire form.
+"""Reading job events (written by migration 0013's triggers) and their wire form.
 
 A job's events are read by ``seq`` (gap free, in commit order: every event-writing statement
 holds the job's row lock). A tenant's feed is read in (``txid``, ``position``) order, and only

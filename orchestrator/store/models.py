@@ -212,7 +212,7 @@ class Job(Base):
         # wake_at is set exactly while work is owed: a live job, or an ended one whose
         # attempt is still to be concluded (migration 0009)
         Index("ix_jobs_owed_work", "wake_at", postgresql_where=text("wake_at IS NOT NULL")),
-        # the result cache and the calibration window (migration 0013)
+        # the result cache and the calibration window (migration 0012)
         Index("ix_jobs_cache_lookup", "tenant", "cache_key", "finished_at",
               postgresql_where=text("cache_key IS NOT NULL")),
         Index("ix_jobs_cache_followers", "cache_leader",
@@ -245,12 +245,12 @@ class Job(Base):
     updated_at: Mapped[datetime] = _now()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # the result cache (migration 0013): the hash of what the job asks (never the prompt),
+    # the result cache (migration 0012): the hash of what the job asks (never the prompt),
     # the live job with the same key it waits for, and the job whose result it got at $0
     cache_key: Mapped[str | None] = mapped_column(String(64))
     cache_leader: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     cached_from: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
-    # when the retention sweeper dropped the result (migration 0014); the ledger stays
+    # when the retention sweeper dropped the result (migration 0013); the ledger stays
     result_expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -291,7 +291,7 @@ class Attempt(Base):
 
 class JobEvent(Base):
     """What happened to a job, written by triggers in the transaction of the change
-    (migration 0014). ``seq`` counts a job's events from 1 without gaps; ``txid`` (the
+    (migration 0013). ``seq`` counts a job's events from 1 without gaps; ``txid`` (the
     writing transaction) orders a tenant's feed; ``position`` is the insertion order."""
 
     __tablename__ = "job_events"

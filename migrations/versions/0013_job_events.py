@@ -19,8 +19,8 @@ one ``webhook_deliveries`` row per subscribed endpoint (the job's ``webhook_url`
 ``webhook_events``, the tenant's default endpoint) and wakes listeners with ``pg_notify``
 (sent at commit). Events never carry the prompt: the job's input is not copied.
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0013
+Revises: 0012
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0014"
-down_revision = "0013"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

@@ -10,7 +10,7 @@ indexes their look-ups use
   ``ix_jobs_cache_followers``: a leader's followers; ``ix_jobs_settled_by_backend``: a
   backend's most recent settled jobs (the calibration window).
 
-Revision ID: 0013
+Revision ID: 0012
 Revises: 0011
 """
 
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
-revision = "0013"
+revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
