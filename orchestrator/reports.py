@@ -69,25 +69,20 @@ _ACCURACY = text(
     """
     WITH done AS (
         SELECT j.backend, j.cost_micros AS actual,
-               COALESCE(
-                   (SELECT CAST(c ->> 'expected_cost_micros' AS bigint)
-                    FROM jsonb_array_elements(
-                        CASE WHEN jsonb_typeof(j.route -> 'candidates') = 'array'
-                             THEN j.route -> 'candidates' ELSE '[]'::jsonb END) AS c
-                    WHERE c ->> 'backend' = j.backend
-                      AND c ->> 'expected_cost_micros' ~ '^[0-9]+$'
-                    LIMIT 1),
-                   -1) AS expected,
-               COALESCE(
-                   (SELECT CAST(c ->> 'estimated_cost_micros' AS bigint)
-                    FROM jsonb_array_elements(
-                        CASE WHEN jsonb_typeof(j.route -> 'candidates') = 'array'
-                             THEN j.route -> 'candidates' ELSE '[]'::jsonb END) AS c
-                    WHERE c ->> 'backend' = j.backend
-                      AND c ->> 'estimated_cost_micros' ~ '^[0-9]+$'
-                    LIMIT 1),
-                   j.estimated_cost_micros) AS estimate
+               CASE WHEN chosen.c ->> 'expected_cost_micros' ~ '^[0-9]+$'
+                    THEN CAST(chosen.c ->> 'expected_cost_micros' AS bigint)
+                    ELSE -1 END AS expected,
+               CASE WHEN chosen.c ->> 'estimated_cost_micros' ~ '^[0-9]+$'
+                    THEN CAST(chosen.c ->> 'estimated_cost_micros' AS bigint)
+                    ELSE j.estimated_cost_micros END AS estimate
         FROM jobs j
+        -- the route's candidate the job ended on: its quoted estimate and expected cost
+        LEFT JOIN LATERAL (
+            SELECT c FROM jsonb_array_elements(
+                CASE WHEN jsonb_typeof(j.route -> 'candidates') = 'array'
+                     THEN j.route -> 'candidates' ELSE '[]'::jsonb END) AS c
+            WHERE c ->> 'backend' = j.backend
+            LIMIT 1) AS chosen ON true
         WHERE j.status = 'succeeded' AND j.backend IS NOT NULL AND j.cost_micros IS NOT NULL
           AND j.cached_from IS NULL
           AND (CAST(:tenant AS text) IS NULL OR j.tenant = CAST(:tenant AS text))

@@ -158,16 +158,23 @@ class Submitter:
             job = self._insert_and_hold(tenant, spec, plan, job_id, token, idempotency_key,
                                         rhash)
         except BudgetExceeded as exc:
-            record_submission(spec, BudgetExceeded.code)
-            self._alert_refusal(exc)
+            self._refused(spec, exc)
             raise
-        if job is None:  # the key is taken: a replay, or a concurrent twin that won
-            assert idempotency_key is not None
-            replay = self._replay(tenant, idempotency_key, rhash)
-            assert replay is not None  # keys are never deleted
-            return Admission(replay, None)
+        if job is None:
+            return self._key_taken(tenant, idempotency_key, rhash)
         record_submission(spec, "accepted", plan.backends[0])
         return Admission(job, plan.backends[0])
+
+    def _refused(self, spec: JobSpec, exc: BudgetExceeded) -> None:
+        record_submission(spec, BudgetExceeded.code)
+        self._alert_refusal(exc)
+
+    def _key_taken(self, tenant: str, idempotency_key: str | None, rhash: str) -> Admission:
+        """The idempotency key was taken (a replay, or a concurrent twin that won): its job."""
+        assert idempotency_key is not None
+        replay = self._replay(tenant, idempotency_key, rhash)
+        assert replay is not None  # keys are never deleted
+        return Admission(replay, None)
 
     def start(self, admission: Admission) -> None:
         """Send a newly admitted job's start message (nothing for a replay). A failure is
@@ -217,14 +224,10 @@ class Submitter:
                 if job is not None:
                     job = cache.link(tx, job.id, key, match)
         except BudgetExceeded as exc:
-            record_submission(spec, BudgetExceeded.code)
-            self._alert_refusal(exc)
+            self._refused(spec, exc)
             raise
-        if job is None:  # the key is taken: a replay, or a concurrent twin that won
-            assert idempotency_key is not None
-            replay = self._replay(tenant, idempotency_key, rhash)
-            assert replay is not None  # keys are never deleted
-            return Admission(replay, None)
+        if job is None:
+            return self._key_taken(tenant, idempotency_key, rhash)
         record_submission(spec, "accepted", plan.backends[0])
         if match is None:
             record_lookup(spec, "miss")
