@@ -1,26 +1,32 @@
 """Benchmark: submit latency (POST /v1/jobs -> 202, as bench/submit.py measures it) with and
 without 200 event streams (SSE) held open against the same `orchestrator up`.
 
-    .venv/bin/python bench/streams.py [--streams 200] [--rate 100] [--seconds 30]
+    .venv/bin/python bench/streams.py [--streams 200] [--rate 100] [--seconds 30] [--blocks 2]
 
 It runs ``orchestrator up`` as bench/submit.py does, then submits ``--streams`` premium video
-jobs that run for ten minutes on the simulator (those above vid-premium's concurrency wait
-for a slot): the jobs the streams watch. Then, against the same running system:
+jobs that run for half an hour on the simulator (those above vid-premium's concurrency wait
+for a slot): the jobs the streams watch. Then, against the same running system, phases of
+``--seconds`` each submit at ``--rate`` (bench/submit.py's open loop), in blocks of four:
+without streams, with, with, without. In a phase "with", one ``GET /v1/jobs/{id}/events``
+stream per watched job is opened first (all answered 200), held through the phase, read by
+one asyncio loop in a process of its own, and closed after it.
 
-1. without streams: submit at ``--rate`` for ``--seconds`` (bench/submit.py's open loop);
-2. with one ``GET /v1/jobs/{id}/events`` stream open per watched job (all opened, answered
-   200 and held through the measurement, read by one asyncio thread here), the same again.
+Why blocks and not one phase of each: a later phase meets bigger tables and PostgreSQL's
+background work (autovacuum, checkpoints), and was the slower one whichever it was; the
+without/with/with/without order gives both the same share of early and late.
 
 Before each phase it waits until only the watched jobs are live (the worker has finished the
-jobs submitted before). Each phase prints ``streams=N submit_p50_ms=… submit_p99_ms=…
-errors=…``; the last line is the phase with streams. ``errors`` counts failed submissions
-and streams that were refused, broke or ended during the measurement.
+jobs submitted before). Each phase prints a line; the last two lines pool every phase's
+submissions of each kind: ``streams=0 submit_p50_ms=… submit_p99_ms=… errors=…`` and, last,
+``streams=200 …``. ``errors`` counts failed submissions and streams that were refused, broke
+or ended during a phase.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import threading
 import time
 from typing import Any
@@ -32,7 +38,9 @@ from submit import ERRORS, offer, pct, up_process
 
 WATCHED_BODY: dict[str, Any] = {
     "kind": "video", "tier": "premium", "backend": "vid-premium",
-    "input": {"prompt": "a long take of the sea", "duration_s": 4, "resolution": "720p"}}
+    "input": {"prompt": "a long take of the sea", "duration_s": 4, "resolution": "720p"},
+    "deadline_s": 3600}
+WATCHED_MS = 1_800_000  # how long the simulator takes to make a watched job's video
 
 
 class Streams:
@@ -88,8 +96,43 @@ class Streams:
         self.thread.join(timeout=60)
 
 
+def _hold_streams(url: str, key: str, ids: list[str], opened: Any, stop: Any,
+                  report: Any) -> None:
+    streams = Streams(url, key, ids)
+    streams.thread.start()
+    if streams.all_open.wait(60):
+        opened.set()
+        stop.wait()
+    streams.stop()
+    report.put((streams.open, streams.errors))
+
+
+class StreamsProcess:
+    """:class:`Streams` in a process of its own, as the clients of a real system are: in
+    this one, the stream reader would take the interpreter lock from the threads that time
+    the submissions."""
+
+    def __init__(self, url: str, key: str, ids: list[str]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.opened, self.stopping, self.report = ctx.Event(), ctx.Event(), ctx.Queue()
+        self.process = ctx.Process(target=_hold_streams, daemon=True, args=(
+            url, key, ids, self.opened, self.stopping, self.report))
+        self.process.start()
+        if not self.opened.wait(90):
+            self.stopping.set()
+            held, errors = self.report.get(timeout=90)
+            raise SystemExit(f"only {held} of {len(ids)} streams opened: {errors[:5]}")
+
+    def stop(self) -> tuple[int, list[str]]:
+        """(streams opened, errors: refused, broke or ended early)"""
+        self.stopping.set()
+        held, errors = self.report.get(timeout=90)
+        self.process.join(timeout=30)
+        return held, errors
+
+
 def watched_jobs(url: str, key: str, sim_url: str, n: int) -> list[str]:
-    httpx.post(f"{sim_url}/_control/vid-premium", json={"duration_ms": 600_000},
+    httpx.post(f"{sim_url}/_control/vid-premium", json={"duration_ms": WATCHED_MS},
                timeout=10).raise_for_status()
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
                       timeout=30.0) as client:
@@ -117,7 +160,9 @@ def settle(url: str, key: str, timeout_s: float = 600.0) -> None:
             time.sleep(1.0)  # a poll interval: the loop checks the jobs
 
 
-def phase(url: str, key: str, rate: float, seconds: float, pid: int) -> tuple[str, int]:
+def phase(url: str, key: str, rate: float, seconds: float, pid: int
+          ) -> tuple[list[float], int, float]:
+    """One measurement: (latencies, errors, API CPU ms per submission)."""
     settle(url, key)
     ERRORS.clear()
     cpu0 = cpu_seconds(pid)
@@ -125,44 +170,46 @@ def phase(url: str, key: str, rate: float, seconds: float, pid: int) -> tuple[st
     api_ms = (cpu_seconds(pid) - cpu0) * 1000 / max(1, len(latencies) + errors)
     for what, count in ERRORS.most_common(5):
         print(f"error x{count}: {what}")
-    print(f"api_cpu_ms_per_submit={api_ms:.2f}")
-    return (f"submit_p50_ms={pct(latencies, 50):.2f} submit_p99_ms={pct(latencies, 99):.2f}",
-            errors)
+    return latencies, errors, api_ms
+
+
+def figures(latencies: list[float]) -> str:
+    return f"submit_p50_ms={pct(latencies, 50):.2f} submit_p99_ms={pct(latencies, 99):.2f}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--streams", type=int, default=200)
     ap.add_argument("--rate", type=float, default=100.0)
-    ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--streams-first", action="store_true",
-                    help="measure with the streams first, then without (order effects)")
+    ap.add_argument("--seconds", type=float, default=30.0, help="per phase")
+    ap.add_argument("--blocks", type=int, default=2,
+                    help="blocks of four phases: without, with, with, without streams")
     args = ap.parse_args()
+    order = [False, True, True, False] * args.blocks
+    if len(order) * (args.seconds + 60) > WATCHED_MS / 1000:
+        raise SystemExit("the watched jobs would end before the last phase: fewer --blocks "
+                         "or --seconds")
     info: dict[str, str] = {}
+    pooled: dict[bool, list[float]] = {False: [], True: []}
+    failed = {False: 0, True: 0}
     with up_process(budget_usd=10_000_000, info=info) as (url, key, pid):
         ids = watched_jobs(url, key, info["sim_url"], args.streams)
-        if not args.streams_first:
-            figures, errors = phase(url, key, args.rate, args.seconds, pid)
-            print(f"streams=0 {figures} errors={errors}", flush=True)
-        streams = Streams(url, key, ids)
-        streams.thread.start()
-        if not streams.all_open.wait(60):
-            raise SystemExit(f"only {streams.open} of {args.streams} streams opened: "
-                             f"{streams.errors[:5]}")
-        opened = time.monotonic()
-        figures, errors = phase(url, key, args.rate, args.seconds, pid)
-        held = time.monotonic() - opened
-        broken = len(streams.errors)
-        still_open = streams.open
-        streams.stop()
-        print(f"streams held {held:.0f} s, {streams.events} events read, "
-              f"stream errors: {streams.errors[:5]}")
-        with_streams = f"streams={still_open} {figures} errors={errors + broken}"
-        if args.streams_first:
-            print(with_streams, flush=True)
-            figures, errors = phase(url, key, args.rate, args.seconds, pid)
-            print(f"streams=0 {figures} errors={errors}")
-        print(with_streams)
+        for i, with_streams in enumerate(order):
+            streams = StreamsProcess(url, key, ids) if with_streams else None
+            latencies, errors, api_ms = phase(url, key, args.rate, args.seconds, pid)
+            held = 0
+            if streams is not None:
+                held, stream_errors = streams.stop()
+                errors += len(stream_errors)
+                if stream_errors:
+                    print(f"stream errors: {stream_errors[:5]}")
+            pooled[with_streams] += latencies
+            failed[with_streams] += errors
+            print(f"phase={i} streams={held} {figures(latencies)} errors={errors} "
+                  f"api_cpu_ms_per_submit={api_ms:.2f}", flush=True)
+    for with_streams in (False, True):  # the last line: with streams
+        print(f"streams={args.streams if with_streams else 0} {figures(pooled[with_streams])} "
+              f"errors={failed[with_streams]}", flush=True)
 
 
 if __name__ == "__main__":
