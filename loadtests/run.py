@@ -44,6 +44,7 @@ from checks import (  # noqa: E402
     paid_twice,
     run_jobs,
 )
+from levels import levels  # noqa: E402
 from system import Target, existing, orchestrator_up, set_prediction_duration  # noqa: E402
 
 from orchestrator.store.engine import make_engine  # noqa: E402
@@ -104,7 +105,7 @@ def run_locust(args: argparse.Namespace, target: Target, out: Path, extra: list[
            "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.run_time,
            "--host", target.api_url, "--csv", str(out / args.shape),
            "--html", str(out / f"{args.shape}.html"), "--exit-code-on-error", "0",
-           "--stop-timeout", "3", *extra]
+           "--csv-full-history", "--stop-timeout", "3", *extra]
     with (out / "locust.log").open("w") as log:
         proc = subprocess.run(cmd, cwd=HERE.parent, env=env, stdout=log,
                               stderr=subprocess.STDOUT, check=False)
@@ -174,6 +175,9 @@ def check(args: argparse.Namespace, target: Target, out: Path, extra: list[str])
           + (f" api_cpu_ms_per_request={api_cpu * 1000 / s['requests']:.2f}"
              if target.api_pid and s["requests"] else ""))
     print(cpu_line)
+    history = out / f"{args.shape}_stats_history.csv"
+    for level in levels(history) if history.exists() else []:
+        print(f"level: {level}")
     print(f"load: shape={s['shape']} peak_users={s['peak_users']} duration_s={s['duration_s']} "
           f"requests={s['requests']} failures={s['failures']} rate_limited={s['rate_limited']}")
     print("outcomes: " + " ".join(f"{k}={v}" for k, v in sorted(said.items())))
