@@ -209,6 +209,8 @@ class Job(Base):
         ),
         UniqueConstraint("tenant", "idempotency_key", name="tenant_idempotency"),
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
+        # a page of one status reads only its rows (migration 0014)
+        Index("ix_jobs_tenant_status_created", "tenant", "status", "created_at", "id"),
         # wake_at is set exactly while work is owed: a live job, or an ended one whose
         # attempt is still to be concluded (migration 0009)
         Index("ix_jobs_owed_work", "wake_at", postgresql_where=text("wake_at IS NOT NULL")),
