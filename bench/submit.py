@@ -5,9 +5,10 @@
 By default it runs ``orchestrator up`` as a user does (a subprocess in a temporary data
 directory: embedded PostgreSQL and Redis, the API, one worker, beat and the simulator, each its
 own process, with the shipped catalogue; the per-tenant rate limit lifted, as it is not what is
-measured), raises the demo tenant's budget with the admin key so no submission meets a 402, and submits video jobs with the demo tenant's key while the worker
-runs them. ``--stack`` instead uses bench/_stack.py (the simulator in this process, the API in
-its own); with ``--no-worker`` it pauses the worker there: the API alone.
+measured), raises the demo tenant's budget with the admin key so no submission meets a 402,
+and submits video jobs with the demo tenant's key while the worker runs them. ``--stack``
+instead uses bench/_stack.py (the simulator in this process, the API in its own); with
+``--no-worker`` it pauses the worker there: the API alone.
 
 Requests are fired on a fixed schedule (open loop: a slow answer does not slow the offered
 load), each with its own Idempotency-Key; latency is measured from the scheduled send time.
