@@ -34,6 +34,7 @@ ARTIFACTS = ROOT / "test-artifacts" / "console"
 # views poll every 2-5 s; on a loaded 2-core machine a condition may take a few polls
 expect.set_options(timeout=20_000)
 SAVED: list[Path] = []  # the screenshots of this session (named at the end of the run)
+VIDEO = {"prompt": "a lighthouse at dusk", "duration_s": 4}  # the jobs the tests submit
 
 
 @dataclass

@@ -157,12 +157,21 @@ def run_chain(runner: JobRunner, job_id: uuid.UUID, token: uuid.UUID,
         time.sleep(nxt.poll_in_s)  # the countdown the chain asked for, as Celery would
 
 
+@contextmanager
+def simulator_for(catalogue: dict[str, Any]) -> Iterator[RunningSimulator]:
+    """The simulator serving ``catalogue``'s backends, in a thread of this process."""
+    running = start_in_thread(parse_catalogue(catalogue,
+                                              env={"ORCH_SIMULATOR_URL": "http://127.0.0.1:1"}))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
 @pytest.fixture(scope="session")
 def e2e_sim() -> Iterator[RunningSimulator]:
-    running = start_in_thread(parse_catalogue(E2E_CATALOGUE,
-                                              env={"ORCH_SIMULATOR_URL": "http://127.0.0.1:1"}))
-    yield running
-    running.stop()
+    with simulator_for(E2E_CATALOGUE) as running:
+        yield running
 
 
 @pytest.fixture()

@@ -13,6 +13,7 @@ from playwright.sync_api import Page, expect
 from orchestrator.client import Client
 
 from .console_support import (  # noqa: F401
+    VIDEO,
     Stack,
     browser_fixture,
     page_fixture,
@@ -21,8 +22,6 @@ from .console_support import (  # noqa: F401
     stack_fixture,
     view,
 )
-
-VIDEO = {"prompt": "a lighthouse at dusk", "duration_s": 4}
 
 
 def tenant_client(stack: Stack, key: str | None = None) -> Client:

@@ -18,6 +18,7 @@ from playwright.sync_api import Page, Request, Route, expect
 from orchestrator.client import Client
 
 from .console_support import (  # noqa: F401
+    VIDEO,
     EventsBlockingProxy,
     Stack,
     browser_fixture,
@@ -28,7 +29,6 @@ from .console_support import (  # noqa: F401
     view,
 )
 
-VIDEO = {"prompt": "a lighthouse at dusk", "duration_s": 4}
 SLOW = "vid-standard"
 # in-page: how many answers the console has had from one API path (Resource Timing)
 FETCHED = ("([path]) => performance.getEntriesByType('resource')"

@@ -15,14 +15,13 @@ import pytest
 from sqlalchemy import Engine, text
 
 from orchestrator.api.views import backend_resource
-from orchestrator.domain.catalogue import parse_catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.ledger.audit import audit
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.reports import estimate_accuracy
-from orchestrator.simulator import RunningSimulator, start_in_thread
+from orchestrator.simulator import RunningSimulator
 
-from .e2e_support import E2E_CATALOGUE, Rig, rig_for
+from .e2e_support import E2E_CATALOGUE, Rig, rig_for, simulator_for
 
 TENANT = "acme"
 
@@ -44,10 +43,8 @@ CATALOGUE: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[RunningSimulator]:
-    running = start_in_thread(parse_catalogue(CATALOGUE,
-                                              env={"ORCH_SIMULATOR_URL": "http://127.0.0.1:1"}))
-    yield running
-    running.stop()
+    with simulator_for(CATALOGUE) as running:
+        yield running
 
 
 @pytest.fixture()
@@ -116,33 +113,29 @@ def test_settled_jobs_change_the_ranking_and_holds_stay_worst_case(crig: Rig) ->
 
 def test_balanced_avoids_a_flaky_cheap_backend(db: Engine, database_url: str, redis_url: str,
                                                tmp_path: Path) -> None:
-    sim = start_in_thread(parse_catalogue(E2E_CATALOGUE,
-                                          env={"ORCH_SIMULATOR_URL": "http://127.0.0.1:1"}))
-    try:
-        with rig_for(E2E_CATALOGUE, db, database_url, redis_url, sim, tmp_path) as r:
-            r.control("vid-cheap", duration_ms=100)
-            r.control("vid-mid", duration_ms=100)
-            r.start_worker()
-            # vid-cheap fails two jobs of every three: never three in a row, so its breaker
-            # stays closed and only its observed success rate tells
-            for _ in range(2):
-                r.control("vid-cheap", error="prediction_failed", times=2)
-                outcomes = [r.job(run(r, video(backend="vid-cheap"))).status
-                            for _ in range(3)]
-                assert outcomes == ["failed", "failed", "succeeded"]
-            health = r.container.health.snapshot(["vid-cheap"])["vid-cheap"]
-            assert health.success_rate is not None and health.success_rate < 0.5
-            assert health.breaker.strikes < 3
+    with (simulator_for(E2E_CATALOGUE) as sim,
+          rig_for(E2E_CATALOGUE, db, database_url, redis_url, sim, tmp_path) as r):
+        r.control("vid-cheap", duration_ms=100)
+        r.control("vid-mid", duration_ms=100)
+        r.start_worker()
+        # vid-cheap fails two jobs of every three: never three in a row, so its breaker
+        # stays closed and only its observed success rate tells
+        for _ in range(2):
+            r.control("vid-cheap", error="prediction_failed", times=2)
+            outcomes = [r.job(run(r, video(backend="vid-cheap"))).status
+                        for _ in range(3)]
+            assert outcomes == ["failed", "failed", "succeeded"]
+        health = r.container.health.snapshot(["vid-cheap"])["vid-cheap"]
+        assert health.success_rate is not None and health.success_rate < 0.5
+        assert health.breaker.strikes < 3
 
-            cheapest = r.container.submitter.quote(video())
-            assert cheapest.backends[0] == "vid-cheap"  # on price alone it still wins
-            balanced = r.container.submitter.quote(video(strategy="balanced"))
-            assert balanced.backends == ("vid-mid", "vid-cheap")
-            flaky = balanced.candidates[1]
-            assert flaky.effective_micros > flaky.expected  # the failover it causes
-            calls = r.counters("vid-cheap")["submissions"]
-            job = r.job(run(r, video(strategy="balanced")))
-            assert job.status == "succeeded" and job.backend == "vid-mid"
-            assert r.counters("vid-cheap")["submissions"] == calls
-    finally:
-        sim.stop()
+        cheapest = r.container.submitter.quote(video())
+        assert cheapest.backends[0] == "vid-cheap"  # on price alone it still wins
+        balanced = r.container.submitter.quote(video(strategy="balanced"))
+        assert balanced.backends == ("vid-mid", "vid-cheap")
+        flaky = balanced.candidates[1]
+        assert flaky.effective_micros > flaky.expected  # the failover it causes
+        calls = r.counters("vid-cheap")["submissions"]
+        job = r.job(run(r, video(strategy="balanced")))
+        assert job.status == "succeeded" and job.backend == "vid-mid"
+        assert r.counters("vid-cheap")["submissions"] == calls

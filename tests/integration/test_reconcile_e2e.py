@@ -19,15 +19,14 @@ import pytest
 import yaml
 from sqlalchemy import Engine, text
 
-from orchestrator.domain.catalogue import parse_catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.errors import BudgetExceeded
 from orchestrator.ledger.audit import audit
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.service.sweeper import sweep
-from orchestrator.simulator import RunningSimulator, start_in_thread
+from orchestrator.simulator import RunningSimulator
 
-from .e2e_support import Rig, rig_for
+from .e2e_support import Rig, rig_for, simulator_for
 
 TENANT = "acme"
 _PRICE_TXT = {"model": "per_token", "usd_per_1k_input": 0.5, "usd_per_1k_output": 1.5}
@@ -55,10 +54,8 @@ CATALOGUE: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[RunningSimulator]:
-    running = start_in_thread(parse_catalogue(CATALOGUE,
-                                              env={"ORCH_SIMULATOR_URL": "http://127.0.0.1:1"}))
-    yield running
-    running.stop()
+    with simulator_for(CATALOGUE) as running:
+        yield running
 
 
 @pytest.fixture()

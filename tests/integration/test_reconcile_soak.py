@@ -31,16 +31,15 @@ import redis
 import yaml
 from sqlalchemy import Engine, text
 
-from orchestrator.domain.catalogue import parse_catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.errors import BudgetExceeded, NoEligibleBackend
 from orchestrator.ledger.audit import audit
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.service.sweeper import sweep
-from orchestrator.simulator import RunningSimulator, start_in_thread
+from orchestrator.simulator import RunningSimulator
 from orchestrator.store import jobs as repo
 
-from .e2e_support import Rig, rig_for
+from .e2e_support import Rig, rig_for, simulator_for
 
 TENANT = "acme"
 SOAK_S = float(os.environ.get("ORCH_SOAK_S", "30"))
@@ -76,10 +75,8 @@ REMOVED = "vid-x"
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[RunningSimulator]:
-    running = start_in_thread(parse_catalogue(CATALOGUE,
-                                              env={"ORCH_SIMULATOR_URL": "http://127.0.0.1:1"}))
-    yield running
-    running.stop()
+    with simulator_for(CATALOGUE) as running:
+        yield running
 
 
 @pytest.fixture()
