@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import functools
 import json
-import select
 import socket
 import ssl
 import threading
@@ -66,6 +65,7 @@ import httptools
 import httpx
 
 from orchestrator.backends.proxy import Proxy, ProxyRules, open_connection, open_tunnel
+from orchestrator.runtime.sockets import has_input
 
 _Origin = tuple[str, str, int]
 _PoolKey = _Origin | tuple[_Origin, Proxy]  # direct: the origin; proxied: (origin, proxy)
@@ -325,7 +325,7 @@ class Http11Transport(httpx.BaseTransport):
                 sock = stack.pop()
             except IndexError:  # another thread took the last one
                 return None
-            if _still_open(sock):
+            if not has_input(sock):  # idle and quiet: the server has not closed it
                 return sock
             sock.close()
         return None
@@ -375,16 +375,3 @@ def _read_answer(sock: socket.socket, read: float | None, deadline: float | None
             answer.complete = True
     return answer, parser
 
-
-def _still_open(sock: socket.socket) -> bool:
-    """An idle keep-alive connection has nothing to read; if its socket polls readable the
-    server has closed it (or sent something unasked), so it must not carry a request."""
-    try:
-        if hasattr(select, "poll"):  # select() cannot watch descriptors above 1023
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            return not poller.poll(0)
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return not readable

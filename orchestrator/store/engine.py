@@ -29,7 +29,6 @@ is back (``docs/operations.md``, "Failure behaviour"):
 from __future__ import annotations
 
 import math
-import select
 import threading
 import weakref
 from typing import Any
@@ -40,6 +39,7 @@ from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 
+from orchestrator.runtime.sockets import has_input
 from orchestrator.settings import normalize_database_url
 
 _pools: weakref.WeakKeyDictionary[Engine, ConnectionPool[DriverConnection[Any]]] = (
@@ -80,20 +80,7 @@ def _whole_seconds(s: float) -> int:
 def hung_up(conn: DriverConnection[Any]) -> bool:
     """True when the server closed this idle connection, or sent something unasked: its
     socket is readable (a connection at rest in a pool has nothing to read otherwise)."""
-    if conn.closed:
-        return True
-    # poll, not select: select() refuses a descriptor numbered 1024 or more, which an API
-    # process holding a thousand client connections hands to its next database socket, and
-    # every checkout then looked hung up (500s under load, "This connection is closed")
-    try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(conn.fileno(), select.POLLIN)
-            return bool(poller.poll(0))
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
+    return conn.closed or has_input(conn.fileno())
 
 
 def _refuse_hung_up(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
