@@ -52,7 +52,7 @@ def main() -> None:
     fcp: list[float] = []
     spend: list[float] = []
     jobs: list[float] = []
-    with up_process(budget_usd=1000) as (url, key, _pid):
+    with up_process(budget_usd=1000) as (url, key, _pids):
         submit_and_wait(url, key, args.jobs)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)

@@ -160,14 +160,14 @@ def settle(url: str, key: str, timeout_s: float = 600.0) -> None:
             time.sleep(1.0)  # a poll interval: the loop checks the jobs
 
 
-def phase(url: str, key: str, rate: float, seconds: float, pid: int
+def phase(url: str, key: str, rate: float, seconds: float, pids: list[int]
           ) -> tuple[list[float], int, float]:
     """One measurement: (latencies, errors, API CPU ms per submission)."""
     settle(url, key)
     ERRORS.clear()
-    cpu0 = cpu_seconds(pid)
+    cpu0 = cpu_seconds(*pids)
     latencies, errors = offer(url, key, rate, seconds)
-    api_ms = (cpu_seconds(pid) - cpu0) * 1000 / max(1, len(latencies) + errors)
+    api_ms = (cpu_seconds(*pids) - cpu0) * 1000 / max(1, len(latencies) + errors)
     for what, count in ERRORS.most_common(5):
         print(f"error x{count}: {what}")
     return latencies, errors, api_ms
@@ -192,11 +192,11 @@ def main() -> None:
     info: dict[str, str] = {}
     pooled: dict[bool, list[float]] = {False: [], True: []}
     failed = {False: 0, True: 0}
-    with up_process(budget_usd=10_000_000, info=info) as (url, key, pid):
+    with up_process(budget_usd=10_000_000, info=info) as (url, key, pids):
         ids = watched_jobs(url, key, info["sim_url"], args.streams)
         for i, with_streams in enumerate(order):
             streams = StreamsProcess(url, key, ids) if with_streams else None
-            latencies, errors, api_ms = phase(url, key, args.rate, args.seconds, pid)
+            latencies, errors, api_ms = phase(url, key, args.rate, args.seconds, pids)
             held = 0
             if streams is not None:
                 held, stream_errors = streams.stop()

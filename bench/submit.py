@@ -217,8 +217,8 @@ def api_process(s: Stack) -> Iterator[tuple[str, int]]:
 
 @contextmanager
 def up_process(budget_usd: float, info: dict[str, str] | None = None
-               ) -> Iterator[tuple[str, str, int]]:
-    """``orchestrator up`` in a temporary data dir; yields (API URL, tenant key, API pid).
+               ) -> Iterator[tuple[str, str, list[int]]]:
+    """``orchestrator up`` in a temporary data dir; yields (API URL, tenant key, API pids).
     ``info`` (if given) gets the simulator's URL and the admin key."""
     with tempfile.TemporaryDirectory(prefix="orch-bench-up-") as tmp:
         data = Path(tmp) / "data"
@@ -249,7 +249,7 @@ def up_process(budget_usd: float, info: dict[str, str] | None = None
                 timeout=30).raise_for_status()
             api = [pid for pid in children(proc.pid)
                    if b"\0api\0" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-            yield url, creds["tenant_key"], api[0]
+            yield url, creds["tenant_key"], api
         finally:
             os.kill(proc.pid, signal.SIGTERM)  # `up` stops its children itself
             proc.wait(timeout=120)
@@ -272,10 +272,10 @@ def main() -> None:
     if args.stack:
         latencies, errors, api_cpu, worker = on_stack(args)
     else:
-        with up_process(budget_usd=10_000_000) as (url, key, pid):
-            cpu0 = cpu_seconds(pid)
+        with up_process(budget_usd=10_000_000) as (url, key, pids):
+            cpu0 = cpu_seconds(*pids)
             latencies, errors = offer(url, key, args.rate, args.seconds)
-            api_cpu, worker = cpu_seconds(pid) - cpu0, "up"
+            api_cpu, worker = cpu_seconds(*pids) - cpu0, "up"
     n = len(latencies) + errors
     print(f"submissions={n} rate={args.rate:g}/s duration_s={args.seconds:g} "
           f"target={'stack' if args.stack else 'orchestrator up'} worker={worker} kind={args.kind} "

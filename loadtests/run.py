@@ -132,7 +132,7 @@ def check(args: argparse.Namespace, target: Target, out: Path, extra: list[str])
     sampler = BudgetSampler(engine, every_s=args.sample_every)
     misses: list[str] = []
     load_before = os.getloadavg()
-    api_cpu0 = _cpu_s(target.api_pid)
+    api_cpu0 = _cpu_s(target.api_pids)
     roots = cpu.system_roots(target.up_pid, target.credentials.parent, creds.get("redis_url"))
     tree0, locust0, wall0 = cpu.tree_cpu(roots), cpu.children_cpu(), time.monotonic()
     profiler = _profile(args, target, out)
@@ -143,7 +143,7 @@ def check(args: argparse.Namespace, target: Target, out: Path, extra: list[str])
         sampler.stop()
         if profiler is not None:
             profiler.wait(timeout=60)
-    api_cpu = _cpu_s(target.api_pid) - api_cpu0
+    api_cpu = _cpu_s(target.api_pids) - api_cpu0
     cpu_line = cpu.line(tree0, cpu.tree_cpu(roots), cpu.children_cpu() - locust0,
                         time.monotonic() - wall0, os.cpu_count() or 1)
     load_after = os.getloadavg()
@@ -173,7 +173,7 @@ def check(args: argparse.Namespace, target: Target, out: Path, extra: list[str])
     print(f"machine: cpus={os.cpu_count()} loadavg_before={load_before[0]:.2f} "
           f"loadavg_after={load_after[0]:.2f} api_cpu_s={api_cpu:.1f}"
           + (f" api_cpu_ms_per_request={api_cpu * 1000 / s['requests']:.2f}"
-             if target.api_pid and s["requests"] else ""))
+             if target.api_pids and s["requests"] else ""))
     print(cpu_line)
     history = out / f"{args.shape}_stats_history.csv"
     for level in levels(history) if history.exists() else []:
@@ -234,14 +234,14 @@ def check(args: argparse.Namespace, target: Target, out: Path, extra: list[str])
 
 def _profile(args: argparse.Namespace, target: Target, out: Path
              ) -> subprocess.Popen[bytes] | None:
-    """With ``--profile``: py-spy samples the API process for the run (a flame graph in
-    ``api-profile.svg``; py-spy needs ptrace, i.e. root or CAP_SYS_PTRACE)."""
-    if not args.profile or target.api_pid is None:
+    """With ``--profile``: py-spy samples the first API process for the run (a flame graph
+    in ``api-profile.svg``; py-spy needs ptrace, i.e. root or CAP_SYS_PTRACE)."""
+    if not args.profile or not target.api_pids:
         return None
     seconds = _seconds(args.run_time)
     return subprocess.Popen(
         [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
-         str(target.api_pid), "--duration", str(seconds), "--rate", "50", "--nonblocking",
+         str(target.api_pids[0]), "--duration", str(seconds), "--rate", "50", "--nonblocking",
          "--output", str(out / "api-profile.svg")],
         stdout=(out / "py-spy.log").open("wb"), stderr=subprocess.STDOUT)
 
@@ -258,14 +258,16 @@ def _seconds(run_time: str) -> int:
     return total + int(number or 0)
 
 
-def _cpu_s(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_s(pids: tuple[int, ...]) -> float:
+    """CPU seconds so far of these processes together."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str] | None = None) -> int:

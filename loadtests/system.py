@@ -39,7 +39,7 @@ def redact(line: str) -> str:
 class Target:
     api_url: str
     credentials: Path  # credentials.json: admin_key, database_url, simulator_url, ...
-    api_pid: int | None  # the API process, when this run started it
+    api_pids: tuple[int, ...]  # the API processes, when this run started them
     up_pid: int | None = None  # `orchestrator up`, whose process tree is the whole system
 
     def creds(self) -> dict[str, str]:
@@ -49,7 +49,7 @@ class Target:
 
 @contextmanager
 def existing(host: str, credentials: Path) -> Iterator[Target]:
-    yield Target(host.rstrip("/"), credentials, None)
+    yield Target(host.rstrip("/"), credentials, ())
 
 
 @contextmanager
@@ -91,7 +91,7 @@ def orchestrator_up(logs_to: Path | None, timeout_s: float = 180.0,
                                        f"lines:\n{''.join(tail)}")
             creds = data / "credentials.json"
             api = json.loads(creds.read_text())["api_url"]
-            yield Target(api, creds, _child_pid(proc.pid, "api"), proc.pid)
+            yield Target(api, creds, _child_pids(proc.pid, "api"), proc.pid)
         finally:
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGTERM)  # `up` stops its children itself
@@ -105,8 +105,9 @@ def orchestrator_up(logs_to: Path | None, timeout_s: float = 180.0,
                 shutil.copytree(data / "logs", logs_to, dirs_exist_ok=True)
 
 
-def _child_pid(parent: int, command: str) -> int | None:
-    """The pid of ``orchestrator <command>`` among ``parent``'s children."""
+def _child_pids(parent: int, command: str) -> tuple[int, ...]:
+    """The pids of ``orchestrator <command>`` among ``parent``'s children."""
+    pids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
@@ -115,8 +116,8 @@ def _child_pid(parent: int, command: str) -> int | None:
             continue
         if int(fields[1]) == parent and argv[1:4] == [b"-m", b"orchestrator.cli",
                                                       command.encode()]:
-            return int(stat.parent.name)
-    return None
+            pids.append(int(stat.parent.name))
+    return tuple(sorted(pids))
 
 
 def set_prediction_duration(target: Target, duration_ms: int) -> list[str]:

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         "0 = any free)",
     )
     worker_metrics_addr: str = "127.0.0.1"
+    up_api_processes: int = Field(
+        default=2, ge=1, le=64,
+        description="`orchestrator up`: API processes accepting on its one port (each has "
+        "its own connection cap, stream cap and pools)",
+    )
     up_background_nice: int = Field(
         default=10, ge=0, le=19,
         description="`orchestrator up`: CPU niceness of the worker and beat, so that on a "

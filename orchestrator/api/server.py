@@ -3,6 +3,8 @@ real uvicorn server on 127.0.0.1 in a background thread, for tests, benches and 
 
 from __future__ import annotations
 
+import socket
+
 import uvicorn
 
 from orchestrator.api.app import create_app
@@ -22,11 +24,15 @@ def serve(
     config: ApiConfig | None = None,
     log_level: str = "info",
     access_log: bool = True,
+    fd: int | None = None,
 ) -> None:
     """Serve the API until stopped. Builds the default container from settings, and starts the
     metric sinks for the ``api`` role (and ``/metrics`` on ``ORCH_METRICS_ADDR`` when set).
     uvicorn's limits come from ``config`` (default: from settings;
-    :meth:`ApiConfig.uvicorn_options`). Access logs carry method, path and status only."""
+    :meth:`ApiConfig.uvicorn_options`). Access logs carry method, path and status only.
+
+    ``fd``: accept on this inherited listening socket instead of binding ``host:port``
+    (``orchestrator up`` runs several API processes on one socket this way)."""
     from orchestrator import metrics
     from orchestrator.bootstrap import container as default_container
 
@@ -39,8 +45,18 @@ def serve(
     app = create_app(c, cfg)
     freeze_startup_heap()
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level,
-                    access_log=access_log, **cfg.uvicorn_options())
+        if fd is None:
+            uvicorn.run(app, host=host, port=port, log_level=log_level,
+                        access_log=access_log, **cfg.uvicorn_options())
+        else:
+            # socket(fileno=) reads the family and protocol back from the descriptor:
+            # uvicorn's own fd= option would take it for AF_UNIX, and asyncio then would not
+            # set TCP_NODELAY on accepted connections
+            sock = socket.socket(fileno=fd)
+            server = uvicorn.Server(uvicorn.Config(app, log_level=log_level,
+                                                   access_log=access_log,
+                                                   **cfg.uvicorn_options()))
+            server.run(sockets=[sock])
     finally:
         metrics.shutdown()
 

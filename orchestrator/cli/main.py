@@ -82,6 +82,8 @@ def up(
 def api(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
+    fd: Annotated[int | None, typer.Option(
+        help="serve on this inherited listening socket instead of host:port")] = None,
 ) -> None:
     """Serve the HTTP API."""
     from orchestrator.logs import configure_logging_from_settings
@@ -91,7 +93,7 @@ def api(
     from orchestrator.api.config import ApiConfig
     from orchestrator.settings import get_settings
 
-    serve(host, port, config=ApiConfig.from_settings(get_settings()))
+    serve(host, port, config=ApiConfig.from_settings(get_settings()), fd=fd)
 
 
 @monitoring_app.command("apply")

@@ -22,7 +22,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
 from orchestrator.client import Client
-from orchestrator.embedded._ports import free_port
+from orchestrator.embedded._ports import free_port, port_is_free
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,6 +43,19 @@ def processes_mentioning(marker: str) -> list[int]:
         if marker.encode() in blob:
             found.append(int(entry.name))
     return found
+
+
+def pids_of(marker: str, command: str) -> list[int]:
+    """The pids of the `orchestrator <command>` processes under data dir ``marker``."""
+    found = []
+    for pid in processes_mentioning(marker):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:4] == [b"-m", b"orchestrator.cli", command.encode()]:
+            found.append(pid)
+    return sorted(found)
 
 
 def niceness_of(marker: str, command: str) -> set[int]:
@@ -185,3 +198,79 @@ def test_up_refuses_a_taken_port(tmp_path: Path) -> None:
         f"error: port {port} is already in use (choose another with --port)"
     )
     assert not (tmp_path / "data").exists()  # refused before starting anything
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p + 1 both free."""
+    for _ in range(50):
+        p = free_port()
+        if p < 65535 and port_is_free(p + 1):
+            return p
+    raise AssertionError("no two adjacent free ports")
+
+
+def _metrics_answer(port: int) -> bool:
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    except httpx.TransportError:
+        return False
+    return r.status_code == 200 and "orchestrator_" in r.text
+
+
+def test_up_runs_api_processes_on_one_port_and_keeps_it_open_through_a_restart(
+        root: Path) -> None:
+    """Two API processes (ORCH_UP_API_PROCESSES=2) share the port `up` bound. One killed:
+    fresh connections keep being answered by the other while `up` restarts it, and the
+    restarted one answers on the same port (the other killed in turn)."""
+    data = root / "data"
+    port, metrics_port = free_port(), _free_port_pair()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(ORCH_DATA_DIR=str(data), ORCH_UP_API_PROCESSES="2",
+               ORCH_METRICS_ADDR=f"127.0.0.1:{metrics_port}")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "up", "--data-dir", str(data),
+         "--port", str(port), "--no-simulator"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(up.stdout or []), daemon=True)
+    reader.start()
+    url = f"http://127.0.0.1:{port}"
+
+    def answered_throughout(seconds: float) -> int:
+        """Fresh connections for ``seconds``: each must be answered 200; how many were."""
+        n, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+            n += 1
+        return n
+
+    try:
+        wait_for("`up` to say it is running", lambda: any("running;" in ln for ln in lines)
+                 or up.poll() is not None, timeout=180)
+        assert up.poll() is None, "".join(lines)
+        first, second = pids_of(str(data), "api")
+        assert niceness_of(str(data), "api") == {0}
+        # each process its own /metrics (the recorder is per process): port, port + 1
+        wait_for("both /metrics", lambda: _metrics_answer(metrics_port)
+                 and _metrics_answer(metrics_port + 1), timeout=30)
+
+        os.kill(first, signal.SIGKILL)
+        assert answered_throughout(3.0) > 0
+        wait_for("`up` to restart the killed one",
+                 lambda: len(pids_of(str(data), "api")) == 2
+                 and first not in pids_of(str(data), "api"), timeout=30)
+        assert any("exited with -9; restarting" in ln for ln in lines)
+        (restarted,) = set(pids_of(str(data), "api")) - {second}
+        wait_for("the restarted one's /metrics", lambda: _metrics_answer(metrics_port),
+                 timeout=60)
+
+        os.kill(second, signal.SIGKILL)  # now only the restarted one accepts
+        assert answered_throughout(2.0) > 0
+        assert restarted in pids_of(str(data), "api")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(timeout=120)
+        reader.join(timeout=10)
+    assert code == 0, "".join(lines)
+    wait_for("every child to exit", lambda: processes_mentioning(str(data)) == [], timeout=30)
