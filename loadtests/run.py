@@ -132,7 +132,6 @@ def check(args: argparse.Namespace, target: Target, out: Path, extra: list[str])
     sampler = BudgetSampler(engine, every_s=args.sample_every)
     misses: list[str] = []
     load_before = os.getloadavg()
-    api_cpu0 = _cpu_s(target.api_pids)
     roots = cpu.system_roots(target.up_pid, target.credentials.parent, creds.get("redis_url"))
     tree0, locust0, wall0 = cpu.tree_cpu(roots), cpu.children_cpu(), time.monotonic()
     profiler = _profile(args, target, out)
@@ -143,8 +142,9 @@ def check(args: argparse.Namespace, target: Target, out: Path, extra: list[str])
         sampler.stop()
         if profiler is not None:
             profiler.wait(timeout=60)
-    api_cpu = _cpu_s(target.api_pids) - api_cpu0
-    cpu_line = cpu.line(tree0, cpu.tree_cpu(roots), cpu.children_cpu() - locust0,
+    tree1 = cpu.tree_cpu(roots)
+    api_cpu = tree1["api"] - tree0["api"]  # every API process (cpu.py's roles)
+    cpu_line = cpu.line(tree0, tree1, cpu.children_cpu() - locust0,
                         time.monotonic() - wall0, os.cpu_count() or 1)
     load_after = os.getloadavg()
     summary_path = out / "summary.json"
@@ -256,18 +256,6 @@ def _seconds(run_time: str) -> int:
             total += int(number or 0) * {"s": 1, "m": 60, "h": 3600}[ch]
             number = ""
     return total + int(number or 0)
-
-
-def _cpu_s(pids: tuple[int, ...]) -> float:
-    """CPU seconds so far of these processes together."""
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str] | None = None) -> int:

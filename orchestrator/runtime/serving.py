@@ -3,7 +3,6 @@ use): the API and the simulator both start this way."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -12,6 +11,8 @@ from typing import Any
 import httpx
 import uvicorn
 from starlette.types import ASGIApp
+
+from orchestrator.runtime.sockets import tcp_listener
 
 
 @dataclass
@@ -32,11 +33,7 @@ def start_in_thread(
 ) -> ThreadedServer:
     """Serve ``app`` on ``host:port`` (0: a free port); return once its /healthz answers 200.
     ``options``: more ``uvicorn.Config`` arguments (limits, protocol)."""
-    # proto=IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections (else ~40 ms
-    # per request from Nagle + delayed ACK)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    sock = tcp_listener(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
     config = {"server_header": server_header, **(options or {})}
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,

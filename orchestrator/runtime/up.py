@@ -29,6 +29,7 @@ from orchestrator.embedded._ports import port_is_free
 from orchestrator.embedded.postgres import server_gid
 from orchestrator.embedded.private import private_dir, read_private, write_private
 from orchestrator.errors import ConfigurationError
+from orchestrator.runtime.sockets import tcp_listener
 from orchestrator.settings import Settings
 
 DEMO_TENANT = "demo"
@@ -100,13 +101,9 @@ def listening_socket(port: int, backlog: int, host: str = "127.0.0.1") -> socket
     """The API's port, bound once here and inherited by every API process: the kernel hands
     each new connection to one of them, and one that restarts leaves the port open to the
     others (connections wait in the backlog meanwhile)."""
-    # IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only for such sockets
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sock = tcp_listener(host, port)
     except OSError:
-        sock.close()
         raise ConfigurationError(f"port {port} is already in use (choose another with --port)",
                                  setting="--port") from None
     sock.listen(backlog)
@@ -134,7 +131,6 @@ class System:
         self.echo = echo
         self.stoppers: list[Callable[[], None]] = []
         self.children: list[Child] = []
-        self.listener: socket.socket | None = None
         self.stop_event = threading.Event()
 
     # -- start -------------------------------------------------------------------------------
@@ -203,22 +199,18 @@ class System:
         from orchestrator.api.config import ApiConfig
         from orchestrator.settings import split_address
 
-        if self.listener is None:
-            backlog = ApiConfig.from_settings(self.settings).backlog
-            self.listener = listening_socket(self.port, backlog)
-            self.stoppers.append(self.listener.close)
-        fd = self.listener.fileno()
+        listener = listening_socket(self.port, ApiConfig.from_settings(self.settings).backlog)
+        self.stoppers.append(listener.close)
+        fd = listener.fileno()
         n = self.settings.up_api_processes
+        if n == 1:
+            return [Child("api", _command("api", "--fd", str(fd)), pass_fds=(fd,))]
         metrics = split_address(self.settings.metrics_addr) if self.settings.metrics_addr \
             else None
-        children = []
-        for i in range(n):
-            env = {}
-            if metrics is not None and n > 1 and metrics[1]:
-                env["ORCH_METRICS_ADDR"] = f"{metrics[0]}:{metrics[1] + i}"
-            children.append(Child("api" if n == 1 else f"api-{i + 1}",
-                                  _command("api", "--fd", str(fd)), env=env, pass_fds=(fd,)))
-        return children
+        return [Child(f"api-{i + 1}", _command("api", "--fd", str(fd)), pass_fds=(fd,),
+                      env={"ORCH_METRICS_ADDR": f"{metrics[0]}:{metrics[1] + i}"}
+                      if metrics else {})
+                for i in range(n)]
 
     def _credentials(self, db_url: str, redis_url: str) -> dict[str, str]:
         """Keys are made once per data dir and kept in credentials.json: always 0600, written

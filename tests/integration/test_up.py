@@ -61,14 +61,12 @@ def pids_of(marker: str, command: str) -> list[int]:
 def niceness_of(marker: str, command: str) -> set[int]:
     """The nice values of the `orchestrator <command>` processes under data dir ``marker``."""
     found = set()
-    for pid in processes_mentioning(marker):
+    for pid in pids_of(marker, command):
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        if argv[1:4] == [b"-m", b"orchestrator.cli", command.encode()]:
-            found.add(int(stat.rsplit(")", 1)[1].split()[16]))
+        found.add(int(stat.rsplit(")", 1)[1].split()[16]))
     return found
 
 
@@ -86,15 +84,13 @@ def wait_for(what: str, predicate: object, timeout: float) -> None:
 
 def child_env(marker: str, command: str) -> dict[str, str]:
     """The environment of the `orchestrator <command>` process under data dir ``marker``."""
-    for pid in processes_mentioning(marker):
+    for pid in pids_of(marker, command):
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv[1:4] == [b"-m", b"orchestrator.cli", command.encode()]:
-            pairs = (item.decode().partition("=") for item in environ if item)
-            return {name: value for name, _, value in pairs}
+        pairs = (item.decode().partition("=") for item in environ if item)
+        return {name: value for name, _, value in pairs}
     raise AssertionError(f"no `orchestrator {command}` under {marker}")
 
 
