@@ -66,8 +66,37 @@ MAX_PROMPT_CHARS = 100_000
 MAX_IMAGES = 10
 MAX_OUTPUT_TOKENS = 32_768
 _SIZE_RE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
+# How deeply ``input`` and ``metadata`` may nest objects and lists. A job resource carries
+# them back in every answer, and JSON serializers stop at a depth of their own (pydantic-core's
+# at about 250): a deeper value would be stored, then fail every read of its job.
+MAX_NESTING = 32
 _PROJECT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def nesting(value: Any) -> int:
+    """How many objects and lists deep ``value`` is (a scalar: 0), walking without recursion
+    and stopping once past :data:`MAX_NESTING`."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_NESTING:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _bounded_nesting(field: str, value: dict[str, Any]) -> dict[str, Any]:
+    if nesting(value) > MAX_NESTING:
+        raise ValueError(f"{field} nests objects and lists deeper than {MAX_NESTING} levels")
+    return value
 
 
 class _Input(BaseModel):
@@ -179,9 +208,15 @@ class JobSpec(BaseModel):
                              f"{', '.join(EVENT_TYPES)}")
         return tuple(dict.fromkeys(v))  # each once, in the order given
 
+    @field_validator("input")
+    @classmethod
+    def _input_nesting(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _bounded_nesting("input", v)
+
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _bounded_nesting("metadata", v)
         project = v.get("project")
         if project is not None and (not isinstance(project, str) or not _PROJECT_RE.match(project)):
             raise ValueError(

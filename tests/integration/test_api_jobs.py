@@ -4,6 +4,7 @@ running: jobs stay queued unless a test cancels them)."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import text
 
@@ -133,6 +134,23 @@ def test_cancel_releases_the_hold_and_is_repeatable(api: Api) -> None:
     assert c.post(f"/v1/jobs/{NO_JOB}/cancel").status_code == 404
 
 
+def nested(depth: int) -> dict[str, Any]:
+    """An object ``depth`` objects deep."""
+    inner: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        inner = {"a": inner}
+    return inner
+
+
+def test_metadata_as_deep_as_allowed_reads_back_in_every_answer(api: Api) -> None:
+    c = api.tenant()
+    meta = {"project": "p1", "deep": nested(31)}  # 32 levels with the metadata itself
+    job = c.post("/v1/jobs", json=video(metadata=meta)).json()
+    assert job["metadata"] == meta
+    assert c.get(f"/v1/jobs/{job['id']}").json()["metadata"] == meta
+    assert c.get("/v1/jobs?limit=5").json()["items"][0]["metadata"] == meta
+
+
 def test_invalid_specs_are_422_naming_the_field(api: Api) -> None:
     c = api.tenant()
     cases = [
@@ -142,6 +160,9 @@ def test_invalid_specs_are_422_naming_the_field(api: Api) -> None:
         ({**video(), "surprise": 1}, "surprise"),
         ({"kind": "video"}, "input"),
         (video(metadata={"note": "a\x00b"}), "metadata.note"),
+        # deeper than any answer could carry back (MAX_NESTING = 32)
+        (video(metadata=nested(40)), "metadata nests"),
+        ({**video(), "input": {**video()["input"], "seed": [nested(40)]}}, "input nests"),
     ]
     for body, field in cases:
         r = c.post("/v1/jobs", json=body)
