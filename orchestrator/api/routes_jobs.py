@@ -16,12 +16,12 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query
-from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.background import BackgroundTask
 
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
 from orchestrator.api.errors import Forbidden, ResultExpired, ResultNotReady
+from orchestrator.api.responses import JobJSONResponse
 from orchestrator.api.schemas import JobBody, JobListOut, JobOut, JobStatus, QuoteOut, ResultOut
 from orchestrator.api.security import Principal
 from orchestrator.api.views import decode_cursor, encode_cursor
@@ -80,21 +80,21 @@ def router(ctx: ApiContext) -> APIRouter:
             str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                pattern=r"^[\x21-\x7e]+$")
         ] = None,
-    ) -> JSONResponse:
+    ) -> JobJSONResponse:
         admission = c.submitter.admit(p.tenant, spec, idempotency_key)
         if admission.created:
             # The start message goes once the answer has, so the producer does not wait for
             # the broker: the job row is its outbox (the sweeper starts a job whose message
             # never went).
-            return JSONResponse(job_resource(admission.job, []), status_code=202,
+            return JobJSONResponse(job_resource(admission.job, []), status_code=202,
                                 background=BackgroundTask(c.submitter.start, admission))
-        return JSONResponse(load(admission.job.id, p.tenant), status_code=200,
+        return JobJSONResponse(load(admission.job.id, p.tenant), status_code=200,
                             headers={"Idempotent-Replayed": "true"})
 
     @r.get("/jobs/{job_id}", response_model=JobOut, summary="One job",
            responses={404: _err("no such job (or not yours)"), **FORBIDDEN})
-    def get_job(job_id: JobId, p: Caller, tenant: TenantQuery = None) -> dict[str, Any]:
-        return load(job_id, acting_tenant(p, tenant))
+    def get_job(job_id: JobId, p: Caller, tenant: TenantQuery = None) -> JobJSONResponse:
+        return JobJSONResponse(load(job_id, acting_tenant(p, tenant)))
 
     @r.get("/jobs/{job_id}/result", response_model=ResultOut,
            summary="A succeeded job's output and cost breakdown",
@@ -129,7 +129,7 @@ def router(ctx: ApiContext) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Query(max_length=400)] = None,
         tenant: TenantQuery = None,
-    ) -> dict[str, Any]:
+    ) -> JobJSONResponse:
         owner = acting_tenant(p, tenant)
         before = decode_cursor(cursor) if cursor else None
         with c.engine.begin() as conn:
@@ -139,12 +139,12 @@ def router(ctx: ApiContext) -> APIRouter:
             attempts = repo.attempts_of_jobs(conn, [j.id for j in page])
             items = [job_resource(j, attempts[j.id]) for j in page]
         nxt = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
-        return {"items": items, "next_cursor": nxt}
+        return JobJSONResponse({"items": items, "next_cursor": nxt})
 
     @r.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a job",
             responses={404: _err("no such job (or not yours)"),
                        409: _err("the job already finished otherwise"), **FORBIDDEN})
-    def cancel(job_id: JobId, p: Caller, tenant: TenantQuery = None) -> dict[str, Any]:
+    def cancel(job_id: JobId, p: Caller, tenant: TenantQuery = None) -> JobJSONResponse:
         owner = acting_tenant(p, tenant)
         job = c.runner.cancel(job_id, owner)
         if job is None:
@@ -152,7 +152,7 @@ def router(ctx: ApiContext) -> APIRouter:
         if job.status != "cancelled" and job.is_final:
             raise Conflict(f"job {job_id} already {job.status}", job_id=str(job_id),
                            status=job.status)
-        return load(job_id, owner)
+        return JobJSONResponse(load(job_id, owner))
 
     @r.post("/quotes", response_model=QuoteOut, summary="Dry-run routing (no side effects)",
             tags=["quotes"])
