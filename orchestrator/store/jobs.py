@@ -99,7 +99,7 @@ _INSERT_JOB = Statement(
 _GET_JOB = Statement(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id")
 _GET_BY_KEY = Statement(
     f"SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = :t AND idempotency_key = :k")
-_LIST_JOBS = text(
+_LIST_JOBS = Statement(
     f"""
     SELECT {JOB_COLUMNS} FROM jobs
     WHERE tenant = :t
@@ -271,7 +271,7 @@ def get_by_idempotency_key(conn: Conn, tenant: str, key: str) -> JobRow | None:
 
 
 def list_jobs(
-    conn: Connection,
+    conn: Conn,
     tenant: str,
     *,
     status: str | None = None,
@@ -279,12 +279,12 @@ def list_jobs(
     before: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[JobRow]:
     """Newest first; ``before`` is the (created_at, id) of the last row of the previous page."""
-    rows = conn.execute(
-        _LIST_JOBS,
+    rows = _LIST_JOBS.all(
+        conn,
         {"t": tenant, "status": status, "limit": limit,
          "b_at": before[0] if before else None, "b_id": before[1] if before else None},
-    ).all()
-    return [JobRow(**r._mapping) for r in rows]
+    )
+    return [JobRow(*r) for r in rows]
 
 
 def claim_or_get(conn: Conn, job_id: uuid.UUID, token: uuid.UUID, now: datetime
