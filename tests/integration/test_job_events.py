@@ -306,7 +306,8 @@ def test_a_stream_gets_its_events_across_a_dropped_listen_connection(api: Api) -
     threading.Thread(target=read, daemon=True).start()
     assert got.get(timeout=15) == "job.queued"
     # the API's LISTEN connection is cut (a PostgreSQL restart, a proxy timeout)
-    listeners = text("SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN orch_job_events' "
+    listeners = text("SELECT pid FROM pg_stat_activity WHERE application_name = "
+                     "'orchestrator-events' AND query LIKE 'LISTEN %' "
                      "AND datname = current_database()")
 
     def listening() -> list[Any]:
