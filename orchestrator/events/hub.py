@@ -11,8 +11,8 @@ The events table stays the source of truth; a notification only says "look again
   200 streams of one tenant cost one query per wake-up, not 200.
 
 A process hears only the events of what it streams: on one channel for every event, 200
-open job streams made each API process parse every notification of every job, and took
-its CPU per submission from 3.4 to 4.7 ms (bench/streams.py). The listener applies subscription
+open job streams made each API process parse every notification of every job, and took its
+CPU per submission from 3.4 to 4.7 ms (bench/streams.py). The listener applies subscription
 changes between waits of at most :data:`RESUBSCRIBE_S`, then wakes the streams of each
 newly heard channel, so an event committed before its channel was heard is read then, not
 lost. A lost notification (the LISTEN connection dropped) costs latency, not an event:
