@@ -5,7 +5,7 @@ and then serialize the model. The job resources (``orchestrator.service.views``)
 from our own rows into exactly the documented shape, so that validation only re-checks our
 output, and for a page of jobs (each with its route's candidates and reasons) it was a
 third of the API's CPU for the request: sampled with ``py-spy --gil`` under
-``bench/api_cpu.py``'s ``list50``, validation 13 % and serialization 17 % of the samples.
+``bench/api_cpu.py``'s ``list50``, validation 13 % and serialization 16.5 % of the samples.
 Returning a response skips both; the route keeps its ``response_model`` for the OpenAPI
 document, and the contract tests (schemathesis) check the answers against it.
 

@@ -87,9 +87,9 @@ def router(ctx: ApiContext) -> APIRouter:
             # the broker: the job row is its outbox (the sweeper starts a job whose message
             # never went).
             return JobJSONResponse(job_resource(admission.job, []), status_code=202,
-                                background=BackgroundTask(c.submitter.start, admission))
+                                   background=BackgroundTask(c.submitter.start, admission))
         return JobJSONResponse(load(admission.job.id, p.tenant), status_code=200,
-                            headers={"Idempotent-Replayed": "true"})
+                               headers={"Idempotent-Replayed": "true"})
 
     @r.get("/jobs/{job_id}", response_model=JobOut, summary="One job",
            responses={404: _err("no such job (or not yours)"), **FORBIDDEN})

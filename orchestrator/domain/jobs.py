@@ -67,8 +67,9 @@ MAX_IMAGES = 10
 MAX_OUTPUT_TOKENS = 32_768
 _SIZE_RE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 # How deeply ``input`` and ``metadata`` may nest objects and lists. A job resource carries
-# them back in every answer, and JSON serializers stop at a depth of their own (pydantic-core's
-# at about 250): a deeper value would be stored, then fail every read of its job.
+# them back in every answer, a few levels below its top, and JSON serializers stop at a depth
+# of their own (pydantic-core's at about 250): near it, a job could be stored and then not
+# written into an answer. This bound is far from it, and refused with the field's name.
 MAX_NESTING = 32
 _PROJECT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
