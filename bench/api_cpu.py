@@ -21,29 +21,19 @@ Last line: ``<route>_ms=… … errors=…`` (CPU milliseconds per request).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
+from _stack import cpu_seconds
 from submit import BODY, up_process
 
 from orchestrator.backends.transport import Http11Transport
 
 THREADS = 8
-
-
-def cpu_ms(pids: list[int]) -> float:
-    """User + system CPU milliseconds of these processes together."""
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return 1000 * ticks / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -122,13 +112,13 @@ def measure(send: Callable[[httpx.Client, int], httpx.Response], clients: list[h
                 with lock:
                     bad[0] += 1
 
-    before = cpu_ms(pids)
+    before = cpu_seconds(*pids)
     threads = [threading.Thread(target=run, args=(c,)) for c in clients]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return (cpu_ms(pids) - before) / n, bad[0]
+    return 1000 * (cpu_seconds(*pids) - before) / n, bad[0]
 
 
 if __name__ == "__main__":

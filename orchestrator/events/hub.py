@@ -211,6 +211,7 @@ class EventHub:
                     self.dsn, autocommit=True, application_name="orchestrator-events")
                 async with conn:
                     self._heard = set()
+                    self._changed.set()  # a new connection listens on nothing yet
                     while True:
                         await self._subscribe(conn)
                         if not self._heard:  # nothing to hear: wait for a subscription
@@ -225,7 +226,9 @@ class EventHub:
 
     async def _subscribe(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """LISTEN on the channels streamed now and UNLISTEN the others (one round trip), then
-        wake the streams of the new ones."""
+        wake the streams of the new ones. Nothing to do unless a subscription came or went."""
+        if not self._changed.is_set():
+            return
         self._changed.clear()
         wanted = ({job_channel(j) for j in self._jobs}
                   | {tenant_channel(t) for t in self._feeds})
