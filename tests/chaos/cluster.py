@@ -13,12 +13,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import psycopg
 import redis
 import yaml
 from sqlalchemy import Engine
@@ -34,6 +35,7 @@ from tests.logscan import worker_log
 from workers.broker import producer_app
 
 ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = "chaos_template"
 
 
 def wait_for(what: str, predicate: Callable[[], bool], timeout: float,
@@ -55,6 +57,17 @@ class Servers:
     rd: EmbeddedRedis
     database_url: str
     redis_url: str
+
+    def fresh(self) -> Servers:
+        """The same servers with a database of its own, copied from the migrated template,
+        and Redis emptied: a test that failed cannot leave work behind for the next one's
+        processes to pick up (a job still owed work, a breaker's strikes)."""
+        name = f"chaos_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.pg.url("postgres").replace("+psycopg", ""),
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+        redis.Redis.from_url(self.redis_url).flushall()
+        return replace(self, database_url=self.pg.url(name))
 
     def restart_postgres(self, down_s: float, while_down: Callable[[], None] = lambda: None
                          ) -> tuple[float, float]:
@@ -83,17 +96,22 @@ class Servers:
 
 @contextmanager
 def servers_in(tmp: Path) -> Iterator[Servers]:
-    """Embedded servers of their own (not the session's: these get restarted), migrated.
-    Redis is not durable: a restart loses every queued message, the hardest case."""
+    """Embedded servers of their own (not the session's: these get restarted) and a migrated
+    template database (``Servers.fresh`` copies it for each test). Redis is not durable: a
+    restart loses every queued message, the hardest case."""
     from orchestrator.store.migrate import upgrade
 
     pg = EmbeddedPostgres(tmp / "pg", durable=False, max_connections=400)
     rd = EmbeddedRedis(tmp / "redis", durable=False)
     try:
-        db_url = pg.start()
+        pg.start()
         redis_url = rd.start()
-        upgrade(db_url)
-        yield Servers(pg, rd, db_url, redis_url)
+        with psycopg.connect(pg.url("postgres").replace("+psycopg", ""),
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
+        template_url = pg.url(TEMPLATE)
+        upgrade(template_url)  # each test's database is a copy (Servers.fresh)
+        yield Servers(pg, rd, template_url, redis_url)
     finally:
         rd.stop()
         pg.stop()
@@ -234,6 +252,23 @@ class Cluster:
     def stop_all(self) -> None:
         for p in reversed(self.procs):
             p.stop()
+
+    def describe(self, lines: int = 15) -> str:
+        """Each process, whether it still runs, and the last warnings and errors of its log
+        (what a failed test's report shows)."""
+        out = []
+        for p in self.procs:
+            code = p.popen.poll()
+            out.append(f"{p.name}: {'running' if code is None else f'exited {code}'}")
+            try:
+                text = p.log.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            worth = [ln for ln in text if any(w in ln for w in (
+                '"level": "WARNING"', '"level": "ERROR"', '"level": "CRITICAL"', "Traceback",
+                "Error:", "ERROR", "CRITICAL"))]
+            out += [f"    {ln[:400]}" for ln in worth[-lines:]]
+        return "\n".join(out)
 
     # -- tenants and money ------------------------------------------------------------------
     def tenant(self, name: str, limit_usd: float | None = None,

@@ -1,9 +1,10 @@
 """Fixtures of the chaos suite (``pytest -m chaos -s tests/chaos`` prints the figures): servers
-of its own that the tests restart, the simulator, a cluster of processes per test."""
+of its own that the tests restart, the simulator, a cluster of processes per test on a
+database of its own."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import httpx
@@ -28,14 +29,27 @@ def chaos_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]
 def cluster(chaos_servers: Servers, e2e_sim: RunningSimulator,
             tmp_path: Path) -> Iterator[Cluster]:
     httpx.post(f"{e2e_sim.url}/_control/_reset", timeout=10).raise_for_status()
-    engine = make_engine(chaos_servers.database_url, pool_size=4, max_overflow=4)
-    c = Cluster(chaos_servers, e2e_sim.url, tmp_path, engine)
+    servers = chaos_servers.fresh()
+    engine = make_engine(servers.database_url, pool_size=4, max_overflow=4)
+    c = Cluster(servers, e2e_sim.url, tmp_path, engine)
     try:
         yield c
     finally:
         c.stop_all()
         engine.dispose()
         httpx.post(f"{e2e_sim.url}/_control/_reset", timeout=10).raise_for_status()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed chaos test's report says which processes still ran and what they last
+    warned of: CI keeps the report, not the processes' log files."""
+    report = yield
+    cluster = getattr(item, "funcargs", {}).get("cluster")
+    if report.when == "call" and report.failed and isinstance(cluster, Cluster):
+        report.sections.append(("chaos processes", cluster.describe()))
+    return report
 
 
 @pytest.fixture(scope="session")

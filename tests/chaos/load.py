@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from loadtests.checks import bills, drain, ledger_problems, paid_twice, run_jobs
 
@@ -174,6 +174,23 @@ class Verdict:
     paid_twice: int  # ledger entries, provider bills per reference, provider jobs per attempt
     charged_not_billed: list[str]
     drained_s: float
+    lost_states: dict[str, int] = field(default_factory=dict)  # "status wake=…": how many
+
+
+def lost_states(engine: Engine, lost: list[str]) -> dict[str, int]:
+    """Where the jobs not final stand: their status and whether the sweeper owes them a wake
+    (overdue), will (pending) or never will (none): what a failure message needs to say."""
+    if not lost:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT status, CASE WHEN wake_at IS NULL THEN 'none' WHEN wake_at <= now() "
+            "THEN 'overdue' ELSE 'pending' END AS wake, count(*) AS n FROM jobs "
+            "WHERE id = ANY(:ids) GROUP BY 1, 2"),
+            {"ids": [uuid.UUID(i) for i in lost]}).all()
+    found = {f"{r.status} wake={r.wake}": int(r.n) for r in rows}
+    missing = len(lost) - sum(found.values())
+    return found | ({"not in the database": missing} if missing else {})
 
 
 def verdict(engine: Engine, sim_url: str, accepted: set[str], tenants: list[str],
@@ -185,11 +202,11 @@ def verdict(engine: Engine, sim_url: str, accepted: set[str], tenants: list[str]
     b = bills(engine, sim_url, jobs, exclusive=False)
     twice = paid_twice(engine) + len(b.billed_twice) + sum(b.created_beyond_attempts.values())
     return Verdict(d.jobs, d.lost, d.unsettled, ledger_problems(engine), twice,
-                   b.charged_vs_billed, d.waited_s)
+                   b.charged_vs_billed, d.waited_s, lost_states(engine, d.lost))
 
 
 def assert_kept(v: Verdict) -> None:
-    assert not v.lost, f"{len(v.lost)} jobs not final: {v.lost[:5]}"
+    assert not v.lost, f"{len(v.lost)} jobs not final ({v.lost_states}): {v.lost[:5]}"
     assert not v.unsettled, f"{len(v.unsettled)} jobs still owe work: {v.unsettled[:5]}"
     assert v.audit == [], v.audit[:10]
     assert v.paid_twice == 0
