@@ -91,12 +91,21 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if self._connection_lost():
+            # A task that ended after the connection was lost (a retry it could not publish
+            # while Redis was down) rejects its message on the channel the loss closed: kombu
+            # would raise AttributeError in the worker's event loop, and the worker exited
+            # ("Unrecoverable error"). Redis cannot be told now; the message is given up as
+            # restore_unacked gives up the others.
+            log.warning("broker connection lost: a rejected message left to the sweeper")
+            virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+            return
         self.flush()
         super().reject(delivery_tag, requeue)  # type: ignore[no-untyped-call]
 
     def restore_unacked(self, client: Any = None) -> None:
         self.flush()
-        if client is None and getattr(self.channel.connection, "client", None) is None:
+        if client is None and self._connection_lost():
             # The broker connection was lost and its transport already let go of its
             # settings: kombu would build a pool from nothing and raise AttributeError, which
             # stopped the worker for good ("Unrecoverable error") on a Redis restart. The
@@ -107,6 +116,11 @@ class QoS(kombu_redis.QoS):
             self._delivered.clear()
             return
         super().restore_unacked(client)  # type: ignore[no-untyped-call]
+
+    def _connection_lost(self) -> bool:
+        """The channel's transport let go of its settings, or the channel was closed (kombu
+        then drops its transport): no pool can be made for it any more."""
+        return getattr(self.channel.connection, "client", None) is None
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every write queued so far has been sent; False on timeout."""

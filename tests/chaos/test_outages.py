@@ -30,7 +30,9 @@ def _check_answers(answers: list[Answer], down: float, up: float) -> dict[str, i
     return dict(refused)
 
 
-def _outage(cluster: Cluster, figures: Figures, which: str, tenant: str) -> None:
+def _outage(cluster: Cluster, figures: Figures, which: str, tenant: str,
+            restarts: int = 1) -> None:
+    """``restarts`` > 1: the server flaps, down 2 s, up, down again at once for 1 s, …"""
     api = cluster.api()
     cluster.worker()
     cluster.beat()
@@ -40,7 +42,9 @@ def _outage(cluster: Cluster, figures: Figures, which: str, tenant: str) -> None
         wait_for("jobs accepted before the outage", lambda: len(load.accepted) >= 10, 60)
         restart = (cluster.servers.restart_postgres if which == "postgres"
                    else cluster.servers.restart_redis)
-        down, up = restart(5.0)
+        down, up = restart(5.0 if restarts == 1 else 2.0)
+        for _ in range(restarts - 1):
+            _, up = restart(1.0)
         ok = wait_for("a 2xx after the restart", lambda: load.ok_after(up) is not None,
                       60, poll_s=0.05)
         first_ok = load.ok_after(up)
@@ -55,7 +59,8 @@ def _outage(cluster: Cluster, figures: Figures, which: str, tenant: str) -> None
     assert recovery_s <= RECOVERY_LIMIT_S, f"recovered only after {recovery_s:.1f} s"
     v = verdict(cluster.engine, cluster.sim_url, load.accepted, [tenant])
     figures.record(
-        f"{which}_restart", outage_s=up - down, recovery_s=recovery_s,
+        f"{which}_restart" + (f"_x{restarts}" if restarts > 1 else ""),
+        outage_s=up - down, recovery_s=recovery_s,
         waited_for_first_2xx_s=ok, requests=len(load.answers),
         answered_503=sum(refused.values()),
         slowest_503_s=max((a.took_s for a in load.answers if a.status == 503), default=0.0),
@@ -74,3 +79,11 @@ def test_postgres_restart_is_503_with_retry_after_and_recovers(
 
 def test_redis_restart_loses_no_accepted_job(cluster: Cluster, figures: Figures) -> None:
     _outage(cluster, figures, "redis", "chaos-redis")
+
+
+def test_redis_restarted_twice_in_a_row_loses_no_accepted_job(
+        cluster: Cluster, figures: Figures) -> None:
+    """A task that ended between the two restarts rejected its message on the channel the
+    first loss had closed, and the worker exited ("Unrecoverable error"): every job after it
+    stayed where it was. tests/integration/test_broker_worker.py pins that case down."""
+    _outage(cluster, figures, "redis", "chaos-redis-twice", restarts=2)
