@@ -63,9 +63,7 @@ class Servers:
         and Redis emptied: a test that failed cannot leave work behind for the next one's
         processes to pick up (a job still owed work, a breaker's strikes)."""
         name = f"chaos_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.pg.url("postgres").replace("+psycopg", ""),
-                             autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+        _create_database(self.pg, name, template=TEMPLATE)
         redis.Redis.from_url(self.redis_url).flushall()
         return replace(self, database_url=self.pg.url(name))
 
@@ -94,6 +92,12 @@ class Servers:
         return stopped, time.monotonic()
 
 
+def _create_database(pg: EmbeddedPostgres, name: str, template: str | None = None) -> None:
+    copy = f' TEMPLATE "{template}"' if template else ""
+    with psycopg.connect(pg.url("postgres").replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
+
+
 @contextmanager
 def servers_in(tmp: Path) -> Iterator[Servers]:
     """Embedded servers of their own (not the session's: these get restarted) and a migrated
@@ -106,9 +110,7 @@ def servers_in(tmp: Path) -> Iterator[Servers]:
     try:
         pg.start()
         redis_url = rd.start()
-        with psycopg.connect(pg.url("postgres").replace("+psycopg", ""),
-                             autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
+        _create_database(pg, TEMPLATE)
         template_url = pg.url(TEMPLATE)
         upgrade(template_url)  # each test's database is a copy (Servers.fresh)
         yield Servers(pg, rd, template_url, redis_url)
