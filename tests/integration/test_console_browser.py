@@ -6,9 +6,12 @@ sees every tenant. Screenshots: ``test-artifacts/console/``."""
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qs, urlsplit
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Request, Route, expect
 
 from orchestrator.client import Client
 
@@ -192,3 +195,53 @@ def test_keyboard_only_navigation(stack: Stack, page: Page) -> None:
     expect(page).to_have_url(re.compile(r"#/backends$"))
     expect(page.get_by_role("heading", name="Backends")).to_be_visible()
     expect(page.locator("nav a[aria-current=page]")).to_have_text("Backends")
+
+
+def test_spend_draws_the_grouping_asked_last(stack: Stack, page: Page) -> None:
+    """The first day-by-day load (by backend) is held at the network while the user asks for
+    projects. Before, the project load went out at once and, drawn first, was drawn over by
+    the backend one when it came back. Now the project load goes out only after the backend
+    one is done, so it is drawn last."""
+    held: list[Route] = []
+    order: list[tuple[str, str]] = []  # ("sent" | "done", group_by), as the browser saw them
+    reports = re.compile(r"/v1/reports/costs\?")
+
+    def group(url: str) -> str:
+        return parse_qs(urlsplit(url).query)["group_by"][0]
+
+    holding = [True]
+
+    def seen(what: str) -> Callable[[Request], None]:
+        def record(request: Request) -> None:
+            if reports.search(request.url):
+                order.append((what, group(request.url)))
+        return record
+
+    def hold(route: Route) -> None:
+        if holding[0] and group(route.request.url) == "backend":
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.on("request", seen("sent"))
+    page.on("requestfinished", seen("done"))
+    page.route(reports, hold)
+
+    sign_in(page, stack, stack.creds["tenant_key"], "tenant demo")  # opens on Spend
+    until(page, lambda: len(held) == 14)  # one report per day bucket
+    page.get_by_label("Stacked by").select_option("project")
+    holding[0] = False
+    for route in held:
+        route.continue_()
+    until(page, lambda: order.count(("done", "project")) == 14)
+    last_backend = max(i for i, e in enumerate(order) if e == ("done", "backend"))
+    assert order.index(("sent", "project")) > last_backend, order
+    expect(page.get_by_role("img", name=re.compile(r"^Spend per day by project"))).to_be_visible()
+
+
+def until(page: Page, done: Callable[[], bool], timeout_s: float = 30) -> None:
+    """Until ``done()``, letting Playwright deliver the page's events between two looks."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        page.wait_for_timeout(20)  # the polling interval; events arrive during it

@@ -3,6 +3,7 @@
 import { call } from "./api.js";
 import { h, usd, table } from "./dom.js";
 import { stackedBars, legend } from "./chart.js";
+import { serially } from "./live.js";
 
 const HOUR = 3600e3, DAY = 24 * HOUR;
 
@@ -40,7 +41,12 @@ export function spendView(ctx) {
   unit.addEventListener("change", () => { state.unit = unit.value; load(); });
   by.addEventListener("change", () => { state.by = by.value; load(); });
 
-  async function load() {
+  // One load at a time, the next reading the choices made meanwhile: two loads in flight
+  // could end in either order, and the first one asked drew over the last one.
+  const inTurn = serially(ctx);
+  const load = () => inTurn("", draw);
+
+  async function draw() {
     const buckets = bucketsFor(state.unit);
     body.setAttribute("aria-busy", "true");
     const reports = await Promise.all(buckets.map(b => call("/v1/reports/costs", { params: {
