@@ -87,17 +87,21 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
 
     def ack(self, delivery_tag: Any) -> None:
-        self._queue(("ack", delivery_tag))
+        if not self._connection_lost():  # else a writer thread would start on a dead channel
+            self._queue(("ack", delivery_tag))
         virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         if self._connection_lost():
-            # A task that ended after the connection was lost (a retry it could not publish
-            # while Redis was down) rejects its message on the channel the loss closed: kombu
+            # A task that ended after its channel was closed (the connection lost; its retry
+            # could not be published while Redis was down) rejects its message there: kombu
             # would raise AttributeError in the worker's event loop, and the worker exited
-            # ("Unrecoverable error"). Redis cannot be told now; the message is given up as
-            # restore_unacked gives up the others.
-            log.warning("broker connection lost: a rejected message left to the sweeper")
+            # ("Unrecoverable error"). Redis cannot be told now, so neither a requeue nor the
+            # removal of its unacked record happens: a Redis that kept its data restores the
+            # message after the visibility timeout (a guarded step run again, a no-op), and
+            # the sweeper revives the job as it does those restore_unacked gave up.
+            log.warning("broker connection lost: a rejected message left to the sweeper",
+                        extra={"delivery_tag": str(delivery_tag), "requeue": requeue})
             virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
             return
         self.flush()

@@ -64,7 +64,8 @@ class Servers:
         processes to pick up (a job still owed work, a breaker's strikes)."""
         name = f"chaos_{uuid.uuid4().hex[:12]}"
         _create_database(self.pg, name, template=TEMPLATE)
-        redis.Redis.from_url(self.redis_url).flushall()
+        with redis.Redis.from_url(self.redis_url) as r:
+            r.flushall()
         return replace(self, database_url=self.pg.url(name))
 
     def restart_postgres(self, down_s: float, while_down: Callable[[], None] = lambda: None
@@ -113,6 +114,8 @@ def servers_in(tmp: Path) -> Iterator[Servers]:
         _create_database(pg, TEMPLATE)
         template_url = pg.url(TEMPLATE)
         upgrade(template_url)  # each test's database is a copy (Servers.fresh)
+        # nobody may connect to the template (CREATE DATABASE … TEMPLATE refuses while
+        # anyone is): tests use Servers.fresh(), whose database_url is their own copy's
         yield Servers(pg, rd, template_url, redis_url)
     finally:
         rd.stop()

@@ -228,20 +228,23 @@ def test_spend_draws_the_grouping_asked_last(stack: Stack, page: Page) -> None:
     page.route(reports, hold)
 
     sign_in(page, stack, stack.creds["tenant_key"], "tenant demo")  # opens on Spend
-    until(page, lambda: len(held) == 14)  # one report per day bucket
+    until(page, lambda: len(held) >= 14, state=lambda: order)  # one report per day bucket
     page.get_by_label("Stacked by").select_option("project")
     holding[0] = False
     for route in held:
         route.continue_()
-    until(page, lambda: order.count(("done", "project")) == 14)
+    until(page, lambda: order.count(("done", "project")) >= 14, state=lambda: order)
     last_backend = max(i for i, e in enumerate(order) if e == ("done", "backend"))
     assert order.index(("sent", "project")) > last_backend, order
+    expect(page.locator("#spend-body")).to_have_attribute("data-by", "project")
     expect(page.get_by_role("img", name=re.compile(r"^Spend per day by project"))).to_be_visible()
 
 
-def until(page: Page, done: Callable[[], bool], timeout_s: float = 30) -> None:
-    """Until ``done()``, letting Playwright deliver the page's events between two looks."""
+def until(page: Page, done: Callable[[], bool], timeout_s: float = 30,
+          state: Callable[[], object] = lambda: None) -> None:
+    """Until ``done()``, letting Playwright deliver the page's events between two looks;
+    ``state()`` says what was seen when it times out."""
     deadline = time.monotonic() + timeout_s
     while not done():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out; seen: {state()}"
         page.wait_for_timeout(20)  # the polling interval; events arrive during it

@@ -145,7 +145,8 @@ def test_up_runs_the_system_and_stops_cleanly(root: Path) -> None:
         # the key kept; the children read it from the data dir they are given
         assert (data / "secret.key").read_text().strip() == key
         assert child_env(str(data), "api")["ORCH_DATA_DIR"] == str(data)
-        assert not any(make_url(creds["database_url"]).password in ln for ln in lines)
+        password = make_url(creds["database_url"]).password
+        assert password and not any(password in ln for ln in lines)
         # the API keeps the CPU first; the worker and beat yield it (ORCH_UP_BACKGROUND_NICE)
         assert niceness_of(str(data), "api") == {0}
         assert niceness_of(str(data), "worker") == niceness_of(str(data), "beat") == {10}

@@ -47,10 +47,11 @@ export function spendView(ctx) {
   const load = () => inTurn("", draw);
 
   async function draw() {
-    const buckets = bucketsFor(state.unit);
+    const { unit: per, by: group } = state;  // what this draw shows, whatever changes meanwhile
+    const buckets = bucketsFor(per);
     body.setAttribute("aria-busy", "true");
     const reports = await Promise.all(buckets.map(b => call("/v1/reports/costs", { params: {
-      group_by: state.by, from: b.from.toISOString(), to: b.to.toISOString(),
+      group_by: group, from: b.from.toISOString(), to: b.to.toISOString(),
       tenant: ctx.tenant || undefined } })));
     const values = new Map(), names = new Map();
     let total = 0, jobs = 0;
@@ -68,16 +69,17 @@ export function spendView(ctx) {
     const series = [...names.keys()].sort((a, b) => names.get(b) - names.get(a));
     const who = ctx.me.admin ? (ctx.tenant ? `tenant ${ctx.tenant}` : "all tenants")
       : `tenant ${ctx.me.tenant}`;
-    const label = `Spend per ${state.unit} by ${state.by}, ${who}: ${usd(total)} in total`;
+    const label = `Spend per ${per} by ${group}, ${who}: ${usd(total)} in total`;
     body.replaceChildren(
       h("p", { id: "spend-total" }, `${usd(total)} over ${jobs} charged jobs (${who}).`),
       stackedBars({ buckets, series, values, label }),
       legend(series),
       h("details", {}, h("summary", {}, "Show as a table"),
         table(label, [
-          { label: state.unit, cell: b => b.label },
+          { label: per, cell: b => b.label },
           ...series.map(n => ({ label: n, num: true, cell: b => usd(values.get(b.key).get(n) || 0) })),
         ], buckets)));
+    body.dataset.by = group;
     body.setAttribute("aria-busy", "false");
     ctx.setStatus(`spend updated ${new Date().toLocaleTimeString()}`);
   }
