@@ -87,8 +87,7 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
 
     def ack(self, delivery_tag: Any) -> None:
-        if not self._connection_lost():  # else a writer thread would start on a dead channel
-            self._queue(("ack", delivery_tag))
+        self._queue(("ack", delivery_tag))
         virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
@@ -145,6 +144,8 @@ class QoS(kombu_redis.QoS):
             self._conn = None
 
     def _queue(self, write: tuple[Any, ...]) -> None:
+        if self._connection_lost():  # Redis cannot be told; a writer would never be stopped
+            return
         if self._writer is None:
             with self._writer_lock:
                 if self._writer is None:
