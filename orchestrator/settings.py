@@ -187,9 +187,10 @@ class Settings(BaseSettings):
         description="open event streams (SSE) per API process; past it 503 with Retry-After",
     )
     events_ping_s: float = Field(
-        default=15.0, gt=0, le=300,
+        default=15.0, gt=0, le=50,
         description="an idle event stream gets a comment line this often (keeps proxies "
-        "from closing it) and looks at the events table again",
+        "from closing it) and looks at the events table again; at most 50, under the "
+        "SDK's 60 s read timeout and common proxies' idle limits",
     )
     webhook_retry_window_s: float = Field(
         default=86_400.0, gt=0,

@@ -2,7 +2,8 @@
 
 ``PUT /v1/webhooks`` (the tenant's own key, or an admin key naming ``tenant``) sets the URL
 (optional: without one only jobs' ``webhook_url`` are called), the events it receives and the
-secret that signs every webhook of the tenant's jobs. The secret is sealed at rest; the URL is
+secret that signs every webhook of the tenant's jobs; a field left out keeps its stored value,
+so ``{"secret": …}`` alone rotates the secret. The secret is sealed at rest; the URL is
 shown as its origin only. A tenant that set no secret has one made on first need (its default
 secret, ``whsec_…``); ``GET /v1/webhooks/secret`` returns the tenant's secret, made now if
 missing, so a receiver can verify signatures: the only route that shows it (``PUT`` replaces
@@ -24,6 +25,7 @@ from orchestrator.api.principal import Principal
 from orchestrator.domain.events import EVENT_TYPES, TERMINAL_EVENTS
 from orchestrator.errors import InvalidRequest, NotFound
 from orchestrator.events import endpoints
+from orchestrator.secrets import SecretKeyMissing
 from orchestrator.store.keys import TENANT_RE
 
 
@@ -32,14 +34,20 @@ class WebhookBody(BaseModel):
 
     tenant: str | None = Field(default=None, description="admin keys: whose endpoint")
     url: str | None = Field(default=None, max_length=2048,
-                            description="where the tenant's events go; null: jobs' own only")
+                            description="where the tenant's events go; null: jobs' own "
+                                        "only; left out: kept")
     secret: str | None = Field(default=None, min_length=16, max_length=256,
-                               description="signs every webhook; required the first time")
-    events: list[str] = Field(default_factory=lambda: list(TERMINAL_EVENTS))
+                               description="signs every webhook; required the first time; "
+                                           "left out: kept")
+    events: list[str] | None = Field(
+        default=None, description="left out: kept (a new endpoint: the terminal events)",
+        examples=[list(TERMINAL_EVENTS)])
 
     @field_validator("events")
     @classmethod
-    def _events(cls, v: list[str]) -> list[str]:
+    def _events(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            raise ValueError("a list of event types (leave it out to keep the stored ones)")
         for e in v:
             if e not in EVENT_TYPES:
                 raise ValueError(f"unknown event {e!r}; one of {', '.join(EVENT_TYPES)}")
@@ -126,8 +134,9 @@ def router(ctx: ApiContext) -> APIRouter:
     def put_webhook(body: WebhookBody, p: Caller) -> dict[str, Any]:
         tenant = _whose(p, body.tenant)
         with c.engine.begin() as conn:
-            ep = endpoints.put(conn, tenant, url=body.url, secret=body.secret,
-                               events=body.events, policy=c.egress, box=c.secrets)
+            ep = endpoints.put(
+                conn, tenant, url=body.url if "url" in body.model_fields_set else endpoints.KEEP,
+                secret=body.secret, events=body.events, policy=c.egress, box=c.secrets)
         return ep.view()
 
     @r.get("/webhooks", response_model=WebhookOut, summary="The tenant's webhook endpoint",
@@ -148,7 +157,8 @@ def router(ctx: ApiContext) -> APIRouter:
         with c.engine.begin() as conn:
             ep = endpoints.ensure_secret(conn, who, c.secrets)
         secret = endpoints.open_secret(ep, c.secrets)
-        assert secret is not None  # ensure_secret stored one, sealed with this box
+        if secret is None:  # one was stored before, and this process has no key to open it
+            raise SecretKeyMissing()
         response.headers["Cache-Control"] = "no-store"  # no proxy or cache keeps a copy
         return {"tenant": who, "secret": secret}
 

@@ -34,6 +34,7 @@ def describe(e: JobEvent) -> str:
         "job.failover": f"{d.get('from')} -> {d.get('to')}: {d.get('why')}",
         "job.succeeded": f"on {d.get('backend')}, cost {usd(cost.get('total_usd'))}",
         "job.failed": f"{error.get('code')}: {error.get('message')}",
+        "job.cancelled": f"cost {usd(cost.get('total_usd'))}",
     }.get(e.type, "")
     return f"{e.created_at.isoformat()}  #{e.seq:<3} {e.type:14} {what}".rstrip()
 
@@ -50,7 +51,7 @@ def jobs_watch(
 ) -> None:
     """Print each event of a job as it comes, until it ends; exit non-zero unless it
     succeeded."""
-    last = None
+    last: JobEvent | None = None
     with _client(api_url, api_key) as c:
         try:
             for event in c.events(job_id, after=after, timeout=timeout):
@@ -61,8 +62,17 @@ def jobs_watch(
             fail(f"job {job_id}: no end within {timeout:g} s")
         except httpx.TransportError as exc:
             fail(f"job {job_id}: event stream unavailable ({type(exc).__name__})")
-    if last is not None and last.type != "job.succeeded":
-        fail(f"job {job_id} {last.type.removeprefix('job.')}")
+        # The stream can end with no terminal event printed: --after at or past it, or the
+        # events dropped by retention. The job itself says how it ended.
+        if last is not None and last.is_terminal:
+            status = last.type.removeprefix("job.")
+        else:
+            job = c.get(job_id)
+            if not job.is_final:
+                fail(f"job {job_id}: its event stream ended while it is {job.status}")
+            status = job.status
+    if status != "succeeded":
+        fail(f"job {job_id} {status}")
 
 
 @jobs_app.command("result")

@@ -214,6 +214,18 @@ def result(job_id: str) -> Call[JobResult]:
 
 TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.cancelled"})
 STREAM_READ_TIMEOUT_S = 60.0  # the server sends a comment at least every ORCH_EVENTS_PING_S
+# Connections in a row that bring no new event before a job's stream is given up: each
+# clean end is retried at once, each cut (a transport error) after a pause that doubles.
+STREAM_TRIES = 3
+STREAM_RETRY_PAUSE_S = 0.25
+
+
+def stream_retry_pause(tries: int) -> float:
+    return float(STREAM_RETRY_PAUSE_S * 2 ** (tries - 1))
+
+
+def stream_deadline_passed() -> httpx.ReadTimeout:
+    return httpx.ReadTimeout("no terminal event in time")
 
 
 def events_path(job_id: str) -> str:

@@ -183,25 +183,46 @@ class AsyncClient:
                      ) -> AsyncIterator[JobEvent]:
         """As ``Client.events``: the job's events until its terminal one."""
         stop = None if timeout is None else self._clock() + timeout
-        last, quiet = after, 0
-        while quiet < 3:
+        last, tries = after, 0
+        while True:
             remaining = _core.STREAM_READ_TIMEOUT_S if stop is None else stop - self._clock()
             if remaining <= 0:
-                raise httpx.ReadTimeout("no terminal event in time")
-            async with httpx_sse.aconnect_sse(
-                self._http, "GET", _core.events_path(id),
-                headers=_core.stream_headers(last), timeout=_core.stream_timeout(remaining),
-            ) as source:
-                if not source.response.is_success:
-                    await source.response.aread()
-                    raise error_from_response(source.response)
-                quiet += 1
-                async for sse in source.aiter_sse():
-                    event = _core.parse_event(sse.data)
-                    last, quiet = event.seq, 0
-                    yield event
-                    if event.is_terminal:
-                        return
+                raise _core.stream_deadline_passed()
+            tries += 1
+            try:
+                async with httpx_sse.aconnect_sse(
+                    self._http, "GET", _core.events_path(id),
+                    headers=_core.stream_headers(last), timeout=_core.stream_timeout(remaining),
+                ) as source:
+                    if not source.response.is_success:
+                        await source.response.aread()
+                        raise error_from_response(source.response)
+                    messages = source.aiter_sse()
+                    while True:
+                        try:
+                            # keep-alive comments restart httpx's read timeout: bound the
+                            # wait for each message by what is left
+                            async with asyncio.timeout(
+                                    None if stop is None else stop - self._clock()):
+                                sse = await anext(messages)
+                        except StopAsyncIteration:
+                            break
+                        except TimeoutError:
+                            raise _core.stream_deadline_passed() from None
+                        event = _core.parse_event(sse.data)
+                        last, tries = event.seq, 0
+                        yield event
+                        if event.is_terminal:
+                            return
+            except httpx.TransportError:
+                if stop is not None and self._clock() >= stop:
+                    raise _core.stream_deadline_passed() from None
+                if tries >= _core.STREAM_TRIES:
+                    raise
+                await self._sleep(_core.stream_retry_pause(tries))
+                continue
+            if tries >= _core.STREAM_TRIES:
+                return
 
     async def result(self, id: str) -> JobResult:
         return await self._run(_core.result(id))

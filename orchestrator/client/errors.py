@@ -7,6 +7,8 @@
     ├── Forbidden                403 forbidden: the key may not do this (admin only)
     ├── NotFound                 404 not_found: no such job (or not yours)
     ├── Conflict                 409 conflict: idempotency key reused with another body, ...
+    │   └── NotReadyYet          409 not_ready_yet: a result asked for before the job succeeded
+    ├── ResultExpired            410 result_expired: the result was dropped after retention
     ├── NoEligibleBackend        no_eligible_backend: routing left no candidate
     ├── RateLimited              429 rate_limited: ``retry_after`` seconds (or None)
     ├── ServerError              5xx: the server failed (after the SDK's own retries)
@@ -142,6 +144,20 @@ class WaitTimeout(ApiError, TimeoutError):
         self.job = job
 
 
+class NotReadyYet(Conflict):
+    """409 ``not_ready_yet``: ``result()`` of a job that has not succeeded (yet);
+    ``details["status"]`` is the job's status."""
+
+    default_code = "not_ready_yet"
+
+
+class ResultExpired(ApiError):
+    """410 ``result_expired``: the job succeeded, and its result was dropped after the
+    server's retention (``ORCH_RESULT_RETENTION_DAYS``); its cost stays in the ledger."""
+
+    default_code = "result_expired"
+
+
 _BY_CODE: dict[str, type[ApiError]] = {
     "invalid_request": InvalidRequest,
     "unauthorized": Unauthorized,
@@ -152,6 +168,8 @@ _BY_CODE: dict[str, type[ApiError]] = {
     "no_eligible_backend": NoEligibleBackend,
     "rate_limited": RateLimited,
     "unavailable": Unavailable,
+    "not_ready_yet": NotReadyYet,
+    "result_expired": ResultExpired,
 }
 
 _BY_STATUS: dict[int, type[ApiError]] = {
@@ -162,6 +180,7 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     404: NotFound,
     409: Conflict,
     422: InvalidRequest,
+    410: ResultExpired,
     429: RateLimited,
 }
 

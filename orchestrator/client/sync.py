@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -183,27 +186,40 @@ class Client:
                ) -> Iterator[JobEvent]:
         """The job's events as they come (``GET /v1/jobs/{id}/events``), after ``seq``
         ``after``, until its terminal event; reconnects with ``Last-Event-ID`` when the
-        stream is cut. ``timeout``: stop after this many seconds (httpx.ReadTimeout)."""
+        stream ends or is cut, and gives up after three connections in a row that bring
+        nothing new (the last cut's ``httpx.TransportError``, or the end of the iteration).
+        ``timeout``: raise ``httpx.ReadTimeout`` after this many seconds."""
         stop = None if timeout is None else self._clock() + timeout
-        last, quiet = after, 0
-        while quiet < 3:  # a stream that ends three times with nothing new: give up
+        last, tries = after, 0
+        while True:
             remaining = _core.STREAM_READ_TIMEOUT_S if stop is None else stop - self._clock()
             if remaining <= 0:
-                raise httpx.ReadTimeout("no terminal event in time")
-            with httpx_sse.connect_sse(
-                self._http, "GET", _core.events_path(id),
-                headers=_core.stream_headers(last), timeout=_core.stream_timeout(remaining),
-            ) as source:
-                if not source.response.is_success:
-                    source.response.read()
-                    raise error_from_response(source.response)
-                quiet += 1
-                for sse in source.iter_sse():
-                    event = _core.parse_event(sse.data)
-                    last, quiet = event.seq, 0
-                    yield event
-                    if event.is_terminal:
-                        return
+                raise _core.stream_deadline_passed()
+            tries += 1
+            try:
+                with httpx_sse.connect_sse(
+                    self._http, "GET", _core.events_path(id),
+                    headers=_core.stream_headers(last), timeout=_core.stream_timeout(remaining),
+                ) as source:
+                    if not source.response.is_success:
+                        source.response.read()
+                        raise error_from_response(source.response)
+                    with _cut_after(source.response, None if stop is None else remaining):
+                        for sse in source.iter_sse():
+                            event = _core.parse_event(sse.data)
+                            last, tries = event.seq, 0
+                            yield event
+                            if event.is_terminal:
+                                return
+            except httpx.TransportError:
+                if stop is not None and self._clock() >= stop:
+                    raise _core.stream_deadline_passed() from None
+                if tries >= _core.STREAM_TRIES:
+                    raise
+                self._sleep(_core.stream_retry_pause(tries))
+                continue
+            if tries >= _core.STREAM_TRIES:
+                return
 
     def result(self, id: str) -> JobResult:
         """A succeeded job's output and cost breakdown (``GET /v1/jobs/{id}/result``)."""
@@ -233,6 +249,30 @@ class Client:
     ) -> Budget:
         """Admin: create or update a budget."""
         return self._run(_core.set_budget(scope, period, limit_usd, alert_thresholds, channels))
+
+
+@contextlib.contextmanager
+def _cut_after(response: httpx.Response, seconds: float | None) -> Iterator[None]:
+    """Shut the stream's socket down after ``seconds``, so that a read blocked on it ends
+    then: httpx's read timeout cannot bound a stream, as each keep-alive comment restarts
+    it. (A transport without a socket, such as httpx.MockTransport, is left alone.)"""
+    stream = response.extensions.get("network_stream") if seconds is not None else None
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if not isinstance(sock, socket.socket) or seconds is None:
+        yield
+        return
+    timer = threading.Timer(seconds, _shutdown, (sock,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed meanwhile
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 __all__ = ["ApiError", "Client"]

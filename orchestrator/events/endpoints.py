@@ -10,6 +10,7 @@ is needed (:func:`ensure_secret`: a job with ``webhook_url`` admitted, a deliver
 
 from __future__ import annotations
 
+import enum
 import json
 import secrets
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
+from orchestrator.domain.events import TERMINAL_EVENTS
 from orchestrator.egress import EgressPolicy
 from orchestrator.egress.policy import parse_url
 from orchestrator.errors import InvalidRequest
@@ -28,11 +30,16 @@ from orchestrator.secrets import SecretBox, SecretKeyMissing
 _UPSERT = text(
     """
     INSERT INTO webhook_endpoints (tenant, url, origin, secret, events)
-    VALUES (:t, CAST(:url AS jsonb), :origin, CAST(:secret AS jsonb), CAST(:events AS jsonb))
+    VALUES (:t, CAST(:url AS jsonb), :origin, CAST(:secret AS jsonb),
+            COALESCE(CAST(:events AS jsonb), CAST(:default_events AS jsonb)))
     ON CONFLICT (tenant) DO UPDATE SET
-        url = EXCLUDED.url, origin = EXCLUDED.origin,
+        url = CASE WHEN :keep_url THEN webhook_endpoints.url ELSE EXCLUDED.url END,
+        origin = CASE WHEN :keep_url THEN webhook_endpoints.origin ELSE EXCLUDED.origin END,
         secret = COALESCE(CAST(:new_secret AS jsonb), webhook_endpoints.secret),
-        events = EXCLUDED.events, failing_since = NULL, last_error = NULL, updated_at = now()
+        events = COALESCE(CAST(:events AS jsonb), webhook_endpoints.events),
+        failing_since = CASE WHEN :keep_url THEN webhook_endpoints.failing_since END,
+        last_error = CASE WHEN :keep_url THEN webhook_endpoints.last_error END,
+        updated_at = now()
     RETURNING tenant
     """
 )
@@ -70,12 +77,23 @@ def _seal(box: SecretBox | None, value: str) -> dict[str, str]:
     return {SEALED: box.encrypt(value)}
 
 
-def put(conn: Connection, tenant: str, *, url: str | None, secret: str | None,
-        events: list[str], policy: EgressPolicy, box: SecretBox | None) -> Endpoint:
-    """Create or replace the endpoint. The URL is checked by the egress policy now (a 422
-    naming ``url``); ``secret`` None keeps the stored one (required the first time)."""
+class Keep(enum.Enum):
+    """A field left out of ``PUT /v1/webhooks``: the stored value stays."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
+
+
+def put(conn: Connection, tenant: str, *, url: str | Keep | None, secret: str | None,
+        events: list[str] | None, policy: EgressPolicy, box: SecretBox | None) -> Endpoint:
+    """Create or update the endpoint. What is left out stays as stored: ``url`` :data:`KEEP`
+    (None removes the URL), ``secret`` None (required the first time), ``events`` None (the
+    terminal events for a new endpoint). The URL is checked by the egress policy now (a 422
+    naming ``url``); a new URL clears the failing mark of the old one."""
     origin = None
-    if url is not None:
+    if isinstance(url, str):
         policy.check(url, field="url")
         origin = parse_url(url, "url").origin
     if secret is None and get(conn, tenant) is None:
@@ -83,9 +101,10 @@ def put(conn: Connection, tenant: str, *, url: str | None, secret: str | None,
                              field="secret")
     sealed_secret = None if secret is None else json.dumps(_seal(box, secret))
     conn.execute(_UPSERT, {
-        "t": tenant, "url": None if url is None else json.dumps(_seal(box, url)),
-        "origin": origin, "secret": sealed_secret or json.dumps({}),
-        "new_secret": sealed_secret, "events": json.dumps(events)})
+        "t": tenant, "url": json.dumps(_seal(box, url)) if isinstance(url, str) else None,
+        "keep_url": url is KEEP, "origin": origin, "secret": sealed_secret or json.dumps({}),
+        "new_secret": sealed_secret, "events": None if events is None else json.dumps(events),
+        "default_events": json.dumps(list(TERMINAL_EVENTS))})
     found = get(conn, tenant)
     assert found is not None
     return found

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from orchestrator.api import ApiConfig
+from orchestrator.events import endpoints
 from orchestrator.simulator import RunningSimulator
 
 from .api_fixture import Api, api_fixture, start_api, video  # noqa: F401
@@ -51,6 +52,41 @@ def test_bad_webhook_input_is_refused_naming_the_field_and_changes_nothing(api: 
                                                            "events": ["job.failed"]})
     assert again.status_code == 200 and again.json()["events"] == ["job.failed"]
     assert again.json()["secret_set"] and not again.json()["url_set"]
+
+
+def test_put_keeps_what_it_leaves_out_so_a_secret_alone_rotates(api: Api) -> None:
+    t = api.tenant()
+    set_ = t.put("/v1/webhooks", json={**GOOD, "events": ["job.started", "job.failed"]})
+    assert set_.status_code == 200, set_.text
+    with api.rig.engine.begin() as conn:  # the endpoint has been failing
+        conn.execute(text("UPDATE webhook_endpoints SET failing_since = now(), "
+                          "last_error = 'http_500' WHERE tenant = 'acme'"))
+    rotated = t.put("/v1/webhooks", json={"secret": "fedcba9876543210"})
+    assert rotated.status_code == 200, rotated.text
+    shown = rotated.json()
+    assert shown["url_set"] and shown["origin"] == "https://93.184.216.34"
+    assert shown["events"] == ["job.started", "job.failed"]
+    assert shown["last_error"] == "http_500"  # the same URL: still failing until it answers
+    assert t.get("/v1/webhooks/secret").json()["secret"] == "fedcba9876543210"
+    with api.rig.engine.connect() as conn:
+        ep = endpoints.get(conn, "acme")
+    assert endpoints.open_url(ep, api.rig.container.secrets) == GOOD["url"]
+    moved = t.put("/v1/webhooks", json={"url": "https://93.184.216.35/other"}).json()
+    assert moved["origin"] == "https://93.184.216.35" and moved["last_error"] is None
+    assert moved["events"] == ["job.started", "job.failed"]
+    removed = t.put("/v1/webhooks", json={"url": None}).json()
+    assert not removed["url_set"] and removed["events"] == ["job.started", "job.failed"]
+    assert _field(t.put("/v1/webhooks", json={"events": None})) == "events"
+    assert t.get("/v1/webhooks/secret").json()["secret"] == "fedcba9876543210"
+
+
+def test_the_secret_route_says_secret_key_missing_when_the_key_is_gone(api: Api) -> None:
+    t = api.tenant()
+    assert t.get("/v1/webhooks/secret").status_code == 200  # made and stored, sealed
+    api.rig.container.__dict__["secrets"] = None  # as an API started without ORCH_SECRET_KEY
+    r = t.get("/v1/webhooks/secret")
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "secret_key_missing"
 
 
 @pytest.fixture(name="one_stream_api")

@@ -19,7 +19,9 @@ from orchestrator.client import (
     InvalidRequest,
     NoEligibleBackend,
     NotFound,
+    NotReadyYet,
     RateLimited,
+    ResultExpired,
     RetryPolicy,
     ServerError,
     Unauthorized,
@@ -331,3 +333,18 @@ def test_logs_never_contain_the_key_or_the_prompt(caplog: pytest.LogCaptureFixtu
     text = caplog.text
     assert "POST /v1/jobs -> 503" in text
     assert "orch_secret_key" not in text and "my secret prompt" not in text
+
+
+def test_result_errors_are_typed_not_ready_yet_and_expired() -> None:
+    script = Script([httpx.Response(409, json={"error": {
+                         "code": "not_ready_yet", "message": "job j-1 is running",
+                         "details": {"status": "running"}}}),
+                     envelope(410, "result_expired", "dropped after 30 days")])
+    c = make(script)
+    with pytest.raises(NotReadyYet) as early:
+        c.result("j-1")
+    assert isinstance(early.value, Conflict) and early.value.details == {"status": "running"}
+    with pytest.raises(ResultExpired) as late:
+        c.result("j-1")
+    assert late.value.status == 410 and late.value.code == "result_expired"
+    assert [r.url.path for r in script.requests] == ["/v1/jobs/j-1/result"] * 2

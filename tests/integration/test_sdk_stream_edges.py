@@ -1,0 +1,215 @@
+"""The SDK's job streams against a small real SSE server that misbehaves as networks and
+proxies do: keep-alive comments that never end (the time limit must still hold), and a
+connection cut in the middle of a chunked body (the stream resumes with Last-Event-ID)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli.main import app as cli_app
+from orchestrator.client import AsyncClient, Client, JobEvent, WaitTimeout
+
+JOB = "8b0c7d3e-0000-4000-8000-000000000001"
+Reply = Callable[["Handler"], None]
+
+
+def event(seq: int, type_: str) -> dict[str, Any]:
+    return {"id": f"ev-{seq}", "type": type_, "job_id": JOB, "tenant": "acme", "seq": seq,
+            "created_at": "2026-12-06T10:00:00+00:00", "data": {"backend": "vid-draft"}}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: SseServer
+
+    def do_GET(self) -> None:
+        self.server.seen.append((self.path, self.headers.get("Last-Event-ID")))
+        if self.path.endswith("/events"):
+            self.server.next_reply()(self)
+            return
+        body = json.dumps({"id": JOB, "status": self.server.job_status, "kind": "video",
+                           "tier": "draft", "created_at": "2026-12-06T10:00:00+00:00"})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def chunk(self, text: str) -> None:
+        data = text.encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def send_event(self, ev: dict[str, Any]) -> None:
+        self.chunk(f"id: {ev['seq']}\nevent: {ev['type']}\ndata: {json.dumps(ev)}\n\n")
+
+    def end_stream(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class SseServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, replies: list[Reply]) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.replies = replies
+        self.seen: list[tuple[str, str | None]] = []
+        self.job_status = "running"
+        self.stop = threading.Event()
+
+    def next_reply(self) -> Reply:
+        return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture()
+def serve() -> Iterator[Callable[[list[Reply]], SseServer]]:
+    servers: list[SseServer] = []
+
+    def start(replies: list[Reply]) -> SseServer:
+        s = SseServer(replies)
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop.set()
+        s.shutdown()
+        s.server_close()
+
+
+def pings_forever(h: Handler) -> None:
+    """Keep-alive comments every 0.1 s and never an event, as a server does for a job
+    that runs on."""
+    h.start_stream()
+    try:
+        while not h.server.stop.wait(0.1):
+            h.chunk(": ping\n\n")
+    except OSError:  # the client left
+        pass
+
+
+def queued_then_cut(h: Handler) -> None:
+    """Event 1, then the connection drops in the middle of the chunked body."""
+    h.start_stream()
+    h.send_event(event(1, "job.queued"))
+    h.connection.shutdown(2)
+
+
+def started_then_succeeded(h: Handler) -> None:
+    h.start_stream()
+    h.send_event(event(2, "job.started"))
+    h.send_event(event(3, "job.succeeded"))
+    h.end_stream()
+
+
+def cut_at_once(h: Handler) -> None:
+    h.start_stream()
+    h.connection.shutdown(2)
+
+
+def test_events_timeout_holds_while_keep_alive_comments_flow(serve: Any) -> None:
+    server = serve([pings_forever])
+    with Client(server.url, "orch_k") as sdk:
+        began = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            for _ in sdk.events(JOB, timeout=1.0):
+                pass
+        took = time.monotonic() - began
+    assert 1.0 <= took < 1.5, took  # each comment restarts httpx's read timeout
+
+
+def test_async_events_timeout_holds_while_keep_alive_comments_flow(serve: Any) -> None:
+    server = serve([pings_forever])
+
+    async def go() -> float:
+        async with AsyncClient(server.url, "orch_k") as sdk:
+            began = time.monotonic()
+            with pytest.raises(httpx.ReadTimeout):
+                async for _ in sdk.events(JOB, timeout=1.0):
+                    pass
+            return time.monotonic() - began
+
+    took = asyncio.run(go())
+    assert 1.0 <= took < 1.5, took
+
+
+def test_wait_raises_at_its_timeout_while_the_stream_only_pings(serve: Any) -> None:
+    server = serve([pings_forever])
+    with Client(server.url, "orch_k") as sdk:
+        began = time.monotonic()
+        with pytest.raises(WaitTimeout) as info:
+            sdk.wait(JOB, timeout=1.0, poll_interval=0.2)
+        took = time.monotonic() - began
+    assert info.value.job is not None and info.value.job.status == "running"
+    assert 1.0 <= took < 1.5, took
+
+
+def test_events_resume_after_a_cut_with_last_event_id(serve: Any) -> None:
+    server = serve([queued_then_cut, started_then_succeeded])
+    with Client(server.url, "orch_k") as sdk:
+        got = [(e.seq, e.type) for e in sdk.events(JOB, timeout=10)]
+    assert got == [(1, "job.queued"), (2, "job.started"), (3, "job.succeeded")]
+    assert server.seen == [(f"/v1/jobs/{JOB}/events", None),
+                           (f"/v1/jobs/{JOB}/events", "1")]
+
+
+def test_async_events_resume_after_a_cut_with_last_event_id(serve: Any) -> None:
+    server = serve([queued_then_cut, started_then_succeeded])
+
+    async def go() -> list[JobEvent]:
+        async with AsyncClient(server.url, "orch_k") as sdk:
+            return [e async for e in sdk.events(JOB, timeout=10)]
+
+    assert [e.seq for e in asyncio.run(go())] == [1, 2, 3]
+    assert [h for _, h in server.seen] == [None, "1"]
+
+
+def test_events_give_up_after_three_cuts_in_a_row_that_bring_nothing(serve: Any) -> None:
+    server = serve([cut_at_once])
+    with Client(server.url, "orch_k") as sdk, pytest.raises(httpx.TransportError):
+        list(sdk.events(JOB, after=4, timeout=10))
+    assert server.seen == [(f"/v1/jobs/{JOB}/events", "4")] * 3
+
+
+def test_watch_decides_by_the_job_when_the_stream_shows_no_end(serve: Any) -> None:
+    def ended(h: Handler) -> None:  # --after past the terminal event: nothing left to send
+        h.start_stream()
+        h.end_stream()
+
+    server = serve([ended])
+    server.job_status = "failed"
+    runner = CliRunner()
+    out = runner.invoke(cli_app, ["jobs", "watch", JOB, "--after", "5", "--api-url",
+                                  server.url, "--api-key", "orch_k"])
+    assert out.exit_code == 1, out.output
+    assert f"job {JOB} failed" in out.output
+    server.job_status = "succeeded"
+    out = runner.invoke(cli_app, ["jobs", "watch", JOB, "--after", "5", "--api-url",
+                                  server.url, "--api-key", "orch_k"])
+    assert out.exit_code == 0, out.output
