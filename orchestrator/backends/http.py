@@ -265,6 +265,8 @@ class HttpAdapter(ABC):
                 f"{self.name}: the submission was sent and its answer lost ({exc.code})",
                 backend=self.name, cause=exc.code,
             )
+        elif creates and exc.code == "malformed_response":
+            exc = self.unreadable_creation(exc)
         exc.attempts = attempts
         log.warning(
             "backend call failed backend=%s method=%s code=%s attempts=%d",
@@ -283,6 +285,14 @@ class HttpAdapter(ABC):
                 raise self.malformed("the answer is not a JSON object", status)
             return body
         raise self._error_for(resp)
+
+    def unreadable_creation(self, fault: BackendError) -> OutcomeUnknown:
+        """A create the provider accepted (2xx) with an answer we cannot read: the work may
+        exist, and be billed, whatever the answer says, so the chain asks the provider
+        (reconciliation) instead of failing over as if nothing had been made."""
+        return OutcomeUnknown(
+            f"{fault.message} (the submission was accepted: the work may exist)",
+            backend=self.name, cause=fault.code)
 
     def malformed(self, what: str, status_code: int | None = None) -> BackendFault:
         return BackendFault(

@@ -23,12 +23,15 @@ class OpenAIAdapter(HttpAdapter):
 
     def submit(self, spec: JobSpec, idempotency_key: str) -> Submission:
         kind = str(spec.kind)
-        if kind == "text":
-            return self._chat(provider_input(self.backend, spec.kind, spec.input),
-                              idempotency_key)
-        if kind == "image":
-            return self._images(provider_input(self.backend, spec.kind, spec.input),
-                                idempotency_key)
+        call = {"text": self._chat, "image": self._images}.get(kind)
+        if call is not None:
+            try:
+                return call(provider_input(self.backend, spec.kind, spec.input),
+                            idempotency_key)
+            except BackendFault as exc:  # a 2xx answer we cannot read: the work was done
+                if exc.code != "malformed_response":
+                    raise
+                raise self.unreadable_creation(exc) from None
         raise BackendFault(
             f"{self.name}: the openai protocol does not serve {kind} jobs",
             code="unsupported_kind", backend=self.name,

@@ -24,13 +24,24 @@ from orchestrator.domain.inputs import provider_input
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage
 
+# Statuses are read without regard to case. One not listed here is taken as "running": the
+# provider named the work, so it is polled on (until start_to_close, then stopped) rather
+# than dropped while it may still run and bill.
 STATUS_MAP: dict[str, Status] = {
     "starting": "running",
     "processing": "running",
+    "queued": "running",
+    "in_queue": "running",
+    "pending": "running",
+    "running": "running",
+    "in_progress": "running",
     "succeeded": "succeeded",
+    "completed": "succeeded",
     "failed": "failed",
+    "error": "failed",
     "canceled": "cancelled",
     "cancelled": "cancelled",
+    "aborted": "cancelled",
 }
 JOB_FAULT_CODES = frozenset({"invalid_input", "bad_input", "validation_error"})
 _USAGE_INT = ("images", "input_tokens", "output_tokens")
@@ -49,9 +60,8 @@ class PredictionsAdapter(HttpAdapter):
         )
         ext_id = data.get("id")
         if not isinstance(ext_id, str) or not ext_id:
-            raise self.malformed("no prediction id")
-        self._status(data)  # a create answer must carry a known status too
-        return Submission(external_id=ext_id)
+            raise self.unreadable_creation(self.malformed("no prediction id"))
+        return Submission(external_id=ext_id)  # where it stands: the next poll reads it
 
     def lookup(self, reference: str) -> Submission | None:
         """``GET /v1/predictions?idempotency_key=…``: the newest prediction the provider
@@ -96,10 +106,9 @@ class PredictionsAdapter(HttpAdapter):
 
     def _status(self, data: dict[str, Any]) -> tuple[Status, str]:
         raw = data.get("status")
-        status = STATUS_MAP.get(raw) if isinstance(raw, str) else None
-        if status is None:
-            raise self.malformed(f"unknown status {safe_token(raw)!r}")
-        return status, str(raw)
+        if not isinstance(raw, str):
+            raise self.malformed("no status")
+        return STATUS_MAP.get(raw.lower(), "running"), safe_token(raw) or "unknown"
 
     def _result(self, data: dict[str, Any]) -> PollResult:
         status, raw = self._status(data)

@@ -360,7 +360,13 @@ class JobRunner:
                 return self._overran(job, attempt, adapter, token, age)
             return self._schedule_poll(job, attempt, token, age)
         except BackendError as exc:
-            return self._attempt_failed(job, attempt, exc, token)
+            # The provider named this work and now gives no readable word on it (a 404 for
+            # its own id, a malformed answer): failing over at once could leave it running,
+            # and billed, while another backend does the job again. It is asked to stop and
+            # looked at until the grace passes; then it is uncertain, with its possible charge.
+            log.warning("poll unreadable; stopping the work", extra={
+                "job_id": str(job.id), "backend": attempt.backend, "error": exc.code})
+            return self._overran(job, attempt, adapter, token, age, exc)
         if res.done:
             if attempt.cancel_requested_at is not None and not overran:
                 # not our stop: the job ended (a cancel, its deadline) after this step read it,
@@ -376,8 +382,11 @@ class JobRunner:
         return self._schedule_poll(job, attempt, token, age)
 
     def _overran(self, job: repo.JobRow, attempt: repo.AttemptRow, adapter: BackendAdapter,
-                 token: uuid.UUID, age: float) -> Next:
-        timeout = overrun(attempt, adapter.backend)
+                 token: uuid.UUID, age: float, error: BackendError | None = None) -> Next:
+        """Stop an attempt that ran too long (or whose polls ``error``): ask the provider to
+        cancel it, conclude it when the answer says it ended, else look again until the
+        grace after the cancel passes, then close it uncertain."""
+        timeout = error or overrun(attempt, adapter.backend)
         assert attempt.external_id is not None
         now = self.clock()
         if attempt.cancel_requested_at is None:

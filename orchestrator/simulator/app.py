@@ -22,7 +22,7 @@ submission that created a job claims its key (the first one to complete, if seve
 repeat of one that ended in an error is processed anew (repeats waiting on it in mode inflight
 get the same error). ``drop_answers`` then loses the answers of the next successful
 submissions after their work was done: the connection closes before the answer's body (see
-drop.py).
+drop.py); ``garble_answers`` answers them with a 200 that is not JSON instead.
 
 ``GET /_control/{backend}`` answers its knobs (state.Control) and ``counters`` (submissions,
 polls, cancels, lookups, created, replays, injected, dropped), ``predictions`` (created so

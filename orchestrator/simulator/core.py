@@ -144,13 +144,15 @@ class Simulator:
         ``replays``) or new. A new one is processed in a task of its own (processing time, then
         injected errors, then ``work``), so that it completes, creates and bills even if its
         client goes away. A successful answer (new or replayed) may then be dropped
-        (``drop_answers``)."""
+        (``drop_answers``) or garbled (``garble_answers``)."""
         self.arrive(spec, st, request, "submit")
         body = await json_body(request)
         key = request.headers.get("idempotency-key") or None
         response, ok = await self._answer(st, body, key, work, replay)
         if ok and st.take_drop():
             drop_answer(request, st.name)
+        elif ok and st.take_garble():
+            return malformed().response
         return response
 
     async def _answer(self, st: BackendState, body: dict[str, Any], key: str | None,

@@ -59,6 +59,9 @@ class Control(BaseModel):
       replay) lose their answer: processed in full (created, billed, remembered under their
       key), then the connection is closed after the answer's head, before its body (null or
       0: none). Counts down; null when it runs out.
+    - ``garble_answers``: as ``drop_answers``, but the answer arrives whole, as a 200 whose
+      body is not JSON (a proxy's error page, a truncated body): the work was created and
+      billed all the same.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -77,6 +80,7 @@ class Control(BaseModel):
     cancel_bill_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     usage_factor: float = Field(default=1.0, ge=0.0, le=100.0)
     drop_answers: int | None = Field(default=None, ge=0)
+    garble_answers: int | None = Field(default=None, ge=0)
     fail_job_rate: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
@@ -99,6 +103,7 @@ class ControlUpdate(BaseModel):
     cancel_bill_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
     usage_factor: float | None = Field(default=None, ge=0.0, le=100.0)
     drop_answers: int | None = Field(default=None, ge=0)
+    garble_answers: int | None = Field(default=None, ge=0)
     fail_job_rate: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
@@ -214,6 +219,14 @@ class BackendState:
         """Whether the job this submission creates fails (``fail_job_rate``)."""
         rate = self.control.fail_job_rate
         return bool(rate) and self.rng.random() < rate
+
+    def take_garble(self) -> bool:
+        """Whether to garble this answer (``garble_answers`` counts down)."""
+        left = self.control.garble_answers
+        if not left:
+            return False
+        self.control = self.control.model_copy(update={"garble_answers": left - 1 or None})
+        return True
 
     def take_drop(self) -> bool:
         """Whether to drop this answer (``drop_answers`` counts down; counted in dropped)."""

@@ -326,15 +326,15 @@ def test_connection_refused_is_transient(
     assert info.value.code == "backend_connection" and info.value.attempts == 2
 
 
-def test_malformed_answer_is_a_backend_fault(
+def test_an_unreadable_answer_to_a_create_is_an_outcome_unknown(
     sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
     sim.control("img-a", error="malformed")
-    with pytest.raises(BackendFault) as info:
+    with pytest.raises(OutcomeUnknown) as info:
         adapter(sim, "img-a", http, sleeps).submit(
             spec_of("image", {"prompt": "p"}), "job-22:1"
         )
-    assert info.value.code == "malformed_response" and info.value.strike is True
+    assert info.value.details["cause"] == "malformed_response" and info.value.strike is True
     assert sim.counters("img-a")["submissions"] == 1
 
 

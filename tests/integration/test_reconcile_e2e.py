@@ -274,6 +274,62 @@ def test_a_lost_create_answer_is_found_by_its_key_and_not_paid_twice(rig: Rig) -
     assert ledger(rig) == (bill, 0)
 
 
+def test_an_unreadable_create_answer_is_found_by_its_key_and_not_paid_twice(rig: Rig) -> None:
+    budget(rig)
+    rig.control("vid-a", idempotency="none", garble_answers=1, duration_ms=500)
+    rig.start_worker()
+    job_id = submit(rig, video_job())
+    (job,) = rig.wait_final([job_id], timeout=30)
+
+    state = provider(rig, "vid-a")
+    assert state["counters"]["created"] == 1 and state["counters"]["lookups"] >= 1
+    (attempt,) = rig.attempts(job_id)
+    assert attempt.outcome == "succeeded" and attempt.external_id
+    bill = bills_of(rig, "vid-a")[f"{job_id}:1"]
+    assert job.status == "succeeded" and job.cost_micros == bill
+    assert ledger(rig) == (bill, 0)
+
+
+def test_an_unreadable_answer_from_a_provider_without_dedup_fails_over_as_uncertain(
+        rig: Rig) -> None:
+    budget(rig)
+    rig.control("txt-none", idempotency="none", garble_answers=1)
+    rig.start_worker()
+    job_id = submit(rig, text_job())
+    (job,) = rig.wait_final([job_id], timeout=30)
+
+    assert provider(rig, "txt-none")["counters"]["created"] == 1  # never sent again
+    first, second = rig.attempts(job_id)
+    assert first.outcome == "uncertain" and first.error_code == "outcome_unknown"
+    lost = bills_of(rig, "txt-none")[f"{job_id}:1"]
+    assert first.possible_cost_micros is not None and first.possible_cost_micros >= lost
+    assert second.backend == "txt-backup" and second.outcome == "succeeded"
+    assert job.status == "succeeded" and job.cost_micros == second.cost_micros
+
+
+def test_work_the_provider_stops_knowing_is_stopped_and_uncertain_not_dropped(
+        rig: Rig) -> None:
+    """A poll answered 404 for the provider's own id: the work may still run and bill, so
+    it is asked to stop and looked at through the grace; then it is uncertain with its
+    possible charge, and only then does the job fail over."""
+    budget(rig)
+    rig.control("vid-a", idempotency="none", duration_ms=1500)
+    rig.start_worker()
+    job_id = submit(rig, video_job())
+    rig.wait_for("an external id", lambda: bool(
+        (a := rig.attempts(job_id)) and a[0].external_id), timeout=30)
+    rig.control("vid-a", status_code=404)  # every request from now on, until changed
+    (job,) = rig.wait_final([job_id], timeout=60)
+
+    first, second = rig.attempts(job_id)
+    assert first.backend == "vid-a" and first.outcome == "uncertain"
+    assert first.error_code == "backend_not_found" and first.cancel_requested_at is not None
+    billed = bills_of(rig, "vid-a")[f"{job_id}:1"]  # it ran to its end at the provider
+    assert first.possible_cost_micros is not None and first.possible_cost_micros >= billed
+    assert second.backend == "vid-b" and second.outcome == "succeeded"
+    assert job.status == "succeeded" and job.cost_micros == second.cost_micros
+
+
 # -- a backend removed from the catalogue while a job runs there ----------------------------------
 
 def test_a_job_on_a_backend_removed_from_the_catalogue_ends_within_one_sweep(

@@ -84,7 +84,6 @@ CHAT = {"id": "c1", "choices": [{"message": {"content": "ok"}, "finish_reason": 
         ("vid", VIDEO, b"<html>bad gateway</html>", "not JSON"),
         ("vid", VIDEO, [1, 2], "not a JSON object"),
         ("vid", VIDEO, {"status": "starting"}, "no prediction id"),
-        ("vid", VIDEO, {"id": "p1", "status": "warming"}, "unknown status"),
         ("txt", TEXT, {**CHAT, "choices": []}, "no choices"),
         ("txt", TEXT, {k: v for k, v in CHAT.items() if k != "usage"}, "no usage"),
         ("txt", TEXT, {**CHAT, "usage": {"prompt_tokens": "10", "completion_tokens": 2}},
@@ -95,19 +94,39 @@ CHAT = {"id": "c1", "choices": [{"message": {"content": "ok"}, "finish_reason": 
         ("img", IMAGE, {"data": [], "cost_usd": 0.04}, "no data"),
     ],
 )
-def test_malformed_submit_answers_are_backend_faults_not_retried(
+def test_unreadable_submit_answers_are_outcomes_unknown_not_retried(
     name: str, job: JobSpec, body: Any, what: str
 ) -> None:
+    """A 2xx answer to a create means the provider took the request: whatever we make of the
+    answer, the work may exist and be billed, so it is reconciled, never failed over as if
+    nothing had been made (and never re-sent within the call)."""
     calls: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(request)
         return answer(body)(request)
 
-    with pytest.raises(BackendFault) as info:
+    with pytest.raises(OutcomeUnknown) as info:
         mock(name, handler).submit(job, "k1")
-    assert info.value.code == "malformed_response" and what in info.value.message
+    assert info.value.details["cause"] == "malformed_response" and what in info.value.message
     assert info.value.strike is True and len(calls) == 1
+
+
+@pytest.mark.parametrize("status", ["warming", "QUEUED", "IN_PROGRESS"])
+def test_a_prediction_in_a_status_we_do_not_know_is_running(status: str) -> None:
+    """The provider named the work: it is polled on, not dropped while it may still bill."""
+    handler = answer({"id": "p1", "status": status})
+    sub = mock("vid", handler).submit(VIDEO, "k1")
+    assert sub.external_id == "p1" and sub.result is None
+    polled = mock("vid", handler).poll("p1")
+    assert polled.status == "running" and not polled.done
+
+
+def test_common_spellings_of_an_ending_are_read() -> None:
+    done = mock("vid", answer(prediction(status="COMPLETED"))).poll("p1")
+    assert done.status == "succeeded" and done.provider_status == "COMPLETED"
+    gone = mock("vid", answer({"id": "p1", "status": "aborted"})).poll("p1")
+    assert gone.status == "cancelled" and gone.cost_micros == 0
 
 
 @pytest.mark.parametrize(
