@@ -53,7 +53,7 @@ class OpenAIAdapter(HttpAdapter):
         # the prompt only: the budget hold's token estimate is computed from it
         messages = [{"role": "user", "content": str(inp.get("prompt", ""))}]
         body: dict[str, Any] = {
-            "model": self.name,
+            "model": self.backend.provider_model or self.name,
             "messages": messages,
             "max_tokens": int(inp.get("max_tokens") or DEFAULT_MAX_TOKENS),
         }
@@ -90,7 +90,8 @@ class OpenAIAdapter(HttpAdapter):
     def _images(self, inp: dict[str, Any], key: str) -> Submission:
         size = str(inp.get("size") or DEFAULT_IMAGE_SIZE)
         n = int(inp.get("n") or 1)
-        body = {"model": self.name, "prompt": str(inp.get("prompt", "")), "n": n, "size": size}
+        body = {"model": self.backend.provider_model or self.name,
+                "prompt": str(inp.get("prompt", "")), "n": n, "size": size}
         body.update(_extra(inp, body))
         data = self.request("POST", "/v1/images/generations", json=body, idempotency_key=key,
                             creates=True)

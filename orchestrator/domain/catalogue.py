@@ -209,6 +209,9 @@ class BackendSpec(BaseModel):
     price: Price
     timeouts: Timeouts = Timeouts()
     idempotency: Idempotency = "none"
+    provider_model: str | None = Field(
+        default=None, min_length=1, max_length=256,
+        description="openai protocol: the request's model (default: the backend's name)")
     max_concurrency: int = Field(default=100, ge=1, le=1_000_000)
     expected_latency_ms: float | None = Field(
         default=None, gt=0, description="prior for routing until latency has been observed"

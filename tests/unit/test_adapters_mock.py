@@ -398,3 +398,16 @@ def test_safe_token_strips_free_text() -> None:
     assert safe_token("content_policy_violation") == "content_policy_violation"
     assert safe_token("a b'c\"<d>") == "abcd"
     assert safe_token(True) is None and safe_token({"x": 1}) is None and safe_token("  ") is None
+
+
+def test_the_openai_model_is_the_catalogues_provider_model_else_the_backend_name() -> None:
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=CHAT)
+
+    named = CATALOGUE.get("txt").model_copy(update={"provider_model": "meta-llama/Llama-3-8B"})
+    make_adapter(named, httpx.MockTransport(handler), retry=NO_SLEEP).submit(TEXT, "k1")
+    mock("txt", handler).submit(TEXT, "k2")
+    assert [b["model"] for b in sent] == ["meta-llama/Llama-3-8B", "txt"]
