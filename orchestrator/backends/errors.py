@@ -13,7 +13,8 @@ Stable codes (``exc.code``):
     TransientError  rate_limited (429, ``retry_after_s`` from Retry-After), backend_timeout,
                     backend_connection, backend_unavailable (502/503/504), backend_server_error
                     (500 and other 5xx)
-    BackendFault    malformed_response, backend_auth (401/403), backend_not_found (404: an id
+    BackendFault    malformed_response, backend_auth (401/403), backend_payment_required
+                    (402), backend_redirect (3xx: not followed), backend_not_found (404: an id
                     the backend gave us and lost, or a wrong base URL), prediction_failed (a
                     prediction ended ``failed`` without a job-fault code), unsupported_kind,
                     poll_unsupported
@@ -23,7 +24,8 @@ Stable codes (``exc.code``):
 
 A TransientError says whether the request was ``delivered``: False when it never reached the
 provider whole (no connection, or the connection broke while sending it) or the provider
-answered it (429, 5xx: nothing was done); True when it was sent and no answer came. A
+answered it (429, 408, 500, 503: nothing was done); True when it was sent and no answer came,
+or (for a submission) a gateway answered 502 or 504 for a provider that may have taken it. A
 delivered submission may have created paid work, so it is repeated within the call only on a
 backend that de-duplicates requests still in flight (catalogue ``idempotency: inflight``);
 elsewhere the call ends in OutcomeUnknown and the job chain reconciles the attempt with the

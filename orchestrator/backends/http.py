@@ -51,6 +51,7 @@ from orchestrator.retry_after import parse_retry_after
 log = logging.getLogger("orchestrator.backends")
 
 JOB_FAULT_STATUSES = frozenset({400, 422})
+GATEWAY_STATUSES = frozenset({502, 504})
 CONTENT_POLICY_MARKERS = ("content_policy", "content_filter", "safety", "nsfw", "moderation")
 USER_AGENT = b"orchestrator"
 _SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_.\-\[\]]")
@@ -194,7 +195,15 @@ class HttpAdapter(ABC):
                     f"{self.name}: connection failed ({type(exc).__name__})",
                     code="backend_connection", backend=self.name, delivered=_sent(exc),
                 ) from None
-            return self._parse(resp)
+            try:
+                return self._parse(resp)
+            except TransientError as exc:
+                # a gateway's 502 or 504 says nothing of the provider behind it, which may
+                # have taken the request and go on working, and billing, after the gateway
+                # gave up: for a create, the answer is lost
+                if creates and exc.status_code in GATEWAY_STATUSES:
+                    exc.delivered = True
+                raise
 
         unsafe_repeat = creates and not self._replay_inflight
 
@@ -331,6 +340,11 @@ class HttpAdapter(ABC):
         if status in (401, 403):
             return BackendFault(f"{self.name}: not authorised (HTTP {status}); check the API key",
                                 code="backend_auth", **common)
+        if status == 402 or 300 <= status < 400:
+            # our account with the provider (out of credit) or its address (moved): the
+            # backend's problem, which another backend does not have
+            code = "backend_payment_required" if status == 402 else "backend_redirect"
+            return BackendFault(f"{self.name}: HTTP {status}", code=code, **common)
         if status == 404:
             return BackendFault(f"{self.name}: not found (HTTP 404)",
                                 code="backend_not_found", **common)

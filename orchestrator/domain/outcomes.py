@@ -46,7 +46,7 @@ def classify_http(
         return Outcome.SUCCESS
     if status == 429:
         return Outcome.TRANSIENT
-    if status in (401, 403, 407, 408) or status >= 500:
+    if status in (401, 402, 403, 407, 408) or status >= 500:
         return Outcome.BACKEND_FAULT
     if 400 <= status < 500:
         return Outcome.JOB_FAULT

@@ -221,7 +221,7 @@ def test_down_backend_raises_transient_after_bounded_retries(
 def test_transient_5xx_is_retried_through(
     sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:
-    sim.control("txt-a", status_code=502, times=2)
+    sim.control("txt-a", status_code=500, times=2)
     res = adapter(sim, "txt-a", http, sleeps, attempts=4).submit(
         spec_of("text", {"prompt": "hi"}), "job-12:1"
     )

@@ -215,6 +215,8 @@ def test_provider_messages_never_reach_our_errors() -> None:
         (401, BackendFault, "backend_auth"),
         (403, BackendFault, "backend_auth"),
         (404, BackendFault, "backend_not_found"),
+        (402, BackendFault, "backend_payment_required"),
+        (308, BackendFault, "backend_redirect"),
         (409, JobFault, "rejected"),
         (422, JobFault, "invalid_input"),
         (408, TransientError, "backend_timeout"),
@@ -411,3 +413,34 @@ def test_the_openai_model_is_the_catalogues_provider_model_else_the_backend_name
     make_adapter(named, httpx.MockTransport(handler), retry=NO_SLEEP).submit(TEXT, "k1")
     mock("txt", handler).submit(TEXT, "k2")
     assert [b["model"] for b in sent] == ["meta-llama/Llama-3-8B", "txt"]
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_gateway_error_to_a_create_is_an_outcome_unknown_not_a_resend(status: int) -> None:
+    """Behind a gateway the provider may have taken the request and go on (and bill): a
+    create is not sent again within the call, it is reconciled; a poll is retried."""
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        return httpx.Response(status, content=b"<html>gateway</html>")
+
+    with pytest.raises(OutcomeUnknown) as info:
+        mock("vid", handler).submit(VIDEO, "k1")
+    assert info.value.details["cause"] == "backend_unavailable" and calls == ["POST"]
+    calls.clear()
+    with pytest.raises(TransientError):
+        mock("vid", handler).poll("p1")
+    assert calls == ["GET"] * 3
+
+
+def test_a_gateway_error_to_a_create_is_resent_where_the_provider_joins_repeats() -> None:
+    answers = iter([httpx.Response(504), httpx.Response(200, json=CHAT)])
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.headers["Idempotency-Key"])
+        return next(answers)
+
+    sub = mock("txt-joins", handler).submit(TEXT, "k1")
+    assert sub.result is not None and calls == ["k1", "k1"]

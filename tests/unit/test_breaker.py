@@ -111,6 +111,7 @@ def test_policy_validation() -> None:
         ({"status": 400}, Outcome.JOB_FAULT),
         ({"status": 422}, Outcome.JOB_FAULT),
         ({"status": 401}, Outcome.BACKEND_FAULT),
+        ({"status": 402}, Outcome.BACKEND_FAULT),
         ({"status": 500}, Outcome.BACKEND_FAULT),
         ({"status": 503}, Outcome.BACKEND_FAULT),
         ({"status": 302}, Outcome.BACKEND_FAULT),
