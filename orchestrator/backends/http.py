@@ -153,7 +153,13 @@ class HttpAdapter(ABC):
         headers = [(b"Accept", b"application/json"), (b"User-Agent", USER_AGENT)]
         key = self.backend.api_key()  # read per call from the environment; never logged
         if key:
-            headers.append((b"Authorization", b"Bearer " + key.encode("latin-1")))
+            try:
+                headers.append((b"Authorization", b"Bearer " + key.encode("latin-1")))
+            except UnicodeEncodeError:
+                raise BackendFault(
+                    f"{self.name}: the API key in {self.backend.api_key_env} has characters "
+                    "an HTTP header cannot carry", code="backend_auth", backend=self.name,
+                ) from None
         if idempotency_key:
             headers.append((b"Idempotency-Key", idempotency_key.encode("latin-1")))
         if has_body:

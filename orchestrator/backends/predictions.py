@@ -85,10 +85,12 @@ class PredictionsAdapter(HttpAdapter):
                 if not isinstance(ext_id, str) or not ext_id:
                     raise self.malformed("a listed prediction has no id")
                 return Submission(external_id=ext_id, result=self._result(item))
-        if results and not any(isinstance(i, dict) and "idempotency_key" in i
-                               for i in results):
-            raise LookupUnsupported(f"{self.name}: listed predictions do not name their "
-                                    "idempotency key", backend=self.name)
+        if results:
+            # Items that do not name the key, or name others: the provider ignored the
+            # filter, and a page of someone else's work says nothing of ours (taken as "none
+            # made", it would have the request sent again, and paid again).
+            raise LookupUnsupported(f"{self.name}: the prediction listing ignores the "
+                                    "idempotency_key filter", backend=self.name)
         return None
 
     def poll(self, external_id: str) -> PollResult:

@@ -327,6 +327,8 @@ def test_lookup_finds_the_prediction_created_under_the_key() -> None:
     answer({"error": {"code": "not_found"}}, status=404),
     # a provider that ignores the filter and lists everyone's predictions
     answer({"results": [{"id": "other", "status": "succeeded"}]}),
+    # ... and names their keys: a page of others' work says nothing of ours
+    answer({"results": [{"id": "other", "status": "succeeded", "idempotency_key": "x:1"}]}),
     answer({"predictions": []}),
 ])
 def test_lookup_is_unsupported_where_the_provider_cannot_answer_it_safely(
@@ -444,3 +446,13 @@ def test_a_gateway_error_to_a_create_is_resent_where_the_provider_joins_repeats(
 
     sub = mock("txt-joins", handler).submit(TEXT, "k1")
     assert sub.result is not None and calls == ["k1", "k1"]
+
+
+def test_an_api_key_a_header_cannot_carry_is_a_backend_fault_without_a_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_TEST_MOCK_KEY", "ключ-секрет")
+    calls: list[httpx.Request] = []
+    with pytest.raises(BackendFault) as info:
+        mock("vid", lambda r: calls.append(r) or httpx.Response(200)).submit(VIDEO, "k1")
+    assert info.value.code == "backend_auth" and "ORCH_TEST_MOCK_KEY" in info.value.message
+    assert "ключ" not in info.value.message and calls == []
