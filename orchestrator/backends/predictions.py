@@ -20,6 +20,7 @@ from urllib.parse import quote
 from orchestrator.backends.base import PollResult, Status, Submission
 from orchestrator.backends.errors import BackendError, BackendFault, JobFault, LookupUnsupported
 from orchestrator.backends.http import CONTENT_POLICY_MARKERS, HttpAdapter, safe_token
+from orchestrator.domain.catalogue import PerRequestPrice
 from orchestrator.domain.inputs import provider_input
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage
@@ -121,7 +122,9 @@ class PredictionsAdapter(HttpAdapter):
                 raise self.malformed("succeeded without output")
             used = self._usage(data.get("metrics"))
             if used is None and data.get("cost_usd") is None:
-                raise self.malformed("succeeded without metrics or cost")
+                if not isinstance(self.backend.price, PerRequestPrice):
+                    raise self.malformed("succeeded without metrics or cost")
+                used = Usage()  # a flat price needs no usage
             cost, reported = self.cost(used, data.get("cost_usd"))
             return PollResult(
                 status="succeeded", output=data["output"], usage=used, cost_micros=cost,

@@ -456,3 +456,17 @@ def test_an_api_key_a_header_cannot_carry_is_a_backend_fault_without_a_request(
         mock("vid", lambda r: calls.append(r) or httpx.Response(200)).submit(VIDEO, "k1")
     assert info.value.code == "backend_auth" and "ORCH_TEST_MOCK_KEY" in info.value.message
     assert "ключ" not in info.value.message and calls == []
+
+
+def test_a_flat_priced_prediction_needs_no_usage_and_is_charged_its_price() -> None:
+    flat = CATALOGUE.get("vid").model_copy(update={"price": parse_catalogue({"backends": [{
+        "name": "f", "protocol": "predictions", "kinds": ["video"], "tier": "draft",
+        "base_url": "http://provider.test/f",
+        "price": {"model": "per_request", "usd_per_request": 0.25}}]}).get("f").price})
+    bare = answer(prediction(metrics=None, cost_usd=None))
+    adapter = make_adapter(flat, httpx.MockTransport(bare), retry=NO_SLEEP)
+    res = adapter.poll("p1")
+    assert res.status == "succeeded" and res.cost_micros == 250_000
+    failed = make_adapter(flat, httpx.MockTransport(answer({"id": "p1", "status": "failed"})),
+                          retry=NO_SLEEP).poll("p1")
+    assert failed.cost_micros == 0  # billed only when the provider says so
