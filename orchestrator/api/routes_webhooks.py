@@ -40,7 +40,8 @@ class WebhookBody(BaseModel):
                                description="signs every webhook; required the first time; "
                                            "left out: kept")
     events: list[str] | None = Field(
-        default=None, description="left out: kept (a new endpoint: the terminal events)",
+        default=None, description="left out: kept (a new endpoint: the terminal events); "
+                                  "null is refused (422)",
         examples=[list(TERMINAL_EVENTS)])
 
     @field_validator("events")

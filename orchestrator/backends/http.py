@@ -55,6 +55,7 @@ GATEWAY_STATUSES = frozenset({502, 504})
 CONTENT_POLICY_MARKERS = ("content_policy", "content_filter", "safety", "nsfw", "moderation")
 USER_AGENT = b"orchestrator"
 _SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_.\-\[\]]")
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space
 
 
 @dataclass(frozen=True)
@@ -153,13 +154,12 @@ class HttpAdapter(ABC):
         headers = [(b"Accept", b"application/json"), (b"User-Agent", USER_AGENT)]
         key = self.backend.api_key()  # read per call from the environment; never logged
         if key:
-            try:
-                headers.append((b"Authorization", b"Bearer " + key.encode("latin-1")))
-            except UnicodeEncodeError:
+            key = key.strip()  # a secret file's trailing newline
+            if not _TOKEN_CHARS.fullmatch(key):  # a control character would split the head
                 raise BackendFault(
                     f"{self.name}: the API key in {self.backend.api_key_env} has characters "
-                    "an HTTP header cannot carry", code="backend_auth", backend=self.name,
-                ) from None
+                    "an HTTP header cannot carry", code="backend_auth", backend=self.name)
+            headers.append((b"Authorization", b"Bearer " + key.encode("ascii")))
         if idempotency_key:
             headers.append((b"Idempotency-Key", idempotency_key.encode("latin-1")))
         if has_body:

@@ -67,7 +67,7 @@ def jobs_watch(
         if last is not None and last.is_terminal:
             status = last.type.removeprefix("job.")
         else:
-            job = c.get(job_id)
+            job = c.get(job_id)  # the SDK's errors are one line (_one_line_errors)
             if not job.is_final:
                 fail(f"job {job_id}: its event stream ended while it is {job.status}")
             status = job.status

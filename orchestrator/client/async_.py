@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -197,23 +198,23 @@ class AsyncClient:
                     if not source.response.is_success:
                         await source.response.aread()
                         raise error_from_response(source.response)
-                    messages = source.aiter_sse()
-                    while True:
-                        try:
-                            # keep-alive comments restart httpx's read timeout: bound the
-                            # wait for each message by what is left
-                            async with asyncio.timeout(
-                                    None if stop is None else stop - self._clock()):
-                                sse = await anext(messages)
-                        except StopAsyncIteration:
-                            break
-                        except TimeoutError:
-                            raise _core.stream_deadline_passed() from None
-                        event = _core.parse_event(sse.data)
-                        last, tries = event.seq, 0
-                        yield event
-                        if event.is_terminal:
-                            return
+                    async with contextlib.aclosing(source.aiter_sse()) as messages:
+                        while True:
+                            try:
+                                # keep-alive comments restart httpx's read timeout: bound
+                                # the wait for each message by what is left
+                                async with asyncio.timeout(
+                                        None if stop is None else stop - self._clock()):
+                                    sse = await anext(messages)
+                            except StopAsyncIteration:
+                                break
+                            except TimeoutError:
+                                raise _core.stream_deadline_passed() from None
+                            event = _core.parse_event(sse.data)
+                            last, tries = event.seq, 0
+                            yield event
+                            if event.is_terminal:
+                                return
             except httpx.TransportError:
                 if stop is not None and self._clock() >= stop:
                     raise _core.stream_deadline_passed() from None

@@ -12,7 +12,9 @@ attempt's idempotency key); then, or when it cannot ask:
     WAIT         not yet: the first request may still be running at the provider; look again
                  at ``window_end`` (its call window after it was last sent)
     UNCERTAIN    nothing can tell: close the attempt ``uncertain`` with its possible charge,
-                 never send it to that backend again, and fail over
+                 never send it to that backend again, and fail over (at once, without a
+                 lookup, when the provider answered 2xx and we could not read it: a repeat
+                 would be answered the same way, or made and billed again)
     NOT_CREATED  the lookup shows the provider created nothing, and the job has ended: close
                  the attempt at no cost
 
@@ -44,6 +46,9 @@ class Unanswered:
     now: datetime
     window_end: datetime  # the first request cannot still be running after this
     give_up_at: datetime
+    # the provider answered 2xx and the answer could not be read: it took the request, and
+    # would answer a repeat the same way (inflight, completed) or make and bill it again
+    answered: bool = False
 
     @property
     def may_still_run(self) -> bool:
@@ -52,7 +57,7 @@ class Unanswered:
 
 def without_lookup(a: Unanswered) -> Move:
     """The provider cannot be asked: what its guarantee for a repeated key allows."""
-    if a.now >= a.give_up_at:
+    if a.now >= a.give_up_at or a.answered:
         return Move.UNCERTAIN
     if not a.job_live:
         return Move.WAIT if a.may_still_run else Move.UNCERTAIN

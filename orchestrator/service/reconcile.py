@@ -68,13 +68,15 @@ class Reconciler:
         return autocommit(self.engine)
 
     def reconcile(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID, *,
-                  after_call: bool = False) -> Next:
+                  after_call: bool = False, answered: bool = False) -> Next:
         """A live job's open attempt whose submission went unanswered (no external id): ask
         the provider, then repeat it, wait, or close it uncertain and fail over
         (``domain.reconcile``). ``after_call``: this step's own call just lost its answer,
-        so a repeat goes to a later step."""
+        so a repeat goes to a later step; ``answered``: its answer came and was unreadable
+        (``domain.reconcile.Unanswered.answered``)."""
         adapter = self.adapter(attempt.backend)
-        situation = self.unanswered(job, attempt, adapter, live=True)
+        situation = replace(self.unanswered(job, attempt, adapter, live=True),
+                            answered=answered)
         move = self.ask_provider(job, attempt, adapter, situation, token)
         if isinstance(move, Next):
             return move

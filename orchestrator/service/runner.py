@@ -307,7 +307,9 @@ class JobRunner:
             log.warning("submission answer lost; asking the provider", extra={
                 "job_id": str(job.id), "backend": attempt.backend, "error": exc.code,
                 "cause": exc.details.get("cause")})
-            return self.reconciler.reconcile(job, attempt, token, after_call=True)
+            return self.reconciler.reconcile(
+                job, attempt, token, after_call=True,
+                answered=exc.details.get("cause") == "malformed_response")
         except BackendError as exc:
             return self._attempt_failed(job, attempt, exc, token)
         return self._submitted(job, attempt, sub, token, (time.monotonic() - started) * 1000)
@@ -362,10 +364,15 @@ class JobRunner:
         except BackendError as exc:
             # The provider named this work and now gives no readable word on it (a 404 for
             # its own id, a malformed answer): failing over at once could leave it running,
-            # and billed, while another backend does the job again. It is asked to stop and
-            # looked at until the grace passes; then it is uncertain, with its possible charge.
-            log.warning("poll unreadable; stopping the work", extra={
-                "job_id": str(job.id), "backend": attempt.backend, "error": exc.code})
+            # and billed, while another backend does the job again. Just after the create
+            # it is looked at again (some providers take a moment to know a new id); after
+            # that it is asked to stop and looked at until the grace passes, then closed
+            # uncertain with its possible charge.
+            if not overran and age <= self.poll_policy.grace_s:
+                return self._schedule_poll(job, attempt, token, age)
+            if attempt.cancel_requested_at is None:
+                log.warning("poll unreadable; stopping the work", extra={
+                    "job_id": str(job.id), "backend": attempt.backend, "error": exc.code})
             return self._overran(job, attempt, adapter, token, age, exc)
         if res.done:
             if attempt.cancel_requested_at is not None and not overran:
@@ -375,7 +382,9 @@ class JobRunner:
                     current = repo.get_job(conn, job.id)
                 if current is not None and current.is_final:
                     return self.concluder.conclude(current, attempt, token)
-            stopped = overrun(attempt, backend) if attempt.cancel_requested_at else None
+            # our stop for running too long; else (a stop for unreadable polls, or none) the
+            # provider's own ending says why
+            stopped = overrun(attempt, backend) if attempt.cancel_requested_at and overran else None
             return self._concluded(job, attempt, res, token, age * 1000, error=stopped)
         if overran:
             return self._overran(job, attempt, adapter, token, age)
@@ -389,10 +398,17 @@ class JobRunner:
         timeout = error or overrun(attempt, adapter.backend)
         assert attempt.external_id is not None
         now = self.clock()
-        if attempt.cancel_requested_at is None:
+        limit = attempt.started_at + timedelta(
+            seconds=adapter.backend.timeouts.start_to_close_s)
+        # an overrun whose last stop was asked before it (for unreadable polls that then
+        # recovered) asks again: that grace has long passed
+        if attempt.cancel_requested_at is None or (
+                error is None and attempt.cancel_requested_at < limit):
             answer = self.concluder.cancel_at_backend(adapter, attempt)
             if answer is not None and answer.done:
-                return self._concluded(job, attempt, answer, token, age * 1000, error=timeout)
+                # a failure the provider reports is its own reason, not our stop's
+                reason = timeout if error is None or answer.status == "cancelled" else None
+                return self._concluded(job, attempt, answer, token, age * 1000, error=reason)
             return self._schedule_poll(job, attempt, token, age)
         if now - attempt.cancel_requested_at > timedelta(seconds=self.poll_policy.grace_s):
             # asked to stop and never said it did: what it billed cannot be known

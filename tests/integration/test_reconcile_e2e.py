@@ -307,6 +307,26 @@ def test_an_unreadable_answer_from_a_provider_without_dedup_fails_over_as_uncert
     assert job.status == "succeeded" and job.cost_micros == second.cost_micros
 
 
+def test_a_new_prediction_the_provider_does_not_know_yet_is_looked_at_again(rig: Rig) -> None:
+    """Two 404s just after the create (a provider slow to know a new id): polled on, not
+    stopped; the job ends on the same backend, charged once."""
+    budget(rig)
+    rig.control("vid-a", idempotency="none", duration_ms=2500)
+    rig.start_worker()
+    job_id = submit(rig, video_job())
+    rig.wait_for("an external id", lambda: bool(
+        (a := rig.attempts(job_id)) and a[0].external_id), timeout=30)
+    rig.control("vid-a", status_code=404, times=2)
+    (job,) = rig.wait_final([job_id], timeout=60)
+
+    (attempt,) = rig.attempts(job_id)
+    assert attempt.outcome == "succeeded" and attempt.cancel_requested_at is None
+    assert provider(rig, "vid-a")["counters"]["cancels"] == 0
+    bill = bills_of(rig, "vid-a")[f"{job_id}:1"]
+    assert job.status == "succeeded" and job.cost_micros == bill
+    assert ledger(rig) == (bill, 0)
+
+
 def test_work_the_provider_stops_knowing_is_stopped_and_uncertain_not_dropped(
         rig: Rig) -> None:
     """A poll answered 404 for the provider's own id: the work may still run and bill, so

@@ -141,7 +141,8 @@ def test_events_timeout_holds_while_keep_alive_comments_flow(serve: Any) -> None
             for _ in sdk.events(JOB, timeout=1.0):
                 pass
         took = time.monotonic() - began
-    assert 1.0 <= took < 1.5, took  # each comment restarts httpx's read timeout
+    # unbounded before (each comment restarted httpx's read timeout): ~60 s, or never
+    assert 1.0 <= took < 5, took
 
 
 def test_async_events_timeout_holds_while_keep_alive_comments_flow(serve: Any) -> None:
@@ -156,7 +157,7 @@ def test_async_events_timeout_holds_while_keep_alive_comments_flow(serve: Any) -
             return time.monotonic() - began
 
     took = asyncio.run(go())
-    assert 1.0 <= took < 1.5, took
+    assert 1.0 <= took < 5, took  # unbounded before: ~60 s, or never
 
 
 def test_wait_raises_at_its_timeout_while_the_stream_only_pings(serve: Any) -> None:
@@ -167,7 +168,7 @@ def test_wait_raises_at_its_timeout_while_the_stream_only_pings(serve: Any) -> N
             sdk.wait(JOB, timeout=1.0, poll_interval=0.2)
         took = time.monotonic() - began
     assert info.value.job is not None and info.value.job.status == "running"
-    assert 1.0 <= took < 1.5, took
+    assert 1.0 <= took < 5, took  # unbounded before: ~60 s, or never
 
 
 def test_events_resume_after_a_cut_with_last_event_id(serve: Any) -> None:
@@ -192,9 +193,12 @@ def test_async_events_resume_after_a_cut_with_last_event_id(serve: Any) -> None:
 
 def test_events_give_up_after_three_cuts_in_a_row_that_bring_nothing(serve: Any) -> None:
     server = serve([cut_at_once])
-    with Client(server.url, "orch_k") as sdk, pytest.raises(httpx.TransportError):
+    pauses: list[float] = []
+    with Client(server.url, "orch_k", sleep=pauses.append) as sdk, pytest.raises(
+            httpx.TransportError):
         list(sdk.events(JOB, after=4, timeout=10))
     assert server.seen == [(f"/v1/jobs/{JOB}/events", "4")] * 3
+    assert pauses == [0.25, 0.5]  # before each reconnection
 
 
 def test_watch_decides_by_the_job_when_the_stream_shows_no_end(serve: Any) -> None:

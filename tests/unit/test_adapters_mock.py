@@ -448,14 +448,28 @@ def test_a_gateway_error_to_a_create_is_resent_where_the_provider_joins_repeats(
     assert sub.result is not None and calls == ["k1", "k1"]
 
 
+@pytest.mark.parametrize("key", ["ключ-секрет", "sk-abc\r\nX-Injected: 1", "sk abc"])
 def test_an_api_key_a_header_cannot_carry_is_a_backend_fault_without_a_request(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ORCH_TEST_MOCK_KEY", "ключ-секрет")
+        monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    monkeypatch.setenv("ORCH_TEST_MOCK_KEY", key)
     calls: list[httpx.Request] = []
     with pytest.raises(BackendFault) as info:
         mock("vid", lambda r: calls.append(r) or httpx.Response(200)).submit(VIDEO, "k1")
     assert info.value.code == "backend_auth" and "ORCH_TEST_MOCK_KEY" in info.value.message
-    assert "ключ" not in info.value.message and calls == []
+    assert key not in info.value.message and calls == []
+
+
+def test_an_api_key_read_from_a_file_loses_its_trailing_newline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_TEST_MOCK_KEY", "sk-live-123\n")
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["Authorization"])
+        return httpx.Response(201, json={"id": "p1", "status": "starting"})
+
+    mock("vid", handler).submit(VIDEO, "k1")
+    assert sent == ["Bearer sk-live-123"]
 
 
 def test_a_flat_priced_prediction_needs_no_usage_and_is_charged_its_price() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -45,3 +46,15 @@ def test_a_lookup_that_finds_nothing_is_believed_once_the_request_cannot_arrive(
     assert after_lookup_missed(unanswered("none", at_s=10)) is Move.WAIT
     assert after_lookup_missed(unanswered("none", at_s=100)) is Move.REPEAT
     assert after_lookup_missed(unanswered("none", at_s=700)) is Move.UNCERTAIN
+
+
+@pytest.mark.parametrize("idempotency", ["inflight", "completed", "none"])
+def test_an_unreadable_answer_is_never_repeated_without_a_lookup(idempotency: str) -> None:
+    """The provider took the request (2xx): a repeat gets the same unreadable answer or is
+    made and billed again, so without a lookup the attempt is uncertain at once."""
+    for at_s in (1, 150):
+        garbled = replace(unanswered(idempotency, at_s=at_s), answered=True)
+        assert without_lookup(garbled) is Move.UNCERTAIN
+    # a lookup that finds nothing still says nothing was made (a proxy's error page)
+    missed = replace(unanswered(idempotency, at_s=150), answered=True)
+    assert after_lookup_missed(missed) is Move.REPEAT
