@@ -91,6 +91,9 @@ class Concluder:
                 return DONE
             if res is None or not res.done:
                 res = self.cancel_at_backend(adapter, open_)
+                if res is not None and res.status == "succeeded":  # it finished meanwhile
+                    self.endings.succeed(job, open_, res, 0.0)
+                    return DONE
             if res is not None and res.done:
                 closing = closing_of(open_, res)
                 if res.status == "cancelled":

@@ -360,7 +360,7 @@ class JobRunner:
             self.observe.retry(attempt.backend, exc.code)
             if overran:
                 return self._overran(job, attempt, adapter, token, age)
-            return self._schedule_poll(job, attempt, token, age)
+            return self._schedule_poll(job, attempt, token, age, at_least=exc.retry_after_s)
         except BackendError as exc:
             # The provider named this work and now gives no readable word on it (a 404 for
             # its own id, a malformed answer): failing over at once could leave it running,
@@ -449,8 +449,13 @@ class JobRunner:
         return self.poll_policy.interval(age_s, None if expected is None else expected / 1000)
 
     def _schedule_poll(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID,
-                       age_s: float) -> Next:
-        delay = self._poll_delay(attempt, age_s)
+                       age_s: float, at_least: float | None = None) -> Next:
+        """The next look at a running attempt; ``at_least``: the provider's Retry-After,
+        honoured up to the job's deadline (whose step must not come late for it)."""
+        wait = at_least or 0.0
+        if wait and job.deadline_at is not None:
+            wait = min(wait, max(0.0, (job.deadline_at - self.clock()).total_seconds()))
+        delay = max(self._poll_delay(attempt, age_s), wait)
         with self.db.connection() as conn:
             if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
                 return DONE  # the sweeper gave the job a new chain; this one stops

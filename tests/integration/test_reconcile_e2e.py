@@ -219,6 +219,25 @@ def test_a_deadline_just_after_the_provider_finished_adopts_the_result(rig: Rig)
     assert ledger(rig) == (bill, 0)
 
 
+def test_a_deadline_whose_stop_finds_the_work_finished_adopts_the_result(rig: Rig) -> None:
+    """At the deadline the last look fails (a 404 once), so the chain asks the provider to
+    stop, and the cancel's answer shows the prediction had succeeded: it is adopted."""
+    budget(rig)
+    rig.control("vid-a", duration_ms=2000)
+    rig.start_worker(env_extra=SLOW_POLLS)
+    rig.wait_worker_ready()
+    job_id = submit(rig, video_job(deadline_s=8))
+    rig.wait_for("an external id", lambda: bool(
+        (a := rig.attempts(job_id)) and a[0].external_id), timeout=30)
+    rig.control("vid-a", status_code=404, times=1)  # the deadline's look, nothing else
+    (job,) = rig.wait_final([job_id], timeout=30)
+
+    assert provider(rig, "vid-a")["counters"]["cancels"] == 1
+    bill = bills_of(rig, "vid-a")[f"{job_id}:1"]
+    assert job.status == "succeeded" and job.cost_micros == bill == 240_000
+    assert ledger(rig) == (bill, 0)
+
+
 def test_a_deadline_while_the_provider_still_works_charges_its_partial_bill(rig: Rig) -> None:
     budget(rig)
     rig.control("vid-a", duration_ms=60_000, cancel_bill_fraction=0.5)
@@ -325,6 +344,24 @@ def test_a_new_prediction_the_provider_does_not_know_yet_is_looked_at_again(rig:
     bill = bills_of(rig, "vid-a")[f"{job_id}:1"]
     assert job.status == "succeeded" and job.cost_micros == bill
     assert ledger(rig) == (bill, 0)
+
+
+def test_a_poll_answered_429_waits_for_its_retry_after(rig: Rig) -> None:
+    """A Retry-After above what a call sleeps on (10 s) is the chain's to honour: the next
+    look comes no sooner, though polls otherwise come every 0.5 s here."""
+    budget(rig)
+    rig.control("vid-a", duration_ms=1000)
+    rig.start_worker()
+    job_id = submit(rig, video_job())
+    rig.wait_for("an external id", lambda: bool(
+        (a := rig.attempts(job_id)) and a[0].external_id), timeout=30)
+    rig.control("vid-a", status_code=429, retry_after_s=11, times=1)
+    asked = datetime.now(UTC)
+    (job,) = rig.wait_final([job_id], timeout=60)
+
+    assert job.status == "succeeded" and job.finished_at is not None
+    assert (job.finished_at - asked).total_seconds() >= 11
+    assert provider(rig, "vid-a")["counters"]["injected"] == 1
 
 
 def test_work_the_provider_stops_knowing_is_stopped_and_uncertain_not_dropped(
