@@ -220,12 +220,48 @@ STREAM_TRIES = 3
 STREAM_RETRY_PAUSE_S = 0.25
 
 
-def stream_retry_pause(tries: int) -> float:
-    return float(STREAM_RETRY_PAUSE_S * 2 ** (tries - 1))
-
-
 def stream_deadline_passed() -> httpx.ReadTimeout:
     return httpx.ReadTimeout("no terminal event in time")
+
+
+class StreamResume:
+    """Where one job's event stream stands across its connections, for both clients: the
+    last ``seq`` seen (the next connection's ``Last-Event-ID``), the deadline, and how many
+    connections in a row brought nothing new."""
+
+    def __init__(self, after: int, timeout: float | None, clock: Callable[[], float]) -> None:
+        self.last, self.tries, self._clock = after, 0, clock
+        self._stop = None if timeout is None else clock() + timeout
+
+    def left(self) -> float | None:
+        """Seconds to the deadline (None: no deadline)."""
+        return None if self._stop is None else self._stop - self._clock()
+
+    def connecting(self) -> float:
+        """Count a new connection and give its read timeout; ReadTimeout past the deadline."""
+        left = self.left()
+        if left is not None and left <= 0:
+            raise stream_deadline_passed()
+        self.tries += 1
+        return STREAM_READ_TIMEOUT_S if left is None else left
+
+    def seen(self, event: JobEvent) -> None:
+        self.last, self.tries = event.seq, 0
+
+    def cut(self, exc: httpx.TransportError) -> float:
+        """The connection broke: the pause before the next one; raises ReadTimeout past the
+        deadline, and ``exc`` after the last try."""
+        left = self.left()
+        if left is not None and left <= 0:
+            raise stream_deadline_passed() from None
+        if self.tries >= STREAM_TRIES:
+            raise exc
+        return float(STREAM_RETRY_PAUSE_S * 2 ** (self.tries - 1))
+
+    @property
+    def given_up(self) -> bool:
+        """After a clean end: as many connections in a row as allowed brought nothing."""
+        return self.tries >= STREAM_TRIES
 
 
 def events_path(job_id: str) -> str:

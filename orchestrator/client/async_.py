@@ -183,17 +183,14 @@ class AsyncClient:
     async def events(self, id: str, after: int = 0, timeout: float | None = None
                      ) -> AsyncIterator[JobEvent]:
         """As ``Client.events``: the job's events until its terminal one."""
-        stop = None if timeout is None else self._clock() + timeout
-        last, tries = after, 0
+        resume = _core.StreamResume(after, timeout, self._clock)
         while True:
-            remaining = _core.STREAM_READ_TIMEOUT_S if stop is None else stop - self._clock()
-            if remaining <= 0:
-                raise _core.stream_deadline_passed()
-            tries += 1
+            read_s = resume.connecting()
             try:
                 async with httpx_sse.aconnect_sse(
                     self._http, "GET", _core.events_path(id),
-                    headers=_core.stream_headers(last), timeout=_core.stream_timeout(remaining),
+                    headers=_core.stream_headers(resume.last),
+                    timeout=_core.stream_timeout(read_s),
                 ) as source:
                     if not source.response.is_success:
                         await source.response.aread()
@@ -203,26 +200,21 @@ class AsyncClient:
                             try:
                                 # keep-alive comments restart httpx's read timeout: bound
                                 # the wait for each message by what is left
-                                async with asyncio.timeout(
-                                        None if stop is None else stop - self._clock()):
+                                async with asyncio.timeout(resume.left()):
                                     sse = await anext(messages)
                             except StopAsyncIteration:
                                 break
                             except TimeoutError:
                                 raise _core.stream_deadline_passed() from None
                             event = _core.parse_event(sse.data)
-                            last, tries = event.seq, 0
+                            resume.seen(event)
                             yield event
                             if event.is_terminal:
                                 return
-            except httpx.TransportError:
-                if stop is not None and self._clock() >= stop:
-                    raise _core.stream_deadline_passed() from None
-                if tries >= _core.STREAM_TRIES:
-                    raise
-                await self._sleep(_core.stream_retry_pause(tries))
+            except httpx.TransportError as exc:
+                await self._sleep(resume.cut(exc))
                 continue
-            if tries >= _core.STREAM_TRIES:
+            if resume.given_up:
                 return
 
     async def result(self, id: str) -> JobResult:

@@ -189,36 +189,29 @@ class Client:
         stream ends or is cut, and gives up after three connections in a row that bring
         nothing new (the last cut's ``httpx.TransportError``, or the end of the iteration).
         ``timeout``: raise ``httpx.ReadTimeout`` after this many seconds."""
-        stop = None if timeout is None else self._clock() + timeout
-        last, tries = after, 0
+        resume = _core.StreamResume(after, timeout, self._clock)
         while True:
-            remaining = _core.STREAM_READ_TIMEOUT_S if stop is None else stop - self._clock()
-            if remaining <= 0:
-                raise _core.stream_deadline_passed()
-            tries += 1
+            read_s = resume.connecting()
             try:
                 with httpx_sse.connect_sse(
                     self._http, "GET", _core.events_path(id),
-                    headers=_core.stream_headers(last), timeout=_core.stream_timeout(remaining),
+                    headers=_core.stream_headers(resume.last),
+                    timeout=_core.stream_timeout(read_s),
                 ) as source:
                     if not source.response.is_success:
                         source.response.read()
                         raise error_from_response(source.response)
-                    with _cut_after(source.response, None if stop is None else remaining):
+                    with _cut_after(source.response, resume.left()):
                         for sse in source.iter_sse():
                             event = _core.parse_event(sse.data)
-                            last, tries = event.seq, 0
+                            resume.seen(event)
                             yield event
                             if event.is_terminal:
                                 return
-            except httpx.TransportError:
-                if stop is not None and self._clock() >= stop:
-                    raise _core.stream_deadline_passed() from None
-                if tries >= _core.STREAM_TRIES:
-                    raise
-                self._sleep(_core.stream_retry_pause(tries))
+            except httpx.TransportError as exc:
+                self._sleep(resume.cut(exc))
                 continue
-            if tries >= _core.STREAM_TRIES:
+            if resume.given_up:
                 return
 
     def result(self, id: str) -> JobResult:
