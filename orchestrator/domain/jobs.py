@@ -155,6 +155,11 @@ _INPUT_MODELS: dict[Kind, type[_Input]] = {
 }
 
 
+# Fields with a default where an explicit null can mean nothing but that default.
+_NULL_MEANS_DEFAULT = ("tier", "strategy", "deadline_s", "priority", "webhook_events",
+                       "metadata")
+
+
 class JobSpec(BaseModel):
     """The job body of ``POST /v1/jobs`` and ``POST /v1/quotes``."""
 
@@ -174,6 +179,16 @@ class JobSpec(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     # the result cache: true, false, or None for the tenant's default (service.cache)
     cache: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        # Clients in other languages send every optional field, null when unset (the
+        # contract's own example does): null then means the default, not a type error.
+        if isinstance(data, dict) and any(data.get(f, 0) is None for f in _NULL_MEANS_DEFAULT):
+            return {k: v for k, v in data.items()
+                    if not (k in _NULL_MEANS_DEFAULT and v is None)}
+        return data
 
     @field_validator("max_cost_usd")
     @classmethod

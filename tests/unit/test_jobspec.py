@@ -14,12 +14,22 @@ def test_contract_body_round_trips() -> None:
     body = {"kind": "video", "input": {"prompt": "a cat", "duration_s": 8, "resolution": "720p"},
             "tier": "standard", "strategy": "cheapest", "max_cost_usd": 2.5, "backend": None,
             "deadline_s": 900, "priority": "normal", "webhook_url": None,
-            "metadata": {"project": "p1"}}
+            "webhook_events": None, "cache": False, "metadata": {"project": "p1"}}
     spec = JobSpec.model_validate(body)
     assert spec.kind is Kind.VIDEO and spec.tier is Tier.STANDARD
+    assert spec.webhook_events == ("job.succeeded", "job.failed", "job.cancelled")
     assert spec.max_cost_micros == 2_500_000 and spec.project == "p1"
     assert isinstance(spec.typed_input(), VideoInput)
     assert JobSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_null_means_the_default_for_fields_that_have_one() -> None:
+    nulls = {f: None for f in ("tier", "strategy", "deadline_s", "priority", "webhook_events",
+                               "metadata", "backend", "webhook_url", "max_cost_usd", "cache")}
+    spec = JobSpec.model_validate({"kind": "text", "input": {"prompt": "hi"}, **nulls})
+    assert spec == JobSpec(kind=Kind.TEXT, input={"prompt": "hi"})
+    with pytest.raises(ValidationError, match="kind"):
+        JobSpec.model_validate({"kind": None, "input": {"prompt": "hi"}})
 
 
 def test_defaults_filled_in() -> None:
