@@ -36,7 +36,7 @@ def describe(e: JobEvent) -> str:
         "job.failed": f"{error.get('code')}: {error.get('message')}",
         "job.cancelled": f"cost {usd(cost.get('total_usd'))}",
     }.get(e.type, "")
-    return f"{e.created_at.isoformat()}  #{e.seq:<3} {e.type:14} {what}".rstrip()
+    return f"{e.at.isoformat()}  #{e.seq:<3} {e.type:14} {what}".rstrip()
 
 
 @jobs_app.command("watch")

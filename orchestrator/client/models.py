@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -130,15 +130,24 @@ class ApiKey(_Model):
 class JobEvent(_Model):
     """One event of a job (``GET /v1/jobs/{id}/events``, webhooks): ``type`` is
     ``job.queued``, ``job.started``, ``job.failover``, ``job.succeeded``, ``job.failed`` or
-    ``job.cancelled``; ``seq`` counts the job's events from 1."""
+    ``job.cancelled``; ``seq`` counts the job's events from 1; ``at`` is when it happened
+    (``created_at``: the same, as servers before ``at`` named it)."""
 
     id: str
     type: str
     job_id: str
     tenant: str | None = None
     seq: int
-    created_at: datetime
+    at: datetime
+    created_at: datetime | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _at_from_created_at(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "at" not in data and "created_at" in data:
+            return {**data, "at": data["created_at"]}
+        return data
 
     @property
     def is_terminal(self) -> bool:

@@ -61,10 +61,13 @@ class Event:
         return f"{self.txid}-{self.position}"
 
     def payload(self) -> dict[str, Any]:
-        """The event as webhooks and streams carry it (never the job's input)."""
+        """The event as webhooks and streams carry it (never the job's input). ``at`` is
+        the contract's name for when it happened; ``created_at``, the same instant, stays for
+        receivers written against earlier releases."""
+        at = self.created_at.isoformat()
         return {"id": str(self.id), "type": self.type, "job_id": str(self.job_id),
-                "tenant": self.tenant, "seq": self.seq,
-                "created_at": self.created_at.isoformat(), "data": self.data}
+                "tenant": self.tenant, "seq": self.seq, "at": at, "created_at": at,
+                "data": self.data}
 
     def body(self) -> bytes:
         return json.dumps(self.payload(), separators=(",", ":")).encode()

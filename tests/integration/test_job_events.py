@@ -70,6 +70,8 @@ def test_a_feed_opened_before_submission_sees_queued_started_succeeded(api: Api)
     assert [e["type"] for e in mine] == ["job.queued", "job.started", "job.succeeded"]
     assert [e["seq"] for e in mine] == [1, 2, 3]
     assert all(e["tenant"] == "acme" for e in mine)
+    # the contract's fields, each event
+    assert all({"id", "type", "job_id", "tenant", "seq", "at", "data"} <= e.keys() for e in mine)
     # never the prompt, anywhere in an event
     assert not any("lighthouse" in e.data for e in events)
     # the cursor of each message is its place in the feed, and increases

@@ -218,6 +218,8 @@ def test_every_terminal_job_gets_exactly_one_signed_delivery_in_order(
     _wait_all(api.rig, receiver, jobs, timeout=90)
     _check(api, receiver, jobs)
     assert receiver.rejected == []
+    assert all({"id", "type", "job_id", "tenant", "seq", "at", "data"} <= r.event.keys()
+               for r in receiver.accepted)
     # a replay of a delivered request is refused; so is a forged body
     sample = receiver.accepted[0]
     headers = {k: v for k, v in sample.headers.items() if k.startswith("X-Orchestrator")}
