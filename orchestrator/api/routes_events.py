@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
@@ -44,6 +45,17 @@ _FINAL = ("succeeded", "failed", "cancelled")
 _SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
           "description": "Server-Sent Events, one per job event"}}
+
+
+_FEED_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}},
+                      "application/json": {"schema": {
+                          "type": "object", "required": ["items", "next_cursor"],
+                          "properties": {"items": {"type": "array", "items": {"type": "object"}},
+                                         "next_cursor": {"type": "string"}}}}},
+          "description": "Server-Sent Events, one per job event; or, with Accept: "
+                         "application/json, the events after the cursor (at most limit) and "
+                         "next_cursor, the since of the next page"}}
 
 
 def _message(ev: Event, cursor: str) -> ServerSentEvent:
@@ -114,16 +126,18 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
 
         return EventSourceResponse(events(), ping=ping_s, headers=_NO_BUFFERING)
 
-    @r.get("/events", summary="The tenant's job events as Server-Sent Events",
-           response_class=EventSourceResponse,
-           responses={**_SSE_DOC, 503: _err("too many streams open on this API process")})
+    @r.get("/events", summary="The tenant's job events: Server-Sent Events, or one page of "
+           "JSON with Accept: application/json", response_class=EventSourceResponse,
+           responses={**_FEED_DOC, 503: _err("too many streams open on this API process")})
     async def tenant_stream(
         p: Caller, last_event_id: LastEventId = None,
         since: Annotated[str | None, Query(
             max_length=100,
             description="0: from the oldest kept event; an event id of this feed: after it; "
                         "absent: from now")] = None,
-    ) -> EventSourceResponse:
+        limit: Annotated[int, Query(ge=1, le=500, description="JSON: events per page")] = 100,
+        accept: Annotated[str | None, Header(max_length=1000)] = None,
+    ) -> Response:
         given = last_event_id if last_event_id is not None else since
         field = "Last-Event-ID" if last_event_id is not None else "since"
         cursor: FeedCursor | None = None
@@ -132,11 +146,20 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                 cursor = parse_feed_cursor(given)
             except ValueError as exc:
                 raise InvalidRequest(f"{field}: {exc}", field=field) from None
-        admit_stream()
 
-        def catch_up(after: FeedCursor) -> list[Event]:
+        def catch_up(after: FeedCursor, n: int = 500) -> list[Event]:
             with c.engine.connect() as conn:
-                return feed_events(conn, p.tenant, after)
+                return feed_events(conn, p.tenant, after, n)
+
+        if _wants_json(accept):
+            start = cursor if cursor is not None else await to_thread.run_sync(
+                hub.read_head, p.tenant)
+            page = await to_thread.run_sync(catch_up, start, limit)
+            last = (page[-1].txid, page[-1].position) if page else start
+            return JSONResponse({"items": [{**ev.payload(), "cursor": ev.feed_cursor}
+                                           for ev in page],
+                                 "next_cursor": f"{last[0]}-{last[1]}"})
+        admit_stream()
 
         async def events() -> AsyncIterator[ServerSentEvent]:
             hub.streams += 1
@@ -165,6 +188,12 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
         return EventSourceResponse(events(), ping=ping_s, headers=_NO_BUFFERING)
 
     return r
+
+
+def _wants_json(accept: str | None) -> bool:
+    """A client that names JSON and not the event stream gets one page of JSON."""
+    types = {part.split(";")[0].strip().lower() for part in (accept or "").split(",")}
+    return "application/json" in types and "text/event-stream" not in types
 
 
 # a reverse proxy (nginx) must pass each event on as it comes

@@ -95,6 +95,33 @@ def test_a_feed_opened_before_submission_sees_queued_started_succeeded(api: Api)
     assert again.get(timeout=15).id == events[1].id
 
 
+def _json_feed(api: Api, tenant: str = "acme", **params: Any) -> dict[str, Any]:
+    r = api.tenant(tenant).get("/v1/events", params=params,
+                               headers={"Accept": "application/json"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text
+    return r.json()
+
+
+def test_the_feed_as_json_pages_from_a_cursor_and_answers_at_once(api: Api) -> None:
+    start = _json_feed(api)  # no since: nothing yet, and where to poll from
+    assert start["items"] == [] and start["next_cursor"]
+    ids = [api.tenant().post("/v1/jobs", json=video()).json()["id"] for _ in range(2)]
+    deadline = time.monotonic() + 15
+    while len(_json_feed(api, since=start["next_cursor"])["items"]) < 2:
+        assert time.monotonic() < deadline, "the queued events never showed"
+        time.sleep(0.05)
+    first = _json_feed(api, since=start["next_cursor"], limit=1)
+    second = _json_feed(api, since=first["next_cursor"], limit=1)
+    got = first["items"] + second["items"]
+    assert [e["job_id"] for e in got] == ids and {e["type"] for e in got} == {"job.queued"}
+    assert first["next_cursor"] == first["items"][0]["cursor"]
+    assert {"id", "type", "job_id", "tenant", "seq", "at", "data"} <= got[0].keys()
+    # nothing after the last: the same cursor back, to poll again
+    rest = _json_feed(api, since=second["next_cursor"])
+    assert rest == {"items": [], "next_cursor": second["next_cursor"]}
+    assert _json_feed(api, "globex", since="0")["items"] == []  # never another tenant's
+
+
 def _job_stream(api: Api, job_id: str, last: int | None, n: int | None) -> list[Any]:
     headers = {} if last is None else {"Last-Event-ID": str(last)}
     got = []
