@@ -80,12 +80,23 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(attempts=1)
 
 
+# Above any real bill for one job ($1e9), and well inside PostgreSQL's bigint micro-USD: a
+# figure beyond it is an unreadable answer, not a charge that could not be stored.
+MAX_BILL_MICROS = 10**15
+
+
 def safe_token(value: Any, limit: int = 64) -> str | None:
     """A provider-supplied code or parameter name, reduced to something safe to log."""
     if not isinstance(value, str | int) or isinstance(value, bool):
         return None
     text = _SAFE_TOKEN.sub("", str(value))[:limit]
     return text or None
+
+
+def is_provider_id(value: Any) -> bool:
+    """A provider's id for its work that we can store (``attempts.external_id`` holds 200
+    characters) and send back: a non-empty string without control characters."""
+    return (isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable())
 
 
 class HttpAdapter(ABC):
@@ -294,7 +305,7 @@ class HttpAdapter(ABC):
         if 200 <= status < 300:
             try:
                 body = resp.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested beyond reading
                 raise self.malformed("the answer is not JSON", status) from None
             if not isinstance(body, dict):
                 raise self.malformed("the answer is not a JSON object", status)
@@ -369,6 +380,8 @@ class HttpAdapter(ABC):
                 raise self.malformed("cost_usd is not a number") from None
             if reported < 0:
                 raise self.malformed("cost_usd is negative")
+            if reported > MAX_BILL_MICROS:
+                raise self.malformed("cost_usd is out of range")
         elif reported_usd is not None:
             raise self.malformed("cost_usd is not a number")
         if usage is None:
@@ -377,6 +390,8 @@ class HttpAdapter(ABC):
             computed = actual_micros(self.backend, usage)
         except (ValueError, KeyError, TypeError) as exc:
             raise self.malformed(f"usage cannot be priced ({type(exc).__name__})") from None
+        if computed > MAX_BILL_MICROS:
+            raise self.malformed("usage is out of range")
         if reported is not None and computed != reported:
             log.warning(
                 "backend cost mismatch backend=%s computed_micros=%d reported_micros=%d",
@@ -395,7 +410,7 @@ def _provider_error(resp: Reply) -> tuple[str | None, str | None]:
     """(error code or type, offending parameter) from an OpenAI- or Replicate-style body."""
     try:
         body = resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, None
     if not isinstance(body, dict):
         return None, None

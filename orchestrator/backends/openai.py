@@ -9,7 +9,7 @@ from typing import Any
 
 from orchestrator.backends.base import PollResult, Submission
 from orchestrator.backends.errors import BackendFault
-from orchestrator.backends.http import HttpAdapter
+from orchestrator.backends.http import HttpAdapter, is_provider_id
 from orchestrator.domain.inputs import provider_input
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage
@@ -63,8 +63,8 @@ class OpenAIAdapter(HttpAdapter):
         ext_id = data.get("id")
         choices = data.get("choices")
         usage = data.get("usage")
-        if not isinstance(ext_id, str) or not ext_id:
-            raise self.malformed("no id")
+        if not is_provider_id(ext_id):
+            raise self.malformed("no readable id")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise self.malformed("no choices")
         message = choices[0].get("message")
@@ -105,8 +105,8 @@ class OpenAIAdapter(HttpAdapter):
                 raise self.malformed("an image has no url")
             urls.append(url)
         ext_id = data.get("id")
-        if ext_id is not None and not isinstance(ext_id, str):
-            raise self.malformed("id is not a string")
+        if ext_id is not None and not is_provider_id(ext_id):
+            raise self.malformed("an unreadable id")
         used = Usage(images=len(urls), image_size=size)
         cost, reported = self.cost(used, data.get("cost_usd"))
         result = PollResult(

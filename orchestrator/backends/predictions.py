@@ -19,7 +19,12 @@ from urllib.parse import quote
 
 from orchestrator.backends.base import PollResult, Status, Submission
 from orchestrator.backends.errors import BackendError, BackendFault, JobFault, LookupUnsupported
-from orchestrator.backends.http import CONTENT_POLICY_MARKERS, HttpAdapter, safe_token
+from orchestrator.backends.http import (
+    CONTENT_POLICY_MARKERS,
+    HttpAdapter,
+    is_provider_id,
+    safe_token,
+)
 from orchestrator.domain.catalogue import PerRequestPrice
 from orchestrator.domain.inputs import provider_input
 from orchestrator.domain.jobs import JobSpec
@@ -60,8 +65,8 @@ class PredictionsAdapter(HttpAdapter):
             creates=True,
         )
         ext_id = data.get("id")
-        if not isinstance(ext_id, str) or not ext_id:
-            raise self.unreadable_creation(self.malformed("no prediction id"))
+        if not is_provider_id(ext_id):
+            raise self.unreadable_creation(self.malformed("no readable prediction id"))
         return Submission(external_id=ext_id)  # where it stands: the next poll reads it
 
     def lookup(self, reference: str) -> Submission | None:
@@ -83,8 +88,8 @@ class PredictionsAdapter(HttpAdapter):
         for item in results:
             if isinstance(item, dict) and item.get("idempotency_key") == reference:
                 ext_id = item.get("id")
-                if not isinstance(ext_id, str) or not ext_id:
-                    raise self.malformed("a listed prediction has no id")
+                if not is_provider_id(ext_id):
+                    raise self.malformed("a listed prediction has no readable id")
                 return Submission(external_id=ext_id, result=self._result(item))
         if results:
             # Items that do not name the key, or name others: the provider ignored the
@@ -147,8 +152,10 @@ class PredictionsAdapter(HttpAdapter):
         fields: dict[str, Any] = {}
         seconds = metrics.get("video_seconds")
         if seconds is not None:
-            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
-                raise self.malformed("video_seconds is not a non-negative number")
+            # NaN compares false; a huge int is refused before it is made a float
+            in_range = isinstance(seconds, int | float) and 0 <= seconds <= 10**9
+            if not in_range or isinstance(seconds, bool):
+                raise self.malformed("video_seconds is not a non-negative number in range")
             fields["video_seconds"] = float(seconds)
         for name in _USAGE_INT:
             value = metrics.get(name)

@@ -18,7 +18,10 @@ def usd_to_micros(usd: float | int | str | Decimal) -> int:
         raise ValueError(f"not a USD amount: {usd!r}") from exc
     if not value.is_finite():
         raise ValueError(f"not a finite USD amount: {usd!r}")
-    return int((value * MICROS_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    try:
+        return int((value * MICROS_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    except InvalidOperation as exc:  # more digits than the context's precision
+        raise ValueError(f"USD amount out of range: {usd!r}") from exc
 
 
 def micros_to_usd(micros: int) -> float:

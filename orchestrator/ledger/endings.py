@@ -14,13 +14,13 @@ alerts from the period rows it returns (see ``Ledger.end_job``).
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from orchestrator.ledger.alerts import Overage, period_alerts
+from orchestrator.store.engine import jsonb_dumps
 from orchestrator.store.statement import Conn, Statement
 
 
@@ -99,7 +99,7 @@ def end_job(
         "possible": attempt.possible_cost_micros if attempt else None,
         "a_code": attempt.error_code if attempt else None,
         "a_msg": attempt.error_message if attempt else None,
-        "backend": backend, "result": json.dumps(result) if result is not None else None,
+        "backend": backend, "result": jsonb_dumps(result) if result is not None else None,
         "code": error_code, "msg": error_message, "guard": guard,
         "conclude_in": conclude_in_s,
     })

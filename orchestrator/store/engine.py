@@ -65,6 +65,26 @@ def json_loads(data: bytes | str) -> Any:
         return json.loads(data)
 
 
+def jsonb_dumps(value: Any) -> str:
+    """``value`` as JSON that PostgreSQL's jsonb accepts, for what a provider sent us: jsonb
+    refuses the NUL character and NaN/Infinity, and a refused write would leave a paid job
+    unended (and put the provider's text in the error). NUL becomes U+FFFD, a non-finite
+    number null."""
+    return json.dumps(_storable(value), allow_nan=False)
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_storable(str(k)): _storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_storable(v) for v in value]
+    return value
+
+
 def _use_json_loads(conn: DriverConnection[Any], *_: Any) -> None:
     set_json_loads(json_loads, conn)
 

@@ -83,7 +83,14 @@ CHAT = {"id": "c1", "choices": [{"message": {"content": "ok"}, "finish_reason": 
     [
         ("vid", VIDEO, b"<html>bad gateway</html>", "not JSON"),
         ("vid", VIDEO, [1, 2], "not a JSON object"),
-        ("vid", VIDEO, {"status": "starting"}, "no prediction id"),
+        ("vid", VIDEO, {"status": "starting"}, "no readable prediction id"),
+        # an id we could not store (attempts.external_id: 200 characters, no NUL)
+        ("vid", VIDEO, {"id": "p\x001", "status": "starting"}, "no readable prediction id"),
+        ("vid", VIDEO, {"id": "p" * 201, "status": "starting"}, "no readable prediction id"),
+        ("txt", TEXT, {**CHAT, "id": "c\n1"}, "no readable id"),
+        ("vid", VIDEO, b"[" * 100_000, "not JSON"),  # nested beyond what can be read
+        ("txt", TEXT, {**CHAT, "cost_usd": 1e30}, "cost_usd"),
+        ("txt", TEXT, {**CHAT, "cost_usd": 1e13}, "out of range"),
         ("txt", TEXT, {**CHAT, "choices": []}, "no choices"),
         ("txt", TEXT, {k: v for k, v in CHAT.items() if k != "usage"}, "no usage"),
         ("txt", TEXT, {**CHAT, "usage": {"prompt_tokens": "10", "completion_tokens": 2}},
@@ -137,6 +144,9 @@ def test_common_spellings_of_an_ending_are_read() -> None:
         (prediction(metrics={"video_seconds": "4"}), "video_seconds"),
         (prediction(metrics={"video_seconds": 4, "resolution": "8k"}), "cannot be priced"),
         (prediction(metrics=[4]), "metrics"),
+        (prediction(metrics={"video_seconds": 10**400, "resolution": "720p"}), "video_seconds"),
+        (prediction(metrics={"video_seconds": 4, "resolution": "720p"}, cost_usd=10**400),
+         "cost_usd"),
     ],
 )
 def test_malformed_poll_answers(body: dict[str, Any], what: str) -> None:
