@@ -20,7 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeGuard
 
 import httpx
 from tenacity import (
@@ -93,7 +93,7 @@ def safe_token(value: Any, limit: int = 64) -> str | None:
     return text or None
 
 
-def is_provider_id(value: Any) -> bool:
+def is_provider_id(value: Any) -> TypeGuard[str]:
     """A provider's id for its work that we can store (``attempts.external_id`` holds 200
     characters) and send back: a non-empty string without control characters."""
     return (isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable())
