@@ -186,7 +186,7 @@ class Producer(TenantUser):
             self.conflict(body, key)
 
     def replay(self, body: dict[str, Any], key: str, job_id: str) -> None:
-        """The same key and body again (a client retrying): 200, the same job."""
+        """The same key and body again (a client retrying): 202, the same job."""
         def same(status: int, b: Any, headers: Mapping[str, str]) -> str | None:
             if not isinstance(b, dict) or b.get("id") != job_id:
                 return f"replay answered another job: {b!r:.200}"
@@ -195,7 +195,7 @@ class Producer(TenantUser):
             return None
 
         self.send("POST", "/v1/jobs", "/v1/jobs (replay)", headers=_idem(self.auth, key),
-                  json=body, expect={200: ""}, check=same)
+                  json=body, expect={202: ""}, check=same)
         REC.count("replays")
 
     def conflict(self, body: dict[str, Any], key: str) -> None:
@@ -206,18 +206,26 @@ class Producer(TenantUser):
         REC.count("conflicts")
 
     def twins(self, body: dict[str, Any], key: str) -> None:
-        """The same submission twice at once (a double click): one job, exactly one 202."""
+        """The same submission twice at once (a double click): one job, created once (the
+        other answer is its replay: 202 with Idempotent-Replayed)."""
         headers = _idem(self.auth, key)
-        expect = {202: "", 200: "", 402: "budget_exceeded"}
+        expect = {202: "", 402: "budget_exceeded"}
+        replayed: list[bool] = []
+
+        def note(status: int, b: Any, h: Mapping[str, str]) -> str | None:
+            if status == 202:
+                replayed.append(h.get("Idempotent-Replayed") == "true")
+            return None
+
         calls = [gevent.spawn(self.send, "POST", "/v1/jobs", "/v1/jobs (twin)", headers=headers,
-                              json=body, expect=expect) for _ in range(2)]
+                              json=body, expect=expect, check=note) for _ in range(2)]
         gevent.joinall(calls)
         answers = [c.value for c in calls if c.value is not None]
         REC.count("twins")
         if len(answers) < 2 or any(s not in expect for s, _ in answers):
             return  # already failed (or rate limited out) as a request
-        made = [b["id"] for s, b in answers if s in (200, 202) and isinstance(b, dict)]
-        created = [s for s, _ in answers if s == 202]
+        made = [b["id"] for s, b in answers if s == 202 and isinstance(b, dict)]
+        created = [r for r in replayed if not r]
         if made and (len(set(made)) != 1 or len(created) != 1):
             self.failed_check("/v1/jobs (twins)",
                               f"twins answered {[s for s, _ in answers]} naming {set(made)}")

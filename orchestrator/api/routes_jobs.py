@@ -5,7 +5,7 @@ Visibility: a key sees its own tenant's jobs. An admin key may name another tena
 another tenant is ``403``, as for cost reports.
 
 Idempotency: ``POST /v1/jobs`` with an ``Idempotency-Key`` the tenant already used answers
-**200** with the existing job (and ``Idempotent-Replayed: true``) when the body is the same,
+**202** with the existing job (and ``Idempotent-Replayed: true``) when the body is the same,
 **409 conflict** when it differs; a new job answers **202**.
 """
 
@@ -67,8 +67,9 @@ def router(ctx: ApiContext) -> APIRouter:
     @r.post(
         "/jobs", status_code=202, response_model=JobOut,
         summary="Submit a job",
+        response_description="the new job; or, for an Idempotency-Key already used with the "
+                             "same body, the same job (with Idempotent-Replayed: true)",
         responses={
-            200: {"model": JobOut, "description": "replay of an Idempotency-Key: the same job"},
             402: _err("a covering budget cannot hold the job's worst-case cost"),
             409: _err("Idempotency-Key reused with a different body"),
         },
@@ -88,7 +89,9 @@ def router(ctx: ApiContext) -> APIRouter:
             # never went).
             return JobJSONResponse(job_resource(admission.job, []), status_code=202,
                                    background=BackgroundTask(c.submitter.start, admission))
-        return JobJSONResponse(load(admission.job.id, p.tenant), status_code=200,
+        # 202 as the first answer was (the contract's "same key and body: same job"), so a
+        # client that retries after a lost answer reads the replay as it would have read it
+        return JobJSONResponse(load(admission.job.id, p.tenant), status_code=202,
                                headers={"Idempotent-Replayed": "true"})
 
     @r.get("/jobs/{job_id}", response_model=JobOut, summary="One job",

@@ -49,7 +49,7 @@ def test_a_job_submitted_over_http_succeeds_on_a_real_worker(api: Api) -> None:
     assert budget["committed_usd"] == 0.36 and budget["held_usd"] == 0.0
     # a replay of the submission still answers with the same, now finished, job
     again = c.post("/v1/jobs", json=video(duration=8), headers={"Idempotency-Key": "e2e-1"})
-    assert again.status_code == 200 and again.json()["status"] == "succeeded"
+    assert again.status_code == 202 and again.json()["status"] == "succeeded"
     done = c.post(f"/v1/jobs/{job_id}/cancel")
     assert done.status_code == 409 and done.json()["error"]["details"]["status"] == "succeeded"
 

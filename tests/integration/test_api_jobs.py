@@ -86,7 +86,7 @@ def test_idempotency_same_body_same_job_different_body_conflict(api: Api) -> Non
     key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
     first = c.post("/v1/jobs", json=video(), headers=key)
     again = c.post("/v1/jobs", json=video(), headers=key)
-    assert first.status_code == 202 and again.status_code == 200
+    assert first.status_code == 202 and again.status_code == 202
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json()["id"] == first.json()["id"]
     other = c.post("/v1/jobs", json=video(duration=9), headers=key)
@@ -111,7 +111,7 @@ def test_a_replay_gets_its_job_even_when_nothing_would_route_it_now(api: Api) ->
     fresh = c.post("/v1/jobs", json=video())
     assert fresh.status_code == 422 and fresh.json()["error"]["code"] == "no_eligible_backend"
     again = c.post("/v1/jobs", json=video(), headers=key)
-    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
     assert c.post("/v1/jobs", json=video(duration=9), headers=key).status_code == 409
     assert _count(api, "jobs") == 1 and _count(api, "holds") == 1
 
