@@ -47,6 +47,7 @@ from orchestrator.api.schemas import HealthOut, ReadyOut
 from orchestrator.api.security import Authenticator
 from orchestrator.bootstrap import Container
 from orchestrator.events.hub import EventHub
+from orchestrator.outage import RETRY_AFTER_S
 
 DESCRIPTION = """Cost-aware orchestrator for long-running generation jobs.
 
@@ -120,7 +121,7 @@ def _ops(app: FastAPI, ctx: ApiContext) -> None:
         if all(v == "ok" for v in checks.values()):
             return JSONResponse({"status": "ready", "checks": checks})
         return error_response(503, "not_ready", "a dependency is not reachable",
-                              {"checks": checks})
+                              {"checks": checks}, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     if ctx.container.settings.metrics_addr:  # served there instead (api.server.serve)
         return

@@ -16,6 +16,7 @@ idle one.
 
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -33,12 +34,14 @@ from orchestrator.events.hub import EventHub
 from orchestrator.events.store import (
     Event,
     FeedCursor,
+    event_seq,
     feed_events,
     job_events,
     job_owner,
     parse_feed_cursor,
 )
 
+_SEQ = re.compile(r"[0-9]{1,18}")  # ASCII digits only (str.isdigit takes "²")
 JobId = Annotated[uuid.UUID, Path(description="the job id")]
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)]
 _FINAL = ("succeeded", "failed", "cancelled")
@@ -79,6 +82,23 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
             events = job_events(conn, job_id, after)  # terminal event is visible here
         return (None if owner is None else owner[1]), events
 
+    def resume_seq(job_id: uuid.UUID, last: str) -> int:
+        """The seq to resume after: the stream's ``id:`` (a seq), or an event's own ``id``
+        (what a webhook receiver or a JSON reader has)."""
+        if _SEQ.fullmatch(last):
+            return int(last)
+        try:
+            event_id = uuid.UUID(last)
+        except ValueError:
+            event_id = None
+        if event_id is not None:
+            with c.engine.connect() as conn:
+                seq = event_seq(conn, job_id, event_id)
+            if seq is not None:
+                return seq
+        raise InvalidRequest("Last-Event-ID must be the id: of a message of this stream (a "
+                             "seq) or the id of one of the job's events", field="Last-Event-ID")
+
     def owned(job_id: uuid.UUID, tenant: str) -> None:
         with c.engine.connect() as conn:
             owner = job_owner(conn, job_id)
@@ -94,12 +114,9 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
         after: Annotated[int | None, Query(ge=0, description="resume after this seq")] = None,
     ) -> EventSourceResponse:
         start = after or 0
-        if last_event_id is not None:
-            if not last_event_id.strip().isdigit():
-                raise InvalidRequest("Last-Event-ID must be the seq of a job event",
-                                     field="Last-Event-ID")
-            start = int(last_event_id.strip())
         await to_thread.run_sync(owned, job_id, p.tenant)
+        if last_event_id is not None:
+            start = await to_thread.run_sync(resume_seq, job_id, last_event_id.strip())
         admit_stream()
 
         async def events() -> AsyncIterator[ServerSentEvent]:

@@ -84,7 +84,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         at = datetime.fromisoformat(data["t"])
         if at.tzinfo is None:
             raise ValueError("naive")
-        return at, uuid.UUID(data["id"])
+        return at, uuid.UUID(str(data["id"]))
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError) as exc:
         raise InvalidRequest("query.cursor: not a cursor returned by this API",
                              field="query.cursor") from exc

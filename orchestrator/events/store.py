@@ -36,6 +36,7 @@ _FEED_HEAD = text(
     ORDER BY txid DESC, position DESC LIMIT 1
     """
 )
+_EVENT_SEQ = text("SELECT seq FROM job_events WHERE job_id = :j AND id = :e")
 _JOB_OWNER = text("SELECT tenant, status FROM jobs WHERE id = :j")
 
 
@@ -82,6 +83,12 @@ def job_events(conn: Connection, job_id: uuid.UUID, after_seq: int = 0,
                limit: int = 500) -> list[Event]:
     rows = conn.execute(_JOB, {"j": job_id, "after": after_seq, "n": limit}).all()
     return [_event(r) for r in rows]
+
+
+def event_seq(conn: Connection, job_id: uuid.UUID, event_id: uuid.UUID) -> int | None:
+    """The seq of one of the job's events; None when the job has no such event."""
+    seq = conn.execute(_EVENT_SEQ, {"j": job_id, "e": event_id}).scalar_one_or_none()
+    return None if seq is None else int(seq)
 
 
 def job_owner(conn: Connection, job_id: uuid.UUID) -> tuple[str, str] | None:

@@ -120,6 +120,7 @@ def test_redis_down_readyz_503_and_requests_still_served(api: Api, tmp_path: Pat
     try:
         r = httpx.get(f"{running.url}/readyz", timeout=10)
         err = _error(r, 503, "not_ready")
+        assert r.headers["Retry-After"] == "2"  # as every 503 for an outage says
         checks = err["details"]["checks"]  # type: ignore[index]
         assert checks["database"] == "ok" and checks["redis"].startswith("error")
         # the rate limiter fails open: losing Redis does not stop the API

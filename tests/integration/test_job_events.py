@@ -122,7 +122,7 @@ def test_the_feed_as_json_pages_from_a_cursor_and_answers_at_once(api: Api) -> N
     assert _json_feed(api, "globex", since="0")["items"] == []  # never another tenant's
 
 
-def _job_stream(api: Api, job_id: str, last: int | None, n: int | None) -> list[Any]:
+def _job_stream(api: Api, job_id: str, last: int | str | None, n: int | None) -> list[Any]:
     headers = {} if last is None else {"Last-Event-ID": str(last)}
     got = []
     with api.tenant() as client, httpx_sse.connect_sse(
@@ -160,8 +160,15 @@ def test_a_job_stream_resumes_with_last_event_id_without_gaps(api: Api) -> None:
     assert [(r.seq, r.type) for r in rows] == [(int(e.id), e.event) for e in seen]
     # another tenant's job is not there
     assert api.tenant("globex").get(f"/v1/jobs/{job_id}/events").status_code == 404
-    bad = api.tenant().get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "x"})
-    assert bad.status_code == 422 and bad.json()["error"]["details"]["field"] == "Last-Event-ID"
+    # resumed after an event's own id (what a webhook receiver has): what came after it
+    after_failover = _job_stream(api, job_id, json.loads(seen[2].data)["id"], None)
+    assert [e.id for e in after_failover] == ["4", "5"]
+    other = api.tenant().post("/v1/jobs", json=video()).json()["id"]
+    foreign = json.loads(_job_stream(api, other, None, 1)[0].data)["id"]
+    for last in ("x", foreign, "\u00b2".encode("latin-1"), "-1"):  # not of this job's stream
+        bad = api.tenant().get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": last})
+        assert bad.status_code == 422, (last, bad.text)
+        assert bad.json()["error"]["details"]["field"] == "Last-Event-ID"
 
 
 def _terminal_at(sut: Rig, job_id: str) -> datetime:
