@@ -161,9 +161,9 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
     items = []
     for e in errors:
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
-        if e.get("type") == "json_invalid":
-            msg = "the body is not valid JSON"
         field = _field(e.get("loc", ()))
+        if e.get("type") == "json_invalid":  # its loc is ("body", <character offset>)
+            field, msg = "body", "not valid JSON"
         if field == "body" and ": " in msg:  # a model-level check that names its own field
             field, msg = msg.split(": ", 1)
         items.append({"field": field, "message": msg})
@@ -212,8 +212,8 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:  # FastAPI: a body it could not decode (e.g. not UTF-8)
             return error_response(422, "invalid_request",
-                                  "body: not valid UTF-8 JSON", {"errors": [
-                                      {"field": "body", "message": "not valid UTF-8 JSON"}]})
+                                  "body: not readable as UTF-8 JSON", {"field": "body", "errors": [
+                                      {"field": "body", "message": "not readable as UTF-8 JSON"}]})
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
                 403: "forbidden", 408: "request_timeout",
                 413: "payload_too_large"}.get(exc.status_code, "http_error")

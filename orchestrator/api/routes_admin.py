@@ -3,7 +3,8 @@ channels; write: admin)."""
 
 
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends
 
@@ -17,6 +18,8 @@ from orchestrator.errors import InvalidRequest
 from orchestrator.ledger.budgets import list_budgets, set_budget
 from orchestrator.ledger.service import utcnow
 from orchestrator.notify.stored import prepare_channels
+
+T = TypeVar("T")
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -50,12 +53,10 @@ def router(ctx: ApiContext) -> APIRouter:
                "secret_key_missing: a channel secret cannot be stored without a key")},
            summary="Create or update a budget (admin)")
     def put_budget(body: BudgetIn, p: Admin) -> dict[str, Any]:
-        try:
-            scope = validate_scope(body.scope)
-            thresholds = thresholds_to_bp(body.alert_thresholds)
-            forecast_thresholds = thresholds_to_bp(body.forecast_thresholds)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
+        scope = _checked("scope", validate_scope, body.scope)
+        thresholds = _checked("alert_thresholds", thresholds_to_bp, body.alert_thresholds)
+        forecast_thresholds = _checked("forecast_thresholds", thresholds_to_bp,
+                                       body.forecast_thresholds)
         # validated, egress-checked and sealed before anything is written: a refusal (422
         # naming the field) or a missing key (503 secret_key_missing) changes nothing
         channels = prepare_channels(body.channels, c.egress, c.secrets)
@@ -70,3 +71,11 @@ def router(ctx: ApiContext) -> APIRouter:
         return budget_resource(view, now)
 
     return r
+
+
+def _checked(field: str, check: Callable[[Any], T], value: Any) -> T:
+    """``check(value)``; its ValueError is a 422 naming ``field``, as pydantic's are."""
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"{field}: {exc}", field=field) from None

@@ -5,34 +5,47 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.domain.jobs import ImageInput, JobSpec, TextInput, VideoInput
 from orchestrator.store.keys import TENANT_RE
 
 
-def _find_nul(value: Any, where: str) -> str | None:
-    """The path of the first string (or key) holding a NUL character, which PostgreSQL's jsonb
-    and text types cannot store."""
+def _find_unstorable(value: Any, where: str) -> str | None:
+    """``path: why`` of the first value PostgreSQL's jsonb and text types cannot store: a
+    string (or key) holding a NUL character, or NaN/Infinity (which Python's JSON reader
+    accepts, and which would otherwise be stored as null)."""
     if isinstance(value, str):
-        return where if "\x00" in value else None
+        return f"{where}: text may not contain NUL (\\u0000) characters" \
+            if "\x00" in value else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where}: not a finite number"
     if isinstance(value, dict):
         for k, v in value.items():
-            found = _find_nul(k, where) or _find_nul(v, f"{where}.{k}" if where else str(k))
+            found = _find_unstorable(k, where) or _find_unstorable(
+                v, f"{where}.{k}" if where else str(k))
             if found:
                 return found
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            found = _find_nul(v, f"{where}[{i}]")
+            found = _find_unstorable(v, f"{where}[{i}]")
             if found:
                 return found
     return None
 
 
-def _reject_nul(model: BaseModel) -> None:
-    where = _find_nul(model.model_dump(mode="json"), "")
-    if where is not None:
-        raise ValueError(f"{where}: text may not contain NUL (\\u0000) characters")
+def _reject_unstorable(model: BaseModel) -> None:
+    problem = _find_unstorable(model.model_dump(), "")
+    if problem is not None:
+        raise ValueError(problem)
 
 
 class _Out(BaseModel):
@@ -81,7 +94,7 @@ class JobBody(JobSpec):
 
     @model_validator(mode="after")
     def _storable(self) -> JobBody:
-        _reject_nul(self)
+        _reject_unstorable(self)
         return self
 
 
@@ -268,7 +281,7 @@ class BudgetIn(BaseModel):
 
     @model_validator(mode="after")
     def _storable(self) -> BudgetIn:
-        _reject_nul(self)
+        _reject_unstorable(self)
         return self
 
 
@@ -277,7 +290,7 @@ class KeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tenant: str = Field(pattern=TENANT_RE.pattern, examples=["acme"])
-    admin: bool = False
+    admin: StrictBool = False  # "yes" or 1 must not make an admin key
 
 
 class WhoAmIOut(BaseModel):

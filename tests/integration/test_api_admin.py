@@ -111,6 +111,7 @@ def test_put_budget_is_admin_only_and_validated(api: Api) -> None:
         assert r.status_code == 422, (payload, r.text)
         assert r.json()["error"]["code"] == "invalid_request"
         assert field in r.json()["error"]["message"], r.json()
+        assert field.split("[")[0] in r.json()["error"]["details"]["field"], r.json()
 
 
 def test_keys_are_created_by_admins_only_and_work(api: Api) -> None:
@@ -135,6 +136,12 @@ def test_keys_are_created_by_admins_only_and_work(api: Api) -> None:
     assert api.client(admin2["key"]).post("/v1/keys", json={"tenant": "y"}).status_code == 201
     bad = api.admin().post("/v1/keys", json={"tenant": "no spaces"})
     assert bad.status_code == 422 and "tenant" in bad.json()["error"]["message"]
+    for not_a_bool in ("yes", 1, "true"):  # only JSON true makes an admin key
+        bad = api.admin().post("/v1/keys", json={"tenant": "z", "admin": not_a_bool})
+        assert bad.status_code == 422 and bad.json()["error"]["details"]["field"] == "admin"
+    with api.rig.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM api_keys WHERE tenant = 'z'")
+                            ).scalar_one() == 0
 
 
 def test_backends_show_catalogue_and_breaker_state(api: Api) -> None:

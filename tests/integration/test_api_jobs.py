@@ -4,6 +4,7 @@ running: jobs stay queued unless a test cancels them)."""
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from typing import Any
 
@@ -177,6 +178,12 @@ def test_invalid_specs_are_422_naming_the_field(api: Api) -> None:
     for raw in (b"{not json", b'{"kind": "\xff\xfe"}'):
         r = c.post("/v1/jobs", content=raw, headers={"Content-Type": "application/json"})
         assert r.status_code == 422 and "JSON" in r.json()["error"]["message"], r.text
+        assert r.json()["error"]["details"]["field"] == "body", r.text
+    # NaN and Infinity: Python reads them, JSON has no such numbers (they were stored as null)
+    body = json.dumps(video(metadata={"n": 1.5})).replace("1.5", "NaN").encode()
+    for raw in (body, body.replace(b"NaN", b"-Infinity")):
+        r = c.post("/v1/jobs", content=raw, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "metadata.n"
     r = c.post("/v1/jobs", json=video(), headers={"Idempotency-Key": "x" * 201})
     assert r.status_code == 422 and "Idempotency-Key" in r.json()["error"]["message"]
     assert _count(api, "jobs") == 0
