@@ -205,6 +205,15 @@ def _envelope(response: httpx.Response) -> tuple[str | None, str | None, dict[st
     return None, None, {}
 
 
+def _details_retry_after(details: dict[str, Any]) -> float | None:
+    """``details.retry_after_s`` (what the server sends), or ``retry_after`` (an alias)."""
+    for key in ("retry_after_s", "retry_after"):
+        value = details.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+    return None
+
+
 def error_from_response(response: httpx.Response) -> ApiError:
     """The typed error for a non-2xx response."""
     status = response.status_code
@@ -216,8 +225,8 @@ def error_from_response(response: httpx.Response) -> ApiError:
         message = f"HTTP {status} {response.reason_phrase}".strip()
     if cls is RateLimited or cls is Unavailable:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        if retry_after is None and isinstance(details.get("retry_after"), int | float):
-            retry_after = float(details["retry_after"])
+        if retry_after is None:  # the header was stripped (a proxy): the envelope says it too
+            retry_after = _details_retry_after(details)
         return cls(message, retry_after=retry_after, status=status, code=code,
                    details=details)
     return cls(message, status=status, code=code, details=details)

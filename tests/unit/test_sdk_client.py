@@ -149,6 +149,16 @@ def test_a_retry_after_longer_than_the_policy_allows_is_raised_at_once() -> None
     assert info.value.retry_after == 3600.0 and clock.sleeps == []
 
 
+@pytest.mark.parametrize("key", ["retry_after_s", "retry_after"])
+def test_retry_after_falls_back_to_the_envelope_when_the_header_is_gone(key: str) -> None:
+    # the server sends details.retry_after_s; a proxy may strip the Retry-After header
+    script = Script([envelope(429, "rate_limited", "slow down", **{key: 7}, limit=10,
+                              window_s=60)])
+    with pytest.raises(RateLimited) as info:
+        make(script, retries=0).backends()
+    assert info.value.retry_after == 7.0
+
+
 def test_503_unavailable_is_retried_after_its_retry_after() -> None:
     clock = FakeClock()
     script = Script([envelope(503, "unavailable", "the database is unavailable",
