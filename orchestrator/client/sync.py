@@ -116,13 +116,14 @@ class Client:
         strategy: str | None = None, max_cost_usd: float | None = None,
         backend: str | None = None, deadline_s: int | None = None, priority: str | None = None,
         webhook_url: str | None = None, metadata: Mapping[str, Any] | None = None,
-        cache: bool | None = None,
+        cache: bool | None = None, webhook_events: Sequence[str] | None = None,
     ) -> Quote:
-        """Dry-run routing for a job body: ranked candidates and exclusions, no side effects."""
+        """Dry-run routing for a job body (the same arguments as ``submit`` but the
+        idempotency key): ranked candidates and exclusions, no side effects."""
         body = _core.job_body(kind=kind, input=input, tier=tier, strategy=strategy,
                               max_cost_usd=max_cost_usd, backend=backend, deadline_s=deadline_s,
                               priority=priority, webhook_url=webhook_url, metadata=metadata,
-                              cache=cache)
+                              webhook_events=webhook_events, cache=cache)
         return self._run(_core.quote(body))
 
     def get(self, id: str) -> Job:

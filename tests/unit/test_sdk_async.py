@@ -122,3 +122,16 @@ def test_async_iterates_over_all_pages() -> None:
 
     assert run(go()) == ["a", "b"]
     assert all(r.url.params["status"] == "succeeded" for r in script.requests)
+
+
+def test_async_quote_takes_the_same_body_as_submit() -> None:
+    clock = FakeClock()
+    script = Script([httpx.Response(200, json={"candidates": [], "excluded": []})])
+
+    async def go() -> None:
+        async with make(script, clock) as c:
+            await c.quote(kind="text", input={"prompt": "x"},
+                          webhook_events=["job.succeeded"])
+
+    run(go())
+    assert script.body(0)["webhook_events"] == ["job.succeeded"]

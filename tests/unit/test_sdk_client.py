@@ -321,6 +321,15 @@ def test_resources_parse_and_keep_unknown_fields() -> None:
     assert "SECRET" not in repr(key) and "SECRET" not in str(key)
 
 
+def test_quote_takes_the_same_body_as_submit() -> None:
+    # POST /v1/quotes takes a job's body: the kwargs of a submit() can be quoted unchanged
+    script = Script([httpx.Response(200, json={"candidates": [], "excluded": []})])
+    kw: dict[str, Any] = {"kind": "video", "input": {"prompt": "x"},
+                          "webhook_events": ["job.failed"]}
+    make(script).quote(**kw)
+    assert script.body(0)["webhook_events"] == ["job.failed"]
+
+
 def test_unexpected_response_shapes_raise_api_error() -> None:
     script = Script([httpx.Response(200, text="not json"), httpx.Response(200, json={"x": 1})])
     c = make(script)
