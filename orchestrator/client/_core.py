@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from orchestrator.client.errors import (
     ApiConnectionError,
     ApiError,
+    InvalidRequest,
     RateLimited,
     ServerError,
     Unavailable,
@@ -93,11 +95,16 @@ def is_retryable(error: ApiError, *, idempotent: bool, sent: bool) -> bool:
     return idempotent and isinstance(error, ServerError) and error.status in RETRY_STATUSES
 
 
-def connection_error(exc: httpx.TransportError, base_url: str) -> tuple[ApiConnectionError, bool]:
-    """The SDK error for a transport failure, and whether the request may have been sent."""
+def connection_error(exc: httpx.RequestError, base_url: str) -> tuple[ApiConnectionError, bool]:
+    """The SDK error for a request that got no usable answer (a transport failure, or an
+    answer httpx could not read, such as a broken gzip body: a DecodingError is no
+    TransportError), chained to ``exc``; and whether the request may have been sent."""
     sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
     reason = str(exc) or type(exc).__name__
-    return ApiConnectionError(f"cannot reach {base_url}: {reason}"), sent
+    what = "cannot reach" if isinstance(exc, httpx.TransportError) else "no readable answer from"
+    error = ApiConnectionError(f"{what} {base_url}: {reason}")
+    error.__cause__ = exc  # raised later, outside the except block that caught exc
+    return error, sent
 
 
 @dataclass(frozen=True)
@@ -151,8 +158,24 @@ def _unwrap(data: Any, key: str) -> Any:
     return data[key] if isinstance(data, dict) and key in data else data
 
 
+# What the API takes as an Idempotency-Key (orchestrator/api/routes_jobs.py): 1 to 200
+# visible ASCII characters. Checked before sending, as httpx cannot even encode a non-ASCII
+# header (UnicodeEncodeError) and the API would refuse the rest.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+def check_idempotency_key(key: str) -> str:
+    """``key`` if the API takes it; else InvalidRequest, as the API would answer."""
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidRequest(
+            "idempotency_key: 1 to 200 printable ASCII characters, no spaces",
+            details={"field": "header.Idempotency-Key"})
+    return key
+
+
 def submit(body: dict[str, Any], idempotency_key: str | None) -> Call[Job]:
-    key = idempotency_key or str(uuid.uuid4())
+    key = str(uuid.uuid4()) if idempotency_key is None else check_idempotency_key(
+        idempotency_key)
     return Call("POST", "/v1/jobs", Job.model_validate, json=body,
                 headers={"Idempotency-Key": key}, idempotent=True)
 

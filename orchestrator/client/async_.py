@@ -76,7 +76,7 @@ class AsyncClient:
             try:
                 response = await self._http.request(call.method, call.path, json=call.json,
                                               params=call.params, headers=call.headers)
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:  # not only TransportError: DecodingError too
                 error, sent = _core.connection_error(exc, self.base_url)
                 status = "no response"
             else:
@@ -177,7 +177,7 @@ class AsyncClient:
             async for event in self.events(id, timeout=deadline - self._clock()):
                 if event.is_terminal:
                     return await self.get(id)
-        except (httpx.TransportError, httpx_sse.SSEError, ApiError, ValueError) as exc:
+        except (httpx.RequestError, httpx_sse.SSEError, ApiError, ValueError) as exc:
             log.debug("event stream of %s unavailable (%s); polling", id, type(exc).__name__)
         return None
 

@@ -14,7 +14,8 @@
     ├── ServerError              5xx: the server failed (after the SDK's own retries)
     │   └── Unavailable          503 unavailable: its database or Redis cannot be reached
     │                            now; ``retry_after`` seconds (or None)
-    ├── ApiConnectionError       no HTTP response at all (after the SDK's own retries)
+    ├── ApiConnectionError       no usable HTTP response: none at all, or one httpx could not
+    │                            read (after the SDK's own retries)
     └── WaitTimeout              ``wait()`` gave up; also a ``TimeoutError``; ``job`` = last seen
 
 Errors are built from the API's envelope ``{"error": {"code", "message", "details"}}``; the

@@ -13,6 +13,7 @@ from orchestrator.client import (
     ApiConnectionError,
     AsyncClient,
     BudgetExceeded,
+    InvalidRequest,
     NotFound,
     RateLimited,
     RetryPolicy,
@@ -135,3 +136,21 @@ def test_async_quote_takes_the_same_body_as_submit() -> None:
 
     run(go())
     assert script.body(0)["webhook_events"] == ["job.succeeded"]
+
+
+def test_async_undecodable_answers_and_bad_keys_are_api_errors() -> None:
+    def broken_gzip(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip")
+
+    clock = FakeClock()
+    script = Script([broken_gzip])
+
+    async def go() -> None:
+        async with make(script, clock, retries=1) as c:
+            with pytest.raises(ApiConnectionError):
+                await c.get("j-1")
+            with pytest.raises(InvalidRequest):
+                await c.submit(kind="text", input={"prompt": "x"}, idempotency_key="clé")
+
+    run(go())
+    assert len(script.requests) == 2  # the get and its retry; the submit never went out

@@ -230,6 +230,40 @@ def test_connection_errors_are_retried_and_raised_typed() -> None:
     assert len(script.requests) == 2
 
 
+def broken_gzip(request: httpx.Request) -> httpx.Response:
+    # a proxy's broken body: httpx raises DecodingError, a RequestError but no TransportError
+    return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip")
+
+
+def test_an_undecodable_answer_is_an_api_error_retried_only_when_idempotent() -> None:
+    script = Script([broken_gzip, httpx.Response(200, json=job_json())])
+    assert make(script).get("j-1").id == "j-1"
+    assert len(script.requests) == 2
+
+    script = Script([broken_gzip])
+    with pytest.raises(ApiConnectionError, match="no readable answer") as info:
+        make(script).cancel("j-1")  # it went out: a cancel is not resent
+    assert isinstance(info.value.__cause__, httpx.DecodingError)
+    assert len(script.requests) == 1
+
+
+@pytest.mark.parametrize("key", ["", "clé", "order 42", "tab\tkey", "k" * 201])
+def test_an_idempotency_key_the_api_refuses_is_refused_before_sending(key: str) -> None:
+    script = Script([httpx.Response(202, json=job_json())])
+    with pytest.raises(InvalidRequest, match="idempotency_key") as info:
+        make(script).submit(kind="text", input={"prompt": "x"}, idempotency_key=key)
+    assert info.value.details == {"field": "header.Idempotency-Key"}
+    assert script.requests == []
+
+
+def test_the_longest_and_oddest_idempotency_keys_the_api_takes_are_sent() -> None:
+    script = Script([httpx.Response(202, json=job_json())])
+    for key in ("k" * 200, "!~", "order-42:attempt/1"):
+        make(script).submit(kind="text", input={"prompt": "x"}, idempotency_key=key)
+    assert [r.headers["Idempotency-Key"] for r in script.requests] == [
+        "k" * 200, "!~", "order-42:attempt/1"]
+
+
 def test_cancel_is_not_resent_after_a_5xx_or_a_lost_response() -> None:
     def lost(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadError("connection reset", request=request)
