@@ -118,6 +118,14 @@ class Call(Generic[T]):
     idempotent: bool = True
 
 
+def raised_from(call: Call[Any], error: ApiError) -> None:
+    """Mark ``error`` as the outcome of ``call``: a submission's gets its Idempotency-Key, as
+    the SDK made one up and the job may exist even so (an answer lost, a 5xx after the
+    commit), so the caller can resubmit with it without making a second job."""
+    if call.headers is not None and "Idempotency-Key" in call.headers:
+        error.idempotency_key = call.headers["Idempotency-Key"]
+
+
 def parse_response(call: Call[T], response: httpx.Response) -> T:
     try:
         data = response.json()

@@ -70,6 +70,14 @@ class AsyncClient:
         await self._http.aclose()
 
     async def _run(self, call: _core.Call[T]) -> T:
+        try:
+            return await self._tries(call)
+        except ApiError as exc:
+            _core.raised_from(call, exc)
+            raise
+
+    async def _tries(self, call: _core.Call[T]) -> T:
+        """The call's tries, under the retry policy, until it succeeds or an error is final."""
         attempt = 0
         while True:
             error: ApiError

@@ -1,6 +1,6 @@
 """The SDK's error tree. Every error the SDK raises is an ``ApiError``::
 
-    ApiError                     status, code, message, details
+    ApiError                     status, code, message, details, idempotency_key
     ├── InvalidRequest           400/422 invalid_request: the job spec or a parameter is wrong
     ├── Unauthorized             401 unauthorized: missing or unknown API key
     ├── BudgetExceeded           402 budget_exceeded: a budget cannot cover this job
@@ -36,7 +36,10 @@ if TYPE_CHECKING:
 
 
 class ApiError(Exception):
-    """Base of every SDK error. ``status`` is the HTTP status (0 when there was no response)."""
+    """Base of every SDK error. ``status`` is the HTTP status (0 when there was no response).
+    ``idempotency_key``: on an error from ``submit``, the key the submission was sent with
+    (None otherwise); the job may exist all the same, and a resubmission with that key either
+    returns it or creates it once."""
 
     default_code = "api_error"
 
@@ -53,6 +56,7 @@ class ApiError(Exception):
         self.status = status
         self.code = code or self.default_code
         self.details: dict[str, Any] = details or {}
+        self.idempotency_key: str | None = None
 
     def __str__(self) -> str:
         return self.message

@@ -71,6 +71,14 @@ class Client:
         self._http.close()
 
     def _run(self, call: _core.Call[T]) -> T:
+        try:
+            return self._tries(call)
+        except ApiError as exc:
+            _core.raised_from(call, exc)
+            raise
+
+    def _tries(self, call: _core.Call[T]) -> T:
+        """The call's tries, under the retry policy, until it succeeds or an error is final."""
         attempt = 0
         while True:
             error: ApiError

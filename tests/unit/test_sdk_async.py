@@ -17,6 +17,7 @@ from orchestrator.client import (
     NotFound,
     RateLimited,
     RetryPolicy,
+    Unavailable,
     WaitTimeout,
 )
 
@@ -154,3 +155,17 @@ def test_async_undecodable_answers_and_bad_keys_are_api_errors() -> None:
 
     run(go())
     assert len(script.requests) == 2  # the get and its retry; the submit never went out
+
+
+def test_async_failed_submission_carries_its_idempotency_key() -> None:
+    clock = FakeClock()
+    script = Script([envelope(503, "unavailable", "busy")])
+
+    async def go() -> None:
+        async with make(script, clock, retries=1) as c:
+            with pytest.raises(Unavailable) as info:
+                await c.submit(kind="text", input={"prompt": "x"})
+            assert info.value.idempotency_key == script.requests[0].headers["Idempotency-Key"]
+
+    run(go())
+    assert len(script.requests) == 2

@@ -62,6 +62,39 @@ def test_explicit_idempotency_key_is_sent_as_given() -> None:
     assert script.requests[0].headers["Idempotency-Key"] == "order-42"
 
 
+def test_a_failed_submission_carries_its_idempotency_key_and_a_resubmission_reuses_it() -> None:
+    def lost(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    # the retries run out, and the job may exist: the key is how to ask again safely
+    script = Script([lost])
+    c = make(script)
+    with pytest.raises(ApiConnectionError) as info:
+        c.submit(kind="text", input={"prompt": "x"})
+    key = info.value.idempotency_key
+    assert key is not None and len(script.requests) == 4
+    assert {r.headers["Idempotency-Key"] for r in script.requests} == {key}
+    script.steps = [httpx.Response(200, json=job_json())]  # a replay of the first one
+    assert c.submit(kind="text", input={"prompt": "x"}, idempotency_key=key).id == "j-1"
+    assert script.requests[-1].headers["Idempotency-Key"] == key
+
+
+def test_every_error_of_a_submission_carries_its_key_and_no_other_call_has_one() -> None:
+    script = Script([envelope(502, "bad_gateway", "upstream"),
+                     httpx.Response(202, text="<html>proxy</html>"),
+                     envelope(404, "not_found", "no such job")])
+    c = make(script, retries=0)
+    with pytest.raises(ServerError) as failed:
+        c.submit(kind="text", input={"prompt": "x"}, idempotency_key="order-42")
+    with pytest.raises(ApiError, match="no JSON") as unreadable:  # it was made, unread
+        c.submit(kind="text", input={"prompt": "x"}, idempotency_key="order-43")
+    with pytest.raises(NotFound) as other:
+        c.get("j-1")
+    assert failed.value.idempotency_key == "order-42"
+    assert unreadable.value.idempotency_key == "order-43"
+    assert other.value.idempotency_key is None
+
+
 def test_base_url_and_key_default_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORCH_API_URL", BASE + "/")
     monkeypatch.setenv("ORCH_API_KEY", "orch_env_key")
