@@ -23,6 +23,7 @@ from orchestrator.client.errors import (
     RateLimited,
     ServerError,
     Unavailable,
+    WaitTimeout,
 )
 from orchestrator.client.models import (
     ApiKey,
@@ -82,6 +83,53 @@ class RetryPolicy:
             wait: float = error.retry_after
             return wait if wait <= self.max_retry_after else None
         return min(self.cap, self.base * 2.0**attempt) * (0.5 + self.rng() / 2)
+
+
+# The least time a try under a deadline is given, even once the deadline has passed: the
+# first poll of a wait() whose time ran out on the event stream still looks at the job once.
+LAST_LOOK_S = 1.0
+
+
+def try_timeout(configured: httpx.Timeout, deadline: float | None, now: float) -> httpx.Timeout:
+    """One try's timeout: the client's, each phase capped by the time left to ``deadline``
+    (at least LAST_LOOK_S), so that a try started before it cannot run 30 s past it."""
+    if deadline is None:
+        return configured
+    cap = max(deadline - now, LAST_LOOK_S)
+
+    def capped(phase: float | None) -> float:
+        return cap if phase is None else min(phase, cap)
+
+    return httpx.Timeout(connect=capped(configured.connect), read=capped(configured.read),
+                         write=capped(configured.write), pool=capped(configured.pool))
+
+
+def pause_before_retry(delay: float | None, deadline: float | None, now: float
+                       ) -> float | None:
+    """The policy's ``delay`` before a retry, cut short at ``deadline`` (after such a pause,
+    ``deadline_passed``: the caller gives up); None (give up now) past the deadline."""
+    if delay is None or deadline is None:
+        return delay
+    left = deadline - now
+    return None if left <= 0 else min(delay, left)
+
+
+def deadline_passed(deadline: float | None, now: float) -> bool:
+    return deadline is not None and now >= deadline
+
+
+def out_of_time(error: ApiError, deadline: float, now: float) -> bool:
+    """Whether ``error`` ended a call only for want of time: the deadline has passed, and the
+    SDK would have tried again with time left (a 404 is an answer, not a timeout)."""
+    return now >= deadline and is_retryable(error, idempotent=True, sent=True)
+
+
+def wait_timeout(job_id: str, timeout: float, last: Job | None, cause: ApiError
+                 ) -> WaitTimeout:
+    """wait()'s error when its time ran out on a poll that failed; raise it from ``cause``."""
+    seen = "never seen" if last is None else f"still {last.status}"
+    return WaitTimeout(f"job {job_id} {seen} after {timeout:g}s; the last poll failed: {cause}",
+                       job=last)
 
 
 def is_retryable(error: ApiError, *, idempotent: bool, sent: bool) -> bool:

@@ -21,7 +21,7 @@ from orchestrator.client import (
     WaitTimeout,
 )
 
-from .sdk_fakes import BASE, FakeClock, Script, envelope, job_json
+from .sdk_fakes import BASE, FakeClock, Script, envelope, hangs, job_json
 
 T = TypeVar("T")
 
@@ -169,3 +169,20 @@ def test_async_failed_submission_carries_its_idempotency_key() -> None:
 
     run(go())
     assert len(script.requests) == 2
+
+
+def test_async_wait_is_bounded_by_its_timeout_when_the_api_hangs() -> None:
+    clock = FakeClock()
+    script = Script([httpx.Response(200, json=job_json(status="running")), hangs(clock)])
+
+    async def go() -> WaitTimeout:
+        async with make(script, clock) as c:
+            with pytest.raises(WaitTimeout) as info:
+                await c.wait("j-1", timeout=5, poll_interval=2.0, stream=False)
+            return info.value
+
+    err = run(go())
+    assert err.job is not None and err.job.status == "running"
+    assert isinstance(err.__cause__, ApiConnectionError)
+    assert [r.extensions["timeout"]["read"] for r in script.requests] == [5.0, 3.0]
+    assert clock.now == 1005.0

@@ -29,7 +29,7 @@ from orchestrator.client import (
     WaitTimeout,
 )
 
-from .sdk_fakes import BASE, FakeClock, Script, envelope, job_json
+from .sdk_fakes import BASE, FakeClock, Script, envelope, hangs, job_json
 
 
 def make(script: Script, clock: FakeClock | None = None, **kw: Any) -> Client:
@@ -341,6 +341,49 @@ def test_wait_raises_a_typed_timeout_with_the_last_job() -> None:
     assert info.value.job is not None and info.value.job.status == "running"
     assert clock.sleeps == [4.0, 4.0, 2.0]  # never sleeps past the deadline
     assert clock.now == 1010.0
+
+
+def test_wait_is_bounded_by_its_timeout_when_the_api_hangs() -> None:
+    # before: every poll ran the whole retry loop, 4 tries of 30 s: ApiConnectionError at 152 s
+    clock = FakeClock()
+    script = Script([hangs(clock)])
+    with pytest.raises(WaitTimeout) as info:
+        make(script, clock).wait("j-1", timeout=5, stream=False)
+    assert clock.now == 1005.0 and len(script.requests) == 1
+    assert info.value.job is None  # no poll ever answered
+    cause = info.value.__cause__
+    assert isinstance(cause, ApiConnectionError)
+    assert isinstance(cause.__cause__, httpx.ReadTimeout)
+
+
+def test_wait_gives_each_poll_and_retry_only_the_time_left() -> None:
+    clock = FakeClock()
+    script = Script([httpx.Response(200, json=job_json(status="running")),
+                     envelope(503, "unavailable", "busy", {"Retry-After": "2"}),
+                     hangs(clock)])
+    with pytest.raises(WaitTimeout) as info:
+        make(script, clock).wait("j-1", timeout=10, poll_interval=4.0, stream=False)
+    assert info.value.job is not None and info.value.job.status == "running"  # the last seen
+    assert isinstance(info.value.__cause__, ApiConnectionError)
+    reads = [r.extensions["timeout"]["read"] for r in script.requests]
+    assert reads == [10.0, 6.0, 4.0]  # what was left of the 10 s at each try, never 30 s
+    assert clock.sleeps == [4.0, 2.0] and clock.now == 1010.0
+
+
+def test_a_retry_after_past_the_deadline_waits_only_until_it() -> None:
+    clock = FakeClock()
+    script = Script([envelope(429, "rate_limited", "slow down", {"Retry-After": "60"})])
+    with pytest.raises(WaitTimeout) as info:
+        make(script, clock).wait("j-1", timeout=10, stream=False)
+    assert isinstance(info.value.__cause__, RateLimited)
+    assert clock.sleeps == [10.0] and len(script.requests) == 1
+
+
+def test_wait_raises_an_error_that_is_no_matter_of_time_as_it_is() -> None:
+    clock = FakeClock()
+    script = Script([envelope(404, "not_found", "no such job")])
+    with pytest.raises(NotFound):
+        make(script, clock).wait("j-1", timeout=10, stream=False)
 
 
 def test_list_pages_and_iterates_over_every_page() -> None:
