@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from orchestrator.retry_after import parse_retry_after
+from orchestrator.client.retry_after import parse_retry_after
 
 if TYPE_CHECKING:
     from orchestrator.client.models import Job

@@ -4,6 +4,8 @@ idempotency keys and wait() backoff. Nothing really sleeps: sleep and clock are 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -477,3 +479,12 @@ def test_result_errors_are_typed_not_ready_yet_and_expired() -> None:
         c.result("j-1")
     assert late.value.status == 410 and late.value.code == "result_expired"
     assert [r.url.path for r in script.requests] == ["/v1/jobs/j-1/result"] * 2
+
+
+def test_the_sdk_imports_nothing_of_the_orchestrator_outside_its_package() -> None:
+    # so that orchestrator/client/ can be vendored alone (with httpx, httpx-sse, pydantic)
+    code = ("import sys, orchestrator.client; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] == 'orchestrator' and not m.startswith('orchestrator.client')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "['orchestrator']"
