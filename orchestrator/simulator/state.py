@@ -85,9 +85,11 @@ class Control(BaseModel):
 
 
 class ControlUpdate(BaseModel):
-    """A partial update of Control: only the fields sent are changed."""
+    """A partial update of Control: only the fields sent are changed. Strict: a knob's value
+    must be of its JSON type, not coerced to it (``true`` is no fail_rate of 1.0, ``"0.5"``
+    no number); a JSON integer is still a number for the float knobs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     mode: Mode | None = None
     fail_rate: float | None = Field(default=None, ge=0.0, le=1.0)

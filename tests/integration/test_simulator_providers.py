@@ -137,11 +137,24 @@ def test_errors_in_flight_are_shared_with_repeats_in_inflight_mode(sim: Sim) -> 
 
 @pytest.mark.parametrize("knobs", [
     {"idempotency": "sometimes"}, {"idempotency": None}, {"latency_ms": -1}, {"bogus": 1},
+    # no coercion: true is not 1.0 (every request failing), "0.5" is not a number
+    {"fail_rate": True}, {"fail_rate": "0.5"}, {"latency_ms": True}, {"latency_ms": "100"},
+    {"latency_ms": 100.5}, {"seed": False}, {"times": "1"}, {"status_code": "429"},
+    {"mode": "down", "fail_rate": True},
 ])
 def test_bad_knobs_are_refused_as_invalid_control(sim: Sim, knobs: dict[str, Any]) -> None:
+    before = sim.state("vid-a")
     resp = sim.http.post(f"{sim.url}/_control/vid-a", json=knobs)
     assert resp.status_code == 422
     assert resp.json()["error"]["code"] == "invalid_control"
+    assert sim.state("vid-a") == before  # nothing changed, not even the valid knob sent along
+
+
+def test_json_integers_are_taken_for_number_knobs(sim: Sim) -> None:
+    state = sim.control("vid-a", fail_rate=1, usage_factor=2, retry_after_s=3,
+                        cancel_bill_fraction=0, fail_job_rate=0)
+    assert (state["fail_rate"], state["usage_factor"], state["retry_after_s"]) == (1.0, 2.0, 3.0)
+    assert isinstance(state["fail_rate"], float)
 
 
 # -- bills --------------------------------------------------------------------------------
