@@ -445,6 +445,7 @@ def test_fail_job_rate_fails_that_share_of_jobs_and_bills_none_of_them(sim: Sim)
     assert statuses.count("succeeded") + failed == 40 and 10 <= failed <= 30
     state = sim.state("vid-a")
     assert len([b for b in state["bills"] if b["cost_micros"] > 0]) == 40 - failed
-    assert state["counters"]["injected"] == 0  # no request was refused
+    assert state["counters"]["injected"] == failed  # each job made to fail is an injection
     assert submit(sim, "txt-a", None).status_code == 500
     assert sim.state("txt-a")["bills"] == []
+    assert sim.counters("txt-a")["injected"] == 1
