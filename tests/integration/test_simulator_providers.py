@@ -135,6 +135,21 @@ def test_errors_in_flight_are_shared_with_repeats_in_inflight_mode(sim: Sim) -> 
     assert (counters["created"], counters["replays"], counters["injected"]) == (0, 0, 1)
 
 
+def test_a_replay_skips_latency_and_injected_errors_but_not_mode_down(sim: Sim) -> None:
+    """As docs/architecture.md says: a replay is answered from the earlier submission."""
+    first = submit(sim, "vid-a", "job-1")
+    sim.control("vid-a", fail_rate=1.0, latency_ms=300, mode="slow", slow_ms=300)
+    began = time.monotonic()
+    again = submit(sim, "vid-a", "job-1")
+    assert time.monotonic() - began < 0.3  # neither latency_ms nor slow_ms
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    assert submit(sim, "vid-a", "job-2").status_code == 500  # a new one gets it all
+    sim.control("vid-a", mode="down")
+    assert submit(sim, "vid-a", "job-1").status_code == 503
+    counters = sim.counters("vid-a")
+    assert (counters["replays"], counters["injected"]) == (1, 2)
+
+
 @pytest.mark.parametrize("knobs", [
     {"idempotency": "sometimes"}, {"idempotency": None}, {"latency_ms": -1}, {"bogus": 1},
     # no coercion: true is not 1.0 (every request failing), "0.5" is not a number
