@@ -1,27 +1,7 @@
-"""``Retry-After`` header values as seconds; shared by the backend adapters and the SDK
-(standard library only, so the SDK still depends on nothing but httpx and pydantic)."""
+"""``Retry-After`` header values as seconds, for the backend adapters: the SDK's parser
+(``orchestrator.client.retry_after``), which lives there so that the SDK needs nothing
+outside its package."""
 
-from __future__ import annotations
+from orchestrator.client.retry_after import parse_retry_after
 
-from collections.abc import Callable
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-
-
-def parse_retry_after(value: str | None, now: Callable[[], datetime] | None = None) -> float | None:
-    """Retry-After as seconds (``"3"``, ``"1.5"``) or an HTTP date; None when absent/invalid."""
-    if not value or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = now() if now is not None else datetime.now(UTC)
-    return max(0.0, (when - current).total_seconds())
+__all__ = ["parse_retry_after"]

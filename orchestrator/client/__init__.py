@@ -1,6 +1,7 @@
 """The orchestrator SDK: ``Client`` and ``AsyncClient`` over the HTTP API.
 
-Depends only on httpx and pydantic, so it can be vendored or installed alone::
+Depends on httpx, httpx-sse (the job event streams of ``events()`` and ``wait()``) and
+pydantic, and on nothing else of the orchestrator, so it can be vendored or installed alone::
 
     from orchestrator.client import Client
     with Client() as c:                       # ORCH_API_URL / ORCH_API_KEY

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +19,11 @@ from pydantic import ValidationError
 from orchestrator.client.errors import (
     ApiConnectionError,
     ApiError,
+    InvalidRequest,
     RateLimited,
     ServerError,
     Unavailable,
+    WaitTimeout,
 )
 from orchestrator.client.models import (
     ApiKey,
@@ -82,6 +85,53 @@ class RetryPolicy:
         return min(self.cap, self.base * 2.0**attempt) * (0.5 + self.rng() / 2)
 
 
+# The least time a try under a deadline is given, even once the deadline has passed: the
+# first poll of a wait() whose time ran out on the event stream still looks at the job once.
+LAST_LOOK_S = 1.0
+
+
+def try_timeout(configured: httpx.Timeout, deadline: float | None, now: float) -> httpx.Timeout:
+    """One try's timeout: the client's, each phase capped by the time left to ``deadline``
+    (at least LAST_LOOK_S), so that a try started before it cannot run 30 s past it."""
+    if deadline is None:
+        return configured
+    cap = max(deadline - now, LAST_LOOK_S)
+
+    def capped(phase: float | None) -> float:
+        return cap if phase is None else min(phase, cap)
+
+    return httpx.Timeout(connect=capped(configured.connect), read=capped(configured.read),
+                         write=capped(configured.write), pool=capped(configured.pool))
+
+
+def pause_before_retry(delay: float | None, deadline: float | None, now: float
+                       ) -> float | None:
+    """The policy's ``delay`` before a retry, cut short at ``deadline`` (after such a pause,
+    ``deadline_passed``: the caller gives up); None (give up now) past the deadline."""
+    if delay is None or deadline is None:
+        return delay
+    left = deadline - now
+    return None if left <= 0 else min(delay, left)
+
+
+def deadline_passed(deadline: float | None, now: float) -> bool:
+    return deadline is not None and now >= deadline
+
+
+def out_of_time(error: ApiError, deadline: float, now: float) -> bool:
+    """Whether ``error`` ended a call only for want of time: the deadline has passed, and the
+    SDK would have tried again with time left (a 404 is an answer, not a timeout)."""
+    return now >= deadline and is_retryable(error, idempotent=True, sent=True)
+
+
+def wait_timeout(job_id: str, timeout: float, last: Job | None, cause: ApiError
+                 ) -> WaitTimeout:
+    """wait()'s error when its time ran out on a poll that failed; raise it from ``cause``."""
+    seen = "never seen" if last is None else f"still {last.status}"
+    return WaitTimeout(f"job {job_id} {seen} after {timeout:g}s; the last poll failed: {cause}",
+                       job=last)
+
+
 def is_retryable(error: ApiError, *, idempotent: bool, sent: bool) -> bool:
     """A 429 and a request that never reached the server are always safe to resend; 5xx and
     broken responses only when the call is idempotent (GET/PUT, a quote, or a submission that
@@ -93,11 +143,16 @@ def is_retryable(error: ApiError, *, idempotent: bool, sent: bool) -> bool:
     return idempotent and isinstance(error, ServerError) and error.status in RETRY_STATUSES
 
 
-def connection_error(exc: httpx.TransportError, base_url: str) -> tuple[ApiConnectionError, bool]:
-    """The SDK error for a transport failure, and whether the request may have been sent."""
+def connection_error(exc: httpx.RequestError, base_url: str) -> tuple[ApiConnectionError, bool]:
+    """The SDK error for a request that got no usable answer (a transport failure, or an
+    answer httpx could not read, such as a broken gzip body: a DecodingError is no
+    TransportError), chained to ``exc``; and whether the request may have been sent."""
     sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
     reason = str(exc) or type(exc).__name__
-    return ApiConnectionError(f"cannot reach {base_url}: {reason}"), sent
+    what = "cannot reach" if isinstance(exc, httpx.TransportError) else "no readable answer from"
+    error = ApiConnectionError(f"{what} {base_url}: {reason}")
+    error.__cause__ = exc  # raised later, outside the except block that caught exc
+    return error, sent
 
 
 @dataclass(frozen=True)
@@ -109,6 +164,14 @@ class Call(Generic[T]):
     params: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
     idempotent: bool = True
+
+
+def raised_from(call: Call[Any], error: ApiError) -> None:
+    """Mark ``error`` as the outcome of ``call``: a submission's gets its Idempotency-Key, as
+    the SDK made one up and the job may exist even so (an answer lost, a 5xx after the
+    commit), so the caller can resubmit with it without making a second job."""
+    if call.headers is not None and "Idempotency-Key" in call.headers:
+        error.idempotency_key = call.headers["Idempotency-Key"]
 
 
 def parse_response(call: Call[T], response: httpx.Response) -> T:
@@ -151,8 +214,24 @@ def _unwrap(data: Any, key: str) -> Any:
     return data[key] if isinstance(data, dict) and key in data else data
 
 
+# What the API takes as an Idempotency-Key (orchestrator/api/routes_jobs.py): 1 to 200
+# visible ASCII characters. Checked before sending, as httpx cannot even encode a non-ASCII
+# header (UnicodeEncodeError) and the API would refuse the rest.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+def check_idempotency_key(key: str) -> str:
+    """``key`` if the API takes it; else InvalidRequest, as the API would answer."""
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidRequest(
+            "idempotency_key: 1 to 200 printable ASCII characters, no spaces",
+            details={"field": "header.Idempotency-Key"})
+    return key
+
+
 def submit(body: dict[str, Any], idempotency_key: str | None) -> Call[Job]:
-    key = idempotency_key or str(uuid.uuid4())
+    key = str(uuid.uuid4()) if idempotency_key is None else check_idempotency_key(
+        idempotency_key)
     return Call("POST", "/v1/jobs", Job.model_validate, json=body,
                 headers={"Idempotency-Key": key}, idempotent=True)
 

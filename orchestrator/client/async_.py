@@ -69,14 +69,25 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _run(self, call: _core.Call[T]) -> T:
+    async def _run(self, call: _core.Call[T], deadline: float | None = None) -> T:
+        try:
+            return await self._tries(call, deadline)
+        except ApiError as exc:
+            _core.raised_from(call, exc)
+            raise
+
+    async def _tries(self, call: _core.Call[T], deadline: float | None) -> T:
+        """The call's tries, under the retry policy, until it succeeds or an error is final;
+        with a ``deadline`` (clock time) no try or pause runs past it."""
         attempt = 0
         while True:
             error: ApiError
+            timeout = _core.try_timeout(self._http.timeout, deadline, self._clock())
             try:
                 response = await self._http.request(call.method, call.path, json=call.json,
-                                              params=call.params, headers=call.headers)
-            except httpx.TransportError as exc:
+                                                    params=call.params, headers=call.headers,
+                                                    timeout=timeout)
+            except httpx.RequestError as exc:  # not only TransportError: DecodingError too
                 error, sent = _core.connection_error(exc, self.base_url)
                 status = "no response"
             else:
@@ -85,12 +96,15 @@ class AsyncClient:
                 error, sent = error_from_response(response), True
                 status = str(response.status_code)
             retry = _core.is_retryable(error, idempotent=call.idempotent, sent=sent)
-            delay = self._policy.delay(attempt, error) if retry else None
+            delay = _core.pause_before_retry(
+                self._policy.delay(attempt, error) if retry else None, deadline, self._clock())
             log.debug("%s %s -> %s (try %d)%s", call.method, call.path, status, attempt + 1,
                       "" if delay is None else f"; retrying in {delay:.2f}s")
             if delay is None:
                 raise error
             await self._sleep(delay)
+            if _core.deadline_passed(deadline, self._clock()):
+                raise error  # the pause was cut short at the deadline: no time for a try
             attempt += 1
 
     # -- jobs ---------------------------------------------------------------------------------
@@ -115,13 +129,14 @@ class AsyncClient:
         strategy: str | None = None, max_cost_usd: float | None = None,
         backend: str | None = None, deadline_s: int | None = None, priority: str | None = None,
         webhook_url: str | None = None, metadata: Mapping[str, Any] | None = None,
-        cache: bool | None = None,
+        cache: bool | None = None, webhook_events: Sequence[str] | None = None,
     ) -> Quote:
-        """Dry-run routing for a job body: ranked candidates and exclusions, no side effects."""
+        """Dry-run routing for a job body (the same arguments as ``submit`` but the
+        idempotency key): ranked candidates and exclusions, no side effects."""
         body = _core.job_body(kind=kind, input=input, tier=tier, strategy=strategy,
                               max_cost_usd=max_cost_usd, backend=backend, deadline_s=deadline_s,
                               priority=priority, webhook_url=webhook_url, metadata=metadata,
-                              cache=cache)
+                              webhook_events=webhook_events, cache=cache)
         return await self._run(_core.quote(body))
 
     async def get(self, id: str) -> Job:
@@ -161,8 +176,9 @@ class AsyncClient:
             if job is not None:
                 return job
         interval = poll_interval
+        last: Job | None = None
         while True:
-            job = await self.get(id)
+            job = last = await self._poll(id, deadline, timeout, last)
             if job.is_final:
                 return job
             remaining = deadline - self._clock()
@@ -171,12 +187,22 @@ class AsyncClient:
             await self._sleep(min(interval, remaining))
             interval = _core.next_poll_interval(interval, max_poll_interval)
 
+    async def _poll(self, id: str, deadline: float, timeout: float, last: Job | None) -> Job:
+        """One poll of wait(), its tries bounded by the deadline; WaitTimeout (with the last
+        job seen, from the poll's error) when it failed for want of time."""
+        try:
+            return await self._run(_core.get(id), deadline)
+        except ApiError as exc:
+            if not _core.out_of_time(exc, deadline, self._clock()):
+                raise
+            raise _core.wait_timeout(id, timeout, last, exc) from exc
+
     async def _wait_streaming(self, id: str, deadline: float) -> Job | None:
         try:
             async for event in self.events(id, timeout=deadline - self._clock()):
                 if event.is_terminal:
-                    return await self.get(id)
-        except (httpx.TransportError, httpx_sse.SSEError, ApiError, ValueError) as exc:
+                    return await self._run(_core.get(id), deadline)
+        except (httpx.RequestError, httpx_sse.SSEError, ApiError, ValueError) as exc:
             log.debug("event stream of %s unavailable (%s); polling", id, type(exc).__name__)
         return None
 

@@ -1,6 +1,6 @@
 """The SDK's error tree. Every error the SDK raises is an ``ApiError``::
 
-    ApiError                     status, code, message, details
+    ApiError                     status, code, message, details, idempotency_key
     ├── InvalidRequest           400/422 invalid_request: the job spec or a parameter is wrong
     ├── Unauthorized             401 unauthorized: missing or unknown API key
     ├── BudgetExceeded           402 budget_exceeded: a budget cannot cover this job
@@ -14,7 +14,8 @@
     ├── ServerError              5xx: the server failed (after the SDK's own retries)
     │   └── Unavailable          503 unavailable: its database or Redis cannot be reached
     │                            now; ``retry_after`` seconds (or None)
-    ├── ApiConnectionError       no HTTP response at all (after the SDK's own retries)
+    ├── ApiConnectionError       no usable HTTP response: none at all, or one httpx could not
+    │                            read (after the SDK's own retries)
     └── WaitTimeout              ``wait()`` gave up; also a ``TimeoutError``; ``job`` = last seen
 
 Errors are built from the API's envelope ``{"error": {"code", "message", "details"}}``; the
@@ -28,14 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from orchestrator.retry_after import parse_retry_after
+from orchestrator.client.retry_after import parse_retry_after
 
 if TYPE_CHECKING:
     from orchestrator.client.models import Job
 
 
 class ApiError(Exception):
-    """Base of every SDK error. ``status`` is the HTTP status (0 when there was no response)."""
+    """Base of every SDK error. ``status`` is the HTTP status (0 when there was no response).
+    ``idempotency_key``: on an error from ``submit``, the key the submission was sent with
+    (None otherwise); the job may exist all the same, and a resubmission with that key either
+    returns it or creates it once."""
 
     default_code = "api_error"
 
@@ -52,6 +56,7 @@ class ApiError(Exception):
         self.status = status
         self.code = code or self.default_code
         self.details: dict[str, Any] = details or {}
+        self.idempotency_key: str | None = None
 
     def __str__(self) -> str:
         return self.message
@@ -205,6 +210,15 @@ def _envelope(response: httpx.Response) -> tuple[str | None, str | None, dict[st
     return None, None, {}
 
 
+def _details_retry_after(details: dict[str, Any]) -> float | None:
+    """``details.retry_after_s`` (what the server sends), or ``retry_after`` (an alias)."""
+    for key in ("retry_after_s", "retry_after"):
+        value = details.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+    return None
+
+
 def error_from_response(response: httpx.Response) -> ApiError:
     """The typed error for a non-2xx response."""
     status = response.status_code
@@ -216,8 +230,8 @@ def error_from_response(response: httpx.Response) -> ApiError:
         message = f"HTTP {status} {response.reason_phrase}".strip()
     if cls is RateLimited or cls is Unavailable:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        if retry_after is None and isinstance(details.get("retry_after"), int | float):
-            retry_after = float(details["retry_after"])
+        if retry_after is None:  # the header was stripped (a proxy): the envelope says it too
+            retry_after = _details_retry_after(details)
         return cls(message, retry_after=retry_after, status=status, code=code,
                    details=details)
     return cls(message, status=status, code=code, details=details)

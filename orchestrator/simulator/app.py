@@ -25,11 +25,14 @@ submissions after their work was done: the connection closes before the answer's
 drop.py); ``garble_answers`` answers them with a 200 that is not JSON instead.
 
 ``GET /_control/{backend}`` answers its knobs (state.Control) and ``counters`` (submissions,
-polls, cancels, lookups, created, replays, injected, dropped), ``predictions`` (created so
-far), ``in_flight`` (predictions running), ``submissions_in_flight`` (submissions being
-processed), ``billed_micros`` and ``bills`` (``[{reference, id, cost_micros}]``, see state.py).
-A bad knob is answered 422 ``invalid_control``. ``POST /_control/_reset`` puts every backend
-back to its defaults and forgets its jobs, keys and bills.
+polls, cancels, lookups, created, replays, injected, dropped; see state.Counters),
+``predictions`` (created so far), ``in_flight`` (predictions running),
+``submissions_in_flight`` (submissions being processed), ``billed_micros`` and ``bills``
+(``[{reference, id, cost_micros}]``, see state.py).
+A bad knob (out of range, unknown, or of the wrong JSON type: values are not coerced) is
+answered 422 ``invalid_control`` and nothing of the update is applied. ``POST
+/_control/_reset`` puts every backend back to its defaults and forgets its jobs, keys and
+bills.
 """
 
 from __future__ import annotations

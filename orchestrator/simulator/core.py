@@ -128,8 +128,7 @@ class Simulator:
             headers = None
             if ctl.retry_after_s is not None:
                 headers = {"Retry-After": f"{ctl.retry_after_s:g}"}
-            st.take_injection()
-            c.injected += 1
+            st.take_injection()  # counted in injected there
             raise error(status, _INJECTED_CODES.get(status, "injected_error"),
                         f"injected HTTP {status}", headers)
         if ctl.fail_rate and st.rng.random() < ctl.fail_rate:

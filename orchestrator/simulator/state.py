@@ -85,9 +85,11 @@ class Control(BaseModel):
 
 
 class ControlUpdate(BaseModel):
-    """A partial update of Control: only the fields sent are changed."""
+    """A partial update of Control: only the fields sent are changed. Strict: a knob's value
+    must be of its JSON type, not coerced to it (``true`` is no fail_rate of 1.0, ``"0.5"``
+    no number); a JSON integer is still a number for the float knobs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     mode: Mode | None = None
     fail_rate: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -114,7 +116,10 @@ class Counters:
     cancels: int = 0
     created: int = 0  # provider jobs actually created (replays excluded)
     replays: int = 0  # submissions answered with an earlier one's job (same Idempotency-Key)
-    injected: int = 0  # requests answered with an injected error (down, status_code, fail_rate)
+    # injections that fired: requests answered with an injected error (mode down,
+    # status_code, fail_rate, error) and jobs made to fail (error prediction_failed,
+    # fail_job_rate); never a prompt's [[fail]] marker, which is the request's own doing
+    injected: int = 0
     dropped: int = 0  # submissions whose answer was dropped (drop_answers)
     lookups: int = 0  # prediction list requests (by idempotency_key or not)
 
@@ -205,7 +210,9 @@ class BackendState:
             self.reseed()
 
     def take_injection(self) -> None:
-        """Count one use of the error/status_code injection; clear it when ``times`` runs out."""
+        """Count one use of the error/status_code injection (in ``injected``, and against
+        ``times``); clear it when ``times`` runs out."""
+        self.counters.injected += 1
         times = self.control.times
         if times is None:
             return
@@ -216,9 +223,13 @@ class BackendState:
         self.control = self.control.model_copy(update=update)
 
     def fails_job(self) -> bool:
-        """Whether the job this submission creates fails (``fail_job_rate``)."""
+        """Whether the job this submission creates fails (``fail_job_rate``; counted in
+        ``injected`` when it does)."""
         rate = self.control.fail_job_rate
-        return bool(rate) and self.rng.random() < rate
+        fails = bool(rate) and self.rng.random() < rate
+        if fails:
+            self.counters.injected += 1
+        return fails
 
     def take_garble(self) -> bool:
         """Whether to garble this answer (``garble_answers`` counts down)."""

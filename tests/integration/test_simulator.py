@@ -153,7 +153,20 @@ def test_injected_submission_errors(sim: Sim) -> None:
     failed = get(sim, "vid-a", pid)
     assert failed["status"] == "failed" and failed["error"]["code"] == "internal_error"
     assert create(sim, "vid-a", inp).status_code == 201
-    assert sim.counters("vid-a")["created"] == 2
+    counters = sim.counters("vid-a")
+    assert counters["created"] == 2
+    assert counters["injected"] == 4  # each error injection that fired, failed job included
+
+
+def test_injected_chat_errors_are_counted(sim: Sim) -> None:
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    answers = []
+    for kind in ("job_fault", "content_policy", "prediction_failed"):
+        sim.control("txt-a", error=kind, times=1)
+        answers.append(sim.http.post(f"{sim.url}/txt-a/v1/chat/completions", json=chat))
+    assert [a.status_code for a in answers] == [422, 400, 500]
+    counters = sim.counters("txt-a")
+    assert (counters["submissions"], counters["created"], counters["injected"]) == (3, 0, 3)
 
 
 def test_prompt_markers_fail_predictions(sim: Sim) -> None:

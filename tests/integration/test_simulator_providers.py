@@ -135,13 +135,41 @@ def test_errors_in_flight_are_shared_with_repeats_in_inflight_mode(sim: Sim) -> 
     assert (counters["created"], counters["replays"], counters["injected"]) == (0, 0, 1)
 
 
+def test_a_replay_skips_latency_and_injected_errors_but_not_mode_down(sim: Sim) -> None:
+    """As docs/architecture.md says: a replay is answered from the earlier submission."""
+    first = submit(sim, "vid-a", "job-1")
+    sim.control("vid-a", fail_rate=1.0, latency_ms=300, mode="slow", slow_ms=300)
+    began = time.monotonic()
+    again = submit(sim, "vid-a", "job-1")
+    assert time.monotonic() - began < 0.3  # neither latency_ms nor slow_ms
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    assert submit(sim, "vid-a", "job-2").status_code == 500  # a new one gets it all
+    sim.control("vid-a", mode="down")
+    assert submit(sim, "vid-a", "job-1").status_code == 503
+    counters = sim.counters("vid-a")
+    assert (counters["replays"], counters["injected"]) == (1, 2)
+
+
 @pytest.mark.parametrize("knobs", [
     {"idempotency": "sometimes"}, {"idempotency": None}, {"latency_ms": -1}, {"bogus": 1},
+    # no coercion: true is not 1.0 (every request failing), "0.5" is not a number
+    {"fail_rate": True}, {"fail_rate": "0.5"}, {"latency_ms": True}, {"latency_ms": "100"},
+    {"latency_ms": 100.5}, {"seed": False}, {"times": "1"}, {"status_code": "429"},
+    {"mode": "down", "fail_rate": True},
 ])
 def test_bad_knobs_are_refused_as_invalid_control(sim: Sim, knobs: dict[str, Any]) -> None:
+    before = sim.state("vid-a")
     resp = sim.http.post(f"{sim.url}/_control/vid-a", json=knobs)
     assert resp.status_code == 422
     assert resp.json()["error"]["code"] == "invalid_control"
+    assert sim.state("vid-a") == before  # nothing changed, not even the valid knob sent along
+
+
+def test_json_integers_are_taken_for_number_knobs(sim: Sim) -> None:
+    state = sim.control("vid-a", fail_rate=1, usage_factor=2, retry_after_s=3,
+                        cancel_bill_fraction=0, fail_job_rate=0)
+    assert (state["fail_rate"], state["usage_factor"], state["retry_after_s"]) == (1.0, 2.0, 3.0)
+    assert isinstance(state["fail_rate"], float)
 
 
 # -- bills --------------------------------------------------------------------------------
@@ -432,6 +460,7 @@ def test_fail_job_rate_fails_that_share_of_jobs_and_bills_none_of_them(sim: Sim)
     assert statuses.count("succeeded") + failed == 40 and 10 <= failed <= 30
     state = sim.state("vid-a")
     assert len([b for b in state["bills"] if b["cost_micros"] > 0]) == 40 - failed
-    assert state["counters"]["injected"] == 0  # no request was refused
+    assert state["counters"]["injected"] == failed  # each job made to fail is an injection
     assert submit(sim, "txt-a", None).status_code == 500
     assert sim.state("txt-a")["bills"] == []
+    assert sim.counters("txt-a")["injected"] == 1

@@ -63,3 +63,14 @@ class FakeClock:
 
     async def asleep(self, seconds: float) -> None:
         self.sleep(seconds)
+
+
+def hangs(clock: FakeClock) -> Responder:
+    """An API that never answers: each request takes the read timeout it was given (on the
+    fake clock), then raises ReadTimeout, as httpx does against a hung server."""
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        clock.now += request.extensions["timeout"]["read"]
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    return respond

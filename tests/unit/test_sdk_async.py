@@ -13,13 +13,15 @@ from orchestrator.client import (
     ApiConnectionError,
     AsyncClient,
     BudgetExceeded,
+    InvalidRequest,
     NotFound,
     RateLimited,
     RetryPolicy,
+    Unavailable,
     WaitTimeout,
 )
 
-from .sdk_fakes import BASE, FakeClock, Script, envelope, job_json
+from .sdk_fakes import BASE, FakeClock, Script, envelope, hangs, job_json
 
 T = TypeVar("T")
 
@@ -122,3 +124,65 @@ def test_async_iterates_over_all_pages() -> None:
 
     assert run(go()) == ["a", "b"]
     assert all(r.url.params["status"] == "succeeded" for r in script.requests)
+
+
+def test_async_quote_takes_the_same_body_as_submit() -> None:
+    clock = FakeClock()
+    script = Script([httpx.Response(200, json={"candidates": [], "excluded": []})])
+
+    async def go() -> None:
+        async with make(script, clock) as c:
+            await c.quote(kind="text", input={"prompt": "x"},
+                          webhook_events=["job.succeeded"])
+
+    run(go())
+    assert script.body(0)["webhook_events"] == ["job.succeeded"]
+
+
+def test_async_undecodable_answers_and_bad_keys_are_api_errors() -> None:
+    def broken_gzip(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip")
+
+    clock = FakeClock()
+    script = Script([broken_gzip])
+
+    async def go() -> None:
+        async with make(script, clock, retries=1) as c:
+            with pytest.raises(ApiConnectionError):
+                await c.get("j-1")
+            with pytest.raises(InvalidRequest):
+                await c.submit(kind="text", input={"prompt": "x"}, idempotency_key="clé")
+
+    run(go())
+    assert len(script.requests) == 2  # the get and its retry; the submit never went out
+
+
+def test_async_failed_submission_carries_its_idempotency_key() -> None:
+    clock = FakeClock()
+    script = Script([envelope(503, "unavailable", "busy")])
+
+    async def go() -> None:
+        async with make(script, clock, retries=1) as c:
+            with pytest.raises(Unavailable) as info:
+                await c.submit(kind="text", input={"prompt": "x"})
+            assert info.value.idempotency_key == script.requests[0].headers["Idempotency-Key"]
+
+    run(go())
+    assert len(script.requests) == 2
+
+
+def test_async_wait_is_bounded_by_its_timeout_when_the_api_hangs() -> None:
+    clock = FakeClock()
+    script = Script([httpx.Response(200, json=job_json(status="running")), hangs(clock)])
+
+    async def go() -> WaitTimeout:
+        async with make(script, clock) as c:
+            with pytest.raises(WaitTimeout) as info:
+                await c.wait("j-1", timeout=5, poll_interval=2.0, stream=False)
+            return info.value
+
+    err = run(go())
+    assert err.job is not None and err.job.status == "running"
+    assert isinstance(err.__cause__, ApiConnectionError)
+    assert [r.extensions["timeout"]["read"] for r in script.requests] == [5.0, 3.0]
+    assert clock.now == 1005.0

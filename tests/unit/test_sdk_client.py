@@ -4,6 +4,8 @@ idempotency keys and wait() backoff. Nothing really sleeps: sleep and clock are 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -29,7 +31,7 @@ from orchestrator.client import (
     WaitTimeout,
 )
 
-from .sdk_fakes import BASE, FakeClock, Script, envelope, job_json
+from .sdk_fakes import BASE, FakeClock, Script, envelope, hangs, job_json
 
 
 def make(script: Script, clock: FakeClock | None = None, **kw: Any) -> Client:
@@ -60,6 +62,39 @@ def test_explicit_idempotency_key_is_sent_as_given() -> None:
     script = Script([httpx.Response(202, json=job_json())])
     make(script).submit(kind="text", input={"prompt": "x"}, idempotency_key="order-42")
     assert script.requests[0].headers["Idempotency-Key"] == "order-42"
+
+
+def test_a_failed_submission_carries_its_idempotency_key_and_a_resubmission_reuses_it() -> None:
+    def lost(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    # the retries run out, and the job may exist: the key is how to ask again safely
+    script = Script([lost])
+    c = make(script)
+    with pytest.raises(ApiConnectionError) as info:
+        c.submit(kind="text", input={"prompt": "x"})
+    key = info.value.idempotency_key
+    assert key is not None and len(script.requests) == 4
+    assert {r.headers["Idempotency-Key"] for r in script.requests} == {key}
+    script.steps = [httpx.Response(200, json=job_json())]  # a replay of the first one
+    assert c.submit(kind="text", input={"prompt": "x"}, idempotency_key=key).id == "j-1"
+    assert script.requests[-1].headers["Idempotency-Key"] == key
+
+
+def test_every_error_of_a_submission_carries_its_key_and_no_other_call_has_one() -> None:
+    script = Script([envelope(502, "bad_gateway", "upstream"),
+                     httpx.Response(202, text="<html>proxy</html>"),
+                     envelope(404, "not_found", "no such job")])
+    c = make(script, retries=0)
+    with pytest.raises(ServerError) as failed:
+        c.submit(kind="text", input={"prompt": "x"}, idempotency_key="order-42")
+    with pytest.raises(ApiError, match="no JSON") as unreadable:  # it was made, unread
+        c.submit(kind="text", input={"prompt": "x"}, idempotency_key="order-43")
+    with pytest.raises(NotFound) as other:
+        c.get("j-1")
+    assert failed.value.idempotency_key == "order-42"
+    assert unreadable.value.idempotency_key == "order-43"
+    assert other.value.idempotency_key is None
 
 
 def test_base_url_and_key_default_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,6 +184,16 @@ def test_a_retry_after_longer_than_the_policy_allows_is_raised_at_once() -> None
     assert info.value.retry_after == 3600.0 and clock.sleeps == []
 
 
+@pytest.mark.parametrize("key", ["retry_after_s", "retry_after"])
+def test_retry_after_falls_back_to_the_envelope_when_the_header_is_gone(key: str) -> None:
+    # the server sends details.retry_after_s; a proxy may strip the Retry-After header
+    script = Script([envelope(429, "rate_limited", "slow down", **{key: 7}, limit=10,
+                              window_s=60)])
+    with pytest.raises(RateLimited) as info:
+        make(script, retries=0).backends()
+    assert info.value.retry_after == 7.0
+
+
 def test_503_unavailable_is_retried_after_its_retry_after() -> None:
     clock = FakeClock()
     script = Script([envelope(503, "unavailable", "the database is unavailable",
@@ -220,6 +265,40 @@ def test_connection_errors_are_retried_and_raised_typed() -> None:
     assert len(script.requests) == 2
 
 
+def broken_gzip(request: httpx.Request) -> httpx.Response:
+    # a proxy's broken body: httpx raises DecodingError, a RequestError but no TransportError
+    return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip")
+
+
+def test_an_undecodable_answer_is_an_api_error_retried_only_when_idempotent() -> None:
+    script = Script([broken_gzip, httpx.Response(200, json=job_json())])
+    assert make(script).get("j-1").id == "j-1"
+    assert len(script.requests) == 2
+
+    script = Script([broken_gzip])
+    with pytest.raises(ApiConnectionError, match="no readable answer") as info:
+        make(script).cancel("j-1")  # it went out: a cancel is not resent
+    assert isinstance(info.value.__cause__, httpx.DecodingError)
+    assert len(script.requests) == 1
+
+
+@pytest.mark.parametrize("key", ["", "clé", "order 42", "tab\tkey", "k" * 201])
+def test_an_idempotency_key_the_api_refuses_is_refused_before_sending(key: str) -> None:
+    script = Script([httpx.Response(202, json=job_json())])
+    with pytest.raises(InvalidRequest, match="idempotency_key") as info:
+        make(script).submit(kind="text", input={"prompt": "x"}, idempotency_key=key)
+    assert info.value.details == {"field": "header.Idempotency-Key"}
+    assert script.requests == []
+
+
+def test_the_longest_and_oddest_idempotency_keys_the_api_takes_are_sent() -> None:
+    script = Script([httpx.Response(202, json=job_json())])
+    for key in ("k" * 200, "!~", "order-42:attempt/1"):
+        make(script).submit(kind="text", input={"prompt": "x"}, idempotency_key=key)
+    assert [r.headers["Idempotency-Key"] for r in script.requests] == [
+        "k" * 200, "!~", "order-42:attempt/1"]
+
+
 def test_cancel_is_not_resent_after_a_5xx_or_a_lost_response() -> None:
     def lost(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadError("connection reset", request=request)
@@ -264,6 +343,49 @@ def test_wait_raises_a_typed_timeout_with_the_last_job() -> None:
     assert info.value.job is not None and info.value.job.status == "running"
     assert clock.sleeps == [4.0, 4.0, 2.0]  # never sleeps past the deadline
     assert clock.now == 1010.0
+
+
+def test_wait_is_bounded_by_its_timeout_when_the_api_hangs() -> None:
+    # before: every poll ran the whole retry loop, 4 tries of 30 s: ApiConnectionError at 152 s
+    clock = FakeClock()
+    script = Script([hangs(clock)])
+    with pytest.raises(WaitTimeout) as info:
+        make(script, clock).wait("j-1", timeout=5, stream=False)
+    assert clock.now == 1005.0 and len(script.requests) == 1
+    assert info.value.job is None  # no poll ever answered
+    cause = info.value.__cause__
+    assert isinstance(cause, ApiConnectionError)
+    assert isinstance(cause.__cause__, httpx.ReadTimeout)
+
+
+def test_wait_gives_each_poll_and_retry_only_the_time_left() -> None:
+    clock = FakeClock()
+    script = Script([httpx.Response(200, json=job_json(status="running")),
+                     envelope(503, "unavailable", "busy", {"Retry-After": "2"}),
+                     hangs(clock)])
+    with pytest.raises(WaitTimeout) as info:
+        make(script, clock).wait("j-1", timeout=10, poll_interval=4.0, stream=False)
+    assert info.value.job is not None and info.value.job.status == "running"  # the last seen
+    assert isinstance(info.value.__cause__, ApiConnectionError)
+    reads = [r.extensions["timeout"]["read"] for r in script.requests]
+    assert reads == [10.0, 6.0, 4.0]  # what was left of the 10 s at each try, never 30 s
+    assert clock.sleeps == [4.0, 2.0] and clock.now == 1010.0
+
+
+def test_a_retry_after_past_the_deadline_waits_only_until_it() -> None:
+    clock = FakeClock()
+    script = Script([envelope(429, "rate_limited", "slow down", {"Retry-After": "60"})])
+    with pytest.raises(WaitTimeout) as info:
+        make(script, clock).wait("j-1", timeout=10, stream=False)
+    assert isinstance(info.value.__cause__, RateLimited)
+    assert clock.sleeps == [10.0] and len(script.requests) == 1
+
+
+def test_wait_raises_an_error_that_is_no_matter_of_time_as_it_is() -> None:
+    clock = FakeClock()
+    script = Script([envelope(404, "not_found", "no such job")])
+    with pytest.raises(NotFound):
+        make(script, clock).wait("j-1", timeout=10, stream=False)
 
 
 def test_list_pages_and_iterates_over_every_page() -> None:
@@ -311,6 +433,15 @@ def test_resources_parse_and_keep_unknown_fields() -> None:
     assert "SECRET" not in repr(key) and "SECRET" not in str(key)
 
 
+def test_quote_takes_the_same_body_as_submit() -> None:
+    # POST /v1/quotes takes a job's body: the kwargs of a submit() can be quoted unchanged
+    script = Script([httpx.Response(200, json={"candidates": [], "excluded": []})])
+    kw: dict[str, Any] = {"kind": "video", "input": {"prompt": "x"},
+                          "webhook_events": ["job.failed"]}
+    make(script).quote(**kw)
+    assert script.body(0)["webhook_events"] == ["job.failed"]
+
+
 def test_unexpected_response_shapes_raise_api_error() -> None:
     script = Script([httpx.Response(200, text="not json"), httpx.Response(200, json={"x": 1})])
     c = make(script)
@@ -348,3 +479,12 @@ def test_result_errors_are_typed_not_ready_yet_and_expired() -> None:
         c.result("j-1")
     assert late.value.status == 410 and late.value.code == "result_expired"
     assert [r.url.path for r in script.requests] == ["/v1/jobs/j-1/result"] * 2
+
+
+def test_the_sdk_imports_nothing_of_the_orchestrator_outside_its_package() -> None:
+    # so that orchestrator/client/ can be vendored alone (with httpx, httpx-sse, pydantic)
+    code = ("import sys, orchestrator.client; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] == 'orchestrator' and not m.startswith('orchestrator.client')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "['orchestrator']"
