@@ -150,9 +150,20 @@ def connection_error(exc: httpx.RequestError, base_url: str) -> tuple[ApiConnect
     sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
     reason = str(exc) or type(exc).__name__
     what = "cannot reach" if isinstance(exc, httpx.TransportError) else "no readable answer from"
-    error = ApiConnectionError(f"{what} {base_url}: {reason}")
+    error = ApiConnectionError(f"{what} {origin(base_url)}: {reason}")
     error.__cause__ = exc  # raised later, outside the except block that caught exc
     return error, sent
+
+
+def origin(base_url: str) -> str:
+    """``scheme://host[:port]`` of the API: what an error may name (the base URL itself may
+    carry credentials, in its user info or its query, and the caller's app logs errors)."""
+    try:
+        url = httpx.URL(base_url)
+    except httpx.InvalidURL:
+        return "the API"
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{url.scheme}://{url.host}{port}"
 
 
 @dataclass(frozen=True)

@@ -265,6 +265,18 @@ def test_connection_errors_are_retried_and_raised_typed() -> None:
     assert len(script.requests) == 2
 
 
+def test_a_connection_error_names_the_apis_origin_never_credentials_in_its_url() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    c = Client("http://u:SECRETPW@127.0.0.1:1/base?k=SECRETQ", "orch_secret_key",
+               transport=Script([refuse]).transport(), retries=0)
+    with pytest.raises(ApiConnectionError) as info:
+        c.get("j-1")
+    assert str(info.value).startswith("cannot reach http://127.0.0.1:1: ")
+    assert "SECRET" not in str(info.value)
+
+
 def broken_gzip(request: httpx.Request) -> httpx.Response:
     # a proxy's broken body: httpx raises DecodingError, a RequestError but no TransportError
     return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip")
