@@ -301,13 +301,20 @@ def normalize_database_url(url: str) -> str:
 
 
 def _redact(url: str) -> str:
-    """Hide a password in a URL before it reaches an error message."""
-    if "@" in url and "://" in url:
+    """Hide a password in a URL before it reaches an error message. A value that is not a
+    URL (a mistyped ``://``) is shown only up to where a scheme would end: where its
+    password is cannot be told."""
+    if "://" not in url:
+        return _SCHEME_LIKE.match(url)[0][:40] + "…"  # type: ignore[index]
+    if "@" in url:
         scheme, rest = url.split("://", 1)
         creds, host = rest.rsplit("@", 1)
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}:***@{host}" if ":" in creds else url
     return url
+
+
+_SCHEME_LIKE = re.compile(r"[A-Za-z0-9+.\-]*")
 
 
 def load_settings() -> Settings:

@@ -224,7 +224,9 @@ class BackendSpec(BaseModel):
     @classmethod
     def _url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s):// URL, got {v!r}")
+            # never the value: ${VAR} expansion may have put a key in it
+            shown = re.match(r"[A-Za-z0-9+.\-]*", v)[0][:40]  # type: ignore[index]
+            raise ValueError(f"must be an http(s):// URL, got one starting {shown!r}")
         return v.rstrip("/")
 
     @field_validator("kinds")

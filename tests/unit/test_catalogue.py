@@ -124,6 +124,16 @@ def test_bad_backend_names_file_backend_and_field(
     assert words in err.message
 
 
+def test_a_bad_base_url_is_not_echoed_it_may_hold_an_expanded_key(tmp_path: Path) -> None:
+    doc = _good()
+    doc["backends"][0]["base_url"] = "${SIM}"
+    p = _write(tmp_path, doc)
+    with pytest.raises(ConfigurationError) as info:
+        load_catalogue(p, env={"SIM": "api.example.com/v1?key=sk-live-SECRET"})
+    assert "base_url" in info.value.message and "api.example.com" in info.value.message
+    assert "SECRET" not in str(info.value) and "SECRET" not in str(info.value.details)
+
+
 def test_bad_documents(tmp_path: Path) -> None:
     assert "not valid YAML at line" in _error(tmp_path, "backends:\n  - [unclosed\n").message
     assert _error(tmp_path, {"backends": []}).details["field"] == "backends"

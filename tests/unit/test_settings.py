@@ -32,6 +32,10 @@ def test_postgres_urls_are_normalised_to_psycopg(monkeypatch: pytest.MonkeyPatch
         ("ORCH_METRICS_ADDR", "0.0.0.0:http", "ORCH_METRICS_ADDR: must be host:port"),
         ("ORCH_REDIS_URL", "memcached://:hunter2@127.0.0.1:1/0",
          "ORCH_REDIS_URL: must be a redis:// URL"),
+        # a mistyped "://": where the password is cannot be told, so nothing past the scheme
+        ("ORCH_DATABASE_URL", "postgresql+psycopg//app:hunter2@db:5432/orch",
+         "ORCH_DATABASE_URL: must be a postgresql"),
+        ("ORCH_REDIS_URL", "redis//:hunter2@cache:6379/0", "ORCH_REDIS_URL: must be a redis"),
         ("ORCH_CACHE_DEFAULT_TENANTS", "acme, no spaces", "ORCH_CACHE_DEFAULT_TENANTS: "),
         ("ORCH_CACHE_TTL_S", "0", "ORCH_CACHE_TTL_S:"),
         ("ORCH_CALIBRATION_WINDOW", "0", "ORCH_CALIBRATION_WINDOW:"),
