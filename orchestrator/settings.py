@@ -322,10 +322,16 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        name = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else "ORCH_*"
-        msg = str(first["msg"]).removeprefix("Value error, ")
-        raise ConfigurationError(f"{name}: {msg}", setting=name) from None
+        raise setting_error(exc) from None
+
+
+def setting_error(exc: ValidationError) -> ConfigurationError:
+    """One line naming the first bad ``ORCH_*`` variable of a settings model (never its
+    value: pydantic's message would quote it)."""
+    first = exc.errors()[0]
+    name = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else "ORCH_*"
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    return ConfigurationError(f"{name}: {msg}", setting=name)
 
 
 def _resolve(settings: Settings, key: str) -> str:
@@ -335,7 +341,12 @@ def _resolve(settings: Settings, key: str) -> str:
         return value
     creds = settings.data_dir / "credentials.json"
     if creds.exists():
-        return str(json.loads(creds.read_text())[key])
+        try:
+            return str(json.loads(creds.read_text())[key])
+        except (ValueError, KeyError, TypeError, OSError):
+            raise ConfigurationError(
+                f"{creds} holds no {key}: set ORCH_{key.upper()}, or run `orchestrator up` "
+                "again to rewrite it", setting=f"ORCH_{key.upper()}") from None
     setting = f"ORCH_{key.upper()}"
     raise ConfigurationError(
         f"{setting} is not set and no `orchestrator up` has written {creds}", setting=setting

@@ -55,7 +55,7 @@ def deliver_alerts() -> None:
     """Seal channel secrets still stored in plain text (written before encryption), then
     deliver what is due."""
     from orchestrator.notify import ChannelFactory, deliver_pending
-    from orchestrator.notify.settings import SmtpSettings
+    from orchestrator.notify.settings import load_smtp_settings
     from orchestrator.notify.stored import seal_legacy
 
     c = container()
@@ -66,7 +66,7 @@ def deliver_alerts() -> None:
         if sealed.sealed:
             log.info("sealed %d plain-text channel secret(s) in %d budget(s)", sealed.sealed,
                      sealed.budgets)
-    with ChannelFactory(smtp=SmtpSettings(), policy=c.egress) as factory:
+    with ChannelFactory(smtp=load_smtp_settings(), policy=c.egress) as factory:
         deliver_pending(c.engine, factory, utcnow(), secrets=box)
 
 

@@ -77,6 +77,18 @@ def up(
         typer.echo("stopped")
 
 
+def _startup_checks() -> None:
+    """Configuration that would otherwise fail later and less clearly (every request that
+    routes a 500, every alert run a traceback) stops a process at its start, in one line:
+    the backend catalogue and the ``ORCH_SMTP_*`` settings."""
+    from orchestrator.domain.catalogue import load_catalogue
+    from orchestrator.notify.settings import load_smtp_settings
+    from orchestrator.settings import get_settings
+
+    load_catalogue(get_settings().backends_path())
+    load_smtp_settings()
+
+
 @app.command()
 @one_line_errors
 def api(
@@ -89,6 +101,7 @@ def api(
     from orchestrator.logs import configure_logging_from_settings
 
     configure_logging_from_settings()
+    _startup_checks()
     from orchestrator.api import serve
     from orchestrator.api.config import ApiConfig
     from orchestrator.settings import get_settings
@@ -153,6 +166,7 @@ def worker(
     from orchestrator.logs import configure_logging_from_settings
 
     configure_logging_from_settings()
+    _startup_checks()
     from orchestrator.settings import get_settings
     from workers.celery_app import QUEUES
     from workers.celery_app import app as celery
@@ -172,6 +186,7 @@ def beat(
     from orchestrator.logs import configure_logging_from_settings
 
     configure_logging_from_settings()
+    _startup_checks()
     from workers.celery_app import app as celery
 
     celery.start(["beat", "--loglevel", loglevel, "--schedule", schedule])

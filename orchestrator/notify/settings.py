@@ -6,8 +6,10 @@ there as they are.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator.settings import setting_error
 
 
 class SmtpSettings(BaseSettings):
@@ -25,5 +27,13 @@ class SmtpSettings(BaseSettings):
     @classmethod
     def _from(cls, v: str) -> str:
         if "@" not in v or any(c in v for c in "\r\n"):
-            raise ValueError(f"must be an email address, got {v!r}")
+            raise ValueError("must be an email address")
         return v
+
+
+def load_smtp_settings() -> SmtpSettings:
+    """The ``ORCH_SMTP_*`` settings; a bad one is a ConfigurationError naming it."""
+    try:
+        return SmtpSettings()
+    except ValidationError as exc:
+        raise setting_error(exc) from None

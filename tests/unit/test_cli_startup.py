@@ -1,0 +1,55 @@
+"""`orchestrator api|worker|beat` check the configuration that every request or run needs
+before they serve: a bad catalogue or ORCH_SMTP_* setting is one line and a non-zero exit,
+not a 500 on every routed request or a traceback every alert run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli.main import app
+from orchestrator.errors import ConfigurationError
+from orchestrator.settings import get_settings, resolve_database_url
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()  # later tests read their own environment
+
+
+@pytest.mark.parametrize("command", ["api", "worker", "beat"])
+def test_a_bad_catalogue_stops_the_process_at_start_in_one_line(
+        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "backends.yaml"
+    bad.write_text("backends:\n  - name: vid-x\n    base_url: ${PROVIDER_URL}\n")
+    monkeypatch.setenv("ORCH_BACKENDS_FILE", str(bad))
+    monkeypatch.setenv("PROVIDER_URL", "api.example.com/v1?key=sk-live-SECRET")
+    result = CliRunner().invoke(app, [command])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {bad}: backend 'vid-x'")
+    assert result.output.count("\n") == 1 and "SECRET" not in result.output
+
+
+@pytest.mark.parametrize("command", ["api", "worker", "beat"])
+def test_a_bad_smtp_setting_stops_the_process_at_start_naming_it(
+        command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_SMTP_PORT", "70000")
+    result = CliRunner().invoke(app, [command])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ORCH_SMTP_PORT: ")
+    assert result.output.count("\n") == 1
+
+
+def test_a_credentials_file_without_the_url_is_a_one_line_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "credentials.json").write_text(json.dumps({}))
+    monkeypatch.setenv("ORCH_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("ORCH_DATABASE_URL", raising=False)
+    with pytest.raises(ConfigurationError, match="holds no database_url: set ORCH_DATABASE_URL"):
+        resolve_database_url(get_settings())
