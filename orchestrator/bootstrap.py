@@ -109,7 +109,7 @@ class Container:
         return Submitter(self.engine, self.ledger, self.catalogue, self.health, self.enqueue,
                          utcnow, timedelta(seconds=self.settings.start_grace_s),
                          egress=self.egress, cache=self.cache, calibrator=self.calibrator,
-                         signing_secret=lambda t: self.signing_secrets.ensure(t))
+                         signing_secret=lambda t: self.signing_secrets.check(t))
 
     @cached_property
     def signing_secrets(self) -> SigningSecrets:

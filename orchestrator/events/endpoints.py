@@ -172,6 +172,23 @@ class SigningSecrets:
         self._known: set[str] = set()
         self._lock = threading.Lock()
 
+    def check(self, tenant: str) -> None:
+        """Raises :class:`SecretKeyMissing` when the tenant's webhooks could never be signed
+        (no secret, and no key to seal one with); writes nothing, so a submission refused
+        later (402, 409) leaves nothing behind. The secret itself is made when first needed:
+        by its first delivery, or ``GET /v1/webhooks/secret``."""
+        if self._box is not None:
+            return
+        with self._lock:
+            if tenant in self._known:
+                return
+        with self._engine.connect() as conn:
+            found = get(conn, tenant)
+        if found is None or not has_secret(found):
+            raise SecretKeyMissing()
+        with self._lock:
+            self._known.add(tenant)
+
     def ensure(self, tenant: str) -> None:
         with self._lock:
             if tenant in self._known:

@@ -73,11 +73,13 @@ def test_a_job_webhook_without_any_setup_is_signed_with_the_fetchable_secret(
     r = api.tenant().post("/v1/jobs", json=video(webhook_url=f"{receiver.url}/job/1"))
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
-    # admission made the secret, sealed: no URL, and the plain secret is not stored
-    [(url, sealed)] = _endpoint_rows(api, "acme")
-    assert url is None and "whsec_" not in sealed and "fernet" in sealed
+    # admission writes nothing (a refused one must leave nothing): the secret is made when
+    # first needed, here by the receiver's fetch, sealed: no URL, the plain secret not stored
+    assert _endpoint_rows(api, "acme") == []
     with Client(api.url, api.keys["acme"]) as sdk:
         secret = sdk.webhook_secret()
+    [(url, sealed)] = _endpoint_rows(api, "acme")
+    assert url is None and "whsec_" not in sealed and "fernet" in sealed
     fetched = api.tenant().get("/v1/webhooks/secret")
     assert fetched.status_code == 200 and fetched.json() == {"tenant": "acme", "secret": secret}
     assert fetched.headers["Cache-Control"] == "no-store"
@@ -149,9 +151,20 @@ def test_a_tenant_sees_only_its_own_secret(bare: tuple[Api, Receiver, Path]) -> 
     assert api.tenant("acme").get("/v1/webhooks/secret").json()["secret"] == new
 
 
+def test_a_refused_webhook_job_leaves_no_endpoint_behind(
+        bare: tuple[Api, Receiver, Path]) -> None:
+    api = bare[0]
+    api.budget("tenant:acme", 0)
+    r = api.tenant().post("/v1/jobs", json=video(webhook_url="http://127.0.0.1:9/hook"))
+    assert r.status_code == 402, r.text
+    assert _endpoint_rows(api, "acme") == []
+    assert api.tenant().get("/v1/webhooks").status_code == 404  # no endpoint
+
+
 def test_first_use_at_once_makes_one_secret(bare: tuple[Api, Receiver, Path]) -> None:
     """Eight secret reads for one new tenant and eight webhook jobs for another, each set
-    started together: each tenant ends with one secret, the one every reader was given."""
+    started together: the readers' tenant ends with one secret, the one every reader was
+    given; the submitters' admissions write none (their first delivery makes it)."""
     api = bare[0]
     reader_key, submitter_key = api.new_key("initech"), api.new_key("hooli")
     gate = threading.Barrier(16)
@@ -184,7 +197,7 @@ def test_first_use_at_once_makes_one_secret(bare: tuple[Api, Receiver, Path]) ->
         t.join(timeout=60)
     assert sorted(statuses) == [200] * 8 + [202] * 8
     assert len(set(secrets)) == 1
-    assert len(_endpoint_rows(api, "initech")) == 1 and len(_endpoint_rows(api, "hooli")) == 1
+    assert len(_endpoint_rows(api, "initech")) == 1 and _endpoint_rows(api, "hooli") == []
     with Client(api.url, reader_key) as sdk:
         assert sdk.webhook_secret() == secrets[0]
 
@@ -205,6 +218,8 @@ def test_without_a_key_nothing_is_made_and_deliveries_wait_until_there_is_one(
     """No ``ORCH_SECRET_KEY`` and no key file: a secret cannot be stored, so admitting a
     webhook job is refused (``SecretKeyMissing``: 503) and a queued delivery waits, saying
     why; once a key is there the next run makes the secret and sends it, signed."""
+    with pytest.raises(SecretKeyMissing):
+        SigningSecrets(db, None).check("acme")
     with pytest.raises(SecretKeyMissing):
         SigningSecrets(db, None).ensure("acme")
     receiver = Receiver(free_port(), secret=None)
