@@ -104,6 +104,9 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10,
         pool_recycle=1800,
         pool_timeout=pool_timeout_s,
         connect_args={"connect_timeout": _whole_seconds(connect_timeout_s)},
+        # a statement's parameters (a prompt, a channel's secret) never reach an error's
+        # text, which a worker or the CLI may print
+        hide_parameters=True,
         future=True,
     )
     event.listen(engine, "checkout", _refuse_hung_up)

@@ -45,3 +45,11 @@ def test_a_value_reads_back_equal_through_both_pools(engine: Engine, value: Any)
         assert loader_of(auto) is json_loads
         got = auto.execute("SELECT %s::jsonb", (Jsonb(value),)).fetchone()
         assert got == (value,)
+
+
+def test_a_failed_statement_never_shows_its_parameters(db: Engine) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    with pytest.raises(DBAPIError) as info, db.connect() as conn:
+        conn.execute(text("SELECT CAST(:secret AS text), 1 / 0"), {"secret": "hunter2-prompt"})
+    assert "hunter2" not in str(info.value)
