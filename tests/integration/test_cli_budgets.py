@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from orchestrator.embedded.scratch import scratch_database
 from orchestrator.ledger.budgets import list_budgets, set_budget
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,3 +54,13 @@ def test_budgets_set_refuses_bad_input_with_one_line_and_changes_nothing(
     assert len(bad.stderr.strip().splitlines()) == 1
     with db.connect() as conn:
         assert list_budgets(conn, now=datetime.now(UTC)) == []
+
+
+def test_a_database_error_is_one_line_without_the_statement(servers: tuple[str, str]) -> None:
+    with scratch_database(servers[0], migrate=False) as empty:  # no tables in it
+        for args in (["budgets", "list"], ["keys", "list"]):
+            done = cli(empty, *args)
+            assert done.returncode == 1, done.stderr
+            (line,) = done.stderr.strip().splitlines()
+            assert line.startswith("error: database error: relation ") and \
+                line.endswith("does not exist (is it migrated? orchestrator migrate)"), line

@@ -1,0 +1,67 @@
+"""Every ``orchestrator`` command ends a failure with one line ``error: <reason>`` on stderr
+and a non-zero exit status, never a traceback (docs/api.md, "CLI")."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from orchestrator.cli.main import app
+from orchestrator.secrets import new_key
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "pw-never-shown"
+# port 1: nothing listens there, so the connection is refused at once
+CLOSED_DB = f"postgresql+psycopg://orch:{PASSWORD}@127.0.0.1:1/orch"
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """``orchestrator ARGS`` as a user runs it (``main()``), with only the ``ORCH_`` settings
+    in ``env``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT,
+                            env={**base, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_database_commands_say_in_one_line_that_the_database_is_unreachable(
+    tmp_path: Path,
+) -> None:
+    env = {"ORCH_DATABASE_URL": CLOSED_DB, "ORCH_DATA_DIR": str(tmp_path),
+           "ORCH_SECRET_KEY": new_key()}
+    commands = [
+        ["keys", "create", "--tenant", "acme"], ["keys", "list"], ["keys", "revoke", "1"],
+        ["budgets", "list"], ["budgets", "set", "--scope", "tenant:acme", "--period", "day",
+                              "--limit-usd", "5"],
+        ["migrate"], ["secrets", "rotate"],
+    ]
+    running = [(args, start(args, env)) for args in commands]  # at once: each starts Python
+    for args, proc in running:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, (args, err)
+        line = one_line(err)
+        assert line.startswith("error: cannot reach the database: "), (args, line)
+        assert "127.0.0.1" in line and PASSWORD not in out + err, (args, line)
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args), env={"ORCH_API_KEY": "k"})
+
+
+@pytest.mark.parametrize("command", [["jobs", "list"], ["backends"], ["report"],
+                                     ["jobs", "watch", "j-1"]])
+def test_a_malformed_api_url_is_one_line(command: list[str]) -> None:
+    result = invoke(*command, "--api-url", "http://[::1")
+    assert result.exit_code == 1, result.output
+    assert one_line(result.stderr).startswith("error: invalid API URL 'http://[::1': ")
