@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import sys
 from datetime import UTC, datetime
@@ -204,13 +205,14 @@ def budgets_set(
     ] = None,
 ) -> None:
     """Create or update a budget. Its alert channels (set through PUT /v1/budgets) are kept."""
-    from orchestrator.domain.budgets import thresholds_to_bp
+    from orchestrator.domain.budgets import MAX_LIMIT_USD, thresholds_to_bp
     from orchestrator.domain.money import usd_to_micros
     from orchestrator.ledger.budgets import list_budgets, set_budget
     from orchestrator.store.engine import make_engine
 
-    if limit_usd < 0:
-        fail("--limit-usd must be >= 0")
+    # the API's bound (BudgetIn), so that what one takes the other takes too
+    if not (math.isfinite(limit_usd) and 0 <= limit_usd <= MAX_LIMIT_USD):
+        fail(f"--limit-usd must be a number from 0 to {MAX_LIMIT_USD:,} (as PUT /v1/budgets)")
     try:
         bps = thresholds_to_bp([float(x) for x in thresholds.split(",") if x.strip()])
         forecast_bps = None if forecast is None else thresholds_to_bp(

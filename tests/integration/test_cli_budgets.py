@@ -64,3 +64,17 @@ def test_a_database_error_is_one_line_without_the_statement(servers: tuple[str, 
             (line,) = done.stderr.strip().splitlines()
             assert line.startswith("error: database error: relation ") and \
                 line.endswith("does not exist (is it migrated? orchestrator migrate)"), line
+
+
+def test_budgets_set_refuses_a_limit_the_api_would_refuse(db: Engine, database_url: str) -> None:
+    for limit in ("1e20", "1000000000.01", "nan", "inf"):  # 1e20: past PostgreSQL's bigint
+        bad = cli(database_url, "budgets", "set", "--scope", "tenant:acme", "--period", "day",
+                  "--limit-usd", limit)
+        assert bad.returncode == 1, (limit, bad.stderr)
+        assert bad.stderr.strip() == ("error: --limit-usd must be a number from 0 to "
+                                      "1,000,000,000 (as PUT /v1/budgets)"), (limit, bad.stderr)
+    with db.connect() as conn:
+        assert list_budgets(conn, now=datetime.now(UTC)) == []
+    done = cli(database_url, "budgets", "set", "--scope", "tenant:acme", "--period", "day",
+               "--limit-usd", "1e9")
+    assert done.returncode == 0, done.stderr
