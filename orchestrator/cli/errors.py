@@ -1,4 +1,5 @@
-"""How every ``orchestrator`` command ends on an error: one line on stderr, exit status 1."""
+"""How every ``orchestrator`` command ends on an error: one line on stderr, exit status 1
+(a usage error: status 2, from ``orchestrator.cli.main.run``)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,15 @@ Said = tuple[type[Exception], Callable[[Any], str]]  # an error type and its one
 _URL_PASSWORD = re.compile(r"(//[^/\s:@]*:)[^@\s]*@")
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    """``error: <message>`` on stderr, then exit ``code``. A message of several lines (a
-    pydantic ``ValidationError`` is a ``ValueError``) is joined into one."""
+def say(message: str) -> None:
+    """``error: <message>`` on stderr, on one line: a message of several lines (a pydantic
+    ``ValidationError`` is a ``ValueError``) is joined."""
     line = " ".join(s.strip() for s in message.splitlines() if s.strip())
     typer.echo(f"error: {line}", err=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    say(message)
     raise typer.Exit(code)
 
 

@@ -15,12 +15,20 @@ import typer
 
 from orchestrator.cli.backup import register as register_backup_commands
 from orchestrator.cli.client import register as register_client_commands
-from orchestrator.cli.errors import fail, one_line_errors
+from orchestrator.cli.errors import fail, one_line_errors, say
 from orchestrator.cli.report import register as register_report_command
 from orchestrator.cli.secrets import register as register_secrets_commands
 from orchestrator.errors import OrchestratorError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+try:  # a typer that runs its own copy of click: click's errors are TyperExceptions
+    from typer import TyperException as CommandLineError
+except ImportError:  # an older typer runs click itself
+    from click import ClickException as CommandLineError  # type: ignore[assignment]
+
+# pretty exceptions off: a bug's traceback is Python's plain one, not a boxed page that may
+# show local variables (a key, a URL with its password)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__,
+                  pretty_exceptions_enable=False)
 budgets_app = typer.Typer(no_args_is_help=True, help="Create, update and list budgets.")
 app.add_typer(budgets_app, name="budgets")
 monitoring_app = typer.Typer(no_args_is_help=True, help="Cloud Monitoring as code.")
@@ -251,9 +259,37 @@ register_backup_commands(app)
 
 
 def main() -> None:
+    """``orchestrator``: exits with the command's status; a usage error is one line."""
+    sys.exit(run(sys.argv[1:]))
+
+
+def run(args: list[str]) -> int:
+    """Run the app outside click's standalone mode: in it, click would print a usage error
+    as a usage line, a hint and a rich box. Returns the exit status."""
     try:
-        app()
+        status = app(args=args, standalone_mode=False)
+    except CommandLineError as exc:
+        # by name, as typer does: an older click has no NoArgsIsHelpError (it exits 0)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            _no_args_help(exc)
+        else:  # a usage error: a missing option, a bad value, no such command (status 2)
+            say(exc.format_message())
+        return exc.exit_code
+    except typer.Abort:  # Ctrl-D at a prompt
+        say("aborted")
+        return 1
     except OrchestratorError as exc:  # settings errors raised before a command runs
-        typer.echo(f"error: {exc.message}", err=True)
-        sys.exit(1)
+        say(exc.message)
+        return 1
+    # a command's typer.Exit (fail()) or --help's comes back as its status; a command returns
+    # None
+    return status if isinstance(status, int) else 0
+
+
+def _no_args_help(exc: CommandLineError) -> None:
+    """The help for a group run with no command, on stdout as in standalone mode. Typer's
+    rich help is printed while the error is made and leaves its message empty; click's
+    plain help is the message."""
+    if exc.format_message():
+        typer.echo(exc.format_message())
 
