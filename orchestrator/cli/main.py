@@ -205,15 +205,17 @@ def budgets_set(
     period: Annotated[str, typer.Option(help="day | month | total")],
     limit_usd: Annotated[float, typer.Option(help="limit in USD")],
     thresholds: Annotated[
-        str, typer.Option(help="alert thresholds as fractions, comma-separated")
-    ] = "0.5,0.8,1.0",
+        str | None, typer.Option(help="alert thresholds as fractions, comma-separated "
+                                      "(default: keep the budget's; 0.5,0.8,1.0 for a new one)")
+    ] = None,
     forecast: Annotated[
         str | None, typer.Option(help="forecast alert thresholds as fractions, e.g. 1.0 "
                                       "(default: keep the budget's; none for a new one)")
     ] = None,
 ) -> None:
-    """Create or update a budget. Its alert channels (set through PUT /v1/budgets) are kept."""
-    from orchestrator.domain.budgets import MAX_LIMIT_USD, thresholds_to_bp
+    """Create or update a budget. What is not given is kept: its thresholds unless
+    --thresholds/--forecast, and its alert channels (set through PUT /v1/budgets)."""
+    from orchestrator.domain.budgets import MAX_LIMIT_USD
     from orchestrator.domain.money import usd_to_micros
     from orchestrator.ledger.budgets import list_budgets, set_budget
     from orchestrator.store.engine import make_engine
@@ -221,10 +223,8 @@ def budgets_set(
     # the API's bound (BudgetIn), so that what one takes the other takes too
     if not (math.isfinite(limit_usd) and 0 <= limit_usd <= MAX_LIMIT_USD):
         fail(f"--limit-usd must be a number from 0 to {MAX_LIMIT_USD:,} (as PUT /v1/budgets)")
-    try:
-        bps = thresholds_to_bp([float(x) for x in thresholds.split(",") if x.strip()])
-        forecast_bps = None if forecast is None else thresholds_to_bp(
-            [float(x) for x in forecast.split(",") if x.strip()])
+    try:  # None: set_budget keeps the budget's own
+        bps, forecast_bps = _fractions_bp(thresholds), _fractions_bp(forecast)
     except ValueError as exc:
         fail(f"--thresholds/--forecast: {exc}")
     engine = make_engine(_database_url(), pool_size=1)
@@ -237,12 +237,20 @@ def budgets_set(
                 conn, scope=scope, period=period, limit_micros=usd_to_micros(limit_usd),
                 now=now, thresholds_bp=bps,
                 channels=list(existing.channels) if existing else None,
-                forecast_thresholds_bp=forecast_bps if forecast_bps is not None
-                else (existing.forecast_thresholds_bp if existing else ()),
+                forecast_thresholds_bp=forecast_bps,
             )
     finally:
         engine.dispose()
     typer.echo(f"budget {scope} {period} set to ${limit_usd:.2f}")
+
+
+def _fractions_bp(option: str | None) -> tuple[int, ...] | None:
+    """``--thresholds 0.5,0.8`` as basis points; None when the option is not given."""
+    from orchestrator.domain.budgets import thresholds_to_bp
+
+    if option is None:
+        return None
+    return thresholds_to_bp([float(x) for x in option.split(",") if x.strip()])
 
 
 @budgets_app.command("list")
