@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from orchestrator.cli.errors import errors_as_one_line, fail, first_line
+from orchestrator.cli.errors import errors_as_one_line, fail, mask_passwords
 from orchestrator.cli.keys import keys_app
 from orchestrator.client import ApiError, Backend, BudgetExceeded, Client, Job
 
@@ -59,7 +59,7 @@ def _budget_message(exc: BudgetExceeded) -> str:
 def invalid_url(url: str, exc: httpx.InvalidURL) -> str:
     """The reason httpx refused an API URL (it raises before any request is sent), with the
     URL but not a password in it."""
-    return f"invalid API URL {first_line(url)!r}: {exc}"
+    return f"invalid API URL {mask_passwords(url)!r}: {exc}"
 
 
 # ``one_line_errors``, and the SDK's errors (a 402 in dollars and cents) as one line too;

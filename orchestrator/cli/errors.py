@@ -33,12 +33,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def mask_passwords(text: str) -> str:
+    """``text`` with the password of any URL in it as ``***``."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
 def first_line(text: str) -> str:
-    """The first non-empty line of ``text``, with any URL's password masked: a driver's
-    message goes on with hints, and SQLAlchemy's with the statement and its parameters
-    (which may hold a key hash or a sealed secret), none of which is printed."""
-    line = next((s.strip() for s in text.splitlines() if s.strip()), "")
-    return _URL_PASSWORD.sub(r"\1***@", line)
+    """The first non-empty line of ``text``, passwords masked: a driver's message goes on
+    with hints, and SQLAlchemy's with the statement and its parameters (which may hold a key
+    hash or a sealed secret), none of which is printed."""
+    return mask_passwords(next((s.strip() for s in text.splitlines() if s.strip()), ""))
 
 
 def database_reason(exc: sa.SQLAlchemyError | psycopg.Error) -> str:

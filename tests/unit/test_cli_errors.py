@@ -65,6 +65,8 @@ def test_a_malformed_api_url_is_one_line(command: list[str]) -> None:
     result = invoke(*command, "--api-url", "http://[::1")
     assert result.exit_code == 1, result.output
     assert one_line(result.stderr).startswith("error: invalid API URL 'http://[::1': ")
+    result = invoke(*command, "--api-url", f"http://me:{PASSWORD}@[::1")
+    assert one_line(result.stderr).startswith("error: invalid API URL 'http://me:***@[::1': ")
 
 
 def test_usage_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
