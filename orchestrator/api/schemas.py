@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.domain.budgets import MAX_LIMIT_USD
 from orchestrator.domain.jobs import ImageInput, JobSpec, TextInput, VideoInput
 from orchestrator.store.keys import TENANT_RE
 
@@ -263,7 +264,7 @@ class BudgetIn(BaseModel):
 
     scope: str = Field(max_length=160, examples=["tenant:acme"])
     period: Period
-    limit_usd: float = Field(ge=0, le=1_000_000_000)
+    limit_usd: float = Field(ge=0, le=MAX_LIMIT_USD)
     alert_thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0],
                                           max_length=20)
     forecast_thresholds: list[float] = Field(

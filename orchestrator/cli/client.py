@@ -15,9 +15,10 @@ import math
 import re
 from typing import Annotated, Any
 
+import httpx
 import typer
 
-from orchestrator.cli.errors import errors_as_one_line, fail
+from orchestrator.cli.errors import errors_as_one_line, fail, mask_passwords
 from orchestrator.cli.keys import keys_app
 from orchestrator.client import ApiError, Backend, BudgetExceeded, Client, Job
 
@@ -55,9 +56,17 @@ def _budget_message(exc: BudgetExceeded) -> str:
             f"this job needs up to {usd(exc.requested_usd)}")
 
 
-# ``one_line_errors``, and the SDK's errors (a 402 in dollars and cents) as one line too
+def invalid_url(url: str, exc: httpx.InvalidURL) -> str:
+    """The reason httpx refused an API URL (it raises before any request is sent), with the
+    URL but not a password in it."""
+    return f"invalid API URL {mask_passwords(url)!r}: {exc}"
+
+
+# ``one_line_errors``, and the SDK's errors (a 402 in dollars and cents) as one line too;
+# a URL httpx refuses while sending, where ``_client`` did not see it first
 _one_line_errors = errors_as_one_line((BudgetExceeded, _budget_message),
-                                      (ApiError, lambda e: e.message))
+                                      (ApiError, lambda e: e.message),
+                                      (httpx.InvalidURL, lambda e: f"invalid URL: {e}"))
 
 
 def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str | None]:
@@ -80,8 +89,15 @@ def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str | None]
 
 
 def _client(api_url: str | None, api_key: str | None) -> Client:
+    """The SDK client; what httpx refuses while building it (the URL, a key it cannot put in
+    a header) as a ``ValueError`` that names which, never the key."""
     url, key = endpoint(api_url, api_key)
-    return Client(base_url=url, api_key=key)
+    try:
+        return Client(base_url=url, api_key=key)
+    except httpx.InvalidURL as exc:
+        raise ValueError(invalid_url(url, exc)) from None
+    except UnicodeEncodeError:
+        raise ValueError("the API key has characters that are not ASCII") from None
 
 
 def _print_json(data: Any) -> None:

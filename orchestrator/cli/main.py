@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import sys
 from datetime import UTC, datetime
@@ -14,12 +15,20 @@ import typer
 
 from orchestrator.cli.backup import register as register_backup_commands
 from orchestrator.cli.client import register as register_client_commands
-from orchestrator.cli.errors import fail, one_line_errors
+from orchestrator.cli.errors import fail, one_line_errors, say
 from orchestrator.cli.report import register as register_report_command
 from orchestrator.cli.secrets import register as register_secrets_commands
 from orchestrator.errors import OrchestratorError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+try:  # a typer that runs its own copy of click: click's errors are TyperExceptions
+    from typer import TyperException as CommandLineError
+except ImportError:  # an older typer runs click itself
+    from click import ClickException as CommandLineError  # type: ignore[assignment]
+
+# pretty exceptions off: a bug's traceback is Python's plain one, not a boxed page that may
+# show local variables (a key, a URL with its password)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__,
+                  pretty_exceptions_enable=False)
 budgets_app = typer.Typer(no_args_is_help=True, help="Create, update and list budgets.")
 app.add_typer(budgets_app, name="budgets")
 monitoring_app = typer.Typer(no_args_is_help=True, help="Cloud Monitoring as code.")
@@ -211,25 +220,26 @@ def budgets_set(
     period: Annotated[str, typer.Option(help="day | month | total")],
     limit_usd: Annotated[float, typer.Option(help="limit in USD")],
     thresholds: Annotated[
-        str, typer.Option(help="alert thresholds as fractions, comma-separated")
-    ] = "0.5,0.8,1.0",
+        str | None, typer.Option(help="alert thresholds as fractions, comma-separated "
+                                      "(default: keep the budget's; 0.5,0.8,1.0 for a new one)")
+    ] = None,
     forecast: Annotated[
         str | None, typer.Option(help="forecast alert thresholds as fractions, e.g. 1.0 "
                                       "(default: keep the budget's; none for a new one)")
     ] = None,
 ) -> None:
-    """Create or update a budget. Its alert channels (set through PUT /v1/budgets) are kept."""
-    from orchestrator.domain.budgets import thresholds_to_bp
+    """Create or update a budget. What is not given is kept: its thresholds unless
+    --thresholds/--forecast, and its alert channels (set through PUT /v1/budgets)."""
+    from orchestrator.domain.budgets import MAX_LIMIT_USD
     from orchestrator.domain.money import usd_to_micros
     from orchestrator.ledger.budgets import list_budgets, set_budget
     from orchestrator.store.engine import make_engine
 
-    if limit_usd < 0:
-        fail("--limit-usd must be >= 0")
-    try:
-        bps = thresholds_to_bp([float(x) for x in thresholds.split(",") if x.strip()])
-        forecast_bps = None if forecast is None else thresholds_to_bp(
-            [float(x) for x in forecast.split(",") if x.strip()])
+    # the API's bound (BudgetIn), so that what one takes the other takes too
+    if not (math.isfinite(limit_usd) and 0 <= limit_usd <= MAX_LIMIT_USD):
+        fail(f"--limit-usd must be a number from 0 to {MAX_LIMIT_USD:,} (as PUT /v1/budgets)")
+    try:  # None: set_budget keeps the budget's own
+        bps, forecast_bps = _fractions_bp(thresholds), _fractions_bp(forecast)
     except ValueError as exc:
         fail(f"--thresholds/--forecast: {exc}")
     engine = make_engine(_database_url(), pool_size=1)
@@ -242,12 +252,20 @@ def budgets_set(
                 conn, scope=scope, period=period, limit_micros=usd_to_micros(limit_usd),
                 now=now, thresholds_bp=bps,
                 channels=list(existing.channels) if existing else None,
-                forecast_thresholds_bp=forecast_bps if forecast_bps is not None
-                else (existing.forecast_thresholds_bp if existing else ()),
+                forecast_thresholds_bp=forecast_bps,
             )
     finally:
         engine.dispose()
     typer.echo(f"budget {scope} {period} set to ${limit_usd:.2f}")
+
+
+def _fractions_bp(option: str | None) -> tuple[int, ...] | None:
+    """``--thresholds 0.5,0.8`` as basis points; None when the option is not given."""
+    from orchestrator.domain.budgets import thresholds_to_bp
+
+    if option is None:
+        return None
+    return thresholds_to_bp([float(x) for x in option.split(",") if x.strip()])
 
 
 @budgets_app.command("list")
@@ -264,9 +282,37 @@ register_backup_commands(app)
 
 
 def main() -> None:
+    """``orchestrator``: exits with the command's status; a usage error is one line."""
+    sys.exit(run(sys.argv[1:]))
+
+
+def run(args: list[str]) -> int:
+    """Run the app outside click's standalone mode: in it, click would print a usage error
+    as a usage line, a hint and a rich box. Returns the exit status."""
     try:
-        app()
+        status = app(args=args, standalone_mode=False)
+    except CommandLineError as exc:
+        # by name, as typer does: an older click has no NoArgsIsHelpError (it exits 0)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            _no_args_help(exc)
+        else:  # a usage error: a missing option, a bad value, no such command (status 2)
+            say(exc.format_message())
+        return exc.exit_code
+    except typer.Abort:  # Ctrl-D at a prompt
+        say("aborted")
+        return 1
     except OrchestratorError as exc:  # settings errors raised before a command runs
-        typer.echo(f"error: {exc.message}", err=True)
-        sys.exit(1)
+        say(exc.message)
+        return 1
+    # a command's typer.Exit (fail()) or --help's comes back as its status; a command returns
+    # None
+    return status if isinstance(status, int) else 0
+
+
+def _no_args_help(exc: CommandLineError) -> None:
+    """The help for a group run with no command, on stdout as in standalone mode. Typer's
+    rich help is printed while the error is made and leaves its message empty; click's
+    plain help is the message."""
+    if exc.format_message():
+        typer.echo(exc.format_message())
 

@@ -9,6 +9,9 @@ from enum import StrEnum
 
 TOTAL_PERIOD_START = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_THRESHOLDS_BP: tuple[int, ...] = (5000, 8000, 10000)
+# The largest budget limit PUT /v1/budgets and `orchestrator budgets set` take: far above any
+# real budget, and far below what the ledger's bigint micro-dollars hold (9.2e12 USD).
+MAX_LIMIT_USD = 1_000_000_000
 
 _SCOPE_RE = re.compile(r"^(global|tenant:[A-Za-z0-9_.-]{1,64}(/project:[A-Za-z0-9_.-]{1,64})?)$")
 

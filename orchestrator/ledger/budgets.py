@@ -44,8 +44,10 @@ _UPSERT = text(
             CAST(:forecast AS jsonb))
     ON CONFLICT (scope, period) DO UPDATE SET
         limit_micros = EXCLUDED.limit_micros,
-        alert_thresholds_bp = EXCLUDED.alert_thresholds_bp,
-        forecast_thresholds_bp = EXCLUDED.forecast_thresholds_bp,
+        alert_thresholds_bp = CASE WHEN CAST(:keep_thresholds AS boolean)
+            THEN budgets.alert_thresholds_bp ELSE EXCLUDED.alert_thresholds_bp END,
+        forecast_thresholds_bp = CASE WHEN CAST(:keep_forecast AS boolean)
+            THEN budgets.forecast_thresholds_bp ELSE EXCLUDED.forecast_thresholds_bp END,
         channels = EXCLUDED.channels,
         updated_at = now()
     RETURNING id
@@ -90,14 +92,18 @@ def set_budget(
     period: str,
     limit_micros: int,
     now: datetime,
-    thresholds_bp: tuple[int, ...] = DEFAULT_THRESHOLDS_BP,
+    thresholds_bp: tuple[int, ...] | None = DEFAULT_THRESHOLDS_BP,
     channels: list[dict[str, Any]] | None = None,
-    forecast_thresholds_bp: tuple[int, ...] = (),
+    forecast_thresholds_bp: tuple[int, ...] | None = (),
 ) -> int:
     """Create or update the budget (scope, period). Returns its id.
 
     ``forecast_thresholds_bp`` (opt-in, e.g. ``(10000,)``): alert when the run-rate forecast
     of the period's spend passes these fractions of the limit (DESIGN §6).
+
+    ``None`` for either list of thresholds keeps the budget's own (for a new budget: the
+    defaults, ``DEFAULT_THRESHOLDS_BP`` and none). The upsert keeps them, not a read before
+    it, so that a ``PUT /v1/budgets`` meanwhile is not undone.
     """
     validate_scope(scope)
     Period(period)  # ValueError names the bad period
@@ -106,8 +112,13 @@ def set_budget(
     budget_id: int = conn.execute(
         _UPSERT,
         {"scope": scope, "period": period, "limit": limit_micros,
-         "thresholds": json.dumps(list(thresholds_bp)), "channels": json.dumps(channels or []),
-         "forecast": json.dumps(list(forecast_thresholds_bp))},
+         # a new budget's, when None: the upsert keeps an existing one's (keep_*)
+         "thresholds": json.dumps(list(DEFAULT_THRESHOLDS_BP if thresholds_bp is None
+                                       else thresholds_bp)),
+         "keep_thresholds": thresholds_bp is None,
+         "channels": json.dumps(channels or []),
+         "forecast": json.dumps(list(forecast_thresholds_bp or ())),
+         "keep_forecast": forecast_thresholds_bp is None},
     ).scalar_one()
     conn.execute(_RELIMIT_OPEN_PERIODS, {"limit": limit_micros, "id": budget_id, "now": now})
     return budget_id

@@ -1,0 +1,135 @@
+"""Every ``orchestrator`` command ends a failure with one line ``error: <reason>`` on stderr
+and a non-zero exit status, never a traceback (docs/api.md, "CLI")."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from orchestrator.cli.main import app
+from orchestrator.secrets import new_key
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "pw-never-shown"
+# port 1: nothing listens there, so the connection is refused at once
+CLOSED_DB = f"postgresql+psycopg://orch:{PASSWORD}@127.0.0.1:1/orch"
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """``orchestrator ARGS`` as a user runs it (``main()``), with only the ``ORCH_`` settings
+    in ``env``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT,
+                            env={**base, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_database_commands_say_in_one_line_that_the_database_is_unreachable(
+    tmp_path: Path,
+) -> None:
+    env = {"ORCH_DATABASE_URL": CLOSED_DB, "ORCH_DATA_DIR": str(tmp_path),
+           "ORCH_SECRET_KEY": new_key()}
+    commands = [
+        ["keys", "create", "--tenant", "acme"], ["keys", "list"], ["keys", "revoke", "1"],
+        ["budgets", "list"], ["budgets", "set", "--scope", "tenant:acme", "--period", "day",
+                              "--limit-usd", "5"],
+        ["migrate"], ["secrets", "rotate"],
+    ]
+    running = [(args, start(args, env)) for args in commands]  # at once: each starts Python
+    for args, proc in running:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, (args, err)
+        line = one_line(err)
+        assert line.startswith("error: cannot reach the database: "), (args, line)
+        assert "127.0.0.1" in line and PASSWORD not in out + err, (args, line)
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args), env={"ORCH_API_KEY": "k"})
+
+
+@pytest.mark.parametrize("command", [["jobs", "list"], ["backends"], ["report"],
+                                     ["jobs", "watch", "j-1"]])
+def test_a_malformed_api_url_is_one_line(command: list[str]) -> None:
+    result = invoke(*command, "--api-url", "http://[::1")
+    assert result.exit_code == 1, result.output
+    assert one_line(result.stderr).startswith("error: invalid API URL 'http://[::1': ")
+    result = invoke(*command, "--api-url", f"http://me:{PASSWORD}@[::1")
+    assert one_line(result.stderr).startswith("error: invalid API URL 'http://me:***@[::1': ")
+
+
+def test_usage_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
+    env = {"ORCH_DATA_DIR": str(tmp_path)}
+    expected = {
+        ("keys", "create"): "error: Missing option '--tenant'.",
+        ("bogus",): "error: No such command 'bogus'.",
+        ("keys", "revoke", "abc"): "error: Invalid value for 'ID': ",
+        ("budgets", "set", "--scope", "global", "--period", "day", "--limit-usd", "ten"):
+            "error: Invalid value for '--limit-usd': ",
+        ("jobs", "list", "--no-such-option"): "error: No such option: --no-such-option",
+    }
+    running = [(args, start(list(args), env)) for args in expected]
+    for args, proc in running:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (args, err)
+        assert out == "" and one_line(err).startswith(expected[args]), (args, err)
+
+
+def test_help_is_still_the_full_help() -> None:
+    """--help: the help on stdout, status 0; no arguments (of the command or of a group):
+    the help too, with status 2, as before."""
+    running = [(args, start(args, {})) for args in
+               (["--help"], ["keys", "create", "--help"], [], ["keys"])]
+    for args, proc in running:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == (0 if "--help" in args else 2), (args, err)
+        assert "Usage:" in out and len(out.splitlines()) > 5 and err == "", (args, out, err)
+        assert ("--tenant" if "create" in args else "revoke") in out, (args, out)
+
+
+def test_a_failing_command_still_exits_1_and_a_working_one_0(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from orchestrator.cli import main
+
+    for argv, status in ((["jobs", "list", "--api-url", "http://[::1"], 1),
+                         (["secrets", "new-key"], 0)):
+        monkeypatch.setattr(sys, "argv", ["orchestrator", *argv])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        assert (exited.value.code or 0) == status, capsys.readouterr()
+    out, err = capsys.readouterr()
+    assert err.startswith("error: invalid API URL") and len(out.strip()) > 20
+
+
+def test_an_unexpected_error_is_a_plain_traceback_not_a_rich_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bug is not a failure with a reason: its traceback is Python's own, short and plain
+    (typer's pretty one draws boxes and may show locals, such as a key)."""
+    import orchestrator.secrets
+    from orchestrator.cli import main
+
+    def broken() -> str:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(orchestrator.secrets, "new_key", broken)
+    monkeypatch.setattr(sys, "argv", ["orchestrator", "secrets", "new-key"])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # typer installs its own
+    with pytest.raises(RuntimeError) as raised:
+        main()
+    sys.excepthook(RuntimeError, raised.value, raised.value.__traceback__)
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and "╭" not in err, err
+    assert err.strip().endswith("RuntimeError: a bug")
