@@ -22,6 +22,7 @@ from sqlalchemy import text
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
 from orchestrator.api.errors import Forbidden
 from orchestrator.api.principal import Principal
+from orchestrator.api.views import decode_int_cursor, encode_cursor
 from orchestrator.domain.events import EVENT_TYPES, TERMINAL_EVENTS
 from orchestrator.errors import InvalidRequest, NotFound
 from orchestrator.events import endpoints
@@ -95,6 +96,7 @@ class DeliveryOut(BaseModel):
 
 class DeliveriesOut(BaseModel):
     items: list[DeliveryOut]
+    next_cursor: str | None = Field(description="the next (older) page's cursor; null: last")
 
 
 _DELIVERIES = text(
@@ -104,6 +106,7 @@ _DELIVERIES = text(
     FROM webhook_deliveries d JOIN job_events e ON e.id = d.event_id
     WHERE d.tenant = :t AND (CAST(:s AS text) IS NULL OR d.status = :s)
       AND (CAST(:j AS uuid) IS NULL OR d.job_id = :j)
+      AND (CAST(:bt AS timestamptz) IS NULL OR (d.created_at, d.id) < (:bt, :bi))
     ORDER BY d.created_at DESC, d.id DESC LIMIT :n
     """
 )
@@ -170,17 +173,23 @@ def router(ctx: ApiContext) -> APIRouter:
         status: Annotated[Literal["pending", "delivered", "failed"] | None, Query()] = None,
         job_id: Annotated[uuid.UUID | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
+        cursor: Annotated[str | None, Query(max_length=200,
+                                            description="next_cursor of the page before")] = None,
     ) -> dict[str, Any]:
         who = _whose(p, tenant)
+        before = decode_int_cursor(cursor) if cursor else (None, None)
         with c.engine.connect() as conn:
             rows = conn.execute(_DELIVERIES, {"t": who, "s": status, "j": job_id,
-                                              "n": limit}).all()
-        return {"items": [
+                                              "bt": before[0], "bi": before[1],
+                                              "n": limit + 1}).all()
+        page = rows[:limit]
+        nxt = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+        return {"next_cursor": nxt, "items": [
             {"id": r.id, "event_id": str(r.event_id), "event_type": r.type,
              "job_id": str(r.job_id), "seq": r.seq, "target": r.target, "status": r.status,
              "attempts": r.attempts, "last_error": r.last_error,
              "next_attempt_at": _iso(r.next_attempt_at) if r.status == "pending" else None,
              "created_at": _iso(r.created_at), "delivered_at": _iso(r.delivered_at)}
-            for r in rows]}
+            for r in page]}
 
     return r

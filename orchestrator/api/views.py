@@ -7,8 +7,9 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator.domain.breaker import BackendHealth
 from orchestrator.domain.budgets import period_window
@@ -19,6 +20,8 @@ from orchestrator.domain.money import micros_to_usd
 from orchestrator.errors import InvalidRequest
 from orchestrator.ledger.budgets import BudgetView
 from orchestrator.notify.stored import describe
+
+T = TypeVar("T")
 
 # MIN_ELAPSED and forecast_micros are re-exported: the forecast lives in domain.forecast.
 __all__ = ["MIN_ELAPSED", "backend_resource", "budget_resource", "decode_cursor",
@@ -72,19 +75,36 @@ def backend_resource(spec: BackendSpec, health: BackendHealth, now: float,
 
 
 # -- cursor ----------------------------------------------------------------------------------
-def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
-    raw = json.dumps({"t": created_at.isoformat(), "id": str(job_id)}, separators=(",", ":"))
+def encode_cursor(created_at: datetime, row_id: uuid.UUID | int) -> str:
+    """The page cursor after a row of a list ordered by (created_at, id) descending."""
+    raw = json.dumps({"t": created_at.isoformat(), "id": str(row_id)}, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """A job list's cursor."""
+    return decode_cursor_of(cursor, uuid.UUID)
+
+
+def decode_int_cursor(cursor: str) -> tuple[datetime, int]:
+    """A cursor of a list whose ids are integers."""
+    return decode_cursor_of(cursor, _plain_int)
+
+
+def _plain_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise ValueError("not an id")
+    return int(text)
+
+
+def decode_cursor_of(cursor: str, parse_id: Callable[[str], T]) -> tuple[datetime, T]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         at = datetime.fromisoformat(data["t"])
         if at.tzinfo is None:
             raise ValueError("naive")
-        return at, uuid.UUID(str(data["id"]))
+        return at, parse_id(str(data["id"]))
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError) as exc:
         raise InvalidRequest("query.cursor: not a cursor returned by this API",
                              field="query.cursor") from exc

@@ -231,6 +231,18 @@ def test_every_terminal_job_gets_exactly_one_signed_delivery_in_order(
     # every delivery is recorded as delivered, and the secret is nowhere to be read back
     items = api.tenant().get("/v1/webhooks/deliveries", params={"limit": 500}).json()["items"]
     assert items and all(d["status"] == "delivered" for d in items)
+    # the same, a page of 2 at a time, newest first, each once
+    paged: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 2}
+    while True:
+        page = api.tenant().get("/v1/webhooks/deliveries", params=params).json()
+        paged += page["items"]
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert [d["id"] for d in paged] == [d["id"] for d in items]
+    bad = api.tenant().get("/v1/webhooks/deliveries", params={"cursor": "nope"})
+    assert bad.status_code == 422 and bad.json()["error"]["details"]["field"] == "query.cursor"
     shown = api.tenant().get("/v1/webhooks").json()
     assert shown["secret_set"] and SECRET not in json.dumps(shown)
     with api.rig.engine.connect() as conn:
