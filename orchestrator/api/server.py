@@ -29,7 +29,9 @@ def serve(
     """Serve the API until stopped. Builds the default container from settings, and starts the
     metric sinks for the ``api`` role (and ``/metrics`` on ``ORCH_METRICS_ADDR`` when set).
     uvicorn's limits come from ``config`` (default: from settings;
-    :meth:`ApiConfig.uvicorn_options`). Access logs carry method, path and status only.
+    :meth:`ApiConfig.uvicorn_options`). uvicorn's loggers (its access log: client, method, path
+with query, status) go through the process's redacting handler (``orchestrator.logs``), not
+handlers of their own.
 
     ``fd``: accept on this inherited listening socket instead of binding ``host:port``
     (``orchestrator up`` runs several API processes on one socket this way)."""
@@ -46,14 +48,14 @@ def serve(
     freeze_startup_heap()
     try:
         if fd is None:
-            uvicorn.run(app, host=host, port=port, log_level=log_level,
+            uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=None,
                         access_log=access_log, **cfg.uvicorn_options())
         else:
             # socket(fileno=) reads the family and protocol back from the descriptor:
             # uvicorn's own fd= option would take it for AF_UNIX, and asyncio then would not
             # set TCP_NODELAY on accepted connections
             sock = socket.socket(fileno=fd)
-            server = uvicorn.Server(uvicorn.Config(app, log_level=log_level,
+            server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, log_config=None,
                                                    access_log=access_log,
                                                    **cfg.uvicorn_options()))
             server.run(sockets=[sock])

@@ -37,7 +37,7 @@ def start_in_thread(
     url = f"http://{host}:{sock.getsockname()[1]}"
     config = {"server_header": server_header, **(options or {})}
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           lifespan="off", **config))
+                                           log_config=None, lifespan="off", **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=name,
                               daemon=True)
     thread.start()

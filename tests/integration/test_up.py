@@ -176,6 +176,12 @@ def test_up_runs_the_system_and_stops_cleanly(root: Path) -> None:
     assert code == 0, "".join(lines)
     assert any("stopped" in ln for ln in lines)
     wait_for("every child to exit", lambda: processes_mentioning(str(data)) == [], timeout=30)
+    # every line the API processes logged, uvicorn's own included, went through the
+    # redacting JSON handler (ORCH_LOG_FORMAT's default), none through a handler of uvicorn's
+    api_logs = sorted((data / "logs").glob("api*.log"))
+    logged = [ln for p in api_logs for ln in p.read_text().splitlines() if ln.strip()]
+    assert api_logs and any("uvicorn" in ln for ln in logged), logged
+    assert all(json.loads(ln)["logger"] for ln in logged), logged
 
 
 def test_up_refuses_a_taken_port(tmp_path: Path) -> None:
