@@ -25,6 +25,7 @@ Every error carries a stable ``code`` (used by the HTTP API's error envelope) an
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -138,3 +139,14 @@ class AlertsOwed(LedgerError):
 
     def __init__(self) -> None:
         super().__init__("the ledger step may owe a budget alert; run it in a transaction")
+
+
+_SCHEME_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,29}(?=[:/])")
+
+
+def shown_scheme(value: str) -> str:
+    """What an error may quote of a value that should have been a URL and is not: its
+    scheme-like start when it has one (``postgresql+psycopg``, a host name), else nothing
+    (a bare token may be a key)."""
+    match = _SCHEME_LIKE.match(value)
+    return f"{match[0]}…" if match else "…"

@@ -17,7 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.egress.policy import parse_allow
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import ConfigurationError, shown_scheme
 
 ENV_PREFIX = "ORCH_"
 _TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -305,16 +305,13 @@ def _redact(url: str) -> str:
     URL (a mistyped ``://``) is shown only up to where a scheme would end: where its
     password is cannot be told."""
     if "://" not in url:
-        return _SCHEME_LIKE.match(url)[0][:40] + "…"  # type: ignore[index]
+        return shown_scheme(url)
     if "@" in url:
         scheme, rest = url.split("://", 1)
         creds, host = rest.rsplit("@", 1)
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}:***@{host}" if ":" in creds else url
     return url
-
-
-_SCHEME_LIKE = re.compile(r"[A-Za-z0-9+.\-]*")
 
 
 def load_settings() -> Settings:

@@ -15,7 +15,7 @@ import typer
 
 from orchestrator.cli.backup import register as register_backup_commands
 from orchestrator.cli.client import register as register_client_commands
-from orchestrator.cli.errors import fail, one_line_errors, say
+from orchestrator.cli.errors import errors_as_one_line, fail, one_line_errors, say
 from orchestrator.cli.report import register as register_report_command
 from orchestrator.cli.secrets import register as register_secrets_commands
 from orchestrator.errors import OrchestratorError
@@ -52,22 +52,32 @@ def migrate(
     typer.echo(f"migrated to {revision}")
 
 
+def _os_reason(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or type(exc).__name__}{where}"
+
+
 @app.command()
-@one_line_errors
+@errors_as_one_line((OSError, _os_reason))
 def up(
-    data_dir: Annotated[Path, typer.Option(help="where embedded services keep data")] = Path(
-        ".orchestrator"
-    ),
-    port: Annotated[int, typer.Option(help="API port")] = 8000,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="where embedded services keep data [default: ORCH_DATA_DIR, else "
+             "./.orchestrator]", show_default=False)] = None,
+    port: Annotated[int, typer.Option(help="API port", min=1, max=65535)] = 8000,
     no_simulator: Annotated[bool, typer.Option("--no-simulator")] = False,
 ) -> None:
     """Run the whole system: embedded PostgreSQL and Redis (or the configured URLs), API,
-    worker, beat and simulator. Ctrl-C or SIGTERM stops every process."""
+    worker, beat and simulator. Ctrl-C, SIGTERM or a closed terminal (SIGHUP) stops every
+    process."""
     from orchestrator.runtime.up import System
     from orchestrator.settings import get_settings
 
+    data_dir = data_dir or get_settings().data_dir
     system = System(get_settings(), data_dir, port, not no_simulator, typer.echo)
     signal.signal(signal.SIGTERM, lambda *_: system.stop_event.set())
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # not under nohup
+        # the children run in sessions of their own: a closed terminal reaches only `up`
+        signal.signal(signal.SIGHUP, lambda *_: system.stop_event.set())
     try:
         creds = system.start()
         typer.echo(f"API:        {creds['api_url']}  (docs at {creds['api_url']}/docs)")
@@ -82,6 +92,8 @@ def up(
         with contextlib.suppress(KeyboardInterrupt):
             system.supervise()
     finally:
+        # a second Ctrl-C while the children stop would leave the rest of them running
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         system.stop()
         typer.echo("stopped")
 

@@ -38,7 +38,7 @@ from pydantic import (
 from orchestrator.domain.accepts import resolve
 from orchestrator.domain.jobs import RESOLUTIONS, Kind, Tier
 from orchestrator.domain.params import PARAM_NAME_RE, FieldError, ParamSpec
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import ConfigurationError, shown_scheme
 
 PICO_PER_USD = 10**12
 MULT_SCALE = 10**6
@@ -225,9 +225,14 @@ class BackendSpec(BaseModel):
     def _url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             # never the value: ${VAR} expansion may have put a key in it
-            shown = re.match(r"[A-Za-z0-9+.\-]*", v)[0][:40]  # type: ignore[index]
-            raise ValueError(f"must be an http(s):// URL, got one starting {shown!r}")
-        return v.rstrip("/")
+            raise ValueError(f"must be an http(s):// URL, got {shown_scheme(v)!r}")
+        scheme, _, rest = v.partition("://")
+        authority, slash, path = rest.partition("/")
+        path, mark, query = (slash + path).partition("?")
+        # "${ORCH_SIMULATOR_URL}/vid-draft" with a URL ending in "/" gives "//vid-draft",
+        # which the provider's router does not match: empty path segments are dropped
+        path = re.sub("/{2,}", "/", path).rstrip("/")
+        return f"{scheme}://{authority}{path}{mark}{query}"
 
     @field_validator("kinds")
     @classmethod

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -87,14 +88,23 @@ def secret_key_file(data_dir: Path) -> Path:
     return path
 
 
-def _without_password(url: str | None) -> str | None:
-    """The URL naming the same database, its password left out (the password of a data dir
-    made before passwords is new, its database the same)."""
-    if not url:
-        return url
-    from sqlalchemy.engine import make_url
+def _keys_work(db_url: str, creds: dict[str, Any]) -> bool:
+    """Whether the credentials file's keys are live keys of this database (the admin key an
+    admin's): a new embedded port, or the same database spelled otherwise, keeps them."""
+    from orchestrator.store.engine import make_engine
+    from orchestrator.store.keys import authenticate
 
-    return make_url(url).set(password=None).render_as_string()
+    admin_key, tenant_key = creds.get("admin_key"), creds.get("tenant_key")
+    if not isinstance(admin_key, str) or not isinstance(tenant_key, str):
+        return False
+    engine = make_engine(db_url, pool_size=1)
+    try:
+        with engine.begin() as conn:
+            admin = authenticate(conn, admin_key)
+            return admin is not None and admin.admin and \
+                authenticate(conn, tenant_key) is not None
+    finally:
+        engine.dispose()
 
 
 def listening_socket(port: int, backlog: int, host: str = "127.0.0.1") -> socket.socket:
@@ -218,8 +228,7 @@ class System:
         path = self.data_dir / "credentials.json"
         kept = read_private(path)
         old = json.loads(kept) if kept else {}
-        if (not old.get("admin_key")
-                or _without_password(old.get("database_url")) != _without_password(db_url)):
+        if not _keys_work(db_url, old):  # decided by the database, not by its URL's spelling
             old = {**old, **self._first_run(db_url)}
         creds = {**old, "api_url": f"http://127.0.0.1:{self.port}", "database_url": db_url,
                  "redis_url": redis_url, "simulator_url": self.settings.simulator_url}
@@ -228,17 +237,22 @@ class System:
 
     @staticmethod
     def _first_run(db_url: str) -> dict[str, str]:
-        from orchestrator.ledger.budgets import set_budget
+        """New keys; and the demo tenant's budget, unless it has one (a user's limit,
+        thresholds and channels are never reset)."""
+        from orchestrator.ledger.budgets import list_budgets, set_budget
         from orchestrator.store.engine import make_engine
         from orchestrator.store.keys import create_key
 
+        scope, now = f"tenant:{DEMO_TENANT}", datetime.now(UTC)
         engine = make_engine(db_url, pool_size=1)
         try:
             with engine.begin() as conn:
                 admin = create_key(conn, "admin", admin=True)
                 tenant = create_key(conn, DEMO_TENANT, admin=False)
-                set_budget(conn, scope=f"tenant:{DEMO_TENANT}", period="month",
-                           limit_micros=DEMO_BUDGET_MICROS, now=datetime.now(UTC))
+                if not any(b.period == "month"
+                           for b in list_budgets(conn, now=now, scopes=(scope,))):
+                    set_budget(conn, scope=scope, period="month",
+                               limit_micros=DEMO_BUDGET_MICROS, now=now)
         finally:
             engine.dispose()
         return {"admin_key": admin, "tenant_key": tenant, "tenant": DEMO_TENANT}

@@ -72,7 +72,8 @@ def test_shipped_catalogue_matches_contract() -> None:
 def test_env_expansion_defaults_and_merge(tmp_path: Path) -> None:
     cat = load_catalogue(_write(tmp_path, _good()), env={"SIM": "http://127.0.0.1:9/"})
     vid = cat.get("vid-a")
-    assert vid.base_url == "http://127.0.0.1:9//vid-a".rstrip("/")
+    # ${SIM} ends in "/": the empty path segment it makes is dropped (a router would 404)
+    assert vid.base_url == "http://127.0.0.1:9/vid-a"
     assert (vid.timeouts.connect_s, vid.timeouts.read_s) == (2.0, 10.0)
     assert vid.max_concurrency == 7  # from defaults
     assert cat.get("txt-a").max_concurrency == 3
@@ -132,6 +133,10 @@ def test_a_bad_base_url_is_not_echoed_it_may_hold_an_expanded_key(tmp_path: Path
         load_catalogue(p, env={"SIM": "api.example.com/v1?key=sk-live-SECRET"})
     assert "base_url" in info.value.message and "api.example.com" in info.value.message
     assert "SECRET" not in str(info.value) and "SECRET" not in str(info.value.details)
+    # a bare key where the URL should be: nothing of it is shown
+    with pytest.raises(ConfigurationError) as info:
+        load_catalogue(p, env={"SIM": "sk-proj-SECRET0123456789abcdefghijkl"})
+    assert "base_url" in info.value.message and "SECRET" not in str(info.value)
 
 
 def test_bad_documents(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli.main import app
@@ -27,12 +28,15 @@ def fresh_settings() -> Iterator[None]:
 def test_a_bad_catalogue_stops_the_process_at_start_in_one_line(
         command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "backends.yaml"
-    bad.write_text("backends:\n  - name: vid-x\n    base_url: ${PROVIDER_URL}\n")
+    bad.write_text(yaml.safe_dump({"backends": [{
+        "name": "vid-x", "protocol": "predictions", "base_url": "${PROVIDER_URL}",
+        "kinds": ["video"], "tier": "draft",
+        "price": {"model": "per_second", "usd_per_second": 0.05}}]}))
     monkeypatch.setenv("ORCH_BACKENDS_FILE", str(bad))
-    monkeypatch.setenv("PROVIDER_URL", "api.example.com/v1?key=sk-live-SECRET")
+    monkeypatch.setenv("PROVIDER_URL", "sk-live-SECRET0123456789abcdefghijkl")  # not a URL
     result = CliRunner().invoke(app, [command])
     assert result.exit_code == 1
-    assert result.output.startswith(f"error: {bad}: backend 'vid-x'")
+    assert result.output.startswith(f"error: {bad}: backend 'vid-x': base_url: "), result.output
     assert result.output.count("\n") == 1 and "SECRET" not in result.output
 
 

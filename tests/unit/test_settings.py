@@ -36,6 +36,7 @@ def test_postgres_urls_are_normalised_to_psycopg(monkeypatch: pytest.MonkeyPatch
         ("ORCH_DATABASE_URL", "postgresql+psycopg//app:hunter2@db:5432/orch",
          "ORCH_DATABASE_URL: must be a postgresql"),
         ("ORCH_REDIS_URL", "redis//:hunter2@cache:6379/0", "ORCH_REDIS_URL: must be a redis"),
+        ("ORCH_REDIS_URL", "hunter2hunter2hunter2hunter2hunter2", "ORCH_REDIS_URL: must be"),
         ("ORCH_CACHE_DEFAULT_TENANTS", "acme, no spaces", "ORCH_CACHE_DEFAULT_TENANTS: "),
         ("ORCH_CACHE_TTL_S", "0", "ORCH_CACHE_TTL_S:"),
         ("ORCH_CALIBRATION_WINDOW", "0", "ORCH_CALIBRATION_WINDOW:"),
