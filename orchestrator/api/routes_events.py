@@ -58,7 +58,8 @@ _FEED_DOC: dict[int | str, dict[str, Any]] = {
                                          "next_cursor": {"type": "string"}}}}},
           "description": "Server-Sent Events, one per job event; or, with Accept: "
                          "application/json, the events after the cursor (at most limit) and "
-                         "next_cursor, the since of the next page"}}
+                         "next_cursor, the since of the next poll: always set (a feed has no "
+                         "last page; with no new events it is the cursor given)"}}
 
 
 def _message(ev: Event, cursor: str) -> ServerSentEvent:

@@ -17,6 +17,7 @@ from pydantic import (
 
 from orchestrator.domain.budgets import MAX_LIMIT_USD
 from orchestrator.domain.jobs import ImageInput, JobSpec, TextInput, VideoInput
+from orchestrator.store.engine import UNSTORABLE_TEXT
 from orchestrator.store.keys import TENANT_RE
 
 
@@ -25,8 +26,8 @@ def _find_unstorable(value: Any, where: str) -> str | None:
     string (or key) holding a NUL character, or NaN/Infinity (which Python's JSON reader
     accepts, and which would otherwise be stored as null)."""
     if isinstance(value, str):
-        return f"{where}: text may not contain NUL (\\u0000) characters" \
-            if "\x00" in value else None
+        return f"{where}: text may not contain NUL (\\u0000) or unpaired surrogate " \
+            "characters" if UNSTORABLE_TEXT.search(value) else None
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{where}: not a finite number"
     if isinstance(value, dict):

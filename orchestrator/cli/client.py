@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from orchestrator.cli.errors import errors_as_one_line, fail, mask_passwords
+from orchestrator.cli.errors import errors_as_one_line, fail
 from orchestrator.cli.keys import keys_app
 from orchestrator.client import ApiError, Backend, BudgetExceeded, Client, Job
 
@@ -57,16 +57,17 @@ def _budget_message(exc: BudgetExceeded) -> str:
 
 
 def invalid_url(url: str, exc: httpx.InvalidURL) -> str:
-    """The reason httpx refused an API URL (it raises before any request is sent), with the
-    URL but not a password in it."""
-    return f"invalid API URL {mask_passwords(url)!r}: {exc}"
+    """httpx refused the API URL (before any request). Neither the URL nor httpx's reason is
+    shown: both may quote a password (httpx's reason quotes the part it could not read)."""
+    return ("invalid API URL: not an http(s) URL httpx can read (check --api-url, "
+            "ORCH_API_URL or the credentials file)")
 
 
 # ``one_line_errors``, and the SDK's errors (a 402 in dollars and cents) as one line too;
 # a URL httpx refuses while sending, where ``_client`` did not see it first
 _one_line_errors = errors_as_one_line((BudgetExceeded, _budget_message),
                                       (ApiError, lambda e: e.message),
-                                      (httpx.InvalidURL, lambda e: f"invalid URL: {e}"))
+                                      (httpx.InvalidURL, lambda e: invalid_url("", e)))
 
 
 def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str | None]:

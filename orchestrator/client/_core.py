@@ -162,8 +162,9 @@ def origin(base_url: str) -> str:
         url = httpx.URL(base_url)
     except httpx.InvalidURL:
         return "the API"
+    host = f"[{url.host}]" if ":" in url.host else url.host  # IPv6, as a URL writes it
     port = f":{url.port}" if url.port is not None else ""
-    return f"{url.scheme}://{url.host}{port}"
+    return f"{url.scheme}://{host}{port}"
 
 
 @dataclass(frozen=True)

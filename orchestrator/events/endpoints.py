@@ -4,9 +4,10 @@ the secret only to the tenant (``GET /v1/webhooks/secret``).
 
 The secret signs every webhook of the tenant's jobs: those to the endpoint's own URL and those
 to a job's ``webhook_url``. A tenant that never set one gets one made for it the first time one
-is needed (:func:`ensure_secret`: a job with ``webhook_url`` admitted, a delivery due, or
-``GET /v1/webhooks/secret``), kept as an endpoint row without a URL: a producer who only sets
-``webhook_url`` still hears back, and fetches the secret to verify with."""
+is needed (:func:`ensure_secret`: a delivery due, or ``GET /v1/webhooks/secret``; admitting a
+job only checks that one could be made: :class:`SigningSecrets`), kept as an endpoint row
+without a URL: a producer who only sets ``webhook_url`` still hears back, and fetches the
+secret to verify with."""
 
 from __future__ import annotations
 
@@ -163,8 +164,8 @@ def ensure_secret(conn: Connection, tenant: str, box: SecretBox | None) -> Endpo
 
 
 class SigningSecrets:
-    """``ensure_secret`` in its own short transaction, remembered per tenant (no route
-    removes a secret), so admitting the tenant's next webhook job costs no query."""
+    """Whether a tenant's webhooks can be signed, asked at admission; remembered per tenant
+    (no route removes a secret), so admitting its next webhook job costs no query."""
 
     def __init__(self, engine: Engine, box: SecretBox | None) -> None:
         self._engine = engine
@@ -189,14 +190,6 @@ class SigningSecrets:
         with self._lock:
             self._known.add(tenant)
 
-    def ensure(self, tenant: str) -> None:
-        with self._lock:
-            if tenant in self._known:
-                return
-        with self._engine.begin() as conn:
-            ensure_secret(conn, tenant, self._box)
-        with self._lock:
-            self._known.add(tenant)
 
 
 _ALL = text("SELECT tenant, url, secret FROM webhook_endpoints ORDER BY tenant FOR UPDATE")

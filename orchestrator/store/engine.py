@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import weakref
 from typing import Any
@@ -67,15 +68,19 @@ def json_loads(data: bytes | str) -> Any:
 
 def jsonb_dumps(value: Any) -> str:
     """``value`` as JSON that PostgreSQL's jsonb accepts, for what a provider sent us: jsonb
-    refuses the NUL character and NaN/Infinity, and a refused write would leave a paid job
-    unended (and put the provider's text in the error). NUL becomes U+FFFD, a non-finite
-    number null."""
+    refuses the NUL character, lone UTF-16 surrogates (which Python's JSON reader lets
+    through) and NaN/Infinity, and a refused write would leave a paid job unended (and put
+    the provider's text in the error). Those characters become U+FFFD, a non-finite number
+    null."""
     return json.dumps(_storable(value), allow_nan=False)
+
+
+UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
 def _storable(value: Any) -> Any:
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
+        return UNSTORABLE_TEXT.sub("\ufffd", value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

@@ -23,7 +23,7 @@ from orchestrator.client import AsyncClient, Client
 from orchestrator.egress import EgressPolicy
 from orchestrator.events import endpoints
 from orchestrator.events.delivery import Report, WebhookPolicy, deliver_due
-from orchestrator.events.endpoints import SigningSecrets
+from orchestrator.events.endpoints import SigningSecrets, ensure_secret
 from orchestrator.notify.signing import verify_signature
 from orchestrator.secrets import SecretBox, SecretKeyMissing, new_key
 from orchestrator.simulator import RunningSimulator
@@ -220,8 +220,8 @@ def test_without_a_key_nothing_is_made_and_deliveries_wait_until_there_is_one(
     why; once a key is there the next run makes the secret and sends it, signed."""
     with pytest.raises(SecretKeyMissing):
         SigningSecrets(db, None).check("acme")
-    with pytest.raises(SecretKeyMissing):
-        SigningSecrets(db, None).ensure("acme")
+    with pytest.raises(SecretKeyMissing), db.begin() as conn:
+        ensure_secret(conn, "acme", None)
     receiver = Receiver(free_port(), secret=None)
     receiver.start()
     try:

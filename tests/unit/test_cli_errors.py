@@ -64,9 +64,13 @@ def invoke(*args: str) -> Result:
 def test_a_malformed_api_url_is_one_line(command: list[str]) -> None:
     result = invoke(*command, "--api-url", "http://[::1")
     assert result.exit_code == 1, result.output
-    assert one_line(result.stderr).startswith("error: invalid API URL 'http://[::1': ")
-    result = invoke(*command, "--api-url", f"http://me:{PASSWORD}@[::1")
-    assert one_line(result.stderr).startswith("error: invalid API URL 'http://me:***@[::1': ")
+    assert one_line(result.stderr).startswith("error: invalid API URL: ")
+    # httpx's own reason quotes what it could not read: here, part of the password
+    for url in (f"http://me:{PASSWORD}@[::1", f"http://me:{PASSWORD}/x@host:1"):
+        result = invoke(*command, "--api-url", url)
+        assert result.exit_code == 1, result.output
+        assert one_line(result.stderr).startswith("error: invalid API URL: ")
+        assert PASSWORD[:6] not in result.stderr + result.stdout
 
 
 def test_usage_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
