@@ -29,7 +29,7 @@ def test_output_with_nul_and_nan_ends_the_job_and_is_charged(db: Engine) -> None
         opened = repo.claim_and_open(conn, job.id, job.chain_token, T0, "txt-small", lease_s=60)
     assert opened is not None
 
-    output = {"text": "CONFIDENTIAL\x00 reply", "logprob": float("nan"),
+    output = {"text": "CONFIDENTIAL\x00 reply \ud800", "logprob": float("nan"),
               "k\x00": [float("inf"), 1.5]}
     end = ledger.end_job(job.id, "succeeded", T0, backend="txt-small", result=output,
                          attempt=ClosingAttempt(opened[1].id, "succeeded", "success", 328))
@@ -39,7 +39,7 @@ def test_output_with_nul_and_nan_ends_the_job_and_is_charged(db: Engine) -> None
         status, stored = conn.execute(text("SELECT status, result FROM jobs WHERE id = :j"),
                                       {"j": job.id}).one()
     assert status == "succeeded"
-    assert stored == {"text": "CONFIDENTIAL\ufffd reply", "logprob": None,
+    assert stored == {"text": "CONFIDENTIAL\ufffd reply \ufffd", "logprob": None,
                       "k\ufffd": [None, 1.5]}
     assert hold_status(db, job.id) == "settled"
     assert_sound(db)
