@@ -132,6 +132,10 @@ class EmbeddedPostgres:
             self._run_as(),
         )
 
+    def running(self) -> bool:
+        """Whether its server process is alive (its pid file names a live process)."""
+        return self._running_port() is not None
+
     def restart(self) -> str:
         """Stop and start again on the same port (what its clients reconnect to); an
         EmbeddedServiceError if the port was taken meanwhile."""

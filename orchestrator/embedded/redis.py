@@ -96,6 +96,10 @@ class EmbeddedRedis:
         if self._alive(pid):
             os.kill(pid, signal.SIGKILL)
 
+    def running(self) -> bool:
+        """Whether its server process is alive (its pid file names a live process)."""
+        return self._pid() is not None
+
     def restart(self) -> str:
         """Stop and start again on the same port (what its clients reconnect to); an
         EmbeddedServiceError if the port was taken meanwhile."""

@@ -29,7 +29,7 @@ from orchestrator.embedded import EmbeddedPostgres, EmbeddedRedis
 from orchestrator.embedded._ports import port_is_free
 from orchestrator.embedded.postgres import server_gid
 from orchestrator.embedded.private import private_dir, read_private, write_private
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import ConfigurationError, OrchestratorError
 from orchestrator.runtime.sockets import tcp_listener
 from orchestrator.settings import Settings
 
@@ -131,6 +131,12 @@ def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator.cli", *args]
 
 
+class StartInterrupted(OrchestratorError):
+    """SIGTERM (or SIGHUP) came before every process was ready."""
+
+    code = "start_interrupted"
+
+
 class System:
     def __init__(self, settings: Settings, data_dir: Path, port: int, simulator: bool,
                  echo: Callable[[str], None]) -> None:
@@ -141,6 +147,8 @@ class System:
         self.echo = echo
         self.stoppers: list[Callable[[], None]] = []
         self.children: list[Child] = []
+        # the embedded servers up started: name, "is it running?", restart
+        self.servers: list[tuple[str, Callable[[], bool], Callable[[], object]]] = []
         self.stop_event = threading.Event()
 
     # -- start -------------------------------------------------------------------------------
@@ -161,13 +169,15 @@ class System:
         db_url = self.settings.database_url
         if not db_url:
             pg = EmbeddedPostgres(self.data_dir / "postgres")
+            self.stoppers.append(pg.stop)  # before start: a Ctrl-C while it starts stops it
             db_url = pg.start()
-            self.stoppers.append(pg.stop)
+            self.servers.append(("PostgreSQL", pg.running, pg.restart))
         redis_url = self.settings.redis_url
         if not redis_url:
             rd = EmbeddedRedis(self.data_dir)
-            redis_url = rd.start()
             self.stoppers.append(rd.stop)
+            redis_url = rd.start()
+            self.servers.append(("Redis", rd.running, rd.restart))
         from orchestrator.store.migrate import upgrade
 
         upgrade(db_url)
@@ -283,12 +293,19 @@ class System:
                 raise ConfigurationError(
                     f"not ready within {timeout:.0f} s: {names}; see the logs in "
                     f"{self._log_dir}")
-            time.sleep(0.2)
+            if self.stop_event.wait(0.2):  # SIGTERM while starting: no keys, just stop
+                raise StartInterrupted("stopped while starting")
 
     # -- run and stop ------------------------------------------------------------------------
     def supervise(self) -> None:
-        """Until stop_event: restart a child that died (at most 5 times a minute)."""
+        """Until stop_event: restart a child or an embedded server that died (a child at
+        most 5 times a minute). The servers restart on their ports, their data kept, and
+        their clients reconnect (requests meanwhile answer 503, steps retry)."""
         while not self.stop_event.wait(0.5):
+            for name, running, restart in self.servers:
+                if not running():
+                    self.echo(f"embedded {name} is not running; restarting it")
+                    restart()
             for child in self.children:
                 if child.proc is None or child.proc.poll() is None:
                     continue

@@ -163,6 +163,13 @@ def test_up_runs_the_system_and_stops_cleanly(root: Path) -> None:
         job = json.loads(cli.stdout)
         assert job["status"] == "succeeded" and job["cost_usd"] > 0
 
+        # the embedded Redis dies: `up` starts it again on its port, and work goes on
+        pidfile = data / "redis.pid"
+        os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+        wait_for("`up` to restart Redis",
+                 lambda: any("embedded Redis is not running; restarting" in ln for ln in lines),
+                 timeout=30)
+
         with Client(base_url=creds["api_url"], api_key=creds["tenant_key"]) as sdk:
             submitted = sdk.submit(kind="text", input={"prompt": "hello", "max_tokens": 20})
             done = sdk.wait(submitted.id, timeout=120)
