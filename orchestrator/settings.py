@@ -354,6 +354,10 @@ def resolve_database_url(settings: Settings) -> str:
     return _resolve(settings, "database_url")
 
 
+def resolve_redis_url(settings: Settings) -> str:
+    return _resolve(settings, "redis_url")
+
+
 def resolve_urls(settings: Settings) -> tuple[str, str]:
     return _resolve(settings, "database_url"), _resolve(settings, "redis_url")
 

@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu.entity import Queue
 
-from orchestrator.settings import get_settings, resolve_urls
+from orchestrator.settings import get_settings, resolve_redis_url
 from workers.broker import transport_for
 from workers.flower_defaults import for_flower_command
 
@@ -29,7 +29,8 @@ TASK_TIME_LIMIT_S = 300  # one task never waits on a backend longer than one HTT
 
 
 def _broker_url() -> str:
-    return resolve_urls(get_settings())[1]
+    # the broker only: Flower (`celery -A workers.celery_app flower`) needs no database
+    return resolve_redis_url(get_settings())
 
 
 BROKER_URL = _broker_url()

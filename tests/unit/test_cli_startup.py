@@ -5,6 +5,9 @@ not a 500 on every routed request or a traceback every alert run."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +18,8 @@ from typer.testing import CliRunner
 from orchestrator.cli.main import app
 from orchestrator.errors import ConfigurationError
 from orchestrator.settings import get_settings, resolve_database_url
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +62,15 @@ def test_a_credentials_file_without_the_url_is_a_one_line_error(
     monkeypatch.delenv("ORCH_DATABASE_URL", raising=False)
     with pytest.raises(ConfigurationError, match="holds no database_url: set ORCH_DATABASE_URL"):
         resolve_database_url(get_settings())
+
+
+def test_the_celery_app_flower_loads_needs_the_broker_only(tmp_path: Path) -> None:
+    """`celery -A workers.celery_app flower` reads the broker's URL, never the database's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(ORCH_REDIS_URL="redis://127.0.0.1:1/0", ORCH_DATA_DIR=str(tmp_path),
+               PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", "import workers.celery_app as c; "
+                          "print(c.BROKER_URL)"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "redis://127.0.0.1:1/0"
