@@ -301,12 +301,18 @@ def main() -> None:
                       for k, (_, _, _, tb, ta) in sorted(errors.items())))
     usd = {k: r.billed_micros / 1e6 for k, r in runs.items()}
     err = errors["all"][2] if "all" in errors else float("nan")
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("nan")  # a strategy that billed nothing
+
     print(f"ours_usd={usd['ours']:.4f} premium_usd={usd['premium']:.4f} "
           f"roundrobin_usd={usd['roundrobin']:.4f} random_usd={usd['random']:.4f} "
-          f"ours_vs_premium={usd['ours'] / usd['premium']:.3f} "
-          f"ours_vs_roundrobin={usd['ours'] / usd['roundrobin']:.3f} "
+          f"ours_vs_premium={ratio(usd['ours'], usd['premium']):.3f} "
+          f"ours_vs_roundrobin={ratio(usd['ours'], usd['roundrobin']):.3f} "
           f"success_ours={runs['ours'].success:.3f} success_premium={runs['premium'].success:.3f} "
           f"estimate_err_p95={err:.4f}")
+    if problems:
+        raise SystemExit(1)  # the figures stand, but the ledger did not add up
 
 
 if __name__ == "__main__":

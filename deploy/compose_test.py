@@ -521,8 +521,11 @@ def main() -> int:
         print(f"compose_ok=1 services={n_services} jobs_succeeded={len(jobs)} "
               f"seconds={time.monotonic() - started:.0f}", flush=True)
         return 0
-    except (Fail, KeyboardInterrupt) as exc:
-        reason = str(exc) if isinstance(exc, Fail) else "interrupted"
+    except (Fail, KeyboardInterrupt, Exception) as exc:
+        # anything else too: the stack is taken down (and its env file, with its passwords,
+        # removed) and the answer is still one FAIL line
+        reason = (str(exc) if isinstance(exc, Fail) else "interrupted"
+                  if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
         if stack is not None:
             with contextlib.suppress(Fail):
                 stack.diagnose()
