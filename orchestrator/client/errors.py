@@ -1,4 +1,7 @@
-"""The SDK's error tree. Every error the SDK raises is an ``ApiError``::
+"""The SDK's error tree. Every error the SDK raises is an ``ApiError`` (but for what
+``events()`` lets through from its stream, as docs/api.md says: ``httpx.TransportError``
+after repeated cuts, ``httpx.ReadTimeout`` at its ``timeout``; ``wait()`` turns those into
+polling)::
 
     ApiError                     status, code, message, details, idempotency_key
     ├── InvalidRequest           400/422 invalid_request: the job spec or a parameter is wrong
