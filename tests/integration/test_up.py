@@ -164,7 +164,7 @@ def test_up_runs_the_system_and_stops_cleanly(root: Path) -> None:
         assert job["status"] == "succeeded" and job["cost_usd"] > 0
 
         # the embedded Redis dies: `up` starts it again on its port, and work goes on
-        pidfile = data / "redis.pid"
+        pidfile = data / "redis" / "redis.pid"
         os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
         wait_for("`up` to restart Redis",
                  lambda: any("embedded Redis is not running; restarting" in ln for ln in lines),
