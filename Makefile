@@ -12,8 +12,10 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11+ is required (PYTHON=$(PYTHON))")'
-	@# a venv that `venv` left half-made (Debian without python3-venv) has no pip: made again
-	$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "error: $(PYTHON) -m venv failed (on Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }; }
+	@# no venv, or one whose python does not run: made (again); one without pip (made by
+	@# `venv` without python3-venv on Debian, or by `uv venv`) gets pip from ensurepip
+	$(BIN)/python -c '' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || true
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null 2>&1 || { echo "error: no pip in $(VENV) and ensurepip failed (on Debian/Ubuntu: apt-get install python3-venv, then rm -rf $(VENV))" >&2; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)

@@ -342,8 +342,10 @@ class Stack:
                                  f"{proc.stdout}{proc.stderr}")
 
     def down(self) -> None:
-        self.cmd("down", "-v", "--remove-orphans", timeout=300, check=False)
-        self.env_file.unlink(missing_ok=True)
+        try:
+            self.cmd("down", "-v", "--remove-orphans", timeout=300, check=False)
+        finally:  # the env file holds the stack's passwords
+            self.env_file.unlink(missing_ok=True)
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
@@ -527,13 +529,13 @@ def main() -> int:
         reason = (str(exc) if isinstance(exc, Fail) else "interrupted"
                   if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
         if stack is not None:
-            with contextlib.suppress(Fail):
+            with contextlib.suppress(Exception):  # the stack comes down whatever this does
                 stack.diagnose()
             if os.environ.get("COMPOSE_TEST_KEEP") == "1":
                 sys.stderr.write(f"left running: compose project {PROJECT}, env file "
                                  f"{stack.env_file}\n")
             else:
-                with contextlib.suppress(Fail):
+                with contextlib.suppress(Exception):
                     stack.down()
         sys.stderr.flush()
         print(f"compose_test: FAIL: {reason}", flush=True)

@@ -22,7 +22,7 @@ def serve(
     *,
     container: Container | None = None,
     config: ApiConfig | None = None,
-    log_level: str = "info",
+    log_level: str | None = None,
     access_log: bool = True,
     fd: int | None = None,
 ) -> None:
@@ -40,6 +40,7 @@ handlers of their own.
 
     c = container or default_container()
     cfg = config or ApiConfig.from_settings(c.settings)
+    log_level = log_level or c.settings.log_level.lower()  # uvicorn's lines too (ORCH_LOG_LEVEL)
     metrics.configure_from_settings("api", c.settings)
     if c.settings.metrics_addr:  # /metrics there, and not on the API's port (create_app)
         metrics_host, metrics_port = split_address(c.settings.metrics_addr)

@@ -69,7 +69,7 @@ def up(
     """Run the whole system: embedded PostgreSQL and Redis (or the configured URLs), API,
     worker, beat and simulator. Ctrl-C, SIGTERM or a closed terminal (SIGHUP) stops every
     process."""
-    from orchestrator.runtime.up import System
+    from orchestrator.runtime.up import StartInterrupted, System
     from orchestrator.settings import get_settings
 
     data_dir = data_dir or get_settings().data_dir
@@ -79,7 +79,10 @@ def up(
         # the children run in sessions of their own: a closed terminal reaches only `up`
         signal.signal(signal.SIGHUP, lambda *_: system.stop_event.set())
     try:
-        creds = system.start()
+        try:
+            creds = system.start()
+        except StartInterrupted:  # SIGTERM or SIGHUP while starting: a stop asked for
+            return
         typer.echo(f"API:        {creds['api_url']}  (docs at {creds['api_url']}/docs)")
         if system.settings.console_enabled:
             typer.echo(f"console:    {creds['api_url']}/console  (sign in with a key below)")

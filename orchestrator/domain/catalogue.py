@@ -226,12 +226,13 @@ class BackendSpec(BaseModel):
         if not v.startswith(("http://", "https://")):
             # never the value: ${VAR} expansion may have put a key in it
             raise ValueError(f"must be an http(s):// URL, got {shown_scheme(v)!r}")
-        scheme, _, rest = v.partition("://")
+        base, mark, query = v.partition("?")
+        scheme, _, rest = base.partition("://")
         authority, slash, path = rest.partition("/")
-        path, mark, query = (slash + path).partition("?")
         # "${ORCH_SIMULATOR_URL}/vid-draft" with a URL ending in "/" gives "//vid-draft",
-        # which the provider's router does not match: empty path segments are dropped
-        path = re.sub("/{2,}", "/", path).rstrip("/")
+        # which the provider's router does not match: empty path segments are dropped (not
+        # the "//" of a URL carried in the path, as a gateway's "/proxy/https://…")
+        path = re.sub("(?<!:)/{2,}", "/", slash + path).rstrip("/")
         return f"{scheme}://{authority}{path}{mark}{query}"
 
     @field_validator("kinds")

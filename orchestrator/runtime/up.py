@@ -1,9 +1,11 @@
 """``orchestrator up``: the whole system in one command.
 
 Starts the embedded PostgreSQL and Redis (or uses the configured URLs), migrates, makes an
-admin key and a tenant key on first run, then runs the API, a worker, beat and the simulator
-as child processes, restarting a child that dies. SIGINT or SIGTERM stops every child
-(SIGTERM, then SIGKILL after a grace period) and then the embedded servers.
+admin key and a tenant key where the data dir has none that works against the database, then
+runs the API, a worker, beat and the simulator as child processes, restarting a child or an
+embedded server that dies (at most 5 times a minute each, then ``up`` stops). SIGINT, SIGTERM
+or SIGHUP stops every child (SIGTERM, then SIGKILL after a grace period) and then the
+embedded servers.
 """
 
 from __future__ import annotations
@@ -88,23 +90,35 @@ def secret_key_file(data_dir: Path) -> Path:
     return path
 
 
-def _keys_work(db_url: str, creds: dict[str, Any]) -> bool:
-    """Whether the credentials file's keys are live keys of this database (the admin key an
-    admin's): a new embedded port, or the same database spelled otherwise, keeps them."""
-    from orchestrator.store.engine import make_engine
-    from orchestrator.store.keys import authenticate
+def _count_restart(restarts: list[float], name: str, see: Path) -> None:
+    """Record a restart of ``name``; ConfigurationError (``up`` stops) past
+    MAX_RESTARTS_PER_MINUTE, rather than restarting something that cannot stay up forever."""
+    now = time.monotonic()
+    restarts[:] = [t for t in restarts if now - t < 60] + [now]
+    if len(restarts) > MAX_RESTARTS_PER_MINUTE:
+        raise ConfigurationError(f"{name} keeps dying; see {see}")
 
-    admin_key, tenant_key = creds.get("admin_key"), creds.get("tenant_key")
-    if not isinstance(admin_key, str) or not isinstance(tenant_key, str):
-        return False
+
+def _working_keys(db_url: str, creds: dict[str, Any]) -> dict[str, str]:
+    """The credentials file's keys that are live keys of this database (the admin key an
+    admin's, the tenant key the demo tenant's), looked up without marking them used: a new
+    embedded port, or the same database spelled otherwise, keeps them."""
+    from orchestrator.store.engine import make_engine
+    from orchestrator.store.keys import live_key
+
+    kept: dict[str, str] = {}
     engine = make_engine(db_url, pool_size=1)
     try:
-        with engine.begin() as conn:
-            admin = authenticate(conn, admin_key)
-            return admin is not None and admin.admin and \
-                authenticate(conn, tenant_key) is not None
+        with engine.connect() as conn:
+            admin, tenant = creds.get("admin_key"), creds.get("tenant_key")
+            if isinstance(admin, str) and (rec := live_key(conn, admin)) and rec.admin:
+                kept["admin_key"] = admin
+            if isinstance(tenant, str) and (rec := live_key(conn, tenant)) \
+                    and rec.tenant == DEMO_TENANT:
+                kept["tenant_key"] = tenant
     finally:
         engine.dispose()
+    return kept
 
 
 def listening_socket(port: int, backlog: int, host: str = "127.0.0.1") -> socket.socket:
@@ -201,6 +215,8 @@ class System:
         ]
         if self.simulator:
             self.children.append(Child("simulator", _command("simulator")))
+        if self.stop_event.is_set():  # asked to stop while the servers started
+            raise StartInterrupted("stopped while starting")
         for child in self.children:
             child.start(env, log_dir)
         self._env, self._log_dir = env, log_dir
@@ -236,19 +252,23 @@ class System:
         """Keys are made once per data dir and kept in credentials.json: always 0600, written
         whole through a 0600 temporary file (one that existed with another mode ends 0600)."""
         path = self.data_dir / "credentials.json"
-        kept = read_private(path)
-        old = json.loads(kept) if kept else {}
-        if not _keys_work(db_url, old):  # decided by the database, not by its URL's spelling
-            old = {**old, **self._first_run(db_url)}
+        stored = read_private(path)
+        old = json.loads(stored) if stored else {}
+        # decided by the database, not by its URL's spelling: each key that no longer works
+        # (none yet, a database of its own) is made anew, and only that one
+        working = _working_keys(db_url, old)
+        if len(working) < 2:
+            old = {**old, **self._first_run(db_url, working)}
         creds = {**old, "api_url": f"http://127.0.0.1:{self.port}", "database_url": db_url,
                  "redis_url": redis_url, "simulator_url": self.settings.simulator_url}
         write_private(path, json.dumps(creds, indent=2))
         return creds
 
     @staticmethod
-    def _first_run(db_url: str) -> dict[str, str]:
-        """New keys; and the demo tenant's budget, unless it has one (a user's limit,
-        thresholds and channels are never reset)."""
+    def _first_run(db_url: str, kept: dict[str, str]) -> dict[str, str]:
+        """A new key for each of the admin and the demo tenant that ``kept`` lacks; and the
+        demo tenant's budget, unless it has one (a user's limit, thresholds and channels are
+        never reset)."""
         from orchestrator.ledger.budgets import list_budgets, set_budget
         from orchestrator.store.engine import make_engine
         from orchestrator.store.keys import create_key
@@ -257,8 +277,8 @@ class System:
         engine = make_engine(db_url, pool_size=1)
         try:
             with engine.begin() as conn:
-                admin = create_key(conn, "admin", admin=True)
-                tenant = create_key(conn, DEMO_TENANT, admin=False)
+                admin = kept.get("admin_key") or create_key(conn, "admin", admin=True)
+                tenant = kept.get("tenant_key") or create_key(conn, DEMO_TENANT, admin=False)
                 if not any(b.period == "month"
                            for b in list_budgets(conn, now=now, scopes=(scope,))):
                     set_budget(conn, scope=scope, period="month",
@@ -301,19 +321,22 @@ class System:
         """Until stop_event: restart a child or an embedded server that died (a child at
         most 5 times a minute). The servers restart on their ports, their data kept, and
         their clients reconnect (requests meanwhile answer 503, steps retry)."""
+        server_restarts: dict[str, list[float]] = {}
         while not self.stop_event.wait(0.5):
             for name, running, restart in self.servers:
+                if self.stop_event.is_set():
+                    return  # asked to stop: nothing more is started
                 if not running():
+                    _count_restart(server_restarts.setdefault(name, []), f"embedded {name}",
+                                   self.data_dir)
                     self.echo(f"embedded {name} is not running; restarting it")
                     restart()
             for child in self.children:
+                if self.stop_event.is_set():
+                    return
                 if child.proc is None or child.proc.poll() is None:
                     continue
-                now = time.monotonic()
-                child.restarts = [t for t in child.restarts if now - t < 60] + [now]
-                if len(child.restarts) > MAX_RESTARTS_PER_MINUTE:
-                    raise ConfigurationError(
-                        f"{child.name} keeps dying; see {self._log_dir / (child.name + '.log')}")
+                _count_restart(child.restarts, child.name, self._log_dir / f"{child.name}.log")
                 self.echo(f"{child.name} exited with {child.proc.returncode}; restarting")
                 child.start(self._env, self._log_dir)
 

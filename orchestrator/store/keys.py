@@ -128,6 +128,21 @@ def authenticate(conn: Connection, key: str, touch_every_s: float = 60.0) -> Key
     return _record(row)
 
 
+_LOOK_UP = text(f"SELECT {_COLUMNS}, key_hash FROM api_keys WHERE key_hash = :h")
+
+
+def live_key(conn: Connection, key: str) -> KeyRecord | None:
+    """The live key record for ``key``, or None, without marking it used (a check, not a
+    use: ``orchestrator up`` asking whether its stored keys still work)."""
+    if not looks_like_key(key):
+        return None
+    digest = hash_key(key)
+    row = conn.execute(_LOOK_UP, {"h": digest}).first()
+    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
+        return None
+    return _record(row)
+
+
 def revoke_key(conn: Connection, key_id: int) -> KeyRecord:
     """Revoke exactly the key ``key_id`` (its record back, ``revoked_at`` set); an already
     revoked key is left as it is. ``NotFound`` for no such key; ``Conflict`` if it is the

@@ -191,6 +191,28 @@ def test_up_runs_the_system_and_stops_cleanly(root: Path) -> None:
     assert all(json.loads(ln)["logger"] for ln in logged), logged
 
 
+def test_a_sigterm_while_starting_stops_everything_without_printing_keys(root: Path) -> None:
+    data = root / "data"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ORCH_DATABASE_URL", "ORCH_REDIS_URL", "ORCH_API_URL", "ORCH_API_KEY")}
+    env.update(ORCH_SIMULATOR_URL=f"http://127.0.0.1:{free_port()}", ORCH_DATA_DIR=str(data))
+    up = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "up", "--port", str(free_port())],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # the data dir (ORCH_DATA_DIR: --data-dir's default) is made once its handler is set
+        wait_for("`up` to begin starting", lambda: (data / "postgres").exists()
+                 or up.poll() is not None, timeout=60)
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=180)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert up.returncode == 0, out
+    assert "stopped" in out and "admin key:" not in out and "running" not in out, out
+    wait_for("every process to exit", lambda: processes_mentioning(str(data)) == [], timeout=30)
+
+
 def test_up_refuses_a_taken_port(tmp_path: Path) -> None:
     import socket
 

@@ -42,9 +42,14 @@ def test_a_restart_on_another_port_keeps_the_keys_and_the_users_budget(
     with db.connect() as conn:
         assert len(list_keys(conn)) == 2  # none minted twice
 
-    # keys that no longer work (the demo key revoked) are replaced; the budget stays the user's
+    # a key that no longer works (the demo key revoked) is replaced, and only that one; the
+    # budget stays the user's
     with db.begin() as conn:
         revoke_key(conn, next(k.id for k in list_keys(conn) if k.tenant == DEMO_TENANT))
     fresh = _system(tmp_path)._credentials(database_url, "redis://127.0.0.1:1/0")
     assert fresh["tenant_key"] != first["tenant_key"] and fresh["tenant"] == DEMO_TENANT
+    assert fresh["admin_key"] == first["admin_key"]
+    # and looking the keys up is not a use of them
+    with db.connect() as conn:
+        assert all(k.last_used_at is None for k in list_keys(conn))
     assert _demo_budget(db) == (5_000_000, (2500,))

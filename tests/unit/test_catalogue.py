@@ -125,6 +125,19 @@ def test_bad_backend_names_file_backend_and_field(
     assert words in err.message
 
 
+@pytest.mark.parametrize(("given", "read"), [
+    ("${SIM}/vid-a", "http://127.0.0.1:9/vid-a"),  # SIM ends in "/"
+    ("http://g:1/proxy/https://api.x//v1/", "http://g:1/proxy/https://api.x/v1"),
+    ("http://h:1/a?u=http://x//y", "http://h:1/a?u=http://x//y"),
+    ("http://h:1?x=1//y", "http://h:1?x=1//y"),
+])
+def test_base_url_loses_empty_path_segments_only(tmp_path: Path, given: str, read: str) -> None:
+    doc = _good()
+    doc["backends"][0]["base_url"] = given
+    cat = load_catalogue(_write(tmp_path, doc), env={"SIM": "http://127.0.0.1:9/"})
+    assert cat.get("vid-a").base_url == read
+
+
 def test_a_bad_base_url_is_not_echoed_it_may_hold_an_expanded_key(tmp_path: Path) -> None:
     doc = _good()
     doc["backends"][0]["base_url"] = "${SIM}"
