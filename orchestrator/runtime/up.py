@@ -10,6 +10,7 @@ embedded servers.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -59,12 +60,9 @@ class Child:
             self.ready_file.unlink(missing_ok=True)
             env["ORCH_READY_FILE"] = str(self.ready_file)
         log = (log_dir / f"{self.name}.log").open("ab")
-        increment = self.nice
         self.proc = subprocess.Popen(
             self.argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            pass_fds=self.pass_fds,
-            # before exec, so every thread of the child inherits it
-            preexec_fn=(lambda: os.nice(increment) and None) if increment else None,
+            pass_fds=self.pass_fds, preexec_fn=_child_setup(self.nice, os.getpid()),
         )
         log.close()
 
@@ -139,6 +137,27 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _child_setup(increment: int, parent: int) -> Callable[[], None]:
+    """Run in the child before exec (so every thread of it inherits both): its niceness, and,
+    on Linux, SIGTERM when ``up`` dies. The children run in sessions of their own, so no
+    terminal signal reaches them; without this a SIGKILLed ``up`` left them running, the
+    API processes holding the port the next ``up`` asks for."""
+
+    def setup() -> None:
+        if increment:
+            os.nice(increment)
+        if sys.platform == "linux":
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # up died before the line above took effect
+                os._exit(1)
+
+    return setup
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _command(*args: str) -> list[str]:

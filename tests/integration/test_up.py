@@ -3,6 +3,7 @@ PostgreSQL and Redis; submit with the CLI (--wait) and the SDK; SIGTERM; nothing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -211,6 +212,43 @@ def test_a_sigterm_while_starting_stops_everything_without_printing_keys(root: P
     assert up.returncode == 0, out
     assert "stopped" in out and "admin key:" not in out and "running" not in out, out
     wait_for("every process to exit", lambda: processes_mentioning(str(data)) == [], timeout=30)
+
+
+def test_a_killed_up_takes_its_children_with_it(root: Path) -> None:
+    """SIGKILL gives `up` no chance to stop anything: its children (in sessions of their own)
+    end by themselves, so the API's port is free for the next `up`. The embedded servers
+    keep their data and are stopped here (the next `up` would reuse them)."""
+    data = root / "data"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ORCH_DATABASE_URL", "ORCH_REDIS_URL", "ORCH_API_URL", "ORCH_API_KEY")}
+    port = free_port()
+    env.update(ORCH_SIMULATOR_URL=f"http://127.0.0.1:{free_port()}", ORCH_DATA_DIR=str(data))
+    up = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "up", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(up.stdout or []), daemon=True)
+    reader.start()
+
+    def children() -> list[int]:
+        return [pid for pid in processes_mentioning(str(data))
+                if b"orchestrator.cli" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+    try:
+        wait_for("`up` to say it is running", lambda: any("running;" in ln for ln in lines)
+                 or up.poll() is not None, timeout=180)
+        assert up.poll() is None, "".join(lines)
+        assert len(children()) >= 4  # two API processes, worker, beat, simulator
+        up.kill()
+        up.wait(timeout=30)
+        wait_for("every child to exit", lambda: children() == [], timeout=60)
+        assert port_is_free(port)
+    finally:
+        for pid in processes_mentioning(str(data)):  # the servers, or anything left
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        wait_for("the embedded servers to exit", lambda: processes_mentioning(str(data)) == [],
+                 timeout=60)
 
 
 def test_up_refuses_a_taken_port(tmp_path: Path) -> None:
