@@ -56,18 +56,17 @@ def _budget_message(exc: BudgetExceeded) -> str:
             f"this job needs up to {usd(exc.requested_usd)}")
 
 
-def invalid_url(url: str, exc: httpx.InvalidURL) -> str:
-    """httpx refused the API URL (before any request). Neither the URL nor httpx's reason is
-    shown: both may quote a password (httpx's reason quotes the part it could not read)."""
-    return ("invalid API URL: not an http(s) URL httpx can read (check --api-url, "
-            "ORCH_API_URL or the credentials file)")
+# httpx refused the API URL (before any request). Neither the URL nor httpx's reason is
+# shown: both may quote a password (httpx's reason quotes the part it could not read).
+INVALID_URL = ("invalid API URL: not an http(s) URL httpx can read (check --api-url, "
+               "ORCH_API_URL or the credentials file)")
 
 
 # ``one_line_errors``, and the SDK's errors (a 402 in dollars and cents) as one line too;
 # a URL httpx refuses while sending, where ``_client`` did not see it first
 _one_line_errors = errors_as_one_line((BudgetExceeded, _budget_message),
                                       (ApiError, lambda e: e.message),
-                                      (httpx.InvalidURL, lambda e: invalid_url("", e)))
+                                      (httpx.InvalidURL, lambda _: INVALID_URL))
 
 
 def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str | None]:
@@ -95,8 +94,8 @@ def _client(api_url: str | None, api_key: str | None) -> Client:
     url, key = endpoint(api_url, api_key)
     try:
         return Client(base_url=url, api_key=key)
-    except httpx.InvalidURL as exc:
-        raise ValueError(invalid_url(url, exc)) from None
+    except httpx.InvalidURL:
+        raise ValueError(INVALID_URL) from None
     except UnicodeEncodeError:
         raise ValueError("the API key has characters that are not ASCII") from None
 

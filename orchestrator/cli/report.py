@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from orchestrator.cli.client import endpoint, invalid_url
+from orchestrator.cli.client import INVALID_URL, endpoint
 from orchestrator.cli.errors import fail
 from orchestrator.domain.money import format_usd
 
@@ -32,8 +32,8 @@ def fetch_report(
     try:
         r = httpx.get(f"{api_url}/v1/reports/costs", params=params, headers=headers,
                       timeout=timeout)
-    except httpx.InvalidURL as exc:  # not an HTTPError: httpx refused the URL itself
-        raise ValueError(invalid_url(api_url, exc)) from None
+    except httpx.InvalidURL:  # not an HTTPError: httpx refused the URL itself
+        raise ValueError(INVALID_URL) from None
     except httpx.HTTPError as exc:
         raise ValueError(f"cannot reach the API at {api_url}: {type(exc).__name__}") from None
     try:

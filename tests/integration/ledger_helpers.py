@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, text
 
+from orchestrator.ledger import Ledger
+from orchestrator.ledger.admission import NewJob
 from orchestrator.ledger.audit import audit
 from orchestrator.ledger.budgets import set_budget
 
@@ -71,3 +73,14 @@ def hold_status(engine: Engine, job_id: uuid.UUID) -> str:
     with engine.connect() as conn:
         return str(conn.execute(text("SELECT status FROM holds WHERE job_id = :j"),
                                 {"j": job_id}).scalar_one())
+
+
+def admitted_text_job(ledger: Ledger) -> NewJob:
+    """A txt-small job of tenant acme (worst case 7,725 micro-USD), admitted under
+    tenant:acme's budget and waiting for its chain."""
+    job = NewJob(id=uuid.uuid4(), tenant="acme", kind="text", tier="standard",
+                 spec={"kind": "text"}, route={"backends": ["txt-small"]},
+                 estimated_cost_micros=7_725, deadline_at=T0 + timedelta(hours=1),
+                 chain_token=uuid.uuid4(), wake_at=T0)
+    assert ledger.admit_job(job, ("tenant:acme",), timedelta(hours=2)) is not None
+    return job

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from datetime import timedelta
 
 from sqlalchemy import Engine, text
 
 from orchestrator.ledger import Ledger
-from orchestrator.ledger.admission import NewJob
 from orchestrator.ledger.endings import ClosingAttempt, JobEnd
 from orchestrator.store import jobs as repo
 
-from .ledger_helpers import T0, FakeClock, assert_sound, counters, hold_status, make_budget
+from .ledger_helpers import (
+    T0,
+    FakeClock,
+    admitted_text_job,
+    assert_sound,
+    counters,
+    hold_status,
+    make_budget,
+)
 
 
 def _waiting_for_a_lock(db: Engine, timeout_s: float = 30.0) -> None:
@@ -38,11 +43,7 @@ def _waiting_for_a_lock(db: Engine, timeout_s: float = 30.0) -> None:
 def test_a_cancel_racing_the_claim_keeps_the_hold_for_the_attempts_bill(db: Engine) -> None:
     t = make_budget(db, "tenant:acme", "month", 10_000_000)
     ledger = Ledger(db, clock=FakeClock())
-    job = NewJob(id=uuid.uuid4(), tenant="acme", kind="text", tier="standard",
-                 spec={"kind": "text"}, route={"backends": ["txt-small"]},
-                 estimated_cost_micros=7_725, deadline_at=T0 + timedelta(hours=1),
-                 chain_token=uuid.uuid4(), wake_at=T0)
-    assert ledger.admit_job(job, ("tenant:acme",), timedelta(hours=2)) is not None
+    job = admitted_text_job(ledger)
 
     ended: list[JobEnd | None] = []
     with db.connect() as chain:

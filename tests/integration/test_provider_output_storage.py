@@ -4,27 +4,26 @@ database error that the worker logged."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import timedelta
-
 from sqlalchemy import Engine, text
 
 from orchestrator.ledger import Ledger
-from orchestrator.ledger.admission import NewJob
 from orchestrator.ledger.endings import ClosingAttempt
 from orchestrator.store import jobs as repo
 
-from .ledger_helpers import T0, FakeClock, assert_sound, hold_status, make_budget
+from .ledger_helpers import (
+    T0,
+    FakeClock,
+    admitted_text_job,
+    assert_sound,
+    hold_status,
+    make_budget,
+)
 
 
 def test_output_with_nul_and_nan_ends_the_job_and_is_charged(db: Engine) -> None:
     make_budget(db, "tenant:acme", "month", 10_000_000)
     ledger = Ledger(db, clock=FakeClock())
-    job = NewJob(id=uuid.uuid4(), tenant="acme", kind="text", tier="standard",
-                 spec={"kind": "text"}, route={"backends": ["txt-small"]},
-                 estimated_cost_micros=7_725, deadline_at=T0 + timedelta(hours=1),
-                 chain_token=uuid.uuid4(), wake_at=T0)
-    assert ledger.admit_job(job, ("tenant:acme",), timedelta(hours=2)) is not None
+    job = admitted_text_job(ledger)
     with db.begin() as conn:
         opened = repo.claim_and_open(conn, job.id, job.chain_token, T0, "txt-small", lease_s=60)
     assert opened is not None
