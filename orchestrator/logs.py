@@ -10,8 +10,9 @@ and by the Celery worker's ``setup_logging`` signal) puts one handler on the roo
 
 Both go through :class:`RedactingFilter`: fields named like a prompt, an input or a credential
 (:data:`DROPPED_FIELDS`, at any depth of a dict) are dropped, and anything that looks like an
-orchestrator API key (``orch_<prefix>_<secret>``) or a bearer token is replaced by
-``[REDACTED]`` — in the message, its arguments, the extras and an exception's text.
+orchestrator API key (``orch_<prefix>_<secret>``) or a bearer token, and every value a
+PostgreSQL error quotes (its DETAIL and CONTEXT lines), is replaced by ``[REDACTED]`` — in
+the message, its arguments, the extras and an exception's text.
 """
 
 from __future__ import annotations
@@ -37,13 +38,25 @@ _SECRET_RE = re.compile(
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message", "asctime", "taskName", "color_message"}
+# PostgreSQL quotes values in an error's DETAIL and CONTEXT lines ("Failing row contains (…)",
+# "Key (…)=(…)", "JSON data, line 1: …") and after "invalid input syntax for type …:", and a
+# row can hold a prompt or a reply. Those lines lose their text (to the end of the line, or of
+# a repr's escaped line); the message, SQLSTATE and constraint names stay for diagnosis.
+_DB_VALUES_RE = re.compile(
+    r"(DETAIL|CONTEXT):(?:(?!\\n)[^\n])*"
+    r"|(invalid input (?:syntax|value) for (?:type|enum) [^:\n]{1,80}):(?:(?!\\n)[^\n])*")
 _HANDLER_NAME = "orchestrator"
 _MAX_DEPTH = 6
 
 
 def redact_text(text: str) -> str:
-    """``text`` with every key-, token- or password-looking substring replaced."""
-    return _SECRET_RE.sub(REDACTED, text)
+    """``text`` with every key-, token- or password-looking substring, and every value a
+    PostgreSQL error quotes, replaced."""
+    return _DB_VALUES_RE.sub(_db_value_redacted, _SECRET_RE.sub(REDACTED, text))
+
+
+def _db_value_redacted(match: re.Match[str]) -> str:
+    return f"{match[1] or match[2]}: {REDACTED}"
 
 
 def _dropped(name: str) -> bool:
