@@ -13,10 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import click
 from celery import Celery, signals
 from kombu.entity import Queue
+from pydantic import ValidationError
 
-from orchestrator.settings import get_settings, resolve_redis_url
+from orchestrator.errors import ConfigurationError
+from orchestrator.settings import get_settings, resolve_redis_url, setting_error
 from workers.broker import transport_for
 from workers.flower_defaults import for_flower_command
 
@@ -30,7 +33,14 @@ TASK_TIME_LIMIT_S = 300  # one task never waits on a backend longer than one HTT
 
 def _broker_url() -> str:
     # the broker only: Flower (`celery -A workers.celery_app flower`) needs no database
-    return resolve_redis_url(get_settings())
+    try:
+        return resolve_redis_url(get_settings())
+    except (ConfigurationError, ValidationError) as exc:
+        if click.get_current_context(silent=True) is None:  # imported, not `celery -A`
+            raise
+        # `celery -A` prints any error loading the app under its traceback: say it in a line
+        error = setting_error(exc) if isinstance(exc, ValidationError) else exc
+        raise SystemExit(f"error: {error}") from None
 
 
 BROKER_URL = _broker_url()

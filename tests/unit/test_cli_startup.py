@@ -74,3 +74,20 @@ def test_the_celery_app_flower_loads_needs_the_broker_only(tmp_path: Path) -> No
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "redis://127.0.0.1:1/0"
+
+
+@pytest.mark.parametrize(("setting", "said"), [
+    ({}, "error: ORCH_REDIS_URL is not set and no `orchestrator up` has written"),
+    ({"ORCH_REDIS_URL": "redis://127.0.0.1:1/0", "ORCH_LOG_LEVEL": "LOUD"},
+     "error: ORCH_LOG_LEVEL: Input should be"),
+])
+def test_celery_commands_without_a_usable_configuration_say_why_in_one_line(
+        tmp_path: Path, setting: dict[str, str], said: str) -> None:
+    """`celery -A workers.celery_app flower` (or worker, beat) on a machine with no
+    configuration: one line, not Celery's traceback of the app's import."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(ORCH_DATA_DIR=str(tmp_path), PYTHONPATH=str(ROOT), **setting)
+    out = subprocess.run([sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.startswith(said) and out.stderr.count("\n") == 1, out.stderr
