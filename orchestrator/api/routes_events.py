@@ -1,11 +1,11 @@
 """Server-Sent Events: ``GET /v1/jobs/{id}/events`` (one job, ends after its terminal event)
 and ``GET /v1/events`` (the tenant's feed, open until the client leaves).
 
-Each message is ``id: <cursor>``, ``event: <type>``, ``data: <the event as JSON>``. A job
-stream's cursor is the event's ``seq``; the feed's is ``<txid>-<position>``. A client that
-reconnects with ``Last-Event-ID`` (or ``?after=`` / ``?since=``) gets every event after it,
-none twice. The events table is read on each wake-up (``orchestrator.events.hub``), so a
-stream shows only what committed.
+Each message is ``id: <the event's id>``, ``event: <type>``, ``data: <the event as JSON>``.
+A client that reconnects with ``Last-Event-ID`` (or ``?after=<seq>`` / ``?since=<cursor>``)
+gets every event after it, none twice: a job stream resumes after that event's ``seq``, the
+feed after its ``<txid>-<position>``. The events table is read on each wake-up
+(``orchestrator.events.hub``), so a stream shows only what committed.
 
 Streams and the API's edge: a GET has no body, so the body deadline never cuts a stream; an
 open stream is one of uvicorn's connections (``ORCH_API_LIMIT_CONCURRENCY``) and one of the
@@ -34,6 +34,7 @@ from orchestrator.events.hub import EventHub
 from orchestrator.events.store import (
     Event,
     FeedCursor,
+    event_feed_cursor,
     event_seq,
     feed_events,
     job_events,
@@ -62,8 +63,10 @@ _FEED_DOC: dict[int | str, dict[str, Any]] = {
                          "last page; with no new events it is the cursor given)"}}
 
 
-def _message(ev: Event, cursor: str) -> ServerSentEvent:
-    return ServerSentEvent(data=ev.body().decode(), event=ev.type, id=cursor)
+def _message(ev: Event) -> ServerSentEvent:
+    """``id:`` is the event's own id, as in its data: what a client de-duplicates on, and
+    what it sends back as ``Last-Event-ID`` after a drop."""
+    return ServerSentEvent(data=ev.body().decode(), event=ev.type, id=str(ev.id))
 
 
 def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
@@ -84,8 +87,8 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
         return (None if owner is None else owner[1]), events
 
     def resume_seq(job_id: uuid.UUID, last: str) -> int:
-        """The seq to resume after: the stream's ``id:`` (a seq), or an event's own ``id``
-        (what a webhook receiver or a JSON reader has)."""
+        """The seq to resume after: an event's ``id`` (the stream's ``id:``, or what a webhook
+        receiver or a JSON reader has), or a seq (the ``id:`` of earlier releases)."""
         if _SEQ.fullmatch(last):
             return int(last)
         try:
@@ -97,8 +100,27 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                 seq = event_seq(conn, job_id, event_id)
             if seq is not None:
                 return seq
-        raise InvalidRequest("Last-Event-ID must be the id: of a message of this stream (a "
-                             "seq) or the id of one of the job's events", field="Last-Event-ID")
+        raise InvalidRequest("Last-Event-ID must be the id of one of the job's events (the id: "
+                             "of a message of this stream) or a seq", field="Last-Event-ID")
+
+    def feed_resume(tenant: str, given: str, field: str) -> FeedCursor:
+        """The feed position to resume after: an event's ``id`` (the stream's ``id:``), or a
+        cursor (a JSON page's, or the ``id:`` of earlier releases), or ``0``."""
+        try:
+            event_id: uuid.UUID | None = uuid.UUID(given)
+        except ValueError:
+            event_id = None
+        if event_id is None:
+            try:
+                return parse_feed_cursor(given)
+            except ValueError as exc:
+                raise InvalidRequest(f"{field}: {exc}", field=field) from None
+        with c.engine.connect() as conn:
+            found = event_feed_cursor(conn, tenant, event_id)
+        if found is None:
+            raise InvalidRequest(f"{field}: no event {event_id} in this feed (another "
+                                 "tenant's, or deleted after retention)", field=field)
+        return found
 
     def owned(job_id: uuid.UUID, tenant: str) -> None:
         with c.engine.connect() as conn:
@@ -130,7 +152,7 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                         status, batch = await to_thread.run_sync(read_job, job_id, cursor)
                         for ev in batch:
                             cursor = ev.seq
-                            yield _message(ev, str(ev.seq))
+                            yield _message(ev)
                             if ev.terminal:
                                 return
                         if not batch and status in _FINAL:
@@ -160,10 +182,7 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
         field = "Last-Event-ID" if last_event_id is not None else "since"
         cursor: FeedCursor | None = None
         if given is not None:
-            try:
-                cursor = parse_feed_cursor(given)
-            except ValueError as exc:
-                raise InvalidRequest(f"{field}: {exc}", field=field) from None
+            cursor = await to_thread.run_sync(feed_resume, p.tenant, given.strip(), field)
 
         def catch_up(after: FeedCursor, n: int = 500) -> list[Event]:
             with c.engine.connect() as conn:
@@ -188,7 +207,7 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                     while batch := await to_thread.run_sync(catch_up, at):
                         for ev in batch:
                             at = (ev.txid, ev.position)
-                            yield _message(ev, ev.feed_cursor)
+                            yield _message(ev)
                     while True:
                         try:
                             item = await asyncio.wait_for(queue.get(), ping_s)
@@ -199,7 +218,7 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                         if (item.txid, item.position) <= at:
                             continue  # read already by the catch-up
                         at = (item.txid, item.position)
-                        yield _message(item, item.feed_cursor)
+                        yield _message(item)
             finally:
                 hub.streams -= 1
 

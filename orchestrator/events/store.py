@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+FeedCursor = tuple[int, int]
 _COLS = "id, job_id, tenant, seq, type, data, txid, position, created_at"
 _JOB = text(
     f"SELECT {_COLS} FROM job_events WHERE job_id = :j AND seq > :after ORDER BY seq LIMIT :n"
@@ -37,6 +38,7 @@ _FEED_HEAD = text(
     """
 )
 _EVENT_SEQ = text("SELECT seq FROM job_events WHERE job_id = :j AND id = :e")
+_EVENT_CURSOR = text("SELECT txid, position FROM job_events WHERE id = :e AND tenant = :t")
 _JOB_OWNER = text("SELECT tenant, status FROM jobs WHERE id = :j")
 
 
@@ -91,23 +93,26 @@ def event_seq(conn: Connection, job_id: uuid.UUID, event_id: uuid.UUID) -> int |
     return None if seq is None else int(seq)
 
 
+def event_feed_cursor(conn: Connection, tenant: str, event_id: uuid.UUID) -> FeedCursor | None:
+    """The feed position of one of the tenant's events; None when it has no such event."""
+    row = conn.execute(_EVENT_CURSOR, {"e": event_id, "t": tenant}).first()
+    return None if row is None else (int(row.txid), int(row.position))
+
+
 def job_owner(conn: Connection, job_id: uuid.UUID) -> tuple[str, str] | None:
     """(tenant, status) of the job, None when there is no such job."""
     row = conn.execute(_JOB_OWNER, {"j": job_id}).first()
     return None if row is None else (row.tenant, row.status)
 
 
-FeedCursor = tuple[int, int]
-
-
 def parse_feed_cursor(value: str) -> FeedCursor:
-    """``<txid>-<position>`` (an event's ``id:`` in the feed) or ``0`` (from the start).
+    """``<txid>-<position>`` (an event's ``cursor`` in the feed) or ``0`` (from the start).
     Raises ValueError."""
     if value.strip() == "0":
         return (0, 0)
     txid, sep, position = value.strip().partition("-")
     if not sep or not txid.isdigit() or not position.isdigit():
-        raise ValueError("since must be 0 or an event id of the feed (<txid>-<position>)")
+        raise ValueError("must be 0, an event's id or a feed cursor (<txid>-<position>)")
     return (int(txid), int(position))
 
 

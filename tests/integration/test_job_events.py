@@ -74,9 +74,9 @@ def test_a_feed_opened_before_submission_sees_queued_started_succeeded(api: Api)
     assert all({"id", "type", "job_id", "tenant", "seq", "at", "data"} <= e.keys() for e in mine)
     # never the prompt, anywhere in an event
     assert not any("lighthouse" in e.data for e in events)
-    # the cursor of each message is its place in the feed, and increases
-    cursors = [tuple(int(x) for x in e.id.split("-")) for e in events]
-    assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
+    # each message's id: is its event's id (the contract's), one per event
+    assert [e.id for e in events] == [json.loads(e.data)["id"] for e in events]
+    assert len({e.id for e in events}) == len(events)
     done = mine[-1]["data"]
     assert done["backend"] == mine[1]["data"]["backend"] == "vid-cheap"
     assert done["result"] and done["cost"]["total_micros"] > 0
@@ -86,13 +86,30 @@ def test_a_feed_opened_before_submission_sees_queued_started_succeeded(api: Api)
     assert res["output"] == done["result"]
     assert res["cost"]["total_usd"] == done["cost"]["total_usd"] == sut.job(
         uuid.UUID(job_id)).cost_micros / 1e6
-    # a feed resumed from an event's cursor gets exactly what came after it
-    again: queue.Queue[Any] = queue.Queue()
-    ready2, stop2 = threading.Event(), threading.Event()
-    stop2.set()  # returns after the first event it reads
-    threading.Thread(target=_feed, args=(api, again, ready2, stop2, events[0].id),
-                     daemon=True).start()
-    assert again.get(timeout=15).id == events[1].id
+    # a feed resumed from an event's id: gets exactly what came after it
+    assert _first_of_feed(api, events[0].id).id == events[1].id
+    # and from a JSON page's cursor for it (the id: of earlier releases)
+    page = _json_feed(api, since="0", limit=500)["items"]
+    cursor = next(e["cursor"] for e in page if e["id"] == events[0].id)
+    assert _first_of_feed(api, cursor).id == events[1].id
+    # an id the feed does not hold: another tenant's event, or none
+    theirs = api.tenant("globex").post("/v1/jobs", json=video())
+    assert theirs.status_code == 202, theirs.text
+    foreign = _json_feed(api, "globex", since="0")["items"][0]["id"]
+    for unknown in (str(uuid.uuid4()), foreign):
+        for bad in (api.tenant().get("/v1/events", params={"since": unknown}),
+                    api.tenant().get("/v1/events", headers={"Last-Event-ID": unknown})):
+            assert bad.status_code == 422, bad.text
+            assert unknown in bad.json()["error"]["message"]
+
+
+def _first_of_feed(api: Api, since: str) -> Any:
+    """The first message of the tenant feed resumed after ``since``."""
+    out: queue.Queue[Any] = queue.Queue()
+    ready, stop = threading.Event(), threading.Event()
+    stop.set()  # returns after the first event it reads
+    threading.Thread(target=_feed, args=(api, out, ready, stop, since), daemon=True).start()
+    return out.get(timeout=15)
 
 
 def _json_feed(api: Api, tenant: str = "acme", **params: Any) -> dict[str, Any]:
@@ -142,27 +159,31 @@ def test_a_job_stream_resumes_with_last_event_id_without_gaps(api: Api) -> None:
     sut.start_worker()
     job_id = api.tenant().post("/v1/jobs", json=video()).json()["id"]
     first = _job_stream(api, job_id, None, 2)  # then the client goes away
-    assert [e.id for e in first] == ["1", "2"]
-    rest = _job_stream(api, job_id, int(first[-1].id), None)  # ends after the terminal one
+    assert [json.loads(e.data)["seq"] for e in first] == [1, 2]
+    rest = _job_stream(api, job_id, first[-1].id, None)  # ends after the terminal one
     seen = first + rest
-    assert [int(e.id) for e in seen] == list(range(1, len(seen) + 1))
+    data = [json.loads(e.data) for e in seen]
+    assert [e.id for e in seen] == [d["id"] for d in data]  # id: is the event's id
+    assert [d["seq"] for d in data] == list(range(1, len(seen) + 1))
     assert [e.event for e in seen] == [
         "job.queued", "job.started", "job.failover", "job.started", "job.succeeded"]
     failover = json.loads(seen[2].data)["data"]
     assert failover["from"] == "vid-cheap" and failover["to"] == "vid-mid"
     assert failover["why"] and failover["attempt"] == 2
     # resumed after the terminal event: nothing more, and the stream ends
-    assert _job_stream(api, job_id, len(seen), None) == []
+    assert _job_stream(api, job_id, seen[-1].id, None) == []
+    # resumed after a seq (the id: of earlier releases): what came after it
+    assert [e.id for e in _job_stream(api, job_id, 3, None)] == [d["id"] for d in data[3:]]
     # the events table holds the same, once each
     with sut.engine.connect() as conn:
         rows = conn.execute(text("SELECT seq, type FROM job_events WHERE job_id = :j "
                                  "ORDER BY seq"), {"j": job_id}).all()
-    assert [(r.seq, r.type) for r in rows] == [(int(e.id), e.event) for e in seen]
+    assert [(r.seq, r.type) for r in rows] == [(d["seq"], d["type"]) for d in data]
     # another tenant's job is not there
     assert api.tenant("globex").get(f"/v1/jobs/{job_id}/events").status_code == 404
     # resumed after an event's own id (what a webhook receiver has): what came after it
     after_failover = _job_stream(api, job_id, json.loads(seen[2].data)["id"], None)
-    assert [e.id for e in after_failover] == ["4", "5"]
+    assert [json.loads(e.data)["seq"] for e in after_failover] == [4, 5]
     other = api.tenant().post("/v1/jobs", json=video()).json()["id"]
     foreign = json.loads(_job_stream(api, other, None, 1)[0].data)["id"]
     for last in ("x", foreign, "\u00b2".encode("latin-1"), "-1"):  # not of this job's stream
