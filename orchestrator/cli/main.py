@@ -180,11 +180,14 @@ def _print_budgets(db_url: str, as_json: bool = False) -> None:
         )
 
 
+_LOGLEVEL_HELP = "DEBUG, INFO, WARNING or ERROR; default: ORCH_LOG_LEVEL"
+
+
 @app.command()
 @one_line_errors
 def worker(
     concurrency: Annotated[int, typer.Option(help="threads (the work is I/O-bound)")] = 0,
-    loglevel: Annotated[str, typer.Option()] = "INFO",
+    loglevel: Annotated[str | None, typer.Option(help=_LOGLEVEL_HELP)] = None,
 ) -> None:
     """Run a Celery worker (thread pool) on every job queue and the maintenance queue."""
     from orchestrator.logs import configure_logging_from_settings
@@ -195,15 +198,16 @@ def worker(
     from workers.celery_app import QUEUES
     from workers.celery_app import app as celery
 
-    n = concurrency or get_settings().worker_concurrency
+    settings = get_settings()
+    n = concurrency or settings.worker_concurrency
     celery.worker_main(["worker", "--pool", "threads", "-c", str(n), "-Q", ",".join(QUEUES),
-                        "--loglevel", loglevel])
+                        "--loglevel", loglevel or settings.log_level])
 
 
 @app.command()
 @one_line_errors
 def beat(
-    loglevel: Annotated[str, typer.Option()] = "INFO",
+    loglevel: Annotated[str | None, typer.Option(help=_LOGLEVEL_HELP)] = None,
     schedule: Annotated[str, typer.Option(help="beat's schedule file")] = "celerybeat-schedule",
 ) -> None:
     """Run Celery beat: the sweeper, alert delivery and metric gauges."""
@@ -211,9 +215,11 @@ def beat(
 
     configure_logging_from_settings()
     _startup_checks()
+    from orchestrator.settings import get_settings
     from workers.celery_app import app as celery
 
-    celery.start(["beat", "--loglevel", loglevel, "--schedule", schedule])
+    celery.start(["beat", "--loglevel", loglevel or get_settings().log_level,
+                  "--schedule", schedule])
 
 
 @app.command()

@@ -224,11 +224,14 @@ class System:
         background = self.settings.up_background_nice
         run_dir = self.data_dir / "run"
         private_dir(run_dir)
+        # a worker's INFO line per task would bury the rest, unless ORCH_LOG_LEVEL asks for it
+        quiet = [] if "log_level" in self.settings.model_fields_set else ["--loglevel",
+                                                                           "WARNING"]
         self.children = [
             *self._api_children(),
-            Child("worker", _command("worker", "--loglevel", "WARNING"), nice=background,
+            Child("worker", _command("worker", *quiet), nice=background,
                   ready_file=run_dir / "worker.ready"),
-            Child("beat", _command("beat", "--loglevel", "WARNING", "--schedule",
+            Child("beat", _command("beat", *quiet, "--schedule",
                                    str(self.data_dir / "beat-schedule")), nice=background,
                   ready_file=run_dir / "beat.ready"),
         ]
