@@ -137,6 +137,9 @@ def api(
 @one_line_errors
 def monitoring_apply(
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    config_dir: Annotated[Path | None, typer.Option(
+        help="alert_policies.yaml, slos.yaml and the dashboard; default: config/monitoring "
+             "in the working directory, else the source checkout's")] = None,
 ) -> None:
     """Create or update metric descriptors, alert policies, SLOs and the dashboard in Cloud
     Monitoring (config/monitoring/); a second run changes nothing."""
@@ -146,7 +149,8 @@ def monitoring_apply(
     s = get_settings()
     if not s.gcp_project:
         fail("ORCH_GCP_PROJECT is not set")
-    report = apply_monitoring(s.gcp_project, endpoint=s.gcp_monitoring_endpoint, dry_run=dry_run)
+    report = apply_monitoring(s.gcp_project, endpoint=s.gcp_monitoring_endpoint,
+                              config_dir=config_dir, dry_run=dry_run)
     typer.echo(report.summary())
 
 

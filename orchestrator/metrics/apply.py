@@ -29,7 +29,7 @@ from orchestrator.metrics.gcm_convert import descriptor_pb
 
 log = logging.getLogger("orchestrator.metrics.apply")
 
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config" / "monitoring"
+CONFIG_DIR = Path("config") / "monitoring"
 ClientFactory = Callable[[], MonitoringClients]
 
 AlertPolicyPb = mv3.AlertPolicy.pb()
@@ -63,8 +63,20 @@ class MonitoringConfig:
     dashboards: list[Any] = field(default_factory=list)  # Dashboard pb2, by displayName
 
 
-def load_config(config_dir: Path = DEFAULT_CONFIG_DIR) -> MonitoringConfig:
+def config_dir_found(config_dir: Path | None = None) -> Path:
+    """``config_dir``, else ``config/monitoring`` in the working directory (an installed
+    copy, as the Docker image's /app), else the source checkout's own."""
+    if config_dir is not None:
+        return config_dir
+    if CONFIG_DIR.is_dir():
+        return CONFIG_DIR
+    checkout = Path(__file__).resolve().parents[2] / CONFIG_DIR
+    return checkout if checkout.is_dir() else CONFIG_DIR
+
+
+def load_config(config_dir: Path | None = None) -> MonitoringConfig:
     """Parse ``alert_policies.yaml`` and ``slos.yaml``; a bad file is a ConfigurationError."""
+    config_dir = config_dir_found(config_dir)
     try:
         raw_policies = yaml.safe_load((config_dir / "alert_policies.yaml").read_text())
         raw_slos = yaml.safe_load((config_dir / "slos.yaml").read_text())
@@ -111,7 +123,7 @@ def is_subset(want: Any, have: Any) -> bool:
 
 def apply_monitoring(
     project: str | None, client_factory: ClientFactory | None = None, *,
-    endpoint: str | None = None, config_dir: Path = DEFAULT_CONFIG_DIR,
+    endpoint: str | None = None, config_dir: Path | None = None,
     notification_channels: Sequence[str] = (), catalogue: dict[str, MetricDef] | None = None,
     dry_run: bool = False,
 ) -> ApplyReport:

@@ -16,8 +16,8 @@ import yaml
 from orchestrator.errors import ConfigurationError
 from orchestrator.metrics import catalogue as m
 from orchestrator.metrics.apply import (
+    CONFIG_DIR,
     DASHBOARD_FILE,
-    DEFAULT_CONFIG_DIR,
     apply_monitoring,
     is_subset,
 )
@@ -25,6 +25,8 @@ from orchestrator.metrics.clients import make_clients
 from orchestrator.metrics.fake_gcm import FakeMonitoringServer
 
 from .e2e_support import ROOT
+
+SHIPPED = ROOT / CONFIG_DIR
 
 WRITES = {"CreateMetricDescriptor", "CreateAlertPolicy", "UpdateAlertPolicy", "CreateService",
           "UpdateService", "CreateServiceLevelObjective", "UpdateServiceLevelObjective",
@@ -83,7 +85,7 @@ def test_a_changed_definition_updates_only_that_object(fake: FakeMonitoringServe
                                                       tmp_path: Path) -> None:
     apply_monitoring("proj-1", lambda: make_clients(fake.endpoint))
     cfg = tmp_path / "monitoring"
-    shutil.copytree(DEFAULT_CONFIG_DIR, cfg)
+    shutil.copytree(SHIPPED, cfg)
     policies = yaml.safe_load((cfg / "alert_policies.yaml").read_text())
     policies[0]["conditions"][0]["conditionThreshold"]["thresholdValue"] = 0.9
     (cfg / "alert_policies.yaml").write_text(yaml.safe_dump(policies))
@@ -111,7 +113,7 @@ def test_the_dashboard_is_created_once_and_unchanged_after(fake: FakeMonitoringS
     (name,) = fake.dashboards
     assert name.startswith("projects/proj-1/dashboards/")
     made = fake.dashboards[name]
-    shipped = json.loads((DEFAULT_CONFIG_DIR / DASHBOARD_FILE).read_text())
+    shipped = json.loads((SHIPPED / DASHBOARD_FILE).read_text())
     assert len(made.mosaic_layout.tiles) == len(shipped["mosaicLayout"]["tiles"]) >= 6
     titles = {tile.widget.title for tile in made.mosaic_layout.tiles}
     assert {"Committed spend by budget (USD)", "Breaker state (0 closed, 1 half open, 2 open)",
@@ -130,7 +132,7 @@ def test_the_dashboard_is_created_once_and_unchanged_after(fake: FakeMonitoringS
 
     # a changed tile: updated in place with the etag read, nothing created
     cfg = tmp_path / "monitoring"
-    shutil.copytree(DEFAULT_CONFIG_DIR, cfg)
+    shutil.copytree(SHIPPED, cfg)
     shipped["mosaicLayout"]["tiles"][0]["widget"]["title"] = "Spend (USD)"
     (cfg / DASHBOARD_FILE).write_text(json.dumps(shipped))
     third = apply_monitoring("proj-1", endpoint=fake.endpoint, config_dir=cfg)
@@ -189,3 +191,27 @@ def test_the_command_twice_creates_the_dashboard_once(fake: FakeMonitoringServer
     (dashboard,) = fake.dashboards.values()
     assert dashboard.name.startswith("projects/proj-cli/dashboards/")
     assert dashboard.display_name == "orchestrator"
+
+
+def _policies_named(config_dir: Path, name: str) -> None:
+    shutil.copytree(SHIPPED, config_dir)
+    policies = yaml.safe_load((config_dir / "alert_policies.yaml").read_text())
+    policies[0]["displayName"] = name
+    (config_dir / "alert_policies.yaml").write_text(yaml.safe_dump(policies))
+
+
+def test_the_command_reads_config_monitoring_where_it_runs_or_where_told(
+        fake: FakeMonitoringServer, tmp_path: Path) -> None:
+    """An installed copy (the Docker image's /app) has no source checkout beside the
+    package: the command reads ./config/monitoring, or --config-dir."""
+    _policies_named(tmp_path / "config" / "monitoring", "from the working directory")
+    _policies_named(tmp_path / "elsewhere", "from --config-dir")
+    env = {**os.environ, "ORCH_GCP_PROJECT": "proj-cwd", "PYTHONPATH": str(ROOT),
+           "ORCH_GCP_MONITORING_ENDPOINT": fake.endpoint}
+    for extra in ([], ["--config-dir", str(tmp_path / "elsewhere")]):
+        run = subprocess.run([sys.executable, "-m", "orchestrator.cli", "monitoring", "apply",
+                              *extra], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 0, run.stderr
+    names = {p.display_name for p in fake.policies.values()}
+    assert {"from the working directory", "from --config-dir"} <= names
