@@ -16,6 +16,7 @@ import typer
 
 from orchestrator.cli.client import INVALID_URL, endpoint
 from orchestrator.cli.errors import fail
+from orchestrator.client._core import origin
 from orchestrator.domain.money import format_usd
 
 
@@ -35,14 +36,18 @@ def fetch_report(
     except httpx.InvalidURL:  # not an HTTPError: httpx refused the URL itself
         raise ValueError(INVALID_URL) from None
     except httpx.HTTPError as exc:
-        raise ValueError(f"cannot reach the API at {api_url}: {type(exc).__name__}") from None
+        # the origin only: the URL may carry a password or a token
+        raise ValueError(f"cannot reach the API at {origin(api_url)}: "
+                         f"{type(exc).__name__}") from None
     try:
         body = r.json()
     except ValueError:
         body = None
     if r.status_code != 200:
         err = body.get("error", {}) if isinstance(body, dict) else {}
-        raise ValueError(f"{err.get('code', r.status_code)}: {err.get('message', r.text[:200])}")
+        if not err:  # not our API's error (a proxy's page, say): its body is not shown
+            raise ValueError(f"HTTP {r.status_code} from {origin(api_url)}, not an API error")
+        raise ValueError(f"{err.get('code', r.status_code)}: {err.get('message', '')}")
     if not isinstance(body, dict):
         raise ValueError("the API answered something that is not a report")
     return body

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,40 @@ def test_a_malformed_api_url_is_one_line(command: list[str]) -> None:
         assert result.exit_code == 1, result.output
         assert one_line(result.stderr).startswith("error: invalid API URL: ")
         assert PASSWORD[:6] not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("command", [["jobs", "list"], ["backends"], ["report"]])
+def test_an_unreachable_api_is_named_by_its_origin_only(command: list[str]) -> None:
+    result = invoke(*command, "--api-url", f"http://me:{PASSWORD}@127.0.0.1:1/x?token=t0k")
+    assert result.exit_code == 1, result.output
+    line = one_line(result.stderr)
+    assert "http://127.0.0.1:1" in line, line
+    assert PASSWORD not in line and "t0k" not in line, line
+
+
+class _ProxyPage(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<html>upstream says: internal-detail-never-shown</html>"
+        self.send_response(502)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_a_page_that_is_not_an_api_error_is_named_not_shown() -> None:
+    server = HTTPServer(("127.0.0.1", 0), _ProxyPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = invoke("report", "--api-url", f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+    assert result.exit_code == 1, result.output
+    line = one_line(result.stderr)
+    assert line == f"error: HTTP 502 from http://127.0.0.1:{server.server_port}, not an API error"
 
 
 def test_usage_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
