@@ -269,7 +269,12 @@ def jobs_cancel(
     job_id: Annotated[str, typer.Argument(metavar="ID")],
     json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyOpt = None,
 ) -> None:
-    """Cancel a job (its budget hold is released)."""
+    """Cancel a job; its budget hold is released, or kept while an attempt is in flight.
+
+    With an attempt in flight the provider is asked to stop, and the hold stays
+    until that attempt concludes: what the provider billed is charged, the rest
+    released.
+    """
     with _client(api_url, api_key) as c:
         job = c.cancel(job_id)
     if json_out:
