@@ -61,8 +61,8 @@ def _os_reason(exc: OSError) -> str:
 @errors_as_one_line((OSError, _os_reason))
 def up(
     data_dir: Annotated[Path | None, typer.Option(
-        help="where embedded services keep data [default: ORCH_DATA_DIR, else "
-             "./.orchestrator]", show_default=False)] = None,
+        help="where embedded services keep data (default: ORCH_DATA_DIR, else "
+             "./.orchestrator)", show_default=False)] = None,
     port: Annotated[int, typer.Option(help="API port", min=1, max=65535)] = 8000,
     no_simulator: Annotated[bool, typer.Option("--no-simulator")] = False,
 ) -> None:
