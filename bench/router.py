@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/router.py [--n 20000] [--n-redis 3000]
 
-Starts its own Redis (``server_urls``; honours ORCH_TEST_REDIS_URL). Last line:
+Starts its own PostgreSQL and Redis (``server_urls``; honours ORCH_TEST_DATABASE_URL and
+ORCH_TEST_REDIS_URL); only Redis is used. Last line:
 ``route_p50_us=... route_p99_us=... with_redis_p99_us=...``. Targets: pure p99 <= 100 us,
 with Redis p99 <= 1 ms.
 """

@@ -211,7 +211,8 @@ class Settings(BaseSettings):
     result_retention_days: float = Field(
         default=30.0, ge=0,
         description="a finished job's result (the provider's output) is dropped this long "
-        "after the job ended, and its events with it; 0 keeps them; the ledger is kept forever",
+        "after the job ended, and an event this long after it happened (once no webhook of it "
+        "is pending); 0 keeps them; the ledger is kept forever",
     )
     console_enabled: bool = Field(
         default=True, description="serve the web console at /console (static files that call "
