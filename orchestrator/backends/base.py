@@ -41,6 +41,11 @@ class PollResult:
     provider reported (or the provider's own ``cost_usd`` when it reported no usage); 0 for a
     job that ended without being billed. ``reported_cost_micros`` is the provider's ``cost_usd``,
     kept for the cross-check (``cost_mismatch``).
+
+    ``unpriced``: the provider reported success, with its output, but no bill we can read (no
+    usage we can price, no ``cost_usd``): a real provider's answer often carries none. The
+    result is kept and the job chain charges the attempt's worst case (its estimate, which
+    the hold covered): never 0 for work that was done, and never another backend's run.
     """
 
     status: Status
@@ -50,6 +55,7 @@ class PollResult:
     reported_cost_micros: int | None = None
     error: BackendError | None = None
     provider_status: str | None = None
+    unpriced: bool = False
 
     @property
     def done(self) -> bool:

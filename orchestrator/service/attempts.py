@@ -75,10 +75,19 @@ def failure(attempt: repo.AttemptRow, res: PollResult) -> BackendError:
                                        code="prediction_failed", backend=attempt.backend)
 
 
-def closing_of(attempt: repo.AttemptRow, res: PollResult) -> Closing:
+def billed(cat: Catalogue, job: repo.JobRow, attempt: repo.AttemptRow, res: PollResult) -> int:
+    """What an ended attempt is charged: the bill read from the provider's answer, or, for a
+    success that carried none we can read (``unpriced``), the attempt's worst case."""
+    if res.unpriced:
+        return possible_cost(cat, job, attempt.backend)
+    return res.cost_micros or 0
+
+
+def closing_of(cat: Catalogue, job: repo.JobRow, attempt: repo.AttemptRow, res: PollResult
+               ) -> Closing:
     """An ended job's attempt as the provider last reported it, with its bill."""
     if res.status == "succeeded":
-        return Closing("succeeded", Outcome.SUCCESS, res.cost_micros or 0)
+        return Closing("succeeded", Outcome.SUCCESS, billed(cat, job, attempt, res))
     if res.status == "cancelled":
         return Closing("cancelled", Outcome.CANCELLED, res.cost_micros or 0)
     return Closing("failed", Outcome.CANCELLED, res.cost_micros or 0, failure(attempt, res))

@@ -95,7 +95,7 @@ class Concluder:
                     self.endings.succeed(job, open_, res, 0.0)
                     return DONE
             if res is not None and res.done:
-                closing = closing_of(open_, res)
+                closing = closing_of(self.catalogue(), job, open_, res)
                 if res.status == "cancelled":
                     closing = replace(closing, status="timeout", error=timeout)
                 self.endings.fail(job, "deadline_exceeded", message, backend=open_.backend,
@@ -150,7 +150,8 @@ class Concluder:
             res = self.cancel_at_backend(adapter, attempt) or res
             attempt = replace(attempt, cancel_requested_at=self.clock())
         if res is not None and res.done:
-            self.endings.end_concluded(job, attempt, closing_of(attempt, res))
+            self.endings.end_concluded(job, attempt,
+                                       closing_of(self.catalogue(), job, attempt, res))
             return DONE
         asked = attempt.cancel_requested_at
         if asked is not None and self.clock() - asked > timedelta(
@@ -201,7 +202,8 @@ class Concluder:
                     with self.db.connection() as conn:
                         ended = repo.get_job(conn, job_id)
                     if ended is not None:
-                        self.endings.end_concluded(ended, open_, closing_of(open_, answer))
+                        self.endings.end_concluded(
+                            ended, open_, closing_of(self.catalogue(), ended, open_, answer))
         with self.db.connection() as conn:
             return repo.get_job(conn, job_id)
 

@@ -25,7 +25,7 @@ from orchestrator.domain.catalogue import Catalogue
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.endings import JobEnd
-from orchestrator.service.attempts import Closing
+from orchestrator.service.attempts import Closing, billed
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.slots import SlotWaits
 from orchestrator.store import jobs as repo
@@ -85,7 +85,8 @@ class Endings:
         *, external_id: str | None = None,
     ) -> None:
         now = self.clock()
-        closing = Closing("succeeded", Outcome.SUCCESS, res.cost_micros or 0)
+        closing = Closing("succeeded", Outcome.SUCCESS,
+                          billed(self.catalogue(), job, attempt, res))
         end = self.ledger.end_job(
             job.id, "succeeded", now, backend=attempt.backend, result={"output": res.output},
             attempt=closing.row(attempt, external_id))
