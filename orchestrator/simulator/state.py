@@ -24,6 +24,7 @@ from orchestrator.domain.pricing import Usage
 Mode = Literal["up", "down", "slow"]
 InjectedError = Literal["job_fault", "content_policy", "malformed", "prediction_failed"]
 Idempotency = Literal["inflight", "completed", "none"]
+ImageFormat = Literal["url", "b64_json"]
 
 
 class Control(BaseModel):
@@ -62,6 +63,11 @@ class Control(BaseModel):
     - ``garble_answers``: as ``drop_answers``, but the answer arrives whole, as a 200 whose
       body is not JSON (a proxy's error page, a truncated body): the work was created and
       billed all the same.
+    - ``report_usage``: false: a success's answer carries no usage and no ``cost_usd``, as
+      many real providers' do (Replicate's predictions report only ``metrics.predict_time``;
+      OpenAI-compatible servers may omit ``usage``); the work is billed all the same.
+    - ``image_format``: ``b64_json``: images come back as base64 data, not URLs (OpenAI's
+      gpt-image models answer only so).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -82,6 +88,8 @@ class Control(BaseModel):
     drop_answers: int | None = Field(default=None, ge=0)
     garble_answers: int | None = Field(default=None, ge=0)
     fail_job_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    report_usage: bool = True
+    image_format: ImageFormat = "url"
 
 
 class ControlUpdate(BaseModel):
@@ -107,6 +115,8 @@ class ControlUpdate(BaseModel):
     drop_answers: int | None = Field(default=None, ge=0)
     garble_answers: int | None = Field(default=None, ge=0)
     fail_job_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    report_usage: bool | None = None
+    image_format: ImageFormat | None = None
 
 
 @dataclass(slots=True)
