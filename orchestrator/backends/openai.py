@@ -1,10 +1,22 @@
 """OpenAI-compatible protocol: ``POST {base}/v1/chat/completions`` (text) and
 ``POST {base}/v1/images/generations`` (image). Synchronous: one call returns the final result.
 The request carries the backend's declared parameters only (catalogue ``params``): the prompt
-as the user message (chat) or ``prompt`` (images), the others as top-level fields."""
+as the user message (chat) or ``prompt`` (images), the others as top-level fields.
+
+What the answers may be, as OpenAI and the servers that copy its API give them:
+
+* chat: an ``id`` (without one, the idempotency key names the call, as for images);
+  ``usage`` with ``prompt_tokens`` and ``completion_tokens`` priced by the catalogue, else
+  ``cost_usd``, else none at all (``usage`` missing or null, or its counts missing): the
+  result is kept, ``unpriced``, and the chain charges the attempt's worst case.
+* images: each ``url``.
+
+The model's text is never logged or put in an error.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from orchestrator.backends.base import PollResult, Submission
@@ -16,6 +28,8 @@ from orchestrator.domain.pricing import Usage
 
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_IMAGE_SIZE = "1024x1024"
+
+log = logging.getLogger("orchestrator.backends")
 
 
 class OpenAIAdapter(HttpAdapter):
@@ -61,29 +75,48 @@ class OpenAIAdapter(HttpAdapter):
         data = self.request("POST", "/v1/chat/completions", json=body, idempotency_key=key,
                             creates=True)
         ext_id = data.get("id")
-        choices = data.get("choices")
-        usage = data.get("usage")
-        if not is_provider_id(ext_id):
+        if ext_id is None:  # some compatible servers name no id: the key names the call
+            ext_id = key
+        elif not is_provider_id(ext_id):
             raise self.malformed("no readable id")
+        choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise self.malformed("no choices")
         message = choices[0].get("message")
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise self.malformed("no message content")
-        if not isinstance(usage, dict):
-            raise self.malformed("no usage")
-        prompt_tokens = usage.get("prompt_tokens")
-        completion_tokens = usage.get("completion_tokens")
-        if not _count(prompt_tokens) or not _count(completion_tokens):
-            raise self.malformed("usage token counts are not non-negative integers")
-        used = Usage(input_tokens=prompt_tokens, output_tokens=completion_tokens)
-        cost, reported = self.cost(used, data.get("cost_usd"))
+        used, cost, reported, unpriced = self._chat_bill(data)
         output = {"text": message["content"], "finish_reason": choices[0].get("finish_reason")}
         result = PollResult(
             status="succeeded", output=output, usage=used, cost_micros=cost,
-            reported_cost_micros=reported, provider_status="succeeded",
+            reported_cost_micros=reported, provider_status="succeeded", unpriced=unpriced,
         )
         return Submission(external_id=ext_id, result=result)
+
+    def _chat_bill(self, data: dict[str, Any]
+                   ) -> tuple[Usage | None, int | None, int | None, bool]:
+        """(usage, cost, the provider's cost_usd, unpriced) of a chat answer. Token counts
+        are priced; without them (no ``usage``, a null one, or one without the counts) the
+        provider's ``cost_usd`` is the bill; without that too, the answer is unpriced. A
+        ``usage`` or a count that is there but not what the API says is unreadable."""
+        usage = data.get("usage")
+        if usage is not None and not isinstance(usage, dict):
+            raise self.malformed("usage is not an object")
+        counts = [None, None] if usage is None else [usage.get("prompt_tokens"),
+                                                     usage.get("completion_tokens")]
+        if any(c is not None and not _count(c) for c in counts):
+            raise self.malformed("usage token counts are not non-negative integers")
+        prompt_tokens, completion_tokens = counts
+        if prompt_tokens is not None and completion_tokens is not None:
+            used = Usage(input_tokens=prompt_tokens, output_tokens=completion_tokens)
+            cost, reported = self.cost(used, data.get("cost_usd"))
+            return used, cost, reported, False
+        cost, reported = self.cost(None, data.get("cost_usd"))
+        if cost is None:
+            log.warning("backend answer carries no usage and no cost_usd; the attempt is "
+                        "charged its worst case backend=%s", self.name)
+            return None, None, None, True
+        return None, cost, reported, False
 
     # -- images -----------------------------------------------------------------------------
 

@@ -92,9 +92,15 @@ CHAT = {"id": "c1", "choices": [{"message": {"content": "ok"}, "finish_reason": 
         ("txt", TEXT, {**CHAT, "cost_usd": 1e30}, "cost_usd"),
         ("txt", TEXT, {**CHAT, "cost_usd": 1e13}, "out of range"),
         ("txt", TEXT, {**CHAT, "choices": []}, "no choices"),
-        ("txt", TEXT, {k: v for k, v in CHAT.items() if k != "usage"}, "no usage"),
+        # a usage that is there is read as the API says, or the answer is unreadable
+        ("txt", TEXT, {**CHAT, "usage": "lots"}, "usage is not an object"),
         ("txt", TEXT, {**CHAT, "usage": {"prompt_tokens": "10", "completion_tokens": 2}},
          "token counts"),
+        ("txt", TEXT, {**CHAT, "usage": {"prompt_tokens": 10, "completion_tokens": -2}},
+         "token counts"),
+        ("txt", TEXT, {**CHAT, "usage": {"prompt_tokens": 10}, "cost_usd": None,
+                       "choices": [{"message": {"content": None}, "finish_reason": "stop"}]},
+         "no message content"),  # no text, and no refusal either
         ("txt", TEXT, {**CHAT, "cost_usd": "lots"}, "cost_usd"),
         ("txt", TEXT, {**CHAT, "cost_usd": -1}, "negative"),
         ("img", IMAGE, {"data": [{"b64": "..."}], "cost_usd": 0.04}, "no url"),
@@ -494,3 +500,53 @@ def test_a_flat_priced_prediction_needs_no_usage_and_is_charged_its_price() -> N
     failed = make_adapter(flat, httpx.MockTransport(answer({"id": "p1", "status": "failed"})),
                           retry=NO_SLEEP).poll("p1")
     assert failed.cost_micros == 0  # billed only when the provider says so
+
+
+# -- OpenAI answers outside the narrowest reading, as OpenAI and compatible servers give them --
+
+NO_USAGE = {k: v for k, v in CHAT.items() if k not in ("usage", "cost_usd")}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        NO_USAGE,
+        {**NO_USAGE, "usage": None},
+        {**NO_USAGE, "usage": {}},
+        {**NO_USAGE, "usage": {"total_tokens": 30}},
+        {**NO_USAGE, "usage": {"prompt_tokens": 10, "completion_tokens": None}},
+    ],
+    ids=["absent", "null", "empty", "no-counts", "one-count"],
+)
+def test_a_chat_answer_without_usage_is_kept_unpriced(
+        body: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """Many compatible servers send no usage: the result is kept, not taken for an
+    unreadable answer (which fails over and pays another backend); the chain charges the
+    attempt's worst case. The warning names the backend, never the prompt or the text."""
+    answer_text = "the model's own words"
+    reply = {**body, "choices": [{"message": {"content": answer_text},
+                                  "finish_reason": "stop"}]}
+    with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
+        sub = mock("txt", answer(reply)).submit(TEXT, "k1")
+    res = sub.result
+    assert res is not None and sub.external_id == "c1"
+    assert res.status == "succeeded" and res.unpriced is True
+    assert res.cost_micros is None and res.reported_cost_micros is None and res.usage is None
+    assert res.output == {"text": answer_text, "finish_reason": "stop"}
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "txt" in record.getMessage()
+    assert answer_text not in caplog.text and "top secret prompt" not in caplog.text
+
+
+def test_a_chat_answer_without_usage_is_charged_its_cost_usd() -> None:
+    sub = mock("txt", answer({**NO_USAGE, "cost_usd": 0.0125})).submit(TEXT, "k1")
+    res = sub.result
+    assert res is not None and res.status == "succeeded" and res.unpriced is False
+    assert res.cost_micros == res.reported_cost_micros == 12_500 and res.usage is None
+
+
+def test_a_chat_answer_without_an_id_is_named_by_the_idempotency_key() -> None:
+    sub = mock("txt", answer({k: v for k, v in CHAT.items() if k != "id"})).submit(TEXT, "k1")
+    assert sub.external_id == "k1"
+    assert sub.result is not None and sub.result.status == "succeeded"
+    assert sub.result.cost_micros == 50  # 10 x $0.001/1k + 20 x $0.002/1k
