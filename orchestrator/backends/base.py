@@ -45,7 +45,9 @@ class PollResult:
     ``unpriced``: the provider reported success, with its output, but no bill we can read (no
     usage we can price, no ``cost_usd``): a real provider's answer often carries none. The
     result is kept and the job chain charges the attempt's worst case (its estimate, which
-    the hold covered): never 0 for work that was done, and never another backend's run.
+    the hold covered): never 0 for work that was done, and never another backend's run. A
+    failure the provider bills all the same (a chat model's refusal: the call ran) is
+    ``unpriced`` too when its answer carries no bill, and charged alike.
     """
 
     status: Status

@@ -8,10 +8,12 @@ What the answers may be, as OpenAI and the servers that copy its API give them:
 * chat: an ``id`` (without one, the idempotency key names the call, as for images);
   ``usage`` with ``prompt_tokens`` and ``completion_tokens`` priced by the catalogue, else
   ``cost_usd``, else none at all (``usage`` missing or null, or its counts missing): the
-  result is kept, ``unpriced``, and the chain charges the attempt's worst case.
+  result is kept, ``unpriced``, and the chain charges the attempt's worst case. A refusal
+  (``message.refusal`` with no content, or ``finish_reason: "content_filter"`` with none) is
+  a ``content_policy`` job fault, returned as a failed result carrying what the call billed.
 * images: each ``url``.
 
-The model's text is never logged or put in an error.
+The model's text and a refusal's text are never logged or put in an error.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 from typing import Any
 
 from orchestrator.backends.base import PollResult, Submission
-from orchestrator.backends.errors import BackendFault
+from orchestrator.backends.errors import BackendFault, JobFault
 from orchestrator.backends.http import HttpAdapter, is_provider_id
 from orchestrator.domain.inputs import provider_input
 from orchestrator.domain.jobs import JobSpec
@@ -83,10 +85,22 @@ class OpenAIAdapter(HttpAdapter):
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise self.malformed("no choices")
         message = choices[0].get("message")
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+        if not isinstance(message, dict):
+            raise self.malformed("no message")
+        finish_reason = choices[0].get("finish_reason")
+        refused = _refused(message, finish_reason)
+        if refused is None and not isinstance(message.get("content"), str):
             raise self.malformed("no message content")
         used, cost, reported, unpriced = self._chat_bill(data)
-        output = {"text": message["content"], "finish_reason": choices[0].get("finish_reason")}
+        if refused is not None:
+            # the provider refused the prompt, and billed the call: the job fails (another
+            # backend would refuse it too), charged that bill; the refusal's text is dropped
+            fault = JobFault(f"{self.name} refused by content policy ({refused})",
+                             code="content_policy", backend=self.name)
+            return Submission(external_id=ext_id, result=PollResult(
+                status="failed", usage=used, cost_micros=cost, reported_cost_micros=reported,
+                error=fault, provider_status=refused, unpriced=unpriced))
+        output = {"text": message["content"], "finish_reason": finish_reason}
         result = PollResult(
             status="succeeded", output=output, usage=used, cost_micros=cost,
             reported_cost_micros=reported, provider_status="succeeded", unpriced=unpriced,
@@ -154,6 +168,22 @@ def _extra(inp: dict[str, Any], body: dict[str, Any], *mapped: str) -> dict[str,
     """The declared parameters (``inp`` holds nothing else) the body does not carry yet, as
     top-level fields of the request (temperature, seed, quality, ...)."""
     return {k: v for k, v in inp.items() if k not in body and k not in mapped}
+
+
+def _refused(message: dict[str, Any], finish_reason: Any) -> str | None:
+    """Why an answer without content is a refusal: ``refusal`` (OpenAI: ``message.refusal``
+    set, ``content`` null), ``content_filter`` (Azure's finish reason, ``content`` null or
+    empty); None for an answer with content (a filter that cut it short leaves its text and
+    its finish reason), or one that is no refusal."""
+    content = message.get("content")
+    if isinstance(content, str) and content:
+        return None
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        return "refusal"
+    if finish_reason == "content_filter":
+        return "content_filter"
+    return None
 
 
 def _count(value: Any) -> bool:

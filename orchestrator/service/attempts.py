@@ -77,7 +77,8 @@ def failure(attempt: repo.AttemptRow, res: PollResult) -> BackendError:
 
 def billed(cat: Catalogue, job: repo.JobRow, attempt: repo.AttemptRow, res: PollResult) -> int:
     """What an ended attempt is charged: the bill read from the provider's answer, or, for a
-    success that carried none we can read (``unpriced``), the attempt's worst case."""
+    billed ending that carried none we can read (``unpriced``: a success, or a refusal),
+    the attempt's worst case."""
     if res.unpriced:
         return possible_cost(cat, job, attempt.backend)
     return res.cost_micros or 0
@@ -90,7 +91,8 @@ def closing_of(cat: Catalogue, job: repo.JobRow, attempt: repo.AttemptRow, res: 
         return Closing("succeeded", Outcome.SUCCESS, billed(cat, job, attempt, res))
     if res.status == "cancelled":
         return Closing("cancelled", Outcome.CANCELLED, res.cost_micros or 0)
-    return Closing("failed", Outcome.CANCELLED, res.cost_micros or 0, failure(attempt, res))
+    return Closing("failed", Outcome.CANCELLED, billed(cat, job, attempt, res),
+                   failure(attempt, res))
 
 
 def overrun(attempt: repo.AttemptRow, backend: BackendSpec) -> BackendError:

@@ -48,7 +48,17 @@ from orchestrator.domain.polling import PollPolicy
 from orchestrator.domain.routing import RoutePlan
 from orchestrator.health.store import Ticket
 from orchestrator.ledger import Ledger
-from orchestrator.service.attempts import DONE, Closing, Next, Opened, failure, overrun, reference
+from orchestrator.service.attempts import (
+    DONE,
+    Closing,
+    Next,
+    Opened,
+    billed,
+    closing_of,
+    failure,
+    overrun,
+    reference,
+)
 from orchestrator.service.cache import ResultCache
 from orchestrator.service.conclude import Concluder
 from orchestrator.service.endings import Endings
@@ -340,6 +350,10 @@ class JobRunner:
             return DONE
         known = replace(attempt, external_id=sub.external_id)
         if current.is_final:  # it ended (a cancel, its deadline) while we were submitting
+            if res is not None and res.done:  # a synchronous call's failure, billed
+                self.endings.end_concluded(current, known,
+                                           closing_of(self.catalogue(), current, known, res))
+                return DONE
             return self.concluder.conclude(current, known, token)
         if res is None or not res.done or current.chain_token != token:
             return DONE  # the sweeper gave the job a new chain, which will poll it
@@ -423,7 +437,8 @@ class JobRunner:
             self.endings.succeed(job, attempt, res, latency_ms)
             return DONE
         err = error or failure(attempt, res)
-        return self._attempt_failed(job, attempt, err, token, cost=res.cost_micros)
+        cost = billed(self.catalogue(), job, attempt, res) if res.unpriced else res.cost_micros
+        return self._attempt_failed(job, attempt, err, token, cost=cost)
 
     def _attempt_failed(
         self, job: repo.JobRow, attempt: repo.AttemptRow, exc: BackendError, token: uuid.UUID,

@@ -550,3 +550,50 @@ def test_a_chat_answer_without_an_id_is_named_by_the_idempotency_key() -> None:
     assert sub.external_id == "k1"
     assert sub.result is not None and sub.result.status == "succeeded"
     assert sub.result.cost_micros == 50  # 10 x $0.001/1k + 20 x $0.002/1k
+
+
+REFUSAL_TEXT = "I'm sorry, I can't help with writing that lighthouse poem."
+
+
+@pytest.mark.parametrize(
+    ("message", "finish_reason", "why"),
+    [
+        ({"role": "assistant", "content": None, "refusal": REFUSAL_TEXT}, "stop", "refusal"),
+        ({"role": "assistant", "content": "", "refusal": REFUSAL_TEXT}, "stop", "refusal"),
+        ({"role": "assistant", "content": None}, "content_filter", "content_filter"),
+        ({"role": "assistant", "content": ""}, "content_filter", "content_filter"),
+    ],
+    ids=["openai", "openai-empty", "azure", "azure-empty"],
+)
+def test_a_refusal_fails_the_job_for_content_policy_and_carries_its_bill(
+        message: dict[str, Any], finish_reason: str, why: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A refusal is the job's fault (another backend would refuse it too): no failover. The
+    provider billed the call, so the failed result carries that bill; its text is dropped."""
+    reply = {**CHAT, "choices": [{"index": 0, "message": message,
+                                  "finish_reason": finish_reason}]}
+    with caplog.at_level(logging.DEBUG):
+        sub = mock("txt", answer(reply)).submit(TEXT, "k1")
+    res = sub.result
+    assert sub.external_id == "c1" and res is not None
+    assert res.status == "failed" and res.done and res.output is None
+    assert isinstance(res.error, JobFault) and res.error.code == "content_policy"
+    assert res.error.outcome is Outcome.JOB_FAULT and res.error.strike is False
+    assert res.cost_micros == 50 and res.unpriced is False  # its usage, priced
+    assert res.provider_status == why
+    shown = f"{res.error.message} {res.error.details} {res!r}"
+    assert REFUSAL_TEXT not in shown and "lighthouse" not in caplog.text
+
+
+def test_a_refusal_without_usage_is_unpriced_and_one_with_content_is_no_refusal() -> None:
+    refused = {**NO_USAGE, "choices": [{"message": {"content": None, "refusal": "No."},
+                                        "finish_reason": "stop"}]}
+    res = mock("txt", answer(refused)).submit(TEXT, "k1").result
+    assert res is not None and res.status == "failed" and res.unpriced is True
+    assert res.cost_micros is None
+    # a filter that cut the answer short leaves its text: that is the answer, kept
+    cut = {**CHAT, "choices": [{"message": {"content": "Once upon"},
+                                "finish_reason": "content_filter"}]}
+    kept = mock("txt", answer(cut)).submit(TEXT, "k2").result
+    assert kept is not None and kept.status == "succeeded"
+    assert kept.output == {"text": "Once upon", "finish_reason": "content_filter"}
