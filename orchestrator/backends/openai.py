@@ -11,14 +11,16 @@ What the answers may be, as OpenAI and the servers that copy its API give them:
   result is kept, ``unpriced``, and the chain charges the attempt's worst case. A refusal
   (``message.refusal`` with no content, or ``finish_reason: "content_filter"`` with none) is
   a ``content_policy`` job fault, returned as a failed result carrying what the call billed.
-* images: each ``url``.
+* images: each ``url``, or ``b64_json`` (gpt-image models answer only so) passed on as a
+  ``data:`` URL.
 
-The model's text and a refusal's text are never logged or put in an error.
+The model's text, a refusal's text and an image's data are never logged or put in an error.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from orchestrator.backends.base import PollResult, Submission
@@ -30,6 +32,10 @@ from orchestrator.domain.pricing import Usage
 
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_IMAGE_SIZE = "1024x1024"
+# the media type of a b64_json image, by the ``output_format`` its answer (or request) names
+IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg",
+               "webp": "image/webp"}
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 log = logging.getLogger("orchestrator.backends")
 
@@ -145,12 +151,21 @@ class OpenAIAdapter(HttpAdapter):
         items = data.get("data")
         if not isinstance(items, list) or not items:
             raise self.malformed("no data")
+        fmt = data.get("output_format") or body.get("output_format")
+        media = IMAGE_TYPES.get(fmt.lower() if isinstance(fmt, str) else "", "image/png")
         urls: list[str] = []
         for item in items:
             url = item.get("url") if isinstance(item, dict) else None
-            if not isinstance(url, str):
-                raise self.malformed("an image has no url")
-            urls.append(url)
+            if isinstance(url, str):
+                urls.append(url)
+                continue
+            b64 = item.get("b64_json") if isinstance(item, dict) else None
+            if b64 is None:
+                raise self.malformed("an image has no url or b64_json")
+            # jsonb and a data: URL carry only base64's characters: nothing else is stored
+            if not isinstance(b64, str) or not _BASE64.fullmatch(b64):
+                raise self.malformed("an image's b64_json is not base64")
+            urls.append(f"data:{media};base64,{b64}")
         ext_id = data.get("id")
         if ext_id is not None and not is_provider_id(ext_id):
             raise self.malformed("an unreadable id")

@@ -104,6 +104,10 @@ CHAT = {"id": "c1", "choices": [{"message": {"content": "ok"}, "finish_reason": 
         ("txt", TEXT, {**CHAT, "cost_usd": "lots"}, "cost_usd"),
         ("txt", TEXT, {**CHAT, "cost_usd": -1}, "negative"),
         ("img", IMAGE, {"data": [{"b64": "..."}], "cost_usd": 0.04}, "no url"),
+        ("img", IMAGE, {"data": [{"b64_json": 12}], "cost_usd": 0.04}, "not base64"),
+        ("img", IMAGE, {"data": [{"b64_json": ""}], "cost_usd": 0.04}, "not base64"),
+        ("img", IMAGE, {"data": [{"b64_json": "iVBO\u0000Rw=="}], "cost_usd": 0.04},
+         "not base64"),  # jsonb could not store it
         ("img", IMAGE, {"data": [], "cost_usd": 0.04}, "no data"),
     ],
 )
@@ -597,3 +601,28 @@ def test_a_refusal_without_usage_is_unpriced_and_one_with_content_is_no_refusal(
     kept = mock("txt", answer(cut)).submit(TEXT, "k2").result
     assert kept is not None and kept.status == "succeeded"
     assert kept.output == {"text": "Once upon", "finish_reason": "content_filter"}
+
+
+PNG_B64 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4//8/AAX+Av4N70a4"
+           "AAAAAElFTkSuQmCC")
+
+
+def test_b64_json_images_come_back_as_data_urls(caplog: pytest.LogCaptureFixture) -> None:
+    """gpt-image models answer only with base64 data (and no id): the images are kept, as
+    data: URLs in the same list a URL would be, and charged their price."""
+    reply = {"created": 1, "data": [{"b64_json": PNG_B64, "revised_prompt": None}] * 2,
+             "usage": {"input_tokens": 50, "output_tokens": 50, "total_tokens": 100}}
+    image2 = JobSpec.model_validate({"kind": "image", "input": {"prompt": "top secret prompt",
+                                                                "n": 2}})
+    with caplog.at_level(logging.DEBUG):
+        sub = mock("img", answer(reply)).submit(image2, "k1")
+    res = sub.result
+    assert sub.external_id == "k1" and res is not None and res.status == "succeeded"
+    assert res.output == {"images": [f"data:image/png;base64,{PNG_B64}"] * 2}
+    assert res.cost_micros == 80_000 and res.unpriced is False
+    assert PNG_B64 not in caplog.text
+    jpeg = {"data": [{"b64_json": PNG_B64}, {"url": "https://x/y.png"}],
+            "output_format": "jpeg"}
+    mixed = mock("img", answer(jpeg)).submit(image2, "k2").result
+    assert mixed is not None and mixed.output == {
+        "images": [f"data:image/jpeg;base64,{PNG_B64}", "https://x/y.png"]}
