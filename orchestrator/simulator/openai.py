@@ -5,6 +5,9 @@
 
 A call's processing time is the backend's latency; the job is created, and billed the
 ``cost_usd`` its answer reports, when the call completes (even if the client has gone away).
+With the control ``report_usage`` false the answer carries no ``usage`` and no ``cost_usd``
+(billed all the same); with ``image_format`` ``b64_json`` each image comes back as
+``{"b64_json": <a tiny PNG, base64>}`` instead of a ``url``, as gpt-image models answer.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ from orchestrator.simulator.work import (
     usd,
 )
 
+# every b64_json image the simulator returns: a 1x1 white PNG, base64
+TINY_PNG_B64 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4//8/AAX+Av4N70a4"
+                "AAAAAElFTkSuQmCC")
+
 
 def add_routes(app: FastAPI, sim: Simulator) -> None:
     def injected(st: BackendState) -> None:
@@ -50,7 +57,10 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
             raise error(500, "server_error", "the model crashed")
 
     def made(st: BackendState, key: str | None, micros: int, answer: dict[str, Any]) -> Outcome:
-        answer["cost_usd"] = usd(micros)
+        if st.control.report_usage:
+            answer["cost_usd"] = usd(micros)
+        else:  # billed all the same, without saying what
+            answer.pop("usage", None)
         st.bills.append(Bill(sim.clock(), key, str(answer["id"]), micros))
         return Outcome(JSONResponse(answer), job=answer)
 
@@ -90,9 +100,11 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
         job = parse_job(spec, Kind.IMAGE, raw)
         usage = scaled_usage(usage_for(spec, job), st.control.usage_factor)
         iid = "img-" + uuid.uuid4().hex
+        b64 = st.control.image_format == "b64_json"
         return made(st, key, actual_micros(spec, usage), {
             "id": iid, "created": int(time.time()),
-            "data": [{"url": f"{base}/files/{iid}-{i}.png"} for i in range(usage.images or 0)],
+            "data": [{"b64_json": TINY_PNG_B64} if b64 else {"url": f"{base}/files/{iid}-{i}.png"}
+                     for i in range(usage.images or 0)],
         })
 
     def replay(answer: Any) -> Response:
