@@ -1,0 +1,260 @@
+"""OpenAI-style answers outside the narrowest reading (no usage, images as base64 data, a
+refusal), end to end: each is the provider's word on work it did and billed, so the job ends on
+that backend, charged once, never failed over to pay another backend for the same job.
+
+The simulator answers as such providers do (``report_usage``, ``image_format``) to real Celery
+worker processes on real Redis and PostgreSQL. A refusal, which the simulator does not make,
+goes through the real job chain and adapter in this process with the provider's answer from an
+``httpx.MockTransport``.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from orchestrator.backends import make_adapter
+from orchestrator.backends.base import BackendAdapter
+from orchestrator.domain.jobs import JobSpec
+from orchestrator.domain.polling import PollPolicy
+from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
+from orchestrator.ledger.audit import audit
+from orchestrator.ledger.budgets import set_budget
+from orchestrator.ledger.service import utcnow
+from orchestrator.service.attempts import possible_cost
+from orchestrator.service.runner import JobRunner
+from orchestrator.simulator import RunningSimulator
+from orchestrator.simulator.openai import TINY_PNG_B64
+
+from .e2e_support import Rig, rig_for, run_chain, simulator_for
+
+TENANT = "acme"
+_PRICE_TXT = {"model": "per_token", "usd_per_1k_input": 0.5, "usd_per_1k_output": 1.5}
+CATALOGUE: dict[str, Any] = {
+    "defaults": {"timeouts": {"connect_s": 2.0, "read_s": 5.0, "start_to_close_s": 120},
+                 "idempotency": "none"},
+    "backends": [
+        # the cheaper of each pair is the plan's first choice; the other is its failover
+        {"name": "chat-a", "protocol": "openai", "kinds": ["text"], "tier": "standard",
+         "base_url": "${ORCH_SIMULATOR_URL}/chat-a", "price": _PRICE_TXT},
+        {"name": "chat-b", "protocol": "openai", "kinds": ["text"], "tier": "standard",
+         "base_url": "${ORCH_SIMULATOR_URL}/chat-b",
+         "price": {**_PRICE_TXT, "usd_per_1k_output": 2.0}},
+        {"name": "img-a", "protocol": "openai", "kinds": ["image"], "tier": "standard",
+         "base_url": "${ORCH_SIMULATOR_URL}/img-a",
+         "price": {"model": "per_image", "usd_per_image": {"1024x1024": 0.04}}},
+        {"name": "img-b", "protocol": "openai", "kinds": ["image"], "tier": "standard",
+         "base_url": "${ORCH_SIMULATOR_URL}/img-b",
+         "price": {"model": "per_image", "usd_per_image": {"1024x1024": 0.05}}},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[RunningSimulator]:
+    with simulator_for(CATALOGUE) as running:
+        yield running
+
+
+@pytest.fixture()
+def rig(db: Engine, database_url: str, redis_url: str, sim: RunningSimulator,
+        tmp_path: Path) -> Iterator[Rig]:
+    with rig_for(CATALOGUE, db, database_url, redis_url, sim, tmp_path) as r:
+        with r.engine.begin() as conn:
+            set_budget(conn, scope=f"tenant:{TENANT}", period="month",
+                       limit_micros=100_000_000, now=datetime.now(UTC))
+        yield r
+
+
+def text_job() -> JobSpec:
+    return JobSpec.model_validate({"kind": "text", "input": {"prompt": "an honest ledger",
+                                                              "max_tokens": 200}})
+
+
+def image_job() -> JobSpec:
+    return JobSpec.model_validate({"kind": "image", "input": {"prompt": "a red kite"}})
+
+
+def submit(r: Rig, spec: JobSpec) -> uuid.UUID:
+    job, created = r.container.submitter.submit(TENANT, spec)
+    assert created
+    return job.id
+
+
+def provider(r: Rig, backend: str) -> dict[str, Any]:
+    """The simulated provider's own view: knobs, counters, and its bills."""
+    got = r.http.get(f"{r.sim_url}/_control/{backend}")
+    got.raise_for_status()
+    state: dict[str, Any] = got.json()
+    return state
+
+
+def ledger(r: Rig) -> tuple[int, int]:
+    """(committed, held) over every budget period; the audit must be clean."""
+    with r.engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT COALESCE(SUM(committed_micros), 0) c, COALESCE(SUM(held_micros), 0) h "
+            "FROM budget_periods")).one()
+        assert audit(conn) == []
+    return int(row.c), int(row.h)
+
+
+# -- the simulator answers as such providers do -----------------------------------------------
+
+def test_the_simulator_answers_without_usage_and_with_base64_images(rig: Rig) -> None:
+    rig.control("chat-a", report_usage=False)
+    rig.control("img-a", image_format="b64_json")
+    chat = rig.http.post(f"{rig.sim_url}/chat-a/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "an honest ledger"}], "max_tokens": 20})
+    image = rig.http.post(f"{rig.sim_url}/img-a/v1/images/generations",
+                          json={"prompt": "a red kite", "n": 2, "size": "1024x1024"})
+    assert chat.status_code == image.status_code == 200
+    answer = chat.json()
+    assert "usage" not in answer and "cost_usd" not in answer
+    assert isinstance(answer["choices"][0]["message"]["content"], str)
+    images = image.json()["data"]
+    assert images == [{"b64_json": TINY_PNG_B64}] * 2
+    assert base64.b64decode(TINY_PNG_B64).startswith(b"\x89PNG\r\n\x1a\n")
+    # billed all the same
+    assert len(provider(rig, "chat-a")["bills"]) == 1
+    assert [b["cost_micros"] for b in provider(rig, "img-a")["bills"]] == [80_000]
+
+
+# -- (a) no usage: kept, charged the attempt's worst case, never failed over -------------------
+
+def test_a_chat_answer_without_usage_is_kept_and_charged_the_worst_case(rig: Rig) -> None:
+    rig.control("chat-a", report_usage=False)
+    rig.start_worker()
+    spec = text_job()
+    job_id = submit(rig, spec)
+    (job,) = rig.wait_final([job_id])
+
+    assert job.status == "succeeded" and job.backend == "chat-a", job.error_code
+    assert job.result is not None and isinstance(job.result["output"]["text"], str)
+    (attempt,) = rig.attempts(job_id)  # no failover
+    assert attempt.backend == "chat-a" and attempt.outcome == "succeeded"
+    counters = provider(rig, "chat-a")["counters"]
+    assert counters["created"] == counters["submissions"] == 1
+    assert provider(rig, "chat-b")["counters"]["submissions"] == 0
+    cat = rig.container.catalogue()
+    worst = estimate_micros(cat.get("chat-a"), spec)
+    assert worst == possible_cost(cat, job, "chat-a")
+    assert job.cost_micros == attempt.cost_micros == worst
+    (bill,) = provider(rig, "chat-a")["bills"]
+    assert 0 < bill["cost_micros"] <= worst  # what it billed, within what it was charged
+    assert ledger(rig) == (worst, 0)
+
+
+# -- (b) images as base64 data: kept as data: URLs, charged their price ------------------------
+
+def test_base64_images_are_kept_as_data_urls_and_charged_their_price(rig: Rig) -> None:
+    rig.control("img-a", image_format="b64_json")
+    rig.start_worker()
+    job_id = submit(rig, image_job())
+    (job,) = rig.wait_final([job_id])
+
+    assert job.status == "succeeded" and job.backend == "img-a", job.error_code
+    assert job.result == {"output": {"images": [f"data:image/png;base64,{TINY_PNG_B64}"]}}
+    (attempt,) = rig.attempts(job_id)
+    assert attempt.backend == "img-a" and attempt.outcome == "succeeded"
+    counters = provider(rig, "img-a")["counters"]
+    assert counters["created"] == counters["submissions"] == 1
+    assert provider(rig, "img-b")["counters"]["submissions"] == 0
+    price = actual_micros(rig.container.catalogue().get("img-a"),
+                          Usage(images=1, image_size="1024x1024"))
+    (bill,) = provider(rig, "img-a")["bills"]
+    assert job.cost_micros == attempt.cost_micros == price == bill["cost_micros"] == 40_000
+    assert ledger(rig) == (price, 0)
+
+
+# -- a refusal: the job fails for content policy, charged the refused call's bill ---------------
+
+REFUSAL_TEXT = "I can't help with an honest ledger."
+
+
+def refusal(usage: bool = True) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": "chatcmpl-refused", "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": None,
+                                             "refusal": REFUSAL_TEXT},
+                     "finish_reason": "stop"}]}
+    if usage:
+        body["usage"] = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}
+    return body
+
+
+def chain_with(r: Rig, handler: Callable[[httpx.Request], httpx.Response]) -> JobRunner:
+    """The container's job chain, its adapters given ``handler`` for a provider."""
+    c = r.container
+    s = c.settings
+
+    def adapter(name: str) -> BackendAdapter:
+        return make_adapter(c.catalogue().get(name), httpx.MockTransport(handler))
+
+    return JobRunner(c.engine, c.ledger, c.catalogue, c.health, adapter, utcnow,
+                     PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s))
+
+
+def run(r: Rig, runner: JobRunner, job_id: uuid.UUID) -> None:
+    token = r.job(job_id).chain_token
+    assert token is not None
+    run_chain(runner, job_id, token, timeout=20)
+
+
+@pytest.mark.parametrize("usage", [True, False], ids=["usage", "no-usage"])
+def test_a_refusal_fails_the_job_without_failover_charged_its_bill(rig: Rig,
+                                                                   usage: bool) -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(200, json=refusal(usage))
+
+    spec = text_job()
+    job_id = submit(rig, spec)
+    run(rig, chain_with(rig, handler), job_id)
+
+    job = rig.job(job_id)
+    assert job.status == "failed" and job.error_code == "content_policy"
+    assert calls == ["/chat-a/v1/chat/completions"]  # no failover
+    (attempt,) = rig.attempts(job_id)
+    assert attempt.outcome == "failed" and attempt.fault == "job_fault"
+    assert attempt.external_id == "chatcmpl-refused"
+    cat = rig.container.catalogue()
+    bill = (actual_micros(cat.get("chat-a"), Usage(input_tokens=100, output_tokens=10))
+            if usage else estimate_micros(cat.get("chat-a"), spec))  # no bill: its worst case
+    assert job.cost_micros == attempt.cost_micros == bill > 0
+    assert REFUSAL_TEXT not in f"{job.error_message} {attempt.error_message} {job.result}"
+    assert ledger(rig) == (bill, 0)
+
+
+def test_a_refusal_answered_after_a_cancel_settles_the_hold_with_its_bill(rig: Rig) -> None:
+    """The job is cancelled while its call runs; the refused call's bill is what the ending
+    charges, at once (not the attempt's worst case once the call window has passed)."""
+    job_id = submit(rig, text_job())
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        cancelled = rig.container.runner.cancel(job_id, TENANT)
+        assert cancelled is not None and cancelled.status == "cancelled"
+        return httpx.Response(200, json=refusal())
+
+    run(rig, chain_with(rig, handler), job_id)
+
+    job = rig.job(job_id)
+    bill = actual_micros(rig.container.catalogue().get("chat-a"),
+                         Usage(input_tokens=100, output_tokens=10))
+    assert job.status == "cancelled" and job.cost_micros == bill
+    (attempt,) = rig.attempts(job_id)
+    assert attempt.outcome == "failed" and attempt.cost_micros == bill
+    with rig.engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM holds WHERE job_id = :j"),
+                            {"j": job_id}).scalar_one() != "held"  # finished now
+    assert ledger(rig) == (bill, 0)
