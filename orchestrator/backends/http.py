@@ -51,7 +51,18 @@ from orchestrator.retry_after import parse_retry_after
 log = logging.getLogger("orchestrator.backends")
 
 JOB_FAULT_STATUSES = frozenset({400, 422})
-GATEWAY_STATUSES = frozenset({502, 504})
+# A gateway's answer for an origin that took the request and did not answer in time or
+# answered something it could not pass on (Cloudflare's 520 and 524 among them): the provider
+# behind it may go on working, and billing.
+GATEWAY_STATUSES = frozenset({502, 504, 520, 524})
+# 4xx codes that say the backend's configuration (its model, a parameter we send as the
+# catalogue declares it) is wrong, not the job: another backend can run the same job.
+BACKEND_CONFIG_CODES = frozenset({
+    "unsupported_parameter", "unsupported_value", "model_not_found", "invalid_model",
+    "unknown_model", "model_not_available"})
+# 429 codes that are no rate limit but our account out of money: retrying cannot help
+PAYMENT_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached",
+                           "billing_not_active"})
 CONTENT_POLICY_MARKERS = ("content_policy", "content_filter", "safety", "nsfw", "moderation")
 USER_AGENT = b"orchestrator"
 _SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_.\-\[\]]")
@@ -162,7 +173,9 @@ class HttpAdapter(ABC):
     # -- HTTP -------------------------------------------------------------------------------
 
     def _headers(self, idempotency_key: str | None, has_body: bool) -> list[tuple[bytes, bytes]]:
-        headers = [(b"Accept", b"application/json"), (b"User-Agent", USER_AGENT)]
+        # identity: a body we cannot decode would make a paid answer unreadable
+        headers = [(b"Accept", b"application/json"), (b"Accept-Encoding", b"identity"),
+                   (b"User-Agent", USER_AGENT)]
         key = self.backend.api_key()  # read per call from the environment; never logged
         if key:
             key = key.strip()  # a secret file's trailing newline
@@ -220,6 +233,16 @@ class HttpAdapter(ABC):
                 # gave up: for a create, the answer is lost
                 if creates and exc.status_code in GATEWAY_STATUSES:
                     exc.delivered = True
+                raise
+            except JobFault as exc:
+                # 409 to a create: the provider knows its Idempotency-Key (a request with it
+                # is under way, or done and not replayed). The work may exist: it is asked
+                # about (reconciled), never taken as the job's fault nor sent elsewhere.
+                if creates and exc.status_code == 409:
+                    raise TransientError(
+                        f"{self.name}: the idempotency key is already in use (HTTP 409)",
+                        code="idempotency_conflict", backend=self.name, status_code=409,
+                        delivered=True) from None
                 raise
 
         unsafe_repeat = creates and not self._replay_inflight
@@ -332,18 +355,27 @@ class HttpAdapter(ABC):
         common: dict[str, Any] = {"backend": self.name, "status_code": status}
         if provider_code:
             common["provider_code"] = provider_code
+        if status == 429 and provider_code in PAYMENT_CODES:
+            return BackendFault(f"{self.name}: out of quota or credit (HTTP 429)",
+                                code="backend_payment_required", **common)
         if status == 429:
-            retry_after = parse_retry_after(resp.header("Retry-After"))
             return TransientError(
                 f"{self.name}: rate limited (HTTP 429)", code="rate_limited",
-                retry_after_s=retry_after, **common,
+                retry_after_s=_retry_after(resp), **common,
             )
         if status == 408:
             return TransientError(f"{self.name}: request timeout (HTTP 408)",
                                   code="backend_timeout", **common)
         if status >= 500:
             code = "backend_unavailable" if status in (502, 503, 504) else "backend_server_error"
-            return TransientError(f"{self.name}: server error (HTTP {status})", code=code, **common)
+            return TransientError(f"{self.name}: server error (HTTP {status})", code=code,
+                                  retry_after_s=_retry_after(resp), **common)
+        if provider_code is not None and provider_code.lower() in BACKEND_CONFIG_CODES:
+            where = f" (parameter {param})" if param else ""
+            if param:
+                common["param"] = param
+            return BackendFault(f"{self.name}: the provider refuses the backend's "
+                                f"configuration{where}", code="backend_config", **common)
         if status in JOB_FAULT_STATUSES:
             policy = provider_code is not None and any(
                 m in provider_code.lower() for m in CONTENT_POLICY_MARKERS
@@ -404,6 +436,20 @@ def _sent(exc: httpx.TransportError) -> bool:
     """Whether the request may have reached the provider whole before ``exc``."""
     return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
                           | httpx.WriteError | httpx.WriteTimeout | httpx.UnsupportedProtocol)
+
+
+def _retry_after(resp: Reply) -> float | None:
+    """Seconds the provider asks us to wait: ``Retry-After``, else ``retry-after-ms`` (as
+    OpenAI's and Anthropic's APIs send it), else None."""
+    seconds = parse_retry_after(resp.header("Retry-After"))
+    if seconds is not None:
+        return seconds
+    ms = resp.header("retry-after-ms")
+    try:
+        value = float(ms) / 1000 if ms is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 <= value < 86_400 else None
 
 
 def _provider_error(resp: Reply) -> tuple[str | None, str | None]:
