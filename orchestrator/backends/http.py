@@ -133,7 +133,11 @@ class HttpAdapter(ABC):
                             pool=t.connect_s).as_dict(),
             "total": t.read_s,  # once connected, the whole exchange (see transport)
         }
-        self._base = backend.base_url.rstrip("/")
+        # OpenAI's SDKs take a base URL ending in /v1, and Azure's carries ?api-version=:
+        # both are read as meant, not as /v1/v1/… or a query before the path
+        base, _, self._base_query = backend.base_url.partition("?")
+        self._base = base.rstrip("/")
+        self._base_has_v1 = self._base.endswith("/v1")
         # in-flight repeats of a submission are safe only where the provider joins them
         self._replay_inflight = backend.idempotency == "inflight"
 
@@ -172,6 +176,15 @@ class HttpAdapter(ABC):
 
     # -- HTTP -------------------------------------------------------------------------------
 
+    def _url(self, path: str) -> str:
+        """``base_url`` + ``path`` (which starts ``/v1/``), with the base's query after it."""
+        if self._base_has_v1:
+            path = path[3:]
+        url = self._base + path
+        if self._base_query:
+            url += ("&" if "?" in path else "?") + self._base_query
+        return url
+
     def _headers(self, idempotency_key: str | None, has_body: bool) -> list[tuple[bytes, bytes]]:
         # identity: a body we cannot decode would make a paid answer unreadable
         headers = [(b"Accept", b"application/json"), (b"Accept-Encoding", b"identity"),
@@ -205,7 +218,7 @@ class HttpAdapter(ABC):
         have reached the provider (sent, then no answer), it is repeated only where the
         provider joins in-flight repeats of a key; elsewhere the call raises OutcomeUnknown.
         """
-        to = target(f"{self._base}{path}")
+        to = target(self._url(path))
         # as httpx encodes ``json=``
         body = b"" if json is None else jsonlib.dumps(
             json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")

@@ -7,8 +7,15 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from orchestrator.backends import BackendFault, JobFault, RetryPolicy, TransientError
+from orchestrator.backends import (
+    BackendFault,
+    JobFault,
+    RetryPolicy,
+    TransientError,
+    make_adapter,
+)
 from orchestrator.backends.errors import OutcomeUnknown
+from orchestrator.domain.catalogue import parse_catalogue
 
 from .test_adapters_mock import CHAT, TEXT, VIDEO, answer, mock
 
@@ -103,3 +110,44 @@ def test_answers_are_asked_for_uncompressed() -> None:
 
     mock("txt", handler).submit(TEXT, "k")
     assert seen == ["identity"]
+
+
+@pytest.mark.parametrize(("base_url", "called"), [
+    ("http://p.test/txt", "http://p.test/txt/v1/chat/completions"),
+    ("http://p.test/txt/", "http://p.test/txt/v1/chat/completions"),
+    # as OpenAI's SDKs and most compatible providers write it
+    ("https://api.p.test/v1", "https://api.p.test/v1/chat/completions"),
+    ("https://api.p.test/v1/", "https://api.p.test/v1/chat/completions"),
+    # Azure's: the query stays after the path
+    ("https://a.p.test/openai/deployments/d?api-version=2024-10-21",
+     "https://a.p.test/openai/deployments/d/v1/chat/completions?api-version=2024-10-21"),
+])
+def test_a_base_url_is_read_as_its_provider_documents_it(base_url: str, called: str) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json=CHAT)
+
+    spec = parse_catalogue({"backends": [
+        {"name": "t", "protocol": "openai", "kinds": ["text"], "tier": "standard",
+         "base_url": base_url,
+         "price": {"model": "per_token", "usd_per_1k_input": 0.001,
+                   "usd_per_1k_output": 0.002}}]}).get("t")
+    make_adapter(spec, httpx.MockTransport(handler)).submit(TEXT, "k")
+    assert seen == [called]
+
+
+def test_a_base_query_joins_a_paths_own() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={"results": []})
+
+    spec = parse_catalogue({"backends": [
+        {"name": "v", "protocol": "predictions", "kinds": ["video"], "tier": "draft",
+         "base_url": "https://p.test/v1?tenant=t1",
+         "price": {"model": "per_second", "usd_per_second": 0.1}}]}).get("v")
+    assert make_adapter(spec, httpx.MockTransport(handler)).lookup("job:1") is None
+    assert seen == ["https://p.test/v1/predictions?idempotency_key=job%3A1&tenant=t1"]
