@@ -10,10 +10,18 @@
 
 The listing is how a submission whose answer was lost is found again (``lookup``); a
 provider without it is still served, and such an attempt is reconciled by other means.
+
+A succeeded prediction is charged the catalogue's price of the usage its ``metrics`` report
+(``video_seconds``, ``resolution``, ``images``, ``image_size``, ``input_tokens`` and
+``output_tokens``, or Replicate's ``input_token_count`` and ``output_token_count``; any other
+metric, such as ``predict_time``, is ignored), else its ``cost_usd``. With neither (Replicate's
+answers carry no cost) its output is kept all the same: the result is ``unpriced`` and the job
+chain charges the attempt's worst case.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import quote
 
@@ -52,6 +60,10 @@ STATUS_MAP: dict[str, Status] = {
 JOB_FAULT_CODES = frozenset({"invalid_input", "bad_input", "validation_error"})
 _USAGE_INT = ("images", "input_tokens", "output_tokens")
 _USAGE_STR = ("resolution", "image_size")
+# Replicate's names for a language model's token counts (read when ours are absent)
+_USAGE_ALIASES = {"input_tokens": "input_token_count", "output_tokens": "output_token_count"}
+
+log = logging.getLogger("orchestrator.backends")
 
 
 class PredictionsAdapter(HttpAdapter):
@@ -122,22 +134,28 @@ class PredictionsAdapter(HttpAdapter):
         status, raw = self._status(data)
         if status == "running":
             return PollResult(status="running", provider_status=raw)
+        used = self._usage(data.get("metrics"))
         if status == "succeeded":
             if data.get("output") is None:
                 raise self.malformed("succeeded without output")
-            used = self._usage(data.get("metrics"))
-            if used is None and data.get("cost_usd") is None:
-                if not isinstance(self.backend.price, PerRequestPrice):
-                    raise self.malformed("succeeded without metrics or cost")
+            if used is None and isinstance(self.backend.price, PerRequestPrice):
                 used = Usage()  # a flat price needs no usage
-            cost, reported = self.cost(used, data.get("cost_usd"))
+            # usage we cannot price is passed over for the provider's cost_usd; with neither,
+            # the result is kept and the chain charges the attempt's worst case
+            cost, reported = self.cost(used, data.get("cost_usd"), lenient=True)
+            if cost is None:
+                log.warning("backend success without a bill we can read; the attempt is "
+                            "charged its worst case backend=%s provider_status=%s",
+                            self.name, raw)
             return PollResult(
                 status="succeeded", output=data["output"], usage=used, cost_micros=cost,
-                reported_cost_micros=reported, provider_status=raw,
+                reported_cost_micros=reported, provider_status=raw, unpriced=cost is None,
             )
-        # failed or canceled: billed only if the provider says so
-        used = self._usage(data.get("metrics"))
-        cost, reported = self.cost(used, data.get("cost_usd"))
+        # failed or canceled: billed only if the provider says so; usage it reports that
+        # cannot be priced, without a cost_usd, is a bill that cannot be read
+        cost, reported = self.cost(used, data.get("cost_usd"), lenient=True)
+        if cost is None and used is not None:
+            raise self.malformed("usage cannot be priced")
         error = self._failure(data.get("error")) if status == "failed" else None
         return PollResult(
             status=status, usage=used, cost_micros=cost or 0, reported_cost_micros=reported,
@@ -158,10 +176,11 @@ class PredictionsAdapter(HttpAdapter):
                 raise self.malformed("video_seconds is not a non-negative number in range")
             fields["video_seconds"] = float(seconds)
         for name in _USAGE_INT:
-            value = metrics.get(name)
+            key = name if metrics.get(name) is not None else _USAGE_ALIASES.get(name, name)
+            value = metrics.get(key)
             if value is not None:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise self.malformed(f"{name} is not a non-negative integer")
+                    raise self.malformed(f"{key} is not a non-negative integer")
                 fields[name] = value
         for name in _USAGE_STR:
             value = metrics.get(name)
