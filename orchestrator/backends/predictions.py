@@ -38,30 +38,30 @@ from orchestrator.domain.inputs import provider_input
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage
 
-# Statuses are read without regard to case. One not listed here is taken as "running": the
-# provider named the work, so it is polled on (until start_to_close, then stopped) rather
-# than dropped while it may still run and bill.
+# Statuses are read without regard to case, "-" and " " read as "_" ("In Progress", "timed-out").
+# One not listed here is taken as "running": the provider named the work, so it is polled on
+# (until start_to_close, then stopped) rather than dropped while it may still run and bill;
+# a warning names it, once per backend and status.
 STATUS_MAP: dict[str, Status] = {
-    "starting": "running",
-    "processing": "running",
-    "queued": "running",
-    "in_queue": "running",
-    "pending": "running",
-    "running": "running",
-    "in_progress": "running",
-    "succeeded": "succeeded",
-    "completed": "succeeded",
-    "failed": "failed",
-    "error": "failed",
-    "canceled": "cancelled",
-    "cancelled": "cancelled",
-    "aborted": "cancelled",
+    **dict.fromkeys(("starting", "processing", "queued", "queueing", "in_queue", "pending",
+                     "submitted", "preparing", "running", "in_progress", "canceling",
+                     "cancelling"), "running"),
+    **dict.fromkeys(("succeeded", "success", "succeed", "successful", "completed",
+                     "complete", "done", "finished"), "succeeded"),
+    **dict.fromkeys(("failed", "fail", "failure", "error", "errored", "timed_out",
+                     "timedout", "timeout", "expired"), "failed"),
+    **dict.fromkeys(("canceled", "cancelled", "aborted", "canceled_by_user",
+                     "cancelled_by_user"), "cancelled"),
 }
 JOB_FAULT_CODES = frozenset({"invalid_input", "bad_input", "validation_error"})
 _USAGE_INT = ("images", "input_tokens", "output_tokens")
 _USAGE_STR = ("resolution", "image_size")
 # Replicate's names for a language model's token counts (read when ours are absent)
 _USAGE_ALIASES = {"input_tokens": "input_token_count", "output_tokens": "output_token_count"}
+# (backend, status) pairs already warned of as unknown; cleared when full, so a provider that
+# invents statuses costs a repeated warning, never memory
+_UNKNOWN_SEEN: set[tuple[str, str]] = set()
+_UNKNOWN_SEEN_MAX = 256
 
 log = logging.getLogger("orchestrator.backends")
 
@@ -128,7 +128,22 @@ class PredictionsAdapter(HttpAdapter):
         raw = data.get("status")
         if not isinstance(raw, str):
             raise self.malformed("no status")
-        return STATUS_MAP.get(raw.lower(), "running"), safe_token(raw) or "unknown"
+        shown = safe_token(raw) or "unknown"
+        status = STATUS_MAP.get(raw.strip().lower().replace("-", "_").replace(" ", "_"))
+        if status is None:
+            self._unknown_status(shown)
+            return "running", shown
+        return status, shown
+
+    def _unknown_status(self, shown: str) -> None:
+        seen = (self.name, shown.lower())
+        if seen in _UNKNOWN_SEEN:
+            return
+        if len(_UNKNOWN_SEEN) >= _UNKNOWN_SEEN_MAX:
+            _UNKNOWN_SEEN.clear()
+        _UNKNOWN_SEEN.add(seen)
+        log.warning("backend status unknown; polled as running backend=%s provider_status=%s",
+                    self.name, shown)
 
     def _result(self, data: dict[str, Any]) -> PollResult:
         status, raw = self._status(data)

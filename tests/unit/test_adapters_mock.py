@@ -21,6 +21,7 @@ from orchestrator.backends import (
     TransientError,
     make_adapter,
 )
+from orchestrator.backends import predictions as predictions_module
 from orchestrator.backends.errors import LookupUnsupported, OutcomeUnknown
 from orchestrator.backends.http import HttpAdapter, parse_retry_after, safe_token
 from orchestrator.domain.catalogue import BackendSpec, parse_catalogue
@@ -137,6 +138,64 @@ def test_common_spellings_of_an_ending_are_read() -> None:
     assert done.status == "succeeded" and done.provider_status == "COMPLETED"
     gone = mock("vid", answer({"id": "p1", "status": "aborted"})).poll("p1")
     assert gone.status == "cancelled" and gone.cost_micros == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "ended"),
+    [
+        ("TIMED_OUT", "failed"),  # RunPod
+        ("timed-out", "failed"),
+        ("timeout", "failed"),
+        ("expired", "failed"),
+        ("Fail", "failed"),  # MiniMax
+        ("failure", "failed"),
+        ("succeed", "succeeded"),  # Kling
+        ("Success", "succeeded"),  # MiniMax
+        ("done", "succeeded"),
+        ("complete", "succeeded"),
+        ("finished", "succeeded"),
+        ("cancelled_by_user", "cancelled"),
+    ],
+)
+def test_other_providers_spellings_of_an_ending_end_the_prediction(
+    status: str, ended: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not polled as running until start_to_close (600 s or more) for a word we did not know."""
+    with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
+        res = mock("vid", answer(prediction(status=status))).poll("p1")
+    assert res.status == ended and res.done and res.provider_status == status
+    if ended == "failed":
+        assert isinstance(res.error, BackendFault) and res.error.code == "prediction_failed"
+    assert "unknown" not in caplog.text
+
+
+def test_an_unknown_status_is_warned_of_once_per_backend_and_status(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(predictions_module, "_UNKNOWN_SEEN", set())
+    with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
+        for _ in range(3):
+            assert mock("vid", answer({"id": "p1", "status": "Dreaming"})).poll("p1").status \
+                == "running"
+            mock("txt-pred", answer({"id": "p1", "status": "dreaming"})).poll("p1")
+    warned = [r.getMessage() for r in caplog.records if "status unknown" in r.getMessage()]
+    assert warned == [
+        "backend status unknown; polled as running backend=vid provider_status=Dreaming",
+        "backend status unknown; polled as running backend=txt-pred provider_status=dreaming",
+    ]
+
+
+def test_the_unknown_statuses_remembered_are_bounded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: set[tuple[str, str]] = set()
+    monkeypatch.setattr(predictions_module, "_UNKNOWN_SEEN", seen)
+    monkeypatch.setattr(predictions_module, "_UNKNOWN_SEEN_MAX", 3)
+    with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
+        for i in range(10):
+            mock("vid", answer({"id": "p1", "status": f"phase{i}"})).poll("p1")
+            assert len(seen) <= 3
+    assert sum("status unknown" in r.getMessage() for r in caplog.records) == 10
 
 
 @pytest.mark.parametrize(
