@@ -58,6 +58,8 @@ _USAGE_INT = ("images", "input_tokens", "output_tokens")
 _USAGE_STR = ("resolution", "image_size")
 # Replicate's names for a language model's token counts (read when ours are absent)
 _USAGE_ALIASES = {"input_tokens": "input_token_count", "output_tokens": "output_token_count"}
+# A refusal told in a string ``error`` (Replicate: "NSFW content detected. …")
+_POLICY_TEXT = (*CONTENT_POLICY_MARKERS, "content policy", "content filter")
 # (backend, status) pairs already warned of as unknown; cleared when full, so a provider that
 # invents statuses costs a repeated warning, never memory
 _UNKNOWN_SEEN: set[tuple[str, str]] = set()
@@ -209,6 +211,11 @@ class PredictionsAdapter(HttpAdapter):
         code = None
         if isinstance(error, dict):
             code = safe_token(error.get("code")) or safe_token(error.get("type"))
+        elif isinstance(error, str) and any(m in error.lower() for m in _POLICY_TEXT):
+            # a refusal told in words: the words are the provider's (they may echo the
+            # prompt), so only our code is kept
+            return JobFault(f"{self.name}: refused by content policy", code="content_policy",
+                            backend=self.name)
         if code and any(m in code.lower() for m in CONTENT_POLICY_MARKERS):
             return JobFault(f"{self.name}: refused by content policy", code="content_policy",
                             backend=self.name, provider_code=code)

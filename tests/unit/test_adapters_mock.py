@@ -522,6 +522,29 @@ def test_failed_status_without_a_code_is_a_prediction_failure() -> None:
     assert "CUDA" not in res.error.message
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        "NSFW content detected. Try running it again, or try a different prompt.",  # Replicate
+        "Output flagged by the Safety checker",
+        "Your request was rejected as a result of our Content Policy (top secret prompt)",
+        "content_filter triggered",
+    ],
+)
+def test_a_refusal_told_in_a_string_error_fails_the_job_as_content_policy(error: str) -> None:
+    """Not a prediction_failed, which would send the same prompt to the next backend (and pay
+    there); the provider's words are neither kept nor logged, only our code."""
+    res = mock("vid", answer(prediction(status="failed", error=error, metrics=None,
+                                         cost_usd=None))).poll("p1")
+    assert res.status == "failed" and res.cost_micros == 0
+    err = res.error
+    assert isinstance(err, JobFault) and err.code == "content_policy"
+    assert err.outcome is Outcome.JOB_FAULT
+    assert "provider_code" not in err.details
+    for words in ("NSFW content", "flagged", "top secret", "triggered"):
+        assert words not in str(err) and words not in repr(err.details)
+
+
 class CountingTransport(httpx.MockTransport):
     closed = 0
 
