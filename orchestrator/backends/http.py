@@ -415,8 +415,23 @@ class HttpAdapter(ABC):
 
     # -- cost -------------------------------------------------------------------------------
 
-    def cost(self, usage: Usage | None, reported_usd: Any) -> tuple[int | None, int | None]:
-        """(actual cost from usage via the catalogue's price, the provider's own figure)."""
+    def price(self, usage: Usage) -> int | None:
+        """The catalogue's price of the ``usage`` a provider reported; None when it cannot be
+        priced (a quantity the price model needs is missing, a resolution or size the backend
+        does not list). A price beyond any real bill is an unreadable answer (malformed)."""
+        try:
+            computed = actual_micros(self.backend, usage)
+        except (ValueError, KeyError, TypeError):  # NotPriceable is a ValueError
+            return None
+        if computed > MAX_BILL_MICROS:
+            raise self.malformed("usage is out of range")
+        return computed
+
+    def cost(self, usage: Usage | None, reported_usd: Any, *, lenient: bool = False
+             ) -> tuple[int | None, int | None]:
+        """(actual cost, the provider's own figure): the actual cost is the catalogue's price
+        of ``usage``, else the provider's figure, else None. Usage that cannot be priced is a
+        malformed answer; ``lenient``: it is passed over, as if none had been reported."""
         reported: int | None = None
         if isinstance(reported_usd, int | float | str) and not isinstance(reported_usd, bool):
             try:
@@ -429,14 +444,11 @@ class HttpAdapter(ABC):
                 raise self.malformed("cost_usd is out of range")
         elif reported_usd is not None:
             raise self.malformed("cost_usd is not a number")
-        if usage is None:
+        computed = None if usage is None else self.price(usage)
+        if computed is None:
+            if usage is not None and not lenient:
+                raise self.malformed("usage cannot be priced")
             return reported, reported
-        try:
-            computed = actual_micros(self.backend, usage)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise self.malformed(f"usage cannot be priced ({type(exc).__name__})") from None
-        if computed > MAX_BILL_MICROS:
-            raise self.malformed("usage is out of range")
         if reported is not None and computed != reported:
             log.warning(
                 "backend cost mismatch backend=%s computed_micros=%d reported_micros=%d",
