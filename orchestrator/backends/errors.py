@@ -10,11 +10,16 @@
 
 Stable codes (``exc.code``):
 
-    TransientError  rate_limited (429, ``retry_after_s`` from Retry-After), backend_timeout,
-                    backend_connection, backend_unavailable (502/503/504), backend_server_error
-                    (500 and other 5xx)
+    TransientError  rate_limited (429, ``retry_after_s`` from Retry-After or
+                    retry-after-ms, as on a 5xx), backend_timeout, backend_connection,
+                    backend_unavailable (502/503/504), backend_server_error (500 and other
+                    5xx), idempotency_conflict (409 to a submission: the provider knows its
+                    key; delivered)
     BackendFault    malformed_response, backend_auth (401/403), backend_payment_required
-                    (402), backend_redirect (3xx: not followed), backend_not_found (404: an id
+                    (402, or a 429 whose code says out of quota or credit),
+                    backend_config (a 4xx whose code says the backend's model or a parameter
+                    it is sent is wrong: unsupported_parameter, model_not_found, …),
+                    backend_redirect (3xx: not followed), backend_not_found (404: an id
                     the backend gave us and lost, or a wrong base URL), prediction_failed (a
                     prediction ended ``failed`` without a job-fault code), unsupported_kind,
                     poll_unsupported
@@ -25,7 +30,8 @@ Stable codes (``exc.code``):
 A TransientError says whether the request was ``delivered``: False when it never reached the
 provider whole (no connection, or the connection broke while sending it) or the provider
 answered it (429, 408, 500, 503: nothing was done); True when it was sent and no answer came,
-or (for a submission) a gateway answered 502 or 504 for a provider that may have taken it. A
+or (for a submission) a gateway answered 502, 504, 520 or 524 for a provider that may have
+taken it, or the provider answered 409 for its Idempotency-Key. A
 delivered submission may have created paid work, so it is repeated within the call only on a
 backend that de-duplicates requests still in flight (catalogue ``idempotency: inflight``);
 elsewhere the call ends in OutcomeUnknown and the job chain reconciles the attempt with the

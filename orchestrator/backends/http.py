@@ -51,7 +51,18 @@ from orchestrator.retry_after import parse_retry_after
 log = logging.getLogger("orchestrator.backends")
 
 JOB_FAULT_STATUSES = frozenset({400, 422})
-GATEWAY_STATUSES = frozenset({502, 504})
+# A gateway's answer for an origin that took the request and did not answer in time or
+# answered something it could not pass on (Cloudflare's 520 and 524 among them): the provider
+# behind it may go on working, and billing.
+GATEWAY_STATUSES = frozenset({502, 504, 520, 524})
+# 4xx codes that say the backend's configuration (its model, a parameter we send as the
+# catalogue declares it) is wrong, not the job: another backend can run the same job.
+BACKEND_CONFIG_CODES = frozenset({
+    "unsupported_parameter", "unsupported_value", "model_not_found", "invalid_model",
+    "unknown_model", "model_not_available"})
+# 429 codes that are no rate limit but our account out of money: retrying cannot help
+PAYMENT_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached",
+                           "billing_not_active"})
 CONTENT_POLICY_MARKERS = ("content_policy", "content_filter", "safety", "nsfw", "moderation")
 USER_AGENT = b"orchestrator"
 _SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_.\-\[\]]")
@@ -122,7 +133,11 @@ class HttpAdapter(ABC):
                             pool=t.connect_s).as_dict(),
             "total": t.read_s,  # once connected, the whole exchange (see transport)
         }
-        self._base = backend.base_url.rstrip("/")
+        # OpenAI's SDKs take a base URL ending in /v1, and Azure's carries ?api-version=:
+        # both are read as meant, not as /v1/v1/… or a query before the path
+        base, _, self._base_query = backend.base_url.partition("?")
+        self._base = base.rstrip("/")
+        self._base_has_v1 = self._base.endswith("/v1")
         # in-flight repeats of a submission are safe only where the provider joins them
         self._replay_inflight = backend.idempotency == "inflight"
 
@@ -161,8 +176,19 @@ class HttpAdapter(ABC):
 
     # -- HTTP -------------------------------------------------------------------------------
 
+    def _url(self, path: str) -> str:
+        """``base_url`` + ``path`` (which starts ``/v1/``), with the base's query after it."""
+        if self._base_has_v1:
+            path = path[3:]
+        url = self._base + path
+        if self._base_query:
+            url += ("&" if "?" in path else "?") + self._base_query
+        return url
+
     def _headers(self, idempotency_key: str | None, has_body: bool) -> list[tuple[bytes, bytes]]:
-        headers = [(b"Accept", b"application/json"), (b"User-Agent", USER_AGENT)]
+        # identity: a body we cannot decode would make a paid answer unreadable
+        headers = [(b"Accept", b"application/json"), (b"Accept-Encoding", b"identity"),
+                   (b"User-Agent", USER_AGENT)]
         key = self.backend.api_key()  # read per call from the environment; never logged
         if key:
             key = key.strip()  # a secret file's trailing newline
@@ -192,7 +218,7 @@ class HttpAdapter(ABC):
         have reached the provider (sent, then no answer), it is repeated only where the
         provider joins in-flight repeats of a key; elsewhere the call raises OutcomeUnknown.
         """
-        to = target(f"{self._base}{path}")
+        to = target(self._url(path))
         # as httpx encodes ``json=``
         body = b"" if json is None else jsonlib.dumps(
             json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
@@ -220,6 +246,16 @@ class HttpAdapter(ABC):
                 # gave up: for a create, the answer is lost
                 if creates and exc.status_code in GATEWAY_STATUSES:
                     exc.delivered = True
+                raise
+            except JobFault as exc:
+                # 409 to a create: the provider knows its Idempotency-Key (a request with it
+                # is under way, or done and not replayed). The work may exist: it is asked
+                # about (reconciled), never taken as the job's fault nor sent elsewhere.
+                if creates and exc.status_code == 409:
+                    raise TransientError(
+                        f"{self.name}: the idempotency key is already in use (HTTP 409)",
+                        code="idempotency_conflict", backend=self.name, status_code=409,
+                        delivered=True) from None
                 raise
 
         unsafe_repeat = creates and not self._replay_inflight
@@ -332,18 +368,27 @@ class HttpAdapter(ABC):
         common: dict[str, Any] = {"backend": self.name, "status_code": status}
         if provider_code:
             common["provider_code"] = provider_code
+        if status == 429 and provider_code in PAYMENT_CODES:
+            return BackendFault(f"{self.name}: out of quota or credit (HTTP 429)",
+                                code="backend_payment_required", **common)
         if status == 429:
-            retry_after = parse_retry_after(resp.header("Retry-After"))
             return TransientError(
                 f"{self.name}: rate limited (HTTP 429)", code="rate_limited",
-                retry_after_s=retry_after, **common,
+                retry_after_s=_retry_after(resp), **common,
             )
         if status == 408:
             return TransientError(f"{self.name}: request timeout (HTTP 408)",
                                   code="backend_timeout", **common)
         if status >= 500:
             code = "backend_unavailable" if status in (502, 503, 504) else "backend_server_error"
-            return TransientError(f"{self.name}: server error (HTTP {status})", code=code, **common)
+            return TransientError(f"{self.name}: server error (HTTP {status})", code=code,
+                                  retry_after_s=_retry_after(resp), **common)
+        if provider_code is not None and provider_code.lower() in BACKEND_CONFIG_CODES:
+            where = f" (parameter {param})" if param else ""
+            if param:
+                common["param"] = param
+            return BackendFault(f"{self.name}: the provider refuses the backend's "
+                                f"configuration{where}", code="backend_config", **common)
         if status in JOB_FAULT_STATUSES:
             policy = provider_code is not None and any(
                 m in provider_code.lower() for m in CONTENT_POLICY_MARKERS
@@ -370,8 +415,23 @@ class HttpAdapter(ABC):
 
     # -- cost -------------------------------------------------------------------------------
 
-    def cost(self, usage: Usage | None, reported_usd: Any) -> tuple[int | None, int | None]:
-        """(actual cost from usage via the catalogue's price, the provider's own figure)."""
+    def price(self, usage: Usage) -> int | None:
+        """The catalogue's price of the ``usage`` a provider reported; None when it cannot be
+        priced (a quantity the price model needs is missing, a resolution or size the backend
+        does not list). A price beyond any real bill is an unreadable answer (malformed)."""
+        try:
+            computed = actual_micros(self.backend, usage)
+        except (ValueError, KeyError, TypeError):  # NotPriceable is a ValueError
+            return None
+        if computed > MAX_BILL_MICROS:
+            raise self.malformed("usage is out of range")
+        return computed
+
+    def cost(self, usage: Usage | None, reported_usd: Any, *, lenient: bool = False
+             ) -> tuple[int | None, int | None]:
+        """(actual cost, the provider's own figure): the actual cost is the catalogue's price
+        of ``usage``, else the provider's figure, else None. Usage that cannot be priced is a
+        malformed answer; ``lenient``: it is passed over, as if none had been reported."""
         reported: int | None = None
         if isinstance(reported_usd, int | float | str) and not isinstance(reported_usd, bool):
             try:
@@ -384,14 +444,11 @@ class HttpAdapter(ABC):
                 raise self.malformed("cost_usd is out of range")
         elif reported_usd is not None:
             raise self.malformed("cost_usd is not a number")
-        if usage is None:
+        computed = None if usage is None else self.price(usage)
+        if computed is None:
+            if usage is not None and not lenient:
+                raise self.malformed("usage cannot be priced")
             return reported, reported
-        try:
-            computed = actual_micros(self.backend, usage)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise self.malformed(f"usage cannot be priced ({type(exc).__name__})") from None
-        if computed > MAX_BILL_MICROS:
-            raise self.malformed("usage is out of range")
         if reported is not None and computed != reported:
             log.warning(
                 "backend cost mismatch backend=%s computed_micros=%d reported_micros=%d",
@@ -404,6 +461,20 @@ def _sent(exc: httpx.TransportError) -> bool:
     """Whether the request may have reached the provider whole before ``exc``."""
     return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
                           | httpx.WriteError | httpx.WriteTimeout | httpx.UnsupportedProtocol)
+
+
+def _retry_after(resp: Reply) -> float | None:
+    """Seconds the provider asks us to wait: ``Retry-After``, else ``retry-after-ms`` (as
+    OpenAI's and Anthropic's APIs send it), else None."""
+    seconds = parse_retry_after(resp.header("Retry-After"))
+    if seconds is not None:
+        return seconds
+    ms = resp.header("retry-after-ms")
+    try:
+        value = float(ms) / 1000 if ms is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 <= value < 86_400 else None
 
 
 def _provider_error(resp: Reply) -> tuple[str | None, str | None]:

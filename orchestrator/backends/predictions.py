@@ -10,10 +10,18 @@
 
 The listing is how a submission whose answer was lost is found again (``lookup``); a
 provider without it is still served, and such an attempt is reconciled by other means.
+
+A succeeded prediction is charged the catalogue's price of the usage its ``metrics`` report
+(``video_seconds``, ``resolution``, ``images``, ``image_size``, ``input_tokens`` and
+``output_tokens``, or Replicate's ``input_token_count`` and ``output_token_count``; any other
+metric, such as ``predict_time``, is ignored), else its ``cost_usd``. With neither (Replicate's
+answers carry no cost) its output is kept all the same: the result is ``unpriced`` and the job
+chain charges the attempt's worst case.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import quote
 
@@ -30,28 +38,34 @@ from orchestrator.domain.inputs import provider_input
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage
 
-# Statuses are read without regard to case. One not listed here is taken as "running": the
-# provider named the work, so it is polled on (until start_to_close, then stopped) rather
-# than dropped while it may still run and bill.
+# Statuses are read without regard to case, "-" and " " read as "_" ("In Progress", "timed-out").
+# One not listed here is taken as "running": the provider named the work, so it is polled on
+# (until start_to_close, then stopped) rather than dropped while it may still run and bill;
+# a warning names it, once per backend and status.
 STATUS_MAP: dict[str, Status] = {
-    "starting": "running",
-    "processing": "running",
-    "queued": "running",
-    "in_queue": "running",
-    "pending": "running",
-    "running": "running",
-    "in_progress": "running",
-    "succeeded": "succeeded",
-    "completed": "succeeded",
-    "failed": "failed",
-    "error": "failed",
-    "canceled": "cancelled",
-    "cancelled": "cancelled",
-    "aborted": "cancelled",
+    **dict.fromkeys(("starting", "processing", "queued", "queueing", "in_queue", "pending",
+                     "submitted", "preparing", "running", "in_progress", "canceling",
+                     "cancelling"), "running"),
+    **dict.fromkeys(("succeeded", "success", "succeed", "successful", "completed",
+                     "complete", "done", "finished"), "succeeded"),
+    **dict.fromkeys(("failed", "fail", "failure", "error", "errored", "timed_out",
+                     "timedout", "timeout", "expired"), "failed"),
+    **dict.fromkeys(("canceled", "cancelled", "aborted", "canceled_by_user",
+                     "cancelled_by_user"), "cancelled"),
 }
 JOB_FAULT_CODES = frozenset({"invalid_input", "bad_input", "validation_error"})
 _USAGE_INT = ("images", "input_tokens", "output_tokens")
 _USAGE_STR = ("resolution", "image_size")
+# Replicate's names for a language model's token counts (read when ours are absent)
+_USAGE_ALIASES = {"input_tokens": "input_token_count", "output_tokens": "output_token_count"}
+# A refusal told in a string ``error`` (Replicate: "NSFW content detected. …")
+_POLICY_TEXT = (*CONTENT_POLICY_MARKERS, "content policy", "content filter")
+# (backend, status) pairs already warned of as unknown; cleared when full, so a provider that
+# invents statuses costs a repeated warning, never memory
+_UNKNOWN_SEEN: set[tuple[str, str]] = set()
+_UNKNOWN_SEEN_MAX = 256
+
+log = logging.getLogger("orchestrator.backends")
 
 
 class PredictionsAdapter(HttpAdapter):
@@ -116,28 +130,49 @@ class PredictionsAdapter(HttpAdapter):
         raw = data.get("status")
         if not isinstance(raw, str):
             raise self.malformed("no status")
-        return STATUS_MAP.get(raw.lower(), "running"), safe_token(raw) or "unknown"
+        shown = safe_token(raw) or "unknown"
+        status = STATUS_MAP.get(raw.strip().lower().replace("-", "_").replace(" ", "_"))
+        if status is None:
+            self._unknown_status(shown)
+            return "running", shown
+        return status, shown
+
+    def _unknown_status(self, shown: str) -> None:
+        seen = (self.name, shown.lower())
+        if seen in _UNKNOWN_SEEN:
+            return
+        if len(_UNKNOWN_SEEN) >= _UNKNOWN_SEEN_MAX:
+            _UNKNOWN_SEEN.clear()
+        _UNKNOWN_SEEN.add(seen)
+        log.warning("backend status unknown; polled as running backend=%s provider_status=%s",
+                    self.name, shown)
 
     def _result(self, data: dict[str, Any]) -> PollResult:
         status, raw = self._status(data)
         if status == "running":
             return PollResult(status="running", provider_status=raw)
+        used = self._usage(data.get("metrics"))
         if status == "succeeded":
             if data.get("output") is None:
                 raise self.malformed("succeeded without output")
-            used = self._usage(data.get("metrics"))
-            if used is None and data.get("cost_usd") is None:
-                if not isinstance(self.backend.price, PerRequestPrice):
-                    raise self.malformed("succeeded without metrics or cost")
+            if used is None and isinstance(self.backend.price, PerRequestPrice):
                 used = Usage()  # a flat price needs no usage
-            cost, reported = self.cost(used, data.get("cost_usd"))
+            # usage we cannot price is passed over for the provider's cost_usd; with neither,
+            # the result is kept and the chain charges the attempt's worst case
+            cost, reported = self.cost(used, data.get("cost_usd"), lenient=True)
+            if cost is None:
+                log.warning("backend success without a bill we can read; the attempt is "
+                            "charged its worst case backend=%s provider_status=%s",
+                            self.name, raw)
             return PollResult(
                 status="succeeded", output=data["output"], usage=used, cost_micros=cost,
-                reported_cost_micros=reported, provider_status=raw,
+                reported_cost_micros=reported, provider_status=raw, unpriced=cost is None,
             )
-        # failed or canceled: billed only if the provider says so
-        used = self._usage(data.get("metrics"))
-        cost, reported = self.cost(used, data.get("cost_usd"))
+        # failed or canceled: billed only if the provider says so; usage it reports that
+        # cannot be priced, without a cost_usd, is a bill that cannot be read
+        cost, reported = self.cost(used, data.get("cost_usd"), lenient=True)
+        if cost is None and used is not None:
+            raise self.malformed("usage cannot be priced")
         error = self._failure(data.get("error")) if status == "failed" else None
         return PollResult(
             status=status, usage=used, cost_micros=cost or 0, reported_cost_micros=reported,
@@ -158,10 +193,11 @@ class PredictionsAdapter(HttpAdapter):
                 raise self.malformed("video_seconds is not a non-negative number in range")
             fields["video_seconds"] = float(seconds)
         for name in _USAGE_INT:
-            value = metrics.get(name)
+            key = name if metrics.get(name) is not None else _USAGE_ALIASES.get(name, name)
+            value = metrics.get(key)
             if value is not None:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise self.malformed(f"{name} is not a non-negative integer")
+                    raise self.malformed(f"{key} is not a non-negative integer")
                 fields[name] = value
         for name in _USAGE_STR:
             value = metrics.get(name)
@@ -175,6 +211,11 @@ class PredictionsAdapter(HttpAdapter):
         code = None
         if isinstance(error, dict):
             code = safe_token(error.get("code")) or safe_token(error.get("type"))
+        elif isinstance(error, str) and any(m in error.lower() for m in _POLICY_TEXT):
+            # a refusal told in words: the words are the provider's (they may echo the
+            # prompt), so only our code is kept
+            return JobFault(f"{self.name}: refused by content policy", code="content_policy",
+                            backend=self.name)
         if code and any(m in code.lower() for m in CONTENT_POLICY_MARKERS):
             return JobFault(f"{self.name}: refused by content policy", code="content_policy",
                             backend=self.name, provider_code=code)

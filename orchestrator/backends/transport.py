@@ -11,8 +11,11 @@ one GIL, so that difference is worker throughput.
 Keep-alive: one stack of idle connections per origin, shared by the worker's threads. A
 connection serves one request at a time and goes back on the stack once its answer has been
 read whole and the server did not ask to close. One the server closed while it sat idle is
-noticed before reuse (its socket polls readable) and dropped. Failures are httpx's
-exceptions, so callers handle them as before:
+noticed before reuse (its socket polls readable) and dropped. One idle longer than
+``max_idle_s`` (4 s, under the 5 s idle limit of uvicorn's and Node's servers), or than the
+server's ``Keep-Alive: timeout=`` less a second, is dropped unused: a server closing it just
+as a request goes out makes a paid submission's outcome unknown, though it never saw it.
+Failures are httpx's exceptions, so callers handle them as before:
 
     UnsupportedProtocol             not http or https
     ConnectTimeout / ConnectError   the connection (or its TLS handshake) could not be made
@@ -190,12 +193,14 @@ class Http11Transport(httpx.BaseTransport):
     """HTTP/1.1 with per-origin keep-alive (``max_idle`` idle connections per origin), through
     the environment's proxies and trust store unless ``trust_env`` is False (as httpx)."""
 
-    def __init__(self, *, max_idle: int = 64, ssl_context: ssl.SSLContext | None = None,
-                 trust_env: bool = True) -> None:
+    def __init__(self, *, max_idle: int = 64, max_idle_s: float = 4.0,
+                 ssl_context: ssl.SSLContext | None = None, trust_env: bool = True) -> None:
         self._max_idle = max_idle
+        self._max_idle_s = max_idle_s
         self._ssl = ssl_context
         self._trust_env = trust_env
-        self._idle: dict[_PoolKey, deque[socket.socket]] = {}
+        # per pool key, (connection, monotonic time after which it is not reused), newest last
+        self._idle: dict[_PoolKey, deque[tuple[socket.socket, float]]] = {}
         self._lock = threading.Lock()
         # None: no proxy configured, every origin direct without asking
         self._proxies = ProxyRules.from_environment() if trust_env else None
@@ -269,7 +274,7 @@ class Http11Transport(httpx.BaseTransport):
             sock.close()
             raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from None
         if answer.complete and answer.keep_alive:
-            self._park(key, sock)
+            self._park(key, sock, self._idle_limit(answer.headers))
         else:
             sock.close()
         return Reply(parser.get_status_code(), answer.headers, b"".join(answer.body))
@@ -287,7 +292,7 @@ class Http11Transport(httpx.BaseTransport):
         with self._lock:
             idle, self._idle = self._idle, {}
         for stack in idle.values():
-            for sock in stack:
+            for sock, _ in stack:
                 sock.close()
 
     # -- connections ---------------------------------------------------------------------------
@@ -318,27 +323,56 @@ class Http11Transport(httpx.BaseTransport):
             raise httpx.ConnectError(f"TLS with {host}:{port} failed "
                                      f"({type(exc).__name__})") from None
 
+    def _idle_limit(self, headers: Sequence[tuple[bytes, bytes]]) -> float:
+        """How long a connection may sit idle and still be reused: ``max_idle_s``, or the
+        server's ``Keep-Alive: timeout=N`` less a second if that is sooner."""
+        limit = self._max_idle_s
+        for name, value in headers:
+            if name.lower() == b"keep-alive":
+                for part in value.split(b","):
+                    k, _, v = part.strip().partition(b"=")
+                    if k.strip().lower() == b"timeout" and v.strip().isdigit():
+                        limit = min(limit, int(v.strip()) - 1.0)
+        return limit
+
     def _reuse(self, key: _PoolKey) -> socket.socket | None:
         stack = self._idle.get(key)
         while stack:
             try:
-                sock = stack.pop()
+                sock, until = stack.pop()
             except IndexError:  # another thread took the last one
                 return None
-            if not has_input(sock):  # idle and quiet: the server has not closed it
+            # idle not too long, and quiet: the server has not closed it, nor is about to
+            if time.monotonic() < until and not has_input(sock):
                 return sock
             sock.close()
         return None
 
-    def _park(self, key: _PoolKey, sock: socket.socket) -> None:
+    def _park(self, key: _PoolKey, sock: socket.socket, idle_s: float) -> None:
+        if idle_s <= 0:
+            sock.close()
+            return
         stack = self._idle.get(key)
         if stack is None:
             with self._lock:
                 stack = self._idle.setdefault(key, deque())
+        now = time.monotonic()
+        while stack:  # the oldest first: those idle too long are never reused
+            try:
+                oldest, until = stack[0]
+            except IndexError:
+                break
+            if until > now:
+                break
+            try:
+                stack.remove((oldest, until))
+            except ValueError:  # another thread took it
+                continue
+            oldest.close()
         if len(stack) >= self._max_idle:
             sock.close()
         else:
-            stack.append(sock)
+            stack.append((sock, now + idle_s))
 
 
 def _head(method: str, path: bytes, headers: Headers) -> bytes:

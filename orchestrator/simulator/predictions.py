@@ -21,7 +21,9 @@ reports ``cost_usd`` and ``metrics`` (the usage) once it ended: succeeded, the f
 failed, ``cost_usd`` 0 without metrics; canceled while running with ``cancel_bill_fraction``
 f > 0, the partial usage (video_seconds x f; images, output tokens rounded down) and its price,
 so that pricing the reported metrics with ``actual_micros`` gives exactly ``cost_usd``; with
-f = 0, ``cost_usd`` 0 without metrics.
+f = 0, ``cost_usd`` 0 without metrics. With ``report_usage`` false (read when the answer is
+made), a succeeded prediction reports ``metrics: {"predict_time": <seconds>}`` only and no
+``cost_usd``, as Replicate's do; it is billed its full run all the same.
 """
 
 from __future__ import annotations
@@ -71,8 +73,11 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
                      "cancel": f"{base}/v1/predictions/{p.id}/cancel"},
         }
         if status == "succeeded":
-            out.update(output=p.output, cost_usd=usd(p.cost_micros),
-                       metrics={**metrics_of(p.usage), "predict_time": p.duration_s})
+            if st.control.report_usage:
+                out.update(output=p.output, cost_usd=usd(p.cost_micros),
+                           metrics={**metrics_of(p.usage), "predict_time": p.duration_s})
+            else:  # as Replicate answers: the run's time, no usage, no cost (billed the same)
+                out.update(output=p.output, metrics={"predict_time": p.duration_s})
         elif status == "failed":
             out.update(error=p.failure, cost_usd=0.0)
         elif status == "canceled":

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from orchestrator.domain.breaker import BreakerStatus, shown_status
 from orchestrator.domain.jobs import JobSpec
-from orchestrator.domain.pricing import Usage, actual_micros
+from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
 from orchestrator.ledger.audit import audit
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.service.sweeper import sweep
@@ -73,6 +73,37 @@ def test_a_job_succeeds_and_is_settled_at_the_reported_cost(rig: Rig) -> None:
     assert attempt.cost_micros == expected
     assert job.route is not None and job.route["candidates"][0]["backend"] == "vid-cheap"
     assert rig.counters("vid-cheap")["submissions"] == 1
+
+
+def test_a_success_without_usage_or_cost_is_kept_and_charged_its_worst_case(rig: Rig) -> None:
+    """A provider that answers as Replicate does (a success with its timings, no usage, no
+    cost): the result is kept on that backend, one provider job and no failover (never paid
+    twice), and the job is charged the attempt's worst case, the estimate its hold covered."""
+    budget(rig)
+    # the provider bills half what was asked: the charge is the worst case, not its bill
+    rig.control("vid-cheap", duration_ms=300, report_usage=False, usage_factor=0.5)
+    rig.start_worker()
+    job_id = submit(rig, video())
+    (job,) = rig.wait_final([job_id])
+
+    assert job.status == "succeeded" and job.backend == "vid-cheap"
+    assert job.result is not None and str(job.result["output"]).endswith(".mp4")
+    (attempt,) = rig.attempts(job_id)  # no failover
+    assert attempt.backend == "vid-cheap" and attempt.outcome == "succeeded"
+    # the attempt's worst case, as service.attempts.possible_cost prices it
+    worst = estimate_micros(rig.container.catalogue().get("vid-cheap"),
+                            JobSpec.model_validate(job.spec))
+    assert worst == 360_000  # 8 s x $0.03 x 1.5
+    assert job.route is not None
+    (candidate,) = [c for c in job.route["candidates"] if c["backend"] == "vid-cheap"]
+    assert round(float(candidate["estimated_cost_usd"]) * 1_000_000) == worst
+    assert job.cost_micros == attempt.cost_micros == worst
+    cheap = rig.counters("vid-cheap")
+    assert (cheap["submissions"], cheap["created"]) == (1, 1)
+    assert rig.counters("vid-mid")["submissions"] == 0
+    state = rig.http.get(f"{rig.sim_url}/_control/vid-cheap").json()
+    assert state["billed_micros"] == 180_000  # the provider's own bill, which we never saw
+    assert ledger_totals(rig) == (worst, 0)  # committed once, no hold left, audit clean
 
 
 def test_text_job_on_a_synchronous_backend(rig: Rig) -> None:

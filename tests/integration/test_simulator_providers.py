@@ -233,6 +233,39 @@ def test_a_usage_factor_bills_more_than_was_asked_priced_as_reported(sim: Sim) -
         http.close()
 
 
+def test_without_report_usage_a_success_reports_its_time_only_and_is_billed_all_the_same(
+    sim: Sim,
+) -> None:
+    """``report_usage`` false: a succeeded prediction answers as Replicate's do (metrics with
+    ``predict_time`` only, no ``cost_usd``); the provider bills the run as ever, and the
+    engine's adapter keeps the output unpriced (charged its worst case by the chain)."""
+    sim.control("vid-a", duration_ms=0, report_usage=False)
+    http = Http11Transport()
+    try:
+        vid = make_adapter(sim.backend("vid-a"), http)
+        sub = vid.submit(JobSpec.model_validate({"kind": "video", "input": VIDEO}), "r-1")
+        done = get(sim, "vid-a", sub.external_id)
+        assert done["status"] == "succeeded" and done["output"]
+        assert done["metrics"] == {"predict_time": 0.0} and "cost_usd" not in done
+        listed = sim.http.get(f"{sim.url}/vid-a/v1/predictions",
+                              params={"idempotency_key": "r-1"}).json()["results"]
+        assert listed == [done]
+        polled = vid.poll(sub.external_id)
+        assert polled.status == "succeeded" and polled.output == done["output"]
+        assert polled.unpriced and polled.cost_micros is None
+    finally:
+        http.close()
+    state = sim.state("vid-a")
+    assert state["report_usage"] is False and state["counters"]["created"] == 1
+    billed = actual_micros(sim.backend("vid-a"), Usage(video_seconds=5, resolution="720p"))
+    assert state["billed_micros"] == billed > 0
+    assert [b["cost_micros"] for b in state["bills"]] == [billed]
+    # a failure still reports its (nil) cost: only a success's answer changes
+    failed = sim.http.post(f"{sim.url}/vid-a/v1/predictions",
+                           json={"input": {**VIDEO, "prompt": "x [[fail]]"}}).json()["id"]
+    assert wait_status(sim, "vid-a", failed, "failed")["cost_usd"] == 0.0
+
+
 def test_a_running_prediction_is_billed_once_it_ends_and_a_failed_one_bills_nothing(
     sim: Sim,
 ) -> None:

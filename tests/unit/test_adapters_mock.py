@@ -21,6 +21,7 @@ from orchestrator.backends import (
     TransientError,
     make_adapter,
 )
+from orchestrator.backends import predictions as predictions_module
 from orchestrator.backends.errors import LookupUnsupported, OutcomeUnknown
 from orchestrator.backends.http import HttpAdapter, parse_retry_after, safe_token
 from orchestrator.domain.catalogue import BackendSpec, parse_catalogue
@@ -34,6 +35,9 @@ CATALOGUE = parse_catalogue({
          "timeouts": {"connect_s": 1.5, "read_s": 7.0},
          "price": {"model": "per_second", "usd_per_second": 0.1,
                    "resolution_multipliers": {"720p": 1.0, "1080p": 2.0}}},
+        {"name": "txt-pred", "protocol": "predictions", "kinds": ["text"], "tier": "standard",
+         "base_url": "http://provider.test/txt-pred",
+         "price": {"model": "per_token", "usd_per_1k_input": 0.001, "usd_per_1k_output": 0.002}},
         {"name": "txt", "protocol": "openai", "kinds": ["text"], "tier": "standard",
          "base_url": "http://provider.test/txt",
          "price": {"model": "per_token", "usd_per_1k_input": 0.001, "usd_per_1k_output": 0.002}},
@@ -147,12 +151,72 @@ def test_common_spellings_of_an_ending_are_read() -> None:
 
 
 @pytest.mark.parametrize(
+    ("status", "ended"),
+    [
+        ("TIMED_OUT", "failed"),  # RunPod
+        ("timed-out", "failed"),
+        ("timeout", "failed"),
+        ("expired", "failed"),
+        ("Fail", "failed"),  # MiniMax
+        ("failure", "failed"),
+        ("succeed", "succeeded"),  # Kling
+        ("Success", "succeeded"),  # MiniMax
+        ("done", "succeeded"),
+        ("complete", "succeeded"),
+        ("finished", "succeeded"),
+        ("cancelled_by_user", "cancelled"),
+    ],
+)
+def test_other_providers_spellings_of_an_ending_end_the_prediction(
+    status: str, ended: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not polled as running until start_to_close (600 s or more) for a word we did not know."""
+    with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
+        res = mock("vid", answer(prediction(status=status))).poll("p1")
+    assert res.status == ended and res.done and res.provider_status == status
+    if ended == "failed":
+        assert isinstance(res.error, BackendFault) and res.error.code == "prediction_failed"
+    assert "unknown" not in caplog.text
+
+
+def test_an_unknown_status_is_warned_of_once_per_backend_and_status(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(predictions_module, "_UNKNOWN_SEEN", set())
+    with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
+        for _ in range(3):
+            assert mock("vid", answer({"id": "p1", "status": "Dreaming"})).poll("p1").status \
+                == "running"
+            mock("txt-pred", answer({"id": "p1", "status": "dreaming"})).poll("p1")
+    warned = [r.getMessage() for r in caplog.records if "status unknown" in r.getMessage()]
+    assert warned == [
+        "backend status unknown; polled as running backend=vid provider_status=Dreaming",
+        "backend status unknown; polled as running backend=txt-pred provider_status=dreaming",
+    ]
+
+
+def test_the_unknown_statuses_remembered_are_bounded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: set[tuple[str, str]] = set()
+    monkeypatch.setattr(predictions_module, "_UNKNOWN_SEEN", seen)
+    monkeypatch.setattr(predictions_module, "_UNKNOWN_SEEN_MAX", 3)
+    with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
+        for i in range(10):
+            mock("vid", answer({"id": "p1", "status": f"phase{i}"})).poll("p1")
+            assert len(seen) <= 3
+    assert sum("status unknown" in r.getMessage() for r in caplog.records) == 10
+
+
+@pytest.mark.parametrize(
     ("body", "what"),
     [
         (prediction(output=None), "without output"),
-        (prediction(metrics=None, cost_usd=None), "without metrics or cost"),
         (prediction(metrics={"video_seconds": "4"}), "video_seconds"),
-        (prediction(metrics={"video_seconds": 4, "resolution": "8k"}), "cannot be priced"),
+        (prediction(metrics={"video_seconds": 4, "resolution": 720}), "resolution"),
+        ({"id": "p1", "output": "http://x/v.mp4"}, "no status"),
+        (prediction(status="failed", metrics={"video_seconds": 4}, cost_usd=None),
+         "cannot be priced"),
         (prediction(metrics=[4]), "metrics"),
         (prediction(metrics={"video_seconds": 10**400, "resolution": "720p"}), "video_seconds"),
         (prediction(metrics={"video_seconds": 4, "resolution": "720p"}, cost_usd=10**400),
@@ -177,6 +241,89 @@ def test_reported_cost_is_used_when_no_usage_is_reported() -> None:
     res = mock("vid", answer(prediction(metrics=None, cost_usd=0.123456))).poll("p1")
     assert res.status == "succeeded" and res.usage is None
     assert res.cost_micros == res.reported_cost_micros == 123_456
+
+
+def test_replicates_token_counts_are_read_as_usage() -> None:
+    """Replicate's language models report ``input_token_count`` and ``output_token_count``
+    (beside timings we do not price) and no cost."""
+    body = {"id": "p1", "status": "succeeded", "output": ["Hello", " world"],
+            "metrics": {"input_token_count": 1000, "output_token_count": 500,
+                        "predict_time": 1.25, "tokens_per_second": 400.0,
+                        "time_to_first_token": 0.1}}
+    res = mock("txt-pred", answer(body)).poll("p1")
+    assert res.status == "succeeded" and not res.unpriced
+    assert res.usage is not None
+    assert (res.usage.input_tokens, res.usage.output_tokens) == (1000, 500)
+    assert res.cost_micros == 2_000  # 1k x $0.001 + 0.5k x $0.002
+    assert res.reported_cost_micros is None
+    ours = {**body, "metrics": {"input_tokens": 10, "input_token_count": 1000,
+                                "output_token_count": 500}}
+    res = mock("txt-pred", answer(ours)).poll("p1")  # our own name wins
+    assert res.usage is not None and res.usage.input_tokens == 10
+    with pytest.raises(BackendFault) as info:
+        mock("txt-pred", answer({**body, "metrics": {"input_token_count": "1000",
+                                                      "output_token_count": 500}})).poll("p1")
+    assert "input_token_count is not a non-negative integer" in info.value.message
+
+
+def test_replicates_success_with_timings_only_is_kept_and_charged_its_worst_case(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Replicate's answer: ``metrics`` with timings and no ``cost_usd``. The output is kept
+    (``unpriced``: the chain charges the attempt's worst case), never failed over and paid
+    again; a warning names the backend, never the output."""
+    body = {"id": "p1", "status": "succeeded", "output": "http://x/secret-output.mp4",
+            "error": None, "metrics": {"predict_time": 12.3, "total_time": 14}}
+    with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
+        res = mock("vid", answer(body)).poll("p1")
+    assert res.status == "succeeded" and res.output == "http://x/secret-output.mp4"
+    assert res.unpriced and res.cost_micros is None and res.reported_cost_micros is None
+    assert not res.cost_mismatch
+    assert "backend=vid" in caplog.text and "worst case" in caplog.text
+    assert "secret-output" not in caplog.text
+    # the same with a cost_usd: that is the bill (the timings are ignored)
+    priced = mock("vid", answer({**body, "cost_usd": 0.3})).poll("p1")
+    assert not priced.unpriced and priced.cost_micros == priced.reported_cost_micros == 300_000
+    # and usage beside metrics we do not know is priced as ever
+    known = mock("vid", answer(prediction(
+        metrics={"video_seconds": 4, "resolution": "720p", "predict_time": 12.3,
+                 "gpu": "a100", "total_time": {"wall": 14}}, cost_usd=None))).poll("p1")
+    assert not known.unpriced and known.cost_micros == 400_000
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {"video_seconds": 4},  # no resolution, and the backend prices two
+        {"video_seconds": 4, "resolution": "8k"},  # a resolution it does not price
+        {"resolution": "720p"},  # no seconds
+    ],
+)
+def test_usage_that_cannot_be_priced_gives_way_to_the_reported_cost(
+    metrics: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
+        res = mock("vid", answer(prediction(metrics=metrics, cost_usd=0.55))).poll("p1")
+    assert res.status == "succeeded" and not res.unpriced
+    assert res.cost_micros == res.reported_cost_micros == 550_000
+    assert caplog.text == ""
+    # without a cost_usd, it is kept unpriced (charged its worst case)
+    bare = mock("vid", answer(prediction(metrics=metrics, cost_usd=None))).poll("p1")
+    assert bare.status == "succeeded" and bare.unpriced and bare.cost_micros is None
+    assert bare.output == "http://x/v.mp4"
+    # a failed one that reports a cost is charged it
+    failed = mock("vid", answer(prediction(status="failed", metrics=metrics,
+                                           cost_usd=0.1))).poll("p1")
+    assert failed.status == "failed" and failed.cost_micros == 100_000
+
+
+def test_a_success_without_metrics_or_cost_is_kept_unpriced() -> None:
+    res = mock("vid", answer(prediction(metrics=None, cost_usd=None))).poll("p1")
+    assert res.status == "succeeded" and res.unpriced and res.cost_micros is None
+    assert res.output == "http://x/v.mp4"
+    found = mock("vid", answer({"results": [{**prediction(metrics=None, cost_usd=None),
+                                             "idempotency_key": "k1"}]})).lookup("k1")
+    assert found is not None and found.result is not None and found.result.unpriced
 
 
 def test_request_carries_key_idempotency_and_catalogue_timeouts(
@@ -383,6 +530,29 @@ def test_failed_status_without_a_code_is_a_prediction_failure() -> None:
     assert res.status == "failed" and res.cost_micros == 0
     assert isinstance(res.error, BackendFault) and res.error.code == "prediction_failed"
     assert "CUDA" not in res.error.message
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "NSFW content detected. Try running it again, or try a different prompt.",  # Replicate
+        "Output flagged by the Safety checker",
+        "Your request was rejected as a result of our Content Policy (top secret prompt)",
+        "content_filter triggered",
+    ],
+)
+def test_a_refusal_told_in_a_string_error_fails_the_job_as_content_policy(error: str) -> None:
+    """Not a prediction_failed, which would send the same prompt to the next backend (and pay
+    there); the provider's words are neither kept nor logged, only our code."""
+    res = mock("vid", answer(prediction(status="failed", error=error, metrics=None,
+                                         cost_usd=None))).poll("p1")
+    assert res.status == "failed" and res.cost_micros == 0
+    err = res.error
+    assert isinstance(err, JobFault) and err.code == "content_policy"
+    assert err.outcome is Outcome.JOB_FAULT
+    assert "provider_code" not in err.details
+    for words in ("NSFW content", "flagged", "top secret", "triggered"):
+        assert words not in str(err) and words not in repr(err.details)
 
 
 class CountingTransport(httpx.MockTransport):
