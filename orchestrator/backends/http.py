@@ -55,11 +55,16 @@ JOB_FAULT_STATUSES = frozenset({400, 422})
 # answered something it could not pass on (Cloudflare's 520 and 524 among them): the provider
 # behind it may go on working, and billing.
 GATEWAY_STATUSES = frozenset({502, 504, 520, 524})
-# 4xx codes that say the backend's configuration (its model, a parameter we send as the
-# catalogue declares it) is wrong, not the job: another backend can run the same job.
+# 4xx codes that say the backend's configuration (its model, a parameter we send) is wrong,
+# not the job: another backend can run the same job.
 BACKEND_CONFIG_CODES = frozenset({
     "unsupported_parameter", "unsupported_value", "model_not_found", "invalid_model",
     "unknown_model", "model_not_available"})
+# What the adapters send of their own, whatever the job: refused, it is the backend's
+# configuration at fault (a job's own parameter refused is the job's, or every tenant could
+# open a backend's breaker with three jobs)
+ADAPTER_PARAMS = frozenset({"model", "max_tokens", "messages", "n", "size", "prompt", "input",
+                            "version"})
 # 429 codes that are no rate limit but our account out of money: retrying cannot help
 PAYMENT_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached",
                            "billing_not_active"})
@@ -133,9 +138,10 @@ class HttpAdapter(ABC):
                             pool=t.connect_s).as_dict(),
             "total": t.read_s,  # once connected, the whole exchange (see transport)
         }
-        # OpenAI's SDKs take a base URL ending in /v1, and Azure's carries ?api-version=:
-        # both are read as meant, not as /v1/v1/… or a query before the path
-        base, _, self._base_query = backend.base_url.partition("?")
+        # OpenAI's SDKs take a base URL ending in /v1, and a gateway's may carry a query
+        # (?api-version=): both are read as meant, not as /v1/v1/… or a query before the
+        # path; a fragment is never sent
+        base, _, self._base_query = backend.base_url.partition("#")[0].partition("?")
         self._base = base.rstrip("/")
         self._base_has_v1 = self._base.endswith("/v1")
         # in-flight repeats of a submission are safe only where the provider joins them
@@ -178,7 +184,7 @@ class HttpAdapter(ABC):
 
     def _url(self, path: str) -> str:
         """``base_url`` + ``path`` (which starts ``/v1/``), with the base's query after it."""
-        if self._base_has_v1:
+        if self._base_has_v1 and path.startswith("/v1/"):
             path = path[3:]
         url = self._base + path
         if self._base_query:
@@ -239,7 +245,7 @@ class HttpAdapter(ABC):
                     code="backend_connection", backend=self.name, delivered=_sent(exc),
                 ) from None
             try:
-                return self._parse(resp)
+                return self._parse(resp, creates)
             except TransientError as exc:
                 # a gateway's 502 or 504 says nothing of the provider behind it, which may
                 # have taken the request and go on working, and billing, after the gateway
@@ -249,8 +255,10 @@ class HttpAdapter(ABC):
                 raise
             except JobFault as exc:
                 # 409 to a create: the provider knows its Idempotency-Key (a request with it
-                # is under way, or done and not replayed). The work may exist: it is asked
-                # about (reconciled), never taken as the job's fault nor sent elsewhere.
+                # is under way, or done and not replayed). The work may exist: the attempt is
+                # reconciled as one whose answer was lost (looked up where the protocol can;
+                # else waited for and asked again, or closed uncertain with its possible
+                # charge), never failed as the job's fault after the provider billed it.
                 if creates and exc.status_code == 409:
                     raise TransientError(
                         f"{self.name}: the idempotency key is already in use (HTTP 409)",
@@ -336,7 +344,7 @@ class HttpAdapter(ABC):
         )
         raise exc
 
-    def _parse(self, resp: Reply) -> dict[str, Any]:
+    def _parse(self, resp: Reply, creates: bool = False) -> dict[str, Any]:
         status = resp.status_code
         if 200 <= status < 300:
             try:
@@ -346,7 +354,7 @@ class HttpAdapter(ABC):
             if not isinstance(body, dict):
                 raise self.malformed("the answer is not a JSON object", status)
             return body
-        raise self._error_for(resp)
+        raise self._error_for(resp, creates)
 
     def unreadable_creation(self, fault: BackendError) -> OutcomeUnknown:
         """A create the provider accepted (2xx) with an answer we cannot read: the work may
@@ -362,13 +370,17 @@ class HttpAdapter(ABC):
             code="malformed_response", backend=self.name, status_code=status_code,
         )
 
-    def _error_for(self, resp: Reply) -> BackendError:
+    def _error_for(self, resp: Reply, creates: bool = False) -> BackendError:
+        """The error an answer other than 2xx stands for. ``creates``: the request would have
+        created paid work, where a code saying "out of credit" or "this backend's model or a
+        parameter it is always sent is refused" makes the backend the one at fault (a strike,
+        and another backend runs the job); to a poll those stay what their status says."""
         status = resp.status_code
         provider_code, param = _provider_error(resp)
         common: dict[str, Any] = {"backend": self.name, "status_code": status}
         if provider_code:
             common["provider_code"] = provider_code
-        if status == 429 and provider_code in PAYMENT_CODES:
+        if creates and status == 429 and provider_code in PAYMENT_CODES:
             return BackendFault(f"{self.name}: out of quota or credit (HTTP 429)",
                                 code="backend_payment_required", **common)
         if status == 429:
@@ -381,9 +393,15 @@ class HttpAdapter(ABC):
                                   code="backend_timeout", **common)
         if status >= 500:
             code = "backend_unavailable" if status in (502, 503, 504) else "backend_server_error"
+            # a wait longer than the in-call retries take is not taken: the usual backoff is
+            wait = _retry_after(resp)
+            if wait is not None and wait > self._retry.max_retry_after_s:
+                wait = None
             return TransientError(f"{self.name}: server error (HTTP {status})", code=code,
-                                  retry_after_s=_retry_after(resp), **common)
-        if provider_code is not None and provider_code.lower() in BACKEND_CONFIG_CODES:
+                                  retry_after_s=wait, **common)
+        if (creates and provider_code is not None
+                and provider_code.lower() in BACKEND_CONFIG_CODES
+                and (param is None or param in ADAPTER_PARAMS)):
             where = f" (parameter {param})" if param else ""
             if param:
                 common["param"] = param
@@ -466,14 +484,14 @@ def _sent(exc: httpx.TransportError) -> bool:
 def _retry_after(resp: Reply) -> float | None:
     """Seconds the provider asks us to wait: ``Retry-After``, else ``retry-after-ms`` (as
     OpenAI's and Anthropic's APIs send it), else None."""
-    seconds = parse_retry_after(resp.header("Retry-After"))
-    if seconds is not None:
-        return seconds
-    ms = resp.header("retry-after-ms")
-    try:
-        value = float(ms) / 1000 if ms is not None else None
-    except ValueError:
-        return None
+    value = parse_retry_after(resp.header("Retry-After"))
+    if value is None:
+        ms = resp.header("retry-after-ms")
+        try:
+            value = float(ms) / 1000 if ms is not None else None
+        except ValueError:
+            return None
+    # a day at most; NaN and infinity are no wait (and would not go into JSON details)
     return value if value is not None and 0 <= value < 86_400 else None
 
 

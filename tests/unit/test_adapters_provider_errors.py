@@ -71,8 +71,26 @@ def test_a_refused_backend_configuration_is_the_backends_fault(code: str) -> Non
     with pytest.raises(BackendFault) as info:
         mock("txt", answer(body, 400)).submit(TEXT, "k")
     assert info.value.code == "backend_config" and info.value.strike
-    assert "Unsupported" not in str(info.value) and info.value.details.get("param") in (
-        "max_tokens", None)
+    assert "Unsupported" not in str(info.value) and info.value.details["param"] == "max_tokens"
+
+
+def test_a_jobs_own_parameter_refused_is_the_jobs_fault_not_a_strike() -> None:
+    """temperature is the job's own: three such jobs must not open the backend's breaker
+    for every tenant."""
+    body = {"error": {"type": "invalid_request_error", "param": "temperature",
+                      "code": "unsupported_value"}}
+    with pytest.raises(JobFault) as info:
+        mock("txt", answer(body, 400)).submit(TEXT, "k")
+    assert info.value.code == "invalid_input" and not info.value.strike
+
+
+def test_out_of_quota_on_a_poll_is_waited_out_like_any_429() -> None:
+    """Only a create is refused for the account: a prediction already made may still
+    finish (and bill), so a poll's 429 stays a rate limit."""
+    body = {"error": {"code": "insufficient_quota"}}
+    with pytest.raises(TransientError) as info:
+        mock("vid", answer(body, 429)).poll("p1")
+    assert info.value.code == "rate_limited"
 
 
 def test_out_of_quota_is_the_backends_fault_and_not_retried() -> None:
@@ -86,6 +104,17 @@ def test_out_of_quota_is_the_backends_fault_and_not_retried() -> None:
     with pytest.raises(BackendFault) as info:
         mock("txt", handler).submit(TEXT, "k")
     assert info.value.code == "backend_payment_required" and calls == [1]
+
+
+def test_a_5xx_wait_longer_than_the_in_call_retries_is_not_taken() -> None:
+    waits: list[float] = []
+    policy = RetryPolicy(attempts=2, initial_s=0.0, max_wait_s=0.0, sleep=waits.append)
+    with pytest.raises(TransientError) as info:
+        mock("vid", answer({}, 503, **{"Retry-After": "3600"}), policy).poll("p1")
+    assert waits == [0.0] and info.value.retry_after_s is None
+    with pytest.raises(TransientError) as info:
+        mock("vid", answer({}, 429, **{"Retry-After": "1e999"}), policy).poll("p1")
+    assert info.value.retry_after_s is None  # no infinite wait, nothing JSON cannot hold
 
 
 @pytest.mark.parametrize(("headers", "wait"), [
@@ -118,9 +147,10 @@ def test_answers_are_asked_for_uncompressed() -> None:
     # as OpenAI's SDKs and most compatible providers write it
     ("https://api.p.test/v1", "https://api.p.test/v1/chat/completions"),
     ("https://api.p.test/v1/", "https://api.p.test/v1/chat/completions"),
-    # Azure's: the query stays after the path
-    ("https://a.p.test/openai/deployments/d?api-version=2024-10-21",
-     "https://a.p.test/openai/deployments/d/v1/chat/completions?api-version=2024-10-21"),
+    # a gateway's query stays after the path; a fragment is never sent
+    ("https://a.p.test/openai/v1?api-version=preview",
+     "https://a.p.test/openai/v1/chat/completions?api-version=preview"),
+    ("https://api.p.test/v1#docs", "https://api.p.test/v1/chat/completions"),
 ])
 def test_a_base_url_is_read_as_its_provider_documents_it(base_url: str, called: str) -> None:
     seen: list[str] = []
