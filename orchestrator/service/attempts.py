@@ -78,21 +78,40 @@ def failure(attempt: repo.AttemptRow, res: PollResult) -> BackendError:
 def billed(cat: Catalogue, job: repo.JobRow, attempt: repo.AttemptRow, res: PollResult) -> int:
     """What an ended attempt is charged: the bill read from the provider's answer, or, for a
     billed ending that carried none we can read (``unpriced``: a success, or a refusal),
-    the attempt's worst case."""
+    its worst case (:func:`unpriced_charge`)."""
     if res.unpriced:
-        return possible_cost(cat, job, attempt.backend)
+        return unpriced_charge(cat, job, attempt.backend)
     return res.cost_micros or 0
+
+
+def unpriced_charge(cat: Catalogue, job: repo.JobRow, backend: str) -> int:
+    """The charge for work a provider did without saying what it cost: the attempt's worst
+    case as the job's route estimated it at admission (what its hold was made of; priced
+    now only when the route has no figure), and never more than the job's hold: a guess
+    makes no overage."""
+    estimate: int | None = None
+    for c in (job.route or {}).get("candidates", []):
+        micros = c.get("estimated_cost_micros")
+        if c.get("backend") == backend and isinstance(micros, int) and micros >= 0:
+            estimate = micros
+            break
+    if estimate is None:
+        estimate = possible_cost(cat, job, backend)
+    return min(estimate, job.estimated_cost_micros)
 
 
 def closing_of(cat: Catalogue, job: repo.JobRow, attempt: repo.AttemptRow, res: PollResult
                ) -> Closing:
-    """An ended job's attempt as the provider last reported it, with its bill."""
+    """An ended job's attempt as the provider last reported it, with its bill. An unpriced
+    one's charge is also its ``possible`` cost: the attempt shows it was a worst case, and
+    calibration does not learn from it."""
+    cost = billed(cat, job, attempt, res)
+    possible = cost if res.unpriced else None
     if res.status == "succeeded":
-        return Closing("succeeded", Outcome.SUCCESS, billed(cat, job, attempt, res))
+        return Closing("succeeded", Outcome.SUCCESS, cost, possible=possible)
     if res.status == "cancelled":
         return Closing("cancelled", Outcome.CANCELLED, res.cost_micros or 0)
-    return Closing("failed", Outcome.CANCELLED, billed(cat, job, attempt, res),
-                   failure(attempt, res))
+    return Closing("failed", Outcome.CANCELLED, cost, failure(attempt, res), possible=possible)
 
 
 def overrun(attempt: repo.AttemptRow, backend: BackendSpec) -> BackendError:

@@ -85,8 +85,9 @@ class Endings:
         *, external_id: str | None = None,
     ) -> None:
         now = self.clock()
-        closing = Closing("succeeded", Outcome.SUCCESS,
-                          billed(self.catalogue(), job, attempt, res))
+        cost = billed(self.catalogue(), job, attempt, res)
+        closing = Closing("succeeded", Outcome.SUCCESS, cost,
+                          possible=cost if res.unpriced else None)
         end = self.ledger.end_job(
             job.id, "succeeded", now, backend=attempt.backend, result={"output": res.output},
             attempt=closing.row(attempt, external_id))
