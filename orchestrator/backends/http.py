@@ -101,6 +101,23 @@ NO_RETRY = RetryPolicy(attempts=1)
 MAX_BILL_MICROS = 10**15
 
 
+# what warn_once has said; cleared when full, so a provider that varies without end costs a
+# repeated warning, never memory
+_WARNED: set[tuple[str, ...]] = set()
+_WARNED_MAX = 256
+
+
+def warn_once(key: tuple[str, ...], message: str, *args: Any) -> None:
+    """Log ``message`` at WARNING the first time ``key`` (a backend and what is said of it)
+    comes: a provider that always answers so would otherwise write it on every job."""
+    if key in _WARNED:
+        return
+    if len(_WARNED) >= _WARNED_MAX:
+        _WARNED.clear()
+    _WARNED.add(key)
+    log.warning(message, *args)
+
+
 def safe_token(value: Any, limit: int = 64) -> str | None:
     """A provider-supplied code or parameter name, reduced to something safe to log."""
     if not isinstance(value, str | int) or isinstance(value, bool):

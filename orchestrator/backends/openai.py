@@ -25,7 +25,7 @@ from typing import Any
 
 from orchestrator.backends.base import PollResult, Submission
 from orchestrator.backends.errors import BackendFault, JobFault
-from orchestrator.backends.http import HttpAdapter, is_provider_id
+from orchestrator.backends.http import HttpAdapter, is_provider_id, warn_once
 from orchestrator.domain.inputs import provider_input
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage
@@ -83,10 +83,8 @@ class OpenAIAdapter(HttpAdapter):
         data = self.request("POST", "/v1/chat/completions", json=body, idempotency_key=key,
                             creates=True)
         ext_id = data.get("id")
-        if ext_id is None:  # some compatible servers name no id: the key names the call
-            ext_id = key
-        elif not is_provider_id(ext_id):
-            raise self.malformed("no readable id")
+        if not is_provider_id(ext_id):  # none, or one we cannot keep (a number, too long):
+            ext_id = key  # the key names the call (nothing is polled by it)
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise self.malformed("no choices")
@@ -133,8 +131,9 @@ class OpenAIAdapter(HttpAdapter):
             return used, cost, reported, False
         cost, reported = self.cost(None, data.get("cost_usd"))
         if cost is None:
-            log.warning("backend answer carries no usage and no cost_usd; the attempt is "
-                        "charged its worst case backend=%s", self.name)
+            warn_once((self.name, "unpriced"), "backend answer carries no usage and no "
+                      "cost_usd; such attempts are charged their worst case backend=%s",
+                      self.name)
             return None, None, None, True
         return None, cost, reported, False
 
@@ -162,13 +161,16 @@ class OpenAIAdapter(HttpAdapter):
             b64 = item.get("b64_json") if isinstance(item, dict) else None
             if b64 is None:
                 raise self.malformed("an image has no url or b64_json")
-            # jsonb and a data: URL carry only base64's characters: nothing else is stored
+            # line breaks and the URL-safe alphabet are base64 too; jsonb and a data: URL
+            # then carry only the standard alphabet's characters: nothing else is stored
+            if isinstance(b64, str):
+                b64 = "".join(b64.split()).replace("-", "+").replace("_", "/")
             if not isinstance(b64, str) or not _BASE64.fullmatch(b64):
                 raise self.malformed("an image's b64_json is not base64")
             urls.append(f"data:{media};base64,{b64}")
         ext_id = data.get("id")
-        if ext_id is not None and not is_provider_id(ext_id):
-            raise self.malformed("an unreadable id")
+        if not is_provider_id(ext_id):  # none, or one we cannot keep: the key names the call
+            ext_id = None
         used = Usage(images=len(urls), image_size=size)
         cost, reported = self.cost(used, data.get("cost_usd"))
         result = PollResult(

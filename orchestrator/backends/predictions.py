@@ -32,6 +32,7 @@ from orchestrator.backends.http import (
     HttpAdapter,
     is_provider_id,
     safe_token,
+    warn_once,
 )
 from orchestrator.domain.catalogue import PerRequestPrice
 from orchestrator.domain.inputs import provider_input
@@ -58,12 +59,11 @@ _USAGE_INT = ("images", "input_tokens", "output_tokens")
 _USAGE_STR = ("resolution", "image_size")
 # Replicate's names for a language model's token counts (read when ours are absent)
 _USAGE_ALIASES = {"input_tokens": "input_token_count", "output_tokens": "output_token_count"}
-# A refusal told in a string ``error`` (Replicate: "NSFW content detected. …")
-_POLICY_TEXT = (*CONTENT_POLICY_MARKERS, "content policy", "content filter")
-# (backend, status) pairs already warned of as unknown; cleared when full, so a provider that
-# invents statuses costs a repeated warning, never memory
-_UNKNOWN_SEEN: set[tuple[str, str]] = set()
-_UNKNOWN_SEEN_MAX = 256
+# A refusal told in a string ``error`` (Replicate: "NSFW content detected. …"): only words
+# that say so, not "safety" or "moderation" ("safety checker crashed" is the backend's fault,
+# and another backend may run the job)
+_POLICY_TEXT = ("nsfw", "content policy", "content_policy", "content filter",
+                "content_filter", "flagged")
 
 log = logging.getLogger("orchestrator.backends")
 
@@ -138,14 +138,9 @@ class PredictionsAdapter(HttpAdapter):
         return status, shown
 
     def _unknown_status(self, shown: str) -> None:
-        seen = (self.name, shown.lower())
-        if seen in _UNKNOWN_SEEN:
-            return
-        if len(_UNKNOWN_SEEN) >= _UNKNOWN_SEEN_MAX:
-            _UNKNOWN_SEEN.clear()
-        _UNKNOWN_SEEN.add(seen)
-        log.warning("backend status unknown; polled as running backend=%s provider_status=%s",
-                    self.name, shown)
+        warn_once((self.name, "status", shown.lower()),
+                  "backend status unknown; polled as running backend=%s provider_status=%s",
+                  self.name, shown)
 
     def _result(self, data: dict[str, Any]) -> PollResult:
         status, raw = self._status(data)
@@ -161,9 +156,9 @@ class PredictionsAdapter(HttpAdapter):
             # the result is kept and the chain charges the attempt's worst case
             cost, reported = self.cost(used, data.get("cost_usd"), lenient=True)
             if cost is None:
-                log.warning("backend success without a bill we can read; the attempt is "
-                            "charged its worst case backend=%s provider_status=%s",
-                            self.name, raw)
+                warn_once((self.name, "unpriced"), "backend success without a bill we can "
+                          "read; such attempts are charged their worst case backend=%s",
+                          self.name)
             return PollResult(
                 status="succeeded", output=data["output"], usage=used, cost_micros=cost,
                 reported_cost_micros=reported, provider_status=raw, unpriced=cost is None,

@@ -21,7 +21,7 @@ from orchestrator.backends import (
     TransientError,
     make_adapter,
 )
-from orchestrator.backends import predictions as predictions_module
+from orchestrator.backends import http as http_module
 from orchestrator.backends.errors import LookupUnsupported, OutcomeUnknown
 from orchestrator.backends.http import HttpAdapter, parse_retry_after, safe_token
 from orchestrator.domain.catalogue import BackendSpec, parse_catalogue
@@ -59,6 +59,12 @@ Handler = Callable[[httpx.Request], httpx.Response]
 NO_SLEEP = RetryPolicy(attempts=3, initial_s=0.0, max_wait_s=0.0, sleep=lambda s: None)
 
 
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees the warnings said once per backend (warn_once) anew."""
+    monkeypatch.setattr(http_module, "_WARNED", set())
+
+
 def mock(name: str, handler: Handler, retry: RetryPolicy = NO_SLEEP) -> BackendAdapter:
     spec: BackendSpec = CATALOGUE.get(name)
     return make_adapter(spec, httpx.MockTransport(handler), retry=retry)
@@ -91,7 +97,6 @@ CHAT = {"id": "c1", "choices": [{"message": {"content": "ok"}, "finish_reason": 
         # an id we could not store (attempts.external_id: 200 characters, no NUL)
         ("vid", VIDEO, {"id": "p\x001", "status": "starting"}, "no readable prediction id"),
         ("vid", VIDEO, {"id": "p" * 201, "status": "starting"}, "no readable prediction id"),
-        ("txt", TEXT, {**CHAT, "id": "c\n1"}, "no readable id"),
         ("vid", VIDEO, b"[" * 100_000, "not JSON"),  # nested beyond what can be read
         ("txt", TEXT, {**CHAT, "cost_usd": 1e30}, "cost_usd"),
         ("txt", TEXT, {**CHAT, "cost_usd": 1e13}, "out of range"),
@@ -182,7 +187,6 @@ def test_other_providers_spellings_of_an_ending_end_the_prediction(
 def test_an_unknown_status_is_warned_of_once_per_backend_and_status(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(predictions_module, "_UNKNOWN_SEEN", set())
     with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
         for _ in range(3):
             assert mock("vid", answer({"id": "p1", "status": "Dreaming"})).poll("p1").status \
@@ -198,9 +202,9 @@ def test_an_unknown_status_is_warned_of_once_per_backend_and_status(
 def test_the_unknown_statuses_remembered_are_bounded(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seen: set[tuple[str, str]] = set()
-    monkeypatch.setattr(predictions_module, "_UNKNOWN_SEEN", seen)
-    monkeypatch.setattr(predictions_module, "_UNKNOWN_SEEN_MAX", 3)
+    seen: set[tuple[str, ...]] = set()
+    monkeypatch.setattr(http_module, "_WARNED", seen)
+    monkeypatch.setattr(http_module, "_WARNED_MAX", 3)
     with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
         for i in range(10):
             mock("vid", answer({"id": "p1", "status": f"phase{i}"})).poll("p1")
@@ -796,3 +800,40 @@ def test_b64_json_images_come_back_as_data_urls(caplog: pytest.LogCaptureFixture
     mixed = mock("img", answer(jpeg)).submit(image2, "k2").result
     assert mixed is not None and mixed.output == {
         "images": [f"data:image/jpeg;base64,{PNG_B64}", "https://x/y.png"]}
+
+
+@pytest.mark.parametrize("ext_id", ["c\n1", 42, "x" * 201])
+def test_an_id_we_cannot_keep_is_replaced_by_the_key_not_a_reason_to_pay_again(
+        ext_id: Any) -> None:
+    """Nothing is polled by a synchronous answer's id: one we cannot store is no reason to
+    throw the paid answer away (and pay another backend)."""
+    sub = mock("txt", answer({**CHAT, "id": ext_id})).submit(TEXT, "k1")
+    assert sub.external_id == "k1" and sub.result is not None
+    assert sub.result.status == "succeeded" and sub.result.cost_micros == 50
+    images = mock("img", answer({"id": ext_id, "data": [{"url": "http://x/1.png"}]}))
+    assert images.submit(IMAGE, "k2").external_id == "k2"
+
+
+def test_base64_with_line_breaks_or_the_url_safe_alphabet_is_kept() -> None:
+    body = {"data": [{"b64_json": "iVBO\nRw0K-_8="}]}
+    res = mock("img", answer(body)).submit(IMAGE, "k").result
+    assert res is not None and res.output == {"images": ["data:image/png;base64,iVBORw0K+/8="]}
+
+
+def test_a_string_error_that_only_mentions_safety_is_the_backends_failure() -> None:
+    """"safety checker crashed" says the backend failed, not that the prompt was refused:
+    another backend may run the job."""
+    res = mock("vid", answer(prediction(status="failed", metrics=None, cost_usd=None,
+                                        error="safety checker crashed: CUDA out of memory"))
+               ).poll("p1")
+    assert res.error is not None and res.error.code == "prediction_failed"
+
+
+def test_a_backend_that_never_reports_a_bill_is_warned_of_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
+        for _ in range(3):
+            res = mock("vid", answer(prediction(metrics={"predict_time": 3.2}, cost_usd=None))
+                       ).poll("p1")
+            assert res.unpriced
+    assert sum("without a bill" in r.getMessage() for r in caplog.records) == 1
