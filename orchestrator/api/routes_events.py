@@ -16,6 +16,7 @@ idle one.
 
 
 import asyncio
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -69,6 +70,13 @@ def _message(ev: Event) -> ServerSentEvent:
     return ServerSentEvent(data=ev.body().decode(), event=ev.type, id=str(ev.id))
 
 
+def _feed_message(ev: Event) -> ServerSentEvent:
+    """As :func:`_message`, the data with the event's ``cursor`` (its place in the feed), as
+    a JSON page's items have it."""
+    data = json.dumps({**ev.payload(), "cursor": ev.feed_cursor}, separators=(",", ":"))
+    return ServerSentEvent(data=data, event=ev.type, id=str(ev.id))
+
+
 def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
     c = ctx.container
     ping_s = c.settings.events_ping_s
@@ -105,7 +113,10 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
 
     def feed_resume(tenant: str, given: str, field: str) -> FeedCursor:
         """The feed position to resume after: an event's ``id`` (the stream's ``id:``), or a
-        cursor (a JSON page's, or the ``id:`` of earlier releases), or ``0``."""
+        cursor (a JSON page's, or the ``id:`` of earlier releases), or ``0``. An id the feed
+        no longer holds resumes from its oldest event: retention deletes the oldest first,
+        so a client whose last event went (a quiet tenant's stream, reconnecting after a
+        month) gets what came after it, never a refusal that would end its EventSource."""
         try:
             event_id: uuid.UUID | None = uuid.UUID(given)
         except ValueError:
@@ -117,10 +128,7 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                 raise InvalidRequest(f"{field}: {exc}", field=field) from None
         with c.engine.connect() as conn:
             found = event_feed_cursor(conn, tenant, event_id)
-        if found is None:
-            raise InvalidRequest(f"{field}: no event {event_id} in this feed (another "
-                                 "tenant's, or deleted after retention)", field=field)
-        return found
+        return (0, 0) if found is None else found
 
     def owned(job_id: uuid.UUID, tenant: str) -> None:
         with c.engine.connect() as conn:
@@ -207,7 +215,7 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                     while batch := await to_thread.run_sync(catch_up, at):
                         for ev in batch:
                             at = (ev.txid, ev.position)
-                            yield _message(ev)
+                            yield _feed_message(ev)
                     while True:
                         try:
                             item = await asyncio.wait_for(queue.get(), ping_s)
@@ -218,7 +226,7 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                         if (item.txid, item.position) <= at:
                             continue  # read already by the catch-up
                         at = (item.txid, item.position)
-                        yield _message(item)
+                        yield _feed_message(item)
             finally:
                 hub.streams -= 1
 

@@ -74,9 +74,12 @@ def test_a_feed_opened_before_submission_sees_queued_started_succeeded(api: Api)
     assert all({"id", "type", "job_id", "tenant", "seq", "at", "data"} <= e.keys() for e in mine)
     # never the prompt, anywhere in an event
     assert not any("lighthouse" in e.data for e in events)
-    # each message's id: is its event's id (the contract's), one per event
+    # each message's id: is its event's id (the contract's), one per event; its data
+    # carries its place in the feed, as a JSON page's items do, in order
     assert [e.id for e in events] == [json.loads(e.data)["id"] for e in events]
     assert len({e.id for e in events}) == len(events)
+    cursors = [tuple(int(x) for x in json.loads(e.data)["cursor"].split("-")) for e in events]
+    assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
     done = mine[-1]["data"]
     assert done["backend"] == mine[1]["data"]["backend"] == "vid-cheap"
     assert done["result"] and done["cost"]["total_micros"] > 0
@@ -92,15 +95,17 @@ def test_a_feed_opened_before_submission_sees_queued_started_succeeded(api: Api)
     page = _json_feed(api, since="0", limit=500)["items"]
     cursor = next(e["cursor"] for e in page if e["id"] == events[0].id)
     assert _first_of_feed(api, cursor).id == events[1].id
-    # an id the feed does not hold: another tenant's event, or none
+    # an id the feed no longer holds (retention deletes the oldest first), or never held
+    # (another tenant's): from the feed's oldest event, never a refusal, never theirs
     theirs = api.tenant("globex").post("/v1/jobs", json=video())
     assert theirs.status_code == 202, theirs.text
     foreign = _json_feed(api, "globex", since="0")["items"][0]["id"]
+    oldest = _json_feed(api, since="0", limit=1)["items"][0]["id"]
     for unknown in (str(uuid.uuid4()), foreign):
-        for bad in (api.tenant().get("/v1/events", params={"since": unknown}),
-                    api.tenant().get("/v1/events", headers={"Last-Event-ID": unknown})):
-            assert bad.status_code == 422, bad.text
-            assert unknown in bad.json()["error"]["message"]
+        assert _first_of_feed(api, unknown).id == oldest
+    for bad in ("x", "1-", "\u00b2"):  # neither an id nor a cursor
+        r = api.tenant().get("/v1/events", params={"since": bad})
+        assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "since"
 
 
 def _first_of_feed(api: Api, since: str) -> Any:
