@@ -331,8 +331,13 @@ class Http11Transport(httpx.BaseTransport):
             if name.lower() == b"keep-alive":
                 for part in value.split(b","):
                     k, _, v = part.strip().partition(b"=")
-                    if k.strip().lower() == b"timeout" and v.strip().isdigit():
-                        limit = min(limit, int(v.strip()) - 1.0)
+                    if k.strip().lower() == b"timeout":
+                        try:
+                            hint = float(v.strip().strip(b'"'))
+                        except ValueError:
+                            continue
+                        if hint >= 0:  # NaN compares false: ignored
+                            limit = min(limit, hint - 1.0)
         return limit
 
     def _reuse(self, key: _PoolKey) -> socket.socket | None:

@@ -44,8 +44,9 @@ def fetch_report(
     except ValueError:
         body = None
     if r.status_code != 200:
-        err = body.get("error", {}) if isinstance(body, dict) else {}
-        if not err:  # not our API's error (a proxy's page, say): its body is not shown
+        err = body.get("error") if isinstance(body, dict) else None
+        # not our API's error (a proxy's page, say): its body is not shown
+        if not isinstance(err, dict) or not err:
             raise ValueError(f"HTTP {r.status_code} from {origin(api_url)}, not an API error")
         raise ValueError(f"{err.get('code', r.status_code)}: {err.get('message', '')}")
     if not isinstance(body, dict):

@@ -332,3 +332,17 @@ def test_https_with_a_trusted_certificate_and_a_refusal_without(tmp_path: Path) 
         untrusting.close()
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_servers_idle_hint_below_the_limit_is_kept_to(server: Server) -> None:
+    """keep-alive-2: 2 s less a second, under max_idle_s: reused within it, not after."""
+    transport = Http11Transport(max_idle_s=30.0)
+    try:
+        send(transport, "GET", url(server, "/keep-alive-2"))
+        send(transport, "GET", url(server, "/keep-alive-2"))  # at once: reused
+        assert server.connections == 1
+        time.sleep(1.2)  # idle past the hint's second: what is tested, not a race
+        send(transport, "GET", url(server, "/after"))
+        assert server.connections == 2
+    finally:
+        transport.close()

@@ -97,8 +97,20 @@ class _ProxyPage(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_page_that_is_not_an_api_error_is_named_not_shown() -> None:
-    server = HTTPServer(("127.0.0.1", 0), _ProxyPage)
+class _ErrorText(_ProxyPage):
+    def do_GET(self) -> None:
+        body = b'{"error": "upstream-words-never-shown"}'
+        self.send_response(502)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("page", [_ProxyPage, _ErrorText])
+def test_a_page_that_is_not_an_api_error_is_named_not_shown(
+        page: type[BaseHTTPRequestHandler]) -> None:
+    server = HTTPServer(("127.0.0.1", 0), page)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         result = invoke("report", "--api-url", f"http://127.0.0.1:{server.server_port}")
