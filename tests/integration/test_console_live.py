@@ -85,7 +85,9 @@ def test_the_event_streams_drive_the_jobs_list_and_the_job_page(
         page.evaluate(VISIBILITY, [True])
     with page.expect_request(path_is("/v1/events")) as resumed:
         page.evaluate(VISIBILITY, [False])
-    assert re.fullmatch(r"\d+-\d+", resumed.value.headers.get("last-event-id", ""))
+    # the id: of the last message, which is its event's id
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                        resumed.value.headers.get("last-event-id", ""))
     answer = resumed.value.response()
     assert answer is not None and answer.status == 200  # the API took it up from there
     expect(status).to_have_attribute("data-updates", "live")
