@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def processes_mentioning(marker: str) -> list[int]:
-    """Live processes whose command line or environment names ``marker`` (our data dir)."""
+    """Live processes whose command line, environment or working directory names ``marker``
+    (our data dir): the embedded Redis rewrites its command line and gets no environment
+    of ours, but runs in its data directory."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -39,6 +41,7 @@ def processes_mentioning(marker: str) -> list[int]:
             if stat.rsplit(")", 1)[1].split()[0] == "Z":
                 continue
             blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+            blob += os.readlink(entry / "cwd").encode()
         except OSError:
             continue
         if marker.encode() in blob:
