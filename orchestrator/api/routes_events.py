@@ -114,9 +114,10 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
     def feed_resume(tenant: str, given: str, field: str) -> FeedCursor:
         """The feed position to resume after: an event's ``id`` (the stream's ``id:``), or a
         cursor (a JSON page's, or the ``id:`` of earlier releases), or ``0``. An id the feed
-        no longer holds resumes from its oldest event: retention deletes the oldest first,
-        so a client whose last event went (a quiet tenant's stream, reconnecting after a
-        month) gets what came after it, never a refusal that would end its EventSource."""
+        no longer holds (deleted after retention) resumes from its oldest event: a quiet
+        tenant's stream reconnecting after a month gets what is kept (some of it again, an
+        event whose webhook was pending when older ones went), never a refusal that would
+        end its EventSource for good."""
         try:
             event_id: uuid.UUID | None = uuid.UUID(given)
         except ValueError:

@@ -114,7 +114,9 @@ class AttemptOut(_Out):
     error: ErrorInfo | None
     cost_usd: float | None
     possible_cost_usd: float | None = Field(
-        default=None, description="an uncertain attempt's possible charge (its worst case)")
+        default=None, description="an uncertain attempt's possible charge (its worst case); "
+        "on an attempt charged its worst case for want of a bill in the provider's answer, "
+        "that charge")
     started_at: str | None
     finished_at: str | None
 

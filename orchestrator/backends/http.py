@@ -55,16 +55,14 @@ JOB_FAULT_STATUSES = frozenset({400, 422})
 # answered something it could not pass on (Cloudflare's 520 and 524 among them): the provider
 # behind it may go on working, and billing.
 GATEWAY_STATUSES = frozenset({502, 504, 520, 524})
-# 4xx codes that say the backend's configuration (its model, a parameter we send) is wrong,
-# not the job: another backend can run the same job.
-BACKEND_CONFIG_CODES = frozenset({
-    "unsupported_parameter", "unsupported_value", "model_not_found", "invalid_model",
-    "unknown_model", "model_not_available"})
-# What the adapters send of their own, whatever the job: refused, it is the backend's
-# configuration at fault (a job's own parameter refused is the job's, or every tenant could
-# open a backend's breaker with three jobs)
-ADAPTER_PARAMS = frozenset({"model", "max_tokens", "messages", "n", "size", "prompt", "input",
-                            "version"})
+# 4xx codes that say the backend's model is wrong, whatever the job: another backend can run it
+MODEL_CODES = frozenset({"model_not_found", "invalid_model", "unknown_model",
+                         "model_not_available"})
+# A parameter the adapters send in every request, whatever its value: the provider refusing
+# the parameter itself (``unsupported_parameter``: o-series models refuse ``max_tokens``) is
+# the backend's configuration at fault. A refused value (``unsupported_value``) or a job's own
+# parameter stays the job's fault, or a tenant could open a shared breaker with three jobs.
+ADAPTER_PARAMS = frozenset({"model", "messages", "max_tokens", "n", "size", "prompt", "input"})
 # 429 codes that are no rate limit but our account out of money: retrying cannot help
 PAYMENT_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached",
                            "billing_not_active"})
@@ -389,9 +387,10 @@ class HttpAdapter(ABC):
 
     def _error_for(self, resp: Reply, creates: bool = False) -> BackendError:
         """The error an answer other than 2xx stands for. ``creates``: the request would have
-        created paid work, where a code saying "out of credit" or "this backend's model or a
-        parameter it is always sent is refused" makes the backend the one at fault (a strike,
-        and another backend runs the job); to a poll those stay what their status says."""
+        created paid work, where a code saying "out of credit" or "this backend's model, or a
+        parameter every request carries, is refused" makes the backend the one at fault (a
+        strike, and another backend runs the job); to a poll those stay what their status
+        says."""
         status = resp.status_code
         provider_code, param = _provider_error(resp)
         common: dict[str, Any] = {"backend": self.name, "status_code": status}
@@ -416,9 +415,10 @@ class HttpAdapter(ABC):
                 wait = None
             return TransientError(f"{self.name}: server error (HTTP {status})", code=code,
                                   retry_after_s=wait, **common)
-        if (creates and provider_code is not None
-                and provider_code.lower() in BACKEND_CONFIG_CODES
-                and (param is None or param in ADAPTER_PARAMS)):
+        config = provider_code is not None and (
+            provider_code.lower() in MODEL_CODES
+            or (provider_code.lower() == "unsupported_parameter" and param in ADAPTER_PARAMS))
+        if creates and config:
             where = f" (parameter {param})" if param else ""
             if param:
                 common["param"] = param
@@ -508,8 +508,11 @@ def _retry_after(resp: Reply) -> float | None:
             value = float(ms) / 1000 if ms is not None else None
         except ValueError:
             return None
-    # a day at most; NaN and infinity are no wait (and would not go into JSON details)
-    return value if value is not None and 0 <= value < 86_400 else None
+    # a day at most (infinity too, which JSON details could not hold); NaN or a negative
+    # figure is no wait
+    if value is None or not value >= 0:
+        return None
+    return min(value, 86_400.0)
 
 
 def _provider_error(resp: Reply) -> tuple[str | None, str | None]:

@@ -22,6 +22,7 @@ chain charges the attempt's worst case.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -59,11 +60,11 @@ _USAGE_INT = ("images", "input_tokens", "output_tokens")
 _USAGE_STR = ("resolution", "image_size")
 # Replicate's names for a language model's token counts (read when ours are absent)
 _USAGE_ALIASES = {"input_tokens": "input_token_count", "output_tokens": "output_token_count"}
-# A refusal told in a string ``error`` (Replicate: "NSFW content detected. …"): only words
-# that say so, not "safety" or "moderation" ("safety checker crashed" is the backend's fault,
-# and another backend may run the job)
-_POLICY_TEXT = ("nsfw", "content policy", "content_policy", "content filter",
-                "content_filter", "flagged")
+# A refusal told in a string ``error`` (Replicate: "NSFW content detected. …"): only phrases
+# that say so, not "safety", "moderation" or a bare "nsfw" ("NSFW checker crashed" is the
+# backend's failure, and another backend may run the job)
+_POLICY_TEXT = re.compile(
+    r"\bnsfw content\b|\bcontent[ _](?:policy|filter)\b|\bflagged (?:as|by|for)\b")
 
 log = logging.getLogger("orchestrator.backends")
 
@@ -206,7 +207,7 @@ class PredictionsAdapter(HttpAdapter):
         code = None
         if isinstance(error, dict):
             code = safe_token(error.get("code")) or safe_token(error.get("type"))
-        elif isinstance(error, str) and any(m in error.lower() for m in _POLICY_TEXT):
+        elif isinstance(error, str) and _POLICY_TEXT.search(error.lower()):
             # a refusal told in words: the words are the provider's (they may echo the
             # prompt), so only our code is kept
             return JobFault(f"{self.name}: refused by content policy", code="content_policy",

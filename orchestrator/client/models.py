@@ -32,7 +32,8 @@ class Attempt(_Model):
     outcome: str | None = None
     error: ErrorInfo | None = None
     cost_usd: float | None = None
-    possible_cost_usd: float | None = None  # an uncertain attempt's possible charge
+    # an uncertain attempt's possible charge; equal to cost_usd: charged a worst case
+    possible_cost_usd: float | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
 

@@ -54,7 +54,8 @@ class Closing:
     outcome: Outcome
     cost: int | None = None
     error: BackendError | None = None
-    possible: int | None = None  # an uncertain attempt's possible charge
+    # an uncertain attempt's possible charge; or the worst case an unpriced ending is charged
+    possible: int | None = None
 
     def row(self, attempt: repo.AttemptRow, external_id: str | None = None) -> ClosingAttempt:
         return ClosingAttempt(
@@ -87,8 +88,8 @@ def billed(cat: Catalogue, job: repo.JobRow, attempt: repo.AttemptRow, res: Poll
 def unpriced_charge(cat: Catalogue, job: repo.JobRow, backend: str) -> int:
     """The charge for work a provider did without saying what it cost: the attempt's worst
     case as the job's route estimated it at admission (what its hold was made of; priced
-    now only when the route has no figure), and never more than the job's hold: a guess
-    makes no overage."""
+    now only when the route has no figure), never more than the job's hold. (An earlier
+    attempt's bill of the same job may still take the total over it, as any bill can.)"""
     estimate: int | None = None
     for c in (job.route or {}).get("candidates", []):
         micros = c.get("estimated_cost_micros")

@@ -48,10 +48,6 @@ _WINDOW = text(
             LIMIT 1) AS c
         WHERE j.backend = b.name AND j.status = 'succeeded' AND j.cached_from IS NULL
           AND j.cost_micros IS NOT NULL
-          -- charged a worst case, the provider's answer having no bill: nothing to learn
-          AND NOT EXISTS (SELECT 1 FROM attempts u
-                          WHERE u.job_id = j.id AND u.backend = j.backend
-                            AND u.outcome = 'succeeded' AND u.possible_cost_micros IS NOT NULL)
         ORDER BY j.finished_at DESC
         LIMIT :window
     ) AS x

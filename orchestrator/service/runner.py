@@ -437,20 +437,24 @@ class JobRunner:
             self.endings.succeed(job, attempt, res, latency_ms)
             return DONE
         err = error or failure(attempt, res)
-        cost = billed(self.catalogue(), job, attempt, res) if res.unpriced else res.cost_micros
-        return self._attempt_failed(job, attempt, err, token, cost=cost)
+        if res.unpriced:  # billed, with no bill in the answer: its worst case, marked so
+            cost = billed(self.catalogue(), job, attempt, res)
+            return self._attempt_failed(job, attempt, err, token, cost=cost, possible=cost)
+        return self._attempt_failed(job, attempt, err, token, cost=res.cost_micros)
 
     def _attempt_failed(
         self, job: repo.JobRow, attempt: repo.AttemptRow, exc: BackendError, token: uuid.UUID,
-        *, cost: int | None = None,
+        *, cost: int | None = None, possible: int | None = None,
     ) -> Next:
         if isinstance(exc, JobFault):
+            closing = Closing("failed", Outcome.JOB_FAULT, cost, exc, possible=possible)
             self.endings.fail(job, exc.code, exc.message, backend=attempt.backend,
-                              closing=(attempt, Closing("failed", Outcome.JOB_FAULT, cost, exc)))
+                              closing=(attempt, closing))
             return DONE
         outcome = Outcome.BACKEND_FAULT if exc.strike else Outcome.TRANSIENT
         status = "timeout" if exc.code == "start_to_close_timeout" else "failed"
-        return self._failover(job, attempt, token, Closing(status, outcome, cost, exc))
+        return self._failover(job, attempt, token,
+                              Closing(status, outcome, cost, exc, possible=possible))
 
     def _failover(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID,
                   closing: Closing) -> Next:

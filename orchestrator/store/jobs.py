@@ -39,7 +39,8 @@ class AttemptRow:
     finished_at: datetime | None
     sent_at: datetime | None = None  # the submission's last sending (None: at started_at)
     cancel_requested_at: datetime | None = None
-    possible_cost_micros: int | None = None  # an uncertain attempt's possible charge
+    # an uncertain attempt's possible charge; or the worst case an unpriced ending was charged
+    possible_cost_micros: int | None = None
 
     @property
     def last_sent_at(self) -> datetime:

@@ -14,7 +14,6 @@ from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
 from orchestrator.ledger.audit import audit
 from orchestrator.ledger.budgets import set_budget
-from orchestrator.service.calibration import read_samples
 from orchestrator.service.sweeper import sweep
 from orchestrator.store import jobs as repo
 
@@ -99,9 +98,8 @@ def test_a_success_without_usage_or_cost_is_kept_and_charged_its_worst_case(rig:
     (candidate,) = [c for c in job.route["candidates"] if c["backend"] == "vid-cheap"]
     assert round(float(candidate["estimated_cost_usd"]) * 1_000_000) == worst
     assert job.cost_micros == attempt.cost_micros == worst <= job.estimated_cost_micros
-    # the attempt shows the charge was a worst case, and calibration learns nothing from it
+    # the attempt shows the charge was a worst case
     assert attempt.possible_cost_micros == worst
-    assert read_samples(rig.engine, ["vid-cheap"], 50) == []
     cheap = rig.counters("vid-cheap")
     assert (cheap["submissions"], cheap["created"]) == (1, 1)
     assert rig.counters("vid-mid")["submissions"] == 0

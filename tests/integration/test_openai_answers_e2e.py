@@ -232,6 +232,8 @@ def test_a_refusal_fails_the_job_without_failover_charged_its_bill(rig: Rig,
     bill = (actual_micros(cat.get("chat-a"), Usage(input_tokens=100, output_tokens=10))
             if usage else estimate_micros(cat.get("chat-a"), spec))  # no bill: its worst case
     assert job.cost_micros == attempt.cost_micros == bill > 0
+    # a worst case charged for want of a bill is marked so; a bill read is not
+    assert attempt.possible_cost_micros == (None if usage else bill)
     assert REFUSAL_TEXT not in f"{job.error_message} {attempt.error_message} {job.result}"
     assert ledger(rig) == (bill, 0)
 

@@ -11,6 +11,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -92,7 +93,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path.startswith("/keep-alive-"):  # the server's idle limit, as a hint
             data = json.dumps({"path": self.path}).encode()
-            self._answer({"Keep-Alive": f"timeout={self.path.rsplit('-', 1)[1]}, max=100",
+            hint = urllib.parse.unquote(self.path.rsplit("-", 1)[1])
+            self._answer({"Keep-Alive": f"timeout={hint}, max=100",
                           "Content-Length": str(len(data))}, data)
             return
         self._send(200, {"path": self.path})
@@ -332,6 +334,18 @@ def test_https_with_a_trusted_certificate_and_a_refusal_without(tmp_path: Path) 
         untrusting.close()
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.mark.parametrize("hint", ["0.9", "%220.9%22"])  # a fraction, bare or quoted
+def test_a_fractional_idle_hint_is_read(server: Server, hint: str) -> None:
+    """0.9 s less a second: not kept at all (read as a whole number, it was ignored)."""
+    transport = Http11Transport(max_idle_s=30.0)
+    try:
+        send(transport, "GET", url(server, f"/keep-alive-{hint}"))
+        send(transport, "GET", url(server, "/after"))
+        assert server.connections == 2
+    finally:
+        transport.close()
 
 
 def test_a_servers_idle_hint_below_the_limit_is_kept_to(server: Server) -> None:

@@ -837,3 +837,11 @@ def test_a_backend_that_never_reports_a_bill_is_warned_of_once(
                        ).poll("p1")
             assert res.unpriced
     assert sum("without a bill" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("words", ["NSFW checker crashed: CUDA out of memory",
+                                   "feature unflagged", "nsfw_filter module not found"])
+def test_a_string_error_that_only_names_a_filter_is_the_backends_failure(words: str) -> None:
+    res = mock("vid", answer(prediction(status="failed", metrics=None, cost_usd=None,
+                                        error=words))).poll("p1")
+    assert res.error is not None and res.error.code == "prediction_failed"

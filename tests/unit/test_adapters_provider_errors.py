@@ -74,11 +74,14 @@ def test_a_refused_backend_configuration_is_the_backends_fault(code: str) -> Non
     assert "Unsupported" not in str(info.value) and info.value.details["param"] == "max_tokens"
 
 
-def test_a_jobs_own_parameter_refused_is_the_jobs_fault_not_a_strike() -> None:
-    """temperature is the job's own: three such jobs must not open the backend's breaker
-    for every tenant."""
-    body = {"error": {"type": "invalid_request_error", "param": "temperature",
-                      "code": "unsupported_value"}}
+@pytest.mark.parametrize(("code", "param"), [
+    ("unsupported_value", "temperature"), ("unsupported_parameter", "temperature"),
+    ("unsupported_value", "max_tokens")])
+def test_a_jobs_own_parameter_or_value_refused_is_the_jobs_fault_not_a_strike(
+        code: str, param: str) -> None:
+    """A job's own parameter, or a value a job chose (max_tokens is the job's), refused:
+    three such jobs must not open the backend's breaker for every tenant."""
+    body = {"error": {"type": "invalid_request_error", "param": param, "code": code}}
     with pytest.raises(JobFault) as info:
         mock("txt", answer(body, 400)).submit(TEXT, "k")
     assert info.value.code == "invalid_input" and not info.value.strike
@@ -114,7 +117,7 @@ def test_a_5xx_wait_longer_than_the_in_call_retries_is_not_taken() -> None:
     assert waits == [0.0] and info.value.retry_after_s is None
     with pytest.raises(TransientError) as info:
         mock("vid", answer({}, 429, **{"Retry-After": "1e999"}), policy).poll("p1")
-    assert info.value.retry_after_s is None  # no infinite wait, nothing JSON cannot hold
+    assert info.value.retry_after_s == 86_400  # a day at most: nothing JSON cannot hold
 
 
 @pytest.mark.parametrize(("headers", "wait"), [

@@ -31,7 +31,7 @@ def job(route: dict[str, Any] | None, hold: int) -> JobRow:
 def test_the_routes_estimate_is_charged_not_todays_price() -> None:
     """The catalogue's price rose after admission: the hold was made of the old one."""
     route = {"candidates": [{"backend": "vid", "estimated_cost_micros": 400_000}]}
-    assert unpriced_charge(CATALOGUE, job(route, 400_000), "vid") == 400_000
+    assert unpriced_charge(CATALOGUE, job(route, 1_000_000), "vid") == 400_000
 
 
 def test_without_a_route_figure_it_is_priced_now_and_never_above_the_hold() -> None:
