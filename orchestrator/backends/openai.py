@@ -23,9 +23,10 @@ import logging
 import re
 from typing import Any
 
+from orchestrator.backends.answers import warn_once
 from orchestrator.backends.base import PollResult, Submission
 from orchestrator.backends.errors import BackendFault, JobFault
-from orchestrator.backends.http import HttpAdapter, is_provider_id, warn_once
+from orchestrator.backends.http import HttpAdapter, is_provider_id
 from orchestrator.domain.inputs import provider_input
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage

@@ -26,15 +26,10 @@ import re
 from typing import Any
 from urllib.parse import quote
 
+from orchestrator.backends.answers import CONTENT_POLICY_MARKERS, safe_token, warn_once
 from orchestrator.backends.base import PollResult, Status, Submission
 from orchestrator.backends.errors import BackendError, BackendFault, JobFault, LookupUnsupported
-from orchestrator.backends.http import (
-    CONTENT_POLICY_MARKERS,
-    HttpAdapter,
-    is_provider_id,
-    safe_token,
-    warn_once,
-)
+from orchestrator.backends.http import HttpAdapter, is_provider_id
 from orchestrator.domain.catalogue import PerRequestPrice
 from orchestrator.domain.inputs import provider_input
 from orchestrator.domain.jobs import JobSpec

@@ -21,12 +21,14 @@ from orchestrator.backends import (
     TransientError,
     make_adapter,
 )
-from orchestrator.backends import http as http_module
+from orchestrator.backends import answers as answers_module
+from orchestrator.backends.answers import safe_token
 from orchestrator.backends.errors import LookupUnsupported, OutcomeUnknown
-from orchestrator.backends.http import HttpAdapter, parse_retry_after, safe_token
+from orchestrator.backends.http import HttpAdapter
 from orchestrator.domain.catalogue import BackendSpec, parse_catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
+from orchestrator.retry_after import parse_retry_after
 
 CATALOGUE = parse_catalogue({
     "backends": [
@@ -62,7 +64,7 @@ NO_SLEEP = RetryPolicy(attempts=3, initial_s=0.0, max_wait_s=0.0, sleep=lambda s
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test sees the warnings said once per backend (warn_once) anew."""
-    monkeypatch.setattr(http_module, "_WARNED", set())
+    monkeypatch.setattr(answers_module, "_WARNED", set())
 
 
 def mock(name: str, handler: Handler, retry: RetryPolicy = NO_SLEEP) -> BackendAdapter:
@@ -203,8 +205,8 @@ def test_the_unknown_statuses_remembered_are_bounded(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: set[tuple[str, ...]] = set()
-    monkeypatch.setattr(http_module, "_WARNED", seen)
-    monkeypatch.setattr(http_module, "_WARNED_MAX", 3)
+    monkeypatch.setattr(answers_module, "_WARNED", seen)
+    monkeypatch.setattr(answers_module, "_WARNED_MAX", 3)
     with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
         for i in range(10):
             mock("vid", answer({"id": "p1", "status": f"phase{i}"})).poll("p1")
