@@ -104,8 +104,7 @@ def unpriced_charge(cat: Catalogue, job: repo.JobRow, backend: str) -> int:
 def closing_of(cat: Catalogue, job: repo.JobRow, attempt: repo.AttemptRow, res: PollResult
                ) -> Closing:
     """An ended job's attempt as the provider last reported it, with its bill. An unpriced
-    one's charge is also its ``possible`` cost: the attempt shows it was a worst case, and
-    calibration does not learn from it."""
+    one's charge is also its ``possible`` cost: the attempt shows it was a worst case."""
     cost = billed(cat, job, attempt, res)
     possible = cost if res.unpriced else None
     if res.status == "succeeded":

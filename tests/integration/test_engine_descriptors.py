@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -65,6 +66,16 @@ def test_a_high_descriptor_is_hung_up_only_once_the_server_closed_it(
             pid = conn.info.backend_pid
         with engine.connect() as other:
             other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        # pg_terminate_backend only signals: wait until the backend has gone (its socket
+        # closed), as the check at checkout must see it
+        deadline = time.monotonic() + 10
+        while True:
+            with engine.connect() as other:
+                alive = other.execute(text("SELECT count(*) FROM pg_stat_activity "
+                                           "WHERE pid = :pid"), {"pid": pid}).scalar()
+            if not alive:
+                break
+            assert time.monotonic() < deadline, "the terminated backend never ended"
         with pool.connection(timeout=5) as conn:  # the pool replaced the ended one
             assert conn.info.backend_pid != pid
             assert conn.execute("SELECT 1").fetchone() == (1,)
