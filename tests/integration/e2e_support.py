@@ -24,6 +24,8 @@ from sqlalchemy import Engine, text
 
 from orchestrator.bootstrap import Container
 from orchestrator.domain.catalogue import parse_catalogue
+from orchestrator.domain.jobs import JobSpec
+from orchestrator.ledger.audit import audit
 from orchestrator.secrets import new_key
 from orchestrator.service.runner import JobRunner
 from orchestrator.settings import Settings
@@ -69,11 +71,32 @@ class Rig:
     def control(self, backend: str, **knobs: Any) -> None:
         self.http.post(f"{self.sim_url}/_control/{backend}", json=knobs).raise_for_status()
 
-    def counters(self, backend: str) -> dict[str, int]:
+    def provider(self, backend: str) -> dict[str, Any]:
+        """The simulated provider's own view: knobs, counters, and its bills."""
         r = self.http.get(f"{self.sim_url}/_control/{backend}")
         r.raise_for_status()
-        counters: dict[str, int] = r.json()["counters"]
+        state: dict[str, Any] = r.json()
+        return state
+
+    def counters(self, backend: str) -> dict[str, int]:
+        counters: dict[str, int] = self.provider(backend)["counters"]
         return counters
+
+    # -- jobs and the ledger ------------------------------------------------------------------
+    def submit(self, spec: JobSpec, tenant: str = "acme") -> uuid.UUID:
+        """Admit a job as the API does (the Submitter); it must be new."""
+        job, created = self.container.submitter.submit(tenant, spec)
+        assert created
+        return job.id
+
+    def ledger(self) -> tuple[int, int]:
+        """(committed, held) over every budget period; the audit must be clean."""
+        with self.engine.connect() as conn:
+            row = conn.execute(text(
+                "SELECT COALESCE(SUM(committed_micros), 0) c, COALESCE(SUM(held_micros), 0) h "
+                "FROM budget_periods")).one()
+            assert audit(conn) == []
+        return int(row.c), int(row.h)
 
     # -- workers ----------------------------------------------------------------------------
     def start_worker(self, concurrency: int = 8,

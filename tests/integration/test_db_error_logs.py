@@ -8,28 +8,17 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from orchestrator.logs import REDACTED, configure_logging
+from orchestrator.logs import REDACTED
 from orchestrator.store.statement import Statement
 
+from ..unit.test_logs import out  # noqa: F401 (the fixture: the root logger as JSON lines)
+
 PROMPT = "whalesong_under_the_midnight_ice"
-
-
-@pytest.fixture()
-def out() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    before, level = list(root.handlers), root.level
-    handler = configure_logging("INFO", "json", stream=stream)
-    yield stream
-    root.removeHandler(handler)
-    root.handlers[:] = before
-    root.setLevel(level)
 
 
 def _raised(db: Engine, sql: str) -> DBAPIError:
@@ -47,8 +36,8 @@ def _raised(db: Engine, sql: str) -> DBAPIError:
     # invalid input syntax for type uuid: "<the prompt>"
     ("SELECT CAST(:body AS uuid)", "invalid input syntax for type uuid"),
 ])
-def test_a_database_error_logs_its_kind_but_no_value(db: Engine, out: io.StringIO, sql: str,
-                                                     kept: str) -> None:
+def test_a_database_error_logs_its_kind_but_no_value(
+        db: Engine, out: io.StringIO, sql: str, kept: str) -> None:  # noqa: F811 (the fixture)
     error = _raised(db, sql)
     assert PROMPT[:20] in str(error.orig)  # the driver's text does quote it
     log = logging.getLogger("orchestrator.test")

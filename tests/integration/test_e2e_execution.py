@@ -3,16 +3,13 @@ real PostgreSQL. Nothing of ours is mocked; Celery is not in eager mode."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 import redis
-from sqlalchemy import text
 
 from orchestrator.domain.breaker import BreakerStatus, shown_status
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
-from orchestrator.ledger.audit import audit
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.service.sweeper import sweep
 from orchestrator.store import jobs as repo
@@ -36,21 +33,6 @@ def video(duration: int = 8, tier: str = "draft", **kw: object) -> JobSpec:
     })
 
 
-def submit(r: Rig, spec: JobSpec) -> uuid.UUID:
-    job, created = r.container.submitter.submit(TENANT, spec)
-    assert created
-    return job.id
-
-
-def ledger_totals(r: Rig) -> tuple[int, int]:
-    with r.engine.connect() as conn:
-        row = conn.execute(text(
-            "SELECT COALESCE(SUM(committed_micros), 0) c, COALESCE(SUM(held_micros), 0) h "
-            "FROM budget_periods")).one()
-        assert audit(conn) == []
-    return int(row.c), int(row.h)
-
-
 def sweeping(r: Rig) -> None:
     c = r.container
     sweep(c.engine, c.ledger, c.enqueue, grace_s=3)
@@ -60,14 +42,14 @@ def test_a_job_succeeds_and_is_settled_at_the_reported_cost(rig: Rig) -> None:
     budget(rig)
     rig.control("vid-cheap", duration_ms=300)
     rig.start_worker()
-    job_id = submit(rig, video())
+    job_id = rig.submit(video())
     (job,) = rig.wait_final([job_id])
 
     assert job.status == "succeeded" and job.backend == "vid-cheap"
     expected = actual_micros(rig.container.catalogue().get("vid-cheap"),
                              Usage(video_seconds=8, resolution="720p"))
     assert job.cost_micros == expected == 360_000  # 8 s x $0.03 x 1.5
-    assert ledger_totals(rig) == (expected, 0)
+    assert rig.ledger() == (expected, 0)
     (attempt,) = rig.attempts(job_id)
     assert attempt.external_id and attempt.outcome == "succeeded"
     assert attempt.cost_micros == expected
@@ -83,7 +65,7 @@ def test_a_success_without_usage_or_cost_is_kept_and_charged_its_worst_case(rig:
     # the provider bills half what was asked: the charge is the worst case, not its bill
     rig.control("vid-cheap", duration_ms=300, report_usage=False, usage_factor=0.5)
     rig.start_worker()
-    job_id = submit(rig, video())
+    job_id = rig.submit(video())
     (job,) = rig.wait_final([job_id])
 
     assert job.status == "succeeded" and job.backend == "vid-cheap"
@@ -105,17 +87,17 @@ def test_a_success_without_usage_or_cost_is_kept_and_charged_its_worst_case(rig:
     assert rig.counters("vid-mid")["submissions"] == 0
     state = rig.http.get(f"{rig.sim_url}/_control/vid-cheap").json()
     assert state["billed_micros"] == 180_000  # the provider's own bill, which we never saw
-    assert ledger_totals(rig) == (worst, 0)  # committed once, no hold left, audit clean
+    assert rig.ledger() == (worst, 0)  # committed once, no hold left, audit clean
 
 
 def test_text_job_on_a_synchronous_backend(rig: Rig) -> None:
     budget(rig)
     rig.start_worker()
     spec = JobSpec.model_validate({"kind": "text", "input": {"prompt": "hello", "max_tokens": 50}})
-    (job,) = rig.wait_final([submit(rig, spec)])
+    (job,) = rig.wait_final([rig.submit(spec)])
     assert job.status == "succeeded" and job.backend == "txt-one"
     assert job.cost_micros is not None and 0 < job.cost_micros <= job.estimated_cost_micros
-    assert ledger_totals(rig) == (job.cost_micros, 0)
+    assert rig.ledger() == (job.cost_micros, 0)
 
 
 def test_cheapest_down_fails_over_opens_breaker_and_a_probe_closes_it(rig: Rig) -> None:
@@ -125,31 +107,31 @@ def test_cheapest_down_fails_over_opens_breaker_and_a_probe_closes_it(rig: Rig) 
     rig.start_worker()
     # draft jobs may use both; the cheap one is tried first while its breaker is closed
     for _ in range(3):
-        (job,) = rig.wait_final([submit(rig, video())], timeout=90)
+        (job,) = rig.wait_final([rig.submit(video())], timeout=90)
         assert job.status == "succeeded" and job.backend == "vid-mid"
         assert [a.backend for a in rig.attempts(job.id)] == ["vid-cheap", "vid-mid"]
     health = rig.container.health
     assert health.breaker("vid-cheap").status is BreakerStatus.OPEN
     cheap_submissions = rig.counters("vid-cheap")["submissions"]
 
-    (job,) = rig.wait_final([submit(rig, video())])
+    (job,) = rig.wait_final([rig.submit(video())])
     assert [a.backend for a in rig.attempts(job.id)] == ["vid-mid"]  # no longer tried
     assert rig.counters("vid-cheap")["submissions"] == cheap_submissions
 
     rig.control("vid-cheap", mode="up", duration_ms=200)
     rig.wait_for("the cooldown to end", lambda: shown_status(
         health.breaker("vid-cheap"), health.clock()) is BreakerStatus.HALF_OPEN, timeout=30)
-    (probe,) = rig.wait_final([submit(rig, video())])
+    (probe,) = rig.wait_final([rig.submit(video())])
     assert probe.backend == "vid-cheap"
     assert health.breaker("vid-cheap").status is BreakerStatus.CLOSED
-    assert ledger_totals(rig)[1] == 0
+    assert rig.ledger()[1] == 0
 
 
 def test_sigkill_mid_flight_then_a_new_worker_finishes_every_job_once(rig: Rig) -> None:
     budget(rig)
     rig.control("vid-cheap", duration_ms=4000)
     rig.start_worker()
-    ids = [submit(rig, video()) for _ in range(6)]
+    ids = [rig.submit(video()) for _ in range(6)]
 
     def all_submitted() -> bool:
         return all(any(a.external_id for a in rig.attempts(j)) for j in ids)
@@ -167,14 +149,14 @@ def test_sigkill_mid_flight_then_a_new_worker_finishes_every_job_once(rig: Rig) 
     jobs = [rig.job(j) for j in ids]
     assert {j.status for j in jobs} == {"succeeded"}
     assert rig.counters("vid-cheap")["submissions"] == 6  # exactly one per job
-    assert ledger_totals(rig) == (sum(j.cost_micros or 0 for j in jobs), 0)  # charged once
+    assert rig.ledger() == (sum(j.cost_micros or 0 for j in jobs), 0)  # charged once
 
 
 def test_redis_flushed_with_jobs_in_flight_the_sweeper_gets_them_done(rig: Rig) -> None:
     budget(rig)
     rig.control("vid-cheap", duration_ms=3000)
     rig.start_worker()
-    ids = [submit(rig, video()) for _ in range(5)]
+    ids = [rig.submit(video()) for _ in range(5)]
     rig.wait_for("every job to be submitted",
                  lambda: all(any(a.external_id for a in rig.attempts(j)) for j in ids))
     rig.kill_workers()
@@ -189,7 +171,7 @@ def test_redis_flushed_with_jobs_in_flight_the_sweeper_gets_them_done(rig: Rig) 
     rig.wait_for("every job to finish", done, timeout=90)
     assert {rig.job(j).status for j in ids} == {"succeeded"}
     assert rig.counters("vid-cheap")["submissions"] == 5
-    assert ledger_totals(rig)[1] == 0
+    assert rig.ledger()[1] == 0
 
 
 def test_deadline_fails_the_job_cancels_at_backend_and_releases_the_hold(rig: Rig) -> None:
@@ -197,32 +179,32 @@ def test_deadline_fails_the_job_cancels_at_backend_and_releases_the_hold(rig: Ri
     rig.control("vid-cheap", duration_ms=60_000)
     rig.start_worker()
     rig.wait_worker_ready()  # the 2 s deadline must not be spent on the worker's start-up
-    (job,) = rig.wait_final([submit(rig, video(deadline_s=2))], timeout=30)
+    (job,) = rig.wait_final([rig.submit(video(deadline_s=2))], timeout=30)
     assert job.status == "failed" and job.error_code == "deadline_exceeded"
     assert rig.counters("vid-cheap")["cancels"] == 1
-    assert ledger_totals(rig) == (0, 0)
+    assert rig.ledger() == (0, 0)
 
 
 def test_cancel_reaches_the_backend_and_releases_the_hold(rig: Rig) -> None:
     budget(rig)
     rig.control("vid-cheap", duration_ms=60_000)
     rig.start_worker()
-    job_id = submit(rig, video())
+    job_id = rig.submit(video())
     rig.wait_for("the job to be submitted",
                  lambda: any(a.external_id for a in rig.attempts(job_id)))
     cancelled = rig.container.runner.cancel(job_id, TENANT)
     assert cancelled is not None and cancelled.status == "cancelled"
     assert rig.counters("vid-cheap")["cancels"] == 1
     assert rig.attempts(job_id)[0].outcome == "cancelled"
-    assert ledger_totals(rig) == (0, 0)
+    assert rig.ledger() == (0, 0)
 
 
 def test_a_job_fault_fails_fast_without_a_strike(rig: Rig) -> None:
     budget(rig)
     rig.control("vid-cheap", error="job_fault")
     rig.start_worker()
-    (job,) = rig.wait_final([submit(rig, video())])
+    (job,) = rig.wait_final([rig.submit(video())])
     assert job.status == "failed" and job.error_code == "invalid_input"
     assert [a.backend for a in rig.attempts(job.id)] == ["vid-cheap"]  # no failover
     assert rig.container.health.breaker("vid-cheap").strikes == 0
-    assert ledger_totals(rig) == (0, 0)
+    assert rig.ledger() == (0, 0)

@@ -26,7 +26,6 @@ from orchestrator.backends.base import BackendAdapter
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.polling import PollPolicy
 from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
-from orchestrator.ledger.audit import audit
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.ledger.service import utcnow
 from orchestrator.service.attempts import possible_cost
@@ -83,30 +82,6 @@ def image_job() -> JobSpec:
     return JobSpec.model_validate({"kind": "image", "input": {"prompt": "a red kite"}})
 
 
-def submit(r: Rig, spec: JobSpec) -> uuid.UUID:
-    job, created = r.container.submitter.submit(TENANT, spec)
-    assert created
-    return job.id
-
-
-def provider(r: Rig, backend: str) -> dict[str, Any]:
-    """The simulated provider's own view: knobs, counters, and its bills."""
-    got = r.http.get(f"{r.sim_url}/_control/{backend}")
-    got.raise_for_status()
-    state: dict[str, Any] = got.json()
-    return state
-
-
-def ledger(r: Rig) -> tuple[int, int]:
-    """(committed, held) over every budget period; the audit must be clean."""
-    with r.engine.connect() as conn:
-        row = conn.execute(text(
-            "SELECT COALESCE(SUM(committed_micros), 0) c, COALESCE(SUM(held_micros), 0) h "
-            "FROM budget_periods")).one()
-        assert audit(conn) == []
-    return int(row.c), int(row.h)
-
-
 # -- the simulator answers as such providers do -----------------------------------------------
 
 def test_the_simulator_answers_without_usage_and_with_base64_images(rig: Rig) -> None:
@@ -124,8 +99,8 @@ def test_the_simulator_answers_without_usage_and_with_base64_images(rig: Rig) ->
     assert images == [{"b64_json": TINY_PNG_B64}] * 2
     assert base64.b64decode(TINY_PNG_B64).startswith(b"\x89PNG\r\n\x1a\n")
     # billed all the same
-    assert len(provider(rig, "chat-a")["bills"]) == 1
-    assert [b["cost_micros"] for b in provider(rig, "img-a")["bills"]] == [80_000]
+    assert len(rig.provider("chat-a")["bills"]) == 1
+    assert [b["cost_micros"] for b in rig.provider("img-a")["bills"]] == [80_000]
 
 
 # -- (a) no usage: kept, charged the attempt's worst case, never failed over -------------------
@@ -134,23 +109,23 @@ def test_a_chat_answer_without_usage_is_kept_and_charged_the_worst_case(rig: Rig
     rig.control("chat-a", report_usage=False)
     rig.start_worker()
     spec = text_job()
-    job_id = submit(rig, spec)
+    job_id = rig.submit(spec)
     (job,) = rig.wait_final([job_id])
 
     assert job.status == "succeeded" and job.backend == "chat-a", job.error_code
     assert job.result is not None and isinstance(job.result["output"]["text"], str)
     (attempt,) = rig.attempts(job_id)  # no failover
     assert attempt.backend == "chat-a" and attempt.outcome == "succeeded"
-    counters = provider(rig, "chat-a")["counters"]
+    counters = rig.provider("chat-a")["counters"]
     assert counters["created"] == counters["submissions"] == 1
-    assert provider(rig, "chat-b")["counters"]["submissions"] == 0
+    assert rig.provider("chat-b")["counters"]["submissions"] == 0
     cat = rig.container.catalogue()
     worst = estimate_micros(cat.get("chat-a"), spec)
     assert worst == possible_cost(cat, job, "chat-a")
     assert job.cost_micros == attempt.cost_micros == worst
-    (bill,) = provider(rig, "chat-a")["bills"]
+    (bill,) = rig.provider("chat-a")["bills"]
     assert 0 < bill["cost_micros"] <= worst  # what it billed, within what it was charged
-    assert ledger(rig) == (worst, 0)
+    assert rig.ledger() == (worst, 0)
 
 
 # -- (b) images as base64 data: kept as data: URLs, charged their price ------------------------
@@ -158,21 +133,21 @@ def test_a_chat_answer_without_usage_is_kept_and_charged_the_worst_case(rig: Rig
 def test_base64_images_are_kept_as_data_urls_and_charged_their_price(rig: Rig) -> None:
     rig.control("img-a", image_format="b64_json")
     rig.start_worker()
-    job_id = submit(rig, image_job())
+    job_id = rig.submit(image_job())
     (job,) = rig.wait_final([job_id])
 
     assert job.status == "succeeded" and job.backend == "img-a", job.error_code
     assert job.result == {"output": {"images": [f"data:image/png;base64,{TINY_PNG_B64}"]}}
     (attempt,) = rig.attempts(job_id)
     assert attempt.backend == "img-a" and attempt.outcome == "succeeded"
-    counters = provider(rig, "img-a")["counters"]
+    counters = rig.provider("img-a")["counters"]
     assert counters["created"] == counters["submissions"] == 1
-    assert provider(rig, "img-b")["counters"]["submissions"] == 0
+    assert rig.provider("img-b")["counters"]["submissions"] == 0
     price = actual_micros(rig.container.catalogue().get("img-a"),
                           Usage(images=1, image_size="1024x1024"))
-    (bill,) = provider(rig, "img-a")["bills"]
+    (bill,) = rig.provider("img-a")["bills"]
     assert job.cost_micros == attempt.cost_micros == price == bill["cost_micros"] == 40_000
-    assert ledger(rig) == (price, 0)
+    assert rig.ledger() == (price, 0)
 
 
 # -- a refusal: the job fails for content policy, charged the refused call's bill ---------------
@@ -219,7 +194,7 @@ def test_a_refusal_fails_the_job_without_failover_charged_its_bill(rig: Rig,
         return httpx.Response(200, json=refusal(usage))
 
     spec = text_job()
-    job_id = submit(rig, spec)
+    job_id = rig.submit(spec)
     run(rig, chain_with(rig, handler), job_id)
 
     job = rig.job(job_id)
@@ -235,13 +210,13 @@ def test_a_refusal_fails_the_job_without_failover_charged_its_bill(rig: Rig,
     # a worst case charged for want of a bill is marked so; a bill read is not
     assert attempt.possible_cost_micros == (None if usage else bill)
     assert REFUSAL_TEXT not in f"{job.error_message} {attempt.error_message} {job.result}"
-    assert ledger(rig) == (bill, 0)
+    assert rig.ledger() == (bill, 0)
 
 
 def test_a_refusal_answered_after_a_cancel_settles_the_hold_with_its_bill(rig: Rig) -> None:
     """The job is cancelled while its call runs; the refused call's bill is what the ending
     charges, at once (not the attempt's worst case once the call window has passed)."""
-    job_id = submit(rig, text_job())
+    job_id = rig.submit(text_job())
 
     def handler(request: httpx.Request) -> httpx.Response:
         cancelled = rig.container.runner.cancel(job_id, TENANT)
@@ -259,4 +234,4 @@ def test_a_refusal_answered_after_a_cancel_settles_the_hold_with_its_bill(rig: R
     with rig.engine.connect() as conn:
         assert conn.execute(text("SELECT status FROM holds WHERE job_id = :j"),
                             {"j": job_id}).scalar_one() != "held"  # finished now
-    assert ledger(rig) == (bill, 0)
+    assert rig.ledger() == (bill, 0)

@@ -21,7 +21,6 @@ from sqlalchemy import Engine, text
 
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.errors import BudgetExceeded
-from orchestrator.ledger.audit import audit
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.service.sweeper import sweep
 from orchestrator.simulator import RunningSimulator
@@ -90,25 +89,11 @@ def video_job(duration: int = 8, **kw: Any) -> JobSpec:
         "prompt": "a lighthouse at dusk", "duration_s": duration, "resolution": "720p"}, **kw})
 
 
-def submit(r: Rig, spec: JobSpec) -> uuid.UUID:
-    job, created = r.container.submitter.submit(TENANT, spec)
-    assert created
-    return job.id
-
-
-def provider(r: Rig, backend: str) -> dict[str, Any]:
-    """The simulated provider's own view: knobs, counters, and its bills."""
-    got = r.http.get(f"{r.sim_url}/_control/{backend}")
-    got.raise_for_status()
-    state: dict[str, Any] = got.json()
-    return state
-
-
 def bills_of(r: Rig, *backends: str) -> dict[str, int]:
     """What the providers billed, by the reference (Idempotency-Key) each job was sent with."""
     out: dict[str, int] = {}
     for b in backends:
-        for bill in provider(r, b)["bills"]:
+        for bill in r.provider(b)["bills"]:
             ref = str(bill["reference"])
             out[ref] = out.get(ref, 0) + int(bill["cost_micros"])
     return out
@@ -118,16 +103,6 @@ def wait_created(r: Rig, job_id: uuid.UUID) -> None:
     """Until the job's first attempt has the provider's id (the create was answered)."""
     r.wait_for("an external id", lambda: bool(
         (a := r.attempts(job_id)) and a[0].external_id), timeout=30)
-
-
-def ledger(r: Rig) -> tuple[int, int]:
-    """(committed, held) over every budget period; the audit must be clean."""
-    with r.engine.connect() as conn:
-        row = conn.execute(text(
-            "SELECT COALESCE(SUM(committed_micros), 0) c, COALESCE(SUM(held_micros), 0) h "
-            "FROM budget_periods")).one()
-        assert audit(conn) == []
-    return int(row.c), int(row.h)
 
 
 def hold_status(r: Rig, job_id: uuid.UUID) -> str:
@@ -160,12 +135,12 @@ def test_a_long_synchronous_call_to_a_provider_without_dedup_is_paid_once(rig: R
     budget(rig)
     rig.control("txt-none", idempotency="none", latency_ms=6000)
     rig.start_worker()
-    jobs = [submit(rig, text_job(f"job {i}")) for i in range(2)]
+    jobs = [rig.submit(text_job(f"job {i}")) for i in range(2)]
     rig.wait_for("both calls in flight",
-                 lambda: provider(rig, "txt-none")["submissions_in_flight"] == 2, 30)
+                 lambda: rig.provider("txt-none")["submissions_in_flight"] == 2, 30)
     sweep_until(rig, jobs)
 
-    state = provider(rig, "txt-none")
+    state = rig.provider("txt-none")
     assert state["counters"]["created"] == 2 and len(state["bills"]) == 2
     bills = bills_of(rig, "txt-none")
     for job_id in jobs:
@@ -173,7 +148,7 @@ def test_a_long_synchronous_call_to_a_provider_without_dedup_is_paid_once(rig: R
         (attempt,) = rig.attempts(job_id)
         assert job.status == "succeeded" and job.backend == "txt-none"
         assert job.cost_micros == attempt.cost_micros == bills[f"{job_id}:1"]
-    assert ledger(rig) == (sum(bills.values()), 0)
+    assert rig.ledger() == (sum(bills.values()), 0)
 
 
 # -- a cancel while a synchronous call runs ------------------------------------------------------
@@ -182,9 +157,9 @@ def test_a_cancel_during_a_synchronous_call_charges_what_the_provider_billed(rig
     budget(rig)
     rig.control("img-none", idempotency="none", latency_ms=3000)
     rig.start_worker()
-    job_id = submit(rig, image_job())
+    job_id = rig.submit(image_job())
     rig.wait_for("the call in flight",
-                 lambda: provider(rig, "img-none")["submissions_in_flight"] == 1, 30)
+                 lambda: rig.provider("img-none")["submissions_in_flight"] == 1, 30)
 
     cancelled = rig.container.runner.cancel(job_id, TENANT)
     assert cancelled is not None and cancelled.status == "cancelled"
@@ -197,7 +172,7 @@ def test_a_cancel_during_a_synchronous_call_charges_what_the_provider_billed(rig
     assert bill == 40_000 and job.status == "cancelled" and job.cost_micros == bill
     (attempt,) = rig.attempts(job_id)
     assert attempt.outcome == "succeeded" and attempt.cost_micros == bill
-    assert ledger(rig) == (bill, 0)
+    assert rig.ledger() == (bill, 0)
     assert rig.job(job_id).wake_at is None
 
 
@@ -215,14 +190,14 @@ def test_a_deadline_just_after_the_provider_finished_adopts_the_result(rig: Rig)
     rig.control("vid-a", duration_ms=2000)
     rig.start_worker(env_extra=SLOW_POLLS)
     rig.wait_worker_ready()
-    job_id = submit(rig, video_job(deadline_s=8))
+    job_id = rig.submit(video_job(deadline_s=8))
     (job,) = rig.wait_final([job_id], timeout=30)
 
     bill = bills_of(rig, "vid-a")[f"{job_id}:1"]
     assert job.status == "succeeded" and job.cost_micros == bill == 240_000
     assert job.deadline_at is not None and job.finished_at is not None
     assert job.finished_at > job.deadline_at
-    assert ledger(rig) == (bill, 0)
+    assert rig.ledger() == (bill, 0)
 
 
 def test_a_deadline_whose_stop_finds_the_work_finished_adopts_the_result(rig: Rig) -> None:
@@ -232,15 +207,15 @@ def test_a_deadline_whose_stop_finds_the_work_finished_adopts_the_result(rig: Ri
     rig.control("vid-a", duration_ms=2000)
     rig.start_worker(env_extra=SLOW_POLLS)
     rig.wait_worker_ready()
-    job_id = submit(rig, video_job(deadline_s=8))
+    job_id = rig.submit(video_job(deadline_s=8))
     wait_created(rig, job_id)
     rig.control("vid-a", status_code=404, times=1)  # the deadline's look, nothing else
     (job,) = rig.wait_final([job_id], timeout=30)
 
-    assert provider(rig, "vid-a")["counters"]["cancels"] == 1
+    assert rig.provider("vid-a")["counters"]["cancels"] == 1
     bill = bills_of(rig, "vid-a")[f"{job_id}:1"]
     assert job.status == "succeeded" and job.cost_micros == bill == 240_000
-    assert ledger(rig) == (bill, 0)
+    assert rig.ledger() == (bill, 0)
 
 
 def test_a_deadline_while_the_provider_still_works_charges_its_partial_bill(rig: Rig) -> None:
@@ -248,7 +223,7 @@ def test_a_deadline_while_the_provider_still_works_charges_its_partial_bill(rig:
     rig.control("vid-a", duration_ms=60_000, cancel_bill_fraction=0.5)
     rig.start_worker(env_extra=SLOW_POLLS)
     rig.wait_worker_ready()
-    job_id = submit(rig, video_job(deadline_s=8))
+    job_id = rig.submit(video_job(deadline_s=8))
     rig.wait_for("the hold to be finished", lambda: hold_status(rig, job_id) != "held", 30)
 
     bill = bills_of(rig, "vid-a")[f"{job_id}:1"]
@@ -257,8 +232,8 @@ def test_a_deadline_while_the_provider_still_works_charges_its_partial_bill(rig:
     assert bill == 120_000 and job.cost_micros == bill  # half of 8 s at $0.03
     (attempt,) = rig.attempts(job_id)
     assert attempt.outcome == "timeout" and attempt.cost_micros == bill
-    assert provider(rig, "vid-a")["counters"]["cancels"] == 1
-    assert ledger(rig) == (bill, 0)
+    assert rig.provider("vid-a")["counters"]["cancels"] == 1
+    assert rig.ledger() == (bill, 0)
 
 
 # -- an answer lost after the provider created the work -------------------------------------------
@@ -267,10 +242,10 @@ def test_a_lost_answer_from_a_provider_without_dedup_fails_over_as_uncertain(rig
     budget(rig)
     rig.control("txt-none", idempotency="none", drop_answers=1)
     rig.start_worker()
-    job_id = submit(rig, text_job())
+    job_id = rig.submit(text_job())
     (job,) = rig.wait_final([job_id], timeout=30)
 
-    assert provider(rig, "txt-none")["counters"]["created"] == 1  # never sent again
+    assert rig.provider("txt-none")["counters"]["created"] == 1  # never sent again
     first, second = rig.attempts(job_id)
     assert first.backend == "txt-none" and first.outcome == "uncertain"
     assert first.error_code == "outcome_unknown" and first.cost_micros is None
@@ -279,7 +254,7 @@ def test_a_lost_answer_from_a_provider_without_dedup_fails_over_as_uncertain(rig
     assert second.backend == "txt-backup" and second.outcome == "succeeded"
     paid = bills_of(rig, "txt-backup")[f"{job_id}:2"]
     assert job.status == "succeeded" and job.cost_micros == second.cost_micros == paid
-    assert ledger(rig) == (paid, 0)
+    assert rig.ledger() == (paid, 0)
 
 
 @pytest.mark.parametrize("knob", ["drop_answers", "garble_answers"])
@@ -288,16 +263,16 @@ def test_a_lost_or_unreadable_create_answer_is_found_by_its_key_and_not_paid_twi
     budget(rig)
     rig.control("vid-a", idempotency="none", duration_ms=500, **{knob: 1})
     rig.start_worker()
-    job_id = submit(rig, video_job())
+    job_id = rig.submit(video_job())
     (job,) = rig.wait_final([job_id], timeout=30)
 
-    state = provider(rig, "vid-a")
+    state = rig.provider("vid-a")
     assert state["counters"]["created"] == 1 and state["counters"]["lookups"] >= 1
     (attempt,) = rig.attempts(job_id)
     assert attempt.outcome == "succeeded" and attempt.external_id
     bill = bills_of(rig, "vid-a")[f"{job_id}:1"]
     assert job.status == "succeeded" and job.cost_micros == bill
-    assert ledger(rig) == (bill, 0)
+    assert rig.ledger() == (bill, 0)
 
 
 def test_an_unreadable_answer_from_a_provider_without_dedup_fails_over_as_uncertain(
@@ -305,10 +280,10 @@ def test_an_unreadable_answer_from_a_provider_without_dedup_fails_over_as_uncert
     budget(rig)
     rig.control("txt-none", idempotency="none", garble_answers=1)
     rig.start_worker()
-    job_id = submit(rig, text_job())
+    job_id = rig.submit(text_job())
     (job,) = rig.wait_final([job_id], timeout=30)
 
-    assert provider(rig, "txt-none")["counters"]["created"] == 1  # never sent again
+    assert rig.provider("txt-none")["counters"]["created"] == 1  # never sent again
     first, second = rig.attempts(job_id)
     assert first.outcome == "uncertain" and first.error_code == "outcome_unknown"
     lost = bills_of(rig, "txt-none")[f"{job_id}:1"]
@@ -323,17 +298,17 @@ def test_a_new_prediction_the_provider_does_not_know_yet_is_looked_at_again(rig:
     budget(rig)
     rig.control("vid-a", idempotency="none", duration_ms=2500)
     rig.start_worker()
-    job_id = submit(rig, video_job())
+    job_id = rig.submit(video_job())
     wait_created(rig, job_id)
     rig.control("vid-a", status_code=404, times=2)
     (job,) = rig.wait_final([job_id], timeout=60)
 
     (attempt,) = rig.attempts(job_id)
     assert attempt.outcome == "succeeded" and attempt.cancel_requested_at is None
-    assert provider(rig, "vid-a")["counters"]["cancels"] == 0
+    assert rig.provider("vid-a")["counters"]["cancels"] == 0
     bill = bills_of(rig, "vid-a")[f"{job_id}:1"]
     assert job.status == "succeeded" and job.cost_micros == bill
-    assert ledger(rig) == (bill, 0)
+    assert rig.ledger() == (bill, 0)
 
 
 def test_a_poll_answered_429_waits_for_its_retry_after(rig: Rig) -> None:
@@ -342,7 +317,7 @@ def test_a_poll_answered_429_waits_for_its_retry_after(rig: Rig) -> None:
     budget(rig)
     rig.control("vid-a", duration_ms=1000)
     rig.start_worker()
-    job_id = submit(rig, video_job())
+    job_id = rig.submit(video_job())
     wait_created(rig, job_id)
     rig.control("vid-a", status_code=429, retry_after_s=11, times=1)
     asked = datetime.now(UTC)
@@ -350,7 +325,7 @@ def test_a_poll_answered_429_waits_for_its_retry_after(rig: Rig) -> None:
 
     assert job.status == "succeeded" and job.finished_at is not None
     assert (job.finished_at - asked).total_seconds() >= 11
-    assert provider(rig, "vid-a")["counters"]["injected"] == 1
+    assert rig.provider("vid-a")["counters"]["injected"] == 1
 
 
 def test_work_the_provider_stops_knowing_is_stopped_and_uncertain_not_dropped(
@@ -361,7 +336,7 @@ def test_work_the_provider_stops_knowing_is_stopped_and_uncertain_not_dropped(
     budget(rig)
     rig.control("vid-a", idempotency="none", duration_ms=1500)
     rig.start_worker()
-    job_id = submit(rig, video_job())
+    job_id = rig.submit(video_job())
     wait_created(rig, job_id)
     rig.control("vid-a", status_code=404)  # every request from now on, until changed
     (job,) = rig.wait_final([job_id], timeout=60)
@@ -384,7 +359,7 @@ def test_a_job_on_a_backend_removed_from_the_catalogue_ends_within_one_sweep(
     rig.control("vid-a", duration_ms=120_000)
     rig.control("vid-b", duration_ms=300)
     rig.start_worker()
-    job_id = submit(rig, video_job())
+    job_id = rig.submit(video_job())
     rig.wait_for("the prediction to be created",
                  lambda: bool(rig.attempts(job_id) and rig.attempts(job_id)[0].external_id))
     rig.kill_workers()
@@ -406,7 +381,7 @@ def test_a_job_on_a_backend_removed_from_the_catalogue_ends_within_one_sweep(
     assert removed.possible_cost_micros == 240_000
     assert replacement.backend == "vid-b" and replacement.outcome == "succeeded"
     assert job.status == "succeeded" and job.cost_micros == replacement.cost_micros
-    assert ledger(rig) == (replacement.cost_micros, 0)
+    assert rig.ledger() == (replacement.cost_micros, 0)
     assert rig.job(job_id).wake_at is None
 
 
@@ -418,13 +393,13 @@ def test_a_bill_above_the_hold_is_charged_in_full_and_raises_an_alert(rig: Rig) 
     budget(rig)
     rig.control("vid-a", duration_ms=300, usage_factor=2.0)
     rig.start_worker()
-    job_id = submit(rig, video_job())
+    job_id = rig.submit(video_job())
     (job,) = rig.wait_final([job_id])
 
     bill = bills_of(rig, "vid-a")[f"{job_id}:1"]
     assert job.status == "succeeded" and bill == 480_000 > job.estimated_cost_micros
     assert job.cost_micros == bill
-    assert ledger(rig) == (bill, 0)
+    assert rig.ledger() == (bill, 0)
     with rig.engine.connect() as conn:
         overage = conn.execute(text(
             "SELECT committed_delta_micros FROM ledger_entries "
@@ -439,15 +414,15 @@ def test_a_lowered_limit_refuses_the_next_hold_after_earlier_holds_drained(rig: 
     budget(rig, 2_000_000)
     rig.control("vid-a", duration_ms=60_000)
     rig.start_worker()
-    first = submit(rig, video_job())  # holds 400 000 (vid-b's worst case)
+    first = rig.submit(video_job())  # holds 400 000 (vid-b's worst case)
     rig.wait_for("the prediction to run",
                  lambda: bool(rig.attempts(first) and rig.attempts(first)[0].external_id))
     budget(rig, 100_000)  # below what is held
     rig.container.runner.cancel(first, TENANT)
     rig.wait_for("the hold to drain", lambda: hold_status(rig, first) != "held")
-    assert ledger(rig) == (0, 0)
+    assert rig.ledger() == (0, 0)
 
     with pytest.raises(BudgetExceeded):  # 300 000 against the limit of 100 000
         rig.container.submitter.submit(TENANT, video_job(duration=6))
     budget(rig, 2_000_000)
-    submit(rig, video_job(duration=6))
+    rig.submit(video_job(duration=6))

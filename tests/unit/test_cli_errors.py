@@ -85,26 +85,23 @@ def test_an_unreachable_api_is_named_by_its_origin_only(command: list[str]) -> N
 
 
 class _ProxyPage(BaseHTTPRequestHandler):
+    body = b"<html>upstream says: internal-detail-never-shown</html>"
+    content_type = "text/html"
+
     def do_GET(self) -> None:
-        body = b"<html>upstream says: internal-detail-never-shown</html>"
         self.send_response(502)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", self.content_type)
+        self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(self.body)
 
     def log_message(self, *_: object) -> None:
         pass
 
 
 class _ErrorText(_ProxyPage):
-    def do_GET(self) -> None:
-        body = b'{"error": "upstream-words-never-shown"}'
-        self.send_response(502)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    body = b'{"error": "upstream-words-never-shown"}'
+    content_type = "application/json"
 
 
 @pytest.mark.parametrize("page", [_ProxyPage, _ErrorText])
