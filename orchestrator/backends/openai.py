@@ -19,7 +19,6 @@ The model's text, a refusal's text and an image's data are never logged or put i
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
@@ -38,7 +37,6 @@ IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg",
                "webp": "image/webp"}
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
-log = logging.getLogger("orchestrator.backends")
 
 
 class OpenAIAdapter(HttpAdapter):
@@ -83,9 +81,7 @@ class OpenAIAdapter(HttpAdapter):
         body.update(_extra(inp, body, "prompt"))
         data = self.request("POST", "/v1/chat/completions", json=body, idempotency_key=key,
                             creates=True)
-        ext_id = data.get("id")
-        if not is_provider_id(ext_id):  # none, or one we cannot keep (a number, too long):
-            ext_id = key  # the key names the call (nothing is polled by it)
+        ext_id = _call_id(data, key)
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise self.malformed("no choices")
@@ -169,23 +165,27 @@ class OpenAIAdapter(HttpAdapter):
             if not isinstance(b64, str) or not _BASE64.fullmatch(b64):
                 raise self.malformed("an image's b64_json is not base64")
             urls.append(f"data:{media};base64,{b64}")
-        ext_id = data.get("id")
-        if not is_provider_id(ext_id):  # none, or one we cannot keep: the key names the call
-            ext_id = None
+        ext_id = _call_id(data, key)
         used = Usage(images=len(urls), image_size=size)
         cost, reported = self.cost(used, data.get("cost_usd"))
         result = PollResult(
             status="succeeded", output={"images": urls}, usage=used, cost_micros=cost,
             reported_cost_micros=reported, provider_status="succeeded",
         )
-        # The images API has no id of its own; the idempotency key names the call instead.
-        return Submission(external_id=ext_id or key, result=result)
+        return Submission(external_id=ext_id, result=result)
 
 
 def _extra(inp: dict[str, Any], body: dict[str, Any], *mapped: str) -> dict[str, Any]:
     """The declared parameters (``inp`` holds nothing else) the body does not carry yet, as
     top-level fields of the request (temperature, seed, quality, ...)."""
     return {k: v for k, v in inp.items() if k not in body and k not in mapped}
+
+
+def _call_id(data: dict[str, Any], key: str) -> str:
+    """The answer's ``id``; none, or one we cannot keep (a number, too long): the idempotency
+    key names the call (a synchronous one is never polled by it)."""
+    ext_id = data.get("id")
+    return ext_id if is_provider_id(ext_id) else key
 
 
 def _refused(message: dict[str, Any], finish_reason: Any) -> str | None:

@@ -21,7 +21,6 @@ chain charges the attempt's worst case.
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 from urllib.parse import quote
@@ -60,8 +59,6 @@ _USAGE_ALIASES = {"input_tokens": "input_token_count", "output_tokens": "output_
 # backend's failure, and another backend may run the job)
 _POLICY_TEXT = re.compile(
     r"\bnsfw content\b|\bcontent[ _](?:policy|filter)\b|\bflagged (?:as|by|for)\b")
-
-log = logging.getLogger("orchestrator.backends")
 
 
 class PredictionsAdapter(HttpAdapter):
