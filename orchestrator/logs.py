@@ -52,7 +52,12 @@ _MAX_DEPTH = 6
 def redact_text(text: str) -> str:
     """``text`` with every key-, token- or password-looking substring, and every value a
     PostgreSQL error quotes, replaced."""
-    return _DB_VALUES_RE.sub(_db_value_redacted, _SECRET_RE.sub(REDACTED, text))
+    text = _SECRET_RE.sub(REDACTED, text)
+    # every line passes here (the API's access log among them); the PostgreSQL pattern, whose
+    # scan doubled the cost (1.2 -> 2.9 us for an access line), runs on the few it can match
+    if "DETAIL:" in text or "CONTEXT:" in text or "invalid input" in text:
+        text = _DB_VALUES_RE.sub(_db_value_redacted, text)
+    return text
 
 
 def _db_value_redacted(match: re.Match[str]) -> str:
