@@ -22,10 +22,9 @@ from sqlalchemy import Engine
 
 from orchestrator.backends.base import PollResult
 from orchestrator.domain.catalogue import Catalogue
-from orchestrator.domain.outcomes import Outcome
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.endings import JobEnd
-from orchestrator.service.attempts import Closing, billed
+from orchestrator.service.attempts import Closing, closing_of
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.slots import SlotWaits
 from orchestrator.store import jobs as repo
@@ -85,9 +84,7 @@ class Endings:
         *, external_id: str | None = None,
     ) -> None:
         now = self.clock()
-        cost = billed(self.catalogue(), job, attempt, res)
-        closing = Closing("succeeded", Outcome.SUCCESS, cost,
-                          possible=cost if res.unpriced else None)
+        closing = closing_of(self.catalogue(), job, attempt, res)  # res succeeded
         end = self.ledger.end_job(
             job.id, "succeeded", now, backend=attempt.backend, result={"output": res.output},
             attempt=closing.row(attempt, external_id))
