@@ -13,10 +13,12 @@ provider without it is still served, and such an attempt is reconciled by other 
 
 A succeeded prediction is charged the catalogue's price of the usage its ``metrics`` report
 (``video_seconds``, ``resolution``, ``images``, ``image_size``, ``input_tokens`` and
-``output_tokens``, or Replicate's ``input_token_count`` and ``output_token_count``; any other
-metric, such as ``predict_time``, is ignored), else its ``cost_usd``. With neither (Replicate's
-answers carry no cost) its output is kept all the same: the result is ``unpriced`` and the job
-chain charges the attempt's worst case.
+``output_tokens``, or Replicate's ``input_token_count`` and ``output_token_count``; a
+``per_compute_second`` backend's ``predict_time``; any other metric is ignored), else its
+``cost_usd``. With neither (Replicate's answers carry no cost) its output is kept all the
+same: the result is ``unpriced`` and the job chain charges the attempt's worst case. A failed
+or cancelled one is charged the same way, and nothing when it reports neither (a
+``per_compute_second`` backend's run time is its bill, whatever the outcome).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from orchestrator.backends.answers import CONTENT_POLICY_MARKERS, safe_token, wa
 from orchestrator.backends.base import PollResult, Status, Submission
 from orchestrator.backends.errors import BackendError, BackendFault, JobFault, LookupUnsupported
 from orchestrator.backends.http import HttpAdapter, is_provider_id
-from orchestrator.domain.catalogue import PerRequestPrice
+from orchestrator.domain.catalogue import PerComputeSecondPrice, PerRequestPrice
 from orchestrator.domain.inputs import provider_input
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage
@@ -173,13 +175,18 @@ class PredictionsAdapter(HttpAdapter):
         if not isinstance(metrics, dict):
             raise self.malformed("metrics is not an object")
         fields: dict[str, Any] = {}
-        seconds = metrics.get("video_seconds")
-        if seconds is not None:
+        seconds = {"video_seconds": "video_seconds"}
+        if isinstance(self.backend.price, PerComputeSecondPrice):
+            seconds["compute_seconds"] = "predict_time"  # else a timing, ignored
+        for name, key in seconds.items():
+            value = metrics.get(key)
+            if value is None:
+                continue
             # NaN compares false; a huge int is refused before it is made a float
-            in_range = isinstance(seconds, int | float) and 0 <= seconds <= 10**9
-            if not in_range or isinstance(seconds, bool):
-                raise self.malformed("video_seconds is not a non-negative number in range")
-            fields["video_seconds"] = float(seconds)
+            in_range = isinstance(value, int | float) and 0 <= value <= 10**9
+            if not in_range or isinstance(value, bool):
+                raise self.malformed(f"{key} is not a non-negative number in range")
+            fields[name] = float(value)
         for name in _USAGE_INT:
             key = name if metrics.get(name) is not None else _USAGE_ALIASES.get(name, name)
             value = metrics.get(key)

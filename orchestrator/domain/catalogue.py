@@ -183,8 +183,30 @@ class PerRequestPrice(BaseModel):
         return self
 
 
+class PerComputeSecondPrice(BaseModel):
+    """The provider's run time (Replicate's hardware price: ``metrics.predict_time`` x
+    usd_per_second), billed whether the run succeeded, failed or was cancelled. Nothing in
+    the job says how long it will run: the worst case is ``max_seconds``, else the backend's
+    ``timeouts.start_to_close_s`` (past it the run is cancelled)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: Literal["per_compute_second"]
+    usd_per_second: UsdRate
+    max_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+
+    @cached_property
+    def rate_pico(self) -> int:
+        return to_pico(self.usd_per_second, "usd_per_second")
+
+    @model_validator(mode="after")
+    def _scaled(self) -> PerComputeSecondPrice:
+        _ = self.rate_pico
+        return self
+
+
 Price = Annotated[
-    PerSecondPrice | PerImagePrice | PerTokenPrice | PerRequestPrice,
+    PerSecondPrice | PerImagePrice | PerTokenPrice | PerRequestPrice | PerComputeSecondPrice,
     Field(discriminator="model"),
 ]
 
@@ -194,7 +216,10 @@ _PRICE_KINDS: dict[str, frozenset[Kind]] = {
     "per_image": frozenset({Kind.IMAGE}),
     "per_token": frozenset({Kind.TEXT}),
     "per_request": frozenset(Kind),
+    "per_compute_second": frozenset(Kind),
 }
+# price models only one protocol's answers carry the usage of
+_PRICE_PROTOCOLS: dict[str, Protocol] = {"per_compute_second": Protocol.PREDICTIONS}
 
 
 class BackendSpec(BaseModel):
@@ -249,6 +274,11 @@ class BackendSpec(BaseModel):
         bad = [k.value for k in info.data.get("kinds", ()) if k not in allowed]
         if bad:
             raise ValueError(f"model {v.model} cannot price {', '.join(bad)} jobs")
+        only = _PRICE_PROTOCOLS.get(v.model)
+        protocol = info.data.get("protocol")
+        if only is not None and protocol is not None and protocol is not only:
+            raise ValueError(f"model {v.model} needs the {only.value} protocol: {protocol.value} "
+                             "answers report no run time")
         return v
 
     @field_validator("params")

@@ -10,6 +10,8 @@ end gives micro-USD. So ``actual <= estimate`` whenever the usage is within the 
     text     input_tokens/1000 x usd_per_1k_input + output_tokens/1000 x usd_per_1k_output
              (worst case: input = ceil(len(prompt in UTF-8 bytes) / 3), output = max_tokens)
     request  usd_per_request
+    compute  run seconds x usd_per_second (worst case: max_seconds, else the backend's
+             start_to_close_s, past which the run is cancelled)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from fractions import Fraction
 from orchestrator.domain.catalogue import (
     MULT_SCALE,
     BackendSpec,
+    PerComputeSecondPrice,
     PerImagePrice,
     PerRequestPrice,
     PerSecondPrice,
@@ -48,6 +51,7 @@ class Usage:
     image_size: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    compute_seconds: float | None = None  # the provider's run time (``predict_time``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,8 @@ def price_quantities(backend: BackendSpec, q: Quantities) -> int:
     if isinstance(price, PerTokenPrice):
         pico_x_1k = q.input_tokens * price.in_pico_1k + q.output_tokens * price.out_pico_1k
         return -(-pico_x_1k // (1000 * PICO_PER_MICRO))
+    if isinstance(price, PerComputeSecondPrice):
+        return _compute(price, price.max_seconds or backend.timeouts.start_to_close_s)
     assert isinstance(price, PerRequestPrice)
     return -(-price.rate_pico // PICO_PER_MICRO)
 
@@ -148,6 +154,10 @@ def actual_micros(backend: BackendSpec, usage: Usage) -> int:
             backend, price, secs.numerator, secs.denominator,
             usage.resolution or _only(price.mults),
         )
+    if isinstance(price, PerComputeSecondPrice):
+        if usage.compute_seconds is None or usage.compute_seconds < 0:
+            raise NotPriceable(f"{backend.name} reported no predict_time")
+        return _compute(price, usage.compute_seconds)
     if isinstance(price, PerImagePrice):
         if usage.images is None or usage.images < 0 or usage.image_size is None:
             raise NotPriceable(f"{backend.name} reported no images/image_size")
@@ -171,6 +181,11 @@ def _video(
     if mult is None:
         raise NotPriceable(f"{backend.name} has no price for resolution {resolution}")
     return _ceil_div(num * price.rate_pico * mult, den * _VIDEO_DIV)
+
+
+def _compute(price: PerComputeSecondPrice, seconds: float) -> int:
+    secs = _exact(seconds)
+    return _ceil_div(secs.numerator * price.rate_pico, secs.denominator * PICO_PER_MICRO)
 
 
 def _only(mults: dict[str, int]) -> str:

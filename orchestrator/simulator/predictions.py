@@ -24,6 +24,11 @@ so that pricing the reported metrics with ``actual_micros`` gives exactly ``cost
 f = 0, ``cost_usd`` 0 without metrics. With ``report_usage`` false (read when the answer is
 made), a succeeded prediction reports ``metrics: {"predict_time": <seconds>}`` only and no
 ``cost_usd``, as Replicate's do; it is billed its full run all the same.
+
+A ``per_compute_second`` backend bills the run's time, as Replicate's hardware prices do: its
+``metrics.predict_time`` is ``duration_ms`` (``usage_factor`` does not change it), a failed
+prediction is billed and reports it as a succeeded one does, and a cancelled one is billed
+(and reports) the time it ran, whatever ``cancel_bill_fraction`` says.
 """
 
 from __future__ import annotations
@@ -37,9 +42,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from orchestrator.domain.catalogue import BackendSpec
+from orchestrator.domain.catalogue import BackendSpec, PerComputeSecondPrice
 from orchestrator.domain.jobs import Kind
-from orchestrator.domain.pricing import actual_micros
+from orchestrator.domain.pricing import Usage, actual_micros
 from orchestrator.simulator.core import (
     Outcome,
     Simulator,
@@ -78,6 +83,10 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
                            metrics={**metrics_of(p.usage), "predict_time": p.duration_s})
             else:  # as Replicate answers: the run's time, no usage, no cost (billed the same)
                 out.update(output=p.output, metrics={"predict_time": p.duration_s})
+        elif status == "failed" and p.billed_by_time:  # the run's time, as on success
+            out.update(error=p.failure, metrics=metrics_of(p.usage))
+            if st.control.report_usage:
+                out["cost_usd"] = usd(p.cost_micros)
         elif status == "failed":
             out.update(error=p.failure, cost_usd=0.0)
         elif status == "canceled":
@@ -101,14 +110,16 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
                        "message": "the output was flagged by the content policy"}
         elif FAIL_MARKER in prompt or injected == "prediction_failed" or st.fails_job():
             failure = {"code": "internal_error", "message": "the model crashed"}
-        usage = scaled_usage(usage_for(spec, job), st.control.usage_factor)
+        by_time = isinstance(spec.price, PerComputeSecondPrice)
+        usage = (Usage(compute_seconds=st.control.duration_ms / 1000) if by_time
+                 else scaled_usage(usage_for(spec, job), st.control.usage_factor))
         pid = uuid.uuid4().hex
         ext = "mp4" if job.kind is Kind.VIDEO else "png" if job.kind is Kind.IMAGE else "txt"
         pred = Prediction(
             id=pid, created=sim.clock(), created_at=datetime.now(UTC).isoformat(),
             duration_s=st.control.duration_ms / 1000, usage=usage,
             cost_micros=actual_micros(spec, usage), output=f"{base}/files/{pid}.{ext}",
-            reference=key, failure=failure,
+            reference=key, failure=failure, billed_by_time=by_time,
         )
         st.predictions[pid] = pred
         if key is not None:
@@ -158,7 +169,10 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
         if pred.status(now) in ("starting", "processing"):
             pred.canceled_at = now
             fraction = st.control.cancel_bill_fraction
-            if fraction > 0:
+            if pred.billed_by_time:  # the time it ran
+                pred.canceled_usage = Usage(compute_seconds=now - pred.created)
+                pred.canceled_micros = actual_micros(spec, pred.canceled_usage)
+            elif fraction > 0:
                 pred.canceled_usage = partial_usage(pred.usage, fraction)
                 pred.canceled_micros = actual_micros(spec, pred.canceled_usage)
         return view(st, pred, prefix_url(request, backend))

@@ -5,7 +5,8 @@ touched from the event loop only (async handlers and the tasks they start), so n
 Bills: every provider job created is billed what the provider charges, in integer micro-USD
 equal to the ``cost_usd`` its answer reports (x 1e6): an OpenAI call when it completes (even
 if its client has gone away); a prediction when it ends: succeeded, its full cost; failed, 0;
-canceled while running, ``cancel_bill_fraction`` of its usage priced by the catalogue. A
+canceled while running, ``cancel_bill_fraction`` of its usage priced by the catalogue. On a
+``per_compute_second`` backend a prediction is billed the time it ran, however it ended. A
 running prediction is not billed yet. ``snapshot`` lists them, in the order they were billed.
 """
 
@@ -53,7 +54,8 @@ class Control(BaseModel):
       asked). Above 1 it bills more than the orchestrator's worst-case estimate, as a
       provider that bills in coarser units or raised its prices does.
     - ``fail_job_rate``: share of the jobs a submission would create that fail instead (drawn
-      from the backend's RNG): a prediction is created and ends ``failed``, unbilled; an
+      from the backend's RNG): a prediction is created and ends ``failed``, unbilled (but
+      for its run time on a ``per_compute_second`` backend); an
       OpenAI call is answered 500 after its processing time. Unlike ``fail_rate`` it spares
       polls and cancels: the provider is up, its model fails that often.
     - ``drop_answers``: how many of the next submissions answered with success (a new job or a
@@ -166,6 +168,7 @@ class Prediction:
     canceled_at: float | None = None
     canceled_usage: Usage | None = None  # what a cancel billed (None: nothing)
     canceled_micros: int = 0
+    billed_by_time: bool = False  # per_compute_second: a failed run is billed its time too
 
     def ended(self) -> float:
         """When it ended (or will end, if it is running)."""
@@ -174,7 +177,8 @@ class Prediction:
     def bill(self, now: float) -> Bill | None:
         """The provider's bill for it: None while it runs."""
         status = self.status(now)
-        cost = {"succeeded": self.cost_micros, "failed": 0,
+        cost = {"succeeded": self.cost_micros,
+                "failed": self.cost_micros if self.billed_by_time else 0,
                 "canceled": self.canceled_micros}.get(status)
         return None if cost is None else Bill(self.ended(), self.reference, self.id, cost)
 

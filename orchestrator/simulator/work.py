@@ -147,8 +147,11 @@ def partial_usage(usage: Usage, fraction: float) -> Usage:
 
 
 def metrics_of(usage: Usage) -> dict[str, Any]:
-    values = {f.name: getattr(usage, f.name) for f in fields(usage)}
+    values = {_METRIC.get(f.name, f.name): getattr(usage, f.name) for f in fields(usage)}
     return {k: v for k, v in values.items() if v is not None}
+
+
+_METRIC = {"compute_seconds": "predict_time"}  # the run time, as Replicate names it
 
 
 def digest_id(prefix: str, *parts: str) -> str:

@@ -49,6 +49,9 @@ CATALOGUE = parse_catalogue({
         {"name": "img", "protocol": "openai", "kinds": ["image"], "tier": "standard",
          "base_url": "http://provider.test/img",
          "price": {"model": "per_image", "usd_per_image": {"1024x1024": 0.04}}},
+        {"name": "gpu", "protocol": "predictions", "kinds": ["video"], "tier": "standard",
+         "base_url": "http://provider.test/gpu",
+         "price": {"model": "per_compute_second", "usd_per_second": 0.0014}},
     ]
 })
 VIDEO = JobSpec.model_validate(
@@ -680,6 +683,32 @@ def test_a_flat_priced_prediction_needs_no_usage_and_is_charged_its_price() -> N
     failed = make_adapter(flat, httpx.MockTransport(answer({"id": "p1", "status": "failed"})),
                           retry=NO_SLEEP).poll("p1")
     assert failed.cost_micros == 0  # billed only when the provider says so
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "canceled"])
+def test_a_run_time_priced_prediction_is_charged_its_predict_time_however_it_ends(
+        status: str) -> None:
+    # Replicate's answer: timings only, no cost; the hardware bills the run's seconds
+    body = {"id": "p1", "status": status, "output": "http://x/v.mp4",
+            "metrics": {"predict_time": 12.5, "total_time": 14.2}}
+    res = mock("gpu", answer(body)).poll("p1")
+    assert res.status == ("cancelled" if status == "canceled" else status)
+    assert res.cost_micros == 17_500  # 12.5 s x $0.0014
+    assert not res.unpriced
+
+
+def test_predict_time_is_a_timing_only_on_backends_not_priced_by_run_time() -> None:
+    odd = {"predict_time": "12.3 s", "video_seconds": 4, "resolution": "720p"}
+    assert mock("vid", answer(prediction(metrics=odd))).poll("p1").cost_micros == 400_000
+    with pytest.raises(BackendFault, match="predict_time is not a non-negative number"):
+        mock("gpu", answer(prediction(metrics=odd, cost_usd=None))).poll("p1")
+
+
+def test_a_run_time_priced_success_without_predict_time_is_kept_unpriced() -> None:
+    res = mock("gpu", answer(prediction(metrics={"total_time": 3}, cost_usd=None))).poll("p1")
+    assert res.status == "succeeded" and res.unpriced and res.cost_micros is None
+    failed = mock("gpu", answer({"id": "p1", "status": "failed", "metrics": {}})).poll("p1")
+    assert failed.cost_micros == 0  # no run time reported: nothing to charge
 
 
 # -- OpenAI answers outside the narrowest reading, as OpenAI and compatible servers give them --

@@ -96,6 +96,32 @@ def test_text() -> None:
         actual_micros(TEXT, Usage(input_tokens=3))
 
 
+GPU = BackendSpec.model_validate({
+    "name": "g", "protocol": "predictions", "base_url": "http://127.0.0.1:1",
+    "kinds": ["video", "image", "text"], "tier": "standard", "timeouts": {"start_to_close_s": 90},
+    "price": {"model": "per_compute_second", "usd_per_second": "0.000725"},
+})
+
+
+def test_run_time() -> None:
+    # nothing in the job says how long it runs: the worst case is start_to_close_s (or
+    # max_seconds), whatever the job
+    assert estimate_micros(GPU, video(600, "1080p")) == 65_250  # 90 s x $0.000725
+    text = JobSpec(kind=Kind.TEXT, input={"prompt": "p", "max_tokens": 9})
+    assert estimate_micros(GPU, text) == 65_250
+    capped = GPU.model_copy(update={"price": GPU.price.model_copy(update={"max_seconds": 20})})
+    assert estimate_micros(capped, text) == 14_500
+    assert actual_micros(GPU, Usage(compute_seconds=12.345)) == 8_951  # 8950.125 rounds up
+    assert actual_micros(GPU, Usage(compute_seconds=0)) == 0
+    with pytest.raises(NotPriceable, match="predict_time"):
+        actual_micros(GPU, Usage(video_seconds=4, resolution="720p"))
+
+
+def test_run_time_prices_only_answers_that_report_it() -> None:
+    with pytest.raises(ValueError, match="needs the predictions protocol"):
+        backend("g", ["text"], {"model": "per_compute_second", "usd_per_second": 0.001})
+
+
 def test_flat() -> None:
     assert estimate_micros(FLAT, video(600, "1080p")) == 12_346  # 12345.6 -> 12346
     assert actual_micros(FLAT, Usage()) == 12_346

@@ -1,0 +1,131 @@
+"""Backends that bill their run time (``per_compute_second``, Replicate's hardware prices), end
+to end: the provider's answer carries ``metrics.predict_time`` and no cost, and a failed or
+cancelled run is billed its time as a succeeded one is. Each is charged what the provider
+billed, to the micro-dollar: a success is not charged its worst case, and a failure or a
+cancel is not charged nothing.
+
+The simulator bills as such providers do, to real Celery worker processes on real Redis and
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from orchestrator.domain.jobs import JobSpec
+from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
+from orchestrator.ledger.budgets import set_budget
+from orchestrator.simulator import RunningSimulator
+
+from .e2e_support import Rig, rig_for, simulator_for
+
+TENANT = "acme"
+CATALOGUE: dict[str, Any] = {
+    "defaults": {"timeouts": {"connect_s": 2.0, "read_s": 5.0, "start_to_close_s": 120},
+                 "idempotency": "completed"},
+    "backends": [
+        # the plan's first choice (its worst case, 60 s x $0.01, is the cheaper), then gpu-b
+        {"name": "gpu-a", "protocol": "predictions", "kinds": ["video"], "tier": "standard",
+         "base_url": "${ORCH_SIMULATOR_URL}/gpu-a",
+         "price": {"model": "per_compute_second", "usd_per_second": 0.01, "max_seconds": 60}},
+        {"name": "gpu-b", "protocol": "predictions", "kinds": ["video"], "tier": "standard",
+         "base_url": "${ORCH_SIMULATOR_URL}/gpu-b",
+         "price": {"model": "per_compute_second", "usd_per_second": 0.02}},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[RunningSimulator]:
+    with simulator_for(CATALOGUE) as running:
+        yield running
+
+
+@pytest.fixture()
+def rig(db: Engine, database_url: str, redis_url: str, sim: RunningSimulator,
+        tmp_path: Path) -> Iterator[Rig]:
+    with rig_for(CATALOGUE, db, database_url, redis_url, sim, tmp_path) as r:
+        with r.engine.begin() as conn:
+            set_budget(conn, scope=f"tenant:{TENANT}", period="month",
+                       limit_micros=100_000_000, now=datetime.now(UTC))
+        yield r
+
+
+def video(prompt: str = "a lighthouse at dusk") -> JobSpec:
+    return JobSpec.model_validate({"kind": "video", "input": {"prompt": prompt,
+                                                               "duration_s": 4}})
+
+
+def billed(rig: Rig, backend: str) -> list[int]:
+    return [b["cost_micros"] for b in rig.provider(backend)["bills"]]
+
+
+def test_the_simulator_bills_run_time_as_replicate_answers_it(rig: Rig) -> None:
+    rig.control("gpu-a", duration_ms=200, report_usage=False)
+    created = rig.http.post(f"{rig.sim_url}/gpu-a/v1/predictions",
+                            json={"input": {"prompt": "a [[fail]] run", "duration_s": 4}})
+    assert created.status_code == 201
+    pid = created.json()["id"]
+    rig.wait_for("the prediction to end", lambda: rig.http.get(
+        f"{rig.sim_url}/gpu-a/v1/predictions/{pid}").json()["status"] == "failed", timeout=10)
+    answer = rig.http.get(f"{rig.sim_url}/gpu-a/v1/predictions/{pid}").json()
+    assert answer["metrics"] == {"predict_time": 0.2} and "cost_usd" not in answer
+    assert billed(rig, "gpu-a") == [2_000]  # 0.2 s x $0.01, failed all the same
+
+
+def test_a_success_is_charged_its_run_time_not_its_worst_case(rig: Rig) -> None:
+    rig.control("gpu-a", duration_ms=300, report_usage=False)
+    rig.start_worker()
+    spec = video()
+    (job,) = rig.wait_final([rig.submit(spec)])
+
+    assert job.status == "succeeded" and job.backend == "gpu-a", job.error_code
+    (attempt,) = rig.attempts(job.id)
+    backend = rig.container.catalogue().get("gpu-a")
+    assert estimate_micros(backend, spec) == 600_000  # max_seconds 60 x $0.01
+    # the hold covers the failover's worst case: gpu-b's start_to_close_s, 120 s x $0.02
+    assert job.estimated_cost_micros == 2_400_000
+    run = actual_micros(backend, Usage(compute_seconds=0.3))
+    assert billed(rig, "gpu-a") == [run] == [3_000]
+    assert job.cost_micros == attempt.cost_micros == run
+    assert attempt.possible_cost_micros is None  # a bill, not a worst case
+    assert rig.ledger() == (run, 0)
+
+
+def test_a_failed_run_is_charged_its_time_and_the_job_fails_over(rig: Rig) -> None:
+    rig.control("gpu-a", duration_ms=400, fail_job_rate=1.0, report_usage=False)
+    rig.control("gpu-b", duration_ms=300, report_usage=False)
+    rig.start_worker()
+    (job,) = rig.wait_final([rig.submit(video())])
+
+    assert job.status == "succeeded" and job.backend == "gpu-b", job.error_code
+    first, second = rig.attempts(job.id)
+    assert (first.backend, first.outcome) == ("gpu-a", "failed")
+    assert (second.backend, second.outcome) == ("gpu-b", "succeeded")
+    assert billed(rig, "gpu-a") == [first.cost_micros] == [4_000]  # 0.4 s x $0.01
+    assert billed(rig, "gpu-b") == [second.cost_micros] == [6_000]  # 0.3 s x $0.02
+    assert job.cost_micros == 10_000
+    assert rig.ledger() == (10_000, 0)  # both bills, once each
+
+
+def test_a_cancelled_run_is_charged_the_time_it_ran(rig: Rig) -> None:
+    rig.control("gpu-a", duration_ms=60_000, report_usage=False)
+    rig.start_worker()
+    job_id = rig.submit(video())
+    rig.wait_for("the job to be submitted",
+                 lambda: any(a.external_id for a in rig.attempts(job_id)))
+    cancelled = rig.container.runner.cancel(job_id, TENANT)
+
+    assert cancelled is not None and cancelled.status == "cancelled"
+    (bill,) = billed(rig, "gpu-a")
+    assert 0 < bill < 600_000  # some of a minute at $0.01/s
+    (attempt,) = rig.attempts(job_id)
+    assert attempt.outcome == "cancelled" and attempt.cost_micros == bill
+    assert rig.job(job_id).cost_micros == bill
+    assert rig.ledger() == (bill, 0)
