@@ -94,13 +94,15 @@ def deliver_webhooks() -> int:
 @app.task(  # type: ignore[untyped-decorator]
     name="orchestrator.expire_results", autoretry_for=_INFRA, max_retries=1)
 def expire_results() -> int:
-    """Drop results (and events) past ORCH_RESULT_RETENTION_DAYS; the ledger stays."""
+    """Drop results (their events and files) past ORCH_RESULT_RETENTION_DAYS; the ledger
+    stays."""
     from orchestrator.events.retention import expire
 
     c = container()
     done = expire(c.engine, c.settings.result_retention_days, utcnow())
-    if done.results or done.events:
-        log.info("expired %d result(s) and %d event(s)", done.results, done.events)
+    if done.results or done.events or done.files:
+        log.info("expired %d result(s), %d event(s) and %d result file(s)", done.results,
+                 done.events, done.files)
     return done.results
 
 

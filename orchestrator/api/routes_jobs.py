@@ -15,7 +15,7 @@ import uuid
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from sqlalchemy import text
 from starlette.background import BackgroundTask
 
@@ -27,11 +27,13 @@ from orchestrator.api.security import Principal
 from orchestrator.api.views import decode_cursor, encode_cursor
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.service.views import job_resource, result_resource
+from orchestrator.store import files
 from orchestrator.store import jobs as repo
 
 log = logging.getLogger("orchestrator.api")
 
 _EXPIRED = text("SELECT result_expired_at FROM jobs WHERE id = :id")
+_EXPIRED_OF = text("SELECT result_expired_at FROM jobs WHERE id = :id AND tenant = :t")
 JobId = Annotated[uuid.UUID, Path(description="the job id")]
 TenantQuery = Annotated[str | None, Query(
     pattern=r"^[A-Za-z0-9_.-]{1,64}$",
@@ -123,6 +125,38 @@ def router(ctx: ApiContext) -> APIRouter:
         expires = (job.finished_at + timedelta(days=keep)
                    if keep > 0 and job.finished_at is not None else None)
         return result_resource(job, attempts, expires)
+
+    @r.get("/jobs/{job_id}/result/files/{n}", response_class=Response,
+           summary="A file of a succeeded job's result (data the provider sent inline)",
+           responses={200: {"content": {"application/octet-stream": {}},
+                            "description": "the file, with its media type"},
+                      404: _err("no such job or file (or not yours)"),
+                      410: _err("the result was dropped after the retention period"),
+                      **FORBIDDEN})
+    def get_result_file(job_id: JobId, n: Annotated[int, Path(ge=0, le=100_000)], p: Caller,
+                        tenant: TenantQuery = None) -> Response:
+        whose = acting_tenant(p, tenant)
+        with c.engine.begin() as conn:
+            found = files.read(conn, job_id, n, whose)
+            if found is None:
+                expired = conn.execute(_EXPIRED_OF, {"id": job_id, "t": whose}).scalar()
+                if expired is not None:
+                    raise ResultExpired(f"the result of job {job_id} was dropped on "
+                                        f"{expired.isoformat()} (retention)",
+                                        job_id=str(job_id))
+                raise NotFound(f"no file {n} of job {job_id}", job_id=str(job_id))
+        media, content = found
+        inline = files.INLINE_TYPES.fullmatch(media) is not None
+        return Response(content, media_type=media if inline else "application/octet-stream",
+                        headers={
+                            "Content-Disposition": f'{"inline" if inline else "attachment"}; '
+                                                   f'filename="{job_id}-{n}"',
+                            # a file never changes; the key's tenant alone may keep it
+                            "Cache-Control": "private, max-age=86400, immutable",
+                            # the provider's bytes are never a page of ours, whatever a
+                            # browser would sniff in them
+                            "X-Content-Type-Options": "nosniff",
+                            "Content-Security-Policy": "default-src 'none'; sandbox"})
 
     @r.get("/jobs", response_model=JobListOut, summary="Own jobs, newest first",
            responses=FORBIDDEN)

@@ -176,6 +176,7 @@ class Call(Generic[T]):
     params: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
     idempotent: bool = True
+    binary: bool = False  # ``parse`` takes the body's bytes, not its JSON
 
 
 def raised_from(call: Call[Any], error: ApiError) -> None:
@@ -187,6 +188,8 @@ def raised_from(call: Call[Any], error: ApiError) -> None:
 
 
 def parse_response(call: Call[T], response: httpx.Response) -> T:
+    if call.binary:
+        return call.parse(response.content)
     try:
         data = response.json()
     except ValueError:
@@ -301,6 +304,16 @@ def set_budget(
 
 def result(job_id: str) -> Call[JobResult]:
     return Call("GET", f"/v1/jobs/{_path_id(job_id)}/result", JobResult.model_validate)
+
+
+_FILE_PATH = re.compile(r"/v1/jobs/[^/?#]+/result/files/[0-9]+")
+
+
+def result_file(path: str) -> Call[bytes]:
+    if not _FILE_PATH.fullmatch(path):
+        raise ValueError("not a result file's path (/v1/jobs/<id>/result/files/<n>, as a "
+                         "result names it)")
+    return Call("GET", path, bytes, binary=True)
 
 
 TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.cancelled"})

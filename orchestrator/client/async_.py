@@ -246,6 +246,11 @@ class AsyncClient:
     async def result(self, id: str) -> JobResult:
         return await self._run(_core.result(id))
 
+    async def result_file(self, path: str) -> bytes:
+        """The bytes of a file a result names by path (``/v1/jobs/{id}/result/files/{n}``: an
+        image the provider sent inline)."""
+        return await self._run(_core.result_file(path))
+
     # -- catalogue, budgets, admin -------------------------------------------------------------
 
     async def backends(self) -> builtins.list[Backend]:

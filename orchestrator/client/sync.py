@@ -246,6 +246,11 @@ class Client:
         """A succeeded job's output and cost breakdown (``GET /v1/jobs/{id}/result``)."""
         return self._run(_core.result(id))
 
+    def result_file(self, path: str) -> bytes:
+        """The bytes of a file a result names by path (``/v1/jobs/{id}/result/files/{n}``: an
+        image the provider sent inline)."""
+        return self._run(_core.result_file(path))
+
     # -- catalogue, budgets, admin -------------------------------------------------------------
 
     def backends(self) -> builtins.list[Backend]:

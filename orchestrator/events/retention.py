@@ -1,8 +1,9 @@
 """Result retention (beat's ``orchestrator.expire_results``): a finished job's result (the
 provider's output) is dropped ``ORCH_RESULT_RETENTION_DAYS`` after the job ended, with the
 job's events (a ``job.succeeded`` event carries the result too) once none of their webhook
-deliveries is still pending. The job row, its attempts and the ledger stay for ever: costs
-and reports never depend on a result."""
+deliveries is still pending, and its files (``store.files``) once no result names them. The
+job row, its attempts and the ledger stay for ever: costs and reports never depend on a
+result."""
 
 from __future__ import annotations
 
@@ -21,6 +22,18 @@ _RESULTS = text(
     UPDATE jobs j SET result = NULL, result_expired_at = :now FROM old WHERE j.id = old.id
     """
 )
+# a job's files go once its result is gone and no job served from its result (the cache)
+# still has its own; a job that ended without its result (cancelled as it succeeded) has none
+_FILES = text(
+    """
+    DELETE FROM result_files f WHERE f.job_id IN (
+        SELECT x.job_id FROM result_files x JOIN jobs j ON j.id = x.job_id
+        WHERE x.n = 0 AND j.result IS NULL AND j.finished_at < :cutoff
+          AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.cached_from = j.id
+                                                AND c.result IS NOT NULL)
+        LIMIT :limit)
+    """
+)
 _EVENTS = text(
     """
     DELETE FROM job_events e WHERE e.position IN (
@@ -37,6 +50,7 @@ _EVENTS = text(
 class Expired:
     results: int
     events: int
+    files: int = 0
 
 
 def expire(engine: Engine, retention_days: float, now: datetime,
@@ -49,4 +63,6 @@ def expire(engine: Engine, retention_days: float, now: datetime,
         results = tx.execute(_RESULTS, {"cutoff": cutoff, "now": now, "limit": limit}).rowcount
     with engine.begin() as tx:
         events = tx.execute(_EVENTS, {"cutoff": cutoff, "limit": limit}).rowcount
-    return Expired(int(results or 0), int(events or 0))
+    with engine.begin() as tx:
+        dropped = tx.execute(_FILES, {"cutoff": cutoff, "limit": limit}).rowcount
+    return Expired(int(results or 0), int(events or 0), int(dropped or 0))

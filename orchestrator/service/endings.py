@@ -27,6 +27,7 @@ from orchestrator.ledger.endings import JobEnd
 from orchestrator.service.attempts import Closing, closing_of
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.slots import SlotWaits
+from orchestrator.store import files
 from orchestrator.store import jobs as repo
 from orchestrator.store.engine import autocommit
 
@@ -85,8 +86,13 @@ class Endings:
     ) -> None:
         now = self.clock()
         closing = closing_of(self.catalogue(), job, attempt, res)  # res succeeded
+        # megabytes of base64 go to files, not into the result and its events
+        output, inline = files.take_inline_data(job.id, res.output)
+        if inline:
+            with self.db.connection() as conn:
+                files.write(conn, job.id, inline)
         end = self.ledger.end_job(
-            job.id, "succeeded", now, backend=attempt.backend, result={"output": res.output},
+            job.id, "succeeded", now, backend=attempt.backend, result={"output": output},
             attempt=closing.row(attempt, external_id))
         if end is None:
             return  # a duplicate step concluded it
@@ -155,3 +161,4 @@ class Endings:
             self.observe.overage(job, backend, end.overage_micros,
                                  charged_micros=end.charged_micros, hold_micros=end.hold_micros)
         return end.charged_micros
+

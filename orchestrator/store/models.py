@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -221,6 +222,9 @@ class Job(Base):
               postgresql_where=text("cache_leader IS NOT NULL")),
         Index("ix_jobs_settled_by_backend", "backend", "finished_at",
               postgresql_where=text("status = 'succeeded'")),
+        # the jobs served from a job's result, whose files it keeps (migration 0016)
+        Index("ix_jobs_cached_from", "cached_from",
+              postgresql_where=text("cached_from IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -314,6 +318,20 @@ class JobEvent(Base):
     type: Mapped[str] = mapped_column(String(20), nullable=False)
     data: Mapped[dict[str, Any]] = mapped_column(nullable=False)
     txid: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+
+class ResultFile(Base):
+    """Inline data of a job's result (a base64 image), kept beside it rather than in its
+    JSON, which names it by path (migration 0016)."""
+
+    __tablename__ = "result_files"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"),
+                                              primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, primary_key=True)
+    media_type: Mapped[str] = mapped_column(String(100), nullable=False)
+    content: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     created_at: Mapped[datetime] = _now()
 
 

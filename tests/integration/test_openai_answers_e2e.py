@@ -10,10 +10,11 @@ goes through the real job chain and adapter in this process with the provider's 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,14 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
+from orchestrator.api import ApiConfig
 from orchestrator.backends import make_adapter
 from orchestrator.backends.base import BackendAdapter
+from orchestrator.client import AsyncClient, Client
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.polling import PollPolicy
 from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
+from orchestrator.events.retention import expire
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.ledger.service import utcnow
 from orchestrator.service.attempts import possible_cost
@@ -33,6 +37,7 @@ from orchestrator.service.runner import JobRunner
 from orchestrator.simulator import RunningSimulator
 from orchestrator.simulator.openai import TINY_PNG_B64
 
+from .api_fixture import start_api
 from .e2e_support import Rig, rig_for, run_chain, simulator_for
 
 TENANT = "acme"
@@ -128,26 +133,87 @@ def test_a_chat_answer_without_usage_is_kept_and_charged_the_worst_case(rig: Rig
     assert rig.ledger() == (worst, 0)
 
 
-# -- (b) images as base64 data: kept as data: URLs, charged their price ------------------------
+# -- (b) images as base64 data: kept as files beside the job, charged their price ------------
 
-def test_base64_images_are_kept_as_data_urls_and_charged_their_price(rig: Rig) -> None:
+def image_files_job(cache: bool = False) -> JobSpec:
+    return JobSpec.model_validate({"kind": "image", "cache": cache,
+                                   "input": {"prompt": "a red kite", "n": 2}})
+
+
+def test_base64_images_are_kept_as_files_and_charged_their_price(rig: Rig) -> None:
     rig.control("img-a", image_format="b64_json")
     rig.start_worker()
-    job_id = rig.submit(image_job())
+    job_id = rig.submit(image_files_job())
     (job,) = rig.wait_final([job_id])
 
     assert job.status == "succeeded" and job.backend == "img-a", job.error_code
-    assert job.result == {"output": {"images": [f"data:image/png;base64,{TINY_PNG_B64}"]}}
+    # the result names each image by path; the data is kept beside the job
+    assert job.result == {"output": {"images": [f"/v1/jobs/{job_id}/result/files/0",
+                                                f"/v1/jobs/{job_id}/result/files/1"]}}
+    with rig.engine.connect() as conn:
+        kept = conn.execute(text("SELECT n, media_type, content FROM result_files "
+                                 "WHERE job_id = :j ORDER BY n"), {"j": job_id}).all()
+        (event,) = conn.execute(text("SELECT data::text FROM job_events WHERE job_id = :j "
+                                     "AND type = 'job.succeeded'"), {"j": job_id}).one()
+    png = base64.b64decode(TINY_PNG_B64)
+    assert [(r.n, r.media_type, bytes(r.content)) for r in kept] == [
+        (0, "image/png", png), (1, "image/png", png)]
+    assert TINY_PNG_B64[:24] not in event and f"/v1/jobs/{job_id}/result/files/1" in event
     (attempt,) = rig.attempts(job_id)
     assert attempt.backend == "img-a" and attempt.outcome == "succeeded"
     counters = rig.provider("img-a")["counters"]
     assert counters["created"] == counters["submissions"] == 1
     assert rig.provider("img-b")["counters"]["submissions"] == 0
     price = actual_micros(rig.container.catalogue().get("img-a"),
-                          Usage(images=1, image_size="1024x1024"))
+                          Usage(images=2, image_size="1024x1024"))
     (bill,) = rig.provider("img-a")["bills"]
-    assert job.cost_micros == attempt.cost_micros == price == bill["cost_micros"] == 40_000
+    assert job.cost_micros == attempt.cost_micros == price == bill["cost_micros"] == 80_000
     assert rig.ledger() == (price, 0)
+
+
+def test_result_files_are_served_to_their_tenant_and_expire_with_the_last_result(
+        rig: Rig) -> None:
+    rig.control("img-a", image_format="b64_json")
+    rig.start_worker()
+    api = start_api(rig, ApiConfig(key_cache_s=0))
+    try:
+        (paid,) = rig.wait_final([rig.submit(image_files_job(cache=True))])
+        (served,) = rig.wait_final([rig.submit(image_files_job(cache=True))])
+        assert served.cached_from == paid.id and served.result == paid.result
+        assert paid.result is not None
+        path = paid.result["output"]["images"][1]
+        own = api.tenant().get(path)
+        assert own.status_code == 200, own.text
+        assert own.content == base64.b64decode(TINY_PNG_B64)
+        assert own.headers["content-type"] == "image/png"
+        assert own.headers["x-content-type-options"] == "nosniff"
+        assert api.tenant("globex").get(path).status_code == 404  # another tenant's
+        assert api.tenant().get(f"/v1/jobs/{paid.id}/result/files/2").status_code == 404
+        assert api.client(None).get(path).status_code == 401
+        with Client(base_url=api.url, api_key=api.keys["acme"]) as sdk:
+            assert sdk.result_file(path) == own.content
+            with pytest.raises(ValueError, match="not a result file"):
+                sdk.result_file("/v1/keys")
+
+        async def fetch() -> bytes:
+            async with AsyncClient(base_url=api.url, api_key=api.keys["acme"]) as sdk:
+                return await sdk.result_file(path)
+
+        assert asyncio.run(fetch()) == own.content
+
+        # the paying job's result expires first: its files stay while the served one's lives
+        with rig.engine.begin() as conn:
+            conn.execute(text("UPDATE jobs SET finished_at = finished_at - interval '3 days' "
+                              "WHERE id = :j"), {"j": paid.id})
+        now = datetime.now(UTC)
+        assert expire(rig.engine, 1, now).results == 1
+        assert api.tenant().get(path).status_code == 200
+        done = expire(rig.engine, 1, now + timedelta(days=2))
+        assert (done.results, done.files) == (1, 2)
+        gone = api.tenant().get(path)
+        assert gone.status_code == 410 and gone.json()["error"]["code"] == "result_expired"
+    finally:
+        api.close()
 
 
 # -- a refusal: the job fails for content policy, charged the refused call's bill ---------------
