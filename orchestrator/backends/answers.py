@@ -30,7 +30,8 @@ MODEL_CODES = frozenset({"model_not_found", "invalid_model", "unknown_model",
 # the parameter itself (``unsupported_parameter``: o-series models refuse ``max_tokens``) is
 # the backend's configuration at fault. A refused value (``unsupported_value``) or a job's own
 # parameter stays the job's fault, or a tenant could open a shared breaker with three jobs.
-ADAPTER_PARAMS = frozenset({"model", "messages", "max_tokens", "n", "size", "prompt", "input"})
+ADAPTER_PARAMS = frozenset({"model", "messages", "max_tokens", "n", "size", "prompt", "input",
+                            "version"})
 # 429 codes that are no rate limit but our account out of money: retrying cannot help
 PAYMENT_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached",
                            "billing_not_active"})

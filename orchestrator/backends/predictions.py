@@ -1,6 +1,7 @@
 """Create-then-poll predictions protocol (the shape of Replicate-like hosted-model APIs):
 
-    POST {base}/v1/predictions              {"input": {declared params}} -> {"id", "status"}
+    POST {base}/v1/predictions              {"version": provider_model (when set),
+                                             "input": {declared params}} -> {"id", "status"}
     GET  {base}/v1/predictions/{id}         -> {"status": starting|processing|succeeded|failed|
                                                 canceled, "output", "error", "metrics", "cost_usd"}
     POST {base}/v1/predictions/{id}/cancel  -> the prediction
@@ -69,10 +70,11 @@ class PredictionsAdapter(HttpAdapter):
     def submit(self, spec: JobSpec, idempotency_key: str) -> Submission:
         # only the parameters this backend declares: nothing else a caller sent is forwarded
         inp = provider_input(self.backend, spec.kind, spec.input)
-        data = self.request(
-            "POST", "/v1/predictions", json={"input": inp}, idempotency_key=idempotency_key,
-            creates=True,
-        )
+        body: dict[str, Any] = {"input": inp}
+        if self.backend.provider_model is not None:  # Replicate's "owner/model[:version]"
+            body = {"version": self.backend.provider_model, **body}
+        data = self.request("POST", "/v1/predictions", json=body,
+                            idempotency_key=idempotency_key, creates=True)
         ext_id = data.get("id")
         if not is_provider_id(ext_id):
             raise self.unreadable_creation(self.malformed("no readable prediction id"))

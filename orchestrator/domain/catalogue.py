@@ -236,7 +236,9 @@ class BackendSpec(BaseModel):
     idempotency: Idempotency = "none"
     provider_model: str | None = Field(
         default=None, min_length=1, max_length=256,
-        description="openai protocol: the request's model (default: the backend's name)")
+        description="openai protocol: the request's model (default: the backend's name); "
+                    "predictions: the request's version (Replicate's owner/model, "
+                    "owner/model:version or version id; unset: none is sent)")
     max_concurrency: int = Field(default=100, ge=1, le=1_000_000)
     expected_latency_ms: float | None = Field(
         default=None, gt=0, description="prior for routing until latency has been observed"

@@ -361,6 +361,24 @@ def test_request_carries_key_idempotency_and_catalogue_timeouts(
     assert "retrying backend=vid" in caplog.text
 
 
+def test_a_replicate_model_is_named_as_the_version_of_each_create() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json={"id": "p9", "status": "starting"})
+
+    replicate = CATALOGUE.get("gpu").model_copy(update={
+        "provider_model": "minimax/video-01",
+        "base_url": "https://api.replicate.com/v1"})
+    make_adapter(replicate, httpx.MockTransport(handler), retry=NO_SLEEP).submit(VIDEO, "j:1")
+    (req,) = seen
+    assert req.url == "https://api.replicate.com/v1/predictions"
+    assert json.loads(req.content) == {"version": "minimax/video-01", "input": VIDEO.input}
+    mock("gpu", handler).submit(VIDEO, "j:2")  # no provider_model: no version
+    assert json.loads(seen[-1].content) == {"input": VIDEO.input}
+
+
 def test_no_authorization_header_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ORCH_TEST_MOCK_KEY", raising=False)
     seen: list[httpx.Request] = []
