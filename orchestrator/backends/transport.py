@@ -74,6 +74,9 @@ _Origin = tuple[str, str, int]
 _PoolKey = _Origin | tuple[_Origin, Proxy]  # direct: the origin; proxied: (origin, proxy)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _RECV = 65536
+# the largest answer read (head and body): ten base64 images of several MB each fit many
+# times over; a provider sending more would take the worker's memory, and every step on it
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
 
 
 class _Answer:
@@ -392,9 +395,10 @@ def _read_answer(sock: socket.socket, read: float | None, deadline: float | None
                  head_only: bool) -> tuple[_Answer, Any]:
     """Read one whole answer (for HEAD, its head) with ``read`` seconds for each piece and
     everything by ``deadline`` (monotonic; TimeoutError); raise RemoteProtocolError if the
-    connection ends before the answer does."""
+    connection ends before the answer does, or the answer grows past MAX_ANSWER_BYTES."""
     answer = _Answer()
     parser = answer.parser = httptools.HttpResponseParser(answer)
+    received = 0
     while not answer.complete:
         if deadline is not None:
             left = deadline - time.monotonic()
@@ -409,6 +413,10 @@ def _read_answer(sock: socket.socket, read: float | None, deadline: float | None
                 break  # the end of the connection is the end of the body
             raise httpx.RemoteProtocolError("the server closed the connection before the "
                                             "answer ended")
+        received += len(data)
+        if received > MAX_ANSWER_BYTES:
+            raise httpx.RemoteProtocolError(
+                f"the answer is larger than {MAX_ANSWER_BYTES // 2**20} MiB")
         parser.feed_data(data)
         if head_only and answer.headers_done:
             answer.complete = True

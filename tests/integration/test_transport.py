@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from orchestrator.backends import transport as transport_module
 from orchestrator.backends.transport import Http11Transport, HttpxWire, target
 
 
@@ -77,6 +78,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path == "/until-close":  # no length: the body ends with the connection
             self._answer({"Connection": "close"}, b'{"until": "close"}', close=True)
+            return
+        if self.path == "/big":  # 64 KiB of JSON
+            data = json.dumps({"pad": "x" * 65_536}).encode()
+            self._answer({"Content-Length": str(len(data))}, data)
             return
         if self.path == "/cut-short":  # promises 100 bytes, sends 10, hangs up
             self._answer({"Content-Length": "100"}, b'{"cut": tr', close=True)
@@ -202,6 +207,16 @@ def test_an_answer_cut_short_is_a_protocol_error(server: Server,
     with pytest.raises(httpx.RemoteProtocolError):
         send(transport, "GET", url(server, "/cut-short"))
     assert send(transport, "GET", url(server, "/after")).json() == {"path": "/after"}
+
+
+def test_an_answer_past_the_size_limit_is_refused_not_held_in_memory(
+        server: Server, transport: Http11Transport, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport_module, "MAX_ANSWER_BYTES", 16_384)
+    with pytest.raises(httpx.RemoteProtocolError, match="larger than"):
+        send(transport, "GET", url(server, "/big"))
+    assert send(transport, "GET", url(server, "/after")).json() == {"path": "/after"}
+    monkeypatch.setattr(transport_module, "MAX_ANSWER_BYTES", 1_000_000)
+    assert len(send(transport, "GET", url(server, "/big")).json()["pad"]) == 65_536
 
 
 def test_a_head_answer_ends_with_its_headers(server: Server,
