@@ -25,6 +25,7 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
@@ -43,6 +44,9 @@ from orchestrator.events.store import (
     parse_feed_cursor,
 )
 
+# a transaction id not yet given out: a cursor naming it was never one of the feed's
+_FUTURE = text("SELECT CAST(:x AS bigint) >= "
+               "pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
 _SEQ = re.compile(r"[0-9]{1,18}")  # ASCII digits only (str.isdigit takes "²")
 JobId = Annotated[uuid.UUID, Path(description="the job id")]
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)]
@@ -124,9 +128,15 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
             event_id = None
         if event_id is None:
             try:
-                return parse_feed_cursor(given)
+                cursor = parse_feed_cursor(given)
             except ValueError as exc:
                 raise InvalidRequest(f"{field}: {exc}", field=field) from None
+            with c.engine.connect() as conn:
+                future = conn.execute(_FUTURE, {"x": cursor[0]}).scalar()
+            if future:  # no event can ever come after it: a poller would wait for ever
+                raise InvalidRequest(f"{field}: ahead of the feed (no cursor it gave)",
+                                     field=field)
+            return cursor
         with c.engine.connect() as conn:
             found = event_feed_cursor(conn, tenant, event_id)
         return (0, 0) if found is None else found
@@ -139,16 +149,24 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
 
     @r.get("/jobs/{job_id}/events", summary="A job's events as Server-Sent Events",
            response_class=EventSourceResponse,
-           responses={**_SSE_DOC, 404: _err("no such job (or not yours)"),
+           responses={**_SSE_DOC, 204: {"description": "resumed after the job's terminal "
+                                               "event: the stream has nothing more"},
+                      404: _err("no such job (or not yours)"),
                       503: _err("too many streams open on this API process")})
     async def job_stream(
         job_id: JobId, p: Caller, last_event_id: LastEventId = None,
         after: Annotated[int | None, Query(ge=0, description="resume after this seq")] = None,
-    ) -> EventSourceResponse:
+    ) -> Response:
         start = after or 0
         await to_thread.run_sync(owned, job_id, p.tenant)
         if last_event_id is not None:
             start = await to_thread.run_sync(resume_seq, job_id, last_event_id.strip())
+        if start > 0:
+            status, rest = await to_thread.run_sync(read_job, job_id, start)
+            if not rest and status in _FINAL:
+                # resumed after the terminal event: nothing will come. 204 is what stops an
+                # EventSource, which reconnects after every 200 stream that ends
+                return Response(status_code=204, headers={"Cache-Control": "no-cache"})
         admit_stream()
 
         async def events() -> AsyncIterator[ServerSentEvent]:
@@ -211,8 +229,14 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
             hub.streams += 1
             try:
                 async with hub.watch_tenant(p.tenant) as queue:
-                    at = cursor if cursor is not None else await to_thread.run_sync(
-                        hub.read_head, p.tenant)
+                    if cursor is None:  # from now: "now" as the client's Last-Event-ID
+                        at = await to_thread.run_sync(hub.read_head, p.tenant)
+                        # an id with no data moves an EventSource's Last-Event-ID and fires
+                        # no event: a drop before the first event resumes from here, not
+                        # from a later "now" that would skip what came in between
+                        yield ServerSentEvent(id=f"{at[0]}-{at[1]}")
+                    else:
+                        at = cursor
                     while batch := await to_thread.run_sync(catch_up, at):
                         for ev in batch:
                             at = (ev.txid, ev.position)

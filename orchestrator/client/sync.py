@@ -226,6 +226,8 @@ class Client:
                     headers=_core.stream_headers(resume.last),
                     timeout=_core.stream_timeout(read_s),
                 ) as source:
+                    if source.response.status_code == 204:
+                        return  # resumed after the terminal event: nothing more comes
                     if not source.response.is_success:
                         source.response.read()
                         raise error_from_response(source.response)

@@ -37,6 +37,8 @@ def _feed(api: Api, out: queue.Queue[Any], ready: threading.Event, stop: threadi
             assert source.response.status_code == 200
             ready.set()
             for sse in source.iter_sse():
+                if not sse.data:
+                    continue  # the feed's start: an id alone (test_a_feed_dropped_before_…)
                 out.put(sse)
                 if stop.is_set():
                     return
@@ -117,6 +119,23 @@ def _first_of_feed(api: Api, since: str) -> Any:
     return out.get(timeout=15)
 
 
+def test_a_feed_dropped_before_its_first_event_resumes_from_where_it_began(api: Api) -> None:
+    with api.tenant() as client, httpx_sse.connect_sse(
+            client, "GET", "/v1/events", timeout=httpx.Timeout(10.0, read=60.0)) as source:
+        began = next(source.iter_sse())  # then the connection drops
+    # an id and no data: an EventSource takes it as its Last-Event-ID and fires nothing
+    assert began.data == "" and began.id
+    job_id = api.tenant().post("/v1/jobs", json=video()).json()["id"]  # while it is away
+    first = _first_of_feed(api, began.id)  # reconnected as EventSource does
+    assert json.loads(first.data)["job_id"] == job_id and first.event == "job.queued"
+    # a cursor this feed never gave (a transaction still to come) is refused, not waited on
+    for form in ({"params": {"since": "1000000000000000-1"}},
+                 {"headers": {"Last-Event-ID": "1000000000000000-1"}}):
+        ahead = api.tenant().get("/v1/events", **form)
+        assert ahead.status_code == 422, ahead.text
+        assert "ahead of the feed" in ahead.json()["error"]["message"]
+
+
 def _json_feed(api: Api, tenant: str = "acme", **params: Any) -> dict[str, Any]:
     r = api.tenant(tenant).get("/v1/events", params=params,
                                headers={"Accept": "application/json"})
@@ -175,8 +194,13 @@ def test_a_job_stream_resumes_with_last_event_id_without_gaps(api: Api) -> None:
     failover = json.loads(seen[2].data)["data"]
     assert failover["from"] == "vid-cheap" and failover["to"] == "vid-mid"
     assert failover["why"] and failover["attempt"] == 2
-    # resumed after the terminal event: nothing more, and the stream ends
-    assert _job_stream(api, job_id, seen[-1].id, None) == []
+    # resumed after the terminal event: 204, which stops an EventSource reconnecting (it
+    # reconnects after any 200 stream that ends), and the SDK's iteration ends
+    done = api.tenant().get(f"/v1/jobs/{job_id}/events",
+                            headers={"Last-Event-ID": seen[-1].id})
+    assert done.status_code == 204 and done.content == b"", done.text
+    with Client(base_url=api.url, api_key=api.keys["acme"]) as sdk:
+        assert list(sdk.events(job_id, after=5)) == []
     # resumed after a seq (the id: of earlier releases): what came after it
     assert [e.id for e in _job_stream(api, job_id, 3, None)] == [d["id"] for d in data[3:]]
     # the events table holds the same, once each

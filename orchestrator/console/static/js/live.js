@@ -5,7 +5,8 @@ import { openStream, ApiError } from "./api.js";
 const GONE = new Set([404, 405, 501]); // no such route here: poll for as long as the view is shown
 const BACKOFF_MS = [1000, 2000, 5000, 10000, 30000];
 
-// Read a text/event-stream body, calling onMessage({ id, event, data }) for each message.
+// Read a text/event-stream body, calling onMessage({ id, event, data }) for each message
+// (data undefined: an id alone).
 export async function readEvents(body, onMessage) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = "";
@@ -19,7 +20,8 @@ export async function readEvents(body, onMessage) {
     buf = lines.pop();
     for (const line of lines) {
       if (line === "") {
-        if (msg.data !== undefined) onMessage(msg);
+        // a message with an id and no data (a feed's start) moves Last-Event-ID only
+        if (msg.data !== undefined || msg.id !== undefined) onMessage(msg);
         msg = {};
       } else if (!line.startsWith(":")) { // ":" starts a comment (the server's keep-alive)
         const i = line.indexOf(":");
@@ -82,6 +84,7 @@ export function follow(ctx, path, { ms, load, onEvent }) {
       if (lastId === null) safeLoad();
       await readEvents(resp.body, msg => {
         if (msg.id !== undefined) lastId = msg.id;
+        if (msg.data === undefined) return;
         failures = 0; // the backoff starts again only once a stream has carried something
         onEvent(msg);
       });
@@ -92,6 +95,8 @@ export function follow(ctx, path, { ms, load, onEvent }) {
       // closed for a hidden tab; if it was shown again meanwhile, connect() found this one active
       if (e.name === "AbortError") { connect(); return; }
       if (e instanceof ApiError && e.status === 401) return; // signed out
+      // 204: resumed after the job's terminal event; nothing more will come
+      if (e instanceof ApiError && e.status === 204) { over = true; unpoll(); safeLoad(); return; }
       poll();
       if (e instanceof ApiError && GONE.has(e.status)) { over = true; return; }
     }
