@@ -19,9 +19,17 @@ from __future__ import annotations
 import math
 import re
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.domain.events import EVENT_TYPES, TERMINAL_EVENTS
 from orchestrator.domain.money import usd_to_micros
@@ -100,6 +108,12 @@ def _bounded_nesting(field: str, value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+# Values are taken by their JSON type, as a backend's declared parameters are: "8" is no
+# number and true no 1 (coerced, "8" would be priced and held as 8 s, true as 1 s).
+JsonNumber = Annotated[float, Strict()]  # an integer is a number too
+JsonInt = Annotated[int, Strict()]  # 2.0 is no integer
+
+
 class _Input(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -114,7 +128,7 @@ class _Input(BaseModel):
 
 
 class VideoInput(_Input):
-    duration_s: float = Field(ge=1, le=MAX_VIDEO_SECONDS)
+    duration_s: JsonNumber = Field(ge=1, le=MAX_VIDEO_SECONDS)
     resolution: str = "720p"
 
     @field_validator("duration_s")
@@ -133,7 +147,7 @@ class VideoInput(_Input):
 
 
 class ImageInput(_Input):
-    n: int = Field(default=1, ge=1, le=MAX_IMAGES)
+    n: JsonInt = Field(default=1, ge=1, le=MAX_IMAGES)
     size: str = "1024x1024"
 
     @field_validator("size")
@@ -145,7 +159,7 @@ class ImageInput(_Input):
 
 
 class TextInput(_Input):
-    max_tokens: int = Field(default=512, ge=1, le=MAX_OUTPUT_TOKENS)
+    max_tokens: JsonInt = Field(default=512, ge=1, le=MAX_OUTPUT_TOKENS)
 
 
 _INPUT_MODELS: dict[Kind, type[_Input]] = {
@@ -169,16 +183,16 @@ class JobSpec(BaseModel):
     input: dict[str, Any]
     tier: Tier = Tier.STANDARD
     strategy: Strategy = Strategy.CHEAPEST
-    max_cost_usd: float | None = Field(default=None, gt=0, le=1_000_000)
+    max_cost_usd: JsonNumber | None = Field(default=None, gt=0, le=1_000_000)
     backend: str | None = None
-    deadline_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    deadline_s: JsonInt = Field(default=900, ge=1, le=7 * 24 * 3600)
     priority: Priority = Priority.NORMAL
     webhook_url: str | None = None
     # which of the job's events its webhook_url is sent (orchestrator.events.types)
     webhook_events: tuple[str, ...] = TERMINAL_EVENTS
     metadata: dict[str, Any] = Field(default_factory=dict)
     # the result cache: true, false, or None for the tenant's default (service.cache)
-    cache: bool | None = None
+    cache: Annotated[bool, Strict()] | None = None
 
     @model_validator(mode="before")
     @classmethod

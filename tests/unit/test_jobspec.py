@@ -40,8 +40,29 @@ def test_defaults_filled_in() -> None:
     assert spec.deadline_s == 900 and spec.max_cost_micros is None and spec.backend is None
     img = JobSpec(kind=Kind.IMAGE, input={"prompt": "x"})
     assert (img.input["n"], img.input["size"]) == (1, "1024x1024")
-    vid = JobSpec(kind=Kind.VIDEO, input={"prompt": "x", "duration_s": "4"})  # CLI strings coerce
+    vid = JobSpec(kind=Kind.VIDEO, input={"prompt": "x", "duration_s": 4})
     assert vid.input["duration_s"] == 4 and vid.input["resolution"] == "720p"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("input.duration_s", "4"), ("input.duration_s", True), ("input.n", "2"),
+    ("input.n", 2.0), ("input.max_tokens", "10"), ("max_cost_usd", "0.5"),
+    ("max_cost_usd", True), ("deadline_s", "60"), ("cache", "yes"), ("cache", 1),
+])
+def test_values_are_taken_by_their_json_type_not_coerced(field: str, value: object) -> None:
+    # coerced, "4" would be priced and held as 4 s, and true as 1 s
+    kind = {"n": "image", "max_tokens": "text"}.get(field.split(".")[-1], "video")
+    body: dict[str, object] = {"kind": kind, "input": {"prompt": "x"}}
+    if kind == "video":
+        body["input"] = {"prompt": "x", "duration_s": 4}
+    where, _, name = field.rpartition(".")
+    (body["input"] if where else body)[name] = value  # type: ignore[index]
+    with pytest.raises(ValidationError, match=field.replace(".", r"\.")):
+        JobSpec.model_validate(body)
+    ok = {"input.duration_s": 4.5, "input.n": 2, "input.max_tokens": 10,
+          "max_cost_usd": 1, "deadline_s": 60, "cache": True}[field]
+    (body["input"] if where else body)[name] = ok  # type: ignore[index]
+    JobSpec.model_validate(body)  # a number may be an integer; the right type passes
 
 
 def test_tier_order() -> None:
