@@ -10,7 +10,8 @@ the envelope of :mod:`.errors`. Request bodies are never logged.
 
 The ASGI stack, outermost first: RequestMetrics (count and time every request by route
 template) → CatchAll (a 500 envelope for anything unhandled) → Gate
-(auth, failed-auth and tenant limits) → BodyDeadline (408) → BodySizeLimit (413) → FastAPI.
+(auth, failed-auth and tenant limits) → BodyDeadline (408) → BodySizeLimit (413) → HeadAsGet
+(HEAD on a GET route) → FastAPI.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ from orchestrator.api.context import ApiContext, _err
 from orchestrator.api.errors import error_response
 from orchestrator.api.gate import Gate
 from orchestrator.api.limits import AuthFailures, RateLimiter
-from orchestrator.api.middleware import BodyDeadline, BodySizeLimit, CatchAll, RequestMetrics
+from orchestrator.api.middleware import (
+    BodyDeadline,
+    BodySizeLimit,
+    CatchAll,
+    HeadAsGet,
+    RequestMetrics,
+)
 from orchestrator.api.schemas import HealthOut, ReadyOut
 from orchestrator.api.security import Authenticator
 from orchestrator.bootstrap import Container
@@ -89,6 +96,7 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     if container.settings.console_enabled:
         console.mount(app)  # static files; they call /v1 like any client
     # add_middleware wraps: the last added is the outermost
+    app.add_middleware(HeadAsGet)  # innermost: the others see the HEAD it is
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
     app.add_middleware(BodyDeadline, timeout_s=cfg.body_timeout_s)
     app.add_middleware(Gate, auth=ctx.auth, limiter=ctx.limiter, failures=ctx.failures)

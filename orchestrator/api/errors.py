@@ -37,8 +37,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from orchestrator.api.paths import STREAM_PATHS, flat_routes
 from orchestrator.api.principal import principal_of, sees_budget
 from orchestrator.domain.money import format_usd, micros_to_usd
 from orchestrator.errors import BudgetExceeded, OrchestratorError, RequestError, Unavailable
@@ -209,7 +211,10 @@ def install(app: FastAPI) -> None:
         return error_response(422, "invalid_request", message, details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405:  # Starlette's Allow names the first matching route's only
+            return error_response(405, "method_not_allowed", "method not allowed", None,
+                                  {"Allow": ", ".join(_allowed(request))})
         if exc.status_code == 400:  # FastAPI: a body it could not decode (e.g. not UTF-8)
             return error_response(422, "invalid_request",
                                   "body: not readable as UTF-8 JSON", {"field": "body", "errors": [
@@ -220,3 +225,16 @@ def install(app: FastAPI) -> None:
         message = str(exc.detail) if exc.detail else code.replace("_", " ")
         return error_response(exc.status_code, code, message, None,
                               dict(exc.headers) if exc.headers else None)
+
+
+def _allowed(request: Request) -> list[str]:
+    """Every method some route of the request's path answers (RFC 9110 §15.5.6), HEAD with
+    GET (``middleware.HeadAsGet``)."""
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for route in flat_routes(request.scope["router"].routes):
+        if isinstance(route, APIRoute) and route.path_regex.fullmatch(path):
+            methods |= route.methods or set()
+    if "GET" in methods and not STREAM_PATHS.fullmatch(path):
+        methods.add("HEAD")
+    return sorted(methods)

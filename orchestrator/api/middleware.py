@@ -1,4 +1,5 @@
-"""ASGI middleware: bound request bodies in size (413) and time (408); the last-line 500.
+"""ASGI middleware: bound request bodies in size (413) and time (408); the last-line 500;
+``HEAD`` answered as ``GET`` without the body (``HeadAsGet``).
 
 ``BodySizeLimit``: a declared ``Content-Length`` above the limit is refused before any byte
 is read; a chunked body is counted as it streams and refused as soon as it passes the limit.
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator import metrics
 from orchestrator.api.errors import envelope, log_outage
+from orchestrator.api.paths import STREAM_PATHS, flat_routes
 from orchestrator.metrics import catalogue as m
 from orchestrator.outage import unavailable
 
@@ -54,6 +56,30 @@ class _TooLarge(HTTPException):
 
 class _TooSlow(HTTPException):
     """Raised from ``receive`` when the body's deadline passes; answered 408 like _TooLarge."""
+
+
+class HeadAsGet:
+    """``HEAD`` on a GET route answers as ``GET`` would, without the body (RFC 9110 §9.3.2:
+    uptime monitors and load balancers probe ``/healthz`` so). FastAPI routes answer only the
+    methods they name."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["method"] != "HEAD"
+                or STREAM_PATHS.fullmatch(scope["path"])):
+            await self.app(scope, receive, send)
+            return
+
+        async def head_send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if not message.get("more_body", False):
+                    await send({"type": "http.response.body", "body": b""})
+                return
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, head_send)
 
 
 class _TrackedSend:
@@ -187,19 +213,6 @@ class CatchAll:
 
 
 UNMATCHED = "unmatched"
-
-
-def flat_routes(routes: Iterable[BaseRoute]) -> list[BaseRoute]:
-    """The routes themselves: an included router (FastAPI keeps ``include_router``'s routers
-    as one entry that matches for all of them) is replaced by its own routes."""
-    out: list[BaseRoute] = []
-    for route in routes:
-        inner = getattr(getattr(route, "original_router", None), "routes", None)
-        if isinstance(route, Mount) or inner is None:
-            out.append(route)
-        else:
-            out.extend(flat_routes(inner))
-    return out
 
 
 def route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:

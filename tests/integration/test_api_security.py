@@ -94,7 +94,26 @@ def test_bodies_above_the_limit_are_413(limited_api: Api) -> None:
 
 def test_unknown_routes_and_methods_use_the_envelope(api: Api) -> None:
     _error(api.tenant().get("/v1/nothing"), 404, "not_found")
-    _error(api.tenant().delete("/v1/jobs"), 405, "method_not_allowed")
+    # Allow names every method of the path, not only the first route's (RFC 9110 §15.5.6)
+    for path, allow in (("/v1/jobs", "GET, HEAD, POST"), ("/v1/budgets", "GET, HEAD, PUT"),
+                        ("/v1/webhooks", "GET, HEAD, PUT"), ("/v1/events", "GET")):
+        r = api.tenant().request("PATCH", path)
+        _error(r, 405, "method_not_allowed")
+        assert r.headers["allow"] == allow, path
+
+
+def test_head_answers_as_get_without_a_body(api: Api) -> None:
+    # uptime monitors probe with HEAD (RFC 9110 §9.1: a server supports GET and HEAD)
+    for path in ("/healthz", "/readyz", "/metrics"):
+        get, head = httpx.get(f"{api.url}{path}"), httpx.head(f"{api.url}{path}")
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b"" and head.headers["content-type"] == get.headers[
+            "content-type"]
+    listed = api.tenant().head("/v1/jobs")
+    assert listed.status_code == 200 and listed.content == b""
+    assert listed.headers["content-type"] == "application/json"
+    assert api.client(None).head("/v1/jobs").status_code == 401  # the key still counts
+    assert api.tenant().head("/v1/events").status_code == 405  # a stream never ends
 
 
 def test_health_ready_and_metrics_need_no_key(api: Api) -> None:
