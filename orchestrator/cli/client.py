@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from orchestrator.cli.errors import errors_as_one_line, fail
+from orchestrator.cli.errors import UsageError, errors_as_one_line, fail
 from orchestrator.cli.keys import keys_app
 from orchestrator.client import ApiError, Backend, BudgetExceeded, Client, Job
 
@@ -88,12 +88,24 @@ def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str | None]
     return str(url).rstrip("/"), key
 
 
+def checked_url(url: str) -> str:
+    """``url`` if it is an http(s) URL with a host; ``ValueError(INVALID_URL)`` otherwise
+    (``127.0.0.1:8000`` has no scheme: httpx would read ``127.0.0.1`` as one)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        raise ValueError(INVALID_URL) from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(INVALID_URL)
+    return url
+
+
 def _client(api_url: str | None, api_key: str | None) -> Client:
     """The SDK client; what httpx refuses while building it (the URL, a key it cannot put in
     a header) as a ``ValueError`` that names which, never the key."""
     url, key = endpoint(api_url, api_key)
     try:
-        return Client(base_url=url, api_key=key)
+        return Client(base_url=checked_url(url), api_key=key)
     except httpx.InvalidURL:
         raise ValueError(INVALID_URL) from None
     except UnicodeEncodeError:
@@ -144,9 +156,9 @@ def parse_params(params: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"--param {item!r}: expected key=value")
+            raise UsageError(f"--param {item!r}: expected key=value")
         if key in out:
-            raise ValueError(f"--param {key} given twice")
+            raise UsageError(f"--param {key} given twice")
         out[key] = parse_value(raw)
     return out
 

@@ -21,6 +21,11 @@ Said = tuple[type[Exception], Callable[[Any], str]]  # an error type and its one
 _URL_PASSWORD = re.compile(r"(//[^/\s:@]*:)[^@\s]*@")
 
 
+class UsageError(ValueError):
+    """A bad value on the command line that the command finds itself (a period, a
+    ``--param`` without ``=``): status 2, as click's own usage errors."""
+
+
 def say(message: str) -> None:
     """``error: <message>`` on stderr, on one line: a message of several lines (a pydantic
     ``ValidationError`` is a ``ValueError``) is joined."""
@@ -75,7 +80,8 @@ def errors_as_one_line(*first: Said) -> Callable[[F], F]:
             try:
                 return fn(*args, **kwargs)
             except types as exc:
-                fail(next(line(exc) for t, line in said if isinstance(exc, t)))
+                fail(next(line(exc) for t, line in said if isinstance(exc, t)),
+                     2 if isinstance(exc, UsageError) else 1)
 
         return wrapper  # type: ignore[return-value]
 

@@ -255,18 +255,25 @@ def budgets_set(
 ) -> None:
     """Create or update a budget. What is not given is kept: its thresholds unless
     --thresholds/--forecast, and its alert channels (set through PUT /v1/budgets)."""
-    from orchestrator.domain.budgets import MAX_LIMIT_USD
+    from orchestrator.domain.budgets import MAX_LIMIT_USD, validate_scope
     from orchestrator.domain.money import usd_to_micros
     from orchestrator.ledger.budgets import list_budgets, set_budget
     from orchestrator.store.engine import make_engine
 
     # the API's bound (BudgetIn), so that what one takes the other takes too
     if not (math.isfinite(limit_usd) and 0 <= limit_usd <= MAX_LIMIT_USD):
-        fail(f"--limit-usd must be a number from 0 to {MAX_LIMIT_USD:,} (as PUT /v1/budgets)")
+        fail(f"--limit-usd must be a number from 0 to {MAX_LIMIT_USD:,} (as PUT /v1/budgets)",
+             2)
+    if period not in ("day", "month", "total"):
+        fail(f"--period must be day, month or total, not {period!r}", 2)
+    try:
+        validate_scope(scope)
+    except ValueError as exc:
+        fail(f"--scope: {exc}", 2)
     try:  # None: set_budget keeps the budget's own
         bps, forecast_bps = _fractions_bp(thresholds), _fractions_bp(forecast)
     except ValueError as exc:
-        fail(f"--thresholds/--forecast: {exc}")
+        fail(f"--thresholds/--forecast: {exc}", 2)
     engine = make_engine(_database_url(), pool_size=1)
     now = datetime.now(UTC)
     try:

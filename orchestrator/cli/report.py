@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from orchestrator.cli.client import INVALID_URL, endpoint
+from orchestrator.cli.client import INVALID_URL, checked_url, endpoint
 from orchestrator.cli.errors import fail
 from orchestrator.client._core import origin
 from orchestrator.domain.money import format_usd
@@ -113,7 +113,7 @@ def report(
             params[name] = value
     url, key = endpoint(api_url, api_key)
     try:
-        rep = fetch_report(url, key, params)
+        rep = fetch_report(checked_url(url), key, params)
     except ValueError as exc:
         fail(str(exc))
         return

@@ -71,9 +71,16 @@ def test_budgets_set_refuses_bad_input_with_one_line_and_changes_nothing(
 ) -> None:
     bad = cli(database_url, "budgets", "set", "--scope", "project:x", "--period", "month",
               "--limit-usd", "1")
-    assert bad.returncode == 1
-    assert bad.stderr.strip().startswith("error: invalid budget scope 'project:x'")
+    assert bad.returncode == 2  # a usage error, as click's own
+    assert bad.stderr.strip().startswith("error: --scope: invalid budget scope 'project:x'")
     assert len(bad.stderr.strip().splitlines()) == 1
+    for args, said in (
+            (["--period", "week"], "error: --period must be day, month or total, not 'week'"),
+            (["--period", "day", "--thresholds", "x"], "error: --thresholds/--forecast: ")):
+        bad = cli(database_url, "budgets", "set", "--scope", "tenant:acme", "--limit-usd", "1",
+                  *args)
+        assert bad.returncode == 2 and bad.stderr.startswith(said), bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
     with db.connect() as conn:
         assert list_budgets(conn, now=datetime.now(UTC)) == []
 
@@ -92,7 +99,7 @@ def test_budgets_set_refuses_a_limit_the_api_would_refuse(db: Engine, database_u
     for limit in ("1e20", "1000000000.01", "nan", "inf"):  # 1e20: past PostgreSQL's bigint
         bad = cli(database_url, "budgets", "set", "--scope", "tenant:acme", "--period", "day",
                   "--limit-usd", limit)
-        assert bad.returncode == 1, (limit, bad.stderr)
+        assert bad.returncode == 2, (limit, bad.stderr)
         assert bad.stderr.strip() == ("error: --limit-usd must be a number from 0 to "
                                       "1,000,000,000 (as PUT /v1/budgets)"), (limit, bad.stderr)
     with db.connect() as conn:

@@ -30,8 +30,8 @@ VIDEO = ("submit", "--kind", "video", "--prompt", "a lighthouse at dusk", "--tie
          "--param", "duration_s=8", "--param", "resolution=720p")
 
 
-def one_error_line(result: Result) -> str:
-    assert result.exit_code == 1, result.output
+def one_error_line(result: Result, status: int = 1) -> str:
+    assert result.exit_code == status, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.output
@@ -135,7 +135,7 @@ def test_failures_exit_non_zero_with_one_line(cli: typer.Typer, api: Api) -> Non
     assert one_error_line(run(cli, api, "jobs", "get", missing)) == f"error: no job {missing}"
     assert "key" in one_error_line(run(cli, api, "backends", key="orch_00000000_" + "x" * 40))
     line = one_error_line(run(cli, api, "submit", "--kind", "text", "--prompt", "x",
-                              "--param", "oops"))
+                              "--param", "oops"), status=2)  # a usage error, as click's
     assert line == "error: --param 'oops': expected key=value"
     no_server = CliRunner().invoke(cli, ["backends", "--api-url", "http://127.0.0.1:9"])
     assert "cannot reach http://127.0.0.1:9" in one_error_line(no_server)

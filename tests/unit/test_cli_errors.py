@@ -64,9 +64,11 @@ def invoke(*args: str) -> Result:
 @pytest.mark.parametrize("command", [["jobs", "list"], ["backends"], ["report"],
                                      ["jobs", "watch", "j-1"]])
 def test_a_malformed_api_url_is_one_line(command: list[str]) -> None:
-    result = invoke(*command, "--api-url", "http://[::1")
-    assert result.exit_code == 1, result.output
-    assert one_line(result.stderr).startswith("error: invalid API URL: ")
+    # no scheme, or one httpx does not speak, is no API URL either
+    for bad in ("http://[::1", "127.0.0.1:8000", "ht!tp://x", "ftp://host/"):
+        result = invoke(*command, "--api-url", bad)
+        assert result.exit_code == 1, (bad, result.output)
+        assert one_line(result.stderr).startswith("error: invalid API URL: "), bad
     # httpx's own reason quotes what it could not read: here, part of the password
     for url in (f"http://me:{PASSWORD}@[::1", f"http://me:{PASSWORD}/x@host:1"):
         result = invoke(*command, "--api-url", url)
