@@ -261,9 +261,23 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
 
 
 def _wants_json(accept: str | None) -> bool:
-    """A client that names JSON and not the event stream gets one page of JSON."""
-    types = {part.split(";")[0].strip().lower() for part in (accept or "").split(",")}
-    return "application/json" in types and "text/event-stream" not in types
+    """A client that prefers JSON to the event stream gets one page of JSON: it names
+    ``application/json`` with a weight above 0 and above the stream's (RFC 9110 §12.5.1;
+    unnamed, the stream weighs 0, and on a tie the stream wins)."""
+    weights: dict[str, float] = {}
+    for part in (accept or "").split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        weights[media.lower()] = max(q, weights.get(media.lower(), 0.0))
+    json_q = weights.get("application/json", 0.0)
+    return json_q > 0 and json_q > weights.get("text/event-stream", 0.0)
 
 
 # a reverse proxy (nginx) must pass each event on as it comes
