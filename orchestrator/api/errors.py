@@ -17,6 +17,8 @@
     request_timeout       408   the body (or the request head) did not arrive in time
     headers_too_large     431   request line and headers above the configured limit
     method_not_allowed    405
+    unsupported_media_type 415  a body that fails validation sent as another Content-Type
+                                than JSON (a form, text/plain)
     not_ready             503   /readyz: database or Redis unreachable
     secret_key_missing    503   a channel secret must be stored and no ORCH_SECRET_KEY (or key
                                 file) is configured: nothing is stored in plain text
@@ -61,6 +63,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "request_timeout": 408,
     "headers_too_large": 431,
     "method_not_allowed": 405,
+    "unsupported_media_type": 415,
     "not_ready": 503,
     "secret_key_missing": 503,
     "unavailable": 503,
@@ -203,7 +206,15 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(cls, _outage)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        sent = request.headers.get("content-type")
+        media = (sent or "").split(";")[0].strip().lower()
+        if sent and request.method in ("POST", "PUT", "PATCH") and not (
+                media == "application/json" or media.endswith("+json")):
+            # a form or text/plain body (curl -d sends a form): name that, not a field
+            return error_response(415, "unsupported_media_type",
+                                  f"the body must be JSON (Content-Type: application/json), "
+                                  f"not {media[:60] or 'empty'}", {"field": "body"})
         message, items = validation_message(list(exc.errors()))
         details: dict[str, Any] = {"errors": items}
         if items:  # the first bad field, as an input field refused at the door names it

@@ -102,6 +102,18 @@ def test_unknown_routes_and_methods_use_the_envelope(api: Api) -> None:
         assert r.headers["allow"] == allow, path
 
 
+def test_a_body_that_is_not_json_is_415_naming_the_content_type(api: Api) -> None:
+    form = api.tenant().post("/v1/jobs", data={"kind": "video"})  # what curl -d sends
+    _error(form, 415, "unsupported_media_type")
+    assert "application/x-www-form-urlencoded" in form.json()["error"]["message"]
+    text = api.tenant().post("/v1/quotes", content=b"kind=video",
+                             headers={"Content-Type": "text/plain"})
+    _error(text, 415, "unsupported_media_type")
+    # a JSON body that is wrong is still about its field
+    bad = api.tenant().post("/v1/jobs", json={"kind": "video", "input": []})
+    _error(bad, 422, "invalid_request")
+
+
 def test_head_answers_as_get_without_a_body(api: Api) -> None:
     # uptime monitors probe with HEAD (RFC 9110 §9.1: a server supports GET and HEAD)
     for path in ("/healthz", "/readyz", "/metrics"):
