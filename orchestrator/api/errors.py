@@ -209,8 +209,9 @@ def install(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         sent = request.headers.get("content-type")
         media = (sent or "").split(";")[0].strip().lower()
-        if sent and request.method in ("POST", "PUT", "PATCH") and not (
-                media == "application/json" or media.endswith("+json")):
+        about_body = any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors())
+        if sent and about_body and not (media == "application/json"
+                                        or media.endswith("+json")):
             # a form or text/plain body (curl -d sends a form): name that, not a field
             return error_response(415, "unsupported_media_type",
                                   f"the body must be JSON (Content-Type: application/json), "
@@ -225,7 +226,7 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 405:  # Starlette's Allow names the first matching route's only
             return error_response(405, "method_not_allowed", "method not allowed", None,
-                                  {"Allow": ", ".join(_allowed(request))})
+                                  {"Allow": _allow(request, exc)})
         if exc.status_code == 400:  # FastAPI: a body it could not decode (e.g. not UTF-8)
             return error_response(422, "invalid_request",
                                   "body: not readable as UTF-8 JSON", {"field": "body", "errors": [
@@ -249,3 +250,9 @@ def _allowed(request: Request) -> list[str]:
     if "GET" in methods and not STREAM_PATHS.fullmatch(path):
         methods.add("HEAD")
     return sorted(methods)
+
+
+def _allow(request: Request, exc: StarletteHTTPException) -> str:
+    """The ``Allow`` of a 405: the API routes' methods, else what the refusing app said (the
+    console's static files)."""
+    return ", ".join(_allowed(request)) or (exc.headers or {}).get("Allow", "GET, HEAD")

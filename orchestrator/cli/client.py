@@ -222,7 +222,7 @@ def submit(
     """Submit a job. With --wait, exits non-zero unless it succeeds."""
     params = parse_params(param or [])
     if "prompt" in params:
-        raise ValueError("give the prompt with --prompt, not --param prompt=…")
+        raise UsageError("give the prompt with --prompt, not --param prompt=…")
     with _client(api_url, api_key) as c:
         job = c.submit(kind=kind, input={"prompt": prompt, **params}, tier=tier,
                        strategy=strategy, max_cost_usd=max_cost_usd, backend=backend,

@@ -12,7 +12,8 @@ price (resolutions with a multiplier, sizes with a price, durations up to ``max_
 plus whatever its ``params`` declare. Declaring a standard parameter may narrow its range, not
 widen it, nor change whether it is required or its default: the job spec fills defaults in
 before the estimate is priced. ``priced`` is what the price model reads (per_second: duration_s,
-resolution; per_image: n, size; per_token: prompt, max_tokens; per_request: nothing).
+resolution; per_image: n, size; per_token: prompt, max_tokens; per_request and
+per_compute_second: nothing).
 """
 
 from __future__ import annotations

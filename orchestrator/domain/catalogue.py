@@ -186,14 +186,13 @@ class PerRequestPrice(BaseModel):
 class PerComputeSecondPrice(BaseModel):
     """The provider's run time (Replicate's hardware price: ``metrics.predict_time`` x
     usd_per_second), billed whether the run succeeded, failed or was cancelled. Nothing in
-    the job says how long it will run: the worst case is ``max_seconds``, else the backend's
-    ``timeouts.start_to_close_s`` (past it the run is cancelled)."""
+    the job says how long it will run: the worst case is the backend's
+    ``timeouts.start_to_close_s``, past which the run is cancelled (a lower one holds less)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: Literal["per_compute_second"]
     usd_per_second: UsdRate
-    max_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
 
     @cached_property
     def rate_pico(self) -> int:

@@ -10,8 +10,8 @@ end gives micro-USD. So ``actual <= estimate`` whenever the usage is within the 
     text     input_tokens/1000 x usd_per_1k_input + output_tokens/1000 x usd_per_1k_output
              (worst case: input = ceil(len(prompt in UTF-8 bytes) / 3), output = max_tokens)
     request  usd_per_request
-    compute  run seconds x usd_per_second (worst case: max_seconds, else the backend's
-             start_to_close_s, past which the run is cancelled)
+    compute  run seconds x usd_per_second (worst case: the backend's start_to_close_s,
+             past which the run is cancelled)
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def price_quantities(backend: BackendSpec, q: Quantities) -> int:
         pico_x_1k = q.input_tokens * price.in_pico_1k + q.output_tokens * price.out_pico_1k
         return -(-pico_x_1k // (1000 * PICO_PER_MICRO))
     if isinstance(price, PerComputeSecondPrice):
-        return _compute(price, price.max_seconds or backend.timeouts.start_to_close_s)
+        return _compute(price, backend.timeouts.start_to_close_s)
     assert isinstance(price, PerRequestPrice)
     return -(-price.rate_pico // PICO_PER_MICRO)
 

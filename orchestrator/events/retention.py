@@ -23,14 +23,15 @@ _RESULTS = text(
     """
 )
 # a job's files go once its result is gone and no job served from its result (the cache)
-# still has its own; a job that ended without its result (cancelled as it succeeded) has none
+# still has its own, or is still to get it; a job that ended without its result (cancelled
+# as it succeeded) has none
 _FILES = text(
     """
     DELETE FROM result_files f WHERE f.job_id IN (
         SELECT x.job_id FROM result_files x JOIN jobs j ON j.id = x.job_id
         WHERE x.n = 0 AND j.result IS NULL AND j.finished_at < :cutoff
           AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.cached_from = j.id
-                                                AND c.result IS NOT NULL)
+                          AND (c.result IS NOT NULL OR c.finished_at IS NULL))
         LIMIT :limit)
     """
 )

@@ -10,6 +10,7 @@ them, so a reader that moves its cursor forward never skips one.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -111,9 +112,13 @@ def parse_feed_cursor(value: str) -> FeedCursor:
     if value.strip() == "0":
         return (0, 0)
     txid, sep, position = value.strip().partition("-")
-    if not sep or not txid.isdigit() or not position.isdigit():
+    if not sep or not _CURSOR_PART.fullmatch(txid) or not _CURSOR_PART.fullmatch(position):
         raise ValueError("must be 0, an event's id or a feed cursor (<txid>-<position>)")
     return (int(txid), int(position))
+
+
+# ASCII digits, within PostgreSQL's bigint ("²".isdigit() is true; 10**19 is out of range)
+_CURSOR_PART = re.compile(r"[0-9]{1,18}")
 
 
 def feed_events(conn: Connection, tenant: str, after: FeedCursor,

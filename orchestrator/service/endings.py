@@ -86,8 +86,10 @@ class Endings:
     ) -> None:
         now = self.clock()
         closing = closing_of(self.catalogue(), job, attempt, res)  # res succeeded
-        # megabytes of base64 go to files, not into the result and its events
-        output, inline = files.take_inline_data(job.id, res.output)
+        # megabytes of base64 go to files, not into the result and its events (a text job's
+        # output is the model's words, whatever they look like)
+        output, inline = ((res.output, []) if job.kind == "text"
+                          else files.take_inline_data(job.id, res.output))
         if inline:
             with self.db.connection() as conn:
                 files.write(conn, job.id, inline)

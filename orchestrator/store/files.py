@@ -8,10 +8,11 @@ every read of the job, in its ``job.succeeded`` event and in each webhook delive
 ``result_files`` (:func:`write`), and names it by path, ``/v1/jobs/<job id>/result/files/<n>``,
 which the API serves (:func:`read`) with the job's tenant's key.
 
-The files are written before the job's ending, each in its own statement: an ending that a
-duplicate step made first names the same files (the same job, the same numbering), so a
-repeat writes nothing (the first's content is kept); files whose job then ended otherwise
-(cancelled meanwhile) are dropped by retention with the job's result.
+Only image and video jobs' outputs are read so: a text job's answer is the model's text,
+kept as written even when it looks like a ``data:`` URL. The files are written just before
+the job's ending, each in its own statement, replacing any of the same number (files an
+attempt wrote before its step crashed and the job failed over); files whose job then ended
+otherwise (cancelled meanwhile) are dropped by retention with the job's result.
 """
 
 from __future__ import annotations
@@ -24,16 +25,21 @@ from typing import Any
 
 from orchestrator.store.statement import Conn, Statement
 
-# media type (type/subtype, parameters dropped), then the data
-_DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)(?:;[^;,]*)*;base64,(.*)", re.DOTALL)
+# media type (type/subtype, parameters dropped; longer than the column holds: not data of
+# ours, left as it is), then the data
+_DATA_URL = re.compile(r"data:([\w.+-]{1,40}/[\w.+-]{1,50})(?:;[^;,]*)*;base64,(.*)",
+                       re.DOTALL)
 # served as themselves; anything else is a download (application/octet-stream), so that
 # no provider's answer is ever rendered as a page of ours (HTML, SVG with script)
 INLINE_TYPES = re.compile(r"(image/(png|jpeg|webp|gif|avif)|video/(mp4|webm)|"
                           r"audio/(mpeg|wav|ogg|webm)|text/plain)")
 
+# the last writer wins: the step that ends the job writes its files just before, so they are
+# the ones its result names (a step that crashed first, its attempt failed over, left others)
 _INSERT = Statement(
     "INSERT INTO result_files (job_id, n, media_type, content) "
-    "VALUES (:job, :n, :media, :content) ON CONFLICT DO NOTHING"
+    "VALUES (:job, :n, :media, :content) ON CONFLICT (job_id, n) DO UPDATE "
+    "SET media_type = EXCLUDED.media_type, content = EXCLUDED.content"
 )
 _READ = Statement(
     "SELECT f.media_type, f.content FROM result_files f JOIN jobs j ON j.id = f.job_id "

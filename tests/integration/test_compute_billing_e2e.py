@@ -32,8 +32,8 @@ CATALOGUE: dict[str, Any] = {
     "backends": [
         # the plan's first choice (its worst case, 60 s x $0.01, is the cheaper), then gpu-b
         {"name": "gpu-a", "protocol": "predictions", "kinds": ["video"], "tier": "standard",
-         "base_url": "${ORCH_SIMULATOR_URL}/gpu-a",
-         "price": {"model": "per_compute_second", "usd_per_second": 0.01, "max_seconds": 60}},
+         "base_url": "${ORCH_SIMULATOR_URL}/gpu-a", "timeouts": {"start_to_close_s": 60},
+         "price": {"model": "per_compute_second", "usd_per_second": 0.01}},
         {"name": "gpu-b", "protocol": "predictions", "kinds": ["video"], "tier": "standard",
          "base_url": "${ORCH_SIMULATOR_URL}/gpu-b",
          "price": {"model": "per_compute_second", "usd_per_second": 0.02}},
@@ -88,7 +88,7 @@ def test_a_success_is_charged_its_run_time_not_its_worst_case(rig: Rig) -> None:
     assert job.status == "succeeded" and job.backend == "gpu-a", job.error_code
     (attempt,) = rig.attempts(job.id)
     backend = rig.container.catalogue().get("gpu-a")
-    assert estimate_micros(backend, spec) == 600_000  # max_seconds 60 x $0.01
+    assert estimate_micros(backend, spec) == 600_000  # start_to_close_s 60 x $0.01
     # the hold covers the failover's worst case: gpu-b's start_to_close_s, 120 s x $0.02
     assert job.estimated_cost_micros == 2_400_000
     run = actual_micros(backend, Usage(compute_seconds=0.3))

@@ -134,6 +134,9 @@ def test_a_feed_dropped_before_its_first_event_resumes_from_where_it_began(api: 
         ahead = api.tenant().get("/v1/events", **form)
         assert ahead.status_code == 422, ahead.text
         assert "ahead of the feed" in ahead.json()["error"]["message"]
+    # past PostgreSQL's bigint: no cursor at all, refused before the database sees it
+    huge = api.tenant().get("/v1/events", params={"since": "99999999999999999999-1"})
+    assert huge.status_code == 422 and huge.json()["error"]["details"]["field"] == "since"
 
 
 def _json_feed(api: Api, tenant: str = "acme", **params: Any) -> dict[str, Any]:

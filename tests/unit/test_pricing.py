@@ -104,13 +104,14 @@ GPU = BackendSpec.model_validate({
 
 
 def test_run_time() -> None:
-    # nothing in the job says how long it runs: the worst case is start_to_close_s (or
-    # max_seconds), whatever the job
+    # nothing in the job says how long it runs: the worst case is start_to_close_s (past it
+    # the run is cancelled), whatever the job
     assert estimate_micros(GPU, video(600, "1080p")) == 65_250  # 90 s x $0.000725
     text = JobSpec(kind=Kind.TEXT, input={"prompt": "p", "max_tokens": 9})
     assert estimate_micros(GPU, text) == 65_250
-    capped = GPU.model_copy(update={"price": GPU.price.model_copy(update={"max_seconds": 20})})
-    assert estimate_micros(capped, text) == 14_500
+    shorter = GPU.model_copy(update={"timeouts": GPU.timeouts.model_copy(
+        update={"start_to_close_s": 20})})
+    assert estimate_micros(shorter, text) == 14_500
     assert actual_micros(GPU, Usage(compute_seconds=12.345)) == 8_951  # 8950.125 rounds up
     assert actual_micros(GPU, Usage(compute_seconds=0)) == 0
     with pytest.raises(NotPriceable, match="predict_time"):

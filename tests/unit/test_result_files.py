@@ -1,0 +1,36 @@
+"""Which parts of a provider's output become result files (``store.files``)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+from orchestrator.store.files import INLINE_TYPES, path, take_inline_data
+
+JOB = uuid.UUID("8b0c7d3e-0000-4000-8000-000000000001")
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n-bytes").decode()
+
+
+def test_base64_data_urls_at_any_depth_become_paths_in_the_order_met() -> None:
+    output = {"images": [f"data:image/png;base64,{PNG}", "https://cdn.example/b.png"],
+              "extra": {"video": f"data:video/mp4;name=a.mp4;base64,{PNG}", "n": 2}}
+    kept, found = take_inline_data(JOB, output)
+    assert kept == {"images": [path(JOB, 0), "https://cdn.example/b.png"],
+                    "extra": {"video": path(JOB, 1), "n": 2}}
+    assert found == [("image/png", base64.b64decode(PNG)), ("video/mp4", base64.b64decode(PNG))]
+    assert path(JOB, 1) == f"/v1/jobs/{JOB}/result/files/1"
+
+
+def test_what_only_looks_like_a_data_url_stays_as_it_is() -> None:
+    for text in ("data:image/png;base64,not base64!", "data:text/plain,hello",
+                 f"data:{'x' * 101}/png;base64,{PNG}",  # a media type no column holds
+                 "a data:image/png;base64,AAAA inside words"):
+        assert take_inline_data(JOB, {"text": text}) == ({"text": text}, [])
+    assert take_inline_data(JOB, None) == (None, [])
+
+
+def test_only_plain_media_types_are_served_as_themselves() -> None:
+    for media in ("image/png", "image/jpeg", "video/mp4", "audio/wav", "text/plain"):
+        assert INLINE_TYPES.fullmatch(media)
+    for media in ("text/html", "image/svg+xml", "application/javascript", "application/pdf"):
+        assert not INLINE_TYPES.fullmatch(media)
