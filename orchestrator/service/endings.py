@@ -163,4 +163,3 @@ class Endings:
             self.observe.overage(job, backend, end.overage_micros,
                                  charged_micros=end.charged_micros, hold_micros=end.hold_micros)
         return end.charged_micros
-
