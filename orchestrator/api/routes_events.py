@@ -17,7 +17,6 @@ idle one.
 
 import asyncio
 import json
-import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -25,7 +24,6 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
@@ -34,20 +32,18 @@ from orchestrator.api.security import Principal
 from orchestrator.errors import InvalidRequest, NotFound
 from orchestrator.events.hub import EventHub
 from orchestrator.events.store import (
+    BIGINT_DIGITS,
     Event,
     FeedCursor,
     event_feed_cursor,
     event_seq,
+    feed_cursor_ahead,
     feed_events,
     job_events,
     job_owner,
     parse_feed_cursor,
 )
 
-# a transaction id not yet given out: a cursor naming it was never one of the feed's
-_FUTURE = text("SELECT CAST(:x AS bigint) >= "
-               "pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
-_SEQ = re.compile(r"[0-9]{1,18}")  # ASCII digits only (str.isdigit takes "²")
 JobId = Annotated[uuid.UUID, Path(description="the job id")]
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)]
 _FINAL = ("succeeded", "failed", "cancelled")
@@ -101,7 +97,7 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
     def resume_seq(job_id: uuid.UUID, last: str) -> int:
         """The seq to resume after: an event's ``id`` (the stream's ``id:``, or what a webhook
         receiver or a JSON reader has), or a seq (the ``id:`` of earlier releases)."""
-        if _SEQ.fullmatch(last):
+        if BIGINT_DIGITS.fullmatch(last):
             return int(last)
         try:
             event_id = uuid.UUID(last)
@@ -132,8 +128,8 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
             except ValueError as exc:
                 raise InvalidRequest(f"{field}: {exc}", field=field) from None
             with c.engine.connect() as conn:
-                future = conn.execute(_FUTURE, {"x": cursor[0]}).scalar()
-            if future:  # no event can ever come after it: a poller would wait for ever
+                ahead = feed_cursor_ahead(conn, cursor)
+            if ahead:  # no event can ever come after it: a poller would wait for ever
                 raise InvalidRequest(f"{field}: ahead of the feed (no cursor it gave)",
                                      field=field)
             return cursor

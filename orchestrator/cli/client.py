@@ -106,8 +106,6 @@ def _client(api_url: str | None, api_key: str | None) -> Client:
     url, key = endpoint(api_url, api_key)
     try:
         return Client(base_url=checked_url(url), api_key=key)
-    except httpx.InvalidURL:
-        raise ValueError(INVALID_URL) from None
     except UnicodeEncodeError:
         raise ValueError("the API key has characters that are not ASCII") from None
 

@@ -255,7 +255,7 @@ def budgets_set(
 ) -> None:
     """Create or update a budget. What is not given is kept: its thresholds unless
     --thresholds/--forecast, and its alert channels (set through PUT /v1/budgets)."""
-    from orchestrator.domain.budgets import MAX_LIMIT_USD, validate_scope
+    from orchestrator.domain.budgets import MAX_LIMIT_USD, Period, validate_scope
     from orchestrator.domain.money import usd_to_micros
     from orchestrator.ledger.budgets import list_budgets, set_budget
     from orchestrator.store.engine import make_engine
@@ -264,7 +264,9 @@ def budgets_set(
     if not (math.isfinite(limit_usd) and 0 <= limit_usd <= MAX_LIMIT_USD):
         fail(f"--limit-usd must be a number from 0 to {MAX_LIMIT_USD:,} (as PUT /v1/budgets)",
              2)
-    if period not in ("day", "month", "total"):
+    try:
+        Period(period)
+    except ValueError:
         fail(f"--period must be day, month or total, not {period!r}", 2)
     try:
         validate_scope(scope)

@@ -112,6 +112,7 @@ def _bounded_nesting(field: str, value: dict[str, Any]) -> dict[str, Any]:
 # number and true no 1 (coerced, "8" would be priced and held as 8 s, true as 1 s).
 JsonNumber = Annotated[float, Strict()]  # an integer is a number too
 JsonInt = Annotated[int, Strict()]  # 2.0 is no integer
+JsonBool = Annotated[bool, Strict()]
 
 
 class _Input(BaseModel):
@@ -192,7 +193,7 @@ class JobSpec(BaseModel):
     webhook_events: tuple[str, ...] = TERMINAL_EVENTS
     metadata: dict[str, Any] = Field(default_factory=dict)
     # the result cache: true, false, or None for the tenant's default (service.cache)
-    cache: Annotated[bool, Strict()] | None = None
+    cache: JsonBool | None = None
 
     @model_validator(mode="before")
     @classmethod

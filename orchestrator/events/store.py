@@ -112,13 +112,21 @@ def parse_feed_cursor(value: str) -> FeedCursor:
     if value.strip() == "0":
         return (0, 0)
     txid, sep, position = value.strip().partition("-")
-    if not sep or not _CURSOR_PART.fullmatch(txid) or not _CURSOR_PART.fullmatch(position):
+    if not sep or not BIGINT_DIGITS.fullmatch(txid) or not BIGINT_DIGITS.fullmatch(position):
         raise ValueError("must be 0, an event's id or a feed cursor (<txid>-<position>)")
     return (int(txid), int(position))
 
 
 # ASCII digits, within PostgreSQL's bigint ("²".isdigit() is true; 10**19 is out of range)
-_CURSOR_PART = re.compile(r"[0-9]{1,18}")
+BIGINT_DIGITS = re.compile(r"[0-9]{1,18}")
+# a transaction id not yet given out: a cursor naming it was never one of the feed's
+_AHEAD = text("SELECT CAST(:x AS bigint) >= "
+              "pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+
+
+def feed_cursor_ahead(conn: Connection, cursor: FeedCursor) -> bool:
+    """Whether ``cursor`` names a transaction still to come: no event can follow it."""
+    return bool(conn.execute(_AHEAD, {"x": cursor[0]}).scalar())
 
 
 def feed_events(conn: Connection, tenant: str, after: FeedCursor,

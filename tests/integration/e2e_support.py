@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from orchestrator.bootstrap import Container
 from orchestrator.domain.catalogue import parse_catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.ledger.audit import audit
+from orchestrator.ledger.budgets import set_budget
 from orchestrator.secrets import new_key
 from orchestrator.service.runner import JobRunner
 from orchestrator.settings import Settings
@@ -88,6 +90,12 @@ class Rig:
         job, created = self.container.submitter.submit(tenant, spec)
         assert created
         return job.id
+
+    def budget(self, limit_micros: int, tenant: str = "acme") -> None:
+        """A monthly budget of ``limit_micros`` for ``tenant``."""
+        with self.engine.begin() as conn:
+            set_budget(conn, scope=f"tenant:{tenant}", period="month",
+                       limit_micros=limit_micros, now=datetime.now(UTC))
 
     def ledger(self) -> tuple[int, int]:
         """(committed, held) over every budget period; the audit must be clean."""

@@ -11,7 +11,6 @@ PostgreSQL.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from sqlalchemy import Engine
 
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
-from orchestrator.ledger.budgets import set_budget
 from orchestrator.simulator import RunningSimulator
 
 from .e2e_support import Rig, rig_for, simulator_for
@@ -51,9 +49,7 @@ def sim() -> Iterator[RunningSimulator]:
 def rig(db: Engine, database_url: str, redis_url: str, sim: RunningSimulator,
         tmp_path: Path) -> Iterator[Rig]:
     with rig_for(CATALOGUE, db, database_url, redis_url, sim, tmp_path) as r:
-        with r.engine.begin() as conn:
-            set_budget(conn, scope=f"tenant:{TENANT}", period="month",
-                       limit_micros=100_000_000, now=datetime.now(UTC))
+        r.budget(100_000_000, TENANT)
         yield r
 
 

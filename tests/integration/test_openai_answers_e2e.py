@@ -30,7 +30,6 @@ from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.polling import PollPolicy
 from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
 from orchestrator.events.retention import expire
-from orchestrator.ledger.budgets import set_budget
 from orchestrator.ledger.service import utcnow
 from orchestrator.service.attempts import possible_cost
 from orchestrator.service.runner import JobRunner
@@ -72,9 +71,7 @@ def sim() -> Iterator[RunningSimulator]:
 def rig(db: Engine, database_url: str, redis_url: str, sim: RunningSimulator,
         tmp_path: Path) -> Iterator[Rig]:
     with rig_for(CATALOGUE, db, database_url, redis_url, sim, tmp_path) as r:
-        with r.engine.begin() as conn:
-            set_budget(conn, scope=f"tenant:{TENANT}", period="month",
-                       limit_micros=100_000_000, now=datetime.now(UTC))
+        r.budget(100_000_000, TENANT)
         yield r
 
 
