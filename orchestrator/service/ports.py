@@ -7,7 +7,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Protocol
 
-from orchestrator.backends.base import Submission
+from orchestrator.backends.base import PollResult, Submission
+from orchestrator.backends.errors import BackendError
 from orchestrator.domain.breaker import BackendHealth, BreakerState
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.health.store import Ticket
@@ -53,8 +54,8 @@ class EnqueuePort(Protocol):
 
 
 class Chain(Protocol):
-    """The job chain's own steps that reconciliation and conclusion call back: the runner's,
-    not for other callers (hence their names)."""
+    """The job chain's own steps that reconciliation, conclusion and watching call back: the
+    runner's, not for other callers (hence their names)."""
 
     def _submit(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID) -> Next:
         """Call the backend with the attempt (checkpointed) and go on from its answer."""
@@ -68,6 +69,13 @@ class Chain(Protocol):
     def _failover(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID,
                   closing: Closing) -> Next:
         """Close the attempt and open the job's next one (or end the job)."""
+        ...
+
+    def _concluded(
+        self, job: repo.JobRow, attempt: repo.AttemptRow, res: PollResult, token: uuid.UUID,
+        latency_ms: float, *, error: BackendError | None = None,
+    ) -> Next:
+        """The provider says the attempt's work ended: settle the job, or fail it over."""
         ...
 
     def _lease_s(self, backend: str) -> float:

@@ -8,8 +8,11 @@ backend call (moving the chain's wake past the longest that call can take: its l
 external id right after, and a step carrying an old chain token does nothing.
 
 This module is the chain's own steps: the claim, opening the next attempt on the plan's next
-untried backend (or waiting for a slot), the submission, polling, and failing over. JobRunner
-builds and shares what it hands off, each a small class in its own module:
+untried backend (or waiting for a slot), the submission, and failing over. JobRunner builds
+and shares what it hands off, each a small class in its own module:
+
+* ``service.watch`` (``Watcher``): polling a running attempt, and stopping one that runs
+  past its ``start_to_close``.
 
 * ``service.endings`` (``Endings``): the one ledger statement that ends a job or closes an
   attempt, and what it tells the breaker, the slot waits and the observer.
@@ -32,14 +35,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine
 
 from orchestrator.backends.base import BackendAdapter, PollResult, Submission
-from orchestrator.backends.errors import BackendError, JobFault, OutcomeUnknown, TransientError
+from orchestrator.backends.errors import BackendError, JobFault, OutcomeUnknown
 from orchestrator.domain.breaker import Refusal
 from orchestrator.domain.catalogue import BackendSpec, Catalogue
 from orchestrator.domain.jobs import JobSpec
@@ -56,7 +59,6 @@ from orchestrator.service.attempts import (
     billed,
     closing_of,
     failure,
-    overrun,
     reference,
 )
 from orchestrator.service.cache import ResultCache
@@ -67,6 +69,7 @@ from orchestrator.service.observe import JobObserver
 from orchestrator.service.ports import EnqueuePort, HealthPort
 from orchestrator.service.reconcile import Reconciler
 from orchestrator.service.slots import SlotWaits
+from orchestrator.service.watch import Watcher
 from orchestrator.store import jobs as repo
 from orchestrator.store.engine import autocommit
 from orchestrator.store.statement import Conn
@@ -108,6 +111,9 @@ class JobRunner:
             self, reconciler=self.reconciler, endings=self.endings, engine=engine,
             ledger=ledger, catalogue=catalogue, adapter=adapter, clock=clock, poll=poll,
             observer=self.observe, slots=self.slots)
+        self.watcher = Watcher(
+            self, engine=engine, catalogue=catalogue, adapter=adapter, clock=clock, poll=poll,
+            observer=self.observe, concluder=self.concluder, reconciler=self.reconciler)
 
     @property
     def db(self) -> ConnectionPool[Any]:
@@ -227,7 +233,7 @@ class JobRunner:
             return self._next_attempt(job, attempts, token, resume=resume)
         if open_.external_id is None:
             return self.reconciler.reconcile(job, open_, token)
-        return self._poll(job, open_, token)
+        return self.watcher.look(job, open_, token)
 
     @staticmethod
     def _past_deadline(job: repo.JobRow, now: datetime) -> bool:
@@ -359,76 +365,6 @@ class JobRunner:
             return DONE  # the sweeper gave the job a new chain, which will poll it
         return self._concluded(job, known, res, token, latency_ms)
 
-    def _poll(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID) -> Next:
-        """Look at a running attempt. Past its start_to_close it is looked at once more (a
-        finished one is adopted, a billed one charged) before the provider is asked to stop
-        it and the job fails over."""
-        backend = self.catalogue().get(attempt.backend)
-        adapter = self.adapter(attempt.backend)
-        age = (self.clock() - attempt.started_at).total_seconds()
-        overran = age > backend.timeouts.start_to_close_s
-        assert attempt.external_id is not None
-        try:
-            res = adapter.poll(attempt.external_id)
-        except TransientError as exc:  # the provider is still working; ask again later
-            self.observe.retry(attempt.backend, exc.code)
-            if overran:
-                return self._overran(job, attempt, adapter, token, age)
-            return self._schedule_poll(job, attempt, token, age, at_least=exc.retry_after_s)
-        except BackendError as exc:
-            # The provider named this work and now gives no readable word on it (a 404 for
-            # its own id, a malformed answer): failing over at once could leave it running,
-            # and billed, while another backend does the job again. Just after the create
-            # it is looked at again (some providers take a moment to know a new id); after
-            # that it is asked to stop and looked at until the grace passes, then closed
-            # uncertain with its possible charge.
-            if not overran and age <= self.poll_policy.grace_s:
-                return self._schedule_poll(job, attempt, token, age)
-            if attempt.cancel_requested_at is None:
-                log.warning("poll unreadable; stopping the work", extra={
-                    "job_id": str(job.id), "backend": attempt.backend, "error": exc.code})
-            return self._overran(job, attempt, adapter, token, age, exc)
-        if res.done:
-            if attempt.cancel_requested_at is not None and not overran:
-                # not our stop: the job ended (a cancel, its deadline) after this step read it,
-                # and the provider stopped as asked; that ending concludes the attempt
-                with self.db.connection() as conn:
-                    current = repo.get_job(conn, job.id)
-                if current is not None and current.is_final:
-                    return self.concluder.conclude(current, attempt, token)
-            # our stop for running too long; else (a stop for unreadable polls, or none) the
-            # provider's own ending says why
-            stopped = overrun(attempt, backend) if attempt.cancel_requested_at and overran else None
-            return self._concluded(job, attempt, res, token, age * 1000, error=stopped)
-        if overran:
-            return self._overran(job, attempt, adapter, token, age)
-        return self._schedule_poll(job, attempt, token, age)
-
-    def _overran(self, job: repo.JobRow, attempt: repo.AttemptRow, adapter: BackendAdapter,
-                 token: uuid.UUID, age: float, error: BackendError | None = None) -> Next:
-        """Stop an attempt that ran too long (or whose polls ``error``): ask the provider to
-        cancel it, conclude it when the answer says it ended, else look again until the
-        grace after the cancel passes, then close it uncertain."""
-        timeout = error or overrun(attempt, adapter.backend)
-        assert attempt.external_id is not None
-        now = self.clock()
-        limit = attempt.started_at + timedelta(
-            seconds=adapter.backend.timeouts.start_to_close_s)
-        # an overrun whose last stop was asked before it (for unreadable polls that then
-        # recovered) asks again: that grace has long passed
-        if attempt.cancel_requested_at is None or (
-                error is None and attempt.cancel_requested_at < limit):
-            answer = self.concluder.cancel_at_backend(adapter, attempt)
-            if answer is not None and answer.done:
-                # a failure the provider reports is its own reason, not our stop's
-                reason = timeout if error is None or answer.status == "cancelled" else None
-                return self._concluded(job, attempt, answer, token, age * 1000, error=reason)
-            return self._schedule_poll(job, attempt, token, age)
-        if now - attempt.cancel_requested_at > timedelta(seconds=self.poll_policy.grace_s):
-            # asked to stop and never said it did: what it billed cannot be known
-            return self.reconciler.uncertain(job, attempt, token, timeout)
-        return self._schedule_poll(job, attempt, token, age)
-
     def _concluded(
         self, job: repo.JobRow, attempt: repo.AttemptRow, res: PollResult, token: uuid.UUID,
         latency_ms: float, *, error: BackendError | None = None,
@@ -464,18 +400,4 @@ class JobRunner:
         return self._next_attempt(job, attempts, token)
 
     def _poll_delay(self, attempt: repo.AttemptRow, age_s: float) -> float:
-        expected = self.catalogue().get(attempt.backend).expected_latency_ms
-        return self.poll_policy.interval(age_s, None if expected is None else expected / 1000)
-
-    def _schedule_poll(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID,
-                       age_s: float, at_least: float | None = None) -> Next:
-        """The next look at a running attempt; ``at_least``: the provider's Retry-After,
-        honoured up to the job's deadline (whose step must not come late for it)."""
-        wait = at_least or 0.0
-        if wait and job.deadline_at is not None:
-            wait = min(wait, max(0.0, (job.deadline_at - self.clock()).total_seconds()))
-        delay = max(self._poll_delay(attempt, age_s), wait)
-        with self.db.connection() as conn:
-            if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
-                return DONE  # the sweeper gave the job a new chain; this one stops
-        return Next(delay)
+        return self.watcher.delay(attempt, age_s)
