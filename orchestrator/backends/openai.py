@@ -145,8 +145,19 @@ class OpenAIAdapter(HttpAdapter):
         data = self.request("POST", "/v1/images/generations", json=body, idempotency_key=key,
                             creates=True)
         items = data.get("data")
-        if not isinstance(items, list) or not items:
+        if not isinstance(items, list):
             raise self.malformed("no data")
+        if not items:
+            # answered, and no image: the provider's failure (another backend may do
+            # better), charged the answer's cost_usd (without one, no image returned is
+            # nothing by price)
+            cost, reported = self.cost(None, data.get("cost_usd"))
+            return Submission(external_id=_call_id(data, key), result=PollResult(
+                status="failed", usage=Usage(images=0, image_size=size),
+                cost_micros=cost or 0, reported_cost_micros=reported,
+                error=BackendFault(f"{self.name}: answered without images",
+                                   code="empty_output", backend=self.name),
+                provider_status="succeeded"))
         fmt = data.get("output_format") or body.get("output_format")
         media = IMAGE_TYPES.get(fmt.lower() if isinstance(fmt, str) else "", "image/png")
         urls: list[str] = []

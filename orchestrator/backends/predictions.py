@@ -144,9 +144,14 @@ class PredictionsAdapter(HttpAdapter):
         if status == "running":
             return PollResult(status="running", provider_status=raw)
         used = self._usage(data.get("metrics"))
+        error: BackendError | None = None
+        if status == "succeeded" and _nothing(data.get("output")):
+            # done, and nothing delivered: the provider's failure (another backend may do
+            # better), billed as its failures are, never taken for a lost answer
+            status, error = "failed", BackendFault(
+                f"{self.name}: succeeded without output", code="empty_output",
+                backend=self.name)
         if status == "succeeded":
-            if data.get("output") is None:
-                raise self.malformed("succeeded without output")
             if used is None and isinstance(self.backend.price, PerRequestPrice):
                 used = Usage()  # a flat price needs no usage
             # usage we cannot price is passed over for the provider's cost_usd; with neither,
@@ -165,7 +170,8 @@ class PredictionsAdapter(HttpAdapter):
         cost, reported = self.cost(used, data.get("cost_usd"), lenient=True)
         if cost is None and used is not None:
             raise self.malformed("usage cannot be priced")
-        error = self._failure(data.get("error")) if status == "failed" else None
+        if error is None and status == "failed":
+            error = self._failure(data.get("error"))
         return PollResult(
             status=status, usage=used, cost_micros=cost or 0, reported_cost_micros=reported,
             error=error, provider_status=raw,
@@ -224,3 +230,17 @@ class PredictionsAdapter(HttpAdapter):
         if code:
             fault.details["provider_code"] = code
         return fault
+
+
+def _nothing(output: Any) -> bool:
+    """A succeeded prediction's ``output`` that delivers nothing: absent, null, an empty
+    string, list or object, or a list of only such."""
+    if output is None:
+        return True
+    if isinstance(output, str):
+        return not output.strip()
+    if isinstance(output, list):
+        return all(_nothing(item) for item in output)
+    if isinstance(output, dict):
+        return not output
+    return False

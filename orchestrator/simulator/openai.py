@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 
 from orchestrator.domain.catalogue import BackendSpec
 from orchestrator.domain.jobs import Kind
-from orchestrator.domain.pricing import actual_micros
+from orchestrator.domain.pricing import Usage, actual_micros
 from orchestrator.simulator.core import (
     Outcome,
     Simulator,
@@ -101,6 +101,8 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
         usage = scaled_usage(usage_for(spec, job), st.control.usage_factor)
         iid = "img-" + uuid.uuid4().hex
         b64 = st.control.image_format == "b64_json"
+        if st.control.empty_output:  # no image returned, none billed
+            usage = Usage(images=0, image_size=usage.image_size)
         return made(st, key, actual_micros(spec, usage), {
             "id": iid, "created": int(time.time()),
             "data": [{"b64_json": TINY_PNG_B64} if b64 else {"url": f"{base}/files/{iid}-{i}.png"}

@@ -78,11 +78,12 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
                      "cancel": f"{base}/v1/predictions/{p.id}/cancel"},
         }
         if status == "succeeded":
+            output = None if st.control.empty_output else p.output
             if st.control.report_usage:
-                out.update(output=p.output, cost_usd=usd(p.cost_micros),
+                out.update(output=output, cost_usd=usd(p.cost_micros),
                            metrics={**metrics_of(p.usage), "predict_time": p.duration_s})
             else:  # as Replicate answers: the run's time, no usage, no cost (billed the same)
-                out.update(output=p.output, metrics={"predict_time": p.duration_s})
+                out.update(output=output, metrics={"predict_time": p.duration_s})
         elif status == "failed" and p.billed_by_time:  # the run's time, as on success
             out.update(error=p.failure, metrics=metrics_of(p.usage))
             if st.control.report_usage:

@@ -70,6 +70,9 @@ class Control(BaseModel):
       OpenAI-compatible servers may omit ``usage``); the work is billed all the same.
     - ``image_format``: ``b64_json``: images come back as base64 data, not URLs (OpenAI's
       gpt-image models answer only so).
+    - ``empty_output``: true: a prediction that succeeds answers ``output: null`` (read when
+      the answer is made; billed all the same), and an OpenAI image call answers ``data: []``
+      (no image: billed nothing): a provider that says done and delivers nothing.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -92,6 +95,7 @@ class Control(BaseModel):
     fail_job_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     report_usage: bool = True
     image_format: ImageFormat = "url"
+    empty_output: bool = False
 
 
 class ControlUpdate(BaseModel):
@@ -119,6 +123,7 @@ class ControlUpdate(BaseModel):
     fail_job_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     report_usage: bool | None = None
     image_format: ImageFormat | None = None
+    empty_output: bool | None = None
 
 
 @dataclass(slots=True)

@@ -269,6 +269,29 @@ def test_failed_predictions_carry_a_classified_error(
     assert crash.error.code == "prediction_failed" and crash.error.strike is True
 
 
+def test_a_success_without_output_is_a_billed_failure_of_the_backend(
+    sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
+) -> None:
+    """``succeeded`` with nothing delivered (a null prediction output, an image call's empty
+    ``data``) is the provider's failure: read, charged what the answer bills, and a strike
+    (another backend may do better), never an unreadable answer."""
+    sim.control("vid-a", duration_ms=0, empty_output=True)
+    a = adapter(sim, "vid-a", http, sleeps)
+    res = poll_until_done(a, a.submit(video(duration_s=4.0), "j-empty:1").external_id)
+    assert res.status == "failed" and isinstance(res.error, BackendFault)
+    assert res.error.code == "empty_output" and res.error.strike is True
+    assert res.output is None
+    (bill,) = [b["cost_micros"] for b in sim.state("vid-a")["bills"]]
+    assert res.cost_micros == bill > 0  # billed all the same, and charged so
+
+    sim.control("img-a", empty_output=True)
+    sub = adapter(sim, "img-a", http, sleeps).submit(
+        spec_of("image", {"prompt": "a fox", "n": 2, "size": "512x512"}), "j-empty:2")
+    assert sub.result is not None and sub.result.status == "failed"
+    assert isinstance(sub.result.error, BackendFault)
+    assert sub.result.error.code == "empty_output" and sub.result.cost_micros == 0
+
+
 def test_retry_after_is_honoured(
     sim: Sim, http: httpx.BaseTransport, sleeps: RecordingSleep
 ) -> None:

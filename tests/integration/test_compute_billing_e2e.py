@@ -125,3 +125,24 @@ def test_a_cancelled_run_is_charged_the_time_it_ran(rig: Rig) -> None:
     assert attempt.outcome == "cancelled" and attempt.cost_micros == bill
     assert rig.job(job_id).cost_micros == bill
     assert rig.ledger() == (bill, 0)
+
+
+def test_a_run_that_succeeds_without_output_is_charged_its_time_and_fails_over(
+        rig: Rig) -> None:
+    """A provider that says ``succeeded`` and delivers nothing (``output: null``) billed the
+    run: the attempt fails as the backend's fault, charged that bill, and another backend
+    does the job. It is not taken for an unreadable answer (closed uncertain, charged
+    nothing)."""
+    rig.control("gpu-a", duration_ms=400, report_usage=False, empty_output=True)
+    rig.control("gpu-b", duration_ms=300, report_usage=False)
+    rig.start_worker()
+    (job,) = rig.wait_final([rig.submit(video())])
+
+    assert job.status == "succeeded" and job.backend == "gpu-b", job.error_code
+    first, second = rig.attempts(job.id)
+    assert (first.backend, first.outcome, first.error_code) == ("gpu-a", "failed",
+                                                                "empty_output")
+    assert first.possible_cost_micros is None  # a bill, not a worst case
+    assert billed(rig, "gpu-a") == [first.cost_micros] == [4_000]  # 0.4 s x $0.01
+    assert billed(rig, "gpu-b") == [second.cost_micros] == [6_000]
+    assert rig.ledger() == (10_000, 0)

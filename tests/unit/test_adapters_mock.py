@@ -122,7 +122,7 @@ CHAT = {"id": "c1", "choices": [{"message": {"content": "ok"}, "finish_reason": 
         ("img", IMAGE, {"data": [{"b64_json": ""}], "cost_usd": 0.04}, "not base64"),
         ("img", IMAGE, {"data": [{"b64_json": "iVBO\u0000Rw=="}], "cost_usd": 0.04},
          "not base64"),  # jsonb could not store it
-        ("img", IMAGE, {"data": [], "cost_usd": 0.04}, "no data"),
+        ("img", IMAGE, {"data": None, "cost_usd": 0.04}, "no data"),
     ],
 )
 def test_unreadable_submit_answers_are_outcomes_unknown_not_retried(
@@ -141,6 +141,26 @@ def test_unreadable_submit_answers_are_outcomes_unknown_not_retried(
         mock(name, handler).submit(job, "k1")
     assert info.value.details["cause"] == "malformed_response" and what in info.value.message
     assert info.value.strike is True and len(calls) == 1
+
+
+@pytest.mark.parametrize("output", [None, "", "  ", [], [None, ""], {}])
+def test_a_prediction_that_succeeds_with_nothing_is_a_billed_failure(output: Any) -> None:
+    """Done, and nothing delivered: the backend's failure (a strike; another backend may do
+    better), charged what the answer bills, not an unreadable answer closed uncertain."""
+    res = mock("vid", answer(prediction(output=output))).poll("p1")
+    assert res.status == "failed" and res.output is None
+    assert isinstance(res.error, BackendFault) and res.error.code == "empty_output"
+    assert res.error.strike is True
+    assert res.cost_micros == 400_000  # its metrics priced: 4 s x $0.1, as on success
+
+
+@pytest.mark.parametrize(("cost_usd", "charged"), [(0.04, 40_000), (None, 0)])
+def test_an_image_call_answered_with_no_image_is_a_failure_charged_its_cost(
+        cost_usd: float | None, charged: int) -> None:
+    sub = mock("img", answer({"data": [], "cost_usd": cost_usd})).submit(IMAGE, "k1")
+    assert sub.result is not None and sub.result.status == "failed"
+    assert isinstance(sub.result.error, BackendFault)
+    assert sub.result.error.code == "empty_output" and sub.result.cost_micros == charged
 
 
 @pytest.mark.parametrize("status", ["warming", "QUEUED", "IN_PROGRESS"])
@@ -220,7 +240,6 @@ def test_the_unknown_statuses_remembered_are_bounded(
 @pytest.mark.parametrize(
     ("body", "what"),
     [
-        (prediction(output=None), "without output"),
         (prediction(metrics={"video_seconds": "4"}), "video_seconds"),
         (prediction(metrics={"video_seconds": 4, "resolution": 720}), "resolution"),
         ({"id": "p1", "output": "http://x/v.mp4"}, "no status"),
