@@ -227,8 +227,9 @@ class Concluder:
         try:
             return adapter.cancel(attempt.external_id)
         except BackendError as exc:
-            log.warning("cancel at backend failed", extra={"backend": adapter.name,
-                                                           "error": exc.code})
+            log.warning("cancel at backend failed", extra={
+                "job_id": str(attempt.job_id), "attempt": attempt.number,
+                "backend": adapter.name, "error": exc.code})
             return None
 
     @staticmethod
