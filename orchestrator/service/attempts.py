@@ -144,3 +144,23 @@ def possible_cost(cat: Catalogue, job: repo.JobRow, backend: str) -> int:
         if c.get("backend") == backend and c.get("estimated_cost_usd") is not None:
             return round(float(c["estimated_cost_usd"]) * 1_000_000)
     return job.estimated_cost_micros
+
+
+RATE_LIMIT_BACKOFF_MAX_S = 60.0
+
+
+def turned_away(attempt: repo.AttemptRow) -> bool:
+    """Whether the provider refused the attempt's create for its rate limit (a 429 that
+    outlasted the call's own retries): nothing was made, so the backend may be asked again."""
+    return (attempt.external_id is None and attempt.outcome == "failed"
+            and attempt.error_code == "rate_limited")
+
+
+def rate_limit_wait(error: BackendError | None, refusals: int) -> float:
+    """How long a job whose every backend turned it away waits before asking again: the
+    provider's ``Retry-After``, else an exponential backoff (2, 4, … 60 s) over the number of
+    refusals so far."""
+    after = error.retry_after_s if isinstance(error, TransientError) else None
+    if after is not None:
+        return after
+    return min(RATE_LIMIT_BACKOFF_MAX_S, 2.0 ** max(1, refusals))

@@ -59,7 +59,9 @@ from orchestrator.service.attempts import (
     billed,
     closing_of,
     failure,
+    rate_limit_wait,
     reference,
+    turned_away,
 )
 from orchestrator.service.cache import ResultCache
 from orchestrator.service.conclude import Concluder
@@ -261,16 +263,17 @@ class JobRunner:
     ) -> Opened:
         """Take a breaker ticket for the next untried backend of the plan and write its
         attempt row (the checkpoint before any backend call), if the chain holding
-        ``token`` still runs the job. A backend tried once is never tried again, whatever
-        became of that attempt (an uncertain one above all)."""
+        ``token`` still runs the job. With none left, a backend whose every attempt it turned
+        away for its rate limit (nothing made) is asked again."""
         plan = RoutePlan.from_quote(job.route or {})
         cat = self.catalogue()
-        tried = {a.backend for a in attempts}
+        candidates = self._untried(plan, attempts)
+        if not candidates:  # a backend that only turned the job away for its rate limit
+            candidates = [name for name in plan.backends if name in cat and all(
+                turned_away(a) for a in attempts if a.backend == name)]
         refused: list[str] = []
         full: list[str] = []
-        for name in plan.backends:
-            if name in tried or name not in cat:
-                continue
+        for name in candidates:
             ticket = self._acquire(cat.get(name))
             if not ticket.allowed:
                 refused.append(f"{name}: {ticket.refusal}")
@@ -397,7 +400,28 @@ class JobRunner:
         self.endings.close(job, attempt, closing)
         with self.db.connection() as conn:
             attempts = repo.attempts(conn, job.id)
+            closed = replace(attempt, outcome=closing.status,
+                             error_code=closing.error.code if closing.error else None)
+            plan = RoutePlan.from_quote(job.route or {})
+            if turned_away(closed) and not self._untried(plan, attempts):
+                # every backend of the plan was tried, and this one only turned the job away
+                # for its rate limit: it is asked again once its limit allows (or the job's
+                # deadline ends the wait), not failed over to nothing or failed at once
+                delay = rate_limit_wait(closing.error, sum(map(turned_away, attempts)))
+                if job.deadline_at is not None:
+                    delay = min(delay, max(0.0, (job.deadline_at - self.clock()).total_seconds()))
+                if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
+                    return DONE
+                return Next(delay)
         return self._next_attempt(job, attempts, token)
+
+    def _untried(self, plan: RoutePlan, attempts: list[repo.AttemptRow]) -> list[str]:
+        """The plan's backends, in its order, still in the catalogue and never tried for the
+        job. A backend tried once is not tried again, whatever became of that attempt (an
+        uncertain one above all), unless it only turned the job away (``_open_next``)."""
+        tried = {a.backend for a in attempts}
+        cat = self.catalogue()
+        return [name for name in plan.backends if name not in tried and name in cat]
 
     def _poll_delay(self, attempt: repo.AttemptRow, age_s: float) -> float:
         return self.watcher.delay(attempt, age_s)

@@ -208,3 +208,43 @@ def test_a_job_fault_fails_fast_without_a_strike(rig: Rig) -> None:
     assert [a.backend for a in rig.attempts(job.id)] == ["vid-cheap"]  # no failover
     assert rig.container.health.breaker("vid-cheap").strikes == 0
     assert rig.ledger() == (0, 0)
+
+
+def test_a_rate_limited_backend_is_asked_again_once_its_limit_allows(rig: Rig) -> None:
+    """A 429 that outlasts the call's own retries made nothing: a job with no other backend
+    left (pinned here) waits and asks the same backend again, instead of failing at once;
+    one provider job is made and charged once."""
+    budget(rig)
+    rig.control("vid-cheap", duration_ms=200, status_code=429, times=4)  # the call's 4 tries
+    rig.start_worker()
+    (job,) = rig.wait_final([rig.submit(video(backend="vid-cheap"))], timeout=60)
+
+    assert job.status == "succeeded" and job.backend == "vid-cheap", job.error_code
+    first, second = rig.attempts(job.id)
+    assert (first.backend, first.outcome, first.error_code, first.external_id) == (
+        "vid-cheap", "failed", "rate_limited", None)
+    assert (second.backend, second.outcome) == ("vid-cheap", "succeeded")
+    assert (second.started_at - first.started_at).total_seconds() >= 2  # waited, then asked
+    counters = rig.counters("vid-cheap")
+    assert counters["created"] == 1 and counters["submissions"] == 5
+    assert rig.ledger() == (job.cost_micros, 0) and job.cost_micros == second.cost_micros
+    assert rig.container.health.breaker("vid-cheap").strikes == 0  # no strike for a 429
+
+
+def test_a_backend_rate_limited_past_the_deadline_fails_the_job_at_its_deadline(
+        rig: Rig) -> None:
+    """Retry-After beyond the job's deadline: the job waits until the deadline, then fails
+    ``deadline_exceeded``, having made and paid nothing."""
+    budget(rig)
+    rig.control("vid-cheap", status_code=429, retry_after_s=600)
+    rig.start_worker()
+    rig.wait_worker_ready()  # the deadline must not be spent on the worker's start-up
+    (job,) = rig.wait_final([rig.submit(video(backend="vid-cheap", deadline_s=3))], timeout=30)
+
+    assert job.status == "failed" and job.error_code == "deadline_exceeded"
+    assert job.finished_at is not None and job.deadline_at is not None
+    assert job.finished_at >= job.deadline_at  # not failed at the first 429
+    (attempt,) = rig.attempts(job.id)
+    assert attempt.error_code == "rate_limited"
+    assert rig.counters("vid-cheap")["created"] == 0
+    assert rig.ledger() == (0, 0)
