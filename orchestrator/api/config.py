@@ -70,7 +70,8 @@ class ApiConfig:
         return {
             # the connection cap is the protocol's (uvicorn's answers 503 in plain text)
             "http": edge_protocol(self.header_timeout_s, self.max_header_bytes,
-                                  self.limit_concurrency),
+                                  self.limit_concurrency, body_timeout_s=self.body_timeout_s,
+                                  max_body_bytes=self.max_body_bytes),
             "timeout_keep_alive": self.timeout_keep_alive_s,
             "backlog": self.backlog,
             "proxy_headers": bool(trusted),
