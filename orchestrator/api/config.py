@@ -2,10 +2,12 @@
 
     ORCH_API_RATE_LIMIT            requests per tenant per window (default 6000)
     ORCH_API_RATE_WINDOW_S         window length in seconds (default 60)
-    ORCH_API_MAX_BODY_BYTES        largest accepted request body (default 1 MiB): 413
+    ORCH_API_MAX_BODY_BYTES        largest accepted request body (default 1 MiB): 413; a body
+                                   the route never reads is cut by the protocol too
     ORCH_API_KEY_CACHE_S           how long a verified key is trusted without the database
                                    (default 5; a revoked key stops working within this)
-    ORCH_API_BODY_TIMEOUT_S        the whole body must arrive within this (default 10): 408
+    ORCH_API_BODY_TIMEOUT_S        the whole body must arrive within this (default 10): 408,
+                                   read or not (api.protocol)
     ORCH_API_HEADER_TIMEOUT_S      the request line and headers must arrive within this
                                    (default 10), else the connection is closed
     ORCH_API_MAX_HEADER_BYTES      largest request line plus headers (default 32 KiB): 431
@@ -70,7 +72,8 @@ class ApiConfig:
         return {
             # the connection cap is the protocol's (uvicorn's answers 503 in plain text)
             "http": edge_protocol(self.header_timeout_s, self.max_header_bytes,
-                                  self.limit_concurrency),
+                                  self.limit_concurrency, body_timeout_s=self.body_timeout_s,
+                                  max_body_bytes=self.max_body_bytes),
             "timeout_keep_alive": self.timeout_keep_alive_s,
             "backlog": self.backlog,
             "proxy_headers": bool(trusted),

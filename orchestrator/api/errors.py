@@ -107,6 +107,17 @@ class ResultExpired(RequestError):
     code = "result_expired"
 
 
+class BodyRefused(StarletteHTTPException):
+    """A body limit's 408 or 413, raised from ``receive`` by the middleware (FastAPI re-raises
+    HTTPExceptions met while reading the body): answered with ``details`` and
+    ``Connection: close``, as the rest of the body is not read."""
+
+    def __init__(self, status_code: int, message: str,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(status_code, message, headers={"Connection": "close"})
+        self.details = details
+
+
 def envelope(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
@@ -235,7 +246,8 @@ def install(app: FastAPI) -> None:
                 403: "forbidden", 408: "request_timeout",
                 413: "payload_too_large"}.get(exc.status_code, "http_error")
         message = str(exc.detail) if exc.detail else code.replace("_", " ")
-        return error_response(exc.status_code, code, message, None,
+        details = exc.details if isinstance(exc, BodyRefused) else None
+        return error_response(exc.status_code, code, message, details,
                               dict(exc.headers) if exc.headers else None)
 
 

@@ -11,6 +11,10 @@ is read; a chunked body is counted as it streams and refused as soon as it passe
 ``BodyDeadline``: the whole body must arrive within ``timeout_s`` of the app's first read of
 it, else ``408 request_timeout`` and the connection is closed, so a client trickling a body
 holds neither a worker thread nor a connection for long.
+
+Both refusals close the connection: the rest of the body is not read. Both bound only a body
+the app reads; one it never reads (``GET /healthz`` with a body) is bounded by the protocol
+(:mod:`orchestrator.api.protocol`), a little past these same limits.
 """
 
 from __future__ import annotations
@@ -22,12 +26,11 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator import metrics
-from orchestrator.api.errors import envelope, log_outage
+from orchestrator.api.errors import BodyRefused, envelope, log_outage
 from orchestrator.api.paths import STREAM_PATHS, flat_routes
 from orchestrator.metrics import catalogue as m
 from orchestrator.outage import unavailable
@@ -49,12 +52,12 @@ async def send_error(send: Send, status: int, code: str, message: str,
     await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(HTTPException):
+class _TooLarge(BodyRefused):
     """Raised from ``receive``: FastAPI re-raises HTTPExceptions met while reading the body,
-    so the app's handler answers 413 with the envelope."""
+    so the app's handler answers 413 with the envelope (``details.max_bytes``) and closes."""
 
 
-class _TooSlow(HTTPException):
+class _TooSlow(BodyRefused):
     """Raised from ``receive`` when the body's deadline passes; answered 408 like _TooLarge."""
 
 
@@ -122,7 +125,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge(413, self._message())
+                    raise _TooLarge(413, self._message(), {"max_bytes": self.max_bytes})
             return message
 
         tracked = _TrackedSend(send)
@@ -163,7 +166,7 @@ class BodyDeadline:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                raise _TooSlow(408, self._message(), headers={"Connection": "close"}) from None
+                raise _TooSlow(408, self._message()) from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 complete = True
             return message

@@ -2,7 +2,9 @@
 
 uvicorn bounds neither the time nor the size of a request head (request line and headers):
 a connection that opens and sends nothing, or a header a byte at a time, is held forever, and
-httptools buffers a header of any length. So, per connection:
+httptools buffers a header of any length. Nor does it bound a body the app does not read: once
+the response is out it reads and discards the rest, however long and however slow. So, per
+connection:
 
 - **head deadline**: the head must be complete within ``header_timeout_s`` of the connection
   opening (on a kept-alive connection, of the request's first byte; idleness between requests
@@ -11,6 +13,12 @@ httptools buffers a header of any length. So, per connection:
 - **head size**: a head larger than ``max_header_bytes`` is ``431 headers_too_large``
   (checked when it is complete, and after each read while it is not, so at most one read
   past the limit is ever buffered);
+- **body deadline and size**: the body must be complete within ``body_timeout_s`` (plus
+  ``BODY_GRACE_S``) of the head, and at most ``max_body_bytes`` (plus ``BODY_SLACK_BYTES``),
+  whether the app reads it or not; else ``408 request_timeout`` or ``413 payload_too_large``
+  if no response has started, and a close in any case. A route that reads its body meets the
+  middleware's limits (``BodyDeadline``, ``BodySizeLimit``) first and is answered by the app:
+  these are for the body nobody reads (``GET /healthz`` with ``Content-Length: 1000000``);
 - **connection cap**: a request that arrives while more than ``limit_concurrency`` connections
   are open, or as many requests run, is answered ``503 unavailable`` at once, with the
   error envelope (uvicorn's own cap answers in plain text, so it is left off and done here).
@@ -25,16 +33,27 @@ import json
 import logging
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from orchestrator.api.errors import envelope
 
 log = logging.getLogger("orchestrator.api")
 
+# The middleware's body deadline starts at the app's first read, after the gate has looked the
+# key up: the protocol's waits this much longer, so a route reading its body gets the app's 408.
+BODY_GRACE_S = 1.0
+# What uvicorn may hold unread ahead of an app that reads its body: it stops reading past
+# HIGH_WATER_LIMIT, but only after the read in hand (at most 256 KiB, asyncio's and uvloop's).
+# So such an app has seen more than the limit, and answered 413, before the protocol counts
+# this much past it.
+BODY_SLACK_BYTES = HIGH_WATER_LIMIT + 256 * 1024
+
 
 def _response(status: int, code: str, message: str,
-              extra: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
-    body = json.dumps(envelope(code, message)).encode()
+              extra: tuple[tuple[bytes, bytes], ...] = (),
+              details: dict[str, Any] | None = None) -> bytes:
+    body = json.dumps(envelope(code, message, details)).encode()
     head = [STATUS_LINE[status], b"content-type: application/json\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n"]
     head += [name + b": " + value + b"\r\n" for name, value in extra]
@@ -62,6 +81,8 @@ class EdgeProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
     max_header_bytes: int = 32 * 1024
     connection_cap: int | None = None
+    body_timeout_s: float = 10.0
+    max_body_bytes: int = 1024 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -69,6 +90,8 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_pending = True  # a request head is due (or under way)
         self._head_begun = False
         self._head_bytes = 0
+        self._body_timer: asyncio.TimerHandle | None = None  # armed while a body arrives
+        self._body_bytes = 0
 
     # -- head deadline and size ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -77,6 +100,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_body()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -121,8 +145,60 @@ class EdgeProtocol(HttpToolsProtocol):
                 super().on_headers_complete()
             finally:
                 self.app = app
+        else:
+            super().on_headers_complete()
+        if not (self.parser.should_upgrade() and self._should_upgrade()):
+            # the body, if any, is due now; a request without one completes in this same read
+            self._body_bytes = 0
+            self._disarm_body()
+            self._body_timer = self.loop.call_later(self.body_timeout_s + BODY_GRACE_S,
+                                                    self._body_timeout)
+
+    # -- body deadline and size ---------------------------------------------------------------
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self.max_body_bytes + BODY_SLACK_BYTES:
+            self._cut(413, "payload_too_large",
+                      f"request body is larger than the limit of {self.max_body_bytes} bytes",
+                      {"max_bytes": self.max_body_bytes})
+            raise _Refused  # the rest of this read is not parsed
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm_body()
+        super().on_message_complete()
+
+    def _disarm_body(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timeout(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
             return
-        super().on_headers_complete()
+        if self.pipeline:  # queued behind a running request, and uvicorn is not reading it
+            self._body_timer = self.loop.call_later(self.body_timeout_s + BODY_GRACE_S,
+                                                    self._body_timeout)
+            return
+        self._cut(408, "request_timeout",
+                  f"the request body did not arrive within {self.body_timeout_s:g} s")
+
+    def _cut(self, status: int, code: str, message: str,
+             details: dict[str, Any] | None = None) -> None:
+        """Stop the request whose body is arriving: answered if its response has not started
+        (and none before it is running), else just closed. Its app may still be running: its
+        reads now see ``http.disconnect`` and its sends are dropped (uvicorn's
+        ``disconnected``), so nothing it writes follows this answer."""
+        self._head_pending = False
+        self._disarm()
+        self._disarm_body()
+        cycle = self.cycle
+        if not self.pipeline and not cycle.response_started:
+            self.transport.write(_response(status, code, message, details=details))
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self.transport.close()
 
     def _arm(self) -> None:
         self._disarm()
@@ -159,8 +235,10 @@ class EdgeProtocol(HttpToolsProtocol):
 
 
 def edge_protocol(header_timeout_s: float, max_header_bytes: int,
-                  connection_cap: int | None) -> type[EdgeProtocol]:
+                  connection_cap: int | None, *, body_timeout_s: float,
+                  max_body_bytes: int) -> type[EdgeProtocol]:
     """:class:`EdgeProtocol` with these limits (uvicorn's ``http=`` takes a class)."""
     return type("EdgeProtocol", (EdgeProtocol,), {
         "header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes,
-        "connection_cap": connection_cap})
+        "connection_cap": connection_cap, "body_timeout_s": body_timeout_s,
+        "max_body_bytes": max_body_bytes})
