@@ -25,6 +25,8 @@ or cancelled one is charged the same way, and nothing when it reports neither (a
 from __future__ import annotations
 
 import re
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -144,6 +146,11 @@ class PredictionsAdapter(HttpAdapter):
         if status == "running":
             return PollResult(status="running", provider_status=raw)
         used = self._usage(data.get("metrics"))
+        if isinstance(self.backend.price, PerComputeSecondPrice) and (
+                used is None or used.compute_seconds is None):
+            ran = _run_time(data)  # no predict_time: the run's own timestamps, where given
+            if ran is not None:
+                used = replace(used or Usage(), compute_seconds=ran)
         error: BackendError | None = None
         if status == "succeeded" and _nothing(data.get("output")):
             # done, and nothing delivered: the provider's failure (another backend may do
@@ -244,3 +251,17 @@ def _nothing(output: Any) -> bool:
     if isinstance(output, dict):
         return not output
     return False
+
+
+def _run_time(data: dict[str, Any]) -> float | None:
+    """Seconds between a prediction's ``started_at`` and ``completed_at`` (Replicate's ISO 8601
+    timestamps); None when either is missing or unreadable: the run time cannot be told."""
+    started, completed = data.get("started_at"), data.get("completed_at")
+    if not isinstance(started, str) or not isinstance(completed, str):
+        return None
+    try:
+        seconds = (datetime.fromisoformat(completed) - datetime.fromisoformat(started)
+                   ).total_seconds()
+    except (ValueError, TypeError):  # unreadable, or one naive and one aware
+        return None
+    return seconds if 0 <= seconds <= 10**9 else None

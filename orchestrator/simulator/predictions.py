@@ -25,6 +25,11 @@ f = 0, ``cost_usd`` 0 without metrics. With ``report_usage`` false (read when th
 made), a succeeded prediction reports ``metrics: {"predict_time": <seconds>}`` only and no
 ``cost_usd``, as Replicate's do; it is billed its full run all the same.
 
+Every prediction names its ``started_at`` (its creation: it starts at once) and, once it
+ended, its ``completed_at``, as Replicate's do. With ``report_run_time`` false, no answer
+carries ``metrics.predict_time`` (a provider that tells the run's time by its timestamps
+only); it is billed the same.
+
 A ``per_compute_second`` backend bills the run's time, as Replicate's hardware prices do: its
 ``metrics.predict_time`` is ``duration_ms`` (``usage_factor`` does not change it), a failed
 prediction is billed and reports it as a succeeded one does, and a cancelled one is billed
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
@@ -73,6 +78,7 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
         status = p.status(sim.clock())
         out: dict[str, Any] = {
             "id": p.id, "model": st.name, "status": status, "created_at": p.created_at,
+            "started_at": p.created_at, "completed_at": None,
             "idempotency_key": p.reference, "output": None, "error": None, "metrics": None,
             "urls": {"get": f"{base}/v1/predictions/{p.id}",
                      "cancel": f"{base}/v1/predictions/{p.id}/cancel"},
@@ -95,6 +101,12 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
             if p.canceled_usage is not None:
                 out["metrics"] = {**metrics_of(p.canceled_usage),
                                   "predict_time": p.ended() - p.created}
+        if status in ("succeeded", "failed", "canceled"):
+            ended = datetime.fromisoformat(p.created_at) + timedelta(seconds=p.ended() - p.created)
+            out["completed_at"] = ended.isoformat()
+        if not st.control.report_run_time and out["metrics"]:
+            rest = {k: v for k, v in out["metrics"].items() if k != "predict_time"}
+            out["metrics"] = rest or None
         return out
 
     def create(spec: BackendSpec, st: BackendState, base: str, body: dict[str, Any],

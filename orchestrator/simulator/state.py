@@ -73,6 +73,8 @@ class Control(BaseModel):
     - ``empty_output``: true: a prediction that succeeds answers ``output: null`` (read when
       the answer is made; billed all the same), and an OpenAI image call answers ``data: []``
       (no image: billed nothing): a provider that says done and delivers nothing.
+    - ``report_run_time``: false: predictions answer no ``metrics.predict_time``; their
+      ``started_at`` and ``completed_at`` still tell the run's time (billed all the same).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -96,6 +98,7 @@ class Control(BaseModel):
     report_usage: bool = True
     image_format: ImageFormat = "url"
     empty_output: bool = False
+    report_run_time: bool = True
 
 
 class ControlUpdate(BaseModel):
@@ -124,6 +127,7 @@ class ControlUpdate(BaseModel):
     report_usage: bool | None = None
     image_format: ImageFormat | None = None
     empty_output: bool | None = None
+    report_run_time: bool | None = None
 
 
 @dataclass(slots=True)

@@ -146,3 +146,22 @@ def test_a_run_that_succeeds_without_output_is_charged_its_time_and_fails_over(
     assert billed(rig, "gpu-a") == [first.cost_micros] == [4_000]  # 0.4 s x $0.01
     assert billed(rig, "gpu-b") == [second.cost_micros] == [6_000]
     assert rig.ledger() == (10_000, 0)
+
+
+def test_without_predict_time_the_run_is_charged_by_its_timestamps(rig: Rig) -> None:
+    """A provider whose answers tell the run's time only by ``started_at`` and
+    ``completed_at`` (no ``metrics.predict_time``): a failed run is charged that time, not
+    nothing, and a success that time, not its worst case."""
+    rig.control("gpu-a", duration_ms=400, fail_job_rate=1.0, report_usage=False,
+                report_run_time=False)
+    rig.control("gpu-b", duration_ms=300, report_usage=False, report_run_time=False)
+    rig.start_worker()
+    (job,) = rig.wait_final([rig.submit(video())])
+
+    assert job.status == "succeeded" and job.backend == "gpu-b", job.error_code
+    first, second = rig.attempts(job.id)
+    assert (first.outcome, second.outcome) == ("failed", "succeeded")
+    assert billed(rig, "gpu-a") == [first.cost_micros] == [4_000]  # 0.4 s x $0.01
+    assert billed(rig, "gpu-b") == [second.cost_micros] == [6_000]  # 0.3 s x $0.02
+    assert second.possible_cost_micros is None  # a bill, not a worst case
+    assert rig.ledger() == (10_000, 0)

@@ -163,6 +163,37 @@ def test_an_image_call_answered_with_no_image_is_a_failure_charged_its_cost(
     assert sub.result.error.code == "empty_output" and sub.result.cost_micros == charged
 
 
+@pytest.mark.parametrize(
+    ("fields", "charged", "unpriced"),
+    [
+        # Replicate's timestamps, a run of 12.5 s: charged at $0.0014/s
+        ({"started_at": "2026-01-05T10:00:00.000000Z",
+          "completed_at": "2026-01-05T10:00:12.500000Z"}, 17_500, False),
+        ({"started_at": "2026-01-05T10:00:00+00:00",
+          "completed_at": "2026-01-05T10:00:12.5+00:00"}, 17_500, False),
+        # no run time to tell: a success is charged its worst case (unpriced)
+        ({"started_at": "2026-01-05T10:00:00Z", "completed_at": None}, None, True),
+        ({"started_at": "soon", "completed_at": "later"}, None, True),
+        ({"started_at": "2026-01-05T10:00:12Z", "completed_at": "2026-01-05T10:00:00Z"},
+         None, True),  # ends before it starts
+    ],
+)
+def test_a_run_without_predict_time_is_priced_by_its_timestamps(
+        fields: dict[str, Any], charged: int | None, unpriced: bool) -> None:
+    body = {"id": "p1", "status": "succeeded", "output": "http://x/v.mp4", "metrics": None,
+            **fields}
+    res = mock("gpu", answer(body)).poll("p1")
+    assert res.status == "succeeded" and res.cost_micros == charged
+    assert res.unpriced is unpriced
+
+
+def test_a_cancelled_run_without_predict_time_is_charged_the_time_it_ran() -> None:
+    body = {"id": "p1", "status": "canceled", "metrics": {},
+            "started_at": "2026-01-05T10:00:00Z", "completed_at": "2026-01-05T10:00:02Z"}
+    res = mock("gpu", answer(body)).poll("p1")
+    assert res.status == "cancelled" and res.cost_micros == 2_800  # 2 s x $0.0014
+
+
 @pytest.mark.parametrize("status", ["warming", "QUEUED", "IN_PROGRESS"])
 def test_a_prediction_in_a_status_we_do_not_know_is_running(status: str) -> None:
     """The provider named the work: it is polled on, not dropped while it may still bill."""
