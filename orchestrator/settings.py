@@ -280,7 +280,7 @@ class Settings(BaseSettings):
     @classmethod
     def _http_url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s):// URL, got {v!r}")
+            raise ValueError(f"must be an http(s):// URL, got {_redact(v)!r}")
         return v.rstrip("/")
 
 
