@@ -87,15 +87,21 @@ def restore(
 ) -> None:
     """Load an archive into the database in one transaction: refused for a database that is
     not empty (unless --force), while other sessions are connected, or for an archive of a
-    newer schema; an older one is migrated afterwards. Ends with the ledger audit."""
+    newer schema; an older one is migrated afterwards. Ends with the ledger audit, and a
+    warning when this machine's secret key does not open the restored secrets."""
     from orchestrator.backup import PgTools, restore_backup
+    from orchestrator.backup.keycheck import key_warning
+    from orchestrator.settings import get_settings
 
     with database(create_if_missing=True) as (url, external):
         report = restore_backup(url, path, PgTools.locate(external=external), force=force)
+        warning = key_warning(url, get_settings())
     if report.problems:
         fail(f"restored into {report.where}, but the ledger audit found "
              f"{len(report.problems)} problem(s), first: {report.problems[0]}")
     typer.echo(report.summary())
+    if warning:
+        typer.echo(warning, err=True)
 
 
 def register(app: typer.Typer) -> None:
