@@ -44,6 +44,11 @@ def database(*, create_if_missing: bool) -> Iterator[tuple[str, bool]]:
     pgdata = settings.data_dir / "postgres" / "pgdata"
     if not (pgdata / "PG_VERSION").exists() and not create_if_missing:
         fail(f"ORCH_DATABASE_URL is not set and there is no embedded database in {pgdata}")
+    from orchestrator.embedded.postgres import server_gid
+    from orchestrator.embedded.private import private_dir
+
+    # a new machine's data dir is made as `up` makes it (its owner's alone), not 0755
+    private_dir(settings.data_dir, traverse_gid=server_gid())
     pg = EmbeddedPostgres(settings.data_dir / "postgres")
     started = pg.start()
     try:
