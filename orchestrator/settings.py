@@ -7,6 +7,7 @@ A bad value fails at start with one line naming the setting, e.g.::
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from functools import lru_cache
@@ -268,6 +269,28 @@ class Settings(BaseSettings):
         parse_allow(v)  # ValueError names the bad entry
         return v
 
+    @field_validator("api_forwarded_allow_ips")
+    @classmethod
+    def _forwarded_allow_ips(cls, v: str) -> str:
+        """Addresses and networks as uvicorn parses them, or ``*`` alone. uvicorn keeps any
+        other entry as a literal no TCP peer ever matches: a typo would silently believe no
+        proxy (and put every client behind it on the proxy's address)."""
+        v = v.strip()
+        if v in ("", "*"):
+            return v
+        for entry in filter(None, (e.strip() for e in v.split(","))):
+            try:
+                if entry == "*":
+                    raise ValueError("* trusts every peer and stands alone")
+                if "/" in entry:
+                    ipaddress.ip_network(entry)  # strict, as uvicorn: no host bits set
+                else:
+                    ipaddress.ip_address(entry)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r}: not an IP address or network ({exc}); "
+                                 "comma-separated addresses and networks, or *") from None
+        return v
+
     @field_validator("metrics_addr")
     @classmethod
     def _metrics_addr(cls, v: str | None) -> str | None:
@@ -280,7 +303,7 @@ class Settings(BaseSettings):
     @classmethod
     def _http_url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s):// URL, got {v!r}")
+            raise ValueError(f"must be an http(s):// URL, got {_redact(v)!r}")
         return v.rstrip("/")
 
 

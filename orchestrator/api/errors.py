@@ -22,6 +22,10 @@
     not_ready             503   /readyz: database or Redis unreachable
     secret_key_missing    503   a channel secret must be stored and no ORCH_SECRET_KEY (or key
                                 file) is configured: nothing is stored in plain text
+    secret_unreadable     409   a stored secret (the tenant's webhook secret) was sealed with a
+                                key this server does not have (a backup restored without the
+                                old ``secret.key``/``ORCH_SECRET_KEY``): restore that key, or
+                                set a new secret (``PUT /v1/webhooks``)
     unavailable           503   PostgreSQL or Redis cannot be reached now (``details.dependency``
                                 names which), the API is at its connection limit, or this
                                 process at its event streams' (``ORCH_API_MAX_STREAMS``);
@@ -66,6 +70,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "unsupported_media_type": 415,
     "not_ready": 503,
     "secret_key_missing": 503,
+    "secret_unreadable": 409,
     "unavailable": 503,
     "not_ready_yet": 409,
     "result_expired": 410,

@@ -7,8 +7,9 @@ so ``{"secret": …}`` alone rotates the secret. The secret is sealed at rest; t
 shown as its origin only. A tenant that set no secret has one made on first need (its default
 secret, ``whsec_…``); ``GET /v1/webhooks/secret`` returns the tenant's secret, made now if
 missing, so a receiver can verify signatures: the only route that shows it (``PUT`` replaces
-it). ``GET /v1/webhooks/deliveries`` lists deliveries, newest first, failing ones included
-(``status=failed``, or ``pending`` with ``last_error``).
+it; ``409 secret_unreadable`` when it was sealed with a key this server lacks, as after a
+restore without the old key). ``GET /v1/webhooks/deliveries`` lists deliveries, newest first,
+failing ones included (``status=failed``, or ``pending`` with ``last_error``).
 """
 
 
@@ -26,7 +27,7 @@ from orchestrator.api.views import decode_int_cursor, encode_cursor
 from orchestrator.domain.events import EVENT_TYPES, TERMINAL_EVENTS
 from orchestrator.errors import InvalidRequest, NotFound
 from orchestrator.events import endpoints
-from orchestrator.secrets import SecretKeyMissing
+from orchestrator.secrets import KEY_FILE_NAME, KEY_SETTING, SecretKeyMissing, SecretUnreadable
 from orchestrator.store.keys import TENANT_RE
 
 
@@ -155,12 +156,20 @@ def router(ctx: ApiContext) -> APIRouter:
 
     @r.get("/webhooks/secret", response_model=SecretOut,
            summary="The tenant's webhook signing secret (made now if it has none)",
-           responses={503: _err("secret_key_missing: no key to seal a new secret with")})
+           responses={409: _err("secret_unreadable: sealed with a key this server lacks"),
+                      503: _err("secret_key_missing: no key to seal a new secret with")})
     def get_secret(p: Caller, response: Response, tenant: Tenant = None) -> dict[str, Any]:
         who = _whose(p, tenant)
         with c.engine.begin() as conn:
             ep = endpoints.ensure_secret(conn, who, c.secrets)
-        secret = endpoints.open_secret(ep, c.secrets)
+        try:
+            secret = endpoints.open_secret(ep, c.secrets)
+        except SecretUnreadable:
+            raise SecretUnreadable(
+                f"tenant {who}'s webhook secret was sealed with a secret key this server does "
+                f"not have ({KEY_SETTING} or <data_dir>/{KEY_FILE_NAME}; after a restore, the "
+                "old machine's): put that key back, or set a new secret with PUT /v1/webhooks",
+                tenant=who) from None
         if secret is None:  # one was stored before, and this process has no key to open it
             raise SecretKeyMissing()
         response.headers["Cache-Control"] = "no-store"  # no proxy or cache keeps a copy

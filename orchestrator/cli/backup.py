@@ -44,6 +44,11 @@ def database(*, create_if_missing: bool) -> Iterator[tuple[str, bool]]:
     pgdata = settings.data_dir / "postgres" / "pgdata"
     if not (pgdata / "PG_VERSION").exists() and not create_if_missing:
         fail(f"ORCH_DATABASE_URL is not set and there is no embedded database in {pgdata}")
+    from orchestrator.embedded.postgres import server_gid
+    from orchestrator.embedded.private import private_dir
+
+    # a new machine's data dir is made as `up` makes it (its owner's alone), not 0755
+    private_dir(settings.data_dir, traverse_gid=server_gid())
     pg = EmbeddedPostgres(settings.data_dir / "postgres")
     started = pg.start()
     try:
@@ -87,15 +92,21 @@ def restore(
 ) -> None:
     """Load an archive into the database in one transaction: refused for a database that is
     not empty (unless --force), while other sessions are connected, or for an archive of a
-    newer schema; an older one is migrated afterwards. Ends with the ledger audit."""
+    newer schema; an older one is migrated afterwards. Ends with the ledger audit, and a
+    warning when this machine's secret key does not open the restored secrets."""
     from orchestrator.backup import PgTools, restore_backup
+    from orchestrator.backup.keycheck import key_warning
+    from orchestrator.settings import get_settings
 
     with database(create_if_missing=True) as (url, external):
         report = restore_backup(url, path, PgTools.locate(external=external), force=force)
+        warning = key_warning(url, get_settings())
     if report.problems:
         fail(f"restored into {report.where}, but the ledger audit found "
              f"{len(report.problems)} problem(s), first: {report.problems[0]}")
     typer.echo(report.summary())
+    if warning:
+        typer.echo(warning, err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -97,8 +97,9 @@ def up(
     finally:
         # a second Ctrl-C while the children stop would leave the rest of them running
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        system.stop()
-        typer.echo("stopped")
+        if system.started:  # a start refused at its checks (one line) started nothing
+            system.stop()
+            typer.echo("stopped")
 
 
 def _startup_checks() -> None:

@@ -185,6 +185,22 @@ class System:
         self.stop_event = threading.Event()
 
     # -- start -------------------------------------------------------------------------------
+    def check_config(self) -> None:
+        """What the API, worker and beat check at their start (the catalogue, as they expand
+        it, and ``ORCH_SMTP_*``), checked here first: one line naming the file, backend and
+        field, and nothing started, rather than a child dying with it in its log."""
+        from orchestrator.domain.catalogue import load_catalogue
+        from orchestrator.notify.settings import load_smtp_settings
+
+        load_catalogue(self.settings.backends_path(),
+                       {**os.environ, "ORCH_SIMULATOR_URL": self.settings.simulator_url})
+        load_smtp_settings()
+
+    @property
+    def started(self) -> bool:
+        """Whether anything was started (that ``stop`` then stops)."""
+        return bool(self.stoppers or self.children)
+
     def check_ports(self) -> None:
         if not port_is_free(self.port):
             raise ConfigurationError(f"port {self.port} is already in use (choose another "
@@ -197,6 +213,7 @@ class System:
                 setting="ORCH_SIMULATOR_URL")
 
     def start(self) -> dict[str, str]:
+        self.check_config()
         self.check_ports()
         private_dir(self.data_dir, traverse_gid=server_gid())
         db_url = self.settings.database_url

@@ -148,6 +148,8 @@ def test_the_command_restores_into_and_backs_up_a_stopped_embedded_database(
 
     restored = cli("restore", str(dump))
     assert restored.returncode == 0, restored.stderr
+    # made as `up` makes it: its owner's alone (0710 when root: the server's group traverses)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) in (0o700, 0o710)
     assert "4 jobs" in restored.stdout and "ledger audit clean" in restored.stdout
     made = cli("create", str(again))
     assert made.returncode == 0, made.stderr

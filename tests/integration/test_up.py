@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
@@ -271,6 +272,27 @@ def test_up_refuses_a_taken_port(tmp_path: Path) -> None:
         f"error: port {port} is already in use (choose another with --port)"
     )
     assert not (tmp_path / "data").exists()  # refused before starting anything
+    assert result.stdout == ""  # nothing was started, so no "stopped" either
+
+
+def test_up_refuses_a_bad_catalogue_in_one_line_before_starting_anything(
+        tmp_path: Path) -> None:
+    bad = tmp_path / "backends.yaml"
+    bad.write_text(yaml.safe_dump({"backends": [{
+        "name": "vid-x", "protocol": "predictions",
+        "base_url": "${ORCH_SIMULATOR_URL}/vid-x", "kinds": ["video"], "tier": "draft",
+        "price": {"model": "per_second", "usd_per_second": -0.05}}]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "up", "--data-dir", str(tmp_path / "data"),
+         "--port", str(free_port())],
+        cwd=ROOT, env={**env, "ORCH_BACKENDS_FILE": str(bad)}, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {bad}: backend 'vid-x': price"), result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+    assert not (tmp_path / "data").exists()  # no server started, no credentials written
 
 
 def _free_port_pair() -> int:

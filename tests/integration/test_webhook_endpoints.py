@@ -3,6 +3,7 @@ who may set it, and the per-process cap on open event streams."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from sqlalchemy import Engine, text
 
 from orchestrator.api import ApiConfig
 from orchestrator.events import endpoints
+from orchestrator.notify.stored import SEALED
+from orchestrator.secrets import SecretBox, new_key
 from orchestrator.simulator import RunningSimulator
 
 from .api_fixture import Api, api_fixture, start_api, video  # noqa: F401
@@ -87,6 +90,24 @@ def test_the_secret_route_says_secret_key_missing_when_the_key_is_gone(api: Api)
     r = t.get("/v1/webhooks/secret")
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "secret_key_missing"
+
+
+def test_a_secret_sealed_with_another_key_is_a_409_naming_the_way_out(api: Api) -> None:
+    """As after a restore on a machine without the old secret.key: the stored secret does
+    not open; the route says so (not a 500), and a new secret set with PUT works again."""
+    t = api.tenant()
+    assert t.put("/v1/webhooks", json=GOOD).status_code == 200
+    foreign = SecretBox([new_key()]).encrypt(GOOD["secret"])
+    with api.rig.engine.begin() as conn:
+        conn.execute(text("UPDATE webhook_endpoints SET secret = CAST(:s AS jsonb) "
+                          "WHERE tenant = 'acme'"), {"s": json.dumps({SEALED: foreign})})
+    r = t.get("/v1/webhooks/secret")
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert error["code"] == "secret_unreadable" and error["details"] == {"tenant": "acme"}
+    assert "ORCH_SECRET_KEY" in error["message"] and "PUT /v1/webhooks" in error["message"]
+    assert t.put("/v1/webhooks", json={"secret": "fresh-0123456789"}).status_code == 200
+    assert t.get("/v1/webhooks/secret").json()["secret"] == "fresh-0123456789"
 
 
 @pytest.fixture(name="one_stream_api")

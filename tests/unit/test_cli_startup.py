@@ -91,3 +91,23 @@ def test_celery_commands_without_a_usable_configuration_say_why_in_one_line(
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert out.stderr.startswith(said) and out.stderr.count("\n") == 1, out.stderr
+
+
+@pytest.mark.parametrize("setting", ["ORCH_API_URL", "ORCH_SIMULATOR_URL"])
+@pytest.mark.parametrize("value", ["user:secretpw@127.0.0.1:8000",
+                                   "ftp://user:secretpw@127.0.0.1:8000"])
+def test_a_password_in_a_bad_http_url_is_never_shown(
+        setting: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(setting, value)
+    result = CliRunner().invoke(app, ["jobs", "list"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {setting}: must be an http(s):// URL, got ")
+    assert "secretpw" not in result.output and result.output.count("\n") == 1
+
+
+def test_a_password_in_a_bad_api_url_option_is_never_shown() -> None:
+    result = CliRunner().invoke(app, ["jobs", "list", "--api-url",
+                                      "user:secretpw@127.0.0.1:8000", "--api-key", "k"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: invalid API URL: ")
+    assert "secretpw" not in result.output and result.output.count("\n") == 1

@@ -40,6 +40,13 @@ def test_postgres_urls_are_normalised_to_psycopg(monkeypatch: pytest.MonkeyPatch
         ("ORCH_CACHE_DEFAULT_TENANTS", "acme, no spaces", "ORCH_CACHE_DEFAULT_TENANTS: "),
         ("ORCH_CACHE_TTL_S", "0", "ORCH_CACHE_TTL_S:"),
         ("ORCH_CALIBRATION_WINDOW", "0", "ORCH_CALIBRATION_WINDOW:"),
+        ("ORCH_API_FORWARDED_ALLOW_IPS", "garbage!!",
+         "ORCH_API_FORWARDED_ALLOW_IPS: 'garbage!!': not an IP address or network"),
+        ("ORCH_API_FORWARDED_ALLOW_IPS", "10.0.0.1, 10.0.0.0/33", "ORCH_API_FORWARDED_ALLOW_IPS: "
+         "'10.0.0.0/33': not an IP address or network"),
+        ("ORCH_API_FORWARDED_ALLOW_IPS", "10.0.0.1/8", "ORCH_API_FORWARDED_ALLOW_IPS: "
+         "'10.0.0.1/8': not an IP address or network (10.0.0.1/8 has host bits set)"),
+        ("ORCH_API_FORWARDED_ALLOW_IPS", "10.0.0.1,*", "ORCH_API_FORWARDED_ALLOW_IPS: '*':"),
     ],
 )
 def test_a_bad_setting_fails_with_one_line_naming_it(
@@ -66,3 +73,11 @@ def test_cache_default_tenants(monkeypatch: pytest.MonkeyPatch) -> None:
 ])
 def test_the_metrics_address_is_host_and_port(value: str, expected: tuple[str, int]) -> None:
     assert split_address(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", "*", " 10.0.0.1 ", "10.0.0.0/8, ::1,fd00::/8,"])
+def test_forwarded_allow_ips_takes_addresses_networks_or_a_star(
+    monkeypatch: pytest.MonkeyPatch, value: str,
+) -> None:
+    monkeypatch.setenv("ORCH_API_FORWARDED_ALLOW_IPS", value)
+    assert load_settings().api_forwarded_allow_ips == value.strip()
