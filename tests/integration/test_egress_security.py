@@ -314,18 +314,36 @@ def test_old_rows_are_never_called_keep_no_reply_body_and_block_no_other_alert(
 # -- job webhook_url ---------------------------------------------------------------------------
 
 
-def test_a_job_webhook_url_is_checked_at_submission(api: Api) -> None:
+REFUSED_WEBHOOK_URLS = (
+    "http://127.0.0.1:9/cb", "https://127.0.0.1/", "https://169.254.169.254/latest/meta-data/",
+    "https://2130706433/cb", "https://0x7f.1/cb", "https://localhost/cb",
+    "https://[::ffff:10.0.0.1]/cb", "https://hooks.example.com:99999/cb",
+    "http://93.184.216.34/cb")
+
+
+def test_a_job_webhook_url_is_checked_at_submission_and_quote_alike(api: Api) -> None:
     api.budget("tenant:acme", 100_000_000)
-    for url in ("http://127.0.0.1:9/cb", "https://169.254.169.254/latest/meta-data/",
-                "https://2130706433/cb", "https://0x7f.1/cb", "https://localhost/cb",
-                "https://[::ffff:10.0.0.1]/cb", "https://hooks.example.com:99999/cb",
-                "http://93.184.216.34/cb"):
+    for url in REFUSED_WEBHOOK_URLS:
         r = api.tenant().post("/v1/jobs", json=video(webhook_url=url))
         err = _error(r, 422, "invalid_request")
         assert err["details"]["field"] == "webhook_url", (url, err)
         assert err["message"].startswith("webhook_url: ")
+        quoted = api.tenant().post("/v1/quotes", json=video(webhook_url=url))
+        assert _error(quoted, 422, "invalid_request") == err, url  # the same refusal
     with api.rig.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 0
         assert conn.execute(text("SELECT count(*) FROM holds")).scalar_one() == 0
     ok = api.tenant().post("/v1/jobs", json=video(webhook_url="https://93.184.216.34/cb"))
     assert ok.status_code == 202, ok.text
+    quote = api.tenant().post("/v1/quotes", json=video(webhook_url="https://93.184.216.34/cb"))
+    assert quote.status_code == 200, quote.text
+
+
+def test_a_quote_admits_the_webhook_url_that_orch_egress_allow_admits(
+    allowing_api: Api,
+) -> None:
+    client = allowing_api.tenant()
+    allowed = client.post("/v1/quotes", json=video(webhook_url=f"http://{ALLOWED_HOST}:9/cb"))
+    assert allowed.status_code == 200, allowed.text
+    refused = client.post("/v1/quotes", json=video(webhook_url="http://127.0.0.3:9/cb"))
+    assert _error(refused, 422, "invalid_request")["details"]["field"] == "webhook_url"
