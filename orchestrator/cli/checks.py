@@ -1,9 +1,9 @@
 """Checks of command-line values that the server or the database would refuse anyway: a job
 id that is no UUID, a status, grouping, kind, tier or strategy that is none of the project's
-own, a tenant name or a time the API does not read. Each is an option's or argument's
-``callback``, so a bad value is a usage error (``error: Invalid value for '--status': …``,
-status 2) before any request is sent, as click's own are, rather than the server's 422
-(status 1)."""
+own, a tenant name or a time the API does not read, an amount finer than a micro-dollar.
+Each is an option's or argument's ``callback``, so a bad value is a usage error (``error:
+Invalid value for '--status': …``, status 2) before any request is sent, as click's own are,
+rather than the server's 422 (status 1)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from datetime import datetime
 
 import typer
 
+from orchestrator.domain.money import exact_usd
 from orchestrator.store.keys import validate_tenant
 
 
@@ -55,3 +56,12 @@ def iso_time(value: str | None) -> str | None:
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not an ISO 8601 time "
                                  "(e.g. 2025-05-01 or 2025-05-01T12:00:00Z)") from None
+
+
+def usd(value: float | None) -> float | None:
+    """None or a USD amount in whole micro-dollars (at most 6 decimal places), as the API
+    takes it."""
+    try:
+        return None if value is None else float(exact_usd(value))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None

@@ -20,6 +20,7 @@ import typer
 
 from orchestrator.cli.checks import job_id as checked_job_id
 from orchestrator.cli.checks import one_of
+from orchestrator.cli.checks import usd as checked_usd
 from orchestrator.cli.errors import UsageError, errors_as_one_line, fail
 from orchestrator.cli.keys import keys_app
 from orchestrator.client import ApiError, Backend, BudgetExceeded, Client, Job
@@ -205,8 +206,8 @@ def submit(
         help="draft | standard | premium", callback=one_of(Tier))] = None,
     strategy: Annotated[str | None, typer.Option(
         help="cheapest | fastest | balanced", callback=one_of(Strategy))] = None,
-    max_cost_usd: Annotated[float | None, typer.Option(help="refuse backends dearer than this")]
-    = None,
+    max_cost_usd: Annotated[float | None, typer.Option(
+        help="refuse backends dearer than this", callback=checked_usd)] = None,
     backend: Annotated[str | None, typer.Option(help="pin one backend by name")] = None,
     project: Annotated[str | None, typer.Option(help="metadata.project (a project budget)")]
     = None,

@@ -114,6 +114,27 @@ def test_put_budget_is_admin_only_and_validated(api: Api) -> None:
         assert field.split("[")[0] in r.json()["error"]["details"]["field"], r.json()
 
 
+def test_a_limit_finer_than_a_micro_dollar_is_refused_not_rounded(api: Api) -> None:
+    admin = api.admin()
+    body = '{"scope": "tenant:acme", "period": "month", "limit_usd": %s}'
+    as_json = {"Content-Type": "application/json"}
+    for value in ("1.0000005", "0.0000001", "1e-7"):
+        r = admin.put("/v1/budgets", content=body % value, headers=as_json)
+        assert r.status_code == 422, r.text
+        err = r.json()["error"]
+        assert err["details"]["field"] == "limit_usd", err
+        assert err["message"] == ("limit_usd: must have at most 6 decimal places (amounts "
+                                  "are kept in whole micro-dollars)")
+    for value in ("NaN", "Infinity"):
+        r = admin.put("/v1/budgets", content=body % value, headers=as_json)
+        assert r.json()["error"]["message"] == "limit_usd: must be a finite number", r.text
+    assert admin.get("/v1/budgets").json() == {"budgets": []}  # nothing stored
+    r = admin.put("/v1/budgets", content=body % "1.000001", headers=as_json)
+    assert r.status_code == 200 and r.json()["limit_usd"] == 1.000001, r.text
+    with api.rig.engine.connect() as conn:
+        assert conn.execute(text("SELECT limit_micros FROM budgets")).scalar_one() == 1_000_001
+
+
 def test_keys_are_created_by_admins_only_and_work(api: Api) -> None:
     denied = api.tenant().post("/v1/keys", json={"tenant": "newco"})
     assert denied.status_code == 403

@@ -318,7 +318,7 @@ REFUSED_WEBHOOK_URLS = (
     "http://127.0.0.1:9/cb", "https://127.0.0.1/", "https://169.254.169.254/latest/meta-data/",
     "https://2130706433/cb", "https://0x7f.1/cb", "https://localhost/cb",
     "https://[::ffff:10.0.0.1]/cb", "https://hooks.example.com:99999/cb",
-    "http://93.184.216.34/cb")
+    "http://93.184.216.34/cb", "https://0177.0.0.1/")
 
 
 def test_a_job_webhook_url_is_checked_at_submission_and_quote_alike(api: Api) -> None:
@@ -330,6 +330,9 @@ def test_a_job_webhook_url_is_checked_at_submission_and_quote_alike(api: Api) ->
         assert err["message"].startswith("webhook_url: ")
         quoted = api.tenant().post("/v1/quotes", json=video(webhook_url=url))
         assert _error(quoted, 422, "invalid_request") == err, url  # the same refusal
+    octal = api.tenant().post("/v1/jobs", json=video(webhook_url="https://0177.0.0.1/"))
+    assert _error(octal, 422, "invalid_request")["message"] == (
+        "webhook_url: host is not an IP address in standard form (nor a hostname)")
     with api.rig.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 0
         assert conn.execute(text("SELECT count(*) FROM holds")).scalar_one() == 0

@@ -156,6 +156,11 @@ def test_usage_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
         ("keys", "list", "--tenant", "a b"): "error: Invalid value for '--tenant': invalid tenant",
         ("keys", "create", "--tenant", "a/b"):
             "error: Invalid value for '--tenant': invalid tenant",
+        ("submit", "--kind", "text", "--prompt", "x", "--max-cost-usd", "0.0000001"):
+            "error: Invalid value for '--max-cost-usd': must have at most 6 decimal places",
+        ("budgets", "set", "--scope", "global", "--period", "day", "--limit-usd", "1.0000005"):
+            "error: --limit-usd must have at most 6 decimal places (amounts are kept in whole "
+            "micro-dollars)",
     }
     running = [(args, start(list(args), env)) for args in expected]
     for args, proc in running:
