@@ -30,6 +30,7 @@ from orchestrator.api import ApiConfig, start_in_thread
 from orchestrator.bootstrap import Container
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.ledger.service import utcnow
+from orchestrator.notify.settings import SmtpSettings
 from orchestrator.simulator import RunningSimulator
 from workers.enqueue import CeleryEnqueue
 
@@ -55,6 +56,12 @@ def allowing_api_fixture(db: Engine, database_url: str, redis_url: str,
             yield a
         finally:
             a.close()
+
+
+def with_smtp(container: Container) -> None:
+    """An SMTP host for the API process of ``container``: without one an email channel is
+    refused at save (nothing is sent to it here)."""
+    container.smtp = SmtpSettings(smtp_host="mail.example.com")
 
 
 def _error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -143,6 +150,7 @@ INTERNAL_URLS = [
 def test_internal_channel_urls_are_refused_at_save_naming_the_field(
     api: Api, serve: Callable[..., Receiver],
 ) -> None:
+    with_smtp(api.rig.container)
     inside = serve(reply=BODY)
     port = inside.url.split(":")[2].split("/")[0]
     email = {"type": "email", "to": ["ops@example.com"]}
@@ -159,6 +167,7 @@ def test_internal_channel_urls_are_refused_at_save_naming_the_field(
 
 
 def test_port_99999_is_422_nothing_is_committed_and_budgets_still_list(api: Api) -> None:
+    with_smtp(api.rig.container)
     email = {"type": "email", "to": ["ops@example.com"]}
     assert put_budget(api, [email]).status_code == 200
     before = stored_channels(api.rig.engine)
@@ -181,7 +190,9 @@ def test_port_99999_is_422_nothing_is_committed_and_budgets_still_list(api: Api)
 def test_without_a_key_a_secret_is_never_stored(api: Api, tmp_path: Path) -> None:
     settings = api.rig.container.settings.model_copy(
         update={"secret_key": None, "data_dir": tmp_path / "no-key"})
-    running = start_in_thread(Container(settings, enqueue=api.rig.container.enqueue))
+    container = Container(settings, enqueue=api.rig.container.enqueue)
+    with_smtp(container)
+    running = start_in_thread(container)
     try:
         with httpx.Client(base_url=running.url, timeout=15,
                           headers={"Authorization": f"Bearer {api.admin_key}"}) as c:
