@@ -230,4 +230,5 @@ def test_keys_create_writes_a_working_key_to_the_database(
     admin = CliRunner().invoke(cli, ["keys", "create", "--tenant", "ops2", "--admin"])
     assert admin.exit_code == 0 and admin.stdout.strip() != key
     bad = CliRunner().invoke(cli, ["keys", "create", "--tenant", "no spaces"])
-    assert "invalid tenant" in one_error_line(bad)
+    # a usage error (status 2; one line as `orchestrator` prints it: test_cli_errors.py)
+    assert bad.exit_code == 2 and "invalid tenant 'no spaces'" in bad.output
