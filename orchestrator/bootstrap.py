@@ -24,6 +24,7 @@ from orchestrator.events.endpoints import SigningSecrets
 from orchestrator.health.store import HealthStore
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.service import utcnow
+from orchestrator.notify.settings import SmtpSettings, load_smtp_settings
 from orchestrator.secrets import SecretBox, load_keys
 from orchestrator.service.cache import ResultCache
 from orchestrator.service.calibration import Calibrator
@@ -135,6 +136,12 @@ class Container:
     def egress(self) -> EgressPolicy:
         """What user-supplied URLs may reach (ORCH_EGRESS_ALLOW)."""
         return EgressPolicy.from_settings(self.settings)
+
+    @cached_property
+    def smtp(self) -> SmtpSettings:
+        """The email channel's ORCH_SMTP_* settings, as this process reads them (a budget's
+        email channel is refused at save without ORCH_SMTP_HOST)."""
+        return load_smtp_settings()
 
     @cached_property
     def secrets(self) -> SecretBox | None:

@@ -4,7 +4,8 @@ Routes (CONTRACT "HTTP API"): jobs and quotes (:mod:`.routes_jobs`), job events 
 Server-Sent Events (:mod:`.routes_events`), webhooks (:mod:`.routes_webhooks`), backends and budgets
 (:mod:`.routes_admin`), keys (:mod:`.routes_keys`), cost reports (:mod:`.routes_reports`), all
 under ``/v1`` and authenticated by :class:`.gate.Gate` before their body is read; and the
-unauthenticated ``/healthz``, ``/readyz``, ``/metrics``, docs and the web console's static
+unauthenticated ``/healthz``, ``/readyz``, ``/metrics``, docs (:mod:`.docs_ui`: Swagger UI,
+nothing from a CDN) and the web console's static
 files at ``/console`` (:mod:`orchestrator.console`; its data comes from ``/v1``). Errors are
 the envelope of :mod:`.errors`. Request bodies are never logged.
 
@@ -30,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import console, metrics
 from orchestrator.api import (
+    docs_ui,
     errors,
     routes_admin,
     routes_events,
@@ -81,8 +83,10 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
         yield
         await hub.close()
 
+    # FastAPI's /docs and /redoc load their scripts from a CDN: ours is docs_ui
     app = FastAPI(title="orchestrator", version="1", description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None,
+                  swagger_ui_oauth2_redirect_url=None)
     app.state.ctx = ctx
     app.state.hub = hub
     errors.install(app)
@@ -93,6 +97,7 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     app.include_router(routes_keys.router(ctx))
     app.include_router(routes_reports.router(ctx))
     _ops(app, ctx)
+    docs_ui.mount(app)  # /docs: Swagger UI from an installed package, strict CSP
     if container.settings.console_enabled:
         console.mount(app)  # static files; they call /v1 like any client
     # add_middleware wraps: the last added is the outermost

@@ -38,6 +38,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -194,6 +195,18 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
     return f"{first['field']}: {first['message']}", items
 
 
+def unreadable_body(cause: BaseException | None) -> str:
+    """What was wrong with a body FastAPI could not read as JSON (its 400 carries the
+    reader's error as ``__cause__``): nested beyond what the reader follows, an integer
+    beyond Python's limit on digits, or bytes that are not UTF-8."""
+    if isinstance(cause, RecursionError):
+        return "JSON nested too deeply"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        # "Exceeds the limit (4300 digits) for integer string conversion"
+        return f"a number has too many digits (at most {sys.get_int_max_str_digits()})"
+    return "not readable as UTF-8 JSON"
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every failure into the envelope."""
 
@@ -243,10 +256,10 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:  # Starlette's Allow names the first matching route's only
             return error_response(405, "method_not_allowed", "method not allowed", None,
                                   {"Allow": _allow(request, exc)})
-        if exc.status_code == 400:  # FastAPI: a body it could not decode (e.g. not UTF-8)
-            return error_response(422, "invalid_request",
-                                  "body: not readable as UTF-8 JSON", {"field": "body", "errors": [
-                                      {"field": "body", "message": "not readable as UTF-8 JSON"}]})
+        if exc.status_code == 400:  # FastAPI: a body it could not decode
+            problem = unreadable_body(exc.__cause__)
+            return error_response(422, "invalid_request", f"body: {problem}", {
+                "field": "body", "errors": [{"field": "body", "message": problem}]})
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
                 403: "forbidden", 408: "request_timeout",
                 413: "payload_too_large"}.get(exc.status_code, "http_error")

@@ -7,7 +7,7 @@ request the gate, from the headers alone:
 
 1. takes the bearer key; none or a malformed one is a failure (no hash, no query);
 2. trusts a key verified within ``ORCH_API_KEY_CACHE_S`` (no database);
-3. else, unless this replica found the key valid within the last hour, refuses the client
+3. else, unless this process found the key valid within the last hour, refuses the client
    address while it is over its failed-authentication limit (429, ``Retry-After``), so an
    unknown-key storm costs one Redis ``GET`` per request, not a hash and a query;
 4. verifies the key in the database; an unknown or revoked key is a failure;

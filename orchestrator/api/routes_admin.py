@@ -58,8 +58,10 @@ def router(ctx: ApiContext) -> APIRouter:
         forecast_thresholds = _checked("forecast_thresholds", thresholds_to_bp,
                                        body.forecast_thresholds)
         # validated, egress-checked and sealed before anything is written: a refusal (422
-        # naming the field) or a missing key (503 secret_key_missing) changes nothing
-        channels = prepare_channels(body.channels, c.egress, c.secrets)
+        # naming the field: an email channel this process has no ORCH_SMTP_HOST for, too)
+        # or a missing key (503 secret_key_missing) changes nothing
+        channels = prepare_channels(body.channels, c.egress, c.secrets,
+                                    smtp_host=c.smtp.smtp_host)
         now = utcnow()
         with c.engine.begin() as tx:
             set_budget(tx, scope=scope, period=body.period,

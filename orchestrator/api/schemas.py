@@ -16,7 +16,8 @@ from pydantic import (
 )
 
 from orchestrator.domain.budgets import MAX_LIMIT_USD
-from orchestrator.domain.jobs import ImageInput, JobSpec, TextInput, VideoInput
+from orchestrator.domain.jobs import ImageInput, JobSpec, TextInput, VideoInput, finite_number
+from orchestrator.domain.money import exact_usd
 from orchestrator.store.engine import UNSTORABLE_TEXT
 from orchestrator.store.keys import TENANT_RE
 
@@ -93,6 +94,13 @@ class JobBody(JobSpec):
     model_config = ConfigDict(title="JobSpec", json_schema_extra={"examples": [_EXAMPLE]})
 
     input: Annotated[dict[str, Any], WithJsonSchema(_input_schema())]
+
+    # here, not on JobSpec: a stored spec is validated again by the job chain, and one
+    # accepted before this rule must still read
+    @field_validator("max_cost_usd")
+    @classmethod
+    def _whole_micros(cls, v: float | None) -> float | None:
+        return None if v is None else float(exact_usd(v))
 
     @model_validator(mode="after")
     def _storable(self) -> JobBody:
@@ -276,12 +284,12 @@ class BudgetIn(BaseModel):
                     "these fractions of the limit (e.g. [1.0])")
     channels: list[dict[str, Any]] = Field(default_factory=list, max_length=20)
 
+    _finite = field_validator("limit_usd", mode="before")(finite_number)
+
     @field_validator("limit_usd")
     @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("limit_usd must be a finite number")
-        return v
+    def _whole_micros(cls, v: float) -> float:
+        return float(exact_usd(v))
 
     @model_validator(mode="after")
     def _storable(self) -> BudgetIn:

@@ -1,10 +1,11 @@
 """Bearer key verification (with a short cache of verified keys) and the admin check.
 
-A verified key is trusted for ``cache_s`` seconds without the database, so a revoked key
-stops working on every replica within ``cache_s`` (at once on the replica that revoked it,
-which forgets the key). The authenticator also remembers, for an hour, the keys it has found
-valid: while a client address is over its failed-authentication limit, only those are still
-checked against the database (:mod:`orchestrator.api.gate`).
+Each API process has its own authenticator. A verified key is trusted for ``cache_s``
+seconds without the database, so a revoked key stops working on every process within
+``cache_s`` (at once only on the process that revoked it, which forgets the key). The
+authenticator also remembers, for an hour, the keys it has found valid (this process's
+memory, not shared): while a client address is over its failed-authentication limit, only
+those are still checked against the database (:mod:`orchestrator.api.gate`).
 """
 
 from __future__ import annotations

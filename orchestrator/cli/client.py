@@ -18,9 +18,14 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from orchestrator.cli.checks import job_id as checked_job_id
+from orchestrator.cli.checks import one_of
+from orchestrator.cli.checks import usd as checked_usd
 from orchestrator.cli.errors import UsageError, errors_as_one_line, fail
 from orchestrator.cli.keys import keys_app
 from orchestrator.client import ApiError, Backend, BudgetExceeded, Client, Job
+from orchestrator.domain.jobs import Kind, Strategy, Tier
+from orchestrator.store.jobs import FINAL, LIVE
 
 jobs_app = typer.Typer(no_args_is_help=True,
                        help="Show, list, watch and cancel jobs; a job's result.")
@@ -32,6 +37,8 @@ ApiKeyOpt = Annotated[str | None, typer.Option(
     "--api-key", help="API key (default: ORCH_API_KEY, else `orchestrator up`'s tenant key)",
     show_default=False)]
 JsonOut = Annotated[bool, typer.Option("--json", help="print the resource as JSON")]
+JobId = Annotated[str, typer.Argument(metavar="ID", callback=checked_job_id,
+                                      help="the job's id (a UUID)")]
 
 
 def register(app: typer.Typer) -> None:
@@ -193,12 +200,14 @@ def _show_job(job: Job, as_json: bool) -> None:
 
 @_one_line_errors
 def submit(
-    kind: Annotated[str, typer.Option(help="video | image | text")],
+    kind: Annotated[str, typer.Option(help="video | image | text", callback=one_of(Kind))],
     prompt: Annotated[str, typer.Option(help="the prompt (never logged)")],
-    tier: Annotated[str | None, typer.Option(help="draft | standard | premium")] = None,
-    strategy: Annotated[str | None, typer.Option(help="cheapest | fastest | balanced")] = None,
-    max_cost_usd: Annotated[float | None, typer.Option(help="refuse backends dearer than this")]
-    = None,
+    tier: Annotated[str | None, typer.Option(
+        help="draft | standard | premium", callback=one_of(Tier))] = None,
+    strategy: Annotated[str | None, typer.Option(
+        help="cheapest | fastest | balanced", callback=one_of(Strategy))] = None,
+    max_cost_usd: Annotated[float | None, typer.Option(
+        help="refuse backends dearer than this", callback=checked_usd)] = None,
     backend: Annotated[str | None, typer.Option(help="pin one backend by name")] = None,
     project: Annotated[str | None, typer.Option(help="metadata.project (a project budget)")]
     = None,
@@ -237,7 +246,7 @@ def submit(
 @jobs_app.command("get")
 @_one_line_errors
 def jobs_get(
-    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    job_id: JobId,
     json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyOpt = None,
 ) -> None:
     """Show one job."""
@@ -249,8 +258,10 @@ def jobs_get(
 @_one_line_errors
 def jobs_list(
     status: Annotated[str | None, typer.Option(
-        help="queued | running | succeeded | failed | cancelled")] = None,
-    limit: Annotated[int, typer.Option(help="at most this many (newest first)")] = 20,
+        help="queued | running | succeeded | failed | cancelled",
+        callback=one_of((*LIVE, *FINAL)))] = None,
+    limit: Annotated[int, typer.Option(help="at most this many (newest first)", min=1,
+                                       max=200)] = 20,
     cursor: Annotated[str | None, typer.Option(help="next_cursor of a previous page")] = None,
     json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyOpt = None,
 ) -> None:
@@ -276,7 +287,7 @@ def jobs_list(
 @jobs_app.command("cancel")
 @_one_line_errors
 def jobs_cancel(
-    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    job_id: JobId,
     json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyOpt = None,
 ) -> None:
     """Cancel a job; its budget hold is released, or kept while an attempt is in flight.

@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import Connection
 
+from orchestrator.cli.checks import tenant as checked_tenant
 from orchestrator.cli.errors import one_line_errors
 
 keys_app = typer.Typer(no_args_is_help=True,
@@ -44,7 +45,8 @@ def _when(at: datetime | None) -> str:
 @keys_app.command("create")
 @one_line_errors
 def keys_create(
-    tenant: Annotated[str, typer.Option(help="the tenant the key acts for")],
+    tenant: Annotated[str, typer.Option(help="the tenant the key acts for",
+                                        callback=checked_tenant)],
     admin: Annotated[bool, typer.Option("--admin", help="may manage keys and budgets")] = False,
 ) -> None:
     """Create an API key and print it once: it is stored only as a hash."""
@@ -60,15 +62,14 @@ def keys_create(
 @keys_app.command("list")
 @one_line_errors
 def keys_list(
-    tenant: Annotated[str | None, typer.Option(help="only this tenant's keys")] = None,
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's keys",
+                                               callback=checked_tenant)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print GET /v1/keys's shape")] = False,
 ) -> None:
     """List API keys, newest first: id, tenant, admin, prefix, created, last used, revoked
     (UTC)."""
-    from orchestrator.store.keys import list_keys, validate_tenant
+    from orchestrator.store.keys import list_keys
 
-    if tenant is not None:
-        validate_tenant(tenant)
     with _database() as conn:
         records = list_keys(conn, tenant)
     if json_out:

@@ -257,14 +257,18 @@ def budgets_set(
     """Create or update a budget. What is not given is kept: its thresholds unless
     --thresholds/--forecast, and its alert channels (set through PUT /v1/budgets)."""
     from orchestrator.domain.budgets import MAX_LIMIT_USD, Period, validate_scope
-    from orchestrator.domain.money import usd_to_micros
+    from orchestrator.domain.money import exact_usd, usd_to_micros
     from orchestrator.ledger.budgets import list_budgets, set_budget
     from orchestrator.store.engine import make_engine
 
-    # the API's bound (BudgetIn), so that what one takes the other takes too
+    # the API's bounds and precision (BudgetIn), so that what one takes the other takes too
     if not (math.isfinite(limit_usd) and 0 <= limit_usd <= MAX_LIMIT_USD):
         fail(f"--limit-usd must be a number from 0 to {MAX_LIMIT_USD:,} (as PUT /v1/budgets)",
              2)
+    try:
+        exact_usd(limit_usd)
+    except ValueError as exc:
+        fail(f"--limit-usd {exc}", 2)
     try:
         Period(period)
     except ValueError:

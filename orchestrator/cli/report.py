@@ -14,10 +14,13 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from orchestrator.cli.checks import iso_time, one_of
+from orchestrator.cli.checks import tenant as checked_tenant
 from orchestrator.cli.client import INVALID_URL, checked_url, endpoint
 from orchestrator.cli.errors import fail
 from orchestrator.client._core import origin
 from orchestrator.domain.money import format_usd
+from orchestrator.reports import GroupBy
 
 
 def register(app: typer.Typer) -> None:
@@ -91,13 +94,15 @@ def render(rep: dict[str, Any]) -> list[str]:
 
 def report(
     group_by: Annotated[str, typer.Option(
-        "--group-by", help="backend | tier | project | day")] = "backend",
+        "--group-by", help="backend | tier | project | day", callback=one_of(GroupBy))]
+    = "backend",
     start: Annotated[str | None, typer.Option(
-        "--from", help="charges at or after this ISO time (UTC if no offset)")] = None,
+        "--from", help="charges at or after this ISO time (UTC if no offset)",
+        callback=iso_time)] = None,
     end: Annotated[str | None, typer.Option(
-        "--to", help="charges before this ISO time")] = None,
+        "--to", help="charges before this ISO time", callback=iso_time)] = None,
     tenant: Annotated[str | None, typer.Option(
-        help="admin key: one tenant (default: all)")] = None,
+        help="admin key: one tenant (default: all)", callback=checked_tenant)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     api_url: Annotated[str | None, typer.Option(
         "--api-url", help="API base URL (default: ORCH_API_URL, else `orchestrator up`'s)",

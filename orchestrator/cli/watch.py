@@ -12,6 +12,7 @@ import typer
 from orchestrator.cli.client import (
     ApiKeyOpt,
     ApiUrl,
+    JobId,
     JsonOut,
     _client,
     _one_line_errors,
@@ -42,8 +43,9 @@ def describe(e: JobEvent) -> str:
 @jobs_app.command("watch")
 @_one_line_errors
 def jobs_watch(
-    job_id: Annotated[str, typer.Argument(metavar="ID")],
-    after: Annotated[int, typer.Option(help="start after this event number (seq)")] = 0,
+    job_id: JobId,
+    after: Annotated[int, typer.Option(help="start after this event number (seq)", min=0)]
+    = 0,
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 3600.0,
     json_out: Annotated[bool, typer.Option("--json", help="each event as a JSON line")]
     = False,
@@ -78,7 +80,7 @@ def jobs_watch(
 @jobs_app.command("result")
 @_one_line_errors
 def jobs_result(
-    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    job_id: JobId,
     json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyOpt = None,
 ) -> None:
     """A succeeded job's output and what it cost, attempt by attempt."""

@@ -2,7 +2,10 @@
 
 A bad catalogue fails at start with one line naming the file, the backend and the field::
 
-    config/backends.yaml: backend 'vid-draft': price.usd_per_second: must be greater than 0
+    config/backends.yaml: backend 'vid-draft': price.usd_per_second: Input should be
+    greater than or equal to 0
+
+(one line, wrapped here; 0 is a valid price).
 
 Prices are written in USD in the file and kept as exact decimals; pricing turns them into
 integer pico-USD rates (``rate_pico``) so that estimates are exact integer arithmetic.

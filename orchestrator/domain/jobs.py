@@ -110,6 +110,15 @@ def _bounded_nesting(field: str, value: dict[str, Any]) -> dict[str, Any]:
 
 # Values are taken by their JSON type, as a backend's declared parameters are: "8" is no
 # number and true no 1 (coerced, "8" would be priced and held as 8 s, true as 1 s).
+def finite_number(v: Any) -> Any:
+    """A ``mode="before"`` validator of a number field: NaN and Infinity (which Python's JSON
+    reader accepts) are refused as what they are, before the field's bounds would refuse
+    NaN as "less than or equal to …"."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    return v
+
+
 JsonNumber = Annotated[float, Strict()]  # an integer is a number too
 JsonInt = Annotated[int, Strict()]  # 2.0 is no integer
 JsonBool = Annotated[bool, Strict()]
@@ -132,12 +141,7 @@ class VideoInput(_Input):
     duration_s: JsonNumber = Field(ge=1, le=MAX_VIDEO_SECONDS)
     resolution: str = "720p"
 
-    @field_validator("duration_s")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("duration_s must be a finite number")
-        return v
+    _finite = field_validator("duration_s", mode="before")(finite_number)
 
     @field_validator("resolution")
     @classmethod
@@ -205,12 +209,7 @@ class JobSpec(BaseModel):
                     if not (k in _NULL_MEANS_DEFAULT and v is None)}
         return data
 
-    @field_validator("max_cost_usd")
-    @classmethod
-    def _finite_cost(cls, v: float | None) -> float | None:
-        if v is not None and not math.isfinite(v):
-            raise ValueError("max_cost_usd must be a finite number")
-        return v
+    _finite_cost = field_validator("max_cost_usd", mode="before")(finite_number)
 
     @field_validator("backend")
     @classmethod

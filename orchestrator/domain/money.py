@@ -24,6 +24,18 @@ def usd_to_micros(usd: float | int | str | Decimal) -> int:
         raise ValueError(f"USD amount out of range: {usd!r}") from exc
 
 
+def exact_usd(usd: float | int | str | Decimal) -> float | int | str | Decimal:
+    """``usd`` as it is when it is a whole number of micro-USD; ``ValueError`` when it has
+    more than 6 decimal places. The one rule for every USD amount a user gives (a budget's
+    limit, a job's ``max_cost_usd``): :func:`usd_to_micros` would round it, and a limit of
+    0.0000001 would silently become 0."""
+    micros = Decimal(str(usd)) * MICROS_PER_USD
+    if micros.is_finite() and micros != micros.to_integral_value():
+        raise ValueError("must have at most 6 decimal places (amounts are kept in whole "
+                         "micro-dollars)")
+    return usd
+
+
 def micros_to_usd(micros: int) -> float:
     return micros / MICROS_PER_USD
 

@@ -87,9 +87,16 @@ def parse_url(url: str, field: str = "url") -> Target:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
         # httpx's reason may quote the URL: say it in our words (a path may hold a token)
-        bad_port = "port" in str(exc).lower()
-        raise EgressRefused(field, "port must be between 1 and 65535" if bad_port
-                            else "must be an http(s) URL") from None
+        reason = str(exc).lower()
+        if "port" in reason:
+            problem = "port must be between 1 and 65535"
+        elif "ipv4 address" in reason or "ipv6 address" in reason:
+            # 0177.0.0.1, 999.1.1.1: dotted numbers httpx will not read as an address (nor
+            # will it call one); 0177.1 and 0x7f.1 it reads, and are judged as addresses
+            problem = "host is not an IP address in standard form (nor a hostname)"
+        else:
+            problem = "must be an http(s) URL"
+        raise EgressRefused(field, problem) from None
     if parsed.scheme not in ("http", "https") or not parsed.raw_host:
         raise EgressRefused(field, "must be an http(s) URL")
     if parsed.userinfo:

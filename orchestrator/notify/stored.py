@@ -67,13 +67,19 @@ def seal_all(configs: Sequence[ChannelConfig], box: SecretBox | None) -> list[di
 
 
 def prepare_channels(
-    raw: Any, policy: EgressPolicy, box: SecretBox | None
+    raw: Any, policy: EgressPolicy, box: SecretBox | None, *, smtp_host: str | None = None
 ) -> list[dict[str, Any]]:
     """A budget's ``channels`` as given (``PUT /v1/budgets``) to their stored form: validated
-    (``ChannelConfigError``), each URL checked by the egress policy now, DNS included
-    (``EgressRefused`` naming ``channels[i].url``), secrets sealed (``SecretKeyMissing``)."""
+    (``ChannelConfigError``), an email channel refused without ``smtp_host`` (every delivery
+    would fail for good with ``smtp_not_configured``), each URL checked by the egress policy
+    now, DNS included (``EgressRefused`` naming ``channels[i].url``), secrets sealed
+    (``SecretKeyMissing``)."""
     configs = parse_channels(raw)
     for i, cfg in enumerate(configs):
+        if cfg.type == "email" and not smtp_host:
+            raise ChannelConfigError(
+                f"channels[{i}]: an email channel needs ORCH_SMTP_HOST, which is not set "
+                "(no alert could be sent)", field=f"channels[{i}].type")
         url = getattr(cfg, "url", None)
         if isinstance(url, str):  # a name that does not resolve now is refused too
             policy.check(url, field=f"channels[{i}].url")

@@ -102,7 +102,11 @@ class Submitter:
 
     def quote(self, spec: JobSpec) -> RoutePlan:
         """The ranked plan with reasons. Reads health; changes nothing. InvalidRequest
-        naming the field when no backend that could run the job accepts its input."""
+        naming the field when no backend that could run the job accepts its input, or when
+        its ``webhook_url`` is one the egress policy refuses: a quote refuses what a
+        submission would."""
+        if spec.webhook_url is not None:  # it would be called: only where egress may go
+            self.egress.check(spec.webhook_url, field="webhook_url")
         cat = self.catalogue()
         check_input(spec, cat)
         factors = self.calibrator.factors() if self.calibrator is not None else None
@@ -129,9 +133,7 @@ class Submitter:
         # A replayed Idempotency-Key is found by the job insert (ON CONFLICT DO NOTHING), not
         # by a lookup before it: the common, first-time submission reads nothing extra.
         try:
-            if spec.webhook_url is not None:  # it will be called: only where egress may go
-                self.egress.check(spec.webhook_url, field="webhook_url")
-            plan = self.quote(spec)
+            plan = self.quote(spec)  # the webhook_url's egress check too
         except InvalidRequest:
             # a job accepted before the catalogue changed is still its key's job
             replay = None if idempotency_key is None else self._replay(

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from orchestrator.api.views import MIN_ELAPSED
 from orchestrator.domain.budgets import period_window
 from orchestrator.domain.outcomes import Outcome
+from orchestrator.notify.settings import SmtpSettings
 
 from .api_fixture import ADMIN_TENANT, Api, api_fixture, video  # noqa: F401
 
@@ -112,6 +113,48 @@ def test_put_budget_is_admin_only_and_validated(api: Api) -> None:
         assert r.json()["error"]["code"] == "invalid_request"
         assert field in r.json()["error"]["message"], r.json()
         assert field.split("[")[0] in r.json()["error"]["details"]["field"], r.json()
+
+
+def test_a_limit_finer_than_a_micro_dollar_is_refused_not_rounded(api: Api) -> None:
+    admin = api.admin()
+    body = '{"scope": "tenant:acme", "period": "month", "limit_usd": %s}'
+    as_json = {"Content-Type": "application/json"}
+    for value in ("1.0000005", "0.0000001", "1e-7"):
+        r = admin.put("/v1/budgets", content=body % value, headers=as_json)
+        assert r.status_code == 422, r.text
+        err = r.json()["error"]
+        assert err["details"]["field"] == "limit_usd", err
+        assert err["message"] == ("limit_usd: must have at most 6 decimal places (amounts "
+                                  "are kept in whole micro-dollars)")
+    for value in ("NaN", "Infinity"):
+        r = admin.put("/v1/budgets", content=body % value, headers=as_json)
+        assert r.json()["error"]["message"] == "limit_usd: must be a finite number", r.text
+    assert admin.get("/v1/budgets").json() == {"budgets": []}  # nothing stored
+    r = admin.put("/v1/budgets", content=body % "1.000001", headers=as_json)
+    assert r.status_code == 200 and r.json()["limit_usd"] == 1.000001, r.text
+    with api.rig.engine.connect() as conn:
+        assert conn.execute(text("SELECT limit_micros FROM budgets")).scalar_one() == 1_000_001
+
+
+def test_an_email_channel_is_refused_while_orch_smtp_host_is_unset(api: Api) -> None:
+    """Every alert to it would fail for good (smtp_not_configured): refused at save, naming
+    the channel and the setting, and nothing is stored."""
+    api.rig.container.smtp = SmtpSettings(smtp_host=None)
+    email = {"type": "email", "to": ["ops@example.com"]}
+    body = {"scope": "tenant:acme", "period": "month", "limit_usd": 5,
+            "channels": [{"type": "webhook", "url": "https://93.184.216.34/h",
+                          "secret": "s" * 20}, email]}
+    r = api.admin().put("/v1/budgets", json=body)
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_request" and err["details"]["field"] == "channels[1].type"
+    assert err["message"] == ("channels[1]: an email channel needs ORCH_SMTP_HOST, which is "
+                              "not set (no alert could be sent)")
+    assert api.admin().get("/v1/budgets").json() == {"budgets": []}
+    api.rig.container.smtp = SmtpSettings(smtp_host="mail.example.com")
+    r = api.admin().put("/v1/budgets", json=body)
+    assert r.status_code == 200, r.text
+    assert [c["type"] for c in r.json()["channels"]] == ["webhook", "email"]
 
 
 def test_keys_are_created_by_admins_only_and_work(api: Api) -> None:

@@ -189,6 +189,44 @@ def test_invalid_specs_are_422_naming_the_field(api: Api) -> None:
     assert _count(api, "jobs") == 0
 
 
+def test_a_422_says_what_is_wrong_with_a_body_or_a_number(api: Api) -> None:
+    """Unreadable bodies, NaN, and amounts finer than a micro-dollar are named for what they
+    are, on submissions and quotes alike, and nothing is written."""
+    c = api.tenant()
+    as_json = {"Content-Type": "application/json"}
+    unreadable = (
+        (b"[" * 5000 + b"]" * 5000, "JSON nested too deeply"),
+        (b'{"kind": "video", "max_cost_usd": ' + b"7" * 5000 + b"}",
+         "a number has too many digits (at most 4300)"),
+        (b'{"kind": "\xff\xfe"}', "not readable as UTF-8 JSON"),
+    )
+    for path in ("/v1/jobs", "/v1/quotes"):
+        for raw, problem in unreadable:
+            r = c.post(path, content=raw, headers=as_json)
+            assert r.status_code == 422, r.text
+            err = r.json()["error"]
+            assert err["message"] == f"body: {problem}" and err["details"]["field"] == "body"
+        body = json.dumps(video(max_cost_usd=1.5))
+        for value in ("NaN", "Infinity", "-Infinity"):
+            r = c.post(path, content=body.replace("1.5", value), headers=as_json)
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["message"] == "max_cost_usd: must be a finite number"
+        nan_duration = json.dumps(video(duration=4)).replace(": 4,", ": NaN,")
+        r = c.post(path, content=nan_duration, headers=as_json)
+        assert r.json()["error"]["message"] == (
+            "input.duration_s: must be a finite number (for a video job)"), r.text
+        for value in ("1.0000005", "0.0000001", "1e-7"):
+            r = c.post(path, content=body.replace("1.5", value), headers=as_json)
+            assert r.status_code == 422, r.text
+            err = r.json()["error"]
+            assert err["details"]["field"] == "max_cost_usd", err
+            assert err["message"] == ("max_cost_usd: must have at most 6 decimal places "
+                                      "(amounts are kept in whole micro-dollars)")
+    assert _count(api, "jobs") == 0
+    ok = c.post("/v1/jobs", json=video(max_cost_usd=2.000001))
+    assert ok.status_code == 202, ok.text
+
+
 def test_no_eligible_backend_is_422_with_the_reasons(api: Api) -> None:
     r = api.tenant().post("/v1/jobs", json=video(tier="premium"))
     assert r.status_code == 422

@@ -141,6 +141,44 @@ def test_failures_exit_non_zero_with_one_line(cli: typer.Typer, api: Api) -> Non
     assert "cannot reach http://127.0.0.1:9" in one_error_line(no_server)
 
 
+def test_values_the_api_would_refuse_are_usage_errors_before_any_request(
+    cli: typer.Typer, api: Api, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Status 2 with the usage line, as ``orchestrator`` runs (``main.run``), and nothing
+    reaches the API: a request would have been a 422 (status 1) and, for submit, a job."""
+    from orchestrator.cli.main import run as orchestrator
+
+    def usage_error(*args: str) -> str:
+        status = orchestrator([*args, "--api-url", api.url, "--api-key", api.keys["acme"]])
+        out, err = capsys.readouterr()
+        assert status == 2 and out == "", (args, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: Invalid value for "), err
+        return lines[0]
+
+    assert usage_error("report", "--group-by", "nope") == (
+        "error: Invalid value for '--group-by': 'nope' is not one of backend, tier, project, "
+        "day")
+    assert usage_error("jobs", "list", "--status", "bogus").endswith(
+        "'bogus' is not one of queued, running, succeeded, failed, cancelled")
+    for command in ("get", "cancel", "watch", "result"):
+        assert usage_error("jobs", command, "not-a-uuid") == (
+            "error: Invalid value for 'ID': 'not-a-uuid' is not a job id (a UUID)")
+    for args in (("--kind", "movie"), ("--kind", "text", "--tier", "gold"),
+                 ("--kind", "text", "--strategy", "cheap")):
+        usage_error("submit", "--prompt", "x", *args)
+    usage_error("report", "--from", "yesterday")
+    with api.rig.engine.connect() as conn:
+        assert repo.list_jobs(conn, "acme", limit=5) == []
+    # the same values, well formed, are the server's to judge (an id in canonical form)
+    missing = uuid.uuid4()
+    line = one_error_line(run(cli, api, "jobs", "get", missing.hex))
+    assert line == f"error: no job {missing}"
+    report = run(cli, api, "report", "--from", "20250501", "--json")
+    assert report.exit_code == 0, report.output
+    assert json.loads(report.stdout)["from"] == "2025-05-01T00:00:00+00:00"  # not a Unix time
+
+
 def test_wait_times_out_on_a_job_nobody_runs(cli: typer.Typer, api: Api) -> None:
     line = one_error_line(run(cli, api, *VIDEO, "--wait", "--timeout", "0.3"))
     assert line.startswith("error: job ") and "still queued after 0.3s" in line
@@ -192,4 +230,5 @@ def test_keys_create_writes_a_working_key_to_the_database(
     admin = CliRunner().invoke(cli, ["keys", "create", "--tenant", "ops2", "--admin"])
     assert admin.exit_code == 0 and admin.stdout.strip() != key
     bad = CliRunner().invoke(cli, ["keys", "create", "--tenant", "no spaces"])
-    assert "invalid tenant" in one_error_line(bad)
+    # a usage error (status 2; one line as `orchestrator` prints it: test_cli_errors.py)
+    assert bad.exit_code == 2 and "invalid tenant 'no spaces'" in bad.output

@@ -30,6 +30,7 @@ from orchestrator.api import ApiConfig, start_in_thread
 from orchestrator.bootstrap import Container
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.ledger.service import utcnow
+from orchestrator.notify.settings import SmtpSettings
 from orchestrator.simulator import RunningSimulator
 from workers.enqueue import CeleryEnqueue
 
@@ -55,6 +56,12 @@ def allowing_api_fixture(db: Engine, database_url: str, redis_url: str,
             yield a
         finally:
             a.close()
+
+
+def with_smtp(container: Container) -> None:
+    """An SMTP host for the API process of ``container``: without one an email channel is
+    refused at save (nothing is sent to it here)."""
+    container.smtp = SmtpSettings(smtp_host="mail.example.com")
 
 
 def _error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -143,6 +150,7 @@ INTERNAL_URLS = [
 def test_internal_channel_urls_are_refused_at_save_naming_the_field(
     api: Api, serve: Callable[..., Receiver],
 ) -> None:
+    with_smtp(api.rig.container)
     inside = serve(reply=BODY)
     port = inside.url.split(":")[2].split("/")[0]
     email = {"type": "email", "to": ["ops@example.com"]}
@@ -159,6 +167,7 @@ def test_internal_channel_urls_are_refused_at_save_naming_the_field(
 
 
 def test_port_99999_is_422_nothing_is_committed_and_budgets_still_list(api: Api) -> None:
+    with_smtp(api.rig.container)
     email = {"type": "email", "to": ["ops@example.com"]}
     assert put_budget(api, [email]).status_code == 200
     before = stored_channels(api.rig.engine)
@@ -181,7 +190,9 @@ def test_port_99999_is_422_nothing_is_committed_and_budgets_still_list(api: Api)
 def test_without_a_key_a_secret_is_never_stored(api: Api, tmp_path: Path) -> None:
     settings = api.rig.container.settings.model_copy(
         update={"secret_key": None, "data_dir": tmp_path / "no-key"})
-    running = start_in_thread(Container(settings, enqueue=api.rig.container.enqueue))
+    container = Container(settings, enqueue=api.rig.container.enqueue)
+    with_smtp(container)
+    running = start_in_thread(container)
     try:
         with httpx.Client(base_url=running.url, timeout=15,
                           headers={"Authorization": f"Bearer {api.admin_key}"}) as c:
@@ -314,18 +325,39 @@ def test_old_rows_are_never_called_keep_no_reply_body_and_block_no_other_alert(
 # -- job webhook_url ---------------------------------------------------------------------------
 
 
-def test_a_job_webhook_url_is_checked_at_submission(api: Api) -> None:
+REFUSED_WEBHOOK_URLS = (
+    "http://127.0.0.1:9/cb", "https://127.0.0.1/", "https://169.254.169.254/latest/meta-data/",
+    "https://2130706433/cb", "https://0x7f.1/cb", "https://localhost/cb",
+    "https://[::ffff:10.0.0.1]/cb", "https://hooks.example.com:99999/cb",
+    "http://93.184.216.34/cb", "https://0177.0.0.1/")
+
+
+def test_a_job_webhook_url_is_checked_at_submission_and_quote_alike(api: Api) -> None:
     api.budget("tenant:acme", 100_000_000)
-    for url in ("http://127.0.0.1:9/cb", "https://169.254.169.254/latest/meta-data/",
-                "https://2130706433/cb", "https://0x7f.1/cb", "https://localhost/cb",
-                "https://[::ffff:10.0.0.1]/cb", "https://hooks.example.com:99999/cb",
-                "http://93.184.216.34/cb"):
+    for url in REFUSED_WEBHOOK_URLS:
         r = api.tenant().post("/v1/jobs", json=video(webhook_url=url))
         err = _error(r, 422, "invalid_request")
         assert err["details"]["field"] == "webhook_url", (url, err)
         assert err["message"].startswith("webhook_url: ")
+        quoted = api.tenant().post("/v1/quotes", json=video(webhook_url=url))
+        assert _error(quoted, 422, "invalid_request") == err, url  # the same refusal
+    octal = api.tenant().post("/v1/jobs", json=video(webhook_url="https://0177.0.0.1/"))
+    assert _error(octal, 422, "invalid_request")["message"] == (
+        "webhook_url: host is not an IP address in standard form (nor a hostname)")
     with api.rig.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 0
         assert conn.execute(text("SELECT count(*) FROM holds")).scalar_one() == 0
     ok = api.tenant().post("/v1/jobs", json=video(webhook_url="https://93.184.216.34/cb"))
     assert ok.status_code == 202, ok.text
+    quote = api.tenant().post("/v1/quotes", json=video(webhook_url="https://93.184.216.34/cb"))
+    assert quote.status_code == 200, quote.text
+
+
+def test_a_quote_admits_the_webhook_url_that_orch_egress_allow_admits(
+    allowing_api: Api,
+) -> None:
+    client = allowing_api.tenant()
+    allowed = client.post("/v1/quotes", json=video(webhook_url=f"http://{ALLOWED_HOST}:9/cb"))
+    assert allowed.status_code == 200, allowed.text
+    refused = client.post("/v1/quotes", json=video(webhook_url="http://127.0.0.3:9/cb"))
+    assert _error(refused, 422, "invalid_request")["details"]["field"] == "webhook_url"

@@ -193,9 +193,11 @@ def test_cli_lists_and_revokes_keys_by_id(
         (["keys", "revoke", "424242"], "error: no API key 424242"),
         (["keys", "revoke", str(key_id(api, api.admin_key))],
          "error: the last admin key cannot be revoked: create another admin key first"),
-        (["keys", "list", "--tenant", "no spaces"], "error: invalid tenant 'no spaces'"),
     ):
         r = runner.invoke(cli, args)
         assert r.exit_code == 1 and r.stderr.strip().splitlines()[0].startswith(expected), \
             (args, r.output)
         assert len(r.stderr.strip().splitlines()) == 1
+    # a bad tenant name is a usage error, found before the database (test_cli_errors.py)
+    bad = runner.invoke(cli, ["keys", "list", "--tenant", "no spaces"])
+    assert bad.exit_code == 2 and "invalid tenant 'no spaces'" in bad.output

@@ -125,6 +125,18 @@ def test_bad_backend_names_file_backend_and_field(
     assert words in err.message
 
 
+def test_the_configuration_docs_example_error_is_the_real_message(tmp_path: Path) -> None:
+    doc = _good()
+    doc["backends"][0]["price"]["usd_per_second"] = -1
+    err = _error(tmp_path, doc)
+    shown = err.message.split(": ", 1)[1]  # past the file name
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    example = shown.replace("'vid-a'", "'vid-draft'")
+    assert f"`config/backends.yaml: {example}`" in docs, example
+    doc["backends"][0]["price"]["usd_per_second"] = 0  # free is a price
+    parse_catalogue(doc, env={"SIM": "http://127.0.0.1:9"})
+
+
 @pytest.mark.parametrize(("given", "read"), [
     ("${SIM}/vid-a", "http://127.0.0.1:9/vid-a"),  # SIM ends in "/"
     ("http://g:1/proxy/https://api.x//v1/", "http://g:1/proxy/https://api.x/v1"),

@@ -62,7 +62,7 @@ def invoke(*args: str) -> Result:
 
 
 @pytest.mark.parametrize("command", [["jobs", "list"], ["backends"], ["report"],
-                                     ["jobs", "watch", "j-1"]])
+                                     ["jobs", "watch", "5d8211f4-79ac-4a59-b6f1-4e0a95187c7f"]])
 def test_a_malformed_api_url_is_one_line(command: list[str]) -> None:
     # no scheme, or one httpx does not speak, is no API URL either
     for bad in ("http://[::1", "127.0.0.1:8000", "ht!tp://x", "ftp://host/"):
@@ -121,7 +121,8 @@ def test_a_page_that_is_not_an_api_error_is_named_not_shown(
 
 
 def test_usage_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
-    env = {"ORCH_DATA_DIR": str(tmp_path)}
+    env = {"ORCH_DATA_DIR": str(tmp_path), "ORCH_API_URL": "http://127.0.0.1:9",
+           "ORCH_DATABASE_URL": CLOSED_DB}
     expected = {
         ("keys", "create"): "error: Missing option '--tenant'.",
         ("bogus",): "error: No such command 'bogus'.",
@@ -129,6 +130,37 @@ def test_usage_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
         ("budgets", "set", "--scope", "global", "--period", "day", "--limit-usd", "ten"):
             "error: Invalid value for '--limit-usd': ",
         ("jobs", "list", "--no-such-option"): "error: No such option: --no-such-option",
+        # values the server would refuse: found before any request (the API URL here has
+        # nothing listening, which would be status 1)
+        ("report", "--group-by", "nope"): "error: Invalid value for '--group-by': 'nope' is "
+                                          "not one of backend, tier, project, day",
+        ("jobs", "list", "--status", "bogus"):
+            "error: Invalid value for '--status': 'bogus' is not one of queued, running, "
+            "succeeded, failed, cancelled",
+        ("jobs", "list", "--limit", "0"): "error: Invalid value for '--limit': ",
+        ("jobs", "get", "not-a-uuid"):
+            "error: Invalid value for 'ID': 'not-a-uuid' is not a job id (a UUID)",
+        ("jobs", "cancel", "42"): "error: Invalid value for 'ID': '42' is not a job id",
+        ("jobs", "watch", "j-1"): "error: Invalid value for 'ID': 'j-1' is not a job id",
+        ("jobs", "result", "j-1"): "error: Invalid value for 'ID': 'j-1' is not a job id",
+        ("submit", "--kind", "movie", "--prompt", "x"):
+            "error: Invalid value for '--kind': 'movie' is not one of video, image, text",
+        ("submit", "--kind", "text", "--prompt", "x", "--tier", "gold"):
+            "error: Invalid value for '--tier': 'gold' is not one of draft, standard, premium",
+        ("submit", "--kind", "text", "--prompt", "x", "--strategy", "cheap"):
+            "error: Invalid value for '--strategy': 'cheap' is not one of cheapest, fastest, "
+            "balanced",
+        ("report", "--from", "yesterday"):
+            "error: Invalid value for '--from': 'yesterday' is not an ISO 8601 time",
+        ("report", "--tenant", "a/b"): "error: Invalid value for '--tenant': invalid tenant",
+        ("keys", "list", "--tenant", "a b"): "error: Invalid value for '--tenant': invalid tenant",
+        ("keys", "create", "--tenant", "a/b"):
+            "error: Invalid value for '--tenant': invalid tenant",
+        ("submit", "--kind", "text", "--prompt", "x", "--max-cost-usd", "0.0000001"):
+            "error: Invalid value for '--max-cost-usd': must have at most 6 decimal places",
+        ("budgets", "set", "--scope", "global", "--period", "day", "--limit-usd", "1.0000005"):
+            "error: --limit-usd must have at most 6 decimal places (amounts are kept in whole "
+            "micro-dollars)",
     }
     running = [(args, start(list(args), env)) for args in expected]
     for args, proc in running:

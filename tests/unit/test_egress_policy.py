@@ -214,7 +214,10 @@ def test_a_name_that_does_not_resolve_is_refused_as_dns_failed(strict: EgressPol
         ("https://hooks.example\x00.evil/x", "no spaces or control characters"),
         ("https://a%2fb.example/x", "host is not a valid hostname or IP address"),
         ("https://[fe80::1%25eth0]/x", "host is not a valid hostname or IP address"),
-        ("https://0177.0.0.1/x", "must be an http(s) URL"),  # httpx refuses this octal form
+        # httpx refuses these forms: said as what they are, not "not an http(s) URL"
+        ("https://0177.0.0.1/x", "host is not an IP address in standard form (nor a hostname)"),
+        ("https://999.1.1.1/x", "host is not an IP address in standard form (nor a hostname)"),
+        ("https://[::zz]/x", "host is not an IP address in standard form (nor a hostname)"),
         ("https://" + "a" * 2050 + ".example/", "at most 2048 characters"),
     ],
 )
