@@ -7,6 +7,7 @@ rather than the server's 422 (status 1)."""
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -59,9 +60,15 @@ def iso_time(value: str | None) -> str | None:
 
 
 def usd(value: float | None) -> float | None:
-    """None or a USD amount in whole micro-dollars (at most 6 decimal places), as the API
-    takes it."""
+    """None or a USD amount in whole micro-dollars (at most 6 decimal places, finite, not
+    negative), as the API takes it."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise typer.BadParameter("must be a finite number")
+    if value < 0:
+        raise typer.BadParameter("must not be negative")
     try:
-        return None if value is None else float(exact_usd(value))
+        return float(exact_usd(value))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

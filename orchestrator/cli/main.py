@@ -257,7 +257,7 @@ def budgets_set(
     """Create or update a budget. What is not given is kept: its thresholds unless
     --thresholds/--forecast, and its alert channels (set through PUT /v1/budgets)."""
     from orchestrator.domain.budgets import MAX_LIMIT_USD, Period, validate_scope
-    from orchestrator.domain.money import exact_usd, usd_to_micros
+    from orchestrator.domain.money import exact_usd, format_usd, usd_to_micros
     from orchestrator.ledger.budgets import list_budgets, set_budget
     from orchestrator.store.engine import make_engine
 
@@ -295,7 +295,7 @@ def budgets_set(
             )
     finally:
         engine.dispose()
-    typer.echo(f"budget {scope} {period} set to ${limit_usd:.2f}")
+    typer.echo(f"budget {scope} {period} set to {format_usd(usd_to_micros(limit_usd))}")
 
 
 def _fractions_bp(option: str | None) -> tuple[int, ...] | None:

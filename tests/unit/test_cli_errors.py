@@ -158,6 +158,12 @@ def test_usage_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
             "error: Invalid value for '--tenant': invalid tenant",
         ("submit", "--kind", "text", "--prompt", "x", "--max-cost-usd", "0.0000001"):
             "error: Invalid value for '--max-cost-usd': must have at most 6 decimal places",
+        ("submit", "--kind", "text", "--prompt", "x", "--max-cost-usd", "nan"):
+            "error: Invalid value for '--max-cost-usd': must be a finite number",
+        ("submit", "--kind", "text", "--prompt", "x", "--max-cost-usd", "1e400"):
+            "error: Invalid value for '--max-cost-usd': must be a finite number",
+        ("submit", "--kind", "text", "--prompt", "x", "--max-cost-usd", "-1"):
+            "error: Invalid value for '--max-cost-usd': must not be negative",
         ("budgets", "set", "--scope", "global", "--period", "day", "--limit-usd", "1.0000005"):
             "error: --limit-usd must have at most 6 decimal places (amounts are kept in whole "
             "micro-dollars)",
