@@ -171,7 +171,8 @@ class EgressPolicy:
                 why = None if in_any(ip, self.allowed_nets) else refusal(ip)
                 if why is not None:
                     what = "is" if target.ip is not None else "resolves to"
-                    raise EgressRefused(field, f"{target.host} {what} a {why} address; only "
+                    a = "an" if why[0] in "aeiou" else "a"
+                    raise EgressRefused(field, f"{target.host} {what} {a} {why} address; only "
                                                "public receivers are called unless "
                                                f"{ALLOW_SETTING} admits it")
         if target.url.scheme != "https" and not explicit:
