@@ -146,7 +146,7 @@ def possible_cost(cat: Catalogue, job: repo.JobRow, backend: str) -> int:
     return job.estimated_cost_micros
 
 
-RATE_LIMIT_BACKOFF_MAX_S = 60.0
+RATE_LIMIT_BACKOFF_MAX_S = 300.0
 
 
 def turned_away(attempt: repo.AttemptRow) -> bool:
@@ -157,10 +157,10 @@ def turned_away(attempt: repo.AttemptRow) -> bool:
 
 
 def rate_limit_wait(error: BackendError | None, refusals: int) -> float:
-    """How long a job whose every backend turned it away waits before asking again: the
-    provider's ``Retry-After``, else an exponential backoff (2, 4, … 60 s) over the number of
-    refusals so far."""
+    """How long a job whose every backend turned it away waits before asking again: an
+    exponential backoff over the number of refusals so far (2, 4, … 300 s), or the provider's
+    ``Retry-After`` when that is longer. A limit that lasts costs a job an attempt row every
+    5 minutes at most, whatever short Retry-After the provider keeps sending."""
+    backoff = min(RATE_LIMIT_BACKOFF_MAX_S, 2.0 ** max(1, refusals))
     after = error.retry_after_s if isinstance(error, TransientError) else None
-    if after is not None:
-        return after
-    return min(RATE_LIMIT_BACKOFF_MAX_S, 2.0 ** max(1, refusals))
+    return backoff if after is None else max(after, backoff)

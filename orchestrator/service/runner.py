@@ -268,9 +268,14 @@ class JobRunner:
         plan = RoutePlan.from_quote(job.route or {})
         cat = self.catalogue()
         candidates = self._untried(plan, attempts)
-        if not candidates:  # a backend that only turned the job away for its rate limit
-            candidates = [name for name in plan.backends if name in cat and all(
-                turned_away(a) for a in attempts if a.backend == name)]
+        if not candidates:
+            # a backend that only turned the job away for its rate limit, the one asked
+            # longest ago first: each is asked in turn, not the plan's first for ever
+            last_asked = {a.backend: a.started_at for a in attempts}
+            candidates = sorted(
+                (name for name in plan.backends if name in cat and all(
+                    turned_away(a) for a in attempts if a.backend == name)),
+                key=last_asked.__getitem__)
         refused: list[str] = []
         full: list[str] = []
         for name in candidates:
@@ -307,7 +312,8 @@ class JobRunner:
             code = "backend_removed" if last.error_code == "backend_removed" else (
                 "all_backends_failed")
             message = f"every backend in the plan failed; last: {last.backend}: " + (
-                f"{last.error_code}")
+                f"{last.error_code}") + (
+                f"; not tried: {'; '.join(opened.refused)}" if opened.refused else "")
         else:
             code, message = "no_eligible_backend", (
                 "no backend in the plan would take the job"

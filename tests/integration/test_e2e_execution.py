@@ -248,3 +248,21 @@ def test_a_backend_rate_limited_past_the_deadline_fails_the_job_at_its_deadline(
     assert attempt.error_code == "rate_limited"
     assert rig.counters("vid-cheap")["created"] == 0
     assert rig.ledger() == (0, 0)
+
+
+def test_backends_that_all_turned_a_job_away_are_asked_in_turn(rig: Rig) -> None:
+    """Every backend of the plan refused for its rate limit: the one asked longest ago is
+    asked next, so a backend whose limit lifts first is not passed over for the plan's first
+    (which here stays limited longer)."""
+    budget(rig)
+    rig.control("vid-cheap", duration_ms=200, status_code=429, times=8)  # two calls of 4 tries
+    rig.control("vid-mid", duration_ms=200, status_code=429, times=4)  # one call
+    rig.start_worker()
+    (job,) = rig.wait_final([rig.submit(video())], timeout=90)
+
+    assert job.status == "succeeded" and job.backend == "vid-mid", job.error_code
+    attempts = rig.attempts(job.id)
+    assert [a.backend for a in attempts] == ["vid-cheap", "vid-mid", "vid-cheap", "vid-mid"]
+    assert [a.error_code for a in attempts[:3]] == ["rate_limited"] * 3
+    assert rig.counters("vid-cheap")["created"] == 0 and rig.counters("vid-mid")["created"] == 1
+    assert rig.ledger() == (job.cost_micros, 0)
