@@ -9,6 +9,7 @@ The API URL and key resolve like the other client commands: ``--api-url``/``--ap
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import httpx
@@ -112,6 +113,8 @@ def report(
         show_default=False)] = None,
 ) -> None:
     """Spend from the budget ledger, grouped, with estimate-vs-actual accuracy per backend."""
+    if start is not None and end is not None and _utc(end) <= _utc(start):
+        raise typer.BadParameter("must be after --from", param_hint="'--to'")
     params = {"group_by": group_by}
     for name, value in (("from", start), ("to", end), ("tenant", tenant)):
         if value is not None:
@@ -126,3 +129,9 @@ def report(
         typer.echo(json.dumps(rep, indent=2))
     else:
         typer.echo("\n".join(render(rep)))
+
+
+def _utc(iso: str) -> datetime:
+    """An ISO time as the API reads it: UTC when it names no offset."""
+    t = datetime.fromisoformat(iso)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

@@ -152,6 +152,10 @@ def test_usage_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
             "balanced",
         ("report", "--from", "yesterday"):
             "error: Invalid value for '--from': 'yesterday' is not an ISO 8601 time",
+        ("report", "--from", "2030-01-01", "--to", "2020-01-01"):
+            "error: Invalid value for '--to': must be after --from",
+        ("report", "--from", "2030-01-01T02:00:00+02:00", "--to", "2030-01-01"):
+            "error: Invalid value for '--to': must be after --from",  # the same instant
         ("report", "--tenant", "a/b"): "error: Invalid value for '--tenant': invalid tenant",
         ("keys", "list", "--tenant", "a b"): "error: Invalid value for '--tenant': invalid tenant",
         ("keys", "create", "--tenant", "a/b"):
