@@ -43,7 +43,7 @@ async def send_error(send: Send, status: int, code: str, message: str,
                      headers: Iterable[tuple[bytes, bytes]] = (), close: bool = True) -> None:
     """Answer with the error envelope from ASGI middleware; ``close``: the connection is closed
     after it (a body that was not read must not be taken for the next request)."""
-    body = json.dumps(envelope(code, message, details)).encode()
+    body = json.dumps(envelope(code, message, details), separators=(",", ":")).encode()
     head: list[Any] = [(b"content-type", b"application/json"),
                        (b"content-length", str(len(body)).encode()), *headers]
     if close:

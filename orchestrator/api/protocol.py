@@ -53,7 +53,7 @@ BODY_SLACK_BYTES = HIGH_WATER_LIMIT + 256 * 1024
 def _response(status: int, code: str, message: str,
               extra: tuple[tuple[bytes, bytes], ...] = (),
               details: dict[str, Any] | None = None) -> bytes:
-    body = json.dumps(envelope(code, message, details)).encode()
+    body = json.dumps(envelope(code, message, details), separators=(",", ":")).encode()
     head = [STATUS_LINE[status], b"content-type: application/json\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n"]
     head += [name + b": " + value + b"\r\n" for name, value in extra]
@@ -61,8 +61,8 @@ def _response(status: int, code: str, message: str,
 
 
 async def _unavailable(scope: Any, receive: Any, send: Any) -> None:
-    body = json.dumps(envelope("unavailable", "the API is at its connection limit; retry")
-                      ).encode()
+    body = json.dumps(envelope("unavailable", "the API is at its connection limit; retry"),
+                      separators=(",", ":")).encode()
     await send({"type": "http.response.start", "status": 503,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
