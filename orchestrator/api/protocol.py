@@ -147,12 +147,11 @@ class EdgeProtocol(HttpToolsProtocol):
                 self.app = app
         else:
             super().on_headers_complete()
-        if not (self.parser.should_upgrade() and self._should_upgrade()):
-            # the body, if any, is due now; a request without one completes in this same read
-            self._body_bytes = 0
-            self._disarm_body()
-            self._body_timer = self.loop.call_later(self.body_timeout_s + BODY_GRACE_S,
-                                                    self._body_timeout)
+        self._body_bytes = 0
+        self._disarm_body()
+        if self._declares_body() and not (self.parser.should_upgrade()
+                                          and self._should_upgrade()):
+            self._arm_body()  # the body is due now
 
     # -- body deadline and size ---------------------------------------------------------------
     def on_body(self, body: bytes) -> None:
@@ -168,6 +167,17 @@ class EdgeProtocol(HttpToolsProtocol):
         self._disarm_body()
         super().on_message_complete()
 
+    def _declares_body(self) -> bool:
+        """Whether the request's head announces a body (chunked, or a length above 0): only
+        then is a body timer armed; a request without one completes in the head's read."""
+        return any(name == b"transfer-encoding" or (name == b"content-length"
+                                                    and value.strip() not in (b"", b"0"))
+                   for name, value in self.headers)
+
+    def _arm_body(self) -> None:
+        self._body_timer = self.loop.call_later(self.body_timeout_s + BODY_GRACE_S,
+                                                self._body_timeout)
+
     def _disarm_body(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
@@ -178,8 +188,7 @@ class EdgeProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.pipeline:  # queued behind a running request, and uvicorn is not reading it
-            self._body_timer = self.loop.call_later(self.body_timeout_s + BODY_GRACE_S,
-                                                    self._body_timeout)
+            self._arm_body()
             return
         self._cut(408, "request_timeout",
                   f"the request body did not arrive within {self.body_timeout_s:g} s")
