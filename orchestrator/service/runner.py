@@ -406,16 +406,16 @@ class JobRunner:
         self.endings.close(job, attempt, closing)
         with self.db.connection() as conn:
             attempts = repo.attempts(conn, job.id)
-            closed = replace(attempt, outcome=closing.status,
-                             error_code=closing.error.code if closing.error else None)
+            closed = next(a for a in attempts if a.id == attempt.id)  # as the close wrote it
             plan = RoutePlan.from_quote(job.route or {})
             if turned_away(closed) and not self._untried(plan, attempts):
                 # every backend of the plan was tried, and this one only turned the job away
                 # for its rate limit: it is asked again once its limit allows (or the job's
                 # deadline ends the wait), not failed over to nothing or failed at once
                 delay = rate_limit_wait(closing.error, sum(map(turned_away, attempts)))
-                if job.deadline_at is not None:
-                    delay = min(delay, max(0.0, (job.deadline_at - self.clock()).total_seconds()))
+                left = job.until_deadline(self.clock())
+                if left is not None:
+                    delay = min(delay, left)
                 if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
                     return DONE
                 return Next(delay)

@@ -128,8 +128,9 @@ class Watcher:
         """The next look at a running attempt; ``at_least``: the provider's Retry-After,
         honoured up to the job's deadline (whose step must not come late for it)."""
         wait = at_least or 0.0
-        if wait and job.deadline_at is not None:
-            wait = min(wait, max(0.0, (job.deadline_at - self.clock()).total_seconds()))
+        left = job.until_deadline(self.clock()) if wait else None
+        if left is not None:
+            wait = min(wait, left)
         delay = max(self.delay(attempt, age_s), wait)
         with autocommit(self.engine).connection() as conn:
             if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):

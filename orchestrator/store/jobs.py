@@ -74,6 +74,13 @@ class JobRow:
     cache_leader: uuid.UUID | None = None
     cached_from: uuid.UUID | None = None
 
+    def until_deadline(self, now: datetime) -> float | None:
+        """Seconds from ``now`` to the job's deadline (0 once it passed); None without one:
+        a wait the job's chain takes must not end after it."""
+        if self.deadline_at is None:
+            return None
+        return max(0.0, (self.deadline_at - now).total_seconds())
+
     @property
     def is_final(self) -> bool:
         return self.status in FINAL
