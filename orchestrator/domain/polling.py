@@ -32,3 +32,11 @@ class PollPolicy:
         lost to a crash, a slot that expired instead of being released): ``max_s``, spread by
         ``jitter`` (uniform in [0, 1)) over +-20 % so such jobs do not all come back at once."""
         return self.max_s * (0.8 + 0.4 * jitter)
+
+    def breaker_wait(self, retry_in_s: float, jitter: float) -> float:
+        """How long a job sleeps when every backend left refused it for its breaker: until
+        the refusal ends (an open breaker's cooldown, a half-open one's probe lease), but at
+        least ``min_s`` and at most ``max_s`` (a probe's verdict usually comes long before
+        its lease ends); plus ``jitter`` (uniform in [0, 1)) times ``min_s``, so the jobs
+        waiting on one breaker do not all ask for its probe at the same instant."""
+        return min(self.max_s, max(self.min_s, retry_in_s)) + jitter * self.min_s

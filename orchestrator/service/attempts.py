@@ -38,12 +38,15 @@ DONE = Next()
 class Opened:
     """What ``_open_next`` did: opened ``attempt``; found it opened by a duplicate step (or
     the job no longer running); or found no backend that would take the job (``refused``
-    says why; when ``full`` names backends that only lacked a free slot, the job waits)."""
+    says why; when ``full`` names backends that only lacked a free slot, or
+    ``blocked_until`` says when a breaker that refused it will let a call through, the job
+    waits)."""
 
     attempt: repo.AttemptRow | None = None
     duplicate: bool = False
     refused: tuple[str, ...] = ()
     full: tuple[str, ...] = ()  # the backends that refused for want of a slot
+    blocked_until: float | None = None  # the earliest end of a breaker's refusal (epoch s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ They pass the values of ``service.attempts`` around, and call the chain back thr
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -212,6 +213,10 @@ class JobRunner:
                         delay = self.slots.wait(job, token, opened.full)
                         repo.requeue(conn, job_id, token, delay + self.poll_policy.grace_s)
                         return Next(delay, resume=True)
+                    wait = self._breaker_wait(job, opened, now)
+                    if wait is not None:  # back to the queue until a breaker lets it by
+                        repo.requeue(conn, job_id, token, wait + self.poll_policy.grace_s)
+                        return Next(wait)
             elif leader is None:
                 if current.chain_token != token or (current.is_final and current.wake_at is None):
                     return DONE
@@ -253,6 +258,11 @@ class JobRunner:
                 if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
                     return DONE
                 return Next(delay, resume=True)
+            wait = self._breaker_wait(job, opened, self.clock())
+            if wait is not None:
+                if not repo.set_wake(conn, job.id, token, wait + self.poll_policy.grace_s):
+                    return DONE
+                return Next(wait)
         if opened.duplicate and resume:
             return DONE  # woken twice: the other step opened the attempt and runs it
         return self._start(job, attempts, opened, token)
@@ -278,12 +288,16 @@ class JobRunner:
                 key=last_asked.__getitem__)
         refused: list[str] = []
         full: list[str] = []
+        blocked_until: float | None = None
         for name in candidates:
             ticket = self._acquire(cat.get(name))
             if not ticket.allowed:
                 refused.append(f"{name}: {ticket.refusal}")
                 if ticket.refusal is Refusal.AT_CAPACITY:
                     full.append(name)
+                elif ticket.retry_at is not None:
+                    blocked_until = (ticket.retry_at if blocked_until is None
+                                     else min(blocked_until, ticket.retry_at))
                 continue
             attempt = repo.open_attempt(
                 conn, job.id, token, len(attempts) + 1, name, self.clock(),
@@ -293,7 +307,23 @@ class JobRunner:
                 self.slots.released(name, Outcome.CANCELLED, probe=ticket.probe, slot=ticket.slot)
                 return Opened(duplicate=True)
             return Opened(attempt=attempt)
-        return Opened(refused=tuple(refused), full=tuple(full))
+        return Opened(refused=tuple(refused), full=tuple(full), blocked_until=blocked_until)
+
+    def _breaker_wait(self, job: repo.JobRow, opened: Opened, now: datetime) -> float | None:
+        """How long a job that no backend took waits for a breaker that refused it (open, or
+        half-open with its probe in flight): the backend's outage may end well within the
+        job's deadline, and failing the job would lose it. Never past the deadline, which
+        then ends the wait. None: no breaker refused it (or its deadline has come)."""
+        if opened.blocked_until is None:
+            return None
+        left = job.until_deadline(now)
+        if left == 0:
+            return None
+        wait = self.poll_policy.breaker_wait(opened.blocked_until - now.timestamp(),
+                                             random.random())
+        log.debug("every backend left refused by its breaker; waiting", extra={
+            "job_id": str(job.id), "wait_s": round(wait, 3)})
+        return wait if left is None else min(wait, left)
 
     def _start(
         self, job: repo.JobRow, attempts: list[repo.AttemptRow], opened: Opened,

@@ -34,3 +34,15 @@ def test_the_slot_wait_timer_is_max_s_spread_over_plus_minus_20_percent() -> Non
     assert POLICY.slot_wait(0.0) == pytest.approx(8.0)
     assert POLICY.slot_wait(0.5) == pytest.approx(10.0)
     assert POLICY.slot_wait(0.999) == pytest.approx(11.996)
+
+
+@pytest.mark.parametrize(("retry_in_s", "jitter", "wait_s"), [
+    (4.0, 0.0, 4.0),  # until the cooldown ends
+    (4.0, 0.5, 4.5),  # plus up to min_s of jitter
+    (0.2, 0.0, 1.0),  # at least min_s
+    (-3.0, 0.0, 1.0),  # already over (another job's probe may have taken it)
+    (290.0, 0.0, 10.0),  # at most max_s: a probe's verdict usually comes sooner
+])
+def test_the_breaker_wait_is_the_refusals_end_within_min_s_and_max_s(
+        retry_in_s: float, jitter: float, wait_s: float) -> None:
+    assert POLICY.breaker_wait(retry_in_s, jitter) == pytest.approx(wait_s)
