@@ -36,7 +36,7 @@ DONE = Next()
 
 @dataclass(frozen=True, slots=True)
 class Opened:
-    """What ``_open_next`` did: opened ``attempt``; found it opened by a duplicate step (or
+    """What ``Opener.open_next`` did: opened ``attempt``; found it opened by a duplicate step (or
     the job no longer running); or found no backend that would take the job (``refused``
     says why; when ``full`` names backends that only lacked a free slot, or
     ``blocked_until`` says when a breaker that refused it will let a call through, the job

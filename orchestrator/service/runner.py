@@ -7,13 +7,15 @@ duplicated step is harmless: transitions are guarded, an attempt row is written 
 backend call (moving the chain's wake past the longest that call can take: its lease) and its
 external id right after, and a step carrying an old chain token does nothing.
 
-This module is the chain's own steps: the claim, opening the next attempt on the plan's next
-untried backend (or waiting for a slot), the submission, and failing over. JobRunner builds
-and shares what it hands off, each a small class in its own module:
+This module is the chain's own steps: the claim, the next attempt (or a wait), the
+submission, and failing over. JobRunner builds and shares what it hands off, each a small
+class in its own module:
 
+* ``service.opening`` (``Opener``): the next attempt on the plan's next untried backend that
+  its breaker and a slot let through, or how long the job waits for a slot, a breaker or a
+  rate limit.
 * ``service.watch`` (``Watcher``): polling a running attempt, and stopping one that runs
   past its ``start_to_close``.
-
 * ``service.endings`` (``Endings``): the one ledger statement that ends a job or closes an
   attempt, and what it tells the breaker, the slot waits and the observer.
 * ``service.reconcile`` (``Reconciler``): every paid call ends in the provider's word
@@ -31,7 +33,6 @@ They pass the values of ``service.attempts`` around, and call the chain back thr
 from __future__ import annotations
 
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable
@@ -44,13 +45,10 @@ from sqlalchemy import Engine
 
 from orchestrator.backends.base import BackendAdapter, PollResult, Submission
 from orchestrator.backends.errors import BackendError, JobFault, OutcomeUnknown
-from orchestrator.domain.breaker import Refusal
-from orchestrator.domain.catalogue import BackendSpec, Catalogue
+from orchestrator.domain.catalogue import Catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.polling import PollPolicy
-from orchestrator.domain.routing import RoutePlan
-from orchestrator.health.store import Ticket
 from orchestrator.ledger import Ledger
 from orchestrator.service.attempts import (
     DONE,
@@ -60,22 +58,20 @@ from orchestrator.service.attempts import (
     billed,
     closing_of,
     failure,
-    rate_limit_wait,
     reference,
-    turned_away,
 )
 from orchestrator.service.cache import ResultCache
 from orchestrator.service.conclude import Concluder
 from orchestrator.service.endings import Endings
 from orchestrator.service.follow import Follower
 from orchestrator.service.observe import JobObserver
+from orchestrator.service.opening import Opener
 from orchestrator.service.ports import EnqueuePort, HealthPort
 from orchestrator.service.reconcile import Reconciler
 from orchestrator.service.slots import SlotWaits
 from orchestrator.service.watch import Watcher
 from orchestrator.store import jobs as repo
 from orchestrator.store.engine import autocommit
-from orchestrator.store.statement import Conn
 
 __all__ = ["DONE", "JobRunner", "Next"]
 
@@ -105,6 +101,8 @@ class JobRunner:
         self.poll_policy = poll
         self.observe = observer or JobObserver()
         self.slots = SlotWaits(health, enqueue, poll, lambda: self.catalogue().names)
+        self.opener = Opener(catalogue=catalogue, health=health, adapter=adapter, clock=clock,
+                             poll=poll, slots=self.slots)
         self.endings = Endings(engine, ledger, catalogue, self.slots, self.observe, clock,
                                on_end=cache.wake if cache is not None else None)
         self.follower = Follower(ledger, self.observe, poll, clock)
@@ -156,7 +154,7 @@ class JobRunner:
         cat = self.catalogue()
         if name not in cat:
             return None
-        ticket = self._acquire(cat.get(name))
+        ticket = self.opener.acquire(cat.get(name))
         if not ticket.allowed:
             return None
         with self.db.connection() as conn:
@@ -170,18 +168,8 @@ class JobRunner:
         self.observe.job_started(job)
         return self._submit(job, attempt, token)
 
-    def _acquire(self, backend: BackendSpec) -> Ticket:
-        """A breaker ticket and concurrency slot on ``backend``, leased for its longest
-        attempt plus the chain's grace."""
-        return self.health.acquire(
-            backend.name, max_concurrency=backend.max_concurrency,
-            lease_s=backend.timeouts.start_to_close_s + self.poll_policy.grace_s,
-        )
-
     def _lease_s(self, backend: str) -> float:
-        """How far the chain's wake moves when a call to ``backend`` starts: the longest the
-        call can take, and grace. The sweeper revives no chain while its call may run."""
-        return self.adapter(backend).call_window_s + self.poll_policy.grace_s
+        return self.opener.lease_s(backend)
 
     def _step(self, job_id: uuid.UUID, token: uuid.UUID, resume: bool) -> Next:
         now = self.clock()
@@ -208,12 +196,12 @@ class JobRunner:
                 job = claimed
                 if not self._past_deadline(job, now):
                     # its first attempt is checkpointed before any backend call
-                    opened = self._open_next(conn, job, attempts, token)
+                    opened = self.opener.open_next(conn, job, attempts, token)
                     if opened.full:  # back to the queue until a slot frees
                         delay = self.slots.wait(job, token, opened.full)
                         repo.requeue(conn, job_id, token, delay + self.poll_policy.grace_s)
                         return Next(delay, resume=True)
-                    wait = self._breaker_wait(job, opened, now)
+                    wait = self.opener.breaker_wait(job, opened, now)
                     if wait is not None:  # back to the queue until a breaker lets it by
                         repo.requeue(conn, job_id, token, wait + self.poll_policy.grace_s)
                         return Next(wait)
@@ -252,13 +240,13 @@ class JobRunner:
         *, resume: bool = False,
     ) -> Next:
         with self.db.connection() as conn:
-            opened = self._open_next(conn, job, attempts, token)
+            opened = self.opener.open_next(conn, job, attempts, token)
             if opened.full:  # failing over, but every backend left is full: wait for a slot
                 delay = self.slots.wait(job, token, opened.full)
                 if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
                     return DONE
                 return Next(delay, resume=True)
-            wait = self._breaker_wait(job, opened, self.clock())
+            wait = self.opener.breaker_wait(job, opened, self.clock())
             if wait is not None:
                 if not repo.set_wake(conn, job.id, token, wait + self.poll_policy.grace_s):
                     return DONE
@@ -266,64 +254,6 @@ class JobRunner:
         if opened.duplicate and resume:
             return DONE  # woken twice: the other step opened the attempt and runs it
         return self._start(job, attempts, opened, token)
-
-    def _open_next(
-        self, conn: Conn, job: repo.JobRow, attempts: list[repo.AttemptRow],
-        token: uuid.UUID,
-    ) -> Opened:
-        """Take a breaker ticket for the next untried backend of the plan and write its
-        attempt row (the checkpoint before any backend call), if the chain holding
-        ``token`` still runs the job. With none left, a backend whose every attempt it turned
-        away for its rate limit (nothing made) is asked again."""
-        plan = RoutePlan.from_quote(job.route or {})
-        cat = self.catalogue()
-        candidates = self._untried(plan, attempts)
-        if not candidates:
-            # a backend that only turned the job away for its rate limit, the one asked
-            # longest ago first: each is asked in turn, not the plan's first for ever
-            last_asked = {a.backend: a.started_at for a in attempts}
-            candidates = sorted(
-                (name for name in plan.backends if name in cat and all(
-                    turned_away(a) for a in attempts if a.backend == name)),
-                key=last_asked.__getitem__)
-        refused: list[str] = []
-        full: list[str] = []
-        blocked_until: float | None = None
-        for name in candidates:
-            ticket = self._acquire(cat.get(name))
-            if not ticket.allowed:
-                refused.append(f"{name}: {ticket.refusal}")
-                if ticket.refusal is Refusal.AT_CAPACITY:
-                    full.append(name)
-                elif ticket.retry_at is not None:
-                    blocked_until = (ticket.retry_at if blocked_until is None
-                                     else min(blocked_until, ticket.retry_at))
-                continue
-            attempt = repo.open_attempt(
-                conn, job.id, token, len(attempts) + 1, name, self.clock(),
-                lease_s=self._lease_s(name), slot=ticket.slot, probe=ticket.probe,
-            )
-            if attempt is None:  # a duplicate step opened it first (let it run), or it ended
-                self.slots.released(name, Outcome.CANCELLED, probe=ticket.probe, slot=ticket.slot)
-                return Opened(duplicate=True)
-            return Opened(attempt=attempt)
-        return Opened(refused=tuple(refused), full=tuple(full), blocked_until=blocked_until)
-
-    def _breaker_wait(self, job: repo.JobRow, opened: Opened, now: datetime) -> float | None:
-        """How long a job that no backend took waits for a breaker that refused it (open, or
-        half-open with its probe in flight): the backend's outage may end well within the
-        job's deadline, and failing the job would lose it. Never past the deadline, which
-        then ends the wait. None: no breaker refused it (or its deadline has come)."""
-        if opened.blocked_until is None:
-            return None
-        left = job.until_deadline(now)
-        if left == 0:
-            return None
-        wait = self.poll_policy.breaker_wait(opened.blocked_until - now.timestamp(),
-                                             random.random())
-        log.debug("every backend left refused by its breaker; waiting", extra={
-            "job_id": str(job.id), "wait_s": round(wait, 3)})
-        return wait if left is None else min(wait, left)
 
     def _start(
         self, job: repo.JobRow, attempts: list[repo.AttemptRow], opened: Opened,
@@ -437,27 +367,12 @@ class JobRunner:
         with self.db.connection() as conn:
             attempts = repo.attempts(conn, job.id)
             closed = next(a for a in attempts if a.id == attempt.id)  # as the close wrote it
-            plan = RoutePlan.from_quote(job.route or {})
-            if turned_away(closed) and not self._untried(plan, attempts):
-                # every backend of the plan was tried, and this one only turned the job away
-                # for its rate limit: it is asked again once its limit allows (or the job's
-                # deadline ends the wait), not failed over to nothing or failed at once
-                delay = rate_limit_wait(closing.error, sum(map(turned_away, attempts)))
-                left = job.until_deadline(self.clock())
-                if left is not None:
-                    delay = min(delay, left)
+            delay = self.opener.rate_limit_wait(job, closed, attempts, closing.error)
+            if delay is not None:
                 if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
                     return DONE
                 return Next(delay)
         return self._next_attempt(job, attempts, token)
-
-    def _untried(self, plan: RoutePlan, attempts: list[repo.AttemptRow]) -> list[str]:
-        """The plan's backends, in its order, still in the catalogue and never tried for the
-        job. A backend tried once is not tried again, whatever became of that attempt (an
-        uncertain one above all), unless it only turned the job away (``_open_next``)."""
-        tried = {a.backend for a in attempts}
-        cat = self.catalogue()
-        return [name for name in plan.backends if name not in tried and name in cat]
 
     def _poll_delay(self, attempt: repo.AttemptRow, age_s: float) -> float:
         return self.watcher.delay(attempt, age_s)
