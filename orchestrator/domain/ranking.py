@@ -128,7 +128,9 @@ def rank(
         eff = effective[r.name][0] if balanced else exp
         cost = 1.0 if eff <= min_exp else min_exp / eff
         rel = 1.0 if h.success_rate is None else h.success_rate
-        speed = 0.5 if eff_lat is None or min_lat is None else min(1.0, min_lat / eff_lat)
+        # a latency of 0 (none should be recorded, but a store may hold one) is the fastest
+        speed = (0.5 if eff_lat is None or min_lat is None
+                 else 1.0 if eff_lat <= min_lat else min_lat / eff_lat)
         surplus = r.rank - want_rank if r.rank > want_rank else 0
         quality = surplus / 2.0
         lat_key = inf if lat is None else lat

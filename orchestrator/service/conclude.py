@@ -87,12 +87,12 @@ class Concluder:
         if open_.external_id is not None:
             res = self._peek(adapter, open_.external_id)
             if res is not None and res.status == "succeeded":
-                self.endings.succeed(job, open_, res, 0.0)
+                self.endings.succeed(job, open_, res, self._age_ms(open_))
                 return DONE
             if res is None or not res.done:
                 res = self.cancel_at_backend(adapter, open_)
                 if res is not None and res.status == "succeeded":  # it finished meanwhile
-                    self.endings.succeed(job, open_, res, 0.0)
+                    self.endings.succeed(job, open_, res, self._age_ms(open_))
                     return DONE
             if res is not None and res.done:
                 closing = closing_of(self.catalogue(), job, open_, res)
@@ -231,6 +231,11 @@ class Concluder:
                 "job_id": str(attempt.job_id), "attempt": attempt.number,
                 "backend": adapter.name, "error": exc.code})
             return None
+
+    def _age_ms(self, attempt: repo.AttemptRow) -> float:
+        """How long the attempt has run: the latency its adopted success is counted with
+        (0 would make the backend look instant to routing)."""
+        return max(0.0, (self.clock() - attempt.started_at).total_seconds() * 1000)
 
     @staticmethod
     def _peek(adapter: BackendAdapter, external_id: str) -> PollResult | None:

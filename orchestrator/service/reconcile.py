@@ -81,7 +81,9 @@ class Reconciler:
         if isinstance(move, Next):
             return move
         if isinstance(move, Submission):
-            return self.chain._submitted(job, attempt, move, token, 0.0)
+            # found again: its latency is the attempt's age, not the lookup's
+            age_ms = (situation.now - attempt.started_at).total_seconds() * 1000
+            return self.chain._submitted(job, attempt, move, token, max(0.0, age_ms))
         if move is Move.UNCERTAIN:
             return self.uncertain(job, attempt, token, unknown(attempt))
         if move is Move.WAIT:

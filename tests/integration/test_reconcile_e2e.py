@@ -200,6 +200,24 @@ def test_a_deadline_just_after_the_provider_finished_adopts_the_result(rig: Rig)
     assert rig.ledger() == (bill, 0)
 
 
+def test_a_result_adopted_at_the_deadline_counts_its_real_latency(rig: Rig) -> None:
+    """The adopted attempt ran past the deadline (8 s): its latency is recorded as that, not
+    0 ms. A 0 ms latency made the backend look instant to routing and divided by zero in the
+    ranking: every later submission whose plan held the backend failed with a 500."""
+    budget(rig)
+    rig.control("vid-a", duration_ms=2000)
+    rig.start_worker(env_extra=SLOW_POLLS)
+    rig.wait_worker_ready()
+    job_id = rig.submit(video_job(deadline_s=8))
+    (job,) = rig.wait_final([job_id], timeout=30)
+    assert job.status == "succeeded"
+
+    latency = rig.container.health.snapshot(["vid-a"])["vid-a"].latency_ms
+    assert latency is not None and latency >= 8000
+    for strategy in ("cheapest", "fastest", "balanced"):  # the next jobs are routed
+        rig.submit(video_job(strategy=strategy))
+
+
 def test_a_deadline_whose_stop_finds_the_work_finished_adopts_the_result(rig: Rig) -> None:
     """At the deadline the last look fails (a 404 once), so the chain asks the provider to
     stop, and the cancel's answer shows the prediction had succeeded: it is adopted."""

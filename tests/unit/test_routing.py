@@ -218,6 +218,19 @@ def test_pin_overrides_tier_but_not_breaker() -> None:
                                                ExclusionCode.BREAKER_OPEN}
 
 
+def test_an_observed_latency_of_zero_ranks_fastest_and_raises_nothing() -> None:
+    """A health store holding 0 ms for a backend (a result adopted without a latency, before
+    that was fixed) must not divide by zero: every plan with the backend would fail."""
+    health = {"vid-standard": BackendHealth(success_rate=1.0, latency_ms=0.0),
+              "vid-standard-b": BackendHealth(success_rate=0.5, latency_ms=0.0),
+              "vid-premium": BackendHealth(success_rate=1.0, latency_ms=600.0)}
+    for strategy in ("cheapest", "fastest", "balanced"):
+        plan = plan_route(video(strategy=strategy), SHIPPED, health, now=NOW)
+        assert set(plan.backends) == {"vid-standard", "vid-standard-b", "vid-premium"}
+    fastest = plan_route(video(strategy="fastest"), SHIPPED, health, now=NOW)
+    assert fastest.candidates[0].components["speed"] == 1.0
+
+
 def test_fastest_and_balanced() -> None:
     health = {
         "vid-standard": BackendHealth(success_rate=0.5, latency_ms=900.0),
