@@ -3,13 +3,19 @@
 
 **Costs** come from the ledger: the committed deltas of ``ledger_entries`` (settle, a
 release that charged a partial cost, and the overage of a bill above its hold), joined to
-``jobs`` for backend, tier and project. Each
-step writes the same charge into every budget period that covers the job (global, tenant,
-project), so a job's charge is counted once: one value per (job, step). The groups therefore
-add up, to the micro-dollar, to the committed sum of any one budget that covers all the jobs
-reported (e.g. the tenant's budget). Spend under no budget writes no ledger entry and is not
-in the report. A charge is dated by its ledger entry (``created_at``, the ledger's clock);
-``start`` is inclusive, ``end`` exclusive; ``day`` groups by UTC day.
+``jobs`` for tier and project. Each step writes the same charge into every budget period that
+covers the job (global, tenant, project), so a job's charge is counted once: one value per
+(job, step). The groups therefore add up, to the micro-dollar, to the committed sum of any
+one budget that covers all the jobs reported (e.g. the tenant's budget). By **backend**, a
+charge goes to the backends whose attempts billed it, split in proportion to their bills
+(cumulative rounding, so the shares add up to the charge exactly): a failed-over job's first
+bill stays with the provider that sent it, and a failed job's partial bill is not left
+without a backend; so the groups can be checked against each provider's invoice. A charge
+with no billed attempt (none recorded) goes to the job's backend. A job billed by two
+backends counts in both groups' ``jobs``; the report's ``jobs`` counts it once. Spend under
+no budget writes no ledger entry and is not in the report. A charge is dated by its ledger
+entry (``created_at``, the ledger's clock); ``start`` is inclusive, ``end`` exclusive;
+``day`` groups by UTC day.
 
 **Accuracy** compares, per backend, each succeeded job's actual cost (``jobs.cost_micros``)
 with the estimate routing made for the backend that ran it (its candidate in ``jobs.route``;
@@ -42,14 +48,13 @@ class GroupBy(StrEnum):
     DAY = "day"
 
 
-_KEY_SQL: dict[GroupBy, str] = {
-    GroupBy.BACKEND: "j.backend",
+_KEY_SQL: dict[GroupBy, str] = {  # by backend: _BY_BILLING_BACKEND
     GroupBy.TIER: "j.tier",
     GroupBy.PROJECT: "j.spec -> 'metadata' ->> 'project'",
     GroupBy.DAY: "to_char(c.charged_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
 }
 
-_CHARGES = """
+_CHARGES_CTE = """
     WITH charges AS (
         SELECT e.job_id, MAX(e.committed_delta_micros) AS micros, MIN(e.created_at) AS charged_at
         FROM ledger_entries e
@@ -58,11 +63,38 @@ _CHARGES = """
           AND (CAST(:end AS timestamptz) IS NULL OR e.created_at < CAST(:end AS timestamptz))
         GROUP BY e.job_id, e.idempotency_key
     )
+"""
+
+_GROUPED = """
     SELECT {key} AS key, SUM(c.micros) AS micros, COUNT(DISTINCT c.job_id) AS jobs
     FROM charges c JOIN jobs j ON j.id = c.job_id
     GROUP BY 1
     ORDER BY 1 NULLS LAST
 """
+
+# what each billed attempt's backend takes of a charge: floor(charge x bills up to and with
+# the attempt / all the job's bills), less the same up to the attempt before it
+_BY_BILLING_BACKEND = """
+    , billed AS (
+        SELECT a.job_id, a.backend, a.cost_micros AS cost,
+               SUM(a.cost_micros) OVER (PARTITION BY a.job_id ORDER BY a.number) AS upto,
+               SUM(a.cost_micros) OVER (PARTITION BY a.job_id) AS total
+        FROM attempts a
+        WHERE a.cost_micros > 0 AND a.job_id IN (SELECT job_id FROM charges)
+    )
+    SELECT COALESCE(b.backend, j.backend) AS key,
+           SUM(CASE WHEN b.job_id IS NULL THEN c.micros
+                    ELSE floor(c.micros * CAST(b.upto AS numeric) / b.total)
+                         - floor(c.micros * CAST(b.upto - b.cost AS numeric) / b.total)
+               END) AS micros,
+           COUNT(DISTINCT c.job_id) AS jobs
+    FROM charges c JOIN jobs j ON j.id = c.job_id
+    LEFT JOIN billed b ON b.job_id = c.job_id
+    GROUP BY 1
+    ORDER BY 1 NULLS LAST
+"""
+
+_CHARGED_JOBS = "SELECT COUNT(DISTINCT job_id) AS jobs FROM charges"
 
 # one tenant's entries, found through its jobs (ix_jobs_tenant_created, ix_ledger_entries_job):
 # a tenant's report then reads that tenant's history, not every tenant's ledger
@@ -193,15 +225,12 @@ class CostReport:
     groups: tuple[CostGroup, ...]
     accuracy: tuple[BackendAccuracy, ...]
     tolerance_bp: int
+    jobs: int  # the jobs charged (a job in two groups counts once)
     cache: CacheSummary = CacheSummary(0, 0, 0)
 
     @property
     def total_micros(self) -> int:
         return sum(g.cost_micros for g in self.groups)
-
-    @property
-    def jobs(self) -> int:
-        return sum(g.jobs for g in self.groups)
 
 
 def costs_by(
@@ -209,10 +238,23 @@ def costs_by(
     start: datetime | None = None, end: datetime | None = None,
 ) -> list[CostGroup]:
     """Ledger charges grouped by ``group_by`` (tenant None: every tenant)."""
-    sql = text(_CHARGES.format(key=_KEY_SQL[GroupBy(group_by)],
-                               tenant_entries=_TENANT_ENTRIES if tenant is not None else ""))
-    rows = conn.execute(sql, {"tenant": tenant, "start": start, "end": end}).all()
+    g = GroupBy(group_by)
+    sql = _charges_sql(tenant) + (_BY_BILLING_BACKEND if g is GroupBy.BACKEND
+                                  else _GROUPED.format(key=_KEY_SQL[g]))
+    rows = conn.execute(text(sql), {"tenant": tenant, "start": start, "end": end}).all()
     return [CostGroup(r.key, int(r.micros), int(r.jobs)) for r in rows]
+
+
+def charged_jobs(conn: Connection, *, tenant: str | None = None,
+                 start: datetime | None = None, end: datetime | None = None) -> int:
+    """How many jobs the ledger charged in [start, end)."""
+    sql = _charges_sql(tenant) + _CHARGED_JOBS
+    return int(conn.execute(text(sql), {"tenant": tenant, "start": start, "end": end}
+                            ).scalar_one())
+
+
+def _charges_sql(tenant: str | None) -> str:
+    return _CHARGES_CTE.format(tenant_entries=_TENANT_ENTRIES if tenant is not None else "")
 
 
 def estimate_accuracy(
@@ -259,5 +301,6 @@ def cost_report(
         accuracy=tuple(estimate_accuracy(conn, tenant=tenant, start=start, end=end,
                                          tolerance_bp=tolerance_bp)),
         tolerance_bp=tolerance_bp,
+        jobs=charged_jobs(conn, tenant=tenant, start=start, end=end),
         cache=cache_summary(conn, tenant=tenant, start=start, end=end),
     )

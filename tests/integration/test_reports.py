@@ -161,6 +161,53 @@ def test_from_and_to_select_charges_by_ledger_time(db: Engine) -> None:
         cost_report(conn, GroupBy.DAY, start=end, end=start)
 
 
+def test_by_backend_each_charge_goes_to_the_backends_whose_attempts_billed_it(
+        db: Engine) -> None:
+    """A provider's invoice can be checked against its group: a failed-over job's first bill
+    stays with the backend that sent it, a failed job's partial bill is not left without a
+    backend, and a charge split over two backends adds up to the micro-dollar."""
+    make_budget(db, "tenant:acme", "month", BIG)
+    ledger = Ledger(db, clock=FakeClock(NOV_1))
+
+    def job_billed_by(bills: list[tuple[str, int]], backend: str | None, hold: int) -> None:
+        job = uuid.uuid4()
+        insert_job(db, job, "acme", candidates={"vid-a": hold})
+        ledger.hold(job, covering_scopes("acme", None), hold)
+        with db.begin() as tx:
+            for number, (name, cost) in enumerate(bills, 1):
+                tx.execute(text(
+                    "INSERT INTO attempts (job_id, number, backend, outcome, cost_micros) "
+                    "VALUES (:j, :n, :b, 'failed', :c)"), {"j": job, "n": number, "b": name,
+                                                          "c": cost})
+        total = sum(cost for _, cost in bills)
+        if backend is None:  # failed, its partial bill charged
+            ledger.release(job, charge_micros=total)
+        else:
+            ledger.settle(job, total)
+        finish_job(db, job, "failed" if backend is None else "succeeded", backend, total,
+                   NOV_1)
+
+    job_billed_by([("vid-b", 300_000), ("vid-a", 700_000)], "vid-a", hold=2_000_000)
+    job_billed_by([("img-a", 250_001)], None, hold=1_000_000)
+    # past its hold: a settle and an overage, each split over the two backends
+    job_billed_by([("vid-b", 300_001), ("vid-a", 400_000)], "vid-a", hold=500_000)
+
+    with db.connect() as conn:
+        rep = cost_report(conn, GroupBy.BACKEND, tenant="acme")
+        overages = conn.execute(text(
+            "SELECT count(*) FROM ledger_entries WHERE kind = 'overage'")).scalar_one()
+    assert overages > 0
+    groups = {g.key: g for g in rep.groups}
+    assert set(groups) == {"img-a", "vid-a", "vid-b"}
+    assert rep.total_micros == ledger_committed(db, "tenant:acme") == 1_950_002
+    assert (groups["img-a"].cost_micros, groups["img-a"].jobs) == (250_001, 1)
+    # each of the third job's two charges is split with its own rounding: within 1 each
+    assert abs(groups["vid-b"].cost_micros - 600_001) <= 2
+    assert abs(groups["vid-a"].cost_micros - 1_100_000) <= 2
+    assert (groups["vid-a"].jobs, groups["vid-b"].jobs) == (2, 2)
+    assert rep.jobs == 3  # a job in two groups counts once
+
+
 def test_accuracy_compares_each_backends_own_estimate_with_the_actual(db: Engine) -> None:
     # vid-a estimated $1.00 (the worst case was $3.00 on vid-b): actual / estimate
     ratios = {"vid-a": [0.9, 0.95, 1.0, 1.04, 1.06], "vid-b": [1.0, 1.2]}
