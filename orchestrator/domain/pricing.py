@@ -8,7 +8,7 @@ end gives micro-USD. So ``actual <= estimate`` whenever the usage is within the 
     video    seconds x usd_per_second x resolution multiplier
     image    n x usd_per_image[size]
     text     input_tokens/1000 x usd_per_1k_input + output_tokens/1000 x usd_per_1k_output
-             (worst case: input = ceil(len(prompt in UTF-8 bytes) / 3), output = max_tokens)
+             (worst case: input = ceil(len(prompt in UTF-8 bytes) / 3) + 7, output = max_tokens)
     request  usd_per_request
     compute  run seconds x usd_per_second (worst case: the backend's start_to_close_s,
              past which the run is cancelled)
@@ -82,8 +82,17 @@ def _exact(x: float | int) -> Fraction:
     return Fraction(Decimal(repr(x)))
 
 
+# What a chat API counts beside the prompt's own tokens: each message's framing (3 tokens)
+# and its role (1), and the reply's priming (3): OpenAI's documented count for one message
+# (its cookbook, "How to count tokens with tiktoken"). Left out, a short prompt answered up
+# to max_tokens billed a few tokens above its worst case.
+CHAT_OVERHEAD_TOKENS = 7
+
+
 def estimate_input_tokens(prompt: str) -> int:
-    return _ceil_div(len(prompt.encode("utf-8")), 3)
+    """A prompt's worst case in input tokens: a token per 3 UTF-8 bytes, and the chat
+    framing around it (``CHAT_OVERHEAD_TOKENS``)."""
+    return _ceil_div(len(prompt.encode("utf-8")), 3) + CHAT_OVERHEAD_TOKENS
 
 
 def quantities(spec: JobSpec) -> Quantities:

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from orchestrator.domain.catalogue import BackendSpec
 from orchestrator.domain.jobs import JobSpec, Kind
-from orchestrator.domain.pricing import NotPriceable, Usage, actual_micros, estimate_micros
+from orchestrator.domain.pricing import (
+    NotPriceable,
+    Usage,
+    actual_micros,
+    estimate_input_tokens,
+    estimate_micros,
+)
 
 
 def backend(name: str, kinds: list[str], price: dict[str, Any]) -> BackendSpec:
@@ -84,12 +90,16 @@ def test_image() -> None:
 
 
 def test_text() -> None:
-    # "héllo wörld!" is 14 UTF-8 bytes -> ceil(14/3) = 5 input tokens; 100 output tokens
+    # "héllo wörld!" is 14 UTF-8 bytes -> ceil(14/3) = 5 tokens, and 7 of the chat framing
+    # (a message's 3, its role's 1, the reply's priming 3): 12 input tokens; 100 output tokens
     spec = JobSpec(kind=Kind.TEXT, input={"prompt": "héllo wörld!", "max_tokens": 100})
-    # 5 x 0.0005/1000 + 100 x 0.0015/1000 = 0.0000025 + 0.00015 = 152.5 micro -> 153
-    assert estimate_micros(TEXT, spec) == 153
-    # default max_tokens 512: 5 x 0.5 + 512 x 1.5 = 770.5 -> 771
-    assert estimate_micros(TEXT, JobSpec(kind=Kind.TEXT, input={"prompt": "héllo wörld!"})) == 771
+    # 12 x 0.0005/1000 + 100 x 0.0015/1000 = 0.000006 + 0.00015 = 156 micro
+    assert estimate_micros(TEXT, spec) == 156
+    # OpenAI bills one user message "hi" as 8 prompt tokens (1 + the framing's 7): the worst
+    # case must not be below it
+    assert estimate_input_tokens("hi") == 8
+    # default max_tokens 512: 12 x 0.5 + 512 x 1.5 = 774
+    assert estimate_micros(TEXT, JobSpec(kind=Kind.TEXT, input={"prompt": "héllo wörld!"})) == 774
     assert actual_micros(TEXT, Usage(input_tokens=1000, output_tokens=2000)) == 3_500
     assert actual_micros(TEXT, Usage(input_tokens=1, output_tokens=0)) == 1  # 0.5 -> 1
     with pytest.raises(NotPriceable):
