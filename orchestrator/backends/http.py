@@ -189,13 +189,17 @@ class HttpAdapter(ABC):
         json: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         creates: bool = False,
+        call: str | None = None,
     ) -> dict[str, Any]:
         """One logical call: retried while transient, then the parsed JSON object or an error.
 
         ``creates``: the call may create paid work (a submission). Once such a request may
         have reached the provider (sent, then no answer), it is repeated only where the
         provider joins in-flight repeats of a key; elsewhere the call raises OutcomeUnknown.
+        ``call`` names it in the logs (``create``, ``poll``, ``cancel``, ``lookup``; default
+        ``create`` or the method): a refused cancel must not read as a refused job.
         """
+        call = call or ("create" if creates else method)
         to = target(self._url(path))
         # as httpx encodes ``json=``
         body = b"" if json is None else jsonlib.dumps(
@@ -255,7 +259,7 @@ class HttpAdapter(ABC):
             return once()
         except BackendError as exc:
             if not retryable(exc):
-                return self._failed(method, exc, 1, creates)
+                return self._failed(call, exc, 1, creates)
             first: list[BackendError] = [exc]
 
         def attempt() -> dict[str, Any]:
@@ -280,8 +284,8 @@ class HttpAdapter(ABC):
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             log.info(
-                "backend call retrying backend=%s method=%s code=%s attempt=%d wait_s=%.3f",
-                self.name, method, getattr(exc, "code", "?"), state.attempt_number,
+                "backend call retrying backend=%s call=%s code=%s attempt=%d wait_s=%.3f",
+                self.name, call, getattr(exc, "code", "?"), state.attempt_number,
                 state.upcoming_sleep,
             )
             metrics.counter(JOB_RETRIES, backend=self.name, reason=getattr(exc, "code", "unknown"))
@@ -298,9 +302,9 @@ class HttpAdapter(ABC):
             return retrying(attempt)
         except BackendError as exc:
             tries = int(retrying.statistics.get("attempt_number", 1))
-            return self._failed(method, exc, tries, creates)
+            return self._failed(call, exc, tries, creates)
 
-    def _failed(self, method: str, exc: BackendError, attempts: int,
+    def _failed(self, call: str, exc: BackendError, attempts: int,
                 creates: bool = False) -> NoReturn:
         if creates and isinstance(exc, TransientError) and exc.delivered:
             exc = OutcomeUnknown(
@@ -311,8 +315,8 @@ class HttpAdapter(ABC):
             exc = self.unreadable_creation(exc)
         exc.attempts = attempts
         log.warning(
-            "backend call failed backend=%s method=%s code=%s attempts=%d",
-            self.name, method, exc.code, exc.attempts,
+            "backend call failed backend=%s call=%s code=%s attempts=%d",
+            self.name, call, exc.code, exc.attempts,
         )
         raise exc
 

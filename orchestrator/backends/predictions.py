@@ -89,7 +89,8 @@ class PredictionsAdapter(HttpAdapter):
         everything must not hand us another job's work): a provider with no such listing
         raises LookupUnsupported."""
         try:
-            data = self.request("GET", f"/v1/predictions?idempotency_key={quote(reference)}")
+            data = self.request("GET", f"/v1/predictions?idempotency_key={quote(reference)}",
+                                call="lookup")
         except (BackendFault, JobFault) as exc:  # 4xx: no such listing here
             raise LookupUnsupported(
                 f"{self.name}: the provider cannot list predictions by idempotency key "
@@ -113,14 +114,16 @@ class PredictionsAdapter(HttpAdapter):
         return None
 
     def poll(self, external_id: str) -> PollResult:
-        data = self.request("GET", f"/v1/predictions/{quote(external_id, safe='')}")
+        data = self.request("GET", f"/v1/predictions/{quote(external_id, safe='')}",
+                            call="poll")
         return self._result(data)
 
     def cancel(self, external_id: str) -> PollResult:
         """The prediction as the cancel left it: ``cancelled`` (with what the provider billed
         for the part it ran), or as it had already finished, or still running while it
         stops."""
-        data = self.request("POST", f"/v1/predictions/{quote(external_id, safe='')}/cancel")
+        data = self.request("POST", f"/v1/predictions/{quote(external_id, safe='')}/cancel",
+                            call="cancel")
         return self._result(data)
 
     # -- parsing ----------------------------------------------------------------------------

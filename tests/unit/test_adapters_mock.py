@@ -944,3 +944,20 @@ def test_a_string_error_that_only_names_a_filter_is_the_backends_failure(words: 
     res = mock("vid", answer(prediction(status="failed", metrics=None, cost_usd=None,
                                         error=words))).poll("p1")
     assert res.error is not None and res.error.code == "prediction_failed"
+
+
+def test_a_refused_call_is_logged_as_what_it_was_not_as_a_refused_job(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A cancel answered 409 for a prediction that already ended: the log names the cancel
+    (the next poll reads what the provider says), not a create the provider rejected."""
+    refused = answer({"detail": "prediction already finished"}, 409)
+    with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
+        for call in (lambda a: a.cancel("p1"), lambda a: a.poll("p1")):
+            with pytest.raises(BackendError):
+                call(mock("vid", refused))
+    failed = [r.getMessage() for r in caplog.records if "backend call failed" in r.getMessage()]
+    assert [m.split(" code=")[0] for m in failed] == [
+        "backend call failed backend=vid call=cancel",
+        "backend call failed backend=vid call=poll",
+    ]
