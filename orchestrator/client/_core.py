@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote as _quote
 
 import httpx
+import httpx_sse
 from pydantic import ValidationError
 
 from orchestrator.client.errors import (
@@ -379,6 +380,15 @@ def stream_headers(last_seq: int) -> dict[str, str]:
 
 def stream_timeout(remaining_s: float) -> httpx.Timeout:
     return httpx.Timeout(10.0, read=max(0.05, min(remaining_s, STREAM_READ_TIMEOUT_S)))
+
+
+def is_event(sse: httpx_sse.ServerSentEvent) -> bool:
+    """Whether a message of a job's stream carries an event. A message without data is
+    none: httpx-sse hands one over for every keep-alive comment once the stream has given
+    an ``id:`` (it keeps the last id, as the SSE spec says, but dispatches without data,
+    which the spec does not), so every ping after the first event would otherwise end the
+    iteration with a ValidationError."""
+    return bool(sse.data)
 
 
 def parse_event(data: str) -> JobEvent:

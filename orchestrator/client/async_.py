@@ -234,6 +234,8 @@ class AsyncClient:
                                 break
                             except TimeoutError:
                                 raise _core.stream_deadline_passed() from None
+                            if not _core.is_event(sse):
+                                continue
                             event = _core.parse_event(sse.data)
                             resume.seen(event)
                             yield event

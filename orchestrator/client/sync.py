@@ -233,6 +233,8 @@ class Client:
                         raise error_from_response(source.response)
                     with _cut_after(source.response, resume.left()):
                         for sse in source.iter_sse():
+                            if not _core.is_event(sse):
+                                continue
                             event = _core.parse_event(sse.data)
                             resume.seen(event)
                             yield event

@@ -1,0 +1,63 @@
+"""The SDK's event iteration across keep-alive comments: a stream that has sent an event and
+then only pings (a job that runs longer than ``ORCH_EVENTS_PING_S``) goes on being read until
+its next event or the timeout, in the sync and the async client, and so in ``jobs watch`` and
+``wait()``. Real API (a second one, over the same database, pinging every 0.2 s), real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from orchestrator.api import ApiConfig, RunningApi, start_in_thread
+from orchestrator.bootstrap import Container
+from orchestrator.client import AsyncClient, Client, JobEvent
+
+from .api_fixture import Api, api_fixture, video  # noqa: F401
+
+
+@pytest.fixture()
+def pinging(api: Api) -> Iterator[RunningApi]:
+    """An API on the same database whose streams ping every 0.2 s."""
+    settings = api.rig.container.settings.model_copy(update={"events_ping_s": 0.2})
+    container = Container(settings, enqueue=api.rig.container._enqueue)
+    running = start_in_thread(container, config=ApiConfig(key_cache_s=0))
+    try:
+        yield running
+    finally:
+        running.stop()
+        container.engine.dispose()
+
+
+def _queued_job(api: Api) -> str:
+    """A job that stays queued (no worker runs here): its stream sends job.queued, then pings."""
+    r = api.tenant().post("/v1/jobs", json=video())
+    assert r.status_code == 202, r.text
+    job_id: str = r.json()["id"]
+    return job_id
+
+
+def test_sync_events_read_on_across_keep_alive_pings(api: Api, pinging: RunningApi) -> None:
+    job_id = _queued_job(api)
+    got: list[JobEvent] = []
+    with (Client(base_url=pinging.url, api_key=api.keys["acme"]) as sdk,
+          pytest.raises(httpx.ReadTimeout)):  # the timeout ends it, not a ping
+        for event in sdk.events(job_id, timeout=1.5):
+            got.append(event)
+    assert [e.type for e in got] == ["job.queued"]
+
+
+def test_async_events_read_on_across_keep_alive_pings(api: Api, pinging: RunningApi) -> None:
+    job_id = _queued_job(api)
+
+    async def go() -> list[JobEvent]:
+        got: list[JobEvent] = []
+        async with AsyncClient(base_url=pinging.url, api_key=api.keys["acme"]) as sdk:
+            with pytest.raises(httpx.ReadTimeout):
+                async for event in sdk.events(job_id, timeout=1.5):
+                    got.append(event)
+        return got
+
+    assert [e.type for e in asyncio.run(go())] == ["job.queued"]
