@@ -19,6 +19,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from anyio import to_thread
@@ -62,6 +63,17 @@ _FEED_DOC: dict[int | str, dict[str, Any]] = {
                          "application/json, the events after the cursor (at most limit) and "
                          "next_cursor, the since of the next poll: always set (a feed has no "
                          "last page; with no new events it is the cursor given)"}}
+
+
+class KeepAlive(ServerSentEvent):
+    """A stream's keep-alive: one comment line, with no blank line after it. A blank line
+    ends a message, and some clients (httpx-sse 0.4) then hand their reader an event without
+    data for every ping once the stream has sent an ``id:``, which a reader expecting a
+    job's event cannot parse. A comment line alone is ignored by every reader, as the SSE
+    spec says, and still keeps proxies from closing the stream as idle."""
+
+    def encode(self) -> bytes:
+        return f": ping - {datetime.now(UTC).isoformat()}\r\n".encode()
 
 
 def _message(ev: Event) -> ServerSentEvent:
@@ -187,7 +199,8 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
             finally:
                 hub.streams -= 1
 
-        return EventSourceResponse(events(), ping=ping_s, headers=_NO_BUFFERING)
+        return EventSourceResponse(events(), ping=ping_s, headers=_NO_BUFFERING,
+                                   ping_message_factory=KeepAlive)
 
     @r.get("/events", summary="The tenant's job events: Server-Sent Events, or one page of "
            "JSON with Accept: application/json", response_class=EventSourceResponse,
@@ -251,7 +264,8 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
             finally:
                 hub.streams -= 1
 
-        return EventSourceResponse(events(), ping=ping_s, headers=_NO_BUFFERING)
+        return EventSourceResponse(events(), ping=ping_s, headers=_NO_BUFFERING,
+                                   ping_message_factory=KeepAlive)
 
     return r
 

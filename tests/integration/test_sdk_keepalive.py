@@ -6,9 +6,11 @@ its next event or the timeout, in the sync and the async client, and so in ``job
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import httpx
+import httpx_sse
 import pytest
 
 from orchestrator.api import ApiConfig, RunningApi, start_in_thread
@@ -61,3 +63,26 @@ def test_async_events_read_on_across_keep_alive_pings(api: Api, pinging: Running
         return got
 
     assert [e.type for e in asyncio.run(go())] == ["job.queued"]
+
+
+def test_a_keep_alive_is_a_comment_line_no_sse_client_reads_as_a_message(
+        api: Api, pinging: RunningApi) -> None:
+    """Any client, not only ours: the pings are comment lines with no blank line after them
+    (a blank line ends a message), so httpx-sse, which hands over a message without data at
+    every blank line once an ``id:`` came, yields the job's event and nothing else."""
+    job_id = _queued_job(api)
+    raw = b""
+    with httpx.Client(base_url=pinging.url, timeout=5.0,
+                      headers={"Authorization": f"Bearer {api.keys['acme']}"}) as http, \
+            http.stream("GET", f"/v1/jobs/{job_id}/events") as r:
+        until = time.monotonic() + 1.5  # pings every 0.2 s: a chunk comes at least that often
+        for chunk in r.iter_raw():
+            raw += chunk
+            if time.monotonic() > until:
+                break
+    pings = raw.split(b"\r\n\r\n", 1)[1]  # after the job's one event
+    assert pings.count(b": ping - ") >= 3
+    assert b"\r\n\r\n" not in pings
+    stream = httpx.Response(200, content=raw, headers={"content-type": "text/event-stream"})
+    got = list(httpx_sse.EventSource(stream).iter_sse())
+    assert [(m.event, bool(m.data)) for m in got] == [("job.queued", True)]
