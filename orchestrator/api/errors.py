@@ -18,7 +18,7 @@
     headers_too_large     431   request line and headers above the configured limit
     method_not_allowed    405
     unsupported_media_type 415  a body that fails validation sent as another Content-Type
-                                than JSON (a form, text/plain)
+                                than JSON (a form, text/plain), or with none
     not_ready             503   /readyz: database or Redis unreachable
     secret_key_missing    503   a channel secret must be stored and no ORCH_SECRET_KEY (or key
                                 file) is configured: nothing is stored in plain text
@@ -238,13 +238,17 @@ def install(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         sent = request.headers.get("content-type")
         media = (sent or "").split(";")[0].strip().lower()
-        about_body = any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors())
-        if sent and about_body and not (media == "application/json"
-                                        or media.endswith("+json")):
+        about_body = [e for e in exc.errors() if tuple(e.get("loc", ()))[:1] == ("body",)]
+        # a body sent without a Content-Type is not read as JSON: said so, unless there was
+        # no body at all (that is a missing field)
+        unread = sent is not None or any(e.get("type") != "missing" for e in about_body)
+        if about_body and unread and not (media == "application/json"
+                                          or media.endswith("+json")):
             # a form or text/plain body (curl -d sends a form): name that, not a field
+            what = f"not {media[:60] or 'empty'}" if sent is not None else "and none was sent"
             return error_response(415, "unsupported_media_type",
                                   f"the body must be JSON (Content-Type: application/json), "
-                                  f"not {media[:60] or 'empty'}", {"field": "body"})
+                                  f"{what}", {"field": "body"})
         message, items = validation_message(list(exc.errors()))
         details: dict[str, Any] = {"errors": items}
         if items:  # the first bad field, as an input field refused at the door names it

@@ -110,6 +110,16 @@ def test_a_body_that_is_not_json_is_415_naming_the_content_type(api: Api) -> Non
     text = api.tenant().post("/v1/quotes", content=b"kind=video",
                              headers={"Content-Type": "text/plain"})
     _error(text, 415, "unsupported_media_type")
+    # JSON without a Content-Type (httpx's content=, a bare urllib request) is not read as JSON
+    bare = httpx.post(f"{api.url}/v1/jobs", content=b'{"kind": "video"}',
+                      headers={"Authorization": f"Bearer {api.keys['acme']}"})
+    assert "content-type" not in bare.request.headers
+    _error(bare, 415, "unsupported_media_type")
+    assert "Content-Type: application/json), and none was sent" in bare.json()["error"]["message"]
+    # no body at all is a missing field, whatever the headers
+    empty = httpx.post(f"{api.url}/v1/jobs",
+                       headers={"Authorization": f"Bearer {api.keys['acme']}"})
+    _error(empty, 422, "invalid_request")
     # a JSON body that is wrong is still about its field
     bad = api.tenant().post("/v1/jobs", json={"kind": "video", "input": []})
     _error(bad, 422, "invalid_request")
