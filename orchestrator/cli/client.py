@@ -23,7 +23,14 @@ from orchestrator.cli.checks import one_of
 from orchestrator.cli.checks import usd as checked_usd
 from orchestrator.cli.errors import UsageError, errors_as_one_line, fail
 from orchestrator.cli.keys import keys_app
-from orchestrator.client import ApiError, Backend, BudgetExceeded, Client, Job
+from orchestrator.client import (
+    ApiError,
+    Backend,
+    BudgetExceeded,
+    Client,
+    Job,
+    NoEligibleBackend,
+)
 from orchestrator.domain.jobs import Kind, Strategy, Tier
 from orchestrator.store.jobs import FINAL, LIVE
 
@@ -63,6 +70,14 @@ def _budget_message(exc: BudgetExceeded) -> str:
             f"this job needs up to {usd(exc.requested_usd)}")
 
 
+def _no_backend_message(exc: NoEligibleBackend) -> str:
+    """The API's reason, and why each backend was left out (its ``details.excluded``)."""
+    excluded = exc.details.get("excluded")
+    reasons = [f"{e.get('backend')}: {e.get('reason')}" for e in excluded
+               if isinstance(e, dict)] if isinstance(excluded, list) else []
+    return exc.message + (f" ({'; '.join(reasons)})" if reasons else "")
+
+
 # httpx refused the API URL (before any request). Neither the URL nor httpx's reason is
 # shown: both may quote a password (httpx's reason quotes the part it could not read).
 INVALID_URL = ("invalid API URL: not an http(s) URL httpx can read (check --api-url, "
@@ -72,6 +87,7 @@ INVALID_URL = ("invalid API URL: not an http(s) URL httpx can read (check --api-
 # ``one_line_errors``, and the SDK's errors (a 402 in dollars and cents) as one line too;
 # a URL httpx refuses while sending, where ``_client`` did not see it first
 _one_line_errors = errors_as_one_line((BudgetExceeded, _budget_message),
+                                      (NoEligibleBackend, _no_backend_message),
                                       (ApiError, lambda e: e.message),
                                       (httpx.InvalidURL, lambda _: INVALID_URL))
 

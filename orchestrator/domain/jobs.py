@@ -234,7 +234,7 @@ class JobSpec(BaseModel):
     def _webhook_events(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         unknown = [e for e in v if e not in EVENT_TYPES]
         if unknown:
-            raise ValueError(f"webhook_events: unknown event {unknown[0]!r}; one of "
+            raise ValueError(f"unknown event {unknown[0]!r}; one of "
                              f"{', '.join(EVENT_TYPES)}")
         return tuple(dict.fromkeys(v))  # each once, in the order given
 
@@ -263,7 +263,9 @@ class JobSpec(BaseModel):
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             msg = str(first["msg"]).removeprefix("Value error, ")
-            raise ValueError(f"input.{where}: {msg} (for a {self.kind.value} job)") from None
+            article = "an" if self.kind.value[0] in "aeiou" else "a"
+            raise ValueError(f"input.{where}: {msg} (for {article} {self.kind.value} job)"
+                             ) from None
         # frozen model: write the normalised input (defaults filled in) through __dict__
         self.__dict__["input"] = parsed.model_dump()
         return self

@@ -121,6 +121,16 @@ class RoutePlan:
         0 when there is no candidate."""
         return max((c.estimate_micros for c in self.candidates), default=0)
 
+    def nothing_eligible(self) -> str:
+        """Why a plan without candidates has none, in one line: a pinned backend's own reason
+        (one the catalogue does not have, above all), else that none could run the job."""
+        if self.pinned is not None:
+            why = next((e.reason for e in self.excluded if e.backend == self.pinned
+                        and e.code is not ExclusionCode.NOT_PINNED), None)
+            if why is not None:
+                return f"the job is pinned to {self.pinned!r}: {why}"
+        return "no backend can run this job"
+
     def to_quote(self) -> dict[str, Any]:
         """JSON-ready CONTRACT quote shape (plus a few extra fields)."""
         return {

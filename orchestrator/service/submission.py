@@ -147,9 +147,8 @@ class Submitter:
                 if replay is not None:
                     return Admission(replay, None)
             record_submission(spec, NoEligibleBackend.code)
-            raise NoEligibleBackend(
-                "no backend can run this job", excluded=plan.to_quote()["excluded"]
-            )
+            raise NoEligibleBackend(plan.nothing_eligible(),
+                                    excluded=plan.to_quote()["excluded"])
         if spec.webhook_url is not None and self.signing_secret is not None:
             self.signing_secret(tenant)  # SecretKeyMissing (503) if it could never be signed
         key = self.cache.key_for(tenant, spec) if self.cache is not None else None

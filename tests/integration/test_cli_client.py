@@ -74,6 +74,17 @@ def test_submit_human_and_json_with_typed_params(cli: typer.Typer, api: Api) -> 
     assert job["route"]["candidates"][0]["backend"] == "vid-cheap" and job["id"] != job_id
 
 
+def test_submit_refused_for_want_of_a_backend_says_why_each_was_left_out(
+        cli: typer.Typer, api: Api) -> None:
+    line = one_error_line(run(cli, api, *VIDEO, "--backend", "vid-nope"))
+    assert line.startswith("error: the job is pinned to 'vid-nope': no backend 'vid-nope' "
+                           "in the catalogue ("), line
+    assert "vid-cheap: job is pinned to vid-nope" in line
+    premium = one_error_line(run(cli, api, *VIDEO, "--tier", "premium"))
+    assert premium.startswith("error: no backend can run this job (vid-cheap: tier draft is "
+                              "below premium; "), premium
+
+
 def test_submit_with_an_idempotency_key_returns_the_same_job(cli: typer.Typer,
                                                             api: Api) -> None:
     first = json.loads(run(cli, api, *VIDEO, "--idempotency-key", "k-1", "--json").stdout)

@@ -259,3 +259,15 @@ def test_unknown_pin() -> None:
     plan = plan_route(video(backend="nope"), SHIPPED, {}, now=NOW)
     assert plan.backends == () and plan.worst_case_micros == 0
     assert plan.excluded[-1].code is ExclusionCode.UNKNOWN_BACKEND
+    assert plan.nothing_eligible() == (
+        "the job is pinned to 'nope': no backend 'nope' in the catalogue")
+
+
+def test_why_nothing_is_eligible_names_the_pinned_backends_own_reason() -> None:
+    opened = {"vid-draft": BackendHealth(BreakerState(BreakerStatus.OPEN, 3, 1, NOW + 5))}
+    pinned = plan_route(video(backend="vid-draft"), SHIPPED, opened, now=NOW)
+    assert pinned.nothing_eligible() == (
+        "the job is pinned to 'vid-draft': breaker open (3 strikes) for 5.0 s more")
+    unpinned = plan_route(video(max_cost_usd=0.000001), SHIPPED, {}, now=NOW)
+    assert unpinned.backends == ()
+    assert unpinned.nothing_eligible() == "no backend can run this job"
