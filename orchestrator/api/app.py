@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -52,6 +52,7 @@ from orchestrator.api.middleware import (
     HeadAsGet,
     RequestMetrics,
 )
+from orchestrator.api.query import known_query
 from orchestrator.api.schemas import HealthOut, ReadyOut
 from orchestrator.api.security import Authenticator
 from orchestrator.bootstrap import Container
@@ -90,12 +91,13 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     app.state.ctx = ctx
     app.state.hub = hub
     errors.install(app)
-    app.include_router(routes_jobs.router(ctx))
-    app.include_router(routes_events.router(ctx, hub))
-    app.include_router(routes_webhooks.router(ctx))
-    app.include_router(routes_admin.router(ctx))
-    app.include_router(routes_keys.router(ctx))
-    app.include_router(routes_reports.router(ctx))
+    strict = [Depends(known_query)]  # an unknown query parameter is a 422, not ignored
+    app.include_router(routes_jobs.router(ctx), dependencies=strict)
+    app.include_router(routes_events.router(ctx, hub), dependencies=strict)
+    app.include_router(routes_webhooks.router(ctx), dependencies=strict)
+    app.include_router(routes_admin.router(ctx), dependencies=strict)
+    app.include_router(routes_keys.router(ctx), dependencies=strict)
+    app.include_router(routes_reports.router(ctx), dependencies=strict)
     _ops(app, ctx)
     docs_ui.mount(app)  # /docs: Swagger UI from an installed package, strict CSP
     if container.settings.console_enabled:

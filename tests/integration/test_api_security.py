@@ -129,6 +129,24 @@ def test_a_body_that_is_not_json_is_415_naming_the_content_type(api: Api) -> Non
     _error(query, 422, "invalid_request")
 
 
+def test_a_query_parameter_the_route_does_not_take_is_refused_not_ignored(api: Api) -> None:
+    """A filter the route does not offer would answer every job as if none had been asked."""
+    c = api.tenant()
+    for path, params in (("/v1/jobs", {"kind": "video"}), ("/v1/jobs", {"Status": "queued"}),
+                         ("/v1/budgets", {"tenant": "acme"}), ("/v1/whoami", {"x": "1"})):
+        r = c.get(path, params=params)
+        _error(r, 422, "invalid_request")
+        name = next(iter(params))
+        assert r.json()["error"]["details"]["field"] == f"query.{name}", r.text
+    listed = c.get("/v1/jobs", params={"kind": "video"}).json()["error"]["message"]
+    assert listed == ("query: unknown parameter 'kind' (this route takes: cursor, limit, "
+                      "status, tenant)"), listed
+    # what the routes take still works, their dependencies' parameters included
+    assert c.get("/v1/jobs", params={"status": "queued", "limit": 5}).status_code == 200
+    assert c.get("/v1/reports/costs", params={"group_by": "tier"}).status_code == 200
+    assert httpx.get(f"{api.url}/healthz", params={"probe": "1"}).status_code == 200
+
+
 def test_head_answers_as_get_without_a_body(api: Api) -> None:
     # uptime monitors probe with HEAD (RFC 9110 §9.1: a server supports GET and HEAD)
     for path in ("/healthz", "/readyz"):

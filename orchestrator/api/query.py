@@ -1,0 +1,34 @@
+"""Query parameters a ``/v1`` route does not take are refused (``422 invalid_request``), not
+ignored: a filter misspelt or not offered (``GET /v1/jobs?kind=video``) would otherwise be
+answered as if it had not been asked, and a client would act on the wrong jobs."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+
+from orchestrator.errors import InvalidRequest
+
+
+def known_query(request: Request) -> None:
+    """A dependency of every ``/v1`` route: raise for the first query parameter the matched
+    route (its own parameters and its dependencies') does not take."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    takes = _query_names(route.dependant)  # a few short lists: not worth a cache
+    unknown = next((k for k in request.query_params if k not in takes), None)
+    if unknown is not None:
+        offered = ", ".join(sorted(takes)) or "none"
+        raise InvalidRequest(f"query: unknown parameter {unknown[:60]!r} (this route takes: "
+                             f"{offered})", field=f"query.{unknown[:60]}")
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """The query parameters a route takes: its own and its dependencies', by their names in
+    the URL."""
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
