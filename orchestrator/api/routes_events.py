@@ -185,11 +185,11 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                     while True:
                         wake.clear()
                         status, batch = await to_thread.run_sync(read_job, job_id, cursor)
-                        for ev in batch:
+                        for ev in batch:  # a late charge after the terminal one too
                             cursor = ev.seq
                             yield _message(ev)
-                            if ev.terminal:
-                                return
+                        if any(ev.terminal for ev in batch):
+                            return
                         if not batch and status in _FINAL:
                             return  # its terminal event is behind the cursor
                         # no timed re-read: PostgreSQL loses no notification while the

@@ -36,6 +36,8 @@ def describe(e: JobEvent) -> str:
         "job.succeeded": f"on {d.get('backend')}, cost {usd(cost.get('total_usd'))}",
         "job.failed": f"{error.get('code')}: {error.get('message')}",
         "job.cancelled": f"cost {usd(cost.get('total_usd'))}",
+        "job.charged": f"cost {usd(cost.get('previous_total_usd'))} -> "
+                       f"{usd(cost.get('total_usd'))}",
     }.get(e.type, "")
     return f"{e.at.isoformat()}  #{e.seq:<3} {e.type:14} {what}".rstrip()
 

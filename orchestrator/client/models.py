@@ -130,9 +130,10 @@ class ApiKey(_Model):
 
 class JobEvent(_Model):
     """One event of a job (``GET /v1/jobs/{id}/events``, webhooks): ``type`` is
-    ``job.queued``, ``job.started``, ``job.failover``, ``job.succeeded``, ``job.failed`` or
-    ``job.cancelled``; ``seq`` counts the job's events from 1; ``at`` is when it happened
-    (``created_at``: the same, as servers before ``at`` named it)."""
+    ``job.queued``, ``job.started``, ``job.failover``, ``job.succeeded``, ``job.failed``,
+    ``job.cancelled`` or, after one of the last three, ``job.charged`` (a late bill);
+    ``seq`` counts the job's events from 1; ``at`` is when it happened (``created_at``: the
+    same, as servers before ``at`` named it)."""
 
     id: str
     type: str

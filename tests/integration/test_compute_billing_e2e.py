@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
+from orchestrator.events.store import job_events
 from orchestrator.simulator import RunningSimulator
 
 from .e2e_support import Rig, rig_for, simulator_for
@@ -125,6 +126,17 @@ def test_a_cancelled_run_is_charged_the_time_it_ran(rig: Rig) -> None:
     assert attempt.outcome == "cancelled" and attempt.cost_micros == bill
     assert rig.job(job_id).cost_micros == bill
     assert rig.ledger() == (bill, 0)
+    # the job ended before its attempt concluded: the bill comes as a late charge, which a
+    # consumer of the events counting spend hears of (the cancel's event said $0)
+    with rig.engine.connect() as conn:
+        events = job_events(conn, job_id)
+    assert [e.type for e in events] == ["job.queued", "job.started", "job.cancelled",
+                                        "job.charged"]
+    cancel, charged = events[2].data["cost"], events[3].data["cost"]
+    assert cancel["total_micros"] == 0 and cancel["attempts"][0]["outcome"] is None
+    assert charged["total_micros"] == bill and charged["previous_total_usd"] == 0
+    assert charged["attempts"] == [{"attempt": 1, "backend": "gpu-a", "outcome": "cancelled",
+                                    "cost_usd": bill / 1e6}]
 
 
 def test_a_run_that_succeeds_without_output_is_charged_its_time_and_fails_over(

@@ -224,6 +224,25 @@ def test_a_job_stream_resumes_with_last_event_id_without_gaps(api: Api) -> None:
         assert bad.json()["error"]["details"]["field"] == "Last-Event-ID"
 
 
+def test_a_late_charge_after_the_terminal_event_is_streamed_and_resumable(api: Api) -> None:
+    """A cancelled job whose attempt is billed afterwards gets ``job.charged`` after
+    ``job.cancelled``: a stream opened later sends both and ends; one resumed after the
+    terminal event sends the charge; one resumed after the charge has nothing (204)."""
+    job_id = api.tenant().post("/v1/jobs", json=video()).json()["id"]  # no worker: queued
+    assert api.tenant().post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    with api.rig.engine.begin() as conn:  # what the ending of an attempt in flight writes
+        conn.execute(text("UPDATE jobs SET cost_micros = 123456 WHERE id = :j"), {"j": job_id})
+    seen = _job_stream(api, job_id, None, None)
+    assert [e.event for e in seen] == ["job.queued", "job.cancelled", "job.charged"]
+    charged = json.loads(seen[-1].data)["data"]
+    assert charged["status"] == "cancelled"
+    assert (charged["cost"]["total_usd"], charged["cost"]["previous_total_usd"]) == (0.123456, 0)
+    resumed = _job_stream(api, job_id, seen[1].id, None)
+    assert [e.id for e in resumed] == [seen[2].id]
+    done = api.tenant().get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": seen[2].id})
+    assert done.status_code == 204
+
+
 def _terminal_at(sut: Rig, job_id: str) -> datetime:
     with sut.engine.connect() as conn:
         at = conn.execute(text("SELECT created_at FROM job_events WHERE job_id = :j AND type "
