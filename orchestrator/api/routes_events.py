@@ -98,7 +98,8 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
     def admit_stream() -> None:
         if hub.streams >= c.settings.api_max_streams:
             raise StreamsFull("this API process has as many event streams open as it may; "
-                              "retry, or poll GET /v1/jobs/{id}")
+                              "retry after Retry-After, or poll: GET /v1/jobs/{id} for a job, "
+                              "GET /v1/events with Accept: application/json for the feed")
 
     def read_job(job_id: uuid.UUID, after: int) -> tuple[str | None, list[Event]]:
         with c.engine.connect() as conn:
