@@ -11,9 +11,10 @@ from fastapi.routing import APIRoute
 from orchestrator.errors import InvalidRequest
 
 
-def known_query(request: Request) -> None:
+async def known_query(request: Request) -> None:
     """A dependency of every ``/v1`` route: raise for the first query parameter the matched
-    route (its own parameters and its dependencies') does not take."""
+    route (its own parameters and its dependencies') does not take. (async: FastAPI runs a
+    plain function dependency in its thread pool, a thread hop on every request.)"""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute) or not request.query_params:
         return
