@@ -185,7 +185,9 @@ SLOW_POLLS = {"ORCH_POLL_MIN_S": "10", "ORCH_POLL_MAX_S": "10"}
 
 def test_a_deadline_just_after_the_provider_finished_adopts_the_result(rig: Rig) -> None:
     """The prediction ends after 2 s, the deadline passes at 8 s, the chain's first poll comes
-    at 10 s: the finished work is adopted and charged, not thrown away."""
+    at 10 s: the finished work is adopted and charged, not thrown away. Its latency is the
+    attempt's age, not 0 ms: 0 made the backend look instant to routing and divided by zero
+    in the ranking, so every later submission whose plan held the backend failed with a 500."""
     budget(rig)
     rig.control("vid-a", duration_ms=2000)
     rig.start_worker(env_extra=SLOW_POLLS)
@@ -198,20 +200,6 @@ def test_a_deadline_just_after_the_provider_finished_adopts_the_result(rig: Rig)
     assert job.deadline_at is not None and job.finished_at is not None
     assert job.finished_at > job.deadline_at
     assert rig.ledger() == (bill, 0)
-
-
-def test_a_result_adopted_at_the_deadline_counts_its_real_latency(rig: Rig) -> None:
-    """The adopted attempt ran past the deadline (8 s): its latency is recorded as that, not
-    0 ms. A 0 ms latency made the backend look instant to routing and divided by zero in the
-    ranking: every later submission whose plan held the backend failed with a 500."""
-    budget(rig)
-    rig.control("vid-a", duration_ms=2000)
-    rig.start_worker(env_extra=SLOW_POLLS)
-    rig.wait_worker_ready()
-    job_id = rig.submit(video_job(deadline_s=8))
-    (job,) = rig.wait_final([job_id], timeout=30)
-    assert job.status == "succeeded"
-
     latency = rig.container.health.snapshot(["vid-a"])["vid-a"].latency_ms
     assert latency is not None and latency >= 8000
     for strategy in ("cheapest", "fastest", "balanced"):  # the next jobs are routed
