@@ -91,13 +91,10 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     app.state.ctx = ctx
     app.state.hub = hub
     errors.install(app)
-    strict = [Depends(known_query)]  # an unknown query parameter is a 422, not ignored
-    app.include_router(routes_jobs.router(ctx), dependencies=strict)
-    app.include_router(routes_events.router(ctx, hub), dependencies=strict)
-    app.include_router(routes_webhooks.router(ctx), dependencies=strict)
-    app.include_router(routes_admin.router(ctx), dependencies=strict)
-    app.include_router(routes_keys.router(ctx), dependencies=strict)
-    app.include_router(routes_reports.router(ctx), dependencies=strict)
+    for v1 in (routes_jobs.router(ctx), routes_events.router(ctx, hub),
+               routes_webhooks.router(ctx), routes_admin.router(ctx), routes_keys.router(ctx),
+               routes_reports.router(ctx)):  # an unknown query parameter: 422, not ignored
+        app.include_router(v1, dependencies=[Depends(known_query)])
     _ops(app, ctx)
     docs_ui.mount(app)  # /docs: Swagger UI from an installed package, strict CSP
     if container.settings.console_enabled:

@@ -37,6 +37,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import Any
@@ -126,6 +127,12 @@ class BodyRefused(StarletteHTTPException):
 
 def envelope(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def envelope_bytes(code: str, message: str, details: dict[str, Any] | None = None) -> bytes:
+    """The envelope as a body sent below the app (the protocol, ASGI middleware): compact
+    JSON, as the app's JSONResponse writes it."""
+    return json.dumps(envelope(code, message, details), separators=(",", ":")).encode()
 
 
 def error_response(

@@ -20,7 +20,6 @@ the app reads; one it never reads (``GET /healthz`` with a body) is bounded by t
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -30,7 +29,7 @@ from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator import metrics
-from orchestrator.api.errors import BodyRefused, envelope, log_outage
+from orchestrator.api.errors import BodyRefused, envelope_bytes, log_outage
 from orchestrator.api.paths import STREAM_PATHS, flat_routes
 from orchestrator.metrics import catalogue as m
 from orchestrator.outage import unavailable
@@ -43,7 +42,7 @@ async def send_error(send: Send, status: int, code: str, message: str,
                      headers: Iterable[tuple[bytes, bytes]] = (), close: bool = True) -> None:
     """Answer with the error envelope from ASGI middleware; ``close``: the connection is closed
     after it (a body that was not read must not be taken for the next request)."""
-    body = json.dumps(envelope(code, message, details), separators=(",", ":")).encode()
+    body = envelope_bytes(code, message, details)
     head: list[Any] = [(b"content-type", b"application/json"),
                        (b"content-length", str(len(body)).encode()), *headers]
     if close:

@@ -29,14 +29,13 @@ Every refusal closes the connection.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from orchestrator.api.errors import envelope
+from orchestrator.api.errors import envelope_bytes
 
 log = logging.getLogger("orchestrator.api")
 
@@ -53,7 +52,7 @@ BODY_SLACK_BYTES = HIGH_WATER_LIMIT + 256 * 1024
 def _response(status: int, code: str, message: str,
               extra: tuple[tuple[bytes, bytes], ...] = (),
               details: dict[str, Any] | None = None) -> bytes:
-    body = json.dumps(envelope(code, message, details), separators=(",", ":")).encode()
+    body = envelope_bytes(code, message, details)
     head = [STATUS_LINE[status], b"content-type: application/json\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n"]
     head += [name + b": " + value + b"\r\n" for name, value in extra]
@@ -61,8 +60,7 @@ def _response(status: int, code: str, message: str,
 
 
 async def _unavailable(scope: Any, receive: Any, send: Any) -> None:
-    body = json.dumps(envelope("unavailable", "the API is at its connection limit; retry"),
-                      separators=(",", ":")).encode()
+    body = envelope_bytes("unavailable", "the API is at its connection limit; retry")
     await send({"type": "http.response.start", "status": 503,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
