@@ -65,11 +65,13 @@ _CHARGES_CTE = """
     )
 """
 
+# each group, and (``whole``) every charge: the report's job count, a job in two groups once
 _GROUPED = """
-    SELECT {key} AS key, SUM(c.micros) AS micros, COUNT(DISTINCT c.job_id) AS jobs
+    SELECT {key} AS key, SUM(c.micros) AS micros, COUNT(DISTINCT c.job_id) AS jobs,
+           GROUPING({key}) AS whole
     FROM charges c JOIN jobs j ON j.id = c.job_id
-    GROUP BY 1
-    ORDER BY 1 NULLS LAST
+    GROUP BY GROUPING SETS (({key}), ())
+    ORDER BY whole, 1 NULLS LAST
 """
 
 # what each billed attempt's backend takes of a charge: floor(charge x bills up to and with
@@ -87,14 +89,13 @@ _BY_BILLING_BACKEND = """
                     ELSE floor(c.micros * CAST(b.upto AS numeric) / b.total)
                          - floor(c.micros * CAST(b.upto - b.cost AS numeric) / b.total)
                END) AS micros,
-           COUNT(DISTINCT c.job_id) AS jobs
+           COUNT(DISTINCT c.job_id) AS jobs,
+           GROUPING(COALESCE(b.backend, j.backend)) AS whole
     FROM charges c JOIN jobs j ON j.id = c.job_id
     LEFT JOIN billed b ON b.job_id = c.job_id
-    GROUP BY 1
-    ORDER BY 1 NULLS LAST
+    GROUP BY GROUPING SETS ((COALESCE(b.backend, j.backend)), ())
+    ORDER BY whole, 1 NULLS LAST
 """
-
-_CHARGED_JOBS = "SELECT COUNT(DISTINCT job_id) AS jobs FROM charges"
 
 # one tenant's entries, found through its jobs (ix_jobs_tenant_created, ix_ledger_entries_job):
 # a tenant's report then reads that tenant's history, not every tenant's ledger
@@ -236,25 +237,15 @@ class CostReport:
 def costs_by(
     conn: Connection, group_by: GroupBy | str, *, tenant: str | None = None,
     start: datetime | None = None, end: datetime | None = None,
-) -> list[CostGroup]:
-    """Ledger charges grouped by ``group_by`` (tenant None: every tenant)."""
+) -> tuple[list[CostGroup], int]:
+    """Ledger charges grouped by ``group_by`` (tenant None: every tenant), and how many jobs
+    were charged (a job in two groups counts once), in one read of the ledger."""
     g = GroupBy(group_by)
-    sql = _charges_sql(tenant) + (_BY_BILLING_BACKEND if g is GroupBy.BACKEND
-                                  else _GROUPED.format(key=_KEY_SQL[g]))
+    sql = _CHARGES_CTE.format(tenant_entries=_TENANT_ENTRIES if tenant is not None else "") + (
+        _BY_BILLING_BACKEND if g is GroupBy.BACKEND else _GROUPED.format(key=_KEY_SQL[g]))
     rows = conn.execute(text(sql), {"tenant": tenant, "start": start, "end": end}).all()
-    return [CostGroup(r.key, int(r.micros), int(r.jobs)) for r in rows]
-
-
-def charged_jobs(conn: Connection, *, tenant: str | None = None,
-                 start: datetime | None = None, end: datetime | None = None) -> int:
-    """How many jobs the ledger charged in [start, end)."""
-    sql = _charges_sql(tenant) + _CHARGED_JOBS
-    return int(conn.execute(text(sql), {"tenant": tenant, "start": start, "end": end}
-                            ).scalar_one())
-
-
-def _charges_sql(tenant: str | None) -> str:
-    return _CHARGES_CTE.format(tenant_entries=_TENANT_ENTRIES if tenant is not None else "")
+    groups = [CostGroup(r.key, int(r.micros), int(r.jobs)) for r in rows if not r.whole]
+    return groups, next((int(r.jobs) for r in rows if r.whole), 0)
 
 
 def estimate_accuracy(
@@ -295,12 +286,13 @@ def cost_report(
     if start is not None and end is not None and end <= start:
         raise ValueError("the report's end must be after its start")
     g = GroupBy(group_by)
+    groups, jobs = costs_by(conn, g, tenant=tenant, start=start, end=end)
     return CostReport(
         group_by=g, tenant=tenant, start=start, end=end,
-        groups=tuple(costs_by(conn, g, tenant=tenant, start=start, end=end)),
+        groups=tuple(groups),
         accuracy=tuple(estimate_accuracy(conn, tenant=tenant, start=start, end=end,
                                          tolerance_bp=tolerance_bp)),
         tolerance_bp=tolerance_bp,
-        jobs=charged_jobs(conn, tenant=tenant, start=start, end=end),
+        jobs=jobs,
         cache=cache_summary(conn, tenant=tenant, start=start, end=end),
     )
