@@ -86,13 +86,14 @@ class Concluder:
                                  backend=open_.backend)
         if open_.external_id is not None:
             res = self._peek(adapter, open_.external_id)
+            # an adopted success's latency is the attempt's age: 0 would look instant to routing
             if res is not None and res.status == "succeeded":
-                self.endings.succeed(job, open_, res, self._age_ms(open_))
+                self.endings.succeed(job, open_, res, open_.age_s(self.clock()) * 1000)
                 return DONE
             if res is None or not res.done:
                 res = self.cancel_at_backend(adapter, open_)
                 if res is not None and res.status == "succeeded":  # it finished meanwhile
-                    self.endings.succeed(job, open_, res, self._age_ms(open_))
+                    self.endings.succeed(job, open_, res, open_.age_s(self.clock()) * 1000)
                     return DONE
             if res is not None and res.done:
                 closing = closing_of(self.catalogue(), job, open_, res)
@@ -160,8 +161,7 @@ class Concluder:
                 "uncertain", Outcome.BACKEND_FAULT, None, unknown(attempt),
                 possible_cost(self.catalogue(), job, attempt.backend)))
             return DONE
-        delay = self.chain._poll_delay(
-            attempt, (self.clock() - attempt.started_at).total_seconds())
+        delay = self.chain._poll_delay(attempt, attempt.age_s(self.clock()))
         with self.db.connection() as conn:
             if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
                 return DONE
@@ -231,11 +231,6 @@ class Concluder:
                 "job_id": str(attempt.job_id), "attempt": attempt.number,
                 "backend": adapter.name, "error": exc.code})
             return None
-
-    def _age_ms(self, attempt: repo.AttemptRow) -> float:
-        """How long the attempt has run: the latency its adopted success is counted with
-        (0 would make the backend look instant to routing)."""
-        return max(0.0, (self.clock() - attempt.started_at).total_seconds() * 1000)
 
     @staticmethod
     def _peek(adapter: BackendAdapter, external_id: str) -> PollResult | None:

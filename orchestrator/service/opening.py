@@ -135,6 +135,5 @@ class Opener:
         plan = RoutePlan.from_quote(job.route or {})
         if not turned_away(closed) or self.untried(plan, attempts):
             return None
-        delay = steps.rate_limit_wait(error, sum(map(turned_away, attempts)))
-        left = job.until_deadline(self.clock())
-        return delay if left is None else min(delay, left)
+        return job.within_deadline(
+            steps.rate_limit_wait(error, sum(map(turned_away, attempts))), self.clock())

@@ -82,8 +82,8 @@ class Reconciler:
             return move
         if isinstance(move, Submission):
             # found again: its latency is the attempt's age, not the lookup's
-            age_ms = (situation.now - attempt.started_at).total_seconds() * 1000
-            return self.chain._submitted(job, attempt, move, token, max(0.0, age_ms))
+            return self.chain._submitted(job, attempt, move, token,
+                                         attempt.age_s(situation.now) * 1000)
         if move is Move.UNCERTAIN:
             return self.uncertain(job, attempt, token, unknown(attempt))
         if move is Move.WAIT:

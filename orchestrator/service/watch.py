@@ -53,7 +53,7 @@ class Watcher:
         it and the job fails over."""
         backend = self.catalogue().get(attempt.backend)
         adapter = self.adapter(attempt.backend)
-        age = (self.clock() - attempt.started_at).total_seconds()
+        age = attempt.age_s(self.clock())
         overran = age > backend.timeouts.start_to_close_s
         assert attempt.external_id is not None
         try:
@@ -127,10 +127,7 @@ class Watcher:
                   age_s: float, at_least: float | None = None) -> Next:
         """The next look at a running attempt; ``at_least``: the provider's Retry-After,
         honoured up to the job's deadline (whose step must not come late for it)."""
-        wait = at_least or 0.0
-        left = job.until_deadline(self.clock()) if wait else None
-        if left is not None:
-            wait = min(wait, left)
+        wait = job.within_deadline(at_least, self.clock()) if at_least else 0.0
         delay = max(self.delay(attempt, age_s), wait)
         with autocommit(self.engine).connection() as conn:
             if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):

@@ -46,6 +46,10 @@ class AttemptRow:
     def last_sent_at(self) -> datetime:
         return self.sent_at or self.started_at
 
+    def age_s(self, now: datetime) -> float:
+        """How long the attempt has run at ``now`` (never below 0: clocks of two processes)."""
+        return max(0.0, (now - self.started_at).total_seconds())
+
 
 @dataclass(frozen=True, slots=True)
 class JobRow:
@@ -80,6 +84,11 @@ class JobRow:
         if self.deadline_at is None:
             return None
         return max(0.0, (self.deadline_at - now).total_seconds())
+
+    def within_deadline(self, wait_s: float, now: datetime) -> float:
+        """``wait_s``, cut short where it would end after the job's deadline."""
+        left = self.until_deadline(now)
+        return wait_s if left is None else min(wait_s, left)
 
     @property
     def is_final(self) -> bool:
