@@ -189,10 +189,10 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                         for ev in batch:  # a late charge after the terminal one too
                             cursor = ev.seq
                             yield _message(ev)
-                        if any(ev.terminal for ev in batch):
+                        # the status is read before the events: a final one means its terminal
+                        # event is sent (or behind the cursor), and what came after it too
+                        if status in _FINAL or any(ev.terminal for ev in batch):
                             return
-                        if not batch and status in _FINAL:
-                            return  # its terminal event is behind the cursor
                         # no timed re-read: PostgreSQL loses no notification while the
                         # listener is connected, and a reconnection wakes every stream;
                         # 200 streams opened together would otherwise read together
