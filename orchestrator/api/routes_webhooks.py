@@ -9,14 +9,17 @@ secret, ``whsec_…``); ``GET /v1/webhooks/secret`` returns the tenant's secret,
 missing, so a receiver can verify signatures: the only route that shows it (``PUT`` replaces
 it; ``409 secret_unreadable`` when it was sealed with a key this server lacks, as after a
 restore without the old key). ``GET /v1/webhooks/deliveries`` lists deliveries, newest first,
-failing ones included (``status=failed``, or ``pending`` with ``last_error``).
+failing ones included (``status=failed``, or ``pending`` with ``last_error``);
+``POST /v1/webhooks/deliveries/{id}/redeliver`` queues one again (a receiver fixed after it
+refused it, or after the retry window ran out), ``POST /v1/webhooks/deliveries/redeliver-failed``
+every failed one (of a job, with ``job_id``).
 """
 
 
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import text
 
@@ -27,6 +30,8 @@ from orchestrator.api.views import decode_int_cursor, encode_cursor
 from orchestrator.domain.events import EVENT_TYPES, TERMINAL_EVENTS
 from orchestrator.errors import InvalidRequest, NotFound
 from orchestrator.events import endpoints
+from orchestrator.events.redelivery import requeue, requeue_failed
+from orchestrator.ledger.service import utcnow
 from orchestrator.secrets import KEY_FILE_NAME, KEY_SETTING, SecretKeyMissing, SecretUnreadable
 from orchestrator.store.keys import TENANT_RE
 
@@ -93,6 +98,11 @@ class DeliveryOut(BaseModel):
     next_attempt_at: str | None
     created_at: str
     delivered_at: str | None
+    requeued_at: str | None = Field(description="when a redelivery was last asked for")
+
+
+class RequeuedOut(BaseModel):
+    requeued: int = Field(description="failed deliveries queued again")
 
 
 class DeliveriesOut(BaseModel):
@@ -103,9 +113,10 @@ class DeliveriesOut(BaseModel):
 _DELIVERIES = text(
     """
     SELECT d.id, d.event_id, e.type, d.job_id, d.seq, d.target, d.status, d.attempts,
-           d.last_error, d.next_attempt_at, d.created_at, d.delivered_at
+           d.last_error, d.next_attempt_at, d.created_at, d.delivered_at, d.requeued_at
     FROM webhook_deliveries d JOIN job_events e ON e.id = d.event_id
     WHERE d.tenant = :t AND (CAST(:s AS text) IS NULL OR d.status = :s)
+      AND (CAST(:id AS bigint) IS NULL OR d.id = :id)
       AND (CAST(:j AS uuid) IS NULL OR d.job_id = :j)
       AND (CAST(:bt AS timestamptz) IS NULL OR (d.created_at, d.id) < (:bt, :bi))
     ORDER BY d.created_at DESC, d.id DESC LIMIT :n
@@ -115,6 +126,15 @@ _DELIVERIES = text(
 
 def _iso(v: Any) -> str | None:
     return None if v is None else v.isoformat()
+
+
+def _delivery(r: Any) -> dict[str, Any]:
+    return {"id": r.id, "event_id": str(r.event_id), "event_type": r.type,
+            "job_id": str(r.job_id), "seq": r.seq, "target": r.target, "status": r.status,
+            "attempts": r.attempts, "last_error": r.last_error,
+            "next_attempt_at": _iso(r.next_attempt_at) if r.status == "pending" else None,
+            "created_at": _iso(r.created_at), "delivered_at": _iso(r.delivered_at),
+            "requeued_at": _iso(r.requeued_at)}
 
 
 def _whose(p: Principal, tenant: str | None) -> str:
@@ -188,17 +208,33 @@ def router(ctx: ApiContext) -> APIRouter:
         who = _whose(p, tenant)
         before = decode_int_cursor(cursor) if cursor else (None, None)
         with c.engine.connect() as conn:
-            rows = conn.execute(_DELIVERIES, {"t": who, "s": status, "j": job_id,
+            rows = conn.execute(_DELIVERIES, {"t": who, "s": status, "j": job_id, "id": None,
                                               "bt": before[0], "bi": before[1],
                                               "n": limit + 1}).all()
         page = rows[:limit]
         nxt = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
-        return {"next_cursor": nxt, "items": [
-            {"id": r.id, "event_id": str(r.event_id), "event_type": r.type,
-             "job_id": str(r.job_id), "seq": r.seq, "target": r.target, "status": r.status,
-             "attempts": r.attempts, "last_error": r.last_error,
-             "next_attempt_at": _iso(r.next_attempt_at) if r.status == "pending" else None,
-             "created_at": _iso(r.created_at), "delivered_at": _iso(r.delivered_at)}
-            for r in page]}
+        return {"next_cursor": nxt, "items": [_delivery(r) for r in page]}
+
+    @r.post("/webhooks/deliveries/{delivery_id}/redeliver", response_model=DeliveryOut,
+            status_code=202, summary="Queue a failed (or delivered) webhook delivery again",
+            responses={404: _err("no such delivery of the tenant"),
+                       409: _err("conflict: pending already (it is sent without asking)")})
+    def redeliver(delivery_id: Annotated[int, Path(ge=1, le=2**63 - 1)], p: Caller,
+                  tenant: Tenant = None) -> dict[str, Any]:
+        who = _whose(p, tenant)
+        with c.engine.begin() as conn:
+            requeue(conn, who, delivery_id, utcnow())
+            row = conn.execute(_DELIVERIES, {"t": who, "s": None, "j": None, "id": delivery_id,
+                                             "bt": None, "bi": None, "n": 1}).one()
+        return _delivery(row)
+
+    @r.post("/webhooks/deliveries/redeliver-failed", response_model=RequeuedOut,
+            summary="Queue every failed webhook delivery of the tenant (or of a job) again")
+    def redeliver_failed(p: Caller, tenant: Tenant = None,
+                         job_id: Annotated[uuid.UUID | None, Query()] = None
+                         ) -> dict[str, Any]:
+        who = _whose(p, tenant)
+        with c.engine.begin() as conn:
+            return {"requeued": requeue_failed(conn, who, job_id, utcnow())}
 
     return r

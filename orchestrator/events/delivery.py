@@ -15,7 +15,8 @@ that hold no lock while a receiver is called, so a slow receiver never slows a j
    ``X-Orchestrator-Event-Id`` (the event's id, to de-duplicate on);
 3. **record**: ``delivered``; or ``pending`` again after a backoff (exponential with jitter,
    ``ORCH_WEBHOOK_BACKOFF_S`` doubling up to ``ORCH_WEBHOOK_BACKOFF_CAP_S``) while the event
-   is younger than ``ORCH_WEBHOOK_RETRY_WINDOW_S``; else ``failed``. The tenant endpoint's
+   is younger than ``ORCH_WEBHOOK_RETRY_WINDOW_S`` (or was redelivered less than that ago:
+   ``orchestrator.events.redelivery``); else ``failed``. The tenant endpoint's
    ``failing_since`` and ``last_error`` mark it failing until a delivery succeeds.
 
 At least once: a crash between a send and its record sends it again after the lease.
@@ -63,7 +64,7 @@ _CLAIM = text(
     SET attempts = d.attempts + 1, next_attempt_at = :lease_until, claim_token = :token,
         updated_at = :now
     FROM due WHERE d.id = due.id
-    RETURNING d.id, d.target, d.attempts, d.tenant, d.event_id
+    RETURNING d.id, d.target, d.attempts, d.tenant, d.event_id, d.requeued_at
     """
 )
 _EVENTS = text(
@@ -110,6 +111,7 @@ class _Claimed:
     attempts: int
     tenant: str
     event: Event | None
+    requeued_at: datetime | None = None  # a redelivery: its retry window starts there
     url: str | None = None
     secret: str | None = None
     error: DeliveryError | None = None
@@ -158,7 +160,7 @@ def _claim(engine: Engine, box: SecretBox | None, now: datetime, batch: int,
         c = _Claimed(r.id, r.target, r.attempts, r.tenant,
                      None if e is None else Event(e.id, e.job_id, e.tenant, e.seq, e.type,
                                                   dict(e.data), e.txid, e.position,
-                                                  e.created_at))
+                                                  e.created_at), r.requeued_at)
         if box is None:  # nothing can be signed: it goes out once a key is configured
             c.error = DeliveryError("secret_key_missing", transient=True)
             out.append(c)
@@ -213,6 +215,8 @@ def _record(tx: Any, c: _Claimed, now: datetime, rules: WebhookPolicy,
                 c.error.retry_after_s or 0.0)
     nxt = now + timedelta(seconds=delay)
     born = c.event.created_at if c.event is not None else now
+    if c.requeued_at is not None and c.requeued_at > born:
+        born = c.requeued_at
     if c.error.transient and nxt < born + timedelta(seconds=rules.retry_window_s):
         tx.execute(_FAILURE, {**ids, "status": "pending", "next": nxt, "err": err})
         log.warning("webhook delivery %d (%s): %s (attempt %d), retry at %s", c.id, c.target,

@@ -385,6 +385,8 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # set by a redelivery: the retry window counts from it (migration 0018)
+    requeued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 APPEND_ONLY_FUNCTION = """

@@ -1,0 +1,189 @@
+"""Redelivering webhooks: a delivery the receiver refused for good, or that ran out of its
+retry window, is sent again once the consumer asks (``POST /v1/webhooks/deliveries/{id}/
+redeliver``, ``…/redeliver-failed``). Real PostgreSQL, Redis, Celery worker and beat, a real
+HTTP receiver that verifies every signature."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from orchestrator.api import ApiConfig
+from orchestrator.egress import EgressPolicy
+from orchestrator.errors import Conflict, NotFound
+from orchestrator.events.delivery import Report, WebhookPolicy, deliver_due
+from orchestrator.events.redelivery import requeue
+from orchestrator.secrets import SecretBox, new_key
+from orchestrator.simulator import RunningSimulator
+from orchestrator.store import jobs as repo
+
+from .api_fixture import Api, start_api, video
+from .e2e_support import E2E_CATALOGUE, rig_for
+from .test_job_webhooks import FAST_RETRIES, SECRET, TERMINAL, Receiver, free_port, start_beat
+
+WRONG = "not-the-secret-0123456789"  # the receiver refuses every signature: 401, for good
+
+
+@pytest.fixture(name="refusing")
+def refusing_fixture(db: Engine, database_url: str, redis_url: str, e2e_sim: RunningSimulator,
+                     tmp_path: Path) -> Iterator[tuple[Api, Receiver]]:
+    """API, worker, beat; acme's endpoint is a receiver that verifies with the wrong
+    secret, so it answers every delivery 401 until the test gives it the right one."""
+    with rig_for(E2E_CATALOGUE, db, database_url, redis_url, e2e_sim, tmp_path,
+                 egress_allow="127.0.0.1/32") as rig:
+        rig.env.update(FAST_RETRIES)
+        api = start_api(rig, ApiConfig(key_cache_s=0))
+        receiver = Receiver(free_port(), secret=WRONG)
+        receiver.start()
+        try:
+            r = api.tenant().put("/v1/webhooks", json={
+                "url": f"{receiver.url}/tenant", "secret": SECRET, "events": list(TERMINAL)})
+            assert r.status_code == 200, r.text
+            rig.start_worker()
+            start_beat(rig, tmp_path)
+            yield api, receiver
+        finally:
+            if receiver.server is not None:
+                receiver.stop()
+            api.close()
+
+
+def _deliveries(api: Api, **params: Any) -> list[dict[str, Any]]:
+    r = api.tenant().get("/v1/webhooks/deliveries", params=params)
+    assert r.status_code == 200, r.text
+    items: list[dict[str, Any]] = r.json()["items"]
+    return items
+
+
+def _submit(api: Api, n: int) -> list[str]:
+    ids = []
+    for _ in range(n):
+        r = api.tenant().post("/v1/jobs", json=video())
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["id"])
+    api.rig.wait_final([uuid.UUID(j) for j in ids], timeout=60)
+    return ids
+
+
+def _all_failed(api: Api, n: int) -> list[dict[str, Any]]:
+    def failed() -> bool:
+        return len(_deliveries(api, status="failed")) == n
+    api.rig.wait_for(f"{n} deliveries to fail for good", failed, timeout=60)
+    return _deliveries(api, status="failed")
+
+
+def test_a_refused_delivery_is_sent_again_once_the_receiver_is_fixed(
+        refusing: tuple[Api, Receiver]) -> None:
+    api, receiver = refusing
+    [job] = _submit(api, 1)
+    [failed] = _all_failed(api, 1)
+    assert failed["job_id"] == job and failed["last_error"] == "http_401"
+    assert failed["requeued_at"] is None and receiver.accepted == []
+
+    missing = api.tenant().post("/v1/webhooks/deliveries/987654321/redeliver")
+    assert missing.status_code == 404, missing.text
+    assert missing.json()["error"]["code"] == "not_found"
+    other = api.tenant("globex").post(f"/v1/webhooks/deliveries/{failed['id']}/redeliver")
+    assert other.status_code == 404  # another tenant's delivery is not there for it
+    assert api.tenant().post("/v1/webhooks/deliveries/x/redeliver").status_code == 422
+
+    receiver.secret = SECRET  # the receiver is fixed
+    r = api.tenant().post(f"/v1/webhooks/deliveries/{failed['id']}/redeliver")
+    assert r.status_code == 202, r.text
+    again = r.json()
+    assert again["id"] == failed["id"] and again["attempts"] == 0
+    assert again["status"] in ("pending", "delivered")  # beat may be quick
+    assert again["requeued_at"] is not None
+
+    def delivered() -> bool:
+        [d] = _deliveries(api)
+        return d["status"] == "delivered"
+    api.rig.wait_for("the redelivery", delivered, timeout=30)
+    [got] = receiver.accepted
+    assert got.event["id"] == failed["event_id"] and got.event["type"] == "job.succeeded"
+
+    # a delivered one may be asked for again (a receiver that lost it): the same event id,
+    # signed anew, which the receiver de-duplicates
+    r = api.admin().post(f"/v1/webhooks/deliveries/{failed['id']}/redeliver",
+                         params={"tenant": "acme"})
+    assert r.status_code == 202, r.text
+    api.rig.wait_for("the second copy", lambda: len(receiver.accepted) == 2, timeout=30)
+    assert {r.event["id"] for r in receiver.accepted} == {failed["event_id"]}
+    assert len(receiver.unique()) == 1
+
+
+def test_every_failed_delivery_is_requeued_at_once_and_a_pending_one_is_a_conflict(
+        refusing: tuple[Api, Receiver]) -> None:
+    api, receiver = refusing
+    jobs = _submit(api, 3)
+    failed = _all_failed(api, 3)
+    receiver.stop()  # down now: the requeued ones stay pending, failing to connect
+    receiver.secret = SECRET
+
+    none = api.tenant("globex").post("/v1/webhooks/deliveries/redeliver-failed")
+    assert none.status_code == 200 and none.json() == {"requeued": 0}
+    one = api.tenant().post("/v1/webhooks/deliveries/redeliver-failed",
+                            params={"job_id": jobs[0]})
+    assert one.status_code == 200 and one.json() == {"requeued": 1}
+    rest = api.tenant().post("/v1/webhooks/deliveries/redeliver-failed")
+    assert rest.status_code == 200 and rest.json() == {"requeued": 2}
+
+    def retrying() -> bool:
+        items = _deliveries(api, status="pending")
+        return len(items) == 3 and all(d["last_error"] == "connect_failed" for d in items)
+    api.rig.wait_for("the requeued deliveries to be tried", retrying, timeout=30)
+    busy = api.tenant().post(f"/v1/webhooks/deliveries/{failed[0]['id']}/redeliver")
+    assert busy.status_code == 409, busy.text
+    assert busy.json()["error"]["code"] == "conflict"
+
+    receiver.start()
+
+    def all_delivered() -> bool:
+        return len(_deliveries(api, status="delivered")) == 3
+    api.rig.wait_for("every requeued delivery", all_delivered, timeout=60)
+    assert {e.event["job_id"] for e in receiver.unique().values()} == set(jobs)
+    assert len(receiver.unique()) == 3
+
+
+def test_a_redelivered_old_event_gets_a_fresh_retry_window(db: Engine) -> None:
+    """The retry window counts from the redelivery, not from the event: else an event older
+    than the window would fail for good at its first failed attempt after a redelivery."""
+    port = free_port()  # nothing listens there: every attempt fails to connect (transient)
+    born = datetime.now(UTC)
+    with db.begin() as conn:
+        repo.insert_job(conn, job_id=uuid.uuid4(), tenant="acme", kind="text",
+                        tier="standard",
+                        spec={"kind": "text", "input": {"prompt": "a red kite"},
+                              "webhook_url": f"http://127.0.0.1:{port}/job",
+                              "webhook_events": ["job.queued"]},
+                        route={}, estimated_cost_micros=1, deadline_at=born,
+                        chain_token=uuid.uuid4(), wake_at=born)
+        delivery = conn.execute(text("SELECT id FROM webhook_deliveries")).scalar_one()
+    rules = WebhookPolicy(retry_window_s=60)
+    egress, box = EgressPolicy("127.0.0.1/32"), SecretBox([new_key()])
+    with httpx.Client() as client:
+        late = born + timedelta(seconds=120)  # past the window: failed at the first failure
+        assert deliver_due(db, egress, box, client, rules, late) == Report(failed=1)
+        with pytest.raises(NotFound), db.begin() as conn:
+            requeue(conn, "globex", delivery, late)
+        later = late + timedelta(seconds=60)
+        with db.begin() as conn:
+            assert requeue(conn, "acme", delivery, later) == "failed"
+        with pytest.raises(Conflict), db.begin() as conn:
+            requeue(conn, "acme", delivery, later)
+        assert deliver_due(db, egress, box, client, rules, later) == Report(retrying=1)
+        with db.connect() as conn:
+            row = conn.execute(text("SELECT status, attempts, last_error, next_attempt_at, "
+                                    "requeued_at FROM webhook_deliveries")).one()
+        assert (row.status, row.attempts, row.last_error) == ("pending", 1, "connect_failed")
+        assert row.requeued_at == later and row.next_attempt_at > later
+        # and the window, counted from the redelivery, still ends
+        assert deliver_due(db, egress, box, client, rules,
+                           later + timedelta(seconds=120)) == Report(failed=1)
