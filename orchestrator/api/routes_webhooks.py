@@ -10,7 +10,7 @@ missing, so a receiver can verify signatures: the only route that shows it (``PU
 it; ``409 secret_unreadable`` when it was sealed with a key this server lacks, as after a
 restore without the old key). ``GET /v1/webhooks/deliveries`` lists deliveries, newest first,
 failing ones included (``status=failed``, or ``pending`` with ``last_error``);
-``POST /v1/webhooks/deliveries/{id}/redeliver`` queues one again (a receiver fixed after it
+``POST /v1/webhooks/deliveries/{delivery_id}/redeliver`` queues one again (a receiver fixed after it
 refused it, or after the retry window ran out), ``POST /v1/webhooks/deliveries/redeliver-failed``
 every failed one (of a job, with ``job_id``).
 """

@@ -49,13 +49,16 @@ JobId = Annotated[str, typer.Argument(metavar="ID", callback=checked_job_id,
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``submit``, ``backends``, ``jobs …`` and ``keys …`` to the ``orchestrator`` app."""
+    """Add ``submit``, ``backends``, ``jobs …``, ``keys …`` and ``webhooks …`` to the
+    ``orchestrator`` app."""
     app.command("submit")(submit)
     app.command("backends")(backends)
     from orchestrator.cli import watch  # noqa: F401  (adds jobs watch and jobs result)
+    from orchestrator.cli.webhooks import webhooks_app
 
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(keys_app, name="keys")
+    app.add_typer(webhooks_app, name="webhooks")
 
 
 # -- plumbing ---------------------------------------------------------------------------------

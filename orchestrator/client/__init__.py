@@ -37,6 +37,7 @@ from orchestrator.client.models import (
     Breaker,
     Budget,
     Candidate,
+    DeliveryPage,
     ErrorInfo,
     Excluded,
     Job,
@@ -44,6 +45,7 @@ from orchestrator.client.models import (
     JobResult,
     Page,
     Quote,
+    WebhookDelivery,
 )
 from orchestrator.client.sync import Client
 
@@ -61,6 +63,7 @@ __all__ = [
     "Candidate",
     "Client",
     "Conflict",
+    "DeliveryPage",
     "ErrorInfo",
     "Excluded",
     "Forbidden",
@@ -80,4 +83,5 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "WaitTimeout",
+    "WebhookDelivery",
 ]

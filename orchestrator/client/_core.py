@@ -30,11 +30,13 @@ from orchestrator.client.models import (
     ApiKey,
     Backend,
     Budget,
+    DeliveryPage,
     Job,
     JobEvent,
     JobResult,
     Page,
     Quote,
+    WebhookDelivery,
 )
 
 T = TypeVar("T")
@@ -283,6 +285,27 @@ def budgets() -> Call[list[Budget]]:
 def webhook_secret(tenant: str | None) -> Call[str]:
     return Call("GET", "/v1/webhooks/secret", lambda d: str(d["secret"]),
                 params=None if tenant is None else {"tenant": tenant})
+
+
+def webhook_deliveries(status: str | None, job_id: str | None, limit: int | None,
+                       cursor: str | None, tenant: str | None) -> Call[DeliveryPage]:
+    params = {k: v for k, v in {"status": status, "job_id": job_id, "limit": limit,
+                                "cursor": cursor, "tenant": tenant}.items() if v is not None}
+    return Call("GET", "/v1/webhooks/deliveries", DeliveryPage.model_validate,
+                params=params or None)
+
+
+def redeliver(delivery_id: int, tenant: str | None) -> Call[WebhookDelivery]:
+    # not retried: a repeat after a lost answer is a 409 (pending) or a second send
+    return Call("POST", f"/v1/webhooks/deliveries/{int(delivery_id)}/redeliver",
+                WebhookDelivery.model_validate,
+                params=None if tenant is None else {"tenant": tenant}, idempotent=False)
+
+
+def redeliver_failed(job_id: str | None, tenant: str | None) -> Call[int]:
+    params = {k: v for k, v in {"job_id": job_id, "tenant": tenant}.items() if v is not None}
+    return Call("POST", "/v1/webhooks/deliveries/redeliver-failed",
+                lambda d: int(d["requeued"]), params=params or None, idempotent=False)
 
 
 def create_key(tenant: str, admin: bool) -> Call[ApiKey]:

@@ -19,11 +19,13 @@ from orchestrator.client.models import (
     ApiKey,
     Backend,
     Budget,
+    DeliveryPage,
     Job,
     JobEvent,
     JobResult,
     Page,
     Quote,
+    WebhookDelivery,
 )
 
 T = TypeVar("T")
@@ -267,6 +269,23 @@ class AsyncClient:
         """The secret that signs this tenant's webhooks (made now if it had none), to verify
         ``X-Orchestrator-Signature`` with; ``tenant``: admin keys, another tenant's."""
         return await self._run(_core.webhook_secret(tenant))
+
+    async def webhook_deliveries(
+        self, status: str | None = None, job_id: str | None = None,
+        limit: int | None = None, cursor: str | None = None, tenant: str | None = None,
+    ) -> DeliveryPage:
+        """One page of webhook deliveries, newest first (``status``: pending, delivered or
+        failed); ``next_cursor`` as ``cursor`` gives the next (older) page."""
+        return await self._run(_core.webhook_deliveries(status, job_id, limit, cursor, tenant))
+
+    async def redeliver(self, delivery_id: int, tenant: str | None = None) -> WebhookDelivery:
+        """Queue a failed (or delivered) webhook delivery again; :class:`Conflict` if it is
+        pending already. Not retried by the SDK: a repeat could send it twice."""
+        return await self._run(_core.redeliver(delivery_id, tenant))
+
+    async def redeliver_failed(self, job_id: str | None = None, tenant: str | None = None) -> int:
+        """Queue every failed webhook delivery (of one job, if given) again; how many."""
+        return await self._run(_core.redeliver_failed(job_id, tenant))
 
     async def create_key(self, tenant: str, admin: bool = False) -> ApiKey:
         """Admin: a new API key for ``tenant`` (the key is in the answer only)."""

@@ -120,6 +120,32 @@ class Budget(_Model):
     alert_thresholds: list[float] = Field(default_factory=list)
 
 
+class WebhookDelivery(_Model):
+    """One webhook delivery (``GET /v1/webhooks/deliveries``): an event to an endpoint
+    (``target``: the job's ``webhook_url`` or the tenant's endpoint), ``pending``,
+    ``delivered`` or ``failed``; ``last_error`` is the orchestrator's own code, never the
+    receiver's answer."""
+
+    id: int
+    event_id: str
+    event_type: str
+    job_id: str
+    seq: int
+    target: str
+    status: str
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    created_at: datetime | None = None
+    delivered_at: datetime | None = None
+    requeued_at: datetime | None = None
+
+
+class DeliveryPage(_Model):
+    items: list[WebhookDelivery] = Field(default_factory=list)
+    next_cursor: str | None = None
+
+
 class ApiKey(_Model):
     """A new API key; ``key`` is shown only once, by the response that created it."""
 

@@ -13,9 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
+import typer
 from sqlalchemy import Engine, text
+from typer.testing import CliRunner
 
 from orchestrator.api import ApiConfig
+from orchestrator.client import Client
+from orchestrator.client import Conflict as ConflictError
 from orchestrator.egress import EgressPolicy
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.events.delivery import Report, WebhookPolicy, deliver_due
@@ -150,6 +154,46 @@ def test_every_failed_delivery_is_requeued_at_once_and_a_pending_one_is_a_confli
     api.rig.wait_for("every requeued delivery", all_delivered, timeout=60)
     assert {e.event["job_id"] for e in receiver.unique().values()} == set(jobs)
     assert len(receiver.unique()) == 3
+
+
+def test_the_cli_and_the_sdk_list_and_redeliver(refusing: tuple[Api, Receiver],
+                                                cli: typer.Typer) -> None:
+    api, receiver = refusing
+    jobs = _submit(api, 2)
+    _all_failed(api, 2)
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["webhooks", *args, "--api-url", api.url,
+                                          "--api-key", api.keys["acme"]])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    listed = run("deliveries", "--status", "failed")
+    assert listed.count("http_401") == 2 and all(j in listed for j in jobs)
+    with Client(api.url, api.keys["acme"]) as sdk:
+        page = sdk.webhook_deliveries(status="failed", job_id=jobs[0])
+        [first] = page.items
+        assert (first.job_id, first.status, first.event_type) == (jobs[0], "failed",
+                                                                   "job.succeeded")
+        receiver.stop()  # down: what is requeued stays pending
+        receiver.secret = SECRET
+        assert "queued again" in run("redeliver", str(first.id))
+
+        def tried() -> bool:
+            [d] = sdk.webhook_deliveries(job_id=jobs[0]).items
+            return d.status == "pending" and d.last_error == "connect_failed"
+        api.rig.wait_for("the redelivery to be tried", tried, timeout=30)
+        with pytest.raises(ConflictError):
+            sdk.redeliver(first.id)
+        assert run("redeliver-failed", "--job", jobs[1], "--json").strip() == \
+            '{\n  "requeued": 1\n}'
+    bad = CliRunner().invoke(cli, ["webhooks", "redeliver-failed", "--job", "nope",
+                                   "--api-url", api.url, "--api-key", api.keys["acme"]])
+    assert bad.exit_code == 2 and "not a job id" in bad.output
+    receiver.start()
+    api.rig.wait_for("both delivered",
+                     lambda: len(_deliveries(api, status="delivered")) == 2, timeout=60)
+    assert {r.event["job_id"] for r in receiver.unique().values()} == set(jobs)
 
 
 def test_a_redelivered_old_event_gets_a_fresh_retry_window(db: Engine) -> None:
