@@ -1,0 +1,80 @@
+"""The adapters over production's wire against a provider that misbehaves on it
+(``wire_fakes``): what a create or a poll comes to when the answer is followed by bytes that
+are no part of it, when the server switches protocols, or when a poll answers for another
+prediction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from orchestrator.backends import RetryPolicy, TransientError, make_adapter
+from orchestrator.backends.base import BackendAdapter
+from orchestrator.backends.errors import OutcomeUnknown
+from orchestrator.backends.transport import Http11Transport
+from orchestrator.domain.jobs import JobSpec
+
+from .wire_fakes import WireFake, backend_at, json_answer, json_bytes, raw
+
+CREATE = ("POST", "/v1/predictions")
+POLL = ("GET", "/v1/predictions/p-1")
+FAST = RetryPolicy(attempts=3, initial_s=0.001, max_wait_s=0.01, total_s=5.0,
+                   max_retry_after_s=1.0)
+
+
+@pytest.fixture()
+def fake() -> Iterator[WireFake]:
+    with WireFake() as server:
+        yield server
+
+
+@pytest.fixture()
+def adapter(fake: WireFake) -> Iterator[BackendAdapter]:
+    transport = Http11Transport()
+    yield make_adapter(backend_at(fake.url), transport, retry=FAST)
+    transport.close()
+
+
+def video() -> JobSpec:
+    return JobSpec.model_validate({"kind": "video", "input": {"prompt": "a lighthouse",
+                                                               "duration_s": 4}})
+
+
+def prediction(**fields: Any) -> dict[str, Any]:
+    return {"id": "p-1", "status": "succeeded", "output": "https://cdn/p-1.mp4",
+            "metrics": {"video_seconds": 4}, **fields}
+
+
+@pytest.mark.parametrize("after", [
+    b"\n<!-- served by edge-7 -->",  # bytes past the Content-Length
+    b"HTTP/1.1 2",  # the start of another answer
+    json_bytes(200, {"id": "p-other"}),  # another answer whole, in the same packet
+], ids=["garbage", "partial-answer", "second-answer"])
+def test_bytes_after_a_whole_create_answer_neither_lose_nor_replace_it(
+        fake: WireFake, adapter: BackendAdapter, after: bytes) -> None:
+    """The provider made the work and said so: whatever follows its answer on the
+    connection must not make it a lost answer (reconciled; on a provider that does not
+    de-duplicate, closed uncertain and paid again elsewhere), nor another answer's id."""
+    fake.route(*CREATE, raw(json_bytes(201, {"id": "p-1", "status": "starting"}) + after))
+    fake.route(*POLL, json_answer(200, prediction()))
+    assert adapter.submit(video(), "job-1:1").external_id == "p-1"
+    # the connection, with bytes the server sent past its answer, is not used again: the
+    # poll's answer is its own
+    assert adapter.poll("p-1").status == "succeeded"
+    assert len(fake.received(*CREATE)) == 1
+
+
+def test_a_server_switching_protocols_is_a_lost_answer_to_a_create_and_transient_to_a_poll(
+        fake: WireFake, adapter: BackendAdapter) -> None:
+    upgrade = raw(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n"
+                  b"Connection: Upgrade\r\n\r\n")
+    fake.route(*CREATE, upgrade)
+    fake.route(*POLL, upgrade)
+    with pytest.raises(OutcomeUnknown):
+        adapter.submit(video(), "job-1:1")
+    assert len(fake.received(*CREATE)) == 1  # sent, then no answer: never repeated
+    with pytest.raises(TransientError) as polled:
+        adapter.poll("p-1")
+    assert polled.value.code == "backend_connection"
