@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.backends import RetryPolicy, TransientError, make_adapter
+from orchestrator.backends import BackendFault, RetryPolicy, TransientError, make_adapter
 from orchestrator.backends.base import BackendAdapter
 from orchestrator.backends.errors import OutcomeUnknown
 from orchestrator.backends.transport import Http11Transport
@@ -78,3 +78,21 @@ def test_a_server_switching_protocols_is_a_lost_answer_to_a_create_and_transient
     with pytest.raises(TransientError) as polled:
         adapter.poll("p-1")
     assert polled.value.code == "backend_connection"
+
+
+@pytest.mark.parametrize("call", ["poll", "cancel"])
+def test_an_answer_for_another_prediction_is_not_taken_as_this_ones(
+        fake: WireFake, adapter: BackendAdapter, call: str) -> None:
+    """A poll (or cancel) answered with another prediction (a cache in front of the
+    provider keyed on the wrong thing) must not hand this job another's output and bill."""
+    other = prediction(id="p-2", output="https://cdn/someone-elses.mp4", cost_usd=9.5)
+    fake.route(*POLL, json_answer(200, other))
+    fake.route("POST", "/v1/predictions/p-1/cancel", json_answer(200, other))
+    with pytest.raises(BackendFault) as err:
+        getattr(adapter, call)("p-1")
+    assert err.value.code == "malformed_response"
+    # its own id (or none, as some providers answer a poll) is read as before
+    fake.route(*POLL, json_answer(200, prediction()))
+    assert adapter.poll("p-1").output == "https://cdn/p-1.mp4"
+    fake.route(*POLL, json_answer(200, {k: v for k, v in prediction().items() if k != "id"}))
+    assert adapter.poll("p-1").status == "succeeded"
