@@ -96,3 +96,33 @@ def test_an_answer_for_another_prediction_is_not_taken_as_this_ones(
     assert adapter.poll("p-1").output == "https://cdn/p-1.mp4"
     fake.route(*POLL, json_answer(200, {k: v for k, v in prediction().items() if k != "id"}))
     assert adapter.poll("p-1").status == "succeeded"
+
+
+def chat(fake: WireFake, transport: Http11Transport) -> BackendAdapter:
+    return make_adapter(backend_at(fake.url, protocol="openai", kind="text"), transport,
+                        retry=FAST)
+
+
+@pytest.mark.parametrize(("bill", "charged", "unpriced"), [
+    ({"usage": {"prompt_tokens": 2000, "completion_tokens": 0}}, 1000, False),  # $0.0005/1k
+    ({"cost_usd": 0.25}, 250_000, False),
+    ({}, None, True),  # no bill: the chain charges its worst case, as any billed answer
+])
+def test_a_chat_answer_with_no_choice_is_the_backends_failure_charged_its_bill(
+        fake: WireFake, bill: dict[str, Any], charged: int | None, unpriced: bool) -> None:
+    """200 with ``choices: []``: the call was made and billed, and gave nothing. Taken for a
+    lost answer it went uncharged (uncertain) while the provider bills it."""
+    fake.route("POST", "/v1/chat/completions",
+               json_answer(200, {"id": "chatcmpl-1", "choices": [], **bill}))
+    transport = Http11Transport()
+    try:
+        sub = chat(fake, transport).submit(
+            JobSpec.model_validate({"kind": "text", "input": {"prompt": "hi"}}), "job-1:1")
+    finally:
+        transport.close()
+    res = sub.result
+    assert sub.external_id == "chatcmpl-1" and res is not None
+    assert res.status == "failed" and res.error is not None
+    assert res.error.code == "empty_output" and res.error.strike
+    assert res.cost_micros == charged and res.unpriced is unpriced
+    assert len(fake.received("POST", "/v1/chat/completions")) == 1
