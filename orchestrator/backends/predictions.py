@@ -92,6 +92,12 @@ class PredictionsAdapter(HttpAdapter):
             data = self.request("GET", f"/v1/predictions?idempotency_key={quote(reference)}",
                                 call="lookup")
         except (BackendFault, JobFault) as exc:  # 4xx: no such listing here
+            if exc.code == "malformed_response":
+                # a 2xx we cannot read (a proxy's error page, a body cut short) says nothing
+                # of the listing: the lookup is asked again, not given up for good, which on
+                # a provider without de-duplication closes the attempt uncertain and pays
+                # another backend for work this one may have done
+                raise
             raise LookupUnsupported(
                 f"{self.name}: the provider cannot list predictions by idempotency key "
                 f"({exc.code})", backend=self.name) from None
