@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,18 +26,20 @@ from orchestrator.ledger.service import utcnow
 from orchestrator.service.runner import JobRunner
 from orchestrator.simulator import RunningSimulator
 
-from .e2e_support import Rig, rig_for, run_chain, simulator_for
+from .e2e_support import Rig, rig_for, simulator_for
 from .wire_fakes import Request, Route, WireFake, json_bytes, raw, reset
 
 TENANT = "acme"
 _PRICE = {"model": "per_second", "usd_per_second": 0.03}
+STOP_S = 5.0  # vid-wire's start_to_close_s
 CATALOGUE: dict[str, Any] = {
     "defaults": {"timeouts": {"connect_s": 2.0, "read_s": 3.0, "start_to_close_s": 60},
                  "idempotency": "none"},
     "backends": [
         # served by the wire fake (its base_url is replaced); the simulator's is the failover
         {"name": "vid-wire", "protocol": "predictions", "kinds": ["video"], "tier": "standard",
-         "base_url": "${ORCH_SIMULATOR_URL}/vid-wire", "price": _PRICE},
+         "base_url": "${ORCH_SIMULATOR_URL}/vid-wire", "price": _PRICE,
+         "timeouts": {"connect_s": 2.0, "read_s": 3.0, "start_to_close_s": STOP_S}},
         {"name": "vid-sim", "protocol": "predictions", "kinds": ["video"], "tier": "standard",
          "base_url": "${ORCH_SIMULATOR_URL}/vid-sim",
          "price": {**_PRICE, "usd_per_second": 0.05}},
@@ -64,8 +67,9 @@ def fake() -> Iterator[WireFake]:
         yield server
 
 
-def run_with(rig: Rig, fake: WireFake, job_id: uuid.UUID) -> None:
-    """The job's chain to its end, vid-wire's adapter pointed at ``fake``."""
+def run_with(rig: Rig, fake: WireFake, job_id: uuid.UUID) -> list[float]:
+    """The job's chain to its end, vid-wire's adapter pointed at ``fake``; the waits its
+    steps asked for."""
     c = rig.container
     s = c.settings
     transport = Http11Transport()
@@ -80,10 +84,17 @@ def run_with(rig: Rig, fake: WireFake, job_id: uuid.UUID) -> None:
                        PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s))
     token = rig.job(job_id).chain_token
     assert token is not None
+    waits: list[float] = []
+    deadline = time.monotonic() + 30
     try:
-        run_chain(runner, job_id, token, timeout=30)
+        while not (nxt := runner.advance(job_id, token)).done:
+            assert nxt.poll_in_s is not None
+            waits.append(nxt.poll_in_s)
+            assert time.monotonic() + nxt.poll_in_s < deadline, f"the chain waits {waits}"
+            time.sleep(nxt.poll_in_s)  # the countdown the step asked for, as Celery would
     finally:
         transport.close()
+    return waits
 
 
 def video_job() -> JobSpec:
@@ -138,3 +149,37 @@ def test_a_lookup_answered_by_an_error_page_is_asked_again_not_given_up(
                          Usage(video_seconds=4, resolution="720p"))
     assert job.cost_micros == attempt.cost_micros == bill
     assert rig.ledger() == (bill, 0)
+
+
+@pytest.mark.parametrize("retry_after", ["86400", "Fri, 31 Dec 2100 23:59:59 GMT"])
+def test_a_polls_huge_retry_after_waits_no_longer_than_the_attempts_start_to_close(
+        rig: Rig, fake: WireFake, retry_after: str) -> None:
+    """A poll answered 429 with a Retry-After of a day (or a date decades ahead) is honoured
+    up to the attempt's start_to_close, not for the day: the work is looked at then, and
+    its output adopted, while the provider still keeps it."""
+    polls = [0]
+    lock = threading.Lock()
+
+    def poll(conn: socket.socket, _: Request) -> None:
+        with lock:
+            polls[0] += 1
+            first = polls[0] == 1
+        conn.sendall(json_bytes(429, {"error": {"code": "rate_limited"}},
+                                {"Retry-After": retry_after}, reason="Too Many Requests")
+                     if first else json_bytes(200, {
+                         "id": "p-1", "status": "succeeded", "output": "https://cdn/p-1.mp4",
+                         "metrics": {"video_seconds": 4, "resolution": "720p"}}))
+
+    fake.route("POST", "/v1/predictions", raw(json_bytes(201, {"id": "p-1"})))
+    fake.route("GET", "/v1/predictions/p-1", poll)
+    job_id = rig.submit(video_job())
+    waits = run_with(rig, fake, job_id)
+
+    assert max(waits) <= STOP_S
+    job = rig.job(job_id)
+    (attempt,) = rig.attempts(job_id)
+    assert (job.status, attempt.outcome, attempt.external_id) == ("succeeded", "succeeded",
+                                                                   "p-1")
+    bill = actual_micros(rig.container.catalogue().get("vid-wire"),
+                         Usage(video_seconds=4, resolution="720p"))
+    assert job.cost_micros == bill and rig.ledger() == (bill, 0)
