@@ -83,7 +83,9 @@ class OpenAIAdapter(HttpAdapter):
                             creates=True)
         ext_id = _call_id(data, key)
         choices = data.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        if choices == []:
+            return self._no_choice(data, ext_id)
+        if not isinstance(choices, list) or not isinstance(choices[0], dict):
             raise self.malformed("no choices")
         message = choices[0].get("message")
         if not isinstance(message, dict):
@@ -107,6 +109,19 @@ class OpenAIAdapter(HttpAdapter):
             reported_cost_micros=reported, provider_status="succeeded", unpriced=unpriced,
         )
         return Submission(external_id=ext_id, result=result)
+
+    def _no_choice(self, data: dict[str, Any], ext_id: str) -> Submission:
+        """A chat answer whose ``choices`` is empty: the call was made, and billed, and gave
+        nothing. The provider's failure (another backend may do better), charged the bill it
+        carries (its worst case without one, as any billed answer), as an image answer
+        without images is; taken for a lost answer, it would go uncharged while the provider
+        bills it."""
+        used, cost, reported, unpriced = self._chat_bill(data)
+        return Submission(external_id=ext_id, result=PollResult(
+            status="failed", usage=used, cost_micros=cost, reported_cost_micros=reported,
+            error=BackendFault(f"{self.name}: answered without a choice", code="empty_output",
+                               backend=self.name),
+            provider_status="succeeded", unpriced=unpriced))
 
     def _chat_bill(self, data: dict[str, Any]
                    ) -> tuple[Usage | None, int | None, int | None, bool]:

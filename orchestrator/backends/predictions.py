@@ -92,6 +92,12 @@ class PredictionsAdapter(HttpAdapter):
             data = self.request("GET", f"/v1/predictions?idempotency_key={quote(reference)}",
                                 call="lookup")
         except (BackendFault, JobFault) as exc:  # 4xx: no such listing here
+            if exc.code == "malformed_response":
+                # a 2xx we cannot read (a proxy's error page, a body cut short) says nothing
+                # of the listing: the lookup is asked again, not given up for good, which on
+                # a provider without de-duplication closes the attempt uncertain and pays
+                # another backend for work this one may have done
+                raise
             raise LookupUnsupported(
                 f"{self.name}: the provider cannot list predictions by idempotency key "
                 f"({exc.code})", backend=self.name) from None
@@ -116,7 +122,7 @@ class PredictionsAdapter(HttpAdapter):
     def poll(self, external_id: str) -> PollResult:
         data = self.request("GET", f"/v1/predictions/{quote(external_id, safe='')}",
                             call="poll")
-        return self._result(data)
+        return self._result(self._own(data, external_id))
 
     def cancel(self, external_id: str) -> PollResult:
         """The prediction as the cancel left it: ``cancelled`` (with what the provider billed
@@ -124,7 +130,18 @@ class PredictionsAdapter(HttpAdapter):
         stops."""
         data = self.request("POST", f"/v1/predictions/{quote(external_id, safe='')}/cancel",
                             call="cancel")
-        return self._result(data)
+        return self._result(self._own(data, external_id))
+
+    def _own(self, data: dict[str, Any], external_id: str) -> dict[str, Any]:
+        """``data`` if it is the prediction asked for. One that names another id (a cache or
+        a gateway in front of the provider answering for another request) is unreadable:
+        taken as it is, another job's output, maybe another tenant's, would be delivered as
+        this job's, and its bill charged to it. Without an ``id`` it is taken as asked."""
+        own = data.get("id")
+        if own is not None and not (isinstance(own, str | int) and not isinstance(own, bool)
+                                    and str(own) == external_id):
+            raise self.malformed("the prediction answered is not the one asked for")
+        return data
 
     # -- parsing ----------------------------------------------------------------------------
 

@@ -81,33 +81,48 @@ MAX_ANSWER_BYTES = 256 * 1024 * 1024
 
 class _Answer:
     """httptools' callbacks: the status line's headers and body of one answer (a 1xx
-    interim answer is skipped)."""
+    interim answer is skipped). Whatever follows the final answer on the connection (bytes
+    past its Content-Length, a second answer) is no part of it: the parser is fed the
+    bytes as they came, so it may go on to read them, and they must not replace the answer
+    nor fail it; ``extra`` says they came (the connection is then not reused)."""
 
-    __slots__ = ("body", "complete", "headers", "headers_done", "keep_alive", "parser")
+    __slots__ = ("body", "complete", "extra", "headers", "headers_done", "keep_alive",
+                 "parser", "status")
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.headers_done = False
         self.complete = False
+        self.extra = False
         self.keep_alive = False
+        self.status = 0
         self.parser: Any = None
 
     def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra = True
+            return
         self.headers, self.body, self.headers_done = [], [], False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.complete:
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
         self.headers_done = True
-        self.keep_alive = self.parser.should_keep_alive()  # read while the parser has it
+        # read while the parser has them: a later message's would replace them
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        if not self.complete:
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
-        if self.parser.get_status_code() >= 200:
+        if self.status >= 200:
             self.complete = True
 
     def ends_at_close(self) -> bool:
@@ -263,7 +278,7 @@ class Http11Transport(httpx.BaseTransport):
                 raise httpx.WriteTimeout("the request could not be sent in time") from None
             raise httpx.WriteError(f"{type(exc).__name__}: {exc}") from None
         try:
-            answer, parser = _read_answer(sock, read, deadline, head_only=method == "HEAD")
+            answer = _read_answer(sock, read, deadline, head_only=method == "HEAD")
         except TimeoutError as exc:
             sock.close()
             raise httpx.ReadTimeout(f"no answer within the read timeout ({exc})") from None
@@ -276,11 +291,11 @@ class Http11Transport(httpx.BaseTransport):
         except OSError as exc:
             sock.close()
             raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from None
-        if answer.complete and answer.keep_alive:
+        if answer.complete and answer.keep_alive and not answer.extra:
             self._park(key, sock, self._idle_limit(answer.headers))
         else:
             sock.close()
-        return Reply(parser.get_status_code(), answer.headers, b"".join(answer.body))
+        return Reply(answer.status, answer.headers, b"".join(answer.body))
 
     def _proxy_for(self, origin: _Origin) -> Proxy | None:
         """The environment's proxy for ``origin``, decided once (a miss costs a pattern walk)."""
@@ -392,10 +407,11 @@ def _head(method: str, path: bytes, headers: Headers) -> bytes:
 
 
 def _read_answer(sock: socket.socket, read: float | None, deadline: float | None, *,
-                 head_only: bool) -> tuple[_Answer, Any]:
+                 head_only: bool) -> _Answer:
     """Read one whole answer (for HEAD, its head) with ``read`` seconds for each piece and
     everything by ``deadline`` (monotonic; TimeoutError); raise RemoteProtocolError if the
-    connection ends before the answer does, or the answer grows past MAX_ANSWER_BYTES."""
+    connection ends before the answer does, the server switches protocols (a 101), or the
+    answer grows past MAX_ANSWER_BYTES."""
     answer = _Answer()
     parser = answer.parser = httptools.HttpResponseParser(answer)
     received = 0
@@ -417,8 +433,19 @@ def _read_answer(sock: socket.socket, read: float | None, deadline: float | None
         if received > MAX_ANSWER_BYTES:
             raise httpx.RemoteProtocolError(
                 f"the answer is larger than {MAX_ANSWER_BYTES // 2**20} MiB")
-        parser.feed_data(data)
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # no HttpParserError: it would escape the call
+            if not answer.complete:
+                raise httpx.RemoteProtocolError("the server switched protocols") from None
+            answer.extra = True
+        except httptools.HttpParserError:
+            # the answer stands when it was whole: what broke the parser came after it (a
+            # create answered, then bytes past its Content-Length, is no lost answer)
+            if not answer.complete:
+                raise
+            answer.extra = True
         if head_only and answer.headers_done:
             answer.complete = True
-    return answer, parser
+    return answer
 

@@ -126,8 +126,14 @@ class Watcher:
     def _schedule(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID,
                   age_s: float, at_least: float | None = None) -> Next:
         """The next look at a running attempt; ``at_least``: the provider's Retry-After,
-        honoured up to the job's deadline (whose step must not come late for it)."""
-        wait = job.within_deadline(at_least, self.clock()) if at_least else 0.0
+        honoured up to the job's deadline (whose step must not come late for it) and up to
+        the attempt's start_to_close, when it is looked at once more and stopped: a poll
+        answered ``Retry-After: 86400`` must not leave work running, and holding the job's
+        money, for a day (nor outlive the provider's links to a finished output)."""
+        wait = 0.0
+        if at_least:
+            left = self.catalogue().get(attempt.backend).timeouts.start_to_close_s - age_s
+            wait = job.within_deadline(min(at_least, max(0.0, left)), self.clock())
         delay = max(self.delay(attempt, age_s), wait)
         with autocommit(self.engine).connection() as conn:
             if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):

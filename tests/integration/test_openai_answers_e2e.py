@@ -25,6 +25,7 @@ from sqlalchemy import Engine, text
 from orchestrator.api import ApiConfig
 from orchestrator.backends import make_adapter
 from orchestrator.backends.base import BackendAdapter
+from orchestrator.backends.transport import Http11Transport
 from orchestrator.client import AsyncClient, Client
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.polling import PollPolicy
@@ -38,6 +39,7 @@ from orchestrator.simulator.openai import TINY_PNG_B64
 
 from .api_fixture import start_api
 from .e2e_support import Rig, rig_for, run_chain, simulator_for
+from .wire_fakes import WireFake, json_answer
 
 TENANT = "acme"
 _PRICE_TXT = {"model": "per_token", "usd_per_1k_input": 0.5, "usd_per_1k_output": 1.5}
@@ -298,3 +300,44 @@ def test_a_refusal_answered_after_a_cancel_settles_the_hold_with_its_bill(rig: R
         assert conn.execute(text("SELECT status FROM holds WHERE job_id = :j"),
                             {"j": job_id}).scalar_one() != "held"  # finished now
     assert rig.ledger() == (bill, 0)
+
+
+def test_a_chat_answer_with_no_choice_fails_over_charged_its_bill(rig: Rig) -> None:
+    """chat-a, over the real wire, answers 200 with ``choices: []`` and the usage it bills:
+    its attempt is the backend's failure charged that bill (not a lost answer, closed
+    uncertain and uncharged), and the job fails over to chat-b (the simulator)."""
+    with WireFake() as fake:
+        fake.route("POST", "/v1/chat/completions", json_answer(200, {
+            "id": "chatcmpl-empty", "choices": [],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 0}}))
+        c = rig.container
+        s = c.settings
+        transport = Http11Transport()
+
+        def adapter(name: str) -> BackendAdapter:
+            spec = c.catalogue().get(name)
+            if name == "chat-a":
+                spec = spec.model_copy(update={"base_url": fake.url})
+            return make_adapter(spec, transport)
+
+        runner = JobRunner(c.engine, c.ledger, c.catalogue, c.health, adapter, utcnow,
+                           PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s))
+        job_id = rig.submit(text_job())
+        try:
+            run(rig, runner, job_id)
+        finally:
+            transport.close()
+        assert len(fake.received("POST", "/v1/chat/completions")) == 1
+
+    job = rig.job(job_id)
+    assert job.status == "succeeded"
+    first, second = rig.attempts(job_id)
+    assert (first.backend, first.outcome, first.error_code) == ("chat-a", "failed",
+                                                                "empty_output")
+    assert first.fault == "backend_fault" and first.external_id == "chatcmpl-empty"
+    bill = actual_micros(c.catalogue().get("chat-a"), Usage(input_tokens=100, output_tokens=0))
+    assert first.cost_micros == bill > 0 and first.possible_cost_micros is None
+    assert second.backend == "chat-b" and second.outcome == "succeeded"
+    assert second.cost_micros is not None
+    assert job.cost_micros == bill + second.cost_micros
+    assert rig.ledger() == (bill + second.cost_micros, 0)

@@ -1,0 +1,185 @@
+"""The job chain, its ledger and real PostgreSQL, with a provider that misbehaves on the wire
+(``wire_fakes``) over production's transport: the job's end state and its charge are the
+provider's word, however the bytes came. The chain runs in this process (as the worker's
+tasks would); the failover backend is the simulator."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from orchestrator.backends import make_adapter
+from orchestrator.backends.base import BackendAdapter
+from orchestrator.backends.transport import Http11Transport
+from orchestrator.domain.jobs import JobSpec
+from orchestrator.domain.polling import PollPolicy
+from orchestrator.domain.pricing import Usage, actual_micros
+from orchestrator.ledger.service import utcnow
+from orchestrator.service.runner import JobRunner
+from orchestrator.simulator import RunningSimulator
+
+from .e2e_support import Rig, rig_for, simulator_for
+from .wire_fakes import Request, Route, WireFake, json_bytes, raw, reset
+
+TENANT = "acme"
+_PRICE = {"model": "per_second", "usd_per_second": 0.03}
+STOP_S = 5.0  # vid-wire's start_to_close_s
+CATALOGUE: dict[str, Any] = {
+    "defaults": {"timeouts": {"connect_s": 2.0, "read_s": 3.0, "start_to_close_s": 60},
+                 "idempotency": "none"},
+    "backends": [
+        # served by the wire fake (its base_url is replaced); the simulator's is the failover
+        {"name": "vid-wire", "protocol": "predictions", "kinds": ["video"], "tier": "standard",
+         "base_url": "${ORCH_SIMULATOR_URL}/vid-wire", "price": _PRICE,
+         "timeouts": {"connect_s": 2.0, "read_s": 3.0, "start_to_close_s": STOP_S}},
+        {"name": "vid-sim", "protocol": "predictions", "kinds": ["video"], "tier": "standard",
+         "base_url": "${ORCH_SIMULATOR_URL}/vid-sim",
+         "price": {**_PRICE, "usd_per_second": 0.05}},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[RunningSimulator]:
+    with simulator_for(CATALOGUE) as running:
+        yield running
+
+
+@pytest.fixture()
+def rig(db: Engine, database_url: str, redis_url: str, sim: RunningSimulator,
+        tmp_path: Path) -> Iterator[Rig]:
+    with rig_for(CATALOGUE, db, database_url, redis_url, sim, tmp_path) as r:
+        r.budget(100_000_000, TENANT)
+        yield r
+
+
+@pytest.fixture()
+def fake() -> Iterator[WireFake]:
+    with WireFake() as server:
+        yield server
+
+
+def run_with(rig: Rig, fake: WireFake, job_id: uuid.UUID) -> list[float]:
+    """The job's chain to its end, vid-wire's adapter pointed at ``fake``; the waits its
+    steps asked for."""
+    c = rig.container
+    s = c.settings
+    transport = Http11Transport()
+
+    def adapter(name: str) -> BackendAdapter:
+        spec = c.catalogue().get(name)
+        if name == "vid-wire":
+            spec = spec.model_copy(update={"base_url": fake.url})
+        return make_adapter(spec, transport)
+
+    runner = JobRunner(c.engine, c.ledger, c.catalogue, c.health, adapter, utcnow,
+                       PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s))
+    token = rig.job(job_id).chain_token
+    assert token is not None
+    waits: list[float] = []
+    deadline = time.monotonic() + 30
+    try:
+        while not (nxt := runner.advance(job_id, token)).done:
+            assert nxt.poll_in_s is not None
+            waits.append(nxt.poll_in_s)
+            assert time.monotonic() + nxt.poll_in_s < deadline, f"the chain waits {waits}"
+            time.sleep(nxt.poll_in_s)  # the countdown the step asked for, as Celery would
+    finally:
+        transport.close()
+    return waits
+
+
+def video_job() -> JobSpec:
+    return JobSpec.model_validate({"kind": "video", "input": {"prompt": "a lighthouse",
+                                                               "duration_s": 4}})
+
+
+def listing_garbled_once() -> Route:
+    """The lookup: first a proxy's error page with a 200, then the provider's listing of
+    the prediction the lost create made."""
+    lock = threading.Lock()
+    calls = [0]
+
+    def answer(conn: socket.socket, req: Request) -> None:
+        with lock:
+            calls[0] += 1
+            first = calls[0] == 1
+        if first:
+            page = b"<html><body>upstream hiccup</body></html>"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(page), page))
+            return
+        key = req.path.partition("idempotency_key=")[2].replace("%3A", ":")
+        conn.sendall(json_bytes(200, {"results": [
+            {"id": "p-1", "status": "starting", "idempotency_key": key}]}))
+
+    return answer
+
+
+def test_a_lookup_answered_by_an_error_page_is_asked_again_not_given_up(
+        rig: Rig, fake: WireFake) -> None:
+    """The create's answer is lost (the connection reset once the request was read). The
+    first lookup meets a proxy's HTML page with a 200; the next finds the prediction. Taken
+    as "the provider has no lookup", the attempt was closed uncertain on this backend, which
+    does not de-duplicate, and the job paid the simulator for the same work."""
+    fake.route("POST", "/v1/predictions", reset())
+    fake.route("GET", "/v1/predictions", listing_garbled_once())
+    fake.route("GET", "/v1/predictions/p-1", raw(json_bytes(200, {
+        "id": "p-1", "status": "succeeded", "output": "https://cdn/p-1.mp4",
+        "metrics": {"video_seconds": 4, "resolution": "720p"}})))
+    job_id = rig.submit(video_job())
+    run_with(rig, fake, job_id)
+
+    job = rig.job(job_id)
+    (attempt,) = rig.attempts(job_id)  # no failover
+    assert (job.status, attempt.backend, attempt.outcome) == ("succeeded", "vid-wire",
+                                                               "succeeded")
+    assert attempt.external_id == "p-1"
+    assert len(fake.received("POST", "/v1/predictions")) == 1  # never sent again
+    assert len(fake.received("GET", "/v1/predictions")) == 2
+    bill = actual_micros(rig.container.catalogue().get("vid-wire"),
+                         Usage(video_seconds=4, resolution="720p"))
+    assert job.cost_micros == attempt.cost_micros == bill
+    assert rig.ledger() == (bill, 0)
+
+
+@pytest.mark.parametrize("retry_after", ["86400", "Fri, 31 Dec 2100 23:59:59 GMT"])
+def test_a_polls_huge_retry_after_waits_no_longer_than_the_attempts_start_to_close(
+        rig: Rig, fake: WireFake, retry_after: str) -> None:
+    """A poll answered 429 with a Retry-After of a day (or a date decades ahead) is honoured
+    up to the attempt's start_to_close, not for the day: the work is looked at then, and
+    its output adopted, while the provider still keeps it."""
+    polls = [0]
+    lock = threading.Lock()
+
+    def poll(conn: socket.socket, _: Request) -> None:
+        with lock:
+            polls[0] += 1
+            first = polls[0] == 1
+        conn.sendall(json_bytes(429, {"error": {"code": "rate_limited"}},
+                                {"Retry-After": retry_after}, reason="Too Many Requests")
+                     if first else json_bytes(200, {
+                         "id": "p-1", "status": "succeeded", "output": "https://cdn/p-1.mp4",
+                         "metrics": {"video_seconds": 4, "resolution": "720p"}}))
+
+    fake.route("POST", "/v1/predictions", raw(json_bytes(201, {"id": "p-1"})))
+    fake.route("GET", "/v1/predictions/p-1", poll)
+    job_id = rig.submit(video_job())
+    waits = run_with(rig, fake, job_id)
+
+    assert max(waits) <= STOP_S
+    job = rig.job(job_id)
+    (attempt,) = rig.attempts(job_id)
+    assert (job.status, attempt.outcome, attempt.external_id) == ("succeeded", "succeeded",
+                                                                   "p-1")
+    bill = actual_micros(rig.container.catalogue().get("vid-wire"),
+                         Usage(video_seconds=4, resolution="720p"))
+    assert job.cost_micros == bill and rig.ledger() == (bill, 0)
