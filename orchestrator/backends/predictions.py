@@ -59,6 +59,18 @@ _USAGE_INT = ("images", "input_tokens", "output_tokens")
 _USAGE_STR = ("resolution", "image_size")
 # Replicate's names for a language model's token counts (read when ours are absent)
 _USAGE_ALIASES = {"input_tokens": "input_token_count", "output_tokens": "output_token_count"}
+_DECIMAL = re.compile(r"\d{1,10}(\.\d{1,9})?")
+_DIGITS = re.compile(r"\d{1,12}")
+
+
+def _numeral(value: Any, form: re.Pattern[str]) -> Any:
+    """A metric a gateway sent as a string of digits (``"3.2"``) as the number it writes,
+    as ``cost_usd`` is read; any other value as it came (a number, or what is refused).
+    Refused, the whole answer would be unreadable: a finished poll's output lost, and the
+    work paid again on another backend, for the quoting of a number."""
+    if isinstance(value, str) and form.fullmatch(value):
+        return float(value) if form is _DECIMAL else int(value)
+    return value
 # A refusal told in a string ``error`` (Replicate: "NSFW content detected. …"): only phrases
 # that say so, not "safety", "moderation" or a bare "nsfw" ("NSFW checker crashed" is the
 # backend's failure, and another backend may run the job)
@@ -214,7 +226,7 @@ class PredictionsAdapter(HttpAdapter):
         if isinstance(self.backend.price, PerComputeSecondPrice):
             seconds["compute_seconds"] = "predict_time"  # else a timing, ignored
         for name, key in seconds.items():
-            value = metrics.get(key)
+            value = _numeral(metrics.get(key), _DECIMAL)
             if value is None:
                 continue
             # NaN compares false; a huge int is refused before it is made a float
@@ -224,7 +236,7 @@ class PredictionsAdapter(HttpAdapter):
             fields[name] = float(value)
         for name in _USAGE_INT:
             key = name if metrics.get(name) is not None else _USAGE_ALIASES.get(name, name)
-            value = metrics.get(key)
+            value = _numeral(metrics.get(key), _DIGITS)
             if value is not None:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise self.malformed(f"{key} is not a non-negative integer")

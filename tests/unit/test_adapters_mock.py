@@ -273,7 +273,9 @@ def test_the_unknown_statuses_remembered_are_bounded(
 @pytest.mark.parametrize(
     ("body", "what"),
     [
-        (prediction(metrics={"video_seconds": "4"}), "video_seconds"),
+        (prediction(metrics={"video_seconds": "four", "resolution": "720p"}), "video_seconds"),
+        (prediction(metrics={"video_seconds": "-4", "resolution": "720p"}), "video_seconds"),
+        (prediction(metrics={"video_seconds": "4e3", "resolution": "720p"}), "video_seconds"),
         (prediction(metrics={"video_seconds": 4, "resolution": 720}), "resolution"),
         ({"id": "p1", "output": "http://x/v.mp4"}, "no status"),
         (prediction(status="failed", metrics={"video_seconds": 4}, cost_usd=None),
@@ -288,6 +290,19 @@ def test_malformed_poll_answers(body: dict[str, Any], what: str) -> None:
     with pytest.raises(BackendFault) as info:
         mock("vid", answer(body)).poll("p1")
     assert info.value.code == "malformed_response" and what in info.value.message
+
+
+def test_metrics_sent_as_strings_of_digits_are_read_as_their_numbers() -> None:
+    """A gateway that quotes its numbers must not make a finished prediction unreadable:
+    its output would be lost, and the work paid again elsewhere."""
+    quoted = mock("vid", answer(prediction(metrics={"video_seconds": "4",
+                                                    "resolution": "720p"}))).poll("p1")
+    plain = mock("vid", answer(prediction())).poll("p1")
+    assert quoted.status == "succeeded" and quoted.cost_micros == plain.cost_micros == 400_000
+    assert quoted.usage == plain.usage
+    half = mock("vid", answer(prediction(metrics={"video_seconds": "4.5",
+                                                  "resolution": "720p"}))).poll("p1")
+    assert half.usage is not None and half.usage.video_seconds == 4.5
 
 
 def test_cost_mismatch_is_flagged_and_usage_wins(caplog: pytest.LogCaptureFixture) -> None:
@@ -322,7 +337,7 @@ def test_replicates_token_counts_are_read_as_usage() -> None:
     res = mock("txt-pred", answer(ours)).poll("p1")  # our own name wins
     assert res.usage is not None and res.usage.input_tokens == 10
     with pytest.raises(BackendFault) as info:
-        mock("txt-pred", answer({**body, "metrics": {"input_token_count": "1000",
+        mock("txt-pred", answer({**body, "metrics": {"input_token_count": "1e3",
                                                       "output_token_count": 500}})).poll("p1")
     assert "input_token_count is not a non-negative integer" in info.value.message
 
