@@ -74,9 +74,10 @@ _Origin = tuple[str, str, int]
 _PoolKey = _Origin | tuple[_Origin, Proxy]  # direct: the origin; proxied: (origin, proxy)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _RECV = 65536
-# the largest answer read (head and body): ten base64 images of several MB each fit many
-# times over; a provider sending more would take the worker's memory, and every step on it
-MAX_ANSWER_BYTES = 256 * 1024 * 1024
+# the largest answer read (head and body): ten base64 images of several MB each fit. An
+# answer is held about three times over while it is read, joined and parsed (a 256 MiB one
+# took a worker to 856 MB), and each of a worker's threads may be reading one
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 class _Answer:
