@@ -1,11 +1,12 @@
 """What a security review of the console found, in real headless Chromium and over real HTTP
 against the API (real PostgreSQL and Redis): the key never reaches a URL, even when the
-console's script has not run."""
+console's script has not run; no cache keeps an API answer (data, or a new key)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page
 from sqlalchemy import Engine
@@ -50,3 +51,33 @@ def test_submitting_the_form_without_its_script_puts_no_key_in_a_url(
     assert not any(tenant_key in u or "key=" in u for u in urls), urls
     assert tenant_key not in plain_page.url
 
+
+
+def test_no_cache_keeps_an_answer_of_the_api(served: str, db: Engine) -> None:  # noqa: F811
+    """Before, ``/v1`` answers had no ``Cache-Control``: a browser (the docs page's "Try it
+    out" does not ask for ``no-store``) or a proxy could keep a tenant's jobs, or the answer of
+    ``POST /v1/keys`` with its new key, on disk."""
+    with db.begin() as conn:
+        admin_key = create_key(conn, "ops", admin=True)
+    with httpx.Client(base_url=served, timeout=10,
+                      headers={"Authorization": f"Bearer {admin_key}"}) as api:
+        answers = {
+            "whoami": api.get("/v1/whoami"),
+            "jobs": api.get("/v1/jobs"),
+            "new key": api.post("/v1/keys", json={"tenant": "acme"}),
+            "keys": api.get("/v1/keys"),
+            "budgets": api.get("/v1/budgets"),
+            "invalid": api.get("/v1/jobs", params={"nope": "1"}),
+            "no key": httpx.get(f"{served}/v1/jobs", timeout=10),
+            "unknown route": api.get("/v1/nope"),
+        }
+        assert answers["new key"].status_code == 201 and "key" in answers["new key"].json()
+        for name, r in answers.items():
+            assert r.headers.get("cache-control") == "no-store", (name, r.status_code)
+            assert r.headers.get("x-content-type-options") == "nosniff", name
+        with api.stream("GET", "/v1/events") as stream:  # a route's own choice stays
+            assert stream.status_code == 200
+            assert stream.headers["cache-control"] == "no-cache"
+        # outside /v1, each keeps its own: the console's files are revalidated, not refused
+        assert httpx.get(f"{served}/console/", timeout=10).headers["cache-control"] == "no-cache"
+        assert "cache-control" not in httpx.get(f"{served}/healthz", timeout=10).headers
