@@ -1,6 +1,7 @@
 """What a security review of the console found, in real headless Chromium and over real HTTP
 against the API (real PostgreSQL and Redis): the key never reaches a URL, even when the
-console's script has not run; no cache keeps an API answer (data, or a new key)."""
+console's script has not run; no cache keeps an API answer (data, or a new key); signing out
+leaves nothing of the session in the page."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import Engine
 
 from orchestrator.store.keys import create_key
@@ -33,6 +34,23 @@ def plain_page_fixture(browser: Browser, request: pytest.FixtureRequest) -> Iter
         page.route("**/console/js/app.js", lambda route: route.abort())
     yield page
     context.close()
+
+
+@pytest.fixture(name="page")
+def page_fixture(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    context.close()
+    assert errors == [], errors
+
+
+def sign_in(page: Page, url: str, key: str) -> None:
+    page.goto(f"{url}/console/")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
 
 
 def test_submitting_the_form_without_its_script_puts_no_key_in_a_url(
@@ -81,3 +99,27 @@ def test_no_cache_keeps_an_answer_of_the_api(served: str, db: Engine) -> None:  
         # outside /v1, each keeps its own: the console's files are revalidated, not refused
         assert httpx.get(f"{served}/console/", timeout=10).headers["cache-control"] == "no-cache"
         assert "cache-control" not in httpx.get(f"{served}/healthz", timeout=10).headers
+
+
+def test_signing_out_leaves_nothing_of_the_session_in_the_page(
+    served: str, db: Engine, page: Page,  # noqa: F811
+) -> None:
+    """Before, Sign out emptied the view but left, hidden, who was signed in and an admin's
+    tenant list (the next user of the tab could read them), and the status line kept the last
+    update (or an error a load that ended after sign-out wrote there)."""
+    with db.begin() as conn:
+        admin_key = create_key(conn, "ops", admin=True)
+        create_key(conn, "rival-corp")
+    sign_in(page, served, admin_key)
+    expect(page.locator("#identity")).to_contain_text("admin")
+    expect(page.locator("#tenant option", has_text="rival-corp")).to_have_count(1)
+    page.goto(f"{served}/console/#/jobs")
+    expect(page.locator("#status")).to_contain_text("jobs updated")
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("API key")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+    expect(page.locator("#identity")).to_have_text("")
+    expect(page.locator("#tenant option")).to_have_count(1)  # "All tenants" only
+    expect(page.locator("#status")).to_have_text("")
+    assert "rival-corp" not in page.content() and admin_key.split("_")[1] not in page.content()
+
