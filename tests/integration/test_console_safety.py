@@ -1,7 +1,7 @@
 """What a security review of the console found, in real headless Chromium and over real HTTP
 against the API (real PostgreSQL and Redis): the key never reaches a URL, even when the
 console's script has not run; no cache keeps an API answer (data, or a new key); signing out
-leaves nothing of the session in the page."""
+leaves nothing of the session in the page; an answer that is not the API's is named so."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 from sqlalchemy import Engine
 
 from orchestrator.store.keys import create_key
@@ -123,3 +123,26 @@ def test_signing_out_leaves_nothing_of_the_session_in_the_page(
     expect(page.locator("#status")).to_have_text("")
     assert "rival-corp" not in page.content() and admin_key.split("_")[1] not in page.content()
 
+
+def test_an_answer_that_is_not_the_apis_is_named_so(
+    served: str, tenant_key: str, page: Page,  # noqa: F811
+) -> None:
+    """A proxy or a captive portal in the way answers 200 with its own HTML page. Before, the
+    console said "Cannot read properties of null (reading 'admin')"."""
+    portal = "<!doctype html><title>Sign in to the network</title><p>Welcome</p>"
+
+    def intercept(route: Route) -> None:
+        route.fulfill(status=200, content_type="text/html", body=portal)
+
+    page.route("**/v1/whoami", intercept)
+    sign_in(page, served, tenant_key)
+    expect(page.locator("#signin-error")).to_contain_text(
+        "not an answer of the API (HTTP 200, text/html")
+    assert page.evaluate("sessionStorage.length") == 0  # signed out: the key is not kept
+    page.unroute("**/v1/whoami")
+    page.route("**/v1/budgets", intercept)
+    sign_in(page, served, tenant_key)
+    expect(page.locator("#identity")).to_contain_text("tenant acme")
+    page.goto(f"{served}/console/#/budgets")
+    expect(page.locator("#status")).to_contain_text("not an answer of the API (HTTP 200")
+    assert tenant_key not in page.content()

@@ -35,6 +35,12 @@ export async function call(path, { method = "GET", params = {}, body } = {}) {
     if (resp.status === 401) onUnauthorized();
     throw new ApiError(resp.status, err.code || "error", err.message || resp.statusText);
   }
+  // a 200 that is not JSON is not the API's (a proxy's or a portal's sign-in page): say so,
+  // rather than fail later on a null with a message that means nothing to the user
+  if (data === null) {
+    throw new ApiError(resp.status, "not_json", `not an answer of the API (HTTP ${resp.status}, `
+      + `${resp.headers.get("Content-Type") || "no Content-Type"}); is a proxy in the way?`);
+  }
   return data;
 }
 
