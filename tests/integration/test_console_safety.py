@@ -1,7 +1,8 @@
 """What a security review of the console found, in real headless Chromium and over real HTTP
 against the API (real PostgreSQL and Redis): the key never reaches a URL, even when the
 console's script has not run; no cache keeps an API answer (data, or a new key); signing out
-leaves nothing of the session in the page; an answer that is not the API's is named so."""
+leaves nothing of the session in the page; an API that cannot be reached, or an answer that
+is not the API's, is named so."""
 
 from __future__ import annotations
 
@@ -122,6 +123,23 @@ def test_signing_out_leaves_nothing_of_the_session_in_the_page(
     expect(page.locator("#tenant option")).to_have_count(1)  # "All tenants" only
     expect(page.locator("#status")).to_have_text("")
     assert "rival-corp" not in page.content() and admin_key.split("_")[1] not in page.content()
+
+
+def test_an_api_that_cannot_be_reached_is_named_so(
+    served: str, tenant_key: str, page: Page,  # noqa: F811
+) -> None:
+    """The API down (the connection refused): before, the console showed the browser's own
+    words, "Failed to fetch" in Chromium."""
+    sign_in(page, served, tenant_key)
+    expect(page.locator("#identity")).to_contain_text("tenant acme")
+    page.route("**/v1/**", lambda route: route.abort("connectionrefused"))
+    page.goto(f"{served}/console/#/backends")
+    expect(page.locator("#status")).to_contain_text("error: cannot reach the API")
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, served, tenant_key)
+    expect(page.locator("#signin-error")).to_have_text(
+        "Cannot sign in: cannot reach the API (it is down, or the network is)")
+    assert tenant_key not in page.content()
 
 
 def test_an_answer_that_is_not_the_apis_is_named_so(

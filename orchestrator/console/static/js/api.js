@@ -24,10 +24,16 @@ export async function call(path, { method = "GET", params = {}, body } = {}) {
   }
   const headers = { Authorization: `Bearer ${storedKey()}`, Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const resp = await fetch(url, {
-    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
-    credentials: "omit", cache: "no-store",
-  });
+  let resp;
+  try {
+    resp = await fetch(url, {
+      method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "omit", cache: "no-store",
+    });
+  } catch {
+    // each browser words a network error its own way ("Failed to fetch", "NetworkError …")
+    throw new ApiError(0, "unreachable", "cannot reach the API (it is down, or the network is)");
+  }
   let data = null;
   try { data = await resp.json(); } catch { data = null; }
   if (!resp.ok) {
