@@ -2,11 +2,14 @@
 against the API (real PostgreSQL and Redis): the key never reaches a URL, even when the
 console's script has not run; no cache keeps an API answer (data, or a new key); signing out
 leaves nothing of the session in the page; an API that cannot be reached, or an answer that
-is not the API's, is named so."""
+is not the API's, is named so; a page of another origin can neither read the API, nor submit a
+job with a form, nor frame the console."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -164,3 +167,75 @@ def test_an_answer_that_is_not_the_apis_is_named_so(
     page.goto(f"{served}/console/#/budgets")
     expect(page.locator("#status")).to_contain_text("not an answer of the API (HTTP 200")
     assert tenant_key not in page.content()
+
+
+class OtherOrigin:
+    """A page served from another origin (another port) that calls the API, posts a job to it
+    with a form, and frames the console."""
+
+    def __init__(self, api: str) -> None:
+        # a text/plain form whose body reads as a job's JSON: the classic CSRF on a JSON API
+        field = ('{"kind":"text","tier":"draft","input":{"prompt":"csrf","max_tokens":5},'
+                 '"metadata":{"x":"')
+        page = f"""<!doctype html><title>elsewhere</title>
+<iframe id="framed" src="{api}/console/"></iframe>
+<form id="csrf" method="POST" action="{api}/v1/jobs" enctype="text/plain">
+<input name='{field}' value='"}}}}'></form>""".encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_page_of_another_origin_can_neither_read_post_nor_frame(
+    served: str, tenant_key: str, page: Page,  # noqa: F811
+) -> None:
+    """What docs/api.md and docs/console.md promise a browser: no CORS (a preflight, which
+    carries no key, is 401), the key a bearer header only (a form sends none), no framing."""
+    sign_in(page, served, tenant_key)  # the victim is signed in, in this browser
+    expect(page.locator("#identity")).to_contain_text("tenant acme")
+    with httpx.Client(base_url=served, headers={"Authorization": f"Bearer {tenant_key}"},
+                      timeout=10) as api:
+        def jobs() -> int:
+            return len(api.get("/v1/jobs").json()["items"])
+
+        before = jobs()
+        other = OtherOrigin(served)
+        try:
+            elsewhere = page.context.new_page()
+            elsewhere.goto(other.url)
+            read = """async ([url, init]) => {
+                try { const r = await fetch(url, init); return `read ${r.status}`; }
+                catch (e) { return "blocked"; } }"""
+            for init in ({"credentials": "include"},
+                         {"headers": {"Authorization": f"Bearer {tenant_key}"}},
+                         {"method": "POST", "body": "{}", "headers": {
+                             "Authorization": f"Bearer {tenant_key}",
+                             "Content-Type": "application/json"}}):
+                assert elsewhere.evaluate(read, [f"{served}/v1/whoami", init]) == "blocked", init
+            # the console refused in a frame: the browser shows its error page instead
+            framed = elsewhere.frame_locator("#framed")
+            expect(framed.locator("#key")).to_have_count(0)
+            assert all(not f.url.startswith(served) for f in elsewhere.frames[1:])
+            with elsewhere.expect_navigation():
+                elsewhere.evaluate("document.getElementById('csrf').submit()")
+            assert '"unauthorized"' in elsewhere.content()
+        finally:
+            other.close()
+        assert jobs() == before
