@@ -10,9 +10,9 @@ files at ``/console`` (:mod:`orchestrator.console`; its data comes from ``/v1``)
 the envelope of :mod:`.errors`. Request bodies are never logged.
 
 The ASGI stack, outermost first: RequestMetrics (count and time every request by route
-template) → CatchAll (a 500 envelope for anything unhandled) → Gate
-(auth, failed-auth and tenant limits) → BodyDeadline (408) → BodySizeLimit (413) → HeadAsGet
-(HEAD on a GET route) → FastAPI.
+template) → NoStore (``/v1`` answers: ``Cache-Control: no-store``, nosniff) → CatchAll (a
+500 envelope for anything unhandled) → Gate (auth, failed-auth and tenant limits) →
+BodyDeadline (408) → BodySizeLimit (413) → HeadAsGet (HEAD on a GET route) → FastAPI.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from orchestrator.api.config import ApiConfig
 from orchestrator.api.context import ApiContext, _err
 from orchestrator.api.errors import error_response
 from orchestrator.api.gate import Gate
+from orchestrator.api.headers import NoStore
 from orchestrator.api.limits import AuthFailures, RateLimiter
 from orchestrator.api.middleware import (
     BodyDeadline,
@@ -105,6 +106,7 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     app.add_middleware(BodyDeadline, timeout_s=cfg.body_timeout_s)
     app.add_middleware(Gate, auth=ctx.auth, limiter=ctx.limiter, failures=ctx.failures)
     app.add_middleware(CatchAll)
+    app.add_middleware(NoStore)  # outside CatchAll and Gate: their errors get it too
     app.add_middleware(RequestMetrics, routes=app.router.routes)
     return app
 

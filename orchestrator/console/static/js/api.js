@@ -24,16 +24,28 @@ export async function call(path, { method = "GET", params = {}, body } = {}) {
   }
   const headers = { Authorization: `Bearer ${storedKey()}`, Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const resp = await fetch(url, {
-    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
-    credentials: "omit", cache: "no-store",
-  });
+  let resp;
+  try {
+    resp = await fetch(url, {
+      method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "omit", cache: "no-store",
+    });
+  } catch {
+    // each browser words a network error its own way ("Failed to fetch", "NetworkError …")
+    throw new ApiError(0, "unreachable", "cannot reach the API (it is down, or the network is)");
+  }
   let data = null;
   try { data = await resp.json(); } catch { data = null; }
   if (!resp.ok) {
     const err = (data && data.error) || {};
     if (resp.status === 401) onUnauthorized();
     throw new ApiError(resp.status, err.code || "error", err.message || resp.statusText);
+  }
+  // a 200 that is not JSON is not the API's (a proxy's or a portal's sign-in page): say so,
+  // rather than fail later on a null with a message that means nothing to the user
+  if (data === null) {
+    throw new ApiError(resp.status, "not_json", `not an answer of the API (HTTP ${resp.status}, `
+      + `${resp.headers.get("Content-Type") || "no Content-Type"}); is a proxy in the way?`);
   }
   return data;
 }

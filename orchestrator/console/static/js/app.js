@@ -20,6 +20,7 @@ ctx.pollMs = POLL_S >= 1 ? POLL_S * 1000 : null;
 // event stream) or by "polling" (data-updates says the same to scripts and tests).
 let statusText = "";
 ctx.setStatus = text => {
+  if (!ctx.me && text) return; // a load that ends after sign-out leaves nothing behind
   statusText = text;
   const mode = $("status").dataset.updates;
   $("status").textContent = mode ? `${text} · ${mode === "live" ? "live updates" : "polling"}` : text;
@@ -111,6 +112,12 @@ function signOut(message = "") {
   sessionStorage.removeItem(TENANT);
   ctx.me = null;
   ctx.main.replaceChildren();
+  // nothing of the session stays in the page, hidden or not: who it was, an admin's
+  // tenants, the last update
+  $("identity").textContent = "";
+  $("tenant").replaceChildren(h("option", { value: "" }, "All tenants"));
+  ctx.setUpdates(null);
+  ctx.setStatus("");
   show(false);
   $("signin-error").textContent = message;
   $("key").value = "";
