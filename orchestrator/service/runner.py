@@ -305,6 +305,15 @@ class JobRunner:
         """The provider named the attempt's work (a submission's answer, or, ``found``, a
         lookup): record its external id, then conclude it if it is done, or poll it."""
         res = sub.result
+        if found and res is not None and res.done:
+            # a lookup's finished prediction is adopted by the ending's own statement: asked
+            # first whether it is another attempt's (a create's finished answer is not: a
+            # synchronous provider may repeat an id)
+            with self.db.connection() as conn:
+                held = repo.external_id_held(conn, attempt.id, attempt.backend,
+                                             sub.external_id)
+            if held:
+                return self._held_elsewhere(job, attempt, token, found=True)
         if res is not None and res.status == "succeeded":
             # its external id, the attempt's close and the settle are one statement
             self.endings.succeed(job, attempt, res, latency_ms, external_id=sub.external_id)

@@ -219,6 +219,7 @@ _OPEN_ATTEMPT = Statement(
 # tenant's) and each be charged for it (ix_attempts_backend_external_id).
 _HELD_ELSEWHERE = ("SELECT 1 FROM attempts o "
                    "WHERE o.backend = :b AND o.external_id = :e AND o.id <> :aid")
+_EXTERNAL_ID_HELD = Statement(f"SELECT EXISTS ({_HELD_ELSEWHERE})")
 # The checkpoint after a create-then-poll submission: the external id and the chain's next
 # wake in one statement; neither when the id is held elsewhere (the chain reconciles then).
 _RECORD_EXTERNAL_ID_AND_WAKE = Statement(
@@ -416,6 +417,12 @@ class Checkpoint:
 def record_external_id(conn: Conn, attempt_id: int, external_id: str) -> None:
     """The id of a finished answer (a synchronous call's, whose id a provider may repeat)."""
     _RECORD_EXTERNAL_ID.run(conn, {"e": external_id, "id": attempt_id})
+
+
+def external_id_held(conn: Conn, attempt_id: int, backend: str, external_id: str) -> bool:
+    """Whether another attempt on ``backend`` holds ``external_id``."""
+    return bool(_EXTERNAL_ID_HELD.scalar(
+        conn, {"e": external_id, "aid": attempt_id, "b": backend}))
 
 
 def record_own_external_id(conn: Conn, attempt_id: int, backend: str,

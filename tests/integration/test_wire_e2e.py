@@ -201,14 +201,22 @@ def stepper(rig: Rig, fake: WireFake, transport: Http11Transport) -> JobRunner:
                      PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s))
 
 
-def listing_of_the_shared_prediction(conn: socket.socket, req: Request) -> None:
+SHARED_DONE = {"id": "p-shared", "status": "succeeded", "output": "https://cdn/p-shared.mp4",
+               "metrics": {"video_seconds": 4, "resolution": "720p"}}
+
+
+def listing_of_the_shared_prediction(status: str) -> Route:
     """The gateway's lookup: the one prediction, listed under whatever key is asked for."""
-    key = req.path.partition("idempotency_key=")[2].replace("%3A", ":")
-    conn.sendall(json_bytes(200, {"results": [
-        {"id": "p-shared", "status": "processing", "idempotency_key": key}]}))
+
+    def answer(conn: socket.socket, req: Request) -> None:
+        key = req.path.partition("idempotency_key=")[2].replace("%3A", ":")
+        item = SHARED_DONE if status == "succeeded" else {"id": "p-shared", "status": status}
+        conn.sendall(json_bytes(200, {"results": [{**item, "idempotency_key": key}]}))
+
+    return answer
 
 
-@pytest.mark.parametrize("lookup", ["unsupported", "lists_the_shared_prediction"])
+@pytest.mark.parametrize("lookup", ["unsupported", "processing", "succeeded"])
 def test_a_prediction_id_another_attempt_holds_is_not_taken_polled_or_paid_again(
         rig: Rig, fake: WireFake, lookup: str, caplog: pytest.LogCaptureFixture) -> None:
     """A gateway in front of the provider answers every create (each with its own
@@ -216,15 +224,13 @@ def test_a_prediction_id_another_attempt_holds_is_not_taken_polled_or_paid_again
     used to record it too, poll it, deliver the first's output (maybe another tenant's) as
     its own and be charged for it. Now the answer is unreadable for the second: its outcome
     is unknown, and the provider, which cannot name its work apart (no lookup, or a lookup
-    that lists the first's prediction under the second's key) leaves it uncertain; pinned
-    to that backend, the job fails, charged nothing."""
+    that lists the first's prediction, running or done, under the second's key) leaves it
+    uncertain; pinned to that backend, the job fails, charged nothing."""
     fake.route("POST", "/v1/predictions", raw(json_bytes(201, {
         "id": "p-shared", "status": "starting"})))
-    fake.route("GET", "/v1/predictions/p-shared", raw(json_bytes(200, {
-        "id": "p-shared", "status": "succeeded", "output": "https://cdn/p-shared.mp4",
-        "metrics": {"video_seconds": 4, "resolution": "720p"}})))
-    if lookup == "lists_the_shared_prediction":
-        fake.route("GET", "/v1/predictions", listing_of_the_shared_prediction)
+    fake.route("GET", "/v1/predictions/p-shared", raw(json_bytes(200, SHARED_DONE)))
+    if lookup != "unsupported":  # the lookup lists the first's prediction, running or done
+        fake.route("GET", "/v1/predictions", listing_of_the_shared_prediction(lookup))
     spec = video_job().model_copy(update={"backend": "vid-wire"})
     first_id, second_id = rig.submit(spec), rig.submit(spec)
     transport = Http11Transport()
