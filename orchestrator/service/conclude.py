@@ -130,9 +130,9 @@ class Concluder:
             move = self.reconciler.ask_provider(job, attempt, adapter, situation, token)
             if isinstance(move, Next):
                 return move
+            if isinstance(move, Submission) and not self._record(job, attempt, move):
+                move = Move.UNCERTAIN  # another attempt's work: never adopted or paid as this
             if isinstance(move, Submission):
-                with self.db.connection() as conn:
-                    repo.record_external_id(conn, attempt.id, move.external_id)
                 attempt = replace(attempt, external_id=move.external_id)
             elif move is Move.WAIT:
                 return self.reconciler.wake_in(job, token, situation)
@@ -231,6 +231,18 @@ class Concluder:
                 "job_id": str(attempt.job_id), "attempt": attempt.number,
                 "backend": adapter.name, "error": exc.code})
             return None
+
+    def _record(self, job: repo.JobRow, attempt: repo.AttemptRow, found: Submission) -> bool:
+        """The id a lookup found, as the attempt's; False (nothing written) when another
+        attempt on the backend holds it."""
+        with self.db.connection() as conn:
+            own = repo.record_own_external_id(conn, attempt.id, attempt.backend,
+                                              found.external_id)
+        if not own:
+            log.warning("the provider named another attempt's work as this one's", extra={
+                "job_id": str(job.id), "backend": attempt.backend,
+                "error": "external_id_held", "lookup": True})
+        return own
 
     @staticmethod
     def _peek(adapter: BackendAdapter, external_id: str) -> PollResult | None:

@@ -62,8 +62,9 @@ class Chain(Protocol):
         ...
 
     def _submitted(self, job: repo.JobRow, attempt: repo.AttemptRow, sub: Submission,
-                   token: uuid.UUID, latency_ms: float) -> Next:
-        """The provider named the attempt's work: record it, then conclude or poll it."""
+                   token: uuid.UUID, latency_ms: float, *, found: bool = False) -> Next:
+        """The provider named the attempt's work (``found``: by a lookup): record it, then
+        conclude or poll it."""
         ...
 
     def _failover(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID,

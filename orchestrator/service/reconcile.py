@@ -83,7 +83,7 @@ class Reconciler:
         if isinstance(move, Submission):
             # found again: its latency is the attempt's age, not the lookup's
             return self.chain._submitted(job, attempt, move, token,
-                                         attempt.age_s(situation.now) * 1000)
+                                         attempt.age_s(situation.now) * 1000, found=True)
         if move is Move.UNCERTAIN:
             return self.uncertain(job, attempt, token, unknown(attempt))
         if move is Move.WAIT:

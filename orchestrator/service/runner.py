@@ -59,6 +59,7 @@ from orchestrator.service.attempts import (
     closing_of,
     failure,
     reference,
+    unknown,
 )
 from orchestrator.service.cache import ResultCache
 from orchestrator.service.conclude import Concluder
@@ -300,10 +301,19 @@ class JobRunner:
         return self._submitted(job, attempt, sub, token, (time.monotonic() - started) * 1000)
 
     def _submitted(self, job: repo.JobRow, attempt: repo.AttemptRow, sub: Submission,
-                   token: uuid.UUID, latency_ms: float) -> Next:
-        """The provider named the attempt's work (a submission's answer, or a lookup): record
-        its external id, then conclude it if it is done, or poll it."""
+                   token: uuid.UUID, latency_ms: float, *, found: bool = False) -> Next:
+        """The provider named the attempt's work (a submission's answer, or, ``found``, a
+        lookup): record its external id, then conclude it if it is done, or poll it."""
         res = sub.result
+        if found and res is not None and res.done:
+            # a lookup's finished prediction is adopted by the ending's own statement: asked
+            # first whether it is another attempt's (a create's finished answer is not: a
+            # synchronous provider may repeat an id)
+            with self.db.connection() as conn:
+                held = repo.external_id_held(conn, attempt.id, attempt.backend,
+                                             sub.external_id)
+            if held:
+                return self._held_elsewhere(job, attempt, token, found=True)
         if res is not None and res.status == "succeeded":
             # its external id, the attempt's close and the settle are one statement
             self.endings.succeed(job, attempt, res, latency_ms, external_id=sub.external_id)
@@ -311,10 +321,12 @@ class JobRunner:
         if res is None or not res.done:  # running: the next step polls it
             delay = self._poll_delay(attempt, 0.0)
             with self.db.connection() as conn:
-                alive = repo.record_external_id_and_wake(
-                    conn, attempt.id, sub.external_id, job.id, token,
+                checkpoint = repo.record_external_id_and_wake(
+                    conn, attempt.id, attempt.backend, sub.external_id, job.id, token,
                     delay + self.poll_policy.grace_s)
-            if alive:
+            if not checkpoint.recorded:
+                return self._held_elsewhere(job, attempt, token, found=found)
+            if checkpoint.alive:
                 return Next(delay)
         else:
             with self.db.connection() as conn:
@@ -333,6 +345,19 @@ class JobRunner:
         if res is None or not res.done or current.chain_token != token:
             return DONE  # the sweeper gave the job a new chain, which will poll it
         return self._concluded(job, known, res, token, latency_ms)
+
+    def _held_elsewhere(self, job: repo.JobRow, attempt: repo.AttemptRow, token: uuid.UUID,
+                        *, found: bool) -> Next:
+        """The provider named, as this attempt's, work another attempt on the backend already
+        holds: not ours to poll, deliver or pay for. Its answer is unreadable, as one with no
+        id would be: our own work may exist, so the provider is asked (reconciliation); when
+        its lookup names the other's work again, nothing can tell, and it is uncertain."""
+        log.warning("the provider named another attempt's work as this one's", extra={
+            "job_id": str(job.id), "backend": attempt.backend, "error": "external_id_held",
+            "lookup": found})
+        if found:
+            return self.reconciler.uncertain(job, attempt, token, unknown(attempt))
+        return self.reconciler.reconcile(job, attempt, token, after_call=True, answered=True)
 
     def _concluded(
         self, job: repo.JobRow, attempt: repo.AttemptRow, res: PollResult, token: uuid.UUID,

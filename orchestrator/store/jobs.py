@@ -213,15 +213,37 @@ _OPEN_ATTEMPT = Statement(
     RETURNING {_ATTEMPT_COLS}
     """
 )
+# Another attempt on the backend already holds the id a provider named: a gateway or cache in
+# front of it answered two of our creates (each with its own key) with one prediction. Taken
+# as this attempt's, both jobs would poll one prediction, deliver its output (maybe another
+# tenant's) and each be charged for it (ix_attempts_backend_external_id).
+_HELD_ELSEWHERE = ("SELECT 1 FROM attempts o "
+                   "WHERE o.backend = :b AND o.external_id = :e AND o.id <> :aid")
+_EXTERNAL_ID_HELD = Statement(f"SELECT EXISTS ({_HELD_ELSEWHERE})")
 # The checkpoint after a create-then-poll submission: the external id and the chain's next
-# wake in one statement.
+# wake in one statement; neither when the id is held elsewhere (the chain reconciles then).
 _RECORD_EXTERNAL_ID_AND_WAKE = Statement(
     f"""
-    WITH checkpoint AS (
-        UPDATE attempts SET external_id = :e WHERE id = :aid AND outcome IS NULL
+    WITH held AS ({_HELD_ELSEWHERE}), checkpoint AS (
+        UPDATE attempts SET external_id = :e
+        WHERE id = :aid AND outcome IS NULL AND NOT EXISTS (SELECT 1 FROM held)
+    ), woken AS (
+        UPDATE jobs SET wake_at = {_IN.format("w")}, updated_at = now()
+        WHERE id = :id AND chain_token = :t AND status = ANY(:s)
+          AND NOT EXISTS (SELECT 1 FROM held)
+        RETURNING id
     )
-    UPDATE jobs SET wake_at = {_IN.format("w")}, updated_at = now()
-    WHERE id = :id AND chain_token = :t AND status = ANY(:s) RETURNING id
+    SELECT EXISTS (SELECT 1 FROM held), EXISTS (SELECT 1 FROM woken)
+    """
+)
+# The id a lookup found for a running attempt, unless held elsewhere: whether it was.
+_RECORD_OWN_EXTERNAL_ID = Statement(
+    f"""
+    WITH held AS ({_HELD_ELSEWHERE}), checkpoint AS (
+        UPDATE attempts SET external_id = :e
+        WHERE id = :aid AND outcome IS NULL AND NOT EXISTS (SELECT 1 FROM held)
+    )
+    SELECT EXISTS (SELECT 1 FROM held)
     """
 )
 _RECORD_EXTERNAL_ID = Statement(
@@ -384,20 +406,46 @@ def open_attempt(
     return AttemptRow(*row) if row is not None else None
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What ``record_external_id_and_wake`` did."""
+
+    recorded: bool  # False: another attempt on the backend holds the id; nothing was written
+    alive: bool  # the wake was set: the chain holding the token still runs the job
+
+
 def record_external_id(conn: Conn, attempt_id: int, external_id: str) -> None:
+    """The id of a finished answer (a synchronous call's, whose id a provider may repeat)."""
     _RECORD_EXTERNAL_ID.run(conn, {"e": external_id, "id": attempt_id})
 
 
+def external_id_held(conn: Conn, attempt_id: int, backend: str, external_id: str) -> bool:
+    """Whether another attempt on ``backend`` holds ``external_id``."""
+    return bool(_EXTERNAL_ID_HELD.scalar(
+        conn, {"e": external_id, "aid": attempt_id, "b": backend}))
+
+
+def record_own_external_id(conn: Conn, attempt_id: int, backend: str,
+                           external_id: str) -> bool:
+    """The id of work still running, as the open attempt's; False (nothing written) when
+    another attempt on ``backend`` already holds it."""
+    held = _RECORD_OWN_EXTERNAL_ID.first(
+        conn, {"e": external_id, "aid": attempt_id, "b": backend})
+    return not (held is not None and held[0])
+
+
 def record_external_id_and_wake(
-    conn: Conn, attempt_id: int, external_id: str, job_id: uuid.UUID, token: uuid.UUID,
-    wake_in_s: float,
-) -> bool:
-    """``record_external_id`` and ``set_wake`` (of a live job) in one statement; the
-    latter's answer."""
-    return _RECORD_EXTERNAL_ID_AND_WAKE.first(
-        conn, {"e": external_id, "aid": attempt_id, "w": wake_in_s, "id": job_id, "t": token,
-               "s": list(LIVE)},
-    ) is not None
+    conn: Conn, attempt_id: int, backend: str, external_id: str, job_id: uuid.UUID,
+    token: uuid.UUID, wake_in_s: float,
+) -> Checkpoint:
+    """``record_own_external_id`` and ``set_wake`` (of a live job) in one statement;
+    neither when another attempt on ``backend`` holds the id."""
+    row = _RECORD_EXTERNAL_ID_AND_WAKE.first(
+        conn, {"e": external_id, "aid": attempt_id, "b": backend, "w": wake_in_s,
+               "id": job_id, "t": token, "s": list(LIVE)},
+    )
+    assert row is not None  # a SELECT of two EXISTS: always one row
+    return Checkpoint(recorded=not row[0], alive=bool(row[1]))
 
 
 def mark_sent(conn: Conn, attempt_id: int, prev: datetime, now: datetime) -> bool:

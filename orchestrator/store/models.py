@@ -270,6 +270,9 @@ class Attempt(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "number", name="job_number"),
         Index("ix_attempts_in_flight", "backend", postgresql_where=text("outcome IS NULL")),
+        # who already holds an id a provider names (migration 0019: store.jobs)
+        Index("ix_attempts_backend_external_id", "backend", "external_id",
+              postgresql_where=text("external_id IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

@@ -341,3 +341,34 @@ def test_a_chat_answer_with_no_choice_fails_over_charged_its_bill(rig: Rig) -> N
     assert second.cost_micros is not None
     assert job.cost_micros == bill + second.cost_micros
     assert rig.ledger() == (bill + second.cost_micros, 0)
+
+
+def test_synchronous_answers_that_repeat_one_id_each_stay_their_jobs(rig: Rig) -> None:
+    """A provider answering every call, done at once, with the same id (a constant some
+    OpenAI-compatible servers send): the id is no reason to doubt any answer. Each job keeps
+    its own, success or refusal, charged its own bill; nothing is looked up or failed over."""
+    answers = [
+        {"id": "chatcmpl-same", "object": "chat.completion",
+         "choices": [{"index": 0, "message": {"role": "assistant", "content": "balanced"},
+                      "finish_reason": "stop"}],
+         "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}},
+        {**refusal(), "id": "chatcmpl-same"}]
+    sent: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(1)
+        return httpx.Response(200, json=answers[0] if len(sent) <= 2 else answers[1])
+
+    runner = chain_with(rig, handler)
+    jobs = [rig.submit(text_job()) for _ in range(3)]
+    for job_id in jobs:
+        run(rig, runner, job_id)
+
+    bill = actual_micros(rig.container.catalogue().get("chat-a"),
+                         Usage(input_tokens=100, output_tokens=10))
+    assert [rig.job(j).status for j in jobs] == ["succeeded", "succeeded", "failed"]
+    for job_id in jobs:
+        (attempt,) = rig.attempts(job_id)
+        assert attempt.external_id == "chatcmpl-same" and attempt.cost_micros == bill
+    assert len(sent) == 3
+    assert rig.ledger() == (3 * bill, 0)

@@ -5,6 +5,7 @@ tasks would); the failover backend is the simulator."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -26,7 +27,7 @@ from orchestrator.ledger.service import utcnow
 from orchestrator.service.runner import JobRunner
 from orchestrator.simulator import RunningSimulator
 
-from .e2e_support import Rig, rig_for, simulator_for
+from .e2e_support import Rig, rig_for, run_chain, simulator_for
 from .wire_fakes import Request, Route, WireFake, json_bytes, raw, reset
 
 TENANT = "acme"
@@ -183,3 +184,91 @@ def test_a_polls_huge_retry_after_waits_no_longer_than_the_attempts_start_to_clo
     bill = actual_micros(rig.container.catalogue().get("vid-wire"),
                          Usage(video_seconds=4, resolution="720p"))
     assert job.cost_micros == bill and rig.ledger() == (bill, 0)
+
+
+def stepper(rig: Rig, fake: WireFake, transport: Http11Transport) -> JobRunner:
+    """A chain runner whose vid-wire adapter is pointed at ``fake``."""
+    c = rig.container
+    s = c.settings
+
+    def adapter(name: str) -> BackendAdapter:
+        spec = c.catalogue().get(name)
+        if name == "vid-wire":
+            spec = spec.model_copy(update={"base_url": fake.url})
+        return make_adapter(spec, transport)
+
+    return JobRunner(c.engine, c.ledger, c.catalogue, c.health, adapter, utcnow,
+                     PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s))
+
+
+SHARED_DONE = {"id": "p-shared", "status": "succeeded", "output": "https://cdn/p-shared.mp4",
+               "metrics": {"video_seconds": 4, "resolution": "720p"}}
+
+
+def listing_of_the_shared_prediction(status: str) -> Route:
+    """The gateway's lookup: the one prediction, listed under whatever key is asked for."""
+
+    def answer(conn: socket.socket, req: Request) -> None:
+        key = req.path.partition("idempotency_key=")[2].replace("%3A", ":")
+        item = SHARED_DONE if status == "succeeded" else {"id": "p-shared", "status": status}
+        conn.sendall(json_bytes(200, {"results": [{**item, "idempotency_key": key}]}))
+
+    return answer
+
+
+@pytest.mark.parametrize("lookup", ["unsupported", "processing", "succeeded"])
+def test_a_prediction_id_another_attempt_holds_is_not_taken_polled_or_paid_again(
+        rig: Rig, fake: WireFake, lookup: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A gateway in front of the provider answers every create (each with its own
+    idempotency key) with the same running prediction. The first job takes it; the second
+    used to record it too, poll it, deliver the first's output (maybe another tenant's) as
+    its own and be charged for it. Now the answer is unreadable for the second: its outcome
+    is unknown, and the provider, which cannot name its work apart (no lookup, or a lookup
+    that lists the first's prediction, running or done, under the second's key) leaves it
+    uncertain; pinned to that backend, the job fails, charged nothing."""
+    fake.route("POST", "/v1/predictions", raw(json_bytes(201, {
+        "id": "p-shared", "status": "starting"})))
+    fake.route("GET", "/v1/predictions/p-shared", raw(json_bytes(200, SHARED_DONE)))
+    if lookup != "unsupported":  # the lookup lists the first's prediction, running or done
+        fake.route("GET", "/v1/predictions", listing_of_the_shared_prediction(lookup))
+    spec = video_job().model_copy(update={"backend": "vid-wire"})
+    first_id, second_id = rig.submit(spec), rig.submit(spec)
+    transport = Http11Transport()
+    try:
+        runner = stepper(rig, fake, transport)
+        first_token, second_token = rig.job(first_id).chain_token, rig.job(second_id).chain_token
+        assert first_token is not None and second_token is not None
+        # the first job's create is answered and recorded; its prediction is still running
+        assert not runner.advance(first_id, first_token).done
+        (running,) = rig.attempts(first_id)
+        assert running.external_id == "p-shared" and running.outcome is None
+        with caplog.at_level("WARNING", logger="orchestrator.service.runner"):
+            run_chain(runner, second_id, second_token)
+        run_chain(runner, first_id, first_token)
+    finally:
+        transport.close()
+
+    bill = actual_micros(rig.container.catalogue().get("vid-wire"),
+                         Usage(video_seconds=4, resolution="720p"))
+    first, second = rig.job(first_id), rig.job(second_id)
+    (first_attempt,) = rig.attempts(first_id)
+    assert (first.status, first_attempt.outcome, first_attempt.external_id) == (
+        "succeeded", "succeeded", "p-shared")
+    assert first.result is not None and "p-shared.mp4" in json.dumps(first.result)
+    assert first.cost_micros == first_attempt.cost_micros == bill
+
+    (second_attempt,) = rig.attempts(second_id)
+    assert second.status == "failed" and second.result is None
+    assert second_attempt.outcome == "uncertain"
+    assert second_attempt.error_code == "outcome_unknown"
+    assert second_attempt.external_id is None and second_attempt.cost_micros is None
+    assert not second.cost_micros
+    assert len(fake.received("POST", "/v1/predictions")) == 2  # the second never sent again
+    assert len(fake.received("GET", "/v1/predictions/p-shared")) == 1  # the first's poll only
+    assert rig.ledger() == (bill, 0)
+
+    held = [r for r in caplog.records if getattr(r, "error", None) == "external_id_held"]
+    assert held and all(getattr(r, "job_id", None) == str(second_id)
+                        and getattr(r, "backend", None) == "vid-wire" for r in held)
+    assert not any("p-shared" in r.getMessage() or "p-shared" in str(r.__dict__)
+                   for r in held)
