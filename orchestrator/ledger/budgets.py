@@ -16,6 +16,7 @@ from orchestrator.domain.budgets import (
     validate_scope,
 )
 from orchestrator.errors import InvalidAmount
+from orchestrator.ledger.alerts import PeriodAfterStep, limit_change_alerts
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +60,23 @@ _UPSERT = text(
 # allows and no hold may use; it drains as those holds finish. (Same transaction as the
 # budget row: a period row created meanwhile reads the limit under a share lock of that row,
 # see ``ledger.periods``.)
+# Each open period as updated, joined to its budget, with the limit it had before (locked in
+# ascending id order, like every lock the ledger takes on several period rows).
 _RELIMIT_OPEN_PERIODS = text(
     """
-    UPDATE budget_periods
+    WITH old AS (
+        SELECT id, limit_micros FROM budget_periods
+        WHERE budget_id = :id AND (period_end IS NULL OR period_end > :now)
+        ORDER BY id FOR NO KEY UPDATE
+    )
+    UPDATE budget_periods bp
     SET limit_micros = :limit,
-        excess_micros = GREATEST(0, committed_micros + held_micros - :limit)
-    WHERE budget_id = :id AND (period_end IS NULL OR period_end > :now)
+        excess_micros = GREATEST(0, bp.committed_micros + bp.held_micros - :limit)
+    FROM old, budgets b
+    WHERE bp.id = old.id AND b.id = bp.budget_id
+    RETURNING bp.id, bp.budget_id, bp.period_start, bp.period_end, bp.limit_micros,
+              bp.committed_micros, bp.held_micros, b.scope, b.period, b.alert_thresholds_bp,
+              b.forecast_thresholds_bp, old.limit_micros AS old_limit
     """
 )
 _LIST = text(
@@ -120,7 +132,11 @@ def set_budget(
          "forecast": json.dumps(list(forecast_thresholds_bp or ())),
          "keep_forecast": forecast_thresholds_bp is None},
     ).scalar_one()
-    conn.execute(_RELIMIT_OPEN_PERIODS, {"limit": limit_micros, "id": budget_id, "now": now})
+    for row in conn.execute(
+            _RELIMIT_OPEN_PERIODS, {"limit": limit_micros, "id": budget_id, "now": now}).all():
+        # a lowered limit may put what is already spent past thresholds: no charge would
+        # cross them any more, so they alert now, with the change
+        limit_change_alerts(conn, PeriodAfterStep(*row[:-1]), row.old_limit, now)
     return budget_id
 
 
