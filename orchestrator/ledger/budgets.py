@@ -49,7 +49,8 @@ _UPSERT = text(
             THEN budgets.alert_thresholds_bp ELSE EXCLUDED.alert_thresholds_bp END,
         forecast_thresholds_bp = CASE WHEN CAST(:keep_forecast AS boolean)
             THEN budgets.forecast_thresholds_bp ELSE EXCLUDED.forecast_thresholds_bp END,
-        channels = EXCLUDED.channels,
+        channels = CASE WHEN CAST(:keep_channels AS boolean)
+            THEN budgets.channels ELSE EXCLUDED.channels END,
         updated_at = now()
     RETURNING id
     """
@@ -113,9 +114,9 @@ def set_budget(
     ``forecast_thresholds_bp`` (opt-in, e.g. ``(10000,)``): alert when the run-rate forecast
     of the period's spend passes these fractions of the limit (DESIGN §6).
 
-    ``None`` for either list of thresholds keeps the budget's own (for a new budget: the
-    defaults, ``DEFAULT_THRESHOLDS_BP`` and none). The upsert keeps them, not a read before
-    it, so that a ``PUT /v1/budgets`` meanwhile is not undone.
+    ``None`` for either list of thresholds, or for ``channels``, keeps the budget's own (for
+    a new budget: the defaults, ``DEFAULT_THRESHOLDS_BP``, none and none). The upsert keeps
+    them, not a read before it, so that a ``PUT /v1/budgets`` meanwhile is not undone.
     """
     validate_scope(scope)
     Period(period)  # ValueError names the bad period
@@ -129,6 +130,7 @@ def set_budget(
                                        else thresholds_bp)),
          "keep_thresholds": thresholds_bp is None,
          "channels": json.dumps(channels or []),
+         "keep_channels": channels is None,
          "forecast": json.dumps(list(forecast_thresholds_bp or ())),
          "keep_forecast": forecast_thresholds_bp is None},
     ).scalar_one()
