@@ -12,6 +12,10 @@ billed, and nothing more is spent. A job nothing has billed yet needs no more th
 
 from __future__ import annotations
 
+import logging
+
+from sqlalchemy.exc import SQLAlchemyError
+
 from orchestrator.domain.money import format_usd
 from orchestrator.domain.routing import RoutePlan
 from orchestrator.errors import BudgetExceeded, HoldNotActive, HoldNotFound
@@ -21,6 +25,7 @@ from orchestrator.service.opening import Opener
 from orchestrator.store import jobs as repo
 
 BUDGET_EXCEEDED = "budget_exceeded"
+log = logging.getLogger(__name__)
 
 
 def cover_failover(ledger: Ledger, opener: Opener, job: repo.JobRow,
@@ -42,8 +47,17 @@ def cover_failover(ledger: Ledger, opener: Opener, job: repo.JobRow,
     try:
         ledger.raise_hold(job.id, billed + worst)
     except BudgetExceeded as exc:
+        _alert_refusal(ledger, exc)
         return (f"a failover could cost up to {format_usd(worst)} more after "
                 f"{format_usd(billed)} billed, and {exc.message}")
     except (HoldNotActive, HoldNotFound):
         return None  # the job ended meanwhile: opening the attempt finds it so
     return None
+
+
+def _alert_refusal(ledger: Ledger, exc: BudgetExceeded) -> None:
+    """The budget's ``refusal`` alert, as for a 402: a refused hold is one, whoever asked."""
+    try:
+        ledger.record_refusal(exc)
+    except SQLAlchemyError as err:
+        log.warning("refusal alert not recorded", extra={"error": type(err).__name__})

@@ -85,6 +85,10 @@ def test_a_failover_the_budget_cannot_cover_is_not_started(rig: Rig) -> None:
     assert job.cost_micros == FAILED_RUN
     # was: gpu-b billed too, $0.06 committed on a $0.04 budget, $0.02 of it an overage
     assert period(rig) == (HOLD, FAILED_RUN, 0, 0) and overages(rig) == 0
+    with rig.engine.connect() as conn:  # a refused hold alerts, as a 402's does
+        refusals = conn.execute(text(
+            "SELECT payload FROM alerts WHERE kind = 'refusal'")).scalars().all()
+    assert [(p["scope"], p["requested_usd"]) for p in refusals] == [("tenant:acme", 0.03)]
     assert_sound(rig.engine)
 
 
