@@ -122,16 +122,20 @@ def _insert(
 def limit_change_alerts(
     tx: Connection, p: PeriodAfterStep, old_limit_micros: int, now: datetime
 ) -> list[uuid.UUID]:
-    """Threshold alerts owed when a limit change (``old_limit_micros`` to ``p``'s) puts the
-    spend already committed past thresholds it was under: no charge will cross them now."""
+    """Threshold and forecast alerts owed when a limit change (``old_limit_micros`` to
+    ``p``'s) puts the spend already committed, or its run-rate forecast, past thresholds it
+    was under: no charge will cross them now."""
     if p.committed_micros <= 0:
         return []
     forecast = project_window(p.committed_micros, _window(p), now)
+    owed = [("threshold", bp, p.committed_micros) for bp in p.alert_thresholds_bp]
+    if forecast is not None:
+        owed += [("forecast", bp, forecast) for bp in p.forecast_thresholds_bp]
     ids: list[uuid.UUID] = []
-    for bp in p.alert_thresholds_bp:
-        if threshold_micros(p.limit_micros, bp) <= p.committed_micros \
+    for kind, bp, amount in owed:
+        if threshold_micros(p.limit_micros, bp) <= amount \
                 < threshold_micros(old_limit_micros, bp):
-            alert_id = _insert(tx, p, "threshold", bp, alert_payload(p, bp, now, forecast),
+            alert_id = _insert(tx, p, kind, bp, alert_payload(p, bp, now, forecast),
                                p.limit_micros)
             if alert_id is not None:
                 ids.append(alert_id)
