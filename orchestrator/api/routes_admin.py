@@ -54,14 +54,16 @@ def router(ctx: ApiContext) -> APIRouter:
            summary="Create or update a budget (admin)")
     def put_budget(body: BudgetIn, p: Admin) -> dict[str, Any]:
         scope = _checked("scope", validate_scope, body.scope)
-        thresholds = _checked("alert_thresholds", thresholds_to_bp, body.alert_thresholds)
-        forecast_thresholds = _checked("forecast_thresholds", thresholds_to_bp,
-                                       body.forecast_thresholds)
+        # None (left out): the budget keeps its own, as `orchestrator budgets set` does
+        thresholds = None if body.alert_thresholds is None else _checked(
+            "alert_thresholds", thresholds_to_bp, body.alert_thresholds)
+        forecast_thresholds = None if body.forecast_thresholds is None else _checked(
+            "forecast_thresholds", thresholds_to_bp, body.forecast_thresholds)
         # validated, egress-checked and sealed before anything is written: a refusal (422
         # naming the field: an email channel this process has no ORCH_SMTP_HOST for, too)
         # or a missing key (503 secret_key_missing) changes nothing
-        channels = prepare_channels(body.channels, c.egress, c.secrets,
-                                    smtp_host=c.smtp.smtp_host)
+        channels = None if body.channels is None else prepare_channels(
+            body.channels, c.egress, c.secrets, smtp_host=c.smtp.smtp_host)
         now = utcnow()
         with c.engine.begin() as tx:
             set_budget(tx, scope=scope, period=body.period,

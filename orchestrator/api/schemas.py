@@ -16,7 +16,14 @@ from pydantic import (
 )
 
 from orchestrator.domain.budgets import MAX_LIMIT_USD
-from orchestrator.domain.jobs import ImageInput, JobSpec, TextInput, VideoInput, finite_number
+from orchestrator.domain.jobs import (
+    ImageInput,
+    JobSpec,
+    JsonNumber,
+    TextInput,
+    VideoInput,
+    finite_number,
+)
 from orchestrator.domain.money import exact_usd
 from orchestrator.store.engine import UNSTORABLE_TEXT
 from orchestrator.store.keys import TENANT_RE
@@ -275,14 +282,20 @@ class BudgetIn(BaseModel):
 
     scope: str = Field(max_length=160, examples=["tenant:acme"])
     period: Period
-    limit_usd: float = Field(ge=0, le=MAX_LIMIT_USD)
-    alert_thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0],
-                                          max_length=20)
-    forecast_thresholds: list[float] = Field(
-        default_factory=list, max_length=20,
+    # Strict, as a job's amounts: `true` is no $1 limit, nor "1e3" one of $1000.
+    limit_usd: JsonNumber = Field(ge=0, le=MAX_LIMIT_USD)
+    # Left out (or null): the budget's own, so that raising a limit keeps its alerts (a new
+    # budget: 0.5/0.8/1.0, no forecast thresholds, no channels). [] clears a list.
+    alert_thresholds: list[JsonNumber] | None = Field(
+        default=None, max_length=20,
+        description="fractions of the limit; left out: the budget's own (new: [0.5, 0.8, 1.0])")
+    forecast_thresholds: list[JsonNumber] | None = Field(
+        default=None, max_length=20,
         description="opt-in: alert when the run-rate forecast of the period's spend passes "
-                    "these fractions of the limit (e.g. [1.0])")
-    channels: list[dict[str, Any]] = Field(default_factory=list, max_length=20)
+                    "these fractions of the limit (e.g. [1.0]); left out: the budget's own")
+    channels: list[dict[str, Any]] | None = Field(
+        default=None, max_length=20,
+        description="where alerts go; left out: the budget's own (new: none); [] removes all")
 
     _finite = field_validator("limit_usd", mode="before")(finite_number)
 

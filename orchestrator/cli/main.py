@@ -258,7 +258,7 @@ def budgets_set(
     --thresholds/--forecast, and its alert channels (set through PUT /v1/budgets)."""
     from orchestrator.domain.budgets import MAX_LIMIT_USD, Period, validate_scope
     from orchestrator.domain.money import exact_usd, format_usd, usd_to_micros
-    from orchestrator.ledger.budgets import list_budgets, set_budget
+    from orchestrator.ledger.budgets import set_budget
     from orchestrator.store.engine import make_engine
 
     # the API's bounds and precision (BudgetIn), so that what one takes the other takes too
@@ -285,12 +285,10 @@ def budgets_set(
     now = datetime.now(UTC)
     try:
         with engine.begin() as conn:
-            existing = next((v for v in list_budgets(conn, now=now, scopes=(scope,))
-                             if v.period == period), None)
+            # channels None: the upsert keeps the budget's own (a PUT meanwhile is not undone)
             set_budget(
                 conn, scope=scope, period=period, limit_micros=usd_to_micros(limit_usd),
-                now=now, thresholds_bp=bps,
-                channels=list(existing.channels) if existing else None,
+                now=now, thresholds_bp=bps, channels=None,
                 forecast_thresholds_bp=forecast_bps,
             )
     finally:

@@ -296,7 +296,8 @@ class Client:
         alert_thresholds: builtins.list[float] | None = None,
         channels: builtins.list[dict[str, Any]] | None = None,
     ) -> Budget:
-        """Admin: create or update a budget."""
+        """Admin: create or update a budget. ``alert_thresholds`` or ``channels`` None:
+        the budget keeps its own (a new one: 0.5/0.8/1.0, none)."""
         return self._run(_core.set_budget(scope, period, limit_usd, alert_thresholds, channels))
 
 

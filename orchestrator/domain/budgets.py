@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 
 TOTAL_PERIOD_START = datetime(1970, 1, 1, tzinfo=UTC)
@@ -69,7 +70,13 @@ def thresholds_to_bp(fractions: list[float] | tuple[float, ...]) -> tuple[int, .
     for f in fractions:
         if not 0 < f <= 10:
             raise ValueError(f"alert threshold {f} must be in (0, 10] (a fraction of the limit)")
-        out.add(round(f * 10000))
+        # Kept in whole basis points: rounding would move the line an admin drew, and one
+        # under half a point (0.00004) would become 0, which no spend ever crosses.
+        bp = Decimal(str(f)) * 10000
+        if bp != bp.to_integral_value():
+            raise ValueError(f"alert threshold {f} must have at most 4 decimal places "
+                             "(thresholds are kept in whole basis points)")
+        out.add(int(bp))
     return tuple(sorted(out))
 
 

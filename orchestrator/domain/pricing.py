@@ -8,7 +8,7 @@ end gives micro-USD. So ``actual <= estimate`` whenever the usage is within the 
     video    seconds x usd_per_second x resolution multiplier
     image    n x usd_per_image[size]
     text     input_tokens/1000 x usd_per_1k_input + output_tokens/1000 x usd_per_1k_output
-             (worst case: input = ceil(len(prompt in UTF-8 bytes) / 3) + 7, output = max_tokens)
+             (worst case: input = len(prompt in UTF-8 bytes) + 7, output = max_tokens)
     request  usd_per_request
     compute  run seconds x usd_per_second (worst case: the backend's start_to_close_s,
              past which the run is cancelled)
@@ -90,9 +90,16 @@ CHAT_OVERHEAD_TOKENS = 7
 
 
 def estimate_input_tokens(prompt: str) -> int:
-    """A prompt's worst case in input tokens: a token per 3 UTF-8 bytes, and the chat
-    framing around it (``CHAT_OVERHEAD_TOKENS``)."""
-    return _ceil_div(len(prompt.encode("utf-8")), 3) + CHAT_OVERHEAD_TOKENS
+    """A prompt's worst case in input tokens: a token per UTF-8 byte, and the chat framing
+    around it (``CHAT_OVERHEAD_TOKENS``).
+
+    A byte-level BPE (OpenAI's tokenizers, and those with byte fallback) never makes more
+    tokens than bytes, and can come close: ``"a b c d"`` is 4 tokens in 7 bytes, a CJK
+    character (3 bytes) often 1-2 tokens, an emoji (4 bytes) up to 3. The average English
+    ratio (a token per 3-4 bytes) is no bound: holding it let such prompts be billed past
+    their hold, past the budget. Ranking does not pay for this caution: calibration learns
+    each backend's actual / estimate."""
+    return len(prompt.encode("utf-8")) + CHAT_OVERHEAD_TOKENS
 
 
 def quantities(spec: JobSpec) -> Quantities:

@@ -1,11 +1,13 @@
 """Alert rows of the ledger's transactional outbox (DESIGN §6).
 
-- ``threshold``: committed spend crossed a threshold of the limit (once per period and
-  threshold), written in the settle/release transaction.
+- ``threshold``: committed spend crossed a threshold of the limit (once per period,
+  threshold and limit: ``bucket`` = the limit in micro-USD, so a raised limit alerts again at
+  its own thresholds), written in the settle/release transaction; or a limit change put the
+  spend already committed past a threshold it was under (written with the change).
 - ``forecast``: the charge moves the run-rate projection of committed spend to the period
   end (:mod:`orchestrator.domain.forecast`) past one of the budget's
   ``forecast_thresholds_bp`` (opt-in; ``[10000]``: "forecast over 100 % of the limit"); once
-  per period and threshold, written in the same transaction.
+  per period, threshold and limit, written in the same transaction.
 - ``refusal``: a hold was refused (402); at most once per budget per window (``bucket`` =
   the window start in unix seconds), written in its own short transaction since the refused
   hold's transaction was rolled back.
@@ -30,7 +32,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, text
 
-from orchestrator.domain.budgets import PeriodWindow, crossed_thresholds
+from orchestrator.domain.budgets import PeriodWindow, crossed_thresholds, threshold_micros
 from orchestrator.domain.forecast import project_window
 from orchestrator.domain.money import micros_to_usd
 
@@ -107,7 +109,7 @@ def alert_payload(
 
 
 def _insert(
-    tx: Connection, p: Any, kind: str, bp: int, payload: str, bucket: int = 0
+    tx: Connection, p: Any, kind: str, bp: int, payload: str, bucket: int
 ) -> uuid.UUID | None:
     alert_id: uuid.UUID | None = tx.execute(
         _INSERT_ALERT,
@@ -115,6 +117,29 @@ def _insert(
          "payload": payload},
     ).scalar()
     return alert_id
+
+
+def limit_change_alerts(
+    tx: Connection, p: PeriodAfterStep, old_limit_micros: int, now: datetime
+) -> list[uuid.UUID]:
+    """Threshold and forecast alerts owed when a limit change (``old_limit_micros`` to
+    ``p``'s) puts the spend already committed, or its run-rate forecast, past thresholds it
+    was under: no charge will cross them now."""
+    if p.committed_micros <= 0:
+        return []
+    forecast = project_window(p.committed_micros, _window(p), now)
+    owed = [("threshold", bp, p.committed_micros) for bp in p.alert_thresholds_bp]
+    if forecast is not None:
+        owed += [("forecast", bp, forecast) for bp in p.forecast_thresholds_bp]
+    ids: list[uuid.UUID] = []
+    for kind, bp, amount in owed:
+        if threshold_micros(p.limit_micros, bp) <= amount \
+                < threshold_micros(old_limit_micros, bp):
+            alert_id = _insert(tx, p, kind, bp, alert_payload(p, bp, now, forecast),
+                               p.limit_micros)
+            if alert_id is not None:
+                ids.append(alert_id)
+    return ids
 
 
 def step_alerts(
@@ -130,7 +155,8 @@ def step_alerts(
         p.limit_micros, p.committed_micros - charge, p.committed_micros,
         tuple(p.alert_thresholds_bp),
     ):
-        alert_id = _insert(tx, p, "threshold", bp, alert_payload(p, bp, now, forecast))
+        alert_id = _insert(tx, p, "threshold", bp, alert_payload(p, bp, now, forecast),
+                           p.limit_micros)
         if alert_id is not None:
             ids.append(alert_id)
     forecast_bps = tuple(p.forecast_thresholds_bp)
@@ -143,7 +169,8 @@ def step_alerts(
     before = project_window(p.committed_micros - charge, _window(p), now)
     assert before is not None
     for bp in crossed_thresholds(p.limit_micros, before, forecast, forecast_bps):
-        alert_id = _insert(tx, p, "forecast", bp, alert_payload(p, bp, now, forecast))
+        alert_id = _insert(tx, p, "forecast", bp, alert_payload(p, bp, now, forecast),
+                           p.limit_micros)
         if alert_id is not None:
             ids.append(alert_id)
     return ids

@@ -16,6 +16,7 @@ from orchestrator.domain.budgets import (
     validate_scope,
 )
 from orchestrator.errors import InvalidAmount
+from orchestrator.ledger.alerts import PeriodAfterStep, limit_change_alerts
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,8 @@ _UPSERT = text(
             THEN budgets.alert_thresholds_bp ELSE EXCLUDED.alert_thresholds_bp END,
         forecast_thresholds_bp = CASE WHEN CAST(:keep_forecast AS boolean)
             THEN budgets.forecast_thresholds_bp ELSE EXCLUDED.forecast_thresholds_bp END,
-        channels = EXCLUDED.channels,
+        channels = CASE WHEN CAST(:keep_channels AS boolean)
+            THEN budgets.channels ELSE EXCLUDED.channels END,
         updated_at = now()
     RETURNING id
     """
@@ -59,12 +61,23 @@ _UPSERT = text(
 # allows and no hold may use; it drains as those holds finish. (Same transaction as the
 # budget row: a period row created meanwhile reads the limit under a share lock of that row,
 # see ``ledger.periods``.)
+# Each open period as updated, joined to its budget, with the limit it had before (locked in
+# ascending id order, like every lock the ledger takes on several period rows).
 _RELIMIT_OPEN_PERIODS = text(
     """
-    UPDATE budget_periods
+    WITH old AS (
+        SELECT id, limit_micros FROM budget_periods
+        WHERE budget_id = :id AND (period_end IS NULL OR period_end > :now)
+        ORDER BY id FOR NO KEY UPDATE
+    )
+    UPDATE budget_periods bp
     SET limit_micros = :limit,
-        excess_micros = GREATEST(0, committed_micros + held_micros - :limit)
-    WHERE budget_id = :id AND (period_end IS NULL OR period_end > :now)
+        excess_micros = GREATEST(0, bp.committed_micros + bp.held_micros - :limit)
+    FROM old, budgets b
+    WHERE bp.id = old.id AND b.id = bp.budget_id
+    RETURNING bp.id, bp.budget_id, bp.period_start, bp.period_end, bp.limit_micros,
+              bp.committed_micros, bp.held_micros, b.scope, b.period, b.alert_thresholds_bp,
+              b.forecast_thresholds_bp, old.limit_micros AS old_limit
     """
 )
 _LIST = text(
@@ -101,9 +114,9 @@ def set_budget(
     ``forecast_thresholds_bp`` (opt-in, e.g. ``(10000,)``): alert when the run-rate forecast
     of the period's spend passes these fractions of the limit (DESIGN §6).
 
-    ``None`` for either list of thresholds keeps the budget's own (for a new budget: the
-    defaults, ``DEFAULT_THRESHOLDS_BP`` and none). The upsert keeps them, not a read before
-    it, so that a ``PUT /v1/budgets`` meanwhile is not undone.
+    ``None`` for either list of thresholds, or for ``channels``, keeps the budget's own (for
+    a new budget: the defaults, ``DEFAULT_THRESHOLDS_BP``, none and none). The upsert keeps
+    them, not a read before it, so that a ``PUT /v1/budgets`` meanwhile is not undone.
     """
     validate_scope(scope)
     Period(period)  # ValueError names the bad period
@@ -117,10 +130,15 @@ def set_budget(
                                        else thresholds_bp)),
          "keep_thresholds": thresholds_bp is None,
          "channels": json.dumps(channels or []),
+         "keep_channels": channels is None,
          "forecast": json.dumps(list(forecast_thresholds_bp or ())),
          "keep_forecast": forecast_thresholds_bp is None},
     ).scalar_one()
-    conn.execute(_RELIMIT_OPEN_PERIODS, {"limit": limit_micros, "id": budget_id, "now": now})
+    for row in conn.execute(
+            _RELIMIT_OPEN_PERIODS, {"limit": limit_micros, "id": budget_id, "now": now}).all():
+        # a lowered limit may put what is already spent past thresholds: no charge would
+        # cross them any more, so they alert now, with the change
+        limit_change_alerts(conn, PeriodAfterStep(*row[:-1]), row.old_limit, now)
     return budget_id
 
 

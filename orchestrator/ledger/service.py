@@ -45,6 +45,7 @@ from orchestrator.ledger.admission import PERIOD_MISSING, NewJob, admit_job
 from orchestrator.ledger.alerts import Overage, insert_refusal, period_alerts, refusal_bucket
 from orchestrator.ledger.endings import ClosingAttempt, JobEnd, end_job
 from orchestrator.ledger.periods import PeriodResolver
+from orchestrator.ledger.topups import raise_hold
 from orchestrator.store.engine import autocommit
 from orchestrator.store.jobs import JobRow
 from orchestrator.store.statement import Conn, Statement
@@ -240,6 +241,23 @@ class Ledger:
         return HoldReceipt(
             job_id, held, tuple(r.budget_period_id for r in lines), replayed=True
         )
+
+    def raise_hold(self, job_id: uuid.UUID, amount_micros: int) -> int:
+        """Make the job's hold at least ``amount_micros`` in every period it holds in (one
+        transaction, ``ledger.topups``); returns what it added. Raises ``BudgetExceeded``
+        naming the first budget that cannot take the extra (then nothing changed), and
+        ``HoldNotActive`` / ``HoldNotFound`` when there is no held hold to raise."""
+        now = self.clock()
+        try:
+            with self.engine.begin() as tx:
+                return raise_hold(tx, job_id, amount_micros, now)
+        except DBAPIError as exc:
+            with self.engine.connect() as conn:
+                held = _SELECT_HOLD.first(conn, {"job_id": job_id})
+            refused = refusal(exc, amount_micros - (held[1] if held else 0))
+            if refused is None:
+                raise
+            raise refused from None
 
     # -- a job's admission -----------------------------------------------------------------
     def admit_job(self, job: NewJob, scopes: tuple[str, ...], hold_ttl: timedelta, *,

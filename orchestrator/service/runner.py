@@ -64,6 +64,7 @@ from orchestrator.service.attempts import (
 from orchestrator.service.cache import ResultCache
 from orchestrator.service.conclude import Concluder
 from orchestrator.service.endings import Endings
+from orchestrator.service.failover_hold import BUDGET_EXCEEDED, cover_failover
 from orchestrator.service.follow import Follower
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.opening import Opener
@@ -240,6 +241,10 @@ class JobRunner:
         self, job: repo.JobRow, attempts: list[repo.AttemptRow], token: uuid.UUID,
         *, resume: bool = False,
     ) -> Next:
+        refused = cover_failover(self.ledger, self.opener, job, attempts)
+        if refused is not None:  # a budget cannot take the failover's worst case
+            self.endings.fail(job, BUDGET_EXCEEDED, refused, backend=attempts[-1].backend)
+            return DONE
         with self.db.connection() as conn:
             opened = self.opener.open_next(conn, job, attempts, token)
             if opened.full:  # failing over, but every backend left is full: wait for a slot

@@ -4,7 +4,7 @@ the usage (hence the cost) deterministically from the request alone.
     video  video_seconds = duration_s requested, resolution as requested (default 720p)
     image  images = n, image_size = size
     text   input_tokens = ceil(UTF-8 bytes of the prompt / 4) (never above the orchestrator's
-           worst case of bytes/3); output_tokens = a hash of (backend, prompt, max_tokens)
+           worst case of a token per byte); output_tokens = a hash of (backend, prompt, max_tokens)
            mapped into [max(1, max_tokens // 4), max_tokens]
 
 Prompt markers, for end-to-end tests: a prompt containing ``[[content-policy]]`` is refused

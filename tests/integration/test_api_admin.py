@@ -136,6 +136,72 @@ def test_a_limit_finer_than_a_micro_dollar_is_refused_not_rounded(api: Api) -> N
         assert conn.execute(text("SELECT limit_micros FROM budgets")).scalar_one() == 1_000_001
 
 
+def test_budget_amounts_and_thresholds_are_json_numbers_never_converted(api: Api) -> None:
+    """`true` was a $1 limit and "1e3" a $1000 one; a threshold of 0.00001 was stored as 0
+    (which no spend crosses) and 0.50004 as 0.5: each is a 422 naming the field, and
+    nothing is stored."""
+    admin = api.admin()
+    as_json = {"Content-Type": "application/json"}
+    limit = '{"scope": "tenant:acme", "period": "month", "limit_usd": %s}'
+    for value in ("true", '"1e3"', '"100"', '" 7 "', '"NaN"', "null"):
+        r = admin.put("/v1/budgets", content=limit % value, headers=as_json)
+        assert r.status_code == 422, (value, r.text)
+        err = r.json()["error"]
+        assert err["code"] == "invalid_request" and err["details"]["field"] == "limit_usd", err
+        assert "valid number" in err["message"], err
+    thresholds = '{"scope": "tenant:acme", "period": "month", "limit_usd": 5, "%s": %s}'
+    for field in ("alert_thresholds", "forecast_thresholds"):
+        for value in ("[true]", '["0.5"]'):
+            r = admin.put("/v1/budgets", content=thresholds % (field, value), headers=as_json)
+            assert r.status_code == 422, (field, value, r.text)
+            assert r.json()["error"]["details"]["field"].startswith(field), r.text
+        for value in ("[0.00001]", "[0.50004, 0.5]"):
+            r = admin.put("/v1/budgets", content=thresholds % (field, value), headers=as_json)
+            assert r.status_code == 422, (field, value, r.text)
+            err = r.json()["error"]
+            assert err["details"]["field"] == field, err
+            assert "at most 4 decimal places" in err["message"], err
+    assert admin.get("/v1/budgets").json() == {"budgets": []}  # nothing stored
+    r = admin.put("/v1/budgets", content=thresholds % ("alert_thresholds", "[0.0001, 0.9999]"),
+                  headers=as_json)
+    assert r.status_code == 200 and r.json()["alert_thresholds"] == [0.0001, 0.9999], r.text
+
+
+def test_a_put_that_leaves_out_thresholds_and_channels_keeps_the_budgets_own(
+        api: Api) -> None:
+    """Raising a limit with {scope, period, limit_usd} (the SDK's set_budget(scope, period,
+    limit)) reset the thresholds to the defaults and dropped every alert channel: the
+    budget's alerts stopped reaching anyone. Left out, they are kept; [] clears a list."""
+    admin = api.admin()
+    full = {"scope": "tenant:acme", "period": "month", "limit_usd": 100,
+            "alert_thresholds": [0.9], "forecast_thresholds": [1.0], "channels": [WEBHOOK]}
+    assert admin.put("/v1/budgets", json=full).status_code == 200
+    with api.rig.engine.connect() as conn:
+        sealed = conn.execute(text("SELECT channels FROM budgets")).scalar_one()
+
+    r = admin.put("/v1/budgets", json={"scope": "tenant:acme", "period": "month",
+                                       "limit_usd": 200})
+    assert r.status_code == 200, r.text
+    b = r.json()
+    assert (b["limit_usd"], b["alert_thresholds"], b["forecast_thresholds"]) == (
+        200.0, [0.9], [1.0])
+    assert b["channels"] == [{"type": "webhook", "label": "webhook https://93.184.216.34"}]
+    with api.rig.engine.connect() as conn:  # the very sealed secret, not a new one
+        assert conn.execute(text("SELECT channels FROM budgets")).scalar_one() == sealed
+
+    r = admin.put("/v1/budgets", json={"scope": "tenant:acme", "period": "month",
+                                       "limit_usd": 200, "channels": [],
+                                       "forecast_thresholds": []})
+    b = r.json()
+    assert (b["channels"], b["forecast_thresholds"], b["alert_thresholds"]) == ([], [], [0.9])
+    # a new budget left without them gets the defaults
+    r = admin.put("/v1/budgets", json={"scope": "tenant:globex", "period": "day",
+                                       "limit_usd": 5})
+    b = r.json()
+    assert (b["alert_thresholds"], b["forecast_thresholds"], b["channels"]) == (
+        [0.5, 0.8, 1.0], [], [])
+
+
 def test_an_email_channel_is_refused_while_orch_smtp_host_is_unset(api: Api) -> None:
     """Every alert to it would fail for good (smtp_not_configured): refused at save, naming
     the channel and the setting, and nothing is stored."""

@@ -147,6 +147,22 @@ def test_a_query_parameter_the_route_does_not_take_is_refused_not_ignored(api: A
     assert httpx.get(f"{api.url}/healthz", params={"probe": "1"}).status_code == 200
 
 
+def test_a_query_parameter_given_twice_is_refused_not_half_ignored(api: Api) -> None:
+    """The framework keeps the last value: ?group_by=day&group_by=tier was a report by
+    tier, and ?status=queued&status=failed listed failed jobs only."""
+    c = api.tenant()
+    for path, query in (("/v1/reports/costs", "group_by=day&group_by=tier"),
+                        ("/v1/reports/costs", "from=2026-11-01T00:00:00Z&from=2026-12-01"),
+                        ("/v1/jobs", "status=queued&status=failed")):
+        r = c.get(f"{path}?{query}")
+        _error(r, 422, "invalid_request")
+        name = query.split("=")[0]
+        assert r.json()["error"]["details"]["field"] == f"query.{name}", r.text
+        assert r.json()["error"]["message"] == (
+            f"query.{name}: given more than once (it takes one value)"), r.text
+    assert c.get("/v1/reports/costs?group_by=day&from=2026-11-01").status_code == 200
+
+
 def test_head_answers_as_get_without_a_body(api: Api) -> None:
     # uptime monitors probe with HEAD (RFC 9110 §9.1: a server supports GET and HEAD)
     for path in ("/healthz", "/readyz"):

@@ -17,6 +17,7 @@ import orchestrator.notify.models  # noqa: F401  (alert_deliveries truncated by 
 from orchestrator.domain.forecast import forecast_micros
 from orchestrator.domain.money import micros_to_usd
 from orchestrator.ledger import Ledger
+from orchestrator.ledger.budgets import set_budget
 from orchestrator.notify import ChannelFactory, DeliveryReport, deliver_pending
 
 from .api_fixture import Api, api_fixture  # noqa: F401
@@ -184,3 +185,22 @@ def test_forecast_thresholds_are_set_and_shown_through_the_api(api: Api) -> None
             9000, 10000]
     bad = api.admin().put("/v1/budgets", json={**body, "forecast_thresholds": [0]})
     assert bad.status_code == 422
+
+
+def test_a_lowered_limit_below_the_forecast_alerts_with_the_change(db: Engine) -> None:
+    """No charge would cross the line after the limit moved below the projection: the
+    change writes the forecast alert itself (the limit is the alert's bucket)."""
+    budget(db, thresholds_bp=())
+    clock = FakeClock(NOV_1 + timedelta(days=14, hours=12))
+    ledger = Ledger(db, clock=clock)
+    spend(ledger, 40_000_000)  # projects 40 / (14.5 / 30) = $82.76 of $100
+    assert alerts(db) == []
+    with db.begin() as conn:
+        set_budget(conn, scope="tenant:acme", period="month", limit_micros=60_000_000,
+                   now=clock.at, thresholds_bp=None, forecast_thresholds_bp=None)
+    [row] = alerts(db)
+    assert (row.kind, row.threshold_bp, row.bucket) == ("forecast", 10000, 60_000_000)
+    assert row.payload["limit_usd"] == 60.0 and row.payload["forecast_usd"] > 60.0
+    assert spend(ledger, 1_000_000) == ()  # once per period, threshold and limit
+    assert len(alerts(db)) == 1
+    assert_sound(db)

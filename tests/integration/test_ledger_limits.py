@@ -161,3 +161,34 @@ def test_a_limit_change_waits_for_a_period_row_being_made_and_updates_it(
     assert changed.is_set()
     assert period_limits(db, b) == [(2 * USD, 0)]
     assert_sound(db)
+
+
+def test_raising_a_hold_is_limit_checked_idempotent_and_settles_whole(db: Engine) -> None:
+    """``Ledger.raise_hold`` (before a failover after a bill): the extra is reserved in every
+    period the hold holds in, refused past a limit with nothing changed, a replay adds
+    nothing, and the settle releases the raised hold in full."""
+    month = make_budget(db, "tenant:acme", "month", 10 * USD)
+    day = make_budget(db, "tenant:acme", "day", 6 * USD)
+    ledger = Ledger(db, clock=FakeClock())
+    job = uuid.uuid4()
+    ledger.hold(job, SCOPES, 4 * USD)
+
+    with pytest.raises(BudgetExceeded) as refused:
+        ledger.raise_hold(job, 7 * USD)  # the day has 2 left, not 3
+    assert (refused.value.scope, refused.value.period) == ("tenant:acme", "day")
+    assert refused.value.requested_micros == 3 * USD
+    assert counters(db)[month] == (10 * USD, 0, 4 * USD)
+    assert counters(db)[day] == (6 * USD, 0, 4 * USD)
+
+    assert ledger.raise_hold(job, 6 * USD) == 2 * USD
+    assert ledger.raise_hold(job, 6 * USD) == 0  # replayed: nothing more
+    assert ledger.raise_hold(job, 5 * USD) == 0  # never lowered
+    assert counters(db)[month] == (10 * USD, 0, 6 * USD)
+    assert counters(db)[day] == (6 * USD, 0, 6 * USD)
+    assert_sound(db)
+
+    receipt = ledger.settle(job, 5 * USD + 500_000)
+    assert (receipt.charged_micros, receipt.released_micros, receipt.overage_micros) == (
+        5 * USD + 500_000, 500_000, 0)
+    assert counters(db)[day] == (6 * USD, 5 * USD + 500_000, 0)
+    assert_sound(db)

@@ -288,3 +288,32 @@ def test_the_report_command_prints_the_same_numbers(api: Api, cli: typer.Typer) 
     bad = CliRunner().invoke(cli, ["report", "--tenant", "globex", *opts])
     assert bad.exit_code == 1
     assert bad.stderr.strip().startswith("error: forbidden: ")
+
+
+def test_a_charge_across_a_period_end_is_in_its_holds_budget_period_and_the_reports_later_window(
+        db: Engine) -> None:
+    """What docs/api.md tells a finance reader: a budget period counts a job where its hold
+    was made; the report dates the charge when it was made. Held on the last second of
+    November and settled in December, the job is in November's budget and December's
+    report (the monthly figures differ by the jobs in flight across the month's end)."""
+    budget = make_budget(db, "tenant:acme", "month", BIG)
+    clock = FakeClock(datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC))
+    ledger = Ledger(db, clock=clock)
+    job = uuid.uuid4()
+    insert_job(db, job, "acme", candidates={"vid-a": 2_000_000}, at=clock.at)
+    ledger.hold(job, covering_scopes("acme"), 2_000_000)
+    clock.at = datetime(2026, 12, 1, 0, 0, 5, tzinfo=UTC)
+    ledger.settle(job, 1_500_000)
+    with db.connect() as conn:
+        periods = conn.execute(text(
+            "SELECT period_start, committed_micros, held_micros FROM budget_periods "
+            "WHERE budget_id = :b ORDER BY period_start"), {"b": budget}).all()
+        november = cost_report(conn, GroupBy.DAY, start=NOV_1, end=datetime(2026, 12, 1,
+                                                                           tzinfo=UTC))
+        december = cost_report(conn, GroupBy.DAY, start=datetime(2026, 12, 1, tzinfo=UTC),
+                               end=datetime(2027, 1, 1, tzinfo=UTC))
+    assert [(p.period_start, p.committed_micros, p.held_micros) for p in periods] == [
+        (NOV_1, 1_500_000, 0)]  # the hold came back to November, which was charged
+    assert november.total_micros == 0
+    assert [(g.key, g.cost_micros) for g in december.groups] == [("2026-12-01", 1_500_000)]
+    assert_sound(db)

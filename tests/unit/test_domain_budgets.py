@@ -65,6 +65,11 @@ def test_thresholds() -> None:
     assert thresholds_to_bp([1.0, 0.5, 0.8, 0.5]) == (5000, 8000, 10000)
     with pytest.raises(ValueError):
         thresholds_to_bp([0])
+    # never rounded: to 0 it would never fire, and 0.50004 is not the line asked for
+    for finer in (0.00001, 0.50004):
+        with pytest.raises(ValueError, match="at most 4 decimal places"):
+            thresholds_to_bp([finer])
+    assert thresholds_to_bp([0.0001, 0.9999, 10]) == (1, 9999, 100000)
     assert threshold_micros(10_000_001, 5000) == 5_000_001  # rounds up: never early
     assert crossed_thresholds(100, 40, 85, (5000, 8000, 10000)) == [5000, 8000]
     assert crossed_thresholds(100, 50, 60, (5000,)) == []  # already reached before

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from orchestrator.domain.catalogue import BackendSpec
 from orchestrator.domain.jobs import JobSpec, Kind
 from orchestrator.domain.pricing import (
+    CHAT_OVERHEAD_TOKENS,
     NotPriceable,
     Usage,
     actual_micros,
@@ -90,16 +91,38 @@ def test_image() -> None:
 
 
 def test_text() -> None:
-    # "héllo wörld!" is 14 UTF-8 bytes -> ceil(14/3) = 5 tokens, and 7 of the chat framing
-    # (a message's 3, its role's 1, the reply's priming 3): 12 input tokens; 100 output tokens
+    # "héllo wörld!" is 14 UTF-8 bytes -> at most 14 tokens, and 7 of the chat framing
+    # (a message's 3, its role's 1, the reply's priming 3): 21 input tokens; 100 output tokens
     spec = JobSpec(kind=Kind.TEXT, input={"prompt": "héllo wörld!", "max_tokens": 100})
-    # 12 x 0.0005/1000 + 100 x 0.0015/1000 = 0.000006 + 0.00015 = 156 micro
-    assert estimate_micros(TEXT, spec) == 156
+    # 21 x 0.0005/1000 + 100 x 0.0015/1000 = 0.0000105 + 0.00015 = 160.5 -> 161 micro
+    assert estimate_micros(TEXT, spec) == 161
     # OpenAI bills one user message "hi" as 8 prompt tokens (1 + the framing's 7): the worst
     # case must not be below it
-    assert estimate_input_tokens("hi") == 8
-    # default max_tokens 512: 12 x 0.5 + 512 x 1.5 = 774
-    assert estimate_micros(TEXT, JobSpec(kind=Kind.TEXT, input={"prompt": "héllo wörld!"})) == 774
+    assert estimate_input_tokens("hi") == 9
+    # default max_tokens 512: 21 x 0.5 + 512 x 1.5 = 778.5 -> 779
+    assert estimate_micros(TEXT, JobSpec(kind=Kind.TEXT, input={"prompt": "héllo wörld!"})) == 779
+
+
+@pytest.mark.parametrize(("prompt", "tokens"), [
+    # cl100k_base / o200k_base (OpenAI's tokenizers) give one-letter words a token each:
+    # 10 tokens in 19 bytes, where a token per 3 bytes held 7
+    ("a b c d e f g h i j", 10),
+    # a CJK character is 3 UTF-8 bytes and often 2 tokens; an emoji 4 bytes and up to 3
+    ("猫犬鳥魚", 8),
+    ("🦄🦄🦄", 9),
+    # a byte-level BPE never makes more tokens than bytes
+    ("zq\x7f~", 4),
+])
+def test_a_prompts_worst_case_holds_what_a_byte_level_tokenizer_can_bill(
+    prompt: str, tokens: int
+) -> None:
+    """The hold is the worst case: a bill within the job's limits must never exceed it, or
+    the overage takes the budget past its limit."""
+    billed = tokens + CHAT_OVERHEAD_TOKENS
+    assert estimate_input_tokens(prompt) >= billed
+    spec = JobSpec(kind=Kind.TEXT, input={"prompt": prompt, "max_tokens": 64})
+    assert actual_micros(TEXT, Usage(input_tokens=billed, output_tokens=64)) \
+        <= estimate_micros(TEXT, spec)
     assert actual_micros(TEXT, Usage(input_tokens=1000, output_tokens=2000)) == 3_500
     assert actual_micros(TEXT, Usage(input_tokens=1, output_tokens=0)) == 1  # 0.5 -> 1
     with pytest.raises(NotPriceable):
@@ -156,6 +179,6 @@ def test_actual_never_exceeds_worst_case(duration: float, used: float, resolutio
        max_tokens=st.integers(1, 4096), out=st.integers(0, 4096))
 def test_text_actual_within_estimate(prompt: str, max_tokens: int, out: int) -> None:
     spec = JobSpec(kind=Kind.TEXT, input={"prompt": prompt, "max_tokens": max_tokens})
-    tokens_in = -(-len(prompt.encode()) // 3)
+    tokens_in = len(prompt.encode()) + CHAT_OVERHEAD_TOKENS  # a token per byte at most
     usage = Usage(input_tokens=tokens_in, output_tokens=min(out, max_tokens))
     assert actual_micros(TEXT, usage) <= estimate_micros(TEXT, spec)
