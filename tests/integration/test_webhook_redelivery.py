@@ -5,6 +5,7 @@ HTTP receiver that verifies every signature."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -114,7 +115,10 @@ def test_a_refused_delivery_is_sent_again_once_the_receiver_is_fixed(
     assert got.event["id"] == failed["event_id"] and got.event["type"] == "job.succeeded"
 
     # a delivered one may be asked for again (a receiver that lost it): the same event id,
-    # signed anew, which the receiver de-duplicates
+    # signed anew, which the receiver de-duplicates. Signed within the same second, the copy
+    # would be the same bytes, which this receiver refuses as a replay (409, for good)
+    sent_at = int(got.headers["X-Orchestrator-Timestamp"])
+    api.rig.wait_for("the next second", lambda: time.time() >= sent_at + 1, timeout=5)
     r = api.admin().post(f"/v1/webhooks/deliveries/{failed['id']}/redeliver",
                          params={"tenant": "acme"})
     assert r.status_code == 202, r.text
