@@ -85,16 +85,20 @@ def router(ctx: ApiContext) -> APIRouter:
         ] = None,
     ) -> JobJSONResponse:
         admission = c.submitter.admit(p.tenant, spec, idempotency_key)
+        # RFC 9110 §15.3.3: a 202 points to where the request's status is followed; a path,
+        # not a URL built from the client's Host header
+        where = {"Location": f"/v1/jobs/{admission.job.id}"}
         if admission.created:
             # The start message goes once the answer has, so the producer does not wait for
             # the broker: the job row is its outbox (the sweeper starts a job whose message
             # never went).
             return JobJSONResponse(job_resource(admission.job, []), status_code=202,
+                                   headers=where,
                                    background=BackgroundTask(c.submitter.start, admission))
         # 202 as the first answer was (the contract's "same key and body: same job"), so a
         # client that retries after a lost answer reads the replay as it would have read it
         return JobJSONResponse(load(admission.job.id, p.tenant), status_code=202,
-                               headers={"Idempotent-Replayed": "true"})
+                               headers={**where, "Idempotent-Replayed": "true"})
 
     @r.get("/jobs/{job_id}", response_model=JobOut, summary="One job",
            responses={404: _err("no such job (or not yours)"), **FORBIDDEN})
