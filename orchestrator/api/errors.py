@@ -52,6 +52,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from orchestrator.api.bodies import DuplicateName
 from orchestrator.api.paths import STREAM_PATHS, flat_routes
 from orchestrator.api.principal import principal_of, sees_budget
 from orchestrator.domain.money import format_usd, micros_to_usd
@@ -211,9 +212,12 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
 def unreadable_body(cause: BaseException | None) -> str:
     """What was wrong with a body FastAPI could not read as JSON (its 400 carries the
     reader's error as ``__cause__``): nested beyond what the reader follows, an integer
-    beyond Python's limit on digits, or bytes that are not UTF-8."""
+    beyond Python's limit on digits, an object naming a field twice, or bytes that are not
+    UTF-8."""
     if isinstance(cause, RecursionError):
         return "JSON nested too deeply"
+    if isinstance(cause, DuplicateName):
+        return str(cause)
     if isinstance(cause, ValueError) and "digits" in str(cause):
         # "Exceeds the limit (4300 digits) for integer string conversion"
         return f"a number has too many digits (at most {sys.get_int_max_str_digits()})"

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from sqlalchemy import text
 from starlette.background import BackgroundTask
 
+from orchestrator.api.bodies import UniqueKeysRoute
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
 from orchestrator.api.errors import Forbidden, ResultExpired, ResultNotReady
 from orchestrator.api.responses import JobJSONResponse
@@ -55,7 +56,7 @@ def acting_tenant(p: Principal, tenant: str | None) -> str:
 def router(ctx: ApiContext) -> APIRouter:
     c = ctx.container
 
-    r = APIRouter(prefix="/v1", tags=["jobs"], responses=AUTH_ERRORS)
+    r = APIRouter(prefix="/v1", route_class=UniqueKeysRoute, tags=["jobs"], responses=AUTH_ERRORS)
     principal = ctx.principal_dep()
     Caller = Annotated[Principal, Depends(principal)]
 
