@@ -12,7 +12,8 @@ the envelope of :mod:`.errors`. Request bodies are never logged.
 The ASGI stack, outermost first: RequestMetrics (count and time every request by route
 template) → NoStore (``/v1`` answers: ``Cache-Control: no-store``, nosniff) → CatchAll (a
 500 envelope for anything unhandled) → Gate (auth, failed-auth and tenant limits) →
-BodyDeadline (408) → BodySizeLimit (413) → HeadAsGet (HEAD on a GET route) → FastAPI.
+IdentityBodies (415 for a Content-Encoding) → BodyDeadline (408) → BodySizeLimit (413) →
+HeadAsGet (HEAD on a GET route) → FastAPI.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from orchestrator.api import (
 )
 from orchestrator.api.config import ApiConfig
 from orchestrator.api.context import ApiContext, _err
+from orchestrator.api.encoding import IdentityBodies
 from orchestrator.api.errors import error_response
 from orchestrator.api.gate import Gate
 from orchestrator.api.headers import NoStore
@@ -88,7 +90,10 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     # FastAPI's /docs and /redoc load their scripts from a CDN: ours is docs_ui
     app = FastAPI(title="orchestrator", version="1", description=DESCRIPTION,
                   lifespan=lifespan, docs_url=None, redoc_url=None,
-                  swagger_ui_oauth2_redirect_url=None)
+                  swagger_ui_oauth2_redirect_url=None,
+                  # no 307 from /v1/jobs/ to a Location built from the client's Host header
+                  # (and http:// behind a TLS proxy): a path with a trailing slash is a 404
+                  redirect_slashes=False)
     app.state.ctx = ctx
     app.state.hub = hub
     errors.install(app)
@@ -104,6 +109,7 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     app.add_middleware(HeadAsGet)  # innermost: the others see the HEAD it is
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
     app.add_middleware(BodyDeadline, timeout_s=cfg.body_timeout_s)
+    app.add_middleware(IdentityBodies)  # after the gate: a stranger learns nothing from it
     app.add_middleware(Gate, auth=ctx.auth, limiter=ctx.limiter, failures=ctx.failures)
     app.add_middleware(CatchAll)
     app.add_middleware(NoStore)  # outside CatchAll and Gate: their errors get it too

@@ -18,7 +18,11 @@
     headers_too_large     431   request line and headers above the configured limit
     method_not_allowed    405
     unsupported_media_type 415  a body that fails validation sent as another Content-Type
-                                than JSON (a form, text/plain), or with none
+                                than JSON (a form, text/plain), or with none; a body with a
+                                Content-Encoding (``Accept-Encoding: identity``; .encoding)
+    bad_request           400   a request the HTTP parser refuses, or HTTP/1.1 without exactly
+                                one Host (.protocol; the connection is closed)
+    http_version_not_supported 505  a request line of another HTTP version than 1.0 or 1.1
     not_ready             503   /readyz: database or Redis unreachable
     secret_key_missing    503   a channel secret must be stored and no ORCH_SECRET_KEY (or key
                                 file) is configured: nothing is stored in plain text
@@ -48,6 +52,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from orchestrator.api.bodies import DuplicateName
 from orchestrator.api.paths import STREAM_PATHS, flat_routes
 from orchestrator.api.principal import principal_of, sees_budget
 from orchestrator.domain.money import format_usd, micros_to_usd
@@ -70,6 +75,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "headers_too_large": 431,
     "method_not_allowed": 405,
     "unsupported_media_type": 415,
+    "bad_request": 400,
+    "http_version_not_supported": 505,
     "not_ready": 503,
     "secret_key_missing": 503,
     "secret_unreadable": 409,
@@ -205,9 +212,12 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
 def unreadable_body(cause: BaseException | None) -> str:
     """What was wrong with a body FastAPI could not read as JSON (its 400 carries the
     reader's error as ``__cause__``): nested beyond what the reader follows, an integer
-    beyond Python's limit on digits, or bytes that are not UTF-8."""
+    beyond Python's limit on digits, an object naming a field twice, or bytes that are not
+    UTF-8."""
     if isinstance(cause, RecursionError):
         return "JSON nested too deeply"
+    if isinstance(cause, DuplicateName):
+        return str(cause)
     if isinstance(cause, ValueError) and "digits" in str(cause):
         # "Exceeds the limit (4300 digits) for integer string conversion"
         return f"a number has too many digits (at most {sys.get_int_max_str_digits()})"
@@ -271,6 +281,9 @@ def install(app: FastAPI) -> None:
             problem = unreadable_body(exc.__cause__)
             return error_response(422, "invalid_request", f"body: {problem}", {
                 "field": "body", "errors": [{"field": "body", "message": problem}]})
+        if exc.status_code == 404 and _slashed(request):
+            return error_response(404, "not_found", "not found: the API's paths have no "
+                                  "trailing slash (send it without)")
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
                 403: "forbidden", 408: "request_timeout",
                 413: "payload_too_large"}.get(exc.status_code, "http_error")
@@ -280,10 +293,17 @@ def install(app: FastAPI) -> None:
                               dict(exc.headers) if exc.headers else None)
 
 
-def _allowed(request: Request) -> list[str]:
-    """Every method some route of the request's path answers (RFC 9110 §15.5.6), HEAD with
-    GET (``middleware.HeadAsGet``)."""
+def _slashed(request: Request) -> bool:
+    """Whether the path is a route's with a slash added (``/v1/jobs/``): no redirect is made
+    (its Location would come from the client's Host header), but the 404 says why."""
     path = request.scope["path"]
+    return len(path) > 1 and path.endswith("/") and bool(_allowed(request, path.rstrip("/")))
+
+
+def _allowed(request: Request, path: str | None = None) -> list[str]:
+    """Every method some route of the request's path (or ``path``) answers (RFC 9110
+    §15.5.6), HEAD with GET (``middleware.HeadAsGet``)."""
+    path = request.scope["path"] if path is None else path
     methods: set[str] = set()
     for route in flat_routes(request.scope["router"].routes):
         if isinstance(route, APIRoute) and route.path_regex.fullmatch(path):

@@ -19,6 +19,10 @@ connection:
   if no response has started, and a close in any case. A route that reads its body meets the
   middleware's limits (``BodyDeadline``, ``BodySizeLimit``) first and is answered by the app:
   these are for the body nobody reads (``GET /healthz`` with ``Content-Length: 1000000``);
+- **malformed requests**: what httptools cannot parse (a bad request line or header, a
+  conflicting ``Content-Length``/``Transfer-Encoding``) and an HTTP/1.1 request without
+  exactly one ``Host`` (RFC 9112 §3.2: a MUST) are ``400 bad_request`` with the envelope, not
+  uvicorn's text; a version other than 1.0 and 1.1 is ``505 http_version_not_supported``;
 - **connection cap**: a request that arrives while more than ``limit_concurrency`` connections
   are open, or as many requests run, is answered ``503 unavailable`` at once, with the
   error envelope (uvicorn's own cap answers in plain text, so it is left off and done here).
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from email.utils import formatdate
 from typing import Any
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
@@ -53,7 +58,9 @@ def _response(status: int, code: str, message: str,
               extra: tuple[tuple[bytes, bytes], ...] = (),
               details: dict[str, Any] | None = None) -> bytes:
     body = envelope_bytes(code, message, details)
-    head = [STATUS_LINE[status], b"content-type: application/json\r\n",
+    date = formatdate(usegmt=True).encode()  # RFC 9110 §6.6.1: an origin with a clock sends it
+    head = [STATUS_LINE[status], b"date: " + date + b"\r\n",
+            b"content-type: application/json\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n"]
     head += [name + b": " + value + b"\r\n" for name, value in extra]
     return b"".join([*head, b"\r\n", body])
@@ -128,6 +135,10 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_pending = False
         self._head_begun = False
         self._disarm()
+        malformed = self._malformed()
+        if malformed is not None:
+            self._refuse(*malformed)
+            raise _Refused
         size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
         if size > self.max_header_bytes:  # a head that came whole in one read
             self._refuse(431, "headers_too_large",
@@ -150,6 +161,19 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._declares_body() and not (self.parser.should_upgrade()
                                           and self._should_upgrade()):
             self._arm_body()  # the body is due now
+
+    def _malformed(self) -> tuple[int, str, str] | None:
+        """Why a parsed head is still no request to serve: a proxy and this server could
+        otherwise disagree on which host (or which protocol) it is for."""
+        version = self.parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            return (505, "http_version_not_supported",
+                    f"HTTP/{version[:8]} is not served: send HTTP/1.1")
+        hosts = sum(1 for name, _ in self.headers if name == b"host")
+        if version == "1.1" and hosts != 1:
+            return (400, "bad_request",
+                    f"an HTTP/1.1 request needs exactly one Host header, not {hosts}")
+        return None
 
     # -- body deadline and size ---------------------------------------------------------------
     def on_body(self, body: bytes) -> None:
@@ -232,7 +256,8 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         if not self.transport.is_closing():  # else: refused above, the answer is sent
-            super().send_400_response(msg)
+            # uvicorn's own answer is text/plain; every error of the API is the envelope
+            self._refuse(400, "bad_request", "malformed HTTP request")
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         self._head_pending = False

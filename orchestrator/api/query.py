@@ -1,8 +1,8 @@
 """Query parameters a ``/v1`` route does not take are refused (``422 invalid_request``), not
 ignored: a filter misspelt or not offered (``GET /v1/jobs?kind=video``) would otherwise be
-answered as if it had not been asked, and a client would act on the wrong jobs. So is one
-given twice where the route takes one value: the framework keeps the last and drops the
-rest (``?group_by=day&group_by=tier`` was a report by tier)."""
+answered as if it had not been asked, and a client would act on the wrong jobs. So is a
+parameter given twice that is not a list (``?status=queued&status=failed``): one of the two
+would be used and the other dropped without a word."""
 
 from __future__ import annotations
 
@@ -27,27 +27,18 @@ async def known_query(request: Request) -> None:
         offered = ", ".join(sorted(takes)) or "none"
         raise InvalidRequest(f"query: unknown parameter {unknown[:60]!r} (this route takes: "
                              f"{offered})", field=f"query.{unknown[:60]}")
-    lists = _list_names(route.dependant)
     repeated = next((k for k in request.query_params
-                     if k not in lists and len(request.query_params.getlist(k)) > 1), None)
+                     if not takes[k] and len(request.query_params.getlist(k)) > 1), None)
     if repeated is not None:
         raise InvalidRequest(f"query.{repeated}: given more than once (it takes one value)",
                              field=f"query.{repeated}")
 
 
-def _query_names(dependant: Dependant) -> set[str]:
-    """The query parameters a route takes: its own and its dependencies', by their names in
-    the URL."""
-    names = {p.alias for p in dependant.query_params}
+def _query_names(dependant: Dependant) -> dict[str, bool]:
+    """The query parameters a route takes, its own and its dependencies', by their names in
+    the URL: whether each is a list (may be repeated)."""
+    names = {p.alias: field_annotation_is_sequence(p.field_info.annotation)
+             for p in dependant.query_params}
     for sub in dependant.dependencies:
         names |= _query_names(sub)
-    return names
-
-
-def _list_names(dependant: Dependant) -> set[str]:
-    """Those of them that take several values (``?x=1&x=2``)."""
-    names = {p.alias for p in dependant.query_params
-             if field_annotation_is_sequence(p.field_info.annotation)}
-    for sub in dependant.dependencies:
-        names |= _list_names(sub)
     return names

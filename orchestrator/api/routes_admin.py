@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends
 
+from orchestrator.api.bodies import UniqueKeysRoute
 from orchestrator.api.context import ADMIN_ERRORS, AUTH_ERRORS, ApiContext, _err
 from orchestrator.api.principal import Principal, sees_budget
 from orchestrator.api.schemas import BackendsOut, BudgetIn, BudgetOut, BudgetsOut
@@ -23,7 +24,7 @@ T = TypeVar("T")
 
 
 def router(ctx: ApiContext) -> APIRouter:
-    r = APIRouter(prefix="/v1")
+    r = APIRouter(prefix="/v1", route_class=UniqueKeysRoute)
     Caller = Annotated[Principal, Depends(ctx.principal_dep())]
     Admin = Annotated[Principal, Depends(ctx.admin_dep())]
     c = ctx.container

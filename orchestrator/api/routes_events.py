@@ -27,6 +27,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from orchestrator.api.bodies import UniqueKeysRoute
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
 from orchestrator.api.errors import StreamsFull
 from orchestrator.api.security import Principal
@@ -92,7 +93,7 @@ def _feed_message(ev: Event) -> ServerSentEvent:
 def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
     c = ctx.container
     ping_s = c.settings.events_ping_s
-    r = APIRouter(prefix="/v1", tags=["events"], responses=AUTH_ERRORS)
+    r = APIRouter(prefix="/v1", route_class=UniqueKeysRoute, tags=["events"], responses=AUTH_ERRORS)
     Caller = Annotated[Principal, Depends(ctx.principal_dep())]
 
     def admit_stream() -> None:

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from sqlalchemy import text
 from starlette.background import BackgroundTask
 
+from orchestrator.api.bodies import UniqueKeysRoute
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
 from orchestrator.api.errors import Forbidden, ResultExpired, ResultNotReady
 from orchestrator.api.responses import JobJSONResponse
@@ -55,7 +56,7 @@ def acting_tenant(p: Principal, tenant: str | None) -> str:
 def router(ctx: ApiContext) -> APIRouter:
     c = ctx.container
 
-    r = APIRouter(prefix="/v1", tags=["jobs"], responses=AUTH_ERRORS)
+    r = APIRouter(prefix="/v1", route_class=UniqueKeysRoute, tags=["jobs"], responses=AUTH_ERRORS)
     principal = ctx.principal_dep()
     Caller = Annotated[Principal, Depends(principal)]
 
@@ -85,16 +86,20 @@ def router(ctx: ApiContext) -> APIRouter:
         ] = None,
     ) -> JobJSONResponse:
         admission = c.submitter.admit(p.tenant, spec, idempotency_key)
+        # RFC 9110 §15.3.3: a 202 points to where the request's status is followed; a path,
+        # not a URL built from the client's Host header
+        where = {"Location": f"/v1/jobs/{admission.job.id}"}
         if admission.created:
             # The start message goes once the answer has, so the producer does not wait for
             # the broker: the job row is its outbox (the sweeper starts a job whose message
             # never went).
             return JobJSONResponse(job_resource(admission.job, []), status_code=202,
+                                   headers=where,
                                    background=BackgroundTask(c.submitter.start, admission))
         # 202 as the first answer was (the contract's "same key and body: same job"), so a
         # client that retries after a lost answer reads the replay as it would have read it
         return JobJSONResponse(load(admission.job.id, p.tenant), status_code=202,
-                               headers={"Idempotent-Replayed": "true"})
+                               headers={**where, "Idempotent-Replayed": "true"})
 
     @r.get("/jobs/{job_id}", response_model=JobOut, summary="One job",
            responses={404: _err("no such job (or not yours)"), **FORBIDDEN})

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
+from orchestrator.api.bodies import UniqueKeysRoute
 from orchestrator.api.context import ADMIN_ERRORS, AUTH_ERRORS, ApiContext, _err
 from orchestrator.api.errors import Forbidden
 from orchestrator.api.principal import Principal
@@ -24,7 +25,7 @@ KeyId = Annotated[int, Path(ge=1, le=2**63 - 1, description="the key's id")]
 
 
 def router(ctx: ApiContext) -> APIRouter:
-    r = APIRouter(prefix="/v1", tags=["keys"])
+    r = APIRouter(prefix="/v1", route_class=UniqueKeysRoute, tags=["keys"])
     Caller = Annotated[Principal, Depends(ctx.principal_dep())]
     Admin = Annotated[Principal, Depends(ctx.admin_dep())]
     c = ctx.container

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
+from orchestrator.api.bodies import UniqueKeysRoute
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
 from orchestrator.api.errors import Forbidden
 from orchestrator.api.security import Principal
@@ -113,7 +114,7 @@ def _aware(at: datetime | None) -> datetime | None:
 
 
 def router(ctx: ApiContext) -> APIRouter:
-    r = APIRouter(prefix="/v1", tags=["reports"])
+    r = APIRouter(prefix="/v1", route_class=UniqueKeysRoute, tags=["reports"])
     Caller = Annotated[Principal, Depends(ctx.principal_dep())]
     c = ctx.container
 

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import text
 
+from orchestrator.api.bodies import UniqueKeysRoute
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
 from orchestrator.api.errors import Forbidden
 from orchestrator.api.principal import Principal
@@ -149,7 +150,7 @@ def _whose(p: Principal, tenant: str | None) -> str:
 
 def router(ctx: ApiContext) -> APIRouter:
     c = ctx.container
-    r = APIRouter(prefix="/v1", tags=["webhooks"], responses={
+    r = APIRouter(prefix="/v1", route_class=UniqueKeysRoute, tags=["webhooks"], responses={
         **AUTH_ERRORS, 403: _err("another tenant's, with a tenant key")})
     Caller = Annotated[Principal, Depends(ctx.principal_dep())]
     Tenant = Annotated[str | None, Query(max_length=64, description="admin keys: whose")]
