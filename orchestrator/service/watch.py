@@ -31,6 +31,9 @@ from orchestrator.store.engine import autocommit
 log = logging.getLogger(__name__)
 
 
+_PAST_LIMIT_S = 0.01  # a look due at the limit comes just past it, when it stops the run
+
+
 class Watcher:
     def __init__(
         self, chain: Chain, *, engine: Engine, catalogue: Callable[[], Catalogue],
@@ -130,11 +133,17 @@ class Watcher:
         the attempt's start_to_close, when it is looked at once more and stopped: a poll
         answered ``Retry-After: 86400`` must not leave work running, and holding the job's
         money, for a day (nor outlive the provider's links to a finished output)."""
+        left = self.catalogue().get(attempt.backend).timeouts.start_to_close_s - age_s
         wait = 0.0
         if at_least:
-            left = self.catalogue().get(attempt.backend).timeouts.start_to_close_s - age_s
             wait = job.within_deadline(min(at_least, max(0.0, left)), self.clock())
-        delay = max(self.delay(attempt, age_s), wait)
+        delay = self.delay(attempt, age_s)
+        if left > 0:
+            # the look that stops a run comes at its limit, not up to a poll interval later:
+            # a provider bills a run's time until it is asked to stop, and the hold covers
+            # no more than start_to_close_s of it (a per_compute_second backend's worst case)
+            delay = min(delay, left + _PAST_LIMIT_S)
+        delay = max(delay, wait)
         with autocommit(self.engine).connection() as conn:
             if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
                 return DONE  # the sweeper gave the job a new chain; this one stops

@@ -36,6 +36,10 @@ CATALOGUE: dict[str, Any] = {
         {"name": "gpu-b", "protocol": "predictions", "kinds": ["video"], "tier": "standard",
          "base_url": "${ORCH_SIMULATOR_URL}/gpu-b",
          "price": {"model": "per_compute_second", "usd_per_second": 0.02}},
+        # draft tier: in no other test's plan (their jobs are standard)
+        {"name": "gpu-short", "protocol": "predictions", "kinds": ["video"], "tier": "draft",
+         "base_url": "${ORCH_SIMULATOR_URL}/gpu-short", "timeouts": {"start_to_close_s": 4},
+         "price": {"model": "per_compute_second", "usd_per_second": 0.01}},
     ],
 }
 
@@ -137,6 +141,27 @@ def test_a_cancelled_run_is_charged_the_time_it_ran(rig: Rig) -> None:
     assert charged["total_micros"] == bill and charged["previous_total_usd"] == 0
     assert charged["attempts"] == [{"attempt": 1, "backend": "gpu-a", "outcome": "cancelled",
                                     "cost_usd": bill / 1e6}]
+
+
+def test_a_run_past_its_limit_is_stopped_at_the_limit_not_a_poll_later(rig: Rig) -> None:
+    """The hold of a backend billed by run time covers ``start_to_close_s`` of it: the run is
+    asked to stop when it reaches that, not at the first poll after it (polls 3 s apart
+    here: at 3 s, then 6 s), or its bill passes the hold, and the budget."""
+    rig.env.update(ORCH_POLL_MIN_S="3", ORCH_POLL_MAX_S="3")
+    rig.control("gpu-short", duration_ms=60_000, report_usage=False)
+    rig.start_worker()
+    spec = JobSpec.model_validate({"kind": "video", "tier": "draft", "backend": "gpu-short",
+                                   "input": {"prompt": "a long take", "duration_s": 4}})
+    (job,) = rig.wait_final([rig.submit(spec)], timeout=60)
+
+    hold = estimate_micros(rig.container.catalogue().get("gpu-short"), spec)
+    assert hold == 40_000 == job.estimated_cost_micros  # 4 s x $0.01
+    (attempt,) = rig.attempts(job.id)
+    assert (job.status, attempt.error_code) == ("failed", "start_to_close_timeout")
+    (bill,) = billed(rig, "gpu-short")
+    # stopped at 4 s and the cancel's trip, not at the 6 s poll (60_000)
+    assert 40_000 <= bill < 50_000, bill
+    assert attempt.cost_micros == bill and rig.ledger() == (bill, 0)
 
 
 def test_a_run_that_succeeds_without_output_is_charged_its_time_and_fails_over(
