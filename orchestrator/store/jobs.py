@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg import Connection as DriverConnection
 from sqlalchemy import Connection, text
 
 from orchestrator.store.statement import Conn, Statement
@@ -220,6 +223,14 @@ _OPEN_ATTEMPT = Statement(
 _HELD_ELSEWHERE = ("SELECT 1 FROM attempts o "
                    "WHERE o.backend = :b AND o.external_id = :e AND o.id <> :aid")
 _EXTERNAL_ID_HELD = Statement(f"SELECT EXISTS ({_HELD_ELSEWHERE})")
+# That check reads its statement's snapshot: two attempts given one id at once (a gateway
+# coalescing two creates answers both together) would each find it free and both record it.
+# A lock on the id, held to the recording's commit, makes the second check after the first
+# write is visible (the two-key form: its own space, apart from the result cache's locks).
+_EXTERNAL_ID_LOCK_CLASS = 19
+_LOCK_EXTERNAL_ID = Statement(
+    f"SELECT pg_advisory_xact_lock({_EXTERNAL_ID_LOCK_CLASS}, hashtext(:b || ' ' || :e))"
+)
 # The checkpoint after a create-then-poll submission: the external id and the chain's next
 # wake in one statement; neither when the id is held elsewhere (the chain reconciles then).
 _RECORD_EXTERNAL_ID_AND_WAKE = Statement(
@@ -429,9 +440,25 @@ def record_own_external_id(conn: Conn, attempt_id: int, backend: str,
                            external_id: str) -> bool:
     """The id of work still running, as the open attempt's; False (nothing written) when
     another attempt on ``backend`` already holds it."""
-    held = _RECORD_OWN_EXTERNAL_ID.first(
-        conn, {"e": external_id, "aid": attempt_id, "b": backend})
+    with _one_recorder(conn, backend, external_id):
+        held = _RECORD_OWN_EXTERNAL_ID.first(
+            conn, {"e": external_id, "aid": attempt_id, "b": backend})
     return not (held is not None and held[0])
+
+
+@contextmanager
+def _one_recorder(conn: Conn, backend: str, external_id: str) -> Iterator[None]:
+    """A transaction holding ``external_id``'s lock (``_LOCK_EXTERNAL_ID``) around the
+    recording; on a connection already in one (SQLAlchemy's), that transaction, whose commit
+    is the caller's."""
+    params = {"b": backend, "e": external_id}
+    if isinstance(conn, DriverConnection) and conn.autocommit:
+        with conn.transaction():
+            _LOCK_EXTERNAL_ID.first(conn, params)
+            yield
+        return
+    _LOCK_EXTERNAL_ID.first(conn, params)
+    yield
 
 
 def record_external_id_and_wake(
@@ -440,10 +467,11 @@ def record_external_id_and_wake(
 ) -> Checkpoint:
     """``record_own_external_id`` and ``set_wake`` (of a live job) in one statement;
     neither when another attempt on ``backend`` holds the id."""
-    row = _RECORD_EXTERNAL_ID_AND_WAKE.first(
-        conn, {"e": external_id, "aid": attempt_id, "b": backend, "w": wake_in_s,
-               "id": job_id, "t": token, "s": list(LIVE)},
-    )
+    with _one_recorder(conn, backend, external_id):
+        row = _RECORD_EXTERNAL_ID_AND_WAKE.first(
+            conn, {"e": external_id, "aid": attempt_id, "b": backend, "w": wake_in_s,
+                   "id": job_id, "t": token, "s": list(LIVE)},
+        )
     assert row is not None  # a SELECT of two EXISTS: always one row
     return Checkpoint(recorded=not row[0], alive=bool(row[1]))
 
