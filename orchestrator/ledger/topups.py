@@ -8,8 +8,10 @@ budget, knowingly started. The extra is reserved like any hold (``orch_reserve``
 past a limit: SQLSTATE OR402) in the periods the hold already holds in, with a ``hold``
 entry keyed ``hold:<job>:<new amount>`` (a replayed step adds nothing).
 
-Locks: the hold's row, then its periods in ascending id order, then its lines, as a hold and
-its settle take them.
+Locks: the hold's row, then its lines, then its periods in ascending id order, as a hold and
+its settle take them. The periods are locked last, by the reservation sent with the COMMIT
+in one message (as ``orch_hold``): every admission of the budget needs those rows, so they
+stay locked for the server's work only, never across this client's round trips.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ _ENTRIES = Statement(
 
 def raise_hold(tx: Connection, job_id: uuid.UUID, amount_micros: int, now: datetime) -> int:
     """Make the job's hold at least ``amount_micros``; returns what it added (0: it was
-    already). Raises the database's OR402 when a covering period cannot take the extra (the
-    caller rolls back), ``HoldNotActive`` when the hold is no longer held."""
+    already). Commits ``tx`` when the hold covers periods. Raises the database's OR402 when
+    a covering period cannot take the extra (the caller rolls back), ``HoldNotActive`` when
+    the hold is no longer held."""
     row = _LOCK_HOLD.first(tx, {"job": job_id})
     if row is None:
         raise HoldNotFound(f"no hold for job {job_id}", job_id=str(job_id))
@@ -63,10 +66,10 @@ def raise_hold(tx: Connection, job_id: uuid.UUID, amount_micros: int, now: datet
     if extra <= 0:
         return 0
     pids = [r[0] for r in _PERIODS.all(tx, {"hold": hold_id})]
-    if pids:
-        _RESERVE.first(tx, {"pids": pids, "extra": extra})
     _RAISE.run(tx, {"extra": extra, "hold": hold_id, "amount": amount_micros})
     if pids:
         _ENTRIES.run(tx, {"job": job_id, "amount": amount_micros, "extra": extra,
                           "pids": pids, "now": now})
+        # a refusal aborts the transaction before its COMMIT: nothing above is kept
+        _RESERVE.first_and_commit(tx, {"pids": pids, "extra": extra})
     return extra
