@@ -133,7 +133,9 @@ class Watcher:
         the attempt's start_to_close, when it is looked at once more and stopped: a poll
         answered ``Retry-After: 86400`` must not leave work running, and holding the job's
         money, for a day (nor outlive the provider's links to a finished output)."""
-        left = self.catalogue().get(attempt.backend).timeouts.start_to_close_s - age_s
+        # the age now, not the look's: the poll before this may have taken seconds
+        left = (self.catalogue().get(attempt.backend).timeouts.start_to_close_s
+                - attempt.age_s(self.clock()))
         wait = 0.0
         if at_least:
             wait = job.within_deadline(min(at_least, max(0.0, left)), self.clock())

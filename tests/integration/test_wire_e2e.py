@@ -186,6 +186,43 @@ def test_a_polls_huge_retry_after_waits_no_longer_than_the_attempts_start_to_clo
     assert job.cost_micros == bill and rig.ledger() == (bill, 0)
 
 
+def test_a_slow_poll_does_not_put_off_the_look_at_start_to_close(
+        rig: Rig, fake: WireFake) -> None:
+    """A poll that takes its time to answer 429 with a Retry-After of a day: the look at
+    start_to_close comes at the limit, not that poll's answer time later (the provider bills
+    the run until it is asked, and the hold covers start_to_close_s of it)."""
+    slow_s = 2.0  # within vid-wire's read_s
+    sent: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def create(conn: socket.socket, _: Request) -> None:
+        sent["create"] = time.monotonic()
+        conn.sendall(json_bytes(201, {"id": "p-1"}))
+
+    def poll(conn: socket.socket, _: Request) -> None:
+        with lock:
+            first = "poll" not in sent
+            sent.setdefault("poll", time.monotonic())
+        if first:  # the provider's latency, not a wait for a race
+            threading.Event().wait(slow_s)
+            conn.sendall(json_bytes(429, {"error": {"code": "rate_limited"}},
+                                    {"Retry-After": "86400"}, reason="Too Many Requests"))
+            return
+        sent["look"] = time.monotonic()
+        conn.sendall(json_bytes(200, {
+            "id": "p-1", "status": "succeeded", "output": "https://cdn/p-1.mp4",
+            "metrics": {"video_seconds": 4, "resolution": "720p"}}))
+
+    fake.route("POST", "/v1/predictions", create)
+    fake.route("GET", "/v1/predictions/p-1", poll)
+    job_id = rig.submit(video_job())
+    run_with(rig, fake, job_id)
+
+    assert sent["poll"] - sent["create"] < STOP_S - slow_s  # the slow poll was in time
+    assert sent["look"] - sent["create"] < STOP_S + 0.5, sent
+    assert rig.job(job_id).status == "succeeded"
+
+
 def stepper(rig: Rig, fake: WireFake, transport: Http11Transport) -> JobRunner:
     """A chain runner whose vid-wire adapter is pointed at ``fake``."""
     c = rig.container
