@@ -465,8 +465,8 @@ def record_external_id_and_wake(
     conn: Conn, attempt_id: int, backend: str, external_id: str, job_id: uuid.UUID,
     token: uuid.UUID, wake_in_s: float,
 ) -> Checkpoint:
-    """``record_own_external_id`` and ``set_wake`` (of a live job) in one statement;
-    neither when another attempt on ``backend`` holds the id."""
+    """``record_own_external_id`` and ``set_wake`` (of a live job) in one statement, under
+    the id's lock; neither when another attempt on ``backend`` holds the id."""
     with _one_recorder(conn, backend, external_id):
         row = _RECORD_EXTERNAL_ID_AND_WAKE.first(
             conn, {"e": external_id, "aid": attempt_id, "b": backend, "w": wake_in_s,
