@@ -24,7 +24,6 @@ from orchestrator.service.attempts import turned_away
 from orchestrator.service.opening import Opener
 from orchestrator.store import jobs as repo
 
-BUDGET_EXCEEDED = "budget_exceeded"
 log = logging.getLogger(__name__)
 
 

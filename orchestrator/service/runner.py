@@ -49,6 +49,7 @@ from orchestrator.domain.catalogue import Catalogue
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.polling import PollPolicy
+from orchestrator.errors import BudgetExceeded
 from orchestrator.ledger import Ledger
 from orchestrator.service.attempts import (
     DONE,
@@ -64,7 +65,7 @@ from orchestrator.service.attempts import (
 from orchestrator.service.cache import ResultCache
 from orchestrator.service.conclude import Concluder
 from orchestrator.service.endings import Endings
-from orchestrator.service.failover_hold import BUDGET_EXCEEDED, cover_failover
+from orchestrator.service.failover_hold import cover_failover
 from orchestrator.service.follow import Follower
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.opening import Opener
@@ -243,7 +244,7 @@ class JobRunner:
     ) -> Next:
         refused = cover_failover(self.ledger, self.opener, job, attempts)
         if refused is not None:  # a budget cannot take the failover's worst case
-            self.endings.fail(job, BUDGET_EXCEEDED, refused, backend=attempts[-1].backend)
+            self.endings.fail(job, BudgetExceeded.code, refused, backend=attempts[-1].backend)
             return DONE
         with self.db.connection() as conn:
             opened = self.opener.open_next(conn, job, attempts, token)
