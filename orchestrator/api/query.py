@@ -6,8 +6,11 @@ would be used and the other dropped without a word."""
 
 from __future__ import annotations
 
+import types
+from collections.abc import Sequence, Set
+from typing import Annotated, Any, Union, get_args, get_origin
+
 from fastapi import Request
-from fastapi._compat import field_annotation_is_sequence
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
@@ -37,8 +40,21 @@ async def known_query(request: Request) -> None:
 def _query_names(dependant: Dependant) -> dict[str, bool]:
     """The query parameters a route takes, its own and its dependencies', by their names in
     the URL: whether each is a list (may be repeated)."""
-    names = {p.alias: field_annotation_is_sequence(p.field_info.annotation)
-             for p in dependant.query_params}
+    names = {p.alias: _several(p.field_info.annotation) for p in dependant.query_params}
     for sub in dependant.dependencies:
         names |= _query_names(sub)
     return names
+
+
+def _several(annotation: Any) -> bool:
+    """Whether a parameter so annotated takes several values (``list[str]``, ``set[int] |
+    None``), as FastAPI reads a repeated query parameter into one: by the annotation, not
+    with FastAPI's private helper, which a release may move."""
+    origin = get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        return any(_several(a) for a in get_args(annotation))
+    if origin is Annotated:
+        return _several(get_args(annotation)[0])
+    kind = origin or annotation
+    return (isinstance(kind, type) and issubclass(kind, Sequence | Set)
+            and not issubclass(kind, str | bytes))
