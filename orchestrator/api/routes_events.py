@@ -17,6 +17,7 @@ idle one.
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from orchestrator.api.context import AUTH_ERRORS, ApiContext, _err
@@ -180,11 +182,14 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
 
         async def events() -> AsyncIterator[ServerSentEvent]:
             cursor = start
+            key = KeyCheck(ctx, p, ping_s)
             hub.streams += 1
             try:
                 with hub.watch_job(job_id) as wake:
                     while True:
                         wake.clear()
+                        if await key.revoked():
+                            return
                         status, batch = await to_thread.run_sync(read_job, job_id, cursor)
                         for ev in batch:  # a late charge after the terminal one too
                             cursor = ev.seq
@@ -195,8 +200,11 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                             return
                         # no timed re-read: PostgreSQL loses no notification while the
                         # listener is connected, and a reconnection wakes every stream;
-                        # 200 streams opened together would otherwise read together
-                        await wake.wait()
+                        # 200 streams opened together would otherwise read together. The
+                        # timeout only looks at the key, so a quiet job's stream ends too
+                        while not await _woken(wake, ping_s):
+                            if await key.revoked():
+                                return
             finally:
                 hub.streams -= 1
 
@@ -236,6 +244,7 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
         admit_stream()
 
         async def events() -> AsyncIterator[ServerSentEvent]:
+            key = KeyCheck(ctx, p, ping_s)
             hub.streams += 1
             try:
                 async with hub.watch_tenant(p.tenant) as queue:
@@ -252,6 +261,8 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                             at = (ev.txid, ev.position)
                             yield _feed_message(ev)
                     while True:
+                        if await key.revoked():
+                            return
                         try:
                             item = await asyncio.wait_for(queue.get(), ping_s)
                         except TimeoutError:
@@ -269,6 +280,40 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                                    ping_message_factory=KeepAlive)
 
     return r
+
+
+class KeyCheck:
+    """Whether the key an open stream was admitted with has been revoked since, asked at
+    most once per ``every`` seconds (the stream's ping period): a stream is authenticated
+    once, at its start, and a feed stays open until its client leaves, so without this a
+    revoked key would go on reading its tenant's events. A revoked key's stream ends; its
+    reconnection is ``401``, which stops an EventSource and the SDK."""
+
+    def __init__(self, ctx: ApiContext, p: Principal, every: float) -> None:
+        self.ctx, self.p, self.every = ctx, p, every
+        self.checked = time.monotonic()  # the gate has just verified it
+
+    async def revoked(self) -> bool:
+        now = time.monotonic()
+        if now - self.checked < self.every:
+            return False
+        self.checked = now
+        try:
+            live = await to_thread.run_sync(self.ctx.auth.still_live, self.p)
+        except SQLAlchemyError:
+            # the database blinked: nothing reaches the stream without it either; ask again
+            # at the next period rather than cut every stream of the process
+            return False
+        return not live
+
+
+async def _woken(wake: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``wake`` at most ``timeout`` seconds; whether it was set."""
+    try:
+        await asyncio.wait_for(wake.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _wants_json(accept: str | None) -> bool:

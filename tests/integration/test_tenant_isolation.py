@@ -1,0 +1,116 @@
+"""Tenant isolation over real HTTP, as an auditor tries it: another tenant's ids on every job
+route answer exactly as a missing one does, an ``Idempotency-Key`` is the tenant's own, and an
+open event stream ends once its key is revoked (its reconnection is then 401). Real API,
+PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import httpx_sse
+import pytest
+
+from orchestrator.api import ApiConfig, RunningApi, start_in_thread
+from orchestrator.bootstrap import Container
+
+from .api_fixture import Api, api_fixture, video  # noqa: F401
+
+PING_S = 0.2
+
+
+@pytest.fixture()
+def pinging(api: Api) -> Iterator[RunningApi]:
+    """A second API on the same database (another process's cache, as a replica has) whose
+    idle streams wake every 0.2 s."""
+    settings = api.rig.container.settings.model_copy(update={"events_ping_s": PING_S})
+    container = Container(settings, enqueue=api.rig.container._enqueue)
+    running = start_in_thread(container, config=ApiConfig(key_cache_s=0))
+    try:
+        yield running
+    finally:
+        running.stop()
+        container.engine.dispose()
+
+
+def _key_id(api: Api, key: str) -> int:
+    r = api.client(key).get("/v1/whoami")
+    r.raise_for_status()
+    key_id: int = r.json()["key_id"]
+    return key_id
+
+
+def _read_until_end(url: str, key: str, path: str, out: queue.Queue[Any]) -> None:
+    """Read one stream to its end; put "open" once it is, then "ended" or the error."""
+    try:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                          timeout=httpx.Timeout(10.0, read=30.0)) as client, \
+                httpx_sse.connect_sse(client, "GET", path) as source:
+            out.put(source.response.status_code)
+            for _ in source.iter_sse():
+                pass
+        out.put("ended")
+    except Exception as exc:  # the test reads it from the queue
+        out.put(exc)
+
+
+def test_an_open_stream_ends_once_its_key_is_revoked(api: Api, pinging: RunningApi) -> None:
+    key = api.new_key("acme")
+    job = api.client(key).post("/v1/jobs", json=video())  # no worker: it stays queued
+    assert job.status_code == 202, job.text
+    paths = ("/v1/events", f"/v1/jobs/{job.json()['id']}/events")
+    outs: list[queue.Queue[Any]] = [queue.Queue() for _ in paths]
+    for path, out in zip(paths, outs, strict=True):
+        threading.Thread(target=_read_until_end, args=(pinging.url, key, path, out),
+                         daemon=True).start()
+        assert out.get(timeout=15) == 200
+    # both streams stay open while the key lives (a queued job's stream does not end)
+    time.sleep(5 * PING_S)
+    assert all(out.empty() for out in outs)
+
+    # revoked through the *other* API process: this one learns it from the database
+    assert api.admin().delete(f"/v1/keys/{_key_id(api, key)}").status_code == 204
+    for out in outs:
+        assert out.get(timeout=10) == "ended"
+    for path in paths:  # what an EventSource or the SDK does next: reconnect, refused
+        with httpx.Client(base_url=pinging.url, timeout=10.0,
+                          headers={"Authorization": f"Bearer {key}"}) as client:
+            assert client.get(path).status_code == 401
+
+
+def test_another_tenants_job_answers_as_a_missing_one(api: Api) -> None:
+    theirs = api.tenant("globex").post("/v1/jobs", json=video()).json()["id"]
+    missing = str(uuid.uuid4())
+    acme = api.tenant("acme")
+    for method, suffix in (("GET", ""), ("GET", "/result"), ("GET", "/result/files/0"),
+                           ("POST", "/cancel"), ("GET", "/events")):
+        answers = [acme.request(method, f"/v1/jobs/{job_id}{suffix}")
+                   for job_id in (theirs, missing)]
+        foreign, absent = answers
+        assert foreign.status_code == absent.status_code == 404, (suffix, foreign.text)
+        assert foreign.text.replace(theirs, "ID") == absent.text.replace(missing, "ID")
+        drop = {"date", "content-length"}
+        assert ({k: v for k, v in foreign.headers.items() if k not in drop}
+                == {k: v for k, v in absent.headers.items() if k not in drop})
+    # and the job is untouched: acme's cancel did not cancel it
+    assert api.tenant("globex").get(f"/v1/jobs/{theirs}").json()["status"] == "queued"
+
+
+def test_one_idempotency_key_makes_one_job_per_tenant(api: Api) -> None:
+    headers = {"Idempotency-Key": "shared-key-1"}
+    acme = api.tenant("acme").post("/v1/jobs", json=video(), headers=headers)
+    globex = api.tenant("globex").post("/v1/jobs", json=video(), headers=headers)
+    assert acme.status_code == globex.status_code == 202
+    assert "Idempotent-Replayed" not in globex.headers
+    assert acme.json()["id"] != globex.json()["id"]
+    # another body under the same key is globex's own business, not a conflict with acme's
+    other = api.tenant("globex").post("/v1/jobs", json=video(duration=5), headers=headers)
+    assert other.status_code == 409
+    replay = api.tenant("acme").post("/v1/jobs", json=video(), headers=headers)
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json()["id"] == acme.json()["id"]
