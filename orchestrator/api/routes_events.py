@@ -4,7 +4,8 @@ and ``GET /v1/events`` (the tenant's feed, open until the client leaves).
 Each message is ``id: <the event's id>``, ``event: <type>``, ``data: <the event as JSON>``.
 A client that reconnects with ``Last-Event-ID`` (or ``?after=<seq>`` / ``?since=<cursor>``)
 gets every event after it, none twice: a job stream resumes after that event's ``seq``, the
-feed after its ``<txid>-<position>``. The events table is read on each wake-up
+feed after that event's place (looked up from its id: the feed's own counters are never shown,
+as they count every tenant's events). The events table is read on each wake-up
 (``orchestrator.events.hub``), so a stream shows only what committed.
 
 Streams and the API's edge: a GET has no body, so the body deadline never cuts a stream; an
@@ -40,11 +41,10 @@ from orchestrator.events.store import (
     FeedCursor,
     event_feed_cursor,
     event_seq,
-    feed_cursor_ahead,
     feed_events,
+    feed_head_shown,
     job_events,
     job_owner,
-    parse_feed_cursor,
 )
 
 JobId = Annotated[uuid.UUID, Path(description="the job id")]
@@ -127,27 +127,25 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                              "of a message of this stream) or a seq", field="Last-Event-ID")
 
     def feed_resume(tenant: str, given: str, field: str) -> FeedCursor:
-        """The feed position to resume after: an event's ``id`` (the stream's ``id:``), or a
-        cursor (a JSON page's, or the ``id:`` of earlier releases), or ``0``. An id the feed
-        no longer holds (deleted after retention) resumes from its oldest event: a quiet
-        tenant's stream reconnecting after a month gets what is kept (some of it again, an
-        event whose webhook was pending when older ones went), never a refusal that would
-        end its EventSource for good."""
+        """The feed place to resume after: one of the tenant's event ids (the stream's
+        ``id:``, a JSON item's ``cursor`` or ``next_cursor``), or ``0``. An id the feed
+        no longer holds (deleted after retention; or never the tenant's, which answers
+        alike) resumes from its oldest event: a quiet tenant's stream reconnecting after a
+        month gets what is kept (some of it again, an event whose webhook was pending when
+        older ones went), never a refusal that would end its EventSource for good.
+
+        The ``<txid>-<position>`` cursors of earlier releases are refused: honoured, a
+        made-up one would tell, by what it answers, where the feed of every tenant is
+        (how many transactions and events all of them made, and when)."""
+        if given == "0":
+            return (0, 0)
         try:
-            event_id: uuid.UUID | None = uuid.UUID(given)
+            event_id = uuid.UUID(given)
         except ValueError:
-            event_id = None
-        if event_id is None:
-            try:
-                cursor = parse_feed_cursor(given)
-            except ValueError as exc:
-                raise InvalidRequest(f"{field}: {exc}", field=field) from None
-            with c.engine.connect() as conn:
-                ahead = feed_cursor_ahead(conn, cursor)
-            if ahead:  # no event can ever come after it: a poller would wait for ever
-                raise InvalidRequest(f"{field}: ahead of the feed (no cursor it gave)",
-                                     field=field)
-            return cursor
+            raise InvalidRequest(
+                f"{field}: must be 0 or the id of one of the tenant's events (a message's "
+                "id:, a JSON page's next_cursor); a <txid>-<position> cursor of an earlier "
+                "release is no longer taken", field=field) from None
         with c.engine.connect() as conn:
             found = event_feed_cursor(conn, tenant, event_id)
         return (0, 0) if found is None else found
@@ -233,14 +231,19 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
             with c.engine.connect() as conn:
                 return feed_events(conn, p.tenant, after, n)
 
+        def head() -> tuple[FeedCursor, str]:
+            with c.engine.connect() as conn:
+                return feed_head_shown(conn, p.tenant)
+
         if _wants_json(accept):
-            start = cursor if cursor is not None else await to_thread.run_sync(
-                hub.read_head, p.tenant)
+            if cursor is not None and given is not None:
+                start, shown = cursor, given.strip()
+            else:
+                start, shown = await to_thread.run_sync(head)
             page = await to_thread.run_sync(catch_up, start, limit)
-            last = (page[-1].txid, page[-1].position) if page else start
             return JSONResponse({"items": [{**ev.payload(), "cursor": ev.feed_cursor}
                                            for ev in page],
-                                 "next_cursor": f"{last[0]}-{last[1]}"})
+                                 "next_cursor": page[-1].feed_cursor if page else shown})
         admit_stream()
 
         async def events() -> AsyncIterator[ServerSentEvent]:
@@ -249,11 +252,11 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
             try:
                 async with hub.watch_tenant(p.tenant) as queue:
                     if cursor is None:  # from now: "now" as the client's Last-Event-ID
-                        at = await to_thread.run_sync(hub.read_head, p.tenant)
+                        at, shown = await to_thread.run_sync(head)
                         # an id with no data moves an EventSource's Last-Event-ID and fires
                         # no event: a drop before the first event resumes from here, not
                         # from a later "now" that would skip what came in between
-                        yield ServerSentEvent(id=f"{at[0]}-{at[1]}")
+                        yield ServerSentEvent(id=shown)
                     else:
                         at = cursor
                     while batch := await to_thread.run_sync(catch_up, at):

@@ -114,3 +114,35 @@ def test_one_idempotency_key_makes_one_job_per_tenant(api: Api) -> None:
     replay = api.tenant("acme").post("/v1/jobs", json=video(), headers=headers)
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert replay.json()["id"] == acme.json()["id"]
+
+
+JSON = {"Accept": "application/json"}
+
+
+def test_the_feed_shows_nothing_of_other_tenants_activity(api: Api) -> None:
+    """The feed's place inside counts every tenant's transactions and events: shown, the gap
+    between two of acme's cursors was how much globex did meanwhile, and a made-up cursor
+    answered by where the global counter stood. A client sees acme's own event ids only."""
+    acme, globex = api.tenant("acme"), api.tenant("globex")
+    empty = acme.get("/v1/events", headers=JSON).json()
+    assert empty == {"items": [], "next_cursor": "0"}  # nothing yet: the start
+    acme.post("/v1/jobs", json=video()).raise_for_status()
+    for _ in range(3):
+        globex.post("/v1/jobs", json=video()).raise_for_status()
+    acme.post("/v1/jobs", json=video()).raise_for_status()
+    page = acme.get("/v1/events", params={"since": "0"}, headers=JSON).json()
+    ids = [e["id"] for e in page["items"]]
+    assert len(ids) == 2 and [e["cursor"] for e in page["items"]] == ids
+    assert page["next_cursor"] == ids[-1]
+    assert acme.get("/v1/events", headers=JSON).json()["next_cursor"] == ids[-1]
+    with httpx_sse.connect_sse(acme, "GET", "/v1/events") as source:
+        assert next(source.iter_sse()).id == ids[-1]  # a stream from now starts at it too
+    # made-up places answer alike, wherever the global counters stand
+    answers = [acme.get("/v1/events", params={"since": since}, headers=JSON)
+               for since in ("1-0", "999999999999-0")]
+    assert [a.status_code for a in answers] == [422, 422]
+    assert answers[0].json() == answers[1].json()
+    # another tenant's event id is no place in acme's feed: as a deleted one, from the start
+    theirs = globex.get("/v1/events", params={"since": "0"}, headers=JSON).json()["items"]
+    foreign = acme.get("/v1/events", params={"since": theirs[-1]["id"]}, headers=JSON).json()
+    assert [e["id"] for e in foreign["items"]] == ids
