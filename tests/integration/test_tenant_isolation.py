@@ -146,3 +146,20 @@ def test_the_feed_shows_nothing_of_other_tenants_activity(api: Api) -> None:
     theirs = globex.get("/v1/events", params={"since": "0"}, headers=JSON).json()["items"]
     foreign = acme.get("/v1/events", params={"since": theirs[-1]["id"]}, headers=JSON).json()
     assert [e["id"] for e in foreign["items"]] == ids
+
+
+def test_the_apis_metrics_name_no_tenant_project_or_job(api: Api) -> None:
+    """``/metrics`` takes no key: what it shows is totals by kind, tier, backend and route
+    template, never whose."""
+    acme = api.tenant("acme")
+    job = acme.post("/v1/jobs", json=video(metadata={"project": "skunkworks"})).json()["id"]
+    api.budget("tenant:globex", 0)
+    assert api.tenant("globex").post("/v1/jobs", json=video()).status_code == 402
+    assert api.tenant("globex").get(f"/v1/jobs/{job}").status_code == 404
+    with httpx.Client(base_url=api.url, timeout=10.0) as anonymous:
+        metrics = anonymous.get("/metrics")
+    assert metrics.status_code == 200
+    assert "orchestrator_jobs_submitted_total" in metrics.text
+    assert 'route="/v1/jobs/{job_id}"' in metrics.text
+    for secret in ("acme", "globex", "skunkworks", job, "tenant:"):
+        assert secret not in metrics.text, secret
