@@ -18,6 +18,7 @@ idle one.
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -48,6 +49,8 @@ from orchestrator.events.store import (
 )
 
 JobId = Annotated[uuid.UUID, Path(description="the job id")]
+# the feed's <txid>-<position> of earlier releases (ASCII digits: "²".isdigit() is true)
+_LEGACY_CURSOR = re.compile(r"[0-9]{1,30}-[0-9]{1,30}")
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)]
 _FINAL = ("succeeded", "failed", "cancelled")
 _SSE_DOC: dict[int | str, dict[str, Any]] = {
@@ -134,18 +137,19 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
         month gets what is kept (some of it again, an event whose webhook was pending when
         older ones went), never a refusal that would end its EventSource for good.
 
-        The ``<txid>-<position>`` cursors of earlier releases are refused: honoured, a
-        made-up one would tell, by what it answers, where the feed of every tenant is
-        (how many transactions and events all of them made, and when)."""
-        if given == "0":
+        A ``<txid>-<position>`` cursor of earlier releases resumes from the oldest event
+        too, whatever it names: honoured, a made-up one would tell, by what it answers,
+        where the feed of every tenant is (how many transactions and events all of them
+        made, and when); refused, it would end for good the EventSource or the poller that
+        holds one across an upgrade, where a repeat is what it de-duplicates anyway."""
+        if given == "0" or _LEGACY_CURSOR.fullmatch(given):
             return (0, 0)
         try:
             event_id = uuid.UUID(given)
         except ValueError:
             raise InvalidRequest(
                 f"{field}: must be 0 or the id of one of the tenant's events (a message's "
-                "id:, a JSON page's next_cursor); a <txid>-<position> cursor of an earlier "
-                "release is no longer taken", field=field) from None
+                "id:, a JSON page's next_cursor)", field=field) from None
         with c.engine.connect() as conn:
             found = event_feed_cursor(conn, tenant, event_id)
         return (0, 0) if found is None else found
