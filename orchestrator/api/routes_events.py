@@ -4,7 +4,8 @@ and ``GET /v1/events`` (the tenant's feed, open until the client leaves).
 Each message is ``id: <the event's id>``, ``event: <type>``, ``data: <the event as JSON>``.
 A client that reconnects with ``Last-Event-ID`` (or ``?after=<seq>`` / ``?since=<cursor>``)
 gets every event after it, none twice: a job stream resumes after that event's ``seq``, the
-feed after its ``<txid>-<position>``. The events table is read on each wake-up
+feed after that event's place (looked up from its id: the feed's own counters are never shown,
+as they count every tenant's events). The events table is read on each wake-up
 (``orchestrator.events.hub``), so a stream shows only what committed.
 
 Streams and the API's edge: a GET has no body, so the body deadline never cuts a stream; an
@@ -17,6 +18,8 @@ idle one.
 
 import asyncio
 import json
+import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -25,6 +28,7 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from orchestrator.api.bodies import UniqueKeysRoute
@@ -39,14 +43,15 @@ from orchestrator.events.store import (
     FeedCursor,
     event_feed_cursor,
     event_seq,
-    feed_cursor_ahead,
     feed_events,
+    feed_head_shown,
     job_events,
     job_owner,
-    parse_feed_cursor,
 )
 
 JobId = Annotated[uuid.UUID, Path(description="the job id")]
+# the feed's <txid>-<position> of earlier releases (ASCII digits: "²".isdigit() is true)
+_LEGACY_CURSOR = re.compile(r"[0-9]{1,30}-[0-9]{1,30}")
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)]
 _FINAL = ("succeeded", "failed", "cancelled")
 _SSE_DOC: dict[int | str, dict[str, Any]] = {
@@ -126,27 +131,26 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                              "of a message of this stream) or a seq", field="Last-Event-ID")
 
     def feed_resume(tenant: str, given: str, field: str) -> FeedCursor:
-        """The feed position to resume after: an event's ``id`` (the stream's ``id:``), or a
-        cursor (a JSON page's, or the ``id:`` of earlier releases), or ``0``. An id the feed
-        no longer holds (deleted after retention) resumes from its oldest event: a quiet
-        tenant's stream reconnecting after a month gets what is kept (some of it again, an
-        event whose webhook was pending when older ones went), never a refusal that would
-        end its EventSource for good."""
+        """The feed place to resume after: one of the tenant's event ids (the stream's
+        ``id:``, a JSON item's ``cursor`` or ``next_cursor``), or ``0``. An id the feed
+        no longer holds (deleted after retention; or never the tenant's, which answers
+        alike) resumes from its oldest event: a quiet tenant's stream reconnecting after a
+        month gets what is kept (some of it again, an event whose webhook was pending when
+        older ones went), never a refusal that would end its EventSource for good.
+
+        A ``<txid>-<position>`` cursor of earlier releases resumes from the oldest event
+        too, whatever it names: honoured, a made-up one would tell, by what it answers,
+        where the feed of every tenant is (how many transactions and events all of them
+        made, and when); refused, it would end for good the EventSource or the poller that
+        holds one across an upgrade, where a repeat is what it de-duplicates anyway."""
+        if given == "0" or _LEGACY_CURSOR.fullmatch(given):
+            return (0, 0)
         try:
-            event_id: uuid.UUID | None = uuid.UUID(given)
+            event_id = uuid.UUID(given)
         except ValueError:
-            event_id = None
-        if event_id is None:
-            try:
-                cursor = parse_feed_cursor(given)
-            except ValueError as exc:
-                raise InvalidRequest(f"{field}: {exc}", field=field) from None
-            with c.engine.connect() as conn:
-                ahead = feed_cursor_ahead(conn, cursor)
-            if ahead:  # no event can ever come after it: a poller would wait for ever
-                raise InvalidRequest(f"{field}: ahead of the feed (no cursor it gave)",
-                                     field=field)
-            return cursor
+            raise InvalidRequest(
+                f"{field}: must be 0 or the id of one of the tenant's events (a message's "
+                "id:, a JSON page's next_cursor)", field=field) from None
         with c.engine.connect() as conn:
             found = event_feed_cursor(conn, tenant, event_id)
         return (0, 0) if found is None else found
@@ -181,11 +185,14 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
 
         async def events() -> AsyncIterator[ServerSentEvent]:
             cursor = start
+            key = KeyCheck(ctx, p, ping_s)
             hub.streams += 1
             try:
                 with hub.watch_job(job_id) as wake:
                     while True:
                         wake.clear()
+                        if await key.revoked():
+                            return
                         status, batch = await to_thread.run_sync(read_job, job_id, cursor)
                         for ev in batch:  # a late charge after the terminal one too
                             cursor = ev.seq
@@ -196,8 +203,11 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                             return
                         # no timed re-read: PostgreSQL loses no notification while the
                         # listener is connected, and a reconnection wakes every stream;
-                        # 200 streams opened together would otherwise read together
-                        await wake.wait()
+                        # 200 streams opened together would otherwise read together. The
+                        # timeout only looks at the key, so a quiet job's stream ends too
+                        while not await _woken(wake, ping_s):
+                            if await key.revoked():
+                                return
             finally:
                 hub.streams -= 1
 
@@ -226,26 +236,32 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
             with c.engine.connect() as conn:
                 return feed_events(conn, p.tenant, after, n)
 
+        def head() -> tuple[FeedCursor, str]:
+            with c.engine.connect() as conn:
+                return feed_head_shown(conn, p.tenant)
+
         if _wants_json(accept):
-            start = cursor if cursor is not None else await to_thread.run_sync(
-                hub.read_head, p.tenant)
+            if cursor is not None and given is not None:
+                start, shown = cursor, given.strip()
+            else:
+                start, shown = await to_thread.run_sync(head)
             page = await to_thread.run_sync(catch_up, start, limit)
-            last = (page[-1].txid, page[-1].position) if page else start
             return JSONResponse({"items": [{**ev.payload(), "cursor": ev.feed_cursor}
                                            for ev in page],
-                                 "next_cursor": f"{last[0]}-{last[1]}"})
+                                 "next_cursor": page[-1].feed_cursor if page else shown})
         admit_stream()
 
         async def events() -> AsyncIterator[ServerSentEvent]:
+            key = KeyCheck(ctx, p, ping_s)
             hub.streams += 1
             try:
                 async with hub.watch_tenant(p.tenant) as queue:
                     if cursor is None:  # from now: "now" as the client's Last-Event-ID
-                        at = await to_thread.run_sync(hub.read_head, p.tenant)
+                        at, shown = await to_thread.run_sync(head)
                         # an id with no data moves an EventSource's Last-Event-ID and fires
                         # no event: a drop before the first event resumes from here, not
                         # from a later "now" that would skip what came in between
-                        yield ServerSentEvent(id=f"{at[0]}-{at[1]}")
+                        yield ServerSentEvent(id=shown)
                     else:
                         at = cursor
                     while batch := await to_thread.run_sync(catch_up, at):
@@ -253,6 +269,8 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                             at = (ev.txid, ev.position)
                             yield _feed_message(ev)
                     while True:
+                        if await key.revoked():
+                            return
                         try:
                             item = await asyncio.wait_for(queue.get(), ping_s)
                         except TimeoutError:
@@ -270,6 +288,40 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                                    ping_message_factory=KeepAlive)
 
     return r
+
+
+class KeyCheck:
+    """Whether the key an open stream was admitted with has been revoked since, asked at
+    most once per ``every`` seconds (the stream's ping period): a stream is authenticated
+    once, at its start, and a feed stays open until its client leaves, so without this a
+    revoked key would go on reading its tenant's events. A revoked key's stream ends; its
+    reconnection is ``401``, which stops an EventSource and the SDK."""
+
+    def __init__(self, ctx: ApiContext, p: Principal, every: float) -> None:
+        self.ctx, self.p, self.every = ctx, p, every
+        self.checked = time.monotonic()  # the gate has just verified it
+
+    async def revoked(self) -> bool:
+        now = time.monotonic()
+        if now - self.checked < self.every:
+            return False
+        self.checked = now
+        try:
+            live = await to_thread.run_sync(self.ctx.auth.still_live, self.p)
+        except SQLAlchemyError:
+            # the database blinked: nothing reaches the stream without it either; ask again
+            # at the next period rather than cut every stream of the process
+            return False
+        return not live
+
+
+async def _woken(wake: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``wake`` at most ``timeout`` seconds; whether it was set."""
+    try:
+        await asyncio.wait_for(wake.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _wants_json(accept: str | None) -> bool:

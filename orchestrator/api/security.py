@@ -34,6 +34,8 @@ class Authenticator:
         self.cache_s = cache_s
         self._cache: dict[str, tuple[Principal, float]] = {}
         self._valid: dict[str, float] = {}  # digest -> until when it counts as recently valid
+        self._live: dict[int, float] = {}  # key id -> until when a stream trusts it
+        self._revoked: set[int] = set()  # revoked by this process: no need to ask
         self._lock = threading.Lock()
 
     @staticmethod
@@ -82,6 +84,32 @@ class Authenticator:
         with self._lock:
             for digest in [d for d, (p, _) in self._cache.items() if p.key_id == key_id]:
                 del self._cache[digest]
+            self._live.pop(key_id, None)
+            if len(self._revoked) > _MAX_ENTRIES:
+                self._revoked.clear()  # the database still says so, one query later
+            self._revoked.add(key_id)
+
+    def still_live(self, p: Principal) -> bool:
+        """Whether the key a long request (an event stream) was admitted with still works
+        (blocking: run it in a thread). An open stream is authenticated once, at its start:
+        without asking again, a revoked key would go on reading its tenant's events for as
+        long as the connection stays open. The answer is trusted for ``cache_s``, as a
+        verified key is, so the streams of one key ask the database once per period."""
+        now = time.monotonic()
+        with self._lock:
+            if p.key_id in self._revoked:
+                return False
+            until = self._live.get(p.key_id)
+        if until is not None and until > now:
+            return True
+        with self.engine.connect() as conn:
+            live = key_repo.key_id_live(conn, p.key_id)
+        with self._lock:
+            if len(self._live) > _MAX_ENTRIES:
+                self._live.clear()
+            if live and self.cache_s > 0:
+                self._live[p.key_id] = now + self.cache_s
+        return live
 
 
 def require_admin(p: Principal) -> Principal:

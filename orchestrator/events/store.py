@@ -5,6 +5,12 @@ holds the job's row lock). A tenant's feed is read in (``txid``, ``position``) o
 events whose transaction is older than every transaction still running
 (``pg_snapshot_xmin``): a transaction still open can only commit events that sort after
 them, so a reader that moves its cursor forward never skips one.
+
+The feed's place is (``txid``, ``position``) inside, but never on the wire: both count every
+tenant's transactions and events, so a tenant that saw them would read off how much the
+others did between two of its own events (and, probing with made-up values, when). A client
+is given the id of the tenant's own event it is at instead (or ``0``: before the first), and
+the place is looked up from it.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ _FEED = text(
 )
 _FEED_HEAD = text(
     """
-    SELECT txid, position FROM job_events
+    SELECT id, txid, position FROM job_events
     WHERE tenant = :t AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
     ORDER BY txid DESC, position DESC LIMIT 1
     """
@@ -61,8 +67,13 @@ class Event:
 
     @property
     def feed_cursor(self) -> str:
-        """The tenant feed's position of this event (``GET /v1/events?since=``)."""
-        return f"{self.txid}-{self.position}"
+        """The tenant feed's place of this event as a client sees it (``GET
+        /v1/events?since=``): its id, which says nothing of other tenants' events."""
+        return str(self.id)
+
+    @property
+    def place(self) -> FeedCursor:
+        return (self.txid, self.position)
 
     def payload(self) -> dict[str, Any]:
         """The event as webhooks and streams carry it (never the job's input). ``at`` is
@@ -106,27 +117,8 @@ def job_owner(conn: Connection, job_id: uuid.UUID) -> tuple[str, str] | None:
     return None if row is None else (row.tenant, row.status)
 
 
-def parse_feed_cursor(value: str) -> FeedCursor:
-    """``<txid>-<position>`` (an event's ``cursor`` in the feed) or ``0`` (from the start).
-    Raises ValueError."""
-    if value.strip() == "0":
-        return (0, 0)
-    txid, sep, position = value.strip().partition("-")
-    if not sep or not BIGINT_DIGITS.fullmatch(txid) or not BIGINT_DIGITS.fullmatch(position):
-        raise ValueError("must be 0, an event's id or a feed cursor (<txid>-<position>)")
-    return (int(txid), int(position))
-
-
 # ASCII digits, within PostgreSQL's bigint ("²".isdigit() is true; 10**19 is out of range)
 BIGINT_DIGITS = re.compile(r"[0-9]{1,18}")
-# a transaction id not yet given out: a cursor naming it was never one of the feed's
-_AHEAD = text("SELECT CAST(:x AS bigint) >= "
-              "pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
-
-
-def feed_cursor_ahead(conn: Connection, cursor: FeedCursor) -> bool:
-    """Whether ``cursor`` names a transaction still to come: no event can follow it."""
-    return bool(conn.execute(_AHEAD, {"x": cursor[0]}).scalar())
 
 
 def feed_events(conn: Connection, tenant: str, after: FeedCursor,
@@ -136,6 +128,14 @@ def feed_events(conn: Connection, tenant: str, after: FeedCursor,
 
 
 def feed_head(conn: Connection, tenant: str) -> FeedCursor:
-    """The tenant feed's cursor now: a reader starting here sees what comes next."""
+    """The tenant feed's place now: a reader starting here sees what comes next."""
+    return feed_head_shown(conn, tenant)[0]
+
+
+def feed_head_shown(conn: Connection, tenant: str) -> tuple[FeedCursor, str]:
+    """The tenant feed's place now, and how a client is shown it: the id of the tenant's
+    last event (its own, so nothing of other tenants' activity), ``0`` before the first."""
     row = conn.execute(_FEED_HEAD, {"t": tenant}).first()
-    return (0, 0) if row is None else (int(row.txid), int(row.position))
+    if row is None:
+        return (0, 0), "0"
+    return (int(row.txid), int(row.position)), str(row.id)

@@ -175,9 +175,11 @@ class Concluder:
         now = self.clock()
         with self.db.connection() as conn:
             job = repo.get_job(conn, job_id)
-            attempts = repo.attempts(conn, job_id) if job is not None else []
-        if job is None or (tenant is not None and job.tenant != tenant):
-            return None
+            if job is None or (tenant is not None and job.tenant != tenant):
+                # before reading its attempts: another tenant's job costs what a missing
+                # one does, so the answer's time does not tell that it exists
+                return None
+            attempts = repo.attempts(conn, job_id)
         if job.is_final:
             return job
         running = next((a for a in attempts if a.outcome is None), None)

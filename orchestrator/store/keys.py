@@ -168,6 +168,15 @@ def revoke_key(conn: Connection, key_id: int) -> KeyRecord:
     return _record(done)
 
 
+_LIVE_BY_ID = text("SELECT revoked_at IS NULL FROM api_keys WHERE id = :i")
+
+
+def key_id_live(conn: Connection, key_id: int) -> bool:
+    """Whether the key ``key_id`` still works (not revoked, not gone): what an open event
+    stream, admitted once, asks again while it lasts."""
+    return bool(conn.execute(_LIVE_BY_ID, {"i": key_id}).scalar())
+
+
 def list_keys(conn: Connection, tenant: str | None = None) -> list[KeyRecord]:
     """Key records (never the keys), newest first."""
     rows = conn.execute(
