@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -440,25 +438,22 @@ def record_own_external_id(conn: Conn, attempt_id: int, backend: str,
                            external_id: str) -> bool:
     """The id of work still running, as the open attempt's; False (nothing written) when
     another attempt on ``backend`` already holds it."""
-    with _one_recorder(conn, backend, external_id):
-        held = _RECORD_OWN_EXTERNAL_ID.first(
-            conn, {"e": external_id, "aid": attempt_id, "b": backend})
+    held = _under_id_lock(conn, _RECORD_OWN_EXTERNAL_ID,
+                          {"e": external_id, "aid": attempt_id, "b": backend})
     return not (held is not None and held[0])
 
 
-@contextmanager
-def _one_recorder(conn: Conn, backend: str, external_id: str) -> Iterator[None]:
-    """A transaction holding ``external_id``'s lock (``_LOCK_EXTERNAL_ID``) around the
-    recording; on a connection already in one (SQLAlchemy's), that transaction, whose commit
-    is the caller's."""
-    params = {"b": backend, "e": external_id}
+def _under_id_lock(conn: Conn, statement: Statement, params: dict[str, Any]
+                   ) -> tuple[Any, ...] | None:
+    """``statement``'s first row, run under the lock of the id it records
+    (``_LOCK_EXTERNAL_ID``) to the commit. On an autocommit connection both go as one
+    message (one implicit transaction, no round trip more than the statement alone: this is
+    every create-then-poll submission's checkpoint); on a connection already in a
+    transaction (SQLAlchemy's), in that transaction, whose commit is the caller's."""
     if isinstance(conn, DriverConnection) and conn.autocommit:
-        with conn.transaction():
-            _LOCK_EXTERNAL_ID.first(conn, params)
-            yield
-        return
+        return statement.first_after(conn, _LOCK_EXTERNAL_ID, params)
     _LOCK_EXTERNAL_ID.first(conn, params)
-    yield
+    return statement.first(conn, params)
 
 
 def record_external_id_and_wake(
@@ -467,11 +462,9 @@ def record_external_id_and_wake(
 ) -> Checkpoint:
     """``record_own_external_id`` and ``set_wake`` (of a live job) in one statement, under
     the id's lock; neither when another attempt on ``backend`` holds the id."""
-    with _one_recorder(conn, backend, external_id):
-        row = _RECORD_EXTERNAL_ID_AND_WAKE.first(
-            conn, {"e": external_id, "aid": attempt_id, "b": backend, "w": wake_in_s,
-                   "id": job_id, "t": token, "s": list(LIVE)},
-        )
+    row = _under_id_lock(conn, _RECORD_EXTERNAL_ID_AND_WAKE,
+                         {"e": external_id, "aid": attempt_id, "b": backend, "w": wake_in_s,
+                          "id": job_id, "t": token, "s": list(LIVE)})
     assert row is not None  # a SELECT of two EXISTS: always one row
     return Checkpoint(recorded=not row[0], alive=bool(row[1]))
 

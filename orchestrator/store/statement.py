@@ -85,6 +85,23 @@ class Statement:
         row: tuple[Any, ...] | None = cursor.fetchone() if cursor.description else None
         return row
 
+    def first_after(self, conn: DriverConnection[Any], before: Statement,
+                    params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """Execute ``before``, then this statement, in one message to the server, on an
+        autocommit connection, and return this statement's first row: PostgreSQL runs the
+        two as one implicit transaction, and this statement's snapshot is taken after
+        ``before`` ran (a lock it took is held until both committed). One round trip where
+        BEGIN, the two and COMMIT would take four. Parameters are bound on this side, as in
+        :meth:`first_and_commit`; both statements take them from ``params``."""
+        try:
+            cursor = psycopg.ClientCursor(conn)
+            cursor.execute(before.sql + "; " + self.sql, params)
+            cursor.nextset()
+        except psycopg.Error as exc:
+            raise self._error(conn, params, exc) from exc
+        row: tuple[Any, ...] | None = cursor.fetchone() if cursor.description else None
+        return row
+
     def _error(self, conn: Conn, params: Mapping[str, Any], exc: psycopg.Error
                ) -> DBAPIError:
         """As Connection.execute would: SQLAlchemy's exception types (callers and Celery's
