@@ -23,11 +23,16 @@ import yaml
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
+from orchestrator.backends import make_adapter
+from orchestrator.backends.base import BackendAdapter
+from orchestrator.backends.transport import Http11Transport
 from orchestrator.bootstrap import Container
 from orchestrator.domain.catalogue import parse_catalogue
 from orchestrator.domain.jobs import JobSpec
+from orchestrator.domain.polling import PollPolicy
 from orchestrator.ledger.audit import audit
 from orchestrator.ledger.budgets import set_budget
+from orchestrator.ledger.service import utcnow
 from orchestrator.secrets import new_key
 from orchestrator.service.runner import JobRunner
 from orchestrator.settings import Settings
@@ -197,6 +202,54 @@ def simulator_for(catalogue: dict[str, Any]) -> Iterator[RunningSimulator]:
         yield running
     finally:
         running.stop()
+
+
+def simulator_fixture(catalogue: dict[str, Any]) -> Any:
+    """A module's ``sim`` fixture: the simulator of ``catalogue``, once for the module
+    (``sim = simulator_fixture(CATALOGUE)``)."""
+
+    @pytest.fixture(scope="module", name="sim")
+    def sim() -> Iterator[RunningSimulator]:
+        with simulator_for(catalogue) as running:
+            yield running
+
+    return sim
+
+
+def budgeted_rig_fixture(catalogue: dict[str, Any], tenant: str,
+                         budget_micros: int = 100_000_000) -> Any:
+    """A module's ``rig`` fixture over its ``sim``: ``tenant`` has a budget of
+    ``budget_micros`` (``rig = budgeted_rig_fixture(CATALOGUE, TENANT)``)."""
+
+    @pytest.fixture(name="rig")
+    def rig(db: Engine, database_url: str, redis_url: str, sim: RunningSimulator,
+            tmp_path: Path) -> Iterator[Rig]:
+        with rig_for(catalogue, db, database_url, redis_url, sim, tmp_path) as r:
+            r.budget(budget_micros, tenant)
+            yield r
+
+    return rig
+
+
+@contextmanager
+def runner_with_backend_at(rig: Rig, backend: str, url: str) -> Iterator[JobRunner]:
+    """A JobRunner of ``rig``'s container whose adapter of ``backend`` calls ``url`` (a fake
+    provider) over the real wire; the others as catalogued."""
+    c = rig.container
+    s = c.settings
+    transport = Http11Transport()
+
+    def adapter(name: str) -> BackendAdapter:
+        spec = c.catalogue().get(name)
+        if name == backend:
+            spec = spec.model_copy(update={"base_url": url})
+        return make_adapter(spec, transport)
+
+    try:
+        yield JobRunner(c.engine, c.ledger, c.catalogue, c.health, adapter, utcnow,
+                        PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s))
+    finally:
+        transport.close()
 
 
 @pytest.fixture(scope="session")

@@ -10,19 +10,13 @@ PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
-from sqlalchemy import Engine
 
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
 from orchestrator.events.store import job_events
-from orchestrator.simulator import RunningSimulator
 
-from .e2e_support import Rig, rig_for, simulator_for
+from .e2e_support import Rig, budgeted_rig_fixture, simulator_fixture
 
 TENANT = "acme"
 CATALOGUE: dict[str, Any] = {
@@ -44,18 +38,8 @@ CATALOGUE: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[RunningSimulator]:
-    with simulator_for(CATALOGUE) as running:
-        yield running
-
-
-@pytest.fixture()
-def rig(db: Engine, database_url: str, redis_url: str, sim: RunningSimulator,
-        tmp_path: Path) -> Iterator[Rig]:
-    with rig_for(CATALOGUE, db, database_url, redis_url, sim, tmp_path) as r:
-        r.budget(100_000_000, TENANT)
-        yield r
+sim = simulator_fixture(CATALOGUE)
+rig = budgeted_rig_fixture(CATALOGUE, TENANT)
 
 
 def video(prompt: str = "a lighthouse at dusk") -> JobSpec:

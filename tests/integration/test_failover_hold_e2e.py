@@ -16,7 +16,7 @@ from sqlalchemy import Engine, text
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.simulator import RunningSimulator
 
-from .e2e_support import Rig, rig_for, simulator_for
+from .e2e_support import Rig, rig_for, simulator_fixture
 from .ledger_helpers import assert_sound
 
 TENANT = "acme"
@@ -37,10 +37,7 @@ CATALOGUE: dict[str, Any] = {
 HOLD, FAILED_RUN, RUN = 40_000, 30_000, 30_000
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[RunningSimulator]:
-    with simulator_for(CATALOGUE) as running:
-        yield running
+sim = simulator_fixture(CATALOGUE)
 
 
 @pytest.fixture()

@@ -13,19 +13,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 
 from orchestrator.api import ApiConfig
 from orchestrator.backends import make_adapter
 from orchestrator.backends.base import BackendAdapter
-from orchestrator.backends.transport import Http11Transport
 from orchestrator.client import AsyncClient, Client
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.polling import PollPolicy
@@ -34,11 +32,16 @@ from orchestrator.events.retention import expire
 from orchestrator.ledger.service import utcnow
 from orchestrator.service.attempts import possible_cost
 from orchestrator.service.runner import JobRunner
-from orchestrator.simulator import RunningSimulator
 from orchestrator.simulator.openai import TINY_PNG_B64
 
 from .api_fixture import start_api
-from .e2e_support import Rig, rig_for, run_chain, simulator_for
+from .e2e_support import (
+    Rig,
+    budgeted_rig_fixture,
+    run_chain,
+    runner_with_backend_at,
+    simulator_fixture,
+)
 from .wire_fakes import WireFake, json_answer
 
 TENANT = "acme"
@@ -63,18 +66,8 @@ CATALOGUE: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[RunningSimulator]:
-    with simulator_for(CATALOGUE) as running:
-        yield running
-
-
-@pytest.fixture()
-def rig(db: Engine, database_url: str, redis_url: str, sim: RunningSimulator,
-        tmp_path: Path) -> Iterator[Rig]:
-    with rig_for(CATALOGUE, db, database_url, redis_url, sim, tmp_path) as r:
-        r.budget(100_000_000, TENANT)
-        yield r
+sim = simulator_fixture(CATALOGUE)
+rig = budgeted_rig_fixture(CATALOGUE, TENANT)
 
 
 def text_job() -> JobSpec:
@@ -311,22 +304,9 @@ def test_a_chat_answer_with_no_choice_fails_over_charged_its_bill(rig: Rig) -> N
             "id": "chatcmpl-empty", "choices": [],
             "usage": {"prompt_tokens": 100, "completion_tokens": 0}}))
         c = rig.container
-        s = c.settings
-        transport = Http11Transport()
-
-        def adapter(name: str) -> BackendAdapter:
-            spec = c.catalogue().get(name)
-            if name == "chat-a":
-                spec = spec.model_copy(update={"base_url": fake.url})
-            return make_adapter(spec, transport)
-
-        runner = JobRunner(c.engine, c.ledger, c.catalogue, c.health, adapter, utcnow,
-                           PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s))
         job_id = rig.submit(text_job())
-        try:
+        with runner_with_backend_at(rig, "chat-a", fake.url) as runner:
             run(rig, runner, job_id)
-        finally:
-            transport.close()
         assert len(fake.received("POST", "/v1/chat/completions")) == 1
 
     job = rig.job(job_id)

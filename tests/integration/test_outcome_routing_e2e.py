@@ -21,7 +21,7 @@ from orchestrator.ledger.budgets import set_budget
 from orchestrator.reports import estimate_accuracy
 from orchestrator.simulator import RunningSimulator
 
-from .e2e_support import E2E_CATALOGUE, Rig, rig_for, simulator_for
+from .e2e_support import E2E_CATALOGUE, Rig, rig_for, simulator_fixture, simulator_for
 
 TENANT = "acme"
 
@@ -41,10 +41,7 @@ CATALOGUE: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[RunningSimulator]:
-    with simulator_for(CATALOGUE) as running:
-        yield running
+sim = simulator_fixture(CATALOGUE)
 
 
 @pytest.fixture()

@@ -25,7 +25,7 @@ from orchestrator.ledger.budgets import set_budget
 from orchestrator.service.sweeper import sweep
 from orchestrator.simulator import RunningSimulator
 
-from .e2e_support import Rig, rig_for, simulator_for
+from .e2e_support import Rig, rig_for, simulator_fixture
 
 TENANT = "acme"
 _PRICE_TXT = {"model": "per_token", "usd_per_1k_input": 0.5, "usd_per_1k_output": 1.5}
@@ -51,10 +51,7 @@ CATALOGUE: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[RunningSimulator]:
-    with simulator_for(CATALOGUE) as running:
-        yield running
+sim = simulator_fixture(CATALOGUE)
 
 
 @pytest.fixture()

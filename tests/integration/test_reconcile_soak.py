@@ -39,7 +39,7 @@ from orchestrator.service.sweeper import sweep
 from orchestrator.simulator import RunningSimulator
 from orchestrator.store import jobs as repo
 
-from .e2e_support import Rig, rig_for, simulator_for
+from .e2e_support import Rig, rig_for, simulator_fixture
 
 TENANT = "acme"
 SOAK_S = float(os.environ.get("ORCH_SOAK_S", "30"))
@@ -73,10 +73,7 @@ PREDICTIONS = [b["name"] for b in CATALOGUE["backends"] if b["protocol"] == "pre
 REMOVED = "vid-x"
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[RunningSimulator]:
-    with simulator_for(CATALOGUE) as running:
-        yield running
+sim = simulator_fixture(CATALOGUE)
 
 
 @pytest.fixture()

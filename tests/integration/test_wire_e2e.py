@@ -11,23 +11,20 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
 
-from orchestrator.backends import make_adapter
-from orchestrator.backends.base import BackendAdapter
-from orchestrator.backends.transport import Http11Transport
 from orchestrator.domain.jobs import JobSpec
-from orchestrator.domain.polling import PollPolicy
 from orchestrator.domain.pricing import Usage, actual_micros
-from orchestrator.ledger.service import utcnow
-from orchestrator.service.runner import JobRunner
-from orchestrator.simulator import RunningSimulator
 
-from .e2e_support import Rig, rig_for, run_chain, simulator_for
+from .e2e_support import (
+    Rig,
+    budgeted_rig_fixture,
+    run_chain,
+    runner_with_backend_at,
+    simulator_fixture,
+)
 from .wire_fakes import Request, Route, WireFake, json_bytes, raw, reset
 
 TENANT = "acme"
@@ -48,18 +45,8 @@ CATALOGUE: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[RunningSimulator]:
-    with simulator_for(CATALOGUE) as running:
-        yield running
-
-
-@pytest.fixture()
-def rig(db: Engine, database_url: str, redis_url: str, sim: RunningSimulator,
-        tmp_path: Path) -> Iterator[Rig]:
-    with rig_for(CATALOGUE, db, database_url, redis_url, sim, tmp_path) as r:
-        r.budget(100_000_000, TENANT)
-        yield r
+sim = simulator_fixture(CATALOGUE)
+rig = budgeted_rig_fixture(CATALOGUE, TENANT)
 
 
 @pytest.fixture()
@@ -71,30 +58,16 @@ def fake() -> Iterator[WireFake]:
 def run_with(rig: Rig, fake: WireFake, job_id: uuid.UUID) -> list[float]:
     """The job's chain to its end, vid-wire's adapter pointed at ``fake``; the waits its
     steps asked for."""
-    c = rig.container
-    s = c.settings
-    transport = Http11Transport()
-
-    def adapter(name: str) -> BackendAdapter:
-        spec = c.catalogue().get(name)
-        if name == "vid-wire":
-            spec = spec.model_copy(update={"base_url": fake.url})
-        return make_adapter(spec, transport)
-
-    runner = JobRunner(c.engine, c.ledger, c.catalogue, c.health, adapter, utcnow,
-                       PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s))
     token = rig.job(job_id).chain_token
     assert token is not None
     waits: list[float] = []
     deadline = time.monotonic() + 30
-    try:
+    with runner_with_backend_at(rig, "vid-wire", fake.url) as runner:
         while not (nxt := runner.advance(job_id, token)).done:
             assert nxt.poll_in_s is not None
             waits.append(nxt.poll_in_s)
             assert time.monotonic() + nxt.poll_in_s < deadline, f"the chain waits {waits}"
             time.sleep(nxt.poll_in_s)  # the countdown the step asked for, as Celery would
-    finally:
-        transport.close()
     return waits
 
 
@@ -223,21 +196,6 @@ def test_a_slow_poll_does_not_put_off_the_look_at_start_to_close(
     assert rig.job(job_id).status == "succeeded"
 
 
-def stepper(rig: Rig, fake: WireFake, transport: Http11Transport) -> JobRunner:
-    """A chain runner whose vid-wire adapter is pointed at ``fake``."""
-    c = rig.container
-    s = c.settings
-
-    def adapter(name: str) -> BackendAdapter:
-        spec = c.catalogue().get(name)
-        if name == "vid-wire":
-            spec = spec.model_copy(update={"base_url": fake.url})
-        return make_adapter(spec, transport)
-
-    return JobRunner(c.engine, c.ledger, c.catalogue, c.health, adapter, utcnow,
-                     PollPolicy(s.poll_min_s, s.poll_max_s, s.chain_grace_s))
-
-
 SHARED_DONE = {"id": "p-shared", "status": "succeeded", "output": "https://cdn/p-shared.mp4",
                "metrics": {"video_seconds": 4, "resolution": "720p"}}
 
@@ -270,9 +228,7 @@ def test_a_prediction_id_another_attempt_holds_is_not_taken_polled_or_paid_again
         fake.route("GET", "/v1/predictions", listing_of_the_shared_prediction(lookup))
     spec = video_job().model_copy(update={"backend": "vid-wire"})
     first_id, second_id = rig.submit(spec), rig.submit(spec)
-    transport = Http11Transport()
-    try:
-        runner = stepper(rig, fake, transport)
+    with runner_with_backend_at(rig, "vid-wire", fake.url) as runner:
         first_token, second_token = rig.job(first_id).chain_token, rig.job(second_id).chain_token
         assert first_token is not None and second_token is not None
         # the first job's create is answered and recorded; its prediction is still running
@@ -282,8 +238,6 @@ def test_a_prediction_id_another_attempt_holds_is_not_taken_polled_or_paid_again
         with caplog.at_level("WARNING", logger="orchestrator.service.runner"):
             run_chain(runner, second_id, second_token)
         run_chain(runner, first_id, first_token)
-    finally:
-        transport.close()
 
     bill = actual_micros(rig.container.catalogue().get("vid-wire"),
                          Usage(video_seconds=4, resolution="720p"))
