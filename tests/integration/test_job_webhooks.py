@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -130,19 +131,22 @@ def start_beat(rig: Rig, tmp: Path) -> None:
             out.close()
 
 
-@pytest.fixture(name="hooks")
-def hooks_fixture(db: Engine, database_url: str, redis_url: str, e2e_sim: RunningSimulator,
-                  tmp_path: Path) -> Iterator[tuple[Api, Receiver]]:
-    with rig_for(E2E_CATALOGUE, db, database_url, redis_url, e2e_sim, tmp_path,
+@contextmanager
+def hooked(db: Engine, database_url: str, redis_url: str, sim: RunningSimulator,
+           tmp_path: Path, *, verifies_with: str = SECRET,
+           events: tuple[str, ...] = ("job.started", *TERMINAL)
+           ) -> Iterator[tuple[Api, Receiver]]:
+    """API, worker and beat; acme's endpoint (signed with SECRET, for ``events``) is a
+    receiver that verifies with ``verifies_with``."""
+    with rig_for(E2E_CATALOGUE, db, database_url, redis_url, sim, tmp_path,
                  egress_allow="127.0.0.1/32") as rig:
         rig.env.update(FAST_RETRIES)
         api = start_api(rig, ApiConfig(key_cache_s=0))
-        receiver = Receiver(free_port())
+        receiver = Receiver(free_port(), secret=verifies_with)
         receiver.start()
         try:
             r = api.tenant().put("/v1/webhooks", json={
-                "url": f"{receiver.url}/tenant", "secret": SECRET,
-                "events": ["job.started", *TERMINAL]})
+                "url": f"{receiver.url}/tenant", "secret": SECRET, "events": list(events)})
             assert r.status_code == 200, r.text
             rig.start_worker()
             start_beat(rig, tmp_path)
@@ -151,6 +155,13 @@ def hooks_fixture(db: Engine, database_url: str, redis_url: str, e2e_sim: Runnin
             if receiver.server is not None:
                 receiver.stop()
             api.close()
+
+
+@pytest.fixture(name="hooks")
+def hooks_fixture(db: Engine, database_url: str, redis_url: str, e2e_sim: RunningSimulator,
+                  tmp_path: Path) -> Iterator[tuple[Api, Receiver]]:
+    with hooked(db, database_url, redis_url, e2e_sim, tmp_path) as hooks:
+        yield hooks
 
 
 def _submit_mix(api: Api, receiver: Receiver) -> dict[str, str]:

@@ -18,7 +18,6 @@ import typer
 from sqlalchemy import Engine, text
 from typer.testing import CliRunner
 
-from orchestrator.api import ApiConfig
 from orchestrator.client import Client
 from orchestrator.client import Conflict as ConflictError
 from orchestrator.egress import EgressPolicy
@@ -29,9 +28,8 @@ from orchestrator.secrets import SecretBox, new_key
 from orchestrator.simulator import RunningSimulator
 from orchestrator.store import jobs as repo
 
-from .api_fixture import Api, start_api, video
-from .e2e_support import E2E_CATALOGUE, rig_for
-from .test_job_webhooks import FAST_RETRIES, SECRET, TERMINAL, Receiver, free_port, start_beat
+from .api_fixture import Api, video
+from .test_job_webhooks import SECRET, TERMINAL, Receiver, free_port, hooked
 
 WRONG = "not-the-secret-0123456789"  # the receiver refuses every signature: 401, for good
 
@@ -41,23 +39,9 @@ def refusing_fixture(db: Engine, database_url: str, redis_url: str, e2e_sim: Run
                      tmp_path: Path) -> Iterator[tuple[Api, Receiver]]:
     """API, worker, beat; acme's endpoint is a receiver that verifies with the wrong
     secret, so it answers every delivery 401 until the test gives it the right one."""
-    with rig_for(E2E_CATALOGUE, db, database_url, redis_url, e2e_sim, tmp_path,
-                 egress_allow="127.0.0.1/32") as rig:
-        rig.env.update(FAST_RETRIES)
-        api = start_api(rig, ApiConfig(key_cache_s=0))
-        receiver = Receiver(free_port(), secret=WRONG)
-        receiver.start()
-        try:
-            r = api.tenant().put("/v1/webhooks", json={
-                "url": f"{receiver.url}/tenant", "secret": SECRET, "events": list(TERMINAL)})
-            assert r.status_code == 200, r.text
-            rig.start_worker()
-            start_beat(rig, tmp_path)
-            yield api, receiver
-        finally:
-            if receiver.server is not None:
-                receiver.stop()
-            api.close()
+    with hooked(db, database_url, redis_url, e2e_sim, tmp_path, verifies_with=WRONG,
+                events=TERMINAL) as hooks:
+        yield hooks
 
 
 def _deliveries(api: Api, **params: Any) -> list[dict[str, Any]]:
