@@ -14,6 +14,7 @@ import pytest
 import typer
 
 from orchestrator.api import ApiConfig, RunningApi, start_in_thread
+from orchestrator.bootstrap import Container
 from orchestrator.cli import client as cli_client
 from orchestrator.cli import report as cli_report
 from orchestrator.ledger.budgets import set_budget
@@ -87,6 +88,23 @@ def api_fixture(rig: Rig) -> Iterator[Api]:
         yield a
     finally:
         a.close()
+
+
+PING_S = 0.2  # how often the ``pinging`` API's idle streams wake
+
+
+@pytest.fixture(name="pinging")
+def pinging_fixture(api: Api) -> Iterator[RunningApi]:
+    """A second API on the same database (another process's key cache, as a replica has)
+    whose idle streams ping, and look at their key, every PING_S."""
+    settings = api.rig.container.settings.model_copy(update={"events_ping_s": PING_S})
+    container = Container(settings, enqueue=api.rig.container._enqueue)
+    running = start_in_thread(container, config=ApiConfig(key_cache_s=0))
+    try:
+        yield running
+    finally:
+        running.stop()
+        container.engine.dispose()
 
 
 @pytest.fixture(name="limited_api")

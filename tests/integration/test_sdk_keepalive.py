@@ -7,30 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import httpx
 import httpx_sse
 import pytest
 
-from orchestrator.api import ApiConfig, RunningApi, start_in_thread
-from orchestrator.bootstrap import Container
+from orchestrator.api import RunningApi
 from orchestrator.client import AsyncClient, Client, JobEvent
 
-from .api_fixture import Api, api_fixture, video  # noqa: F401
-
-
-@pytest.fixture()
-def pinging(api: Api) -> Iterator[RunningApi]:
-    """An API on the same database whose streams ping every 0.2 s."""
-    settings = api.rig.container.settings.model_copy(update={"events_ping_s": 0.2})
-    container = Container(settings, enqueue=api.rig.container._enqueue)
-    running = start_in_thread(container, config=ApiConfig(key_cache_s=0))
-    try:
-        yield running
-    finally:
-        running.stop()
-        container.engine.dispose()
+from .api_fixture import Api, api_fixture, pinging_fixture, video  # noqa: F401
 
 
 def _queued_job(api: Api) -> str:

@@ -9,33 +9,15 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import httpx_sse
 import pytest
 
-from orchestrator.api import ApiConfig, RunningApi, start_in_thread
-from orchestrator.bootstrap import Container
+from orchestrator.api import RunningApi
 
-from .api_fixture import Api, api_fixture, video  # noqa: F401
-
-PING_S = 0.2
-
-
-@pytest.fixture()
-def pinging(api: Api) -> Iterator[RunningApi]:
-    """A second API on the same database (another process's cache, as a replica has) whose
-    idle streams wake every 0.2 s."""
-    settings = api.rig.container.settings.model_copy(update={"events_ping_s": PING_S})
-    container = Container(settings, enqueue=api.rig.container._enqueue)
-    running = start_in_thread(container, config=ApiConfig(key_cache_s=0))
-    try:
-        yield running
-    finally:
-        running.stop()
-        container.engine.dispose()
+from .api_fixture import PING_S, Api, api_fixture, pinging_fixture, video  # noqa: F401
 
 
 def _key_id(api: Api, key: str) -> int:
