@@ -306,8 +306,11 @@ class KeyCheck:
         if now - self.checked < self.every:
             return False
         self.checked = now
+        live = self.ctx.auth.live_known(self.p)
+        if live is not None:
+            return not live
         try:
-            live = await to_thread.run_sync(self.ctx.auth.still_live, self.p)
+            live = await to_thread.run_sync(self.ctx.auth.ask_live, self.p)
         except SQLAlchemyError:
             # the database blinked: nothing reaches the stream without it either; ask again
             # at the next period rather than cut every stream of the process

@@ -89,25 +89,44 @@ class Authenticator:
                 self._revoked.clear()  # the database still says so, one query later
             self._revoked.add(key_id)
 
-    def still_live(self, p: Principal) -> bool:
-        """Whether the key a long request (an event stream) was admitted with still works
-        (blocking: run it in a thread). An open stream is authenticated once, at its start:
-        without asking again, a revoked key would go on reading its tenant's events for as
-        long as the connection stays open. The answer is trusted for ``cache_s``, as a
-        verified key is, so the streams of one key ask the database once per period."""
+    def live_known(self, p: Principal) -> bool | None:
+        """Whether the key an open stream was admitted with still works, without the
+        database: False once it is known revoked, True while the answer is trusted (for
+        ``cache_s``, as a verified key is); None: the caller asks :meth:`ask_live`.
+
+        An open stream is authenticated once, at its start: without asking again, a revoked
+        key would go on reading its tenant's events for as long as the connection stays
+        open. Streams opened together wake together, every ping period; so a None also
+        makes its caller the one that asks, and until the answer the process's other
+        streams of the key go on trusting it (for at most ``cache_s``, as they would a
+        cached answer): one query per key and period, where each stream used to send its
+        own, all at once, taking the pool's connections and the threads from submissions."""
         now = time.monotonic()
         with self._lock:
             if p.key_id in self._revoked:
                 return False
             until = self._live.get(p.key_id)
-        if until is not None and until > now:
-            return True
+            if until is not None and until > now:
+                return True
+            if self.cache_s > 0:
+                if len(self._live) > _MAX_ENTRIES:
+                    self._live.clear()
+                self._live[p.key_id] = now + self.cache_s
+        return None
+
+    def ask_live(self, p: Principal) -> bool:
+        """The database's answer to :meth:`live_known` (blocking: run it in a thread),
+        remembered: live for ``cache_s``, revoked for good."""
         with self.engine.connect() as conn:
             live = key_repo.key_id_live(conn, p.key_id)
+        now = time.monotonic()
         with self._lock:
-            if len(self._live) > _MAX_ENTRIES:
-                self._live.clear()
-            if live and self.cache_s > 0:
+            if not live:
+                self._live.pop(p.key_id, None)
+                if len(self._revoked) > _MAX_ENTRIES:
+                    self._revoked.clear()
+                self._revoked.add(p.key_id)
+            elif self.cache_s > 0:
                 self._live[p.key_id] = now + self.cache_s
         return live
 
