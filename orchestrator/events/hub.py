@@ -12,11 +12,13 @@ The events table stays the source of truth; a notification only says "look again
 
 A process hears only the events of what it streams: on one channel for every event, 200
 open job streams made each API process parse every notification of every job, and took its
-CPU per submission from 3.4 to 4.7 ms (bench/streams.py). The listener applies subscription
-changes between waits of at most :data:`RESUBSCRIBE_S`, then wakes the streams of each
-newly heard channel, so an event committed before its channel was heard is read then, not
-lost. A lost notification (the LISTEN connection dropped) costs latency, not an event:
-after a reconnection every stream is woken and reads again. A tenant feed also reads every
+CPU per submission from 3.4 to 4.7 ms (bench/streams.py). The listener waits on both the
+connection and the subscriptions: a stream that comes or goes stops the wait, the channels
+are (un)listened, and the streams of each newly heard channel are woken, so an event
+committed before its channel was heard is read then, not lost. (It used to wake every 50 ms
+to look for new subscriptions: about 9 ms of CPU a second per API process for as long as
+any stream was open.) A lost notification (the LISTEN connection dropped) costs latency, not
+an event: after a reconnection every stream is woken and reads again. A tenant feed also reads every
 ``ORCH_EVENTS_PING_S`` seconds (one query per tenant); a job stream only when woken, so that
 streams opened together do not query together for ever.
 """
@@ -40,8 +42,10 @@ from orchestrator.events.store import Event, FeedCursor, feed_events, feed_head
 
 log = logging.getLogger(__name__)
 
-RESUBSCRIBE_S = 0.05  # how long a new stream's channel may wait to be listened on
 QUEUE_SIZE = 2000  # a stream this far behind is ended; its client resumes with Last-Event-ID
+# subscription changes are LISTENed at most this often (those of the moment in one round
+# trip): how long a new stream's channel may wait to be heard
+RESUBSCRIBE_S = 0.05
 _HELD_BACK_RETRY_S = 0.02  # committed but behind a running transaction (see store)
 _HELD_BACK_GIVE_UP_S = 10.0
 
@@ -120,6 +124,7 @@ class EventHub:
         self._listener: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # a subscription came or went
         self._heard: set[str] = set()  # the channels the listener's connection listens on
+        self._subscribed_at = 0.0  # the loop's time of the last (UN)LISTEN
         self.streams = 0  # open streams of this process (ORCH_API_MAX_STREAMS)
 
     # -- subscriptions --------------------------------------------------------------------
@@ -217,12 +222,36 @@ class EventHub:
                         if not self._heard:  # nothing to hear: wait for a subscription
                             await self._changed.wait()
                             continue
-                        async for n in conn.notifies(timeout=RESUBSCRIBE_S):
-                            with contextlib.suppress(ValueError):
-                                self._dispatch(json.loads(n.payload))
+                        await self._hear(conn)
             except (psycopg.Error, OSError) as exc:
                 log.warning("event listener: %s; reconnecting", type(exc).__name__)
                 await asyncio.sleep(1.0)
+
+    async def _hear(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Dispatch notifications until a subscription comes or goes. The reading is
+        cancelled then, as the connection must be free to LISTEN: psycopg's ``notifies()``
+        holds it for as long as it waits (psycopg/psycopg#340), and a cancelled wait only
+        stops waiting (what arrives meanwhile is read by the next one)."""
+
+        async def read() -> None:
+            async for n in conn.notifies():
+                with contextlib.suppress(ValueError):
+                    self._dispatch(json.loads(n.payload))
+
+        reader = asyncio.ensure_future(read())
+        changed = asyncio.ensure_future(self._changed.wait())
+        try:
+            await asyncio.wait({reader, changed}, return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():  # streams opening together are LISTENed together
+                loop = asyncio.get_running_loop()
+                await asyncio.wait({reader}, timeout=max(
+                    0.0, self._subscribed_at + RESUBSCRIBE_S - loop.time()))
+        finally:
+            for task in (reader, changed):
+                task.cancel()
+            await asyncio.gather(reader, changed, return_exceptions=True)
+        if not reader.cancelled() and (lost := reader.exception()) is not None:
+            raise lost  # the connection's error: the listener reconnects
 
     async def _subscribe(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """LISTEN on the channels streamed now and UNLISTEN the others (one round trip), then
@@ -235,6 +264,7 @@ class EventHub:
         new, gone = wanted - self._heard, self._heard - wanted
         if not new and not gone:
             return
+        self._subscribed_at = asyncio.get_running_loop().time()
         await conn.execute("; ".join([*(f'LISTEN "{c}"' for c in sorted(new)),
                                       *(f'UNLISTEN "{c}"' for c in sorted(gone))]))
         self._heard = wanted
