@@ -16,7 +16,7 @@ from orchestrator.domain.budgets import (
     validate_scope,
 )
 from orchestrator.errors import InvalidAmount
-from orchestrator.ledger.alerts import PeriodAfterStep, limit_change_alerts
+from orchestrator.ledger.alerts import BudgetBefore, PeriodAfterStep, budget_change_alerts
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,22 +37,35 @@ class BudgetView:
         return max(0, self.limit_micros - self.committed_micros - self.held_micros)
 
 
+# The budget's thresholds before the change (NULL for a new budget) come back beside its id:
+# the row is locked first (the aggregate reads ``old`` to its end before the INSERT has a row
+# to write), so no PUT meanwhile slips between the read and the upsert.
 _UPSERT = text(
     """
-    INSERT INTO budgets (scope, period, limit_micros, alert_thresholds_bp, channels,
-                         forecast_thresholds_bp)
-    VALUES (:scope, :period, :limit, CAST(:thresholds AS jsonb), CAST(:channels AS jsonb),
-            CAST(:forecast AS jsonb))
-    ON CONFLICT (scope, period) DO UPDATE SET
-        limit_micros = EXCLUDED.limit_micros,
-        alert_thresholds_bp = CASE WHEN CAST(:keep_thresholds AS boolean)
-            THEN budgets.alert_thresholds_bp ELSE EXCLUDED.alert_thresholds_bp END,
-        forecast_thresholds_bp = CASE WHEN CAST(:keep_forecast AS boolean)
-            THEN budgets.forecast_thresholds_bp ELSE EXCLUDED.forecast_thresholds_bp END,
-        channels = CASE WHEN CAST(:keep_channels AS boolean)
-            THEN budgets.channels ELSE EXCLUDED.channels END,
-        updated_at = now()
-    RETURNING id
+    WITH old AS MATERIALIZED (
+        SELECT alert_thresholds_bp, forecast_thresholds_bp FROM budgets
+        WHERE scope = :scope AND period = :period
+        FOR UPDATE
+    ), up AS (
+        INSERT INTO budgets (scope, period, limit_micros, alert_thresholds_bp, channels,
+                             forecast_thresholds_bp)
+        SELECT :scope, :period, :limit, CAST(:thresholds AS jsonb), CAST(:channels AS jsonb),
+               CAST(:forecast AS jsonb)
+        FROM (SELECT count(*) FROM old) locked
+        ON CONFLICT (scope, period) DO UPDATE SET
+            limit_micros = EXCLUDED.limit_micros,
+            alert_thresholds_bp = CASE WHEN CAST(:keep_thresholds AS boolean)
+                THEN budgets.alert_thresholds_bp ELSE EXCLUDED.alert_thresholds_bp END,
+            forecast_thresholds_bp = CASE WHEN CAST(:keep_forecast AS boolean)
+                THEN budgets.forecast_thresholds_bp ELSE EXCLUDED.forecast_thresholds_bp END,
+            channels = CASE WHEN CAST(:keep_channels AS boolean)
+                THEN budgets.channels ELSE EXCLUDED.channels END,
+            updated_at = now()
+        RETURNING id
+    )
+    SELECT up.id, old.alert_thresholds_bp AS old_thresholds,
+           old.forecast_thresholds_bp AS old_forecast
+    FROM up LEFT JOIN old ON true
     """
 )
 # A new limit, lowered or raised, applies at once to the open periods: their limit becomes
@@ -116,13 +129,14 @@ def set_budget(
 
     ``None`` for either list of thresholds, or for ``channels``, keeps the budget's own (for
     a new budget: the defaults, ``DEFAULT_THRESHOLDS_BP``, none and none). The upsert keeps
-    them, not a read before it, so that a ``PUT /v1/budgets`` meanwhile is not undone.
+    them, not a read before it, so that a ``PUT /v1/budgets`` meanwhile is not undone; the
+    thresholds it replaces are read in the same statement, under the row's lock.
     """
     validate_scope(scope)
     Period(period)  # ValueError names the bad period
     if limit_micros < 0:
         raise InvalidAmount(f"budget limit must be >= 0, got {limit_micros}")
-    budget_id: int = conn.execute(
+    budget = conn.execute(
         _UPSERT,
         {"scope": scope, "period": period, "limit": limit_micros,
          # a new budget's, when None: the upsert keeps an existing one's (keep_*)
@@ -133,12 +147,16 @@ def set_budget(
          "keep_channels": channels is None,
          "forecast": json.dumps(list(forecast_thresholds_bp or ())),
          "keep_forecast": forecast_thresholds_bp is None},
-    ).scalar_one()
+    ).one()
+    budget_id: int = budget.id
     for row in conn.execute(
             _RELIMIT_OPEN_PERIODS, {"limit": limit_micros, "id": budget_id, "now": now}).all():
-        # a lowered limit may put what is already spent past thresholds: no charge would
-        # cross them any more, so they alert now, with the change
-        limit_change_alerts(conn, PeriodAfterStep(*row[:-1]), row.old_limit, now)
+        # a lowered limit may put what is already spent past thresholds, and an added
+        # threshold may be passed already: no charge would cross them any more, so they
+        # alert now, with the change
+        before = BudgetBefore(row.old_limit, budget.old_thresholds or (),
+                              budget.old_forecast or ())
+        budget_change_alerts(conn, PeriodAfterStep(*row[:-1]), before, now)
     return budget_id
 
 
