@@ -37,9 +37,11 @@ class BudgetView:
         return max(0, self.limit_micros - self.committed_micros - self.held_micros)
 
 
-# The budget's thresholds before the change (NULL for a new budget) come back beside its id:
-# the row is locked first (the aggregate reads ``old`` to its end before the INSERT has a row
-# to write), so no PUT meanwhile slips between the read and the upsert.
+# The budget's thresholds before the change (NULL for a new budget) come back beside its id,
+# read under the row's lock, so a PUT committed meanwhile is what this one replaces. The
+# INSERT's source aggregates ``old``, which reads it to its end before there is a row to
+# write: read only by the last SELECT it would run after the upsert, and FOR UPDATE skips a
+# row its own statement updated (every threshold would look new).
 _UPSERT = text(
     """
     WITH old AS MATERIALIZED (

@@ -5,6 +5,8 @@ past thresholds alerts for them at once (each once per period, threshold and lim
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 
 from sqlalchemy import Engine, text
@@ -183,4 +185,45 @@ def test_a_change_that_keeps_the_thresholds_alerts_for_none_it_already_passed(
         kept = conn.execute(text(
             "SELECT alert_thresholds_bp, forecast_thresholds_bp FROM budgets")).one()
     assert tuple(kept) == ([5000, 8000], [9000, 10000])
+    assert_sound(db)
+
+
+def _waiting_upserts(db: Engine) -> int:
+    """Sessions waiting on a lock in a budget's upsert."""
+    with db.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            "AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO budgets%'"
+        )).scalar_one())
+
+
+def test_the_thresholds_replaced_are_those_a_concurrent_change_committed(db: Engine) -> None:
+    """A change waiting on another's lock compares with the thresholds that one committed,
+    not those its statement began with: 80 % removed meanwhile, then added back at $105
+    (81 % there), is an added threshold already passed, and alerts."""
+    make_budget(db, "tenant:acme", "month", 100 * USD, thresholds_bp=(5000, 8000))
+    ledger = Ledger(db, clock=FakeClock())
+    spend(ledger, 85 * USD)
+    assert len(threshold_alerts(db)) == 2
+    errors: list[BaseException] = []
+
+    def add_back() -> None:
+        try:
+            make_budget(db, "tenant:acme", "month", 105 * USD, thresholds_bp=(5000, 8000))
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    with db.begin() as tx:
+        set_budget(tx, scope="tenant:acme", period="month", limit_micros=100 * USD, now=T0,
+                   thresholds_bp=(5000,))
+        adder = threading.Thread(target=add_back)
+        adder.start()
+        deadline = time.monotonic() + 10
+        while _waiting_upserts(db) == 0:
+            assert adder.is_alive(), "the second change did not wait for the first"
+            assert time.monotonic() < deadline, "the second change never waited"
+            time.sleep(0.01)
+    adder.join(timeout=10)
+    assert not adder.is_alive() and errors == []
+    assert threshold_alerts(db)[2:] == [(8000, 105.0, 85.0)]
     assert_sound(db)
