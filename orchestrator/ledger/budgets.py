@@ -37,37 +37,31 @@ class BudgetView:
         return max(0, self.limit_micros - self.committed_micros - self.held_micros)
 
 
-# The budget's thresholds before the change (NULL for a new budget) come back beside its id,
-# read under the row's lock, so a PUT committed meanwhile is what this one replaces. The
-# INSERT's source aggregates ``old``, which reads it to its end before there is a row to
-# write: read only by the last SELECT it would run after the upsert, and FOR UPDATE skips a
-# row its own statement updated (every threshold would look new).
+# The budget's thresholds before a change, under the row's lock (taken before the upsert),
+# so that a PUT committed meanwhile is what this one replaces.
+_BEFORE = text(
+    """
+    SELECT alert_thresholds_bp, forecast_thresholds_bp FROM budgets
+    WHERE scope = :scope AND period = :period
+    FOR UPDATE
+    """
+)
 _UPSERT = text(
     """
-    WITH old AS MATERIALIZED (
-        SELECT alert_thresholds_bp, forecast_thresholds_bp FROM budgets
-        WHERE scope = :scope AND period = :period
-        FOR UPDATE
-    ), up AS (
-        INSERT INTO budgets (scope, period, limit_micros, alert_thresholds_bp, channels,
-                             forecast_thresholds_bp)
-        SELECT :scope, :period, :limit, CAST(:thresholds AS jsonb), CAST(:channels AS jsonb),
-               CAST(:forecast AS jsonb)
-        FROM (SELECT count(*) FROM old) locked
-        ON CONFLICT (scope, period) DO UPDATE SET
-            limit_micros = EXCLUDED.limit_micros,
-            alert_thresholds_bp = CASE WHEN CAST(:keep_thresholds AS boolean)
-                THEN budgets.alert_thresholds_bp ELSE EXCLUDED.alert_thresholds_bp END,
-            forecast_thresholds_bp = CASE WHEN CAST(:keep_forecast AS boolean)
-                THEN budgets.forecast_thresholds_bp ELSE EXCLUDED.forecast_thresholds_bp END,
-            channels = CASE WHEN CAST(:keep_channels AS boolean)
-                THEN budgets.channels ELSE EXCLUDED.channels END,
-            updated_at = now()
-        RETURNING id
-    )
-    SELECT up.id, old.alert_thresholds_bp AS old_thresholds,
-           old.forecast_thresholds_bp AS old_forecast
-    FROM up LEFT JOIN old ON true
+    INSERT INTO budgets (scope, period, limit_micros, alert_thresholds_bp, channels,
+                         forecast_thresholds_bp)
+    VALUES (:scope, :period, :limit, CAST(:thresholds AS jsonb), CAST(:channels AS jsonb),
+            CAST(:forecast AS jsonb))
+    ON CONFLICT (scope, period) DO UPDATE SET
+        limit_micros = EXCLUDED.limit_micros,
+        alert_thresholds_bp = CASE WHEN CAST(:keep_thresholds AS boolean)
+            THEN budgets.alert_thresholds_bp ELSE EXCLUDED.alert_thresholds_bp END,
+        forecast_thresholds_bp = CASE WHEN CAST(:keep_forecast AS boolean)
+            THEN budgets.forecast_thresholds_bp ELSE EXCLUDED.forecast_thresholds_bp END,
+        channels = CASE WHEN CAST(:keep_channels AS boolean)
+            THEN budgets.channels ELSE EXCLUDED.channels END,
+        updated_at = now()
+    RETURNING id
     """
 )
 # A new limit, lowered or raised, applies at once to the open periods: their limit becomes
@@ -138,7 +132,8 @@ def set_budget(
     Period(period)  # ValueError names the bad period
     if limit_micros < 0:
         raise InvalidAmount(f"budget limit must be >= 0, got {limit_micros}")
-    budget = conn.execute(
+    old = conn.execute(_BEFORE, {"scope": scope, "period": period}).first()
+    budget_id: int = conn.execute(
         _UPSERT,
         {"scope": scope, "period": period, "limit": limit_micros,
          # a new budget's, when None: the upsert keeps an existing one's (keep_*)
@@ -149,15 +144,13 @@ def set_budget(
          "keep_channels": channels is None,
          "forecast": json.dumps(list(forecast_thresholds_bp or ())),
          "keep_forecast": forecast_thresholds_bp is None},
-    ).one()
-    budget_id: int = budget.id
+    ).scalar_one()
     for row in conn.execute(
             _RELIMIT_OPEN_PERIODS, {"limit": limit_micros, "id": budget_id, "now": now}).all():
         # a lowered limit may put what is already spent past thresholds, and an added
         # threshold may be passed already: no charge would cross them any more, so they
         # alert now, with the change
-        before = BudgetBefore(row.old_limit, budget.old_thresholds or (),
-                              budget.old_forecast or ())
+        before = BudgetBefore(row.old_limit, old[0] if old else (), old[1] if old else ())
         budget_change_alerts(conn, PeriodAfterStep(*row[:-1]), before, now)
     return budget_id
 

@@ -189,11 +189,11 @@ def test_a_change_that_keeps_the_thresholds_alerts_for_none_it_already_passed(
 
 
 def _waiting_upserts(db: Engine) -> int:
-    """Sessions waiting on a lock in a budget's upsert."""
+    """Sessions waiting on a lock on a budget's row (a change, before its upsert)."""
     with db.connect() as conn:
         return int(conn.execute(text(
             "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-            "AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO budgets%'"
+            "AND wait_event_type = 'Lock' AND query LIKE '%FROM budgets%FOR UPDATE%'"
         )).scalar_one())
 
 
