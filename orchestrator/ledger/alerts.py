@@ -2,12 +2,14 @@
 
 - ``threshold``: committed spend crossed a threshold of the limit (once per period,
   threshold and limit: ``bucket`` = the limit in micro-USD, so a raised limit alerts again at
-  its own thresholds), written in the settle/release transaction; or a limit change put the
-  spend already committed past a threshold it was under (written with the change).
+  its own thresholds), written in the settle/release transaction; or a budget change put the
+  spend already committed past a threshold it was under, or added one it is already past
+  (written with the change).
 - ``forecast``: the charge moves the run-rate projection of committed spend to the period
   end (:mod:`orchestrator.domain.forecast`) past one of the budget's
   ``forecast_thresholds_bp`` (opt-in; ``[10000]``: "forecast over 100 % of the limit"); once
-  per period, threshold and limit, written in the same transaction.
+  per period, threshold and limit, written in the same transaction (or with a budget
+  change, as for ``threshold``).
 - ``refusal``: a hold was refused (402); at most once per budget per window (``bucket`` =
   the window start in unix seconds), written in its own short transaction since the refused
   hold's transaction was rolled back.
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -119,26 +121,41 @@ def _insert(
     return alert_id
 
 
-def limit_change_alerts(
-    tx: Connection, p: PeriodAfterStep, old_limit_micros: int, now: datetime
+class BudgetBefore(NamedTuple):
+    """What a budget change replaced: the period's limit and the budget's thresholds (none
+    for a new budget)."""
+
+    limit_micros: int
+    alert_thresholds_bp: Collection[int]
+    forecast_thresholds_bp: Collection[int]
+
+
+def budget_change_alerts(
+    tx: Connection, p: PeriodAfterStep, before: BudgetBefore, now: datetime
 ) -> list[uuid.UUID]:
-    """Threshold and forecast alerts owed when a limit change (``old_limit_micros`` to
-    ``p``'s) puts the spend already committed, or its run-rate forecast, past thresholds it
-    was under: no charge will cross them now."""
+    """Threshold and forecast alerts owed when a budget change (from ``before`` to ``p``'s
+    limit and thresholds) leaves the spend already committed, or its run-rate forecast, past
+    a threshold that it was under at the old limit or that was not there before: no charge
+    will cross it now. The unique key keeps it to once per period, threshold and limit (one
+    removed and added back after it alerted does not alert again)."""
     if p.committed_micros <= 0:
         return []
     forecast = project_window(p.committed_micros, _window(p), now)
-    owed = [("threshold", bp, p.committed_micros) for bp in p.alert_thresholds_bp]
+    owed = [("threshold", bp, p.committed_micros, before.alert_thresholds_bp)
+            for bp in p.alert_thresholds_bp]
     if forecast is not None:
-        owed += [("forecast", bp, forecast) for bp in p.forecast_thresholds_bp]
+        owed += [("forecast", bp, forecast, before.forecast_thresholds_bp)
+                 for bp in p.forecast_thresholds_bp]
     ids: list[uuid.UUID] = []
-    for kind, bp, amount in owed:
-        if threshold_micros(p.limit_micros, bp) <= amount \
-                < threshold_micros(old_limit_micros, bp):
-            alert_id = _insert(tx, p, kind, bp, alert_payload(p, bp, now, forecast),
-                               p.limit_micros)
-            if alert_id is not None:
-                ids.append(alert_id)
+    for kind, bp, amount, old_bps in owed:
+        if amount < threshold_micros(p.limit_micros, bp):
+            continue
+        if bp in old_bps and amount >= threshold_micros(before.limit_micros, bp):
+            continue  # already past it before the change: its crossing alerted then
+        alert_id = _insert(tx, p, kind, bp, alert_payload(p, bp, now, forecast),
+                           p.limit_micros)
+        if alert_id is not None:
+            ids.append(alert_id)
     return ids
 
 

@@ -16,7 +16,7 @@ from orchestrator.domain.budgets import (
     validate_scope,
 )
 from orchestrator.errors import InvalidAmount
-from orchestrator.ledger.alerts import PeriodAfterStep, limit_change_alerts
+from orchestrator.ledger.alerts import BudgetBefore, PeriodAfterStep, budget_change_alerts
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,15 @@ class BudgetView:
         return max(0, self.limit_micros - self.committed_micros - self.held_micros)
 
 
+# The budget's thresholds before a change, under the row's lock (taken before the upsert),
+# so that a PUT committed meanwhile is what this one replaces.
+_BEFORE = text(
+    """
+    SELECT alert_thresholds_bp, forecast_thresholds_bp FROM budgets
+    WHERE scope = :scope AND period = :period
+    FOR UPDATE
+    """
+)
 _UPSERT = text(
     """
     INSERT INTO budgets (scope, period, limit_micros, alert_thresholds_bp, channels,
@@ -116,12 +125,14 @@ def set_budget(
 
     ``None`` for either list of thresholds, or for ``channels``, keeps the budget's own (for
     a new budget: the defaults, ``DEFAULT_THRESHOLDS_BP``, none and none). The upsert keeps
-    them, not a read before it, so that a ``PUT /v1/budgets`` meanwhile is not undone.
+    them, not a read before it, so that a ``PUT /v1/budgets`` meanwhile is not undone; the
+    thresholds it replaces are read in the same statement, under the row's lock.
     """
     validate_scope(scope)
     Period(period)  # ValueError names the bad period
     if limit_micros < 0:
         raise InvalidAmount(f"budget limit must be >= 0, got {limit_micros}")
+    old = conn.execute(_BEFORE, {"scope": scope, "period": period}).first()
     budget_id: int = conn.execute(
         _UPSERT,
         {"scope": scope, "period": period, "limit": limit_micros,
@@ -136,9 +147,11 @@ def set_budget(
     ).scalar_one()
     for row in conn.execute(
             _RELIMIT_OPEN_PERIODS, {"limit": limit_micros, "id": budget_id, "now": now}).all():
-        # a lowered limit may put what is already spent past thresholds: no charge would
-        # cross them any more, so they alert now, with the change
-        limit_change_alerts(conn, PeriodAfterStep(*row[:-1]), row.old_limit, now)
+        # a lowered limit may put what is already spent past thresholds, and an added
+        # threshold may be passed already: no charge would cross them any more, so they
+        # alert now, with the change
+        before = BudgetBefore(row.old_limit, old[0] if old else (), old[1] if old else ())
+        budget_change_alerts(conn, PeriodAfterStep(*row[:-1]), before, now)
     return budget_id
 
 

@@ -5,13 +5,16 @@ past thresholds alerts for them at once (each once per period, threshold and lim
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 
 from sqlalchemy import Engine, text
 
 from orchestrator.ledger import Ledger
+from orchestrator.ledger.budgets import set_budget
 
-from .ledger_helpers import FakeClock, assert_sound, make_budget
+from .ledger_helpers import T0, FakeClock, assert_sound, make_budget
 
 SCOPES = ("tenant:acme",)
 USD = 1_000_000
@@ -63,4 +66,164 @@ def test_a_limit_lowered_below_the_spend_alerts_for_what_it_passed(db: Engine) -
     assert [json.loads(json.dumps(p))["threshold"] for p in payloads] == [1.0]
     make_budget(db, "tenant:acme", "month", 50 * USD)  # the same limit again: nothing new
     assert len(threshold_alerts(db)) == 3
+    assert_sound(db)
+
+
+# An added threshold the spend (or its forecast) is already past alerts with the change too:
+# no charge will cross it in this period.
+
+def alerts_of(db: Engine, kind: str) -> list[tuple[int, int, float]]:
+    """(threshold bp, bucket, committed_usd) of every alert of ``kind``, in order written."""
+    with db.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT threshold_bp, bucket, payload FROM alerts WHERE kind = :k "
+            "ORDER BY created_at, threshold_bp"), {"k": kind}).all()
+    return [(r.threshold_bp, r.bucket, r.payload["committed_usd"]) for r in rows]
+
+
+def test_an_added_threshold_already_passed_alerts_once_with_the_change(db: Engine) -> None:
+    make_budget(db, "tenant:acme", "month", 100 * USD, thresholds_bp=(5000,))
+    ledger = Ledger(db, clock=FakeClock())
+    spend(ledger, 85 * USD)
+    assert threshold_alerts(db) == [(5000, 100.0, 85.0)]
+
+    with db.begin() as conn:  # the alert is written in the change's own transaction
+        set_budget(conn, scope="tenant:acme", period="month", limit_micros=100 * USD, now=T0,
+                   thresholds_bp=(5000, 8000))
+        assert conn.execute(text(
+            "SELECT threshold_bp, bucket FROM alerts WHERE threshold_bp = 8000")).all() == [
+            (8000, 100 * USD)]
+    assert threshold_alerts(db)[1:] == [(8000, 100.0, 85.0)]
+    make_budget(db, "tenant:acme", "month", 100 * USD, thresholds_bp=(5000, 8000))
+    spend(ledger, 1 * USD)
+    assert len(threshold_alerts(db)) == 2  # the same PUT, or a charge: still once
+    # removed and added back at the same limit: it already alerted, it does not again
+    make_budget(db, "tenant:acme", "month", 100 * USD, thresholds_bp=(5000,))
+    make_budget(db, "tenant:acme", "month", 100 * USD, thresholds_bp=(5000, 8000))
+    assert len(threshold_alerts(db)) == 2
+    assert_sound(db)
+
+
+def test_an_added_threshold_not_yet_passed_alerts_when_a_charge_crosses_it(
+        db: Engine) -> None:
+    make_budget(db, "tenant:acme", "month", 100 * USD, thresholds_bp=(5000,))
+    ledger = Ledger(db, clock=FakeClock())
+    spend(ledger, 60 * USD)
+    # 60 of 100: past the added 55 %, which alerts now; not at the added 80 %
+    make_budget(db, "tenant:acme", "month", 100 * USD, thresholds_bp=(5000, 5500, 8000))
+    assert threshold_alerts(db) == [(5000, 100.0, 60.0), (5500, 100.0, 60.0)]
+    spend(ledger, 15 * USD)
+    assert len(threshold_alerts(db)) == 2
+    spend(ledger, 10 * USD)  # 85 of 100: the charge crosses it
+    assert threshold_alerts(db)[2:] == [(8000, 100.0, 85.0)]
+    spend(ledger, 1 * USD)
+    make_budget(db, "tenant:acme", "month", 100 * USD, thresholds_bp=(5000, 5500, 8000))
+    assert len(threshold_alerts(db)) == 3
+    assert_sound(db)
+
+
+# T0 is 21.5 days into November's 30: $60 committed projects 60 * 30 / 21.5 = $83.72.
+
+def test_an_added_forecast_threshold_already_passed_alerts_once_with_the_change(
+        db: Engine) -> None:
+    make_budget(db, "tenant:acme", "month", 100 * USD, forecast_thresholds_bp=(10000,))
+    ledger = Ledger(db, clock=FakeClock())
+    spend(ledger, 60 * USD)
+    assert alerts_of(db, "forecast") == []
+
+    make_budget(db, "tenant:acme", "month", 100 * USD, thresholds_bp=None,
+                forecast_thresholds_bp=(8000, 10000))
+    assert alerts_of(db, "forecast") == [(8000, 100 * USD, 60.0)]
+    with db.connect() as conn:
+        forecast_usd = conn.execute(text(
+            "SELECT payload->>'forecast_usd' FROM alerts WHERE kind = 'forecast'")).scalar_one()
+    assert 83.7 < float(forecast_usd) < 83.8
+    make_budget(db, "tenant:acme", "month", 100 * USD, thresholds_bp=None,
+                forecast_thresholds_bp=(8000, 10000))
+    spend(ledger, 1 * USD)
+    assert len(alerts_of(db, "forecast")) == 1
+    assert_sound(db)
+
+
+def test_an_added_forecast_threshold_not_yet_passed_alerts_when_a_charge_crosses_it(
+        db: Engine) -> None:
+    make_budget(db, "tenant:acme", "month", 100 * USD, forecast_thresholds_bp=(10000,))
+    ledger = Ledger(db, clock=FakeClock())
+    spend(ledger, 60 * USD)
+    # $83.72 of $100: past the added 80 %, which alerts now; not at the added 90 %
+    make_budget(db, "tenant:acme", "month", 100 * USD, thresholds_bp=None,
+                forecast_thresholds_bp=(8000, 9000, 10000))
+    assert alerts_of(db, "forecast") == [(8000, 100 * USD, 60.0)]
+    spend(ledger, 5 * USD)  # $65 projects $90.70: the charge crosses it
+    assert alerts_of(db, "forecast")[1:] == [(9000, 100 * USD, 65.0)]
+    spend(ledger, 1 * USD)  # $92.09
+    assert len(alerts_of(db, "forecast")) == 2
+    assert_sound(db)
+
+
+def test_a_change_that_keeps_the_thresholds_alerts_for_none_it_already_passed(
+        db: Engine) -> None:
+    make_budget(db, "tenant:acme", "month", 100 * USD, thresholds_bp=(5000,),
+                forecast_thresholds_bp=(10000,))
+    ledger = Ledger(db, clock=FakeClock())
+    spend(ledger, 85 * USD)  # projects $118.60
+    assert alerts_of(db, "threshold") == [(5000, 100 * USD, 85.0)]
+    assert alerts_of(db, "forecast") == [(10000, 100 * USD, 85.0)]
+    make_budget(db, "tenant:acme", "month", 100 * USD, thresholds_bp=(5000, 8000),
+                forecast_thresholds_bp=(9000, 10000))
+    assert alerts_of(db, "threshold")[1:] == [(8000, 100 * USD, 85.0)]
+    assert alerts_of(db, "forecast")[1:] == [(9000, 100 * USD, 85.0)]
+
+    # None keeps both lists: raised to $110, what was passed at $100 still is (77 % and
+    # 108 %) and alerted then; nothing is owed (the 80 % is not reached at $110)
+    make_budget(db, "tenant:acme", "month", 110 * USD, thresholds_bp=None,
+                forecast_thresholds_bp=None)
+    make_budget(db, "tenant:acme", "month", 110 * USD, thresholds_bp=None,
+                forecast_thresholds_bp=None)
+    assert len(alerts_of(db, "threshold")) == 2 and len(alerts_of(db, "forecast")) == 2
+    with db.connect() as conn:
+        kept = conn.execute(text(
+            "SELECT alert_thresholds_bp, forecast_thresholds_bp FROM budgets")).one()
+    assert tuple(kept) == ([5000, 8000], [9000, 10000])
+    assert_sound(db)
+
+
+def _waiting_upserts(db: Engine) -> int:
+    """Sessions waiting on a lock on a budget's row (a change, before its upsert)."""
+    with db.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            "AND wait_event_type = 'Lock' AND query LIKE '%FROM budgets%FOR UPDATE%'"
+        )).scalar_one())
+
+
+def test_the_thresholds_replaced_are_those_a_concurrent_change_committed(db: Engine) -> None:
+    """A change waiting on another's lock compares with the thresholds that one committed,
+    not those its statement began with: 80 % removed meanwhile, then added back at $105
+    (81 % there), is an added threshold already passed, and alerts."""
+    make_budget(db, "tenant:acme", "month", 100 * USD, thresholds_bp=(5000, 8000))
+    ledger = Ledger(db, clock=FakeClock())
+    spend(ledger, 85 * USD)
+    assert len(threshold_alerts(db)) == 2
+    errors: list[BaseException] = []
+
+    def add_back() -> None:
+        try:
+            make_budget(db, "tenant:acme", "month", 105 * USD, thresholds_bp=(5000, 8000))
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    with db.begin() as tx:
+        set_budget(tx, scope="tenant:acme", period="month", limit_micros=100 * USD, now=T0,
+                   thresholds_bp=(5000,))
+        adder = threading.Thread(target=add_back)
+        adder.start()
+        deadline = time.monotonic() + 10
+        while _waiting_upserts(db) == 0:
+            assert adder.is_alive(), "the second change did not wait for the first"
+            assert time.monotonic() < deadline, "the second change never waited"
+            time.sleep(0.01)
+    adder.join(timeout=10)
+    assert not adder.is_alive() and errors == []
+    assert threshold_alerts(db)[2:] == [(8000, 105.0, 85.0)]
     assert_sound(db)
