@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, Engine, inspect, text
@@ -20,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from orchestrator.embedded.scratch import scratch_database
 from orchestrator.store import jobs as repo
 from orchestrator.store.engine import make_engine
-from orchestrator.store.migrate import downgrade, upgrade
+from orchestrator.store.migrate import alembic_config, downgrade, upgrade
 from orchestrator.store.models import Base
 
 INDEX = "ix_attempts_backend_external_id"
@@ -168,3 +169,19 @@ def test_writes_to_attempts_go_on_while_0019_builds(servers: tuple[str, str]) ->
         assert not upgrading.is_alive() and errors == []
         assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == "0019"
 
+
+def test_a_connection_in_a_transaction_is_refused(servers: tuple[str, str]) -> None:
+    """0019 commits the migrations' transaction: Alembic can do that with one it began only
+    (with the caller's, an AssertionError inside Alembic)."""
+    with _database(servers, "0018") as (url, engine):
+        with engine.begin() as conn:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            with pytest.raises(RuntimeError, match="not in a transaction"):
+                command.upgrade(cfg, "head")
+        with engine.connect() as conn:  # not in a transaction: migrates
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            assert not conn.in_transaction()
+        assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == "0019"
