@@ -33,6 +33,11 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connectable = config.attributes.get("connection")
     if connectable is not None:
+        # Migration 0019 commits the migrations' transaction to build its index concurrently:
+        # Alembic can do that only with a transaction it began itself, not with the caller's.
+        if connectable.in_transaction():
+            raise RuntimeError("migrations need a connection that is not in a transaction "
+                               "(migration 0019 builds an index outside one)")
         context.configure(connection=connectable, target_metadata=target_metadata)
         with context.begin_transaction():
             context.run_migrations()

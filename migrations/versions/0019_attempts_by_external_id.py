@@ -7,8 +7,14 @@ prediction, and both jobs would poll it, deliver its output and be charged for i
 makes that question one index probe on every submission. It is not unique: a synchronous
 backend may answer every call with the same id, and attempts already recorded may share one.
 
-The index is built inside the migration's transaction, which holds writes to ``attempts`` for
-as long as the build takes; only rows with an external id are indexed.
+The index is built with ``CREATE INDEX CONCURRENTLY``: writes to ``attempts`` (every job's
+progress) go on while it is built; only rows with an external id are indexed. A concurrent
+build cannot run in a transaction: the migrations before this one are committed first (with
+alembic_version at 0018) and the build runs in autocommit. It waits for the transactions
+that are writing to ``attempts`` when it starts, then for every older transaction in the
+database, to end: a long transaction delays the migration, not the writes. A build that
+failed (cancelled, timed out, out of disk) leaves an INVALID index of this name behind, which
+``IF NOT EXISTS`` would keep for good: the upgrade drops such a leftover first.
 
 Revision ID: 0019
 Revises: 0018
@@ -24,12 +30,31 @@ down_revision = "0018"
 branch_labels = None
 depends_on = None
 
+_NAME = "ix_attempts_backend_external_id"
+
+
+def _invalid_leftover() -> bool:
+    """Whether an index of this name exists but is INVALID (a failed concurrent build)."""
+    if op.get_context().as_sql:  # offline (--sql): nothing to ask; IF NOT EXISTS stays
+        return False
+    valid = op.get_bind().execute(
+        sa.text("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(:name)"),
+        {"name": _NAME},
+    ).scalar()
+    return valid is False
+
 
 def upgrade() -> None:
-    op.create_index("ix_attempts_backend_external_id", "attempts", ["backend", "external_id"],
-                    unique=False, postgresql_where=sa.text("external_id IS NOT NULL"))
+    with op.get_context().autocommit_block():
+        if _invalid_leftover():
+            op.drop_index(_NAME, table_name="attempts", postgresql_concurrently=True,
+                          if_exists=True)
+        op.create_index(_NAME, "attempts", ["backend", "external_id"], unique=False,
+                        postgresql_where=sa.text("external_id IS NOT NULL"),
+                        postgresql_concurrently=True, if_not_exists=True)
 
 
 def downgrade() -> None:
-    op.drop_index("ix_attempts_backend_external_id", table_name="attempts",
-                  postgresql_where=sa.text("external_id IS NOT NULL"))
+    with op.get_context().autocommit_block():
+        op.drop_index(_NAME, table_name="attempts", postgresql_concurrently=True,
+                      if_exists=True)

@@ -1,15 +1,40 @@
-"""Migrations run forward from empty, back to base, and match the models."""
+"""Migrations run forward from empty, back to base, and match the models; migration 0019
+builds its index concurrently (writes to ``attempts`` go on) and replaces a failed build's
+INVALID leftover."""
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import OperationalError
 
 from orchestrator.embedded.scratch import scratch_database
+from orchestrator.store import jobs as repo
 from orchestrator.store.engine import make_engine
-from orchestrator.store.migrate import downgrade, upgrade
+from orchestrator.store.migrate import alembic_config, downgrade, upgrade
 from orchestrator.store.models import Base
+
+INDEX = "ix_attempts_backend_external_id"
+# as the transactional build of 0019 made it, and as the model declares it
+DEFINITION = (f"CREATE INDEX {INDEX} ON public.attempts USING btree (backend, external_id) "
+              "WHERE (external_id IS NOT NULL)")
+_STATE = text("SELECT pg_get_indexdef(i.indexrelid), i.indisvalid, i.indisready FROM pg_index i "
+              "WHERE i.indexrelid = to_regclass(:name)")
+_OPEN = text("INSERT INTO attempts (job_id, number, backend) VALUES (:j, :n, 'b1')")
+# a backend of this database waiting for a lock in a statement about the index (not us)
+_BUILD_WAITING = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock' AND query LIKE :q")
 
 
 def test_upgrade_from_empty_downgrade_to_base_and_up_again(servers: tuple[str, str]) -> None:
@@ -31,3 +56,132 @@ def test_upgrade_from_empty_downgrade_to_base_and_up_again(servers: tuple[str, s
             assert diff == []
         finally:
             engine.dispose()
+
+
+@contextmanager
+def _database(servers: tuple[str, str], revision: str) -> Iterator[tuple[str, Engine]]:
+    with scratch_database(servers[0], migrate=False) as url:
+        upgrade(url, revision)
+        engine = make_engine(url, pool_size=4)
+        try:
+            yield url, engine
+        finally:
+            engine.dispose()
+
+
+def _index(engine: Engine) -> tuple[str, bool, bool] | None:
+    with engine.connect() as conn:
+        row = conn.execute(_STATE, {"name": INDEX}).one_or_none()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def _revision(engine: Engine) -> str:
+    with engine.connect() as conn:
+        return str(conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one())
+
+
+def _job(conn: Connection) -> uuid.UUID:
+    job_id, now = uuid.uuid4(), datetime.now(UTC)
+    repo.insert_job(conn, job_id=job_id, tenant="acme", kind="text", tier="standard",
+                    spec={"kind": "text", "input": {}}, route={}, estimated_cost_micros=1,
+                    deadline_at=now + timedelta(hours=1), chain_token=uuid.uuid4(), wake_at=now)
+    return job_id
+
+
+def _wait_for(what: str, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)  # the polling interval of a condition wait
+
+
+def test_0019_builds_a_valid_index_from_empty_and_from_0018(servers: tuple[str, str]) -> None:
+    with _database(servers, "base") as (url, engine):
+        upgrade(url)
+        assert _index(engine) == (DEFINITION, True, True)
+
+        downgrade(url, "0018")
+        assert _index(engine) is None and _revision(engine) == "0018"
+        upgrade(url)
+        assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == "0019"
+
+
+def test_0019_replaces_the_invalid_leftover_of_a_failed_build(servers: tuple[str, str]) -> None:
+    with _database(servers, "0018") as (url, engine):
+        with engine.begin() as conn:
+            job = _job(conn)
+        # A concurrent build waits for the transactions writing to the table; one that gives
+        # up (lock_timeout here, a cancel or a full disk in production) leaves its index
+        # INVALID. Another definition than 0019's, so that keeping it would show.
+        with engine.connect() as writer, engine.connect() as builder:
+            writer.begin()
+            writer.execute(_OPEN, {"j": job, "n": 1})
+            builder = builder.execution_options(isolation_level="AUTOCOMMIT")
+            builder.execute(text("SET lock_timeout = '100ms'"))
+            with pytest.raises(OperationalError, match="lock timeout"):
+                builder.execute(text(f"CREATE UNIQUE INDEX CONCURRENTLY {INDEX} "
+                                     "ON attempts (backend)"))
+            builder.execute(text("RESET lock_timeout"))  # the connection goes back to the pool
+            writer.rollback()
+        leftover = _index(engine)
+        assert leftover is not None and leftover[1] is False
+
+        upgrade(url)
+        assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == "0019"
+
+
+def test_writes_to_attempts_go_on_while_0019_builds(servers: tuple[str, str]) -> None:
+    with _database(servers, "0018") as (url, engine):
+        with engine.begin() as conn:
+            job, another = _job(conn), _job(conn)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                upgrade(url)
+            except BaseException as exc:  # asserted on in the test's thread
+                errors.append(exc)
+
+        upgrading = threading.Thread(target=run, name="upgrade-0019")
+        with engine.connect() as writer:
+            # a job's progress, its transaction still open: the build waits for it to end
+            writer.begin()
+            writer.execute(_OPEN, {"j": job, "n": 1})
+            upgrading.start()
+            try:
+                def build_waits() -> bool:
+                    if errors:
+                        raise AssertionError(f"the upgrade failed: {errors[0]!r}")
+                    with engine.connect() as conn:
+                        return bool(conn.execute(_BUILD_WAITING, {"q": f"%{INDEX}%"}).scalar())
+
+                _wait_for("the index build to wait for the open transaction", build_waits)
+                # another job's progress meanwhile: a transactional CREATE INDEX (share lock
+                # requested) would hold it until the build ended
+                with engine.begin() as other:
+                    other.execute(text("SET LOCAL lock_timeout = '2s'"))
+                    other.execute(_OPEN, {"j": another, "n": 1})
+                writer.commit()
+            finally:
+                writer.rollback()  # a failed test must not leave the build waiting
+                upgrading.join(timeout=60)
+        assert not upgrading.is_alive() and errors == []
+        assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == "0019"
+
+
+def test_a_connection_in_a_transaction_is_refused(servers: tuple[str, str]) -> None:
+    """0019 commits the migrations' transaction: Alembic can do that with one it began only
+    (with the caller's, an AssertionError inside Alembic)."""
+    with _database(servers, "0018") as (url, engine):
+        with engine.begin() as conn:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            with pytest.raises(RuntimeError, match="not in a transaction"):
+                command.upgrade(cfg, "head")
+        with engine.connect() as conn:  # not in a transaction: migrates
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            assert not conn.in_transaction()
+        assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == "0019"
