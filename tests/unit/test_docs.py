@@ -119,6 +119,34 @@ def test_every_cli_command_is_in_api_md() -> None:
     assert missing == [], f"add to docs/api.md: {missing}"
 
 
+# options every client command takes, described once above the table
+SHARED_OPTIONS = {"--json", "--api-url", "--api-key", "--help"}
+
+
+def _leaf_commands(group: Any, prefix: str) -> list[tuple[str, Any]]:
+    found: list[tuple[str, Any]] = []
+    for name, cmd in group.commands.items():
+        found += (_leaf_commands(cmd, f"{prefix} {name}") if hasattr(cmd, "commands")
+                  else [(f"{prefix} {name}", cmd)])
+    return found
+
+
+def test_every_cli_option_is_in_its_row_of_api_md() -> None:
+    from orchestrator.cli import app
+
+    rows = [line for line in (DOCS / "api.md").read_text().splitlines()
+            if line.startswith("| `orchestrator ")]
+    missing = []
+    for name, cmd in _leaf_commands(typer.main.get_command(app), "orchestrator"):
+        mine = [r for r in rows if re.search(re.escape(name) + r"(?![\w-])", r)]
+        for param in cmd.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("--") and opt not in SHARED_OPTIONS \
+                        and not any(opt in r for r in mine):
+                    missing.append(f"{name} {opt}")
+    assert missing == [], f"add to the command table of docs/api.md: {missing}"
+
+
 def test_readme_links_to_docs_that_exist_and_not_outside_the_repository() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "../shared" not in readme
