@@ -315,13 +315,15 @@ def create_key(tenant: str, admin: bool) -> Call[ApiKey]:
 
 def set_budget(
     scope: str, period: str, limit_usd: float, alert_thresholds: list[float] | None,
-    channels: list[dict[str, Any]] | None,
+    channels: list[dict[str, Any]] | None, forecast_thresholds: list[float] | None = None,
 ) -> Call[Budget]:
     body: dict[str, Any] = {"scope": scope, "period": period, "limit_usd": limit_usd}
     if alert_thresholds is not None:
         body["alert_thresholds"] = list(alert_thresholds)
     if channels is not None:
         body["channels"] = list(channels)
+    if forecast_thresholds is not None:
+        body["forecast_thresholds"] = list(forecast_thresholds)
     return Call("PUT", "/v1/budgets", lambda d: Budget.model_validate(_unwrap(d, "budget")),
                 json=body)
 

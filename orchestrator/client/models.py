@@ -118,6 +118,7 @@ class Budget(_Model):
     remaining_usd: float | None = None
     forecast_usd: float | None = None
     alert_thresholds: list[float] = Field(default_factory=list)
+    forecast_thresholds: list[float] = Field(default_factory=list)
 
 
 class WebhookDelivery(_Model):

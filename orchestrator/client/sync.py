@@ -295,10 +295,14 @@ class Client:
         self, scope: str, period: str, limit_usd: float,
         alert_thresholds: builtins.list[float] | None = None,
         channels: builtins.list[dict[str, Any]] | None = None,
+        forecast_thresholds: builtins.list[float] | None = None,
     ) -> Budget:
-        """Admin: create or update a budget. ``alert_thresholds`` or ``channels`` None:
-        the budget keeps its own (a new one: 0.5/0.8/1.0, none)."""
-        return self._run(_core.set_budget(scope, period, limit_usd, alert_thresholds, channels))
+        """Admin: create or update a budget. ``alert_thresholds``, ``channels`` or
+        ``forecast_thresholds`` None: the budget keeps its own (a new one: 0.5/0.8/1.0,
+        none, none). ``forecast_thresholds`` (opt-in, e.g. ``[1.0]``): alert when the
+        run-rate forecast of the period's spend passes these fractions of the limit."""
+        return self._run(_core.set_budget(scope, period, limit_usd, alert_thresholds,
+                                          channels, forecast_thresholds))
 
 
 @contextlib.contextmanager

@@ -172,8 +172,12 @@ def test_admin_helpers_create_keys_and_budgets(api: Api) -> None:
     with Client(api.url, api.admin_key) as admin:
         created = admin.create_key("initech")
         assert created.tenant == "initech" and not created.admin
-        budget = admin.set_budget("tenant:initech", "day", 3.0, alert_thresholds=[0.5, 1.0])
+        budget = admin.set_budget("tenant:initech", "day", 3.0, alert_thresholds=[0.5, 1.0],
+                                  forecast_thresholds=[1.0])
         assert budget.limit_usd == 3.0 and budget.alert_thresholds == [0.5, 1.0]
+        assert budget.forecast_thresholds == [1.0]
+        kept = admin.set_budget("tenant:initech", "day", 3.0)  # None keeps both lists
+        assert (kept.alert_thresholds, kept.forecast_thresholds) == ([0.5, 1.0], [1.0])
     with Client(api.url, created.key) as c:
         [b] = c.budgets()
         assert (b.scope, b.period, b.limit_usd, b.remaining_usd) == ("tenant:initech", "day",
