@@ -2,7 +2,8 @@
 
 Two jobs of one tenant ask for the same result when their kind, their normalised input (the
 kind's standard parameters with their defaults filled in, and every parameter a backend
-declares: ``JobSpec`` has already normalised it, so ``duration_s: 8`` and ``8.0`` agree),
+declares: ``JobSpec`` has already normalised it, so ``duration_s: 8`` and ``8.0`` agree,
+and a number is hashed by its value, so a declared ``temperature`` of 1 and 1.0 agree too),
 their tier and their pinned backend are equal. What does not change the result is left out:
 strategy, max_cost_usd, deadline, priority, webhook, metadata. The key is the SHA-256 of
 those fields as canonical JSON, tenant included: the prompt is never stored in clear outside
@@ -13,16 +14,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from orchestrator.domain.jobs import JobSpec
 
-KEY_VERSION = 1  # bump when what the key covers changes: old entries simply stop matching
+# bump when what the key covers changes: old entries simply stop matching
+# (2: a number is hashed by its value, 1 and 1.0 alike)
+KEY_VERSION = 2
+
+
+def _number_by_value(value: Any) -> Any:
+    """``value`` with every integral float written as the integer it equals. JSON has one
+    number type: a backend-declared ``number`` of 1 and one of 1.0 are the same request
+    (an ``integer`` parameter refuses 1.0 before it gets here), but Python's JSON writes
+    them apart. Booleans stay booleans."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _number_by_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_number_by_value(v) for v in value]
+    return value
 
 
 def cache_key(tenant: str, spec: JobSpec) -> str:
     """The 64-hex SHA-256 key of ``spec``'s result for ``tenant``."""
     body = {
-        "v": KEY_VERSION, "tenant": tenant, "kind": spec.kind.value, "input": spec.input,
+        "v": KEY_VERSION, "tenant": tenant, "kind": spec.kind.value,
+        "input": _number_by_value(spec.input),
         "tier": spec.tier.value, "backend": spec.backend,
     }
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

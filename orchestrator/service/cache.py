@@ -91,8 +91,10 @@ _ADOPT = Statement(
     "UPDATE jobs SET cached_from = :leader WHERE id = :id AND chain_token = :t "
     "AND status IN ('queued', 'running') RETURNING id"
 )
+# a hit's ``cached_from`` goes too: a job that runs itself was served from nothing
 _UNLINK = Statement(
-    "UPDATE jobs SET cache_leader = NULL WHERE id = :id AND chain_token = :t "
+    "UPDATE jobs SET cache_leader = NULL, cached_from = NULL "
+    "WHERE id = :id AND chain_token = :t "
     "AND status IN ('queued', 'running') AND cache_leader IS NOT NULL RETURNING id"
 )
 

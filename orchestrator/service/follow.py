@@ -8,8 +8,11 @@ or a chain the sweeper revived) asks the leader first:
   (``ResultCache.wake``), else its own timer of ``ORCH_POLL_MAX_S``;
 * succeeded: the follower takes its result at $0 (``cached_from`` set, then one ledger
   statement ends it succeeded with cost 0: its hold is released, a settle entry of 0);
-* failed, cancelled or gone: the link is cleared and the follower runs itself on its own
-  hold, like any job.
+* failed, cancelled or gone, or succeeded but its result since dropped by the retention
+  sweeper: the link is cleared and the follower runs itself on its own hold, like any job.
+  A hit admitted on a hold of 0 (its result vanished before it was served) first raises its
+  hold to its plan's worst case, so budgets apply to its run as to any job's; a budget that
+  cannot take it fails it ``budget_exceeded`` (``Refused``), charged nothing.
 
 Two steps racing do no harm: the requeue and the unlink are guarded by status and link, so
 only one wins; an ending already made is not made again.
@@ -19,15 +22,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from orchestrator.domain.polling import PollPolicy
+from orchestrator.domain.routing import RoutePlan
+from orchestrator.errors import BudgetExceeded, HoldNotActive, HoldNotFound
 from orchestrator.ledger import Ledger
 from orchestrator.service.attempts import DONE, Next
 from orchestrator.service.cache import ResultCache, record_saved
 from orchestrator.service.observe import JobObserver
 from orchestrator.store import jobs as repo
 from orchestrator.store.statement import Conn
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The job must run itself and a budget cannot hold its worst case: fail it."""
+
+    message: str
 
 
 class Follower:
@@ -39,10 +52,11 @@ class Follower:
         self.clock = clock
 
     def check(self, conn: Conn, job: repo.JobRow, token: uuid.UUID
-              ) -> Next | repo.JobRow | None:
+              ) -> Next | repo.JobRow | Refused | None:
         """For a live follower held by the chain ``token``: ``Next`` (it waits, or another
         step has it), the succeeded leader whose result it takes (``adopt``, after the
-        connection's work), or None: it runs itself now."""
+        connection's work), ``Refused`` (it must run itself and its budget cannot hold
+        that), or None: it runs itself now."""
         assert job.cache_leader is not None
         leader = repo.get_job(conn, job.cache_leader)
         if leader is not None and not leader.is_final:
@@ -54,11 +68,30 @@ class Follower:
                     conn, job.id, token, delay + self.poll.grace_s):
                 return DONE
             return Next(delay)
-        if leader is not None and leader.status == "succeeded":
+        # a succeeded leader whose result retention dropped has nothing to hand out: a job
+        # ended succeeded with no result would have lost what it asked for
+        if leader is not None and leader.status == "succeeded" and leader.result is not None:
             if not ResultCache.adopt(conn, job.id, token, leader.id):
                 return DONE
             return leader
+        refused = self._cover(job)
+        if refused is not None:
+            return refused
         return None if ResultCache.unlink(conn, job.id, token) else DONE
+
+    def _cover(self, job: repo.JobRow) -> Next | Refused | None:
+        """Before a job admitted below its worst case (a hit's hold of 0) runs itself: its
+        hold raised to its plan's worst case. None: covered."""
+        worst = RoutePlan.from_quote(job.route or {}).worst_case_micros
+        if job.estimated_cost_micros >= worst:
+            return None  # a follower: admitted on its own worst case
+        try:
+            self.ledger.raise_hold(job.id, worst)
+        except BudgetExceeded as exc:
+            return Refused(f"its cached result is no longer kept, and {exc.message}")
+        except (HoldNotActive, HoldNotFound):
+            return DONE  # it ended meanwhile
+        return None
 
     def adopt(self, job: repo.JobRow, leader: repo.JobRow) -> Next:
         """End the follower succeeded with ``leader``'s result, at $0."""

@@ -66,7 +66,7 @@ from orchestrator.service.cache import ResultCache
 from orchestrator.service.conclude import Concluder
 from orchestrator.service.endings import Endings
 from orchestrator.service.failover_hold import cover_failover
-from orchestrator.service.follow import Follower
+from orchestrator.service.follow import Follower, Refused
 from orchestrator.service.observe import JobObserver
 from orchestrator.service.opening import Opener
 from orchestrator.service.ports import EnqueuePort, HealthPort
@@ -179,6 +179,7 @@ class JobRunner:
         opened: Opened | None = None
         attempts: list[repo.AttemptRow] = []  # a queued job has no attempts yet
         leader: repo.JobRow | None = None
+        refused: Refused | None = None
         with self.db.connection() as conn:
             found = repo.claim_or_get(conn, job_id, token, now)
             if found is None:
@@ -190,11 +191,13 @@ class JobRunner:
                 verdict = self.follower.check(conn, current, token)
                 if isinstance(verdict, Next):
                     return verdict
-                if verdict is not None:
+                if isinstance(verdict, Refused):
+                    refused = verdict
+                elif verdict is not None:
                     leader = verdict
                 current = replace(current, cache_leader=None)
             # a follower taking its leader's result is ended below, off this connection
-            claimed = current if claimed_now and leader is None else None
+            claimed = current if claimed_now and leader is None and refused is None else None
             if claimed is not None:
                 job = claimed
                 if not self._past_deadline(job, now):
@@ -208,12 +211,15 @@ class JobRunner:
                     if wait is not None:  # back to the queue until a breaker lets it by
                         repo.requeue(conn, job_id, token, wait + self.poll_policy.grace_s)
                         return Next(wait)
-            elif leader is None:
+            elif leader is None and refused is None:
                 if current.chain_token != token or (current.is_final and current.wake_at is None):
                     return DONE
                 job, attempts = current, repo.attempts(conn, job_id)
         if leader is not None:
             return self.follower.adopt(current, leader)
+        if refused is not None:  # a hit left to run itself, and no budget for it
+            self.endings.fail(current, BudgetExceeded.code, refused.message)
+            return DONE
         if claimed is not None:
             self.observe.job_started(claimed)
         if opened is not None:  # committed: now the backend may be called

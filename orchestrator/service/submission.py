@@ -242,10 +242,14 @@ class Submitter:
     def serve_hit(self, job: repo.JobRow, match: Match) -> repo.JobRow:
         """End a job admitted on a cache hit: succeeded, the hit's result, cost 0. Should
         this process stop first, the sweeper starts the job and its chain does the same
-        (``JobRunner``: a follower whose leader succeeded)."""
+        (``JobRunner``: a follower whose leader succeeded). A result the retention sweeper
+        dropped since the look-up serves nothing: the job is left to its chain (``start``
+        sends it), which raises its hold to its worst case and runs it (``service.follow``)."""
         with self.engine.begin() as conn:
             origin = repo.get_job(conn, match.job_id)
-            assert job.chain_token is not None and origin is not None
+            assert job.chain_token is not None
+            if origin is None or origin.result is None:
+                return job
             ResultCache.adopt(conn, job.id, job.chain_token, origin.id)
         now = self.clock()
         end = self.ledger.end_job(job.id, "succeeded", now, backend=origin.backend,

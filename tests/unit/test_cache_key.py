@@ -50,3 +50,25 @@ def test_per_request_flag_over_the_tenant_default() -> None:
     assert not cache_enabled(spec(), "globex", on)
     assert cache_enabled(spec(cache=True), "globex", on)
     assert cache_enabled(spec(), "anyone", frozenset({"*"}))
+
+
+def test_a_declared_number_agrees_in_any_json_form() -> None:
+    """A backend-declared ``number`` (temperature, guidance) of 1 and 1.0 (or 1e0) is one
+    value, sent to the provider as one: the same request, the same key."""
+    base = cache_key("acme", spec(input={"temperature": 1, "guidance": 7}))
+    for same in ({"temperature": 1.0, "guidance": 7.0}, {"temperature": 1e0, "guidance": 7}):
+        assert cache_key("acme", spec(input=same)) == base
+    # yet other values, and other JSON types, stay apart
+    assert cache_key("acme", spec(input={"temperature": 1.5, "guidance": 7})) != base
+    assert cache_key("acme", spec(input={"temperature": True, "guidance": 7})) != base
+    assert cache_key("acme", spec(input={"temperature": "1", "guidance": 7})) != base
+
+
+def test_text_is_taken_as_written() -> None:
+    """Composed and decomposed unicode, and whitespace, are other prompts to a provider:
+    never folded into one key."""
+    composed, decomposed = "caf\u00e9 at dawn", "cafe\u0301 at dawn"
+    keys = {cache_key("acme", spec(input={"prompt": p}))
+            for p in (composed, decomposed, composed + " ", " " + composed,
+                      "caf\u00e9  at dawn")}
+    assert len(keys) == 5
