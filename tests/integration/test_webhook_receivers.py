@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -258,3 +259,45 @@ def test_a_receiver_written_from_the_docs_verifies_and_refuses_an_old_replay(
     forged = Request(req.head, req.headers, req.body.replace(b"job.", b"jab."))
     assert _docs_receiver(secret, forged, time.time(), set()) == 401
     assert _docs_receiver("x" * 40, req, time.time(), set()) == 401
+
+
+def test_no_send_starts_after_its_claims_lease_so_a_job_stays_in_order(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    """A run whose batch takes longer than its claim's lease (slow receivers ahead in the
+    batch) must not send what another run has claimed again since: that run delivers it and
+    the job's next event, then the late send arrives after them (seq 1, 2, 1)."""
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold_first(sock: socket.socket, req: Request) -> None:
+        if req.path == "/slow" and not held.is_set():
+            held.set()
+            release.wait(20)
+        sock.sendall(answer(200))
+
+    receiver.behave = hold_first
+    _job(db, f"{receiver.url}/slow")  # first in the batch
+    j = _job(db, f"{receiver.url}/j", events=("job.queued", "job.cancelled"))
+    with db.begin() as conn:
+        conn.execute(text("UPDATE jobs SET status = 'cancelled' WHERE id = :j"), {"j": j})
+    rules = WebhookPolicy(lease_s=1.5)
+    reports: list[Report] = []
+    with egress_client(default_timeout(10.0)) as patient:
+        first = threading.Thread(target=lambda: reports.append(deliver_due(
+            db, EGRESS, BOX, patient, rules, datetime.now(UTC), max_workers=1)))
+        first.start()
+        try:
+            assert held.wait(10), "the first run never sent"
+            since = time.monotonic()
+            while time.monotonic() - since < rules.lease_s + 0.5:  # the scenario's clock
+                release.wait(0.1)
+            for _ in range(3):  # other runs meanwhile, as beat's next ticks would be
+                _send(db, client)
+        finally:
+            release.set()
+            first.join(30)
+    for _ in range(3):
+        _send(db, client, _later())
+    seqs = [json.loads(r.body)["seq"] for r in receiver.got() if r.path == "/j"]
+    assert seqs == sorted(seqs), f"job j's events arrived as {seqs}"
+    assert {s for s, *_ in _rows(db)} == {"delivered"}
