@@ -301,3 +301,18 @@ def test_no_send_starts_after_its_claims_lease_so_a_job_stays_in_order(
     seqs = [json.loads(r.body)["seq"] for r in receiver.got() if r.path == "/j"]
     assert seqs == sorted(seqs), f"job j's events arrived as {seqs}"
     assert {s for s, *_ in _rows(db)} == {"delivered"}
+
+
+def test_a_name_resolving_inside_at_send_time_is_never_called(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    """Saved while public, resolving to a private address by the time it is sent (DNS
+    rebinding): refused at the send, nothing connected to, and final."""
+    answers = {"hooks.rebind.test": [str(receiver.host)]}  # a loopback not admitted here
+    rebinding = EgressPolicy("", resolver=lambda host, port: answers[host])
+    _job(db, f"http://hooks.rebind.test:{receiver.port}/hook")
+    report = deliver_due(db, rebinding, BOX, client, WebhookPolicy(), datetime.now(UTC))
+    assert report == Report(failed=1) and receiver.got() == []
+    [(status, attempts, error)] = _rows(db)
+    assert (status, attempts) == ("failed", 1)
+    assert error is not None and error.startswith("egress_refused")
+    assert TOKEN not in error and "hooks.rebind.test:" not in error
