@@ -13,14 +13,16 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from orchestrator.api import ApiConfig
 from orchestrator.simulator import RunningSimulator
+from orchestrator.store import jobs as repo
 
 from .api_fixture import Api, start_api, video
 from .e2e_support import E2E_CATALOGUE, rig_for
@@ -95,4 +97,52 @@ def test_a_worker_killed_between_send_and_record_loses_nothing(
         assert d["attempts"] == 2
     finally:
         killed.set()
+        receiver.close()
+
+
+def test_receivers_that_never_answer_do_not_take_the_workers_jobs_need(
+        api: Api, tmp_path: Path) -> None:
+    """900 deliveries due to a receiver that never answers: each beat tick's run claims a
+    batch and holds its worker thread for 13 POST limits. Were every free thread taken by
+    such runs, a job's steps would wait for them: "a slow or dead receiver never slows a
+    job" (docs/api.md)."""
+    rig = api.rig
+
+    def silent(sock: socket.socket, _: Request) -> None:
+        receiver.stop.wait(120)
+
+    receiver = RawReceiver(silent).start()
+    try:
+        now = datetime.now(UTC)
+        with rig.engine.begin() as conn:
+            for _ in range(900):  # ended jobs (nothing to run), one delivery each
+                job = uuid.uuid4()
+                repo.insert_job(conn, job_id=job, tenant="acme", kind="text", tier="standard",
+                                spec={"kind": "text", "input": {"prompt": "x"},
+                                      "webhook_url": f"{receiver.url}/hook",
+                                      "webhook_events": ["job.cancelled"]},
+                                route={}, estimated_cost_micros=1, deadline_at=now,
+                                chain_token=uuid.uuid4(), wake_at=now)
+                conn.execute(text("UPDATE jobs SET status = 'cancelled' WHERE id = :j"),
+                             {"j": job})
+        rig.start_worker()  # 8 threads
+        start_beat(rig, tmp_path)
+        rig.wait_worker_ready()
+
+        def claimed() -> bool:
+            with rig.engine.connect() as conn:
+                return int(conn.execute(text(
+                    "SELECT count(*) FROM webhook_deliveries WHERE attempts > 0")
+                ).scalar_one()) >= 100
+        rig.wait_for("a run to hold a batch of silent receivers", claimed, timeout=60)
+        ticks = time.monotonic()
+        while time.monotonic() - ticks < 4:  # the scenario's clock: 8 more beat ticks
+            receiver.stop.wait(0.1)
+        started = time.monotonic()
+        r = api.tenant().post("/v1/jobs", json=video())
+        assert r.status_code == 202, r.text
+        rig.wait_final([uuid.UUID(r.json()["id"])], timeout=120)
+        took = time.monotonic() - started
+        assert took < 10, f"a 4 s video job took {took:.0f} s behind the webhook runs"
+    finally:
         receiver.close()
