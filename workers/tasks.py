@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 
@@ -74,7 +75,23 @@ def deliver_alerts() -> None:
     name="orchestrator.deliver_webhooks", autoretry_for=_INFRA, max_retries=1)
 def deliver_webhooks() -> int:
     """Send the job webhooks that are due (beat, every ORCH_WEBHOOK_INTERVAL_S), batch after
-    batch for up to one interval; returns how many were tried."""
+    batch for up to one interval; returns how many were tried. Nothing while this process is
+    running one already (see ``_webhook_run``)."""
+    if not _webhook_run.acquire(blocking=False):
+        return 0
+    try:
+        return _deliver_webhooks()
+    finally:
+        _webhook_run.release()
+
+
+# One webhook run at a time per worker process: a run holds its thread until every POST of
+# its batch has ended (13 POST limits for receivers that never answer), so the runs started by
+# each beat tick would otherwise take every thread the jobs' steps need.
+_webhook_run = threading.Lock()
+
+
+def _deliver_webhooks() -> int:
     from orchestrator.events.delivery import WebhookPolicy, deliver_due
 
     c = container()

@@ -9,12 +9,22 @@ certificate against it (httpx's ``sni_hostname`` request extension: httpcore pas
 
 Redirects are never followed (a 3xx is the caller's failure to handle) and the reply body is
 never read: only the status and headers come back.
+
+The client's read timeout is also the whole POST's limit: httpx's timeouts bound each read
+and write, so a receiver trickling its answer a byte at a time would otherwise hold the caller
+for as long as it likes. At the limit a watchdog shuts the socket down, and the caller gets
+``httpx.ReadTimeout`` as for any other timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
+import threading
+import time
 from collections.abc import Mapping
+from typing import Any
 
 import httpx
 
@@ -46,6 +56,8 @@ def post_pinned(
     in order while the connection itself fails (nothing sent yet), as a resolver-aware client
     would.
     """
+    limit_s = client.timeout.read
+    deadline = None if limit_s is None else time.monotonic() + limit_s
     checked = policy.check(url, field)
     target = checked.target
     send_headers = {**headers, "Host": target.url.netloc.decode("ascii")}
@@ -53,17 +65,65 @@ def post_pinned(
     if target.ip is None and target.url.scheme == "https":
         extensions["sni_hostname"] = target.host
     failure: httpx.ConnectError | None = None
-    for ip in checked.addresses:
-        request = client.build_request(
-            "POST", target.url.copy_with(host=str(ip)), content=content,
-            headers=send_headers, extensions=extensions,
-        )
-        try:
-            response = client.send(request, stream=True, follow_redirects=False)
-        except httpx.ConnectError as exc:
-            failure = exc
-            continue
-        response.close()  # the body is the remote side's business: never read, never kept
-        return response
+    watchdog = _Watchdog()
+    timer = None if deadline is None else threading.Timer(deadline - time.monotonic(),
+                                                          watchdog.fire)
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        for ip in checked.addresses:
+            if watchdog.fired:
+                break
+            request = client.build_request(
+                "POST", target.url.copy_with(host=str(ip)), content=content,
+                headers=send_headers, extensions={**extensions, "trace": watchdog.trace},
+            )
+            try:
+                response = client.send(request, stream=True, follow_redirects=False)
+            except httpx.ConnectError as exc:
+                failure = exc
+                continue
+            except httpx.TransportError:
+                if watchdog.fired:  # our own shutdown, not the receiver's doing
+                    raise httpx.ReadTimeout("the whole time limit passed") from None
+                raise
+            response.close()  # the body is the remote side's business: never read, never kept
+            return response
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if watchdog.fired:
+        raise httpx.ConnectTimeout("the whole time limit passed")
     assert failure is not None  # check() returns at least one address
     raise failure
+
+
+class _Watchdog:
+    """Shuts down the connection's socket when the whole limit passes (``fire``, from a
+    timer thread): the blocked read or write in the sending thread then fails at once."""
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def trace(self, name: str, info: dict[str, Any]) -> None:
+        if name != "connection.connect_tcp.complete":
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        with self._lock:
+            self._sock = sock
+            if self.fired:
+                _shutdown(sock)
+
+    def fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            if self._sock is not None:
+                _shutdown(self._sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed already: nothing left to cut
+        sock.shutdown(socket.SHUT_RDWR)

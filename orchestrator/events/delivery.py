@@ -19,12 +19,17 @@ that hold no lock while a receiver is called, so a slow receiver never slows a j
    ``orchestrator.events.redelivery``); else ``failed``. The tenant endpoint's
    ``failing_since`` and ``last_error`` mark it failing until a delivery succeeds.
 
-At least once: a crash between a send and its record sends it again after the lease.
+At least once: a crash between a send and its record sends it again after the lease. The
+lease covers the whole batch's worst case (each POST's whole time limit, the client's read
+timeout, times the rounds of ``max_workers`` a batch takes): a run still sending when its lease
+ran out would race the run that claimed the same delivery again, and a job's earlier event
+could then arrive after its later ones.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -101,7 +106,9 @@ class WebhookPolicy:
     retry_window_s: float = 86_400.0
     backoff_s: float = 5.0
     backoff_cap_s: float = 600.0
-    lease_s: float = 120.0  # a leased delivery is not leased again before this (crash cover)
+    # a leased delivery is not leased again before this (crash cover); at least the batch's
+    # worst case (deliver_due), so no run is still sending what another has claimed since
+    lease_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -129,7 +136,8 @@ def deliver_due(engine: Engine, policy: EgressPolicy, box: SecretBox | None,
                 batch: int = 100, max_workers: int = 8) -> Report:
     """Send what is due at ``now`` (at most ``batch``)."""
     token = uuid.uuid4()
-    claimed = _claim(engine, box, now, batch, rules, token)
+    claimed = _claim(engine, box, now, batch, lease_s(client, rules, batch, max_workers),
+                     token)
     if claimed:
         with ThreadPoolExecutor(max_workers=min(max_workers, len(claimed)),
                                 thread_name_prefix="webhooks") as pool:
@@ -141,11 +149,24 @@ def deliver_due(engine: Engine, policy: EgressPolicy, box: SecretBox | None,
     return Report(**counts)
 
 
-def _claim(engine: Engine, box: SecretBox | None, now: datetime, batch: int,
-           rules: WebhookPolicy, token: uuid.UUID) -> list[_Claimed]:
+LEASE_MARGIN_S = 15.0  # the claim and record transactions, DNS, a last connect attempt
+FALLBACK_LIMIT_S = 60.0  # a client without a read timeout: the longest a setting allows
+
+
+def lease_s(client: httpx.Client, rules: WebhookPolicy, batch: int, max_workers: int) -> float:
+    """How long a claim holds its deliveries: the worst case of sending a whole batch
+    (``post_pinned`` ends each POST at the client's read timeout), and no less than
+    ``rules.lease_s``."""
+    limit = client.timeout.read or FALLBACK_LIMIT_S
+    rounds = math.ceil(batch / max(1, max_workers))
+    return max(rules.lease_s, limit * rounds + LEASE_MARGIN_S)
+
+
+def _claim(engine: Engine, box: SecretBox | None, now: datetime, batch: int, lease: float,
+           token: uuid.UUID) -> list[_Claimed]:
     with engine.begin() as tx:
         rows = tx.execute(_CLAIM, {"now": now, "batch": batch, "token": token,
-                                   "lease_until": now + timedelta(seconds=rules.lease_s)}).all()
+                                   "lease_until": now + timedelta(seconds=lease)}).all()
         if not rows:
             return []
         events = {r.id: r for r in tx.execute(_EVENTS, {"ids": [r.event_id for r in rows]})}

@@ -1,0 +1,318 @@
+"""Job webhooks against bad receivers, over real sockets and real PostgreSQL: the worker's
+own sending step (``deliver_due``) with the worker's own HTTP client (``egress_client``),
+against receivers that trickle, stall, redirect, hang up, answer 410 or an endless body, and
+a receiver written from the docs' words alone (not from our signing code)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from orchestrator.egress import EgressPolicy, egress_client
+from orchestrator.events import endpoints
+from orchestrator.events.delivery import Report, WebhookPolicy, deliver_due
+from orchestrator.notify.base import default_timeout
+from orchestrator.secrets import SecretBox, new_key
+from orchestrator.store import jobs as repo
+
+from .raw_receiver import RawReceiver, Request, answer
+
+TIMEOUT_S = 1.0  # ORCH_WEBHOOK_TIMEOUT_S of these tests: one POST's whole time limit
+BOX = SecretBox([new_key()])
+EGRESS = EgressPolicy("127.0.0.1/32")  # 127.0.0.2 and the rest are not admitted
+TOKEN = "tok-9f8e7d6c5b4a"  # in the URL's path: a bearer secret of the receiver's
+
+
+@pytest.fixture(name="client")
+def client_fixture() -> Iterator[httpx.Client]:
+    with egress_client(default_timeout(TIMEOUT_S)) as c:
+        yield c
+
+
+@pytest.fixture(name="receiver")
+def receiver_fixture() -> Iterator[RawReceiver]:
+    r = RawReceiver().start()
+    yield r
+    r.close()
+
+
+def _job(db: Engine, url: str, events: tuple[str, ...] = ("job.queued",)) -> uuid.UUID:
+    now = datetime.now(UTC)
+    job = uuid.uuid4()
+    with db.begin() as conn:
+        repo.insert_job(conn, job_id=job, tenant="acme", kind="text", tier="standard",
+                        spec={"kind": "text", "input": {"prompt": "a red kite"},
+                              "webhook_url": url, "webhook_events": list(events)},
+                        route={}, estimated_cost_micros=1, deadline_at=now,
+                        chain_token=uuid.uuid4(), wake_at=now)
+    return job
+
+
+def _send(db: Engine, client: httpx.Client, at: datetime | None = None) -> Report:
+    return deliver_due(db, EGRESS, BOX, client, WebhookPolicy(), at or datetime.now(UTC))
+
+
+def _rows(db: Engine) -> list[tuple[str, int, str | None]]:
+    with db.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(  # type: ignore[misc]
+            "SELECT status, attempts, last_error FROM webhook_deliveries ORDER BY id"))]
+
+
+def _later(s: float = 3600) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=s)  # past any backoff, within the window
+
+
+def test_a_receiver_trickling_its_answer_is_cut_at_the_whole_time_limit(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    """Each byte comes before the read timeout, so only a limit on the whole POST ends it:
+    without one a worker thread (and its batch) is held as long as the receiver likes."""
+    def trickle(sock: socket.socket, _: Request) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(60):  # 12 s of a header that never ends, unless stopped
+            if receiver.stop.wait(0.2):
+                return
+            sock.sendall(b"X")
+
+    receiver.behave = trickle
+    _job(db, f"{receiver.url}/hook/{TOKEN}")
+    started = time.monotonic()
+    assert _send(db, client) == Report(retrying=1)
+    took = time.monotonic() - started
+    assert took < TIMEOUT_S + 2, f"a {TIMEOUT_S} s limit held the send for {took:.1f} s"
+    assert _rows(db) == [("pending", 1, "timeout")]
+
+
+def test_a_receiver_that_never_answers_is_a_timeout_within_the_limit(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    def silent(sock: socket.socket, _: Request) -> None:
+        receiver.stop.wait(30)
+
+    receiver.behave = silent
+    _job(db, f"{receiver.url}/hook")
+    started = time.monotonic()
+    assert _send(db, client) == Report(retrying=1)
+    assert time.monotonic() - started < TIMEOUT_S + 2
+    assert _rows(db) == [("pending", 1, "timeout")]
+
+
+def test_a_slow_2xx_is_sent_again_with_the_same_event_id(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    """Past the limit the answer is not waited for: the receiver handled it, we retry it;
+    it de-duplicates on the event id, which is the same."""
+    def slow_once(sock: socket.socket, _: Request) -> None:
+        if len(receiver.got()) == 1:
+            receiver.stop.wait(TIMEOUT_S + 1)
+        sock.sendall(answer(200))
+
+    receiver.behave = slow_once
+    _job(db, f"{receiver.url}/hook")
+    assert _send(db, client) == Report(retrying=1)
+    assert _send(db, client, _later()) == Report(delivered=1)
+    first, second = receiver.got()
+    assert first.headers["x-orchestrator-event-id"] == second.headers["x-orchestrator-event-id"]
+    assert first.body == second.body
+    assert _rows(db) == [("delivered", 2, None)]
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_never_followed_and_fails_the_delivery(
+        db: Engine, client: httpx.Client, receiver: RawReceiver, status: int) -> None:
+    inside = RawReceiver(host="127.0.0.2").start()  # not admitted by the egress policy
+    try:
+        receiver.behave = lambda sock, _: sock.sendall(
+            answer(status, extra=f"Location: {inside.url}/metadata\r\n"))
+        _job(db, f"{receiver.url}/hook")
+        assert _send(db, client) == Report(failed=1)
+        assert _send(db, client, _later()) == Report()
+        assert len(receiver.got()) == 1 and inside.got() == []
+        assert _rows(db) == [("failed", 1, f"http_{status}")]
+    finally:
+        inside.close()
+
+
+def test_410_gone_fails_at_once_and_is_not_retried(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    receiver.behave = lambda sock, _: sock.sendall(answer(410, b"gone for good"))
+    _job(db, f"{receiver.url}/hook")
+    assert _send(db, client) == Report(failed=1)
+    assert _send(db, client, _later()) == Report()
+    assert _rows(db) == [("failed", 1, "http_410")]
+
+
+def test_a_receiver_hanging_up_mid_request_is_retried(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    def hang_up_once(sock: socket.socket, _: Request) -> None:
+        if len(receiver.got()) > 1:
+            sock.sendall(answer(200))
+        else:
+            sock.shutdown(socket.SHUT_RDWR)  # read the request, then gone without a word
+
+    receiver.behave = hang_up_once
+    _job(db, f"{receiver.url}/hook")
+    assert _send(db, client) == Report(retrying=1)
+    [(status, attempts, error)] = _rows(db)
+    assert (status, attempts) == ("pending", 1)
+    assert error is not None and error.startswith("transport_error")
+    assert _send(db, client, _later()) == Report(delivered=1)
+
+
+def test_an_endless_answer_body_is_never_read_nor_logged(
+        db: Engine, client: httpx.Client, receiver: RawReceiver,
+        caplog: pytest.LogCaptureFixture) -> None:
+    pushed: list[int] = []
+
+    def endless(sock: socket.socket, _: Request) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n")
+        chunk = b"REMOTE-REPLY-" * 5000
+        while not receiver.stop.is_set() and sum(pushed) < 10**9:
+            sock.sendall(chunk)  # OSError once the sender has hung up: the point
+            pushed.append(len(chunk))
+
+    receiver.behave = endless
+    _job(db, f"{receiver.url}/hook")
+    with caplog.at_level(logging.DEBUG):
+        started = time.monotonic()
+        assert _send(db, client) == Report(delivered=1)
+        assert time.monotonic() - started < TIMEOUT_S + 2
+    assert sum(pushed) < 10**8  # the sender stopped reading at the head
+    assert "REMOTE-REPLY" not in caplog.text
+
+
+def test_one_jobs_failing_delivery_holds_back_its_own_later_events_only(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    """The tenant's endpoint refuses job A's events (503) and takes job B's: A's later event
+    waits for its earlier one, B's go through meanwhile; A's then arrive in order."""
+    failing: set[str] = set()
+
+    def by_job(sock: socket.socket, req: Request) -> None:
+        sock.sendall(answer(503 if json.loads(req.body)["job_id"] in failing else 200))
+
+    receiver.behave = by_job
+    with db.begin() as conn:
+        endpoints.put(conn, "acme", url=f"{receiver.url}/tenant", secret="s" * 20,
+                      events=["job.queued", "job.cancelled"], policy=EGRESS, box=BOX)
+    a = _job(db, f"{receiver.url}/unused", events=())
+    failing.add(str(a))
+    b = _job(db, f"{receiver.url}/unused", events=())
+    assert _send(db, client) == Report(delivered=1, retrying=1)
+    with db.begin() as conn:  # both jobs get a second event
+        conn.execute(text("UPDATE jobs SET status = 'cancelled' WHERE id IN (:a, :b)"),
+                     {"a": a, "b": b})
+    assert _send(db, client, _later(60)) == Report(delivered=1, retrying=1)
+    sent = [(json.loads(r.body)["job_id"], json.loads(r.body)["seq"]) for r in receiver.got()]
+    assert (str(b), 2) in sent and (str(a), 2) not in sent
+    failing.clear()
+    _send(db, client, _later(3600))
+    _send(db, client, _later(3600))
+    got_a = [json.loads(r.body)["seq"] for r in receiver.got()
+             if json.loads(r.body)["job_id"] == str(a)]
+    assert got_a[-2:] == [1, 2] and got_a.count(2) == 1
+    assert {s for s, *_ in _rows(db)} == {"delivered"}
+
+
+def _docs_receiver(secret: str, req: Request, now: float, seen: set[str]) -> int:
+    """docs/api.md "Webhooks", by hand: HMAC-SHA256 with the secret over
+    "<timestamp>.<raw body>", hex after "sha256=", compared in constant time; a timestamp
+    more than 5 minutes away is refused; a repeat of an event id is already handled."""
+    ts = req.headers.get("x-orchestrator-timestamp", "")
+    sig = req.headers.get("x-orchestrator-signature", "")
+    if not ts.isdigit() or abs(now - int(ts)) > 300 or not sig.startswith("sha256="):
+        return 401
+    mine = hmac.new(secret.encode(), f"{ts}.".encode() + req.body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(mine, sig.removeprefix("sha256=")):
+        return 401
+    event_id = req.headers["x-orchestrator-event-id"]
+    if event_id in seen:
+        return 200
+    seen.add(event_id)
+    return 200
+
+
+def test_a_receiver_written_from_the_docs_verifies_and_refuses_an_old_replay(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    _job(db, f"{receiver.url}/hook")
+    with db.begin() as conn:
+        secret = endpoints.open_secret(endpoints.ensure_secret(conn, "acme", BOX), BOX)
+    assert secret is not None
+    seen: set[str] = set()
+    receiver.behave = lambda sock, req: sock.sendall(
+        answer(_docs_receiver(secret, req, time.time(), seen)))
+    assert _send(db, client) == Report(delivered=1)
+    [req] = receiver.got()
+    event = json.loads(req.body)
+    assert req.headers["x-orchestrator-event-id"] == event["id"] and seen == {event["id"]}
+    assert req.headers["content-type"] == "application/json"
+    assert _docs_receiver(secret, req, time.time() + 301, set()) == 401  # replayed late
+    assert _docs_receiver(secret, req, time.time() - 301, set()) == 401  # from the future
+    forged = Request(req.head, req.headers, req.body.replace(b"job.", b"jab."))
+    assert _docs_receiver(secret, forged, time.time(), set()) == 401
+    assert _docs_receiver("x" * 40, req, time.time(), set()) == 401
+
+
+def test_no_send_starts_after_its_claims_lease_so_a_job_stays_in_order(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    """A run whose batch takes longer than its claim's lease (slow receivers ahead in the
+    batch) must not send what another run has claimed again since: that run delivers it and
+    the job's next event, then the late send arrives after them (seq 1, 2, 1)."""
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold_first(sock: socket.socket, req: Request) -> None:
+        if req.path == "/slow" and not held.is_set():
+            held.set()
+            release.wait(20)
+        sock.sendall(answer(200))
+
+    receiver.behave = hold_first
+    _job(db, f"{receiver.url}/slow")  # first in the batch
+    j = _job(db, f"{receiver.url}/j", events=("job.queued", "job.cancelled"))
+    with db.begin() as conn:
+        conn.execute(text("UPDATE jobs SET status = 'cancelled' WHERE id = :j"), {"j": j})
+    rules = WebhookPolicy(lease_s=1.5)
+    reports: list[Report] = []
+    with egress_client(default_timeout(10.0)) as patient:
+        first = threading.Thread(target=lambda: reports.append(deliver_due(
+            db, EGRESS, BOX, patient, rules, datetime.now(UTC), max_workers=1)))
+        first.start()
+        try:
+            assert held.wait(10), "the first run never sent"
+            since = time.monotonic()
+            while time.monotonic() - since < rules.lease_s + 0.5:  # the scenario's clock
+                release.wait(0.1)
+            for _ in range(3):  # other runs meanwhile, as beat's next ticks would be
+                _send(db, client)
+        finally:
+            release.set()
+            first.join(30)
+    for _ in range(3):
+        _send(db, client, _later())
+    seqs = [json.loads(r.body)["seq"] for r in receiver.got() if r.path == "/j"]
+    assert seqs == sorted(seqs), f"job j's events arrived as {seqs}"
+    assert {s for s, *_ in _rows(db)} == {"delivered"}
+
+
+def test_a_name_resolving_inside_at_send_time_is_never_called(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    """Saved while public, resolving to a private address by the time it is sent (DNS
+    rebinding): refused at the send, nothing connected to, and final."""
+    answers = {"hooks.rebind.test": [str(receiver.host)]}  # a loopback not admitted here
+    rebinding = EgressPolicy("", resolver=lambda host, port: answers[host])
+    _job(db, f"http://hooks.rebind.test:{receiver.port}/hook")
+    report = deliver_due(db, rebinding, BOX, client, WebhookPolicy(), datetime.now(UTC))
+    assert report == Report(failed=1) and receiver.got() == []
+    [(status, attempts, error)] = _rows(db)
+    assert (status, attempts) == ("failed", 1)
+    assert error is not None and error.startswith("egress_refused")
+    assert TOKEN not in error and "hooks.rebind.test:" not in error
