@@ -38,12 +38,15 @@ class BudgetView:
 
 
 # The budget's thresholds before a change, under the row's lock (taken before the upsert),
-# so that a PUT committed meanwhile is what this one replaces.
+# so that a PUT committed meanwhile is what this one replaces. NO KEY UPDATE, the lock the
+# upsert itself takes: FOR UPDATE would also wait on (and hold off) the key-share lock of an
+# alert's foreign key, so a settle that locked a period and then writes its alert would
+# deadlock with a change waiting on that period.
 _BEFORE = text(
     """
     SELECT alert_thresholds_bp, forecast_thresholds_bp FROM budgets
     WHERE scope = :scope AND period = :period
-    FOR UPDATE
+    FOR NO KEY UPDATE
     """
 )
 _UPSERT = text(
@@ -126,7 +129,7 @@ def set_budget(
     ``None`` for either list of thresholds, or for ``channels``, keeps the budget's own (for
     a new budget: the defaults, ``DEFAULT_THRESHOLDS_BP``, none and none). The upsert keeps
     them, not a read before it, so that a ``PUT /v1/budgets`` meanwhile is not undone; the
-    thresholds it replaces are read in the same statement, under the row's lock.
+    thresholds it replaces are read just before it, under the row's lock.
     """
     validate_scope(scope)
     Period(period)  # ValueError names the bad period

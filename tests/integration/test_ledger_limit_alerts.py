@@ -193,7 +193,7 @@ def _waiting_upserts(db: Engine) -> int:
     with db.connect() as conn:
         return int(conn.execute(text(
             "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-            "AND wait_event_type = 'Lock' AND query LIKE '%FROM budgets%FOR UPDATE%'"
+            "AND wait_event_type = 'Lock' AND query LIKE '%FROM budgets%FOR NO KEY UPDATE%'"
         )).scalar_one())
 
 
@@ -227,3 +227,43 @@ def test_the_thresholds_replaced_are_those_a_concurrent_change_committed(db: Eng
     assert not adder.is_alive() and errors == []
     assert threshold_alerts(db)[2:] == [(8000, 105.0, 85.0)]
     assert_sound(db)
+
+
+def test_a_change_waiting_on_a_period_lets_its_settle_write_the_alert(db: Engine) -> None:
+    """A settle locks its period, then writes its alert, whose foreign key takes a key-share
+    lock on the budget row; a change meanwhile locks the budget row, then waits on the
+    period. The change's lock must not hold off that key-share lock (a deadlock: one of
+    them failed). Here the settle's two steps are its own statements, in its order."""
+    make_budget(db, "tenant:acme", "month", 100 * USD)
+    spend(Ledger(db, clock=FakeClock()), 10 * USD)  # the open period exists
+    errors: list[BaseException] = []
+
+    def change() -> None:
+        try:
+            make_budget(db, "tenant:acme", "month", 90 * USD, thresholds_bp=(5000, 8000))
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    with db.begin() as settle:
+        budget_id, period_id = settle.execute(text(
+            "SELECT budget_id, id FROM budget_periods FOR NO KEY UPDATE")).one()
+        changer = threading.Thread(target=change)
+        changer.start()
+        deadline = time.monotonic() + 10
+        while not _waiting(db, "%UPDATE budget_periods%"):
+            assert changer.is_alive() and time.monotonic() < deadline, errors
+            time.sleep(0.01)
+        settle.execute(text(
+            "INSERT INTO alerts (budget_id, budget_period_id, kind, threshold_bp, bucket, "
+            "payload) VALUES (:b, :p, 'threshold', 9000, 1, '{}')"),
+            {"b": budget_id, "p": period_id})
+    changer.join(timeout=10)
+    assert not changer.is_alive() and errors == []
+
+
+def _waiting(db: Engine, query_like: str) -> bool:
+    """Whether a session waits on a lock in a statement like ``query_like``."""
+    with db.connect() as conn:
+        return bool(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            "AND wait_event_type = 'Lock' AND query LIKE :q"), {"q": query_like}).scalar())
