@@ -109,7 +109,9 @@ class _Watchdog:
         self._lock = threading.Lock()
 
     def trace(self, name: str, info: dict[str, Any]) -> None:
-        if name != "connection.connect_tcp.complete":
+        # TLS takes over the TCP socket's descriptor (the plain socket is left closed), so
+        # an https connection is cut through the TLS socket that replaces it
+        if name not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
             return
         sock = info["return_value"].get_extra_info("socket")
         with self._lock:

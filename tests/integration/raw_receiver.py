@@ -6,6 +6,7 @@ the test's ``behave`` writes whatever answer it likes to the socket."""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ def ok(sock: socket.socket, _: Request) -> None:
 class RawReceiver:
     behave: Behaviour = ok
     host: str = "127.0.0.1"
+    tls: ssl.SSLContext | None = None  # a server context: https, its answers over TLS
     requests: list[Request] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)  # ends every behaviour
     _sock: socket.socket | None = None
@@ -50,7 +52,7 @@ class RawReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def got(self) -> list[Request]:
         with self._lock:
@@ -88,6 +90,8 @@ class RawReceiver:
             conn.settimeout(10)
             data = b""
             try:
+                if self.tls is not None:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
                 while b"\r\n\r\n" not in data:
                     chunk = conn.recv(65536)
                     if not chunk:

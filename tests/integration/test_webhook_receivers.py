@@ -7,20 +7,27 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine, text
 
-from orchestrator.egress import EgressPolicy, egress_client
+from orchestrator.egress import EgressPolicy, egress_client, post_pinned
 from orchestrator.events import endpoints
 from orchestrator.events.delivery import Report, WebhookPolicy, deliver_due
 from orchestrator.notify.base import default_timeout
@@ -92,6 +99,51 @@ def test_a_receiver_trickling_its_answer_is_cut_at_the_whole_time_limit(
     took = time.monotonic() - started
     assert took < TIMEOUT_S + 2, f"a {TIMEOUT_S} s limit held the send for {took:.1f} s"
     assert _rows(db) == [("pending", 1, "timeout")]
+
+
+def _tls_for_loopback(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context trusting it) for a certificate of 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp / "loopback.pem", tmp / "loopback.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_file, key_file)
+    return server, ssl.create_default_context(cafile=str(cert_file))
+
+
+def test_an_https_receiver_trickling_its_answer_is_cut_at_the_limit_too(
+        tmp_path: Path, receiver: RawReceiver) -> None:
+    """Over TLS the socket to cut is the TLS one (TLS takes over the TCP socket's
+    descriptor): cutting the TCP socket did nothing, and the POST lasted as long as the
+    receiver trickled. Receivers must be https in production, and alerts share this POST."""
+    def trickle(sock: socket.socket, _: Request) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(60):
+            if receiver.stop.wait(0.2):
+                return
+            sock.sendall(b"X")
+
+    receiver.tls, client_tls = _tls_for_loopback(tmp_path)
+    receiver.behave = trickle
+    with egress_client(default_timeout(TIMEOUT_S), verify=client_tls) as client:
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            post_pinned(client, EGRESS, f"{receiver.url}/hook", b"{}", {})
+        took = time.monotonic() - started
+    assert took < TIMEOUT_S + 2, f"a {TIMEOUT_S} s limit held the send for {took:.1f} s"
+    assert [r.path for r in receiver.got()] == ["/hook"]  # it was sent, over TLS
 
 
 def test_a_receiver_that_never_answers_is_a_timeout_within_the_limit(
