@@ -11,21 +11,17 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from orchestrator.egress import EgressPolicy, EgressRefused, egress_client, post_pinned
 from orchestrator.notify import ChannelFactory, DeliveryError, parse_channel
 
+from .certs import self_signed
 from .test_notify_channels import SECRET, Receiver, make_alert, serve
 
 __all__ = ["serve"]
@@ -48,30 +44,11 @@ class TlsServer:
     hosts: list[str] = field(default_factory=list)
 
 
-def _certificate(tmp: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed certificate for the DNS name ``name`` only (no IP address in it)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp / f"{name}.pem", tmp / f"{name}.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
-
-
 @pytest.fixture()
 def tls(tmp_path: Path) -> Iterator[tuple[TlsServer, ssl.SSLContext]]:
     """An HTTPS server on 127.0.0.1 whose certificate names ``receiver.test``, and a client
     context that trusts that certificate."""
-    cert, key = _certificate(tmp_path, "receiver.test")
+    cert, key = self_signed(tmp_path, "receiver.test")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     srv = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)

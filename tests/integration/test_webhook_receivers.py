@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import socket
@@ -21,10 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine, text
 
 from orchestrator.egress import EgressPolicy, egress_client, post_pinned
@@ -34,7 +29,8 @@ from orchestrator.notify.base import default_timeout
 from orchestrator.secrets import SecretBox, new_key
 from orchestrator.store import jobs as repo
 
-from .raw_receiver import RawReceiver, Request, answer
+from .certs import self_signed
+from .raw_receiver import Behaviour, RawReceiver, Request, answer
 
 TIMEOUT_S = 1.0  # ORCH_WEBHOOK_TIMEOUT_S of these tests: one POST's whole time limit
 BOX = SecretBox([new_key()])
@@ -81,18 +77,23 @@ def _later(s: float = 3600) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=s)  # past any backoff, within the window
 
 
+def trickling(receiver: RawReceiver) -> Behaviour:
+    """An answer whose head never ends: a byte every 0.2 s, each before any read timeout,
+    for 12 s unless the receiver stops."""
+    def trickle(sock: socket.socket, _: Request) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(60):
+            if receiver.stop.wait(0.2):
+                return
+            sock.sendall(b"X")
+    return trickle
+
+
 def test_a_receiver_trickling_its_answer_is_cut_at_the_whole_time_limit(
         db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
     """Each byte comes before the read timeout, so only a limit on the whole POST ends it:
     without one a worker thread (and its batch) is held as long as the receiver likes."""
-    def trickle(sock: socket.socket, _: Request) -> None:
-        sock.sendall(b"HTTP/1.1 200 OK\r\n")
-        for _ in range(60):  # 12 s of a header that never ends, unless stopped
-            if receiver.stop.wait(0.2):
-                return
-            sock.sendall(b"X")
-
-    receiver.behave = trickle
+    receiver.behave = trickling(receiver)
     _job(db, f"{receiver.url}/hook/{TOKEN}")
     started = time.monotonic()
     assert _send(db, client) == Report(retrying=1)
@@ -103,21 +104,7 @@ def test_a_receiver_trickling_its_answer_is_cut_at_the_whole_time_limit(
 
 def _tls_for_loopback(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server context, client context trusting it) for a certificate of 127.0.0.1."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp / "loopback.pem", tmp / "loopback.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    cert_file, key_file = self_signed(tmp, "127.0.0.1")
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert_file, key_file)
     return server, ssl.create_default_context(cafile=str(cert_file))
@@ -128,15 +115,8 @@ def test_an_https_receiver_trickling_its_answer_is_cut_at_the_limit_too(
     """Over TLS the socket to cut is the TLS one (TLS takes over the TCP socket's
     descriptor): cutting the TCP socket did nothing, and the POST lasted as long as the
     receiver trickled. Receivers must be https in production, and alerts share this POST."""
-    def trickle(sock: socket.socket, _: Request) -> None:
-        sock.sendall(b"HTTP/1.1 200 OK\r\n")
-        for _ in range(60):
-            if receiver.stop.wait(0.2):
-                return
-            sock.sendall(b"X")
-
     receiver.tls, client_tls = _tls_for_loopback(tmp_path)
-    receiver.behave = trickle
+    receiver.behave = trickling(receiver)
     with egress_client(default_timeout(TIMEOUT_S), verify=client_tls) as client:
         started = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):
