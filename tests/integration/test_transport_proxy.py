@@ -24,7 +24,8 @@ import pytest
 
 from orchestrator.backends.transport import Http11Transport, target
 
-from .test_transport import Server, _self_signed, send
+from .certs import self_signed
+from .test_transport import Server, send
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUEST_METHOD")
 _HOP = {"proxy-authorization", "proxy-connection", "connection", "keep-alive"}
@@ -192,7 +193,7 @@ def test_an_https_origin_goes_through_a_connect_tunnel(
     """Lower-case ``https_proxy``; the proxy named ``localhost`` while the certificate is for
     127.0.0.1 only: TLS checks the origin's name, not the proxy's. Trust comes from
     SSL_CERT_FILE alone."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path, "127.0.0.1")
     srv = Server()
     server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_side.load_cert_chain(cert, key)
