@@ -84,3 +84,11 @@ def admitted_text_job(ledger: Ledger) -> NewJob:
                  chain_token=uuid.uuid4(), wake_at=T0)
     assert ledger.admit_job(job, ("tenant:acme",), timedelta(hours=2)) is not None
     return job
+
+
+def waiting_on_lock(engine: Engine, query_like: str) -> int:
+    """Sessions (other than this one) waiting on a lock in a statement like ``query_like``."""
+    with engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            "AND wait_event_type = 'Lock' AND query LIKE :q"), {"q": query_like}).scalar_one())

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.budgets import set_budget
 
-from .ledger_helpers import T0, FakeClock, assert_sound, make_budget
+from .ledger_helpers import T0, FakeClock, assert_sound, make_budget, waiting_on_lock
 
 SCOPES = ("tenant:acme",)
 USD = 1_000_000
@@ -188,15 +188,6 @@ def test_a_change_that_keeps_the_thresholds_alerts_for_none_it_already_passed(
     assert_sound(db)
 
 
-def _waiting_upserts(db: Engine) -> int:
-    """Sessions waiting on a lock on a budget's row (a change, before its upsert)."""
-    with db.connect() as conn:
-        return int(conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-            "AND wait_event_type = 'Lock' AND query LIKE '%FROM budgets%FOR NO KEY UPDATE%'"
-        )).scalar_one())
-
-
 def test_the_thresholds_replaced_are_those_a_concurrent_change_committed(db: Engine) -> None:
     """A change waiting on another's lock compares with the thresholds that one committed,
     not those its statement began with: 80 % removed meanwhile, then added back at $105
@@ -219,7 +210,7 @@ def test_the_thresholds_replaced_are_those_a_concurrent_change_committed(db: Eng
         adder = threading.Thread(target=add_back)
         adder.start()
         deadline = time.monotonic() + 10
-        while _waiting_upserts(db) == 0:
+        while waiting_on_lock(db, "%FROM budgets%FOR NO KEY UPDATE%") == 0:
             assert adder.is_alive(), "the second change did not wait for the first"
             assert time.monotonic() < deadline, "the second change never waited"
             time.sleep(0.01)
@@ -250,7 +241,7 @@ def test_a_change_waiting_on_a_period_lets_its_settle_write_the_alert(db: Engine
         changer = threading.Thread(target=change)
         changer.start()
         deadline = time.monotonic() + 10
-        while not _waiting(db, "%UPDATE budget_periods%"):
+        while not waiting_on_lock(db, "%UPDATE budget_periods%"):
             assert changer.is_alive() and time.monotonic() < deadline, errors
             time.sleep(0.01)
         settle.execute(text(
@@ -259,11 +250,3 @@ def test_a_change_waiting_on_a_period_lets_its_settle_write_the_alert(db: Engine
             {"b": budget_id, "p": period_id})
     changer.join(timeout=10)
     assert not changer.is_alive() and errors == []
-
-
-def _waiting(db: Engine, query_like: str) -> bool:
-    """Whether a session waits on a lock in a statement like ``query_like``."""
-    with db.connect() as conn:
-        return bool(conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-            "AND wait_event_type = 'Lock' AND query LIKE :q"), {"q": query_like}).scalar())

@@ -17,7 +17,7 @@ from orchestrator.ledger import Ledger
 from orchestrator.ledger.budgets import list_budgets, set_budget
 from orchestrator.ledger.periods import _ENSURE_PERIOD  # the resolver's own statement
 
-from .ledger_helpers import T0, FakeClock, assert_sound, counters, make_budget
+from .ledger_helpers import T0, FakeClock, assert_sound, counters, make_budget, waiting_on_lock
 
 SCOPES = ("tenant:acme",)
 USD = 1_000_000
@@ -96,15 +96,6 @@ def test_a_new_periods_first_hold_uses_the_current_limit(db: Engine) -> None:
     assert_sound(db)
 
 
-def _waiting_inserts(db: Engine) -> int:
-    """Sessions waiting on a lock in a period row's INSERT."""
-    with db.connect() as conn:
-        return int(conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-            "AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO budget_periods%'"
-        )).scalar_one())
-
-
 def test_a_period_row_made_during_a_limit_change_carries_the_committed_limit(
     db: Engine,
 ) -> None:
@@ -123,7 +114,7 @@ def test_a_period_row_made_during_a_limit_change_carries_the_committed_limit(
             target=lambda: made.append(ledger.periods.current_period_ids(budgets, T0)))
         maker.start()
         deadline = time.monotonic() + 10
-        while _waiting_inserts(db) == 0:
+        while waiting_on_lock(db, "%INSERT INTO budget_periods%") == 0:
             assert maker.is_alive(), "the period row was made without waiting"
             assert time.monotonic() < deadline, "the period row's insert never waited"
             time.sleep(0.01)
