@@ -46,13 +46,18 @@ class GroupBy(StrEnum):
     TIER = "tier"
     PROJECT = "project"
     DAY = "day"
+    TENANT = "tenant"
 
 
 _KEY_SQL: dict[GroupBy, str] = {  # by backend: _BY_BILLING_BACKEND
     GroupBy.TIER: "j.tier",
     GroupBy.PROJECT: "j.spec -> 'metadata' ->> 'project'",
     GroupBy.DAY: "to_char(c.charged_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    GroupBy.TENANT: "j.tenant",
 }
+# across tenants a project is named with its tenant: acme's p1 and globex's p1 are two
+# projects, with two budgets, and one group would add up spend no budget sees as one
+_PROJECT_OF_TENANT_SQL = "j.tenant || '/' || (j.spec -> 'metadata' ->> 'project')"
 
 _CHARGES_CTE = """
     WITH charges AS (
@@ -238,11 +243,13 @@ def costs_by(
     conn: Connection, group_by: GroupBy | str, *, tenant: str | None = None,
     start: datetime | None = None, end: datetime | None = None,
 ) -> tuple[list[CostGroup], int]:
-    """Ledger charges grouped by ``group_by`` (tenant None: every tenant), and how many jobs
-    were charged (a job in two groups counts once), in one read of the ledger."""
+    """Ledger charges grouped by ``group_by`` (tenant None: every tenant, and a project's key
+    is ``tenant/project``), and how many jobs were charged (a job in two groups counts once),
+    in one read of the ledger."""
     g = GroupBy(group_by)
+    key = _PROJECT_OF_TENANT_SQL if g is GroupBy.PROJECT and tenant is None else _KEY_SQL.get(g)
     sql = _CHARGES_CTE.format(tenant_entries=_TENANT_ENTRIES if tenant is not None else "") + (
-        _BY_BILLING_BACKEND if g is GroupBy.BACKEND else _GROUPED.format(key=_KEY_SQL[g]))
+        _BY_BILLING_BACKEND if key is None else _GROUPED.format(key=key))
     rows = conn.execute(text(sql), {"tenant": tenant, "start": start, "end": end}).all()
     groups = [CostGroup(r.key, int(r.micros), int(r.jobs)) for r in rows if not r.whole]
     return groups, next((int(r.jobs) for r in rows if r.whole), 0)

@@ -1,5 +1,5 @@
-"""``GET /v1/reports/costs``: spend from the ledger grouped by backend, tier, project or day,
-exact to the micro-dollar, with the estimate-vs-actual accuracy per backend
+"""``GET /v1/reports/costs``: spend from the ledger grouped by backend, tier, project, day or
+tenant, exact to the micro-dollar, with the estimate-vs-actual accuracy per backend
 (:mod:`orchestrator.reports`).
 
 A tenant key sees its own tenant (``tenant=`` may only name it). An admin key sees every

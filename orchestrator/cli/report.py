@@ -1,5 +1,5 @@
-"""``orchestrator report``: spend from the ledger grouped by backend, tier, project or day,
-and how close the estimates were (``GET /v1/reports/costs``). ``orchestrator.cli`` mounts it
+"""``orchestrator report``: spend from the ledger grouped by backend, tier, project, day or
+tenant, and how close the estimates were (``GET /v1/reports/costs``). ``orchestrator.cli`` mounts it
 with ``register(app)``.
 
 The API URL and key resolve like the other client commands: ``--api-url``/``--api-key``, else
@@ -95,7 +95,7 @@ def render(rep: dict[str, Any]) -> list[str]:
 
 def report(
     group_by: Annotated[str, typer.Option(
-        "--group-by", help="backend | tier | project | day", callback=one_of(GroupBy))]
+        "--group-by", help="backend | tier | project | day | tenant", callback=one_of(GroupBy))]
     = "backend",
     start: Annotated[str | None, typer.Option(
         "--from", help="charges at or after this ISO time (UTC if no offset)",

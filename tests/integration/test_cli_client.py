@@ -169,7 +169,7 @@ def test_values_the_api_would_refuse_are_usage_errors_before_any_request(
 
     assert usage_error("report", "--group-by", "nope") == (
         "error: Invalid value for '--group-by': 'nope' is not one of backend, tier, project, "
-        "day")
+        "day, tenant")
     assert usage_error("jobs", "list", "--status", "bogus").endswith(
         "'bogus' is not one of queued, running, succeeded, failed, cancelled")
     for command in ("get", "cancel", "watch", "result"):

@@ -123,7 +123,10 @@ def expected(charged: list[Charged], group_by: GroupBy, tenant: str | None) -> d
     out: dict[Any, int] = defaultdict(int)
     for c in charged:
         if tenant is None or c.tenant == tenant:
-            out[getattr(c, group_by.value)] += c.micros
+            key = getattr(c, group_by.value)
+            if group_by is GroupBy.PROJECT and tenant is None and key is not None:
+                key = f"{c.tenant}/{key}"  # one tenant's p1 is not another's
+            out[key] += c.micros
     return dict(out)
 
 
@@ -144,9 +147,16 @@ def test_every_grouping_adds_up_to_the_ledger_to_the_micro_dollar(
     for rep, tenant in ((every, None), (acme, "acme"), (globex, "globex")):
         assert {g.key: g.cost_micros for g in rep.groups} == expected(charged, group_by, tenant)
         assert rep.jobs == sum(1 for c in charged if tenant in (None, c.tenant))
-    p1 = next(g for g in acme.groups if g.key == "p1") if group_by is GroupBy.PROJECT else None
-    if p1 is not None:
+    if group_by is GroupBy.PROJECT:  # each project's group is what its budget committed
+        p1 = next(g for g in acme.groups if g.key == "p1")
         assert p1.cost_micros == ledger_committed(db, "tenant:acme/project:p1")
+        across = {g.key: g.cost_micros for g in every.groups}
+        assert across["acme/p1"] == p1.cost_micros
+        assert {"acme/p1", "globex/p1"} <= across.keys() and "p1" not in across
+    if group_by is GroupBy.TENANT:
+        assert {g.key: g.cost_micros for g in every.groups} == {
+            "acme": ledger_committed(db, "tenant:acme"),
+            "globex": ledger_committed(db, "tenant:globex")}
 
 
 def test_from_and_to_select_charges_by_ledger_time(db: Engine) -> None:

@@ -133,7 +133,8 @@ def test_usage_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
         # values the server would refuse: found before any request (the API URL here has
         # nothing listening, which would be status 1)
         ("report", "--group-by", "nope"): "error: Invalid value for '--group-by': 'nope' is "
-                                          "not one of backend, tier, project, day",
+                                          "not one of backend, tier, project, day, "
+                                          "tenant",
         ("jobs", "list", "--status", "bogus"):
             "error: Invalid value for '--status': 'bogus' is not one of queued, running, "
             "succeeded, failed, cancelled",
