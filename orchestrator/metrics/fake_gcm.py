@@ -9,12 +9,21 @@ Implemented: MetricService (Create/Get/List MetricDescriptors, CreateTimeSeries)
 AlertPolicyService (List/Get/Create/Update), ServiceMonitoringService (Get/Create/Update
 Service, List/Get/Create/Update ServiceLevelObjective), DashboardsService (List/Get/Create/
 Update Dashboard, with etags: an update carrying a stale etag is ABORTED, as in the real
-API). CreateTimeSeries enforces the real rules that matter to an exporter: <= 200 series per
-request, one point per series, a series at most once per request, points in time order, no
-more than one point per 5 s per series.
+API). CreateTimeSeries enforces the real API's rules that matter to an exporter (the
+``TimeSeries``, ``TimeInterval``, ``LabelDescriptor`` and ``projects.timeSeries.create``
+references): <= 200 series per request; per series: exactly one point, at most once per
+request, the ``generic_task``/``global`` resource labels, label keys
+``[a-zA-Z][a-zA-Z0-9_]*`` (<= 100) and values <= 1024 characters, kind and value type as the
+descriptor's (auto-created as GAUGE or CUMULATIVE only), GAUGE start == end (or none),
+CUMULATIVE start < end with a start that stays put (or a reset after the last end), finite
+values, a consistent distribution, at most one point per 5 s, and with ``clock`` an end time
+at most 25 h old and 5 min ahead. Like the real API a request is *partially* applied: the
+valid series are written, the others rejected, and the answer is INVALID_ARGUMENT naming
+them (``timeSeries[i]``) with a ``CreateTimeSeriesSummary`` in the status details.
 
 Faults: :meth:`FakeMonitoringServer.hang` (handlers never answer until :meth:`release` or
-stop), :meth:`FakeMonitoringServer.fail_next` (answer with a gRPC status).
+stop), :meth:`FakeMonitoringServer.fail_next` (answer with a gRPC status; with
+``after_apply`` the request is applied first, as when a reply is lost after the write).
 
 Run for dev: ``python -m orchestrator.metrics.fake_gcm --port 8086``.
 """
@@ -23,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
+import re
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -30,13 +41,29 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.api import metric_pb2
 from google.cloud.monitoring_dashboard_v1 import types as dt
 from google.cloud.monitoring_v3 import types as t
-from google.protobuf import empty_pb2
+from google.protobuf import any_pb2, empty_pb2
 from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
 
 MAX_SERIES = 200
 MIN_SAMPLING_S = 5.0
+MAX_PAST_S = 25 * 3600.0
+MAX_FUTURE_S = 300.0
+MAX_LABEL_VALUE = 1024
+LABEL_KEY = re.compile(r"[a-zA-Z][a-zA-Z0-9_]{0,99}")
+METRIC_DOMAINS = ("custom.googleapis.com/", "workload.googleapis.com/")
+RESOURCE_LABELS = {
+    "global": {"project_id"},
+    "generic_task": {"project_id", "location", "namespace", "job", "task_id"},
+    "generic_node": {"project_id", "location", "namespace", "node_id"},
+}
+_GAUGE, _DELTA, _CUMULATIVE = 1, 2, 3
+_VALUE_TYPE = {"bool_value": 1, "int64_value": 2, "double_value": 3, "string_value": 4,
+               "distribution_value": 5}
 
 _M = "google.monitoring.v3.MetricService"
 _A = "google.monitoring.v3.AlertPolicyService"
@@ -53,8 +80,10 @@ class Recorded:
 class FakeMonitoringServer:
     """See the module docstring. Use as a context manager or call start()/stop()."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, max_workers: int = 16) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, max_workers: int = 16,
+                 clock: Callable[[], float] | None = None) -> None:
         self._host, self._want_port, self._workers = host, port, max_workers
+        self._clock = clock  # with it, end times outside [now - 25 h, now + 5 min] are refused
         self._server: grpc.Server | None = None
         self.port = 0
         self._cond = threading.Condition()
@@ -62,6 +91,7 @@ class FakeMonitoringServer:
         self.descriptors: dict[str, Any] = {}  # metric type -> MetricDescriptor
         self.series_points: dict[tuple[Any, ...], list[Any]] = {}  # series key -> [Point]
         self.series: dict[tuple[Any, ...], Any] = {}  # series key -> last TimeSeries
+        self.rejected: list[tuple[tuple[Any, ...], str]] = []  # (series key, why), in order
         self.policies: dict[str, Any] = {}
         self.services: dict[str, Any] = {}
         self.slos: dict[str, Any] = {}
@@ -69,7 +99,7 @@ class FakeMonitoringServer:
         self._ids = itertools.count(1)
         self._hang = threading.Event()
         self._release = threading.Event()
-        self._faults: dict[str, list[grpc.StatusCode]] = {}
+        self._faults: dict[str, list[tuple[grpc.StatusCode, bool]]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
     @property
@@ -106,9 +136,12 @@ class FakeMonitoringServer:
         self._hang.clear()
         self._release.set()
 
-    def fail_next(self, method: str, code: grpc.StatusCode, times: int = 1) -> None:
+    def fail_next(self, method: str, code: grpc.StatusCode, times: int = 1, *,
+                  after_apply: bool = False) -> None:
+        """Answer the next ``times`` calls of ``method`` with ``code``; with ``after_apply``
+        each is carried out first (a write whose reply is lost or cut short)."""
         with self._cond:
-            self._faults.setdefault(method, []).extend([code] * times)
+            self._faults.setdefault(method, []).extend([(code, after_apply)] * times)
 
     def calls(self, method: str) -> list[Any]:
         with self._cond:
@@ -180,19 +213,28 @@ class FakeMonitoringServer:
         if self._hang.is_set():
             self._release.wait()
             context.abort(grpc.StatusCode.UNAVAILABLE, "fake server released")
-        if fault is not None:
-            context.abort(fault, "injected fault")
+        if fault is not None and not fault[1]:
+            context.abort(fault[0], "injected fault")
         with self._cond:
             try:
-                return fn(request, context)
+                reply = fn(request, context)
             finally:
                 self._cond.notify_all()
+        if fault is not None:
+            context.abort(fault[0], "injected fault (after the request was applied)")
+        return reply
 
     # -- MetricService ----------------------------------------------------------------------
     def _create_descriptor(self, req: Any, ctx: grpc.ServicerContext) -> Message:
         d = type(req.metric_descriptor)()
         d.CopyFrom(req.metric_descriptor)
         d.name = f"{req.name}/metricDescriptors/{d.type}"
+        old = self.descriptors.get(d.type)
+        # metricDescriptors.create: "updated if it already exists, except that metric labels
+        # are never removed"
+        if old is not None:
+            have = {lab.key for lab in d.labels}
+            d.labels.extend(lab for lab in old.labels if lab.key not in have)
         self.descriptors[d.type] = d
         return d
 
@@ -214,23 +256,99 @@ class FakeMonitoringServer:
         if len(req.time_series) > MAX_SERIES:
             ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_SERIES} time series")
         seen: set[tuple[Any, ...]] = set()
-        for ts in req.time_series:
-            key = (ts.metric.type, tuple(sorted(ts.metric.labels.items())), ts.resource.type,
-                   tuple(sorted(ts.resource.labels.items())))
-            if key in seen or len(ts.points) != 1:
-                ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "one point per series per request")
+        errors: list[tuple[int, str]] = []
+        for i, ts in enumerate(req.time_series):
+            key = _series_key(ts)
+            why = self._invalid(ts, key, seen)
             seen.add(key)
-            end = _secs(ts.points[0].interval.end_time)
-            prev = self.series_points.get(key)
-            if prev and end - _secs(prev[-1].interval.end_time) < MIN_SAMPLING_S:
-                ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          "points written more frequently than the maximum sampling period")
-        for ts in req.time_series:
-            key = (ts.metric.type, tuple(sorted(ts.metric.labels.items())), ts.resource.type,
-                   tuple(sorted(ts.resource.labels.items())))
+            if why is not None:
+                errors.append((i, why))
+                self.rejected.append((key, why))
+                continue
+            if ts.metric.type not in self.descriptors:  # auto-created, as the real API does
+                self.descriptors[ts.metric.type] = _auto_descriptor(req.name, ts)
             self.series_points.setdefault(key, []).append(ts.points[0])
             self.series[key] = ts
+        if errors:
+            # like the real API: the valid series above are written; the answer names the
+            # others, with a summary of what was and was not written in the status details
+            summary = t.CreateTimeSeriesSummary.pb()(
+                total_point_count=len(req.time_series),
+                success_point_count=len(req.time_series) - len(errors))
+            err = summary.errors.add()
+            err.status.code = code_pb2.INVALID_ARGUMENT
+            err.point_count = len(errors)
+            detail = any_pb2.Any()
+            detail.Pack(summary)
+            message = "One or more TimeSeries could not be written: " + "; ".join(
+                f"{why}: timeSeries[{i}]" for i, why in errors)
+            ctx.abort_with_status(rpc_status.to_status(status_pb2.Status(
+                code=code_pb2.INVALID_ARGUMENT, message=message[:2000], details=[detail])))
         return empty_pb2.Empty()
+
+    def _invalid(self, ts: Any, key: tuple[Any, ...], seen: set[tuple[Any, ...]]) -> str | None:
+        """Why the real API would refuse this series, or None."""
+        if key in seen:
+            return ("Duplicate TimeSeries encountered. Only one point can be written per "
+                    "TimeSeries per request.")
+        if len(ts.points) != 1:
+            return "a time series written must contain exactly one point"
+        if not ts.metric.type.startswith(METRIC_DOMAINS):
+            return f"metric type {ts.metric.type!r}: not a user-defined metric domain"
+        missing = RESOURCE_LABELS.get(ts.resource.type, set()) - {
+            k for k, v in ts.resource.labels.items() if v}
+        if missing:
+            return f"resource {ts.resource.type} lacks labels {sorted(missing)}"
+        for k, v in ts.metric.labels.items():
+            if not LABEL_KEY.fullmatch(k):
+                return f"invalid metric label key {k!r}"
+            if len(v) > MAX_LABEL_VALUE:
+                return f"metric label {k}: value longer than {MAX_LABEL_VALUE} characters"
+        point = ts.points[0]
+        which = point.value.WhichOneof("value")
+        if which is None:
+            return "the point has no value"
+        kind, vtype = ts.metric_kind, _VALUE_TYPE[which]
+        desc = self.descriptors.get(ts.metric.type)
+        if desc is not None:
+            if kind and kind != desc.metric_kind:
+                return "metric kind differs from the metric descriptor's"
+            kind = desc.metric_kind
+            if vtype != desc.value_type or (ts.value_type and ts.value_type != vtype):
+                return "value type differs from the metric descriptor's"
+            unknown = set(ts.metric.labels) - {lab.key for lab in desc.labels}
+            if unknown:
+                return f"labels {sorted(unknown)} are not in the metric descriptor"
+        elif kind not in (0, _GAUGE, _CUMULATIVE):
+            return "an auto-created metric must be GAUGE or CUMULATIVE"
+        kind = kind or _GAUGE
+        why = _bad_value(point.value, which)
+        if why is not None:
+            return why
+        end = _secs(point.interval.end_time)
+        has_start = point.interval.HasField("start_time")
+        start = _secs(point.interval.start_time) if has_start else end
+        if kind == _GAUGE and start != end:
+            return "a GAUGE point's start time must equal its end time (or be unset)"
+        if kind == _CUMULATIVE and not start < end:
+            return ("The start time must be before the end time for the non-gauge metric "
+                    f"{ts.metric.type!r}")
+        if self._clock is not None:
+            now = self._clock()
+            if end < now - MAX_PAST_S or end > now + MAX_FUTURE_S:
+                return "the end time is more than 25 hours in the past or 5 minutes ahead"
+        prev = self.series_points.get(key)
+        if prev:
+            last = prev[-1].interval
+            last_end = _secs(last.end_time)
+            if end - last_end < MIN_SAMPLING_S:
+                return ("One or more points were written more frequently than the maximum "
+                        "sampling period configured for the metric.")
+            last_start = _secs(last.start_time) if last.HasField("start_time") else last_end
+            if kind == _CUMULATIVE and start != last_start and start <= last_end:
+                return ("One or more of the points specified had an older start time than "
+                        "the most recent point.")
+        return None
 
     # -- AlertPolicyService -----------------------------------------------------------------
     def _list_policies(self, req: Any, ctx: grpc.ServicerContext) -> Message:
@@ -354,6 +472,40 @@ class FakeMonitoringServer:
 
 def _secs(ts: Any) -> float:
     return float(ts.seconds) + float(ts.nanos) / 1e9
+
+
+def _series_key(ts: Any) -> tuple[Any, ...]:
+    return (ts.metric.type, tuple(sorted(ts.metric.labels.items())), ts.resource.type,
+            tuple(sorted(ts.resource.labels.items())))
+
+
+def _bad_value(value: Any, which: str) -> str | None:
+    if which == "double_value" and not math.isfinite(value.double_value):
+        return f"non-finite double value {value.double_value}"
+    if which != "distribution_value":
+        return None
+    d = value.distribution_value
+    if not (math.isfinite(d.mean) and math.isfinite(d.sum_of_squared_deviation)):
+        return f"Distribution value with a non-finite |mean| of {d.mean}"
+    if d.count == 0 and (d.mean or d.sum_of_squared_deviation):
+        return "an empty distribution must have a zero mean and deviation"
+    bounds = list(d.bucket_options.explicit_buckets.bounds)
+    if any(b >= c for b, c in itertools.pairwise(bounds)):
+        return "explicit bucket bounds must be strictly increasing"
+    if len(d.bucket_counts) > len(bounds) + 1 or (
+            d.bucket_counts and sum(d.bucket_counts) != d.count):
+        return "bucket counts do not match the bucket options or the count"
+    return None
+
+
+def _auto_descriptor(parent: str, ts: Any) -> Any:
+    which = ts.points[0].value.WhichOneof("value")
+    d = metric_pb2.MetricDescriptor(
+        name=f"{parent}/metricDescriptors/{ts.metric.type}", type=ts.metric.type,
+        metric_kind=ts.metric_kind or _GAUGE, value_type=_VALUE_TYPE[which or "double_value"])
+    for k in sorted(ts.metric.labels):
+        d.labels.add(key=k)
+    return d
 
 
 def main(argv: list[str] | None = None) -> None:  # pragma: no cover - dev entry point

@@ -316,3 +316,73 @@ def test_export_failures_are_logged_without_payloads(caplog: pytest.LogCaptureFi
     assert failures(rec, "UNAVAILABLE") == 2  # the descriptor and the series
     assert "secret-tenant" not in lines[0]
     sink.close()
+
+
+# -- the real API's rules (the fake keeps them; see fake_gcm's docstring for the sources) ------
+
+def _raw_series(fake: FakeMonitoringServer, **point: Any) -> Any:
+    from google.cloud import monitoring_v3
+
+    from orchestrator.metrics.clients import metric_client
+
+    client = metric_client(fake.endpoint)
+    series = []
+    for q, interval in (("good", {"end_time": {"seconds": int(T0)}}),
+                        ("bad", point["interval"])):
+        series.append(monitoring_v3.TimeSeries(
+            metric={"type": m.METRIC_PREFIX + "queue/depth", "labels": {"queue": q}},
+            resource={"type": "generic_task", "labels": {
+                "project_id": "p", "location": "global", "namespace": "n", "job": "j",
+                "task_id": "t"}},
+            metric_kind="GAUGE", value_type="INT64",
+            points=[{"interval": interval, "value": {"int64_value": 1}}]))
+    return client, series
+
+
+def test_the_fake_applies_a_request_partially_as_the_real_api(
+        fake: FakeMonitoringServer) -> None:
+    """projects.timeSeries.create: "If any time series could not be written, a corresponding
+    failure message is included in the error response" — the others are written."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import monitoring_v3
+
+    client, series = _raw_series(fake, interval={"start_time": {"seconds": int(T0) - 5},
+                                                 "end_time": {"seconds": int(T0)}})
+    with pytest.raises(gexc.InvalidArgument) as err:
+        client.create_time_series(name="projects/p", time_series=series)
+    assert "timeSeries[1]" in str(err.value) and "timeSeries[0]" not in str(err.value)
+    summary = monitoring_v3.CreateTimeSeriesSummary.pb()()
+    (detail,) = err.value.details
+    assert detail.Unpack(summary)
+    assert (summary.total_point_count, summary.success_point_count) == (2, 1)
+    assert [k[1] for k in fake.series] == [(("queue", "good"),)]
+    assert "GAUGE" in fake.rejected[0][1]
+
+
+def test_a_partial_failure_loses_and_repeats_no_other_series(
+        fake: FakeMonitoringServer) -> None:
+    """A series the API refuses (here: another writer already wrote it 2 s ago) fails its
+    request; the series written with it are written again at the next flush, 10 s later
+    (never the same point twice), and the refused one once its spacing allows."""
+    clock = Clock()
+    rec, sink = make_sink(fake.endpoint, clock)
+    for i in range(3):
+        rec.gauge(m.QUEUE_DEPTH, i, queue=f"q{i}")
+    clock.advance(1)
+    other, osink = make_sink(fake.endpoint, clock)  # the same task_id: a misconfiguration
+    other.gauge(m.QUEUE_DEPTH, 9, queue="q1")
+    assert osink.flush_once().written == 1
+    clock.advance(2)
+    result = sink.flush_once()
+    assert result.failed_requests == 1 and len(fake.rejected) == 1
+    assert failures(rec, "INVALID_ARGUMENT") == 1
+    clock.advance(10)
+    assert sink.flush_once().failed_requests == 0
+    assert len(fake.rejected) == 1
+    for key, points in fake.series_points.items():
+        ends = [p.interval.end_time.seconds for p in points]
+        assert ends == sorted(set(ends)), key
+    q = {dict(k[1])["queue"]: len(v) for k, v in fake.series_points.items()
+         if k[0].endswith("queue/depth")}
+    assert q == {"q0": 2, "q1": 2, "q2": 2}
+
