@@ -3,9 +3,13 @@ Monitoring (``CreateTimeSeries``), never blocking or failing the code that recor
 
 Rules it keeps: each series is written at most every :data:`MIN_SPACING_S` seconds (by the
 injectable ``clock``; the thread's wake-up interval is separate and may be shorter in tests);
-at most 200 series per request; descriptors are created once per process; only transient
-gRPC errors are retried, within a bounded deadline; every failed request is logged (status code
-only) and counted in ``exporter/failures{sink="cloud_monitoring"}``.
+at most 200 series per request; descriptors are created once per process; a series the API
+would refuse whatever the moment (a non-finite value, an integer beyond INT64, a label value
+over 1,024 characters) is left out and counted, never sent to fail its whole request at every
+flush; only transient gRPC errors are retried, within a bounded deadline; a failed write's
+series are all sent again at the next due flush, with new points (the API writes the valid
+series of a request it answers INVALID_ARGUMENT); every failed request is logged (status
+code only) and counted in ``exporter/failures{sink="cloud_monitoring"}``.
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ class CloudMonitoringSink:
         self._batch = max(1, min(batch_size, MAX_SERIES_PER_REQUEST))
         self._recorder: Recorder | None = None
         self._state: dict[SeriesKey, tuple[float, int]] = {}  # key -> (last attempt, version)
+        self._unwritable: set[tuple[str, str]] = set()  # (metric, reason) already logged
+        self._skipped: set[SeriesKey] = set()  # series whose current value is unwritable
         self._created: set[str] = set()
         self._templates: dict[SeriesKey, Any] = {}
         self._flush_lock = threading.Lock()
@@ -185,8 +191,28 @@ class CloudMonitoringSink:
                 if age < MIN_SPACING_S or (p.version == st[1] and age < self._resend):
                     result.not_due += 1
                     continue
+                if p.version == st[1] and p.key in self._skipped:
+                    continue  # still the value the API cannot take
+            reason = conv.unwritable(p)
+            if reason is not None:
+                self._skip(p, reason, now)
+                continue
+            self._skipped.discard(p.key)
             due.append(p)
         return due
+
+    def _skip(self, p: Point, reason: str, now: float) -> None:
+        """Leave out a series the API would refuse at every flush (it would also fail the
+        request it is in); counted once per value, logged once per metric and reason (no
+        label values: they may name a tenant)."""
+        self._state[p.key] = (now, p.version)
+        self._skipped.add(p.key)
+        if self._recorder is not None:
+            self._recorder.counter(EXPORTER_FAILURES, 1, sink=self.name, reason=reason)
+        if (p.metric.name, reason) not in self._unwritable:
+            self._unwritable.add((p.metric.name, reason))
+            log.warning("cloud monitoring export: a series of %s left out (%s)",
+                        p.metric.name, reason)
 
     def _get_client(self) -> Any:
         if self._closed:

@@ -6,6 +6,7 @@ the GAPIC client accepts them as requests (it wraps a raw request without copyin
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
@@ -24,6 +25,9 @@ _MK = metric_pb2.MetricDescriptor.MetricKind
 _VT = metric_pb2.MetricDescriptor.ValueType
 _KIND = {"CUMULATIVE": _MK.CUMULATIVE, "GAUGE": _MK.GAUGE, "DISTRIBUTION": _MK.CUMULATIVE}
 _VTYPE = {"INT64": _VT.INT64, "DOUBLE": _VT.DOUBLE, "DISTRIBUTION": _VT.DISTRIBUTION}
+
+_INT64 = range(-(2**63), 2**63)
+MAX_LABEL_VALUE = 1024  # LabelDescriptor: a STRING label value has at most 1,024 characters
 
 TimeSeriesPb = monitoring_v3.TimeSeries.pb()
 CreateTimeSeriesRequestPb = monitoring_v3.CreateTimeSeriesRequest.pb()
@@ -67,6 +71,25 @@ def descriptor_pb(project: str, metric: MetricDef) -> metric_pb2.MetricDescripto
             for k in metric.labels
         ],
     )
+
+
+def unwritable(point: Point) -> str | None:
+    """Why Cloud Monitoring would refuse this series whatever the moment (``bad_value``:
+    a non-finite value or an integer beyond INT64; ``label_too_long``), or None. Such a
+    series is never sent: the API would refuse it at every flush."""
+    if any(len(v) > MAX_LABEL_VALUE for _, v in point.labels):
+        return "label_too_long"
+    value = point.value
+    try:
+        if isinstance(value, DistributionValue):
+            ok = math.isfinite(value.mean) and math.isfinite(value.sum_of_squared_deviation)
+        elif point.metric.value_type is ValueType.INT64:
+            ok = math.isfinite(value) and round(value) in _INT64
+        else:
+            ok = math.isfinite(float(value))
+    except (OverflowError, TypeError, ValueError):
+        ok = False
+    return None if ok else "bad_value"
 
 
 def _set_time(ts: timestamp_pb2.Timestamp, t: float) -> None:

@@ -26,6 +26,7 @@ log = logging.getLogger("orchestrator.metrics")
 
 Clock = Callable[[], float]
 DEFAULT_MAX_SERIES = 20_000
+_INF = float("inf")
 _SNAPSHOT_SLICE = 256
 
 
@@ -102,12 +103,14 @@ class Recorder:
 
     # -- hot path ---------------------------------------------------------------------------
     def counter(self, name: str, value: int | float = 1, /, **labels: Any) -> None:
-        """Add ``value`` (>= 0) to a CUMULATIVE metric."""
+        """Add ``value`` (>= 0, finite) to a CUMULATIVE metric."""
         try:
             s = self._by_raw.get((name, *labels.items()))
             if s is None and (s := self._new(name, labels, Kind.CUMULATIVE)) is None:
                 return
-            if s.kind is not Kind.CUMULATIVE or not value >= 0:
+            # NaN and infinities are refused here: Cloud Monitoring refuses them (and a
+            # non-finite total could never be written again)
+            if s.kind is not Kind.CUMULATIVE or not 0 <= value < _INF:
                 self._drop("bad_value", name)
                 return
             with self._lock:
@@ -117,12 +120,13 @@ class Recorder:
             self._drop("error", name)
 
     def gauge(self, name: str, value: int | float, /, **labels: Any) -> None:
-        """Set a GAUGE metric to ``value``."""
+        """Set a GAUGE metric to ``value`` (finite)."""
         try:
             s = self._by_raw.get((name, *labels.items()))
             if s is None and (s := self._new(name, labels, Kind.GAUGE)) is None:
                 return
-            if s.kind is not Kind.GAUGE or not isinstance(value, int | float) or value != value:
+            if s.kind is not Kind.GAUGE or not isinstance(value, int | float) or not (
+                    -_INF < value < _INF):
                 self._drop("bad_value", name)
                 return
             with self._lock:
@@ -132,12 +136,12 @@ class Recorder:
             self._drop("error", name)
 
     def distribution(self, name: str, value: int | float, /, **labels: Any) -> None:
-        """Add one sample to a DISTRIBUTION metric."""
+        """Add one sample (finite) to a DISTRIBUTION metric."""
         try:
             s = self._by_raw.get((name, *labels.items()))
             if s is None and (s := self._new(name, labels, Kind.DISTRIBUTION)) is None:
                 return
-            if s.kind is not Kind.DISTRIBUTION or value != value:
+            if s.kind is not Kind.DISTRIBUTION or not -_INF < value < _INF:
                 self._drop("bad_value", name)
                 return
             i = bisect_right(s.bounds, value)

@@ -359,6 +359,39 @@ def test_the_fake_applies_a_request_partially_as_the_real_api(
     assert "GAUGE" in fake.rejected[0][1]
 
 
+def test_a_value_the_api_refuses_never_stops_the_other_series(
+        fake: FakeMonitoringServer) -> None:
+    """The API refuses non-finite values, integers beyond INT64 and label values over 1024
+    characters (TypedValue, LabelDescriptor). Such a series must not be sent (it would fail
+    again at every flush) and must not stop the series recorded next to it."""
+    clock = Clock()
+    rec, sink = make_sink(fake.endpoint, clock)
+    rec.gauge(m.BREAKER_STRIKES, float("inf"), backend="a")  # INT64 gauge
+    rec.gauge(m.BUDGET_SPEND, float("-inf"), scope="tenant:t", period="day")
+    rec.distribution(m.JOB_COST, float("inf"), kind="k", tier="t", backend="b")
+    rec.counter(m.UNCERTAIN_SPEND, float("inf"), backend="b")
+    rec.gauge(m.QUEUE_DEPTH, 2**63, queue="huge")
+    rec.gauge(m.QUEUE_DEPTH, 1, queue="x" * 1025)
+    for i in range(3):
+        rec.gauge(m.QUEUE_DEPTH, i, queue=f"q{i}")
+    clock.advance(1)
+    result = sink.flush_once()  # must not raise
+    assert result.failed_requests == 0 and fake.rejected == []
+    depth = m.METRIC_PREFIX + "queue/depth"
+    assert {dict(k[1])["queue"] for k in fake.series if k[0] == depth} == {"q0", "q1", "q2"}
+    assert rec.value(m.RECORDER_DROPPED, reason="bad_value") == 4  # the non-finite values
+    assert failures(rec, "bad_value") == 1  # the integer too large for INT64
+    assert failures(rec, "label_too_long") == 1
+    for _ in range(7):  # a minute on: the same values are not tried or counted again
+        clock.advance(10)
+        assert sink.flush_once().failed_requests == 0 and fake.rejected == []
+    assert failures(rec) == 2
+    rec.gauge(m.QUEUE_DEPTH, 5, queue="huge")  # a value it can take: written again
+    clock.advance(10)
+    sink.flush_once()
+    assert (depth, (("queue", "huge"),)) in written(fake)
+
+
 def test_a_partial_failure_loses_and_repeats_no_other_series(
         fake: FakeMonitoringServer) -> None:
     """A series the API refuses (here: another writer already wrote it 2 s ago) fails its
