@@ -26,6 +26,12 @@ TRANSIENT_CODES = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
     grpc.StatusCode.INTERNAL,
 })
+# CreateTimeSeries is not idempotent (Google's client gives it no retry): after a timeout, an
+# ABORTED or an INTERNAL the points may have been written (the API also applies a request in
+# part), and the same points sent again are refused as "written more frequently than the
+# maximum sampling period". Only UNAVAILABLE — the service was not reached — is retried at
+# once; otherwise the next flush writes fresh points.
+WRITE_RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
 def _channel(endpoint: str) -> grpc.Channel:
@@ -80,3 +86,7 @@ def status_code(exc: BaseException) -> grpc.StatusCode | None:
 
 def is_transient(exc: BaseException) -> bool:
     return status_code(exc) in TRANSIENT_CODES
+
+
+def is_retryable_write(exc: BaseException) -> bool:
+    return status_code(exc) in WRITE_RETRY_CODES

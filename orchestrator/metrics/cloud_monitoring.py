@@ -6,10 +6,11 @@ injectable ``clock``; the thread's wake-up interval is separate and may be short
 at most 200 series per request; descriptors are created once per process; a series the API
 would refuse whatever the moment (a non-finite value, an integer beyond INT64, a label value
 over 1,024 characters) is left out and counted, never sent to fail its whole request at every
-flush; only transient gRPC errors are retried, within a bounded deadline; a failed write's
-series are all sent again at the next due flush, with new points (the API writes the valid
-series of a request it answers INVALID_ARGUMENT); every failed request is logged (status
-code only) and counted in ``exporter/failures{sink="cloud_monitoring"}``.
+flush; only transient gRPC errors are retried, within a bounded deadline, and a write only
+when the service was not reached (UNAVAILABLE: CreateTimeSeries is not idempotent); a failed
+write's series are all sent again at the next due flush, with new points (the API writes
+the valid series of a request it answers INVALID_ARGUMENT); every failed request is logged
+(status code only) and counted in ``exporter/failures{sink="cloud_monitoring"}``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ from tenacity import (
 
 from orchestrator.metrics import gcm_convert as conv
 from orchestrator.metrics.catalogue import EXPORTER_FAILURES, MetricDef
-from orchestrator.metrics.clients import is_transient, metric_client, status_code
+from orchestrator.metrics.clients import (
+    is_retryable_write,
+    is_transient,
+    metric_client,
+    status_code,
+)
 from orchestrator.metrics.recorder import Clock, Point, Recorder
 
 log = logging.getLogger("orchestrator.metrics.gcm")
@@ -155,7 +161,8 @@ class CloudMonitoringSink:
                     continue
                 request = self._request(pts, now)
                 try:
-                    self._call(client.create_time_series, request, deadline)
+                    self._call(client.create_time_series, request, deadline,
+                               retry_on=is_retryable_write)
                 except Exception as exc:
                     result.failed_requests += 1
                     self._failed(_reason(exc), exc, f"{len(pts)} series")
@@ -244,7 +251,8 @@ class CloudMonitoringSink:
                 continue
             self._created.add(name)
 
-    def _call(self, method: Callable[..., Any], request: Any, deadline: float) -> Any:
+    def _call(self, method: Callable[..., Any], request: Any, deadline: float,
+              retry_on: Callable[[BaseException], bool] = is_transient) -> Any:
         def attempt() -> Any:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -255,7 +263,7 @@ class CloudMonitoringSink:
             stop=stop_after_attempt(self._attempts) | stop_after_delay(
                 max(0.0, deadline - time.monotonic())),
             wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
-            retry=retry_if_exception(is_transient), reraise=True,
+            retry=retry_if_exception(retry_on), reraise=True,
         )
         return retrying(attempt)
 

@@ -419,3 +419,20 @@ def test_a_partial_failure_loses_and_repeats_no_other_series(
          if k[0].endswith("queue/depth")}
     assert q == {"q0": 2, "q1": 2, "q2": 2}
 
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED])
+def test_a_write_whose_outcome_is_unknown_is_not_resent_with_the_same_point(
+        fake: FakeMonitoringServer, code: grpc.StatusCode) -> None:
+    """CreateTimeSeries is not idempotent (Google's client has no retry for it): after an
+    answer that does not say whether the points were written, sending them again is refused
+    as too frequent when they were. The next flush writes fresh points instead."""
+    clock = Clock()
+    rec, sink = make_sink(fake.endpoint, clock)
+    rec.gauge(m.QUEUE_DEPTH, 7, queue="q")
+    fake.fail_next("CreateTimeSeries", code, after_apply=True)
+    assert sink.flush_once().failed_requests == 1
+    assert len(fake.calls("CreateTimeSeries")) == 1 and fake.rejected == []
+    assert failures(rec, code.name) == 1
+    clock.advance(10)
+    assert sink.flush_once().written >= 1 and fake.rejected == []
