@@ -10,7 +10,9 @@ flush; only transient gRPC errors are retried, within a bounded deadline, and a 
 when the service was not reached (UNAVAILABLE: CreateTimeSeries is not idempotent); a failed
 write's series are all sent again at the next due flush, with new points (the API writes
 the valid series of a request it answers INVALID_ARGUMENT); every failed request is logged
-(status code only) and counted in ``exporter/failures{sink="cloud_monitoring"}``.
+(status code only) and counted in ``exporter/failures{sink="cloud_monitoring"}``. An unchanged
+series is re-sent every ``resend_unchanged_s``, a gauge only until it has not been set for
+:data:`GAUGE_STALE_S`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tenacity import (
 )
 
 from orchestrator.metrics import gcm_convert as conv
-from orchestrator.metrics.catalogue import EXPORTER_FAILURES, MetricDef
+from orchestrator.metrics.catalogue import EXPORTER_FAILURES, Kind, MetricDef
 from orchestrator.metrics.clients import (
     is_retryable_write,
     is_transient,
@@ -45,6 +47,10 @@ log = logging.getLogger("orchestrator.metrics.gcm")
 
 MIN_SPACING_S = 10.0
 MAX_SERIES_PER_REQUEST = 200
+# A gauge nobody set for this long is no longer re-sent: it is another process's now (each
+# process writes its own series, and beat's publish_gauges runs in whichever one takes it),
+# and a stale value re-sent for ever would hold a REDUCE_MAX alert such as "breaker open".
+GAUGE_STALE_S = 300.0
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
@@ -65,7 +71,7 @@ class CloudMonitoringSink:
         job: str = "orchestrator", flush_interval_s: float = MIN_SPACING_S,
         clock: Clock = time.time, request_timeout_s: float = 10.0, flush_deadline_s: float = 30.0,
         max_attempts: int = 3, resend_unchanged_s: float = 60.0,
-        batch_size: int = MAX_SERIES_PER_REQUEST,
+        batch_size: int = MAX_SERIES_PER_REQUEST, gauge_stale_s: float = GAUGE_STALE_S,
     ) -> None:
         self.project = project
         self._client_factory = client_factory or (lambda: metric_client(endpoint))
@@ -79,6 +85,8 @@ class CloudMonitoringSink:
         self._attempts = max_attempts
         self._resend = max(resend_unchanged_s, MIN_SPACING_S)
         self._batch = max(1, min(batch_size, MAX_SERIES_PER_REQUEST))
+        self._gauge_stale = max(gauge_stale_s, self._resend)
+        self._changed: dict[SeriesKey, tuple[int, float]] = {}  # key -> (version, seen at)
         self._recorder: Recorder | None = None
         self._state: dict[SeriesKey, tuple[float, int]] = {}  # key -> (last attempt, version)
         self._unwritable: set[tuple[str, str]] = set()  # (metric, reason) already logged
@@ -191,6 +199,12 @@ class CloudMonitoringSink:
         due: list[Point] = []
         for p in points:
             if p.version == 0:
+                continue
+            changed = self._changed.get(p.key)
+            if changed is None or changed[0] != p.version:
+                self._changed[p.key] = (p.version, now)
+            elif p.metric.kind is Kind.GAUGE and now - changed[1] >= self._gauge_stale:
+                result.not_due += 1
                 continue
             st = self._state.get(p.key)
             if st is not None:

@@ -436,3 +436,28 @@ def test_a_write_whose_outcome_is_unknown_is_not_resent_with_the_same_point(
     assert failures(rec, code.name) == 1
     clock.advance(10)
     assert sink.flush_once().written >= 1 and fake.rejected == []
+
+
+def test_a_gauge_no_longer_set_here_stops_being_sent(fake: FakeMonitoringServer) -> None:
+    """Each process writes its own series (task_id), and beat's publish_gauges runs in
+    whichever worker process takes it. A process that once saw a breaker open must not
+    re-send that 2 for ever: the alert "breaker open" takes the max across processes."""
+    clock = Clock()
+    rec, sink = make_sink(fake.endpoint, clock)
+    rec.gauge(m.BREAKER_STATE, m.BREAKER_OPEN, backend="a")  # set once, never again here
+    rec.counter(m.JOBS_FINISHED, **JOB)  # counted once: a total stays true, keeps going out
+    for _ in range(int(600 / 15)):  # 10 minutes; another gauge set every 15 s
+        rec.gauge(m.QUEUE_DEPTH, 1, queue="q")
+        sink.flush_once()
+        clock.advance(15)
+
+    def ends(metric: str) -> list[float]:
+        return [float(p.interval.end_time.seconds) for k, pts in fake.series_points.items()
+                if k[0].endswith(metric) for p in pts]
+
+    assert ends("breaker_state") and max(ends("breaker_state")) <= T0 + 300
+    assert max(ends("queue/depth")) >= T0 + 580
+    assert max(ends("jobs/finished")) >= T0 + 540
+    rec.gauge(m.BREAKER_STATE, m.BREAKER_CLOSED, backend="a")  # set again: sent again
+    sink.flush_once()
+    assert max(ends("breaker_state")) >= T0 + 600
