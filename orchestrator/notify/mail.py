@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import smtplib
+import socket
 import ssl
+import threading
 from email.message import EmailMessage
 from email.utils import formatdate
 from html import escape
@@ -58,14 +61,21 @@ class EmailChannel:
             raise DeliveryError("smtp_not_configured", detail="ORCH_SMTP_HOST is not set",
                                 label=self.label, transient=False)
         msg = email_message(alert, s.smtp_from, list(self._config.to))
+        deadline = _Deadline(s.smtp_timeout_s)
+        conn: _SMTP | None = None
         try:
-            with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s) as conn:
+            with deadline:
+                conn = _SMTP(deadline, s.smtp_host, s.smtp_port, s.smtp_timeout_s)
                 if s.smtp_starttls:
                     conn.starttls(context=ssl.create_default_context())
                 if s.smtp_user:
                     password = s.smtp_password.get_secret_value() if s.smtp_password else ""
                     conn.login(s.smtp_user, password)
                 refused = conn.send_message(msg)
+                # DATA was answered 250: the message is the server's now, whatever QUIT gets
+                # (failing here would send it again, a duplicate for every recipient)
+                with contextlib.suppress(smtplib.SMTPException, OSError):
+                    conn.quit()
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             raise DeliveryError(
@@ -73,15 +83,80 @@ class EmailChannel:
                 detail="all recipients refused", label=self.label,
                 transient=bool(codes) and all(400 <= c < 500 for c in codes),
             ) from None
-        except smtplib.SMTPResponseException as exc:  # the server's text is never kept
-            raise DeliveryError(f"smtp_{exc.smtp_code}", label=self.label,
-                                transient=400 <= exc.smtp_code < 500) from None
-        except (smtplib.SMTPException, OSError) as exc:  # connection, TLS, timeout
-            raise DeliveryError("connect_failed", detail=type(exc).__name__, label=self.label,
-                                transient=True) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            if deadline.fired or isinstance(exc, TimeoutError):
+                raise DeliveryError("timeout", label=self.label, transient=True) from None
+            if isinstance(exc, smtplib.SMTPResponseException):  # its text is never kept
+                raise DeliveryError(f"smtp_{exc.smtp_code}", label=self.label,
+                                    transient=400 <= exc.smtp_code < 500) from None
+            raise DeliveryError("connect_failed", detail=type(exc).__name__,  # refused, TLS
+                                label=self.label, transient=True) from None
+        finally:
+            if conn is not None:
+                conn.close()
         if refused:
             # Some recipients accepted it: delivered (a retry would duplicate it for them).
             log.warning(
                 "alert %s: %s: %d of %d recipients refused",
                 alert.alert_id, self.label, len(refused), len(self._config.to),
             )
+
+
+class _Deadline:
+    """ORCH_SMTP_TIMEOUT_S for the whole delivery. smtplib's timeout bounds each socket
+    operation only, so a server trickling its replies a line at a time would hold the
+    sending thread (a worker's) for as long as it likes. When the time is up this shuts the
+    connection down, and the blocked read or write fails at once.
+
+    It keeps a duplicate of the TCP socket: shutting that down ends the connection under
+    the TLS socket STARTTLS wraps it in as well."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.fired = False
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._timer = threading.Timer(limit_s, self._fire)
+        self._timer.daemon = True
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock.dup()
+            if self.fired:
+                _shutdown(self._sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            if self._sock is not None:
+                _shutdown(self._sock)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed already: nothing left to cut
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _SMTP(smtplib.SMTP):
+    """smtplib.SMTP whose connection the deadline watches from the moment it is made (the
+    server's greeting is read in the constructor already)."""
+
+    def __init__(self, deadline: _Deadline, host: str, port: int, timeout: float) -> None:
+        self._deadline = deadline
+        super().__init__(host, port, timeout=timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # what smtplib.SMTP._get_socket does (typeshed does not declare it)
+        sock = socket.create_connection((host, port), timeout, self.source_address)
+        self._deadline.watch(sock)
+        return sock
