@@ -9,7 +9,7 @@ class DeliveryError(OrchestratorError):
     """A channel could not deliver an alert.
 
     ``reason`` is our own code for what happened (``http_500``, ``egress_refused``,
-    ``connect_failed``, ``timeout``, ``smtp_550``, ``smtp_not_configured``,
+    ``connect_failed``, ``timeout``, ``smtp_550``, ``smtp_unsupported``, ``smtp_not_configured``,
     ``invalid_channel``, …), optionally with our
     own ``detail``; ``summary`` (``reason`` or ``reason: detail``) is what is stored in
     ``alert_deliveries.last_error``. Neither ever holds a remote reply body, a secret or a

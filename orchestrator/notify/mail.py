@@ -63,14 +63,18 @@ class EmailChannel:
         msg = email_message(alert, s.smtp_from, list(self._config.to))
         deadline = _Deadline(s.smtp_timeout_s)
         conn: _SMTP | None = None
+        needs = ""  # the extension the step under way needs, if the server lacks it
         try:
             with deadline:
                 conn = _SMTP(deadline, s.smtp_host, s.smtp_port, s.smtp_timeout_s)
                 if s.smtp_starttls:
+                    needs = "STARTTLS"
                     conn.starttls(context=ssl.create_default_context())
                 if s.smtp_user:
+                    needs = "AUTH"
                     password = s.smtp_password.get_secret_value() if s.smtp_password else ""
                     conn.login(s.smtp_user, password)
+                needs = "SMTPUTF8"  # the only one sending asks for (a non-ASCII address)
                 refused = conn.send_message(msg)
                 # DATA was answered 250: the message is the server's now, whatever QUIT gets
                 # (failing here would send it again, a duplicate for every recipient)
@@ -86,6 +90,11 @@ class EmailChannel:
         except (smtplib.SMTPException, OSError) as exc:
             if deadline.fired or isinstance(exc, TimeoutError):
                 raise DeliveryError("timeout", label=self.label, transient=True) from None
+            if isinstance(exc, smtplib.SMTPNotSupportedError):
+                # STARTTLS or AUTH may be switched on at the server (or was stripped on the
+                # way): retried; an address the server cannot take never will be
+                raise DeliveryError("smtp_unsupported", detail=needs, label=self.label,
+                                    transient=needs != "SMTPUTF8") from None
             if isinstance(exc, smtplib.SMTPResponseException):  # its text is never kept
                 raise DeliveryError(f"smtp_{exc.smtp_code}", label=self.label,
                                     transient=400 <= exc.smtp_code < 500) from None

@@ -172,3 +172,34 @@ def test_starttls_and_auth_against_a_submission_relay(
             assert password not in str(err.value)
     assert len(sink.messages) == int(delivered)
     assert accounts.logins == (["relay-user"] if delivered else [])
+
+
+
+@pytest.fixture()
+def plain_relay() -> Iterator[tuple[SmtpSink, SmtpSettings]]:
+    """A server offering neither STARTTLS nor SMTPUTF8 (an internal relay often does not)."""
+    sink, port = SmtpSink(), free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
+    controller.start()
+    yield sink, SmtpSettings(smtp_host="127.0.0.1", smtp_port=port, smtp_timeout_s=5,
+                             smtp_from="alerts@orchestrator.test")
+    controller.stop()
+
+
+@pytest.mark.parametrize(
+    ("starttls", "to", "summary", "transient"),
+    [(True, "ops@example.test", "smtp_unsupported: STARTTLS", True),
+     (False, "jürgen@example.test", "smtp_unsupported: SMTPUTF8", False)],
+)
+def test_a_server_without_an_extension_the_delivery_needs_says_which(
+    plain_relay: tuple[SmtpSink, SmtpSettings], starttls: bool, to: str, summary: str,
+    transient: bool,
+) -> None:
+    """Not a connection failure: the operator is told what the server lacks. An address it
+    cannot take never will be: final, not retried for an hour."""
+    sink, settings = plain_relay
+    with ChannelFactory(smtp=settings.model_copy(update={"smtp_starttls": starttls})) as f, \
+            pytest.raises(DeliveryError) as err:
+        f(parse_channel({"type": "email", "to": [to]})).send(make_alert())
+    assert (err.value.summary, err.value.transient) == (summary, transient)
+    assert sink.messages == []
