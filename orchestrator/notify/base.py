@@ -11,6 +11,7 @@ from orchestrator.egress import EgressPolicy, EgressRefused, post_pinned
 from orchestrator.notify.config import ChannelConfig
 from orchestrator.notify.errors import DeliveryError
 from orchestrator.notify.message import AlertMessage
+from orchestrator.retry_after import parse_retry_after
 
 USER_AGENT = "orchestrator-alerts/1"
 MAX_RETRY_AFTER_S = 3600.0
@@ -70,7 +71,5 @@ def post(
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("Retry-After", "")
-    if value.isascii() and value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER_S)
-    return None
+    seconds = parse_retry_after(resp.headers.get("Retry-After"))  # seconds or an HTTP date
+    return None if seconds is None else min(seconds, MAX_RETRY_AFTER_S)

@@ -14,8 +14,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -33,6 +35,8 @@ from orchestrator.notify import (
     verify_signature,
 )
 from orchestrator.notify.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
+
+from .raw_receiver import RawReceiver, answer
 
 SECRET = "s3cret-webhook-key-0123456789"
 LOCAL = EgressPolicy("127.0.0.1")  # the receivers below are internal on purpose
@@ -359,3 +363,20 @@ def test_email_unreachable_is_transient_and_unconfigured_is_permanent() -> None:
     ) as err:
         factory(cfg).send(make_alert())
     assert err.value.transient is False and "ORCH_SMTP_HOST" in err.value.message
+
+
+def test_a_429_with_a_retry_after_date_is_honoured() -> None:
+    """RFC 9110 lets Retry-After be an HTTP date as well as seconds: a receiver asking for an
+    hour, either way, is not retried after the 30 s backoff."""
+    when = format_datetime(datetime.now(UTC) + timedelta(hours=2), usegmt=True)
+    for value in ("7200", when):
+        rx = RawReceiver(lambda sock, _, v=value: sock.sendall(
+            answer(429, extra=f"Retry-After: {v}\r\n"))).start()
+        try:
+            with ChannelFactory(policy=LOCAL) as factory, pytest.raises(DeliveryError) as err:
+                factory(parse_channel({"type": "slack", "url": f"{rx.url}/hooks"})).send(
+                    make_alert())
+        finally:
+            rx.close()
+        assert (err.value.summary, err.value.transient) == ("http_429", True)
+        assert err.value.retry_after_s == 3600, value  # capped at MAX_RETRY_AFTER_S
