@@ -88,7 +88,9 @@ class EmailChannel:
                 transient=bool(codes) and all(400 <= c < 500 for c in codes),
             ) from None
         except (smtplib.SMTPException, OSError) as exc:
-            if deadline.fired or isinstance(exc, TimeoutError):
+            # smtplib turns a read's timeout into SMTPServerDisconnected: the cause tells
+            if deadline.fired or isinstance(exc, TimeoutError) or \
+                    isinstance(exc.__context__, TimeoutError):
                 raise DeliveryError("timeout", label=self.label, transient=True) from None
             if isinstance(exc, smtplib.SMTPNotSupportedError):
                 # STARTTLS or AUTH may be switched on at the server (or was stripped on the

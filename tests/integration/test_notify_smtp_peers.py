@@ -95,6 +95,20 @@ def test_a_trickling_smtp_server_cannot_hold_a_delivery_past_its_timeout(
     assert [(e.summary, e.transient) for e in errors] == [("timeout", True)]
 
 
+
+def test_a_server_that_never_greets_is_a_timeout() -> None:
+    """Not ``connect_failed``: the connection was made, the server never said a word."""
+    silent = Trickler(every_s=60)
+    try:
+        settings = SmtpSettings(smtp_host="127.0.0.1", smtp_port=silent.port,
+                                smtp_starttls=False, smtp_timeout_s=0.5)
+        with ChannelFactory(smtp=settings) as factory, pytest.raises(DeliveryError) as err:
+            factory(parse_channel(TO)).send(make_alert())
+    finally:
+        silent.close()
+    assert (err.value.summary, err.value.transient) == ("timeout", True)
+
+
 class QuitRefusingSink(SmtpSink):
     """Accepts the message, then answers QUIT with a 421 (as a server going down does)."""
 
