@@ -70,7 +70,8 @@ app.conf.update(
     worker_send_task_events=False,
     beat_schedule={
         "sweep": {"task": "orchestrator.sweep", "schedule": 10.0},
-        "deliver-alerts": {"task": "orchestrator.deliver_alerts", "schedule": 10.0},
+        "deliver-alerts": {"task": "orchestrator.deliver_alerts", "schedule": 10.0,
+                           "options": {"expires": 10.0}},
         # a run sends for up to one interval; a run not started by the next is dropped
         "deliver-webhooks": {"task": "orchestrator.deliver_webhooks",
                              "schedule": get_settings().webhook_interval_s,

@@ -54,7 +54,22 @@ def sweep() -> None:
     name="orchestrator.deliver_alerts", autoretry_for=_INFRA, max_retries=3)
 def deliver_alerts() -> None:
     """Seal channel secrets still stored in plain text (written before encryption), then
-    deliver what is due."""
+    deliver what is due. Nothing while this process is running one already: like a webhook
+    run (``_webhook_run``), a run holds its thread until every send of its batch has ended
+    (50 alerts on 8 sending threads: 7 timeouts for channels that never answer), and beat
+    starts one every 10 s."""
+    if not _alert_run.acquire(blocking=False):
+        return
+    try:
+        _deliver_alerts()
+    finally:
+        _alert_run.release()
+
+
+_alert_run = threading.Lock()
+
+
+def _deliver_alerts() -> None:
     from orchestrator.notify import ChannelFactory, deliver_pending
     from orchestrator.notify.settings import load_smtp_settings
     from orchestrator.notify.stored import seal_legacy
