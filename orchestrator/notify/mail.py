@@ -66,8 +66,9 @@ class EmailChannel:
         needs = ""  # the extension the step under way needs, if the server lacks it
         try:
             with deadline:
-                conn = _SMTP(deadline, s.smtp_host, s.smtp_port, s.smtp_timeout_s)
-                if s.smtp_starttls:
+                conn = _SMTP(deadline, s.smtp_host, s.smtp_port, s.smtp_timeout_s,
+                             tls=ssl.create_default_context() if s.smtp_ssl else None)
+                if s.smtp_starttls and not s.smtp_ssl:
                     needs = "STARTTLS"
                     conn.starttls(context=ssl.create_default_context())
                 if s.smtp_user:
@@ -160,14 +161,20 @@ def _shutdown(sock: socket.socket) -> None:
 
 class _SMTP(smtplib.SMTP):
     """smtplib.SMTP whose connection the deadline watches from the moment it is made (the
-    server's greeting is read in the constructor already)."""
+    server's greeting is read in the constructor already); with ``tls``, TLS from the first
+    byte (SMTPS, port 465), as smtplib.SMTP_SSL connects."""
 
-    def __init__(self, deadline: _Deadline, host: str, port: int, timeout: float) -> None:
+    def __init__(self, deadline: _Deadline, host: str, port: int, timeout: float,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._deadline = deadline
+        self._tls = tls
         super().__init__(host, port, timeout=timeout)
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        # what smtplib.SMTP._get_socket does (typeshed does not declare it)
+        # what smtplib.SMTP._get_socket and SMTP_SSL._get_socket do (typeshed does not
+        # declare them)
         sock = socket.create_connection((host, port), timeout, self.source_address)
-        self._deadline.watch(sock)
+        self._deadline.watch(sock)  # its duplicate cuts the TLS connection too
+        if self._tls is not None:
+            return self._tls.wrap_socket(sock, server_hostname=host)
         return sock

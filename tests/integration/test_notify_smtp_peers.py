@@ -189,6 +189,35 @@ def test_starttls_and_auth_against_a_submission_relay(
 
 
 
+def test_implicit_tls_and_auth_against_an_smtps_relay(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relay that speaks TLS from its first byte (SMTPS, port 465), as many hosted relays
+    offer: ORCH_SMTP_SSL reaches it and logs in; STARTTLS alone never gets a greeting."""
+    cert, key = self_signed(tmp_path, "127.0.0.1")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    sink, accounts, port = SmtpSink(), Accounts(), free_port()
+    # aiosmtpd's auth_require_tls knows STARTTLS only; this connection is TLS throughout
+    controller = Controller(sink, hostname="127.0.0.1", port=port, ssl_context=server_tls,
+                            authenticator=accounts, auth_require_tls=False)
+    controller.start()
+    try:
+        settings = SmtpSettings(smtp_host="127.0.0.1", smtp_port=port, smtp_user="relay-user",
+                                smtp_password="relay-pass-0123", smtp_ssl=True,
+                                smtp_from="alerts@orchestrator.test", smtp_timeout_s=5)
+        with ChannelFactory(smtp=settings) as factory:
+            factory(parse_channel(TO)).send(make_alert())
+        assert len(sink.messages) == 1 and accounts.logins == ["relay-user"]
+        starttls = settings.model_copy(update={"smtp_ssl": False, "smtp_timeout_s": 1})
+        with ChannelFactory(smtp=starttls) as factory, pytest.raises(DeliveryError) as err:
+            factory(parse_channel(TO)).send(make_alert())
+        assert err.value.transient and "relay-pass" not in str(err.value)
+        assert len(sink.messages) == 1
+    finally:
+        controller.stop()
+
+
 @pytest.fixture()
 def plain_relay() -> Iterator[tuple[SmtpSink, SmtpSettings]]:
     """A server offering neither STARTTLS nor SMTPUTF8 (an internal relay often does not)."""

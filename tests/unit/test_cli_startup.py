@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli.main import app
 from orchestrator.errors import ConfigurationError
+from orchestrator.notify.settings import load_smtp_settings
 from orchestrator.settings import get_settings, resolve_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +54,30 @@ def test_a_bad_smtp_setting_stops_the_process_at_start_naming_it(
     assert result.exit_code == 1
     assert result.output.startswith("error: ORCH_SMTP_PORT: ")
     assert result.output.count("\n") == 1
+
+
+@pytest.mark.parametrize(("host", "starttls", "ssl", "refused"), [
+    ("mail.example.com", "false", "false", True),
+    ("mail.example.com", "true", "false", False),
+    ("mail.example.com", "false", "true", False),
+    ("127.0.0.1", "false", "false", False),  # a relay on this host: nothing crosses a network
+    ("localhost", "false", "false", False),
+])
+def test_a_login_that_would_cross_the_network_in_clear_is_refused_at_start(
+        host: str, starttls: str, ssl: str, refused: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in (("HOST", host), ("USER", "relay-user"), ("PASSWORD", "pw-0123456789"),
+                        ("STARTTLS", starttls), ("SSL", ssl)):
+        monkeypatch.setenv(f"ORCH_SMTP_{name}", value)
+    if not refused:
+        assert load_smtp_settings().smtp_user == "relay-user"
+        return
+    result = CliRunner().invoke(app, ["worker"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ORCH_SMTP_SSL: ORCH_SMTP_USER is set while this "
+                                     "and ORCH_SMTP_STARTTLS are both false: the login would "
+                                     "cross the network in clear text"), result.output
+    assert result.output.count("\n") == 1 and "pw-0123456789" not in result.output
 
 
 def test_a_credentials_file_without_the_url_is_a_one_line_error(
