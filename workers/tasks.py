@@ -11,8 +11,10 @@ import httpx
 from redis import Redis
 from redis.exceptions import RedisError
 
+from orchestrator import metrics
 from orchestrator.bootstrap import container
 from orchestrator.ledger.service import utcnow
+from orchestrator.metrics import catalogue as m
 from orchestrator.outage import TRANSIENT
 from orchestrator.service import observe
 from orchestrator.service.sweeper import sweep as sweep_jobs
@@ -83,7 +85,9 @@ def _deliver_alerts() -> None:
             log.info("sealed %d plain-text channel secret(s) in %d budget(s)", sealed.sealed,
                      sealed.budgets)
     with ChannelFactory(smtp=load_smtp_settings(), policy=c.egress) as factory:
-        deliver_pending(c.engine, factory, utcnow(), secrets=box)
+        report = deliver_pending(c.engine, factory, utcnow(), secrets=box)
+    for o in report.outcomes:
+        metrics.counter(m.ALERT_DELIVERIES, channel=o.channel_type, outcome=o.status)
 
 
 @app.task(  # type: ignore[untyped-decorator]
@@ -117,6 +121,10 @@ def _deliver_webhooks() -> int:
     tried = 0
     while True:
         report = deliver_due(c.engine, c.egress, c.secrets, _webhook_client(), rules, utcnow())
+        for outcome, count in (("delivered", report.delivered),
+                               ("retrying", report.retrying), ("failed", report.failed)):
+            if count:
+                metrics.counter(m.WEBHOOK_DELIVERIES, count, outcome=outcome)
         n = report.delivered + report.retrying + report.failed
         tried += n
         if n < 100 or time.monotonic() > stop:

@@ -58,6 +58,8 @@ JOB_RETRIES = "jobs/retries"
 ATTEMPTS_UNCERTAIN = "attempts/uncertain"
 UNCERTAIN_SPEND = "attempts/uncertain_spend"
 CACHE_LOOKUPS = "cache/lookups"
+ALERT_DELIVERIES = "alerts/deliveries"
+WEBHOOK_DELIVERIES = "webhooks/deliveries"
 CACHE_SAVED = "cache/saved"
 BUDGET_SPEND = "budget/spend"
 BUDGET_HELD = "budget/held"
@@ -128,6 +130,13 @@ CATALOGUE: dict[str, MetricDef] = {
         _d(UNCERTAIN_SPEND, C, F64, "{USD}", ("backend",),
            "Possible charges of uncertain attempts (their worst case), USD.",
            "attempts_uncertain_spend_usd_total"),
+        _d(ALERT_DELIVERIES, C, I64, "1", ("channel", "outcome"),
+           "Budget alert sends to a channel (webhook, slack, email); outcome delivered, "
+           "retrying (a retry is due) or failed (for good: no retry left, or refused).",
+           "alert_deliveries_total"),
+        _d(WEBHOOK_DELIVERIES, C, I64, "1", ("outcome",),
+           "Job webhook sends; outcome delivered, retrying or failed (for good).",
+           "webhook_deliveries_total"),
         _d(CACHE_LOOKUPS, C, I64, "1", ("kind", "outcome"),
            "Cache-enabled submissions; outcome hit (a result at $0), coalesced (waits for an "
            "identical job in flight) or miss (runs itself).", "cache_lookups_total"),

@@ -64,6 +64,7 @@ class ChannelOutcome:
     attempts: int
     error: str | None = None
     next_attempt_at: datetime | None = None
+    channel_type: str = ""  # webhook | slack | email
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,7 @@ class DeliveryReport:
 class _Claimed:
     alert_id: uuid.UUID
     key: str
+    channel_type: str
     label: str
     attempts: int
     message: AlertMessage | None
@@ -128,7 +130,7 @@ _LEASE = text(
     SET attempts = attempts + 1, next_attempt_at = :lease_until, claim_token = :token,
         updated_at = :now
     WHERE alert_id = ANY(:ids) AND status = 'pending' AND next_attempt_at <= :now
-    RETURNING alert_id, channel_key, target, attempts
+    RETURNING alert_id, channel_key, channel_type, target, attempts
     """
 )
 _COUNT_ALERT_ATTEMPT = text("UPDATE alerts SET attempts = attempts + 1 WHERE id = ANY(:ids)")
@@ -226,7 +228,8 @@ def _claim(
              "lease_until": now + timedelta(seconds=policy.lease_s)},
         ).all()
         claimed = [
-            _Claimed(d.alert_id, d.channel_key, d.target, d.attempts, messages[d.alert_id],
+            _Claimed(d.alert_id, d.channel_key, d.channel_type, d.target, d.attempts,
+                     messages[d.alert_id],
                      configs[d.alert_id].get(d.channel_key))
             for d in leased
         ]
@@ -307,7 +310,8 @@ def _record(
     if c.error is None:
         tx.execute(_RECORD_SUCCESS, ids)
         log.info("alert %s delivered to %s (attempt %d)", c.alert_id, c.label, c.attempts)
-        return ChannelOutcome(c.alert_id, c.label, "delivered", c.attempts)
+        return ChannelOutcome(c.alert_id, c.label, "delivered", c.attempts,
+                              channel_type=c.channel_type)
     err = c.error.summary[:500]  # our own code (and detail): never a remote body or secret
     if c.error.transient and c.attempts < policy.max_attempts:
         nxt = now + policy.delay(c.attempts, c.error.retry_after_s)
@@ -317,10 +321,12 @@ def _record(
         )
         log.warning("alert %s: %s: %s (attempt %d), retry at %s", c.alert_id, c.label, err,
                     c.attempts, nxt.isoformat())
-        return ChannelOutcome(c.alert_id, c.label, "retrying", c.attempts, err, nxt)
+        return ChannelOutcome(c.alert_id, c.label, "retrying", c.attempts, err, nxt,
+                              c.channel_type)
     tx.execute(
         _RECORD_FAILURE, {**ids, "status": "failed", "next": now, "error": err, "token": token}
     )
     log.error("alert %s: delivery to %s failed for good after %d attempt(s): %s",
               c.alert_id, c.label, c.attempts, err)
-    return ChannelOutcome(c.alert_id, c.label, "failed", c.attempts, err)
+    return ChannelOutcome(c.alert_id, c.label, "failed", c.attempts, err,
+                          channel_type=c.channel_type)

@@ -28,6 +28,7 @@ from sqlalchemy import Engine, text
 
 from orchestrator.api import ApiConfig, start_in_thread
 from orchestrator.bootstrap import Container
+from orchestrator.embedded._ports import free_port
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.ledger.service import utcnow
 from orchestrator.notify.settings import SmtpSettings
@@ -37,6 +38,7 @@ from workers.enqueue import CeleryEnqueue
 from .api_fixture import Api, api_fixture, start_api, video  # noqa: F401
 from .e2e_support import E2E_CATALOGUE, ROOT, Rig, rig_for
 from .test_notify_channels import SECRET, Receiver, serve
+from .test_observe_worker import sample, scrape
 
 __all__ = ["serve"]
 
@@ -113,15 +115,17 @@ def all_tried(db: Engine, n: int) -> Callable[[], bool]:
 
 
 def deliver_with_worker(rig: Rig, log_file: Path, done: Callable[[], bool],
-                        allow: str = ALLOWED_HOST) -> None:
+                        allow: str = ALLOWED_HOST, metrics_port: int | None = None) -> None:
     """Run ``orchestrator.deliver_alerts`` once in a real worker process (the rig's, logging
-    at INFO into ``log_file``) until ``done``."""
+    at INFO into ``log_file``, serving its metrics on ``metrics_port``) until ``done``."""
     with log_file.open("ab") as out:
         rig.workers.append(subprocess.Popen(  # the rig stops it with its own
             [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool",
              "threads", "-c", "2", "--without-gossip", "--without-mingle",
              "--without-heartbeat", "-Q", "jobs.normal,maintenance", "--loglevel", "INFO"],
-            cwd=ROOT, env={**rig.env, "ORCH_EGRESS_ALLOW": allow}, start_new_session=True,
+            cwd=ROOT, env={**rig.env, "ORCH_EGRESS_ALLOW": allow, **(
+                {"ORCH_WORKER_METRICS_PORT": str(metrics_port)} if metrics_port else {})},
+            start_new_session=True,
             stdout=out, stderr=subprocess.STDOUT))
     rig.wait_worker_ready()
     enqueue = rig.container.enqueue
@@ -241,7 +245,8 @@ def test_secrets_are_ciphertext_and_an_allowed_receiver_gets_signed_deliveries_n
 
     alert = spend_it_all(api.rig, "tenant:acme")
     log_file = tmp_path / "worker.log"
-    deliver_with_worker(api.rig, log_file, all_tried(api.rig.engine, 3))
+    port = free_port()
+    deliver_with_worker(api.rig, log_file, all_tried(api.rig.engine, 3), metrics_port=port)
 
     assert [b["alert_id"] for b in hook.accepted] == [str(alert)]  # verified with SECRET
     assert hook.hits[0].headers["Host"] == hook.url.split("/")[2]
@@ -252,6 +257,12 @@ def test_secrets_are_ciphertext_and_an_allowed_receiver_gets_signed_deliveries_n
     redirected = got[("tenant:acme", 2)]
     assert (redirected.status, redirected.last_error) == ("failed", "http_302")
     assert len(moved.hits) == 1 and elsewhere.hits == []  # the 3xx was not followed
+    sent = scrape(port)  # an operator sees the failure without reading tables
+    assert {(c, o): sample(sent, "orchestrator_alert_deliveries_total", channel=c, outcome=o)
+            for c, o in (("webhook", "delivered"), ("slack", "delivered"),
+                         ("slack", "failed"), ("slack", "retrying"))} == {
+        ("webhook", "delivered"): 1, ("slack", "delivered"): 1, ("slack", "failed"): 1,
+        ("slack", "retrying"): None}
     log = log_file.read_text()
     assert "delivered" in log  # the log is being written ...
     assert SECRET not in log and "tok3n" not in log  # ... without secrets

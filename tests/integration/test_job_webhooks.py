@@ -30,6 +30,8 @@ from tests.logscan import worker_log
 
 from .api_fixture import Api, start_api, video
 from .e2e_support import E2E_CATALOGUE, ROOT, Rig, rig_for
+from .test_observe_worker import sample as metric
+from .test_observe_worker import scrape
 
 SECRET = "whsec-0123456789abcdef"
 TERMINAL = ("job.succeeded", "job.failed", "job.cancelled")
@@ -148,6 +150,7 @@ def hooked(db: Engine, database_url: str, redis_url: str, sim: RunningSimulator,
             r = api.tenant().put("/v1/webhooks", json={
                 "url": f"{receiver.url}/tenant", "secret": SECRET, "events": list(events)})
             assert r.status_code == 200, r.text
+            rig.env["ORCH_WORKER_METRICS_PORT"] = str(free_port())  # read by the worker only
             rig.start_worker()
             start_beat(rig, tmp_path)
             yield api, receiver
@@ -242,6 +245,9 @@ def test_every_terminal_job_gets_exactly_one_signed_delivery_in_order(
     # every delivery is recorded as delivered, and the secret is nowhere to be read back
     items = api.tenant().get("/v1/webhooks/deliveries", params={"limit": 500}).json()["items"]
     assert items and all(d["status"] == "delivered" for d in items)
+    sent = scrape(int(api.rig.env["ORCH_WORKER_METRICS_PORT"]))  # and counted so
+    assert [metric(sent, "orchestrator_webhook_deliveries_total", outcome=o)
+            for o in ("delivered", "retrying", "failed")] == [len(items), None, None]
     # the same, a page of 2 at a time, newest first, each once
     paged: list[dict[str, Any]] = []
     params: dict[str, Any] = {"limit": 2}
