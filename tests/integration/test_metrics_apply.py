@@ -46,7 +46,7 @@ def writes(fake: FakeMonitoringServer) -> list[str]:
 def test_apply_creates_everything_then_changes_nothing(fake: FakeMonitoringServer) -> None:
     first = apply_monitoring("proj-1", lambda: make_clients(fake.endpoint))
     assert first.updated == [] and first.unchanged == []
-    assert len(first.created) == len(m.CATALOGUE) + 5 + 1 + 2 + 1
+    assert len(first.created) == len(m.CATALOGUE) + 6 + 1 + 2 + 1
 
     assert set(fake.descriptors) == {d.metric_type for d in m.CATALOGUE.values()}
     lat = fake.descriptors[m.METRIC_PREFIX + "jobs/latency"]
@@ -57,7 +57,8 @@ def test_apply_creates_everything_then_changes_nothing(fake: FakeMonitoringServe
     assert names == sorted([
         "orchestrator: budget burn over 80% of limit", "orchestrator: budget forecast overrun",
         "orchestrator: backend breaker open", "orchestrator: job failure rate over 5%",
-        "orchestrator: oldest queued job over target"])
+        "orchestrator: oldest queued job over target",
+        "orchestrator: notifications failing for good"])
     burn = next(p for p in fake.policies.values() if "80%" in p.display_name)
     cond = burn.conditions[0].condition_threshold
     assert "budget/utilization" in cond.filter and cond.threshold_value == 0.8
@@ -101,7 +102,7 @@ def test_a_changed_definition_updates_only_that_object(fake: FakeMonitoringServe
     assert writes(fake) == ["UpdateAlertPolicy", "UpdateServiceLevelObjective"]
     burn = next(p for p in fake.policies.values() if p.display_name == policies[0]["displayName"])
     assert burn.conditions[0].condition_threshold.threshold_value == 0.9
-    assert len(fake.policies) == 5
+    assert len(fake.policies) == 6
     assert not apply_monitoring("proj-1", lambda: make_clients(fake.endpoint),
                                 config_dir=cfg).changed
 
@@ -183,7 +184,7 @@ def test_the_command_twice_creates_the_dashboard_once(fake: FakeMonitoringServer
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
             for _ in range(2)]
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr + runs[1].stderr
-    total = len(m.CATALOGUE) + 5 + 1 + 2 + 1
+    total = len(m.CATALOGUE) + 6 + 1 + 2 + 1
     assert runs[0].stdout.strip() == f"{total} created, 0 updated, 0 unchanged"
     assert runs[1].stdout.strip() == f"0 created, 0 updated, {total} unchanged"
     assert [r.method for r in fake.requests].count("CreateDashboard") == 1
