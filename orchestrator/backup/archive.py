@@ -141,14 +141,17 @@ def archive_revision(path: Path, tools: PgTools) -> str:
     """The schema revision recorded in the archive's alembic_version table."""
     if not Path(path).is_file():
         raise BackupError(f"{path} is not a file")
+    # decoded leniently: a damaged archive's names may be bytes that are not UTF-8, and it is
+    # then refused with pg_restore's or the load's word, never a UnicodeDecodeError
     listed = subprocess.run([tools.path("pg_restore"), "--list", str(path)],
-                            capture_output=True, text=True, check=False)
+                            capture_output=True, encoding="utf-8", errors="replace",
+                            check=False)
     if listed.returncode != 0:
         raise BackupError(f"{path} is not a pg_dump archive pg_restore {tools.version} can "
                           f"read: {last_error(listed.stderr)}")
     data = subprocess.run(
         [tools.path("pg_restore"), "--data-only", "--table=alembic_version", "--file=-",
-         str(path)], capture_output=True, text=True, check=False)
+         str(path)], capture_output=True, encoding="utf-8", errors="replace", check=False)
     lines = data.stdout.splitlines()
     for i, line in enumerate(lines):
         following = lines[i + 1] if i + 1 < len(lines) else "\\."

@@ -141,6 +141,27 @@ def test_an_archive_whose_data_fails_to_load_is_rolled_back_even_with_force(
     assert contents(engine) == before
 
 
+def test_an_archive_whose_table_of_contents_is_not_utf8_is_read_not_a_decode_error(
+    archive: Path, occupied: tuple[str, Engine], servers: tuple[str, str], tmp_path: Path,
+) -> None:
+    """One damaged byte in an entry's name (which pg_restore prints in its listing and in
+    comments only) made the revision check fail with "'utf-8' codec can't decode byte",
+    which names neither the file nor what is wrong; the archive's contents are intact, so
+    it restores, equal to a restore of the undamaged one."""
+    url, engine = occupied
+    with scratch_database(servers[0], migrate=False) as fresh:
+        restore_backup(fresh, archive, TOOLS)
+        clean_engine = make_engine(fresh, pool_size=1)
+        clean = contents(clean_engine)
+    data = archive.read_bytes()
+    at = data.index(b"ledger_entries_append_only")  # the function's name in the TOC
+    damaged = tmp_path / "damaged.dump"
+    damaged.write_bytes(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:])
+    restored = restore_backup(url, damaged, TOOLS, force=True)
+    assert restored.problems == [] and restored.counts["jobs"] == 8
+    assert contents(engine) == clean
+
+
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", "backup", *args],
                           cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
