@@ -34,23 +34,20 @@ from tenacity import (
 )
 
 from orchestrator.metrics import gcm_convert as conv
-from orchestrator.metrics.catalogue import EXPORTER_FAILURES, Kind, MetricDef
+from orchestrator.metrics.catalogue import EXPORTER_FAILURES, MetricDef
 from orchestrator.metrics.clients import (
     is_retryable_write,
     is_transient,
     metric_client,
     status_code,
 )
+from orchestrator.metrics.freshness import GAUGE_STALE_S, GaugeFreshness
 from orchestrator.metrics.recorder import Clock, Point, Recorder
 
 log = logging.getLogger("orchestrator.metrics.gcm")
 
 MIN_SPACING_S = 10.0
 MAX_SERIES_PER_REQUEST = 200
-# A gauge nobody set for this long is no longer re-sent: it is another process's now (each
-# process writes its own series, and beat's publish_gauges runs in whichever one takes it),
-# and a stale value re-sent for ever would hold a REDUCE_MAX alert such as "breaker open".
-GAUGE_STALE_S = 300.0
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
@@ -85,8 +82,7 @@ class CloudMonitoringSink:
         self._attempts = max_attempts
         self._resend = max(resend_unchanged_s, MIN_SPACING_S)
         self._batch = max(1, min(batch_size, MAX_SERIES_PER_REQUEST))
-        self._gauge_stale = max(gauge_stale_s, self._resend)
-        self._changed: dict[SeriesKey, tuple[int, float]] = {}  # key -> (version, seen at)
+        self._fresh = GaugeFreshness(max(gauge_stale_s, self._resend))
         self._recorder: Recorder | None = None
         self._state: dict[SeriesKey, tuple[float, int]] = {}  # key -> (last attempt, version)
         self._unwritable: set[tuple[str, str]] = set()  # (metric, reason) already logged
@@ -200,10 +196,7 @@ class CloudMonitoringSink:
         for p in points:
             if p.version == 0:
                 continue
-            changed = self._changed.get(p.key)
-            if changed is None or changed[0] != p.version:
-                self._changed[p.key] = (p.version, now)
-            elif p.metric.kind is Kind.GAUGE and now - changed[1] >= self._gauge_stale:
+            if not self._fresh.fresh(p, now):
                 result.not_due += 1
                 continue
             st = self._state.get(p.key)

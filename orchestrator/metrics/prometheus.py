@@ -19,6 +19,7 @@ next bucket, as in Cloud Monitoring).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from itertools import accumulate
 from typing import Any
@@ -41,16 +42,28 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from orchestrator.metrics.catalogue import Kind, MetricDef
-from orchestrator.metrics.recorder import DistributionValue, Point, Recorder, get_recorder
+from orchestrator.metrics.freshness import GAUGE_STALE_S, GaugeFreshness
+from orchestrator.metrics.recorder import (
+    Clock,
+    DistributionValue,
+    Point,
+    Recorder,
+    get_recorder,
+)
 
 log = logging.getLogger("orchestrator.metrics.prometheus")
 
 
 class RecorderCollector(Collector):
-    """A prometheus_client collector reading a :class:`Recorder` snapshot at scrape time."""
+    """A prometheus_client collector reading a :class:`Recorder` snapshot at scrape time;
+    a gauge this process has not set for :data:`GAUGE_STALE_S` is left out
+    (:mod:`orchestrator.metrics.freshness`)."""
 
-    def __init__(self, recorder: Recorder | None = None) -> None:
+    def __init__(self, recorder: Recorder | None = None, *,
+                 clock: Clock = time.monotonic, gauge_stale_s: float = GAUGE_STALE_S) -> None:
         self._recorder = recorder
+        self._clock = clock
+        self._fresh = GaugeFreshness(gauge_stale_s)
 
     def collect(self) -> Iterable[Metric]:
         """Every family of the catalogue, with or without samples: a scraper (and a dashboard
@@ -58,8 +71,10 @@ class RecorderCollector(Collector):
         not only after the first job."""
         recorder = self._recorder or get_recorder()
         by_metric: dict[str, list[Point]] = {}
+        now = self._clock()
         for p in recorder.snapshot():
-            by_metric.setdefault(p.metric.name, []).append(p)
+            if self._fresh.fresh(p, now):
+                by_metric.setdefault(p.metric.name, []).append(p)
         catalogue = recorder.catalogue
         for name in sorted(catalogue):
             yield _family(catalogue[name], by_metric.get(name, []))
