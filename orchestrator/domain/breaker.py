@@ -8,8 +8,10 @@
   throttling and cancellations change nothing.
 - The cooldown doubles with each consecutive trip: ``min(cap, base * 2**(trips-1))``.
 - After the cooldown exactly one caller is admitted, as the probe; everyone else is refused
-  until the probe reports. A probe that never reports (its worker died) loses its lease after
-  ``probe_lease_s`` and the next caller becomes the probe. A probe reporting a neutral outcome
+  until the probe reports. A probe still running renews its lease at every step of its job's
+  chain (``renew_probe``): a probe job may run far longer than the lease. A probe that
+  stops reporting (its chain went silent) loses its lease after ``probe_lease_s`` and the
+  next caller becomes the probe. A probe reporting a neutral outcome
   (job fault, throttled, cancelled) frees the probe slot without deciding.
 - In half_open only the probe's report counts; in open, reports are ignored.
 
@@ -104,6 +106,19 @@ def admit(
         now + policy.probe_lease_s,
     )
     return Admission(True, probe=True), probing
+
+
+def renew_probe(state: BreakerState, now: float, policy: BreakerPolicy) -> BreakerState:
+    """A probe still in flight at ``now`` keeps the probe slot for ``probe_lease_s`` more
+    (half_open only; a lease is never shortened). A probe whose lease had lapsed takes the
+    slot again: its report still decides (it was admitted as the probe)."""
+    if state.status is not BreakerStatus.HALF_OPEN:
+        return state
+    until = now + policy.probe_lease_s
+    if until <= state.probe_until:
+        return state
+    return BreakerState(BreakerStatus.HALF_OPEN, state.strikes, state.trips, state.retry_at,
+                        until)
 
 
 def _trip(state: BreakerState, now: float, policy: BreakerPolicy) -> BreakerState:

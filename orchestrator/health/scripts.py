@@ -110,6 +110,16 @@ redis.call('ZADD', KEYS[1], 'XX', string.format('%.17g', tonumber(ARGV[1]) + ton
 return 1
 """
 
+# KEYS: breaker. ARGV: now, probe_lease_s -> 1 half-open (the lease renewed), 0 otherwise
+RENEW_PROBE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'half_open' then return 0 end
+local until_ = tonumber(ARGV[1]) + tonumber(ARGV[2])
+if until_ > (tonumber(redis.call('HGET', KEYS[1], 'probe_until')) or 0) then
+  redis.call('HSET', KEYS[1], 'probe_until', string.format('%.17g', until_))
+end
+return 1
+"""
+
 # ARGV: now, key prefix, backend names joined by ',' (names are [a-z0-9-]+). Keys are built
 # here so the request stays three short arguments whatever the number of backends.
 # -> one JSON string: [[status, strikes, trips, retry_at, probe_until, success_rate,

@@ -33,7 +33,7 @@ from orchestrator.domain.breaker import (
 )
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.health.direct import DirectScripts
-from orchestrator.health.scripts import ACQUIRE, RECORD, RENEW, SNAPSHOT
+from orchestrator.health.scripts import ACQUIRE, RECORD, RENEW, RENEW_PROBE, SNAPSHOT
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +94,7 @@ class HealthStore:
         self._acquire = redis.register_script(ACQUIRE)
         self._record = redis.register_script(RECORD)
         self._renew = redis.register_script(RENEW)
+        self._renew_probe = redis.register_script(RENEW_PROBE)
         self._snapshot = redis.register_script(SNAPSHOT)
         self._scripts = DirectScripts(redis)
         self._joined: dict[tuple[str, ...], str] = {}
@@ -203,6 +204,15 @@ class HealthStore:
         """Extend a held slot's lease (long jobs); False if it had already expired."""
         res = self._scripts.run(self._renew, [self._keys(name)[2]],
                                 [repr(float(self.clock())), slot, repr(float(lease_s))])
+        return bool(int(res))
+
+    def renew_probe(self, name: str) -> bool:
+        """A probe still in flight on ``name`` keeps the probe slot for the policy's
+        ``probe_lease_s`` more (``domain.breaker.renew_probe``). False: the breaker is not
+        half-open (the probe's verdict, or another's, came first), and nothing changed."""
+        res = self._scripts.run(self._renew_probe, [self._keys(name)[0]],
+                                [repr(float(self.clock())),
+                                 repr(float(self.policy.probe_lease_s))])
         return bool(int(res))
 
     def breaker(self, name: str) -> BreakerState:

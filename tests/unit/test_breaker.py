@@ -15,6 +15,7 @@ from orchestrator.domain.breaker import (
     ewma,
     observe,
     record,
+    renew_probe,
     shown_status,
 )
 from orchestrator.domain.outcomes import Outcome, classify_http
@@ -86,6 +87,19 @@ def test_neutral_probe_frees_the_slot_and_lost_probe_lease_expires() -> None:
     assert not admit(s, 90.5, P)[0].allowed
     a, s = admit(s, 91, P)  # the probe's lease (60 s) ran out: its worker is presumed dead
     assert a.probe and s.probe_until == 151
+
+
+def test_a_running_probe_renews_its_lease_and_stays_the_only_probe() -> None:
+    s = fail(fail(fail(CLOSED, 0), 0), 0)
+    assert renew_probe(s, 10, P) == s  # open: no probe to renew
+    assert renew_probe(CLOSED, 10, P) == CLOSED
+    a, s = admit(s, 30, P)
+    assert a.probe and s.probe_until == 90
+    s = renew_probe(s, 80, P)  # a step of the probe's chain
+    assert s.probe_until == 140
+    assert renew_probe(s, 70, P) == s  # never shortened
+    assert admit(s, 100, P)[0].refusal is Refusal.PROBE_IN_FLIGHT  # past the first lease
+    assert record(s, Outcome.SUCCESS, 120, P, probe=True) == CLOSED
 
 
 def test_open_ignores_late_reports() -> None:
