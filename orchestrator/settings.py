@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.egress.policy import parse_allow
@@ -236,6 +236,16 @@ class Settings(BaseSettings):
             if shipped.exists():
                 return shipped
         return path
+
+    @field_validator("breaker_cooldown_cap_s")
+    @classmethod
+    def _breaker_cap(cls, v: float, info: ValidationInfo) -> float:
+        # else the breakers' policy refuses it at the first job step or submission, far
+        # from the setting (every one of them failing alike)
+        first = info.data.get("breaker_cooldown_s")
+        if first is not None and v < first:
+            raise ValueError(f"must be at least ORCH_BREAKER_COOLDOWN_S ({first:g})")
+        return v
 
     @field_validator("database_url")
     @classmethod

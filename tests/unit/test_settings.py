@@ -40,6 +40,8 @@ def test_postgres_urls_are_normalised_to_psycopg(monkeypatch: pytest.MonkeyPatch
         ("ORCH_CACHE_DEFAULT_TENANTS", "acme, no spaces", "ORCH_CACHE_DEFAULT_TENANTS: "),
         ("ORCH_CACHE_TTL_S", "0", "ORCH_CACHE_TTL_S:"),
         ("ORCH_CALIBRATION_WINDOW", "0", "ORCH_CALIBRATION_WINDOW:"),
+        ("ORCH_BREAKER_COOLDOWN_S", "900", "ORCH_BREAKER_COOLDOWN_CAP_S: must be at least "
+         "ORCH_BREAKER_COOLDOWN_S (900)"),
         ("ORCH_API_FORWARDED_ALLOW_IPS", "garbage!!",
          "ORCH_API_FORWARDED_ALLOW_IPS: 'garbage!!': not an IP address or network"),
         ("ORCH_API_FORWARDED_ALLOW_IPS", "10.0.0.1, 10.0.0.0/33", "ORCH_API_FORWARDED_ALLOW_IPS: "
