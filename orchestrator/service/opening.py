@@ -55,6 +55,16 @@ class Opener:
             lease_s=backend.timeouts.start_to_close_s + self.poll_policy.grace_s,
         )
 
+    def give_back(self, name: str, ticket: Ticket) -> None:
+        """Return an admitted ticket no attempt was written for, because the database
+        failed: its slot, and its probe (if it was one) for the next caller. A failure to
+        return it is logged, not raised over the database's: the leases end it in time."""
+        try:
+            self.slots.released(name, Outcome.CANCELLED, probe=ticket.probe, slot=ticket.slot)
+        except Exception as exc:
+            log.warning("giving back a breaker ticket failed", extra={
+                "backend": name, "error": type(exc).__name__})
+
     def lease_s(self, backend: str) -> float:
         """How far the chain's wake moves when a call to ``backend`` starts: the longest the
         call can take, and grace. The sweeper revives no chain while its call may run."""

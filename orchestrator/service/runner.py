@@ -160,10 +160,17 @@ class JobRunner:
         ticket = self.opener.acquire(cat.get(name))
         if not ticket.allowed:
             return None
-        with self.db.connection() as conn:
-            found = repo.claim_and_open(conn, job_id, token, self.clock(), name,
-                                        lease_s=self._lease_s(name), slot=ticket.slot,
-                                        probe=ticket.probe)
+        try:
+            with self.db.connection() as conn:
+                found = repo.claim_and_open(conn, job_id, token, self.clock(), name,
+                                            lease_s=self._lease_s(name), slot=ticket.slot,
+                                            probe=ticket.probe)
+        except BaseException:
+            # PostgreSQL down: the task is retried for as long as that lasts, each try
+            # taking a ticket in Redis first. Kept, each would hold a slot for the whole
+            # attempt's lease and a half-open breaker's probe for its lease.
+            self.opener.give_back(name, ticket)
+            raise
         if found is None:
             self.slots.released(name, Outcome.CANCELLED, probe=ticket.probe, slot=ticket.slot)
             return None

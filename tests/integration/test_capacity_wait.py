@@ -4,6 +4,7 @@ frees, failed only by its own deadline."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,10 +14,18 @@ from typing import Any
 
 import pytest
 import yaml
+from psycopg import OperationalError
+from sqlalchemy import create_engine
 
 from orchestrator.bootstrap import Container
+from orchestrator.domain import breaker
+from orchestrator.domain.breaker import BreakerPolicy, BreakerStatus
 from orchestrator.domain.jobs import JobSpec
+from orchestrator.domain.outcomes import Outcome
+from orchestrator.health.store import HealthStore
 from orchestrator.ledger.budgets import set_budget
+from orchestrator.ledger.service import utcnow
+from orchestrator.service.runner import JobRunner
 from orchestrator.store import jobs as repo
 
 from .e2e_support import E2E_CATALOGUE, Rig, run_chain
@@ -246,6 +255,42 @@ def test_a_start_with_nothing_to_claim_gives_its_slot_back(capped: Capped) -> No
     assert capped.in_flight("vid-cheap") == 0
     assert len(capped.rig.attempts(job.id)) == 1
     assert capped.rig.job(job.id).status == "succeeded"
+
+
+def test_a_start_that_cannot_reach_postgresql_keeps_no_slot_and_no_probe(
+        capped: Capped) -> None:
+    """A start message retried while PostgreSQL is down (Celery retries it, for as long as
+    the outage lasts) takes its ticket in Redis before the database fails it: the slot, and
+    the probe of a half-open breaker, are given back each time, or the backend would look
+    full (and its probe taken) long after the database returned."""
+    job = capped.submit()
+    assert job.chain_token is not None
+    c = capped.container
+    trip = HealthStore(c.health.redis, prefix=c.health.prefix,
+                       policy=BreakerPolicy(cooldown_base_s=0.5, cooldown_cap_s=0.5))
+    for _ in range(3):
+        trip.record("vid-cheap", Outcome.BACKEND_FAULT)
+    capped.rig.wait_for("the cooldown to end", lambda: breaker.refusal(
+        c.health.breaker("vid-cheap"), time.time()) is None, timeout=10)
+    down = create_engine("postgresql+psycopg://orch@127.0.0.1:1/orch")  # nothing listens
+    try:
+        dead = JobRunner(down, c.ledger, c.catalogue, c.health, c.adapter, utcnow,
+                         c.runner.poll_policy)
+        for _ in range(2):  # the task's retries
+            with pytest.raises(OperationalError):
+                dead.advance(job.id, job.chain_token, backend="vid-cheap")
+    finally:
+        down.dispose()
+    assert capped.in_flight("vid-cheap") == 0
+    assert breaker.refusal(c.health.breaker("vid-cheap"), time.time()) is None  # no probe
+    step = c.runner.advance(job.id, job.chain_token, backend="vid-cheap")  # it is back
+    assert not step.done and not step.resume
+    [attempt] = capped.rig.attempts(job.id)
+    assert attempt.backend == "vid-cheap" and attempt.probe
+    capped.run(job)
+    assert capped.rig.job(job.id).status == "succeeded"
+    assert c.health.breaker("vid-cheap").status is BreakerStatus.CLOSED
+    assert capped.in_flight("vid-cheap") == 0
 
 
 def test_a_start_past_the_deadline_fails_the_job_and_keeps_no_slot(capped: Capped) -> None:
