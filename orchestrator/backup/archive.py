@@ -5,12 +5,14 @@ alembic_version) in pg_dump's custom format from one snapshot: pg_dump reads eve
 single REPEATABLE READ transaction, so a backup taken while jobs run is consistent (every
 hold with its ledger entries and counters) and blocks no writer. The snapshot is exported
 first, so the revision and counts it reports are those of the archive. The file is written
-under a temporary name with mode 0600 and renamed when complete.
+under a temporary name with mode 0600 and renamed when complete; its SHA-256 goes next to it
+(``X.sha256``, see ``checksum``).
 
 ``restore_backup`` loads an archive into an empty database (or, with ``force``, in place of
 everything in the schema ``public``) in one transaction: a failure leaves the target as it
-was. It refuses an archive of a schema revision this code does not know (a newer one) and
-migrates an older one to the code's head afterwards, then audits the ledger.
+was. It first checks the archive against its ``X.sha256`` (unless ``skip_checksum``). It
+refuses an archive of a schema revision this code does not know (a newer one) and migrates
+an older one to the code's head afterwards, then audits the ledger.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import psycopg
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 
+from orchestrator.backup import checksum
 from orchestrator.backup.pgtools import BackupError, PgTools, Target, last_error
 from orchestrator.backup.target import TargetState, inspect_target
 
@@ -36,6 +39,7 @@ COUNTED = ("jobs", "attempts", "holds", "ledger_entries", "budgets", "api_keys",
 @dataclass(frozen=True, slots=True)
 class BackupReport:
     path: Path
+    checksum_path: Path
     revision: str
     server_version: str
     counts: dict[str, int]
@@ -45,7 +49,8 @@ class BackupReport:
     def summary(self) -> str:
         return (f"backup written to {self.path} ({self.size_bytes / 1e6:.1f} MB in "
                 f"{self.seconds:.1f} s): schema {self.revision}, PostgreSQL "
-                f"{self.server_version}, {_counts(self.counts)}")
+                f"{self.server_version}, {_counts(self.counts)}; its SHA-256 in "
+                f"{self.checksum_path}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +83,11 @@ def code_head() -> ScriptDirectory:
 def create_backup(url: str, path: Path, tools: PgTools, *, force: bool = False
                   ) -> BackupReport:
     path = Path(path)
-    if path.exists() and not force:
-        raise BackupError(f"{path} already exists (--force replaces it)")
+    checksum.check_name(path)
+    side = checksum.sidecar(path)
+    for existing in (path, side):
+        if existing.exists() and not force:
+            raise BackupError(f"{existing} already exists (--force replaces it)")
     if not path.parent.is_dir():
         raise BackupError(f"{path.parent} is not a directory")
     target, started = Target(url), time.monotonic()
@@ -114,13 +122,18 @@ def create_backup(url: str, path: Path, tools: PgTools, *, force: bool = False
             if done.returncode != 0:
                 raise BackupError(f"pg_dump failed: {last_error(done.stderr)}")
             _fsync(partial)
+            hexdigest = checksum.digest(partial)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
+        # the old checksum is removed before the archive is replaced: a crash in between
+        # leaves a backup without a checksum (restore says so), never one that seems damaged
+        side.unlink(missing_ok=True)
         os.replace(partial, path)
+        checksum.write_checksum(side, hexdigest, path.name)
         _fsync(path.parent)
         conn.rollback()
-    return BackupReport(path, state.revision, str(server[1]), state.counts,
+    return BackupReport(path, side, state.revision, str(server[1]), state.counts,
                         path.stat().st_size, time.monotonic() - started)
 
 
@@ -165,13 +178,17 @@ def archive_revision(path: Path, tools: PgTools) -> str:
 _WIPE = "DROP SCHEMA IF EXISTS public CASCADE;\nCREATE SCHEMA public;\n"
 
 
-def restore_backup(url: str, path: Path, tools: PgTools, *, force: bool = False
-                   ) -> RestoreReport:
+def restore_backup(url: str, path: Path, tools: PgTools, *, force: bool = False,
+                   skip_checksum: bool = False) -> RestoreReport:
     from orchestrator.ledger.audit import audit
     from orchestrator.store.engine import make_engine
     from orchestrator.store.migrate import upgrade
 
-    started, target = time.monotonic(), Target(url)
+    started, target, path = time.monotonic(), Target(url), Path(path)
+    if not path.is_file():
+        raise BackupError(f"{path} is not a file")
+    if not skip_checksum:
+        checksum.verify(path)
     revision = archive_revision(path, tools)
     script = code_head()
     head = script.get_current_head()

@@ -70,11 +70,14 @@ def _answers(url: str) -> bool:
 @backup_app.command("create")
 @one_line_errors
 def create(
-    path: Annotated[Path, typer.Argument(help="the archive to write (mode 0600)")],
-    force: Annotated[bool, typer.Option("--force", help="replace an existing file")] = False,
+    path: Annotated[Path, typer.Argument(
+        help="the archive to write (mode 0600); its SHA-256 goes to PATH.sha256")],
+    force: Annotated[bool, typer.Option(
+        "--force", help="replace an existing archive and its checksum file")] = False,
 ) -> None:
     """Dump the whole database (pg_dump, custom format) from one consistent snapshot; safe
-    while the system runs."""
+    while the system runs. Writes PATH and its checksum PATH.sha256 (sha256sum's format):
+    keep them together."""
     from orchestrator.backup import PgTools, create_backup
 
     with database(create_if_missing=False) as (url, external):
@@ -85,21 +88,33 @@ def create(
 @backup_app.command("restore")
 @one_line_errors
 def restore(
-    path: Annotated[Path, typer.Argument(help="an archive written by `backup create`")],
+    path: Annotated[Path, typer.Argument(
+        help="an archive written by `backup create`, with its PATH.sha256 next to it")],
     force: Annotated[
         bool, typer.Option("--force", help="replace everything in a database that is not empty")
     ] = False,
+    skip_checksum: Annotated[
+        bool, typer.Option("--skip-checksum",
+                           help="restore without checking PATH against PATH.sha256 (e.g. a "
+                           "backup made before checksums were written)")
+    ] = False,
 ) -> None:
-    """Load an archive into the database in one transaction: refused for a database that is
-    not empty (unless --force), while other sessions are connected, or for an archive of a
-    newer schema; an older one is migrated afterwards. Ends with the ledger audit, and a
-    warning when this machine's secret key does not open the restored secrets."""
+    """Load an archive into the database in one transaction: refused for an archive that
+    differs from its checksum PATH.sha256 or has none (unless --skip-checksum), for a
+    database that is not empty (unless --force), while other sessions are connected, or for
+    an archive of a newer schema; an older one is migrated afterwards. Ends with the ledger
+    audit, and a warning when this machine's secret key does not open the restored
+    secrets."""
     from orchestrator.backup import PgTools, restore_backup
     from orchestrator.backup.keycheck import key_warning
     from orchestrator.settings import get_settings
 
+    if skip_checksum:
+        typer.echo(f"warning: --skip-checksum: {path} is restored without checking it against "
+                   "a checksum; damage in its schema text would go unnoticed", err=True)
     with database(create_if_missing=True) as (url, external):
-        report = restore_backup(url, path, PgTools.locate(external=external), force=force)
+        report = restore_backup(url, path, PgTools.locate(external=external), force=force,
+                                skip_checksum=skip_checksum)
         warning = key_warning(url, get_settings())
     if report.problems:
         fail(f"restored into {report.where}, but the ledger audit found "

@@ -4,6 +4,7 @@ sequence, with a clean ledger audit; the restored database works."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import subprocess
@@ -57,8 +58,12 @@ def test_a_restore_reproduces_every_row_and_sequence_and_the_ledger_is_sound(
     dump = tmp_path / "orch.dump"
     made = create_backup(url, dump, TOOLS)
     assert stat.S_IMODE(dump.stat().st_mode) == 0o600
+    assert made.checksum_path == tmp_path / "orch.dump.sha256"
+    assert made.checksum_path.read_text() == (
+        f"{hashlib.sha256(dump.read_bytes()).hexdigest()}  orch.dump\n")
     assert made.counts["jobs"] == 12 and made.revision == archive_revision(dump, TOOLS)
-    assert not list(tmp_path.glob(".*partial"))
+    # no temporary file left behind (the partial archive, the checksum's)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orch.dump", "orch.dump.sha256"]
 
     with scratch_database(servers[0], migrate=False) as fresh:
         restored = restore_backup(fresh, dump, TOOLS)
