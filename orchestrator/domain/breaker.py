@@ -14,6 +14,11 @@
   next caller becomes the probe. A probe reporting a neutral outcome
   (job fault, throttled, cancelled) frees the probe slot without deciding.
 - In half_open only the probe's report counts; in open, reports are ignored.
+- A call admitted before the breaker's latest trip reports nothing to it once that trip has
+  happened (neither strike, nor reset, nor probe verdict): an outage's calls in flight fail
+  over the next minutes, the last ones at their start_to_close, and counted after the probe
+  closed the breaker they would open a backend that works again. Each admission carries the
+  breaker's ``epoch`` (its trips ever, never reset) and the report brings it back.
 
 Time is a float of seconds (``now``) passed in, so tests never sleep. The Redis store in
 ``orchestrator.health`` applies exactly these transitions atomically in Lua.
@@ -68,6 +73,8 @@ class BreakerState:
     trips: int = 0  # consecutive trips without a successful probe (drives the cooldown)
     retry_at: float = 0.0  # open: when the cooldown ends
     probe_until: float = 0.0  # half_open: the probe's lease end; 0 = no probe in flight
+    epoch: int = 0  # trips ever, never reset (unlike trips): a call admitted at a lower one
+    # was admitted before the latest trip
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,7 @@ class Admission:
     probe: bool = False
     refusal: Refusal | None = None
     retry_at: float | None = None  # refused: when it is worth asking again
+    epoch: int | None = None  # admitted: the breaker's epoch, which its report brings back
 
 
 CLOSED = BreakerState()
@@ -100,53 +108,68 @@ def admit(
     if why is Refusal.PROBE_IN_FLIGHT:
         return Admission(False, refusal=why, retry_at=state.probe_until), state
     if state.status is BreakerStatus.CLOSED:
-        return Admission(True), state
+        return Admission(True, epoch=state.epoch), state
     probing = BreakerState(
         BreakerStatus.HALF_OPEN, state.strikes, state.trips, state.retry_at,
-        now + policy.probe_lease_s,
+        now + policy.probe_lease_s, state.epoch,
     )
-    return Admission(True, probe=True), probing
+    return Admission(True, probe=True, epoch=state.epoch), probing
 
 
-def renew_probe(state: BreakerState, now: float, policy: BreakerPolicy) -> BreakerState:
+def stale(state: BreakerState, epoch: int | None) -> bool:
+    """A call admitted at ``epoch`` came before the breaker's latest trip. None: its epoch is
+    unknown (admitted before epochs were kept), taken as current."""
+    return epoch is not None and epoch < state.epoch
+
+
+def renew_probe(
+    state: BreakerState, now: float, policy: BreakerPolicy, *, epoch: int | None = None
+) -> BreakerState:
     """A probe still in flight at ``now`` keeps the probe slot for ``probe_lease_s`` more
     (half_open only; a lease is never shortened). A probe whose lease had lapsed takes the
-    slot again: its report still decides (it was admitted as the probe)."""
-    if state.status is not BreakerStatus.HALF_OPEN:
+    slot again: its report still decides (it was admitted as the probe). A probe admitted
+    before the latest trip (``epoch``) is no longer the probe and renews nothing."""
+    if state.status is not BreakerStatus.HALF_OPEN or stale(state, epoch):
         return state
     until = now + policy.probe_lease_s
     if until <= state.probe_until:
         return state
     return BreakerState(BreakerStatus.HALF_OPEN, state.strikes, state.trips, state.retry_at,
-                        until)
+                        until, state.epoch)
 
 
 def _trip(state: BreakerState, now: float, policy: BreakerPolicy) -> BreakerState:
     trips = state.trips + 1
     return BreakerState(BreakerStatus.OPEN, state.strikes + 1, trips,
-                        now + policy.cooldown_s(trips), 0.0)
+                        now + policy.cooldown_s(trips), 0.0, state.epoch + 1)
 
 
 def record(
-    state: BreakerState, outcome: Outcome, now: float, policy: BreakerPolicy, *, probe: bool
+    state: BreakerState, outcome: Outcome, now: float, policy: BreakerPolicy, *, probe: bool,
+    epoch: int | None = None,
 ) -> BreakerState:
-    """A call admitted earlier (``probe``: as the probe) reports ``outcome`` at ``now``."""
+    """A call admitted earlier at ``epoch`` (``probe``: as the probe) reports ``outcome`` at
+    ``now``."""
+    if stale(state, epoch):
+        return state
     if state.status is BreakerStatus.CLOSED:
         if outcome is Outcome.SUCCESS:
-            return CLOSED if state.strikes else state
+            return BreakerState(epoch=state.epoch) if state.strikes else state
         if outcome is Outcome.BACKEND_FAULT:
             if state.strikes + 1 >= policy.threshold:
                 return _trip(state, now, policy)
-            return BreakerState(BreakerStatus.CLOSED, state.strikes + 1, state.trips)
+            return BreakerState(BreakerStatus.CLOSED, state.strikes + 1, state.trips,
+                                epoch=state.epoch)
         return state
     if state.status is BreakerStatus.OPEN or not probe:
         return state
     # half_open, and this is the probe reporting
     if outcome is Outcome.SUCCESS:
-        return CLOSED
+        return BreakerState(epoch=state.epoch)
     if outcome is Outcome.BACKEND_FAULT:
         return _trip(state, now, policy)
-    return BreakerState(BreakerStatus.HALF_OPEN, state.strikes, state.trips, state.retry_at, 0.0)
+    return BreakerState(BreakerStatus.HALF_OPEN, state.strikes, state.trips, state.retry_at, 0.0,
+                        state.epoch)
 
 
 def shown_status(state: BreakerState, now: float) -> BreakerStatus:

@@ -6,7 +6,11 @@ EWMAs) and can release the slot in the same call. ``snapshot`` reads many backen
 pipelined round trip, ready for ``orchestrator.domain.routing.plan_route``.
 
 Concurrency slots are leases (a sorted set of slot id -> expiry): a worker that dies while
-holding one loses it after ``lease_s`` instead of leaking it forever.
+holding one loses it after ``lease_s`` instead of leaking it forever. A slot id ends in the
+breaker's epoch at its admission (``<random hex>.<epoch>``): the attempt row keeps the slot
+id, so its report brings the epoch back and the breaker ignores a call admitted before its
+latest trip (``domain.breaker.stale``). A slot id without one (taken before epochs were kept)
+counts as current.
 
 Time comes from ``clock`` (default ``time.time``), so tests inject it and never sleep.
 """
@@ -66,12 +70,28 @@ def _breaker(fields: list[Any]) -> BreakerState:
         return BreakerState()
     return BreakerState(
         BreakerStatus(status), int(_f(fields[1])), int(_f(fields[2])), _f(fields[3]),
-        _f(fields[4]),
+        _f(fields[4]), int(_f(fields[5])),
     )
 
 
+def slot_epoch(slot: str | None) -> int | None:
+    """The breaker's epoch when ``slot`` was admitted; None when the slot id has none."""
+    if not slot:
+        return None
+    _, dot, tail = slot.rpartition(".")
+    return int(tail) if dot and tail.isascii() and tail.isdigit() else None
+
+
+def _epoch_arg(slot: str | None) -> str:
+    epoch = slot_epoch(slot)
+    return "" if epoch is None else str(epoch)
+
+
 _STATUS = {s.value: s for s in BreakerStatus}
-_BREAKER_FIELDS = ("status", "strikes", "trips", "retry_at", "probe_until")
+_BREAKER_FIELDS = ("status", "strikes", "trips", "retry_at", "probe_until", "epoch")
+# the random part of a slot id: 96 bits, leaving the 40 characters of the attempt row's
+# column room for any epoch a Lua number holds exactly
+_SLOT_HEX = 24
 
 
 class HealthStore:
@@ -114,7 +134,7 @@ class HealthStore:
     def acquire(self, name: str, *, max_concurrency: int, lease_s: float) -> Ticket:
         """Ask the breaker and take one of ``max_concurrency`` slots, atomically."""
         breaker, _, slots = self._keys(name)
-        slot = uuid.uuid4().hex
+        slot = uuid.uuid4().hex[:_SLOT_HEX]
         res = self._scripts.run(
             self._acquire, [breaker, slots],
             [repr(float(self.clock())), max_concurrency, repr(float(lease_s)), slot,
@@ -122,7 +142,8 @@ class HealthStore:
         )
         allowed, second, detail = int(res[0]), _s(res[1]), _s(res[2])
         if allowed:
-            return Ticket(name, True, probe=second == "1", slot=slot, in_flight=int(detail or 0))
+            return Ticket(name, True, probe=second == "1", slot=_s(res[3]),
+                          in_flight=int(detail or 0))
         why = Refusal(second or "")
         if why is Refusal.AT_CAPACITY:
             return Ticket(name, False, refusal=why, in_flight=int(detail or 0))
@@ -137,7 +158,9 @@ class HealthStore:
         probe: bool = False,
         slot: str | None = None,
     ) -> BreakerState:
-        """Report a call's outcome (``probe`` as its ticket said); release ``slot`` if given."""
+        """Report a call's outcome (``probe`` as its ticket said); release ``slot`` if given.
+        A ``slot`` admitted before the breaker's latest trip changes nothing in the breaker
+        (the observed success rate and latency still learn from it)."""
         return self.record_and_wake(name, outcome, latency_ms=latency_ms, probe=probe,
                                     slot=slot, wake=False)[0]
 
@@ -162,11 +185,11 @@ class HealthStore:
                 repr(float(self.clock())), Outcome(outcome).value,
                 "" if latency_ms is None else repr(float(latency_ms)), "1" if probe else "0",
                 p.threshold, repr(float(p.cooldown_base_s)), repr(float(p.cooldown_cap_s)),
-                repr(float(self.alpha)), slot or "", "1" if wake else "0",
+                repr(float(self.alpha)), slot or "", "1" if wake else "0", _epoch_arg(slot),
             ],
         )
         fields = list(res)
-        return _breaker(fields), _s(fields[5])
+        return _breaker(fields), _s(fields[6])
 
     def wait_for_slot(self, names: Iterable[str], member: str, since: float) -> None:
         """Put ``member`` (a job's wake-up: see the runner) on the waiting list of each of
@@ -206,13 +229,14 @@ class HealthStore:
                                 [repr(float(self.clock())), slot, repr(float(lease_s))])
         return bool(int(res))
 
-    def renew_probe(self, name: str) -> bool:
-        """A probe still in flight on ``name`` keeps the probe slot for the policy's
-        ``probe_lease_s`` more (``domain.breaker.renew_probe``). False: the breaker is not
-        half-open (the probe's verdict, or another's, came first), and nothing changed."""
+    def renew_probe(self, name: str, slot: str | None = None) -> bool:
+        """A probe still in flight on ``name`` (holding ``slot``) keeps the probe slot for the
+        policy's ``probe_lease_s`` more (``domain.breaker.renew_probe``). False: the breaker
+        is not half-open (the probe's verdict, or another's, came first), or ``slot`` was
+        admitted before its latest trip, and nothing changed."""
         res = self._scripts.run(self._renew_probe, [self._keys(name)[0]],
                                 [repr(float(self.clock())),
-                                 repr(float(self.policy.probe_lease_s))])
+                                 repr(float(self.policy.probe_lease_s)), _epoch_arg(slot)])
         return bool(int(res))
 
     def breaker(self, name: str) -> BreakerState:
@@ -233,10 +257,11 @@ class HealthStore:
                                 [repr(float(self.clock())), self.prefix, joined])
         out: dict[str, BackendHealth] = {}
         for name, row in zip(names, json.loads(raw), strict=True):
-            status, strikes, trips, retry_at, probe_until, sr, lat, n, waiting = row
-            breaker = CLOSED if not status or (status == "closed" and strikes == "0") else (
+            status, strikes, trips, retry_at, probe_until, epoch, sr, lat, n, waiting = row
+            breaker = CLOSED if not status or (
+                status == "closed" and strikes == "0" and epoch in (False, "0")) else (
                 BreakerState(_STATUS[status], int(strikes), int(trips), float(retry_at),
-                             float(probe_until))
+                             float(probe_until), int(epoch) if epoch else 0)
             )
             out[name] = BackendHealth(
                 breaker, float(sr) if sr else None, float(lat) if lat else None, n, waiting

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.domain import breaker as pure
@@ -21,6 +21,7 @@ from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.routing import ExclusionCode, plan_route
 from orchestrator.health import HealthStore, Ticket
+from orchestrator.health.store import slot_epoch
 
 T = TypeVar("T")
 POLICY = BreakerPolicy(threshold=3, cooldown_base_s=30, cooldown_cap_s=600, probe_lease_s=60)
@@ -69,7 +70,7 @@ def test_fifty_threads_three_strikes_one_probe_success_closes(redis_url: str) ->
         assert call(outcome).allowed
     assert store.breaker(name) == BreakerState(BreakerStatus.CLOSED, 2, 0)
     assert call(Outcome.BACKEND_FAULT).allowed  # the third consecutive backend fault
-    assert store.breaker(name) == BreakerState(BreakerStatus.OPEN, 3, 1, 1030.0, 0.0)
+    assert store.breaker(name) == BreakerState(BreakerStatus.OPEN, 3, 1, 1030.0, 0.0, 1)
 
     # open: all 50 threads are refused until the cooldown is over
     refused = all_at_once(lambda: call(None))
@@ -88,7 +89,7 @@ def test_fifty_threads_three_strikes_one_probe_success_closes(redis_url: str) ->
 
     # the probe succeeds: closed, strikes reset, slot released; everyone gets through again
     state = store.report(probes[0], Outcome.SUCCESS, latency_ms=250.0)
-    assert state == BreakerState()
+    assert state == BreakerState(epoch=1)
     after = all_at_once(lambda: call(None))
     assert all(t.allowed and not t.probe for t in after)
     assert store.snapshot([name])[name].in_flight == THREADS
@@ -101,7 +102,7 @@ def test_concurrent_failures_trip_once(redis_url: str) -> None:
     assert all(t.allowed for t in tickets)  # all admitted while closed ...
     states = all_at_once(lambda: store.report(tickets.pop(), Outcome.BACKEND_FAULT))
     # ... then 50 faults at once: exactly 3 counted, one trip, the rest ignored while open
-    assert store.breaker("b") == BreakerState(BreakerStatus.OPEN, 3, 1, 80.0, 0.0)
+    assert store.breaker("b") == BreakerState(BreakerStatus.OPEN, 3, 1, 80.0, 0.0, 1)
     assert sum(s.status is BreakerStatus.CLOSED for s in states) == 2
     snap = store.snapshot(["b"])["b"]
     assert snap.in_flight == 0 and snap.success_rate == 0.0
@@ -207,11 +208,12 @@ def test_snapshot_feeds_routing(redis_url: str) -> None:
 
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["admit", "record"]),
+        st.sampled_from(["admit", "record", "renew"]),
         st.sampled_from([0.0, 0.0, 1.0, 30.0, 45.0, 61.0, 700.0]),
         st.sampled_from([Outcome.BACKEND_FAULT, Outcome.BACKEND_FAULT, *Outcome]),
         st.booleans(),
         st.none() | st.sampled_from([0.0, 50.0, 1000.0]),
+        st.none() | st.integers(0, 1000),  # which admitted call reports (None: no slot)
     ),
     max_size=60,
 )
@@ -223,27 +225,139 @@ def shared_store(redis_url: str) -> tuple[HealthStore, Clock]:
     return make_store(redis_url, clock), clock
 
 
+_F, _OK = Outcome.BACKEND_FAULT, Outcome.SUCCESS
+# random sequences seldom report from a call admitted before a trip the breaker recovered
+# from: this one does, for a plain call and for a probe (and renews the stale probe)
+STALE_REPORTS = [
+    ("admit", 0.0, _F, False, None, None),  # slot 0, epoch 0
+    *[("record", 0.0, _F, False, None, None)] * 3,  # open, epoch 1
+    ("admit", 30.0, _F, False, None, None),  # slot 1: the probe
+    ("record", 0.0, _OK, True, None, 1),  # closed
+    *[("record", 0.0, _F, False, None, 0)] * 3,  # slot 0's stragglers: nothing
+    ("record", 0.0, _OK, False, None, 0),
+    *[("record", 0.0, _F, False, None, None)] * 3,  # open, epoch 2
+    ("admit", 30.0, _F, False, None, None),  # slot 2: the probe
+    ("admit", 61.0, _F, False, None, None),  # slot 3: the next probe (slot 2's lease ran out)
+    ("record", 0.0, _F, True, None, 3),  # open, epoch 3
+    ("admit", 61.0, _F, False, None, None),  # slot 4: the probe
+    ("renew", 1.0, _F, False, None, 2),  # slot 2 is no longer the probe
+    ("record", 0.0, _OK, True, None, 2),
+    ("record", 0.0, Outcome.JOB_FAULT, True, None, 2),
+    ("renew", 1.0, _F, False, None, 4),
+    ("record", 0.0, _OK, True, None, 4),  # closed
+]
+
+
 @settings(max_examples=150, deadline=None)
 @given(ops=OPS)
+@example(ops=STALE_REPORTS)
 def test_lua_matches_pure_transitions(
     shared_store: tuple[HealthStore, Clock],
-    ops: list[tuple[str, float, Outcome, bool, float | None]],
+    ops: list[tuple[str, float, Outcome, bool, float | None, int | None]],
 ) -> None:
     store, clock = shared_store
     name = uuid.uuid4().hex
     clock.t = 0.0
     state, sr, lat = BreakerState(), None, None
-    for op, dt, outcome, probe, latency in ops:
+    slots: list[str] = []  # every admitted call's slot id, carrying its epoch
+    for op, dt, outcome, probe, latency, which in ops:
         clock.t += dt
+        slot = slots[which % len(slots)] if which is not None and slots else None
+        epoch = slot_epoch(slot)
         if op == "admit":
             adm, state = pure.admit(state, clock.t, POLICY)
             t = store.acquire(name, max_concurrency=10_000, lease_s=1e9)
             assert (t.allowed, t.probe, t.refusal) == (adm.allowed, adm.probe, adm.refusal)
+            if t.allowed:
+                assert t.slot is not None and slot_epoch(t.slot) == adm.epoch
+                slots.append(t.slot)
+        elif op == "renew":
+            renewed = pure.renew_probe(state, clock.t, POLICY, epoch=epoch)
+            assert store.renew_probe(name, slot) == (
+                state.status is BreakerStatus.HALF_OPEN and not pure.stale(state, epoch))
+            state = renewed
         else:
-            state = pure.record(state, outcome, clock.t, POLICY, probe=probe)
+            state = pure.record(state, outcome, clock.t, POLICY, probe=probe, epoch=epoch)
             sr, lat = pure.observe(sr, lat, outcome, latency)
-            got = store.record(name, outcome, latency_ms=latency, probe=probe)
+            got = store.record(name, outcome, latency_ms=latency, probe=probe, slot=slot)
             assert got == state
         assert store.breaker(name) == state
     h = store.snapshot([name])[name]
     assert (h.breaker, h.success_rate, h.latency_ms) == (state, sr, lat)
+
+
+def test_faults_admitted_before_a_recovery_do_not_reopen_it(redis_url: str) -> None:
+    """An outage fails the attempts in flight over minutes (the last ones at their
+    start_to_close). Those admitted before the trip that report after the probe closed the
+    breaker say nothing about the backend since then; counted, three of them re-open a
+    backend that works, and new jobs go to dearer ones for another cooldown."""
+    clock = Clock(1000.0)
+    store = make_store(redis_url, clock)
+    before = [store.acquire("b", max_concurrency=10, lease_s=900) for _ in range(6)]
+    assert all(t.allowed and not t.probe for t in before)
+    for t in before[:3]:
+        store.report(t, Outcome.BACKEND_FAULT)
+    assert store.breaker("b").status is BreakerStatus.OPEN
+    clock.t += POLICY.cooldown_base_s
+    probe = store.acquire("b", max_concurrency=10, lease_s=900)
+    assert probe.probe
+    store.report(probe, Outcome.SUCCESS)
+    assert store.breaker("b").status is BreakerStatus.CLOSED
+    clock.t += 60
+    for t in before[3:]:  # the outage's stragglers
+        store.report(t, Outcome.BACKEND_FAULT)
+    assert store.breaker("b").status is BreakerStatus.CLOSED
+    assert store.breaker("b").strikes == 0
+    # their slots were given back all the same
+    assert store.snapshot(["b"])["b"].in_flight == 0
+    # and calls admitted since the recovery still count: three faults open it again
+    for _ in range(3):
+        store.report(store.acquire("b", max_concurrency=10, lease_s=900), Outcome.BACKEND_FAULT)
+    assert store.breaker("b").status is BreakerStatus.OPEN
+
+
+def test_a_probe_admitted_before_the_latest_trip_decides_nothing(redis_url: str) -> None:
+    """A probe whose chain went silent past its lease loses the probe's place; if the next
+    probe fails and, after the longer cooldown, a third is out, the first one's late report
+    or renewal must not close the breaker nor free or keep the third's place."""
+    clock = Clock(0.0)
+    store = make_store(redis_url, clock)
+    for _ in range(3):
+        store.record("b", Outcome.BACKEND_FAULT)
+    clock.t = 30.0
+    first = store.acquire("b", max_concurrency=10, lease_s=900)
+    clock.t = 30.0 + POLICY.probe_lease_s
+    second = store.acquire("b", max_concurrency=10, lease_s=900)
+    assert first.probe and second.probe
+    assert store.report(second, Outcome.BACKEND_FAULT).status is BreakerStatus.OPEN
+    clock.t = store.breaker("b").retry_at
+    third = store.acquire("b", max_concurrency=10, lease_s=900)
+    assert third.probe
+    held = store.breaker("b")
+    assert not store.renew_probe("b", first.slot)
+    assert store.report(first, Outcome.SUCCESS) == held
+    assert store.report(first, Outcome.JOB_FAULT) == held  # its slot is gone already
+    assert store.acquire("b", max_concurrency=10, lease_s=900).refusal is (
+        Refusal.PROBE_IN_FLIGHT)
+    assert store.renew_probe("b", third.slot)
+    assert store.report(third, Outcome.SUCCESS).status is BreakerStatus.CLOSED
+
+
+def test_slot_ids_carry_the_epoch_and_old_ones_count_as_current(redis_url: str) -> None:
+    clock = Clock(0.0)
+    store = make_store(redis_url, clock)
+    t = store.acquire("b", max_concurrency=10, lease_s=900)
+    assert t.slot is not None and slot_epoch(t.slot) == 0 and len(t.slot) <= 40
+    for _ in range(3):
+        store.record("b", Outcome.BACKEND_FAULT)
+    clock.t = 30.0
+    store.report(store.acquire("b", max_concurrency=10, lease_s=900), Outcome.SUCCESS)
+    assert store.breaker("b") == BreakerState(epoch=1)
+    # an attempt row written before slot ids carried an epoch (a plain uuid hex): its
+    # report counts, as before
+    legacy = uuid.uuid4().hex
+    store.redis.zadd(f"{store.prefix}:slots:b", {legacy: 1e9})
+    assert store.record("b", Outcome.BACKEND_FAULT, slot=legacy).strikes == 1
+    assert store.snapshot(["b"])["b"].in_flight == 1  # t's slot; the legacy one released
+    assert slot_epoch(None) is None and slot_epoch(legacy) is None
+    assert slot_epoch("ab.12") == 12 and slot_epoch("ab.") is None and slot_epoch("ab.x") is None

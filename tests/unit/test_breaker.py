@@ -57,7 +57,7 @@ def test_exactly_one_probe_after_cooldown() -> None:
     # a report from a call that is not the probe decides nothing in half-open
     assert record(s, Outcome.SUCCESS, 32, P, probe=False) == s
     assert fail(s, 32) == s
-    assert record(s, Outcome.SUCCESS, 33, P, probe=True) == CLOSED
+    assert record(s, Outcome.SUCCESS, 33, P, probe=True) == BreakerState(epoch=1)
 
 
 def test_probe_failure_reopens_longer_and_cooldown_is_capped() -> None:
@@ -72,7 +72,8 @@ def test_probe_failure_reopens_longer_and_cooldown_is_capped() -> None:
     assert s.trips == 7
     _, s = admit(s, s.retry_at, P)
     s = record(s, Outcome.SUCCESS, s.retry_at, P, probe=True)
-    assert s == CLOSED  # trips reset: the next trip waits the base cooldown again
+    # trips reset: the next trip waits the base cooldown again; the epoch counts on
+    assert s == BreakerState(epoch=7)
     s = fail(fail(fail(s, 0), 0), 0)
     assert s.retry_at == 30
 
@@ -99,7 +100,46 @@ def test_a_running_probe_renews_its_lease_and_stays_the_only_probe() -> None:
     assert s.probe_until == 140
     assert renew_probe(s, 70, P) == s  # never shortened
     assert admit(s, 100, P)[0].refusal is Refusal.PROBE_IN_FLIGHT  # past the first lease
-    assert record(s, Outcome.SUCCESS, 120, P, probe=True) == CLOSED
+    assert record(s, Outcome.SUCCESS, 120, P, probe=True) == BreakerState(epoch=1)
+
+
+def test_calls_admitted_before_the_latest_trip_are_ignored_once_it_has_tripped() -> None:
+    before = admit(CLOSED, 0, P)[0]
+    assert before.allowed and before.epoch == 0
+    s = fail(fail(fail(CLOSED, 0), 0), 0)
+    assert s.epoch == 1
+    probe, s = admit(s, 30, P)
+    assert probe.probe and probe.epoch == 1
+    s = record(s, Outcome.SUCCESS, 31, P, probe=True, epoch=probe.epoch)
+    assert s == BreakerState(epoch=1)
+    # the outage's stragglers: no strike, however many
+    for t in range(32, 40):
+        assert record(s, Outcome.BACKEND_FAULT, t, P, probe=False, epoch=before.epoch) == s
+    # nor a reset: a fresh strike stays after an old call's success
+    after = admit(s, 40, P)[0]
+    s1 = record(s, Outcome.BACKEND_FAULT, 41, P, probe=False, epoch=after.epoch)
+    assert s1.strikes == 1
+    assert record(s1, Outcome.SUCCESS, 42, P, probe=False, epoch=before.epoch) == s1
+    # calls admitted since, and calls of unknown epoch (older slot ids), still count
+    s2 = record(s1, Outcome.BACKEND_FAULT, 43, P, probe=False, epoch=None)
+    s3 = record(s2, Outcome.BACKEND_FAULT, 44, P, probe=False, epoch=after.epoch)
+    assert (s2.strikes, s3.status, s3.epoch) == (2, OPEN, 2)
+
+
+def test_a_probe_admitted_before_the_latest_trip_is_no_longer_the_probe() -> None:
+    s = fail(fail(fail(CLOSED, 0), 0), 0)
+    old, s = admit(s, 30, P)
+    new, s = admit(s, 90, P)  # the old probe's lease ran out
+    s = record(s, Outcome.BACKEND_FAULT, 91, P, probe=True, epoch=new.epoch)
+    assert (s.status, s.epoch) == (OPEN, 2)
+    third, s = admit(s, s.retry_at, P)
+    assert third.probe and third.epoch == 2
+    for outcome in Outcome:  # neither a verdict, nor the probe's place freed
+        assert record(s, outcome, 160, P, probe=True, epoch=old.epoch) == s
+    assert renew_probe(s, 200, P, epoch=old.epoch) == s  # nor its place kept
+    assert renew_probe(s, 200, P, epoch=third.epoch).probe_until == 260
+    assert record(s, Outcome.SUCCESS, 161, P, probe=True, epoch=third.epoch) == (
+        BreakerState(epoch=2))
 
 
 def test_open_ignores_late_reports() -> None:
