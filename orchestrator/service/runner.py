@@ -235,7 +235,7 @@ class JobRunner:
         if open_ is not None and open_.probe and open_.backend in self.catalogue():
             # the breaker's probe runs on: no other caller probes until it reports (a
             # probe job may run far longer than the lease meant for a probe gone silent)
-            self.health.renew_probe(open_.backend)
+            self.health.renew_probe(open_.backend, open_.slot)
         if job.is_final:  # it ended (a cancel, its deadline) while an attempt could be billed
             return self.concluder.conclude(job, open_, token)
         if resume and open_ is not None:

@@ -19,7 +19,7 @@ from orchestrator.domain.breaker import BreakerPolicy, BreakerStatus, Refusal
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.outcomes import Outcome
 from orchestrator.domain.polling import PollPolicy
-from orchestrator.health.store import HealthStore
+from orchestrator.health.store import HealthStore, slot_epoch
 from orchestrator.ledger.service import utcnow
 from orchestrator.service.runner import JobRunner
 
@@ -111,3 +111,42 @@ def test_renewing_a_probe_touches_only_a_half_open_breaker(rig: Rig) -> None:
     assert pure.renew_probe(state, now[0], policy) == state
     store.record("b", Outcome.SUCCESS, probe=True, slot=probe.slot)
     assert store.breaker("b").status is BreakerStatus.CLOSED
+
+
+def test_a_job_admitted_before_an_outage_failing_after_the_recovery_is_no_strike(
+        rig: Rig, short_lease: tuple[HealthStore, JobRunner]) -> None:
+    """The outage's leftover: a job admitted while the breaker was closed, whose prediction
+    fails (a backend fault) after the breaker tripped and its probe closed it again. Its
+    attempt row keeps the slot id, with the breaker's epoch at admission, through
+    PostgreSQL; its report must not strike the backend that works again."""
+    store, runner = short_lease
+    rig.budget(1_000_000_000)
+    rig.control("vid-cheap", duration_ms=3000, error="prediction_failed", times=1)
+    job_id = rig.submit(video(backend="vid-cheap"))
+    token = rig.job(job_id).chain_token
+    assert token is not None
+    chain = threading.Thread(target=run_chain, args=(runner, job_id, token, 60), daemon=True)
+    chain.start()
+    try:
+        rig.wait_for("the attempt to start", lambda: bool(rig.attempts(job_id)), 10)
+        (attempt,) = rig.attempts(job_id)
+        assert not attempt.probe and slot_epoch(attempt.slot) == store.breaker(
+            "vid-cheap").epoch
+        for _ in range(3):  # the outage, seen by other jobs
+            state = store.record("vid-cheap", Outcome.BACKEND_FAULT)
+        assert state.status is BreakerStatus.OPEN
+        rig.wait_for("the cooldown to end",
+                     lambda: pure.refusal(store.breaker("vid-cheap"), time.time()) is None, 10)
+        probe = store.acquire("vid-cheap", max_concurrency=50, lease_s=60)
+        assert probe.probe
+        assert store.report(probe, Outcome.SUCCESS).status is BreakerStatus.CLOSED
+        assert rig.attempts(job_id)[0].outcome is None, "the job ended before the recovery"
+    finally:
+        chain.join(timeout=60)
+    assert not chain.is_alive()
+    job = rig.job(job_id)
+    assert job.status == "failed", job.status
+    assert rig.attempts(job_id)[0].fault == Outcome.BACKEND_FAULT.value
+    after = store.breaker("vid-cheap")
+    assert (after.status, after.strikes) == (BreakerStatus.CLOSED, 0), after
+    assert store.snapshot(["vid-cheap"])["vid-cheap"].in_flight == 0  # its slot given back
