@@ -95,9 +95,11 @@ _one_line_errors = errors_as_one_line((BudgetExceeded, _budget_message),
                                       (httpx.InvalidURL, lambda _: INVALID_URL))
 
 
-def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str | None]:
+def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str]:
     """The API URL and key a client command uses: the options, else ``ORCH_API_URL`` /
-    ``ORCH_API_KEY``, else what ``orchestrator up`` wrote to its credentials file."""
+    ``ORCH_API_KEY``, else what ``orchestrator up`` wrote to its credentials file;
+    ``ValueError`` for a URL that is none (``checked_url``), then one saying where a key can
+    come from when none of them has one."""
     from orchestrator.settings import load_settings
 
     settings = load_settings()
@@ -110,8 +112,15 @@ def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str | None]
             creds = {}
     url = (api_url or (settings.api_url if "api_url" in settings.model_fields_set else None)
            or creds.get("api_url") or settings.api_url)
+    url = checked_url(str(url).rstrip("/"))  # a bad URL is named first: it is one anyway
     key = api_key or settings.api_key or creds.get("tenant_key")
-    return str(url).rstrip("/"), key
+    if not key:
+        # said here: the API's 401 ("send 'Authorization: Bearer <key>'") names no place a
+        # CLI user can put a key, and `up --data-dir` elsewhere leaves this path empty
+        raise ValueError(f"no API key: give --api-key or ORCH_API_KEY, or run `orchestrator "
+                         f"up` (no credentials.json in {settings.data_dir.absolute()}; "
+                         f"ORCH_DATA_DIR names the data dir it uses)")
+    return url, key
 
 
 def checked_url(url: str) -> str:

@@ -119,8 +119,8 @@ def report(
     for name, value in (("from", start), ("to", end), ("tenant", tenant)):
         if value is not None:
             params[name] = value
-    url, key = endpoint(api_url, api_key)
     try:
+        url, key = endpoint(api_url, api_key)
         rep = fetch_report(checked_url(url), key, params)
     except ValueError as exc:
         fail(str(exc))

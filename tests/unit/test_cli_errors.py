@@ -86,6 +86,21 @@ def test_an_unreachable_api_is_named_by_its_origin_only(command: list[str]) -> N
     assert PASSWORD not in line and "t0k" not in line, line
 
 
+@pytest.mark.parametrize("command", [["jobs", "list"], ["backends"], ["report"],
+                                     ["webhooks", "deliveries"]])
+def test_no_key_anywhere_says_where_one_can_come_from(command: list[str],
+                                                      tmp_path: Path) -> None:
+    # `up --data-dir X` run elsewhere: no credentials.json where this command looks. Port 1
+    # refuses at once, so a request sent anyway would end as "cannot reach", not this line
+    env = {"ORCH_DATA_DIR": str(tmp_path), "ORCH_API_URL": "http://127.0.0.1:1",
+           "ORCH_API_KEY": None}
+    result = CliRunner().invoke(app, command, env=env)
+    assert result.exit_code == 1, result.output
+    assert one_line(result.stderr) == (
+        "error: no API key: give --api-key or ORCH_API_KEY, or run `orchestrator up` (no "
+        f"credentials.json in {tmp_path}; ORCH_DATA_DIR names the data dir it uses)")
+
+
 class _ProxyPage(BaseHTTPRequestHandler):
     body = b"<html>upstream says: internal-detail-never-shown</html>"
     content_type = "text/html"
