@@ -72,6 +72,7 @@ class Job(_Model):
     route: Quote | None = None
     cached_from: str | None = None  # the job whose result this one got at $0
     metadata: dict[str, Any] = Field(default_factory=dict)
+    deadline_at: datetime | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -112,6 +113,7 @@ class Budget(_Model):
     scope: str
     period: str
     period_start: datetime | None = None
+    period_end: datetime | None = None  # None: a `total` budget's period never ends
     limit_usd: float
     committed_usd: float = 0.0
     held_usd: float = 0.0

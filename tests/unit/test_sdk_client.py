@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -500,3 +501,26 @@ def test_the_sdk_imports_nothing_of_the_orchestrator_outside_its_package() -> No
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "['orchestrator']"
+
+
+def test_every_time_the_api_sends_is_a_datetime_in_the_sdk() -> None:
+    # a time left undeclared came back as the extra field's str beside its siblings'
+    # datetimes (Job.deadline_at, Budget.period_end): one resource, two types of time
+    from orchestrator.api import schemas
+    from orchestrator.client import models
+
+    pairs: list[tuple[type[Any], type[Any], dict[str, Any]]] = [
+        (models.Attempt, schemas.AttemptOut, {}),
+        (models.Job, schemas.JobOut, {"id": "j", "status": "queued"}),
+        (models.JobResult, schemas.ResultOut, {"job_id": "j", "status": "succeeded"}),
+        (models.Breaker, schemas.BreakerOut, {}),
+        (models.Budget, schemas.BudgetOut, {"scope": "global", "period": "day", "limit_usd": 1}),
+    ]
+    for sdk, api, required in pairs:
+        times = [n for n in api.model_fields if n.endswith("_at") or n.startswith("period_")]
+        assert times, api
+        parsed = sdk.model_validate({**required, **{n: "2024-05-01T00:00:00+00:00"
+                                                     for n in times}})
+        for name in times:
+            assert name in sdk.model_fields, (sdk.__name__, name)
+            assert isinstance(getattr(parsed, name), datetime), (sdk.__name__, name)
