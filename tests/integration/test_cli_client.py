@@ -148,7 +148,8 @@ def test_failures_exit_non_zero_with_one_line(cli: typer.Typer, api: Api) -> Non
     line = one_error_line(run(cli, api, "submit", "--kind", "text", "--prompt", "x",
                               "--param", "oops"), status=2)  # a usage error, as click's
     assert line == "error: --param 'oops': expected key=value"
-    no_server = CliRunner().invoke(cli, ["backends", "--api-url", "http://127.0.0.1:9"])
+    no_server = CliRunner().invoke(cli, ["backends", "--api-url", "http://127.0.0.1:9",
+                                         "--api-key", api.keys["acme"]])
     assert "cannot reach http://127.0.0.1:9" in one_error_line(no_server)
 
 
