@@ -148,15 +148,21 @@ class Accounts:
         return AuthResult(success=ok, handled=False)
 
 
-@pytest.fixture()
-def tls_relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-              ) -> Iterator[tuple[SmtpSink, Accounts, int]]:
-    """A relay as a real submission server (port 587) is: STARTTLS required before anything,
-    AUTH only over TLS. Its self-signed certificate is the trust the channel is given."""
+def trusted_server_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """A relay's TLS, with a self-signed certificate that is the trust the channel is given."""
     cert, key = self_signed(tmp_path, "127.0.0.1")
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
+    return server_tls
+
+
+@pytest.fixture()
+def tls_relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+              ) -> Iterator[tuple[SmtpSink, Accounts, int]]:
+    """A relay as a real submission server (port 587) is: STARTTLS required before anything,
+    AUTH only over TLS."""
+    server_tls = trusted_server_tls(tmp_path, monkeypatch)
     sink, accounts, port = SmtpSink(), Accounts(), free_port()
     controller = Controller(sink, hostname="127.0.0.1", port=port, tls_context=server_tls,
                             require_starttls=True, authenticator=accounts,
@@ -193,10 +199,7 @@ def test_implicit_tls_and_auth_against_an_smtps_relay(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A relay that speaks TLS from its first byte (SMTPS, port 465), as many hosted relays
     offer: ORCH_SMTP_SSL reaches it and logs in; STARTTLS alone never gets a greeting."""
-    cert, key = self_signed(tmp_path, "127.0.0.1")
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
+    server_tls = trusted_server_tls(tmp_path, monkeypatch)
     sink, accounts, port = SmtpSink(), Accounts(), free_port()
     # aiosmtpd's auth_require_tls knows STARTTLS only; this connection is TLS throughout
     controller = Controller(sink, hostname="127.0.0.1", port=port, ssl_context=server_tls,
