@@ -18,17 +18,15 @@ for as long as it likes. At the limit a watchdog shuts the socket down, and the 
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import ssl
-import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
 from orchestrator.egress.policy import EgressPolicy
+from orchestrator.egress.watchdog import Watchdog
 
 
 def egress_client(timeout: httpx.Timeout, verify: ssl.SSLContext | None = None) -> httpx.Client:
@@ -65,19 +63,14 @@ def post_pinned(
     if target.ip is None and target.url.scheme == "https":
         extensions["sni_hostname"] = target.host
     failure: httpx.ConnectError | None = None
-    watchdog = _Watchdog()
-    timer = None if deadline is None else threading.Timer(deadline - time.monotonic(),
-                                                          watchdog.fire)
-    if timer is not None:
-        timer.daemon = True
-        timer.start()
-    try:
+    with Watchdog(None if deadline is None else deadline - time.monotonic()) as watchdog:
+        trace = _tracer(watchdog)
         for ip in checked.addresses:
             if watchdog.fired:
                 break
             request = client.build_request(
                 "POST", target.url.copy_with(host=str(ip)), content=content,
-                headers=send_headers, extensions={**extensions, "trace": watchdog.trace},
+                headers=send_headers, extensions={**extensions, "trace": trace},
             )
             try:
                 response = client.send(request, stream=True, follow_redirects=False)
@@ -90,42 +83,18 @@ def post_pinned(
                 raise
             response.close()  # the body is the remote side's business: never read, never kept
             return response
-    finally:
-        if timer is not None:
-            timer.cancel()
     if watchdog.fired:
         raise httpx.ConnectTimeout("the whole time limit passed")
     assert failure is not None  # check() returns at least one address
     raise failure
 
 
-class _Watchdog:
-    """Shuts down the connection's socket when the whole limit passes (``fire``, from a
-    timer thread): the blocked read or write in the sending thread then fails at once."""
+def _tracer(watchdog: Watchdog) -> Callable[[str, dict[str, Any]], None]:
+    """httpcore's trace hook, giving ``watchdog`` the connection's socket."""
 
-    def __init__(self) -> None:
-        self.fired = False
-        self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
-
-    def trace(self, name: str, info: dict[str, Any]) -> None:
+    def trace(name: str, info: dict[str, Any]) -> None:
         # TLS takes over the TCP socket's descriptor (the plain socket is left closed), so
         # an https connection is cut through the TLS socket that replaces it
-        if name not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-            return
-        sock = info["return_value"].get_extra_info("socket")
-        with self._lock:
-            self._sock = sock
-            if self.fired:
-                _shutdown(sock)
-
-    def fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            if self._sock is not None:
-                _shutdown(self._sock)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # closed already: nothing left to cut
-        sock.shutdown(socket.SHUT_RDWR)
+        if name in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            watchdog.watch(info["return_value"].get_extra_info("socket"))
+    return trace

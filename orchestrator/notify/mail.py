@@ -8,11 +8,11 @@ import logging
 import smtplib
 import socket
 import ssl
-import threading
 from email.message import EmailMessage
 from email.utils import formatdate
 from html import escape
 
+from orchestrator.egress.watchdog import Watchdog
 from orchestrator.notify.config import EmailConfig
 from orchestrator.notify.errors import DeliveryError
 from orchestrator.notify.message import AlertMessage
@@ -61,7 +61,9 @@ class EmailChannel:
             raise DeliveryError("smtp_not_configured", detail="ORCH_SMTP_HOST is not set",
                                 label=self.label, transient=False)
         msg = email_message(alert, s.smtp_from, list(self._config.to))
-        deadline = _Deadline(s.smtp_timeout_s)
+        # ORCH_SMTP_TIMEOUT_S for the whole delivery: smtplib's timeout bounds each socket
+        # operation only, and a server trickling its replies would hold a worker's thread
+        deadline = Watchdog(s.smtp_timeout_s)
         conn: _SMTP | None = None
         needs = ""  # the extension the step under way needs, if the server lacks it
         try:
@@ -114,67 +116,36 @@ class EmailChannel:
             )
 
 
-class _Deadline:
-    """ORCH_SMTP_TIMEOUT_S for the whole delivery. smtplib's timeout bounds each socket
-    operation only, so a server trickling its replies a line at a time would hold the
-    sending thread (a worker's) for as long as it likes. When the time is up this shuts the
-    connection down, and the blocked read or write fails at once.
-
-    It keeps a duplicate of the TCP socket: shutting that down ends the connection under
-    the TLS socket STARTTLS wraps it in as well."""
-
-    def __init__(self, limit_s: float) -> None:
-        self.fired = False
-        self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._timer = threading.Timer(limit_s, self._fire)
-        self._timer.daemon = True
-
-    def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sock = sock.dup()
-            if self.fired:
-                _shutdown(self._sock)
-
-    def _fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            if self._sock is not None:
-                _shutdown(self._sock)
-
-    def __enter__(self) -> _Deadline:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._timer.cancel()
-        with self._lock:
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # closed already: nothing left to cut
-        sock.shutdown(socket.SHUT_RDWR)
-
-
 class _SMTP(smtplib.SMTP):
     """smtplib.SMTP whose connection the deadline watches from the moment it is made (the
     server's greeting is read in the constructor already); with ``tls``, TLS from the first
-    byte (SMTPS, port 465), as smtplib.SMTP_SSL connects."""
+    byte (SMTPS, port 465), as smtplib.SMTP_SSL connects. The deadline watches a duplicate
+    of the TCP socket: shutting that down ends the connection under the TLS socket that
+    STARTTLS or ``tls`` wraps it in as well."""
 
-    def __init__(self, deadline: _Deadline, host: str, port: int, timeout: float,
+    def __init__(self, deadline: Watchdog, host: str, port: int, timeout: float,
                  tls: ssl.SSLContext | None = None) -> None:
         self._deadline = deadline
         self._tls = tls
-        super().__init__(host, port, timeout=timeout)
+        self._watched: socket.socket | None = None
+        try:
+            super().__init__(host, port, timeout=timeout)
+        except BaseException:  # no greeting: the caller never gets this object to close
+            self.close()
+            raise
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         # what smtplib.SMTP._get_socket and SMTP_SSL._get_socket do (typeshed does not
         # declare them)
         sock = socket.create_connection((host, port), timeout, self.source_address)
-        self._deadline.watch(sock)  # its duplicate cuts the TLS connection too
+        self._watched = sock.dup()
+        self._deadline.watch(self._watched)
         if self._tls is not None:
             return self._tls.wrap_socket(sock, server_hostname=host)
         return sock
+
+    def close(self) -> None:
+        super().close()
+        if self._watched is not None:
+            self._watched.close()
+            self._watched = None
