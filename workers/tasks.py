@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import httpx
 from redis import Redis
@@ -52,26 +54,30 @@ def sweep() -> None:
     sweep_jobs(c.engine, c.ledger, c.enqueue, grace_s=c.settings.chain_grace_s)
 
 
+def one_run_per_process(run: Callable[[], int]) -> Callable[[], int]:
+    """``run``, or nothing (0) while this process is running it already. A delivery run
+    holds its thread until every send of its batch has ended (timeouts, for peers that never
+    answer), and beat starts one every interval: the runs of each tick would otherwise take
+    every thread the jobs' steps need."""
+    lock = threading.Lock()
+
+    @functools.wraps(run)
+    def once() -> int:
+        if not lock.acquire(blocking=False):
+            return 0
+        try:
+            return run()
+        finally:
+            lock.release()
+    return once
+
+
 @app.task(  # type: ignore[untyped-decorator]
     name="orchestrator.deliver_alerts", autoretry_for=_INFRA, max_retries=3)
-def deliver_alerts() -> None:
+@one_run_per_process
+def deliver_alerts() -> int:
     """Seal channel secrets still stored in plain text (written before encryption), then
-    deliver what is due. Nothing while this process is running one already: like a webhook
-    run (``_webhook_run``), a run holds its thread until every send of its batch has ended
-    (50 alerts on 8 sending threads: 7 timeouts for channels that never answer), and beat
-    starts one every 10 s."""
-    if not _alert_run.acquire(blocking=False):
-        return
-    try:
-        _deliver_alerts()
-    finally:
-        _alert_run.release()
-
-
-_alert_run = threading.Lock()
-
-
-def _deliver_alerts() -> None:
+    deliver what is due (50 alerts on 8 sending threads); returns how many sends ended."""
     from orchestrator.notify import ChannelFactory, deliver_pending
     from orchestrator.notify.settings import load_smtp_settings
     from orchestrator.notify.stored import seal_legacy
@@ -88,29 +94,15 @@ def _deliver_alerts() -> None:
         report = deliver_pending(c.engine, factory, utcnow(), secrets=box)
     for o in report.outcomes:
         metrics.counter(m.ALERT_DELIVERIES, channel=o.channel_type, outcome=o.status)
+    return len(report.outcomes)
 
 
 @app.task(  # type: ignore[untyped-decorator]
     name="orchestrator.deliver_webhooks", autoretry_for=_INFRA, max_retries=1)
+@one_run_per_process
 def deliver_webhooks() -> int:
     """Send the job webhooks that are due (beat, every ORCH_WEBHOOK_INTERVAL_S), batch after
-    batch for up to one interval; returns how many were tried. Nothing while this process is
-    running one already (see ``_webhook_run``)."""
-    if not _webhook_run.acquire(blocking=False):
-        return 0
-    try:
-        return _deliver_webhooks()
-    finally:
-        _webhook_run.release()
-
-
-# One webhook run at a time per worker process: a run holds its thread until every POST of
-# its batch has ended (13 POST limits for receivers that never answer), so the runs started by
-# each beat tick would otherwise take every thread the jobs' steps need.
-_webhook_run = threading.Lock()
-
-
-def _deliver_webhooks() -> int:
+    batch for up to one interval; returns how many were tried."""
     from orchestrator.events.delivery import WebhookPolicy, deliver_due
 
     c = container()
