@@ -36,6 +36,16 @@ def video(**kw: Any) -> JobSpec:
         **kw})
 
 
+def start_chain(rig: Rig, runner: JobRunner) -> tuple[uuid.UUID, threading.Thread]:
+    """A job pinned to vid-cheap, its chain run by ``runner`` in a thread of this process."""
+    job_id = rig.submit(video(backend="vid-cheap"))
+    token = rig.job(job_id).chain_token
+    assert token is not None
+    chain = threading.Thread(target=run_chain, args=(runner, job_id, token, 60), daemon=True)
+    chain.start()
+    return job_id, chain
+
+
 @pytest.fixture()
 def short_lease(rig: Rig) -> Iterator[tuple[HealthStore, JobRunner]]:
     """The rig's shared breaker state, seen through a policy with a short probe lease and
@@ -59,11 +69,7 @@ def test_a_probe_running_past_its_lease_stays_the_only_probe(
     rig.wait_for("the cooldown to end",
                  lambda: pure.refusal(store.breaker("vid-cheap"), time.time()) is None, 10)
 
-    job_id = rig.submit(video(backend="vid-cheap"))
-    token = rig.job(job_id).chain_token
-    assert token is not None
-    chain = threading.Thread(target=run_chain, args=(runner, job_id, token, 60), daemon=True)
-    chain.start()
+    job_id, chain = start_chain(rig, runner)
     try:
         rig.wait_for("the probe to start", lambda: bool(rig.attempts(job_id)), 10)
         (attempt,) = rig.attempts(job_id)
@@ -122,11 +128,7 @@ def test_a_job_admitted_before_an_outage_failing_after_the_recovery_is_no_strike
     store, runner = short_lease
     rig.budget(1_000_000_000)
     rig.control("vid-cheap", duration_ms=3000, error="prediction_failed", times=1)
-    job_id = rig.submit(video(backend="vid-cheap"))
-    token = rig.job(job_id).chain_token
-    assert token is not None
-    chain = threading.Thread(target=run_chain, args=(runner, job_id, token, 60), daemon=True)
-    chain.start()
+    job_id, chain = start_chain(rig, runner)
     try:
         rig.wait_for("the attempt to start", lambda: bool(rig.attempts(job_id)), 10)
         (attempt,) = rig.attempts(job_id)
