@@ -136,7 +136,7 @@ def rank(
         lat_key = inf if lat is None else lat
         if strategy is Strategy.CHEAPEST:
             score = cost
-            key: tuple[Any, ...] = (exp, est, -rel, lat_key, r.name)
+            key: tuple[Any, ...] = _cheapest_key(r, est, h, exp, lat)
         elif strategy is Strategy.FASTEST:
             score = speed
             key = (lat_key, exp, -rel, r.name)
@@ -170,17 +170,28 @@ def _effective(
     cheapest other candidate, paying that one's expected cost and adding its latency to the
     time already spent. A lone candidate has no failover: its figures are its own."""
     out: dict[str, tuple[int, float | None]] = {}
+    # the failover: the other candidate ``cheapest`` would rank first (its ties broken the
+    # same way, so the catalogue's order changes nothing)
+    by_cost = sorted(rows, key=lambda x: _cheapest_key(x[0], x[1], x[2], x[4], x[5][0]))
     for r, _, h, _, exp, (lat, _) in rows:
-        others = [(o_exp, o_lat) for o, _, _, _, o_exp, (o_lat, _) in rows if o is not r]
+        fo = next((o for o in by_cost if o[0] is not r), None)
         s = 1.0 if h.success_rate is None else min(1.0, max(0.0, h.success_rate))
-        if not others or s >= 1.0:
+        if fo is None or s >= 1.0:
             out[r.name] = (exp, lat)
             continue
-        f_exp, f_lat = min(others, key=lambda o: o[0])
+        f_exp, f_lat = fo[4], fo[5][0]
         eff = round(s * exp + (1.0 - s) * f_exp)
         eff_lat = None if lat is None else lat + (1.0 - s) * (f_lat if f_lat is not None else lat)
         out[r.name] = (eff, eff_lat)
     return out
+
+
+def _cheapest_key(r: Row, est: int, h: BackendHealth, exp: int, lat: float | None
+                  ) -> tuple[Any, ...]:
+    """``cheapest``'s order: expected cost; ties: lower estimate, more reliable, faster,
+    name."""
+    rel = 1.0 if h.success_rate is None else h.success_rate
+    return (exp, est, -rel, float("inf") if lat is None else lat, r.name)
 
 
 def _first(kc: tuple[tuple[Any, ...], Candidate]) -> tuple[Any, ...]:

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.domain.breaker import BackendHealth, BreakerState, BreakerStatus, refusal
+from orchestrator.domain.calibration import Factor
 from orchestrator.domain.catalogue import (
     BackendSpec,
     PerImagePrice,
@@ -271,3 +272,54 @@ def test_why_nothing_is_eligible_names_the_pinned_backends_own_reason() -> None:
     unpinned = plan_route(video(max_cost_usd=0.000001), SHIPPED, {}, now=NOW)
     assert unpinned.backends == ()
     assert unpinned.nothing_eligible() == "no backend can run this job"
+
+
+def text_backend(name: str, usd_per_1k: float, tier: str = "standard") -> BackendSpec:
+    return BackendSpec.model_validate({
+        "name": name, "protocol": "openai", "base_url": "http://127.0.0.1:1", "kinds": ["text"],
+        "tier": tier, "max_concurrency": 1,
+        "price": {"model": "per_token", "usd_per_1k_input": usd_per_1k,
+                  "usd_per_1k_output": usd_per_1k}})
+
+
+def test_balanced_failover_ties_do_not_follow_the_catalogues_order() -> None:
+    """A flaky cheap backend's effective figures count its failover, the candidate cheapest
+    ranks first: of two at the same price, the faster one (the tie-break), wherever each is
+    listed. Picked by listing order, the choice of backend changed with the YAML's order."""
+    a, b, c = text_backend("a", 0.001), text_backend("b", 0.002), text_backend("c", 0.002)
+    spec = JobSpec.model_validate({"kind": "text", "strategy": "balanced",
+                                   "input": {"prompt": "hi", "max_tokens": 1000}})
+    health = {"a": BackendHealth(success_rate=0.62, latency_ms=300.0),
+              "b": BackendHealth(success_rate=1.0, latency_ms=100.0),
+              "c": BackendHealth(success_rate=1.0, latency_ms=3000.0)}
+    plans = [plan_route(spec, order, health, now=NOW) for order in ([a, b, c], [a, c, b])]
+    assert plans[0].backends == plans[1].backends == ("a", "b", "c")
+    assert plans[0].candidates == plans[1].candidates
+    flaky, fast = plans[0].candidates[:2]
+    assert abs(flaky.effective_micros - (0.62 * flaky.expected + 0.38 * fast.expected)) <= 0.5
+    assert abs(flaky.speed - 100.0 / (300.0 + 0.38 * 100.0)) < 1e-12  # b's latency, not c's
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.001, 0.002, 0.003]),
+                          st.sampled_from(["draft", "standard", "premium"]),
+                          st.none() | st.sampled_from([0.3, 0.6, 0.62, 0.9, 1.0]),
+                          st.none() | st.sampled_from([100.0, 300.0, 3000.0]),
+                          st.none() | st.sampled_from([500_000, 1_000_000])),
+                min_size=2, max_size=5),
+       st.sampled_from(list(Strategy)), st.randoms(use_true_random=False))
+def test_the_catalogues_order_changes_no_plan(
+        rows: list[tuple[float, str, float | None, float | None, int | None]],
+        strategy: Strategy, rnd: Any) -> None:
+    """Same prices, health and calibration, backends listed in another order: same plan."""
+    backends = [text_backend(f"b{i}", p, t) for i, (p, t, *_) in enumerate(rows)]
+    health = {f"b{i}": BackendHealth(success_rate=s, latency_ms=lat)
+              for i, (_, _, s, lat, _) in enumerate(rows)}
+    cal = {f"b{i}": Factor(f, 5, "per_token") for i, (*_, f) in enumerate(rows) if f is not None}
+    spec = JobSpec.model_validate({"kind": "text", "tier": "draft", "strategy": strategy,
+                                   "input": {"prompt": "hi", "max_tokens": 1000}})
+    shuffled = list(backends)
+    rnd.shuffle(shuffled)
+    plan = plan_route(spec, backends, health, now=NOW, calibration=cal)
+    again = plan_route(spec, shuffled, health, now=NOW, calibration=cal)
+    assert again.candidates == plan.candidates
