@@ -131,8 +131,10 @@ def price_quantities(backend: BackendSpec, q: Quantities) -> int:
         mult = price.mults.get(q.resolution)
         if mult is None:
             raise NotPriceable(f"{backend.name} has no price for resolution {q.resolution}")
-        if price.max_duration_s is not None and (
-            q.seconds_num > price.max_duration_s * q.seconds_den
+        cap = price.max_duration_s
+        if cap is not None and (
+            q.seconds_num > cap * q.seconds_den if cap.is_integer()
+            else q.seconds_num * (c := _exact(cap)).denominator > c.numerator * q.seconds_den
         ):
             raise NotPriceable(
                 f"{backend.name} runs at most {price.max_duration_s:g} s of video"

@@ -79,6 +79,18 @@ def test_video_limits_and_actual() -> None:
         actual_micros(VIDEO, Usage(resolution="720p"))
 
 
+@given(st.integers(100, 60_000))
+def test_a_video_of_exactly_the_advertised_maximum_is_priced(hundredths: int) -> None:
+    """``max_duration_s: 2.01`` runs a 2.01 s video: compared in floats (2.01 x 100 is
+    200.99999999999997) such a backend was excluded from the very jobs its maximum names."""
+    seconds = hundredths / 100
+    capped = backend("v3", ["video"], {"model": "per_second", "usd_per_second": 1,
+                                       "max_duration_s": seconds})
+    assert estimate_micros(capped, video(seconds)) == hundredths * 10_000
+    with pytest.raises(NotPriceable):
+        estimate_micros(capped, video((hundredths + 1) / 100))
+
+
 def test_image() -> None:
     spec = JobSpec(kind=Kind.IMAGE, input={"prompt": "p", "n": 3, "size": "512x512"})
     assert estimate_micros(IMAGE, spec) == 30_000
