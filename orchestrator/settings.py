@@ -247,6 +247,15 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least ORCH_BREAKER_COOLDOWN_S ({first:g})")
         return v
 
+    @field_validator("calibration_min_samples")
+    @classmethod
+    def _calibration_samples(cls, v: int, info: ValidationInfo) -> int:
+        # a window that cannot hold that many samples never gives a backend a factor
+        window = info.data.get("calibration_window")
+        if window is not None and v > window:
+            raise ValueError(f"must be at most ORCH_CALIBRATION_WINDOW ({window})")
+        return v
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, v: str | None) -> str | None:

@@ -40,6 +40,9 @@ def test_postgres_urls_are_normalised_to_psycopg(monkeypatch: pytest.MonkeyPatch
         ("ORCH_CACHE_DEFAULT_TENANTS", "acme, no spaces", "ORCH_CACHE_DEFAULT_TENANTS: "),
         ("ORCH_CACHE_TTL_S", "0", "ORCH_CACHE_TTL_S:"),
         ("ORCH_CALIBRATION_WINDOW", "0", "ORCH_CALIBRATION_WINDOW:"),
+        # a window smaller than the samples a factor needs would never calibrate, silently
+        ("ORCH_CALIBRATION_WINDOW", "3", "ORCH_CALIBRATION_MIN_SAMPLES: must be at most "
+         "ORCH_CALIBRATION_WINDOW (3)"),
         ("ORCH_BREAKER_COOLDOWN_S", "900", "ORCH_BREAKER_COOLDOWN_CAP_S: must be at least "
          "ORCH_BREAKER_COOLDOWN_S (900)"),
         ("ORCH_API_FORWARDED_ALLOW_IPS", "garbage!!",
