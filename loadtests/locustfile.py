@@ -120,7 +120,7 @@ class TenantUser(FastHttpUser):
                     if label:
                         r.request_meta["name"] = f"{name} [{status}]"
                         REC.count(label)
-                    problem = check(status, body, r.headers) if check else None
+                    problem = _checked(check, status, body, r.headers)
                     if problem:
                         r.failure(problem)
                     else:
@@ -135,6 +135,18 @@ class TenantUser(FastHttpUser):
         self.environment.events.request.fire(
             request_type="CHECK", name=name, response_time=0, response_length=0,
             response=None, context={}, exception=AssertionError(problem))
+
+
+def _checked(check: Check | None, status: int, body: Any, headers: Mapping[str, str]
+             ) -> str | None:
+    """``check``'s problem, or the error it raised reading an answer of another shape: an
+    exception inside the response's with-block would leave the request out of the stats."""
+    if check is None:
+        return None
+    try:
+        return check(status, body, headers)
+    except Exception as exc:  # any error reading the answer fails the request
+        return f"check raised {type(exc).__name__}: {exc}"
 
 
 def _unexpected(status: int, r: Any) -> str:
