@@ -16,7 +16,9 @@ Each user creates its own API key for its tenant in ``on_start`` with the admin 
 Expected outcomes are not failures and are counted apart: 402 budget_exceeded (rows named
 ``... [402]``), 409 on a key reused with another body or on cancelling a finished job, and
 429 from the rate limiter (rows named ``... [429]``, left out of the latency figures; the user
-waits Retry-After and sends again). Anything else unexpected is a failure.
+waits Retry-After and sends again). Anything else unexpected is a failure, an answer a check
+cannot read too. An exception out of a task is no request: the summary counts it
+(``user_errors``) and ``run.py`` fails the run on any.
 
 The shape is ``LOAD_SHAPE`` (ramp, spike, soak, failover; default ramp); with
 ``--class-picker`` (web UI) all of them are offered.
@@ -29,6 +31,7 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 import uuid
 from collections.abc import Callable, Mapping
@@ -461,8 +464,27 @@ def summary(environment: Environment) -> dict[str, Any]:
         "p99_ms": merged.get_response_time_percentile(0.99) if n else 0,
         "errors": [{"name": e.name, "method": e.method, "error": str(e.error)[:300],
                     "occurrences": e.occurrences} for e in stats.errors.values()][:20],
+        **user_errors(environment),
         "run_id": SETTINGS.run_id, "tenants": SETTINGS.all_tenants(),
     }
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def user_errors(environment: Environment) -> dict[str, Any]:
+    """Exceptions out of the users' tasks and ``on_start`` (Locust's runner collects them,
+    from its workers too): no request of the stats counts them, yet each is a user that did
+    not do what the traffic claims (a bug here, or an answer of another shape)."""
+    runner = environment.runner
+    rows = list(runner.exceptions.values()) if runner is not None else []
+    messages = []
+    for e in sorted(rows, key=lambda e: -e["count"]):
+        frames = _FRAME.findall(e["traceback"])
+        at = (f" at {os.path.basename(frames[-1][0])}:{frames[-1][1]} in {frames[-1][2]}"
+              if frames else "")
+        messages.append(f"x{e['count']} {e['msg'][:200]}{at}")
+    return {"user_errors": sum(e["count"] for e in rows), "user_error_messages": messages[:10]}
 
 
 events.test_start.add_listener(set_budgets)  # type: ignore[no-untyped-call]

@@ -10,7 +10,8 @@ budget period once a second meanwhile, then waits (bounded) for every job of the
 and checks: none lost, the ledger audit clean, nothing paid twice (ledger entries, provider
 bills per reference, provider jobs per attempt), no budget over its limit at any sample.
 
-Exits 1 on any miss (also p95 or the failure ratio over their thresholds). Last line:
+Exits 1 on any miss (also p95 or the failure ratio over their thresholds, or an exception
+in a user's task). Last line:
 ``users=… rps=… p50_ms=… p95_ms=… p99_ms=… fail_ratio=… jobs=… lost=0 paid_twice=0 overrun=0``
 """
 
@@ -179,7 +180,8 @@ def check(args: argparse.Namespace, target: Target, out: Path, extra: list[str])
     for level in levels(history) if history.exists() else []:
         print(f"level: {level}")
     print(f"load: shape={s['shape']} peak_users={s['peak_users']} duration_s={s['duration_s']} "
-          f"requests={s['requests']} failures={s['failures']} rate_limited={s['rate_limited']}")
+          f"requests={s['requests']} failures={s['failures']} rate_limited={s['rate_limited']} "
+          f"user_errors={s.get('user_errors', 0)}")
     print("outcomes: " + " ".join(f"{k}={v}" for k, v in sorted(said.items())))
     print(f"jobs: run={d.jobs} accepted={len(accepted)} unreported={d.unreported} "
           f"lost={len(d.lost)} unsettled={len(d.unsettled)} drained_in_s={d.waited_s:.1f}")
@@ -195,6 +197,8 @@ def check(args: argparse.Namespace, target: Target, out: Path, extra: list[str])
         print("failover: " + json.dumps(failover, default=str))
     for e in s.get("errors", [])[:10]:
         print(f"error x{e['occurrences']}: {e['method']} {e['name']}: {e['error']}")
+    for m in s.get("user_error_messages", []):
+        print(f"user error {m}")
     for p in problems[:10]:
         print(f"audit: {p}")
     for what, items in (("lost", d.lost), ("unsettled", d.unsettled),
@@ -224,6 +228,9 @@ def check(args: argparse.Namespace, target: Target, out: Path, extra: list[str])
         misses.append(f"fail ratio {fail_ratio:.4f} > {args.max_fail_ratio:g}")
     if not accepted:
         misses.append("no job was accepted")
+    if s.get("user_errors"):
+        misses.append(f"{s['user_errors']} errors in the users' tasks (no request counts them; "
+                      "see 'user error' above)")
     figures = {"users": s["peak_users"], "rps": f"{s['rps']:.1f}",
                "p50_ms": f"{s['p50_ms']:.0f}", "p95_ms": f"{s['p95_ms']:.0f}",
                "p99_ms": f"{s['p99_ms']:.0f}", "fail_ratio": f"{fail_ratio:.4f}",

@@ -35,10 +35,14 @@ try:
     getattr(user, sys.argv[3])()
 except Exception as exc:
     raised = type(exc).__name__
-total = env.stats.total
+    # what Locust's TaskSet.run does with an exception out of a task
+    env.events.user_error.fire(user_instance=user, exception=exc, tb=exc.__traceback__)
+total, summary = env.stats.total, lf.summary(env)
 print(json.dumps({"requests": total.num_requests, "failures": total.num_failures,
                   "raised": raised,
-                  "errors": [str(e.error) for e in env.stats.errors.values()]}))
+                  "errors": [str(e.error) for e in env.stats.errors.values()],
+                  "summary": {k: summary.get(k) for k in
+                              ("requests", "failures", "user_errors", "user_error_messages")}}))
 """
 
 
@@ -96,3 +100,17 @@ def test_an_answer_a_check_cannot_read_is_a_failed_request(
     errors = got["errors"]
     assert isinstance(errors, list) and any("KeyError" in e for e in errors), got
 
+
+
+def test_an_error_in_a_users_task_reaches_the_summary(api: type[_Api], tmp_path: Path) -> None:
+    # a canceller's list of queued jobs without "items": its task stops on a KeyError after a
+    # request that succeeded; the run's figures must not read as if nothing went wrong
+    api.body = json.dumps({"jobs": []}).encode()
+    got = _run_task(api, tmp_path, "Canceller", "cancel")
+    assert (got["requests"], got["failures"], got["raised"]) == (1, 0, "KeyError"), got
+    summary = got["summary"]
+    assert isinstance(summary, dict)
+    assert summary["user_errors"] == 1, summary
+    (message,) = summary["user_error_messages"]
+    assert message.startswith("x1 'items' at locustfile.py:"), message
+    assert message.endswith(" in cancel"), message
