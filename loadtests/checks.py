@@ -69,6 +69,14 @@ class BudgetSampler:
         while not self._stop.wait(self.every_s):  # the sampling period
             self.sample()
 
+    def unchecked(self) -> str | None:
+        """A miss when a sample could not read the budgets: ``overruns`` says nothing of
+        those moments (no sample at all reads as zero overruns)."""
+        if not self.errors and self.samples:
+            return None
+        return (f"budgets unread at {self.errors} of {self.errors + self.samples} samples: "
+                "overruns unchecked then")
+
     def sample(self) -> None:
         try:
             with self.engine.connect() as conn:

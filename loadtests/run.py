@@ -220,6 +220,8 @@ def check(args: argparse.Namespace, target: Target, out: Path, extra: list[str])
         misses.append(f"paid twice: {paid}")
     if overrun:
         misses.append(f"{overrun} budget overruns")
+    if (unread := sampler.unchecked()) is not None:
+        misses.append(unread)
     if b.charged_vs_billed:
         misses.append(f"{len(b.charged_vs_billed)} jobs charged other than billed")
     if s["p95_ms"] > args.max_p95_ms:
