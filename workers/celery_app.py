@@ -3,7 +3,11 @@
 
 Settings that make "no job lost, never paid twice" hold: late acks and reject on worker loss
 (a killed worker's task is redelivered), prefetch 1, a visibility timeout far above any task,
-a hard time limit below it, JSON only, and task arguments that are ids only (Flower shows them).
+JSON only, and task arguments that are ids only (Flower shows them).
+
+No Celery time limit: ``orchestrator worker`` runs the thread pool, which enforces none. A step
+is bounded by its one provider call's window instead (the catalogue's ``timeouts``, in-call
+retries included), which the attempt's lease covers.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ log = logging.getLogger(__name__)
 QUEUES = ("jobs.high", "jobs.normal", "jobs.low", "maintenance")
 GAUGES_EVERY_S = 15.0
 VISIBILITY_TIMEOUT_S = 3600
-TASK_TIME_LIMIT_S = 300  # one task never waits on a backend longer than one HTTP request
 
 
 def _broker_url() -> str:
@@ -52,8 +55,6 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
     broker_connection_retry_on_startup=True,
-    task_time_limit=TASK_TIME_LIMIT_S,
-    task_soft_time_limit=TASK_TIME_LIMIT_S - 30,
     task_serializer="json",
     accept_content=["json"],
     task_ignore_result=True,
