@@ -63,6 +63,7 @@ export function follow(ctx, path, { ms, load, onEvent }) {
     try { return await load(); } catch (e) { ctx.setStatus(`error: ${e.message}`); return false; }
   };
   const poll = () => {
+    if (handle.stopped) return;
     if (!handle.poll) handle.poll = ctx.every(ms, load);
     ctx.setUpdates("polling");
   };
@@ -79,6 +80,7 @@ export function follow(ctx, path, { ms, load, onEvent }) {
     let ended = false;
     try {
       const resp = await openStream(path, { lastId, signal: handle.ctrl.signal });
+      if (handle.stopped) { resp.body?.cancel().catch(() => {}); return; } // left meanwhile
       unpoll();
       ctx.setUpdates("live");
       if (lastId === null) safeLoad();
@@ -103,6 +105,7 @@ export function follow(ctx, path, { ms, load, onEvent }) {
     active = false;
     if (handle.stopped) return;
     if (ended && (await safeLoad()) === true) { over = true; return; }
+    if (handle.stopped) return; // the view was left while it loaded: nothing more of it
     if (ended) poll(); // until the stream is back
     handle.retry = setTimeout(connect, BACKOFF_MS[Math.min(failures++, BACKOFF_MS.length - 1)]);
   }

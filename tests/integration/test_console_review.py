@@ -1,0 +1,76 @@
+"""A second review of the console, in real headless Chromium and over real HTTP against the
+API (real PostgreSQL and Redis): what a view does after it is left, a request or a stream that
+hangs, and the headers of every answer under ``/console``."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from urllib.parse import urlparse
+
+from playwright.sync_api import Page, Route, expect
+
+from .console_support import browser_fixture  # noqa: F401
+from .test_console_safety import page_fixture, sign_in, tenant_key_fixture  # noqa: F401
+from .test_console_static import served  # noqa: F401
+
+JOBS = re.compile(r"/v1/jobs(\?|$)")
+EVENTS = re.compile(r"/v1/events(\?|$)")
+
+
+def until(page: Page, condition: Callable[[], bool], timeout_s: float = 20) -> None:
+    """Wait for ``condition`` (on what the page's handlers saw), letting playwright deliver
+    its events meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        page.wait_for_timeout(50)
+
+
+def test_a_view_left_while_it_reloads_after_its_stream_ended_stops_polling(
+    served: str, tenant_key: str, page: Page,  # noqa: F811
+) -> None:
+    """The jobs feed ends (a proxy's idle timeout, a restart) and the view re-reads the list;
+    the operator opens another view before that answer comes. Before, follow() went on once
+    the read ended as if its view were still shown: it started polling the jobs list (every
+    few seconds, for as long as the next view was shown) and set the status line of the
+    next view to "polling"."""
+    seen: list[str] = []  # "jobs" / "backends", in the order the console asked
+    page.on("request", lambda r: seen.extend(
+        [name for name, path in (("jobs", "/v1/jobs"), ("backends", "/v1/backends"))
+         if urlparse(r.url).path == path]))
+    streams: list[Route] = []
+    # the feed is held until the list's first read is done
+    page.route(EVENTS, lambda route: streams.append(route))
+    held: list[Route] = []
+    asked = 0
+
+    def jobs(route: Route) -> None:
+        nonlocal asked
+        asked += 1
+        if asked <= 2:  # the view's first read, and the one when its stream opens
+            route.continue_()
+        else:           # the one after the stream ended: its answer is late
+            held.append(route)
+
+    page.route(JOBS, jobs)
+    page.goto(f"{served}/console/?poll=1")
+    page.get_by_label("API key").fill(tenant_key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#identity")).to_contain_text("tenant acme")
+    page.goto(f"{served}/console/?poll=1#/jobs")
+    expect(page.locator("#jobs-body")).to_contain_text("No job matches.")
+    # the feed opens, and ends at once
+    streams[0].fulfill(status=200, headers={"Content-Type": "text/event-stream",
+                                            "Cache-Control": "no-cache"}, body="")
+    until(page, lambda: len(held) == 1)
+    page.get_by_role("link", name="Backends", exact=True).click()
+    expect(page.locator("#backends-body")).to_contain_text("backends")
+    left_at = len(seen)
+    held[0].continue_()  # the late answer (what the view asks after it is recorded all the same)
+    # three polls of the backends view (one a second, ?poll=1) after the late answer
+    until(page, lambda: seen[left_at:].count("backends") >= 3)
+    assert "jobs" not in seen[left_at:], seen[left_at:]
+    expect(page.locator("#status")).to_contain_text("backends updated")
+
