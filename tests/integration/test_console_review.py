@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlparse
 
+import httpx
 from playwright.sync_api import Page, Route, expect
 
 from .console_support import browser_fixture  # noqa: F401
@@ -74,3 +75,25 @@ def test_a_view_left_while_it_reloads_after_its_stream_ended_stops_polling(
     assert "jobs" not in seen[left_at:], seen[left_at:]
     expect(page.locator("#status")).to_contain_text("backends updated")
 
+
+def test_every_answer_under_console_carries_the_security_headers(
+    served: str,  # noqa: F811
+) -> None:
+    """docs/console.md: "Every console answer carries a strict Content-Security-Policy, …
+    nosniff …". Before, only the files found had them: a 404 (a mistyped or an old file's
+    path) or a 405 under /console went out with none (no nosniff, no frame-ancestors)."""
+    ok = httpx.get(f"{served}/console/", timeout=5)
+    assert ok.status_code == 200
+    answers = {
+        "missing file": httpx.get(f"{served}/console/nope.js", timeout=5),
+        "a folder": httpx.get(f"{served}/console/js/", timeout=5),
+        "markup in the path": httpx.get(f"{served}/console/%3Cb%3Ex%3C%2Fb%3E", timeout=5),
+        "POST": httpx.post(f"{served}/console/", timeout=5),
+    }
+    assert answers["POST"].status_code == 405
+    assert answers["POST"].headers["allow"] == "GET, HEAD"
+    for name, r in answers.items():
+        assert r.status_code in (404, 405), name
+        for header in ("content-security-policy", "x-content-type-options", "referrer-policy",
+                       "x-frame-options"):
+            assert r.headers.get(header) == ok.headers[header], (name, header)
