@@ -97,3 +97,44 @@ def test_every_answer_under_console_carries_the_security_headers(
         for header in ("content-security-policy", "x-content-type-options", "referrer-policy",
                        "x-frame-options"):
             assert r.headers.get(header) == ok.headers[header], (name, header)
+
+
+def test_an_answer_that_never_comes_is_named_so(
+    served: str, tenant_key: str, page: Page,  # noqa: F811
+) -> None:
+    """An API (or a proxy) that holds a request, or a connection dead since the laptop slept:
+    before, fetch() waited for ever, the view never polled again and its status line went on
+    saying when it was last updated, as if nothing were wrong."""
+    page.clock.install()
+    sign_in(page, served, tenant_key)
+    expect(page.locator("#identity")).to_contain_text("tenant acme")
+    held: list[Route] = []
+    page.route("**/v1/backends", lambda route: held.append(route))
+    page.goto(f"{served}/console/#/backends")
+    until(page, lambda: len(held) == 1)
+    page.clock.fast_forward(31_000)
+    expect(page.locator("#status")).to_contain_text(
+        "error: no answer from the API within 30 s")
+
+
+def test_a_stream_that_stays_silent_is_a_dropped_one(
+    served: str, tenant_key: str, page: Page,  # noqa: F811
+) -> None:
+    """The API writes to an open stream at least every ORCH_EVENTS_PING_S (50 s at most).
+    Before, a feed whose answer never came (or went silent) was waited on for ever: the jobs
+    list was read once and never again, live or polled."""
+    page.clock.install()
+    lists: list[str] = []
+    page.on("request", lambda r: lists.append(r.url) if JOBS.search(r.url) else None)
+    held: list[Route] = []
+    page.route(EVENTS, lambda route: held.append(route))
+    sign_in(page, served, tenant_key)
+    expect(page.locator("#identity")).to_contain_text("tenant acme")
+    page.goto(f"{served}/console/#/jobs")
+    expect(page.locator("#jobs-body")).to_contain_text("No job matches.")
+    until(page, lambda: len(held) == 1)
+    read = len(lists)
+    page.clock.fast_forward(61_000)
+    expect(page.locator("#status")).to_have_attribute("data-updates", "polling")
+    until(page, lambda: len(lists) > read)  # polled meanwhile
+    until(page, lambda: len(held) == 2)     # and the stream tried again

@@ -13,6 +13,11 @@ export function storedKey() { return sessionStorage.getItem(KEY); }
 export function storeKey(key) { sessionStorage.setItem(KEY, key); }
 export function forgetKey() { sessionStorage.removeItem(KEY); }
 
+// An answer that has not come (headers and body) within this is given up: an API or a
+// proxy that holds a request, or a connection dead since the laptop slept, would otherwise
+// leave a view waiting for ever, its last figures shown as if they were current.
+export const CALL_TIMEOUT_MS = 30000;
+
 let onUnauthorized = () => {};
 export function whenUnauthorized(fn) { onUnauthorized = fn; }
 
@@ -24,18 +29,26 @@ export async function call(path, { method = "GET", params = {}, body } = {}) {
   }
   const headers = { Authorization: `Bearer ${storedKey()}`, Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  const ctrl = new AbortController();
+  const timer = setTimeout(() => ctrl.abort(), CALL_TIMEOUT_MS);
   let resp;
-  try {
-    resp = await fetch(url, {
-      method, headers, body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "omit", cache: "no-store",
-    });
-  } catch {
-    // each browser words a network error its own way ("Failed to fetch", "NetworkError …")
-    throw new ApiError(0, "unreachable", "cannot reach the API (it is down, or the network is)");
-  }
   let data = null;
-  try { data = await resp.json(); } catch { data = null; }
+  try {
+    try {
+      resp = await fetch(url, {
+        method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+        credentials: "omit", cache: "no-store", signal: ctrl.signal,
+      });
+    } catch {
+      if (ctrl.signal.aborted) throw timedOut();
+      // each browser words a network error its own way ("Failed to fetch", "NetworkError …")
+      throw new ApiError(0, "unreachable", "cannot reach the API (it is down, or the network is)");
+    }
+    try { data = await resp.json(); } catch { data = null; }
+    if (ctrl.signal.aborted) throw timedOut();
+  } finally {
+    clearTimeout(timer);
+  }
   if (!resp.ok) {
     const err = (data && data.error) || {};
     if (resp.status === 401) onUnauthorized();
@@ -48,6 +61,10 @@ export async function call(path, { method = "GET", params = {}, body } = {}) {
       + `${resp.headers.get("Content-Type") || "no Content-Type"}); is a proxy in the way?`);
   }
   return data;
+}
+
+function timedOut() {
+  return new ApiError(0, "timeout", `no answer from the API within ${CALL_TIMEOUT_MS / 1000} s`);
 }
 
 // Open a Server-Sent Events stream with fetch(): EventSource cannot send the Authorization

@@ -4,6 +4,10 @@ import { openStream, ApiError } from "./api.js";
 
 const GONE = new Set([404, 405, 501]); // no such route here: poll for as long as the view is shown
 const BACKOFF_MS = [1000, 2000, 5000, 10000, 30000];
+// The API writes to an open stream at least every ORCH_EVENTS_PING_S (50 s at most): a stream
+// silent for longer (its answer never came, or the connection died unseen: a laptop that
+// slept, a NAT that forgot it) is a dropped one, as the SDK's 60 s read timeout has it.
+export const STREAM_SILENCE_MS = 60000;
 
 // Read a text/event-stream body, calling onMessage({ id, event, data }) for each message
 // (data undefined: an id alone).
@@ -76,15 +80,25 @@ export function follow(ctx, path, { ms, load, onEvent }) {
     if (handle.stopped || over || active || document.hidden) return;
     active = true;
     clearTimeout(handle.retry);
-    handle.ctrl = new AbortController();
+    const ctrl = handle.ctrl = new AbortController();
+    let silent = false;
+    let watchdog = null;
+    const heard = () => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => { silent = true; ctrl.abort(); }, STREAM_SILENCE_MS);
+    };
+    heard();
     let ended = false;
     try {
-      const resp = await openStream(path, { lastId, signal: handle.ctrl.signal });
+      const resp = await openStream(path, { lastId, signal: ctrl.signal });
       if (handle.stopped) { resp.body?.cancel().catch(() => {}); return; } // left meanwhile
       unpoll();
       ctx.setUpdates("live");
       if (lastId === null) safeLoad();
-      await readEvents(resp.body, msg => {
+      // every chunk (a keep-alive comment too) says the stream is alive
+      const body = resp.body.pipeThrough(new TransformStream({
+        transform(chunk, out) { heard(); out.enqueue(chunk); } }));
+      await readEvents(body, msg => {
         if (msg.id !== undefined) lastId = msg.id;
         if (msg.data === undefined) return;
         failures = 0; // the backoff starts again only once a stream has carried something
@@ -94,13 +108,16 @@ export function follow(ctx, path, { ms, load, onEvent }) {
     } catch (e) {
       active = false;
       if (handle.stopped) return;
-      // closed for a hidden tab; if it was shown again meanwhile, connect() found this one active
-      if (e.name === "AbortError") { connect(); return; }
+      // closed for a hidden tab; if it was shown again meanwhile, connect() found this one
+      // active. A silent stream is a drop: polled, and retried after the backoff.
+      if (e.name === "AbortError" && !silent) { connect(); return; }
       if (e instanceof ApiError && e.status === 401) return; // signed out
       // 204: resumed after the job's terminal event; nothing more will come
       if (e instanceof ApiError && e.status === 204) { over = true; unpoll(); safeLoad(); return; }
       poll();
       if (e instanceof ApiError && GONE.has(e.status)) { over = true; return; }
+    } finally {
+      clearTimeout(watchdog);
     }
     active = false;
     if (handle.stopped) return;
