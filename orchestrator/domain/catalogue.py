@@ -220,6 +220,9 @@ _PRICE_KINDS: dict[str, frozenset[Kind]] = {
     "per_request": frozenset(Kind),
     "per_compute_second": frozenset(Kind),
 }
+# price models whose every run is billed, failed or cancelled ones too (under the others a
+# failure is charged only when the provider's answer carries a bill, e.g. a billed refusal)
+BILLS_FAILED_RUNS: frozenset[str] = frozenset({"per_compute_second"})
 # price models only one protocol's answers carry the usage of
 _PRICE_PROTOCOLS: dict[str, Protocol] = {"per_compute_second": Protocol.PREDICTIONS}
 

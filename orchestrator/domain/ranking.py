@@ -7,8 +7,9 @@ figures (``domain.routing`` filters the backends and explains the plan).
 * ``balanced``: highest weighted score of cost, reliability, speed and quality surplus, where
   cost and speed are *effective*: a backend that fails with probability 1 - s sends that
   share of its jobs on to the failover (the cheapest other candidate), so its expected cost
-  is s x expected + (1 - s) x the failover's expected cost, and its latency its own plus
-  (1 - s) x the failover's.
+  is s x expected + (1 - s) x the failover's expected cost (plus, where its price model
+  bills failed runs, what such a run costs: see :func:`_effective`), and its latency its own
+  plus (1 - s) x the failover's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 from orchestrator.domain.breaker import BackendHealth
 from orchestrator.domain.calibration import Factor, expected_micros
-from orchestrator.domain.catalogue import BackendSpec
+from orchestrator.domain.catalogue import BILLS_FAILED_RUNS, BackendSpec
 from orchestrator.domain.jobs import JobSpec, Strategy
 from orchestrator.domain.money import format_usd
 
@@ -92,8 +93,10 @@ class Candidate(NamedTuple):
         if self.max_concurrency == 0:  # read back from a stored quote: figures only
             return out[:2]
         if strategy is Strategy.BALANCED:
-            out.append(f"effective cost {format_usd(self.effective_micros)} "
-                       "(with the failover its failures cause)")
+            out.append(f"effective cost {format_usd(self.effective_micros)} ("
+                       + ("with its failures' bill and the failover they cause)"
+                          if self.price_model in BILLS_FAILED_RUNS
+                          else "with the failover its failures cause)"))
             out.append(
                 f"score {self.score:.4f} = {weights.cost}*cost {c['cost']:.3f} + "
                 f"{weights.reliability}*reliability {c['reliability']:.3f} + "
@@ -168,7 +171,15 @@ def _effective(
     """Per backend: (expected cost, latency) counting the failover its failures cause. A job
     that fails there (probability 1 - observed success rate; 0 with no data) goes on to the
     cheapest other candidate, paying that one's expected cost and adding its latency to the
-    time already spent. A lone candidate has no failover: its figures are its own."""
+    time already spent. A lone candidate has no failover: its figures are its own.
+
+    A backend whose price model bills failed runs (``BILLS_FAILED_RUNS``: per_compute_second)
+    also pays for the failed run itself, counted as its own expected cost:
+    s x expected + (1 - s) x (expected + the failover's expected). Nothing records what failed
+    attempts were billed (calibration learns from succeeded jobs only, health holds no cost),
+    and a run may fail at the end of its work, so a failure is taken to cost what a success
+    does: a run that fails early bills less, one cut off at ``start_to_close_s`` more (up to
+    the estimate, the worst case). Other models bill a failure nothing here."""
     out: dict[str, tuple[int, float | None]] = {}
     # the failover: the other candidate ``cheapest`` would rank first (its ties broken the
     # same way, so the catalogue's order changes nothing)
@@ -180,7 +191,8 @@ def _effective(
             out[r.name] = (exp, lat)
             continue
         f_exp, f_lat = fo[4], fo[5][0]
-        eff = round(s * exp + (1.0 - s) * f_exp)
+        failed = exp if r.spec.price.model in BILLS_FAILED_RUNS else 0
+        eff = round(s * exp + (1.0 - s) * (failed + f_exp))
         eff_lat = None if lat is None else lat + (1.0 - s) * (f_lat if f_lat is not None else lat)
         out[r.name] = (eff, eff_lat)
     return out

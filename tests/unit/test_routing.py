@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from orchestrator.domain.calibration import Factor
 from orchestrator.domain.catalogue import (
     BackendSpec,
     PerImagePrice,
+    PerRequestPrice,
     PerSecondPrice,
     load_catalogue,
 )
@@ -298,6 +300,47 @@ def test_balanced_failover_ties_do_not_follow_the_catalogues_order() -> None:
     flaky, fast = plans[0].candidates[:2]
     assert abs(flaky.effective_micros - (0.62 * flaky.expected + 0.38 * fast.expected)) <= 0.5
     assert abs(flaky.speed - 100.0 / (300.0 + 0.38 * 100.0)) < 1e-12  # b's latency, not c's
+
+
+def test_balanced_counts_what_a_flaky_backends_billed_failures_cost() -> None:
+    """A per_compute_second backend bills its failed runs too: under ``balanced`` a job that
+    fails there pays for that run *and* for the failover. Counted, the flaky one (cheaper,
+    faster, failing 20 %) costs more than the steady one and loses; without the failures'
+    bill (0.8 x 0.09 + 0.2 x 0.10 = $0.092, below the steady $0.10) it would win."""
+    flaky = BackendSpec.model_validate({
+        "name": "flaky", "protocol": "predictions", "base_url": "http://127.0.0.1:1",
+        "kinds": ["text"], "tier": "standard", "max_concurrency": 1,
+        "timeouts": {"start_to_close_s": 100},
+        "price": {"model": "per_compute_second", "usd_per_second": 0.0009}})
+    steady = BackendSpec.model_validate({
+        "name": "steady", "protocol": "openai", "base_url": "http://127.0.0.1:1",
+        "kinds": ["text"], "tier": "standard", "max_concurrency": 1,
+        "price": {"model": "per_request", "usd_per_request": 0.10}})
+    spec = JobSpec.model_validate({"kind": "text", "strategy": "balanced",
+                                   "input": {"prompt": "hi", "max_tokens": 100}})
+    health = {"flaky": BackendHealth(success_rate=0.8, latency_ms=100.0),
+              "steady": BackendHealth(success_rate=1.0, latency_ms=1000.0)}
+    plan = plan_route(spec, [flaky, steady], health, now=NOW)
+    assert plan.backends == ("steady", "flaky")
+    first, second = plan.candidates
+    assert (second.expected, first.expected) == (90_000, 100_000)
+    # 0.8 x 0.09 + 0.2 x (0.09 billed for the failed run + 0.10 on the failover) = $0.11
+    assert second.effective_micros == 110_000
+    assert first.effective_micros == 100_000
+    assert first.components["cost"] == 1.0
+    assert abs(second.components["cost"] - 100_000 / 110_000) < 1e-12
+    assert "effective cost $0.110000 (with its failures' bill and the failover they cause)" \
+        in plan.to_quote()["candidates"][1]["reasons"]
+    # the same backend priced per request (a failure bills nothing) still wins: $0.092
+    free = flaky.model_copy(update={"protocol": "openai", "price": PerRequestPrice(
+        model="per_request", usd_per_request=Decimal("0.09"))})
+    unbilled = plan_route(spec, [free, steady], health, now=NOW)
+    assert unbilled.backends == ("flaky", "steady")
+    assert unbilled.candidates[0].effective_micros == 92_000
+    # cheapest ranks on price alone, billed failures or not
+    cheap = plan_route(spec.model_copy(update={"strategy": Strategy.CHEAPEST}),
+                       [flaky, steady], health, now=NOW)
+    assert cheap.backends == ("flaky", "steady")
 
 
 @settings(max_examples=200, deadline=None)
