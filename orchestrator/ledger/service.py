@@ -242,15 +242,17 @@ class Ledger:
             job_id, held, tuple(r.budget_period_id for r in lines), replayed=True
         )
 
-    def raise_hold(self, job_id: uuid.UUID, amount_micros: int) -> int:
+    def raise_hold(self, job_id: uuid.UUID, amount_micros: int, *,
+                   estimate: bool = False) -> int:
         """Make the job's hold at least ``amount_micros`` in every period it holds in (one
-        transaction, ``ledger.topups``); returns what it added. Raises ``BudgetExceeded``
+        transaction, ``ledger.topups``), and with ``estimate`` the job's estimate too;
+        returns what it added. Raises ``BudgetExceeded``
         naming the first budget that cannot take the extra (then nothing changed), and
         ``HoldNotActive`` / ``HoldNotFound`` when there is no held hold to raise."""
         now = self.clock()
         try:
             with self.engine.begin() as tx:
-                return raise_hold(tx, job_id, amount_micros, now)
+                return raise_hold(tx, job_id, amount_micros, now, estimate=estimate)
         except DBAPIError as exc:
             with self.engine.connect() as conn:
                 held = _SELECT_HOLD.first(conn, {"job_id": job_id})

@@ -24,6 +24,13 @@ from sqlalchemy import Connection
 from orchestrator.errors import HoldNotActive, HoldNotFound
 from orchestrator.store.statement import Statement
 
+# a job admitted below its worst case (a cache hit's 0) that must run after all: its
+# estimate becomes what its hold now covers, as a fresh job's is (the job row first, as
+# ``orch_end_job`` locks it before the hold)
+_ESTIMATE = Statement(
+    "UPDATE jobs SET estimated_cost_micros = GREATEST(estimated_cost_micros, :amount) "
+    "WHERE id = :job"
+)
 _LOCK_HOLD = Statement(
     "SELECT id, amount_micros, status FROM holds WHERE job_id = :job FOR UPDATE"
 )
@@ -51,11 +58,16 @@ _ENTRIES = Statement(
 )
 
 
-def raise_hold(tx: Connection, job_id: uuid.UUID, amount_micros: int, now: datetime) -> int:
+def raise_hold(tx: Connection, job_id: uuid.UUID, amount_micros: int, now: datetime, *,
+               estimate: bool = False) -> int:
     """Make the job's hold at least ``amount_micros``; returns what it added (0: it was
-    already). Commits ``tx`` when the hold covers periods. Raises the database's OR402 when
-    a covering period cannot take the extra (the caller rolls back), ``HoldNotActive`` when
-    the hold is no longer held."""
+    already). With ``estimate`` the job's ``estimated_cost_micros`` becomes at least that
+    too, in the same transaction (what an unpriced ending is charged is bounded by it:
+    ``service.attempts.unpriced_charge``). Commits ``tx`` when the hold covers periods.
+    Raises the database's OR402 when a covering period cannot take the extra (the caller
+    rolls back), ``HoldNotActive`` when the hold is no longer held."""
+    if estimate:
+        _ESTIMATE.run(tx, {"job": job_id, "amount": amount_micros})
     row = _LOCK_HOLD.first(tx, {"job": job_id})
     if row is None:
         raise HoldNotFound(f"no hold for job {job_id}", job_id=str(job_id))

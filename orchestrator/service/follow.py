@@ -10,8 +10,9 @@ or a chain the sweeper revived) asks the leader first:
   statement ends it succeeded with cost 0: its hold is released, a settle entry of 0);
 * failed, cancelled or gone, or succeeded but its result since dropped by the retention
   sweeper: the link is cleared and the follower runs itself on its own hold, like any job.
-  A hit admitted on a hold of 0 (its result vanished before it was served) first raises its
-  hold to its plan's worst case, so budgets apply to its run as to any job's; a budget that
+  A hit admitted on a hold and estimate of 0 (its result vanished before it was served)
+  first raises both to its plan's worst case, so budgets apply to its run as to any job's
+  and a provider's answer without a bill is charged its worst case, not 0; a budget that
   cannot take it fails it ``budget_exceeded`` (``Refused``), charged nothing.
 
 Two steps racing do no harm: the requeue and the unlink are guarded by status and link, so
@@ -81,12 +82,14 @@ class Follower:
 
     def _cover(self, job: repo.JobRow) -> Next | Refused | None:
         """Before a job admitted below its worst case (a hit's hold of 0) runs itself: its
-        hold raised to its plan's worst case. None: covered."""
+        hold and its estimate raised to its plan's worst case, in one transaction, as a
+        fresh job of its request is admitted (an unpriced ending is charged up to its
+        estimate: ``service.attempts.unpriced_charge``). None: covered."""
         worst = RoutePlan.from_quote(job.route or {}).worst_case_micros
         if job.estimated_cost_micros >= worst:
             return None  # a follower: admitted on its own worst case
         try:
-            self.ledger.raise_hold(job.id, worst)
+            self.ledger.raise_hold(job.id, worst, estimate=True)
         except BudgetExceeded as exc:
             return Refused(f"its cached result is no longer kept, and {exc.message}")
         except (HoldNotActive, HoldNotFound):

@@ -202,6 +202,8 @@ class JobRunner:
                     refused = verdict
                 elif verdict is not None:
                     leader = verdict
+                else:  # it runs itself: as it is now (unlinked, its estimate raised)
+                    current = repo.get_job(conn, job_id) or current
                 current = replace(current, cache_leader=None)
             # a follower taking its leader's result is ended below, off this connection
             claimed = current if claimed_now and leader is None and refused is None else None
