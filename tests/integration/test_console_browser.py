@@ -237,7 +237,8 @@ def test_spend_draws_the_grouping_asked_last(stack: Stack, page: Page) -> None:
     last_backend = max(i for i, e in enumerate(order) if e == ("done", "backend"))
     assert order.index(("sent", "project")) > last_backend, order
     expect(page.locator("#spend-body")).to_have_attribute("data-by", "project")
-    expect(page.get_by_role("img", name=re.compile(r"^Spend per day by project"))).to_be_visible()
+    chart = page.get_by_role("img", name=re.compile(r"^Spend per day \(UTC\) by project"))
+    expect(chart).to_be_visible()
 
 
 def until(page: Page, done: Callable[[], bool], timeout_s: float = 30,

@@ -138,3 +138,15 @@ def test_a_stream_that_stays_silent_is_a_dropped_one(
     expect(page.locator("#status")).to_have_attribute("data-updates", "polling")
     until(page, lambda: len(lists) > read)  # polled meanwhile
     until(page, lambda: len(held) == 2)     # and the stream tried again
+
+
+def test_a_malformed_job_link_is_answered_not_a_blank_page(
+    served: str, tenant_key: str, page: Page,  # noqa: F811
+) -> None:
+    """``#/job/%E0`` (a link cut in the middle of an escape): before, decodeURIComponent threw
+    in the router and the page stayed blank; now the id is asked for as typed and the API's
+    refusal is shown (the page fixture fails the test on any uncaught page error)."""
+    sign_in(page, served, tenant_key)
+    expect(page.locator("#identity")).to_contain_text("tenant acme")
+    page.goto(f"{served}/console/#/job/%E0")
+    expect(page.get_by_role("heading", name="Job not found")).to_be_visible()

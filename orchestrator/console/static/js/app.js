@@ -73,9 +73,19 @@ function route() {
   }
   if (name === "job" && id) {
     const tenant = new URLSearchParams(query).get("tenant") || "";
-    jobView(ctx, decodeURIComponent(id), ctx.me.admin ? tenant : "");
+    jobView(ctx, decoded(id), ctx.me.admin ? tenant : "");
   } else {
     (VIEWS[name] || spendView)(ctx);
+  }
+}
+
+// A link's id as typed: a malformed escape (#/job/%E0) is asked for as it is, and the API's
+// answer (not a job id) is shown, where decodeURIComponent threw and left the page blank.
+function decoded(id) {
+  try {
+    return decodeURIComponent(id);
+  } catch {
+    return id;
   }
 }
 

@@ -69,14 +69,14 @@ export function spendView(ctx) {
     const series = [...names.keys()].sort((a, b) => names.get(b) - names.get(a));
     const who = ctx.me.admin ? (ctx.tenant ? `tenant ${ctx.tenant}` : "all tenants")
       : `tenant ${ctx.me.tenant}`;
-    const label = `Spend per ${per} by ${group}, ${who}: ${usd(total)} in total`;
+    const label = `Spend per ${per} (UTC) by ${group}, ${who}: ${usd(total)} in total`;
     body.replaceChildren(
       h("p", { id: "spend-total" }, `${usd(total)} over ${jobs} charged jobs (${who}).`),
       stackedBars({ buckets, series, values, label }),
       legend(series),
       h("details", {}, h("summary", {}, "Show as a table"),
         table(label, [
-          { label: per, cell: b => b.label },
+          { label: `${per} (UTC)`, cell: b => b.label },
           ...series.map(n => ({ label: n, num: true, cell: b => usd(values.get(b.key).get(n) || 0) })),
         ], buckets)));
     body.dataset.by = group;
