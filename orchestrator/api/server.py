@@ -3,7 +3,11 @@ real uvicorn server on 127.0.0.1 in a background thread, for tests, benches and 
 
 from __future__ import annotations
 
+import signal
 import socket
+import threading
+from types import FrameType
+from typing import NoReturn
 
 import uvicorn
 
@@ -42,12 +46,18 @@ handlers of their own.
     cfg = config or ApiConfig.from_settings(c.settings)
     log_level = log_level or c.settings.log_level.lower()  # uvicorn's lines too (ORCH_LOG_LEVEL)
     metrics.configure_from_settings("api", c.settings)
-    if c.settings.metrics_addr:  # /metrics there, and not on the API's port (create_app)
-        metrics_host, metrics_port = split_address(c.settings.metrics_addr)
-        metrics.start_metrics_server(metrics_port, addr=metrics_host)
-    app = create_app(c, cfg)
-    freeze_startup_heap()
+    # uvicorn stops gracefully on SIGTERM (sse-starlette ends the open event streams), then
+    # puts back the handler it found and raises the signal again: with the default one the
+    # process died there, status -15, before this finally and atexit (the metric sinks' last
+    # flush). With this one it leaves through them, status 0.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_0) if main else None
     try:
+        if c.settings.metrics_addr:  # /metrics there, and not on the API's port (create_app)
+            metrics_host, metrics_port = split_address(c.settings.metrics_addr)
+            metrics.start_metrics_server(metrics_port, addr=metrics_host)
+        app = create_app(c, cfg)
+        freeze_startup_heap()
         if fd is None:
             uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=None,
                         access_log=access_log, **cfg.uvicorn_options())
@@ -61,7 +71,15 @@ handlers of their own.
                                                    **cfg.uvicorn_options()))
             server.run(sockets=[sock])
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         metrics.shutdown()
+
+
+def _exit_0(signum: int, frame: FrameType | None) -> NoReturn:
+    """SIGTERM outside uvicorn's own handler: after its graceful stop (re-raised), or before
+    it started: a stop asked for, done."""
+    raise SystemExit(0)
 
 
 RunningApi = ThreadedServer
