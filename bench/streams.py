@@ -2,11 +2,19 @@
 without 200 event streams (SSE) held open against the same `orchestrator up`.
 
     .venv/bin/python bench/streams.py [--streams 200] [--rate 100] [--seconds 30] [--blocks 2]
+                                      [--shipped]
 
 It runs ``orchestrator up`` as bench/submit.py does, then submits ``--streams`` premium video
-jobs that run for half an hour on the simulator (those above vid-premium's concurrency wait
-for a slot): the jobs the streams watch. Then, against the same running system, phases of
-``--seconds`` each submit at ``--rate`` (bench/submit.py's open loop), in blocks of four:
+jobs that run for half an hour on the simulator: the jobs the streams watch. ``up`` gets the
+shipped catalogue with one change, to ``vid-premium``, the watched jobs' backend: it says what
+those jobs are (half an hour each: ``expected_latency_ms``, a ``start_to_close_s`` above it)
+and takes them all at once (``max_concurrency``). With the shipped entry (20 at a time,
+900 ms expected, stopped after 20 minutes) the jobs waiting for a slot woke every 10 s and the
+running ones were polled as often: some 20 worker steps a second, streams or not, which
+bench/submit.py's system does not carry (``--shipped``: that entry).
+
+Then, against the same running system, phases of ``--seconds`` each submit at ``--rate``
+(bench/submit.py's open loop), in blocks of four:
 without streams, with, with, without. In a phase "with", one ``GET /v1/jobs/{id}/events``
 stream per watched job is opened first (all answered 200), held through the phase, read by
 one asyncio loop in a process of its own, and closed after it.
@@ -27,13 +35,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import httpx_sse
-from _stack import cpu_seconds
+import yaml
+from _stack import ROOT, cpu_seconds
 from submit import ERRORS, offer, pct, up_process
 
 WATCHED_BODY: dict[str, Any] = {
@@ -131,6 +142,18 @@ class StreamsProcess:
         return held, errors
 
 
+def watched_catalogue(path: Path, streams: int) -> Path:
+    """The shipped catalogue, with ``vid-premium`` declaring the watched jobs' half hour and
+    taking all of them at once, written to ``path``."""
+    catalogue = yaml.safe_load((ROOT / "config" / "backends.yaml").read_text())
+    entry = next(b for b in catalogue["backends"] if b["name"] == "vid-premium")
+    entry["expected_latency_ms"] = WATCHED_MS
+    entry.setdefault("timeouts", {})["start_to_close_s"] = WATCHED_MS / 1000 + 600
+    entry["max_concurrency"] = max(entry.get("max_concurrency", 1), streams)
+    path.write_text(yaml.safe_dump(catalogue, sort_keys=False))
+    return path
+
+
 def watched_jobs(url: str, key: str, sim_url: str, n: int) -> list[str]:
     httpx.post(f"{sim_url}/_control/vid-premium", json={"duration_ms": WATCHED_MS},
                timeout=10).raise_for_status()
@@ -184,6 +207,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0, help="per phase")
     ap.add_argument("--blocks", type=int, default=2,
                     help="blocks of four phases: without, with, with, without streams")
+    ap.add_argument("--shipped", action="store_true",
+                    help="the shipped catalogue's vid-premium: 20 watched jobs at a time, "
+                         "the others waking every 10 s for a slot")
     args = ap.parse_args()
     order = [False, True, True, False] * args.blocks
     if len(order) * (args.seconds + 60) > WATCHED_MS / 1000:
@@ -192,7 +218,10 @@ def main() -> None:
     info: dict[str, str] = {}
     pooled: dict[bool, list[float]] = {False: [], True: []}
     failed = {False: 0, True: 0}
-    with up_process(budget_usd=10_000_000, info=info) as (url, key, pids):
+    tmp = tempfile.TemporaryDirectory(prefix="orch-bench-streams-")
+    env = {} if args.shipped else {"ORCH_BACKENDS_FILE": str(
+        watched_catalogue(Path(tmp.name) / "backends.yaml", args.streams))}
+    with tmp, up_process(budget_usd=10_000_000, info=info, env_extra=env) as (url, key, pids):
         ids = watched_jobs(url, key, info["sim_url"], args.streams)
         for i, with_streams in enumerate(order):
             streams = StreamsProcess(url, key, ids) if with_streams else None

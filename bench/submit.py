@@ -216,10 +216,12 @@ def api_process(s: Stack) -> Iterator[tuple[str, int]]:
 
 
 @contextmanager
-def up_process(budget_usd: float, info: dict[str, str] | None = None
+def up_process(budget_usd: float, info: dict[str, str] | None = None,
+               env_extra: dict[str, str] | None = None
                ) -> Iterator[tuple[str, str, list[int]]]:
     """``orchestrator up`` in a temporary data dir; yields (API URL, tenant key, API pids).
-    ``info`` (if given) gets the simulator's URL and the admin key."""
+    ``info`` (if given) gets the simulator's URL and the admin key; ``env_extra``: ``ORCH_*``
+    settings for ``up`` beyond the bench's own."""
     with tempfile.TemporaryDirectory(prefix="orch-bench-up-") as tmp:
         data = Path(tmp) / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
@@ -227,6 +229,7 @@ def up_process(budget_usd: float, info: dict[str, str] | None = None
         # more than a minute at 100/s, or two phases back to back, would meet it
         env.update(ORCH_DATA_DIR=str(data), ORCH_API_RATE_LIMIT=str(10**9),
                    ORCH_SIMULATOR_URL=f"http://127.0.0.1:{free_port()}")
+        env.update(env_extra or {})
         proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", "up", "--data-dir", str(data),
              "--port", str(free_port())],
