@@ -1,0 +1,181 @@
+"""The encrypted backup format (orchestrator.backup.crypt): a versioned header naming the
+key, then AES-256-GCM chunks whose index and final flag are authenticated, so that a changed
+byte, a reordered, removed or appended chunk and a truncated file are each refused; and the
+backup keys (orchestrator.backup.backupkey), shown only by their fingerprint."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from orchestrator.backup.backupkey import (
+    BackupKey,
+    load_backup_keys,
+    new_backup_key,
+    parse_backup_keys,
+    write_key_file,
+)
+from orchestrator.backup.crypt import (
+    HEADER_SIZE,
+    MAGIC,
+    TAG_SIZE,
+    decrypt_stream,
+    encrypt_stream,
+    is_encrypted,
+    read_header,
+)
+from orchestrator.backup.pgtools import BackupError, BackupSettings
+from orchestrator.errors import ConfigurationError
+
+CHUNK = 1024  # small chunks, so that a few KB make several
+KEY = BackupKey.parse(new_backup_key())
+OTHER = BackupKey.parse(new_backup_key())
+
+
+def sealed(data: bytes, key: BackupKey = KEY, chunk: int = CHUNK) -> bytes:
+    out = io.BytesIO()
+    encrypt_stream(io.BytesIO(data), out, key, chunk_size=chunk)
+    return out.getvalue()
+
+
+def opened(blob: bytes, keys: list[BackupKey] | None = None) -> bytes:
+    out = io.BytesIO()
+    decrypt_stream(io.BytesIO(blob), out, keys or [KEY], "x.dump")
+    return out.getvalue()
+
+
+def chunks(blob: bytes, chunk: int = CHUNK) -> list[bytes]:
+    body, size = blob[HEADER_SIZE:], chunk + TAG_SIZE
+    return [body[i:i + size] for i in range(0, len(body), size)]
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK, 5 * CHUNK + 7])
+def test_round_trip_of_any_length(size: int) -> None:
+    data = os.urandom(size)
+    blob = sealed(data)
+    assert blob.startswith(MAGIC) and is_encrypted(io.BytesIO(blob))
+    assert opened(blob) == data
+    # a full last chunk stays the final one: no empty chunk after it, except for no data
+    assert len(chunks(blob)) == max(1, -(-size // CHUNK))
+
+
+def test_the_header_names_the_key_by_fingerprint_and_no_plaintext_is_left() -> None:
+    data = b"a prompt nobody else may read " * 200
+    blob = sealed(data)
+    header = read_header(io.BytesIO(blob), "x.dump")
+    assert header.key_id == KEY.fingerprint and header.chunk_size == CHUNK
+    assert b"a prompt nobody" not in blob
+    assert KEY.secret() not in blob
+    # two encryptions of the same data differ (a fresh salt and nonce base each time)
+    assert sealed(data)[HEADER_SIZE:] != blob[HEADER_SIZE:]
+
+
+def test_the_wrong_key_is_refused_naming_the_archives_key_and_the_given_ones() -> None:
+    blob = sealed(b"data" * 1000)
+    with pytest.raises(BackupError) as refused:
+        opened(blob, [OTHER])
+    said = str(refused.value)
+    assert f"encrypted with backup key {KEY.fingerprint}" in said
+    assert OTHER.fingerprint in said and "nothing was changed" in said
+
+
+def test_any_of_several_keys_opens_it_for_rotation() -> None:
+    blob = sealed(b"data" * 1000, key=OTHER)
+    assert opened(blob, [KEY, OTHER]) == b"data" * 1000
+
+
+def test_a_changed_byte_in_a_middle_chunk_is_refused() -> None:
+    blob = bytearray(sealed(os.urandom(5 * CHUNK)))
+    blob[HEADER_SIZE + 2 * (CHUNK + TAG_SIZE) + 10] ^= 0x01
+    with pytest.raises(BackupError, match=r"chunk 3 of x.dump fails authentication"):
+        opened(bytes(blob))
+
+
+def test_a_changed_header_is_refused() -> None:
+    blob = bytearray(sealed(os.urandom(3 * CHUNK)))
+    blob[HEADER_SIZE - 1] ^= 0x01  # the nonce base's last byte: authenticated with chunk 1
+    with pytest.raises(BackupError, match="fails authentication"):
+        opened(bytes(blob))
+
+
+def test_a_file_cut_after_a_chunk_is_refused_as_truncated() -> None:
+    head = sealed(os.urandom(5 * CHUNK))
+    parts = chunks(head)
+    blob = head[:HEADER_SIZE] + b"".join(parts[:-1])
+    with pytest.raises(BackupError, match=r"x.dump is truncated: it ends after chunk 4"):
+        opened(blob)
+    with pytest.raises(BackupError, match=r"x.dump is truncated: no chunk"):
+        opened(head[:HEADER_SIZE])
+    with pytest.raises(BackupError, match=r"x.dump is truncated: its header"):
+        opened(head[:HEADER_SIZE - 3])
+
+
+def test_a_file_cut_inside_a_chunk_is_refused() -> None:
+    head = sealed(os.urandom(5 * CHUNK))
+    with pytest.raises(BackupError, match="x.dump"):
+        opened(head[:-100])
+
+
+def test_an_appended_or_reordered_chunk_is_refused() -> None:
+    head = sealed(os.urandom(5 * CHUNK))
+    parts = chunks(head)
+    appended = head + parts[1]
+    with pytest.raises(BackupError, match=r"x.dump has data after its final chunk \(5\)"):
+        opened(appended)
+    swapped = head[:HEADER_SIZE] + parts[1] + parts[0] + b"".join(parts[2:])
+    with pytest.raises(BackupError, match="chunk 1 of x.dump fails authentication"):
+        opened(swapped)
+    # another file's final chunk (same key) appended in place of this one's
+    other = chunks(sealed(os.urandom(5 * CHUNK)))
+    spliced = head[:HEADER_SIZE] + b"".join(parts[:-1]) + other[-1]
+    with pytest.raises(BackupError, match="chunk 5 of x.dump fails authentication"):
+        opened(spliced)
+
+
+def test_an_unknown_version_or_a_foreign_file_is_named() -> None:
+    blob = bytearray(sealed(b"x"))
+    blob[len(MAGIC)] = 9
+    with pytest.raises(BackupError, match="format version 9"):
+        opened(bytes(blob))
+    assert not is_encrypted(io.BytesIO(b"PGDMP\x01\x10\x00"))
+    assert not is_encrypted(io.BytesIO(b""))
+
+
+def test_keys_parse_show_only_their_fingerprint_and_bad_ones_are_named_by_position(
+) -> None:
+    text = new_backup_key()
+    key = BackupKey.parse(text)
+    assert text not in repr(key) and text not in str(key)
+    assert len(key.fingerprint) == 16 and key.fingerprint in repr(key)
+    keys = parse_backup_keys(f"{text}, {new_backup_key()}\n", "ORCH_BACKUP_KEY")
+    assert [k.fingerprint for k in keys][0] == key.fingerprint and len(keys) == 2
+    with pytest.raises(ConfigurationError) as refused:
+        parse_backup_keys(f"{text},not-a-key-at-all", "ORCH_BACKUP_KEY")
+    assert "ORCH_BACKUP_KEY: key 2 is not a backup key" in refused.value.message
+    assert "not-a-key" not in refused.value.message
+    with pytest.raises(ConfigurationError, match="no key in it"):
+        parse_backup_keys(" , ", "ORCH_BACKUP_KEY")
+
+
+def test_keys_come_from_the_key_file_else_the_setting(tmp_path: Path) -> None:
+    path = tmp_path / "backup.key"
+    made = write_key_file(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [k.fingerprint for k in load_backup_keys(BackupSettings(), path)] == [
+        made.fingerprint]
+    with pytest.raises(BackupError, match="already exists"):
+        write_key_file(path)
+    text = new_backup_key()
+    setting = BackupSettings(backup_key=text)
+    assert load_backup_keys(setting, None)[0].fingerprint == BackupKey.parse(text).fingerprint
+    assert load_backup_keys(setting, path)[0].fingerprint == made.fingerprint
+    assert load_backup_keys(BackupSettings(), None) == []
+    path.chmod(0o640)
+    with pytest.raises(ConfigurationError, match="group or others may access it"):
+        load_backup_keys(BackupSettings(), path)
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        load_backup_keys(BackupSettings(), tmp_path / "missing.key")
