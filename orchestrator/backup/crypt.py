@@ -1,0 +1,189 @@
+"""Encrypted backups: the format ``backup create`` writes when a backup key is given, and
+its reading.
+
+A header, then the pg_dump archive in chunks of ``chunk_size`` bytes (the last one may be
+shorter, or empty for an empty input), each sealed with AES-256-GCM (``cryptography``)::
+
+    header:  magic "ORCHBKUP" | version (1 byte) | chunk size (4) | key fingerprint (8)
+             | salt (16) | nonce base (12)                                    = 49 bytes
+    chunk i: ciphertext | tag (16); nonce = nonce base + i (mod 2**96);
+             associated data = header | i (8 bytes) | final (1 byte)
+
+The AES key is derived from the backup key and the archive's random salt (HKDF-SHA256, see
+``backupkey``), so no two archives share one, and the nonce base is random too. The whole
+header is authenticated with every chunk, the index too (a reordered or removed chunk fails)
+and the final flag, set on the last chunk alone: a file cut after a chunk, or one with data
+appended after its final chunk, fails as well. Both run in constant memory (two chunks).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from orchestrator.backup.backupkey import KEY_SETTING, BackupKey, fingerprints
+from orchestrator.backup.pgtools import BackupError
+
+MAGIC = b"ORCHBKUP"
+VERSION = 1
+_HEADER = struct.Struct(">8sBI8s16s12s")
+HEADER_SIZE = _HEADER.size
+TAG_SIZE = 16
+DEFAULT_CHUNK = 1 << 20
+MAX_CHUNK = 64 << 20
+_UNCHANGED = "refused, nothing was changed"
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    raw: bytes
+    chunk_size: int
+    key_id: str  # the key's fingerprint: 16 hex digits
+    salt: bytes
+    nonce_base: bytes
+
+
+def is_encrypted(f: BinaryIO) -> bool:
+    return f.read(len(MAGIC)) == MAGIC
+
+
+def encrypted_file(path: Path) -> bool:
+    with path.open("rb") as f:
+        return is_encrypted(f)
+
+
+def read_header(f: BinaryIO, name: str) -> Header:
+    raw = _read_full(f, HEADER_SIZE)
+    if raw[:len(MAGIC)] != MAGIC:
+        raise BackupError(f"{name} is not an encrypted backup")
+    if len(raw) > len(MAGIC) and raw[len(MAGIC)] != VERSION:
+        raise BackupError(
+            f"{name} is an encrypted backup of format version {raw[len(MAGIC)]}, which this "
+            f"code does not know (it reads {VERSION}): restore it with the orchestrator "
+            "version that made it")
+    if len(raw) < HEADER_SIZE:
+        raise BackupError(f"{name} is truncated: its header is incomplete; {_UNCHANGED}")
+    _, _, chunk_size, key_id, salt, base = _HEADER.unpack(raw)
+    if not 0 < chunk_size <= MAX_CHUNK:
+        raise BackupError(f"{name}: its header is damaged (chunk size {chunk_size}); "
+                          f"{_UNCHANGED}")
+    return Header(raw, chunk_size, key_id.hex(), salt, base)
+
+
+def _read_full(f: BinaryIO, n: int) -> bytes:
+    """``n`` bytes, fewer only at the end (a pipe returns what it has)."""
+    parts, left = [], n
+    while left:
+        part = f.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _nonce(base: bytes, i: int) -> bytes:
+    return ((int.from_bytes(base, "big") + i) % (1 << 96)).to_bytes(12, "big")
+
+
+def _aad(header: bytes, i: int, final: bool) -> bytes:
+    return header + struct.pack(">QB", i, 1 if final else 0)
+
+
+def encrypt_stream(src: BinaryIO, dst: BinaryIO, key: BackupKey,
+                   chunk_size: int = DEFAULT_CHUNK) -> None:
+    """``src`` to its end, encrypted into ``dst`` with ``key``."""
+    salt, base = os.urandom(16), os.urandom(12)
+    header = _HEADER.pack(MAGIC, VERSION, chunk_size, bytes.fromhex(key.fingerprint), salt,
+                          base)
+    aead = AESGCM(key.chunk_key(salt))
+    dst.write(header)
+    pending, i = _read_full(src, chunk_size), 0
+    while True:
+        following = _read_full(src, chunk_size)
+        final = not following
+        dst.write(aead.encrypt(_nonce(base, i), pending, _aad(header, i, final)))
+        if final:
+            return
+        pending, i = following, i + 1
+
+
+def choose_key(header: Header, keys: Sequence[BackupKey], name: str) -> BackupKey:
+    for key in keys:
+        if key.fingerprint == header.key_id:
+            return key
+    if not keys:
+        raise BackupError(f"{name} is encrypted (backup key {header.key_id}): give that key "
+                          f"with --key-file or {KEY_SETTING}; nothing was changed")
+    raise BackupError(f"{name} is encrypted with backup key {header.key_id}, which is not "
+                      f"among the given key(s) ({fingerprints(keys)}): give that key; "
+                      "nothing was changed")
+
+
+def decrypt_stream(src: BinaryIO, dst: BinaryIO, keys: Sequence[BackupKey],
+                   name: str) -> None:
+    """``src`` (an encrypted backup) decrypted into ``dst``, every chunk authenticated;
+    ``BackupError`` naming the file and what is wrong with it otherwise."""
+    header = read_header(src, name)
+    aead = AESGCM(choose_key(header, keys, name).chunk_key(header.salt))
+    size = header.chunk_size + TAG_SIZE
+    pending, i = _read_full(src, size), 0
+    if not pending:
+        raise BackupError(f"{name} is truncated: no chunk after its header; {_UNCHANGED}")
+
+    def opened(i: int, sealed: bytes, final: bool) -> bytes | None:
+        try:
+            return aead.decrypt(_nonce(header.nonce_base, i), sealed,
+                                _aad(header.raw, i, final))
+        except InvalidTag:
+            return None
+
+    while True:
+        following = _read_full(src, size)
+        final = not following
+        plain = opened(i, pending, final)
+        if plain is None:
+            if final and opened(i, pending, False) is not None:
+                raise BackupError(f"{name} is truncated: it ends after chunk {i + 1}, which "
+                                  f"is not its final one; {_UNCHANGED}")
+            if not final and opened(i, pending, True) is not None:
+                raise BackupError(f"{name} has data after its final chunk ({i + 1}): "
+                                  f"something was appended; {_UNCHANGED}")
+            raise BackupError(f"chunk {i + 1} of {name} fails authentication: the backup is "
+                              f"damaged or was changed since it was made; {_UNCHANGED}")
+        dst.write(plain)
+        if final:
+            return
+        pending, i = following, i + 1
+
+
+@contextmanager
+def decrypted(path: Path, keys: Sequence[BackupKey]) -> Iterator[Path]:
+    """The archive in ``path`` decrypted, whole and authenticated, into a temporary file of
+    mode 0600 (pg_restore needs to seek in it) beside it, or in the temporary directory when
+    that directory is not writable; removed on exit, whatever happens."""
+    with path.open("rb") as src:
+        header = read_header(src, str(path))
+        choose_key(header, keys, str(path))  # before a byte is written
+        src.seek(0)
+        where = path.parent if os.access(path.parent, os.W_OK) else Path(tempfile.gettempdir())
+        fd, tmp = tempfile.mkstemp(dir=where, prefix=f".{path.name}.", suffix=".decrypted")
+        try:
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    decrypt_stream(src, out, keys, str(path))
+            except OSError as exc:
+                raise BackupError(f"cannot decrypt {path} into {where}: "
+                                  f"{exc.strerror or exc}; nothing was changed") from None
+            yield Path(tmp)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
