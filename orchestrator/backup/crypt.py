@@ -6,7 +6,8 @@ shorter, or empty for an empty input), each sealed with AES-256-GCM (``cryptogra
 
     header:  magic "ORCHBKUP" | version (1 byte) | chunk size (4) | key fingerprint (8)
              | salt (16) | nonce base (12)                                    = 49 bytes
-    chunk i: ciphertext | tag (16); nonce = nonce base + i (mod 2**96);
+    chunk i: length of what follows (4) | ciphertext | tag (16);
+             nonce = nonce base + i (mod 2**96);
              associated data = header | i (8 bytes) | final (1 byte)
 
 The AES key is derived from the backup key and the archive's random salt (HKDF-SHA256, see
@@ -38,6 +39,8 @@ VERSION = 1
 _HEADER = struct.Struct(">8sBI8s16s12s")
 HEADER_SIZE = _HEADER.size
 TAG_SIZE = 16
+_LENGTH = struct.Struct(">I")
+LENGTH_SIZE = _LENGTH.size
 DEFAULT_CHUNK = 1 << 20
 MAX_CHUNK = 64 << 20
 _UNCHANGED = "refused, nothing was changed"
@@ -111,7 +114,8 @@ def encrypt_stream(src: BinaryIO, dst: BinaryIO, key: BackupKey,
     while True:
         following = _read_full(src, chunk_size)
         final = not following
-        dst.write(aead.encrypt(_nonce(base, i), pending, _aad(header, i, final)))
+        sealed = aead.encrypt(_nonce(base, i), pending, _aad(header, i, final))
+        dst.write(_LENGTH.pack(len(sealed)) + sealed)
         if final:
             return
         pending, i = following, i + 1
@@ -135,10 +139,22 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, keys: Sequence[BackupKey],
     ``BackupError`` naming the file and what is wrong with it otherwise."""
     header = read_header(src, name)
     aead = AESGCM(choose_key(header, keys, name).chunk_key(header.salt))
-    size = header.chunk_size + TAG_SIZE
-    pending, i = _read_full(src, size), 0
-    if not pending:
-        raise BackupError(f"{name} is truncated: no chunk after its header; {_UNCHANGED}")
+    largest = header.chunk_size + TAG_SIZE
+
+    def body(prefix: bytes, i: int) -> bytes:
+        """Chunk ``i``, whose length ``prefix`` gives."""
+        if len(prefix) < _LENGTH.size:
+            raise BackupError(f"{name} is truncated: it ends inside chunk {i + 1}; "
+                              f"{_UNCHANGED}")
+        (n,) = _LENGTH.unpack(prefix)
+        if not TAG_SIZE <= n <= largest:
+            raise BackupError(f"chunk {i + 1} of {name} has a damaged length ({n} bytes): "
+                              f"the backup is damaged or was changed; {_UNCHANGED}")
+        sealed = _read_full(src, n)
+        if len(sealed) < n:
+            raise BackupError(f"{name} is truncated: it ends inside chunk {i + 1}; "
+                              f"{_UNCHANGED}")
+        return sealed
 
     def opened(i: int, sealed: bytes, final: bool) -> bytes | None:
         try:
@@ -147,9 +163,13 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, keys: Sequence[BackupKey],
         except InvalidTag:
             return None
 
+    prefix = _read_full(src, _LENGTH.size)
+    if not prefix:
+        raise BackupError(f"{name} is truncated: no chunk after its header; {_UNCHANGED}")
+    pending, i = body(prefix, 0), 0
     while True:
-        following = _read_full(src, size)
-        final = not following
+        prefix = _read_full(src, _LENGTH.size)  # none: this chunk must be the final one
+        final = not prefix
         plain = opened(i, pending, final)
         if plain is None:
             if final and opened(i, pending, False) is not None:
@@ -163,7 +183,7 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, keys: Sequence[BackupKey],
         dst.write(plain)
         if final:
             return
-        pending, i = following, i + 1
+        pending, i = body(prefix, i + 1), i + 1
 
 
 @contextmanager

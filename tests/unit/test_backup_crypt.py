@@ -21,8 +21,8 @@ from orchestrator.backup.backupkey import (
 )
 from orchestrator.backup.crypt import (
     HEADER_SIZE,
+    LENGTH_SIZE,
     MAGIC,
-    TAG_SIZE,
     decrypt_stream,
     encrypt_stream,
     is_encrypted,
@@ -48,9 +48,14 @@ def opened(blob: bytes, keys: list[BackupKey] | None = None) -> bytes:
     return out.getvalue()
 
 
-def chunks(blob: bytes, chunk: int = CHUNK) -> list[bytes]:
-    body, size = blob[HEADER_SIZE:], chunk + TAG_SIZE
-    return [body[i:i + size] for i in range(0, len(body), size)]
+def chunks(blob: bytes) -> list[bytes]:
+    """The chunks after the header, each with its length."""
+    out, at = [], HEADER_SIZE
+    while at < len(blob):
+        n = LENGTH_SIZE + int.from_bytes(blob[at:at + LENGTH_SIZE], "big")
+        out.append(blob[at:at + n])
+        at += n
+    return out
 
 
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK, 5 * CHUNK + 7])
@@ -89,10 +94,13 @@ def test_any_of_several_keys_opens_it_for_rotation() -> None:
 
 
 def test_a_changed_byte_in_a_middle_chunk_is_refused() -> None:
-    blob = bytearray(sealed(os.urandom(5 * CHUNK)))
-    blob[HEADER_SIZE + 2 * (CHUNK + TAG_SIZE) + 10] ^= 0x01
-    with pytest.raises(BackupError, match=r"chunk 3 of x.dump fails authentication"):
-        opened(bytes(blob))
+    head = sealed(os.urandom(5 * CHUNK))
+    parts = chunks(head)
+    damaged = bytearray(parts[2])
+    damaged[10] ^= 0x01
+    blob = head[:HEADER_SIZE] + b"".join(parts[:2]) + bytes(damaged) + b"".join(parts[3:])
+    with pytest.raises(BackupError, match=r"chunk 3 of x\.dump fails authentication"):
+        opened(blob)
 
 
 def test_a_changed_header_is_refused() -> None:
@@ -114,18 +122,22 @@ def test_a_file_cut_after_a_chunk_is_refused_as_truncated() -> None:
         opened(head[:HEADER_SIZE - 3])
 
 
-def test_a_file_cut_inside_a_chunk_is_refused() -> None:
-    head = sealed(os.urandom(5 * CHUNK))
-    with pytest.raises(BackupError, match=r"chunk 5 of x\.dump fails authentication"):
-        opened(head[:-100])
+def test_a_file_cut_inside_a_chunk_or_its_length_is_refused_as_truncated() -> None:
+    head = sealed(os.urandom(5 * CHUNK - 7))
+    for cut in (100, len(chunks(head)[-1]) - 2):
+        with pytest.raises(BackupError, match=r"x\.dump is truncated: it ends inside chunk 5"):
+            opened(head[:-cut])
 
 
 def test_an_appended_or_reordered_chunk_is_refused() -> None:
     head = sealed(os.urandom(5 * CHUNK))
     parts = chunks(head)
-    appended = head + parts[1]
-    with pytest.raises(BackupError, match=r"x.dump has data after its final chunk \(5\)"):
-        opened(appended)
+    for after in (parts[1], b"x", b"\x00" * 10):  # a chunk, or anything
+        with pytest.raises(BackupError, match=r"x\.dump has data after its final chunk \(5\)"):
+            opened(head + after)
+    short = sealed(os.urandom(5 * CHUNK - 7))  # its final chunk is shorter than the others
+    with pytest.raises(BackupError, match=r"x\.dump has data after its final chunk \(5\)"):
+        opened(short + chunks(short)[1])
     swapped = head[:HEADER_SIZE] + parts[1] + parts[0] + b"".join(parts[2:])
     with pytest.raises(BackupError, match=r"chunk 1 of x\.dump fails authentication"):
         opened(swapped)
