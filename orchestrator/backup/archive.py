@@ -6,11 +6,14 @@ single REPEATABLE READ transaction, so a backup taken while jobs run is consiste
 hold with its ledger entries and counters) and blocks no writer. The snapshot is exported
 first, so the revision and counts it reports are those of the archive. The file is written
 under a temporary name with mode 0600 and renamed when complete; its SHA-256 goes next to it
-(``X.sha256``, see ``checksum``).
+(``X.sha256``, see ``checksum``). Given a backup key, pg_dump's output is encrypted as it
+comes (``crypt``): no plaintext reaches the disk, and the checksum is the encrypted file's.
 
 ``restore_backup`` loads an archive into an empty database (or, with ``force``, in place of
 everything in the schema ``public``) in one transaction: a failure leaves the target as it
-was. It first checks the archive against its ``X.sha256`` (unless ``skip_checksum``). It
+was. It first checks the archive against its ``X.sha256`` (unless ``skip_checksum``); an
+encrypted one is then decrypted, whole and authenticated, with the one of ``keys`` its header
+names into a private temporary file (removed afterwards), before the database is touched. It
 refuses an archive of a schema revision this code does not know (a newer one) and migrates
 an older one to the code's head afterwards, then audits the ledger.
 """
@@ -22,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +33,8 @@ import psycopg
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 
-from orchestrator.backup import checksum
+from orchestrator.backup import checksum, crypt
+from orchestrator.backup.backupkey import BackupKey
 from orchestrator.backup.pgtools import BackupError, PgTools, Target, last_error
 from orchestrator.backup.target import TargetState, inspect_target
 
@@ -45,11 +50,13 @@ class BackupReport:
     counts: dict[str, int]
     size_bytes: int
     seconds: float
+    key_id: str | None = None  # the fingerprint of the backup key it is encrypted with
 
     def summary(self) -> str:
+        sealed = f"encrypted with backup key {self.key_id}; " if self.key_id else ""
         return (f"backup written to {self.path} ({self.size_bytes / 1e6:.1f} MB in "
                 f"{self.seconds:.1f} s): schema {self.revision}, PostgreSQL "
-                f"{self.server_version}, {_counts(self.counts)}; its SHA-256 in "
+                f"{self.server_version}, {_counts(self.counts)}; {sealed}its SHA-256 in "
                 f"{self.checksum_path}")
 
 
@@ -61,12 +68,15 @@ class RestoreReport:
     counts: dict[str, int]
     seconds: float
     problems: list[str] = field(default_factory=list)
+    encrypted_with: str | None = None  # the fingerprint of the key that opened it
 
     def summary(self) -> str:
         schema = (f"schema {self.revision} migrated to {self.migrated_to}" if self.migrated_to
                   else f"schema {self.revision}")
+        sealed = (f"; decrypted with backup key {self.encrypted_with}" if self.encrypted_with
+                  else "")
         return (f"restored into {self.where} in {self.seconds:.1f} s: {schema}, "
-                f"{_counts(self.counts)}; ledger audit clean")
+                f"{_counts(self.counts)}; ledger audit clean{sealed}")
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -80,8 +90,8 @@ def code_head() -> ScriptDirectory:
 
 
 # -- create ----------------------------------------------------------------------------------
-def create_backup(url: str, path: Path, tools: PgTools, *, force: bool = False
-                  ) -> BackupReport:
+def create_backup(url: str, path: Path, tools: PgTools, *, force: bool = False,
+                  key: BackupKey | None = None) -> BackupReport:
     path = Path(path)
     checksum.check_name(path)
     side = checksum.sidecar(path)
@@ -114,13 +124,9 @@ def create_backup(url: str, path: Path, tools: PgTools, *, force: bool = False
         os.chmod(partial, 0o600)
         try:
             with target.environment() as env:
-                done = subprocess.run(
-                    [tools.path("pg_dump"), "--format=custom", "--no-password",
-                     f"--snapshot={snapshot[0]}", f"--file={partial}"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
-                    check=False)
-            if done.returncode != 0:
-                raise BackupError(f"pg_dump failed: {last_error(done.stderr)}")
+                failed = _pg_dump(tools, env, str(snapshot[0]), partial, key)
+            if failed is not None:
+                raise BackupError(f"pg_dump failed: {failed}")
             _fsync(partial)
             hexdigest = checksum.digest(partial)
         except BaseException:
@@ -134,7 +140,20 @@ def create_backup(url: str, path: Path, tools: PgTools, *, force: bool = False
         _fsync(path.parent)
         conn.rollback()
     return BackupReport(path, side, state.revision, str(server[1]), state.counts,
-                        path.stat().st_size, time.monotonic() - started)
+                        path.stat().st_size, time.monotonic() - started,
+                        key.fingerprint if key else None)
+
+
+def _pg_dump(tools: PgTools, env: dict[str, str], snapshot: str, partial: Path,
+             key: BackupKey | None) -> str | None:
+    """pg_dump's archive into ``partial`` (encrypted with ``key`` as it comes through a
+    pipe, when given); its error line, or None."""
+    args = [tools.path("pg_dump"), "--format=custom", "--no-password", f"--snapshot={snapshot}"]
+    if key is None:
+        done = subprocess.run([*args, f"--file={partial}"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, env=env, text=True, check=False)
+        return last_error(done.stderr) if done.returncode != 0 else None
+    return crypt.encrypt_output(args, env, partial, key)
 
 
 def _fsync(path: Path) -> None:
@@ -150,17 +169,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 # -- read an archive ---------------------------------------------------------------------------
-def archive_revision(path: Path, tools: PgTools) -> str:
-    """The schema revision recorded in the archive's alembic_version table."""
+def archive_revision(path: Path, tools: PgTools, shown: Path | None = None) -> str:
+    """The schema revision recorded in the archive's alembic_version table; ``shown``: the
+    name its messages give it (the encrypted file's, for a decrypted copy)."""
     if not Path(path).is_file():
         raise BackupError(f"{path} is not a file")
+    name = shown or path
     # decoded leniently: a damaged archive's names may be bytes that are not UTF-8, and it is
     # then refused with pg_restore's or the load's word, never a UnicodeDecodeError
     listed = subprocess.run([tools.path("pg_restore"), "--list", str(path)],
                             capture_output=True, encoding="utf-8", errors="replace",
                             check=False)
     if listed.returncode != 0:
-        raise BackupError(f"{path} is not a pg_dump archive pg_restore {tools.version} can "
+        raise BackupError(f"{name} is not a pg_dump archive pg_restore {tools.version} can "
                           f"read: {last_error(listed.stderr)}")
     data = subprocess.run(
         [tools.path("pg_restore"), "--data-only", "--table=alembic_version", "--file=-",
@@ -170,7 +191,7 @@ def archive_revision(path: Path, tools: PgTools) -> str:
         following = lines[i + 1] if i + 1 < len(lines) else "\\."
         if line.startswith("COPY ") and "alembic_version" in line and following != "\\.":
             return following.strip()
-    raise BackupError(f"{path} has no schema revision (alembic_version): not a backup of an "
+    raise BackupError(f"{name} has no schema revision (alembic_version): not a backup of an "
                       "orchestrator database")
 
 
@@ -179,24 +200,37 @@ _WIPE = "DROP SCHEMA IF EXISTS public CASCADE;\nCREATE SCHEMA public;\n"
 
 
 def restore_backup(url: str, path: Path, tools: PgTools, *, force: bool = False,
-                   skip_checksum: bool = False) -> RestoreReport:
-    from orchestrator.ledger.audit import audit
-    from orchestrator.store.engine import make_engine
-    from orchestrator.store.migrate import upgrade
-
-    started, target, path = time.monotonic(), Target(url), Path(path)
+                   skip_checksum: bool = False, keys: Sequence[BackupKey] = ()
+                   ) -> RestoreReport:
+    """``keys``: backup keys, for an encrypted archive (one unencrypted needs none)."""
+    started, path = time.monotonic(), Path(path)
     if not path.is_file():
         raise BackupError(f"{path} is not a file")
     if not skip_checksum:
         checksum.verify(path)
-    revision = archive_revision(path, tools)
+    if not crypt.encrypted_file(path):
+        return _restore(url, path, path, tools, force, started, None)
+    with crypt.decrypted(path, keys) as (plain, key_id):
+        return _restore(url, plain, path, tools, force, started, key_id)
+
+
+def _restore(url: str, path: Path, shown: Path, tools: PgTools, force: bool, started: float,
+             key_id: str | None) -> RestoreReport:
+    """The archive ``path`` (an unencrypted one: ``shown``'s own or its decrypted copy)
+    into ``url``'s database."""
+    from orchestrator.ledger.audit import audit
+    from orchestrator.store.engine import make_engine
+    from orchestrator.store.migrate import upgrade
+
+    target = Target(url)
+    revision = archive_revision(path, tools, shown)
     script = code_head()
     head = script.get_current_head()
     try:
         script.get_revision(revision)
     except CommandError:
         raise BackupError(
-            f"{path} is at schema revision {revision}, which this code does not know (its "
+            f"{shown} is at schema revision {revision}, which this code does not know (its "
             f"newest is {head}): restore it with the orchestrator version that made it"
         ) from None
     state = _target_state(target)
@@ -206,7 +240,7 @@ def restore_backup(url: str, path: Path, tools: PgTools, *, force: bool = False,
     if state.other_sessions:
         raise BackupError(f"{state.other_sessions} other session(s) are connected to "
                           f"{target.where}: stop the API, workers and beat first")
-    _load(target, path, tools, wipe=not state.empty)
+    _load(target, path, tools, wipe=not state.empty, shown=shown)
     migrated = None
     if revision != head:
         upgrade(url, "head")
@@ -219,7 +253,7 @@ def restore_backup(url: str, path: Path, tools: PgTools, *, force: bool = False,
         engine.dispose()
     counts = _target_state(target).counts
     return RestoreReport(target.where, revision, migrated, counts,
-                         time.monotonic() - started, problems)
+                         time.monotonic() - started, problems, key_id)
 
 
 def _target_state(target: Target) -> TargetState:
@@ -230,7 +264,7 @@ def _target_state(target: Target) -> TargetState:
         raise BackupError(f"cannot connect to {target.where}: {_first_line(exc)}") from None
 
 
-def _load(target: Target, path: Path, tools: PgTools, *, wipe: bool) -> None:
+def _load(target: Target, path: Path, tools: PgTools, *, wipe: bool, shown: Path) -> None:
     """pg_restore's SQL, streamed into psql inside one transaction that is committed only
     when pg_restore read the whole archive and psql ran every statement."""
     with tempfile.TemporaryFile() as restore_err, tempfile.TemporaryFile() as psql_err, \
@@ -263,5 +297,5 @@ def _load(target: Target, path: Path, tools: PgTools, *, wipe: bool) -> None:
                               f"{last_error(psql_err.read().decode(errors='replace'))}")
         if reader.returncode != 0:
             restore_err.seek(0)
-            raise BackupError(f"pg_restore could not read {path} (nothing was changed): "
+            raise BackupError(f"pg_restore could not read {shown} (nothing was changed): "
                               f"{last_error(restore_err.read().decode(errors='replace'))}")

@@ -21,18 +21,19 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from orchestrator.backup.backupkey import KEY_SETTING, BackupKey, fingerprints
-from orchestrator.backup.pgtools import BackupError
+from orchestrator.backup.pgtools import BackupError, last_error
 
 MAGIC = b"ORCHBKUP"
 VERSION = 1
@@ -55,7 +56,7 @@ class Header:
     nonce_base: bytes
 
 
-def is_encrypted(f: BinaryIO) -> bool:
+def is_encrypted(f: IO[bytes]) -> bool:
     return f.read(len(MAGIC)) == MAGIC
 
 
@@ -64,7 +65,7 @@ def encrypted_file(path: Path) -> bool:
         return is_encrypted(f)
 
 
-def read_header(f: BinaryIO, name: str) -> Header:
+def read_header(f: IO[bytes], name: str) -> Header:
     raw = _read_full(f, HEADER_SIZE)
     if raw[:len(MAGIC)] != MAGIC:
         raise BackupError(f"{name} is not an encrypted backup")
@@ -82,7 +83,7 @@ def read_header(f: BinaryIO, name: str) -> Header:
     return Header(raw, chunk_size, key_id.hex(), salt, base)
 
 
-def _read_full(f: BinaryIO, n: int) -> bytes:
+def _read_full(f: IO[bytes], n: int) -> bytes:
     """``n`` bytes, fewer only at the end (a pipe returns what it has)."""
     parts, left = [], n
     while left:
@@ -102,7 +103,7 @@ def _aad(header: bytes, i: int, final: bool) -> bytes:
     return header + struct.pack(">QB", i, 1 if final else 0)
 
 
-def encrypt_stream(src: BinaryIO, dst: BinaryIO, key: BackupKey,
+def encrypt_stream(src: IO[bytes], dst: IO[bytes], key: BackupKey,
                    chunk_size: int = DEFAULT_CHUNK) -> None:
     """``src`` to its end, encrypted into ``dst`` with ``key``."""
     salt, base = os.urandom(16), os.urandom(12)
@@ -121,6 +122,27 @@ def encrypt_stream(src: BinaryIO, dst: BinaryIO, key: BackupKey,
         pending, i = following, i + 1
 
 
+def encrypt_output(args: list[str], env: dict[str, str], path: Path, key: BackupKey
+                   ) -> str | None:
+    """The standard output of the program ``args`` encrypted into ``path`` as it comes
+    through a pipe (nothing of it unencrypted on disk); the program's error line, or None."""
+    with tempfile.TemporaryFile() as err, path.open("wb") as out:
+        program = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, env=env)
+        assert program.stdout is not None
+        try:
+            encrypt_stream(program.stdout, out, key, DEFAULT_CHUNK)
+        except BaseException:
+            program.kill()
+            raise
+        finally:
+            program.stdout.close()
+            program.wait()
+        if program.returncode != 0:
+            err.seek(0)
+            return last_error(err.read().decode(errors="replace"))
+    return None
+
+
 def choose_key(header: Header, keys: Sequence[BackupKey], name: str) -> BackupKey:
     for key in keys:
         if key.fingerprint == header.key_id:
@@ -133,7 +155,7 @@ def choose_key(header: Header, keys: Sequence[BackupKey], name: str) -> BackupKe
                       "nothing was changed")
 
 
-def decrypt_stream(src: BinaryIO, dst: BinaryIO, keys: Sequence[BackupKey],
+def decrypt_stream(src: IO[bytes], dst: IO[bytes], keys: Sequence[BackupKey],
                    name: str) -> None:
     """``src`` (an encrypted backup) decrypted into ``dst``, every chunk authenticated;
     ``BackupError`` naming the file and what is wrong with it otherwise."""
@@ -187,13 +209,14 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, keys: Sequence[BackupKey],
 
 
 @contextmanager
-def decrypted(path: Path, keys: Sequence[BackupKey]) -> Iterator[Path]:
+def decrypted(path: Path, keys: Sequence[BackupKey]) -> Iterator[tuple[Path, str]]:
     """The archive in ``path`` decrypted, whole and authenticated, into a temporary file of
     mode 0600 (pg_restore needs to seek in it) beside it, or in the temporary directory when
-    that directory is not writable; removed on exit, whatever happens."""
+    that directory is not writable; removed on exit, whatever happens. With it, the
+    fingerprint of the key that opened it."""
     with path.open("rb") as src:
         header = read_header(src, str(path))
-        choose_key(header, keys, str(path))  # before a byte is written
+        key = choose_key(header, keys, str(path))  # before a byte is written
         src.seek(0)
         where = path.parent if os.access(path.parent, os.W_OK) else Path(tempfile.gettempdir())
         fd, tmp = tempfile.mkstemp(dir=where, prefix=f".{path.name}.", suffix=".decrypted")
@@ -204,6 +227,6 @@ def decrypted(path: Path, keys: Sequence[BackupKey]) -> Iterator[Path]:
             except OSError as exc:
                 raise BackupError(f"cannot decrypt {path} into {where}: "
                                   f"{exc.strerror or exc}; nothing was changed") from None
-            yield Path(tmp)
+            yield Path(tmp), key.fingerprint
         finally:
             Path(tmp).unlink(missing_ok=True)

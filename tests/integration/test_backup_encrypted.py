@@ -54,7 +54,7 @@ def made(servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
         assert enc.key_id == KEY.fingerprint and f"encrypted with backup key {KEY.fingerprint}" \
             in enc.summary()
         plain = create_backup(url, where / "plain.dump", TOOLS)
-        assert plain.key_id is None and "encrypted" not in plain.summary()
+        assert plain.key_id is None and "backup key" not in plain.summary()
         yield enc.path, plain.path, before
 
 
@@ -78,10 +78,10 @@ def test_an_encrypted_backup_holds_no_plaintext_and_its_checksum_is_of_the_file_
     assert PROMPT.encode() not in data and KEY.secret() not in data
     assert KEY_TEXT.encode() not in data
     # the prompt is in it all the same, for whoever has the key
-    with crypt.decrypted(enc, [KEY]) as opened:
+    with crypt.decrypted(enc, [KEY]) as (opened, key_id):
         jobs = subprocess.run([TOOLS.path("pg_restore"), "--data-only", "--table=jobs",
                                "--file=-", str(opened)], capture_output=True, check=True)
-    assert PROMPT.encode() in jobs.stdout
+    assert PROMPT.encode() in jobs.stdout and key_id == KEY.fingerprint
     assert sidecar(enc).read_text() == f"{hashlib.sha256(data).hexdigest()}  enc.dump\n"
     checked = subprocess.run(["sha256sum", "--check", sidecar(enc).name], cwd=enc.parent,
                              capture_output=True, text=True, check=False)
@@ -230,7 +230,7 @@ def test_the_command_encrypts_with_a_key_file_or_the_setting_and_never_shows_a_k
         for done in outputs[:2]:
             assert done.returncode == 0, done.stderr
             assert f"encrypted with backup key {key.fingerprint}" in done.stdout
-        assert outputs[2].returncode == 0 and "encrypted" not in outputs[2].stdout
+        assert outputs[2].returncode == 0 and "backup key" not in outputs[2].stdout
         assert by_file.read_bytes().startswith(MAGIC)
         assert by_setting.read_bytes().startswith(MAGIC)
 
