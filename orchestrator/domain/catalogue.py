@@ -92,7 +92,7 @@ class PerSecondPrice(BaseModel):
     resolution_multipliers: dict[str, Annotated[Decimal, Field(gt=0, le=1000)]] = Field(
         default_factory=lambda: {r: Decimal(1) for r in RESOLUTIONS}, min_length=1
     )
-    max_duration_s: float | None = Field(default=None, gt=0)
+    max_duration_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # none: omit it
 
     @field_validator("resolution_multipliers")
     @classmethod

@@ -175,3 +175,16 @@ def test_bad_documents(tmp_path: Path) -> None:
         load_catalogue(tmp_path / "missing.yaml")
     with pytest.raises(ConfigurationError, match="mapping"):
         parse_catalogue(["x"], source="inline")
+
+
+@pytest.mark.parametrize("cap", ["inf", "nan"])
+def test_an_infinite_max_duration_is_refused_at_load(tmp_path: Path, cap: str) -> None:
+    """``max_duration_s: .inf`` loaded, then made every video unpriceable there (the exact
+    comparison of a fractional maximum takes no infinity): no limit is said by leaving the
+    key out."""
+    doc = _good()
+    doc["backends"][0]["price"]["max_duration_s"] = float(cap)
+    assert f"max_duration_s: .{cap}" in yaml.safe_dump(doc)
+    error = _error(tmp_path, doc)
+    assert error.details["field"] == "price.max_duration_s"
+    assert error.details["backend"] == "vid-a"
