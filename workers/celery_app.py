@@ -7,7 +7,10 @@ JSON only, and task arguments that are ids only (Flower shows them).
 
 No Celery time limit: ``orchestrator worker`` runs the thread pool, which enforces none. A step
 is bounded by its one provider call's window instead (the catalogue's ``timeouts``, in-call
-retries included), which the attempt's lease covers.
+retries included), which the attempt's lease covers. The shipped catalogue's longest window
+is minutes, far below the hour; a catalogue whose ``read_s`` comes near the hour gets a
+running step's message handed out again, and that second step does nothing (the chain's
+guarded transitions and the attempt's lease).
 """
 
 from __future__ import annotations

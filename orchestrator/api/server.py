@@ -51,7 +51,9 @@ handlers of their own.
     # process died there, status -15, before this finally and atexit (the metric sinks' last
     # flush). With this one it leaves through them, status 0.
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _exit_0) if main else None
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    if main:
+        signal.signal(signal.SIGTERM, _exit_0)
     try:
         if c.settings.metrics_addr:  # /metrics there, and not on the API's port (create_app)
             metrics_host, metrics_port = split_address(c.settings.metrics_addr)
@@ -71,8 +73,8 @@ handlers of their own.
                                                    **cfg.uvicorn_options()))
             server.run(sockets=[sock])
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if main:  # None: a handler not set from Python, which this one cannot put back
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         metrics.shutdown()
 
 
