@@ -9,8 +9,9 @@ No Celery time limit: ``orchestrator worker`` runs the thread pool, which enforc
 is bounded by its one provider call's window instead (the catalogue's ``timeouts``, in-call
 retries included), which the attempt's lease covers. The shipped catalogue's longest window
 is minutes, far below the hour; a catalogue whose ``read_s`` comes near the hour gets a
-running step's message handed out again, and that second step does nothing (the chain's
-guarded transitions and the attempt's lease).
+running step's message handed out again, and that second step finds the call in flight
+and only looks again once its window has passed (the attempt's lease; transitions are
+guarded, so the two steps cannot both act).
 """
 
 from __future__ import annotations
