@@ -13,13 +13,15 @@ comes (``crypt``): no plaintext reaches the disk, and the checksum is the encryp
 everything in the schema ``public``) in one transaction: a failure leaves the target as it
 was. It first checks the archive against its ``X.sha256`` (unless ``skip_checksum``); an
 encrypted one is then decrypted, whole and authenticated, with the one of ``keys`` its header
-names into a private temporary file (removed afterwards), before the database is touched. It
-refuses an archive of a schema revision this code does not know (a newer one) and migrates
-an older one to the code's head afterwards, then audits the ledger.
+names into a file that has no name (nothing to remove, whatever stops the process), before
+the database is touched. It refuses an archive of a schema revision this code does not know
+(a newer one) and migrates an older one to the code's head afterwards, then audits the
+ledger.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -169,9 +171,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 # -- read an archive ---------------------------------------------------------------------------
-def archive_revision(path: Path, tools: PgTools, shown: Path | None = None) -> str:
+def archive_revision(path: Path, tools: PgTools, shown: Path | None = None,
+                     pass_fds: tuple[int, ...] = ()) -> str:
     """The schema revision recorded in the archive's alembic_version table; ``shown``: the
-    name its messages give it (the encrypted file's, for a decrypted copy)."""
+    name its messages give it (the encrypted file's, for a decrypted copy); ``pass_fds``:
+    the descriptor pg_restore reads ``path`` through (``crypt.fd_path``), if any."""
     if not Path(path).is_file():
         raise BackupError(f"{path} is not a file")
     name = shown or path
@@ -179,13 +183,14 @@ def archive_revision(path: Path, tools: PgTools, shown: Path | None = None) -> s
     # then refused with pg_restore's or the load's word, never a UnicodeDecodeError
     listed = subprocess.run([tools.path("pg_restore"), "--list", str(path)],
                             capture_output=True, encoding="utf-8", errors="replace",
-                            check=False)
+                            check=False, pass_fds=pass_fds)
     if listed.returncode != 0:
         raise BackupError(f"{name} is not a pg_dump archive pg_restore {tools.version} can "
                           f"read: {last_error(listed.stderr)}")
     data = subprocess.run(
         [tools.path("pg_restore"), "--data-only", "--table=alembic_version", "--file=-",
-         str(path)], capture_output=True, encoding="utf-8", errors="replace", check=False)
+         str(path)], capture_output=True, encoding="utf-8", errors="replace", check=False,
+        pass_fds=pass_fds)
     lines = data.stdout.splitlines()
     for i, line in enumerate(lines):
         following = lines[i + 1] if i + 1 < len(lines) else "\\."
@@ -210,20 +215,20 @@ def restore_backup(url: str, path: Path, tools: PgTools, *, force: bool = False,
         checksum.verify(path)
     if not crypt.encrypted_file(path):
         return _restore(url, path, path, tools, force, started, None)
-    with crypt.decrypted(path, keys) as (plain, key_id):
-        return _restore(url, plain, path, tools, force, started, key_id)
+    with crypt.decrypted(path, keys) as (fd, key_id):
+        return _restore(url, crypt.fd_path(fd), path, tools, force, started, key_id, (fd,))
 
 
 def _restore(url: str, path: Path, shown: Path, tools: PgTools, force: bool, started: float,
-             key_id: str | None) -> RestoreReport:
-    """The archive ``path`` (an unencrypted one: ``shown``'s own or its decrypted copy)
-    into ``url``'s database."""
+             key_id: str | None, pass_fds: tuple[int, ...] = ()) -> RestoreReport:
+    """The archive ``path`` (an unencrypted one: ``shown``'s own or its decrypted copy,
+    which pg_restore reads through the descriptors ``pass_fds``) into ``url``'s database."""
     from orchestrator.ledger.audit import audit
     from orchestrator.store.engine import make_engine
     from orchestrator.store.migrate import upgrade
 
     target = Target(url)
-    revision = archive_revision(path, tools, shown)
+    revision = archive_revision(path, tools, shown, pass_fds)
     script = code_head()
     head = script.get_current_head()
     try:
@@ -240,7 +245,7 @@ def _restore(url: str, path: Path, shown: Path, tools: PgTools, force: bool, sta
     if state.other_sessions:
         raise BackupError(f"{state.other_sessions} other session(s) are connected to "
                           f"{target.where}: stop the API, workers and beat first")
-    _load(target, path, tools, wipe=not state.empty, shown=shown)
+    _load(target, path, tools, wipe=not state.empty, shown=shown, pass_fds=pass_fds)
     migrated = None
     if revision != head:
         upgrade(url, "head")
@@ -264,14 +269,15 @@ def _target_state(target: Target) -> TargetState:
         raise BackupError(f"cannot connect to {target.where}: {_first_line(exc)}") from None
 
 
-def _load(target: Target, path: Path, tools: PgTools, *, wipe: bool, shown: Path) -> None:
+def _load(target: Target, path: Path, tools: PgTools, *, wipe: bool, shown: Path,
+          pass_fds: tuple[int, ...] = ()) -> None:
     """pg_restore's SQL, streamed into psql inside one transaction that is committed only
     when pg_restore read the whole archive and psql ran every statement."""
     with tempfile.TemporaryFile() as restore_err, tempfile.TemporaryFile() as psql_err, \
             target.environment() as env:
         reader = subprocess.Popen(
             [tools.path("pg_restore"), "--no-owner", "--no-acl", "--file=-", str(path)],
-            stdout=subprocess.PIPE, stderr=restore_err, env=env)
+            stdout=subprocess.PIPE, stderr=restore_err, env=env, pass_fds=pass_fds)
         loader = subprocess.Popen(
             [tools.path("psql"), "--no-psqlrc", "--quiet", "--no-password",
              "--set=ON_ERROR_STOP=1", "--file=-"],
@@ -290,6 +296,10 @@ def _load(target: Target, path: Path, tools: PgTools, *, wipe: bool, shown: Path
             if reader.poll() is None:
                 reader.kill()
             reader.wait()
+            # stopped half-way (SIGTERM: SystemExit): psql's input ends without COMMIT, and
+            # psql rolls back; it would otherwise wait for more forever
+            with contextlib.suppress(BrokenPipeError):
+                loader.stdin.close()
             loader.wait()
         if loader.returncode != 0:
             psql_err.seek(0)

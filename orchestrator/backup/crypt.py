@@ -19,6 +19,7 @@ appended after its final chunk, fails as well. Both run in constant memory (two 
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import subprocess
@@ -209,24 +210,51 @@ def decrypt_stream(src: IO[bytes], dst: IO[bytes], keys: Sequence[BackupKey],
 
 
 @contextmanager
-def decrypted(path: Path, keys: Sequence[BackupKey]) -> Iterator[tuple[Path, str]]:
-    """The archive in ``path`` decrypted, whole and authenticated, into a temporary file of
-    mode 0600 (pg_restore needs to seek in it) beside it, or in the temporary directory when
-    that directory is not writable; removed on exit, whatever happens. With it, the
-    fingerprint of the key that opened it."""
+def decrypted(path: Path, keys: Sequence[BackupKey]) -> Iterator[tuple[int, str]]:
+    """The archive in ``path`` decrypted, whole and authenticated, into a file that has no
+    name (pg_restore needs to seek in it): a descriptor open for reading, which a child
+    program is given with ``pass_fds`` and opens as ``fd_path(fd)``; closed, and the file
+    gone, on exit. No name means nothing to remove: a process stopped by any signal, even
+    SIGKILL, leaves no plaintext on disk. With it, the fingerprint of the key that opened
+    it. The file is made beside the archive (room for its size), or in the temporary
+    directory when that directory is not writable."""
     with path.open("rb") as src:
         header = read_header(src, str(path))
         key = choose_key(header, keys, str(path))  # before a byte is written
         src.seek(0)
         where = path.parent if os.access(path.parent, os.W_OK) else Path(tempfile.gettempdir())
-        fd, tmp = tempfile.mkstemp(dir=where, prefix=f".{path.name}.", suffix=".decrypted")
+        try:
+            fd = _unnamed_file(where)
+        except OSError as exc:
+            raise BackupError(f"cannot decrypt {path} into {where}: "
+                              f"{exc.strerror or exc}; nothing was changed") from None
         try:
             try:
-                with os.fdopen(fd, "wb") as out:
+                with os.fdopen(fd, "wb", closefd=False) as out:
                     decrypt_stream(src, out, keys, str(path))
             except OSError as exc:
                 raise BackupError(f"cannot decrypt {path} into {where}: "
                                   f"{exc.strerror or exc}; nothing was changed") from None
-            yield Path(tmp), key.fingerprint
+            yield fd, key.fingerprint
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            os.close(fd)
+
+
+def fd_path(fd: int) -> Path:
+    """The name a child program given ``fd`` (``pass_fds``) opens it by; a regular file
+    opened this way has an offset of its own, so each reads it from its start."""
+    return Path(f"/dev/fd/{fd}")
+
+
+def _unnamed_file(where: Path) -> int:
+    """A new file of mode 0600 in ``where`` that has no name, open for reading and writing:
+    O_TMPFILE, or where the system or file system lacks it, a named one unlinked at once."""
+    if hasattr(os, "O_TMPFILE"):
+        try:
+            return os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+    fd, name = tempfile.mkstemp(dir=where, prefix=".orch-", suffix=".decrypted")
+    os.unlink(name)
+    return fd

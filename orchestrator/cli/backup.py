@@ -12,15 +12,17 @@ A key is only ever named by its fingerprint.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import psycopg
 import typer
 
-from orchestrator.cli.errors import fail, one_line_errors
+from orchestrator.cli.errors import fail, one_line_errors, say
 
 if TYPE_CHECKING:
     from orchestrator.backup.backupkey import BackupKey
@@ -150,6 +152,10 @@ def restore(
     from orchestrator.backup.keycheck import key_warning
     from orchestrator.settings import get_settings
 
+    # SIGTERM (docker stop, systemd, timeout) leaves through every finally, as Ctrl-C does:
+    # pg_restore stopped, psql's transaction rolled back, the embedded server stopped, the
+    # passfile removed; the default action would end the process in place
+    signal.signal(signal.SIGTERM, _stopped)
     keys = backup_keys(key_file)
     if skip_checksum:
         typer.echo(f"warning: --skip-checksum: {path} is restored without checking it against "
@@ -166,6 +172,11 @@ def restore(
         typer.echo(f"note: {path} is not encrypted: restored without the backup key", err=True)
     if warning:
         typer.echo(warning, err=True)
+
+
+def _stopped(signum: int, frame: FrameType | None) -> NoReturn:
+    say("stopped by SIGTERM")
+    raise SystemExit(128 + signum)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,9 +80,10 @@ def test_an_encrypted_backup_holds_no_plaintext_and_its_checksum_is_of_the_file_
     assert PROMPT.encode() not in data and KEY.secret() not in data
     assert KEY_TEXT.encode() not in data
     # the prompt is in it all the same, for whoever has the key
-    with crypt.decrypted(enc, [KEY]) as (opened, key_id):
+    with crypt.decrypted(enc, [KEY]) as (fd, key_id):
         jobs = subprocess.run([TOOLS.path("pg_restore"), "--data-only", "--table=jobs",
-                               "--file=-", str(opened)], capture_output=True, check=True)
+                               "--file=-", str(crypt.fd_path(fd))], capture_output=True,
+                              check=True, pass_fds=(fd,))
     assert PROMPT.encode() in jobs.stdout and key_id == KEY.fingerprint
     assert sidecar(enc).read_text() == f"{hashlib.sha256(data).hexdigest()}  enc.dump\n"
     checked = subprocess.run(["sha256sum", "--check", sidecar(enc).name], cwd=enc.parent,
@@ -259,3 +262,115 @@ def test_the_command_encrypts_with_a_key_file_or_the_setting_and_never_shows_a_k
                          [made_key, again, *outputs, no_key, wrong, loose, *restored])
     assert key_text not in everything and OTHER_TEXT not in everything
     assert not list(tmp_path.glob(".*"))  # no decrypted or partial file left
+
+
+# pg_restore in a directory of its own (ORCH_PG_BIN_DIR), the others linked: each call
+# records its arguments, what the watched directories hold while it runs (the decrypted
+# archive is open then) and its environment; a loading call (--no-owner) waits for the file
+# $WATCH_GO when $WATCH_HOLD is set
+_WRAPPER = """#!/bin/sh
+n=$(date +%s%N)
+{ echo "args $*"; for d in $WATCH_DIRS; do echo "dir $d"; ls -A "$d"; done; } > "$WATCH_LOG/$n"
+env > "$WATCH_LOG/$n.env"
+case "$*" in *--no-owner*)
+  if [ -n "$WATCH_HOLD" ]; then
+    touch "$WATCH_LOG/loading"
+    while [ ! -e "$WATCH_GO" ]; do sleep 0.05; done
+  fi;;
+esac
+exec {real}/pg_restore "$@"
+"""
+
+
+@pytest.fixture()
+def watched(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A tools directory with the recording pg_restore, and the environment it records
+    into ``log``: the archive directory ``archives`` and the temporary directory ``tmp``
+    (TMPDIR) are watched."""
+    tools, log = tmp_path / "bin", tmp_path / "log"
+    archives, tmp = tmp_path / "archives", tmp_path / "tmp"
+    for d in (tools, log, archives, tmp):
+        d.mkdir()
+    for tool in ("pg_dump", "psql"):
+        (tools / tool).symlink_to(TOOLS.bin_dir / tool)
+    (tools / "pg_restore").write_text(_WRAPPER.replace("{real}", str(TOOLS.bin_dir)))
+    (tools / "pg_restore").chmod(0o755)
+    return tmp_path, {"ORCH_PG_BIN_DIR": str(tools), "TMPDIR": str(tmp),
+                      "WATCH_LOG": str(log), "WATCH_DIRS": f"{archives} {tmp}",
+                      "WATCH_GO": str(tmp_path / "go")}
+
+
+def calls(log: Path) -> list[tuple[str, dict[str, list[str]], dict[str, str]]]:
+    """Each recorded pg_restore call: its arguments, the entries of each watched directory
+    while it ran, its environment."""
+    out = []
+    for record in sorted(p for p in log.iterdir() if p.name.isdigit()):
+        args, dirs, current = "", {}, ""
+        for line in record.read_text().splitlines():
+            if line.startswith("args "):
+                args = line[5:]
+            elif line.startswith("dir "):
+                current = line[4:]
+                dirs[current] = []
+            elif line:
+                dirs[current].append(line)
+        env = dict(line.split("=", 1) for line in
+                   Path(f"{record}.env").read_text().splitlines() if "=" in line)
+        out.append((args, dirs, env))
+    return out
+
+
+def test_the_decrypted_archive_never_has_a_name_on_disk(
+    made: tuple[Path, Path, dict[str, object]], occupied: tuple[str, Engine],
+    watched: tuple[Path, dict[str, str]],
+) -> None:
+    url, engine = occupied
+    root, env = watched
+    copy = copied(made[0], root / "archives", made[0].read_bytes())
+    done = cli({**env, "ORCH_DATABASE_URL": url, "ORCH_BACKUP_KEY": KEY_TEXT}, "restore",
+               "--force", str(copy))
+    assert done.returncode == 0, done.stderr
+    assert "8 jobs" in done.stdout and contents(engine) == made[2]
+    seen = calls(root / "log")
+    # listed, its revision read, loaded: each call read the unnamed file from its start
+    assert [args.split()[0] for args, _, _ in seen] == ["--list", "--data-only", "--no-owner"]
+    for args, dirs, _ in seen:
+        assert dirs[str(copy.parent)] == [copy.name, sidecar(copy).name]
+        assert all(name.startswith("orch-pgpass-") for name in dirs[env["TMPDIR"]])
+        assert args.endswith(tuple(f"/dev/fd/{n}" for n in range(3, 1024)))
+    assert sorted(p.name for p in copy.parent.iterdir()) == [copy.name, sidecar(copy).name]
+    assert not list(Path(env["TMPDIR"]).iterdir())
+
+
+def test_a_restore_stopped_by_sigterm_leaves_no_plaintext_and_the_database_as_it_was(
+    made: tuple[Path, Path, dict[str, object]], occupied: tuple[str, Engine],
+    watched: tuple[Path, dict[str, str]],
+) -> None:
+    url, engine = occupied
+    before = contents(engine)
+    root, env = watched
+    copy = copied(made[0], root / "archives", made[0].read_bytes())
+    full = {**{k: v for k, v in os.environ.items() if k != "ORCH_BACKUP_KEY"}, **env,
+            "ORCH_DATABASE_URL": url, "ORCH_BACKUP_KEY": KEY_TEXT, "WATCH_HOLD": "1"}
+    restore = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "backup", "restore", "--force", str(copy)],
+        cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        loading = root / "log" / "loading"
+        deadline = time.monotonic() + 120
+        while not loading.exists() and restore.poll() is None:
+            assert time.monotonic() < deadline, "pg_restore never started loading"
+            time.sleep(0.05)
+        assert restore.poll() is None, restore.communicate()
+        restore.send_signal(signal.SIGTERM)
+        out, err = restore.communicate(timeout=60)
+    finally:
+        (root / "go").touch()  # a pg_restore left behind goes on, into a closed pipe
+        if restore.poll() is None:
+            restore.kill()
+            restore.wait()
+    assert sorted(p.name for p in copy.parent.iterdir()) == [copy.name, sidecar(copy).name]
+    assert not list(Path(env["TMPDIR"]).iterdir())  # no passfile either
+    assert contents(engine) == before
+    assert restore.returncode == 128 + signal.SIGTERM, err
+    assert err == "error: stopped by SIGTERM\n" and out == ""

@@ -24,7 +24,9 @@ from orchestrator.backup.crypt import (
     LENGTH_SIZE,
     MAGIC,
     decrypt_stream,
+    decrypted,
     encrypt_stream,
+    fd_path,
     is_encrypted,
     read_header,
 )
@@ -191,3 +193,23 @@ def test_keys_come_from_the_key_file_else_the_setting(tmp_path: Path) -> None:
         load_backup_keys(BackupSettings(), path)
     with pytest.raises(ConfigurationError, match="cannot read"):
         load_backup_keys(BackupSettings(), tmp_path / "missing.key")
+
+
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["O_TMPFILE", "unlinked-at-once"])
+def test_the_decrypted_archive_is_a_file_without_a_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmpfile: bool,
+) -> None:
+    if not tmpfile:  # a system without O_TMPFILE: a named file, unlinked before it is written
+        monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    data = os.urandom(5 * CHUNK + 7)
+    archive = tmp_path / "x.dump"
+    archive.write_bytes(sealed(data))
+    with decrypted(archive, [OTHER, KEY]) as (fd, key_id):
+        assert key_id == KEY.fingerprint
+        assert os.fstat(fd).st_nlink == 0 and stat.S_IMODE(os.fstat(fd).st_mode) == 0o600
+        assert [p.name for p in tmp_path.iterdir()] == ["x.dump"]
+        # each opening of its name in /dev/fd reads it from its start
+        for _ in range(2):
+            assert fd_path(fd).read_bytes() == data
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed: the file is gone
