@@ -11,7 +11,8 @@ comes (``crypt``): no plaintext reaches the disk, and the checksum is the encryp
 
 ``restore_backup`` loads an archive into an empty database (or, with ``force``, in place of
 everything in the schema ``public``) in one transaction: a failure leaves the target as it
-was. It first checks the archive against its ``X.sha256`` (unless ``skip_checksum``); an
+was. It first checks the archive against its ``X.sha256`` (unless ``skip_checksum``) and
+the target (refused when not empty without ``force``, or with other sessions connected); an
 encrypted one is then decrypted, whole and authenticated, with the one of ``keys`` its header
 names into a file that has no name (nothing to remove, whatever stops the process), before
 the database is touched. It refuses an archive of a schema revision this code does not know
@@ -213,6 +214,8 @@ def restore_backup(url: str, path: Path, tools: PgTools, *, force: bool = False,
         raise BackupError(f"{path} is not a file")
     if not skip_checksum:
         checksum.verify(path)
+    # the target's refusals first: they are cheap, and decrypting a large archive is not
+    _refuse(Target(url), force)
     if not crypt.encrypted_file(path):
         return _restore(url, path, path, tools, force, started, None)
     with crypt.decrypted(path, keys) as (fd, key_id):
@@ -238,13 +241,7 @@ def _restore(url: str, path: Path, shown: Path, tools: PgTools, force: bool, sta
             f"{shown} is at schema revision {revision}, which this code does not know (its "
             f"newest is {head}): restore it with the orchestrator version that made it"
         ) from None
-    state = _target_state(target)
-    if not state.empty and not force:
-        raise BackupError(f"{target.where} is not empty ({state.describe()}); --force "
-                          "replaces all of it with the backup")
-    if state.other_sessions:
-        raise BackupError(f"{state.other_sessions} other session(s) are connected to "
-                          f"{target.where}: stop the API, workers and beat first")
+    state = _refuse(target, force)  # again: a session may have come while it decrypted
     _load(target, path, tools, wipe=not state.empty, shown=shown, pass_fds=pass_fds)
     migrated = None
     if revision != head:
@@ -259,6 +256,19 @@ def _restore(url: str, path: Path, shown: Path, tools: PgTools, force: bool, sta
     counts = _target_state(target).counts
     return RestoreReport(target.where, revision, migrated, counts,
                          time.monotonic() - started, problems, key_id)
+
+
+def _refuse(target: Target, force: bool) -> TargetState:
+    """The target's state; ``BackupError`` when it is not empty (without ``force``) or
+    other sessions are connected to it."""
+    state = _target_state(target)
+    if not state.empty and not force:
+        raise BackupError(f"{target.where} is not empty ({state.describe()}); --force "
+                          "replaces all of it with the backup")
+    if state.other_sessions:
+        raise BackupError(f"{state.other_sessions} other session(s) are connected to "
+                          f"{target.where}: stop the API, workers and beat first")
+    return state
 
 
 def _target_state(target: Target) -> TargetState:

@@ -374,3 +374,23 @@ def test_a_restore_stopped_by_sigterm_leaves_no_plaintext_and_the_database_as_it
     assert contents(engine) == before
     assert restore.returncode == 128 + signal.SIGTERM, err
     assert err == "error: stopped by SIGTERM\n" and out == ""
+
+
+def test_a_target_it_would_refuse_is_refused_before_any_decryption(
+    made: tuple[Path, Path, dict[str, object]], occupied: tuple[str, Engine], tmp_path: Path,
+) -> None:
+    url, engine = occupied
+    before = contents(engine)
+    # a damaged chunk in the middle: decrypting would find it, checking the target does not
+    header, parts = chunks(made[0].read_bytes())
+    damaged = bytearray(parts[len(parts) // 2])
+    damaged[100] ^= 0x01
+    parts[len(parts) // 2] = bytes(damaged)
+    copy = copied(made[0], tmp_path, header + b"".join(parts))
+    with pytest.raises(BackupError) as refused:
+        restore_backup(url, copy, TOOLS, keys=[KEY])  # no --force
+    assert "is not empty (" in str(refused.value)
+    with engine.connect(), pytest.raises(BackupError) as refused:  # another session
+        restore_backup(url, copy, TOOLS, force=True, keys=[KEY])
+    assert "1 other session(s) are connected" in str(refused.value)
+    assert contents(engine) == before
