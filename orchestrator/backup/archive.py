@@ -38,7 +38,13 @@ from alembic.util.exc import CommandError
 
 from orchestrator.backup import checksum, crypt
 from orchestrator.backup.backupkey import BackupKey
-from orchestrator.backup.pgtools import BackupError, PgTools, Target, last_error
+from orchestrator.backup.pgtools import (
+    BackupError,
+    PgTools,
+    Target,
+    child_environment,
+    last_error,
+)
 from orchestrator.backup.target import TargetState, inspect_target
 
 COUNTED = ("jobs", "attempts", "holds", "ledger_entries", "budgets", "api_keys", "alerts")
@@ -184,14 +190,14 @@ def archive_revision(path: Path, tools: PgTools, shown: Path | None = None,
     # then refused with pg_restore's or the load's word, never a UnicodeDecodeError
     listed = subprocess.run([tools.path("pg_restore"), "--list", str(path)],
                             capture_output=True, encoding="utf-8", errors="replace",
-                            check=False, pass_fds=pass_fds)
+                            check=False, pass_fds=pass_fds, env=child_environment())
     if listed.returncode != 0:
         raise BackupError(f"{name} is not a pg_dump archive pg_restore {tools.version} can "
                           f"read: {last_error(listed.stderr)}")
     data = subprocess.run(
         [tools.path("pg_restore"), "--data-only", "--table=alembic_version", "--file=-",
          str(path)], capture_output=True, encoding="utf-8", errors="replace", check=False,
-        pass_fds=pass_fds)
+        pass_fds=pass_fds, env=child_environment())
     lines = data.stdout.splitlines()
     for i, line in enumerate(lines):
         following = lines[i + 1] if i + 1 < len(lines) else "\\."

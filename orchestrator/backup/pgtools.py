@@ -9,7 +9,8 @@ version and older.
 
 How they connect: host, port, user and database go in ``PG*`` environment variables, the
 password in a passfile of mode 0600 in a private temporary directory (``PGPASSFILE``), removed
-afterwards. Nothing secret is ever on a command line or in what a command prints.
+afterwards. Nothing secret is ever on a command line or in what a command prints, and no
+``ORCH_*`` setting (the backup and secret keys among them) is in their environment.
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ _OVERRIDDEN = ("PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGHOST
                "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE")
 
 
+def child_environment() -> dict[str, str]:
+    """This process's environment without the orchestrator's own settings (``ORCH_*``):
+    pg_dump, pg_restore and psql read none of them, and among them are the backup key
+    (``ORCH_BACKUP_KEY``), the secret key, the API key, passwords and the database URL with
+    its password, which a child program must not be handed (nor show in
+    /proc/PID/environ)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+
+
 def wheel_bin_dir() -> Path:
     from orchestrator.embedded.postgres import _bin_dir
 
@@ -88,7 +98,7 @@ class PgTools:
         if not pg_dump.exists():
             raise BackupError(f"no pg_dump in {bin_dir}" + (f" ({setting})" if setting else ""))
         out = subprocess.run([str(pg_dump), "--version"], capture_output=True, text=True,
-                             check=False).stdout
+                             check=False, env=child_environment()).stdout
         found = re.search(r"(\d+)(?:\.(\d+))?", out)
         if found is None:
             raise BackupError(f"{pg_dump} --version said {out.strip()!r}, not a version")
@@ -155,9 +165,9 @@ class Target:
     @contextmanager
     def environment(self) -> Iterator[dict[str, str]]:
         """The environment a client program reaches the database with: PG* variables and a
-        0600 passfile holding the password, removed on exit."""
+        0600 passfile holding the password, removed on exit; no ``ORCH_*`` setting."""
         u = make_url(normalize_database_url(self.url))
-        env = {k: v for k, v in os.environ.items() if k not in _OVERRIDDEN}
+        env = {k: v for k, v in child_environment().items() if k not in _OVERRIDDEN}
         for key, value in u.query.items():
             var = _QUERY_ENV.get(key)
             if var is None:

@@ -13,9 +13,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import Engine, text
 
 from orchestrator.backup import BackupError, create_backup, crypt, restore_backup
@@ -264,60 +266,72 @@ def test_the_command_encrypts_with_a_key_file_or_the_setting_and_never_shows_a_k
     assert not list(tmp_path.glob(".*"))  # no decrypted or partial file left
 
 
-# pg_restore in a directory of its own (ORCH_PG_BIN_DIR), the others linked: each call
-# records its arguments, what the watched directories hold while it runs (the decrypted
-# archive is open then) and its environment; a loading call (--no-owner) waits for the file
-# $WATCH_GO when $WATCH_HOLD is set
+# pg_dump, pg_restore and psql in a directory of their own (ORCH_PG_BIN_DIR): each call
+# records the program and its arguments, what the watched directories hold while it runs (the
+# decrypted archive is open while pg_restore does) and its environment; a loading pg_restore
+# (--no-owner) waits for the file $WATCH_GO when $WATCH_HOLD is set
 _WRAPPER = """#!/bin/sh
-n=$(date +%s%N)
-{ echo "args $*"; for d in $WATCH_DIRS; do echo "dir $d"; ls -A "$d"; done; } > "$WATCH_LOG/$n"
+tool=$(basename "$0")
+n=$(date +%s%N)-$$
+{ echo "tool $tool"; echo "args $*"
+  for d in $WATCH_DIRS; do echo "dir $d"; ls -A "$d"; done; } > "$WATCH_LOG/$n"
 env > "$WATCH_LOG/$n.env"
-case "$*" in *--no-owner*)
+case "$tool $*" in "pg_restore "*--no-owner*)
   if [ -n "$WATCH_HOLD" ]; then
     touch "$WATCH_LOG/loading"
     while [ ! -e "$WATCH_GO" ]; do sleep 0.05; done
   fi;;
 esac
-exec {real}/pg_restore "$@"
+exec {real}/$tool "$@"
 """
 
 
 @pytest.fixture()
 def watched(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A tools directory with the recording pg_restore, and the environment it records
-    into ``log``: the archive directory ``archives`` and the temporary directory ``tmp``
+    """A tools directory of recording programs, and the environment they record into
+    ``log`` with: the archive directory ``archives`` and the temporary directory ``tmp``
     (TMPDIR) are watched."""
     tools, log = tmp_path / "bin", tmp_path / "log"
     archives, tmp = tmp_path / "archives", tmp_path / "tmp"
     for d in (tools, log, archives, tmp):
         d.mkdir()
-    for tool in ("pg_dump", "psql"):
-        (tools / tool).symlink_to(TOOLS.bin_dir / tool)
-    (tools / "pg_restore").write_text(_WRAPPER.replace("{real}", str(TOOLS.bin_dir)))
-    (tools / "pg_restore").chmod(0o755)
+    for tool in ("pg_dump", "pg_restore", "psql"):
+        (tools / tool).write_text(_WRAPPER.replace("{real}", str(TOOLS.bin_dir)))
+        (tools / tool).chmod(0o755)
     return tmp_path, {"ORCH_PG_BIN_DIR": str(tools), "TMPDIR": str(tmp),
                       "WATCH_LOG": str(log), "WATCH_DIRS": f"{archives} {tmp}",
                       "WATCH_GO": str(tmp_path / "go")}
 
 
-def calls(log: Path) -> list[tuple[str, dict[str, list[str]], dict[str, str]]]:
-    """Each recorded pg_restore call: its arguments, the entries of each watched directory
-    while it ran, its environment."""
+@dataclass
+class Call:
+    tool: str
+    args: str
+    dirs: dict[str, list[str]]  # each watched directory's entries while it ran
+    env: dict[str, str]
+
+
+def calls(log: Path, tool: str | None = None) -> list[Call]:
+    """The recorded calls (of ``tool``), in order."""
     out = []
-    for record in sorted(p for p in log.iterdir() if p.name.isdigit()):
-        args, dirs, current = "", {}, ""
+    for record in sorted(p for p in log.iterdir() if p.name[0].isdigit()
+                         and not p.name.endswith(".env")):
+        call = Call("", "", {}, {})
+        current = ""
         for line in record.read_text().splitlines():
-            if line.startswith("args "):
-                args = line[5:]
+            if line.startswith("tool "):
+                call.tool = line[5:]
+            elif line.startswith("args "):
+                call.args = line[5:]
             elif line.startswith("dir "):
                 current = line[4:]
-                dirs[current] = []
+                call.dirs[current] = []
             elif line:
-                dirs[current].append(line)
-        env = dict(line.split("=", 1) for line in
-                   Path(f"{record}.env").read_text().splitlines() if "=" in line)
-        out.append((args, dirs, env))
-    return out
+                call.dirs[current].append(line)
+        call.env = dict(line.split("=", 1) for line in
+                        Path(f"{record}.env").read_text().splitlines() if "=" in line)
+        out.append(call)
+    return [c for c in out if tool is None or c.tool == tool]
 
 
 def test_the_decrypted_archive_never_has_a_name_on_disk(
@@ -331,13 +345,13 @@ def test_the_decrypted_archive_never_has_a_name_on_disk(
                "--force", str(copy))
     assert done.returncode == 0, done.stderr
     assert "8 jobs" in done.stdout and contents(engine) == made[2]
-    seen = calls(root / "log")
+    seen = calls(root / "log", "pg_restore")
     # listed, its revision read, loaded: each call read the unnamed file from its start
-    assert [args.split()[0] for args, _, _ in seen] == ["--list", "--data-only", "--no-owner"]
-    for args, dirs, _ in seen:
-        assert dirs[str(copy.parent)] == [copy.name, sidecar(copy).name]
-        assert all(name.startswith("orch-pgpass-") for name in dirs[env["TMPDIR"]])
-        assert args.endswith(tuple(f"/dev/fd/{n}" for n in range(3, 1024)))
+    assert [c.args.split()[0] for c in seen] == ["--list", "--data-only", "--no-owner"]
+    for c in seen:
+        assert c.dirs[str(copy.parent)] == [copy.name, sidecar(copy).name]
+        assert all(name.startswith("orch-pgpass-") for name in c.dirs[env["TMPDIR"]])
+        assert c.args.endswith(tuple(f"/dev/fd/{n}" for n in range(3, 1024)))
     assert sorted(p.name for p in copy.parent.iterdir()) == [copy.name, sidecar(copy).name]
     assert not list(Path(env["TMPDIR"]).iterdir())
 
@@ -394,3 +408,26 @@ def test_a_target_it_would_refuse_is_refused_before_any_decryption(
         restore_backup(url, copy, TOOLS, force=True, keys=[KEY])
     assert "1 other session(s) are connected" in str(refused.value)
     assert contents(engine) == before
+
+
+def test_no_key_or_other_orch_setting_reaches_pg_dump_pg_restore_or_psql(
+    occupied: tuple[str, Engine], watched: tuple[Path, dict[str, str]],
+) -> None:
+    url, _ = occupied
+    root, env = watched
+    secret_key = Fernet.generate_key().decode()
+    env = {**env, "ORCH_DATABASE_URL": url, "ORCH_BACKUP_KEY": KEY_TEXT,
+           "ORCH_SECRET_KEY": secret_key, "ORCH_API_KEY": "orch-api-key-not-for-pg"}
+    archive = root / "archives" / "b.dump"
+    made = cli(env, "create", str(archive))
+    assert made.returncode == 0, made.stderr
+    restored = cli(env, "restore", "--force", str(archive))
+    assert restored.returncode == 0, restored.stderr
+    seen = calls(root / "log")
+    assert {c.tool for c in seen} == {"pg_dump", "pg_restore", "psql"}
+    for c in seen:
+        assert c.env["WATCH_LOG"] and c.env["PATH"]  # the rest is passed on
+        assert not [k for k in c.env if k.startswith("ORCH_")], (c.tool, c.args)
+        values = "\n".join(c.env.values())
+        assert KEY_TEXT not in values and secret_key not in values
+        assert "orch-api-key-not-for-pg" not in values
