@@ -175,7 +175,10 @@ def test_keys_parse_show_only_their_fingerprint_and_bad_ones_are_named_by_positi
         parse_backup_keys(" , ", "ORCH_BACKUP_KEY")
 
 
-def test_keys_come_from_the_key_file_else_the_setting(tmp_path: Path) -> None:
+def test_keys_come_from_the_key_file_else_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ORCH_BACKUP_KEY", raising=False)  # BackupSettings() reads it
     path = tmp_path / "backup.key"
     made = write_key_file(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
