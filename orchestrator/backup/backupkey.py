@@ -124,11 +124,22 @@ def write_key_file(path: Path) -> BackupKey:
                           "may be the only one that opens some backups)") from None
     except OSError as exc:
         raise BackupError(f"cannot create {path}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    # a file left empty or cut (disk full) would hold no key and refuse every retry: removed
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            data = (text + "\n").encode("ascii")
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException as exc:
+        path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise BackupError(f"cannot write {path}: {exc.strerror or exc}; nothing was "
+                              "kept") from None
+        raise
     return BackupKey.parse(text)
 
 

@@ -5,6 +5,7 @@ backup keys (orchestrator.backup.backupkey), shown only by their fingerprint."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -216,3 +217,24 @@ def test_the_decrypted_archive_is_a_file_without_a_name(
             assert fd_path(fd).read_bytes() == data
     with pytest.raises(OSError):
         os.fstat(fd)  # closed: the file is gone
+
+
+@pytest.mark.parametrize(("call", "error"), [("write", errno.ENOSPC), ("fsync", errno.EIO)])
+def test_a_key_file_that_cannot_be_written_is_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str, error: int,
+) -> None:
+    path = tmp_path / "backup.key"
+
+    def failing(*args: object) -> int:
+        raise OSError(error, os.strerror(error))
+
+    with monkeypatch.context() as m:
+        m.setattr(os, call, failing)
+        with pytest.raises(BackupError) as refused:
+            write_key_file(path)
+    assert str(refused.value) == (f"cannot write {path}: {os.strerror(error)}; nothing "
+                                  "was kept")
+    assert list(tmp_path.iterdir()) == []
+    made = write_key_file(path)  # the retry is not refused as "already exists"
+    assert [k.fingerprint for k in load_backup_keys(BackupSettings(), path)] == [
+        made.fingerprint]
