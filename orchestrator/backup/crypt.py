@@ -152,8 +152,9 @@ def choose_key(header: Header, keys: Sequence[BackupKey], name: str) -> BackupKe
         raise BackupError(f"{name} is encrypted (backup key {header.key_id}): give that key "
                           f"with --key-file or {KEY_SETTING}; nothing was changed")
     raise BackupError(f"{name} is encrypted with backup key {header.key_id}, which is not "
-                      f"among the given key(s) ({fingerprints(keys)}): give that key; "
-                      "nothing was changed")
+                      f"among the given key(s) ({fingerprints(keys)}): give that key (if no key "
+                      "has that fingerprint, the archive's header is damaged); nothing was "
+                      "changed")
 
 
 def decrypt_stream(src: IO[bytes], dst: IO[bytes], keys: Sequence[BackupKey],

@@ -140,8 +140,9 @@ def test_the_wrong_key_or_none_is_refused_naming_the_archives_key_and_nothing_ch
     copy = copied(made[0], tmp_path, made[0].read_bytes())
     said = refused(url, copy, [OTHER])
     assert said == (f"{copy} is encrypted with backup key {KEY.fingerprint}, which is not "
-                    f"among the given key(s) ({OTHER.fingerprint}): give that key; nothing "
-                    "was changed")
+                    f"among the given key(s) ({OTHER.fingerprint}): give that key (if no key "
+                    "has that fingerprint, the archive's header is damaged); nothing was "
+                    "changed")
     said = refused(url, copy, [])
     assert said.startswith(f"{copy} is encrypted (backup key {KEY.fingerprint}): give that key "
                            "with --key-file or ORCH_BACKUP_KEY")

@@ -238,3 +238,23 @@ def test_a_key_file_that_cannot_be_written_is_not_left_behind(
     made = write_key_file(path)  # the retry is not refused as "already exists"
     assert [k.fingerprint for k in load_backup_keys(BackupSettings(), path)] == [
         made.fingerprint]
+
+
+@pytest.mark.parametrize(("at", "said"), [
+    (0, "x.dump is not an encrypted backup"),
+    (8, "x.dump is an encrypted backup of format version 0, which this code does not know"),
+    (10, "chunk 1 of x.dump fails authentication"),  # chunk size
+    (15, "x.dump is encrypted with backup key {changed}, which is not among the given "
+         "key(s) ({key}): give that key (if no key has that fingerprint, the archive's header "
+         "is damaged); nothing was changed"),  # the key's fingerprint
+    (30, "chunk 1 of x.dump fails authentication"),  # salt
+    (45, "chunk 1 of x.dump fails authentication"),  # nonce base
+], ids=["magic", "version", "chunk-size", "fingerprint", "salt", "nonce-base"])
+def test_a_changed_header_byte_is_refused_as_what_it_changed(at: int, said: str) -> None:
+    """As docs/operations.md says."""
+    blob = bytearray(sealed(os.urandom(3 * CHUNK)))
+    blob[at] ^= 0x01
+    changed = bytes(blob[13:21]).hex()
+    with pytest.raises(BackupError) as refused:
+        opened(bytes(blob))
+    assert str(refused.value).startswith(said.format(changed=changed, key=KEY.fingerprint))
