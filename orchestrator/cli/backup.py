@@ -119,6 +119,9 @@ def create(
     encrypted with the first one (AES-256-GCM) and the checksum is of the encrypted file."""
     from orchestrator.backup import PgTools, create_backup
 
+    # SIGTERM leaves through every finally, as Ctrl-C does: pg_dump stopped, the partial
+    # archive (the database in plaintext, without a key) and the passfile removed
+    signal.signal(signal.SIGTERM, _stopped)
     keys = backup_keys(key_file)
     with database(create_if_missing=False) as (url, external):
         report = create_backup(url, path, PgTools.locate(external=external), force=force,

@@ -277,7 +277,7 @@ n=$(date +%s%N)-$$
 { echo "tool $tool"; echo "args $*"
   for d in $WATCH_DIRS; do echo "dir $d"; ls -A "$d"; done; } > "$WATCH_LOG/$n"
 env > "$WATCH_LOG/$n.env"
-case "$tool $*" in "pg_restore "*--no-owner*)
+case "$tool $*" in "pg_restore "*--no-owner*|"pg_dump "*--snapshot=*)
   if [ -n "$WATCH_HOLD" ]; then
     touch "$WATCH_LOG/loading"
     while [ ! -e "$WATCH_GO" ]; do sleep 0.05; done
@@ -388,6 +388,40 @@ def test_a_restore_stopped_by_sigterm_leaves_no_plaintext_and_the_database_as_it
     assert not list(Path(env["TMPDIR"]).iterdir())  # no passfile either
     assert contents(engine) == before
     assert restore.returncode == 128 + signal.SIGTERM, err
+    assert err == "error: stopped by SIGTERM\n" and out == ""
+
+
+def test_a_create_stopped_by_sigterm_leaves_no_partial_archive(
+    occupied: tuple[str, Engine], watched: tuple[Path, dict[str, str]],
+) -> None:
+    """Unencrypted, the partial archive is the database in plaintext. Before, SIGTERM
+    ended ``backup create`` in place and left ``.X.<pid>.partial`` (and the passfile)."""
+    url, _ = occupied
+    root, env = watched
+    archive = root / "archives" / "b.dump"
+    full = {**{k: v for k, v in os.environ.items() if k != "ORCH_BACKUP_KEY"}, **env,
+            "ORCH_DATABASE_URL": url, "WATCH_HOLD": "1"}
+    create = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "backup", "create", str(archive)],
+        cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        loading = root / "log" / "loading"  # pg_dump has started, its file made
+        deadline = time.monotonic() + 120
+        while not loading.exists() and create.poll() is None:
+            assert time.monotonic() < deadline, "pg_dump never started"
+            time.sleep(0.05)
+        assert create.poll() is None, create.communicate()
+        assert [p.name[-8:] for p in archive.parent.iterdir()] == [".partial"]
+        create.send_signal(signal.SIGTERM)
+        out, err = create.communicate(timeout=60)
+    finally:
+        (root / "go").touch()
+        if create.poll() is None:
+            create.kill()
+            create.wait()
+    assert not list(archive.parent.iterdir())
+    assert not list(Path(env["TMPDIR"]).iterdir())  # no passfile either
+    assert create.returncode == 128 + signal.SIGTERM, err
     assert err == "error: stopped by SIGTERM\n" and out == ""
 
 
