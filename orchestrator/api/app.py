@@ -10,7 +10,8 @@ files at ``/console`` (:mod:`orchestrator.console`; its data comes from ``/v1``)
 the envelope of :mod:`.errors`. Request bodies are never logged.
 
 The ASGI stack, outermost first: RequestMetrics (count and time every request by route
-template) → NoStore (``/v1`` answers: ``Cache-Control: no-store``, nosniff) → CatchAll (a
+template) → PathHeaders (the console's strict headers on every answer under ``/console``,
+when it is served) → NoStore (``/v1`` answers: ``Cache-Control: no-store``, nosniff) → CatchAll (a
 500 envelope for anything unhandled) → Gate (auth, failed-auth and tenant limits) →
 IdentityBodies (415 for a Content-Encoding) → BodyDeadline (408) → BodySizeLimit (413) →
 HeadAsGet (HEAD on a GET route) → FastAPI.
@@ -46,7 +47,7 @@ from orchestrator.api.context import ApiContext, _err
 from orchestrator.api.encoding import IdentityBodies
 from orchestrator.api.errors import error_response
 from orchestrator.api.gate import Gate
-from orchestrator.api.headers import NoStore
+from orchestrator.api.headers import NoStore, PathHeaders
 from orchestrator.api.limits import AuthFailures, RateLimiter
 from orchestrator.api.middleware import (
     BodyDeadline,
@@ -113,6 +114,8 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     app.add_middleware(Gate, auth=ctx.auth, limiter=ctx.limiter, failures=ctx.failures)
     app.add_middleware(CatchAll)
     app.add_middleware(NoStore)  # outside CatchAll and Gate: their errors get it too
+    if container.settings.console_enabled:  # its strict headers on every answer under it
+        app.add_middleware(PathHeaders, prefix=console.PATH, fixed=console.SECURITY_HEADERS)
     app.add_middleware(RequestMetrics, routes=app.router.routes)
     return app
 

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from starlette.datastructures import MutableHeaders
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PATH = "/console"
@@ -49,28 +49,6 @@ class ConsoleFiles:
         await self.files(scope, receive, with_headers)
 
 
-class ConsoleHeaders:
-    """The security headers on every answer under ``/console``, errors too: a 404 (a
-    mistyped or an old file's path) or a 405 is made by the app's error handlers, outside
-    :class:`ConsoleFiles`."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if path != PATH and not path.startswith(PATH + "/"):
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).update(SECURITY_HEADERS)
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
-
-
 def mount(app: FastAPI) -> None:
     """Serve the console at ``/console/`` (``/console`` redirects there)."""
 
@@ -79,4 +57,5 @@ def mount(app: FastAPI) -> None:
         return RedirectResponse(PATH + "/", status_code=308)
 
     app.mount(PATH, ConsoleFiles(), name="console")
-    app.add_middleware(ConsoleHeaders)
+    # every answer under /console, errors and middlewares' refusals too: the app adds
+    # ``PathHeaders(PATH, fixed=SECURITY_HEADERS)`` outside its middlewares
