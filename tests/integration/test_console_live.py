@@ -1,7 +1,8 @@
 """The console's live updates in real headless Chromium against ``orchestrator up``: with
 polling set to 10 minutes (``?poll=600``) a job the SDK submits still appears and finishes in
 the jobs list and on its page, so the event streams drive them; a hidden tab closes its stream
-and resumes with Last-Event-ID; with the ``/events`` routes answering 404 (a proxy in front of
+and resumes with Last-Event-ID; a burst of jobs is re-read in batches (at most once a second),
+not one request per event; with the ``/events`` routes answering 404 (a proxy in front of
 the API) the console says "polling" and still shows the job finish; a feed that cannot connect is
 polled and retried until live; the SSE parser takes a stream cut anywhere. Screenshots:
 ``test-artifacts/console/``."""
@@ -9,6 +10,7 @@ polled and retried until live; the SSE parser takes a stream cut anywhere. Scree
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
 
@@ -107,6 +109,94 @@ def test_the_event_streams_drive_the_jobs_list_and_the_job_page(
     # the job's stream ended after its terminal event (a finished fetch has a timing entry)
     page.wait_for_function(AT_LEAST, arg=[f"/v1/jobs/{second}/events", 1])
     shot(page, "live-job")
+
+
+BURST = 60     # jobs submitted at once, each with 3 or more events (queued, started, the end)
+FAST = "txt-small"
+FINAL = ("succeeded", "failed", "cancelled")
+# in-page: each listed job's row status (None: no row)
+ROW_STATUS = ("([ids]) => ids.map(id => document.querySelector(`tr[data-job='${id}']`)"
+              "?.dataset.status ?? null)")
+
+
+def test_a_burst_of_events_is_read_in_batches_not_one_request_each(
+        stack: Stack, page: Page) -> None:
+    """A busy tenant's feed carries hundreds of events a second. Before, the Jobs view re-read
+    a job (GET /v1/jobs/{id}) at every event: one open tab sent as many requests as there were
+    events, with the tenant's key, against the rate limit its producers share
+    (ORCH_API_RATE_LIMIT), so an operator looking could get real submissions refused (429).
+    Now the events' jobs are gathered and re-read at most once a second (one list read when
+    there are many), and every row still ends in its final status."""
+    sign_in(page, stack, stack.creds["tenant_key"], "tenant demo", query="?poll=600")
+    view(page, "Jobs")
+    page.get_by_label("Newest").select_option("100")  # the whole burst fits in the list
+    status = page.locator("#status")
+    expect(status).to_have_attribute("data-updates", "live")
+    page.wait_for_function(AT_LEAST, arg=["/v1/jobs", 2])  # the first reads are not counted
+    sent: list[float] = []  # when the page asked GET /v1/jobs or /v1/jobs/{id}
+    page.on("request", lambda r: sent.append(time.monotonic()) if re.fullmatch(
+        r"/v1/jobs(/[^/]+)?", urlparse(r.url).path) and r.method == "GET" else None)
+
+    started = time.monotonic()
+    with Client(base_url=stack.url, api_key=stack.creds["tenant_key"]) as sdk:
+        ids = [sdk.submit(kind="text", tier="standard", backend=FAST,
+                          input={"prompt": f"burst {i}", "max_tokens": 8}).id
+               for i in range(BURST)]
+    deadline = time.monotonic() + 120
+    while True:  # every row in its final status, read by the view (no poll: ?poll=600)
+        rows = page.evaluate(ROW_STATUS, [ids])
+        if all(s in FINAL for s in rows):
+            break
+        assert time.monotonic() < deadline, rows
+        page.wait_for_timeout(100)
+    burst_s = time.monotonic() - started
+    asked = len(sent)
+    shot(page, "live-jobs-burst")
+    # one re-read a second at most (a list read, or a few jobs' own), plus the first ones:
+    # where it was one per event, at least BURST * 3
+    assert asked <= 2 * burst_s + 10, (asked, round(burst_s, 1))
+
+
+def test_batches_come_at_most_once_a_period_and_stop_with_their_view(
+        stack: Stack, page: Page) -> None:
+    """live.js's batched(), in the page on a paused clock: the first batch comes at once, the
+    next a period after it (the keys seen meanwhile, once each), none once stopped (the view
+    left: ctx.timers)."""
+    page.clock.install(time=1_000_000)
+    page.goto(f"{stack.url}/console/")
+    page.clock.pause_at(1_001_000)
+    page.evaluate("""async () => {
+      const { batched } = await import("./js/live.js");
+      window.__ctx = { timers: [] };
+      window.__batches = [];
+      window.__add = batched(window.__ctx, 1000, keys => window.__batches.push(keys));
+    }""")
+
+    def add(*keys: str) -> None:
+        page.evaluate("([keys]) => keys.forEach(k => window.__add(k))", [list(keys)])
+
+    def batches() -> list[list[str]]:
+        return page.evaluate("() => window.__batches")
+
+    add("a", "b", "a")
+    assert batches() == []  # not within the same turn: a chunk of events is one batch
+    page.clock.run_for(1)
+    assert batches() == [["a", "b"]]
+    add("c", "d", "c")
+    page.clock.run_for(998)
+    assert batches() == [["a", "b"]]
+    page.clock.run_for(2)
+    assert batches() == [["a", "b"], ["c", "d"]]
+    page.clock.run_for(5000)  # a quiet feed: no empty batches
+    assert len(batches()) == 2
+    add("e")  # after a quiet period: at once again
+    page.clock.run_for(1)
+    assert batches()[-1] == ["e"]
+    add("f")
+    page.evaluate("() => window.__ctx.timers.forEach(t => t.stop())")  # the view is left
+    add("g")
+    page.clock.run_for(5000)
+    assert batches()[-1] == ["e"] and len(batches()) == 3
 
 
 def test_the_console_polls_when_the_event_routes_are_missing(stack: Stack, page: Page) -> None:

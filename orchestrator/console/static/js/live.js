@@ -52,6 +52,31 @@ export function serially(ctx) {
   };
 }
 
+// Gather keys and hand them to `fn(keys)` at most once every `ms`: the first batch at once
+// (on the next turn, so the events of one chunk make one batch), the next when `ms` has passed
+// since the last. A busy feed then costs one batch a period, however many events it carries.
+// Stopped with its view (ctx.timers): nothing gathered is handed on after the view is left.
+export function batched(ctx, ms, fn) {
+  const keys = new Set();
+  const handle = { stopped: false, timer: null, last: -Infinity };
+  handle.stop = () => { handle.stopped = true; clearTimeout(handle.timer); keys.clear(); };
+  const flush = () => {
+    handle.timer = null;
+    handle.last = performance.now();
+    const batch = [...keys];
+    keys.clear();
+    fn(batch);
+  };
+  ctx.timers.push(handle);
+  return key => {
+    if (handle.stopped) return;
+    keys.add(key);
+    if (handle.timer === null) {
+      handle.timer = setTimeout(flush, Math.max(0, handle.last + ms - performance.now()));
+    }
+  };
+}
+
 // While the view is shown, keep the stream at `path` open: `onEvent(message)` for each event;
 // `load()` when it opens with nothing to resume from (what happened before it), and every `ms`
 // while there is no stream. A drop is resumed with Last-Event-ID after a backoff. A stream that
