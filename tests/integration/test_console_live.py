@@ -152,9 +152,10 @@ def test_a_burst_of_events_is_read_in_batches_not_one_request_each(
     burst_s = time.monotonic() - started
     asked = len(sent)
     shot(page, "live-jobs-burst")
-    # one re-read a second at most (a list read, or a few jobs' own), plus the first ones:
-    # where it was one per event, at least BURST * 3
-    assert asked <= 2 * burst_s + 10, (asked, round(burst_s, 1))
+    # a batch a second at most, each one list read or up to five jobs' own (a slow machine
+    # spreads the burst into small batches), plus the first: before, about one per event
+    # (70 of this burst's 180 and more, in 3 s)
+    assert asked <= 5 * (burst_s + 1) + 2, (asked, round(burst_s, 1))
 
 
 def test_batches_come_at_most_once_a_period_and_stop_with_their_view(
