@@ -4,19 +4,23 @@ as comparable values (for the backup tests)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, text
 
 from orchestrator.backup import PgTools
 from orchestrator.backup.pgtools import wheel_bin_dir
 from orchestrator.domain.budgets import covering_scopes
+from orchestrator.embedded.scratch import scratch_database
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.admission import NewJob
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.ledger.endings import ClosingAttempt
 from orchestrator.store import jobs as repo
+from orchestrator.store.engine import make_engine
 from orchestrator.store.keys import create_key
 
 from .ledger_helpers import FakeClock
@@ -82,3 +86,14 @@ def contents(engine: Engine) -> dict[str, Any]:
             out[seq] = conn.execute(text(f"SELECT last_value, is_called FROM {seq}")).one()
     engine.dispose()
     return out
+
+
+@pytest.fixture(name="occupied")
+def occupied_fixture(servers: tuple[str, str]) -> Iterator[tuple[str, Engine]]:
+    """A database with other contents (4 jobs), and an engine on it (disposed: no session)."""
+    with scratch_database(servers[0]) as url:
+        engine = make_engine(url, pool_size=2)
+        populate(engine, jobs=4)
+        engine.dispose()
+        yield url, engine
+        engine.dispose()

@@ -9,15 +9,11 @@ running the job, a local fake Cloud Monitoring."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,34 +25,11 @@ from orchestrator.metrics.fake_gcm import FakeMonitoringServer
 from orchestrator.store.keys import create_key
 
 from .api_fixture import video
-from .e2e_support import ROOT, Rig
+from .e2e_support import Rig
 from .raw_http import head, read_answer
+from .test_metrics_addr import api_process
 
 STOP_WITHIN_S = 5.0  # well under Docker's default stop grace (10 s) and up's (15 s)
-
-
-@contextmanager
-def api_process(env: dict[str, str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "api", "--port", str(port)],
-            cwd=ROOT, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"the API exited with {proc.returncode}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the API did not answer"
-            time.sleep(0.1)  # polling interval of a condition wait
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @dataclass

@@ -27,7 +27,7 @@ from orchestrator.backup.crypt import HEADER_SIZE, LENGTH_SIZE, MAGIC
 from orchestrator.embedded.scratch import scratch_database
 from orchestrator.store.engine import make_engine
 
-from .backup_helpers import TOOLS, contents, populate
+from .backup_helpers import TOOLS, contents, occupied_fixture, populate  # noqa: F401
 from .ledger_helpers import assert_sound
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,16 +60,6 @@ def made(servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
         plain = create_backup(url, where / "plain.dump", TOOLS)
         assert plain.key_id is None and "backup key" not in plain.summary()
         yield enc.path, plain.path, before
-
-
-@pytest.fixture()
-def occupied(servers: tuple[str, str]) -> Iterator[tuple[str, Engine]]:
-    with scratch_database(servers[0]) as url:
-        engine = make_engine(url, pool_size=2)
-        populate(engine, jobs=4)
-        engine.dispose()
-        yield url, engine
-        engine.dispose()
 
 
 def test_an_encrypted_backup_holds_no_plaintext_and_its_checksum_is_of_the_file_as_written(

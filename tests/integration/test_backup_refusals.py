@@ -13,7 +13,6 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -29,7 +28,7 @@ from orchestrator.embedded.scratch import scratch_database
 from orchestrator.store.engine import make_engine
 from orchestrator.store.migrate import alembic_config
 
-from .backup_helpers import TOOLS, contents, populate
+from .backup_helpers import TOOLS, contents, occupied_fixture, populate  # noqa: F401
 from .ledger_helpers import assert_sound
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,17 +46,6 @@ def archive(servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) 
             engine.dispose()
         create_backup(url, path, TOOLS)
     return path
-
-
-@pytest.fixture()
-def occupied(servers: tuple[str, str]) -> Iterator[tuple[str, Engine]]:
-    """A database with other contents (4 jobs), and an engine on it (disposed: no session)."""
-    with scratch_database(servers[0]) as url:
-        engine = make_engine(url, pool_size=2)
-        populate(engine, jobs=4)
-        engine.dispose()
-        yield url, engine
-        engine.dispose()
 
 
 def test_an_archive_of_a_newer_schema_is_refused_and_nothing_changes(

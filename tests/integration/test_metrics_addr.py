@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
@@ -21,11 +22,14 @@ from .host_support import listening
 
 
 @contextmanager
-def api_process(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "api", "--port", str(port)],
-        cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+def api_process(env: dict[str, str], port: int, log: Path | None = None
+                ) -> Iterator[subprocess.Popen[bytes]]:
+    """``orchestrator api`` on ``port`` until it answers /healthz (its output to ``log``);
+    stopped with SIGTERM afterwards if it still runs (SIGKILL after 15 s)."""
+    with (log.open("wb") if log is not None else open(os.devnull, "wb")) as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "api", "--port", str(port)],
+            cwd=ROOT, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -39,7 +43,8 @@ def api_process(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[byt
             time.sleep(0.1)  # polling interval of a condition wait
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
