@@ -71,3 +71,18 @@ def test_every_service_rotates_its_logs() -> None:
                 or not options.get("max-file"):
             unbounded.append(name)
     assert unbounded == [], f"services whose logs grow without bound: {unbounded}"
+
+
+def test_the_secrets_reach_only_the_roles_that_use_them() -> None:
+    """Flower (a web page that can shut workers down) and the simulator (fake providers)
+    were given the whole shared environment: the database URL with its password and the
+    secret key that opens every stored webhook and channel secret."""
+    services = compose()["services"]
+    secrets = ("ORCH_DATABASE_URL", "ORCH_SECRET_KEY")
+    for name in ("flower", "simulator"):
+        env = services[name]["environment"]
+        assert not [k for k in secrets if k in env], name
+    assert "ORCH_REDIS_URL" in services["flower"]["environment"]
+    for name in ("migrate", "api", "worker", "beat"):
+        env = services[name].get("environment", {})
+        assert all(k in env for k in secrets), name
