@@ -182,7 +182,7 @@ def archive_revision(path: Path, tools: PgTools, shown: Path | None = None,
                      pass_fds: tuple[int, ...] = ()) -> str:
     """The schema revision recorded in the archive's alembic_version table; ``shown``: the
     name its messages give it (the encrypted file's, for a decrypted copy); ``pass_fds``:
-    the descriptor pg_restore reads ``path`` through (``crypt.fd_path``), if any."""
+    the descriptor pg_restore reads ``path`` through (``crypt.Decrypted``), if any."""
     if not Path(path).is_file():
         raise BackupError(f"{path} is not a file")
     name = shown or path
@@ -224,8 +224,9 @@ def restore_backup(url: str, path: Path, tools: PgTools, *, force: bool = False,
     _refuse(Target(url), force)
     if not crypt.encrypted_file(path):
         return _restore(url, path, path, tools, force, started, None)
-    with crypt.decrypted(path, keys) as (fd, key_id):
-        return _restore(url, crypt.fd_path(fd), path, tools, force, started, key_id, (fd,))
+    with crypt.decrypted(path, keys) as plain:
+        return _restore(url, plain.path, path, tools, force, started, plain.key_id,
+                        plain.pass_fds)
 
 
 def _restore(url: str, path: Path, shown: Path, tools: PgTools, force: bool, started: float,

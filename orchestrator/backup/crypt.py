@@ -23,6 +23,7 @@ import errno
 import os
 import struct
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -210,22 +211,41 @@ def decrypt_stream(src: IO[bytes], dst: IO[bytes], keys: Sequence[BackupKey],
         pending, i = body(prefix, i + 1), i + 1
 
 
+@dataclass(frozen=True, slots=True)
+class Decrypted:
+    """A decrypted archive as a child program reads it: by ``path``, given ``pass_fds``."""
+
+    path: Path
+    pass_fds: tuple[int, ...]
+    key_id: str  # the fingerprint of the key that opened it
+
+
+# Linux opens /dev/fd/N of a regular file afresh, at offset 0: each pg_restore reads the
+# unnamed file from its start. macOS and the BSDs dup the descriptor instead (the parent's
+# offset, at the end once written), so there the file keeps a name while it is read.
+REOPENS_AT_START = sys.platform == "linux"
+
+
 @contextmanager
-def decrypted(path: Path, keys: Sequence[BackupKey]) -> Iterator[tuple[int, str]]:
-    """The archive in ``path`` decrypted, whole and authenticated, into a file that has no
-    name (pg_restore needs to seek in it): a descriptor open for reading, which a child
-    program is given with ``pass_fds`` and opens as ``fd_path(fd)``; closed, and the file
-    gone, on exit. No name means nothing to remove: a process stopped by any signal, even
-    SIGKILL, leaves no plaintext on disk. With it, the fingerprint of the key that opened
-    it. The file is made beside the archive (room for its size), or in the temporary
+def decrypted(path: Path, keys: Sequence[BackupKey]) -> Iterator[Decrypted]:
+    """The archive in ``path`` decrypted, whole and authenticated, into a file of mode 0600
+    (pg_restore needs to seek in it), removed on exit. On Linux the file has no name: a
+    child program is given its descriptor (``pass_fds``) and opens it as ``/dev/fd/N``, and
+    a process stopped by any signal, even SIGKILL, leaves no plaintext on disk. Elsewhere it
+    is a hidden named file, removed on exit (SIGTERM included: the commands turn it into an
+    exit). The file is made beside the archive (room for its size), or in the temporary
     directory when that directory is not writable."""
     with path.open("rb") as src:
         header = read_header(src, str(path))
         key = choose_key(header, keys, str(path))  # before a byte is written
         src.seek(0)
         where = path.parent if os.access(path.parent, os.W_OK) else Path(tempfile.gettempdir())
+        name: str | None = None
         try:
-            fd = _unnamed_file(where)
+            if REOPENS_AT_START:
+                fd = _unnamed_file(where)
+            else:
+                fd, name = tempfile.mkstemp(dir=where, prefix=".orch-", suffix=".decrypted")
         except OSError as exc:
             raise BackupError(f"cannot decrypt {path} into {where}: "
                               f"{exc.strerror or exc}; nothing was changed") from None
@@ -236,15 +256,14 @@ def decrypted(path: Path, keys: Sequence[BackupKey]) -> Iterator[tuple[int, str]
             except OSError as exc:
                 raise BackupError(f"cannot decrypt {path} into {where}: "
                                   f"{exc.strerror or exc}; nothing was changed") from None
-            yield fd, key.fingerprint
+            if name is not None:
+                yield Decrypted(Path(name), (), key.fingerprint)
+            else:
+                yield Decrypted(Path(f"/dev/fd/{fd}"), (fd,), key.fingerprint)
         finally:
             os.close(fd)
-
-
-def fd_path(fd: int) -> Path:
-    """The name a child program given ``fd`` (``pass_fds``) opens it by; a regular file
-    opened this way has an offset of its own, so each reads it from its start."""
-    return Path(f"/dev/fd/{fd}")
+            if name is not None:
+                Path(name).unlink(missing_ok=True)
 
 
 def _unnamed_file(where: Path) -> int:

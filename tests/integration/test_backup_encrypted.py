@@ -72,11 +72,11 @@ def test_an_encrypted_backup_holds_no_plaintext_and_its_checksum_is_of_the_file_
     assert PROMPT.encode() not in data and KEY.secret() not in data
     assert KEY_TEXT.encode() not in data
     # the prompt is in it all the same, for whoever has the key
-    with crypt.decrypted(enc, [KEY]) as (fd, key_id):
+    with crypt.decrypted(enc, [KEY]) as opened:
         jobs = subprocess.run([TOOLS.path("pg_restore"), "--data-only", "--table=jobs",
-                               "--file=-", str(crypt.fd_path(fd))], capture_output=True,
-                              check=True, pass_fds=(fd,))
-    assert PROMPT.encode() in jobs.stdout and key_id == KEY.fingerprint
+                               "--file=-", str(opened.path)], capture_output=True,
+                              check=True, pass_fds=opened.pass_fds)
+    assert PROMPT.encode() in jobs.stdout and opened.key_id == KEY.fingerprint
     assert sidecar(enc).read_text() == f"{hashlib.sha256(data).hexdigest()}  enc.dump\n"
     checked = subprocess.run(["sha256sum", "--check", sidecar(enc).name], cwd=enc.parent,
                              capture_output=True, text=True, check=False)

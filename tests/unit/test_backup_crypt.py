@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.backup import crypt
 from orchestrator.backup.backupkey import (
     BackupKey,
     load_backup_keys,
@@ -27,7 +28,6 @@ from orchestrator.backup.crypt import (
     decrypt_stream,
     decrypted,
     encrypt_stream,
-    fd_path,
     is_encrypted,
     read_header,
 )
@@ -208,15 +208,33 @@ def test_the_decrypted_archive_is_a_file_without_a_name(
     data = os.urandom(5 * CHUNK + 7)
     archive = tmp_path / "x.dump"
     archive.write_bytes(sealed(data))
-    with decrypted(archive, [OTHER, KEY]) as (fd, key_id):
-        assert key_id == KEY.fingerprint
+    with decrypted(archive, [OTHER, KEY]) as plain:
+        assert plain.key_id == KEY.fingerprint
+        (fd,) = plain.pass_fds
+        assert plain.path == Path(f"/dev/fd/{fd}")
         assert os.fstat(fd).st_nlink == 0 and stat.S_IMODE(os.fstat(fd).st_mode) == 0o600
         assert [p.name for p in tmp_path.iterdir()] == ["x.dump"]
         # each opening of its name in /dev/fd reads it from its start
         for _ in range(2):
-            assert fd_path(fd).read_bytes() == data
+            assert plain.path.read_bytes() == data
     with pytest.raises(OSError):
         os.fstat(fd)  # closed: the file is gone
+
+
+def test_where_dev_fd_shares_the_offset_the_decrypted_archive_has_a_name_until_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """macOS and the BSDs: /dev/fd/N is the descriptor itself, at its end once written, and
+    pg_restore read nothing from it."""
+    monkeypatch.setattr(crypt, "REOPENS_AT_START", False)
+    data = os.urandom(2 * CHUNK + 3)
+    archive = tmp_path / "x.dump"
+    archive.write_bytes(sealed(data))
+    with decrypted(archive, [KEY]) as plain:
+        assert plain.pass_fds == () and plain.path.parent == tmp_path
+        assert plain.path.name.startswith(".orch-") and plain.path.read_bytes() == data
+        assert stat.S_IMODE(plain.path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["x.dump"]
 
 
 @pytest.mark.parametrize(("call", "error"), [("write", errno.ENOSPC), ("fsync", errno.EIO)])
