@@ -13,6 +13,7 @@ A key is only ever named by its fingerprint.
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,11 +120,10 @@ def create(
     encrypted with the first one (AES-256-GCM) and the checksum is of the encrypted file."""
     from orchestrator.backup import PgTools, create_backup
 
+    keys = backup_keys(key_file)
     # SIGTERM leaves through every finally, as Ctrl-C does: pg_dump stopped, the partial
     # archive (the database in plaintext, without a key) and the passfile removed
-    signal.signal(signal.SIGTERM, _stopped)
-    keys = backup_keys(key_file)
-    with database(create_if_missing=False) as (url, external):
+    with stop_on_sigterm(), database(create_if_missing=False) as (url, external):
         report = create_backup(url, path, PgTools.locate(external=external), force=force,
                                key=keys[0] if keys else None)
     typer.echo(report.summary())
@@ -155,15 +155,14 @@ def restore(
     from orchestrator.backup.keycheck import key_warning
     from orchestrator.settings import get_settings
 
-    # SIGTERM (docker stop, systemd, timeout) leaves through every finally, as Ctrl-C does:
-    # pg_restore stopped, psql's transaction rolled back, the embedded server stopped, the
-    # passfile removed; the default action would end the process in place
-    signal.signal(signal.SIGTERM, _stopped)
     keys = backup_keys(key_file)
     if skip_checksum:
         typer.echo(f"warning: --skip-checksum: {path} is restored without checking it against "
                    "a checksum; damage in its schema text would go unnoticed", err=True)
-    with database(create_if_missing=True) as (url, external):
+    # SIGTERM (docker stop, systemd, timeout) leaves through every finally, as Ctrl-C does:
+    # pg_restore stopped, psql's transaction rolled back, the embedded server stopped, the
+    # passfile removed; the default action would end the process in place
+    with stop_on_sigterm(), database(create_if_missing=True) as (url, external):
         report = restore_backup(url, path, PgTools.locate(external=external), force=force,
                                 skip_checksum=skip_checksum, keys=keys)
         warning = key_warning(url, get_settings())
@@ -177,7 +176,24 @@ def restore(
         typer.echo(warning, err=True)
 
 
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM as an exit (status 143) while the block runs, on the main thread (elsewhere
+    the signal cannot be caught here); the handler found is put back after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _stopped)
+    try:
+        yield
+    finally:  # None: a handler not set from Python, which cannot be put back
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def _stopped(signum: int, frame: FrameType | None) -> NoReturn:
+    # a second SIGTERM must not cut the cleanup short (the load's rollback, the server's stop)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     say("stopped by SIGTERM")
     raise SystemExit(128 + signum)
 
