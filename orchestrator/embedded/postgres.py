@@ -283,9 +283,14 @@ class EmbeddedPostgres:
 
             identity = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
         try:
+            # without the orchestrator's settings (ORCH_*): among them the secret and backup
+            # keys and passwords, which the server (its environment readable by its user)
+            # must not hold
             subprocess.run(
                 cmd, check=True, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, timeout=120, **identity,
+                text=True, timeout=120,
+                env={k: v for k, v in os.environ.items() if not k.startswith("ORCH_")},
+                **identity,
             )
         except subprocess.CalledProcessError as exc:
             log = self.pgdata / "postgres.log"

@@ -80,6 +80,24 @@ def test_postgres_wants_its_password_and_listens_on_loopback_only(data_dir: Path
         EmbeddedPostgres(data_dir / "pg").stop()
 
 
+def test_the_embedded_postgres_holds_none_of_the_orchestrators_settings(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`orchestrator backup` starts the embedded server with the backup and secret keys in
+    its environment: the server (whose environment its own user reads in /proc) held them."""
+    monkeypatch.setenv("ORCH_BACKUP_KEY", "backup-key-not-for-postgres")
+    monkeypatch.setenv("ORCH_SECRET_KEY", "secret-key-not-for-postgres")
+    monkeypatch.setenv("NOT_ORCH_KEPT", "1")
+    pg = EmbeddedPostgres(data_dir / "pg", durable=False)
+    pg.start()
+    try:
+        environ = Path(f"/proc/{postmaster_pid(pg)}/environ").read_bytes().split(b"\0")
+        assert b"NOT_ORCH_KEPT=1" in environ  # the rest is passed on
+        assert not [v for v in environ if v.startswith(b"ORCH_")]
+    finally:
+        pg.stop()
+
+
 def test_a_postgres_data_dir_from_before_passwords_is_given_one(data_dir: Path) -> None:
     """As main made it: trust for everyone, no password file. The next start sets a password
     over the trust it finds, then puts SCRAM in force."""
