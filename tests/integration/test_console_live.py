@@ -200,6 +200,31 @@ def test_batches_come_at_most_once_a_period_and_stop_with_their_view(
     assert batches()[-1] == ["e"] and len(batches()) == 3
 
 
+def test_a_batch_waits_for_the_last_one_to_be_read(stack: Stack, page: Page) -> None:
+    """On a slow API the next batch waits for the last one's reads (the promise its function
+    returns) and gathers meanwhile: before, a batch went every period whatever, and a few
+    jobs' reads queued up behind each other without bound."""
+    page.clock.install(time=1_000_000)
+    page.goto(f"{stack.url}/console/")
+    page.clock.pause_at(1_001_000)
+    page.evaluate("""async () => {
+      const { batched } = await import("./js/live.js");
+      window.__batches = [];
+      window.__add = batched({ timers: [] }, 1000, keys => {
+        window.__batches.push(keys);
+        return new Promise(done => { window.__read = done; });  // read when the test says
+      });
+    }""")
+    page.evaluate("() => window.__add('a')")
+    page.clock.run_for(1)
+    page.evaluate("() => ['b', 'c'].forEach(k => window.__add(k))")
+    page.clock.run_for(3000)  # three periods, the first batch still being read
+    assert page.evaluate("() => window.__batches") == [["a"]]
+    page.evaluate("() => window.__read()")
+    page.clock.run_for(1001)
+    assert page.evaluate("() => window.__batches") == [["a"], ["b", "c"]]
+
+
 def test_the_console_polls_when_the_event_routes_are_missing(stack: Stack, page: Page) -> None:
     proxy = EventsBlockingProxy(stack.url)
     try:

@@ -99,9 +99,8 @@ export function jobsView(ctx) {
   if (ctx.me.admin && ctx.tenant !== ctx.me.tenant) {
     ctx.every(3000, load);
   } else {
-    const reread = batched(ctx, BATCH_MS, ids => {
-      if (ids.length > FEW_JOBS) load(); else ids.forEach(refreshRow);
-    });
+    const reread = batched(ctx, BATCH_MS, ids =>
+      ids.length > FEW_JOBS ? load() : Promise.all(ids.map(refreshRow)));
     follow(ctx, "/v1/events", { ms: 3000, load, onEvent: msg => {
       const ev = JSON.parse(msg.data);
       if (ev.job_id) reread(ev.job_id);

@@ -54,18 +54,25 @@ export function serially(ctx) {
 
 // Gather keys and hand them to `fn(keys)` at most once every `ms`: the first batch at once
 // (on the next turn, so the events of one chunk make one batch), the next when `ms` has passed
-// since the last. A busy feed then costs one batch a period, however many events it carries.
-// Stopped with its view (ctx.timers): nothing gathered is handed on after the view is left.
+// since the last and the last's promise (what `fn` returns) has settled: on a slow API the
+// keys wait and gather, rather than reads queueing up behind each other. A busy feed then
+// costs one batch a period, however many events it carries. Stopped with its view
+// (ctx.timers): nothing gathered is handed on after the view is left.
 export function batched(ctx, ms, fn) {
   const keys = new Set();
   const handle = { stopped: false, timer: null, last: -Infinity };
+  let busy = false;
   handle.stop = () => { handle.stopped = true; clearTimeout(handle.timer); keys.clear(); };
   const flush = () => {
     handle.timer = null;
+    if (handle.stopped) return;
+    if (busy) { handle.timer = setTimeout(flush, ms); return; }
     handle.last = performance.now();
     const batch = [...keys];
     keys.clear();
-    fn(batch);
+    busy = true;
+    const done = () => { busy = false; };
+    Promise.resolve(fn(batch)).then(done, done);
   };
   ctx.timers.push(handle);
   return key => {
