@@ -14,10 +14,10 @@ everything in the schema ``public``) in one transaction: a failure leaves the ta
 was. It first checks the archive against its ``X.sha256`` (unless ``skip_checksum``) and
 the target (refused when not empty without ``force``, or with other sessions connected); an
 encrypted one is then decrypted, whole and authenticated, with the one of ``keys`` its header
-names into a file that has no name (nothing to remove, whatever stops the process), before
-the database is touched. It refuses an archive of a schema revision this code does not know
-(a newer one) and migrates an older one to the code's head afterwards, then audits the
-ledger.
+names into a file that, on Linux, has no name (nothing to remove, whatever stops the
+process; ``crypt.decrypted``), before the database is touched. It refuses an archive of a
+schema revision this code does not know (a newer one) and migrates an older one to the
+code's head afterwards, then audits the ledger.
 """
 
 from __future__ import annotations
