@@ -93,7 +93,9 @@ def _stop_under_streams(rig: Rig, tmp_path: Path, gcm: FakeMonitoringServer) -> 
             t.start()
         for s in streams:
             assert s.opened.wait(30), f"{s.path}: {s.outcome or 'no event'}"
-        assert [e.event for e in streams[0].events] == ["job.queued", "job.started"]
+        # opened at its first event; the second may still be on its way
+        rig.wait_for("the job's stream to carry its two events", lambda: [
+            e.event for e in streams[0].events] == ["job.queued", "job.started"], timeout=30)
 
         # a submission under way: its head read (the API asked for its body: 100 Continue)
         body = json.dumps(video()).encode()
