@@ -3,11 +3,7 @@ real uvicorn server on 127.0.0.1 in a background thread, for tests, benches and 
 
 from __future__ import annotations
 
-import signal
 import socket
-import threading
-from types import FrameType
-from typing import NoReturn
 
 import uvicorn
 
@@ -17,6 +13,7 @@ from orchestrator.bootstrap import Container
 from orchestrator.runtime import serving
 from orchestrator.runtime.heap import freeze_startup_heap
 from orchestrator.runtime.serving import ThreadedServer
+from orchestrator.runtime.signals import sigterm_exits
 from orchestrator.settings import split_address
 
 
@@ -50,38 +47,27 @@ handlers of their own.
     # puts back the handler it found and raises the signal again: with the default one the
     # process died there, status -15, before this finally and atexit (the metric sinks' last
     # flush). With this one it leaves through them, status 0.
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if main else None
-    if main:
-        signal.signal(signal.SIGTERM, _exit_0)
-    try:
-        if c.settings.metrics_addr:  # /metrics there, and not on the API's port (create_app)
-            metrics_host, metrics_port = split_address(c.settings.metrics_addr)
-            metrics.start_metrics_server(metrics_port, addr=metrics_host)
-        app = create_app(c, cfg)
-        freeze_startup_heap()
-        if fd is None:
-            uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=None,
-                        access_log=access_log, **cfg.uvicorn_options())
-        else:
-            # socket(fileno=) reads the family and protocol back from the descriptor:
-            # uvicorn's own fd= option would take it for AF_UNIX, and asyncio then would not
-            # set TCP_NODELAY on accepted connections
-            sock = socket.socket(fileno=fd)
-            server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, log_config=None,
-                                                   access_log=access_log,
-                                                   **cfg.uvicorn_options()))
-            server.run(sockets=[sock])
-    finally:
-        if main:  # None: a handler not set from Python, which this one cannot put back
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-        metrics.shutdown()
-
-
-def _exit_0(signum: int, frame: FrameType | None) -> NoReturn:
-    """SIGTERM outside uvicorn's own handler: after its graceful stop (re-raised), or before
-    it started: a stop asked for, done."""
-    raise SystemExit(0)
+    with sigterm_exits(0):  # a stop asked for, done
+        try:
+            if c.settings.metrics_addr:  # /metrics there, not on the API's port (create_app)
+                metrics_host, metrics_port = split_address(c.settings.metrics_addr)
+                metrics.start_metrics_server(metrics_port, addr=metrics_host)
+            app = create_app(c, cfg)
+            freeze_startup_heap()
+            if fd is None:
+                uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=None,
+                            access_log=access_log, **cfg.uvicorn_options())
+            else:
+                # socket(fileno=) reads the family and protocol back from the descriptor:
+                # uvicorn's own fd= option would take it for AF_UNIX, and asyncio then would
+                # not set TCP_NODELAY on accepted connections
+                sock = socket.socket(fileno=fd)
+                server = uvicorn.Server(uvicorn.Config(
+                    app, log_level=log_level, log_config=None, access_log=access_log,
+                    **cfg.uvicorn_options()))
+                server.run(sockets=[sock])
+        finally:
+            metrics.shutdown()
 
 
 RunningApi = ThreadedServer

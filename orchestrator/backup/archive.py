@@ -38,14 +38,9 @@ from alembic.util.exc import CommandError
 
 from orchestrator.backup import checksum, crypt
 from orchestrator.backup.backupkey import BackupKey
-from orchestrator.backup.pgtools import (
-    BackupError,
-    PgTools,
-    Target,
-    child_environment,
-    last_error,
-)
+from orchestrator.backup.pgtools import BackupError, PgTools, Target, last_error
 from orchestrator.backup.target import TargetState, inspect_target
+from orchestrator.runtime.children import child_environment
 
 COUNTED = ("jobs", "attempts", "holds", "ledger_entries", "budgets", "api_keys", "alerts")
 

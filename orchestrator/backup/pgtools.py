@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.runtime.children import child_environment
 from orchestrator.settings import normalize_database_url
 
 
@@ -65,15 +66,6 @@ _QUERY_ENV = {
 # inherited variables that would change which database or credentials a program uses
 _OVERRIDDEN = ("PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGHOST",
                "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE")
-
-
-def child_environment() -> dict[str, str]:
-    """This process's environment without the orchestrator's own settings (``ORCH_*``):
-    pg_dump, pg_restore and psql read none of them, and among them are the backup key
-    (``ORCH_BACKUP_KEY``), the secret key, the API key, passwords and the database URL with
-    its password, which a child program must not be handed (nor show in
-    /proc/PID/environ)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
 
 
 def wheel_bin_dir() -> Path:

@@ -13,17 +13,16 @@ A key is only ever named by its fingerprint.
 from __future__ import annotations
 
 import signal
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import psycopg
 import typer
 
 from orchestrator.cli.errors import fail, one_line_errors, say
+from orchestrator.runtime.signals import sigterm_exits
 
 if TYPE_CHECKING:
     from orchestrator.backup.backupkey import BackupKey
@@ -176,26 +175,9 @@ def restore(
         typer.echo(warning, err=True)
 
 
-@contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM as an exit (status 143) while the block runs, on the main thread (elsewhere
-    the signal cannot be caught here); the handler found is put back after it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _stopped)
-    try:
-        yield
-    finally:  # None: a handler not set from Python, which cannot be put back
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-def _stopped(signum: int, frame: FrameType | None) -> NoReturn:
-    # a second SIGTERM must not cut the cleanup short (the load's rollback, the server's stop)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    say("stopped by SIGTERM")
-    raise SystemExit(128 + signum)
+def stop_on_sigterm() -> AbstractContextManager[None]:
+    """SIGTERM as an exit (status 143, one line said) while a command's work runs."""
+    return sigterm_exits(128 + signal.SIGTERM, lambda: say("stopped by SIGTERM"))
 
 
 def register(app: typer.Typer) -> None:

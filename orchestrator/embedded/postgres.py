@@ -24,6 +24,7 @@ import psycopg
 from orchestrator.embedded._ports import remembered_port
 from orchestrator.embedded.private import private_dir, private_secret, write_private
 from orchestrator.errors import EmbeddedServiceError
+from orchestrator.runtime.children import child_environment
 
 DATABASE = "orchestrator"
 SUPERUSER = "postgres"
@@ -283,14 +284,9 @@ class EmbeddedPostgres:
 
             identity = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
         try:
-            # without the orchestrator's settings (ORCH_*): among them the secret and backup
-            # keys and passwords, which the server (its environment readable by its user)
-            # must not hold
             subprocess.run(
                 cmd, check=True, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, timeout=120,
-                env={k: v for k, v in os.environ.items() if not k.startswith("ORCH_")},
-                **identity,
+                text=True, timeout=120, env=child_environment(), **identity,
             )
         except subprocess.CalledProcessError as exc:
             log = self.pgdata / "postgres.log"
