@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
-from pathlib import Path
-from types import ModuleType
 
 from sqlalchemy import create_engine
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _checks_module() -> ModuleType:
-    name = "loadtests_checks"  # loadtests/ is a folder of scripts, not a package
-    spec = importlib.util.spec_from_file_location(name, ROOT / "loadtests" / "checks.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from .loadtest_scripts import loadtest_module
 
 
 def _closed_port() -> int:
@@ -33,7 +19,7 @@ def _closed_port() -> int:
 def test_a_sampler_that_never_read_the_budgets_is_a_miss_not_zero_overruns() -> None:
     engine = create_engine(f"postgresql+psycopg://u:p@127.0.0.1:{_closed_port()}/none",
                            connect_args={"connect_timeout": 2})
-    sampler = _checks_module().BudgetSampler(engine)
+    sampler = loadtest_module("checks").BudgetSampler(engine)
     sampler.sample()
     sampler.sample()
     engine.dispose()
@@ -43,6 +29,6 @@ def test_a_sampler_that_never_read_the_budgets_is_a_miss_not_zero_overruns() -> 
 
 
 def test_a_sampler_that_read_every_time_has_nothing_to_say() -> None:
-    sampler = _checks_module().BudgetSampler(create_engine("postgresql+psycopg://"))
+    sampler = loadtest_module("checks").BudgetSampler(create_engine("postgresql+psycopg://"))
     sampler.samples = 5
     assert sampler.unchecked() is None

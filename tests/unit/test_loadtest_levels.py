@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[2]
+from .loadtest_scripts import loadtest_module
+
 HEADER = ["Timestamp", "User Count", "Type", "Name", "Requests/s", "95%"]
-
-
-def _levels_module() -> ModuleType:
-    name = "loadtests_levels"  # loadtests/ is a folder of scripts, not a package
-    spec = importlib.util.spec_from_file_location(name, ROOT / "loadtests" / "levels.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def _history(path: Path, rows: list[tuple[int, int, str, float, str]]) -> Path:
@@ -39,7 +27,7 @@ def test_each_user_count_is_a_level_without_its_first_seconds(tmp_path: Path) ->
     rows += [(t, 100, "/v1/jobs", 5.0, "5000") for t in range(11, 21)]  # not the aggregate
     rows += [(21, 150, "Aggregated", 30.0, "70")]  # a step of the spawn: shorter than 10 s
     rows += [(t, 200, "Aggregated", 40.0, "300" if t == 40 else "120") for t in range(22, 45)]
-    levels = _levels_module().levels(_history(tmp_path / "h.csv", rows))
+    levels = loadtest_module("levels").levels(_history(tmp_path / "h.csv", rows))
 
     assert [(lv.users, lv.seconds) for lv in levels] == [(100, 10), (200, 13)]
     first, second = levels
