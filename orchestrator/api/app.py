@@ -11,10 +11,10 @@ the envelope of :mod:`.errors`. Request bodies are never logged.
 
 The ASGI stack, outermost first: RequestMetrics (count and time every request by route
 template) → PathHeaders (the console's strict headers on every answer under ``/console``,
-when it is served) → NoStore (``/v1`` answers: ``Cache-Control: no-store``, nosniff) → CatchAll (a
-500 envelope for anything unhandled) → Gate (auth, failed-auth and tenant limits) →
-IdentityBodies (415 for a Content-Encoding) → BodyDeadline (408) → BodySizeLimit (413) →
-HeadAsGet (HEAD on a GET route) → FastAPI.
+when it is served, and under ``/docs``) → NoStore (``/v1`` answers: ``Cache-Control:
+no-store``, nosniff) → CatchAll (a 500 envelope for anything unhandled) → Gate (auth,
+failed-auth and tenant limits) → IdentityBodies (415 for a Content-Encoding) → BodyDeadline
+(408) → BodySizeLimit (413) → HeadAsGet (HEAD on a GET route) → FastAPI.
 """
 
 from __future__ import annotations
@@ -114,7 +114,9 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     app.add_middleware(Gate, auth=ctx.auth, limiter=ctx.limiter, failures=ctx.failures)
     app.add_middleware(CatchAll)
     app.add_middleware(NoStore)  # outside CatchAll and Gate: their errors get it too
-    if container.settings.console_enabled:  # its strict headers on every answer under it
+    # the console's strict headers on every answer under it and under /docs
+    app.add_middleware(PathHeaders, prefix=docs_ui.PATH, fixed=console.SECURITY_HEADERS)
+    if container.settings.console_enabled:
         app.add_middleware(PathHeaders, prefix=console.PATH, fixed=console.SECURITY_HEADERS)
     app.add_middleware(RequestMetrics, routes=app.router.routes)
     return app

@@ -16,9 +16,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
-from starlette.datastructures import MutableHeaders
 from starlette.staticfiles import StaticFiles
-from starlette.types import Message, Receive, Scope, Send
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PATH = "/console"
@@ -34,21 +32,6 @@ SECURITY_HEADERS = {
 }
 
 
-class ConsoleFiles:
-    """The static files, with the security headers on every answer."""
-
-    def __init__(self, directory: Path = STATIC_DIR) -> None:
-        self.files = StaticFiles(directory=directory, html=True)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).update(SECURITY_HEADERS)
-            await send(message)
-
-        await self.files(scope, receive, with_headers)
-
-
 def mount(app: FastAPI) -> None:
     """Serve the console at ``/console/`` (``/console`` redirects there)."""
 
@@ -56,6 +39,6 @@ def mount(app: FastAPI) -> None:
     def console_root() -> RedirectResponse:
         return RedirectResponse(PATH + "/", status_code=308)
 
-    app.mount(PATH, ConsoleFiles(), name="console")
+    app.mount(PATH, StaticFiles(directory=STATIC_DIR, html=True), name="console")
     # every answer under /console, errors and middlewares' refusals too: the app adds
     # ``PathHeaders(PATH, fixed=SECURITY_HEADERS)`` outside its middlewares

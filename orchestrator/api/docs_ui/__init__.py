@@ -16,8 +16,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
-
-from orchestrator.console import SECURITY_HEADERS, ConsoleFiles
+from starlette.staticfiles import StaticFiles
 
 PATH = "/docs"
 ASSETS_PATH = "/docs/assets"
@@ -43,15 +42,15 @@ PAGE = f"""<!doctype html>
 
 
 def mount(app: FastAPI) -> None:
-    """Serve ``/docs`` (the page), ``/docs/swagger-init.js`` and ``/docs/assets/…``."""
+    """Serve ``/docs`` (the page), ``/docs/swagger-init.js`` and ``/docs/assets/…``; the app
+    gives every answer under ``/docs`` the console's strict headers (``PathHeaders``)."""
 
     @app.get(PATH, include_in_schema=False)
     def docs_page() -> HTMLResponse:
-        return HTMLResponse(PAGE, headers=SECURITY_HEADERS)
+        return HTMLResponse(PAGE)
 
     @app.get(f"{PATH}/swagger-init.js", include_in_schema=False)
     def docs_init() -> FileResponse:
-        return FileResponse(HERE / "swagger-init.js", media_type="text/javascript",
-                            headers=SECURITY_HEADERS)
+        return FileResponse(HERE / "swagger-init.js", media_type="text/javascript")
 
-    app.mount(ASSETS_PATH, ConsoleFiles(BUNDLE_DIR), name="docs-assets")
+    app.mount(ASSETS_PATH, StaticFiles(directory=BUNDLE_DIR), name="docs-assets")
