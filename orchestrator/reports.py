@@ -17,9 +17,12 @@ no budget writes no ledger entry and is not in the report. A charge is dated by 
 entry (``created_at``, the ledger's clock); ``start`` is inclusive, ``end`` exclusive;
 ``day`` groups by UTC day.
 
-**Accuracy** compares, per backend, each succeeded job's actual cost (``jobs.cost_micros``)
-with the estimate routing made for the backend that ran it (its candidate in ``jobs.route``;
-the job's worst-case estimate where the route has none): mean, p50 and p95 of
+**Accuracy** compares, per backend, each succeeded job's actual cost there (what its
+succeeded attempt on that backend was billed, as calibration counts it; ``jobs.cost_micros``
+for a job without one: a failed-over job's earlier bills are the other backends', not this
+one's estimate error) with the estimate routing made for the backend that ran it (its
+candidate in ``jobs.route``; the job's worst-case estimate where the route has none): mean,
+p50 and p95 of
 actual / estimate, and the share within ±5 % of the estimate. The same figures *after
 calibration* compare the actual cost with the candidate's calibrated expected cost
 (``domain.calibration``; the estimate for a job routed before calibration existed or
@@ -109,7 +112,15 @@ _TENANT_ENTRIES = "AND e.job_id IN (SELECT id FROM jobs WHERE tenant = CAST(:ten
 _ACCURACY = text(
     """
     WITH done AS (
-        SELECT j.backend, j.cost_micros AS actual,
+        -- what the backend that ran the job billed for it (its succeeded attempt there),
+        -- not the job's whole cost: a failed-over job's earlier bills are other backends'
+        -- (the calibration window's actual, ``service.calibration``)
+        SELECT j.backend,
+               COALESCE(
+                   (SELECT a.cost_micros FROM attempts a
+                    WHERE a.job_id = j.id AND a.backend = j.backend
+                      AND a.outcome = 'succeeded' AND a.cost_micros IS NOT NULL
+                    LIMIT 1), j.cost_micros) AS actual,
                CASE WHEN chosen.c ->> 'expected_cost_micros' ~ '^[0-9]+$'
                     THEN CAST(chosen.c ->> 'expected_cost_micros' AS bigint)
                     ELSE -1 END AS expected,

@@ -249,6 +249,35 @@ def test_accuracy_compares_each_backends_own_estimate_with_the_actual(db: Engine
     assert acc["img-a"].within_tolerance == 1 and acc["img-a"].mean_ratio == pytest.approx(1.05)
 
 
+def test_accuracy_counts_only_what_the_backend_that_ran_the_job_billed(db: Engine) -> None:
+    """A failed-over job's cost includes the bill of the backend that failed (a run billed
+    for its time, an uncertain attempt concluded billed): that is not the estimate error of
+    the backend it succeeded on. Its accuracy, before and after calibration, compares that
+    backend's own bill (its succeeded attempt's, what calibration learns) with its
+    estimate and expected cost."""
+    job = uuid.uuid4()
+    insert_job(db, job, "acme", candidates={"vid-b": 600_000, "vid-a": 1_200_000})
+    with db.begin() as tx:  # the route's expected costs: vid-a calibrated at x 0.5
+        tx.execute(text(
+            "UPDATE jobs SET route = jsonb_set(route, '{candidates,1,expected_cost_micros}', "
+            "'600000') WHERE id = :id"), {"id": job})
+        for number, (name, outcome, cost) in enumerate(
+                [("vid-b", "failed", 400_000), ("vid-a", "succeeded", 600_000)], 1):
+            tx.execute(text(
+                "INSERT INTO attempts (job_id, number, backend, outcome, cost_micros) "
+                "VALUES (:j, :n, :b, :o, :c)"), {"j": job, "n": number, "b": name,
+                                                 "o": outcome, "c": cost})
+    finish_job(db, job, "succeeded", "vid-a", 1_000_000, NOV_1)
+
+    with db.connect() as conn:
+        (a,) = estimate_accuracy(conn)
+    assert (a.backend, a.jobs, a.estimate_micros) == ("vid-a", 1, 1_200_000)
+    assert a.actual_micros == 600_000  # not vid-b's 400_000 on top
+    assert a.p50_ratio == pytest.approx(0.5) and a.err_p95 == pytest.approx(0.5)
+    assert a.expected_micros == 600_000
+    assert a.calibrated_within == 1 and a.calibrated_err_p95 == pytest.approx(0.0)
+
+
 # -- over HTTP ---------------------------------------------------------------------------------
 
 def test_the_route_is_tenant_scoped_and_exact(api: Api) -> None:
