@@ -240,7 +240,13 @@ def estimate_errors(s: Stack, tenant: str) -> dict[str, tuple[int, float, float,
     with s.container.engine.connect() as conn:
         rows = conn.execute(text(
             """
-            SELECT j.kind, j.cost_micros AS actual,
+            SELECT j.kind,
+                   -- the bill of the attempt that succeeded there, as calibration and the
+                   -- cost report count it: earlier backends' bills are not this estimate's
+                   COALESCE((SELECT a.cost_micros FROM attempts a
+                             WHERE a.job_id = j.id AND a.backend = j.backend
+                               AND a.outcome = 'succeeded' AND a.cost_micros IS NOT NULL
+                             LIMIT 1), j.cost_micros) AS actual,
                    CAST(c ->> 'estimated_cost_micros' AS bigint) AS estimate,
                    CAST(c ->> 'expected_cost_micros' AS bigint) AS expected
             FROM jobs j CROSS JOIN LATERAL jsonb_array_elements(j.route -> 'candidates') c
