@@ -130,7 +130,8 @@ class Container:
         s = self.settings
         return Calibrator(self.engine, self.catalogue, window=s.calibration_window,
                           min_samples=s.calibration_min_samples,
-                          refresh_s=s.calibration_refresh_s)
+                          refresh_s=s.calibration_refresh_s,
+                          max_age_s=s.calibration_max_age_s)
 
     @cached_property
     def egress(self) -> EgressPolicy:

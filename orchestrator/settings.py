@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         default=5, ge=1, le=10_000,
         description="calibration: fewer settled jobs than this on a backend: no factor yet",
     )
+    calibration_max_age_s: float = Field(
+        default=7 * 86_400.0, ge=60, le=366 * 86_400,
+        description="calibration: settled jobs older than this are not samples, so a factor "
+        "that made a backend too dear to be chosen again fades (no factor: its estimate)",
+    )
     calibration_refresh_s: float = Field(
         default=10.0, ge=0, le=3600,
         description="how long a process uses the factors it read before reading them again "

@@ -1,14 +1,15 @@
 """The calibration factors routing ranks on, read from the settled jobs in PostgreSQL.
 
 A backend's samples are its newest succeeded jobs that ran there and paid for it (a cached
-job's $0 is not a bill): what its succeeded attempt there was billed (not the job's whole
-cost, which includes what earlier attempts elsewhere billed before a failover) against the
-worst-case estimate its route made for that backend, with that estimate's price model (both
-in the job's ``route``). One query reads the window of every backend in the catalogue (an index
-scan per backend, ``ix_jobs_settled_by_backend``); ``domain.calibration.learn`` turns them
-into factors. A process keeps the factors it read for ``refresh_s``: routing runs on every
-quote and submission, the factors move only as jobs settle. A failed read keeps the last
-factors (or none): calibration only ever changes the order of candidates, never a hold.
+job's $0 is not a bill), finished within ``max_age_s``: what its succeeded attempt there was
+billed (not the job's whole cost, which includes what earlier attempts elsewhere billed
+before a failover) against the worst-case estimate its route made for that backend, with
+that estimate's price model (both in the job's ``route``). One query reads the window of
+every backend in the catalogue (an index scan per backend, ``ix_jobs_settled_by_backend``);
+``domain.calibration.learn`` turns them into factors. A process keeps the factors it read for
+``refresh_s``: routing runs on every quote and submission, the factors move only as jobs
+settle. A failed read keeps the last factors (or none): calibration only ever changes the
+order of candidates, never a hold.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from orchestrator.domain.calibration import Factor, Sample, learn
 from orchestrator.domain.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
+
+#: A week: older bills say nothing of a provider's price today. Without an age limit a
+#: backend whose factor made it dear would keep that factor for good: ``cheapest`` stops
+#: sending it jobs, so no newer bill would ever replace the old ones.
+DEFAULT_MAX_AGE_S = 7 * 86_400.0
 
 _WINDOW = text(
     """
@@ -48,6 +54,7 @@ _WINDOW = text(
             LIMIT 1) AS c
         WHERE j.backend = b.name AND j.status = 'succeeded' AND j.cached_from IS NULL
           AND j.cost_micros IS NOT NULL
+          AND j.finished_at >= now() - make_interval(secs => CAST(:max_age_s AS double precision))
         ORDER BY j.finished_at DESC
         LIMIT :window
     ) AS x
@@ -55,10 +62,13 @@ _WINDOW = text(
 )
 
 
-def read_samples(engine: Engine, names: list[str], window: int) -> list[Sample]:
-    """The newest ``window`` settled jobs of each backend in ``names``, newest first."""
+def read_samples(engine: Engine, names: list[str], window: int,
+                 max_age_s: float = DEFAULT_MAX_AGE_S) -> list[Sample]:
+    """The newest ``window`` settled jobs of each backend in ``names`` that finished within
+    ``max_age_s`` (by the database's clock), newest first."""
     with engine.connect() as conn:
-        rows = conn.execute(_WINDOW, {"names": names, "window": window}).all()
+        rows = conn.execute(_WINDOW, {"names": names, "window": window,
+                                      "max_age_s": max_age_s}).all()
     return [Sample(r.name, r.price_model or "", int(r.estimate), int(r.actual)) for r in rows]
 
 
@@ -67,12 +77,14 @@ class Calibrator:
 
     def __init__(self, engine: Engine, catalogue: Callable[[], Catalogue], *, window: int = 50,
                  min_samples: int = 5, refresh_s: float = 10.0,
+                 max_age_s: float = DEFAULT_MAX_AGE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.catalogue = catalogue
         self.window = window
         self.min_samples = min_samples
         self.refresh_s = refresh_s
+        self.max_age_s = max_age_s
         self.clock = clock
         self._factors: dict[str, Factor] = {}
         self._read_at: float | None = None
@@ -98,5 +110,5 @@ class Calibrator:
     def read(self) -> dict[str, Factor]:
         cat = self.catalogue()
         models = {b.name: b.price.model for b in cat.backends}
-        samples = read_samples(self.engine, list(models), self.window)
+        samples = read_samples(self.engine, list(models), self.window, self.max_age_s)
         return learn(samples, models, window=self.window, min_samples=self.min_samples)

@@ -136,3 +136,27 @@ def test_balanced_avoids_a_flaky_cheap_backend(db: Engine, database_url: str, re
         job = r.job(run(r, video(strategy="balanced")))
         assert job.status == "succeeded" and job.backend == "vid-mid"
         assert r.counters("vid-cheap")["submissions"] == calls
+
+
+def test_a_factor_that_made_a_backend_too_dear_fades_with_its_samples_age(crig: Rig) -> None:
+    # vid-a's provider billed 1.5x its worst case for a while: it fell behind vid-b, and
+    # cheapest sent it no more jobs, so no newer bill could ever replace those. Once they are
+    # older than ORCH_CALIBRATION_MAX_AGE_S, vid-a ranks on its estimate again.
+    crig.control("vid-a", duration_ms=100, usage_factor=1.5)
+    crig.start_worker()
+    ids = [run(crig, video(backend="vid-a")) for _ in range(3)]
+    assert crig.container.submitter.quote(video()).backends == ("vid-b", "vid-a")
+
+    max_age = crig.container.settings.calibration_max_age_s
+    with crig.engine.begin() as conn:  # as if they had settled just within the age limit
+        conn.execute(text(
+            "UPDATE jobs SET finished_at = now() - make_interval(secs => :s) "
+            "WHERE id = ANY(:ids)"), {"s": max_age - 600, "ids": ids})
+    assert crig.container.submitter.quote(video()).backends == ("vid-b", "vid-a")
+    with crig.engine.begin() as conn:  # and now just beyond it
+        conn.execute(text(
+            "UPDATE jobs SET finished_at = now() - make_interval(secs => :s) "
+            "WHERE id = ANY(:ids)"), {"s": max_age + 1, "ids": ids})
+    again = crig.container.submitter.quote(video())
+    assert again.backends == ("vid-a", "vid-b")
+    assert again.candidates[0].calibration_ppm is None
