@@ -214,8 +214,10 @@ class Settings(BaseSettings):
     webhook_interval_s: float = Field(
         default=2.0, gt=0, le=60, description="how often beat sends due webhook deliveries"
     )
+    # at most 100 years: the result's expires_at and the sweeper's cutoff are dates, which
+    # a few thousand years (or "inf") would overflow; 0 is "for ever"
     result_retention_days: float = Field(
-        default=30.0, ge=0,
+        default=30.0, ge=0, le=36_500,
         description="a finished job's result (the provider's output) is dropped this long "
         "after the job ended, and an event this long after it happened (once no webhook of it "
         "is pending); 0 keeps them; the ledger is kept forever",

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from orchestrator.errors import ConfigurationError
@@ -86,3 +88,25 @@ def test_forwarded_allow_ips_takes_addresses_networks_or_a_star(
 ) -> None:
     monkeypatch.setenv("ORCH_API_FORWARDED_ALLOW_IPS", value)
     assert load_settings().api_forwarded_allow_ips == value.strip()
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e7", "36501"])
+def test_a_result_retention_past_what_dates_can_hold_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # "inf" (meant as "for ever": that is 0) or a few thousand years would overflow the
+    # result's expires_at and the sweeper's cutoff: a 500 on every result, a sweeper that
+    # never runs
+    monkeypatch.setenv("ORCH_RESULT_RETENTION_DAYS", value)
+    with pytest.raises(ConfigurationError) as err:
+        load_settings()
+    assert str(err.value).startswith("ORCH_RESULT_RETENTION_DAYS:")
+
+
+def test_the_longest_result_retention_is_a_date_the_api_and_the_sweeper_can_compute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ORCH_RESULT_RETENTION_DAYS", "36500")
+    keep = timedelta(days=load_settings().result_retention_days)
+    now = datetime.now(UTC)
+    assert now - keep < now < now + keep  # neither overflows
