@@ -403,8 +403,15 @@ def stream_headers(last_seq: int) -> dict[str, str]:
                                                else {})}
 
 
+STREAM_CONNECT_TIMEOUT_S = 10.0
+
+
 def stream_timeout(remaining_s: float) -> httpx.Timeout:
-    return httpx.Timeout(10.0, read=max(0.05, min(remaining_s, STREAM_READ_TIMEOUT_S)))
+    """One stream connection's timeouts: each phase (connecting, sending, waiting for the
+    pool, each read) within the time left, so that a connection that cannot be set up does
+    not hold a wait() or an events() 10 s past its deadline."""
+    left = max(0.05, min(remaining_s, STREAM_READ_TIMEOUT_S))
+    return httpx.Timeout(min(STREAM_CONNECT_TIMEOUT_S, left), read=left)
 
 
 def is_event(sse: httpx_sse.ServerSentEvent) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -217,3 +218,65 @@ def test_watch_decides_by_the_job_when_the_stream_shows_no_end(serve: Any) -> No
     out = runner.invoke(cli_app, ["jobs", "watch", JOB, "--after", "5", "--api-url",
                                   server.url, "--api-key", "orch_k"])
     assert out.exit_code == 0, out.output
+
+
+@pytest.fixture()
+def unanswered() -> Iterator[str]:
+    """The URL of a port whose connections are never set up, as behind a firewall that drops
+    packets: a listening socket that never accepts, its queue full, so the kernel drops the
+    SYN of any further connection and connect() hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued: list[socket.socket] = []
+    try:
+        while True:  # queue connections until one hangs
+            s = socket.socket()
+            s.settimeout(0.3)
+            queued.append(s)
+            try:
+                s.connect(("127.0.0.1", port))
+            except TimeoutError:
+                break
+            assert len(queued) < 20, "the kernel accepts every connection: no hang to test"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for s in queued:
+            s.close()
+        listener.close()
+
+
+def test_wait_is_bounded_by_its_timeout_when_the_stream_cannot_connect(
+        unanswered: str) -> None:
+    with Client(unanswered, "orch_k", retries=0) as sdk:
+        began = time.monotonic()
+        with pytest.raises(WaitTimeout):
+            sdk.wait(JOB, timeout=1.0)
+        took = time.monotonic() - began
+    # the stream's connect took its own 10 s before: 11 s for a 1 s wait (1 s: the last look)
+    assert took < 4, took
+
+
+def test_async_wait_is_bounded_by_its_timeout_when_the_stream_cannot_connect(
+        unanswered: str) -> None:
+    async def go() -> float:
+        async with AsyncClient(unanswered, "orch_k", retries=0) as sdk:
+            began = time.monotonic()
+            with pytest.raises(WaitTimeout):
+                await sdk.wait(JOB, timeout=1.0)
+            return time.monotonic() - began
+
+    took = asyncio.run(go())
+    assert took < 4, took
+
+
+def test_watch_is_bounded_by_its_timeout_when_the_stream_cannot_connect(
+        unanswered: str) -> None:
+    began = time.monotonic()
+    out = CliRunner().invoke(cli_app, ["jobs", "watch", JOB, "--timeout", "1", "--api-url",
+                                       unanswered, "--api-key", "orch_k"])
+    took = time.monotonic() - began
+    assert out.exit_code == 1, out.output
+    assert f"job {JOB}: no end within 1 s" in out.output
+    assert took < 4, took
