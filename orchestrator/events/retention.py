@@ -35,6 +35,10 @@ _FILES = text(
         LIMIT :limit)
     """
 )
+# A job's next event is numbered from its last one (migration 0013: max(seq) + 1), so the
+# last event of a job that may still have some (live, or its hold still open: an attempt
+# still to be billed, a job.charged to come) stays; deleted, the next would be seq 1 again,
+# behind the cursor of every stream following the job.
 _EVENTS = text(
     """
     DELETE FROM job_events e WHERE e.position IN (
@@ -42,6 +46,10 @@ _EVENTS = text(
         WHERE x.created_at < :cutoff
           AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
                           WHERE d.event_id = x.id AND d.status = 'pending')
+          AND (x.seq < (SELECT max(y.seq) FROM job_events y WHERE y.job_id = x.job_id)
+               OR NOT EXISTS (SELECT 1 FROM jobs j LEFT JOIN holds h ON h.job_id = j.id
+                              WHERE j.id = x.job_id
+                                AND (j.status IN ('queued', 'running') OR h.status = 'held')))
         ORDER BY x.created_at LIMIT :limit)
     """
 )

@@ -5,12 +5,14 @@ cost; the retention sweeper drops results (and events) and keeps the ledger."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import typer
 from sqlalchemy import text
 
+from orchestrator.client import Client
 from orchestrator.events.retention import expire
 
 from .api_fixture import Api, api_fixture, video  # noqa: F401
@@ -66,3 +68,33 @@ def test_results_expire_after_the_retention_and_the_ledger_stays(api: Api) -> No
         assert conn.execute(text("SELECT count(*) FROM job_events WHERE job_id = :j"),
                             {"j": job_id}).scalar_one() == 0
     assert expire(sut.engine, 0, datetime.now(UTC) + timedelta(days=999)).results == 0
+
+
+def test_a_job_that_outlives_the_retention_keeps_counting_its_events(api: Api) -> None:
+    """Retention deletes a running job's early events; the events that come after them go
+    on from their seq, so a stream following the job (its cursor a seq) still gets them and
+    a resumption after them is not told that nothing more comes."""
+    sut = api.rig
+    sut.start_worker()
+    sut.control("vid-cheap", duration_ms=60_000)
+    t = api.tenant()
+    job_id = t.post("/v1/jobs", json=video()).json()["id"]
+    sut.wait_for("running", lambda: t.get(f"/v1/jobs/{job_id}").json()["status"] == "running")
+    seen: list[tuple[int, str]] = []
+    ended = threading.Event()
+
+    def follow() -> None:
+        with Client(api.url, api.keys["acme"]) as sdk:
+            seen.extend((e.seq, e.type) for e in sdk.events(job_id, timeout=30))
+        ended.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+    sut.wait_for("the stream's first events", lambda: len(seen) == 2)
+    # a pass two days on, with a retention of one day: the job has run "longer" than it
+    assert expire(sut.engine, 1, datetime.now(UTC) + timedelta(days=2)).events >= 1
+    assert t.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    assert ended.wait(30)
+    # the cancellation came as seq 1 before (max of the seqs left + 1): behind the stream's
+    # cursor, never shown; and a resumption after seq 2 was a 204
+    assert seen == [(1, "job.queued"), (2, "job.started"), (3, "job.cancelled")]
+    assert t.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "2"}).status_code == 200
