@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import Connection, create_engine, pool
 
 import orchestrator.notify.models  # noqa: F401  (alert_deliveries on Base.metadata)
+from orchestrator.store.migrate import migration_lock
 from orchestrator.store.models import Base
 
 config = context.config
@@ -38,16 +39,20 @@ def run_migrations_online() -> None:
         if connectable.in_transaction():
             raise RuntimeError("migrations need a connection that is not in a transaction "
                                "(migration 0019 builds an index outside one)")
-        context.configure(connection=connectable, target_metadata=target_metadata)
-        with context.begin_transaction():
-            context.run_migrations()
+        _run(connectable)
         return
     engine = create_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
+        _run(connection)
+    engine.dispose()
+
+
+def _run(connection: Connection) -> None:
+    # one run at a time per database: a second reads the version the first left
+    with migration_lock(connection):
         context.configure(connection=connection, target_metadata=target_metadata)
         with context.begin_transaction():
             context.run_migrations()
-    engine.dispose()
 
 
 if context.is_offline_mode():

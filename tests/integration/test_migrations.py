@@ -4,12 +4,16 @@ INVALID leftover."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -185,3 +189,62 @@ def test_a_connection_in_a_transaction_is_refused(servers: tuple[str, str]) -> N
             command.upgrade(cfg, "head")
             assert not conn.in_transaction()
         assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == "0019"
+
+
+
+# a migrator of the scratch database waiting, for a lock or for its turn (by its
+# application_name: the tests' own connections are not counted)
+_MIGRATORS_WAITING = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name = ANY(:names) "
+    "AND (wait_event_type = 'Lock' OR query ILIKE '%advisory_lock%')")
+
+
+def test_two_migrations_at_once_run_one_after_the_other(
+        servers: tuple[str, str], tmp_path: Path) -> None:
+    """Two `orchestrator migrate` at once (two one-shot services, two replicas' init steps):
+    the second waits for the first and finds nothing left to do. Without that both ran
+    0013 on top of each other and one died of "relation already exists" (or of Alembic's
+    "expected to match one row"), a failed deployment step."""
+    with _database(servers, "0012") as (url, engine):
+        with engine.begin() as conn:
+            job = _job(conn)
+
+        def migrate(name: str) -> subprocess.Popen[str]:
+            env = {**os.environ, "ORCH_DATABASE_URL": f"{url}?application_name={name}"}
+            return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "migrate"],
+                                    env=env, cwd=tmp_path, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+        def waiting(*names: str) -> Callable[[], bool]:
+            def check() -> bool:
+                with engine.connect() as conn:
+                    return conn.execute(_MIGRATORS_WAITING, {"names": list(names)}
+                                        ).scalar_one() == len(names)
+            return check
+
+        procs: list[subprocess.Popen[str]] = []
+        with engine.connect() as writer:
+            # a job's progress, its transaction still open: 0013's tables on jobs wait
+            writer.begin()
+            writer.execute(text("UPDATE jobs SET wake_at = now() WHERE id = :j"), {"j": job})
+            try:
+                procs.append(migrate("migrator-a"))
+                _wait_for("the first migration to wait for the open transaction",
+                          waiting("migrator-a"))
+                procs.append(migrate("migrator-b"))
+                _wait_for("the second migration to wait", waiting("migrator-a", "migrator-b"))
+            finally:
+                writer.rollback()
+                outcomes = []
+                for p in procs:
+                    try:
+                        _, err = p.communicate(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        _, err = p.communicate()
+                    outcomes.append((p.returncode, err.strip()[-300:]))
+        assert [code for code, _ in outcomes] == [0, 0], outcomes
+        assert not any("error" in err for _, err in outcomes), outcomes
+        assert "another migration of this database is running" in outcomes[1][1], outcomes
+        assert _revision(engine) == "0019" and _index(engine) == (DEFINITION, True, True)
