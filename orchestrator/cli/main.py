@@ -114,6 +114,17 @@ def _startup_checks() -> None:
     load_smtp_settings()
 
 
+def _schema_check() -> None:
+    """The API and the workers run statements of the newest migration: on a database whose
+    schema is older they stop at their start, in one line, rather than answer 500s (the API
+    even reported itself ready) or fail every task."""
+    from orchestrator.store.migrate import schema_behind
+
+    problem = schema_behind(_database_url())
+    if problem is not None:
+        fail(problem)
+
+
 @app.command()
 @one_line_errors
 def api(
@@ -127,6 +138,7 @@ def api(
 
     configure_logging_from_settings()
     _startup_checks()
+    _schema_check()
     from orchestrator.api import serve
     from orchestrator.api.config import ApiConfig
     from orchestrator.settings import get_settings
@@ -199,6 +211,7 @@ def worker(
 
     configure_logging_from_settings()
     _startup_checks()
+    _schema_check()
     from orchestrator.settings import get_settings
     from workers.celery_app import QUEUES
     from workers.celery_app import app as celery

@@ -8,12 +8,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, create_engine, pool, text
+from sqlalchemy.exc import OperationalError
 
 import migrations
 from orchestrator.settings import normalize_database_url
+
+# Importing Alembic logs the set-up of its plugins at INFO: no news in the log of an API or
+# worker process, which imports it for its schema check (``schema_behind``).
+_alembic_log = logging.getLogger("alembic")
+_alembic_level = _alembic_log.level
+_alembic_log.setLevel(logging.WARNING)
+try:
+    from alembic import command
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+finally:
+    _alembic_log.setLevel(_alembic_level)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +73,44 @@ def migration_lock(conn: Connection) -> Iterator[None]:
             conn.rollback()
         conn.execute(_UNLOCK, keys)
         conn.commit()
+
+
+_VERSION = text("SELECT version_num FROM alembic_version")
+_HAS_VERSIONS = text("SELECT to_regclass('alembic_version') IS NOT NULL")
+
+
+def _revisions(database_url: str) -> tuple[set[str], set[str]]:
+    """This release's head revisions and every revision it knows."""
+    script = ScriptDirectory.from_config(alembic_config(database_url))
+    return set(script.get_heads()), {s.revision for s in script.walk_revisions()}
+
+
+def schema_behind(database_url: str) -> str | None:
+    """Why this release cannot run on the database's schema, in one line: the schema is at an
+    older revision of ours (or has none), so every statement of what changed since would
+    fail. None when it is at this release's head, at a revision this release does not know
+    (a later release migrated it: older processes go on while they are replaced), or when
+    the database cannot be reached now (the process's readiness says so until it can)."""
+    heads, known = _revisions(database_url)
+    engine = create_engine(normalize_database_url(database_url), poolclass=pool.NullPool,
+                           connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            if not conn.execute(_HAS_VERSIONS).scalar():
+                at: set[str] = set()
+            else:
+                at = {str(r) for r in conn.execute(_VERSION).scalars()}
+    except OperationalError:
+        return None
+    finally:
+        engine.dispose()
+    if at == heads or not at <= known:
+        return None
+    needs = ", ".join(sorted(heads))
+    where = (f"is at revision {', '.join(sorted(at))}" if at
+             else "has no schema of this project")
+    return (f"the database {where}, and this release needs {needs}: run `orchestrator "
+            "migrate` first")
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:

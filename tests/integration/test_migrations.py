@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 from orchestrator.embedded.scratch import scratch_database
 from orchestrator.store import jobs as repo
 from orchestrator.store.engine import make_engine
-from orchestrator.store.migrate import alembic_config, downgrade, upgrade
+from orchestrator.store.migrate import alembic_config, downgrade, schema_behind, upgrade
 from orchestrator.store.models import Base
 
 INDEX = "ix_attempts_backend_external_id"
@@ -248,3 +248,47 @@ def test_two_migrations_at_once_run_one_after_the_other(
         assert not any("error" in err for _, err in outcomes), outcomes
         assert "another migration of this database is running" in outcomes[1][1], outcomes
         assert _revision(engine) == "0019" and _index(engine) == (DEFINITION, True, True)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("command", ["api", "worker"])
+def test_a_process_on_an_older_schema_stops_at_its_start_in_one_line(
+        servers: tuple[str, str], command: str) -> None:
+    """`orchestrator api` on a database at 0012 started and reported itself ready, then
+    answered 500 to whatever 0013 on had changed; a worker failed its tasks."""
+    with _database(servers, "0012") as (url, _):
+        env = {**os.environ, "ORCH_DATABASE_URL": url, "ORCH_REDIS_URL": servers[1]}
+        env.pop("ORCH_BACKENDS_FILE", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", command,
+             *(["--port", "0"] if command == "api" else [])],
+            env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError(f"`orchestrator {command}` started on a schema at 0012") from None
+        assert proc.returncode == 1, err
+        assert err == ("error: the database is at revision 0012, and this release needs "
+                       "0019: run `orchestrator migrate` first\n"), err
+
+
+def test_the_schema_check_passes_at_head_on_a_newer_schema_and_without_a_database(
+        servers: tuple[str, str]) -> None:
+    with scratch_database(servers[0], migrate=False) as url:
+        assert schema_behind(url) == ("the database has no schema of this project, and this "
+                                      "release needs 0019: run `orchestrator migrate` first")
+        upgrade(url)
+        assert schema_behind(url) is None
+        engine = make_engine(url, pool_size=1)
+        try:
+            with engine.begin() as conn:  # a later release's migration ran
+                conn.execute(text("UPDATE alembic_version SET version_num = '0020'"))
+        finally:
+            engine.dispose()
+        assert schema_behind(url) is None
+    # unreachable now: the process starts, and its readiness says why until it can connect
+    assert schema_behind("postgresql+psycopg://postgres@127.0.0.1:1/postgres") is None
