@@ -46,9 +46,12 @@ def migrate(
     revision: Annotated[str, typer.Option(help="target revision")] = "head",
 ) -> None:
     """Apply database migrations (ORCH_DATABASE_URL, or the running embedded database)."""
-    from orchestrator.store.migrate import upgrade
+    from orchestrator.store.migrate import MigrationError, upgrade
 
-    upgrade(_database_url(), revision)
+    try:
+        upgrade(_database_url(), revision)
+    except MigrationError as exc:  # Alembic's own: a revision that does not exist, …
+        fail(str(exc))
     typer.echo(f"migrated to {revision}")
 
 

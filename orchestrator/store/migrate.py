@@ -23,8 +23,12 @@ try:
     from alembic import command
     from alembic.config import Config
     from alembic.script import ScriptDirectory
+    from alembic.util import CommandError as MigrationError
 finally:
     _alembic_log.setLevel(_alembic_level)
+
+__all__ = ["MIGRATION_LOCK", "MigrationError", "alembic_config", "downgrade", "migration_lock",
+           "schema_behind", "upgrade"]
 
 log = logging.getLogger(__name__)
 

@@ -292,3 +292,15 @@ def test_the_schema_check_passes_at_head_on_a_newer_schema_and_without_a_databas
         assert schema_behind(url) is None
     # unreachable now: the process starts, and its readiness says why until it can connect
     assert schema_behind("postgresql+psycopg://postgres@127.0.0.1:1/postgres") is None
+
+
+def test_migrate_to_a_revision_that_does_not_exist_says_so_in_one_line(
+        servers: tuple[str, str]) -> None:
+    with _database(servers, "0018") as (url, engine):
+        env = {**os.environ, "ORCH_DATABASE_URL": url}
+        out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "migrate", "--revision",
+                              "nope"], env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 1
+        assert out.stderr == "error: Can't locate revision identified by 'nope'\n", out.stderr
+        assert _revision(engine) == "0018"
