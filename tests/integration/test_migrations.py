@@ -304,3 +304,40 @@ def test_migrate_to_a_revision_that_does_not_exist_says_so_in_one_line(
         assert out.returncode == 1
         assert out.stderr == "error: Can't locate revision identified by 'nope'\n", out.stderr
         assert _revision(engine) == "0018"
+
+
+@pytest.mark.parametrize("start", ["0007", "0012"])
+def test_an_upgrade_keeps_the_ledger_and_a_hold_taken_before_it_settles_after(
+        servers: tuple[str, str], start: str) -> None:
+    """A database with money in it, at an older revision: the upgrade keeps every entry, and
+    a hold taken before it is settled after it by the new code (above the hold: 0008's
+    overage), with the audit clean."""
+    from orchestrator.ledger import Ledger
+    from orchestrator.ledger.audit import audit
+
+    with _database(servers, start) as (url, engine):
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO budgets (scope, period, limit_micros) VALUES "
+                              "('tenant:acme', 'month', 10000000), ('global', 'total', "
+                              "50000000)"))
+        ledger = Ledger(engine)
+        in_flight, done = uuid.uuid4(), uuid.uuid4()
+        ledger.hold(in_flight, ("global", "tenant:acme"), 3_000_000)
+        ledger.hold(done, ("global", "tenant:acme"), 4_000_000)
+        ledger.settle(done, 2_500_000)
+        entries = text("SELECT kind, job_id, budget_period_id, held_delta_micros, "
+                       "committed_delta_micros FROM ledger_entries ORDER BY id")
+        with engine.connect() as conn:
+            before = conn.execute(entries).all()
+
+        upgrade(url)
+        ledger = Ledger(engine)  # the new code's
+        with engine.connect() as conn:
+            assert conn.execute(entries).all() == before
+        receipt = ledger.settle(in_flight, 3_500_000)
+        assert (receipt.charged_micros, receipt.overage_micros) == (3_500_000, 500_000)
+        with engine.connect() as conn:
+            assert audit(conn) == []
+            counters = conn.execute(text(
+                "SELECT committed_micros, held_micros FROM budget_periods ORDER BY id")).all()
+        assert [tuple(r) for r in counters] == [(6_000_000, 0), (6_000_000, 0)]
