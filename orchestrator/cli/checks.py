@@ -72,3 +72,10 @@ def usd(value: float | None) -> float | None:
         return float(exact_usd(value))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def seconds(value: float) -> float:
+    """A finite number of seconds, at least 0 (click takes ``nan`` and ``inf`` as floats)."""
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"{value!r} is not a number of seconds (finite, at least 0)")
+    return value

@@ -20,6 +20,7 @@ import typer
 
 from orchestrator.cli.checks import job_id as checked_job_id
 from orchestrator.cli.checks import one_of
+from orchestrator.cli.checks import seconds as checked_seconds
 from orchestrator.cli.checks import usd as checked_usd
 from orchestrator.cli.errors import UsageError, errors_as_one_line, fail
 from orchestrator.cli.keys import keys_app
@@ -249,7 +250,8 @@ def submit(
     = None,
     wait: Annotated[bool, typer.Option(
         "--wait", help="wait until the job is final (its event stream, else polling)")] = False,
-    timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 600.0,
+    timeout: Annotated[float, typer.Option(
+        help="seconds --wait waits", callback=checked_seconds)] = 600.0,
     json_out: JsonOut = False,
     api_url: ApiUrl = None,
     api_key: ApiKeyOpt = None,

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from orchestrator.cli.checks import seconds as checked_seconds
 from orchestrator.cli.client import (
     ApiKeyOpt,
     ApiUrl,
@@ -48,7 +49,8 @@ def jobs_watch(
     job_id: JobId,
     after: Annotated[int, typer.Option(help="start after this event number (seq)", min=0)]
     = 0,
-    timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 3600.0,
+    timeout: Annotated[float, typer.Option(
+        help="give up after this many seconds", callback=checked_seconds)] = 3600.0,
     json_out: Annotated[bool, typer.Option("--json", help="each event as a JSON line")]
     = False,
     api_url: ApiUrl = None, api_key: ApiKeyOpt = None,

@@ -4,6 +4,7 @@ answer, whether a retry is safe). The two clients only differ in how they run a 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -361,7 +362,7 @@ class StreamResume:
 
     def __init__(self, after: int, timeout: float | None, clock: Callable[[], float]) -> None:
         self.last, self.tries, self._clock = after, 0, clock
-        self._stop = None if timeout is None else clock() + timeout
+        self._stop = None if timeout is None else clock() + check_seconds("timeout", timeout)
 
     def left(self) -> float | None:
         """Seconds to the deadline (None: no deadline)."""
@@ -425,6 +426,26 @@ def is_event(sse: httpx_sse.ServerSentEvent) -> bool:
 
 def parse_event(data: str) -> JobEvent:
     return JobEvent.model_validate_json(data)
+
+
+def check_seconds(name: str, value: float, *, above_zero: bool = False) -> float:
+    """``value`` if it is a finite number of seconds, not below 0 (above 0 with
+    ``above_zero``); ValueError naming ``name`` otherwise: a NaN deadline is never reached,
+    so a wait on it would never end."""
+    ok = math.isfinite(value) and (value > 0 if above_zero else value >= 0)
+    if not ok:
+        raise ValueError(f"{name} must be a finite number of seconds "
+                         f"{'above' if above_zero else 'of at least'} 0, not {value!r}")
+    return value
+
+
+def wait_deadline(now: float, timeout: float, poll_interval: float,
+                  max_poll_interval: float) -> float:
+    """wait()'s deadline; its arguments checked first (``check_seconds``)."""
+    check_seconds("timeout", timeout)
+    check_seconds("poll_interval", poll_interval, above_zero=True)
+    check_seconds("max_poll_interval", max_poll_interval, above_zero=True)
+    return now + timeout
 
 
 def next_poll_interval(current: float, cap: float) -> float:

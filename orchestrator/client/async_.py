@@ -172,7 +172,8 @@ class AsyncClient:
     ) -> Job:
         """As ``Client.wait``: follows the job's event stream, polls when it cannot be had.
         Raises WaitTimeout."""
-        deadline = self._clock() + timeout
+        deadline = _core.wait_deadline(self._clock(), timeout, poll_interval,
+                                       max_poll_interval)
         if stream:
             job = await self._wait_streaming(id, deadline)
             if job is not None:

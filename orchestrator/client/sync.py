@@ -174,7 +174,8 @@ class Client:
         ``max_poll_interval``. ``timeout`` bounds it all: a poll's request timeout, retries
         and pauses get only the time left. Raises WaitTimeout (with the last job seen; from
         the poll's error when a poll failed for want of time)."""
-        deadline = self._clock() + timeout
+        deadline = _core.wait_deadline(self._clock(), timeout, poll_interval,
+                                       max_poll_interval)
         if stream:
             job = self._wait_streaming(id, deadline)
             if job is not None:

@@ -184,6 +184,14 @@ def test_usage_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
             "error: Invalid value for '--max-cost-usd': must be a finite number",
         ("submit", "--kind", "text", "--prompt", "x", "--max-cost-usd", "-1"):
             "error: Invalid value for '--max-cost-usd': must not be negative",
+        # a NaN deadline is never reached: the wait would never end (checked before the
+        # job is submitted)
+        ("submit", "--kind", "text", "--prompt", "x", "--wait", "--timeout", "nan"):
+            "error: Invalid value for '--timeout': nan is not a number of seconds",
+        ("submit", "--kind", "text", "--prompt", "x", "--wait", "--timeout", "-5"):
+            "error: Invalid value for '--timeout': -5.0 is not a number of seconds",
+        ("jobs", "watch", "00000000-0000-0000-0000-000000000001", "--timeout", "inf"):
+            "error: Invalid value for '--timeout': inf is not a number of seconds",
         ("budgets", "set", "--scope", "global", "--period", "day", "--limit-usd", "1.0000005"):
             "error: --limit-usd must have at most 6 decimal places (amounts are kept in whole "
             "micro-dollars)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -109,6 +110,18 @@ def test_async_wait_backs_off_and_times_out() -> None:
 
     assert run(go()) == "failed"
     assert clock.sleeps == [2.0, 3.0, 2.0, 3.0]
+
+
+def test_async_wait_refuses_a_nan_timeout_before_any_request() -> None:
+    script = Script([httpx.Response(200, json=job_json(status="running"))])
+
+    async def go() -> None:
+        async with make(script, FakeClock()) as c:
+            with pytest.raises(ValueError, match="timeout must be a finite number"):
+                await c.wait("j-1", timeout=math.nan)
+
+    run(go())
+    assert script.requests == []
 
 
 def test_async_iterates_over_all_pages() -> None:

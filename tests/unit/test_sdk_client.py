@@ -4,6 +4,7 @@ idempotency keys and wait() backoff. Nothing really sleeps: sleep and clock are 
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 from datetime import datetime
@@ -344,6 +345,19 @@ def test_wait_polls_with_growing_interval_until_final() -> None:
     assert job.status == "succeeded" and job.is_final and job.cost_usd == 0.3
     assert clock.sleeps == [1.0, 1.5, 2.0, 2.0]
     assert all(r.url.path == "/v1/jobs/j-1" for r in script.requests)
+
+
+@pytest.mark.parametrize("bad", [{"timeout": math.nan}, {"timeout": -5},
+                                 {"timeout": math.inf}, {"poll_interval": 0},
+                                 {"max_poll_interval": math.nan}])
+def test_wait_refuses_a_timeout_it_could_never_reach_before_any_request(
+        bad: dict[str, float]) -> None:
+    script = Script([httpx.Response(200, json=job_json(status="running"))])
+    with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a finite number"):
+        make(script, FakeClock()).wait("j-1", **bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout must be a finite number"):
+        next(iter(make(script, FakeClock()).events("j-1", timeout=math.nan)))
+    assert script.requests == []
 
 
 def test_wait_raises_a_typed_timeout_with_the_last_job() -> None:
