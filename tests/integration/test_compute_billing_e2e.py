@@ -143,8 +143,10 @@ def test_a_run_past_its_limit_is_stopped_at_the_limit_not_a_poll_later(rig: Rig)
     (attempt,) = rig.attempts(job.id)
     assert (job.status, attempt.error_code) == ("failed", "start_to_close_timeout")
     (bill,) = billed(rig, "gpu-short")
-    # stopped at 4 s and the cancel's trip, not at the 6 s poll (60_000)
-    assert 40_000 <= bill < 50_000, bill
+    # stopped at 4 s and the cancel's trip, not at the 6 s poll (60_000) nor the 3 s one
+    # (30_000). The provider's clock starts when the create reaches it, after ours: its run
+    # can be a moment short of 4 s when the stop arrives (39_999 seen once).
+    assert 38_000 <= bill < 50_000, bill
     assert attempt.cost_micros == bill and rig.ledger() == (bill, 0)
 
 
