@@ -48,7 +48,7 @@ from orchestrator.api.encoding import IdentityBodies
 from orchestrator.api.errors import error_response
 from orchestrator.api.gate import Gate
 from orchestrator.api.headers import NoStore, PathHeaders
-from orchestrator.api.limits import AuthFailures, RateLimiter
+from orchestrator.api.limits import AuthFailures, RateLimiter, RedisOutage
 from orchestrator.api.middleware import (
     BodyDeadline,
     BodySizeLimit,
@@ -77,10 +77,11 @@ def create_app(container: Container, config: ApiConfig | None = None) -> FastAPI
     rds = Redis.from_url(container.redis_url, socket_timeout=t, socket_connect_timeout=t)
     limiter_redis = AsyncRedis.from_url(container.redis_url, socket_timeout=t,
                                         socket_connect_timeout=t)
+    outage = RedisOutage()  # one Redis behind both counters: one failure skips both
     ctx = ApiContext(container=container, config=cfg,
                      auth=Authenticator(container.engine, cfg.key_cache_s),
-                     limiter=RateLimiter(limiter_redis, cfg),
-                     failures=AuthFailures(limiter_redis, cfg), redis=rds)
+                     limiter=RateLimiter(limiter_redis, cfg, outage=outage),
+                     failures=AuthFailures(limiter_redis, cfg, outage=outage), redis=rds)
     hub = EventHub(container.engine, ping_s=container.settings.events_ping_s)
 
     @asynccontextmanager

@@ -11,13 +11,20 @@ authentications per client address. Both are fixed windows timed by the Redis se
   needed no lookup. A fixed window: refusals never extend it.
 
 If Redis cannot be reached both let the request through (fail open): losing Redis must not
-stop the API.
+stop the API, nor slow it down. Both share one ``RedisOutage``: once a call failed (refused,
+or timed out after up to 2 s on a Redis that does not answer), they let requests through at
+once, without asking Redis, for ``SKIP_S``; then one request at a time asks again (the others
+still go through at once) until Redis answers. A hung Redis so costs one request the timeout
+every ``SKIP_S``, not every request.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
@@ -43,8 +50,41 @@ return {n, redis.call('PTTL', KEYS[1])}
 """
 
 
+SKIP_S = 5.0  # after a failed call, the counters go without Redis this long
+
+
 def _retry_s(ttl_ms: int) -> int:
     return max(1, math.ceil(int(ttl_ms) / 1000))
+
+
+class RedisOutage:
+    """Whether the counters ask Redis now: always while it answers; after a failure, not for
+    ``skip_s``, then by one request at a time (the probe) until one call succeeds. Used from
+    the event loop only (no lock needed)."""
+
+    def __init__(self, skip_s: float = SKIP_S) -> None:
+        self.skip_s = skip_s
+        self._down = False
+        self._until = 0.0
+        self._probing = False
+
+    async def call(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any | None:
+        """``fn()``'s answer, or None: Redis failed now, or lately (fail open)."""
+        if self._down:
+            if self._probing or time.monotonic() < self._until:
+                return None
+            self._probing = True
+        try:
+            answer = await fn()
+        except RedisError as exc:
+            self._down, self._until = True, time.monotonic() + self.skip_s
+            log.warning("%s skipped: redis unavailable (for %g s)", what, self.skip_s,
+                        extra={"error": type(exc).__name__})
+            return None
+        finally:
+            self._probing = False  # a probe cancelled with its request: the next one asks
+        self._down = False
+        return answer
 
 
 class RateLimiter:
@@ -52,8 +92,9 @@ class RateLimiter:
     no thread of the pool for it."""
 
     def __init__(self, redis: AsyncRedis, config: ApiConfig,
-                 prefix: str = "orch:ratelimit:") -> None:
+                 prefix: str = "orch:ratelimit:", outage: RedisOutage | None = None) -> None:
         self.redis = redis
+        self.outage = outage or RedisOutage()
         self.limit = config.rate_limit
         self.window_ms = config.rate_window_s * 1000
         self.window_s = config.rate_window_s
@@ -62,12 +103,11 @@ class RateLimiter:
 
     async def check(self, tenant: str) -> None:
         """Count one request of ``tenant``; raise RateLimited past the limit."""
-        try:
-            n, ttl_ms = await self._script(keys=[self.prefix + tenant], args=[self.window_ms])
-        except RedisError as exc:
-            log.warning("rate limit check skipped: redis unavailable",
-                        extra={"error": type(exc).__name__})
+        answer = await self.outage.call("rate limit check", lambda: self._script(
+            keys=[self.prefix + tenant], args=[self.window_ms]))
+        if answer is None:
             return
+        n, ttl_ms = answer
         if int(n) > self.limit:
             retry = _retry_s(ttl_ms)
             raise RateLimited(
@@ -81,7 +121,8 @@ class AuthFailures:
     """Failed authentications per client address (an IPv6 address counts by its /64)."""
 
     def __init__(self, redis: AsyncRedis, config: ApiConfig,
-                 prefix: str = "orch:authfail:") -> None:
+                 prefix: str = "orch:authfail:", outage: RedisOutage | None = None) -> None:
+        self.outage = outage or RedisOutage()
         self.limit = config.auth_fail_limit
         self.window_s = config.auth_fail_window_s
         self.window_ms = config.auth_fail_window_s * 1000
@@ -91,24 +132,22 @@ class AuthFailures:
 
     async def check(self, address: str) -> None:
         """RateLimited if ``address`` has used up its failures in the current window."""
-        try:
-            n, ttl_ms = await self._peek(keys=[self.prefix + address])
-        except RedisError as exc:
-            log.warning("failed-authentication check skipped: redis unavailable",
-                        extra={"error": type(exc).__name__})
+        answer = await self.outage.call("failed-authentication check", lambda: self._peek(
+            keys=[self.prefix + address]))
+        if answer is None:
             return
+        n, ttl_ms = answer
         if int(n) >= self.limit:
             self._refuse(int(ttl_ms))
 
     async def failed(self, address: str) -> None:
         """Count one failure of ``address``; RateLimited if it is past the limit (the caller
         answers that instead of 401)."""
-        try:
-            n, ttl_ms = await self._count(keys=[self.prefix + address], args=[self.window_ms])
-        except RedisError as exc:
-            log.warning("failed authentication not counted: redis unavailable",
-                        extra={"error": type(exc).__name__})
+        answer = await self.outage.call("failed-authentication count", lambda: self._count(
+            keys=[self.prefix + address], args=[self.window_ms]))
+        if answer is None:
             return
+        n, ttl_ms = answer
         if int(n) > self.limit:
             self._refuse(int(ttl_ms))
 

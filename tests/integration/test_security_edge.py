@@ -1,20 +1,25 @@
 """The API's edge over real HTTP (raw sockets where a client library would not misbehave
 enough): authentication before the body, failed-authentication limits per client address,
-slow bodies and heads, oversized heads, the connection cap."""
+slow bodies and heads, oversized heads, the connection cap, a hung Redis under the limits."""
 
 from __future__ import annotations
 
 import secrets
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import httpx
 import redis
 from sqlalchemy import text
 
-from orchestrator.api import ApiConfig
+from orchestrator.api import ApiConfig, start_in_thread
 from orchestrator.api.app import create_app
+from orchestrator.bootstrap import Container
+from orchestrator.store.keys import create_key
 
 from .api_fixture import Api, api_fixture, start_api, video  # noqa: F401
 from .e2e_support import Rig
@@ -204,3 +209,94 @@ def test_the_connection_cap_answers_503_at_once(rig: Rig) -> None:
         finally:
             for sock in held:
                 sock.close()
+
+
+# -- a hung Redis under the rate limit and the failed-authentication count -------------------
+class RedisRelay:
+    """A TCP relay to the real Redis that can hang: while ``hung``, what clients send is
+    swallowed, so their connections stay open and no reply ever comes (a paused, overloaded
+    or partitioned Redis, which a refused connection does not show)."""
+
+    def __init__(self, upstream_url: str) -> None:
+        up = urlsplit(upstream_url)
+        self.upstream = (up.hostname or "127.0.0.1", up.port or 6379)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        port = self.server.getsockname()[1]
+        self.url = up._replace(netloc=up.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{port}"
+                               if "@" in up.netloc else f"127.0.0.1:{port}").geturl()
+        self.hung = False
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            self._socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if not self.hung:
+                    dst.sendall(data)
+            except OSError:
+                break
+        for sock in (src, dst):
+            sock.close()
+
+    def close(self) -> None:
+        self.server.close()
+        for sock in self._socks:
+            sock.close()
+
+
+def test_a_hung_redis_costs_one_request_its_timeout_not_every_request(rig: Rig) -> None:
+    """The limits fail open without Redis; a Redis that does not answer must not make every
+    request wait for the Redis timeout (2 s) before it is let through: after one call timed
+    out the limits go without Redis for a while, then try it again, and count again once it
+    answers."""
+    relay = RedisRelay(rig.redis_url)
+    settings = rig.container.settings.model_copy(update={"redis_url": relay.url})
+    container = Container(settings, enqueue=rig.container.enqueue)
+    with rig.engine.begin() as conn:
+        acme, globex = create_key(conn, "acme"), create_key(conn, "globex")
+    running = start_in_thread(container, config=ApiConfig(rate_limit=3, key_cache_s=60))
+    clients: list[httpx.Client] = []
+
+    def client(key: str) -> httpx.Client:
+        clients.append(httpx.Client(base_url=running.url, timeout=30,
+                                    headers={"Authorization": f"Bearer {key}"}))
+        return clients[-1]
+
+    try:
+        a, g = client(acme), client(globex)
+        assert [a.get("/v1/whoami").status_code for _ in range(4)] == [200, 200, 200, 429]
+        relay.hung = True
+        assert g.get("/v1/whoami").status_code == 200  # let through once Redis timed out
+        for _ in range(5):
+            started = time.monotonic()
+            for c in (g, a):  # acme over its limit too: the limit is not counted
+                assert c.get("/v1/whoami").status_code == 200
+            assert time.monotonic() - started < 1.0, "each request waited for Redis"
+        relay.hung = False
+        direct = redis.Redis.from_url(rig.redis_url)
+        deadline = time.monotonic() + 30
+        while not direct.exists("orch:ratelimit:globex"):  # counted again once it answers
+            assert time.monotonic() < deadline, "the rate limit never asked Redis again"
+            assert g.get("/v1/whoami").status_code == 200
+        codes = [g.get("/v1/whoami").status_code for _ in range(4)]
+        assert codes[-1] == 429, codes
+    finally:
+        for c in clients:
+            c.close()
+        running.stop()
+        container.engine.dispose()
+        relay.close()
