@@ -5,7 +5,8 @@ Every route under ``/v1`` is authenticated and nothing outside it is (``/healthz
 ``/readyz``, ``/metrics``, ``/docs``, ``/openapi.json``, the ``/console`` files). For a ``/v1``
 request the gate, from the headers alone:
 
-1. takes the bearer key; none or a malformed one is a failure (no hash, no query);
+1. takes the bearer key; none, a malformed one or two ``Authorization`` headers is a failure
+   (no hash, no query);
 2. trusts a key verified within ``ORCH_API_KEY_CACHE_S`` (no database);
 3. else, unless this process found the key valid within the last hour, refuses the client
    address while it is over its failed-authentication limit (429, ``Retry-After``), so an
@@ -65,13 +66,18 @@ def client_address(scope: MutableMapping[str, Any]) -> str:
 
 
 def bearer_token(scope: MutableMapping[str, Any]) -> str | None:
-    """The credentials of the first ``Authorization: Bearer …`` header (None: none)."""
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization":
-            scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
-            credentials = credentials.strip()
-            return credentials if scheme.lower() == "bearer" and credentials else None
-    return None
+    """The credentials of the ``Authorization: Bearer …`` header (None: none, or another
+    scheme). Unauthorized for more than one ``Authorization`` header: which key a request
+    acts with must not depend on their order (a proxy adding its own, or checking the last
+    one, would see another key than the API)."""
+    values = [v for name, v in scope.get("headers", ()) if name == b"authorization"]
+    if len(values) > 1:
+        raise Unauthorized("send exactly one Authorization header")
+    if not values:
+        return None
+    scheme, _, credentials = values[0].decode("latin-1").strip().partition(" ")
+    credentials = credentials.strip()
+    return credentials if scheme.lower() == "bearer" and credentials else None
 
 
 class Gate:
@@ -100,8 +106,8 @@ class Gate:
 
     async def admit(self, scope: MutableMapping[str, Any]) -> Principal:
         address = client_address(scope)
-        token = bearer_token(scope)
         try:
+            token = bearer_token(scope)
             digest = self.auth.digest(token)
         except Unauthorized:
             await self.failures.failed(address)

@@ -98,6 +98,21 @@ def test_every_v1_route_is_behind_the_gate_and_nothing_else(api: Api) -> None:
     assert httpx.get(api.url + "/v1/nothing").status_code == 401  # the gate before routing
 
 
+def test_two_authorization_headers_are_refused_not_one_of_them_chosen(api: Api) -> None:
+    """Which of two keys a request acts with must not depend on header order (a proxy that
+    adds its own key, or checks the last one, would disagree with the API): 401."""
+    tenant, admin = api.keys["acme"], api.admin_key
+    for pair in ((tenant, admin), (admin, tenant), (tenant, tenant), ("not-a-key", admin)):
+        r = httpx.get(f"{api.url}/v1/whoami",
+                      headers=[("Authorization", f"Bearer {k}") for k in pair])
+        assert r.status_code == 401, (pair == (tenant, admin), r.text)
+        assert r.json()["error"]["code"] == "unauthorized"
+        assert "one Authorization header" in r.json()["error"]["message"]
+    for scheme in ("Bearer", "bearer", "BEARER", "Bearer "):  # case-insensitive, spaces
+        r = httpx.get(f"{api.url}/v1/whoami", headers={"Authorization": f"{scheme} {tenant}"})
+        assert r.status_code == 200 and r.json()["tenant"] == "acme", scheme
+
+
 # -- failed authentications per client address -----------------------------------------------
 def test_an_unknown_key_storm_from_one_address_gets_429(rig: Rig) -> None:
     with api_with(rig, auth_fail_limit=5, auth_fail_window_s=60) as api:
