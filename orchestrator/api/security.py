@@ -71,6 +71,11 @@ class Authenticator:
             raise Unauthorized("invalid API key")
         p = Principal(rec.tenant, rec.admin, rec.prefix, rec.id)
         with self._lock:
+            if rec.id in self._revoked:
+                # revoked here while the database was being asked, which read it before the
+                # revocation: cached now, the key would work again here for ``cache_s``
+                self._valid.pop(digest, None)
+                raise Unauthorized("invalid API key")
             for table in (self._cache, self._valid):
                 if len(table) > _MAX_ENTRIES:
                     table.clear()

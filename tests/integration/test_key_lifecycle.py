@@ -12,10 +12,13 @@ from typing import Any
 import httpx
 import pytest
 import typer
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from typer.testing import CliRunner
 
 from orchestrator.api import ApiConfig, start_in_thread
+from orchestrator.api.errors import Unauthorized
+from orchestrator.api.security import Authenticator
+from orchestrator.store import keys as key_repo
 from orchestrator.store.keys import hash_key
 
 from .api_fixture import ADMIN_TENANT, Api, api_fixture, cli, start_api  # noqa: F401
@@ -201,3 +204,45 @@ def test_cli_lists_and_revokes_keys_by_id(
     # a bad tenant name is a usage error, found before the database (test_cli_errors.py)
     bad = runner.invoke(cli, ["keys", "list", "--tenant", "no spaces"])
     assert bad.exit_code == 2 and "invalid tenant 'no spaces'" in bad.output
+
+
+def waiting_on_a_lock(db: Engine, query_like: str) -> bool:
+    """Whether a statement like ``query_like`` waits on a lock now (a transaction of its own
+    each time: pg_stat_activity is one snapshot within a transaction)."""
+    with db.connect() as conn:
+        return bool(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE :q"), {"q": query_like}).scalar_one())
+
+
+def test_a_key_revoked_here_while_being_verified_is_not_trusted_from_the_cache(
+        db: Engine) -> None:
+    """The API process that revokes a key forgets it at once (ORCH_API_KEY_CACHE_S does not
+    apply there), even when a verification of that key read it before the revocation and
+    returns after the process forgot it: it must not put the key back in the cache."""
+    with db.begin() as conn:
+        key, rec = key_repo.create_key_record(conn, "acme")  # never used: verify writes it
+    auth = Authenticator(db, cache_s=60)
+    outcome: list[object] = []
+
+    def verify() -> None:
+        try:
+            outcome.append(auth.verify(key))
+        except Unauthorized as exc:
+            outcome.append(exc)
+
+    with db.connect() as revoking:
+        tx = revoking.begin()
+        key_repo.revoke_key(revoking, rec.id)  # the row locked and revoked, not committed yet
+        verifying = threading.Thread(target=verify)
+        verifying.start()
+        deadline = time.monotonic() + 10
+        while not waiting_on_a_lock(db, "%last_used_at = now()%"):
+            # the verification read the live key and now waits on the row's lock
+            assert time.monotonic() < deadline, "the verification never waited on the row"
+            time.sleep(0.01)
+        auth.forget(rec.id)  # what DELETE /v1/keys/{id} does beside its commit
+        tx.commit()
+    verifying.join(timeout=10)
+    assert len(outcome) == 1 and isinstance(outcome[0], Unauthorized), outcome
+    assert auth.cached(auth.digest(key)) is None
