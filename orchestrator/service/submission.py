@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -46,9 +46,31 @@ HOLD_MARGIN = timedelta(hours=1)
 
 
 def request_hash(spec: JobSpec) -> str:
+    """What a new job stores as its body's hash."""
+    return _digest(_hashed(spec))
+
+
+def request_hashes(spec: JobSpec) -> frozenset[str]:
+    """Every hash a job admitted with this body may have stored: this release's, and for a
+    body without ``cache`` the one of the releases before the result cache (migrations 0007
+    to 0011), whose bodies had no such field. A submission retried across an upgrade is then
+    its job's replay, not a 409."""
+    data = _hashed(spec)
+    hashes = {_digest(data)}
+    if data["cache"] is None:
+        del data["cache"]
+        hashes.add(_digest(data))
+    return frozenset(hashes)
+
+
+def _hashed(spec: JobSpec) -> dict[str, Any]:
     data = spec.model_dump(mode="json")
     if tuple(data["webhook_events"]) == TERMINAL_EVENTS:  # as bodies hashed before it existed
         del data["webhook_events"]
+    return data
+
+
+def _digest(data: dict[str, Any]) -> str:
     body = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
 
@@ -137,13 +159,13 @@ class Submitter:
         except InvalidRequest:
             # a job accepted before the catalogue changed is still its key's job
             replay = None if idempotency_key is None else self._replay(
-                tenant, idempotency_key, rhash)
+                tenant, idempotency_key, spec)
             if replay is None:
                 raise
             return Admission(replay, None)
         if not plan.candidates:
             if idempotency_key is not None:  # a replay still gets its job, routable or not
-                replay = self._replay(tenant, idempotency_key, rhash)
+                replay = self._replay(tenant, idempotency_key, spec)
                 if replay is not None:
                     return Admission(replay, None)
             record_submission(spec, NoEligibleBackend.code)
@@ -162,7 +184,7 @@ class Submitter:
             self._refused(spec, exc)
             raise
         if job is None:
-            return self._key_taken(tenant, idempotency_key, rhash)
+            return self._key_taken(tenant, idempotency_key, spec)
         record_submission(spec, "accepted", plan.backends[0])
         return Admission(job, plan.backends[0])
 
@@ -170,10 +192,11 @@ class Submitter:
         record_submission(spec, BudgetExceeded.code)
         self._alert_refusal(exc)
 
-    def _key_taken(self, tenant: str, idempotency_key: str | None, rhash: str) -> Admission:
+    def _key_taken(self, tenant: str, idempotency_key: str | None, spec: JobSpec
+                   ) -> Admission:
         """The idempotency key was taken (a replay, or a concurrent twin that won): its job."""
         assert idempotency_key is not None
-        replay = self._replay(tenant, idempotency_key, rhash)
+        replay = self._replay(tenant, idempotency_key, spec)
         assert replay is not None  # keys are never deleted
         return Admission(replay, None)
 
@@ -228,7 +251,7 @@ class Submitter:
             self._refused(spec, exc)
             raise
         if job is None:
-            return self._key_taken(tenant, idempotency_key, rhash)
+            return self._key_taken(tenant, idempotency_key, spec)
         record_submission(spec, "accepted", plan.backends[0])
         if match is None:
             record_lookup(spec, "miss")
@@ -290,16 +313,16 @@ class Submitter:
         except SQLAlchemyError as err:
             log.warning("refusal alert not recorded", extra={"error": type(err).__name__})
 
-    def _replay(self, tenant: str, idempotency_key: str, rhash: str) -> repo.JobRow | None:
+    def _replay(self, tenant: str, idempotency_key: str, spec: JobSpec) -> repo.JobRow | None:
         """The job already submitted under this key (None: none is); Conflict if it was
         submitted with another body."""
         with self.engine.begin() as conn:
             existing = repo.get_by_idempotency_key(conn, tenant, idempotency_key)
-        return None if existing is None else self._same_request(existing, rhash)
+        return None if existing is None else self._same_request(existing, spec)
 
     @staticmethod
-    def _same_request(existing: repo.JobRow, rhash: str) -> repo.JobRow:
-        if existing.request_hash != rhash:
+    def _same_request(existing: repo.JobRow, spec: JobSpec) -> repo.JobRow:
+        if existing.request_hash not in request_hashes(spec):
             raise Conflict(
                 "this Idempotency-Key was used with a different request body",
                 job_id=str(existing.id),

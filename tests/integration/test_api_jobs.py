@@ -104,6 +104,32 @@ def test_idempotency_same_body_same_job_different_body_conflict(api: Api) -> Non
     assert _count(api, "jobs") == 2 and _count(api, "holds") == 2
 
 
+# video()'s body as the releases before the result cache (migrations 0007 to 0011) hashed it,
+# their request_hash's output: the body's JSON read back, with no ``cache`` field
+PRE_CACHE_HASH = "9c8915f35c2478f731d5503e2ff88fe286b436f5f897fad32642bc7f2f4eead5"
+
+
+def test_a_replay_finds_the_job_an_earlier_release_admitted_with_that_key(api: Api) -> None:
+    """A client retrying its submission across an upgrade (the SDK does, through the 503s of
+    a restart) sends the same key and body: the job the release before the result cache
+    admitted is the answer, not a 409 for a body it hashed without ``cache``."""
+    c = api.tenant()
+    key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    first = c.post("/v1/jobs", json=video(), headers=key)
+    assert first.status_code == 202
+    with api.rig.engine.begin() as conn:  # the row as that release wrote it
+        conn.execute(text("UPDATE jobs SET request_hash = :h WHERE id = :i"),
+                     {"h": PRE_CACHE_HASH, "i": first.json()["id"]})
+    again = c.post("/v1/jobs", json=video(), headers=key)
+    assert again.status_code == 202, again.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    # another body under the key is still another body
+    assert c.post("/v1/jobs", json=video(duration=9), headers=key).status_code == 409
+    assert c.post("/v1/jobs", json=video(cache=False), headers=key).status_code == 409
+    assert _count(api, "jobs") == 1 and _count(api, "holds") == 1
+
+
 def test_a_replay_gets_its_job_even_when_nothing_would_route_it_now(api: Api) -> None:
     c = api.tenant()
     key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
