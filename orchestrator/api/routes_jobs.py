@@ -15,7 +15,7 @@ import uuid
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from sqlalchemy import text
 from starlette.background import BackgroundTask
 
@@ -26,7 +26,7 @@ from orchestrator.api.responses import JobJSONResponse
 from orchestrator.api.schemas import JobBody, JobListOut, JobOut, JobStatus, QuoteOut, ResultOut
 from orchestrator.api.security import Principal
 from orchestrator.api.views import decode_cursor, encode_cursor
-from orchestrator.errors import Conflict, NotFound
+from orchestrator.errors import Conflict, InvalidRequest, NotFound
 from orchestrator.service.views import job_resource, result_resource
 from orchestrator.store import files
 from orchestrator.store import jobs as repo
@@ -80,11 +80,17 @@ def router(ctx: ApiContext) -> APIRouter:
     def submit(
         spec: JobBody,
         p: Caller,
+        request: Request,
         idempotency_key: Annotated[
             str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                pattern=r"^[\x21-\x7e]+$")
         ] = None,
     ) -> JobJSONResponse:
+        if len(request.headers.getlist("idempotency-key")) > 1:
+            # one would be used and the other dropped without a word (the header reads the
+            # first): refused, as a query parameter given twice is
+            raise InvalidRequest("header.Idempotency-Key: given more than once (it takes one "
+                                 "value)", field="header.Idempotency-Key")
         admission = c.submitter.admit(p.tenant, spec, idempotency_key)
         # RFC 9110 §15.3.3: a 202 points to where the request's status is followed; a path,
         # not a URL built from the client's Host header

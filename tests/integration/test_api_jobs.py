@@ -215,6 +215,24 @@ def test_invalid_specs_are_422_naming_the_field(api: Api) -> None:
     assert _count(api, "jobs") == 0
 
 
+def test_an_idempotency_key_given_twice_is_422_and_nothing_is_written(api: Api) -> None:
+    """Two Idempotency-Key lines name two keys: one would be used and the other dropped (a
+    proxy joining them into one line would send "a, b", refused for its space), so the
+    submission is refused as a query parameter given twice is."""
+    c = api.tenant()
+    for lines in ([("Idempotency-Key", "k-a"), ("Idempotency-Key", "k-b")],
+                  [("Idempotency-Key", "k-a"), ("idempotency-key", "k-a")]):
+        r = c.post("/v1/jobs", json=video(), headers=lines)
+        assert r.status_code == 422, r.text
+        err = r.json()["error"]
+        assert err["code"] == "invalid_request"
+        assert err["details"]["field"] == "header.Idempotency-Key"
+        assert "more than once" in err["message"]
+    assert _count(api, "jobs") == 0 and _count(api, "holds") == 0
+    assert c.post("/v1/jobs", json=video(), headers={"Idempotency-Key": "k-a"}
+                  ).status_code == 202
+
+
 def test_a_422_says_what_is_wrong_with_a_body_or_a_number(api: Api) -> None:
     """Unreadable bodies, NaN, and amounts finer than a micro-dollar are named for what they
     are, on submissions and quotes alike, and nothing is written."""
