@@ -147,9 +147,14 @@ class Concluder:
                 return DONE
         assert attempt.external_id is not None
         res = self._peek(adapter, attempt.external_id)
-        if (res is None or not res.done) and attempt.cancel_requested_at is None:
+        # Asked to stop, and the provider says it runs on: that ask may never have reached
+        # it (a cancel refused while it was down), so ask again; a provider that does not
+        # answer is asked once, its stop then bounded by the wait below.
+        if (res is None or not res.done) and (attempt.cancel_requested_at is None
+                                               or res is not None):
             res = self.cancel_at_backend(adapter, attempt) or res
-            attempt = replace(attempt, cancel_requested_at=self.clock())
+            if attempt.cancel_requested_at is None:  # the first ask starts that bound
+                attempt = replace(attempt, cancel_requested_at=self.clock())
         if res is not None and res.done:
             self.endings.end_concluded(job, attempt,
                                        closing_of(self.catalogue(), job, attempt, res))

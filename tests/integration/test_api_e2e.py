@@ -133,3 +133,36 @@ def test_the_result_cache_over_http(api: Api) -> None:
     bad = c.post("/v1/jobs", json={**video(duration=8), "cache": "sometimes"})
     assert bad.status_code == 422
     assert bad.json()["error"]["details"]["field"].endswith("cache")
+
+
+def test_a_cancel_the_provider_missed_is_asked_again_once_it_answers(api: Api) -> None:
+    """The provider was down when the job was cancelled over HTTP: the job is cancelled at
+    once, and the stop is asked for again once the provider answers, not left undone while
+    the work runs on to its full bill (the provider here bills nothing for a stopped run)."""
+    rig = api.rig
+    api.budget("tenant:acme", 10_000_000)
+    rig.control("vid-cheap", duration_ms=60_000)
+    rig.start_worker()
+    c = api.tenant()
+    job = c.post("/v1/jobs", json=video(duration=4)).json()
+
+    def attempt() -> tuple[str | None, str | None, int | None]:
+        with rig.engine.connect() as conn:
+            row = conn.execute(text("SELECT external_id, outcome, cost_micros FROM attempts "
+                                    "WHERE job_id = :j"), {"j": job["id"]}).one_or_none()
+        return (None, None, None) if row is None else (row[0], row[1], row[2])
+
+    rig.wait_for("the prediction to be created", lambda: attempt()[0] is not None)
+    rig.control("vid-cheap", mode="down")
+    cancelled = c.post(f"/v1/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert rig.counters("vid-cheap")["cancels"] >= 1  # asked, and refused (503)
+    rig.control("vid-cheap", mode="up")
+
+    # within the 30 s after which an attempt asked to stop is closed uncertain
+    rig.wait_for("the attempt to conclude", lambda: attempt()[1] is not None, timeout=25)
+    assert attempt()[1:] == ("cancelled", 0)
+    assert [b["cost_micros"] for b in rig.provider("vid-cheap")["bills"]] == [0]
+    got = c.get(f"/v1/jobs/{job['id']}").json()
+    assert got["status"] == "cancelled" and got["cost_usd"] == 0
+    assert rig.ledger() == (0, 0)
