@@ -2,8 +2,9 @@
 of the attempt that outlived it.
 
 A cancel ends the job at once, and a deadline step fails it; either way an attempt that may be
-running at the provider keeps the job's hold. The provider is asked to stop it (once), and the
-chain goes on looking at it: adopting a finished one, charging what a stopped one billed, or,
+running at the provider keeps the job's hold. The provider is asked to stop it (again at each
+look that finds it still running: a first ask may not have reached it), and the chain goes on
+looking at it: adopting a finished one, charging what a stopped one billed, or,
 when a submission's answer was lost, asking the provider what it created (``service.reconcile``,
 never sending anything new for an ended job). Only that conclusion finishes the hold, so what
 the provider billed is what the ledger charges; an attempt nothing can tell about any more is
