@@ -21,6 +21,13 @@ _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 # ::/96 is ::, ::1 and the deprecated "IPv4-compatible" addresses; none is a public receiver
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# not globally reachable (IANA) although Python 3.11's tables call them global: IETF protocol
+# assignments (only .0/29 and .170/31 are private there; .9 and .10, anycast, are refused
+# too: no receiver lives there), the deprecated site-local fec0::/10 (which Linux routes like
+# any unicast, so an internal network may still use it) and the documentation 3fff::/20
+_SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")
+_NOT_GLOBAL: tuple[Network, ...] = (ipaddress.IPv4Network("192.0.0.0/24"),
+                                    ipaddress.IPv6Network("3fff::/20"))
 # what inet_aton may read as an IPv4 address: digits, dots, hex digits after 0x
 _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}$", re.IGNORECASE)
 
@@ -49,9 +56,11 @@ def refusal(ip: IPAddress) -> str | None:
         ("link-local", ip.is_link_local),
         ("multicast", ip.is_multicast),
         ("shared (CGNAT)", isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT),
+        ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip in _SITE_LOCAL),
         ("reserved", isinstance(ip, ipaddress.IPv6Address) and ip in _IPV4_COMPATIBLE),
         ("reserved", ip.is_reserved),
         ("private", ip.is_private),
+        ("reserved", any(ip in net for net in _NOT_GLOBAL if net.version == ip.version)),
         # what is left that IANA does not call globally reachable (Python's is_global does
         # not cover multicast, hence the checks above)
         ("non-global", not ip.is_global),

@@ -340,7 +340,8 @@ REFUSED_WEBHOOK_URLS = (
     "http://127.0.0.1:9/cb", "https://127.0.0.1/", "https://169.254.169.254/latest/meta-data/",
     "https://2130706433/cb", "https://0x7f.1/cb", "https://localhost/cb",
     "https://[::ffff:10.0.0.1]/cb", "https://hooks.example.com:99999/cb",
-    "http://93.184.216.34/cb", "https://0177.0.0.1/")
+    "http://93.184.216.34/cb", "https://0177.0.0.1/", "https://[fec0::1]/cb",
+    "https://192.0.0.8/cb")
 
 
 def test_a_job_webhook_url_is_checked_at_submission_and_quote_alike(api: Api) -> None:

@@ -52,6 +52,9 @@ INSIDE = [
     ("https://255.255.255.255/h", "reserved"),
     ("https://0.0.0.0/h", "unspecified"),
     ("https://198.18.0.1/h", "private"),
+    # IETF protocol assignments: Python 3.11 calls only .0/29 and .170/31 of them private
+    ("https://192.0.0.8/h", "reserved"),
+    ("https://192.0.0.100/h", "reserved"),
     # IPv6
     ("https://[::1]/h", "loopback"),
     ("https://[::]/h", "unspecified"),
@@ -60,6 +63,12 @@ INSIDE = [
     ("https://[fe80::1]/h", "link-local"),
     ("https://[ff02::1]/h", "multicast"),
     ("https://[ff0e::1]/h", "multicast"),
+    # deprecated site-local: routed like any unicast by Linux, never global; Python calls it
+    # neither private nor reserved
+    ("https://[fec0::1]/h", "site-local"),
+    ("https://[fec0:0:0:ffff::1]/h", "site-local"),
+    ("https://[feff::1]/h", "site-local"),
+    ("https://[3fff::1]/h", "reserved"),  # documentation (RFC 9637), unknown to Python 3.11
     ("https://[::ffff:127.0.0.1]/h", "loopback (IPv4 inside IPv6)"),
     ("https://[::ffff:169.254.169.254]/h", "link-local (IPv4 inside IPv6)"),
     ("https://[::ffff:a00:1]/h", "private (IPv4 inside IPv6)"),
