@@ -131,6 +131,10 @@ def parse_allow(spec: str | Iterable[str]) -> tuple[frozenset[str], tuple[Networ
                 raise ValueError(f"{entry!r} is not a CIDR: {exc}") from None
         elif (ip := _address(entry)) is not None:
             nets.append(ipaddress.ip_network(ip))
+        elif (ip := ip_literal(entry)) is not None:
+            # a URL's host written so is an address, never matched as a listed name
+            raise ValueError(f"{entry!r} is an address in a short or numeric form: write the "
+                             f"address as {ip}")
         elif _HOSTNAME.match(entry):
             hosts.add(entry)
         else:

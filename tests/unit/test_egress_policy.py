@@ -253,7 +253,11 @@ def test_parse_url_keeps_what_will_be_sent() -> None:
 @pytest.mark.parametrize(
     ("spec", "problem"),
     [("10.0.0.0/33", "is not a CIDR"), ("10.0.0.1/8", "has host bits set"),
-     ("bad host", "neither a hostname nor a CIDR"), ("http://x.example", "is not a CIDR")],
+     ("bad host", "neither a hostname nor a CIDR"), ("http://x.example", "is not a CIDR"),
+     # a URL's host in these forms is an address, never a listed name: as a name the entry
+     # would admit nothing, silently
+     ("127.1", "write the address as 127.0.0.1"), ("2130706433", "as 127.0.0.1"),
+     ("0x7f.1", "as 127.0.0.1"), ("10.0.0.0/8, 0xa000001", "as 10.0.0.1")],
 )
 def test_a_bad_allow_list_entry_is_named(spec: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
