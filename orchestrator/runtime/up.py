@@ -132,6 +132,35 @@ def listening_socket(port: int, backlog: int, host: str = "127.0.0.1") -> socket
     return sock
 
 
+def lock_data_dir(data_dir: Path) -> int | None:
+    """Take ``data_dir/up.lock`` for this process (an exclusive ``flock``, let go when the
+    process ends however it ends: a SIGKILLed ``up`` leaves no stale lock), its pid written
+    in it; a ConfigurationError naming the holder if another ``up`` has it. A second ``up``
+    on a data dir otherwise shared the first's embedded servers, wrote its own API URL into
+    the credentials and, when stopped, stopped the servers under the first. The descriptor
+    is not inherited by the children (PEP 446). None where there is no ``flock`` (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not a POSIX system
+        return None
+    path = data_dir / "up.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigurationError(
+            f"another `orchestrator up` is running on {data_dir} (pid {holder}); stop it "
+            "first, or give this one another --data-dir", setting="--data-dir") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def _answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == 200
@@ -183,6 +212,7 @@ class System:
         # the embedded servers up started: name, "is it running?", restart
         self.servers: list[tuple[str, Callable[[], bool], Callable[[], object]]] = []
         self.stop_event = threading.Event()
+        self._lock: int | None = None  # the data dir's lock, held until this process ends
 
     # -- start -------------------------------------------------------------------------------
     def check_config(self) -> None:
@@ -216,6 +246,7 @@ class System:
         self.check_config()
         self.check_ports()
         private_dir(self.data_dir, traverse_gid=server_gid())
+        self._lock = lock_data_dir(self.data_dir)
         db_url = self.settings.database_url
         if not db_url:
             pg = EmbeddedPostgres(self.data_dir / "postgres")
