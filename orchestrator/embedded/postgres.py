@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import psycopg
 
+from orchestrator.embedded._pids import runs_in
 from orchestrator.embedded._ports import remembered_port
 from orchestrator.embedded.private import private_dir, private_secret, write_private
 from orchestrator.errors import EmbeddedServiceError
@@ -247,10 +248,10 @@ class EmbeddedPostgres:
         try:
             lines = pidfile.read_text().splitlines()
             pid, port = int(lines[0]), int(lines[3])
-            os.kill(pid, 0)
         except (OSError, ValueError, IndexError):
             return None
-        return port
+        # a lock file left by a killed server may name a pid some other process has now
+        return port if runs_in(pid, self.pgdata) else None
 
     def _connect(self, *, password: str | None) -> psycopg.Connection[tuple[object, ...]]:
         """A connection to the ``postgres`` database, retried while the server starts."""

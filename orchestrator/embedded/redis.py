@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import redis
 
+from orchestrator.embedded._pids import runs_in
 from orchestrator.embedded._ports import remembered_port
 from orchestrator.embedded.private import private_dir, private_secret, write_private
 from orchestrator.errors import EmbeddedServiceError
@@ -130,7 +131,9 @@ class EmbeddedRedis:
             pid = int(self._pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if self._alive(pid) else None
+        # a pid file left by a killed server may name a pid some other process has now:
+        # that one is not ours to ping, nor to kill
+        return pid if self._alive(pid) and runs_in(pid, self.dir) else None
 
     @staticmethod
     def _alive(pid: int) -> bool:
