@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import shutil
 import stat
 import subprocess
 import time
@@ -180,7 +181,20 @@ class EmbeddedPostgres:
         return _SYSTEM_USER
 
     def _initdb(self, user: str | None) -> None:
-        self.pgdata.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """A new cluster, made in ``pgdata.initdb`` and renamed to ``pgdata`` once whole: an
+        initdb cut short (Ctrl-C kills it, as does a SIGKILLed ``up``) used to leave a
+        ``pgdata`` with its PG_VERSION but without its databases or password, which every
+        later start took for a cluster and failed on. What such a start left is made anew."""
+        if self.pgdata.exists():  # no PG_VERSION: nothing initdb finished
+            try:
+                self.pgdata.rmdir()
+            except OSError:
+                raise EmbeddedServiceError(
+                    f"{self.pgdata} is not empty and holds no PostgreSQL cluster (no "
+                    "PG_VERSION); move it away and start again") from None
+        staging = self.data_dir / "pgdata.initdb"
+        shutil.rmtree(staging, ignore_errors=True)  # an initdb cut short
+        staging.mkdir(parents=True, mode=0o700)
         pwfile = self.data_dir / ".initdb-password"
         write_private(pwfile, f"{self.password}\n")  # initdb reads it; never on a command line
         try:
@@ -188,11 +202,11 @@ class EmbeddedPostgres:
                 import pwd
 
                 pw = pwd.getpwnam(user)
-                os.chown(self.pgdata, pw.pw_uid, pw.pw_gid)
+                os.chown(staging, pw.pw_uid, pw.pw_gid)
                 os.chown(pwfile, pw.pw_uid, pw.pw_gid)
             self._run(
                 [
-                    str(_bin_dir() / "initdb"), "-D", str(self.pgdata),
+                    str(_bin_dir() / "initdb"), "-D", str(staging),
                     "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8",
                     "--no-instructions", "-U", SUPERUSER,
                 ],
@@ -200,6 +214,7 @@ class EmbeddedPostgres:
             )
         finally:
             pwfile.unlink(missing_ok=True)
+        staging.rename(self.pgdata)
 
     def _write_hba(self, user: str | None) -> bool:
         """Make pg_hba.conf :data:`PG_HBA`; True if it changed."""

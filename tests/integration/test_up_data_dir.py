@@ -99,3 +99,34 @@ def test_a_second_up_on_the_same_data_dir_refuses_and_leaves_the_first_alone(
         code = first.stop()
         _cleanup(data)
     assert code == 0, first.out
+
+
+def test_a_ctrl_c_while_the_database_is_made_leaves_a_data_dir_that_starts(
+        root: Path) -> None:
+    """Ctrl-C in the terminal (SIGINT to `up`'s process group) on the first start, while
+    initdb runs: `up` stops, and the next `up` on that data dir starts."""
+    data = root / "data"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "up", "--data-dir", str(data),
+         "--port", str(free_port()), "--no-simulator"],
+        cwd=ROOT, env=_env(data), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
+    try:
+        # the password file initdb reads exists while (and only while) initdb runs
+        wait_for("initdb to begin", lambda: (data / "postgres" / ".initdb-password").exists()
+                 or first.poll() is not None, timeout=60)
+        os.killpg(first.pid, signal.SIGINT)
+        out, _ = first.communicate(timeout=120)
+        assert "admin key" not in out, out
+        wait_for("every process to exit", lambda: processes_mentioning(str(data)) == [],
+                 timeout=30)
+        again = Up(data, "--no-simulator")
+        try:
+            again.wait_running()
+        finally:
+            code = again.stop()
+        assert code == 0, again.out
+    finally:
+        if first.poll() is None:
+            first.kill()
+        _cleanup(data)
