@@ -245,6 +245,9 @@ class System:
     def start(self) -> dict[str, str]:
         self.check_config()
         self.check_ports()
+        if self.data_dir.exists() and not self.data_dir.is_dir():  # not "File exists"
+            raise ConfigurationError(f"the data dir {self.data_dir} is not a directory "
+                                     "(--data-dir)", setting="--data-dir")
         private_dir(self.data_dir, traverse_gid=server_gid())
         self._lock = lock_data_dir(self.data_dir)
         db_url = self.settings.database_url

@@ -130,3 +130,15 @@ def test_a_ctrl_c_while_the_database_is_made_leaves_a_data_dir_that_starts(
         if first.poll() is None:
             first.kill()
         _cleanup(data)
+
+
+def test_a_data_dir_that_is_a_file_is_refused_in_one_line_that_says_so(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.write_text("not a directory")
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "up", "--data-dir", str(data),
+         "--port", str(free_port()), "--no-simulator"],
+        cwd=ROOT, env=_env(data), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == f"error: the data dir {data} is not a directory (--data-dir)\n"
+    assert result.stdout == "" and data.read_text() == "not a directory"
