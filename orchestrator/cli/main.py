@@ -16,6 +16,7 @@ import typer
 from orchestrator.cli.backup import register as register_backup_commands
 from orchestrator.cli.client import register as register_client_commands
 from orchestrator.cli.errors import errors_as_one_line, fail, one_line_errors, say
+from orchestrator.cli.ledger import register as register_ledger_commands
 from orchestrator.cli.report import register as register_report_command
 from orchestrator.cli.secrets import register as register_secrets_commands
 from orchestrator.errors import OrchestratorError
@@ -332,6 +333,7 @@ register_client_commands(app)
 register_report_command(app)
 register_secrets_commands(app)
 register_backup_commands(app)
+register_ledger_commands(app)
 
 
 def main() -> None:

@@ -14,7 +14,8 @@
 - **Held is the open holds**: each period's held equals the sum of its lines of holds still
   ``held``.
 
-Used by the tests after every concurrent run and by operators (``orchestrator ledger audit``).
+Used by the tests after every concurrent run, by `backup restore`, and by operators
+(``orchestrator ledger audit``, ``orchestrator.cli.ledger``).
 """
 
 from __future__ import annotations
