@@ -101,6 +101,11 @@ _ENDPOINT_FAILING = text(
 )
 
 
+# failures that say nothing of the tenant's endpoint: its URL was removed (no delivery to it
+# can succeed again, so a mark would stay for ever), or the event is gone
+NOT_THE_ENDPOINTS = frozenset({"endpoint_removed", "event_gone"})
+
+
 @dataclass(frozen=True)
 class WebhookPolicy:
     retry_window_s: float = 86_400.0
@@ -230,7 +235,7 @@ def _record(tx: Any, c: _Claimed, now: datetime, rules: WebhookPolicy,
             tx.execute(_ENDPOINT_OK, {"t": c.tenant})
         return "delivered"
     err = c.error.summary[:200]  # our own code: never a remote body, a URL or a secret
-    if c.target == "tenant":
+    if c.target == "tenant" and c.error.reason not in NOT_THE_ENDPOINTS:
         tx.execute(_ENDPOINT_FAILING, {"t": c.tenant, "now": now, "err": err})
     delay = max(retry_delay_s(c.attempts, base_s=rules.backoff_s, cap_s=rules.backoff_cap_s),
                 c.error.retry_after_s or 0.0)

@@ -348,3 +348,26 @@ def test_a_name_resolving_inside_at_send_time_is_never_called(
     assert (status, attempts) == ("failed", 1)
     assert error is not None and error.startswith("egress_refused")
     assert TOKEN not in error and "hooks.rebind.test:" not in error
+
+
+def test_removing_the_url_fails_what_was_pending_without_marking_the_endpoint_failing(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    """``url`` null with deliveries pending: they fail (``endpoint_removed``, nowhere to send
+    them), but the endpoint is not failing: no delivery to it can succeed any more, so a mark
+    would stay for ever, and an operator watching ``failing_since`` would chase a receiver
+    that is not there."""
+    receiver.behave = lambda sock, _: sock.sendall(answer(503))
+    with db.begin() as conn:
+        endpoints.put(conn, "acme", url=f"{receiver.url}/tenant", secret="s" * 20,
+                      events=["job.queued"], policy=EGRESS, box=BOX)
+    _job(db, f"{receiver.url}/unused", events=())
+    assert _send(db, client) == Report(retrying=1)
+    with db.begin() as conn:
+        shown = endpoints.put(conn, "acme", url=None, secret=None, events=None,
+                              policy=EGRESS, box=BOX).view()
+    assert shown["failing_since"] is None and shown["last_error"] is None
+    assert _send(db, client, _later()) == Report(failed=1)
+    assert _rows(db) == [("failed", 2, "endpoint_removed")]
+    with db.connect() as conn:
+        shown = endpoints.get(conn, "acme").view()  # type: ignore[union-attr]
+    assert (shown["url_set"], shown["failing_since"], shown["last_error"]) == (False, None, None)
