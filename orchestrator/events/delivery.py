@@ -139,18 +139,22 @@ class Report:
 def deliver_due(engine: Engine, policy: EgressPolicy, box: SecretBox | None,
                 client: httpx.Client, rules: WebhookPolicy, now: datetime,
                 batch: int = 100, max_workers: int = 8) -> Report:
-    """Send what is due at ``now`` (at most ``batch``)."""
+    """Send what is due at ``now`` (at most ``batch``). What happened is recorded as of when
+    the sends ended (``now`` plus the time they took): a retry's backoff counts from the
+    attempt's end, not from the run's start, which can be a whole lease earlier."""
     token = uuid.uuid4()
+    started = time.monotonic()
     claimed = _claim(engine, box, now, batch, lease_s(client, rules, batch, max_workers),
                      token)
     if claimed:
         with ThreadPoolExecutor(max_workers=min(max_workers, len(claimed)),
                                 thread_name_prefix="webhooks") as pool:
             list(pool.map(lambda c: _send(c, client, policy), claimed))
+    ended = now + timedelta(seconds=time.monotonic() - started)
     counts = {"delivered": 0, "retrying": 0, "failed": 0}
     with engine.begin() as tx:
         for c in claimed:
-            counts[_record(tx, c, now, rules, token)] += 1
+            counts[_record(tx, c, ended, rules, token)] += 1
     return Report(**counts)
 
 

@@ -371,3 +371,30 @@ def test_removing_the_url_fails_what_was_pending_without_marking_the_endpoint_fa
     with db.connect() as conn:
         shown = endpoints.get(conn, "acme").view()  # type: ignore[union-attr]
     assert (shown["url_set"], shown["failing_since"], shown["last_error"]) == (False, None, None)
+
+
+def test_a_retry_and_a_delivery_are_dated_when_the_attempt_ended_not_when_the_run_began(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    """A run's sends take up to its lease (130 s by default) while the backoff starts at 5 s:
+    counted from the run's start, a failed attempt's retry was due before the attempt had
+    even ended (sent again at once, the receiver's backoff lost), and ``delivered_at`` was
+    earlier than the receiver got it."""
+    answered: dict[str, float] = {}
+
+    def slow(sock: socket.socket, req: Request) -> None:
+        receiver.stop.wait(TIMEOUT_S * 0.6)
+        sock.sendall(answer(503 if req.path == "/refuses" else 200))
+        answered[req.path] = time.time()
+
+    receiver.behave = slow
+    _job(db, f"{receiver.url}/refuses")
+    _job(db, f"{receiver.url}/takes")
+    rules = WebhookPolicy(backoff_s=0.2, backoff_cap_s=0.2)  # each retry 0.1-0.2 s later
+    report = deliver_due(db, EGRESS, BOX, client, rules, datetime.now(UTC), max_workers=1)
+    assert report == Report(delivered=1, retrying=1)
+    with db.connect() as conn:
+        rows = dict(conn.execute(text(
+            "SELECT status, COALESCE(delivered_at, next_attempt_at) FROM webhook_deliveries")
+        ).all())
+    assert rows["pending"].timestamp() >= answered["/refuses"], "retry due before it failed"
+    assert rows["delivered"].timestamp() >= answered["/takes"] - 0.05  # its answer, sent
