@@ -398,3 +398,31 @@ def test_a_retry_and_a_delivery_are_dated_when_the_attempt_ended_not_when_the_ru
         ).all())
     assert rows["pending"].timestamp() >= answered["/refuses"], "retry due before it failed"
     assert rows["delivered"].timestamp() >= answered["/takes"] - 0.05  # its answer, sent
+
+
+def test_after_a_secret_rotation_the_retries_of_earlier_events_carry_the_new_signature(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    """docs/operations.md "Rotating secrets": a delivery claimed after the ``PUT`` is signed
+    with the new secret, whatever its event's age; the old one verifies none of it."""
+    old, new = "old-secret-0123456789", "new-secret-0123456789"
+    with db.begin() as conn:
+        endpoints.put(conn, "acme", url=f"{receiver.url}/tenant", secret=old,
+                      events=["job.queued"], policy=EGRESS, box=BOX)
+    verifies_with = [old]
+
+    def first_down(sock: socket.socket, req: Request) -> None:  # a 401 when it fails to verify
+        verdict = _docs_receiver(verifies_with[0], req, time.time(), set())
+        sock.sendall(answer(503 if verdict == 200 and len(receiver.got()) == 1 else verdict))
+
+    receiver.behave = first_down
+    _job(db, f"{receiver.url}/unused", events=())
+    assert _send(db, client) == Report(retrying=1)  # verified with the old one, then a 503
+    with db.begin() as conn:
+        endpoints.put(conn, "acme", url=endpoints.KEEP, secret=new, events=None,
+                      policy=EGRESS, box=BOX)
+    verifies_with[0] = new
+    assert _send(db, client, _later()) == Report(delivered=1)
+    first, second = receiver.got()
+    assert _docs_receiver(old, first, time.time(), set()) == 200
+    assert _docs_receiver(new, second, time.time(), set()) == 200
+    assert _docs_receiver(old, second, time.time(), set()) == 401
