@@ -371,6 +371,9 @@ class WebhookDelivery(Base):
               postgresql_where=text("status = 'pending'")),
         Index("ix_webhook_deliveries_job", "job_id", "target", "seq"),
         Index("ix_webhook_deliveries_tenant", "tenant", "created_at"),
+        # the claim's walk over tenants, and each tenant's due ones (migration 0020)
+        Index("ix_webhook_deliveries_due", "tenant", "target", "next_attempt_at", "id",
+              postgresql_where=text("status = 'pending'")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

@@ -1,6 +1,6 @@
 """Migrations run forward from empty, back to base, and match the models; migration 0019
 builds its index concurrently (writes to ``attempts`` go on) and replaces a failed build's
-INVALID leftover."""
+INVALID leftover; 0020 builds the index of pending webhook deliveries the same way."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from orchestrator.store.engine import make_engine
 from orchestrator.store.migrate import alembic_config, downgrade, schema_behind, upgrade
 from orchestrator.store.models import Base
 
+HEAD = "0020"
 INDEX = "ix_attempts_backend_external_id"
 # as the transactional build of 0019 made it, and as the model declares it
 DEFINITION = (f"CREATE INDEX {INDEX} ON public.attempts USING btree (backend, external_id) "
@@ -108,7 +109,26 @@ def test_0019_builds_a_valid_index_from_empty_and_from_0018(servers: tuple[str, 
         downgrade(url, "0018")
         assert _index(engine) is None and _revision(engine) == "0018"
         upgrade(url)
-        assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == "0019"
+        assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == HEAD
+
+
+DUE = "ix_webhook_deliveries_due"
+DUE_DEFINITION = (f"CREATE INDEX {DUE} ON public.webhook_deliveries USING btree (tenant, target, "
+                  "next_attempt_at, id) WHERE ((status)::text = 'pending'::text)")
+
+
+def test_0020_builds_a_valid_index_of_pending_deliveries_from_0019(
+        servers: tuple[str, str]) -> None:
+    with _database(servers, "0019") as (url, engine):
+        with engine.begin() as conn:
+            _job(conn)
+        upgrade(url)
+        with engine.connect() as conn:
+            row = conn.execute(_STATE, {"name": DUE}).one()
+        assert tuple(row) == (DUE_DEFINITION, True, True) and _revision(engine) == "0020"
+        downgrade(url, "0019")
+        with engine.connect() as conn:
+            assert conn.execute(_STATE, {"name": DUE}).one_or_none() is None
 
 
 def test_0019_replaces_the_invalid_leftover_of_a_failed_build(servers: tuple[str, str]) -> None:
@@ -132,7 +152,7 @@ def test_0019_replaces_the_invalid_leftover_of_a_failed_build(servers: tuple[str
         assert leftover is not None and leftover[1] is False
 
         upgrade(url)
-        assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == "0019"
+        assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == HEAD
 
 
 def test_writes_to_attempts_go_on_while_0019_builds(servers: tuple[str, str]) -> None:
@@ -171,7 +191,7 @@ def test_writes_to_attempts_go_on_while_0019_builds(servers: tuple[str, str]) ->
                 writer.rollback()  # a failed test must not leave the build waiting
                 upgrading.join(timeout=60)
         assert not upgrading.is_alive() and errors == []
-        assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == "0019"
+        assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == HEAD
 
 
 def test_a_connection_in_a_transaction_is_refused(servers: tuple[str, str]) -> None:
@@ -188,7 +208,7 @@ def test_a_connection_in_a_transaction_is_refused(servers: tuple[str, str]) -> N
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
             assert not conn.in_transaction()
-        assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == "0019"
+        assert _index(engine) == (DEFINITION, True, True) and _revision(engine) == HEAD
 
 
 
@@ -247,7 +267,7 @@ def test_two_migrations_at_once_run_one_after_the_other(
         assert [code for code, _ in outcomes] == [0, 0], outcomes
         assert not any("error" in err for _, err in outcomes), outcomes
         assert "another migration of this database is running" in outcomes[1][1], outcomes
-        assert _revision(engine) == "0019" and _index(engine) == (DEFINITION, True, True)
+        assert _revision(engine) == HEAD and _index(engine) == (DEFINITION, True, True)
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -273,20 +293,20 @@ def test_a_process_on_an_older_schema_stops_at_its_start_in_one_line(
             raise AssertionError(f"`orchestrator {command}` started on a schema at 0012") from None
         assert proc.returncode == 1, err
         assert err == ("error: the database is at revision 0012, and this release needs "
-                       "0019: run `orchestrator migrate` first\n"), err
+                       f"{HEAD}: run `orchestrator migrate` first\n"), err
 
 
 def test_the_schema_check_passes_at_head_on_a_newer_schema_and_without_a_database(
         servers: tuple[str, str]) -> None:
     with scratch_database(servers[0], migrate=False) as url:
         assert schema_behind(url) == ("the database has no schema of this project, and this "
-                                      "release needs 0019: run `orchestrator migrate` first")
+                                      f"release needs {HEAD}: run `orchestrator migrate` first")
         upgrade(url)
         assert schema_behind(url) is None
         engine = make_engine(url, pool_size=1)
         try:
             with engine.begin() as conn:  # a later release's migration ran
-                conn.execute(text("UPDATE alembic_version SET version_num = '0020'"))
+                conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
         finally:
             engine.dispose()
         assert schema_behind(url) is None
