@@ -9,8 +9,8 @@ that hold no lock while a receiver is called, so a slow receiver never slows a j
    (``attempts + 1``, ``next_attempt_at = now + lease``, a fresh ``claim_token``); a tenant
    with no signing secret gets one made here (``endpoints.ensure_secret``), so nothing waits
    for one unless no key is configured to seal it with (``secret_key_missing``);
-2. **send** each, outside any transaction, through the egress policy (checked and pinned at
-   connection time), signed as alerts are: ``X-Orchestrator-Timestamp``,
+2. **send** each, outside any transaction, in the claim's order, through the egress policy
+   (checked and pinned at connection time), signed as alerts are: ``X-Orchestrator-Timestamp``,
    ``X-Orchestrator-Signature: sha256=HMAC(secret, "<timestamp>.<body>")``, plus
    ``X-Orchestrator-Event-Id`` (the event's id, to de-duplicate on);
 3. **record**: ``delivered``; or ``pending`` again after a backoff (exponential with jitter,
@@ -18,6 +18,27 @@ that hold no lock while a receiver is called, so a slow receiver never slows a j
    is younger than ``ORCH_WEBHOOK_RETRY_WINDOW_S`` (or was redelivered less than that ago:
    ``orchestrator.events.redelivery``); else ``failed``. The tenant endpoint's
    ``failing_since`` and ``last_error`` mark it failing until a delivery succeeds.
+
+Tenants share a batch, so that one tenant's slow or dead receiver does not hold back the
+others' webhooks (its POSTs each take up to the client's whole time limit):
+
+- **interleaved**: the claim ranks each tenant's candidates by due time and takes every
+  tenant's first before any tenant's second (then by due time), and the sends start in that
+  order, so each tenant's first delivery starts before any tenant's second (in the first
+  round of ``max_workers`` unless more tenants than that have one due), whatever another
+  tenant has queued. A busy tenant is not capped: it fills what the others
+  leave of the batch. The candidates are read per tenant and target (at most a batch of each,
+  index ``ix_webhook_deliveries_due``, migration 0020), so a flood of one tenant's due rows
+  costs that tenant's scan, not the others' place in the batch;
+- **probes**: a tenant whose endpoint is marked failing (``failing_since``) gets at most
+  ``probes`` (:data:`FAILING_PROBES`) deliveries to it per run; one that succeeds clears
+  the mark (unless one recorded after it in that run failed) and the next run takes the
+  rest. Deliveries to a job's own ``webhook_url``
+  (``target = 'job'``) mark nothing and are not capped by it: a job's URL is not the
+  endpoint, and one tenant's jobs may name many. Only the interleaving shares those: a
+  tenant's dead job URLs still lengthen the run they are in (up to its lease), so another
+  tenant's delivery that falls due meanwhile waits for the next run, where it is again in
+  the first round.
 
 At least once: a crash between a send and its record sends it again after the lease. The
 lease covers the whole batch's worst case (each POST's whole time limit, the client's read
@@ -56,20 +77,48 @@ USER_AGENT = "orchestrator-webhooks/1"
 
 _CLAIM = text(
     """
-    WITH due AS (
-        SELECT d.id FROM webhook_deliveries d
+    WITH RECURSIVE tenants AS (  -- each tenant with a delivery pending: a skip scan
+        (SELECT d.tenant FROM webhook_deliveries d WHERE d.status = 'pending'
+         ORDER BY d.tenant LIMIT 1)
+        UNION ALL
+        SELECT (SELECT d.tenant FROM webhook_deliveries d
+                WHERE d.status = 'pending' AND d.tenant > t.tenant ORDER BY d.tenant LIMIT 1)
+        FROM tenants t WHERE t.tenant IS NOT NULL
+    ), ranked AS (  -- at most :batch per tenant and target (:probes to a failing endpoint)
+        SELECT c.id, c.next_attempt_at,
+               row_number() OVER (PARTITION BY t.tenant ORDER BY c.next_attempt_at, c.id) AS rank
+        FROM tenants t
+        CROSS JOIN (VALUES ('job'), ('tenant')) AS g(target)
+        LEFT JOIN webhook_endpoints w ON w.tenant = t.tenant
+        CROSS JOIN LATERAL (
+            SELECT d.id, d.next_attempt_at FROM webhook_deliveries d
+            WHERE d.tenant = t.tenant AND d.target = g.target AND d.status = 'pending'
+              AND d.next_attempt_at <= :now
+              AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p
+                              WHERE p.job_id = d.job_id AND p.target = d.target
+                                AND p.seq < d.seq AND p.status = 'pending')
+            ORDER BY d.next_attempt_at, d.id
+            LIMIT CASE WHEN g.target = 'tenant' AND w.failing_since IS NOT NULL
+                       THEN :probes ELSE :batch END
+        ) c
+        WHERE t.tenant IS NOT NULL
+        ORDER BY rank, c.next_attempt_at, c.id LIMIT :batch  -- each tenant's first, second...
+    ), due AS (  -- locked here (FOR UPDATE takes no window function), each row's state
+        -- checked again if another run changed it; one locked by another claim is left out
+        SELECT d.id, r.rank, r.next_attempt_at AS due_at
+        FROM ranked r JOIN webhook_deliveries d ON d.id = r.id
         WHERE d.status = 'pending' AND d.next_attempt_at <= :now
-          AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p
-                          WHERE p.job_id = d.job_id AND p.target = d.target
-                            AND p.seq < d.seq AND p.status = 'pending')
-        ORDER BY d.next_attempt_at, d.id LIMIT :batch
         FOR UPDATE OF d SKIP LOCKED
+    ), claimed AS (
+        UPDATE webhook_deliveries d
+        SET attempts = d.attempts + 1, next_attempt_at = :lease_until, claim_token = :token,
+            updated_at = :now
+        FROM due WHERE d.id = due.id
+        RETURNING d.id, d.target, d.attempts, d.tenant, d.event_id, d.requeued_at, due.rank,
+                  due.due_at
     )
-    UPDATE webhook_deliveries d
-    SET attempts = d.attempts + 1, next_attempt_at = :lease_until, claim_token = :token,
-        updated_at = :now
-    FROM due WHERE d.id = due.id
-    RETURNING d.id, d.target, d.attempts, d.tenant, d.event_id, d.requeued_at
+    SELECT id, target, attempts, tenant, event_id, requeued_at FROM claimed
+    ORDER BY rank, due_at, id
     """
 )
 _EVENTS = text(
@@ -136,17 +185,23 @@ class Report:
     failed: int = 0
 
 
+# deliveries to a tenant's endpoint marked failing, at most, in one run: its probes
+FAILING_PROBES = 2
+
+
 def deliver_due(engine: Engine, policy: EgressPolicy, box: SecretBox | None,
                 client: httpx.Client, rules: WebhookPolicy, now: datetime,
-                batch: int = 100, max_workers: int = 8) -> Report:
-    """Send what is due at ``now`` (at most ``batch``). What happened is recorded as of when
-    the sends ended (``now`` plus the time they took): a retry's backoff counts from the
-    attempt's end, not from the run's start, which can be a whole lease earlier."""
+                batch: int = 100, max_workers: int = 8,
+                probes: int = FAILING_PROBES) -> Report:
+    """Send what is due at ``now`` (at most ``batch``, tenants interleaved: see the module's
+    docstring; at most ``probes`` to an endpoint marked failing). What happened is recorded
+    as of when the sends ended (``now`` plus the time they took): a retry's backoff counts
+    from the attempt's end, not from the run's start, which can be a whole lease earlier."""
     token = uuid.uuid4()
     started = time.monotonic()
-    claimed = _claim(engine, box, now, batch, lease_s(client, rules, batch, max_workers),
-                     token)
-    if claimed:
+    claimed = _claim(engine, box, now, batch, probes,
+                     lease_s(client, rules, batch, max_workers), token)
+    if claimed:  # started in the claim's order: every tenant's first before any second
         with ThreadPoolExecutor(max_workers=min(max_workers, len(claimed)),
                                 thread_name_prefix="webhooks") as pool:
             list(pool.map(lambda c: _send(c, client, policy), claimed))
@@ -171,10 +226,11 @@ def lease_s(client: httpx.Client, rules: WebhookPolicy, batch: int, max_workers:
     return max(rules.lease_s, limit * rounds + LEASE_MARGIN_S)
 
 
-def _claim(engine: Engine, box: SecretBox | None, now: datetime, batch: int, lease: float,
-           token: uuid.UUID) -> list[_Claimed]:
+def _claim(engine: Engine, box: SecretBox | None, now: datetime, batch: int, probes: int,
+           lease: float, token: uuid.UUID) -> list[_Claimed]:
     with engine.begin() as tx:
-        rows = tx.execute(_CLAIM, {"now": now, "batch": batch, "token": token,
+        rows = tx.execute(_CLAIM, {"now": now, "batch": batch, "probes": probes,
+                                   "token": token,
                                    "lease_until": now + timedelta(seconds=lease)}).all()
         if not rows:
             return []
