@@ -212,12 +212,12 @@ def test_a_connection_in_a_transaction_is_refused(servers: tuple[str, str]) -> N
 
 
 
-# a migrator of the scratch database waiting, for a lock or for its turn (by its
-# application_name: the tests' own connections are not counted)
-_MIGRATORS_WAITING = text(
+# a migrator of the scratch database waiting for a lock (by its application_name: the
+# tests' own connections are not counted)
+_MIGRATOR_WAITING = text(
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-    "AND application_name = ANY(:names) "
-    "AND (wait_event_type = 'Lock' OR query ILIKE '%advisory_lock%')")
+    "AND application_name = :name AND wait_event_type = 'Lock'")
+_WAITS_ITS_TURN = "another migration of this database is running"
 
 
 def test_two_migrations_at_once_run_one_after_the_other(
@@ -230,20 +230,22 @@ def test_two_migrations_at_once_run_one_after_the_other(
         with engine.begin() as conn:
             job = _job(conn)
 
-        def migrate(name: str) -> subprocess.Popen[str]:
+        def migrate(name: str) -> tuple[subprocess.Popen[str], Path]:
             env = {**os.environ, "ORCH_DATABASE_URL": f"{url}?application_name={name}"}
-            return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "migrate"],
-                                    env=env, cwd=tmp_path, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            err = tmp_path / f"{name}.err"
+            with err.open("w") as sink:
+                proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "migrate"],
+                                        env=env, cwd=tmp_path, text=True,
+                                        stdout=subprocess.DEVNULL, stderr=sink)
+            return proc, err
 
-        def waiting(*names: str) -> Callable[[], bool]:
+        def lock_wait(name: str) -> Callable[[], bool]:
             def check() -> bool:
                 with engine.connect() as conn:
-                    return conn.execute(_MIGRATORS_WAITING, {"names": list(names)}
-                                        ).scalar_one() == len(names)
+                    return conn.execute(_MIGRATOR_WAITING, {"name": name}).scalar_one() == 1
             return check
 
-        procs: list[subprocess.Popen[str]] = []
+        procs: list[tuple[subprocess.Popen[str], Path]] = []
         with engine.connect() as writer:
             # a job's progress, its transaction still open: 0013's tables on jobs wait
             writer.begin()
@@ -251,22 +253,25 @@ def test_two_migrations_at_once_run_one_after_the_other(
             try:
                 procs.append(migrate("migrator-a"))
                 _wait_for("the first migration to wait for the open transaction",
-                          waiting("migrator-a"))
+                          lock_wait("migrator-a"))
                 procs.append(migrate("migrator-b"))
-                _wait_for("the second migration to wait", waiting("migrator-a", "migrator-b"))
+                # it says so once, then asks again between idle pauses (not in a statement)
+                _wait_for("the second migration to wait its turn",
+                          lambda: _WAITS_ITS_TURN in procs[1][1].read_text())
+                assert lock_wait("migrator-a")()  # the first is still at work meanwhile
             finally:
                 writer.rollback()
                 outcomes = []
-                for p in procs:
+                for p, err in procs:
                     try:
-                        _, err = p.communicate(timeout=60)
+                        p.wait(timeout=60)
                     except subprocess.TimeoutExpired:
                         p.kill()
-                        _, err = p.communicate()
-                    outcomes.append((p.returncode, err.strip()[-300:]))
+                        p.wait()
+                    outcomes.append((p.returncode, err.read_text().strip()[-300:]))
         assert [code for code, _ in outcomes] == [0, 0], outcomes
         assert not any("error" in err for _, err in outcomes), outcomes
-        assert "another migration of this database is running" in outcomes[1][1], outcomes
+        assert _WAITS_ITS_TURN in outcomes[1][1], outcomes
         assert _revision(engine) == HEAD and _index(engine) == (DEFINITION, True, True)
 
 
