@@ -303,7 +303,11 @@ def _record(tx: Any, c: _Claimed, now: datetime, rules: WebhookPolicy,
     born = c.event.created_at if c.event is not None else now
     if c.requeued_at is not None and c.requeued_at > born:
         born = c.requeued_at
-    if c.error.transient and nxt < born + timedelta(seconds=rules.retry_window_s):
+    window_end = born + timedelta(seconds=rules.retry_window_s)
+    if c.error.transient and now < window_end:
+        # a backoff (or Retry-After) past the window's end: one last try at its end, so a
+        # receiver back within the window is not given up on early
+        nxt = min(nxt, window_end)
         tx.execute(_FAILURE, {**ids, "status": "pending", "next": nxt, "err": err})
         log.warning("webhook delivery %d (%s): %s (attempt %d), retry at %s", c.id, c.target,
                     err, c.attempts, nxt.isoformat())

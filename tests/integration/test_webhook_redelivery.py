@@ -219,3 +219,31 @@ def test_a_redelivered_old_event_gets_a_fresh_retry_window(db: Engine) -> None:
         # and the window, counted from the redelivery, still ends
         assert deliver_due(db, egress, box, client, rules,
                            later + timedelta(seconds=120)) == Report(failed=1)
+
+
+def test_a_backoff_past_the_window_is_cut_to_one_last_try_at_its_end(db: Engine) -> None:
+    """A receiver that asks for more time than the window has left (Retry-After), or a
+    backoff that long, gets one last try at the window's end, not a failure at once."""
+    port = free_port()  # nothing listens there: every attempt fails to connect (transient)
+    born = datetime.now(UTC)
+    with db.begin() as conn:
+        repo.insert_job(conn, job_id=uuid.uuid4(), tenant="acme", kind="text",
+                        tier="standard",
+                        spec={"kind": "text", "input": {"prompt": "a red kite"},
+                              "webhook_url": f"http://127.0.0.1:{port}/job",
+                              "webhook_events": ["job.queued"]},
+                        route={}, estimated_cost_micros=1, deadline_at=born,
+                        chain_token=uuid.uuid4(), wake_at=born)
+        born = conn.execute(text("SELECT created_at FROM job_events")).scalar_one()
+    # the first backoff (5-10 s) ends past a 60 s window's end when tried at 58 s
+    rules = WebhookPolicy(retry_window_s=60, backoff_s=5, backoff_cap_s=600)
+    egress, box = EgressPolicy("127.0.0.1/32"), SecretBox([new_key()])
+    with httpx.Client() as client:
+        at = born + timedelta(seconds=58)
+        assert deliver_due(db, egress, box, client, rules, at) == Report(retrying=1)
+        with db.connect() as conn:
+            nxt = conn.execute(text("SELECT next_attempt_at FROM webhook_deliveries")
+                               ).scalar_one()
+        assert nxt == born + timedelta(seconds=60)
+        # the last try, at the window's end, fails for good
+        assert deliver_due(db, egress, box, client, rules, nxt) == Report(failed=1)
