@@ -16,7 +16,9 @@ from pathlib import Path
 
 def runs_in(pid: int, directory: Path) -> bool:
     """Whether process ``pid`` is alive and works in ``directory``. Where that cannot be
-    read (no ``/proc``), an alive process is taken for the server, as before."""
+    read (no ``/proc``), an alive process is taken for the server, as before; where this
+    process may not read it (another user's, without CAP_SYS_PTRACE), one run by the
+    directory's owner is."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -31,5 +33,15 @@ def runs_in(pid: int, directory: Path) -> bool:
     except FileNotFoundError:
         return False  # exited meanwhile
     except PermissionError:
-        return False  # a process we may not inspect is not one we started
+        # another user's cwd takes CAP_SYS_PTRACE, which root lacks in a container run with
+        # Docker's default capabilities, while a server run by root runs as its own user:
+        # then a process of the user that owns the directory is taken for its server
+        return _same_owner(proc / str(pid), directory)
     return os.path.realpath(cwd) == os.path.realpath(directory)
+
+
+def _same_owner(process: Path, directory: Path) -> bool:
+    try:
+        return os.stat(process).st_uid == os.stat(directory).st_uid
+    except OSError:
+        return False  # exited meanwhile, or a directory we may not read: not ours

@@ -5,8 +5,11 @@ start nor a stop signals that process."""
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -99,3 +102,25 @@ def test_a_postmaster_pid_naming_another_process_is_a_server_not_running(
     finally:
         again.stop()
         assert bystander.poll() is None
+
+
+def test_root_without_ptrace_still_sees_its_postgres_running(data_dir: Path) -> None:
+    """As root, the server runs as a user of its own, whose working directory only
+    CAP_SYS_PTRACE may read (Docker's default capabilities leave it out): ``up`` must still
+    see its server running, not restart it on every look."""
+    capsh = shutil.which("capsh")
+    if os.geteuid() != 0 or capsh is None:
+        pytest.skip("a root run with capsh only: the server then runs as another user")
+    pg = EmbeddedPostgres(data_dir / "pg", durable=False)
+    pg.start()
+    try:
+        code = ("import sys; from pathlib import Path; "
+                "from orchestrator.embedded import EmbeddedPostgres; "
+                f"sys.exit(0 if EmbeddedPostgres(Path({str(data_dir / 'pg')!r})).running() "
+                "else 3)")
+        done = subprocess.run([capsh, "--drop=cap_sys_ptrace", "--", "-c",
+                               f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"],
+                              capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr.decode(errors="replace")[-500:]
+    finally:
+        pg.stop()
