@@ -244,12 +244,14 @@ class System:
 
     def start(self) -> dict[str, str]:
         self.check_config()
-        self.check_ports()
         if self.data_dir.exists() and not self.data_dir.is_dir():  # not "File exists"
             raise ConfigurationError(f"the data dir {self.data_dir} is not a directory "
                                      "(--data-dir)", setting="--data-dir")
         private_dir(self.data_dir, traverse_gid=server_gid())
+        # before the ports: a second `up` on this data dir is told so, not that a port it
+        # would have shared with the first is taken
         self._lock = lock_data_dir(self.data_dir)
+        self.check_ports()
         db_url = self.settings.database_url
         if not db_url:
             pg = EmbeddedPostgres(self.data_dir / "postgres")

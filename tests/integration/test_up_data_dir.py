@@ -38,9 +38,10 @@ class Up:
     """An `orchestrator up` subprocess with its output collected line by line."""
 
     def __init__(self, data: Path, *args: str) -> None:
+        self.port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", "up", "--data-dir", str(data),
-             "--port", str(free_port()), *args],
+             "--port", str(self.port), *args],
             cwd=ROOT, env=_env(data), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
         self.lines: list[str] = []
@@ -80,15 +81,18 @@ def test_a_second_up_on_the_same_data_dir_refuses_and_leaves_the_first_alone(
         creds = (data / "credentials.json").read_bytes()
         pg_pid = (data / "postgres" / "pgdata" / "postmaster.pid").read_text().split()[0]
         redis_pid = (data / "redis" / "redis.pid").read_text().strip()
-        # another port and no simulator: nothing but the data dir is shared
-        second = subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", "up", "--data-dir", str(data),
-             "--port", str(free_port()), "--no-simulator"],
-            cwd=ROOT, env=_env(data), capture_output=True, text=True, timeout=120)
-        assert second.returncode == 1, second.stdout + second.stderr
-        assert second.stderr.startswith("error: another `orchestrator up` is running on "
-                                        f"{data} (pid {first.proc.pid})"), second.stderr
-        assert second.stderr.count("\n") == 1 and second.stdout == ""
+        # another port and no simulator: nothing but the data dir is shared; and the very
+        # same command (its ports taken too): the data dir is what is named, not a port
+        for options in (["--port", str(free_port()), "--no-simulator"],
+                        ["--port", str(first.port)]):
+            second = subprocess.run(
+                [sys.executable, "-m", "orchestrator.cli", "up", "--data-dir", str(data),
+                 *options], cwd=ROOT, env=_env(data), capture_output=True, text=True,
+                timeout=120)
+            assert second.returncode == 1, second.stdout + second.stderr
+            assert second.stderr.startswith("error: another `orchestrator up` is running on "
+                                            f"{data} (pid {first.proc.pid})"), second.stderr
+            assert second.stderr.count("\n") == 1 and second.stdout == ""
         # the first one's servers and credentials untouched, nothing restarted
         assert (data / "credentials.json").read_bytes() == creds
         assert (data / "postgres" / "pgdata" / "postmaster.pid").read_text().split()[0] \
