@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sqlalchemy import Connection, create_engine, pool, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 import migrations
 from orchestrator.settings import normalize_database_url
@@ -72,11 +72,20 @@ def migration_lock(conn: Connection) -> Iterator[None]:
         time.sleep(_LOCK_POLL_S)
     try:
         yield
-    finally:
-        if conn.in_transaction():  # a failed migration's, already aborted
-            conn.rollback()
-        conn.execute(_UNLOCK, keys)
-        conn.commit()
+    except BaseException:
+        # the migration's own error is the news: an unlock that fails too (the connection
+        # is gone, and with its session the lock) must not take its place
+        with suppress(SQLAlchemyError):
+            _unlock(conn, keys)
+        raise
+    _unlock(conn, keys)
+
+
+def _unlock(conn: Connection, keys: dict[str, int]) -> None:
+    if conn.in_transaction():  # a failed migration's, already aborted
+        conn.rollback()
+    conn.execute(_UNLOCK, keys)
+    conn.commit()
 
 
 _VERSION = text("SELECT version_num FROM alembic_version")

@@ -25,7 +25,13 @@ from sqlalchemy.exc import OperationalError
 from orchestrator.embedded.scratch import scratch_database
 from orchestrator.store import jobs as repo
 from orchestrator.store.engine import make_engine
-from orchestrator.store.migrate import alembic_config, downgrade, schema_behind, upgrade
+from orchestrator.store.migrate import (
+    alembic_config,
+    downgrade,
+    migration_lock,
+    schema_behind,
+    upgrade,
+)
 from orchestrator.store.models import Base
 
 HEAD = "0020"
@@ -366,3 +372,17 @@ def test_an_upgrade_keeps_the_ledger_and_a_hold_taken_before_it_settles_after(
             counters = conn.execute(text(
                 "SELECT committed_micros, held_micros FROM budget_periods ORDER BY id")).all()
         assert [tuple(r) for r in counters] == [(6_000_000, 0), (6_000_000, 0)]
+
+
+def test_a_migration_that_fails_with_its_connection_gone_says_its_own_error(
+        servers: tuple[str, str]) -> None:
+    """The lock's release on a connection the failure took with it failed too, and its
+    error (a closed connection) hid the migration's own."""
+    with _database(servers, "0012") as (_, engine), engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        conn.commit()
+        with pytest.raises(RuntimeError, match="the migration's own error"), \
+                migration_lock(conn):
+            with engine.connect() as other:
+                other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            raise RuntimeError("the migration's own error")
