@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from orchestrator.store.migrate import (
     upgrade,
 )
 from orchestrator.store.models import Base
+from tests.conditions import wait_for
 
 HEAD = "0020"
 INDEX = "ix_attempts_backend_external_id"
@@ -97,14 +97,6 @@ def _job(conn: Connection) -> uuid.UUID:
                     spec={"kind": "text", "input": {}}, route={}, estimated_cost_micros=1,
                     deadline_at=now + timedelta(hours=1), chain_token=uuid.uuid4(), wake_at=now)
     return job_id
-
-
-def _wait_for(what: str, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)  # the polling interval of a condition wait
 
 
 def test_0019_builds_a_valid_index_from_empty_and_from_0018(servers: tuple[str, str]) -> None:
@@ -186,7 +178,7 @@ def test_writes_to_attempts_go_on_while_0019_builds(servers: tuple[str, str]) ->
                     with engine.connect() as conn:
                         return bool(conn.execute(_BUILD_WAITING, {"q": f"%{INDEX}%"}).scalar())
 
-                _wait_for("the index build to wait for the open transaction", build_waits)
+                wait_for("the index build to wait for the open transaction", build_waits)
                 # another job's progress meanwhile: a transactional CREATE INDEX (share lock
                 # requested) would hold it until the build ended
                 with engine.begin() as other:
@@ -258,11 +250,11 @@ def test_two_migrations_at_once_run_one_after_the_other(
             writer.execute(text("UPDATE jobs SET wake_at = now() WHERE id = :j"), {"j": job})
             try:
                 procs.append(migrate("migrator-a"))
-                _wait_for("the first migration to wait for the open transaction",
+                wait_for("the first migration to wait for the open transaction",
                           lock_wait("migrator-a"))
                 procs.append(migrate("migrator-b"))
                 # it says so once, then asks again between idle pauses (not in a statement)
-                _wait_for("the second migration to wait its turn",
+                wait_for("the second migration to wait its turn",
                           lambda: _WAITS_ITS_TURN in procs[1][1].read_text())
                 assert lock_wait("migrator-a")()  # the first is still at work meanwhile
             finally:

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -21,6 +21,7 @@ from orchestrator.events.delivery import FAILING_PROBES, Report, WebhookPolicy, 
 from orchestrator.notify.base import default_timeout
 from orchestrator.secrets import SecretBox, new_key
 from orchestrator.store import jobs as repo
+from tests.conditions import wait_for
 
 from .raw_receiver import RawReceiver, Request, answer
 
@@ -55,14 +56,6 @@ def _job(db: Engine, tenant: str, url: str | None = None) -> uuid.UUID:
                         spec=spec, route={}, estimated_cost_micros=1, deadline_at=now,
                         chain_token=uuid.uuid4(), wake_at=now)
     return job
-
-
-def _wait_for(what: str, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)  # the polling interval of a condition wait
 
 
 def _statuses(db: Engine) -> list[tuple[str, str, str, int]]:
@@ -101,7 +94,7 @@ def test_a_dead_receiver_of_one_tenant_does_not_hold_back_another_tenants_webhoo
         db, EGRESS, BOX, client, WebhookPolicy(), datetime.now(UTC))))
     run.start()
     try:
-        _wait_for("tenant B's webhook", lambda: len(healthy.got()) == 1)
+        wait_for("tenant B's webhook", lambda: len(healthy.got()) == 1)
     finally:
         release.set()  # A's receiver hangs up: the run ends without waiting out its timeouts
         run.join(60)

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import typer
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from typer.testing import CliRunner
 
 from orchestrator.client import Client
@@ -184,19 +184,23 @@ def test_the_cli_and_the_sdk_list_and_redeliver(refusing: tuple[Api, Receiver],
     assert {r.event["job_id"] for r in receiver.unique().values()} == set(jobs)
 
 
+def _job_with_an_unreachable_url(conn: Connection, now: datetime) -> None:
+    """A job whose job.queued goes to its own webhook_url, where nothing listens: every
+    attempt fails to connect (transient)."""
+    repo.insert_job(conn, job_id=uuid.uuid4(), tenant="acme", kind="text", tier="standard",
+                    spec={"kind": "text", "input": {"prompt": "a red kite"},
+                          "webhook_url": f"http://127.0.0.1:{free_port()}/job",
+                          "webhook_events": ["job.queued"]},
+                    route={}, estimated_cost_micros=1, deadline_at=now,
+                    chain_token=uuid.uuid4(), wake_at=now)
+
+
 def test_a_redelivered_old_event_gets_a_fresh_retry_window(db: Engine) -> None:
     """The retry window counts from the redelivery, not from the event: else an event older
     than the window would fail for good at its first failed attempt after a redelivery."""
-    port = free_port()  # nothing listens there: every attempt fails to connect (transient)
     born = datetime.now(UTC)
     with db.begin() as conn:
-        repo.insert_job(conn, job_id=uuid.uuid4(), tenant="acme", kind="text",
-                        tier="standard",
-                        spec={"kind": "text", "input": {"prompt": "a red kite"},
-                              "webhook_url": f"http://127.0.0.1:{port}/job",
-                              "webhook_events": ["job.queued"]},
-                        route={}, estimated_cost_micros=1, deadline_at=born,
-                        chain_token=uuid.uuid4(), wake_at=born)
+        _job_with_an_unreachable_url(conn, born)
         delivery = conn.execute(text("SELECT id FROM webhook_deliveries")).scalar_one()
     rules = WebhookPolicy(retry_window_s=60)
     egress, box = EgressPolicy("127.0.0.1/32"), SecretBox([new_key()])
@@ -224,16 +228,8 @@ def test_a_redelivered_old_event_gets_a_fresh_retry_window(db: Engine) -> None:
 def test_a_backoff_past_the_window_is_cut_to_one_last_try_at_its_end(db: Engine) -> None:
     """A receiver that asks for more time than the window has left (Retry-After), or a
     backoff that long, gets one last try at the window's end, not a failure at once."""
-    port = free_port()  # nothing listens there: every attempt fails to connect (transient)
-    born = datetime.now(UTC)
     with db.begin() as conn:
-        repo.insert_job(conn, job_id=uuid.uuid4(), tenant="acme", kind="text",
-                        tier="standard",
-                        spec={"kind": "text", "input": {"prompt": "a red kite"},
-                              "webhook_url": f"http://127.0.0.1:{port}/job",
-                              "webhook_events": ["job.queued"]},
-                        route={}, estimated_cost_micros=1, deadline_at=born,
-                        chain_token=uuid.uuid4(), wake_at=born)
+        _job_with_an_unreachable_url(conn, datetime.now(UTC))
         born = conn.execute(text("SELECT created_at FROM job_events")).scalar_one()
     # the first backoff (5-10 s) ends past a 60 s window's end when tried at 58 s
     rules = WebhookPolicy(retry_window_s=60, backoff_s=5, backoff_cap_s=600)

@@ -1,0 +1,15 @@
+"""Waiting on a condition in a test, with a timeout: never a sleep standing in for it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Until ``predicate()`` holds; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)  # the polling interval of a condition wait
