@@ -247,11 +247,14 @@ class System:
         if self.data_dir.exists() and not self.data_dir.is_dir():  # not "File exists"
             raise ConfigurationError(f"the data dir {self.data_dir} is not a directory "
                                      "(--data-dir)", setting="--data-dir")
+        if self.data_dir.is_dir():
+            # before the ports: a second `up` on this data dir is told so, not that a port
+            # it would have shared with the first is taken
+            self._lock = lock_data_dir(self.data_dir)
+        self.check_ports()  # and before a new data dir is made: a refusal leaves nothing
         private_dir(self.data_dir, traverse_gid=server_gid())
-        # before the ports: a second `up` on this data dir is told so, not that a port it
-        # would have shared with the first is taken
-        self._lock = lock_data_dir(self.data_dir)
-        self.check_ports()
+        if self._lock is None:
+            self._lock = lock_data_dir(self.data_dir)
         db_url = self.settings.database_url
         if not db_url:
             pg = EmbeddedPostgres(self.data_dir / "postgres")
