@@ -22,8 +22,7 @@ Revises: 0018
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from alembic import op
+from migrations import concurrently
 
 revision = "0019"
 down_revision = "0018"
@@ -33,28 +32,10 @@ depends_on = None
 _NAME = "ix_attempts_backend_external_id"
 
 
-def _invalid_leftover() -> bool:
-    """Whether an index of this name exists but is INVALID (a failed concurrent build)."""
-    if op.get_context().as_sql:  # offline (--sql): nothing to ask; IF NOT EXISTS stays
-        return False
-    valid = op.get_bind().execute(
-        sa.text("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(:name)"),
-        {"name": _NAME},
-    ).scalar()
-    return valid is False
-
-
 def upgrade() -> None:
-    with op.get_context().autocommit_block():
-        if _invalid_leftover():
-            op.drop_index(_NAME, table_name="attempts", postgresql_concurrently=True,
-                          if_exists=True)
-        op.create_index(_NAME, "attempts", ["backend", "external_id"], unique=False,
-                        postgresql_where=sa.text("external_id IS NOT NULL"),
-                        postgresql_concurrently=True, if_not_exists=True)
+    concurrently.create_index(_NAME, "attempts", ["backend", "external_id"],
+                              "external_id IS NOT NULL")
 
 
 def downgrade() -> None:
-    with op.get_context().autocommit_block():
-        op.drop_index(_NAME, table_name="attempts", postgresql_concurrently=True,
-                      if_exists=True)
+    concurrently.drop_index(_NAME, "attempts")

@@ -18,8 +18,7 @@ Revises: 0019
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from alembic import op
+from migrations import concurrently
 
 revision = "0020"
 down_revision = "0019"
@@ -30,27 +29,10 @@ _NAME = "ix_webhook_deliveries_due"
 _TABLE = "webhook_deliveries"
 
 
-def _invalid_leftover() -> bool:
-    """Whether an index of this name exists but is INVALID (a failed concurrent build)."""
-    if op.get_context().as_sql:  # offline (--sql): nothing to ask; IF NOT EXISTS stays
-        return False
-    valid = op.get_bind().execute(
-        sa.text("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(:name)"),
-        {"name": _NAME},
-    ).scalar()
-    return valid is False
-
-
 def upgrade() -> None:
-    with op.get_context().autocommit_block():
-        if _invalid_leftover():
-            op.drop_index(_NAME, table_name=_TABLE, postgresql_concurrently=True,
-                          if_exists=True)
-        op.create_index(_NAME, _TABLE, ["tenant", "target", "next_attempt_at", "id"],
-                        unique=False, postgresql_where=sa.text("status = 'pending'"),
-                        postgresql_concurrently=True, if_not_exists=True)
+    concurrently.create_index(_NAME, _TABLE, ["tenant", "target", "next_attempt_at", "id"],
+                              "status = 'pending'")
 
 
 def downgrade() -> None:
-    with op.get_context().autocommit_block():
-        op.drop_index(_NAME, table_name=_TABLE, postgresql_concurrently=True, if_exists=True)
+    concurrently.drop_index(_NAME, _TABLE)
