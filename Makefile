@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/orchestrator up
 
+# Two pytest-xdist processes, a test file to each at a time: the suite mostly waits on real
+# servers and processes (one core busy on average when run alone), so two halve its time.
+TEST_PROCESSES ?= 2
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 # The chaos suite alone (also part of `make test`), its figures printed: restarts of PostgreSQL
 # and Redis, killed workers and API replicas, two beats, the 2,000-job scale-out burst.

@@ -1,14 +1,24 @@
 """Real PostgreSQL and Redis for every test: embedded servers started here, or the servers
 named by ORCH_TEST_DATABASE_URL / ORCH_TEST_REDIS_URL. Each session gets its own database.
 
+``make test`` runs the suite in two pytest-xdist processes (``--dist loadfile``: a file's
+tests share one process and its module fixtures). Each process is a session of its own: its
+own embedded servers, or its own database and Redis database number on the shared servers.
+
 Every log line of the session is kept as production would write it (``tests/logscan.py``),
-and the test marked ``log_scan`` runs last to look through them all."""
+and the test marked ``log_scan`` runs last to look through them all. Under xdist that test
+sees only its own process's lines, so the controlling process searches every process's
+lines again once all have finished, and fails the run on a finding."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import Engine, text
@@ -16,7 +26,55 @@ from sqlalchemy import Engine, text
 from orchestrator.embedded.scratch import scratch_database, server_urls
 from orchestrator.store.engine import make_engine
 from orchestrator.store.models import Base
-from tests.logscan import LOG_DIR_ENV, ProductionCopy
+from tests.logscan import LOG_DIR_ENV, LOG_ROOT_ENV, ProductionCopy, scan_all_logs
+
+_LOG_SCAN = pytest.StashKey[tuple[int, list[tuple[str, str, str]]]]()
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    """This process hands tests out to xdist worker processes (it runs none itself)."""
+    return (not hasattr(config, "workerinput")
+            and bool(getattr(config.option, "numprocesses", None)))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controller names one directory for every worker's logs before it starts them
+    (they inherit the variable)."""
+    if _xdist_controller(config) and not os.environ.get(LOG_ROOT_ENV):
+        os.environ[LOG_ROOT_ENV] = tempfile.mkdtemp(prefix="orch-test-logs-")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _xdist_controller(session.config) or not os.environ.get(LOG_ROOT_ENV):
+        return
+    lines, found = scan_all_logs(Path(os.environ[LOG_ROOT_ENV]))
+    session.config.stash[_LOG_SCAN] = (lines, found)
+    if found:
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    else:
+        shutil.rmtree(os.environ[LOG_ROOT_ENV], ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> None:
+    if _LOG_SCAN not in config.stash:
+        return
+    lines, found = config.stash[_LOG_SCAN]
+    if not found:
+        terminalreporter.write_line(f"log scan of every test process: {lines} lines, clean")
+        return
+    terminalreporter.write_sep("=", f"log scan of every test process: {len(found)} findings "
+                               f"in {lines} lines (the run fails)", red=True)
+    for name, what, line in found[:20]:
+        terminalreporter.write_line(f"{name}: {what}: {line}")
+    terminalreporter.write_line(f"the logs: {os.environ[LOG_ROOT_ENV]}")
+
+
+def _worker_number() -> int:
+    """0 outside xdist, else the worker's number (``gw1`` is 1)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker[2:]) if worker.startswith("gw") else 0
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -26,7 +84,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def session_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    where = tmp_path_factory.mktemp("logs")
+    shared = os.environ.get(LOG_ROOT_ENV)
+    if shared:
+        where = Path(shared) / os.environ.get("PYTEST_XDIST_WORKER", "main")
+        where.mkdir(parents=True, exist_ok=True)
+    else:
+        where = tmp_path_factory.mktemp("logs")
     os.environ[LOG_DIR_ENV] = str(where)
     handler = ProductionCopy(where / "in-process.jsonl")
     root = logging.getLogger()
@@ -53,7 +116,13 @@ def database_url(servers: tuple[str, str]) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url(servers: tuple[str, str]) -> str:
-    return servers[1]
+    """Under xdist on a shared ORCH_TEST_REDIS_URL, each worker takes the database numbered
+    its own after the URL's: tests empty their Redis database (FLUSHDB)."""
+    number = _worker_number()
+    if not number or not os.environ.get("ORCH_TEST_REDIS_URL"):
+        return servers[1]
+    url = urlsplit(servers[1])
+    return url._replace(path=f"/{int(url.path.strip('/') or 0) + number}").geturl()
 
 
 @pytest.fixture(scope="session")

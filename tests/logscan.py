@@ -6,7 +6,7 @@ In-process records go through a copy of production's handler (``RedactingFilter`
 ``JsonFormatter`` of ``orchestrator.logs``) into ``<log dir>/in-process.jsonl``; worker
 processes started by the tests write their stderr and stdout into the same directory
 (``worker_log``). The directory is ``ORCH_TEST_LOG_DIR``, set for the session by
-``tests/conftest.py``.
+``tests/conftest.py``; under xdist, each worker's is a directory of ``ORCH_TEST_LOG_ROOT``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import IO
 from orchestrator.logs import JsonFormatter, RedactingFilter
 
 LOG_DIR_ENV = "ORCH_TEST_LOG_DIR"
+LOG_ROOT_ENV = "ORCH_TEST_LOG_ROOT"
 REPLY_CANARY = "reply-body-canary-5e1f"  # test receivers answer with it; no log may show it
 
 # What the tests send as prompts, secrets and reply bodies, and what keys and passwords look
@@ -96,3 +97,10 @@ def findings(paths: list[Path]) -> Iterator[tuple[str, str, str]]:
                 for what, pattern in FORBIDDEN.items():
                     if pattern.search(line):
                         yield path.name, what, line.strip()[:300]
+
+
+def scan_all_logs(root: Path) -> tuple[int, list[tuple[str, str, str]]]:
+    """(lines read, findings) over every log file under ``root``, each worker's included."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    lines = sum(1 for p in files for _ in p.open(encoding="utf-8", errors="replace"))
+    return lines, list(findings(files))

@@ -91,4 +91,5 @@ def waiting_on_lock(engine: Engine, query_like: str) -> int:
     with engine.connect() as conn:
         return int(conn.execute(text(
             "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            "AND datname = current_database() "
             "AND wait_event_type = 'Lock' AND query LIKE :q"), {"q": query_like}).scalar_one())

@@ -211,7 +211,8 @@ def waiting_on_a_lock(db: Engine, query_like: str) -> bool:
     each time: pg_stat_activity is one snapshot within a transaction)."""
     with db.connect() as conn:
         return bool(conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' "
             "AND query LIKE :q"), {"q": query_like}).scalar_one())
 
 

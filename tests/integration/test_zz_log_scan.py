@@ -1,6 +1,8 @@
 """No API key, prompt, channel secret, password or remote reply body in any log line of the test
 run: every line the session logged (in process, as production formats it, and every worker's
-output) is searched after every other test has run (``tests/logscan.py``).
+output) is searched after every other test has run (``tests/logscan.py``). Under xdist it
+searches its own process's lines, and the controlling process searches every process's once
+all have finished (``tests/conftest.py``).
 
 So that the search means something even when this test runs alone, it first drives the paths
 that handle those things: a job with a prompt through the API and a worker, an unknown key,
@@ -27,7 +29,7 @@ from orchestrator.ledger.service import utcnow
 from orchestrator.notify import ChannelFactory, deliver_pending
 from orchestrator.notify.settings import SmtpSettings
 from orchestrator.simulator import RunningSimulator
-from tests.logscan import FORBIDDEN, REPLY_CANARY, findings, log_dir
+from tests.logscan import FORBIDDEN, REPLY_CANARY, log_dir, scan_all_logs
 
 from .api_fixture import Api, start_api, video
 from .e2e_support import E2E_CATALOGUE, rig_for
@@ -102,8 +104,6 @@ def test_no_key_prompt_secret_password_or_reply_body_in_any_log_line(
     drive_the_sensitive_paths(api, receiver)
     where = log_dir()
     assert where is not None, "the session keeps no logs (tests/conftest.py)"
-    files = sorted(p for p in where.iterdir() if p.is_file())
-    lines = sum(1 for p in files for _ in p.open(encoding="utf-8", errors="replace"))
+    lines, found = scan_all_logs(where)
     assert lines > 20, f"too few log lines to mean anything: {lines}"
-    found = list(findings(files))
     assert not found, "\n".join(f"{name}: {what}: {line}" for name, what, line in found[:20])
