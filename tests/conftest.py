@@ -102,6 +102,19 @@ def session_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     handler.finish()
 
 
+@pytest.fixture(autouse=True)
+def root_log_handlers() -> Iterator[None]:
+    """A handler a test left on the root logger goes when the test ends. ``orchestrator api``
+    run in process (typer's CliRunner) installs its handler on the runner's stream, closed
+    once the command returns: every later record, from any thread still running (an SMTP
+    server's), then printed a logging error into the run's output."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
+
+
 @pytest.fixture(scope="session")
 def servers() -> Iterator[tuple[str, str]]:
     with server_urls() as urls:
