@@ -34,6 +34,9 @@ A ``per_compute_second`` backend bills the run's time, as Replicate's hardware p
 ``metrics.predict_time`` is ``duration_ms`` (``usage_factor`` does not change it), a failed
 prediction is billed and reports it as a succeeded one does, and a cancelled one is billed
 (and reports) the time it ran, whatever ``cancel_bill_fraction`` says.
+
+With ``ignore_cancel``, a cancel is answered with the prediction as it stands and stops
+nothing: it runs to its end and is billed as any other.
 """
 
 from __future__ import annotations
@@ -179,7 +182,7 @@ def add_routes(app: FastAPI, sim: Simulator) -> None:
         await sim.guard(spec, st, request, "cancel")
         pred = find(st, pid)
         now = sim.clock()
-        if pred.status(now) in ("starting", "processing"):
+        if pred.status(now) in ("starting", "processing") and not st.control.ignore_cancel:
             pred.canceled_at = now
             fraction = st.control.cancel_bill_fraction
             if pred.billed_by_time:  # the time it ran

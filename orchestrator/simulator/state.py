@@ -49,6 +49,9 @@ class Control(BaseModel):
       ``none`` processes every request as new.
     - ``cancel_bill_fraction``: the share of its usage a prediction canceled while running is
       billed (0: nothing, as before; a per-request price bills the whole request if above 0).
+    - ``ignore_cancel``: true: a cancel of a running prediction is answered with the
+      prediction as it stands and does not stop it: it runs on, and ends and is billed as
+      if never cancelled (a provider that ignores cancels, or whose model finishes anyway).
     - ``usage_factor``: the provider reports (and bills) this times the usage the request
       asked for: video seconds x f, images, input and output tokens rounded up (1.0: as
       asked). Above 1 it bills more than the orchestrator's worst-case estimate, as a
@@ -91,6 +94,7 @@ class Control(BaseModel):
     seed: int | None = None
     idempotency: Idempotency = "completed"
     cancel_bill_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    ignore_cancel: bool = False
     usage_factor: float = Field(default=1.0, ge=0.0, le=100.0)
     drop_answers: int | None = Field(default=None, ge=0)
     garble_answers: int | None = Field(default=None, ge=0)
@@ -120,6 +124,7 @@ class ControlUpdate(BaseModel):
     seed: int | None = None
     idempotency: Idempotency | None = None
     cancel_bill_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    ignore_cancel: bool | None = None
     usage_factor: float | None = Field(default=None, ge=0.0, le=100.0)
     drop_answers: int | None = Field(default=None, ge=0)
     garble_answers: int | None = Field(default=None, ge=0)

@@ -77,6 +77,21 @@ def test_cancel_stops_a_running_prediction_and_is_counted(sim: Sim) -> None:
     assert sim.state("vid-a")["in_flight"] == 0
 
 
+def test_an_ignored_cancel_lets_the_prediction_finish_and_bill_in_full(sim: Sim) -> None:
+    sim.control("vid-a", duration_ms=300, ignore_cancel=True, cancel_bill_fraction=0.5)
+    pid = create(sim, "vid-a", {"prompt": "p", "duration_s": 5}).json()["id"]
+    resp = sim.http.post(f"{sim.url}/vid-a/v1/predictions/{pid}/cancel")
+    assert resp.status_code == 200
+    assert resp.json()["status"] in ("starting", "processing")
+    assert sim.counters("vid-a")["cancels"] == 1
+    done = wait_status(sim, "vid-a", pid, "succeeded")
+    assert done["status"] == "succeeded" and done["output"].endswith(f"{pid}.mp4")
+    full = round(done["cost_usd"] * 1_000_000)  # its whole run's, not half of it
+    whole = Usage(video_seconds=5, resolution=done["metrics"]["resolution"])
+    assert full == actual_micros(sim.backend("vid-a"), whole) > 0
+    assert [b["cost_micros"] for b in sim.state("vid-a")["bills"]] == [full]
+
+
 def test_cancel_after_success_changes_nothing(sim: Sim) -> None:
     sim.control("vid-a", duration_ms=0)
     pid = create(sim, "vid-a", {"prompt": "p", "duration_s": 5}).json()["id"]
