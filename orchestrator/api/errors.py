@@ -34,7 +34,9 @@
                                 names which), the API is at its connection limit, or this
                                 process at its event streams' (``ORCH_API_MAX_STREAMS``);
                                 always with ``Retry-After`` (orchestrator.outage)
-    not_ready_yet         409   a job's result asked for before the job succeeded
+    not_ready_yet         409   a job's result asked for before the job succeeded, or of a job
+                                that failed, or was cancelled with no output (one its provider
+                                finished anyway is its result)
     result_expired        410   a result dropped after ``ORCH_RESULT_RETENTION_DAYS``
     internal_error        500   anything else; no details, never a stack trace
 """
@@ -110,7 +112,8 @@ class StreamsFull(RequestError):
 
 
 class ResultNotReady(RequestError):
-    """``GET /v1/jobs/{id}/result`` of a job that has not succeeded (yet)."""
+    """``GET /v1/jobs/{id}/result`` of a job that has no result: not succeeded (yet), or
+    cancelled before its provider finished."""
 
     code = "not_ready_yet"
 

@@ -113,9 +113,10 @@ def router(ctx: ApiContext) -> APIRouter:
         return JobJSONResponse(load(job_id, acting_tenant(p, tenant)))
 
     @r.get("/jobs/{job_id}/result", response_model=ResultOut,
-           summary="A succeeded job's output and cost breakdown",
+           summary="A succeeded job's output and cost breakdown (or a cancelled one's whose "
+                   "provider finished anyway)",
            responses={404: _err("no such job (or not yours)"),
-                      409: _err("the job has not succeeded (yet): details.status"),
+                      409: _err("the job has no result (yet): details.status"),
                       410: _err("the result was dropped after the retention period"),
                       **FORBIDDEN})
     def get_result(job_id: JobId, p: Caller, tenant: TenantQuery = None) -> dict[str, Any]:
@@ -124,7 +125,8 @@ def router(ctx: ApiContext) -> APIRouter:
             job = repo.get_job(conn, job_id)
             if job is None or job.tenant != whose:
                 raise NotFound(f"no job {job_id}", job_id=str(job_id))
-            if job.status != "succeeded":
+            # a cancelled job has one when its provider finished anyway (charged in full)
+            if job.status not in ("succeeded", "cancelled"):
                 raise ResultNotReady(f"job {job_id} is {job.status}; a result comes with "
                                      "success", job_id=str(job_id), status=job.status)
             expired = conn.execute(_EXPIRED, {"id": job_id}).scalar()
@@ -132,13 +134,19 @@ def router(ctx: ApiContext) -> APIRouter:
                 raise ResultExpired(f"the result of job {job_id} was dropped on "
                                     f"{expired.isoformat()} (retention)", job_id=str(job_id))
             attempts = repo.attempts(conn, job_id)
+            if job.status == "cancelled" and job.result is None:
+                why = ("its provider was asked to stop: should it finish anyway, its output "
+                       "comes here" if any(a.outcome is None for a in attempts)
+                       else "no provider finished its work")
+                raise ResultNotReady(f"job {job_id} is cancelled and has no result; {why}",
+                                     job_id=str(job_id), status=job.status)
         keep = c.settings.result_retention_days
         expires = (job.finished_at + timedelta(days=keep)
                    if keep > 0 and job.finished_at is not None else None)
         return result_resource(job, attempts, expires)
 
     @r.get("/jobs/{job_id}/result/files/{n}", response_class=Response,
-           summary="A file of a succeeded job's result (data the provider sent inline)",
+           summary="A file of a job's result (data the provider sent inline)",
            responses={200: {"content": {"application/octet-stream": {}},
                             "description": "the file, with its media type"},
                       404: _err("no such job or file (or not yours)"),

@@ -1,5 +1,6 @@
 """``orchestrator jobs watch ID`` (each event of a job as it comes, from its event stream)
-and ``orchestrator jobs result ID`` (a succeeded job's output and cost breakdown)."""
+and ``orchestrator jobs result ID`` (a succeeded job's output and cost breakdown, or a
+cancelled one's whose provider finished anyway)."""
 
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ def jobs_result(
     job_id: JobId,
     json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyOpt = None,
 ) -> None:
-    """A succeeded job's output and what it cost, attempt by attempt."""
+    """A succeeded job's output and what it cost, attempt by attempt (a cancelled job's
+    too, when its provider finished the work anyway)."""
     with _client(api_url, api_key) as c:
         res = c.result(job_id)
     if json_out:

@@ -11,6 +11,7 @@ polling)::
     ├── NotFound                 404 not_found: no such job (or not yours)
     ├── Conflict                 409 conflict: idempotency key reused with another body, ...
     │   └── NotReadyYet          409 not_ready_yet: a result asked for before the job succeeded
+    │                            (or of one failed, or cancelled with no output)
     ├── ResultExpired            410 result_expired: the result was dropped after retention
     ├── NoEligibleBackend        no_eligible_backend: routing left no candidate
     ├── RateLimited              429 rate_limited: ``retry_after`` seconds (or None)
@@ -153,14 +154,15 @@ class WaitTimeout(ApiError, TimeoutError):
 
 
 class NotReadyYet(Conflict):
-    """409 ``not_ready_yet``: ``result()`` of a job that has not succeeded (yet);
-    ``details["status"]`` is the job's status."""
+    """409 ``not_ready_yet``: ``result()`` of a job that has not succeeded (yet), or that
+    failed, or was cancelled before its provider finished; ``details["status"]`` is the job's
+    status."""
 
     default_code = "not_ready_yet"
 
 
 class ResultExpired(ApiError):
-    """410 ``result_expired``: the job succeeded, and its result was dropped after the
+    """410 ``result_expired``: the job had a result, and it was dropped after the
     server's retention (``ORCH_RESULT_RETENTION_DAYS``); its cost stays in the ledger."""
 
     default_code = "result_expired"

@@ -4,7 +4,8 @@ of the attempt that outlived it.
 A cancel ends the job at once, and a deadline step fails it; either way an attempt that may be
 running at the provider keeps the job's hold. The provider is asked to stop it (again at each
 look that finds it still running: a first ask may not have reached it), and the chain goes on
-looking at it: adopting a finished one, charging what a stopped one billed, or,
+looking at it: adopting a finished one (charged in full; a cancelled job keeps its output
+as its result), charging what a stopped one billed, or,
 when a submission's answer was lost, asking the provider what it created (``service.reconcile``,
 never sending anything new for an ended job). Only that conclusion finishes the hold, so what
 the provider billed is what the ledger charges; an attempt nothing can tell about any more is
@@ -158,7 +159,7 @@ class Concluder:
                 attempt = replace(attempt, cancel_requested_at=self.clock())
         if res is not None and res.done:
             self.endings.end_concluded(job, attempt,
-                                       closing_of(self.catalogue(), job, attempt, res))
+                                       closing_of(self.catalogue(), job, attempt, res), res)
             return DONE
         asked = attempt.cancel_requested_at
         if asked is not None and self.clock() - asked > timedelta(
@@ -177,7 +178,8 @@ class Concluder:
         """Cancel a live job now. Its final status comes at once; its hold is released in
         the same statement unless an attempt may still be billed: then the provider is asked
         to stop it, and the attempt's conclusion (what the provider billed, in full or in
-        part) settles the hold. Returns the job (None: not found / not the tenant's)."""
+        part) settles the hold; a success (the stop's own answer may say so) leaves its output
+        as the job's result. Returns the job (None: not found / not the tenant's)."""
         now = self.clock()
         with self.db.connection() as conn:
             job = repo.get_job(conn, job_id)
@@ -211,7 +213,8 @@ class Concluder:
                         ended = repo.get_job(conn, job_id)
                     if ended is not None:
                         self.endings.end_concluded(
-                            ended, open_, closing_of(self.catalogue(), ended, open_, answer))
+                            ended, open_, closing_of(self.catalogue(), ended, open_, answer),
+                            answer)
         with self.db.connection() as conn:
             return repo.get_job(conn, job_id)
 

@@ -8,6 +8,11 @@ job's end. Here that statement is made for the chain's three endings (``succeed`
 fail-over (``close``), and what the ending charged (``charged``). Every closed attempt gives
 its slot back with the breaker's outcome (``attempt_closed``); a statement a duplicate step
 ran first changes nothing, so nothing is reported twice.
+
+A cancelled job whose attempt the provider finished all the same (it ignored the stop, or had
+finished before it) is charged that work in full, so it keeps the output: a statement of its
+own (``keep_cancelled_result``) writes it as the job's result, as a succeeded job's is
+stored, the job staying ``cancelled`` (its terminal event went out with the cancel).
 """
 
 from __future__ import annotations
@@ -86,18 +91,17 @@ class Endings:
     ) -> None:
         now = self.clock()
         closing = closing_of(self.catalogue(), job, attempt, res)  # res succeeded
-        # megabytes of base64 go to files, not into the result and its events (a text job's
-        # output is the model's words, whatever they look like)
-        output, inline = ((res.output, []) if job.kind == "text"
-                          else files.take_inline_data(job.id, res.output))
-        if inline:
-            with self.db.connection() as conn:
-                files.write(conn, job.id, inline)
+        result = self.result_of(job, res)
         end = self.ledger.end_job(
-            job.id, "succeeded", now, backend=attempt.backend, result={"output": output},
+            job.id, "succeeded", now, backend=attempt.backend, result=result,
             attempt=closing.row(attempt, external_id))
         if end is None:
             return  # a duplicate step concluded it
+        if not end.ended:
+            # the job had ended meanwhile; cancelled, it was charged the work in full, so it
+            # keeps the output (a crash right before this loses it: the job stays cancelled
+            # and charged, as it was before results were kept)
+            self.keep_cancelled_result(job, attempt, result, now)
         self.attempt_closed(job, attempt, closing, now, latency_ms)
         if end.ended:
             self.observe.job_finished(job, "succeeded", backend=attempt.backend,
@@ -107,6 +111,29 @@ class Endings:
         elif end.concluded:  # it had been cancelled meanwhile: charged what it billed
             self.observe.concluded(job, backend=attempt.backend,
                                    charged_micros=self.charged(job, end, attempt.backend))
+
+    def result_of(self, job: repo.JobRow, res: PollResult) -> dict[str, Any]:
+        """A succeeded attempt's output as a job's result. Megabytes of base64 go to files,
+        written here, not into the result and its events (a text job's output is the model's
+        words, whatever they look like)."""
+        output, inline = ((res.output, []) if job.kind == "text"
+                          else files.take_inline_data(job.id, res.output))
+        if inline:
+            with self.db.connection() as conn:
+                files.write(conn, job.id, inline)
+        return {"output": output}
+
+    def keep_cancelled_result(self, job: repo.JobRow, attempt: repo.AttemptRow,
+                              result: dict[str, Any], now: datetime) -> None:
+        """A cancelled job whose attempt the provider finished anyway (it ignored the stop, or
+        had finished before it) is charged that work in full: its output becomes the job's
+        result, the job staying ``cancelled``. Nothing for a job that ended otherwise (its
+        status is read in the statement: ``job`` may be older)."""
+        with self.db.connection() as conn:
+            if repo.keep_cancelled_result(conn, job.id, attempt.id, result, now):
+                log.info("a cancelled job's attempt finished; its output is the job's result",
+                         extra={"job_id": str(job.id), "backend": attempt.backend,
+                                "attempt": attempt.number})
 
     def fail(self, job: repo.JobRow, code: str, message: str, *,
              backend: str | None = None,
@@ -132,10 +159,16 @@ class Endings:
             self.on_end(job)
 
     def end_concluded(self, job: repo.JobRow, attempt: repo.AttemptRow | None,
-                      closing: Closing | None) -> None:
+                      closing: Closing | None, res: PollResult | None = None) -> None:
         """Close the attempt and, once none is open, finish the ended job's hold with
-        what its attempts cost (one statement)."""
+        what its attempts cost (one statement). ``res``: the provider's answer the closing
+        was read from; a success's output is kept as a cancelled job's result."""
         now = self.clock()
+        if (attempt is not None and res is not None and res.status == "succeeded"
+                and job.status == "cancelled"):
+            # before the attempt closes: should this step die in between, the attempt is
+            # still open and the chain concludes it again
+            self.keep_cancelled_result(job, attempt, self.result_of(job, res), now)
         end = self.ledger.end_job(
             job.id, job.status, now,
             attempt=closing.row(attempt) if attempt is not None and closing else None)

@@ -16,6 +16,7 @@ from typing import Any
 from psycopg import Connection as DriverConnection
 from sqlalchemy import Connection, text
 
+from orchestrator.store.engine import jsonb_dumps
 from orchestrator.store.statement import Conn, Statement
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -280,6 +281,21 @@ _MARK_CANCEL_REQUESTED = Statement(
     "UPDATE attempts SET cancel_requested_at = :now "
     "WHERE id = :id AND outcome IS NULL AND cancel_requested_at IS NULL"
 )
+# A cancelled job's attempt that the provider finished all the same: its output is the job's
+# result (charged in full, it was paid for). Only while none is kept (nor dropped by retention:
+# ``result_expired_at``), and only the attempt being concluded (still open) or concluded as
+# succeeded: never a stale step's output for an attempt closed otherwise. The status is left
+# as it is: a terminal status, and its event, never change.
+_KEEP_CANCELLED_RESULT = Statement(
+    """
+    UPDATE jobs j SET result = CAST(:result AS jsonb), updated_at = :now
+    WHERE j.id = :job AND j.status = 'cancelled' AND j.result IS NULL
+      AND j.result_expired_at IS NULL
+      AND EXISTS (SELECT 1 FROM attempts a WHERE a.id = :attempt AND a.job_id = j.id
+                  AND (a.outcome IS NULL OR a.outcome = 'succeeded'))
+    RETURNING j.id
+    """
+)
 
 
 def insert_job(
@@ -477,6 +493,16 @@ def mark_sent(conn: Conn, attempt_id: int, prev: datetime, now: datetime) -> boo
 
 def mark_cancel_requested(conn: Conn, attempt_id: int, now: datetime) -> None:
     _MARK_CANCEL_REQUESTED.run(conn, {"id": attempt_id, "now": now})
+
+
+def keep_cancelled_result(conn: Conn, job_id: uuid.UUID, attempt_id: int,
+                          result: dict[str, Any], now: datetime) -> bool:
+    """Keep ``result`` (the attempt's output, as a succeeded job's result is stored) as the
+    cancelled job's; False: the job is not cancelled, already has one, or the attempt was
+    closed other than succeeded."""
+    return _KEEP_CANCELLED_RESULT.first(conn, {
+        "job": job_id, "attempt": attempt_id, "result": jsonb_dumps(result), "now": now,
+    }) is not None
 
 
 def close_attempt(

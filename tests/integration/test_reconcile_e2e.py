@@ -24,6 +24,7 @@ from orchestrator.errors import BudgetExceeded
 from orchestrator.ledger.budgets import set_budget
 from orchestrator.service.sweeper import sweep
 from orchestrator.simulator import RunningSimulator
+from orchestrator.store import files
 
 from .e2e_support import Rig, rig_for, simulator_fixture
 
@@ -151,8 +152,10 @@ def test_a_long_synchronous_call_to_a_provider_without_dedup_is_paid_once(rig: R
 # -- a cancel while a synchronous call runs ------------------------------------------------------
 
 def test_a_cancel_during_a_synchronous_call_charges_what_the_provider_billed(rig: Rig) -> None:
+    """The call completes after the cancel: charged, and the images it made (sent inline,
+    kept as files) are the cancelled job's result."""
     budget(rig)
-    rig.control("img-none", idempotency="none", latency_ms=3000)
+    rig.control("img-none", idempotency="none", latency_ms=3000, image_format="b64_json")
     rig.start_worker()
     job_id = rig.submit(image_job())
     rig.wait_for("the call in flight",
@@ -171,6 +174,12 @@ def test_a_cancel_during_a_synchronous_call_charges_what_the_provider_billed(rig
     assert attempt.outcome == "succeeded" and attempt.cost_micros == bill
     assert rig.ledger() == (bill, 0)
     assert rig.job(job_id).wake_at is None
+    # the paid images are the job's, as a succeeded job's are
+    assert job.result == {"output": {"images": [files.path(job_id, 0)]}}
+    with rig.engine.connect() as conn:
+        found = files.read(conn, job_id, 0, TENANT)
+    assert found is not None and found[0] == "image/png"
+    assert found[1].startswith(b"\x89PNG")
 
 
 # -- a deadline that falls just after the provider finished ---------------------------------------
