@@ -5,6 +5,7 @@ cancelled one's whose provider finished anyway)."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated, Any
 
 import httpx
@@ -23,7 +24,7 @@ from orchestrator.cli.client import (
     usd,
 )
 from orchestrator.cli.errors import fail
-from orchestrator.client import JobEvent
+from orchestrator.client import Client, JobEvent, NotFound, WaitTimeout
 
 
 def describe(e: JobEvent) -> str:
@@ -57,8 +58,10 @@ def jobs_watch(
     api_url: ApiUrl = None, api_key: ApiKeyOpt = None,
 ) -> None:
     """Print each event of a job as it comes, until it ends; exit non-zero unless it
-    succeeded."""
+    succeeded. A server without event streams (older than them) is polled instead: the job's
+    status is printed as it ends."""
     last: JobEvent | None = None
+    began = time.monotonic()
     with _client(api_url, api_key) as c:
         try:
             for event in c.events(job_id, after=after, timeout=timeout):
@@ -69,6 +72,13 @@ def jobs_watch(
             fail(f"job {job_id}: no end within {timeout:g} s")
         except httpx.TransportError as exc:
             fail(f"job {job_id}: event stream unavailable ({type(exc).__name__})")
+        except NotFound:
+            # the job exists (else this raises its own "no job" error): the server has no
+            # stream to give
+            status = _polled(c, job_id, timeout - (time.monotonic() - began), json_out)
+            if status != "succeeded":
+                fail(f"job {job_id} {status}")
+            return
         # The stream can end with no terminal event printed: --after at or past it, or the
         # events dropped by retention. The job itself says how it ended.
         if last is not None and last.is_terminal:
@@ -80,6 +90,23 @@ def jobs_watch(
             status = job.status
     if status != "succeeded":
         fail(f"job {job_id} {status}")
+
+
+def _polled(c: Client, job_id: str, timeout: float, json_out: bool) -> str:
+    """Wait for the job by polling (the SDK's ``wait`` without its stream); its final status,
+    printed as the job (``--json``) or one line."""
+    c.get(job_id)  # a job that does not exist: its own one-line error
+    typer.echo("this server has no event streams: polling the job until it ends", err=True)
+    try:
+        job = c.wait(job_id, timeout=max(timeout, 0.0), stream=False)
+    except WaitTimeout:
+        fail(f"job {job_id}: no end within {timeout:g} s")
+    if json_out:
+        typer.echo(json.dumps(job.model_dump(mode="json")))
+    else:
+        at = job.finished_at.isoformat() if job.finished_at else ""
+        typer.echo(f"{at}  {job.status}".strip())
+    return job.status
 
 
 @jobs_app.command("result")

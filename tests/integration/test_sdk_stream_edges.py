@@ -39,13 +39,28 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.endswith("/events"):
             self.server.next_reply()(self)
             return
+        if self.server.statuses:  # the job's status at each look, in turn
+            self.server.job_status = self.server.statuses.pop(0)
+        if self.server.job_status is None:
+            self.send_json(404, {"error": {"code": "not_found", "message": f"no job {JOB}",
+                                           "details": {"job_id": JOB}}})
+            return
         body = json.dumps({"id": JOB, "status": self.server.job_status, "kind": "video",
-                           "tier": "draft", "created_at": "2026-12-06T10:00:00+00:00"})
+                           "tier": "draft", "created_at": "2026-12-06T10:00:00+00:00",
+                           "finished_at": "2026-12-06T10:00:09+00:00"})
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body.encode())
+
+    def send_json(self, status: int, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def start_stream(self) -> None:
         self.send_response(200)
@@ -76,7 +91,8 @@ class SseServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.replies = replies
         self.seen: list[tuple[str, str | None]] = []
-        self.job_status = "running"
+        self.job_status: str | None = "running"
+        self.statuses: list[str | None] = []
         self.stop = threading.Event()
 
     def next_reply(self) -> Reply:
@@ -218,6 +234,41 @@ def test_watch_decides_by_the_job_when_the_stream_shows_no_end(serve: Any) -> No
     out = runner.invoke(cli_app, ["jobs", "watch", JOB, "--after", "5", "--api-url",
                                   server.url, "--api-key", "orch_k"])
     assert out.exit_code == 0, out.output
+
+
+def no_such_route(h: Handler) -> None:
+    """What a server older than event streams answers (FastAPI's own 404)."""
+    h.send_json(404, {"detail": "Not Found"})
+
+
+def test_watch_polls_a_server_without_event_streams(serve: Any) -> None:
+    server = serve([no_such_route])
+    server.statuses = ["running", "running", "succeeded"]
+    out = CliRunner().invoke(cli_app, ["jobs", "watch", JOB, "--api-url", server.url,
+                                       "--api-key", "orch_k"])
+    assert out.exit_code == 0, out.output
+    assert "no event streams: polling" in out.output
+    assert out.output.rstrip().endswith("2026-12-06T10:00:09+00:00  succeeded"), out.output
+    assert [path for path, _ in server.seen] == [
+        f"/v1/jobs/{JOB}/events", *[f"/v1/jobs/{JOB}"] * 3]
+
+    server.statuses = ["running", "failed"]
+    out = CliRunner().invoke(cli_app, ["jobs", "watch", JOB, "--json", "--api-url",
+                                       server.url, "--api-key", "orch_k"])
+    assert out.exit_code == 1, out.output
+    assert json.loads(out.output.splitlines()[-2])["status"] == "failed", out.output
+    assert f"job {JOB} failed" in out.output.splitlines()[-1]
+
+
+def test_watch_of_a_job_that_does_not_exist_says_so_on_a_server_without_streams(
+        serve: Any) -> None:
+    server = serve([no_such_route])
+    server.job_status = None
+    out = CliRunner().invoke(cli_app, ["jobs", "watch", JOB, "--api-url", server.url,
+                                       "--api-key", "orch_k"])
+    assert out.exit_code == 1, out.output
+    assert out.output.strip().splitlines()[-1] == f"error: no job {JOB}", out.output
+    assert "polling" not in out.output
 
 
 @pytest.fixture()
