@@ -35,8 +35,8 @@
                                 process at its event streams' (``ORCH_API_MAX_STREAMS``);
                                 always with ``Retry-After`` (orchestrator.outage)
     not_ready_yet         409   a job's result asked for before the job succeeded, or of a job
-                                that failed, or was cancelled with no output (one its provider
-                                finished anyway is its result)
+                                that failed, or was cancelled with no output (one cancelled or
+                                failed by its deadline whose provider finished anyway has it)
     result_expired        410   a result dropped after ``ORCH_RESULT_RETENTION_DAYS``
     internal_error        500   anything else; no details, never a stack trace
 """

@@ -113,8 +113,8 @@ def router(ctx: ApiContext) -> APIRouter:
         return JobJSONResponse(load(job_id, acting_tenant(p, tenant)))
 
     @r.get("/jobs/{job_id}/result", response_model=ResultOut,
-           summary="A succeeded job's output and cost breakdown (or a cancelled one's whose "
-                   "provider finished anyway)",
+           summary="A succeeded job's output and cost breakdown (or a cancelled or "
+                   "deadline-failed one's whose provider finished anyway)",
            responses={404: _err("no such job (or not yours)"),
                       409: _err("the job has no result (yet): details.status"),
                       410: _err("the result was dropped after the retention period"),
@@ -125,8 +125,10 @@ def router(ctx: ApiContext) -> APIRouter:
             job = repo.get_job(conn, job_id)
             if job is None or job.tenant != whose:
                 raise NotFound(f"no job {job_id}", job_id=str(job_id))
-            # a cancelled job has one when its provider finished anyway (charged in full)
-            if job.status not in ("succeeded", "cancelled"):
+            # a job that ended before its attempt (cancelled, or failed by its deadline) has
+            # one when the provider finished anyway (charged in full)
+            late = repo.ended_before_its_attempt(job)
+            if job.status != "succeeded" and not late:
                 raise ResultNotReady(f"job {job_id} is {job.status}; a result comes with "
                                      "success", job_id=str(job_id), status=job.status)
             expired = conn.execute(_EXPIRED, {"id": job_id}).scalar()
@@ -134,11 +136,11 @@ def router(ctx: ApiContext) -> APIRouter:
                 raise ResultExpired(f"the result of job {job_id} was dropped on "
                                     f"{expired.isoformat()} (retention)", job_id=str(job_id))
             attempts = repo.attempts(conn, job_id)
-            if job.status == "cancelled" and job.result is None:
+            if late and job.result is None:
                 why = ("its provider was asked to stop: should it finish anyway, its output "
                        "comes here" if any(a.outcome is None for a in attempts)
                        else "no provider finished its work")
-                raise ResultNotReady(f"job {job_id} is cancelled and has no result; {why}",
+                raise ResultNotReady(f"job {job_id} is {job.status} and has no result; {why}",
                                      job_id=str(job_id), status=job.status)
         keep = c.settings.result_retention_days
         expires = (job.finished_at + timedelta(days=keep)

@@ -115,8 +115,8 @@ def jobs_result(
     job_id: JobId,
     json_out: JsonOut = False, api_url: ApiUrl = None, api_key: ApiKeyOpt = None,
 ) -> None:
-    """A succeeded job's output and what it cost, attempt by attempt (a cancelled job's
-    too, when its provider finished the work anyway)."""
+    """A succeeded job's output and what it cost, attempt by attempt (a cancelled or
+    deadline-failed job's too, when its provider finished the work anyway)."""
     with _client(api_url, api_key) as c:
         res = c.result(job_id)
     if json_out:

@@ -251,7 +251,8 @@ class Client:
 
     def result(self, id: str) -> JobResult:
         """A succeeded job's output and cost breakdown (``GET /v1/jobs/{id}/result``), or a
-        cancelled one's whose provider finished the work anyway (``status`` says which)."""
+        cancelled or deadline-failed one's whose provider finished the work anyway
+        (``status`` says which)."""
         return self._run(_core.result(id))
 
     def result_file(self, path: str) -> bytes:

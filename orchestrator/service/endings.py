@@ -9,10 +9,11 @@ fail-over (``close``), and what the ending charged (``charged``). Every closed a
 its slot back with the breaker's outcome (``attempt_closed``); a statement a duplicate step
 ran first changes nothing, so nothing is reported twice.
 
-A cancelled job whose attempt the provider finished all the same (it ignored the stop, or had
-finished before it) is charged that work in full, so it keeps the output: a statement of its
-own (``keep_cancelled_result``) writes it as the job's result, as a succeeded job's is
-stored, the job staying ``cancelled`` (its terminal event went out with the cancel).
+A job that ended before its attempt (cancelled, or failed by its deadline) and whose attempt
+the provider finished all the same (it ignored the stop, or had finished before it) is
+charged that work in full, so it keeps the output: a statement of its own
+(``keep_late_result``) writes it as the job's result, as a succeeded job's is stored, the
+job's status unchanged (its terminal event went out when it ended).
 """
 
 from __future__ import annotations
@@ -98,10 +99,10 @@ class Endings:
         if end is None:
             return  # a duplicate step concluded it
         if not end.ended:
-            # the job had ended meanwhile; cancelled, it was charged the work in full, so it
-            # keeps the output (a crash right before this loses it: the job stays cancelled
+            # the job had ended meanwhile (a cancel, its deadline): charged the work in full,
+            # it keeps the output (a crash right before this loses it: the job stays ended
             # and charged, as it was before results were kept)
-            self.keep_cancelled_result(job, attempt, result, now)
+            self.keep_late_result(job, attempt, result, now)
         self.attempt_closed(job, attempt, closing, now, latency_ms)
         if end.ended:
             self.observe.job_finished(job, "succeeded", backend=attempt.backend,
@@ -123,15 +124,15 @@ class Endings:
                 files.write(conn, job.id, inline)
         return {"output": output}
 
-    def keep_cancelled_result(self, job: repo.JobRow, attempt: repo.AttemptRow,
-                              result: dict[str, Any], now: datetime) -> None:
-        """A cancelled job whose attempt the provider finished anyway (it ignored the stop, or
-        had finished before it) is charged that work in full: its output becomes the job's
-        result, the job staying ``cancelled``. Nothing for a job that ended otherwise (its
+    def keep_late_result(self, job: repo.JobRow, attempt: repo.AttemptRow,
+                         result: dict[str, Any], now: datetime) -> None:
+        """A job that ended before its attempt (cancelled, or failed by its deadline), whose
+        attempt the provider finished anyway, is charged that work in full: its output becomes
+        the job's result, its status unchanged. Nothing for a job that ended otherwise (its
         status is read in the statement: ``job`` may be older)."""
         with self.db.connection() as conn:
-            if repo.keep_cancelled_result(conn, job.id, attempt.id, result, now):
-                log.info("a cancelled job's attempt finished; its output is the job's result",
+            if repo.keep_late_result(conn, job.id, attempt.id, result, now):
+                log.info("an ended job's attempt finished; its output is the job's result",
                          extra={"job_id": str(job.id), "backend": attempt.backend,
                                 "attempt": attempt.number})
 
@@ -162,13 +163,13 @@ class Endings:
                       closing: Closing | None, res: PollResult | None = None) -> None:
         """Close the attempt and, once none is open, finish the ended job's hold with
         what its attempts cost (one statement). ``res``: the provider's answer the closing
-        was read from; a success's output is kept as a cancelled job's result."""
+        was read from; a success's output is kept as the ended job's result."""
         now = self.clock()
         if (attempt is not None and res is not None and res.status == "succeeded"
-                and job.status == "cancelled"):
+                and repo.ended_before_its_attempt(job)):
             # before the attempt closes: should this step die in between, the attempt is
             # still open and the chain concludes it again
-            self.keep_cancelled_result(job, attempt, self.result_of(job, res), now)
+            self.keep_late_result(job, attempt, self.result_of(job, res), now)
         end = self.ledger.end_job(
             job.id, job.status, now,
             attempt=closing.row(attempt) if attempt is not None and closing else None)

@@ -281,15 +281,18 @@ _MARK_CANCEL_REQUESTED = Statement(
     "UPDATE attempts SET cancel_requested_at = :now "
     "WHERE id = :id AND outcome IS NULL AND cancel_requested_at IS NULL"
 )
-# A cancelled job's attempt that the provider finished all the same: its output is the job's
-# result (charged in full, it was paid for). Only while none is kept (nor dropped by retention:
-# ``result_expired_at``), and only the attempt being concluded (still open) or concluded as
-# succeeded: never a stale step's output for an attempt closed otherwise. The status is left
-# as it is: a terminal status, and its event, never change.
-_KEEP_CANCELLED_RESULT = Statement(
+# The attempt of a job that ended before it (cancelled, or failed by its deadline) and that
+# the provider finished all the same: its output is the job's result (charged in full, it was
+# paid for). Only while none is kept (nor dropped by retention: ``result_expired_at``), and
+# only the attempt being concluded (still open) or concluded as succeeded: never a stale
+# step's output for an attempt closed otherwise. The status is left as it is: a terminal
+# status, and its event, never change.
+_KEEP_LATE_RESULT = Statement(
     """
     UPDATE jobs j SET result = CAST(:result AS jsonb), updated_at = :now
-    WHERE j.id = :job AND j.status = 'cancelled' AND j.result IS NULL
+    WHERE j.id = :job AND j.result IS NULL
+      AND (j.status = 'cancelled'
+           OR (j.status = 'failed' AND j.error_code = 'deadline_exceeded'))
       AND j.result_expired_at IS NULL
       AND EXISTS (SELECT 1 FROM attempts a WHERE a.id = :attempt AND a.job_id = j.id
                   AND (a.outcome IS NULL OR a.outcome = 'succeeded'))
@@ -495,12 +498,19 @@ def mark_cancel_requested(conn: Conn, attempt_id: int, now: datetime) -> None:
     _MARK_CANCEL_REQUESTED.run(conn, {"id": attempt_id, "now": now})
 
 
-def keep_cancelled_result(conn: Conn, job_id: uuid.UUID, attempt_id: int,
-                          result: dict[str, Any], now: datetime) -> bool:
+def ended_before_its_attempt(job: JobRow) -> bool:
+    """The job ended while an attempt could still run (cancelled, or failed by its deadline):
+    an attempt the provider finished anyway gives it its result (``keep_late_result``)."""
+    return job.status == "cancelled" or (job.status == "failed"
+                                         and job.error_code == "deadline_exceeded")
+
+
+def keep_late_result(conn: Conn, job_id: uuid.UUID, attempt_id: int,
+                     result: dict[str, Any], now: datetime) -> bool:
     """Keep ``result`` (the attempt's output, as a succeeded job's result is stored) as the
-    cancelled job's; False: the job is not cancelled, already has one, or the attempt was
-    closed other than succeeded."""
-    return _KEEP_CANCELLED_RESULT.first(conn, {
+    result of a job that ended before its attempt; False: the job did not end so, already
+    has one, or the attempt was closed other than succeeded."""
+    return _KEEP_LATE_RESULT.first(conn, {
         "job": job_id, "attempt": attempt_id, "result": jsonb_dumps(result), "now": now,
     }) is not None
 

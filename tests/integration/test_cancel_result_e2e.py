@@ -167,3 +167,37 @@ def test_a_cancel_answered_with_the_finished_work_keeps_the_output(api: Api) -> 
     assert isinstance(output, str) and output.endswith(f"/{attempt.external_id}.mp4")
     assert t.get(f"/v1/jobs/{job_id}/result").json()["output"] == {"output": output}
     assert rig.ledger() == (bill, 0)
+
+
+def test_a_job_failed_by_its_deadline_whose_provider_finishes_anyway_keeps_the_output(
+        api: Api) -> None:
+    """The deadline passes while the prediction runs; the provider ignores the stop and
+    finishes: the job stays failed (``deadline_exceeded``), is charged the whole bill, and its
+    result is the provider's output."""
+    rig = api.rig
+    api.budget("tenant:acme", 100_000_000)
+    rig.control(BACKEND, duration_ms=5000, ignore_cancel=True)
+    rig.start_worker()
+    t = api.tenant()
+    job_id = submitted(api, deadline_s=2)
+
+    rig.wait_for("the deadline to fail the job", lambda: rig.job(
+        uuid.UUID(job_id)).status == "failed", 30)
+    early = t.get(f"/v1/jobs/{job_id}/result")  # asked to stop, still running
+    assert early.status_code == 409, early.text
+    assert "asked to stop" in early.json()["error"]["message"]
+    rig.wait_for("the attempt's conclusion to settle the hold",
+                 lambda: hold_status(rig, job_id) != "held", 30)
+
+    bill = bill_of(rig, job_id)
+    job = rig.job(uuid.UUID(job_id))
+    (attempt,) = rig.attempts(uuid.UUID(job_id))
+    assert job.status == "failed" and job.error_code == "deadline_exceeded"
+    assert attempt.outcome == "succeeded" and job.cost_micros == attempt.cost_micros == bill
+    assert bill == 180_000  # the whole video: 4 s at $0.03 x 1.5 (720p)
+    assert rig.ledger() == (bill, 0)
+    output = job.result["output"] if job.result else None
+    assert isinstance(output, str) and output.endswith(f"/{attempt.external_id}.mp4")
+    got = t.get(f"/v1/jobs/{job_id}/result")
+    assert got.status_code == 200, got.text
+    assert got.json()["status"] == "failed" and got.json()["output"] == {"output": output}
