@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine
 
@@ -98,11 +99,6 @@ class Endings:
             attempt=closing.row(attempt, external_id))
         if end is None:
             return  # a duplicate step concluded it
-        if not end.ended:
-            # the job had ended meanwhile (a cancel, its deadline): charged the work in full,
-            # it keeps the output (a crash right before this loses it: the job stays ended
-            # and charged, as it was before results were kept)
-            self.keep_late_result(job, attempt, result, now)
         self.attempt_closed(job, attempt, closing, now, latency_ms)
         if end.ended:
             self.observe.job_finished(job, "succeeded", backend=attempt.backend,
@@ -112,26 +108,46 @@ class Endings:
         elif end.concluded:  # it had been cancelled meanwhile: charged what it billed
             self.observe.concluded(job, backend=attempt.backend,
                                    charged_micros=self.charged(job, end, attempt.backend))
+        if not end.ended:
+            # the job had ended meanwhile (a cancel, its deadline): charged the work in full,
+            # it keeps the output. Last, once the attempt is closed and reported: a failure
+            # here loses only the output (the job stays ended and charged); its files are
+            # already written (result_of)
+            self.keep_late_result(job, attempt, result, now)
 
     def result_of(self, job: repo.JobRow, res: PollResult) -> dict[str, Any]:
         """A succeeded attempt's output as a job's result. Megabytes of base64 go to files,
         written here, not into the result and its events (a text job's output is the model's
         words, whatever they look like)."""
-        output, inline = ((res.output, []) if job.kind == "text"
-                          else files.take_inline_data(job.id, res.output))
+        result, inline = self._split(job, res)
         if inline:
             with self.db.connection() as conn:
                 files.write(conn, job.id, inline)
-        return {"output": output}
+        return result
+
+    @staticmethod
+    def _split(job: repo.JobRow, res: PollResult) -> tuple[dict[str, Any], list[Any]]:
+        """The result, and the files its inline data goes to (not written yet)."""
+        output, inline = ((res.output, []) if job.kind == "text"
+                          else files.take_inline_data(job.id, res.output))
+        return {"output": output}, inline
 
     def keep_late_result(self, job: repo.JobRow, attempt: repo.AttemptRow,
-                         result: dict[str, Any], now: datetime) -> None:
+                         result: dict[str, Any], now: datetime,
+                         inline: list[Any] | None = None) -> None:
         """A job that ended before its attempt (cancelled, or failed by its deadline), whose
-        attempt the provider finished anyway, is charged that work in full: its output becomes
-        the job's result, its status unchanged. Nothing for a job that ended otherwise (its
-        status is read in the statement: ``job`` may be older)."""
+        attempt the provider finished anyway and which closed ``succeeded``, is charged that
+        work in full: its output becomes the job's result, its status unchanged. Nothing for
+        a job that ended otherwise (its status is read in the statement: ``job`` may be
+        older). ``inline``: the result's files, written in the same transaction, so that none
+        is stored for a result that is not kept."""
         with self.db.connection() as conn:
-            if repo.keep_late_result(conn, job.id, attempt.id, result, now):
+            with conn.transaction() as tx:
+                files.write(conn, job.id, inline or [])
+                kept = repo.keep_late_result(conn, job.id, attempt.id, result, now)
+                if not kept:
+                    raise psycopg.Rollback(tx)
+            if kept:
                 log.info("an ended job's attempt finished; its output is the job's result",
                          extra={"job_id": str(job.id), "backend": attempt.backend,
                                 "attempt": attempt.number})
@@ -165,11 +181,6 @@ class Endings:
         what its attempts cost (one statement). ``res``: the provider's answer the closing
         was read from; a success's output is kept as the ended job's result."""
         now = self.clock()
-        if (attempt is not None and res is not None and res.status == "succeeded"
-                and repo.ended_before_its_attempt(job)):
-            # before the attempt closes: should this step die in between, the attempt is
-            # still open and the chain concludes it again
-            self.keep_late_result(job, attempt, self.result_of(job, res), now)
         end = self.ledger.end_job(
             job.id, job.status, now,
             attempt=closing.row(attempt) if attempt is not None and closing else None)
@@ -184,6 +195,12 @@ class Endings:
             backend = attempt.backend if attempt else job.backend
             self.observe.concluded(job, backend=backend,
                                    charged_micros=self.charged(job, end, backend))
+        if (attempt is not None and res is not None and res.status == "succeeded"
+                and repo.ended_before_its_attempt(job)):
+            # once this step closed the attempt succeeded (a duplicate that closed it
+            # otherwise made end_job return None above); a failure here loses only the output
+            result, inline = self._split(job, res)
+            self.keep_late_result(job, attempt, result, now, inline=inline)
 
     def charged(self, job: repo.JobRow, end: JobEnd, backend: str | None) -> int:
         """What the ending charged: the job's whole cost, a bill above its hold included

@@ -284,8 +284,8 @@ _MARK_CANCEL_REQUESTED = Statement(
 # The attempt of a job that ended before it (cancelled, or failed by its deadline) and that
 # the provider finished all the same: its output is the job's result (charged in full, it was
 # paid for). Only while none is kept (nor dropped by retention: ``result_expired_at``), and
-# only the attempt being concluded (still open) or concluded as succeeded: never a stale
-# step's output for an attempt closed otherwise. The status is left as it is: a terminal
+# only for an attempt closed succeeded (the step that closed it keeps it, after): never a
+# stale step's output for an attempt closed otherwise. The status is left as it is: a terminal
 # status, and its event, never change.
 _KEEP_LATE_RESULT = Statement(
     """
@@ -295,7 +295,7 @@ _KEEP_LATE_RESULT = Statement(
            OR (j.status = 'failed' AND j.error_code = 'deadline_exceeded'))
       AND j.result_expired_at IS NULL
       AND EXISTS (SELECT 1 FROM attempts a WHERE a.id = :attempt AND a.job_id = j.id
-                  AND (a.outcome IS NULL OR a.outcome = 'succeeded'))
+                  AND a.outcome = 'succeeded')
     RETURNING j.id
     """
 )
