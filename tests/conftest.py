@@ -29,6 +29,7 @@ from orchestrator.store.models import Base
 from tests.logscan import LOG_DIR_ENV, LOG_ROOT_ENV, ProductionCopy, scan_all_logs
 
 _LOG_SCAN = pytest.StashKey[tuple[int, list[tuple[str, str, str]]]]()
+_MADE_LOG_ROOT = pytest.StashKey[bool]()
 
 
 def _xdist_controller(config: pytest.Config) -> bool:
@@ -42,6 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
     (they inherit the variable)."""
     if _xdist_controller(config) and not os.environ.get(LOG_ROOT_ENV):
         os.environ[LOG_ROOT_ENV] = tempfile.mkdtemp(prefix="orch-test-logs-")
+        config.stash[_MADE_LOG_ROOT] = True
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -52,7 +54,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if found:
         if session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    else:
+    elif session.config.stash.get(_MADE_LOG_ROOT, False):
         shutil.rmtree(os.environ[LOG_ROOT_ENV], ignore_errors=True)
 
 
@@ -134,8 +136,32 @@ def redis_url(servers: tuple[str, str]) -> str:
     number = _worker_number()
     if not number or not os.environ.get("ORCH_TEST_REDIS_URL"):
         return servers[1]
-    url = urlsplit(servers[1])
-    return url._replace(path=f"/{int(url.path.strip('/') or 0) + number}").geturl()
+    return _with_database(servers[1], _database(servers[1]) + number)
+
+
+@pytest.fixture(scope="session")
+def spare_redis_url(redis_url: str) -> str:
+    """Another database of the session's Redis, for what no worker of the session may read:
+    8 after the session's own, so no other test process's (at most 8) is it."""
+    return _with_database(redis_url, _database(redis_url) + SPARE_REDIS_OFFSET)
+
+
+SPARE_REDIS_OFFSET = 8
+
+
+def _database(url: str) -> int:
+    path = urlsplit(url).path.strip("/")
+    if not path.isdigit():
+        raise pytest.UsageError("tests need a redis:// URL ending in a database number, "
+                                "such as redis://127.0.0.1:6379/0 (ORCH_TEST_REDIS_URL)")
+    return int(path)
+
+
+def _with_database(url: str, number: int) -> str:
+    if number > 15:
+        raise pytest.UsageError(f"Redis database {number} is past Redis's default 16: give "
+                                "ORCH_TEST_REDIS_URL a lower database number")
+    return urlsplit(url)._replace(path=f"/{number}").geturl()
 
 
 @pytest.fixture(scope="session")

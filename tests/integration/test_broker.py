@@ -114,20 +114,19 @@ def test_a_rejected_message_goes_back_on_its_queue(redis_url: str) -> None:
         again.ack()
 
 
-def _unread_producer(redis_url: str, queue: str) -> tuple[Celery, redis.Redis]:
-    """A producer on database 13 of the test Redis (no worker reads it), and a client there
-    with ``queue`` emptied."""
-    base, _, db = redis_url.rpartition("/")
-    url = f"{base}/13" if db.isdigit() else f"{redis_url.rstrip('/')}/13"
+def _unread_producer(url: str, queue: str) -> tuple[Celery, redis.Redis]:
+    """A producer on ``url``, a spare database of the test Redis (no worker reads it), and a
+    client there with ``queue`` emptied."""
     client = redis.Redis.from_url(url)
     client.delete(queue)
     return producer_app(f"enqueue-test-{uuid.uuid4().hex}", url), client
 
 
-def test_an_enqueued_step_lands_on_its_queue_with_its_ids_as_argsrepr(redis_url: str) -> None:
+def test_an_enqueued_step_lands_on_its_queue_with_its_ids_as_argsrepr(
+        spare_redis_url: str) -> None:
     """CeleryEnqueue skips Celery's per-message queue declare on Redis: the message is still
     a plain LPUSH on the priority's list, in Celery's task protocol, ids only."""
-    app, client = _unread_producer(redis_url, "jobs.low")
+    app, client = _unread_producer(spare_redis_url, "jobs.low")
     job, token = uuid.uuid4(), uuid.uuid4()
     CeleryEnqueue(app).poll(job, token, "low", 0.0)
     raw = client.rpop("jobs.low")
@@ -140,8 +139,8 @@ def test_an_enqueued_step_lands_on_its_queue_with_its_ids_as_argsrepr(redis_url:
     assert args == [str(job), str(token), "low"] and kwargs == {}
 
 
-def test_a_start_names_the_plans_first_backend_after_the_ids(redis_url: str) -> None:
-    app, client = _unread_producer(redis_url, "jobs.high")
+def test_a_start_names_the_plans_first_backend_after_the_ids(spare_redis_url: str) -> None:
+    app, client = _unread_producer(spare_redis_url, "jobs.high")
     job, token = uuid.uuid4(), uuid.uuid4()
     CeleryEnqueue(app).start(job, token, "high", "vid-cheap")
     raw = client.rpop("jobs.high")

@@ -34,7 +34,8 @@ def _waiting_for_a_lock(db: Engine, timeout_s: float = 30.0) -> None:
     with db.connect() as conn:
         while not conn.execute(text(
                 "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE '%orch_end_job%' AND pid <> pg_backend_pid())")).scalar_one():
+                "AND query LIKE '%orch_end_job%' AND pid <> pg_backend_pid() "
+                "AND datname = current_database())")).scalar_one():
             assert time.monotonic() < deadline, "the ending never waited for the job row"
             conn.rollback()
             time.sleep(0.01)  # a poll interval; the loop re-reads the condition

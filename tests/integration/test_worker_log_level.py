@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ def _levels(role: str, tmp_path: Path, database_url: str, redis_url: str,
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     env.update(PYTHONPATH=str(ROOT), ORCH_DATABASE_URL=database_url,
                # a database of its own: no other test's messages to consume
-               ORCH_REDIS_URL=re.sub(r"/\d+$", "", redis_url) + "/13",
+               ORCH_REDIS_URL=redis_url,
                ORCH_DATA_DIR=str(tmp_path), ORCH_READY_FILE=str(ready),
                **env_extra)
     extra = ["--schedule", str(tmp_path / "schedule")] if role == "beat" else []
@@ -49,7 +48,8 @@ def _levels(role: str, tmp_path: Path, database_url: str, redis_url: str,
 
 @pytest.mark.parametrize("role", ["worker", "beat"])
 def test_the_log_level_follows_the_setting_unless_the_option_says(
-        role: str, tmp_path: Path, database_url: str, redis_url: str) -> None:
+        role: str, tmp_path: Path, database_url: str, spare_redis_url: str) -> None:
+    redis_url = spare_redis_url
     assert "INFO" in _levels(role, tmp_path / "default", database_url, redis_url)
     assert "INFO" not in _levels(role, tmp_path / "setting", database_url, redis_url,
                                  ORCH_LOG_LEVEL="WARNING")
