@@ -112,8 +112,8 @@ class StreamsFull(RequestError):
 
 
 class ResultNotReady(RequestError):
-    """``GET /v1/jobs/{id}/result`` of a job that has no result: not succeeded (yet), or
-    cancelled before its provider finished."""
+    """``GET /v1/jobs/{id}/result`` of a job that has no result: not succeeded (yet), failed,
+    or cancelled or failed by its deadline with no output from its provider."""
 
     code = "not_ready_yet"
 

@@ -137,8 +137,8 @@ def router(ctx: ApiContext) -> APIRouter:
                                     f"{expired.isoformat()} (retention)", job_id=str(job_id))
             attempts = repo.attempts(conn, job_id)
             if late and job.result is None:
-                why = ("its provider was asked to stop: should it finish anyway, its output "
-                       "comes here" if any(a.outcome is None for a in attempts)
+                why = ("an attempt may still end: should its provider finish it anyway, its "
+                       "output comes here" if any(a.outcome is None for a in attempts)
                        else "no provider finished its work")
                 raise ResultNotReady(f"job {job_id} is {job.status} and has no result; {why}",
                                      job_id=str(job_id), status=job.status)

@@ -73,9 +73,12 @@ def jobs_watch(
         except httpx.TransportError as exc:
             fail(f"job {job_id}: event stream unavailable ({type(exc).__name__})")
         except NotFound:
+            if last is not None:  # the stream was there: a 404 now is the job's own answer
+                raise
             # the job exists (else this raises its own "no job" error): the server has no
             # stream to give
-            status = _polled(c, job_id, timeout - (time.monotonic() - began), json_out)
+            status = _polled(c, job_id, timeout, timeout - (time.monotonic() - began),
+                             json_out)
             if status != "succeeded":
                 fail(f"job {job_id} {status}")
             return
@@ -92,13 +95,13 @@ def jobs_watch(
         fail(f"job {job_id} {status}")
 
 
-def _polled(c: Client, job_id: str, timeout: float, json_out: bool) -> str:
-    """Wait for the job by polling (the SDK's ``wait`` without its stream); its final status,
-    printed as the job (``--json``) or one line."""
+def _polled(c: Client, job_id: str, timeout: float, left: float, json_out: bool) -> str:
+    """Wait for the job by polling (the SDK's ``wait`` without its stream) for the ``left``
+    of ``timeout`` seconds; its final status, printed as the job (``--json``) or one line."""
     c.get(job_id)  # a job that does not exist: its own one-line error
     typer.echo("this server has no event streams: polling the job until it ends", err=True)
     try:
-        job = c.wait(job_id, timeout=max(timeout, 0.0), stream=False)
+        job = c.wait(job_id, timeout=max(left, 0.0), stream=False)
     except WaitTimeout:
         fail(f"job {job_id}: no end within {timeout:g} s")
     if json_out:

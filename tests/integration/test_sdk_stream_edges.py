@@ -260,6 +260,19 @@ def test_watch_polls_a_server_without_event_streams(serve: Any) -> None:
     assert f"job {JOB} failed" in out.output.splitlines()[-1]
 
 
+def test_watch_does_not_take_a_404_after_events_for_a_server_without_streams(
+        serve: Any) -> None:
+    """The stream was there (an event came), then a reconnection got 404: that is an
+    answer about the job, not a server older than streams."""
+    server = serve([queued_then_cut, no_such_route])
+    server.job_status = "succeeded"  # what polling would find, and wrongly end on
+    out = CliRunner().invoke(cli_app, ["jobs", "watch", JOB, "--api-url", server.url,
+                                       "--api-key", "orch_k"])
+    assert out.exit_code == 1, out.output
+    assert "job.queued" in out.output and "polling" not in out.output
+    assert out.output.strip().splitlines()[-1].startswith("error: "), out.output
+
+
 def test_watch_of_a_job_that_does_not_exist_says_so_on_a_server_without_streams(
         serve: Any) -> None:
     server = serve([no_such_route])
