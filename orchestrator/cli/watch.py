@@ -1,6 +1,6 @@
 """``orchestrator jobs watch ID`` (each event of a job as it comes, from its event stream)
 and ``orchestrator jobs result ID`` (a succeeded job's output and cost breakdown, or a
-cancelled one's whose provider finished anyway)."""
+cancelled or deadline-failed one's whose provider finished anyway)."""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ _RESULTS = text(
     """
 )
 # a job's files go once its result is gone and no job served from its result (the cache)
-# still has its own, or is still to get it (a cancelled job's result, kept when its provider
-# finished anyway, goes as any other: no status is asked)
+# still has its own, or is still to get it (a cancelled or deadline-failed job's result, kept
+# when its provider finished anyway, goes as any other: no status is asked)
 _FILES = text(
     """
     DELETE FROM result_files f WHERE f.job_id IN (

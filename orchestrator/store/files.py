@@ -11,9 +11,10 @@ which the API serves (:func:`read`) with the job's tenant's key.
 Only image and video jobs' outputs are read so: a text job's answer is the model's text,
 kept as written even when it looks like a ``data:`` URL. The files are written just before
 the job's ending, each in its own statement, replacing any of the same number (files an
-attempt wrote before its step crashed and the job failed over). A job cancelled while its
-provider finished the work anyway keeps them too, named by its result; files whose job then
-ended otherwise (failed meanwhile) are dropped by retention with the job's result.
+attempt wrote before its step crashed and the job failed over). A job cancelled, or failed
+by its deadline, while its provider finished the work anyway keeps them too, named by its
+result (written with it in one transaction when the attempt concludes after the ending);
+files whose job then ended otherwise are dropped by retention with the job's result.
 """
 
 from __future__ import annotations
