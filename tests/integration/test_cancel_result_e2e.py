@@ -54,6 +54,25 @@ def event_types(rig: Rig, job_id: str) -> list[str]:
         ).scalars())
 
 
+def paid_in_full_with_its_output(rig: Rig, job_id: str, status: str, code: str
+                                 ) -> tuple[Any, int, str]:
+    """Once its attempt concluded: the job, still ``status`` (``code``), charged the whole
+    bill of an attempt that succeeded, and its result that attempt's output. (job, bill,
+    output)."""
+    rig.wait_for("the attempt's conclusion to settle the hold",
+                 lambda: hold_status(rig, job_id) != "held", 30)
+    bill = bill_of(rig, job_id)
+    job = rig.job(uuid.UUID(job_id))
+    (attempt,) = rig.attempts(uuid.UUID(job_id))
+    assert job.status == status and job.error_code == code
+    assert attempt.outcome == "succeeded" and job.cost_micros == attempt.cost_micros == bill
+    assert bill == 180_000  # the whole video: 4 s at $0.03 x 1.5 (720p)
+    assert rig.ledger() == (bill, 0)
+    output = job.result["output"] if job.result else None
+    assert isinstance(output, str) and output.endswith(f"/{attempt.external_id}.mp4")
+    return job, bill, output
+
+
 def test_a_cancelled_job_whose_provider_finishes_anyway_keeps_the_output(api: Api) -> None:
     """The provider ignores the stop and finishes: the job stays cancelled, is charged the
     whole bill, and its result is the provider's output, read as a succeeded job's is. The
@@ -72,18 +91,7 @@ def test_a_cancelled_job_whose_provider_finishes_anyway_keeps_the_output(api: Ap
     assert early.status_code == 409 and early.json()["error"]["code"] == "not_ready_yet"
     assert early.json()["error"]["details"]["status"] == "cancelled"
     assert "may still end" in early.json()["error"]["message"]
-    rig.wait_for("the attempt's conclusion to settle the hold",
-                 lambda: hold_status(rig, job_id) != "held", 30)
-
-    bill = bill_of(rig, job_id)
-    job = rig.job(uuid.UUID(job_id))
-    (attempt,) = rig.attempts(uuid.UUID(job_id))
-    assert job.status == "cancelled" and job.error_code == "cancelled"
-    assert attempt.outcome == "succeeded" and job.cost_micros == attempt.cost_micros == bill
-    assert bill == 180_000  # the whole run: 4 s at $0.03 x 1.5 (720p)
-    assert rig.ledger() == (bill, 0)
-    output = job.result["output"] if job.result else None
-    assert isinstance(output, str) and output.endswith(f"/{attempt.external_id}.mp4")
+    job, bill, output = paid_in_full_with_its_output(rig, job_id, "cancelled", "cancelled")
     assert job.result == {"output": output}
     # one terminal event, then the charge; the status never changed
     assert event_types(rig, job_id) == ["job.queued", "job.started", "job.cancelled",
@@ -186,18 +194,7 @@ def test_a_job_failed_by_its_deadline_whose_provider_finishes_anyway_keeps_the_o
     early = t.get(f"/v1/jobs/{job_id}/result")  # asked to stop, still running
     assert early.status_code == 409, early.text
     assert "may still end" in early.json()["error"]["message"]
-    rig.wait_for("the attempt's conclusion to settle the hold",
-                 lambda: hold_status(rig, job_id) != "held", 30)
-
-    bill = bill_of(rig, job_id)
-    job = rig.job(uuid.UUID(job_id))
-    (attempt,) = rig.attempts(uuid.UUID(job_id))
-    assert job.status == "failed" and job.error_code == "deadline_exceeded"
-    assert attempt.outcome == "succeeded" and job.cost_micros == attempt.cost_micros == bill
-    assert bill == 180_000  # the whole video: 4 s at $0.03 x 1.5 (720p)
-    assert rig.ledger() == (bill, 0)
-    output = job.result["output"] if job.result else None
-    assert isinstance(output, str) and output.endswith(f"/{attempt.external_id}.mp4")
+    _, _, output = paid_in_full_with_its_output(rig, job_id, "failed", "deadline_exceeded")
     got = t.get(f"/v1/jobs/{job_id}/result")
     assert got.status_code == 200, got.text
     assert got.json()["status"] == "failed" and got.json()["output"] == {"output": output}
