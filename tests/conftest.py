@@ -30,6 +30,7 @@ from tests.logscan import LOG_DIR_ENV, LOG_ROOT_ENV, ProductionCopy, scan_all_lo
 
 _LOG_SCAN = pytest.StashKey[tuple[int, list[tuple[str, str, str]]]]()
 _MADE_LOG_ROOT = pytest.StashKey[bool]()
+SPARE_REDIS_OFFSET = 8  # more than test processes will ever run: no two share a database
 
 
 def _xdist_controller(config: pytest.Config) -> bool:
@@ -144,9 +145,6 @@ def spare_redis_url(redis_url: str) -> str:
     """Another database of the session's Redis, for what no worker of the session may read:
     8 after the session's own, so no other test process's (at most 8) is it."""
     return _with_database(redis_url, _database(redis_url) + SPARE_REDIS_OFFSET)
-
-
-SPARE_REDIS_OFFSET = 8
 
 
 def _database(url: str) -> int:

@@ -38,6 +38,7 @@ from orchestrator.service.runner import JobRunner
 from orchestrator.settings import Settings
 from orchestrator.simulator import RunningSimulator, start_in_thread
 from orchestrator.store import jobs as repo
+from tests import conditions
 from tests.logscan import worker_log
 from workers.broker import producer_app
 from workers.enqueue import CeleryEnqueue
@@ -160,13 +161,15 @@ class Rig:
             return repo.attempts(conn, job_id)
 
     def wait_for(self, what: str, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
+        """``tests.conditions.wait_for``, failing at once when a worker has exited."""
+        def holds() -> bool:
+            if predicate():
+                return True
             for proc in self.workers:
                 assert proc.poll() is None, f"worker exited with {proc.returncode}"
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-            time.sleep(0.1)  # polling interval of a condition wait, not a race fix
+            return False
+
+        conditions.wait_for(what, holds, timeout, interval=0.1)
 
     def wait_final(self, job_ids: list[uuid.UUID], timeout: float = 60.0) -> list[repo.JobRow]:
         def all_final() -> bool:

@@ -45,14 +45,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(404, {"error": {"code": "not_found", "message": f"no job {JOB}",
                                            "details": {"job_id": JOB}}})
             return
-        body = json.dumps({"id": JOB, "status": self.server.job_status, "kind": "video",
-                           "tier": "draft", "created_at": "2026-12-06T10:00:00+00:00",
-                           "finished_at": "2026-12-06T10:00:09+00:00"})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body.encode())
+        self.send_json(200, {"id": JOB, "status": self.server.job_status, "kind": "video",
+                             "tier": "draft", "created_at": "2026-12-06T10:00:00+00:00",
+                             "finished_at": "2026-12-06T10:00:09+00:00"})
 
     def send_json(self, status: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload).encode()
