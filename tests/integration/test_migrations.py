@@ -80,9 +80,9 @@ def _database(servers: tuple[str, str], revision: str) -> Iterator[tuple[str, En
             engine.dispose()
 
 
-def _index(engine: Engine) -> tuple[str, bool, bool] | None:
+def _index(engine: Engine, name: str = INDEX) -> tuple[str, bool, bool] | None:
     with engine.connect() as conn:
-        row = conn.execute(_STATE, {"name": INDEX}).one_or_none()
+        row = conn.execute(_STATE, {"name": name}).one_or_none()
     return None if row is None else (row[0], row[1], row[2])
 
 
@@ -121,12 +121,10 @@ def test_0020_builds_a_valid_index_of_pending_deliveries_from_0019(
         with engine.begin() as conn:
             _job(conn)
         upgrade(url)
-        with engine.connect() as conn:
-            row = conn.execute(_STATE, {"name": DUE}).one()
-        assert tuple(row) == (DUE_DEFINITION, True, True) and _revision(engine) == "0020"
+        assert _index(engine, DUE) == (DUE_DEFINITION, True, True)
+        assert _revision(engine) == "0020"
         downgrade(url, "0019")
-        with engine.connect() as conn:
-            assert conn.execute(_STATE, {"name": DUE}).one_or_none() is None
+        assert _index(engine, DUE) is None
 
 
 def test_0019_replaces_the_invalid_leftover_of_a_failed_build(servers: tuple[str, str]) -> None:
