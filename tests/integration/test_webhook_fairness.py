@@ -20,10 +20,10 @@ from orchestrator.events import endpoints
 from orchestrator.events.delivery import FAILING_PROBES, Report, WebhookPolicy, deliver_due
 from orchestrator.notify.base import default_timeout
 from orchestrator.secrets import SecretBox, new_key
-from orchestrator.store import jobs as repo
 from tests.conditions import wait_for
 
 from .raw_receiver import RawReceiver, Request, answer
+from .webhook_jobs import insert_job
 
 TIMEOUT_S = 2.0  # one POST's whole time limit in these tests
 BOX = SecretBox([new_key()])
@@ -46,22 +46,15 @@ def receivers_fixture() -> Iterator[tuple[RawReceiver, RawReceiver]]:
 
 
 def _job(db: Engine, tenant: str, url: str | None = None) -> uuid.UUID:
-    now = datetime.now(UTC)
-    job = uuid.uuid4()
-    spec: dict[str, object] = {"kind": "text", "input": {"prompt": "a red kite"}}
-    if url is not None:
-        spec.update(webhook_url=url, webhook_events=["job.queued"])
     with db.begin() as conn:
-        repo.insert_job(conn, job_id=job, tenant=tenant, kind="text", tier="standard",
-                        spec=spec, route={}, estimated_cost_micros=1, deadline_at=now,
-                        chain_token=uuid.uuid4(), wake_at=now)
-    return job
+        return insert_job(conn, url, tenant=tenant)
 
 
 def _statuses(db: Engine) -> list[tuple[str, str, str, int]]:
     with db.connect() as conn:
-        return [tuple(r) for r in conn.execute(text(  # type: ignore[misc]
-            "SELECT tenant, target, status, attempts FROM webhook_deliveries ORDER BY id"))]
+        rows = conn.execute(text(
+            "SELECT tenant, target, status, attempts FROM webhook_deliveries ORDER BY id"))
+        return [(str(t), str(g), str(s), int(n)) for t, g, s, n in rows]
 
 
 def test_a_dead_receiver_of_one_tenant_does_not_hold_back_another_tenants_webhook(

@@ -27,10 +27,10 @@ from orchestrator.events import endpoints
 from orchestrator.events.delivery import Report, WebhookPolicy, deliver_due
 from orchestrator.notify.base import default_timeout
 from orchestrator.secrets import SecretBox, new_key
-from orchestrator.store import jobs as repo
 
 from .certs import self_signed
 from .raw_receiver import Behaviour, RawReceiver, Request, answer
+from .webhook_jobs import insert_job
 
 TIMEOUT_S = 1.0  # ORCH_WEBHOOK_TIMEOUT_S of these tests: one POST's whole time limit
 BOX = SecretBox([new_key()])
@@ -52,15 +52,8 @@ def receiver_fixture() -> Iterator[RawReceiver]:
 
 
 def _job(db: Engine, url: str, events: tuple[str, ...] = ("job.queued",)) -> uuid.UUID:
-    now = datetime.now(UTC)
-    job = uuid.uuid4()
     with db.begin() as conn:
-        repo.insert_job(conn, job_id=job, tenant="acme", kind="text", tier="standard",
-                        spec={"kind": "text", "input": {"prompt": "a red kite"},
-                              "webhook_url": url, "webhook_events": list(events)},
-                        route={}, estimated_cost_micros=1, deadline_at=now,
-                        chain_token=uuid.uuid4(), wake_at=now)
-    return job
+        return insert_job(conn, url, events=events)
 
 
 def _send(db: Engine, client: httpx.Client, at: datetime | None = None) -> Report:

@@ -26,10 +26,10 @@ from orchestrator.events.delivery import Report, WebhookPolicy, deliver_due
 from orchestrator.events.redelivery import requeue
 from orchestrator.secrets import SecretBox, new_key
 from orchestrator.simulator import RunningSimulator
-from orchestrator.store import jobs as repo
 
 from .api_fixture import Api, video
 from .test_job_webhooks import SECRET, TERMINAL, Receiver, free_port, hooked
+from .webhook_jobs import insert_job
 
 WRONG = "not-the-secret-0123456789"  # the receiver refuses every signature: 401, for good
 
@@ -187,12 +187,7 @@ def test_the_cli_and_the_sdk_list_and_redeliver(refusing: tuple[Api, Receiver],
 def _job_with_an_unreachable_url(conn: Connection, now: datetime) -> None:
     """A job whose job.queued goes to its own webhook_url, where nothing listens: every
     attempt fails to connect (transient)."""
-    repo.insert_job(conn, job_id=uuid.uuid4(), tenant="acme", kind="text", tier="standard",
-                    spec={"kind": "text", "input": {"prompt": "a red kite"},
-                          "webhook_url": f"http://127.0.0.1:{free_port()}/job",
-                          "webhook_events": ["job.queued"]},
-                    route={}, estimated_cost_micros=1, deadline_at=now,
-                    chain_token=uuid.uuid4(), wake_at=now)
+    insert_job(conn, f"http://127.0.0.1:{free_port()}/job", now=now)
 
 
 def test_a_redelivered_old_event_gets_a_fresh_retry_window(db: Engine) -> None:
