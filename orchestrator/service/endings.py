@@ -11,9 +11,11 @@ ran first changes nothing, so nothing is reported twice.
 
 A job that ended before its attempt (cancelled, or failed by its deadline) and whose attempt
 the provider finished all the same (it ignored the stop, or had finished before it) is
-charged that work in full, so it keeps the output: a statement of its own
-(``keep_late_result``) writes it as the job's result, as a succeeded job's is stored, the
-job's status unchanged (its terminal event went out when it ended).
+charged that work in full, so it keeps the output (``keep_late_result``): written as the
+job's result, as a succeeded job's is stored, the job's status unchanged (its terminal event
+went out when it ended). When the attempt concludes after the job's end, in the same
+transaction as that conclusion; when the job ended between a success's answer and its ending,
+in a statement of its own right after.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine
 
@@ -37,6 +38,7 @@ from orchestrator.service.slots import SlotWaits
 from orchestrator.store import files
 from orchestrator.store import jobs as repo
 from orchestrator.store.engine import autocommit
+from orchestrator.store.statement import Conn
 
 # the chain's logger: its records keep the name they had before the chain was split up
 log = logging.getLogger("orchestrator.service.runner")
@@ -110,9 +112,9 @@ class Endings:
                                    charged_micros=self.charged(job, end, attempt.backend))
         if not end.ended:
             # the job had ended meanwhile (a cancel, its deadline): charged the work in full,
-            # it keeps the output. Last, once the attempt is closed and reported: a failure
-            # here loses only the output (the job stays ended and charged); its files are
-            # already written (result_of)
+            # it keeps the output. A statement of its own, not the ending's transaction (the
+            # common ending commits on its own): a crash between the two loses only the
+            # output (the job stays ended and charged); its files are written (result_of)
             self.keep_late_result(job, attempt, result, now)
 
     def result_of(self, job: repo.JobRow, res: PollResult) -> dict[str, Any]:
@@ -133,24 +135,32 @@ class Endings:
         return {"output": output}, inline
 
     def keep_late_result(self, job: repo.JobRow, attempt: repo.AttemptRow,
-                         result: dict[str, Any], now: datetime,
-                         inline: list[Any] | None = None) -> None:
+                         result: dict[str, Any], now: datetime) -> None:
         """A job that ended before its attempt (cancelled, or failed by its deadline), whose
         attempt the provider finished anyway and which closed ``succeeded``, is charged that
         work in full: its output becomes the job's result, its status unchanged. Nothing for
         a job that ended otherwise (its status is read in the statement: ``job`` may be
-        older). ``inline``: the result's files, written in the same transaction, so that none
-        is stored for a result that is not kept."""
+        older)."""
         with self.db.connection() as conn:
-            with conn.transaction() as tx:
-                files.write(conn, job.id, inline or [])
-                kept = repo.keep_late_result(conn, job.id, attempt.id, result, now)
-                if not kept:
-                    raise psycopg.Rollback(tx)
-            if kept:
-                log.info("an ended job's attempt finished; its output is the job's result",
-                         extra={"job_id": str(job.id), "backend": attempt.backend,
-                                "attempt": attempt.number})
+            kept = self._keep(conn, job, attempt, result, [], now)
+        if kept:
+            self._kept(job, attempt)
+
+    @staticmethod
+    def _keep(conn: Conn, job: repo.JobRow, attempt: repo.AttemptRow,
+              result: dict[str, Any], inline: list[Any], now: datetime) -> bool:
+        """``keep_late_result`` on ``conn``, with the result's files (``inline``), written
+        only when it is kept, so that none is stored for a result that is not."""
+        kept = repo.keep_late_result(conn, job.id, attempt.id, result, now)
+        if kept:
+            files.write(conn, job.id, inline)
+        return kept
+
+    @staticmethod
+    def _kept(job: repo.JobRow, attempt: repo.AttemptRow) -> None:
+        log.info("an ended job's attempt finished; its output is the job's result",
+                 extra={"job_id": str(job.id), "backend": attempt.backend,
+                        "attempt": attempt.number})
 
     def fail(self, job: repo.JobRow, code: str, message: str, *,
              backend: str | None = None,
@@ -179,11 +189,24 @@ class Endings:
                       closing: Closing | None, res: PollResult | None = None) -> None:
         """Close the attempt and, once none is open, finish the ended job's hold with
         what its attempts cost (one statement). ``res``: the provider's answer the closing
-        was read from; a success's output is kept as the ended job's result."""
+        was read from; a success's output is kept as the ended job's result, in the
+        ending's transaction: a crash between the two would leave the attempt closed, so
+        no later step would look at the output again."""
         now = self.clock()
+        then: Callable[[Conn, JobEnd], object] | None = None
+        kept: list[bool] = []
+        if (attempt is not None and res is not None and res.status == "succeeded"
+                and repo.ended_before_its_attempt(job)):
+            result, inline = self._split(job, res)
+            late = attempt
+
+            def then(tx: Conn, _: JobEnd) -> None:
+                kept.append(self._keep(tx, job, late, result, inline, now))
+
         end = self.ledger.end_job(
             job.id, job.status, now,
-            attempt=closing.row(attempt) if attempt is not None and closing else None)
+            attempt=closing.row(attempt) if attempt is not None and closing else None,
+            then=then)
         if end is None:
             return
         if attempt is not None and closing is not None:
@@ -195,12 +218,8 @@ class Endings:
             backend = attempt.backend if attempt else job.backend
             self.observe.concluded(job, backend=backend,
                                    charged_micros=self.charged(job, end, backend))
-        if (attempt is not None and res is not None and res.status == "succeeded"
-                and repo.ended_before_its_attempt(job)):
-            # once this step closed the attempt succeeded (a duplicate that closed it
-            # otherwise made end_job return None above); a failure here loses only the output
-            result, inline = self._split(job, res)
-            self.keep_late_result(job, attempt, result, now, inline=inline)
+        if any(kept) and attempt is not None:
+            self._kept(job, attempt)
 
     def charged(self, job: repo.JobRow, end: JobEnd, backend: str | None) -> int:
         """What the ending charged: the job's whole cost, a bill above its hold included

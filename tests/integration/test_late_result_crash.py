@@ -1,0 +1,75 @@
+"""A cancelled job whose provider finished anyway keeps the output it is charged for, even
+when the step that concludes its attempt fails half-way: the conclusion and the kept result
+commit together, so a failed step leaves the attempt open and the next one keeps both.
+
+The chain runs in this process (as the worker's tasks would run it), on real PostgreSQL and
+Redis, against the simulator over real HTTP. The failure is injected where the result is
+written: the step that made the ending cannot be told from one that died there.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from orchestrator.store import jobs as repo
+
+from .e2e_support import Rig, run_chain
+from .test_e2e_execution import TENANT, budget, video
+
+BACKEND = "vid-cheap"
+
+
+class Crash(Exception):
+    """The step's process dying between the conclusion and the kept result."""
+
+
+def hold_status(rig: Rig, job_id: uuid.UUID) -> str:
+    with rig.engine.connect() as conn:
+        return str(conn.execute(text("SELECT status FROM holds WHERE job_id = :j"),
+                                {"j": job_id}).scalar_one())
+
+
+def test_a_step_that_fails_while_keeping_a_late_result_leaves_the_attempt_to_the_next(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    budget(rig)
+    rig.control(BACKEND, duration_ms=1000, ignore_cancel=True)
+    runner = rig.container.runner
+    job_id = rig.submit(video(duration=4))
+    token = rig.job(job_id).chain_token
+    assert token is not None
+    runner.advance(job_id, token)  # the create
+    (attempt,) = rig.attempts(job_id)
+    assert attempt.external_id is not None and attempt.outcome is None
+
+    cancelled = runner.cancel(job_id, TENANT)  # the provider goes on all the same
+    assert cancelled is not None and cancelled.status == "cancelled"
+    assert rig.attempts(job_id)[0].outcome is None and hold_status(rig, job_id) == "held"
+
+    def crash(*_: Any, **__: Any) -> bool:
+        raise Crash
+
+    monkeypatch.setattr(repo, "keep_late_result", crash)
+    # steps until the provider has finished and one concludes the attempt, failing there
+    with pytest.raises(Crash):
+        run_chain(runner, job_id, token)
+    (attempt,) = rig.attempts(job_id)
+    job = rig.job(job_id)
+    assert attempt.outcome is None, "the attempt was closed without its output"
+    assert hold_status(rig, job_id) == "held" and job.result is None
+    assert rig.ledger()[0] == 0
+
+    monkeypatch.undo()
+    run_chain(runner, job_id, token)  # the next step, as the task's retry would run it
+    (attempt,) = rig.attempts(job_id)
+    job = rig.job(job_id)
+    (bill,) = [int(b["cost_micros"]) for b in rig.provider(BACKEND)["bills"]
+               if b["reference"] == f"{job_id}:1"]
+    assert job.status == "cancelled" and attempt.outcome == "succeeded"
+    assert job.cost_micros == attempt.cost_micros == bill == 180_000  # 4 s x $0.03 x 1.5
+    assert job.result is not None
+    assert str(job.result["output"]).endswith(f"/{attempt.external_id}.mp4")
+    assert hold_status(rig, job_id) != "held" and rig.ledger() == (bill, 0)
