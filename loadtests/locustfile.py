@@ -4,7 +4,7 @@
         --host http://127.0.0.1:8000        # LOADTEST_CREDENTIALS=<data dir>/credentials.json
 
 ``loadtests/run.py`` (``make loadtest``) runs it against ``orchestrator up`` and checks the
-promises afterwards; see README "Performance".
+promises afterwards; see docs/performance.md.
 
 Users (weights): producers 5 (submit video/image/text jobs of every tier with an
 Idempotency-Key; some replayed on purpose: the same key and body again, sequentially or as
