@@ -11,6 +11,8 @@ What the answers may be, as OpenAI and the servers that copy its API give them:
   result is kept, ``unpriced``, and the chain charges the attempt's worst case. A refusal
   (``message.refusal`` with no content, or ``finish_reason: "content_filter"`` with none) is
   a ``content_policy`` job fault, returned as a failed result carrying what the call billed.
+  No content and no refusal (vLLM's ``content: null`` when a reasoning model's thinking
+  used up ``max_tokens``) is the empty text.
 * images: each ``url``, or ``b64_json`` (gpt-image models answer only so) passed on as a
   ``data:`` URL.
 
@@ -92,8 +94,13 @@ class OpenAIAdapter(HttpAdapter):
             raise self.malformed("no message")
         finish_reason = choices[0].get("finish_reason")
         refused = _refused(message, finish_reason)
-        if refused is None and not isinstance(message.get("content"), str):
-            raise self.malformed("no message content")
+        # no content (null or left out) and no refusal: a model that gave no text (vLLM's
+        # answer when max_tokens ran out in a reasoning model's thinking) is read as the
+        # empty text OpenAI's own models answer then, and charged its bill; taken for an
+        # unreadable answer, it was reconciled as a lost one and paid again elsewhere
+        content = message.get("content")
+        if refused is None and content is not None and not isinstance(content, str):
+            raise self.malformed("message content is not text")
         used, cost, reported, unpriced = self._chat_bill(data)
         if refused is not None:
             # the provider refused the prompt, and billed the call: the job fails (another
@@ -103,7 +110,7 @@ class OpenAIAdapter(HttpAdapter):
             return Submission(external_id=ext_id, result=PollResult(
                 status="failed", usage=used, cost_micros=cost, reported_cost_micros=reported,
                 error=fault, provider_status=refused, unpriced=unpriced))
-        output = {"text": message["content"], "finish_reason": finish_reason}
+        output = {"text": content or "", "finish_reason": finish_reason}
         result = PollResult(
             status="succeeded", output=output, usage=used, cost_micros=cost,
             reported_cost_micros=reported, provider_status="succeeded", unpriced=unpriced,

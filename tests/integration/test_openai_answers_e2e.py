@@ -323,6 +323,40 @@ def test_a_chat_answer_with_no_choice_fails_over_charged_its_bill(rig: Rig) -> N
     assert rig.ledger() == (bill + second.cost_micros, 0)
 
 
+def test_a_chat_answer_whose_tokens_all_went_to_reasoning_is_kept_charged_its_bill(
+        rig: Rig) -> None:
+    """chat-a, over the real wire, answers as vLLM (and the providers that serve reasoning
+    models with it) does when ``max_tokens`` ran out before the model's reasoning ended:
+    ``content: null``, the reasoning beside it, ``finish_reason: "length"`` and the usage it
+    bills. The call was made and billed: the job keeps its (empty) text with the finish
+    reason, charged that bill once, as OpenAI's own ``content: ""`` for the same ending is.
+    Taken for an unreadable answer, the attempt was closed uncertain, its bill uncharged,
+    and the job paid again on chat-b."""
+    with WireFake() as fake:
+        fake.route("POST", "/v1/chat/completions", json_answer(200, {
+            "id": "chatcmpl-thinking", "object": "chat.completion",
+            "choices": [{"index": 0, "finish_reason": "length",
+                         "message": {"role": "assistant", "content": None,
+                                     "reasoning_content": "Let me think about ledgers"}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 200, "total_tokens": 300}}))
+        job_id = rig.submit(text_job())
+        with runner_with_backend_at(rig, "chat-a", fake.url) as runner:
+            run(rig, runner, job_id)
+        assert len(fake.received("POST", "/v1/chat/completions")) == 1
+
+    job = rig.job(job_id)
+    assert job.status == "succeeded" and job.backend == "chat-a", job.error_code
+    assert job.result == {"output": {"text": "", "finish_reason": "length"}}
+    (attempt,) = rig.attempts(job_id)  # no failover
+    bill = actual_micros(rig.container.catalogue().get("chat-a"),
+                         Usage(input_tokens=100, output_tokens=200))
+    assert attempt.outcome == "succeeded" and attempt.external_id == "chatcmpl-thinking"
+    assert job.cost_micros == attempt.cost_micros == bill > 0
+    assert attempt.possible_cost_micros is None
+    assert rig.provider("chat-b")["counters"]["submissions"] == 0
+    assert rig.ledger() == (bill, 0)
+
+
 def test_synchronous_answers_that_repeat_one_id_each_stay_their_jobs(rig: Rig) -> None:
     """A provider answering every call, done at once, with the same id (a constant some
     OpenAI-compatible servers send): the id is no reason to doubt any answer. Each job keeps

@@ -114,9 +114,9 @@ CHAT = {"id": "c1", "choices": [{"message": {"content": "ok"}, "finish_reason": 
          "token counts"),
         ("txt", TEXT, {**CHAT, "usage": {"prompt_tokens": 10, "completion_tokens": -2}},
          "token counts"),
-        ("txt", TEXT, {**CHAT, "usage": {"prompt_tokens": 10}, "cost_usd": None,
-                       "choices": [{"message": {"content": None}, "finish_reason": "stop"}]},
-         "no message content"),  # no text, and no refusal either
+        ("txt", TEXT, {**CHAT, "choices": [{"message": {"content": {"text": "ok"}},
+                                            "finish_reason": "stop"}]},
+         "message content is not text"),
         ("txt", TEXT, {**CHAT, "cost_usd": "lots"}, "cost_usd"),
         ("txt", TEXT, {**CHAT, "cost_usd": -1}, "negative"),
         ("img", IMAGE, {"data": [{"b64": "..."}], "cost_usd": 0.04}, "no url"),
