@@ -59,7 +59,8 @@ _USAGE_INT = ("images", "input_tokens", "output_tokens")
 _USAGE_STR = ("resolution", "image_size")
 # Replicate's names for a language model's token counts (read when ours are absent)
 _USAGE_ALIASES = {"input_tokens": "input_token_count", "output_tokens": "output_token_count"}
-_DECIMAL = re.compile(r"\d{1,10}(\.\d{1,9})?")
+# a float quoted as str() or String() writes it: up to 17 significant digits
+_DECIMAL = re.compile(r"\d{1,10}(\.\d{1,20})?")
 _DIGITS = re.compile(r"\d{1,12}")
 
 

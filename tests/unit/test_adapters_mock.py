@@ -305,6 +305,19 @@ def test_metrics_sent_as_strings_of_digits_are_read_as_their_numbers() -> None:
     assert half.usage is not None and half.usage.video_seconds == 4.5
 
 
+@pytest.mark.parametrize("quoted", ["4.912345678901234", "0.012683000000000001"])
+def test_a_run_time_quoted_with_all_its_floats_digits_is_read(quoted: str) -> None:
+    """A gateway that quotes a float as ``str()`` or JavaScript's ``String()`` writes it
+    with up to 17 significant digits (a run time it computed from two timestamps): that
+    is a string of digits too, read as its number, not an unreadable answer whose output
+    is lost while the provider bills the run."""
+    res = mock("gpu", answer(prediction(metrics={"predict_time": quoted}))).poll("p1")
+    assert res.status == "succeeded" and res.usage is not None
+    assert res.usage.compute_seconds == float(quoted)
+    plain = mock("gpu", answer(prediction(metrics={"predict_time": float(quoted)}))).poll("p1")
+    assert res.cost_micros == plain.cost_micros is not None
+
+
 def test_cost_mismatch_is_flagged_and_usage_wins(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
         res = mock("vid", answer(prediction(cost_usd=0.5))).poll("p1")
