@@ -12,7 +12,8 @@ What the answers may be, as OpenAI and the servers that copy its API give them:
   (``message.refusal`` with no content, or ``finish_reason: "content_filter"`` with none) is
   a ``content_policy`` job fault, returned as a failed result carrying what the call billed.
   No content and no refusal (vLLM's ``content: null`` when a reasoning model's thinking
-  used up ``max_tokens``) is the empty text.
+  used up ``max_tokens``) is the empty text; ``content`` as a list of chunks (Mistral's
+  reasoning models) is the text of its ``text`` chunks.
 * images: each ``url``, or ``b64_json`` (gpt-image models answer only so) passed on as a
   ``data:`` URL.
 
@@ -93,14 +94,12 @@ class OpenAIAdapter(HttpAdapter):
         if not isinstance(message, dict):
             raise self.malformed("no message")
         finish_reason = choices[0].get("finish_reason")
-        refused = _refused(message, finish_reason)
-        # no content (null or left out) and no refusal: a model that gave no text (vLLM's
-        # answer when max_tokens ran out in a reasoning model's thinking) is read as the
-        # empty text OpenAI's own models answer then, and charged its bill; taken for an
-        # unreadable answer, it was reconciled as a lost one and paid again elsewhere
         content = message.get("content")
-        if refused is None and content is not None and not isinstance(content, str):
+        if isinstance(content, list):  # Mistral's reasoning models: thinking and text chunks
+            content = self._chunks_text(content)
+        if content is not None and not isinstance(content, str):
             raise self.malformed("message content is not text")
+        refused = _refused(content, message.get("refusal"), finish_reason)
         used, cost, reported, unpriced = self._chat_bill(data)
         if refused is not None:
             # the provider refused the prompt, and billed the call: the job fails (another
@@ -110,12 +109,33 @@ class OpenAIAdapter(HttpAdapter):
             return Submission(external_id=ext_id, result=PollResult(
                 status="failed", usage=used, cost_micros=cost, reported_cost_micros=reported,
                 error=fault, provider_status=refused, unpriced=unpriced))
+        # no content (null or left out) and no refusal: a model that gave no text (vLLM's
+        # answer when max_tokens ran out in a reasoning model's thinking) is read as the
+        # empty text OpenAI's own models answer then, and charged its bill; taken for an
+        # unreadable answer, it was reconciled as a lost one and paid again elsewhere
         output = {"text": content or "", "finish_reason": finish_reason}
         result = PollResult(
             status="succeeded", output=output, usage=used, cost_micros=cost,
             reported_cost_micros=reported, provider_status="succeeded", unpriced=unpriced,
         )
         return Submission(external_id=ext_id, result=result)
+
+    def _chunks_text(self, chunks: list[Any]) -> str:
+        """The text of a ``content`` given as chunks (Mistral's Magistral models:
+        ``[{"type": "thinking", "thinking": [...]}, {"type": "text", "text": "..."}]``): its
+        ``text`` chunks joined (a chunk without a ``type`` is text, as Mistral defaults it);
+        the others (the model's reasoning, references) are no part of the answer."""
+        parts: list[str] = []
+        for chunk in chunks:
+            if not isinstance(chunk, dict):
+                raise self.malformed("a content chunk is not an object")
+            if chunk.get("type", "text") != "text":
+                continue
+            text = chunk.get("text")
+            if not isinstance(text, str):
+                raise self.malformed("a text chunk has no text")
+            parts.append(text)
+        return "".join(parts)
 
     def _no_choice(self, data: dict[str, Any], ext_id: str) -> Submission:
         """A chat answer whose ``choices`` is empty: the call was made, and billed, and gave
@@ -221,15 +241,13 @@ def _call_id(data: dict[str, Any], key: str) -> str:
     return ext_id if is_provider_id(ext_id) else key
 
 
-def _refused(message: dict[str, Any], finish_reason: Any) -> str | None:
+def _refused(content: str | None, refusal: Any, finish_reason: Any) -> str | None:
     """Why an answer without content is a refusal: ``refusal`` (OpenAI: ``message.refusal``
     set, ``content`` null), ``content_filter`` (Azure's finish reason, ``content`` null or
     empty); None for an answer with content (a filter that cut it short leaves its text and
     its finish reason), or one that is no refusal."""
-    content = message.get("content")
-    if isinstance(content, str) and content:
+    if content:
         return None
-    refusal = message.get("refusal")
     if isinstance(refusal, str) and refusal:
         return "refusal"
     if finish_reason == "content_filter":

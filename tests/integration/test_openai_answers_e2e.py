@@ -323,21 +323,32 @@ def test_a_chat_answer_with_no_choice_fails_over_charged_its_bill(rig: Rig) -> N
     assert rig.ledger() == (bill + second.cost_micros, 0)
 
 
-def test_a_chat_answer_whose_tokens_all_went_to_reasoning_is_kept_charged_its_bill(
-        rig: Rig) -> None:
-    """chat-a, over the real wire, answers as vLLM (and the providers that serve reasoning
-    models with it) does when ``max_tokens`` ran out before the model's reasoning ended:
-    ``content: null``, the reasoning beside it, ``finish_reason: "length"`` and the usage it
-    bills. The call was made and billed: the job keeps its (empty) text with the finish
-    reason, charged that bill once, as OpenAI's own ``content: ""`` for the same ending is.
-    Taken for an unreadable answer, the attempt was closed uncertain, its bill uncharged,
-    and the job paid again on chat-b."""
+# what reasoning models' servers answer beside (or instead of) a string of content
+VLLM_OUT_OF_TOKENS = ({"content": None, "reasoning_content": "Let me think about ledgers"},
+                      "length", "")
+MAGISTRAL = ({"content": [
+    {"type": "thinking", "thinking": [{"type": "text", "text": "Let me think about ledgers"}]},
+    {"type": "text", "text": "Balanced, "}, {"type": "text", "text": "to the cent."}]},
+    "stop", "Balanced, to the cent.")
+
+
+@pytest.mark.parametrize(("message", "finish_reason", "text"), [VLLM_OUT_OF_TOKENS, MAGISTRAL],
+                         ids=["vllm-content-null", "mistral-content-chunks"])
+def test_a_reasoning_models_answer_is_kept_charged_its_bill(
+        rig: Rig, message: dict[str, Any], finish_reason: str, text: str) -> None:
+    """chat-a, over the real wire, answers as servers of reasoning models do: vLLM (and
+    the providers that serve models with it) ``content: null`` with the reasoning beside
+    it when ``max_tokens`` ran out before the reasoning ended; Mistral's Magistral models
+    ``content`` as a list of ``thinking`` and ``text`` chunks. The call was made and billed:
+    the job keeps its text (empty when there is none, as OpenAI's own ``content: ""`` for
+    the same ending) with the finish reason, charged that bill once. Taken for an
+    unreadable answer, the attempt was closed uncertain, its bill uncharged, and the job
+    paid again on chat-b."""
     with WireFake() as fake:
         fake.route("POST", "/v1/chat/completions", json_answer(200, {
             "id": "chatcmpl-thinking", "object": "chat.completion",
-            "choices": [{"index": 0, "finish_reason": "length",
-                         "message": {"role": "assistant", "content": None,
-                                     "reasoning_content": "Let me think about ledgers"}}],
+            "choices": [{"index": 0, "finish_reason": finish_reason,
+                         "message": {"role": "assistant", **message}}],
             "usage": {"prompt_tokens": 100, "completion_tokens": 200, "total_tokens": 300}}))
         job_id = rig.submit(text_job())
         with runner_with_backend_at(rig, "chat-a", fake.url) as runner:
@@ -346,7 +357,8 @@ def test_a_chat_answer_whose_tokens_all_went_to_reasoning_is_kept_charged_its_bi
 
     job = rig.job(job_id)
     assert job.status == "succeeded" and job.backend == "chat-a", job.error_code
-    assert job.result == {"output": {"text": "", "finish_reason": "length"}}
+    # the answer only: a model's reasoning is no part of it
+    assert job.result == {"output": {"text": text, "finish_reason": finish_reason}}
     (attempt,) = rig.attempts(job_id)  # no failover
     bill = actual_micros(rig.container.catalogue().get("chat-a"),
                          Usage(input_tokens=100, output_tokens=200))
