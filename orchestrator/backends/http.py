@@ -164,7 +164,8 @@ class HttpAdapter(ABC):
         return url
 
     def _headers(self, idempotency_key: str | None, has_body: bool) -> list[tuple[bytes, bytes]]:
-        # identity: a body we cannot decode would make a paid answer unreadable
+        # identity: a body we cannot decode would make a paid answer unreadable (gzip
+        # and deflate sent all the same are inflated: Reply.body)
         headers = [(b"Accept", b"application/json"), (b"Accept-Encoding", b"identity"),
                    (b"User-Agent", USER_AGENT)]
         key = self.backend.api_key()  # read per call from the environment; never logged

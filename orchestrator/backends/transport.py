@@ -59,6 +59,7 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -170,7 +171,27 @@ class Reply:
 
     def json(self) -> Any:
         """The body as JSON (ValueError if it is not)."""
-        return json.loads(self.content)
+        return json.loads(self.body())
+
+    def body(self) -> bytes:
+        """The body, with a ``gzip`` or ``deflate`` coding undone: a server (or a cache in
+        front of it) may compress its answer though asked for ``identity``, and a paid
+        answer left compressed is unreadable. Inflated up to MAX_ANSWER_BYTES, as much as
+        is read off the wire (ValueError past it, or for data that does not inflate);
+        another coding is left as it came."""
+        coding = (self.header("Content-Encoding") or "").strip().lower()
+        if coding not in ("gzip", "x-gzip", "deflate"):
+            return self.content
+        # 32 + MAX_WBITS: a gzip or a zlib header, whichever came (as browsers read deflate)
+        inflate = zlib.decompressobj(32 + zlib.MAX_WBITS)
+        try:
+            data = inflate.decompress(self.content, MAX_ANSWER_BYTES)
+        except zlib.error as exc:
+            raise ValueError(f"the {coding} body does not inflate ({exc})") from None
+        if inflate.unconsumed_tail:
+            raise ValueError(f"the {coding} body inflates past "
+                             f"{MAX_ANSWER_BYTES // 2**20} MiB")
+        return data
 
     def header(self, name: str) -> str | None:
         """The first header called ``name`` (any case), or None."""
@@ -201,7 +222,9 @@ class HttpxWire:
             method, to.url, headers=list(headers), content=body,
             extensions={"timeout": dict(timeout)}))
         resp.read()
-        return Reply(resp.status_code, resp.headers.raw, resp.content)
+        # httpx has undone the body's coding already: its header no longer says what it is
+        headers = [(k, v) for k, v in resp.headers.raw if k.lower() != b"content-encoding"]
+        return Reply(resp.status_code, headers, resp.content)
 
 
 def wire_for(transport: httpx.BaseTransport) -> Wire:

@@ -5,12 +5,16 @@ prediction."""
 
 from __future__ import annotations
 
+import gzip
+import json
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from orchestrator.backends import BackendFault, RetryPolicy, TransientError, make_adapter
+from orchestrator.backends import transport as transport_module
 from orchestrator.backends.base import BackendAdapter
 from orchestrator.backends.errors import OutcomeUnknown
 from orchestrator.backends.transport import Http11Transport
@@ -96,6 +100,45 @@ def test_an_answer_for_another_prediction_is_not_taken_as_this_ones(
     assert adapter.poll("p-1").output == "https://cdn/p-1.mp4"
     fake.route(*POLL, json_answer(200, {k: v for k, v in prediction().items() if k != "id"}))
     assert adapter.poll("p-1").status == "succeeded"
+
+
+def compressed(status: int, obj: Any, coding: str) -> bytes:
+    """An answer whose body is compressed with ``coding`` (gzip, or zlib's deflate)."""
+    body = json.dumps(obj).encode()
+    body = gzip.compress(body) if coding == "gzip" else zlib.compress(body)
+    return (f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+            f"Content-Encoding: {coding}\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_an_answer_compressed_though_asked_for_identity_is_read(
+        fake: WireFake, adapter: BackendAdapter, coding: str) -> None:
+    """A server (or a cache in front of it) that compresses its answer though asked for
+    ``Accept-Encoding: identity``: the create made the work and named it, the poll says it
+    succeeded. Left compressed, the create was a lost answer (closed uncertain on a provider
+    without de-duplication, and paid again elsewhere) and the finished poll unreadable (the
+    work stopped and its output lost)."""
+    fake.route(*CREATE, raw(compressed(201, {"id": "p-1", "status": "starting"}, coding)))
+    fake.route(*POLL, raw(compressed(200, prediction(
+        metrics={"video_seconds": 4, "resolution": "720p"}), coding)))
+    assert adapter.submit(video(), "job-1:1").external_id == "p-1"
+    res = adapter.poll("p-1")
+    assert res.status == "succeeded" and res.output == "https://cdn/p-1.mp4"
+    assert res.cost_micros == 200_000  # 4 s at $0.05
+    assert len(fake.received(*CREATE)) == 1
+
+
+def test_a_compressed_answer_is_not_inflated_past_the_largest_answer_read(
+        fake: WireFake, adapter: BackendAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few kilobytes that inflate past the largest answer read (a compression bomb) are
+    an unreadable answer, never inflated whole into a worker's memory."""
+    monkeypatch.setattr(transport_module, "MAX_ANSWER_BYTES", 1024 * 1024)
+    bomb = prediction(output="x" * (2 * 1024 * 1024))
+    fake.route(*POLL, raw(compressed(200, bomb, "gzip")))
+    with pytest.raises(BackendFault) as err:
+        adapter.poll("p-1")
+    assert err.value.code == "malformed_response"
 
 
 def chat(fake: WireFake, transport: Http11Transport) -> BackendAdapter:

@@ -4,6 +4,9 @@ configuration refused, an account out of credit, and the waits providers ask for
 
 from __future__ import annotations
 
+import gzip
+import json
+
 import httpx
 import pytest
 
@@ -142,6 +145,16 @@ def test_answers_are_asked_for_uncompressed() -> None:
 
     mock("txt", handler).submit(TEXT, "k")
     assert seen == ["identity"]
+
+
+def test_an_answer_compressed_though_asked_for_identity_is_read_once() -> None:
+    """Through another httpx transport (which inflates the body itself) a compressed answer
+    is read as the real wire reads it (test_wire), not inflated twice."""
+    body = gzip.compress(json.dumps(CHAT).encode())
+    res = mock("txt", lambda request: httpx.Response(
+        200, content=body, headers={"Content-Encoding": "gzip"})).submit(TEXT, "k").result
+    assert res is not None and res.status == "succeeded"
+    assert res.output == {"text": "ok", "finish_reason": "stop"}
 
 
 @pytest.mark.parametrize(("base_url", "called"), [
