@@ -2,8 +2,8 @@
 (``orchestrator.backends.errors``), for every HTTP adapter: its status, the error code and
 parameter its body names (``{"error": {"code" or "type", "param"}}`` or ``{"code" or
 "type"}``; a provider's free-text message is never read), and the wait it asks for. And
-the two things said of a provider's words: ``safe_token`` (a code reduced to what is safe
-to log) and ``warn_once``.
+the things said of a provider's words: ``safe_token`` (a code reduced to what is safe to
+log), ``warn_once``, and ``whole_count`` (how a count it sends is read).
 """
 
 from __future__ import annotations
@@ -54,6 +54,18 @@ def warn_once(key: tuple[str, ...], message: str, *args: Any) -> None:
         _WARNED.clear()
     _WARNED.add(key)
     log.warning(message, *args)
+
+
+def whole_count(value: Any, limit: int = 10**12) -> int | None:
+    """A count a provider sent (tokens, images): a non-negative whole number up to
+    ``limit``, written ``10`` or ``10.0`` (JSON has one number type; a server that counts in
+    floats writes the second), as an int; None for anything else. A count refused makes the
+    whole answer unreadable, and a paid answer unreadable is reconciled as a lost one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():  # NaN and the infinities are not
+        value = int(value)
+    return value if isinstance(value, int) and 0 <= value <= limit else None
 
 
 def safe_token(value: Any, limit: int = 64) -> str | None:

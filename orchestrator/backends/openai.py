@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from orchestrator.backends.answers import warn_once
+from orchestrator.backends.answers import warn_once, whole_count
 from orchestrator.backends.base import PollResult, Submission
 from orchestrator.backends.errors import BackendFault, JobFault
 from orchestrator.backends.http import HttpAdapter, is_provider_id
@@ -161,9 +161,10 @@ class OpenAIAdapter(HttpAdapter):
             raise self.malformed("usage is not an object")
         counts = [None, None] if usage is None else [usage.get("prompt_tokens"),
                                                      usage.get("completion_tokens")]
-        if any(c is not None and not _count(c) for c in counts):
+        if any(c is not None and whole_count(c) is None for c in counts):
             raise self.malformed("usage token counts are not non-negative integers")
-        prompt_tokens, completion_tokens = counts
+        prompt_tokens, completion_tokens = (None if c is None else whole_count(c)
+                                            for c in counts)
         if prompt_tokens is not None and completion_tokens is not None:
             used = Usage(input_tokens=prompt_tokens, output_tokens=completion_tokens)
             cost, reported = self.cost(used, data.get("cost_usd"))
@@ -253,7 +254,3 @@ def _refused(content: str | None, refusal: Any, finish_reason: Any) -> str | Non
     if finish_reason == "content_filter":
         return "content_filter"
     return None
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -30,7 +30,12 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from orchestrator.backends.answers import CONTENT_POLICY_MARKERS, safe_token, warn_once
+from orchestrator.backends.answers import (
+    CONTENT_POLICY_MARKERS,
+    safe_token,
+    warn_once,
+    whole_count,
+)
 from orchestrator.backends.base import PollResult, Status, Submission
 from orchestrator.backends.errors import BackendError, BackendFault, JobFault, LookupUnsupported
 from orchestrator.backends.http import HttpAdapter, is_provider_id
@@ -239,9 +244,10 @@ class PredictionsAdapter(HttpAdapter):
             key = name if metrics.get(name) is not None else _USAGE_ALIASES.get(name, name)
             value = _numeral(metrics.get(key), _DIGITS)
             if value is not None:
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                count = whole_count(value)
+                if count is None:
                     raise self.malformed(f"{key} is not a non-negative integer")
-                fields[name] = value
+                fields[name] = count
         for name in _USAGE_STR:
             value = metrics.get(name)
             if value is not None:

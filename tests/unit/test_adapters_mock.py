@@ -324,6 +324,34 @@ def test_a_run_time_quoted_with_all_its_floats_digits_is_read(quoted: str) -> No
     assert res.cost_micros == plain.cost_micros is not None
 
 
+def test_counts_written_as_whole_floats_are_read_as_their_numbers() -> None:
+    """JSON has one number type: a server that counts tokens in floats writes ``10.0``.
+    Refused, a paid answer would be unreadable, reconciled as a lost one and paid again on
+    another backend. A count that is not whole stays unreadable."""
+    floats = mock("txt", answer({**CHAT, "usage": {"prompt_tokens": 10.0,
+                                                   "completion_tokens": 20.0}})).submit(TEXT, "k1")
+    ints = mock("txt", answer(CHAT)).submit(TEXT, "k1")
+    assert floats.result is not None and ints.result is not None
+    assert floats.result.status == "succeeded" and floats.result.usage == ints.result.usage
+    assert floats.result.cost_micros == ints.result.cost_micros == 50  # 10 + 40 micro-USD
+    assert floats.result.usage is not None and type(floats.result.usage.output_tokens) is int
+    for half in ({"prompt_tokens": 10.5, "completion_tokens": 20},
+                 {"prompt_tokens": 10, "completion_tokens": 1e300},
+                 {"prompt_tokens": True, "completion_tokens": 20}):
+        with pytest.raises(OutcomeUnknown, match="token counts"):
+            mock("txt", answer({**CHAT, "usage": half})).submit(TEXT, "k1")
+
+    body = {"id": "p1", "status": "succeeded", "output": "hi",
+            "metrics": {"input_token_count": 1000.0, "output_token_count": 500.0}}
+    res = mock("txt-pred", answer(body)).poll("p1")
+    assert res.usage is not None and (res.usage.input_tokens, res.usage.output_tokens) == (
+        1000, 500)
+    assert res.cost_micros == 2_000
+    with pytest.raises(BackendFault, match="output_token_count"):
+        mock("txt-pred", answer({**body, "metrics": {"input_token_count": 1000,
+                                                      "output_token_count": 499.5}})).poll("p1")
+
+
 def test_cost_mismatch_is_flagged_and_usage_wins(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
         res = mock("vid", answer(prediction(cost_usd=0.5))).poll("p1")
