@@ -253,7 +253,9 @@ class PredictionsAdapter(HttpAdapter):
             if value is not None:
                 if not isinstance(value, str):
                     raise self.malformed(f"{name} is not a string")
-                fields[name] = value
+                # "720P", "1024X1024": the catalogue's names in another case; unmatched,
+                # a success is charged its worst case instead of its bill
+                fields[name] = value.strip().lower()
         return Usage(**fields) if fields else None
 
     def _failure(self, error: Any) -> BackendError:

@@ -207,6 +207,8 @@ def _compute(price: PerComputeSecondPrice, seconds: float) -> int:
 
 
 def _only(mults: dict[str, int]) -> str:
-    if len(mults) == 1:
+    """The resolution a video without one is priced at: any, when every resolution costs
+    the same (one listed, or the default multipliers, all 1)."""
+    if len(set(mults.values())) == 1:
         return next(iter(mults))
     raise NotPriceable("the backend reported no resolution")

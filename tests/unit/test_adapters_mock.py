@@ -352,6 +352,27 @@ def test_counts_written_as_whole_floats_are_read_as_their_numbers() -> None:
                                                       "output_token_count": 499.5}})).poll("p1")
 
 
+def test_a_resolution_in_capitals_or_left_out_where_all_cost_the_same_is_priced() -> None:
+    """``720P`` is the catalogue's ``720p``; a video without a resolution on a backend whose
+    resolutions all cost the same is priced at that one price. Either, unmatched, was charged
+    its worst case instead of its bill."""
+    shouted = mock("vid", answer(prediction(metrics={"video_seconds": 4, "resolution": " 720P "}
+                                            ))).poll("p1")
+    assert shouted.usage is not None and shouted.usage.resolution == "720p"
+    assert shouted.cost_micros == 400_000 and not shouted.unpriced
+    flat = parse_catalogue({"backends": [
+        {"name": "flat", "protocol": "predictions", "kinds": ["video"], "tier": "draft",
+         "base_url": "http://provider.test/flat",
+         "price": {"model": "per_second", "usd_per_second": 0.1}}]}).get("flat")
+    unsaid = make_adapter(flat, httpx.MockTransport(answer(prediction(
+        metrics={"video_seconds": 4}, cost_usd=None))), retry=NO_SLEEP).poll("p1")
+    assert unsaid.status == "succeeded" and unsaid.cost_micros == 400_000
+    assert not unsaid.unpriced
+    # where they differ, a video without its resolution cannot be priced by its metrics
+    res = mock("vid", answer(prediction(metrics={"video_seconds": 4}, cost_usd=None))).poll("p1")
+    assert res.unpriced and res.cost_micros is None
+
+
 def test_cost_mismatch_is_flagged_and_usage_wins(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="orchestrator.backends"):
         res = mock("vid", answer(prediction(cost_usd=0.5))).poll("p1")
