@@ -190,7 +190,27 @@ class OpenAIAdapter(HttpAdapter):
         items = data.get("data")
         if not isinstance(items, list):
             raise self.malformed("no data")
-        if not items:
+        fmt = data.get("output_format") or body.get("output_format")
+        media = IMAGE_TYPES.get(fmt.lower() if isinstance(fmt, str) else "", "image/png")
+        urls: list[str] = []
+        for item in items:
+            url = item.get("url") if isinstance(item, dict) else None
+            if isinstance(url, str) and url.strip():
+                urls.append(url)
+                continue
+            b64 = item.get("b64_json") if isinstance(item, dict) else None
+            if b64 is None and isinstance(url, str):
+                continue  # an empty url: no image, as the predictions' empty output
+            if b64 is None:
+                raise self.malformed("an image has no url or b64_json")
+            # line breaks and the URL-safe alphabet are base64 too; jsonb and a data: URL
+            # then carry only the standard alphabet's characters: nothing else is stored
+            if isinstance(b64, str):
+                b64 = "".join(b64.split()).replace("-", "+").replace("_", "/")
+            if not isinstance(b64, str) or not _BASE64.fullmatch(b64):
+                raise self.malformed("an image's b64_json is not base64")
+            urls.append(f"data:{media};base64,{b64}")
+        if not urls:
             # answered, and no image: the provider's failure (another backend may do
             # better), charged the answer's cost_usd (without one, no image returned is
             # nothing by price)
@@ -201,24 +221,6 @@ class OpenAIAdapter(HttpAdapter):
                 error=BackendFault(f"{self.name}: answered without images",
                                    code="empty_output", backend=self.name),
                 provider_status="succeeded"))
-        fmt = data.get("output_format") or body.get("output_format")
-        media = IMAGE_TYPES.get(fmt.lower() if isinstance(fmt, str) else "", "image/png")
-        urls: list[str] = []
-        for item in items:
-            url = item.get("url") if isinstance(item, dict) else None
-            if isinstance(url, str):
-                urls.append(url)
-                continue
-            b64 = item.get("b64_json") if isinstance(item, dict) else None
-            if b64 is None:
-                raise self.malformed("an image has no url or b64_json")
-            # line breaks and the URL-safe alphabet are base64 too; jsonb and a data: URL
-            # then carry only the standard alphabet's characters: nothing else is stored
-            if isinstance(b64, str):
-                b64 = "".join(b64.split()).replace("-", "+").replace("_", "/")
-            if not isinstance(b64, str) or not _BASE64.fullmatch(b64):
-                raise self.malformed("an image's b64_json is not base64")
-            urls.append(f"data:{media};base64,{b64}")
         ext_id = _call_id(data, key)
         used = Usage(images=len(urls), image_size=size)
         cost, reported = self.cost(used, data.get("cost_usd"))

@@ -162,13 +162,25 @@ def test_a_prediction_that_succeeds_with_nothing_is_a_billed_failure(output: Any
     assert res.cost_micros == 400_000  # its metrics priced: 4 s x $0.1, as on success
 
 
+@pytest.mark.parametrize("data", [[], [{"url": ""}], [{"url": " ", "b64_json": None}]])
 @pytest.mark.parametrize(("cost_usd", "charged"), [(0.04, 40_000), (None, 0)])
 def test_an_image_call_answered_with_no_image_is_a_failure_charged_its_cost(
-        cost_usd: float | None, charged: int) -> None:
-    sub = mock("img", answer({"data": [], "cost_usd": cost_usd})).submit(IMAGE, "k1")
+        data: list[Any], cost_usd: float | None, charged: int) -> None:
+    """No image, or only empty urls: nothing delivered, the backend's failure (it fails
+    over), not a success whose image is an empty string."""
+    sub = mock("img", answer({"data": data, "cost_usd": cost_usd})).submit(IMAGE, "k1")
     assert sub.result is not None and sub.result.status == "failed"
     assert isinstance(sub.result.error, BackendFault)
     assert sub.result.error.code == "empty_output" and sub.result.cost_micros == charged
+
+
+def test_an_empty_url_beside_images_is_left_out_and_not_charged() -> None:
+    two = {"data": [{"url": "https://cdn.test/a.png"}, {"url": ""}]}
+    sub = mock("img", answer(two)).submit(IMAGE, "k1")
+    assert sub.result is not None and sub.result.status == "succeeded"
+    assert sub.result.output == {"images": ["https://cdn.test/a.png"]}
+    assert sub.result.usage is not None and sub.result.usage.images == 1
+    assert sub.result.cost_micros == 40_000
 
 
 @pytest.mark.parametrize(
