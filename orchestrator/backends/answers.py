@@ -25,7 +25,11 @@ JOB_FAULT_STATUSES = frozenset({400, 422})
 GATEWAY_STATUSES = frozenset({502, 504, 520, 524})
 # 4xx codes that say the backend's model is wrong, whatever the job: another backend can run it
 MODEL_CODES = frozenset({"model_not_found", "invalid_model", "unknown_model",
-                         "model_not_available"})
+                         "model_not_available", "invalid_version"})
+# RFC 9457 problem titles (a constant per kind of problem, unlike ``detail``) that name a code,
+# for a provider whose error bodies carry no ``code``: Replicate answers a version that does not
+# exist, or that the account may not run, so (422), which is no fault of the job's input
+_PROBLEM_TITLES = {"invalid version or not permitted": "invalid_version"}
 # A parameter the adapters send in every request, whatever its value: the provider refusing
 # the parameter itself (``unsupported_parameter``: o-series models refuse ``max_tokens``) is
 # the backend's configuration at fault. A refused value (``unsupported_value``) or a job's own
@@ -171,4 +175,8 @@ def provider_error(resp: Reply) -> tuple[str | None, str | None]:
     if isinstance(err, dict):
         code = safe_token(err.get("code")) or safe_token(err.get("type"))
         return code, safe_token(err.get("param"))
-    return safe_token(body.get("code")) or safe_token(body.get("type")), None
+    code = safe_token(body.get("code")) or safe_token(body.get("type"))
+    title = body.get("title")
+    if code is None and isinstance(title, str):
+        code = _PROBLEM_TITLES.get(" ".join(title.lower().split()))
+    return code, None

@@ -77,6 +77,26 @@ def test_a_refused_backend_configuration_is_the_backends_fault(code: str) -> Non
     assert "Unsupported" not in str(info.value) and info.value.details["param"] == "max_tokens"
 
 
+def test_replicates_invalid_version_is_the_backends_fault_and_its_input_refusal_the_jobs(
+        ) -> None:
+    """Replicate answers a version that does not exist, or that the account may not run,
+    422 with a problem body and no code: every job would fail there, so it is the backend's
+    configuration (a strike, failover), not each job's input. Its refusal of a job's input
+    (also 422, another title) stays the job's fault."""
+    version = {"title": "Invalid version or not permitted", "status": 422,
+               "detail": "The specified version does not exist (or perhaps you don't have "
+                         "permission to use it?)"}
+    with pytest.raises(BackendFault) as info:
+        mock("vid", answer(version, 422)).submit(VIDEO, "k")
+    assert info.value.code == "backend_config" and info.value.strike
+    assert "permission" not in str(info.value)  # the provider's words are never kept
+    refused = {"title": "Input validation failed", "status": 422,
+               "detail": "- input.prompt: Does not match pattern"}
+    with pytest.raises(JobFault) as job_info:
+        mock("vid", answer(refused, 422)).submit(VIDEO, "k")
+    assert job_info.value.code == "invalid_input" and not job_info.value.strike
+
+
 @pytest.mark.parametrize(("code", "param"), [
     ("unsupported_value", "temperature"), ("unsupported_parameter", "temperature"),
     ("unsupported_value", "max_tokens")])
