@@ -164,7 +164,8 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
     @r.get("/jobs/{job_id}/events", summary="A job's events as Server-Sent Events",
            response_class=EventSourceResponse,
            responses={**_SSE_DOC, 204: {"description": "resumed after the job's terminal "
-                                               "event: the stream has nothing more"},
+                                               "event, or a finished job with no event "
+                                               "left: the stream has nothing more"},
                       404: _err("no such job (or not yours)"),
                       503: _err("too many streams open on this API process")})
     async def job_stream(
@@ -175,12 +176,12 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
         await to_thread.run_sync(owned, job_id, p.tenant)
         if last_event_id is not None:
             start = await to_thread.run_sync(resume_seq, job_id, last_event_id.strip())
-        if start > 0:
-            status, rest = await to_thread.run_sync(read_job, job_id, start)
-            if not rest and status in _FINAL:
-                # resumed after the terminal event: nothing will come. 204 is what stops an
-                # EventSource, which reconnects after every 200 stream that ends
-                return Response(status_code=204, headers={"Cache-Control": "no-cache"})
+        was, rest = await to_thread.run_sync(read_job, job_id, start)
+        if not rest and was in _FINAL:
+            # resumed after the terminal event, or a finished job whose events retention
+            # deleted: nothing will come. 204 is what stops an EventSource, which reconnects
+            # after every 200 stream that ends (without a Last-Event-ID if it got no id)
+            return Response(status_code=204, headers={"Cache-Control": "no-cache"})
         admit_stream()
 
         async def events() -> AsyncIterator[ServerSentEvent]:
@@ -188,6 +189,11 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
             key = KeyCheck(ctx, p, ping_s)
             hub.streams += 1
             try:
+                for ev in rest:  # read above; what commits from now on is read below
+                    cursor = ev.seq
+                    yield _message(ev)
+                if was in _FINAL or any(ev.terminal for ev in rest):
+                    return
                 with hub.watch_job(job_id) as wake:
                     while True:
                         wake.clear()
