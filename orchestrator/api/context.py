@@ -34,6 +34,8 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: _err("missing or invalid API key (answered before the body is read)"),
     408: _err("the request body did not arrive in time"),
     413: _err("request body too large"),
+    415: _err("a body in a content coding (Content-Encoding), on any route; on a route that "
+              "reads a body, one that is not JSON (another Content-Type, or none)"),
     422: _err("invalid request (the message names the field)"),
     429: {**_err("rate limited: the tenant's requests, or the client address's failed "
                  "authentications"), "headers": _RETRY_AFTER},

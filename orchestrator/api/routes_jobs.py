@@ -73,6 +73,12 @@ def router(ctx: ApiContext) -> APIRouter:
         response_description="the new job; or, for an Idempotency-Key already used with the "
                              "same body, the same job (with Idempotent-Replayed: true)",
         responses={
+            202: {"headers": {
+                "Location": {"required": True, "schema": {"type": "string"},
+                             "description": "the job's path, /v1/jobs/{id}: where to poll it"},
+                "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]},
+                                        "description": "true: the job an earlier submission "
+                                                       "with this Idempotency-Key made"}}},
             402: _err("a covering budget cannot hold the job's worst-case cost"),
             409: _err("Idempotency-Key reused with a different body"),
         },

@@ -4,8 +4,12 @@ API, PostgreSQL and Redis."""
 
 from __future__ import annotations
 
+import gzip
+import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import httpx
 from sqlalchemy import text
 
 from orchestrator.events.retention import expire
@@ -33,3 +37,46 @@ def test_a_finished_jobs_stream_with_no_event_left_is_204_not_an_empty_stream(ap
     assert c.get(f"/v1/jobs/{job_id}/events", params={"after": 1}).status_code == 204
     # the job itself says how it ended
     assert c.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def _operations(api: Api) -> list[tuple[str, str, dict[str, Any]]]:
+    doc = httpx.get(f"{api.url}/openapi.json").json()
+    return [(method.upper(), path, op) for path, ops in doc["paths"].items()
+            for method, op in ops.items() if path.startswith("/v1/")]
+
+
+def _concrete(path: str) -> str:
+    """A path of the document with its parameters filled in (ids that name nothing)."""
+    return (path.replace("{job_id}", str(uuid.uuid4())).replace("{n}", "0")
+            .replace("{key_id}", "999999").replace("{delivery_id}", "999999"))
+
+
+def test_every_status_a_route_answers_at_its_edge_is_in_the_openapi_document(api: Api) -> None:
+    """A client generated from /openapi.json (or a proxy that validates answers against it)
+    takes an undeclared status for a broken server: a compressed body is 415 on every /v1
+    route, before the route runs, so every operation declares it."""
+    gz = gzip.compress(b'{"kind": "video"}')
+    c = api.admin()
+    for method, path, op in _operations(api):
+        r = c.request(method, _concrete(path), content=gz,
+                      headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        assert r.status_code == 415, (method, path, r.status_code, r.text)
+        assert r.json()["error"]["code"] == "unsupported_media_type"
+        assert "415" in op["responses"], (method, path, sorted(op["responses"]))
+
+
+def test_a_submissions_202_declares_its_location_and_replay_headers(api: Api) -> None:
+    """Both headers of a submission's 202 are in the document, so a generated client
+    exposes them (Location: the job to poll; Idempotent-Replayed: a retry's answer)."""
+    [op] = [op for method, path, op in _operations(api)
+            if (method, path) == ("POST", "/v1/jobs")]
+    headers = op["responses"]["202"].get("headers", {})
+    assert headers.get("Location", {}).get("required") is True, headers
+    assert "Idempotent-Replayed" in headers, headers
+    c = api.tenant()
+    key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    first, again = (c.post("/v1/jobs", json=video(), headers=key) for _ in range(2))
+    assert first.headers["Location"] == again.headers["Location"] == (
+        f"/v1/jobs/{first.json()['id']}")
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
