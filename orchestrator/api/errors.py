@@ -184,14 +184,28 @@ def _budget_refusal(exc: BudgetExceeded, shown: bool) -> tuple[str, dict[str, An
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc]
-    if parts and parts[0] in ("body", "query", "path", "header"):
-        where = parts[0]
-        rest = parts[1:]
-        if where == "body":
-            return ".".join(rest) or "body"
-        return f"{where}." + ".".join(rest) if rest else where
-    return ".".join(parts)
+    """A field's path as the documented ones read: names joined by dots, a list's items by
+    their index in brackets (``channels[1].type``, never ``channels.1.type``)."""
+    parts = list(loc)
+    body = bool(parts) and parts[0] == "body"
+    if body:
+        parts = parts[1:]
+    path = ""
+    for part in parts:
+        if isinstance(part, int) and path:
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or ("body" if body else "")
+
+
+# pydantic names Python's types; a client sent JSON, which has objects and lists (arrays)
+_JSON_TYPES = {
+    "dict_type": "Input should be a valid object",
+    "model_type": "Input should be a valid object",
+    "model_attributes_type": "Input should be a valid object",
+    "tuple_type": "Input should be a valid list",
+}
 
 
 def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
@@ -199,7 +213,8 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
     submitted value: it may hold a prompt)."""
     items = []
     for e in errors:
-        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        msg = _JSON_TYPES.get(str(e.get("type")))
+        msg = msg or str(e.get("msg", "invalid")).removeprefix("Value error, ")
         field = _field(e.get("loc", ()))
         if e.get("type") == "json_invalid":  # its loc is ("body", <character offset>)
             field, msg = "body", "not valid JSON"

@@ -80,3 +80,36 @@ def test_a_submissions_202_declares_its_location_and_replay_headers(api: Api) ->
         f"/v1/jobs/{first.json()['id']}")
     assert "Idempotent-Replayed" not in first.headers
     assert again.headers["Idempotent-Replayed"] == "true"
+
+
+def test_a_422_names_a_list_item_as_the_documented_fields_do_and_jsons_types(
+        api: Api) -> None:
+    """``details.field`` is one syntax whoever finds the fault (``channels[1].type`` is
+    documented, and what the channel checks say), and a message names JSON's types (an
+    object, a list), not Python's (a dictionary, a tuple)."""
+    admin = api.admin()
+    budget = {"scope": "global", "period": "month", "limit_usd": 1}
+    for channels, field in (([{"type": "slack", "url": "https://hooks.slack.com/x"}, 1],
+                             "channels[1]"),
+                            ([{"type": "email", "to": ["ops@example.com"]}],
+                             "channels[0].type")):
+        r = admin.put("/v1/budgets", json={**budget, "channels": channels})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["details"]["field"] == field, r.text
+    bad = admin.put("/v1/budgets", json={**budget, "alert_thresholds": [0.5, "x"]})
+    assert bad.json()["error"]["details"]["field"] == "alert_thresholds[1]", bad.text
+    c = api.tenant()
+    for body, field, message in (
+            ({**video(), "input": []}, "input", "Input should be a valid object"),
+            ({**video(), "metadata": "x"}, "metadata", "Input should be a valid object"),
+            ({**video(), "webhook_events": "job.queued"}, "webhook_events",
+             "Input should be a valid list"),
+            ({**budget, "channels": [1]}, "channels[0]", "Input should be a valid object")):
+        r = (admin.put("/v1/budgets", json=body) if "scope" in body
+             else c.post("/v1/quotes", json=body))
+        assert r.status_code == 422, r.text
+        err = r.json()["error"]
+        assert (err["details"]["field"], err["message"]) == (field, f"{field}: {message}"), err
+    for not_an_object in ([video()], "x"):
+        r = c.post("/v1/jobs", json=not_an_object)
+        assert r.json()["error"]["message"] == "body: Input should be a valid object", r.text
