@@ -254,7 +254,8 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
             page = await to_thread.run_sync(catch_up, start, limit)
             return JSONResponse({"items": [{**ev.payload(), "cursor": ev.feed_cursor}
                                            for ev in page],
-                                 "next_cursor": page[-1].feed_cursor if page else shown})
+                                 "next_cursor": page[-1].feed_cursor if page else shown},
+                                headers=_BY_ACCEPT)
         admit_stream()
 
         async def events() -> AsyncIterator[ServerSentEvent]:
@@ -290,7 +291,8 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
             finally:
                 hub.streams -= 1
 
-        return EventSourceResponse(events(), ping=ping_s, headers=_NO_BUFFERING,
+        return EventSourceResponse(events(), ping=ping_s,
+                                   headers={**_NO_BUFFERING, **_BY_ACCEPT},
                                    ping_message_factory=KeepAlive)
 
     return r
@@ -355,3 +357,5 @@ def _wants_json(accept: str | None) -> bool:
 
 # a reverse proxy (nginx) must pass each event on as it comes
 _NO_BUFFERING = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
+# the feed is JSON or a stream by the Accept header: both say so (RFC 9110 §12.5.5)
+_BY_ACCEPT = {"Vary": "Accept"}

@@ -113,3 +113,20 @@ def test_a_422_names_a_list_item_as_the_documented_fields_do_and_jsons_types(
     for not_an_object in ([video()], "x"):
         r = c.post("/v1/jobs", json=not_an_object)
         assert r.json()["error"]["message"] == "body: Input should be a valid object", r.text
+
+
+def test_the_feed_says_its_answer_depends_on_accept(api: Api) -> None:
+    """GET /v1/events answers JSON or a stream by the Accept header (proactive negotiation):
+    RFC 9110 §12.5.5 has both answers say so with ``Vary: Accept``, so that no cache between
+    the client and the API hands one client's representation to another."""
+    c = api.tenant()
+    page = c.get("/v1/events", headers={"Accept": "application/json"})
+    assert page.status_code == 200, page.text
+    with c.stream("GET", "/v1/events", headers={"Accept": "text/event-stream"},
+                  timeout=httpx.Timeout(10.0, read=10.0)) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        streamed = stream.headers
+    for headers in (page.headers, streamed):
+        vary = [v.strip().lower() for v in headers.get("vary", "").split(",")]
+        assert "accept" in vary, dict(headers)
