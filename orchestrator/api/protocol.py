@@ -38,7 +38,11 @@ from email.utils import formatdate
 from typing import Any
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from orchestrator.api.errors import envelope_bytes
 
@@ -73,6 +77,41 @@ async def _unavailable(scope: Any, receive: Any, send: Any) -> None:
                             (b"content-length", str(len(body)).encode()),
                             (b"retry-after", b"1"), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _unchunked(cycle: RequestResponseCycle) -> None:
+    """Answer an HTTP/1.0 request as 1.0 frames a body. uvicorn sends ``Transfer-Encoding:
+    chunked`` whenever an answer has no ``Content-Length`` (an event stream), whatever the
+    request's version, but a 1.0 client knows no chunked coding (RFC 9112 §6.1: a server
+    MUST NOT send it one): its stream would come with chunk sizes among the events. So such
+    an answer is written as is and ends with the connection (which uvicorn closes after
+    every 1.0 request), and a ``Connection: keep-alive`` of the app's is left out."""
+    send = cycle.send
+    raw = False
+
+    async def send10(message: Any) -> None:
+        nonlocal raw
+        if message["type"] == "http.response.start" and not cycle.response_started:
+            headers = [(n, v) for n, v in message.get("headers", ())
+                       if not (n.lower() == b"connection" and b"close" not in v.lower())]
+            framed = any(n.lower() in (b"content-length", b"transfer-encoding")
+                         for n, v in headers)
+            if not framed and cycle.scope["method"] != "HEAD" \
+                    and message["status"] not in (204, 304):
+                raw = True
+                cycle.chunked_encoding = False  # uvicorn adds no chunked coding then
+            message = {**message, "headers": headers}
+        elif raw and message["type"] == "http.response.body" and not cycle.disconnected \
+                and not cycle.response_complete:
+            if cycle.flow.write_paused:
+                await cycle.flow.drain()
+            cycle.transport.write(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            message = {"type": "http.response.body", "body": b""}  # uvicorn ends it
+        await send(message)
+
+    cycle.send = send10  # type: ignore[method-assign]
 
 
 class _Refused(Exception):
@@ -156,6 +195,9 @@ class EdgeProtocol(HttpToolsProtocol):
                 self.app = app
         else:
             super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope and self.scope["http_version"] == "1.0":
+            _unchunked(cycle)
         self._body_bytes = 0
         self._disarm_body()
         if self._declares_body() and not (self.parser.should_upgrade()

@@ -5,6 +5,7 @@ API, PostgreSQL and Redis."""
 from __future__ import annotations
 
 import gzip
+import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy import text
 
 from orchestrator.events.retention import expire
 
+from . import raw_http
 from .api_fixture import Api, api_fixture, video  # noqa: F401
 
 
@@ -130,3 +132,40 @@ def test_the_feed_says_its_answer_depends_on_accept(api: Api) -> None:
     for headers in (page.headers, streamed):
         vary = [v.strip().lower() for v in headers.get("vary", "").split(",")]
         assert "accept" in vary, dict(headers)
+
+
+def _read_to_close(sock: socket.socket) -> bytes:
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    return got
+
+
+def test_an_http10_client_gets_a_stream_it_can_read(api: Api) -> None:
+    """HTTP/1.0 is served (docs/api.md), and a 1.0 client knows no chunked coding: RFC 9112
+    §6.1 forbids Transfer-Encoding in an answer to it, so a stream (no Content-Length) is
+    sent as is and ends with the connection; and one Connection header, not keep-alive."""
+    c = api.tenant()
+    job_id = c.post("/v1/jobs", json=video()).json()["id"]
+    assert c.post(f"/v1/jobs/{job_id}/cancel").status_code == 200  # events: queued, cancelled
+    key = api.keys["acme"]
+    with raw_http.connect(api.url) as sock:
+        sock.sendall(f"GET /v1/jobs/{job_id}/events HTTP/1.0\r\n"
+                     f"Authorization: Bearer {key}\r\n\r\n".encode())
+        answer = _read_to_close(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = [tuple(x.strip() for x in ln.split(":", 1)) for ln in lines[1:]]
+    assert lines[0].split(" ")[1] == "200", head
+    assert not [v for n, v in headers if n.lower() == "transfer-encoding"], head
+    assert [v.lower() for n, v in headers if n.lower() == "connection"] == ["close"], head
+    assert body.startswith(b"id: "), body[:80]
+    assert [ln for ln in body.decode().splitlines() if ln.startswith("event: ")] == [
+        "event: job.queued", "event: job.cancelled"], body
+    # a 1.0 answer of known length is unchanged; a 1.1 stream is still chunked
+    with raw_http.connect(api.url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert _read_to_close(sock).endswith(b'{"status":"ok"}')
+    with c.stream("GET", f"/v1/jobs/{job_id}/events") as r:
+        assert r.headers["transfer-encoding"] == "chunked"
+        assert b"event: job.cancelled" in r.read()
