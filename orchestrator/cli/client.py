@@ -32,6 +32,7 @@ from orchestrator.client import (
     Job,
     NoEligibleBackend,
 )
+from orchestrator.client._core import API_KEY
 from orchestrator.domain.jobs import Kind, Strategy, Tier
 from orchestrator.store.jobs import FINAL, LIVE
 
@@ -100,7 +101,7 @@ def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str]:
     """The API URL and key a client command uses: the options, else ``ORCH_API_URL`` /
     ``ORCH_API_KEY``, else what ``orchestrator up`` wrote to its credentials file;
     ``ValueError`` for a URL that is none (``checked_url``), then one saying where a key can
-    come from when none of them has one."""
+    come from when none of them has one, or that the key is none (a newline read with it)."""
     from orchestrator.settings import load_settings
 
     settings = load_settings()
@@ -121,6 +122,11 @@ def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str]:
         raise ValueError(f"no API key: give --api-key or ORCH_API_KEY, or run `orchestrator "
                          f"up` (no credentials.json in {settings.data_dir.absolute()}; "
                          f"ORCH_DATA_DIR names the data dir it uses)")
+    if not isinstance(key, str) or not API_KEY.fullmatch(key):
+        # never quoted: httpx's own refusal, at every request, quotes the whole header
+        raise ValueError("the API key (--api-key, ORCH_API_KEY or the credentials file) has a "
+                         "space, a control character (a newline read with it from a file?) "
+                         "or a non-ASCII character")
     return url, key
 
 
@@ -131,19 +137,17 @@ def checked_url(url: str) -> str:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
         raise ValueError(INVALID_URL) from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    if parsed.scheme not in ("http", "https") or not parsed.host or not (
+            parsed.port is None or 0 < parsed.port < 65536):
         raise ValueError(INVALID_URL)
     return url
 
 
 def _client(api_url: str | None, api_key: str | None) -> Client:
-    """The SDK client; what httpx refuses while building it (the URL, a key it cannot put in
-    a header) as a ``ValueError`` that names which, never the key."""
+    """The SDK client, on the URL and key ``endpoint`` checked (a ``ValueError`` that says
+    what is wrong with them, never quoting either)."""
     url, key = endpoint(api_url, api_key)
-    try:
-        return Client(base_url=checked_url(url), api_key=key)
-    except UnicodeEncodeError:
-        raise ValueError("the API key has characters that are not ASCII") from None
+    return Client(base_url=url, api_key=key)
 
 
 def _print_json(data: Any) -> None:

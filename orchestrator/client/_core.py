@@ -49,14 +49,41 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 
 
 def resolve_base_url(base_url: str | None) -> str:
+    """``base_url``, else ``ORCH_API_URL``, without its trailing slash; ValueError when
+    neither gives one, or when it is not an http(s) URL with a host (``127.0.0.1:8000``
+    has no scheme), said at once rather than by the first request, and never quoted: a URL
+    may carry a password."""
     url = base_url or os.environ.get("ORCH_API_URL")
     if not url:
         raise ValueError("no API URL: pass base_url= or set ORCH_API_URL")
+    where = "base_url" if base_url else "ORCH_API_URL"
+    try:
+        parsed = httpx.URL(url)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.host) and (
+            parsed.port is None or 0 < parsed.port < 65536)
+    except httpx.InvalidURL:
+        ok = False
+    if not ok:
+        raise ValueError(f"{where} is not an http(s) URL with a host, such as "
+                         "http://127.0.0.1:8000 (no spaces or control characters)")
     return url.rstrip("/")
 
 
+# What an API key may hold: printable ASCII, no space. A key read from a file with its
+# newline, or one with a space or a non-ASCII character, cannot be sent in a header: httpx
+# would refuse it at every request with a message that quotes the whole header, key included.
+API_KEY = re.compile(r"[\x21-\x7e]+")
+
+
 def resolve_api_key(api_key: str | None) -> str | None:
-    return api_key or os.environ.get("ORCH_API_KEY") or None
+    """``api_key``, else ``ORCH_API_KEY``, else None (no ``Authorization``: the API's 401);
+    ValueError, never quoting the key, for one that a header cannot carry."""
+    key = api_key or os.environ.get("ORCH_API_KEY") or None
+    if key is not None and not API_KEY.fullmatch(key):
+        where = "api_key" if api_key else "ORCH_API_KEY"
+        raise ValueError(f"{where} is not an API key: it has a space, a control character "
+                         "(a newline read with it from a file?) or a non-ASCII character")
+    return key
 
 
 def headers(api_key: str | None) -> dict[str, str]:

@@ -101,6 +101,45 @@ def test_no_key_anywhere_says_where_one_can_come_from(command: list[str],
         f"credentials.json in {tmp_path}; ORCH_DATA_DIR names the data dir it uses)")
 
 
+class _Counted(BaseHTTPRequestHandler):
+    """An API that answers every request 200 with nothing, counting them."""
+
+    requests = 0
+
+    def do_GET(self) -> None:
+        type(self).requests += 1
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("command", [["jobs", "list"], ["backends"], ["report"],
+                                     ["jobs", "watch", "5d8211f4-79ac-4a59-b6f1-4e0a95187c7f"]])
+def test_a_key_no_header_can_carry_is_one_line_that_never_shows_it(
+    command: list[str], tmp_path: Path,
+) -> None:
+    """A key with its newline (read from a file into ORCH_API_KEY): httpx would refuse the
+    header at every request, the SDK after its retries, quoting ``Bearer <the key>``."""
+    server = HTTPServer(("127.0.0.1", 0), _Counted)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Counted.requests = 0
+    env = {"ORCH_DATA_DIR": str(tmp_path), "ORCH_API_KEY": "orch_0123abcd_SECRETKEY\n",
+           "ORCH_API_URL": f"http://127.0.0.1:{server.server_port}"}
+    try:
+        result = CliRunner().invoke(app, command, env=env)
+    finally:
+        server.shutdown()
+    assert result.exit_code == 1, result.output
+    assert one_line(result.stderr) == (
+        "error: the API key (--api-key, ORCH_API_KEY or the credentials file) has a space, "
+        "a control character (a newline read with it from a file?) or a non-ASCII character")
+    assert "SECRET" not in result.stdout + result.stderr
+    assert _Counted.requests == 0
+
+
 class _ProxyPage(BaseHTTPRequestHandler):
     body = b"<html>upstream says: internal-detail-never-shown</html>"
     content_type = "text/html"

@@ -16,6 +16,7 @@ import pytest
 from orchestrator.client import (
     ApiConnectionError,
     ApiError,
+    AsyncClient,
     BudgetExceeded,
     Client,
     Conflict,
@@ -110,6 +111,61 @@ def test_base_url_and_key_default_to_the_environment(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("ORCH_API_URL")
     with pytest.raises(ValueError, match="ORCH_API_URL"):
         Client()
+
+
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_a_key_no_header_can_carry_is_refused_at_once_and_never_quoted(
+    cls: type[Client] | type[AsyncClient], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpx refuses such a header at every request (after the retries) with a message that
+    quotes it whole, ``Bearer`` and key: a key read from a file with its newline would end up
+    in the caller's logs."""
+    for bad in ("orch_0123abcd_SECRETKEY\n", " orch_0123abcd_SECRETKEY",
+                "orch_0123abcd_SECRET KEY", "orch_0123abcd_SECRETK\u00c9Y"):
+        with pytest.raises(ValueError, match=r"^api_key is not an API key") as info:
+            cls(BASE, bad)
+        assert "SECRET" not in str(info.value)
+    monkeypatch.setenv("ORCH_API_KEY", "orch_0123abcd_SECRETKEY\r\n")
+    with pytest.raises(ValueError, match=r"^ORCH_API_KEY is not an API key") as info:
+        cls(BASE)
+    assert "SECRET" not in str(info.value)
+
+
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_a_base_url_that_is_no_http_url_is_refused_at_once_and_never_quoted(
+    cls: type[Client] | type[AsyncClient], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not a ``cannot reach ://`` from the first request (after its retries), nor httpx's
+    own InvalidURL, which is no ValueError and may quote the URL's password."""
+    for bad in ("127.0.0.1:8000", "localhost:8000", "ftp://host/", "http://", "https:///v1",
+                " http://127.0.0.1:8000", "http://me:SECRETPW@127.0.0.1:8000\n",
+                "http://me:SECRETPW@[::1", "http://127.0.0.1:99999"):
+        with pytest.raises(ValueError, match=r"^base_url is not an http\(s\) URL") as info:
+            cls(bad, "k")
+        assert "SECRET" not in str(info.value), bad
+    monkeypatch.setenv("ORCH_API_URL", "127.0.0.1:8000")
+    with pytest.raises(ValueError, match=r"^ORCH_API_URL is not an http"):
+        cls(api_key="k")
+
+
+def test_a_base_url_with_a_path_prefix_keeps_it_for_every_route() -> None:
+    """An API behind a reverse proxy at https://host/orchestrator/: every call, the event
+    stream and a result file included, goes under the prefix, with or without its slash."""
+    stream = ('id: e1\nevent: job.succeeded\ndata: {"id": "e1", "type": "job.succeeded", '
+              '"job_id": "j-1", "seq": 1, "at": "2024-05-01T00:00:00Z"}\n\n')
+    for base in ("https://host/orchestrator", "https://host/orchestrator/"):
+        script = Script([
+            httpx.Response(202, json=job_json()),
+            httpx.Response(200, text=stream, headers={"Content-Type": "text/event-stream"}),
+            httpx.Response(200, content=b"PNG"),
+        ])
+        c = Client(base, "k", transport=script.transport())
+        c.submit(kind="text", input={"prompt": "x"})
+        assert [e.type for e in c.events("j-1")] == ["job.succeeded"]
+        assert c.result_file("/v1/jobs/j-1/result/files/0") == b"PNG"
+        assert [str(r.url) for r in script.requests] == [
+            "https://host/orchestrator/v1/jobs", "https://host/orchestrator/v1/jobs/j-1/events",
+            "https://host/orchestrator/v1/jobs/j-1/result/files/0"]
 
 
 @pytest.mark.parametrize(
