@@ -53,9 +53,14 @@ def fetch_report(
         if not isinstance(err, dict) or not err:
             raise ValueError(f"HTTP {r.status_code} from {origin(api_url)}, not an API error")
         raise ValueError(f"{err.get('code', r.status_code)}: {err.get('message', '')}")
-    if not isinstance(body, dict):
-        raise ValueError("the API answered something that is not a report")
+    if not isinstance(body, dict) or not body.keys() >= REPORT_FIELDS:
+        raise ValueError(f"{origin(api_url)} answered something that is not a cost report "
+                         "(is the API URL right?)")
     return body
+
+
+# what ``render`` reads of a report: an answer without them is not one (a wrong URL's JSON)
+REPORT_FIELDS = frozenset({"group_by", "groups", "jobs", "total_micros", "accuracy"})
 
 
 def render(rep: dict[str, Any]) -> list[str]:
@@ -127,8 +132,13 @@ def report(
         return
     if json_out:
         typer.echo(json.dumps(rep, indent=2))
-    else:
-        typer.echo("\n".join(render(rep)))
+        return
+    try:
+        lines = render(rep)
+    except (KeyError, TypeError, ValueError, AttributeError):  # a field of another shape
+        fail(f"{origin(url)} answered something that is not a cost report "
+             "(is the API URL right?)")
+    typer.echo("\n".join(lines))
 
 
 def _utc(iso: str) -> datetime:

@@ -228,9 +228,37 @@ def parse_response(call: Call[T], response: httpx.Response) -> T:
                        status=response.status_code, code="invalid_response") from None
     try:
         return call.parse(data)
-    except (ValidationError, KeyError, TypeError) as exc:
-        raise ApiError(f"{call.method} {call.path}: unexpected response shape ({exc})",
+    except (ValueError, KeyError, TypeError) as exc:  # a pydantic ValidationError is one
+        raise ApiError(f"{call.method} {call.path}: unexpected response shape "
+                       f"({shape_problem(exc)}); is the API URL right?",
                        status=response.status_code, code="invalid_response") from None
+
+
+def shape_problem(exc: Exception) -> str:
+    """What is wrong with an answer's shape, by the place in it, never quoting it (a job's
+    metadata and result are the tenant's data; pydantic's message shows the input)."""
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        if errors:
+            loc = ".".join(str(p) for p in errors[0]["loc"]) or "the answer"
+            more = f", and {len(errors) - 1} more" if len(errors) > 1 else ""
+            return f"{loc}: {errors[0]['msg']}{more}"
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r}" if exc.args else "a field is missing"
+    return type(exc).__name__
+
+
+def _field(name: str, kind: type[T]) -> Callable[[Any], T]:
+    """Parse an answer ``{name: <kind>, ...}`` into that value; TypeError for another type
+    (a bool is no int)."""
+
+    def parse(data: Any) -> T:
+        value = data[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise TypeError(f"{name} is no {kind.__name__}")
+        return value
+
+    return parse
 
 
 def _path_id(job_id: str) -> str:
@@ -311,7 +339,7 @@ def budgets() -> Call[list[Budget]]:
 
 
 def webhook_secret(tenant: str | None) -> Call[str]:
-    return Call("GET", "/v1/webhooks/secret", lambda d: str(d["secret"]),
+    return Call("GET", "/v1/webhooks/secret", _field("secret", str),
                 params=None if tenant is None else {"tenant": tenant})
 
 
@@ -333,7 +361,7 @@ def redeliver(delivery_id: int, tenant: str | None) -> Call[WebhookDelivery]:
 def redeliver_failed(job_id: str | None, tenant: str | None) -> Call[int]:
     params = {k: v for k, v in {"job_id": job_id, "tenant": tenant}.items() if v is not None}
     return Call("POST", "/v1/webhooks/deliveries/redeliver-failed",
-                lambda d: int(d["requeued"]), params=params or None, idempotent=False)
+                _field("requeued", int), params=params or None, idempotent=False)
 
 
 def create_key(tenant: str, admin: bool) -> Call[ApiKey]:

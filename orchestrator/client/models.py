@@ -83,7 +83,7 @@ class Job(_Model):
 
 
 class Page(_Model):
-    items: list[Job] = Field(default_factory=list)
+    items: list[Job]  # required: an answer without it is not a page (a wrong URL's JSON)
     next_cursor: str | None = None
 
 
@@ -145,7 +145,7 @@ class WebhookDelivery(_Model):
 
 
 class DeliveryPage(_Model):
-    items: list[WebhookDelivery] = Field(default_factory=list)
+    items: list[WebhookDelivery]  # required, as Page.items
     next_cursor: str | None = None
 
 

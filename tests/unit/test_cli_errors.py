@@ -174,6 +174,58 @@ def test_a_page_that_is_not_an_api_error_is_named_not_shown(
     assert line == f"error: HTTP 502 from http://127.0.0.1:{server.server_port}, not an API error"
 
 
+class _OtherJson(BaseHTTPRequestHandler):
+    """Not the API: a service that answers any path 200 with JSON of its own (a wrong port,
+    a proxy's health page)."""
+
+    body = b'{"status": "ok"}'
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_POST = do_GET
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+class _OtherReport(_OtherJson):
+    body = (b'{"group_by": "backend", "groups": [{"key": "b"}], "jobs": 1, '
+            b'"total_micros": 1, "accuracy": []}')
+
+
+NOT_A_REPORT = "{origin} answered something that is not a cost report (is the API URL right?)"
+
+
+@pytest.mark.parametrize(("page", "command", "said"), [
+    (_OtherJson, ["report"], NOT_A_REPORT), (_OtherJson, ["report", "--json"], NOT_A_REPORT),
+    (_OtherReport, ["report"], NOT_A_REPORT),
+    # not "no jobs" (status 0): a page has its items
+    (_OtherJson, ["jobs", "list"],
+     "GET /v1/jobs: unexpected response shape (items: Field required); is the API URL right?"),
+    (_OtherJson, ["webhooks", "deliveries"],
+     "GET /v1/webhooks/deliveries: unexpected response shape (items: Field required); is the "
+     "API URL right?"),
+])
+def test_an_answer_that_is_not_what_the_api_sends_is_one_line(
+    page: type[BaseHTTPRequestHandler], command: list[str], said: str,
+) -> None:
+    server = HTTPServer(("127.0.0.1", 0), page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{server.server_port}"
+    try:
+        result = invoke(*command, "--api-url", origin)
+    finally:
+        server.shutdown()
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert one_line(result.stderr) == "error: " + said.format(origin=origin)
+
+
 def test_usage_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
     env = {"ORCH_DATA_DIR": str(tmp_path), "ORCH_API_URL": "http://127.0.0.1:9",
            "ORCH_DATABASE_URL": CLOSED_DB}

@@ -534,6 +534,29 @@ def test_unexpected_response_shapes_raise_api_error() -> None:
         c.get("j-1")
 
 
+def test_an_answer_of_another_shape_is_an_api_error_that_never_quotes_it() -> None:
+    """A JSON answer from something else than the API (a wrong URL, a proxy's page) is no
+    empty page, no secret "None" and no ValueError; the message names the field, never the
+    answer's values (a job's metadata and result are the tenant's)."""
+    script = Script([httpx.Response(200, json={"status": "ok"})])
+    c = make(script)
+    for call in (c.list, c.webhook_deliveries):
+        with pytest.raises(ApiError, match=r"\(items: Field required\); is the API URL right"):
+            call()
+    for answer, method in (({"secret": None}, "webhook_secret"),
+                           ({"requeued": "12"}, "redeliver_failed"),
+                           ({"requeued": True}, "redeliver_failed")):
+        other = make(Script([httpx.Response(200, json=answer)]))
+        with pytest.raises(ApiError, match="unexpected response shape") as info:
+            getattr(other, method)()
+        assert info.value.code == "invalid_response"
+    job = {"status": "queued", "metadata": {"order": "TENANT-DATA"}, "result": "OUTPUT"}
+    with pytest.raises(ApiError) as info:
+        make(Script([httpx.Response(200, json=job)])).get("j-1")
+    assert str(info.value) == ("GET /v1/jobs/j-1: unexpected response shape (id: Field "
+                               "required); is the API URL right?")
+
+
 def test_job_ids_are_escaped_into_the_path() -> None:
     script = Script([httpx.Response(200, json=job_json())])
     make(script).get("../keys")
