@@ -163,29 +163,37 @@ def usd(value: float | None) -> str:
     return f"${whole}.{frac.ljust(2, '0')}"
 
 
-_INT_RE = re.compile(r"^[+-]?[0-9]+$")
-_FLOAT_RE = re.compile(r"^[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?$")
+# a number as JSON writes it: no sign but '-', no leading zero, digits on both sides of a
+# point (``007``, ``+5``, ``.5`` and ``1.`` are no JSON: they stay the strings written)
+_NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 
 def parse_value(raw: str) -> Any:
-    """A ``--param`` value: true/false/null, an int, a finite float, a JSON object, array or
-    quoted string where unambiguous; anything else stays the string it is."""
+    """A ``--param`` value: what it is as JSON (true/false/null, an int, a finite float, an
+    object, array or quoted string); anything else stays the string it is."""
     if raw in ("true", "false"):
         return raw == "true"
     if raw == "null":
         return None
-    if _INT_RE.match(raw):
-        return int(raw)
-    if _FLOAT_RE.match(raw):
+    number = _NUMBER_RE.fullmatch(raw)
+    if number is not None:
+        if number.group(1) is None and number.group(2) is None:
+            return int(raw)
         f = float(raw)
         if math.isfinite(f):
             return f
     if raw[:1] in ("{", "[", '"'):
         try:
-            return json.loads(raw)
+            return json.loads(raw, parse_constant=_no_constant)
         except ValueError:
             pass
     return raw
+
+
+def _no_constant(name: str) -> Any:
+    """``NaN`` and ``Infinity``, which Python's json reads, are no JSON (nor would the SDK
+    send them)."""
+    raise ValueError(f"{name} is no JSON")
 
 
 def parse_params(params: list[str]) -> dict[str, Any]:

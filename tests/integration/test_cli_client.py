@@ -47,6 +47,11 @@ def test_param_values_are_parsed_where_unambiguous() -> None:
         "style": None, "tags": ["a", "b"], "extra": {"k": 1}, "resolution": "720p",
         "size": "1024x1024", "label": "8", "note": "a=b", "empty": ""}
     assert parse_value("nan") == "nan" and parse_value("1e3") == 1000.0
+    # no JSON number, so the string written: a code with its leading zeros is never 7
+    for written in ("007", "01234", "+5", ".5", "1.", "-", "1e", "0x10", "1_000", "1e400"):
+        assert parse_value(written) == written, written
+    assert (parse_value("0"), parse_value("-0.5"), parse_value("2E-3")) == (0, -0.5, 0.002)
+    assert parse_value('{"a": NaN}') == '{"a": NaN}'  # no JSON either
     assert parse_value("{not json") == "{not json"
     for bad in (["novalue"], ["=3"], ["a=1", "a=2"]):
         with pytest.raises(ValueError):
