@@ -171,7 +171,13 @@ def is_retryable(error: ApiError, *, idempotent: bool, sent: bool) -> bool:
         return True
     if isinstance(error, ApiConnectionError):
         return idempotent or not sent
-    return idempotent and isinstance(error, ServerError) and error.status in RETRY_STATUSES
+    return (idempotent and isinstance(error, ServerError) and error.status in RETRY_STATUSES
+            and error.code not in SETTINGS_TO_FIX)
+
+
+# 5xx codes that no wait cures (the API sends them without Retry-After): a server setting
+# to fix, so the same request is refused again
+SETTINGS_TO_FIX = frozenset({"secret_key_missing"})
 
 
 def connection_error(exc: httpx.RequestError, base_url: str) -> tuple[ApiConnectionError, bool]:

@@ -265,6 +265,17 @@ def test_503_unavailable_is_retried_after_its_retry_after() -> None:
     assert len(script.requests) == 3 and len(keys) == 1
 
 
+def test_503_secret_key_missing_is_a_setting_to_fix_and_not_retried() -> None:
+    clock = FakeClock()
+    script = Script([envelope(503, "secret_key_missing", "no ORCH_SECRET_KEY to seal with"),
+                     httpx.Response(202, json=job_json())])
+    with pytest.raises(ServerError) as info:
+        make(script, clock).submit(kind="text", input={"prompt": "x"},
+                                   webhook_url="https://hooks.example.com/o")
+    assert info.value.code == "secret_key_missing"
+    assert len(script.requests) == 1 and clock.sleeps == []
+
+
 def test_503_unavailable_gives_up_as_unavailable_when_retries_run_out() -> None:
     clock = FakeClock()
     script = Script([envelope(503, "unavailable", "the redis is unavailable",
