@@ -224,6 +224,24 @@ def _details_retry_after(details: dict[str, Any]) -> float | None:
     return None
 
 
+def _redirect(response: httpx.Response) -> str:
+    """For a 3xx (the SDK follows no redirect: a POST must not become a GET elsewhere), where
+    it points: its origin only, as the rest may carry a token; a proxy sending http to https
+    is the usual one."""
+    if not response.is_redirect:
+        return ""
+    try:
+        target = response.url.join(response.headers["Location"])
+    except (httpx.InvalidURL, KeyError, ValueError):
+        return ""
+    if target.scheme not in ("http", "https") or not target.host:
+        return ""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    port = f":{target.port}" if target.port is not None else ""
+    return (f": the API URL redirects to {target.scheme}://{host}{port}, and the SDK follows "
+            "no redirect (give the URL it redirects to)")
+
+
 def error_from_response(response: httpx.Response) -> ApiError:
     """The typed error for a non-2xx response."""
     status = response.status_code
@@ -232,7 +250,7 @@ def error_from_response(response: httpx.Response) -> ApiError:
     if cls is None:
         cls = ServerError if status >= 500 else ApiError
     if not message:
-        message = f"HTTP {status} {response.reason_phrase}".strip()
+        message = f"HTTP {status} {response.reason_phrase}".strip() + _redirect(response)
     if cls is RateLimited or cls is Unavailable:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if retry_after is None:  # the header was stripped (a proxy): the envelope says it too

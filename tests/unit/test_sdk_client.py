@@ -202,6 +202,22 @@ def test_status_is_the_fallback_when_the_body_is_not_an_envelope() -> None:
     assert info.value.message == "HTTP 404 Not Found" and info.value.code == "not_found"
 
 
+def test_a_redirect_says_where_to_by_its_origin_and_is_not_followed() -> None:
+    """A proxy that sends http to https: the SDK follows no redirect (a submission must not
+    become a GET elsewhere), and says which URL to give instead."""
+    script = Script([httpx.Response(301, headers={
+        "Location": "https://api.example.com:8443/orchestrator/v1/jobs?token=SECRET"})])
+    with pytest.raises(ApiError) as info:
+        make(script).submit(kind="text", input={"prompt": "x"})
+    assert str(info.value) == (
+        "HTTP 301 Moved Permanently: the API URL redirects to https://api.example.com:8443, "
+        "and the SDK follows no redirect (give the URL it redirects to)")
+    assert len(script.requests) == 1
+    script = Script([httpx.Response(308, headers={"Location": "/elsewhere"})])
+    with pytest.raises(ApiError, match=f"redirects to {BASE}, "):
+        make(script).backends()
+
+
 def test_budget_exceeded_carries_the_budget_figures() -> None:
     script = Script([envelope(402, "budget_exceeded", "budget tenant:acme has $0.50 remaining",
                               scope="tenant:acme", period="month", remaining_usd=0.5,
