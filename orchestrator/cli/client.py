@@ -32,7 +32,7 @@ from orchestrator.client import (
     Job,
     NoEligibleBackend,
 )
-from orchestrator.client._core import API_KEY
+from orchestrator.client._core import API_KEY, is_api_url
 from orchestrator.domain.jobs import Kind, Strategy, Tier
 from orchestrator.store.jobs import FINAL, LIVE
 
@@ -132,13 +132,8 @@ def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str]:
 
 def checked_url(url: str) -> str:
     """``url`` if it is an http(s) URL with a host; ``ValueError(INVALID_URL)`` otherwise
-    (``127.0.0.1:8000`` has no scheme: httpx would read ``127.0.0.1`` as one)."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        raise ValueError(INVALID_URL) from None
-    if parsed.scheme not in ("http", "https") or not parsed.host or not (
-            parsed.port is None or 0 < parsed.port < 65536):
+    (the SDK's check, ``is_api_url``)."""
+    if not is_api_url(url):
         raise ValueError(INVALID_URL)
     return url
 

@@ -56,17 +56,22 @@ def resolve_base_url(base_url: str | None) -> str:
     url = base_url or os.environ.get("ORCH_API_URL")
     if not url:
         raise ValueError("no API URL: pass base_url= or set ORCH_API_URL")
-    where = "base_url" if base_url else "ORCH_API_URL"
-    try:
-        parsed = httpx.URL(url)
-        ok = parsed.scheme in ("http", "https") and bool(parsed.host) and (
-            parsed.port is None or 0 < parsed.port < 65536)
-    except httpx.InvalidURL:
-        ok = False
-    if not ok:
+    if not is_api_url(url):
+        where = "base_url" if base_url else "ORCH_API_URL"
         raise ValueError(f"{where} is not an http(s) URL with a host, such as "
                          "http://127.0.0.1:8000 (no spaces or control characters)")
     return url.rstrip("/")
+
+
+def is_api_url(url: str) -> bool:
+    """Whether httpx reads ``url`` as an http(s) URL with a host (and a port in range):
+    ``127.0.0.1:8000`` has no scheme (httpx would take ``127.0.0.1`` for one)."""
+    try:
+        parsed = httpx.URL(url)
+        return parsed.scheme in ("http", "https") and bool(parsed.host) and (
+            parsed.port is None or 0 < parsed.port < 65536)
+    except httpx.InvalidURL:
+        return False
 
 
 # What an API key may hold: printable ASCII, no space. A key read from a file with its
