@@ -210,19 +210,23 @@ class OpenAIAdapter(HttpAdapter):
             if not isinstance(b64, str) or not _BASE64.fullmatch(b64):
                 raise self.malformed("an image's b64_json is not base64")
             urls.append(f"data:{media};base64,{b64}")
+        # billed by the items answered, an empty one too: the provider may have made (and
+        # billed) an image it then failed to store; a budget must not learn of it later
+        used = Usage(images=len(items), image_size=size)
         if not urls:
             # answered, and no image: the provider's failure (another backend may do
-            # better), charged the answer's cost_usd (without one, no image returned is
-            # nothing by price)
+            # better), charged the answer's cost_usd, else its items' price (nothing for
+            # ``data: []``)
             cost, reported = self.cost(None, data.get("cost_usd"))
+            if cost is None:
+                cost, _ = self.cost(used, None)
             return Submission(external_id=_call_id(data, key), result=PollResult(
-                status="failed", usage=Usage(images=0, image_size=size),
-                cost_micros=cost or 0, reported_cost_micros=reported,
+                status="failed", usage=used, cost_micros=cost or 0,
+                reported_cost_micros=reported,
                 error=BackendFault(f"{self.name}: answered without images",
                                    code="empty_output", backend=self.name),
                 provider_status="succeeded"))
         ext_id = _call_id(data, key)
-        used = Usage(images=len(urls), image_size=size)
         cost, reported = self.cost(used, data.get("cost_usd"))
         result = PollResult(
             status="succeeded", output={"images": urls}, usage=used, cost_micros=cost,

@@ -162,25 +162,31 @@ def test_a_prediction_that_succeeds_with_nothing_is_a_billed_failure(output: Any
     assert res.cost_micros == 400_000  # its metrics priced: 4 s x $0.1, as on success
 
 
-@pytest.mark.parametrize("data", [[], [{"url": ""}], [{"url": " ", "b64_json": None}]])
-@pytest.mark.parametrize(("cost_usd", "charged"), [(0.04, 40_000), (None, 0)])
+@pytest.mark.parametrize(("data", "cost_usd", "charged"), [
+    ([], 0.04, 40_000), ([], None, 0),
+    ([{"url": ""}], 0.04, 40_000), ([{"url": " ", "b64_json": None}], 0.02, 20_000),
+    # no bill said: the items answered, each at its price (the provider may bill them)
+    ([{"url": ""}], None, 40_000), ([{"url": ""}, {"url": ""}], None, 80_000)])
 def test_an_image_call_answered_with_no_image_is_a_failure_charged_its_cost(
         data: list[Any], cost_usd: float | None, charged: int) -> None:
     """No image, or only empty urls: nothing delivered, the backend's failure (it fails
-    over), not a success whose image is an empty string."""
+    over), not a success whose image is an empty string. Charged the answer's cost_usd, else
+    its items' price."""
     sub = mock("img", answer({"data": data, "cost_usd": cost_usd})).submit(IMAGE, "k1")
     assert sub.result is not None and sub.result.status == "failed"
     assert isinstance(sub.result.error, BackendFault)
     assert sub.result.error.code == "empty_output" and sub.result.cost_micros == charged
 
 
-def test_an_empty_url_beside_images_is_left_out_and_not_charged() -> None:
+def test_an_empty_url_beside_images_is_left_out_of_the_output_and_charged() -> None:
+    """The result shows the images delivered; the charge counts every item answered, as a
+    provider that made an image and failed to store it may bill it."""
     two = {"data": [{"url": "https://cdn.test/a.png"}, {"url": ""}]}
     sub = mock("img", answer(two)).submit(IMAGE, "k1")
     assert sub.result is not None and sub.result.status == "succeeded"
     assert sub.result.output == {"images": ["https://cdn.test/a.png"]}
-    assert sub.result.usage is not None and sub.result.usage.images == 1
-    assert sub.result.cost_micros == 40_000
+    assert sub.result.usage is not None and sub.result.usage.images == 2
+    assert sub.result.cost_micros == 80_000
 
 
 @pytest.mark.parametrize(
