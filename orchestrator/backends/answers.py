@@ -175,7 +175,10 @@ def provider_error(resp: Reply) -> tuple[str | None, str | None]:
     if isinstance(err, dict):
         code = safe_token(err.get("code")) or safe_token(err.get("type"))
         return code, safe_token(err.get("param"))
-    code = safe_token(body.get("code")) or safe_token(body.get("type"))
+    kind = body.get("type")
+    if isinstance(kind, str) and ("/" in kind or ":" in kind):
+        kind = None  # a problem body's type is a URI (``about:blank``), no code
+    code = safe_token(body.get("code")) or safe_token(kind)
     title = body.get("title")
     if code is None and isinstance(title, str):
         code = _PROBLEM_TITLES.get(" ".join(title.lower().split()))

@@ -90,6 +90,11 @@ def test_replicates_invalid_version_is_the_backends_fault_and_its_input_refusal_
         mock("vid", answer(version, 422)).submit(VIDEO, "k")
     assert info.value.code == "backend_config" and info.value.strike
     assert "permission" not in str(info.value)  # the provider's words are never kept
+    for uri in ("about:blank", "https://replicate.com/docs/errors#invalid-version"):
+        # RFC 9457's type is a URI naming the kind of problem, not a code
+        with pytest.raises(BackendFault) as info:
+            mock("vid", answer({**version, "type": uri}, 422)).submit(VIDEO, "k")
+        assert info.value.code == "backend_config"
     refused = {"title": "Input validation failed", "status": 422,
                "detail": "- input.prompt: Does not match pattern"}
     with pytest.raises(JobFault) as job_info:
