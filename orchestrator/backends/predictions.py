@@ -242,7 +242,7 @@ class PredictionsAdapter(HttpAdapter):
             fields[name] = float(value)
         for name in _USAGE_INT:
             key = name if metrics.get(name) is not None else _USAGE_ALIASES.get(name, name)
-            value = _numeral(metrics.get(key), _DIGITS)
+            value = _numeral(_numeral(metrics.get(key), _DIGITS), _DECIMAL)  # "10", "10.0"
             if value is not None:
                 count = whole_count(value)
                 if count is None:

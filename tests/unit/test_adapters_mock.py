@@ -365,9 +365,13 @@ def test_counts_written_as_whole_floats_are_read_as_their_numbers() -> None:
     assert res.usage is not None and (res.usage.input_tokens, res.usage.output_tokens) == (
         1000, 500)
     assert res.cost_micros == 2_000
-    with pytest.raises(BackendFault, match="output_token_count"):
-        mock("txt-pred", answer({**body, "metrics": {"input_token_count": 1000,
-                                                      "output_token_count": 499.5}})).poll("p1")
+    quoted = mock("txt-pred", answer({**body, "metrics": {"input_token_count": "1000.0",
+                                                           "output_token_count": "500"}}))
+    assert quoted.poll("p1").usage == res.usage
+    for half in (499.5, "499.5"):
+        with pytest.raises(BackendFault, match="output_token_count"):
+            mock("txt-pred", answer({**body, "metrics": {"input_token_count": 1000,
+                                                          "output_token_count": half}})).poll("p1")
 
 
 def test_a_resolution_in_capitals_or_left_out_where_all_cost_the_same_is_priced() -> None:
