@@ -7,6 +7,7 @@ import json
 import math
 import signal
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -73,11 +74,14 @@ def up(
     """Run the whole system: embedded PostgreSQL and Redis (or the configured URLs), API,
     worker, beat and simulator. Ctrl-C, SIGTERM or a closed terminal (SIGHUP) stops every
     process."""
+    from orchestrator.runtime.signals import sigint_also_sets
     from orchestrator.runtime.up import StartInterrupted, System
     from orchestrator.settings import get_settings
 
     data_dir = data_dir or get_settings().data_dir
     system = System(get_settings(), data_dir, port, not no_simulator, typer.echo)
+    ctrl_c = threading.Event()
+    sigint_also_sets(system.stop_event, ctrl_c)
     signal.signal(signal.SIGTERM, lambda *_: system.stop_event.set())
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # not under nohup
         # the children run in sessions of their own: a closed terminal reaches only `up`
@@ -85,7 +89,9 @@ def up(
     try:
         try:
             creds = system.start()
-        except StartInterrupted:  # SIGTERM or SIGHUP while starting: a stop asked for
+        except StartInterrupted:  # SIGTERM, SIGHUP or Ctrl-C while starting: a stop asked for
+            if ctrl_c.is_set():  # its KeyboardInterrupt was dropped: the status it would give
+                raise typer.Exit(130) from None
             return
         typer.echo(f"API:        {creds['api_url']}  (docs at {creds['api_url']}/docs)")
         if system.settings.console_enabled:

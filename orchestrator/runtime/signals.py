@@ -1,6 +1,6 @@
 """SIGTERM (``docker stop``, systemd, ``timeout``, a supervisor) as an exit that leaves
 through every ``finally``, as Ctrl-C does, where the default action would end the process in
-place."""
+place; and Ctrl-C that is not lost where Python drops its KeyboardInterrupt."""
 
 from __future__ import annotations
 
@@ -34,3 +34,20 @@ def sigterm_exits(code: int, say: Callable[[], None] | None = None) -> Iterator[
         yield
     finally:  # None: a handler not set from Python, which cannot be put back
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def sigint_also_sets(*events: threading.Event) -> None:
+    """From now on Ctrl-C (SIGINT) raises KeyboardInterrupt, as Python's own handler does,
+    and sets ``events`` first. Python runs a signal's handler at whatever line the main thread
+    is on, and a KeyboardInterrupt raised in a weakref callback or a ``__del__`` (as an
+    import or the garbage collector runs them) is printed as ignored and dropped: `up`, hit
+    so while it imported its API modules, went on and started every process. The event
+    stays set, so a caller that looks at it between its steps stops all the same. On the
+    main thread only."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+        for event in events:
+            event.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)

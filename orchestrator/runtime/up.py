@@ -261,15 +261,18 @@ class System:
             self.stoppers.append(pg.stop)  # before start: a Ctrl-C while it starts stops it
             db_url = pg.start()
             self.servers.append(("PostgreSQL", pg.running, pg.restart))
+        self._go_on()
         redis_url = self.settings.redis_url
         if not redis_url:
             rd = EmbeddedRedis(self.data_dir)
             self.stoppers.append(rd.stop)
             redis_url = rd.start()
             self.servers.append(("Redis", rd.running, rd.restart))
+        self._go_on()
         from orchestrator.store.migrate import upgrade
 
         upgrade(db_url)
+        self._go_on()
         creds = self._credentials(db_url, redis_url)
         env = {**os.environ, "ORCH_DATABASE_URL": db_url, "ORCH_REDIS_URL": redis_url,
                "ORCH_SIMULATOR_URL": self.settings.simulator_url,
@@ -293,13 +296,18 @@ class System:
         ]
         if self.simulator:
             self.children.append(Child("simulator", _command("simulator")))
-        if self.stop_event.is_set():  # asked to stop while the servers started
-            raise StartInterrupted("stopped while starting")
+        self._go_on()
         for child in self.children:
             child.start(env, log_dir)
         self._env, self._log_dir = env, log_dir
         self._wait_ready(creds["api_url"])
         return creds
+
+    def _go_on(self) -> None:
+        """Between two steps of the start: StartInterrupted if a stop was asked for meanwhile
+        (SIGTERM, SIGHUP, or a Ctrl-C whose KeyboardInterrupt Python dropped)."""
+        if self.stop_event.is_set():
+            raise StartInterrupted("stopped while starting")
 
     def _api_children(self) -> list[Child]:
         """``ORCH_UP_API_PROCESSES`` API processes on one listening socket. With more than
