@@ -41,8 +41,8 @@ def sigint_also_sets(*events: threading.Event) -> None:
     and sets ``events`` first. Python runs a signal's handler at whatever line the main thread
     is on, and a KeyboardInterrupt raised in a weakref callback or a ``__del__`` (as an
     import or the garbage collector runs them) is printed as ignored and dropped: `up`, hit
-    so while it imported its API modules, went on and started every process. The event
-    stays set, so a caller that looks at it between its steps stops all the same. On the
+    so while it imported its API modules, went on and started every process. The events
+    stay set, so a caller that looks at them between its steps stops all the same. On the
     main thread only."""
 
     def interrupt(signum: int, frame: FrameType | None) -> NoReturn:
