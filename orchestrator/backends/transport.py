@@ -182,16 +182,18 @@ class Reply:
         coding = (self.header("Content-Encoding") or "").strip().lower()
         if coding not in ("gzip", "x-gzip", "deflate"):
             return self.content
-        # 32 + MAX_WBITS: a gzip or a zlib header, whichever came (as browsers read deflate)
-        inflate = zlib.decompressobj(32 + zlib.MAX_WBITS)
         try:
-            data = inflate.decompress(self.content, MAX_ANSWER_BYTES)
+            try:
+                return _inflate(self.content, raw=False)
+            except zlib.error:
+                if coding != "deflate":
+                    raise
+                return _inflate(self.content, raw=True)  # without zlib's header, as browsers
         except zlib.error as exc:
             raise ValueError(f"the {coding} body does not inflate ({exc})") from None
-        if inflate.unconsumed_tail:
+        except OverflowError:
             raise ValueError(f"the {coding} body inflates past "
-                             f"{MAX_ANSWER_BYTES // 2**20} MiB")
-        return data
+                             f"{MAX_ANSWER_BYTES // 2**20} MiB") from None
 
     def header(self, name: str) -> str | None:
         """The first header called ``name`` (any case), or None."""
@@ -208,6 +210,25 @@ class Wire(Protocol):
 
     def exchange(self, method: str, to: Target, headers: Headers, body: bytes,
                  timeout: Timeouts) -> Reply: ...
+
+
+def _inflate(data: bytes, *, raw: bool) -> bytes:
+    """``data`` inflated: gzip members one after another (a server may flush each part of
+    an answer as a member of its own) or one zlib stream (``raw``: deflate without zlib's
+    header). NUL bytes padding the end are no member. OverflowError past MAX_ANSWER_BYTES;
+    zlib.error for data that does not inflate. A last member cut short gives what it holds
+    (whether that is a whole answer, the JSON reading it tells)."""
+    out = bytearray()
+    rest = data
+    while rest:
+        inflate = zlib.decompressobj(-zlib.MAX_WBITS if raw else 32 + zlib.MAX_WBITS)
+        out += inflate.decompress(rest, MAX_ANSWER_BYTES + 1 - len(out))
+        if inflate.unconsumed_tail or len(out) > MAX_ANSWER_BYTES:
+            raise OverflowError
+        if raw or not inflate.eof:
+            break
+        rest = inflate.unused_data.rstrip(b"\0")
+    return bytes(out)
 
 
 class HttpxWire:
