@@ -246,12 +246,14 @@ def parse_response(call: Call[T], response: httpx.Response) -> T:
 
 
 def shape_problem(exc: Exception) -> str:
-    """What is wrong with an answer's shape, by the place in it, never quoting it (a job's
-    metadata and result are the tenant's data; pydantic's message shows the input)."""
+    """What is wrong with an answer's shape, by the place in it (written as the API writes
+    a field: ``items[0].id``), never quoting it (a job's metadata and result are the
+    tenant's data; pydantic's message shows the input)."""
     if isinstance(exc, ValidationError):
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
         if errors:
-            loc = ".".join(str(p) for p in errors[0]["loc"]) or "the answer"
+            loc = "".join(f"[{p}]" if isinstance(p, int) and i else f".{p}" if i else str(p)
+                          for i, p in enumerate(errors[0]["loc"])) or "the answer"
             more = f", and {len(errors) - 1} more" if len(errors) > 1 else ""
             return f"{loc}: {errors[0]['msg']}{more}"
     if isinstance(exc, KeyError):

@@ -577,6 +577,9 @@ def test_an_answer_of_another_shape_is_an_api_error_that_never_quotes_it() -> No
         with pytest.raises(ApiError, match="unexpected response shape") as info:
             getattr(other, method)()
         assert info.value.code == "invalid_response"
+    page = make(Script([httpx.Response(200, json={"items": [job_json(), {"status": "x"}]})]))
+    with pytest.raises(ApiError, match=r"\(items\[1\]\.id: Field required\)"):
+        page.list()
     job = {"status": "queued", "metadata": {"order": "TENANT-DATA"}, "result": "OUTPUT"}
     with pytest.raises(ApiError) as info:
         make(Script([httpx.Response(200, json=job)])).get("j-1")
