@@ -186,6 +186,7 @@ def test_a_job_failed_by_its_deadline_whose_provider_finishes_anyway_keeps_the_o
     api.budget("tenant:acme", 100_000_000)
     rig.control(BACKEND, duration_ms=5000, ignore_cancel=True)
     rig.start_worker()
+    rig.wait_worker_ready()  # the 2 s deadline must not be spent on the worker's start-up
     t = api.tenant()
     job_id = submitted(api, deadline_s=2)
 

@@ -406,7 +406,8 @@ def test_a_stream_gets_its_events_across_a_dropped_listen_connection(api: Api) -
             for sse in source.iter_sse():  # the stream ends after the terminal event
                 got.put(sse.event)
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     assert got.get(timeout=15) == "job.queued"
     # the API's LISTEN connection is cut (a PostgreSQL restart, a proxy timeout)
     listeners = text("SELECT pid FROM pg_stat_activity WHERE application_name = "
@@ -424,3 +425,6 @@ def test_a_stream_gets_its_events_across_a_dropped_listen_connection(api: Api) -
     # the job ends while nobody listens, or just after: the stream gets it either way
     assert api.tenant().post(f"/v1/jobs/{job_id}/cancel").status_code == 200
     assert got.get(timeout=15) == "job.cancelled"
+    # and the stream ends, before the test's clients are closed under its reader
+    reader.join(timeout=15)
+    assert not reader.is_alive()
