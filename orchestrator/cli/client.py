@@ -32,7 +32,7 @@ from orchestrator.client import (
     Job,
     NoEligibleBackend,
 )
-from orchestrator.client._core import API_KEY, is_api_url
+from orchestrator.client._core import API_KEY, NOT_A_KEY, is_api_url
 from orchestrator.domain.jobs import Kind, Strategy, Tier
 from orchestrator.store.jobs import FINAL, LIVE
 
@@ -124,9 +124,8 @@ def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str]:
                          f"ORCH_DATA_DIR names the data dir it uses)")
     if not isinstance(key, str) or not API_KEY.fullmatch(key):
         # never quoted: httpx's own refusal, at every request, quotes the whole header
-        raise ValueError("the API key (--api-key, ORCH_API_KEY or the credentials file) has a "
-                         "space, a control character (a newline read with it from a file?) "
-                         "or a non-ASCII character")
+        raise ValueError("the API key (--api-key, ORCH_API_KEY or the credentials file) has "
+                         + NOT_A_KEY)
     return url, key
 
 

@@ -17,7 +17,7 @@ import typer
 
 from orchestrator.cli.checks import iso_time, one_of
 from orchestrator.cli.checks import tenant as checked_tenant
-from orchestrator.cli.client import INVALID_URL, checked_url, endpoint
+from orchestrator.cli.client import INVALID_URL, endpoint
 from orchestrator.cli.errors import fail
 from orchestrator.client._core import origin
 from orchestrator.domain.money import format_usd
@@ -126,7 +126,7 @@ def report(
             params[name] = value
     try:
         url, key = endpoint(api_url, api_key)
-        rep = fetch_report(checked_url(url), key, params)
+        rep = fetch_report(url, key, params)  # endpoint checked the URL
     except ValueError as exc:
         fail(str(exc))
         return

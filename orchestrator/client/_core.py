@@ -78,6 +78,8 @@ def is_api_url(url: str) -> bool:
 # newline, or one with a space or a non-ASCII character, cannot be sent in a header: httpx
 # would refuse it at every request with a message that quotes the whole header, key included.
 API_KEY = re.compile(r"[\x21-\x7e]+")
+NOT_A_KEY = ("a space, a control character (a newline read with it from a file?) or a "
+             "non-ASCII character")
 
 
 def resolve_api_key(api_key: str | None) -> str | None:
@@ -86,8 +88,7 @@ def resolve_api_key(api_key: str | None) -> str | None:
     key = api_key or os.environ.get("ORCH_API_KEY") or None
     if key is not None and not API_KEY.fullmatch(key):
         where = "api_key" if api_key else "ORCH_API_KEY"
-        raise ValueError(f"{where} is not an API key: it has a space, a control character "
-                         "(a newline read with it from a file?) or a non-ASCII character")
+        raise ValueError(f"{where} is not an API key: it has {NOT_A_KEY}")
     return key
 
 
