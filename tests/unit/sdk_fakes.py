@@ -1,11 +1,13 @@
 """Helpers for the SDK unit tests: a scripted httpx transport that records every request,
-and a fake clock whose sleep advances time (so nothing really sleeps)."""
+a fake clock whose sleep advances time (so nothing really sleeps), and a real HTTP handler
+that answers with fixed JSON."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
@@ -74,3 +76,19 @@ def hangs(clock: FakeClock) -> Responder:
         raise httpx.ReadTimeout("timed out", request=request)
 
     return respond
+
+
+class JsonAnswers(BaseHTTPRequestHandler):
+    """Answers every GET 200 with ``body`` (JSON), whatever the path; logs nothing."""
+
+    body: bytes = b"{}"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *_: object) -> None:
+        pass

@@ -16,6 +16,8 @@ from typer.testing import CliRunner, Result
 from orchestrator.cli.main import app
 from orchestrator.secrets import new_key
 
+from .sdk_fakes import JsonAnswers
+
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-never-shown"
 # port 1: nothing listens there, so the connection is refused at once
@@ -174,23 +176,12 @@ def test_a_page_that_is_not_an_api_error_is_named_not_shown(
     assert line == f"error: HTTP 502 from http://127.0.0.1:{server.server_port}, not an API error"
 
 
-class _OtherJson(BaseHTTPRequestHandler):
+class _OtherJson(JsonAnswers):
     """Not the API: a service that answers any path 200 with JSON of its own (a wrong port,
     a proxy's health page)."""
 
     body = b'{"status": "ok"}'
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    do_POST = do_GET
-
-    def log_message(self, *_: object) -> None:
-        pass
+    do_POST = JsonAnswers.do_GET
 
 
 class _OtherReport(_OtherJson):

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from .sdk_fakes import JsonAnswers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,22 +48,12 @@ print(json.dumps({"requests": total.num_requests, "failures": total.num_failures
 """
 
 
-class _Api(BaseHTTPRequestHandler):
+class _Api(JsonAnswers):
     """Answers every GET 200 with ``body``: JSON of the right outer shape whose items lack
     fields the checks read."""
 
     body: bytes = b""
     url: str = ""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
