@@ -47,7 +47,9 @@ class JobEnd:
     attempt's conclusion. ``hold_status`` is set when the hold was no longer held (the job
     ended without a charge). Otherwise ``charged_micros`` is the job's whole cost,
     ``hold_micros`` its hold, and ``overage_micros`` what the cost went past the hold (charged
-    too; callers count it: ``JobObserver.overage``)."""
+    too; callers count it: ``JobObserver.overage``). ``kept_result``: the job had ended
+    (cancelled, or by its deadline) before the attempt this closed ``succeeded``, and keeps
+    that attempt's output (``result``) as its result (migration 0021)."""
 
     ended: bool
     cost_micros: int = 0
@@ -58,6 +60,7 @@ class JobEnd:
     pending: bool = False
     hold_micros: int = 0
     overage_micros: int = 0
+    kept_result: bool = False
 
 
 _END_JOB = Statement(
@@ -105,14 +108,16 @@ def end_job(
     })
     if not rows:
         return None
-    what, cost, charged, hold_status, hold = rows[0][:5]
+    what, cost, charged, hold_status, kept, hold = rows[0][:6]
     if what == "job_final":
-        return JobEnd(ended=False)
+        return JobEnd(ended=False, kept_result=kept)
     ended, concluded = what == "ended", what == "concluded"
     if charged is None:
         return JobEnd(ended=ended, concluded=concluded, cost_micros=cost,
-                      hold_status=hold_status, pending=ended and hold_status == "held")
+                      hold_status=hold_status, pending=ended and hold_status == "held",
+                      kept_result=kept)
     over = Overage(job_id, hold, charged)
-    alert_ids = () if guard else period_alerts(conn, (r[5:] for r in rows), charged, now, over)
+    alert_ids = () if guard else period_alerts(conn, (r[6:] for r in rows), charged, now, over)
     return JobEnd(ended=ended, concluded=concluded, cost_micros=cost, charged_micros=charged,
-                  alert_ids=alert_ids, hold_micros=hold, overage_micros=over.overage_micros)
+                  alert_ids=alert_ids, hold_micros=hold, overage_micros=over.overage_micros,
+                  kept_result=kept)

@@ -11,11 +11,12 @@ ran first changes nothing, so nothing is reported twice.
 
 A job that ended before its attempt (cancelled, or failed by its deadline) and whose attempt
 the provider finished all the same (it ignored the stop, or had finished before it) is
-charged that work in full, so it keeps the output (``keep_late_result``): written as the
+charged that work in full, so it keeps the output (``jobs.keep_late_result``): written as the
 job's result, as a succeeded job's is stored, the job's status unchanged (its terminal event
 went out when it ended). When the attempt concludes after the job's end, in the same
 transaction as that conclusion; when the job ended between a success's answer and its ending,
-in a statement of its own right after.
+by the ending's own statement (``orch_end_job``, migration 0021). A crash never leaves the
+job charged for an attempt closed ``succeeded`` without its output.
 """
 
 from __future__ import annotations
@@ -110,12 +111,10 @@ class Endings:
         elif end.concluded:  # it had been cancelled meanwhile: charged what it billed
             self.observe.concluded(job, backend=attempt.backend,
                                    charged_micros=self.charged(job, end, attempt.backend))
-        if not end.ended:
+        if end.kept_result:
             # the job had ended meanwhile (a cancel, its deadline): charged the work in full,
-            # it keeps the output. A statement of its own, not the ending's transaction (the
-            # common ending commits on its own): a crash between the two loses only the
-            # output (the job stays ended and charged); its files are written (result_of)
-            self.keep_late_result(job, attempt, result, now)
+            # it keeps the output, which the ending's statement wrote (its files: result_of)
+            self._kept(job, attempt)
 
     def result_of(self, job: repo.JobRow, res: PollResult) -> dict[str, Any]:
         """A succeeded attempt's output as a job's result. Megabytes of base64 go to files,
@@ -133,18 +132,6 @@ class Endings:
         output, inline = ((res.output, []) if job.kind == "text"
                           else files.take_inline_data(job.id, res.output))
         return {"output": output}, inline
-
-    def keep_late_result(self, job: repo.JobRow, attempt: repo.AttemptRow,
-                         result: dict[str, Any], now: datetime) -> None:
-        """A job that ended before its attempt (cancelled, or failed by its deadline), whose
-        attempt the provider finished anyway and which closed ``succeeded``, is charged that
-        work in full: its output becomes the job's result, its status unchanged. Nothing for
-        a job that ended otherwise (its status is read in the statement: ``job`` may be
-        older)."""
-        with self.db.connection() as conn:
-            kept = self._keep(conn, job, attempt, result, [], now)
-        if kept:
-            self._kept(job, attempt)
 
     @staticmethod
     def _keep(conn: Conn, job: repo.JobRow, attempt: repo.AttemptRow,

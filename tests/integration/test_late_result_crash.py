@@ -73,3 +73,47 @@ def test_a_step_that_fails_while_keeping_a_late_result_leaves_the_attempt_to_the
     assert job.result is not None
     assert str(job.result["output"]).endswith(f"/{attempt.external_id}.mp4")
     assert hold_status(rig, job_id) != "held" and rig.ledger() == (bill, 0)
+
+
+def test_a_job_cancelled_between_the_success_and_its_ending_keeps_its_output_through_a_crash(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cancel lands after the provider's success was read and before the chain ends the
+    job: the ending closes the attempt succeeded and charges it. The step dies right after
+    that statement; nothing later looks at the closed attempt, so the output must already be
+    the job's."""
+    budget(rig)
+    rig.control(BACKEND, duration_ms=300, ignore_cancel=True)
+    runner = rig.container.runner
+    job_id = rig.submit(video(duration=4))
+    token = rig.job(job_id).chain_token
+    assert token is not None
+    endings = runner.endings
+    result_of = endings.result_of
+    cancels: list[str] = []
+
+    def cancel_then_result(job: repo.JobRow, res: Any) -> dict[str, Any]:
+        # the provider's stop fails, so the cancel leaves the attempt to the chain's ending
+        rig.control(BACKEND, mode="down")
+        cancelled = runner.cancel(job_id, TENANT)
+        rig.control(BACKEND, mode="up")
+        cancels.append(cancelled.status if cancelled is not None else "none")
+        return result_of(job, res)
+
+    def crash(*_: Any, **__: Any) -> None:
+        raise Crash
+
+    monkeypatch.setattr(endings, "result_of", cancel_then_result)
+    monkeypatch.setattr(endings, "attempt_closed", crash)
+    with pytest.raises(Crash):
+        run_chain(runner, job_id, token)
+    assert cancels == ["cancelled"]
+    monkeypatch.undo()
+
+    (attempt,) = rig.attempts(job_id)
+    job = rig.job(job_id)
+    (bill,) = [int(b["cost_micros"]) for b in rig.provider(BACKEND)["bills"]
+               if b["reference"] == f"{job_id}:1"]
+    assert job.status == "cancelled" and attempt.outcome == "succeeded"
+    assert job.cost_micros == bill == 180_000 and rig.ledger() == (bill, 0)
+    assert job.result is not None, "charged for the output, which was lost"
+    assert str(job.result["output"]).endswith(f"/{attempt.external_id}.mp4")

@@ -34,7 +34,7 @@ from orchestrator.store.migrate import (
 from orchestrator.store.models import Base
 from tests.conditions import wait_for
 
-HEAD = "0020"
+HEAD = "0021"
 INDEX = "ix_attempts_backend_external_id"
 # as the transactional build of 0019 made it, and as the model declares it
 DEFINITION = (f"CREATE INDEX {INDEX} ON public.attempts USING btree (backend, external_id) "
@@ -122,7 +122,7 @@ def test_0020_builds_a_valid_index_of_pending_deliveries_from_0019(
             _job(conn)
         upgrade(url)
         assert _index(engine, DUE) == (DUE_DEFINITION, True, True)
-        assert _revision(engine) == "0020"
+        assert _revision(engine) == HEAD
         downgrade(url, "0019")
         assert _index(engine, DUE) is None
 
