@@ -128,7 +128,8 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
             if seq is not None:
                 return seq
         raise InvalidRequest("Last-Event-ID must be the id of one of the job's events (the id: "
-                             "of a message of this stream) or a seq", field="Last-Event-ID")
+                             "of a message of this stream) or a seq",
+                             field="header.Last-Event-ID")
 
     def feed_resume(tenant: str, given: str, field: str) -> FeedCursor:
         """The feed place to resume after: one of the tenant's event ids (the stream's
@@ -233,7 +234,8 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
         accept: Annotated[str | None, Header(max_length=1000)] = None,
     ) -> Response:
         given = last_event_id if last_event_id is not None else since
-        field = "Last-Event-ID" if last_event_id is not None else "since"
+        # named as the parameter's other faults are (too long: pydantic's ``query.since``)
+        field = "header.Last-Event-ID" if last_event_id is not None else "query.since"
         cursor: FeedCursor | None = None
         if given is not None:
             cursor = await to_thread.run_sync(feed_resume, p.tenant, given.strip(), field)

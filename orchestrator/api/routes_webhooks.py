@@ -138,13 +138,15 @@ def _delivery(r: Any) -> dict[str, Any]:
             "requeued_at": _iso(r.requeued_at)}
 
 
-def _whose(p: Principal, tenant: str | None) -> str:
+def _whose(p: Principal, tenant: str | None, field: str = "query.tenant") -> str:
+    """The tenant named by ``?tenant=`` (``field``: where it came from, ``tenant`` for the
+    PUT body's), checked as the other routes' ``?tenant=`` is."""
     if tenant is None or tenant == p.tenant:
         return p.tenant
     if not p.admin:
         raise Forbidden("a tenant key manages its own tenant's webhooks only")
     if not TENANT_RE.match(tenant):
-        raise InvalidRequest("tenant: 1-64 of [A-Za-z0-9_.-]", field="tenant")
+        raise InvalidRequest(f"{field}: 1-64 of [A-Za-z0-9_.-]", field=field)
     return tenant
 
 
@@ -158,7 +160,7 @@ def router(ctx: ApiContext) -> APIRouter:
     @r.put("/webhooks", response_model=WebhookOut,
            summary="Set the tenant's webhook endpoint and signing secret")
     def put_webhook(body: WebhookBody, p: Caller) -> dict[str, Any]:
-        tenant = _whose(p, body.tenant)
+        tenant = _whose(p, body.tenant, field="tenant")
         with c.engine.begin() as conn:
             ep = endpoints.put(
                 conn, tenant, url=body.url if "url" in body.model_fields_set else endpoints.KEEP,

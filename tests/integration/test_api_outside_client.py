@@ -117,6 +117,36 @@ def test_a_422_names_a_list_item_as_the_documented_fields_do_and_jsons_types(
         assert r.json()["error"]["message"] == "body: Input should be a valid object", r.text
 
 
+def test_a_query_or_header_parameter_is_named_one_way_whatever_its_fault(api: Api) -> None:
+    """Outside the body ``details.field`` is ``query.<name>`` or ``header.<name>``
+    (docs/api.md, Errors): a client keys its message on it, so a value too long and a value
+    of the wrong form name the same parameter the same way."""
+    c = api.tenant()
+    job_id = c.post("/v1/jobs", json=video()).json()["id"]
+    admin = api.admin()
+    for client, path, kw, field in (
+            (c, f"/v1/jobs/{job_id}/events", "header", "header.Last-Event-ID"),
+            (c, "/v1/events", "header", "header.Last-Event-ID"),
+            (c, "/v1/events", "query", "query.since"),
+            (admin, "/v1/webhooks", "tenant", "query.tenant"),
+            (admin, "/v1/webhooks/secret", "tenant", "query.tenant"),
+            (admin, "/v1/webhooks/deliveries", "tenant", "query.tenant")):
+        for value in ("x" * 101, "not one!"):  # too long (the framework's check); malformed
+            if kw == "header":
+                r = client.get(path, headers={"Last-Event-ID": value,
+                                              "Accept": "application/json"})
+            else:
+                r = client.get(path, params={"since" if kw == "query" else "tenant": value,
+                                             }, headers={"Accept": "application/json"})
+            assert r.status_code == 422, (path, value, r.text)
+            assert r.json()["error"]["details"]["field"] == field, (path, value, r.text)
+    r = admin.post("/v1/webhooks/deliveries/redeliver-failed", params={"tenant": "not one!"})
+    assert r.json()["error"]["details"]["field"] == "query.tenant", r.text
+    # a PUT's tenant is in its body: named as a body field
+    r = admin.put("/v1/webhooks", json={"tenant": "not one!", "secret": "s" * 16})
+    assert r.json()["error"]["details"]["field"] == "tenant", r.text
+
+
 def test_the_feed_says_its_answer_depends_on_accept(api: Api) -> None:
     """GET /v1/events answers JSON or a stream by the Accept header (proactive negotiation):
     RFC 9110 §12.5.5 has both answers say so with ``Vary: Accept``, so that no cache between

@@ -107,7 +107,7 @@ def test_a_feed_opened_before_submission_sees_queued_started_succeeded(api: Api)
         assert _first_of_feed(api, unknown).id == oldest
     for bad in ("x", "1-", "\u00b2"):  # neither an id nor a cursor
         r = api.tenant().get("/v1/events", params={"since": bad})
-        assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "since"
+        assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "query.since"
 
 
 def _first_of_feed(api: Api, since: str) -> Any:
@@ -216,7 +216,7 @@ def test_a_job_stream_resumes_with_last_event_id_without_gaps(api: Api) -> None:
     for last in ("x", foreign, "\u00b2".encode("latin-1"), "-1"):  # not of this job's stream
         bad = api.tenant().get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": last})
         assert bad.status_code == 422, (last, bad.text)
-        assert bad.json()["error"]["details"]["field"] == "Last-Event-ID"
+        assert bad.json()["error"]["details"]["field"] == "header.Last-Event-ID"
 
 
 def test_a_late_charge_after_the_terminal_event_is_streamed_and_resumable(api: Api) -> None:
