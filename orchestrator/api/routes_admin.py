@@ -56,10 +56,10 @@ def router(ctx: ApiContext) -> APIRouter:
     def put_budget(body: BudgetIn, p: Admin) -> dict[str, Any]:
         scope = _checked("scope", validate_scope, body.scope)
         # None (left out): the budget keeps its own, as `orchestrator budgets set` does
-        thresholds = None if body.alert_thresholds is None else _checked(
-            "alert_thresholds", thresholds_to_bp, body.alert_thresholds)
-        forecast_thresholds = None if body.forecast_thresholds is None else _checked(
-            "forecast_thresholds", thresholds_to_bp, body.forecast_thresholds)
+        thresholds = None if body.alert_thresholds is None else _thresholds(
+            "alert_thresholds", body.alert_thresholds)
+        forecast_thresholds = None if body.forecast_thresholds is None else _thresholds(
+            "forecast_thresholds", body.forecast_thresholds)
         # validated, egress-checked and sealed before anything is written: a refusal (422
         # naming the field: an email channel this process has no ORCH_SMTP_HOST for, too)
         # or a missing key (503 secret_key_missing) changes nothing
@@ -76,6 +76,14 @@ def router(ctx: ApiContext) -> APIRouter:
         return budget_resource(view, now)
 
     return r
+
+
+def _thresholds(field: str, fractions: list[float]) -> tuple[int, ...]:
+    """The thresholds in basis points; a bad one is a 422 naming its item
+    (``alert_thresholds[1]``), as a value of the wrong type is."""
+    for i, f in enumerate(fractions):
+        _checked(f"{field}[{i}]", thresholds_to_bp, [f])
+    return thresholds_to_bp(fractions)
 
 
 def _checked(field: str, check: Callable[[Any], T], value: Any) -> T:

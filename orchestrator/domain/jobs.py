@@ -249,8 +249,9 @@ class JobSpec(BaseModel):
         _bounded_nesting("metadata", v)
         project = v.get("project")
         if project is not None and (not isinstance(project, str) or not _PROJECT_RE.match(project)):
+            # "<field>: " names the member, as the API's 422 does (details.field)
             raise ValueError(
-                "metadata.project must be 1-64 letters, digits, '_', '.' or '-'"
+                "metadata.project: must be 1-64 letters, digits, '_', '.' or '-'"
             )
         return v
 

@@ -147,6 +147,27 @@ def test_a_query_or_header_parameter_is_named_one_way_whatever_its_fault(api: Ap
     assert r.json()["error"]["details"]["field"] == "tenant", r.text
 
 
+def test_a_value_refused_by_its_own_check_names_the_item_or_member(api: Api) -> None:
+    """``alert_thresholds[0]`` is documented as a ``details.field``: a threshold out of
+    range or too precise names its item as one of the wrong type does, and a bad
+    ``metadata.project`` names that member, not the whole of ``metadata``."""
+    admin = api.admin()
+    budget = {"scope": "global", "period": "month", "limit_usd": 1}
+    for name in ("alert_thresholds", "forecast_thresholds"):
+        for bad in (11, 0, 0.50004, "x"):
+            r = admin.put("/v1/budgets", json={**budget, name: [0.5, bad]})
+            assert r.status_code == 422, r.text
+            err = r.json()["error"]
+            assert err["details"]["field"] == f"{name}[1]", (bad, r.text)
+            assert err["message"].startswith(f"{name}[1]: "), (bad, r.text)
+    r = api.tenant().post("/v1/quotes", json={**video(), "metadata": {"project": "a b"}})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["details"]["field"] == "metadata.project", r.text
+    assert err["message"] == ("metadata.project: must be 1-64 letters, digits, '_', '.' "
+                              "or '-'"), r.text
+
+
 def test_the_feed_says_its_answer_depends_on_accept(api: Api) -> None:
     """GET /v1/events answers JSON or a stream by the Accept header (proactive negotiation):
     RFC 9110 §12.5.5 has both answers say so with ``Vary: Accept``, so that no cache between
