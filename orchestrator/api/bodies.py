@@ -37,7 +37,10 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 class _UniqueJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = json.loads(await self.body(), object_pairs_hook=_unique)
+            # decoded here: json.loads(bytes) would also read UTF-16 and UTF-32, which
+            # docs/api.md says are not JSON to this API (RFC 8259 §8.1: UTF-8; a BOM skipped)
+            text = (await self.body()).decode("utf-8-sig")
+            self._json = json.loads(text, object_pairs_hook=_unique)
         return self._json
 
 

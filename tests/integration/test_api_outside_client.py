@@ -5,6 +5,7 @@ API, PostgreSQL and Redis."""
 from __future__ import annotations
 
 import gzip
+import json
 import socket
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -166,6 +167,28 @@ def test_a_value_refused_by_its_own_check_names_the_item_or_member(api: Api) -> 
     assert err["details"]["field"] == "metadata.project", r.text
     assert err["message"] == ("metadata.project: must be 1-64 letters, digits, '_', '.' "
                               "or '-'"), r.text
+
+
+def test_a_body_is_read_as_utf8_only(api: Api) -> None:
+    """docs/api.md: bodies are read as UTF-8 (a leading BOM skipped). Python's JSON reader
+    given bytes also guesses UTF-16 and UTF-32, which a proxy or audit log in front of the
+    API reads as other text: such a body is refused as unreadable, and nothing is admitted."""
+    c = api.tenant()
+    as_json = {"Content-Type": "application/json"}
+    text = json.dumps(video())
+    for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"):
+        for path in ("/v1/jobs", "/v1/quotes"):
+            r = c.post(path, content=text.encode(encoding), headers=as_json)
+            assert r.status_code == 422, (encoding, path, r.text)
+            err = r.json()["error"]
+            # with a BOM, bytes UTF-8 cannot decode; without, NULs between the characters
+            assert err["message"] in ("body: not readable as UTF-8 JSON",
+                                      "body: not valid JSON"), (encoding, r.text)
+            assert err["details"]["field"] == "body", (encoding, r.text)
+    assert c.get("/v1/jobs").json()["items"] == []
+    for encoding in ("utf-8", "utf-8-sig"):  # with or without its BOM
+        r = c.post("/v1/jobs", content=text.encode(encoding), headers=as_json)
+        assert r.status_code == 202, (encoding, r.text)
 
 
 def test_the_feed_says_its_answer_depends_on_accept(api: Api) -> None:
