@@ -218,8 +218,8 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
         field = _field(e.get("loc", ()))
         if e.get("type") == "json_invalid":  # its loc is ("body", <character offset>)
             field, msg = "body", "not valid JSON"
-        # a model-level check that names its own field, or a field's naming a member of it
-        if ": " in msg and (field == "body" or msg.startswith(f"{field}.")):
+        # a model-level check that names its own field, or a field's naming a member or item
+        if ": " in msg and (field == "body" or msg.startswith((f"{field}.", f"{field}["))):
             field, msg = msg.split(": ", 1)
         items.append({"field": field, "message": msg})
     if not items:

@@ -57,9 +57,10 @@ class WebhookBody(BaseModel):
     def _events(cls, v: list[str] | None) -> list[str] | None:
         if v is None:
             raise ValueError("a list of event types (leave it out to keep the stored ones)")
-        for e in v:
+        for i, e in enumerate(v):  # "<field>[i]: " names the item, as details.field does
             if e not in EVENT_TYPES:
-                raise ValueError(f"unknown event {e!r}; one of {', '.join(EVENT_TYPES)}")
+                raise ValueError(f"events[{i}]: unknown event {e!r}; one of "
+                                 f"{', '.join(EVENT_TYPES)}")
         return list(dict.fromkeys(v))
 
     @field_validator("url")

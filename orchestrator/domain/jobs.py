@@ -232,10 +232,10 @@ class JobSpec(BaseModel):
     @field_validator("webhook_events")
     @classmethod
     def _webhook_events(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [e for e in v if e not in EVENT_TYPES]
-        if unknown:
-            raise ValueError(f"unknown event {unknown[0]!r}; one of "
-                             f"{', '.join(EVENT_TYPES)}")
+        for i, e in enumerate(v):  # "<field>[i]: " names the item, as details.field does
+            if e not in EVENT_TYPES:
+                raise ValueError(f"webhook_events[{i}]: unknown event {e!r}; one of "
+                                 f"{', '.join(EVENT_TYPES)}")
         return tuple(dict.fromkeys(v))  # each once, in the order given
 
     @field_validator("input")

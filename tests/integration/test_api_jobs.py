@@ -264,7 +264,7 @@ def test_a_422_says_what_is_wrong_with_a_body_or_a_number(api: Api) -> None:
             "input.n: Input should be greater than or equal to 1 (for an image job)"), r.text
         r = c.post(path, json=video(webhook_events=["job.nope"]))
         assert r.json()["error"]["message"].startswith(
-            "webhook_events: unknown event 'job.nope'; one of job.queued, "), r.text
+            "webhook_events[0]: unknown event 'job.nope'; one of job.queued, "), r.text
         for value in ("1.0000005", "0.0000001", "1e-7"):
             r = c.post(path, content=body.replace("1.5", value), headers=as_json)
             assert r.status_code == 422, r.text

@@ -150,8 +150,8 @@ def test_a_query_or_header_parameter_is_named_one_way_whatever_its_fault(api: Ap
 
 def test_a_value_refused_by_its_own_check_names_the_item_or_member(api: Api) -> None:
     """``alert_thresholds[0]`` is documented as a ``details.field``: a threshold out of
-    range or too precise names its item as one of the wrong type does, and a bad
-    ``metadata.project`` names that member, not the whole of ``metadata``."""
+    range or too precise, or an unknown event type, names its item as one of the wrong type
+    does, and a bad ``metadata.project`` names that member, not the whole of ``metadata``."""
     admin = api.admin()
     budget = {"scope": "global", "period": "month", "limit_usd": 1}
     for name in ("alert_thresholds", "forecast_thresholds"):
@@ -167,6 +167,13 @@ def test_a_value_refused_by_its_own_check_names_the_item_or_member(api: Api) -> 
     assert err["details"]["field"] == "metadata.project", r.text
     assert err["message"] == ("metadata.project: must be 1-64 letters, digits, '_', '.' "
                               "or '-'"), r.text
+    # an unknown event type: the item of the list that names it
+    r = api.tenant().post("/v1/quotes", json={**video(), "webhook_events": [
+        "job.succeeded", "job.done"]})
+    assert r.json()["error"]["details"]["field"] == "webhook_events[1]", r.text
+    r = api.tenant().put("/v1/webhooks", json={"secret": "s" * 16,
+                                               "events": ["job.failed", "job.done"]})
+    assert r.json()["error"]["details"]["field"] == "events[1]", r.text
 
 
 def test_a_body_is_read_as_utf8_only(api: Api) -> None:

@@ -35,14 +35,14 @@ def test_bad_webhook_input_is_refused_naming_the_field_and_changes_nothing(api: 
     t = api.tenant()
     assert _field(t.put("/v1/webhooks", json={"url": GOOD["url"]})) == "secret"  # first time
     assert _field(t.put("/v1/webhooks", json={**GOOD, "secret": "short"})) == "secret"
-    assert _field(t.put("/v1/webhooks", json={**GOOD, "events": ["job.done"]})) == "events"
+    assert _field(t.put("/v1/webhooks", json={**GOOD, "events": ["job.done"]})) == "events[0]"
     assert _field(t.put("/v1/webhooks", json={**GOOD, "url": "http://127.0.0.1/x"})) == "url"
     assert _field(t.put("/v1/webhooks", json={**GOOD, "url": "ftp://x"})) == "url"
     assert t.get("/v1/webhooks").status_code == 404  # nothing was stored
     with api.rig.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM webhook_endpoints")).scalar_one() == 0
     bad_job = t.post("/v1/jobs", json=video(webhook_events=["job.nope"]))
-    assert _field(bad_job) == "webhook_events"
+    assert _field(bad_job) == "webhook_events[0]"
     # a tenant key sets its own endpoint only; an admin may name any tenant
     assert t.put("/v1/webhooks", json={**GOOD, "tenant": "globex"}).status_code == 403
     made = api.admin().put("/v1/webhooks", json={**GOOD, "tenant": "globex"})
