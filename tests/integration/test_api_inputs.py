@@ -209,6 +209,12 @@ def test_a_field_only_some_backends_declare_excludes_the_others(declared: Declar
                                                "fps"}
     assert "seed" not in params["vid-cheap"]["video"]
     assert params["txt-one"]["text"]["temperature"]["max"] == 2
+    # docs/api.md: type and required always; the others only where set, never null
+    for kinds in params.values():
+        for declared_params in kinds.values():
+            for spec in declared_params.values():
+                assert {"type", "required"} <= set(spec) and None not in spec.values(), spec
+    assert "max" not in params["txt-one"]["text"]["prompt"]
 
 
 def test_declared_params_reach_the_provider_and_nothing_else(
