@@ -58,6 +58,11 @@ BODY_GRACE_S = 1.0
 BODY_SLACK_BYTES = HIGH_WATER_LIMIT + 256 * 1024
 
 
+# as every /v1 answer, errors included (docs/api.md, Caching): these come before the app's
+# middleware could add them, and a refused request may be for a /v1 path
+_NO_STORE = (b"cache-control: no-store\r\n", b"x-content-type-options: nosniff\r\n")
+
+
 def _response(status: int, code: str, message: str,
               extra: tuple[tuple[bytes, bytes], ...] = (),
               details: dict[str, Any] | None = None) -> bytes:
@@ -65,7 +70,8 @@ def _response(status: int, code: str, message: str,
     date = formatdate(usegmt=True).encode()  # RFC 9110 §6.6.1: an origin with a clock sends it
     head = [STATUS_LINE[status], b"date: " + date + b"\r\n",
             b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n"]
+            b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n",
+            *_NO_STORE]
     head += [name + b": " + value + b"\r\n" for name, value in extra]
     return b"".join([*head, b"\r\n", body])
 
@@ -75,7 +81,9 @@ async def _unavailable(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 503,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
-                            (b"retry-after", b"1"), (b"connection", b"close")]})
+                            (b"retry-after", b"1"), (b"connection", b"close"),
+                            (b"cache-control", b"no-store"),
+                            (b"x-content-type-options", b"nosniff")]})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -60,6 +60,25 @@ def test_an_http_version_not_served_is_505(api: Api) -> None:
     assert answer.error()["code"] == "http_version_not_supported"
 
 
+def test_a_request_refused_before_the_app_is_not_kept_by_a_cache_either(api: Api) -> None:
+    """docs/api.md: every /v1 answer, errors included, carries ``Cache-Control: no-store``
+    and ``X-Content-Type-Options: nosniff``: those the HTTP layer answers itself (a missing
+    Host, another version, a head too large) too."""
+    key = api.keys["acme"]
+    for raw, what, status in [
+        (f"GET /v1/whoami HTTP/1.1\r\nAuthorization: Bearer {key}\r\n\r\n".encode(),
+         "no Host", 400),
+        (b"GET /v1/whoami HTTP/1.1\r\nHost: t\r\nNo colon here\r\n\r\n", "bad header", 400),
+        (b"GET /v1/whoami HTTP/2.0\r\nHost: t\r\n\r\n", "HTTP/2.0", 505),
+        (b"GET /v1/whoami HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n",
+         "a head too large", 431),
+    ]:
+        answer, closed = exchange(api, raw, what)
+        assert answer.status == status and closed, what
+        assert answer.headers.get("cache-control") == "no-store", (what, answer.headers)
+        assert answer.headers.get("x-content-type-options") == "nosniff", what
+
+
 def test_a_trailing_slash_is_a_404_never_a_redirect_to_the_host_header(api: Api) -> None:
     key = api.keys["acme"]
     for method in ("GET", "POST"):

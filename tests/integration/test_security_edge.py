@@ -217,6 +217,7 @@ def test_the_connection_cap_answers_503_at_once(rig: Rig) -> None:
                 assert answer.status == 503, answer
                 assert answer.error()["code"] == "unavailable"
                 assert answer.headers["retry-after"] == "1"
+                assert answer.headers["cache-control"] == "no-store"  # as every /v1 error
                 assert closed_by_server(fourth)
             held[0].sendall(head("GET", "/v1/jobs", {
                 "Authorization": f"Bearer {api.keys['acme']}"}))
