@@ -344,7 +344,7 @@ class JobRunner:
             self.endings.succeed(job, attempt, res, latency_ms, external_id=sub.external_id)
             return DONE
         if res is None or not res.done:  # running: the next step polls it
-            delay = self._poll_delay(attempt, 0.0)
+            delay = self.watcher.by_deadline(job, self._poll_delay(attempt, 0.0))
             with self.db.connection() as conn:
                 checkpoint = repo.record_external_id_and_wake(
                     conn, attempt.id, attempt.backend, sub.external_id, job.id, token,

@@ -100,6 +100,13 @@ class Watcher:
         expected = self.catalogue().get(attempt.backend).expected_latency_ms
         return self.poll_policy.interval(age_s, None if expected is None else expected / 1000)
 
+    def by_deadline(self, job: repo.JobRow, delay: float) -> float:
+        """``delay``, or less so that the look comes just past a live job's deadline: its
+        step stops the run then, not up to a poll interval later, while the provider bills
+        the run's time until it is asked to stop."""
+        until = None if job.is_final else job.until_deadline(self.clock())
+        return delay if until is None else min(delay, until + _PAST_LIMIT_S)
+
     def _overran(self, job: repo.JobRow, attempt: repo.AttemptRow, adapter: BackendAdapter,
                  token: uuid.UUID, age: float, error: BackendError | None = None) -> Next:
         """Stop an attempt that ran too long (or whose polls ``error``): ask the provider to
@@ -145,7 +152,7 @@ class Watcher:
             # a provider bills a run's time until it is asked to stop, and the hold covers
             # no more than start_to_close_s of it (a per_compute_second backend's worst case)
             delay = min(delay, left + _PAST_LIMIT_S)
-        delay = max(delay, wait)
+        delay = max(self.by_deadline(job, delay), wait)
         with autocommit(self.engine).connection() as conn:
             if not repo.set_wake(conn, job.id, token, delay + self.poll_policy.grace_s):
                 return DONE  # the sweeper gave the job a new chain; this one stops

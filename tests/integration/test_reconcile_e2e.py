@@ -184,16 +184,18 @@ def test_a_cancel_during_a_synchronous_call_charges_what_the_provider_billed(rig
 
 # -- a deadline that falls just after the provider finished ---------------------------------------
 
-# the chain's first poll comes long after the deadline (a busy machine may take seconds to
-# claim the job; the deadline must not pass before the provider has it)
+# the chain's polls would come long after the deadline, so its first look is the deadline's
+# own (a busy machine may take seconds to claim the job; the deadline must not pass before
+# the provider has it)
 SLOW_POLLS = {"ORCH_POLL_MIN_S": "10", "ORCH_POLL_MAX_S": "10"}
 
 
 def test_a_deadline_just_after_the_provider_finished_adopts_the_result(rig: Rig) -> None:
-    """The prediction ends after 2 s, the deadline passes at 8 s, the chain's first poll comes
-    at 10 s: the finished work is adopted and charged, not thrown away. Its latency is the
-    attempt's age, not 0 ms: 0 made the backend look instant to routing and divided by zero
-    in the ranking, so every later submission whose plan held the backend failed with a 500."""
+    """The prediction ends after 2 s, the chain's first poll would come at 10 s, and the
+    deadline's look comes first, at 8 s: the finished work is adopted and charged, not thrown
+    away. Its latency is the attempt's age (nearly the 8 s), not 0 ms: 0 made the backend
+    look instant to routing and divided by zero in the ranking, so every later submission
+    whose plan held the backend failed with a 500."""
     budget(rig)
     rig.control("vid-a", duration_ms=2000)
     rig.start_worker(env_extra=SLOW_POLLS)
@@ -207,7 +209,7 @@ def test_a_deadline_just_after_the_provider_finished_adopts_the_result(rig: Rig)
     assert job.finished_at > job.deadline_at
     assert rig.ledger() == (bill, 0)
     latency = rig.container.health.snapshot(["vid-a"])["vid-a"].latency_ms
-    assert latency is not None and latency >= 8000
+    assert latency is not None and latency >= 7000
     for strategy in ("cheapest", "fastest", "balanced"):  # the next jobs are routed
         rig.submit(video_job(strategy=strategy))
 

@@ -180,3 +180,28 @@ def test_a_cancelled_prediction_is_charged_the_time_it_ran(rig: Rig,
     assert rig.job(job_id).cost_micros == bill
     assert rig.ledger() == (bill, 0)
 
+
+
+@pytest.mark.parametrize(("deadline_s", "poll_s"), [(2, "5"), (4, "3")])
+def test_a_run_past_the_deadline_is_stopped_at_the_deadline_not_at_the_next_poll(
+        rig: Rig, fake: ReplicateFake, deadline_s: int, poll_s: str) -> None:
+    """Polls seconds apart (ORCH_POLL_MAX_S is 10 s by default) and a deadline before the
+    first poll (2 s, polls every 5 s) or between two (4 s, polls every 3 s): the job fails at
+    its deadline, and the run, billed by its time until it is asked to stop, is stopped then,
+    not at the next poll (which billed it 5 or 6 s for a deadline of 2 or 4)."""
+    fake.run_s = 60.0
+    rig.start_worker(env_extra={"ORCH_POLL_MIN_S": poll_s, "ORCH_POLL_MAX_S": poll_s})
+    rig.wait_worker_ready()
+    (job,) = rig.wait_final([rig.submit(video(deadline_s=deadline_s))])
+
+    assert (job.status, job.error_code) == ("failed", "deadline_exceeded")
+    assert job.finished_at is not None and job.deadline_at is not None
+    assert (job.finished_at - job.deadline_at).total_seconds() < 1.0
+    rig.wait_for("the attempt to conclude",
+                 lambda: all(a.outcome for a in rig.attempts(job.id)))
+    (pred,) = fake.made("rep-a")
+    assert pred.canceled and pred.ran_s(time.time()) < deadline_s
+    (bill,) = fake.bills("rep-a")
+    (attempt,) = rig.attempts(job.id)
+    assert attempt.cost_micros == bill == rig.job(job.id).cost_micros
+    assert rig.ledger() == (bill, 0)
