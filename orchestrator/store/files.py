@@ -66,8 +66,12 @@ def take_inline_data(job_id: uuid.UUID, output: Any) -> tuple[Any, list[tuple[st
             m = _DATA_URL.fullmatch(value)
             if m is None:
                 return value
+            # line breaks (MIME's base64, as Python's encodebytes writes it) and the URL-safe
+            # alphabet are base64 too, as the OpenAI adapter reads b64_json: left inline,
+            # megabytes would travel in the job, its events and its webhooks
+            data = "".join(m.group(2).split()).replace("-", "+").replace("_", "/")
             try:
-                content = base64.b64decode(m.group(2), validate=True)
+                content = base64.b64decode(data, validate=True)
             except (binascii.Error, ValueError):
                 return value
             found.append((m.group(1).lower(), content))

@@ -6,6 +6,7 @@ possible charge)."""
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from sqlalchemy import Engine
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage, actual_micros, estimate_micros
 from orchestrator.simulator import RunningSimulator
+from orchestrator.store import files
 
 from .e2e_support import Rig, rig_for, simulator_for
 from .replicate_fake import Answer, ReplicateFake, html_answer, json_answer
@@ -205,3 +207,21 @@ def test_a_run_past_the_deadline_is_stopped_at_the_deadline_not_at_the_next_poll
     (attempt,) = rig.attempts(job.id)
     assert attempt.cost_micros == bill == rig.job(job.id).cost_micros
     assert rig.ledger() == (bill, 0)
+
+
+def test_a_video_given_as_a_data_url_with_line_breaks_is_kept_as_a_file(
+        rig: Rig, fake: ReplicateFake) -> None:
+    """A model that answers its video inline, base64 with a line break every 76 characters
+    (as Python's ``base64.encodebytes`` writes it): kept as the job's file, named by path in
+    its result, not carried whole in the job, its events and its webhooks."""
+    video_bytes = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 64
+    fake.output = [f"data:video/mp4;base64,{base64.encodebytes(video_bytes).decode()}"]
+    rig.start_worker()
+    (job,) = rig.wait_final([rig.submit(video())])
+
+    assert job.status == "succeeded" and job.backend == "rep-a", job.error_code
+    assert job.result == {"output": [files.path(job.id, 0)]}
+    with rig.engine.connect() as conn:
+        assert files.read(conn, job.id, 0, TENANT) == ("video/mp4", video_bytes)
+    assert fake.bills("rep-a") == [job.cost_micros]
+    assert rig.ledger() == (job.cost_micros, 0)

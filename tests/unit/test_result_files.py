@@ -21,6 +21,15 @@ def test_base64_data_urls_at_any_depth_become_paths_in_the_order_met() -> None:
     assert path(JOB, 1) == f"/v1/jobs/{JOB}/result/files/1"
 
 
+def test_base64_with_line_breaks_or_the_url_safe_alphabet_becomes_a_file_too() -> None:
+    content = bytes(range(256)) * 4  # "+" and "/" in standard base64
+    for data in (base64.encodebytes(content).decode(),  # a line break every 76 characters
+                 base64.b64encode(content).decode().replace("A", "A\r\n", 3),
+                 base64.urlsafe_b64encode(content).decode()):
+        kept, found = take_inline_data(JOB, [f"data:video/mp4;base64,{data}"])
+        assert kept == [path(JOB, 0)] and found == [("video/mp4", content)]
+
+
 def test_what_only_looks_like_a_data_url_stays_as_it_is() -> None:
     for text in ("data:image/png;base64,not base64!", "data:text/plain,hello",
                  f"data:{'x' * 101}/png;base64,{PNG}",  # a media type no column holds
