@@ -272,7 +272,10 @@ class HttpAdapter(ABC):
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, TransientError) and exc.retry_after_s is not None:
+            # a Retry-After of 0, or an HTTP date already past (a date has whole seconds: a
+            # limit lifting within the second is written as this second), says no more than
+            # "again": the backoff, not every try spent at once on a limit still in force
+            if isinstance(exc, TransientError) and exc.retry_after_s:
                 return exc.retry_after_s
             return float(backoff(state))
 

@@ -708,6 +708,25 @@ def test_retry_stops_at_the_total_time_budget() -> None:
     assert waits == [2.0, 2.0] and info.value.attempts == 3 and info.value.retry_after_s == 2.0
 
 
+@pytest.mark.parametrize("retry_after", ["0", "Thu, 01 Jan 1970 00:00:00 GMT"])
+def test_a_retry_after_of_nothing_left_to_wait_is_retried_after_the_backoff(
+        retry_after: str) -> None:
+    """A 429 whose Retry-After is 0, or an HTTP date whose second has begun (a limit that
+    lifts within the second): the tries are spaced by the backoff, not all spent at once
+    while the limit holds (to a create, the job then failed over, to a dearer backend)."""
+    waits: list[float] = []
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    policy = RetryPolicy(attempts=4, sleep=sleep, clock=lambda: now[0])
+    with pytest.raises(TransientError):
+        mock("vid", answer({}, status=429, **{"Retry-After": retry_after}), policy).poll("p1")
+    assert len(waits) == 3 and all(w > 0 for w in waits), waits
+
+
 def test_failed_status_without_a_code_is_a_prediction_failure() -> None:
     res = mock("vid", answer(prediction(status="failed", error="CUDA out of memory",
                                          metrics=None, cost_usd=None))).poll("p1")
