@@ -159,7 +159,7 @@ def test_budget_amounts_and_thresholds_are_json_numbers_never_converted(api: Api
             r = admin.put("/v1/budgets", content=thresholds % (field, value), headers=as_json)
             assert r.status_code == 422, (field, value, r.text)
             err = r.json()["error"]
-            assert err["details"]["field"] == field, err
+            assert err["details"]["field"] == f"{field}[0]", err  # the item refused
             assert "at most 4 decimal places" in err["message"], err
     assert admin.get("/v1/budgets").json() == {"budgets": []}  # nothing stored
     r = admin.put("/v1/budgets", content=thresholds % ("alert_thresholds", "[0.0001, 0.9999]"),

@@ -142,7 +142,7 @@ def test_a_tenant_sees_only_its_own_secret(bare: tuple[Api, Receiver, Path]) -> 
     by_admin = api.admin().get("/v1/webhooks/secret", params={"tenant": "acme"})
     assert by_admin.status_code == 200 and by_admin.json()["secret"] == acme
     bad = api.admin().get("/v1/webhooks/secret", params={"tenant": "no spaces"})
-    assert bad.status_code == 422 and bad.json()["error"]["details"]["field"] == "tenant"
+    assert bad.status_code == 422 and bad.json()["error"]["details"]["field"] == "query.tenant"
     assert _endpoint_rows(api, "no spaces") == []
     # PUT with a secret replaces the made one; later reads show the new one
     new = "a-secret-of-my-own-0123456789"
