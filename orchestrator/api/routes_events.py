@@ -175,7 +175,7 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
     ) -> Response:
         start = after or 0
         await to_thread.run_sync(owned, job_id, p.tenant)
-        if last_event_id is not None:
+        if last_event_id is not None and last_event_id.strip():
             start = await to_thread.run_sync(resume_seq, job_id, last_event_id.strip())
         was, rest = await to_thread.run_sync(read_job, job_id, start)
         if not rest and was in _FINAL:
@@ -233,9 +233,11 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=500, description="JSON: events per page")] = 100,
         accept: Annotated[str | None, Header(max_length=1000)] = None,
     ) -> Response:
-        given = last_event_id if last_event_id is not None else since
+        # an empty Last-Event-ID is none (an EventSource whose last id was empty sends none)
+        resumed = last_event_id is not None and bool(last_event_id.strip())
+        given = last_event_id if resumed else since
         # named as the parameter's other faults are (too long: pydantic's ``query.since``)
-        field = "header.Last-Event-ID" if last_event_id is not None else "query.since"
+        field = "header.Last-Event-ID" if resumed else "query.since"
         cursor: FeedCursor | None = None
         if given is not None:
             cursor = await to_thread.run_sync(feed_resume, p.tenant, given.strip(), field)

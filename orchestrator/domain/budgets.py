@@ -69,12 +69,12 @@ def thresholds_to_bp(fractions: list[float] | tuple[float, ...]) -> tuple[int, .
     out: set[int] = set()
     for f in fractions:
         if not 0 < f <= 10:
-            raise ValueError(f"alert threshold {f} must be in (0, 10] (a fraction of the limit)")
+            raise ValueError(f"threshold {f} must be in (0, 10] (a fraction of the limit)")
         # Kept in whole basis points: rounding would move the line an admin drew, and one
         # under half a point (0.00004) would become 0, which no spend ever crosses.
         bp = Decimal(str(f)) * 10000
         if bp != bp.to_integral_value():
-            raise ValueError(f"alert threshold {f} must have at most 4 decimal places "
+            raise ValueError(f"threshold {f} must have at most 4 decimal places "
                              "(thresholds are kept in whole basis points)")
         out.add(int(bp))
     return tuple(sorted(out))

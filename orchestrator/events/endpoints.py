@@ -98,7 +98,7 @@ def put(conn: Connection, tenant: str, *, url: str | Keep | None, secret: str | 
         policy.check(url, field="url")
         origin = parse_url(url, "url").origin
     if secret is None and get(conn, tenant) is None:
-        raise InvalidRequest("secret: required when the tenant has no webhook endpoint yet",
+        raise InvalidRequest("secret: required when the tenant has no webhook secret yet",
                              field="secret")
     sealed_secret = None if secret is None else json.dumps(_seal(box, secret))
     conn.execute(_UPSERT, {

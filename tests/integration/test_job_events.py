@@ -201,6 +201,8 @@ def test_a_job_stream_resumes_with_last_event_id_without_gaps(api: Api) -> None:
         assert list(sdk.events(job_id, after=5)) == []
     # resumed after a seq (the id: of earlier releases): what came after it
     assert [e.id for e in _job_stream(api, job_id, 3, None)] == [d["id"] for d in data[3:]]
+    # an empty Last-Event-ID is none (an EventSource sends none when its last id was empty)
+    assert [e.id for e in _job_stream(api, job_id, "", None)] == [e.id for e in seen]
     # the events table holds the same, once each
     with sut.engine.connect() as conn:
         rows = conn.execute(text("SELECT seq, type FROM job_events WHERE job_id = :j "
