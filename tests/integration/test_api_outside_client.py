@@ -143,7 +143,7 @@ def test_a_query_or_header_parameter_is_named_one_way_whatever_its_fault(api: Ap
             assert r.json()["error"]["details"]["field"] == field, (path, value, r.text)
     # an empty Last-Event-ID is none: the feed's since decides
     r = c.get("/v1/events", params={"since": "0"},
-              headers={"Last-Event-ID": " ", "Accept": "application/json"})
+              headers={"Last-Event-ID": "", "Accept": "application/json"})
     assert r.status_code == 200 and r.json()["items"], r.text
     r = admin.post("/v1/webhooks/deliveries/redeliver-failed", params={"tenant": "not one!"})
     assert r.json()["error"]["details"]["field"] == "query.tenant", r.text
