@@ -134,13 +134,28 @@ function signOut(message = "") {
   $("key").focus();
 }
 
-async function start() {
+// A reload (the key already stored) that the API cannot answer now (down, 429, 503) keeps
+// the key and tries again: only a 401 or Sign out forgets it, and the key may not be at hand.
+const RESUME_RETRY_MS = 5000;
+let resumeTimer = null;
+
+async function start(resumed = false) {
+  clearTimeout(resumeTimer);
   try {
     await identify();
   } catch (e) {
+    if (resumed && e.status !== 401 && storedKey()) {
+      ctx.me = null;
+      show(false);
+      $("signin-error").textContent = `Cannot sign in: ${e.message} (trying again every `
+        + `${RESUME_RETRY_MS / 1000} s)`;
+      resumeTimer = setTimeout(() => start(true), RESUME_RETRY_MS);
+      return;
+    }
     signOut(e.status === 401 ? "That key was not accepted." : `Cannot sign in: ${e.message}`);
     return;
   }
+  $("signin-error").textContent = "";
   show(true);
   route();
   ctx.main.focus();
@@ -163,4 +178,4 @@ $("tenant").addEventListener("change", e => {
 });
 window.addEventListener("hashchange", () => { route(); ctx.main.focus(); });
 
-if (storedKey()) start(); else show(false);
+if (storedKey()) start(true); else show(false);

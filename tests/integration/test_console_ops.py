@@ -1,0 +1,82 @@
+"""The console as an operator uses it, in real headless Chromium over real HTTP against the
+API (real PostgreSQL and Redis): a reload while the API refuses for a while (429) keeps the key;
+markup in what the API answers is shown as text, and a long unbroken value (a provider's
+error with a long URL in it) wraps inside its column rather than over the next one."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from playwright.sync_api import Page, Route, expect
+from sqlalchemy import Engine
+
+from orchestrator.api import start_in_thread
+from orchestrator.bootstrap import Container
+from orchestrator.settings import Settings
+from orchestrator.store.keys import create_key
+
+from .api_fixture import Api, api_fixture, video  # noqa: F401
+from .console_support import browser_fixture  # noqa: F401
+from .test_console_safety import page_fixture, sign_in  # noqa: F401
+
+LIMIT = 40  # requests per tenant per minute: room for signing in, then used up by the test
+
+
+@pytest.fixture(name="limited")
+def limited_fixture(db: Engine, database_url: str, redis_url: str) -> Iterator[str]:
+    container = Container(Settings(database_url=database_url, redis_url=redis_url,
+                                   api_rate_limit=LIMIT, api_rate_window_s=60))
+    running = start_in_thread(container)
+    try:
+        yield running.url
+    finally:
+        running.stop()
+
+
+def until(page: Page, condition: Callable[[], bool], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        page.wait_for_timeout(50)
+
+
+def test_a_reload_while_the_api_refuses_keeps_the_key(
+    limited: str, db: Engine, page: Page,
+) -> None:
+    """docs/console.md: the key is gone when the tab closes or on Sign out, and "a 401 signs
+    the console out". Before, reloading the page while the tenant's producers had used up its
+    rate limit (429; a 503 or the API down the same) forgot the key: the operator had to find
+    it again (``orchestrator up`` prints it once)."""
+    with db.begin() as conn:
+        key = create_key(conn, "busy")
+    sign_in(page, limited, key)
+    expect(page.locator("#identity")).to_contain_text("tenant busy")
+    page.goto(f"{limited}/console/?poll=600#/backends")
+    expect(page.locator("#backends-body table")).to_be_visible()
+
+    held: list[Route] = []
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if r.url.endswith("/v1/whoami") else None)
+    page.route("**/v1/whoami", lambda route: held.append(route) if not held
+               else route.continue_())
+    page.reload()
+    until(page, lambda: len(held) == 1)
+    # the tenant's producers use up its limit meanwhile
+    with httpx.Client(base_url=limited, headers={"Authorization": f"Bearer {key}"},
+                      timeout=10) as producer:
+        for _ in range(LIMIT + 1):
+            if producer.get("/v1/whoami").status_code == 429:
+                break
+        else:
+            pytest.fail("the rate limit never answered 429")
+    held[0].continue_()
+    expect(page.locator("#signin-error")).to_contain_text(
+        re.compile(r"Cannot sign in: rate limit of 40 requests per 60 s exceeded.*trying again"))
+    assert page.evaluate("sessionStorage.getItem('orchestrator.console.key')") == key
+    before = len(asked)
+    until(page, lambda: len(asked) > before, timeout_s=15)  # and it asks again by itself
+    assert key not in page.content()
