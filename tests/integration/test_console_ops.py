@@ -5,9 +5,11 @@ error with a long URL in it) wraps inside its column rather than over the next o
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -20,7 +22,7 @@ from orchestrator.settings import Settings
 from orchestrator.store.keys import create_key
 
 from .api_fixture import Api, api_fixture, video  # noqa: F401
-from .console_support import browser_fixture  # noqa: F401
+from .console_support import browser_fixture, shot  # noqa: F401
 from .test_console_safety import page_fixture, sign_in  # noqa: F401
 
 LIMIT = 40  # requests per tenant per minute: room for signing in, then used up by the test
@@ -80,3 +82,51 @@ def test_a_reload_while_the_api_refuses_keeps_the_key(
     before = len(asked)
     until(page, lambda: len(asked) > before, timeout_s=15)  # and it asks again by itself
     assert key not in page.content()
+
+
+MARKUP = '<img src=x id=planted onerror="window.planted=1"><script>window.planted=2</script>'
+# a provider's error quoting a presigned URL: one unbroken run of 600 characters
+LONG_URL = ("https://storage.example.invalid/out/video.mp4?X-Amz-Signature="
+            + "0123456789abcdef" * 34)
+
+
+def planted(route: Route) -> None:
+    """The API's real answer for the job, with markup and a long URL in what a provider or a
+    catalogue may put there (the API lets no markup into backend names or metadata, so it
+    is planted in the answer: what is checked is how the console shows it)."""
+    answer = route.fetch()
+    job: dict[str, Any] = answer.json()
+    failed = {"code": "invalid_input", "message": f"{MARKUP} the provider said: {LONG_URL}"}
+    job.update(status="failed", error=failed, finished_at=job["created_at"], attempts=[{
+        "backend": f"vid{MARKUP}", "external_id": "p_1", "outcome": "failed", "error": failed,
+        "cost_usd": 0.1, "possible_cost_usd": None, "started_at": job["created_at"],
+        "finished_at": job["created_at"]}])
+    job["route"]["excluded"].append({"code": "x", "backend": MARKUP, "reason": MARKUP})
+    route.fulfill(response=answer, body=json.dumps(job))
+
+
+def test_what_the_api_answers_is_text_and_a_long_value_wraps_in_its_column(
+    api: Api, page: Page,
+) -> None:
+    """Before, a long unbroken value in a job's timeline (a provider's error quoting a
+    presigned URL) ran out of its column, over the route's table beside it, and made the page
+    scroll sideways across thousands of pixels."""
+    job = api.tenant().post("/v1/jobs", json=video()).json()
+    page.set_viewport_size({"width": 1366, "height": 800})
+    page.route(re.compile(r"/v1/jobs/[0-9a-f-]+(\?|$)"), planted)
+    sign_in(page, api.url, api.keys["acme"])
+    expect(page.locator("#identity")).to_contain_text("tenant acme")
+    page.goto(f"{api.url}/console/#/job/{job['id']}")
+    timeline = page.get_by_role("list", name="Timeline")
+    expect(timeline).to_contain_text(f"Attempt 1 on vid{MARKUP}")
+    expect(timeline).to_contain_text(LONG_URL)
+    expect(page.get_by_role("table", name="Left out")).to_contain_text(MARKUP + MARKUP)
+    assert page.evaluate("[window.planted, document.querySelectorAll("
+                         "'#planted, main script, main img').length]") == [None, 0]
+    # nothing runs out of its column, nor makes the page wider than the window
+    overflow = page.evaluate("""() => [...document.querySelectorAll('#job-body section')]
+        .map(s => s.scrollWidth - s.clientWidth)
+        .concat([document.documentElement.scrollWidth - window.innerWidth])""")
+    assert all(px <= 1 for px in overflow), overflow
+    shot(page, "job-long-error")
+    page.unroute_all(behavior="ignoreErrors")  # a re-read in flight as the tab closes
