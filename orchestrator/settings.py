@@ -13,6 +13,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -270,7 +271,17 @@ class Settings(BaseSettings):
             return None
         if not v.startswith(("postgresql+psycopg://", "postgresql://", "postgres://")):
             raise ValueError(f"must be a postgresql+psycopg:// URL, got {_redact(v)!r}")
-        return normalize_database_url(v)
+        v = normalize_database_url(v)
+        from sqlalchemy.engine import make_url  # here: client commands never need it
+
+        # else the first connection fails with Python's int() message, naming no setting
+        try:
+            port = make_url(v).port
+        except ValueError:
+            port = 0
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"its port is not a number from 1 to 65535, in {_redact(v)!r}")
+        return v
 
     @field_validator("redis_url")
     @classmethod
@@ -279,6 +290,20 @@ class Settings(BaseSettings):
             return None
         if not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"must be a redis:// URL, got {_redact(v)!r}")
+        if v.startswith("unix://"):
+            return v
+        # redis-py reads a database that is not a number as 0, the workers' broker refuses
+        # it at its start; a bad port fails the first call naming no setting
+        url = urlsplit(v)
+        try:
+            port = url.port
+        except ValueError:
+            port = 0
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"its port is not a number from 1 to 65535, in {_redact(v)!r}")
+        database = url.path.strip("/")
+        if database and not database.isdigit():
+            raise ValueError(f"its database (the path) is not a number, in {_redact(v)!r}")
         return v
 
     @field_validator("cache_default_tenants")

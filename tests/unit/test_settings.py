@@ -39,6 +39,16 @@ def test_postgres_urls_are_normalised_to_psycopg(monkeypatch: pytest.MonkeyPatch
          "ORCH_DATABASE_URL: must be a postgresql"),
         ("ORCH_REDIS_URL", "redis//:hunter2@cache:6379/0", "ORCH_REDIS_URL: must be a redis"),
         ("ORCH_REDIS_URL", "hunter2hunter2hunter2hunter2hunter2", "ORCH_REDIS_URL: must be"),
+        # a port or database the drivers cannot read failed later, naming no setting (and
+        # the workers' broker refused a database name that the API read as 0)
+        ("ORCH_DATABASE_URL", "postgresql://app:hunter2@db:notaport/orch",
+         "ORCH_DATABASE_URL: its port is not a number from 1 to 65535, in "
+         "'postgresql+psycopg://app:***@db:notaport/orch'"),
+        ("ORCH_DATABASE_URL", "postgresql://app:hunter2@db:/orch", "ORCH_DATABASE_URL: its port"),
+        ("ORCH_REDIS_URL", "redis://:hunter2@cache:6379x/0", "ORCH_REDIS_URL: its port"),
+        ("ORCH_REDIS_URL", "redis://:hunter2@cache:99999/0", "ORCH_REDIS_URL: its port"),
+        ("ORCH_REDIS_URL", "redis://:hunter2@cache:6379/jobs",
+         "ORCH_REDIS_URL: its database (the path) is not a number"),
         ("ORCH_CACHE_DEFAULT_TENANTS", "acme, no spaces", "ORCH_CACHE_DEFAULT_TENANTS: "),
         ("ORCH_CACHE_TTL_S", "0", "ORCH_CACHE_TTL_S:"),
         ("ORCH_CALIBRATION_WINDOW", "0", "ORCH_CALIBRATION_WINDOW:"),
@@ -65,6 +75,22 @@ def test_a_bad_setting_fails_with_one_line_naming_it(
     assert str(err.value).startswith(expected)
     assert "\n" not in str(err.value)
     assert "hunter2" not in str(err.value)  # no password in the message
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("ORCH_DATABASE_URL", "postgresql+psycopg://app:p@db:5432/orch"),
+    ("ORCH_DATABASE_URL", "postgresql+psycopg://app@/orch?host=/run/postgresql"),
+    ("ORCH_DATABASE_URL", "postgresql+psycopg://app:p@[::1]:5432/orch"),
+    ("ORCH_REDIS_URL", "redis://:p@cache:6379/3"),
+    ("ORCH_REDIS_URL", "rediss://cache"),
+    ("ORCH_REDIS_URL", "redis://cache:6379/"),
+    ("ORCH_REDIS_URL", "unix:///run/redis.sock?db=2"),
+])
+def test_server_urls_the_drivers_read_are_taken(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    assert getattr(load_settings(), name.removeprefix("ORCH_").lower()) == value
 
 
 def test_cache_default_tenants(monkeypatch: pytest.MonkeyPatch) -> None:
