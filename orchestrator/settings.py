@@ -23,10 +23,25 @@ from orchestrator.errors import ConfigurationError, shown_scheme
 
 ENV_PREFIX = "ORCH_"
 _TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_SECONDS = 100 * 365 * 86_400  # 100 years: a date plus it is still a date
+
+
+def within_a_century(v: object, info: ValidationInfo) -> object:
+    """A setting in seconds (``*_s``) no longer than 100 years: a longer one ("1e12", meant
+    as "for ever") passed the start and overflowed the first date made with it, failing every
+    submission, sweep or webhook retry with a traceback."""
+    if (info.field_name or "").endswith("_s") and isinstance(v, int | float) \
+            and v > MAX_SECONDS:
+        raise ValueError(f"must be at most {MAX_SECONDS} (100 years)")
+    return v
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    # no inf or nan: a duration of "inf" overflows the first date made with it
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore",
+                                      allow_inf_nan=False)
+
+    _seconds = field_validator("*")(within_a_century)
 
     database_url: str | None = Field(
         default=None, description="postgresql+psycopg://… ; unset = embedded PostgreSQL"

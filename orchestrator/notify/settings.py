@@ -11,11 +11,13 @@ import ipaddress
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orchestrator.settings import setting_error
+from orchestrator.settings import setting_error, within_a_century
 
 
 class SmtpSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore", allow_inf_nan=False)
+
+    _seconds = field_validator("*")(within_a_century)
 
     smtp_host: str | None = Field(default=None, description="unset = email channel disabled")
     smtp_port: int = Field(default=587, ge=1, le=65535)

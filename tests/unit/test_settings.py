@@ -136,3 +136,32 @@ def test_the_longest_result_retention_is_a_date_the_api_and_the_sweeper_can_comp
     keep = timedelta(days=load_settings().result_retention_days)
     now = datetime.now(UTC)
     assert now - keep < now < now + keep  # neither overflows
+
+
+@pytest.mark.parametrize("name", ["ORCH_HOLD_TTL_S", "ORCH_CHAIN_GRACE_S", "ORCH_POLL_MAX_S",
+                                  "ORCH_WEBHOOK_RETRY_WINDOW_S", "ORCH_API_KEY_CACHE_S",
+                                  "ORCH_GCP_FLUSH_INTERVAL_S", "ORCH_SMTP_TIMEOUT_S"])
+@pytest.mark.parametrize("value", ["inf", "nan", "1e12", "99999999999999"])
+def test_a_duration_no_date_can_hold_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    # they passed the start and overflowed the first date made with them: every submission
+    # (the hold's expiry), sweep or webhook retry a traceback
+    from orchestrator.notify.settings import load_smtp_settings
+
+    monkeypatch.setenv(name, value)
+    load = load_smtp_settings if name.startswith("ORCH_SMTP_") else load_settings
+    with pytest.raises(ConfigurationError) as err:
+        load()
+    assert str(err.value).startswith(f"{name}: ")
+
+
+def test_the_longest_duration_is_one_a_date_can_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.settings import MAX_SECONDS
+
+    monkeypatch.setenv("ORCH_HOLD_TTL_S", str(MAX_SECONDS))
+    monkeypatch.setenv("ORCH_WEBHOOK_RETRY_WINDOW_S", str(MAX_SECONDS))
+    s = load_settings()
+    now = datetime.now(UTC)
+    assert now + timedelta(seconds=s.hold_ttl_s) > now
+    assert now + timedelta(seconds=s.webhook_retry_window_s) > now
