@@ -112,16 +112,20 @@ def up(
             typer.echo("stopped")
 
 
-def _startup_checks() -> None:
+def _startup_checks(*, secret_key: bool = False) -> None:
     """Configuration that would otherwise fail later and less clearly (every request that
     routes a 500, every alert run a traceback) stops a process at its start, in one line:
-    the backend catalogue and the ``ORCH_SMTP_*`` settings."""
+    the backend catalogue and the ``ORCH_SMTP_*`` settings, and for the processes that open
+    channel secrets (the API, the workers' deliveries) ``ORCH_SECRET_KEY`` or its key file."""
     from orchestrator.domain.catalogue import load_catalogue
     from orchestrator.notify.settings import load_smtp_settings
+    from orchestrator.secrets import load_keys
     from orchestrator.settings import get_settings
 
     load_catalogue(get_settings().backends_path())
     load_smtp_settings()
+    if secret_key:
+        load_keys(get_settings())
 
 
 def _schema_check() -> None:
@@ -147,7 +151,7 @@ def api(
     from orchestrator.logs import configure_logging_from_settings
 
     configure_logging_from_settings()
-    _startup_checks()
+    _startup_checks(secret_key=True)
     _schema_check()
     from orchestrator.api import serve
     from orchestrator.api.config import ApiConfig
@@ -220,7 +224,7 @@ def worker(
     from orchestrator.logs import configure_logging_from_settings
 
     configure_logging_from_settings()
-    _startup_checks()
+    _startup_checks(secret_key=True)
     _schema_check()
     from orchestrator.settings import get_settings
     from workers.celery_app import QUEUES

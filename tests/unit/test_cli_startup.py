@@ -56,6 +56,19 @@ def test_a_bad_smtp_setting_stops_the_process_at_start_naming_it(
     assert result.output.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", ["api", "worker"])
+def test_a_bad_secret_key_stops_the_api_and_the_worker_at_start(
+        command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the worker started with it, and met it only when a delivery opened a secret
+    monkeypatch.setenv("ORCH_SECRET_KEY", "hunter2-not-a-fernet-key")
+    monkeypatch.delenv("ORCH_DATABASE_URL", raising=False)  # refused before any server
+    result = CliRunner().invoke(app, [command])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ORCH_SECRET_KEY: key 1 is not a Fernet key"), \
+        result.output
+    assert result.output.count("\n") == 1 and "hunter2" not in result.output
+
+
 @pytest.mark.parametrize(("host", "starttls", "ssl", "refused"), [
     ("mail.example.com", "false", "false", True),
     ("mail.example.com", "true", "false", False),
