@@ -26,6 +26,7 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -246,7 +247,8 @@ class BackendSpec(BaseModel):
                     "owner/model:version or version id; unset: none is sent)")
     max_concurrency: int = Field(default=100, ge=1, le=1_000_000)
     expected_latency_ms: float | None = Field(
-        default=None, gt=0, description="prior for routing until latency has been observed"
+        default=None, gt=0, allow_inf_nan=False,
+        description="prior for routing until latency has been observed",
     )
     params: dict[str, ParamSpec] = Field(
         default_factory=dict, description="declared input parameters (domain.params)"
@@ -258,6 +260,19 @@ class BackendSpec(BaseModel):
         if not v.startswith(("http://", "https://")):
             # never the value: ${VAR} expansion may have put a key in it
             raise ValueError(f"must be an http(s):// URL, got {shown_scheme(v)!r}")
+        # a URL the HTTP client cannot send to loaded, and failed every call of the backend
+        # (nor is it quoted here)
+        if any(c.isspace() for c in v):
+            raise ValueError("must be a URL, without spaces")
+        parts = urlsplit(v)
+        if not parts.hostname:
+            raise ValueError("must be an http(s):// URL with a host")
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port is not None and not 0 < port < 65536:
+            raise ValueError("its port is not a number from 1 to 65535")
         base, mark, query = v.partition("?")
         scheme, _, rest = base.partition("://")
         authority, slash, path = rest.partition("/")

@@ -102,6 +102,18 @@ def test_env_expansion_defaults_and_merge(tmp_path: Path) -> None:
         (lambda d: d["backends"][1].update(base_url="ftp://x"), "txt-a", "base_url", "http"),
         (lambda d: d["backends"][0].update(base_url="${MISSING}/x"), "vid-a", "base_url",
          "MISSING is not set"),
+        # URLs the HTTP client cannot send to: they loaded, and failed every call
+        (lambda d: d["backends"][1].update(base_url="http:///v1"), "txt-a", "base_url",
+         "with a host"),
+        (lambda d: d["backends"][1].update(base_url="https://api.x:443x/v1"), "txt-a",
+         "base_url", "port is not a number"),
+        (lambda d: d["backends"][1].update(base_url="https://api.x:99999/v1"), "txt-a",
+         "base_url", "port is not a number"),
+        (lambda d: d["backends"][1].update(base_url="https://api.x/v1 beta"), "txt-a",
+         "base_url", "without spaces"),
+        # .inf loaded, then the simulator stopped on it with a traceback
+        (lambda d: d["backends"][1].update(expected_latency_ms=float("inf")), "txt-a",
+         "expected_latency_ms", "finite"),
         (lambda d: d["backends"][0]["price"].update(model="per_gram"), "vid-a", "price",
          "per_second"),
         (lambda d: d["backends"][0]["price"]["resolution_multipliers"].update({"4k": 3}),
@@ -142,6 +154,8 @@ def test_the_configuration_docs_example_error_is_the_real_message(tmp_path: Path
     ("http://g:1/proxy/https://api.x//v1/", "http://g:1/proxy/https://api.x/v1"),
     ("http://h:1/a?u=http://x//y", "http://h:1/a?u=http://x//y"),
     ("http://h:1?x=1//y", "http://h:1?x=1//y"),
+    ("http://[::1]:8080/v1", "http://[::1]:8080/v1"),
+    ("https://user:pw@api.x/v1", "https://user:pw@api.x/v1"),
 ])
 def test_base_url_loses_empty_path_segments_only(tmp_path: Path, given: str, read: str) -> None:
     doc = _good()
