@@ -70,6 +70,9 @@ def take_inline_data(job_id: uuid.UUID, output: Any) -> tuple[Any, list[tuple[st
             # alphabet are base64 too, as the OpenAI adapter reads b64_json: left inline,
             # megabytes would travel in the job, its events and its webhooks
             data = "".join(m.group(2).split()).replace("-", "+").replace("_", "/")
+            # without its padding, as the URL-safe alphabet is often written and as the
+            # OpenAI adapter takes b64_json: restored (a length no base64 has stays refused)
+            data += "=" * (-len(data) % 4)
             try:
                 content = base64.b64decode(data, validate=True)
             except (binascii.Error, ValueError):

@@ -30,6 +30,19 @@ def test_base64_with_line_breaks_or_the_url_safe_alphabet_becomes_a_file_too() -
         assert kept == [path(JOB, 0)] and found == [("video/mp4", content)]
 
 
+def test_base64_without_its_padding_becomes_a_file_too() -> None:
+    """URL-safe base64 is often written without its "=" padding, and the OpenAI adapter
+    takes b64_json so: such a data: URL stayed inline, megabytes in the job and its events."""
+    for content in (bytes(range(256)) * 4, bytes(range(256)) * 4 + b"x"):  # "==" and "="
+        for encode in (base64.urlsafe_b64encode, base64.b64encode):
+            data = encode(content).decode().rstrip("=")
+            kept, found = take_inline_data(JOB, [f"data:image/png;base64,{data}"])
+            assert kept == [path(JOB, 0)] and found == [("image/png", content)], data[-4:]
+    # a length no base64 has (4n + 1) is no data, padded or not
+    for text in ("data:image/png;base64,QUJDR", "data:image/png;base64,QUJDR==="):
+        assert take_inline_data(JOB, [text]) == ([text], [])
+
+
 def test_what_only_looks_like_a_data_url_stays_as_it_is() -> None:
     for text in ("data:image/png;base64,not base64!", "data:text/plain,hello",
                  f"data:{'x' * 101}/png;base64,{PNG}",  # a media type no column holds
