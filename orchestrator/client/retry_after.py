@@ -4,6 +4,7 @@ needs nothing outside ``orchestrator/client/``."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -15,9 +16,11 @@ def parse_retry_after(value: str | None, now: Callable[[], datetime] | None = No
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "inf", "nan" or "1e999" is no delay: a wait for ever, or one read as none
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -789,6 +789,8 @@ def test_parse_retry_after_forms() -> None:
     assert parse_retry_after("-4") == 0.0
     assert parse_retry_after("Thu, 01 Jan 2026 12:00:09 GMT", now=lambda: now) == 9.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    for not_a_delay in ("inf", "-inf", "nan", "1e999", "Infinity"):
+        assert parse_retry_after(not_a_delay) is None, not_a_delay
 
 
 def test_safe_token_strips_free_text() -> None:
