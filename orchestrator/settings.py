@@ -100,7 +100,8 @@ class Settings(BaseSettings):
         description="Prometheus /metrics port per worker process (prefork: + child index; "
         "0 = any free)",
     )
-    worker_metrics_addr: str = "127.0.0.1"
+    worker_metrics_addr: str = Field(
+        default="127.0.0.1", description="host (no port) of the workers' /metrics servers")
     up_api_processes: int = Field(
         default=2, ge=1, le=64,
         description="`orchestrator up`: API processes accepting on its one port (each has "
@@ -365,6 +366,15 @@ class Settings(BaseSettings):
         split_address(v)
         return v
 
+    @field_validator("worker_metrics_addr")
+    @classmethod
+    def _worker_metrics_addr(cls, v: str) -> str:
+        # else the worker only logged a WARNING at its bind and ran without /metrics
+        if not is_host(v):
+            raise ValueError(f"must be an IP address or a host name (the port is "
+                             f"ORCH_WORKER_METRICS_PORT), got {v!r}")
+        return v
+
     @field_validator("simulator_url", "api_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
@@ -373,11 +383,26 @@ class Settings(BaseSettings):
         return v.rstrip("/")
 
 
+_HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def is_host(host: str) -> bool:
+    """An IP address or a well-formed host name (RFC 1123 labels). A name is not looked up:
+    settings are read by client commands too, and no lookup happens at their load."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    name = host.removesuffix(".")
+    return 0 < len(name) <= 253 and all(_HOST_LABEL_RE.match(p) for p in name.split("."))
+
+
 def split_address(addr: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` too) as (host, port); ValueError if it is not one."""
     host, sep, port = addr.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not is_host(host) or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"must be host:port, got {addr!r}")
     return host, int(port)
 

@@ -69,6 +69,19 @@ def test_a_bad_secret_key_stops_the_api_and_the_worker_at_start(
     assert result.output.count("\n") == 1 and "hunter2" not in result.output
 
 
+def test_a_bad_worker_metrics_address_stops_the_worker_at_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the worker logged a WARNING at its bind and ran without /metrics
+    monkeypatch.setenv("ORCH_WORKER_METRICS_ADDR", "not_an_addr")
+    monkeypatch.setenv("ORCH_WORKER_METRICS_PORT", "0")
+    monkeypatch.delenv("ORCH_DATABASE_URL", raising=False)  # refused before any server
+    result = CliRunner().invoke(app, ["worker"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ORCH_WORKER_METRICS_ADDR: must be an IP address "
+                                     "or a host name"), result.output
+    assert result.output.count("\n") == 1
+
+
 @pytest.mark.parametrize(("host", "starttls", "ssl", "refused"), [
     ("mail.example.com", "false", "false", True),
     ("mail.example.com", "true", "false", False),

@@ -32,6 +32,12 @@ def test_postgres_urls_are_normalised_to_psycopg(monkeypatch: pytest.MonkeyPatch
         ("ORCH_LOG_LEVEL", "LOUD", "ORCH_LOG_LEVEL:"),
         ("ORCH_METRICS_ADDR", "9100", "ORCH_METRICS_ADDR: must be host:port"),
         ("ORCH_METRICS_ADDR", "0.0.0.0:http", "ORCH_METRICS_ADDR: must be host:port"),
+        ("ORCH_METRICS_ADDR", "not_an_addr:9100", "ORCH_METRICS_ADDR: must be host:port"),
+        # the worker logged a WARNING at its bind and ran without /metrics
+        ("ORCH_WORKER_METRICS_ADDR", "not_an_addr", "ORCH_WORKER_METRICS_ADDR: must be an IP "
+         "address or a host name (the port is ORCH_WORKER_METRICS_PORT), got 'not_an_addr'"),
+        ("ORCH_WORKER_METRICS_ADDR", "127.0.0.1:9100", "ORCH_WORKER_METRICS_ADDR: must be an IP"),
+        ("ORCH_WORKER_METRICS_ADDR", "", "ORCH_WORKER_METRICS_ADDR: must be an IP"),
         ("ORCH_REDIS_URL", "memcached://:hunter2@127.0.0.1:1/0",
          "ORCH_REDIS_URL: must be a redis:// URL"),
         # a mistyped "://": where the password is cannot be told, so nothing past the scheme
@@ -106,6 +112,14 @@ def test_cache_default_tenants(monkeypatch: pytest.MonkeyPatch) -> None:
 ])
 def test_the_metrics_address_is_host_and_port(value: str, expected: tuple[str, int]) -> None:
     assert split_address(value) == expected
+
+
+@pytest.mark.parametrize("value", ["0.0.0.0", "::1", "localhost", "metrics-1.internal."])
+def test_the_worker_metrics_address_is_an_ip_or_a_host_name(
+    monkeypatch: pytest.MonkeyPatch, value: str,
+) -> None:
+    monkeypatch.setenv("ORCH_WORKER_METRICS_ADDR", value)
+    assert load_settings().worker_metrics_addr == value
 
 
 @pytest.mark.parametrize("value", ["", "*", " 10.0.0.1 ", "10.0.0.0/8, ::1,fd00::/8,"])
