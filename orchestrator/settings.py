@@ -280,6 +280,15 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at most ORCH_CALIBRATION_WINDOW ({window})")
         return v
 
+    @field_validator("backends_file", mode="before")
+    @classmethod
+    def _backends_file(cls, v: object) -> object:
+        # else Path("") is ".", refused at the catalogue's read as a directory, naming no setting
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("is empty: a path to the backend catalogue (unset: "
+                             "config/backends.yaml)")
+        return v
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, v: str | None) -> str | None:

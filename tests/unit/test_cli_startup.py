@@ -47,6 +47,17 @@ def test_a_bad_catalogue_stops_the_process_at_start_in_one_line(
 
 
 @pytest.mark.parametrize("command", ["api", "worker", "beat"])
+def test_an_empty_catalogue_path_stops_the_process_at_start_naming_it(
+        command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # it was read as ".": "error: .: cannot read the catalogue (Is a directory)"
+    monkeypatch.setenv("ORCH_BACKENDS_FILE", "")
+    result = CliRunner().invoke(app, [command])
+    assert result.exit_code == 1
+    assert result.output == "error: ORCH_BACKENDS_FILE: is empty: a path to the backend " \
+        "catalogue (unset: config/backends.yaml)\n", result.output
+
+
+@pytest.mark.parametrize("command", ["api", "worker", "beat"])
 def test_a_bad_smtp_setting_stops_the_process_at_start_naming_it(
         command: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORCH_SMTP_PORT", "70000")

@@ -55,6 +55,10 @@ def test_postgres_urls_are_normalised_to_psycopg(monkeypatch: pytest.MonkeyPatch
         ("ORCH_REDIS_URL", "redis://:hunter2@cache:99999/0", "ORCH_REDIS_URL: its port"),
         ("ORCH_REDIS_URL", "redis://:hunter2@cache:6379/jobs",
          "ORCH_REDIS_URL: its database (the path) is not a number"),
+        # "." (a directory) was read as the catalogue, the error naming no setting
+        ("ORCH_BACKENDS_FILE", "", "ORCH_BACKENDS_FILE: is empty: a path to the backend "
+         "catalogue (unset: config/backends.yaml)"),
+        ("ORCH_BACKENDS_FILE", "  ", "ORCH_BACKENDS_FILE: is empty"),
         ("ORCH_CACHE_DEFAULT_TENANTS", "acme, no spaces", "ORCH_CACHE_DEFAULT_TENANTS: "),
         ("ORCH_CACHE_TTL_S", "0", "ORCH_CACHE_TTL_S:"),
         ("ORCH_CALIBRATION_WINDOW", "0", "ORCH_CALIBRATION_WINDOW:"),
