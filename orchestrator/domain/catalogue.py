@@ -51,6 +51,8 @@ _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SIZE_RE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 
 UsdRate = Annotated[Decimal, Field(ge=0, le=1_000_000, allow_inf_nan=False)]
+# strict: YAML's true is an int to pydantic, and "max_concurrency: true" loaded as 1
+Concurrency = Annotated[int, Field(ge=1, le=1_000_000, strict=True)]
 
 
 def to_pico(usd: Decimal, what: str) -> int:
@@ -228,6 +230,16 @@ BILLS_FAILED_RUNS: frozenset[str] = frozenset({"per_compute_second"})
 _PRICE_PROTOCOLS: dict[str, Protocol] = {"per_compute_second": Protocol.PREDICTIONS}
 
 
+class Defaults(BaseModel):
+    """``defaults``' backend keys, checked as a backend's are: a bad one loaded while every
+    backend set its own, and met the first backend that did not."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_concurrency: Concurrency = 100
+    idempotency: Idempotency = "none"
+
+
 class BackendSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -245,7 +257,7 @@ class BackendSpec(BaseModel):
         description="openai protocol: the request's model (default: the backend's name); "
                     "predictions: the request's version (Replicate's owner/model, "
                     "owner/model:version or version id; unset: none is sent)")
-    max_concurrency: int = Field(default=100, ge=1, le=1_000_000)
+    max_concurrency: Concurrency = 100
     expected_latency_ms: float | None = Field(
         default=None, gt=0, allow_inf_nan=False,
         description="prior for routing until latency has been observed",
@@ -426,6 +438,11 @@ def parse_catalogue(
     unknown = set(defaults) - {"timeouts", "max_concurrency", "idempotency"}
     if unknown:
         raise _fail(source, None, f"defaults.{sorted(unknown)[0]}", "unknown key")
+    try:
+        Defaults.model_validate({k: v for k, v in defaults.items() if k != "timeouts"})
+    except ValidationError as exc:
+        field, msg = _first_error(exc)
+        raise _fail(source, None, f"defaults.{field}", msg) from None
     raw = data.get("backends")
     if not isinstance(raw, list) or not raw:
         raise _fail(source, None, "backends", "must be a non-empty list")

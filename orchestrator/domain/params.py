@@ -67,7 +67,7 @@ class ParamSpec(BaseModel):
     type: ParamType
     min: StrictInt | StrictFloat | None = None
     max: StrictInt | StrictFloat | None = None
-    max_length: int | None = Field(default=None, ge=1, le=10_000_000)
+    max_length: int | None = Field(default=None, ge=1, le=10_000_000, strict=True)  # no true
     choices: tuple[StrictStr, ...] | None = Field(default=None, min_length=1, max_length=1000)
     required: bool = False
     default: StrictBool | StrictInt | StrictFloat | StrictStr | None = None

@@ -98,6 +98,9 @@ def test_env_expansion_defaults_and_merge(tmp_path: Path) -> None:
          "greater than 0"),
         (lambda d: d["backends"][1].update(max_concurrency=0), "txt-a", "max_concurrency",
          "greater than or equal to 1"),
+        # YAML's true is an int to pydantic: it loaded as 1
+        (lambda d: d["backends"][1].update(max_concurrency=True), "txt-a", "max_concurrency",
+         "valid integer"),
         (lambda d: d["backends"][1].pop("base_url"), "txt-a", "base_url", "required"),
         (lambda d: d["backends"][1].update(base_url="ftp://x"), "txt-a", "base_url", "http"),
         (lambda d: d["backends"][0].update(base_url="${MISSING}/x"), "vid-a", "base_url",
@@ -189,6 +192,26 @@ def test_bad_documents(tmp_path: Path) -> None:
         load_catalogue(tmp_path / "missing.yaml")
     with pytest.raises(ConfigurationError, match="mapping"):
         parse_catalogue(["x"], source="inline")
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("max_concurrency", 0, "greater than or equal to 1"),
+    ("max_concurrency", 1_000_001, "less than or equal to 1000000"),
+    ("max_concurrency", True, "valid integer"),
+    ("idempotency", "always", "'inflight'"),
+])
+def test_a_bad_default_is_refused_though_every_backend_sets_its_own(
+    tmp_path: Path, key: str, value: Any, words: str
+) -> None:
+    # it loaded, and met the first backend added without the key
+    doc = _good()
+    for backend in doc["backends"]:
+        backend.setdefault(key, 5 if key == "max_concurrency" else "none")
+    doc["defaults"][key] = value
+    err = _error(tmp_path, doc)
+    assert err.details["backend"] is None and err.details["field"] == f"defaults.{key}"
+    assert err.message.startswith(f"{tmp_path / 'backends.yaml'}: defaults.{key}: ")
+    assert words in err.message
 
 
 @pytest.mark.parametrize("cap", ["inf", "nan"])

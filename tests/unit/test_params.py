@@ -143,6 +143,9 @@ def _error(tmp_path: Path, backend: int, params: Any) -> ConfigurationError:
          "params.resolution.default", "the job spec gives resolution the default 720p"),
         (0, {"prompt": {"type": "string", "max_length": 200_000}}, "params.prompt.max_length",
          "above 100000"),
+        # YAML's true is an int to pydantic: it loaded as a max_length of 1
+        (0, {"prompt": {"type": "string", "max_length": True}}, "params.prompt.max_length",
+         "valid integer"),
         (0, {"n": {"type": "integer"}}, "params.n", "this backend runs no image jobs"),
         (2, {"stream": {"type": "boolean"}}, "params.stream", "the openai adapter sets stream"),
         (2, {"prompt": {"type": "string", "priced": False}}, "params.prompt.priced",
