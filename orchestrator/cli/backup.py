@@ -126,6 +126,9 @@ def create(
         report = create_backup(url, path, PgTools.locate(external=external), force=force,
                                key=keys[0] if keys else None)
     typer.echo(report.summary())
+    if not keys:  # a blank ORCH_BACKUP_KEY is unset too: never a silent plaintext archive
+        typer.echo(f"warning: {path} is not encrypted: no backup key (no --key-file, and "
+                   "ORCH_BACKUP_KEY is unset or empty)", err=True)
 
 
 @backup_app.command("restore")

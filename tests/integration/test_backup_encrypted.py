@@ -218,15 +218,22 @@ def test_the_command_encrypts_with_a_key_file_or_the_setting_and_never_shows_a_k
         engine.dispose()
         env = {"ORCH_DATABASE_URL": url, "ORCH_PG_BIN_DIR": str(TOOLS.bin_dir)}
         by_file, by_setting = tmp_path / "file.dump", tmp_path / "setting.dump"
-        plain = tmp_path / "plain.dump"
+        plain, blank = tmp_path / "plain.dump", tmp_path / "blank.dump"
         outputs = [cli(env, "create", "--key-file", str(keyfile), str(by_file)),
                    cli({**env, "ORCH_BACKUP_KEY": f"{key_text},{OTHER_TEXT}"}, "create",
                        str(by_setting)),
-                   cli(env, "create", str(plain))]
+                   cli(env, "create", str(plain)),
+                   # blank is unset: it wrote a plaintext archive without a word about it
+                   cli({**env, "ORCH_BACKUP_KEY": " \t "}, "create", str(blank))]
         for done in outputs[:2]:
             assert done.returncode == 0, done.stderr
             assert f"encrypted with backup key {key.fingerprint}" in done.stdout
-        assert outputs[2].returncode == 0 and "backup key" not in outputs[2].stdout
+            assert done.stderr == ""
+        for done, where in ((outputs[2], plain), (outputs[3], blank)):
+            assert done.returncode == 0 and "backup key" not in done.stdout
+            assert done.stderr == (f"warning: {where} is not encrypted: no backup key (no "
+                                   "--key-file, and ORCH_BACKUP_KEY is unset or empty)\n")
+            assert not where.read_bytes().startswith(MAGIC)
         assert by_file.read_bytes().startswith(MAGIC)
         assert by_setting.read_bytes().startswith(MAGIC)
 
