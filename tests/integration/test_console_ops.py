@@ -130,3 +130,53 @@ def test_what_the_api_answers_is_text_and_a_long_value_wraps_in_its_column(
     assert all(px <= 1 for px in overflow), overflow
     shot(page, "job-long-error")
     page.unroute_all(behavior="ignoreErrors")  # a re-read in flight as the tab closes
+
+
+def test_a_key_signed_in_while_a_retry_is_answered_stays_signed_in(
+    limited: str, db: Engine, page: Page,
+) -> None:
+    """The reload's retry for the stored key is in flight when the operator signs in with
+    another key: the retry's late refusal (429) must not send the new session back to the
+    sign-in page, nor its identity be the old key's."""
+    with db.begin() as conn:
+        old, new = create_key(conn, "busy"), create_key(conn, "calm")
+    sign_in(page, limited, old)
+    expect(page.locator("#identity")).to_contain_text("tenant busy")
+    with httpx.Client(base_url=limited, headers={"Authorization": f"Bearer {old}"},
+                      timeout=10) as producer:  # the old key's tenant uses up its limit
+        for _ in range(LIMIT + 1):
+            if producer.get("/v1/whoami").status_code == 429:
+                break
+        else:
+            pytest.fail("the rate limit never answered 429")
+    page.reload()
+    expect(page.locator("#signin-error")).to_contain_text("trying again")
+
+    held: list[Route] = []
+
+    def hold_old(route: Route) -> None:
+        if route.request.headers.get("authorization") == f"Bearer {old}":
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/v1/whoami", hold_old)
+    until(page, lambda: len(held) == 1, timeout_s=15)  # the next retry, held
+    page.get_by_label("API key").fill(new)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#identity")).to_contain_text("tenant calm")
+    # whether the sign-in page shows, even for a moment, from here on
+    page.evaluate("""() => { window.signinShown = false;
+        new MutationObserver(() => { if (!document.getElementById("signin").hidden)
+            window.signinShown = true; }).observe(document.getElementById("signin"),
+                                                  { attributes: true }); }""")
+    with page.expect_response(lambda r: r.url.endswith("/v1/whoami")
+                              and r.status == 429) as refused:
+        held[0].continue_()  # the old key's retry is refused now
+    refused.value.finished()
+    # a task queued after the answer's own: the page has handled it by then
+    page.evaluate("() => new Promise(done => setTimeout(done, 0))")
+    assert page.evaluate("window.signinShown") is False
+    expect(page.locator("#identity")).to_contain_text("tenant calm")
+    expect(page.locator("#signin")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('orchestrator.console.key')") == new

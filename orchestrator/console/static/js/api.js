@@ -27,7 +27,8 @@ export async function call(path, { method = "GET", params = {}, body } = {}) {
   for (const [k, v] of Object.entries(params)) {
     if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, v);
   }
-  const headers = { Authorization: `Bearer ${storedKey()}`, Accept: "application/json" };
+  const key = storedKey();
+  const headers = { Authorization: `Bearer ${key}`, Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const ctrl = new AbortController();
   const timer = setTimeout(() => ctrl.abort(), CALL_TIMEOUT_MS);
@@ -51,7 +52,8 @@ export async function call(path, { method = "GET", params = {}, body } = {}) {
   }
   if (!resp.ok) {
     const err = (data && data.error) || {};
-    if (resp.status === 401) onUnauthorized();
+    // a key signed in since this call went out is not the one refused
+    if (resp.status === 401 && storedKey() === key) onUnauthorized();
     throw new ApiError(resp.status, err.code || "error", err.message || resp.statusText);
   }
   // a 200 that is not JSON is not the API's (a proxy's or a portal's sign-in page): say so,
@@ -72,10 +74,11 @@ function timedOut() {
 export async function openStream(path, { params = {}, lastId = null, signal } = {}) {
   const url = new URL(path, window.location.origin);
   for (const [k, v] of Object.entries(params)) if (v) url.searchParams.set(k, v);
-  const headers = { Authorization: `Bearer ${storedKey()}`, Accept: "text/event-stream" };
+  const key = storedKey();
+  const headers = { Authorization: `Bearer ${key}`, Accept: "text/event-stream" };
   if (lastId !== null) headers["Last-Event-ID"] = lastId;
   const resp = await fetch(url, { headers, signal, credentials: "omit", cache: "no-store" });
-  if (resp.status === 401) onUnauthorized();
+  if (resp.status === 401 && storedKey() === key) onUnauthorized();
   const type = resp.headers.get("Content-Type") || "";
   if (!resp.ok || !type.startsWith("text/event-stream")) {
     resp.body?.cancel().catch(() => {});

@@ -89,13 +89,20 @@ function decoded(id) {
   }
 }
 
+// Who the key is (and an admin's tenants), read first and shown only by signedIn(): a start
+// superseded meanwhile (a key signed in since) changes nothing.
 async function identify() {
-  ctx.me = await call("/v1/whoami");
+  const me = await call("/v1/whoami");
+  const keys = me.admin ? (await call("/v1/keys")).items : null;
+  return { me, keys };
+}
+
+function signedIn({ me, keys }) {
+  ctx.me = me;
   $("identity").textContent = ctx.me.admin
     ? `admin (${ctx.me.tenant}) · key ${ctx.me.prefix}` : `tenant ${ctx.me.tenant} · key ${ctx.me.prefix}`;
   if (ctx.me.admin) {
-    const { items } = await call("/v1/keys");
-    ctx.tenants = [...new Set(items.map(k => k.tenant))].sort();
+    ctx.tenants = [...new Set(keys.map(k => k.tenant))].sort();
     const select = $("tenant");
     select.replaceChildren(h("option", { value: "" }, "All tenants"),
       ...ctx.tenants.map(t => h("option", { value: t }, t)));
@@ -117,6 +124,8 @@ function show(signedIn) {
 }
 
 function signOut(message = "") {
+  clearTimeout(resumeTimer);
+  starts++;  // a start still waiting for its answer signs nobody in
   stopTimers();
   forgetKey();
   sessionStorage.removeItem(TENANT);
@@ -138,12 +147,16 @@ function signOut(message = "") {
 // the key and tries again: only a 401 or Sign out forgets it, and the key may not be at hand.
 const RESUME_RETRY_MS = 5000;
 let resumeTimer = null;
+let starts = 0;  // the latest start decides: a retry answered after a new sign-in is dropped
 
 async function start(resumed = false) {
   clearTimeout(resumeTimer);
+  const mine = ++starts;
+  let found;
   try {
-    await identify();
+    found = await identify();
   } catch (e) {
+    if (mine !== starts) return;
     if (resumed && e.status !== 401 && storedKey()) {
       ctx.me = null;
       show(false);
@@ -155,6 +168,8 @@ async function start(resumed = false) {
     signOut(e.status === 401 ? "That key was not accepted." : `Cannot sign in: ${e.message}`);
     return;
   }
+  if (mine !== starts) return;
+  signedIn(found);
   $("signin-error").textContent = "";
   show(true);
   route();
