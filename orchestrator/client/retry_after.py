@@ -19,8 +19,8 @@ def parse_retry_after(value: str | None, now: Callable[[], datetime] | None = No
         seconds = float(value)
     except ValueError:
         pass
-    else:  # "inf", "nan" or "1e999" is no delay: a wait for ever, or one read as none
-        return max(0.0, seconds) if math.isfinite(seconds) else None
+    else:  # "nan" is no delay; "inf" or "1e999" is one longer than any caller waits
+        return None if math.isnan(seconds) else max(0.0, seconds)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
