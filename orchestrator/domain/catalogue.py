@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -53,6 +54,16 @@ _SIZE_RE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 UsdRate = Annotated[Decimal, Field(ge=0, le=1_000_000, allow_inf_nan=False)]
 # strict: YAML's true is an int to pydantic, and "max_concurrency: true" loaded as 1
 Concurrency = Annotated[int, Field(ge=1, le=1_000_000, strict=True)]
+
+
+def _not_bool(v: object) -> object:
+    # YAML's true is 1.0 to a float field: "read_s: true" loaded as a one-second timeout
+    if isinstance(v, bool):
+        raise ValueError("must be a number, not true or false")
+    return v
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
 
 
 def to_pico(usd: Decimal, what: str) -> int:
@@ -80,9 +91,9 @@ class Timeouts(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    connect_s: float = Field(default=2.0, gt=0, le=300)
-    read_s: float = Field(default=30.0, gt=0, le=3600)
-    start_to_close_s: float = Field(default=600.0, gt=0, le=7 * 24 * 3600)
+    connect_s: Number = Field(default=2.0, gt=0, le=300)
+    read_s: Number = Field(default=30.0, gt=0, le=3600)
+    start_to_close_s: Number = Field(default=600.0, gt=0, le=7 * 24 * 3600)
 
 
 class PerSecondPrice(BaseModel):
@@ -95,7 +106,7 @@ class PerSecondPrice(BaseModel):
     resolution_multipliers: dict[str, Annotated[Decimal, Field(gt=0, le=1000)]] = Field(
         default_factory=lambda: {r: Decimal(1) for r in RESOLUTIONS}, min_length=1
     )
-    max_duration_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # none: omit it
+    max_duration_s: Number | None = Field(default=None, gt=0, allow_inf_nan=False)  # none: omit it
 
     @field_validator("resolution_multipliers")
     @classmethod
@@ -258,7 +269,7 @@ class BackendSpec(BaseModel):
                     "predictions: the request's version (Replicate's owner/model, "
                     "owner/model:version or version id; unset: none is sent)")
     max_concurrency: Concurrency = 100
-    expected_latency_ms: float | None = Field(
+    expected_latency_ms: Number | None = Field(
         default=None, gt=0, allow_inf_nan=False,
         description="prior for routing until latency has been observed",
     )

@@ -101,6 +101,11 @@ def test_env_expansion_defaults_and_merge(tmp_path: Path) -> None:
         # YAML's true is an int to pydantic: it loaded as 1
         (lambda d: d["backends"][1].update(max_concurrency=True), "txt-a", "max_concurrency",
          "valid integer"),
+        # and to a float: "read_s: true" loaded as a one-second timeout
+        (lambda d: d["backends"][0]["timeouts"].update(read_s=True), "vid-a",
+         "timeouts.read_s", "not true or false"),
+        (lambda d: d["backends"][1].update(expected_latency_ms=False), "txt-a",
+         "expected_latency_ms", "not true or false"),
         (lambda d: d["backends"][1].pop("base_url"), "txt-a", "base_url", "required"),
         (lambda d: d["backends"][1].update(base_url="ftp://x"), "txt-a", "base_url", "http"),
         (lambda d: d["backends"][0].update(base_url="${MISSING}/x"), "vid-a", "base_url",
