@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import SplitResult
 
 
 class OrchestratorError(Exception):
@@ -150,3 +151,13 @@ def shown_scheme(value: str) -> str:
     (a bare token may be a key)."""
     match = _SCHEME_LIKE.match(value)
     return f"{match[0]}…" if match else "…"
+
+
+def bad_port(url: SplitResult) -> bool:
+    """Whether a split URL's port is given and not a number from 1 to 65535 (``urlsplit``
+    reads it only when asked, and raises for one that is not a number)."""
+    try:
+        port = url.port
+    except ValueError:
+        return True
+    return port == 0

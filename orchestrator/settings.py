@@ -19,7 +19,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.egress.policy import parse_allow
-from orchestrator.errors import ConfigurationError, shown_scheme
+from orchestrator.errors import ConfigurationError, bad_port, shown_scheme
 
 ENV_PREFIX = "ORCH_"
 _TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -320,11 +320,7 @@ class Settings(BaseSettings):
         # redis-py reads a database that is not a number as 0, the workers' broker refuses
         # it at its start; a bad port fails the first call naming no setting
         url = urlsplit(v)
-        try:
-            port = url.port
-        except ValueError:
-            port = 0
-        if port is not None and not 0 < port < 65536:
+        if bad_port(url):
             raise ValueError(f"its port is not a number from 1 to 65535, in {_redact(v)!r}")
         database = url.path.strip("/")
         if database and not database.isdigit():

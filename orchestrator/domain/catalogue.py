@@ -43,7 +43,7 @@ from pydantic import (
 from orchestrator.domain.accepts import resolve
 from orchestrator.domain.jobs import RESOLUTIONS, Kind, Tier
 from orchestrator.domain.params import PARAM_NAME_RE, FieldError, ParamSpec
-from orchestrator.errors import ConfigurationError, shown_scheme
+from orchestrator.errors import ConfigurationError, bad_port, shown_scheme
 
 PICO_PER_USD = 10**12
 MULT_SCALE = 10**6
@@ -290,11 +290,7 @@ class BackendSpec(BaseModel):
         parts = urlsplit(v)
         if not parts.hostname:
             raise ValueError("must be an http(s):// URL with a host")
-        try:
-            port = parts.port
-        except ValueError:
-            port = 0
-        if port is not None and not 0 < port < 65536:
+        if bad_port(parts):
             raise ValueError("its port is not a number from 1 to 65535")
         base, mark, query = v.partition("?")
         scheme, _, rest = base.partition("://")
