@@ -29,6 +29,7 @@ from orchestrator.backends.answers import warn_once, whole_count
 from orchestrator.backends.base import PollResult, Submission
 from orchestrator.backends.errors import BackendFault, JobFault
 from orchestrator.backends.http import HttpAdapter, is_provider_id
+from orchestrator.domain.base64text import standard_base64
 from orchestrator.domain.inputs import provider_input
 from orchestrator.domain.jobs import JobSpec
 from orchestrator.domain.pricing import Usage
@@ -206,7 +207,7 @@ class OpenAIAdapter(HttpAdapter):
             # line breaks and the URL-safe alphabet are base64 too; jsonb and a data: URL
             # then carry only the standard alphabet's characters: nothing else is stored
             if isinstance(b64, str):
-                b64 = "".join(b64.split()).replace("-", "+").replace("_", "/")
+                b64 = standard_base64(b64)
             if not isinstance(b64, str) or not _BASE64.fullmatch(b64):
                 raise self.malformed("an image's b64_json is not base64")
             urls.append(f"data:{media};base64,{b64}")

@@ -25,6 +25,7 @@ import re
 import uuid
 from typing import Any
 
+from orchestrator.domain.base64text import standard_base64
 from orchestrator.store.statement import Conn, Statement
 
 # media type (type/subtype, parameters dropped; longer than the column holds: not data of
@@ -66,10 +67,10 @@ def take_inline_data(job_id: uuid.UUID, output: Any) -> tuple[Any, list[tuple[st
             m = _DATA_URL.fullmatch(value)
             if m is None:
                 return value
-            # line breaks (MIME's base64, as Python's encodebytes writes it) and the URL-safe
-            # alphabet are base64 too, as the OpenAI adapter reads b64_json: left inline,
-            # megabytes would travel in the job, its events and its webhooks
-            data = "".join(m.group(2).split()).replace("-", "+").replace("_", "/")
+            # line breaks and the URL-safe alphabet are base64 too, as the OpenAI adapter
+            # reads b64_json: left inline, megabytes would travel in the job, its events and
+            # its webhooks
+            data = standard_base64(m.group(2))
             # without its padding, as the URL-safe alphabet is often written and as the
             # OpenAI adapter takes b64_json: restored (a length no base64 has stays refused)
             data += "=" * (-len(data) % 4)
