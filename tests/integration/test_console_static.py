@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
@@ -31,6 +32,9 @@ FILES = sorted(p.relative_to(STATIC_DIR).as_posix() for p in STATIC_DIR.rglob("*
 def served(db: Engine, database_url: str, redis_url: str,
            request: pytest.FixtureRequest) -> Iterator[str]:
     enabled = getattr(request, "param", True)
+    # the 401s asked for below must not meet 127.0.0.1's failed authentications of earlier
+    # tests of this process (a 429 once they reach the limit)
+    redis.Redis.from_url(redis_url).flushdb()
     container = Container(Settings(database_url=database_url, redis_url=redis_url,
                                    console_enabled=enabled))
     running = start_in_thread(container)
