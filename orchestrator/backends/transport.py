@@ -68,6 +68,7 @@ from typing import Any, Protocol
 import httptools
 import httpx
 
+from orchestrator.backends.heads import tolerant_head
 from orchestrator.backends.proxy import Proxy, ProxyRules, open_connection, open_tunnel
 from orchestrator.runtime.sockets import has_input
 
@@ -178,8 +179,11 @@ class Reply:
         front of it) may compress its answer though asked for ``identity``, and a paid
         answer left compressed is unreadable. Inflated up to MAX_ANSWER_BYTES, as much as
         is read off the wire (ValueError past it, or for data that does not inflate);
-        another coding is left as it came."""
-        coding = (self.header("Content-Encoding") or "").strip().lower()
+        ``identity`` in a list of codings is none (``gzip, identity``); another coding, or
+        two, is left as it came."""
+        codings = [c for c in (self.header("Content-Encoding") or "").lower().split(",")
+                   if c.strip() not in ("", "identity")]
+        coding = codings[0].strip() if len(codings) == 1 else ""
         if coding not in ("gzip", "x-gzip", "deflate"):
             return self.content
         try:
@@ -456,10 +460,13 @@ def _read_answer(sock: socket.socket, read: float | None, deadline: float | None
     """Read one whole answer (for HEAD, its head) with ``read`` seconds for each piece and
     everything by ``deadline`` (monotonic; TimeoutError); raise RemoteProtocolError if the
     connection ends before the answer does, the server switches protocols (a 101), or the
-    answer grows past MAX_ANSWER_BYTES."""
+    answer grows past MAX_ANSWER_BYTES. A head the parser refuses is read once more as h11
+    would read it (:func:`tolerant_head`); its connection is then not reused."""
     answer = _Answer()
-    parser = answer.parser = httptools.HttpResponseParser(answer)
+    answer.parser = httptools.HttpResponseParser(answer)
     received = 0
+    early: list[bytes] | None = []  # what came before the final head was parsed
+    retelling = retold = False
     while not answer.complete:
         if deadline is not None:
             left = deadline - time.monotonic()
@@ -478,19 +485,43 @@ def _read_answer(sock: socket.socket, read: float | None, deadline: float | None
         if received > MAX_ANSWER_BYTES:
             raise httpx.RemoteProtocolError(
                 f"the answer is larger than {MAX_ANSWER_BYTES // 2**20} MiB")
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade:  # no HttpParserError: it would escape the call
-            if not answer.complete:
-                raise httpx.RemoteProtocolError("the server switched protocols") from None
-            answer.extra = True
-        except httptools.HttpParserError:
-            # the answer stands when it was whole: what broke the parser came after it (a
-            # create answered, then bytes past its Content-Length, is no lost answer)
-            if not answer.complete:
-                raise
-            answer.extra = True
+        if early is None:
+            _feed(answer, data)
+        else:
+            early.append(data)
+            if not retelling:
+                try:
+                    _feed(answer, data)
+                except httptools.HttpParserError:
+                    retelling = True
+            if retelling:
+                told = tolerant_head(b"".join(early))
+                if told is None:
+                    continue  # the head goes on in what comes next
+                answer = _Answer()
+                answer.parser = httptools.HttpResponseParser(answer)
+                early, retelling, retold = None, False, True
+                _feed(answer, told)
+            elif answer.headers_done and answer.status >= 200:
+                early = None
         if head_only and answer.headers_done:
             answer.complete = True
+    if retold:
+        answer.keep_alive = False  # framing a proxy bent once may be bent worse next time
     return answer
 
+
+def _feed(answer: _Answer, data: bytes) -> None:
+    """Parse ``data`` into ``answer``; bytes that break the parser once the answer is whole
+    are no part of it (a create answered, then bytes past its Content-Length, is no lost
+    answer); ``HttpParserError`` before that."""
+    try:
+        answer.parser.feed_data(data)
+    except httptools.HttpParserUpgrade:  # no HttpParserError: it would escape the call
+        if not answer.complete:
+            raise httpx.RemoteProtocolError("the server switched protocols") from None
+        answer.extra = True
+    except httptools.HttpParserError:
+        if not answer.complete:
+            raise
+        answer.extra = True
