@@ -364,18 +364,14 @@ class Ledger:
         attempt: ClosingAttempt | None = None, backend: str | None = None,
         result: dict[str, Any] | None = None, error_code: str | None = None,
         error_message: str | None = None, conclude_in_s: float = 0.0,
-        then: Callable[[Conn, JobEnd], object] | None = None,
     ) -> JobEnd | None:
         """The job's last attempt closed (``attempt``), its final ``status`` and cost, and its
         hold settled (succeeded) or released, charging the cost in full (above the hold: an
         overage, ``JobEnd.overage_micros``): one statement that commits on its own (see
         :meth:`_guarded` and ``ledger.endings``). An attempt still open keeps the hold until
-        it concludes (``conclude_in_s``: when to look at it again).
-
-        ``then``: what must commit with the ending or not at all, run after it in its
-        transaction when it changed something (a late result kept with the attempt that
-        made it). That transaction holds the ending's period rows until its COMMIT, so it is
-        for rare endings only."""
+        it concludes (``conclude_in_s``: when to look at it again). ``result`` with a
+        succeeded attempt of a job that had already ended (cancelled, or failed by its
+        deadline) becomes its result (``JobEnd.kept_result``)."""
 
         def step(tx: Conn, guard: bool) -> JobEnd | None:
             return _guard_refusal(lambda: end_job(
@@ -383,13 +379,7 @@ class Ledger:
                 result=result, error_code=error_code, error_message=error_message,
                 conclude_in_s=conclude_in_s))
 
-        if then is None:
-            return self._guarded(step)
-        with self.engine.begin() as tx:
-            end = step(tx, False)
-            if end is not None:
-                then(tx, end)
-            return end
+        return self._guarded(step)
 
     def _guarded(self, step: Callable[[Conn, bool], _T]) -> _T:
         """Run a settle-like ``step`` as one statement outside any transaction, so it commits

@@ -11,12 +11,13 @@ ran first changes nothing, so nothing is reported twice.
 
 A job that ended before its attempt (cancelled, or failed by its deadline) and whose attempt
 the provider finished all the same (it ignored the stop, or had finished before it) is
-charged that work in full, so it keeps the output (``jobs.keep_late_result``): written as the
-job's result, as a succeeded job's is stored, the job's status unchanged (its terminal event
-went out when it ended). When the attempt concludes after the job's end, in the same
-transaction as that conclusion; when the job ended between a success's answer and its ending,
-by the ending's own statement (``orch_end_job``, migration 0021). A crash never leaves the
-job charged for an attempt closed ``succeeded`` without its output.
+charged that work in full, so it keeps the output: written as the job's result, as a
+succeeded job's is stored, the job's status unchanged (its terminal event went out when it
+ended), by the statement that closes the attempt (``orch_end_job``, migration 0021), whether
+the attempt concludes after the job's end or the job ended between a success's answer and
+its ending. A crash never leaves the job charged for an attempt closed ``succeeded`` without
+its output. The output's files are written before that statement; those of an output it did
+not keep are deleted with any expired result's (``events.retention``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from orchestrator.service.slots import SlotWaits
 from orchestrator.store import files
 from orchestrator.store import jobs as repo
 from orchestrator.store.engine import autocommit
-from orchestrator.store.statement import Conn
 
 # the chain's logger: its records keep the name they had before the chain was split up
 log = logging.getLogger("orchestrator.service.runner")
@@ -120,28 +120,12 @@ class Endings:
         """A succeeded attempt's output as a job's result. Megabytes of base64 go to files,
         written here, not into the result and its events (a text job's output is the model's
         words, whatever they look like)."""
-        result, inline = self._split(job, res)
+        output, inline = ((res.output, []) if job.kind == "text"
+                          else files.take_inline_data(job.id, res.output))
         if inline:
             with self.db.connection() as conn:
                 files.write(conn, job.id, inline)
-        return result
-
-    @staticmethod
-    def _split(job: repo.JobRow, res: PollResult) -> tuple[dict[str, Any], list[Any]]:
-        """The result, and the files its inline data goes to (not written yet)."""
-        output, inline = ((res.output, []) if job.kind == "text"
-                          else files.take_inline_data(job.id, res.output))
-        return {"output": output}, inline
-
-    @staticmethod
-    def _keep(conn: Conn, job: repo.JobRow, attempt: repo.AttemptRow,
-              result: dict[str, Any], inline: list[Any], now: datetime) -> bool:
-        """``keep_late_result`` on ``conn``, with the result's files (``inline``), written
-        only when it is kept, so that none is stored for a result that is not."""
-        kept = repo.keep_late_result(conn, job.id, attempt.id, result, now)
-        if kept:
-            files.write(conn, job.id, inline)
-        return kept
+        return {"output": output}
 
     @staticmethod
     def _kept(job: repo.JobRow, attempt: repo.AttemptRow) -> None:
@@ -176,24 +160,19 @@ class Endings:
                       closing: Closing | None, res: PollResult | None = None) -> None:
         """Close the attempt and, once none is open, finish the ended job's hold with
         what its attempts cost (one statement). ``res``: the provider's answer the closing
-        was read from; a success's output is kept as the ended job's result, in the
-        ending's transaction: a crash between the two would leave the attempt closed, so
-        no later step would look at the output again."""
+        was read from; a success's output is kept as the ended job's result by that same
+        statement (its files are written first, as ``succeed`` writes them): a crash between
+        the two would leave the attempt closed, so no later step would look at the output
+        again."""
         now = self.clock()
-        then: Callable[[Conn, JobEnd], object] | None = None
-        kept: list[bool] = []
+        result = None
         if (attempt is not None and res is not None and res.status == "succeeded"
                 and repo.ended_before_its_attempt(job)):
-            result, inline = self._split(job, res)
-            late = attempt
-
-            def then(tx: Conn, _: JobEnd) -> None:
-                kept.append(self._keep(tx, job, late, result, inline, now))
-
+            result = self.result_of(job, res)
         end = self.ledger.end_job(
             job.id, job.status, now,
             attempt=closing.row(attempt) if attempt is not None and closing else None,
-            then=then)
+            result=result)
         if end is None:
             return
         if attempt is not None and closing is not None:
@@ -205,7 +184,7 @@ class Endings:
             backend = attempt.backend if attempt else job.backend
             self.observe.concluded(job, backend=backend,
                                    charged_micros=self.charged(job, end, backend))
-        if any(kept) and attempt is not None:
+        if end.kept_result and attempt is not None:
             self._kept(job, attempt)
 
     def charged(self, job: repo.JobRow, end: JobEnd, backend: str | None) -> int:

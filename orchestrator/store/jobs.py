@@ -16,7 +16,6 @@ from typing import Any
 from psycopg import Connection as DriverConnection
 from sqlalchemy import Connection, text
 
-from orchestrator.store.engine import jsonb_dumps
 from orchestrator.store.statement import Conn, Statement
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -287,20 +286,6 @@ _MARK_CANCEL_REQUESTED = Statement(
 # only for an attempt closed succeeded (the step that closed it keeps it, after): never a
 # stale step's output for an attempt closed otherwise. The status is left as it is: a terminal
 # status, and its event, never change.
-_KEEP_LATE_RESULT = Statement(
-    """
-    UPDATE jobs j SET result = CAST(:result AS jsonb), updated_at = :now
-    WHERE j.id = :job AND j.result IS NULL
-      AND (j.status = 'cancelled'
-           OR (j.status = 'failed' AND j.error_code = 'deadline_exceeded'))
-      AND j.result_expired_at IS NULL
-      AND EXISTS (SELECT 1 FROM attempts a WHERE a.id = :attempt AND a.job_id = j.id
-                  AND a.outcome = 'succeeded')
-    RETURNING j.id
-    """
-)
-
-
 def insert_job(
     conn: Connection,
     *,
@@ -500,19 +485,9 @@ def mark_cancel_requested(conn: Conn, attempt_id: int, now: datetime) -> None:
 
 def ended_before_its_attempt(job: JobRow) -> bool:
     """The job ended while an attempt could still run (cancelled, or failed by its deadline):
-    an attempt the provider finished anyway gives it its result (``keep_late_result``)."""
+    an attempt the provider finished anyway gives it its result (``orch_end_job``)."""
     return job.status == "cancelled" or (job.status == "failed"
                                          and job.error_code == "deadline_exceeded")
-
-
-def keep_late_result(conn: Conn, job_id: uuid.UUID, attempt_id: int,
-                     result: dict[str, Any], now: datetime) -> bool:
-    """Keep ``result`` (the attempt's output, as a succeeded job's result is stored) as the
-    result of a job that ended before its attempt; False: the job did not end so, already
-    has one, or the attempt was closed other than succeeded."""
-    return _KEEP_LATE_RESULT.first(conn, {
-        "job": job_id, "attempt": attempt_id, "result": jsonb_dumps(result), "now": now,
-    }) is not None
 
 
 def close_attempt(

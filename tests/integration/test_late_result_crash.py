@@ -1,10 +1,11 @@
 """A cancelled job whose provider finished anyway keeps the output it is charged for, even
-when the step that concludes its attempt fails half-way: the conclusion and the kept result
-commit together, so a failed step leaves the attempt open and the next one keeps both.
+when the step that concludes its attempt dies: the conclusion and the kept result are one
+statement, so a step that died before it leaves the attempt open and the next one keeps
+both, and one that died after it left both.
 
 The chain runs in this process (as the worker's tasks would run it), on real PostgreSQL and
-Redis, against the simulator over real HTTP. The failure is injected where the result is
-written: the step that made the ending cannot be told from one that died there.
+Redis, against the simulator over real HTTP. The failure is injected just before the ending
+(where the output is prepared and its files written) or just after it.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def hold_status(rig: Rig, job_id: uuid.UUID) -> str:
                                 {"j": job_id}).scalar_one())
 
 
-def test_a_step_that_fails_while_keeping_a_late_result_leaves_the_attempt_to_the_next(
-        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("dies", ["before the ending", "after the ending"])
+def test_a_step_that_dies_around_a_late_results_ending_leaves_output_and_charge_together(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, dies: str) -> None:
     budget(rig)
     rig.control(BACKEND, duration_ms=1000, ignore_cancel=True)
     runner = rig.container.runner
@@ -49,18 +51,23 @@ def test_a_step_that_fails_while_keeping_a_late_result_leaves_the_attempt_to_the
     assert cancelled is not None and cancelled.status == "cancelled"
     assert rig.attempts(job_id)[0].outcome is None and hold_status(rig, job_id) == "held"
 
-    def crash(*_: Any, **__: Any) -> bool:
+    def crash(*_: Any, **__: Any) -> Any:
         raise Crash
 
-    monkeypatch.setattr(repo, "keep_late_result", crash)
-    # steps until the provider has finished and one concludes the attempt, failing there
+    endings = runner.endings
+    monkeypatch.setattr(endings, "result_of" if dies == "before the ending"
+                        else "attempt_closed", crash)
+    # steps until the provider has finished and one concludes the attempt, dying there
     with pytest.raises(Crash):
         run_chain(runner, job_id, token)
     (attempt,) = rig.attempts(job_id)
     job = rig.job(job_id)
-    assert attempt.outcome is None, "the attempt was closed without its output"
-    assert hold_status(rig, job_id) == "held" and job.result is None
-    assert rig.ledger()[0] == 0
+    if dies == "before the ending":
+        assert attempt.outcome is None, "the attempt was closed without its output"
+        assert hold_status(rig, job_id) == "held" and job.result is None
+        assert rig.ledger()[0] == 0
+    else:
+        assert attempt.outcome == "succeeded" and job.result is not None
 
     monkeypatch.undo()
     run_chain(runner, job_id, token)  # the next step, as the task's retry would run it
