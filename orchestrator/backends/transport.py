@@ -80,6 +80,8 @@ _RECV = 65536
 # answer is held about three times over while it is read, joined and parsed (a 256 MiB one
 # took a worker to 856 MB), and each of a worker's threads may be reading one
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# the most read while a head the parser refused is looked for again (h11 allows 16 KiB)
+MAX_BENT_HEAD_BYTES = 64 * 1024
 
 
 class _Answer:
@@ -497,6 +499,10 @@ def _read_answer(sock: socket.socket, read: float | None, deadline: float | None
             if retelling:
                 told = tolerant_head(b"".join(early))
                 if told is None:
+                    if received > MAX_BENT_HEAD_BYTES:  # each look reads it all again
+                        raise httpx.RemoteProtocolError(
+                            f"a head the parser refused runs past "
+                            f"{MAX_BENT_HEAD_BYTES // 1024} KiB")
                     continue  # the head goes on in what comes next
                 answer = _Answer()
                 answer.parser = httptools.HttpResponseParser(answer)

@@ -96,3 +96,15 @@ def test_a_create_answered_through_a_bending_proxy_is_not_a_lost_answer(
                                                                "duration_s": 4}})
     assert adapter.submit(spec, "job-1:1").external_id == "p-1"
     assert len(fake.received("POST", "/v1/predictions")) == 1
+
+
+def test_a_bent_head_that_never_ends_is_refused_once_it_is_too_long(
+        fake: WireFake, transport: Http11Transport, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each look for its end reads the whole head again: a server trickling one without end
+    would have the worker scan megabytes per read, up to the 64 MiB answer limit."""
+    monkeypatch.setattr(transport_module, "_RECV", 4096)
+    endless = b"HTTP/1.1 201 Created\nX-Pad: " + b"x" * (transport_module.MAX_BENT_HEAD_BYTES
+                                                      + 8192)
+    fake.route("POST", "/v1/predictions", raw(endless))
+    with pytest.raises(httpx.RemoteProtocolError, match="KiB"):
+        read_by(transport, fake.url)
