@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable
 
@@ -103,24 +102,21 @@ def deliver_alerts() -> int:
 def deliver_webhooks() -> int:
     """Send the job webhooks that are due (beat, every ORCH_WEBHOOK_INTERVAL_S), batch after
     batch for up to one interval; returns how many were tried."""
-    from orchestrator.events.delivery import WebhookPolicy, deliver_due
+    from orchestrator.events.delivery import Report, WebhookPolicy, deliver_run
 
     c = container()
     s = c.settings
     rules = WebhookPolicy(retry_window_s=s.webhook_retry_window_s,
                           backoff_s=s.webhook_backoff_s, backoff_cap_s=s.webhook_backoff_cap_s)
-    stop = time.monotonic() + s.webhook_interval_s
-    tried = 0
-    while True:
-        report = deliver_due(c.engine, c.egress, c.secrets, _webhook_client(), rules, utcnow())
-        for outcome, count in (("delivered", report.delivered),
-                               ("retrying", report.retrying), ("failed", report.failed)):
-            if count:
-                metrics.counter(m.WEBHOOK_DELIVERIES, count, outcome=outcome)
-        n = report.delivered + report.retrying + report.failed
-        tried += n
-        if n < 100 or time.monotonic() > stop:
-            return tried
+
+    def count(report: Report) -> None:
+        for outcome, n in (("delivered", report.delivered),
+                           ("retrying", report.retrying), ("failed", report.failed)):
+            if n:
+                metrics.counter(m.WEBHOOK_DELIVERIES, n, outcome=outcome)
+
+    return deliver_run(c.engine, c.egress, c.secrets, _webhook_client(), rules, utcnow,
+                       s.webhook_interval_s, on_report=count)
 
 
 @app.task(  # type: ignore[untyped-decorator]

@@ -32,7 +32,7 @@ others' webhooks (its POSTs each take up to the client's whole time limit):
   costs that tenant's scan, not the others' place in the batch;
 - **probes**: a tenant whose endpoint is marked failing (``failing_since``) gets at most
   ``probes`` (:data:`FAILING_PROBES`) deliveries to it per run; one that succeeds clears
-  the mark (unless one recorded after it in that run failed) and the next run takes the
+  the mark (unless one recorded after it in that run failed) and the next batch takes the
   rest. Deliveries to a job's own ``webhook_url``
   (``target = 'job'``) mark nothing and are not capped by it: a job's URL is not the
   endpoint, and one tenant's jobs may name many. Only the interleaving shares those: a
@@ -53,6 +53,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -211,6 +212,35 @@ def deliver_due(engine: Engine, policy: EgressPolicy, box: SecretBox | None,
         for c in claimed:
             counts[_record(tx, c, ended, rules, token)] += 1
     return Report(**counts)
+
+
+def deliver_run(engine: Engine, policy: EgressPolicy, box: SecretBox | None,
+                client: httpx.Client, rules: WebhookPolicy, clock: Callable[[], datetime],
+                for_s: float, batch: int = 100,
+                on_report: Callable[[Report], None] | None = None) -> int:
+    """One run of the sender (beat's ``orchestrator.deliver_webhooks``): batch after batch
+    for up to ``for_s`` seconds, while a batch was full or ended a delivery (delivered, or
+    failed for good). A job's next event to an endpoint is held back until the one before it
+    ended (in order per job), so it falls due only once that batch is recorded: stopping
+    there made a job's events leave one run apart, its terminal event (its third, fifth…)
+    that many intervals after it happened. An endpoint marked failing gets its probes in
+    the first batch only (a run's, not a batch's); one that succeeded cleared the mark, and
+    the later batches take the rest. Returns how many were tried."""
+    stop = time.monotonic() + for_s
+    tried = 0
+    probes = FAILING_PROBES
+    while True:
+        report = deliver_due(engine, policy, box, client, rules, clock(), batch=batch,
+                             probes=probes)
+        probes = 0
+        if on_report is not None:
+            on_report(report)
+        n = report.delivered + report.retrying + report.failed
+        tried += n
+        # only retries (a receiver down): nothing new is due before their backoff
+        ended = report.delivered + report.failed
+        if (n < batch and not ended) or time.monotonic() > stop:
+            return tried
 
 
 LEASE_MARGIN_S = 15.0  # the claim and record transactions, DNS, a last connect attempt

@@ -24,7 +24,13 @@ from sqlalchemy import Engine, text
 
 from orchestrator.egress import EgressPolicy, egress_client, post_pinned
 from orchestrator.events import endpoints
-from orchestrator.events.delivery import Report, WebhookPolicy, deliver_due
+from orchestrator.events.delivery import (
+    FAILING_PROBES,
+    Report,
+    WebhookPolicy,
+    deliver_due,
+    deliver_run,
+)
 from orchestrator.notify.base import default_timeout
 from orchestrator.secrets import SecretBox, new_key
 
@@ -245,6 +251,42 @@ def test_one_jobs_failing_delivery_holds_back_its_own_later_events_only(
              if json.loads(r.body)["job_id"] == str(a)]
     assert got_a[-2:] == [1, 2] and got_a.count(2) == 1
     assert {s for s, *_ in _rows(db)} == {"delivered"}
+
+
+def test_one_run_sends_a_jobs_events_one_after_another_not_a_run_apart(
+        db: Engine, client: httpx.Client, receiver: RawReceiver) -> None:
+    """A job's next event to an endpoint is due only once the one before it was delivered.
+    One run of the sender (beat's, every ORCH_WEBHOOK_INTERVAL_S) must send it then, not
+    leave it to the next run: a job's terminal event, its third or fifth, came that many
+    intervals after it happened. Another tenant's endpoint marked failing still gets its two
+    probes a run, not two a batch; and a receiver that is down ends the run at once."""
+    receiver.behave = lambda sock, req: sock.sendall(answer(503 if req.path == "/g" else 200))
+    with db.begin() as conn:
+        endpoints.put(conn, "acme", url=f"{receiver.url}/tenant", secret="s" * 20,
+                      events=["job.queued", "job.cancelled"], policy=EGRESS, box=BOX)
+        endpoints.put(conn, "globex", url=f"{receiver.url}/g", secret="g" * 20,
+                      events=["job.queued"], policy=EGRESS, box=BOX)
+        for _ in range(4):
+            insert_job(conn, None, tenant="globex")
+    assert _send(db, client) == Report(retrying=4)  # globex's endpoint is marked failing
+    job = _job(db, f"{receiver.url}/unused", events=())
+    with db.begin() as conn:  # its second event, queued behind the first
+        conn.execute(text("UPDATE jobs SET status = 'cancelled' WHERE id = :j"), {"j": job})
+    at = _later()  # globex's retries are due too
+    assert deliver_run(db, EGRESS, BOX, client, WebhookPolicy(), lambda: at, for_s=30) == 4
+    got = [(r.path, json.loads(r.body)) for r in receiver.got()]
+    assert [(e["job_id"], e["seq"], e["type"]) for path, e in got if path == "/tenant"] == [
+        (str(job), 1, "job.queued"), (str(job), 2, "job.cancelled")]
+    assert sum(path == "/g" for path, _ in got) == 4 + FAILING_PROBES
+    assert [s for s, *_ in _rows(db)].count("delivered") == 2
+    receiver.behave = lambda sock, _: sock.sendall(answer(503))
+    other = _job(db, f"{receiver.url}/unused", events=())
+    with db.begin() as conn:
+        conn.execute(text("UPDATE jobs SET status = 'cancelled' WHERE id = :j"), {"j": other})
+    started = time.monotonic()
+    assert deliver_run(db, EGRESS, BOX, client, WebhookPolicy(), lambda: datetime.now(UTC),
+                       for_s=30) == 1  # its first, to be retried; the second waits for it
+    assert time.monotonic() - started < 10
 
 
 def _docs_receiver(secret: str, req: Request, now: float, seen: set[str]) -> int:
