@@ -1,5 +1,6 @@
-"""Server-Sent Events: ``GET /v1/jobs/{id}/events`` (one job, ends after its terminal event)
-and ``GET /v1/events`` (the tenant's feed, open until the client leaves).
+"""Server-Sent Events: ``GET /v1/jobs/{id}/events`` (one job, ends after its terminal event,
+or after the late ``job.charged`` of an attempt still running when the job ended) and
+``GET /v1/events`` (the tenant's feed, open until the client leaves).
 
 Each message is ``id: <the event's id>``, ``event: <type>``, ``data: <the event as JSON>``.
 A client that reconnects with ``Last-Event-ID`` (or ``?after=<seq>`` / ``?since=<cursor>``)
@@ -47,6 +48,7 @@ from orchestrator.events.store import (
     feed_head_shown,
     job_events,
     job_owner,
+    job_state,
 )
 
 JobId = Annotated[uuid.UUID, Path(description="the job id")]
@@ -107,11 +109,16 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                               "retry after Retry-After, or poll: GET /v1/jobs/{id} for a job, "
                               "GET /v1/events with Accept: application/json for the feed")
 
-    def read_job(job_id: uuid.UUID, after: int) -> tuple[str | None, list[Event]]:
+    def read_job(job_id: uuid.UUID, after: int) -> tuple[bool, bool, list[Event]]:
+        """(whether the job has ended, whether no event is to come, its events after
+        ``after``). The state is read first: a job that ended with no attempt open has all
+        its events committed (a late ``job.charged`` commits with the attempt's conclusion),
+        so they are read here."""
         with c.engine.connect() as conn:
-            owner = job_owner(conn, job_id)  # the status first: a final one means the
-            events = job_events(conn, job_id, after)  # terminal event is visible here
-        return (None if owner is None else owner[1]), events
+            state = job_state(conn, job_id)
+            events = job_events(conn, job_id, after)
+        final = state is not None and state[0] in _FINAL
+        return final, final and state is not None and not state[1], events
 
     def resume_seq(job_id: uuid.UUID, last: str) -> int:
         """The seq to resume after: an event's ``id`` (the stream's ``id:``, or what a webhook
@@ -165,8 +172,9 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
     @r.get("/jobs/{job_id}/events", summary="A job's events as Server-Sent Events",
            response_class=EventSourceResponse,
            responses={**_SSE_DOC, 204: {"description": "resumed after the job's terminal "
-                                               "event, or a finished job with no event "
-                                               "left: the stream has nothing more"},
+                                               "event (and a late charge), or a finished "
+                                               "job with no event left: the stream has "
+                                               "nothing more"},
                       404: _err("no such job (or not yours)"),
                       503: _err("too many streams open on this API process")})
     async def job_stream(
@@ -177,11 +185,13 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
         await to_thread.run_sync(owned, job_id, p.tenant)
         if last_event_id is not None and last_event_id.strip():
             start = await to_thread.run_sync(resume_seq, job_id, last_event_id.strip())
-        was, rest = await to_thread.run_sync(read_job, job_id, start)
-        if not rest and was in _FINAL:
-            # resumed after the terminal event, or a finished job whose events retention
-            # deleted: nothing will come. 204 is what stops an EventSource, which reconnects
-            # after every 200 stream that ends (without a Last-Event-ID if it got no id)
+        _, over, rest = await to_thread.run_sync(read_job, job_id, start)
+        if not rest and over:
+            # resumed after the terminal event (and a late charge), or a finished job whose
+            # events retention deleted: nothing will come. 204 is what stops an EventSource,
+            # which reconnects after every 200 stream that ends (without a Last-Event-ID if
+            # it got no id). Not while an attempt open at the end may still be billed: its
+            # job.charged comes later, and an EventSource stopped by a 204 would never see it
             return Response(status_code=204, headers={"Cache-Control": "no-cache"})
         admit_stream()
 
@@ -193,28 +203,32 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
                 for ev in rest:  # read above; what commits from now on is read below
                     cursor = ev.seq
                     yield _message(ev)
-                if was in _FINAL or any(ev.terminal for ev in rest):
+                if over:
                     return
                 with hub.watch_job(job_id) as wake:
                     while True:
                         wake.clear()
                         if await key.revoked():
                             return
-                        status, batch = await to_thread.run_sync(read_job, job_id, cursor)
+                        ended, done, batch = await to_thread.run_sync(read_job, job_id, cursor)
                         for ev in batch:  # a late charge after the terminal one too
                             cursor = ev.seq
                             yield _message(ev)
-                        # the status is read before the events: a final one means its terminal
-                        # event is sent (or behind the cursor), and what came after it too
-                        if status in _FINAL or any(ev.terminal for ev in batch):
+                        # the state is read before the events: done means its terminal event
+                        # is sent (or behind the cursor), and a late charge too
+                        if done:
                             return
-                        # no timed re-read: PostgreSQL loses no notification while the
-                        # listener is connected, and a reconnection wakes every stream;
-                        # 200 streams opened together would otherwise read together. The
-                        # timeout only looks at the key, so a quiet job's stream ends too
+                        # no timed re-read of a live job: PostgreSQL loses no notification
+                        # while the listener is connected, and a reconnection wakes every
+                        # stream; 200 streams opened together would otherwise read together.
+                        # The timeout looks at the key, so a quiet job's stream ends too; and
+                        # once the job has ended, at the job: an open attempt that concludes
+                        # with no bill writes no event, so nothing would wake the stream
                         while not await _woken(wake, ping_s):
                             if await key.revoked():
                                 return
+                            if ended:
+                                break
             finally:
                 hub.streams -= 1
 

@@ -47,6 +47,9 @@ _FEED_HEAD = text(
 _EVENT_SEQ = text("SELECT seq FROM job_events WHERE job_id = :j AND id = :e")
 _EVENT_CURSOR = text("SELECT txid, position FROM job_events WHERE id = :e AND tenant = :t")
 _JOB_OWNER = text("SELECT tenant, status FROM jobs WHERE id = :j")
+_JOB_STATE = text(
+    "SELECT j.status, EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = j.id "
+    "AND a.outcome IS NULL) AS open FROM jobs j WHERE j.id = :j")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,15 @@ def job_owner(conn: Connection, job_id: uuid.UUID) -> tuple[str, str] | None:
     """(tenant, status) of the job, None when there is no such job."""
     row = conn.execute(_JOB_OWNER, {"j": job_id}).first()
     return None if row is None else (row.tenant, row.status)
+
+
+def job_state(conn: Connection, job_id: uuid.UUID) -> tuple[str, bool] | None:
+    """(status, whether an attempt is still open) of the job; None when there is no such
+    job. A job that ended (cancelled, or failed by its deadline) with an attempt open may
+    still have an event: that attempt's conclusion, billed, is its ``job.charged``, written
+    in the transaction that closes the attempt."""
+    row = conn.execute(_JOB_STATE, {"j": job_id}).first()
+    return None if row is None else (row.status, bool(row.open))
 
 
 # ASCII digits, within PostgreSQL's bigint ("²".isdigit() is true; 10**19 is out of range)

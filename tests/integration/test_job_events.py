@@ -20,9 +20,10 @@ import httpx_sse
 import pytest
 from sqlalchemy import text
 
+from orchestrator.api import RunningApi
 from orchestrator.client import AsyncClient, Client
 
-from .api_fixture import Api, api_fixture, video  # noqa: F401
+from .api_fixture import Api, api_fixture, pinging_fixture, video  # noqa: F401
 from .e2e_support import Rig
 
 
@@ -238,6 +239,84 @@ def test_a_late_charge_after_the_terminal_event_is_streamed_and_resumable(api: A
     assert [e.id for e in resumed] == [seen[2].id]
     done = api.tenant().get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": seen[2].id})
     assert done.status_code == 204
+
+
+class _Following:
+    """A job's stream read to its end in a thread, as an EventSource client reads it: each
+    message kept, the answer's status, and whether the stream ended on its own."""
+
+    def __init__(self, base_url: str, key: str, job_id: str, last: str | None = None) -> None:
+        self.got: list[Any] = []
+        self.status: int | None = None
+        self.ended = threading.Event()
+        headers = {"Authorization": f"Bearer {key}"}
+        if last is not None:
+            headers["Last-Event-ID"] = last
+
+        def read() -> None:
+            try:
+                with httpx.Client(base_url=base_url, headers=headers) as client, \
+                        httpx_sse.connect_sse(client, "GET", f"/v1/jobs/{job_id}/events",
+                                              timeout=httpx.Timeout(10.0, read=60.0)) as src:
+                    self.status = src.response.status_code
+                    if self.status == 200:
+                        for sse in src.iter_sse():
+                            self.got.append(sse)
+            finally:
+                self.ended.set()
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def types(self) -> list[str]:
+        return [e.event for e in self.got]
+
+
+def _created(api: Api, **kw: Any) -> str:
+    job_id: str = api.tenant().post("/v1/jobs", json=video(**kw)).json()["id"]
+    api.rig.wait_for("the prediction to be created", lambda: any(
+        a.external_id for a in api.rig.attempts(uuid.UUID(job_id))), 30)
+    return job_id
+
+
+def test_a_stream_open_across_a_cancel_ends_after_the_late_charge(
+        api: Api, pinging: RunningApi) -> None:
+    """A job cancelled while its provider works ends at once, and the attempt's bill comes
+    afterwards as ``job.charged``. A stream must carry it: one open across the cancel, and
+    one resumed after ``job.cancelled`` before the charge (an EventSource reconnects right
+    after a stream ends, and stops for good on a 204). Ending at the terminal event, or
+    answering 204 after it, lost the charge to every such client. Once the attempt
+    concluded, a stream resumed after the charge has nothing: 204."""
+    rig = api.rig
+    key = api.keys["acme"]
+    rig.control("vid-cheap", duration_ms=5000, ignore_cancel=True)  # billed in full, later
+    rig.start_worker()
+    job_id = _created(api)
+    live = _Following(api.url, key, job_id)
+    rig.wait_for("the stream to send job.started", lambda: "job.started" in live.types(), 30)
+    assert api.tenant().post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    rig.wait_for("the stream to send job.cancelled",
+                 lambda: "job.cancelled" in live.types(), 30)
+    cancelled = next(e.id for e in live.got if e.event == "job.cancelled")
+    resumed = _Following(api.url, key, job_id, last=cancelled)  # before the charge comes
+    assert live.ended.wait(60) and resumed.ended.wait(60)
+    assert live.types() == ["job.queued", "job.started", "job.cancelled", "job.charged"]
+    assert (resumed.status, resumed.types()) == (200, ["job.charged"])
+    charged = json.loads(live.got[-1].data)
+    assert charged["data"]["cost"]["total_micros"] == rig.job(uuid.UUID(job_id)).cost_micros
+    assert resumed.got[0].id == charged["id"]
+    after = api.tenant().get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": charged["id"]})
+    assert after.status_code == 204, after.text
+
+    # an attempt that concludes with no bill writes no event: the stream ends all the same
+    # (at its next ping, PING_S on this API), with no charge
+    rig.control("vid-cheap", duration_ms=60_000, ignore_cancel=False, cancel_bill_fraction=0)
+    job_id = _created(api)
+    quiet = _Following(pinging.url, key, job_id)
+    rig.wait_for("the stream to send job.started", lambda: "job.started" in quiet.types(), 30)
+    assert api.tenant().post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    assert quiet.ended.wait(30)
+    assert quiet.types() == ["job.queued", "job.started", "job.cancelled"]
+    assert rig.job(uuid.UUID(job_id)).cost_micros == 0
 
 
 def _terminal_at(sut: Rig, job_id: str) -> datetime:
