@@ -1,14 +1,17 @@
 """The console as an operator uses it, in real headless Chromium over real HTTP against the
-API (real PostgreSQL and Redis): a reload while the API refuses for a while (429) keeps the key;
-markup in what the API answers is shown as text, and a long unbroken value (a provider's
-error with a long URL in it) wraps inside its column rather than over the next one."""
+API (real PostgreSQL and Redis): a reload while the API refuses for a while (429) keeps the key,
+and asks again when the answer's ``Retry-After`` says (within bounds); markup in what the API
+answers is shown as text, and a long unbroken value (a provider's error with a long URL in it)
+wraps inside its column rather than over the next one."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Iterator
+from email.utils import formatdate
 from typing import Any
 
 import httpx
@@ -23,7 +26,8 @@ from orchestrator.store.keys import create_key
 
 from .api_fixture import Api, api_fixture, video  # noqa: F401
 from .console_support import browser_fixture, shot  # noqa: F401
-from .test_console_safety import page_fixture, sign_in  # noqa: F401
+from .test_console_safety import page_fixture, sign_in, tenant_key_fixture  # noqa: F401
+from .test_console_static import served  # noqa: F401
 
 LIMIT = 40  # requests per tenant per minute: room for signing in, then used up by the test
 
@@ -55,6 +59,7 @@ def test_a_reload_while_the_api_refuses_keeps_the_key(
     it again (``orchestrator up`` prints it once)."""
     with db.begin() as conn:
         key = create_key(conn, "busy")
+    page.clock.install()  # its retry waits the Retry-After: up to the 60 s window's end
     sign_in(page, limited, key)
     expect(page.locator("#identity")).to_contain_text("tenant busy")
     page.goto(f"{limited}/console/?poll=600#/backends")
@@ -80,8 +85,107 @@ def test_a_reload_while_the_api_refuses_keeps_the_key(
         re.compile(r"Cannot sign in: rate limit of 40 requests per 60 s exceeded.*trying again"))
     assert page.evaluate("sessionStorage.getItem('orchestrator.console.key')") == key
     before = len(asked)
+    page.clock.fast_forward(61_000)
     until(page, lambda: len(asked) > before, timeout_s=15)  # and it asks again by itself
     assert key not in page.content()
+
+
+# the page's calls to fetch(), counted in the page itself: with its clock paused, what a
+# timer asked is counted by the time run_for() returns
+COUNT_FETCHES = """() => { window.asked = 0; const real = window.fetch;
+    window.fetch = (...args) => { window.asked++; return real(...args); }; }"""
+
+
+def hold_whoami(page: Page) -> list[Route]:
+    """Hold the console's next ``GET /v1/whoami``; the later ones go on to the API."""
+    held: list[Route] = []
+    page.route("**/v1/whoami", lambda route: held.append(route) if not held
+               else route.continue_())
+    return held
+
+
+def pause_clock(page: Page) -> float:
+    """Stop the page's clock on the next whole second (a Retry-After date has no finer
+    one); its timers then fire only as the test runs the clock on."""
+    now = math.ceil(page.evaluate("Date.now()") / 1000) + 1
+    page.clock.pause_at(now)
+    return float(now)
+
+
+def asks_again_after(page: Page, wait_ms: int) -> None:
+    """The console asks nothing until ``wait_ms`` have passed, then asks again."""
+    page.evaluate(COUNT_FETCHES)
+    page.clock.run_for(wait_ms - 1)
+    assert page.evaluate("window.asked") == 0, f"asked again before {wait_ms} ms"
+    page.clock.run_for(1)
+    assert page.evaluate("window.asked") == 1, f"not asked again at {wait_ms} ms"
+
+
+def test_a_reload_refused_with_retry_after_asks_again_when_it_says(
+    limited: str, db: Engine, page: Page,
+) -> None:
+    """The API's 429 says in ``Retry-After`` when the tenant's rate window ends. Before, the
+    console asked ``GET /v1/whoami`` again every 5 s regardless: each ask refused, and counted
+    against the tenant's limit that its producers share. The console reads the header of
+    this same-origin answer (no CORS exposure needed) and waits that long."""
+    with db.begin() as conn:
+        key = create_key(conn, "patient")  # a tenant whose rate window is its own
+    page.clock.install()
+    sign_in(page, limited, key)
+    expect(page.locator("#identity")).to_contain_text("tenant patient")
+    held = hold_whoami(page)
+    page.reload()
+    until(page, lambda: len(held) == 1)
+    with httpx.Client(base_url=limited, headers={"Authorization": f"Bearer {key}"},
+                      timeout=10) as producer:
+        for _ in range(LIMIT + 1):
+            if producer.get("/v1/whoami").status_code == 429:
+                break
+        else:
+            pytest.fail("the rate limit never answered 429")
+    pause_clock(page)
+    with page.expect_response(lambda r: r.url.endswith("/v1/whoami")) as refused:
+        held[0].continue_()
+    assert refused.value.status == 429
+    retry_after = int(refused.value.headers["retry-after"])  # the rest of the 60 s window
+    assert 5 < retry_after <= 60, retry_after
+    expect(page.locator("#signin-error")).to_contain_text(
+        f"rate limit of 40 requests per 60 s exceeded; retry in {retry_after} s "
+        f"(trying again in {retry_after} s)")
+    asks_again_after(page, retry_after * 1000)
+    assert page.evaluate("sessionStorage.getItem('orchestrator.console.key')") == key
+
+
+@pytest.mark.parametrize(("retry_after", "wait_s"), [
+    ("37", 37),
+    ("date in 40 s", 40),
+    ("1", 5),         # never sooner than without one
+    ("86400", 300),   # nor later than 5 minutes
+    (None, 5),
+    ("soon", 5),      # unreadable: as if there were none
+])
+def test_a_reload_refused_by_a_proxy_waits_its_retry_after_within_bounds(
+    served: str, tenant_key: str, page: Page, retry_after: str | None,  # noqa: F811
+    wait_s: int,
+) -> None:
+    """A proxy or a load balancer in front of the API answers ``503`` while the API
+    restarts, with ``Retry-After`` in seconds or as an HTTP date (RFC 9110), or none."""
+    page.clock.install()
+    sign_in(page, served, tenant_key)
+    expect(page.locator("#identity")).to_contain_text("tenant acme")
+    held = hold_whoami(page)
+    page.reload()
+    until(page, lambda: len(held) == 1)
+    now = pause_clock(page)
+    headers = {"Content-Type": "text/html"}
+    if retry_after == "date in 40 s":
+        headers["Retry-After"] = formatdate(now + 40, usegmt=True)
+    elif retry_after is not None:
+        headers["Retry-After"] = retry_after
+    held[0].fulfill(status=503, headers=headers, body="<h1>503 Service Unavailable</h1>")
+    expect(page.locator("#signin-error")).to_contain_text(f"(trying again in {wait_s} s)")
+    asks_again_after(page, wait_s * 1000)
+    expect(page.locator("#identity")).to_contain_text("tenant acme")  # the API answers it
 
 
 MARKUP = '<img src=x id=planted onerror="window.planted=1"><script>window.planted=2</script>'
@@ -140,6 +244,7 @@ def test_a_key_signed_in_while_a_retry_is_answered_stays_signed_in(
     sign-in page, nor its identity be the old key's."""
     with db.begin() as conn:
         old, new = create_key(conn, "busy"), create_key(conn, "calm")
+    page.clock.install()  # the retry waits the Retry-After: up to the 60 s window's end
     sign_in(page, limited, old)
     expect(page.locator("#identity")).to_contain_text("tenant busy")
     with httpx.Client(base_url=limited, headers={"Authorization": f"Bearer {old}"},
@@ -161,6 +266,7 @@ def test_a_key_signed_in_while_a_retry_is_answered_stays_signed_in(
             route.continue_()
 
     page.route("**/v1/whoami", hold_old)
+    page.clock.fast_forward(61_000)
     until(page, lambda: len(held) == 1, timeout_s=15)  # the next retry, held
     page.get_by_label("API key").fill(new)
     page.get_by_role("button", name="Sign in").click()

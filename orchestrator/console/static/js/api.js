@@ -2,11 +2,23 @@
 const KEY = "orchestrator.console.key";
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  // retryAfterS: what the answer's Retry-After asks, in seconds (null: it has none)
+  constructor(status, code, message, retryAfterS = null) {
     super(message);
     this.status = status;
     this.code = code;
+    this.retryAfterS = retryAfterS;
   }
+}
+
+// A Retry-After value in seconds: delay-seconds, or an HTTP date (RFC 9110 §10.2.3), which
+// a proxy or a load balancer may send; null when there is none or it cannot be read.
+export function retryAfterSeconds(value, now = Date.now()) {
+  const v = (value || "").trim();
+  if (!v) return null;
+  if (/^\d+(\.\d+)?$/.test(v)) return Number(v);
+  const at = Date.parse(v);
+  return Number.isNaN(at) ? null : Math.max(0, (at - now) / 1000);
 }
 
 export function storedKey() { return sessionStorage.getItem(KEY); }
@@ -54,7 +66,8 @@ export async function call(path, { method = "GET", params = {}, body } = {}) {
     const err = (data && data.error) || {};
     // a key signed in since this call went out is not the one refused
     if (resp.status === 401 && storedKey() === key) onUnauthorized();
-    throw new ApiError(resp.status, err.code || "error", err.message || resp.statusText);
+    throw new ApiError(resp.status, err.code || "error", err.message || resp.statusText,
+      retryAfterSeconds(resp.headers.get("Retry-After")));
   }
   // a 200 that is not JSON is not the API's (a proxy's or a portal's sign-in page): say so,
   // rather than fail later on a null with a message that means nothing to the user

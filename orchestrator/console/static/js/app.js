@@ -1,6 +1,6 @@
 // The console's shell: sign-in, who the key is (GET /v1/whoami), the admin's tenant choice,
 // and a hash router whose views poll the API (or follow its event stream) while shown.
-import { call, storedKey, storeKey, forgetKey, whenUnauthorized } from "./api.js";
+import { ApiError, call, storedKey, storeKey, forgetKey, whenUnauthorized } from "./api.js";
 import { h } from "./dom.js";
 import { spendView } from "./spend.js";
 import { budgetsView } from "./budgets.js";
@@ -145,9 +145,20 @@ function signOut(message = "") {
 
 // A reload (the key already stored) that the API cannot answer now (down, 429, 503) keeps
 // the key and tries again: only a 401 or Sign out forgets it, and the key may not be at hand.
+// It waits what the answer's Retry-After asks (a 429's rest of the rate window: asking
+// sooner only counts against the tenant's limit again), else RESUME_RETRY_MS; never less (a
+// busy API's "Retry-After: 1" is no cue to ask more often), nor more than RESUME_RETRY_MAX_MS
+// (the failed-authentication window may be a day long; the page should not look dead).
 const RESUME_RETRY_MS = 5000;
+const RESUME_RETRY_MAX_MS = 300000;
 let resumeTimer = null;
 let starts = 0;  // the latest start decides: a retry answered after a new sign-in is dropped
+
+function resumeDelay(e) {
+  const asked = e instanceof ApiError ? e.retryAfterS : null;
+  if (asked === null) return RESUME_RETRY_MS;
+  return Math.min(Math.max(asked * 1000, RESUME_RETRY_MS), RESUME_RETRY_MAX_MS);
+}
 
 async function start(resumed = false) {
   clearTimeout(resumeTimer);
@@ -160,9 +171,10 @@ async function start(resumed = false) {
     if (resumed && e.status !== 401 && storedKey()) {
       ctx.me = null;
       show(false);
-      $("signin-error").textContent = `Cannot sign in: ${e.message} (trying again every `
-        + `${RESUME_RETRY_MS / 1000} s)`;
-      resumeTimer = setTimeout(() => start(true), RESUME_RETRY_MS);
+      const wait = resumeDelay(e);
+      $("signin-error").textContent = `Cannot sign in: ${e.message} (trying again in `
+        + `${Math.ceil(wait / 1000)} s)`;
+      resumeTimer = setTimeout(() => start(true), wait);
       return;
     }
     signOut(e.status === 401 ? "That key was not accepted." : `Cannot sign in: ${e.message}`);
