@@ -1,0 +1,71 @@
+"""The console's layout as a user sees it, in real headless Chromium over real HTTP against the
+API (real PostgreSQL and Redis), on a phone-sized and a laptop-sized window: the status line
+never covers the page's last line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from .api_fixture import Api, api_fixture, video  # noqa: F401
+from .console_support import browser_fixture, shot  # noqa: F401
+from .test_console_safety import page_fixture, sign_in  # noqa: F401
+
+PHONE = {"width": 375, "height": 700}
+LAPTOP = {"width": 1366, "height": 700}
+JOBS = 30  # a list longer than either window
+
+# after scrolling to the end: where the last row and the status line are, in the window
+BOTTOM = """() => {
+  window.scrollTo(0, document.scrollingElement.scrollHeight);
+  const rows = document.querySelectorAll('#jobs-body tbody tr');
+  const last = rows[rows.length - 1].getBoundingClientRect();
+  const status = document.getElementById('status').getBoundingClientRect();
+  return { last: last.bottom, status: status.top, statusBottom: status.bottom,
+           window: window.innerHeight };
+}"""
+STATUS_AT_TOP = """() => { window.scrollTo(0, 0);
+  const r = document.getElementById('status').getBoundingClientRect();
+  return [r.top, r.bottom, window.innerHeight]; }"""
+
+
+def long_list(api: Api, n: int = JOBS) -> list[str]:
+    """``n`` queued jobs of tenant acme (no worker runs them), newest last."""
+    client = api.tenant()
+    ids = []
+    for _ in range(n):
+        r = client.post("/v1/jobs", json=video())
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["id"])
+    return ids
+
+
+@pytest.mark.parametrize("window", [PHONE, LAPTOP], ids=["375px", "1366px"])
+def test_the_status_line_leaves_the_last_line_of_a_long_page_in_view(
+    api: Api, page: Page, window: dict[str, int],
+) -> None:
+    """The status line was ``position: fixed`` over the page's bottom: once its text took more
+    than main's 2 rem of bottom padding (an error's message, two or three lines on a phone),
+    the list's last row stayed under it however far one scrolled. It is sticky now: at the
+    window's bottom while the page scrolls, below the content at the page's end."""
+    long_list(api)
+    page.set_viewport_size(window)
+    sign_in(page, api.url, api.keys["acme"])
+    expect(page.locator("#identity")).to_contain_text("tenant acme")
+    page.goto(f"{api.url}/console/#/jobs")
+    expect(page.locator("#jobs-body tbody tr")).to_have_count(JOBS)
+    # the API goes away; the next read (a filter changed) fails and the status line says so
+    page.route("**/v1/**", lambda route: route.abort("connectionrefused"))
+    page.get_by_label("Status").select_option("queued")
+    expect(page.locator("#status")).to_contain_text("error: cannot reach the API")
+    expect(page.locator("#jobs-body tbody tr")).to_have_count(JOBS)  # the last figures stay
+    top, bottom, height = page.evaluate(STATUS_AT_TOP)
+    assert bottom == pytest.approx(height, abs=1), (top, bottom, height)  # in view meanwhile
+    at_end: dict[str, Any] = page.evaluate(BOTTOM)
+    assert at_end["last"] <= at_end["status"] + 0.5, at_end
+    assert at_end["statusBottom"] == pytest.approx(at_end["window"], abs=1), at_end
+    shot(page, f"jobs-end-{window['width']}px")
+    page.unroute_all(behavior="ignoreErrors")
+
