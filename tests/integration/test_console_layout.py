@@ -1,6 +1,7 @@
 """The console's layout as a user sees it, in real headless Chromium over real HTTP against the
 API (real PostgreSQL and Redis), on a phone-sized and a laptop-sized window: the status line
-never covers the page's last line."""
+never covers the page's last line; no view scrolls sideways as a whole; a budget's tick labels
+stay on one line."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ BOTTOM = """() => {
 STATUS_AT_TOP = """() => { window.scrollTo(0, 0);
   const r = document.getElementById('status').getBoundingClientRect();
   return [r.top, r.bottom, window.innerHeight]; }"""
+SIDEWAYS = "document.documentElement.scrollWidth - window.innerWidth"
 
 
 def long_list(api: Api, n: int = JOBS) -> list[str]:
@@ -68,4 +70,29 @@ def test_the_status_line_leaves_the_last_line_of_a_long_page_in_view(
     assert at_end["statusBottom"] == pytest.approx(at_end["window"], abs=1), at_end
     shot(page, f"jobs-end-{window['width']}px")
     page.unroute_all(behavior="ignoreErrors")
+
+
+def test_a_phone_sized_window_scrolls_no_view_sideways(api: Api, page: Page) -> None:
+    """At 375 px the jobs table (nine columns) made the whole page 700 px wide: the header,
+    the filters and the status line scrolled out of sight with it. A budget's card was
+    24 rem wide at least, wider than the window, and its "100%" tick label, placed at the
+    bar's end, broke into a letter a line down over the figures (at every width)."""
+    api.budget("tenant:acme", 100_000_000)
+    job = long_list(api, 3)[0]
+    page.set_viewport_size(PHONE)
+    sign_in(page, api.url, api.keys["acme"])
+    expect(page.locator("#identity")).to_contain_text("tenant acme")
+    for view, ready in (("jobs", "#jobs-body tbody tr"), (f"job/{job}", "#job-body table"),
+                        ("backends", "#backends-body tbody tr"),
+                        ("budgets", "#budget-cards article")):
+        page.goto(f"{api.url}/console/#/{view}")
+        expect(page.locator(ready).first).to_be_visible()
+        assert page.evaluate(SIDEWAYS) <= 0, view
+    card = page.locator('[data-scope="tenant:acme"]')
+    labels = card.locator(".ticklabel")
+    expect(labels).to_have_count(3)  # 50%, 80%, 100%
+    heights = [box["height"] for box in (labels.nth(i).bounding_box() or {}
+                                         for i in range(3))]
+    assert max(heights) == pytest.approx(min(heights), abs=1), heights  # one line each
+    shot(page, "budgets-375px")
 

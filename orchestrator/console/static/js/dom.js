@@ -58,12 +58,14 @@ export function badge(state, text) {
 
 export function table(caption, columns, rows) {
   // columns: [{ label, num?, cell(row) -> node|string }]
-  return h("table", {},
+  // in a box of its own that scrolls sideways: a table wider than a phone's window made the
+  // whole page scroll sideways, the status line and the view's header out of sight
+  return h("div", { class: "table-scroll" }, h("table", {},
     h("caption", { class: "caption" }, caption),
     h("thead", {}, h("tr", {}, columns.map(c =>
       h("th", { scope: "col", class: c.num ? "num" : undefined }, c.label)))),
     h("tbody", {}, rows.map(r => h("tr", c0(r), columns.map(c =>
-      h("td", { class: c.num ? "num" : undefined }, c.cell(r)))))));
+      h("td", { class: c.num ? "num" : undefined }, c.cell(r))))))));
 }
 
 function c0(row) { return row && row.__attrs ? row.__attrs : {}; }
