@@ -1,7 +1,8 @@
 """The console's layout as a user sees it, in real headless Chromium over real HTTP against the
 API (real PostgreSQL and Redis), on a phone-sized and a laptop-sized window: the status line
 never covers the page's last line; no view scrolls sideways as a whole; a budget's tick labels
-stay on one line."""
+stay on one line; a redraw (a poll, an event) keeps the user's focus, the table they opened
+and how far they scrolled a table sideways."""
 
 from __future__ import annotations
 
@@ -96,3 +97,35 @@ def test_a_phone_sized_window_scrolls_no_view_sideways(api: Api, page: Page) -> 
     assert max(heights) == pytest.approx(min(heights), abs=1), heights  # one line each
     shot(page, "budgets-375px")
 
+
+def test_a_redraw_keeps_the_focus_an_open_table_and_a_table_scrolled_sideways(
+    api: Api, page: Page,
+) -> None:
+    """Views are redrawn at each poll or event, and each redraw replaced what the user was
+    in: a keyboard user's focus on a job's link went to the page (the next Tab started over
+    at the first row), the spend table opened with "Show as a table" closed again within
+    30 s, and a phone's jobs table scrolled sideways went back to its first column."""
+    long_list(api, 5)
+    page.set_viewport_size(PHONE)
+    sign_in(page, api.url, api.keys["acme"])
+    expect(page.locator("#identity")).to_contain_text("tenant acme")
+
+    page.goto(f"{api.url}/console/?poll=1#/spend")  # redrawn every second
+    page.get_by_text("Show as a table").click()
+    page.evaluate("""() => { window.redraws = 0; new MutationObserver(() => window.redraws++)
+        .observe(document.getElementById('spend-body'), { childList: true }); }""")
+    page.wait_for_function("() => window.redraws >= 2")
+    expect(page.locator("#spend-body details")).to_have_attribute("open", "")
+
+    page.goto(f"{api.url}/console/?poll=600#/jobs")  # live: redrawn at each event
+    expect(page.locator("#jobs-body tbody tr")).to_have_count(5)
+    expect(page.locator("#status")).to_have_attribute("data-updates", "live")
+    link = page.locator("#jobs-body tbody tr").nth(2).get_by_role("link")
+    link.focus()
+    href = link.get_attribute("href")
+    box = page.locator("#jobs-body .table-scroll")
+    box.evaluate("b => { b.scrollLeft = 150; }")  # after the focus, which scrolls to the link
+    new = long_list(api, 1)[0]  # a producer submits: its event redraws the list
+    expect(page.locator(f'tr[data-job="{new}"]')).to_be_visible()
+    assert page.evaluate("document.activeElement.getAttribute('href')") == href
+    assert box.evaluate("b => b.scrollLeft") == 150

@@ -1,7 +1,7 @@
 // Backends (GET /v1/backends): breaker, strikes, observed success rate and latency, slots in
 // use and jobs waiting. Polled every 3 s.
 import { call } from "./api.js";
-import { h, badge, pct, table, when } from "./dom.js";
+import { h, badge, pct, swap, table, when } from "./dom.js";
 
 export function backendsView(ctx) {
   const body = h("div", { id: "backends-body" });
@@ -9,7 +9,7 @@ export function backendsView(ctx) {
   async function load() {
     const { backends } = await call("/v1/backends");
     for (const b of backends) b.__attrs = { "data-backend": b.name, "data-breaker": b.breaker.state };
-    body.replaceChildren(table(`${backends.length} backends, polled`, [
+    swap(body, table(`${backends.length} backends, polled`, [
       { label: "Backend", cell: b => h("span", { class: "mono" }, b.name) },
       { label: "Kinds", cell: b => b.kinds.join(", ") },
       { label: "Tier", cell: b => b.tier },

@@ -1,7 +1,7 @@
 // Budgets (GET /v1/budgets): committed and held against the limit, forecast to the period's
 // end, alert thresholds. Refreshed every 5 s.
 import { call } from "./api.js";
-import { h, usd, pct, when } from "./dom.js";
+import { h, usd, pct, swap, when } from "./dom.js";
 
 function place(el, fraction) { el.style.left = `${Math.min(Math.max(fraction, 0), 1) * 100}%`; }
 
@@ -61,7 +61,7 @@ export function budgetsView(ctx) {
     const { budgets } = await call("/v1/budgets");
     const own = ctx.tenant ? `tenant:${ctx.tenant}` : null;
     const shown = budgets.filter(b => !own || b.scope === own || b.scope.startsWith(own + "/"));
-    body.replaceChildren(...(shown.length ? shown.map(card)
+    swap(body, ...(shown.length ? shown.map(card)
       : [h("p", {}, "No budget covers this tenant.")]));
     ctx.setStatus(`budgets updated ${new Date().toLocaleTimeString()}`);
   }

@@ -21,6 +21,37 @@ export function append(el, children) {
   return el;
 }
 
+// Replace a view's content with a redraw, keeping what the user did in it: the element that
+// had the focus (found again by its id, link or summary), the <details> they opened, how far
+// each table box was scrolled sideways. Views are redrawn every few seconds or at each event: each
+// redraw threw a keyboard user's focus out of the list (the next Tab started again at its
+// first row), closed the spend table they had opened, and scrolled a phone's table back.
+export function swap(container, ...nodes) {
+  const active = document.activeElement;
+  const focused = active && active !== container && container.contains(active)
+    ? focusKey(active) : null;
+  const open = new Set([...container.querySelectorAll("details")]
+    .filter(d => d.open).map(detailsKey));
+  const scrolled = [...container.querySelectorAll(".table-scroll")].map(b => b.scrollLeft);
+  container.replaceChildren(...nodes);
+  for (const d of container.querySelectorAll("details")) if (open.has(detailsKey(d))) d.open = true;
+  container.querySelectorAll(".table-scroll").forEach((b, i) => {
+    if (scrolled[i]) b.scrollLeft = scrolled[i];
+  });
+  if (focused) {
+    [...container.querySelectorAll("[id], a[href], summary")].find(e => focusKey(e) === focused)
+      ?.focus({ preventScroll: true });
+  }
+}
+
+function focusKey(el) {
+  if (el.id) return `#${el.id}`;
+  if (el.tagName === "A" && el.hasAttribute("href")) return `a ${el.getAttribute("href")}`;
+  return el.tagName === "SUMMARY" ? `summary ${el.textContent}` : null;
+}
+
+function detailsKey(d) { return d.querySelector("summary")?.textContent || ""; }
+
 const SVG = "http://www.w3.org/2000/svg";
 export function s(tag, attrs = {}, ...children) {
   const el = document.createElementNS(SVG, tag);

@@ -3,7 +3,7 @@
 // each of its events (GET /v1/jobs/{id}/events), polled every 2 s when there is no stream.
 import { call, ApiError } from "./api.js";
 import { follow, serially } from "./live.js";
-import { h, usd, when, badge, table } from "./dom.js";
+import { h, usd, when, badge, swap, table } from "./dom.js";
 
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 
@@ -85,7 +85,7 @@ export function jobView(ctx, id, tenant) {
       job = await call(`/v1/jobs/${encodeURIComponent(id)}`, { params });
     } catch (e) {
       if (e instanceof ApiError && (e.status === 404 || e.status === 403 || e.status === 422)) {
-        body.replaceChildren(h("h2", {}, "Job not found"), h("p", { role: "alert" }, e.message));
+        swap(body, h("h2", {}, "Job not found"), h("p", { role: "alert" }, e.message));
         return true;
       }
       throw e;
@@ -93,7 +93,7 @@ export function jobView(ctx, id, tenant) {
     const cancelBtn = FINAL.has(job.status) ? null
       : h("button", { type: "button", class: "danger", id: "cancel-job" }, "Cancel job");
     if (cancelBtn) cancelBtn.addEventListener("click", () => cancel(cancelBtn));
-    body.replaceChildren(...[
+    swap(body, ...[
       h("h2", {}, "Job ", h("span", { class: "mono" }, job.id), " ", badge(job.status)),
       h("p", {}, `${job.kind} · tier ${job.tier}${job.backend ? ` · on ${job.backend}` : ""}`,
         job.metadata && job.metadata.project ? ` · project ${job.metadata.project}` : "",

@@ -5,7 +5,7 @@
 // tenant's, so an admin looking at other tenants is polled.
 import { call, ApiError } from "./api.js";
 import { batched, follow, serially } from "./live.js";
-import { h, usd, when, badge, table } from "./dom.js";
+import { h, usd, when, badge, swap, table } from "./dom.js";
 
 const STATUSES = ["", "queued", "running", "succeeded", "failed", "cancelled"];
 // A busy tenant's feed carries hundreds of events a second, and every read the console makes
@@ -65,7 +65,7 @@ export function jobsView(ctx) {
       { label: "Estimate", num: true, cell: j => usd(j.estimated_cost_usd) },
       { label: "Cost", num: true, cell: j => usd(j.cost_usd) },
     ];
-    body.replaceChildren(rows.length ? table(`${rows.length} jobs, newest first`, cols, rows)
+    swap(body, rows.length ? table(`${rows.length} jobs, newest first`, cols, rows)
       : h("p", {}, "No job matches."));
   }
   const inTurn = serially(ctx);

@@ -1,7 +1,7 @@
 // Spend over time, stacked by backend, tier or project: one cost report (GET
 // /v1/reports/costs) per day or hour bucket, so the figures are the ledger's, exactly.
 import { call } from "./api.js";
-import { h, usd, table } from "./dom.js";
+import { h, usd, swap, table } from "./dom.js";
 import { stackedBars, legend } from "./chart.js";
 import { serially } from "./live.js";
 
@@ -70,7 +70,7 @@ export function spendView(ctx) {
     const who = ctx.me.admin ? (ctx.tenant ? `tenant ${ctx.tenant}` : "all tenants")
       : `tenant ${ctx.me.tenant}`;
     const label = `Spend per ${per} (UTC) by ${group}, ${who}: ${usd(total)} in total`;
-    body.replaceChildren(
+    swap(body,
       h("p", { id: "spend-total" }, `${usd(total)} over ${jobs} charged jobs (${who}).`),
       stackedBars({ buckets, series, values, label }),
       legend(series),
