@@ -1,6 +1,7 @@
 """A second review of the console, in real headless Chromium and over real HTTP against the
-API (real PostgreSQL and Redis): what a view does after it is left, a request or a stream that
-hangs, and the headers of every answer under ``/console``."""
+API (real PostgreSQL and Redis): what a view does after it is left (no polling, nothing on the
+next view's status line), a request or a stream that hangs, and the headers of every answer
+under ``/console``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from urllib.parse import urlparse
 
 import httpx
+import pytest
 from playwright.sync_api import Page, Route, expect
 
 from .console_support import browser_fixture  # noqa: F401
@@ -18,6 +20,7 @@ from .test_console_static import served  # noqa: F401
 
 JOBS = re.compile(r"/v1/jobs(\?|$)")
 EVENTS = re.compile(r"/v1/events(\?|$)")
+REPORTS = re.compile(r"/v1/reports/costs\?")
 
 
 def until(page: Page, condition: Callable[[], bool], timeout_s: float = 20) -> None:
@@ -154,3 +157,46 @@ def test_a_malformed_job_link_is_answered_not_a_blank_page(
     expect(page.locator("#identity")).to_contain_text("tenant acme")
     page.goto(f"{served}/console/#/job/%E0")
     expect(page.get_by_role("heading", name="Job not found")).to_be_visible()
+
+
+# in-page: how many answers of the cost report the console has read (their JSON, or not)
+COUNT_REPORTS_READ = """() => { window.reportsRead = 0; const json = Response.prototype.json;
+  Response.prototype.json = function () {
+    return json.call(this).finally(() => {
+      if (this.url.includes('/v1/reports/costs')) window.reportsRead++; }); }; }"""
+# in-page: every text the status line has had from now on
+WATCH_STATUS = """() => { window.statusSeen = []; const status = document.getElementById('status');
+  new MutationObserver(() => window.statusSeen.push(status.textContent))
+    .observe(status, { childList: true, characterData: true, subtree: true }); }"""
+
+
+@pytest.mark.parametrize("answer", ["answered", "refused"])
+def test_a_view_left_while_it_loads_writes_nothing_on_the_next_views_status_line(
+    served: str, tenant_key: str, page: Page, answer: str,  # noqa: F811
+) -> None:
+    """The spend view asks 14 reports; the operator opens Jobs before they are answered.
+    Before, the left view's load ended by writing "spend updated …" (or its error) on the
+    status line of the jobs list, which, live, writes there at its events only: the list
+    said "spend updated" for as long as no job moved."""
+    held: list[Route] = []
+    page.route(REPORTS, lambda route: held.append(route))
+    page.goto(f"{served}/console/")
+    page.evaluate(COUNT_REPORTS_READ)
+    page.get_by_label("API key").fill(tenant_key)
+    page.get_by_role("button", name="Sign in").click()  # opens on Spend
+    until(page, lambda: len(held) == 14)  # one report a day
+    page.get_by_role("link", name="Jobs", exact=True).click()
+    expect(page.locator("#status")).to_have_attribute("data-updates", "live")
+    expect(page.locator("#status")).to_contain_text("jobs updated")
+    page.evaluate(WATCH_STATUS)
+    for route in held:
+        if answer == "answered":
+            route.continue_()
+        else:
+            route.fulfill(status=503, headers={"Retry-After": "2"}, body="busy")
+    page.wait_for_function("() => window.reportsRead >= 14")
+    page.evaluate("() => new Promise(done => setTimeout(done, 0))")  # what follows has run
+    seen: list[str] = page.evaluate("window.statusSeen")
+    # the jobs list reads itself again once its stream is open: that is its own to write
+    assert [text for text in seen if not text.startswith("jobs updated")] == [], seen
+    expect(page.locator("#status")).to_contain_text("jobs updated")

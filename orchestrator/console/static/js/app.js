@@ -41,7 +41,7 @@ ctx.every = (ms, fn) => {
       try {
         if ((await fn()) === true) return;
       } catch (e) {
-        ctx.setStatus(`error: ${e.message}`);
+        if (!handle.stopped) ctx.setStatus(`error: ${e.message}`); // not a view left since
       }
     }
     if (!handle.stopped) handle.timer = setTimeout(run, ctx.pollMs || ms);
@@ -59,6 +59,19 @@ function stopTimers() {
 
 const VIEWS = { spend: spendView, budgets: budgetsView, backends: backendsView, jobs: jobsView };
 
+// What a view is given: ctx, with a status line it writes to only while it is shown. A load
+// still under way when its view was left (the spend view's 14 reports) wrote "spend updated"
+// or its error over the next view's status, where the live jobs list (written to at its
+// events only) kept it.
+let shown = 0;
+function viewCtx() {
+  const mine = ++shown;
+  const view = Object.create(ctx);
+  view.setStatus = text => { if (mine === shown) ctx.setStatus(text); };
+  view.setUpdates = mode => { if (mine === shown) ctx.setUpdates(mode); };
+  return view;
+}
+
 function route() {
   if (!ctx.me) return;
   stopTimers();
@@ -71,11 +84,12 @@ function route() {
     const current = a.dataset.view === name || (name === "job" && a.dataset.view === "jobs");
     if (current) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
+  const view = viewCtx();
   if (name === "job" && id) {
     const tenant = new URLSearchParams(query).get("tenant") || "";
-    jobView(ctx, decoded(id), ctx.me.admin ? tenant : "");
+    jobView(view, decoded(id), ctx.me.admin ? tenant : "");
   } else {
-    (VIEWS[name] || spendView)(ctx);
+    (VIEWS[name] || spendView)(view);
   }
 }
 
