@@ -1,8 +1,8 @@
 """The console's layout as a user sees it, in real headless Chromium over real HTTP against the
 API (real PostgreSQL and Redis), on a phone-sized and a laptop-sized window: the status line
-never covers the page's last line; no view scrolls sideways as a whole; a budget's tick labels
-stay on one line; a redraw (a poll, an event) keeps the user's focus, the table they opened
-and how far they scrolled a table sideways."""
+never covers the page's last line; no view scrolls sideways as a whole, nor an admin's header;
+a budget's tick labels stay on one line; a redraw (a poll, an event) keeps the user's focus,
+the table they opened and how far they scrolled a table sideways."""
 
 from __future__ import annotations
 
@@ -97,6 +97,18 @@ def test_a_phone_sized_window_scrolls_no_view_sideways(api: Api, page: Page) -> 
     assert max(heights) == pytest.approx(min(heights), abs=1), heights  # one line each
     shot(page, "budgets-375px")
 
+
+def test_an_admins_header_fits_a_phone(api: Api, page: Page) -> None:
+    """An admin's header (identity, the Tenant choice, Sign out) was one row that did not
+    wrap: at 375 px it ran 52 px past the window's edge, Sign out out of sight."""
+    page.set_viewport_size(PHONE)
+    sign_in(page, api.url, api.admin_key)
+    expect(page.locator("#identity")).to_contain_text("admin")
+    expect(page.get_by_label("Tenant").locator("option", has_text="acme")).to_have_count(1)
+    assert page.evaluate(SIDEWAYS) <= 0
+    box = page.get_by_role("button", name="Sign out").bounding_box()
+    assert box is not None and box["x"] + box["width"] <= PHONE["width"], box
+    shot(page, "admin-header-375px")
 
 def test_a_redraw_keeps_the_focus_an_open_table_and_a_table_scrolled_sideways(
     api: Api, page: Page,
