@@ -1,11 +1,14 @@
 """The console's layout as a user sees it, in real headless Chromium over real HTTP against the
 API (real PostgreSQL and Redis), on a phone-sized and a laptop-sized window: the status line
 never covers the page's last line; no view scrolls sideways as a whole, nor an admin's header;
-a budget's tick labels stay on one line; a redraw (a poll, an event) keeps the user's focus,
-the table they opened and how far they scrolled a table sideways."""
+a budget's tick labels stay on one line; the spend chart's labels are legible; a redraw (a
+poll, an event) keeps the user's focus, the table they opened and how far they scrolled a
+table sideways."""
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import Any
 
 import pytest
@@ -109,6 +112,25 @@ def test_an_admins_header_fits_a_phone(api: Api, page: Page) -> None:
     box = page.get_by_role("button", name="Sign out").bounding_box()
     assert box is not None and box["x"] + box["width"] <= PHONE["width"], box
     shot(page, "admin-header-375px")
+
+def test_the_spend_chart_is_legible_on_a_phone(api: Api, page: Page) -> None:
+    """The chart was drawn 960 units wide whatever the window: on a phone, shrunk to 340 px,
+    its 11-12 px axis labels were 4 px tall. It is drawn as wide as it is shown now."""
+    page.set_viewport_size(PHONE)
+    sign_in(page, api.url, api.keys["acme"])  # opens on Spend
+    expect(page.locator("#identity")).to_contain_text("tenant acme")
+    chart = page.get_by_role("img", name=re.compile(r"^Spend per day"))
+    expect(chart).to_be_visible()
+    boxes: list[dict[str, float]] = chart.locator("text").evaluate_all(
+        """texts => texts.map(t => { const r = t.getBoundingClientRect();
+             return { left: r.left, right: r.right, top: r.top, height: r.height }; })""")
+    assert min(b["height"] for b in boxes) >= 10, boxes
+    days = sorted((b for b in boxes if b["top"] == max(x["top"] for x in boxes)),
+                  key=lambda b: b["left"])  # the day labels, along the bottom
+    assert len(days) >= 3, days
+    assert all(a["right"] < b["left"] for a, b in itertools.pairwise(days)), days
+    assert page.evaluate(SIDEWAYS) <= 0
+    shot(page, "spend-375px")
 
 def test_a_redraw_keeps_the_focus_an_open_table_and_a_table_scrolled_sideways(
     api: Api, page: Page,

@@ -4,9 +4,12 @@ import { s, h, usd } from "./dom.js";
 export const PALETTE = ["#0b5cad", "#e36209", "#1a7f37", "#8250df", "#cf222e", "#0598a8",
   "#9a6700", "#bf3989", "#57606a", "#2da44e"];
 
-export function stackedBars({ buckets, series, values, label }) {
+// Drawn `width` units wide (the CSS pixels it will take; 960 at most, scaled up beyond): drawn
+// 960 wide always, a phone's 340 px shrank its 11-12 px axis labels to 4 px, unreadable.
+export function stackedBars({ buckets, series, values, label, width = 960 }) {
   // buckets: [{key, label}], series: [name], values: Map(bucketKey -> Map(series -> usd))
-  const W = 960, H = 320, L = 64, B = 40, T = 12, R = 8;
+  const W = Math.round(Math.min(Math.max(width || 960, 280), 960)), H = 320, L = 64, B = 40,
+    T = 12, R = 8;
   const totals = buckets.map(b => series.reduce((a, n) => a + (values.get(b.key)?.get(n) || 0), 0));
   const max = Math.max(...totals, 0) || 1;
   const bw = (W - L - R) / Math.max(buckets.length, 1);
@@ -19,7 +22,8 @@ export function stackedBars({ buckets, series, values, label }) {
       s("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", "font-size": 12, fill: "#57606a" },
         usd(v)));
   }
-  const every = Math.ceil(buckets.length / 12);
+  // at most 12 bucket labels, and one per 56 units (a label "11-24" is about 30 wide)
+  const every = Math.ceil(buckets.length / Math.max(1, Math.min(12, Math.floor((W - L - R) / 56))));
   buckets.forEach((b, i) => {
     let base = 0;
     series.forEach((n, j) => {

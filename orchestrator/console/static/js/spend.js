@@ -72,7 +72,7 @@ export function spendView(ctx) {
     const label = `Spend per ${per} (UTC) by ${group}, ${who}: ${usd(total)} in total`;
     swap(body,
       h("p", { id: "spend-total" }, `${usd(total)} over ${jobs} charged jobs (${who}).`),
-      stackedBars({ buckets, series, values, label }),
+      stackedBars({ buckets, series, values, label, width: body.clientWidth }),
       legend(series),
       h("details", {}, h("summary", {}, "Show as a table"),
         table(label, [
