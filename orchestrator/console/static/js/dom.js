@@ -23,9 +23,10 @@ export function append(el, children) {
 
 // Replace a view's content with a redraw, keeping what the user did in it: the element that
 // had the focus (found again by its id, link or summary), the <details> they opened, how far
-// each table box was scrolled sideways. Views are redrawn every few seconds or at each event: each
-// redraw threw a keyboard user's focus out of the list (the next Tab started again at its
-// first row), closed the spend table they had opened, and scrolled a phone's table back.
+// each table box was scrolled sideways. Views are redrawn every few seconds or at each
+// event: each redraw threw a keyboard user's focus out of the list (the next Tab started
+// again at its first row), closed the spend table they had opened, and scrolled a phone's
+// table back to its first column.
 export function swap(container, ...nodes) {
   const active = document.activeElement;
   const focused = active && active !== container && container.contains(active)
