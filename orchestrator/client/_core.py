@@ -185,6 +185,29 @@ def is_retryable(error: ApiError, *, idempotent: bool, sent: bool) -> bool:
 # to fix, so the same request is refused again
 SETTINGS_TO_FIX = frozenset({"secret_key_missing"})
 
+# What a gateway or the API answers while the API is down or restarting (a 500 is a fault,
+# not an outage)
+OUTAGE_STATUSES = frozenset({502, 503, 504})
+
+
+def is_outage(error: ApiError) -> bool:
+    """Whether ``error`` says the API cannot answer for now (unreachable, a gateway's or its
+    own 502/503/504, a 429) rather than anything about the job: the job runs on meanwhile, so
+    a wait() whose poll fails so, its retries spent, polls on until its timeout instead of
+    ending long before it (an API restart outlasts a poll's few seconds of retries)."""
+    if isinstance(error, RateLimited | ApiConnectionError):
+        return True
+    return (isinstance(error, ServerError) and error.status in OUTAGE_STATUSES
+            and error.code not in SETTINGS_TO_FIX)
+
+
+def pause_after_outage(interval: float, error: ApiError, remaining: float) -> float:
+    """The pause before wait()'s next poll after one failed with an outage: the poll interval,
+    or the ``Retry-After`` the API asked for when longer; never past the deadline."""
+    asked = (error.retry_after if isinstance(error, RateLimited | Unavailable)
+             and error.retry_after is not None else 0.0)
+    return max(0.0, min(max(interval, asked), remaining))
+
 
 def connection_error(exc: httpx.RequestError, base_url: str) -> tuple[ApiConnectionError, bool]:
     """The SDK error for a request that got no usable answer (a transport failure, or an

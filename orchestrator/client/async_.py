@@ -181,24 +181,35 @@ class AsyncClient:
         interval = poll_interval
         last: Job | None = None
         while True:
-            job = last = await self._poll(id, deadline, timeout, last)
-            if job.is_final:
-                return job
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise WaitTimeout(f"job {id} still {job.status} after {timeout:g}s", job=job)
-            await self._sleep(min(interval, remaining))
+            polled = await self._poll(id, deadline, timeout, last)
+            if isinstance(polled, Job):
+                if polled.is_final:
+                    return polled
+                last = polled
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise WaitTimeout(f"job {id} still {polled.status} after {timeout:g}s",
+                                      job=polled)
+                pause = min(interval, remaining)
+            else:  # an outage: past the deadline, the next poll's failure is the WaitTimeout
+                pause = _core.pause_after_outage(interval, polled, deadline - self._clock())
+            await self._sleep(pause)
             interval = _core.next_poll_interval(interval, max_poll_interval)
 
-    async def _poll(self, id: str, deadline: float, timeout: float, last: Job | None) -> Job:
-        """One poll of wait(), its tries bounded by the deadline; WaitTimeout (with the last
-        job seen, from the poll's error) when it failed for want of time."""
+    async def _poll(self, id: str, deadline: float, timeout: float, last: Job | None
+                    ) -> Job | ApiError:
+        """One poll of wait(), its tries bounded by the deadline: the job, or the error of a
+        poll that failed with an outage (``_core.is_outage``) while time is left; WaitTimeout
+        (with the last job seen, from the poll's error) when it failed for want of time."""
         try:
             return await self._run(_core.get(id), deadline)
         except ApiError as exc:
-            if not _core.out_of_time(exc, deadline, self._clock()):
+            if _core.out_of_time(exc, deadline, self._clock()):
+                raise _core.wait_timeout(id, timeout, last, exc) from exc
+            if not _core.is_outage(exc):
                 raise
-            raise _core.wait_timeout(id, timeout, last, exc) from exc
+            log.debug("polling %s: %s; polling on", id, exc.code)
+            return exc
 
     async def _wait_streaming(self, id: str, deadline: float) -> Job | None:
         try:

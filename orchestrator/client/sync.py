@@ -172,8 +172,9 @@ class Client:
         job's event stream (``stream``), and polls when the stream cannot be had (a proxy
         refusing it, an older server): every ``poll_interval`` growing by 1.5x up to
         ``max_poll_interval``. ``timeout`` bounds it all: a poll's request timeout, retries
-        and pauses get only the time left. Raises WaitTimeout (with the last job seen; from
-        the poll's error when a poll failed for want of time)."""
+        and pauses get only the time left. An outage (the API unreachable, 502/503/504, 429)
+        does not end it: it polls on. Raises WaitTimeout (with the last job seen; from the
+        poll's error when a poll failed for want of time)."""
         deadline = _core.wait_deadline(self._clock(), timeout, poll_interval,
                                        max_poll_interval)
         if stream:
@@ -183,24 +184,35 @@ class Client:
         interval = poll_interval
         last: Job | None = None
         while True:
-            job = last = self._poll(id, deadline, timeout, last)
-            if job.is_final:
-                return job
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise WaitTimeout(f"job {id} still {job.status} after {timeout:g}s", job=job)
-            self._sleep(min(interval, remaining))
+            polled = self._poll(id, deadline, timeout, last)
+            if isinstance(polled, Job):
+                if polled.is_final:
+                    return polled
+                last = polled
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise WaitTimeout(f"job {id} still {polled.status} after {timeout:g}s",
+                                      job=polled)
+                pause = min(interval, remaining)
+            else:  # an outage: past the deadline, the next poll's failure is the WaitTimeout
+                pause = _core.pause_after_outage(interval, polled, deadline - self._clock())
+            self._sleep(pause)
             interval = _core.next_poll_interval(interval, max_poll_interval)
 
-    def _poll(self, id: str, deadline: float, timeout: float, last: Job | None) -> Job:
-        """One poll of wait(), its tries bounded by the deadline; WaitTimeout (with the last
-        job seen, from the poll's error) when it failed for want of time."""
+    def _poll(self, id: str, deadline: float, timeout: float, last: Job | None
+              ) -> Job | ApiError:
+        """One poll of wait(), its tries bounded by the deadline: the job, or the error of a
+        poll that failed with an outage (``_core.is_outage``) while time is left; WaitTimeout
+        (with the last job seen, from the poll's error) when it failed for want of time."""
         try:
             return self._run(_core.get(id), deadline)
         except ApiError as exc:
-            if not _core.out_of_time(exc, deadline, self._clock()):
+            if _core.out_of_time(exc, deadline, self._clock()):
+                raise _core.wait_timeout(id, timeout, last, exc) from exc
+            if not _core.is_outage(exc):
                 raise
-            raise _core.wait_timeout(id, timeout, last, exc) from exc
+            log.debug("polling %s: %s; polling on", id, exc.code)
+            return exc
 
     def _wait_streaming(self, id: str, deadline: float) -> Job | None:
         """The job once its terminal event came; None when the stream failed or ended

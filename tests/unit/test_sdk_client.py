@@ -496,6 +496,25 @@ def test_wait_raises_an_error_that_is_no_matter_of_time_as_it_is() -> None:
     script = Script([envelope(404, "not_found", "no such job")])
     with pytest.raises(NotFound):
         make(script, clock).wait("j-1", timeout=10, stream=False)
+    # a 500 is a fault of the API, no outage to wait out
+    script = Script([envelope(500, "internal_error", "boom")])
+    with pytest.raises(ServerError):
+        make(script, clock, retries=0).wait("j-1", timeout=10, stream=False)
+
+
+def test_wait_polls_on_through_an_outage_after_a_polls_retries_are_spent() -> None:
+    clock = FakeClock()
+    script = Script([envelope(503, "unavailable", "restarting", {"Retry-After": "5"}),
+                     envelope(502, "http_error", "bad gateway"),
+                     httpx.Response(200, json=job_json(status="succeeded"))])
+    job = make(script, clock, retries=0).wait("j-1", timeout=60, stream=False)
+    assert job.status == "succeeded"
+    assert clock.sleeps == [5.0, 1.5]  # the Retry-After it asked for, then the interval
+    # an outage past the deadline: the WaitTimeout, from the last poll's error
+    script = Script([envelope(503, "unavailable", "restarting", {"Retry-After": "1"})])
+    with pytest.raises(WaitTimeout) as info:
+        make(script, FakeClock(), retries=0).wait("j-1", timeout=3, stream=False)
+    assert isinstance(info.value.__cause__, Unavailable) and info.value.job is None
 
 
 def test_list_pages_and_iterates_over_every_page() -> None:
