@@ -1,6 +1,7 @@
 """Checks of command-line values that the server or the database would refuse anyway: a job
 id that is no UUID, a status, grouping, kind, tier or strategy that is none of the project's
-own, a tenant name or a time the API does not read, an amount finer than a micro-dollar.
+own, a tenant name, time or Idempotency-Key the API does not read, an amount finer than a
+micro-dollar.
 Each is an option's or argument's ``callback``, so a bad value is a usage error (``error:
 Invalid value for '--status': …``, status 2) before any request is sent, as click's own are,
 rather than the server's 422 (status 1)."""
@@ -14,6 +15,7 @@ from datetime import datetime
 
 import typer
 
+from orchestrator.client._core import IDEMPOTENCY_KEY
 from orchestrator.domain.money import exact_usd
 from orchestrator.store.keys import validate_tenant
 
@@ -37,6 +39,14 @@ def job_id(value: str) -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not a job id (a UUID)") from None
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """None or an ``Idempotency-Key`` the API takes (1 to 200 printable ASCII characters, no
+    space), never quoted: it may be an order number or other data of the caller's."""
+    if value is not None and not IDEMPOTENCY_KEY.fullmatch(value):
+        raise typer.BadParameter("1 to 200 printable ASCII characters, no spaces")
+    return value
 
 
 def tenant(value: str | None) -> str | None:

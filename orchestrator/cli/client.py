@@ -13,26 +13,31 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from typing import Annotated, Any
 
 import httpx
 import typer
 
+from orchestrator.cli.checks import idempotency_key as checked_idempotency_key
 from orchestrator.cli.checks import job_id as checked_job_id
 from orchestrator.cli.checks import one_of
 from orchestrator.cli.checks import seconds as checked_seconds
 from orchestrator.cli.checks import usd as checked_usd
-from orchestrator.cli.errors import UsageError, errors_as_one_line, fail
+from orchestrator.cli.errors import UsageError, errors_as_one_line, fail, say
 from orchestrator.cli.keys import keys_app
 from orchestrator.client import (
+    ApiConnectionError,
     ApiError,
     Backend,
     BudgetExceeded,
     Client,
     Job,
     NoEligibleBackend,
+    ServerError,
+    WaitTimeout,
 )
-from orchestrator.client._core import API_KEY, NOT_A_KEY, is_api_url
+from orchestrator.client._core import API_KEY, NOT_A_KEY, SETTINGS_TO_FIX, is_api_url
 from orchestrator.domain.jobs import Kind, Strategy, Tier
 from orchestrator.store.jobs import FINAL, LIVE
 
@@ -250,7 +255,8 @@ def submit(
         "--param", help="input parameter key=value, repeatable (duration_s=8 resolution=720p)")]
     = None,
     idempotency_key: Annotated[str | None, typer.Option(
-        help="resubmitting with the same key returns the same job")] = None,
+        help="resubmitting with the same key returns the same job",
+        callback=checked_idempotency_key)] = None,
     cache: Annotated[bool | None, typer.Option(
         "--cache/--no-cache", help="use the result cache (default: the tenant's default)")]
     = None,
@@ -266,17 +272,51 @@ def submit(
     params = parse_params(param or [])
     if "prompt" in params:
         raise UsageError("give the prompt with --prompt, not --param prompt=…")
+    # made here rather than by the SDK, so that a submission whose answer never came (or an
+    # interrupt) can name it: a rerun without it could pay for a second job
+    key = str(uuid.uuid4()) if idempotency_key is None else idempotency_key
     with _client(api_url, api_key) as c:
-        job = c.submit(kind=kind, input={"prompt": prompt, **params}, tier=tier,
-                       strategy=strategy, max_cost_usd=max_cost_usd, backend=backend,
-                       metadata={"project": project} if project else None,
-                       idempotency_key=idempotency_key, cache=cache)
+        try:
+            job = c.submit(kind=kind, input={"prompt": prompt, **params}, tier=tier,
+                           strategy=strategy, max_cost_usd=max_cost_usd, backend=backend,
+                           metadata={"project": project} if project else None,
+                           idempotency_key=key, cache=cache)
+        except KeyboardInterrupt:
+            say(f"interrupted: the job may have been made all the same; {_resubmit(key)}")
+            raise typer.Exit(130) from None
+        except (ApiConnectionError, ServerError) as exc:
+            if exc.code in SETTINGS_TO_FIX:
+                raise
+            fail(f"{exc.message} (the job may have been made all the same; "
+                 f"{_resubmit(key)})")
         if wait:
-            job = c.wait(job.id, timeout=timeout)
+            job = _wait_for(c, job, timeout)
     _show_job(job, json_out)
     if wait and job.status != "succeeded":
         reason = f": {job.error.code}: {job.error.message}" if job.error else ""
         fail(f"job {job.id} {job.status}{reason}")
+
+
+def _resubmit(key: str) -> str:
+    return (f"run the same command with --idempotency-key {key} to get it rather than a "
+            "second job")
+
+
+def _wait_for(c: Client, job: Job, timeout: float) -> Job:
+    """``submit --wait``'s wait for the job it made. What ends the wait early (an error, a
+    timeout, Ctrl-C) names the job, which runs on: a rerun of the command would make (and
+    pay for) a second one."""
+    try:
+        return c.wait(job.id, timeout=timeout)
+    except KeyboardInterrupt:
+        say(f"interrupted: job {job.id} runs on ({job.status} when last seen); follow it "
+            f"with `orchestrator jobs watch {job.id}`, or stop it with `orchestrator jobs "
+            f"cancel {job.id}`")
+        raise typer.Exit(130) from None
+    except WaitTimeout:
+        raise  # its message names the job
+    except ApiError as exc:
+        fail(f"job {job.id} was submitted, but waiting for it failed: {exc.message}")
 
 
 @jobs_app.command("get")

@@ -6,13 +6,23 @@ out within its timeout, and nothing makes a second job."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+import typer
 from sqlalchemy import text
+from typer.testing import CliRunner
 
 from orchestrator.api import ApiConfig, start_in_thread
 from orchestrator.client import AsyncClient, Client, Job, RetryPolicy
@@ -20,6 +30,8 @@ from orchestrator.client import AsyncClient, Client, Job, RetryPolicy
 from ..conditions import wait_for
 from .api_fixture import Api, api_fixture, video  # noqa: F401
 
+SUBMIT = ("submit", "--kind", "video", "--prompt", "a lighthouse at dusk", "--tier", "draft",
+          "--param", "duration_s=4")
 # a poll's retries spent within a fraction of a second, so a short outage outlasts them
 QUICK = RetryPolicy(retries=1, base=0.05, cap=0.1)
 
@@ -155,3 +167,157 @@ def test_async_wait_rides_out_an_api_restart(api: Api, queued: Job, stream: bool
             outcome["error"] = exc
 
     _ride_out(api, queued, seen, outcome, threading.Thread(target=wait, daemon=True), stream)
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+
+class Relay:
+    """A TCP relay in front of the API, one request per connection (``Connection: close`` is
+    put in each), recording each request line; a request ``lose`` picks is sent to the API,
+    its answer read, and the client's connection closed without it (an answer lost on the
+    way back, the job made all the same). ``down()`` cuts every connection and closes each
+    new one at once, as a load balancer with no API behind it; ``up()`` ends that."""
+
+    def __init__(self, upstream: str, lose: Callable[[str], bool] = lambda _: False) -> None:
+        url = httpx.URL(upstream)
+        self.upstream = (url.host, url.port or 80)
+        self.lose = lose
+        self.lines: list[str] = []
+        self.refused = 0
+        self.is_down = False
+        self.open: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def down(self) -> None:
+        with self.lock:
+            self.is_down = True
+            for s in self.open:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def up(self) -> None:
+        with self.lock:
+            self.is_down = False
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            with self.lock:
+                if self.is_down:
+                    self.refused += 1
+                    client.close()
+                    continue
+                self.open.add(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            with client, socket.create_connection(self.upstream) as api:
+                with self.lock:
+                    self.open.add(api)
+                self._relay(client, api)
+        except OSError:  # cut by down()
+            pass
+        finally:
+            with self.lock:
+                self.open.discard(client)
+
+    def _relay(self, client: socket.socket, api: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = client.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        length = next((int(h.split(":", 1)[1]) for h in lines[1:]
+                       if h.lower().startswith("content-length:")), 0)
+        while len(body) < length:
+            body += client.recv(65536)
+        self.lines.append(lines[0])
+        kept = [h for h in lines if not h.lower().startswith("connection:")]
+        api.sendall("\r\n".join([*kept, "Connection: close", "", ""]).encode("latin-1") + body)
+        lost = self.lose(lines[0])
+        while chunk := api.recv(65536):
+            if not lost:
+                client.sendall(chunk)
+
+    def close(self) -> None:
+        self.down()
+        self.listener.close()
+
+
+def test_submit_whose_answer_is_lost_names_the_key_that_gets_its_job(
+        api: Api, cli: typer.Typer) -> None:
+    relay = Relay(api.url, lose=lambda line: line.startswith("POST /v1/jobs "))
+    try:
+        out = CliRunner().invoke(cli, [*SUBMIT, "--api-url", relay.url,
+                                       "--api-key", api.keys["acme"]])
+    finally:
+        relay.close()
+    assert out.exit_code == 1 and "Traceback" not in out.output, out.output
+    [line] = out.stderr.strip().splitlines()
+    # every try (the SDK's retries) sent the same key: the API made one job and replayed it
+    assert len(relay.lines) == 4 and _jobs(api) == 1, relay.lines
+    said = re.fullmatch(
+        rf"error: cannot reach {relay.url}: .+ \(the job may have been made all the same; run "
+        r"the same command with --idempotency-key (\S+) to get it rather than a second job\)",
+        line)
+    assert said is not None, line
+    key = said.group(1)
+    again = CliRunner().invoke(cli, [*SUBMIT, "--idempotency-key", key, "--json",
+                                     "--api-url", api.url, "--api-key", api.keys["acme"]])
+    assert again.exit_code == 0, again.output
+    with api.rig.engine.connect() as conn:
+        [made] = conn.execute(text("SELECT id FROM jobs WHERE tenant = 'acme'")).scalars()
+    assert json.loads(again.stdout)["id"] == str(made) and _jobs(api) == 1
+
+
+def test_an_idempotency_key_the_api_would_refuse_is_a_usage_error(
+        api: Api, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.cli.main import run as orchestrator
+
+    for bad in ("a b", "", "x" * 201, "clé"):
+        status = orchestrator([*SUBMIT, "--idempotency-key", bad, "--api-url", api.url,
+                               "--api-key", api.keys["acme"]])
+        out, err = capsys.readouterr()
+        assert status == 2 and out == "", (bad, out, err)
+        assert err == ("error: Invalid value for '--idempotency-key': 1 to 200 printable "
+                       "ASCII characters, no spaces\n"), (bad, err)
+    assert _jobs(api) == 0
+
+
+def _cli(*args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_API_")}
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_ctrl_c_during_submit_wait_names_the_job_that_runs_on(api: Api) -> None:
+    relay = Relay(api.url)
+    proc = _cli(*SUBMIT, "--wait", "--api-url", relay.url, "--api-key", api.keys["acme"])
+    try:
+        wait_for("submit --wait to follow its job's events",
+                 lambda: any(line.startswith("GET /v1/jobs/") and "/events" in line
+                             for line in relay.lines) or proc.poll() is not None, timeout=60)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        relay.close()
+    with api.rig.engine.connect() as conn:
+        [job_id] = conn.execute(text("SELECT id FROM jobs WHERE tenant = 'acme'")).scalars()
+    assert proc.returncode == 130 and out == "" and "Traceback" not in err, (out, err)
+    assert err.strip().splitlines() == [
+        f"error: interrupted: job {job_id} runs on (queued when last seen); follow it with "
+        f"`orchestrator jobs watch {job_id}`, or stop it with `orchestrator jobs cancel "
+        f"{job_id}`"], err
+
