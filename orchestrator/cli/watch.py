@@ -24,7 +24,13 @@ from orchestrator.cli.client import (
     usd,
 )
 from orchestrator.cli.errors import fail
-from orchestrator.client import Client, JobEvent, NotFound, WaitTimeout
+from orchestrator.client import ApiError, Client, JobEvent, NotFound, WaitTimeout
+from orchestrator.client._core import is_outage
+
+# the pause before following the job's stream again after the API could not give it, doubling
+# while it cannot
+OUTAGE_PAUSE_S = 0.5
+OUTAGE_PAUSE_MAX_S = 5.0
 
 
 def describe(e: JobEvent) -> str:
@@ -62,26 +68,37 @@ def jobs_watch(
     status is printed as it ends."""
     last: JobEvent | None = None
     began = time.monotonic()
+    pause = OUTAGE_PAUSE_S
     with _client(api_url, api_key) as c:
-        try:
-            for event in c.events(job_id, after=after, timeout=timeout):
-                last = event
-                typer.echo(json.dumps(event.model_dump(mode="json")) if json_out
-                           else describe(event))
-        except httpx.TimeoutException:
-            fail(f"job {job_id}: no end within {timeout:g} s")
-        except httpx.TransportError as exc:
-            fail(f"job {job_id}: event stream unavailable ({type(exc).__name__})")
-        except NotFound:
-            if last is not None:  # the stream was there: a 404 now is the job's own answer
-                raise
-            # the job exists (else this raises its own "no job" error): the server has no
-            # stream to give
-            status = _polled(c, job_id, timeout, timeout - (time.monotonic() - began),
-                             json_out)
-            if status != "succeeded":
-                fail(f"job {job_id} {status}")
-            return
+        while True:
+            left = timeout - (time.monotonic() - began)
+            try:
+                for event in c.events(job_id, after=last.seq if last else after,
+                                      timeout=max(left, 0.0)):
+                    last, pause = event, OUTAGE_PAUSE_S
+                    typer.echo(json.dumps(event.model_dump(mode="json")) if json_out
+                               else describe(event))
+                break
+            except (httpx.TransportError, ApiError) as exc:
+                if isinstance(exc, NotFound):
+                    if last is not None:  # the stream was there: a 404 now is the job's own
+                        raise
+                    # the job exists (else this raises its own "no job" error): the server
+                    # has no stream to give
+                    status = _polled(c, job_id, timeout, left, json_out)
+                    if status != "succeeded":
+                        fail(f"job {job_id} {status}")
+                    return
+                if isinstance(exc, ApiError) and not is_outage(exc):
+                    raise
+                # The API is down or restarting (its stream cut and reconnections refused,
+                # or a 502/503): the job runs on, so the watch goes on from the last event
+                # it printed once the API is back, within its timeout.
+                left = timeout - (time.monotonic() - began)
+                if left <= 0:
+                    fail(f"job {job_id}: no end within {timeout:g} s")
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, OUTAGE_PAUSE_MAX_S)
         # The stream can end with no terminal event printed: --after at or past it, or the
         # events dropped by retention. The job itself says how it ended.
         if last is not None and last.is_terminal:

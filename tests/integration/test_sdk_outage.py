@@ -321,3 +321,31 @@ def test_ctrl_c_during_submit_wait_names_the_job_that_runs_on(api: Api) -> None:
         f"`orchestrator jobs watch {job_id}`, or stop it with `orchestrator jobs cancel "
         f"{job_id}`"], err
 
+
+def test_watch_goes_on_after_an_outage(api: Api, queued: Job) -> None:
+    relay = Relay(api.url)
+    proc = _cli("jobs", "watch", queued.id, "--timeout", "60", "--api-url", relay.url,
+                "--api-key", api.keys["acme"])
+    streams = lambda: sum(line.startswith(f"GET /v1/jobs/{queued.id}/events")  # noqa: E731
+                          for line in relay.lines)
+    try:
+        wait_for("the watch to follow the job's events",
+                 lambda: streams() >= 1 or proc.poll() is not None, timeout=60)
+        relay.down()  # its stream cut, and every connection after it
+        try:
+            # the SDK's events() gives up after three refused connections in a row
+            wait_for("the watch to try again after the API was not there",
+                     lambda: relay.refused >= 5 or proc.poll() is not None, timeout=30)
+            assert proc.poll() is None, proc.communicate()
+        finally:
+            relay.up()
+        with Client(api.url, api.keys["acme"]) as c:
+            c.cancel(queued.id)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        relay.close()
+    # job.queued once (resumed after it, never again), then its end: cancelled, status 1
+    assert [line.split()[2] for line in out.splitlines()] == ["job.queued", "job.cancelled"]
+    assert proc.returncode == 1 and err.strip() == f"error: job {queued.id} cancelled", err
