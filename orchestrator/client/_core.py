@@ -340,14 +340,31 @@ def check_idempotency_key(key: str) -> str:
     return key
 
 
+def check_finite(value: Any, field: str = "") -> None:
+    """InvalidRequest naming the field, as the API would answer, for a NaN or an infinity
+    anywhere in a body: JSON has no such number, so httpx refuses the body with a ValueError
+    that says neither which field nor that nothing was sent."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest(f"{field or 'body'}: {value} is no JSON number (NaN and "
+                             "Infinity cannot be sent)", details={"field": field or "body"})
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            check_finite(item, f"{field}.{key}" if field else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_finite(item, f"{field}[{i}]")
+
+
 def submit(body: dict[str, Any], idempotency_key: str | None) -> Call[Job]:
     key = str(uuid.uuid4()) if idempotency_key is None else check_idempotency_key(
         idempotency_key)
+    check_finite(body)
     return Call("POST", "/v1/jobs", Job.model_validate, json=body,
                 headers={"Idempotency-Key": key}, idempotent=True)
 
 
 def quote(body: dict[str, Any]) -> Call[Quote]:
+    check_finite(body)
     return Call("POST", "/v1/quotes", Quote.model_validate, json=body)
 
 
@@ -417,6 +434,7 @@ def set_budget(
         body["channels"] = list(channels)
     if forecast_thresholds is not None:
         body["forecast_thresholds"] = list(forecast_thresholds)
+    check_finite(body)
     return Call("PUT", "/v1/budgets", lambda d: Budget.model_validate(_unwrap(d, "budget")),
                 json=body)
 

@@ -4,6 +4,7 @@ Redis, the simulator; a Celery worker where a job must actually run)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from typing import Any
 
@@ -165,6 +166,36 @@ def test_refusals_are_typed(api: Api) -> None:
             c.create_key("acme")
     with Client(api.url, "orch_00000000_" + "x" * 40) as bad, pytest.raises(Unauthorized):
         bad.backends()
+    assert _job_count(api) == 0
+
+
+def test_a_nan_or_an_infinity_is_refused_naming_its_field_before_anything_is_sent(
+        api: Api) -> None:
+    # httpx refused such a body with a bare ValueError ("Out of range float values are not
+    # JSON compliant"), naming no field; the API answers a 422 naming it for what it can read
+    nan, inf = math.nan, math.inf
+    refused = {"max_cost_usd": lambda c: c.submit(**VIDEO, max_cost_usd=nan),
+               "input.duration_s": lambda c: c.submit(
+                   kind="video", input={"prompt": "x", "duration_s": inf}),
+               "metadata.score[1]": lambda c: c.quote(**VIDEO, metadata={"score": [1, -inf]})}
+    with Client(api.url, api.keys["acme"]) as c, Client(api.url, api.admin_key) as admin:
+        for field, call in refused.items():
+            with pytest.raises(InvalidRequest) as info:
+                call(c)
+            assert info.value.details == {"field": field}, field
+            assert info.value.message.startswith(f"{field}: "), info.value.message
+        with pytest.raises(InvalidRequest) as info:
+            admin.set_budget("tenant:acme", "month", 5.0, alert_thresholds=[0.5, nan])
+        assert info.value.details == {"field": "alert_thresholds[1]"}
+        assert c.budgets() == []
+
+    async def go() -> None:
+        async with AsyncClient(api.url, api.keys["acme"]) as ac:
+            with pytest.raises(InvalidRequest) as info:
+                await ac.submit(**VIDEO, max_cost_usd=inf)
+            assert info.value.details == {"field": "max_cost_usd"}
+
+    asyncio.run(go())
     assert _job_count(api) == 0
 
 
