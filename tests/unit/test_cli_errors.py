@@ -4,6 +4,7 @@ and a non-zero exit status, never a traceback (docs/api.md, "CLI")."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -332,3 +333,34 @@ def test_an_unexpected_error_is_a_plain_traceback_not_a_rich_one(
     err = capsys.readouterr().err
     assert err.startswith("Traceback (most recent call last):") and "╭" not in err, err
     assert err.strip().endswith("RuntimeError: a bug")
+
+
+# Blocks the import of typer (the first module ``orchestrator.cli.main`` loads that is not
+# the standard library's) until a signal comes, after saying so: a Ctrl-C that lands while
+# the command's modules load, which take a second or so.
+IMPORT_BLOCKED = """
+import importlib.abc, runpy, sys, time
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "typer":
+            print("loading", flush=True)
+            time.sleep(60)
+        return None
+sys.meta_path.insert(0, Block())
+runpy.run_module("orchestrator.cli", run_name="__main__")
+"""
+
+
+def test_ctrl_c_while_the_command_loads_ends_it_with_130_and_no_traceback() -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    proc = subprocess.Popen([sys.executable, "-c", IMPORT_BLOCKED, "jobs", "list"], cwd=ROOT,
+                            env=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "loading\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and (out, err) == ("", ""), (proc.returncode, out, err)
