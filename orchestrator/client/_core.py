@@ -514,6 +514,21 @@ def stream_headers(last_seq: int) -> dict[str, str]:
                                                else {})}
 
 
+def is_event_stream(response: httpx.Response) -> bool:
+    """Whether a 2xx answer to a stream request is an event stream (what httpx-sse checks
+    before reading one)."""
+    return "text/event-stream" in response.headers.get("content-type", "").partition(";")[0]
+
+
+def not_an_event_stream(job_id: str, response: httpx.Response) -> ApiError:
+    """The error for a 2xx answer to a stream request that is no event stream (a wrong URL, a
+    proxy's page), as for any answer that is not the API's: ``invalid_response``, never
+    quoting it. httpx-sse's own SSEError is an httpx.TransportError, which reads as a cut
+    connection: retried, and then taken for an outage."""
+    return ApiError(f"GET {events_path(job_id)}: the server sent no event stream; is the API "
+                    "URL right?", status=response.status_code, code="invalid_response")
+
+
 STREAM_CONNECT_TIMEOUT_S = 10.0
 
 

@@ -237,6 +237,8 @@ class AsyncClient:
                     if not source.response.is_success:
                         await source.response.aread()
                         raise error_from_response(source.response)
+                    if not _core.is_event_stream(source.response):
+                        raise _core.not_an_event_stream(id, source.response)
                     async with contextlib.aclosing(source.aiter_sse()) as messages:
                         while True:
                             try:

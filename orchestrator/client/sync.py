@@ -246,6 +246,8 @@ class Client:
                     if not source.response.is_success:
                         source.response.read()
                         raise error_from_response(source.response)
+                    if not _core.is_event_stream(source.response):
+                        raise _core.not_an_event_stream(id, source.response)
                     with _cut_after(source.response, resume.left()):
                         for sse in source.iter_sse():
                             if not _core.is_event(sse):

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli.main import app as cli_app
-from orchestrator.client import AsyncClient, Client, JobEvent, WaitTimeout
+from orchestrator.client import ApiError, AsyncClient, Client, JobEvent, WaitTimeout
 
 JOB = "8b0c7d3e-0000-4000-8000-000000000001"
 Reply = Callable[["Handler"], None]
@@ -277,6 +277,45 @@ def test_watch_of_a_job_that_does_not_exist_says_so_on_a_server_without_streams(
     assert out.exit_code == 1, out.output
     assert out.output.strip().splitlines()[-1] == f"error: no job {JOB}", out.output
     assert "polling" not in out.output
+
+
+def a_page(h: Handler) -> None:
+    """A 200 that is no event stream: a proxy's or another site's page at a wrong URL."""
+    body = b"<html>Welcome</html>"
+    h.send_response(200)
+    h.send_header("Content-Type", "text/html")
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
+
+
+def test_a_200_that_is_no_event_stream_is_an_invalid_response_not_a_cut(serve: Any) -> None:
+    # httpx-sse's SSEError is an httpx.TransportError: it was taken for a cut connection,
+    # asked again three times, and then by `jobs watch` for an outage to wait out
+    server = serve([a_page])
+    with Client(server.url, "orch_k") as sdk, pytest.raises(ApiError) as info:
+        list(sdk.events(JOB, timeout=10))
+    assert (info.value.code, info.value.status) == ("invalid_response", 200)
+    assert "Welcome" not in str(info.value)
+
+    async def go() -> None:
+        async with AsyncClient(server.url, "orch_k") as sdk:
+            with pytest.raises(ApiError) as info:
+                [e async for e in sdk.events(JOB, timeout=10)]
+            assert info.value.code == "invalid_response"
+
+    asyncio.run(go())
+    assert [path for path, _ in server.seen] == [f"/v1/jobs/{JOB}/events"] * 2
+    # wait() polls instead, as for a stream a proxy refuses
+    server.statuses = ["running", "succeeded"]
+    with Client(server.url, "orch_k") as sdk:
+        assert sdk.wait(JOB, timeout=10, poll_interval=0.05).status == "succeeded"
+    began = time.monotonic()
+    out = CliRunner().invoke(cli_app, ["jobs", "watch", JOB, "--api-url", server.url,
+                                       "--api-key", "orch_k"])
+    assert out.exit_code == 1 and time.monotonic() - began < 5, out.output
+    assert out.output == (f"error: GET /v1/jobs/{JOB}/events: the server sent no event "
+                          "stream; is the API URL right?\n"), out.output
 
 
 @pytest.fixture()
