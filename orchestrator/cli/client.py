@@ -309,9 +309,8 @@ def _wait_for(c: Client, job: Job, timeout: float) -> Job:
     try:
         return c.wait(job.id, timeout=timeout)
     except KeyboardInterrupt:
-        say(f"interrupted: job {job.id} runs on ({job.status} when last seen); follow it "
-            f"with `orchestrator jobs watch {job.id}`, or stop it with `orchestrator jobs "
-            f"cancel {job.id}`")
+        say(f"interrupted: job {job.id} runs on; follow it with `orchestrator jobs watch "
+            f"{job.id}`, or stop it with `orchestrator jobs cancel {job.id}`")
         raise typer.Exit(130) from None
     except WaitTimeout:
         raise  # its message names the job

@@ -317,9 +317,8 @@ def test_ctrl_c_during_submit_wait_names_the_job_that_runs_on(api: Api) -> None:
         [job_id] = conn.execute(text("SELECT id FROM jobs WHERE tenant = 'acme'")).scalars()
     assert proc.returncode == 130 and out == "" and "Traceback" not in err, (out, err)
     assert err.strip().splitlines() == [
-        f"error: interrupted: job {job_id} runs on (queued when last seen); follow it with "
-        f"`orchestrator jobs watch {job_id}`, or stop it with `orchestrator jobs cancel "
-        f"{job_id}`"], err
+        f"error: interrupted: job {job_id} runs on; follow it with `orchestrator jobs watch "
+        f"{job_id}`, or stop it with `orchestrator jobs cancel {job_id}`"], err
 
 
 def test_watch_goes_on_after_an_outage(api: Api, queued: Job) -> None:
