@@ -37,7 +37,14 @@ from orchestrator.client import (
     ServerError,
     WaitTimeout,
 )
-from orchestrator.client._core import API_KEY, NOT_A_KEY, SETTINGS_TO_FIX, is_api_url
+from orchestrator.client._core import (
+    API_KEY,
+    CREDENTIALS_IN_URL,
+    NOT_A_KEY,
+    SETTINGS_TO_FIX,
+    has_credentials,
+    is_api_url,
+)
 from orchestrator.domain.jobs import Kind, Strategy, Tier
 from orchestrator.store.jobs import FINAL, LIVE
 
@@ -135,10 +142,13 @@ def endpoint(api_url: str | None, api_key: str | None) -> tuple[str, str]:
 
 
 def checked_url(url: str) -> str:
-    """``url`` if it is an http(s) URL with a host; ``ValueError(INVALID_URL)`` otherwise
-    (the SDK's check, ``is_api_url``)."""
+    """``url`` if it is an http(s) URL with a host and no credentials; ``ValueError``
+    otherwise (the SDK's checks), never quoting it."""
     if not is_api_url(url):
         raise ValueError(INVALID_URL)
+    if has_credentials(url):
+        raise ValueError(f"invalid API URL: it {CREDENTIALS_IN_URL}; give the key with "
+                         "--api-key or ORCH_API_KEY")
     return url
 
 

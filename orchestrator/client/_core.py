@@ -60,7 +60,21 @@ def resolve_base_url(base_url: str | None) -> str:
         where = "base_url" if base_url else "ORCH_API_URL"
         raise ValueError(f"{where} is not an http(s) URL with a host, such as "
                          "http://127.0.0.1:8000 (no spaces or control characters)")
+    if has_credentials(url):
+        where = "base_url" if base_url else "ORCH_API_URL"
+        raise ValueError(f"{where} {CREDENTIALS_IN_URL}; give the key as api_key")
     return url.rstrip("/")
+
+
+# httpx sends a URL's user:password as Basic authentication, which replaces the Bearer key
+# (every call a 401), and its INFO log of each request quotes the password
+CREDENTIALS_IN_URL = ("carries a user name or password, which would be sent in place of "
+                      "the API key (the API takes only its key)")
+
+
+def has_credentials(url: str) -> bool:
+    """Whether ``url`` (one ``is_api_url`` accepts) carries ``user[:password]@``."""
+    return bool(httpx.URL(url).userinfo)
 
 
 def is_api_url(url: str) -> bool:

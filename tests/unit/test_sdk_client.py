@@ -350,11 +350,25 @@ def test_connection_errors_are_retried_and_raised_typed() -> None:
     assert len(script.requests) == 2
 
 
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+@pytest.mark.parametrize("where", ["base_url", "ORCH_API_URL"])
+def test_a_base_url_with_credentials_is_refused_at_once_and_never_quoted(
+        cls: type[Client] | type[AsyncClient], where: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx would send them as Basic authentication in place of the key (every call a
+    401 ``missing API key``) and log the password with every request."""
+    url = "http://me:SECRETPW@127.0.0.1:8000"
+    monkeypatch.setenv("ORCH_API_URL", url)
+    with pytest.raises(ValueError, match=rf"^{where} carries a user name or password") as info:
+        cls(url if where == "base_url" else None, "k")
+    assert "SECRET" not in str(info.value)
+
+
 def test_a_connection_error_names_the_apis_origin_never_credentials_in_its_url() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
-    c = Client("http://u:SECRETPW@127.0.0.1:1/base?k=SECRETQ", "orch_secret_key",
+    c = Client("http://127.0.0.1:1/base?k=SECRETQ", "orch_secret_key",
                transport=Script([refuse]).transport(), retries=0)
     with pytest.raises(ApiConnectionError) as info:
         c.get("j-1")
