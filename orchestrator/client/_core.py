@@ -487,6 +487,9 @@ class StreamResume:
     def __init__(self, after: int, timeout: float | None, clock: Callable[[], float]) -> None:
         self.last, self.tries, self._clock = after, 0, clock
         self._stop = None if timeout is None else clock() + check_seconds("timeout", timeout)
+        # the terminal event came: a stream the server ends now has nothing more (one still
+        # open waits for the late job.charged of an attempt running when the job ended)
+        self.past_terminal = False
 
     def left(self) -> float | None:
         """Seconds to the deadline (None: no deadline)."""
@@ -502,6 +505,7 @@ class StreamResume:
 
     def seen(self, event: JobEvent) -> None:
         self.last, self.tries = event.seq, 0
+        self.past_terminal = self.past_terminal or event.is_terminal
 
     def cut(self, exc: httpx.TransportError) -> float:
         """The connection broke: the pause before the next one; raises ReadTimeout past the

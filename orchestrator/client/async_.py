@@ -222,7 +222,8 @@ class AsyncClient:
 
     async def events(self, id: str, after: int = 0, timeout: float | None = None
                      ) -> AsyncIterator[JobEvent]:
-        """As ``Client.events``: the job's events until its terminal one."""
+        """As ``Client.events``: the job's events until the server ends the stream after
+        its terminal one (and a late ``job.charged``)."""
         resume = _core.StreamResume(after, timeout, self._clock)
         while True:
             read_s = resume.connecting()
@@ -255,8 +256,8 @@ class AsyncClient:
                             event = _core.parse_event(sse.data)
                             resume.seen(event)
                             yield event
-                            if event.is_terminal:
-                                return
+                    if resume.past_terminal:
+                        return  # the server ended it: nothing more comes
             except httpx.TransportError as exc:
                 await self._sleep(resume.cut(exc))
                 continue

@@ -228,10 +228,12 @@ class Client:
     def events(self, id: str, after: int = 0, timeout: float | None = None
                ) -> Iterator[JobEvent]:
         """The job's events as they come (``GET /v1/jobs/{id}/events``), after ``seq``
-        ``after``, until its terminal event; reconnects with ``Last-Event-ID`` when the
-        stream ends or is cut, and gives up after three connections in a row that bring
-        nothing new (the last cut's ``httpx.TransportError``, or the end of the iteration).
-        ``timeout``: raise ``httpx.ReadTimeout`` after this many seconds."""
+        ``after``, until the server ends the stream after the terminal event (and after the
+        late ``job.charged`` of an attempt still running when the job ended); reconnects
+        with ``Last-Event-ID`` when the stream ends or is cut, and gives up after three
+        connections in a row that bring nothing new (the last cut's
+        ``httpx.TransportError``, or the end of the iteration). ``timeout``: raise
+        ``httpx.ReadTimeout`` after this many seconds."""
         resume = _core.StreamResume(after, timeout, self._clock)
         while True:
             read_s = resume.connecting()
@@ -255,8 +257,8 @@ class Client:
                             event = _core.parse_event(sse.data)
                             resume.seen(event)
                             yield event
-                            if event.is_terminal:
-                                return
+                    if resume.past_terminal:
+                        return  # the server ended it: nothing more comes
             except httpx.TransportError as exc:
                 self._sleep(resume.cut(exc))
                 continue

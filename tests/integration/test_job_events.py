@@ -292,6 +292,21 @@ def test_a_stream_open_across_a_cancel_ends_after_the_late_charge(
     rig.start_worker()
     job_id = _created(api)
     live = _Following(api.url, key, job_id)
+    # the SDK's events(), both clients, and so `orchestrator jobs watch`: a late charge too
+    by_sdk: dict[str, list[str]] = {}
+
+    def follow_sync() -> None:
+        with Client(api.url, key) as client:
+            by_sdk["sync"] = [e.type for e in client.events(job_id, timeout=60)]
+
+    async def follow_async() -> None:
+        async with AsyncClient(api.url, key) as client:
+            by_sdk["async"] = [e.type async for e in client.events(job_id, timeout=60)]
+
+    sdk = [threading.Thread(target=follow_sync),
+           threading.Thread(target=lambda: asyncio.run(follow_async()))]
+    for t in sdk:
+        t.start()
     rig.wait_for("the stream to send job.started", lambda: "job.started" in live.types(), 30)
     assert api.tenant().post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
     rig.wait_for("the stream to send job.cancelled",
@@ -301,6 +316,9 @@ def test_a_stream_open_across_a_cancel_ends_after_the_late_charge(
     assert live.ended.wait(60) and resumed.ended.wait(60)
     assert live.types() == ["job.queued", "job.started", "job.cancelled", "job.charged"]
     assert (resumed.status, resumed.types()) == (200, ["job.charged"])
+    for t in sdk:
+        t.join(60)
+    assert by_sdk == {"sync": live.types(), "async": live.types()}
     charged = json.loads(live.got[-1].data)
     assert charged["data"]["cost"]["total_micros"] == rig.job(uuid.UUID(job_id)).cost_micros
     assert resumed.got[0].id == charged["id"]
