@@ -164,10 +164,11 @@ def _print_json(data: Any) -> None:
 
 
 def usd(value: float | None) -> str:
-    """$1.20, $0.0042 (cents, or up to 4 decimals for small amounts); "-" for none."""
+    """$1.20, $0.0042, $0.000008 (cents, or up to the ledger's 6 decimals for small
+    amounts: a text job's few micro-dollars are not $0.00); "-" for none."""
     if value is None:
         return "-"
-    text = f"{value:,.4f}".rstrip("0")
+    text = f"{value:,.6f}".rstrip("0")
     whole, _, frac = text.partition(".")
     return f"${whole}.{frac.ljust(2, '0')}"
 
@@ -300,7 +301,12 @@ def submit(
             fail(f"{exc.message} (the job may have been made all the same; "
                  f"{_resubmit(key)})")
         if wait:
-            job = _wait_for(c, job, timeout)
+            try:
+                job = _wait_for(c, job, timeout)
+            except WaitTimeout as exc:
+                if json_out:  # a script still learns the job, which runs on
+                    _show_job(exc.job or job, True)
+                raise
     _show_job(job, json_out)
     if wait and job.status != "succeeded":
         reason = f": {job.error.code}: {job.error.message}" if job.error else ""

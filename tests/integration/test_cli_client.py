@@ -58,6 +58,7 @@ def test_param_values_are_parsed_where_unambiguous() -> None:
             parse_params(bad)
     assert (usd(None), usd(1.2), usd(0.0042), usd(1234.5)) == ("-", "$1.20", "$0.0042",
                                                                 "$1,234.50")
+    assert usd(0.000008) == "$0.000008"  # a short text job's cost, not $0.00
 
 
 def test_submit_human_and_json_with_typed_params(cli: typer.Typer, api: Api) -> None:
@@ -199,6 +200,11 @@ def test_values_the_api_would_refuse_are_usage_errors_before_any_request(
 def test_wait_times_out_on_a_job_nobody_runs(cli: typer.Typer, api: Api) -> None:
     line = one_error_line(run(cli, api, *VIDEO, "--wait", "--timeout", "0.3"))
     assert line.startswith("error: job ") and "still queued after 0.3s" in line
+    # --json: the job, which runs on, on stdout all the same (a script learns its id)
+    timed_out = run(cli, api, *VIDEO, "--wait", "--timeout", "0.3", "--json")
+    line = one_error_line(timed_out)
+    job = json.loads(timed_out.stdout)
+    assert job["status"] == "queued" and job["id"] in line
 
 
 def test_submit_wait_prints_the_finished_job(cli: typer.Typer, api: Api) -> None:
