@@ -294,9 +294,17 @@ def test_an_idempotency_key_the_api_would_refuse_is_a_usage_error(
     assert _jobs(api) == 0
 
 
+# ``orchestrator`` with SIGINT raising KeyboardInterrupt, as in a terminal: a test run
+# started in the background (CI's) ignores SIGINT, and its children inherit that, so Python
+# would not install its handler and Ctrl-C would do nothing
+AS_FROM_A_TERMINAL = ("import runpy, signal; "
+                      "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                      "runpy.run_module('orchestrator.cli', run_name='__main__')")
+
+
 def _cli(*args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_API_")}
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args],
+    return subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -346,9 +346,12 @@ def test_an_unexpected_error_is_a_plain_traceback_not_a_rich_one(
 
 # Blocks the import of typer (the first module ``orchestrator.cli.main`` loads that is not
 # the standard library's) until a signal comes, after saying so: a Ctrl-C that lands while
-# the command's modules load, which take a second or so.
+# the command's modules load, which take a second or so. SIGINT raises KeyboardInterrupt as
+# in a terminal: a test run started in the background (CI's) ignores SIGINT, and its
+# children inherit that, so Python would not install its handler.
 IMPORT_BLOCKED = """
-import importlib.abc, runpy, sys, time
+import importlib.abc, runpy, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name == "typer":
