@@ -35,6 +35,7 @@ from pathlib import Path
 import psycopg
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from orchestrator.backup import checksum, crypt
 from orchestrator.backup.backupkey import BackupKey
@@ -260,16 +261,27 @@ def _restore(url: str, path: Path, shown: Path, tools: PgTools, force: bool, sta
                          time.monotonic() - started, problems, key_id)
 
 
+# A session whose client just closed it (a service just stopped, this restore's own look
+# before) stays in pg_stat_activity until its server process has exited
+SESSIONS_GONE_S = 5.0
+
+
 def _refuse(target: Target, force: bool) -> TargetState:
     """The target's state; ``BackupError`` when it is not empty (without ``force``) or
-    other sessions are connected to it."""
+    other sessions are still connected to it after up to ``SESSIONS_GONE_S``."""
     state = _target_state(target)
     if not state.empty and not force:
         raise BackupError(f"{target.where} is not empty ({state.describe()}); --force "
                           "replaces all of it with the backup")
     if state.other_sessions:
-        raise BackupError(f"{state.other_sessions} other session(s) are connected to "
-                          f"{target.where}: stop the API, workers and beat first")
+        try:
+            state = Retrying(stop=stop_after_delay(SESSIONS_GONE_S), wait=wait_fixed(0.1),
+                             retry=retry_if_result(lambda s: s.other_sessions > 0))(
+                _target_state, target)
+        except RetryError as exc:
+            left = exc.last_attempt.result().other_sessions
+            raise BackupError(f"{left} other session(s) are connected to {target.where}: "
+                              "stop the API, workers and beat first") from None
     return state
 
 

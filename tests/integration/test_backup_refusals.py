@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psycopg
@@ -23,6 +24,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from orchestrator.backup import BackupError, Target, create_backup, restore_backup
+from orchestrator.backup import archive as archive_module
 from orchestrator.backup.checksum import sidecar
 from orchestrator.embedded.scratch import scratch_database
 from orchestrator.store.engine import make_engine
@@ -95,6 +97,40 @@ def test_a_target_with_other_sessions_is_refused(
     with engine.connect(), pytest.raises(BackupError, match="1 other session"):
         restore_backup(url, archive, TOOLS, force=True)
     assert contents(engine) == before
+
+
+def test_a_session_that_ends_while_the_restore_looks_is_waited_for(
+    archive: Path, occupied: tuple[str, Engine], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A session closed just before (a service just stopped, or the restore's own first
+    look) stays in pg_stat_activity until its server process has exited: the restore waits
+    for it rather than refusing, as it did on a busy machine."""
+    url, engine = occupied
+    seen = threading.Event()
+    look = archive_module._target_state
+
+    def looked(target: Target) -> archive_module.TargetState:
+        state = look(target)
+        if state.other_sessions:
+            seen.set()
+        return state
+
+    monkeypatch.setattr(archive_module, "_target_state", looked)
+    other = engine.connect()
+
+    def close_once_seen() -> None:
+        seen.wait(60)
+        other.close()
+        engine.dispose()
+
+    closer = threading.Thread(target=close_once_seen)
+    closer.start()
+    try:
+        report = restore_backup(url, archive, TOOLS, force=True)
+    finally:
+        seen.set()
+        closer.join(60)
+    assert report.counts["jobs"] == 8  # the archive's, not the 4 it replaced
 
 
 def copied_with_its_checksum(archive: Path, to: Path, data: bytes) -> Path:
