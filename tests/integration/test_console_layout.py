@@ -1,18 +1,20 @@
 """The console's layout as a user sees it, in real headless Chromium over real HTTP against the
 API (real PostgreSQL and Redis), on a phone-sized and a laptop-sized window: the status line
 never covers the page's last line; no view scrolls sideways as a whole, nor an admin's header;
-a budget's tick labels stay on one line; the spend chart's labels are legible; a redraw (a
+a budget's tick labels stay on one line, and its ticks and forecast line inside its bar, at
+100 % too; the spend chart's labels are legible; a redraw (a
 poll, an event) keeps the user's focus, the table they opened and how far they scrolled a
 table sideways."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from .api_fixture import Api, api_fixture, video  # noqa: F401
 from .console_support import browser_fixture, shot  # noqa: F401
@@ -163,3 +165,56 @@ def test_a_redraw_keeps_the_focus_an_open_table_and_a_table_scrolled_sideways(
     expect(page.locator(f'tr[data-job="{new}"]')).to_be_visible()
     assert page.evaluate("document.activeElement.getAttribute('href')") == href
     assert box.evaluate("b => b.scrollLeft") == 150
+
+
+# in-page: each mark on a budget's bar (an alert tick, the forecast line), where it is drawn
+# against the inside of the bar (which clips what overflows it), and whether it is what shows
+# at its own middle
+MARKS = """card => { const bar = card.querySelector('[role=meter]');
+  const r = bar.getBoundingClientRect();
+  const left = r.left + bar.clientLeft, right = left + bar.clientWidth;
+  return [...bar.querySelectorAll('.tick, .forecast')].map(m => {
+    const b = m.getBoundingClientRect();
+    const shown = document.elementFromPoint((b.left + b.right) / 2, (b.top + b.bottom) / 2);
+    return { mark: `${m.className} ${m.title}`, left: b.left - left, right: right - b.right,
+             width: b.width, shown: shown === m }; }); }"""
+
+
+def test_a_tick_at_100_percent_and_a_forecast_past_the_limit_show_in_the_bar(
+    api: Api, page: Page,
+) -> None:
+    """An alert threshold at 100 % (one of the defaults) was a tick placed at the bar's end,
+    just past its right edge: the bar clips what overflows it, and only the tick's "100%"
+    label showed. A forecast past the limit (drawn at the end too) was not seen at all."""
+    api.budget("tenant:acme", 100_000_000)
+    forecast: list[float] = []  # the forecast planted, as a share of the limit
+
+    def over(route: Route) -> None:
+        # the API's answer, with a forecast past the limit (it takes a month's spend to make)
+        answer = route.fetch()
+        body = answer.json()
+        for b in body["budgets"]:
+            if forecast:
+                b["forecast_usd"] = b["limit_usd"] * forecast[0]
+        route.fulfill(response=answer, body=json.dumps(body))
+
+    page.route("**/v1/budgets", over)
+    page.set_viewport_size(LAPTOP)
+    sign_in(page, api.url, api.keys["acme"])
+    expect(page.locator("#identity")).to_contain_text("tenant acme")
+    page.goto(f"{api.url}/console/?poll=1#/budgets")
+    card = page.locator('[data-scope="tenant:acme"]')
+    expect(card.locator(".tick")).to_have_count(3)  # 50 %, 80 %, 100 %
+    marks = card.evaluate(MARKS)  # the ticks, and the forecast line ($0: nothing spent)
+    assert len(marks) == 4, marks
+    for m in marks:
+        assert m["width"] >= 2 and m["left"] >= -0.5 and m["right"] >= -0.5, m
+        assert m["shown"], m
+    shot(page, "budgets-ticks")
+    # a forecast past the limit, from the next poll: drawn at the bar's end (over the 100 %
+    # tick)
+    forecast.append(1.5)
+    expect(card.locator(".forecast")).to_have_attribute("title", "forecast $150.00")
+    (line,) = [m for m in card.evaluate(MARKS) if m["mark"].startswith("forecast")]
+    assert line["width"] >= 3 and line["left"] >= -0.5 and abs(line["right"]) <= 0.5, line
+    assert line["shown"], line

@@ -3,7 +3,17 @@
 import { call } from "./api.js";
 import { h, usd, pct, swap, when } from "./dom.js";
 
-function place(el, fraction) { el.style.left = `${Math.min(Math.max(fraction, 0), 1) * 100}%`; }
+function clamp(fraction) { return Math.min(Math.max(fraction, 0), 1); }
+function place(el, fraction) { el.style.left = `${clamp(fraction) * 100}%`; }
+
+// A mark inside the bar (a tick, the forecast line), shifted back by as much of its own width
+// as it is along the bar: inside the bar's edges at 0 and at 100 %, centred at 50 %. Placed
+// at 100 % as it was, an alert tick (or a forecast past the limit) was drawn just past the
+// bar's right edge, which clips what overflows it: only the tick's label showed.
+function mark(el, fraction) {
+  place(el, fraction);
+  el.style.transform = `translateX(${-clamp(fraction) * 100}%)`;
+}
 
 function meter(b) {
   const limit = b.limit_usd || 0;
@@ -21,7 +31,7 @@ function meter(b) {
   const wrap = h("div", { class: "meter-wrap" }, bar);
   for (const t of b.alert_thresholds) {
     const tick = h("div", { class: "tick", title: `alert at ${pct(t)}` });
-    place(tick, t);
+    mark(tick, t);
     bar.append(tick);
     const label = h("span", { class: "ticklabel", "aria-hidden": "true" }, `${Math.round(t * 100)}%`);
     place(label, t);
@@ -29,7 +39,7 @@ function meter(b) {
   }
   if (b.forecast_usd !== null && limit > 0) {
     const f = h("div", { class: "forecast", title: `forecast ${usd(b.forecast_usd)}` });
-    place(f, frac(b.forecast_usd));
+    mark(f, frac(b.forecast_usd));
     bar.append(f);
   }
   return wrap;
