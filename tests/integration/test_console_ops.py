@@ -2,7 +2,8 @@
 API (real PostgreSQL and Redis): a reload while the API refuses for a while (429) keeps the key,
 and asks again when the answer's ``Retry-After`` says (within bounds); markup in what the API
 answers is shown as text, and a long unbroken value (a provider's error with a long URL in it)
-wraps inside its column rather than over the next one."""
+wraps inside its column rather than over the next one; after Cancel job the focus is on the
+job's heading (on the button again when the cancel was refused)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ import pytest
 from playwright.sync_api import Page, Route, expect
 from sqlalchemy import Engine
 
-from orchestrator.api import start_in_thread
+from orchestrator.api import ApiConfig, start_in_thread
 from orchestrator.bootstrap import Container
 from orchestrator.settings import Settings
 from orchestrator.store.keys import create_key
 
-from .api_fixture import Api, api_fixture, video  # noqa: F401
+from .api_fixture import Api, api_fixture, start_api, video  # noqa: F401
 from .console_support import browser_fixture, shot  # noqa: F401
+from .e2e_support import Rig
 from .test_console_safety import page_fixture, sign_in, tenant_key_fixture  # noqa: F401
 from .test_console_static import served  # noqa: F401
 
@@ -41,6 +43,35 @@ def limited_fixture(db: Engine, database_url: str, redis_url: str) -> Iterator[s
         yield running.url
     finally:
         running.stop()
+
+
+def use_up_the_limit(url: str, key: str) -> None:
+    """The tenant's producers use up its rate limit (the next request is answered 429)."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                      timeout=10) as producer:
+        for _ in range(LIMIT + 1):
+            if producer.get("/v1/whoami").status_code == 429:
+                return
+    pytest.fail("the rate limit never answered 429")
+
+
+def sign_in_at(page: Page, url: str, key: str, where: str) -> None:
+    """Sign in on the console at ``where`` (``?poll=1#/backends``): straight to that view,
+    sparing the tenant's rate limit the spend view's 14 reports."""
+    page.goto(f"{url}/console/{where}")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#identity")).to_contain_text("tenant")
+
+
+@pytest.fixture(name="rated")
+def rated_fixture(rig: Rig) -> Iterator[Api]:
+    """The API as ``limited`` has it, on the e2e rig (where a job can be submitted)."""
+    a = start_api(rig, ApiConfig(rate_limit=LIMIT, rate_window_s=60, key_cache_s=0))
+    try:
+        yield a
+    finally:
+        a.close()
 
 
 def until(page: Page, condition: Callable[[], bool], timeout_s: float = 20) -> None:
@@ -286,3 +317,47 @@ def test_a_key_signed_in_while_a_retry_is_answered_stays_signed_in(
     expect(page.locator("#identity")).to_contain_text("tenant calm")
     expect(page.locator("#signin")).to_be_hidden()
     assert page.evaluate("sessionStorage.getItem('orchestrator.console.key')") == new
+
+
+def submitted(api: Api, key: str) -> str:
+    """A job of the key's tenant; no worker runs here, so it stays queued."""
+    answer = api.client(key).post("/v1/jobs", json=video())
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["id"])
+
+
+def test_after_cancel_job_the_focus_is_on_the_jobs_heading(rated: Api, page: Page) -> None:
+    """A keyboard user presses Cancel job: the button goes with the job's end. Before, the
+    focus went with it, back to the top of the page (the next Tab: the skip link), and the
+    screen reader said nothing of what became of the job. Now it is on the job's heading,
+    which says it: cancelled."""
+    key = rated.new_key("canceller")
+    job = submitted(rated, key)
+    sign_in_at(page, rated.url, key, f"#/job/{job}")
+    button = page.get_by_role("button", name="Cancel job")
+    button.focus()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.keyboard.press("Enter")
+    heading = page.get_by_role("heading", level=2)
+    expect(heading).to_contain_text("cancelled")
+    expect(button).to_have_count(0)
+    expect(heading).to_be_focused()
+
+
+def test_a_refused_cancel_gives_the_focus_back_to_its_button(rated: Api, page: Page) -> None:
+    """The cancel is refused (here: the tenant's rate limit is used up). Before, the button
+    stayed disabled (the job could not be re-read either) and the focus was lost to the
+    page; now the button is enabled again, with the focus, to try again."""
+    key = rated.new_key("refused")
+    job = submitted(rated, key)
+    sign_in_at(page, rated.url, key, f"?poll=600#/job/{job}")
+    button = page.get_by_role("button", name="Cancel job")
+    button.focus()
+    use_up_the_limit(rated.url, key)
+    page.once("dialog", lambda dialog: dialog.accept())
+    with page.expect_response(lambda r: r.url.endswith("/cancel")) as refused:
+        page.keyboard.press("Enter")
+    assert refused.value.status == 429
+    expect(page.locator("#status")).to_contain_text("rate limit")
+    expect(button).to_be_enabled()
+    expect(button).to_be_focused()

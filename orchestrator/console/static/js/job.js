@@ -76,6 +76,16 @@ export function jobView(ctx, id, tenant) {
       ctx.setStatus(`cancel refused: ${e.message}`);
     }
     await load();
+    // not redrawn (the job could not be re-read): it would stay disabled for good
+    btn.disabled = false;
+    // The button had the focus; disabled, then gone with the job's end, it left the focus on
+    // the page's top, and a keyboard user had to find their way back. The heading says what
+    // became of the job; a refused cancel leaves the button, to try again. Not when the user
+    // has moved on meanwhile.
+    const active = document.activeElement;
+    if (!active || active === document.body || active === btn || !active.isConnected) {
+      (document.getElementById("cancel-job") || document.getElementById("job-title"))?.focus();
+    }
   }
   const inTurn = serially(ctx);
   const load = () => inTurn("job", loadNow);
@@ -94,7 +104,8 @@ export function jobView(ctx, id, tenant) {
       : h("button", { type: "button", class: "danger", id: "cancel-job" }, "Cancel job");
     if (cancelBtn) cancelBtn.addEventListener("click", () => cancel(cancelBtn));
     swap(body, ...[
-      h("h2", {}, "Job ", h("span", { class: "mono" }, job.id), " ", badge(job.status)),
+      h("h2", { id: "job-title", tabindex: "-1" }, "Job ", h("span", { class: "mono" }, job.id), " ",
+        badge(job.status)),
       h("p", {}, `${job.kind} · tier ${job.tier}${job.backend ? ` · on ${job.backend}` : ""}`,
         job.metadata && job.metadata.project ? ` · project ${job.metadata.project}` : "",
         tenant ? ` · tenant ${tenant}` : ""),
