@@ -1,9 +1,10 @@
 """The console as an operator uses it, in real headless Chromium over real HTTP against the
 API (real PostgreSQL and Redis): a reload while the API refuses for a while (429) keeps the key,
-and asks again when the answer's ``Retry-After`` says (within bounds); markup in what the API
-answers is shown as text, and a long unbroken value (a provider's error with a long URL in it)
-wraps inside its column rather than over the next one; after Cancel job the focus is on the
-job's heading (on the button again when the cancel was refused)."""
+and asks again when the answer's ``Retry-After`` says (within bounds); so do a view's polls and
+its event stream's reconnections; markup in what the API answers is shown as text, and a long
+unbroken value (a provider's error with a long URL in it) wraps inside its column rather than
+over the next one; after Cancel job the focus is on the job's heading (on the button again when
+the cancel was refused)."""
 
 from __future__ import annotations
 
@@ -127,10 +128,10 @@ COUNT_FETCHES = """() => { window.asked = 0; const real = window.fetch;
     window.fetch = (...args) => { window.asked++; return real(...args); }; }"""
 
 
-def hold_whoami(page: Page) -> list[Route]:
-    """Hold the console's next ``GET /v1/whoami``; the later ones go on to the API."""
+def hold_whoami(page: Page, path: str = "/v1/whoami") -> list[Route]:
+    """Hold the console's next ``GET <path>``; the later ones go on to the API."""
     held: list[Route] = []
-    page.route("**/v1/whoami", lambda route: held.append(route) if not held
+    page.route(f"**{path}", lambda route: held.append(route) if not held
                else route.continue_())
     return held
 
@@ -317,6 +318,77 @@ def test_a_key_signed_in_while_a_retry_is_answered_stays_signed_in(
     expect(page.locator("#identity")).to_contain_text("tenant calm")
     expect(page.locator("#signin")).to_be_hidden()
     assert page.evaluate("sessionStorage.getItem('orchestrator.console.key')") == new
+
+
+def test_a_poll_refused_with_retry_after_waits_what_it_says(
+    limited: str, db: Engine, page: Page,
+) -> None:
+    """The tenant's producers use up its rate limit while the operator watches Backends. Before,
+    the view went on polling every second (``?poll=1``; 3 s without it) while the API answered
+    ``429`` with ``Retry-After: <the rest of the window>``: each poll refused again, and
+    counted against the limit the producers share. Now the next poll waits what it says."""
+    with db.begin() as conn:
+        key = create_key(conn, "poller")
+    page.clock.install()
+    sign_in_at(page, limited, key, "?poll=1#/backends")
+    expect(page.locator("#backends-body table")).to_be_visible()
+    held = hold_whoami(page, "/v1/backends")
+    until(page, lambda: len(held) == 1)  # the next poll, held while the limit is used up
+    use_up_the_limit(limited, key)
+    pause_clock(page)
+    with page.expect_response(lambda r: r.url.endswith("/v1/backends")) as refused:
+        held[0].continue_()
+    assert refused.value.status == 429
+    retry_after = int(refused.value.headers["retry-after"])  # the rest of the 60 s window
+    assert 1 < retry_after <= 60, retry_after
+    status = page.locator("#status")
+    expect(status).to_contain_text("error: rate limit")
+    said = status.inner_text()
+    asks_again_after(page, retry_after * 1000)
+    assert said.startswith(f"error: rate limit of 40 requests per 60 s exceeded; retry in "
+                           f"{retry_after} s (trying again in {retry_after} s)"), said
+
+
+# the view's calls to fetch() from now on, by path, counted in the page (see COUNT_FETCHES)
+LOG_FETCHES = """() => { window.fetched = []; const real = window.fetch;
+    window.fetch = (url, ...rest) => {
+      window.fetched.push(new URL(url, location.href).pathname); return real(url, ...rest); }; }"""
+VISIBILITY = """([hidden]) => {
+  Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def test_a_stream_refused_with_retry_after_is_tried_again_when_it_says(
+    limited: str, db: Engine, page: Page,
+) -> None:
+    """The jobs list's event stream is refused ``429`` (the tenant's rate limit) when it
+    reconnects. Before, it was tried again after 1 s (then 2, 5, 10, 30 s), and the list was
+    polled at once: both refused again, whatever ``Retry-After`` said. Now neither is asked
+    before it has passed."""
+    with db.begin() as conn:
+        key = create_key(conn, "streamer")
+    page.clock.install()
+    sign_in_at(page, limited, key, "?poll=600#/jobs")
+    status = page.locator("#status")
+    expect(status).to_have_attribute("data-updates", "live")
+    # a hidden tab closes the stream; it reconnects when the tab is shown again
+    with page.expect_event("requestfailed", predicate=lambda r: r.url.endswith("/v1/events")):
+        page.evaluate(VISIBILITY, [True])
+    use_up_the_limit(limited, key)
+    pause_clock(page)
+    page.evaluate(LOG_FETCHES)
+    with page.expect_response(lambda r: r.url.endswith("/v1/events")) as refused:
+        page.evaluate(VISIBILITY, [False])
+    assert refused.value.status == 429
+    retry_after = int(refused.value.headers["retry-after"])
+    assert 1 < retry_after <= 60, retry_after
+    expect(status).to_have_attribute("data-updates", "polling")
+    page.clock.run_for(retry_after * 1000 - 1)
+    assert page.evaluate("window.fetched") == ["/v1/events"], "asked again before Retry-After"
+    page.clock.run_for(1)
+    # the stream tried again, and the list polled meanwhile
+    assert sorted(page.evaluate("window.fetched")) == ["/v1/events", "/v1/events", "/v1/jobs"]
 
 
 def submitted(api: Api, key: str) -> str:

@@ -21,6 +21,22 @@ export function retryAfterSeconds(value, now = Date.now()) {
   return Number.isNaN(at) ? null : Math.max(0, (at - now) / 1000);
 }
 
+// How long the API asked to be left alone: the Retry-After of its last 429 (the tenant's rate
+// window, which every request of the tenant counts against, this page's polls too) or 503
+// (the API or a proxy busy or restarting). Polls and stream reconnections wait it out: asked
+// sooner, they were refused again, and each refusal counted against the limit the tenant's
+// producers share. At most HOLD_MAX_MS, so a Retry-After of a day does not leave a view dead.
+export const HOLD_MAX_MS = 300000;
+let holdUntil = 0;
+
+function holdFor(status, retryAfterS) {
+  if ((status !== 429 && status !== 503) || retryAfterS === null) return;
+  holdUntil = Math.max(holdUntil, performance.now() + Math.min(retryAfterS * 1000, HOLD_MAX_MS));
+}
+
+// ms left of what the API last asked to wait (0: nothing asked, or it has passed)
+export function heldMs() { return Math.max(0, holdUntil - performance.now()); }
+
 export function storedKey() { return sessionStorage.getItem(KEY); }
 export function storeKey(key) { sessionStorage.setItem(KEY, key); }
 export function forgetKey() { sessionStorage.removeItem(KEY); }
@@ -66,8 +82,10 @@ export async function call(path, { method = "GET", params = {}, body } = {}) {
     const err = (data && data.error) || {};
     // a key signed in since this call went out is not the one refused
     if (resp.status === 401 && storedKey() === key) onUnauthorized();
+    const retryAfterS = retryAfterSeconds(resp.headers.get("Retry-After"));
+    holdFor(resp.status, retryAfterS);
     throw new ApiError(resp.status, err.code || "error", err.message || resp.statusText,
-      retryAfterSeconds(resp.headers.get("Retry-After")));
+      retryAfterS);
   }
   // a 200 that is not JSON is not the API's (a proxy's or a portal's sign-in page): say so,
   // rather than fail later on a null with a message that means nothing to the user
@@ -95,7 +113,10 @@ export async function openStream(path, { params = {}, lastId = null, signal } = 
   const type = resp.headers.get("Content-Type") || "";
   if (!resp.ok || !type.startsWith("text/event-stream")) {
     resp.body?.cancel().catch(() => {});
-    throw new ApiError(resp.status, "no_stream", `no event stream (HTTP ${resp.status})`);
+    const retryAfterS = retryAfterSeconds(resp.headers.get("Retry-After"));
+    holdFor(resp.status, retryAfterS);
+    throw new ApiError(resp.status, "no_stream", `no event stream (HTTP ${resp.status})`,
+      retryAfterS);
   }
   return resp;
 }

@@ -1,6 +1,8 @@
 // The console's shell: sign-in, who the key is (GET /v1/whoami), the admin's tenant choice,
 // and a hash router whose views poll the API (or follow its event stream) while shown.
-import { ApiError, call, storedKey, storeKey, forgetKey, whenUnauthorized } from "./api.js";
+import {
+  ApiError, call, heldMs, storedKey, storeKey, forgetKey, whenUnauthorized,
+} from "./api.js";
 import { h } from "./dom.js";
 import { spendView } from "./spend.js";
 import { budgetsView } from "./budgets.js";
@@ -29,25 +31,29 @@ ctx.setUpdates = mode => {
   if (mode) $("status").dataset.updates = mode; else delete $("status").dataset.updates;
   ctx.setStatus(statusText);
 };
-// Run `fn` now and every `ms` (or `?poll=`) while its view is shown; a hidden tab skips the
-// fetch (it catches up at the next tick once shown again). `fn` returning true means nothing
-// more will change. Returns a handle whose stop() ends it.
-ctx.every = (ms, fn) => {
+// Run `fn` now (or after `wait` ms) and every `ms` (or `?poll=`) while its view is shown; a
+// hidden tab skips the fetch (it catches up at the next tick once shown again). After a 429
+// or a 503, the next run waits at least what its Retry-After asked (api.js's heldMs()). `fn`
+// returning true means nothing more will change. Returns a handle whose stop() ends it.
+ctx.every = (ms, fn, { wait = 0 } = {}) => {
   const handle = { stopped: false, timer: null };
   handle.stop = () => { handle.stopped = true; clearTimeout(handle.timer); };
+  const next = () => Math.max(ctx.pollMs || ms, heldMs());
   const run = async () => {
     if (handle.stopped) return;
     if (!document.hidden) {
       try {
         if ((await fn()) === true) return;
       } catch (e) {
-        if (!handle.stopped) ctx.setStatus(`error: ${e.message}`); // not a view left since
+        // not a view left since; the wait said when the API asked for one
+        const asked = heldMs() > 0 ? ` (trying again in ${Math.ceil(next() / 1000)} s)` : "";
+        if (!handle.stopped) ctx.setStatus(`error: ${e.message}${asked}`);
       }
     }
-    if (!handle.stopped) handle.timer = setTimeout(run, ctx.pollMs || ms);
+    if (!handle.stopped) handle.timer = setTimeout(run, next());
   };
   ctx.timers.push(handle);
-  run();
+  if (wait > 0) handle.timer = setTimeout(run, wait); else run();
   return handle;
 };
 

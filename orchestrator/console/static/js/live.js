@@ -1,6 +1,6 @@
 // Live updates: a Server-Sent Events stream read with fetch() (see openStream), polling
 // while there is none (an API without the route, a proxy that blocks it, a network error).
-import { openStream, ApiError } from "./api.js";
+import { openStream, ApiError, heldMs } from "./api.js";
 
 const GONE = new Set([404, 405, 501]); // no such route here: poll for as long as the view is shown
 const BACKOFF_MS = [1000, 2000, 5000, 10000, 30000];
@@ -86,7 +86,9 @@ export function batched(ctx, ms, fn) {
 
 // While the view is shown, keep the stream at `path` open: `onEvent(message)` for each event;
 // `load()` when it opens with nothing to resume from (what happened before it), and every `ms`
-// while there is no stream. A drop is resumed with Last-Event-ID after a backoff. A stream that
+// while there is no stream. A drop is resumed with Last-Event-ID after a backoff, or after
+// what the refusal's Retry-After asked (429, 503), whichever is longer; the polls meanwhile
+// wait for it too. A stream that
 // ends on its own (a job's, after its terminal event) is reopened only while `load()` is not
 // true (the job is not final). A hidden tab closes the stream (the API caps connections).
 export function follow(ctx, path, { ms, load, onEvent }) {
@@ -100,7 +102,8 @@ export function follow(ctx, path, { ms, load, onEvent }) {
   };
   const poll = () => {
     if (handle.stopped) return;
-    if (!handle.poll) handle.poll = ctx.every(ms, load);
+    // a 429 refused the stream for the whole tenant: a poll at once would be refused too
+    if (!handle.poll) handle.poll = ctx.every(ms, load, { wait: heldMs() });
     ctx.setUpdates("polling");
   };
   const unpoll = () => {
@@ -142,7 +145,7 @@ export function follow(ctx, path, { ms, load, onEvent }) {
       if (handle.stopped) return;
       // closed for a hidden tab; if it was shown again meanwhile, connect() found this one
       // active. A silent stream is a drop: polled, and retried after the backoff.
-      if (e.name === "AbortError" && !silent) { connect(); return; }
+      if (e.name === "AbortError" && !silent) { reconnect(); return; }
       if (e instanceof ApiError && e.status === 401) return; // signed out
       // 204: resumed after the job's terminal event; nothing more will come
       if (e instanceof ApiError && e.status === 204) { over = true; unpoll(); safeLoad(); return; }
@@ -156,11 +159,18 @@ export function follow(ctx, path, { ms, load, onEvent }) {
     if (ended && (await safeLoad()) === true) { over = true; return; }
     if (handle.stopped) return; // the view was left while it loaded: nothing more of it
     if (ended) poll(); // until the stream is back
-    handle.retry = setTimeout(connect, BACKOFF_MS[Math.min(failures++, BACKOFF_MS.length - 1)]);
+    const backoff = BACKOFF_MS[Math.min(failures++, BACKOFF_MS.length - 1)];
+    handle.retry = setTimeout(connect, Math.max(backoff, heldMs()));
+  }
+
+  // at once, unless the API asked to wait (Retry-After) a while that has not passed yet
+  function reconnect() {
+    clearTimeout(handle.retry);
+    if (heldMs() > 0) handle.retry = setTimeout(connect, heldMs()); else connect();
   }
 
   const onVisibility = () => {
-    if (document.hidden) { clearTimeout(handle.retry); handle.ctrl?.abort(); } else connect();
+    if (document.hidden) { clearTimeout(handle.retry); handle.ctrl?.abort(); } else reconnect();
   };
   document.addEventListener("visibilitychange", onVisibility);
   handle.stop = () => {
