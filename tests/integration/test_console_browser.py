@@ -170,10 +170,14 @@ def test_a_tenant_sees_nothing_of_another_tenant(stack: Stack, page: Page) -> No
     expect(page.locator(f'tr[data-job="{theirs.id}"]')).to_contain_text("rival")
     picker.select_option("rival")
     expect(page.locator("#jobs-body tbody tr")).to_have_count(1)
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/events") else None)
     page.get_by_role("link", name=f"job {theirs.id}").click()
     expect(page.locator("#job-body")).to_contain_text("tenant rival")
-    # a job's stream answers its owner only: another tenant's job is polled
-    expect(page.locator("#status")).to_have_attribute("data-updates", "polling")
+    # a job's stream answers its owner only: another tenant's job is polled (no stream
+    # asked), until it is read finished, as this one is at once
+    expect(page.locator("#status")).to_have_attribute("data-updates", "ended")
+    assert streams == []
     view(page, "Budgets")
     expect(page.locator('[data-scope="tenant:rival"]')).to_be_visible()
     expect(page.locator('[data-scope="tenant:demo"]')).to_have_count(0)

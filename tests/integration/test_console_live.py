@@ -4,8 +4,9 @@ the jobs list and on its page, so the event streams drive them; a hidden tab clo
 and resumes with Last-Event-ID; a burst of jobs is re-read in batches (at most once a second),
 not one request per event; with the ``/events`` routes answering 404 (a proxy in front of
 the API) the console says "polling" and still shows the job finish; a feed that cannot connect is
-polled and retried until live; the SSE parser takes a stream cut anywhere. Screenshots:
-``test-artifacts/console/``."""
+polled and retried until live; the SSE parser takes a stream cut anywhere; a job's page shows
+the late charge of a job cancelled while its provider works, then says its updates ended.
+Screenshots: ``test-artifacts/console/``."""
 
 from __future__ import annotations
 
@@ -108,6 +109,7 @@ def test_the_event_streams_drive_the_jobs_list_and_the_job_page(
     assert page.evaluate(FETCHED, [f"/v1/jobs/{second}"]) >= 3  # start, open, its events
     # the job's stream ended after its terminal event (a finished fetch has a timing entry)
     page.wait_for_function(AT_LEAST, arg=[f"/v1/jobs/{second}/events", 1])
+    expect(status).to_have_attribute("data-updates", "ended")
     shot(page, "live-job")
 
 
@@ -243,7 +245,8 @@ def test_the_console_polls_when_the_event_routes_are_missing(stack: Stack, page:
 
         page.get_by_role("link", name=f"job {job_id}").click()
         expect(page.get_by_role("list", name="Timeline")).to_contain_text("Finished")
-        expect(status).to_have_attribute("data-updates", "polling")
+        # polled (no stream), until it was read finished: nothing more will change
+        expect(status).to_have_attribute("data-updates", "ended")
         assert f"/v1/jobs/{job_id}/events" in proxy.refused
         shot(page, "polling-job")
     finally:
@@ -313,3 +316,46 @@ def test_a_stream_that_cannot_connect_is_polled_then_retried(stack: Stack, page:
     # once the network lets it through, a retry (1, 2, 5 … s apart) makes the view live
     page.unroute(re.compile(r"/v1/events(\?|$)"), fail)
     expect(status).to_have_attribute("data-updates", "live")
+
+
+@pytest.mark.parametrize("through", ["stream", "polls"])
+def test_a_job_page_shows_a_late_charge_then_says_its_updates_ended(
+        stack: Stack, page: Page, through: str) -> None:
+    """A job cancelled while its provider works ends at once; its provider, which ignores the
+    stop, bills the whole run when it ends: a late ``job.charged``, for which the job's stream
+    stays open. Before, the job's page said "live updates" for ever once its stream had ended;
+    and polled (no stream through a proxy) it stopped at the job's end, so the charge never
+    showed. Now it follows the job until its last attempt concluded, then says so."""
+    stack.control(SLOW, duration_ms=15_000, ignore_cancel=True)  # billed in full, later
+    proxy = EventsBlockingProxy(stack.url) if through == "polls" else None
+    try:
+        base = proxy.url if proxy else stack.url
+        query = "?poll=1" if proxy else "?poll=600"  # live: only the stream updates it
+        sign_in(page, stack, stack.creds["tenant_key"], "tenant demo", base=base, query=query)
+        job_id = submit(stack)
+        page.goto(f"{base}/console/{query}#/job/{job_id}")
+        timeline = page.get_by_role("list", name="Timeline")
+        expect(timeline).to_contain_text(f"Attempt 1 on {SLOW}", timeout=30_000)
+        status = page.locator("#status")
+        following = "live" if through == "stream" else "polling"
+        expect(status).to_have_attribute("data-updates", following)
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name="Cancel job").click()
+        expect(page.locator("#job-body h2")).to_contain_text("cancelled")
+        # its attempt runs on at the provider: the charge is still to come
+        expect(timeline).to_contain_text("in flight")
+        expect(status).to_have_attribute("data-updates", following)
+        expect(timeline).to_contain_text("charged $", timeout=60_000)
+        with Client(base_url=stack.url, api_key=stack.creds["tenant_key"]) as sdk:
+            job = sdk.get(job_id)
+        assert job.status == "cancelled" and job.cost_usd is not None and job.cost_usd > 0
+        shown = page.locator("#job-cost").inner_text()
+        assert float(shown.lstrip("$").replace(",", "")) == pytest.approx(job.cost_usd,
+                                                                          abs=1e-4), shown
+        expect(status).to_have_attribute("data-updates", "ended")
+        expect(status).to_contain_text("updates ended")
+        shot(page, f"job-late-charge-{through}")
+    finally:
+        if proxy is not None:
+            proxy.close()
+        stack.control(SLOW, duration_ms=1000, ignore_cancel=False)

@@ -19,13 +19,15 @@ const POLL_S = Number(new URLSearchParams(window.location.search).get("poll"));
 ctx.pollMs = POLL_S >= 1 ? POLL_S * 1000 : null;
 
 // The status line: the last update, and whether the view is updated "live" (from the API's
-// event stream) or by "polling" (data-updates says the same to scripts and tests).
+// event stream), by "polling", or no more ("ended": the job has finished and its last event,
+// a late charge too, has come); data-updates says the same to scripts and tests.
+const MODES = { live: "live updates", polling: "polling", ended: "updates ended" };
 let statusText = "";
 ctx.setStatus = text => {
   if (!ctx.me && text) return; // a load that ends after sign-out leaves nothing behind
   statusText = text;
   const mode = $("status").dataset.updates;
-  $("status").textContent = mode ? `${text} · ${mode === "live" ? "live updates" : "polling"}` : text;
+  $("status").textContent = mode ? `${text} · ${MODES[mode]}` : text;
 };
 ctx.setUpdates = mode => {
   if (mode) $("status").dataset.updates = mode; else delete $("status").dataset.updates;
@@ -34,7 +36,8 @@ ctx.setUpdates = mode => {
 // Run `fn` now (or after `wait` ms) and every `ms` (or `?poll=`) while its view is shown; a
 // hidden tab skips the fetch (it catches up at the next tick once shown again). After a 429
 // or a 503, the next run waits at least what its Retry-After asked (api.js's heldMs()). `fn`
-// returning true means nothing more will change. Returns a handle whose stop() ends it.
+// returning true means nothing more will change: it stops, and the status line says the
+// updates ended. Returns a handle whose stop() ends it.
 ctx.every = (ms, fn, { wait = 0 } = {}) => {
   const handle = { stopped: false, timer: null };
   handle.stop = () => { handle.stopped = true; clearTimeout(handle.timer); };
@@ -43,7 +46,10 @@ ctx.every = (ms, fn, { wait = 0 } = {}) => {
     if (handle.stopped) return;
     if (!document.hidden) {
       try {
-        if ((await fn()) === true) return;
+        if ((await fn()) === true) {
+          if (!handle.stopped) ctx.setUpdates("ended");
+          return;
+        }
       } catch (e) {
         // not a view left since; the wait said when the API asked for one
         const asked = heldMs() > 0 ? ` (trying again in ${Math.ceil(next() / 1000)} s)` : "";

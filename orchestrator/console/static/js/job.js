@@ -1,11 +1,20 @@
 // One job (GET /v1/jobs/{id}): its timeline (submitted, attempts, fail-overs, end), its
 // route's reasons, cost against the estimate; cancel (POST /v1/jobs/{id}/cancel). Re-read at
-// each of its events (GET /v1/jobs/{id}/events), polled every 2 s when there is no stream.
+// each of its events (GET /v1/jobs/{id}/events), polled every 2 s when there is no stream,
+// until nothing more will change: the job has ended and none of its attempts is still open.
 import { call, ApiError } from "./api.js";
 import { follow, serially } from "./live.js";
 import { h, usd, when, badge, swap, table } from "./dom.js";
 
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+// Nothing more will change: the job has ended, and no attempt of it is still running at its
+// provider. One still running when the job was cancelled (or passed its deadline) may be
+// billed when it concludes (a late job.charged): the job's stream stays open for it, and the
+// polls, which stopped at the job's end, now wait for it too.
+function settled(job) {
+  return FINAL.has(job.status) && job.attempts.every(a => a.outcome !== null);
+}
 
 function timeline(job) {
   const items = [h("li", {}, h("time", { datetime: job.created_at }, when(job.created_at)),
@@ -96,6 +105,7 @@ export function jobView(ctx, id, tenant) {
     } catch (e) {
       if (e instanceof ApiError && (e.status === 404 || e.status === 403 || e.status === 422)) {
         swap(body, h("h2", {}, "Job not found"), h("p", { role: "alert" }, e.message));
+        ctx.setStatus("job not found");
         return true;
       }
       throw e;
@@ -115,7 +125,7 @@ export function jobView(ctx, id, tenant) {
         h("section", { "aria-labelledby": "cv" }, h("h3", { id: "cv" }, "Cost against the estimate"),
           costVsEstimate(job), h("h3", {}, "Route"), route(job)))].filter(Boolean));
     ctx.setStatus(`job updated ${new Date().toLocaleTimeString()}`);
-    return FINAL.has(job.status);
+    return settled(job);
   }
   // the job's stream is its owner's: an admin looking at another tenant's job polls
   if (tenant && tenant !== ctx.me.tenant) ctx.every(2000, load);

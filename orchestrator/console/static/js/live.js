@@ -88,27 +88,48 @@ export function batched(ctx, ms, fn) {
 // `load()` when it opens with nothing to resume from (what happened before it), and every `ms`
 // while there is no stream. A drop is resumed with Last-Event-ID after a backoff, or after
 // what the refusal's Retry-After asked (429, 503), whichever is longer; the polls meanwhile
-// wait for it too. A stream that
-// ends on its own (a job's, after its terminal event) is reopened only while `load()` is not
-// true (the job is not final). A hidden tab closes the stream (the API caps connections).
+// wait for it too. `load()` returning true means nothing more will change (the job has ended
+// and no attempt of it is still open, so no late charge is to come): then no stream is opened
+// again, nothing polls, and the status line says the updates ended; so too once the API
+// answers 204 (resumed after the job's last event). A stream that ends on its own (a job's,
+// after its terminal event and a late charge) is reopened only while `load()` is not true.
+// A hidden tab closes the stream (the API caps connections).
 export function follow(ctx, path, { ms, load, onEvent }) {
   const handle = { stopped: false, ctrl: null, retry: null, poll: null };
   let lastId = null;
   let failures = 0;
-  let active = false;  // connecting or connected
-  let over = false;    // no stream route, or the stream ended for good
-  const safeLoad = async () => {
-    try { return await load(); } catch (e) { ctx.setStatus(`error: ${e.message}`); return false; }
-  };
-  const poll = () => {
-    if (handle.stopped) return;
-    // a 429 refused the stream for the whole tenant: a poll at once would be refused too
-    if (!handle.poll) handle.poll = ctx.every(ms, load, { wait: heldMs() });
-    ctx.setUpdates("polling");
-  };
+  let active = false;    // connecting or connected
+  let over = false;      // no stream route, or nothing more will come
+  let finished = false;  // nothing more will change
   const unpoll = () => {
     if (handle.poll) handle.poll.stop();
     handle.poll = null;
+  };
+  const finish = () => {
+    over = finished = true;
+    clearTimeout(handle.retry);
+    unpoll();
+    if (!handle.stopped) ctx.setUpdates("ended");
+  };
+  const safeLoad = async () => {
+    try {
+      return await load();
+    } catch (e) {
+      ctx.setStatus(`error: ${e.message}`);
+      return false;
+    }
+  };
+  const poll = () => {
+    if (handle.stopped || finished) return;
+    if (!handle.poll) {
+      // a 429 refused the stream for the whole tenant: a poll at once would be refused too
+      handle.poll = ctx.every(ms, async () => {
+        if ((await load()) !== true) return false;
+        finish();
+        return true;
+      }, { wait: heldMs() });
+    }
+    ctx.setUpdates("polling");
   };
 
   async function connect() {
@@ -126,7 +147,8 @@ export function follow(ctx, path, { ms, load, onEvent }) {
     let ended = false;
     try {
       const resp = await openStream(path, { lastId, signal: ctrl.signal });
-      if (handle.stopped) { resp.body?.cancel().catch(() => {}); return; } // left meanwhile
+      // left meanwhile, or a poll found the job ended meanwhile
+      if (handle.stopped || over) { resp.body?.cancel().catch(() => {}); active = false; return; }
       unpoll();
       ctx.setUpdates("live");
       if (lastId === null) safeLoad();
@@ -142,22 +164,28 @@ export function follow(ctx, path, { ms, load, onEvent }) {
       ended = true;
     } catch (e) {
       active = false;
-      if (handle.stopped) return;
+      if (handle.stopped || over) return;
       // closed for a hidden tab; if it was shown again meanwhile, connect() found this one
       // active. A silent stream is a drop: polled, and retried after the backoff.
       if (e.name === "AbortError" && !silent) { reconnect(); return; }
       if (e instanceof ApiError && e.status === 401) return; // signed out
-      // 204: resumed after the job's terminal event; nothing more will come
-      if (e instanceof ApiError && e.status === 204) { over = true; unpoll(); safeLoad(); return; }
+      // 204: resumed after the job's last event; nothing more will come
+      if (e instanceof ApiError && e.status === 204) {
+        over = true;
+        unpoll();
+        await safeLoad();
+        if (!handle.stopped) finish();
+        return;
+      }
       poll();
       if (e instanceof ApiError && GONE.has(e.status)) { over = true; return; }
     } finally {
       clearTimeout(watchdog);
     }
     active = false;
-    if (handle.stopped) return;
-    if (ended && (await safeLoad()) === true) { over = true; return; }
-    if (handle.stopped) return; // the view was left while it loaded: nothing more of it
+    if (handle.stopped || over) return;
+    if (ended && (await safeLoad()) === true) { finish(); return; }
+    if (handle.stopped || over) return; // left, or finished by a poll, while it loaded
     if (ended) poll(); // until the stream is back
     const backoff = BACKOFF_MS[Math.min(failures++, BACKOFF_MS.length - 1)];
     handle.retry = setTimeout(connect, Math.max(backoff, heldMs()));
