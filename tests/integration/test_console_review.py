@@ -1,7 +1,7 @@
 """A second review of the console, in real headless Chromium and over real HTTP against the
 API (real PostgreSQL and Redis): what a view does after it is left (no polling, nothing on the
-next view's status line), a request or a stream that hangs, and the headers of every answer
-under ``/console``."""
+next view's status line), a request or a stream that hangs, the headers of every answer
+under ``/console``, and what a screen reader is told (not every poll)."""
 
 from __future__ import annotations
 
@@ -200,3 +200,46 @@ def test_a_view_left_while_it_loads_writes_nothing_on_the_next_views_status_line
     # the jobs list reads itself again once its stream is open: that is its own to write
     assert [text for text in seen if not text.startswith("jobs updated")] == [], seen
     expect(page.locator("#status")).to_contain_text("jobs updated")
+
+
+# in-page: every text the page's live regions take from now on (what a screen reader reads)
+HEAR = """() => { window.heard = [];
+  const regions = document.querySelectorAll(
+    '[aria-live]:not([aria-live="off"]), [role="status"], [role="alert"], [role="log"]');
+  for (const r of regions) new MutationObserver(() => window.heard.push(r.textContent))
+    .observe(r, { childList: true, characterData: true, subtree: true }); }"""
+
+
+def test_a_screen_reader_hears_an_error_and_the_recovery_not_every_poll(
+    served: str, tenant_key: str, page: Page,  # noqa: F811
+) -> None:
+    """The status line was a polite live region, and every poll rewrote it ("backends updated
+    12:00:03", every 3 s; every second here): a screen reader read it out again and again.
+    It shows that still; what is announced is what matters, once: an error (not again at
+    each poll that meets it), then the view updated again."""
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url)
+            if urlparse(r.url).path == "/v1/backends" else None)
+    page.goto(f"{served}/console/?poll=1#/backends")
+    page.get_by_label("API key").fill(tenant_key)
+    page.get_by_role("button", name="Sign in").click()
+    status = page.locator("#status")
+    expect(status).to_contain_text("backends updated")
+    page.evaluate(HEAR)
+
+    def polls(n: int) -> None:
+        """``n`` more polls handled (the next one goes out once the last is handled)."""
+        at = len(asked)
+        until(page, lambda: len(asked) >= at + n + 1)
+
+    polls(3)
+    assert page.evaluate("window.heard") == []
+    page.route("**/v1/backends", lambda route: route.abort("connectionrefused"))
+    polls(3)
+    heard = page.evaluate("window.heard")
+    assert len(heard) == 1 and "error: cannot reach the API" in heard[0], heard
+    expect(status).to_contain_text("error: cannot reach the API")  # shown all along
+    page.unroute("**/v1/backends")
+    polls(3)
+    heard = page.evaluate("window.heard")
+    assert len(heard) == 2 and "backends updated" in heard[1], heard

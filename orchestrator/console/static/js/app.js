@@ -21,17 +21,49 @@ ctx.pollMs = POLL_S >= 1 ? POLL_S * 1000 : null;
 // The status line: the last update, and whether the view is updated "live" (from the API's
 // event stream), by "polling", or no more ("ended": the job has finished and its last event,
 // a late charge too, has come); data-updates says the same to scripts and tests.
+//
+// It is no live region: it changes at every poll ("… updated 12:00:03", every 2-5 s), and a
+// screen reader announced each one. What matters is said once in #announce, a polite live
+// region out of sight: an error (not again at each poll that meets the same one), the view
+// updated again after one, an action's outcome ("cancel asked"), and a change of how the
+// view is updated (live, polling, ended).
 const MODES = { live: "live updates", polling: "polling", ended: "updates ended" };
 let statusText = "";
-ctx.setStatus = text => {
+let statusError = null;    // the error the status line shows (announced once)
+let announcedMode = null;  // the mode last announced, or set quietly by a view's start
+
+function statusLine() {
+  const mode = $("status").dataset.updates;
+  const line = mode ? `${statusText} · ${MODES[mode]}` : statusText;
+  $("status").textContent = line;
+  return line;
+}
+
+function announce(text) { $("announce").textContent = text; }
+
+// kind: "update" (routine: shown, announced only as the first after an error), "error"
+// (announced unless it is the one already shown), "note" (an action's outcome: announced)
+ctx.setStatus = (text, kind = "update") => {
   if (!ctx.me && text) return; // a load that ends after sign-out leaves nothing behind
   statusText = text;
-  const mode = $("status").dataset.updates;
-  $("status").textContent = mode ? `${text} · ${MODES[mode]}` : text;
+  const line = statusLine();
+  if (!text) {
+    statusError = null;
+    announce("");
+  } else if (kind === "error") {
+    if (text !== statusError) announce(line);
+    statusError = text;
+  } else {
+    if (kind === "note" || statusError !== null) announce(line);
+    statusError = null;
+  }
 };
-ctx.setUpdates = mode => {
+// quiet: a view's start (each view starts as "polling"), not a change to announce
+ctx.setUpdates = (mode, quiet = false) => {
   if (mode) $("status").dataset.updates = mode; else delete $("status").dataset.updates;
-  ctx.setStatus(statusText);
+  const line = statusLine();
+  if (mode && mode !== announcedMode && !quiet) announce(line);
+  announcedMode = mode;
 };
 // Run `fn` now (or after `wait` ms) and every `ms` (or `?poll=`) while its view is shown; a
 // hidden tab skips the fetch (it catches up at the next tick once shown again). After a 429
@@ -53,7 +85,7 @@ ctx.every = (ms, fn, { wait = 0 } = {}) => {
       } catch (e) {
         // not a view left since; the wait said when the API asked for one
         const asked = heldMs() > 0 ? ` (trying again in ${Math.ceil(next() / 1000)} s)` : "";
-        if (!handle.stopped) ctx.setStatus(`error: ${e.message}${asked}`);
+        if (!handle.stopped) ctx.setStatus(`error: ${e.message}${asked}`, "error");
       }
     }
     if (!handle.stopped) handle.timer = setTimeout(run, next());
@@ -79,15 +111,16 @@ let shown = 0;
 function viewCtx() {
   const mine = ++shown;
   const view = Object.create(ctx);
-  view.setStatus = text => { if (mine === shown) ctx.setStatus(text); };
-  view.setUpdates = mode => { if (mine === shown) ctx.setUpdates(mode); };
+  view.setStatus = (text, kind) => { if (mine === shown) ctx.setStatus(text, kind); };
+  view.setUpdates = (mode, quiet) => { if (mine === shown) ctx.setUpdates(mode, quiet); };
   return view;
 }
 
 function route() {
   if (!ctx.me) return;
   stopTimers();
-  ctx.setUpdates("polling"); // a view that follows a stream says "live" once it is open
+  // a view that follows a stream says "live" once it is open
+  ctx.setUpdates("polling", true);
   const hash = window.location.hash.replace(/^#\/?/, "") || "spend";
   const [path, query = ""] = hash.split("?");
   const [name, id] = path.split("/");

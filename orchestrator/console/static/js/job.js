@@ -80,9 +80,9 @@ export function jobView(ctx, id, tenant) {
     btn.disabled = true;
     try {
       await call(`/v1/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST", params });
-      ctx.setStatus("cancel asked");
+      ctx.setStatus("cancel asked", "note");
     } catch (e) {
-      ctx.setStatus(`cancel refused: ${e.message}`);
+      ctx.setStatus(`cancel refused: ${e.message}`, "error");
     }
     await load();
     // not redrawn (the job could not be re-read): it would stay disabled for good

@@ -47,7 +47,7 @@ export function serially(ctx) {
     if (waiting.has(key)) return chain;
     waiting.add(key);
     chain = chain.then(() => { waiting.delete(key); return fn(); })
-      .catch(e => { ctx.setStatus(`error: ${e.message}`); });
+      .catch(e => { ctx.setStatus(`error: ${e.message}`, "error"); });
     return chain;
   };
 }
@@ -115,7 +115,7 @@ export function follow(ctx, path, { ms, load, onEvent }) {
     try {
       return await load();
     } catch (e) {
-      ctx.setStatus(`error: ${e.message}`);
+      ctx.setStatus(`error: ${e.message}`, "error");
       return false;
     }
   };
