@@ -111,9 +111,9 @@ def router(ctx: ApiContext, hub: EventHub) -> APIRouter:
 
     def read_job(job_id: uuid.UUID, after: int) -> tuple[bool, bool, list[Event]]:
         """(whether the job has ended, whether no event is to come, its events after
-        ``after``). The state is read first: a job that ended with no attempt open has all
-        its events committed (a late ``job.charged`` commits with the attempt's conclusion),
-        so they are read here."""
+        ``after``). The state is read first: a job that ended with no attempt open and its
+        hold finished has all its events committed (a late ``job.charged`` commits with the
+        statement that finishes the hold), so they are read here."""
         with c.engine.connect() as conn:
             state = job_state(conn, job_id)
             events = job_events(conn, job_id, after)

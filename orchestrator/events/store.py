@@ -47,9 +47,12 @@ _FEED_HEAD = text(
 _EVENT_SEQ = text("SELECT seq FROM job_events WHERE job_id = :j AND id = :e")
 _EVENT_CURSOR = text("SELECT txid, position FROM job_events WHERE id = :e AND tenant = :t")
 _JOB_OWNER = text("SELECT tenant, status FROM jobs WHERE id = :j")
+# an attempt still open, or a hold still held (an attempt closed by a failover step whose
+# conclusion, the hold's, is still to come): what retention's _EVENTS keeps a last event for
 _JOB_STATE = text(
     "SELECT j.status, EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = j.id "
-    "AND a.outcome IS NULL) AS open FROM jobs j WHERE j.id = :j")
+    "AND a.outcome IS NULL) OR EXISTS (SELECT 1 FROM holds h WHERE h.job_id = j.id "
+    "AND h.status = 'held') AS open FROM jobs j WHERE j.id = :j")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +124,10 @@ def job_owner(conn: Connection, job_id: uuid.UUID) -> tuple[str, str] | None:
 
 
 def job_state(conn: Connection, job_id: uuid.UUID) -> tuple[str, bool] | None:
-    """(status, whether an attempt is still open) of the job; None when there is no such
-    job. A job that ended (cancelled, or failed by its deadline) with an attempt open may
-    still have an event: that attempt's conclusion, billed, is its ``job.charged``, written
-    in the transaction that closes the attempt."""
+    """(status, whether a charge may still come) of the job; None when there is no such
+    job. A job that ended (cancelled, or failed by its deadline) with an attempt open, or
+    its hold still held, may still have an event: its conclusion, billed, is its
+    ``job.charged``, written in the statement that finishes the hold."""
     row = conn.execute(_JOB_STATE, {"j": job_id}).first()
     return None if row is None else (row.status, bool(row.open))
 

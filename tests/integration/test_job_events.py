@@ -23,7 +23,7 @@ from sqlalchemy import text
 from orchestrator.api import RunningApi
 from orchestrator.client import AsyncClient, Client
 
-from .api_fixture import Api, api_fixture, pinging_fixture, video  # noqa: F401
+from .api_fixture import PING_S, Api, api_fixture, pinging_fixture, video  # noqa: F401
 from .e2e_support import Rig
 
 
@@ -239,6 +239,34 @@ def test_a_late_charge_after_the_terminal_event_is_streamed_and_resumable(api: A
     assert [e.id for e in resumed] == [seen[2].id]
     done = api.tenant().get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": seen[2].id})
     assert done.status_code == 204
+
+
+def test_a_stream_waits_for_the_charge_of_an_attempt_closed_before_its_conclusion(
+        api: Api, pinging: RunningApi) -> None:
+    """A failover step closes a cancelled job's attempt with its bill on its own; the
+    conclusion that finishes the hold and writes ``job.charged`` is a later step (after a
+    crash, the sweeper's). Between the two no attempt is open, yet the charge is to come:
+    the stream, and a reconnection, must wait for it."""
+    job_id = api.tenant().post("/v1/jobs", json=video()).json()["id"]  # no worker: queued
+    assert api.tenant().post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    with api.rig.engine.begin() as conn:  # the hold as that closing leaves it
+        conn.execute(text("UPDATE holds SET status = 'held', charged_micros = NULL, "
+                          "finished_at = NULL WHERE job_id = :j"), {"j": job_id})
+    key = api.keys["acme"]
+    live = _Following(pinging.url, key, job_id)
+    api.rig.wait_for("the stream to send job.cancelled",
+                     lambda: "job.cancelled" in live.types(), 30)
+    cancelled = next(e.id for e in live.got if e.event == "job.cancelled")
+    resumed = _Following(pinging.url, key, job_id, last=cancelled)
+    assert not live.ended.wait(10 * PING_S), "the stream ended before the charge"
+    assert resumed.status == 200 and not resumed.ended.is_set()
+    with api.rig.engine.begin() as conn:  # the conclusion: the hold finished, the bill
+        conn.execute(text("UPDATE jobs SET cost_micros = 123456 WHERE id = :j"), {"j": job_id})
+        conn.execute(text("UPDATE holds SET status = 'released', charged_micros = 0, "
+                          "finished_at = now() WHERE job_id = :j"), {"j": job_id})
+    assert live.ended.wait(30) and resumed.ended.wait(30)
+    assert live.types() == ["job.queued", "job.cancelled", "job.charged"]
+    assert resumed.types() == ["job.charged"]
 
 
 class _Following:
