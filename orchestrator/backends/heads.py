@@ -3,8 +3,9 @@ transport (h11) reads it.
 
 llhttp, under httptools, refuses framing that RFC 9112 lets a recipient accept and that h11
 accepts: a ``Content-Length`` sent twice with the same value, or as ``N, N`` (a proxy that
-merged two); lines ended by LF alone; a header value continued on the next line (obs-fold);
-``Content-Length`` beside ``Transfer-Encoding`` (the latter decides, RFC 9112 §6.3). A
+merged two); head lines ended by LF alone (a chunked body's are not rewritten); a header
+value continued on the next line (obs-fold); ``Content-Length`` beside
+``Transfer-Encoding`` (the latter decides, RFC 9112 §6.3). A
 provider behind such a proxy would have every answer taken for a broken connection, so a paid
 submission's answer for a lost one. :func:`tolerant_head` rewrites such a head into the form
 llhttp reads (CRLF lines, one header per line, one length or none); the transport calls it

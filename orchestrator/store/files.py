@@ -13,7 +13,7 @@ kept as written even when it looks like a ``data:`` URL. The files are written j
 the job's ending, each in its own statement, replacing any of the same number (files an
 attempt wrote before its step crashed and the job failed over). A job cancelled, or failed
 by its deadline, while its provider finished the work anyway keeps them too, named by its
-result (written with it in one transaction when the attempt concludes after the ending);
+result (written just before the statement that closes that attempt and keeps the result);
 files whose job then ended otherwise are dropped by retention with the job's result.
 """
 

@@ -280,12 +280,6 @@ _MARK_CANCEL_REQUESTED = Statement(
     "UPDATE attempts SET cancel_requested_at = :now "
     "WHERE id = :id AND outcome IS NULL AND cancel_requested_at IS NULL"
 )
-# The attempt of a job that ended before it (cancelled, or failed by its deadline) and that
-# the provider finished all the same: its output is the job's result (charged in full, it was
-# paid for). Only while none is kept (nor dropped by retention: ``result_expired_at``), and
-# only for an attempt closed succeeded (the step that closed it keeps it, after): never a
-# stale step's output for an attempt closed otherwise. The status is left as it is: a terminal
-# status, and its event, never change.
 def insert_job(
     conn: Connection,
     *,
