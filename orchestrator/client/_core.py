@@ -215,11 +215,18 @@ def is_outage(error: ApiError) -> bool:
             and error.code not in SETTINGS_TO_FIX)
 
 
-def pause_after_outage(interval: float, error: ApiError, remaining: float) -> float:
-    """The pause before wait()'s next poll after one failed with an outage: the poll interval,
-    or the ``Retry-After`` the API asked for when longer; never past the deadline."""
-    asked = (error.retry_after if isinstance(error, RateLimited | Unavailable)
-             and error.retry_after is not None else 0.0)
+def pause_after_poll(id: str, timeout: float, polled: Job | ApiError, interval: float,
+                     remaining: float) -> float:
+    """The pause before wait()'s next poll, for both clients. After a live job: the poll
+    interval, or WaitTimeout once no time is left. After an outage: the interval, or the
+    ``Retry-After`` the API asked for when longer; never past the deadline (past it, the
+    next poll's failure is the WaitTimeout)."""
+    if isinstance(polled, Job):
+        if remaining <= 0:
+            raise WaitTimeout(f"job {id} still {polled.status} after {timeout:g}s", job=polled)
+        return min(interval, remaining)
+    asked = (polled.retry_after if isinstance(polled, RateLimited | Unavailable)
+             and polled.retry_after is not None else 0.0)
     return max(0.0, min(max(interval, asked), remaining))
 
 

@@ -15,7 +15,7 @@ import httpx
 import httpx_sse
 
 from orchestrator.client import _core
-from orchestrator.client.errors import ApiError, WaitTimeout, error_from_response
+from orchestrator.client.errors import ApiError, error_from_response
 from orchestrator.client.models import (
     ApiKey,
     Backend,
@@ -189,14 +189,8 @@ class Client:
                 if polled.is_final:
                     return polled
                 last = polled
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    raise WaitTimeout(f"job {id} still {polled.status} after {timeout:g}s",
-                                      job=polled)
-                pause = min(interval, remaining)
-            else:  # an outage: past the deadline, the next poll's failure is the WaitTimeout
-                pause = _core.pause_after_outage(interval, polled, deadline - self._clock())
-            self._sleep(pause)
+            self._sleep(_core.pause_after_poll(id, timeout, polled, interval,
+                                                 deadline - self._clock()))
             interval = _core.next_poll_interval(interval, max_poll_interval)
 
     def _poll(self, id: str, deadline: float, timeout: float, last: Job | None
